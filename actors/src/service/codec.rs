@@ -1,0 +1,93 @@
+//! Request formats, the size limit, replies and error replies.
+
+use async_nats::{service::Request, HeaderMap};
+use bytes::Bytes;
+use cairn_events::v1::ErrorReply;
+use prost::Message as _;
+use tracing::warn;
+
+use crate::ServiceError;
+
+/// Content type of protobuf requests and replies.
+pub const PROTOBUF: &str = "application/protobuf";
+
+/// How a request is encoded, and so how its reply is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON (the default).
+    Json,
+    /// Protobuf, when the request says `Content-Type: application/protobuf`.
+    Protobuf,
+}
+
+impl Format {
+    /// The format `request` asks for.
+    pub fn of(request: &Request) -> Format {
+        let content_type = request
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str().to_ascii_lowercase());
+        match content_type.as_deref() {
+            Some(ct) if ct.starts_with(PROTOBUF) || ct.starts_with("application/x-protobuf") => Format::Protobuf,
+            _ => Format::Json,
+        }
+    }
+}
+
+/// Refuses bodies over `max` bytes, naming the limit.
+pub fn check_size(payload: &[u8], max: usize) -> Result<(), ServiceError> {
+    if payload.len() > max {
+        return Err(ServiceError::bad_field(
+            "payload",
+            format!("{} bytes, at most {max} allowed", payload.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A reply body in both formats.
+pub trait Reply {
+    /// The JSON body.
+    fn to_json(&self) -> Result<serde_json::Value, ServiceError>;
+    /// The protobuf body.
+    fn to_protobuf(&self) -> Vec<u8>;
+}
+
+/// Sends `result` to the requester in `format`.
+pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result<R, ServiceError>) {
+    let outcome = result.and_then(|reply| match format {
+        Format::Json => reply
+            .to_json()
+            .and_then(|v| serde_json::to_vec(&v).map_err(|e| ServiceError::internal(e.to_string()))),
+        Format::Protobuf => Ok(reply.to_protobuf()),
+    });
+    let sent = match outcome {
+        Ok(body) => {
+            let mut headers = HeaderMap::new();
+            if format == Format::Protobuf {
+                headers.insert("Content-Type", PROTOBUF);
+            }
+            request.respond_with_headers(Ok(Bytes::from(body)), headers).await
+        }
+        Err(error) => {
+            // The micro protocol's error headers, plus a body naming the
+            // problem (the stock error reply has an empty body).
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Service-Error", error.message.as_str());
+            headers.insert("Nats-Service-Error-Code", error.code.to_string().as_str());
+            let body = match format {
+                Format::Json => serde_json::json!({"code": error.code, "message": error.message}).to_string().into_bytes(),
+                Format::Protobuf => {
+                    headers.insert("Content-Type", PROTOBUF);
+                    ErrorReply { code: u32::from(error.code), message: error.message.clone() }.encode_to_vec()
+                }
+            };
+            request.respond_with_headers(Ok(Bytes::from(body)), headers).await
+        }
+    };
+    if let Err(e) = sent {
+        warn!(error = %e, subject = %request.message.subject, "cannot send reply");
+    }
+}

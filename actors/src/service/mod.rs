@@ -1,0 +1,142 @@
+//! The `cairn` NATS micro service.
+//!
+//! Registered with the NATS "micro" services protocol, so `$SRV.PING`,
+//! `$SRV.INFO` and `$SRV.STATS` answer. Endpoints are `cairn.v1.<area>.<verb>`
+//! and share the queue group `cairn`, so several nodes split the requests.
+//!
+//! Payloads are JSON unless the request carries
+//! `Content-Type: application/protobuf`. A failed request is answered with
+//! the headers `Nats-Service-Error` (the message) and
+//! `Nats-Service-Error-Code` (HTTP-like code) and a body
+//! `{"code": …, "message": …}` (or `ErrorReply` in protobuf).
+//!
+//! # Layout
+//! - [`codec`]: formats, the size limit, replies and error replies.
+//! - [`fields`]: strict JSON field parsing with errors that name the field.
+//! - [`log`]: `cairn.v1.log.read`.
+
+pub mod codec;
+pub mod fields;
+pub mod log;
+
+use std::sync::Arc;
+
+use async_nats::service::{self, ServiceExt};
+use cairn_storage::Store;
+use futures::StreamExt;
+use tokio::{sync::Semaphore, task::JoinHandle};
+use tracing::{debug, info};
+
+use crate::ServiceError;
+
+/// Limits of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Largest request body accepted, in bytes. Default: 65536.
+    pub request_max_bytes: usize,
+    /// Requests handled at once; more wait in NATS. Default: 256.
+    pub max_concurrent_requests: usize,
+    /// Version reported in `$SRV.INFO`. Default: the crate version.
+    pub version: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            request_max_bytes: 64 * 1024,
+            max_concurrent_requests: 256,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// What every endpoint handler gets.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// The node's store.
+    pub store: Store,
+    /// Limits.
+    pub config: ServiceConfig,
+    /// Largest reply the server accepts (its `max_payload`), minus headroom.
+    pub reply_max_bytes: usize,
+}
+
+/// The running service; [`CairnService::stop`] unregisters it.
+#[derive(Debug)]
+pub struct CairnService {
+    service: service::Service,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl CairnService {
+    /// Registers the service and its endpoints on `client`.
+    pub async fn start(client: async_nats::Client, store: Store, config: ServiceConfig) -> Result<Self, async_nats::Error> {
+        let reply_max_bytes = (client.server_info().max_payload.max(64 * 1024)) - 4 * 1024;
+        let service = client
+            .service_builder()
+            .description("cairn: package-repository cache")
+            .queue_group("cairn")
+            .start(cairn_events::subject::SERVICE_NAME, config.version.clone())
+            .await?;
+        let context = ServiceContext {
+            store,
+            reply_max_bytes,
+            config,
+        };
+        let limiter = Arc::new(Semaphore::new(context.config.max_concurrent_requests.max(1)));
+        let mut tasks = Vec::new();
+        let endpoint = service
+            .endpoint_builder()
+            .name("log-read")
+            .add(cairn_events::subject::LOG_READ)
+            .await?;
+        tasks.push(serve(endpoint, context.clone(), limiter.clone(), log::handle_read));
+        info!(endpoints = tasks.len(), "cairn service registered");
+        Ok(Self { service, tasks })
+    }
+
+    /// Stops taking requests.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(e) = self.service.stop().await {
+            debug!(error = %e, "stopping the service");
+        }
+    }
+}
+
+/// Runs `handler` for each request of `endpoint`, at most `limiter`'s
+/// permits at once across the service.
+fn serve<F, Fut>(
+    mut endpoint: service::endpoint::Endpoint,
+    context: ServiceContext,
+    limiter: Arc<Semaphore>,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(ServiceContext, service::Request) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(request) = endpoint.next().await {
+            let Ok(permit) = limiter.clone().acquire_owned().await else {
+                return;
+            };
+            let context = context.clone();
+            tokio::spawn(async move {
+                handler(context, request).await;
+                drop(permit);
+            });
+        }
+    })
+}
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ServiceError::internal(format!("request task failed: {e}")))?
+}

@@ -1,0 +1,36 @@
+//! cairn's language: the events every other crate speaks.
+//!
+//! # Layout
+//! - [`v1`]: types generated from `proto/cairn/v1/*.proto` (prost), with
+//!   serde impls for the proto3 JSON mapping (pbjson, proto field names).
+//! - [`envelope`]: building, encoding and decoding envelopes; schema version
+//!   checks; event ids (UUID v7); event type names.
+//! - [`json`]: the JSON rendering of an envelope used by `cairn log` and the
+//!   NATS JSON payloads.
+//! - [`subject`]: NATS subject names (`cairn.events.<ns>.<repo>.<type>`) and
+//!   the reversible encoding of names that are not valid subject tokens.
+//! - [`stream`]: stream ids (`repo/<namespace>/<name>`).
+//! - [`error`]: the crate's error type.
+
+pub mod envelope;
+pub mod error;
+pub mod json;
+pub mod stream;
+pub mod subject;
+
+/// Generated protobuf types of schema version 1.
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/cairn.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/cairn.v1.serde.rs"));
+}
+
+pub use envelope::{EventKind, SCHEMA_VERSION};
+pub use error::EventsError;
+pub use stream::StreamId;

@@ -1,0 +1,124 @@
+//! Golden fixtures: the encoded bytes (and JSON rendering) of one envelope per
+//! event type are committed under `tests/golden/`. This test proves that
+//! bytes written by earlier builds still decode to the same values, and that
+//! this build still writes the very same bytes.
+//!
+//! To add a fixture for a new event type, add it to `samples()` (the match in
+//! `every_kind_has_a_sample` fails to compile until you do) and run
+//! `CAIRN_BLESS=1 cargo test -p cairn-events --test golden` once. Never
+//! re-bless an existing fixture: old bytes must keep decoding.
+
+use std::{collections::BTreeSet, fs, path::PathBuf};
+
+use cairn_events::{
+    envelope::{self, event},
+    json,
+    v1::{
+        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered,
+        RepositorySpec, RepositorySpecChanged, SyncSpec, TraceContext,
+    },
+    EventKind, SCHEMA_VERSION,
+};
+
+fn spec() -> RepositorySpec {
+    RepositorySpec {
+        namespace: "team-a".into(),
+        name: "blueprints".into(),
+        r#type: "git".into(),
+        git: Some(GitSpec {
+            url: "https://git.example.com/platform/blueprints.git".into(),
+            branch: "main".into(),
+            directory: "/catalog".into(),
+            create_branch: true,
+            author: "cairn".into(),
+            email: "cairn@example.com".into(),
+            secret_ref: "git-credentials".into(),
+        }),
+        sync: Some(SyncSpec {
+            schedule: "*/10 * * * *".into(),
+            run_once_at: Some(pbjson_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+        }),
+        deployment: false,
+    }
+}
+
+fn envelope_for(seq: u64, payload: Payload) -> Envelope {
+    Envelope {
+        schema_version: SCHEMA_VERSION,
+        event_id: format!("01900000-0000-7000-8000-{seq:012}"),
+        stream: "repo/team-a/blueprints".into(),
+        stream_version: seq,
+        seq,
+        recorded_at: Some(pbjson_types::Timestamp { seconds: 1_780_000_000 + seq as i64, nanos: 250_000_000 }),
+        correlation_id: "01900000-0000-7000-8000-00000000c0de".into(),
+        causation_id: "01900000-0000-7000-8000-00000000c0de".into(),
+        principal: "alice@example.com".into(),
+        trace: Some(TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: String::new(),
+        }),
+        event: Some(event(payload)),
+    }
+}
+
+fn samples() -> Vec<(EventKind, Envelope)> {
+    let mut changed = spec();
+    changed.git.as_mut().unwrap().branch = "release".into();
+    vec![
+        (
+            EventKind::RepositoryRegistered,
+            envelope_for(1, Payload::RepositoryRegistered(RepositoryRegistered { spec: Some(spec()) })),
+        ),
+        (
+            EventKind::RepositorySpecChanged,
+            envelope_for(2, Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(changed) })),
+        ),
+        (
+            EventKind::RepositoryClosed,
+            envelope_for(3, Payload::RepositoryClosed(RepositoryClosed { reason: "unregistered".into() })),
+        ),
+    ]
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+#[test]
+fn every_kind_has_a_sample() {
+    let covered: BTreeSet<EventKind> = samples().into_iter().map(|(k, _)| k).collect();
+    let all: BTreeSet<EventKind> = EventKind::ALL.iter().copied().collect();
+    assert_eq!(covered, all);
+    // Compile-time reminder: a new payload variant breaks this match.
+    for (_, env) in samples() {
+        match env.event.unwrap().payload.unwrap() {
+            Payload::RepositoryRegistered(_)
+            | Payload::RepositorySpecChanged(_)
+            | Payload::RepositoryClosed(_) => {}
+        }
+    }
+}
+
+#[test]
+fn golden_bytes_still_decode_and_reencode_identically() {
+    let bless = std::env::var_os("CAIRN_BLESS").is_some();
+    for (kind, expected) in samples() {
+        let base = golden_dir().join(kind.subject_suffix().replace('.', "_"));
+        let bin = base.with_extension("pb");
+        let json_path = base.with_extension("json");
+        let bytes = envelope::encode(&expected);
+        let rendered = serde_json::to_string_pretty(&json::to_json(&expected).unwrap()).unwrap() + "\n";
+        if bless && !bin.exists() {
+            fs::write(&bin, &bytes).unwrap();
+            fs::write(&json_path, &rendered).unwrap();
+        }
+        let stored = fs::read(&bin).unwrap_or_else(|e| panic!("missing fixture {}: {e}", bin.display()));
+        let decoded = envelope::decode(&stored).unwrap();
+        assert_eq!(decoded, expected, "{kind:?}: stored bytes decode to a different value");
+        assert_eq!(bytes, stored, "{kind:?}: this build encodes different bytes");
+        let stored_json = fs::read_to_string(&json_path).unwrap();
+        assert_eq!(rendered, stored_json, "{kind:?}: JSON rendering changed");
+        let parsed: serde_json::Value = serde_json::from_str(&stored_json).unwrap();
+        assert_eq!(json::from_json(&parsed).unwrap(), expected, "{kind:?}: JSON does not parse back");
+    }
+}

@@ -1,0 +1,1041 @@
+//! [`Store`]: the RocksDB implementation of the event log, the blob store and
+//! the views, in one database.
+//!
+//! All writes that touch the log or the views go through one writer thread
+//! (see the crate docs, "How a write happens"): it is the only place where
+//! sequence numbers and stream versions are assigned, so no locks are needed
+//! around them, and concurrent appends share one fsync (group commit).
+//! Reads go straight to RocksDB from the caller's thread.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::SystemTime,
+};
+
+use cairn_events::{
+    envelope::{self, Metadata},
+    v1::{Envelope, Event},
+    StreamId, SCHEMA_VERSION,
+};
+use parking_lot::Mutex;
+use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    blob::{BlobPin, BlobStore, Digest, GcStats},
+    columns::{view_column, Column},
+    keys::{self, meta},
+    log::{Appended, EventLog, ExpectedVersion},
+    view::{fold, Overlay, RowSource, BLOB_REFS_CF},
+    StorageError, View,
+};
+
+/// Version of the on-disk layout (column families and key formats).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Tuning and limits of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Directory of the RocksDB database (created when missing).
+    pub path: PathBuf,
+    /// fsync every commit. Default: true. Turning it off loses acknowledged
+    /// appends on power loss; only benchmarks comparing against an equally
+    /// unsynced baseline should do that.
+    pub sync: bool,
+    /// Most events written by one group commit. Default: 8192.
+    pub group_commit_max_events: usize,
+    /// Most events in one append. Default: 1000.
+    pub append_max_events: usize,
+    /// Largest encoded event payload, in bytes. Default: 262144 (256 KiB);
+    /// resource contents go to the blob store, not into events.
+    pub event_max_bytes: usize,
+    /// Appends waiting for the writer before callers are made to wait.
+    /// Default: 4096.
+    pub queue_max_appends: usize,
+    /// Events per batch while replaying the log into views. Default: 1024.
+    pub replay_batch_events: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for a database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            sync: true,
+            group_commit_max_events: 8192,
+            append_max_events: 1000,
+            event_max_bytes: 256 * 1024,
+            queue_max_appends: 4096,
+            replay_batch_events: 1024,
+        }
+    }
+}
+
+/// Called with `(events replayed, events to replay)` while views rebuild.
+pub type RebuildProgress = Box<dyn Fn(u64, u64) + Send>;
+
+/// What a rebuild did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildStats {
+    /// Names of the views rebuilt.
+    pub views: Vec<String>,
+    /// Events replayed.
+    pub events: u64,
+}
+
+/// The full contents of one view: for comparing a rebuilt view with the
+/// live one, byte for byte.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewDump {
+    /// Rows of the view's column family, in key order.
+    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The view's blob reference rows, in key order.
+    pub blob_refs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The view's checkpoint.
+    pub checkpoint: u64,
+}
+
+/// Counters of the writer, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Appends committed.
+    pub appends: u64,
+    /// Write batches (each one fsync) that committed them.
+    pub batches: u64,
+}
+
+struct AppendRequest {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<Event>,
+    metadata: Metadata,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+enum Command {
+    Append(AppendRequest, Reply<Appended>),
+    Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
+    CollectGarbage(Reply<GcStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The database, the views and what readers share with the writer.
+struct Inner {
+    db: DB,
+    config: StoreConfig,
+    views: Vec<Arc<dyn View>>,
+    /// `view_cfs[i]` is the column family of `views[i]`.
+    view_cfs: Vec<String>,
+    committed: watch::Sender<u64>,
+    pins: Mutex<HashMap<Digest, usize>>,
+    appends: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// Owned by the `Store` handles; stops the writer when the last one drops.
+struct Shared {
+    inner: Arc<Inner>,
+    tx: Option<mpsc::Sender<Command>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued, then exit.
+        self.tx.take();
+        if let Some(handle) = self.writer.lock().take() {
+            if handle.join().is_err() {
+                warn!("store writer thread panicked");
+            }
+        }
+    }
+}
+
+/// The RocksDB-backed event log, blob store and views. Cheap to clone; the
+/// database closes when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner().config.path)
+            .field("views", &self.inner().view_cfs)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database with these views, brings every view
+    /// up to the end of the log, and starts the writer.
+    pub fn open(config: StoreConfig, views: Vec<Arc<dyn View>>) -> Result<Store, StorageError> {
+        let view_cfs: Vec<String> = views.iter().map(|v| view_column(v.name())).collect();
+        for (i, name) in view_cfs.iter().enumerate() {
+            if view_cfs[..i].contains(name) {
+                return Err(StorageError::UnknownView(format!("view {name} declared twice")));
+            }
+        }
+        let db = open_db(&config.path, &view_cfs)?;
+        let (committed, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            db,
+            config,
+            views,
+            view_cfs,
+            committed,
+            pins: Mutex::new(HashMap::new()),
+            appends: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        });
+        inner.check_layout()?;
+        let last_seq = inner.verify_last_seq()?;
+        inner.committed.send_replace(last_seq);
+        let mut writer = Writer {
+            inner: inner.clone(),
+            last_seq,
+        };
+        writer.recover_views()?;
+
+        let (tx, rx) = mpsc::channel(inner.config.queue_max_appends.max(1));
+        let handle = std::thread::Builder::new()
+            .name("cairn-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StorageError::Corrupt(format!("cannot start writer thread: {e}")))?;
+        info!(path = %inner.config.path.display(), last_seq, "store opened");
+        Ok(Store {
+            shared: Arc::new(Shared {
+                inner,
+                tx: Some(tx),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.shared.inner
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Command>, StorageError> {
+        self.shared.tx.as_ref().ok_or(StorageError::Closed)
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner().config
+    }
+
+    /// Names of the views, in fold order.
+    pub fn view_names(&self) -> Vec<&'static str> {
+        self.inner().views.iter().map(|v| v.name()).collect()
+    }
+
+    /// Follows the last committed sequence number: changes after every
+    /// group commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner().committed.subscribe()
+    }
+
+    /// Counters of the writer.
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            appends: self.inner().appends.load(Ordering::Relaxed),
+            batches: self.inner().batches.load(Ordering::Relaxed),
+        }
+    }
+
+    fn check_request(&self, events: &[Event]) -> Result<(), StorageError> {
+        let config = &self.inner().config;
+        if events.is_empty() {
+            return Err(StorageError::InvalidAppend("no events to append".into()));
+        }
+        if events.len() > config.append_max_events {
+            return Err(StorageError::InvalidAppend(format!(
+                "{} events in one append, at most {} allowed",
+                events.len(),
+                config.append_max_events
+            )));
+        }
+        for (i, event) in events.iter().enumerate() {
+            let Some(payload) = event.payload.as_ref() else {
+                return Err(StorageError::InvalidAppend(format!("event {i} has no payload")));
+            };
+            let size = prost::Message::encoded_len(event);
+            if size > config.event_max_bytes {
+                return Err(StorageError::InvalidAppend(format!(
+                    "event {i} ({}) is {size} bytes, at most {} allowed",
+                    envelope::EventKind::of(payload).name(),
+                    config.event_max_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`EventLog::append`] for async callers: waits without blocking a thread.
+    pub async fn append_async(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        metadata: Metadata,
+    ) -> Result<Appended, StorageError> {
+        self.check_request(&events)?;
+        let (reply, rx) = oneshot::channel();
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            metadata: metadata.normalized(),
+        };
+        self.sender()?
+            .send(Command::Append(request, reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Rebuilds the named views (all when `views` is empty) from the log:
+    /// clears their rows and replays every event through the same fold as
+    /// live appends. Appends wait meanwhile. Blocking.
+    pub fn rebuild(&self, views: &[&str], progress: Option<RebuildProgress>) -> Result<RebuildStats, StorageError> {
+        let names = views.iter().map(|v| (*v).to_owned()).collect();
+        self.call(|reply| Command::Rebuild(names, progress, reply))
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(make(reply))
+            .map_err(|_| StorageError::Closed)?;
+        rx.blocking_recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Finishes every append queued so far, then stops the writer: later
+    /// appends fail with [`StorageError::Closed`]. Reads keep working.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if let Ok(tx) = self.sender() {
+            if tx.send(Command::Shutdown(reply)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// The row at `key` of view `view`.
+    pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let cf = self.inner().view_cf(view)?;
+        Ok(self.inner().db.get_cf(cf, key)?)
+    }
+
+    /// The protobuf row at `key` of view `view`.
+    pub fn view_get_message<M: prost::Message + Default>(
+        &self,
+        view: &str,
+        key: &[u8],
+    ) -> Result<Option<M>, StorageError> {
+        match self.view_get(view, key)? {
+            None => Ok(None),
+            Some(bytes) => M::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt(format!("view {view} row {}: {e}", String::from_utf8_lossy(key)))),
+        }
+    }
+
+    /// Up to `limit` rows of view `view` whose key starts with `prefix`, in key order.
+    pub fn view_scan(&self, view: &str, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        scan_prefix(&inner.db, cf, prefix, limit)
+    }
+
+    /// Everything view `view` holds (rows, blob references, checkpoint).
+    pub fn view_dump(&self, view: &str) -> Result<ViewDump, StorageError> {
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        Ok(ViewDump {
+            rows: scan_prefix(&inner.db, cf, b"", usize::MAX)?,
+            blob_refs: scan_prefix(&inner.db, inner.cf(Column::BlobRefs), &keys::blob_ref_prefix(view), usize::MAX)?,
+            checkpoint: inner.meta_u64(&meta::checkpoint(view))?.unwrap_or(0),
+        })
+    }
+
+    /// A `u64` from the `meta` family.
+    pub fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        self.inner().meta_u64(key)
+    }
+
+    /// Sets a `u64` in the `meta` family (not synced: made durable by the
+    /// next synced write, or by RocksDB's own WAL flush). For cursors whose
+    /// loss on a crash only causes harmless repetition, like the publish
+    /// cursor.
+    pub fn set_meta_u64(&self, key: &[u8], value: u64) -> Result<(), StorageError> {
+        let inner = self.inner();
+        Ok(inner.db.put_cf(inner.cf(Column::Meta), key, value.to_be_bytes())?)
+    }
+
+    /// Up to `limit` events of `stream` with `seq` ≥ `from_seq`, in order.
+    /// Finds the first version by binary search over the stream index
+    /// (sequence numbers grow with versions), so it costs O(log n) lookups
+    /// plus the events read.
+    pub fn read_stream_from_seq(&self, stream: &StreamId, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+        let inner = self.inner();
+        let streams = inner.cf(Column::Streams);
+        let seq_at = |version: u64| -> Result<u64, StorageError> {
+            let row = inner
+                .db
+                .get_cf(streams, keys::stream_key(stream, version))?
+                .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: version {version} missing")))?;
+            keys::decode_u64(&row).ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))
+        };
+        // First version whose seq is >= from_seq, in 1..=head+1.
+        let (mut lo, mut hi) = (1u64, inner.stream_version(stream)? + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if seq_at(mid)? < from_seq {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        self.read_stream(stream, lo, limit)
+    }
+
+    /// Blocks until the WAL is on disk.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        Ok(self.inner().db.flush_wal(true)?)
+    }
+}
+
+impl EventLog for Store {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        metadata: Metadata,
+    ) -> Result<Appended, StorageError> {
+        self.check_request(&events)?;
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            metadata: metadata.normalized(),
+        };
+        self.call(|reply| Command::Append(request, reply))
+    }
+
+    fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+        let inner = self.inner();
+        let prefix = keys::stream_prefix(stream);
+        let start = keys::stream_key(stream, from_version.max(1));
+        let mut seqs = Vec::new();
+        let iter = inner.db.iterator_cf(inner.cf(Column::Streams), IteratorMode::From(&start, Direction::Forward));
+        let mut expected_version = from_version.max(1);
+        for item in iter {
+            if seqs.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let version = keys::decode_u64(&key[prefix.len()..]);
+            if version != Some(expected_version) {
+                return Err(StorageError::Corrupt(format!(
+                    "stream {stream}: expected version {expected_version}, index has {version:?}"
+                )));
+            }
+            expected_version += 1;
+            seqs.push(keys::decode_u64(&value).ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))?);
+        }
+        let log = inner.cf(Column::Log);
+        let keys: Vec<[u8; 8]> = seqs.iter().map(|s| keys::seq_key(*s)).collect();
+        let rows = inner.db.batched_multi_get_cf(log, keys.iter(), true);
+        seqs.iter()
+            .zip(rows)
+            .map(|(seq, row)| {
+                let row = row?.ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: seq {seq} missing from log")))?;
+                envelope::decode(&row).map_err(|source| StorageError::Event { seq: *seq, source })
+            })
+            .collect()
+    }
+
+    fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+        self.inner().read_all(from_seq, limit)
+    }
+
+    fn last_seq(&self) -> Result<u64, StorageError> {
+        Ok(*self.inner().committed.borrow())
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
+        self.inner().stream_version(stream)
+    }
+}
+
+impl BlobStore for Store {
+    fn put(&self, content: &[u8]) -> Result<BlobPin, StorageError> {
+        let inner = self.inner();
+        let digest = Digest::of(content);
+        let blobs = inner.cf(Column::Blobs);
+        {
+            // Pin and write under the lock a collection also takes per blob,
+            // so a blob is never removed between "exists" and "pinned".
+            let mut pins = inner.pins.lock();
+            if inner.db.get_pinned_cf(blobs, digest.0)?.is_none() {
+                // Not synced on its own: the synced append that refers to it
+                // comes later in the same WAL, so it is durable first.
+                inner.db.put_cf(blobs, digest.0, content)?;
+            }
+            *pins.entry(digest).or_insert(0) += 1;
+        }
+        let weak = Arc::downgrade(&self.shared.inner);
+        Ok(BlobPin {
+            digest,
+            release: Some(Box::new(move |d| {
+                if let Some(inner) = weak.upgrade() {
+                    let mut pins = inner.pins.lock();
+                    if let Some(n) = pins.get_mut(&d) {
+                        *n -= 1;
+                        if *n == 0 {
+                            pins.remove(&d);
+                        }
+                    }
+                }
+            })),
+        })
+    }
+
+    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StorageError> {
+        let inner = self.inner();
+        Ok(inner.db.get_cf(inner.cf(Column::Blobs), digest.0)?)
+    }
+
+    fn ref_count(&self, digest: &Digest) -> Result<u64, StorageError> {
+        self.inner().ref_count(digest)
+    }
+
+    fn collect_garbage(&self) -> Result<GcStats, StorageError> {
+        self.call(Command::CollectGarbage)
+    }
+}
+
+fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageError> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    // Keep fds bounded and let RocksDB use both cores for background work.
+    options.set_max_open_files(512);
+    options.increase_parallelism(2);
+    let mut names: Vec<String> = Column::ALL.iter().map(|c| c.name().to_owned()).collect();
+    names.extend(view_cfs.iter().cloned());
+    // Open families this build does not know (a view from another version)
+    // too: RocksDB refuses to open a database without all of them.
+    if let Ok(existing) = DB::list_cf(&options, path) {
+        for name in existing {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Ok(DB::open_cf(&options, path, names)?)
+}
+
+fn scan_prefix(db: &DB, cf: &ColumnFamily, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = item?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        out.push((key.into_vec(), value.into_vec()));
+    }
+    Ok(out)
+}
+
+impl Inner {
+    fn cf(&self, column: Column) -> &ColumnFamily {
+        self.db
+            .cf_handle(column.name())
+            .expect("fixed column families are created at open")
+    }
+
+    fn view_cf(&self, view: &str) -> Result<&ColumnFamily, StorageError> {
+        let index = self
+            .views
+            .iter()
+            .position(|v| v.name() == view)
+            .ok_or_else(|| StorageError::UnknownView(view.to_owned()))?;
+        Ok(self.view_cf_at(index))
+    }
+
+    fn view_cf_at(&self, index: usize) -> &ColumnFamily {
+        self.db
+            .cf_handle(&self.view_cfs[index])
+            .expect("view column families are created at open")
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        match self.db.get_cf(self.cf(Column::Meta), key)? {
+            None => Ok(None),
+            Some(v) => keys::decode_u64(&v)
+                .map(Some)
+                .ok_or_else(|| StorageError::Corrupt(format!("meta {} is not a u64", String::from_utf8_lossy(key)))),
+        }
+    }
+
+    fn check_layout(&self) -> Result<(), StorageError> {
+        let meta_cf = self.cf(Column::Meta);
+        match self.db.get_cf(meta_cf, meta::LAYOUT_VERSION)? {
+            None => {
+                let mut opts = WriteOptions::default();
+                opts.set_sync(true);
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta_cf, meta::LAYOUT_VERSION, LAYOUT_VERSION.to_be_bytes());
+                self.db.write_opt(batch, &opts)?;
+                Ok(())
+            }
+            Some(v) => {
+                let found = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StorageError::Corrupt("layout version is not a u32".into()))?;
+                if found > LAYOUT_VERSION {
+                    return Err(StorageError::UnsupportedLayout {
+                        found,
+                        supported: LAYOUT_VERSION,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The recorded last sequence must be the log's last key.
+    fn verify_last_seq(&self) -> Result<u64, StorageError> {
+        let recorded = self.meta_u64(meta::LAST_SEQ)?.unwrap_or(0);
+        let last_key = match self.db.iterator_cf(self.cf(Column::Log), IteratorMode::End).next() {
+            None => 0,
+            Some(item) => {
+                let (key, _) = item?;
+                keys::decode_u64(&key).ok_or_else(|| StorageError::Corrupt("log key is not a u64".into()))?
+            }
+        };
+        if recorded != last_key {
+            return Err(StorageError::Corrupt(format!(
+                "meta says the last seq is {recorded}, the log ends at {last_key}"
+            )));
+        }
+        Ok(recorded)
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
+        let prefix = keys::stream_prefix(stream);
+        let last = keys::stream_key(stream, u64::MAX);
+        let mut iter = self
+            .db
+            .iterator_cf(self.cf(Column::Streams), IteratorMode::From(&last, Direction::Reverse));
+        match iter.next() {
+            None => Ok(0),
+            Some(item) => {
+                let (key, _) = item?;
+                if !key.starts_with(&prefix) {
+                    return Ok(0);
+                }
+                keys::decode_u64(&key[prefix.len()..])
+                    .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad index key")))
+            }
+        }
+    }
+
+    fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+        let from = from_seq.max(1);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let iter = self
+            .db
+            .iterator_cf(self.cf(Column::Log), IteratorMode::From(&keys::seq_key(from), Direction::Forward));
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            let expected = from + out.len() as u64;
+            let seq = keys::decode_u64(&key);
+            if seq != Some(expected) {
+                return Err(StorageError::Corrupt(format!("log gap: expected seq {expected}, found {seq:?}")));
+            }
+            out.push(envelope::decode(&value).map_err(|source| StorageError::Event { seq: expected, source })?);
+        }
+        Ok(out)
+    }
+
+    fn ref_count(&self, digest: &Digest) -> Result<u64, StorageError> {
+        let cf = self.cf(Column::BlobRefs);
+        let mut total = 0;
+        for view in &self.views {
+            if let Some(v) = self.db.get_cf(cf, keys::blob_ref_key(view.name(), &digest.0))? {
+                total += keys::decode_u64(&v).ok_or_else(|| StorageError::Corrupt(format!("ref count of {digest}")))?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Adds the overlay's rows to `batch`.
+    fn write_overlay(&self, overlay: Overlay, batch: &mut WriteBatch) {
+        for ((cf, key), value) in overlay.rows {
+            let family = if cf == BLOB_REFS_CF {
+                self.cf(Column::BlobRefs)
+            } else {
+                self.view_cf_at(cf - 1)
+            };
+            match value {
+                Some(v) => batch.put_cf(family, key, v),
+                None => batch.delete_cf(family, key),
+            }
+        }
+    }
+}
+
+impl RowSource for Inner {
+    fn read(&self, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let family = if cf == BLOB_REFS_CF {
+            self.cf(Column::BlobRefs)
+        } else {
+            self.view_cf_at(cf - 1)
+        };
+        Ok(self.db.get_cf(family, key)?)
+    }
+}
+
+fn now() -> pbjson_types::Timestamp {
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: since_epoch.as_secs() as i64,
+        nanos: since_epoch.subsec_nanos() as i32,
+    }
+}
+
+/// The writer thread's state: the only code that assigns sequence numbers.
+struct Writer {
+    inner: Arc<Inner>,
+    last_seq: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut next = rx.blocking_recv();
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append(request, reply) => {
+                    let mut group = vec![(request, reply)];
+                    let mut events = group[0].0.events.len();
+                    while events < self.inner.config.group_commit_max_events {
+                        match rx.try_recv() {
+                            Ok(Command::Append(request, reply)) => {
+                                events += request.events.len();
+                                group.push((request, reply));
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_group(group);
+                }
+                Command::Rebuild(names, progress, reply) => {
+                    let _ = reply.send(self.rebuild(&names, progress));
+                }
+                Command::CollectGarbage(reply) => {
+                    let _ = reply.send(self.collect_garbage());
+                }
+                Command::Shutdown(reply) => {
+                    let _ = reply.send(());
+                    debug!("store writer stopped on request");
+                    return;
+                }
+            }
+            if next.is_none() {
+                next = rx.blocking_recv();
+            }
+        }
+        debug!("store writer stopped: all handles dropped");
+    }
+
+    fn commit_group(&mut self, group: Vec<(AppendRequest, Reply<Appended>)>) {
+        let inner = self.inner.clone();
+        let log_cf = inner.cf(Column::Log);
+        let streams_cf = inner.cf(Column::Streams);
+        let mut batch = WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut heads: HashMap<StreamId, u64> = HashMap::new();
+        let mut seq = self.last_seq;
+        let recorded_at = now();
+        let mut outcomes: Vec<(Reply<Appended>, Result<Appended, StorageError>)> = Vec::with_capacity(group.len());
+        let all = |_: usize| true;
+
+        for (request, reply) in group {
+            let actual = match heads.get(&request.stream) {
+                Some(v) => *v,
+                None => match inner.stream_version(&request.stream) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        outcomes.push((reply, Err(e)));
+                        continue;
+                    }
+                },
+            };
+            if !request.expected.matches(actual) {
+                let conflict = StorageError::Conflict {
+                    stream: request.stream.to_string(),
+                    expected: request.expected,
+                    actual,
+                };
+                outcomes.push((reply, Err(conflict)));
+                continue;
+            }
+            let mut envelopes = Vec::with_capacity(request.events.len());
+            let mut version = actual;
+            for event in request.events {
+                seq += 1;
+                version += 1;
+                let env = Envelope {
+                    schema_version: SCHEMA_VERSION,
+                    event_id: envelope::new_id(),
+                    stream: request.stream.to_string(),
+                    stream_version: version,
+                    seq,
+                    recorded_at: Some(recorded_at),
+                    correlation_id: request.metadata.correlation_id.clone(),
+                    causation_id: request.metadata.causation_id.clone(),
+                    principal: request.metadata.principal.clone(),
+                    trace: request.metadata.trace.clone(),
+                    event: Some(event),
+                };
+                batch.put_cf(log_cf, keys::seq_key(seq), envelope::encode(&env));
+                batch.put_cf(streams_cf, keys::stream_key(&request.stream, version), keys::seq_key(seq));
+                if let Err(e) = fold(&inner.views, &all, &mut overlay, &*inner, &env) {
+                    // A view refusing an event means the store is broken:
+                    // fail the whole group, write nothing.
+                    let message = e.to_string();
+                    warn!(error = %message, seq, "view fold failed; group rejected");
+                    for (reply, _) in outcomes {
+                        let _ = reply.send(Err(StorageError::Corrupt(message.clone())));
+                    }
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                envelopes.push(env);
+            }
+            heads.insert(request.stream, version);
+            outcomes.push((reply, Ok(Appended { envelopes })));
+        }
+
+        if seq > self.last_seq {
+            inner.write_overlay(overlay, &mut batch);
+            let meta_cf = inner.cf(Column::Meta);
+            batch.put_cf(meta_cf, meta::LAST_SEQ, seq.to_be_bytes());
+            for view in &inner.views {
+                batch.put_cf(meta_cf, meta::checkpoint(view.name()), seq.to_be_bytes());
+            }
+            let mut options = WriteOptions::default();
+            options.set_sync(inner.config.sync);
+            if let Err(e) = inner.db.write_opt(batch, &options) {
+                warn!(error = %e, "group commit failed");
+                for (reply, outcome) in outcomes {
+                    let _ = reply.send(outcome.and(Err(StorageError::Rocks(e.clone()))));
+                }
+                return;
+            }
+            let committed = outcomes.iter().filter(|(_, o)| o.is_ok()).count() as u64;
+            inner.appends.fetch_add(committed, Ordering::Relaxed);
+            inner.batches.fetch_add(1, Ordering::Relaxed);
+            self.last_seq = seq;
+            inner.committed.send_replace(seq);
+        }
+        for (reply, outcome) in outcomes {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// At open: finish interrupted rebuilds and bring every view up to the
+    /// end of the log (a view added by a newer build starts from 0).
+    fn recover_views(&mut self) -> Result<(), StorageError> {
+        let inner = self.inner.clone();
+        let mut interrupted = Vec::new();
+        for view in &inner.views {
+            if inner.db.get_cf(inner.cf(Column::Meta), meta::rebuilding(view.name()))?.is_some() {
+                interrupted.push(view.name().to_owned());
+            }
+        }
+        if !interrupted.is_empty() {
+            warn!(views = ?interrupted, "finishing interrupted view rebuild");
+            self.rebuild(&interrupted, None)?;
+        }
+        let mut from = Vec::with_capacity(inner.views.len());
+        for view in &inner.views {
+            from.push(Some(inner.meta_u64(&meta::checkpoint(view.name()))?.unwrap_or(0)));
+        }
+        if from.iter().any(|cp| cp.is_some_and(|cp| cp < self.last_seq)) {
+            let events = self.replay(&from, None)?;
+            info!(events, "views caught up with the log");
+        }
+        Ok(())
+    }
+
+    fn rebuild(&mut self, names: &[String], progress: Option<RebuildProgress>) -> Result<RebuildStats, StorageError> {
+        let inner = self.inner.clone();
+        let mut selected = vec![false; inner.views.len()];
+        for name in names {
+            let i = inner
+                .views
+                .iter()
+                .position(|v| v.name() == name)
+                .ok_or_else(|| StorageError::UnknownView(name.clone()))?;
+            selected[i] = true;
+        }
+        if names.is_empty() {
+            selected.iter_mut().for_each(|s| *s = true);
+        }
+        let meta_cf = inner.cf(Column::Meta);
+        // 1. Mark the rebuild and drop the checkpoints, atomically.
+        let mut batch = WriteBatch::default();
+        for (i, view) in inner.views.iter().enumerate().filter(|(i, _)| selected[*i]) {
+            let _ = i;
+            batch.put_cf(meta_cf, meta::rebuilding(view.name()), []);
+            batch.delete_cf(meta_cf, meta::checkpoint(view.name()));
+        }
+        inner.db.write(batch)?;
+        // 2. Clear rows and blob references.
+        for (i, view) in inner.views.iter().enumerate().filter(|(i, _)| selected[*i]) {
+            self.clear(inner.view_cf_at(i), b"")?;
+            self.clear(inner.cf(Column::BlobRefs), &keys::blob_ref_prefix(view.name()))?;
+        }
+        // 3. Replay the whole log into them.
+        let from: Vec<Option<u64>> = selected.iter().map(|s| s.then_some(0)).collect();
+        let events = self.replay(&from, progress)?;
+        // 4. Done: clear the marks and make it all durable.
+        let mut batch = WriteBatch::default();
+        for view in inner.views.iter().enumerate().filter(|(i, _)| selected[*i]).map(|(_, v)| v) {
+            batch.delete_cf(meta_cf, meta::rebuilding(view.name()));
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        inner.db.write_opt(batch, &options)?;
+        let views: Vec<String> = inner
+            .views
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| selected[*i])
+            .map(|(_, v)| v.name().to_owned())
+            .collect();
+        info!(?views, events, "views rebuilt");
+        Ok(RebuildStats { views, events })
+    }
+
+    fn clear(&self, cf: &ColumnFamily, prefix: &[u8]) -> Result<(), StorageError> {
+        const CHUNK: usize = 10_000;
+        loop {
+            let rows = scan_prefix(&self.inner.db, cf, prefix, CHUNK)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut batch = WriteBatch::default();
+            for (key, _) in &rows {
+                batch.delete_cf(cf, key);
+            }
+            self.inner.db.write(batch)?;
+        }
+    }
+
+    /// Folds the log into views: view `i` receives the events after
+    /// `from[i]` (none when `None`). Each batch carries rows and checkpoints
+    /// together. Returns the number of events read.
+    fn replay(&mut self, from: &[Option<u64>], progress: Option<RebuildProgress>) -> Result<u64, StorageError> {
+        let inner = self.inner.clone();
+        let Some(start) = from.iter().flatten().min().map(|cp| cp + 1) else {
+            return Ok(0);
+        };
+        let total = self.last_seq.saturating_sub(start - 1);
+        let mut next = start;
+        let mut done = 0;
+        let meta_cf = inner.cf(Column::Meta);
+        while next <= self.last_seq {
+            let chunk = inner.read_all(next, inner.config.replay_batch_events.max(1))?;
+            let Some(last) = chunk.last().map(|e| e.seq) else {
+                break;
+            };
+            let mut overlay = Overlay::default();
+            for env in &chunk {
+                let wanted = |i: usize| from[i].is_some_and(|cp| env.seq > cp);
+                fold(&inner.views, &wanted, &mut overlay, &*inner, env)?;
+            }
+            let mut batch = WriteBatch::default();
+            inner.write_overlay(overlay, &mut batch);
+            for (i, view) in inner.views.iter().enumerate() {
+                if from[i].is_some_and(|cp| last > cp) {
+                    batch.put_cf(meta_cf, meta::checkpoint(view.name()), last.to_be_bytes());
+                }
+            }
+            inner.db.write(batch)?;
+            done += chunk.len() as u64;
+            next = last + 1;
+            if let Some(progress) = &progress {
+                progress(done, total);
+            }
+        }
+        Ok(done)
+    }
+
+    fn collect_garbage(&mut self) -> Result<GcStats, StorageError> {
+        let inner = self.inner.clone();
+        let blobs = inner.cf(Column::Blobs);
+        let mut stats = GcStats::default();
+        let mut keys_seen = Vec::new();
+        for item in inner.db.iterator_cf(blobs, IteratorMode::Start) {
+            let (key, value) = item?;
+            keys_seen.push((key, value.len() as u64));
+        }
+        for (key, size) in keys_seen {
+            stats.scanned += 1;
+            let digest = Digest(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("blob key is not a sha256".into()))?,
+            );
+            if inner.ref_count(&digest)? > 0 {
+                continue;
+            }
+            let pins = inner.pins.lock();
+            if pins.contains_key(&digest) {
+                continue;
+            }
+            inner.db.delete_cf(blobs, digest.0)?;
+            drop(pins);
+            stats.removed += 1;
+            stats.removed_bytes += size;
+        }
+        if stats.removed > 0 {
+            info!(removed = stats.removed, bytes = stats.removed_bytes, "blobs collected");
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,155 @@
+//! Views: deterministic folds of the log into column families.
+//!
+//! A view sees every committed envelope in log order, exactly once, and
+//! writes rows through a [`ViewTx`]. Its rows and its checkpoint (the last
+//! sequence folded in) are written in the same `WriteBatch` as the events
+//! that produced them, so a reply to a command — and any read after it —
+//! already reflects those events (read-your-writes). `rebuild` clears a view
+//! and runs the very same fold over the whole log, so a rebuilt view is
+//! byte-identical to the live one.
+//!
+//! Rules for a view's `apply`:
+//! - it depends only on the envelope and on the view's own rows;
+//! - it accepts every event (events are facts): an `Err` means the store is
+//!   broken, and fails the whole write;
+//! - it encodes rows deterministically (prost encoding is).
+
+use std::{collections::HashMap, fmt};
+
+use cairn_events::v1::Envelope;
+
+use crate::{blob::Digest, keys, StorageError};
+
+/// A projection of the log into one column family.
+pub trait View: Send + Sync + fmt::Debug {
+    /// Stable name: the view's column family is `view_<name>` and its
+    /// checkpoint key `checkpoint/<name>`. Never rename a view.
+    fn name(&self) -> &'static str;
+
+    /// Folds one committed envelope into the view.
+    fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError>;
+}
+
+/// Where a [`ViewTx`] reads rows the current batch has not touched.
+pub(crate) trait RowSource {
+    /// Reads `key` from the column family with index `cf` (see [`Overlay`]).
+    fn read(&self, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+}
+
+/// Index of the `blob_refs` family in an [`Overlay`]; views are `1 + i`.
+pub(crate) const BLOB_REFS_CF: usize = 0;
+
+/// Pending row changes of one write batch, readable before they are written.
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    /// `(cf index, key)` → new value, or `None` for a delete.
+    pub(crate) rows: HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl Overlay {
+    fn get(&self, source: &dyn RowSource, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.rows.get(&(cf, key.to_vec())) {
+            Some(pending) => Ok(pending.clone()),
+            None => source.read(cf, key),
+        }
+    }
+}
+
+/// The handle a view reads and writes its rows through while folding.
+pub struct ViewTx<'a> {
+    pub(crate) view: &'static str,
+    pub(crate) cf: usize,
+    pub(crate) overlay: &'a mut Overlay,
+    pub(crate) source: &'a dyn RowSource,
+}
+
+impl fmt::Debug for ViewTx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ViewTx").field("view", &self.view).finish_non_exhaustive()
+    }
+}
+
+impl ViewTx<'_> {
+    /// The view's row at `key`, including changes made earlier in this batch.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.overlay.get(self.source, self.cf, key)
+    }
+
+    /// Decodes the protobuf row at `key`.
+    pub fn get_message<M: prost::Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StorageError> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(bytes) => M::decode(bytes.as_slice()).map(Some).map_err(|e| {
+                StorageError::Corrupt(format!("view {} row {:?}: {e}", self.view, String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+
+    /// Sets the row at `key`.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.overlay.rows.insert((self.cf, key.into()), Some(value.into()));
+    }
+
+    /// Sets the row at `key` to the encoding of `message`.
+    pub fn put_message(&mut self, key: impl Into<Vec<u8>>, message: &impl prost::Message) {
+        self.put(key, message.encode_to_vec());
+    }
+
+    /// Removes the row at `key`.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.overlay.rows.insert((self.cf, key.into()), None);
+    }
+
+    /// Records one more reference from this view to blob `digest`.
+    pub fn retain_blob(&mut self, digest: &Digest) -> Result<(), StorageError> {
+        self.adjust_blob_ref(digest, true)
+    }
+
+    /// Drops one reference from this view to blob `digest`.
+    pub fn release_blob(&mut self, digest: &Digest) -> Result<(), StorageError> {
+        self.adjust_blob_ref(digest, false)
+    }
+
+    fn adjust_blob_ref(&mut self, digest: &Digest, retain: bool) -> Result<(), StorageError> {
+        let key = keys::blob_ref_key(self.view, &digest.0);
+        let current = match self.overlay.get(self.source, BLOB_REFS_CF, &key)? {
+            None => 0,
+            Some(v) => keys::decode_u64(&v)
+                .ok_or_else(|| StorageError::Corrupt(format!("blob ref count of {digest} is not a u64")))?,
+        };
+        let next = if retain {
+            current + 1
+        } else {
+            current.checked_sub(1).ok_or_else(|| {
+                StorageError::Corrupt(format!("view {} released blob {digest} it did not hold", self.view))
+            })?
+        };
+        let value = (next > 0).then(|| next.to_be_bytes().to_vec());
+        self.overlay.rows.insert((BLOB_REFS_CF, key), value);
+        Ok(())
+    }
+}
+
+/// Folds `envelope` into each view of `views` selected by `wanted`
+/// (indexed like the overlay: view `i` has cf index `1 + i`).
+pub(crate) fn fold(
+    views: &[std::sync::Arc<dyn View>],
+    wanted: &dyn Fn(usize) -> bool,
+    overlay: &mut Overlay,
+    source: &dyn RowSource,
+    envelope: &Envelope,
+) -> Result<(), StorageError> {
+    for (i, view) in views.iter().enumerate() {
+        if !wanted(i) {
+            continue;
+        }
+        let mut tx = ViewTx {
+            view: view.name(),
+            cf: 1 + i,
+            overlay: &mut *overlay,
+            source,
+        };
+        view.apply(&mut tx, envelope)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! cairn's views. Each is declared here once; its name is its on-disk
+//! identity (`view_<name>` column family).
+//!
+//! | view | key | row |
+//! |---|---|---|
+//! | `repositories` | `<namespace>/<name>` | [`cairn_events::v1::RepositoryRow`] |
+
+use std::sync::Arc;
+
+use crate::View;
+
+pub mod repositories;
+
+pub use repositories::RepositoriesView;
+
+/// The views a node runs, in fold order.
+pub fn default_views() -> Vec<Arc<dyn View>> {
+    vec![Arc::new(RepositoriesView)]
+}

@@ -1,0 +1,80 @@
+//! The `repositories` view: one row per registered (not closed) repository.
+
+use cairn_events::v1::{event::Payload, Envelope, RepositoryRow};
+
+use crate::{Store, StorageError, View, ViewTx};
+
+/// Registered repositories, keyed by `<namespace>/<name>`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RepositoriesView;
+
+impl RepositoriesView {
+    /// The view's name.
+    pub const NAME: &'static str = "repositories";
+
+    fn key(namespace: &str, name: &str) -> Vec<u8> {
+        format!("{namespace}/{name}").into_bytes()
+    }
+
+    /// The row of repository `namespace/name`, if registered.
+    pub fn get(store: &Store, namespace: &str, name: &str) -> Result<Option<RepositoryRow>, StorageError> {
+        store.view_get_message(Self::NAME, &Self::key(namespace, name))
+    }
+
+    /// Every registered repository (of `namespace`, when given), ordered by
+    /// namespace then name.
+    pub fn list(store: &Store, namespace: Option<&str>) -> Result<Vec<RepositoryRow>, StorageError> {
+        let prefix = namespace.map(|ns| format!("{ns}/").into_bytes()).unwrap_or_default();
+        store
+            .view_scan(Self::NAME, &prefix, usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| {
+                prost::Message::decode(value.as_slice()).map_err(|e| {
+                    StorageError::Corrupt(format!("repositories row {}: {e}", String::from_utf8_lossy(&key)))
+                })
+            })
+            .collect()
+    }
+}
+
+impl View for RepositoriesView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError> {
+        let Ok(stream) = cairn_events::StreamId::new(envelope.stream.clone()) else {
+            return Ok(());
+        };
+        let Some((namespace, name)) = stream.as_repository() else {
+            return Ok(());
+        };
+        let key = Self::key(namespace, name);
+        let Some(payload) = envelope.event.as_ref().and_then(|e| e.payload.as_ref()) else {
+            return Ok(());
+        };
+        match payload {
+            Payload::RepositoryRegistered(registered) => {
+                let row = RepositoryRow {
+                    spec: registered.spec.clone(),
+                    stream_version: envelope.stream_version,
+                    updated_seq: envelope.seq,
+                    registered_at: envelope.recorded_at,
+                    registered_by: envelope.principal.clone(),
+                    updated_at: envelope.recorded_at,
+                };
+                tx.put_message(key, &row);
+            }
+            Payload::RepositorySpecChanged(changed) => {
+                let mut row: RepositoryRow = tx.get_message(&key)?.unwrap_or_default();
+                row.spec = changed.spec.clone();
+                row.stream_version = envelope.stream_version;
+                row.updated_seq = envelope.seq;
+                row.updated_at = envelope.recorded_at;
+                tx.put_message(key, &row);
+            }
+            Payload::RepositoryClosed(_) => tx.delete(key),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! RocksDB store specifics: views fold live and rebuild byte-identically,
+//! views catch up at open, blobs are stored once and collected, appends are
+//! group-committed, limits are enforced.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use cairn_events::{
+    envelope::{event, Metadata},
+    v1::{event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec, RepositorySpecChanged},
+    StreamId,
+};
+use cairn_storage::{
+    blob::Digest,
+    conformance::marker,
+    views::{default_views, RepositoriesView},
+    BlobStore, EventLog, ExpectedVersion, StorageError, Store, StoreConfig, View, ViewTx,
+};
+use proptest::prelude::*;
+
+fn spec(ns: &str, name: &str, branch: &str) -> RepositorySpec {
+    RepositorySpec {
+        namespace: ns.into(),
+        name: name.into(),
+        r#type: "git".into(),
+        git: Some(GitSpec { url: format!("file:///srv/{name}.git"), branch: branch.into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn registered(ns: &str, name: &str) -> cairn_events::v1::Event {
+    event(Payload::RepositoryRegistered(RepositoryRegistered { spec: Some(spec(ns, name, "main")) }))
+}
+
+/// Test view: retains the blob named by each `RepositoryClosed.reason` that
+/// parses as a digest, releases it on a reason of `-<digest>`.
+#[derive(Debug)]
+struct BlobRefView;
+
+impl View for BlobRefView {
+    fn name(&self) -> &'static str {
+        "test_blob_refs"
+    }
+    fn apply(&self, tx: &mut ViewTx<'_>, env: &Envelope) -> Result<(), StorageError> {
+        if let Some(Payload::RepositoryClosed(c)) = env.event.as_ref().and_then(|e| e.payload.as_ref()) {
+            if let Some(d) = c.reason.strip_prefix('-').and_then(Digest::parse) {
+                tx.release_blob(&d)?;
+                tx.delete(d.0.to_vec());
+            } else if let Some(d) = Digest::parse(&c.reason) {
+                tx.retain_blob(&d)?;
+                tx.put(d.0.to_vec(), env.seq.to_be_bytes().to_vec());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn views_with_blobs() -> Vec<Arc<dyn View>> {
+    let mut v = default_views();
+    v.push(Arc::new(BlobRefView));
+    v
+}
+
+fn open(path: &Path) -> Store {
+    Store::open(StoreConfig::new(path), views_with_blobs()).unwrap()
+}
+
+#[test]
+fn repositories_view_follows_events_and_reads_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = StreamId::repository("team-a", "one").unwrap();
+    let b = StreamId::repository("team-b", "two").unwrap();
+    store.append(&a, ExpectedVersion::NoStream, vec![registered("team-a", "one")], Metadata::command("alice")).unwrap();
+    // Read-your-writes: visible as soon as append returns.
+    let row = RepositoriesView::get(&store, "team-a", "one").unwrap().unwrap();
+    assert_eq!(row.spec.unwrap().git.unwrap().branch, "main");
+    assert_eq!((row.registered_by.as_str(), row.stream_version, row.updated_seq), ("alice", 1, 1));
+
+    store.append(&b, ExpectedVersion::NoStream, vec![registered("team-b", "two")], Metadata::default()).unwrap();
+    let changed = event(Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(spec("team-a", "one", "release")) }));
+    store.append(&a, ExpectedVersion::Exact(1), vec![changed], Metadata::default()).unwrap();
+    let row = RepositoriesView::get(&store, "team-a", "one").unwrap().unwrap();
+    assert_eq!(row.spec.unwrap().git.unwrap().branch, "release");
+    assert_eq!((row.registered_by.as_str(), row.stream_version, row.updated_seq), ("alice", 2, 3));
+
+    let names = |ns| -> Vec<String> {
+        RepositoriesView::list(&store, ns).unwrap().into_iter().map(|r| r.spec.unwrap().name).collect()
+    };
+    assert_eq!(names(None), ["one", "two"]);
+    assert_eq!(names(Some("team-b")), ["two"]);
+
+    let closed = event(Payload::RepositoryClosed(RepositoryClosed { reason: "unregistered".into() }));
+    store.append(&a, ExpectedVersion::Exact(2), vec![closed], Metadata::default()).unwrap();
+    assert_eq!(RepositoriesView::get(&store, "team-a", "one").unwrap(), None);
+    assert_eq!(names(None), ["two"]);
+}
+
+#[test]
+fn blobs_are_stored_once_and_collected_when_unreferenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = StreamId::new("blobs").unwrap();
+    let content = b"apiVersion: kpt.dev/v1\nkind: Kptfile\n".to_vec();
+    let pin1 = store.put(&content).unwrap();
+    let pin2 = store.put(&content).unwrap();
+    let digest = pin1.digest();
+    assert_eq!(digest, pin2.digest());
+    assert_eq!(digest, Digest::of(&content));
+    assert_eq!(store.get(&digest).unwrap(), Some(content.clone()));
+
+    // Pinned and unreferenced: kept.
+    assert_eq!(store.collect_garbage().unwrap().removed, 0);
+    // Two references from the view.
+    for _ in 0..2 {
+        store.append(&s, ExpectedVersion::Any, vec![marker(digest.to_string())], Metadata::default()).unwrap();
+    }
+    drop((pin1, pin2));
+    assert_eq!(store.ref_count(&digest).unwrap(), 2);
+    assert_eq!(store.collect_garbage().unwrap().removed, 0);
+    store.append(&s, ExpectedVersion::Any, vec![marker(format!("-{digest}"))], Metadata::default()).unwrap();
+    assert_eq!(store.ref_count(&digest).unwrap(), 1);
+    assert_eq!(store.collect_garbage().unwrap().removed, 0);
+    store.append(&s, ExpectedVersion::Any, vec![marker(format!("-{digest}"))], Metadata::default()).unwrap();
+    assert_eq!(store.ref_count(&digest).unwrap(), 0);
+
+    let orphan = store.put(b"never referenced").unwrap().digest(); // pin dropped at once
+    let stats = store.collect_garbage().unwrap();
+    assert_eq!((stats.scanned, stats.removed, stats.removed_bytes), (2, 2, content.len() as u64 + 16));
+    assert_eq!(store.get(&digest).unwrap(), None);
+    assert_eq!(store.get(&orphan).unwrap(), None);
+
+    // Releasing a reference the view does not hold is corruption: the whole
+    // append is refused and nothing is written.
+    let before = store.last_seq().unwrap();
+    let err = store.append(&s, ExpectedVersion::Any, vec![marker(format!("-{digest}"))], Metadata::default()).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert_eq!(store.last_seq().unwrap(), before);
+}
+
+#[test]
+fn concurrent_appends_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let handles: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            thread::spawn(move || {
+                let s = StreamId::new(format!("w{w}")).unwrap();
+                for i in 0..100 {
+                    store.append(&s, ExpectedVersion::Any, vec![marker(format!("{i}"))], Metadata::default()).unwrap();
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let stats = store.writer_stats();
+    assert_eq!(stats.appends, 800);
+    assert!(stats.batches < stats.appends, "no group commit happened: {stats:?}");
+}
+
+#[test]
+fn limits_are_enforced_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.append_max_events = 3;
+    config.event_max_bytes = 64;
+    let store = Store::open(config, default_views()).unwrap();
+    let s = StreamId::new("s").unwrap();
+    let err = store.append(&s, ExpectedVersion::Any, (0..4).map(|i| marker(format!("{i}"))).collect(), Metadata::default()).unwrap_err();
+    assert_eq!(err.to_string(), "invalid append: 4 events in one append, at most 3 allowed");
+    let err = store.append(&s, ExpectedVersion::Any, vec![marker("x".repeat(100))], Metadata::default()).unwrap_err();
+    assert_eq!(err.to_string(), "invalid append: event 0 (RepositoryClosed) is 104 bytes, at most 64 allowed");
+    assert_eq!(store.last_seq().unwrap(), 0);
+}
+
+#[test]
+fn a_view_added_later_catches_up_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = Digest::of(b"x");
+    {
+        let store = Store::open(StoreConfig::new(dir.path()), default_views()).unwrap();
+        let _pin = store.put(b"x").unwrap();
+        store.append(&StreamId::new("s").unwrap(), ExpectedVersion::Any, vec![marker(digest.to_string())], Metadata::default()).unwrap();
+        store.append(&StreamId::repository("a", "b").unwrap(), ExpectedVersion::Any, vec![registered("a", "b")], Metadata::default()).unwrap();
+    }
+    let store = open(dir.path());
+    let dump = store.view_dump("test_blob_refs").unwrap();
+    assert_eq!(dump.checkpoint, 2);
+    assert_eq!(dump.rows, vec![(digest.0.to_vec(), 1u64.to_be_bytes().to_vec())]);
+    assert_eq!(store.ref_count(&digest).unwrap(), 1);
+}
+
+#[test]
+fn reads_a_stream_from_a_global_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = StreamId::new("a").unwrap();
+    let b = StreamId::new("b").unwrap();
+    for i in 0..20 {
+        let s = if i % 3 == 0 { &a } else { &b };
+        store.append(s, ExpectedVersion::Any, vec![marker(format!("{i}"))], Metadata::default()).unwrap();
+    }
+    // a holds seqs 1, 4, 7, 10, 13, 16, 19.
+    let seqs = |from, limit| -> Vec<u64> {
+        store.read_stream_from_seq(&a, from, limit).unwrap().iter().map(|e| e.seq).collect()
+    };
+    assert_eq!(seqs(0, 100), [1, 4, 7, 10, 13, 16, 19]);
+    assert_eq!(seqs(5, 2), [7, 10]);
+    assert_eq!(seqs(7, 1), [7]);
+    assert_eq!(seqs(20, 10), Vec::<u64>::new());
+    assert_eq!(store.read_stream_from_seq(&StreamId::new("none").unwrap(), 1, 10).unwrap().len(), 0);
+}
+
+#[test]
+fn unknown_views_and_future_layouts_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.view_dump("nope").unwrap_err().to_string(), "unknown view \"nope\"");
+    assert_eq!(store.rebuild(&["nope"], None).unwrap_err().to_string(), "unknown view \"nope\"");
+}
+
+/// Random histories of repository and blob events.
+fn history() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
+    proptest::collection::vec((0u8..4, 0u8..5, 0u8..3), 1..60)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Rebuilding every view from the log gives byte-identical views.
+    #[test]
+    fn rebuild_equals_live(history in history()) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let blobs: Vec<Digest> = (0..3).map(|i| Digest::of(format!("blob{i}").as_bytes())).collect();
+        let mut held = vec![0u32; 3];
+        let mut pins = Vec::new();
+        for (kind, repo, blob) in history {
+            let name = format!("r{repo}");
+            let s = StreamId::repository("ns", &name).unwrap();
+            let ev = match kind {
+                0 => registered("ns", &name),
+                1 => event(Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(spec("ns", &name, &format!("b{blob}"))) })),
+                2 => event(Payload::RepositoryClosed(RepositoryClosed { reason: "gone".into() })),
+                _ => {
+                    let d = blobs[blob as usize];
+                    if held[blob as usize] > 0 && repo % 2 == 0 {
+                        held[blob as usize] -= 1;
+                        marker(format!("-{d}"))
+                    } else {
+                        pins.push(store.put(format!("blob{blob}").as_bytes()).unwrap());
+                        held[blob as usize] += 1;
+                        marker(d.to_string())
+                    }
+                }
+            };
+            let s = if kind == 3 { StreamId::new("blobs").unwrap() } else { s };
+            store.append(&s, ExpectedVersion::Any, vec![ev], Metadata::default()).unwrap();
+        }
+        let before: Vec<_> = store.view_names().iter().map(|v| store.view_dump(v).unwrap()).collect();
+        let progress = Arc::new(Mutex::new(Vec::new()));
+        let seen = progress.clone();
+        let stats = store.rebuild(&[], Some(Box::new(move |done, total| seen.lock().unwrap().push((done, total))))).unwrap();
+        let after: Vec<_> = store.view_names().iter().map(|v| store.view_dump(v).unwrap()).collect();
+        prop_assert_eq!(&before, &after);
+        prop_assert_eq!(stats.events, store.last_seq().unwrap());
+        prop_assert_eq!(stats.views, vec!["repositories".to_string(), "test_blob_refs".to_string()]);
+        let last = *progress.lock().unwrap().last().unwrap();
+        prop_assert_eq!(last, (stats.events, stats.events));
+        for (i, d) in blobs.iter().enumerate() {
+            prop_assert_eq!(store.ref_count(d).unwrap(), u64::from(held[i]));
+        }
+    }
+}
