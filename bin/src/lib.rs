@@ -1,1 +1,23 @@
-//! placeholder
+//! The `cairn` binary as a library: node wiring, configuration, the client
+//! CLI and the benchmarks. `main.rs` only calls [`cli::main`].
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap): `node`, `log`, `views`, `bench`.
+//! - [`config`]: [`config::NodeConfig`] — TOML file, `CAIRN_*` environment,
+//!   flags (lowest to highest precedence) — and its validation.
+//! - [`local_nats`]: a `nats-server -js` child for nodes without a NATS URL
+//!   (and for tests and benchmarks).
+//! - [`node`]: starting and gracefully stopping a node.
+//! - [`log_cmd`]: `cairn log` — over NATS or straight from a data directory.
+//! - [`views_cmd`]: `cairn views rebuild`.
+//! - [`bench`]: `cairn bench …`, each against its raw baseline in the same run.
+//! - [`telemetry`]: tracing subscriber set-up.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod local_nats;
+pub mod log_cmd;
+pub mod node;
+pub mod telemetry;
+pub mod views_cmd;

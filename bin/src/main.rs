@@ -1,1 +1,5 @@
-fn main(){}
+//! The `cairn` command. See `cairn --help`.
+
+fn main() -> std::process::ExitCode {
+    cairn::cli::main()
+}

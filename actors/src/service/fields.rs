@@ -100,7 +100,7 @@ mod tests {
         assert_eq!(f.u64("limit").unwrap_err().message, "limit: must be a non-negative integer, got \"x\"");
 
         let f = Fields::parse(br#"{"limit":1e30}"#, &["limit"]).unwrap();
-        assert_eq!(f.u64_in("limit", 1, 1000).unwrap_err().message, "limit: must be between 1 and 1000, got 1e30");
+        assert_eq!(f.u64_in("limit", 1, 1000).unwrap_err().message, "limit: must be between 1 and 1000, got 1e+30");
         let f = Fields::parse(br#"{"limit":5000}"#, &["limit"]).unwrap();
         assert_eq!(f.u64_in("limit", 1, 1000).unwrap_err().message, "limit: must be between 1 and 1000, got 5000");
         let f = Fields::parse(b"  ", &["limit"]).unwrap();

@@ -1,0 +1,381 @@
+//! Node configuration.
+//!
+//! Sources, lowest precedence first: built-in defaults, a TOML file
+//! (`--config`, or `CAIRN_CONFIG`), environment variables `CAIRN_<KEY>` with
+//! `__` between sections (`CAIRN_NATS__URLS`, `CAIRN_DATA_DIR`,
+//! `CAIRN_PUBLISHER__MAX_IN_FLIGHT`), then command-line flags. Keys are
+//! kebab-case in TOML; unknown keys are errors, and every error names the
+//! key. See `config/node.toml` for a commented sample.
+
+use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Top-level keys, so unrelated `CAIRN_*` variables are not taken as config.
+const SECTIONS: &[&str] = &["data-dir", "nats", "store", "publisher", "service", "log"];
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the node keeps its store (`store/`) and, for a local
+    /// nats-server, its JetStream data (`nats/`). Default: `./cairn-data`.
+    pub data_dir: PathBuf,
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// The event log and views.
+    pub store: StoreSection,
+    /// Publishing events to JetStream.
+    pub publisher: PublisherSection,
+    /// The NATS service.
+    pub service: ServiceSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("cairn-data"),
+            nats: NatsConfig::default(),
+            store: StoreSection::default(),
+            publisher: PublisherSection::default(),
+            service: ServiceSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+/// `[nats]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NatsConfig {
+    /// NATS server URLs (several for a cluster). A list, or one string with
+    /// commas. Default: empty — the node starts its own `nats-server -js`.
+    #[serde(deserialize_with = "string_or_list")]
+    pub urls: Vec<String>,
+    /// Client address of the local nats-server when `urls` is empty.
+    /// Default: `127.0.0.1:4222`.
+    pub listen: String,
+    /// The nats-server program for the local server. Default: `nats-server`.
+    pub server_binary: String,
+    /// How long to wait for NATS at start-up. Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            listen: "127.0.0.1:4222".into(),
+            server_binary: "nats-server".into(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreSection {
+    /// fsync every commit. Default: true.
+    pub sync: bool,
+    /// Most events in one append. Default: 1000.
+    pub append_max_events: usize,
+    /// Largest encoded event, in bytes. Default: 262144.
+    pub event_max_bytes: usize,
+    /// Most events per group commit. Default: 8192.
+    pub group_commit_max_events: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let d = cairn_storage::StoreConfig::new("");
+        Self {
+            sync: d.sync,
+            append_max_events: d.append_max_events,
+            event_max_bytes: d.event_max_bytes,
+            group_commit_max_events: d.group_commit_max_events,
+        }
+    }
+}
+
+/// `[publisher]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PublisherSection {
+    /// Unacknowledged publishes at most. Default: 512.
+    pub max_in_flight: usize,
+    /// Wait for one JetStream ack at most. Default: `5s`.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Replicas of the `CAIRN_EVENTS` stream when cairn creates it. Default: 1.
+    pub stream_replicas: usize,
+}
+
+impl Default for PublisherSection {
+    fn default() -> Self {
+        let d = cairn_actors::publisher::PublisherConfig::default();
+        Self {
+            max_in_flight: d.max_in_flight,
+            ack_timeout: d.ack_timeout,
+            stream_replicas: d.stream_replicas,
+        }
+    }
+}
+
+/// `[service]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Largest request body, in bytes. Default: 65536.
+    pub request_max_bytes: usize,
+    /// Requests handled at once. Default: 256.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        let d = cairn_actors::service::ServiceConfig::default();
+        Self {
+            request_max_bytes: d.request_max_bytes,
+            max_concurrent_requests: d.max_concurrent_requests,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LogSection {
+    /// Level filter (`RUST_LOG` syntax; `RUST_LOG` itself wins). Default: `info`.
+    pub level: String,
+    /// `text` or `json`. Default: `text`.
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Command-line overrides (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--nats-url` (repeatable).
+    pub nats_urls: Vec<String>,
+    /// `--nats-listen`.
+    pub nats_listen: Option<String>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+impl NodeConfig {
+    /// Loads defaults ← `file` (or `CAIRN_CONFIG`) ← `CAIRN_*` ← `overrides`,
+    /// then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
+        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let env = Env::prefixed("CAIRN_")
+            .split("__")
+            .map(|key| key.as_str().replace('_', "-").into())
+            .filter(|key| SECTIONS.contains(&key.as_str().split('.').next().unwrap_or_default()));
+        figment = figment.merge(env);
+        if let Some(d) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("data-dir", d));
+        }
+        if !overrides.nats_urls.is_empty() {
+            figment = figment.merge(Serialized::default("nats.urls", &overrides.nats_urls));
+        }
+        if let Some(l) = &overrides.nats_listen {
+            figment = figment.merge(Serialized::default("nats.listen", l));
+        }
+        if let Some(l) = &overrides.log_level {
+            figment = figment.merge(Serialized::default("log.level", l));
+        }
+        let config: NodeConfig = figment.extract().map_err(|e| ConfigError(figment_message(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data-dir", "must not be empty".into());
+        }
+        for (i, url) in self.nats.urls.iter().enumerate() {
+            let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|p| url.starts_with(p))
+                || url.parse::<SocketAddr>().is_ok()
+                || (!url.contains("://") && url.contains(':'));
+            if !ok {
+                return bad(&format!("nats.urls[{i}]"), format!("{url:?} is not a NATS URL (nats://host:port)"));
+            }
+        }
+        if self.nats.listen.parse::<SocketAddr>().is_err() {
+            return bad("nats.listen", format!("{:?} is not an address like 127.0.0.1:4222", self.nats.listen));
+        }
+        if self.nats.server_binary.is_empty() {
+            return bad("nats.server-binary", "must not be empty".into());
+        }
+        if self.nats.connect_timeout.is_zero() {
+            return bad("nats.connect-timeout", "must be more than 0s".into());
+        }
+        if !(1..=100_000).contains(&self.store.append_max_events) {
+            return bad("store.append-max-events", format!("must be between 1 and 100000, got {}", self.store.append_max_events));
+        }
+        if !(1024..=900 * 1024).contains(&self.store.event_max_bytes) {
+            return bad("store.event-max-bytes", format!("must be between 1024 and 921600, got {}", self.store.event_max_bytes));
+        }
+        if self.store.group_commit_max_events < self.store.append_max_events {
+            return bad(
+                "store.group-commit-max-events",
+                format!("must be at least store.append-max-events ({})", self.store.append_max_events),
+            );
+        }
+        if !(1..=65_536).contains(&self.publisher.max_in_flight) {
+            return bad("publisher.max-in-flight", format!("must be between 1 and 65536, got {}", self.publisher.max_in_flight));
+        }
+        if self.publisher.ack_timeout.is_zero() {
+            return bad("publisher.ack-timeout", "must be more than 0s".into());
+        }
+        if !(1..=5).contains(&self.publisher.stream_replicas) {
+            return bad("publisher.stream-replicas", format!("must be between 1 and 5, got {}", self.publisher.stream_replicas));
+        }
+        if !(1024..=1024 * 1024).contains(&self.service.request_max_bytes) {
+            return bad("service.request-max-bytes", format!("must be between 1024 and 1048576, got {}", self.service.request_max_bytes));
+        }
+        if self.service.max_concurrent_requests == 0 {
+            return bad("service.max-concurrent-requests", "must be at least 1".into());
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return bad("log.format", format!("must be \"text\" or \"json\", got {:?}", self.log.format));
+        }
+        Ok(())
+    }
+
+    /// The store's directory.
+    pub fn store_dir(&self) -> PathBuf {
+        store_dir(&self.data_dir)
+    }
+
+    /// The store configuration.
+    pub fn store_config(&self) -> cairn_storage::StoreConfig {
+        let mut c = cairn_storage::StoreConfig::new(self.store_dir());
+        c.sync = self.store.sync;
+        c.append_max_events = self.store.append_max_events;
+        c.event_max_bytes = self.store.event_max_bytes;
+        c.group_commit_max_events = self.store.group_commit_max_events;
+        c
+    }
+}
+
+/// The store directory inside a data directory.
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
+}
+
+fn figment_message(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for e in e {
+        let key = e.path.join(".");
+        let source = e.metadata.as_ref().map(|m| m.name.to_string());
+        let mut text = if key.is_empty() { e.kind.to_string() } else { format!("{key}: {}", e.kind) };
+        if let Some(source) = source {
+            text.push_str(&format!(" (from {source})"));
+        }
+        out.push(text);
+    }
+    out.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test touches the process environment, so env-dependent checks
+    // live together here and never race with each other.
+    #[test]
+    fn precedence_file_env_flags_and_errors_name_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "data-dir = \"/from/file\"\n[nats]\nlisten = \"127.0.0.1:5000\"\n[publisher]\nmax-in-flight = 7\n").unwrap();
+        std::env::set_var("CAIRN_NATS__LISTEN", "127.0.0.1:6000");
+        std::env::set_var("CAIRN_BLESS", "1"); // unrelated variables are ignored
+        let c = NodeConfig::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.nats.listen, "127.0.0.1:6000", "env beats file");
+        assert_eq!(c.publisher.max_in_flight, 7);
+        let flags = Overrides { nats_listen: Some("127.0.0.1:7000".into()), data_dir: Some("/flag".into()), ..Default::default() };
+        let c = NodeConfig::load(Some(&file), &flags).unwrap();
+        assert_eq!((c.nats.listen.as_str(), c.data_dir.to_str().unwrap()), ("127.0.0.1:7000", "/flag"));
+
+        std::env::set_var("CAIRN_NATS__URLS", "nats://a:4222, nats://b:4222");
+        let c = NodeConfig::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.nats.urls, ["nats://a:4222", "nats://b:4222"]);
+        std::env::remove_var("CAIRN_NATS__URLS");
+
+        std::env::set_var("CAIRN_PUBLISHER__MAX_IN_FLIGHT", "lots");
+        let err = NodeConfig::load(None, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.starts_with("configuration: publisher.max-in-flight: invalid type"), "{err}");
+        std::env::remove_var("CAIRN_PUBLISHER__MAX_IN_FLIGHT");
+        std::env::remove_var("CAIRN_NATS__LISTEN");
+
+        std::fs::write(&file, "[nats]\nlisen = \"x\"\n").unwrap();
+        let err = NodeConfig::load(Some(&file), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.starts_with("configuration: nats: unknown field: found `lisen`"), "{err}");
+
+        std::fs::write(&file, "[nats]\nlisten = \"localhost\"\n").unwrap();
+        let err = NodeConfig::load(Some(&file), &Overrides::default()).unwrap_err().to_string();
+        assert_eq!(err, "configuration: nats.listen: \"localhost\" is not an address like 127.0.0.1:4222");
+
+        let err = NodeConfig::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.ends_with("missing.toml does not exist"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = NodeConfig::default();
+        c.publisher.max_in_flight = 0;
+        assert_eq!(c.validate().unwrap_err().to_string(), "configuration: publisher.max-in-flight: must be between 1 and 65536, got 0");
+        let mut c = NodeConfig::default();
+        c.nats.urls = vec!["nats://ok:4222".into(), "http://x".into()];
+        assert_eq!(c.validate().unwrap_err().to_string(), "configuration: nats.urls[1]: \"http://x\" is not a NATS URL (nats://host:port)");
+        let mut c = NodeConfig::default();
+        c.log.format = "xml".into();
+        assert_eq!(c.validate().unwrap_err().to_string(), "configuration: log.format: must be \"text\" or \"json\", got \"xml\"");
+        NodeConfig::default().validate().unwrap();
+    }
+}
