@@ -7,7 +7,11 @@ use std::{env, fs, path::PathBuf};
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/cairn/v1/events.proto", "proto/cairn/v1/views.proto", "proto/cairn/v1/service.proto"];
+    let protos = [
+        "proto/cairn/v1/events.proto",
+        "proto/cairn/v1/views.proto",
+        "proto/cairn/v1/service.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -7,7 +7,11 @@
 //! kebab-case in TOML; unknown keys are errors, and every error names the
 //! key. See `config/node.toml` for a commented sample.
 
-use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
@@ -153,7 +157,8 @@ impl Default for ServiceSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LogSection {
-    /// Level filter (`RUST_LOG` syntax; `RUST_LOG` itself wins). Default: `info`.
+    /// Level filter (`RUST_LOG` syntax; `RUST_LOG` itself wins).
+    /// Default: `info,async_nats=warn`.
     pub level: String,
     /// `text` or `json`. Default: `text`.
     pub format: String,
@@ -161,7 +166,10 @@ pub struct LogSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { level: "info".into(), format: "text".into() }
+        Self {
+            level: "info,async_nats=warn".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -173,7 +181,12 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         OneOrMany::Many(v) => v,
     })
 }
@@ -201,17 +214,31 @@ impl NodeConfig {
     /// then validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
-        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file(path));
         }
         let env = Env::prefixed("CAIRN_")
             .split("__")
             .map(|key| key.as_str().replace('_', "-").into())
-            .filter(|key| SECTIONS.contains(&key.as_str().split('.').next().unwrap_or_default()));
+            .filter(|key| {
+                // Keys are still upper case here; figment lowercases later.
+                let section = key
+                    .as_str()
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                SECTIONS.contains(&section.as_str())
+            });
         figment = figment.merge(env);
         if let Some(d) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("data-dir", d));
@@ -225,7 +252,9 @@ impl NodeConfig {
         if let Some(l) = &overrides.log_level {
             figment = figment.merge(Serialized::default("log.level", l));
         }
-        let config: NodeConfig = figment.extract().map_err(|e| ConfigError(figment_message(e)))?;
+        let config: NodeConfig = figment
+            .extract()
+            .map_err(|e| ConfigError(figment_message(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -237,15 +266,26 @@ impl NodeConfig {
             return bad("data-dir", "must not be empty".into());
         }
         for (i, url) in self.nats.urls.iter().enumerate() {
-            let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|p| url.starts_with(p))
+            let ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|p| url.starts_with(p))
                 || url.parse::<SocketAddr>().is_ok()
                 || (!url.contains("://") && url.contains(':'));
             if !ok {
-                return bad(&format!("nats.urls[{i}]"), format!("{url:?} is not a NATS URL (nats://host:port)"));
+                return bad(
+                    &format!("nats.urls[{i}]"),
+                    format!("{url:?} is not a NATS URL (nats://host:port)"),
+                );
             }
         }
         if self.nats.listen.parse::<SocketAddr>().is_err() {
-            return bad("nats.listen", format!("{:?} is not an address like 127.0.0.1:4222", self.nats.listen));
+            return bad(
+                "nats.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:4222",
+                    self.nats.listen
+                ),
+            );
         }
         if self.nats.server_binary.is_empty() {
             return bad("nats.server-binary", "must not be empty".into());
@@ -254,34 +294,73 @@ impl NodeConfig {
             return bad("nats.connect-timeout", "must be more than 0s".into());
         }
         if !(1..=100_000).contains(&self.store.append_max_events) {
-            return bad("store.append-max-events", format!("must be between 1 and 100000, got {}", self.store.append_max_events));
+            return bad(
+                "store.append-max-events",
+                format!(
+                    "must be between 1 and 100000, got {}",
+                    self.store.append_max_events
+                ),
+            );
         }
         if !(1024..=900 * 1024).contains(&self.store.event_max_bytes) {
-            return bad("store.event-max-bytes", format!("must be between 1024 and 921600, got {}", self.store.event_max_bytes));
+            return bad(
+                "store.event-max-bytes",
+                format!(
+                    "must be between 1024 and 921600, got {}",
+                    self.store.event_max_bytes
+                ),
+            );
         }
         if self.store.group_commit_max_events < self.store.append_max_events {
             return bad(
                 "store.group-commit-max-events",
-                format!("must be at least store.append-max-events ({})", self.store.append_max_events),
+                format!(
+                    "must be at least store.append-max-events ({})",
+                    self.store.append_max_events
+                ),
             );
         }
         if !(1..=65_536).contains(&self.publisher.max_in_flight) {
-            return bad("publisher.max-in-flight", format!("must be between 1 and 65536, got {}", self.publisher.max_in_flight));
+            return bad(
+                "publisher.max-in-flight",
+                format!(
+                    "must be between 1 and 65536, got {}",
+                    self.publisher.max_in_flight
+                ),
+            );
         }
         if self.publisher.ack_timeout.is_zero() {
             return bad("publisher.ack-timeout", "must be more than 0s".into());
         }
         if !(1..=5).contains(&self.publisher.stream_replicas) {
-            return bad("publisher.stream-replicas", format!("must be between 1 and 5, got {}", self.publisher.stream_replicas));
+            return bad(
+                "publisher.stream-replicas",
+                format!(
+                    "must be between 1 and 5, got {}",
+                    self.publisher.stream_replicas
+                ),
+            );
         }
         if !(1024..=1024 * 1024).contains(&self.service.request_max_bytes) {
-            return bad("service.request-max-bytes", format!("must be between 1024 and 1048576, got {}", self.service.request_max_bytes));
+            return bad(
+                "service.request-max-bytes",
+                format!(
+                    "must be between 1024 and 1048576, got {}",
+                    self.service.request_max_bytes
+                ),
+            );
         }
         if self.service.max_concurrent_requests == 0 {
-            return bad("service.max-concurrent-requests", "must be at least 1".into());
+            return bad(
+                "service.max-concurrent-requests",
+                "must be at least 1".into(),
+            );
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
-            return bad("log.format", format!("must be \"text\" or \"json\", got {:?}", self.log.format));
+            return bad(
+                "log.format",
+                format!("must be \"text\" or \"json\", got {:?}", self.log.format),
+            );
         }
         Ok(())
     }
@@ -312,7 +391,11 @@ fn figment_message(e: figment::Error) -> String {
     for e in e {
         let key = e.path.join(".");
         let source = e.metadata.as_ref().map(|m| m.name.to_string());
-        let mut text = if key.is_empty() { e.kind.to_string() } else { format!("{key}: {}", e.kind) };
+        let mut text = if key.is_empty() {
+            e.kind.to_string()
+        } else {
+            format!("{key}: {}", e.kind)
+        };
         if let Some(source) = source {
             text.push_str(&format!(" (from {source})"));
         }
@@ -338,9 +421,16 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.nats.listen, "127.0.0.1:6000", "env beats file");
         assert_eq!(c.publisher.max_in_flight, 7);
-        let flags = Overrides { nats_listen: Some("127.0.0.1:7000".into()), data_dir: Some("/flag".into()), ..Default::default() };
+        let flags = Overrides {
+            nats_listen: Some("127.0.0.1:7000".into()),
+            data_dir: Some("/flag".into()),
+            ..Default::default()
+        };
         let c = NodeConfig::load(Some(&file), &flags).unwrap();
-        assert_eq!((c.nats.listen.as_str(), c.data_dir.to_str().unwrap()), ("127.0.0.1:7000", "/flag"));
+        assert_eq!(
+            (c.nats.listen.as_str(), c.data_dir.to_str().unwrap()),
+            ("127.0.0.1:7000", "/flag")
+        );
 
         std::env::set_var("CAIRN_NATS__URLS", "nats://a:4222, nats://b:4222");
         let c = NodeConfig::load(None, &Overrides::default()).unwrap();
@@ -348,20 +438,40 @@ mod tests {
         std::env::remove_var("CAIRN_NATS__URLS");
 
         std::env::set_var("CAIRN_PUBLISHER__MAX_IN_FLIGHT", "lots");
-        let err = NodeConfig::load(None, &Overrides::default()).unwrap_err().to_string();
-        assert!(err.starts_with("configuration: publisher.max-in-flight: invalid type"), "{err}");
+        let err = NodeConfig::load(None, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("configuration: publisher.max-in-flight: invalid type"),
+            "{err}"
+        );
         std::env::remove_var("CAIRN_PUBLISHER__MAX_IN_FLIGHT");
         std::env::remove_var("CAIRN_NATS__LISTEN");
 
         std::fs::write(&file, "[nats]\nlisen = \"x\"\n").unwrap();
-        let err = NodeConfig::load(Some(&file), &Overrides::default()).unwrap_err().to_string();
-        assert!(err.starts_with("configuration: nats: unknown field: found `lisen`"), "{err}");
+        let err = NodeConfig::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("configuration: nats.lisen: unknown field: found `lisen`"),
+            "{err}"
+        );
 
         std::fs::write(&file, "[nats]\nlisten = \"localhost\"\n").unwrap();
-        let err = NodeConfig::load(Some(&file), &Overrides::default()).unwrap_err().to_string();
-        assert_eq!(err, "configuration: nats.listen: \"localhost\" is not an address like 127.0.0.1:4222");
+        let err = NodeConfig::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration: nats.listen: \"localhost\" is not an address like 127.0.0.1:4222"
+        );
 
-        let err = NodeConfig::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).unwrap_err().to_string();
+        let err = NodeConfig::load(
+            Some(&dir.path().join("missing.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.ends_with("missing.toml does not exist"), "{err}");
     }
 
@@ -369,13 +479,22 @@ mod tests {
     fn validation_names_the_key() {
         let mut c = NodeConfig::default();
         c.publisher.max_in_flight = 0;
-        assert_eq!(c.validate().unwrap_err().to_string(), "configuration: publisher.max-in-flight: must be between 1 and 65536, got 0");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: publisher.max-in-flight: must be between 1 and 65536, got 0"
+        );
         let mut c = NodeConfig::default();
         c.nats.urls = vec!["nats://ok:4222".into(), "http://x".into()];
-        assert_eq!(c.validate().unwrap_err().to_string(), "configuration: nats.urls[1]: \"http://x\" is not a NATS URL (nats://host:port)");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: nats.urls[1]: \"http://x\" is not a NATS URL (nats://host:port)"
+        );
         let mut c = NodeConfig::default();
         c.log.format = "xml".into();
-        assert_eq!(c.validate().unwrap_err().to_string(), "configuration: log.format: must be \"text\" or \"json\", got \"xml\"");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: log.format: must be \"text\" or \"json\", got \"xml\""
+        );
         NodeConfig::default().validate().unwrap();
     }
 }

@@ -65,7 +65,11 @@ pub struct LocalNatsServer {
 impl LocalNatsServer {
     /// Starts `binary -js` listening on `listen` (port 0: any free port)
     /// with its JetStream data in `store_dir`, and waits until it is ready.
-    pub fn start(binary: &str, listen: SocketAddr, store_dir: &Path) -> Result<Self, LocalNatsError> {
+    pub fn start(
+        binary: &str,
+        listen: SocketAddr,
+        store_dir: &Path,
+    ) -> Result<Self, LocalNatsError> {
         if listen.port() != 0 {
             match TcpListener::bind(listen) {
                 Ok(probe) => drop(probe),
@@ -76,7 +80,11 @@ impl LocalNatsServer {
             }
         }
         std::fs::create_dir_all(store_dir)?;
-        let port = if listen.port() == 0 { "-1".to_owned() } else { listen.port().to_string() };
+        let port = if listen.port() == 0 {
+            "-1".to_owned()
+        } else {
+            listen.port().to_string()
+        };
         let mut child = Command::new(binary)
             .args(["-js", "-a", &listen.ip().to_string(), "-p", &port, "-sd"])
             .arg(store_dir)
@@ -85,7 +93,9 @@ impl LocalNatsServer {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => LocalNatsError::NotInstalled { binary: binary.to_owned() },
+                std::io::ErrorKind::NotFound => LocalNatsError::NotInstalled {
+                    binary: binary.to_owned(),
+                },
                 _ => LocalNatsError::Io(e),
             })?;
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -123,17 +133,25 @@ impl LocalNatsServer {
                     let _ = child.kill();
                     let _ = child.wait();
                     let reason = match e {
-                        mpsc::RecvTimeoutError::Timeout => format!("not ready after {}s", READY_TIMEOUT.as_secs()),
+                        mpsc::RecvTimeoutError::Timeout => {
+                            format!("not ready after {}s", READY_TIMEOUT.as_secs())
+                        }
                         mpsc::RecvTimeoutError::Disconnected => "it exited".to_owned(),
                     };
-                    return Err(LocalNatsError::Failed { reason, output: output.join("\n") });
+                    return Err(LocalNatsError::Failed {
+                        reason,
+                        output: output.join("\n"),
+                    });
                 }
             }
         }
         let Some(mut addr) = addr else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(LocalNatsError::Failed { reason: "no client port in its log".into(), output: output.join("\n") });
+            return Err(LocalNatsError::Failed {
+                reason: "no client port in its log".into(),
+                output: output.join("\n"),
+            });
         };
         if addr.ip().is_unspecified() {
             addr.set_ip(listen.ip());
@@ -176,7 +194,10 @@ impl LocalNatsServer {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            warn!(pid = self.child.id(), "nats-server ignored SIGTERM; killing it");
+            warn!(
+                pid = self.child.id(),
+                "nats-server ignored SIGTERM; killing it"
+            );
         }
         self.kill();
     }

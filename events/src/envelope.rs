@@ -167,7 +167,9 @@ mod tests {
     fn future_schema_versions_are_refused_by_name() {
         let env = Envelope {
             schema_version: 7,
-            event: Some(event(Payload::RepositoryClosed(RepositoryClosed::default()))),
+            event: Some(event(
+                Payload::RepositoryClosed(RepositoryClosed::default()),
+            )),
             ..Default::default()
         };
         let err = decode(&encode(&env)).unwrap_err();
@@ -195,6 +197,11 @@ mod tests {
         let m = Metadata::default().normalized();
         assert_eq!(m.principal, ANONYMOUS);
         assert_eq!(m.causation_id, m.correlation_id);
-        assert_eq!(uuid::Uuid::parse_str(&m.correlation_id).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(&m.correlation_id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
     }
 }

@@ -44,7 +44,8 @@ impl StreamId {
     pub fn as_repository(&self) -> Option<(&str, &str)> {
         let rest = self.0.strip_prefix("repo/")?;
         let (namespace, name) = rest.split_once('/')?;
-        (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then_some((namespace, name))
+        (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
+            .then_some((namespace, name))
     }
 
     /// The id as text.
@@ -74,10 +75,16 @@ mod tests {
     #[test]
     fn rejects_what_the_key_layout_cannot_hold() {
         let err = StreamId::new("a\0b").unwrap_err().to_string();
-        assert_eq!(err, "invalid stream id \"a\\0b\": must not contain control characters");
+        assert_eq!(
+            err,
+            "invalid stream id \"a\\0b\": must not contain control characters"
+        );
         assert!(matches!(
             StreamId::new(""),
-            Err(EventsError::InvalidStream { reason: "must not be empty", .. })
+            Err(EventsError::InvalidStream {
+                reason: "must not be empty",
+                ..
+            })
         ));
         assert!(StreamId::new("x".repeat(513)).is_err());
         assert!(StreamId::new("x".repeat(512)).is_ok());

@@ -73,9 +73,9 @@ pub fn event_subject(namespace: &str, repository: &str, event_type: &str) -> Str
 /// wildcards, no whitespace.
 pub fn is_valid_publish_subject(subject: &str) -> bool {
     !subject.is_empty()
-        && subject.split('.').all(|t| {
-            !t.is_empty() && t != "*" && t != ">" && !t.chars().any(char::is_whitespace)
-        })
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.chars().any(char::is_whitespace))
 }
 
 #[cfg(test)]

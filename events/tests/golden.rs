@@ -14,8 +14,8 @@ use cairn_events::{
     envelope::{self, event},
     json,
     v1::{
-        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered,
-        RepositorySpec, RepositorySpecChanged, SyncSpec, TraceContext,
+        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec,
+        RepositorySpecChanged, SyncSpec, TraceContext,
     },
     EventKind, SCHEMA_VERSION,
 };
@@ -36,7 +36,10 @@ fn spec() -> RepositorySpec {
         }),
         sync: Some(SyncSpec {
             schedule: "*/10 * * * *".into(),
-            run_once_at: Some(pbjson_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+            run_once_at: Some(pbjson_types::Timestamp {
+                seconds: 1_790_000_000,
+                nanos: 0,
+            }),
         }),
         deployment: false,
     }
@@ -49,7 +52,10 @@ fn envelope_for(seq: u64, payload: Payload) -> Envelope {
         stream: "repo/team-a/blueprints".into(),
         stream_version: seq,
         seq,
-        recorded_at: Some(pbjson_types::Timestamp { seconds: 1_780_000_000 + seq as i64, nanos: 250_000_000 }),
+        recorded_at: Some(pbjson_types::Timestamp {
+            seconds: 1_780_000_000 + seq as i64,
+            nanos: 250_000_000,
+        }),
         correlation_id: "01900000-0000-7000-8000-00000000c0de".into(),
         causation_id: "01900000-0000-7000-8000-00000000c0de".into(),
         principal: "alice@example.com".into(),
@@ -67,15 +73,28 @@ fn samples() -> Vec<(EventKind, Envelope)> {
     vec![
         (
             EventKind::RepositoryRegistered,
-            envelope_for(1, Payload::RepositoryRegistered(RepositoryRegistered { spec: Some(spec()) })),
+            envelope_for(
+                1,
+                Payload::RepositoryRegistered(RepositoryRegistered { spec: Some(spec()) }),
+            ),
         ),
         (
             EventKind::RepositorySpecChanged,
-            envelope_for(2, Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(changed) })),
+            envelope_for(
+                2,
+                Payload::RepositorySpecChanged(RepositorySpecChanged {
+                    spec: Some(changed),
+                }),
+            ),
         ),
         (
             EventKind::RepositoryClosed,
-            envelope_for(3, Payload::RepositoryClosed(RepositoryClosed { reason: "unregistered".into() })),
+            envelope_for(
+                3,
+                Payload::RepositoryClosed(RepositoryClosed {
+                    reason: "unregistered".into(),
+                }),
+            ),
         ),
     ]
 }
@@ -107,18 +126,30 @@ fn golden_bytes_still_decode_and_reencode_identically() {
         let bin = base.with_extension("pb");
         let json_path = base.with_extension("json");
         let bytes = envelope::encode(&expected);
-        let rendered = serde_json::to_string_pretty(&json::to_json(&expected).unwrap()).unwrap() + "\n";
+        let rendered =
+            serde_json::to_string_pretty(&json::to_json(&expected).unwrap()).unwrap() + "\n";
         if bless && !bin.exists() {
             fs::write(&bin, &bytes).unwrap();
             fs::write(&json_path, &rendered).unwrap();
         }
-        let stored = fs::read(&bin).unwrap_or_else(|e| panic!("missing fixture {}: {e}", bin.display()));
+        let stored =
+            fs::read(&bin).unwrap_or_else(|e| panic!("missing fixture {}: {e}", bin.display()));
         let decoded = envelope::decode(&stored).unwrap();
-        assert_eq!(decoded, expected, "{kind:?}: stored bytes decode to a different value");
-        assert_eq!(bytes, stored, "{kind:?}: this build encodes different bytes");
+        assert_eq!(
+            decoded, expected,
+            "{kind:?}: stored bytes decode to a different value"
+        );
+        assert_eq!(
+            bytes, stored,
+            "{kind:?}: this build encodes different bytes"
+        );
         let stored_json = fs::read_to_string(&json_path).unwrap();
         assert_eq!(rendered, stored_json, "{kind:?}: JSON rendering changed");
         let parsed: serde_json::Value = serde_json::from_str(&stored_json).unwrap();
-        assert_eq!(json::from_json(&parsed).unwrap(), expected, "{kind:?}: JSON does not parse back");
+        assert_eq!(
+            json::from_json(&parsed).unwrap(),
+            expected,
+            "{kind:?}: JSON does not parse back"
+        );
     }
 }

@@ -4,8 +4,8 @@ use cairn_events::{
     envelope::{self, event},
     json,
     v1::{
-        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered,
-        RepositorySpec, RepositorySpecChanged, SyncSpec, TraceContext,
+        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec,
+        RepositorySpecChanged, SyncSpec, TraceContext,
     },
     SCHEMA_VERSION,
 };
@@ -13,46 +13,109 @@ use proptest::prelude::*;
 
 fn timestamp() -> impl Strategy<Value = Option<pbjson_types::Timestamp>> {
     // Whole RFC 3339 range that proto3 JSON can express.
-    proptest::option::of((-62_135_596_800i64..253_402_300_799, 0i32..1_000_000_000).prop_map(
-        |(seconds, nanos)| pbjson_types::Timestamp { seconds, nanos },
-    ))
+    proptest::option::of(
+        (-62_135_596_800i64..253_402_300_799, 0i32..1_000_000_000)
+            .prop_map(|(seconds, nanos)| pbjson_types::Timestamp { seconds, nanos }),
+    )
 }
 
 fn spec() -> impl Strategy<Value = RepositorySpec> {
     let git = proptest::option::of(
-        (any::<String>(), any::<String>(), any::<String>(), any::<bool>(), any::<String>(), any::<String>(), any::<String>())
-            .prop_map(|(url, branch, directory, create_branch, author, email, secret_ref)| GitSpec {
-                url, branch, directory, create_branch, author, email, secret_ref,
-            }),
+        (
+            any::<String>(),
+            any::<String>(),
+            any::<String>(),
+            any::<bool>(),
+            any::<String>(),
+            any::<String>(),
+            any::<String>(),
+        )
+            .prop_map(
+                |(url, branch, directory, create_branch, author, email, secret_ref)| GitSpec {
+                    url,
+                    branch,
+                    directory,
+                    create_branch,
+                    author,
+                    email,
+                    secret_ref,
+                },
+            ),
     );
-    let sync = proptest::option::of(
-        (any::<String>(), timestamp()).prop_map(|(schedule, run_once_at)| SyncSpec { schedule, run_once_at }),
-    );
-    (any::<String>(), any::<String>(), any::<String>(), git, sync, any::<bool>()).prop_map(
-        |(namespace, name, r#type, git, sync, deployment)| RepositorySpec { namespace, name, r#type, git, sync, deployment },
+    let sync = proptest::option::of((any::<String>(), timestamp()).prop_map(
+        |(schedule, run_once_at)| SyncSpec {
+            schedule,
+            run_once_at,
+        },
+    ));
+    (
+        any::<String>(),
+        any::<String>(),
+        any::<String>(),
+        git,
+        sync,
+        any::<bool>(),
     )
+        .prop_map(
+            |(namespace, name, r#type, git, sync, deployment)| RepositorySpec {
+                namespace,
+                name,
+                r#type,
+                git,
+                sync,
+                deployment,
+            },
+        )
 }
 
 fn payload() -> impl Strategy<Value = Payload> {
     prop_oneof![
-        proptest::option::of(spec()).prop_map(|spec| Payload::RepositoryRegistered(RepositoryRegistered { spec })),
-        proptest::option::of(spec()).prop_map(|spec| Payload::RepositorySpecChanged(RepositorySpecChanged { spec })),
+        proptest::option::of(spec())
+            .prop_map(|spec| Payload::RepositoryRegistered(RepositoryRegistered { spec })),
+        proptest::option::of(spec())
+            .prop_map(|spec| Payload::RepositorySpecChanged(RepositorySpecChanged { spec })),
         any::<String>().prop_map(|reason| Payload::RepositoryClosed(RepositoryClosed { reason })),
     ]
 }
 
 fn envelope() -> impl Strategy<Value = Envelope> {
     (
-        (any::<String>(), any::<String>(), any::<u64>(), any::<u64>(), timestamp()),
+        (
+            any::<String>(),
+            any::<String>(),
+            any::<u64>(),
+            any::<u64>(),
+            timestamp(),
+        ),
         (any::<String>(), any::<String>(), any::<String>()),
-        proptest::option::of((any::<String>(), any::<String>()).prop_map(|(traceparent, tracestate)| TraceContext { traceparent, tracestate })),
+        proptest::option::of((any::<String>(), any::<String>()).prop_map(
+            |(traceparent, tracestate)| TraceContext {
+                traceparent,
+                tracestate,
+            },
+        )),
         payload(),
     )
-        .prop_map(|((event_id, stream, stream_version, seq, recorded_at), (correlation_id, causation_id, principal), trace, payload)| Envelope {
-            schema_version: SCHEMA_VERSION,
-            event_id, stream, stream_version, seq, recorded_at, correlation_id, causation_id, principal, trace,
-            event: Some(event(payload)),
-        })
+        .prop_map(
+            |(
+                (event_id, stream, stream_version, seq, recorded_at),
+                (correlation_id, causation_id, principal),
+                trace,
+                payload,
+            )| Envelope {
+                schema_version: SCHEMA_VERSION,
+                event_id,
+                stream,
+                stream_version,
+                seq,
+                recorded_at,
+                correlation_id,
+                causation_id,
+                principal,
+                trace,
+                event: Some(event(payload)),
+            },
+        )
 }
 
 proptest! {

@@ -61,7 +61,9 @@ impl BlobPin {
 
 impl fmt::Debug for BlobPin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlobPin").field("digest", &self.digest).finish()
+        f.debug_struct("BlobPin")
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 

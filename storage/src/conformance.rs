@@ -46,7 +46,9 @@ pub type Open<'a> = &'a dyn Fn(&Path) -> Box<dyn EventLog>;
 
 /// A small event whose `reason` identifies it.
 pub fn marker(text: impl Into<String>) -> Event {
-    event(Payload::RepositoryClosed(RepositoryClosed { reason: text.into() }))
+    event(Payload::RepositoryClosed(RepositoryClosed {
+        reason: text.into(),
+    }))
 }
 
 fn marker_of(event: &Option<Event>) -> String {
@@ -66,34 +68,79 @@ pub fn conflicts_name_versions_and_write_nothing(dir: &Path, open: Open<'_>) {
     let log = open(dir);
     let s = stream("repo/ns/a");
     let first = log
-        .append(&s, ExpectedVersion::NoStream, vec![marker("a1")], Metadata::default())
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![marker("a1")],
+            Metadata::default(),
+        )
         .unwrap();
     assert_eq!((first.first_seq(), first.stream_version()), (1, 1));
 
     let err = log
-        .append(&s, ExpectedVersion::Exact(0), vec![marker("lost")], Metadata::default())
+        .append(
+            &s,
+            ExpectedVersion::Exact(0),
+            vec![marker("lost")],
+            Metadata::default(),
+        )
         .unwrap_err();
     match &err {
-        StorageError::Conflict { stream, expected, actual } => {
-            assert_eq!((stream.as_str(), *expected, *actual), ("repo/ns/a", ExpectedVersion::Exact(0), 1));
+        StorageError::Conflict {
+            stream,
+            expected,
+            actual,
+        } => {
+            assert_eq!(
+                (stream.as_str(), *expected, *actual),
+                ("repo/ns/a", ExpectedVersion::Exact(0), 1)
+            );
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(err.to_string(), "stream repo/ns/a: expected version 0, found version 1");
+    assert_eq!(
+        err.to_string(),
+        "stream repo/ns/a: expected version 0, found version 1"
+    );
     let err = log
-        .append(&s, ExpectedVersion::NoStream, vec![marker("lost")], Metadata::default())
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![marker("lost")],
+            Metadata::default(),
+        )
         .unwrap_err();
-    assert_eq!(err.to_string(), "stream repo/ns/a: expected no stream, found version 1");
+    assert_eq!(
+        err.to_string(),
+        "stream repo/ns/a: expected no stream, found version 1"
+    );
 
     assert_eq!(log.last_seq().unwrap(), 1);
     assert_eq!(log.stream_version(&s).unwrap(), 1);
     assert_eq!(log.read_all(1, 100).unwrap().len(), 1);
 
     let second = log
-        .append(&s, ExpectedVersion::Exact(1), vec![marker("a2"), marker("a3")], Metadata::default())
+        .append(
+            &s,
+            ExpectedVersion::Exact(1),
+            vec![marker("a2"), marker("a3")],
+            Metadata::default(),
+        )
         .unwrap();
-    assert_eq!((second.first_seq(), second.last_seq(), second.stream_version()), (2, 3, 3));
-    let texts: Vec<String> = log.read_stream(&s, 1, 100).unwrap().iter().map(|e| marker_of(&e.event)).collect();
+    assert_eq!(
+        (
+            second.first_seq(),
+            second.last_seq(),
+            second.stream_version()
+        ),
+        (2, 3, 3)
+    );
+    let texts: Vec<String> = log
+        .read_stream(&s, 1, 100)
+        .unwrap()
+        .iter()
+        .map(|e| marker_of(&e.event))
+        .collect();
     assert_eq!(texts, ["a1", "a2", "a3"]);
 }
 
@@ -105,10 +152,13 @@ pub fn stream_versions_are_contiguous(dir: &Path, open: Open<'_>) {
     let mut expected: HashMap<&StreamId, Vec<String>> = HashMap::new();
     for round in 0..10 {
         for (i, s) in streams.iter().enumerate() {
-            let events: Vec<Event> = (0..=i).map(|k| marker(format!("{s}-{round}-{k}"))).collect();
+            let events: Vec<Event> = (0..=i)
+                .map(|k| marker(format!("{s}-{round}-{k}")))
+                .collect();
             let texts = events.iter().map(|e| marker_of(&Some(e.clone())));
             expected.entry(s).or_default().extend(texts);
-            log.append(s, ExpectedVersion::Any, events, Metadata::default()).unwrap();
+            log.append(s, ExpectedVersion::Any, events, Metadata::default())
+                .unwrap();
         }
     }
     for s in &streams {
@@ -122,14 +172,28 @@ pub fn stream_versions_are_contiguous(dir: &Path, open: Open<'_>) {
         assert_eq!(log.stream_version(s).unwrap(), expected[s].len() as u64);
 
         let tail = log.read_stream(s, 5, 3).unwrap();
-        assert_eq!(tail.iter().map(|e| e.stream_version).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(
+            tail.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+            [5, 6, 7]
+        );
     }
     assert_eq!(log.stream_version(&stream("repo/ns/none")).unwrap(), 0);
-    assert!(log.read_stream(&stream("repo/ns/none"), 1, 10).unwrap().is_empty());
+    assert!(log
+        .read_stream(&stream("repo/ns/none"), 1, 10)
+        .unwrap()
+        .is_empty());
     // A stream id that is a prefix of another shares no events with it.
-    log.append(&stream("repo/ns/ab"), ExpectedVersion::NoStream, vec![marker("ab")], Metadata::default())
-        .unwrap();
-    assert_eq!(log.stream_version(&stream("repo/ns/a")).unwrap(), expected[&streams[0]].len() as u64);
+    log.append(
+        &stream("repo/ns/ab"),
+        ExpectedVersion::NoStream,
+        vec![marker("ab")],
+        Metadata::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        log.stream_version(&stream("repo/ns/a")).unwrap(),
+        expected[&streams[0]].len() as u64
+    );
 }
 
 /// Sequence numbers are 1..=n with no gap, and windows read exactly.
@@ -140,16 +204,28 @@ pub fn global_sequence_is_gap_free(dir: &Path, open: Open<'_>) {
     let mut appended = Vec::new();
     for i in 0..50u64 {
         let s = stream(&format!("repo/ns/s{}", i % 7));
-        let events = (0..(i % 3 + 1)).map(|k| marker(format!("{i}-{k}"))).collect();
-        appended.extend(log.append(&s, ExpectedVersion::Any, events, Metadata::default()).unwrap().envelopes);
+        let events = (0..(i % 3 + 1))
+            .map(|k| marker(format!("{i}-{k}")))
+            .collect();
+        appended.extend(
+            log.append(&s, ExpectedVersion::Any, events, Metadata::default())
+                .unwrap()
+                .envelopes,
+        );
     }
     let all = log.read_all(0, usize::MAX).unwrap();
-    assert_eq!(all, appended, "read_all returns exactly what the appends returned");
+    assert_eq!(
+        all, appended,
+        "read_all returns exactly what the appends returned"
+    );
     let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
     assert_eq!(log.last_seq().unwrap(), all.len() as u64);
     let window = log.read_all(10, 5).unwrap();
-    assert_eq!(window.iter().map(|e| e.seq).collect::<Vec<_>>(), [10, 11, 12, 13, 14]);
+    assert_eq!(
+        window.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [10, 11, 12, 13, 14]
+    );
     assert!(log.read_all(all.len() as u64 + 1, 10).unwrap().is_empty());
     // Event ids are unique UUID v7s.
     let mut ids: Vec<&str> = all.iter().map(|e| e.event_id.as_str()).collect();
@@ -172,12 +248,22 @@ pub fn many_concurrent_appenders(dir: &Path, open: Open<'_>) {
                 let shared = stream("repo/ns/shared");
                 for i in 0..APPENDS {
                     let version = log
-                        .append(&own, ExpectedVersion::Exact(i as u64), vec![marker(format!("{w}:{i}"))], Metadata::default())
+                        .append(
+                            &own,
+                            ExpectedVersion::Exact(i as u64),
+                            vec![marker(format!("{w}:{i}"))],
+                            Metadata::default(),
+                        )
                         .unwrap()
                         .stream_version();
                     assert_eq!(version, i as u64 + 1);
-                    log.append(&shared, ExpectedVersion::Any, vec![marker(format!("{w}:{i}"))], Metadata::default())
-                        .unwrap();
+                    log.append(
+                        &shared,
+                        ExpectedVersion::Any,
+                        vec![marker(format!("{w}:{i}"))],
+                        Metadata::default(),
+                    )
+                    .unwrap();
                 }
             })
         })
@@ -188,13 +274,23 @@ pub fn many_concurrent_appenders(dir: &Path, open: Open<'_>) {
     let total = (WRITERS * APPENDS * 2) as u64;
     assert_eq!(log.last_seq().unwrap(), total);
     let all = log.read_all(1, usize::MAX).unwrap();
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
     for w in 0..WRITERS {
-        let own = log.read_stream(&stream(&format!("repo/ns/w{w}")), 1, usize::MAX).unwrap();
+        let own = log
+            .read_stream(&stream(&format!("repo/ns/w{w}")), 1, usize::MAX)
+            .unwrap();
         let texts: Vec<String> = own.iter().map(|e| marker_of(&e.event)).collect();
-        assert_eq!(texts, (0..APPENDS).map(|i| format!("{w}:{i}")).collect::<Vec<_>>());
+        assert_eq!(
+            texts,
+            (0..APPENDS).map(|i| format!("{w}:{i}")).collect::<Vec<_>>()
+        );
     }
-    let shared = log.read_stream(&stream("repo/ns/shared"), 1, usize::MAX).unwrap();
+    let shared = log
+        .read_stream(&stream("repo/ns/shared"), 1, usize::MAX)
+        .unwrap();
     assert_eq!(shared.len(), WRITERS * APPENDS);
     assert_eq!(
         shared.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
@@ -207,7 +303,10 @@ pub fn many_concurrent_appenders(dir: &Path, open: Open<'_>) {
             .map(|e| marker_of(&e.event))
             .filter(|t| t.starts_with(&format!("{w}:")))
             .collect();
-        assert_eq!(mine, (0..APPENDS).map(|i| format!("{w}:{i}")).collect::<Vec<_>>());
+        assert_eq!(
+            mine,
+            (0..APPENDS).map(|i| format!("{w}:{i}")).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -220,8 +319,13 @@ pub fn racing_exact_appends_have_one_winner(dir: &Path, open: Open<'_>) {
             let log = log.clone();
             let s = s.clone();
             thread::spawn(move || {
-                log.append(&s, ExpectedVersion::Exact(0), vec![marker(format!("{i}"))], Metadata::default())
-                    .map(|a| a.stream_version())
+                log.append(
+                    &s,
+                    ExpectedVersion::Exact(0),
+                    vec![marker(format!("{i}"))],
+                    Metadata::default(),
+                )
+                .map(|a| a.stream_version())
             })
         })
         .collect::<Vec<_>>()
@@ -242,10 +346,20 @@ pub fn reopen_keeps_everything(dir: &Path, open: Open<'_>) {
     let s = stream("repo/ns/a");
     let before = {
         let log = open(dir);
-        log.append(&s, ExpectedVersion::NoStream, vec![marker("1"), marker("2")], Metadata::command("alice"))
-            .unwrap();
-        log.append(&stream("repo/ns/b"), ExpectedVersion::NoStream, vec![marker("3")], Metadata::default())
-            .unwrap();
+        log.append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![marker("1"), marker("2")],
+            Metadata::command("alice"),
+        )
+        .unwrap();
+        log.append(
+            &stream("repo/ns/b"),
+            ExpectedVersion::NoStream,
+            vec![marker("3")],
+            Metadata::default(),
+        )
+        .unwrap();
         log.read_all(1, usize::MAX).unwrap()
     };
     let log = open(dir);
@@ -253,7 +367,12 @@ pub fn reopen_keeps_everything(dir: &Path, open: Open<'_>) {
     assert_eq!(log.last_seq().unwrap(), 3);
     assert_eq!(before[0].principal, "alice");
     let next = log
-        .append(&s, ExpectedVersion::Exact(2), vec![marker("4")], Metadata::default())
+        .append(
+            &s,
+            ExpectedVersion::Exact(2),
+            vec![marker("4")],
+            Metadata::default(),
+        )
         .unwrap();
     assert_eq!((next.first_seq(), next.stream_version()), (4, 3));
 }
@@ -263,10 +382,17 @@ pub fn reopen_keeps_everything(dir: &Path, open: Open<'_>) {
 pub fn invalid_appends_write_nothing(dir: &Path, open: Open<'_>) {
     let log = open(dir);
     let s = stream("repo/ns/a");
-    let err = log.append(&s, ExpectedVersion::Any, vec![], Metadata::default()).unwrap_err();
+    let err = log
+        .append(&s, ExpectedVersion::Any, vec![], Metadata::default())
+        .unwrap_err();
     assert_eq!(err.to_string(), "invalid append: no events to append");
     let err = log
-        .append(&s, ExpectedVersion::Any, vec![marker("ok"), Event { payload: None }], Metadata::default())
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![marker("ok"), Event { payload: None }],
+            Metadata::default(),
+        )
         .unwrap_err();
     assert_eq!(err.to_string(), "invalid append: event 1 has no payload");
     assert_eq!(log.last_seq().unwrap(), 0);

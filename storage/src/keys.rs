@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn seq_keys_sort_numerically() {
-        let mut keys: Vec<_> = [256u64, 1, 255, 65_536, 2].iter().map(|s| seq_key(*s)).collect();
+        let mut keys: Vec<_> = [256u64, 1, 255, 65_536, 2]
+            .iter()
+            .map(|s| seq_key(*s))
+            .collect();
         keys.sort();
         let seqs: Vec<u64> = keys.iter().map(|k| decode_u64(k).unwrap()).collect();
         assert_eq!(seqs, vec![1, 2, 255, 256, 65_536]);

@@ -38,6 +38,10 @@ use crate::{
     StorageError, View,
 };
 
+/// Longest command metadata value (ids, principal, trace context), in bytes.
+/// Metadata travels in NATS headers, which allow no control characters.
+pub const METADATA_MAX_BYTES: usize = 512;
+
 /// Version of the on-disk layout (column families and key formats).
 pub const LAYOUT_VERSION: u32 = 1;
 
@@ -183,7 +187,9 @@ impl Store {
         let view_cfs: Vec<String> = views.iter().map(|v| view_column(v.name())).collect();
         for (i, name) in view_cfs.iter().enumerate() {
             if view_cfs[..i].contains(name) {
-                return Err(StorageError::UnknownView(format!("view {name} declared twice")));
+                return Err(StorageError::UnknownView(format!(
+                    "view {name} declared twice"
+                )));
             }
         }
         let db = open_db(&config.path, &view_cfs)?;
@@ -204,6 +210,7 @@ impl Store {
         let mut writer = Writer {
             inner: inner.clone(),
             last_seq,
+            heads: HashMap::new(),
         };
         writer.recover_views()?;
 
@@ -254,8 +261,29 @@ impl Store {
         }
     }
 
-    fn check_request(&self, events: &[Event]) -> Result<(), StorageError> {
+    fn check_request(&self, events: &[Event], metadata: &Metadata) -> Result<(), StorageError> {
         let config = &self.inner().config;
+        let trace = metadata.trace.as_ref();
+        let fields = [
+            ("correlation id", metadata.correlation_id.as_str()),
+            ("causation id", metadata.causation_id.as_str()),
+            ("principal", metadata.principal.as_str()),
+            ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
+            ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
+        ];
+        for (name, value) in fields {
+            if value.len() > METADATA_MAX_BYTES {
+                return Err(StorageError::InvalidAppend(format!(
+                    "{name} is {} bytes, at most {METADATA_MAX_BYTES} allowed",
+                    value.len()
+                )));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(StorageError::InvalidAppend(format!(
+                    "{name} contains control characters"
+                )));
+            }
+        }
         if events.is_empty() {
             return Err(StorageError::InvalidAppend("no events to append".into()));
         }
@@ -268,7 +296,9 @@ impl Store {
         }
         for (i, event) in events.iter().enumerate() {
             let Some(payload) = event.payload.as_ref() else {
-                return Err(StorageError::InvalidAppend(format!("event {i} has no payload")));
+                return Err(StorageError::InvalidAppend(format!(
+                    "event {i} has no payload"
+                )));
             };
             let size = prost::Message::encoded_len(event);
             if size > config.event_max_bytes {
@@ -290,7 +320,7 @@ impl Store {
         events: Vec<Event>,
         metadata: Metadata,
     ) -> Result<Appended, StorageError> {
-        self.check_request(&events)?;
+        self.check_request(&events, &metadata)?;
         let (reply, rx) = oneshot::channel();
         let request = AppendRequest {
             stream: stream.clone(),
@@ -307,18 +337,32 @@ impl Store {
 
     /// Rebuilds the named views (all when `views` is empty) from the log:
     /// clears their rows and replays every event through the same fold as
-    /// live appends. Appends wait meanwhile. Blocking.
-    pub fn rebuild(&self, views: &[&str], progress: Option<RebuildProgress>) -> Result<RebuildStats, StorageError> {
+    /// live appends. Appends wait meanwhile, but readers see the views
+    /// emptied and refilled: rebuild a stopped node's store (`cairn views
+    /// rebuild`) unless that is acceptable. If it fails, the store accepts
+    /// no more writes; the next open finishes the rebuild first. Blocking.
+    pub fn rebuild(
+        &self,
+        views: &[&str],
+        progress: Option<RebuildProgress>,
+    ) -> Result<RebuildStats, StorageError> {
         let names = views.iter().map(|v| (*v).to_owned()).collect();
         self.call(|reply| Command::Rebuild(names, progress, reply))
     }
 
+    /// Sends a command and blocks the calling thread for the answer. Works
+    /// from any thread (tokio's `blocking_*` would panic inside a runtime);
+    /// async code should still prefer [`Store::append_async`].
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .blocking_send(make(reply))
-            .map_err(|_| StorageError::Closed)?;
-        rx.blocking_recv().map_err(|_| StorageError::Closed)?
+        let sender = self.sender()?;
+        futures::executor::block_on(async move {
+            sender
+                .send(make(reply))
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            rx.await.map_err(|_| StorageError::Closed)?
+        })
     }
 
     /// Finishes every append queued so far, then stops the writer: later
@@ -346,14 +390,22 @@ impl Store {
     ) -> Result<Option<M>, StorageError> {
         match self.view_get(view, key)? {
             None => Ok(None),
-            Some(bytes) => M::decode(bytes.as_slice())
-                .map(Some)
-                .map_err(|e| StorageError::Corrupt(format!("view {view} row {}: {e}", String::from_utf8_lossy(key)))),
+            Some(bytes) => M::decode(bytes.as_slice()).map(Some).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "view {view} row {}: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
         }
     }
 
     /// Up to `limit` rows of view `view` whose key starts with `prefix`, in key order.
-    pub fn view_scan(&self, view: &str, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn view_scan(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         let inner = self.inner();
         let cf = inner.view_cf(view)?;
         scan_prefix(&inner.db, cf, prefix, limit)
@@ -365,7 +417,12 @@ impl Store {
         let cf = inner.view_cf(view)?;
         Ok(ViewDump {
             rows: scan_prefix(&inner.db, cf, b"", usize::MAX)?,
-            blob_refs: scan_prefix(&inner.db, inner.cf(Column::BlobRefs), &keys::blob_ref_prefix(view), usize::MAX)?,
+            blob_refs: scan_prefix(
+                &inner.db,
+                inner.cf(Column::BlobRefs),
+                &keys::blob_ref_prefix(view),
+                usize::MAX,
+            )?,
             checkpoint: inner.meta_u64(&meta::checkpoint(view))?.unwrap_or(0),
         })
     }
@@ -381,22 +438,32 @@ impl Store {
     /// cursor.
     pub fn set_meta_u64(&self, key: &[u8], value: u64) -> Result<(), StorageError> {
         let inner = self.inner();
-        Ok(inner.db.put_cf(inner.cf(Column::Meta), key, value.to_be_bytes())?)
+        Ok(inner
+            .db
+            .put_cf(inner.cf(Column::Meta), key, value.to_be_bytes())?)
     }
 
     /// Up to `limit` events of `stream` with `seq` ≥ `from_seq`, in order.
     /// Finds the first version by binary search over the stream index
     /// (sequence numbers grow with versions), so it costs O(log n) lookups
     /// plus the events read.
-    pub fn read_stream_from_seq(&self, stream: &StreamId, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+    pub fn read_stream_from_seq(
+        &self,
+        stream: &StreamId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
         let inner = self.inner();
         let streams = inner.cf(Column::Streams);
         let seq_at = |version: u64| -> Result<u64, StorageError> {
             let row = inner
                 .db
                 .get_cf(streams, keys::stream_key(stream, version))?
-                .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: version {version} missing")))?;
-            keys::decode_u64(&row).ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!("stream {stream}: version {version} missing"))
+                })?;
+            keys::decode_u64(&row)
+                .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))
         };
         // First version whose seq is >= from_seq, in 1..=head+1.
         let (mut lo, mut hi) = (1u64, inner.stream_version(stream)? + 1);
@@ -425,7 +492,7 @@ impl EventLog for Store {
         events: Vec<Event>,
         metadata: Metadata,
     ) -> Result<Appended, StorageError> {
-        self.check_request(&events)?;
+        self.check_request(&events, &metadata)?;
         let request = AppendRequest {
             stream: stream.clone(),
             expected,
@@ -435,12 +502,20 @@ impl EventLog for Store {
         self.call(|reply| Command::Append(request, reply))
     }
 
-    fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
         let inner = self.inner();
         let prefix = keys::stream_prefix(stream);
         let start = keys::stream_key(stream, from_version.max(1));
         let mut seqs = Vec::new();
-        let iter = inner.db.iterator_cf(inner.cf(Column::Streams), IteratorMode::From(&start, Direction::Forward));
+        let iter = inner.db.iterator_cf(
+            inner.cf(Column::Streams),
+            IteratorMode::From(&start, Direction::Forward),
+        );
         let mut expected_version = from_version.max(1);
         for item in iter {
             if seqs.len() >= limit {
@@ -457,7 +532,10 @@ impl EventLog for Store {
                 )));
             }
             expected_version += 1;
-            seqs.push(keys::decode_u64(&value).ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))?);
+            seqs.push(
+                keys::decode_u64(&value)
+                    .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))?,
+            );
         }
         let log = inner.cf(Column::Log);
         let keys: Vec<[u8; 8]> = seqs.iter().map(|s| keys::seq_key(*s)).collect();
@@ -465,7 +543,9 @@ impl EventLog for Store {
         seqs.iter()
             .zip(rows)
             .map(|(seq, row)| {
-                let row = row?.ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: seq {seq} missing from log")))?;
+                let row = row?.ok_or_else(|| {
+                    StorageError::Corrupt(format!("stream {stream}: seq {seq} missing from log"))
+                })?;
                 envelope::decode(&row).map_err(|source| StorageError::Event { seq: *seq, source })
             })
             .collect()
@@ -552,7 +632,12 @@ fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageError> {
     Ok(DB::open_cf(&options, path, names)?)
 }
 
-fn scan_prefix(db: &DB, cf: &ColumnFamily, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+fn scan_prefix(
+    db: &DB,
+    cf: &ColumnFamily,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
     let mut out = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
         if out.len() >= limit {
@@ -592,9 +677,12 @@ impl Inner {
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
         match self.db.get_cf(self.cf(Column::Meta), key)? {
             None => Ok(None),
-            Some(v) => keys::decode_u64(&v)
-                .map(Some)
-                .ok_or_else(|| StorageError::Corrupt(format!("meta {} is not a u64", String::from_utf8_lossy(key)))),
+            Some(v) => keys::decode_u64(&v).map(Some).ok_or_else(|| {
+                StorageError::Corrupt(format!(
+                    "meta {} is not a u64",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
         }
     }
 
@@ -629,11 +717,16 @@ impl Inner {
     /// The recorded last sequence must be the log's last key.
     fn verify_last_seq(&self) -> Result<u64, StorageError> {
         let recorded = self.meta_u64(meta::LAST_SEQ)?.unwrap_or(0);
-        let last_key = match self.db.iterator_cf(self.cf(Column::Log), IteratorMode::End).next() {
+        let last_key = match self
+            .db
+            .iterator_cf(self.cf(Column::Log), IteratorMode::End)
+            .next()
+        {
             None => 0,
             Some(item) => {
                 let (key, _) = item?;
-                keys::decode_u64(&key).ok_or_else(|| StorageError::Corrupt("log key is not a u64".into()))?
+                keys::decode_u64(&key)
+                    .ok_or_else(|| StorageError::Corrupt("log key is not a u64".into()))?
             }
         };
         if recorded != last_key {
@@ -647,9 +740,10 @@ impl Inner {
     fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
         let prefix = keys::stream_prefix(stream);
         let last = keys::stream_key(stream, u64::MAX);
-        let mut iter = self
-            .db
-            .iterator_cf(self.cf(Column::Streams), IteratorMode::From(&last, Direction::Reverse));
+        let mut iter = self.db.iterator_cf(
+            self.cf(Column::Streams),
+            IteratorMode::From(&last, Direction::Reverse),
+        );
         match iter.next() {
             None => Ok(0),
             Some(item) => {
@@ -666,9 +760,10 @@ impl Inner {
     fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
         let from = from_seq.max(1);
         let mut out = Vec::with_capacity(limit.min(1024));
-        let iter = self
-            .db
-            .iterator_cf(self.cf(Column::Log), IteratorMode::From(&keys::seq_key(from), Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(Column::Log),
+            IteratorMode::From(&keys::seq_key(from), Direction::Forward),
+        );
         for item in iter {
             if out.len() >= limit {
                 break;
@@ -677,9 +772,16 @@ impl Inner {
             let expected = from + out.len() as u64;
             let seq = keys::decode_u64(&key);
             if seq != Some(expected) {
-                return Err(StorageError::Corrupt(format!("log gap: expected seq {expected}, found {seq:?}")));
+                return Err(StorageError::Corrupt(format!(
+                    "log gap: expected seq {expected}, found {seq:?}"
+                )));
             }
-            out.push(envelope::decode(&value).map_err(|source| StorageError::Event { seq: expected, source })?);
+            out.push(
+                envelope::decode(&value).map_err(|source| StorageError::Event {
+                    seq: expected,
+                    source,
+                })?,
+            );
         }
         Ok(out)
     }
@@ -688,8 +790,12 @@ impl Inner {
         let cf = self.cf(Column::BlobRefs);
         let mut total = 0;
         for view in &self.views {
-            if let Some(v) = self.db.get_cf(cf, keys::blob_ref_key(view.name(), &digest.0))? {
-                total += keys::decode_u64(&v).ok_or_else(|| StorageError::Corrupt(format!("ref count of {digest}")))?;
+            if let Some(v) = self
+                .db
+                .get_cf(cf, keys::blob_ref_key(view.name(), &digest.0))?
+            {
+                total += keys::decode_u64(&v)
+                    .ok_or_else(|| StorageError::Corrupt(format!("ref count of {digest}")))?;
             }
         }
         Ok(total)
@@ -732,10 +838,17 @@ fn now() -> pbjson_types::Timestamp {
     }
 }
 
+/// Most stream heads the writer keeps in memory.
+const HEAD_CACHE_MAX_STREAMS: usize = 65_536;
+
 /// The writer thread's state: the only code that assigns sequence numbers.
 struct Writer {
     inner: Arc<Inner>,
     last_seq: u64,
+    /// Current version of recently appended streams. Exact, because the
+    /// writer is the only code that appends; cleared when full or when a
+    /// group fails to commit.
+    heads: HashMap<StreamId, u64>,
 }
 
 impl Writer {
@@ -762,7 +875,17 @@ impl Writer {
                     self.commit_group(group);
                 }
                 Command::Rebuild(names, progress, reply) => {
-                    let _ = reply.send(self.rebuild(&names, progress));
+                    let result = self.rebuild(&names, progress);
+                    let failed = result.is_err();
+                    let _ = reply.send(result);
+                    if failed {
+                        // The views are half rebuilt (their rows cleared,
+                        // the `rebuilding` marks set): accept no append or
+                        // collection on top of that. The next open finishes
+                        // the rebuild before anything else.
+                        warn!("view rebuild failed; store closed until reopened");
+                        return;
+                    }
                 }
                 Command::CollectGarbage(reply) => {
                     let _ = reply.send(self.collect_garbage());
@@ -789,11 +912,16 @@ impl Writer {
         let mut heads: HashMap<StreamId, u64> = HashMap::new();
         let mut seq = self.last_seq;
         let recorded_at = now();
-        let mut outcomes: Vec<(Reply<Appended>, Result<Appended, StorageError>)> = Vec::with_capacity(group.len());
+        let mut outcomes: Vec<(Reply<Appended>, Result<Appended, StorageError>)> =
+            Vec::with_capacity(group.len());
         let all = |_: usize| true;
 
-        for (request, reply) in group {
-            let actual = match heads.get(&request.stream) {
+        let mut group = group.into_iter();
+        while let Some((request, reply)) = group.next() {
+            let actual = match heads
+                .get(&request.stream)
+                .or_else(|| self.heads.get(&request.stream))
+            {
                 Some(v) => *v,
                 None => match inner.stream_version(&request.stream) {
                     Ok(v) => v,
@@ -831,13 +959,21 @@ impl Writer {
                     event: Some(event),
                 };
                 batch.put_cf(log_cf, keys::seq_key(seq), envelope::encode(&env));
-                batch.put_cf(streams_cf, keys::stream_key(&request.stream, version), keys::seq_key(seq));
+                batch.put_cf(
+                    streams_cf,
+                    keys::stream_key(&request.stream, version),
+                    keys::seq_key(seq),
+                );
                 if let Err(e) = fold(&inner.views, &all, &mut overlay, &*inner, &env) {
                     // A view refusing an event means the store is broken:
                     // fail the whole group, write nothing.
                     let message = e.to_string();
                     warn!(error = %message, seq, "view fold failed; group rejected");
-                    for (reply, _) in outcomes {
+                    let others = outcomes
+                        .into_iter()
+                        .map(|(reply, _)| reply)
+                        .chain(group.map(|(_, reply)| reply));
+                    for reply in others {
                         let _ = reply.send(Err(StorageError::Corrupt(message.clone())));
                     }
                     let _ = reply.send(Err(e));
@@ -869,6 +1005,10 @@ impl Writer {
             inner.appends.fetch_add(committed, Ordering::Relaxed);
             inner.batches.fetch_add(1, Ordering::Relaxed);
             self.last_seq = seq;
+            if self.heads.len() + heads.len() > HEAD_CACHE_MAX_STREAMS {
+                self.heads.clear();
+            }
+            self.heads.extend(heads);
             inner.committed.send_replace(seq);
         }
         for (reply, outcome) in outcomes {
@@ -882,7 +1022,11 @@ impl Writer {
         let inner = self.inner.clone();
         let mut interrupted = Vec::new();
         for view in &inner.views {
-            if inner.db.get_cf(inner.cf(Column::Meta), meta::rebuilding(view.name()))?.is_some() {
+            if inner
+                .db
+                .get_cf(inner.cf(Column::Meta), meta::rebuilding(view.name()))?
+                .is_some()
+            {
                 interrupted.push(view.name().to_owned());
             }
         }
@@ -892,16 +1036,25 @@ impl Writer {
         }
         let mut from = Vec::with_capacity(inner.views.len());
         for view in &inner.views {
-            from.push(Some(inner.meta_u64(&meta::checkpoint(view.name()))?.unwrap_or(0)));
+            from.push(Some(
+                inner.meta_u64(&meta::checkpoint(view.name()))?.unwrap_or(0),
+            ));
         }
-        if from.iter().any(|cp| cp.is_some_and(|cp| cp < self.last_seq)) {
+        if from
+            .iter()
+            .any(|cp| cp.is_some_and(|cp| cp < self.last_seq))
+        {
             let events = self.replay(&from, None)?;
             info!(events, "views caught up with the log");
         }
         Ok(())
     }
 
-    fn rebuild(&mut self, names: &[String], progress: Option<RebuildProgress>) -> Result<RebuildStats, StorageError> {
+    fn rebuild(
+        &mut self,
+        names: &[String],
+        progress: Option<RebuildProgress>,
+    ) -> Result<RebuildStats, StorageError> {
         let inner = self.inner.clone();
         let mut selected = vec![false; inner.views.len()];
         for name in names {
@@ -927,14 +1080,29 @@ impl Writer {
         // 2. Clear rows and blob references.
         for (i, view) in inner.views.iter().enumerate().filter(|(i, _)| selected[*i]) {
             self.clear(inner.view_cf_at(i), b"")?;
-            self.clear(inner.cf(Column::BlobRefs), &keys::blob_ref_prefix(view.name()))?;
+            self.clear(
+                inner.cf(Column::BlobRefs),
+                &keys::blob_ref_prefix(view.name()),
+            )?;
         }
         // 3. Replay the whole log into them.
         let from: Vec<Option<u64>> = selected.iter().map(|s| s.then_some(0)).collect();
         let events = self.replay(&from, progress)?;
+        if events != self.last_seq {
+            return Err(StorageError::Corrupt(format!(
+                "rebuild replayed {events} events, the log holds {}",
+                self.last_seq
+            )));
+        }
         // 4. Done: clear the marks and make it all durable.
         let mut batch = WriteBatch::default();
-        for view in inner.views.iter().enumerate().filter(|(i, _)| selected[*i]).map(|(_, v)| v) {
+        for view in inner
+            .views
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| selected[*i])
+            .map(|(_, v)| v)
+        {
             batch.delete_cf(meta_cf, meta::rebuilding(view.name()));
         }
         let mut options = WriteOptions::default();
@@ -969,7 +1137,11 @@ impl Writer {
     /// Folds the log into views: view `i` receives the events after
     /// `from[i]` (none when `None`). Each batch carries rows and checkpoints
     /// together. Returns the number of events read.
-    fn replay(&mut self, from: &[Option<u64>], progress: Option<RebuildProgress>) -> Result<u64, StorageError> {
+    fn replay(
+        &mut self,
+        from: &[Option<u64>],
+        progress: Option<RebuildProgress>,
+    ) -> Result<u64, StorageError> {
         let inner = self.inner.clone();
         let Some(start) = from.iter().flatten().min().map(|cp| cp + 1) else {
             return Ok(0);
@@ -1005,25 +1177,45 @@ impl Writer {
         Ok(done)
     }
 
+    /// Removes blobs that no view references and nobody pins. References
+    /// are read from every `blob_refs` row, including rows of views this
+    /// build does not know (left by another version), so a roll-back never
+    /// loses a newer view's blobs. Runs on the writer thread, so no commit
+    /// can add a reference meanwhile; appends wait for it.
     fn collect_garbage(&mut self) -> Result<GcStats, StorageError> {
         let inner = self.inner.clone();
-        let blobs = inner.cf(Column::Blobs);
-        let mut stats = GcStats::default();
-        let mut keys_seen = Vec::new();
-        for item in inner.db.iterator_cf(blobs, IteratorMode::Start) {
-            let (key, value) = item?;
-            keys_seen.push((key, value.len() as u64));
+        let mut referenced = std::collections::HashSet::new();
+        for item in inner
+            .db
+            .iterator_cf(inner.cf(Column::BlobRefs), IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            let digest = key
+                .len()
+                .checked_sub(32)
+                .and_then(|at| <[u8; 32]>::try_from(&key[at..]).ok())
+                .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
+            referenced.insert(digest);
         }
-        for (key, size) in keys_seen {
+        let blobs = inner.cf(Column::Blobs);
+        let mut candidates = Vec::new();
+        let mut stats = GcStats::default();
+        let mut iter = inner.db.raw_iterator_cf(blobs);
+        iter.seek_to_first();
+        while iter.valid() {
             stats.scanned += 1;
-            let digest = Digest(
-                key.as_ref()
+            if let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                let digest: [u8; 32] = key
                     .try_into()
-                    .map_err(|_| StorageError::Corrupt("blob key is not a sha256".into()))?,
-            );
-            if inner.ref_count(&digest)? > 0 {
-                continue;
+                    .map_err(|_| StorageError::Corrupt("blob key is not a sha256".into()))?;
+                if !referenced.contains(&digest) {
+                    candidates.push((Digest(digest), value.len() as u64));
+                }
             }
+            iter.next();
+        }
+        iter.status()?;
+        for (digest, size) in candidates {
             let pins = inner.pins.lock();
             if pins.contains_key(&digest) {
                 continue;
@@ -1034,7 +1226,11 @@ impl Writer {
             stats.removed_bytes += size;
         }
         if stats.removed > 0 {
-            info!(removed = stats.removed, bytes = stats.removed_bytes, "blobs collected");
+            info!(
+                removed = stats.removed,
+                bytes = stats.removed_bytes,
+                "blobs collected"
+            );
         }
         Ok(stats)
     }

@@ -47,7 +47,12 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
-    fn get(&self, source: &dyn RowSource, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    fn get(
+        &self,
+        source: &dyn RowSource,
+        cf: usize,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         match self.rows.get(&(cf, key.to_vec())) {
             Some(pending) => Ok(pending.clone()),
             None => source.read(cf, key),
@@ -65,7 +70,9 @@ pub struct ViewTx<'a> {
 
 impl fmt::Debug for ViewTx<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ViewTx").field("view", &self.view).finish_non_exhaustive()
+        f.debug_struct("ViewTx")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,18 +83,27 @@ impl ViewTx<'_> {
     }
 
     /// Decodes the protobuf row at `key`.
-    pub fn get_message<M: prost::Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StorageError> {
+    pub fn get_message<M: prost::Message + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<M>, StorageError> {
         match self.get(key)? {
             None => Ok(None),
             Some(bytes) => M::decode(bytes.as_slice()).map(Some).map_err(|e| {
-                StorageError::Corrupt(format!("view {} row {:?}: {e}", self.view, String::from_utf8_lossy(key)))
+                StorageError::Corrupt(format!(
+                    "view {} row {:?}: {e}",
+                    self.view,
+                    String::from_utf8_lossy(key)
+                ))
             }),
         }
     }
 
     /// Sets the row at `key`.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.overlay.rows.insert((self.cf, key.into()), Some(value.into()));
+        self.overlay
+            .rows
+            .insert((self.cf, key.into()), Some(value.into()));
     }
 
     /// Sets the row at `key` to the encoding of `message`.
@@ -114,14 +130,18 @@ impl ViewTx<'_> {
         let key = keys::blob_ref_key(self.view, &digest.0);
         let current = match self.overlay.get(self.source, BLOB_REFS_CF, &key)? {
             None => 0,
-            Some(v) => keys::decode_u64(&v)
-                .ok_or_else(|| StorageError::Corrupt(format!("blob ref count of {digest} is not a u64")))?,
+            Some(v) => keys::decode_u64(&v).ok_or_else(|| {
+                StorageError::Corrupt(format!("blob ref count of {digest} is not a u64"))
+            })?,
         };
         let next = if retain {
             current + 1
         } else {
             current.checked_sub(1).ok_or_else(|| {
-                StorageError::Corrupt(format!("view {} released blob {digest} it did not hold", self.view))
+                StorageError::Corrupt(format!(
+                    "view {} released blob {digest} it did not hold",
+                    self.view
+                ))
             })?
         };
         let value = (next > 0).then(|| next.to_be_bytes().to_vec());

@@ -10,7 +10,10 @@ use std::{
 
 use cairn_events::{
     envelope::{event, Metadata},
-    v1::{event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec, RepositorySpecChanged},
+    v1::{
+        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec,
+        RepositorySpecChanged,
+    },
     StreamId,
 };
 use cairn_storage::{
@@ -26,13 +29,19 @@ fn spec(ns: &str, name: &str, branch: &str) -> RepositorySpec {
         namespace: ns.into(),
         name: name.into(),
         r#type: "git".into(),
-        git: Some(GitSpec { url: format!("file:///srv/{name}.git"), branch: branch.into(), ..Default::default() }),
+        git: Some(GitSpec {
+            url: format!("file:///srv/{name}.git"),
+            branch: branch.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 fn registered(ns: &str, name: &str) -> cairn_events::v1::Event {
-    event(Payload::RepositoryRegistered(RepositoryRegistered { spec: Some(spec(ns, name, "main")) }))
+    event(Payload::RepositoryRegistered(RepositoryRegistered {
+        spec: Some(spec(ns, name, "main")),
+    }))
 }
 
 /// Test view: retains the blob named by each `RepositoryClosed.reason` that
@@ -45,7 +54,9 @@ impl View for BlobRefView {
         "test_blob_refs"
     }
     fn apply(&self, tx: &mut ViewTx<'_>, env: &Envelope) -> Result<(), StorageError> {
-        if let Some(Payload::RepositoryClosed(c)) = env.event.as_ref().and_then(|e| e.payload.as_ref()) {
+        if let Some(Payload::RepositoryClosed(c)) =
+            env.event.as_ref().and_then(|e| e.payload.as_ref())
+        {
             if let Some(d) = c.reason.strip_prefix('-').and_then(Digest::parse) {
                 tx.release_blob(&d)?;
                 tx.delete(d.0.to_vec());
@@ -74,28 +85,85 @@ fn repositories_view_follows_events_and_reads_its_writes() {
     let store = open(dir.path());
     let a = StreamId::repository("team-a", "one").unwrap();
     let b = StreamId::repository("team-b", "two").unwrap();
-    store.append(&a, ExpectedVersion::NoStream, vec![registered("team-a", "one")], Metadata::command("alice")).unwrap();
+    store
+        .append(
+            &a,
+            ExpectedVersion::NoStream,
+            vec![registered("team-a", "one")],
+            Metadata::command("alice"),
+        )
+        .unwrap();
     // Read-your-writes: visible as soon as append returns.
-    let row = RepositoriesView::get(&store, "team-a", "one").unwrap().unwrap();
+    let row = RepositoriesView::get(&store, "team-a", "one")
+        .unwrap()
+        .unwrap();
     assert_eq!(row.spec.unwrap().git.unwrap().branch, "main");
-    assert_eq!((row.registered_by.as_str(), row.stream_version, row.updated_seq), ("alice", 1, 1));
+    assert_eq!(
+        (
+            row.registered_by.as_str(),
+            row.stream_version,
+            row.updated_seq
+        ),
+        ("alice", 1, 1)
+    );
 
-    store.append(&b, ExpectedVersion::NoStream, vec![registered("team-b", "two")], Metadata::default()).unwrap();
-    let changed = event(Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(spec("team-a", "one", "release")) }));
-    store.append(&a, ExpectedVersion::Exact(1), vec![changed], Metadata::default()).unwrap();
-    let row = RepositoriesView::get(&store, "team-a", "one").unwrap().unwrap();
+    store
+        .append(
+            &b,
+            ExpectedVersion::NoStream,
+            vec![registered("team-b", "two")],
+            Metadata::default(),
+        )
+        .unwrap();
+    let changed = event(Payload::RepositorySpecChanged(RepositorySpecChanged {
+        spec: Some(spec("team-a", "one", "release")),
+    }));
+    store
+        .append(
+            &a,
+            ExpectedVersion::Exact(1),
+            vec![changed],
+            Metadata::default(),
+        )
+        .unwrap();
+    let row = RepositoriesView::get(&store, "team-a", "one")
+        .unwrap()
+        .unwrap();
     assert_eq!(row.spec.unwrap().git.unwrap().branch, "release");
-    assert_eq!((row.registered_by.as_str(), row.stream_version, row.updated_seq), ("alice", 2, 3));
+    assert_eq!(
+        (
+            row.registered_by.as_str(),
+            row.stream_version,
+            row.updated_seq
+        ),
+        ("alice", 2, 3)
+    );
 
     let names = |ns| -> Vec<String> {
-        RepositoriesView::list(&store, ns).unwrap().into_iter().map(|r| r.spec.unwrap().name).collect()
+        RepositoriesView::list(&store, ns)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.spec.unwrap().name)
+            .collect()
     };
     assert_eq!(names(None), ["one", "two"]);
     assert_eq!(names(Some("team-b")), ["two"]);
 
-    let closed = event(Payload::RepositoryClosed(RepositoryClosed { reason: "unregistered".into() }));
-    store.append(&a, ExpectedVersion::Exact(2), vec![closed], Metadata::default()).unwrap();
-    assert_eq!(RepositoriesView::get(&store, "team-a", "one").unwrap(), None);
+    let closed = event(Payload::RepositoryClosed(RepositoryClosed {
+        reason: "unregistered".into(),
+    }));
+    store
+        .append(
+            &a,
+            ExpectedVersion::Exact(2),
+            vec![closed],
+            Metadata::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        RepositoriesView::get(&store, "team-a", "one").unwrap(),
+        None
+    );
     assert_eq!(names(None), ["two"]);
 }
 
@@ -116,27 +184,58 @@ fn blobs_are_stored_once_and_collected_when_unreferenced() {
     assert_eq!(store.collect_garbage().unwrap().removed, 0);
     // Two references from the view.
     for _ in 0..2 {
-        store.append(&s, ExpectedVersion::Any, vec![marker(digest.to_string())], Metadata::default()).unwrap();
+        store
+            .append(
+                &s,
+                ExpectedVersion::Any,
+                vec![marker(digest.to_string())],
+                Metadata::default(),
+            )
+            .unwrap();
     }
     drop((pin1, pin2));
     assert_eq!(store.ref_count(&digest).unwrap(), 2);
     assert_eq!(store.collect_garbage().unwrap().removed, 0);
-    store.append(&s, ExpectedVersion::Any, vec![marker(format!("-{digest}"))], Metadata::default()).unwrap();
+    store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![marker(format!("-{digest}"))],
+            Metadata::default(),
+        )
+        .unwrap();
     assert_eq!(store.ref_count(&digest).unwrap(), 1);
     assert_eq!(store.collect_garbage().unwrap().removed, 0);
-    store.append(&s, ExpectedVersion::Any, vec![marker(format!("-{digest}"))], Metadata::default()).unwrap();
+    store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![marker(format!("-{digest}"))],
+            Metadata::default(),
+        )
+        .unwrap();
     assert_eq!(store.ref_count(&digest).unwrap(), 0);
 
     let orphan = store.put(b"never referenced").unwrap().digest(); // pin dropped at once
     let stats = store.collect_garbage().unwrap();
-    assert_eq!((stats.scanned, stats.removed, stats.removed_bytes), (2, 2, content.len() as u64 + 16));
+    assert_eq!(
+        (stats.scanned, stats.removed, stats.removed_bytes),
+        (2, 2, content.len() as u64 + 16)
+    );
     assert_eq!(store.get(&digest).unwrap(), None);
     assert_eq!(store.get(&orphan).unwrap(), None);
 
     // Releasing a reference the view does not hold is corruption: the whole
     // append is refused and nothing is written.
     let before = store.last_seq().unwrap();
-    let err = store.append(&s, ExpectedVersion::Any, vec![marker(format!("-{digest}"))], Metadata::default()).unwrap_err();
+    let err = store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![marker(format!("-{digest}"))],
+            Metadata::default(),
+        )
+        .unwrap_err();
     assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
     assert_eq!(store.last_seq().unwrap(), before);
 }
@@ -151,7 +250,14 @@ fn concurrent_appends_share_fsyncs() {
             thread::spawn(move || {
                 let s = StreamId::new(format!("w{w}")).unwrap();
                 for i in 0..100 {
-                    store.append(&s, ExpectedVersion::Any, vec![marker(format!("{i}"))], Metadata::default()).unwrap();
+                    store
+                        .append(
+                            &s,
+                            ExpectedVersion::Any,
+                            vec![marker(format!("{i}"))],
+                            Metadata::default(),
+                        )
+                        .unwrap();
                 }
             })
         })
@@ -159,7 +265,10 @@ fn concurrent_appends_share_fsyncs() {
     handles.into_iter().for_each(|h| h.join().unwrap());
     let stats = store.writer_stats();
     assert_eq!(stats.appends, 800);
-    assert!(stats.batches < stats.appends, "no group commit happened: {stats:?}");
+    assert!(
+        stats.batches < stats.appends,
+        "no group commit happened: {stats:?}"
+    );
 }
 
 #[test]
@@ -170,10 +279,30 @@ fn limits_are_enforced_before_writing() {
     config.event_max_bytes = 64;
     let store = Store::open(config, default_views()).unwrap();
     let s = StreamId::new("s").unwrap();
-    let err = store.append(&s, ExpectedVersion::Any, (0..4).map(|i| marker(format!("{i}"))).collect(), Metadata::default()).unwrap_err();
-    assert_eq!(err.to_string(), "invalid append: 4 events in one append, at most 3 allowed");
-    let err = store.append(&s, ExpectedVersion::Any, vec![marker("x".repeat(100))], Metadata::default()).unwrap_err();
-    assert_eq!(err.to_string(), "invalid append: event 0 (RepositoryClosed) is 104 bytes, at most 64 allowed");
+    let err = store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            (0..4).map(|i| marker(format!("{i}"))).collect(),
+            Metadata::default(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid append: 4 events in one append, at most 3 allowed"
+    );
+    let err = store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![marker("x".repeat(100))],
+            Metadata::default(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid append: event 0 (RepositoryClosed) is 104 bytes, at most 64 allowed"
+    );
     assert_eq!(store.last_seq().unwrap(), 0);
 }
 
@@ -184,13 +313,30 @@ fn a_view_added_later_catches_up_at_open() {
     {
         let store = Store::open(StoreConfig::new(dir.path()), default_views()).unwrap();
         let _pin = store.put(b"x").unwrap();
-        store.append(&StreamId::new("s").unwrap(), ExpectedVersion::Any, vec![marker(digest.to_string())], Metadata::default()).unwrap();
-        store.append(&StreamId::repository("a", "b").unwrap(), ExpectedVersion::Any, vec![registered("a", "b")], Metadata::default()).unwrap();
+        store
+            .append(
+                &StreamId::new("s").unwrap(),
+                ExpectedVersion::Any,
+                vec![marker(digest.to_string())],
+                Metadata::default(),
+            )
+            .unwrap();
+        store
+            .append(
+                &StreamId::repository("a", "b").unwrap(),
+                ExpectedVersion::Any,
+                vec![registered("a", "b")],
+                Metadata::default(),
+            )
+            .unwrap();
     }
     let store = open(dir.path());
     let dump = store.view_dump("test_blob_refs").unwrap();
     assert_eq!(dump.checkpoint, 2);
-    assert_eq!(dump.rows, vec![(digest.0.to_vec(), 1u64.to_be_bytes().to_vec())]);
+    assert_eq!(
+        dump.rows,
+        vec![(digest.0.to_vec(), 1u64.to_be_bytes().to_vec())]
+    );
     assert_eq!(store.ref_count(&digest).unwrap(), 1);
 }
 
@@ -202,25 +348,122 @@ fn reads_a_stream_from_a_global_sequence() {
     let b = StreamId::new("b").unwrap();
     for i in 0..20 {
         let s = if i % 3 == 0 { &a } else { &b };
-        store.append(s, ExpectedVersion::Any, vec![marker(format!("{i}"))], Metadata::default()).unwrap();
+        store
+            .append(
+                s,
+                ExpectedVersion::Any,
+                vec![marker(format!("{i}"))],
+                Metadata::default(),
+            )
+            .unwrap();
     }
     // a holds seqs 1, 4, 7, 10, 13, 16, 19.
     let seqs = |from, limit| -> Vec<u64> {
-        store.read_stream_from_seq(&a, from, limit).unwrap().iter().map(|e| e.seq).collect()
+        store
+            .read_stream_from_seq(&a, from, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
     };
     assert_eq!(seqs(0, 100), [1, 4, 7, 10, 13, 16, 19]);
     assert_eq!(seqs(5, 2), [7, 10]);
     assert_eq!(seqs(7, 1), [7]);
     assert_eq!(seqs(20, 10), Vec::<u64>::new());
-    assert_eq!(store.read_stream_from_seq(&StreamId::new("none").unwrap(), 1, 10).unwrap().len(), 0);
+    assert_eq!(
+        store
+            .read_stream_from_seq(&StreamId::new("none").unwrap(), 1, 10)
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn metadata_that_cannot_travel_in_headers_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = StreamId::new("s").unwrap();
+    let mut meta = Metadata::command("mallory\r\nX-Injected: 1");
+    let err = store
+        .append(&s, ExpectedVersion::Any, vec![marker("x")], meta.clone())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid append: principal contains control characters"
+    );
+    meta.principal = "p".repeat(513);
+    let err = store
+        .append(&s, ExpectedVersion::Any, vec![marker("x")], meta)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid append: principal is 513 bytes, at most 512 allowed"
+    );
+    assert_eq!(store.last_seq().unwrap(), 0);
+}
+
+#[test]
+fn a_spec_change_after_close_does_not_bring_a_repository_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = StreamId::repository("team-a", "one").unwrap();
+    let closed = event(Payload::RepositoryClosed(RepositoryClosed {
+        reason: "gone".into(),
+    }));
+    let changed = event(Payload::RepositorySpecChanged(RepositorySpecChanged {
+        spec: Some(spec("team-a", "one", "x")),
+    }));
+    store
+        .append(
+            &a,
+            ExpectedVersion::NoStream,
+            vec![registered("team-a", "one"), closed, changed],
+            Metadata::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        RepositoriesView::get(&store, "team-a", "one").unwrap(),
+        None
+    );
+}
+
+#[test]
+fn collection_keeps_blobs_referenced_by_views_this_build_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = Digest::of(b"kept");
+    {
+        // A "newer" build with the blob-holding view references the blob.
+        let store = open(dir.path());
+        let _pin = store.put(b"kept").unwrap();
+        store
+            .append(
+                &StreamId::new("s").unwrap(),
+                ExpectedVersion::Any,
+                vec![marker(digest.to_string())],
+                Metadata::default(),
+            )
+            .unwrap();
+    }
+    // An "older" build without that view must not collect it.
+    let store = Store::open(StoreConfig::new(dir.path()), default_views()).unwrap();
+    let stats = store.collect_garbage().unwrap();
+    assert_eq!((stats.scanned, stats.removed), (1, 0));
+    assert_eq!(store.get(&digest).unwrap(), Some(b"kept".to_vec()));
 }
 
 #[test]
 fn unknown_views_and_future_layouts_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    assert_eq!(store.view_dump("nope").unwrap_err().to_string(), "unknown view \"nope\"");
-    assert_eq!(store.rebuild(&["nope"], None).unwrap_err().to_string(), "unknown view \"nope\"");
+    assert_eq!(
+        store.view_dump("nope").unwrap_err().to_string(),
+        "unknown view \"nope\""
+    );
+    assert_eq!(
+        store.rebuild(&["nope"], None).unwrap_err().to_string(),
+        "unknown view \"nope\""
+    );
 }
 
 /// Random histories of repository and blob events.

@@ -24,14 +24,10 @@ use std::{collections::VecDeque, time::Duration};
 
 use actix::prelude::*;
 use async_nats::jetstream::{self, message::PublishMessage, stream::StorageType};
-use cairn_events::{
-    envelope, subject,
-    v1::Envelope,
-    StreamId,
-};
+use cairn_events::{envelope, subject, v1::Envelope, StreamId};
 use cairn_storage::{keys::meta, EventLog, Store};
 use futures::{stream::FuturesUnordered, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 pub use messages::{Flush, GetStatus, PublisherStatus, Stop};
@@ -113,7 +109,11 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for `store`'s log over `client`. Nothing happens until
     /// the actor starts.
-    pub fn new(store: Store, client: async_nats::Client, config: PublisherConfig) -> Result<Self, cairn_storage::StorageError> {
+    pub fn new(
+        store: Store,
+        client: async_nats::Client,
+        config: PublisherConfig,
+    ) -> Result<Self, cairn_storage::StorageError> {
         let cursor = store.meta_u64(meta::PUBLISH_CURSOR)?.unwrap_or(0);
         let (cursor_tx, cursor_rx) = watch::channel(cursor);
         let (stop, _) = watch::channel(false);
@@ -221,7 +221,12 @@ struct PublishTask {
 
 impl PublishTask {
     async fn run(mut self) {
-        let saver = tokio::spawn(save_cursor(self.store.clone(), self.cursor.subscribe()));
+        let (done, done_rx) = oneshot::channel::<()>();
+        let saver = tokio::spawn(save_cursor(
+            self.store.clone(),
+            self.cursor.subscribe(),
+            done_rx,
+        ));
         loop {
             match self.session().await {
                 SessionEnd::Stopped => break,
@@ -234,9 +239,9 @@ impl PublishTask {
                 }
             }
         }
-        // Final save: dropping the sender ends the saver after its last write.
+        // Final save, then the saver ends.
         let cursor = *self.cursor.borrow();
-        drop(self.cursor);
+        drop(done);
         let _ = saver.await;
         info!(cursor, "publisher stopped");
     }
@@ -254,7 +259,12 @@ impl PublishTask {
             .get_or_create_stream(config)
             .await
             .map(|_| ())
-            .map_err(|e| format!("cannot create or find stream {}: {e}", self.config.stream_name))
+            .map_err(|e| {
+                format!(
+                    "cannot create or find stream {}: {e}",
+                    self.config.stream_name
+                )
+            })
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, String> {
@@ -282,7 +292,9 @@ impl PublishTask {
             let last = *committed.borrow_and_update();
             while !stopping && window.room() > 0 && window.next_seq() <= last {
                 if buffer.is_empty() {
-                    let limit = window.room().min(self.config.read_batch_events).max(1);
+                    // Read ahead a whole batch, whatever the window's room:
+                    // one blocking read per batch, not per freed slot.
+                    let limit = self.config.read_batch_events.max(1);
                     match self.read(window.next_seq(), limit).await {
                         Ok(events) => buffer.extend(events),
                         Err(e) => return SessionEnd::Failed(format!("reading the log: {e}")),
@@ -339,16 +351,27 @@ impl PublishTask {
     }
 }
 
-/// Persists the cursor whenever it moves (coalescing bursts), off the
-/// async threads. Ends after a final write once the sender is dropped.
-async fn save_cursor(store: Store, mut cursor: watch::Receiver<u64>) {
-    let mut saved = *cursor.borrow_and_update();
+/// Time between two cursor saves.
+const CURSOR_SAVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Persists the cursor every [`CURSOR_SAVE_INTERVAL`] when it moved, off
+/// the async threads, and once more when the publisher ends (`done`
+/// resolves). Acks never wake it.
+async fn save_cursor(store: Store, cursor: watch::Receiver<u64>, mut done: oneshot::Receiver<()>) {
+    let mut saved = *cursor.borrow();
+    let mut tick = tokio::time::interval(CURSOR_SAVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ended = cursor.changed().await.is_err();
-        let now = *cursor.borrow_and_update();
+        let ended = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut done => true,
+        };
+        let now = *cursor.borrow();
         if now != saved {
             let store = store.clone();
-            let result = tokio::task::spawn_blocking(move || store.set_meta_u64(meta::PUBLISH_CURSOR, now)).await;
+            let result =
+                tokio::task::spawn_blocking(move || store.set_meta_u64(meta::PUBLISH_CURSOR, now))
+                    .await;
             match result {
                 Ok(Ok(())) => saved = now,
                 Ok(Err(e)) => warn!(error = %e, "cannot save publish cursor"),

@@ -49,7 +49,8 @@ impl PublishWindow {
     pub fn room(&self) -> usize {
         // The window spans cursor+1..next, acked or not, so a slow early ack
         // bounds how far ahead publishing runs.
-        self.max_in_flight.saturating_sub((self.next - self.cursor - 1) as usize)
+        self.max_in_flight
+            .saturating_sub((self.next - self.cursor - 1) as usize)
     }
 
     /// Records that `seq` (which must be [`Self::next_seq`]) was sent.

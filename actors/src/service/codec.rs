@@ -30,7 +30,9 @@ impl Format {
             .and_then(|h| h.get("Content-Type"))
             .map(|v| v.as_str().to_ascii_lowercase());
         match content_type.as_deref() {
-            Some(ct) if ct.starts_with(PROTOBUF) || ct.starts_with("application/x-protobuf") => Format::Protobuf,
+            Some(ct) if ct.starts_with(PROTOBUF) || ct.starts_with("application/x-protobuf") => {
+                Format::Protobuf
+            }
             _ => Format::Json,
         }
     }
@@ -47,6 +49,24 @@ pub fn check_size(payload: &[u8], max: usize) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// `text` made fit for a NATS header value: control characters (a client
+/// can put CR/LF into a field name it sends) become `?`, and it is capped at
+/// 1024 bytes. The body keeps the exact message.
+pub fn header_safe(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if out.len() > 1024 {
+        let cut = (0..=1024)
+            .rev()
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(0);
+        out.truncate(cut);
+    }
+    out
+}
+
 /// A reply body in both formats.
 pub trait Reply {
     /// The JSON body.
@@ -58,9 +78,9 @@ pub trait Reply {
 /// Sends `result` to the requester in `format`.
 pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result<R, ServiceError>) {
     let outcome = result.and_then(|reply| match format {
-        Format::Json => reply
-            .to_json()
-            .and_then(|v| serde_json::to_vec(&v).map_err(|e| ServiceError::internal(e.to_string()))),
+        Format::Json => reply.to_json().and_then(|v| {
+            serde_json::to_vec(&v).map_err(|e| ServiceError::internal(e.to_string()))
+        }),
         Format::Protobuf => Ok(reply.to_protobuf()),
     });
     let sent = match outcome {
@@ -69,25 +89,48 @@ pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result
             if format == Format::Protobuf {
                 headers.insert("Content-Type", PROTOBUF);
             }
-            request.respond_with_headers(Ok(Bytes::from(body)), headers).await
+            request
+                .respond_with_headers(Ok(Bytes::from(body)), headers)
+                .await
         }
         Err(error) => {
             // The micro protocol's error headers, plus a body naming the
             // problem (the stock error reply has an empty body).
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Service-Error", error.message.as_str());
+            headers.insert("Nats-Service-Error", header_safe(&error.message).as_str());
             headers.insert("Nats-Service-Error-Code", error.code.to_string().as_str());
             let body = match format {
-                Format::Json => serde_json::json!({"code": error.code, "message": error.message}).to_string().into_bytes(),
+                Format::Json => serde_json::json!({"code": error.code, "message": error.message})
+                    .to_string()
+                    .into_bytes(),
                 Format::Protobuf => {
                     headers.insert("Content-Type", PROTOBUF);
-                    ErrorReply { code: u32::from(error.code), message: error.message.clone() }.encode_to_vec()
+                    ErrorReply {
+                        code: u32::from(error.code),
+                        message: error.message.clone(),
+                    }
+                    .encode_to_vec()
                 }
             };
-            request.respond_with_headers(Ok(Bytes::from(body)), headers).await
+            request
+                .respond_with_headers(Ok(Bytes::from(body)), headers)
+                .await
         }
     };
     if let Err(e) = sent {
+        // The reply could not be sent (e.g. over the server's max payload);
+        // endpoints size their replies so this is a bug, not bad input.
         warn!(error = %e, subject = %request.message.subject, "cannot send reply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_never_carry_control_characters() {
+        assert_eq!(header_safe("a\r\nb: unknown field"), "a??b: unknown field");
+        assert_eq!(header_safe(&"é".repeat(600)).len(), 1024);
     }
 }

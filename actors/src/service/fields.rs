@@ -24,7 +24,10 @@ impl Fields {
         let value: Value = serde_json::from_slice(payload)
             .map_err(|e| ServiceError::bad_field("request body", format!("invalid JSON: {e}")))?;
         let Value::Object(map) = value else {
-            return Err(ServiceError::bad_field("request body", "must be a JSON object"));
+            return Err(ServiceError::bad_field(
+                "request body",
+                "must be a JSON object",
+            ));
         };
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(ServiceError::bad_field(
@@ -43,24 +46,30 @@ impl Fields {
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ServiceError> {
         match self.present(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| ServiceError::bad_field(name, format!("must be a non-negative integer, got {}", shown(v)))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                ServiceError::bad_field(
+                    name,
+                    format!("must be a non-negative integer, got {}", shown(v)),
+                )
+            }),
         }
     }
 
-    /// An optional integer in `min..=max`.
+    /// An optional integer in `min..=max`; any other value (negative, too
+    /// large, fractional, not a number) gets the same message.
     pub fn u64_in(&self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ServiceError> {
-        match self.u64(name) {
-            Ok(Some(n)) if !(min..=max).contains(&n) => {
-                Err(ServiceError::bad_field(name, format!("must be between {min} and {max}, got {n}")))
-            }
-            Err(_) if self.present(name).is_some_and(Value::is_number) => Err(ServiceError::bad_field(
-                name,
-                format!("must be between {min} and {max}, got {}", shown(self.present(name).unwrap_or(&Value::Null))),
-            )),
-            other => other,
+        match self.present(name) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(ServiceError::bad_field(
+                    name,
+                    format!(
+                        "must be an integer between {min} and {max}, got {}",
+                        shown(v)
+                    ),
+                )),
+            },
         }
     }
 
@@ -69,7 +78,10 @@ impl Fields {
         match self.present(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(ServiceError::bad_field(name, format!("must be a string, got {}", shown(v)))),
+            Some(v) => Err(ServiceError::bad_field(
+                name,
+                format!("must be a string, got {}", shown(v)),
+            )),
         }
     }
 }
@@ -77,7 +89,10 @@ impl Fields {
 fn shown(v: &Value) -> String {
     let text = v.to_string();
     if text.len() > 40 {
-        format!("{}…", &text[..text.char_indices().nth(40).map_or(text.len(), |(i, _)| i)])
+        format!(
+            "{}…",
+            &text[..text.char_indices().nth(40).map_or(text.len(), |(i, _)| i)]
+        )
     } else {
         text
     }
@@ -89,20 +104,39 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let msg = |payload: &str| Fields::parse(payload.as_bytes(), &["from_seq", "limit"]).unwrap_err().message;
+        let msg = |payload: &str| {
+            Fields::parse(payload.as_bytes(), &["from_seq", "limit"])
+                .unwrap_err()
+                .message
+        };
         assert_eq!(msg("[1]"), "request body: must be a JSON object");
         assert!(msg("{\"from_seq\":").starts_with("request body: invalid JSON: EOF while parsing"));
-        assert_eq!(msg("{\"nope\":1}"), "nope: unknown field, expected one of: from_seq, limit");
+        assert_eq!(
+            msg("{\"nope\":1}"),
+            "nope: unknown field, expected one of: from_seq, limit"
+        );
 
         let f = Fields::parse(br#"{"from_seq":-1,"limit":"x"}"#, &["from_seq", "limit"]).unwrap();
-        assert_eq!(f.u64("from_seq").unwrap_err().message, "from_seq: must be a non-negative integer, got -1");
+        assert_eq!(
+            f.u64("from_seq").unwrap_err().message,
+            "from_seq: must be a non-negative integer, got -1"
+        );
         assert_eq!(f.string("limit").unwrap(), Some("x".into()));
-        assert_eq!(f.u64("limit").unwrap_err().message, "limit: must be a non-negative integer, got \"x\"");
+        assert_eq!(
+            f.u64("limit").unwrap_err().message,
+            "limit: must be a non-negative integer, got \"x\""
+        );
 
         let f = Fields::parse(br#"{"limit":1e30}"#, &["limit"]).unwrap();
-        assert_eq!(f.u64_in("limit", 1, 1000).unwrap_err().message, "limit: must be between 1 and 1000, got 1e+30");
+        assert_eq!(
+            f.u64_in("limit", 1, 1000).unwrap_err().message,
+            "limit: must be an integer between 1 and 1000, got 1e+30"
+        );
         let f = Fields::parse(br#"{"limit":5000}"#, &["limit"]).unwrap();
-        assert_eq!(f.u64_in("limit", 1, 1000).unwrap_err().message, "limit: must be between 1 and 1000, got 5000");
+        assert_eq!(
+            f.u64_in("limit", 1, 1000).unwrap_err().message,
+            "limit: must be an integer between 1 and 1000, got 5000"
+        );
         let f = Fields::parse(b"  ", &["limit"]).unwrap();
         assert_eq!(f.u64("limit").unwrap(), None);
         let f = Fields::parse(br#"{"limit":null}"#, &["limit"]).unwrap();

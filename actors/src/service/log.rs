@@ -7,7 +7,11 @@
 //! server's max payload. `next_seq` is where the next read continues.
 
 use async_nats::service::Request;
-use cairn_events::{json, v1::{Envelope, LogReadReply, LogReadRequest}, StreamId};
+use cairn_events::{
+    json,
+    v1::{Envelope, LogReadReply, LogReadRequest},
+    StreamId,
+};
 use cairn_storage::{EventLog, Store};
 use prost::Message as _;
 
@@ -48,19 +52,34 @@ impl LogRead {
 
     /// Parses a protobuf request ([`LogReadRequest`]; `limit` 0 = default).
     pub fn from_protobuf(payload: &[u8]) -> Result<Self, ServiceError> {
-        let req = LogReadRequest::decode(payload)
-            .map_err(|e| ServiceError::bad_field("request body", format!("invalid protobuf LogReadRequest: {e}")))?;
+        let req = LogReadRequest::decode(payload).map_err(|e| {
+            ServiceError::bad_field(
+                "request body",
+                format!("invalid protobuf LogReadRequest: {e}"),
+            )
+        })?;
         let limit = match u64::from(req.limit) {
             0 => None,
             n if n > MAX_LIMIT => {
-                return Err(ServiceError::bad_field("limit", format!("must be between 1 and {MAX_LIMIT}, got {n}")))
+                return Err(ServiceError::bad_field(
+                    "limit",
+                    format!("must be an integer between 1 and {MAX_LIMIT}, got {n}"),
+                ))
             }
             n => Some(n),
         };
-        Self::validated(req.from_seq, limit, Some(req.stream).filter(|s| !s.is_empty()))
+        Self::validated(
+            req.from_seq,
+            limit,
+            Some(req.stream).filter(|s| !s.is_empty()),
+        )
     }
 
-    fn validated(from_seq: u64, limit: Option<u64>, stream: Option<String>) -> Result<Self, ServiceError> {
+    fn validated(
+        from_seq: u64,
+        limit: Option<u64>,
+        stream: Option<String>,
+    ) -> Result<Self, ServiceError> {
         let stream = stream
             .map(StreamId::new)
             .transpose()
@@ -74,7 +93,12 @@ impl LogRead {
 
     /// Reads the events, stopping before the reply would exceed
     /// `reply_max_bytes` (at least one event is always returned).
-    pub fn run(&self, store: &Store, reply_max_bytes: usize, format: Format) -> Result<LogPage, ServiceError> {
+    pub fn run(
+        &self,
+        store: &Store,
+        reply_max_bytes: usize,
+        format: Format,
+    ) -> Result<LogPage, ServiceError> {
         let limit = self.limit as usize;
         let events = match &self.stream {
             None => store.read_all(self.from_seq, limit)?,
@@ -85,15 +109,35 @@ impl LogRead {
         for env in events {
             size += match format {
                 Format::Protobuf => env.encoded_len() + 8,
-                Format::Json => json::to_json(&env).map_err(|e| ServiceError::internal(e.to_string()))?.to_string().len() + 1,
+                Format::Json => {
+                    json::to_json(&env)
+                        .map_err(|e| ServiceError::internal(e.to_string()))?
+                        .to_string()
+                        .len()
+                        + 1
+                }
             };
-            if size > reply_max_bytes && !page.is_empty() {
+            if size > reply_max_bytes {
+                if page.is_empty() {
+                    // Even alone this event does not fit: say so, so the
+                    // client does not wait for a reply that cannot be sent.
+                    return Err(ServiceError {
+                        code: 413,
+                        message: format!(
+                            "event {} does not fit in one reply ({size} bytes, at most {reply_max_bytes}); read it with Content-Type: application/protobuf",
+                            env.seq
+                        ),
+                    });
+                }
                 break;
             }
             page.push(env);
         }
         let next_seq = page.last().map_or(self.from_seq.max(1), |e| e.seq + 1);
-        Ok(LogPage { events: page, next_seq })
+        Ok(LogPage {
+            events: page,
+            next_seq,
+        })
     }
 }
 
@@ -118,7 +162,11 @@ impl Reply for LogPage {
     }
 
     fn to_protobuf(&self) -> Vec<u8> {
-        LogReadReply { events: self.events.clone(), next_seq: self.next_seq }.encode_to_vec()
+        LogReadReply {
+            events: self.events.clone(),
+            next_seq: self.next_seq,
+        }
+        .encode_to_vec()
     }
 }
 
@@ -132,7 +180,7 @@ pub async fn handle_read(context: ServiceContext, request: Request) {
             Format::Protobuf => LogRead::from_protobuf(&request.message.payload)?,
         };
         let store = context.store.clone();
-        let max = context.reply_max_bytes;
+        let max = context.reply_max_bytes();
         blocking(move || read.run(&store, max, format)).await
     }
     .await;
@@ -147,25 +195,70 @@ mod tests {
     fn requests_are_validated_by_field() {
         assert_eq!(
             LogRead::from_json(br#"{"from_seq": 5, "stream": "repo/a/b"}"#).unwrap(),
-            LogRead { from_seq: 5, limit: DEFAULT_LIMIT, stream: Some(StreamId::new("repo/a/b").unwrap()) }
+            LogRead {
+                from_seq: 5,
+                limit: DEFAULT_LIMIT,
+                stream: Some(StreamId::new("repo/a/b").unwrap())
+            }
         );
         assert_eq!(LogRead::from_json(b"").unwrap().limit, DEFAULT_LIMIT);
         let err = |p: &[u8]| LogRead::from_json(p).unwrap_err();
-        assert_eq!(err(br#"{"from_seq":-1}"#).message, "from_seq: must be a non-negative integer, got -1");
-        assert_eq!(err(br#"{"limit":0}"#).message, "limit: must be between 1 and 1000, got 0");
-        assert_eq!(err(br#"{"limit":-3}"#).message, "limit: must be between 1 and 1000, got -3");
+        assert_eq!(
+            err(br#"{"from_seq":-1}"#).message,
+            "from_seq: must be a non-negative integer, got -1"
+        );
+        assert_eq!(
+            err(br#"{"limit":0}"#).message,
+            "limit: must be an integer between 1 and 1000, got 0"
+        );
+        assert_eq!(
+            err(br#"{"limit":-3}"#).message,
+            "limit: must be an integer between 1 and 1000, got -3"
+        );
         assert_eq!(err(br#"{"limit":99999999999999999999999}"#).code, 400);
-        assert_eq!(err(br#"{"stream":""}"#).message, "stream: invalid stream id \"\": must not be empty");
-        assert_eq!(err(br#"{"stream":7}"#).message, "stream: must be a string, got 7");
-        assert_eq!(err(br#"{"from":1}"#).message, "from: unknown field, expected one of: from_seq, limit, stream");
+        assert_eq!(
+            err(br#"{"stream":""}"#).message,
+            "stream: invalid stream id \"\": must not be empty"
+        );
+        assert_eq!(
+            err(br#"{"stream":7}"#).message,
+            "stream: must be a string, got 7"
+        );
+        assert_eq!(
+            err(br#"{"from":1}"#).message,
+            "from: unknown field, expected one of: from_seq, limit, stream"
+        );
     }
 
     #[test]
     fn protobuf_requests_are_validated_too() {
-        let ok = LogReadRequest { from_seq: 3, limit: 0, stream: String::new() }.encode_to_vec();
-        assert_eq!(LogRead::from_protobuf(&ok).unwrap(), LogRead { from_seq: 3, limit: DEFAULT_LIMIT, stream: None });
-        let big = LogReadRequest { from_seq: 0, limit: 5000, stream: String::new() }.encode_to_vec();
-        assert_eq!(LogRead::from_protobuf(&big).unwrap_err().message, "limit: must be between 1 and 1000, got 5000");
-        assert!(LogRead::from_protobuf(b"\xff\xff").unwrap_err().message.starts_with("request body: invalid protobuf"));
+        let ok = LogReadRequest {
+            from_seq: 3,
+            limit: 0,
+            stream: String::new(),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            LogRead::from_protobuf(&ok).unwrap(),
+            LogRead {
+                from_seq: 3,
+                limit: DEFAULT_LIMIT,
+                stream: None
+            }
+        );
+        let big = LogReadRequest {
+            from_seq: 0,
+            limit: 5000,
+            stream: String::new(),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            LogRead::from_protobuf(&big).unwrap_err().message,
+            "limit: must be an integer between 1 and 1000, got 5000"
+        );
+        assert!(LogRead::from_protobuf(b"\xff\xff")
+            .unwrap_err()
+            .message
+            .starts_with("request body: invalid protobuf"));
     }
 }

@@ -57,8 +57,21 @@ pub struct ServiceContext {
     pub store: Store,
     /// Limits.
     pub config: ServiceConfig,
-    /// Largest reply the server accepts (its `max_payload`), minus headroom.
-    pub reply_max_bytes: usize,
+    /// The connection the service answers on.
+    pub client: async_nats::Client,
+}
+
+impl ServiceContext {
+    /// Largest reply body to send: the server's `max_payload` (read per
+    /// request, as it is known only once connected and may change on
+    /// reconnect) minus headroom for headers.
+    pub fn reply_max_bytes(&self) -> usize {
+        let max_payload = match self.client.server_info().max_payload {
+            0 => 1024 * 1024, // NATS's default, until the server said otherwise
+            n => n,
+        };
+        max_payload.saturating_sub(4 * 1024).max(1024)
+    }
 }
 
 /// The running service; [`CairnService::stop`] unregisters it.
@@ -70,9 +83,13 @@ pub struct CairnService {
 
 impl CairnService {
     /// Registers the service and its endpoints on `client`.
-    pub async fn start(client: async_nats::Client, store: Store, config: ServiceConfig) -> Result<Self, async_nats::Error> {
-        let reply_max_bytes = (client.server_info().max_payload.max(64 * 1024)) - 4 * 1024;
+    pub async fn start(
+        client: async_nats::Client,
+        store: Store,
+        config: ServiceConfig,
+    ) -> Result<Self, async_nats::Error> {
         let service = client
+            .clone()
             .service_builder()
             .description("cairn: package-repository cache")
             .queue_group("cairn")
@@ -80,17 +97,27 @@ impl CairnService {
             .await?;
         let context = ServiceContext {
             store,
-            reply_max_bytes,
+            client: client.clone(),
             config,
         };
-        let limiter = Arc::new(Semaphore::new(context.config.max_concurrent_requests.max(1)));
+        let limiter = Arc::new(Semaphore::new(
+            context.config.max_concurrent_requests.max(1),
+        ));
         let mut tasks = Vec::new();
         let endpoint = service
             .endpoint_builder()
             .name("log-read")
             .add(cairn_events::subject::LOG_READ)
             .await?;
-        tasks.push(serve(endpoint, context.clone(), limiter.clone(), log::handle_read));
+        tasks.push(serve(
+            endpoint,
+            context.clone(),
+            limiter.clone(),
+            log::handle_read,
+        ));
+        // Make sure the server has the subscriptions before anyone is told
+        // the service is up (else early requests find "no responders").
+        client.flush().await?;
         info!(endpoints = tasks.len(), "cairn service registered");
         Ok(Self { service, tasks })
     }

@@ -2,7 +2,7 @@
 
 use cairn_events::v1::{event::Payload, Envelope, RepositoryRow};
 
-use crate::{Store, StorageError, View, ViewTx};
+use crate::{StorageError, Store, View, ViewTx};
 
 /// Registered repositories, keyed by `<namespace>/<name>`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -17,20 +17,32 @@ impl RepositoriesView {
     }
 
     /// The row of repository `namespace/name`, if registered.
-    pub fn get(store: &Store, namespace: &str, name: &str) -> Result<Option<RepositoryRow>, StorageError> {
+    pub fn get(
+        store: &Store,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<RepositoryRow>, StorageError> {
         store.view_get_message(Self::NAME, &Self::key(namespace, name))
     }
 
     /// Every registered repository (of `namespace`, when given), ordered by
     /// namespace then name.
-    pub fn list(store: &Store, namespace: Option<&str>) -> Result<Vec<RepositoryRow>, StorageError> {
-        let prefix = namespace.map(|ns| format!("{ns}/").into_bytes()).unwrap_or_default();
+    pub fn list(
+        store: &Store,
+        namespace: Option<&str>,
+    ) -> Result<Vec<RepositoryRow>, StorageError> {
+        let prefix = namespace
+            .map(|ns| format!("{ns}/").into_bytes())
+            .unwrap_or_default();
         store
             .view_scan(Self::NAME, &prefix, usize::MAX)?
             .into_iter()
             .map(|(key, value)| {
                 prost::Message::decode(value.as_slice()).map_err(|e| {
-                    StorageError::Corrupt(format!("repositories row {}: {e}", String::from_utf8_lossy(&key)))
+                    StorageError::Corrupt(format!(
+                        "repositories row {}: {e}",
+                        String::from_utf8_lossy(&key)
+                    ))
                 })
             })
             .collect()
@@ -66,7 +78,11 @@ impl View for RepositoriesView {
                 tx.put_message(key, &row);
             }
             Payload::RepositorySpecChanged(changed) => {
-                let mut row: RepositoryRow = tx.get_message(&key)?.unwrap_or_default();
+                // A change to a repository that is not registered (closed
+                // already) changes nothing: it must not bring it back.
+                let Some(mut row) = tx.get_message::<RepositoryRow>(&key)? else {
+                    return Ok(());
+                };
                 row.spec = changed.spec.clone();
                 row.stream_version = envelope.stream_version;
                 row.updated_seq = envelope.seq;

@@ -1,0 +1,215 @@
+//! A cairn node: store, NATS connection (or a local nats-server), the
+//! Publisher actor and the NATS service.
+//!
+//! Start-up: open the store (views catch up with the log) → reach NATS
+//! (start `nats-server -js` when no URL is configured) → start the Publisher
+//! → register the service. Shutdown (SIGINT/SIGTERM) runs in reverse: stop
+//! taking requests → let queued appends finish → flush the publisher →
+//! close NATS → stop the local nats-server.
+
+use std::{net::SocketAddr, time::Duration};
+
+use actix::{Actor, Addr};
+use anyhow::Context as _;
+use cairn_actors::{
+    publisher::{self, Publisher, PublisherConfig},
+    service::{CairnService, ServiceConfig},
+};
+use cairn_storage::{views::default_views, Store};
+use tracing::{info, warn};
+
+use crate::{config::NodeConfig, local_nats::LocalNatsServer};
+
+/// How long shutdown waits for the publisher to drain.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// The node's store.
+    pub store: Store,
+    /// The NATS client the node uses.
+    pub client: async_nats::Client,
+    /// The NATS URL(s) the node connected to.
+    pub nats_url: String,
+    publisher: Addr<Publisher>,
+    service: CairnService,
+    local_nats: Option<LocalNatsServer>,
+}
+
+/// Opens the store at the configured path, off the async threads.
+pub async fn open_store(config: &NodeConfig) -> anyhow::Result<Store> {
+    let store_config = config.store_config();
+    let path = store_config.path.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&store_config.path)?;
+        Store::open(store_config, default_views()).map_err(anyhow::Error::from)
+    })
+    .await?
+    .map_err(|e| explain_open_error(e, &path))
+}
+
+/// Turns RocksDB's lock error into advice.
+pub fn explain_open_error(e: anyhow::Error, path: &std::path::Path) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("LOCK")
+        && (text.contains("Resource temporarily unavailable") || text.contains("lock hold"))
+    {
+        anyhow::anyhow!(
+            "data directory {} is in use by another cairn process (a running node?); stop it, or talk to it over NATS",
+            path.parent().unwrap_or(path).display()
+        )
+    } else {
+        e.context(format!("opening the store at {}", path.display()))
+    }
+}
+
+impl Node {
+    /// Starts a node. Must run inside an actix system.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let store = open_store(&config).await?;
+        let mut local_nats = None;
+        let urls = if config.nats.urls.is_empty() {
+            let listen: SocketAddr = config.nats.listen.parse().context("nats.listen")?;
+            let dir = config.data_dir.join("nats");
+            let binary = config.nats.server_binary.clone();
+            let server =
+                tokio::task::spawn_blocking(move || LocalNatsServer::start(&binary, listen, &dir))
+                    .await??;
+            let url = server.url();
+            local_nats = Some(server);
+            vec![url]
+        } else {
+            config.nats.urls.clone()
+        };
+        let nats_url = urls.join(",");
+        let client = connect(&urls, config.nats.connect_timeout).await?;
+
+        let publisher_config = PublisherConfig {
+            max_in_flight: config.publisher.max_in_flight,
+            ack_timeout: config.publisher.ack_timeout,
+            stream_replicas: config.publisher.stream_replicas,
+            ..PublisherConfig::default()
+        };
+        let publisher = Publisher::new(store.clone(), client.clone(), publisher_config)?.start();
+        let service_config = ServiceConfig {
+            request_max_bytes: config.service.request_max_bytes,
+            max_concurrent_requests: config.service.max_concurrent_requests,
+            ..ServiceConfig::default()
+        };
+        let service = CairnService::start(client.clone(), store.clone(), service_config)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the cairn service: {e}"))?;
+        let origin = if local_nats.is_some() {
+            "local nats-server"
+        } else {
+            "configured"
+        };
+        info!(nats = %nats_url, origin, data_dir = %config.data_dir.display(), "cairn node started");
+        Ok(Node {
+            store,
+            client,
+            nats_url,
+            publisher,
+            service,
+            local_nats,
+        })
+    }
+
+    /// The local nats-server, when the node started one.
+    pub fn local_nats(&self) -> Option<&LocalNatsServer> {
+        self.local_nats.as_ref()
+    }
+
+    /// The Publisher actor.
+    pub fn publisher(&self) -> &Addr<Publisher> {
+        &self.publisher
+    }
+
+    /// Stops gracefully (see the module docs).
+    pub async fn shutdown(mut self) {
+        info!("shutting down");
+        self.service.stop().await;
+        self.store.shutdown().await;
+        match self
+            .publisher
+            .send(publisher::Flush {
+                timeout: SHUTDOWN_FLUSH,
+            })
+            .await
+        {
+            Ok(Ok(cursor)) => info!(cursor, "all events published"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "events left unpublished; they are published at the next start")
+            }
+            Err(e) => warn!(error = %e, "publisher unavailable"),
+        }
+        let _ = self.publisher.send(publisher::Stop).await;
+        if let Err(e) = self.client.drain().await {
+            warn!(error = %e, "closing the NATS connection");
+        }
+        if let Some(mut server) = self.local_nats.take() {
+            let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+        }
+        if let Err(e) = self.store.sync_wal() {
+            warn!(error = %e, "syncing the store");
+        }
+        info!("stopped");
+    }
+}
+
+/// Connects to the first reachable of `urls`, retrying for up to `timeout`
+/// (a cluster may still be starting). Once connected the client reconnects
+/// by itself.
+pub async fn connect(urls: &[String], timeout: Duration) -> anyhow::Result<async_nats::Client> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let joined = urls.join(",");
+    loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name("cairn-node")
+            .connection_timeout(timeout.min(Duration::from_secs(5)))
+            .connect(urls)
+            .await;
+        match attempt {
+            Ok(client) => return Ok(client),
+            Err(e) if tokio::time::Instant::now() + RETRY_CONNECT < deadline => {
+                warn!(nats = %joined, error = %e, "NATS not reachable yet; retrying");
+                tokio::time::sleep(RETRY_CONNECT).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "no NATS server reachable at {joined} within {timeout:?} (nats.connect-timeout): {e}"
+                ))
+            }
+        }
+    }
+}
+
+const RETRY_CONNECT: Duration = Duration::from_millis(250);
+
+/// `cairn node`: runs until SIGINT or SIGTERM.
+pub fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let node = Node::start(config).await?;
+        // The one line a person (or a script) needs: where NATS is.
+        println!(
+            "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>)",
+            node.nats_url
+        );
+        wait_for_signal().await?;
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,465 @@
+//! `cairn node` end to end: with no NATS configured it starts its own
+//! nats-server, answers `$SRV.PING`/`INFO`/`STATS` and `cairn.v1.log.read`
+//! (JSON and protobuf, with 400s that name the field), stops cleanly on
+//! SIGTERM; `cairn log` and `cairn views rebuild` work on its data.
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use cairn::{config::NodeConfig, node::Node};
+use cairn_events::{envelope::Metadata, v1::LogReadReply, StreamId};
+use cairn_storage::{views::default_views, EventLog, ExpectedVersion, Store, StoreConfig};
+use cairn_tests::{async_lines, events, free_port, next_line, read_line_matching};
+use prost::Message as _;
+use serde_json::{json, Value};
+
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn-under-test");
+
+fn seed(data_dir: &Path) -> Vec<String> {
+    let store = Store::open(StoreConfig::new(data_dir.join("store")), default_views()).unwrap();
+    let one = StreamId::repository("team-a", "one").unwrap();
+    let two = StreamId::repository("team-a", "two").unwrap();
+    let mut ids = Vec::new();
+    for (s, e) in [
+        (&one, events::registered("team-a", "one")),
+        (&two, events::registered("team-a", "two")),
+        (&one, events::spec_changed("team-a", "one", "release")),
+    ] {
+        let a = store
+            .append(s, ExpectedVersion::Any, vec![e], Metadata::command("alice"))
+            .unwrap();
+        ids.push(a.envelopes[0].event_id.clone());
+    }
+    ids
+}
+
+fn spawn_node(data_dir: &Path, port: u16) -> Child {
+    Command::new(CAIRN)
+        .args(["node", "--data-dir"])
+        .arg(data_dir)
+        .args(["--nats-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .env_remove("CAIRN_NATS__URLS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn request(client: &async_nats::Client, subject: &str, body: &[u8]) -> async_nats::Message {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject.to_owned(), body.to_vec().into()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed")
+}
+
+async fn error_of(client: &async_nats::Client, body: &[u8]) -> (String, Value) {
+    let reply = request(client, "cairn.v1.log.read", body).await;
+    let headers = reply.headers.expect("error replies carry headers");
+    let code = headers
+        .get("Nats-Service-Error-Code")
+        .expect("error code header")
+        .to_string();
+    let message = headers
+        .get("Nats-Service-Error")
+        .expect("error header")
+        .to_string();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["message"], Value::String(message));
+    (code, body)
+}
+
+#[tokio::test]
+async fn node_starts_its_own_nats_and_serves_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = seed(dir.path());
+    let port = free_port();
+    let mut node = spawn_node(dir.path(), port);
+    let (ready, _rest) =
+        read_line_matching(node.stdout.take().unwrap(), Duration::from_secs(60), |l| {
+            l.starts_with("cairn node ready")
+        })
+        .unwrap();
+    assert_eq!(ready, format!("cairn node ready: NATS nats://127.0.0.1:{port} (service \"cairn\", events on cairn.events.>)"));
+    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+
+    // The micro protocol.
+    let ping: Value =
+        serde_json::from_slice(&request(&client, "$SRV.PING.cairn", b"").await.payload).unwrap();
+    assert_eq!(
+        (ping["name"].as_str(), ping["type"].as_str()),
+        (Some("cairn"), Some("io.nats.micro.v1.ping_response"))
+    );
+    let info: Value =
+        serde_json::from_slice(&request(&client, "$SRV.INFO.cairn", b"").await.payload).unwrap();
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["subject"].as_str())
+        .collect();
+    assert_eq!(subjects, ["cairn.v1.log.read"]);
+
+    // log.read, JSON.
+    let page: Value =
+        serde_json::from_slice(&request(&client, "cairn.v1.log.read", b"{}").await.payload)
+            .unwrap();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(page["next_seq"], json!(4));
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(events[0]["type"], json!("RepositoryRegistered"));
+    assert_eq!(events[0]["seq"], json!(1));
+    assert_eq!(events[0]["principal"], json!("alice"));
+    assert_eq!(
+        events[2]["event"]["repository_spec_changed"]["spec"]["git"]["branch"],
+        json!("release")
+    );
+    let page: Value = serde_json::from_slice(
+        &request(&client, "cairn.v1.log.read", br#"{"from_seq":2,"limit":1}"#)
+            .await
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(
+        (page["events"][0]["seq"].as_u64(), page["next_seq"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let page: Value = serde_json::from_slice(
+        &request(
+            &client,
+            "cairn.v1.log.read",
+            br#"{"stream":"repo/team-a/one"}"#,
+        )
+        .await
+        .payload,
+    )
+    .unwrap();
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!((seqs, page["next_seq"].as_u64()), (vec![1, 3], Some(4)));
+    let page: Value = serde_json::from_slice(
+        &request(&client, "cairn.v1.log.read", br#"{"from_seq":9}"#)
+            .await
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(page, json!({"events": [], "next_seq": 9}));
+
+    // log.read, protobuf.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/protobuf");
+    let body = cairn_events::v1::LogReadRequest {
+        from_seq: 2,
+        limit: 0,
+        stream: String::new(),
+    }
+    .encode_to_vec();
+    let reply = client
+        .request_with_headers("cairn.v1.log.read", headers, body.into())
+        .await
+        .unwrap();
+    let page = LogReadReply::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(
+        (
+            page.events.len(),
+            page.next_seq,
+            page.events[0].event_id.as_str()
+        ),
+        (2, 4, ids[1].as_str())
+    );
+
+    // Bad input: 400s that name the field.
+    let cases: [(&[u8], &str); 6] = [
+        (
+            br#"{"from_seq":-1}"#,
+            "from_seq: must be a non-negative integer, got -1",
+        ),
+        (
+            br#"{"limit":1000000}"#,
+            "limit: must be an integer between 1 and 1000, got 1000000",
+        ),
+        (
+            br#"{"limit":"ten"}"#,
+            "limit: must be an integer between 1 and 1000, got \"ten\"",
+        ),
+        (
+            br#"{"from_seq":1,"sream":"x"}"#,
+            "sream: unknown field, expected one of: from_seq, limit, stream",
+        ),
+        (br#"[1,2]"#, "request body: must be a JSON object"),
+        (
+            br#"{"stream":""}"#,
+            "stream: invalid stream id \"\": must not be empty",
+        ),
+    ];
+    for (body, message) in cases {
+        let (code, reply) = error_of(&client, body).await;
+        assert_eq!(
+            (code.as_str(), reply),
+            ("400", json!({"code": 400, "message": message}))
+        );
+    }
+    let (code, reply) = error_of(&client, b"{\"from_seq\": ").await;
+    assert_eq!(code, "400");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("request body: invalid JSON: EOF while parsing"),
+        "{reply}"
+    );
+    // A field name with CR/LF: the header is made safe, the body keeps it.
+    let reply = request(&client, "cairn.v1.log.read", b"{\"a\\r\\nb\":1}").await;
+    let headers = reply.headers.expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+        "400"
+    );
+    assert_eq!(
+        headers.get("Nats-Service-Error").unwrap().as_str(),
+        "a??b: unknown field, expected one of: from_seq, limit, stream"
+    );
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        body["message"],
+        json!("a\r\nb: unknown field, expected one of: from_seq, limit, stream")
+    );
+    let oversized = format!("{{\"stream\":\"{}\"}}", "x".repeat(70_000));
+    let (code, reply) = error_of(&client, oversized.as_bytes()).await;
+    assert_eq!(
+        (code.as_str(), reply["message"].as_str().unwrap()),
+        ("400", "payload: 70013 bytes, at most 65536 allowed")
+    );
+
+    let stats: Value =
+        serde_json::from_slice(&request(&client, "$SRV.STATS.cairn", b"").await.payload).unwrap();
+    assert_eq!(stats["endpoints"][0]["num_requests"], json!(14));
+
+    // `cairn log` over NATS.
+    let out = Command::new(CAIRN)
+        .args([
+            "log",
+            "-o",
+            "json",
+            "--nats-url",
+            &format!("nats://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ids
+    );
+
+    // While the node runs, its data directory is locked: a clear error.
+    let out = Command::new(CAIRN)
+        .args(["log", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another cairn process"),
+        "{stderr}"
+    );
+
+    // SIGTERM: a clean exit, and the local nats-server is gone with it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = node.wait().unwrap();
+    assert!(status.success(), "node exited with {status}");
+    TcpListener::bind(("127.0.0.1", port)).expect("the local nats-server stopped with the node");
+
+    // `cairn log` and `cairn views rebuild` on the stopped node's data.
+    let out = Command::new(CAIRN)
+        .args(["log", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(rows[0].trim_start().starts_with("SEQ"), "{table}");
+    assert!(
+        rows[1].contains("repo/team-a/one")
+            && rows[1].contains("RepositoryRegistered")
+            && rows[1].contains("alice"),
+        "{table}"
+    );
+    let out = Command::new(CAIRN)
+        .args(["log", "-o", "json", "--from", "3", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let only: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["event_id"].as_str(), Some(ids[2].as_str()));
+
+    let out = Command::new(CAIRN)
+        .args(["views", "rebuild", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.starts_with("rebuilt 1 views (repositories) from 3 events in "),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_taken_port_and_bad_config_are_named() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = spawn_node(dir.path(), port).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("nats.listen 127.0.0.1:{port} is already in use")),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[publisher]\nmax-in-flight = 0\n").unwrap();
+    let out = Command::new(CAIRN)
+        .args(["node", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: configuration: publisher.max-in-flight: must be between 1 and 65536, got 0"
+    );
+
+    let out = Command::new(CAIRN)
+        .args(["log", "--data-dir"])
+        .arg(dir.path().join("nothing"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no cairn store"), "{stderr}");
+}
+
+/// `cairn log --follow` prints events committed after it started, in order.
+#[actix_rt::test]
+async fn log_follow_prints_new_events() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path());
+    let config = NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        nats: cairn::config::NatsConfig {
+            listen: format!("127.0.0.1:{}", free_port()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let node = Node::start(config).await.unwrap();
+    let mut follow = Command::new(CAIRN)
+        .args([
+            "log",
+            "--follow",
+            "-o",
+            "json",
+            "--nats-url",
+            &node.nats_url,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = async_lines(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let line = next_line(&mut lines, Duration::from_secs(30)).await;
+        seen.push(
+            serde_json::from_str::<Value>(&line).unwrap()["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    // New events, appended while `--follow` waits.
+    let stream = StreamId::repository("team-a", "three").unwrap();
+    node.store
+        .append_async(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![events::registered("team-a", "three")],
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    node.store
+        .append_async(
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![events::closed("bye")],
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let line = next_line(&mut lines, Duration::from_secs(30)).await;
+        seen.push(
+            serde_json::from_str::<Value>(&line).unwrap()["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5]);
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    node.shutdown().await;
+}
