@@ -1,14 +1,14 @@
 //! cairn's behaviour: the actors and the NATS surface.
 //!
 //! # Layout
-//! - [`publisher`]: the Publisher actor — tails the log from its persisted
+//! - [`publisher`] — the Publisher actor — tails the log from its persisted
 //!   cursor and publishes every event to JetStream (`CAIRN_EVENTS`) with
 //!   `Nats-Msg-Id` = event id; [`publisher::window`] is its plain component
 //!   (in-flight window and cursor), unit-tested without actix.
-//! - [`service`]: the `cairn` NATS micro service — endpoint registration,
+//! - [`service`] — the `cairn` NATS micro service — endpoint registration,
 //!   request decoding (JSON or protobuf), error replies; one module per area
 //!   (`service::log` for `cairn.v1.log.read`).
-//! - [`error`]: [`ServiceError`], the error every endpoint answers with.
+//! - [`error`] — [`ServiceError`], the error every endpoint answers with.
 //!
 //! Actors stay thin: each one forwards to a component with ordinary methods.
 //! Blocking work (RocksDB, Git) runs in `spawn_blocking`, never on an

@@ -155,7 +155,7 @@ fn raw_rocksdb(
         [Column::Log.name(), Column::Streams.name()],
     )?);
     let seq = Arc::new(AtomicU64::new(0));
-    let mut rows: Vec<Option<Vec<(Vec<u8>, Vec<u8>)>>> = rows.into_iter().map(Some).collect();
+    let mut rows: Vec<Option<cairn_storage::store::Rows>> = rows.into_iter().map(Some).collect();
     run_writers(writers, |w| {
         let db = db.clone();
         let seq = seq.clone();

@@ -2,16 +2,16 @@
 //! CLI and the benchmarks. `main.rs` only calls [`cli::main`].
 //!
 //! # Layout
-//! - [`cli`]: the command line (clap): `node`, `log`, `views`, `bench`.
-//! - [`config`]: [`config::NodeConfig`] — TOML file, `CAIRN_*` environment,
+//! - [`cli`] — the command line (clap): `node`, `log`, `views`, `bench`.
+//! - [`config`] — [`config::NodeConfig`] — TOML file, `CAIRN_*` environment,
 //!   flags (lowest to highest precedence) — and its validation.
-//! - [`local_nats`]: a `nats-server -js` child for nodes without a NATS URL
+//! - [`local_nats`] — a `nats-server -js` child for nodes without a NATS URL
 //!   (and for tests and benchmarks).
-//! - [`node`]: starting and gracefully stopping a node.
-//! - [`log_cmd`]: `cairn log` — over NATS or straight from a data directory.
-//! - [`views_cmd`]: `cairn views rebuild`.
-//! - [`bench`]: `cairn bench …`, each against its raw baseline in the same run.
-//! - [`telemetry`]: tracing subscriber set-up.
+//! - [`node`] — starting and gracefully stopping a node.
+//! - [`log_cmd`] — `cairn log` — over NATS or straight from a data directory.
+//! - [`views_cmd`] — `cairn views rebuild`.
+//! - [`bench`] — `cairn bench …`, each against its raw baseline in the same run.
+//! - [`telemetry`] — tracing subscriber set-up.
 
 pub mod bench;
 pub mod cli;

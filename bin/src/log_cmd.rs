@@ -188,8 +188,8 @@ impl Printer {
                 if !self.header_done {
                     writeln!(
                         out,
-                        "{:>8}  {:<29}  {:<32}  {:>5}  {:<24}  {}",
-                        "SEQ", "RECORDED", "STREAM", "VER", "TYPE", "PRINCIPAL"
+                        "{:>8}  {:<29}  {:<32}  {:>5}  {:<24}  PRINCIPAL",
+                        "SEQ", "RECORDED", "STREAM", "VER", "TYPE"
                     )?;
                     self.header_done = true;
                 }

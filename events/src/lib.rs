@@ -1,16 +1,16 @@
 //! cairn's language: the events every other crate speaks.
 //!
 //! # Layout
-//! - [`v1`]: types generated from `proto/cairn/v1/*.proto` (prost), with
+//! - [`v1`] — types generated from `proto/cairn/v1/*.proto` (prost), with
 //!   serde impls for the proto3 JSON mapping (pbjson, proto field names).
-//! - [`envelope`]: building, encoding and decoding envelopes; schema version
+//! - [`envelope`] — building, encoding and decoding envelopes; schema version
 //!   checks; event ids (UUID v7); event type names.
-//! - [`json`]: the JSON rendering of an envelope used by `cairn log` and the
+//! - [`json`] — the JSON rendering of an envelope used by `cairn log` and the
 //!   NATS JSON payloads.
-//! - [`subject`]: NATS subject names (`cairn.events.<ns>.<repo>.<type>`) and
+//! - [`subject`] — NATS subject names (`cairn.events.<ns>.<repo>.<type>`) and
 //!   the reversible encoding of names that are not valid subject tokens.
-//! - [`stream`]: stream ids (`repo/<namespace>/<name>`).
-//! - [`error`]: the crate's error type.
+//! - [`stream`] — stream ids (`repo/<namespace>/<name>`).
+//! - [`error`] — the crate's error type.
 
 pub mod envelope;
 pub mod error;

@@ -2,17 +2,17 @@
 //! and the views, all in one RocksDB database.
 //!
 //! # Layout
-//! - [`columns`]: the column families, declared once, documented, never renamed.
-//! - [`keys`]: key encodings (big-endian integers so keys sort in event order).
-//! - [`error`]: [`StorageError`], one variant per failure.
-//! - [`log`]: the [`EventLog`] trait and its types ([`ExpectedVersion`], [`Appended`]).
-//! - [`blob`]: the [`BlobStore`] trait, digests and pins.
-//! - [`view`]: the [`View`] trait, the transaction views write through, and
+//! - [`columns`] — the column families, declared once, documented, never renamed.
+//! - [`keys`] — key encodings (big-endian integers so keys sort in event order).
+//! - [`error`] — [`StorageError`], one variant per failure.
+//! - [`log`] — the [`EventLog`] trait and its types ([`ExpectedVersion`], [`Appended`]).
+//! - [`blob`] — the [`BlobStore`] trait, digests and pins.
+//! - [`view`] — the [`View`] trait, the transaction views write through, and
 //!   the fold shared by live appends, catch-up and rebuild.
-//! - [`views`]: cairn's views (`repositories`, …) and [`views::default_views`].
-//! - [`store`]: [`Store`], the RocksDB implementation of all of the above, with
+//! - [`views`] — cairn's views (`repositories`, …) and [`views::default_views`].
+//! - [`store`] — [`Store`], the RocksDB implementation of all of the above, with
 //!   its group-committing writer thread.
-//! - [`conformance`]: the conformance suite every [`EventLog`] must pass.
+//! - [`conformance`] — the conformance suite every [`EventLog`] must pass.
 //!
 //! # How a write happens
 //! Every append is sent to one writer thread. The writer drains whatever

@@ -83,6 +83,9 @@ impl StoreConfig {
     }
 }
 
+/// Key-value rows, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Called with `(events replayed, events to replay)` while views rebuild.
 pub type RebuildProgress = Box<dyn Fn(u64, u64) + Send>;
 
@@ -100,9 +103,9 @@ pub struct RebuildStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViewDump {
     /// Rows of the view's column family, in key order.
-    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
+    pub rows: Rows,
     /// The view's blob reference rows, in key order.
-    pub blob_refs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub blob_refs: Rows,
     /// The view's checkpoint.
     pub checkpoint: u64,
 }
@@ -312,6 +315,24 @@ impl Store {
         Ok(())
     }
 
+    /// Validates an append and normalises its metadata.
+    fn request(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        metadata: Metadata,
+    ) -> Result<AppendRequest, StorageError> {
+        let metadata = metadata.normalized();
+        self.check_request(&events, &metadata)?;
+        Ok(AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            metadata,
+        })
+    }
+
     /// [`EventLog::append`] for async callers: waits without blocking a thread.
     pub async fn append_async(
         &self,
@@ -320,14 +341,8 @@ impl Store {
         events: Vec<Event>,
         metadata: Metadata,
     ) -> Result<Appended, StorageError> {
-        self.check_request(&events, &metadata)?;
+        let request = self.request(stream, expected, events, metadata)?;
         let (reply, rx) = oneshot::channel();
-        let request = AppendRequest {
-            stream: stream.clone(),
-            expected,
-            events,
-            metadata: metadata.normalized(),
-        };
         self.sender()?
             .send(Command::Append(request, reply))
             .await
@@ -400,12 +415,7 @@ impl Store {
     }
 
     /// Up to `limit` rows of view `view` whose key starts with `prefix`, in key order.
-    pub fn view_scan(
-        &self,
-        view: &str,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn view_scan(&self, view: &str, prefix: &[u8], limit: usize) -> Result<Rows, StorageError> {
         let inner = self.inner();
         let cf = inner.view_cf(view)?;
         scan_prefix(&inner.db, cf, prefix, limit)
@@ -492,13 +502,7 @@ impl EventLog for Store {
         events: Vec<Event>,
         metadata: Metadata,
     ) -> Result<Appended, StorageError> {
-        self.check_request(&events, &metadata)?;
-        let request = AppendRequest {
-            stream: stream.clone(),
-            expected,
-            events,
-            metadata: metadata.normalized(),
-        };
+        let request = self.request(stream, expected, events, metadata)?;
         self.call(|reply| Command::Append(request, reply))
     }
 
@@ -516,8 +520,7 @@ impl EventLog for Store {
             inner.cf(Column::Streams),
             IteratorMode::From(&start, Direction::Forward),
         );
-        let mut expected_version = from_version.max(1);
-        for item in iter {
+        for (expected_version, item) in (from_version.max(1)..).zip(iter) {
             if seqs.len() >= limit {
                 break;
             }
@@ -531,7 +534,6 @@ impl EventLog for Store {
                     "stream {stream}: expected version {expected_version}, index has {version:?}"
                 )));
             }
-            expected_version += 1;
             seqs.push(
                 keys::decode_u64(&value)
                     .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))?,
@@ -637,7 +639,7 @@ fn scan_prefix(
     cf: &ColumnFamily,
     prefix: &[u8],
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+) -> Result<Rows, StorageError> {
     let mut out = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
         if out.len() >= limit {

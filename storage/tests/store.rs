@@ -480,7 +480,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let blobs: Vec<Digest> = (0..3).map(|i| Digest::of(format!("blob{i}").as_bytes())).collect();
-        let mut held = vec![0u32; 3];
+        let mut held = [0u32; 3];
         let mut pins = Vec::new();
         for (kind, repo, blob) in history {
             let name = format!("r{repo}");

@@ -1,11 +1,11 @@
 //! Test harness for cairn's integration suites: real parts only.
 //!
 //! # Layout
-//! - [`NatsServer`]: a real `nats-server -js` on a dynamic port with a temp
+//! - [`NatsServer`] — a real `nats-server -js` on a dynamic port with a temp
 //!   JetStream directory; killed on drop; can be stopped and restarted on
 //!   the same port and directory.
-//! - [`TempStore`]: a real RocksDB store in a temp directory.
-//! - [`events`]: builders for sample events.
+//! - [`TempStore`] — a real RocksDB store in a temp directory.
+//! - [`events`] — builders for sample events.
 //! - [`free_port`], [`read_line_matching`]: helpers for child processes.
 //!
 //! The suites live in `tests/tests/*.rs`; the child programs they spawn in

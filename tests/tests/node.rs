@@ -307,6 +307,26 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert!(status.success(), "node exited with {status}");
     TcpListener::bind(("127.0.0.1", port)).expect("the local nats-server stopped with the node");
 
+    // Its JetStream data lives in the data directory and holds every event,
+    // published before the node stopped.
+    let js_dir = dir.path().join("nats");
+    let server = cairn::local_nats::LocalNatsServer::start(
+        "nats-server",
+        "127.0.0.1:0".parse().unwrap(),
+        &js_dir,
+    )
+    .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let mut stream = js.get_stream("CAIRN_EVENTS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+    let mut published = Vec::new();
+    for seq in 1..=3 {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        published.push(msg.headers.get("Nats-Msg-Id").unwrap().to_string());
+    }
+    assert_eq!(published, ids);
+    drop(server);
+
     // `cairn log` and `cairn views rebuild` on the stopped node's data.
     let out = Command::new(CAIRN)
         .args(["log", "--data-dir"])

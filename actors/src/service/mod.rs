@@ -11,9 +11,9 @@
 //! `{"code": …, "message": …}` (or `ErrorReply` in protobuf).
 //!
 //! # Layout
-//! - [`codec`]: formats, the size limit, replies and error replies.
-//! - [`fields`]: strict JSON field parsing with errors that name the field.
-//! - [`log`]: `cairn.v1.log.read`.
+//! - [`codec`] — formats, the size limit, replies and error replies.
+//! - [`fields`] — strict JSON field parsing with errors that name the field.
+//! - [`log`] — `cairn.v1.log.read`.
 
 pub mod codec;
 pub mod fields;

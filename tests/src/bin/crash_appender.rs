@@ -21,6 +21,17 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .expect("run number");
     let store = Store::open(StoreConfig::new(path), default_views()).expect("open store");
+    // One repository that is never closed, so the view is never empty.
+    let anchor = StreamId::repository("crash", "anchor").expect("stream");
+    match store.append(
+        &anchor,
+        ExpectedVersion::NoStream,
+        vec![events::registered("crash", "anchor")],
+        Metadata::default(),
+    ) {
+        Ok(_) | Err(cairn_storage::StorageError::Conflict { .. }) => {}
+        Err(e) => panic!("anchor append failed: {e}"),
+    }
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     println!("ready");
     let handles: Vec<_> = (0..WRITERS)
