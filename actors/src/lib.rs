@@ -15,6 +15,7 @@
 //! arbiter thread.
 
 pub mod error;
+pub mod origin;
 pub mod publisher;
 pub mod service;
 

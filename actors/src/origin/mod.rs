@@ -1,0 +1,1 @@
+//! Origin adapters: how cairn reads and writes upstream repositories.
