@@ -22,12 +22,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = prost_build::Config::new();
     config
+        // BTreeMap for proto maps: deterministic encoding, so views folded
+        // from the same events are byte-identical.
+        .btree_map(["."])
         .compile_well_known_types()
         .extern_path(".google.protobuf", "::pbjson_types");
     config.compile_fds(fds)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
+        .btree_map(["."])
         .preserve_proto_field_names()
         .build(&[".cairn"])?;
     Ok(())

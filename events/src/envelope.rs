@@ -28,6 +28,18 @@ pub enum EventKind {
     RepositorySpecChanged,
     /// [`crate::v1::RepositoryClosed`].
     RepositoryClosed,
+    /// [`crate::v1::SyncStarted`].
+    SyncStarted,
+    /// [`crate::v1::SyncSucceeded`].
+    SyncSucceeded,
+    /// [`crate::v1::SyncFailed`].
+    SyncFailed,
+    /// [`crate::v1::PackageRevisionAdded`].
+    PackageRevisionAdded,
+    /// [`crate::v1::PackageRevisionModified`].
+    PackageRevisionModified,
+    /// [`crate::v1::PackageRevisionDeleted`].
+    PackageRevisionDeleted,
 }
 
 impl EventKind {
@@ -36,6 +48,12 @@ impl EventKind {
         EventKind::RepositoryRegistered,
         EventKind::RepositorySpecChanged,
         EventKind::RepositoryClosed,
+        EventKind::SyncStarted,
+        EventKind::SyncSucceeded,
+        EventKind::SyncFailed,
+        EventKind::PackageRevisionAdded,
+        EventKind::PackageRevisionModified,
+        EventKind::PackageRevisionDeleted,
     ];
 
     /// The kind of `payload`.
@@ -44,6 +62,12 @@ impl EventKind {
             Payload::RepositoryRegistered(_) => Self::RepositoryRegistered,
             Payload::RepositorySpecChanged(_) => Self::RepositorySpecChanged,
             Payload::RepositoryClosed(_) => Self::RepositoryClosed,
+            Payload::SyncStarted(_) => Self::SyncStarted,
+            Payload::SyncSucceeded(_) => Self::SyncSucceeded,
+            Payload::SyncFailed(_) => Self::SyncFailed,
+            Payload::PackageRevisionAdded(_) => Self::PackageRevisionAdded,
+            Payload::PackageRevisionModified(_) => Self::PackageRevisionModified,
+            Payload::PackageRevisionDeleted(_) => Self::PackageRevisionDeleted,
         }
     }
 
@@ -53,6 +77,12 @@ impl EventKind {
             Self::RepositoryRegistered => "repository.registered",
             Self::RepositorySpecChanged => "repository.spec-changed",
             Self::RepositoryClosed => "repository.closed",
+            Self::SyncStarted => "sync.started",
+            Self::SyncSucceeded => "sync.succeeded",
+            Self::SyncFailed => "sync.failed",
+            Self::PackageRevisionAdded => "packagerevision.added",
+            Self::PackageRevisionModified => "packagerevision.modified",
+            Self::PackageRevisionDeleted => "packagerevision.deleted",
         }
     }
 
@@ -62,6 +92,12 @@ impl EventKind {
             Self::RepositoryRegistered => "RepositoryRegistered",
             Self::RepositorySpecChanged => "RepositorySpecChanged",
             Self::RepositoryClosed => "RepositoryClosed",
+            Self::SyncStarted => "SyncStarted",
+            Self::SyncSucceeded => "SyncSucceeded",
+            Self::SyncFailed => "SyncFailed",
+            Self::PackageRevisionAdded => "PackageRevisionAdded",
+            Self::PackageRevisionModified => "PackageRevisionModified",
+            Self::PackageRevisionDeleted => "PackageRevisionDeleted",
         }
     }
 }

@@ -14,8 +14,10 @@ use cairn_events::{
     envelope::{self, event},
     json,
     v1::{
-        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec,
-        RepositorySpecChanged, SyncSpec, TraceContext,
+        event::Payload, Envelope, GitSpec, PackageRevision, PackageRevisionAdded,
+        PackageRevisionDeleted, PackageRevisionModified, RepositoryClosed, RepositoryRegistered,
+        RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded,
+        Task, TraceContext,
     },
     EventKind, SCHEMA_VERSION,
 };
@@ -88,6 +90,73 @@ fn samples() -> Vec<(EventKind, Envelope)> {
             ),
         ),
         (
+            EventKind::SyncStarted,
+            envelope_for(
+                4,
+                Payload::SyncStarted(SyncStarted {
+                    trigger: "register".into(),
+                }),
+            ),
+        ),
+        (
+            EventKind::SyncSucceeded,
+            envelope_for(
+                5,
+                Payload::SyncSucceeded(SyncSucceeded {
+                    commit: "7b5e4b0c2a7c9f4d3e1a6b8c0d2e4f6a8b0c2d4e".into(),
+                    added: 8,
+                    modified: 1,
+                    deleted: 2,
+                    package_count: 8,
+                    duration_ms: 412,
+                    next_sync_at: Some(pbjson_types::Timestamp {
+                        seconds: 1_780_000_600,
+                        nanos: 0,
+                    }),
+                }),
+            ),
+        ),
+        (
+            EventKind::SyncFailed,
+            envelope_for(
+                6,
+                Payload::SyncFailed(SyncFailed {
+                    error_class: "network".into(),
+                    message: "cannot reach https://git.example.com/platform/blueprints.git".into(),
+                    retry_at: Some(pbjson_types::Timestamp {
+                        seconds: 1_780_000_030,
+                        nanos: 0,
+                    }),
+                }),
+            ),
+        ),
+        (
+            EventKind::PackageRevisionAdded,
+            envelope_for(
+                7,
+                Payload::PackageRevisionAdded(PackageRevisionAdded {
+                    revision: Some(revision()),
+                }),
+            ),
+        ),
+        (
+            EventKind::PackageRevisionModified,
+            envelope_for(8, {
+                let mut r = revision();
+                r.latest = false;
+                Payload::PackageRevisionModified(PackageRevisionModified { revision: Some(r) })
+            }),
+        ),
+        (
+            EventKind::PackageRevisionDeleted,
+            envelope_for(
+                9,
+                Payload::PackageRevisionDeleted(PackageRevisionDeleted {
+                    name: "blueprints.catalog.namespace.basens.v2".into(),
+                }),
+            ),
+        ),
+        (
             EventKind::RepositoryClosed,
             envelope_for(
                 3,
@@ -97,6 +166,45 @@ fn samples() -> Vec<(EventKind, Envelope)> {
             ),
         ),
     ]
+}
+
+fn revision() -> PackageRevision {
+    PackageRevision {
+        name: "blueprints.catalog.namespace.basens.v2".into(),
+        path: "catalog/namespace".into(),
+        package: "basens".into(),
+        workspace: "v2".into(),
+        revision: 2,
+        lifecycle: "Published".into(),
+        commit: "7b5e4b0c2a7c9f4d3e1a6b8c0d2e4f6a8b0c2d4e".into(),
+        resources: [
+            (
+                "Kptfile".to_string(),
+                "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                    .to_string(),
+            ),
+            (
+                "namespace.yaml".to_string(),
+                "sha256:fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9"
+                    .to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        published_by: "alice@example.com".into(),
+        published_at: Some(pbjson_types::Timestamp {
+            seconds: 1_661_554_055,
+            nanos: 0,
+        }),
+        tasks: vec![Task {
+            r#type: "init".into(),
+            raw: r#"{"type":"init","init":{}}"#.into(),
+        }],
+        labels: [("tier".to_string(), "base".to_string())]
+            .into_iter()
+            .collect(),
+        latest: true,
+    }
 }
 
 fn golden_dir() -> PathBuf {
@@ -113,7 +221,13 @@ fn every_kind_has_a_sample() {
         match env.event.unwrap().payload.unwrap() {
             Payload::RepositoryRegistered(_)
             | Payload::RepositorySpecChanged(_)
-            | Payload::RepositoryClosed(_) => {}
+            | Payload::RepositoryClosed(_)
+            | Payload::SyncStarted(_)
+            | Payload::SyncSucceeded(_)
+            | Payload::SyncFailed(_)
+            | Payload::PackageRevisionAdded(_)
+            | Payload::PackageRevisionModified(_)
+            | Payload::PackageRevisionDeleted(_) => {}
         }
     }
 }

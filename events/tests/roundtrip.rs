@@ -4,8 +4,10 @@ use cairn_events::{
     envelope::{self, event},
     json,
     v1::{
-        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec,
-        RepositorySpecChanged, SyncSpec, TraceContext,
+        event::Payload, Envelope, GitSpec, PackageRevision, PackageRevisionAdded,
+        PackageRevisionDeleted, PackageRevisionModified, RepositoryClosed, RepositoryRegistered,
+        RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded,
+        Task, TraceContext,
     },
     SCHEMA_VERSION,
 };
@@ -68,8 +70,94 @@ fn spec() -> impl Strategy<Value = RepositorySpec> {
         )
 }
 
+fn revision() -> impl Strategy<Value = PackageRevision> {
+    let strings = proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4);
+    let tasks = proptest::collection::vec(
+        (any::<String>(), any::<String>()).prop_map(|(r#type, raw)| Task { r#type, raw }),
+        0..3,
+    );
+    (
+        (
+            any::<String>(),
+            any::<String>(),
+            any::<String>(),
+            any::<String>(),
+            any::<i64>(),
+            any::<String>(),
+            any::<String>(),
+        ),
+        (
+            strings.clone(),
+            any::<String>(),
+            timestamp(),
+            tasks,
+            strings,
+            any::<bool>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (name, path, package, workspace, revision, lifecycle, commit),
+                (resources, published_by, published_at, tasks, labels, latest),
+            )| {
+                PackageRevision {
+                    name,
+                    path,
+                    package,
+                    workspace,
+                    revision,
+                    lifecycle,
+                    commit,
+                    resources,
+                    published_by,
+                    published_at,
+                    tasks,
+                    labels,
+                    latest,
+                }
+            },
+        )
+}
+
 fn payload() -> impl Strategy<Value = Payload> {
     prop_oneof![
+        any::<String>().prop_map(|trigger| Payload::SyncStarted(SyncStarted { trigger })),
+        (
+            any::<String>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            timestamp()
+        )
+            .prop_map(
+                |(commit, added, modified, deleted, package_count, duration_ms, next_sync_at)| {
+                    Payload::SyncSucceeded(SyncSucceeded {
+                        commit,
+                        added,
+                        modified,
+                        deleted,
+                        package_count,
+                        duration_ms,
+                        next_sync_at,
+                    })
+                }
+            ),
+        (any::<String>(), any::<String>(), timestamp()).prop_map(
+            |(error_class, message, retry_at)| Payload::SyncFailed(SyncFailed {
+                error_class,
+                message,
+                retry_at
+            })
+        ),
+        proptest::option::of(revision())
+            .prop_map(|revision| Payload::PackageRevisionAdded(PackageRevisionAdded { revision })),
+        proptest::option::of(revision()).prop_map(|revision| Payload::PackageRevisionModified(
+            PackageRevisionModified { revision }
+        )),
+        any::<String>()
+            .prop_map(|name| Payload::PackageRevisionDeleted(PackageRevisionDeleted { name })),
         proptest::option::of(spec())
             .prop_map(|spec| Payload::RepositoryRegistered(RepositoryRegistered { spec })),
         proptest::option::of(spec())

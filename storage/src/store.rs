@@ -66,6 +66,9 @@ pub struct StoreConfig {
     pub queue_max_appends: usize,
     /// Events per batch while replaying the log into views. Default: 1024.
     pub replay_batch_events: usize,
+    /// View rows kept in the in-memory read cache (0 turns it off).
+    /// Default: 10000.
+    pub view_cache_entries: usize,
 }
 
 impl StoreConfig {
@@ -79,6 +82,7 @@ impl StoreConfig {
             event_max_bytes: 256 * 1024,
             queue_max_appends: 4096,
             replay_batch_events: 1024,
+            view_cache_entries: 10_000,
         }
     }
 }
@@ -143,6 +147,8 @@ struct Inner {
     /// `view_cfs[i]` is the column family of `views[i]`.
     view_cfs: Vec<String>,
     committed: watch::Sender<u64>,
+    /// Read cache of view rows: (view, key) → (committed seq when read, row).
+    cache: Option<Mutex<lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>>>,
     pins: Mutex<HashMap<Digest, usize>>,
     appends: AtomicU64,
     batches: AtomicU64,
@@ -197,12 +203,15 @@ impl Store {
         }
         let db = open_db(&config.path, &view_cfs)?;
         let (committed, _) = watch::channel(0);
+        let cache = std::num::NonZeroUsize::new(config.view_cache_entries)
+            .map(|n| Mutex::new(lru::LruCache::new(n)));
         let inner = Arc::new(Inner {
             db,
             config,
             views,
             view_cfs,
             committed,
+            cache,
             pins: Mutex::new(HashMap::new()),
             appends: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -392,9 +401,28 @@ impl Store {
     }
 
     /// The row at `key` of view `view`.
+    ///
+    /// Served from a bounded in-memory cache when nothing was committed
+    /// since the entry was read (entries are tagged with the last committed
+    /// sequence read *before* the row, so a cached row is never older than
+    /// the views).
     pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let cf = self.inner().view_cf(view)?;
-        Ok(self.inner().db.get_cf(cf, key)?)
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        let seq = *inner.committed.borrow();
+        let cache_key = (view.to_owned(), key.to_vec());
+        if let Some(cache) = &inner.cache {
+            if let Some((at, row)) = cache.lock().get(&cache_key) {
+                if *at == seq {
+                    return Ok(row.clone());
+                }
+            }
+        }
+        let row = inner.db.get_cf(cf, key)?;
+        if let Some(cache) = &inner.cache {
+            cache.lock().put(cache_key, (seq, row.clone()));
+        }
+        Ok(row)
     }
 
     /// The protobuf row at `key` of view `view`.
@@ -416,9 +444,43 @@ impl Store {
 
     /// Up to `limit` rows of view `view` whose key starts with `prefix`, in key order.
     pub fn view_scan(&self, view: &str, prefix: &[u8], limit: usize) -> Result<Rows, StorageError> {
+        self.view_scan_after(view, prefix, None, limit)
+    }
+
+    /// Like [`Store::view_scan`], starting after key `after` (exclusive):
+    /// the next page after a page that ended at `after`.
+    pub fn view_scan_after(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StorageError> {
         let inner = self.inner();
         let cf = inner.view_cf(view)?;
-        scan_prefix(&inner.db, cf, prefix, limit)
+        let start = match after {
+            Some(key) if key > prefix => {
+                let mut next = key.to_vec();
+                next.push(0); // the smallest key after `key`
+                next
+            }
+            _ => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in inner
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
     }
 
     /// Everything view `view` holds (rows, blob references, checkpoint).

@@ -11,7 +11,8 @@ use std::{
 use cairn_events::{
     envelope::{event, Metadata},
     v1::{
-        event::Payload, Envelope, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec,
+        event::Payload, Envelope, GitSpec, PackageRevision, PackageRevisionAdded,
+        PackageRevisionDeleted, RepositoryClosed, RepositoryRegistered, RepositorySpec,
         RepositorySpecChanged,
     },
     StreamId,
@@ -19,7 +20,7 @@ use cairn_events::{
 use cairn_storage::{
     blob::Digest,
     conformance::marker,
-    views::{default_views, RepositoriesView},
+    views::{default_views, PackageRevisionsView, RepositoriesView},
     BlobStore, EventLog, ExpectedVersion, StorageError, Store, StoreConfig, View, ViewTx,
 };
 use proptest::prelude::*;
@@ -466,9 +467,91 @@ fn unknown_views_and_future_layouts_are_named() {
     );
 }
 
+fn package_revision_added(repo: &str, package: u8, digest: &Digest) -> cairn_events::v1::Event {
+    let revision = PackageRevision {
+        name: format!("{repo}.pkg{package}.v1"),
+        package: format!("pkg{package}"),
+        workspace: "v1".into(),
+        revision: 1,
+        lifecycle: "Published".into(),
+        resources: [("Kptfile".to_string(), digest.to_string())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+        revision: Some(revision),
+    }))
+}
+
+#[test]
+fn package_revisions_hold_their_blobs_and_list_by_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d = store.put(b"blob0").unwrap();
+    let r1 = StreamId::repository("ns", "r1").unwrap();
+    let r10 = StreamId::repository("ns", "r10").unwrap();
+    store
+        .append(
+            &r1,
+            ExpectedVersion::Any,
+            vec![
+                package_revision_added("r1", 0, &d.digest()),
+                package_revision_added("r1", 1, &d.digest()),
+            ],
+            Metadata::default(),
+        )
+        .unwrap();
+    store
+        .append(
+            &r10,
+            ExpectedVersion::Any,
+            vec![package_revision_added("r10", 0, &d.digest())],
+            Metadata::default(),
+        )
+        .unwrap();
+    drop(d);
+    assert_eq!(store.ref_count(&Digest::of(b"blob0")).unwrap(), 3);
+    let names = |repo: Option<&str>, after: Option<&[u8]>, limit| -> Vec<String> {
+        PackageRevisionsView::list(&store, Some("ns"), repo, after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(_, row)| row.revision.unwrap().name)
+            .collect()
+    };
+    // "r1." does not match "r10.".
+    assert_eq!(names(Some("r1"), None, 10), ["r1.pkg0.v1", "r1.pkg1.v1"]);
+    assert_eq!(
+        names(None, None, 10),
+        ["r1.pkg0.v1", "r1.pkg1.v1", "r10.pkg0.v1"]
+    );
+    assert_eq!(names(None, Some(b"ns/r1.pkg0.v1"), 1), ["r1.pkg1.v1"]);
+    let row = PackageRevisionsView::get(&store, "ns", "r10.pkg0.v1")
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.repository.as_str(), row.updated_seq), ("r10", 3));
+    store
+        .append(
+            &r1,
+            ExpectedVersion::Any,
+            vec![event(Payload::PackageRevisionDeleted(
+                PackageRevisionDeleted {
+                    name: "r1.pkg0.v1".into(),
+                },
+            ))],
+            Metadata::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        PackageRevisionsView::get(&store, "ns", "r1.pkg0.v1").unwrap(),
+        None
+    );
+    assert_eq!(store.ref_count(&Digest::of(b"blob0")).unwrap(), 2);
+}
+
 /// Random histories of repository and blob events.
 fn history() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
-    proptest::collection::vec((0u8..4, 0u8..5, 0u8..3), 1..60)
+    proptest::collection::vec((0u8..6, 0u8..5, 0u8..3), 1..60)
 }
 
 proptest! {
@@ -486,7 +569,7 @@ proptest! {
             let name = format!("r{repo}");
             let s = StreamId::repository("ns", &name).unwrap();
             let ev = match kind {
-                0 => registered("ns", &name),
+                0 | 4 | 5 => registered("ns", &name),
                 1 => event(Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(spec("ns", &name, &format!("b{blob}"))) })),
                 2 => event(Payload::RepositoryClosed(RepositoryClosed { reason: "gone".into() })),
                 _ => {
@@ -501,6 +584,14 @@ proptest! {
                     }
                 }
             };
+            let ev = match kind {
+                4 => {
+                    pins.push(store.put(format!("blob{blob}").as_bytes()).unwrap());
+                    package_revision_added(&name, blob, &blobs[blob as usize])
+                }
+                5 => event(Payload::PackageRevisionDeleted(PackageRevisionDeleted { name: format!("{name}.pkg{blob}.v1") })),
+                _ => ev,
+            };
             let s = if kind == 3 { StreamId::new("blobs").unwrap() } else { s };
             store.append(&s, ExpectedVersion::Any, vec![ev], Metadata::default()).unwrap();
         }
@@ -511,11 +602,19 @@ proptest! {
         let after: Vec<_> = store.view_names().iter().map(|v| store.view_dump(v).unwrap()).collect();
         prop_assert_eq!(&before, &after);
         prop_assert_eq!(stats.events, store.last_seq().unwrap());
-        prop_assert_eq!(stats.views, vec!["repositories".to_string(), "test_blob_refs".to_string()]);
+        prop_assert_eq!(
+            stats.views,
+            vec!["repositories".to_string(), "package_revisions".to_string(), "test_blob_refs".to_string()]
+        );
         let last = *progress.lock().unwrap().last().unwrap();
         prop_assert_eq!(last, (stats.events, stats.events));
+        let test_refs = store.view_dump("test_blob_refs").unwrap().blob_refs;
         for (i, d) in blobs.iter().enumerate() {
-            prop_assert_eq!(store.ref_count(d).unwrap(), u64::from(held[i]));
+            let count = test_refs
+                .iter()
+                .find(|(key, _)| key.ends_with(&d.0))
+                .map_or(0, |(_, v)| u64::from_be_bytes(v.as_slice().try_into().unwrap()));
+            prop_assert_eq!(count, u64::from(held[i]));
         }
     }
 }

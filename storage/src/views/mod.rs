@@ -4,16 +4,19 @@
 //! | view | key | row |
 //! |---|---|---|
 //! | `repositories` | `<namespace>/<name>` | [`cairn_events::v1::RepositoryRow`] |
+//! | `package_revisions` | `<namespace>/<object name>` | [`cairn_events::v1::PackageRevisionRow`] |
 
 use std::sync::Arc;
 
 use crate::View;
 
+pub mod package_revisions;
 pub mod repositories;
 
+pub use package_revisions::PackageRevisionsView;
 pub use repositories::RepositoriesView;
 
 /// The views a node runs, in fold order.
 pub fn default_views() -> Vec<Arc<dyn View>> {
-    vec![Arc::new(RepositoriesView)]
+    vec![Arc::new(RepositoriesView), Arc::new(PackageRevisionsView)]
 }

@@ -1,6 +1,6 @@
 //! The `repositories` view: one row per registered (not closed) repository.
 
-use cairn_events::v1::{event::Payload, Envelope, RepositoryRow};
+use cairn_events::v1::{event::Payload, Envelope, RepositoryRow, RepositoryStatus};
 
 use crate::{StorageError, Store, View, ViewTx};
 
@@ -68,6 +68,10 @@ impl View for RepositoriesView {
         match payload {
             Payload::RepositoryRegistered(registered) => {
                 let row = RepositoryRow {
+                    status: Some(RepositoryStatus {
+                        reason: "Reconciling".into(),
+                        ..Default::default()
+                    }),
                     spec: registered.spec.clone(),
                     stream_version: envelope.stream_version,
                     updated_seq: envelope.seq,
@@ -90,6 +94,43 @@ impl View for RepositoriesView {
                 tx.put_message(key, &row);
             }
             Payload::RepositoryClosed(_) => tx.delete(key),
+            Payload::SyncStarted(_) | Payload::SyncSucceeded(_) | Payload::SyncFailed(_) => {
+                let Some(mut row) = tx.get_message::<RepositoryRow>(&key)? else {
+                    return Ok(());
+                };
+                let status = row.status.get_or_insert_with(RepositoryStatus::default);
+                match payload {
+                    Payload::SyncSucceeded(ok) => {
+                        *status = RepositoryStatus {
+                            ready: true,
+                            reason: "Ready".into(),
+                            message: String::new(),
+                            commit: ok.commit.clone(),
+                            package_count: ok.package_count,
+                            last_sync_at: envelope.recorded_at,
+                            next_sync_at: ok.next_sync_at,
+                            error_class: String::new(),
+                        };
+                    }
+                    Payload::SyncFailed(failed) => {
+                        status.ready = false;
+                        status.reason = "Error".into();
+                        status.message = failed.message.clone();
+                        status.error_class = failed.error_class.clone();
+                        status.next_sync_at = failed.retry_at;
+                    }
+                    // A sync running keeps the last result, and says so
+                    // only while nothing succeeded yet.
+                    _ if status.last_sync_at.is_none() && status.reason != "Error" => {
+                        status.reason = "Reconciling".into();
+                    }
+                    _ => {}
+                }
+                row.stream_version = envelope.stream_version;
+                row.updated_seq = envelope.seq;
+                tx.put_message(key, &row);
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -1,0 +1,134 @@
+//! The `package_revisions` view: one row per package revision, keyed by
+//! `<namespace>/<object name>`. Object names start with `<repository>.`
+//! and repository names are DNS-1123 labels (no dots), so one
+//! repository's revisions are the key prefix `<namespace>/<repository>.`.
+//! Each row holds a reference to every resource blob it lists.
+
+use cairn_events::{
+    v1::{event::Payload, Envelope, PackageRevision, PackageRevisionRow},
+    StreamId,
+};
+
+use crate::{blob::Digest, StorageError, Store, View, ViewTx};
+
+/// Package revisions by namespace and object name.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackageRevisionsView;
+
+impl PackageRevisionsView {
+    /// The view's name.
+    pub const NAME: &'static str = "package_revisions";
+
+    fn key(namespace: &str, name: &str) -> Vec<u8> {
+        format!("{namespace}/{name}").into_bytes()
+    }
+
+    /// The row of package revision `name` in `namespace`.
+    pub fn get(
+        store: &Store,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PackageRevisionRow>, StorageError> {
+        store.view_get_message(Self::NAME, &Self::key(namespace, name))
+    }
+
+    /// Rows of one repository, of one namespace, or of all, in key order,
+    /// at most `limit`, starting after `after` (a key from a previous page).
+    pub fn list(
+        store: &Store,
+        namespace: Option<&str>,
+        repository: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, PackageRevisionRow)>, StorageError> {
+        let prefix = match (namespace, repository) {
+            (Some(ns), Some(repo)) => format!("{ns}/{repo}."),
+            (Some(ns), None) => format!("{ns}/"),
+            (None, _) => String::new(),
+        };
+        let rows = store.view_scan_after(Self::NAME, prefix.as_bytes(), after, limit)?;
+        rows.into_iter()
+            .filter(|(key, _)| {
+                repository.is_none() || namespace.is_some() || repo_of_key(key) == repository
+            })
+            .map(|(key, value)| {
+                let row = prost::Message::decode(value.as_slice()).map_err(|e| {
+                    StorageError::Corrupt(format!(
+                        "package_revisions row {}: {e}",
+                        String::from_utf8_lossy(&key)
+                    ))
+                })?;
+                Ok((key, row))
+            })
+            .collect()
+    }
+}
+
+fn repo_of_key(key: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(key).ok()?;
+    let (_, name) = text.split_once('/')?;
+    name.split('.').next()
+}
+
+fn digests(revision: &PackageRevision) -> Result<Vec<Digest>, StorageError> {
+    revision
+        .resources
+        .iter()
+        .map(|(path, digest)| {
+            Digest::parse(digest).ok_or_else(|| {
+                StorageError::Corrupt(format!("resource {path}: bad digest {digest:?}"))
+            })
+        })
+        .collect()
+}
+
+impl View for PackageRevisionsView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError> {
+        let Some(payload) = envelope.event.as_ref().and_then(|e| e.payload.as_ref()) else {
+            return Ok(());
+        };
+        let Ok(stream) = StreamId::new(envelope.stream.clone()) else {
+            return Ok(());
+        };
+        let Some((namespace, repository)) = stream.as_repository() else {
+            return Ok(());
+        };
+        let (revision, deleted) = match payload {
+            Payload::PackageRevisionAdded(e) => (e.revision.as_ref(), None),
+            Payload::PackageRevisionModified(e) => (e.revision.as_ref(), None),
+            Payload::PackageRevisionDeleted(e) => (None, Some(e.name.as_str())),
+            _ => return Ok(()),
+        };
+        let name = match (revision, deleted) {
+            (Some(r), _) => r.name.as_str(),
+            (None, Some(name)) => name,
+            (None, None) => return Ok(()),
+        };
+        let key = Self::key(namespace, name);
+        if let Some(old) = tx.get_message::<PackageRevisionRow>(&key)? {
+            for digest in digests(&old.revision.unwrap_or_default())? {
+                tx.release_blob(&digest)?;
+            }
+        }
+        match revision {
+            Some(revision) => {
+                for digest in digests(revision)? {
+                    tx.retain_blob(&digest)?;
+                }
+                let row = PackageRevisionRow {
+                    namespace: namespace.to_owned(),
+                    repository: repository.to_owned(),
+                    revision: Some(revision.clone()),
+                    updated_seq: envelope.seq,
+                };
+                tx.put_message(key, &row);
+            }
+            None => tx.delete(key),
+        }
+        Ok(())
+    }
+}
