@@ -17,6 +17,8 @@
 pub mod error;
 pub mod origin;
 pub mod publisher;
+pub mod registry;
+pub mod repository;
 pub mod service;
 
 pub use error::ServiceError;

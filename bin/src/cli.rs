@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    bench,
+    bench, client,
     config::{NodeConfig, Overrides},
     log_cmd::{self, LogOptions, Output, Source},
     node, telemetry, views_cmd,
@@ -29,6 +29,20 @@ enum Command {
     Views {
         #[command(subcommand)]
         command: ViewsCommand,
+    },
+    /// Register, inspect and sync repositories (talks to a running node).
+    Repo {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// List, inspect and pull package revisions (talks to a running node).
+    Pkg {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: PkgCommand,
     },
     /// Benchmarks, each against its raw baseline in the same run.
     Bench {
@@ -76,6 +90,115 @@ struct LogArgs {
     /// NATS URL of a running node.
     #[arg(long, env = "CAIRN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+}
+
+#[derive(Debug, Args)]
+struct Conn {
+    /// NATS URL of a running node.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = client::Output::Table)]
+    output: client::Output,
+    /// How long to wait for a reply (a registration waits for the first sync).
+    #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// Register a Git repository (waits for its first sync unless --no-wait).
+    Register {
+        /// namespace/name, e.g. team-a/blueprints.
+        repository: String,
+        /// Upstream URL (file://, http://, https://).
+        #[arg(long)]
+        url: String,
+        /// Branch.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Directory inside the repository.
+        #[arg(long, default_value = "/")]
+        directory: String,
+        /// Create the branch when it does not exist.
+        #[arg(long)]
+        create_branch: bool,
+        /// Name of the secret with credentials.
+        #[arg(long)]
+        secret_ref: Option<String>,
+        /// A deployment repository.
+        #[arg(long)]
+        deployment: bool,
+        /// Answer at once, sync in the background.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Unregister a repository.
+    Unregister {
+        /// namespace/name.
+        repository: String,
+    },
+    /// Show a repository and its status.
+    Get {
+        /// namespace/name.
+        repository: String,
+    },
+    /// List repositories.
+    List {
+        /// Only this namespace.
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+    },
+    /// Fetch and reconcile now.
+    Sync {
+        /// namespace/name.
+        repository: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkgCommand {
+    /// List package revisions.
+    List {
+        /// Only this namespace.
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Only this repository.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only this package.
+        #[arg(long)]
+        package: Option<String>,
+        /// Only these lifecycles (repeatable).
+        #[arg(long)]
+        lifecycle: Vec<String>,
+        /// Only latest revisions.
+        #[arg(long)]
+        latest: bool,
+    },
+    /// Show a package revision.
+    Get {
+        /// namespace/name (the Porch object name).
+        name: String,
+    },
+    /// Write a package revision's resources into a directory.
+    Pull {
+        /// namespace/name (the Porch object name).
+        name: String,
+        /// Target directory.
+        dir: PathBuf,
+    },
+}
+
+fn split_key(key: &str) -> anyhow::Result<(&str, &str)> {
+    key.split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{key:?}: expected <namespace>/<name>"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +286,161 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             telemetry::init("warn", false);
             views_cmd::rebuild(&data_dir, &mut stdout)
+        }
+        Command::Repo { conn, command } => {
+            telemetry::init("warn", false);
+            let c = client::Client::connect(&conn.nats_url, conn.timeout)?;
+            let out = &mut stdout;
+            match command {
+                RepoCommand::Register {
+                    repository,
+                    url,
+                    branch,
+                    directory,
+                    create_branch,
+                    secret_ref,
+                    deployment,
+                    no_wait,
+                } => {
+                    let (ns, name) = split_key(&repository)?;
+                    let body = client::register_body(
+                        ns,
+                        name,
+                        &url,
+                        &branch,
+                        &directory,
+                        create_branch,
+                        secret_ref.as_deref(),
+                        deployment,
+                        !no_wait,
+                    );
+                    let reply = c.call("repo.register", &body)?;
+                    client::print(out, conn.output, &reply, None, client::REPO_COLUMNS)
+                }
+                RepoCommand::Unregister { repository } => {
+                    let (ns, name) = split_key(&repository)?;
+                    let reply = c.call(
+                        "repo.unregister",
+                        &serde_json::json!({"namespace": ns, "name": name}),
+                    )?;
+                    client::print(
+                        out,
+                        conn.output,
+                        &reply,
+                        None,
+                        &[("UNREGISTERED", "/unregistered")],
+                    )
+                }
+                RepoCommand::Get { repository } => {
+                    let (ns, name) = split_key(&repository)?;
+                    let reply = c.call(
+                        "repo.get",
+                        &serde_json::json!({"namespace": ns, "name": name}),
+                    )?;
+                    client::print(out, conn.output, &reply, None, client::REPO_COLUMNS)
+                }
+                RepoCommand::List { namespace } => {
+                    let body = match namespace {
+                        Some(ns) => serde_json::json!({ "namespace": ns }),
+                        None => serde_json::json!({}),
+                    };
+                    let reply = c.call("repo.list", &body)?;
+                    client::print(
+                        out,
+                        conn.output,
+                        &reply,
+                        Some("items"),
+                        client::REPO_COLUMNS,
+                    )
+                }
+                RepoCommand::Sync { repository } => {
+                    let (ns, name) = split_key(&repository)?;
+                    let reply = c.call(
+                        "repo.sync",
+                        &serde_json::json!({"namespace": ns, "name": name}),
+                    )?;
+                    let columns = [
+                        ("NAME", "/name"),
+                        ("ADDED", "/sync/added"),
+                        ("MODIFIED", "/sync/modified"),
+                        ("DELETED", "/sync/deleted"),
+                        ("PACKAGES", "/sync/package_count"),
+                        ("COMMIT", "/status/commit"),
+                    ];
+                    client::print(out, conn.output, &reply, None, &columns)
+                }
+            }
+        }
+        Command::Pkg { conn, command } => {
+            telemetry::init("warn", false);
+            let c = client::Client::connect(&conn.nats_url, conn.timeout)?;
+            let out = &mut stdout;
+            match command {
+                PkgCommand::List {
+                    namespace,
+                    repository,
+                    package,
+                    lifecycle,
+                    latest,
+                } => {
+                    let mut body = serde_json::json!({});
+                    if let Some(v) = namespace {
+                        body["namespace"] = v.into();
+                    }
+                    if let Some(v) = repository {
+                        body["repository"] = v.into();
+                    }
+                    if let Some(v) = package {
+                        body["package"] = v.into();
+                    }
+                    if !lifecycle.is_empty() {
+                        body["lifecycle"] = lifecycle.into();
+                    }
+                    if latest {
+                        body["latest"] = true.into();
+                    }
+                    // Follow continue tokens: print every page as one list.
+                    let mut items = Vec::new();
+                    loop {
+                        let reply = c.call("pkgrev.list", &body)?;
+                        items.extend(reply["items"].as_array().cloned().unwrap_or_default());
+                        match reply["continue"].as_str() {
+                            Some(token) => body["continue"] = token.into(),
+                            None => break,
+                        }
+                    }
+                    client::print(
+                        out,
+                        conn.output,
+                        &serde_json::json!({ "items": items }),
+                        Some("items"),
+                        client::PKG_COLUMNS,
+                    )
+                }
+                PkgCommand::Get { name } => {
+                    let (ns, name) = split_key(&name)?;
+                    let reply = c.call(
+                        "pkgrev.get",
+                        &serde_json::json!({"namespace": ns, "name": name}),
+                    )?;
+                    client::print(out, conn.output, &reply, None, client::PKG_COLUMNS)
+                }
+                PkgCommand::Pull { name, dir } => {
+                    let (ns, name) = split_key(&name)?;
+                    let reply = c.call(
+                        "pkgrev.resources",
+                        &serde_json::json!({"namespace": ns, "name": name}),
+                    )?;
+                    let n = client::write_resources(&dir, &reply)?;
+                    use std::io::Write as _;
+                    writeln!(
+                        out,
+                        "pulled {n} files of {ns}/{name} into {}",
+                        dir.display()
+                    )?;
+                    Ok(())
+                }
+            }
         }
         Command::Bench { command } => {
             telemetry::init("warn", false);

@@ -20,7 +20,15 @@ use figment::{
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Top-level keys, so unrelated `CAIRN_*` variables are not taken as config.
-const SECTIONS: &[&str] = &["data-dir", "nats", "store", "publisher", "service", "log"];
+const SECTIONS: &[&str] = &[
+    "data-dir",
+    "nats",
+    "store",
+    "publisher",
+    "service",
+    "git",
+    "log",
+];
 
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +45,8 @@ pub struct NodeConfig {
     pub publisher: PublisherSection,
     /// The NATS service.
     pub service: ServiceSection,
+    /// Git upstreams.
+    pub git: GitSection,
     /// Logging.
     pub log: LogSection,
 }
@@ -49,6 +59,7 @@ impl Default for NodeConfig {
             store: StoreSection::default(),
             publisher: PublisherSection::default(),
             service: ServiceSection::default(),
+            git: GitSection::default(),
             log: LogSection::default(),
         }
     }
@@ -151,6 +162,17 @@ impl Default for ServiceSection {
             max_concurrent_requests: d.max_concurrent_requests,
         }
     }
+}
+
+/// `[git]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GitSection {
+    /// Directory of secrets for `git.secret_ref`: the secret `<name>` is the
+    /// directory `<secrets-dir>/<name>` with files `username` and
+    /// `password`. Default: none (repositories with a secret_ref fail with
+    /// an auth error).
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -363,6 +385,11 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+
+    /// Where local mirrors of upstream repositories live.
+    pub fn git_cache_dir(&self) -> PathBuf {
+        self.data_dir.join("git")
     }
 
     /// The store's directory.

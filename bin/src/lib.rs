@@ -2,7 +2,10 @@
 //! CLI and the benchmarks. `main.rs` only calls [`cli::main`].
 //!
 //! # Layout
-//! - [`cli`] — the command line (clap): `node`, `log`, `views`, `bench`.
+//! - [`cli`] — the command line (clap): `node`, `log`, `views`, `repo`,
+//!   `pkg`, `bench`.
+//! - [`client`] — requests to a node's service and their output
+//!   (table, JSON, YAML) for `repo` and `pkg`.
 //! - [`config`] — [`config::NodeConfig`] — TOML file, `CAIRN_*` environment,
 //!   flags (lowest to highest precedence) — and its validation.
 //! - [`local_nats`] — a `nats-server -js` child for nodes without a NATS URL
@@ -15,6 +18,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod local_nats;
 pub mod log_cmd;

@@ -7,12 +7,15 @@
 //! taking requests → let queued appends finish → flush the publisher →
 //! close NATS → stop the local nats-server.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use actix::{Actor, Addr};
 use anyhow::Context as _;
 use cairn_actors::{
+    origin::GitCache,
     publisher::{self, Publisher, PublisherConfig},
+    registry::Registry,
+    repository::upstream::{Fetches, Secrets, SyncEnv},
     service::{CairnService, ServiceConfig},
 };
 use cairn_storage::{views::default_views, Store};
@@ -33,6 +36,7 @@ pub struct Node {
     /// The NATS URL(s) the node connected to.
     pub nats_url: String,
     publisher: Addr<Publisher>,
+    registry: Addr<Registry>,
     service: CairnService,
     local_nats: Option<LocalNatsServer>,
 }
@@ -97,9 +101,22 @@ impl Node {
             max_concurrent_requests: config.service.max_concurrent_requests,
             ..ServiceConfig::default()
         };
-        let service = CairnService::start(client.clone(), store.clone(), service_config)
-            .await
-            .map_err(|e| anyhow::anyhow!("registering the cairn service: {e}"))?;
+        let env = Arc::new(SyncEnv {
+            store: store.clone(),
+            fetches: Fetches::new(GitCache::new(config.git_cache_dir())),
+            secrets: Secrets::new(config.git.secrets_dir.clone()),
+        });
+        let registry = tokio::task::spawn_blocking(move || Registry::load(env))
+            .await??
+            .start();
+        let service = CairnService::start(
+            client.clone(),
+            store.clone(),
+            registry.clone(),
+            service_config,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("registering the cairn service: {e}"))?;
         let origin = if local_nats.is_some() {
             "local nats-server"
         } else {
@@ -111,6 +128,7 @@ impl Node {
             client,
             nats_url,
             publisher,
+            registry,
             service,
             local_nats,
         })
@@ -124,6 +142,11 @@ impl Node {
     /// The Publisher actor.
     pub fn publisher(&self) -> &Addr<Publisher> {
         &self.publisher
+    }
+
+    /// The Registry actor.
+    pub fn registry(&self) -> &Addr<Registry> {
+        &self.registry
     }
 
     /// Stops gracefully (see the module docs).

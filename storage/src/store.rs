@@ -139,6 +139,9 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Read cache of view rows: (view, key) → (committed seq when read, row).
+type RowCache = lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>;
+
 /// The database, the views and what readers share with the writer.
 struct Inner {
     db: DB,
@@ -148,7 +151,7 @@ struct Inner {
     view_cfs: Vec<String>,
     committed: watch::Sender<u64>,
     /// Read cache of view rows: (view, key) → (committed seq when read, row).
-    cache: Option<Mutex<lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>>>,
+    cache: Option<Mutex<RowCache>>,
     pins: Mutex<HashMap<Digest, usize>>,
     appends: AtomicU64,
     batches: AtomicU64,

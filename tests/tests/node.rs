@@ -21,8 +21,9 @@ const CAIRN: &str = env!("CARGO_BIN_EXE_cairn-under-test");
 
 fn seed(data_dir: &Path) -> Vec<String> {
     let store = Store::open(StoreConfig::new(data_dir.join("store")), default_views()).unwrap();
-    let one = StreamId::repository("team-a", "one").unwrap();
-    let two = StreamId::repository("team-a", "two").unwrap();
+    // Not repository streams: a node would sync a registered repository.
+    let one = StreamId::new("test/team-a/one").unwrap();
+    let two = StreamId::new("test/team-a/two").unwrap();
     let mut ids = Vec::new();
     for (s, e) in [
         (&one, events::registered("team-a", "one")),
@@ -101,13 +102,27 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     );
     let info: Value =
         serde_json::from_slice(&request(&client, "$SRV.INFO.cairn", b"").await.payload).unwrap();
-    let subjects: Vec<&str> = info["endpoints"]
+    let mut subjects: Vec<&str> = info["endpoints"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|e| e["subject"].as_str())
         .collect();
-    assert_eq!(subjects, ["cairn.v1.log.read"]);
+    subjects.sort_unstable();
+    assert_eq!(
+        subjects,
+        [
+            "cairn.v1.log.read",
+            "cairn.v1.pkgrev.get",
+            "cairn.v1.pkgrev.list",
+            "cairn.v1.pkgrev.resources",
+            "cairn.v1.repo.get",
+            "cairn.v1.repo.list",
+            "cairn.v1.repo.register",
+            "cairn.v1.repo.sync",
+            "cairn.v1.repo.unregister",
+        ]
+    );
 
     // log.read, JSON.
     let page: Value =
@@ -144,7 +159,7 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
         &request(
             &client,
             "cairn.v1.log.read",
-            br#"{"stream":"repo/team-a/one"}"#,
+            br#"{"stream":"test/team-a/one"}"#,
         )
         .await
         .payload,
@@ -253,7 +268,13 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
 
     let stats: Value =
         serde_json::from_slice(&request(&client, "$SRV.STATS.cairn", b"").await.payload).unwrap();
-    assert_eq!(stats["endpoints"][0]["num_requests"], json!(14));
+    let log_read = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["subject"] == "cairn.v1.log.read")
+        .unwrap();
+    assert_eq!(log_read["num_requests"], json!(14));
 
     // `cairn log` over NATS.
     let out = Command::new(CAIRN)
@@ -343,7 +364,7 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert_eq!(rows.len(), 4, "{table}");
     assert!(rows[0].trim_start().starts_with("SEQ"), "{table}");
     assert!(
-        rows[1].contains("repo/team-a/one")
+        rows[1].contains("test/team-a/one")
             && rows[1].contains("RepositoryRegistered")
             && rows[1].contains("alice"),
         "{table}"

@@ -9,17 +9,22 @@ use serde_json::{Map, Value};
 
 use crate::ServiceError;
 
-/// A request body: a JSON object with only known fields.
+/// A request body (or a nested object of one): a JSON object with only
+/// known fields. Errors name nested fields by path (`git.url`).
 #[derive(Debug)]
 pub struct Fields {
     map: Map<String, Value>,
+    prefix: String,
 }
 
 impl Fields {
     /// Parses `payload` (empty means `{}`), refusing fields not in `allowed`.
     pub fn parse(payload: &[u8], allowed: &[&str]) -> Result<Self, ServiceError> {
         if payload.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self { map: Map::new() });
+            return Ok(Self {
+                map: Map::new(),
+                prefix: String::new(),
+            });
         }
         let value: Value = serde_json::from_slice(payload)
             .map_err(|e| ServiceError::bad_field("request body", format!("invalid JSON: {e}")))?;
@@ -35,11 +40,107 @@ impl Fields {
                 format!("unknown field, expected one of: {}", allowed.join(", ")),
             ));
         }
-        Ok(Self { map })
+        Ok(Self {
+            map,
+            prefix: String::new(),
+        })
+    }
+
+    /// The path of field `name` in error messages.
+    pub fn path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// An optional nested object with only the `allowed` fields.
+    pub fn object(&self, name: &str, allowed: &[&str]) -> Result<Option<Fields>, ServiceError> {
+        let path = self.path(name);
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => {
+                if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+                    return Err(ServiceError::bad_field(
+                        &format!("{path}.{unknown}"),
+                        format!("unknown field, expected one of: {}", allowed.join(", ")),
+                    ));
+                }
+                Ok(Some(Fields {
+                    map: map.clone(),
+                    prefix: format!("{path}."),
+                }))
+            }
+            Some(v) => Err(ServiceError::bad_field(
+                &path,
+                format!("must be an object, got {}", shown(v)),
+            )),
+        }
+    }
+
+    /// An optional boolean.
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, ServiceError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(ServiceError::bad_field(
+                &self.path(name),
+                format!("must be true or false, got {}", shown(v)),
+            )),
+        }
+    }
+
+    /// An optional array of strings.
+    pub fn strings(&self, name: &str) -> Result<Option<Vec<String>>, ServiceError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| {
+                    ServiceError::bad_field(&self.path(name), "must be an array of strings")
+                }),
+            Some(v) => Err(ServiceError::bad_field(
+                &self.path(name),
+                format!("must be an array of strings, got {}", shown(v)),
+            )),
+        }
+    }
+
+    /// An optional object of string values.
+    pub fn string_map(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, ServiceError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => map
+                .iter()
+                .map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect::<Option<_>>()
+                .map(Some)
+                .ok_or_else(|| {
+                    ServiceError::bad_field(&self.path(name), "must be an object of strings")
+                }),
+            Some(v) => Err(ServiceError::bad_field(
+                &self.path(name),
+                format!("must be an object of strings, got {}", shown(v)),
+            )),
+        }
+    }
+
+    /// A required string.
+    pub fn required(&self, name: &str) -> Result<String, ServiceError> {
+        self.string(name)?
+            .ok_or_else(|| ServiceError::bad_field(&self.path(name), "required"))
     }
 
     fn present(&self, name: &str) -> Option<&Value> {
         self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    /// The raw value of field `name`, when present and not null.
+    pub fn value(&self, name: &str) -> Option<&Value> {
+        self.present(name)
     }
 
     /// An optional non-negative integer.

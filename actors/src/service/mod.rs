@@ -14,10 +14,16 @@
 //! - [`codec`] — formats, the size limit, replies and error replies.
 //! - [`fields`] — strict JSON field parsing with errors that name the field.
 //! - [`log`] — `cairn.v1.log.read`.
+//! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync`.
+//! - [`pkgrev`] — `cairn.v1.pkgrev.list|get|resources`.
+//! - [`validate`] — names, branches, directories.
 
 pub mod codec;
 pub mod fields;
 pub mod log;
+pub mod pkgrev;
+pub mod repo;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -59,6 +65,8 @@ pub struct ServiceContext {
     pub config: ServiceConfig,
     /// The connection the service answers on.
     pub client: async_nats::Client,
+    /// Opens, closes and syncs repositories.
+    pub registry: actix::Addr<crate::registry::Registry>,
 }
 
 impl ServiceContext {
@@ -86,6 +94,7 @@ impl CairnService {
     pub async fn start(
         client: async_nats::Client,
         store: Store,
+        registry: actix::Addr<crate::registry::Registry>,
         config: ServiceConfig,
     ) -> Result<Self, async_nats::Error> {
         let service = client
@@ -98,23 +107,32 @@ impl CairnService {
         let context = ServiceContext {
             store,
             client: client.clone(),
+            registry,
             config,
         };
         let limiter = Arc::new(Semaphore::new(
             context.config.max_concurrent_requests.max(1),
         ));
         let mut tasks = Vec::new();
-        let endpoint = service
-            .endpoint_builder()
-            .name("log-read")
-            .add(cairn_events::subject::LOG_READ)
-            .await?;
-        tasks.push(serve(
-            endpoint,
-            context.clone(),
-            limiter.clone(),
-            log::handle_read,
-        ));
+        macro_rules! endpoint {
+            ($name:literal, $handler:path) => {{
+                let endpoint = service
+                    .endpoint_builder()
+                    .name($name.replace('.', "-"))
+                    .add(concat!("cairn.v1.", $name))
+                    .await?;
+                tasks.push(serve(endpoint, context.clone(), limiter.clone(), $handler));
+            }};
+        }
+        endpoint!("log.read", log::handle_read);
+        endpoint!("repo.register", repo::handle_register);
+        endpoint!("repo.unregister", repo::handle_unregister);
+        endpoint!("repo.get", repo::handle_get);
+        endpoint!("repo.list", repo::handle_list);
+        endpoint!("repo.sync", repo::handle_sync);
+        endpoint!("pkgrev.list", pkgrev::handle_list);
+        endpoint!("pkgrev.get", pkgrev::handle_get);
+        endpoint!("pkgrev.resources", pkgrev::handle_resources);
         // Make sure the server has the subscriptions before anyone is told
         // the service is up (else early requests find "no responders").
         client.flush().await?;
@@ -166,4 +184,41 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ServiceError::internal(format!("request task failed: {e}")))?
+}
+
+/// The metadata of a command: a fresh correlation id, the principal (the
+/// request's `"principal"` field, else `anonymous`) and the W3C trace
+/// context from the request's `traceparent`/`tracestate` headers.
+pub fn metadata(
+    request: &service::Request,
+    principal: Option<String>,
+) -> cairn_events::envelope::Metadata {
+    let header = |name: &str| {
+        request
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+            .filter(|v| !v.is_empty() && v.len() <= 512 && !v.chars().any(char::is_control))
+    };
+    let trace = header("traceparent").map(|traceparent| cairn_events::v1::TraceContext {
+        traceparent,
+        tracestate: header("tracestate").unwrap_or_default(),
+    });
+    let principal = principal
+        .filter(|p| !p.is_empty() && p.len() <= 256 && !p.chars().any(char::is_control))
+        .unwrap_or_default();
+    cairn_events::envelope::Metadata {
+        principal,
+        trace,
+        ..Default::default()
+    }
+    .normalized()
+}
+
+/// A timestamp as RFC 3339 JSON, or null.
+pub fn timestamp_json(ts: Option<&pbjson_types::Timestamp>) -> serde_json::Value {
+    ts.and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or(serde_json::Value::Null)
 }

@@ -1,0 +1,783 @@
+//! Porch-compatible discovery of package revisions in a local repository.
+//!
+//! The rules (see `porch-testdata/EXPECTED.md` for the acceptance listing):
+//! - A package is a directory holding a regular-file `Kptfile`. Packages do
+//!   not nest: below a package directory everything (including another
+//!   `Kptfile`) belongs to that package. Only the registered directory is
+//!   searched; a `Kptfile` directly in it names no package and is ignored.
+//! - Registered branch: each package on its tip is revision `-1`, workspace =
+//!   branch name, Published. Publishing info comes from the newest commit in
+//!   the branch history carrying a `kpt:` annotation for the package.
+//! - Tag `<path>/<pkg>/vN` (lightweight or annotated): revision N, Published,
+//!   workspace = the `workspaceName` annotated on the tagged commit for the
+//!   package, else `vN`; publishing info = author of the tagged commit.
+//! - Branch `drafts/<path>/<pkg>/<ws>`: revision 0, Draft; `proposed/…`:
+//!   revision 0, Proposed; no publishing info.
+//! - Branch `deletionProposed/<path>/<pkg>/<vN or branch>` turns the matching
+//!   published revision (or placeholder) into DeletionProposed.
+//! - Tasks: from `kpt:` annotations of the revision's history, newest first
+//!   by committer time (children before parents), matching package and workspace, back to the first
+//!   `init` or `clone` task; reported oldest first.
+//! - Any other ref adds nothing; refs whose package is missing are skipped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::rc::Rc;
+
+use git2::{ObjectType, Oid, Repository, RepositoryOpenFlags, Sort, Tree, TreeWalkMode};
+use tracing::warn;
+
+use super::annotation::{parse_message, Annotation};
+use super::git::map_git_error;
+use super::OriginError;
+
+/// Bound on the commits one history walk visits (task history, publishing
+/// info). Histories longer than this are cut, with a warning.
+const HISTORY_WALK_COMMITS_MAX: usize = 100_000;
+
+/// Bound on the files one package may hold; beyond it discovery fails rather
+/// than loading an unbounded amount into memory.
+const PACKAGE_FILES_MAX: usize = 10_000;
+
+/// Result of [`discover`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    /// Commit (hex) of the registered branch; `None` when the branch does not
+    /// exist (the caller decides whether that is
+    /// [`OriginError::BranchMissing`]). Tags and drafts are listed either way.
+    pub branch_commit: Option<String>,
+    /// Every package revision, sorted by (path, package, revision, workspace,
+    /// lifecycle).
+    pub revisions: Vec<DiscoveredRevision>,
+}
+
+/// One package revision as found in Git.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveredRevision {
+    /// Package path relative to the registered directory, without the package
+    /// name; `""` for top-level packages.
+    pub path: String,
+    /// Package name: the last path segment.
+    pub package: String,
+    /// Branch name for `-1` placeholders, the draft's workspace for drafts and
+    /// proposals, the annotated workspace (else `vN`) for published revisions.
+    pub workspace: String,
+    /// `-1` placeholder, `0` draft or proposal, `N` published.
+    pub revision: i64,
+    /// Lifecycle from the ref layout.
+    pub lifecycle: Lifecycle,
+    /// Commit (hex) the revision's content comes from.
+    pub commit: String,
+    /// Every file below the package directory: path relative to it → bytes.
+    pub resources: BTreeMap<String, Vec<u8>>,
+    /// Email of the publisher, for published revisions where known.
+    pub published_by: Option<String>,
+    /// When it was published, RFC 3339 UTC (`2022-08-26T22:47:35Z`).
+    pub published_at: Option<String>,
+    /// Task history, oldest first.
+    pub tasks: Vec<Task>,
+    /// `metadata.labels` of the package's Kptfile; empty if it has none or
+    /// does not parse.
+    pub labels: BTreeMap<String, String>,
+    /// True for the highest published revision (N > 0) of each package.
+    pub latest: bool,
+}
+
+/// Lifecycle of a package revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lifecycle {
+    /// On a `drafts/…` branch.
+    Draft,
+    /// On a `proposed/…` branch.
+    Proposed,
+    /// Tagged, or on the registered branch.
+    Published,
+    /// Published, with a `deletionProposed/…` branch.
+    DeletionProposed,
+}
+
+impl Lifecycle {
+    /// Porch's spelling: `Draft`, `Proposed`, `Published`, `DeletionProposed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Draft => "Draft",
+            Lifecycle::Proposed => "Proposed",
+            Lifecycle::Published => "Published",
+            Lifecycle::DeletionProposed => "DeletionProposed",
+        }
+    }
+
+    fn is_published(self) -> bool {
+        matches!(self, Lifecycle::Published | Lifecycle::DeletionProposed)
+    }
+}
+
+/// One entry of a revision's task history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Task type: `init`, `clone`, `edit`, `eval`, `patch`, …
+    pub r#type: String,
+    /// The task's JSON exactly as written in the commit message.
+    pub raw: String,
+}
+
+/// Lists the Porch package revisions in the local repository at `repo` for
+/// the registered `branch` and `directory` (`""` or `"/"` = whole
+/// repository; `"catalog/gcp"` or `"/catalog/gcp/"` = only below it, with
+/// paths reported relative to it). A directory that does not exist lists
+/// nothing. Malformed annotations and Kptfiles never fail discovery.
+pub fn discover(repo: &Path, branch: &str, directory: &str) -> Result<Discovery, OriginError> {
+    let repo = Repository::open_ext(
+        repo,
+        RepositoryOpenFlags::NO_SEARCH,
+        std::iter::empty::<&std::ffi::OsStr>(),
+    )
+    .map_err(map_git_error)?;
+    Discoverer {
+        repo: &repo,
+        branch,
+        directory: directory.trim_matches('/'),
+        annotations: HashMap::new(),
+        resources: HashMap::new(),
+    }
+    .run()
+}
+
+/// How a ref contributes to the listing.
+enum RefKind<'a> {
+    Tag {
+        package: &'a str,
+        revision: i64,
+    },
+    Unpublished {
+        package: &'a str,
+        workspace: &'a str,
+        lifecycle: Lifecycle,
+    },
+}
+
+struct Discoverer<'a> {
+    repo: &'a Repository,
+    branch: &'a str,
+    /// Registered directory without leading or trailing `/`; `""` = root.
+    directory: &'a str,
+    /// Parsed annotations per commit: histories overlap, parse each once.
+    annotations: HashMap<Oid, Rc<[Annotation]>>,
+    /// Files per package tree: revisions often share a tree.
+    resources: HashMap<Oid, BTreeMap<String, Vec<u8>>>,
+}
+
+impl Discoverer<'_> {
+    fn run(mut self) -> Result<Discovery, OriginError> {
+        let main_ref = format!("refs/heads/{}", self.branch);
+        let mut main = None;
+        let mut others = Vec::new();
+        let mut deletion_proposed = HashSet::new();
+        for reference in self.repo.references().map_err(map_git_error)? {
+            let reference = reference.map_err(map_git_error)?;
+            let Ok(name) = reference.name() else {
+                continue;
+            };
+            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+                continue;
+            }
+            let Ok(commit) = reference.peel_to_commit() else {
+                continue; // tag of a tree or blob
+            };
+            if name == main_ref {
+                main = Some(commit.id());
+            } else if let Some(key) = name.strip_prefix("refs/heads/deletionProposed/") {
+                deletion_proposed.insert(key.to_owned());
+            } else {
+                others.push((name.to_owned(), commit.id()));
+            }
+        }
+
+        let mut revisions = Vec::new();
+        for (name, commit) in &others {
+            let Some(kind) = classify(name) else {
+                continue;
+            };
+            match kind {
+                RefKind::Tag { package, revision } => {
+                    let dp_key = format!("{package}/v{revision}");
+                    let lifecycle = if deletion_proposed.contains(&dp_key) {
+                        Lifecycle::DeletionProposed
+                    } else {
+                        Lifecycle::Published
+                    };
+                    if let Some(r) = self.tagged(package, revision, *commit, lifecycle)? {
+                        revisions.push(r);
+                    }
+                }
+                RefKind::Unpublished {
+                    package,
+                    workspace,
+                    lifecycle,
+                } => {
+                    if let Some(r) = self.unpublished(package, workspace, *commit, lifecycle)? {
+                        revisions.push(r);
+                    }
+                }
+            }
+        }
+        if let Some(tip) = main {
+            for (package, tree) in self.packages_on(tip)? {
+                let dp_key = format!("{package}/{}", self.branch);
+                let lifecycle = if deletion_proposed.contains(&dp_key) {
+                    Lifecycle::DeletionProposed
+                } else {
+                    Lifecycle::Published
+                };
+                revisions.push(self.placeholder(&package, tree, tip, lifecycle)?);
+            }
+        }
+
+        mark_latest(&mut revisions);
+        revisions.sort_by(|a, b| {
+            (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
+                &b.path,
+                &b.package,
+                b.revision,
+                &b.workspace,
+                b.lifecycle,
+            ))
+        });
+        Ok(Discovery {
+            branch_commit: main.map(|c| c.to_string()),
+            revisions,
+        })
+    }
+
+    /// Packages (full path, tree) on commit `tip` below the directory.
+    fn packages_on(&self, tip: Oid) -> Result<Vec<(String, Oid)>, OriginError> {
+        let commit = self.repo.find_commit(tip).map_err(map_git_error)?;
+        let root = commit.tree().map_err(map_git_error)?;
+        let Some(start) = self.subtree(&root, self.directory)? else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        let mut stack = vec![(start, self.directory.to_owned(), true)];
+        while let Some((tree_id, path, is_start)) = stack.pop() {
+            let tree = self.repo.find_tree(tree_id).map_err(map_git_error)?;
+            if !is_start && has_kptfile(&tree) {
+                found.push((path, tree_id));
+                continue;
+            }
+            for entry in tree.iter() {
+                if entry.kind() != Some(ObjectType::Tree) {
+                    continue;
+                }
+                let Ok(name) = entry.name() else {
+                    continue;
+                };
+                stack.push((entry.id(), join(&path, name), false));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The tree at `path` below `root` (`""` = root), if it is a directory.
+    fn subtree(&self, root: &Tree<'_>, path: &str) -> Result<Option<Oid>, OriginError> {
+        if path.is_empty() {
+            return Ok(Some(root.id()));
+        }
+        match root.get_path(Path::new(path)) {
+            Ok(entry) if entry.kind() == Some(ObjectType::Tree) => Ok(Some(entry.id())),
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(map_git_error(e)),
+        }
+    }
+
+    /// The package tree at `package` (full path) on `commit`, if the package
+    /// exists there and lies in the directory without being nested in
+    /// another package.
+    fn package_at(&self, commit: Oid, package: &str) -> Result<Option<Oid>, OriginError> {
+        if !self.contains(package) {
+            return Ok(None);
+        }
+        let commit = self.repo.find_commit(commit).map_err(map_git_error)?;
+        let root = commit.tree().map_err(map_git_error)?;
+        let Some(tree_id) = self.subtree(&root, package)? else {
+            return Ok(None);
+        };
+        let tree = self.repo.find_tree(tree_id).map_err(map_git_error)?;
+        if !has_kptfile(&tree) {
+            return Ok(None);
+        }
+        // Ancestors strictly between the directory and the package.
+        let relative = self.relative(package);
+        let mut ancestor = self.directory.to_owned();
+        let segments: Vec<&str> = relative.split('/').collect();
+        for segment in &segments[..segments.len() - 1] {
+            ancestor = join(&ancestor, segment);
+            if let Some(id) = self.subtree(&root, &ancestor)? {
+                let t = self.repo.find_tree(id).map_err(map_git_error)?;
+                if has_kptfile(&t) {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(tree_id))
+    }
+
+    /// Whether `package` (full path) lies strictly below the directory.
+    fn contains(&self, package: &str) -> bool {
+        if package.is_empty() {
+            return false;
+        }
+        if self.directory.is_empty() {
+            return true;
+        }
+        package
+            .strip_prefix(self.directory)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'))
+    }
+
+    fn relative<'p>(&self, package: &'p str) -> &'p str {
+        if self.directory.is_empty() {
+            package
+        } else {
+            &package[self.directory.len() + 1..]
+        }
+    }
+
+    fn placeholder(
+        &mut self,
+        package: &str,
+        tree: Oid,
+        tip: Oid,
+        lifecycle: Lifecycle,
+    ) -> Result<DiscoveredRevision, OriginError> {
+        // The newest commit on the branch annotated for this package is the
+        // approval that put it there: it gives publisher, time, and the
+        // workspace whose tasks the placeholder shows.
+        let mut latest = None;
+        self.walk(tip, |commit, annotations| {
+            if annotations.iter().any(|a| a.package == package) {
+                let workspace = annotated_workspace(annotations, package);
+                latest = Some((publish_info(commit), workspace));
+                true
+            } else {
+                false
+            }
+        })?;
+        let (published, tasks_workspace) = latest.unwrap_or_default();
+        let tasks = self.tasks(tip, package, &tasks_workspace)?;
+        let workspace = self.branch.to_owned();
+        self.revision(
+            package, tree, tip, -1, workspace, lifecycle, published, tasks,
+        )
+    }
+
+    fn tagged(
+        &mut self,
+        package: &str,
+        revision: i64,
+        commit: Oid,
+        lifecycle: Lifecycle,
+    ) -> Result<Option<DiscoveredRevision>, OriginError> {
+        let Some(tree) = self.package_at(commit, package)? else {
+            return Ok(None);
+        };
+        let c = self.repo.find_commit(commit).map_err(map_git_error)?;
+        let annotations = self.annotations_of(&c);
+        let annotated = annotated_workspace(&annotations, package);
+        let published = publish_info(&c);
+        drop(c);
+        let tasks = self.tasks(commit, package, &annotated)?;
+        let workspace = if annotated.is_empty() {
+            format!("v{revision}")
+        } else {
+            annotated
+        };
+        self.revision(
+            package, tree, commit, revision, workspace, lifecycle, published, tasks,
+        )
+        .map(Some)
+    }
+
+    fn unpublished(
+        &mut self,
+        package: &str,
+        workspace: &str,
+        commit: Oid,
+        lifecycle: Lifecycle,
+    ) -> Result<Option<DiscoveredRevision>, OriginError> {
+        let Some(tree) = self.package_at(commit, package)? else {
+            return Ok(None);
+        };
+        let tasks = self.tasks(commit, package, workspace)?;
+        self.revision(
+            package,
+            tree,
+            commit,
+            0,
+            workspace.to_owned(),
+            lifecycle,
+            PublishInfo::default(),
+            tasks,
+        )
+        .map(Some)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn revision(
+        &mut self,
+        package: &str,
+        tree: Oid,
+        commit: Oid,
+        revision: i64,
+        workspace: String,
+        lifecycle: Lifecycle,
+        published: PublishInfo,
+        tasks: Vec<Task>,
+    ) -> Result<DiscoveredRevision, OriginError> {
+        let resources = self.resources_of(tree)?;
+        let labels = resources
+            .get("Kptfile")
+            .map(|k| kptfile_labels(k))
+            .unwrap_or_default();
+        let (path, name) = match self.relative(package).rsplit_once('/') {
+            Some((path, name)) => (path.to_owned(), name.to_owned()),
+            None => (String::new(), self.relative(package).to_owned()),
+        };
+        let published = if lifecycle.is_published() {
+            published
+        } else {
+            PublishInfo::default()
+        };
+        Ok(DiscoveredRevision {
+            path,
+            package: name,
+            workspace,
+            revision,
+            lifecycle,
+            commit: commit.to_string(),
+            resources,
+            published_by: published.by,
+            published_at: published.at,
+            tasks,
+            labels,
+            latest: false,
+        })
+    }
+
+    /// Task history of `package` in `workspace` from `start`, oldest first.
+    /// An annotation matches on its `workspaceName`, or — for annotations
+    /// written before workspaces existed — on its `revision` when it has no
+    /// `workspaceName`.
+    fn tasks(
+        &mut self,
+        start: Oid,
+        package: &str,
+        workspace: &str,
+    ) -> Result<Vec<Task>, OriginError> {
+        let mut tasks = Vec::new();
+        self.walk(start, |_, annotations| {
+            for a in annotations {
+                let workspace_matches = a.workspace_name == workspace
+                    || (a.workspace_name.is_empty() && a.revision == workspace);
+                if a.package != package || !workspace_matches {
+                    continue;
+                }
+                if let Some(task) = &a.task {
+                    tasks.push(task.clone());
+                    if task.r#type == "init" || task.r#type == "clone" {
+                        return true; // the revision starts here
+                    }
+                }
+            }
+            false
+        })?;
+        tasks.reverse();
+        Ok(tasks)
+    }
+
+    /// Visits the history from `start`, newest first by committer time
+    /// (children always before parents), until `visit` returns true.
+    fn walk(
+        &mut self,
+        start: Oid,
+        mut visit: impl FnMut(&git2::Commit<'_>, &[Annotation]) -> bool,
+    ) -> Result<(), OriginError> {
+        let mut walk = self.repo.revwalk().map_err(map_git_error)?;
+        // Committer time, but never a parent before its children: commits
+        // made within one second (Porch writes several) keep their order.
+        walk.set_sorting(Sort::TOPOLOGICAL | Sort::TIME)
+            .map_err(map_git_error)?;
+        walk.push(start).map_err(map_git_error)?;
+        for (visited, oid) in walk.enumerate() {
+            if visited >= HISTORY_WALK_COMMITS_MAX {
+                warn!(
+                    start = %start,
+                    commits_max = HISTORY_WALK_COMMITS_MAX,
+                    "history walk cut short"
+                );
+                break;
+            }
+            let oid = oid.map_err(map_git_error)?;
+            let commit = self.repo.find_commit(oid).map_err(map_git_error)?;
+            let annotations = self.annotations_of(&commit);
+            if visit(&commit, &annotations) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn annotations_of(&mut self, commit: &git2::Commit<'_>) -> Rc<[Annotation]> {
+        self.annotations
+            .entry(commit.id())
+            .or_insert_with(|| {
+                parse_message(&String::from_utf8_lossy(commit.message_bytes())).into()
+            })
+            .clone()
+    }
+
+    fn resources_of(&mut self, tree_id: Oid) -> Result<BTreeMap<String, Vec<u8>>, OriginError> {
+        if let Some(found) = self.resources.get(&tree_id) {
+            return Ok(found.clone());
+        }
+        let tree = self.repo.find_tree(tree_id).map_err(map_git_error)?;
+        let mut files = BTreeMap::new();
+        let mut failure = None;
+        let walked = tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() != Some(ObjectType::Blob) {
+                return git2::TreeWalkResult::Ok; // trees, submodules
+            }
+            let Ok(name) = entry.name() else {
+                return git2::TreeWalkResult::Ok; // not UTF-8: cannot be named
+            };
+            if files.len() >= PACKAGE_FILES_MAX {
+                failure = Some(OriginError::Git(format!(
+                    "package tree {tree_id} holds more than {PACKAGE_FILES_MAX} files"
+                )));
+                return git2::TreeWalkResult::Abort;
+            }
+            match self.repo.find_blob(entry.id()) {
+                Ok(blob) => {
+                    files.insert(format!("{dir}{name}"), blob.content().to_vec());
+                    git2::TreeWalkResult::Ok
+                }
+                Err(e) => {
+                    failure = Some(map_git_error(e));
+                    git2::TreeWalkResult::Abort
+                }
+            }
+        });
+        // An abort from the callback surfaces as an error of the walk; the
+        // callback's own reason is the one worth reporting.
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        walked.map_err(map_git_error)?;
+        self.resources.insert(tree_id, files.clone());
+        Ok(files)
+    }
+}
+
+/// Publisher and publishing time, both optional.
+#[derive(Debug, Default)]
+struct PublishInfo {
+    by: Option<String>,
+    at: Option<String>,
+}
+
+fn publish_info(commit: &git2::Commit<'_>) -> PublishInfo {
+    let author = commit.author();
+    let by = String::from_utf8_lossy(author.email_bytes()).into_owned();
+    PublishInfo {
+        by: (!by.is_empty()).then_some(by),
+        at: Some(rfc3339_utc(author.when().seconds())),
+    }
+}
+
+/// The first non-empty `workspaceName` annotated for `package`, else `""`.
+fn annotated_workspace(annotations: &[Annotation], package: &str) -> String {
+    annotations
+        .iter()
+        .find(|a| a.package == package && !a.workspace_name.is_empty())
+        .map(|a| a.workspace_name.clone())
+        .unwrap_or_default()
+}
+
+/// Sorts a ref name into the kind of revision it makes, if any.
+fn classify(name: &str) -> Option<RefKind<'_>> {
+    if let Some(tag) = name.strip_prefix("refs/tags/") {
+        let (package, revision) = tag.rsplit_once('/')?;
+        let revision = parse_revision(revision)?;
+        return (!package.is_empty()).then_some(RefKind::Tag { package, revision });
+    }
+    let branch = name.strip_prefix("refs/heads/")?;
+    let (rest, lifecycle) = if let Some(rest) = branch.strip_prefix("drafts/") {
+        (rest, Lifecycle::Draft)
+    } else if let Some(rest) = branch.strip_prefix("proposed/") {
+        (rest, Lifecycle::Proposed)
+    } else {
+        return None;
+    };
+    let (package, workspace) = rest.rsplit_once('/')?;
+    (!package.is_empty() && !workspace.is_empty()).then_some(RefKind::Unpublished {
+        package,
+        workspace,
+        lifecycle,
+    })
+}
+
+/// `vN` with N a positive decimal without leading zeros.
+fn parse_revision(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('v')?;
+    if digits.is_empty()
+        || digits.len() > 18
+        || digits.starts_with('0')
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn has_kptfile(tree: &Tree<'_>) -> bool {
+    // Like Porch (go-git's IsRegular): an executable or symlinked Kptfile
+    // does not make a package.
+    tree.get_name("Kptfile").is_some_and(|e| {
+        e.kind() == Some(ObjectType::Blob) && matches!(e.filemode(), 0o100644 | 0o100664)
+    })
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Marks the highest published revision (N > 0) of each package as latest.
+fn mark_latest(revisions: &mut [DiscoveredRevision]) {
+    let mut best: HashMap<(&str, &str), i64> = HashMap::new();
+    for r in revisions.iter() {
+        if r.revision > 0 && r.lifecycle.is_published() {
+            let slot = best.entry((&r.path, &r.package)).or_insert(r.revision);
+            *slot = (*slot).max(r.revision);
+        }
+    }
+    let best: HashSet<(String, String, i64)> = best
+        .into_iter()
+        .map(|((p, n), rev)| (p.to_owned(), n.to_owned(), rev))
+        .collect();
+    for r in revisions.iter_mut() {
+        r.latest = r.lifecycle.is_published()
+            && best.contains(&(r.path.clone(), r.package.clone(), r.revision));
+    }
+}
+
+/// `metadata.labels` of a Kptfile; scalars other than strings are written
+/// out as YAML would; anything unparsable yields no labels.
+fn kptfile_labels(kptfile: &[u8]) -> BTreeMap<String, String> {
+    let Ok(doc) = serde_yaml::from_slice::<serde_yaml::Value>(kptfile) else {
+        return BTreeMap::new();
+    };
+    let Some(labels) = doc
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| l.as_mapping())
+    else {
+        return BTreeMap::new();
+    };
+    labels
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = scalar_string(k)?;
+            let value = scalar_string(v)?;
+            Some((key, value))
+        })
+        .collect()
+}
+
+fn scalar_string(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+fn rfc3339_utc(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3_600,
+        of_day % 3_600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_661_554_055), "2022-08-26T22:47:35Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn classifies_refs() {
+        assert!(matches!(
+            classify("refs/tags/catalog/gcp/bucket/v12"),
+            Some(RefKind::Tag {
+                package: "catalog/gcp/bucket",
+                revision: 12
+            })
+        ));
+        assert!(matches!(
+            classify("refs/heads/proposed/a/b/ws-1"),
+            Some(RefKind::Unpublished {
+                package: "a/b",
+                workspace: "ws-1",
+                lifecycle: Lifecycle::Proposed
+            })
+        ));
+        for ignored in [
+            "refs/tags/v1",
+            "refs/tags/pkg/v0",
+            "refs/tags/pkg/v01",
+            "refs/tags/pkg/release",
+            "refs/heads/blueprint/bp2/v1",
+            "refs/heads/drafts/only-one-segment",
+        ] {
+            assert!(classify(ignored).is_none(), "{ignored}");
+        }
+    }
+
+    #[test]
+    fn kptfile_labels_tolerate_broken_yaml() {
+        let good = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: p\n  labels:\n    tier: gold\n    replicas: 3\n";
+        let want = BTreeMap::from([
+            ("replicas".to_owned(), "3".to_owned()),
+            ("tier".to_owned(), "gold".to_owned()),
+        ]);
+        assert_eq!(kptfile_labels(good), want);
+        assert_eq!(kptfile_labels(b"metadata: [unclosed"), BTreeMap::new());
+        assert_eq!(kptfile_labels(b"\xff\xfe"), BTreeMap::new());
+    }
+}

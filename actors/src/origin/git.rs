@@ -1,0 +1,331 @@
+//! Git transport: local bare mirrors of upstream repositories.
+//!
+//! Each upstream URL has one bare mirror under the cache root, named after
+//! the SHA-256 of the URL, so registrations of the same URL share it. A fetch
+//! mirrors `refs/heads/*` and `refs/tags/*` with force and prunes refs deleted
+//! upstream; discovery then reads the mirror without touching the network.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use git2::{
+    AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune,
+    PushOptions, RemoteCallbacks, Repository, Signature,
+};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+use super::{validate_url, Credentials, OriginError};
+
+/// Refspecs of a mirror fetch: every branch and tag, forced.
+const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+/// How often the credentials callback may answer within one operation
+/// before cairn gives up (libgit2 asks again after each rejection).
+const CREDENTIAL_ATTEMPTS_MAX: u32 = 2;
+
+/// Where fetched repositories live: one bare mirror per upstream URL, under
+/// `root`.
+#[derive(Debug, Clone)]
+pub struct GitCache {
+    root: PathBuf,
+}
+
+/// Result of [`GitCache::fetch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOutcome {
+    /// Upstream refs after the fetch (`refs/heads/…`, `refs/tags/…`) → hex of
+    /// the commit they point at (annotated tags peeled).
+    pub refs: BTreeMap<String, String>,
+    /// Whether any ref was added, moved or removed by this fetch.
+    pub changed: bool,
+}
+
+impl GitCache {
+    /// A cache rooted at `root` (created on first fetch).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        GitCache { root: root.into() }
+    }
+
+    /// Local bare repository for `url`: `<root>/<sha256(url) hex>.git`.
+    pub fn mirror_path(&self, url: &str) -> PathBuf {
+        let digest = Sha256::digest(url.as_bytes());
+        self.root.join(format!("{}.git", hex::encode(digest)))
+    }
+
+    /// Clones (bare) if the mirror is missing, else fetches: mirrors
+    /// `refs/heads/*` and `refs/tags/*` from the upstream with force, pruning
+    /// refs deleted upstream. Returns the ref map after the fetch and whether
+    /// it changed. A first fetch that fails leaves no mirror behind.
+    pub fn fetch(
+        &self,
+        url: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<FetchOutcome, OriginError> {
+        validate_url(url)?;
+        let path = self.mirror_path(url);
+        let created = !path.exists();
+        let repo = if created {
+            fs::create_dir_all(&self.root).map_err(|e| {
+                OriginError::Git(format!(
+                    "cannot create cache root {}: {e}",
+                    self.root.display()
+                ))
+            })?;
+            Repository::init_bare(&path).map_err(map_git_error)?
+        } else {
+            Repository::open_bare(&path).map_err(map_git_error)?
+        };
+        let before = ref_targets(&repo)?;
+        if let Err(e) = fetch_into(&repo, url, credentials) {
+            drop(repo);
+            if created {
+                // Best effort: a half-initialised mirror would only be fetched
+                // into again, but an unreachable URL should leave nothing.
+                let _ = fs::remove_dir_all(&path);
+            }
+            return Err(e);
+        }
+        let after = ref_targets(&repo)?;
+        let changed = before != after;
+        let refs = after
+            .into_iter()
+            .map(|(name, target)| (name, target.commit))
+            .collect();
+        debug!(mirror = %path.display(), changed, "fetched");
+        Ok(FetchOutcome { refs, changed })
+    }
+
+    /// Deletes the local mirror of `url` (when its last registration goes
+    /// away). Not an error when there is none.
+    pub fn remove(&self, url: &str) -> Result<(), OriginError> {
+        let path = self.mirror_path(url);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(OriginError::Git(format!(
+                "cannot remove mirror {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Creates `branch` upstream at `url` with one initial commit with an empty
+/// tree, authored and committed by `author <email>`, and pushes it (for
+/// registrations with "create branch" on a repository lacking the branch).
+/// A no-op when the branch already exists upstream. Fetches first, so the
+/// mirror is current afterwards.
+pub fn create_branch(
+    cache: &GitCache,
+    url: &str,
+    branch: &str,
+    author: &str,
+    email: &str,
+    credentials: Option<&Credentials>,
+) -> Result<(), OriginError> {
+    let ref_name = format!("refs/heads/{branch}");
+    if branch.is_empty() || !git2::Reference::is_valid_name(&ref_name) {
+        return Err(OriginError::Git(format!("invalid branch name {branch:?}")));
+    }
+    let outcome = cache.fetch(url, credentials)?;
+    if outcome.refs.contains_key(&ref_name) {
+        return Ok(());
+    }
+    let repo = Repository::open_bare(cache.mirror_path(url)).map_err(map_git_error)?;
+    // Like Porch: a missing author falls back to the email.
+    let name = match (author, email) {
+        ("", "") => "cairn",
+        ("", email) => email,
+        (author, _) => author,
+    };
+    let signature = Signature::now(name, email).map_err(map_git_error)?;
+    let tree_id = repo
+        .treebuilder(None)
+        .and_then(|b| b.write())
+        .map_err(map_git_error)?;
+    let tree = repo.find_tree(tree_id).map_err(map_git_error)?;
+    let message = format!("Initial commit: Creating {branch} branch\n");
+    let commit = repo
+        .commit(None, &signature, &signature, &message, &tree, &[])
+        .map_err(map_git_error)?;
+    // libgit2 pushes from a local ref, so the mirror gets the branch first;
+    // it is rolled back if the push fails, keeping the mirror truthful.
+    let mut local = repo
+        .reference(&ref_name, commit, false, "cairn: create branch")
+        .map_err(map_git_error)?;
+    if let Err(e) = push(&repo, url, &[format!("{ref_name}:{ref_name}")], credentials) {
+        let _ = local.delete();
+        return Err(e);
+    }
+    info!(branch, commit = %commit, "created branch upstream");
+    Ok(())
+}
+
+/// A ref's raw target (to notice retargeted annotated tags) and its commit.
+#[derive(Debug, PartialEq, Eq)]
+struct RefTarget {
+    raw: git2::Oid,
+    commit: String,
+}
+
+/// `refs/heads/*` and `refs/tags/*` of `repo`.
+fn ref_targets(repo: &Repository) -> Result<BTreeMap<String, RefTarget>, OriginError> {
+    let mut out = BTreeMap::new();
+    for reference in repo.references().map_err(map_git_error)? {
+        let reference = reference.map_err(map_git_error)?;
+        let Ok(name) = reference.name() else {
+            continue;
+        };
+        if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+            continue;
+        }
+        let Some(raw) = reference.target() else {
+            continue; // symbolic
+        };
+        let commit = match reference.peel_to_commit() {
+            Ok(c) => c.id().to_string(),
+            // A tag of a tree or blob: report the object it names.
+            Err(_) => raw.to_string(),
+        };
+        out.insert(name.to_owned(), RefTarget { raw, commit });
+    }
+    Ok(out)
+}
+
+fn callbacks(credentials: Option<&Credentials>) -> RemoteCallbacks<'_> {
+    let mut callbacks = RemoteCallbacks::new();
+    let mut attempts = 0u32;
+    callbacks.credentials(move |_url, _username_from_url, allowed| {
+        attempts += 1;
+        match credentials {
+            None => Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "the upstream asks for credentials and none are configured",
+            )),
+            Some(_) if attempts > CREDENTIAL_ATTEMPTS_MAX => Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "the upstream rejected the configured credentials",
+            )),
+            Some(c) if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+                Cred::userpass_plaintext(&c.username, &c.password)
+            }
+            Some(_) => Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "the upstream asks for a credential type other than username/password",
+            )),
+        }
+    });
+    callbacks
+}
+
+fn fetch_into(
+    repo: &Repository,
+    url: &str,
+    credentials: Option<&Credentials>,
+) -> Result<(), OriginError> {
+    let mut remote = repo.remote_anonymous(url).map_err(map_git_error)?;
+    let mut options = FetchOptions::new();
+    options
+        .remote_callbacks(callbacks(credentials))
+        .prune(FetchPrune::On)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false);
+    remote
+        .fetch(&MIRROR_REFSPECS, Some(&mut options), Some("cairn: fetch"))
+        .map_err(map_git_error)
+}
+
+fn push(
+    repo: &Repository,
+    url: &str,
+    refspecs: &[String],
+    credentials: Option<&Credentials>,
+) -> Result<(), OriginError> {
+    let mut remote = repo.remote_anonymous(url).map_err(map_git_error)?;
+    let mut rejected: Vec<String> = Vec::new();
+    {
+        let mut callbacks = callbacks(credentials);
+        callbacks.push_update_reference(|name, status| {
+            if let Some(status) = status {
+                rejected.push(format!("{name}: {status}"));
+            }
+            Ok(())
+        });
+        let mut options = PushOptions::new();
+        options.remote_callbacks(callbacks);
+        remote
+            .push(refspecs, Some(&mut options))
+            .map_err(map_git_error)?;
+    }
+    if rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(OriginError::Git(format!(
+            "push rejected: {}",
+            rejected.join("; ")
+        )))
+    }
+}
+
+/// Sorts a libgit2 error into an [`OriginError`] class.
+pub(super) fn map_git_error(e: git2::Error) -> OriginError {
+    let message = e.message().to_owned();
+    let lower = message.to_ascii_lowercase();
+    if e.code() == ErrorCode::Auth
+        || lower.contains("authentication")
+        || lower.contains("status code: 401")
+        || lower.contains("status code: 403")
+    {
+        return OriginError::Auth(message);
+    }
+    if lower.contains("unsupported url protocol") || lower.contains("invalid url") {
+        return OriginError::InvalidUrl(message);
+    }
+    let unreachable = matches!(
+        e.class(),
+        ErrorClass::Net | ErrorClass::Ssl | ErrorClass::Ssh
+    ) || e.code() == ErrorCode::Certificate
+        || lower.contains("failed to connect")
+        || lower.contains("failed to resolve")
+        || lower.contains("timed out")
+        || lower.contains("could not find repository")
+        || lower.contains("status code: 404");
+    if unreachable {
+        OriginError::Unreachable(message)
+    } else {
+        OriginError::Git(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn mirror_path_is_stable_per_url() {
+        let cache = GitCache::new("/var/cache/cairn");
+        let a = cache.mirror_path("https://example.com/a.git");
+        assert_eq!(a, cache.mirror_path("https://example.com/a.git"));
+        assert_ne!(a, cache.mirror_path("https://example.com/b.git"));
+        assert_eq!(a.parent(), Some(Path::new("/var/cache/cairn")));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name.len(), 64 + ".git".len());
+    }
+
+    #[test]
+    fn auth_and_network_errors_are_classified() {
+        let auth = git2::Error::new(ErrorCode::Auth, ErrorClass::Http, "nope");
+        assert_eq!(map_git_error(auth).class(), "auth");
+        let net = git2::Error::new(ErrorCode::GenericError, ErrorClass::Net, "refused");
+        assert_eq!(map_git_error(net).class(), "network");
+        let other = git2::Error::new(ErrorCode::GenericError, ErrorClass::Odb, "corrupt");
+        assert_eq!(map_git_error(other).class(), "other");
+    }
+}

@@ -1,0 +1,56 @@
+//! Messages the Registry handles.
+
+use std::time::Instant;
+
+use actix::Message;
+use cairn_events::{envelope::Metadata, v1::RepositorySpec};
+
+use crate::{repository::SyncReport, ServiceError};
+
+/// Registers a repository (validated spec with defaults filled in) and,
+/// when `wait`, performs its first sync before answering. A failed first
+/// sync leaves the repository registered, its status saying why.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<Result<SyncReport, ServiceError>>, ServiceError>")]
+pub struct RegisterRepository {
+    /// The repository.
+    pub spec: RepositorySpec,
+    /// Sync before answering.
+    pub wait: bool,
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
+}
+
+/// Unregisters `namespace/name`; removes the local mirror with the last
+/// registration of its URL.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub struct UnregisterRepository {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
+}
+
+/// Syncs `namespace/name` now.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SyncReport, ServiceError>")]
+pub struct SyncRepository {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// What asked ("manual", "startup", …).
+    pub trigger: String,
+    /// When it was asked.
+    pub asked_at: Instant,
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
+}
+
+/// How many fetches the node performed (shared fetches count once).
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct FetchCount;

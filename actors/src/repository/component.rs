@@ -1,0 +1,326 @@
+//! The repository component: what a RepositoryActor knows and decides,
+//! as plain code that unit tests call directly.
+//!
+//! It holds the repository's spec, its stream version and its current
+//! package revisions (loaded from the views, never trusted from memory
+//! across restarts), and turns a discovery of the upstream into events:
+//! `PackageRevisionAdded` for a new name, `PackageRevisionModified` when
+//! anything about an existing name changed (commit, content, lifecycle,
+//! latest, publish info, tasks, labels), `PackageRevisionDeleted` for a name
+//! that is gone — in name order, so the same upstream always yields the same
+//! events.
+
+use std::collections::BTreeMap;
+
+use cairn_events::{
+    envelope::event,
+    v1::{
+        event::Payload, Event, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted,
+        PackageRevisionModified, RepositoryClosed, RepositorySpec, SyncSucceeded,
+    },
+    StreamId,
+};
+use cairn_storage::{
+    views::{PackageRevisionsView, RepositoriesView},
+    EventLog, StorageError, Store,
+};
+
+/// Package revisions listed per page when loading from the view.
+const LOAD_PAGE: usize = 1024;
+
+/// Counts of one reconciliation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// New package revisions.
+    pub added: u32,
+    /// Changed package revisions.
+    pub modified: u32,
+    /// Removed package revisions.
+    pub deleted: u32,
+}
+
+/// A repository's state and decisions.
+#[derive(Debug, Clone)]
+pub struct RepositoryComponent {
+    /// `repo/<namespace>/<name>`.
+    pub stream: StreamId,
+    /// The registered spec.
+    pub spec: RepositorySpec,
+    /// Version of the repository's stream.
+    pub version: u64,
+    /// Current package revisions by object name.
+    pub revisions: BTreeMap<String, PackageRevision>,
+}
+
+/// The Porch object name of a package revision:
+/// `<repo>.<path with / as .>.<package>.<workspace>`.
+pub fn object_name(repository: &str, path: &str, package: &str, workspace: &str) -> String {
+    let path = path.trim_matches('/');
+    if path.is_empty() {
+        format!("{repository}.{package}.{workspace}")
+    } else {
+        format!(
+            "{repository}.{}.{package}.{workspace}",
+            path.replace('/', ".")
+        )
+    }
+}
+
+impl RepositoryComponent {
+    /// A component for a repository about to be registered.
+    pub fn new(spec: RepositorySpec) -> Result<Self, StorageError> {
+        let stream = StreamId::repository(&spec.namespace, &spec.name)
+            .map_err(|e| StorageError::InvalidAppend(e.to_string()))?;
+        Ok(Self {
+            stream,
+            spec,
+            version: 0,
+            revisions: BTreeMap::new(),
+        })
+    }
+
+    /// Loads a registered repository from the views; `None` when it is not
+    /// registered. Blocking.
+    pub fn load(store: &Store, namespace: &str, name: &str) -> Result<Option<Self>, StorageError> {
+        let Some(row) = RepositoriesView::get(store, namespace, name)? else {
+            return Ok(None);
+        };
+        let spec = row.spec.unwrap_or_default();
+        let mut component = Self::new(spec)?;
+        component.version = store.stream_version(&component.stream)?;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = PackageRevisionsView::list(
+                store,
+                Some(namespace),
+                Some(name),
+                after.as_deref(),
+                LOAD_PAGE,
+            )?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (_, row) in page {
+                if let Some(revision) = row.revision {
+                    component.revisions.insert(revision.name.clone(), revision);
+                }
+            }
+        }
+        Ok(Some(component))
+    }
+
+    /// Events that bring the views from the current revisions to
+    /// `discovered` (Added, Modified, Deleted, in name order).
+    pub fn reconcile(
+        &self,
+        discovered: &BTreeMap<String, PackageRevision>,
+    ) -> (Vec<Event>, Changes) {
+        let mut events = Vec::new();
+        let mut changes = Changes::default();
+        for (name, revision) in discovered {
+            match self.revisions.get(name) {
+                None => {
+                    changes.added += 1;
+                    events.push(event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+                        revision: Some(revision.clone()),
+                    })));
+                }
+                Some(current) if current != revision => {
+                    changes.modified += 1;
+                    events.push(event(Payload::PackageRevisionModified(
+                        PackageRevisionModified {
+                            revision: Some(revision.clone()),
+                        },
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        for name in self
+            .revisions
+            .keys()
+            .filter(|n| !discovered.contains_key(*n))
+        {
+            changes.deleted += 1;
+            events.push(event(Payload::PackageRevisionDeleted(
+                PackageRevisionDeleted { name: name.clone() },
+            )));
+        }
+        (events, changes)
+    }
+
+    /// The events of a successful sync: the reconciliation, then
+    /// `SyncSucceeded` with its counts.
+    pub fn sync_events(
+        &self,
+        discovered: &BTreeMap<String, PackageRevision>,
+        commit: &str,
+        duration_ms: u64,
+    ) -> (Vec<Event>, Changes) {
+        let (mut events, changes) = self.reconcile(discovered);
+        events.push(event(Payload::SyncSucceeded(SyncSucceeded {
+            commit: commit.to_owned(),
+            added: changes.added,
+            modified: changes.modified,
+            deleted: changes.deleted,
+            package_count: discovered.len() as u32,
+            duration_ms,
+            next_sync_at: None,
+        })));
+        (events, changes)
+    }
+
+    /// The events of unregistering: `PackageRevisionDeleted` for each
+    /// revision, then `RepositoryClosed`.
+    pub fn close_events(&self, reason: &str) -> Vec<Event> {
+        let mut events: Vec<Event> = self
+            .revisions
+            .keys()
+            .map(|name| {
+                event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
+                    name: name.clone(),
+                }))
+            })
+            .collect();
+        events.push(event(Payload::RepositoryClosed(RepositoryClosed {
+            reason: reason.to_owned(),
+        })));
+        events
+    }
+
+    /// Applies events this component decided and the log committed.
+    pub fn committed(&mut self, events: &[Event], stream_version: u64) {
+        self.version = stream_version;
+        for e in events {
+            match e.payload.as_ref() {
+                Some(Payload::PackageRevisionAdded(PackageRevisionAdded { revision: Some(r) }))
+                | Some(Payload::PackageRevisionModified(PackageRevisionModified {
+                    revision: Some(r),
+                })) => {
+                    self.revisions.insert(r.name.clone(), r.clone());
+                }
+                Some(Payload::PackageRevisionDeleted(d)) => {
+                    self.revisions.remove(&d.name);
+                }
+                Some(Payload::RepositoryClosed(_)) => self.revisions.clear(),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(name: &str, commit: &str) -> PackageRevision {
+        PackageRevision {
+            name: name.into(),
+            commit: commit.into(),
+            ..Default::default()
+        }
+    }
+
+    fn component(revisions: &[PackageRevision]) -> RepositoryComponent {
+        let mut c = RepositoryComponent::new(RepositorySpec {
+            namespace: "ns".into(),
+            name: "r".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        c.revisions = revisions
+            .iter()
+            .map(|r| (r.name.clone(), r.clone()))
+            .collect();
+        c
+    }
+
+    fn kinds(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e.payload.as_ref().unwrap() {
+                Payload::PackageRevisionAdded(a) => {
+                    format!("Added {}", a.revision.as_ref().unwrap().name)
+                }
+                Payload::PackageRevisionModified(m) => {
+                    format!("Modified {}", m.revision.as_ref().unwrap().name)
+                }
+                Payload::PackageRevisionDeleted(d) => format!("Deleted {}", d.name),
+                Payload::SyncSucceeded(s) => format!(
+                    "SyncSucceeded {}/{}/{}/{}",
+                    s.added, s.modified, s.deleted, s.package_count
+                ),
+                Payload::RepositoryClosed(_) => "Closed".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn object_names_follow_porch() {
+        assert_eq!(
+            object_name("blueprints", "", "basens", "main"),
+            "blueprints.basens.main"
+        );
+        assert_eq!(
+            object_name("r", "catalog/namespace", "basens", "v2"),
+            "r.catalog.namespace.basens.v2"
+        );
+        assert_eq!(object_name("r", "/catalog/", "b", "v1"), "r.catalog.b.v1");
+    }
+
+    #[test]
+    fn given_revisions_when_upstream_changes_then_added_modified_deleted() {
+        let given = component(&[
+            rev("r.a.v1", "c1"),
+            rev("r.b.v1", "c1"),
+            rev("r.c.v1", "c1"),
+        ]);
+        let discovered: BTreeMap<_, _> = [
+            rev("r.a.v1", "c1"),
+            rev("r.b.v1", "c2"),
+            rev("r.d.v1", "c2"),
+        ]
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+        let (events, changes) = given.sync_events(&discovered, "c2", 5);
+        assert_eq!(
+            kinds(&events),
+            [
+                "Modified r.b.v1",
+                "Added r.d.v1",
+                "Deleted r.c.v1",
+                "SyncSucceeded 1/1/1/3"
+            ]
+        );
+        assert_eq!(
+            changes,
+            Changes {
+                added: 1,
+                modified: 1,
+                deleted: 1
+            }
+        );
+    }
+
+    #[test]
+    fn given_unchanged_upstream_then_only_sync_succeeded() {
+        let given = component(&[rev("r.a.v1", "c1")]);
+        let discovered = given.revisions.clone();
+        let (events, _) = given.sync_events(&discovered, "c1", 1);
+        assert_eq!(kinds(&events), ["SyncSucceeded 0/0/0/1"]);
+    }
+
+    #[test]
+    fn close_deletes_every_revision_then_closes() {
+        let mut given = component(&[rev("r.b.v1", "c"), rev("r.a.v1", "c")]);
+        let events = given.close_events("unregistered");
+        assert_eq!(
+            kinds(&events),
+            ["Deleted r.a.v1", "Deleted r.b.v1", "Closed"]
+        );
+        given.committed(&events, 9);
+        assert!(given.revisions.is_empty());
+        assert_eq!(given.version, 9);
+    }
+}

@@ -1,0 +1,51 @@
+//! Messages the RepositoryActor handles.
+
+use std::time::Instant;
+
+use actix::Message;
+use cairn_events::envelope::Metadata;
+
+use crate::ServiceError;
+
+/// Records the registration (`RepositoryRegistered`). Sent once, first.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub struct Register {
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
+}
+
+/// Fetches and reconciles now. Answers with the sync's outcome; a failed
+/// sync is recorded (`SyncFailed`) and answered as an error.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SyncReport, ServiceError>")]
+pub struct Sync {
+    /// What asked: "register", "manual", "startup", …
+    pub trigger: String,
+    /// When it was asked (a fetch that finished later serves it).
+    pub asked_at: Instant,
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
+}
+
+/// What a successful sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// New package revisions.
+    pub added: u32,
+    /// Changed ones.
+    pub modified: u32,
+    /// Removed ones.
+    pub deleted: u32,
+    /// Package revisions after the sync.
+    pub package_count: u32,
+}
+
+/// Unregisters: `PackageRevisionDeleted` for each revision, then
+/// `RepositoryClosed`; the actor stops after.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub struct Close {
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
+}

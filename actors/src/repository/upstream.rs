@@ -1,0 +1,273 @@
+//! Reading an upstream: fetch (shared between registrations of one URL),
+//! discover package revisions the Porch way, store their resources in the
+//! blob store. All blocking: callers run it in `spawn_blocking`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use cairn_events::v1::{PackageRevision, RepositorySpec, Task};
+use cairn_storage::{BlobPin, BlobStore, Store};
+use parking_lot::Mutex;
+
+use super::component::object_name;
+use crate::origin::{self, Credentials, FetchOutcome, GitCache, OriginError};
+
+/// Resolves `secret_ref` names to credentials: the secret `<name>` is the
+/// directory `<secrets dir>/<name>` holding the files `username` and
+/// `password` (the layout of a mounted Kubernetes secret). Credentials never
+/// leave this process: events, logs and views hold only the name.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    dir: Option<PathBuf>,
+}
+
+impl Secrets {
+    /// Secrets under `dir` (none configured when `None`).
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self { dir }
+    }
+
+    /// The credentials named `name`; `None` for an empty name.
+    pub fn resolve(&self, name: &str) -> Result<Option<Credentials>, OriginError> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let Some(dir) = &self.dir else {
+            return Err(OriginError::Auth(format!("secret {name:?} requested but no secrets directory is configured (git.secrets-dir)")));
+        };
+        let base = dir.join(name);
+        let read = |file: &str| {
+            std::fs::read_to_string(base.join(file))
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| OriginError::Auth(format!("secret {name:?}: cannot read {file}: {e}")))
+        };
+        Ok(Some(Credentials {
+            username: read("username")?,
+            password: read("password")?,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct LastFetch {
+    finished: Instant,
+    outcome: FetchOutcome,
+}
+
+/// Shares fetches between registrations of one upstream URL: a sync asked
+/// for at time T is served by any fetch of that URL that finished after T
+/// (one that was running when it asked, or started later). So concurrent
+/// syncs of two registrations of one URL cost one fetch, and they share one
+/// local mirror.
+#[derive(Debug)]
+pub struct Fetches {
+    cache: GitCache,
+    slots: Mutex<HashMap<String, Arc<Mutex<Option<LastFetch>>>>>,
+    count: AtomicU64,
+}
+
+impl Fetches {
+    /// Fetches into mirrors under `cache`.
+    pub fn new(cache: GitCache) -> Self {
+        Self {
+            cache,
+            slots: Mutex::new(HashMap::new()),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// The mirror cache.
+    pub fn cache(&self) -> &GitCache {
+        &self.cache
+    }
+
+    /// Fetches performed so far (shared ones count once).
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// A fetch of `url` that finished after `asked_at`.
+    pub fn fetch(
+        &self,
+        url: &str,
+        credentials: Option<&Credentials>,
+        asked_at: Instant,
+    ) -> Result<FetchOutcome, OriginError> {
+        let slot = self.slots.lock().entry(url.to_owned()).or_default().clone();
+        let mut last = slot.lock();
+        if let Some(done) = last.as_ref().filter(|l| l.finished > asked_at) {
+            return Ok(done.outcome.clone());
+        }
+        let outcome = self.cache.fetch(url, credentials)?;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        *last = Some(LastFetch {
+            finished: Instant::now(),
+            outcome: outcome.clone(),
+        });
+        Ok(outcome)
+    }
+
+    /// Forgets `url` and removes its mirror (its last registration is gone).
+    pub fn remove(&self, url: &str) -> Result<(), OriginError> {
+        let slot = self.slots.lock().remove(url);
+        let _guard = slot.as_ref().map(|s| s.lock());
+        self.cache.remove(url)
+    }
+}
+
+/// What syncing needs besides the repository itself.
+#[derive(Debug)]
+pub struct SyncEnv {
+    /// The node's store (blobs go here).
+    pub store: Store,
+    /// Shared fetches and mirrors.
+    pub fetches: Fetches,
+    /// Credentials by name.
+    pub secrets: Secrets,
+}
+
+/// The upstream's state, ready to reconcile.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Commit of the registered branch.
+    pub commit: String,
+    /// Package revisions by object name.
+    pub revisions: BTreeMap<String, PackageRevision>,
+    /// Keeps the resource blobs until the events referring to them commit.
+    pub pins: Vec<BlobPin>,
+}
+
+/// Fetches and discovers the upstream of `spec`, creating its branch when
+/// it is missing and `create_branch` is set.
+pub fn read_upstream(
+    env: &SyncEnv,
+    spec: &RepositorySpec,
+    asked_at: Instant,
+) -> Result<Upstream, OriginError> {
+    let git = spec.git.clone().unwrap_or_default();
+    let credentials = env.secrets.resolve(&git.secret_ref)?;
+    env.fetches
+        .fetch(&git.url, credentials.as_ref(), asked_at)?;
+    let mirror = env.fetches.cache().mirror_path(&git.url);
+    let mut discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
+    if discovery.branch_commit.is_none() {
+        if !git.create_branch {
+            return Err(OriginError::BranchMissing {
+                branch: git.branch.clone(),
+            });
+        }
+        let author = if git.author.is_empty() {
+            "cairn"
+        } else {
+            git.author.as_str()
+        };
+        let email = if git.email.is_empty() {
+            "cairn@localhost"
+        } else {
+            git.email.as_str()
+        };
+        origin::create_branch(
+            env.fetches.cache(),
+            &git.url,
+            &git.branch,
+            author,
+            email,
+            credentials.as_ref(),
+        )?;
+        env.fetches
+            .fetch(&git.url, credentials.as_ref(), Instant::now())?;
+        discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
+    }
+    let commit = discovery
+        .branch_commit
+        .clone()
+        .ok_or_else(|| OriginError::BranchMissing {
+            branch: git.branch.clone(),
+        })?;
+    let mut pins = Vec::new();
+    let mut revisions = BTreeMap::new();
+    for found in discovery.revisions {
+        let mut resources = BTreeMap::new();
+        for (path, content) in &found.resources {
+            let pin = env
+                .store
+                .put(content)
+                .map_err(|e| OriginError::Git(format!("storing {path}: {e}")))?;
+            resources.insert(path.clone(), pin.digest().to_string());
+            pins.push(pin);
+        }
+        let name = object_name(&spec.name, &found.path, &found.package, &found.workspace);
+        let published_at = found.published_at.as_deref().and_then(parse_timestamp);
+        let revision = PackageRevision {
+            name: name.clone(),
+            path: found.path,
+            package: found.package,
+            workspace: found.workspace,
+            revision: found.revision,
+            lifecycle: found.lifecycle.as_str().to_owned(),
+            commit: found.commit,
+            resources,
+            published_by: found.published_by.unwrap_or_default(),
+            published_at,
+            tasks: found
+                .tasks
+                .into_iter()
+                .map(|t| Task {
+                    r#type: t.r#type,
+                    raw: t.raw,
+                })
+                .collect(),
+            labels: found.labels,
+            latest: found.latest,
+        };
+        revisions.insert(name, revision);
+    }
+    Ok(Upstream {
+        commit,
+        revisions,
+        pins,
+    })
+}
+
+/// Parses an RFC 3339 time into a protobuf timestamp.
+pub fn parse_timestamp(text: &str) -> Option<pbjson_types::Timestamp> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_resolve_from_files_and_never_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("git-creds")).unwrap();
+        std::fs::write(dir.path().join("git-creds/username"), "bot\n").unwrap();
+        std::fs::write(dir.path().join("git-creds/password"), "s3cret\n").unwrap();
+        let secrets = Secrets::new(Some(dir.path().to_path_buf()));
+        let creds = secrets.resolve("git-creds").unwrap().unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("bot", "s3cret")
+        );
+        assert_eq!(secrets.resolve("").unwrap(), None);
+        let err = secrets.resolve("missing").unwrap_err();
+        assert_eq!(err.class(), "auth");
+        let err = Secrets::default().resolve("x").unwrap_err().to_string();
+        assert!(err.contains("no secrets directory is configured"), "{err}");
+    }
+
+    #[test]
+    fn timestamps_parse_from_rfc3339() {
+        let ts = parse_timestamp("2022-08-26T22:47:35Z").unwrap();
+        assert_eq!((ts.seconds, ts.nanos), (1_661_554_055, 0));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+}

@@ -1,0 +1,416 @@
+//! `cairn.v1.pkgrev.*` reads: list, get, resources. Served from the views
+//! (and the blob store); they never touch Git.
+//!
+//! A package revision in replies: `{"name","namespace","repository","path",
+//! "package","workspace","revision","lifecycle","latest","commit",
+//! "resource_version","published_by","published_at","tasks":[…],"labels":{…}}`.
+
+use std::collections::BTreeMap;
+
+use async_nats::service::Request;
+use cairn_events::v1::PackageRevisionRow;
+use cairn_storage::{blob::Digest, views::PackageRevisionsView, BlobStore, EventLog};
+use serde_json::{json, Map, Value};
+
+use super::{
+    blocking,
+    codec::{self, Format, Reply},
+    fields::Fields,
+    timestamp_json, validate, ServiceContext,
+};
+use crate::ServiceError;
+
+/// Default page size of `pkgrev.list`.
+pub const DEFAULT_LIST_LIMIT: u64 = 500;
+/// Largest page of `pkgrev.list`.
+pub const MAX_LIST_LIMIT: u64 = 5000;
+/// Rows read from the view per scan step while filtering.
+const SCAN_PAGE: usize = 1024;
+
+/// The JSON form of a package revision row.
+pub fn revision_json(row: &PackageRevisionRow) -> Value {
+    let r = row.revision.clone().unwrap_or_default();
+    let tasks: Vec<Value> = r
+        .tasks
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Value>(&t.raw).unwrap_or_else(|_| json!({ "type": t.r#type }))
+        })
+        .collect();
+    json!({
+        "name": r.name,
+        "namespace": row.namespace,
+        "repository": row.repository,
+        "path": r.path,
+        "package": r.package,
+        "workspace": r.workspace,
+        "revision": r.revision,
+        "lifecycle": r.lifecycle,
+        "latest": r.latest,
+        "commit": r.commit,
+        "resource_version": row.updated_seq.to_string(),
+        "published_by": if r.published_by.is_empty() { Value::Null } else { Value::String(r.published_by) },
+        "published_at": timestamp_json(r.published_at.as_ref()),
+        "tasks": tasks,
+        "labels": r.labels,
+    })
+}
+
+struct Json(Value);
+
+impl Reply for Json {
+    fn to_json(&self) -> Result<Value, ServiceError> {
+        Ok(self.0.clone())
+    }
+    fn to_protobuf(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+}
+
+fn json_only(request: &Request) -> Result<(), ServiceError> {
+    if Format::of(request) == Format::Protobuf {
+        return Err(ServiceError::bad_request(
+            "Content-Type: application/protobuf is not supported by this endpoint yet; send JSON",
+        ));
+    }
+    Ok(())
+}
+
+/// A validated `pkgrev.list` filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only this repository (needs no namespace).
+    pub repository: Option<String>,
+    /// Only this package path.
+    pub path: Option<String>,
+    /// Only this package.
+    pub package: Option<String>,
+    /// Only this workspace.
+    pub workspace: Option<String>,
+    /// Only this revision number.
+    pub revision: Option<i64>,
+    /// Only these lifecycles.
+    pub lifecycle: Option<Vec<String>>,
+    /// Only revisions carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only latest (true) or only not latest (false).
+    pub latest: Option<bool>,
+}
+
+const LIFECYCLES: [&str; 4] = ["Draft", "Proposed", "Published", "DeletionProposed"];
+
+impl Filter {
+    /// Parses the filter fields of `f`.
+    pub fn parse(f: &Fields) -> Result<Self, ServiceError> {
+        let namespace = f.string("namespace")?;
+        if let Some(ns) = &namespace {
+            validate::dns_label(&f.path("namespace"), ns)?;
+        }
+        let repository = f.string("repository")?;
+        if let Some(r) = &repository {
+            validate::dns_label(&f.path("repository"), r)?;
+        }
+        let revision = match f.value("revision") {
+            None => None,
+            Some(v) => Some(v.as_i64().filter(|n| *n >= -1).ok_or_else(|| {
+                ServiceError::bad_field(
+                    &f.path("revision"),
+                    format!("must be an integer of at least -1, got {v}"),
+                )
+            })?),
+        };
+        let lifecycle = f.strings("lifecycle")?;
+        if let Some(ls) = &lifecycle {
+            if let Some(bad) = ls.iter().find(|l| !LIFECYCLES.contains(&l.as_str())) {
+                return Err(ServiceError::bad_field(
+                    &f.path("lifecycle"),
+                    format!(
+                        "unknown lifecycle {bad:?}, expected one of: {}",
+                        LIFECYCLES.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(Self {
+            namespace,
+            repository,
+            path: f.string("path")?.map(|p| p.trim_matches('/').to_owned()),
+            package: f.string("package")?,
+            workspace: f.string("workspace")?,
+            revision,
+            lifecycle,
+            labels: f.string_map("labels")?.unwrap_or_default(),
+            latest: f.bool("latest")?,
+        })
+    }
+
+    /// Whether `row` passes.
+    pub fn matches(&self, row: &PackageRevisionRow) -> bool {
+        let Some(r) = row.revision.as_ref() else {
+            return false;
+        };
+        self.namespace.as_ref().is_none_or(|v| *v == row.namespace)
+            && self
+                .repository
+                .as_ref()
+                .is_none_or(|v| *v == row.repository)
+            && self.path.as_ref().is_none_or(|v| *v == r.path)
+            && self.package.as_ref().is_none_or(|v| *v == r.package)
+            && self.workspace.as_ref().is_none_or(|v| *v == r.workspace)
+            && self.revision.is_none_or(|v| v == r.revision)
+            && self
+                .lifecycle
+                .as_ref()
+                .is_none_or(|ls| ls.contains(&r.lifecycle))
+            && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+            && self.latest.is_none_or(|v| v == r.latest)
+    }
+}
+
+/// A page: `(key, row)` items, the key to continue after (none at the end),
+/// and the log position the page reflects (for list-then-watch).
+pub type Page = (Vec<(Vec<u8>, PackageRevisionRow)>, Option<Vec<u8>>, u64);
+
+/// One page of a filtered list: items, the continue token, and the log
+/// position the page reflects (for list-then-watch).
+pub fn list(
+    store: &cairn_storage::Store,
+    filter: &Filter,
+    after: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<Page, ServiceError> {
+    // The position first: every row read after it reflects at least it.
+    let seq = store.last_seq()?;
+    let mut items = Vec::new();
+    let mut cursor = after;
+    loop {
+        let page = PackageRevisionsView::list(
+            store,
+            filter.namespace.as_deref(),
+            filter.repository.as_deref(),
+            cursor.as_deref(),
+            SCAN_PAGE,
+        )?;
+        let exhausted = page.len() < SCAN_PAGE;
+        for (key, row) in page {
+            cursor = Some(key.clone());
+            if filter.matches(&row) {
+                items.push((key, row));
+                if items.len() == limit {
+                    return Ok((items, cursor, seq));
+                }
+            }
+        }
+        if exhausted {
+            return Ok((items, None, seq));
+        }
+    }
+}
+
+fn encode_continue(key: &[u8]) -> String {
+    hex::encode(key)
+}
+
+fn decode_continue(token: &str) -> Result<Vec<u8>, ServiceError> {
+    hex::decode(token)
+        .map_err(|_| ServiceError::bad_field("continue", "not a token from a previous reply"))
+}
+
+/// `cairn.v1.pkgrev.list`.
+pub async fn handle_list(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let f = Fields::parse(
+            &request.message.payload,
+            &[
+                "namespace",
+                "repository",
+                "path",
+                "package",
+                "workspace",
+                "revision",
+                "lifecycle",
+                "labels",
+                "latest",
+                "limit",
+                "continue",
+            ],
+        )?;
+        let filter = Filter::parse(&f)?;
+        let limit = f
+            .u64_in("limit", 1, MAX_LIST_LIMIT)?
+            .unwrap_or(DEFAULT_LIST_LIMIT) as usize;
+        let after = f
+            .string("continue")?
+            .map(|t| decode_continue(&t))
+            .transpose()?;
+        let store = context.store.clone();
+        let max = context.reply_max_bytes();
+        let (items, next, seq) = blocking(move || list(&store, &filter, after, limit)).await?;
+        let mut size = 64;
+        let mut out = Vec::with_capacity(items.len());
+        let mut token = next.map(|k| encode_continue(&k));
+        let mut last_sent: Option<&[u8]> = None;
+        for (key, row) in &items {
+            let item = revision_json(row);
+            size += item.to_string().len() + 1;
+            if size > max && last_sent.is_some() {
+                // Cut the page where it still fits; continue after the last item sent.
+                token = last_sent.map(encode_continue);
+                break;
+            }
+            out.push(item);
+            last_sent = Some(key);
+        }
+        Ok(Json(json!({ "items": out, "continue": token, "seq": seq })))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+fn parse_name(payload: &[u8]) -> Result<(String, String), ServiceError> {
+    let f = Fields::parse(payload, &["namespace", "name"])?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let name = f.required("name")?;
+    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ServiceError::bad_field(
+            "name",
+            format!("{name:?} is not a package revision name"),
+        ));
+    }
+    Ok((namespace, name))
+}
+
+fn get_row(
+    store: &cairn_storage::Store,
+    namespace: &str,
+    name: &str,
+) -> Result<PackageRevisionRow, ServiceError> {
+    PackageRevisionsView::get(store, namespace, name)?.ok_or_else(|| {
+        ServiceError::not_found(format!("package revision {namespace}/{name} not found"))
+    })
+}
+
+/// `cairn.v1.pkgrev.get`.
+pub async fn handle_get(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let (namespace, name) = parse_name(&request.message.payload)?;
+        let store = context.store.clone();
+        let row = blocking(move || get_row(&store, &namespace, &name)).await?;
+        Ok(Json(revision_json(&row)))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+/// `cairn.v1.pkgrev.resources` → `{"resources":{"path":"content",…}}`;
+/// files that are not UTF-8 come base64-encoded under `"binary"`.
+pub async fn handle_resources(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let (namespace, name) = parse_name(&request.message.payload)?;
+        let store = context.store.clone();
+        let max = context.reply_max_bytes();
+        let value = blocking(move || {
+            let row = get_row(&store, &namespace, &name)?;
+            let mut text = Map::new();
+            let mut binary = Map::new();
+            let mut size = 64;
+            for (path, digest) in row.revision.unwrap_or_default().resources {
+                let d = Digest::parse(&digest)
+                    .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
+                let content = store
+                    .get(&d)?
+                    .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))?;
+                size += path.len() + content.len() * 2;
+                if size > max {
+                    return Err(ServiceError {
+                        code: 413,
+                        message: format!("resources of {name} exceed one reply ({max} bytes)"),
+                    });
+                }
+                match String::from_utf8(content) {
+                    Ok(s) => text.insert(path, Value::String(s)),
+                    Err(e) => binary.insert(path, Value::String(base64_encode(e.as_bytes()))),
+                };
+            }
+            let mut reply = json!({ "resources": text });
+            if !binary.is_empty() {
+                reply["binary"] = Value::Object(binary);
+            }
+            Ok(reply)
+        })
+        .await?;
+        Ok(Json(value))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_events::v1::PackageRevision;
+
+    use super::*;
+
+    #[test]
+    fn filters_match_every_field() {
+        let row = PackageRevisionRow {
+            namespace: "ns".into(),
+            repository: "r".into(),
+            revision: Some(PackageRevision {
+                name: "r.a.v1".into(),
+                package: "a".into(),
+                workspace: "v1".into(),
+                revision: 1,
+                lifecycle: "Published".into(),
+                labels: [("tier".to_string(), "base".to_string())]
+                    .into_iter()
+                    .collect(),
+                latest: true,
+                ..Default::default()
+            }),
+            updated_seq: 3,
+        };
+        let parse = |body: &str| {
+            Filter::parse(
+                &Fields::parse(
+                    body.as_bytes(),
+                    &[
+                        "namespace",
+                        "repository",
+                        "path",
+                        "package",
+                        "workspace",
+                        "revision",
+                        "lifecycle",
+                        "labels",
+                        "latest",
+                    ],
+                )
+                .unwrap(),
+            )
+        };
+        assert!(parse(r#"{"package":"a","revision":1,"lifecycle":["Published"],"labels":{"tier":"base"},"latest":true}"#).unwrap().matches(&row));
+        assert!(!parse(r#"{"lifecycle":["Draft"]}"#).unwrap().matches(&row));
+        assert!(!parse(r#"{"labels":{"tier":"app"}}"#).unwrap().matches(&row));
+        assert!(!parse(r#"{"revision":-1}"#).unwrap().matches(&row));
+        assert_eq!(parse(r#"{"lifecycle":["Done"]}"#).unwrap_err().message, "lifecycle: unknown lifecycle \"Done\", expected one of: Draft, Proposed, Published, DeletionProposed");
+        assert_eq!(
+            parse(r#"{"revision":-2}"#).unwrap_err().message,
+            "revision: must be an integer of at least -1, got -2"
+        );
+    }
+}

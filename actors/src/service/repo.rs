@@ -1,0 +1,378 @@
+//! `cairn.v1.repo.*`: register, unregister, get, list, sync.
+//!
+//! A repository in replies:
+//! `{"namespace","name","type","git":{"url","branch","directory","create_branch","secret_ref"},
+//! "deployment","status":{"ready","reason","message","commit","package_count","last_sync_at"}}`.
+
+use std::time::Instant;
+
+use async_nats::service::Request;
+use cairn_events::v1::{GitSpec, RepositoryRow, RepositorySpec};
+use cairn_storage::views::RepositoriesView;
+use serde_json::{json, Value};
+
+use super::{
+    blocking,
+    codec::{self, Format, Reply},
+    fields::Fields,
+    metadata, timestamp_json, validate, ServiceContext,
+};
+use crate::{
+    origin,
+    registry::{RegisterRepository, SyncRepository, UnregisterRepository},
+    repository::SyncReport,
+    ServiceError,
+};
+
+/// The JSON form of a repository row.
+pub fn repository_json(row: &RepositoryRow) -> Value {
+    let spec = row.spec.clone().unwrap_or_default();
+    let git = spec.git.unwrap_or_default();
+    let status = row.status.clone().unwrap_or_default();
+    json!({
+        "namespace": spec.namespace,
+        "name": spec.name,
+        "type": spec.r#type,
+        "git": {
+            "url": git.url,
+            "branch": git.branch,
+            "directory": git.directory,
+            "create_branch": git.create_branch,
+            "secret_ref": git.secret_ref,
+        },
+        "deployment": spec.deployment,
+        "status": {
+            "ready": status.ready,
+            "reason": status.reason,
+            "message": status.message,
+            "commit": status.commit,
+            "package_count": status.package_count,
+            "last_sync_at": timestamp_json(status.last_sync_at.as_ref()),
+        },
+    })
+}
+
+struct Json(Value);
+
+impl Reply for Json {
+    fn to_json(&self) -> Result<Value, ServiceError> {
+        Ok(self.0.clone())
+    }
+    fn to_protobuf(&self) -> Vec<u8> {
+        // Repository endpoints answer JSON; see `Format` for the check.
+        serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+}
+
+fn json_only(request: &Request) -> Result<(), ServiceError> {
+    if Format::of(request) == Format::Protobuf {
+        return Err(ServiceError::bad_request(
+            "Content-Type: application/protobuf is not supported by this endpoint yet; send JSON",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and validates a `repo.register` request: the spec with defaults
+/// filled in, and whether to wait for the first sync.
+pub fn parse_register(
+    payload: &[u8],
+) -> Result<(RepositorySpec, bool, Option<String>), ServiceError> {
+    let f = Fields::parse(
+        payload,
+        &[
+            "namespace",
+            "name",
+            "type",
+            "git",
+            "deployment",
+            "wait",
+            "principal",
+        ],
+    )?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let name = f.required("name")?;
+    validate::dns_label("name", &name)?;
+    let kind = f.string("type")?.unwrap_or_else(|| "git".to_owned());
+    if kind != "git" {
+        return Err(ServiceError::bad_field(
+            "type",
+            format!("unsupported repository type {kind:?}, expected \"git\""),
+        ));
+    }
+    let git = f
+        .object(
+            "git",
+            &[
+                "url",
+                "branch",
+                "directory",
+                "create_branch",
+                "secret_ref",
+                "author",
+                "email",
+            ],
+        )?
+        .ok_or_else(|| ServiceError::bad_field("git", "required for type \"git\""))?;
+    let url = git.required("url")?;
+    origin::validate_url(&url).map_err(|e| ServiceError::bad_field("git.url", e))?;
+    if url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err(ServiceError::bad_field(
+            "git.url",
+            "must not embed credentials; use git.secret_ref",
+        ));
+    }
+    let branch = git.string("branch")?.unwrap_or_else(|| "main".to_owned());
+    validate::branch("git.branch", &branch)?;
+    let directory = validate::directory(
+        "git.directory",
+        &git.string("directory")?.unwrap_or_default(),
+    )?;
+    let secret_ref = git.string("secret_ref")?.unwrap_or_default();
+    if !secret_ref.is_empty() {
+        validate::dns_label("git.secret_ref", &secret_ref)?;
+    }
+    let spec = RepositorySpec {
+        namespace,
+        name,
+        r#type: kind,
+        git: Some(GitSpec {
+            url,
+            branch,
+            directory,
+            create_branch: git.bool("create_branch")?.unwrap_or(false),
+            author: git.string("author")?.unwrap_or_default(),
+            email: git.string("email")?.unwrap_or_default(),
+            secret_ref,
+        }),
+        sync: None,
+        deployment: f.bool("deployment")?.unwrap_or(false),
+    };
+    Ok((
+        spec,
+        f.bool("wait")?.unwrap_or(true),
+        f.string("principal")?,
+    ))
+}
+
+fn parse_key(
+    payload: &[u8],
+    extra: &[&str],
+) -> Result<(String, String, Option<String>), ServiceError> {
+    let mut allowed = vec!["namespace", "name", "principal"];
+    allowed.extend_from_slice(extra);
+    let f = Fields::parse(payload, &allowed)?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let name = f.required("name")?;
+    validate::dns_label("name", &name)?;
+    Ok((namespace, name, f.string("principal")?))
+}
+
+async fn current(
+    context: &ServiceContext,
+    namespace: String,
+    name: String,
+) -> Result<Value, ServiceError> {
+    let store = context.store.clone();
+    blocking(move || {
+        let row = RepositoriesView::get(&store, &namespace, &name)?.ok_or_else(|| {
+            ServiceError::not_found(format!("repository {namespace}/{name} not found"))
+        })?;
+        Ok(repository_json(&row))
+    })
+    .await
+}
+
+fn report_json(report: &SyncReport) -> Value {
+    json!({"added": report.added, "modified": report.modified, "deleted": report.deleted, "package_count": report.package_count})
+}
+
+/// `cairn.v1.repo.register`.
+pub async fn handle_register(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let (spec, wait, principal) = parse_register(&request.message.payload)?;
+        let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
+        let metadata = metadata(&request, principal);
+        let sync = context
+            .registry
+            .send(RegisterRepository {
+                spec,
+                wait,
+                metadata,
+            })
+            .await
+            .map_err(|e| ServiceError::unavailable(e.to_string()))??;
+        let mut reply = current(&context, namespace, name).await?;
+        match sync {
+            Some(Ok(report)) => reply["sync"] = report_json(&report),
+            Some(Err(e)) => {
+                reply["sync"] = json!({"error": {"code": e.code, "message": e.message}})
+            }
+            None => {}
+        }
+        Ok(Json(reply))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+/// `cairn.v1.repo.unregister`.
+pub async fn handle_unregister(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let (namespace, name, principal) = parse_key(&request.message.payload, &[])?;
+        let metadata = metadata(&request, principal);
+        context
+            .registry
+            .send(UnregisterRepository {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                metadata,
+            })
+            .await
+            .map_err(|e| ServiceError::unavailable(e.to_string()))??;
+        Ok(Json(
+            json!({ "unregistered": format!("{namespace}/{name}") }),
+        ))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+/// `cairn.v1.repo.get`.
+pub async fn handle_get(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let (namespace, name, _) = parse_key(&request.message.payload, &[])?;
+        Ok(Json(current(&context, namespace, name).await?))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+/// `cairn.v1.repo.list` `{"namespace"?}`.
+pub async fn handle_list(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let f = Fields::parse(&request.message.payload, &["namespace"])?;
+        let namespace = f.string("namespace")?;
+        if let Some(ns) = &namespace {
+            validate::dns_label("namespace", ns)?;
+        }
+        let store = context.store.clone();
+        let items = blocking(move || {
+            Ok(RepositoriesView::list(&store, namespace.as_deref())?
+                .iter()
+                .map(repository_json)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        Ok(Json(json!({ "items": items })))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+/// `cairn.v1.repo.sync` `{"namespace","name"}`: fetch and reconcile now;
+/// answers the repository and what the sync did.
+pub async fn handle_sync(context: ServiceContext, request: Request) {
+    let result = async {
+        json_only(&request)?;
+        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let (namespace, name, principal) = parse_key(&request.message.payload, &[])?;
+        let metadata = metadata(&request, principal);
+        let report = context
+            .registry
+            .send(SyncRepository {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                trigger: "manual".into(),
+                asked_at: Instant::now(),
+                metadata,
+            })
+            .await
+            .map_err(|e| ServiceError::unavailable(e.to_string()))??;
+        let mut reply = current(&context, namespace, name).await?;
+        reply["sync"] = report_json(&report);
+        Ok(Json(reply))
+    }
+    .await;
+    codec::respond(&request, Format::Json, result).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> String {
+        parse_register(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn register_requests_are_validated_by_field() {
+        let (spec, wait, _) =
+            parse_register(br#"{"namespace":"ns","name":"r","git":{"url":"file:///srv/r.git","directory":"/catalog/"}}"#).unwrap();
+        let git = spec.git.unwrap();
+        assert_eq!(
+            (
+                git.branch.as_str(),
+                git.directory.as_str(),
+                wait,
+                spec.r#type.as_str()
+            ),
+            ("main", "catalog", true, "git")
+        );
+        assert_eq!(
+            err(r#"{"name":"r","git":{"url":"file:///x"}}"#),
+            "namespace: required"
+        );
+        assert!(
+            err(r#"{"namespace":"NS","name":"r","git":{"url":"file:///x"}}"#)
+                .starts_with("namespace: \"NS\" is not a valid name")
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","type":"oci","git":{"url":"file:///x"}}"#),
+            "type: unsupported repository type \"oci\", expected \"git\""
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","git":{}}"#),
+            "git.url: required"
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r"}"#),
+            "git: required for type \"git\""
+        );
+        assert!(
+            err(r#"{"namespace":"ns","name":"r","git":{"url":"ftp://x/y"}}"#)
+                .starts_with("git.url: ")
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","git":{"url":"https://u:p@h/r.git"}}"#),
+            "git.url: must not embed credentials; use git.secret_ref"
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","git":{"url":"file:///x","directory":"../up"}}"#),
+            "git.directory: \"../up\" must not contain \"..\""
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","git":{"url":"file:///x","brunch":"m"}}"#),
+            "git.brunch: unknown field, expected one of: url, branch, directory, create_branch, secret_ref, author, email"
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","git":{"url":"file:///x"},"wait":"yes"}"#),
+            "wait: must be true or false, got \"yes\""
+        );
+    }
+}

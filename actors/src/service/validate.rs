@@ -1,0 +1,117 @@
+//! Validation of names, refs and paths in requests; errors name the field.
+
+use crate::ServiceError;
+
+/// Checks a Kubernetes-style name (DNS-1123 label): 1 to 63 characters,
+/// lowercase letters, digits and `-`, starting and ending with a letter or
+/// digit.
+pub fn dns_label(field: &str, value: &str) -> Result<(), ServiceError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::bad_field(
+            field,
+            format!("{value:?} is not a valid name (a DNS-1123 label: lowercase letters, digits and '-', 1-63 characters, starting and ending with a letter or digit)"),
+        ))
+    }
+}
+
+/// Checks a Git branch name (the rules of `git check-ref-format --branch`
+/// that matter here).
+pub fn branch(field: &str, value: &str) -> Result<(), ServiceError> {
+    let bad = value.is_empty()
+        || value.len() > 255
+        || value.starts_with('-')
+        || value.starts_with('/')
+        || value.ends_with('/')
+        || value.ends_with(".lock")
+        || value.ends_with('.')
+        || value.contains("..")
+        || value.contains("//")
+        || value.contains("@{")
+        || value
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
+    if bad {
+        return Err(ServiceError::bad_field(
+            field,
+            format!("{value:?} is not a valid branch name"),
+        ));
+    }
+    Ok(())
+}
+
+/// Normalises a directory inside a repository: `/` (or empty) for the
+/// whole repository, else `a/b` without leading or trailing `/`. Refuses
+/// `..`, `.`, empty segments and control characters.
+pub fn directory(field: &str, value: &str) -> Result<String, ServiceError> {
+    let trimmed = value.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok("/".to_owned());
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ServiceError::bad_field(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    for segment in trimmed.split('/') {
+        match segment {
+            ".." => {
+                return Err(ServiceError::bad_field(
+                    field,
+                    format!("{value:?} must not contain \"..\""),
+                ))
+            }
+            "." | "" => {
+                return Err(ServiceError::bad_field(
+                    field,
+                    format!("{value:?} has an empty or \".\" segment"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(trimmed.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refs_and_paths() {
+        assert!(dns_label("name", "blueprints-1").is_ok());
+        for bad in ["", "Upper", "-x", "x-", "a.b", "a_b", &"x".repeat(64)] {
+            assert_eq!(dns_label("name", bad).unwrap_err().code, 400, "{bad}");
+        }
+        assert!(dns_label("name", "Upper")
+            .unwrap_err()
+            .message
+            .starts_with("name: \"Upper\" is not a valid name"));
+        assert!(branch("git.branch", "release/v1").is_ok());
+        for bad in ["", "a..b", "-x", "a b", "x.lock", "a:b", "/x"] {
+            assert!(branch("git.branch", bad).is_err(), "{bad}");
+        }
+        assert_eq!(directory("git.directory", "/").unwrap(), "/");
+        assert_eq!(directory("git.directory", "").unwrap(), "/");
+        assert_eq!(
+            directory("git.directory", "/catalog/gcp/").unwrap(),
+            "catalog/gcp"
+        );
+        assert_eq!(
+            directory("git.directory", "catalog/../etc")
+                .unwrap_err()
+                .message,
+            "git.directory: \"catalog/../etc\" must not contain \"..\""
+        );
+        assert!(directory("git.directory", "a//b").is_err());
+    }
+}

@@ -1,0 +1,919 @@
+//! Porch-compatible discovery over the Porch fixtures.
+//!
+//! Every fixture in `shared/porch-testdata` is unpacked with the real `tar`,
+//! served as `file://…/.git`, fetched into a [`GitCache`] and listed with
+//! [`discover`]; the listing must be exactly what `EXPECTED.md` says. Further
+//! tests change the upstream with the `git` CLI (new commits, deleted tags,
+//! proposal branches) or build small repositories from scratch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_actors::origin::{
+    create_branch, discover, validate_url, DiscoveredRevision, Discovery, GitCache, Lifecycle,
+    OriginError,
+};
+use tempfile::TempDir;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/porch-testdata");
+
+use Lifecycle::{DeletionProposed, Draft, Proposed, Published};
+
+/// Fixed identity and dates for commits the tests make with the git CLI.
+const GIT_ENV: [(&str, &str); 7] = [
+    ("GIT_AUTHOR_NAME", "Cairn Test"),
+    ("GIT_AUTHOR_EMAIL", "cairn-test@example.com"),
+    ("GIT_AUTHOR_DATE", "2024-01-02T03:04:05Z"),
+    ("GIT_COMMITTER_NAME", "Cairn Test"),
+    ("GIT_COMMITTER_EMAIL", "cairn-test@example.com"),
+    ("GIT_COMMITTER_DATE", "2024-01-02T03:04:05Z"),
+    ("GIT_CONFIG_NOSYSTEM", "1"),
+];
+
+/// A repository directory the tests control with the `git` CLI, served over
+/// `file://`.
+struct Upstream {
+    dir: TempDir,
+}
+
+impl Upstream {
+    /// Unpacks `<fixture>.tar` (which holds only `.git`).
+    fn unpack(fixture: &str) -> Upstream {
+        let dir = TempDir::new().unwrap();
+        let tar = Path::new(FIXTURES).join(format!("{fixture}.tar"));
+        // --no-same-owner: as root, tar would keep the archive's owner and
+        // libgit2 refuses repositories owned by another user.
+        let status = Command::new("tar")
+            .arg("--no-same-owner")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(dir.path())
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "tar xf {}", tar.display());
+        Upstream { dir }
+    }
+
+    /// An empty repository made with `git init`, with a work tree.
+    fn init() -> Upstream {
+        let dir = TempDir::new().unwrap();
+        let up = Upstream { dir };
+        up.run(&["init", "--quiet", "--initial-branch=main", "."]);
+        up
+    }
+
+    fn git_dir(&self) -> PathBuf {
+        self.dir.path().join(".git")
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.git_dir().display())
+    }
+
+    /// `git --git-dir <.git> args…`; returns trimmed stdout.
+    fn git(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        cmd.arg("--git-dir").arg(self.git_dir()).args(args);
+        output(cmd, args)
+    }
+
+    /// `git -C <work tree> args…`; returns trimmed stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        cmd.arg("-C").arg(self.dir.path()).args(args);
+        output(cmd, args)
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let path = self.dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    /// Full hex of the commit `rev` names.
+    fn commit(&self, rev: &str) -> String {
+        self.git(&["rev-parse", &format!("{rev}^{{commit}}")])
+    }
+}
+
+fn output(mut cmd: Command, args: &[&str]) -> String {
+    for (k, v) in GIT_ENV {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// An upstream fetched into a fresh cache.
+struct Synced {
+    upstream: Upstream,
+    _cache_dir: TempDir,
+    cache: GitCache,
+}
+
+impl Synced {
+    fn new(upstream: Upstream) -> Synced {
+        let cache_dir = TempDir::new().unwrap();
+        let cache = GitCache::new(cache_dir.path().join("mirrors"));
+        cache.fetch(&upstream.url(), None).expect("fetch");
+        Synced {
+            upstream,
+            _cache_dir: cache_dir,
+            cache,
+        }
+    }
+
+    fn fixture(name: &str) -> Synced {
+        Synced::new(Upstream::unpack(name))
+    }
+
+    fn list(&self, directory: &str) -> Discovery {
+        let mirror = self.cache.mirror_path(&self.upstream.url());
+        discover(&mirror, "main", directory).expect("discover")
+    }
+}
+
+type Row = (String, String, i64, String, Lifecycle);
+
+fn row(path: &str, package: &str, revision: i64, workspace: &str, lifecycle: Lifecycle) -> Row {
+    (
+        path.to_owned(),
+        package.to_owned(),
+        revision,
+        workspace.to_owned(),
+        lifecycle,
+    )
+}
+
+/// The listing as rows, in the order `discover` promises.
+fn rows(d: &Discovery) -> Vec<Row> {
+    d.revisions
+        .iter()
+        .map(|r| {
+            (
+                r.path.clone(),
+                r.package.clone(),
+                r.revision,
+                r.workspace.clone(),
+                r.lifecycle,
+            )
+        })
+        .collect()
+}
+
+/// Asserts the listing is exactly `want` (any order), `count` in all, and
+/// that `discover` returned it sorted.
+fn assert_rows(d: &Discovery, mut want: Vec<Row>, count: usize) {
+    want.sort();
+    let got = rows(d);
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(got, sorted, "discover sorts its listing");
+    assert_eq!(got, want);
+    assert_eq!(got.len(), count);
+}
+
+/// (path, package, revision) of every revision flagged latest.
+fn latest(d: &Discovery) -> Vec<(String, String, i64)> {
+    d.revisions
+        .iter()
+        .filter(|r| r.latest)
+        .map(|r| (r.path.clone(), r.package.clone(), r.revision))
+        .collect()
+}
+
+fn lt(path: &str, package: &str, revision: i64) -> (String, String, i64) {
+    (path.to_owned(), package.to_owned(), revision)
+}
+
+fn find<'a>(d: &'a Discovery, path: &str, package: &str, revision: i64) -> &'a DiscoveredRevision {
+    let mut found = d
+        .revisions
+        .iter()
+        .filter(|r| r.path == path && r.package == package && r.revision == revision);
+    let one = found
+        .next()
+        .unwrap_or_else(|| panic!("no {path}/{package} {revision}"));
+    assert!(found.next().is_none(), "{path}/{package} {revision} twice");
+    one
+}
+
+fn task_types(r: &DiscoveredRevision) -> Vec<&str> {
+    r.tasks.iter().map(|t| t.r#type.as_str()).collect()
+}
+
+fn publish(r: &DiscoveredRevision) -> (Option<&str>, Option<&str>) {
+    (r.published_by.as_deref(), r.published_at.as_deref())
+}
+
+fn simple_rows() -> Vec<Row> {
+    vec![
+        row("", "empty", 1, "v1", Published),
+        row("", "empty", -1, "main", Published),
+        row("", "basens", 1, "v1", Published),
+        row("", "basens", 2, "v2", Published),
+        row("", "basens", -1, "main", Published),
+        row("", "istions", 1, "v1", Published),
+        row("", "istions", 2, "v2", Published),
+        row("", "istions", -1, "main", Published),
+    ]
+}
+
+#[test]
+fn trivial_repository_is_ready_with_no_revisions() {
+    let synced = Synced::fixture("trivial-repository");
+    let d = synced.list("/");
+    assert_eq!(
+        d.branch_commit.as_deref(),
+        Some("0f890879a10df9aaa9b263035eea955335451804")
+    );
+    assert_eq!(d.revisions, vec![]);
+}
+
+#[test]
+fn empty_repository_lacks_the_branch_until_it_is_created() {
+    let upstream = Upstream::unpack("empty-repository");
+    // A served repository is bare; libgit2 does not push into work trees.
+    upstream.git(&["config", "core.bare", "true"]);
+    let url = upstream.url();
+    let cache_dir = TempDir::new().unwrap();
+    let cache = GitCache::new(cache_dir.path());
+
+    let first = cache.fetch(&url, None).unwrap();
+    assert_eq!(first.refs, BTreeMap::new());
+    assert!(!first.changed);
+    let mirror = cache.mirror_path(&url);
+    let d = discover(&mirror, "main", "/").unwrap();
+    assert_eq!(d.branch_commit, None);
+    assert_eq!(d.revisions, vec![]);
+
+    create_branch(&cache, &url, "main", "Cairn Bot", "cairn@example.com", None).unwrap();
+    let created = upstream.commit("refs/heads/main");
+    let object = upstream.git(&["cat-file", "-p", &created]);
+    let lines: Vec<&str> = object.lines().collect();
+    assert_eq!(
+        lines[0], "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        "empty tree"
+    );
+    assert!(lines[1].starts_with("author Cairn Bot <cairn@example.com> "));
+    assert!(lines[2].starts_with("committer Cairn Bot <cairn@example.com> "));
+    assert_eq!(lines[4], "Initial commit: Creating main branch");
+
+    // The mirror took the branch when it was pushed: nothing new to fetch.
+    let second = cache.fetch(&url, None).unwrap();
+    assert_eq!(
+        second.refs,
+        BTreeMap::from([("refs/heads/main".to_owned(), created.clone())])
+    );
+    assert!(!second.changed);
+    let d = discover(&mirror, "main", "/").unwrap();
+    assert_eq!(d.branch_commit.as_deref(), Some(created.as_str()));
+    assert_eq!(d.revisions, vec![]);
+
+    // Creating it again is a no-op.
+    create_branch(&cache, &url, "main", "Other", "other@example.com", None).unwrap();
+    assert_eq!(upstream.commit("refs/heads/main"), created);
+}
+
+#[test]
+fn simple_repository_lists_tags_and_placeholders() {
+    let synced = Synced::fixture("simple-repository");
+    let up = &synced.upstream;
+    let d = synced.list("/");
+    assert_eq!(d.branch_commit, Some(up.commit("main")));
+    assert_rows(&d, simple_rows(), 8);
+    assert_eq!(
+        latest(&d),
+        vec![
+            lt("", "basens", 2),
+            lt("", "empty", 1),
+            lt("", "istions", 2)
+        ]
+    );
+
+    // Placeholders: branch tip, no approval annotations, so no publish info.
+    let placeholder = find(&d, "", "basens", -1);
+    assert_eq!(placeholder.commit, up.commit("main"));
+    assert_eq!(publish(placeholder), (None, None));
+    assert!(!placeholder.latest);
+    // Tags: the tagged commit, published by its author.
+    let v1 = find(&d, "", "basens", 1);
+    assert_eq!(v1.commit, up.commit("basens/v1"));
+    assert_eq!(
+        publish(v1),
+        (Some("porch@kpt.dev"), Some("2022-03-17T04:44:01Z"))
+    );
+    let empty = find(&d, "", "empty", 1);
+    assert_eq!(
+        publish(empty),
+        (Some("porch@kpt.dev"), Some("2022-03-17T04:37:42Z"))
+    );
+    for r in &d.revisions {
+        assert_eq!(r.tasks, vec![], "{}/{}", r.package, r.revision);
+        assert_eq!(r.labels, BTreeMap::new());
+    }
+
+    // Resources: every file of the package, relative to it, as committed.
+    let files: Vec<&str> = placeholder.resources.keys().map(String::as_str).collect();
+    assert_eq!(
+        files,
+        vec![
+            "Kptfile",
+            "README.md",
+            "namespace.yaml",
+            "package-context.yaml"
+        ]
+    );
+    let kptfile = up.git(&["show", "main:basens/Kptfile"]);
+    assert_eq!(
+        String::from_utf8(placeholder.resources["Kptfile"].clone())
+            .unwrap()
+            .trim(),
+        kptfile
+    );
+    let v1_files: Vec<&str> = v1.resources.keys().map(String::as_str).collect();
+    assert_eq!(
+        v1_files,
+        vec!["Kptfile", "README.md", "package-context.yaml"]
+    );
+}
+
+#[test]
+fn drafts_repository_adds_drafts_with_task_history() {
+    let synced = Synced::fixture("drafts-repository");
+    let d = synced.list("/");
+    let mut want = simple_rows();
+    want.extend([
+        row("", "bucket", 0, "v1", Draft),
+        row("", "none", 0, "v1", Draft),
+        row("", "pkg-with-history", 0, "v1", Draft),
+    ]);
+    assert_rows(&d, want, 11);
+    assert_eq!(
+        latest(&d),
+        vec![
+            lt("", "basens", 2),
+            lt("", "empty", 1),
+            lt("", "istions", 2)
+        ]
+    );
+
+    let history = find(&d, "", "pkg-with-history", 0);
+    assert_eq!(task_types(history), vec!["init", "eval", "patch", "eval"]);
+    assert_eq!(
+        history.tasks[0].raw,
+        r#"{"type":"init","init":{"description":"sample description"}}"#
+    );
+    assert_eq!(
+        history.tasks[1].raw,
+        r#"{"type":"eval","eval":{"image":"render","config":null,"match":{}}}"#
+    );
+    assert_eq!(
+        history.commit,
+        synced.upstream.commit("drafts/pkg-with-history/v1")
+    );
+    assert_eq!(publish(history), (None, None));
+    assert!(!history.latest);
+
+    let bucket = find(&d, "", "bucket", 0);
+    assert_eq!(task_types(bucket), Vec::<&str>::new());
+    let files: Vec<&str> = bucket.resources.keys().map(String::as_str).collect();
+    assert_eq!(
+        files,
+        vec![
+            "Kptfile",
+            "README.md",
+            "bucket.yaml",
+            "package-context.yaml"
+        ]
+    );
+}
+
+fn nested_gcp_rows() -> Vec<Row> {
+    vec![
+        row("", "cloud-sql", 0, "v1", Draft),
+        row("", "spanner", 0, "v1", Draft),
+        row("", "bucket", 0, "v2", Draft),
+        row("", "bucket", 1, "v1", Published),
+        row("", "bucket", -1, "main", Published),
+    ]
+}
+
+#[test]
+fn nested_repository_whole_repository() {
+    let synced = Synced::fixture("nested-repository");
+    let d = synced.list("/");
+    let want = vec![
+        row("", "sample", 1, "v1", Published),
+        row("", "sample", 2, "v2", Published),
+        row("", "sample", -1, "main", Published),
+        row("catalog", "empty", 1, "v1", Published),
+        row("catalog", "empty", -1, "main", Published),
+        row("catalog/gcp", "bucket", 1, "v1", Published),
+        row("catalog/gcp", "bucket", -1, "main", Published),
+        row("catalog/gcp", "bucket", 0, "v2", Draft),
+        row("catalog/gcp", "cloud-sql", 0, "v1", Draft),
+        row("catalog/gcp", "spanner", 0, "v1", Draft),
+        row("catalog/namespace", "basens", 1, "v1", Published),
+        row("catalog/namespace", "basens", 2, "v2", Published),
+        row("catalog/namespace", "basens", 3, "v3", Published),
+        row("catalog/namespace", "basens", -1, "main", Published),
+        row("catalog/namespace", "istions", 1, "v1", Published),
+        row("catalog/namespace", "istions", 2, "v2", Published),
+        row("catalog/namespace", "istions", 3, "v3", Published),
+        row("catalog/namespace", "istions", -1, "main", Published),
+    ];
+    assert_rows(&d, want, 18);
+    assert_eq!(
+        latest(&d),
+        vec![
+            lt("", "sample", 2),
+            lt("catalog", "empty", 1),
+            lt("catalog/gcp", "bucket", 1),
+            lt("catalog/namespace", "basens", 3),
+            lt("catalog/namespace", "istions", 3),
+        ]
+    );
+    // "" and "/" both mean the whole repository.
+    assert_eq!(synced.list(""), d);
+}
+
+#[test]
+fn nested_repository_scoped_to_a_directory() {
+    let synced = Synced::fixture("nested-repository");
+    let d = synced.list("catalog/gcp");
+    assert_rows(&d, nested_gcp_rows(), 5);
+    assert_eq!(latest(&d), vec![lt("", "bucket", 1)]);
+    assert_eq!(synced.list("/catalog/gcp/"), d);
+    // The content is the same as seen from the root.
+    let whole = synced.list("/");
+    assert_eq!(
+        find(&d, "", "bucket", 0).resources,
+        find(&whole, "catalog/gcp", "bucket", 0).resources
+    );
+}
+
+#[test]
+fn nested_repository_nonexistent_directory_lists_nothing() {
+    let synced = Synced::fixture("nested-repository");
+    let d = synced.list("nonexistent");
+    assert_eq!(d.branch_commit, Some(synced.upstream.commit("main")));
+    assert_eq!(d.revisions, vec![]);
+}
+
+#[test]
+fn publishinfo_repository_publishing_metadata() {
+    let synced = Synced::fixture("publishinfo-repository");
+    let d = synced.list("/");
+    let want = vec![
+        row("", "pkg-with-anno", 1, "v1", Published),
+        row("", "pkg-with-anno", -1, "main", Published),
+        row("", "pkg-without-anno", 1, "v1", Published),
+        row("", "pkg-without-anno", -1, "main", Published),
+        row("", "some-pkg", -1, "main", Published),
+        row("", "draft-pkg", 0, "v1", Draft),
+    ];
+    assert_rows(&d, want, 6);
+    assert_eq!(
+        latest(&d),
+        vec![lt("", "pkg-with-anno", 1), lt("", "pkg-without-anno", 1)]
+    );
+
+    let with_anno = (
+        Some("pkg-with-anno-author@example.com"),
+        Some("2022-08-26T22:47:35Z"),
+    );
+    assert_eq!(publish(find(&d, "", "pkg-with-anno", 1)), with_anno);
+    assert_eq!(publish(find(&d, "", "pkg-with-anno", -1)), with_anno);
+    assert_eq!(publish(find(&d, "", "pkg-without-anno", -1)), (None, None));
+    assert_eq!(publish(find(&d, "", "some-pkg", -1)), (None, None));
+    // Not stated by EXPECTED.md; Porch takes a tag's publisher from the
+    // tagged commit whether or not it is annotated.
+    assert_eq!(
+        publish(find(&d, "", "pkg-without-anno", 1)),
+        (
+            Some("pkg-without-anno-author@example.com"),
+            Some("2022-08-26T22:49:59Z")
+        )
+    );
+
+    let draft = find(&d, "", "draft-pkg", 0);
+    assert_eq!(publish(draft), (None, None));
+    assert_eq!(task_types(draft), vec!["init", "eval"]);
+    assert_eq!(
+        task_types(find(&d, "", "pkg-with-anno", 1)),
+        vec!["init", "eval"]
+    );
+    assert_eq!(
+        task_types(find(&d, "", "pkg-with-anno", -1)),
+        vec!["init", "eval"]
+    );
+}
+
+#[test]
+fn manual_tagged_repository_counts_the_annotated_tag() {
+    let synced = Synced::fixture("manual-tagged-repository");
+    let up = &synced.upstream;
+    let d = synced.list("/");
+    let want = vec![
+        row("", "pkg", -1, "main", Published),
+        row("", "pkg", 1, "v1", Published),
+        row("", "pkg", 2, "v2", Published),
+    ];
+    assert_rows(&d, want, 3);
+    assert_eq!(latest(&d), vec![lt("", "pkg", 2)]);
+
+    let v2 = find(&d, "", "pkg", 2);
+    assert_eq!(v2.commit, "66113e107de7fcd69558e46d9dd988b115a27e9a");
+    assert_eq!(v2.commit, up.commit("pkg/v2"));
+    assert_eq!(
+        publish(v2),
+        (Some("porch@kpt.dev"), Some("2025-03-06T12:49:50Z"))
+    );
+    assert_eq!(task_types(v2), Vec::<&str>::new());
+
+    let v1 = find(&d, "", "pkg", 1);
+    assert_eq!(v1.commit, "b0ae9810fc384bd9e9fbe2baaaced41416c5bb21");
+    assert_eq!(task_types(v1), vec!["init", "eval"]);
+    assert_eq!(
+        publish(v1),
+        (Some("porch@kpt.dev"), Some("2025-03-06T12:49:11Z"))
+    );
+
+    // The placeholder's approval is the newest annotated commit (v1's).
+    let placeholder = find(&d, "", "pkg", -1);
+    assert_eq!(placeholder.commit, v2.commit);
+    assert_eq!(
+        publish(placeholder),
+        (Some("porch@kpt.dev"), Some("2025-03-06T12:49:11Z"))
+    );
+    assert_eq!(task_types(placeholder), vec!["init", "eval"]);
+}
+
+fn blueprint_rows(prefix: &str) -> Vec<Row> {
+    vec![
+        row(prefix, "bp1", -1, "main", Published),
+        row(prefix, "bp1", 1, "v1", Published),
+        row(prefix, "bp1", 2, "v2", Published),
+        row(prefix, "bp1", 3, "v3", Published),
+        row(prefix, "bp2", -1, "main", Published),
+        row(prefix, "bp2", 1, "v1", Published),
+        row(prefix, "bp2", 2, "v2", Published),
+    ]
+}
+
+#[test]
+fn invalid_kpt_annotation_is_tolerated_in_a_directory() {
+    let synced = Synced::fixture("nested-repository-with-invalid-kpt-annotation");
+    let d = synced.list("blueprint");
+    assert_rows(&d, blueprint_rows(""), 7);
+    assert_eq!(latest(&d), vec![lt("", "bp1", 3), lt("", "bp2", 2)]);
+
+    // bp1 v3 is tagged on the commit after the malformed line; its own
+    // annotation names workspace v3 and an eval task, with no init before it.
+    let bp1_v3 = find(&d, "", "bp1", 3);
+    assert_eq!(task_types(bp1_v3), vec!["eval"]);
+    // bp2 v2 was started by an edit: its history runs past the malformed
+    // commit to the start of the branch without finding init or clone.
+    assert_eq!(
+        task_types(find(&d, "", "bp2", 2)),
+        vec!["edit", "eval", "patch", "eval"]
+    );
+    assert_eq!(task_types(find(&d, "", "bp1", 1)), vec!["init", "eval"]);
+}
+
+#[test]
+fn invalid_kpt_annotation_is_tolerated_in_the_whole_repository() {
+    let synced = Synced::fixture("nested-repository-with-invalid-kpt-annotation");
+    let d = synced.list("/");
+    let mut want = blueprint_rows("blueprint");
+    want.extend([
+        row("blueprint2", "bp10", 1, "v1", Published),
+        row("blueprint2", "bp10", -1, "main", Published),
+    ]);
+    assert_rows(&d, want, 9);
+    assert_eq!(
+        latest(&d),
+        vec![
+            lt("blueprint", "bp1", 3),
+            lt("blueprint", "bp2", 2),
+            lt("blueprint2", "bp10", 1),
+        ]
+    );
+}
+
+#[test]
+fn proposal_and_deletion_proposal_branches_set_the_lifecycle() {
+    let upstream = Upstream::unpack("drafts-repository");
+    upstream.git(&["branch", "proposed/bucket/ws-7", "drafts/bucket/v1"]);
+    upstream.git(&["branch", "deletionProposed/basens/v2", "basens/v2"]);
+    upstream.git(&["branch", "deletionProposed/istions/main", "main"]);
+    // Neither drafts/ nor proposed/: ignored.
+    upstream.git(&["branch", "blueprint/basens/v9", "main"]);
+    let synced = Synced::new(upstream);
+    let d = synced.list("/");
+    let want = vec![
+        row("", "empty", 1, "v1", Published),
+        row("", "empty", -1, "main", Published),
+        row("", "basens", 1, "v1", Published),
+        row("", "basens", 2, "v2", DeletionProposed),
+        row("", "basens", -1, "main", Published),
+        row("", "istions", 1, "v1", Published),
+        row("", "istions", 2, "v2", Published),
+        row("", "istions", -1, "main", DeletionProposed),
+        row("", "bucket", 0, "v1", Draft),
+        row("", "bucket", 0, "ws-7", Proposed),
+        row("", "none", 0, "v1", Draft),
+        row("", "pkg-with-history", 0, "v1", Draft),
+    ];
+    assert_rows(&d, want, 12);
+    // A deletion proposal is still published: it stays the latest.
+    assert_eq!(
+        latest(&d),
+        vec![
+            lt("", "basens", 2),
+            lt("", "empty", 1),
+            lt("", "istions", 2)
+        ]
+    );
+    let proposed = d
+        .revisions
+        .iter()
+        .find(|r| r.lifecycle == Proposed)
+        .unwrap();
+    assert_eq!(publish(proposed), (None, None));
+    let deletion = find(&d, "", "basens", 2);
+    assert_eq!(
+        publish(deletion),
+        (Some("porch@kpt.dev"), Some("2022-03-17T04:47:57Z"))
+    );
+}
+
+#[test]
+fn packages_do_not_nest_and_broken_kptfiles_are_tolerated() {
+    let up = Upstream::init();
+    up.write("Kptfile", "kind: Kptfile\n");
+    up.write(
+        "apps/a/Kptfile",
+        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: a\n  labels:\n    tier: gold\n    team: blue\n",
+    );
+    up.write("apps/a/sub/Kptfile", "kind: Kptfile\n");
+    up.write("apps/a/sub/x.yaml", "x: 1\n");
+    up.write("apps/b/Kptfile", "metadata: [not: yaml\n");
+    up.write("apps/c/README.md", "not a package\n");
+    up.write("apps2/d/Kptfile", "kind: Kptfile\n");
+    up.run(&["add", "-A"]);
+    up.run(&["commit", "--quiet", "-m", "packages"]);
+    // A tag and a draft inside package a name no package of their own.
+    up.run(&["tag", "apps/a/sub/v1"]);
+    up.run(&["branch", "drafts/apps/a/sub/ws"]);
+    let synced = Synced::new(up);
+
+    let d = synced.list("/");
+    assert_rows(
+        &d,
+        vec![
+            row("apps", "a", -1, "main", Published),
+            row("apps", "b", -1, "main", Published),
+            row("apps2", "d", -1, "main", Published),
+        ],
+        3,
+    );
+    let a = find(&d, "apps", "a", -1);
+    let files: Vec<&str> = a.resources.keys().map(String::as_str).collect();
+    assert_eq!(files, vec!["Kptfile", "sub/Kptfile", "sub/x.yaml"]);
+    assert_eq!(a.resources["sub/x.yaml"], b"x: 1\n".to_vec());
+    assert_eq!(
+        a.labels,
+        BTreeMap::from([
+            ("team".to_owned(), "blue".to_owned()),
+            ("tier".to_owned(), "gold".to_owned()),
+        ])
+    );
+    assert_eq!(find(&d, "apps", "b", -1).labels, BTreeMap::new());
+
+    // "apps2" shares a prefix with "apps" but is another directory.
+    let scoped = synced.list("apps");
+    assert_rows(
+        &scoped,
+        vec![
+            row("", "a", -1, "main", Published),
+            row("", "b", -1, "main", Published),
+        ],
+        2,
+    );
+    // The registered directory's own Kptfile names no package (it would have
+    // no name); what lies below it is listed, as Porch does.
+    assert_rows(
+        &synced.list("apps/a"),
+        vec![
+            row("", "sub", -1, "main", Published),
+            row("", "sub", 0, "ws", Draft),
+            row("", "sub", 1, "v1", Published),
+        ],
+        3,
+    );
+}
+
+#[test]
+fn fetch_reports_changes_and_prunes_deleted_refs() {
+    let up = Upstream::unpack("simple-repository");
+    let url = up.url();
+    let cache_dir = TempDir::new().unwrap();
+    let cache = GitCache::new(cache_dir.path());
+
+    let first = cache.fetch(&url, None).unwrap();
+    assert!(first.changed);
+    let want: BTreeMap<String, String> = [
+        "refs/heads/main",
+        "refs/tags/basens/v1",
+        "refs/tags/basens/v2",
+        "refs/tags/empty/v1",
+        "refs/tags/istions/v1",
+        "refs/tags/istions/v2",
+    ]
+    .into_iter()
+    .map(|r| (r.to_owned(), up.commit(r)))
+    .collect();
+    assert_eq!(first.refs, want);
+
+    let second = cache.fetch(&url, None).unwrap();
+    assert_eq!(second.refs, want);
+    assert!(!second.changed);
+
+    let tree = up.git(&["rev-parse", "main^{tree}"]);
+    let new_commit = up.git(&["commit-tree", &tree, "-p", "main", "-m", "upstream change"]);
+    up.git(&["update-ref", "refs/heads/main", &new_commit]);
+    let third = cache.fetch(&url, None).unwrap();
+    assert!(third.changed);
+    assert_eq!(third.refs["refs/heads/main"], new_commit);
+
+    up.git(&["tag", "-d", "empty/v1"]);
+    let fourth = cache.fetch(&url, None).unwrap();
+    assert!(fourth.changed);
+    assert!(!fourth.refs.contains_key("refs/tags/empty/v1"));
+    assert_eq!(fourth.refs.len(), 5);
+    let d = discover(&cache.mirror_path(&url), "main", "/").unwrap();
+    assert_eq!(d.branch_commit.as_deref(), Some(new_commit.as_str()));
+    assert_eq!(d.revisions.len(), 7);
+    assert!(d
+        .revisions
+        .iter()
+        .all(|r| !(r.package == "empty" && r.revision == 1)));
+
+    // One URL, one mirror; remove deletes it and may be repeated.
+    assert_eq!(cache.mirror_path(&url), cache.mirror_path(&url));
+    cache.remove(&url).unwrap();
+    assert!(!cache.mirror_path(&url).exists());
+    cache.remove(&url).unwrap();
+}
+
+#[test]
+fn fetch_of_a_missing_path_is_unreachable() {
+    let cache_dir = TempDir::new().unwrap();
+    let cache = GitCache::new(cache_dir.path().join("mirrors"));
+    let url = format!("file://{}/no-such-repo/.git", cache_dir.path().display());
+    let err = cache.fetch(&url, None).unwrap_err();
+    assert!(matches!(err, OriginError::Unreachable(_)), "{err:?}");
+    assert_eq!(err.class(), "network");
+    assert!(
+        !cache.mirror_path(&url).exists(),
+        "a failed first fetch leaves no mirror"
+    );
+}
+
+#[test]
+fn urls_other_than_file_http_https_are_rejected() {
+    let err = validate_url("ftp://x").unwrap_err();
+    assert!(matches!(err, OriginError::InvalidUrl(_)));
+    assert_eq!(err.class(), "invalid");
+    assert_eq!(
+        err.to_string(),
+        "invalid repository url: unsupported scheme \"ftp\" in \"ftp://x\" (expected file, http or https)"
+    );
+    let err = validate_url("not a url").unwrap_err();
+    assert!(matches!(err, OriginError::InvalidUrl(_)));
+    assert_eq!(
+        err.to_string(),
+        "invalid repository url: \"not a url\" has no scheme (expected file://, http:// or https://)"
+    );
+    // fetch validates before touching anything.
+    let cache_dir = TempDir::new().unwrap();
+    let cache = GitCache::new(cache_dir.path());
+    assert!(matches!(
+        cache.fetch("ftp://x", None),
+        Err(OriginError::InvalidUrl(_))
+    ));
+}
+
+/// A minimal HTTP server that answers every request with 401 and a Basic
+/// challenge; stops when dropped.
+struct DenyingServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl DenyingServer {
+    fn start() -> DenyingServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut served = 0;
+            // Bounded: libgit2 makes a handful of requests per fetch.
+            for stream in listener.incoming().take(64) {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"cairn\"\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                served += 1;
+            }
+            served
+        });
+        DenyingServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/repo.git", self.port)
+    }
+}
+
+impl Drop for DenyingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn http_auth_failures_and_refused_connections_are_classified() {
+    use cairn_actors::origin::Credentials;
+    let server = DenyingServer::start();
+    let cache_dir = TempDir::new().unwrap();
+    let cache = GitCache::new(cache_dir.path());
+
+    let err = cache.fetch(&server.url(), None).unwrap_err();
+    assert!(matches!(err, OriginError::Auth(_)), "{err:?}");
+    assert_eq!(err.class(), "auth");
+    assert_eq!(
+        err.to_string(),
+        "authentication failed: the upstream asks for credentials and none are configured"
+    );
+    let creds = Credentials {
+        username: "alice".into(),
+        password: "wrong".into(),
+    };
+    let err = cache.fetch(&server.url(), Some(&creds)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "authentication failed: the upstream rejected the configured credentials"
+    );
+    assert!(!err.to_string().contains("wrong"));
+    assert!(!cache.mirror_path(&server.url()).exists());
+
+    // A port nobody listens on: connection refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = cache
+        .fetch(&format!("http://127.0.0.1:{port}/repo.git"), None)
+        .unwrap_err();
+    assert!(matches!(err, OriginError::Unreachable(_)), "{err:?}");
+    assert_eq!(err.class(), "network");
+    // A name that never resolves (RFC 6761).
+    let err = cache
+        .fetch("https://no-such-host.invalid/repo.git", None)
+        .unwrap_err();
+    assert!(matches!(err, OriginError::Unreachable(_)), "{err:?}");
+}

@@ -1,0 +1,233 @@
+//! The client side of the CLI: `cairn repo …` and `cairn pkg …` send
+//! requests to a node's `cairn` service and print the replies as a table
+//! (default), JSON or YAML.
+
+use std::{io::Write, path::Path, time::Duration};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+/// Output format of client commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// A connection to a node's service.
+#[derive(Debug)]
+pub struct Client {
+    nats: async_nats::Client,
+    runtime: tokio::runtime::Runtime,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to `url`; requests wait at most `timeout`.
+    pub fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let nats = runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await
+            })
+            .map_err(|_| {
+                anyhow::anyhow!("no NATS server reachable at {url}; is a cairn node running?")
+            })?
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(Self {
+            nats,
+            runtime,
+            timeout,
+        })
+    }
+
+    /// Sends `body` to `cairn.v1.<endpoint>` and returns the JSON reply, or
+    /// the node's error as an error naming the code.
+    pub fn call(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
+        let subject = format!("cairn.v1.{endpoint}");
+        let payload = serde_json::to_vec(body)?;
+        let reply = self
+            .runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    self.timeout,
+                    self.nats.request(subject.clone(), payload.into()),
+                )
+                .await
+            })
+            .map_err(|_| anyhow::anyhow!("{subject}: no reply within {:?}", self.timeout))?
+            .map_err(|e| anyhow::anyhow!("{subject}: {e} (is a cairn node running?)"))?;
+        let value: Value = serde_json::from_slice(&reply.payload)
+            .with_context(|| format!("reply of {subject}"))?;
+        if let Some(code) = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+        {
+            let message = value["message"].as_str().unwrap_or_default();
+            bail!("{code}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+/// Prints `value` in `output`; tables show `columns` (`(header, json pointer)`)
+/// for each item of `items` (or the value itself).
+pub fn print(
+    out: &mut dyn Write,
+    output: Output,
+    value: &Value,
+    items: Option<&str>,
+    columns: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
+        Output::Yaml => write!(out, "{}", serde_yaml::to_string(value)?)?,
+        Output::Table => {
+            let rows: Vec<&Value> = match items {
+                Some(key) => value[key]
+                    .as_array()
+                    .map(|a| a.iter().collect())
+                    .unwrap_or_default(),
+                None => vec![value],
+            };
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|row| {
+                    columns
+                        .iter()
+                        .map(|(_, pointer)| cell(row.pointer(pointer)))
+                        .collect()
+                })
+                .collect();
+            let widths: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, (h, _))| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].len())
+                        .chain([h.len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |values: Vec<String>| {
+                values
+                    .iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            };
+            writeln!(
+                out,
+                "{}",
+                line(columns.iter().map(|(h, _)| (*h).to_owned()).collect())
+            )?;
+            for row in cells {
+                writeln!(out, "{}", line(row))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) if s.is_empty() => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// Columns of a repository table.
+pub const REPO_COLUMNS: &[(&str, &str)] = &[
+    ("NAMESPACE", "/namespace"),
+    ("NAME", "/name"),
+    ("TYPE", "/type"),
+    ("URL", "/git/url"),
+    ("BRANCH", "/git/branch"),
+    ("DIRECTORY", "/git/directory"),
+    ("READY", "/status/ready"),
+    ("REASON", "/status/reason"),
+    ("PACKAGES", "/status/package_count"),
+    ("MESSAGE", "/status/message"),
+];
+
+/// Columns of a package revision table.
+pub const PKG_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("PATH", "/path"),
+    ("PACKAGE", "/package"),
+    ("WORKSPACE", "/workspace"),
+    ("REVISION", "/revision"),
+    ("LIFECYCLE", "/lifecycle"),
+    ("LATEST", "/latest"),
+    ("REPOSITORY", "/repository"),
+];
+
+/// Writes a `pkgrev.resources` reply into `dir` (created; files inside
+/// may not escape it). Returns the number of files written.
+pub fn write_resources(dir: &Path, reply: &Value) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = 0;
+    let text = reply["resources"].as_object().cloned().unwrap_or_default();
+    let binary = reply["binary"].as_object().cloned().unwrap_or_default();
+    for (path, content) in text.iter().chain(binary.iter()) {
+        let relative = Path::new(path);
+        if relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "refusing resource path {path:?}: it would escape {}",
+                dir.display()
+            );
+        }
+        let target = dir.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let bytes = if binary.contains_key(path) {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(content.as_str().unwrap_or_default())?
+        } else {
+            content.as_str().unwrap_or_default().as_bytes().to_vec()
+        };
+        std::fs::write(&target, bytes).with_context(|| format!("writing {}", target.display()))?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The request body of `cairn repo register`.
+#[allow(clippy::too_many_arguments)]
+pub fn register_body(
+    namespace: &str,
+    name: &str,
+    url: &str,
+    branch: &str,
+    directory: &str,
+    create_branch: bool,
+    secret_ref: Option<&str>,
+    deployment: bool,
+    wait: bool,
+) -> Value {
+    let mut git = json!({"url": url, "branch": branch, "directory": directory, "create_branch": create_branch});
+    if let Some(secret) = secret_ref {
+        git["secret_ref"] = json!(secret);
+    }
+    json!({"namespace": namespace, "name": name, "type": "git", "git": git, "deployment": deployment, "wait": wait})
+}
