@@ -153,6 +153,8 @@ impl Node {
     pub async fn shutdown(mut self) {
         info!("shutting down");
         self.service.stop().await;
+        // Repository actors finish their commands and stop.
+        let _ = self.registry.send(cairn_actors::registry::Shutdown).await;
         self.store.shutdown().await;
         match self
             .publisher
@@ -176,6 +178,19 @@ impl Node {
         }
         if let Err(e) = self.store.sync_wal() {
             warn!(error = %e, "syncing the store");
+        }
+        // Stopped actors drop their store handles as their arbiter gets to
+        // it; wait (bounded) so the database is closed, and its lock freed,
+        // when this returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.store.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if self.store.handles() > 1 {
+            warn!(
+                handles = self.store.handles(),
+                "store still in use after shutdown"
+            );
         }
         info!("stopped");
     }

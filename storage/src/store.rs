@@ -252,6 +252,12 @@ impl Store {
         self.shared.tx.as_ref().ok_or(StorageError::Closed)
     }
 
+    /// How many `Store` handles are alive (the database closes when the
+    /// last one is dropped).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.shared)
+    }
+
     /// The configuration the store was opened with.
     pub fn config(&self) -> &StoreConfig {
         &self.inner().config

@@ -54,3 +54,8 @@ pub struct SyncRepository {
 #[derive(Debug, Message)]
 #[rtype(result = "u64")]
 pub struct FetchCount;
+
+/// Stops every repository actor, then the registry (node shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;

@@ -17,7 +17,9 @@ use cairn_events::envelope::Metadata;
 use cairn_storage::{views::RepositoriesView, StorageError, Store};
 use tracing::{info, warn};
 
-pub use messages::{FetchCount, RegisterRepository, SyncRepository, UnregisterRepository};
+pub use messages::{
+    FetchCount, RegisterRepository, Shutdown, SyncRepository, UnregisterRepository,
+};
 
 use crate::{
     repository::{
@@ -254,5 +256,23 @@ impl Handler<FetchCount> for Registry {
 
     fn handle(&mut self, _msg: FetchCount, _ctx: &mut Self::Context) -> u64 {
         self.env.fetches.count()
+    }
+}
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        let actors: Vec<_> = self.repositories.drain().map(|(_, e)| e.actor).collect();
+        Box::pin(
+            async move {
+                for actor in actors {
+                    // Queued after any command in flight, so those finish.
+                    let _ = actor.send(crate::repository::Stop).await;
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        )
     }
 }

@@ -49,3 +49,8 @@ pub struct Close {
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
 }
+
+/// Stops the actor (node shutdown); in-flight commands finish first.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;

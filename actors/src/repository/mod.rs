@@ -26,7 +26,7 @@ use cairn_storage::ExpectedVersion;
 use tracing::{info, warn};
 
 pub use component::RepositoryComponent;
-pub use messages::{Close, Register, Sync, SyncReport};
+pub use messages::{Close, Register, Stop, Sync, SyncReport};
 use upstream::{read_upstream, SyncEnv};
 
 use crate::{origin::OriginError, ServiceError};
@@ -196,5 +196,13 @@ impl Handler<Close> for RepositoryActor {
                 },
             ),
         ))
+    }
+}
+
+impl Handler<Stop> for RepositoryActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }

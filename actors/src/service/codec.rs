@@ -67,6 +67,79 @@ pub fn header_safe(text: &str) -> String {
     out
 }
 
+/// The request body as JSON, whatever it was sent as: JSON passes through;
+/// a protobuf `M` is decoded and rendered in its proto3 JSON mapping, so a
+/// single validation path (with its field-naming errors) serves both.
+pub fn request_json<M>(
+    request: &Request,
+    max_bytes: usize,
+) -> Result<(Format, Vec<u8>), ServiceError>
+where
+    M: prost::Message + Default + serde::Serialize,
+{
+    let payload = &request.message.payload;
+    check_size(payload, max_bytes)?;
+    match Format::of(request) {
+        Format::Json => Ok((Format::Json, payload.to_vec())),
+        Format::Protobuf => {
+            let message = M::decode(payload.as_ref()).map_err(|e| {
+                ServiceError::bad_field(
+                    "request body",
+                    format!(
+                        "invalid protobuf {}: {e}",
+                        std::any::type_name::<M>()
+                            .rsplit("::")
+                            .next()
+                            .unwrap_or("message")
+                    ),
+                )
+            })?;
+            let json =
+                serde_json::to_vec(&message).map_err(|e| ServiceError::internal(e.to_string()))?;
+            Ok((Format::Protobuf, json))
+        }
+    }
+}
+
+/// A reply built in the format the request asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A JSON reply.
+    Json(serde_json::Value),
+    /// An encoded protobuf reply.
+    Protobuf(Vec<u8>),
+}
+
+impl Body {
+    /// Builds only the form `format` needs.
+    pub fn of(
+        format: Format,
+        json: impl FnOnce() -> serde_json::Value,
+        protobuf: impl FnOnce() -> Vec<u8>,
+    ) -> Self {
+        match format {
+            Format::Json => Body::Json(json()),
+            Format::Protobuf => Body::Protobuf(protobuf()),
+        }
+    }
+}
+
+impl Reply for Body {
+    fn to_json(&self) -> Result<serde_json::Value, ServiceError> {
+        match self {
+            Body::Json(v) => Ok(v.clone()),
+            Body::Protobuf(_) => Err(ServiceError::internal("protobuf reply asked for as JSON")),
+        }
+    }
+
+    fn to_protobuf(&self) -> Vec<u8> {
+        match self {
+            Body::Protobuf(b) => b.clone(),
+            Body::Json(v) => v.to_string().into_bytes(),
+        }
+    }
+}
+
 /// A reply body in both formats.
 pub trait Reply {
     /// The JSON body.

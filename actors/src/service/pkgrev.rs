@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 
 use async_nats::service::Request;
-use cairn_events::v1::PackageRevisionRow;
+use cairn_events::v1::{self as pb, PackageRevisionRow};
 use cairn_storage::{blob::Digest, views::PackageRevisionsView, BlobStore, EventLog};
+use prost::Message as _;
 use serde_json::{json, Map, Value};
 
 use super::{
     blocking,
-    codec::{self, Format, Reply},
+    codec::{self, Body, Format},
     fields::Fields,
     timestamp_json, validate, ServiceContext,
 };
@@ -56,26 +57,6 @@ pub fn revision_json(row: &PackageRevisionRow) -> Value {
     })
 }
 
-struct Json(Value);
-
-impl Reply for Json {
-    fn to_json(&self) -> Result<Value, ServiceError> {
-        Ok(self.0.clone())
-    }
-    fn to_protobuf(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.0).unwrap_or_default()
-    }
-}
-
-fn json_only(request: &Request) -> Result<(), ServiceError> {
-    if Format::of(request) == Format::Protobuf {
-        return Err(ServiceError::bad_request(
-            "Content-Type: application/protobuf is not supported by this endpoint yet; send JSON",
-        ));
-    }
-    Ok(())
-}
-
 /// A validated `pkgrev.list` filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -114,12 +95,18 @@ impl Filter {
         }
         let revision = match f.value("revision") {
             None => None,
-            Some(v) => Some(v.as_i64().filter(|n| *n >= -1).ok_or_else(|| {
-                ServiceError::bad_field(
-                    &f.path("revision"),
-                    format!("must be an integer of at least -1, got {v}"),
-                )
-            })?),
+            // (proto3 JSON, used for protobuf requests, renders int64 as a string)
+            Some(v) => Some(
+                v.as_i64()
+                    .or_else(|| v.as_str()?.parse().ok())
+                    .filter(|n| *n >= -1)
+                    .ok_or_else(|| {
+                        ServiceError::bad_field(
+                            &f.path("revision"),
+                            format!("must be an integer of at least -1, got {v}"),
+                        )
+                    })?,
+            ),
         };
         let lifecycle = f.strings("lifecycle")?;
         if let Some(ls) = &lifecycle {
@@ -220,11 +207,14 @@ fn decode_continue(token: &str) -> Result<Vec<u8>, ServiceError> {
 
 /// `cairn.v1.pkgrev.list`.
 pub async fn handle_list(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
+        let (format, body) = codec::request_json::<pb::PkgRevListRequest>(
+            &request,
+            context.config.request_max_bytes,
+        )?;
         let f = Fields::parse(
-            &request.message.payload,
+            &body,
             &[
                 "namespace",
                 "repository",
@@ -245,30 +235,46 @@ pub async fn handle_list(context: ServiceContext, request: Request) {
             .unwrap_or(DEFAULT_LIST_LIMIT) as usize;
         let after = f
             .string("continue")?
+            .filter(|t| !t.is_empty())
             .map(|t| decode_continue(&t))
             .transpose()?;
         let store = context.store.clone();
         let max = context.reply_max_bytes();
         let (items, next, seq) = blocking(move || list(&store, &filter, after, limit)).await?;
+        // Cut the page where it still fits the server's max payload, and
+        // continue after the last item sent.
         let mut size = 64;
-        let mut out = Vec::with_capacity(items.len());
+        let mut sent = 0;
         let mut token = next.map(|k| encode_continue(&k));
-        let mut last_sent: Option<&[u8]> = None;
-        for (key, row) in &items {
-            let item = revision_json(row);
-            size += item.to_string().len() + 1;
-            if size > max && last_sent.is_some() {
-                // Cut the page where it still fits; continue after the last item sent.
-                token = last_sent.map(encode_continue);
+        let mut json_items = Vec::new();
+        for (i, (_, row)) in items.iter().enumerate() {
+            let item = (format == Format::Json).then(|| revision_json(row));
+            size += match &item {
+                Some(v) => v.to_string().len() + 1,
+                None => row.encoded_len() + 4,
+            };
+            if size > max && i > 0 {
+                token = Some(encode_continue(&items[i - 1].0));
                 break;
             }
-            out.push(item);
-            last_sent = Some(key);
+            json_items.extend(item);
+            sent = i + 1;
         }
-        Ok(Json(json!({ "items": out, "continue": token, "seq": seq })))
+        Ok(Body::of(
+            format,
+            || json!({ "items": json_items, "continue": token, "seq": seq }),
+            || {
+                pb::PkgRevList {
+                    items: items[..sent].iter().map(|(_, row)| row.clone()).collect(),
+                    r#continue: token.clone().unwrap_or_default(),
+                    seq,
+                }
+                .encode_to_vec()
+            },
+        ))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 fn parse_name(payload: &[u8]) -> Result<(String, String), ServiceError> {
@@ -297,31 +303,40 @@ fn get_row(
 
 /// `cairn.v1.pkgrev.get`.
 pub async fn handle_get(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let (namespace, name) = parse_name(&request.message.payload)?;
+        let (format, body) = codec::request_json::<pb::PkgRevKeyRequest>(
+            &request,
+            context.config.request_max_bytes,
+        )?;
+        let (namespace, name) = parse_name(&body)?;
         let store = context.store.clone();
         let row = blocking(move || get_row(&store, &namespace, &name)).await?;
-        Ok(Json(revision_json(&row)))
+        Ok(Body::of(
+            format,
+            || revision_json(&row),
+            || row.encode_to_vec(),
+        ))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 /// `cairn.v1.pkgrev.resources` → `{"resources":{"path":"content",…}}`;
 /// files that are not UTF-8 come base64-encoded under `"binary"`.
 pub async fn handle_resources(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let (namespace, name) = parse_name(&request.message.payload)?;
+        let (format, body) = codec::request_json::<pb::PkgRevKeyRequest>(
+            &request,
+            context.config.request_max_bytes,
+        )?;
+        let (namespace, name) = parse_name(&body)?;
         let store = context.store.clone();
         let max = context.reply_max_bytes();
-        let value = blocking(move || {
+        let files = blocking(move || {
             let row = get_row(&store, &namespace, &name)?;
-            let mut text = Map::new();
-            let mut binary = Map::new();
+            let mut files = BTreeMap::new();
             let mut size = 64;
             for (path, digest) in row.revision.unwrap_or_default().resources {
                 let d = Digest::parse(&digest)
@@ -336,22 +351,40 @@ pub async fn handle_resources(context: ServiceContext, request: Request) {
                         message: format!("resources of {name} exceed one reply ({max} bytes)"),
                     });
                 }
-                match String::from_utf8(content) {
-                    Ok(s) => text.insert(path, Value::String(s)),
-                    Err(e) => binary.insert(path, Value::String(base64_encode(e.as_bytes()))),
-                };
+                files.insert(path, content);
             }
-            let mut reply = json!({ "resources": text });
-            if !binary.is_empty() {
-                reply["binary"] = Value::Object(binary);
-            }
-            Ok(reply)
+            Ok(files)
         })
         .await?;
-        Ok(Json(value))
+        Ok(Body::of(
+            format,
+            || {
+                let mut text = Map::new();
+                let mut binary = Map::new();
+                for (path, content) in &files {
+                    match std::str::from_utf8(content) {
+                        Ok(s) => text.insert(path.clone(), Value::String(s.to_owned())),
+                        Err(_) => {
+                            binary.insert(path.clone(), Value::String(base64_encode(content)))
+                        }
+                    };
+                }
+                let mut reply = json!({ "resources": text });
+                if !binary.is_empty() {
+                    reply["binary"] = Value::Object(binary);
+                }
+                reply
+            },
+            || {
+                pb::PkgRevResources {
+                    resources: files.clone(),
+                }
+                .encode_to_vec()
+            },
+        ))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

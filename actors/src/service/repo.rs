@@ -7,13 +7,14 @@
 use std::time::Instant;
 
 use async_nats::service::Request;
-use cairn_events::v1::{GitSpec, RepositoryRow, RepositorySpec};
+use cairn_events::v1::{self as pb, GitSpec, RepositoryRow, RepositorySpec};
 use cairn_storage::views::RepositoriesView;
+use prost::Message as _;
 use serde_json::{json, Value};
 
 use super::{
     blocking,
-    codec::{self, Format, Reply},
+    codec::{self, Body, Format},
     fields::Fields,
     metadata, timestamp_json, validate, ServiceContext,
 };
@@ -50,27 +51,6 @@ pub fn repository_json(row: &RepositoryRow) -> Value {
             "last_sync_at": timestamp_json(status.last_sync_at.as_ref()),
         },
     })
-}
-
-struct Json(Value);
-
-impl Reply for Json {
-    fn to_json(&self) -> Result<Value, ServiceError> {
-        Ok(self.0.clone())
-    }
-    fn to_protobuf(&self) -> Vec<u8> {
-        // Repository endpoints answer JSON; see `Format` for the check.
-        serde_json::to_vec(&self.0).unwrap_or_default()
-    }
-}
-
-fn json_only(request: &Request) -> Result<(), ServiceError> {
-    if Format::of(request) == Format::Protobuf {
-        return Err(ServiceError::bad_request(
-            "Content-Type: application/protobuf is not supported by this endpoint yet; send JSON",
-        ));
-    }
-    Ok(())
 }
 
 /// Parses and validates a `repo.register` request: the spec with defaults
@@ -161,13 +141,8 @@ pub fn parse_register(
     ))
 }
 
-fn parse_key(
-    payload: &[u8],
-    extra: &[&str],
-) -> Result<(String, String, Option<String>), ServiceError> {
-    let mut allowed = vec!["namespace", "name", "principal"];
-    allowed.extend_from_slice(extra);
-    let f = Fields::parse(payload, &allowed)?;
+fn parse_key(payload: &[u8]) -> Result<(String, String, Option<String>), ServiceError> {
+    let f = Fields::parse(payload, &["namespace", "name", "principal"])?;
     let namespace = f.required("namespace")?;
     validate::dns_label("namespace", &namespace)?;
     let name = f.required("name")?;
@@ -179,13 +154,12 @@ async fn current(
     context: &ServiceContext,
     namespace: String,
     name: String,
-) -> Result<Value, ServiceError> {
+) -> Result<RepositoryRow, ServiceError> {
     let store = context.store.clone();
     blocking(move || {
-        let row = RepositoriesView::get(&store, &namespace, &name)?.ok_or_else(|| {
+        RepositoriesView::get(&store, &namespace, &name)?.ok_or_else(|| {
             ServiceError::not_found(format!("repository {namespace}/{name} not found"))
-        })?;
-        Ok(repository_json(&row))
+        })
     })
     .await
 }
@@ -194,12 +168,57 @@ fn report_json(report: &SyncReport) -> Value {
     json!({"added": report.added, "modified": report.modified, "deleted": report.deleted, "package_count": report.package_count})
 }
 
+fn report_proto(report: &SyncReport) -> pb::SyncReport {
+    pb::SyncReport {
+        added: report.added,
+        modified: report.modified,
+        deleted: report.deleted,
+        package_count: report.package_count,
+    }
+}
+
+/// A repository reply, with the outcome of the sync the request ran.
+fn repository_body(
+    format: Format,
+    row: &RepositoryRow,
+    sync: Option<&Result<SyncReport, ServiceError>>,
+) -> Body {
+    Body::of(
+        format,
+        || {
+            let mut reply = repository_json(row);
+            match sync {
+                Some(Ok(report)) => reply["sync"] = report_json(report),
+                Some(Err(e)) => {
+                    reply["sync"] = json!({"error": {"code": e.code, "message": e.message}})
+                }
+                None => {}
+            }
+            reply
+        },
+        || {
+            pb::RepositoryReply {
+                repository: Some(row.clone()),
+                sync: sync.and_then(|s| s.as_ref().ok()).map(report_proto),
+                sync_error: sync.and_then(|s| s.as_ref().err()).map(|e| pb::ErrorReply {
+                    code: u32::from(e.code),
+                    message: e.message.clone(),
+                }),
+            }
+            .encode_to_vec()
+        },
+    )
+}
+
 /// `cairn.v1.repo.register`.
 pub async fn handle_register(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let (spec, wait, principal) = parse_register(&request.message.payload)?;
+        let (format, body) = codec::request_json::<pb::RepoRegisterRequest>(
+            &request,
+            context.config.request_max_bytes,
+        )?;
+        let (spec, wait, principal) = parse_register(&body)?;
         let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
         let metadata = metadata(&request, principal);
         let sync = context
@@ -211,26 +230,20 @@ pub async fn handle_register(context: ServiceContext, request: Request) {
             })
             .await
             .map_err(|e| ServiceError::unavailable(e.to_string()))??;
-        let mut reply = current(&context, namespace, name).await?;
-        match sync {
-            Some(Ok(report)) => reply["sync"] = report_json(&report),
-            Some(Err(e)) => {
-                reply["sync"] = json!({"error": {"code": e.code, "message": e.message}})
-            }
-            None => {}
-        }
-        Ok(Json(reply))
+        let row = current(&context, namespace, name).await?;
+        Ok(repository_body(format, &row, sync.as_ref()))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 /// `cairn.v1.repo.unregister`.
 pub async fn handle_unregister(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let (namespace, name, principal) = parse_key(&request.message.payload, &[])?;
+        let (format, body) =
+            codec::request_json::<pb::RepoKeyRequest>(&request, context.config.request_max_bytes)?;
+        let (namespace, name, principal) = parse_key(&body)?;
         let metadata = metadata(&request, principal);
         context
             .registry
@@ -241,57 +254,73 @@ pub async fn handle_unregister(context: ServiceContext, request: Request) {
             })
             .await
             .map_err(|e| ServiceError::unavailable(e.to_string()))??;
-        Ok(Json(
-            json!({ "unregistered": format!("{namespace}/{name}") }),
+        let key = format!("{namespace}/{name}");
+        Ok(Body::of(
+            format,
+            || json!({ "unregistered": key }),
+            || {
+                pb::Unregistered {
+                    unregistered: key.clone(),
+                }
+                .encode_to_vec()
+            },
         ))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 /// `cairn.v1.repo.get`.
 pub async fn handle_get(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let (namespace, name, _) = parse_key(&request.message.payload, &[])?;
-        Ok(Json(current(&context, namespace, name).await?))
+        let (format, body) =
+            codec::request_json::<pb::RepoKeyRequest>(&request, context.config.request_max_bytes)?;
+        let (namespace, name, _) = parse_key(&body)?;
+        let row = current(&context, namespace, name).await?;
+        Ok(repository_body(format, &row, None))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 /// `cairn.v1.repo.list` `{"namespace"?}`.
 pub async fn handle_list(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let f = Fields::parse(&request.message.payload, &["namespace"])?;
+        let (format, body) =
+            codec::request_json::<pb::RepoListRequest>(&request, context.config.request_max_bytes)?;
+        let f = Fields::parse(&body, &["namespace"])?;
         let namespace = f.string("namespace")?;
         if let Some(ns) = &namespace {
             validate::dns_label("namespace", ns)?;
         }
         let store = context.store.clone();
-        let items = blocking(move || {
-            Ok(RepositoriesView::list(&store, namespace.as_deref())?
-                .iter()
-                .map(repository_json)
-                .collect::<Vec<_>>())
-        })
-        .await?;
-        Ok(Json(json!({ "items": items })))
+        let rows =
+            blocking(move || Ok(RepositoriesView::list(&store, namespace.as_deref())?)).await?;
+        Ok(Body::of(
+            format,
+            || json!({ "items": rows.iter().map(repository_json).collect::<Vec<_>>() }),
+            || {
+                pb::RepositoryList {
+                    items: rows.clone(),
+                }
+                .encode_to_vec()
+            },
+        ))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 /// `cairn.v1.repo.sync` `{"namespace","name"}`: fetch and reconcile now;
 /// answers the repository and what the sync did.
 pub async fn handle_sync(context: ServiceContext, request: Request) {
+    let format = Format::of(&request);
     let result = async {
-        json_only(&request)?;
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let (namespace, name, principal) = parse_key(&request.message.payload, &[])?;
+        let (format, body) =
+            codec::request_json::<pb::RepoKeyRequest>(&request, context.config.request_max_bytes)?;
+        let (namespace, name, principal) = parse_key(&body)?;
         let metadata = metadata(&request, principal);
         let report = context
             .registry
@@ -304,12 +333,11 @@ pub async fn handle_sync(context: ServiceContext, request: Request) {
             })
             .await
             .map_err(|e| ServiceError::unavailable(e.to_string()))??;
-        let mut reply = current(&context, namespace, name).await?;
-        reply["sync"] = report_json(&report);
-        Ok(Json(reply))
+        let row = current(&context, namespace, name).await?;
+        Ok(repository_body(format, &row, Some(&Ok(report))))
     }
     .await;
-    codec::respond(&request, Format::Json, result).await;
+    codec::respond(&request, format, result).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,488 @@
+//! Repositories over NATS on a real node, real nats-server, real Git:
+//! shared mirrors and fetches, unregistering, warm restart with the
+//! upstream gone, bad input, and protobuf requests.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use cairn::{
+    config::{NatsConfig, NodeConfig},
+    node::Node,
+};
+use cairn_actors::registry::FetchCount;
+use cairn_events::v1 as pb;
+use cairn_storage::{views::RepositoriesView, EventLog};
+use cairn_tests::{free_port, shared_dir};
+use prost::Message as _;
+use serde_json::{json, Value};
+
+fn unpack(fixture: &str, into: &Path) -> String {
+    std::fs::create_dir_all(into).unwrap();
+    let tar = shared_dir()
+        .join("porch-testdata")
+        .join(format!("{fixture}.tar"));
+    let status = Command::new("tar")
+        .arg("--no-same-owner")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(status.success(), "unpacking {}", tar.display());
+    format!("file://{}/.git", into.display())
+}
+
+async fn start(data_dir: &Path) -> Node {
+    let config = NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        nats: NatsConfig {
+            listen: format!("127.0.0.1:{}", free_port()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Node::start(config).await.unwrap()
+}
+
+/// Sends a JSON request; returns the error code (if any) and the body.
+async fn call(client: &async_nats::Client, endpoint: &str, body: Value) -> (Option<String>, Value) {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.request(
+            format!("cairn.v1.{endpoint}"),
+            serde_json::to_vec(&body).unwrap().into(),
+        ),
+    )
+    .await
+    .expect("reply in time")
+    .expect("a responder");
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+        .map(|v| v.to_string());
+    (code, serde_json::from_slice(&reply.payload).unwrap())
+}
+
+async fn ok(client: &async_nats::Client, endpoint: &str, body: Value) -> Value {
+    let (code, reply) = call(client, endpoint, body).await;
+    assert_eq!(code, None, "{endpoint} failed: {reply}");
+    reply
+}
+
+fn register(name: &str, url: &str) -> Value {
+    json!({"namespace": "team-a", "name": name, "git": {"url": url}})
+}
+
+async fn names(client: &async_nats::Client, repository: &str) -> Vec<String> {
+    let reply = ok(
+        client,
+        "pkgrev.list",
+        json!({"namespace": "team-a", "repository": repository}),
+    )
+    .await;
+    reply["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn mirrors(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("git"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn two_registrations_share_one_mirror_and_one_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let data = dir.path().join("data");
+    let node = start(&data).await;
+    let client = node.client.clone();
+
+    let a = ok(&client, "repo.register", register("a", &url)).await;
+    let b = ok(&client, "repo.register", register("b", &url)).await;
+    assert_eq!(
+        (
+            a["status"]["package_count"].as_u64(),
+            b["status"]["package_count"].as_u64()
+        ),
+        (Some(8), Some(8))
+    );
+    assert_eq!(mirrors(&data), 1, "one local clone for one upstream");
+    assert_eq!(names(&client, "a").await.len(), 8);
+    assert_eq!(names(&client, "b").await[0], "b.basens.main");
+
+    // Concurrent syncs of both registrations: one fetch.
+    let before = node.registry().send(FetchCount).await.unwrap();
+    let (sa, sb) = tokio::join!(
+        call(
+            &client,
+            "repo.sync",
+            json!({"namespace": "team-a", "name": "a"})
+        ),
+        call(
+            &client,
+            "repo.sync",
+            json!({"namespace": "team-a", "name": "b"})
+        ),
+    );
+    assert_eq!((sa.0, sb.0), (None, None));
+    assert_eq!(node.registry().send(FetchCount).await.unwrap(), before + 1);
+
+    // Unregister one: the other still syncs, on the same mirror.
+    ok(
+        &client,
+        "repo.unregister",
+        json!({"namespace": "team-a", "name": "a"}),
+    )
+    .await;
+    assert_eq!(mirrors(&data), 1);
+    let synced = ok(
+        &client,
+        "repo.sync",
+        json!({"namespace": "team-a", "name": "b"}),
+    )
+    .await;
+    assert_eq!(
+        synced["sync"],
+        json!({"added": 0, "modified": 0, "deleted": 0, "package_count": 8})
+    );
+    // The last one takes the mirror with it.
+    ok(
+        &client,
+        "repo.unregister",
+        json!({"namespace": "team-a", "name": "b"}),
+    )
+    .await;
+    assert_eq!(mirrors(&data), 0);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn unregister_deletes_every_revision_then_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let client = node.client.clone();
+    ok(&client, "repo.register", register("simple", &url)).await;
+    let listed = names(&client, "simple").await;
+    let before = node.store.last_seq().unwrap();
+    ok(
+        &client,
+        "repo.unregister",
+        json!({"namespace": "team-a", "name": "simple"}),
+    )
+    .await;
+
+    let page = ok(
+        &client,
+        "log.read",
+        json!({"from_seq": before + 1, "stream": "repo/team-a/simple"}),
+    )
+    .await;
+    let events = page["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let mut want = vec!["PackageRevisionDeleted"; 8];
+    want.push("RepositoryClosed");
+    assert_eq!(kinds, want);
+    let deleted: Vec<&str> = events[..8]
+        .iter()
+        .map(|e| {
+            e["event"]["package_revision_deleted"]["name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        deleted,
+        listed.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(names(&client, "simple").await.is_empty());
+    let (code, body) = call(
+        &client,
+        "repo.get",
+        json!({"namespace": "team-a", "name": "simple"}),
+    )
+    .await;
+    assert_eq!(
+        (code.as_deref(), body["message"].as_str()),
+        (Some("404"), Some("repository team-a/simple not found"))
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn warm_restart_serves_the_last_state_while_the_upstream_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    let data = dir.path().join("data");
+    let node = start(&data).await;
+    ok(&node.client, "repo.register", register("simple", &url)).await;
+    let before = names(&node.client, "simple").await;
+    assert_eq!(before.len(), 8);
+    node.shutdown().await;
+
+    std::fs::rename(&upstream, dir.path().join("gone")).unwrap();
+    let node = start(&data).await;
+    let mut commits = node.store.subscribe();
+    // Answered from the views at once, whatever the upstream does.
+    assert_eq!(names(&node.client, "simple").await, before);
+    // The startup sync fails; wait for the status to say so.
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let row = RepositoriesView::get(&node.store, "team-a", "simple")
+                .unwrap()
+                .unwrap();
+            let status = row.status.unwrap_or_default();
+            if status.reason == "Error" {
+                return status;
+            }
+            commits.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the startup sync reports the unreachable upstream");
+    assert!(!status.ready);
+    assert_eq!(status.error_class, "network");
+    assert!(
+        status.message.contains("gone") || status.message.contains("upstream"),
+        "{}",
+        status.message
+    );
+    let got = ok(
+        &node.client,
+        "repo.get",
+        json!({"namespace": "team-a", "name": "simple"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            got["status"]["ready"].as_bool(),
+            got["status"]["reason"].as_str()
+        ),
+        (Some(false), Some("Error"))
+    );
+    assert_eq!(
+        got["status"]["package_count"].as_u64(),
+        Some(8),
+        "the last good state is kept"
+    );
+    assert_eq!(names(&node.client, "simple").await, before);
+    let (code, _) = call(
+        &node.client,
+        "repo.sync",
+        json!({"namespace": "team-a", "name": "simple"}),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("503"));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn bad_input_is_refused_by_field_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let client = node.client.clone();
+    let seq = node.store.last_seq().unwrap();
+    let cases = [
+        (
+            json!({"namespace": "Team_A", "name": "r", "git": {"url": url}}),
+            "namespace: \"Team_A\" is not a valid name",
+        ),
+        (
+            json!({"namespace": "team-a", "name": "r.x", "git": {"url": url}}),
+            "name: \"r.x\" is not a valid name",
+        ),
+        (
+            json!({"namespace": "team-a", "name": "r", "type": "oci", "git": {"url": url}}),
+            "type: unsupported repository type \"oci\", expected \"git\"",
+        ),
+        (
+            json!({"namespace": "team-a", "name": "r", "git": {"branch": "main"}}),
+            "git.url: required",
+        ),
+        (
+            json!({"namespace": "team-a", "name": "r", "git": {"url": "ftp://host/r.git"}}),
+            "git.url: ",
+        ),
+        (
+            json!({"namespace": "team-a", "name": "r", "git": {"url": url, "directory": "a/../../etc"}}),
+            "git.directory: \"a/../../etc\" must not contain \"..\"",
+        ),
+        (
+            json!({"namespace": "team-a", "name": "r", "git": {"url": url}, "colour": "blue"}),
+            "colour: unknown field",
+        ),
+    ];
+    for (body, message) in cases {
+        let (code, reply) = call(&client, "repo.register", body.clone()).await;
+        assert_eq!(code.as_deref(), Some("400"), "{body}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().starts_with(message),
+            "{body}: {reply}"
+        );
+    }
+    let malformed = client
+        .request("cairn.v1.repo.register", "{\"namespace\":".into())
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&malformed.payload).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("request body: invalid JSON"),
+        "{body}"
+    );
+    let oversized = json!({"namespace": "team-a", "name": "r", "git": {"url": format!("file:///{}", "x".repeat(70_000))}});
+    let (code, reply) = call(&client, "repo.register", oversized).await;
+    assert_eq!(code.as_deref(), Some("400"));
+    assert!(
+        reply["message"].as_str().unwrap().starts_with("payload: "),
+        "{reply}"
+    );
+    // Nothing stored.
+    assert_eq!(node.store.last_seq().unwrap(), seq);
+    assert_eq!(
+        ok(&client, "repo.list", json!({})).await["items"],
+        json!([])
+    );
+    // Conflicts and unknown names.
+    ok(&client, "repo.register", register("r", &url)).await;
+    let (code, reply) = call(&client, "repo.register", register("r", &url)).await;
+    assert_eq!(
+        (code.as_deref(), reply["message"].as_str()),
+        (
+            Some("409"),
+            Some("repository team-a/r is already registered")
+        )
+    );
+    let (code, _) = call(
+        &client,
+        "pkgrev.get",
+        json!({"namespace": "team-a", "name": "r.nope.v1"}),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("404"));
+    let (code, reply) = call(&client, "pkgrev.list", json!({"lifecycle": ["Done"]})).await;
+    assert_eq!(code.as_deref(), Some("400"), "{reply}");
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn protobuf_requests_get_protobuf_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let proto = |endpoint: &str, body: Vec<u8>| {
+        let client = node.client.clone();
+        let subject = format!("cairn.v1.{endpoint}");
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/protobuf");
+            client
+                .request_with_headers(subject, headers, body.into())
+                .await
+                .unwrap()
+        }
+    };
+    let request = pb::RepoRegisterRequest {
+        namespace: "team-a".into(),
+        name: "simple".into(),
+        git: Some(pb::GitSpec {
+            url,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let reply = proto("repo.register", request.encode_to_vec()).await;
+    let registered = pb::RepositoryReply::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(registered.sync.map(|s| s.package_count), Some(8));
+    assert_eq!(
+        registered
+            .repository
+            .unwrap()
+            .spec
+            .unwrap()
+            .git
+            .unwrap()
+            .branch,
+        "main"
+    );
+
+    let list = pb::PkgRevListRequest {
+        namespace: "team-a".into(),
+        package: "basens".into(),
+        latest: Some(true),
+        ..Default::default()
+    };
+    let page = pb::PkgRevList::decode(
+        proto("pkgrev.list", list.encode_to_vec())
+            .await
+            .payload
+            .as_ref(),
+    )
+    .unwrap();
+    let got: Vec<(String, i64)> = page
+        .items
+        .iter()
+        .map(|r| {
+            r.revision
+                .as_ref()
+                .map(|r| (r.name.clone(), r.revision))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got, [("simple.basens.v2".to_string(), 2)]);
+    assert!(page.r#continue.is_empty());
+
+    let list = pb::PkgRevListRequest {
+        revision: Some(-1),
+        ..Default::default()
+    };
+    let page = pb::PkgRevList::decode(
+        proto("pkgrev.list", list.encode_to_vec())
+            .await
+            .payload
+            .as_ref(),
+    )
+    .unwrap();
+    assert_eq!(page.items.len(), 3, "placeholders only");
+
+    let key = pb::PkgRevKeyRequest {
+        namespace: "team-a".into(),
+        name: "simple.basens.v1".into(),
+    };
+    let files = pb::PkgRevResources::decode(
+        proto("pkgrev.resources", key.encode_to_vec())
+            .await
+            .payload
+            .as_ref(),
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&files.resources["Kptfile"]).contains("kind: Kptfile"));
+
+    // A bad protobuf request: 400 naming the field, as in JSON.
+    let bad = pb::RepoKeyRequest {
+        namespace: "Team".into(),
+        name: "x".into(),
+        ..Default::default()
+    };
+    let reply = proto("repo.get", bad.encode_to_vec()).await;
+    let error = pb::ErrorReply::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(error.code, 400);
+    assert!(
+        error
+            .message
+            .starts_with("namespace: \"Team\" is not a valid name"),
+        "{}",
+        error.message
+    );
+    node.shutdown().await;
+}
