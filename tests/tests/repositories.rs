@@ -486,3 +486,138 @@ async fn protobuf_requests_get_protobuf_replies() {
     );
     node.shutdown().await;
 }
+
+/// Runs the real CLI against the node without blocking its runtime.
+async fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn-under-test"))
+        .args(args)
+        .args(["--nats-url", url])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[actix_rt::test]
+async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("nested-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let nats = node.nats_url.clone();
+
+    let (ok_, out, err) = cli(
+        &nats,
+        &[
+            "repo",
+            "register",
+            "team-a/gcp",
+            "--url",
+            &url,
+            "--directory",
+            "catalog/gcp",
+        ],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE  NAME  TYPE  URL"), "{out}");
+    assert!(
+        lines[1].starts_with("team-a     gcp   git   file://")
+            && lines[1].contains(" true   Ready   5"),
+        "{out}"
+    );
+
+    let (ok_, out, err) = cli(&nats, &["pkg", "list", "-o", "json", "--repository", "gcp"]).await;
+    assert!(ok_, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let mut names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "gcp.bucket.main",
+            "gcp.bucket.v1",
+            "gcp.bucket.v2",
+            "gcp.cloud-sql.v1",
+            "gcp.spanner.v1"
+        ]
+    );
+
+    let (ok_, out, _) = cli(
+        &nats,
+        &["pkg", "list", "--lifecycle", "Draft", "-o", "yaml"],
+    )
+    .await;
+    assert!(ok_);
+    assert_eq!(out.matches("lifecycle: Draft").count(), 3, "{out}");
+
+    let (ok_, out, err) = cli(&nats, &["pkg", "get", "team-a/gcp.bucket.v1", "-o", "json"]).await;
+    assert!(ok_, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            got["package"].as_str(),
+            got["revision"].as_i64(),
+            got["latest"].as_bool()
+        ),
+        (Some("bucket"), Some(1), Some(true))
+    );
+
+    let pulled = dir.path().join("pulled");
+    let (ok_, out, err) = cli(
+        &nats,
+        &[
+            "pkg",
+            "pull",
+            "team-a/gcp.bucket.v1",
+            pulled.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    assert!(
+        out.starts_with("pulled ") && out.contains(" files of team-a/gcp.bucket.v1 into "),
+        "{out}"
+    );
+    let kptfile = std::fs::read_to_string(pulled.join("Kptfile")).unwrap();
+    assert!(kptfile.contains("kind: Kptfile"), "{kptfile}");
+
+    let (ok_, out, err) = cli(&nats, &["repo", "sync", "team-a/gcp"]).await;
+    assert!(ok_, "{err}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("gcp   0      0         0        5"),
+        "{out}"
+    );
+
+    let (ok_, _, err) = cli(&nats, &["pkg", "get", "team-a/gcp.nope.v1"]).await;
+    assert!(!ok_);
+    assert_eq!(
+        err.trim(),
+        "error: 404: package revision team-a/gcp.nope.v1 not found"
+    );
+    let (ok_, _, err) = cli(&nats, &["repo", "get", "gcp"]).await;
+    assert!(!ok_);
+    assert_eq!(err.trim(), "error: \"gcp\": expected <namespace>/<name>");
+
+    let (ok_, out, _) = cli(&nats, &["repo", "unregister", "team-a/gcp"]).await;
+    assert!(ok_);
+    assert_eq!(out, "UNREGISTERED\nteam-a/gcp\n");
+    let (_, out, _) = cli(&nats, &["repo", "list", "-o", "json"]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"items": []})
+    );
+    node.shutdown().await;
+}
