@@ -621,3 +621,45 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
     );
     node.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_sync_larger_than_one_append_is_split_and_ends_with_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let mut config = NodeConfig {
+        data_dir: dir.path().join("data"),
+        nats: NatsConfig {
+            listen: format!("127.0.0.1:{}", free_port()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    config.store.append_max_events = 3;
+    let node = Node::start(config).await.unwrap();
+    let reply = ok(&node.client, "repo.register", register("simple", &url)).await;
+    assert_eq!(reply["sync"]["package_count"], json!(8));
+    assert_eq!(names(&node.client, "simple").await.len(), 8);
+    let log = ok(
+        &node.client,
+        "log.read",
+        json!({"stream": "repo/team-a/simple"}),
+    )
+    .await;
+    let events = log["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let mut want = vec!["RepositoryRegistered", "SyncStarted"];
+    want.extend(["PackageRevisionAdded"; 8]);
+    want.push("SyncSucceeded");
+    assert_eq!(kinds, want);
+    // One command, several appends: one correlation id, contiguous versions.
+    let correlation = events[2]["correlation_id"].as_str().unwrap();
+    assert!(events[2..]
+        .iter()
+        .all(|e| e["correlation_id"] == correlation));
+    let versions: Vec<u64> = events
+        .iter()
+        .map(|e| e["stream_version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=11).collect::<Vec<_>>());
+    node.shutdown().await;
+}

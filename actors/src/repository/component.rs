@@ -1,9 +1,11 @@
 //! The repository component: what a RepositoryActor knows and decides,
 //! as plain code that unit tests call directly.
 //!
-//! It holds the repository's spec, its stream version and its current
-//! package revisions (loaded from the views, never trusted from memory
-//! across restarts), and turns a discovery of the upstream into events:
+//! It holds the repository's spec and its stream version — not its package
+//! revisions: those live in the `package_revisions` view and are read when
+//! a sync or a close needs them, so memory does not grow with the number of
+//! revisions. It turns the current revisions and a discovery of the
+//! upstream into events:
 //! `PackageRevisionAdded` for a new name, `PackageRevisionModified` when
 //! anything about an existing name changed (commit, content, lifecycle,
 //! latest, publish info, tasks, labels), `PackageRevisionDeleted` for a name
@@ -48,8 +50,6 @@ pub struct RepositoryComponent {
     pub spec: RepositorySpec,
     /// Version of the repository's stream.
     pub version: u64,
-    /// Current package revisions by object name.
-    pub revisions: BTreeMap<String, PackageRevision>,
 }
 
 /// The Porch object name of a package revision:
@@ -75,7 +75,6 @@ impl RepositoryComponent {
             stream,
             spec,
             version: 0,
-            revisions: BTreeMap::new(),
         })
     }
 
@@ -88,12 +87,21 @@ impl RepositoryComponent {
         let spec = row.spec.unwrap_or_default();
         let mut component = Self::new(spec)?;
         component.version = store.stream_version(&component.stream)?;
+        Ok(Some(component))
+    }
+
+    /// The repository's current package revisions, from the view. Blocking.
+    pub fn current(
+        &self,
+        store: &Store,
+    ) -> Result<BTreeMap<String, PackageRevision>, StorageError> {
+        let mut revisions = BTreeMap::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = PackageRevisionsView::list(
                 store,
-                Some(namespace),
-                Some(name),
+                Some(&self.spec.namespace),
+                Some(&self.spec.name),
                 after.as_deref(),
                 LOAD_PAGE,
             )?;
@@ -101,23 +109,23 @@ impl RepositoryComponent {
             after = Some(last.clone());
             for (_, row) in page {
                 if let Some(revision) = row.revision {
-                    component.revisions.insert(revision.name.clone(), revision);
+                    revisions.insert(revision.name.clone(), revision);
                 }
             }
         }
-        Ok(Some(component))
+        Ok(revisions)
     }
 
     /// Events that bring the views from the current revisions to
     /// `discovered` (Added, Modified, Deleted, in name order).
     pub fn reconcile(
-        &self,
+        current: &BTreeMap<String, PackageRevision>,
         discovered: &BTreeMap<String, PackageRevision>,
     ) -> (Vec<Event>, Changes) {
         let mut events = Vec::new();
         let mut changes = Changes::default();
         for (name, revision) in discovered {
-            match self.revisions.get(name) {
+            match current.get(name) {
                 None => {
                     changes.added += 1;
                     events.push(event(Payload::PackageRevisionAdded(PackageRevisionAdded {
@@ -135,11 +143,7 @@ impl RepositoryComponent {
                 Some(_) => {}
             }
         }
-        for name in self
-            .revisions
-            .keys()
-            .filter(|n| !discovered.contains_key(*n))
-        {
+        for name in current.keys().filter(|n| !discovered.contains_key(*n)) {
             changes.deleted += 1;
             events.push(event(Payload::PackageRevisionDeleted(
                 PackageRevisionDeleted { name: name.clone() },
@@ -151,12 +155,12 @@ impl RepositoryComponent {
     /// The events of a successful sync: the reconciliation, then
     /// `SyncSucceeded` with its counts.
     pub fn sync_events(
-        &self,
+        current: &BTreeMap<String, PackageRevision>,
         discovered: &BTreeMap<String, PackageRevision>,
         commit: &str,
         duration_ms: u64,
     ) -> (Vec<Event>, Changes) {
-        let (mut events, changes) = self.reconcile(discovered);
+        let (mut events, changes) = Self::reconcile(current, discovered);
         events.push(event(Payload::SyncSucceeded(SyncSucceeded {
             commit: commit.to_owned(),
             added: changes.added,
@@ -171,9 +175,8 @@ impl RepositoryComponent {
 
     /// The events of unregistering: `PackageRevisionDeleted` for each
     /// revision, then `RepositoryClosed`.
-    pub fn close_events(&self, reason: &str) -> Vec<Event> {
-        let mut events: Vec<Event> = self
-            .revisions
+    pub fn close_events(current: &BTreeMap<String, PackageRevision>, reason: &str) -> Vec<Event> {
+        let mut events: Vec<Event> = current
             .keys()
             .map(|name| {
                 event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
@@ -187,24 +190,10 @@ impl RepositoryComponent {
         events
     }
 
-    /// Applies events this component decided and the log committed.
-    pub fn committed(&mut self, events: &[Event], stream_version: u64) {
+    /// Records that the log committed this component's append, leaving the
+    /// stream at `stream_version`.
+    pub fn committed(&mut self, stream_version: u64) {
         self.version = stream_version;
-        for e in events {
-            match e.payload.as_ref() {
-                Some(Payload::PackageRevisionAdded(PackageRevisionAdded { revision: Some(r) }))
-                | Some(Payload::PackageRevisionModified(PackageRevisionModified {
-                    revision: Some(r),
-                })) => {
-                    self.revisions.insert(r.name.clone(), r.clone());
-                }
-                Some(Payload::PackageRevisionDeleted(d)) => {
-                    self.revisions.remove(&d.name);
-                }
-                Some(Payload::RepositoryClosed(_)) => self.revisions.clear(),
-                _ => {}
-            }
-        }
     }
 }
 
@@ -220,18 +209,11 @@ mod tests {
         }
     }
 
-    fn component(revisions: &[PackageRevision]) -> RepositoryComponent {
-        let mut c = RepositoryComponent::new(RepositorySpec {
-            namespace: "ns".into(),
-            name: "r".into(),
-            ..Default::default()
-        })
-        .unwrap();
-        c.revisions = revisions
+    fn current(revisions: &[PackageRevision]) -> BTreeMap<String, PackageRevision> {
+        revisions
             .iter()
             .map(|r| (r.name.clone(), r.clone()))
-            .collect();
-        c
+            .collect()
     }
 
     fn kinds(events: &[Event]) -> Vec<String> {
@@ -270,20 +252,17 @@ mod tests {
 
     #[test]
     fn given_revisions_when_upstream_changes_then_added_modified_deleted() {
-        let given = component(&[
+        let given = current(&[
             rev("r.a.v1", "c1"),
             rev("r.b.v1", "c1"),
             rev("r.c.v1", "c1"),
         ]);
-        let discovered: BTreeMap<_, _> = [
+        let discovered = current(&[
             rev("r.a.v1", "c1"),
             rev("r.b.v1", "c2"),
             rev("r.d.v1", "c2"),
-        ]
-        .into_iter()
-        .map(|r| (r.name.clone(), r))
-        .collect();
-        let (events, changes) = given.sync_events(&discovered, "c2", 5);
+        ]);
+        let (events, changes) = RepositoryComponent::sync_events(&given, &discovered, "c2", 5);
         assert_eq!(
             kinds(&events),
             [
@@ -305,22 +284,18 @@ mod tests {
 
     #[test]
     fn given_unchanged_upstream_then_only_sync_succeeded() {
-        let given = component(&[rev("r.a.v1", "c1")]);
-        let discovered = given.revisions.clone();
-        let (events, _) = given.sync_events(&discovered, "c1", 1);
+        let given = current(&[rev("r.a.v1", "c1")]);
+        let (events, _) = RepositoryComponent::sync_events(&given, &given, "c1", 1);
         assert_eq!(kinds(&events), ["SyncSucceeded 0/0/0/1"]);
     }
 
     #[test]
     fn close_deletes_every_revision_then_closes() {
-        let mut given = component(&[rev("r.b.v1", "c"), rev("r.a.v1", "c")]);
-        let events = given.close_events("unregistered");
+        let given = current(&[rev("r.b.v1", "c"), rev("r.a.v1", "c")]);
+        let events = RepositoryComponent::close_events(&given, "unregistered");
         assert_eq!(
             kinds(&events),
             ["Deleted r.a.v1", "Deleted r.b.v1", "Closed"]
         );
-        given.committed(&events, 9);
-        assert!(given.revisions.is_empty());
-        assert_eq!(given.version, 9);
     }
 }

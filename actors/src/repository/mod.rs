@@ -58,22 +58,38 @@ pub fn origin_error(e: &OriginError) -> ServiceError {
     }
 }
 
+/// Appends `events` at the component's version, in appends of at most
+/// `store.append-max-events` (a large first sync can exceed one), keeping
+/// the component's version current after each. The last event (a
+/// `SyncSucceeded` or `RepositoryClosed`) comes last, so a reader sees a
+/// sync as finished only once all of it is committed; a crash in between
+/// leaves a partial reconciliation that the next sync completes.
 async fn append(
     env: &SyncEnv,
-    component: &RepositoryComponent,
-    events: Vec<Event>,
+    component: &mut RepositoryComponent,
+    mut events: Vec<Event>,
     metadata: Metadata,
-) -> Result<u64, ServiceError> {
-    let appended = env
-        .store
-        .append_async(
-            &component.stream,
-            ExpectedVersion::Exact(component.version),
-            events,
-            metadata,
-        )
-        .await?;
-    Ok(appended.stream_version())
+) -> Result<(), ServiceError> {
+    let max = env.store.config().append_max_events.max(1);
+    while !events.is_empty() {
+        let rest = if events.len() > max {
+            events.split_off(max)
+        } else {
+            Vec::new()
+        };
+        let appended = env
+            .store
+            .append_async(
+                &component.stream,
+                ExpectedVersion::Exact(component.version),
+                events,
+                metadata.clone(),
+            )
+            .await?;
+        component.committed(appended.stream_version());
+        events = rest;
+    }
+    Ok(())
 }
 
 impl Handler<Register> for RepositoryActor {
@@ -81,20 +97,19 @@ impl Handler<Register> for RepositoryActor {
 
     fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) -> Self::Result {
         let env = self.env.clone();
-        let component = self.component.clone();
+        let mut component = self.component.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let events = vec![event(Payload::RepositoryRegistered(RepositoryRegistered {
                     spec: Some(component.spec.clone()),
                 }))];
-                let version = append(&env, &component, events.clone(), msg.metadata).await?;
-                Ok((events, version))
+                let result = append(&env, &mut component, events, msg.metadata).await;
+                (component, result)
             }
             .into_actor(self)
-            .map(|result: Result<(Vec<Event>, u64), ServiceError>, act, _| {
-                let (events, version) = result?;
-                act.component.committed(&events, version);
-                Ok(())
+            .map(|(component, result), act, _| {
+                act.component = component;
+                result
             }),
         ))
     }
@@ -122,8 +137,9 @@ impl Handler<Sync> for RepositoryActor {
     }
 }
 
-/// One sync: `SyncStarted`, read the upstream, then the reconciliation and
-/// `SyncSucceeded` in one append — or `SyncFailed`.
+/// One sync: `SyncStarted`, read the upstream and diff it against the view,
+/// then the reconciliation ending with `SyncSucceeded` (in bounded appends)
+/// — or `SyncFailed`.
 async fn sync_once(
     env: &Arc<SyncEnv>,
     component: &mut RepositoryComponent,
@@ -135,29 +151,39 @@ async fn sync_once(
     let opened = vec![event(Payload::SyncStarted(SyncStarted {
         trigger: msg.trigger.clone(),
     }))];
-    let version = append(env, component, opened.clone(), metadata.clone()).await?;
-    component.committed(&opened, version);
+    append(env, component, opened, metadata.clone()).await?;
 
-    let spec = component.spec.clone();
+    // Git and the diff against the view, off the arbiter.
     let read_env = env.clone();
+    let snapshot = component.clone();
     let asked_at = msg.asked_at;
-    let upstream = tokio::task::spawn_blocking(move || read_upstream(&read_env, &spec, asked_at))
-        .await
-        .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
-    match upstream {
-        Ok(upstream) => {
-            let duration_ms = started.elapsed().as_millis() as u64;
-            let (events, changes) =
-                component.sync_events(&upstream.revisions, &upstream.commit, duration_ms);
-            let version = append(env, component, events.clone(), metadata).await?;
-            drop(upstream.pins); // the references are committed now
-            component.committed(&events, version);
-            info!(repo = %key, added = changes.added, modified = changes.modified, deleted = changes.deleted, duration_ms, "sync finished");
+    let outcome = tokio::task::spawn_blocking(move || {
+        let upstream = read_upstream(&read_env, &snapshot.spec, asked_at)?;
+        let current = snapshot
+            .current(&read_env.store)
+            .map_err(|e| OriginError::Git(format!("reading the views: {e}")))?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (events, changes) = RepositoryComponent::sync_events(
+            &current,
+            &upstream.revisions,
+            &upstream.commit,
+            duration_ms,
+        );
+        Ok::<_, OriginError>((events, changes, upstream.revisions.len(), upstream.pins))
+    })
+    .await
+    .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
+    match outcome {
+        Ok((events, changes, package_count, pins)) => {
+            append(env, component, events, metadata).await?;
+            drop(pins); // the references are committed now
+            info!(repo = %key, added = changes.added, modified = changes.modified, deleted = changes.deleted,
+                duration_ms = started.elapsed().as_millis() as u64, "sync finished");
             Ok(SyncReport {
                 added: changes.added,
                 modified: changes.modified,
                 deleted: changes.deleted,
-                package_count: component.revisions.len() as u32,
+                package_count: package_count as u32,
             })
         }
         Err(e) => {
@@ -167,8 +193,7 @@ async fn sync_once(
                 message: e.to_string(),
                 retry_at: None,
             }))];
-            let version = append(env, component, failed.clone(), metadata).await?;
-            component.committed(&failed, version);
+            append(env, component, failed, metadata).await?;
             Err(origin_error(&e))
         }
     }
@@ -179,26 +204,32 @@ impl Handler<Close> for RepositoryActor {
 
     fn handle(&mut self, msg: Close, _ctx: &mut Self::Context) -> Self::Result {
         let env = self.env.clone();
-        let component = self.component.clone();
+        let mut component = self.component.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let events = component.close_events("unregistered");
-                let version = append(&env, &component, events.clone(), msg.metadata).await?;
-                Ok((events, version))
+                let result = async {
+                    let snapshot = component.clone();
+                    let store = env.store.clone();
+                    let current = tokio::task::spawn_blocking(move || snapshot.current(&store))
+                        .await
+                        .map_err(|e| ServiceError::internal(format!("close task failed: {e}")))??;
+                    let events = RepositoryComponent::close_events(&current, "unregistered");
+                    append(&env, &mut component, events, msg.metadata).await
+                }
+                .await;
+                (component, result)
             }
             .into_actor(self)
-            .map(
-                |result: Result<(Vec<Event>, u64), ServiceError>, act, ctx| {
-                    let (events, version) = result?;
-                    act.component.committed(&events, version);
+            .map(|(component, result), act, ctx| {
+                act.component = component;
+                if result.is_ok() {
                     ctx.stop();
-                    Ok(())
-                },
-            ),
+                }
+                result
+            }),
         ))
     }
 }
-
 impl Handler<Stop> for RepositoryActor {
     type Result = ();
 
