@@ -42,6 +42,9 @@ use crate::{
 /// Metadata travels in NATS headers, which allow no control characters.
 pub const METADATA_MAX_BYTES: usize = 512;
 
+/// Memory for memtables across all column families, in bytes (64 MiB).
+pub const MEMTABLES_MAX_BYTES: usize = 64 << 20;
+
 /// Version of the on-disk layout (column families and key formats).
 pub const LAYOUT_VERSION: u32 = 1;
 
@@ -691,6 +694,11 @@ fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageError> {
     // Keep fds bounded and let RocksDB use both cores for background work.
     options.set_max_open_files(512);
     options.increase_parallelism(2);
+    // Bound memtable memory across all column families (64 MiB each would
+    // be RocksDB's default): resident memory must not grow with the number
+    // of families or of revisions.
+    options.set_db_write_buffer_size(MEMTABLES_MAX_BYTES);
+    options.set_write_buffer_size(MEMTABLES_MAX_BYTES / 4);
     let mut names: Vec<String> = Column::ALL.iter().map(|c| c.name().to_owned()).collect();
     names.extend(view_cfs.iter().cloned());
     // Open families this build does not know (a view from another version)
