@@ -6,14 +6,14 @@
 use std::{
     net::TcpListener,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use cairn::{config::NodeConfig, node::Node};
 use cairn_events::{envelope::Metadata, v1::LogReadReply, StreamId};
 use cairn_storage::{views::default_views, EventLog, ExpectedVersion, Store, StoreConfig};
-use cairn_tests::{async_lines, events, free_port, next_line, read_line_matching};
+use cairn_tests::{async_lines, events, free_port, next_line, read_line_matching, ChildGuard};
 use prost::Message as _;
 use serde_json::{json, Value};
 
@@ -38,8 +38,8 @@ fn seed(data_dir: &Path) -> Vec<String> {
     ids
 }
 
-fn spawn_node(data_dir: &Path, port: u16) -> Child {
-    Command::new(CAIRN)
+fn spawn_node(data_dir: &Path, port: u16) -> ChildGuard {
+    let child = Command::new(CAIRN)
         .args(["node", "--data-dir"])
         .arg(data_dir)
         .args(["--nats-listen", &format!("127.0.0.1:{port}")])
@@ -48,7 +48,8 @@ fn spawn_node(data_dir: &Path, port: u16) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    ChildGuard(child)
 }
 
 async fn request(client: &async_nats::Client, subject: &str, body: &[u8]) -> async_nats::Message {
@@ -83,11 +84,12 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     let ids = seed(dir.path());
     let port = free_port();
     let mut node = spawn_node(dir.path(), port);
-    let (ready, _rest) =
-        read_line_matching(node.stdout.take().unwrap(), Duration::from_secs(60), |l| {
-            l.starts_with("cairn node ready")
-        })
-        .unwrap();
+    let (ready, _rest) = read_line_matching(
+        node.0.stdout.take().unwrap(),
+        Duration::from_secs(60),
+        |l| l.starts_with("cairn node ready"),
+    )
+    .unwrap();
     assert_eq!(ready, format!("cairn node ready: NATS nats://127.0.0.1:{port} (service \"cairn\", events on cairn.events.>)"));
     let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
         .await
@@ -404,9 +406,11 @@ fn a_taken_port_and_bad_config_are_named() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let out = spawn_node(dir.path(), port).wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut node = spawn_node(dir.path(), port);
+    let mut stderr = String::new();
+    // Read to the end (the node exits), then reap it.
+    std::io::Read::read_to_string(&mut node.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!node.wait().unwrap().success());
     assert!(
         stderr.contains(&format!("nats.listen 127.0.0.1:{port} is already in use")),
         "{stderr}"
