@@ -139,6 +139,7 @@ pub fn discover(repo: &Path, branch: &str, directory: &str) -> Result<Discovery,
         directory: directory.trim_matches('/'),
         annotations: HashMap::new(),
         resources: HashMap::new(),
+        history: History::default(),
     }
     .run()
 }
@@ -165,6 +166,21 @@ struct Discoverer<'a> {
     annotations: HashMap<Oid, Rc<[Annotation]>>,
     /// Files per package tree: revisions often share a tree.
     resources: HashMap<Oid, BTreeMap<String, Vec<u8>>>,
+    /// The history, indexed once (see [`History`]).
+    history: History,
+}
+
+/// The repository's history, indexed by one walk per discovery: every
+/// commit reachable from a ref gets its position in one topological,
+/// newest-first order (children before parents, committer time breaking
+/// ties), and each package the positions of the commits annotated for it.
+/// A lookup "newest annotated ancestor of X for package P" then visits only
+/// P's annotated commits instead of walking the history from X — which, done
+/// for every revision, cost revisions × history.
+#[derive(Default)]
+struct History {
+    position: HashMap<Oid, usize>,
+    annotated: HashMap<String, Vec<(usize, Oid)>>,
 }
 
 impl Discoverer<'_> {
@@ -192,6 +208,12 @@ impl Discoverer<'_> {
                 others.push((name.to_owned(), commit.id()));
             }
         }
+
+        let starts: Vec<Oid> = main
+            .into_iter()
+            .chain(others.iter().map(|(_, c)| *c))
+            .collect();
+        self.index_history(&starts)?;
 
         let mut revisions = Vec::new();
         for (name, commit) in &others {
@@ -354,7 +376,7 @@ impl Discoverer<'_> {
         // approval that put it there: it gives publisher, time, and the
         // workspace whose tasks the placeholder shows.
         let mut latest = None;
-        self.walk(tip, |commit, annotations| {
+        self.walk(tip, package, |commit, annotations| {
             if annotations.iter().any(|a| a.package == package) {
                 let workspace = annotated_workspace(annotations, package);
                 latest = Some((publish_info(commit), workspace));
@@ -475,7 +497,7 @@ impl Discoverer<'_> {
         workspace: &str,
     ) -> Result<Vec<Task>, OriginError> {
         let mut tasks = Vec::new();
-        self.walk(start, |_, annotations| {
+        self.walk(start, package, |_, annotations| {
             for a in annotations {
                 let workspace_matches = a.workspace_name == workspace
                     || (a.workspace_name.is_empty() && a.revision == workspace);
@@ -495,29 +517,75 @@ impl Discoverer<'_> {
         Ok(tasks)
     }
 
-    /// Visits the history from `start`, newest first by committer time
-    /// (children always before parents), until `visit` returns true.
-    fn walk(
-        &mut self,
-        start: Oid,
-        mut visit: impl FnMut(&git2::Commit<'_>, &[Annotation]) -> bool,
-    ) -> Result<(), OriginError> {
+    /// Builds [`History`] with one walk from every ref.
+    fn index_history(&mut self, starts: &[Oid]) -> Result<(), OriginError> {
         let mut walk = self.repo.revwalk().map_err(map_git_error)?;
         // Committer time, but never a parent before its children: commits
         // made within one second (Porch writes several) keep their order.
         walk.set_sorting(Sort::TOPOLOGICAL | Sort::TIME)
             .map_err(map_git_error)?;
-        walk.push(start).map_err(map_git_error)?;
-        for (visited, oid) in walk.enumerate() {
-            if visited >= HISTORY_WALK_COMMITS_MAX {
+        for start in starts {
+            walk.push(*start).map_err(map_git_error)?;
+        }
+        for (position, oid) in walk.enumerate() {
+            if position >= HISTORY_WALK_COMMITS_MAX {
                 warn!(
-                    start = %start,
                     commits_max = HISTORY_WALK_COMMITS_MAX,
-                    "history walk cut short"
+                    "history index cut short"
                 );
                 break;
             }
             let oid = oid.map_err(map_git_error)?;
+            self.history.position.insert(oid, position);
+            let commit = self.repo.find_commit(oid).map_err(map_git_error)?;
+            let annotations = self.annotations_of(&commit);
+            let mut packages: Vec<&str> = annotations.iter().map(|a| a.package.as_str()).collect();
+            packages.sort_unstable();
+            packages.dedup();
+            for package in packages {
+                self.history
+                    .annotated
+                    .entry(package.to_owned())
+                    .or_default()
+                    .push((position, oid));
+            }
+        }
+        Ok(())
+    }
+
+    /// Visits the commits annotated for `package` that are `start` or its
+    /// ancestors, newest first (children before parents), until `visit`
+    /// returns true.
+    fn walk(
+        &mut self,
+        start: Oid,
+        package: &str,
+        mut visit: impl FnMut(&git2::Commit<'_>, &[Annotation]) -> bool,
+    ) -> Result<(), OriginError> {
+        let Some(&from) = self.history.position.get(&start) else {
+            return Ok(());
+        };
+        let candidates: Vec<Oid> = self
+            .history
+            .annotated
+            .get(package)
+            .map(|commits| {
+                commits
+                    .iter()
+                    .filter(|(p, _)| *p >= from)
+                    .map(|(_, oid)| *oid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for oid in candidates {
+            let reachable = oid == start
+                || self
+                    .repo
+                    .graph_descendant_of(start, oid)
+                    .map_err(map_git_error)?;
+            if !reachable {
+                continue;
+            }
             let commit = self.repo.find_commit(oid).map_err(map_git_error)?;
             let annotations = self.annotations_of(&commit);
             if visit(&commit, &annotations) {
