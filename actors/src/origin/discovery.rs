@@ -177,10 +177,16 @@ struct Discoverer<'a> {
 /// A lookup "newest annotated ancestor of X for package P" then visits only
 /// P's annotated commits instead of walking the history from X — which, done
 /// for every revision, cost revisions × history.
+///
+/// Ancestry between two commits of the registered branch's first-parent
+/// chain (where approvals and tags live) is a comparison of chain indexes;
+/// only commits off that chain (drafts, proposals) ask libgit2.
 #[derive(Default)]
 struct History {
     position: HashMap<Oid, usize>,
     annotated: HashMap<String, Vec<(usize, Oid)>>,
+    /// First-parent chain of the registered branch: commit → index (0 = tip).
+    chain: HashMap<Oid, usize>,
 }
 
 impl Discoverer<'_> {
@@ -213,7 +219,7 @@ impl Discoverer<'_> {
             .into_iter()
             .chain(others.iter().map(|(_, c)| *c))
             .collect();
-        self.index_history(&starts)?;
+        self.index_history(&starts, main)?;
 
         let mut revisions = Vec::new();
         for (name, commit) in &others {
@@ -518,7 +524,17 @@ impl Discoverer<'_> {
     }
 
     /// Builds [`History`] with one walk from every ref.
-    fn index_history(&mut self, starts: &[Oid]) -> Result<(), OriginError> {
+    fn index_history(&mut self, starts: &[Oid], tip: Option<Oid>) -> Result<(), OriginError> {
+        if let Some(tip) = tip {
+            let mut walk = self.repo.revwalk().map_err(map_git_error)?;
+            walk.simplify_first_parent().map_err(map_git_error)?;
+            walk.push(tip).map_err(map_git_error)?;
+            for (index, oid) in walk.enumerate().take(HISTORY_WALK_COMMITS_MAX) {
+                self.history
+                    .chain
+                    .insert(oid.map_err(map_git_error)?, index);
+            }
+        }
         let mut walk = self.repo.revwalk().map_err(map_git_error)?;
         // Committer time, but never a parent before its children: commits
         // made within one second (Porch writes several) keep their order.
@@ -577,12 +593,16 @@ impl Discoverer<'_> {
                     .collect()
             })
             .unwrap_or_default();
+        let start_on_chain = self.history.chain.get(&start).copied();
         for oid in candidates {
-            let reachable = oid == start
-                || self
+            let reachable = match (start_on_chain, self.history.chain.get(&oid)) {
+                _ if oid == start => true,
+                (Some(s), Some(c)) => *c > s,
+                _ => self
                     .repo
                     .graph_descendant_of(start, oid)
-                    .map_err(map_git_error)?;
+                    .map_err(map_git_error)?,
+            };
             if !reachable {
                 continue;
             }
