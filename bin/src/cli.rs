@@ -237,6 +237,40 @@ enum BenchCommand {
         #[arg(long, default_value_t = 512)]
         max_in_flight: usize,
     },
+    /// Full and one-package pkgrev.list latency vs raw NATS request/reply of the same bytes.
+    List {
+        /// Package revisions in the generated repository (5 per package).
+        #[arg(long, default_value_t = 10_000)]
+        revisions: u64,
+        /// Timed listings of each kind at most.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Stop each measurement after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        budget: std::time::Duration,
+        /// Items per page (the server's default when not given).
+        #[arg(long)]
+        page_size: Option<u64>,
+    },
+    /// First sync (register with wait) vs git clone --mirror of the same repository.
+    SyncFirst {
+        /// Packages in the generated repository.
+        #[arg(long, default_value_t = 1000)]
+        packages: usize,
+        /// Revisions per package: revisions-1 published tags plus the main placeholder.
+        #[arg(long, default_value_t = 5)]
+        revisions: usize,
+    },
+    /// Resident memory of the (in-process) node after syncing and listing N revisions.
+    Memory {
+        /// Package revisions in the generated repository (5 per package).
+        #[arg(long, default_value_t = 100_000)]
+        revisions: u64,
+        /// One approval commit per revision (as Porch writes) instead of one
+        /// commit per revision number; first syncs of long histories are slow.
+        #[arg(long)]
+        porch_history: bool,
+    },
 }
 
 /// Parses the command line and runs it; errors go to stderr, exit code 1.
@@ -468,6 +502,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         nats_url,
                         server_binary: "nats-server".into(),
                         max_in_flight,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::List {
+                    revisions,
+                    iterations,
+                    budget,
+                    page_size,
+                } => bench::list(
+                    &bench::ListOptions {
+                        revisions,
+                        iterations,
+                        budget,
+                        page_size,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::SyncFirst {
+                    packages,
+                    revisions,
+                } => bench::sync_first(
+                    &bench::SyncFirstOptions {
+                        packages,
+                        revisions,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Memory {
+                    revisions,
+                    porch_history,
+                } => bench::memory(
+                    &bench::MemoryOptions {
+                        revisions,
+                        history: if porch_history {
+                            bench::gen::History::Porch
+                        } else {
+                            bench::gen::History::Compact
+                        },
                     },
                     &mut stdout,
                 )

@@ -9,6 +9,20 @@
 //! - `publish`: events from the log through the Publisher into JetStream
 //!   (acknowledged) vs raw async-nats JetStream publishes of the same
 //!   payloads and headers into a fresh stream, with the same in-flight window.
+//!
+//! On generated repositories ([`gen`]) served by an in-process node
+//! ([`cache`]), each with its own last line:
+//!
+//! - `list`: full and one-package `pkgrev.list` latency vs raw NATS
+//!   request/reply of the same bytes in the same round trips.
+//! - `sync-first`: register-with-wait (first sync) vs `git clone --mirror`.
+//! - `memory`: the node's resident memory after syncing and listing N
+//!   revisions.
+
+pub mod cache;
+pub mod gen;
+
+pub use cache::{list, memory, sync_first, ListOptions, MemoryOptions, SyncFirstOptions};
 
 use std::{
     future::IntoFuture,
