@@ -108,6 +108,8 @@ pub enum Body {
     Json(serde_json::Value),
     /// An encoded protobuf reply.
     Protobuf(Vec<u8>),
+    /// A JSON reply already serialised (large pages are assembled as bytes).
+    JsonBytes(Vec<u8>),
 }
 
 impl Body {
@@ -125,16 +127,27 @@ impl Body {
 }
 
 impl Reply for Body {
+    fn json_bytes(&self) -> Result<Vec<u8>, ServiceError> {
+        match self {
+            Body::JsonBytes(b) => Ok(b.clone()),
+            other => serde_json::to_vec(&other.to_json()?)
+                .map_err(|e| ServiceError::internal(e.to_string())),
+        }
+    }
+
     fn to_json(&self) -> Result<serde_json::Value, ServiceError> {
         match self {
             Body::Json(v) => Ok(v.clone()),
+            Body::JsonBytes(b) => {
+                serde_json::from_slice(b).map_err(|e| ServiceError::internal(e.to_string()))
+            }
             Body::Protobuf(_) => Err(ServiceError::internal("protobuf reply asked for as JSON")),
         }
     }
 
     fn to_protobuf(&self) -> Vec<u8> {
         match self {
-            Body::Protobuf(b) => b.clone(),
+            Body::Protobuf(b) | Body::JsonBytes(b) => b.clone(),
             Body::Json(v) => v.to_string().into_bytes(),
         }
     }
@@ -146,14 +159,16 @@ pub trait Reply {
     fn to_json(&self) -> Result<serde_json::Value, ServiceError>;
     /// The protobuf body.
     fn to_protobuf(&self) -> Vec<u8>;
+    /// The JSON body, serialised.
+    fn json_bytes(&self) -> Result<Vec<u8>, ServiceError> {
+        serde_json::to_vec(&self.to_json()?).map_err(|e| ServiceError::internal(e.to_string()))
+    }
 }
 
 /// Sends `result` to the requester in `format`.
 pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result<R, ServiceError>) {
     let outcome = result.and_then(|reply| match format {
-        Format::Json => reply.to_json().and_then(|v| {
-            serde_json::to_vec(&v).map_err(|e| ServiceError::internal(e.to_string()))
-        }),
+        Format::Json => reply.json_bytes(),
         Format::Protobuf => Ok(reply.to_protobuf()),
     });
     let sent = match outcome {

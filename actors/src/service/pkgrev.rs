@@ -28,33 +28,79 @@ pub const MAX_LIST_LIMIT: u64 = 5000;
 /// Rows read from the view per scan step while filtering.
 const SCAN_PAGE: usize = 1024;
 
+/// The JSON form of a package revision, serialised straight from the row
+/// (no intermediate `Value`: list pages render thousands of these).
+#[derive(serde::Serialize)]
+struct RevisionJson<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    repository: &'a str,
+    path: &'a str,
+    package: &'a str,
+    workspace: &'a str,
+    revision: i64,
+    lifecycle: &'a str,
+    latest: bool,
+    commit: &'a str,
+    resource_version: String,
+    published_by: Option<&'a str>,
+    published_at: Value,
+    tasks: Vec<TaskJson<'a>>,
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// A task: its annotation JSON as recorded, or `{"type": …}` when that is
+/// not valid JSON.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum TaskJson<'a> {
+    Raw(&'a serde_json::value::RawValue),
+    Type { r#type: &'a str },
+}
+
+fn revision_view<'a>(
+    row: &'a PackageRevisionRow,
+    empty: &'a pb::PackageRevision,
+) -> RevisionJson<'a> {
+    let r = row.revision.as_ref().unwrap_or(empty);
+    RevisionJson {
+        name: &r.name,
+        namespace: &row.namespace,
+        repository: &row.repository,
+        path: &r.path,
+        package: &r.package,
+        workspace: &r.workspace,
+        revision: r.revision,
+        lifecycle: &r.lifecycle,
+        latest: r.latest,
+        commit: &r.commit,
+        resource_version: row.updated_seq.to_string(),
+        published_by: (!r.published_by.is_empty()).then_some(r.published_by.as_str()),
+        published_at: timestamp_json(r.published_at.as_ref()),
+        tasks: r
+            .tasks
+            .iter()
+            .map(
+                |t| match serde_json::from_str::<&serde_json::value::RawValue>(&t.raw) {
+                    Ok(raw) => TaskJson::Raw(raw),
+                    Err(_) => TaskJson::Type { r#type: &t.r#type },
+                },
+            )
+            .collect(),
+        labels: &r.labels,
+    }
+}
+
+/// The JSON form of a package revision row, serialised.
+pub fn revision_json_bytes(row: &PackageRevisionRow) -> Vec<u8> {
+    let empty = pb::PackageRevision::default();
+    serde_json::to_vec(&revision_view(row, &empty)).unwrap_or_default()
+}
+
 /// The JSON form of a package revision row.
 pub fn revision_json(row: &PackageRevisionRow) -> Value {
-    let r = row.revision.clone().unwrap_or_default();
-    let tasks: Vec<Value> = r
-        .tasks
-        .iter()
-        .map(|t| {
-            serde_json::from_str::<Value>(&t.raw).unwrap_or_else(|_| json!({ "type": t.r#type }))
-        })
-        .collect();
-    json!({
-        "name": r.name,
-        "namespace": row.namespace,
-        "repository": row.repository,
-        "path": r.path,
-        "package": r.package,
-        "workspace": r.workspace,
-        "revision": r.revision,
-        "lifecycle": r.lifecycle,
-        "latest": r.latest,
-        "commit": r.commit,
-        "resource_version": row.updated_seq.to_string(),
-        "published_by": if r.published_by.is_empty() { Value::Null } else { Value::String(r.published_by) },
-        "published_at": timestamp_json(r.published_at.as_ref()),
-        "tasks": tasks,
-        "labels": r.labels,
-    })
+    let empty = pb::PackageRevision::default();
+    serde_json::to_value(revision_view(row, &empty)).unwrap_or(Value::Null)
 }
 
 /// A validated `pkgrev.list` filter.
@@ -240,38 +286,51 @@ pub async fn handle_list(context: ServiceContext, request: Request) {
             .transpose()?;
         let store = context.store.clone();
         let max = context.reply_max_bytes();
-        let (items, next, seq) = blocking(move || list(&store, &filter, after, limit)).await?;
-        // Cut the page where it still fits the server's max payload, and
-        // continue after the last item sent.
-        let mut size = 64;
-        let mut sent = 0;
-        let mut token = next.map(|k| encode_continue(&k));
-        let mut json_items = Vec::new();
-        for (i, (_, row)) in items.iter().enumerate() {
-            let item = (format == Format::Json).then(|| revision_json(row));
-            size += match &item {
-                Some(v) => v.to_string().len() + 1,
-                None => row.encoded_len() + 4,
-            };
-            if size > max && i > 0 {
-                token = Some(encode_continue(&items[i - 1].0));
-                break;
-            }
-            json_items.extend(item);
-            sent = i + 1;
-        }
-        Ok(Body::of(
-            format,
-            || json!({ "items": json_items, "continue": token, "seq": seq }),
-            || {
-                pb::PkgRevList {
-                    items: items[..sent].iter().map(|(_, row)| row.clone()).collect(),
-                    r#continue: token.clone().unwrap_or_default(),
-                    seq,
+        // Read, filter, render and cut the page off the async threads.
+        blocking(move || {
+            let (items, next, seq) = list(&store, &filter, after, limit)?;
+            let mut token = next.map(|k| encode_continue(&k));
+            let mut size = 64;
+            let mut sent = 0;
+            let mut rendered: Vec<Vec<u8>> = Vec::new();
+            for (i, (_, row)) in items.iter().enumerate() {
+                let item = (format == Format::Json).then(|| revision_json_bytes(row));
+                size += item.as_ref().map_or(row.encoded_len() + 4, |b| b.len() + 1);
+                if size > max && i > 0 {
+                    // Cut where the page still fits the server's max payload;
+                    // continue after the last item sent.
+                    token = Some(encode_continue(&items[i - 1].0));
+                    break;
                 }
-                .encode_to_vec()
-            },
-        ))
+                rendered.extend(item);
+                sent = i + 1;
+            }
+            Ok(match format {
+                Format::Json => {
+                    let mut page = Vec::with_capacity(size + 64);
+                    page.extend_from_slice(b"{\"items\":[");
+                    for (i, item) in rendered.iter().enumerate() {
+                        if i > 0 {
+                            page.push(b',');
+                        }
+                        page.extend_from_slice(item);
+                    }
+                    page.extend_from_slice(b"],\"continue\":");
+                    page.extend_from_slice(&serde_json::to_vec(&token).unwrap_or_default());
+                    page.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
+                    Body::JsonBytes(page)
+                }
+                Format::Protobuf => Body::Protobuf(
+                    pb::PkgRevList {
+                        items: items.into_iter().take(sent).map(|(_, row)| row).collect(),
+                        r#continue: token.unwrap_or_default(),
+                        seq,
+                    }
+                    .encode_to_vec(),
+                ),
+            })
+        })
+        .await
     }
     .await;
     codec::respond(&request, format, result).await;
