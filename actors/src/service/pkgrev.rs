@@ -216,6 +216,9 @@ pub fn list(
 ) -> Result<Page, ServiceError> {
     // The position first: every row read after it reflects at least it.
     let seq = store.last_seq()?;
+    // Scan in steps of the page size (bounded): an unfiltered page reads
+    // exactly the rows it returns.
+    let step = limit.clamp(64, SCAN_PAGE);
     let mut items = Vec::new();
     let mut cursor = after;
     loop {
@@ -224,9 +227,9 @@ pub fn list(
             filter.namespace.as_deref(),
             filter.repository.as_deref(),
             cursor.as_deref(),
-            SCAN_PAGE,
+            step,
         )?;
-        let exhausted = page.len() < SCAN_PAGE;
+        let exhausted = page.len() < step;
         for (key, row) in page {
             cursor = Some(key.clone());
             if filter.matches(&row) {
