@@ -73,3 +73,10 @@ impl From<StorageError> for ServiceError {
         }
     }
 }
+
+impl From<actix::MailboxError> for ServiceError {
+    /// The actor that should answer is gone or overloaded: try again later.
+    fn from(e: actix::MailboxError) -> Self {
+        Self::unavailable(format!("actor unavailable: {e}"))
+    }
+}

@@ -114,10 +114,6 @@ impl Actor for Registry {
     }
 }
 
-fn mailbox(e: MailboxError) -> ServiceError {
-    ServiceError::unavailable(format!("repository actor unavailable: {e}"))
-}
-
 impl Handler<RegisterRepository> for Registry {
     type Result =
         ResponseActFuture<Self, Result<Option<Result<SyncReport, ServiceError>>, ServiceError>>;
@@ -159,7 +155,7 @@ impl Handler<RegisterRepository> for Registry {
                         metadata: metadata.clone(),
                     })
                     .await
-                    .map_err(mailbox);
+                    .map_err(ServiceError::from);
                 if let Err(e) = registered.and_then(|r| r) {
                     return (false, Err(e));
                 }
@@ -169,7 +165,10 @@ impl Handler<RegisterRepository> for Registry {
                     metadata,
                 };
                 if wait {
-                    (true, actor.send(sync).await.map_err(mailbox).map(Some))
+                    (
+                        true,
+                        actor.send(sync).await.map_err(ServiceError::from).map(Some),
+                    )
                 } else {
                     actix::spawn(async move {
                         let _ = actor.send(sync).await;
@@ -210,8 +209,7 @@ impl Handler<UnregisterRepository> for Registry {
                     .send(Close {
                         metadata: msg.metadata,
                     })
-                    .await
-                    .map_err(mailbox)??;
+                    .await??;
                 if last_of_url && !url.is_empty() {
                     let removed =
                         tokio::task::spawn_blocking(move || env.fetches.remove(&url)).await;
@@ -245,8 +243,7 @@ impl Handler<SyncRepository> for Registry {
                     asked_at: msg.asked_at,
                     metadata: msg.metadata,
                 })
-                .await
-                .map_err(mailbox)?
+                .await?
         })
     }
 }

@@ -25,6 +25,21 @@ use crate::ServiceError;
 pub const DEFAULT_LIST_LIMIT: u64 = 500;
 /// Largest page of `pkgrev.list`.
 pub const MAX_LIST_LIMIT: u64 = 5000;
+/// Fields a `pkgrev.list` request may carry.
+pub const LIST_FIELDS: &[&str] = &[
+    "namespace",
+    "repository",
+    "path",
+    "package",
+    "workspace",
+    "revision",
+    "lifecycle",
+    "labels",
+    "latest",
+    "limit",
+    "continue",
+];
+
 /// Rows read from the view per scan step while filtering.
 const SCAN_PAGE: usize = 1024;
 
@@ -262,22 +277,7 @@ pub async fn handle_list(context: ServiceContext, request: Request) {
             &request,
             context.config.request_max_bytes,
         )?;
-        let f = Fields::parse(
-            &body,
-            &[
-                "namespace",
-                "repository",
-                "path",
-                "package",
-                "workspace",
-                "revision",
-                "lifecycle",
-                "labels",
-                "latest",
-                "limit",
-                "continue",
-            ],
-        )?;
+        let f = Fields::parse(&body, LIST_FIELDS)?;
         let filter = Filter::parse(&f)?;
         let limit = f
             .u64_in("limit", 1, MAX_LIST_LIMIT)?
@@ -479,25 +479,8 @@ mod tests {
             }),
             updated_seq: 3,
         };
-        let parse = |body: &str| {
-            Filter::parse(
-                &Fields::parse(
-                    body.as_bytes(),
-                    &[
-                        "namespace",
-                        "repository",
-                        "path",
-                        "package",
-                        "workspace",
-                        "revision",
-                        "lifecycle",
-                        "labels",
-                        "latest",
-                    ],
-                )
-                .unwrap(),
-            )
-        };
+        let parse =
+            |body: &str| Filter::parse(&Fields::parse(body.as_bytes(), LIST_FIELDS).unwrap());
         assert!(parse(r#"{"package":"a","revision":1,"lifecycle":["Published"],"labels":{"tier":"base"},"latest":true}"#).unwrap().matches(&row));
         assert!(!parse(r#"{"lifecycle":["Draft"]}"#).unwrap().matches(&row));
         assert!(!parse(r#"{"labels":{"tier":"app"}}"#).unwrap().matches(&row));

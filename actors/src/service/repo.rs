@@ -228,8 +228,7 @@ pub async fn handle_register(context: ServiceContext, request: Request) {
                 wait,
                 metadata,
             })
-            .await
-            .map_err(|e| ServiceError::unavailable(e.to_string()))??;
+            .await??;
         let row = current(&context, namespace, name).await?;
         Ok(repository_body(format, &row, sync.as_ref()))
     }
@@ -252,8 +251,7 @@ pub async fn handle_unregister(context: ServiceContext, request: Request) {
                 name: name.clone(),
                 metadata,
             })
-            .await
-            .map_err(|e| ServiceError::unavailable(e.to_string()))??;
+            .await??;
         let key = format!("{namespace}/{name}");
         Ok(Body::of(
             format,
@@ -331,8 +329,7 @@ pub async fn handle_sync(context: ServiceContext, request: Request) {
                 asked_at: Instant::now(),
                 metadata,
             })
-            .await
-            .map_err(|e| ServiceError::unavailable(e.to_string()))??;
+            .await??;
         let row = current(&context, namespace, name).await?;
         Ok(repository_body(format, &row, Some(&Ok(report))))
     }
