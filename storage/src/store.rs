@@ -34,7 +34,7 @@ use crate::{
     columns::{view_column, Column},
     keys::{self, meta},
     log::{Appended, EventLog, ExpectedVersion},
-    view::{fold, Overlay, RowSource, BLOB_REFS_CF},
+    view::{decode_row, fold, Overlay, RowSource, BLOB_REFS_CF},
     StorageError, View,
 };
 
@@ -443,15 +443,26 @@ impl Store {
         view: &str,
         key: &[u8],
     ) -> Result<Option<M>, StorageError> {
-        match self.view_get(view, key)? {
-            None => Ok(None),
-            Some(bytes) => M::decode(bytes.as_slice()).map(Some).map_err(|e| {
-                StorageError::Corrupt(format!(
-                    "view {view} row {}: {e}",
-                    String::from_utf8_lossy(key)
-                ))
-            }),
-        }
+        self.view_get(view, key)?
+            .map(|bytes| decode_row(view, key, &bytes))
+            .transpose()
+    }
+
+    /// [`Store::view_scan_after`], each row decoded as protobuf `M`.
+    pub fn view_scan_messages<M: prost::Message + Default>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, M)>, StorageError> {
+        self.view_scan_after(view, prefix, after, limit)?
+            .into_iter()
+            .map(|(key, value)| {
+                let row = decode_row(view, &key, &value)?;
+                Ok((key, row))
+            })
+            .collect()
     }
 
     /// Up to `limit` rows of view `view` whose key starts with `prefix`, in key order.
@@ -478,21 +489,7 @@ impl Store {
             }
             _ => prefix.to_vec(),
         };
-        let mut out = Vec::new();
-        for item in inner
-            .db
-            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
-        {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, value) = item?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            out.push((key.into_vec(), value.into_vec()));
-        }
-        Ok(out)
+        scan(&inner.db, cf, &start, prefix, limit)
     }
 
     /// Everything view `view` holds (rows, blob references, checkpoint).
@@ -719,8 +716,19 @@ fn scan_prefix(
     prefix: &[u8],
     limit: usize,
 ) -> Result<Rows, StorageError> {
+    scan(db, cf, prefix, prefix, limit)
+}
+
+/// Up to `limit` rows from key `start` on, while keys start with `prefix`.
+fn scan(
+    db: &DB,
+    cf: &ColumnFamily,
+    start: &[u8],
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Rows, StorageError> {
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
+    for item in db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
         if out.len() >= limit {
             break;
         }

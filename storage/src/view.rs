@@ -87,16 +87,9 @@ impl ViewTx<'_> {
         &self,
         key: &[u8],
     ) -> Result<Option<M>, StorageError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(bytes) => M::decode(bytes.as_slice()).map(Some).map_err(|e| {
-                StorageError::Corrupt(format!(
-                    "view {} row {:?}: {e}",
-                    self.view,
-                    String::from_utf8_lossy(key)
-                ))
-            }),
-        }
+        self.get(key)?
+            .map(|bytes| decode_row(self.view, key, &bytes))
+            .transpose()
     }
 
     /// Sets the row at `key`.
@@ -148,6 +141,20 @@ impl ViewTx<'_> {
         self.overlay.rows.insert((BLOB_REFS_CF, key), value);
         Ok(())
     }
+}
+
+/// Decodes a protobuf row of `view`; a row that does not decode is corruption.
+pub(crate) fn decode_row<M: prost::Message + Default>(
+    view: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<M, StorageError> {
+    M::decode(bytes).map_err(|e| {
+        StorageError::Corrupt(format!(
+            "view {view} row {}: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
 }
 
 /// Folds `envelope` into each view of `views` selected by `wanted`

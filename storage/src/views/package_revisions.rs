@@ -46,21 +46,11 @@ impl PackageRevisionsView {
             (Some(ns), None) => format!("{ns}/"),
             (None, _) => String::new(),
         };
-        let rows = store.view_scan_after(Self::NAME, prefix.as_bytes(), after, limit)?;
-        rows.into_iter()
-            .filter(|(key, _)| {
-                repository.is_none() || namespace.is_some() || repo_of_key(key) == repository
-            })
-            .map(|(key, value)| {
-                let row = prost::Message::decode(value.as_slice()).map_err(|e| {
-                    StorageError::Corrupt(format!(
-                        "package_revisions row {}: {e}",
-                        String::from_utf8_lossy(&key)
-                    ))
-                })?;
-                Ok((key, row))
-            })
-            .collect()
+        let mut rows = store.view_scan_messages(Self::NAME, prefix.as_bytes(), after, limit)?;
+        if namespace.is_none() && repository.is_some() {
+            rows.retain(|(key, _)| repo_of_key(key) == repository);
+        }
+        Ok(rows)
     }
 }
 

@@ -34,18 +34,11 @@ impl RepositoriesView {
         let prefix = namespace
             .map(|ns| format!("{ns}/").into_bytes())
             .unwrap_or_default();
-        store
-            .view_scan(Self::NAME, &prefix, usize::MAX)?
+        Ok(store
+            .view_scan_messages(Self::NAME, &prefix, None, usize::MAX)?
             .into_iter()
-            .map(|(key, value)| {
-                prost::Message::decode(value.as_slice()).map_err(|e| {
-                    StorageError::Corrupt(format!(
-                        "repositories row {}: {e}",
-                        String::from_utf8_lossy(&key)
-                    ))
-                })
-            })
-            .collect()
+            .map(|(_, row)| row)
+            .collect())
     }
 }
 
