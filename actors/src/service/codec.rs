@@ -81,24 +81,23 @@ where
     check_size(payload, max_bytes)?;
     match Format::of(request) {
         Format::Json => Ok((Format::Json, payload.to_vec())),
-        Format::Protobuf => {
-            let message = M::decode(payload.as_ref()).map_err(|e| {
-                ServiceError::bad_field(
-                    "request body",
-                    format!(
-                        "invalid protobuf {}: {e}",
-                        std::any::type_name::<M>()
-                            .rsplit("::")
-                            .next()
-                            .unwrap_or("message")
-                    ),
-                )
-            })?;
-            let json =
-                serde_json::to_vec(&message).map_err(|e| ServiceError::internal(e.to_string()))?;
-            Ok((Format::Protobuf, json))
-        }
+        Format::Protobuf => Ok((Format::Protobuf, protobuf_as_json::<M>(payload)?)),
     }
+}
+
+/// Decodes a protobuf `M` and renders it in its proto3 JSON mapping.
+pub fn protobuf_as_json<M>(payload: &[u8]) -> Result<Vec<u8>, ServiceError>
+where
+    M: prost::Message + Default + serde::Serialize,
+{
+    let message = M::decode(payload).map_err(|e| {
+        let name = std::any::type_name::<M>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("message");
+        ServiceError::bad_field("request body", format!("invalid protobuf {name}: {e}"))
+    })?;
+    serde_json::to_vec(&message).map_err(|e| ServiceError::internal(e.to_string()))
 }
 
 /// A reply built in the format the request asked for.

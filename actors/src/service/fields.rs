@@ -147,12 +147,16 @@ impl Fields {
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ServiceError> {
         match self.present(name) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                ServiceError::bad_field(
-                    name,
-                    format!("must be a non-negative integer, got {}", shown(v)),
-                )
-            }),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| proto_json_u64(v))
+                .map(Some)
+                .ok_or_else(|| {
+                    ServiceError::bad_field(
+                        &self.path(name),
+                        format!("must be a non-negative integer, got {}", shown(v)),
+                    )
+                }),
         }
     }
 
@@ -161,10 +165,10 @@ impl Fields {
     pub fn u64_in(&self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ServiceError> {
         match self.present(name) {
             None => Ok(None),
-            Some(v) => match v.as_u64() {
+            Some(v) => match v.as_u64().or_else(|| proto_json_u64(v)) {
                 Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
                 _ => Err(ServiceError::bad_field(
-                    name,
+                    &self.path(name),
                     format!(
                         "must be an integer between {min} and {max}, got {}",
                         shown(v)
@@ -185,6 +189,16 @@ impl Fields {
             )),
         }
     }
+}
+
+/// proto3 JSON writes 64-bit integers as decimal strings (and protobuf
+/// requests are validated in that form), so `"42"` counts as 42.
+fn proto_json_u64(v: &Value) -> Option<u64> {
+    let s = v.as_str()?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn shown(v: &Value) -> String {

@@ -6,10 +6,9 @@
 //! [`cairn_events::json`]; a reply also stops before it would exceed the
 //! server's max payload. `next_seq` is where the next read continues.
 
-use async_nats::service::Request;
 use cairn_events::{
     json,
-    v1::{Envelope, LogReadReply, LogReadRequest},
+    v1::{Envelope, LogReadReply},
     StreamId,
 };
 use cairn_storage::{EventLog, Store};
@@ -17,9 +16,9 @@ use prost::Message as _;
 
 use super::{
     blocking,
-    codec::{self, Format, Reply},
+    codec::{Body, Format, Reply},
     fields::Fields,
-    ServiceContext,
+    Incoming, ServiceContext,
 };
 use crate::ServiceError;
 
@@ -47,31 +46,6 @@ impl LogRead {
             fields.u64("from_seq")?.unwrap_or(0),
             fields.u64_in("limit", 1, MAX_LIMIT)?,
             fields.string("stream")?,
-        )
-    }
-
-    /// Parses a protobuf request ([`LogReadRequest`]; `limit` 0 = default).
-    pub fn from_protobuf(payload: &[u8]) -> Result<Self, ServiceError> {
-        let req = LogReadRequest::decode(payload).map_err(|e| {
-            ServiceError::bad_field(
-                "request body",
-                format!("invalid protobuf LogReadRequest: {e}"),
-            )
-        })?;
-        let limit = match u64::from(req.limit) {
-            0 => None,
-            n if n > MAX_LIMIT => {
-                return Err(ServiceError::bad_field(
-                    "limit",
-                    format!("must be an integer between 1 and {MAX_LIMIT}, got {n}"),
-                ))
-            }
-            n => Some(n),
-        };
-        Self::validated(
-            req.from_seq,
-            limit,
-            Some(req.stream).filter(|s| !s.is_empty()),
         )
     }
 
@@ -171,25 +145,25 @@ impl Reply for LogPage {
 }
 
 /// The endpoint handler.
-pub async fn handle_read(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        codec::check_size(&request.message.payload, context.config.request_max_bytes)?;
-        let read = match format {
-            Format::Json => LogRead::from_json(&request.message.payload)?,
-            Format::Protobuf => LogRead::from_protobuf(&request.message.payload)?,
-        };
-        let store = context.store.clone();
-        let max = context.reply_max_bytes();
-        blocking(move || read.run(&store, max, format)).await
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+pub async fn handle_read(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let read = LogRead::from_json(&request.body)?;
+    let format = request.format;
+    let store = context.store.clone();
+    let max = context.reply_max_bytes();
+    let page = blocking(move || read.run(&store, max, format)).await?;
+    Ok(match format {
+        Format::Json => Body::Json(page.to_json()?),
+        Format::Protobuf => Body::Protobuf(page.to_protobuf()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use cairn_events::v1::LogReadRequest;
+    use prost::Message as _;
+
     use super::*;
+    use crate::service::codec::protobuf_as_json;
 
     #[test]
     fn requests_are_validated_by_field() {
@@ -239,7 +213,7 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            LogRead::from_protobuf(&ok).unwrap(),
+            LogRead::from_json(&protobuf_as_json::<LogReadRequest>(&ok).unwrap()).unwrap(),
             LogRead {
                 from_seq: 3,
                 limit: DEFAULT_LIMIT,
@@ -253,10 +227,12 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            LogRead::from_protobuf(&big).unwrap_err().message,
+            LogRead::from_json(&protobuf_as_json::<LogReadRequest>(&big).unwrap())
+                .unwrap_err()
+                .message,
             "limit: must be an integer between 1 and 1000, got 5000"
         );
-        assert!(LogRead::from_protobuf(b"\xff\xff")
+        assert!(protobuf_as_json::<LogReadRequest>(b"\xff\xff")
             .unwrap_err()
             .message
             .starts_with("request body: invalid protobuf"));

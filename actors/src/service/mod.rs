@@ -115,24 +115,65 @@ impl CairnService {
         ));
         let mut tasks = Vec::new();
         macro_rules! endpoint {
-            ($name:literal, $handler:path) => {{
+            ($name:literal, $message:ty, $handler:path) => {{
                 let endpoint = service
                     .endpoint_builder()
                     .name($name.replace('.', "-"))
                     .add(concat!("cairn.v1.", $name))
                     .await?;
-                tasks.push(serve(endpoint, context.clone(), limiter.clone(), $handler));
+                tasks.push(serve::<$message, _, _>(
+                    endpoint,
+                    context.clone(),
+                    limiter.clone(),
+                    $handler,
+                ));
             }};
         }
-        endpoint!("log.read", log::handle_read);
-        endpoint!("repo.register", repo::handle_register);
-        endpoint!("repo.unregister", repo::handle_unregister);
-        endpoint!("repo.get", repo::handle_get);
-        endpoint!("repo.list", repo::handle_list);
-        endpoint!("repo.sync", repo::handle_sync);
-        endpoint!("pkgrev.list", pkgrev::handle_list);
-        endpoint!("pkgrev.get", pkgrev::handle_get);
-        endpoint!("pkgrev.resources", pkgrev::handle_resources);
+        endpoint!(
+            "log.read",
+            cairn_events::v1::LogReadRequest,
+            log::handle_read
+        );
+        endpoint!(
+            "repo.register",
+            cairn_events::v1::RepoRegisterRequest,
+            repo::handle_register
+        );
+        endpoint!(
+            "repo.unregister",
+            cairn_events::v1::RepoKeyRequest,
+            repo::handle_unregister
+        );
+        endpoint!(
+            "repo.get",
+            cairn_events::v1::RepoKeyRequest,
+            repo::handle_get
+        );
+        endpoint!(
+            "repo.list",
+            cairn_events::v1::RepoListRequest,
+            repo::handle_list
+        );
+        endpoint!(
+            "repo.sync",
+            cairn_events::v1::RepoKeyRequest,
+            repo::handle_sync
+        );
+        endpoint!(
+            "pkgrev.list",
+            cairn_events::v1::PkgRevListRequest,
+            pkgrev::handle_list
+        );
+        endpoint!(
+            "pkgrev.get",
+            cairn_events::v1::PkgRevKeyRequest,
+            pkgrev::handle_get
+        );
+        endpoint!(
+            "pkgrev.resources",
+            cairn_events::v1::PkgRevKeyRequest,
+            pkgrev::handle_resources
+        );
         // Make sure the server has the subscriptions before anyone is told
         // the service is up (else early requests find "no responders").
         client.flush().await?;
@@ -153,15 +194,16 @@ impl CairnService {
 
 /// Runs `handler` for each request of `endpoint`, at most `limiter`'s
 /// permits at once across the service.
-fn serve<F, Fut>(
+fn serve<M, F, Fut>(
     mut endpoint: service::endpoint::Endpoint,
     context: ServiceContext,
     limiter: Arc<Semaphore>,
     handler: F,
 ) -> JoinHandle<()>
 where
-    F: Fn(ServiceContext, service::Request) -> Fut + Send + Sync + Copy + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    M: prost::Message + Default + serde::Serialize,
+    F: Fn(ServiceContext, Incoming) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = Result<codec::Body, ServiceError>> + Send + 'static,
 {
     tokio::spawn(async move {
         while let Some(request) = endpoint.next().await {
@@ -170,11 +212,42 @@ where
             };
             let context = context.clone();
             tokio::spawn(async move {
-                handler(context, request).await;
+                let format = codec::Format::of(&request);
+                let result =
+                    match codec::request_json::<M>(&request, context.config.request_max_bytes) {
+                        Ok((format, body)) => {
+                            let headers = request.message.headers.clone();
+                            handler(
+                                context,
+                                Incoming {
+                                    format,
+                                    body,
+                                    headers,
+                                },
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                codec::respond(&request, format, result).await;
                 drop(permit);
             });
         }
     })
+}
+
+/// A request as an endpoint handler sees it: the format to answer in, the
+/// body as JSON (a protobuf body is already mapped to its JSON form, so one
+/// validation path serves both, see [`codec::request_json`]), and the
+/// headers (for trace context).
+#[derive(Debug)]
+pub struct Incoming {
+    /// The format to answer in.
+    pub format: codec::Format,
+    /// The body as JSON.
+    pub body: Vec<u8>,
+    /// The request's headers.
+    pub headers: Option<async_nats::HeaderMap>,
 }
 
 /// Runs blocking store work off the async threads.
@@ -189,13 +262,9 @@ pub async fn blocking<T: Send + 'static>(
 /// The metadata of a command: a fresh correlation id, the principal (the
 /// request's `"principal"` field, else `anonymous`) and the W3C trace
 /// context from the request's `traceparent`/`tracestate` headers.
-pub fn metadata(
-    request: &service::Request,
-    principal: Option<String>,
-) -> cairn_events::envelope::Metadata {
+pub fn metadata(request: &Incoming, principal: Option<String>) -> cairn_events::envelope::Metadata {
     let header = |name: &str| {
         request
-            .message
             .headers
             .as_ref()
             .and_then(|h| h.get(name))

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use async_nats::service::Request;
 use cairn_events::v1::{self as pb, PackageRevisionRow};
 use cairn_storage::{blob::Digest, views::PackageRevisionsView, BlobStore, EventLog};
 use prost::Message as _;
@@ -15,9 +14,9 @@ use serde_json::{json, Map, Value};
 
 use super::{
     blocking,
-    codec::{self, Body, Format},
+    codec::{Body, Format},
     fields::Fields,
-    timestamp_json, validate, ServiceContext,
+    timestamp_json, validate, Incoming, ServiceContext,
 };
 use crate::ServiceError;
 
@@ -270,73 +269,65 @@ fn decode_continue(token: &str) -> Result<Vec<u8>, ServiceError> {
 }
 
 /// `cairn.v1.pkgrev.list`.
-pub async fn handle_list(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) = codec::request_json::<pb::PkgRevListRequest>(
-            &request,
-            context.config.request_max_bytes,
-        )?;
-        let f = Fields::parse(&body, LIST_FIELDS)?;
-        let filter = Filter::parse(&f)?;
-        let limit = f
-            .u64_in("limit", 1, MAX_LIST_LIMIT)?
-            .unwrap_or(DEFAULT_LIST_LIMIT) as usize;
-        let after = f
-            .string("continue")?
-            .filter(|t| !t.is_empty())
-            .map(|t| decode_continue(&t))
-            .transpose()?;
-        let store = context.store.clone();
-        let max = context.reply_max_bytes();
-        // Read, filter, render and cut the page off the async threads.
-        blocking(move || {
-            let (items, next, seq) = list(&store, &filter, after, limit)?;
-            let mut token = next.map(|k| encode_continue(&k));
-            let mut size = 64;
-            let mut sent = 0;
-            let mut rendered: Vec<Vec<u8>> = Vec::new();
-            for (i, (_, row)) in items.iter().enumerate() {
-                let item = (format == Format::Json).then(|| revision_json_bytes(row));
-                size += item.as_ref().map_or(row.encoded_len() + 4, |b| b.len() + 1);
-                if size > max && i > 0 {
-                    // Cut where the page still fits the server's max payload;
-                    // continue after the last item sent.
-                    token = Some(encode_continue(&items[i - 1].0));
-                    break;
-                }
-                rendered.extend(item);
-                sent = i + 1;
+pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let f = Fields::parse(body, LIST_FIELDS)?;
+    let filter = Filter::parse(&f)?;
+    let limit = f
+        .u64_in("limit", 1, MAX_LIST_LIMIT)?
+        .unwrap_or(DEFAULT_LIST_LIMIT) as usize;
+    let after = f
+        .string("continue")?
+        .filter(|t| !t.is_empty())
+        .map(|t| decode_continue(&t))
+        .transpose()?;
+    let store = context.store.clone();
+    let max = context.reply_max_bytes();
+    // Read, filter, render and cut the page off the async threads.
+    blocking(move || {
+        let (items, next, seq) = list(&store, &filter, after, limit)?;
+        let mut token = next.map(|k| encode_continue(&k));
+        let mut size = 64;
+        let mut sent = 0;
+        let mut rendered: Vec<Vec<u8>> = Vec::new();
+        for (i, (_, row)) in items.iter().enumerate() {
+            let item = (format == Format::Json).then(|| revision_json_bytes(row));
+            size += item.as_ref().map_or(row.encoded_len() + 4, |b| b.len() + 1);
+            if size > max && i > 0 {
+                // Cut where the page still fits the server's max payload;
+                // continue after the last item sent.
+                token = Some(encode_continue(&items[i - 1].0));
+                break;
             }
-            Ok(match format {
-                Format::Json => {
-                    let mut page = Vec::with_capacity(size + 64);
-                    page.extend_from_slice(b"{\"items\":[");
-                    for (i, item) in rendered.iter().enumerate() {
-                        if i > 0 {
-                            page.push(b',');
-                        }
-                        page.extend_from_slice(item);
+            rendered.extend(item);
+            sent = i + 1;
+        }
+        Ok(match format {
+            Format::Json => {
+                let mut page = Vec::with_capacity(size + 64);
+                page.extend_from_slice(b"{\"items\":[");
+                for (i, item) in rendered.iter().enumerate() {
+                    if i > 0 {
+                        page.push(b',');
                     }
-                    page.extend_from_slice(b"],\"continue\":");
-                    page.extend_from_slice(&serde_json::to_vec(&token).unwrap_or_default());
-                    page.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
-                    Body::JsonBytes(page)
+                    page.extend_from_slice(item);
                 }
-                Format::Protobuf => Body::Protobuf(
-                    pb::PkgRevList {
-                        items: items.into_iter().take(sent).map(|(_, row)| row).collect(),
-                        r#continue: token.unwrap_or_default(),
-                        seq,
-                    }
-                    .encode_to_vec(),
-                ),
-            })
+                page.extend_from_slice(b"],\"continue\":");
+                page.extend_from_slice(&serde_json::to_vec(&token).unwrap_or_default());
+                page.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
+                Body::JsonBytes(page)
+            }
+            Format::Protobuf => Body::Protobuf(
+                pb::PkgRevList {
+                    items: items.into_iter().take(sent).map(|(_, row)| row).collect(),
+                    r#continue: token.unwrap_or_default(),
+                    seq,
+                }
+                .encode_to_vec(),
+            ),
         })
-        .await
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+    })
+    .await
 }
 
 fn parse_name(payload: &[u8]) -> Result<(String, String), ServiceError> {
@@ -364,89 +355,74 @@ fn get_row(
 }
 
 /// `cairn.v1.pkgrev.get`.
-pub async fn handle_get(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) = codec::request_json::<pb::PkgRevKeyRequest>(
-            &request,
-            context.config.request_max_bytes,
-        )?;
-        let (namespace, name) = parse_name(&body)?;
-        let store = context.store.clone();
-        let row = blocking(move || get_row(&store, &namespace, &name)).await?;
-        Ok(Body::of(
-            format,
-            || revision_json(&row),
-            || row.encode_to_vec(),
-        ))
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let (namespace, name) = parse_name(body)?;
+    let store = context.store.clone();
+    let row = blocking(move || get_row(&store, &namespace, &name)).await?;
+    Ok(Body::of(
+        format,
+        || revision_json(&row),
+        || row.encode_to_vec(),
+    ))
 }
 
 /// `cairn.v1.pkgrev.resources` → `{"resources":{"path":"content",…}}`;
 /// files that are not UTF-8 come base64-encoded under `"binary"`.
-pub async fn handle_resources(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) = codec::request_json::<pb::PkgRevKeyRequest>(
-            &request,
-            context.config.request_max_bytes,
-        )?;
-        let (namespace, name) = parse_name(&body)?;
-        let store = context.store.clone();
-        let max = context.reply_max_bytes();
-        let files = blocking(move || {
-            let row = get_row(&store, &namespace, &name)?;
-            let mut files = BTreeMap::new();
-            let mut size = 64;
-            for (path, digest) in row.revision.unwrap_or_default().resources {
-                let d = Digest::parse(&digest)
-                    .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
-                let content = store
-                    .get(&d)?
-                    .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))?;
-                size += path.len() + content.len() * 2;
-                if size > max {
-                    return Err(ServiceError {
-                        code: 413,
-                        message: format!("resources of {name} exceed one reply ({max} bytes)"),
-                    });
-                }
-                files.insert(path, content);
+pub async fn handle_resources(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let (namespace, name) = parse_name(body)?;
+    let store = context.store.clone();
+    let max = context.reply_max_bytes();
+    let files = blocking(move || {
+        let row = get_row(&store, &namespace, &name)?;
+        let mut files = BTreeMap::new();
+        let mut size = 64;
+        for (path, digest) in row.revision.unwrap_or_default().resources {
+            let d = Digest::parse(&digest)
+                .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
+            let content = store
+                .get(&d)?
+                .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))?;
+            size += path.len() + content.len() * 2;
+            if size > max {
+                return Err(ServiceError {
+                    code: 413,
+                    message: format!("resources of {name} exceed one reply ({max} bytes)"),
+                });
             }
-            Ok(files)
-        })
-        .await?;
-        Ok(Body::of(
-            format,
-            || {
-                let mut text = Map::new();
-                let mut binary = Map::new();
-                for (path, content) in &files {
-                    match std::str::from_utf8(content) {
-                        Ok(s) => text.insert(path.clone(), Value::String(s.to_owned())),
-                        Err(_) => {
-                            binary.insert(path.clone(), Value::String(base64_encode(content)))
-                        }
-                    };
-                }
-                let mut reply = json!({ "resources": text });
-                if !binary.is_empty() {
-                    reply["binary"] = Value::Object(binary);
-                }
-                reply
-            },
-            || {
-                pb::PkgRevResources {
-                    resources: files.clone(),
-                }
-                .encode_to_vec()
-            },
-        ))
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+            files.insert(path, content);
+        }
+        Ok(files)
+    })
+    .await?;
+    Ok(Body::of(
+        format,
+        || {
+            let mut text = Map::new();
+            let mut binary = Map::new();
+            for (path, content) in &files {
+                match std::str::from_utf8(content) {
+                    Ok(s) => text.insert(path.clone(), Value::String(s.to_owned())),
+                    Err(_) => binary.insert(path.clone(), Value::String(base64_encode(content))),
+                };
+            }
+            let mut reply = json!({ "resources": text });
+            if !binary.is_empty() {
+                reply["binary"] = Value::Object(binary);
+            }
+            reply
+        },
+        || {
+            pb::PkgRevResources {
+                resources: files.clone(),
+            }
+            .encode_to_vec()
+        },
+    ))
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -6,7 +6,6 @@
 
 use std::time::Instant;
 
-use async_nats::service::Request;
 use cairn_events::v1::{self as pb, GitSpec, RepositoryRow, RepositorySpec};
 use cairn_storage::views::RepositoriesView;
 use prost::Message as _;
@@ -14,9 +13,9 @@ use serde_json::{json, Value};
 
 use super::{
     blocking,
-    codec::{self, Body, Format},
+    codec::{Body, Format},
     fields::Fields,
-    metadata, timestamp_json, validate, ServiceContext,
+    metadata, timestamp_json, validate, Incoming, ServiceContext,
 };
 use crate::{
     origin,
@@ -211,130 +210,103 @@ fn repository_body(
 }
 
 /// `cairn.v1.repo.register`.
-pub async fn handle_register(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) = codec::request_json::<pb::RepoRegisterRequest>(
-            &request,
-            context.config.request_max_bytes,
-        )?;
-        let (spec, wait, principal) = parse_register(&body)?;
-        let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
-        let metadata = metadata(&request, principal);
-        let sync = context
-            .registry
-            .send(RegisterRepository {
-                spec,
-                wait,
-                metadata,
-            })
-            .await??;
-        let row = current(&context, namespace, name).await?;
-        Ok(repository_body(format, &row, sync.as_ref()))
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+pub async fn handle_register(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let (spec, wait, principal) = parse_register(body)?;
+    let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
+    let metadata = metadata(&request, principal);
+    let sync = context
+        .registry
+        .send(RegisterRepository {
+            spec,
+            wait,
+            metadata,
+        })
+        .await??;
+    let row = current(&context, namespace, name).await?;
+    Ok(repository_body(format, &row, sync.as_ref()))
 }
 
 /// `cairn.v1.repo.unregister`.
-pub async fn handle_unregister(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) =
-            codec::request_json::<pb::RepoKeyRequest>(&request, context.config.request_max_bytes)?;
-        let (namespace, name, principal) = parse_key(&body)?;
-        let metadata = metadata(&request, principal);
-        context
-            .registry
-            .send(UnregisterRepository {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                metadata,
-            })
-            .await??;
-        let key = format!("{namespace}/{name}");
-        Ok(Body::of(
-            format,
-            || json!({ "unregistered": key }),
-            || {
-                pb::Unregistered {
-                    unregistered: key.clone(),
-                }
-                .encode_to_vec()
-            },
-        ))
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+pub async fn handle_unregister(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let (namespace, name, principal) = parse_key(body)?;
+    let metadata = metadata(&request, principal);
+    context
+        .registry
+        .send(UnregisterRepository {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            metadata,
+        })
+        .await??;
+    let key = format!("{namespace}/{name}");
+    Ok(Body::of(
+        format,
+        || json!({ "unregistered": key }),
+        || {
+            pb::Unregistered {
+                unregistered: key.clone(),
+            }
+            .encode_to_vec()
+        },
+    ))
 }
 
 /// `cairn.v1.repo.get`.
-pub async fn handle_get(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) =
-            codec::request_json::<pb::RepoKeyRequest>(&request, context.config.request_max_bytes)?;
-        let (namespace, name, _) = parse_key(&body)?;
-        let row = current(&context, namespace, name).await?;
-        Ok(repository_body(format, &row, None))
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let (namespace, name, _) = parse_key(body)?;
+    let row = current(&context, namespace, name).await?;
+    Ok(repository_body(format, &row, None))
 }
 
 /// `cairn.v1.repo.list` `{"namespace"?}`.
-pub async fn handle_list(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) =
-            codec::request_json::<pb::RepoListRequest>(&request, context.config.request_max_bytes)?;
-        let f = Fields::parse(&body, &["namespace"])?;
-        let namespace = f.string("namespace")?;
-        if let Some(ns) = &namespace {
-            validate::dns_label("namespace", ns)?;
-        }
-        let store = context.store.clone();
-        let rows =
-            blocking(move || Ok(RepositoriesView::list(&store, namespace.as_deref())?)).await?;
-        Ok(Body::of(
-            format,
-            || json!({ "items": rows.iter().map(repository_json).collect::<Vec<_>>() }),
-            || {
-                pb::RepositoryList {
-                    items: rows.clone(),
-                }
-                .encode_to_vec()
-            },
-        ))
+pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let f = Fields::parse(body, &["namespace"])?;
+    let namespace = f.string("namespace")?;
+    if let Some(ns) = &namespace {
+        validate::dns_label("namespace", ns)?;
     }
-    .await;
-    codec::respond(&request, format, result).await;
+    let store = context.store.clone();
+    let rows = blocking(move || Ok(RepositoriesView::list(&store, namespace.as_deref())?)).await?;
+    Ok(Body::of(
+        format,
+        || json!({ "items": rows.iter().map(repository_json).collect::<Vec<_>>() }),
+        || {
+            pb::RepositoryList {
+                items: rows.clone(),
+            }
+            .encode_to_vec()
+        },
+    ))
 }
 
 /// `cairn.v1.repo.sync` `{"namespace","name"}`: fetch and reconcile now;
 /// answers the repository and what the sync did.
-pub async fn handle_sync(context: ServiceContext, request: Request) {
-    let format = Format::of(&request);
-    let result = async {
-        let (format, body) =
-            codec::request_json::<pb::RepoKeyRequest>(&request, context.config.request_max_bytes)?;
-        let (namespace, name, principal) = parse_key(&body)?;
-        let metadata = metadata(&request, principal);
-        let report = context
-            .registry
-            .send(SyncRepository {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                trigger: "manual".into(),
-                asked_at: Instant::now(),
-                metadata,
-            })
-            .await??;
-        let row = current(&context, namespace, name).await?;
-        Ok(repository_body(format, &row, Some(&Ok(report))))
-    }
-    .await;
-    codec::respond(&request, format, result).await;
+pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let (namespace, name, principal) = parse_key(body)?;
+    let metadata = metadata(&request, principal);
+    let report = context
+        .registry
+        .send(SyncRepository {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            trigger: "manual".into(),
+            asked_at: Instant::now(),
+            metadata,
+        })
+        .await??;
+    let row = current(&context, namespace, name).await?;
+    Ok(repository_body(format, &row, Some(&Ok(report))))
 }
 
 #[cfg(test)]
