@@ -7,6 +7,8 @@
 //!   checks; event ids (UUID v7); event type names.
 //! - [`json`] — the JSON rendering of an envelope used by `cairn log` and the
 //!   NATS JSON payloads.
+//! - [`revision`] — the JSON form of a package revision in replies and in
+//!   the list view.
 //! - [`subject`] — NATS subject names (`cairn.events.<ns>.<repo>.<type>`) and
 //!   the reversible encoding of names that are not valid subject tokens.
 //! - [`stream`] — stream ids (`repo/<namespace>/<name>`).
@@ -15,6 +17,7 @@
 pub mod envelope;
 pub mod error;
 pub mod json;
+pub mod revision;
 pub mod stream;
 pub mod subject;
 

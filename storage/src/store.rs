@@ -10,6 +10,7 @@
 use std::{
     collections::HashMap,
     fmt,
+    ops::ControlFlow,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -481,15 +482,24 @@ impl Store {
     ) -> Result<Rows, StorageError> {
         let inner = self.inner();
         let cf = inner.view_cf(view)?;
-        let start = match after {
-            Some(key) if key > prefix => {
-                let mut next = key.to_vec();
-                next.push(0); // the smallest key after `key`
-                next
-            }
-            _ => prefix.to_vec(),
-        };
-        scan(&inner.db, cf, &start, prefix, limit)
+        scan(&inner.db, cf, &after_key(prefix, after), prefix, limit)
+    }
+
+    /// Calls `f` with each row of view `view` whose key starts with
+    /// `prefix`, in key order, starting after key `after` (exclusive), while
+    /// `f` says continue. Rows are borrowed from RocksDB (no copies): the way
+    /// to serve long listings without decoding or allocating per row.
+    pub fn view_scan_each<E: From<StorageError>>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+    ) -> Result<(), E> {
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        let start = after_key(prefix, after);
+        scan_each(&inner.db, cf, &start, prefix, f)
     }
 
     /// Everything view `view` holds (rows, blob references, checkpoint).
@@ -710,6 +720,18 @@ fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageError> {
     Ok(DB::open_cf(&options, path, names)?)
 }
 
+/// Where a scan of `prefix` that continues after key `after` starts.
+fn after_key(prefix: &[u8], after: Option<&[u8]>) -> Vec<u8> {
+    match after {
+        Some(key) if key > prefix => {
+            let mut next = key.to_vec();
+            next.push(0); // the smallest key after `key`
+            next
+        }
+        _ => prefix.to_vec(),
+    }
+}
+
 fn scan_prefix(
     db: &DB,
     cf: &ColumnFamily,
@@ -728,17 +750,36 @@ fn scan(
     limit: usize,
 ) -> Result<Rows, StorageError> {
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
+    scan_each(db, cf, start, prefix, |key, value| {
         if out.len() >= limit {
-            break;
+            return Ok::<_, StorageError>(ControlFlow::Break(()));
         }
-        let (key, value) = item?;
-        if !key.starts_with(prefix) {
-            break;
-        }
-        out.push((key.into_vec(), value.into_vec()));
-    }
+        out.push((key.to_vec(), value.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })?;
     Ok(out)
+}
+
+/// Calls `f` with each row from key `start` on, in key order, while keys
+/// start with `prefix` and `f` says continue. The rows are borrowed from
+/// RocksDB's iterator (no copy, no allocation per row).
+fn scan_each<E: From<StorageError>>(
+    db: &DB,
+    cf: &ColumnFamily,
+    start: &[u8],
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+) -> Result<(), E> {
+    let mut iter = db.raw_iterator_cf(cf);
+    iter.seek(start);
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+        if !key.starts_with(prefix) || f(key, value)?.is_break() {
+            return Ok(());
+        }
+        iter.next();
+    }
+    iter.status().map_err(StorageError::from)?;
+    Ok(())
 }
 
 impl Inner {

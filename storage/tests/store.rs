@@ -3,6 +3,7 @@
 //! group-committed, limits are enforced.
 
 use std::{
+    ops::ControlFlow,
     path::Path,
     sync::{Arc, Mutex},
     thread,
@@ -20,7 +21,10 @@ use cairn_events::{
 use cairn_storage::{
     blob::Digest,
     conformance::marker,
-    views::{default_views, PackageRevisionsView, RepositoriesView},
+    views::{
+        default_views, package_revision_list::Scope, PackageRevisionListView, PackageRevisionsView,
+        RepositoriesView,
+    },
     BlobStore, EventLog, ExpectedVersion, StorageError, Store, StoreConfig, View, ViewTx,
 };
 use proptest::prelude::*;
@@ -549,6 +553,166 @@ fn package_revisions_hold_their_blobs_and_list_by_repository() {
     assert_eq!(store.ref_count(&Digest::of(b"blob0")).unwrap(), 2);
 }
 
+/// Names and JSON forms of the list view's rows in `scope` after `after`.
+fn listed(
+    store: &Store,
+    scope: &Scope<'_>,
+    after: Option<&[u8]>,
+) -> Vec<(Vec<u8>, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    PackageRevisionListView::scan::<StorageError>(store, scope, after, |row| {
+        out.push((row.key.to_vec(), row.name.to_owned(), row.json.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn the_list_view_scans_by_scope_renders_json_and_follows_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d = Digest::of(b"blob0");
+    let r1 = StreamId::repository("ns", "r1").unwrap();
+    let r10 = StreamId::repository("ns", "r10").unwrap();
+    let mut nested = package_revision_added("r1", 0, &d);
+    if let Some(Payload::PackageRevisionAdded(added)) = nested.payload.as_mut() {
+        let r = added.revision.as_mut().unwrap();
+        r.path = "sub".into();
+        r.name = "r1.sub.pkg0.v1".into();
+        r.labels = [("tier".to_owned(), "base".to_owned())].into();
+    }
+    let pins = [store.put(b"blob0").unwrap()];
+    for (stream, events) in [
+        (
+            &r1,
+            vec![
+                package_revision_added("r1", 1, &d),
+                package_revision_added("r1", 0, &d),
+                nested,
+            ],
+        ),
+        (&r10, vec![package_revision_added("r10", 0, &d)]),
+    ] {
+        store
+            .append(stream, ExpectedVersion::Any, events, Metadata::default())
+            .unwrap();
+    }
+    drop(pins);
+    let names = |scope: Scope<'_>| -> Vec<String> {
+        listed(&store, &scope, None)
+            .into_iter()
+            .map(|(_, name, _)| name)
+            .collect()
+    };
+    let repo = |r| Scope {
+        namespace: Some("ns"),
+        repository: Some(r),
+        ..Scope::default()
+    };
+    // Key order: package, path, name; "r1" is not a prefix match of "r10".
+    assert_eq!(
+        names(repo("r1")),
+        ["r1.pkg0.v1", "r1.sub.pkg0.v1", "r1.pkg1.v1"]
+    );
+    assert_eq!(
+        names(Scope {
+            package: Some("pkg0"),
+            ..repo("r1")
+        }),
+        ["r1.pkg0.v1", "r1.sub.pkg0.v1"]
+    );
+    assert_eq!(
+        names(Scope {
+            package: Some("pkg0"),
+            path: Some("sub"),
+            ..repo("r1")
+        }),
+        ["r1.sub.pkg0.v1"]
+    );
+    // Fields after a missing one are checked per row.
+    assert_eq!(
+        names(Scope {
+            path: Some("sub"),
+            ..Scope::default()
+        }),
+        ["r1.sub.pkg0.v1"]
+    );
+    assert_eq!(
+        names(Scope {
+            repository: Some("r10"),
+            ..Scope::default()
+        }),
+        ["r10.pkg0.v1"]
+    );
+    assert_eq!(
+        names(Scope {
+            namespace: Some("other"),
+            ..Scope::default()
+        }),
+        Vec::<String>::new()
+    );
+
+    // Rows hold the JSON form as replies render it, and the filter fields.
+    let all = listed(&store, &repo("r1"), None);
+    let row = PackageRevisionsView::get(&store, "ns", "r1.sub.pkg0.v1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(all[1].2, cairn_events::revision::revision_json_bytes(&row));
+    let mut head = None;
+    PackageRevisionListView::scan::<StorageError>(
+        &store,
+        &Scope {
+            path: Some("sub"),
+            ..repo("r1")
+        },
+        None,
+        |row| {
+            head = Some(row.listing()?);
+            Ok(ControlFlow::Break(()))
+        },
+    )
+    .unwrap();
+    let head = head.unwrap();
+    assert_eq!(
+        (
+            head.name.as_str(),
+            head.workspace.as_str(),
+            head.revision,
+            head.lifecycle.as_str(),
+            head.labels.get("tier").map(String::as_str)
+        ),
+        ("r1.sub.pkg0.v1", "v1", 1, "Published", Some("base"))
+    );
+    // Continuing after a key.
+    let after: Vec<String> = listed(&store, &repo("r1"), Some(&all[0].0))
+        .into_iter()
+        .map(|(_, n, _)| n)
+        .collect();
+    assert_eq!(after, ["r1.sub.pkg0.v1", "r1.pkg1.v1"]);
+
+    // A deletion names only the revision: the index finds its row.
+    store
+        .append(
+            &r1,
+            ExpectedVersion::Any,
+            vec![event(Payload::PackageRevisionDeleted(
+                PackageRevisionDeleted {
+                    name: "r1.sub.pkg0.v1".into(),
+                },
+            ))],
+            Metadata::default(),
+        )
+        .unwrap();
+    assert_eq!(names(repo("r1")), ["r1.pkg0.v1", "r1.pkg1.v1"]);
+    let rows = store.view_dump(PackageRevisionListView::NAME).unwrap().rows;
+    assert_eq!(
+        rows.len(),
+        2 * 3,
+        "a listing row and an index row per revision: {rows:?}"
+    );
+}
+
 /// Random histories of repository and blob events.
 fn history() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
     proptest::collection::vec((0u8..6, 0u8..5, 0u8..3), 1..60)
@@ -604,7 +768,7 @@ proptest! {
         prop_assert_eq!(stats.events, store.last_seq().unwrap());
         prop_assert_eq!(
             stats.views,
-            vec!["repositories".to_string(), "package_revisions".to_string(), "test_blob_refs".to_string()]
+            vec!["repositories".to_string(), "package_revisions".to_string(), "package_revision_list".to_string(), "test_blob_refs".to_string()]
         );
         let last = *progress.lock().unwrap().last().unwrap();
         prop_assert_eq!(last, (stats.events, stats.events));

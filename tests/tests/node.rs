@@ -396,7 +396,7 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     );
     let line = String::from_utf8(out.stdout).unwrap();
     assert!(
-        line.starts_with("rebuilt 2 views (repositories, package_revisions) from 3 events in "),
+        line.starts_with("rebuilt 3 views (repositories, package_revisions, package_revision_list) from 3 events in "),
         "{line}"
     );
 }

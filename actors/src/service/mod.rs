@@ -28,6 +28,7 @@ pub mod validate;
 use std::sync::Arc;
 
 use async_nats::service::{self, ServiceExt};
+pub use cairn_events::revision::timestamp_json;
 use cairn_storage::Store;
 use futures::StreamExt;
 use tokio::{sync::Semaphore, task::JoinHandle};
@@ -284,36 +285,4 @@ pub fn metadata(request: &Incoming, principal: Option<String>) -> cairn_events::
         ..Default::default()
     }
     .normalized()
-}
-
-/// A timestamp as RFC 3339 in UTC with a `Z` (as Kubernetes and Porch write
-/// them, e.g. `2022-08-26T22:47:35Z`), or null.
-pub fn timestamp_json(ts: Option<&pbjson_types::Timestamp>) -> serde_json::Value {
-    let text = ts.and_then(|t| {
-        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-        time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .ok()?
-            .format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    });
-    text.map_or(serde_json::Value::Null, serde_json::Value::String)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_render_like_kubernetes() {
-        let ts = |seconds, nanos| timestamp_json(Some(&pbjson_types::Timestamp { seconds, nanos }));
-        assert_eq!(
-            ts(1_661_554_055, 0),
-            serde_json::json!("2022-08-26T22:47:35Z")
-        );
-        assert_eq!(
-            ts(1_661_554_055, 250_000_000),
-            serde_json::json!("2022-08-26T22:47:35.25Z")
-        );
-        assert_eq!(timestamp_json(None), serde_json::Value::Null);
-    }
 }

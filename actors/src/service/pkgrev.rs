@@ -5,10 +5,20 @@
 //! "package","workspace","revision","lifecycle","latest","commit",
 //! "resource_version","published_by","published_at","tasks":[…],"labels":{…}}`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, ops::ControlFlow};
 
-use cairn_events::v1::{self as pb, PackageRevisionRow};
-use cairn_storage::{blob::Digest, views::PackageRevisionsView, BlobStore, EventLog};
+use cairn_events::{
+    revision::revision_json,
+    v1::{self as pb, PackageRevisionListing, PackageRevisionRow},
+};
+use cairn_storage::{
+    blob::Digest,
+    views::{
+        package_revision_list::{ListedRevision, Scope},
+        PackageRevisionListView, PackageRevisionsView,
+    },
+    BlobStore, EventLog,
+};
 use prost::Message as _;
 use serde_json::{json, Map, Value};
 
@@ -16,7 +26,7 @@ use super::{
     blocking,
     codec::{Body, Format},
     fields::Fields,
-    timestamp_json, validate, Incoming, ServiceContext,
+    validate, Incoming, ServiceContext,
 };
 use crate::ServiceError;
 
@@ -38,84 +48,6 @@ pub const LIST_FIELDS: &[&str] = &[
     "limit",
     "continue",
 ];
-
-/// Rows read from the view per scan step while filtering.
-const SCAN_PAGE: usize = 1024;
-
-/// The JSON form of a package revision, serialised straight from the row
-/// (no intermediate `Value`: list pages render thousands of these).
-#[derive(serde::Serialize)]
-struct RevisionJson<'a> {
-    name: &'a str,
-    namespace: &'a str,
-    repository: &'a str,
-    path: &'a str,
-    package: &'a str,
-    workspace: &'a str,
-    revision: i64,
-    lifecycle: &'a str,
-    latest: bool,
-    commit: &'a str,
-    resource_version: String,
-    published_by: Option<&'a str>,
-    published_at: Value,
-    tasks: Vec<TaskJson<'a>>,
-    labels: &'a BTreeMap<String, String>,
-}
-
-/// A task: its annotation JSON as recorded, or `{"type": …}` when that is
-/// not valid JSON.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum TaskJson<'a> {
-    Raw(&'a serde_json::value::RawValue),
-    Type { r#type: &'a str },
-}
-
-fn revision_view<'a>(
-    row: &'a PackageRevisionRow,
-    empty: &'a pb::PackageRevision,
-) -> RevisionJson<'a> {
-    let r = row.revision.as_ref().unwrap_or(empty);
-    RevisionJson {
-        name: &r.name,
-        namespace: &row.namespace,
-        repository: &row.repository,
-        path: &r.path,
-        package: &r.package,
-        workspace: &r.workspace,
-        revision: r.revision,
-        lifecycle: &r.lifecycle,
-        latest: r.latest,
-        commit: &r.commit,
-        resource_version: row.updated_seq.to_string(),
-        published_by: (!r.published_by.is_empty()).then_some(r.published_by.as_str()),
-        published_at: timestamp_json(r.published_at.as_ref()),
-        tasks: r
-            .tasks
-            .iter()
-            .map(
-                |t| match serde_json::from_str::<&serde_json::value::RawValue>(&t.raw) {
-                    Ok(raw) => TaskJson::Raw(raw),
-                    Err(_) => TaskJson::Type { r#type: &t.r#type },
-                },
-            )
-            .collect(),
-        labels: &r.labels,
-    }
-}
-
-/// The JSON form of a package revision row, serialised.
-pub fn revision_json_bytes(row: &PackageRevisionRow) -> Vec<u8> {
-    let empty = pb::PackageRevision::default();
-    serde_json::to_vec(&revision_view(row, &empty)).unwrap_or_default()
-}
-
-/// The JSON form of a package revision row.
-pub fn revision_json(row: &PackageRevisionRow) -> Value {
-    let empty = pb::PackageRevision::default();
-    serde_json::to_value(revision_view(row, &empty)).unwrap_or(Value::Null)
-}
 
 /// A validated `pkgrev.list` filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,65 +130,92 @@ impl Filter {
         let Some(r) = row.revision.as_ref() else {
             return false;
         };
-        self.namespace.as_ref().is_none_or(|v| *v == row.namespace)
-            && self
-                .repository
-                .as_ref()
-                .is_none_or(|v| *v == row.repository)
-            && self.path.as_ref().is_none_or(|v| *v == r.path)
-            && self.package.as_ref().is_none_or(|v| *v == r.package)
-            && self.workspace.as_ref().is_none_or(|v| *v == r.workspace)
-            && self.revision.is_none_or(|v| v == r.revision)
+        let is = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w == have);
+        is(&self.namespace, &row.namespace)
+            && is(&self.repository, &row.repository)
+            && is(&self.path, &r.path)
+            && is(&self.package, &r.package)
+            && self.matches_rest(&r.workspace, r.revision, &r.lifecycle, &r.labels, r.latest)
+    }
+
+    /// The fields a listing narrows by key (see [`Scope`]).
+    pub fn scope(&self) -> Scope<'_> {
+        Scope {
+            namespace: self.namespace.as_deref(),
+            repository: self.repository.as_deref(),
+            package: self.package.as_deref(),
+            path: self.path.as_deref(),
+        }
+    }
+
+    /// Whether any field outside the [`Filter::scope`] is set, so listing
+    /// rows must be decoded to be checked.
+    fn needs_head(&self) -> bool {
+        self.workspace.is_some()
+            || self.revision.is_some()
+            || self.lifecycle.is_some()
+            || !self.labels.is_empty()
+            || self.latest.is_some()
+    }
+
+    fn matches_head(&self, l: &PackageRevisionListing) -> bool {
+        self.matches_rest(&l.workspace, l.revision, &l.lifecycle, &l.labels, l.latest)
+    }
+
+    fn matches_rest(
+        &self,
+        workspace: &str,
+        revision: i64,
+        lifecycle: &str,
+        labels: &BTreeMap<String, String>,
+        latest: bool,
+    ) -> bool {
+        self.workspace.as_ref().is_none_or(|v| v == workspace)
+            && self.revision.is_none_or(|v| v == revision)
             && self
                 .lifecycle
                 .as_ref()
-                .is_none_or(|ls| ls.contains(&r.lifecycle))
-            && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
-            && self.latest.is_none_or(|v| v == r.latest)
+                .is_none_or(|ls| ls.iter().any(|l| l == lifecycle))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.latest.is_none_or(|v| v == latest)
     }
 }
 
-/// A page: `(key, row)` items, the key to continue after (none at the end),
-/// and the log position the page reflects (for list-then-watch).
-pub type Page = (Vec<(Vec<u8>, PackageRevisionRow)>, Option<Vec<u8>>, u64);
-
-/// One page of a filtered list: items, the continue token, and the log
-/// position the page reflects (for list-then-watch).
-pub fn list(
+/// Reads one page of `filter`'s listing, after key `after` (exclusive):
+/// offers each matching revision to `take`, at most `limit` of them, until
+/// `take` says it does not fit (the page ends before it; `take` must accept
+/// the first). Returns the key to continue after (none at the end of the
+/// listing) and the log position the page reflects (for list-then-watch).
+pub fn list_page(
     store: &cairn_storage::Store,
     filter: &Filter,
-    after: Option<Vec<u8>>,
+    after: Option<&[u8]>,
     limit: usize,
-) -> Result<Page, ServiceError> {
+    mut take: impl FnMut(&ListedRevision<'_>) -> Result<bool, ServiceError>,
+) -> Result<(Option<Vec<u8>>, u64), ServiceError> {
     // The position first: every row read after it reflects at least it.
     let seq = store.last_seq()?;
-    // Scan in steps of the page size (bounded): an unfiltered page reads
-    // exactly the rows it returns.
-    let step = limit.clamp(64, SCAN_PAGE);
-    let mut items = Vec::new();
-    let mut cursor = after;
-    loop {
-        let page = PackageRevisionsView::list(
-            store,
-            filter.namespace.as_deref(),
-            filter.repository.as_deref(),
-            cursor.as_deref(),
-            step,
-        )?;
-        let exhausted = page.len() < step;
-        for (key, row) in page {
-            cursor = Some(key.clone());
-            if filter.matches(&row) {
-                items.push((key, row));
-                if items.len() == limit {
-                    return Ok((items, cursor, seq));
-                }
-            }
+    let mut taken = 0;
+    let mut last_taken = Vec::new();
+    let mut next = None;
+    PackageRevisionListView::scan::<ServiceError>(store, &filter.scope(), after, |row| {
+        if filter.needs_head() && !filter.matches_head(&row.listing()?) {
+            return Ok(ControlFlow::Continue(()));
         }
-        if exhausted {
-            return Ok((items, None, seq));
+        if !take(&row)? {
+            next = Some(std::mem::take(&mut last_taken));
+            return Ok(ControlFlow::Break(()));
         }
-    }
+        taken += 1;
+        if taken >= limit {
+            next = Some(row.key.to_vec());
+            return Ok(ControlFlow::Break(()));
+        }
+        last_taken.clear();
+        last_taken.extend_from_slice(row.key);
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok((next, seq))
 }
 
 fn encode_continue(key: &[u8]) -> String {
@@ -268,7 +227,18 @@ fn decode_continue(token: &str) -> Result<Vec<u8>, ServiceError> {
         .map_err(|_| ServiceError::bad_field("continue", "not a token from a previous reply"))
 }
 
+/// Bytes a page needs after its items when it continues after `key`:
+/// `],"continue":"<hex key>","seq":<u64>}` and some slack.
+fn page_tail(key: &[u8]) -> usize {
+    64 + 2 * key.len()
+}
+
 /// `cairn.v1.pkgrev.list`.
+///
+/// A JSON page is the listing view's pre-rendered items joined together,
+/// cut where the next item would make the reply larger than the server's
+/// max payload (then `continue` points after the last item sent). Protobuf
+/// pages carry each item's full row.
 pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
     let f = Fields::parse(body, LIST_FIELDS)?;
@@ -283,49 +253,56 @@ pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<B
         .transpose()?;
     let store = context.store.clone();
     let max = context.reply_max_bytes();
-    // Read, filter, render and cut the page off the async threads.
-    blocking(move || {
-        let (items, next, seq) = list(&store, &filter, after, limit)?;
-        let mut token = next.map(|k| encode_continue(&k));
-        let mut size = 64;
-        let mut sent = 0;
-        let mut rendered: Vec<Vec<u8>> = Vec::new();
-        for (i, (_, row)) in items.iter().enumerate() {
-            let item = (format == Format::Json).then(|| revision_json_bytes(row));
-            size += item.as_ref().map_or(row.encoded_len() + 4, |b| b.len() + 1);
-            if size > max && i > 0 {
-                // Cut where the page still fits the server's max payload;
-                // continue after the last item sent.
-                token = Some(encode_continue(&items[i - 1].0));
-                break;
-            }
-            rendered.extend(item);
-            sent = i + 1;
-        }
-        Ok(match format {
-            Format::Json => {
-                let mut page = Vec::with_capacity(size + 64);
-                page.extend_from_slice(b"{\"items\":[");
-                for (i, item) in rendered.iter().enumerate() {
-                    if i > 0 {
-                        page.push(b',');
-                    }
-                    page.extend_from_slice(item);
+    // Read, filter and join the page off the async threads.
+    blocking(move || match format {
+        Format::Json => {
+            let mut page = Vec::with_capacity(max.min(256 * 1024));
+            page.extend_from_slice(b"{\"items\":[");
+            let (next, seq) = list_page(&store, &filter, after.as_deref(), limit, |row| {
+                let first = page.last() == Some(&b'[');
+                if !first && page.len() + 1 + row.json.len() + page_tail(row.key) > max {
+                    return Ok(false);
                 }
-                page.extend_from_slice(b"],\"continue\":");
-                page.extend_from_slice(&serde_json::to_vec(&token).unwrap_or_default());
-                page.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
-                Body::JsonBytes(page)
+                if !first {
+                    page.push(b',');
+                }
+                page.extend_from_slice(row.json);
+                Ok(true)
+            })?;
+            page.extend_from_slice(b"],\"continue\":");
+            match next {
+                Some(key) => {
+                    page.push(b'"');
+                    page.extend_from_slice(encode_continue(&key).as_bytes());
+                    page.push(b'"');
+                }
+                None => page.extend_from_slice(b"null"),
             }
-            Format::Protobuf => Body::Protobuf(
+            page.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
+            Ok(Body::JsonBytes(page))
+        }
+        Format::Protobuf => {
+            let mut items = Vec::new();
+            let mut size = 0;
+            let (next, seq) = list_page(&store, &filter, after.as_deref(), limit, |row| {
+                let item = get_row(&store, row.namespace, row.name)?;
+                let len = item.encoded_len() + 8;
+                if !items.is_empty() && size + len + page_tail(row.key) > max {
+                    return Ok(false);
+                }
+                size += len;
+                items.push(item);
+                Ok(true)
+            })?;
+            Ok(Body::Protobuf(
                 pb::PkgRevList {
-                    items: items.into_iter().take(sent).map(|(_, row)| row).collect(),
-                    r#continue: token.unwrap_or_default(),
+                    items,
+                    r#continue: next.map(|k| encode_continue(&k)).unwrap_or_default(),
                     seq,
                 }
                 .encode_to_vec(),
-            ),
-        })
+            ))
+        }
     })
     .await
 }

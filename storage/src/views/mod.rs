@@ -5,18 +5,25 @@
 //! |---|---|---|
 //! | `repositories` | `<namespace>/<name>` | [`cairn_events::v1::RepositoryRow`] |
 //! | `package_revisions` | `<namespace>/<object name>` | [`cairn_events::v1::PackageRevisionRow`] |
+//! | `package_revision_list` | `L<namespace>\0<repository>\0<package>\0<path>\0<name>` (and a name index) | [`cairn_events::v1::PackageRevisionListing`] + JSON form |
 
 use std::sync::Arc;
 
 use crate::View;
 
+pub mod package_revision_list;
 pub mod package_revisions;
 pub mod repositories;
 
+pub use package_revision_list::PackageRevisionListView;
 pub use package_revisions::PackageRevisionsView;
 pub use repositories::RepositoriesView;
 
 /// The views a node runs, in fold order.
 pub fn default_views() -> Vec<Arc<dyn View>> {
-    vec![Arc::new(RepositoriesView), Arc::new(PackageRevisionsView)]
+    vec![
+        Arc::new(RepositoriesView),
+        Arc::new(PackageRevisionsView),
+        Arc::new(PackageRevisionListView),
+    ]
 }

@@ -1,0 +1,191 @@
+//! The JSON form of a package revision, as every reply and the list view
+//! render it:
+//!
+//! `{"name","namespace","repository","path","package","workspace",
+//! "revision","lifecycle","latest","commit","resource_version",
+//! "published_by","published_at","tasks":[…],"labels":{…}}`
+//!
+//! `resource_version` is the global sequence of the last event applied to
+//! the row; timestamps are RFC 3339 in UTC with a `Z` (as Kubernetes and
+//! Porch write them). It is serialised straight from the row, without an
+//! intermediate `serde_json::Value`: list pages render thousands of these.
+
+use std::collections::BTreeMap;
+
+use serde_json::{value::RawValue, Value};
+
+use crate::v1::{PackageRevision, PackageRevisionRow};
+
+/// A timestamp as RFC 3339 in UTC with a `Z` (e.g. `2022-08-26T22:47:35Z`),
+/// or null.
+pub fn timestamp_json(ts: Option<&pbjson_types::Timestamp>) -> Value {
+    let text = ts.and_then(|t| {
+        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()?
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    });
+    text.map_or(Value::Null, Value::String)
+}
+
+#[derive(serde::Serialize)]
+struct RevisionJson<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    repository: &'a str,
+    path: &'a str,
+    package: &'a str,
+    workspace: &'a str,
+    revision: i64,
+    lifecycle: &'a str,
+    latest: bool,
+    commit: &'a str,
+    resource_version: String,
+    published_by: Option<&'a str>,
+    published_at: Value,
+    tasks: Vec<TaskJson<'a>>,
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// A task: its annotation JSON as recorded, or `{"type": …}` when that is
+/// not valid JSON.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum TaskJson<'a> {
+    Raw(&'a RawValue),
+    Type { r#type: &'a str },
+}
+
+fn revision_view<'a>(
+    namespace: &'a str,
+    repository: &'a str,
+    r: &'a PackageRevision,
+    updated_seq: u64,
+) -> RevisionJson<'a> {
+    RevisionJson {
+        name: &r.name,
+        namespace,
+        repository,
+        path: &r.path,
+        package: &r.package,
+        workspace: &r.workspace,
+        revision: r.revision,
+        lifecycle: &r.lifecycle,
+        latest: r.latest,
+        commit: &r.commit,
+        resource_version: updated_seq.to_string(),
+        published_by: (!r.published_by.is_empty()).then_some(r.published_by.as_str()),
+        published_at: timestamp_json(r.published_at.as_ref()),
+        tasks: r
+            .tasks
+            .iter()
+            .map(|t| match serde_json::from_str::<&RawValue>(&t.raw) {
+                Ok(raw) => TaskJson::Raw(raw),
+                Err(_) => TaskJson::Type { r#type: &t.r#type },
+            })
+            .collect(),
+        labels: &r.labels,
+    }
+}
+
+/// The JSON form of `revision` of `repository` in `namespace`, last changed
+/// by the event at `updated_seq`, serialised.
+pub fn render(
+    namespace: &str,
+    repository: &str,
+    revision: &PackageRevision,
+    updated_seq: u64,
+) -> Vec<u8> {
+    // Serialising borrowed strings, numbers and maps of strings cannot fail.
+    serde_json::to_vec(&revision_view(namespace, repository, revision, updated_seq))
+        .unwrap_or_default()
+}
+
+/// The JSON form of `row`, serialised.
+pub fn revision_json_bytes(row: &PackageRevisionRow) -> Vec<u8> {
+    let empty = PackageRevision::default();
+    let revision = row.revision.as_ref().unwrap_or(&empty);
+    render(&row.namespace, &row.repository, revision, row.updated_seq)
+}
+
+/// The JSON form of `row`.
+pub fn revision_json(row: &PackageRevisionRow) -> Value {
+    let empty = PackageRevision::default();
+    let revision = row.revision.as_ref().unwrap_or(&empty);
+    serde_json::to_value(revision_view(
+        &row.namespace,
+        &row.repository,
+        revision,
+        row.updated_seq,
+    ))
+    .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::v1::Task;
+
+    #[test]
+    fn timestamps_render_like_kubernetes() {
+        let ts = |seconds, nanos| timestamp_json(Some(&pbjson_types::Timestamp { seconds, nanos }));
+        assert_eq!(ts(1_661_554_055, 0), json!("2022-08-26T22:47:35Z"));
+        assert_eq!(
+            ts(1_661_554_055, 250_000_000),
+            json!("2022-08-26T22:47:35.25Z")
+        );
+        assert_eq!(timestamp_json(None), Value::Null);
+    }
+
+    #[test]
+    fn a_row_renders_every_field_and_keeps_task_json() {
+        let row = PackageRevisionRow {
+            namespace: "ns".into(),
+            repository: "repo".into(),
+            revision: Some(PackageRevision {
+                name: "repo.basens.v1".into(),
+                package: "basens".into(),
+                workspace: "v1".into(),
+                revision: 1,
+                lifecycle: "Published".into(),
+                commit: "abc".into(),
+                published_by: "someone@example.com".into(),
+                published_at: Some(pbjson_types::Timestamp {
+                    seconds: 1_661_554_055,
+                    nanos: 0,
+                }),
+                tasks: vec![
+                    Task {
+                        r#type: "init".into(),
+                        raw: r#"{"type":"init","init":{"description":"d"}}"#.into(),
+                    },
+                    Task {
+                        r#type: "eval".into(),
+                        raw: "not json".into(),
+                    },
+                ],
+                labels: [("tier".to_owned(), "base".to_owned())].into(),
+                latest: true,
+                ..Default::default()
+            }),
+            updated_seq: 42,
+        };
+        let expected = json!({
+            "name": "repo.basens.v1", "namespace": "ns", "repository": "repo",
+            "path": "", "package": "basens", "workspace": "v1", "revision": 1,
+            "lifecycle": "Published", "latest": true, "commit": "abc",
+            "resource_version": "42", "published_by": "someone@example.com",
+            "published_at": "2022-08-26T22:47:35Z",
+            "tasks": [{"type": "init", "init": {"description": "d"}}, {"type": "eval"}],
+            "labels": {"tier": "base"},
+        });
+        assert_eq!(revision_json(&row), expected);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&revision_json_bytes(&row)).unwrap(),
+            expected
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! The `package_revision_list` view: what `pkgrev.list` pages are made of.
+//!
+//! Two key spaces share its column family:
+//! - `L<namespace>\0<repository>\0<package>\0<path>\0<name>` → a listing
+//!   row: the length-delimited [`PackageRevisionListing`] (the fields a
+//!   filter looks at beyond the key) followed by the revision's JSON form
+//!   ([`cairn_events::revision`], `resource_version` included). A page is a
+//!   concatenation of row tails: nothing is decoded or rendered per read,
+//!   and only filters on workspace, revision, lifecycle, labels or latest
+//!   decode the (small) head. Key order makes namespace, repository,
+//!   package and package + path filters prefix scans.
+//! - `N<namespace>\0<name>` → the `L` key of that revision, since a
+//!   deletion names only the revision.
+//!
+//! Namespaces and repositories are DNS-1123 labels and packages and paths
+//! are Git tree paths, none of which can hold a NUL; the name comes last,
+//! so even a NUL in it could not shift the other parts.
+
+use std::ops::ControlFlow;
+
+use cairn_events::{
+    revision,
+    v1::{event::Payload, Envelope, PackageRevision, PackageRevisionListing},
+    StreamId,
+};
+use prost::Message as _;
+
+use crate::{StorageError, Store, View, ViewTx};
+
+/// Package revisions in listing order, with their JSON form.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackageRevisionListView;
+
+/// Which part of the view a scan covers: each given field narrows it, the
+/// leading ones (up to the first `None`) by key prefix.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scope<'a> {
+    /// Only this namespace.
+    pub namespace: Option<&'a str>,
+    /// Only this repository.
+    pub repository: Option<&'a str>,
+    /// Only this package.
+    pub package: Option<&'a str>,
+    /// Only this package path.
+    pub path: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    fn fields(&self) -> [Option<&str>; 4] {
+        [self.namespace, self.repository, self.package, self.path]
+    }
+
+    /// The key prefix shared by every row in scope.
+    fn prefix(&self) -> Vec<u8> {
+        let mut prefix = vec![LISTING];
+        for field in self.fields().into_iter().map_while(|f| f) {
+            prefix.extend_from_slice(field.as_bytes());
+            prefix.push(0);
+        }
+        prefix
+    }
+
+    fn contains(&self, row: &ListedRevision<'_>) -> bool {
+        let parts = [row.namespace, row.repository, row.package, row.path];
+        self.fields()
+            .iter()
+            .zip(parts)
+            .all(|(want, have)| want.is_none_or(|w| w == have))
+    }
+}
+
+/// One row of the view, borrowed from the store.
+#[derive(Clone, Copy, Debug)]
+pub struct ListedRevision<'a> {
+    /// The row's key: what a continue token points at.
+    pub key: &'a [u8],
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Repository.
+    pub repository: &'a str,
+    /// Package.
+    pub package: &'a str,
+    /// Package path.
+    pub path: &'a str,
+    /// Porch object name.
+    pub name: &'a str,
+    head: &'a [u8],
+    /// The revision's JSON form.
+    pub json: &'a [u8],
+}
+
+impl ListedRevision<'_> {
+    /// The filterable fields not in the key.
+    pub fn listing(&self) -> Result<PackageRevisionListing, StorageError> {
+        PackageRevisionListing::decode(self.head).map_err(|e| self.corrupt(e))
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> StorageError {
+        StorageError::Corrupt(format!(
+            "view {}: row {}: {e}",
+            PackageRevisionListView::NAME,
+            String::from_utf8_lossy(self.key)
+        ))
+    }
+
+    fn parse<'a>(key: &'a [u8], value: &'a [u8]) -> Result<ListedRevision<'a>, StorageError> {
+        let corrupt = |what: &str| {
+            StorageError::Corrupt(format!(
+                "view {}: row {}: {what}",
+                PackageRevisionListView::NAME,
+                String::from_utf8_lossy(key)
+            ))
+        };
+        let text = key
+            .strip_prefix(&[LISTING])
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or_else(|| corrupt("key is not a listing key"))?;
+        let mut parts = text.splitn(5, '\0');
+        let mut part = || parts.next().ok_or_else(|| corrupt("key has too few parts"));
+        let (namespace, repository, package, path, name) =
+            (part()?, part()?, part()?, part()?, part()?);
+        let mut rest = value;
+        let head_len = prost::decode_length_delimiter(&mut rest)
+            .map_err(|_| corrupt("value has no head length"))?;
+        if head_len > rest.len() {
+            return Err(corrupt("value is shorter than its head"));
+        }
+        let (head, json) = rest.split_at(head_len);
+        Ok(ListedRevision {
+            key,
+            namespace,
+            repository,
+            package,
+            path,
+            name,
+            head,
+            json,
+        })
+    }
+}
+
+/// First byte of listing keys.
+const LISTING: u8 = b'L';
+/// First byte of name index keys.
+const NAME: u8 = b'N';
+
+impl PackageRevisionListView {
+    /// The view's name.
+    pub const NAME: &'static str = "package_revision_list";
+
+    fn listing_key(namespace: &str, repository: &str, revision: &PackageRevision) -> Vec<u8> {
+        let mut key = Scope {
+            namespace: Some(namespace),
+            repository: Some(repository),
+            package: Some(&revision.package),
+            path: Some(&revision.path),
+        }
+        .prefix();
+        key.extend_from_slice(revision.name.as_bytes());
+        key
+    }
+
+    fn name_key(namespace: &str, name: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(2 + namespace.len() + name.len());
+        key.push(NAME);
+        key.extend_from_slice(namespace.as_bytes());
+        key.push(0);
+        key.extend_from_slice(name.as_bytes());
+        key
+    }
+
+    /// Calls `f` with each revision in `scope`, in key order, starting
+    /// after key `after` (exclusive; a key from an earlier call), while `f`
+    /// says continue.
+    pub fn scan<E: From<StorageError>>(
+        store: &Store,
+        scope: &Scope<'_>,
+        after: Option<&[u8]>,
+        mut f: impl FnMut(ListedRevision<'_>) -> Result<ControlFlow<()>, E>,
+    ) -> Result<(), E> {
+        store.view_scan_each(Self::NAME, &scope.prefix(), after, |key, value| {
+            let row = ListedRevision::parse(key, value)?;
+            if scope.contains(&row) {
+                f(row)
+            } else {
+                Ok(ControlFlow::Continue(()))
+            }
+        })
+    }
+}
+
+impl View for PackageRevisionListView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError> {
+        let Some(payload) = envelope.event.as_ref().and_then(|e| e.payload.as_ref()) else {
+            return Ok(());
+        };
+        let Ok(stream) = StreamId::new(envelope.stream.clone()) else {
+            return Ok(());
+        };
+        let Some((namespace, repository)) = stream.as_repository() else {
+            return Ok(());
+        };
+        let (revision, name) = match payload {
+            Payload::PackageRevisionAdded(e) => (e.revision.as_ref(), None),
+            Payload::PackageRevisionModified(e) => (e.revision.as_ref(), None),
+            Payload::PackageRevisionDeleted(e) => (None, Some(e.name.as_str())),
+            _ => return Ok(()),
+        };
+        let Some(name) = revision.map(|r| r.name.as_str()).or(name) else {
+            return Ok(());
+        };
+        let index = Self::name_key(namespace, name);
+        let old = tx.get(&index)?;
+        match revision {
+            Some(revision) => {
+                let key = Self::listing_key(namespace, repository, revision);
+                if let Some(old) = old.filter(|old| *old != key) {
+                    tx.delete(old);
+                }
+                let head = PackageRevisionListing {
+                    name: revision.name.clone(),
+                    workspace: revision.workspace.clone(),
+                    revision: revision.revision,
+                    lifecycle: revision.lifecycle.clone(),
+                    latest: revision.latest,
+                    labels: revision.labels.clone(),
+                };
+                let mut value = head.encode_length_delimited_to_vec();
+                value.extend(revision::render(
+                    namespace,
+                    repository,
+                    revision,
+                    envelope.seq,
+                ));
+                tx.put(index, key.clone());
+                tx.put(key, value);
+            }
+            None => {
+                if let Some(old) = old {
+                    tx.delete(old);
+                    tx.delete(index);
+                }
+            }
+        }
+        Ok(())
+    }
+}
