@@ -2,16 +2,20 @@
 //!
 //! Each upstream URL has one bare mirror under the cache root, named after
 //! the SHA-256 of the URL, so registrations of the same URL share it. A fetch
-//! mirrors `refs/heads/*` and `refs/tags/*` with force and prunes refs deleted
-//! upstream; discovery then reads the mirror without touching the network.
+//! lists the upstream's refs, downloads only the objects the mirror lacks,
+//! and makes the mirror's `refs/heads/*` and `refs/tags/*` exactly the
+//! upstream's (forced, refs deleted upstream pruned) by writing one
+//! `packed-refs` file; discovery then reads the mirror without touching the
+//! network. cairn is the only writer of its mirrors.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use git2::{
-    AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune,
-    PushOptions, RemoteCallbacks, Repository, Signature,
+    AutotagOption, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions,
+    ObjectType, PushOptions, RemoteCallbacks, Repository, Signature,
 };
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
@@ -45,6 +49,7 @@ pub struct FetchOutcome {
 impl GitCache {
     /// A cache rooted at `root` (created on first fetch).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        super::file_transport::register();
         GitCache { root: root.into() }
     }
 
@@ -77,18 +82,25 @@ impl GitCache {
         } else {
             Repository::open_bare(&path).map_err(map_git_error)?
         };
-        let before = ref_targets(&repo)?;
-        if let Err(e) = fetch_into(&repo, url, credentials) {
-            drop(repo);
-            if created {
-                // Best effort: a half-initialised mirror would only be fetched
-                // into again, but an unreachable URL should leave nothing.
-                let _ = fs::remove_dir_all(&path);
+        let before = ref_targets(&repo).unwrap_or_default();
+        let advertised = match fetch_into(&repo, url, credentials) {
+            Ok(advertised) => advertised,
+            Err(e) => {
+                drop(repo);
+                if created {
+                    // Best effort: a half-initialised mirror would only be
+                    // fetched into again, but an unreachable URL should leave
+                    // nothing.
+                    let _ = fs::remove_dir_all(&path);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let after = ref_targets(&repo)?;
+        };
+        let after = peel_all(&repo, advertised)?;
         let changed = before != after;
+        if changed || has_loose_refs(&path) {
+            write_refs(&path, &after)?;
+        }
         let refs = after
             .into_iter()
             .map(|(name, target)| (name, target.commit))
@@ -163,35 +175,115 @@ pub fn create_branch(
     Ok(())
 }
 
-/// A ref's raw target (to notice retargeted annotated tags) and its commit.
+/// A ref's raw target (to notice retargeted annotated tags), the object an
+/// annotated tag finally names (`None` for anything else), and the commit
+/// the ref stands for.
 #[derive(Debug, PartialEq, Eq)]
 struct RefTarget {
     raw: git2::Oid,
+    peeled: Option<git2::Oid>,
     commit: String,
+}
+
+/// Whether `name` is a ref a mirror keeps.
+fn mirrored(name: &str) -> bool {
+    name.starts_with("refs/heads/") || name.starts_with("refs/tags/")
 }
 
 /// `refs/heads/*` and `refs/tags/*` of `repo`.
 fn ref_targets(repo: &Repository) -> Result<BTreeMap<String, RefTarget>, OriginError> {
-    let mut out = BTreeMap::new();
+    let mut raw = BTreeMap::new();
     for reference in repo.references().map_err(map_git_error)? {
         let reference = reference.map_err(map_git_error)?;
-        let Ok(name) = reference.name() else {
-            continue;
+        let (Ok(name), Some(target)) = (reference.name(), reference.target()) else {
+            continue; // not UTF-8, or symbolic
         };
-        if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
-            continue;
+        if mirrored(name) {
+            raw.insert(name.to_owned(), target);
         }
-        let Some(raw) = reference.target() else {
-            continue; // symbolic
+    }
+    peel_all(repo, raw)
+}
+
+/// Peels each ref's target: annotated tags to the object they finally name.
+fn peel_all(
+    repo: &Repository,
+    raw: BTreeMap<String, git2::Oid>,
+) -> Result<BTreeMap<String, RefTarget>, OriginError> {
+    let odb = repo.odb().map_err(map_git_error)?;
+    let kind = |oid| odb.read_header(oid).map(|(_, kind)| kind);
+    let mut out = BTreeMap::new();
+    for (name, raw) in raw {
+        let mut peeled = None;
+        let mut current = raw;
+        // Tags of tags are legal; a chain longer than this is not sane.
+        for _ in 0..16 {
+            if kind(current).map_err(map_git_error)? != ObjectType::Tag {
+                break;
+            }
+            current = repo.find_tag(current).map_err(map_git_error)?.target_id();
+            peeled = Some(current);
+        }
+        // A tag of a tree or blob: report the object the ref names.
+        let commit = if kind(current).map_err(map_git_error)? == ObjectType::Commit {
+            current
+        } else {
+            raw
         };
-        let commit = match reference.peel_to_commit() {
-            Ok(c) => c.id().to_string(),
-            // A tag of a tree or blob: report the object it names.
-            Err(_) => raw.to_string(),
-        };
-        out.insert(name.to_owned(), RefTarget { raw, commit });
+        out.insert(
+            name,
+            RefTarget {
+                raw,
+                peeled,
+                commit: commit.to_string(),
+            },
+        );
     }
     Ok(out)
+}
+
+/// Whether the mirror at `path` holds loose refs (written by libgit2 for a
+/// push, or by an older cairn): they would shadow the `packed-refs` file.
+fn has_loose_refs(path: &Path) -> bool {
+    ["refs/heads", "refs/tags"]
+        .iter()
+        .any(|dir| fs::read_dir(path.join(dir)).is_ok_and(|mut d| d.next().is_some()))
+}
+
+/// Makes `refs` the mirror's refs: writes them as its `packed-refs` file
+/// (with the peeled targets of annotated tags, as `git pack-refs` does),
+/// replacing the old one atomically, then removes loose refs. One file for
+/// any number of refs, where libgit2's fetch writes (and the file system
+/// allocates) a file per ref.
+fn write_refs(path: &Path, refs: &BTreeMap<String, RefTarget>) -> Result<(), OriginError> {
+    let io = |what: &str, e: std::io::Error| {
+        OriginError::Git(format!("cannot {what} in mirror {}: {e}", path.display()))
+    };
+    let mut text = String::with_capacity(64 + refs.len() * 100);
+    text.push_str("# pack-refs with: peeled fully-peeled sorted \n");
+    // BTreeMap order is byte order of the names, as the `sorted` trait asks.
+    for (name, target) in refs {
+        text.push_str(&format!("{} {name}\n", target.raw));
+        if let Some(peeled) = target.peeled {
+            text.push_str(&format!("^{peeled}\n"));
+        }
+    }
+    let temp = path.join("packed-refs.cairn-new");
+    let mut file = fs::File::create(&temp).map_err(|e| io("write packed-refs", e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write packed-refs", e))?;
+    fs::rename(&temp, path.join("packed-refs")).map_err(|e| io("replace packed-refs", e))?;
+    for dir in ["refs/heads", "refs/tags"] {
+        let dir = path.join(dir);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove loose refs", e)),
+        }
+        fs::create_dir_all(&dir).map_err(|e| io("create refs directory", e))?;
+    }
+    Ok(())
 }
 
 fn callbacks(credentials: Option<&Credentials>) -> RemoteCallbacks<'_> {
@@ -223,21 +315,39 @@ fn callbacks(credentials: Option<&Credentials>) -> RemoteCallbacks<'_> {
     callbacks
 }
 
+/// Lists the upstream's refs and downloads the objects the mirror lacks
+/// (nothing when it has them all, so a fetch with no upstream change costs
+/// about one `ls-remote`). Refs are not written here (see [`write_refs`]).
+/// Returns the advertised `refs/heads/*` and `refs/tags/*`.
 fn fetch_into(
     repo: &Repository,
     url: &str,
     credentials: Option<&Credentials>,
-) -> Result<(), OriginError> {
+) -> Result<BTreeMap<String, git2::Oid>, OriginError> {
     let mut remote = repo.remote_anonymous(url).map_err(map_git_error)?;
-    let mut options = FetchOptions::new();
-    options
-        .remote_callbacks(callbacks(credentials))
-        .prune(FetchPrune::On)
-        .download_tags(AutotagOption::None)
-        .update_fetchhead(false);
-    remote
-        .fetch(&MIRROR_REFSPECS, Some(&mut options), Some("cairn: fetch"))
-        .map_err(map_git_error)
+    let mut connection = remote
+        .connect_auth(Direction::Fetch, Some(callbacks(credentials)), None)
+        .map_err(map_git_error)?;
+    let advertised: BTreeMap<String, git2::Oid> = connection
+        .list()
+        .map_err(map_git_error)?
+        .iter()
+        .filter(|head| mirrored(head.name()) && !head.name().ends_with("^{}"))
+        .map(|head| (head.name().to_owned(), head.oid()))
+        .collect();
+    let odb = repo.odb().map_err(map_git_error)?;
+    if advertised.values().any(|oid| !odb.exists(*oid)) {
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(callbacks(credentials))
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        connection
+            .remote()
+            .download(&MIRROR_REFSPECS, Some(&mut options))
+            .map_err(map_git_error)?;
+    }
+    Ok(advertised)
 }
 
 fn push(

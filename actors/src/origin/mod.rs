@@ -8,6 +8,9 @@
 //! - `git` — [`GitCache`]: one bare mirror per upstream URL (fetch with
 //!   force and prune, remove), [`create_branch`] for registrations with
 //!   "create branch", and the mapping of libgit2 errors to [`OriginError`].
+//! - `file_transport` — `file://` upstreams served by `git upload-pack` /
+//!   `git receive-pack` child processes, as the git CLI does (registered
+//!   with libgit2 by [`GitCache::new`]).
 //! - `discovery` — [`discover`]: Porch-compatible listing of the package
 //!   revisions in a local repository (placeholders on the registered branch,
 //!   published tags, drafts, proposals, deletion proposals), with resources,
@@ -19,6 +22,7 @@
 
 mod annotation;
 mod discovery;
+mod file_transport;
 mod git;
 
 use std::fmt;

@@ -15,6 +15,7 @@ use std::{
 use cairn_events::v1::{PackageRevision, RepositorySpec, Task};
 use cairn_storage::{BlobPin, BlobStore, Store};
 use parking_lot::Mutex;
+use tracing::debug;
 
 use super::component::object_name;
 use crate::origin::{self, Credentials, FetchOutcome, GitCache, OriginError};
@@ -153,10 +154,13 @@ pub fn read_upstream(
 ) -> Result<Upstream, OriginError> {
     let git = spec.git.clone().unwrap_or_default();
     let credentials = env.secrets.resolve(&git.secret_ref)?;
+    let started = Instant::now();
     env.fetches
         .fetch(&git.url, credentials.as_ref(), asked_at)?;
+    let fetched = started.elapsed();
     let mirror = env.fetches.cache().mirror_path(&git.url);
     let mut discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
+    let discovered = started.elapsed() - fetched;
     if discovery.branch_commit.is_none() {
         if !git.create_branch {
             return Err(OriginError::BranchMissing {
@@ -229,6 +233,14 @@ pub fn read_upstream(
         };
         revisions.insert(name, revision);
     }
+    debug!(
+        url = %git.url,
+        revisions = revisions.len(),
+        fetch_ms = fetched.as_millis(),
+        discover_ms = discovered.as_millis(),
+        store_ms = (started.elapsed() - fetched - discovered).as_millis(),
+        "upstream read"
+    );
     Ok(Upstream {
         commit,
         revisions,
