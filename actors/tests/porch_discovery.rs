@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cairn_actors::origin::{
-    create_branch, discover, validate_url, DiscoveredRevision, Discovery, GitCache, Lifecycle,
-    OriginError,
+    create_branch, discover, validate_url, Blobs, DiscoveredRevision, Discovery, GitCache,
+    Lifecycle, OriginError,
 };
 use tempfile::TempDir;
 
@@ -137,6 +137,15 @@ impl Synced {
     fn list(&self, directory: &str) -> Discovery {
         let mirror = self.cache.mirror_path(&self.upstream.url());
         discover(&mirror, "main", directory).expect("discover")
+    }
+
+    /// The content of a resource of `revision`, read from the mirror.
+    fn content(&self, revision: &DiscoveredRevision, path: &str) -> Vec<u8> {
+        let mirror = self.cache.mirror_path(&self.upstream.url());
+        Blobs::open(&mirror)
+            .unwrap()
+            .with(revision.resources[path], <[u8]>::to_vec)
+            .unwrap()
     }
 }
 
@@ -333,7 +342,7 @@ fn simple_repository_lists_tags_and_placeholders() {
     );
     let kptfile = up.git(&["show", "main:basens/Kptfile"]);
     assert_eq!(
-        String::from_utf8(placeholder.resources["Kptfile"].clone())
+        String::from_utf8(synced.content(placeholder, "Kptfile"))
             .unwrap()
             .trim(),
         kptfile
@@ -689,7 +698,7 @@ fn packages_do_not_nest_and_broken_kptfiles_are_tolerated() {
     let a = find(&d, "apps", "a", -1);
     let files: Vec<&str> = a.resources.keys().map(String::as_str).collect();
     assert_eq!(files, vec!["Kptfile", "sub/Kptfile", "sub/x.yaml"]);
-    assert_eq!(a.resources["sub/x.yaml"], b"x: 1\n".to_vec());
+    assert_eq!(synced.content(a, "sub/x.yaml"), b"x: 1\n".to_vec());
     assert_eq!(
         a.labels,
         BTreeMap::from([

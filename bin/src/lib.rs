@@ -15,6 +15,7 @@
 //! - [`views_cmd`] — `cairn views rebuild`.
 //! - [`bench`] — `cairn bench …`, each against its raw baseline in the same run.
 //! - [`telemetry`] — tracing subscriber set-up.
+//! - [`memory`] — handing memory freed by large syncs back to the system.
 
 pub mod bench;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod local_nats;
 pub mod log_cmd;
+pub mod memory;
 pub mod node;
 pub mod telemetry;
 pub mod views_cmd;

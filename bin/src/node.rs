@@ -105,6 +105,7 @@ impl Node {
             store: store.clone(),
             fetches: Fetches::new(GitCache::new(config.git_cache_dir())),
             secrets: Secrets::new(config.git.secrets_dir.clone()),
+            release_memory: crate::memory::release,
         });
         let registry = tokio::task::spawn_blocking(move || Registry::load(env))
             .await??

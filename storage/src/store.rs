@@ -26,7 +26,10 @@ use cairn_events::{
     StreamId, SCHEMA_VERSION,
 };
 use parking_lot::Mutex;
-use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -43,8 +46,11 @@ use crate::{
 /// Metadata travels in NATS headers, which allow no control characters.
 pub const METADATA_MAX_BYTES: usize = 512;
 
-/// Memory for memtables across all column families, in bytes (64 MiB).
-pub const MEMTABLES_MAX_BYTES: usize = 64 << 20;
+/// Memory for memtables across all column families, in bytes (32 MiB).
+pub const MEMTABLES_MAX_BYTES: usize = 32 << 20;
+
+/// The block cache all column families share, in bytes (16 MiB).
+pub const BLOCK_CACHE_BYTES: usize = 16 << 20;
 
 /// Version of the on-disk layout (column families and key formats).
 pub const LAYOUT_VERSION: u32 = 1;
@@ -125,6 +131,17 @@ pub struct WriterStats {
     pub appends: u64,
     /// Write batches (each one fsync) that committed them.
     pub batches: u64,
+}
+
+/// Memory RocksDB holds, in bytes (see [`Store::memory_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Active and immutable memtables of every column family.
+    pub memtables: u64,
+    /// Index and filter blocks of open SST files outside the block cache.
+    pub table_readers: u64,
+    /// The shared block cache.
+    pub block_cache: u64,
 }
 
 struct AppendRequest {
@@ -284,6 +301,34 @@ impl Store {
             appends: self.inner().appends.load(Ordering::Relaxed),
             batches: self.inner().batches.load(Ordering::Relaxed),
         }
+    }
+
+    /// RocksDB's own estimate of the memory it holds, summed over all
+    /// column families.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let inner = self.inner();
+        let names = Column::ALL
+            .iter()
+            .map(|c| c.name().to_owned())
+            .chain(inner.view_cfs.iter().cloned());
+        let mut usage = MemoryUsage::default();
+        for name in names {
+            let Some(cf) = inner.db.cf_handle(&name) else {
+                continue;
+            };
+            let property = |p: &str| {
+                inner
+                    .db
+                    .property_int_value_cf(cf, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            usage.memtables += property("rocksdb.cur-size-all-mem-tables");
+            usage.table_readers += property("rocksdb.estimate-table-readers-mem");
+            usage.block_cache = usage.block_cache.max(property("rocksdb.block-cache-usage"));
+        }
+        usage
     }
 
     fn check_request(&self, events: &[Event], metadata: &Metadata) -> Result<(), StorageError> {
@@ -695,17 +740,24 @@ impl BlobStore for Store {
 }
 
 fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageError> {
-    let mut options = Options::default();
+    // Every column family gets the same options, sharing one block cache:
+    // resident memory must not grow with the number of families or of
+    // revisions (RocksDB's defaults give each family a 64 MiB memtable and
+    // a 32 MiB block cache of its own).
+    let mut family = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+    family.set_block_based_table_factory(&table);
+    family.set_write_buffer_size(MEMTABLES_MAX_BYTES / 4);
+
+    let mut options = family.clone();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     // Keep fds bounded and let RocksDB use both cores for background work.
     options.set_max_open_files(512);
     options.increase_parallelism(2);
-    // Bound memtable memory across all column families (64 MiB each would
-    // be RocksDB's default): resident memory must not grow with the number
-    // of families or of revisions.
+    // Bound memtable memory across all column families.
     options.set_db_write_buffer_size(MEMTABLES_MAX_BYTES);
-    options.set_write_buffer_size(MEMTABLES_MAX_BYTES / 4);
     let mut names: Vec<String> = Column::ALL.iter().map(|c| c.name().to_owned()).collect();
     names.extend(view_cfs.iter().cloned());
     // Open families this build does not know (a view from another version)
@@ -717,7 +769,10 @@ fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageError> {
             }
         }
     }
-    Ok(DB::open_cf(&options, path, names)?)
+    let families = names
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, family.clone()));
+    Ok(DB::open_cf_descriptors(&options, path, families)?)
 }
 
 /// Where a scan of `prefix` that continues after key `after` starts.

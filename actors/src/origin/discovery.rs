@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use git2::{ObjectType, Oid, Repository, RepositoryOpenFlags, Sort, Tree, TreeWalkMode};
 use tracing::warn;
@@ -68,8 +69,11 @@ pub struct DiscoveredRevision {
     pub lifecycle: Lifecycle,
     /// Commit (hex) the revision's content comes from.
     pub commit: String,
-    /// Every file below the package directory: path relative to it → bytes.
-    pub resources: BTreeMap<String, Vec<u8>>,
+    /// Every file below the package directory: path relative to it → the
+    /// Git blob holding its content. Contents are not loaded here: a large
+    /// repository's would not fit in memory at once (see
+    /// [`super::Blobs`]).
+    pub resources: Arc<BTreeMap<String, Oid>>,
     /// Email of the publisher, for published revisions where known.
     pub published_by: Option<String>,
     /// When it was published, RFC 3339 UTC (`2022-08-26T22:47:35Z`).
@@ -164,8 +168,9 @@ struct Discoverer<'a> {
     directory: &'a str,
     /// Parsed annotations per commit: histories overlap, parse each once.
     annotations: HashMap<Oid, Rc<[Annotation]>>,
-    /// Files per package tree: revisions often share a tree.
-    resources: HashMap<Oid, BTreeMap<String, Vec<u8>>>,
+    /// Files and Kptfile labels per package tree: revisions often share a
+    /// tree.
+    resources: HashMap<Oid, PackageTree>,
     /// The history, indexed once (see [`History`]).
     history: History,
 }
@@ -462,11 +467,10 @@ impl Discoverer<'_> {
         published: PublishInfo,
         tasks: Vec<Task>,
     ) -> Result<DiscoveredRevision, OriginError> {
-        let resources = self.resources_of(tree)?;
-        let labels = resources
-            .get("Kptfile")
-            .map(|k| kptfile_labels(k))
-            .unwrap_or_default();
+        let PackageTree {
+            files: resources,
+            labels,
+        } = self.resources_of(tree)?;
         let (path, name) = match self.relative(package).rsplit_once('/') {
             Some((path, name)) => (path.to_owned(), name.to_owned()),
             None => (String::new(), self.relative(package).to_owned()),
@@ -487,7 +491,7 @@ impl Discoverer<'_> {
             published_by: published.by,
             published_at: published.at,
             tasks,
-            labels,
+            labels: Arc::unwrap_or_clone(labels),
             latest: false,
         })
     }
@@ -624,7 +628,7 @@ impl Discoverer<'_> {
             .clone()
     }
 
-    fn resources_of(&mut self, tree_id: Oid) -> Result<BTreeMap<String, Vec<u8>>, OriginError> {
+    fn resources_of(&mut self, tree_id: Oid) -> Result<PackageTree, OriginError> {
         if let Some(found) = self.resources.get(&tree_id) {
             return Ok(found.clone());
         }
@@ -644,16 +648,8 @@ impl Discoverer<'_> {
                 )));
                 return git2::TreeWalkResult::Abort;
             }
-            match self.repo.find_blob(entry.id()) {
-                Ok(blob) => {
-                    files.insert(format!("{dir}{name}"), blob.content().to_vec());
-                    git2::TreeWalkResult::Ok
-                }
-                Err(e) => {
-                    failure = Some(map_git_error(e));
-                    git2::TreeWalkResult::Abort
-                }
-            }
+            files.insert(format!("{dir}{name}"), entry.id());
+            git2::TreeWalkResult::Ok
         });
         // An abort from the callback surfaces as an error of the walk; the
         // callback's own reason is the one worth reporting.
@@ -661,9 +657,27 @@ impl Discoverer<'_> {
             return Err(e);
         }
         walked.map_err(map_git_error)?;
-        self.resources.insert(tree_id, files.clone());
-        Ok(files)
+        let labels = match files.get("Kptfile") {
+            Some(kptfile) => {
+                let blob = self.repo.find_blob(*kptfile).map_err(map_git_error)?;
+                Arc::new(kptfile_labels(blob.content()))
+            }
+            None => Arc::default(),
+        };
+        let found = PackageTree {
+            files: Arc::new(files),
+            labels,
+        };
+        self.resources.insert(tree_id, found.clone());
+        Ok(found)
     }
+}
+
+/// What discovery keeps of a package tree.
+#[derive(Clone)]
+struct PackageTree {
+    files: Arc<BTreeMap<String, Oid>>,
+    labels: Arc<BTreeMap<String, String>>,
 }
 
 /// Publisher and publishing time, both optional.

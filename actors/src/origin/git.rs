@@ -128,6 +128,35 @@ impl GitCache {
     }
 }
 
+/// The objects of a local mirror, read by id: the resource contents
+/// discovery lists as blob ids.
+pub struct Blobs {
+    repo: Repository,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs")
+            .field("repo", &self.repo.path())
+            .finish()
+    }
+}
+
+impl Blobs {
+    /// Opens the repository at `path`.
+    pub fn open(path: &Path) -> Result<Self, OriginError> {
+        Ok(Blobs {
+            repo: Repository::open_bare(path).map_err(map_git_error)?,
+        })
+    }
+
+    /// Calls `f` with the content of blob `id`.
+    pub fn with<T>(&self, id: git2::Oid, f: impl FnOnce(&[u8]) -> T) -> Result<T, OriginError> {
+        let blob = self.repo.find_blob(id).map_err(map_git_error)?;
+        Ok(f(blob.content()))
+    }
+}
+
 /// Creates `branch` upstream at `url` with one initial commit with an empty
 /// tree, authored and committed by `author <email>`, and pushes it (for
 /// registrations with "create branch" on a repository lacking the branch).

@@ -28,7 +28,7 @@ mod git;
 use std::fmt;
 
 pub use discovery::{discover, DiscoveredRevision, Discovery, Lifecycle, Task};
-pub use git::{create_branch, FetchOutcome, GitCache};
+pub use git::{create_branch, Blobs, FetchOutcome, GitCache};
 
 /// Username and password (or token) for an upstream over http(s).
 #[derive(Clone, PartialEq, Eq)]

@@ -117,36 +117,43 @@ impl RepositoryComponent {
     }
 
     /// Events that bring the views from the current revisions to
-    /// `discovered` (Added, Modified, Deleted, in name order).
+    /// `discovered` (Added, Modified, Deleted, in name order). Consumes
+    /// `discovered`: each revision moves into its event, so a large sync
+    /// holds one copy.
     pub fn reconcile(
         current: &BTreeMap<String, PackageRevision>,
-        discovered: &BTreeMap<String, PackageRevision>,
+        discovered: BTreeMap<String, PackageRevision>,
     ) -> (Vec<Event>, Changes) {
         let mut events = Vec::new();
         let mut changes = Changes::default();
+        let deleted: Vec<String> = current
+            .keys()
+            .filter(|n| !discovered.contains_key(*n))
+            .cloned()
+            .collect();
         for (name, revision) in discovered {
-            match current.get(name) {
+            match current.get(&name) {
                 None => {
                     changes.added += 1;
                     events.push(event(Payload::PackageRevisionAdded(PackageRevisionAdded {
-                        revision: Some(revision.clone()),
+                        revision: Some(revision),
                     })));
                 }
-                Some(current) if current != revision => {
+                Some(current) if *current != revision => {
                     changes.modified += 1;
                     events.push(event(Payload::PackageRevisionModified(
                         PackageRevisionModified {
-                            revision: Some(revision.clone()),
+                            revision: Some(revision),
                         },
                     )));
                 }
                 Some(_) => {}
             }
         }
-        for name in current.keys().filter(|n| !discovered.contains_key(*n)) {
+        for name in deleted {
             changes.deleted += 1;
             events.push(event(Payload::PackageRevisionDeleted(
-                PackageRevisionDeleted { name: name.clone() },
+                PackageRevisionDeleted { name },
             )));
         }
         (events, changes)
@@ -156,17 +163,18 @@ impl RepositoryComponent {
     /// `SyncSucceeded` with its counts.
     pub fn sync_events(
         current: &BTreeMap<String, PackageRevision>,
-        discovered: &BTreeMap<String, PackageRevision>,
+        discovered: BTreeMap<String, PackageRevision>,
         commit: &str,
         duration_ms: u64,
     ) -> (Vec<Event>, Changes) {
+        let package_count = discovered.len() as u32;
         let (mut events, changes) = Self::reconcile(current, discovered);
         events.push(event(Payload::SyncSucceeded(SyncSucceeded {
             commit: commit.to_owned(),
             added: changes.added,
             modified: changes.modified,
             deleted: changes.deleted,
-            package_count: discovered.len() as u32,
+            package_count,
             duration_ms,
             next_sync_at: None,
         })));
@@ -262,7 +270,7 @@ mod tests {
             rev("r.b.v1", "c2"),
             rev("r.d.v1", "c2"),
         ]);
-        let (events, changes) = RepositoryComponent::sync_events(&given, &discovered, "c2", 5);
+        let (events, changes) = RepositoryComponent::sync_events(&given, discovered, "c2", 5);
         assert_eq!(
             kinds(&events),
             [
@@ -285,7 +293,7 @@ mod tests {
     #[test]
     fn given_unchanged_upstream_then_only_sync_succeeded() {
         let given = current(&[rev("r.a.v1", "c1")]);
-        let (events, _) = RepositoryComponent::sync_events(&given, &given, "c1", 1);
+        let (events, _) = RepositoryComponent::sync_events(&given, given.clone(), "c1", 1);
         assert_eq!(kinds(&events), ["SyncSucceeded 0/0/0/1"]);
     }
 

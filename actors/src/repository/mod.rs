@@ -163,13 +163,14 @@ async fn sync_once(
             .current(&read_env.store)
             .map_err(|e| OriginError::Git(format!("reading the views: {e}")))?;
         let duration_ms = started.elapsed().as_millis() as u64;
+        let package_count = upstream.revisions.len();
         let (events, changes) = RepositoryComponent::sync_events(
             &current,
-            &upstream.revisions,
+            upstream.revisions,
             &upstream.commit,
             duration_ms,
         );
-        Ok::<_, OriginError>((events, changes, upstream.revisions.len(), upstream.pins))
+        Ok::<_, OriginError>((events, changes, package_count, upstream.pins))
     })
     .await
     .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
@@ -177,6 +178,9 @@ async fn sync_once(
         Ok((events, changes, package_count, pins)) => {
             append(env, component, events, metadata).await?;
             drop(pins); // the references are committed now
+            if changes.added + changes.modified + changes.deleted > 0 {
+                (env.release_memory)();
+            }
             info!(repo = %key, added = changes.added, modified = changes.modified, deleted = changes.deleted,
                 duration_ms = started.elapsed().as_millis() as u64, "sync finished");
             Ok(SyncReport {
@@ -214,7 +218,10 @@ impl Handler<Close> for RepositoryActor {
                         .await
                         .map_err(|e| ServiceError::internal(format!("close task failed: {e}")))??;
                     let events = RepositoryComponent::close_events(&current, "unregistered");
-                    append(&env, &mut component, events, msg.metadata).await
+                    drop(current);
+                    append(&env, &mut component, events, msg.metadata).await?;
+                    (env.release_memory)();
+                    Ok(())
                 }
                 .await;
                 (component, result)

@@ -132,6 +132,10 @@ pub struct SyncEnv {
     pub fetches: Fetches,
     /// Credentials by name.
     pub secrets: Secrets,
+    /// Hands memory freed by a sync or unregister that changed revisions
+    /// back to the system (the node passes its allocator's purge; a no-op
+    /// `|| {}` is fine).
+    pub release_memory: fn(),
 }
 
 /// The upstream's state, ready to reconcile.
@@ -195,17 +199,27 @@ pub fn read_upstream(
         .ok_or_else(|| OriginError::BranchMissing {
             branch: git.branch.clone(),
         })?;
+    // Contents go into the blob store one at a time, each blob once.
+    let blobs = origin::Blobs::open(&mirror)?;
+    let mut digests: HashMap<git2::Oid, String> = HashMap::new();
     let mut pins = Vec::new();
     let mut revisions = BTreeMap::new();
     for found in discovery.revisions {
         let mut resources = BTreeMap::new();
-        for (path, content) in &found.resources {
-            let pin = env
-                .store
-                .put(content)
-                .map_err(|e| OriginError::Git(format!("storing {path}: {e}")))?;
-            resources.insert(path.clone(), pin.digest().to_string());
-            pins.push(pin);
+        for (path, id) in found.resources.iter() {
+            let digest = match digests.get(id) {
+                Some(digest) => digest.clone(),
+                None => {
+                    let pin = blobs
+                        .with(*id, |content| env.store.put(content))?
+                        .map_err(|e| OriginError::Git(format!("storing {path}: {e}")))?;
+                    let digest = pin.digest().to_string();
+                    pins.push(pin);
+                    digests.insert(*id, digest.clone());
+                    digest
+                }
+            };
+            resources.insert(path.clone(), digest);
         }
         let name = object_name(&spec.name, &found.path, &found.package, &found.workspace);
         let published_at = found.published_at.as_deref().and_then(parse_timestamp);

@@ -550,6 +550,18 @@ pub fn resident() -> anyhow::Result<Resident> {
     })
 }
 
+/// What RocksDB says it holds, for the memory figures.
+fn rocksdb_usage(node: &Node) -> String {
+    let usage = node.store.memory_usage();
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    format!(
+        "RocksDB memtables {:.1} MiB, block cache {:.1} MiB, table readers {:.1} MiB",
+        mib(usage.memtables),
+        mib(usage.block_cache),
+        mib(usage.table_readers)
+    )
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -583,7 +595,12 @@ async fn memory_inner(
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<f64> {
     register_and_settle(running, generated, out).await?;
-    writeln!(out, "after the first sync: {}", resident()?)?;
+    writeln!(
+        out,
+        "after the first sync: {}; {}",
+        resident()?,
+        rocksdb_usage(&running.node)
+    )?;
     let started = Instant::now();
     let filter = json!({"namespace": NAMESPACE, "repository": REPOSITORY});
     let (_, pages, items) =
@@ -596,9 +613,10 @@ async fn memory_inner(
     let after = resident()?;
     writeln!(
         out,
-        "after a full list ({items} items, {pages} pages, {:.3}s): {after}; \
+        "after a full list ({items} items, {pages} pages, {:.3}s): {after}; {}; \
          the node runs in this process, so this is the node's RSS (nats-server not included)",
         started.elapsed().as_secs_f64(),
+        rocksdb_usage(&running.node)
     )?;
     Ok(mib(after.rss))
 }
