@@ -417,6 +417,63 @@ impl Store {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Appends `chunks` to `stream` in order, as if each went through
+    /// [`Store::append_async`] once the previous one committed — the first
+    /// expecting stream version `version`, each next one the version the
+    /// previous leaves — but queued together, so the writer commits them in
+    /// as few batches as it can instead of one fsync round trip each.
+    /// A failed chunk fails every later one (their expected versions no
+    /// longer match), so nothing after a failure is written. Returns the
+    /// outcome of each chunk up to and including the first failure.
+    pub async fn append_chunks_async(
+        &self,
+        stream: &StreamId,
+        mut version: u64,
+        chunks: Vec<Vec<Event>>,
+        metadata: Metadata,
+    ) -> Vec<Result<Appended, StorageError>> {
+        let mut replies = Vec::with_capacity(chunks.len());
+        for events in chunks {
+            let len = events.len() as u64;
+            let request = match self.request(
+                stream,
+                ExpectedVersion::Exact(version),
+                events,
+                metadata.clone(),
+            ) {
+                Ok(request) => request,
+                Err(e) => {
+                    replies.push(Err(e));
+                    break;
+                }
+            };
+            let (reply, rx) = oneshot::channel();
+            let sent = match self.sender() {
+                Ok(tx) => tx.send(Command::Append(request, reply)).await.is_ok(),
+                Err(_) => false,
+            };
+            if !sent {
+                replies.push(Err(StorageError::Closed));
+                break;
+            }
+            replies.push(Ok(rx));
+            version += len;
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let result = match reply {
+                Ok(rx) => rx.await.map_err(|_| StorageError::Closed).and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
     /// Rebuilds the named views (all when `views` is empty) from the log:
     /// clears their rows and replays every event through the same fold as
     /// live appends. Appends wait meanwhile, but readers see the views

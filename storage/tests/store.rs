@@ -312,6 +312,84 @@ fn limits_are_enforced_before_writing() {
 }
 
 #[test]
+fn queued_chunks_commit_in_order_and_stop_at_the_first_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.event_max_bytes = 64;
+    let store = Store::open(config, default_views()).unwrap();
+    let s = StreamId::new("s").unwrap();
+    let chunk = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| marker(n.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let versions =
+        |results: Vec<Result<cairn_storage::Appended, StorageError>>| -> Vec<Result<u64, String>> {
+            results
+                .into_iter()
+                .map(|r| r.map(|a| a.stream_version()).map_err(|e| e.to_string()))
+                .collect()
+        };
+
+    // Three chunks from version 0: versions 2, 3, 5, seqs gap-free.
+    let results = runtime.block_on(store.append_chunks_async(
+        &s,
+        0,
+        vec![chunk(&["a", "b"]), chunk(&["c"]), chunk(&["d", "e"])],
+        Metadata::default(),
+    ));
+    assert_eq!(versions(results), vec![Ok(2), Ok(3), Ok(5)]);
+    let names: Vec<u64> = store
+        .read_stream(&s, 1, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(names, vec![1, 2, 3, 4, 5]);
+
+    // A chunk that fails (too large) stops the rest: the one before it is
+    // written, nothing after it.
+    let results = runtime.block_on(store.append_chunks_async(
+        &s,
+        5,
+        vec![chunk(&["f"]), vec![marker("x".repeat(100))], chunk(&["g"])],
+        Metadata::default(),
+    ));
+    assert_eq!(
+        versions(results),
+        vec![
+            Ok(6),
+            Err(
+                "invalid append: event 0 (RepositoryClosed) is 104 bytes, at most 64 allowed"
+                    .into()
+            )
+        ]
+    );
+    assert_eq!(store.last_seq().unwrap(), 6);
+
+    // A stale version fails the first chunk and so every later one.
+    let results = runtime.block_on(store.append_chunks_async(
+        &s,
+        2,
+        vec![chunk(&["h"]), chunk(&["i"])],
+        Metadata::default(),
+    ));
+    let results = versions(results);
+    assert_eq!(results.len(), 1);
+    assert!(
+        results[0]
+            .as_ref()
+            .is_err_and(|e| e.contains("expected version 2")),
+        "{results:?}"
+    );
+    assert_eq!(store.last_seq().unwrap(), 6);
+}
+
+#[test]
 fn a_view_added_later_catches_up_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let digest = Digest::of(b"x");

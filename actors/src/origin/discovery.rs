@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use git2::{ObjectType, Oid, Repository, RepositoryOpenFlags, Sort, Tree, TreeWalkMode};
@@ -130,23 +129,45 @@ pub struct Task {
 /// repository; `"catalog/gcp"` or `"/catalog/gcp/"` = only below it, with
 /// paths reported relative to it). A directory that does not exist lists
 /// nothing. Malformed annotations and Kptfiles never fail discovery.
-pub fn discover(repo: &Path, branch: &str, directory: &str) -> Result<Discovery, OriginError> {
-    let repo = Repository::open_ext(
-        repo,
-        RepositoryOpenFlags::NO_SEARCH,
-        std::iter::empty::<&std::ffi::OsStr>(),
-    )
-    .map_err(map_git_error)?;
+pub fn discover(path: &Path, branch: &str, directory: &str) -> Result<Discovery, OriginError> {
+    discover_on(path, branch, directory, None)
+}
+
+/// [`discover`] on `threads` threads (`None`: one below
+/// [`PARALLEL_REFS_MIN`] refs, else the available cores up to
+/// [`THREADS_MAX`]).
+fn discover_on(
+    path: &Path,
+    branch: &str,
+    directory: &str,
+    threads: Option<usize>,
+) -> Result<Discovery, OriginError> {
+    let repo = open(path)?;
     Discoverer {
         repo: &repo,
         branch,
         directory: directory.trim_matches('/'),
-        annotations: HashMap::new(),
+        annotations: Arc::default(),
+        local_annotations: HashMap::new(),
         resources: HashMap::new(),
-        history: History::default(),
+        history: Arc::default(),
     }
-    .run()
+    .run(path, threads)
 }
+
+fn open(path: &Path) -> Result<Repository, OriginError> {
+    Repository::open_ext(
+        path,
+        RepositoryOpenFlags::NO_SEARCH,
+        std::iter::empty::<&std::ffi::OsStr>(),
+    )
+    .map_err(map_git_error)
+}
+
+/// Refs below which discovery stays on one thread.
+const PARALLEL_REFS_MIN: usize = 512;
+/// Most threads one discovery uses.
+const THREADS_MAX: usize = 4;
 
 /// How a ref contributes to the listing.
 enum RefKind<'a> {
@@ -166,13 +187,17 @@ struct Discoverer<'a> {
     branch: &'a str,
     /// Registered directory without leading or trailing `/`; `""` = root.
     directory: &'a str,
-    /// Parsed annotations per commit: histories overlap, parse each once.
-    annotations: HashMap<Oid, Rc<[Annotation]>>,
+    /// Parsed annotations per commit, of every commit the history index
+    /// visited (shared, read-only once the index is built).
+    annotations: Arc<HashMap<Oid, Arc<[Annotation]>>>,
+    /// Parsed annotations of commits beyond the index.
+    local_annotations: HashMap<Oid, Arc<[Annotation]>>,
     /// Files and Kptfile labels per package tree: revisions often share a
     /// tree.
     resources: HashMap<Oid, PackageTree>,
-    /// The history, indexed once (see [`History`]).
-    history: History,
+    /// The history, indexed once (see [`History`]); shared by the threads
+    /// of one discovery.
+    history: Arc<History>,
 }
 
 /// The repository's history, indexed by one walk per discovery: every
@@ -195,7 +220,7 @@ struct History {
 }
 
 impl Discoverer<'_> {
-    fn run(mut self) -> Result<Discovery, OriginError> {
+    fn run(mut self, path: &Path, threads: Option<usize>) -> Result<Discovery, OriginError> {
         let main_ref = format!("refs/heads/{}", self.branch);
         let mut main = None;
         let mut others = Vec::new();
@@ -224,10 +249,102 @@ impl Discoverer<'_> {
             .into_iter()
             .chain(others.iter().map(|(_, c)| *c))
             .collect();
+        let started = std::time::Instant::now();
         self.index_history(&starts, main)?;
+        let indexed = started.elapsed();
 
         let mut revisions = Vec::new();
-        for (name, commit) in &others {
+        let threads = threads.unwrap_or_else(|| {
+            if others.len() < PARALLEL_REFS_MIN {
+                1
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(THREADS_MAX))
+            }
+        });
+        if threads <= 1 {
+            revisions = self.refs(&others, &deletion_proposed)?;
+        } else {
+            // Each ref is independent given the index: split them over
+            // threads, each with its own repository handle and caches.
+            let (branch, directory) = (self.branch, self.directory);
+            let (history, annotations) = (&self.history, &self.annotations);
+            let deletion_proposed = &deletion_proposed;
+            let parts = std::thread::scope(|scope| {
+                let workers: Vec<_> = others
+                    .chunks(others.len().div_ceil(threads))
+                    .map(|part| {
+                        scope.spawn(move || {
+                            let repo = open(path)?;
+                            Discoverer {
+                                repo: &repo,
+                                branch,
+                                directory,
+                                annotations: annotations.clone(),
+                                local_annotations: HashMap::new(),
+                                resources: HashMap::new(),
+                                history: history.clone(),
+                            }
+                            .refs(part, deletion_proposed)
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(OriginError::Git("a discovery thread panicked".into()))
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for part in parts {
+                revisions.extend(part?);
+            }
+        }
+        let refs_done = started.elapsed();
+        if let Some(tip) = main {
+            for (package, tree) in self.packages_on(tip)? {
+                let dp_key = format!("{package}/{}", self.branch);
+                let lifecycle = if deletion_proposed.contains(&dp_key) {
+                    Lifecycle::DeletionProposed
+                } else {
+                    Lifecycle::Published
+                };
+                revisions.push(self.placeholder(&package, tree, tip, lifecycle)?);
+            }
+        }
+
+        tracing::debug!(
+            threads,
+            index_ms = indexed.as_millis(),
+            refs_ms = (refs_done - indexed).as_millis(),
+            placeholders_ms = (started.elapsed() - refs_done).as_millis(),
+            "discovered"
+        );
+        mark_latest(&mut revisions);
+        revisions.sort_by(|a, b| {
+            (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
+                &b.path,
+                &b.package,
+                b.revision,
+                &b.workspace,
+                b.lifecycle,
+            ))
+        });
+        Ok(Discovery {
+            branch_commit: main.map(|c| c.to_string()),
+            revisions,
+        })
+    }
+
+    /// The revisions of tags, drafts and proposals among `refs`.
+    fn refs(
+        &mut self,
+        refs: &[(String, Oid)],
+        deletion_proposed: &HashSet<String>,
+    ) -> Result<Vec<DiscoveredRevision>, OriginError> {
+        let mut revisions = Vec::new();
+        for (name, commit) in refs {
             let Some(kind) = classify(name) else {
                 continue;
             };
@@ -254,32 +371,7 @@ impl Discoverer<'_> {
                 }
             }
         }
-        if let Some(tip) = main {
-            for (package, tree) in self.packages_on(tip)? {
-                let dp_key = format!("{package}/{}", self.branch);
-                let lifecycle = if deletion_proposed.contains(&dp_key) {
-                    Lifecycle::DeletionProposed
-                } else {
-                    Lifecycle::Published
-                };
-                revisions.push(self.placeholder(&package, tree, tip, lifecycle)?);
-            }
-        }
-
-        mark_latest(&mut revisions);
-        revisions.sort_by(|a, b| {
-            (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
-                &b.path,
-                &b.package,
-                b.revision,
-                &b.workspace,
-                b.lifecycle,
-            ))
-        });
-        Ok(Discovery {
-            branch_commit: main.map(|c| c.to_string()),
-            revisions,
-        })
+        Ok(revisions)
     }
 
     /// Packages (full path, tree) on commit `tip` below the directory.
@@ -529,14 +621,13 @@ impl Discoverer<'_> {
 
     /// Builds [`History`] with one walk from every ref.
     fn index_history(&mut self, starts: &[Oid], tip: Option<Oid>) -> Result<(), OriginError> {
+        let mut history = History::default();
         if let Some(tip) = tip {
             let mut walk = self.repo.revwalk().map_err(map_git_error)?;
             walk.simplify_first_parent().map_err(map_git_error)?;
             walk.push(tip).map_err(map_git_error)?;
             for (index, oid) in walk.enumerate().take(HISTORY_WALK_COMMITS_MAX) {
-                self.history
-                    .chain
-                    .insert(oid.map_err(map_git_error)?, index);
+                history.chain.insert(oid.map_err(map_git_error)?, index);
             }
         }
         let mut walk = self.repo.revwalk().map_err(map_git_error)?;
@@ -556,20 +647,23 @@ impl Discoverer<'_> {
                 break;
             }
             let oid = oid.map_err(map_git_error)?;
-            self.history.position.insert(oid, position);
+            history.position.insert(oid, position);
             let commit = self.repo.find_commit(oid).map_err(map_git_error)?;
             let annotations = self.annotations_of(&commit);
             let mut packages: Vec<&str> = annotations.iter().map(|a| a.package.as_str()).collect();
             packages.sort_unstable();
             packages.dedup();
             for package in packages {
-                self.history
+                history
                     .annotated
                     .entry(package.to_owned())
                     .or_default()
                     .push((position, oid));
             }
         }
+        self.history = Arc::new(history);
+        // Every indexed commit's annotations, for all threads to read.
+        self.annotations = Arc::new(std::mem::take(&mut self.local_annotations));
         Ok(())
     }
 
@@ -619,8 +713,11 @@ impl Discoverer<'_> {
         Ok(())
     }
 
-    fn annotations_of(&mut self, commit: &git2::Commit<'_>) -> Rc<[Annotation]> {
-        self.annotations
+    fn annotations_of(&mut self, commit: &git2::Commit<'_>) -> Arc<[Annotation]> {
+        if let Some(found) = self.annotations.get(&commit.id()) {
+            return found.clone();
+        }
+        self.local_annotations
             .entry(commit.id())
             .or_insert_with(|| {
                 parse_message(&String::from_utf8_lossy(commit.message_bytes())).into()
@@ -874,6 +971,54 @@ mod tests {
         ] {
             assert!(classify(ignored).is_none(), "{ignored}");
         }
+    }
+
+    #[test]
+    fn threads_split_the_refs_and_find_the_same_revisions() {
+        // 300 packages on main, each tagged v1 and v2, one draft each for
+        // a third of them: 700 refs, enough for every thread to get some.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        for i in 0..300 {
+            let kptfile = repo
+                .blob(format!("kind: Kptfile\nmetadata:\n  name: p{i}\n").as_bytes())
+                .unwrap();
+            let mut package = repo.treebuilder(None).unwrap();
+            package.insert("Kptfile", kptfile, 0o100644).unwrap();
+            root.insert(format!("p{i:03}"), package.write().unwrap(), 0o040000)
+                .unwrap();
+        }
+        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        let commit = repo
+            .commit(
+                Some("refs/heads/main"),
+                &signature,
+                &signature,
+                "all",
+                &tree,
+                &[],
+            )
+            .unwrap();
+        for i in 0..300 {
+            for v in 1..=2 {
+                repo.reference(&format!("refs/tags/p{i:03}/v{v}"), commit, false, "")
+                    .unwrap();
+            }
+            if i % 3 == 0 {
+                repo.reference(&format!("refs/heads/drafts/p{i:03}/ws"), commit, false, "")
+                    .unwrap();
+            }
+        }
+        let one = discover_on(dir.path(), "main", "", Some(1)).unwrap();
+        let three = discover_on(dir.path(), "main", "", Some(3)).unwrap();
+        assert_eq!(one.revisions.len(), 300 * 3 + 100);
+        assert_eq!(one, three);
+        let automatic = discover(dir.path(), "main", "").unwrap();
+        assert_eq!(one, automatic);
+        let latest = one.revisions.iter().filter(|r| r.latest).count();
+        assert_eq!(latest, 300);
     }
 
     #[test]

@@ -22,7 +22,6 @@ use cairn_events::{
     envelope::{event, Metadata},
     v1::{event::Payload, Event, RepositoryRegistered, SyncFailed, SyncStarted},
 };
-use cairn_storage::ExpectedVersion;
 use tracing::{info, warn};
 
 pub use component::RepositoryComponent;
@@ -59,8 +58,8 @@ pub fn origin_error(e: &OriginError) -> ServiceError {
 }
 
 /// Appends `events` at the component's version, in appends of at most
-/// `store.append-max-events` (a large first sync can exceed one), keeping
-/// the component's version current after each. The last event (a
+/// `store.append-max-events` (a large first sync can exceed one) queued
+/// together, keeping the component's version current after each. The last event (a
 /// `SyncSucceeded` or `RepositoryClosed`) comes last, so a reader sees a
 /// sync as finished only once all of it is committed; a crash in between
 /// leaves a partial reconciliation that the next sync completes.
@@ -70,24 +69,24 @@ async fn append(
     mut events: Vec<Event>,
     metadata: Metadata,
 ) -> Result<(), ServiceError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let max = env.store.config().append_max_events.max(1);
-    while !events.is_empty() {
-        let rest = if events.len() > max {
-            events.split_off(max)
-        } else {
-            Vec::new()
-        };
-        let appended = env
-            .store
-            .append_async(
-                &component.stream,
-                ExpectedVersion::Exact(component.version),
-                events,
-                metadata.clone(),
-            )
-            .await?;
-        component.committed(appended.stream_version());
-        events = rest;
+    let mut chunks = Vec::with_capacity(events.len().div_ceil(max));
+    while events.len() > max {
+        let rest = events.split_off(max);
+        chunks.push(std::mem::replace(&mut events, rest));
+    }
+    chunks.push(events);
+    // Queued together: the writer commits them back to back, each chunk
+    // expecting the version the previous one leaves.
+    for appended in env
+        .store
+        .append_chunks_async(&component.stream, component.version, chunks, metadata)
+        .await
+    {
+        component.committed(appended?.stream_version());
     }
     Ok(())
 }
@@ -176,13 +175,14 @@ async fn sync_once(
     .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
     match outcome {
         Ok((events, changes, package_count, pins)) => {
+            let read_ms = started.elapsed().as_millis() as u64;
             append(env, component, events, metadata).await?;
             drop(pins); // the references are committed now
             if changes.added + changes.modified + changes.deleted > 0 {
                 (env.release_memory)();
             }
             info!(repo = %key, added = changes.added, modified = changes.modified, deleted = changes.deleted,
-                duration_ms = started.elapsed().as_millis() as u64, "sync finished");
+                read_ms, duration_ms = started.elapsed().as_millis() as u64, "sync finished");
             Ok(SyncReport {
                 added: changes.added,
                 modified: changes.modified,
