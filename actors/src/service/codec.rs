@@ -107,8 +107,9 @@ pub enum Body {
     Json(serde_json::Value),
     /// An encoded protobuf reply.
     Protobuf(Vec<u8>),
-    /// A JSON reply already serialised (large pages are assembled as bytes).
-    JsonBytes(Vec<u8>),
+    /// A JSON reply already serialised (large pages are assembled as bytes,
+    /// and may be shared with the page cache).
+    JsonBytes(Bytes),
 }
 
 impl Body {
@@ -126,14 +127,6 @@ impl Body {
 }
 
 impl Reply for Body {
-    fn json_bytes(&self) -> Result<Vec<u8>, ServiceError> {
-        match self {
-            Body::JsonBytes(b) => Ok(b.clone()),
-            other => serde_json::to_vec(&other.to_json()?)
-                .map_err(|e| ServiceError::internal(e.to_string())),
-        }
-    }
-
     fn to_json(&self) -> Result<serde_json::Value, ServiceError> {
         match self {
             Body::Json(v) => Ok(v.clone()),
@@ -146,29 +139,52 @@ impl Reply for Body {
 
     fn to_protobuf(&self) -> Vec<u8> {
         match self {
-            Body::Protobuf(b) | Body::JsonBytes(b) => b.clone(),
+            Body::Protobuf(b) => b.clone(),
+            Body::JsonBytes(b) => b.to_vec(),
             Body::Json(v) => v.to_string().into_bytes(),
+        }
+    }
+
+    fn into_json_bytes(self) -> Result<Bytes, ServiceError> {
+        match self {
+            Body::JsonBytes(b) => Ok(b),
+            other => serde_json::to_vec(&other.to_json()?)
+                .map(Bytes::from)
+                .map_err(|e| ServiceError::internal(e.to_string())),
+        }
+    }
+
+    fn into_protobuf(self) -> Bytes {
+        match self {
+            Body::Protobuf(b) => Bytes::from(b),
+            other => Bytes::from(other.to_protobuf()),
         }
     }
 }
 
 /// A reply body in both formats.
-pub trait Reply {
+pub trait Reply: Sized {
     /// The JSON body.
     fn to_json(&self) -> Result<serde_json::Value, ServiceError>;
     /// The protobuf body.
     fn to_protobuf(&self) -> Vec<u8>;
-    /// The JSON body, serialised.
-    fn json_bytes(&self) -> Result<Vec<u8>, ServiceError> {
-        serde_json::to_vec(&self.to_json()?).map_err(|e| ServiceError::internal(e.to_string()))
+    /// The JSON body, serialised (without a copy when it already is).
+    fn into_json_bytes(self) -> Result<Bytes, ServiceError> {
+        serde_json::to_vec(&self.to_json()?)
+            .map(Bytes::from)
+            .map_err(|e| ServiceError::internal(e.to_string()))
+    }
+    /// The protobuf body (without a copy when it already is encoded).
+    fn into_protobuf(self) -> Bytes {
+        Bytes::from(self.to_protobuf())
     }
 }
 
 /// Sends `result` to the requester in `format`.
 pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result<R, ServiceError>) {
     let outcome = result.and_then(|reply| match format {
-        Format::Json => reply.json_bytes(),
-        Format::Protobuf => Ok(reply.to_protobuf()),
+        Format::Json => reply.into_json_bytes(),
+        Format::Protobuf => Ok(reply.into_protobuf()),
     });
     let sent = match outcome {
         Ok(body) => {
@@ -176,9 +192,7 @@ pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result
             if format == Format::Protobuf {
                 headers.insert("Content-Type", PROTOBUF);
             }
-            request
-                .respond_with_headers(Ok(Bytes::from(body)), headers)
-                .await
+            request.respond_with_headers(Ok(body), headers).await
         }
         Err(error) => {
             // The micro protocol's error headers, plus a body naming the

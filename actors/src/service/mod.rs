@@ -21,6 +21,7 @@
 pub mod codec;
 pub mod fields;
 pub mod log;
+pub mod pages;
 pub mod pkgrev;
 pub mod repo;
 pub mod validate;
@@ -45,6 +46,9 @@ pub struct ServiceConfig {
     pub max_concurrent_requests: usize,
     /// Version reported in `$SRV.INFO`. Default: the crate version.
     pub version: String,
+    /// Bytes of rendered `pkgrev.list` pages kept (see [`pages`]).
+    /// Default: 16 MiB.
+    pub page_cache_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -53,6 +57,7 @@ impl Default for ServiceConfig {
             request_max_bytes: 64 * 1024,
             max_concurrent_requests: 256,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            page_cache_bytes: 16 << 20,
         }
     }
 }
@@ -68,6 +73,8 @@ pub struct ServiceContext {
     pub client: async_nats::Client,
     /// Opens, closes and syncs repositories.
     pub registry: actix::Addr<crate::registry::Registry>,
+    /// Rendered list pages.
+    pub pages: Arc<pages::PageCache>,
 }
 
 impl ServiceContext {
@@ -109,6 +116,7 @@ impl CairnService {
             store,
             client: client.clone(),
             registry,
+            pages: Arc::new(pages::PageCache::new(config.page_cache_bytes)),
             config,
         };
         let limiter = Arc::new(Semaphore::new(

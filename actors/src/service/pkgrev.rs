@@ -253,6 +253,13 @@ pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<B
         .transpose()?;
     let store = context.store.clone();
     let max = context.reply_max_bytes();
+    let pages = context.pages.clone();
+    let request_key = (format == Format::Json).then(|| request.body.clone());
+    if let Some(key) = &request_key {
+        if let Some(page) = pages.get(key, store.last_seq()?) {
+            return Ok(Body::JsonBytes(page));
+        }
+    }
     // Read, filter and join the page off the async threads.
     blocking(move || match format {
         Format::Json => {
@@ -279,6 +286,10 @@ pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<B
                 None => page.extend_from_slice(b"null"),
             }
             page.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
+            let page = bytes::Bytes::from(page);
+            if let Some(key) = request_key {
+                pages.put(key, seq, page.clone());
+            }
             Ok(Body::JsonBytes(page))
         }
         Format::Protobuf => {
