@@ -66,19 +66,24 @@ pub fn origin_error(e: &OriginError) -> ServiceError {
 async fn append(
     env: &SyncEnv,
     component: &mut RepositoryComponent,
-    mut events: Vec<Event>,
+    events: Vec<Event>,
     metadata: Metadata,
 ) -> Result<(), ServiceError> {
     if events.is_empty() {
         return Ok(());
     }
     let max = env.store.config().append_max_events.max(1);
+    // Each chunk its own exact-size vector (splitting one vector off
+    // another would leave every chunk with the capacity of the whole).
     let mut chunks = Vec::with_capacity(events.len().div_ceil(max));
-    while events.len() > max {
-        let rest = events.split_off(max);
-        chunks.push(std::mem::replace(&mut events, rest));
+    let mut events = events.into_iter();
+    loop {
+        let chunk: Vec<Event> = events.by_ref().take(max).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
     }
-    chunks.push(events);
     // Queued together: the writer commits them back to back, each chunk
     // expecting the version the previous one leaves.
     for appended in env
