@@ -285,7 +285,8 @@ fn has_loose_refs(path: &Path) -> bool {
 
 /// Makes `refs` the mirror's refs: writes them as its `packed-refs` file
 /// (with the peeled targets of annotated tags, as `git pack-refs` does),
-/// replacing the old one atomically, then removes loose refs. One file for
+/// replacing the old one atomically, then removes loose refs if there are
+/// any (readers of the mirror see the directories go only then). One file for
 /// any number of refs, where libgit2's fetch writes (and the file system
 /// allocates) a file per ref.
 fn write_refs(path: &Path, refs: &BTreeMap<String, RefTarget>) -> Result<(), OriginError> {
@@ -307,6 +308,9 @@ fn write_refs(path: &Path, refs: &BTreeMap<String, RefTarget>) -> Result<(), Ori
         .and_then(|()| file.sync_all())
         .map_err(|e| io("write packed-refs", e))?;
     fs::rename(&temp, path.join("packed-refs")).map_err(|e| io("replace packed-refs", e))?;
+    if !has_loose_refs(path) {
+        return Ok(());
+    }
     for dir in ["refs/heads", "refs/tags"] {
         let dir = path.join(dir);
         match fs::remove_dir_all(&dir) {
