@@ -106,6 +106,7 @@ impl Node {
             fetches: Fetches::new(GitCache::new(config.git_cache_dir())),
             secrets: Secrets::new(config.git.secrets_dir.clone()),
             release_memory: crate::memory::release,
+            discoveries: Default::default(),
         });
         let registry = tokio::task::spawn_blocking(move || Registry::load(env))
             .await??

@@ -129,10 +129,20 @@ fn payload() -> impl Strategy<Value = Payload> {
             any::<u32>(),
             any::<u32>(),
             any::<u64>(),
-            timestamp()
+            timestamp(),
+            any::<String>()
         )
             .prop_map(
-                |(commit, added, modified, deleted, package_count, duration_ms, next_sync_at)| {
+                |(
+                    commit,
+                    added,
+                    modified,
+                    deleted,
+                    package_count,
+                    duration_ms,
+                    next_sync_at,
+                    refs_digest,
+                )| {
                     Payload::SyncSucceeded(SyncSucceeded {
                         commit,
                         added,
@@ -141,6 +151,7 @@ fn payload() -> impl Strategy<Value = Payload> {
                         package_count,
                         duration_ms,
                         next_sync_at,
+                        refs_digest,
                     })
                 }
             ),

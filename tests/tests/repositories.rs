@@ -8,7 +8,7 @@ use cairn::{
     config::{NatsConfig, NodeConfig},
     node::Node,
 };
-use cairn_actors::registry::FetchCount;
+use cairn_actors::registry::{DiscoveryCount, FetchCount};
 use cairn_events::v1 as pb;
 use cairn_storage::{views::RepositoriesView, EventLog};
 use cairn_tests::{free_port, shared_dir};
@@ -661,5 +661,108 @@ async fn a_sync_larger_than_one_append_is_split_and_ends_with_its_outcome() {
         .map(|e| e["stream_version"].as_u64().unwrap())
         .collect();
     assert_eq!(versions, (1..=11).collect::<Vec<_>>());
+    node.shutdown().await;
+}
+
+/// The events of `repo/team-a/<name>` after `after`: their types, and the
+/// events themselves.
+async fn events_after(
+    client: &async_nats::Client,
+    name: &str,
+    after: u64,
+) -> (Vec<String>, Vec<Value>) {
+    let page = ok(
+        client,
+        "log.read",
+        json!({"from_seq": after + 1, "stream": format!("repo/team-a/{name}")}),
+    )
+    .await;
+    let events = page["events"].as_array().unwrap().clone();
+    let kinds = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    (kinds, events)
+}
+
+#[actix_rt::test]
+async fn an_unchanged_upstream_syncs_with_no_per_package_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    let node = start(&dir.path().join("data")).await;
+    let client = node.client.clone();
+    ok(&client, "repo.register", register("simple", &url)).await;
+    let (_, first) = events_after(&client, "simple", 0).await;
+    let digest = first.last().unwrap()["event"]["sync_succeeded"]["refs_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(digest.len(), 64, "{digest:?}");
+    let sync = json!({"namespace": "team-a", "name": "simple"});
+
+    // Nothing changed upstream: only SyncStarted and SyncSucceeded, with
+    // the last sync's commit, count and digest.
+    let before = node.store.last_seq().unwrap();
+    let discoveries = node.registry().send(DiscoveryCount).await.unwrap();
+    let fetches = node.registry().send(FetchCount).await.unwrap();
+    let reply = ok(&client, "repo.sync", sync.clone()).await;
+    assert_eq!(
+        reply["sync"],
+        json!({"added": 0, "modified": 0, "deleted": 0, "package_count": 8})
+    );
+    let (kinds, events) = events_after(&client, "simple", before).await;
+    assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
+    // It fetched, and read nothing more of the mirror.
+    assert_eq!(node.registry().send(FetchCount).await.unwrap(), fetches + 1);
+    assert_eq!(
+        node.registry().send(DiscoveryCount).await.unwrap(),
+        discoveries
+    );
+    let done = &events[1]["event"]["sync_succeeded"];
+    assert_eq!(done["refs_digest"].as_str(), Some(digest.as_str()));
+    assert_eq!(done["package_count"], json!(8));
+    assert_eq!(
+        done["commit"].as_str(),
+        first.last().unwrap()["event"]["sync_succeeded"]["commit"].as_str()
+    );
+
+    // A new draft branch: one Added, a new digest.
+    let git = Command::new("git")
+        .arg("--git-dir")
+        .arg(upstream.join(".git"))
+        .args(["branch", "drafts/basens/fresh", "main"])
+        .status()
+        .unwrap();
+    assert!(git.success());
+    let before = node.store.last_seq().unwrap();
+    let reply = ok(&client, "repo.sync", sync.clone()).await;
+    assert_eq!(
+        reply["sync"],
+        json!({"added": 1, "modified": 0, "deleted": 0, "package_count": 9})
+    );
+    let (kinds, events) = events_after(&client, "simple", before).await;
+    assert_eq!(
+        kinds,
+        ["SyncStarted", "PackageRevisionAdded", "SyncSucceeded"]
+    );
+    assert_eq!(
+        events[1]["event"]["package_revision_added"]["revision"]["name"].as_str(),
+        Some("simple.basens.fresh")
+    );
+    let new_digest = events[2]["event"]["sync_succeeded"]["refs_digest"]
+        .as_str()
+        .unwrap();
+    assert_ne!(new_digest, digest);
+    assert_eq!(
+        node.registry().send(DiscoveryCount).await.unwrap(),
+        discoveries + 1
+    );
+
+    // And unchanged again.
+    let before = node.store.last_seq().unwrap();
+    ok(&client, "repo.sync", sync).await;
+    let (kinds, _) = events_after(&client, "simple", before).await;
+    assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
     node.shutdown().await;
 }

@@ -44,6 +44,9 @@ pub struct FetchOutcome {
     pub refs: BTreeMap<String, String>,
     /// Whether any ref was added, moved or removed by this fetch.
     pub changed: bool,
+    /// sha256 (hex) of the refs after the fetch (each name and raw
+    /// target): equal digests, equal upstream.
+    pub digest: String,
 }
 
 impl GitCache {
@@ -105,12 +108,21 @@ impl GitCache {
         if changed || has_loose_refs(&path) {
             write_refs(&path, &after)?;
         }
+        let mut hasher = Sha256::new();
+        for (name, target) in &after {
+            hasher.update(format!("{} {name}\n", target.raw).as_bytes());
+        }
+        let digest = hex::encode(hasher.finalize());
         let refs = after
             .into_iter()
             .map(|(name, target)| (name, target.commit))
             .collect();
         debug!(mirror = %path.display(), changed, "fetched");
-        Ok(FetchOutcome { refs, changed })
+        Ok(FetchOutcome {
+            refs,
+            changed,
+            digest,
+        })
     }
 
     /// Deletes the local mirror of `url` (when its last registration goes

@@ -55,6 +55,12 @@ pub struct SyncRepository {
 #[rtype(result = "u64")]
 pub struct FetchCount;
 
+/// How many discoveries (full reads of a mirror) the node ran; a sync that
+/// finds the upstream unchanged runs none.
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct DiscoveryCount;
+
 /// Stops every repository actor, then the registry (node shutdown).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

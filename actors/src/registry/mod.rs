@@ -18,7 +18,7 @@ use cairn_storage::{views::RepositoriesView, StorageError, Store};
 use tracing::{info, warn};
 
 pub use messages::{
-    FetchCount, RegisterRepository, Shutdown, SyncRepository, UnregisterRepository,
+    DiscoveryCount, FetchCount, RegisterRepository, Shutdown, SyncRepository, UnregisterRepository,
 };
 
 use crate::{
@@ -253,6 +253,16 @@ impl Handler<FetchCount> for Registry {
 
     fn handle(&mut self, _msg: FetchCount, _ctx: &mut Self::Context) -> u64 {
         self.env.fetches.count()
+    }
+}
+
+impl Handler<DiscoveryCount> for Registry {
+    type Result = u64;
+
+    fn handle(&mut self, _msg: DiscoveryCount, _ctx: &mut Self::Context) -> u64 {
+        self.env
+            .discoveries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -18,7 +18,7 @@ use cairn_events::{
     envelope::event,
     v1::{
         event::Payload, Event, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted,
-        PackageRevisionModified, RepositoryClosed, RepositorySpec, SyncSucceeded,
+        PackageRevisionModified, RepositoryClosed, RepositorySpec, RepositoryStatus, SyncSucceeded,
     },
     StreamId,
 };
@@ -165,6 +165,7 @@ impl RepositoryComponent {
         current: &BTreeMap<String, PackageRevision>,
         discovered: BTreeMap<String, PackageRevision>,
         commit: &str,
+        refs_digest: &str,
         duration_ms: u64,
     ) -> (Vec<Event>, Changes) {
         let package_count = discovered.len() as u32;
@@ -177,8 +178,22 @@ impl RepositoryComponent {
             package_count,
             duration_ms,
             next_sync_at: None,
+            refs_digest: refs_digest.to_owned(),
         })));
         (events, changes)
+    }
+
+    /// The events of a sync that found the upstream's refs as the last
+    /// successful sync (`last`) left them: only `SyncSucceeded`, repeating
+    /// its commit, package count and digest.
+    pub fn unchanged_events(last: &RepositoryStatus, duration_ms: u64) -> Vec<Event> {
+        vec![event(Payload::SyncSucceeded(SyncSucceeded {
+            commit: last.commit.clone(),
+            package_count: last.package_count,
+            duration_ms,
+            refs_digest: last.refs_digest.clone(),
+            ..SyncSucceeded::default()
+        }))]
     }
 
     /// The events of unregistering: `PackageRevisionDeleted` for each
@@ -270,7 +285,7 @@ mod tests {
             rev("r.b.v1", "c2"),
             rev("r.d.v1", "c2"),
         ]);
-        let (events, changes) = RepositoryComponent::sync_events(&given, discovered, "c2", 5);
+        let (events, changes) = RepositoryComponent::sync_events(&given, discovered, "c2", "d2", 5);
         assert_eq!(
             kinds(&events),
             [
@@ -293,7 +308,7 @@ mod tests {
     #[test]
     fn given_unchanged_upstream_then_only_sync_succeeded() {
         let given = current(&[rev("r.a.v1", "c1")]);
-        let (events, _) = RepositoryComponent::sync_events(&given, given.clone(), "c1", 1);
+        let (events, _) = RepositoryComponent::sync_events(&given, given.clone(), "c1", "d1", 1);
         assert_eq!(kinds(&events), ["SyncSucceeded 0/0/0/1"]);
     }
 

@@ -24,9 +24,11 @@ use cairn_events::{
 };
 use tracing::{info, warn};
 
+use cairn_storage::views::RepositoriesView;
+use component::Changes;
 pub use component::RepositoryComponent;
 pub use messages::{Close, Register, Stop, Sync, SyncReport};
-use upstream::{read_upstream, SyncEnv};
+use upstream::{read_upstream, SyncEnv, UpstreamRead};
 
 use crate::{origin::OriginError, ServiceError};
 
@@ -162,19 +164,41 @@ async fn sync_once(
     let snapshot = component.clone();
     let asked_at = msg.asked_at;
     let outcome = tokio::task::spawn_blocking(move || {
-        let upstream = read_upstream(&read_env, &snapshot.spec, asked_at)?;
-        let current = snapshot
-            .current(&read_env.store)
-            .map_err(|e| OriginError::Git(format!("reading the views: {e}")))?;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let package_count = upstream.revisions.len();
-        let (events, changes) = RepositoryComponent::sync_events(
-            &current,
-            upstream.revisions,
-            &upstream.commit,
-            duration_ms,
-        );
-        Ok::<_, OriginError>((events, changes, package_count, upstream.pins))
+        let views =
+            |e: cairn_storage::StorageError| OriginError::Git(format!("reading the views: {e}"));
+        let last = RepositoriesView::get(
+            &read_env.store,
+            &snapshot.spec.namespace,
+            &snapshot.spec.name,
+        )
+        .map_err(views)?
+        .and_then(|row| row.status)
+        .unwrap_or_default();
+        match read_upstream(&read_env, &snapshot.spec, asked_at, &last.refs_digest)? {
+            UpstreamRead::Unchanged => {
+                let duration_ms = started.elapsed().as_millis() as u64;
+                let events = RepositoryComponent::unchanged_events(&last, duration_ms);
+                Ok((
+                    events,
+                    Changes::default(),
+                    last.package_count as usize,
+                    Vec::new(),
+                ))
+            }
+            UpstreamRead::Changed(upstream) => {
+                let current = snapshot.current(&read_env.store).map_err(views)?;
+                let duration_ms = started.elapsed().as_millis() as u64;
+                let package_count = upstream.revisions.len();
+                let (events, changes) = RepositoryComponent::sync_events(
+                    &current,
+                    upstream.revisions,
+                    &upstream.commit,
+                    &upstream.refs_digest,
+                    duration_ms,
+                );
+                Ok::<_, OriginError>((events, changes, package_count, upstream.pins))
+            }
+        }
     })
     .await
     .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;

@@ -136,11 +136,24 @@ pub struct SyncEnv {
     /// back to the system (the node passes its allocator's purge; a no-op
     /// `|| {}` is fine).
     pub release_memory: fn(),
+    /// Discoveries run so far (see `registry::DiscoveryCount`).
+    pub discoveries: AtomicU64,
+}
+
+/// What a read of the upstream found.
+#[derive(Debug)]
+pub enum UpstreamRead {
+    /// Its refs have the digest the caller already knew: nothing changed.
+    Unchanged,
+    /// Its state, ready to reconcile.
+    Changed(Upstream),
 }
 
 /// The upstream's state, ready to reconcile.
 #[derive(Debug)]
 pub struct Upstream {
+    /// Digest of the upstream's refs (see [`crate::origin::FetchOutcome`]).
+    pub refs_digest: String,
     /// Commit of the registered branch.
     pub commit: String,
     /// Package revisions by object name.
@@ -150,19 +163,29 @@ pub struct Upstream {
 }
 
 /// Fetches and discovers the upstream of `spec`, creating its branch when
-/// it is missing and `create_branch` is set.
+/// it is missing and `create_branch` is set. When the fetched refs have
+/// digest `known_digest` (that of the last sync under this spec), stops
+/// there: nothing changed, no discovery (the cost of about one
+/// `ls-remote`).
 pub fn read_upstream(
     env: &SyncEnv,
     spec: &RepositorySpec,
     asked_at: Instant,
-) -> Result<Upstream, OriginError> {
+    known_digest: &str,
+) -> Result<UpstreamRead, OriginError> {
     let git = spec.git.clone().unwrap_or_default();
     let credentials = env.secrets.resolve(&git.secret_ref)?;
     let started = Instant::now();
-    env.fetches
+    let mut outcome = env
+        .fetches
         .fetch(&git.url, credentials.as_ref(), asked_at)?;
     let fetched = started.elapsed();
+    if !known_digest.is_empty() && outcome.digest == known_digest {
+        debug!(url = %git.url, fetch_ms = fetched.as_millis(), "upstream unchanged");
+        return Ok(UpstreamRead::Unchanged);
+    }
     let mirror = env.fetches.cache().mirror_path(&git.url);
+    env.discoveries.fetch_add(1, Ordering::Relaxed);
     let mut discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
     let discovered = started.elapsed() - fetched;
     if discovery.branch_commit.is_none() {
@@ -189,7 +212,8 @@ pub fn read_upstream(
             email,
             credentials.as_ref(),
         )?;
-        env.fetches
+        outcome = env
+            .fetches
             .fetch(&git.url, credentials.as_ref(), Instant::now())?;
         discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
     }
@@ -255,11 +279,12 @@ pub fn read_upstream(
         store_ms = (started.elapsed() - fetched - discovered).as_millis(),
         "upstream read"
     );
-    Ok(Upstream {
+    Ok(UpstreamRead::Changed(Upstream {
+        refs_digest: outcome.digest,
         commit,
         revisions,
         pins,
-    })
+    }))
 }
 
 /// Parses an RFC 3339 time into a protobuf timestamp.

@@ -81,6 +81,9 @@ impl View for RepositoriesView {
                     return Ok(());
                 };
                 row.spec = changed.spec.clone();
+                if let Some(status) = row.status.as_mut() {
+                    status.refs_digest.clear();
+                }
                 row.stream_version = envelope.stream_version;
                 row.updated_seq = envelope.seq;
                 row.updated_at = envelope.recorded_at;
@@ -103,6 +106,7 @@ impl View for RepositoriesView {
                             last_sync_at: envelope.recorded_at,
                             next_sync_at: ok.next_sync_at,
                             error_class: String::new(),
+                            refs_digest: ok.refs_digest.clone(),
                         };
                     }
                     Payload::SyncFailed(failed) => {
