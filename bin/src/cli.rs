@@ -261,6 +261,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         revisions: usize,
     },
+    /// A sync of an unchanged repository vs git ls-remote of it.
+    SyncNoop {
+        /// Packages in the generated repository.
+        #[arg(long, default_value_t = 1000)]
+        packages: usize,
+        /// Revisions per package: revisions-1 published tags plus the main placeholder.
+        #[arg(long, default_value_t = 5)]
+        revisions: usize,
+        /// Timed syncs (and ls-remote runs).
+        #[arg(long, default_value_t = 50)]
+        iterations: usize,
+    },
     /// Resident memory of the (in-process) node after syncing and listing N revisions.
     Memory {
         /// Package revisions in the generated repository (5 per package).
@@ -528,6 +540,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &bench::SyncFirstOptions {
                         packages,
                         revisions,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::SyncNoop {
+                    packages,
+                    revisions,
+                    iterations,
+                } => bench::sync_noop(
+                    &bench::SyncNoopOptions {
+                        packages,
+                        revisions,
+                        iterations,
                     },
                     &mut stdout,
                 )

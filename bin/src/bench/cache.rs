@@ -17,6 +17,8 @@
 //! - `sync-first`: registering the repository with `wait` (the first sync:
 //!   fetch into the node's mirror, discovery, events, views) vs
 //!   `git clone --mirror` of the same repository.
+//! - `sync-noop`: `repo.sync` of an unchanged repository vs `git ls-remote`
+//!   of it.
 //! - `memory`: the process's resident memory after registering and fully
 //!   listing N revisions. The node runs inside the benchmark process, so
 //!   that is the node's RSS (plus the small benchmark client; nats-server is
@@ -72,6 +74,17 @@ pub struct SyncFirstOptions {
     /// Revisions per package: `revisions - 1` published tags plus the `-1`
     /// placeholder on main.
     pub revisions: usize,
+}
+
+/// Options of `cairn bench sync-noop`.
+#[derive(Debug, Clone)]
+pub struct SyncNoopOptions {
+    /// Packages in the generated repository.
+    pub packages: usize,
+    /// Revisions per package (as for `sync-first`).
+    pub revisions: usize,
+    /// Timed syncs (and `git ls-remote` runs).
+    pub iterations: usize,
 }
 
 /// Options of `cairn bench memory`.
@@ -550,6 +563,95 @@ pub fn sync_first(
         cairn.as_secs_f64(),
         git.as_secs_f64(),
         cairn.as_secs_f64() / git.as_secs_f64().max(1e-9)
+    )?;
+    Ok((cairn, git))
+}
+
+/// Runs `cairn bench sync-noop`; returns (cairn, `git ls-remote`) p50s.
+///
+/// After the first sync, times `repo.sync` of the unchanged repository
+/// (SyncStarted, a fetch that finds every ref as the last sync left it,
+/// SyncSucceeded: two fsynced appends and one `upload-pack` ref
+/// advertisement) against `git ls-remote` of the same URL, each
+/// `iterations` times after warm-ups.
+pub fn sync_noop(
+    options: &SyncNoopOptions,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<(Latency, Latency)> {
+    let dir = tempfile::tempdir()?;
+    let shape = Shape::new(options.packages.max(1), options.revisions.max(2) - 1);
+    let generated = generate(dir.path(), &shape, out)?;
+    let system = actix::System::new();
+    let cairn = system.block_on(async {
+        let running = start_node(&dir.path().join("node")).await?;
+        let result = async {
+            register_and_settle(&running, &generated, out).await?;
+            let body: Bytes =
+                serde_json::to_vec(&json!({"namespace": NAMESPACE, "name": REPOSITORY}))?.into();
+            let client = &running.client;
+            measure(options.iterations, Duration::from_secs(600), || {
+                let body = body.clone();
+                async move {
+                    let reply = call(client, "cairn.v1.repo.sync", body, REGISTER_TIMEOUT).await?;
+                    let reply: Value = serde_json::from_slice(&reply.payload)?;
+                    let sync = &reply["sync"];
+                    anyhow::ensure!(
+                        sync["added"] == 0 && sync["modified"] == 0 && sync["deleted"] == 0,
+                        "an unchanged repository synced changes: {sync}"
+                    );
+                    Ok(())
+                }
+            })
+            .await
+        }
+        .await;
+        running.node.shutdown().await;
+        result
+    })?;
+    writeln!(
+        out,
+        "repo.sync, nothing changed: p50={:.2}ms p99={:.2}ms ({} syncs)",
+        ms(cairn.p50),
+        ms(cairn.p99),
+        cairn.samples
+    )?;
+
+    let ls_remote = || -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let output = std::process::Command::new("git")
+            .args(["ls-remote", &generated.url])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running git ls-remote")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "git ls-remote failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(started.elapsed())
+    };
+    for _ in 0..WARMUP {
+        ls_remote()?;
+    }
+    let samples = (0..options.iterations.max(1))
+        .map(|_| ls_remote())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let git = Latency::of(samples);
+    writeln!(
+        out,
+        "git ls-remote {}: p50={:.2}ms p99={:.2}ms ({} runs)",
+        generated.url,
+        ms(git.p50),
+        ms(git.p99),
+        git.samples
+    )?;
+    writeln!(
+        out,
+        "sync_noop: cairn={:.2} ls_remote={:.2} ratio={:.2}",
+        ms(cairn.p50),
+        ms(git.p50),
+        cairn.p50.as_secs_f64() / git.p50.as_secs_f64().max(1e-9)
     )?;
     Ok((cairn, git))
 }

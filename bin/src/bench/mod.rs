@@ -16,13 +16,17 @@
 //! - `list`: full and one-package `pkgrev.list` latency vs raw NATS
 //!   request/reply of the same bytes in the same round trips.
 //! - `sync-first`: register-with-wait (first sync) vs `git clone --mirror`.
+//! - `sync-noop`: a sync of an unchanged repository vs `git ls-remote`.
 //! - `memory`: the node's resident memory after syncing and listing N
 //!   revisions.
 
 pub mod cache;
 pub mod gen;
 
-pub use cache::{list, memory, sync_first, ListOptions, MemoryOptions, SyncFirstOptions};
+pub use cache::{
+    list, memory, sync_first, sync_noop, ListOptions, MemoryOptions, SyncFirstOptions,
+    SyncNoopOptions,
+};
 
 use std::{
     future::IntoFuture,
