@@ -9,7 +9,12 @@
 
 use std::sync::Arc;
 
-use crate::View;
+use cairn_events::{
+    v1::{event::Payload, Envelope, PackageRevision},
+    StreamId,
+};
+
+use crate::{StorageError, View};
 
 pub mod package_revision_list;
 pub mod package_revisions;
@@ -26,4 +31,48 @@ pub fn default_views() -> Vec<Arc<dyn View>> {
         Arc::new(PackageRevisionsView),
         Arc::new(PackageRevisionListView),
     ]
+}
+
+/// A package revision event of a repository stream, as the package
+/// revision views fold it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RevisionChange<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) repository: &'a str,
+    /// The revision's object name.
+    pub(crate) name: &'a str,
+    /// The revision after the event; `None` when it was deleted.
+    pub(crate) revision: Option<&'a PackageRevision>,
+}
+
+/// Calls `fold` when `envelope` adds, modifies or deletes a package
+/// revision of a repository stream; other events are no change.
+pub(crate) fn on_revision_change(
+    envelope: &Envelope,
+    fold: impl FnOnce(RevisionChange<'_>) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let Some(payload) = envelope.event.as_ref().and_then(|e| e.payload.as_ref()) else {
+        return Ok(());
+    };
+    let Ok(stream) = StreamId::new(envelope.stream.clone()) else {
+        return Ok(());
+    };
+    let Some((namespace, repository)) = stream.as_repository() else {
+        return Ok(());
+    };
+    let (revision, name) = match payload {
+        Payload::PackageRevisionAdded(e) => (e.revision.as_ref(), None),
+        Payload::PackageRevisionModified(e) => (e.revision.as_ref(), None),
+        Payload::PackageRevisionDeleted(e) => (None, Some(e.name.as_str())),
+        _ => return Ok(()),
+    };
+    let Some(name) = revision.map(|r| r.name.as_str()).or(name) else {
+        return Ok(());
+    };
+    fold(RevisionChange {
+        namespace,
+        repository,
+        name,
+        revision,
+    })
 }

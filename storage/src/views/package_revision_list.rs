@@ -20,11 +20,11 @@ use std::ops::ControlFlow;
 
 use cairn_events::{
     revision,
-    v1::{event::Payload, Envelope, PackageRevision, PackageRevisionListing},
-    StreamId,
+    v1::{Envelope, PackageRevision, PackageRevisionListing},
 };
 use prost::Message as _;
 
+use super::{on_revision_change, RevisionChange};
 use crate::{StorageError, Store, View, ViewTx};
 
 /// Package revisions in listing order, with their JSON form.
@@ -195,24 +195,21 @@ impl View for PackageRevisionListView {
     }
 
     fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError> {
-        let Some(payload) = envelope.event.as_ref().and_then(|e| e.payload.as_ref()) else {
-            return Ok(());
-        };
-        let Ok(stream) = StreamId::new(envelope.stream.clone()) else {
-            return Ok(());
-        };
-        let Some((namespace, repository)) = stream.as_repository() else {
-            return Ok(());
-        };
-        let (revision, name) = match payload {
-            Payload::PackageRevisionAdded(e) => (e.revision.as_ref(), None),
-            Payload::PackageRevisionModified(e) => (e.revision.as_ref(), None),
-            Payload::PackageRevisionDeleted(e) => (None, Some(e.name.as_str())),
-            _ => return Ok(()),
-        };
-        let Some(name) = revision.map(|r| r.name.as_str()).or(name) else {
-            return Ok(());
-        };
+        on_revision_change(envelope, |change| Self::fold(tx, envelope.seq, change))
+    }
+}
+
+impl PackageRevisionListView {
+    fn fold(
+        tx: &mut ViewTx<'_>,
+        seq: u64,
+        RevisionChange {
+            namespace,
+            repository,
+            name,
+            revision,
+        }: RevisionChange<'_>,
+    ) -> Result<(), StorageError> {
         let index = Self::name_key(namespace, name);
         let old = tx.get(&index)?;
         match revision {
@@ -230,12 +227,7 @@ impl View for PackageRevisionListView {
                     labels: revision.labels.clone(),
                 };
                 let mut value = head.encode_length_delimited_to_vec();
-                value.extend(revision::render(
-                    namespace,
-                    repository,
-                    revision,
-                    envelope.seq,
-                ));
+                value.extend(revision::render(namespace, repository, revision, seq));
                 tx.put(index, key.clone());
                 tx.put(key, value);
             }

@@ -4,11 +4,9 @@
 //! repository's revisions are the key prefix `<namespace>/<repository>.`.
 //! Each row holds a reference to every resource blob it lists.
 
-use cairn_events::{
-    v1::{event::Payload, Envelope, PackageRevision, PackageRevisionRow},
-    StreamId,
-};
+use cairn_events::v1::{Envelope, PackageRevision, PackageRevisionRow};
 
+use super::{on_revision_change, RevisionChange};
 use crate::{blob::Digest, StorageError, Store, View, ViewTx};
 
 /// Package revisions by namespace and object name.
@@ -78,26 +76,22 @@ impl View for PackageRevisionsView {
     }
 
     fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError> {
-        let Some(payload) = envelope.event.as_ref().and_then(|e| e.payload.as_ref()) else {
-            return Ok(());
-        };
-        let Ok(stream) = StreamId::new(envelope.stream.clone()) else {
-            return Ok(());
-        };
-        let Some((namespace, repository)) = stream.as_repository() else {
-            return Ok(());
-        };
-        let (revision, deleted) = match payload {
-            Payload::PackageRevisionAdded(e) => (e.revision.as_ref(), None),
-            Payload::PackageRevisionModified(e) => (e.revision.as_ref(), None),
-            Payload::PackageRevisionDeleted(e) => (None, Some(e.name.as_str())),
-            _ => return Ok(()),
-        };
-        let name = match (revision, deleted) {
-            (Some(r), _) => r.name.as_str(),
-            (None, Some(name)) => name,
-            (None, None) => return Ok(()),
-        };
+        on_revision_change(envelope, |change| self.fold(tx, envelope.seq, change))
+    }
+}
+
+impl PackageRevisionsView {
+    fn fold(
+        &self,
+        tx: &mut ViewTx<'_>,
+        seq: u64,
+        RevisionChange {
+            namespace,
+            repository,
+            name,
+            revision,
+        }: RevisionChange<'_>,
+    ) -> Result<(), StorageError> {
         let key = Self::key(namespace, name);
         if let Some(old) = tx.get_message::<PackageRevisionRow>(&key)? {
             for digest in digests(&old.revision.unwrap_or_default())? {
@@ -113,7 +107,7 @@ impl View for PackageRevisionsView {
                     namespace: namespace.to_owned(),
                     repository: repository.to_owned(),
                     revision: Some(revision.clone()),
-                    updated_seq: envelope.seq,
+                    updated_seq: seq,
                 };
                 tx.put_message(key, &row);
             }
