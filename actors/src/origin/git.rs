@@ -89,7 +89,7 @@ impl GitCache {
         } else {
             Repository::open_bare(&path).map_err(map_git_error)?
         };
-        let before = ref_targets(&repo).unwrap_or_default();
+        let before = raw_refs(&repo).unwrap_or_default();
         let advertised = match fetch_into(&repo, url, credentials) {
             Ok(advertised) => advertised,
             Err(e) => {
@@ -103,8 +103,10 @@ impl GitCache {
                 return Err(e);
             }
         };
+        // What a ref peels to follows from its raw target: comparing raw
+        // targets is enough, and the old refs need no peeling.
+        let changed = before != advertised;
         let after = peel_all(&repo, advertised)?;
-        let changed = before != after;
         if changed || has_loose_refs(&path) {
             write_refs(&path, &after)?;
         }
@@ -235,8 +237,8 @@ fn mirrored(name: &str) -> bool {
     name.starts_with("refs/heads/") || name.starts_with("refs/tags/")
 }
 
-/// `refs/heads/*` and `refs/tags/*` of `repo`.
-fn ref_targets(repo: &Repository) -> Result<BTreeMap<String, RefTarget>, OriginError> {
+/// `refs/heads/*` and `refs/tags/*` of `repo` and their raw targets.
+fn raw_refs(repo: &Repository) -> Result<BTreeMap<String, git2::Oid>, OriginError> {
     let mut raw = BTreeMap::new();
     for reference in repo.references().map_err(map_git_error)? {
         let reference = reference.map_err(map_git_error)?;
@@ -247,7 +249,7 @@ fn ref_targets(repo: &Repository) -> Result<BTreeMap<String, RefTarget>, OriginE
             raw.insert(name.to_owned(), target);
         }
     }
-    peel_all(repo, raw)
+    Ok(raw)
 }
 
 /// Peels each ref's target: annotated tags to the object they finally name.

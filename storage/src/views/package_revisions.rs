@@ -76,13 +76,12 @@ impl View for PackageRevisionsView {
     }
 
     fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError> {
-        on_revision_change(envelope, |change| self.fold(tx, envelope.seq, change))
+        on_revision_change(envelope, |change| Self::fold(tx, envelope.seq, change))
     }
 }
 
 impl PackageRevisionsView {
     fn fold(
-        &self,
         tx: &mut ViewTx<'_>,
         seq: u64,
         RevisionChange {
