@@ -8,6 +8,9 @@
 //! - [`service`] — the `cairn` NATS micro service — endpoint registration,
 //!   request decoding (JSON or protobuf), error replies; one module per area
 //!   (`service::log` for `cairn.v1.log.read`).
+//! - [`registry`] — opens, closes and finds repositories; [`repository`]
+//!   — the RepositoryActor, the only writer of a repository's stream;
+//!   [`schedule`] — a SyncManager per repository decides when it syncs.
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with.
 //!
 //! Actors stay thin: each one forwards to a component with ordinary methods.
@@ -19,6 +22,7 @@ pub mod origin;
 pub mod publisher;
 pub mod registry;
 pub mod repository;
+pub mod schedule;
 pub mod service;
 
 pub use error::ServiceError;

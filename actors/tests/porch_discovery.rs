@@ -785,13 +785,13 @@ fn fetch_reports_changes_and_prunes_deleted_refs() {
 }
 
 #[test]
-fn fetch_of_a_missing_path_is_unreachable() {
+fn fetch_of_a_missing_path_is_a_missing_repository() {
     let cache_dir = TempDir::new().unwrap();
     let cache = GitCache::new(cache_dir.path().join("mirrors"));
     let url = format!("file://{}/no-such-repo/.git", cache_dir.path().display());
     let err = cache.fetch(&url, None).unwrap_err();
-    assert!(matches!(err, OriginError::Unreachable(_)), "{err:?}");
-    assert_eq!(err.class(), "network");
+    assert!(matches!(err, OriginError::RepositoryMissing(_)), "{err:?}");
+    assert_eq!(err.class(), "missing");
     assert!(
         !cache.mirror_path(&url).exists(),
         "a failed first fetch leaves no mirror"

@@ -27,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "publisher",
     "service",
     "git",
+    "sync",
     "log",
 ];
 
@@ -47,6 +48,8 @@ pub struct NodeConfig {
     pub service: ServiceSection,
     /// Git upstreams.
     pub git: GitSection,
+    /// Background sync.
+    pub sync: SyncSection,
     /// Logging.
     pub log: LogSection,
 }
@@ -60,6 +63,7 @@ impl Default for NodeConfig {
             publisher: PublisherSection::default(),
             service: ServiceSection::default(),
             git: GitSection::default(),
+            sync: SyncSection::default(),
             log: LogSection::default(),
         }
     }
@@ -165,7 +169,7 @@ impl Default for ServiceSection {
 }
 
 /// `[git]`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct GitSection {
     /// Directory of secrets for `git.secret_ref`: the secret `<name>` is the
@@ -173,6 +177,100 @@ pub struct GitSection {
     /// `password`. Default: none (repositories with a secret_ref fail with
     /// an auth error).
     pub secrets_dir: Option<PathBuf>,
+    /// How long a network upstream may take to connect, and to answer each
+    /// read, before the sync fails with class `timeout`. Default: `60s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for GitSection {
+    fn default() -> Self {
+        Self {
+            secrets_dir: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[sync]`: when repositories sync by themselves (see
+/// `cairn_actors::schedule`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SyncSection {
+    /// Time between syncs of a repository without a `sync.schedule`.
+    /// Default: `5m`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Largest random delay added to each scheduled sync. Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Syncs running at once on the node. Default: 4.
+    pub max_concurrent: usize,
+    /// Delay before retrying a failed sync, by error class.
+    pub retry: RetrySection,
+}
+
+/// `[sync.retry]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RetrySection {
+    /// The upstream could not be reached. Default: `30s`.
+    #[serde(with = "humantime_serde")]
+    pub network: Duration,
+    /// The upstream did not answer in time. Default: `1m`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Credentials refused or missing. Default: `10m`.
+    #[serde(with = "humantime_serde")]
+    pub auth: Duration,
+    /// The branch or repository does not exist. Default: `2m`.
+    #[serde(with = "humantime_serde")]
+    pub missing: Duration,
+    /// Anything else. Default: `1m`.
+    #[serde(with = "humantime_serde")]
+    pub other: Duration,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        let d = cairn_actors::schedule::SyncPolicy::default();
+        Self {
+            interval: d.interval,
+            jitter: d.jitter,
+            max_concurrent: d.max_concurrent,
+            retry: RetrySection {
+                network: d.retry.network,
+                timeout: d.retry.timeout,
+                auth: d.retry.auth,
+                missing: d.retry.missing,
+                other: d.retry.other,
+            },
+        }
+    }
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        SyncSection::default().retry
+    }
+}
+
+impl SyncSection {
+    /// The policy the sync managers follow.
+    pub fn policy(&self) -> cairn_actors::schedule::SyncPolicy {
+        cairn_actors::schedule::SyncPolicy {
+            interval: self.interval,
+            jitter: self.jitter,
+            max_concurrent: self.max_concurrent,
+            retry: cairn_actors::schedule::RetryDelays {
+                network: self.retry.network,
+                timeout: self.retry.timeout,
+                auth: self.retry.auth,
+                missing: self.retry.missing,
+                other: self.retry.other,
+            },
+        }
+    }
 }
 
 /// `[log]`.
@@ -314,6 +412,53 @@ impl NodeConfig {
         }
         if self.nats.connect_timeout.is_zero() {
             return bad("nats.connect-timeout", "must be more than 0s".into());
+        }
+        if self.git.timeout < Duration::from_millis(100)
+            || self.git.timeout > Duration::from_secs(3600)
+        {
+            return bad(
+                "git.timeout",
+                format!("must be between 100ms and 1h, got {:?}", self.git.timeout),
+            );
+        }
+        if self.sync.interval < Duration::from_secs(1) {
+            return bad(
+                "sync.interval",
+                format!("must be at least 1s, got {:?}", self.sync.interval),
+            );
+        }
+        if self.sync.jitter > self.sync.interval {
+            return bad(
+                "sync.jitter",
+                format!(
+                    "must not exceed sync.interval ({:?}), got {:?}",
+                    self.sync.interval, self.sync.jitter
+                ),
+            );
+        }
+        if !(1..=1024).contains(&self.sync.max_concurrent) {
+            return bad(
+                "sync.max-concurrent",
+                format!(
+                    "must be between 1 and 1024, got {}",
+                    self.sync.max_concurrent
+                ),
+            );
+        }
+        let r = &self.sync.retry;
+        for (key, delay) in [
+            ("network", r.network),
+            ("timeout", r.timeout),
+            ("auth", r.auth),
+            ("missing", r.missing),
+            ("other", r.other),
+        ] {
+            if delay < Duration::from_secs(1) {
+                return bad(
+                    &format!("sync.retry.{key}"),
+                    format!("must be at least 1s, got {delay:?}"),
+                );
+            }
         }
         if !(1..=100_000).contains(&self.store.append_max_events) {
             return bad(
@@ -521,6 +666,24 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "configuration: log.format: must be \"text\" or \"json\", got \"xml\""
+        );
+        let mut c = NodeConfig::default();
+        c.sync.max_concurrent = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: sync.max-concurrent: must be between 1 and 1024, got 0"
+        );
+        let mut c = NodeConfig::default();
+        c.sync.retry.auth = Duration::from_millis(10);
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: sync.retry.auth: must be at least 1s, got 10ms"
+        );
+        let mut c = NodeConfig::default();
+        c.sync.jitter = Duration::from_secs(600);
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: sync.jitter: must not exceed sync.interval (300s), got 600s"
         );
         NodeConfig::default().validate().unwrap();
     }

@@ -16,6 +16,7 @@ use cairn_actors::{
     publisher::{self, Publisher, PublisherConfig},
     registry::Registry,
     repository::upstream::{Fetches, Secrets, SyncEnv},
+    schedule::{Clock, Scheduling, SlotState, SyncSlots, SystemClock},
     service::{CairnService, ServiceConfig},
 };
 use cairn_storage::{views::default_views, Store};
@@ -37,6 +38,7 @@ pub struct Node {
     pub nats_url: String,
     publisher: Addr<Publisher>,
     registry: Addr<Registry>,
+    env: Arc<SyncEnv>,
     service: CairnService,
     local_nats: Option<LocalNatsServer>,
 }
@@ -71,6 +73,16 @@ pub fn explain_open_error(e: anyhow::Error, path: &std::path::Path) -> anyhow::E
 impl Node {
     /// Starts a node. Must run inside an actix system.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Starts a node whose sync managers follow `clock` (tests pass a
+    /// [`cairn_actors::schedule::ManualClock`]).
+    pub async fn start_with_clock(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Node> {
+        cairn_actors::origin::set_network_timeout(config.git.timeout)?;
         let store = open_store(&config).await?;
         let mut local_nats = None;
         let urls = if config.nats.urls.is_empty() {
@@ -107,8 +119,14 @@ impl Node {
             secrets: Secrets::new(config.git.secrets_dir.clone()),
             release_memory: crate::memory::release,
             discoveries: Default::default(),
+            slots: SyncSlots::new(config.sync.max_concurrent),
         });
-        let registry = tokio::task::spawn_blocking(move || Registry::load(env))
+        let scheduling = Scheduling {
+            policy: Arc::new(config.sync.policy()),
+            clock,
+        };
+        let load_env = env.clone();
+        let registry = tokio::task::spawn_blocking(move || Registry::load(load_env, scheduling))
             .await??
             .start();
         let service = CairnService::start(
@@ -131,9 +149,16 @@ impl Node {
             nats_url,
             publisher,
             registry,
+            env,
             service,
             local_nats,
         })
+    }
+
+    /// Syncs running and waiting for a slot (`sync.max-concurrent`), now
+    /// and as they change.
+    pub fn sync_slots(&self) -> tokio::sync::watch::Receiver<SlotState> {
+        self.env.slots.subscribe()
     }
 
     /// The local nats-server, when the node started one.

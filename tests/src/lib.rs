@@ -76,6 +76,8 @@ impl TempStore {
 }
 
 /// Sample events.
+pub mod service;
+
 pub mod events {
     use cairn_events::{
         envelope::event,

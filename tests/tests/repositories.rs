@@ -11,26 +11,12 @@ use cairn::{
 use cairn_actors::registry::{DiscoveryCount, FetchCount};
 use cairn_events::v1 as pb;
 use cairn_storage::{views::RepositoriesView, EventLog};
-use cairn_tests::{free_port, shared_dir};
+use cairn_tests::{
+    free_port,
+    service::{call, events_after, ok, unpack},
+};
 use prost::Message as _;
 use serde_json::{json, Value};
-
-fn unpack(fixture: &str, into: &Path) -> String {
-    std::fs::create_dir_all(into).unwrap();
-    let tar = shared_dir()
-        .join("porch-testdata")
-        .join(format!("{fixture}.tar"));
-    let status = Command::new("tar")
-        .arg("--no-same-owner")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(into)
-        .status()
-        .unwrap();
-    assert!(status.success(), "unpacking {}", tar.display());
-    format!("file://{}/.git", into.display())
-}
 
 async fn start(data_dir: &Path) -> Node {
     let config = NodeConfig {
@@ -42,32 +28,6 @@ async fn start(data_dir: &Path) -> Node {
         ..Default::default()
     };
     Node::start(config).await.unwrap()
-}
-
-/// Sends a JSON request; returns the error code (if any) and the body.
-async fn call(client: &async_nats::Client, endpoint: &str, body: Value) -> (Option<String>, Value) {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(60),
-        client.request(
-            format!("cairn.v1.{endpoint}"),
-            serde_json::to_vec(&body).unwrap().into(),
-        ),
-    )
-    .await
-    .expect("reply in time")
-    .expect("a responder");
-    let code = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Service-Error-Code"))
-        .map(|v| v.to_string());
-    (code, serde_json::from_slice(&reply.payload).unwrap())
-}
-
-async fn ok(client: &async_nats::Client, endpoint: &str, body: Value) -> Value {
-    let (code, reply) = call(client, endpoint, body).await;
-    assert_eq!(code, None, "{endpoint} failed: {reply}");
-    reply
 }
 
 fn register(name: &str, url: &str) -> Value {
@@ -248,7 +208,7 @@ async fn warm_restart_serves_the_last_state_while_the_upstream_is_gone() {
     .await
     .expect("the startup sync reports the unreachable upstream");
     assert!(!status.ready);
-    assert_eq!(status.error_class, "network");
+    assert_eq!(status.error_class, "missing");
     assert!(
         status.message.contains("gone") || status.message.contains("upstream"),
         "{}",
@@ -662,27 +622,6 @@ async fn a_sync_larger_than_one_append_is_split_and_ends_with_its_outcome() {
         .collect();
     assert_eq!(versions, (1..=11).collect::<Vec<_>>());
     node.shutdown().await;
-}
-
-/// The events of `repo/team-a/<name>` after `after`: their types, and the
-/// events themselves.
-async fn events_after(
-    client: &async_nats::Client,
-    name: &str,
-    after: u64,
-) -> (Vec<String>, Vec<Value>) {
-    let page = ok(
-        client,
-        "log.read",
-        json!({"from_seq": after + 1, "stream": format!("repo/team-a/{name}")}),
-    )
-    .await;
-    let events = page["events"].as_array().unwrap().clone();
-    let kinds = events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_owned())
-        .collect();
-    (kinds, events)
 }
 
 #[actix_rt::test]

@@ -447,15 +447,22 @@ pub(super) fn map_git_error(e: git2::Error) -> OriginError {
     if lower.contains("unsupported url protocol") || lower.contains("invalid url") {
         return OriginError::InvalidUrl(message);
     }
+    if lower.contains("timed out") || lower.contains("timeout") {
+        return OriginError::Timeout(message);
+    }
+    if lower.contains("could not find repository")
+        || lower.contains("status code: 404")
+        || lower.contains("does not appear to be a git repository")
+        || lower.contains("not a git repository")
+    {
+        return OriginError::RepositoryMissing(message);
+    }
     let unreachable = matches!(
         e.class(),
         ErrorClass::Net | ErrorClass::Ssl | ErrorClass::Ssh
     ) || e.code() == ErrorCode::Certificate
         || lower.contains("failed to connect")
-        || lower.contains("failed to resolve")
-        || lower.contains("timed out")
-        || lower.contains("could not find repository")
-        || lower.contains("status code: 404");
+        || lower.contains("failed to resolve");
     if unreachable {
         OriginError::Unreachable(message)
     } else {

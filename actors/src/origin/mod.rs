@@ -52,11 +52,17 @@ impl fmt::Debug for Credentials {
 /// stable class name that goes into conditions and replies.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
-    /// The upstream could not be reached (DNS, connection refused, TLS, a
-    /// `file://` path that does not exist, a repository the server does not
-    /// have). Transient as far as cairn can tell: retry on the next sync.
+    /// The upstream could not be reached (DNS, connection refused, TLS).
+    /// Transient as far as cairn can tell: retry on the next sync.
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// The upstream did not connect or answer within `git.timeout`.
+    #[error("upstream timed out: {0}")]
+    Timeout(String),
+    /// The upstream has no such repository (404, a `file://` path that is
+    /// not a repository any more).
+    #[error("repository not found upstream: {0}")]
+    RepositoryMissing(String),
     /// The upstream rejected the credentials, or asked for credentials none of
     /// which are configured. Retrying will not help until the secret changes.
     #[error("authentication failed: {0}")]
@@ -79,16 +85,38 @@ pub enum OriginError {
 }
 
 impl OriginError {
-    /// Short class name: `network`, `auth`, `missing`, `invalid` or `other`.
+    /// Short class name: `network`, `timeout`, `auth`, `missing` (branch
+    /// or repository), `invalid` or `other`.
     pub fn class(&self) -> &'static str {
         match self {
             OriginError::Unreachable(_) => "network",
+            OriginError::Timeout(_) => "timeout",
+            OriginError::RepositoryMissing(_) => "missing",
             OriginError::Auth(_) => "auth",
             OriginError::BranchMissing { .. } => "missing",
             OriginError::InvalidUrl(_) => "invalid",
             OriginError::Git(_) => "other",
         }
     }
+}
+
+/// Sets how long libgit2 waits to connect to a network upstream and for
+/// each read from it; past that a fetch fails with [`OriginError::Timeout`].
+/// Process-wide: call once at start-up, before any Git work.
+pub fn set_network_timeout(timeout: std::time::Duration) -> Result<(), OriginError> {
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    // SAFETY: these options write two process-global integers in libgit2;
+    // they are unsafe only because a concurrent network operation could read
+    // them mid-write. The node sets them while starting, before any
+    // repository actor exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(ms)
+            .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(ms))
+    }
+    .map_err(|e| OriginError::Git(format!("setting the network timeout: {e}")))
 }
 
 /// Checks that `url` can be registered: scheme `file://` (with an absolute

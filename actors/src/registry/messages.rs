@@ -1,6 +1,6 @@
 //! Messages the Registry handles.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use actix::Message;
 use cairn_events::{envelope::Metadata, v1::RepositorySpec};
@@ -48,6 +48,28 @@ pub struct SyncRepository {
     pub asked_at: Instant,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
+}
+
+/// Replaces a registered repository's spec (`repo.update`) and plans its
+/// syncs again; answers the spec now in force.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RepositorySpec, ServiceError>")]
+pub struct UpdateRepository {
+    /// The whole new spec.
+    pub spec: RepositorySpec,
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
+}
+
+/// When `namespace/name` syncs next and why ("schedule", "run-once",
+/// "retry"); `None` while a sync runs or when it is not registered.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<(SystemTime, &'static str)>")]
+pub struct NextSyncOf {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
 }
 
 /// How many fetches the node performed (shared fetches count once).

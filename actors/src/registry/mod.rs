@@ -7,24 +7,34 @@
 //! registrations of one URL share one local mirror and concurrent fetches
 //! ([`crate::repository::upstream::Fetches`]); the mirror is removed with
 //! the last registration of its URL.
+//!
+//! Each repository has a SyncManager ([`crate::schedule`]) next to its
+//! RepositoryActor: syncs — at start-up, at registration, manual and
+//! scheduled — go through it, so it always knows when the next one is due.
 
 pub mod messages;
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use actix::prelude::*;
-use cairn_events::envelope::Metadata;
 use cairn_storage::{views::RepositoriesView, StorageError, Store};
 use tracing::{info, warn};
 
 pub use messages::{
-    DiscoveryCount, FetchCount, RegisterRepository, Shutdown, SyncRepository, UnregisterRepository,
+    DiscoveryCount, FetchCount, NextSyncOf, RegisterRepository, Shutdown, SyncRepository,
+    UnregisterRepository, UpdateRepository,
 };
 
 use crate::{
     repository::{
-        upstream::SyncEnv, Close, Register, RepositoryActor, RepositoryComponent, Sync, SyncReport,
+        upstream::SyncEnv, Close, Register, RepositoryActor, RepositoryComponent, SyncReport,
+        UpdateSpec,
     },
+    schedule::{NextDue, Replan, Scheduling, StopManager, SyncManager, SyncNow},
     ServiceError,
 };
 
@@ -33,6 +43,7 @@ type Key = (String, String);
 #[derive(Debug)]
 struct Entry {
     actor: Addr<RepositoryActor>,
+    manager: Addr<SyncManager>,
     url: String,
 }
 
@@ -40,45 +51,84 @@ struct Entry {
 #[derive(Debug)]
 pub struct Registry {
     env: Arc<SyncEnv>,
+    scheduling: Scheduling,
     repositories: HashMap<Key, Entry>,
-    /// Loaded from the views, started with the actor (actors start on the
-    /// arbiter, not on the blocking thread that loads them).
-    loaded: Vec<RepositoryComponent>,
+    /// Loaded from the views with their last sync time, started with the
+    /// actor (actors start on the arbiter, not on the blocking thread that
+    /// loads them).
+    loaded: Vec<(RepositoryComponent, Option<SystemTime>)>,
 }
 
 impl Registry {
     /// Loads every registered repository from the views. Blocking; call
     /// before starting the actor.
-    pub fn load(env: Arc<SyncEnv>) -> Result<Self, StorageError> {
+    pub fn load(env: Arc<SyncEnv>, scheduling: Scheduling) -> Result<Self, StorageError> {
         let mut loaded = Vec::new();
         for row in RepositoriesView::list(&env.store, None)? {
+            let last_sync_at = row
+                .status
+                .as_ref()
+                .and_then(|s| s.last_sync_at.as_ref())
+                .and_then(|t| {
+                    Some(
+                        SystemTime::UNIX_EPOCH
+                            + Duration::new(u64::try_from(t.seconds).ok()?, t.nanos.max(0) as u32),
+                    )
+                });
             let spec = row.spec.unwrap_or_default();
             if let Some(component) =
                 RepositoryComponent::load(&env.store, &spec.namespace, &spec.name)?
             {
-                loaded.push(component);
+                loaded.push((component, last_sync_at));
             }
         }
         info!(repositories = loaded.len(), "registry loaded");
         Ok(Self {
             env,
+            scheduling,
             repositories: HashMap::new(),
             loaded,
         })
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.env.store
+    /// Starts a repository's actor and its SyncManager.
+    fn open(
+        &mut self,
+        component: RepositoryComponent,
+        last_sync_at: Option<SystemTime>,
+        first: Option<&'static str>,
+    ) -> Entry {
+        let spec = component.spec.clone();
+        let url = spec.git.as_ref().map(|g| g.url.clone()).unwrap_or_default();
+        let actor = RepositoryActor::new(component, self.env.clone()).start();
+        let manager = SyncManager::new(
+            actor.clone(),
+            format!("{}/{}", spec.namespace, spec.name),
+            spec.sync,
+            self.scheduling.clone(),
+            last_sync_at,
+            first,
+        )
+        .start();
+        Entry {
+            actor,
+            manager,
+            url,
+        }
     }
 
-    fn actor(&self, namespace: &str, name: &str) -> Result<Addr<RepositoryActor>, ServiceError> {
+    fn manager(&self, namespace: &str, name: &str) -> Result<Addr<SyncManager>, ServiceError> {
         self.repositories
             .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|e| e.actor.clone())
+            .map(|e| e.manager.clone())
             .ok_or_else(|| {
                 ServiceError::not_found(format!("repository {namespace}/{name} not found"))
             })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.env.store
     }
 }
 
@@ -86,30 +136,15 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, _ctx: &mut Self::Context) {
-        for component in std::mem::take(&mut self.loaded) {
-            let spec = &component.spec;
-            let key = (spec.namespace.clone(), spec.name.clone());
-            let url = spec.git.as_ref().map(|g| g.url.clone()).unwrap_or_default();
-            let actor = RepositoryActor::new(component, self.env.clone()).start();
-            self.repositories.insert(
-                key.clone(),
-                Entry {
-                    actor: actor.clone(),
-                    url,
-                },
+        for (component, last_sync_at) in std::mem::take(&mut self.loaded) {
+            let key = (
+                component.spec.namespace.clone(),
+                component.spec.name.clone(),
             );
-            // Catch up with the upstream in the background; lists are
-            // served from the views meanwhile.
-            let request = actor.send(Sync {
-                trigger: "startup".into(),
-                asked_at: Instant::now(),
-                metadata: Metadata::command("cairn").normalized(),
-            });
-            actix::spawn(async move {
-                if let Ok(Err(e)) = request.await {
-                    warn!(repo = %format!("{}/{}", key.0, key.1), error = %e, "startup sync failed");
-                }
-            });
+            // Catch up with the upstream in the background at once; lists
+            // are served from the views meanwhile.
+            let entry = self.open(component, last_sync_at, Some("startup"));
+            self.repositories.insert(key, entry);
         }
     }
 }
@@ -127,25 +162,14 @@ impl Handler<RegisterRepository> for Registry {
             };
             return Box::pin(fut::ready(Err(err)));
         }
-        let url = msg
-            .spec
-            .git
-            .as_ref()
-            .map(|g| g.url.clone())
-            .unwrap_or_default();
         let component = match RepositoryComponent::new(msg.spec) {
             Ok(c) => c,
             Err(e) => return Box::pin(fut::ready(Err(e.into()))),
         };
-        let actor = RepositoryActor::new(component, self.env.clone()).start();
+        let entry = self.open(component, None, None);
+        let (actor, manager) = (entry.actor.clone(), entry.manager.clone());
         // Taken at once, so a concurrent registration of the same name gets 409.
-        self.repositories.insert(
-            key.clone(),
-            Entry {
-                actor: actor.clone(),
-                url,
-            },
-        );
+        self.repositories.insert(key.clone(), entry);
         let metadata = msg.metadata;
         let wait = msg.wait;
         Box::pin(
@@ -159,7 +183,7 @@ impl Handler<RegisterRepository> for Registry {
                 if let Err(e) = registered.and_then(|r| r) {
                     return (false, Err(e));
                 }
-                let sync = Sync {
+                let sync = SyncNow {
                     trigger: "register".into(),
                     asked_at: Instant::now(),
                     metadata,
@@ -167,11 +191,15 @@ impl Handler<RegisterRepository> for Registry {
                 if wait {
                     (
                         true,
-                        actor.send(sync).await.map_err(ServiceError::from).map(Some),
+                        manager
+                            .send(sync)
+                            .await
+                            .map_err(ServiceError::from)
+                            .map(Some),
                     )
                 } else {
                     actix::spawn(async move {
-                        let _ = actor.send(sync).await;
+                        let _ = manager.send(sync).await;
                     });
                     (true, Ok(None))
                 }
@@ -180,7 +208,10 @@ impl Handler<RegisterRepository> for Registry {
             .map(move |(registered, result), act, _| {
                 if !registered {
                     // The registration did not commit: nothing is registered.
-                    act.repositories.remove(&key);
+                    if let Some(entry) = act.repositories.remove(&key) {
+                        entry.manager.do_send(StopManager);
+                        entry.actor.do_send(crate::repository::Stop);
+                    }
                 }
                 result
             }),
@@ -203,6 +234,7 @@ impl Handler<UnregisterRepository> for Registry {
         let last_of_url = !self.repositories.values().any(|e| e.url == url);
         let env = self.env.clone();
         let actor = entry.actor.clone();
+        let manager = entry.manager.clone();
         Box::pin(
             async move {
                 actor
@@ -224,6 +256,8 @@ impl Handler<UnregisterRepository> for Registry {
                 if result.is_err() {
                     // Not closed: keep serving it.
                     act.repositories.insert(key, entry);
+                } else {
+                    manager.do_send(StopManager);
                 }
                 result
             }),
@@ -235,16 +269,54 @@ impl Handler<SyncRepository> for Registry {
     type Result = ResponseFuture<Result<SyncReport, ServiceError>>;
 
     fn handle(&mut self, msg: SyncRepository, _ctx: &mut Self::Context) -> Self::Result {
-        let actor = self.actor(&msg.namespace, &msg.name);
+        let manager = self.manager(&msg.namespace, &msg.name);
         Box::pin(async move {
-            actor?
-                .send(Sync {
+            manager?
+                .send(SyncNow {
                     trigger: msg.trigger,
                     asked_at: msg.asked_at,
                     metadata: msg.metadata,
                 })
                 .await?
         })
+    }
+}
+
+impl Handler<UpdateRepository> for Registry {
+    type Result = ResponseFuture<Result<cairn_events::v1::RepositorySpec, ServiceError>>;
+
+    fn handle(&mut self, msg: UpdateRepository, _ctx: &mut Self::Context) -> Self::Result {
+        let key = (msg.spec.namespace.clone(), msg.spec.name.clone());
+        let entry = self
+            .repositories
+            .get(&key)
+            .map(|e| (e.actor.clone(), e.manager.clone()));
+        Box::pin(async move {
+            let (actor, manager) = entry.ok_or_else(|| {
+                ServiceError::not_found(format!("repository {}/{} not found", key.0, key.1))
+            })?;
+            let spec = actor
+                .send(UpdateSpec {
+                    spec: msg.spec,
+                    metadata: msg.metadata,
+                })
+                .await??;
+            manager
+                .send(Replan {
+                    sync: spec.sync.clone(),
+                })
+                .await?;
+            Ok(spec)
+        })
+    }
+}
+
+impl Handler<NextSyncOf> for Registry {
+    type Result = ResponseFuture<Option<(SystemTime, &'static str)>>;
+
+    fn handle(&mut self, msg: NextSyncOf, _ctx: &mut Self::Context) -> Self::Result {
+        let manager = self.manager(&msg.namespace, &msg.name).ok();
+        Box::pin(async move { manager?.send(NextDue).await.ok().flatten() })
     }
 }
 
@@ -270,10 +342,14 @@ impl Handler<Shutdown> for Registry {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        let actors: Vec<_> = self.repositories.drain().map(|(_, e)| e.actor).collect();
+        let entries: Vec<_> = self.repositories.drain().map(|(_, e)| e).collect();
         Box::pin(
             async move {
-                for actor in actors {
+                // Managers first: no new sync starts.
+                for entry in &entries {
+                    let _ = entry.manager.send(StopManager).await;
+                }
+                for actor in entries.into_iter().map(|e| e.actor) {
                     // Queued after any command in flight, so those finish.
                     let _ = actor.send(crate::repository::Stop).await;
                 }

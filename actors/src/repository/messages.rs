@@ -1,11 +1,11 @@
 //! Messages the RepositoryActor handles.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use actix::Message;
-use cairn_events::envelope::Metadata;
+use cairn_events::{envelope::Metadata, v1::RepositorySpec};
 
-use crate::ServiceError;
+use crate::{schedule::NextSync, ServiceError};
 
 /// Records the registration (`RepositoryRegistered`). Sent once, first.
 #[derive(Debug, Message)]
@@ -26,6 +26,20 @@ pub struct Sync {
     pub asked_at: Instant,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
+    /// Decides the next sync time recorded in the sync's last event (none:
+    /// nothing recorded; a sync asked outside a SyncManager).
+    pub next: Option<Arc<NextSync>>,
+}
+
+/// Replaces the repository's spec (`RepositorySpecChanged`); answers the
+/// spec now in force.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RepositorySpec, ServiceError>")]
+pub struct UpdateSpec {
+    /// The whole new spec (namespace and name unchanged).
+    pub spec: RepositorySpec,
+    /// Who asked, and the command's ids.
+    pub metadata: Metadata,
 }
 
 /// What a successful sync did.
@@ -39,6 +53,8 @@ pub struct SyncReport {
     pub deleted: u32,
     /// Package revisions after the sync.
     pub package_count: u32,
+    /// The next sync, as recorded (when a SyncManager asked).
+    pub next_sync_at: Option<std::time::SystemTime>,
 }
 
 /// Unregisters: `PackageRevisionDeleted` for each revision, then

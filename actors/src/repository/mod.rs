@@ -9,25 +9,34 @@
 //! # Layout
 //! - [`component`] — state and decisions (reconcile, close), unit-tested.
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
-//! - [`messages`] — `Register`, `Sync`, `Close`.
+//! - [`messages`] — `Register`, `Sync`, `UpdateSpec`, `Close`.
+//!
+//! Every sync takes a slot of the node-wide cap
+//! ([`crate::schedule::SyncSlots`]) before it opens with `SyncStarted`, and
+//! records the next sync time its SyncManager decides in its last event.
 
 pub mod component;
 pub mod messages;
 pub mod upstream;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use actix::prelude::*;
 use cairn_events::{
     envelope::{event, Metadata},
-    v1::{event::Payload, Event, RepositoryRegistered, SyncFailed, SyncStarted},
+    v1::{
+        event::Payload, Event, RepositoryRegistered, RepositorySpecChanged, SyncFailed, SyncStarted,
+    },
 };
 use tracing::{info, warn};
 
 use cairn_storage::views::RepositoriesView;
 use component::Changes;
 pub use component::RepositoryComponent;
-pub use messages::{Close, Register, Stop, Sync, SyncReport};
+pub use messages::{Close, Register, Stop, Sync, SyncReport, UpdateSpec};
 use upstream::{read_upstream, SyncEnv, UpstreamRead};
 
 use crate::{origin::OriginError, ServiceError};
@@ -152,8 +161,10 @@ async fn sync_once(
     msg: Sync,
 ) -> Result<SyncReport, ServiceError> {
     let key = component.stream.to_string();
+    let _slot = env.slots.acquire().await;
     let started = Instant::now();
     let metadata = msg.metadata;
+    let next = msg.next;
     let opened = vec![event(Payload::SyncStarted(SyncStarted {
         trigger: msg.trigger.clone(),
     }))];
@@ -203,8 +214,18 @@ async fn sync_once(
     .await
     .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
     match outcome {
-        Ok((events, changes, package_count, pins)) => {
+        Ok((mut events, changes, package_count, pins)) => {
             let read_ms = started.elapsed().as_millis() as u64;
+            let next_sync_at = next.as_ref().map(|n| n.decide(None));
+            if let (
+                Some(at),
+                Some(Event {
+                    payload: Some(Payload::SyncSucceeded(done)),
+                }),
+            ) = (next_sync_at, events.last_mut())
+            {
+                done.next_sync_at = Some(timestamp(at));
+            }
             append(env, component, events, metadata).await?;
             drop(pins); // the references are committed now
             if changes.added + changes.modified + changes.deleted > 0 {
@@ -217,6 +238,7 @@ async fn sync_once(
                 modified: changes.modified,
                 deleted: changes.deleted,
                 package_count: package_count as u32,
+                next_sync_at,
             })
         }
         Err(e) => {
@@ -224,11 +246,53 @@ async fn sync_once(
             let failed = vec![event(Payload::SyncFailed(SyncFailed {
                 error_class: e.class().to_owned(),
                 message: e.to_string(),
-                retry_at: None,
+                retry_at: next.as_ref().map(|n| timestamp(n.decide(Some(e.class())))),
             }))];
             append(env, component, failed, metadata).await?;
             Err(origin_error(&e))
         }
+    }
+}
+
+/// A protobuf timestamp of `at`.
+pub fn timestamp(at: SystemTime) -> pbjson_types::Timestamp {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+impl Handler<UpdateSpec> for RepositoryActor {
+    type Result = AtomicResponse<Self, Result<cairn_events::v1::RepositorySpec, ServiceError>>;
+
+    fn handle(&mut self, msg: UpdateSpec, _ctx: &mut Self::Context) -> Self::Result {
+        let env = self.env.clone();
+        let mut component = self.component.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let spec = msg.spec;
+                let events = vec![event(Payload::RepositorySpecChanged(
+                    RepositorySpecChanged {
+                        spec: Some(spec.clone()),
+                    },
+                ))];
+                let result = append(&env, &mut component, events, msg.metadata)
+                    .await
+                    .map(|()| spec);
+                (component, result)
+            }
+            .into_actor(self)
+            .map(|(mut component, result), act, _| {
+                if let Ok(spec) = &result {
+                    component.spec = spec.clone();
+                }
+                act.component = component;
+                result
+            }),
+        ))
     }
 }
 

@@ -138,6 +138,8 @@ pub struct SyncEnv {
     pub release_memory: fn(),
     /// Discoveries run so far (see `registry::DiscoveryCount`).
     pub discoveries: AtomicU64,
+    /// The node-wide cap on syncs running at once.
+    pub slots: crate::schedule::SyncSlots,
 }
 
 /// What a read of the upstream found.

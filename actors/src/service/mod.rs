@@ -14,7 +14,7 @@
 //! - [`codec`] — formats, the size limit, replies and error replies.
 //! - [`fields`] — strict JSON field parsing with errors that name the field.
 //! - [`log`] — `cairn.v1.log.read`.
-//! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync`.
+//! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
 //! - [`pkgrev`] — `cairn.v1.pkgrev.list|get|resources`.
 //! - [`validate`] — names, branches, directories.
 
@@ -167,6 +167,11 @@ impl CairnService {
             "repo.sync",
             cairn_events::v1::RepoKeyRequest,
             repo::handle_sync
+        );
+        endpoint!(
+            "repo.update",
+            cairn_events::v1::RepoUpdateRequest,
+            repo::handle_update
         );
         endpoint!(
             "pkgrev.list",

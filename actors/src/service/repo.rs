@@ -1,12 +1,15 @@
-//! `cairn.v1.repo.*`: register, unregister, get, list, sync.
+//! `cairn.v1.repo.*`: register, unregister, get, list, sync, update.
 //!
 //! A repository in replies:
 //! `{"namespace","name","type","git":{"url","branch","directory","create_branch","secret_ref"},
-//! "deployment","status":{"ready","reason","message","commit","package_count","last_sync_at"}}`.
+//! "sync":{"schedule","run_once_at"},"deployment","status":{"ready","reason","message",
+//! "error_class","commit","package_count","last_sync_at","next_sync_at"}}` — the status derived
+//! from the repository's sync events (`reason` is `Reconciling` until the first sync finished,
+//! then `Ready` or `Error`; `next_sync_at` is when its SyncManager syncs next, or retries).
 
 use std::time::Instant;
 
-use cairn_events::v1::{self as pb, GitSpec, RepositoryRow, RepositorySpec};
+use cairn_events::v1::{self as pb, GitSpec, RepositoryRow, RepositorySpec, SyncSpec};
 use cairn_storage::views::RepositoriesView;
 use prost::Message as _;
 use serde_json::{json, Value};
@@ -19,8 +22,9 @@ use super::{
 };
 use crate::{
     origin,
-    registry::{RegisterRepository, SyncRepository, UnregisterRepository},
-    repository::SyncReport,
+    registry::{RegisterRepository, SyncRepository, UnregisterRepository, UpdateRepository},
+    repository::{upstream::parse_timestamp, SyncReport},
+    schedule::plan::parse_schedule,
     ServiceError,
 };
 
@@ -29,6 +33,7 @@ pub fn repository_json(row: &RepositoryRow) -> Value {
     let spec = row.spec.clone().unwrap_or_default();
     let git = spec.git.unwrap_or_default();
     let status = row.status.clone().unwrap_or_default();
+    let sync = spec.sync.unwrap_or_default();
     json!({
         "namespace": spec.namespace,
         "name": spec.name,
@@ -40,14 +45,20 @@ pub fn repository_json(row: &RepositoryRow) -> Value {
             "create_branch": git.create_branch,
             "secret_ref": git.secret_ref,
         },
+        "sync": {
+            "schedule": sync.schedule,
+            "run_once_at": timestamp_json(sync.run_once_at.as_ref()),
+        },
         "deployment": spec.deployment,
         "status": {
             "ready": status.ready,
             "reason": status.reason,
             "message": status.message,
+            "error_class": status.error_class,
             "commit": status.commit,
             "package_count": status.package_count,
             "last_sync_at": timestamp_json(status.last_sync_at.as_ref()),
+            "next_sync_at": timestamp_json(status.next_sync_at.as_ref()),
         },
     })
 }
@@ -67,6 +78,7 @@ pub fn parse_register(
             "deployment",
             "wait",
             "principal",
+            "sync",
         ],
     )?;
     let namespace = f.required("namespace")?;
@@ -130,7 +142,7 @@ pub fn parse_register(
             email: git.string("email")?.unwrap_or_default(),
             secret_ref,
         }),
-        sync: None,
+        sync: parse_sync(&f)?,
         deployment: f.bool("deployment")?.unwrap_or(false),
     };
     Ok((
@@ -138,6 +150,33 @@ pub fn parse_register(
         f.bool("wait")?.unwrap_or(true),
         f.string("principal")?,
     ))
+}
+
+/// The `"sync":{"schedule"?,"run_once_at"?}` object of a request: a
+/// 5-field cron expression and an RFC 3339 time.
+fn parse_sync(f: &Fields) -> Result<Option<SyncSpec>, ServiceError> {
+    let Some(sync) = f.object("sync", &["schedule", "run_once_at"])? else {
+        return Ok(None);
+    };
+    let schedule = sync.string("schedule")?.unwrap_or_default();
+    if !schedule.is_empty() {
+        parse_schedule(&schedule).map_err(|e| ServiceError::bad_field("sync.schedule", e))?;
+    }
+    let run_once_at = match sync.string("run_once_at")? {
+        Some(text) if !text.is_empty() => Some(parse_timestamp(&text).ok_or_else(|| {
+            ServiceError::bad_field(
+                "sync.run_once_at",
+                format!("{text:?} is not an RFC 3339 time like 2026-01-02T03:04:05Z"),
+            )
+        })?),
+        _ => None,
+    };
+    Ok(
+        (!schedule.is_empty() || run_once_at.is_some()).then_some(SyncSpec {
+            schedule,
+            run_once_at,
+        }),
+    )
 }
 
 fn parse_key(payload: &[u8]) -> Result<(String, String, Option<String>), ServiceError> {
@@ -309,6 +348,35 @@ pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<B
     Ok(repository_body(format, &row, Some(&Ok(report))))
 }
 
+/// `cairn.v1.repo.update` `{"namespace","name","sync":{"schedule"?,"run_once_at"?}}`:
+/// replaces the repository's sync spec (`RepositorySpecChanged`; no or an
+/// empty `sync` goes back to the node's interval) and plans its syncs
+/// again; answers the repository.
+pub async fn handle_update(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let (format, body) = (request.format, &request.body);
+    let f = Fields::parse(body, &["namespace", "name", "sync", "principal"])?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let name = f.required("name")?;
+    validate::dns_label("name", &name)?;
+    let sync = parse_sync(&f)?;
+    let metadata = metadata(&request, f.string("principal")?);
+    let mut spec = current(&context, namespace.clone(), name.clone())
+        .await?
+        .spec
+        .unwrap_or_default();
+    spec.sync = sync;
+    context
+        .registry
+        .send(UpdateRepository { spec, metadata })
+        .await??;
+    let row = current(&context, namespace, name).await?;
+    Ok(repository_body(format, &row, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +438,27 @@ mod tests {
         assert_eq!(
             err(r#"{"namespace":"ns","name":"r","git":{"url":"file:///x"},"wait":"yes"}"#),
             "wait: must be true or false, got \"yes\""
+        );
+        let (spec, _, _) = parse_register(
+            br#"{"namespace":"ns","name":"r","git":{"url":"file:///x"},"sync":{"schedule":"*/5 * * * *","run_once_at":"2026-11-21T10:00:00Z"}}"#,
+        )
+        .unwrap();
+        let sync = spec.sync.unwrap();
+        assert_eq!(sync.schedule, "*/5 * * * *");
+        assert_eq!(sync.run_once_at.unwrap().seconds, 1_795_255_200);
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","git":{"url":"file:///x"},"sync":{"schedule":"* * *"}}"#),
+            "sync.schedule: \"* * *\" has 3 fields; expected 5 (minute hour day-of-month month day-of-week)"
+        );
+        assert_eq!(
+            err(
+                r#"{"namespace":"ns","name":"r","git":{"url":"file:///x"},"sync":{"run_once_at":"tomorrow"}}"#
+            ),
+            "sync.run_once_at: \"tomorrow\" is not an RFC 3339 time like 2026-01-02T03:04:05Z"
+        );
+        assert_eq!(
+            err(r#"{"namespace":"ns","name":"r","git":{"url":"file:///x"},"sync":{"every":"5m"}}"#),
+            "sync.every: unknown field, expected one of: schedule, run_once_at"
         );
     }
 }
