@@ -62,7 +62,7 @@ pub struct UpdateRepository {
 }
 
 /// When `namespace/name` syncs next and why ("schedule", "run-once",
-/// "retry"); `None` while a sync runs or when it is not registered.
+/// "retry"), once no sync of it runs; `None` when it is not registered.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<(SystemTime, &'static str)>")]
 pub struct NextSyncOf {

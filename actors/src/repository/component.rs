@@ -8,7 +8,8 @@
 //! upstream into events:
 //! `PackageRevisionAdded` for a new name, `PackageRevisionModified` when
 //! anything about an existing name changed (commit, content, lifecycle,
-//! latest, publish info, tasks, labels), `PackageRevisionDeleted` for a name
+//! latest, publish info, tasks, labels — for a placeholder, a new head of
+//! its branch alone is no change), `PackageRevisionDeleted` for a name
 //! that is gone — in name order, so the same upstream always yields the same
 //! events.
 
@@ -131,7 +132,19 @@ impl RepositoryComponent {
             .filter(|n| !discovered.contains_key(*n))
             .cloned()
             .collect();
-        for (name, revision) in discovered {
+        for (name, mut revision) in discovered {
+            if let Some(current) = current.get(&name) {
+                // A placeholder's commit is its branch's head; a commit that
+                // did not change the package is no change to it (it keeps
+                // the commit it was last seen changed at), so one commit on
+                // the branch modifies only the packages it touched.
+                if revision.revision == -1 && revision.commit != current.commit {
+                    let head = std::mem::replace(&mut revision.commit, current.commit.clone());
+                    if *current != revision {
+                        revision.commit = head;
+                    }
+                }
+            }
             match current.get(&name) {
                 None => {
                     changes.added += 1;
@@ -310,6 +323,42 @@ mod tests {
         let given = current(&[rev("r.a.v1", "c1")]);
         let (events, _) = RepositoryComponent::sync_events(&given, given.clone(), "c1", "d1", 1);
         assert_eq!(kinds(&events), ["SyncSucceeded 0/0/0/1"]);
+    }
+
+    #[test]
+    fn a_placeholder_changes_with_its_package_not_with_its_branch_head() {
+        let placeholder = |commit: &str, file: &str| PackageRevision {
+            revision: -1,
+            resources: [("Kptfile".to_owned(), file.to_owned())].into(),
+            ..rev("r.a.main", commit)
+        };
+        let published = |commit: &str| PackageRevision {
+            revision: 1,
+            ..rev("r.a.v1", commit)
+        };
+        let given = current(&[placeholder("c1", "k1"), published("c1")]);
+        // A new head that did not touch the package: nothing.
+        let (events, _) = RepositoryComponent::reconcile(
+            &given,
+            current(&[placeholder("c2", "k1"), published("c1")]),
+        );
+        assert_eq!(kinds(&events), Vec::<String>::new());
+        // One that did: Modified, with the new commit.
+        let (events, _) = RepositoryComponent::reconcile(
+            &given,
+            current(&[placeholder("c3", "k2"), published("c1")]),
+        );
+        assert_eq!(kinds(&events), ["Modified r.a.main"]);
+        let Payload::PackageRevisionModified(m) = events[0].payload.as_ref().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(m.revision.as_ref().unwrap().commit, "c3");
+        // A published revision whose commit moved (a re-pointed tag) is modified.
+        let (events, _) = RepositoryComponent::reconcile(
+            &given,
+            current(&[placeholder("c1", "k1"), published("c9")]),
+        );
+        assert_eq!(kinds(&events), ["Modified r.a.v1"]);
     }
 
     #[test]

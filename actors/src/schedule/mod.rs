@@ -99,7 +99,8 @@ pub struct Replan {
     pub sync: Option<SyncSpec>,
 }
 
-/// When the manager will sync next, and why (`None` while a sync runs).
+/// When the manager will sync next, and why; asked while a sync runs, it
+/// answers once that sync has set the next time.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<(SystemTime, &'static str)>")]
 pub struct NextDue;
@@ -141,6 +142,8 @@ pub struct SyncManager {
     due: Option<(SystemTime, &'static str)>,
     timer: Option<SpawnHandle>,
     in_flight: usize,
+    /// [`NextDue`] asked while a sync ran.
+    waiters: Vec<tokio::sync::oneshot::Sender<(SystemTime, &'static str)>>,
 }
 
 impl SyncManager {
@@ -171,6 +174,7 @@ impl SyncManager {
             due: None,
             timer: None,
             in_flight: 0,
+            waiters: Vec::new(),
         }
     }
 
@@ -191,6 +195,9 @@ impl SyncManager {
             ctx.cancel_future(timer);
         }
         self.due = Some((at, trigger));
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send((at, trigger));
+        }
         debug!(repo = %self.key, trigger, in_ms = at.duration_since(self.scheduling.clock.now()).unwrap_or_default().as_millis() as u64, "next sync armed");
         let sleep = self.scheduling.clock.sleep_until(at);
         self.timer = Some(ctx.spawn(sleep.into_actor(self).map(move |_, act, ctx| {
@@ -324,10 +331,17 @@ impl Handler<Replan> for SyncManager {
 }
 
 impl Handler<NextDue> for SyncManager {
-    type Result = Option<(SystemTime, &'static str)>;
+    type Result = ResponseFuture<Option<(SystemTime, &'static str)>>;
 
     fn handle(&mut self, _msg: NextDue, _ctx: &mut Self::Context) -> Self::Result {
-        self.due
+        match self.due {
+            Some(due) if self.in_flight == 0 => Box::pin(futures::future::ready(Some(due))),
+            _ => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.waiters.push(tx);
+                Box::pin(async move { rx.await.ok() })
+            }
+        }
     }
 }
 

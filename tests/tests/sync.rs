@@ -1,0 +1,594 @@
+//! Background sync on a real node (real nats-server, RocksDB, Git changed
+//! with the `git` CLI): the events each kind of upstream change produces,
+//! scheduling with an injected clock (interval, cron, run_once_at, jitter,
+//! retry delay by error class), the node-wide cap on running syncs, and
+//! failures that keep the last good state until the next success.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use cairn::{
+    config::{NatsConfig, NodeConfig},
+    node::Node,
+};
+use cairn_actors::{registry::NextSyncOf, schedule::ManualClock};
+use cairn_storage::EventLog;
+use cairn_tests::{
+    free_port,
+    service::{call, events_after, git, ok, unpack},
+};
+use serde_json::{json, Value};
+
+/// 2026-11-21T10:00:00Z: where the tests' clocks start.
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
+}
+
+fn config(data_dir: &Path) -> NodeConfig {
+    let mut config = NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        nats: NatsConfig {
+            listen: format!("127.0.0.1:{}", free_port()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    config.sync.interval = Duration::from_secs(60);
+    config.sync.jitter = Duration::ZERO;
+    config.sync.retry.network = Duration::from_secs(11);
+    config.sync.retry.timeout = Duration::from_secs(12);
+    config.sync.retry.auth = Duration::from_secs(13);
+    config.sync.retry.missing = Duration::from_secs(14);
+    config.sync.retry.other = Duration::from_secs(15);
+    config
+}
+
+async fn start(config: NodeConfig) -> (Node, ManualClock) {
+    let clock = ManualClock::new(t0());
+    let node = Node::start_with_clock(config, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    (node, clock)
+}
+
+fn register(name: &str, url: &str) -> Value {
+    json!({"namespace": "team-a", "name": name, "git": {"url": url}})
+}
+
+fn key(name: &str) -> Value {
+    json!({"namespace": "team-a", "name": name})
+}
+
+fn rfc3339(at: SystemTime) -> Value {
+    let secs = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    json!(t
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap())
+}
+
+async fn next_sync(node: &Node, name: &str) -> Option<(SystemTime, &'static str)> {
+    node.registry()
+        .send(NextSyncOf {
+            namespace: "team-a".into(),
+            name: name.into(),
+        })
+        .await
+        .unwrap()
+}
+
+/// Waits until the repository's log has a finished sync (SyncSucceeded or
+/// SyncFailed) after seq `after`; returns the events after `after`.
+async fn finished_sync(node: &Node, name: &str, after: u64) -> Vec<Value> {
+    let mut commits = node.store.subscribe();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (kinds, events) = events_after(&node.client, name, after).await;
+            if kinds
+                .iter()
+                .any(|k| k == "SyncSucceeded" || k == "SyncFailed")
+            {
+                return events;
+            }
+            commits.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("a sync finishes")
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+/// `(type, name)` of each package revision event.
+fn changes(events: &[Value]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| {
+            let kind = e["type"].as_str()?;
+            let name = match kind {
+                "PackageRevisionAdded" => &e["event"]["package_revision_added"]["revision"]["name"],
+                "PackageRevisionModified" => {
+                    &e["event"]["package_revision_modified"]["revision"]["name"]
+                }
+                "PackageRevisionDeleted" => &e["event"]["package_revision_deleted"]["name"],
+                _ => return None,
+            };
+            Some((
+                kind.trim_start_matches("PackageRevision").to_owned(),
+                name.as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn change(kind: &str, name: &str) -> (String, String) {
+    (kind.to_owned(), name.to_owned())
+}
+
+/// One manual sync; the package revision changes it recorded.
+async fn sync_changes(node: &Node, name: &str) -> Vec<(String, String)> {
+    let before = node.store.last_seq().unwrap();
+    ok(&node.client, "repo.sync", key(name)).await;
+    let (_, events) = events_after(&node.client, name, before).await;
+    let kinds = kinds(&events);
+    assert_eq!(kinds.first(), Some(&"SyncStarted"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"SyncSucceeded"), "{kinds:?}");
+    changes(&events)
+}
+
+#[actix_rt::test]
+async fn each_kind_of_upstream_change_yields_exactly_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let bare = upstream.join(".git");
+    git(&bare, &["config", "core.bare", "true"]);
+    let work = dir.path().join("work");
+    git(dir.path(), &["clone", "-q", bare.to_str().unwrap(), "work"]);
+    let (node, _clock) = start(config(&dir.path().join("data"))).await;
+    let reply = ok(&node.client, "repo.register", register("r", &url)).await;
+    assert_eq!(reply["sync"]["package_count"], json!(11));
+
+    // A new tag: its revision, and "latest" moves off the old one.
+    git(&bare, &["tag", "empty/v2", "empty/v1"]);
+    assert_eq!(
+        sync_changes(&node, "r").await,
+        [
+            change("Added", "r.empty.v2"),
+            change("Modified", "r.empty.v1")
+        ]
+    );
+
+    // A new draft branch.
+    git(&bare, &["branch", "drafts/basens/fresh", "main"]);
+    assert_eq!(
+        sync_changes(&node, "r").await,
+        [change("Added", "r.basens.fresh")]
+    );
+
+    // A removed tag: gone, and "latest" moves back.
+    git(&bare, &["tag", "-d", "basens/v2"]);
+    assert_eq!(
+        sync_changes(&node, "r").await,
+        [
+            change("Deleted", "r.basens.v2"),
+            change("Modified", "r.basens.v1")
+        ]
+    );
+
+    // A force-pushed draft branch (rewritten, not a descendant).
+    git(&work, &["checkout", "-q", "drafts/bucket/v1"]);
+    std::fs::write(work.join("bucket/extra.yaml"), "kind: ConfigMap\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    git(
+        &work,
+        &["push", "-q", "--force", "origin", "drafts/bucket/v1"],
+    );
+    assert_eq!(
+        sync_changes(&node, "r").await,
+        [change("Modified", "r.bucket.v1")]
+    );
+
+    // A content change on the registered branch: its placeholder only.
+    git(&work, &["checkout", "-q", "main"]);
+    std::fs::write(work.join("basens/extra.yaml"), "kind: ConfigMap\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "basens: one more file"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    assert_eq!(
+        sync_changes(&node, "r").await,
+        [change("Modified", "r.basens.main")]
+    );
+
+    // A removed package directory: its placeholder is gone; its published
+    // revisions stay (their tags do).
+    git(&work, &["rm", "-q", "-r", "istions"]);
+    git(&work, &["commit", "-q", "-m", "istions: removed"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    assert_eq!(
+        sync_changes(&node, "r").await,
+        [change("Deleted", "r.istions.main")]
+    );
+
+    // And nothing more when nothing changed.
+    assert_eq!(sync_changes(&node, "r").await, []);
+    let reply = ok(&node.client, "repo.get", key("r")).await;
+    assert_eq!(reply["status"]["package_count"], json!(11));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn syncs_follow_the_interval_the_cron_schedule_and_run_once_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let (node, clock) = start(config(&dir.path().join("data"))).await;
+
+    // Registered at 10:00 with the node's 60 s interval: next at 10:01.
+    let reply = ok(&node.client, "repo.register", register("r", &url)).await;
+    assert_eq!(reply["status"]["reason"], json!("Ready"));
+    assert_eq!(
+        reply["status"]["next_sync_at"],
+        rfc3339(t0() + Duration::from_secs(60))
+    );
+    assert_eq!(
+        next_sync(&node, "r").await,
+        Some((t0() + Duration::from_secs(60), "schedule"))
+    );
+
+    // 59 s on, nothing is due yet; at 60 s the scheduled sync runs.
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(
+        next_sync(&node, "r").await,
+        Some((t0() + Duration::from_secs(60), "schedule"))
+    );
+    let before = node.store.last_seq().unwrap();
+    clock.advance(Duration::from_secs(1));
+    let events = finished_sync(&node, "r", before).await;
+    assert_eq!(kinds(&events), ["SyncStarted", "SyncSucceeded"]);
+    assert_eq!(
+        events[0]["event"]["sync_started"]["trigger"],
+        json!("schedule")
+    );
+    let at_1001 = t0() + Duration::from_secs(60);
+    let reply = ok(&node.client, "repo.get", key("r")).await;
+    assert_eq!(
+        reply["status"]["next_sync_at"],
+        rfc3339(at_1001 + Duration::from_secs(60))
+    );
+
+    // A cron schedule (every 15 minutes) replaces the interval: 10:15.
+    let reply = ok(
+        &node.client,
+        "repo.update",
+        json!({"namespace": "team-a", "name": "r", "sync": {"schedule": "*/15 * * * *"}}),
+    )
+    .await;
+    assert_eq!(reply["sync"]["schedule"], json!("*/15 * * * *"));
+    let at_1015 = t0() + Duration::from_secs(15 * 60);
+    assert_eq!(next_sync(&node, "r").await, Some((at_1015, "schedule")));
+    let (kinds_now, _) = events_after(&node.client, "r", node.store.last_seq().unwrap() - 1).await;
+    assert_eq!(kinds_now, ["RepositorySpecChanged"]);
+
+    // run_once_at in the future, before the schedule's next time, comes first.
+    let at_1005 = t0() + Duration::from_secs(5 * 60);
+    ok(
+        &node.client,
+        "repo.update",
+        json!({"namespace": "team-a", "name": "r",
+               "sync": {"schedule": "*/15 * * * *", "run_once_at": rfc3339(at_1005)}}),
+    )
+    .await;
+    assert_eq!(next_sync(&node, "r").await, Some((at_1005, "run-once")));
+    let before = node.store.last_seq().unwrap();
+    clock.set(at_1005);
+    let events = finished_sync(&node, "r", before).await;
+    assert_eq!(
+        events[0]["event"]["sync_started"]["trigger"],
+        json!("run-once")
+    );
+    // Served once: the schedule again.
+    assert_eq!(next_sync(&node, "r").await, Some((at_1015, "schedule")));
+    let reply = ok(&node.client, "repo.get", key("r")).await;
+    assert_eq!(reply["status"]["next_sync_at"], rfc3339(at_1015));
+
+    // run_once_at in the past: due at once, with no clock moving.
+    let before = node.store.last_seq().unwrap();
+    ok(
+        &node.client,
+        "repo.update",
+        json!({"namespace": "team-a", "name": "r",
+               "sync": {"schedule": "*/15 * * * *", "run_once_at": rfc3339(t0() - Duration::from_secs(3600))}}),
+    )
+    .await;
+    let events = finished_sync(&node, "r", before).await;
+    assert_eq!(
+        kinds(&events),
+        ["RepositorySpecChanged", "SyncStarted", "SyncSucceeded"]
+    );
+    assert_eq!(
+        events[1]["event"]["sync_started"]["trigger"],
+        json!("run-once")
+    );
+    assert_eq!(next_sync(&node, "r").await, Some((at_1015, "schedule")));
+
+    // Bad schedules are refused by field, and change nothing.
+    let before = node.store.last_seq().unwrap();
+    let (code, body) = call(
+        &node.client,
+        "repo.update",
+        json!({"namespace": "team-a", "name": "r", "sync": {"schedule": "every minute"}}),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("400"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("sync.schedule: \"every minute\" has 2 fields"),
+        "{body}"
+    );
+    let (code, _) = call(
+        &node.client,
+        "repo.update",
+        json!({"namespace": "team-a", "name": "nope", "sync": {}}),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("404"));
+    assert_eq!(node.store.last_seq().unwrap(), before);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn jitter_delays_each_scheduled_sync_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let mut config = config(&dir.path().join("data"));
+    config.sync.jitter = Duration::from_secs(30);
+    let (node, _clock) = start(config).await;
+    let mut delays = Vec::new();
+    for i in 0..6 {
+        let name = format!("r{i}");
+        ok(&node.client, "repo.register", register(&name, &url)).await;
+        let (at, trigger) = next_sync(&node, &name).await.unwrap();
+        assert_eq!(trigger, "schedule");
+        let delay = at.duration_since(t0()).unwrap();
+        assert!(
+            delay >= Duration::from_secs(60) && delay <= Duration::from_secs(90),
+            "{delay:?}"
+        );
+        delays.push(delay);
+    }
+    delays.sort();
+    delays.dedup();
+    assert!(delays.len() > 1, "six draws, one value: {delays:?}");
+    node.shutdown().await;
+}
+
+/// A TCP server that accepts connections and never answers.
+struct Silent {
+    listener: tokio::net::TcpListener,
+    port: u16,
+}
+
+impl Silent {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Self { listener, port }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}.git", self.port)
+    }
+
+    async fn accept(&self) -> tokio::net::TcpStream {
+        tokio::time::timeout(Duration::from_secs(30), self.listener.accept())
+            .await
+            .expect("a connection in time")
+            .unwrap()
+            .0
+    }
+}
+
+#[actix_rt::test]
+async fn failures_retry_after_the_delay_of_their_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir.path().join("data"));
+    config.sync.interval = Duration::from_secs(3600);
+    config.git.timeout = Duration::from_millis(300);
+    let (node, _clock) = start(config).await;
+    let silent = Silent::start().await;
+    let closed_port = free_port();
+    let missing_path = format!("file://{}/nowhere/.git", dir.path().display());
+    let simple = unpack("simple-repository", &dir.path().join("simple"));
+    let cases = [
+        (
+            "network",
+            register("net", &format!("http://127.0.0.1:{closed_port}/x.git")),
+            11,
+        ),
+        ("timeout", register("slow", &silent.url("slow")), 12),
+        (
+            "auth",
+            json!({"namespace": "team-a", "name": "locked",
+                   "git": {"url": simple, "secret_ref": "creds"}}),
+            13,
+        ),
+        ("missing", register("gone", &missing_path), 14),
+        (
+            "missing",
+            json!({"namespace": "team-a", "name": "nobranch",
+                   "git": {"url": simple, "branch": "no-such-branch"}}),
+            14,
+        ),
+    ];
+    // The silent server's connection is held open until the timeout.
+    let held = tokio::spawn(async move {
+        let stream = silent.accept().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(stream);
+    });
+    for (class, request, delay) in cases {
+        let name = request["name"].as_str().unwrap().to_owned();
+        let reply = ok(&node.client, "repo.register", request).await;
+        assert!(reply["sync"]["error"].is_object(), "{name}: {reply}");
+        let status = &reply["status"];
+        assert_eq!(status["reason"], json!("Error"), "{name}");
+        assert_eq!(status["error_class"], json!(class), "{name}: {status}");
+        assert!(!status["message"].as_str().unwrap().is_empty());
+        let retry_at = t0() + Duration::from_secs(delay);
+        assert_eq!(status["next_sync_at"], rfc3339(retry_at), "{name}");
+        assert_eq!(
+            next_sync(&node, &name).await,
+            Some((retry_at, "retry")),
+            "{name}"
+        );
+        let (kinds, events) = events_after(&node.client, &name, 0).await;
+        assert_eq!(kinds, ["RepositoryRegistered", "SyncStarted", "SyncFailed"]);
+        assert_eq!(
+            events[2]["event"]["sync_failed"]["error_class"],
+            json!(class),
+            "{name}"
+        );
+    }
+    held.abort();
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_failing_upstream_keeps_the_last_state_until_the_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    let bare = upstream.join(".git");
+    let (node, clock) = start(config(&dir.path().join("data"))).await;
+    ok(&node.client, "repo.register", register("r", &url)).await;
+    let list = json!({"namespace": "team-a", "repository": "r"});
+    let before = ok(&node.client, "pkgrev.list", list.clone()).await["items"].clone();
+    assert_eq!(before.as_array().unwrap().len(), 8);
+
+    // The registered branch disappears upstream.
+    git(&bare, &["branch", "-m", "main", "renamed"]);
+    let (code, _) = call(&node.client, "repo.sync", key("r")).await;
+    assert_eq!(code.as_deref(), Some("404"));
+    let reply = ok(&node.client, "repo.get", key("r")).await;
+    let status = &reply["status"];
+    assert_eq!(status["reason"], json!("Error"));
+    assert_eq!(status["ready"], json!(false));
+    assert_eq!(status["error_class"], json!("missing"));
+    assert_eq!(
+        status["message"],
+        json!("branch \"main\" does not exist upstream")
+    );
+    assert_eq!(status["package_count"], json!(8));
+    assert_eq!(
+        status["next_sync_at"],
+        rfc3339(t0() + Duration::from_secs(14))
+    );
+    // Lists are still answered from the views, unchanged.
+    assert_eq!(
+        ok(&node.client, "pkgrev.list", list.clone()).await["items"],
+        before
+    );
+
+    // The upstream is unreachable too (moved away) — still the last state.
+    std::fs::rename(&upstream, dir.path().join("moved")).unwrap();
+    clock.advance(Duration::from_secs(14));
+    let seq = node.store.last_seq().unwrap();
+    let events = finished_sync(&node, "r", seq).await;
+    assert_eq!(kinds(&events), ["SyncStarted", "SyncFailed"]);
+    assert_eq!(
+        events[0]["event"]["sync_started"]["trigger"],
+        json!("retry")
+    );
+    assert_eq!(
+        events[1]["event"]["sync_failed"]["error_class"],
+        json!("missing")
+    );
+    assert_eq!(
+        ok(&node.client, "pkgrev.list", list.clone()).await["items"],
+        before
+    );
+
+    // Back, with its branch: the next retry recovers.
+    std::fs::rename(dir.path().join("moved"), &upstream).unwrap();
+    git(&bare, &["branch", "-m", "renamed", "main"]);
+    let seq = node.store.last_seq().unwrap();
+    clock.advance(Duration::from_secs(14));
+    let events = finished_sync(&node, "r", seq).await;
+    assert_eq!(kinds(&events), ["SyncStarted", "SyncSucceeded"]);
+    let reply = ok(&node.client, "repo.get", key("r")).await;
+    let status = &reply["status"];
+    assert_eq!(
+        (
+            status["reason"].clone(),
+            status["ready"].clone(),
+            status["message"].clone(),
+            status["error_class"].clone()
+        ),
+        (json!("Ready"), json!(true), json!(""), json!(""))
+    );
+    assert_eq!(ok(&node.client, "pkgrev.list", list).await["items"], before);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn at_most_max_concurrent_syncs_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir.path().join("data"));
+    config.sync.max_concurrent = 2;
+    let (node, _clock) = start(config).await;
+    let silent = Silent::start().await;
+    let mut slots = node.sync_slots();
+
+    // Three repositories ask to sync at once (registered without waiting);
+    // their upstream accepts connections and never answers.
+    for name in ["a", "b", "c"] {
+        let mut request = register(name, &silent.url(name));
+        request["wait"] = json!(false);
+        ok(&node.client, "repo.register", request).await;
+    }
+    let first = silent.accept().await;
+    let second = silent.accept().await;
+    let state = *slots
+        .wait_for(|s| s.running == 2 && s.waiting == 1)
+        .await
+        .unwrap();
+    assert_eq!(state.peak, 2);
+    // The third has not started: no SyncStarted in its log, one running
+    // sync each in the others'.
+    let mut started = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (kinds, _) = events_after(&node.client, name, 0).await;
+        started.push(kinds.iter().filter(|k| *k == "SyncStarted").count());
+    }
+    started.sort();
+    assert_eq!(started, [0, 1, 1]);
+
+    // One upstream hangs up: its sync fails, and the third takes the slot.
+    drop(first);
+    let third = silent.accept().await;
+    drop((second, third));
+    let state = *slots
+        .wait_for(|s| s.running == 0 && s.waiting == 0)
+        .await
+        .unwrap();
+    assert_eq!(state.peak, 2);
+    for name in ["a", "b", "c"] {
+        let (kinds, _) = events_after(&node.client, name, 0).await;
+        assert_eq!(
+            kinds,
+            ["RepositoryRegistered", "SyncStarted", "SyncFailed"],
+            "{name}"
+        );
+    }
+    node.shutdown().await;
+}
