@@ -154,10 +154,24 @@ enum RepoCommand {
         #[arg(long, short = 'n')]
         namespace: Option<String>,
     },
-    /// Fetch and reconcile now.
+    /// Fetch and reconcile now (in the background unless --wait).
     Sync {
         /// namespace/name.
         repository: String,
+        /// Wait for the sync: show its progress, then what it changed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Change a repository's sync spec (no flag: back to the node's interval).
+    Update {
+        /// namespace/name.
+        repository: String,
+        /// 5-field cron schedule, e.g. "*/10 * * * *".
+        #[arg(long)]
+        schedule: Option<String>,
+        /// One sync at this RFC 3339 time, e.g. 2026-12-01T02:00:00Z.
+        #[arg(long)]
+        run_once_at: Option<String>,
     },
 }
 
@@ -399,12 +413,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         client::REPO_COLUMNS,
                     )
                 }
-                RepoCommand::Sync { repository } => {
+                RepoCommand::Sync { repository, wait } => {
                     let (ns, name) = split_key(&repository)?;
-                    let reply = c.call(
-                        "repo.sync",
-                        &serde_json::json!({"namespace": ns, "name": name}),
-                    )?;
+                    if !wait {
+                        let reply = c.call(
+                            "repo.sync",
+                            &serde_json::json!({"namespace": ns, "name": name, "wait": false}),
+                        )?;
+                        eprintln!("sync of {repository} requested; follow it with `cairn repo sync {repository} --wait` or `cairn watch --kind repository`");
+                        return client::print(out, conn.output, &reply, None, client::REPO_COLUMNS);
+                    }
+                    let reply = c.sync_with_progress(ns, name, &mut std::io::stderr())?;
                     let columns = [
                         ("NAME", "/name"),
                         ("ADDED", "/sync/added"),
@@ -412,6 +431,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ("DELETED", "/sync/deleted"),
                         ("PACKAGES", "/sync/package_count"),
                         ("COMMIT", "/status/commit"),
+                        ("NEXT SYNC", "/status/next_sync_at"),
+                    ];
+                    client::print(out, conn.output, &reply, None, &columns)
+                }
+                RepoCommand::Update {
+                    repository,
+                    schedule,
+                    run_once_at,
+                } => {
+                    let (ns, name) = split_key(&repository)?;
+                    let mut sync = serde_json::Map::new();
+                    if let Some(schedule) = schedule {
+                        sync.insert("schedule".into(), schedule.into());
+                    }
+                    if let Some(at) = run_once_at {
+                        sync.insert("run_once_at".into(), at.into());
+                    }
+                    let reply = c.call(
+                        "repo.update",
+                        &serde_json::json!({"namespace": ns, "name": name, "sync": sync}),
+                    )?;
+                    let columns = [
+                        ("NAME", "/name"),
+                        ("SCHEDULE", "/sync/schedule"),
+                        ("RUN ONCE AT", "/sync/run_once_at"),
+                        ("NEXT SYNC", "/status/next_sync_at"),
                     ];
                     client::print(out, conn.output, &reply, None, &columns)
                 }

@@ -50,19 +50,19 @@ impl Client {
     /// Sends `body` to `cairn.v1.<endpoint>` and returns the JSON reply, or
     /// the node's error as an error naming the code.
     pub fn call(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
+        self.runtime.block_on(self.call_async(endpoint, body))
+    }
+
+    async fn call_async(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
         let subject = format!("cairn.v1.{endpoint}");
         let payload = serde_json::to_vec(body)?;
-        let reply = self
-            .runtime
-            .block_on(async {
-                tokio::time::timeout(
-                    self.timeout,
-                    self.nats.request(subject.clone(), payload.into()),
-                )
-                .await
-            })
-            .map_err(|_| anyhow::anyhow!("{subject}: no reply within {:?}", self.timeout))?
-            .map_err(|e| anyhow::anyhow!("{subject}: {e} (is a cairn node running?)"))?;
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.nats.request(subject.clone(), payload.into()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("{subject}: no reply within {:?}", self.timeout))?
+        .map_err(|e| anyhow::anyhow!("{subject}: {e} (is a cairn node running?)"))?;
         let value: Value = serde_json::from_slice(&reply.payload)
             .with_context(|| format!("reply of {subject}"))?;
         if let Some(code) = reply
@@ -74,6 +74,79 @@ impl Client {
             bail!("{code}: {message}");
         }
         Ok(value)
+    }
+}
+
+impl Client {
+    /// `repo.sync` with `wait`, showing the sync's progress on `progress`
+    /// from its events on `cairn.events.<ns>.<name>.>` (published as they
+    /// commit): one line when it starts, the package revisions reconciled
+    /// so far while it runs (a spinner on a terminal), and the outcome.
+    /// Answers the reply of `repo.sync`.
+    pub fn sync_with_progress(
+        &self,
+        namespace: &str,
+        name: &str,
+        progress: &mut dyn Write,
+    ) -> anyhow::Result<Value> {
+        use futures::StreamExt;
+        use std::io::IsTerminal;
+
+        let key = format!("{namespace}/{name}");
+        use cairn_events::subject::{encode_token, EVENTS_PREFIX};
+        let subject = format!(
+            "{EVENTS_PREFIX}.{}.{}.>",
+            encode_token(namespace),
+            encode_token(name)
+        );
+        let spinner = indicatif::ProgressBar::new_spinner();
+        if !std::io::stderr().is_terminal() {
+            spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let body = json!({"namespace": namespace, "name": name});
+        let result: anyhow::Result<Value> = self.runtime.block_on(async {
+            let mut events = self.nats.subscribe(subject).await?;
+            self.nats.flush().await?;
+            let request = self.call_async("repo.sync", &body);
+            tokio::pin!(request);
+            let (mut added, mut modified, mut deleted) = (0u64, 0u64, 0u64);
+            loop {
+                tokio::select! {
+                    reply = &mut request => return reply,
+                    Some(message) = events.next() => {
+                        let Ok(envelope) = cairn_events::envelope::decode(&message.payload) else { continue };
+                        use cairn_events::v1::event::Payload;
+                        match envelope.event.and_then(|e| e.payload) {
+                            Some(Payload::SyncStarted(s)) => {
+                                writeln!(progress, "{key}: sync started ({})", s.trigger)?;
+                            }
+                            Some(Payload::PackageRevisionAdded(_)) => added += 1,
+                            Some(Payload::PackageRevisionModified(_)) => modified += 1,
+                            Some(Payload::PackageRevisionDeleted(_)) => deleted += 1,
+                            _ => {}
+                        }
+                        spinner.set_message(format!("{key}: +{added} ~{modified} -{deleted}"));
+                        spinner.tick();
+                    }
+                }
+            }
+        });
+        spinner.finish_and_clear();
+        let reply = result?;
+        let sync = &reply["sync"];
+        if let Some(error) = sync.get("error") {
+            bail!(
+                "{}: {}",
+                error["code"],
+                error["message"].as_str().unwrap_or_default()
+            );
+        }
+        writeln!(
+            progress,
+            "{key}: synced: {} added, {} modified, {} deleted; {} package revisions",
+            sync["added"], sync["modified"], sync["deleted"], sync["package_count"]
+        )?;
+        Ok(reply)
     }
 }
 

@@ -551,7 +551,7 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
     let kptfile = std::fs::read_to_string(pulled.join("Kptfile")).unwrap();
     assert!(kptfile.contains("kind: Kptfile"), "{kptfile}");
 
-    let (ok_, out, err) = cli(&nats, &["repo", "sync", "team-a/gcp"]).await;
+    let (ok_, out, err) = cli(&nats, &["repo", "sync", "team-a/gcp", "--wait"]).await;
     assert!(ok_, "{err}");
     assert!(
         out.lines()
@@ -559,6 +559,40 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
             .unwrap()
             .starts_with("gcp   0      0         0        5"),
         "{out}"
+    );
+    assert!(
+        err.lines().any(|l| l
+            == "team-a/gcp: synced: 0 added, 0 modified, 0 deleted; 5 package revisions"),
+        "{err}"
+    );
+    let (ok_, _, err) = cli(&nats, &["repo", "sync", "team-a/gcp"]).await;
+    assert!(ok_, "{err}");
+    assert!(err.starts_with("sync of team-a/gcp requested;"), "{err}");
+    let (ok_, out, err) = cli(
+        &nats,
+        &[
+            "repo",
+            "update",
+            "team-a/gcp",
+            "--schedule",
+            "*/10 * * * *",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    let updated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(updated["sync"]["schedule"], json!("*/10 * * * *"));
+    let (ok_, _, err) = cli(
+        &nats,
+        &["repo", "update", "team-a/gcp", "--schedule", "often"],
+    )
+    .await;
+    assert!(!ok_);
+    assert!(
+        err.contains("400: sync.schedule: \"often\" has 1 fields"),
+        "{err}"
     );
 
     let (ok_, _, err) = cli(&nats, &["pkg", "get", "team-a/gcp.nope.v1"]).await;

@@ -94,8 +94,9 @@ pub struct Plan {
 pub fn parse_schedule(expression: &str) -> Result<croner::Cron, String> {
     let fields = expression.split_whitespace().count();
     if fields != 5 {
+        let noun = if fields == 1 { "field" } else { "fields" };
         return Err(format!(
-            "{expression:?} has {fields} fields; expected 5 (minute hour day-of-month month day-of-week)"
+            "{expression:?} has {fields} {noun}; expected 5 (minute hour day-of-month month day-of-week)"
         ));
     }
     // `Cron::from_str` leaves the pattern unparsed in croner 2; `parse` does it.

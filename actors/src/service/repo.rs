@@ -328,22 +328,37 @@ pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<B
     ))
 }
 
-/// `cairn.v1.repo.sync` `{"namespace","name"}`: fetch and reconcile now;
-/// answers the repository and what the sync did.
+/// `cairn.v1.repo.sync` `{"namespace","name","wait"?}`: fetch and reconcile
+/// now (through the repository's SyncManager, so the next scheduled time
+/// follows from it). With `wait` (the default) answers the repository and
+/// what the sync did; without, answers the repository at once and syncs in
+/// the background (follow it on `cairn.events.<ns>.<name>.>` or a watch).
 pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
-    let (namespace, name, principal) = parse_key(body)?;
-    let metadata = metadata(&request, principal);
-    let report = context
-        .registry
-        .send(SyncRepository {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            trigger: "manual".into(),
-            asked_at: Instant::now(),
-            metadata,
-        })
-        .await??;
+    let f = Fields::parse(body, &["namespace", "name", "principal", "wait"])?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let name = f.required("name")?;
+    validate::dns_label("name", &name)?;
+    let wait = f.bool("wait")?.unwrap_or(true);
+    let metadata = metadata(&request, f.string("principal")?);
+    let row = current(&context, namespace.clone(), name.clone()).await?;
+    let sync = context.registry.send(SyncRepository {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        trigger: "manual".into(),
+        asked_at: Instant::now(),
+        metadata,
+    });
+    if !wait {
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = sync.await {
+                tracing::debug!(error = %e, "background sync failed");
+            }
+        });
+        return Ok(repository_body(format, &row, None));
+    }
+    let report = sync.await??;
     let row = current(&context, namespace, name).await?;
     Ok(repository_body(format, &row, Some(&Ok(report))))
 }
