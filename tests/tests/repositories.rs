@@ -591,7 +591,7 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
     .await;
     assert!(!ok_);
     assert!(
-        err.contains("400: sync.schedule: \"often\" has 1 fields"),
+        err.contains("400: sync.schedule: \"often\" has 1 field;"),
         "{err}"
     );
 
