@@ -256,7 +256,7 @@ fn empty_repository_lacks_the_branch_until_it_is_created() {
     let cache = GitCache::new(cache_dir.path());
 
     let first = cache.fetch(&url, None).unwrap();
-    assert_eq!(first.refs, BTreeMap::new());
+    assert_eq!(first.refs().unwrap(), BTreeMap::new());
     assert!(!first.changed);
     let mirror = cache.mirror_path(&url);
     let d = discover(&mirror, "main", "/").unwrap();
@@ -278,7 +278,7 @@ fn empty_repository_lacks_the_branch_until_it_is_created() {
     // The mirror took the branch when it was pushed: nothing new to fetch.
     let second = cache.fetch(&url, None).unwrap();
     assert_eq!(
-        second.refs,
+        second.refs().unwrap(),
         BTreeMap::from([("refs/heads/main".to_owned(), created.clone())])
     );
     assert!(!second.changed);
@@ -751,10 +751,10 @@ fn fetch_reports_changes_and_prunes_deleted_refs() {
     .into_iter()
     .map(|r| (r.to_owned(), up.commit(r)))
     .collect();
-    assert_eq!(first.refs, want);
+    assert_eq!(first.refs().unwrap(), want);
 
     let second = cache.fetch(&url, None).unwrap();
-    assert_eq!(second.refs, want);
+    assert_eq!(second.refs().unwrap(), want);
     assert!(!second.changed);
 
     let tree = up.git(&["rev-parse", "main^{tree}"]);
@@ -762,13 +762,13 @@ fn fetch_reports_changes_and_prunes_deleted_refs() {
     up.git(&["update-ref", "refs/heads/main", &new_commit]);
     let third = cache.fetch(&url, None).unwrap();
     assert!(third.changed);
-    assert_eq!(third.refs["refs/heads/main"], new_commit);
+    assert_eq!(third.refs().unwrap()["refs/heads/main"], new_commit);
 
     up.git(&["tag", "-d", "empty/v1"]);
     let fourth = cache.fetch(&url, None).unwrap();
     assert!(fourth.changed);
-    assert!(!fourth.refs.contains_key("refs/tags/empty/v1"));
-    assert_eq!(fourth.refs.len(), 5);
+    assert!(!fourth.refs().unwrap().contains_key("refs/tags/empty/v1"));
+    assert_eq!(fourth.refs().unwrap().len(), 5);
     let d = discover(&cache.mirror_path(&url), "main", "/").unwrap();
     assert_eq!(d.branch_commit.as_deref(), Some(new_commit.as_str()));
     assert_eq!(d.revisions.len(), 7);

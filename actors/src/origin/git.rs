@@ -39,14 +39,29 @@ pub struct GitCache {
 /// Result of [`GitCache::fetch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchOutcome {
-    /// Upstream refs after the fetch (`refs/heads/…`, `refs/tags/…`) → hex of
-    /// the commit they point at (annotated tags peeled).
-    pub refs: BTreeMap<String, String>,
+    /// Upstream refs after the fetch (`refs/heads/…`, `refs/tags/…`) → the
+    /// object each names (an annotated tag's own id, not peeled).
+    pub raw: BTreeMap<String, git2::Oid>,
     /// Whether any ref was added, moved or removed by this fetch.
     pub changed: bool,
     /// sha256 (hex) of the refs after the fetch (each name and raw
     /// target): equal digests, equal upstream.
     pub digest: String,
+    /// The mirror fetched into.
+    pub mirror: PathBuf,
+}
+
+impl FetchOutcome {
+    /// The refs → hex of the commit each points at (annotated tags
+    /// peeled). Peeled on demand: a fetch that changed nothing, the common
+    /// case, never needs it (the digest comes from the raw targets).
+    pub fn refs(&self) -> Result<BTreeMap<String, String>, OriginError> {
+        let repo = Repository::open_bare(&self.mirror).map_err(map_git_error)?;
+        Ok(peel_all(&repo, self.raw.clone())?
+            .into_iter()
+            .map(|(name, target)| (name, target.commit))
+            .collect())
+    }
 }
 
 impl GitCache {
@@ -104,26 +119,24 @@ impl GitCache {
             }
         };
         // What a ref peels to follows from its raw target: comparing raw
-        // targets is enough, and the old refs need no peeling.
+        // targets is enough, and the old refs need no peeling. Only a
+        // changed ref set is peeled (for the peeled lines of packed-refs).
         let changed = before != advertised;
-        let after = peel_all(&repo, advertised)?;
         if changed || has_loose_refs(&path) {
-            write_refs(&path, &after)?;
+            let peeled = peel_all(&repo, advertised.clone())?;
+            write_refs(&path, &peeled)?;
         }
         let mut hasher = Sha256::new();
-        for (name, target) in &after {
-            hasher.update(format!("{} {name}\n", target.raw).as_bytes());
+        for (name, raw) in &advertised {
+            hasher.update(format!("{raw} {name}\n").as_bytes());
         }
         let digest = hex::encode(hasher.finalize());
-        let refs = after
-            .into_iter()
-            .map(|(name, target)| (name, target.commit))
-            .collect();
         debug!(mirror = %path.display(), changed, "fetched");
         Ok(FetchOutcome {
-            refs,
+            raw: advertised,
             changed,
             digest,
+            mirror: path,
         })
     }
 
@@ -189,7 +202,7 @@ pub fn create_branch(
         return Err(OriginError::Git(format!("invalid branch name {branch:?}")));
     }
     let outcome = cache.fetch(url, credentials)?;
-    if outcome.refs.contains_key(&ref_name) {
+    if outcome.raw.contains_key(&ref_name) {
         return Ok(());
     }
     let repo = Repository::open_bare(cache.mirror_path(url)).map_err(map_git_error)?;

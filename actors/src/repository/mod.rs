@@ -168,13 +168,13 @@ async fn sync_once(
     let opened = vec![event(Payload::SyncStarted(SyncStarted {
         trigger: msg.trigger.clone(),
     }))];
-    append(env, component, opened, metadata.clone()).await?;
-
-    // Git and the diff against the view, off the arbiter.
+    // Git and the diff against the view, off the arbiter — while the
+    // writer commits `SyncStarted` (queued first, so it still opens the
+    // sync in the log; its fsync overlaps the fetch instead of preceding it).
     let read_env = env.clone();
     let snapshot = component.clone();
     let asked_at = msg.asked_at;
-    let outcome = tokio::task::spawn_blocking(move || {
+    let read = tokio::task::spawn_blocking(move || {
         let views =
             |e: cairn_storage::StorageError| OriginError::Git(format!("reading the views: {e}"));
         let last = RepositoriesView::get(
@@ -210,9 +210,10 @@ async fn sync_once(
                 Ok::<_, OriginError>((events, changes, package_count, upstream.pins))
             }
         }
-    })
-    .await
-    .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
+    });
+    let (opened, outcome) = futures::join!(append(env, component, opened, metadata.clone()), read);
+    opened?;
+    let outcome = outcome.map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
     match outcome {
         Ok((mut events, changes, package_count, pins)) => {
             let read_ms = started.elapsed().as_millis() as u64;
