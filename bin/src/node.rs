@@ -38,7 +38,7 @@ pub struct Node {
     pub nats_url: String,
     publisher: Addr<Publisher>,
     registry: Addr<Registry>,
-    env: Arc<SyncEnv>,
+    slots: tokio::sync::watch::Receiver<SlotState>,
     service: CairnService,
     local_nats: Option<LocalNatsServer>,
 }
@@ -125,8 +125,8 @@ impl Node {
             policy: Arc::new(config.sync.policy()),
             clock,
         };
-        let load_env = env.clone();
-        let registry = tokio::task::spawn_blocking(move || Registry::load(load_env, scheduling))
+        let slots = env.slots.subscribe();
+        let registry = tokio::task::spawn_blocking(move || Registry::load(env, scheduling))
             .await??
             .start();
         let service = CairnService::start(
@@ -149,7 +149,7 @@ impl Node {
             nats_url,
             publisher,
             registry,
-            env,
+            slots,
             service,
             local_nats,
         })
@@ -158,7 +158,7 @@ impl Node {
     /// Syncs running and waiting for a slot (`sync.max-concurrent`), now
     /// and as they change.
     pub fn sync_slots(&self) -> tokio::sync::watch::Receiver<SlotState> {
-        self.env.slots.subscribe()
+        self.slots.clone()
     }
 
     /// The local nats-server, when the node started one.
