@@ -6,13 +6,13 @@
 //! tests change the upstream with the `git` CLI (new commits, deleted tags,
 //! proposal branches) or build small repositories from scratch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cairn_actors::origin::{
-    create_branch, discover, validate_url, Blobs, DiscoveredRevision, Discovery, GitCache,
-    Lifecycle, OriginError,
+    create_branch, discover, discover_packages, package_of_ref, package_path, validate_url, Blobs,
+    DiscoveredRevision, Discovery, GitCache, Lifecycle, OriginError,
 };
 use tempfile::TempDir;
 
@@ -925,4 +925,66 @@ fn http_auth_failures_and_refused_connections_are_classified() {
         .fetch("https://no-such-host.invalid/repo.git", None)
         .unwrap_err();
     assert!(matches!(err, OriginError::Unreachable(_)), "{err:?}");
+}
+
+#[test]
+fn discovering_some_packages_finds_exactly_their_revisions_of_a_full_discovery() {
+    for (fixture, directory, packages) in [
+        ("drafts-repository", "/", vec!["basens", "pkg-with-history"]),
+        (
+            "nested-repository",
+            "/",
+            vec!["catalog/gcp/bucket", "sample"],
+        ),
+        (
+            "nested-repository",
+            "catalog/gcp",
+            vec!["catalog/gcp/bucket"],
+        ),
+        (
+            "publishinfo-repository",
+            "/",
+            vec!["pkg-with-anno", "draft-pkg"],
+        ),
+    ] {
+        let synced = Synced::fixture(fixture);
+        let mirror = synced.cache.mirror_path(&synced.upstream.url());
+        let full = synced.list(directory);
+        let only: HashSet<String> = packages.iter().map(|p| p.to_string()).collect();
+        let part = discover_packages(&mirror, "main", directory, &only).unwrap();
+        let full_path = |r: &DiscoveredRevision| package_path(directory, &r.path, &r.package);
+        let want: Vec<&DiscoveredRevision> = full
+            .revisions
+            .iter()
+            .filter(|r| r.revision != -1 && only.contains(&full_path(r)))
+            .collect();
+        assert!(!want.is_empty(), "{fixture}");
+        assert_eq!(
+            part.revisions.iter().collect::<Vec<_>>(),
+            want,
+            "{fixture} {directory}"
+        );
+        assert_eq!(part.branch_commit, full.branch_commit);
+        assert!(
+            part.refs_read < full.refs_read,
+            "{fixture}: {} of {}",
+            part.refs_read,
+            full.refs_read
+        );
+    }
+    assert_eq!(
+        package_of_ref("refs/tags/catalog/gcp/bucket/v1"),
+        Some("catalog/gcp/bucket")
+    );
+    assert_eq!(
+        package_of_ref("refs/heads/drafts/bucket/v1"),
+        Some("bucket")
+    );
+    assert_eq!(package_of_ref("refs/heads/proposed/a/b/ws"), Some("a/b"));
+    assert_eq!(
+        package_of_ref("refs/heads/deletionProposed/a/b/v2"),
+        Some("a/b")
+    );
+    assert_eq!(package_of_ref("refs/heads/main"), None);
+    assert_eq!(package_of_ref("refs/tags/v1"), None);
 }

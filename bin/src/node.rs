@@ -120,6 +120,7 @@ impl Node {
             release_memory: crate::memory::release,
             discoveries: Default::default(),
             slots: SyncSlots::new(config.sync.max_concurrent),
+            refs_read: Default::default(),
         });
         let scheduling = Scheduling {
             policy: Arc::new(config.sync.policy()),

@@ -14,7 +14,10 @@ use cairn::{
     config::{NatsConfig, NodeConfig},
     node::Node,
 };
-use cairn_actors::{registry::NextSyncOf, schedule::ManualClock};
+use cairn_actors::{
+    registry::{NextSyncOf, RefsRead},
+    schedule::ManualClock,
+};
 use cairn_storage::EventLog;
 use cairn_tests::{
     free_port,
@@ -132,14 +135,19 @@ fn change(kind: &str, name: &str) -> (String, String) {
     (kind.to_owned(), name.to_owned())
 }
 
-/// One manual sync; the package revision changes it recorded.
-async fn sync_changes(node: &Node, name: &str) -> Vec<(String, String)> {
+/// One manual sync; the package revision changes it recorded. It read
+/// `refs` tags, drafts and proposals (only those of the packages whose
+/// refs changed, unless the registered branch moved).
+async fn sync_reading(node: &Node, name: &str, refs: u64) -> Vec<(String, String)> {
+    let refs_before = node.registry().send(RefsRead).await.unwrap();
     let before = node.store.last_seq().unwrap();
     ok(&node.client, "repo.sync", key(name)).await;
     let (_, events) = events_after(&node.client, name, before).await;
     let kinds = kinds(&events);
     assert_eq!(kinds.first(), Some(&"SyncStarted"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"SyncSucceeded"), "{kinds:?}");
+    let read = node.registry().send(RefsRead).await.unwrap() - refs_before;
+    assert_eq!(read, refs, "refs read by the sync of {kinds:?}");
     changes(&events)
 }
 
@@ -156,10 +164,11 @@ async fn each_kind_of_upstream_change_yields_exactly_its_events() {
     let reply = ok(&node.client, "repo.register", register("r", &url)).await;
     assert_eq!(reply["sync"]["package_count"], json!(11));
 
-    // A new tag: its revision, and "latest" moves off the old one.
+    // A new tag: its revision, and "latest" moves off the old one. Only
+    // the tagged package's refs are read (empty/v1 and empty/v2).
     git(&bare, &["tag", "empty/v2", "empty/v1"]);
     assert_eq!(
-        sync_changes(&node, "r").await,
+        sync_reading(&node, "r", 2).await,
         [
             change("Added", "r.empty.v2"),
             change("Modified", "r.empty.v1")
@@ -169,14 +178,14 @@ async fn each_kind_of_upstream_change_yields_exactly_its_events() {
     // A new draft branch.
     git(&bare, &["branch", "drafts/basens/fresh", "main"]);
     assert_eq!(
-        sync_changes(&node, "r").await,
+        sync_reading(&node, "r", 3).await,
         [change("Added", "r.basens.fresh")]
     );
 
     // A removed tag: gone, and "latest" moves back.
     git(&bare, &["tag", "-d", "basens/v2"]);
     assert_eq!(
-        sync_changes(&node, "r").await,
+        sync_reading(&node, "r", 2).await,
         [
             change("Deleted", "r.basens.v2"),
             change("Modified", "r.basens.v1")
@@ -193,18 +202,19 @@ async fn each_kind_of_upstream_change_yields_exactly_its_events() {
         &["push", "-q", "--force", "origin", "drafts/bucket/v1"],
     );
     assert_eq!(
-        sync_changes(&node, "r").await,
+        sync_reading(&node, "r", 1).await,
         [change("Modified", "r.bucket.v1")]
     );
 
-    // A content change on the registered branch: its placeholder only.
+    // A content change on the registered branch: its placeholder only
+    // (the branch moved, so every ref is read again).
     git(&work, &["checkout", "-q", "main"]);
     std::fs::write(work.join("basens/extra.yaml"), "kind: ConfigMap\n").unwrap();
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "basens: one more file"]);
     git(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(
-        sync_changes(&node, "r").await,
+        sync_reading(&node, "r", 9).await,
         [change("Modified", "r.basens.main")]
     );
 
@@ -214,12 +224,12 @@ async fn each_kind_of_upstream_change_yields_exactly_its_events() {
     git(&work, &["commit", "-q", "-m", "istions: removed"]);
     git(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(
-        sync_changes(&node, "r").await,
+        sync_reading(&node, "r", 9).await,
         [change("Deleted", "r.istions.main")]
     );
 
     // And nothing more when nothing changed.
-    assert_eq!(sync_changes(&node, "r").await, []);
+    assert_eq!(sync_reading(&node, "r", 0).await, []);
     let reply = ok(&node.client, "repo.get", key("r")).await;
     assert_eq!(reply["status"]["package_count"], json!(11));
     node.shutdown().await;

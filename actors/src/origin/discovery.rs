@@ -49,6 +49,8 @@ pub struct Discovery {
     /// Every package revision, sorted by (path, package, revision, workspace,
     /// lifecycle).
     pub revisions: Vec<DiscoveredRevision>,
+    /// Tags, drafts and proposals read.
+    pub refs_read: usize,
 }
 
 /// One package revision as found in Git.
@@ -130,7 +132,43 @@ pub struct Task {
 /// paths reported relative to it). A directory that does not exist lists
 /// nothing. Malformed annotations and Kptfiles never fail discovery.
 pub fn discover(path: &Path, branch: &str, directory: &str) -> Result<Discovery, OriginError> {
-    discover_on(path, branch, directory, None)
+    discover_on(path, branch, directory, None, None)
+}
+
+/// [`discover`] of the published, draft and proposed revisions of
+/// `packages` only (full package paths in the repository, as their refs
+/// name them, see [`package_of_ref`]): no placeholders, and only their refs
+/// are read. What an incremental sync reads when only such refs changed.
+pub fn discover_packages(
+    path: &Path,
+    branch: &str,
+    directory: &str,
+    packages: &HashSet<String>,
+) -> Result<Discovery, OriginError> {
+    discover_on(path, branch, directory, None, Some(packages))
+}
+
+/// The full path in the repository of package `package` at `path` below
+/// the registered `directory` (the form [`package_of_ref`] answers).
+pub fn package_path(directory: &str, path: &str, package: &str) -> String {
+    [directory.trim_matches('/'), path.trim_matches('/'), package]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The package (full path in the repository) a tag `<path>/<pkg>/vN` or a
+/// branch `drafts/…` / `proposed/…` / `deletionProposed/…` belongs to;
+/// `None` for any other ref.
+pub fn package_of_ref(name: &str) -> Option<&str> {
+    if let Some(key) = name.strip_prefix("refs/heads/deletionProposed/") {
+        return key.rsplit_once('/').map(|(package, _)| package);
+    }
+    match classify(name)? {
+        RefKind::Tag { package, .. } | RefKind::Unpublished { package, .. } => Some(package),
+    }
 }
 
 /// [`discover`] on `threads` threads (`None`: one below
@@ -141,6 +179,7 @@ fn discover_on(
     branch: &str,
     directory: &str,
     threads: Option<usize>,
+    only: Option<&HashSet<String>>,
 ) -> Result<Discovery, OriginError> {
     let repo = open(path)?;
     Discoverer {
@@ -152,7 +191,7 @@ fn discover_on(
         resources: HashMap::new(),
         history: Arc::default(),
     }
-    .run(path, threads)
+    .run(path, threads, only)
 }
 
 fn open(path: &Path) -> Result<Repository, OriginError> {
@@ -220,7 +259,12 @@ struct History {
 }
 
 impl Discoverer<'_> {
-    fn run(mut self, path: &Path, threads: Option<usize>) -> Result<Discovery, OriginError> {
+    fn run(
+        mut self,
+        path: &Path,
+        threads: Option<usize>,
+        only: Option<&HashSet<String>>,
+    ) -> Result<Discovery, OriginError> {
         let main_ref = format!("refs/heads/{}", self.branch);
         let mut main = None;
         let mut others = Vec::new();
@@ -240,10 +284,13 @@ impl Discoverer<'_> {
                 main = Some(commit.id());
             } else if let Some(key) = name.strip_prefix("refs/heads/deletionProposed/") {
                 deletion_proposed.insert(key.to_owned());
-            } else {
+            } else if only.is_none_or(|only| {
+                package_of_ref(name).is_some_and(|package| only.contains(package))
+            }) {
                 others.push((name.to_owned(), commit.id()));
             }
         }
+        let refs_read = others.len();
 
         let starts: Vec<Oid> = main
             .into_iter()
@@ -302,7 +349,7 @@ impl Discoverer<'_> {
             }
         }
         let refs_done = started.elapsed();
-        if let Some(tip) = main {
+        if let Some(tip) = main.filter(|_| only.is_none()) {
             for (package, tree) in self.packages_on(tip)? {
                 let dp_key = format!("{package}/{}", self.branch);
                 let lifecycle = if deletion_proposed.contains(&dp_key) {
@@ -334,6 +381,7 @@ impl Discoverer<'_> {
         Ok(Discovery {
             branch_commit: main.map(|c| c.to_string()),
             revisions,
+            refs_read,
         })
     }
 
@@ -1011,8 +1059,8 @@ mod tests {
                     .unwrap();
             }
         }
-        let one = discover_on(dir.path(), "main", "", Some(1)).unwrap();
-        let three = discover_on(dir.path(), "main", "", Some(3)).unwrap();
+        let one = discover_on(dir.path(), "main", "", Some(1), None).unwrap();
+        let three = discover_on(dir.path(), "main", "", Some(3), None).unwrap();
         assert_eq!(one.revisions.len(), 300 * 3 + 100);
         assert_eq!(one, three);
         let automatic = discover(dir.path(), "main", "").unwrap();

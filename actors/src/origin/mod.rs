@@ -27,7 +27,10 @@ mod git;
 
 use std::fmt;
 
-pub use discovery::{discover, DiscoveredRevision, Discovery, Lifecycle, Task};
+pub use discovery::{
+    discover, discover_packages, package_of_ref, package_path, DiscoveredRevision, Discovery,
+    Lifecycle, Task,
+};
 pub use git::{create_branch, Blobs, FetchOutcome, GitCache};
 
 /// Username and password (or token) for an upstream over http(s).

@@ -83,6 +83,12 @@ pub struct FetchCount;
 #[rtype(result = "u64")]
 pub struct DiscoveryCount;
 
+/// How many tags, drafts and proposals the node's discoveries read; an
+/// incremental sync reads only those of the packages whose refs changed.
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct RefsRead;
+
 /// Stops every repository actor, then the registry (node shutdown).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

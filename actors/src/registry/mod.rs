@@ -25,7 +25,7 @@ use cairn_storage::{views::RepositoriesView, StorageError, Store};
 use tracing::{info, warn};
 
 pub use messages::{
-    DiscoveryCount, FetchCount, NextSyncOf, RegisterRepository, Shutdown, SyncRepository,
+    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, Shutdown, SyncRepository,
     UnregisterRepository, UpdateRepository,
 };
 
@@ -334,6 +334,16 @@ impl Handler<DiscoveryCount> for Registry {
     fn handle(&mut self, _msg: DiscoveryCount, _ctx: &mut Self::Context) -> u64 {
         self.env
             .discoveries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Handler<RefsRead> for Registry {
+    type Result = u64;
+
+    fn handle(&mut self, _msg: RefsRead, _ctx: &mut Self::Context) -> u64 {
+        self.env
+            .refs_read
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

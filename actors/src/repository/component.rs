@@ -13,8 +13,10 @@
 //! that is gone — in name order, so the same upstream always yields the same
 //! events.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
+use super::upstream::Scope;
+use crate::origin::package_path;
 use cairn_events::{
     envelope::event,
     v1::{
@@ -51,6 +53,10 @@ pub struct RepositoryComponent {
     pub spec: RepositorySpec,
     /// Version of the repository's stream.
     pub version: u64,
+    /// The refs (raw targets) the last successful sync of this actor read,
+    /// with their digest: what the next sync diffs the upstream's refs
+    /// against to read only the packages that changed. Memory only.
+    pub last_refs: Option<(String, Arc<BTreeMap<String, git2::Oid>>)>,
 }
 
 /// The Porch object name of a package revision:
@@ -76,6 +82,7 @@ impl RepositoryComponent {
             stream,
             spec,
             version: 0,
+            last_refs: None,
         })
     }
 
@@ -197,6 +204,46 @@ impl RepositoryComponent {
     }
 
     /// The events of a sync that found the upstream's refs as the last
+    /// `sync_events` over the revisions `scope` covers: all of them, or the
+    /// published, draft and proposed revisions of some packages (`packages`
+    /// full paths; the registered `directory` prefixes revisions' paths),
+    /// the others staying as they are. Also answers the package revisions
+    /// after the sync (`SyncSucceeded.package_count`).
+    pub fn scoped_sync_events(
+        current: BTreeMap<String, PackageRevision>,
+        discovered: BTreeMap<String, PackageRevision>,
+        scope: &Scope,
+        directory: &str,
+        commit: &str,
+        refs_digest: &str,
+        duration_ms: u64,
+    ) -> (Vec<Event>, Changes, usize) {
+        let Scope::Packages(packages) = scope else {
+            let count = discovered.len();
+            let (events, changes) =
+                Self::sync_events(&current, discovered, commit, refs_digest, duration_ms);
+            return (events, changes, count);
+        };
+        let total = current.len();
+        let covered: BTreeMap<String, PackageRevision> = current
+            .into_iter()
+            .filter(|(_, r)| {
+                r.revision != -1 && packages.contains(&package_path(directory, &r.path, &r.package))
+            })
+            .collect();
+        let count = total - covered.len() + discovered.len();
+        let (mut events, changes) =
+            Self::sync_events(&covered, discovered, commit, refs_digest, duration_ms);
+        if let Some(Event {
+            payload: Some(Payload::SyncSucceeded(done)),
+        }) = events.last_mut()
+        {
+            done.package_count = count as u32;
+        }
+        (events, changes, count)
+    }
+
+    /// The events of a sync whose upstream is exactly as the last
     /// successful sync (`last`) left them: only `SyncSucceeded`, repeating
     /// its commit, package count and digest.
     pub fn unchanged_events(last: &RepositoryStatus, duration_ms: u64) -> Vec<Event> {

@@ -20,6 +20,7 @@ pub mod messages;
 pub mod upstream;
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Instant, SystemTime},
 };
@@ -37,7 +38,7 @@ use cairn_storage::views::RepositoriesView;
 use component::Changes;
 pub use component::RepositoryComponent;
 pub use messages::{Close, Register, Stop, Sync, SyncReport, UpdateSpec};
-use upstream::{read_upstream, SyncEnv, UpstreamRead};
+use upstream::{read_upstream, Known, SyncEnv, UpstreamRead};
 
 use crate::{origin::OriginError, ServiceError};
 
@@ -174,48 +175,18 @@ async fn sync_once(
     let read_env = env.clone();
     let snapshot = component.clone();
     let asked_at = msg.asked_at;
-    let read = tokio::task::spawn_blocking(move || {
-        let views =
-            |e: cairn_storage::StorageError| OriginError::Git(format!("reading the views: {e}"));
-        let last = RepositoriesView::get(
-            &read_env.store,
-            &snapshot.spec.namespace,
-            &snapshot.spec.name,
-        )
-        .map_err(views)?
-        .and_then(|row| row.status)
-        .unwrap_or_default();
-        match read_upstream(&read_env, &snapshot.spec, asked_at, &last.refs_digest)? {
-            UpstreamRead::Unchanged => {
-                let duration_ms = started.elapsed().as_millis() as u64;
-                let events = RepositoryComponent::unchanged_events(&last, duration_ms);
-                Ok((
-                    events,
-                    Changes::default(),
-                    last.package_count as usize,
-                    Vec::new(),
-                ))
-            }
-            UpstreamRead::Changed(upstream) => {
-                let current = snapshot.current(&read_env.store).map_err(views)?;
-                let duration_ms = started.elapsed().as_millis() as u64;
-                let package_count = upstream.revisions.len();
-                let (events, changes) = RepositoryComponent::sync_events(
-                    &current,
-                    upstream.revisions,
-                    &upstream.commit,
-                    &upstream.refs_digest,
-                    duration_ms,
-                );
-                Ok::<_, OriginError>((events, changes, package_count, upstream.pins))
-            }
-        }
-    });
+    let read = tokio::task::spawn_blocking(move || read(&read_env, &snapshot, asked_at, started));
     let (opened, outcome) = futures::join!(append(env, component, opened, metadata.clone()), read);
     opened?;
     let outcome = outcome.map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
     match outcome {
-        Ok((mut events, changes, package_count, pins)) => {
+        Ok(Read {
+            mut events,
+            changes,
+            package_count,
+            pins,
+            refs,
+        }) => {
             let read_ms = started.elapsed().as_millis() as u64;
             let next_sync_at = next.as_ref().map(|n| n.decide(None));
             if let (
@@ -229,6 +200,9 @@ async fn sync_once(
             }
             append(env, component, events, metadata).await?;
             drop(pins); // the references are committed now
+            if refs.is_some() {
+                component.last_refs = refs;
+            }
             if changes.added + changes.modified + changes.deleted > 0 {
                 (env.release_memory)();
             }
@@ -251,6 +225,75 @@ async fn sync_once(
             }))];
             append(env, component, failed, metadata).await?;
             Err(origin_error(&e))
+        }
+    }
+}
+
+/// What a sync read: its events up to `SyncSucceeded`, their counts, the
+/// package revisions after it, the blobs to keep until the events commit,
+/// and the refs it read (with their digest) when they changed.
+struct Read {
+    events: Vec<Event>,
+    changes: Changes,
+    package_count: usize,
+    pins: Vec<cairn_storage::BlobPin>,
+    refs: Option<(String, Arc<BTreeMap<String, git2::Oid>>)>,
+}
+
+/// Reads the upstream and diffs it against the views. Blocking.
+fn read(
+    env: &SyncEnv,
+    component: &RepositoryComponent,
+    asked_at: Instant,
+    started: Instant,
+) -> Result<Read, OriginError> {
+    let views =
+        |e: cairn_storage::StorageError| OriginError::Git(format!("reading the views: {e}"));
+    let spec = &component.spec;
+    let last = RepositoriesView::get(&env.store, &spec.namespace, &spec.name)
+        .map_err(views)?
+        .and_then(|row| row.status)
+        .unwrap_or_default();
+    // The refs this actor last synced, when the view still records their
+    // digest (a sync elsewhere, or a spec change, would have replaced it).
+    let known = Known {
+        refs: component
+            .last_refs
+            .as_ref()
+            .filter(|(digest, _)| *digest == last.refs_digest)
+            .map(|(_, refs)| refs.clone()),
+        digest: last.refs_digest.clone(),
+    };
+    match read_upstream(env, spec, asked_at, &known)? {
+        UpstreamRead::Unchanged => Ok(Read {
+            events: RepositoryComponent::unchanged_events(
+                &last,
+                started.elapsed().as_millis() as u64,
+            ),
+            changes: Changes::default(),
+            package_count: last.package_count as usize,
+            pins: Vec::new(),
+            refs: None,
+        }),
+        UpstreamRead::Changed(upstream) => {
+            let current = component.current(&env.store).map_err(views)?;
+            let directory = spec.git.as_ref().map_or("", |g| g.directory.as_str());
+            let (events, changes, package_count) = RepositoryComponent::scoped_sync_events(
+                current,
+                upstream.revisions,
+                &upstream.scope,
+                directory,
+                &upstream.commit,
+                &upstream.refs_digest,
+                started.elapsed().as_millis() as u64,
+            );
+            Ok(Read {
+                events,
+                changes,
+                package_count,
+                pins: upstream.pins,
+                refs: Some((upstream.refs_digest, upstream.refs)),
+            })
         }
     }
 }
@@ -289,6 +332,7 @@ impl Handler<UpdateSpec> for RepositoryActor {
             .map(|(mut component, result), act, _| {
                 if let Ok(spec) = &result {
                     component.spec = spec.clone();
+                    component.last_refs = None;
                 }
                 act.component = component;
                 result

@@ -3,7 +3,7 @@
 //! blob store. All blocking: callers run it in `spawn_blocking`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -140,6 +140,58 @@ pub struct SyncEnv {
     pub discoveries: AtomicU64,
     /// The node-wide cap on syncs running at once.
     pub slots: crate::schedule::SyncSlots,
+    /// Tags, drafts and proposals discoveries read so far (see
+    /// `registry::RefsRead`): an incremental sync reads only the changed
+    /// packages' refs.
+    pub refs_read: AtomicU64,
+}
+
+/// What a RepositoryActor knows of its upstream from its last successful
+/// sync: the digest the view records and the refs behind it.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// `refs_digest` of the last successful sync (from the view).
+    pub digest: String,
+    /// The raw refs that sync read, when this actor ran it (kept in memory
+    /// only: after a restart the next change is read in full).
+    pub refs: Option<Arc<BTreeMap<String, git2::Oid>>>,
+}
+
+/// Which revisions an upstream read covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// All of the repository's.
+    Full,
+    /// The published, draft and proposed revisions of these packages (full
+    /// paths in the repository); the rest, placeholders included, are as the
+    /// view has them.
+    Packages(HashSet<String>),
+}
+
+/// The packages whose revisions differ between refs `old` and `new`, when
+/// only tags, drafts and proposals changed; `None` when the registered
+/// branch or a deletion proposal moved (those touch placeholders and
+/// lifecycles across packages: read in full).
+pub fn changed_packages(
+    old: &BTreeMap<String, git2::Oid>,
+    new: &BTreeMap<String, git2::Oid>,
+    branch: &str,
+) -> Option<HashSet<String>> {
+    let main = format!("refs/heads/{branch}");
+    let mut packages = HashSet::new();
+    let changed = old
+        .iter()
+        .filter(|(name, oid)| new.get(*name) != Some(oid))
+        .chain(new.iter().filter(|(name, oid)| old.get(*name) != Some(oid)));
+    for (name, _) in changed {
+        if *name == main || name.starts_with("refs/heads/deletionProposed/") {
+            return None;
+        }
+        if let Some(package) = origin::package_of_ref(name) {
+            packages.insert(package.to_owned());
+        }
+    }
+    Some(packages)
 }
 
 /// What a read of the upstream found.
@@ -156,6 +208,10 @@ pub enum UpstreamRead {
 pub struct Upstream {
     /// Digest of the upstream's refs (see [`crate::origin::FetchOutcome`]).
     pub refs_digest: String,
+    /// The refs read.
+    pub refs: Arc<BTreeMap<String, git2::Oid>>,
+    /// Which revisions `revisions` covers.
+    pub scope: Scope,
     /// Commit of the registered branch.
     pub commit: String,
     /// Package revisions by object name.
@@ -166,14 +222,16 @@ pub struct Upstream {
 
 /// Fetches and discovers the upstream of `spec`, creating its branch when
 /// it is missing and `create_branch` is set. When the fetched refs have
-/// digest `known_digest` (that of the last sync under this spec), stops
-/// there: nothing changed, no discovery (the cost of about one
-/// `ls-remote`).
+/// the digest of the last sync under this spec (`known`), stops there:
+/// nothing changed, no discovery (the cost of about one `ls-remote`). When
+/// `known` has the refs behind that digest and only tags, drafts and
+/// proposals changed, discovers just the packages those name
+/// ([`Scope::Packages`]).
 pub fn read_upstream(
     env: &SyncEnv,
     spec: &RepositorySpec,
     asked_at: Instant,
-    known_digest: &str,
+    known: &Known,
 ) -> Result<UpstreamRead, OriginError> {
     let git = spec.git.clone().unwrap_or_default();
     let credentials = env.secrets.resolve(&git.secret_ref)?;
@@ -182,13 +240,25 @@ pub fn read_upstream(
         .fetches
         .fetch(&git.url, credentials.as_ref(), asked_at)?;
     let fetched = started.elapsed();
-    if !known_digest.is_empty() && outcome.digest == known_digest {
+    if !known.digest.is_empty() && outcome.digest == known.digest {
         debug!(url = %git.url, fetch_ms = fetched.as_millis(), "upstream unchanged");
         return Ok(UpstreamRead::Unchanged);
     }
     let mirror = env.fetches.cache().mirror_path(&git.url);
     env.discoveries.fetch_add(1, Ordering::Relaxed);
-    let mut discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
+    let mut scope = match &known.refs {
+        Some(old) if !known.digest.is_empty() => {
+            changed_packages(old, &outcome.raw, &git.branch).map(Scope::Packages)
+        }
+        _ => None,
+    }
+    .unwrap_or(Scope::Full);
+    let mut discovery = match &scope {
+        Scope::Full => origin::discover(&mirror, &git.branch, &git.directory)?,
+        Scope::Packages(packages) => {
+            origin::discover_packages(&mirror, &git.branch, &git.directory, packages)?
+        }
+    };
     let discovered = started.elapsed() - fetched;
     if discovery.branch_commit.is_none() {
         if !git.create_branch {
@@ -218,7 +288,10 @@ pub fn read_upstream(
             .fetches
             .fetch(&git.url, credentials.as_ref(), Instant::now())?;
         discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
+        scope = Scope::Full;
     }
+    env.refs_read
+        .fetch_add(discovery.refs_read as u64, Ordering::Relaxed);
     let commit = discovery
         .branch_commit
         .clone()
@@ -283,6 +356,8 @@ pub fn read_upstream(
     );
     Ok(UpstreamRead::Changed(Upstream {
         refs_digest: outcome.digest,
+        refs: Arc::new(outcome.raw),
+        scope,
         commit,
         revisions,
         pins,
