@@ -11,7 +11,7 @@ use cairn::{
     config::{NatsConfig, NodeConfig},
     node::Node,
 };
-use cairn_tests::{free_port, shared_dir};
+use cairn_tests::free_port;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -33,22 +33,10 @@ type Want = (
     &'static [&'static str],
 );
 
-/// Unpacks `<fixture>.tar` (only `.git`) into a temp dir; `--no-same-owner`
-/// because as root tar keeps the archive's owner, which libgit2 refuses.
+/// Unpacks `<fixture>.tar` (only `.git`) into a temp dir.
 fn unpack(fixture: &str) -> TempDir {
     let dir = TempDir::new().unwrap();
-    let tar = shared_dir()
-        .join("porch-testdata")
-        .join(format!("{fixture}.tar"));
-    let status = Command::new("tar")
-        .arg("--no-same-owner")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(dir.path())
-        .status()
-        .expect("run tar");
-    assert!(status.success(), "tar xf {}", tar.display());
+    cairn_tests::service::unpack(fixture, dir.path());
     dir
 }
 

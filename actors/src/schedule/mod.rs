@@ -202,14 +202,20 @@ impl SyncManager {
         let sleep = self.scheduling.clock.sleep_until(at);
         self.timer = Some(ctx.spawn(sleep.into_actor(self).map(move |_, act, ctx| {
             act.timer = None;
-            let run = act.sync(
-                ctx,
-                trigger.to_owned(),
-                Instant::now(),
-                Metadata::command("cairn").normalized(),
-            );
-            ctx.spawn(run.map(|_, _, _| ()));
+            act.sync_in_background(ctx, trigger);
         })));
+    }
+
+    /// A sync the manager itself starts (schedule, retry, start-up); its
+    /// outcome is recorded and sets the next time.
+    fn sync_in_background(&mut self, ctx: &mut Context<Self>, trigger: &'static str) {
+        let run = self.sync(
+            ctx,
+            trigger.to_owned(),
+            Instant::now(),
+            Metadata::command("cairn").normalized(),
+        );
+        ctx.spawn(run.map(|_, _, _| ()));
     }
 
     /// Plans from the spec (no sync has told us anything newer).
@@ -292,15 +298,7 @@ impl Actor for SyncManager {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         match self.first.take() {
-            Some(trigger) => {
-                let run = self.sync(
-                    ctx,
-                    trigger.to_owned(),
-                    Instant::now(),
-                    Metadata::command("cairn").normalized(),
-                );
-                ctx.spawn(run.map(|_, _, _| ()));
-            }
+            Some(trigger) => self.sync_in_background(ctx, trigger),
             None => self.arm_planned(ctx),
         }
     }

@@ -179,12 +179,23 @@ fn parse_sync(f: &Fields) -> Result<Option<SyncSpec>, ServiceError> {
     )
 }
 
-fn parse_key(payload: &[u8]) -> Result<(String, String, Option<String>), ServiceError> {
-    let f = Fields::parse(payload, &["namespace", "name", "principal"])?;
+/// Parses a request naming a repository: `namespace`, `name`, `principal`
+/// and the endpoint's `extra` fields.
+fn key_fields(payload: &[u8], extra: &[&str]) -> Result<(Fields, String, String), ServiceError> {
+    let allowed: Vec<&str> = ["namespace", "name", "principal"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let f = Fields::parse(payload, &allowed)?;
     let namespace = f.required("namespace")?;
     validate::dns_label("namespace", &namespace)?;
     let name = f.required("name")?;
     validate::dns_label("name", &name)?;
+    Ok((f, namespace, name))
+}
+
+fn parse_key(payload: &[u8]) -> Result<(String, String, Option<String>), ServiceError> {
+    let (f, namespace, name) = key_fields(payload, &[])?;
     Ok((namespace, name, f.string("principal")?))
 }
 
@@ -335,11 +346,7 @@ pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<B
 /// the background (follow it on `cairn.events.<ns>.<name>.>` or a watch).
 pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
-    let f = Fields::parse(body, &["namespace", "name", "principal", "wait"])?;
-    let namespace = f.required("namespace")?;
-    validate::dns_label("namespace", &namespace)?;
-    let name = f.required("name")?;
-    validate::dns_label("name", &name)?;
+    let (f, namespace, name) = key_fields(body, &["wait"])?;
     let wait = f.bool("wait")?.unwrap_or(true);
     let metadata = metadata(&request, f.string("principal")?);
     let row = current(&context, namespace.clone(), name.clone()).await?;
@@ -372,11 +379,7 @@ pub async fn handle_update(
     request: Incoming,
 ) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
-    let f = Fields::parse(body, &["namespace", "name", "sync", "principal"])?;
-    let namespace = f.required("namespace")?;
-    validate::dns_label("namespace", &namespace)?;
-    let name = f.required("name")?;
-    validate::dns_label("name", &name)?;
+    let (f, namespace, name) = key_fields(body, &["sync"])?;
     let sync = parse_sync(&f)?;
     let metadata = metadata(&request, f.string("principal")?);
     let mut spec = current(&context, namespace.clone(), name.clone())
