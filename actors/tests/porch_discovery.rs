@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cairn_actors::origin::write::{self, Author, Files, RefChange};
 use cairn_actors::origin::{
     create_branch, discover, discover_packages, package_of_ref, package_path, validate_url, Blobs,
     DiscoveredRevision, Discovery, GitCache, Lifecycle, OriginError,
@@ -987,4 +988,185 @@ fn discovering_some_packages_finds_exactly_their_revisions_of_a_full_discovery()
     );
     assert_eq!(package_of_ref("refs/heads/main"), None);
     assert_eq!(package_of_ref("refs/tags/v1"), None);
+}
+
+/// A commit of `files` as package `package` on top of `parent` in `repo`.
+fn package_commit(
+    repo: &git2::Repository,
+    parent: git2::Oid,
+    package: &str,
+    files: &Files,
+    message: &str,
+) -> git2::Oid {
+    let base = repo.find_commit(parent).unwrap().tree_id();
+    let tree = write::files_tree(repo, files).unwrap();
+    let root = write::with_subtree(repo, Some(base), package, Some(tree)).unwrap();
+    write::commit(
+        repo,
+        root,
+        &[parent],
+        message,
+        &Author::new("", "writer@example.com"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn written_revisions_are_pushed_together_and_discovered_as_written() {
+    let upstream = Upstream::unpack("simple-repository");
+    upstream.git(&["config", "core.bare", "true"]);
+    let synced = Synced::new(upstream);
+    let url = synced.upstream.url();
+    let mirror = synced.cache.mirror_path(&url);
+    let repo = git2::Repository::open_bare(&mirror).unwrap();
+    let main = repo.refname_to_id("refs/heads/main").unwrap();
+    let files: Files = [
+        (
+            "Kptfile".to_owned(),
+            b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: fresh\n".to_vec(),
+        ),
+        ("config/cm.yaml".to_owned(), b"kind: ConfigMap\n".to_vec()),
+    ]
+    .into();
+    let draft = package_commit(
+        &repo,
+        main,
+        "catalog/fresh",
+        &files,
+        "Intermediate commit: init\nkpt:{\"package\":\"catalog/fresh\",\"workspaceName\":\"ws\",\"revision\":\"v0\",\"task\":{\"type\":\"init\",\"init\":{}}}\n",
+    );
+    // A new draft branch and a deleted tag, in one push.
+    write::push_changes(
+        &repo,
+        &url,
+        None,
+        &[
+            RefChange::Set {
+                name: "refs/heads/drafts/catalog/fresh/ws".into(),
+                to: draft,
+            },
+            RefChange::Delete {
+                name: "refs/tags/empty/v1".into(),
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        synced.upstream.commit("drafts/catalog/fresh/ws"),
+        draft.to_string()
+    );
+    assert_eq!(synced.upstream.git(&["tag", "--list", "empty/*"]), "");
+    // The scratch refs are gone; the mirror's refs follow at the next fetch.
+    assert!(repo
+        .references_glob("refs/cairn/*")
+        .unwrap()
+        .next()
+        .is_none());
+    synced.cache.fetch(&url, None).unwrap();
+    let listed = synced.list("/");
+    let fresh = listed
+        .revisions
+        .iter()
+        .find(|r| r.package == "fresh")
+        .expect("the draft is discovered");
+    assert_eq!(
+        (
+            fresh.path.as_str(),
+            fresh.workspace.as_str(),
+            fresh.revision,
+            fresh.lifecycle
+        ),
+        ("catalog", "ws", 0, Draft)
+    );
+    assert_eq!(
+        fresh.resources.keys().collect::<Vec<_>>(),
+        ["Kptfile", "config/cm.yaml"]
+    );
+    assert_eq!(
+        synced.content(fresh, "config/cm.yaml"),
+        b"kind: ConfigMap\n"
+    );
+    assert_eq!(
+        fresh
+            .tasks
+            .iter()
+            .map(|t| t.r#type.as_str())
+            .collect::<Vec<_>>(),
+        ["init"]
+    );
+    assert!(!listed
+        .revisions
+        .iter()
+        .any(|r| r.package == "empty" && r.revision == 1));
+
+    // Removing the package's only directory removes the emptied parent.
+    let tree = repo.find_commit(draft).unwrap().tree_id();
+    let without = write::with_subtree(&repo, Some(tree), "catalog/fresh", None).unwrap();
+    assert!(repo
+        .find_tree(without)
+        .unwrap()
+        .get_name("catalog")
+        .is_none());
+    assert_eq!(
+        repo.find_tree(without).unwrap().len(),
+        repo.find_commit(main).unwrap().tree().unwrap().len()
+    );
+}
+
+#[test]
+fn a_push_over_a_moved_branch_is_refused_and_a_declined_one_names_the_ref() {
+    let upstream = Upstream::unpack("simple-repository");
+    upstream.git(&["config", "core.bare", "true"]);
+    let synced = Synced::new(upstream);
+    let url = synced.upstream.url();
+    let repo = git2::Repository::open_bare(synced.cache.mirror_path(&url)).unwrap();
+    let main = repo.refname_to_id("refs/heads/main").unwrap();
+    let files: Files = [("Kptfile".to_owned(), b"kind: Kptfile\n".to_vec())].into();
+    let ours = package_commit(&repo, main, "late", &files, "ours\n");
+
+    // Someone else moves main first: our commit is no fast-forward.
+    let up = &synced.upstream;
+    let tree = up.git(&["rev-parse", "main^{tree}"]);
+    let theirs = up.git(&["commit-tree", &tree, "-p", "main", "-m", "theirs"]);
+    up.git(&["update-ref", "refs/heads/main", &theirs]);
+    let err = write::push_changes(
+        &repo,
+        &url,
+        None,
+        &[RefChange::Set {
+            name: "refs/heads/main".into(),
+            to: ours,
+        }],
+    )
+    .unwrap_err();
+    assert!(matches!(err, OriginError::Moved(_)), "{err:?}");
+    assert_eq!(err.class(), "conflict");
+    assert_eq!(up.commit("main"), theirs, "nothing of theirs is lost");
+
+    // An upstream hook declines every push: rejected, nothing written.
+    let hooks = up.git_dir().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho read-only >&2\nexit 1\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let err = write::push_changes(
+        &repo,
+        &url,
+        None,
+        &[RefChange::Set {
+            name: "refs/heads/drafts/late/ws".into(),
+            to: ours,
+        }],
+    )
+    .unwrap_err();
+    assert!(matches!(err, OriginError::Rejected(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("refs/heads/drafts/late/ws"),
+        "{err}"
+    );
+    assert_eq!(up.git(&["branch", "--list", "drafts/*"]), "");
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{
     AutotagOption, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions,
-    ObjectType, PushOptions, RemoteCallbacks, Repository, Signature,
+    ObjectType, RemoteCallbacks, Repository, Signature,
 };
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
@@ -227,7 +227,9 @@ pub fn create_branch(
     let mut local = repo
         .reference(&ref_name, commit, false, "cairn: create branch")
         .map_err(map_git_error)?;
-    if let Err(e) = push(&repo, url, &[format!("{ref_name}:{ref_name}")], credentials) {
+    if let Err(e) =
+        super::write::push_refspecs(&repo, url, credentials, &[format!("{ref_name}:{ref_name}")])
+    {
         let _ = local.delete();
         return Err(e);
     }
@@ -350,7 +352,7 @@ fn write_refs(path: &Path, refs: &BTreeMap<String, RefTarget>) -> Result<(), Ori
     Ok(())
 }
 
-fn callbacks(credentials: Option<&Credentials>) -> RemoteCallbacks<'_> {
+pub(super) fn callbacks(credentials: Option<&Credentials>) -> RemoteCallbacks<'_> {
     let mut callbacks = RemoteCallbacks::new();
     let mut attempts = 0u32;
     callbacks.credentials(move |_url, _username_from_url, allowed| {
@@ -412,38 +414,6 @@ fn fetch_into(
             .map_err(map_git_error)?;
     }
     Ok(advertised)
-}
-
-fn push(
-    repo: &Repository,
-    url: &str,
-    refspecs: &[String],
-    credentials: Option<&Credentials>,
-) -> Result<(), OriginError> {
-    let mut remote = repo.remote_anonymous(url).map_err(map_git_error)?;
-    let mut rejected: Vec<String> = Vec::new();
-    {
-        let mut callbacks = callbacks(credentials);
-        callbacks.push_update_reference(|name, status| {
-            if let Some(status) = status {
-                rejected.push(format!("{name}: {status}"));
-            }
-            Ok(())
-        });
-        let mut options = PushOptions::new();
-        options.remote_callbacks(callbacks);
-        remote
-            .push(refspecs, Some(&mut options))
-            .map_err(map_git_error)?;
-    }
-    if rejected.is_empty() {
-        Ok(())
-    } else {
-        Err(OriginError::Git(format!(
-            "push rejected: {}",
-            rejected.join("; ")
-        )))
-    }
 }
 
 /// Sorts a libgit2 error into an [`OriginError`] class.

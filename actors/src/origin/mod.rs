@@ -15,6 +15,9 @@
 //!   revisions in a local repository (placeholders on the registered branch,
 //!   published tags, drafts, proposals, deletion proposals), with resources,
 //!   task history, publishing info and Kptfile labels.
+//! - [`write`] — writing as Porch does: package trees, commits, and ref
+//!   updates pushed together, never forced ([`OriginError::Moved`] when the
+//!   upstream moved, [`OriginError::Rejected`] when it refused).
 //! - `annotation` — parsing of the `kpt:{…}` lines Porch writes into commit
 //!   messages; malformed lines are skipped, never fatal.
 //! - this module — the types shared by both: [`Credentials`],
@@ -24,6 +27,7 @@ mod annotation;
 mod discovery;
 mod file_transport;
 mod git;
+pub mod write;
 
 use std::fmt;
 
@@ -81,6 +85,14 @@ pub enum OriginError {
     /// the registration; retrying will not help.
     #[error("invalid repository url: {0}")]
     InvalidUrl(String),
+    /// A push was not a fast-forward of the upstream: it moved since it
+    /// was read. Fetch, apply again and retry.
+    #[error("the upstream moved: {0}")]
+    Moved(String),
+    /// The upstream refused a pushed ref (a hook, permissions, a
+    /// protected branch).
+    #[error("push rejected by the upstream: {0}")]
+    Rejected(String),
     /// Any other failure from Git (corrupt repository, rejected push, local
     /// I/O). Log it and retry on the next sync.
     #[error("git: {0}")]
@@ -89,7 +101,8 @@ pub enum OriginError {
 
 impl OriginError {
     /// Short class name: `network`, `timeout`, `auth`, `missing` (branch
-    /// or repository), `invalid` or `other`.
+    /// or repository), `invalid`, `conflict` and `rejected` (pushes) or
+    /// `other`.
     pub fn class(&self) -> &'static str {
         match self {
             OriginError::Unreachable(_) => "network",
@@ -98,6 +111,8 @@ impl OriginError {
             OriginError::Auth(_) => "auth",
             OriginError::BranchMissing { .. } => "missing",
             OriginError::InvalidUrl(_) => "invalid",
+            OriginError::Moved(_) => "conflict",
+            OriginError::Rejected(_) => "rejected",
             OriginError::Git(_) => "other",
         }
     }

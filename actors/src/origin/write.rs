@@ -1,0 +1,335 @@
+//! Writing package revisions to Git as Porch does: trees with a package's
+//! subtree replaced, commits, and ref updates pushed to the upstream
+//! together.
+//!
+//! Everything is built in the local mirror (objects only; its refs stay the
+//! upstream's until the next fetch) and then pushed. libgit2 pushes from
+//! local refs, so each pushed commit gets a scratch ref
+//! `refs/cairn/push/<n>` for the duration of the push. Pushes are never
+//! forced: libgit2 refuses a ref update that is not a fast-forward of what
+//! the upstream advertised at push time, which is reported as
+//! [`OriginError::Moved`] so the caller can fetch, re-apply and retry; a
+//! refusal by the upstream itself (a hook, permissions) is
+//! [`OriginError::Rejected`].
+
+use std::collections::BTreeMap;
+
+use git2::{ErrorCode, Oid, PushOptions, Repository, Signature};
+
+use super::{
+    git::{callbacks, map_git_error},
+    Credentials, OriginError,
+};
+
+/// The files of a package: path relative to the package → content.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+/// Why a resource path cannot be written, if it cannot: it must be
+/// relative, without empty, `.` or `..` segments, NUL or control
+/// characters, and at most 4096 bytes.
+pub fn check_resource_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("a resource path is empty".into());
+    }
+    if path.len() > 4096 {
+        return Err(format!(
+            "resource path of {} bytes (at most 4096)",
+            path.len()
+        ));
+    }
+    if path.starts_with('/') {
+        return Err(format!("{path:?} is absolute"));
+    }
+    if path.chars().any(|c| c == '\0' || c.is_control()) {
+        return Err(format!("{path:?} holds a NUL or control character"));
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return Err(format!("{path:?} has an empty segment")),
+            "." | ".." => return Err(format!("{path:?} must not contain {segment:?}")),
+            ".git" => return Err(format!("{path:?} must not contain \".git\"")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The tree of `files` (nested directories as needed).
+pub fn files_tree(repo: &Repository, files: &Files) -> Result<Oid, OriginError> {
+    let mut root = Dir::default();
+    for (path, content) in files {
+        check_resource_path(path).map_err(OriginError::Git)?;
+        let blob = repo.blob(content).map_err(map_git_error)?;
+        let mut dir = &mut root;
+        let mut segments = path.split('/').peekable();
+        while let Some(segment) = segments.next() {
+            if segments.peek().is_none() {
+                if dir.dirs.contains_key(segment) {
+                    return Err(OriginError::Git(format!(
+                        "{path:?} is both a file and a directory"
+                    )));
+                }
+                dir.files.insert(segment.to_owned(), blob);
+            } else {
+                if dir.files.contains_key(segment) {
+                    return Err(OriginError::Git(format!(
+                        "{path:?} is below a file of the same name"
+                    )));
+                }
+                dir = dir.dirs.entry(segment.to_owned()).or_default();
+            }
+        }
+    }
+    root.write(repo)
+}
+
+#[derive(Default)]
+struct Dir {
+    files: BTreeMap<String, Oid>,
+    dirs: BTreeMap<String, Dir>,
+}
+
+impl Dir {
+    fn write(&self, repo: &Repository) -> Result<Oid, OriginError> {
+        let mut builder = repo.treebuilder(None).map_err(map_git_error)?;
+        for (name, blob) in &self.files {
+            builder
+                .insert(name, *blob, 0o100644)
+                .map_err(map_git_error)?;
+        }
+        for (name, dir) in &self.dirs {
+            builder
+                .insert(name, dir.write(repo)?, 0o040000)
+                .map_err(map_git_error)?;
+        }
+        builder.write().map_err(map_git_error)
+    }
+}
+
+/// Root tree `root` (none: empty) with the directory at `path` (segments
+/// separated by `/`, non-empty) replaced by tree `subtree`, or removed when
+/// `subtree` is `None`. Directories left empty by a removal are removed too.
+pub fn with_subtree(
+    repo: &Repository,
+    root: Option<Oid>,
+    path: &str,
+    subtree: Option<Oid>,
+) -> Result<Oid, OriginError> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.is_empty() {
+        return Err(OriginError::Git("a package path is empty".into()));
+    }
+    Ok(replace(repo, root, &segments, subtree)?.unwrap_or(empty_tree(repo)?))
+}
+
+fn empty_tree(repo: &Repository) -> Result<Oid, OriginError> {
+    repo.treebuilder(None)
+        .and_then(|b| b.write())
+        .map_err(map_git_error)
+}
+
+/// `tree` with `segments` replaced; `None` when the result is empty.
+fn replace(
+    repo: &Repository,
+    tree: Option<Oid>,
+    segments: &[&str],
+    subtree: Option<Oid>,
+) -> Result<Option<Oid>, OriginError> {
+    let (first, rest) = segments.split_first().expect("segments are not empty");
+    let tree = tree
+        .map(|id| repo.find_tree(id))
+        .transpose()
+        .map_err(map_git_error)?;
+    let mut builder = repo.treebuilder(tree.as_ref()).map_err(map_git_error)?;
+    let new = if rest.is_empty() {
+        subtree
+    } else {
+        let child = tree
+            .as_ref()
+            .and_then(|t| t.get_name(first))
+            .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
+            .map(|e| e.id());
+        replace(repo, child, rest, subtree)?
+    };
+    match new {
+        Some(id) => {
+            builder.insert(first, id, 0o040000).map_err(map_git_error)?;
+        }
+        None => {
+            if builder.get(first).map_err(map_git_error)?.is_some() {
+                builder.remove(first).map_err(map_git_error)?;
+            }
+        }
+    }
+    if builder.is_empty() {
+        return Ok(None);
+    }
+    builder.write().map(Some).map_err(map_git_error)
+}
+
+/// Who writes: the repository's `git.author` / `git.email` (Porch falls
+/// back to the email when there is no author name).
+#[derive(Debug, Clone)]
+pub struct Author {
+    /// Name.
+    pub name: String,
+    /// Email.
+    pub email: String,
+}
+
+impl Author {
+    /// The author of a repository's commits; `cairn` when none is set.
+    pub fn new(name: &str, email: &str) -> Self {
+        let email = if email.is_empty() {
+            "cairn@localhost"
+        } else {
+            email
+        };
+        let name = if name.is_empty() { email } else { name };
+        Self {
+            name: name.to_owned(),
+            email: email.to_owned(),
+        }
+    }
+}
+
+/// A commit of `tree` with `parents` (objects only; no ref moves).
+pub fn commit(
+    repo: &Repository,
+    tree: Oid,
+    parents: &[Oid],
+    message: &str,
+    author: &Author,
+) -> Result<Oid, OriginError> {
+    let signature = Signature::now(&author.name, &author.email).map_err(map_git_error)?;
+    let tree = repo.find_tree(tree).map_err(map_git_error)?;
+    let parents = parents
+        .iter()
+        .map(|id| repo.find_commit(*id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_git_error)?;
+    let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+    repo.commit(None, &signature, &signature, message, &tree, &parents)
+        .map_err(map_git_error)
+}
+
+/// One ref update of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefChange {
+    /// Create or fast-forward `name` (a full ref name) to `to`.
+    Set {
+        /// The ref.
+        name: String,
+        /// Its new commit.
+        to: Oid,
+    },
+    /// Delete `name`.
+    Delete {
+        /// The ref.
+        name: String,
+    },
+}
+
+/// Pushes `changes` to `url` in one push. Nothing is forced: an update
+/// that is not a fast-forward is [`OriginError::Moved`]; a ref the upstream
+/// refuses is [`OriginError::Rejected`] naming it.
+pub fn push_changes(
+    repo: &Repository,
+    url: &str,
+    credentials: Option<&Credentials>,
+    changes: &[RefChange],
+) -> Result<(), OriginError> {
+    let mut scratch = Vec::new();
+    let mut refspecs = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        match change {
+            RefChange::Set { name, to } => {
+                let local = format!("refs/cairn/push/{i}");
+                scratch.push(
+                    repo.reference(&local, *to, true, "cairn: push")
+                        .map_err(map_git_error)?,
+                );
+                refspecs.push(format!("{local}:{name}"));
+            }
+            RefChange::Delete { name } => refspecs.push(format!(":{name}")),
+        }
+    }
+    let result = push_refspecs(repo, url, credentials, &refspecs);
+    for mut reference in scratch {
+        let _ = reference.delete();
+    }
+    result
+}
+
+pub(super) fn push_refspecs(
+    repo: &Repository,
+    url: &str,
+    credentials: Option<&Credentials>,
+    refspecs: &[String],
+) -> Result<(), OriginError> {
+    let mut remote = repo.remote_anonymous(url).map_err(map_git_error)?;
+    let mut rejected: Vec<String> = Vec::new();
+    {
+        let mut callbacks = callbacks(credentials);
+        callbacks.push_update_reference(|name, status| {
+            if let Some(status) = status {
+                rejected.push(format!("{name}: {status}"));
+            }
+            Ok(())
+        });
+        let mut options = PushOptions::new();
+        options.remote_callbacks(callbacks);
+        remote
+            .push(refspecs, Some(&mut options))
+            .map_err(|e| match e.code() {
+                ErrorCode::NotFastForward => OriginError::Moved(e.message().to_owned()),
+                _ => map_git_error(e),
+            })?;
+    }
+    if rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(OriginError::Rejected(rejected.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_paths_are_relative_and_plain() {
+        for good in ["Kptfile", "a/b.yaml", "dir/.hidden", "x..y"] {
+            assert_eq!(check_resource_path(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("", "a resource path is empty"),
+            ("/etc/passwd", "\"/etc/passwd\" is absolute"),
+            ("a/../b", "\"a/../b\" must not contain \"..\""),
+            ("./a", "\"./a\" must not contain \".\""),
+            ("a//b", "\"a//b\" has an empty segment"),
+            ("a/", "\"a/\" has an empty segment"),
+            ("a\0b", "\"a\\0b\" holds a NUL or control character"),
+            (".git/config", "\".git/config\" must not contain \".git\""),
+        ] {
+            assert_eq!(check_resource_path(bad).unwrap_err(), why, "{bad:?}");
+        }
+        assert!(check_resource_path(&"a".repeat(4097)).is_err());
+    }
+
+    #[test]
+    fn a_file_and_a_directory_of_one_name_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let files: Files = [
+            ("a".to_owned(), b"x".to_vec()),
+            ("a/b".to_owned(), b"y".to_vec()),
+        ]
+        .into();
+        let err = files_tree(&repo, &files).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "git: \"a/b\" is below a file of the same name"
+        );
+    }
+}
