@@ -1170,3 +1170,133 @@ fn a_push_over_a_moved_branch_is_refused_and_a_declined_one_names_the_ref() {
     );
     assert_eq!(up.git(&["branch", "--list", "drafts/*"]), "");
 }
+
+/// Pushes `changes`, fetches, and lists the mirror.
+fn push_and_list(synced: &Synced, repo: &git2::Repository, changes: &[RefChange]) -> Discovery {
+    let url = synced.upstream.url();
+    write::push_changes(repo, &url, None, changes).unwrap();
+    synced.cache.fetch(&url, None).unwrap();
+    synced.list("/")
+}
+
+fn of<'a>(listed: &'a Discovery, package: &str) -> Vec<(i64, &'a str, Lifecycle, bool)> {
+    listed
+        .revisions
+        .iter()
+        .filter(|r| r.package == package)
+        .map(|r| (r.revision, r.workspace.as_str(), r.lifecycle, r.latest))
+        .collect()
+}
+
+#[test]
+fn a_package_goes_through_its_lifecycle_as_porch_lays_it_out_in_git() {
+    use cairn_actors::repository::lifecycle::{self, PackageRefs};
+    let upstream = Upstream::unpack("simple-repository");
+    upstream.git(&["config", "core.bare", "true"]);
+    let synced = Synced::new(upstream);
+    let up = &synced.upstream;
+    let repo = git2::Repository::open_bare(synced.cache.mirror_path(&up.url())).unwrap();
+    let head = |repo: &git2::Repository| repo.refname_to_id("refs/heads/main").unwrap();
+    let refs = PackageRefs::new("/", "catalog", "fresh", "main");
+    let author = Author::new("Ada", "ada@example.com");
+    let kptfile = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: fresh\n".to_vec();
+    let files: Files = [("Kptfile".to_owned(), kptfile.clone())].into();
+
+    // Create, then update: a draft with the init and patch tasks.
+    let (draft, changes) = lifecycle::create_draft(
+        &repo,
+        &refs,
+        head(&repo),
+        "ws1",
+        &files,
+        r#"{"type":"init","init":{"description":"fresh"}}"#,
+        &author,
+    )
+    .unwrap();
+    let listed = push_and_list(&synced, &repo, &changes);
+    assert_eq!(of(&listed, "fresh"), [(0, "ws1", Draft, false)]);
+    let mut more = files.clone();
+    more.insert("cm.yaml".into(), b"kind: ConfigMap\n".to_vec());
+    let (draft, changes) =
+        lifecycle::update_draft(&repo, &refs, draft, "ws1", &more, &author).unwrap();
+    let listed = push_and_list(&synced, &repo, &changes);
+    let fresh = listed
+        .revisions
+        .iter()
+        .find(|r| r.package == "fresh")
+        .unwrap();
+    assert_eq!(
+        fresh.resources.keys().collect::<Vec<_>>(),
+        ["Kptfile", "cm.yaml"]
+    );
+    assert_eq!(
+        fresh
+            .tasks
+            .iter()
+            .map(|t| t.r#type.as_str())
+            .collect::<Vec<_>>(),
+        ["init", "patch"]
+    );
+
+    // Propose: the draft branch becomes the proposed branch.
+    let listed = push_and_list(&synced, &repo, &lifecycle::propose(&refs, "ws1", draft));
+    assert_eq!(of(&listed, "fresh"), [(0, "ws1", Proposed, false)]);
+    assert_eq!(up.git(&["branch", "--list", "drafts/catalog/*"]), "");
+    assert_eq!(up.commit("proposed/catalog/fresh/ws1"), draft.to_string());
+
+    // Approve: one commit on main, tag v1 on it, the proposal gone.
+    let before = head(&repo);
+    let (approved, changes) =
+        lifecycle::approve(&repo, &refs, before, draft, "ws1", 1, &author).unwrap();
+    let listed = push_and_list(&synced, &repo, &changes);
+    assert_eq!(
+        of(&listed, "fresh"),
+        [(-1, "main", Published, false), (1, "ws1", Published, true)]
+    );
+    assert_eq!(up.commit("main"), approved.to_string());
+    assert_eq!(up.commit("catalog/fresh/v1"), approved.to_string());
+    assert_eq!(up.git(&["rev-parse", "main^"]), before.to_string());
+    assert_eq!(
+        up.git(&["log", "-1", "--format=%B", "main"]),
+        "Approving package revision catalog/fresh/1\n\n\
+         kpt:{\"package\":\"catalog/fresh\",\"workspaceName\":\"ws1\",\"revision\":\"v1\"}"
+    );
+    assert_eq!(
+        up.git(&["log", "-1", "--format=%an <%ae>", "main"]),
+        "Ada <ada@example.com>"
+    );
+    assert_eq!(up.git(&["branch", "--list", "proposed/*"]), "");
+    // The rest of main is untouched.
+    assert_eq!(
+        up.git(&["diff", "--name-only", &before.to_string(), "main"]),
+        "catalog/fresh/Kptfile\ncatalog/fresh/cm.yaml"
+    );
+
+    // Propose the deletion, withdraw it, propose again, delete.
+    let listed = push_and_list(
+        &synced,
+        &repo,
+        &lifecycle::propose_deletion(&refs, 1, approved),
+    );
+    assert_eq!(of(&listed, "fresh")[1], (1, "ws1", DeletionProposed, true));
+    let listed = push_and_list(&synced, &repo, &lifecycle::withdraw_deletion(&refs, 1));
+    assert_eq!(of(&listed, "fresh")[1], (1, "ws1", Published, true));
+    push_and_list(
+        &synced,
+        &repo,
+        &lifecycle::propose_deletion(&refs, 1, approved),
+    );
+    let listed = push_and_list(&synced, &repo, &lifecycle::delete_published(&refs, 1));
+    assert_eq!(of(&listed, "fresh"), [(-1, "main", Published, false)]);
+    assert_eq!(up.git(&["tag", "--list", "catalog/*"]), "");
+    assert_eq!(up.git(&["branch", "--list", "deletionProposed/*"]), "");
+
+    // And the placeholder: a commit removing the package from main.
+    let (_, changes) =
+        lifecycle::delete_placeholder(&repo, &refs, head(&repo), false, &author).unwrap();
+    let listed = push_and_list(&synced, &repo, &changes);
+    assert_eq!(of(&listed, "fresh"), []);
+    assert_eq!(up.git(&["ls-tree", "main", "catalog"]), "");
+    // Nothing else changed: simple-repository's eight revisions are there.
+    assert_eq!(listed.revisions.len(), 8);
+}

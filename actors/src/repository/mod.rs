@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`component`] — state and decisions (reconcile, close), unit-tested.
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
+//! - [`lifecycle`] — lifecycle commands as Git commits and ref changes.
 //! - [`messages`] — `Register`, `Sync`, `UpdateSpec`, `Close`.
 //!
 //! Every sync takes a slot of the node-wide cap
@@ -16,6 +17,7 @@
 //! records the next sync time its SyncManager decides in its last event.
 
 pub mod component;
+pub mod lifecycle;
 pub mod messages;
 pub mod upstream;
 
