@@ -38,5 +38,5 @@ pub use blob::{BlobPin, BlobStore, Digest};
 pub use columns::Column;
 pub use error::StorageError;
 pub use log::{Appended, EventLog, ExpectedVersion};
-pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig};
+pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
 pub use view::{View, ViewTx};
