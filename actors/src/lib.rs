@@ -8,6 +8,9 @@
 //! - [`service`] — the `cairn` NATS micro service — endpoint registration,
 //!   request decoding (JSON or protobuf), error replies; one module per area
 //!   (`service::log` for `cairn.v1.log.read`).
+//! - [`watch`] — watches: the per-node [`watch::WatchHub`] (follows the
+//!   log, bounded queue per watcher) and the Watcher actor per watch
+//!   (listing or resume, live events, heartbeats, relist on overflow).
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with.
 //!
 //! Actors stay thin: each one forwards to a component with ordinary methods.
@@ -20,5 +23,6 @@ pub mod publisher;
 pub mod registry;
 pub mod repository;
 pub mod service;
+pub mod watch;
 
 pub use error::ServiceError;
