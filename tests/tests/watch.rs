@@ -210,10 +210,12 @@ async fn wait_for_watchers(client: &async_nats::Client, want: u64) {
     }
 }
 
-/// A watch seen from its client.
+/// A watch seen from its client. A task reads its subject, answers each
+/// heartbeat at once (as a real client does, whatever the test is busy
+/// with) and hands every line, heartbeats included, to the test.
 struct Watch {
-    client: async_nats::Client,
-    lines: async_nats::Subscriber,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    reader: tokio::task::JoinHandle<()>,
     id: String,
     /// `seq` of the start reply.
     seq: u64,
@@ -221,38 +223,49 @@ struct Watch {
 
 impl Watch {
     /// Subscribes to a fresh inbox and starts a watch delivering there
-    /// (`body` without `deliver_subject`; heartbeats every 100 ms unless
+    /// (`body` without `deliver_subject`; heartbeats every 250 ms unless
     /// given).
     async fn start(client: &async_nats::Client, mut body: Value) -> Watch {
         let subject = client.new_inbox();
-        let lines = client.subscribe(subject.clone()).await.unwrap();
+        let mut subscription = client.subscribe(subject.clone()).await.unwrap();
         client.flush().await.unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let answering = client.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                if let Some(reply) = &message.reply {
+                    let _ = answering.publish(reply.clone(), "ok".into()).await;
+                }
+                let line = serde_json::from_slice(&message.payload).unwrap();
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
         body["deliver_subject"] = json!(subject);
         if body.get("heartbeat_ms").is_none() {
-            body["heartbeat_ms"] = json!(100);
+            body["heartbeat_ms"] = json!(250);
         }
         let reply = ok(client, "watch.start", body).await;
         Watch {
-            client: client.clone(),
             lines,
+            reader,
             id: reply["watch_id"].as_str().unwrap().to_owned(),
             seq: reply["seq"].as_u64().unwrap(),
         }
     }
 
-    /// The next line, heartbeats included (answered).
+    /// The client goes away: its subscription ends (no more answers).
+    fn disconnect(&mut self) {
+        self.reader.abort();
+    }
+
+    /// The next line, heartbeats included.
     async fn next_any(&mut self) -> Value {
-        let message = tokio::time::timeout(WAIT, self.lines.next())
+        tokio::time::timeout(WAIT, self.lines.recv())
             .await
             .expect("a watch line in time")
-            .expect("subscription open");
-        if let Some(reply) = &message.reply {
-            self.client
-                .publish(reply.clone(), "ok".into())
-                .await
-                .unwrap();
-        }
-        serde_json::from_slice(&message.payload).unwrap()
+            .expect("subscription open")
     }
 
     /// The next line that is not a heartbeat.
@@ -294,6 +307,12 @@ impl Watch {
             }
             lines.push(line);
         }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
@@ -680,7 +699,7 @@ async fn a_client_that_goes_away_is_cleaned_up() {
     let (names, _) = watch.listing().await;
     assert!(names.is_empty());
     assert_eq!(watchers(&client).await, 1);
-    watch.lines.unsubscribe().await.unwrap();
+    watch.disconnect();
     other.flush().await.unwrap();
     wait_for_watchers(&client, 0).await;
 
