@@ -946,3 +946,128 @@ async fn the_cli_streams_until_interrupted_and_stops_its_watch() {
     assert_eq!(watchers(&client).await, 0, "the CLI stopped its watch");
     node.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn protobuf_requests_start_and_stop_a_watch() {
+    use cairn_events::v1 as pb;
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    let proto = |endpoint: &str, body: Vec<u8>| {
+        let client = client.clone();
+        let subject = format!("cairn.v1.{endpoint}");
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/protobuf");
+            client
+                .request_with_headers(subject, headers, body.into())
+                .await
+                .unwrap()
+        }
+    };
+    let subject = client.new_inbox();
+    let mut lines = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let request = pb::WatchStartRequest {
+        filter: Some(pb::WatchFilter {
+            package: "basens".into(),
+            revision: Some(2),
+            ..Default::default()
+        }),
+        deliver_subject: subject,
+        heartbeat_ms: Some(60_000),
+        ..Default::default()
+    };
+    let reply = proto("watch.start", request.encode_to_vec()).await;
+    let started = pb::WatchStarted::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(started.seq, node.store.last_seq().unwrap());
+    let first: Value = serde_json::from_slice(
+        &tokio::time::timeout(WAIT, lines.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(first["object"]["name"], "r.basens.v2", "the filter applied");
+
+    let bad = pb::WatchStartRequest {
+        since_seq: Some(started.seq + 1),
+        deliver_subject: "w".into(),
+        ..Default::default()
+    };
+    let reply = proto("watch.start", bad.encode_to_vec()).await;
+    let error = pb::ErrorReply::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(error.code, 400);
+    assert!(
+        error.message.starts_with("since_seq: "),
+        "{}",
+        error.message
+    );
+
+    let stop = pb::WatchStopRequest {
+        watch_id: started.watch_id.clone(),
+    };
+    let reply = proto("watch.stop", stop.encode_to_vec()).await;
+    assert_eq!(
+        pb::WatchStopped::decode(reply.payload.as_ref())
+            .unwrap()
+            .stopped,
+        started.watch_id
+    );
+    assert_eq!(watchers(&client).await, 0);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn the_cli_says_relist_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let node = start_node(
+        &dir.path().join("data"),
+        WatchSection {
+            queue_size: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = node.client.clone();
+    let mut cli = Command::new(CAIRN)
+        .args(["watch", "--nats-url", &node.nats_url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = async_lines(cli.stdout.take().unwrap());
+    let header = next_line(&mut lines, WAIT).await;
+    assert!(header.starts_with("TYPE"), "{header}");
+    let bookmark = next_line(&mut lines, WAIT).await;
+    assert!(bookmark.starts_with("BOOKMARK"), "{bookmark}");
+    register(&client, "r", &url).await;
+    let mut rows = Vec::new();
+    loop {
+        let line = next_line(&mut lines, WAIT).await;
+        let relist = line.starts_with("RELIST");
+        rows.push(line);
+        if relist {
+            break;
+        }
+    }
+    assert_eq!(rows.len(), 5, "four queued, then Relist: {rows:?}");
+    assert!(rows[..4].iter().all(|r| r.starts_with("ADDED")), "{rows:?}");
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: the watch fell behind (Relist): list again and start a new watch"
+    );
+    node.shutdown().await;
+}

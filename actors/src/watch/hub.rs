@@ -196,11 +196,6 @@ impl WatchHub {
         self.len() == 0
     }
 
-    /// Ids of the live watchers.
-    pub fn ids(&self) -> Vec<String> {
-        self.inner.state.lock().slots.keys().cloned().collect()
-    }
-
     /// The hub's dispatch position.
     pub fn dispatched(&self) -> u64 {
         self.inner.state.lock().dispatched

@@ -10,11 +10,10 @@ use cairn_events::v1::Envelope;
 #[rtype(result = "()")]
 pub struct StopWatch;
 
-/// What the watcher's input stream carries: the start phase (listing or
-/// replay, read off the async threads), then the hub's queue, then why the
-/// queue ended.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
+/// What the watcher's input stream carries (its `StreamHandler` items):
+/// the start phase (listing or replay, read off the async threads), then
+/// the hub's queue, then why the queue ended.
+#[derive(Debug)]
 pub enum Input {
     /// A revision of the initial listing (already filtered).
     Listed {
@@ -43,8 +42,7 @@ pub enum Input {
 }
 
 /// The outcome of one heartbeat request.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[derive(Debug)]
 pub(crate) enum HeartbeatOutcome {
     /// The client answered.
     Answered,
