@@ -11,6 +11,9 @@
 //! - [`registry`] — opens, closes and finds repositories; [`repository`]
 //!   — the RepositoryActor, the only writer of a repository's stream;
 //!   [`schedule`] — a SyncManager per repository decides when it syncs.
+//! - [`watch`] — watches: the per-node [`watch::WatchHub`] (follows the
+//!   log, bounded queue per watcher) and the Watcher actor per watch
+//!   (listing or resume, live events, heartbeats, relist on overflow).
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with.
 //!
 //! Actors stay thin: each one forwards to a component with ordinary methods.
@@ -24,5 +27,6 @@ pub mod registry;
 pub mod repository;
 pub mod schedule;
 pub mod service;
+pub mod watch;
 
 pub use error::ServiceError;

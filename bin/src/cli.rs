@@ -8,7 +8,7 @@ use crate::{
     bench, client,
     config::{NodeConfig, Overrides},
     log_cmd::{self, LogOptions, Output, Source},
-    node, telemetry, views_cmd,
+    node, telemetry, views_cmd, watch_cmd,
 };
 
 /// cairn: an event-sourced package-repository cache on NATS.
@@ -44,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         command: PkgCommand,
     },
+    /// Stream changes (package revisions, repositories) until interrupted.
+    Watch(WatchArgs),
     /// Benchmarks, each against its raw baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -209,6 +211,56 @@ enum PkgCommand {
     },
 }
 
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Only this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Only this repository.
+    #[arg(long)]
+    repository: Option<String>,
+    /// Only this package.
+    #[arg(long)]
+    package: Option<String>,
+    /// Only this package path.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only this workspace.
+    #[arg(long)]
+    workspace: Option<String>,
+    /// Only these lifecycles (repeatable).
+    #[arg(long)]
+    lifecycle: Vec<String>,
+    /// Only revisions with this Kptfile label, as key=value (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Only latest revisions.
+    #[arg(long)]
+    latest: bool,
+    /// Kinds of events: packagerevision (default), repository (repeatable).
+    #[arg(long = "kind")]
+    kinds: Vec<String>,
+    /// Resume after this sequence number instead of listing first.
+    #[arg(long)]
+    since: Option<u64>,
+    /// Heartbeat interval asked of the node.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat: std::time::Duration,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = watch_cmd::Output::Table)]
+    output: watch_cmd::Output,
+    /// NATS URL of a running node.
+    #[arg(long, env = "CAIRN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?}: expected key=value"))
+}
+
 fn split_key(key: &str) -> anyhow::Result<(&str, &str)> {
     key.split_once('/')
         .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
@@ -286,6 +338,15 @@ enum BenchCommand {
         /// Timed syncs (and ls-remote runs).
         #[arg(long, default_value_t = 50)]
         iterations: usize,
+    },
+    /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
+    Watch {
+        /// Timed events (and raw messages).
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Do not fsync commits.
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Resident memory of the (in-process) node after syncing and listing N revisions.
     Memory {
@@ -533,6 +594,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Watch(args) => {
+            telemetry::init("warn", false);
+            let mut filter = serde_json::Map::new();
+            let strings = [
+                ("namespace", args.namespace),
+                ("repository", args.repository),
+                ("package", args.package),
+                ("path", args.path),
+                ("workspace", args.workspace),
+            ];
+            for (key, value) in strings {
+                if let Some(v) = value {
+                    filter.insert(key.into(), v.into());
+                }
+            }
+            if !args.lifecycle.is_empty() {
+                filter.insert("lifecycle".into(), args.lifecycle.into());
+            }
+            if !args.labels.is_empty() {
+                let labels: serde_json::Map<String, serde_json::Value> = args
+                    .labels
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into()))
+                    .collect();
+                filter.insert("labels".into(), labels.into());
+            }
+            if args.latest {
+                filter.insert("latest".into(), true.into());
+            }
+            let options = watch_cmd::WatchOptions {
+                nats_url: args.nats_url,
+                filter,
+                kinds: args.kinds,
+                since: args.since,
+                heartbeat: args.heartbeat,
+                output: args.output,
+            };
+            watch_cmd::run(options, &mut stdout)
+        }
         Command::Bench { command } => {
             telemetry::init("warn", false);
             match command {
@@ -598,6 +698,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         packages,
                         revisions,
                         iterations,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Watch { events, no_sync } => bench::watch::watch(
+                    &bench::WatchOptions {
+                        events,
+                        sync: !no_sync,
                     },
                     &mut stdout,
                 )

@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "git",
     "sync",
     "log",
+    "watch",
 ];
 
 /// The whole node configuration.
@@ -52,6 +53,8 @@ pub struct NodeConfig {
     pub sync: SyncSection,
     /// Logging.
     pub log: LogSection,
+    /// Watches.
+    pub watch: WatchSection,
 }
 
 impl Default for NodeConfig {
@@ -65,6 +68,7 @@ impl Default for NodeConfig {
             git: GitSection::default(),
             sync: SyncSection::default(),
             log: LogSection::default(),
+            watch: WatchSection::default(),
         }
     }
 }
@@ -289,6 +293,37 @@ impl Default for LogSection {
         Self {
             level: "info,async_nats=warn".into(),
             format: "text".into(),
+        }
+    }
+}
+
+/// `[watch]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WatchSection {
+    /// Events queued per watcher before it is told to relist. Default: 10000.
+    pub queue_size: usize,
+    /// Live watchers at most; more are refused with 503. Default: 1024.
+    pub max_watchers: usize,
+}
+
+impl Default for WatchSection {
+    fn default() -> Self {
+        let d = cairn_actors::watch::WatchConfig::default();
+        Self {
+            queue_size: d.queue_size,
+            max_watchers: d.max_watchers,
+        }
+    }
+}
+
+impl WatchSection {
+    /// The hub's configuration.
+    pub fn watch_config(&self) -> cairn_actors::watch::WatchConfig {
+        cairn_actors::watch::WatchConfig {
+            queue_size: self.queue_size,
+            max_watchers: self.max_watchers,
+            ..Default::default()
         }
     }
 }
@@ -523,6 +558,24 @@ impl NodeConfig {
                 "must be at least 1".into(),
             );
         }
+        if !(1..=1_000_000).contains(&self.watch.queue_size) {
+            return bad(
+                "watch.queue-size",
+                format!(
+                    "must be between 1 and 1000000, got {}",
+                    self.watch.queue_size
+                ),
+            );
+        }
+        if !(1..=65_536).contains(&self.watch.max_watchers) {
+            return bad(
+                "watch.max-watchers",
+                format!(
+                    "must be between 1 and 65536, got {}",
+                    self.watch.max_watchers
+                ),
+            );
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return bad(
                 "log.format",
@@ -660,6 +713,18 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "configuration: nats.urls[1]: \"http://x\" is not a NATS URL (nats://host:port)"
+        );
+        let mut c = NodeConfig::default();
+        c.watch.queue_size = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: watch.queue-size: must be between 1 and 1000000, got 0"
+        );
+        let mut c = NodeConfig::default();
+        c.watch.max_watchers = 100_000;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: watch.max-watchers: must be between 1 and 65536, got 100000"
         );
         let mut c = NodeConfig::default();
         c.log.format = "xml".into();

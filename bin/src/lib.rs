@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`cli`] — the command line (clap): `node`, `log`, `views`, `repo`,
-//!   `pkg`, `bench`.
+//!   `pkg`, `watch`, `bench`.
 //! - [`client`] — requests to a node's service and their output
 //!   (table, JSON, YAML) for `repo` and `pkg`.
 //! - [`config`] — [`config::NodeConfig`] — TOML file, `CAIRN_*` environment,
@@ -13,6 +13,7 @@
 //! - [`node`] — starting and gracefully stopping a node.
 //! - [`log_cmd`] — `cairn log` — over NATS or straight from a data directory.
 //! - [`views_cmd`] — `cairn views rebuild`.
+//! - [`watch_cmd`] — `cairn watch`: a watch streamed to the terminal.
 //! - [`bench`] — `cairn bench …`, each against its raw baseline in the same run.
 //! - [`telemetry`] — tracing subscriber set-up.
 //! - [`memory`] — handing memory freed by large syncs back to the system.
@@ -27,3 +28,4 @@ pub mod memory;
 pub mod node;
 pub mod telemetry;
 pub mod views_cmd;
+pub mod watch_cmd;

@@ -111,6 +111,7 @@ impl Node {
         let service_config = ServiceConfig {
             request_max_bytes: config.service.request_max_bytes,
             max_concurrent_requests: config.service.max_concurrent_requests,
+            watch: config.watch.watch_config(),
             ..ServiceConfig::default()
         };
         let env = Arc::new(SyncEnv {
@@ -175,6 +176,11 @@ impl Node {
     /// The Registry actor.
     pub fn registry(&self) -> &Addr<Registry> {
         &self.registry
+    }
+
+    /// The node's watch hub.
+    pub fn watch_hub(&self) -> &cairn_actors::watch::WatchHub {
+        self.service.watch_hub()
     }
 
     /// Stops gracefully (see the module docs).

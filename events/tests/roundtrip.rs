@@ -167,8 +167,9 @@ fn payload() -> impl Strategy<Value = Payload> {
         proptest::option::of(revision()).prop_map(|revision| Payload::PackageRevisionModified(
             PackageRevisionModified { revision }
         )),
-        any::<String>()
-            .prop_map(|name| Payload::PackageRevisionDeleted(PackageRevisionDeleted { name })),
+        (any::<String>(), proptest::option::of(revision())).prop_map(|(name, last)| {
+            Payload::PackageRevisionDeleted(PackageRevisionDeleted { name, last })
+        }),
         proptest::option::of(spec())
             .prop_map(|spec| Payload::RepositoryRegistered(RepositoryRegistered { spec })),
         proptest::option::of(spec())

@@ -11,7 +11,8 @@
 //!   the fold shared by live appends, catch-up and rebuild.
 //! - [`views`] — cairn's views (`repositories`, …) and [`views::default_views`].
 //! - [`store`] — [`Store`], the RocksDB implementation of all of the above, with
-//!   its group-committing writer thread.
+//!   its group-committing writer thread, and [`StoreSnapshot`] (reads of the
+//!   views and the last seq from one RocksDB snapshot, for list-then-watch).
 //! - [`conformance`] — the conformance suite every [`EventLog`] must pass.
 //!
 //! # How a write happens
@@ -38,5 +39,5 @@ pub use blob::{BlobPin, BlobStore, Digest};
 pub use columns::Column;
 pub use error::StorageError;
 pub use log::{Appended, EventLog, ExpectedVersion};
-pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig};
+pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
 pub use view::{View, ViewTx};

@@ -604,6 +604,36 @@ impl Store {
         scan_each(&inner.db, cf, &start, prefix, f)
     }
 
+    /// A consistent, read-only view of the whole database as it is now:
+    /// every read through it sees the same commits, whatever the writer
+    /// commits meanwhile. See [`StoreSnapshot`].
+    pub fn snapshot(&self) -> StoreSnapshot<'_> {
+        let inner = self.inner();
+        StoreSnapshot {
+            inner,
+            snapshot: inner.db.snapshot(),
+        }
+    }
+
+    /// Calls `f` with each row of view `view` whose key starts with
+    /// `prefix`, in key order, while `f` says continue — all read from one
+    /// snapshot — and returns the last committed sequence number *of that
+    /// snapshot*: the rows reflect exactly the log up to it (views are
+    /// written in the same batch as the events and `last_seq`). What a
+    /// list-then-watch needs: the listing and the position to watch after
+    /// agree exactly.
+    pub fn view_snapshot_scan_each<E: From<StorageError>>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+    ) -> Result<u64, E> {
+        let snapshot = self.snapshot();
+        let seq = snapshot.last_seq()?;
+        snapshot.view_scan_each(view, prefix, None, f)?;
+        Ok(seq)
+    }
+
     /// Everything view `view` holds (rows, blob references, checkpoint).
     pub fn view_dump(&self, view: &str) -> Result<ViewDump, StorageError> {
         let inner = self.inner();
@@ -674,6 +704,50 @@ impl Store {
     /// Blocks until the WAL is on disk.
     pub fn sync_wal(&self) -> Result<(), StorageError> {
         Ok(self.inner().db.flush_wal(true)?)
+    }
+}
+
+/// A point-in-time read view of a [`Store`] (a RocksDB snapshot): the log
+/// position and the view rows read through it all reflect the same
+/// commits. Cheap to take; holds back compaction of what it can see while
+/// it lives, so keep it for one scan, not longer.
+pub struct StoreSnapshot<'a> {
+    inner: &'a Inner,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl fmt::Debug for StoreSnapshot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSnapshot").finish_non_exhaustive()
+    }
+}
+
+impl StoreSnapshot<'_> {
+    /// The last committed sequence number as of the snapshot (0 when the
+    /// log was empty). Every view row read through this snapshot reflects
+    /// exactly the events up to it.
+    pub fn last_seq(&self) -> Result<u64, StorageError> {
+        match self
+            .snapshot
+            .get_cf(self.inner.cf(Column::Meta), meta::LAST_SEQ)?
+        {
+            None => Ok(0),
+            Some(v) => keys::decode_u64(&v)
+                .ok_or_else(|| StorageError::Corrupt("meta last_seq is not a u64".into())),
+        }
+    }
+
+    /// [`Store::view_scan_each`], reading the snapshot.
+    pub fn view_scan_each<E: From<StorageError>>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+    ) -> Result<(), E> {
+        let cf = self.inner.view_cf(view)?;
+        let start = after_key(prefix, after);
+        scan_iter(self.snapshot.raw_iterator_cf(cf), &start, prefix, f)
     }
 }
 
@@ -880,9 +954,18 @@ fn scan_each<E: From<StorageError>>(
     cf: &ColumnFamily,
     start: &[u8],
     prefix: &[u8],
+    f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+) -> Result<(), E> {
+    scan_iter(db.raw_iterator_cf(cf), start, prefix, f)
+}
+
+/// [`scan_each`] over any raw iterator (of the database or of a snapshot).
+fn scan_iter<E: From<StorageError>>(
+    mut iter: rocksdb::DBRawIterator<'_>,
+    start: &[u8],
+    prefix: &[u8],
     mut f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
 ) -> Result<(), E> {
-    let mut iter = db.raw_iterator_cf(cf);
     iter.seek(start);
     while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
         if !key.starts_with(prefix) || f(key, value)?.is_break() {

@@ -619,6 +619,7 @@ fn package_revisions_hold_their_blobs_and_list_by_repository() {
             vec![event(Payload::PackageRevisionDeleted(
                 PackageRevisionDeleted {
                     name: "r1.pkg0.v1".into(),
+                    last: None,
                 },
             ))],
             Metadata::default(),
@@ -777,6 +778,7 @@ fn the_list_view_scans_by_scope_renders_json_and_follows_deletes() {
             vec![event(Payload::PackageRevisionDeleted(
                 PackageRevisionDeleted {
                     name: "r1.sub.pkg0.v1".into(),
+                    last: None,
                 },
             ))],
             Metadata::default(),
@@ -789,6 +791,98 @@ fn the_list_view_scans_by_scope_renders_json_and_follows_deletes() {
         2 * 3,
         "a listing row and an index row per revision: {rows:?}"
     );
+}
+
+#[test]
+fn a_snapshot_scan_and_its_seq_agree_while_the_writer_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d = Digest::of(b"blob0");
+    let pins = [store.put(b"blob0").unwrap()];
+    let r1 = StreamId::repository("ns", "r1").unwrap();
+    let names =
+        |rows: &[(u64, String)]| -> Vec<String> { rows.iter().map(|(_, n)| n.clone()).collect() };
+    let scope = Scope {
+        namespace: Some("ns"),
+        repository: Some("r1"),
+        ..Scope::default()
+    };
+
+    // An empty store: nothing listed, position 0.
+    let mut rows = Vec::new();
+    let seq = store
+        .view_snapshot_scan_each::<StorageError>(PackageRevisionListView::NAME, b"", |_, _| {
+            rows.push(());
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
+    assert_eq!((seq, rows.len()), (0, 0));
+
+    store
+        .append(
+            &r1,
+            ExpectedVersion::Any,
+            vec![
+                package_revision_added("r1", 0, &d),
+                package_revision_added("r1", 1, &d),
+            ],
+            Metadata::default(),
+        )
+        .unwrap();
+
+    // Appends committed while a snapshot scan runs are invisible to it,
+    // and its seq is the one its rows reflect.
+    let snapshot = store.snapshot();
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    PackageRevisionListView::scan_snapshot::<StorageError>(&snapshot, &scope, None, |row| {
+        if seen.is_empty() {
+            // The writer commits a third revision mid-scan.
+            store
+                .append(
+                    &r1,
+                    ExpectedVersion::Any,
+                    vec![package_revision_added("r1", 2, &d)],
+                    Metadata::default(),
+                )
+                .unwrap();
+        }
+        let json = String::from_utf8(row.json.to_vec()).unwrap();
+        let version = json
+            .split("\"resource_version\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        seen.push((version.parse().unwrap(), row.name.to_owned()));
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap();
+    assert_eq!(snapshot.last_seq().unwrap(), 2);
+    assert_eq!(names(&seen), ["r1.pkg0.v1", "r1.pkg1.v1"]);
+    assert_eq!(seen.iter().map(|(s, _)| *s).max(), Some(2));
+    drop(snapshot);
+    assert_eq!(store.last_seq().unwrap(), 3);
+
+    // A new snapshot sees the third one, at seq 3.
+    let mut now = Vec::new();
+    let seq = store
+        .view_snapshot_scan_each::<StorageError>(
+            PackageRevisionListView::NAME,
+            b"Lns\0r1\0",
+            |key, _| {
+                now.push(
+                    String::from_utf8_lossy(key)
+                        .rsplit('\0')
+                        .next()
+                        .unwrap()
+                        .to_owned(),
+                );
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .unwrap();
+    assert_eq!(seq, 3);
+    assert_eq!(now, ["r1.pkg0.v1", "r1.pkg1.v1", "r1.pkg2.v1"]);
+    drop(pins);
 }
 
 /// Random histories of repository and blob events.
@@ -831,7 +925,7 @@ proptest! {
                     pins.push(store.put(format!("blob{blob}").as_bytes()).unwrap());
                     package_revision_added(&name, blob, &blobs[blob as usize])
                 }
-                5 => event(Payload::PackageRevisionDeleted(PackageRevisionDeleted { name: format!("{name}.pkg{blob}.v1") })),
+                5 => event(Payload::PackageRevisionDeleted(PackageRevisionDeleted { name: format!("{name}.pkg{blob}.v1"), last: None })),
                 _ => ev,
             };
             let s = if kind == 3 { StreamId::new("blobs").unwrap() } else { s };

@@ -124,6 +124,8 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
             "cairn.v1.repo.sync",
             "cairn.v1.repo.unregister",
             "cairn.v1.repo.update",
+            "cairn.v1.watch.start",
+            "cairn.v1.watch.stop",
         ]
     );
 

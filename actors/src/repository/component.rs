@@ -73,6 +73,32 @@ pub fn object_name(repository: &str, path: &str, package: &str, workspace: &str)
     }
 }
 
+/// `PackageRevisionDeleted` for `name`, carrying the revision as it was
+/// (`last`), trimmed of its resources and tasks: enough for a watcher to
+/// filter the deletion (labels, lifecycle, latest…) and show what went,
+/// without the weight of the content listing.
+fn deleted_event(name: String, last: Option<&PackageRevision>) -> Event {
+    let last = last.map(|r| PackageRevision {
+        name: r.name.clone(),
+        path: r.path.clone(),
+        package: r.package.clone(),
+        workspace: r.workspace.clone(),
+        revision: r.revision,
+        lifecycle: r.lifecycle.clone(),
+        commit: r.commit.clone(),
+        resources: Default::default(),
+        published_by: r.published_by.clone(),
+        published_at: r.published_at,
+        tasks: Vec::new(),
+        labels: r.labels.clone(),
+        latest: r.latest,
+    });
+    event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
+        name,
+        last,
+    }))
+}
+
 impl RepositoryComponent {
     /// A component for a repository about to be registered.
     pub fn new(spec: RepositorySpec) -> Result<Self, StorageError> {
@@ -172,9 +198,8 @@ impl RepositoryComponent {
         }
         for name in deleted {
             changes.deleted += 1;
-            events.push(event(Payload::PackageRevisionDeleted(
-                PackageRevisionDeleted { name },
-            )));
+            let last = current.get(&name);
+            events.push(deleted_event(name, last));
         }
         (events, changes)
     }
@@ -260,12 +285,8 @@ impl RepositoryComponent {
     /// revision, then `RepositoryClosed`.
     pub fn close_events(current: &BTreeMap<String, PackageRevision>, reason: &str) -> Vec<Event> {
         let mut events: Vec<Event> = current
-            .keys()
-            .map(|name| {
-                event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
-                    name: name.clone(),
-                }))
-            })
+            .iter()
+            .map(|(name, revision)| deleted_event(name.clone(), Some(revision)))
             .collect();
         events.push(event(Payload::RepositoryClosed(RepositoryClosed {
             reason: reason.to_owned(),
@@ -406,6 +427,36 @@ mod tests {
             current(&[placeholder("c1", "k1"), published("c9")]),
         );
         assert_eq!(kinds(&events), ["Modified r.a.v1"]);
+    }
+
+    #[test]
+    fn deletions_carry_the_revision_trimmed_of_resources_and_tasks() {
+        let mut gone = rev("r.c.v1", "c1");
+        gone.lifecycle = "Published".into();
+        gone.labels = [("tier".to_owned(), "base".to_owned())].into();
+        gone.resources = [("Kptfile".to_owned(), "ab".repeat(32))].into();
+        gone.tasks = vec![cairn_events::v1::Task {
+            r#type: "init".into(),
+            raw: "{}".into(),
+        }];
+        let mut trimmed = gone.clone();
+        trimmed.resources.clear();
+        trimmed.tasks.clear();
+        let given = current(&[gone]);
+        let deleted = |events: &[Event]| match events[0].payload.as_ref().unwrap() {
+            Payload::PackageRevisionDeleted(d) => d.clone(),
+            other => panic!("{other:?}"),
+        };
+        let (events, _) = RepositoryComponent::sync_events(&given, BTreeMap::new(), "c2", "d", 1);
+        assert_eq!(
+            deleted(&events),
+            PackageRevisionDeleted {
+                name: "r.c.v1".into(),
+                last: Some(trimmed.clone()),
+            }
+        );
+        let events = RepositoryComponent::close_events(&given, "unregistered");
+        assert_eq!(deleted(&events).last, Some(trimmed));
     }
 
     #[test]

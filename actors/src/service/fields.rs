@@ -184,7 +184,7 @@ impl Fields {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(v) => Err(ServiceError::bad_field(
-                name,
+                &self.path(name),
                 format!("must be a string, got {}", shown(v)),
             )),
         }

@@ -17,6 +17,9 @@
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
 //! - [`pkgrev`] — `cairn.v1.pkgrev.list|get|resources`.
 //! - [`validate`] — names, branches, directories.
+//! - [`watch`] — `cairn.v1.watch.start|stop` (the watches themselves live
+//!   in [`crate::watch`]). The number of live watchers is the `watchers`
+//!   field of the `watch-start` endpoint's `data` in `$SRV.STATS`.
 
 pub mod codec;
 pub mod fields;
@@ -25,6 +28,7 @@ pub mod pages;
 pub mod pkgrev;
 pub mod repo;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -49,6 +53,8 @@ pub struct ServiceConfig {
     /// Bytes of rendered `pkgrev.list` pages kept (see [`pages`]).
     /// Default: 16 MiB.
     pub page_cache_bytes: usize,
+    /// Limits of watches (queue size, watchers at most).
+    pub watch: crate::watch::WatchConfig,
 }
 
 impl Default for ServiceConfig {
@@ -58,6 +64,7 @@ impl Default for ServiceConfig {
             max_concurrent_requests: 256,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             page_cache_bytes: 16 << 20,
+            watch: crate::watch::WatchConfig::default(),
         }
     }
 }
@@ -75,6 +82,11 @@ pub struct ServiceContext {
     pub registry: actix::Addr<crate::registry::Registry>,
     /// Rendered list pages.
     pub pages: Arc<pages::PageCache>,
+    /// The node's watches.
+    pub watch: crate::watch::WatchHub,
+    /// The arbiter the service was started on: actors a request creates
+    /// (watchers) run there (request tasks run outside actix's local set).
+    pub arbiter: Option<actix::ArbiterHandle>,
 }
 
 impl ServiceContext {
@@ -95,6 +107,7 @@ impl ServiceContext {
 pub struct CairnService {
     service: service::Service,
     tasks: Vec<JoinHandle<()>>,
+    watch: crate::watch::WatchHub,
 }
 
 impl CairnService {
@@ -105,11 +118,21 @@ impl CairnService {
         registry: actix::Addr<crate::registry::Registry>,
         config: ServiceConfig,
     ) -> Result<Self, async_nats::Error> {
+        // Watches: one hub per node, following the store from now on.
+        let watch = crate::watch::WatchHub::start(store.clone(), config.watch.clone());
+        let stats_hub = watch.clone();
         let service = client
             .clone()
             .service_builder()
             .description("cairn: package-repository cache")
             .queue_group("cairn")
+            .stats_handler(move |endpoint, _| {
+                if endpoint == WATCH_STATS_ENDPOINT {
+                    serde_json::json!({ "watchers": stats_hub.len() })
+                } else {
+                    serde_json::Value::Null
+                }
+            })
             .start(cairn_events::subject::SERVICE_NAME, config.version.clone())
             .await?;
         let context = ServiceContext {
@@ -117,6 +140,8 @@ impl CairnService {
             client: client.clone(),
             registry,
             pages: Arc::new(pages::PageCache::new(config.page_cache_bytes)),
+            watch: watch.clone(),
+            arbiter: actix::Arbiter::try_current(),
             config,
         };
         let limiter = Arc::new(Semaphore::new(
@@ -188,11 +213,30 @@ impl CairnService {
             cairn_events::v1::PkgRevKeyRequest,
             pkgrev::handle_resources
         );
+        endpoint!(
+            "watch.start",
+            cairn_events::v1::WatchStartRequest,
+            watch::handle_start
+        );
+        endpoint!(
+            "watch.stop",
+            cairn_events::v1::WatchStopRequest,
+            watch::handle_stop
+        );
         // Make sure the server has the subscriptions before anyone is told
         // the service is up (else early requests find "no responders").
         client.flush().await?;
         info!(endpoints = tasks.len(), "cairn service registered");
-        Ok(Self { service, tasks })
+        Ok(Self {
+            service,
+            tasks,
+            watch,
+        })
+    }
+
+    /// The node's watch hub.
+    pub fn watch_hub(&self) -> &crate::watch::WatchHub {
+        &self.watch
     }
 
     /// Stops taking requests.
@@ -200,11 +244,15 @@ impl CairnService {
         for task in &self.tasks {
             task.abort();
         }
+        self.watch.shutdown();
         if let Err(e) = self.service.stop().await {
             debug!(error = %e, "stopping the service");
         }
     }
 }
+
+/// The endpoint whose `$SRV.STATS` `data` carries `{"watchers": N}`.
+pub const WATCH_STATS_ENDPOINT: &str = "watch-start";
 
 /// Runs `handler` for each request of `endpoint`, at most `limiter`'s
 /// permits at once across the service.

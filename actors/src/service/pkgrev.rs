@@ -150,7 +150,7 @@ impl Filter {
 
     /// Whether any field outside the [`Filter::scope`] is set, so listing
     /// rows must be decoded to be checked.
-    fn needs_head(&self) -> bool {
+    pub fn needs_head(&self) -> bool {
         self.workspace.is_some()
             || self.revision.is_some()
             || self.lifecycle.is_some()
@@ -158,11 +158,13 @@ impl Filter {
             || self.latest.is_some()
     }
 
-    fn matches_head(&self, l: &PackageRevisionListing) -> bool {
+    /// Whether a listing row's head passes the fields outside the scope.
+    pub fn matches_head(&self, l: &PackageRevisionListing) -> bool {
         self.matches_rest(&l.workspace, l.revision, &l.lifecycle, &l.labels, l.latest)
     }
 
-    fn matches_rest(
+    /// Whether the fields outside the scope pass.
+    pub fn matches_rest(
         &self,
         workspace: &str,
         revision: i64,

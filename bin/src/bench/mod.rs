@@ -19,9 +19,17 @@
 //! - `sync-noop`: a sync of an unchanged repository vs `git ls-remote`.
 //! - `memory`: the node's resident memory after syncing and listing N
 //!   revisions.
+//!
+//! And on an in-process node, appending through its store:
+//!
+//! - `watch` ([`watch`]): latency from an append to a watcher's receipt
+//!   over NATS vs raw NATS publish → receipt on the same server.
 
 pub mod cache;
 pub mod gen;
+pub mod watch;
+
+pub use watch::WatchOptions;
 
 pub use cache::{
     list, memory, sync_first, sync_noop, ListOptions, MemoryOptions, SyncFirstOptions,

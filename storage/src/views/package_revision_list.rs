@@ -25,7 +25,7 @@ use cairn_events::{
 use prost::Message as _;
 
 use super::{on_revision_change, RevisionChange};
-use crate::{StorageError, Store, View, ViewTx};
+use crate::{StorageError, Store, StoreSnapshot, View, ViewTx};
 
 /// Package revisions in listing order, with their JSON form.
 #[derive(Clone, Copy, Debug, Default)]
@@ -179,6 +179,27 @@ impl PackageRevisionListView {
         mut f: impl FnMut(ListedRevision<'_>) -> Result<ControlFlow<()>, E>,
     ) -> Result<(), E> {
         store.view_scan_each(Self::NAME, &scope.prefix(), after, |key, value| {
+            let row = ListedRevision::parse(key, value)?;
+            if scope.contains(&row) {
+                f(row)
+            } else {
+                Ok(ControlFlow::Continue(()))
+            }
+        })
+    }
+}
+
+impl PackageRevisionListView {
+    /// [`PackageRevisionListView::scan`] through a snapshot: the rows are
+    /// exactly the view at the snapshot's [`StoreSnapshot::last_seq`] (how
+    /// a watch lists before it follows the log).
+    pub fn scan_snapshot<E: From<StorageError>>(
+        snapshot: &StoreSnapshot<'_>,
+        scope: &Scope<'_>,
+        after: Option<&[u8]>,
+        mut f: impl FnMut(ListedRevision<'_>) -> Result<ControlFlow<()>, E>,
+    ) -> Result<(), E> {
+        snapshot.view_scan_each(Self::NAME, &scope.prefix(), after, |key, value| {
             let row = ListedRevision::parse(key, value)?;
             if scope.contains(&row) {
                 f(row)

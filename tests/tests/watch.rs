@@ -1,0 +1,1073 @@
+//! Watches on a real node, real nats-server, real Git (Porch fixtures
+//! changed with the `git` CLI): listing then changes, filters and their
+//! transitions, order, resume across a restart, cleanup of vanished
+//! clients, start/stop cycles, Relist for a slow consumer, bad input, and
+//! the `cairn watch` CLI.
+//!
+//! Exactness without sleeping: every watch here asks for short heartbeats,
+//! and a heartbeat's `seq` vouches that every matching event up to it was
+//! delivered, so "these events and nothing else up to seq S" is: collect
+//! lines until a heartbeat with `seq >= S`.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cairn::{
+    config::{NatsConfig, NodeConfig, WatchSection},
+    node::Node,
+};
+use cairn_events::v1::{event::Payload, Envelope};
+use cairn_storage::EventLog;
+use cairn_tests::{async_lines, free_port, next_line, shared_dir};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn-under-test");
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Unpacks a Porch fixture into `into`; returns its `file://` URL.
+fn unpack(fixture: &str, into: &Path) -> String {
+    std::fs::create_dir_all(into).unwrap();
+    let tar = shared_dir()
+        .join("porch-testdata")
+        .join(format!("{fixture}.tar"));
+    let status = Command::new("tar")
+        .arg("--no-same-owner")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(status.success(), "unpacking {}", tar.display());
+    format!("file://{}/.git", into.display())
+}
+
+/// Runs `git` with `args` in `dir` (a work tree, or `--git-dir` given).
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs `git --git-dir=<upstream>/.git args`.
+fn upstream_git(upstream: &Path, args: &[&str]) -> String {
+    let git_dir = format!("--git-dir={}/.git", upstream.display());
+    let mut all = vec![git_dir.as_str()];
+    all.extend_from_slice(args);
+    git(upstream, &all)
+}
+
+/// Pushes a draft `drafts/<package>/v1` holding one package whose Kptfile
+/// carries `tier: <tier>`, based on main.
+fn push_labelled_draft(upstream: &Path, work: &Path, package: &str, tier: &str) {
+    if !work.exists() {
+        git(
+            upstream.parent().unwrap(),
+            &[
+                "clone",
+                "-q",
+                &format!("{}/.git", upstream.display()),
+                work.to_str().unwrap(),
+            ],
+        );
+    }
+    git(work, &["checkout", "-q", "--detach", "origin/main"]);
+    std::fs::create_dir_all(work.join(package)).unwrap();
+    std::fs::write(
+        work.join(package).join("Kptfile"),
+        format!(
+            "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: {package}\n  labels:\n    tier: {tier}\n"
+        ),
+    )
+    .unwrap();
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-q", "-m", &format!("{package} {tier}")]);
+    git(
+        work,
+        &[
+            "push",
+            "-q",
+            "-f",
+            "origin",
+            &format!("HEAD:refs/heads/drafts/{package}/v1"),
+        ],
+    );
+}
+
+async fn start_node(data_dir: &Path, watch: WatchSection) -> Node {
+    let config = NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        nats: NatsConfig {
+            listen: format!("127.0.0.1:{}", free_port()),
+            ..Default::default()
+        },
+        watch,
+        ..Default::default()
+    };
+    Node::start(config).await.unwrap()
+}
+
+/// Sends a JSON request; returns the error code (if any) and the body.
+async fn call(client: &async_nats::Client, endpoint: &str, body: Value) -> (Option<String>, Value) {
+    let reply = tokio::time::timeout(
+        WAIT,
+        client.request(
+            format!("cairn.v1.{endpoint}"),
+            serde_json::to_vec(&body).unwrap().into(),
+        ),
+    )
+    .await
+    .expect("reply in time")
+    .expect("a responder");
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+        .map(|v| v.to_string());
+    (code, serde_json::from_slice(&reply.payload).unwrap())
+}
+
+async fn ok(client: &async_nats::Client, endpoint: &str, body: Value) -> Value {
+    let (code, reply) = call(client, endpoint, body).await;
+    assert_eq!(code, None, "{endpoint} failed: {reply}");
+    reply
+}
+
+async fn register(client: &async_nats::Client, name: &str, url: &str) {
+    ok(
+        client,
+        "repo.register",
+        json!({"namespace": "team-a", "name": name, "git": {"url": url}}),
+    )
+    .await;
+}
+
+async fn sync(client: &async_nats::Client, name: &str) -> Value {
+    ok(
+        client,
+        "repo.sync",
+        json!({"namespace": "team-a", "name": name}),
+    )
+    .await
+}
+
+/// Names `pkgrev.list` gives for `filter`, in its order.
+async fn listed(client: &async_nats::Client, filter: Value) -> Vec<String> {
+    let reply = ok(client, "pkgrev.list", filter).await;
+    names_of(reply["items"].as_array().unwrap())
+}
+
+fn names_of(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Live watchers, from `$SRV.STATS` (`data.watchers` of `watch-start`).
+async fn watchers(client: &async_nats::Client) -> u64 {
+    let reply = tokio::time::timeout(WAIT, client.request("$SRV.STATS.cairn", "".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&reply.payload).unwrap();
+    stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "watch-start")
+        .and_then(|e| e["data"]["watchers"].as_u64())
+        .unwrap_or_else(|| panic!("no watcher count in {stats}"))
+}
+
+/// Waits (polling, bounded) until the node counts `want` watchers.
+async fn wait_for_watchers(client: &async_nats::Client, want: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = watchers(client).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {now} watchers, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A watch seen from its client. A task reads its subject, answers each
+/// heartbeat at once (as a real client does, whatever the test is busy
+/// with) and hands every line, heartbeats included, to the test.
+struct Watch {
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    reader: tokio::task::JoinHandle<()>,
+    id: String,
+    /// `seq` of the start reply.
+    seq: u64,
+}
+
+impl Watch {
+    /// Subscribes to a fresh inbox and starts a watch delivering there
+    /// (`body` without `deliver_subject`; heartbeats every 250 ms unless
+    /// given).
+    async fn start(client: &async_nats::Client, mut body: Value) -> Watch {
+        let subject = client.new_inbox();
+        let mut subscription = client.subscribe(subject.clone()).await.unwrap();
+        client.flush().await.unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let answering = client.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                if let Some(reply) = &message.reply {
+                    let _ = answering.publish(reply.clone(), "ok".into()).await;
+                }
+                let line = serde_json::from_slice(&message.payload).unwrap();
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        body["deliver_subject"] = json!(subject);
+        if body.get("heartbeat_ms").is_none() {
+            body["heartbeat_ms"] = json!(250);
+        }
+        let reply = ok(client, "watch.start", body).await;
+        Watch {
+            lines,
+            reader,
+            id: reply["watch_id"].as_str().unwrap().to_owned(),
+            seq: reply["seq"].as_u64().unwrap(),
+        }
+    }
+
+    /// The client goes away: its subscription ends (no more answers).
+    fn disconnect(&mut self) {
+        self.reader.abort();
+    }
+
+    /// The next line, heartbeats included.
+    async fn next_any(&mut self) -> Value {
+        tokio::time::timeout(WAIT, self.lines.recv())
+            .await
+            .expect("a watch line in time")
+            .expect("subscription open")
+    }
+
+    /// The next line that is not a heartbeat.
+    async fn next(&mut self) -> Value {
+        loop {
+            let line = self.next_any().await;
+            if line["type"] != "Heartbeat" {
+                return line;
+            }
+        }
+    }
+
+    /// The initial listing: names of the Added lines, and the bookmark.
+    async fn listing(&mut self) -> (Vec<String>, u64) {
+        let mut names = Vec::new();
+        loop {
+            let line = self.next().await;
+            match line["type"].as_str().unwrap() {
+                "Added" => {
+                    assert_eq!(line.get("seq"), None, "listing lines carry no seq");
+                    names.push(line["object"]["name"].as_str().unwrap().to_owned());
+                }
+                "Bookmark" => return (names, line["seq"].as_u64().unwrap()),
+                other => panic!("unexpected {other} in the listing: {line}"),
+            }
+        }
+    }
+
+    /// Every line up to the first heartbeat vouching for `seq`.
+    async fn through(&mut self, seq: u64) -> Vec<Value> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.next_any().await;
+            if line["type"] == "Heartbeat" {
+                if line["seq"].as_u64().unwrap() >= seq {
+                    return lines;
+                }
+                continue;
+            }
+            lines.push(line);
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// `"<type> <name>"` of change lines.
+fn changes(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["type"].as_str().unwrap(),
+                l["object"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// `(seq, "<type> <name>")` of the package revision events of the log in
+/// `(after, to]` (as a watch without filter reports them).
+fn log_changes(store: &cairn_storage::Store, after: u64, to: u64) -> Vec<(u64, String)> {
+    store
+        .read_all(after + 1, (to - after) as usize)
+        .unwrap()
+        .iter()
+        .filter_map(|e| revision_change(e).map(|c| (e.seq, c)))
+        .collect()
+}
+
+fn revision_change(e: &Envelope) -> Option<String> {
+    match e.event.as_ref()?.payload.as_ref()? {
+        Payload::PackageRevisionAdded(a) => Some(format!("Added {}", a.revision.as_ref()?.name)),
+        Payload::PackageRevisionModified(m) => {
+            Some(format!("Modified {}", m.revision.as_ref()?.name))
+        }
+        Payload::PackageRevisionDeleted(d) => Some(format!("Deleted {}", d.name)),
+        _ => None,
+    }
+}
+
+fn seqs_and_changes(lines: &[Value]) -> Vec<(u64, String)> {
+    lines
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .zip(changes(lines))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_listing_then_exactly_the_changes_of_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    assert_eq!(watchers(&client).await, 0);
+
+    let mut watch = Watch::start(&client, json!({"filter": {"namespace": "team-a"}})).await;
+    assert_eq!(watchers(&client).await, 1);
+    let (names, bookmark) = watch.listing().await;
+    assert_eq!(
+        names,
+        listed(&client, json!({"namespace": "team-a"})).await,
+        "the listing is pkgrev.list's, in its order"
+    );
+    assert_eq!(names.len(), 11);
+    assert_eq!(bookmark, node.store.last_seq().unwrap());
+    assert_eq!(watch.seq, bookmark, "the reply's seq is the bookmark");
+
+    // A new tag publishes basens v3; v2 stops being the latest.
+    upstream_git(&upstream, &["tag", "basens/v3", "main"]);
+    let reply = sync(&client, "r").await;
+    assert_eq!(
+        reply["sync"],
+        json!({"added": 1, "modified": 1, "deleted": 0, "package_count": 12})
+    );
+    let last = node.store.last_seq().unwrap();
+    let lines = watch.through(last).await;
+    assert_eq!(
+        changes(&lines),
+        ["Modified r.basens.v2", "Added r.basens.v3"]
+    );
+    assert_eq!(
+        seqs_and_changes(&lines),
+        log_changes(&node.store, bookmark, last)
+    );
+    assert_eq!(lines[1]["object"]["latest"], json!(true));
+    assert_eq!(lines[0]["object"]["latest"], json!(false));
+    assert_eq!(
+        lines[1]["object"],
+        ok(
+            &client,
+            "pkgrev.get",
+            json!({"namespace": "team-a", "name": "r.basens.v3"})
+        )
+        .await,
+        "a change carries the revision as pkgrev.get renders it"
+    );
+
+    let stopped = ok(&client, "watch.stop", json!({"watch_id": watch.id})).await;
+    assert_eq!(stopped, json!({"stopped": watch.id}));
+    assert_eq!(watchers(&client).await, 0);
+    let (code, body) = call(&client, "watch.stop", json!({"watch_id": watch.id})).await;
+    assert_eq!(code.as_deref(), Some("404"));
+    assert_eq!(
+        body["message"],
+        json!(format!("watch {} not found", watch.id))
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn filters_deliver_exact_sets_and_follow_transitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let work = dir.path().join("work");
+    push_labelled_draft(&upstream, &work, "labelled", "base");
+    push_labelled_draft(&upstream, &work, "plain", "app");
+    let other = unpack("simple-repository", &dir.path().join("other"));
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    register(&client, "s", &other).await;
+
+    let mut by_repository = Watch::start(&client, json!({"filter": {"repository": "s"}})).await;
+    let mut by_package = Watch::start(
+        &client,
+        json!({"filter": {"repository": "r", "package": "basens"}}),
+    )
+    .await;
+    let mut drafts = Watch::start(&client, json!({"filter": {"lifecycle": ["Draft"]}})).await;
+    let mut labelled = Watch::start(&client, json!({"filter": {"labels": {"tier": "base"}}})).await;
+    assert_eq!(watchers(&client).await, 4);
+
+    let sorted = |v: Vec<String>| v.into_iter().collect::<BTreeSet<_>>();
+    let (names, _) = by_repository.listing().await;
+    assert_eq!(names.len(), 8);
+    assert_eq!(
+        sorted(names),
+        sorted(listed(&client, json!({"repository": "s"})).await)
+    );
+    let (names, _) = by_package.listing().await;
+    assert_eq!(names, ["r.basens.main", "r.basens.v1", "r.basens.v2"]);
+    let (names, _) = drafts.listing().await;
+    assert_eq!(
+        sorted(names),
+        sorted(
+            [
+                "r.bucket.v1",
+                "r.labelled.v1",
+                "r.none.v1",
+                "r.pkg-with-history.v1",
+                "r.plain.v1"
+            ]
+            .map(String::from)
+            .to_vec()
+        )
+    );
+    let (names, _) = labelled.listing().await;
+    assert_eq!(names, ["r.labelled.v1"]);
+
+    // In the upstream: a new tag, a draft proposed, a draft removed, and a
+    // draft relabelled into the label filter.
+    upstream_git(&upstream, &["tag", "basens/v3", "main"]);
+    upstream_git(
+        &upstream,
+        &["branch", "-m", "drafts/none/v1", "proposed/none/v1"],
+    );
+    upstream_git(&upstream, &["branch", "-D", "drafts/bucket/v1"]);
+    push_labelled_draft(&upstream, &work, "plain", "base");
+    sync(&client, "r").await;
+    let last = node.store.last_seq().unwrap();
+
+    assert_eq!(
+        changes(&by_repository.through(last).await),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        changes(&by_package.through(last).await),
+        ["Modified r.basens.v2", "Added r.basens.v3"]
+    );
+    // Proposed: no longer a Draft — a transition out, sent as Deleted.
+    let out = drafts.through(last).await;
+    assert_eq!(
+        changes(&out),
+        [
+            "Deleted r.none.v1",
+            "Modified r.plain.v1",
+            "Deleted r.bucket.v1"
+        ]
+    );
+    assert_eq!(
+        out[0]["object"]["lifecycle"], "Proposed",
+        "the revision as it is now"
+    );
+    assert_eq!(
+        out[2]["object"]["lifecycle"], "Draft",
+        "the revision as it was"
+    );
+    // Relabelled: enters the filter after a listing start — Added.
+    let into = labelled.through(last).await;
+    assert_eq!(changes(&into), ["Added r.plain.v1"]);
+    assert_eq!(into[0]["object"]["labels"], json!({"tier": "base"}));
+
+    // Unregistering deletes every revision, each event carrying the
+    // revision: the label filter matches exactly the two labelled ones.
+    let before = node.store.last_seq().unwrap();
+    ok(
+        &client,
+        "repo.unregister",
+        json!({"namespace": "team-a", "name": "r"}),
+    )
+    .await;
+    let last = node.store.last_seq().unwrap();
+    let gone = labelled.through(last).await;
+    assert_eq!(
+        changes(&gone),
+        ["Deleted r.labelled.v1", "Deleted r.plain.v1"]
+    );
+    assert!(gone.iter().all(|l| l["seq"].as_u64().unwrap() > before));
+    assert_eq!(
+        gone[0]["object"]["tasks"],
+        json!([]),
+        "trimmed of its tasks"
+    );
+    assert_eq!(
+        changes(&by_repository.through(last).await),
+        Vec::<String>::new()
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn events_come_in_log_order_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let work = dir.path().join("work");
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    let mut watch = Watch::start(&client, json!({"filter": {"repository": "r"}})).await;
+    let (_, bookmark) = watch.listing().await;
+
+    // The same draft changed over and over, plus other changes, one sync each.
+    for round in 0..4 {
+        push_labelled_draft(&upstream, &work, "busy", &format!("t{round}"));
+        upstream_git(
+            &upstream,
+            &["tag", &format!("basens/v{}", round + 3), "main"],
+        );
+        sync(&client, "r").await;
+    }
+    let last = node.store.last_seq().unwrap();
+    let lines = watch.through(last).await;
+    let got = seqs_and_changes(&lines);
+    assert_eq!(got, log_changes(&node.store, bookmark, last));
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "seq strictly increasing"
+    );
+    let busy: Vec<&str> = got
+        .iter()
+        .filter(|(_, c)| c.ends_with("r.busy.v1"))
+        .map(|(_, c)| c.as_str())
+        .collect();
+    assert_eq!(
+        busy,
+        [
+            "Added r.busy.v1",
+            "Modified r.busy.v1",
+            "Modified r.busy.v1",
+            "Modified r.busy.v1"
+        ]
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_resumed_watch_gets_every_event_after_its_seq_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let work = dir.path().join("work");
+    let data = dir.path().join("data");
+    let node = start_node(&data, WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    let kinds = json!(["packagerevision", "repository"]);
+    let mut watch = Watch::start(
+        &client,
+        json!({"filter": {"repository": "r"}, "kinds": kinds}),
+    )
+    .await;
+    let (_, bookmark) = watch.listing().await;
+    upstream_git(&upstream, &["tag", "basens/v3", "main"]);
+    sync(&client, "r").await;
+    let last = node.store.last_seq().unwrap();
+    let before_restart = watch.through(last).await;
+    let seen = before_restart
+        .last()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .unwrap();
+    assert_eq!(seen, last, "the SyncSucceeded closes the sync");
+    drop(watch);
+    node.shutdown().await;
+
+    // Changes while the node is down: its start-up sync picks them up.
+    upstream_git(&upstream, &["tag", "istions/v3", "main"]);
+    push_labelled_draft(&upstream, &work, "fresh", "base");
+    upstream_git(&upstream, &["branch", "-D", "drafts/none/v1"]);
+
+    let node = start_node(&data, WatchSection::default()).await;
+    let client = node.client.clone();
+    let mut resumed = Watch::start(
+        &client,
+        json!({"filter": {"repository": "r"}, "kinds": kinds, "since_seq": seen}),
+    )
+    .await;
+    assert_eq!(resumed.seq, seen);
+    // Another sync after the start-up one; the watch continues live.
+    sync(&client, "r").await;
+    upstream_git(&upstream, &["tag", "empty/v2", "main"]);
+    sync(&client, "r").await;
+    let last = node.store.last_seq().unwrap();
+    let lines = resumed.through(last).await;
+    let got: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = node
+        .store
+        .read_all(seen + 1, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, want, "every event after since_seq, once, in order");
+    let revision_changes: Vec<String> = lines
+        .iter()
+        .filter(|l| l["object"].get("event").is_none())
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["type"].as_str().unwrap(),
+                l["object"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        revision_changes,
+        log_changes(&node.store, seen, last)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect::<Vec<_>>()
+    );
+    assert!(revision_changes.contains(&"Added r.istions.v3".to_owned()));
+    assert!(revision_changes.contains(&"Deleted r.none.v1".to_owned()));
+    assert!(revision_changes.contains(&"Added r.empty.v2".to_owned()));
+    let repository_events: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["object"]["event"].as_str())
+        .collect();
+    assert!(
+        repository_events
+            .iter()
+            .filter(|e| **e == "SyncSucceeded")
+            .count()
+            >= 2,
+        "{repository_events:?}"
+    );
+    assert_eq!(repository_events.last(), Some(&"SyncSucceeded"));
+    assert!(bookmark < seen);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_client_that_goes_away_is_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    let other = async_nats::connect(node.nats_url.as_str()).await.unwrap();
+
+    // Unsubscribed: the next heartbeat finds no responders.
+    let mut watch = Watch::start(&other, json!({})).await;
+    let (names, _) = watch.listing().await;
+    assert!(names.is_empty());
+    assert_eq!(watchers(&client).await, 1);
+    watch.disconnect();
+    other.flush().await.unwrap();
+    wait_for_watchers(&client, 0).await;
+
+    // Subscribed but never answering: two missed heartbeats.
+    let subject = client.new_inbox();
+    let mut silent = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    ok(
+        &client,
+        "watch.start",
+        json!({"deliver_subject": subject, "heartbeat_ms": 100}),
+    )
+    .await;
+    assert_eq!(watchers(&client).await, 1);
+    let mut heartbeats = 0;
+    while heartbeats < 2 {
+        let message = tokio::time::timeout(WAIT, silent.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if message.reply.is_some() {
+            heartbeats += 1;
+        }
+    }
+    wait_for_watchers(&client, 0).await;
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_thousand_start_stop_cycles_leave_no_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    let handles = node.store.handles();
+    let subject = client.new_inbox();
+    let _lines = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    for i in 0..1000u32 {
+        let body = if i % 2 == 0 {
+            json!({"deliver_subject": subject, "filter": {"package": "basens"}})
+        } else {
+            json!({"deliver_subject": subject, "since_seq": 1})
+        };
+        let started = ok(&client, "watch.start", body).await;
+        let id = started["watch_id"].as_str().unwrap();
+        assert_eq!(
+            ok(&client, "watch.stop", json!({"watch_id": id})).await,
+            json!({ "stopped": id })
+        );
+    }
+    assert_eq!(watchers(&client).await, 0);
+    assert!(node.watch_hub().is_empty());
+    // Every watcher actor is gone too (each held a store handle).
+    let deadline = Instant::now() + WAIT;
+    while node.store.handles() > handles {
+        assert!(Instant::now() < deadline, "watcher actors still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_slow_consumer_is_told_to_relist() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let node = start_node(
+        &dir.path().join("data"),
+        WatchSection {
+            queue_size: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = node.client.clone();
+    let mut watch = Watch::start(&client, json!({"filter": {"namespace": "team-a"}})).await;
+    let (names, _) = watch.listing().await;
+    assert!(names.is_empty());
+    // A watch of another repository: the same traffic never reaches its
+    // queue (the filter runs before queueing), so it keeps going.
+    let mut unrelated = Watch::start(&client, json!({"filter": {"repository": "other"}})).await;
+    unrelated.listing().await;
+    // One sync appends 11 Added at once: more than the queue holds.
+    register(&client, "r", &url).await;
+    let mut got = Vec::new();
+    loop {
+        let line = watch.next().await;
+        if line["type"] == "Relist" {
+            break;
+        }
+        assert_eq!(line["type"], "Added", "{line}");
+        got.push(line["seq"].as_u64().unwrap());
+    }
+    assert_eq!(got.len(), 4, "what the queue held, then Relist");
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1));
+    wait_for_watchers(&client, 1).await;
+    let last = node.store.last_seq().unwrap();
+    assert_eq!(
+        changes(&unrelated.through(last).await),
+        Vec::<String>::new()
+    );
+    assert_eq!(watchers(&client).await, 1, "the unrelated watch lives on");
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn bad_requests_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(
+        &dir.path().join("data"),
+        WatchSection {
+            max_watchers: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = node.client.clone();
+    let last = node.store.last_seq().unwrap();
+    let beyond = format!(
+        "since_seq: {} is beyond the end of the log (last seq {last})",
+        last + 5
+    );
+    let cases: [(Value, &str); 9] = [
+        (json!({}), "deliver_subject: required"),
+        (
+            json!({"deliver_subject": "w.>"}),
+            "deliver_subject: \"w.>\" must not contain wildcards ('*', '>')",
+        ),
+        (
+            json!({"deliver_subject": "a b"}),
+            "deliver_subject: \"a b\" must not contain whitespace or control characters",
+        ),
+        (
+            json!({"deliver_subject": "w", "kinds": ["pods"]}),
+            "kinds: unknown kind \"pods\", expected one of: packagerevision, repository",
+        ),
+        (
+            json!({"deliver_subject": "w", "heartbeat_ms": 60001}),
+            "heartbeat_ms: must be an integer between 100 and 60000, got 60001",
+        ),
+        (
+            json!({"deliver_subject": "w", "since_seq": last + 5}),
+            &beyond,
+        ),
+        (
+            json!({"deliver_subject": "w", "filter": {"namespace": "Team A"}}),
+            "filter.namespace: \"Team A\" is not a valid name (a DNS-1123 label: lowercase letters, digits and '-', 1-63 characters, starting and ending with a letter or digit)",
+        ),
+        (
+            json!({"deliver_subject": "w", "filter": {"continue": "x"}}),
+            "filter.continue: unknown field, expected one of: namespace, repository, path, package, workspace, revision, lifecycle, labels, latest",
+        ),
+        (
+            json!({"deliver_subject": "w", "follow": true}),
+            "follow: unknown field, expected one of: filter, kinds, since_seq, deliver_subject, heartbeat_ms",
+        ),
+    ];
+    for (body, message) in cases {
+        let (code, reply) = call(&client, "watch.start", body.clone()).await;
+        assert_eq!(code.as_deref(), Some("400"), "{body}");
+        assert_eq!(reply["message"], json!(message), "{body}");
+    }
+    let (code, reply) = call(&client, "watch.stop", json!({})).await;
+    assert_eq!(
+        (code.as_deref(), reply["message"].as_str()),
+        (Some("400"), Some("watch_id: required"))
+    );
+    assert_eq!(watchers(&client).await, 0, "nothing half-started");
+
+    // watch.max-watchers = 2: a third is refused with 503.
+    let _a = Watch::start(&client, json!({})).await;
+    let _b = Watch::start(&client, json!({})).await;
+    let (code, reply) = call(&client, "watch.start", json!({"deliver_subject": "w"})).await;
+    assert_eq!(code.as_deref(), Some("503"));
+    assert_eq!(
+        reply["message"],
+        "watch: 2 watchers already, the most this node takes (watch.max-watchers)"
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn the_cli_streams_until_interrupted_and_stops_its_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    let mut cli = Command::new(CAIRN)
+        .args([
+            "watch",
+            "-o",
+            "json",
+            "--repository",
+            "r",
+            "--package",
+            "basens",
+            "--heartbeat",
+            "200ms",
+            "--nats-url",
+            &node.nats_url,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = async_lines(cli.stdout.take().unwrap());
+    let mut listed = Vec::new();
+    loop {
+        let line: Value = serde_json::from_str(&next_line(&mut lines, WAIT).await).unwrap();
+        match line["type"].as_str().unwrap() {
+            "Added" => listed.push(line["object"]["name"].as_str().unwrap().to_owned()),
+            "Bookmark" => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(listed, ["r.basens.main", "r.basens.v1", "r.basens.v2"]);
+    upstream_git(&upstream, &["tag", "basens/v3", "main"]);
+    sync(&client, "r").await;
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        let line: Value = serde_json::from_str(&next_line(&mut lines, WAIT).await).unwrap();
+        live.push(line);
+    }
+    assert_eq!(
+        changes(&live),
+        ["Modified r.basens.v2", "Added r.basens.v3"]
+    );
+    assert_eq!(watchers(&client).await, 1, "heartbeats answered by the CLI");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || cli.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(watchers(&client).await, 0, "the CLI stopped its watch");
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn protobuf_requests_start_and_stop_a_watch() {
+    use cairn_events::v1 as pb;
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
+    let client = node.client.clone();
+    register(&client, "r", &url).await;
+    let proto = |endpoint: &str, body: Vec<u8>| {
+        let client = client.clone();
+        let subject = format!("cairn.v1.{endpoint}");
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/protobuf");
+            client
+                .request_with_headers(subject, headers, body.into())
+                .await
+                .unwrap()
+        }
+    };
+    let subject = client.new_inbox();
+    let mut lines = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let request = pb::WatchStartRequest {
+        filter: Some(pb::WatchFilter {
+            package: "basens".into(),
+            revision: Some(2),
+            ..Default::default()
+        }),
+        deliver_subject: subject,
+        heartbeat_ms: Some(60_000),
+        ..Default::default()
+    };
+    let reply = proto("watch.start", request.encode_to_vec()).await;
+    let started = pb::WatchStarted::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(started.seq, node.store.last_seq().unwrap());
+    let first: Value = serde_json::from_slice(
+        &tokio::time::timeout(WAIT, lines.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(first["object"]["name"], "r.basens.v2", "the filter applied");
+
+    let bad = pb::WatchStartRequest {
+        since_seq: Some(started.seq + 1),
+        deliver_subject: "w".into(),
+        ..Default::default()
+    };
+    let reply = proto("watch.start", bad.encode_to_vec()).await;
+    let error = pb::ErrorReply::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(error.code, 400);
+    assert!(
+        error.message.starts_with("since_seq: "),
+        "{}",
+        error.message
+    );
+
+    let stop = pb::WatchStopRequest {
+        watch_id: started.watch_id.clone(),
+    };
+    let reply = proto("watch.stop", stop.encode_to_vec()).await;
+    assert_eq!(
+        pb::WatchStopped::decode(reply.payload.as_ref())
+            .unwrap()
+            .stopped,
+        started.watch_id
+    );
+    assert_eq!(watchers(&client).await, 0);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn the_cli_says_relist_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &upstream);
+    let node = start_node(
+        &dir.path().join("data"),
+        WatchSection {
+            queue_size: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = node.client.clone();
+    let mut cli = Command::new(CAIRN)
+        .args(["watch", "--nats-url", &node.nats_url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = async_lines(cli.stdout.take().unwrap());
+    let header = next_line(&mut lines, WAIT).await;
+    assert!(header.starts_with("TYPE"), "{header}");
+    let bookmark = next_line(&mut lines, WAIT).await;
+    assert!(bookmark.starts_with("BOOKMARK"), "{bookmark}");
+    register(&client, "r", &url).await;
+    let mut rows = Vec::new();
+    loop {
+        let line = next_line(&mut lines, WAIT).await;
+        let relist = line.starts_with("RELIST");
+        rows.push(line);
+        if relist {
+            break;
+        }
+    }
+    assert_eq!(rows.len(), 5, "four queued, then Relist: {rows:?}");
+    assert!(rows[..4].iter().all(|r| r.starts_with("ADDED")), "{rows:?}");
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: the watch fell behind (Relist): list again and start a new watch"
+    );
+    node.shutdown().await;
+}
