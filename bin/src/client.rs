@@ -115,15 +115,16 @@ impl Client {
                     reply = &mut request => return reply,
                     Some(message) = events.next() => {
                         let Ok(envelope) = cairn_events::envelope::decode(&message.payload) else { continue };
-                        use cairn_events::v1::event::Payload;
-                        match envelope.event.and_then(|e| e.payload) {
-                            Some(Payload::SyncStarted(s)) => {
-                                writeln!(progress, "{key}: sync started ({})", s.trigger)?;
-                            }
-                            Some(Payload::PackageRevisionAdded(_)) => added += 1,
-                            Some(Payload::PackageRevisionModified(_)) => modified += 1,
-                            Some(Payload::PackageRevisionDeleted(_)) => deleted += 1,
-                            _ => {}
+                        use cairn_events::{revision::Change, v1::event::Payload};
+                        let Some(payload) = envelope.event.and_then(|e| e.payload) else { continue };
+                        if let Payload::SyncStarted(s) = &payload {
+                            writeln!(progress, "{key}: sync started ({})", s.trigger)?;
+                        }
+                        match Change::of(&payload) {
+                            Some(Change::Added(_)) => added += 1,
+                            Some(Change::Modified(_)) => modified += 1,
+                            Some(Change::Deleted { .. }) => deleted += 1,
+                            None => {}
                         }
                         spinner.set_message(format!("{key}: +{added} ~{modified} -{deleted}"));
                         spinner.tick();

@@ -40,6 +40,20 @@ pub enum EventKind {
     PackageRevisionModified,
     /// [`crate::v1::PackageRevisionDeleted`].
     PackageRevisionDeleted,
+    /// [`crate::v1::DraftCreated`].
+    DraftCreated,
+    /// [`crate::v1::DraftResourcesUpdated`].
+    DraftResourcesUpdated,
+    /// [`crate::v1::PackageRevisionProposed`].
+    PackageRevisionProposed,
+    /// [`crate::v1::ProposalRejected`].
+    ProposalRejected,
+    /// [`crate::v1::PackageRevisionPublished`].
+    PackageRevisionPublished,
+    /// [`crate::v1::DeletionProposed`].
+    DeletionProposed,
+    /// [`crate::v1::DeletionProposalWithdrawn`].
+    DeletionProposalWithdrawn,
 }
 
 impl EventKind {
@@ -54,6 +68,13 @@ impl EventKind {
         EventKind::PackageRevisionAdded,
         EventKind::PackageRevisionModified,
         EventKind::PackageRevisionDeleted,
+        EventKind::DraftCreated,
+        EventKind::DraftResourcesUpdated,
+        EventKind::PackageRevisionProposed,
+        EventKind::ProposalRejected,
+        EventKind::PackageRevisionPublished,
+        EventKind::DeletionProposed,
+        EventKind::DeletionProposalWithdrawn,
     ];
 
     /// The kind of `payload`.
@@ -68,6 +89,13 @@ impl EventKind {
             Payload::PackageRevisionAdded(_) => Self::PackageRevisionAdded,
             Payload::PackageRevisionModified(_) => Self::PackageRevisionModified,
             Payload::PackageRevisionDeleted(_) => Self::PackageRevisionDeleted,
+            Payload::DraftCreated(_) => Self::DraftCreated,
+            Payload::DraftResourcesUpdated(_) => Self::DraftResourcesUpdated,
+            Payload::PackageRevisionProposed(_) => Self::PackageRevisionProposed,
+            Payload::ProposalRejected(_) => Self::ProposalRejected,
+            Payload::PackageRevisionPublished(_) => Self::PackageRevisionPublished,
+            Payload::DeletionProposed(_) => Self::DeletionProposed,
+            Payload::DeletionProposalWithdrawn(_) => Self::DeletionProposalWithdrawn,
         }
     }
 
@@ -83,6 +111,13 @@ impl EventKind {
             Self::PackageRevisionAdded => "packagerevision.added",
             Self::PackageRevisionModified => "packagerevision.modified",
             Self::PackageRevisionDeleted => "packagerevision.deleted",
+            Self::DraftCreated => "packagerevision.draft-created",
+            Self::DraftResourcesUpdated => "packagerevision.draft-resources-updated",
+            Self::PackageRevisionProposed => "packagerevision.proposed",
+            Self::ProposalRejected => "packagerevision.proposal-rejected",
+            Self::PackageRevisionPublished => "packagerevision.published",
+            Self::DeletionProposed => "packagerevision.deletion-proposed",
+            Self::DeletionProposalWithdrawn => "packagerevision.deletion-proposal-withdrawn",
         }
     }
 
@@ -98,6 +133,13 @@ impl EventKind {
             Self::PackageRevisionAdded => "PackageRevisionAdded",
             Self::PackageRevisionModified => "PackageRevisionModified",
             Self::PackageRevisionDeleted => "PackageRevisionDeleted",
+            Self::DraftCreated => "DraftCreated",
+            Self::DraftResourcesUpdated => "DraftResourcesUpdated",
+            Self::PackageRevisionProposed => "PackageRevisionProposed",
+            Self::ProposalRejected => "ProposalRejected",
+            Self::PackageRevisionPublished => "PackageRevisionPublished",
+            Self::DeletionProposed => "DeletionProposed",
+            Self::DeletionProposalWithdrawn => "DeletionProposalWithdrawn",
         }
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{value::RawValue, Value};
 
-use crate::v1::{PackageRevision, PackageRevisionRow};
+use crate::v1::{event::Payload, PackageRevision, PackageRevisionRow};
 
 /// A timestamp as RFC 3339 in UTC with a `Z` (e.g. `2022-08-26T22:47:35Z`),
 /// or null.
@@ -122,11 +122,108 @@ pub fn revision_json(row: &PackageRevisionRow) -> Value {
     .unwrap_or(Value::Null)
 }
 
+/// How an event changes a package revision, whatever its type: sync
+/// events (`PackageRevisionAdded/Modified/Deleted`) and lifecycle events
+/// (`DraftCreated` adds; the others modify) read the same way for views,
+/// watches and progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change<'a> {
+    /// A new revision.
+    Added(&'a PackageRevision),
+    /// A changed revision (its state after the event).
+    Modified(&'a PackageRevision),
+    /// A removed revision: its name, and its last state when the event
+    /// carries it.
+    Deleted {
+        /// The object name.
+        name: &'a str,
+        /// The revision as it was (trimmed), if recorded.
+        last: Option<&'a PackageRevision>,
+    },
+}
+
+impl<'a> Change<'a> {
+    /// The change `payload` makes; `None` for events that change no
+    /// package revision (or lack the revision they should carry).
+    pub fn of(payload: &'a Payload) -> Option<Self> {
+        Some(match payload {
+            Payload::PackageRevisionAdded(e) => Change::Added(e.revision.as_ref()?),
+            Payload::DraftCreated(e) => Change::Added(e.revision.as_ref()?),
+            Payload::PackageRevisionModified(e) => Change::Modified(e.revision.as_ref()?),
+            Payload::DraftResourcesUpdated(e) => Change::Modified(e.revision.as_ref()?),
+            Payload::PackageRevisionProposed(e) => Change::Modified(e.revision.as_ref()?),
+            Payload::ProposalRejected(e) => Change::Modified(e.revision.as_ref()?),
+            Payload::PackageRevisionPublished(e) => Change::Modified(e.revision.as_ref()?),
+            Payload::DeletionProposed(e) => Change::Modified(e.revision.as_ref()?),
+            Payload::DeletionProposalWithdrawn(e) => Change::Modified(e.revision.as_ref()?),
+            Payload::PackageRevisionDeleted(e) => Change::Deleted {
+                name: &e.name,
+                last: e.last.as_ref(),
+            },
+            Payload::RepositoryRegistered(_)
+            | Payload::RepositorySpecChanged(_)
+            | Payload::RepositoryClosed(_)
+            | Payload::SyncStarted(_)
+            | Payload::SyncSucceeded(_)
+            | Payload::SyncFailed(_) => return None,
+        })
+    }
+
+    /// The object name of the revision.
+    pub fn name(&self) -> &'a str {
+        match self {
+            Change::Added(r) | Change::Modified(r) => &r.name,
+            Change::Deleted { name, .. } => name,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn lifecycle_events_read_as_added_modified_or_deleted() {
+        use crate::v1::{
+            DeletionProposed, DraftCreated, PackageRevisionDeleted, PackageRevisionPublished,
+            SyncStarted,
+        };
+        let r = PackageRevision {
+            name: "r.p.ws".into(),
+            ..Default::default()
+        };
+        let created = Payload::DraftCreated(DraftCreated {
+            revision: Some(r.clone()),
+            clone_from: String::new(),
+        });
+        assert_eq!(Change::of(&created), Some(Change::Added(&r)));
+        let published = Payload::PackageRevisionPublished(PackageRevisionPublished {
+            revision: Some(r.clone()),
+        });
+        assert_eq!(Change::of(&published), Some(Change::Modified(&r)));
+        let marked = Payload::DeletionProposed(DeletionProposed {
+            revision: Some(r.clone()),
+        });
+        assert_eq!(Change::of(&marked).map(|c| c.name()), Some("r.p.ws"));
+        let deleted = Payload::PackageRevisionDeleted(PackageRevisionDeleted {
+            name: "r.p.ws".into(),
+            last: None,
+        });
+        assert_eq!(
+            Change::of(&deleted),
+            Some(Change::Deleted {
+                name: "r.p.ws",
+                last: None
+            })
+        );
+        // Without the revision it must carry, or not about revisions: none.
+        let empty = Payload::DraftCreated(DraftCreated::default());
+        assert_eq!(Change::of(&empty), None);
+        let sync = Payload::SyncStarted(SyncStarted::default());
+        assert_eq!(Change::of(&sync), None);
+    }
     use crate::v1::Task;
 
     #[test]

@@ -14,8 +14,10 @@ use cairn_events::{
     envelope::{self, event},
     json,
     v1::{
-        event::Payload, Envelope, GitSpec, PackageRevision, PackageRevisionAdded,
-        PackageRevisionDeleted, PackageRevisionModified, RepositoryClosed, RepositoryRegistered,
+        event::Payload, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
+        DraftResourcesUpdated, Envelope, GitSpec, PackageRevision, PackageRevisionAdded,
+        PackageRevisionDeleted, PackageRevisionModified, PackageRevisionProposed,
+        PackageRevisionPublished, ProposalRejected, RepositoryClosed, RepositoryRegistered,
         RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded,
         Task, TraceContext,
     },
@@ -163,6 +165,71 @@ fn samples() -> Vec<(EventKind, Envelope)> {
             ),
         ),
         (
+            EventKind::DraftCreated,
+            envelope_for(10, {
+                let mut r = draft("Draft");
+                r.tasks.truncate(1);
+                Payload::DraftCreated(DraftCreated {
+                    revision: Some(r),
+                    clone_from: "blueprints.catalog.namespace.basens.v2".into(),
+                })
+            }),
+        ),
+        (
+            EventKind::DraftResourcesUpdated,
+            envelope_for(
+                11,
+                Payload::DraftResourcesUpdated(DraftResourcesUpdated {
+                    revision: Some(draft("Draft")),
+                }),
+            ),
+        ),
+        (
+            EventKind::PackageRevisionProposed,
+            envelope_for(
+                12,
+                Payload::PackageRevisionProposed(PackageRevisionProposed {
+                    revision: Some(draft("Proposed")),
+                }),
+            ),
+        ),
+        (
+            EventKind::ProposalRejected,
+            envelope_for(
+                13,
+                Payload::ProposalRejected(ProposalRejected {
+                    revision: Some(draft("Draft")),
+                }),
+            ),
+        ),
+        (
+            EventKind::PackageRevisionPublished,
+            envelope_for(14, {
+                let mut r = revision();
+                r.revision = 3;
+                r.workspace = "ws-7".into();
+                r.name = "blueprints.catalog.namespace.basens.ws-7".into();
+                Payload::PackageRevisionPublished(PackageRevisionPublished { revision: Some(r) })
+            }),
+        ),
+        (
+            EventKind::DeletionProposed,
+            envelope_for(15, {
+                let mut r = revision();
+                r.lifecycle = "DeletionProposed".into();
+                Payload::DeletionProposed(DeletionProposed { revision: Some(r) })
+            }),
+        ),
+        (
+            EventKind::DeletionProposalWithdrawn,
+            envelope_for(
+                16,
+                Payload::DeletionProposalWithdrawn(DeletionProposalWithdrawn {
+                    revision: Some(revision()),
+                }),
+            ),
+        ),
+        (
             EventKind::RepositoryClosed,
             envelope_for(
                 3,
@@ -172,6 +239,30 @@ fn samples() -> Vec<(EventKind, Envelope)> {
             ),
         ),
     ]
+}
+
+/// An unpublished revision of `lifecycle` with two tasks.
+fn draft(lifecycle: &str) -> PackageRevision {
+    PackageRevision {
+        name: "blueprints.catalog.namespace.basens.ws-7".into(),
+        workspace: "ws-7".into(),
+        revision: 0,
+        lifecycle: lifecycle.into(),
+        latest: false,
+        published_by: String::new(),
+        published_at: None,
+        tasks: vec![
+            Task {
+                r#type: "init".into(),
+                raw: r#"{"type":"init","init":{"description":"basens"}}"#.into(),
+            },
+            Task {
+                r#type: "patch".into(),
+                raw: r#"{"type":"patch","patch":{}}"#.into(),
+            },
+        ],
+        ..revision()
+    }
 }
 
 fn revision() -> PackageRevision {
@@ -233,7 +324,14 @@ fn every_kind_has_a_sample() {
             | Payload::SyncFailed(_)
             | Payload::PackageRevisionAdded(_)
             | Payload::PackageRevisionModified(_)
-            | Payload::PackageRevisionDeleted(_) => {}
+            | Payload::PackageRevisionDeleted(_)
+            | Payload::DraftCreated(_)
+            | Payload::DraftResourcesUpdated(_)
+            | Payload::PackageRevisionProposed(_)
+            | Payload::ProposalRejected(_)
+            | Payload::PackageRevisionPublished(_)
+            | Payload::DeletionProposed(_)
+            | Payload::DeletionProposalWithdrawn(_) => {}
         }
     }
 }

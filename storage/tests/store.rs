@@ -954,3 +954,81 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn lifecycle_events_move_a_revision_through_both_revision_views() {
+    use cairn_events::v1::{DraftCreated, PackageRevisionProposed, PackageRevisionPublished};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d = Digest::of(b"blob0");
+    let pin = store.put(b"blob0").unwrap();
+    let r1 = StreamId::repository("ns", "r1").unwrap();
+    let mut draft = PackageRevision {
+        name: "r1.pkg.ws".into(),
+        package: "pkg".into(),
+        workspace: "ws".into(),
+        revision: 0,
+        lifecycle: "Draft".into(),
+        resources: [("Kptfile".to_string(), d.to_string())].into(),
+        ..Default::default()
+    };
+    let lifecycle = |store: &Store| -> (String, i64, String) {
+        let row = PackageRevisionsView::get(store, "ns", "r1.pkg.ws")
+            .unwrap()
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&listed(store, &Scope::default(), None)[0].2).unwrap();
+        let r = row.revision.unwrap();
+        assert_eq!(json["lifecycle"].as_str(), Some(r.lifecycle.as_str()));
+        (
+            r.lifecycle,
+            r.revision,
+            json["resource_version"].as_str().unwrap().to_owned(),
+        )
+    };
+    store
+        .append(
+            &r1,
+            ExpectedVersion::Any,
+            vec![event(Payload::DraftCreated(DraftCreated {
+                revision: Some(draft.clone()),
+                clone_from: String::new(),
+            }))],
+            Metadata::default(),
+        )
+        .unwrap();
+    drop(pin);
+    assert_eq!(lifecycle(&store), ("Draft".into(), 0, "1".into()));
+    draft.lifecycle = "Proposed".into();
+    let proposed = event(Payload::PackageRevisionProposed(PackageRevisionProposed {
+        revision: Some(draft.clone()),
+    }));
+    draft.lifecycle = "Published".into();
+    draft.revision = 1;
+    draft.latest = true;
+    let published = event(Payload::PackageRevisionPublished(
+        PackageRevisionPublished {
+            revision: Some(draft.clone()),
+        },
+    ));
+    store
+        .append(
+            &r1,
+            ExpectedVersion::Exact(1),
+            vec![proposed],
+            Metadata::default(),
+        )
+        .unwrap();
+    assert_eq!(lifecycle(&store), ("Proposed".into(), 0, "2".into()));
+    store
+        .append(
+            &r1,
+            ExpectedVersion::Exact(2),
+            vec![published],
+            Metadata::default(),
+        )
+        .unwrap();
+    assert_eq!(lifecycle(&store), ("Published".into(), 1, "3".into()));
+    // The blob stays referenced by the row through every change.
+    assert_eq!(store.ref_count(&d).unwrap(), 1);
+}

@@ -3,7 +3,10 @@
 //! envelopes the hub admits into a watcher's queue (see the module docs of
 //! [`crate::watch`], "Filters and transitions").
 
-use cairn_events::v1::{event::Payload, Envelope, PackageRevision};
+use cairn_events::{
+    revision::Change,
+    v1::{event::Payload, Envelope, PackageRevision},
+};
 
 use crate::{service::pkgrev::Filter, ServiceError};
 
@@ -110,21 +113,30 @@ pub enum Classified<'a> {
     },
 }
 
+/// Whether `payload` is about a package revision (its kind's subject is
+/// `packagerevision.…`), even when it lacks the revision it should carry.
+fn is_revision_event(payload: &Payload) -> bool {
+    cairn_events::EventKind::of(payload)
+        .subject_suffix()
+        .starts_with("packagerevision.")
+}
+
 /// Classifies `envelope`; `None` for events outside repository streams and
 /// for envelopes without a payload (or a package revision event without
 /// its revision).
 pub fn classify(envelope: &Envelope) -> Option<Classified<'_>> {
     let payload = envelope.event.as_ref()?.payload.as_ref()?;
     let (namespace, repository) = repository_of(&envelope.stream)?;
-    let event = match payload {
-        Payload::PackageRevisionAdded(e) => RevisionEvent::Added(e.revision.as_ref()?),
-        Payload::PackageRevisionModified(e) => RevisionEvent::Modified(e.revision.as_ref()?),
-        Payload::PackageRevisionDeleted(e) => RevisionEvent::Deleted(&e.name, e.last.as_ref()),
-        other => {
+    let event = match Change::of(payload) {
+        Some(Change::Added(r)) => RevisionEvent::Added(r),
+        Some(Change::Modified(r)) => RevisionEvent::Modified(r),
+        Some(Change::Deleted { name, last }) => RevisionEvent::Deleted(name, last),
+        None if is_revision_event(payload) => return None,
+        None => {
             return Some(Classified::Repository {
                 namespace,
                 name: repository,
-                payload: other,
+                payload,
             })
         }
     };

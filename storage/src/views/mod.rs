@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use cairn_events::{
-    v1::{event::Payload, Envelope, PackageRevision},
+    revision::Change,
+    v1::{Envelope, PackageRevision},
     StreamId,
 };
 
@@ -60,19 +61,17 @@ pub(crate) fn on_revision_change(
     let Some((namespace, repository)) = stream.as_repository() else {
         return Ok(());
     };
-    let (revision, name) = match payload {
-        Payload::PackageRevisionAdded(e) => (e.revision.as_ref(), None),
-        Payload::PackageRevisionModified(e) => (e.revision.as_ref(), None),
-        Payload::PackageRevisionDeleted(e) => (None, Some(e.name.as_str())),
-        _ => return Ok(()),
-    };
-    let Some(name) = revision.map(|r| r.name.as_str()).or(name) else {
+    let Some(change) = Change::of(payload) else {
         return Ok(());
+    };
+    let revision = match change {
+        Change::Added(r) | Change::Modified(r) => Some(r),
+        Change::Deleted { .. } => None,
     };
     fold(RevisionChange {
         namespace,
         repository,
-        name,
+        name: change.name(),
         revision,
     })
 }
