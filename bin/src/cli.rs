@@ -181,21 +181,8 @@ enum RepoCommand {
 enum PkgCommand {
     /// List package revisions.
     List {
-        /// Only this namespace.
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
-        /// Only this repository.
-        #[arg(long)]
-        repository: Option<String>,
-        /// Only this package.
-        #[arg(long)]
-        package: Option<String>,
-        /// Only these lifecycles (repeatable).
-        #[arg(long)]
-        lifecycle: Vec<String>,
-        /// Only latest revisions.
-        #[arg(long)]
-        latest: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Show a package revision.
     Get {
@@ -211,8 +198,9 @@ enum PkgCommand {
     },
 }
 
+/// The `pkgrev.list` filter as flags (`pkg list`, `watch`).
 #[derive(Debug, Args)]
-struct WatchArgs {
+struct FilterArgs {
     /// Only this namespace.
     #[arg(long, short = 'n')]
     namespace: Option<String>,
@@ -237,6 +225,46 @@ struct WatchArgs {
     /// Only latest revisions.
     #[arg(long)]
     latest: bool,
+}
+
+impl FilterArgs {
+    /// The filter as the fields of a `pkgrev.list` request.
+    fn into_json(self) -> serde_json::Map<String, serde_json::Value> {
+        let mut filter = serde_json::Map::new();
+        let strings = [
+            ("namespace", self.namespace),
+            ("repository", self.repository),
+            ("package", self.package),
+            ("path", self.path),
+            ("workspace", self.workspace),
+        ];
+        for (key, value) in strings {
+            if let Some(v) = value {
+                filter.insert(key.into(), v.into());
+            }
+        }
+        if !self.lifecycle.is_empty() {
+            filter.insert("lifecycle".into(), self.lifecycle.into());
+        }
+        if !self.labels.is_empty() {
+            let labels: serde_json::Map<String, serde_json::Value> = self
+                .labels
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect();
+            filter.insert("labels".into(), labels.into());
+        }
+        if self.latest {
+            filter.insert("latest".into(), true.into());
+        }
+        filter
+    }
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Kinds of events: packagerevision (default), repository (repeatable).
     #[arg(long = "kind")]
     kinds: Vec<String>,
@@ -528,29 +556,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let c = client::Client::connect(&conn.nats_url, conn.timeout)?;
             let out = &mut stdout;
             match command {
-                PkgCommand::List {
-                    namespace,
-                    repository,
-                    package,
-                    lifecycle,
-                    latest,
-                } => {
-                    let mut body = serde_json::json!({});
-                    if let Some(v) = namespace {
-                        body["namespace"] = v.into();
-                    }
-                    if let Some(v) = repository {
-                        body["repository"] = v.into();
-                    }
-                    if let Some(v) = package {
-                        body["package"] = v.into();
-                    }
-                    if !lifecycle.is_empty() {
-                        body["lifecycle"] = lifecycle.into();
-                    }
-                    if latest {
-                        body["latest"] = true.into();
-                    }
+                PkgCommand::List { filter } => {
+                    let mut body = serde_json::Value::Object(filter.into_json());
                     // Follow continue tokens: print every page as one list.
                     let mut items = Vec::new();
                     loop {
@@ -596,33 +603,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Watch(args) => {
             telemetry::init("warn", false);
-            let mut filter = serde_json::Map::new();
-            let strings = [
-                ("namespace", args.namespace),
-                ("repository", args.repository),
-                ("package", args.package),
-                ("path", args.path),
-                ("workspace", args.workspace),
-            ];
-            for (key, value) in strings {
-                if let Some(v) = value {
-                    filter.insert(key.into(), v.into());
-                }
-            }
-            if !args.lifecycle.is_empty() {
-                filter.insert("lifecycle".into(), args.lifecycle.into());
-            }
-            if !args.labels.is_empty() {
-                let labels: serde_json::Map<String, serde_json::Value> = args
-                    .labels
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into()))
-                    .collect();
-                filter.insert("labels".into(), labels.into());
-            }
-            if args.latest {
-                filter.insert("latest".into(), true.into());
-            }
+            let filter = args.filter.into_json();
             let options = watch_cmd::WatchOptions {
                 nats_url: args.nats_url,
                 filter,

@@ -80,7 +80,8 @@ pub async fn events_after(
 }
 
 /// Runs `git` with `args` in `dir` (a fixed author and date, no user
-/// config); returns its standard output. Fails the test when git fails.
+/// config); returns its standard output, trimmed. Fails the test when git
+/// fails.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .current_dir(dir)
@@ -101,5 +102,5 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

@@ -22,46 +22,15 @@ use cairn::{
 };
 use cairn_events::v1::{event::Payload, Envelope};
 use cairn_storage::EventLog;
-use cairn_tests::{async_lines, free_port, next_line, shared_dir};
+use cairn_tests::{
+    async_lines, free_port, next_line,
+    service::{git, unpack},
+};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn-under-test");
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Unpacks a Porch fixture into `into`; returns its `file://` URL.
-fn unpack(fixture: &str, into: &Path) -> String {
-    std::fs::create_dir_all(into).unwrap();
-    let tar = shared_dir()
-        .join("porch-testdata")
-        .join(format!("{fixture}.tar"));
-    let status = Command::new("tar")
-        .arg("--no-same-owner")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(into)
-        .status()
-        .unwrap();
-    assert!(status.success(), "unpacking {}", tar.display());
-    format!("file://{}/.git", into.display())
-}
-
-/// Runs `git` with `args` in `dir` (a work tree, or `--git-dir` given).
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// Runs `git --git-dir=<upstream>/.git args`.
 fn upstream_git(upstream: &Path, args: &[&str]) -> String {
