@@ -135,10 +135,11 @@ pub fn discover(path: &Path, branch: &str, directory: &str) -> Result<Discovery,
     discover_on(path, branch, directory, None, None)
 }
 
-/// [`discover`] of the published, draft and proposed revisions of
-/// `packages` only (full package paths in the repository, as their refs
-/// name them, see [`package_of_ref`]): no placeholders, and only their refs
-/// are read. What an incremental sync reads when only such refs changed.
+/// [`discover`] of the revisions of `packages` only (full package paths in
+/// the repository, as their refs name them, see [`package_of_ref`]):
+/// their placeholders, tags, drafts and proposals; only their refs are
+/// read. What an incremental sync reads when only such refs changed, and
+/// what a lifecycle command reads back after writing a package.
 pub fn discover_packages(
     path: &Path,
     branch: &str,
@@ -349,8 +350,20 @@ impl Discoverer<'_> {
             }
         }
         let refs_done = started.elapsed();
-        if let Some(tip) = main.filter(|_| only.is_none()) {
-            for (package, tree) in self.packages_on(tip)? {
+        if let Some(tip) = main {
+            let on_branch = match only {
+                None => self.packages_on(tip)?,
+                Some(only) => {
+                    let mut found = Vec::new();
+                    for package in only {
+                        if let Some(tree) = self.package_at(tip, package)? {
+                            found.push((package.clone(), tree));
+                        }
+                    }
+                    found
+                }
+            };
+            for (package, tree) in on_branch {
                 let dp_key = format!("{package}/{}", self.branch);
                 let lifecycle = if deletion_proposed.contains(&dp_key) {
                     Lifecycle::DeletionProposed

@@ -229,10 +229,10 @@ impl RepositoryComponent {
     }
 
     /// The events of a sync that found the upstream's refs as the last
-    /// `sync_events` over the revisions `scope` covers: all of them, or the
-    /// published, draft and proposed revisions of some packages (`packages`
-    /// full paths; the registered `directory` prefixes revisions' paths),
-    /// the others staying as they are. Also answers the package revisions
+    /// `sync_events` over the revisions `scope` covers: all of them, or
+    /// those of some packages (`packages` full paths; the registered
+    /// `directory` prefixes revisions' paths), the others staying as they
+    /// are. Also answers the package revisions
     /// after the sync (`SyncSucceeded.package_count`).
     pub fn scoped_sync_events(
         current: BTreeMap<String, PackageRevision>,
@@ -252,9 +252,7 @@ impl RepositoryComponent {
         let total = current.len();
         let covered: BTreeMap<String, PackageRevision> = current
             .into_iter()
-            .filter(|(_, r)| {
-                r.revision != -1 && packages.contains(&package_path(directory, &r.path, &r.package))
-            })
+            .filter(|(_, r)| packages.contains(&package_path(directory, &r.path, &r.package)))
             .collect();
         let count = total - covered.len() + discovered.len();
         let (mut events, changes) =

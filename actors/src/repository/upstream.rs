@@ -162,9 +162,8 @@ pub struct Known {
 pub enum Scope {
     /// All of the repository's.
     Full,
-    /// The published, draft and proposed revisions of these packages (full
-    /// paths in the repository); the rest, placeholders included, are as the
-    /// view has them.
+    /// The revisions of these packages (full paths in the repository); the
+    /// rest are as the view has them.
     Packages(HashSet<String>),
 }
 
