@@ -24,7 +24,7 @@ use cairn_events::v1::{event::Payload, Envelope};
 use cairn_storage::EventLog;
 use cairn_tests::{
     async_lines, free_port, next_line,
-    service::{git, unpack},
+    service::{call, git, ok, unpack},
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -88,32 +88,6 @@ async fn start_node(data_dir: &Path, watch: WatchSection) -> Node {
         ..Default::default()
     };
     Node::start(config).await.unwrap()
-}
-
-/// Sends a JSON request; returns the error code (if any) and the body.
-async fn call(client: &async_nats::Client, endpoint: &str, body: Value) -> (Option<String>, Value) {
-    let reply = tokio::time::timeout(
-        WAIT,
-        client.request(
-            format!("cairn.v1.{endpoint}"),
-            serde_json::to_vec(&body).unwrap().into(),
-        ),
-    )
-    .await
-    .expect("reply in time")
-    .expect("a responder");
-    let code = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Service-Error-Code"))
-        .map(|v| v.to_string());
-    (code, serde_json::from_slice(&reply.payload).unwrap())
-}
-
-async fn ok(client: &async_nats::Client, endpoint: &str, body: Value) -> Value {
-    let (code, reply) = call(client, endpoint, body).await;
-    assert_eq!(code, None, "{endpoint} failed: {reply}");
-    reply
 }
 
 async fn register(client: &async_nats::Client, name: &str, url: &str) {

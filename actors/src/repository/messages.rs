@@ -53,8 +53,6 @@ pub struct SyncReport {
     pub deleted: u32,
     /// Package revisions after the sync.
     pub package_count: u32,
-    /// The next sync, as recorded (when a SyncManager asked).
-    pub next_sync_at: Option<std::time::SystemTime>,
 }
 
 /// Unregisters: `PackageRevisionDeleted` for each revision, then

@@ -215,7 +215,6 @@ async fn sync_once(
                 modified: changes.modified,
                 deleted: changes.deleted,
                 package_count: package_count as u32,
-                next_sync_at,
             })
         }
         Err(e) => {

@@ -119,15 +119,6 @@ pub struct Scheduling {
     pub clock: Arc<dyn Clock>,
 }
 
-impl Default for Scheduling {
-    fn default() -> Self {
-        Self {
-            policy: Arc::new(SyncPolicy::default()),
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
 /// The SyncManager of one repository.
 #[derive(Debug)]
 pub struct SyncManager {

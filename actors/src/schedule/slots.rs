@@ -26,7 +26,6 @@ pub struct SlotState {
 pub struct SyncSlots {
     semaphore: Arc<Semaphore>,
     state: Arc<watch::Sender<SlotState>>,
-    max: usize,
 }
 
 /// A slot; given back when dropped.
@@ -45,17 +44,10 @@ impl Drop for SyncSlot {
 impl SyncSlots {
     /// At most `max` (at least 1) syncs at once.
     pub fn new(max: usize) -> Self {
-        let max = max.max(1);
         Self {
-            semaphore: Arc::new(Semaphore::new(max)),
+            semaphore: Arc::new(Semaphore::new(max.max(1))),
             state: Arc::new(watch::Sender::new(SlotState::default())),
-            max,
         }
-    }
-
-    /// The cap.
-    pub fn max(&self) -> usize {
-        self.max
     }
 
     /// Waits for a slot (counted as waiting meanwhile, also when the wait

@@ -349,7 +349,6 @@ pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<B
     let (f, namespace, name) = key_fields(body, &["wait"])?;
     let wait = f.bool("wait")?.unwrap_or(true);
     let metadata = metadata(&request, f.string("principal")?);
-    let row = current(&context, namespace.clone(), name.clone()).await?;
     let sync = context.registry.send(SyncRepository {
         namespace: namespace.clone(),
         name: name.clone(),
@@ -358,6 +357,9 @@ pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<B
         metadata,
     });
     if !wait {
+        // Read first: an unknown repository is a 404 to the client, not a
+        // failure of a background sync nobody sees.
+        let row = current(&context, namespace, name).await?;
         tokio::spawn(async move {
             if let Ok(Err(e)) = sync.await {
                 tracing::debug!(error = %e, "background sync failed");
