@@ -160,6 +160,9 @@ pub struct ServiceSection {
     pub request_max_bytes: usize,
     /// Requests handled at once. Default: 256.
     pub max_concurrent_requests: usize,
+    /// Largest file of a package written through `pkgrev.create|update`
+    /// (and `cairn pkg push`), in bytes. Default: 524288.
+    pub resource_max_bytes: usize,
 }
 
 impl Default for ServiceSection {
@@ -168,6 +171,7 @@ impl Default for ServiceSection {
         Self {
             request_max_bytes: d.request_max_bytes,
             max_concurrent_requests: d.max_concurrent_requests,
+            resource_max_bytes: d.resource_max_bytes,
         }
     }
 }
@@ -549,6 +553,15 @@ impl NodeConfig {
                 format!(
                     "must be between 1024 and 1048576, got {}",
                     self.service.request_max_bytes
+                ),
+            );
+        }
+        if !(1..=64 << 20).contains(&self.service.resource_max_bytes) {
+            return bad(
+                "service.resource-max-bytes",
+                format!(
+                    "must be between 1 and 67108864, got {}",
+                    self.service.resource_max_bytes
                 ),
             );
         }

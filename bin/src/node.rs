@@ -111,6 +111,7 @@ impl Node {
         let service_config = ServiceConfig {
             request_max_bytes: config.service.request_max_bytes,
             max_concurrent_requests: config.service.max_concurrent_requests,
+            resource_max_bytes: config.service.resource_max_bytes,
             watch: config.watch.watch_config(),
             ..ServiceConfig::default()
         };

@@ -416,6 +416,12 @@ fn fetch_into(
     Ok(advertised)
 }
 
+impl From<git2::Error> for OriginError {
+    fn from(e: git2::Error) -> Self {
+        map_git_error(e)
+    }
+}
+
 /// Sorts a libgit2 error into an [`OriginError`] class.
 pub(super) fn map_git_error(e: git2::Error) -> OriginError {
     let message = e.message().to_owned();

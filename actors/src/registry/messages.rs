@@ -93,3 +93,16 @@ pub struct RefsRead;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// A lifecycle command for the repository `namespace/name`, handed to its
+/// RepositoryActor.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::repository::command::Outcome, ServiceError>")]
+pub struct CommandRepository {
+    /// Namespace.
+    pub namespace: String,
+    /// Repository name.
+    pub name: String,
+    /// The command.
+    pub command: crate::repository::Command,
+}

@@ -25,8 +25,8 @@ use cairn_storage::{views::RepositoriesView, StorageError, Store};
 use tracing::{info, warn};
 
 pub use messages::{
-    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, Shutdown, SyncRepository,
-    UnregisterRepository, UpdateRepository,
+    CommandRepository, DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository,
+    Shutdown, SyncRepository, UnregisterRepository, UpdateRepository,
 };
 
 use crate::{
@@ -278,6 +278,26 @@ impl Handler<SyncRepository> for Registry {
                     metadata: msg.metadata,
                 })
                 .await?
+        })
+    }
+}
+
+impl Handler<CommandRepository> for Registry {
+    type Result = ResponseFuture<Result<crate::repository::command::Outcome, ServiceError>>;
+
+    fn handle(&mut self, msg: CommandRepository, _ctx: &mut Self::Context) -> Self::Result {
+        let actor = self
+            .repositories
+            .get(&(msg.namespace.clone(), msg.name.clone()))
+            .map(|e| e.actor.clone());
+        Box::pin(async move {
+            let actor = actor.ok_or_else(|| {
+                ServiceError::not_found(format!(
+                    "repository {}/{} not found",
+                    msg.namespace, msg.name
+                ))
+            })?;
+            actor.send(msg.command).await?
         })
     }
 }

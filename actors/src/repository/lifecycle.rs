@@ -171,7 +171,7 @@ pub fn reject(refs: &PackageRefs, workspace: &str, commit: Oid) -> Vec<RefChange
 
 /// Proposed → Published `revision`: a commit on the registered branch's
 /// `head` replacing the package subtree with the proposal's (at commit
-/// `proposal`), with Porch's message and annotation; the branch moved to
+/// `proposal`, its second parent), with Porch's message and annotation; the branch moved to
 /// it, tag `<package>/v<revision>` on it, the proposed branch removed.
 pub fn approve(
     repo: &Repository,
@@ -200,7 +200,9 @@ pub fn approve(
         refs.full,
         refs.annotation(workspace, &format!("v{revision}"), None)
     );
-    let commit = write::commit(repo, root, &[head], &message, author)?;
+    // The proposal is the second parent: the published revision keeps the
+    // draft's history (its tasks), as Porch's approval commit does.
+    let commit = write::commit(repo, root, &[head, proposal], &message, author)?;
     Ok((
         commit,
         vec![

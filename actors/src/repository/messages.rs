@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Instant};
 use actix::Message;
 use cairn_events::{envelope::Metadata, v1::RepositorySpec};
 
+use super::command::{Op, Outcome};
 use crate::{schedule::NextSync, ServiceError};
 
 /// Records the registration (`RepositoryRegistered`). Sent once, first.
@@ -68,3 +69,15 @@ pub struct Close {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Stop;
+
+/// A lifecycle command (see [`super::command`]): validated against the
+/// view, written to the upstream, recorded as events once it accepted them;
+/// answers what it left.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Outcome, ServiceError>")]
+pub struct Command {
+    /// What to do.
+    pub op: Op,
+    /// Who asked (the commits' author when known), and the command's ids.
+    pub metadata: Metadata,
+}

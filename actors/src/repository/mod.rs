@@ -10,12 +10,15 @@
 //! - [`component`] — state and decisions (reconcile, close), unit-tested.
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
 //! - [`lifecycle`] — lifecycle commands as Git commits and ref changes.
-//! - [`messages`] — `Register`, `Sync`, `UpdateSpec`, `Close`.
+//! - [`command`] — a lifecycle command end to end: validate against the
+//!   view, push, read the package back, type its events.
+//! - [`messages`] — `Register`, `Sync`, `Command`, `UpdateSpec`, `Close`.
 //!
 //! Every sync takes a slot of the node-wide cap
 //! ([`crate::schedule::SyncSlots`]) before it opens with `SyncStarted`, and
 //! records the next sync time its SyncManager decides in its last event.
 
+pub mod command;
 pub mod component;
 pub mod lifecycle;
 pub mod messages;
@@ -39,7 +42,7 @@ use tracing::{info, warn};
 use cairn_storage::views::RepositoriesView;
 use component::Changes;
 pub use component::RepositoryComponent;
-pub use messages::{Close, Register, Stop, Sync, SyncReport, UpdateSpec};
+pub use messages::{Close, Command, Register, Stop, Sync, SyncReport, UpdateSpec};
 use upstream::{read_upstream, Known, SyncEnv, UpstreamRead};
 
 use crate::{origin::OriginError, ServiceError};
@@ -307,6 +310,78 @@ pub fn timestamp(at: SystemTime) -> pbjson_types::Timestamp {
     pbjson_types::Timestamp {
         seconds: since.as_secs() as i64,
         nanos: since.subsec_nanos() as i32,
+    }
+}
+
+impl Handler<Command> for RepositoryActor {
+    type Result = AtomicResponse<Self, Result<command::Outcome, ServiceError>>;
+
+    fn handle(&mut self, msg: Command, _ctx: &mut Self::Context) -> Self::Result {
+        let env = self.env.clone();
+        let mut component = self.component.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let result = run_command(&env, &mut component, msg).await;
+                (component, result)
+            }
+            .into_actor(self)
+            .map(|(component, result), act, _| {
+                act.component = component;
+                result
+            }),
+        ))
+    }
+}
+
+/// One lifecycle command: the Git work and the read-back off the arbiter,
+/// then its events, then the target as the view has it.
+async fn run_command(
+    env: &Arc<SyncEnv>,
+    component: &mut RepositoryComponent,
+    msg: Command,
+) -> Result<command::Outcome, ServiceError> {
+    let started = Instant::now();
+    let verb = msg.op.verb();
+    let (work_env, snapshot, op) = (env.clone(), component.clone(), msg.op);
+    let principal = msg.metadata.principal.clone();
+    let executed = tokio::task::spawn_blocking(move || {
+        command::execute(&work_env, &snapshot, &op, &principal)
+    })
+    .await
+    .map_err(|e| ServiceError::internal(format!("{verb} task failed: {e}")))?;
+    let command::Executed {
+        events,
+        name,
+        deleted,
+        pins,
+    } = match executed {
+        Ok(executed) => executed,
+        Err(e) => {
+            info!(repo = %component.stream, verb, error = %e, "command refused");
+            return Err(e);
+        }
+    };
+    let count = events.len();
+    append(env, component, events, msg.metadata).await?;
+    drop(pins); // the references are committed now
+    info!(repo = %component.stream, verb, revision = %name, events = count,
+        duration_ms = started.elapsed().as_millis() as u64, "command done");
+    if deleted {
+        return Ok(command::Outcome::Deleted(name));
+    }
+    let store = env.store.clone();
+    let namespace = component.spec.namespace.clone();
+    let row = tokio::task::spawn_blocking(move || {
+        cairn_storage::views::PackageRevisionsView::get(&store, &namespace, &name)
+            .map(|row| (row, name))
+    })
+    .await
+    .map_err(|e| ServiceError::internal(format!("{verb} task failed: {e}")))??;
+    match row {
+        (Some(row), _) => Ok(command::Outcome::Revision(Box::new(row))),
+        (None, name) => Err(ServiceError::internal(format!(
+            "the upstream accepted {verb} of {name}, but it does not read back as a package revision"
+        ))),
     }
 }
 

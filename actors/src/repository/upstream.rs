@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -113,6 +113,33 @@ impl Fetches {
             outcome: outcome.clone(),
         });
         Ok(outcome)
+    }
+
+    /// Runs `write` on the mirror of `url` (fetched first when there is
+    /// none yet) while no fetch of it runs. `write` gets the mirror's path
+    /// and a way to fetch into it again (for a retry after the upstream
+    /// moved). The last fetch is forgotten after, as `write` changed the
+    /// upstream: a sync asked from now on fetches again.
+    pub fn write<T>(
+        &self,
+        url: &str,
+        credentials: Option<&Credentials>,
+        write: impl FnOnce(&Path, &mut dyn FnMut() -> Result<(), OriginError>) -> Result<T, OriginError>,
+    ) -> Result<T, OriginError> {
+        let slot = self.slots.lock().entry(url.to_owned()).or_default().clone();
+        let mut last = slot.lock();
+        let mirror = self.cache.mirror_path(url);
+        let mut refetch = || {
+            self.cache.fetch(url, credentials)?;
+            self.count.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        };
+        if !mirror.exists() {
+            refetch()?;
+        }
+        let result = write(&mirror, &mut refetch);
+        *last = None;
+        result
     }
 
     /// Forgets `url` and removes its mirror (its last registration is gone).
@@ -297,12 +324,40 @@ pub fn read_upstream(
         .ok_or_else(|| OriginError::BranchMissing {
             branch: git.branch.clone(),
         })?;
-    // Contents go into the blob store one at a time, each blob once.
-    let blobs = origin::Blobs::open(&mirror)?;
+    let (revisions, pins) = store_revisions(env, &mirror, spec, discovery.revisions)?;
+    debug!(
+        url = %git.url,
+        revisions = revisions.len(),
+        fetch_ms = fetched.as_millis(),
+        discover_ms = discovered.as_millis(),
+        store_ms = (started.elapsed() - fetched - discovered).as_millis(),
+        "upstream read"
+    );
+    Ok(UpstreamRead::Changed(Upstream {
+        refs_digest: outcome.digest,
+        refs: Arc::new(outcome.raw),
+        scope,
+        commit,
+        revisions,
+        pins,
+    }))
+}
+
+/// The discovered `found` revisions as package revisions of `spec`'s
+/// repository, their contents put into the blob store (one at a time, each
+/// blob once), with the pins that keep those blobs until the events
+/// referring to them commit. Blocking.
+pub fn store_revisions(
+    env: &SyncEnv,
+    mirror: &Path,
+    spec: &RepositorySpec,
+    found: Vec<origin::DiscoveredRevision>,
+) -> Result<(BTreeMap<String, PackageRevision>, Vec<BlobPin>), OriginError> {
+    let blobs = origin::Blobs::open(mirror)?;
     let mut digests: HashMap<git2::Oid, String> = HashMap::new();
     let mut pins = Vec::new();
     let mut revisions = BTreeMap::new();
-    for found in discovery.revisions {
+    for found in found {
         let mut resources = BTreeMap::new();
         for (path, id) in found.resources.iter() {
             let digest = match digests.get(id) {
@@ -345,22 +400,7 @@ pub fn read_upstream(
         };
         revisions.insert(name, revision);
     }
-    debug!(
-        url = %git.url,
-        revisions = revisions.len(),
-        fetch_ms = fetched.as_millis(),
-        discover_ms = discovered.as_millis(),
-        store_ms = (started.elapsed() - fetched - discovered).as_millis(),
-        "upstream read"
-    );
-    Ok(UpstreamRead::Changed(Upstream {
-        refs_digest: outcome.digest,
-        refs: Arc::new(outcome.raw),
-        scope,
-        commit,
-        revisions,
-        pins,
-    }))
+    Ok((revisions, pins))
 }
 
 /// Parses an RFC 3339 time into a protobuf timestamp.

@@ -16,6 +16,9 @@
 //! - [`log`] — `cairn.v1.log.read`.
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
 //! - [`pkgrev`] — `cairn.v1.pkgrev.list|get|resources`.
+//! - [`lifecycle`] — `cairn.v1.pkgrev.create|update|propose|reject|approve|
+//!   propose-delete|withdraw-delete|delete`. Their bodies may be as large
+//!   as the server's `max_payload` (a package's files travel in them).
 //! - [`validate`] — names, branches, directories.
 //! - [`watch`] — `cairn.v1.watch.start|stop` (the watches themselves live
 //!   in [`crate::watch`]). The number of live watchers is the `watchers`
@@ -23,6 +26,7 @@
 
 pub mod codec;
 pub mod fields;
+pub mod lifecycle;
 pub mod log;
 pub mod pages;
 pub mod pkgrev;
@@ -55,6 +59,9 @@ pub struct ServiceConfig {
     pub page_cache_bytes: usize,
     /// Limits of watches (queue size, watchers at most).
     pub watch: crate::watch::WatchConfig,
+    /// Largest file of a package written through `pkgrev.create|update`,
+    /// in bytes. Default: 512 KiB.
+    pub resource_max_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -65,6 +72,7 @@ impl Default for ServiceConfig {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             page_cache_bytes: 16 << 20,
             watch: crate::watch::WatchConfig::default(),
+            resource_max_bytes: 512 * 1024,
         }
     }
 }
@@ -149,7 +157,10 @@ impl CairnService {
         ));
         let mut tasks = Vec::new();
         macro_rules! endpoint {
-            ($name:literal, $message:ty, $handler:path) => {{
+            ($name:literal, $message:ty, $handler:path) => {
+                endpoint!($name, $message, $handler, RequestLimit::Config)
+            };
+            ($name:literal, $message:ty, $handler:path, $limit:expr) => {{
                 let endpoint = service
                     .endpoint_builder()
                     .name($name.replace('.', "-"))
@@ -159,6 +170,7 @@ impl CairnService {
                     endpoint,
                     context.clone(),
                     limiter.clone(),
+                    $limit,
                     $handler,
                 ));
             }};
@@ -214,6 +226,48 @@ impl CairnService {
             pkgrev::handle_resources
         );
         endpoint!(
+            "pkgrev.create",
+            cairn_events::v1::PkgRevCreateRequest,
+            lifecycle::handle_create,
+            RequestLimit::MaxPayload
+        );
+        endpoint!(
+            "pkgrev.update",
+            cairn_events::v1::PkgRevUpdateRequest,
+            lifecycle::handle_update,
+            RequestLimit::MaxPayload
+        );
+        endpoint!(
+            "pkgrev.propose",
+            cairn_events::v1::PkgRevCommandRequest,
+            lifecycle::handle_propose
+        );
+        endpoint!(
+            "pkgrev.reject",
+            cairn_events::v1::PkgRevCommandRequest,
+            lifecycle::handle_reject
+        );
+        endpoint!(
+            "pkgrev.approve",
+            cairn_events::v1::PkgRevCommandRequest,
+            lifecycle::handle_approve
+        );
+        endpoint!(
+            "pkgrev.propose-delete",
+            cairn_events::v1::PkgRevCommandRequest,
+            lifecycle::handle_propose_delete
+        );
+        endpoint!(
+            "pkgrev.withdraw-delete",
+            cairn_events::v1::PkgRevCommandRequest,
+            lifecycle::handle_withdraw_delete
+        );
+        endpoint!(
+            "pkgrev.delete",
+            cairn_events::v1::PkgRevCommandRequest,
+            lifecycle::handle_delete
+        );
+        endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,
             watch::handle_start
@@ -254,12 +308,22 @@ impl CairnService {
 /// The endpoint whose `$SRV.STATS` `data` carries `{"watchers": N}`.
 pub const WATCH_STATS_ENDPOINT: &str = "watch-start";
 
+/// How large a request an endpoint takes.
+#[derive(Debug, Clone, Copy)]
+enum RequestLimit {
+    /// `request_max_bytes` of the config.
+    Config,
+    /// Whatever the server lets through (its `max_payload`).
+    MaxPayload,
+}
+
 /// Runs `handler` for each request of `endpoint`, at most `limiter`'s
 /// permits at once across the service.
 fn serve<M, F, Fut>(
     mut endpoint: service::endpoint::Endpoint,
     context: ServiceContext,
     limiter: Arc<Semaphore>,
+    limit: RequestLimit,
     handler: F,
 ) -> JoinHandle<()>
 where
@@ -275,22 +339,25 @@ where
             let context = context.clone();
             tokio::spawn(async move {
                 let format = codec::Format::of(&request);
-                let result =
-                    match codec::request_json::<M>(&request, context.config.request_max_bytes) {
-                        Ok((format, body)) => {
-                            let headers = request.message.headers.clone();
-                            handler(
-                                context,
-                                Incoming {
-                                    format,
-                                    body,
-                                    headers,
-                                },
-                            )
-                            .await
-                        }
-                        Err(e) => Err(e),
-                    };
+                let max = match limit {
+                    RequestLimit::Config => context.config.request_max_bytes,
+                    RequestLimit::MaxPayload => usize::MAX,
+                };
+                let result = match codec::request_json::<M>(&request, max) {
+                    Ok((format, body)) => {
+                        let headers = request.message.headers.clone();
+                        handler(
+                            context,
+                            Incoming {
+                                format,
+                                body,
+                                headers,
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
                 codec::respond(&request, format, result).await;
                 drop(permit);
             });
@@ -321,10 +388,25 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ServiceError::internal(format!("request task failed: {e}")))?
 }
 
-/// The metadata of a command: a fresh correlation id, the principal (the
-/// request's `"principal"` field, else `anonymous`) and the W3C trace
-/// context from the request's `traceparent`/`tracestate` headers.
+/// The metadata of a command: a fresh correlation id, the principal and
+/// the W3C trace context from the request's `traceparent`/`tracestate`
+/// headers.
+///
+/// The principal is the NATS user that sent the request when the server
+/// says so — it does for a request that reaches cairn's account through a
+/// service import with `share: true`, in the `Nats-Request-Info` header
+/// (`{"acc":…,"user":…}`), which clients cannot forge across accounts —
+/// else the request's `"principal"` field, else `anonymous`.
 pub fn metadata(request: &Incoming, principal: Option<String>) -> cairn_events::envelope::Metadata {
+    let user = request
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Request-Info"))
+        .filter(|v| v.as_str().len() <= 8192)
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v.as_str()).ok())
+        .and_then(|info| Some(info.get("user")?.as_str()?.to_owned()))
+        .filter(|user| !user.is_empty());
+    let principal = user.or(principal);
     let header = |name: &str| {
         request
             .headers

@@ -1,0 +1,608 @@
+//! Lifecycle commands on one repository: validated against the views,
+//! written to the upstream first, recorded as events only once the
+//! upstream accepted them.
+//!
+//! A command runs inside its RepositoryActor (so commands and syncs of one
+//! repository are serialised, and different repositories run in parallel)
+//! in three steps:
+//! 1. **validate** ([`check`]): the target revision exists in the view, its
+//!    lifecycle allows the command, `resource_version` matches, a new
+//!    workspace is unique in its package;
+//! 2. **write** ([`execute`]): build the commit in the local mirror
+//!    ([`super::lifecycle`]), push all ref updates together, never forced;
+//!    an approval that finds the registered branch moved on fetches,
+//!    re-applies on the new head and retries (at most
+//!    [`APPROVE_ATTEMPTS`] times); the mirror's refs are then set to what
+//!    the upstream accepted;
+//! 3. **read back**: discover the package again in the mirror, exactly as a
+//!    sync reads it, and reconcile it against the view. The event of the
+//!    command's target is typed after the command (`DraftCreated`,
+//!    `PackageRevisionPublished`, …); whatever else moved with it (the
+//!    placeholder on the registered branch, the previous `latest`) is a
+//!    `PackageRevisionModified`. The actor appends them with the command's
+//!    metadata (principal, correlation id).
+//!
+//! A push that fails records nothing. A crash between an accepted push and
+//! the append leaves the upstream ahead of the log; the next sync reads the
+//! change like any other upstream change.
+
+use std::collections::{BTreeMap, HashSet};
+
+use cairn_events::{
+    envelope::event,
+    v1::{
+        event::Payload, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
+        DraftResourcesUpdated, Event, PackageRevision, PackageRevisionProposed,
+        PackageRevisionPublished, PackageRevisionRow, ProposalRejected, RepositorySpec,
+    },
+};
+use cairn_storage::{
+    views::{
+        package_revision_list::Scope as ListScope, PackageRevisionListView, PackageRevisionsView,
+    },
+    BlobPin, Store,
+};
+use git2::{Oid, Repository};
+use std::ops::ControlFlow;
+use tracing::info;
+
+use super::{
+    component::{object_name, RepositoryComponent},
+    lifecycle::{self, PackageRefs},
+    upstream::{store_revisions, SyncEnv},
+};
+use crate::{
+    origin::{
+        self,
+        write::{push_changes, Author, Files, RefChange},
+        OriginError,
+    },
+    ServiceError,
+};
+
+/// How many times an approval is tried when the registered branch keeps
+/// moving under it.
+pub const APPROVE_ATTEMPTS: usize = 5;
+
+/// What a new draft starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A `Kptfile` for the package, nothing else (`init` task).
+    Init,
+    /// These files (a `Kptfile` is added when they hold none; `init` task).
+    Files(Files),
+    /// A copy of revision `from` (its object name), whose files are given
+    /// (`clone` task).
+    Clone {
+        /// The revision copied.
+        from: String,
+        /// Its files.
+        files: Files,
+    },
+}
+
+/// One lifecycle command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A new draft of `package` at `path` in workspace `workspace`.
+    Create {
+        /// Package path below the registered directory (may be empty).
+        path: String,
+        /// Package name.
+        package: String,
+        /// Workspace, unique per package.
+        workspace: String,
+        /// What it holds.
+        source: Source,
+    },
+    /// A draft's resources replaced, when it is still at `resource_version`.
+    Update {
+        /// The draft.
+        name: String,
+        /// Its new files (holding a `Kptfile`).
+        files: Files,
+        /// The `resource_version` the client read.
+        resource_version: u64,
+    },
+    /// Draft → Proposed.
+    Propose(String),
+    /// Proposed → Draft.
+    Reject(String),
+    /// Proposed → Published.
+    Approve(String),
+    /// Published → DeletionProposed.
+    ProposeDelete(String),
+    /// DeletionProposed → Published.
+    WithdrawDelete(String),
+    /// A draft, a proposal, or a revision whose deletion was proposed.
+    Delete(String),
+}
+
+impl Op {
+    /// The command's name, as in its endpoint (`create`, `approve`, …).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Op::Create { .. } => "create",
+            Op::Update { .. } => "update",
+            Op::Propose(_) => "propose",
+            Op::Reject(_) => "reject",
+            Op::Approve(_) => "approve",
+            Op::ProposeDelete(_) => "propose-delete",
+            Op::WithdrawDelete(_) => "withdraw-delete",
+            Op::Delete(_) => "delete",
+        }
+    }
+}
+
+/// What a command left.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The target revision after the command, as the view now has it.
+    Revision(Box<PackageRevisionRow>),
+    /// The target revision is gone.
+    Deleted(String),
+}
+
+/// A 409.
+pub fn conflict(what: impl Into<String>) -> ServiceError {
+    ServiceError {
+        code: 409,
+        message: what.into(),
+    }
+}
+
+/// The `Kptfile` of a new package.
+pub fn default_kptfile(package: &str) -> Vec<u8> {
+    format!(
+        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: {package}\n  annotations:\n    config.kubernetes.io/local-config: \"true\"\ninfo:\n  description: {package}\n"
+    )
+    .into_bytes()
+}
+
+/// The revision a command targets, checked against the view: it exists in
+/// this repository and its lifecycle is one of `allowed`.
+fn target(
+    store: &Store,
+    spec: &RepositorySpec,
+    name: &str,
+    verb: &str,
+    allowed: &[&str],
+) -> Result<(PackageRevision, u64), ServiceError> {
+    let row = PackageRevisionsView::get(store, &spec.namespace, name)?
+        .filter(|row| row.repository == spec.name)
+        .ok_or_else(|| {
+            ServiceError::not_found(format!(
+                "package revision {}/{name} not found in repository {}",
+                spec.namespace, spec.name
+            ))
+        })?;
+    let revision = row.revision.unwrap_or_default();
+    if !allowed.contains(&revision.lifecycle.as_str()) {
+        return Err(conflict(format!(
+            "cannot {verb} {name}: it is {}, not {}",
+            revision.lifecycle,
+            allowed.join(" or ")
+        )));
+    }
+    Ok((revision, row.updated_seq))
+}
+
+/// The view's revisions of one package (all lifecycles).
+fn package_revisions(
+    store: &Store,
+    spec: &RepositorySpec,
+    path: &str,
+    package: &str,
+) -> Result<BTreeMap<String, PackageRevision>, ServiceError> {
+    let mut names = Vec::new();
+    let scope = ListScope {
+        namespace: Some(&spec.namespace),
+        repository: Some(&spec.name),
+        package: Some(package),
+        path: Some(path),
+    };
+    PackageRevisionListView::scan::<ServiceError>(store, &scope, None, |row| {
+        names.push(row.name.to_owned());
+        Ok(ControlFlow::Continue(()))
+    })?;
+    let mut revisions = BTreeMap::new();
+    for name in names {
+        if let Some(revision) =
+            PackageRevisionsView::get(store, &spec.namespace, &name)?.and_then(|row| row.revision)
+        {
+            revisions.insert(name, revision);
+        }
+    }
+    Ok(revisions)
+}
+
+/// What [`execute`] produced: the events to append (none when the upstream
+/// already was as asked), the target's name and whether it is gone, and the
+/// blobs to keep until the events commit.
+#[derive(Debug)]
+pub struct Executed {
+    /// Events to append, in order.
+    pub events: Vec<Event>,
+    /// The target's object name.
+    pub name: String,
+    /// Whether the command deleted it.
+    pub deleted: bool,
+    /// Blobs the events refer to.
+    pub pins: Vec<BlobPin>,
+}
+
+/// Validates `op` against the view, writes it to the upstream and reads the
+/// package back: the events to record. `principal` authors the commits
+/// (when not anonymous). Blocking.
+pub fn execute(
+    env: &SyncEnv,
+    component: &RepositoryComponent,
+    op: &Op,
+    principal: &str,
+) -> Result<Executed, ServiceError> {
+    let spec = &component.spec;
+    let git = spec.git.clone().unwrap_or_default();
+    let store = &env.store;
+    // 1. Validate against the view.
+    let (path, package, workspace, current) = match op {
+        Op::Create {
+            path,
+            package,
+            workspace,
+            ..
+        } => {
+            let name = object_name(&spec.name, path, package, workspace);
+            if PackageRevisionsView::get(store, &spec.namespace, &name)?.is_some() {
+                return Err(conflict(format!(
+                    "package revision {}/{name} already exists (workspace {workspace:?} of package {:?} is taken)",
+                    spec.namespace,
+                    origin::package_path("", path, package)
+                )));
+            }
+            check_nesting(store, spec, path, package)?;
+            (path.clone(), package.clone(), workspace.clone(), None)
+        }
+        Op::Update {
+            name,
+            resource_version,
+            ..
+        } => {
+            let (revision, version) = target(store, spec, name, "update", &["Draft"])?;
+            if version != *resource_version {
+                return Err(conflict(format!(
+                    "resource_version of {name}: expected {version}, got {resource_version} (it changed since it was read)"
+                )));
+            }
+            revision_key(revision)
+        }
+        Op::Propose(name) => revision_key(target(store, spec, name, "propose", &["Draft"])?.0),
+        Op::Reject(name) => revision_key(target(store, spec, name, "reject", &["Proposed"])?.0),
+        Op::Approve(name) => revision_key(target(store, spec, name, "approve", &["Proposed"])?.0),
+        Op::ProposeDelete(name) => {
+            let (revision, _) =
+                target(store, spec, name, "propose the deletion of", &["Published"])?;
+            revision_key(revision)
+        }
+        Op::WithdrawDelete(name) => revision_key(
+            target(
+                store,
+                spec,
+                name,
+                "withdraw the deletion of",
+                &["DeletionProposed"],
+            )?
+            .0,
+        ),
+        Op::Delete(name) => {
+            let (revision, _) = target(
+                store,
+                spec,
+                name,
+                "delete",
+                &["Draft", "Proposed", "DeletionProposed", "Published"],
+            )?;
+            if revision.lifecycle == "Published" {
+                return Err(conflict(format!(
+                    "cannot delete {name}: it is Published; propose its deletion first (pkgrev.propose-delete)"
+                )));
+            }
+            revision_key(revision)
+        }
+    };
+    let name = object_name(&spec.name, &path, &package, &workspace);
+    let refs = PackageRefs::new(&git.directory, &path, &package, &git.branch);
+    let author = match principal {
+        "" | cairn_events::envelope::ANONYMOUS => Author::new(&git.author, &git.email),
+        p if p.contains('@') => Author::new(p, p),
+        p => Author::new(p, &git.email),
+    };
+    let credentials = env.secrets.resolve(&git.secret_ref).map_err(write_error)?;
+
+    // 2. Write to the upstream, holding the mirror.
+    env.fetches
+        .write(&git.url, credentials.as_ref(), |mirror, refetch| {
+            let mut repo = Repository::open_bare(mirror).map_err(OriginError::from)?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let changes = changes_of(&repo, op, &refs, current.as_ref(), &author)?;
+                match push_changes(&repo, &git.url, credentials.as_ref(), &changes) {
+                    Ok(()) => {
+                        set_local_refs(&repo, &changes)?;
+                        return Ok(());
+                    }
+                    Err(OriginError::Moved(why))
+                        if matches!(op, Op::Approve(_)) && attempt < APPROVE_ATTEMPTS =>
+                    {
+                        info!(revision = %name, attempt, %why, "upstream moved during approval; fetching and retrying");
+                        refetch()?;
+                        // (a fresh handle: libgit2 caches the refs it read)
+                        repo = Repository::open_bare(mirror).map_err(OriginError::from)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .map_err(write_error)?;
+
+    // 3. Read the package back and reconcile it against the view.
+    let mirror = env.fetches.cache().mirror_path(&git.url);
+    let full = refs.full.clone();
+    let discovery =
+        origin::discover_packages(&mirror, &git.branch, &git.directory, &HashSet::from([full]))
+            .map_err(|e| ServiceError::internal(format!("reading back {name}: {e}")))?;
+    let (discovered, pins) = store_revisions(env, &mirror, spec, discovery.revisions)
+        .map_err(|e| ServiceError::internal(format!("reading back {name}: {e}")))?;
+    let before = package_revisions(store, spec, &path, &package)?;
+    let (events, _) = RepositoryComponent::reconcile(&before, discovered);
+    let clone_from = match op {
+        Op::Create {
+            source: Source::Clone { from, .. },
+            ..
+        } => from.clone(),
+        _ => String::new(),
+    };
+    let events = typed(events, &name, op, &clone_from);
+    Ok(Executed {
+        deleted: matches!(op, Op::Delete(_)),
+        events,
+        name,
+        pins,
+    })
+}
+
+/// Packages do not nest: a new package may not lie inside one the
+/// repository has, nor hold one.
+fn check_nesting(
+    store: &Store,
+    spec: &RepositorySpec,
+    path: &str,
+    package: &str,
+) -> Result<(), ServiceError> {
+    let new = origin::package_path("", path, package);
+    let scope = ListScope {
+        namespace: Some(&spec.namespace),
+        repository: Some(&spec.name),
+        package: None,
+        path: None,
+    };
+    let mut clash = None;
+    PackageRevisionListView::scan::<ServiceError>(store, &scope, None, |row| {
+        let existing = origin::package_path("", row.path, row.package);
+        let nested = |inner: &str, outer: &str| {
+            inner.len() > outer.len()
+                && inner.starts_with(outer)
+                && inner.as_bytes()[outer.len()] == b'/'
+        };
+        if nested(&new, &existing) || nested(&existing, &new) {
+            clash = Some(existing);
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    match clash {
+        Some(existing) => Err(conflict(format!(
+            "package {new:?} would nest with package {existing:?} (packages do not nest)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// (path, package, workspace, revision) of an existing revision.
+fn revision_key(r: PackageRevision) -> (String, String, String, Option<PackageRevision>) {
+    (
+        r.path.clone(),
+        r.package.clone(),
+        r.workspace.clone(),
+        Some(r),
+    )
+}
+
+/// How a failed write is answered: a refusal by the upstream (hook,
+/// permissions) is 409 naming the ref; a moved ref (someone else wrote
+/// first) is 409 asking for a sync; the rest as a failed sync.
+fn write_error(e: OriginError) -> ServiceError {
+    match &e {
+        OriginError::Rejected(why) => conflict(format!("the upstream refused the change: {why}")),
+        OriginError::Moved(why) => conflict(format!(
+            "the upstream changed since it was last read ({why}); sync the repository and retry"
+        )),
+        _ => super::origin_error(&e),
+    }
+}
+
+/// The commit (if any) and ref changes of `op`, built in `repo` on its
+/// current refs.
+fn changes_of(
+    repo: &Repository,
+    op: &Op,
+    refs: &PackageRefs,
+    current: Option<&PackageRevision>,
+    author: &Author,
+) -> Result<Vec<RefChange>, OriginError> {
+    let head = || {
+        repo.refname_to_id(&refs.main())
+            .map_err(|_| OriginError::BranchMissing {
+                branch: refs.branch.clone(),
+            })
+    };
+    let commit_of = |r: &PackageRevision| {
+        Oid::from_str(&r.commit)
+            .map_err(|e| OriginError::Git(format!("commit {:?} of {}: {e}", r.commit, r.name)))
+    };
+    let current =
+        || current.ok_or_else(|| OriginError::Git("no current revision for the command".into()));
+    Ok(match op {
+        Op::Create {
+            workspace, source, ..
+        } => {
+            let (files, task) = match source {
+                Source::Init => (
+                    Files::from([("Kptfile".to_owned(), default_kptfile(&package_name(refs)))]),
+                    r#"{"type":"init","init":{}}"#.to_owned(),
+                ),
+                Source::Files(files) => {
+                    let mut files = files.clone();
+                    files
+                        .entry("Kptfile".to_owned())
+                        .or_insert_with(|| default_kptfile(&package_name(refs)));
+                    (files, r#"{"type":"init","init":{}}"#.to_owned())
+                }
+                Source::Clone { from, files } => (
+                    files.clone(),
+                    serde_json::json!({"type": "clone", "clone": {"upstreamRef": {"upstreamRef": {"name": from}}}})
+                        .to_string(),
+                ),
+            };
+            lifecycle::create_draft(repo, refs, head()?, workspace, &files, &task, author)?.1
+        }
+        Op::Update { files, .. } => {
+            let r = current()?;
+            lifecycle::update_draft(repo, refs, commit_of(r)?, &r.workspace, files, author)?.1
+        }
+        Op::Propose(_) => {
+            let r = current()?;
+            lifecycle::propose(refs, &r.workspace, commit_of(r)?)
+        }
+        Op::Reject(_) => {
+            let r = current()?;
+            lifecycle::reject(refs, &r.workspace, commit_of(r)?)
+        }
+        Op::Approve(_) => {
+            let r = current()?;
+            let next = next_revision(repo, refs)?;
+            lifecycle::approve(
+                repo,
+                refs,
+                head()?,
+                commit_of(r)?,
+                &r.workspace,
+                next,
+                author,
+            )?
+            .1
+        }
+        Op::ProposeDelete(_) => {
+            let r = current()?;
+            lifecycle::propose_deletion(refs, r.revision, commit_of(r)?)
+        }
+        Op::WithdrawDelete(_) => lifecycle::withdraw_deletion(refs, current()?.revision),
+        Op::Delete(_) => {
+            let r = current()?;
+            match (r.lifecycle.as_str(), r.revision) {
+                ("Draft", _) => lifecycle::delete_unpublished(refs, &r.workspace, false),
+                ("Proposed", _) => lifecycle::delete_unpublished(refs, &r.workspace, true),
+                (_, -1) => lifecycle::delete_placeholder(repo, refs, head()?, true, author)?.1,
+                (_, n) => lifecycle::delete_published(refs, n),
+            }
+        }
+    })
+}
+
+/// The package's name: the last segment of its full path.
+fn package_name(refs: &PackageRefs) -> String {
+    refs.full.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// The next revision number of the package: one above its highest `vN`
+/// tag in the mirror (the upstream's tags as last fetched or written, so a
+/// revision published elsewhere is counted too).
+fn next_revision(repo: &Repository, refs: &PackageRefs) -> Result<i64, OriginError> {
+    let prefix = refs.tag(0);
+    let prefix = prefix.trim_end_matches('0');
+    let mut highest = 0;
+    for name in repo
+        .references_glob(&format!("{prefix}*"))
+        .map_err(OriginError::from)?
+        .names()
+    {
+        let name = name.map_err(OriginError::from)?;
+        if let Some(n) = name
+            .strip_prefix(prefix)
+            .and_then(|n| n.parse::<i64>().ok())
+        {
+            highest = highest.max(n);
+        }
+    }
+    Ok(highest + 1)
+}
+
+/// Sets the mirror's refs to what the upstream just accepted, so the next
+/// command builds on it without a fetch.
+fn set_local_refs(repo: &Repository, changes: &[RefChange]) -> Result<(), OriginError> {
+    for change in changes {
+        match change {
+            RefChange::Set { name, to } => {
+                repo.reference(name, *to, true, "cairn: pushed")
+                    .map_err(OriginError::from)?;
+            }
+            RefChange::Delete { name } => {
+                if let Ok(mut reference) = repo.find_reference(name) {
+                    reference.delete().map_err(OriginError::from)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `events` with the one about `name` typed after the command that caused
+/// it (a deletion stays `PackageRevisionDeleted`; other revisions the
+/// command moved stay `Added`/`Modified`).
+pub fn typed(events: Vec<Event>, name: &str, op: &Op, clone_from: &str) -> Vec<Event> {
+    events
+        .into_iter()
+        .map(|e| {
+            let revision = match &e.payload {
+                Some(Payload::PackageRevisionAdded(a)) => a.revision.as_ref(),
+                Some(Payload::PackageRevisionModified(m)) => m.revision.as_ref(),
+                _ => None,
+            };
+            let Some(revision) = revision.filter(|r| r.name == name).cloned() else {
+                return e;
+            };
+            let revision = Some(revision);
+            event(match op {
+                Op::Create { .. } => Payload::DraftCreated(DraftCreated {
+                    revision,
+                    clone_from: clone_from.to_owned(),
+                }),
+                Op::Update { .. } => {
+                    Payload::DraftResourcesUpdated(DraftResourcesUpdated { revision })
+                }
+                Op::Propose(_) => {
+                    Payload::PackageRevisionProposed(PackageRevisionProposed { revision })
+                }
+                Op::Reject(_) => Payload::ProposalRejected(ProposalRejected { revision }),
+                Op::Approve(_) => {
+                    Payload::PackageRevisionPublished(PackageRevisionPublished { revision })
+                }
+                Op::ProposeDelete(_) => Payload::DeletionProposed(DeletionProposed { revision }),
+                Op::WithdrawDelete(_) => {
+                    Payload::DeletionProposalWithdrawn(DeletionProposalWithdrawn { revision })
+                }
+                Op::Delete(_) => return e,
+            })
+        })
+        .collect()
+}

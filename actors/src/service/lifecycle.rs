@@ -1,0 +1,432 @@
+//! `cairn.v1.pkgrev.*` writes: the lifecycle commands.
+//!
+//! - `create` `{"namespace","repository","path"?,"package","workspace",
+//!   "resources"?,"binary"?,"clone_from"?}`
+//! - `update` `{"namespace","name","resources","binary"?,"resource_version"}`
+//! - `propose`, `reject`, `approve`, `propose-delete`, `withdraw-delete`,
+//!   `delete` `{"namespace","name"}`
+//!
+//! Each may carry `"principal"` (used when the NATS connection names no
+//! user, see [`super::metadata`]). Each answers the package revision after
+//! the command (as `pkgrev.get` does), `delete` answers `{"deleted": name}`.
+//! `resources` maps file paths (relative to the package) to UTF-8 content,
+//! `binary` to base64 content. Requests are checked here (400 naming the
+//! field, nothing written), then handed to the repository's actor, which
+//! checks them against the view and writes them (see
+//! [`crate::repository::command`]).
+
+use cairn_events::{revision::revision_json, v1 as pb};
+use cairn_storage::{blob::Digest, views::PackageRevisionsView, BlobStore};
+use prost::Message as _;
+use serde_json::json;
+
+use super::{
+    blocking,
+    codec::{Body, Format},
+    fields::Fields,
+    metadata, validate, Incoming, ServiceContext,
+};
+use crate::{
+    origin::write::{check_resource_path, Files},
+    registry::CommandRepository,
+    repository::{
+        command::{Op, Outcome, Source},
+        Command,
+    },
+    ServiceError,
+};
+
+/// The fields of `pkgrev.create`.
+pub const CREATE_FIELDS: &[&str] = &[
+    "namespace",
+    "repository",
+    "path",
+    "package",
+    "workspace",
+    "resources",
+    "binary",
+    "clone_from",
+    "principal",
+];
+
+/// The fields of `pkgrev.update`.
+pub const UPDATE_FIELDS: &[&str] = &[
+    "namespace",
+    "name",
+    "resources",
+    "binary",
+    "resource_version",
+    "principal",
+];
+
+/// Checks one segment of a package path, a package or a workspace name:
+/// 1 to 253 characters of letters, digits, `.`, `_` and `-`, not starting
+/// with `.` or `-`, not ending with `.` or `.lock` (it becomes part of Git
+/// ref names and of the object name).
+pub fn segment(field: &str, value: &str) -> Result<(), ServiceError> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !value.starts_with(['.', '-'])
+        && !value.ends_with('.')
+        && !value.ends_with(".lock");
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::bad_field(
+            field,
+            format!("{value:?} is not a valid name (letters, digits, '.', '_' and '-', 1-253 characters, not starting with '.' or '-', not ending with '.' or \".lock\")"),
+        ))
+    }
+}
+
+/// A package path: segments checked by [`segment`], `/`-separated; leading
+/// and trailing `/` dropped; empty for a package at the top.
+pub fn package_path(field: &str, value: &str) -> Result<String, ServiceError> {
+    let trimmed = value.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    for part in trimmed.split('/') {
+        segment(field, part).map_err(|_| {
+            ServiceError::bad_field(
+                field,
+                format!("{value:?} is not a valid package path (segment {part:?})"),
+            )
+        })?;
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The files of `resources` (UTF-8) and `binary` (base64), when either is
+/// present: each path checked, each file at most `max` bytes.
+pub fn parse_files(f: &Fields, max: usize) -> Result<Option<Files>, ServiceError> {
+    let text = f.string_map("resources")?;
+    let binary = f.string_map("binary")?;
+    if text.is_none() && binary.is_none() {
+        return Ok(None);
+    }
+    let mut files = Files::new();
+    for (path, content) in text.unwrap_or_default() {
+        files.insert(path, content.into_bytes());
+    }
+    for (path, encoded) in binary.unwrap_or_default() {
+        use base64::Engine as _;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map_err(|e| {
+                ServiceError::bad_field(&format!("binary[{path:?}]"), format!("not base64: {e}"))
+            })?;
+        if files.insert(path.clone(), content).is_some() {
+            return Err(ServiceError::bad_field(
+                &format!("binary[{path:?}]"),
+                "also given in resources",
+            ));
+        }
+    }
+    for (path, content) in &files {
+        let field = format!("resources[{path:?}]");
+        check_resource_path(path).map_err(|why| ServiceError::bad_field(&field, why))?;
+        if content.len() > max {
+            return Err(ServiceError::bad_field(
+                &field,
+                format!(
+                    "{} bytes, more than the limit of {max} (service.resource-max-bytes)",
+                    content.len()
+                ),
+            ));
+        }
+    }
+    Ok(Some(files))
+}
+
+/// The files of revision `namespace/name`, from the blob store; 400 naming
+/// `field` when there is no such revision.
+fn revision_files(
+    store: &cairn_storage::Store,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<Files, ServiceError> {
+    let row = PackageRevisionsView::get(store, namespace, name)?.ok_or_else(|| {
+        ServiceError::bad_field(
+            field,
+            format!("package revision {namespace}/{name} not found"),
+        )
+    })?;
+    let mut files = Files::new();
+    for (path, digest) in row.revision.unwrap_or_default().resources {
+        let d = Digest::parse(&digest)
+            .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
+        let content = store
+            .get(&d)?
+            .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))?;
+        files.insert(path, content);
+    }
+    Ok(files)
+}
+
+/// The reply for what a command left.
+fn outcome_body(format: Format, outcome: Outcome) -> Body {
+    match outcome {
+        Outcome::Revision(row) => Body::of(format, || revision_json(&row), || row.encode_to_vec()),
+        Outcome::Deleted(name) => Body::of(
+            format,
+            || json!({ "deleted": name }),
+            || {
+                pb::PkgRevDeleted {
+                    deleted: name.clone(),
+                }
+                .encode_to_vec()
+            },
+        ),
+    }
+}
+
+/// Hands `op` to the actor of `namespace/repository`.
+async fn run(
+    context: &ServiceContext,
+    request: &Incoming,
+    namespace: String,
+    repository: String,
+    op: Op,
+    principal: Option<String>,
+) -> Result<Body, ServiceError> {
+    let command = Command {
+        op,
+        metadata: metadata(request, principal),
+    };
+    let outcome = context
+        .registry
+        .send(CommandRepository {
+            namespace,
+            name: repository,
+            command,
+        })
+        .await??;
+    Ok(outcome_body(request.format, outcome))
+}
+
+/// The namespace and repository of revision `namespace/name`.
+async fn repository_of(
+    context: &ServiceContext,
+    namespace: &str,
+    name: &str,
+) -> Result<String, ServiceError> {
+    let store = context.store.clone();
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
+    blocking(move || {
+        PackageRevisionsView::get(&store, &namespace, &name)?
+            .map(|row| row.repository)
+            .ok_or_else(|| {
+                ServiceError::not_found(format!("package revision {namespace}/{name} not found"))
+            })
+    })
+    .await
+}
+
+/// A revision name in a request.
+fn revision_name(f: &Fields, field: &str) -> Result<String, ServiceError> {
+    let name = f.required(field)?;
+    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ServiceError::bad_field(
+            field,
+            format!("{name:?} is not a package revision name"),
+        ));
+    }
+    Ok(name)
+}
+
+/// `cairn.v1.pkgrev.create`.
+pub async fn handle_create(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, CREATE_FIELDS)?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let repository = f.required("repository")?;
+    validate::dns_label("repository", &repository)?;
+    let path = package_path("path", &f.string("path")?.unwrap_or_default())?;
+    let package = f.required("package")?;
+    segment("package", &package)?;
+    let workspace = f.required("workspace")?;
+    segment("workspace", &workspace)?;
+    let files = parse_files(&f, context.config.resource_max_bytes)?;
+    let clone_from = f.string("clone_from")?.filter(|c| !c.is_empty());
+    let source = match (files, clone_from) {
+        (Some(_), Some(_)) => {
+            return Err(ServiceError::bad_field(
+                "clone_from",
+                "cannot be combined with resources",
+            ))
+        }
+        (None, Some(from)) => {
+            let store = context.store.clone();
+            let ns = namespace.clone();
+            let from_name = from.clone();
+            let files =
+                blocking(move || revision_files(&store, &ns, &from_name, "clone_from")).await?;
+            Source::Clone { from, files }
+        }
+        (Some(files), None) => Source::Files(files),
+        (None, None) => Source::Init,
+    };
+    let op = Op::Create {
+        path,
+        package,
+        workspace,
+        source,
+    };
+    let principal = f.string("principal")?;
+    run(&context, &request, namespace, repository, op, principal).await
+}
+
+/// `cairn.v1.pkgrev.update`.
+pub async fn handle_update(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, UPDATE_FIELDS)?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let name = revision_name(&f, "name")?;
+    let files = parse_files(&f, context.config.resource_max_bytes)?
+        .ok_or_else(|| ServiceError::bad_field("resources", "required"))?;
+    if !files.contains_key("Kptfile") {
+        return Err(ServiceError::bad_field(
+            "resources",
+            "must hold a Kptfile (a package is a directory with one)",
+        ));
+    }
+    let resource_version = f
+        .u64("resource_version")?
+        .ok_or_else(|| ServiceError::bad_field("resource_version", "required"))?;
+    let repository = repository_of(&context, &namespace, &name).await?;
+    let op = Op::Update {
+        name,
+        files,
+        resource_version,
+    };
+    let principal = f.string("principal")?;
+    run(&context, &request, namespace, repository, op, principal).await
+}
+
+/// `cairn.v1.pkgrev.propose|reject|approve|propose-delete|withdraw-delete|delete`:
+/// `op` of the revision the request names.
+pub async fn handle_key(
+    context: ServiceContext,
+    request: Incoming,
+    op: fn(String) -> Op,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["namespace", "name", "principal"])?;
+    let namespace = f.required("namespace")?;
+    validate::dns_label("namespace", &namespace)?;
+    let name = revision_name(&f, "name")?;
+    let repository = repository_of(&context, &namespace, &name).await?;
+    let principal = f.string("principal")?;
+    run(
+        &context,
+        &request,
+        namespace,
+        repository,
+        op(name),
+        principal,
+    )
+    .await
+}
+
+/// `cairn.v1.pkgrev.propose`.
+pub async fn handle_propose(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    handle_key(context, request, Op::Propose).await
+}
+
+/// `cairn.v1.pkgrev.reject`.
+pub async fn handle_reject(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    handle_key(context, request, Op::Reject).await
+}
+
+/// `cairn.v1.pkgrev.approve`.
+pub async fn handle_approve(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    handle_key(context, request, Op::Approve).await
+}
+
+/// `cairn.v1.pkgrev.propose-delete`.
+pub async fn handle_propose_delete(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    handle_key(context, request, Op::ProposeDelete).await
+}
+
+/// `cairn.v1.pkgrev.withdraw-delete`.
+pub async fn handle_withdraw_delete(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    handle_key(context, request, Op::WithdrawDelete).await
+}
+
+/// `cairn.v1.pkgrev.delete`.
+pub async fn handle_delete(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    handle_key(context, request, Op::Delete).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths_are_checked() {
+        assert_eq!(segment("package", "my-pkg_1.0"), Ok(()));
+        for bad in ["", ".hidden", "-x", "a b", "a/b", "x.lock", "x.", "a\0"] {
+            let err = segment("package", bad).unwrap_err();
+            assert!(err.message.starts_with("package: "), "{bad:?}: {err}");
+        }
+        assert_eq!(package_path("path", "/a/b/").unwrap(), "a/b");
+        assert_eq!(package_path("path", "").unwrap(), "");
+        assert_eq!(
+            package_path("path", "a/../b").unwrap_err().message,
+            "path: \"a/../b\" is not a valid package path (segment \"..\")"
+        );
+    }
+
+    #[test]
+    fn files_are_checked_by_path_and_size() {
+        let parse = |body: &str, max| {
+            parse_files(&Fields::parse(body.as_bytes(), UPDATE_FIELDS).unwrap(), max)
+        };
+        let files = parse(
+            r#"{"resources":{"Kptfile":"k"},"binary":{"b.bin":"AAE="}}"#,
+            10,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(files["b.bin"], vec![0, 1]);
+        assert_eq!(parse("{}", 10).unwrap(), None);
+        for (body, message) in [
+            (r#"{"resources":{"../x":"k"}}"#, "resources[\"../x\"]: \"../x\" must not contain \"..\""),
+            (r#"{"resources":{"/etc/x":"k"}}"#, "resources[\"/etc/x\"]: \"/etc/x\" is absolute"),
+            (r#"{"resources":{"a\u0000b":"k"}}"#, "resources[\"a\\0b\"]: \"a\\0b\" holds a NUL or control character"),
+            (r#"{"resources":{"big":"12345678901"}}"#, "resources[\"big\"]: 11 bytes, more than the limit of 10 (service.resource-max-bytes)"),
+            (r#"{"binary":{"x":"%%"}}"#, "binary[\"x\"]: not base64: Invalid symbol 37, offset 0."),
+            (r#"{"resources":{"x":"a"},"binary":{"x":"AA=="}}"#, "binary[\"x\"]: also given in resources"),
+        ] {
+            assert_eq!(parse(body, 10).unwrap_err().message, message, "{body}");
+        }
+    }
+}

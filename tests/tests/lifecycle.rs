@@ -1,0 +1,648 @@
+//! Lifecycle commands on a real node (real nats-server, RocksDB, Git
+//! upstreams served as `file://` and checked with the `git` CLI): create,
+//! update, propose, reject, approve, deletion; what lands in Git, in the
+//! log and in the views; a second registration reading the same; numbering
+//! on the Porch fixtures; an upstream that moves or refuses; racing
+//! updates; bad input.
+
+use std::path::{Path, PathBuf};
+
+use cairn::{
+    config::{NatsConfig, NodeConfig},
+    node::Node,
+};
+use cairn_storage::EventLog;
+use cairn_tests::{
+    free_port,
+    service::{call, events_after, git, ok, unpack},
+};
+use serde_json::{json, Value};
+
+fn config(data_dir: &Path) -> NodeConfig {
+    let mut config = NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        nats: NatsConfig {
+            listen: format!("127.0.0.1:{}", free_port()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    config.service.resource_max_bytes = 1024;
+    config
+}
+
+async fn start(dir: &Path) -> Node {
+    Node::start(config(&dir.join("node"))).await.unwrap()
+}
+
+/// A bare repository with one commit on `main` (a README); its path and
+/// `file://` URL.
+fn fresh_upstream(dir: &Path) -> (PathBuf, String) {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("README.md"), "fresh\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    let bare = dir.join("up.git");
+    git(
+        dir,
+        &["clone", "-q", "--bare", work.to_str().unwrap(), "up.git"],
+    );
+    let url = format!("file://{}", bare.display());
+    (bare, url)
+}
+
+async fn register(node: &Node, name: &str, url: &str) {
+    ok(
+        &node.client,
+        "repo.register",
+        json!({"namespace": "team-a", "name": name, "git": {"url": url}}),
+    )
+    .await;
+}
+
+fn key(name: &str) -> Value {
+    json!({"namespace": "team-a", "name": name})
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `(type, revision name)` of each event.
+fn named(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let body = e["event"].as_object().unwrap().values().next().unwrap();
+            let name = body["revision"]["name"]
+                .as_str()
+                .or(body["name"].as_str())
+                .unwrap_or_default();
+            (e["type"].as_str().unwrap().to_owned(), name.to_owned())
+        })
+        .collect()
+}
+
+/// Runs `endpoint` on `body`; the reply and the events of repository
+/// `repo` it recorded.
+async fn command(node: &Node, repo: &str, endpoint: &str, body: Value) -> (Value, Vec<Value>) {
+    let before = node.store.last_seq().unwrap();
+    let reply = ok(&node.client, endpoint, body).await;
+    let (_, events) = events_after(&node.client, repo, before).await;
+    (reply, events)
+}
+
+/// Every ref of the bare repository `bare` with the commit it names.
+fn refs(bare: &Path) -> Vec<String> {
+    git(bare, &["for-each-ref", "--format=%(refname)"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn task_types(revision: &Value) -> Vec<&str> {
+    revision["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, url) = fresh_upstream(dir.path());
+    let first = git(&bare, &["rev-parse", "main"]);
+    let node = start(dir.path()).await;
+    register(&node, "fresh", &url).await;
+    let name = "fresh.catalog.app.ws1";
+
+    // Create: an empty draft (a Kptfile), one commit on main, on its branch.
+    let (draft, events) = command(
+        &node,
+        "fresh",
+        "pkgrev.create",
+        json!({"namespace": "team-a", "repository": "fresh", "path": "catalog",
+               "package": "app", "workspace": "ws1", "principal": "ada@example.com"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            &draft["name"],
+            &draft["lifecycle"],
+            &draft["revision"],
+            &draft["path"]
+        ),
+        (&json!(name), &json!("Draft"), &json!(0), &json!("catalog"))
+    );
+    assert_eq!(named(&events), [("DraftCreated".into(), name.into())]);
+    assert_eq!(events[0]["principal"], "ada@example.com");
+    let correlation = events[0]["correlation_id"].as_str().unwrap();
+    assert_eq!(correlation.len(), 36, "a UUID: {correlation}");
+    assert_eq!(
+        events[0]["event"]["draft_created"]["revision"]["commit"],
+        draft["commit"]
+    );
+    assert_eq!(
+        refs(&bare),
+        ["refs/heads/drafts/catalog/app/ws1", "refs/heads/main"]
+    );
+    assert_eq!(
+        git(&bare, &["log", "-1", "--format=%B", "drafts/catalog/app/ws1"]),
+        "Intermediate commit: init\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"ws1\",\"task\":{\"type\":\"init\",\"init\":{}}}"
+    );
+    assert_eq!(git(&bare, &["rev-parse", "drafts/catalog/app/ws1^"]), first);
+    assert_eq!(
+        git(
+            &bare,
+            &["ls-tree", "-r", "--name-only", "drafts/catalog/app/ws1"]
+        ),
+        "README.md\ncatalog/app/Kptfile"
+    );
+
+    // Update, guarded by resource_version: a stale one is refused.
+    let kptfile =
+        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: app\n  labels:\n    tier: web\n";
+    let resources = json!({"Kptfile": kptfile, "deploy/cm.yaml": "kind: ConfigMap\n"});
+    let (updated, events) = command(
+        &node,
+        "fresh",
+        "pkgrev.update",
+        json!({"namespace": "team-a", "name": name, "resources": resources,
+               "resource_version": draft["resource_version"], "principal": "ada@example.com"}),
+    )
+    .await;
+    assert_eq!(
+        named(&events),
+        [("DraftResourcesUpdated".into(), name.into())]
+    );
+    assert_eq!(updated["labels"], json!({"tier": "web"}));
+    assert_eq!(task_types(&updated), ["init", "patch"]);
+    let (code, reply) = call(
+        &node.client,
+        "pkgrev.update",
+        json!({"namespace": "team-a", "name": name, "resources": resources,
+               "resource_version": draft["resource_version"]}),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("409"));
+    assert_eq!(
+        reply["message"],
+        format!(
+            "resource_version of {name}: expected {}, got {} (it changed since it was read)",
+            updated["resource_version"].as_str().unwrap(),
+            draft["resource_version"].as_str().unwrap()
+        )
+    );
+    let files = ok(&node.client, "pkgrev.resources", key(name)).await;
+    assert_eq!(files["resources"], resources);
+
+    // Propose, reject, propose again: branches swap.
+    let (proposed, events) = command(&node, "fresh", "pkgrev.propose", key(name)).await;
+    assert_eq!(proposed["lifecycle"], "Proposed");
+    assert_eq!(
+        named(&events),
+        [("PackageRevisionProposed".into(), name.into())]
+    );
+    assert_eq!(
+        refs(&bare),
+        ["refs/heads/main", "refs/heads/proposed/catalog/app/ws1"]
+    );
+    let (rejected, events) = command(&node, "fresh", "pkgrev.reject", key(name)).await;
+    assert_eq!(rejected["lifecycle"], "Draft");
+    assert_eq!(kinds(&events), ["ProposalRejected"]);
+    command(&node, "fresh", "pkgrev.propose", key(name)).await;
+    let proposal = git(&bare, &["rev-parse", "proposed/catalog/app/ws1"]);
+
+    // Approve: a commit on main replacing the package, tag v1, proposal gone.
+    let (published, events) = command(
+        &node,
+        "fresh",
+        "pkgrev.approve",
+        json!({"namespace": "team-a", "name": name, "principal": "bob@example.com"}),
+    )
+    .await;
+    assert_eq!(
+        named(&events),
+        [
+            (
+                "PackageRevisionAdded".into(),
+                "fresh.catalog.app.main".into()
+            ),
+            ("PackageRevisionPublished".into(), name.into()),
+        ]
+    );
+    assert!(events.iter().all(|e| e["principal"] == "bob@example.com"));
+    assert_eq!(events[0]["correlation_id"], events[1]["correlation_id"]);
+    assert_eq!(
+        (
+            &published["lifecycle"],
+            &published["revision"],
+            &published["latest"],
+            &published["published_by"]
+        ),
+        (
+            &json!("Published"),
+            &json!(1),
+            &json!(true),
+            &json!("bob@example.com")
+        )
+    );
+    assert_eq!(task_types(&published), ["init", "patch"]);
+    assert_eq!(refs(&bare), ["refs/heads/main", "refs/tags/catalog/app/v1"]);
+    let main = git(&bare, &["rev-parse", "main"]);
+    assert_eq!(published["commit"], main);
+    assert_eq!(git(&bare, &["rev-parse", "catalog/app/v1"]), main);
+    assert_eq!(
+        git(&bare, &["log", "-1", "--format=%B", "main"]),
+        "Approving package revision catalog/app/1\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"v1\"}"
+    );
+    assert_eq!(
+        git(&bare, &["log", "-1", "--format=%P|%an <%ae>", "main"]),
+        format!("{first} {proposal}|bob@example.com <bob@example.com>")
+    );
+    assert_eq!(
+        git(&bare, &["diff", "--name-only", &first, "main"]),
+        "catalog/app/Kptfile\ncatalog/app/deploy/cm.yaml"
+    );
+    assert_eq!(
+        git(&bare, &["show", "main:catalog/app/deploy/cm.yaml"]),
+        "kind: ConfigMap"
+    );
+
+    // A new registration of the same upstream lists the same revisions,
+    // publish info and tasks.
+    register(&node, "again", &url).await;
+    let list = |repo: &'static str| {
+        let client = node.client.clone();
+        async move {
+            let page = ok(
+                &client,
+                "pkgrev.list",
+                json!({"namespace": "team-a", "repository": repo}),
+            )
+            .await;
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    let o = r.as_object_mut().unwrap();
+                    for volatile in ["name", "repository", "resource_version"] {
+                        o.remove(volatile);
+                    }
+                    r
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let ours = list("fresh").await;
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert_eq!(ours, list("again").await);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("upstream");
+    let url = unpack("drafts-repository", &up);
+    let bare = up.join(".git");
+    git(&bare, &["config", "core.bare", "true"]);
+    let node = start(dir.path()).await;
+    register(&node, "drafts", &url).await;
+
+    // basens has v1 and v2: a new draft of it is published as v3, and
+    // "latest" moves from v2 to v3.
+    command(
+        &node,
+        "drafts",
+        "pkgrev.create",
+        json!({"namespace": "team-a", "repository": "drafts", "package": "basens",
+               "workspace": "third", "clone_from": "drafts.basens.v2"}),
+    )
+    .await;
+    command(
+        &node,
+        "drafts",
+        "pkgrev.propose",
+        key("drafts.basens.third"),
+    )
+    .await;
+    let (published, events) = command(
+        &node,
+        "drafts",
+        "pkgrev.approve",
+        key("drafts.basens.third"),
+    )
+    .await;
+    assert_eq!(
+        (&published["revision"], &published["latest"]),
+        (&json!(3), &json!(true))
+    );
+    assert_eq!(
+        named(&events),
+        [
+            (
+                "PackageRevisionModified".into(),
+                "drafts.basens.main".into()
+            ),
+            (
+                "PackageRevisionPublished".into(),
+                "drafts.basens.third".into()
+            ),
+            ("PackageRevisionModified".into(), "drafts.basens.v2".into()),
+        ]
+    );
+    let v2 = &events[2]["event"]["package_revision_modified"]["revision"];
+    // (proto3 JSON leaves out a false `latest`)
+    assert_eq!(
+        (&v2["revision"], &v2["latest"]),
+        (&json!("2"), &Value::Null)
+    );
+    let v2 = ok(&node.client, "pkgrev.get", key("drafts.basens.v2")).await;
+    assert_eq!(v2["latest"], false);
+    assert_eq!(
+        git(&bare, &["tag", "--list", "basens/*"]),
+        "basens/v1\nbasens/v2\nbasens/v3"
+    );
+    // The clone's task and content.
+    assert_eq!(task_types(&published), ["clone"]);
+    assert_eq!(
+        ok(&node.client, "pkgrev.resources", key("drafts.basens.third")).await,
+        ok(&node.client, "pkgrev.resources", key("drafts.basens.v2")).await
+    );
+
+    // A draft: its branch goes.
+    let (reply, events) = command(&node, "drafts", "pkgrev.delete", key("drafts.bucket.v1")).await;
+    assert_eq!(reply, json!({"deleted": "drafts.bucket.v1"}));
+    assert_eq!(
+        named(&events),
+        [("PackageRevisionDeleted".into(), "drafts.bucket.v1".into())]
+    );
+    assert_eq!(git(&bare, &["branch", "--list", "drafts/bucket/*"]), "");
+
+    // A proposal: its branch goes.
+    command(&node, "drafts", "pkgrev.propose", key("drafts.none.v1")).await;
+    assert_eq!(
+        git(&bare, &["branch", "--list", "proposed/*"]),
+        "proposed/none/v1"
+    );
+    command(&node, "drafts", "pkgrev.delete", key("drafts.none.v1")).await;
+    assert_eq!(git(&bare, &["branch", "--list", "proposed/*"]), "");
+
+    // A published revision: not without a deletion proposal; one can be
+    // withdrawn; then tag and marker go.
+    let (code, reply) = call(&node.client, "pkgrev.delete", key("drafts.basens.v1")).await;
+    assert_eq!(code.as_deref(), Some("409"));
+    assert_eq!(
+        reply["message"],
+        "cannot delete drafts.basens.v1: it is Published; propose its deletion first (pkgrev.propose-delete)"
+    );
+    let (marked, events) = command(
+        &node,
+        "drafts",
+        "pkgrev.propose-delete",
+        key("drafts.basens.v1"),
+    )
+    .await;
+    assert_eq!(marked["lifecycle"], "DeletionProposed");
+    assert_eq!(kinds(&events), ["DeletionProposed"]);
+    assert_eq!(
+        git(&bare, &["branch", "--list", "deletionProposed/*"]),
+        "deletionProposed/basens/v1"
+    );
+    let (kept, events) = command(
+        &node,
+        "drafts",
+        "pkgrev.withdraw-delete",
+        key("drafts.basens.v1"),
+    )
+    .await;
+    assert_eq!(kept["lifecycle"], "Published");
+    assert_eq!(kinds(&events), ["DeletionProposalWithdrawn"]);
+    command(
+        &node,
+        "drafts",
+        "pkgrev.propose-delete",
+        key("drafts.basens.v1"),
+    )
+    .await;
+    let (_, events) = command(&node, "drafts", "pkgrev.delete", key("drafts.basens.v1")).await;
+    assert_eq!(
+        named(&events),
+        [("PackageRevisionDeleted".into(), "drafts.basens.v1".into())]
+    );
+    assert_eq!(
+        git(&bare, &["tag", "--list", "basens/*"]),
+        "basens/v2\nbasens/v3"
+    );
+    assert_eq!(git(&bare, &["branch", "--list", "deletionProposed/*"]), "");
+
+    // The placeholder: a commit removing the package from main.
+    command(
+        &node,
+        "drafts",
+        "pkgrev.propose-delete",
+        key("drafts.basens.main"),
+    )
+    .await;
+    let (_, events) = command(&node, "drafts", "pkgrev.delete", key("drafts.basens.main")).await;
+    assert_eq!(
+        named(&events),
+        [("PackageRevisionDeleted".into(), "drafts.basens.main".into())]
+    );
+    assert_eq!(
+        git(&bare, &["ls-tree", "--name-only", "main", "basens"]),
+        ""
+    );
+    assert_eq!(
+        git(&bare, &["log", "-1", "--format=%s", "main"]),
+        "Deleting package basens"
+    );
+
+    // A fresh sync finds the views exactly as the commands left them.
+    let before = node.store.last_seq().unwrap();
+    ok(&node.client, "repo.sync", key("drafts")).await;
+    let (kinds, _) = events_after(&node.client, "drafts", before).await;
+    assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn approve_succeeds_after_the_upstream_moved_and_keeps_what_landed_on_main() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, url) = fresh_upstream(dir.path());
+    let node = start(dir.path()).await;
+    register(&node, "fresh", &url).await;
+    let create =
+        json!({"namespace": "team-a", "repository": "fresh", "package": "app", "workspace": "ws"});
+    ok(&node.client, "pkgrev.create", create).await;
+    ok(&node.client, "pkgrev.propose", key("fresh.app.ws")).await;
+
+    // Someone else pushes to main meanwhile.
+    let work = dir.path().join("work");
+    std::fs::write(work.join("other.txt"), "theirs\n").unwrap();
+    git(&work, &["add", "other.txt"]);
+    git(&work, &["commit", "-q", "-m", "theirs"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let theirs = git(&work, &["rev-parse", "HEAD"]);
+
+    let (published, _) = command(&node, "fresh", "pkgrev.approve", key("fresh.app.ws")).await;
+    assert_eq!(published["revision"], 1);
+    assert_eq!(git(&bare, &["rev-parse", "main^1"]), theirs);
+    assert_eq!(git(&bare, &["show", "main:other.txt"]), "theirs");
+    assert_eq!(
+        git(&bare, &["ls-tree", "-r", "--name-only", "main"]),
+        "README.md\napp/Kptfile\nother.txt"
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_refusing_upstream_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, url) = fresh_upstream(dir.path());
+    let node = start(dir.path()).await;
+    register(&node, "fresh", &url).await;
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho read-only >&2\nexit 1\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let before = node.store.last_seq().unwrap();
+    let listed = ok(&node.client, "pkgrev.list", json!({"repository": "fresh"})).await;
+    let (code, reply) = call(
+        &node.client,
+        "pkgrev.create",
+        json!({"namespace": "team-a", "repository": "fresh", "package": "app", "workspace": "ws"}),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("409"));
+    assert_eq!(
+        reply["message"],
+        "the upstream refused the change: refs/heads/drafts/app/ws: pre-receive hook declined"
+    );
+    assert_eq!(node.store.last_seq().unwrap(), before);
+    assert_eq!(
+        ok(&node.client, "pkgrev.list", json!({"repository": "fresh"})).await,
+        listed
+    );
+    assert_eq!(refs(&bare), ["refs/heads/main"]);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn of_two_updates_with_one_resource_version_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bare, url) = fresh_upstream(dir.path());
+    let node = start(dir.path()).await;
+    register(&node, "fresh", &url).await;
+    let draft = ok(
+        &node.client,
+        "pkgrev.create",
+        json!({"namespace": "team-a", "repository": "fresh", "package": "app", "workspace": "ws"}),
+    )
+    .await;
+    let update = |content: &str| {
+        json!({"namespace": "team-a", "name": "fresh.app.ws",
+               "resources": {"Kptfile": "kind: Kptfile\n", "x.yaml": content},
+               "resource_version": draft["resource_version"]})
+    };
+    let (a, b) = tokio::join!(
+        call(&node.client, "pkgrev.update", update("a: 1\n")),
+        call(&node.client, "pkgrev.update", update("b: 2\n")),
+    );
+    let mut codes = [a.0.clone(), b.0.clone()];
+    codes.sort();
+    assert_eq!(codes, [None, Some("409".to_owned())], "{a:?} {b:?}");
+    let winner = if a.0.is_none() { "a: 1\n" } else { "b: 2\n" };
+    let files = ok(&node.client, "pkgrev.resources", key("fresh.app.ws")).await;
+    assert_eq!(files["resources"]["x.yaml"], winner);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, url) = fresh_upstream(dir.path());
+    let node = start(dir.path()).await;
+    register(&node, "fresh", &url).await;
+    let before = node.store.last_seq().unwrap();
+    let create = |extra: Value| {
+        let mut body = json!({"namespace": "team-a", "repository": "fresh", "package": "app", "workspace": "ws"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let big = "x".repeat(1025);
+    for (body, message) in [
+        (
+            create(json!({"resources": {"../escape.yaml": "a"}})),
+            "resources[\"../escape.yaml\"]: \"../escape.yaml\" must not contain \"..\"",
+        ),
+        (
+            create(json!({"resources": {"/etc/passwd": "a"}})),
+            "resources[\"/etc/passwd\"]: \"/etc/passwd\" is absolute",
+        ),
+        (
+            create(json!({"resources": {"a\u{0}b": "a"}})),
+            "resources[\"a\\0b\"]: \"a\\0b\" holds a NUL or control character",
+        ),
+        (
+            create(json!({"resources": {"big.yaml": big}})),
+            "resources[\"big.yaml\"]: 1025 bytes, more than the limit of 1024 (service.resource-max-bytes)",
+        ),
+        (
+            create(json!({"clone_from": "fresh.nope.v1"})),
+            "clone_from: package revision team-a/fresh.nope.v1 not found",
+        ),
+        (
+            create(json!({"workspace": "../ws"})),
+            "workspace: \"../ws\" is not a valid name (letters, digits, '.', '_' and '-', 1-253 characters, not starting with '.' or '-', not ending with '.' or \".lock\")",
+        ),
+        (
+            create(json!({"path": "a/../b"})),
+            "path: \"a/../b\" is not a valid package path (segment \"..\")",
+        ),
+        (
+            create(json!({"resources": {"Kptfile": "k"}, "clone_from": "fresh.x.y"})),
+            "clone_from: cannot be combined with resources",
+        ),
+        (
+            json!({"namespace": "team-a", "name": "fresh.app.ws", "resources": {"a": "b"}, "resource_version": 1}),
+            "resources: must hold a Kptfile (a package is a directory with one)",
+        ),
+    ] {
+        let endpoint = if body.get("repository").is_some() {
+            "pkgrev.create"
+        } else {
+            "pkgrev.update"
+        };
+        let (code, reply) = call(&node.client, endpoint, body.clone()).await;
+        assert_eq!(code.as_deref(), Some("400"), "{body}: {reply}");
+        assert_eq!(reply["message"], message, "{body}");
+    }
+    // A command on a revision that does not exist.
+    let (code, reply) = call(&node.client, "pkgrev.approve", key("fresh.app.ws")).await;
+    assert_eq!(code.as_deref(), Some("404"));
+    assert_eq!(
+        reply["message"],
+        "package revision team-a/fresh.app.ws not found"
+    );
+    assert_eq!(node.store.last_seq().unwrap(), before);
+    assert_eq!(refs(&bare), ["refs/heads/main"]);
+    node.shutdown().await;
+}
