@@ -37,10 +37,15 @@ enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
-    /// List, inspect and pull package revisions (talks to a running node).
+    /// List, inspect, pull, author and publish package revisions (talks to
+    /// a running node).
     Pkg {
         #[command(flatten)]
         conn: Conn,
+        /// Who is acting (recorded in the events, authors the commits); the
+        /// NATS user instead when the server names one.
+        #[arg(long, global = true)]
+        principal: Option<String>,
         #[command(subcommand)]
         command: PkgCommand,
     },
@@ -196,6 +201,60 @@ enum PkgCommand {
         /// Target directory.
         dir: PathBuf,
     },
+    /// Create a draft: an empty package (a Kptfile), or a copy of a revision.
+    Init {
+        /// namespace/repository.
+        repository: String,
+        /// Package path in the repository's directory, e.g. `catalog/app`.
+        package: String,
+        /// Workspace name, unique per package.
+        #[arg(long, short = 'w')]
+        workspace: String,
+        /// Copy this revision (its object name, same namespace).
+        #[arg(long)]
+        clone_from: Option<String>,
+    },
+    /// Replace a draft's resources with the files of a local directory.
+    Push {
+        /// namespace/name of the draft.
+        name: String,
+        /// Directory holding the package (its Kptfile at the top).
+        dir: PathBuf,
+        /// The resource_version the files were based on (default: the
+        /// draft's current one).
+        #[arg(long)]
+        resource_version: Option<u64>,
+    },
+    /// Draft → Proposed.
+    Propose {
+        /// namespace/name.
+        name: String,
+    },
+    /// Proposed → Draft.
+    Reject {
+        /// namespace/name.
+        name: String,
+    },
+    /// Proposed → Published (the next revision number).
+    Approve {
+        /// namespace/name.
+        name: String,
+    },
+    /// Published → DeletionProposed.
+    ProposeDelete {
+        /// namespace/name.
+        name: String,
+    },
+    /// DeletionProposed → Published.
+    WithdrawDelete {
+        /// namespace/name.
+        name: String,
+    },
+    /// Delete a draft, a proposal, or a revision whose deletion was proposed.
+    Delete {
+        /// namespace/name.
+        name: String,
+    },
 }
 
 /// The `pkgrev.list` filter as flags (`pkg list`, `watch`).
@@ -287,6 +346,36 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{text:?}: expected key=value"))
+}
+
+/// Sets `"principal"` in a request body when one was given.
+fn with_principal(body: &mut serde_json::Value, principal: &Option<String>) {
+    if let Some(p) = principal {
+        body["principal"] = p.clone().into();
+    }
+}
+
+/// One lifecycle transition of `name` (`<namespace>/<name>`) through
+/// `endpoint`; prints the revision after it (or what was deleted).
+fn transition(
+    c: &client::Client,
+    out: &mut impl std::io::Write,
+    output: client::Output,
+    endpoint: &str,
+    name: &str,
+    principal: &Option<String>,
+) -> anyhow::Result<()> {
+    let (ns, name) = split_key(name)?;
+    let mut body = serde_json::json!({"namespace": ns, "name": name});
+    with_principal(&mut body, principal);
+    let reply = c.call(endpoint, &body)?;
+    if let Some(deleted) = reply["deleted"].as_str() {
+        if output == client::Output::Table {
+            writeln!(out, "deleted {ns}/{deleted}")?;
+            return Ok(());
+        }
+    }
+    client::print(out, output, &reply, None, client::PKG_COLUMNS)
 }
 
 fn split_key(key: &str) -> anyhow::Result<(&str, &str)> {
@@ -551,7 +640,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Pkg { conn, command } => {
+        Command::Pkg {
+            conn,
+            principal,
+            command,
+        } => {
             telemetry::init("warn", false);
             let c = client::Client::connect(&conn.nats_url, conn.timeout)?;
             let out = &mut stdout;
@@ -598,6 +691,84 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         dir.display()
                     )?;
                     Ok(())
+                }
+                PkgCommand::Init {
+                    repository,
+                    package,
+                    workspace,
+                    clone_from,
+                } => {
+                    let (ns, repository) = split_key(&repository)?;
+                    let package = package.trim_matches('/');
+                    let (path, package) = package.rsplit_once('/').unwrap_or(("", package));
+                    let mut body = serde_json::json!({"namespace": ns, "repository": repository,
+                        "path": path, "package": package, "workspace": workspace});
+                    if let Some(from) = clone_from {
+                        body["clone_from"] = from.into();
+                    }
+                    with_principal(&mut body, &principal);
+                    let reply = c.call("pkgrev.create", &body)?;
+                    client::print(out, conn.output, &reply, None, client::PKG_COLUMNS)
+                }
+                PkgCommand::Push {
+                    name,
+                    dir,
+                    resource_version,
+                } => {
+                    let (ns, name) = split_key(&name)?;
+                    let key = serde_json::json!({"namespace": ns, "name": name});
+                    let (text, binary) = client::read_resources(&dir)?;
+                    let count = text.len() + binary.len();
+                    let resource_version = match resource_version {
+                        Some(v) => serde_json::Value::from(v),
+                        None => c.call("pkgrev.get", &key)?["resource_version"].clone(),
+                    };
+                    let mut body = serde_json::json!({"namespace": ns, "name": name,
+                        "resources": text, "resource_version": resource_version});
+                    if !binary.is_empty() {
+                        body["binary"] = serde_json::Value::Object(binary);
+                    }
+                    with_principal(&mut body, &principal);
+                    let reply = c.call("pkgrev.update", &body)?;
+                    if conn.output == client::Output::Json {
+                        return client::print(out, conn.output, &reply, None, client::PKG_COLUMNS);
+                    }
+                    use std::io::Write as _;
+                    writeln!(
+                        out,
+                        "pushed {count} files from {} to {ns}/{name} (resource_version {})",
+                        dir.display(),
+                        reply["resource_version"].as_str().unwrap_or_default()
+                    )?;
+                    Ok(())
+                }
+                PkgCommand::Propose { name } => {
+                    transition(&c, out, conn.output, "pkgrev.propose", &name, &principal)
+                }
+                PkgCommand::Reject { name } => {
+                    transition(&c, out, conn.output, "pkgrev.reject", &name, &principal)
+                }
+                PkgCommand::Approve { name } => {
+                    transition(&c, out, conn.output, "pkgrev.approve", &name, &principal)
+                }
+                PkgCommand::ProposeDelete { name } => transition(
+                    &c,
+                    out,
+                    conn.output,
+                    "pkgrev.propose-delete",
+                    &name,
+                    &principal,
+                ),
+                PkgCommand::WithdrawDelete { name } => transition(
+                    &c,
+                    out,
+                    conn.output,
+                    "pkgrev.withdraw-delete",
+                    &name,
+                    &principal,
+                ),
+                PkgCommand::Delete { name } => {
+                    transition(&c, out, conn.output, "pkgrev.delete", &name, &principal)
                 }
             }
         }

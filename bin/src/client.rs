@@ -286,6 +286,65 @@ pub fn write_resources(dir: &Path, reply: &Value) -> anyhow::Result<usize> {
     Ok(written)
 }
 
+/// The files below `dir` as request fields: path (relative, `/`-separated)
+/// → UTF-8 content in the first map, base64 of any other content in the
+/// second. Skips `.git`. A file name that is not UTF-8, a symlink or
+/// anything but a regular file or directory is an error naming it.
+pub fn read_resources(
+    dir: &Path,
+) -> anyhow::Result<(
+    serde_json::Map<String, Value>,
+    serde_json::Map<String, Value>,
+)> {
+    let mut text = serde_json::Map::new();
+    let mut binary = serde_json::Map::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current)
+            .with_context(|| format!("reading {}", current.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", current.display()))?;
+            let path = entry.path();
+            let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+                bail!(
+                    "{}: the file name is not valid UTF-8 (resource paths must be)",
+                    path.display()
+                );
+            };
+            if file_name == ".git" {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                bail!("{}: not a regular file or directory", path.display());
+            }
+            let relative = path
+                .strip_prefix(dir)
+                .ok()
+                .and_then(|p| p.to_str())
+                .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
+                .with_context(|| format!("{}: not below {}", path.display(), dir.display()))?;
+            let content =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            match String::from_utf8(content) {
+                Ok(s) => {
+                    text.insert(relative, s.into());
+                }
+                Err(e) => {
+                    use base64::Engine as _;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(e.into_bytes());
+                    binary.insert(relative, encoded.into());
+                }
+            }
+        }
+    }
+    Ok((text, binary))
+}
+
 /// The request body of `cairn repo register`.
 #[allow(clippy::too_many_arguments)]
 pub fn register_body(

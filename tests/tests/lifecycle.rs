@@ -646,3 +646,147 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     assert_eq!(refs(&bare), ["refs/heads/main"]);
     node.shutdown().await;
 }
+
+/// Runs the `cairn` CLI against the node on `port` (off the test's
+/// thread, where the node's actors run); (success, stdout, stderr).
+async fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-under-test"));
+    command
+        .args(args)
+        .args(["--nats-url", &format!("nats://127.0.0.1:{port}")]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+#[actix_rt::test]
+async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, url) = fresh_upstream(dir.path());
+    let port = free_port();
+    let mut config = config(&dir.path().join("node"));
+    config.nats.listen = format!("127.0.0.1:{port}");
+    let node = Node::start(config).await.unwrap();
+    register(&node, "fresh", &url).await;
+
+    let (ok_, out, err) = cli(
+        port,
+        &[
+            "pkg",
+            "init",
+            "team-a/fresh",
+            "catalog/app",
+            "-w",
+            "ws",
+            "-o",
+            "json",
+            "--principal",
+            "cli@example.com",
+        ],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    let draft: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(draft["name"], "fresh.catalog.app.ws");
+
+    // A directory with a nested file and a binary one.
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("deploy")).unwrap();
+    std::fs::write(
+        src.join("Kptfile"),
+        "kind: Kptfile\nmetadata:\n  name: app\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("deploy/cm.yaml"), "kind: ConfigMap\n").unwrap();
+    std::fs::write(src.join("logo.bin"), [0xff, 0x00, 0x7f]).unwrap();
+    let (ok_, out, err) = cli(
+        port,
+        &[
+            "pkg",
+            "push",
+            "team-a/fresh.catalog.app.ws",
+            src.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    let version = ok(&node.client, "pkgrev.get", key("fresh.catalog.app.ws")).await
+        ["resource_version"]
+        .clone();
+    assert_eq!(
+        out,
+        format!(
+            "pushed 3 files from {} to team-a/fresh.catalog.app.ws (resource_version {})",
+            src.display(),
+            version.as_str().unwrap()
+        )
+    );
+
+    // A file name that is not UTF-8: refused before anything is sent.
+    let bad = src.join(std::ffi::OsStr::from_bytes(b"bad-\xff.yaml"));
+    std::fs::write(&bad, "x: 1\n").unwrap();
+    let before = node.store.last_seq().unwrap();
+    let (ok_, _, err) = cli(
+        port,
+        &[
+            "pkg",
+            "push",
+            "team-a/fresh.catalog.app.ws",
+            src.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!ok_);
+    assert!(
+        err.contains(&format!(
+            "{}: the file name is not valid UTF-8",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(node.store.last_seq().unwrap(), before);
+    std::fs::remove_file(&bad).unwrap();
+
+    for verb in ["propose", "approve"] {
+        let (ok_, _, err) = cli(port, &["pkg", verb, "team-a/fresh.catalog.app.ws"]).await;
+        assert!(ok_, "{verb}: {err}");
+    }
+    assert_eq!(git(&bare, &["tag", "--list"]), "catalog/app/v1");
+    assert_eq!(
+        git(&bare, &["log", "-1", "--format=%ae", "main"]),
+        "cairn@localhost"
+    );
+    let back = dir.path().join("back");
+    let (ok_, _, err) = cli(
+        port,
+        &[
+            "pkg",
+            "pull",
+            "team-a/fresh.catalog.app.ws",
+            back.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    for file in ["Kptfile", "deploy/cm.yaml", "logo.bin"] {
+        assert_eq!(
+            std::fs::read(back.join(file)).unwrap(),
+            std::fs::read(src.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let (ok_, _, err) = cli(port, &["pkg", "delete", "team-a/fresh.catalog.app.ws"]).await;
+    assert!(!ok_);
+    assert!(
+        err.contains("409: cannot delete fresh.catalog.app.ws: it is Published"),
+        "{err}"
+    );
+    node.shutdown().await;
+}
