@@ -444,6 +444,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         revisions: usize,
     },
+    /// Approving one proposal in a repository of N published revisions (and
+    /// of N/10) vs the same commit, tag and push with the git CLI.
+    Approve {
+        /// Published revisions of the larger repository (the smaller holds a tenth).
+        #[arg(long, default_value_t = 1000)]
+        revisions: usize,
+        /// Timed approvals per repository.
+        #[arg(long, default_value_t = 15)]
+        iterations: usize,
+    },
     /// A sync of an unchanged repository vs git ls-remote of it.
     SyncNoop {
         /// Packages in the generated repository.
@@ -837,6 +847,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &bench::SyncFirstOptions {
                         packages,
                         revisions,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Approve {
+                    revisions,
+                    iterations,
+                } => bench::approve::approve(
+                    &bench::approve::ApproveOptions {
+                        revisions,
+                        iterations,
                     },
                     &mut stdout,
                 )

@@ -448,6 +448,28 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
     );
     assert_eq!(git(&bare, &["branch", "--list", "deletionProposed/*"]), "");
 
+    // Deleting the latest revision moves "latest" down to v2.
+    command(
+        &node,
+        "drafts",
+        "pkgrev.propose-delete",
+        key("drafts.basens.third"),
+    )
+    .await;
+    let (_, events) = command(&node, "drafts", "pkgrev.delete", key("drafts.basens.third")).await;
+    assert_eq!(
+        named(&events),
+        [
+            ("PackageRevisionModified".into(), "drafts.basens.v2".into()),
+            (
+                "PackageRevisionDeleted".into(),
+                "drafts.basens.third".into()
+            ),
+        ]
+    );
+    let v2 = ok(&node.client, "pkgrev.get", key("drafts.basens.v2")).await;
+    assert_eq!(v2["latest"], true);
+
     // The placeholder: a commit removing the package from main.
     command(
         &node,

@@ -132,7 +132,7 @@ pub struct Task {
 /// paths reported relative to it). A directory that does not exist lists
 /// nothing. Malformed annotations and Kptfiles never fail discovery.
 pub fn discover(path: &Path, branch: &str, directory: &str) -> Result<Discovery, OriginError> {
-    discover_on(path, branch, directory, None, None)
+    discover_on(path, branch, directory, None, None, None)
 }
 
 /// [`discover`] of the revisions of `packages` only (full package paths in
@@ -146,7 +146,26 @@ pub fn discover_packages(
     directory: &str,
     packages: &HashSet<String>,
 ) -> Result<Discovery, OriginError> {
-    discover_on(path, branch, directory, None, Some(packages))
+    discover_on(path, branch, directory, None, Some(packages), None)
+}
+
+/// [`discover`] of what one write to `package` (full path) can have
+/// changed: the revisions of the refs in `refs` (full names of its tags,
+/// drafts and proposals; others are ignored) and its placeholder. Only
+/// those refs are read, so the cost does not grow with the package's other
+/// revisions — except `latest`, which is set as a full discovery would
+/// (on the package's highest published revision) by looking at the names
+/// of all its tags. (A tag whose commit lacks the package, which a full
+/// discovery skips, still counts there.)
+pub fn discover_refs(
+    path: &Path,
+    branch: &str,
+    directory: &str,
+    package: &str,
+    refs: &HashSet<String>,
+) -> Result<Discovery, OriginError> {
+    let only = HashSet::from([package.to_owned()]);
+    discover_on(path, branch, directory, None, Some(&only), Some(refs))
 }
 
 /// The full path in the repository of package `package` at `path` below
@@ -181,6 +200,7 @@ fn discover_on(
     directory: &str,
     threads: Option<usize>,
     only: Option<&HashSet<String>>,
+    refs: Option<&HashSet<String>>,
 ) -> Result<Discovery, OriginError> {
     let repo = open(path)?;
     Discoverer {
@@ -192,7 +212,7 @@ fn discover_on(
         resources: HashMap::new(),
         history: Arc::default(),
     }
-    .run(path, threads, only)
+    .run(path, threads, only, refs)
 }
 
 fn open(path: &Path) -> Result<Repository, OriginError> {
@@ -265,8 +285,11 @@ impl Discoverer<'_> {
         path: &Path,
         threads: Option<usize>,
         only: Option<&HashSet<String>>,
+        only_refs: Option<&HashSet<String>>,
     ) -> Result<Discovery, OriginError> {
         let main_ref = format!("refs/heads/{}", self.branch);
+        // With `only_refs`: the highest tag of each package, by name.
+        let mut highest_tag: HashMap<String, i64> = HashMap::new();
         let mut main = None;
         let mut others = Vec::new();
         let mut deletion_proposed = HashSet::new();
@@ -288,6 +311,15 @@ impl Discoverer<'_> {
             } else if only.is_none_or(|only| {
                 package_of_ref(name).is_some_and(|package| only.contains(package))
             }) {
+                if let Some(only_refs) = only_refs {
+                    if let Some(RefKind::Tag { package, revision }) = classify(name) {
+                        let highest = highest_tag.entry(package.to_owned()).or_default();
+                        *highest = (*highest).max(revision);
+                    }
+                    if !only_refs.contains(name) {
+                        continue;
+                    }
+                }
                 others.push((name.to_owned(), commit.id()));
             }
         }
@@ -382,6 +414,14 @@ impl Discoverer<'_> {
             "discovered"
         );
         mark_latest(&mut revisions);
+        if only_refs.is_some() {
+            for r in &mut revisions {
+                let full = package_path(self.directory, &r.path, &r.package);
+                r.latest = r.lifecycle.is_published()
+                    && r.revision > 0
+                    && highest_tag.get(&full) == Some(&r.revision);
+            }
+        }
         revisions.sort_by(|a, b| {
             (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
                 &b.path,
@@ -1072,8 +1112,8 @@ mod tests {
                     .unwrap();
             }
         }
-        let one = discover_on(dir.path(), "main", "", Some(1), None).unwrap();
-        let three = discover_on(dir.path(), "main", "", Some(3), None).unwrap();
+        let one = discover_on(dir.path(), "main", "", Some(1), None, None).unwrap();
+        let three = discover_on(dir.path(), "main", "", Some(3), None, None).unwrap();
         assert_eq!(one.revisions.len(), 300 * 3 + 100);
         assert_eq!(one, three);
         let automatic = discover(dir.path(), "main", "").unwrap();

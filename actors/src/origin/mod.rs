@@ -32,8 +32,8 @@ pub mod write;
 use std::fmt;
 
 pub use discovery::{
-    discover, discover_packages, package_of_ref, package_path, DiscoveredRevision, Discovery,
-    Lifecycle, Task,
+    discover, discover_packages, discover_refs, package_of_ref, package_path, DiscoveredRevision,
+    Discovery, Lifecycle, Task,
 };
 pub use git::{create_branch, Blobs, FetchOutcome, GitCache};
 

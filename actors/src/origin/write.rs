@@ -267,6 +267,9 @@ pub(super) fn push_refspecs(
     credentials: Option<&Credentials>,
     refspecs: &[String],
 ) -> Result<(), OriginError> {
+    if url.starts_with("file://") {
+        return push_with_git_cli(repo, url, refspecs);
+    }
     let mut remote = repo.remote_anonymous(url).map_err(map_git_error)?;
     let mut rejected: Vec<String> = Vec::new();
     {
@@ -293,8 +296,87 @@ pub(super) fn push_refspecs(
     }
 }
 
+/// Pushes to a `file://` upstream with `git push --atomic` (all updates or
+/// none), as fetches from one go through the git CLI too (see
+/// `file_transport`). libgit2's push marks the tree of every commit the
+/// upstream advertises as already there, a cost that grows with the
+/// upstream's tags; `git push` stops at the commits it sends.
+fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Result<(), OriginError> {
+    let output = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo.path())
+        .args(["push", "--porcelain", "--atomic", "--no-verify", url])
+        .args(refspecs)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| OriginError::Git(format!("running git push: {e} (is git installed?)")))?;
+    let (moved, refused) = porcelain_refusals(&String::from_utf8_lossy(&output.stdout));
+    if !refused.is_empty() {
+        return Err(OriginError::Rejected(refused.join("; ")));
+    }
+    if !moved.is_empty() {
+        return Err(OriginError::Moved(moved.join("; ")));
+    }
+    if !output.status.success() {
+        return Err(OriginError::Git(format!(
+            "git push to {url}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The refused updates in `git push --porcelain` output (lines
+/// `<flag>\t<from>:<to>\t<summary> (<reason>)`, flag `!` for a refusal),
+/// as `<ref>: <reason>`: those git refused for not being fast-forwards (or
+/// the ref existing already), and those the upstream refused (a hook,
+/// permissions). Updates failed only because another one of an atomic
+/// push did are left out.
+fn porcelain_refusals(stdout: &str) -> (Vec<String>, Vec<String>) {
+    let (mut moved, mut refused) = (Vec::new(), Vec::new());
+    for line in stdout.lines() {
+        let mut parts = line.splitn(3, '\t');
+        let (Some("!"), Some(refs), Some(summary)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let to = refs.rsplit_once(':').map_or(refs, |(_, to)| to);
+        let reason = summary
+            .split_once('(')
+            .map_or(summary, |(_, r)| r.trim_end_matches(')'))
+            .trim();
+        if reason == "atomic push failed" {
+            continue;
+        }
+        if summary.starts_with("[remote rejected]") || summary.starts_with("[remote failure]") {
+            refused.push(format!("{to}: {reason}"));
+        } else {
+            moved.push(format!("{to}: {reason}"));
+        }
+    }
+    (moved, refused)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn porcelain_refusals_are_sorted_by_cause() {
+        let out = "To file:///up.git\n\
+                   =\trefs/cairn/push/0:refs/heads/x\t[up to date]\n\
+                   !\trefs/cairn/push/1:refs/heads/main\t[rejected] (non-fast-forward)\n\
+                   !\trefs/cairn/push/2:refs/tags/p/v1\t[rejected] (atomic push failed)\n\
+                   !\trefs/cairn/push/3:refs/heads/drafts/p/w\t[remote rejected] (pre-receive hook declined)\n\
+                   Done\n";
+        assert_eq!(
+            super::porcelain_refusals(out),
+            (
+                vec!["refs/heads/main: non-fast-forward".to_owned()],
+                vec!["refs/heads/drafts/p/w: pre-receive hook declined".to_owned()]
+            )
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -44,7 +44,7 @@ use cairn_storage::{
 };
 use git2::{Oid, Repository};
 use std::ops::ControlFlow;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{
     component::{object_name, RepositoryComponent},
@@ -187,35 +187,6 @@ fn target(
     Ok((revision, row.updated_seq))
 }
 
-/// The view's revisions of one package (all lifecycles).
-fn package_revisions(
-    store: &Store,
-    spec: &RepositorySpec,
-    path: &str,
-    package: &str,
-) -> Result<BTreeMap<String, PackageRevision>, ServiceError> {
-    let mut names = Vec::new();
-    let scope = ListScope {
-        namespace: Some(&spec.namespace),
-        repository: Some(&spec.name),
-        package: Some(package),
-        path: Some(path),
-    };
-    PackageRevisionListView::scan::<ServiceError>(store, &scope, None, |row| {
-        names.push(row.name.to_owned());
-        Ok(ControlFlow::Continue(()))
-    })?;
-    let mut revisions = BTreeMap::new();
-    for name in names {
-        if let Some(revision) =
-            PackageRevisionsView::get(store, &spec.namespace, &name)?.and_then(|row| row.revision)
-        {
-            revisions.insert(name, revision);
-        }
-    }
-    Ok(revisions)
-}
-
 /// What [`execute`] produced: the events to append (none when the upstream
 /// already was as asked), the target's name and whether it is gone, and the
 /// blobs to keep until the events commit.
@@ -240,6 +211,7 @@ pub fn execute(
     op: &Op,
     principal: &str,
 ) -> Result<Executed, ServiceError> {
+    let started = std::time::Instant::now();
     let spec = &component.spec;
     let git = spec.git.clone().unwrap_or_default();
     let store = &env.store;
@@ -318,18 +290,25 @@ pub fn execute(
     };
     let credentials = env.secrets.resolve(&git.secret_ref).map_err(write_error)?;
 
+    let validated = started.elapsed();
     // 2. Write to the upstream, holding the mirror.
-    env.fetches
+    let (changes, highest) = env
+        .fetches
         .write(&git.url, credentials.as_ref(), |mirror, refetch| {
             let mut repo = Repository::open_bare(mirror).map_err(OriginError::from)?;
             let mut attempt = 0;
             loop {
                 attempt += 1;
+                let t = std::time::Instant::now();
                 let changes = changes_of(&repo, op, &refs, current.as_ref(), &author)?;
-                match push_changes(&repo, &git.url, credentials.as_ref(), &changes) {
+                let built = t.elapsed();
+                let pushed = push_changes(&repo, &git.url, credentials.as_ref(), &changes);
+                debug!(attempt, build_ms = built.as_secs_f64() * 1e3, push_ms = (t.elapsed() - built).as_secs_f64() * 1e3, "pushed");
+                match pushed {
                     Ok(()) => {
                         set_local_refs(&repo, &changes)?;
-                        return Ok(());
+                        let highest = next_revision(&repo, &refs)? - 1;
+                        return Ok((changes, highest));
                     }
                     Err(OriginError::Moved(why))
                         if matches!(op, Op::Approve(_)) && attempt < APPROVE_ATTEMPTS =>
@@ -345,15 +324,25 @@ pub fn execute(
         })
         .map_err(write_error)?;
 
-    // 3. Read the package back and reconcile it against the view.
+    let written = started.elapsed();
+    // 3. Read back what the write can have changed, and reconcile it
+    // against the view's side of the same revisions.
     let mirror = env.fetches.cache().mirror_path(&git.url);
-    let full = refs.full.clone();
-    let discovery =
-        origin::discover_packages(&mirror, &git.branch, &git.directory, &HashSet::from([full]))
-            .map_err(|e| ServiceError::internal(format!("reading back {name}: {e}")))?;
-    let (discovered, pins) = store_revisions(env, &mirror, spec, discovery.revisions)
+    let read = refs_to_read(&changes, &refs, current.as_ref());
+    let discovery = origin::discover_refs(&mirror, &git.branch, &git.directory, &refs.full, &read)
         .map_err(|e| ServiceError::internal(format!("reading back {name}: {e}")))?;
-    let before = package_revisions(store, spec, &path, &package)?;
+    let (mut discovered, pins) = store_revisions(env, &mirror, spec, discovery.revisions)
+        .map_err(|e| ServiceError::internal(format!("reading back {name}: {e}")))?;
+    let gone = matches!(op, Op::Delete(_)).then_some(name.as_str());
+    latest_moved(store, spec, &path, &package, highest, gone, &mut discovered)?;
+    let mut before = BTreeMap::new();
+    for n in discovered.keys().chain(std::iter::once(&name)) {
+        if let Some(r) =
+            PackageRevisionsView::get(store, &spec.namespace, n)?.and_then(|row| row.revision)
+        {
+            before.insert(n.clone(), r);
+        }
+    }
     let (events, _) = RepositoryComponent::reconcile(&before, discovered);
     let clone_from = match op {
         Op::Create {
@@ -363,6 +352,14 @@ pub fn execute(
         _ => String::new(),
     };
     let events = typed(events, &name, op, &clone_from);
+    debug!(
+        revision = %name,
+        verb = op.verb(),
+        validate_ms = validated.as_secs_f64() * 1e3,
+        write_ms = (written - validated).as_secs_f64() * 1e3,
+        read_back_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+        "command executed"
+    );
     Ok(Executed {
         deleted: matches!(op, Op::Delete(_)),
         events,
@@ -406,6 +403,72 @@ fn check_nesting(
         ))),
         None => Ok(()),
     }
+}
+
+/// The refs whose revisions `changes` can have changed (the placeholder is
+/// always read back): tags, drafts and proposals it sets, and the tag a
+/// deletion marker it sets or removes belongs to.
+fn refs_to_read(
+    changes: &[RefChange],
+    refs: &PackageRefs,
+    current: Option<&PackageRevision>,
+) -> HashSet<String> {
+    let mut read = HashSet::new();
+    for change in changes {
+        let (RefChange::Set { name, .. } | RefChange::Delete { name }) = change;
+        let set = matches!(change, RefChange::Set { .. });
+        if set && origin::package_of_ref(name).is_some() && !name.contains("/deletionProposed/") {
+            read.insert(name.clone());
+        }
+    }
+    if let Some(r) = current.filter(|r| r.revision > 0) {
+        read.insert(refs.tag(r.revision));
+    }
+    read
+}
+
+/// Adds to `discovered` each revision of the package whose `latest` flag
+/// the write moved without changing it otherwise (the previous latest when
+/// a higher revision was published, the next one down when the latest was
+/// deleted): `highest` is the package's highest published revision now,
+/// `gone` the revision the write deleted.
+fn latest_moved(
+    store: &Store,
+    spec: &RepositorySpec,
+    path: &str,
+    package: &str,
+    highest: i64,
+    gone: Option<&str>,
+    discovered: &mut BTreeMap<String, PackageRevision>,
+) -> Result<(), ServiceError> {
+    let scope = ListScope {
+        namespace: Some(&spec.namespace),
+        repository: Some(&spec.name),
+        package: Some(package),
+        path: Some(path),
+    };
+    let mut moved = Vec::new();
+    PackageRevisionListView::scan::<ServiceError>(store, &scope, None, |row| {
+        if discovered.contains_key(row.name) || gone == Some(row.name) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let head = row.listing()?;
+        let published = matches!(head.lifecycle.as_str(), "Published" | "DeletionProposed");
+        let latest = published && head.revision > 0 && head.revision == highest;
+        if head.latest != latest {
+            moved.push((row.name.to_owned(), latest));
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    for (name, latest) in moved {
+        if let Some(mut r) =
+            PackageRevisionsView::get(store, &spec.namespace, &name)?.and_then(|row| row.revision)
+        {
+            r.latest = latest;
+            discovered.insert(name, r);
+        }
+    }
+    Ok(())
 }
 
 /// (path, package, workspace, revision) of an existing revision.

@@ -41,11 +41,11 @@ use super::gen::{self, Generated, History, Shape};
 use crate::{config::NodeConfig, node::Node};
 
 /// Namespace the benchmarks register their repository in.
-const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 /// Name of the registered repository.
-const REPOSITORY: &str = "generated";
+pub(crate) const REPOSITORY: &str = "generated";
 /// Longest wait for a registration (the first sync of a large repository).
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const REGISTER_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest wait for one list page.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most pages one listing may take (a bound, far above any real listing).
@@ -144,7 +144,11 @@ pub fn node_config(data_dir: &Path) -> NodeConfig {
 }
 
 /// Generates `shape` under `dir` and says so.
-fn generate(dir: &Path, shape: &Shape, out: &mut dyn std::io::Write) -> anyhow::Result<Generated> {
+pub(crate) fn generate(
+    dir: &Path,
+    shape: &Shape,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<Generated> {
     let generated = gen::generate(&dir.join("upstream.git"), shape)?;
     writeln!(
         out,
@@ -163,7 +167,7 @@ fn generate(dir: &Path, shape: &Shape, out: &mut dyn std::io::Write) -> anyhow::
 }
 
 /// A request whose error reply (`Nats-Service-Error`) becomes an error.
-async fn call(
+pub(crate) async fn call(
     client: &async_nats::Client,
     subject: &str,
     body: Bytes,
@@ -324,12 +328,12 @@ async fn raw_responder(
 }
 
 /// The running node of a benchmark and a client of it.
-struct Running {
-    node: Node,
-    client: async_nats::Client,
+pub(crate) struct Running {
+    pub(crate) node: Node,
+    pub(crate) client: async_nats::Client,
 }
 
-async fn start_node(data_dir: &Path) -> anyhow::Result<Running> {
+pub(crate) async fn start_node(data_dir: &Path) -> anyhow::Result<Running> {
     let node = Node::start(node_config(data_dir)).await?;
     let client = async_nats::ConnectOptions::new()
         .name("cairn-bench")
@@ -341,7 +345,7 @@ async fn start_node(data_dir: &Path) -> anyhow::Result<Running> {
 
 /// Registers `generated` on `running`, then waits until every event is in
 /// JetStream, so publishing does not compete with what is measured next.
-async fn register_and_settle(
+pub(crate) async fn register_and_settle(
     running: &Running,
     generated: &Generated,
     out: &mut dyn std::io::Write,

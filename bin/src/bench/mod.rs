@@ -20,11 +20,16 @@
 //! - `memory`: the node's resident memory after syncing and listing N
 //!   revisions.
 //!
+//! - `approve` ([`approve`]): approving one proposal in a repository of N
+//!   published revisions, at N and N/10, vs the same commit, tag and push
+//!   with the git CLI.
+//!
 //! And on an in-process node, appending through its store:
 //!
 //! - `watch` ([`watch`]): latency from an append to a watcher's receipt
 //!   over NATS vs raw NATS publish → receipt on the same server.
 
+pub mod approve;
 pub mod cache;
 pub mod gen;
 pub mod watch;
