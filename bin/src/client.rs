@@ -32,9 +32,16 @@ impl Client {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let (urls, credentials) = crate::node::split_credentials(&[url.to_owned()]);
+        let url = urls.join(",");
+        let url = url.as_str();
         let nats = runtime
             .block_on(async {
-                tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    crate::node::connect_options(credentials).connect(url),
+                )
+                .await
             })
             .map_err(|_| {
                 anyhow::anyhow!("no NATS server reachable at {url}; is a cairn node running?")

@@ -98,7 +98,7 @@ impl Node {
         } else {
             config.nats.urls.clone()
         };
-        let nats_url = urls.join(",");
+        let nats_url = split_credentials(&urls).0.join(",");
         let client = connect(&urls, config.nats.connect_timeout).await?;
 
         let publisher_config = PublisherConfig {
@@ -236,12 +236,13 @@ impl Node {
 /// by itself.
 pub async fn connect(urls: &[String], timeout: Duration) -> anyhow::Result<async_nats::Client> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let (urls, credentials) = split_credentials(urls);
     let joined = urls.join(",");
     loop {
-        let attempt = async_nats::ConnectOptions::new()
+        let attempt = connect_options(credentials.clone())
             .name("cairn-node")
             .connection_timeout(timeout.min(Duration::from_secs(5)))
-            .connect(urls)
+            .connect(urls.as_slice())
             .await;
         match attempt {
             Ok(client) => return Ok(client),
@@ -255,6 +256,51 @@ pub async fn connect(urls: &[String], timeout: Duration) -> anyhow::Result<async
                 ))
             }
         }
+    }
+}
+
+/// `urls` without their user info (what may be logged), and the user and
+/// password of the first URL that carries them (`nats://user:pass@host`).
+pub fn split_credentials(urls: &[String]) -> (Vec<String>, Option<(String, String)>) {
+    let mut credentials = None;
+    let urls = urls
+        .iter()
+        .map(|raw| {
+            let with_scheme = if raw.contains("://") {
+                raw.clone()
+            } else {
+                format!("nats://{raw}")
+            };
+            let Ok(mut url) = url::Url::parse(&with_scheme) else {
+                return raw.clone();
+            };
+            if url.username().is_empty() {
+                return raw.clone();
+            }
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            let user = decode(url.username());
+            let password = decode(url.password().unwrap_or_default());
+            credentials.get_or_insert((user, password));
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string().trim_end_matches('/').to_owned()
+        })
+        .collect();
+    (urls, credentials)
+}
+
+/// Connect options with `credentials` (user, password) when given.
+pub fn connect_options(credentials: Option<(String, String)>) -> async_nats::ConnectOptions {
+    match credentials {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        None => async_nats::ConnectOptions::new(),
     }
 }
 
@@ -285,4 +331,22 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => info!("SIGINT received"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_urls_that_are_logged() {
+        let (urls, credentials) = split_credentials(&[
+            "nats://cairn:s%40cret@10.0.0.1:4222".to_owned(),
+            "10.0.0.2:4222".to_owned(),
+        ]);
+        assert_eq!(urls, ["nats://10.0.0.1:4222", "10.0.0.2:4222"]);
+        assert_eq!(credentials, Some(("cairn".to_owned(), "s@cret".to_owned())));
+        let (urls, credentials) = split_credentials(&["nats://127.0.0.1:4222".to_owned()]);
+        assert_eq!(urls, ["nats://127.0.0.1:4222"]);
+        assert_eq!(credentials, None);
+    }
 }

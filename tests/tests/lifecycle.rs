@@ -812,3 +812,70 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     );
     node.shutdown().await;
 }
+
+/// With NATS auth on, the principal is the user the server names for the
+/// request (a service import with `share: true` from the client's account
+/// into cairn's), whatever the request's `"principal"` field says.
+#[actix_rt::test]
+async fn with_auth_on_the_principal_is_the_nats_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bare, url) = fresh_upstream(dir.path());
+    let port = free_port();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"listen: "127.0.0.1:{port}"
+jetstream {{ store_dir: "{}" }}
+accounts {{
+  CAIRN: {{
+    jetstream: enabled
+    users: [{{user: cairn, password: cairn-secret}}]
+    exports: [{{service: "cairn.v1.>"}}]
+  }}
+  TEAM: {{
+    users: [{{user: alice, password: alice-secret}}]
+    imports: [{{service: {{account: CAIRN, subject: "cairn.v1.>"}}, share: true}}]
+  }}
+}}
+"#,
+            dir.path().join("js").display()
+        ),
+    )
+    .unwrap();
+    let mut server = std::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server runs");
+    let mut config = config(&dir.path().join("node"));
+    config.nats.urls = vec![format!("nats://cairn:cairn-secret@127.0.0.1:{port}")];
+    let node = Node::start(config).await.unwrap();
+    let alice =
+        async_nats::ConnectOptions::with_user_and_password("alice".into(), "alice-secret".into())
+            .connect(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
+    ok(
+        &alice,
+        "repo.register",
+        json!({"namespace": "team-a", "name": "fresh", "git": {"url": url}}),
+    )
+    .await;
+    let before = node.store.last_seq().unwrap();
+    ok(
+        &alice,
+        "pkgrev.create",
+        json!({"namespace": "team-a", "repository": "fresh", "package": "app",
+               "workspace": "ws", "principal": "mallory@example.com"}),
+    )
+    .await;
+    let (_, events) = events_after(&node.client, "fresh", before).await;
+    assert_eq!(kinds(&events), ["DraftCreated"]);
+    assert_eq!(events[0]["principal"], "alice");
+    node.shutdown().await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
