@@ -16,7 +16,7 @@
 //! [`crate::repository::command`]).
 
 use cairn_events::{revision::revision_json, v1 as pb};
-use cairn_storage::{blob::Digest, views::PackageRevisionsView, BlobStore};
+use cairn_storage::views::PackageRevisionsView;
 use prost::Message as _;
 use serde_json::json;
 
@@ -158,11 +158,7 @@ fn revision_files(
     })?;
     let mut files = Files::new();
     for (path, digest) in row.revision.unwrap_or_default().resources {
-        let d = Digest::parse(&digest)
-            .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
-        let content = store
-            .get(&d)?
-            .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))?;
+        let content = super::pkgrev::resource(store, &path, &digest)?;
         files.insert(path, content);
     }
     Ok(files)

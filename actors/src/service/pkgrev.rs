@@ -372,11 +372,7 @@ pub async fn handle_resources(
         let mut files = BTreeMap::new();
         let mut size = 64;
         for (path, digest) in row.revision.unwrap_or_default().resources {
-            let d = Digest::parse(&digest)
-                .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
-            let content = store
-                .get(&d)?
-                .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))?;
+            let content = resource(&store, &path, &digest)?;
             size += path.len() + content.len() * 2;
             if size > max {
                 return Err(ServiceError {
@@ -413,6 +409,19 @@ pub async fn handle_resources(
             .encode_to_vec()
         },
     ))
+}
+
+/// The content of resource `path` of a revision, stored as `digest`.
+pub fn resource(
+    store: &cairn_storage::Store,
+    path: &str,
+    digest: &str,
+) -> Result<Vec<u8>, ServiceError> {
+    let d = Digest::parse(digest)
+        .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
+    store
+        .get(&d)?
+        .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
