@@ -656,7 +656,8 @@ async fn a_client_that_goes_away_is_cleaned_up() {
         json!({"deliver_subject": subject, "heartbeat_ms": 100}),
     )
     .await;
-    assert_eq!(watchers(&client).await, 1);
+    // (No count here: with 100 ms heartbeats a slow machine may already
+    // have ended the watch; the heartbeats below prove it lived.)
     let mut heartbeats = 0;
     while heartbeats < 2 {
         let message = tokio::time::timeout(WAIT, silent.next())
