@@ -17,6 +17,8 @@
 
 use cairn_events::{revision::revision_json, v1 as pb};
 use cairn_storage::views::PackageRevisionsView;
+
+use super::pkgrev::{get_row, revision_name};
 use prost::Message as _;
 use serde_json::json;
 
@@ -205,7 +207,7 @@ async fn run(
     Ok(outcome_body(request.format, outcome))
 }
 
-/// The namespace and repository of revision `namespace/name`.
+/// The repository of revision `namespace/name` (404 when there is none).
 async fn repository_of(
     context: &ServiceContext,
     namespace: &str,
@@ -213,26 +215,7 @@ async fn repository_of(
 ) -> Result<String, ServiceError> {
     let store = context.store.clone();
     let (namespace, name) = (namespace.to_owned(), name.to_owned());
-    blocking(move || {
-        PackageRevisionsView::get(&store, &namespace, &name)?
-            .map(|row| row.repository)
-            .ok_or_else(|| {
-                ServiceError::not_found(format!("package revision {namespace}/{name} not found"))
-            })
-    })
-    .await
-}
-
-/// A revision name in a request.
-fn revision_name(f: &Fields, field: &str) -> Result<String, ServiceError> {
-    let name = f.required(field)?;
-    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '/') {
-        return Err(ServiceError::bad_field(
-            field,
-            format!("{name:?} is not a package revision name"),
-        ));
-    }
-    Ok(name)
+    blocking(move || get_row(&store, &namespace, &name).map(|row| row.repository)).await
 }
 
 /// `cairn.v1.pkgrev.create`.

@@ -324,17 +324,24 @@ fn parse_name(payload: &[u8]) -> Result<(String, String), ServiceError> {
     let f = Fields::parse(payload, &["namespace", "name"])?;
     let namespace = f.required("namespace")?;
     validate::dns_label("namespace", &namespace)?;
-    let name = f.required("name")?;
-    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '/') {
-        return Err(ServiceError::bad_field(
-            "name",
-            format!("{name:?} is not a package revision name"),
-        ));
-    }
+    let name = revision_name(&f, "name")?;
     Ok((namespace, name))
 }
 
-fn get_row(
+/// The package revision name in field `field` of `f` (required).
+pub(super) fn revision_name(f: &Fields, field: &str) -> Result<String, ServiceError> {
+    let name = f.required(field)?;
+    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ServiceError::bad_field(
+            field,
+            format!("{name:?} is not a package revision name"),
+        ));
+    }
+    Ok(name)
+}
+
+/// The row of revision `namespace/name`; 404 when there is none.
+pub(super) fn get_row(
     store: &cairn_storage::Store,
     namespace: &str,
     name: &str,
