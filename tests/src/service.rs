@@ -41,8 +41,8 @@ pub async fn call(
         ),
     )
     .await
-    .expect("reply in time")
-    .expect("a responder");
+    .unwrap_or_else(|_| panic!("{endpoint}: no reply in time"))
+    .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
     let code = reply
         .headers
         .as_ref()

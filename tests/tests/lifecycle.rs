@@ -820,12 +820,11 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
 async fn with_auth_on_the_principal_is_the_nats_user() {
     let dir = tempfile::tempdir().unwrap();
     let (_bare, url) = fresh_upstream(dir.path());
-    let port = free_port();
     let conf = dir.path().join("nats.conf");
     std::fs::write(
         &conf,
         format!(
-            r#"listen: "127.0.0.1:{port}"
+            r#"listen: "127.0.0.1:-1"
 jetstream {{ store_dir: "{}" }}
 accounts {{
   CAIRN: {{
@@ -843,13 +842,33 @@ accounts {{
         ),
     )
     .unwrap();
+    // The server picks its port and says which (a port chosen beforehand
+    // could be taken by another test's server meanwhile).
     let mut server = std::process::Command::new("nats-server")
         .arg("-c")
         .arg(&conf)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("nats-server runs");
+    let log = server.stderr.take().unwrap();
+    let port: u16 = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        let mut lines = std::io::BufReader::new(log).lines();
+        let port = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                let (_, addr) = line.split_once("Listening for client connections on ")?;
+                addr.trim().rsplit_once(':')?.1.parse().ok()
+            })
+            .expect("nats-server reports its port");
+        // Keep draining, so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        port
+    })
+    .await
+    .unwrap();
     let mut config = config(&dir.path().join("node"));
     config.nats.urls = vec![format!("nats://cairn:cairn-secret@127.0.0.1:{port}")];
     let node = Node::start(config).await.unwrap();
@@ -858,12 +877,7 @@ accounts {{
             .connect(format!("127.0.0.1:{port}"))
             .await
             .unwrap();
-    ok(
-        &alice,
-        "repo.register",
-        json!({"namespace": "team-a", "name": "fresh", "git": {"url": url}}),
-    )
-    .await;
+    register(&node, "fresh", &url).await;
     let before = node.store.last_seq().unwrap();
     ok(
         &alice,
