@@ -12,17 +12,14 @@ use cairn::{
     node::Node,
 };
 use cairn_storage::EventLog;
-use cairn_tests::{
-    free_port,
-    service::{call, events_after, git, ok, unpack},
-};
+use cairn_tests::service::{call, events_after, git, ok, unpack};
 use serde_json::{json, Value};
 
 fn config(data_dir: &Path) -> NodeConfig {
     let mut config = NodeConfig {
         data_dir: data_dir.to_path_buf(),
         nats: NatsConfig {
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen: "127.0.0.1:0".to_owned(),
             ..Default::default()
         },
         ..Default::default()
@@ -669,13 +666,11 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     node.shutdown().await;
 }
 
-/// Runs the `cairn` CLI against the node on `port` (off the test's
+/// Runs the `cairn` CLI against the node at `nats_url` (off the test's
 /// thread, where the node's actors run); (success, stdout, stderr).
-async fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
+async fn cli(nats_url: &str, args: &[&str]) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-under-test"));
-    command
-        .args(args)
-        .args(["--nats-url", &format!("nats://127.0.0.1:{port}")]);
+    command.args(args).args(["--nats-url", nats_url]);
     let out = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
@@ -692,14 +687,12 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     use std::os::unix::ffi::OsStrExt as _;
     let dir = tempfile::tempdir().unwrap();
     let (bare, url) = fresh_upstream(dir.path());
-    let port = free_port();
-    let mut config = config(&dir.path().join("node"));
-    config.nats.listen = format!("127.0.0.1:{port}");
-    let node = Node::start(config).await.unwrap();
+    let node = start(dir.path()).await;
+    let port = node.nats_url.clone();
     register(&node, "fresh", &url).await;
 
     let (ok_, out, err) = cli(
-        port,
+        &port,
         &[
             "pkg",
             "init",
@@ -729,7 +722,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     std::fs::write(src.join("deploy/cm.yaml"), "kind: ConfigMap\n").unwrap();
     std::fs::write(src.join("logo.bin"), [0xff, 0x00, 0x7f]).unwrap();
     let (ok_, out, err) = cli(
-        port,
+        &port,
         &[
             "pkg",
             "push",
@@ -756,7 +749,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     std::fs::write(&bad, "x: 1\n").unwrap();
     let before = node.store.last_seq().unwrap();
     let (ok_, _, err) = cli(
-        port,
+        &port,
         &[
             "pkg",
             "push",
@@ -777,7 +770,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     std::fs::remove_file(&bad).unwrap();
 
     for verb in ["propose", "approve"] {
-        let (ok_, _, err) = cli(port, &["pkg", verb, "team-a/fresh.catalog.app.ws"]).await;
+        let (ok_, _, err) = cli(&port, &["pkg", verb, "team-a/fresh.catalog.app.ws"]).await;
         assert!(ok_, "{verb}: {err}");
     }
     assert_eq!(git(&bare, &["tag", "--list"]), "catalog/app/v1");
@@ -787,7 +780,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     );
     let back = dir.path().join("back");
     let (ok_, _, err) = cli(
-        port,
+        &port,
         &[
             "pkg",
             "pull",
@@ -804,7 +797,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
             "{file}"
         );
     }
-    let (ok_, _, err) = cli(port, &["pkg", "delete", "team-a/fresh.catalog.app.ws"]).await;
+    let (ok_, _, err) = cli(&port, &["pkg", "delete", "team-a/fresh.catalog.app.ws"]).await;
     assert!(!ok_);
     assert!(
         err.contains("409: cannot delete fresh.catalog.app.ws: it is Published"),

@@ -458,7 +458,7 @@ async fn log_follow_prints_new_events() {
     let config = NodeConfig {
         data_dir: dir.path().to_path_buf(),
         nats: cairn::config::NatsConfig {
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen: "127.0.0.1:0".to_owned(),
             ..Default::default()
         },
         ..Default::default()

@@ -11,7 +11,6 @@ use cairn::{
     config::{NatsConfig, NodeConfig},
     node::Node,
 };
-use cairn_tests::free_port;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -57,7 +56,7 @@ impl Cairn {
         let node = Node::start(NodeConfig {
             data_dir: data.path().to_path_buf(),
             nats: NatsConfig {
-                listen: format!("127.0.0.1:{}", free_port()),
+                listen: "127.0.0.1:0".to_owned(),
                 ..Default::default()
             },
             ..Default::default()

@@ -11,10 +11,7 @@ use cairn::{
 use cairn_actors::registry::{DiscoveryCount, FetchCount};
 use cairn_events::v1 as pb;
 use cairn_storage::{views::RepositoriesView, EventLog};
-use cairn_tests::{
-    free_port,
-    service::{call, events_after, ok, unpack},
-};
+use cairn_tests::service::{call, events_after, ok, unpack};
 use prost::Message as _;
 use serde_json::{json, Value};
 
@@ -22,7 +19,7 @@ async fn start(data_dir: &Path) -> Node {
     let config = NodeConfig {
         data_dir: data_dir.to_path_buf(),
         nats: NatsConfig {
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen: "127.0.0.1:0".to_owned(),
             ..Default::default()
         },
         ..Default::default()
@@ -623,7 +620,7 @@ async fn a_sync_larger_than_one_append_is_split_and_ends_with_its_outcome() {
     let mut config = NodeConfig {
         data_dir: dir.path().join("data"),
         nats: NatsConfig {
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen: "127.0.0.1:0".to_owned(),
             ..Default::default()
         },
         ..Default::default()

@@ -34,7 +34,7 @@ fn config(data_dir: &Path) -> NodeConfig {
     let mut config = NodeConfig {
         data_dir: data_dir.to_path_buf(),
         nats: NatsConfig {
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen: "127.0.0.1:0".to_owned(),
             ..Default::default()
         },
         ..Default::default()

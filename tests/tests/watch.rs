@@ -23,7 +23,7 @@ use cairn::{
 use cairn_events::v1::{event::Payload, Envelope};
 use cairn_storage::EventLog;
 use cairn_tests::{
-    async_lines, free_port, next_line,
+    async_lines, next_line,
     service::{call, git, ok, unpack},
 };
 use futures::StreamExt;
@@ -81,7 +81,7 @@ async fn start_node(data_dir: &Path, watch: WatchSection) -> Node {
     let config = NodeConfig {
         data_dir: data_dir.to_path_buf(),
         nats: NatsConfig {
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen: "127.0.0.1:0".to_owned(),
             ..Default::default()
         },
         watch,
