@@ -688,11 +688,11 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let (bare, url) = fresh_upstream(dir.path());
     let node = start(dir.path()).await;
-    let port = node.nats_url.clone();
+    let nats = node.nats_url.clone();
     register(&node, "fresh", &url).await;
 
     let (ok_, out, err) = cli(
-        &port,
+        &nats,
         &[
             "pkg",
             "init",
@@ -722,7 +722,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     std::fs::write(src.join("deploy/cm.yaml"), "kind: ConfigMap\n").unwrap();
     std::fs::write(src.join("logo.bin"), [0xff, 0x00, 0x7f]).unwrap();
     let (ok_, out, err) = cli(
-        &port,
+        &nats,
         &[
             "pkg",
             "push",
@@ -749,7 +749,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     std::fs::write(&bad, "x: 1\n").unwrap();
     let before = node.store.last_seq().unwrap();
     let (ok_, _, err) = cli(
-        &port,
+        &nats,
         &[
             "pkg",
             "push",
@@ -770,7 +770,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     std::fs::remove_file(&bad).unwrap();
 
     for verb in ["propose", "approve"] {
-        let (ok_, _, err) = cli(&port, &["pkg", verb, "team-a/fresh.catalog.app.ws"]).await;
+        let (ok_, _, err) = cli(&nats, &["pkg", verb, "team-a/fresh.catalog.app.ws"]).await;
         assert!(ok_, "{verb}: {err}");
     }
     assert_eq!(git(&bare, &["tag", "--list"]), "catalog/app/v1");
@@ -780,7 +780,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     );
     let back = dir.path().join("back");
     let (ok_, _, err) = cli(
-        &port,
+        &nats,
         &[
             "pkg",
             "pull",
@@ -797,7 +797,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
             "{file}"
         );
     }
-    let (ok_, _, err) = cli(&port, &["pkg", "delete", "team-a/fresh.catalog.app.ws"]).await;
+    let (ok_, _, err) = cli(&nats, &["pkg", "delete", "team-a/fresh.catalog.app.ws"]).await;
     assert!(!ok_);
     assert!(
         err.contains("409: cannot delete fresh.catalog.app.ws: it is Published"),
