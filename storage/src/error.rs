@@ -2,7 +2,7 @@
 
 use cairn_events::EventsError;
 
-use crate::ExpectedVersion;
+use crate::{Digest, ExpectedVersion};
 
 /// Every way a storage call can fail.
 #[derive(Debug, thiserror::Error)]
@@ -57,4 +57,75 @@ pub enum StorageError {
     /// A view named in a call does not exist.
     #[error("unknown view {0:?}")]
     UnknownView(String),
+    /// Streamed blob content does not have the digest the caller stated.
+    /// Nothing was kept. The source is corrupt or the caller named the
+    /// wrong digest: report it; retrying the same bytes fails the same way.
+    #[error("blob digest mismatch: expected {expected}, found {found}")]
+    DigestMismatch {
+        /// The digest the caller stated.
+        expected: Digest,
+        /// The digest of the content actually read.
+        found: Digest,
+    },
+    /// A byte range outside a blob was asked for. A caller bug or bad
+    /// input: report it, do not retry.
+    #[error("range {start}..{end} is outside blob {digest} of {size} bytes")]
+    BlobRange {
+        /// The blob.
+        digest: Digest,
+        /// First byte asked for.
+        start: u64,
+        /// End (exclusive) asked for.
+        end: u64,
+        /// The blob's size.
+        size: u64,
+    },
+    /// A file operation of the blob store failed (disk full, permissions,
+    /// the caller's reader failing). Nothing was kept; may be retried.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A replicated commit does not continue this log: its first sequence
+    /// number, or a stream's first version, is not the next one. Nothing
+    /// was written. Fetch the missing commits first (from `expected` on).
+    #[error("replicated commit does not continue the log: {what}: expected {expected}, found {found}")]
+    ReplicationGap {
+        /// Which number: `seq`, or `stream <id> version`.
+        what: String,
+        /// The number this log expects next.
+        expected: u64,
+        /// The number the commit has.
+        found: u64,
+    },
+    /// A replicated commit holds an event at a sequence number this log
+    /// already has with different content: the replicas diverged. Nothing
+    /// was written. Needs an operator.
+    #[error("replicated event at seq {seq} differs from the one stored")]
+    ReplicaDiverged {
+        /// The sequence number.
+        seq: u64,
+    },
+    /// A replicated commit is malformed (no events, an event without a
+    /// payload or stream, sequence numbers out of order). Nothing was
+    /// written. A caller bug or bad input: report it, do not retry.
+    #[error("invalid replicated commit: {0}")]
+    InvalidReplicated(String),
+    /// A compaction policy is refused (it would cover repository streams,
+    /// or names no stream class). Nothing was compacted.
+    #[error("invalid compaction: {0}")]
+    InvalidCompaction(String),
+}
+
+impl StorageError {
+    /// An [`StorageError::Io`] error saying what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StorageError::Io {
+            context: context.into(),
+            source,
+        }
+    }
 }

@@ -52,6 +52,21 @@ pub mod meta {
     /// Sequence up to which the publisher has had JetStream acks (u64 BE).
     pub const PUBLISH_CURSOR: &[u8] = b"publish_cursor";
 
+    /// Highest sequence number any compaction saw (u64 BE); absent when the
+    /// log was never compacted. Below it, missing log rows are compaction's.
+    pub const COMPACTED_THROUGH: &[u8] = b"compacted_through";
+
+    /// Prefix of the keys [`compacted`].
+    pub const COMPACTED_PREFIX: &[u8] = b"compacted/";
+
+    /// Key recording that stream class `prefix` was compacted, up to the
+    /// sequence number it holds (u64 BE): its streams may have version gaps.
+    pub fn compacted(prefix: &str) -> Vec<u8> {
+        let mut key = COMPACTED_PREFIX.to_vec();
+        key.extend_from_slice(prefix.as_bytes());
+        key
+    }
+
     /// Key of view `view`'s checkpoint: the last sequence folded into it (u64 BE).
     pub fn checkpoint(view: &str) -> Vec<u8> {
         format!("checkpoint/{view}").into_bytes()

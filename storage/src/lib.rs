@@ -1,19 +1,34 @@
 //! cairn's memory: the durable event log, the content-addressed blob store
-//! and the views, all in one RocksDB database.
+//! and the views, in one RocksDB database (large blobs as files beside it).
 //!
 //! # Layout
 //! - [`columns`] — the column families, declared once, documented, never renamed.
 //! - [`keys`] — key encodings (big-endian integers so keys sort in event order).
 //! - [`error`] — [`StorageError`], one variant per failure.
-//! - [`log`] — the [`EventLog`] trait and its types ([`ExpectedVersion`], [`Appended`]).
-//! - [`blob`] — the [`BlobStore`] trait, digests and pins.
+//! - [`log`] — the [`EventLog`] trait and its types ([`ExpectedVersion`],
+//!   [`Appended`]), and [`ReplicatedLog`]: applying commits another node's
+//!   writer sequenced ([`Replicated`], [`log::StateDump`]).
+//! - [`blob`] — the [`BlobStore`] trait (whole and streaming puts and
+//!   reads), digests, pins and [`BlobReader`].
+//! - [`read`] — the [`ViewRead`] trait (view gets, scans, snapshots) and its
+//!   generic conveniences [`ViewReadExt`]: what read-only components take
+//!   instead of the concrete [`Store`].
 //! - [`view`] — the [`View`] trait, the transaction views write through, and
-//!   the fold shared by live appends, catch-up and rebuild.
+//!   the fold shared by live appends, replicated commits, catch-up and
+//!   rebuild.
 //! - [`views`] — cairn's views (`repositories`, …) and [`views::default_views`].
-//! - [`store`] — [`Store`], the RocksDB implementation of all of the above, with
-//!   its group-committing writer thread, and [`StoreSnapshot`] (reads of the
-//!   views and the last seq from one RocksDB snapshot, for list-then-watch).
-//! - [`conformance`] — the conformance suite every [`EventLog`] must pass.
+//! - [`compaction`] — retention per stream class: the [`CompactionPolicy`]
+//!   a domain supplies, and what compaction does to the log and the views.
+//! - [`store`] — [`Store`], the RocksDB implementation of all of the above:
+//!   `store::open` (configuration, column families, layout checks),
+//!   `store::read` (view reads, scans, [`StoreSnapshot`], log reads),
+//!   `store::writer` (the group-committing writer thread, replicated
+//!   commits, rebuild), `store::blobs` (blob rows and files, pins, garbage
+//!   collection), `store::compact` (compaction on the writer thread).
+//! - [`sample`] — sample events ([`sample::marker`]) for benchmarks and tests.
+//! - `conformance` (feature `testsuite`, and this crate's tests) — the
+//!   conformance suites every [`EventLog`] / [`ReplicatedLog`] and every
+//!   [`BlobStore`] must pass, as test-generating macros.
 //!
 //! # How a write happens
 //! Every append is sent to one writer thread. The writer drains whatever
@@ -24,20 +39,40 @@
 //! with `sync = true` — one fsync for the whole group. Only then are the
 //! appenders answered. A rejected append (conflict, bad input) contributes
 //! nothing to the batch, so it writes nothing.
+//!
+//! A replicated commit ([`ReplicatedLog::apply_replicated`]) takes the same
+//! path without the numbering: the writer checks that its `seq` and stream
+//! versions continue the log (skipping a prefix it already holds,
+//! identical), then writes the envelopes as they are — same rows, same
+//! fold, same batch layout — so the replica's log and views are
+//! byte-identical to the original's.
+//!
+//! A blob is written before the event that refers to it: small ones as a
+//! `blobs` row, large ones streamed to a temporary file (hashed on the way,
+//! fsynced, renamed into its content-addressed place, directory fsynced);
+//! the writer's pin keeps it from collection until that event commits.
+//! Compaction and garbage collection also run on the writer thread, so no
+//! commit interleaves with them.
 
 pub mod blob;
 pub mod columns;
+pub mod compaction;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod error;
 pub mod keys;
 pub mod log;
+pub mod read;
+pub mod sample;
 pub mod store;
 pub mod view;
 pub mod views;
 
-pub use blob::{BlobPin, BlobStore, Digest};
+pub use blob::{BlobPin, BlobReader, BlobStore, Digest};
 pub use columns::Column;
+pub use compaction::{CompactionPolicy, CompactionStats};
 pub use error::StorageError;
-pub use log::{Appended, EventLog, ExpectedVersion};
+pub use log::{Appended, EventLog, ExpectedVersion, Replicated, ReplicatedLog};
+pub use read::{ViewRead, ViewReadExt};
 pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
 pub use view::{View, ViewTx};

@@ -7,6 +7,18 @@
 //! - an append is all-or-nothing, and acknowledged only once durable;
 //! - an append with a stale expected version writes nothing and fails with
 //!   [`StorageError::Conflict`] naming the expected and actual versions.
+//!
+//! Compaction ([`crate::compaction`]) relaxes "no gaps" for the stream
+//! classes it covers: the sequence numbers (and stream versions) of the
+//! events it removed are gone, and readers skip them.
+//!
+//! # Replication
+//! [`ReplicatedLog::apply_replicated`] writes a commit another node's writer
+//! already sequenced — envelopes with their `seq`, stream, stream version,
+//! `recorded_at`, event ids and metadata — through the same writer and the
+//! same view fold as an append, so the log rows and every view end up
+//! byte-identical to the original's. Re-applying a commit is a no-op; a
+//! commit that does not continue the log is [`StorageError::ReplicationGap`].
 
 use std::fmt;
 
@@ -72,6 +84,52 @@ impl Appended {
     pub fn stream_version(&self) -> u64 {
         self.envelopes.last().map_or(0, |e| e.stream_version)
     }
+}
+
+/// What [`ReplicatedLog::apply_replicated`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicated {
+    /// The commit's events (from `first_seq`; a prefix already present is
+    /// skipped) were written; the log now ends at `last_seq`.
+    Applied {
+        /// First sequence number written.
+        first_seq: u64,
+        /// Last sequence number written.
+        last_seq: u64,
+    },
+    /// Every event of the commit was in the log already: nothing written.
+    AlreadyApplied {
+        /// The log's last sequence number.
+        last_seq: u64,
+    },
+}
+
+/// Every column family of a log, by name, each with its rows in key
+/// order: for comparing replicas byte for byte.
+pub type StateDump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+/// A log that can follow another node's: it accepts commits sequenced
+/// elsewhere. All calls block.
+pub trait ReplicatedLog: EventLog {
+    /// Writes `commit` — consecutive envelopes exactly as another node's
+    /// writer committed them (`seq`, stream, stream version, `recorded_at`,
+    /// event id, metadata) — durably and atomically, folding them into
+    /// every view like an append. Envelopes whose `seq` the log already
+    /// holds must be identical to the stored ones and are skipped (so
+    /// re-applying a commit writes nothing and returns
+    /// [`Replicated::AlreadyApplied`]); a stored one that differs is
+    /// [`StorageError::ReplicaDiverged`]. The rest must continue the log:
+    /// the first `seq` must be the last one plus 1, and each stream's
+    /// version its current version plus 1, or the call fails with
+    /// [`StorageError::ReplicationGap`] naming the expected and found
+    /// numbers, and writes nothing.
+    fn apply_replicated(&self, commit: Vec<Envelope>) -> Result<Replicated, StorageError>;
+
+    /// Every column family's rows (the log, the stream index, `meta`, the
+    /// blob rows and references, every view), for comparing replicas. Node
+    /// local bookkeeping (the publish cursor in `meta`) may differ between
+    /// nodes that hold the same log.
+    fn state_dump(&self) -> Result<StateDump, StorageError>;
 }
 
 /// An append-only event log. All calls block: from async code call them via

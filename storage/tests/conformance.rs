@@ -1,11 +1,43 @@
-//! The EventLog conformance suite against the RocksDB store.
+//! The conformance suites against the RocksDB store: the EventLog and
+//! ReplicatedLog checks, the BlobStore checks with the default inline
+//! threshold and with a small one (so blobs of a few KiB are files), and
+//! compaction of a keyed stream class.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
-use cairn_storage::{views::default_views, Store, StoreConfig};
+use cairn_storage::{views::default_views, Store, StoreConfig, View};
 
 fn open(path: &Path) -> Store {
     Store::open(StoreConfig::new(path), default_views()).unwrap()
 }
 
 cairn_storage::event_log_conformance!(open);
+
+mod blobs_default_threshold {
+    use super::open;
+    cairn_storage::blob_store_conformance!(open);
+}
+
+mod blobs_small_threshold {
+    use super::*;
+
+    fn open_small(path: &Path) -> Store {
+        let mut config = StoreConfig::new(path);
+        config.blob_inline_max_bytes = 4096;
+        Store::open(config, default_views()).unwrap()
+    }
+
+    cairn_storage::blob_store_conformance!(open_small);
+}
+
+#[test]
+fn compacted_log_rebuilds_to_the_live_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |path: &Path, views: Vec<Arc<dyn View>>| {
+        Store::open(StoreConfig::new(path), views).unwrap()
+    };
+    cairn_storage::conformance::compaction::compacted_log_rebuilds_to_the_live_views(
+        dir.path(),
+        &open,
+    );
+}

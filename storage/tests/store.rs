@@ -20,7 +20,7 @@ use cairn_events::{
 };
 use cairn_storage::{
     blob::Digest,
-    conformance::marker,
+    sample::marker,
     views::{
         default_views, package_revision_list::Scope, PackageRevisionListView, PackageRevisionsView,
         RepositoriesView,
@@ -1031,4 +1031,92 @@ fn lifecycle_events_move_a_revision_through_both_revision_views() {
     assert_eq!(lifecycle(&store), ("Published".into(), 1, "3".into()));
     // The blob stays referenced by the row through every change.
     assert_eq!(store.ref_count(&d).unwrap(), 1);
+}
+
+#[test]
+fn large_blobs_are_sharded_files_and_leftover_temp_files_go_at_open() {
+    use cairn_storage::ViewRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.blob_inline_max_bytes = 1024;
+    let large = vec![7u8; 1025];
+    let digest = Digest::of(&large);
+    {
+        let store = Store::open(config.clone(), views_with_blobs()).unwrap();
+        drop(store.put(&large).unwrap());
+        let small = store.put(&[1u8; 1024]).unwrap();
+        let hex = hex_of(&digest);
+        let path = dir
+            .path()
+            .join("blobs")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(&hex);
+        assert_eq!(std::fs::read(&path).unwrap(), large);
+        // The small one is a row, not a file.
+        let small_hex = hex_of(&small.digest());
+        assert!(!dir.path().join("blobs").join(&small_hex[0..2]).exists());
+        assert_eq!(store.read_seq().unwrap(), 0);
+    }
+    let temp = dir.path().join("blobs").join("tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    std::fs::write(temp.join("interrupted.part"), b"half a blob").unwrap();
+    let store = Store::open(config, views_with_blobs()).unwrap();
+    assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0);
+    assert_eq!(store.get(&digest).unwrap(), Some(large));
+}
+
+fn hex_of(digest: &Digest) -> String {
+    digest.to_string().trim_start_matches("sha256:").to_owned()
+}
+
+#[test]
+fn typed_views_read_through_any_view_read() {
+    use cairn_storage::{ViewRead, ViewReadExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = StreamId::repository("ns", "one").unwrap();
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![registered("ns", "one")], Metadata::default())
+        .unwrap();
+    let snapshot = store.snapshot();
+    // The snapshot does not see what is committed after it was taken.
+    store
+        .append(
+            &StreamId::repository("ns", "two").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![registered("ns", "two")],
+            Metadata::default(),
+        )
+        .unwrap();
+    let boxed = store.read_snapshot();
+    let readers: [(&dyn ViewRead, u64, usize); 3] =
+        [(&store, 2, 2), (&snapshot, 1, 1), (&*boxed, 2, 2)];
+    for (reader, seq, rows) in readers {
+        assert_eq!(reader.read_seq().unwrap(), seq);
+        let row = RepositoriesView::get(reader, "ns", "one").unwrap().unwrap();
+        assert_eq!(row.updated_seq, 1);
+        assert_eq!(RepositoriesView::list(reader, Some("ns")).unwrap().len(), rows);
+        assert_eq!(
+            reader.view_scan("repositories", b"ns/", 10).unwrap().len(),
+            rows
+        );
+        let mut seen = Vec::new();
+        let flow: Result<(), StorageError> =
+            reader.view_scan_each("repositories", b"", None, |key, _| {
+                seen.push(key.to_vec());
+                Ok(ControlFlow::Continue(()))
+            });
+        flow.unwrap();
+        assert_eq!(seen.len(), rows);
+    }
+    // A callback error stops the scan and comes back as it was.
+    let err = (&store as &dyn ViewRead)
+        .view_scan_each("repositories", b"", None, |_, _| {
+            Err::<ControlFlow<()>, _>(StorageError::InvalidAppend("stop".into()))
+        })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "invalid append: stop");
+    let arc = Arc::new(store.clone());
+    assert!(RepositoriesView::get(&arc, "ns", "two").unwrap().is_some());
 }

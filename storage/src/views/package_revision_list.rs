@@ -25,7 +25,10 @@ use cairn_events::{
 use prost::Message as _;
 
 use super::{on_revision_change, RevisionChange};
-use crate::{StorageError, Store, StoreSnapshot, View, ViewTx};
+use crate::{
+    read::{ViewRead, ViewReadExt},
+    StorageError, StoreSnapshot, View, ViewTx,
+};
 
 /// Package revisions in listing order, with their JSON form.
 #[derive(Clone, Copy, Debug, Default)]
@@ -171,9 +174,9 @@ impl PackageRevisionListView {
 
     /// Calls `f` with each revision in `scope`, in key order, starting
     /// after key `after` (exclusive; a key from an earlier call), while `f`
-    /// says continue.
+    /// says continue. Reads any [`ViewRead`]: the store, a snapshot, …
     pub fn scan<E: From<StorageError>>(
-        store: &Store,
+        store: &(impl ViewRead + ?Sized),
         scope: &Scope<'_>,
         after: Option<&[u8]>,
         mut f: impl FnMut(ListedRevision<'_>) -> Result<ControlFlow<()>, E>,
@@ -197,16 +200,9 @@ impl PackageRevisionListView {
         snapshot: &StoreSnapshot<'_>,
         scope: &Scope<'_>,
         after: Option<&[u8]>,
-        mut f: impl FnMut(ListedRevision<'_>) -> Result<ControlFlow<()>, E>,
+        f: impl FnMut(ListedRevision<'_>) -> Result<ControlFlow<()>, E>,
     ) -> Result<(), E> {
-        snapshot.view_scan_each(Self::NAME, &scope.prefix(), after, |key, value| {
-            let row = ListedRevision::parse(key, value)?;
-            if scope.contains(&row) {
-                f(row)
-            } else {
-                Ok(ControlFlow::Continue(()))
-            }
-        })
+        Self::scan(snapshot, scope, after, f)
     }
 }
 

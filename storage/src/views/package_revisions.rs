@@ -7,7 +7,11 @@
 use cairn_events::v1::{Envelope, PackageRevision, PackageRevisionRow};
 
 use super::{on_revision_change, RevisionChange};
-use crate::{blob::Digest, StorageError, Store, View, ViewTx};
+use crate::{
+    blob::Digest,
+    read::{ViewRead, ViewReadExt},
+    StorageError, View, ViewTx,
+};
 
 /// Package revisions by namespace and object name.
 #[derive(Clone, Copy, Debug, Default)]
@@ -23,7 +27,7 @@ impl PackageRevisionsView {
 
     /// The row of package revision `name` in `namespace`.
     pub fn get(
-        store: &Store,
+        store: &(impl ViewRead + ?Sized),
         namespace: &str,
         name: &str,
     ) -> Result<Option<PackageRevisionRow>, StorageError> {
@@ -33,7 +37,7 @@ impl PackageRevisionsView {
     /// Rows of one repository, of one namespace, or of all, in key order,
     /// at most `limit`, starting after `after` (a key from a previous page).
     pub fn list(
-        store: &Store,
+        store: &(impl ViewRead + ?Sized),
         namespace: Option<&str>,
         repository: Option<&str>,
         after: Option<&[u8]>,

@@ -2,7 +2,10 @@
 
 use cairn_events::v1::{event::Payload, Envelope, RepositoryRow, RepositoryStatus};
 
-use crate::{StorageError, Store, View, ViewTx};
+use crate::{
+    read::{ViewRead, ViewReadExt},
+    StorageError, View, ViewTx,
+};
 
 /// Registered repositories, keyed by `<namespace>/<name>`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -18,7 +21,7 @@ impl RepositoriesView {
 
     /// The row of repository `namespace/name`, if registered.
     pub fn get(
-        store: &Store,
+        store: &(impl ViewRead + ?Sized),
         namespace: &str,
         name: &str,
     ) -> Result<Option<RepositoryRow>, StorageError> {
@@ -28,7 +31,7 @@ impl RepositoriesView {
     /// Every registered repository (of `namespace`, when given), ordered by
     /// namespace then name.
     pub fn list(
-        store: &Store,
+        store: &(impl ViewRead + ?Sized),
         namespace: Option<&str>,
     ) -> Result<Vec<RepositoryRow>, StorageError> {
         let prefix = namespace

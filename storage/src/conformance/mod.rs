@@ -1,22 +1,35 @@
-//! The conformance suite every [`EventLog`] implementation must pass
-//! (model: quickwit's `metastore_test_suite!`).
+//! The conformance suites every implementation of the storage traits must
+//! pass (model: quickwit's `metastore_test_suite!`). Compiled only for this
+//! crate's tests and with the `testsuite` feature.
 //!
-//! Use [`event_log_conformance!`](crate::event_log_conformance) with a
-//! function that opens a log in a directory; each check becomes a `#[test]`.
-//! Opening the same directory twice must give the same log (the reopen check).
+//! # Layout
+//! - this module — the [`EventLog`] and [`ReplicatedLog`] checks and
+//!   [`event_log_conformance!`](crate::event_log_conformance).
+//! - [`blob`] — the [`crate::BlobStore`] checks and
+//!   [`blob_store_conformance!`](crate::blob_store_conformance).
+//! - [`compaction`] — compaction of a keyed stream class against a
+//!   last-writer-wins test view, and the guard on repository streams.
+//!
+//! Use a macro with a function that opens the implementation in a
+//! directory; each check becomes a `#[test]`. Opening the same directory
+//! twice must give the same log (the reopen check).
 
 use std::{collections::HashMap, path::Path, sync::Arc, thread};
 
 use cairn_events::{
-    envelope::{event, Metadata},
-    v1::{event::Payload, Event, RepositoryClosed},
+    envelope::Metadata,
+    v1::{event::Payload, Envelope, Event},
     StreamId,
 };
 
-use crate::{EventLog, ExpectedVersion, StorageError};
+pub use crate::sample::marker;
+use crate::{EventLog, ExpectedVersion, Replicated, ReplicatedLog, StorageError};
+
+pub mod blob;
+pub mod compaction;
 
 /// Generates one `#[test]` per conformance check for the log opened by
-/// `$open: fn(&Path) -> L`.
+/// `$open: fn(&Path) -> L`, where `L` is a [`ReplicatedLog`].
 #[macro_export]
 macro_rules! event_log_conformance {
     ($open:path) => {
@@ -28,6 +41,8 @@ macro_rules! event_log_conformance {
             racing_exact_appends_have_one_winner,
             reopen_keeps_everything,
             invalid_appends_write_nothing,
+            replicated_commits_reproduce_log_and_views,
+            replicated_gaps_and_divergence_write_nothing,
         );
     };
     (@tests $open:path; $($check:ident,)*) => {
@@ -44,12 +59,8 @@ macro_rules! event_log_conformance {
 /// Opens a log in a directory.
 pub type Open<'a> = &'a dyn Fn(&Path) -> Box<dyn EventLog>;
 
-/// A small event whose `reason` identifies it.
-pub fn marker(text: impl Into<String>) -> Event {
-    event(Payload::RepositoryClosed(RepositoryClosed {
-        reason: text.into(),
-    }))
-}
+/// Opens a replicated log in a directory.
+pub type OpenReplicated<'a> = &'a dyn Fn(&Path) -> Box<dyn ReplicatedLog>;
 
 fn marker_of(event: &Option<Event>) -> String {
     match event.as_ref().and_then(|e| e.payload.as_ref()) {
@@ -397,4 +408,198 @@ pub fn invalid_appends_write_nothing(dir: &Path, open: Open<'_>) {
     assert_eq!(err.to_string(), "invalid append: event 1 has no payload");
     assert_eq!(log.last_seq().unwrap(), 0);
     assert_eq!(log.stream_version(&s).unwrap(), 0);
+}
+
+/// A repository registration: an event the default views fold into rows.
+fn registered(namespace: &str, name: &str) -> Event {
+    use cairn_events::v1::{RepositoryRegistered, RepositorySpec};
+    cairn_events::envelope::event(Payload::RepositoryRegistered(RepositoryRegistered {
+        spec: Some(RepositorySpec {
+            namespace: namespace.into(),
+            name: name.into(),
+            r#type: "git".into(),
+            ..Default::default()
+        }),
+    }))
+}
+
+/// Appends a varied history to `log` (several streams, repository events
+/// the views fold, command metadata) and returns each append's envelopes:
+/// the commits a replica receives.
+fn replicated_history(log: &dyn EventLog) -> Vec<Vec<Envelope>> {
+    let mut commits = Vec::new();
+    for i in 0..12u32 {
+        let repo = format!("r{}", i % 3);
+        let s = StreamId::repository("ns", &repo).unwrap();
+        let events = match i % 4 {
+            0 => vec![registered("ns", &repo)],
+            1 => vec![marker(format!("m{i}")), marker(format!("n{i}"))],
+            2 => vec![registered("ns", &format!("{repo}x"))],
+            _ => vec![marker(format!("k{i}"))],
+        };
+        let s = if i % 4 == 3 { stream(&format!("other/{repo}")) } else { s };
+        let metadata = Metadata::command(format!("user{i}"));
+        commits.push(
+            log.append(&s, ExpectedVersion::Any, events, metadata)
+                .unwrap()
+                .envelopes,
+        );
+    }
+    commits
+}
+
+/// Commits written by one log and applied, as they are, to another leave
+/// both with byte-identical column families (log, index, meta, views);
+/// applying them again is a no-op that writes nothing; a commit overlapping
+/// what is applied writes only its new part.
+pub fn replicated_commits_reproduce_log_and_views(dir: &Path, open: OpenReplicated<'_>) {
+    let a = open(&dir.join("a"));
+    let b = open(&dir.join("b"));
+    let commits = replicated_history(&*a);
+    let last = commits.last().unwrap().last().unwrap().seq;
+    let mut expected_first = 1;
+    for commit in &commits {
+        let first = commit[0].seq;
+        assert_eq!(first, expected_first);
+        let last = commit.last().unwrap().seq;
+        assert_eq!(
+            b.apply_replicated(commit.clone()).unwrap(),
+            Replicated::Applied {
+                first_seq: first,
+                last_seq: last
+            }
+        );
+        expected_first = last + 1;
+    }
+    let dump_a = a.state_dump().unwrap();
+    let dump_b = b.state_dump().unwrap();
+    assert!(
+        dump_a.iter().any(|(cf, rows)| cf.starts_with("view_") && !rows.is_empty()),
+        "the history leaves view rows to compare"
+    );
+    assert_eq!(dump_a, dump_b, "replica differs from the original");
+    assert_eq!(b.last_seq().unwrap(), last);
+    assert_eq!(b.read_all(1, usize::MAX).unwrap(), a.read_all(1, usize::MAX).unwrap());
+
+    // Idempotent: every commit again, and all of them as one.
+    for commit in &commits {
+        assert_eq!(
+            b.apply_replicated(commit.clone()).unwrap(),
+            Replicated::AlreadyApplied { last_seq: last }
+        );
+    }
+    let all: Vec<Envelope> = commits.iter().flatten().cloned().collect();
+    assert_eq!(
+        b.apply_replicated(all).unwrap(),
+        Replicated::AlreadyApplied { last_seq: last }
+    );
+    assert_eq!(b.state_dump().unwrap(), dump_a, "a re-applied commit wrote something");
+
+    // An overlapping commit (last applied event + two new ones) writes the new part.
+    let more = a
+        .append(
+            &stream("repo/ns/r0"),
+            ExpectedVersion::Any,
+            vec![marker("x1"), marker("x2")],
+            Metadata::default(),
+        )
+        .unwrap()
+        .envelopes;
+    let mut overlapping = vec![commits.last().unwrap().last().unwrap().clone()];
+    overlapping.extend(more);
+    assert_eq!(
+        b.apply_replicated(overlapping).unwrap(),
+        Replicated::Applied {
+            first_seq: last + 1,
+            last_seq: last + 2
+        }
+    );
+    assert_eq!(b.state_dump().unwrap(), a.state_dump().unwrap());
+    // Appends continue on the replica where the original's numbering ended.
+    let next = b
+        .append(
+            &stream("repo/ns/r0"),
+            ExpectedVersion::Any,
+            vec![marker("local")],
+            Metadata::default(),
+        )
+        .unwrap();
+    assert_eq!(next.first_seq(), last + 3);
+}
+
+/// A commit that skips sequence numbers or stream versions, or that
+/// contradicts what is stored, fails naming the numbers and writes nothing.
+pub fn replicated_gaps_and_divergence_write_nothing(dir: &Path, open: OpenReplicated<'_>) {
+    let a = open(&dir.join("a"));
+    let b = open(&dir.join("b"));
+    let commits = replicated_history(&*a);
+    b.apply_replicated(commits[0].clone()).unwrap();
+    b.apply_replicated(commits[1].clone()).unwrap();
+    let applied = b.last_seq().unwrap();
+    assert_eq!(applied, 3);
+    let before = b.state_dump().unwrap();
+
+    // A missing commit: seq gap.
+    let err = b.apply_replicated(commits[3].clone()).unwrap_err();
+    match &err {
+        StorageError::ReplicationGap {
+            what,
+            expected,
+            found,
+        } => assert_eq!(
+            (what.as_str(), *expected, *found),
+            ("seq", 4, commits[3][0].seq)
+        ),
+        other => panic!("expected a replication gap, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "replicated commit does not continue the log: seq: expected 4, found {}",
+            commits[3][0].seq
+        )
+    );
+
+    // The next seq, but a stream version that skips one.
+    let mut skipping = commits[2].clone();
+    skipping[0].stream_version += 1;
+    let stream_name = skipping[0].stream.clone();
+    let want = skipping[0].stream_version - 1;
+    let err = b.apply_replicated(skipping.clone()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "replicated commit does not continue the log: stream {stream_name} version: expected {want}, found {}",
+            want + 1
+        )
+    );
+    assert!(matches!(
+        err,
+        StorageError::ReplicationGap { expected, found, .. } if expected == want && found == want + 1
+    ));
+
+    // An event at an applied seq that differs from the stored one.
+    let mut diverged = commits[1].clone();
+    diverged[0].event_id = "someone-else".into();
+    let err = b.apply_replicated(diverged).unwrap_err();
+    assert!(
+        matches!(err, StorageError::ReplicaDiverged { seq } if seq == commits[1][0].seq),
+        "{err:?}"
+    );
+
+    // Malformed commits.
+    let err = b.apply_replicated(Vec::new()).unwrap_err();
+    assert_eq!(err.to_string(), "invalid replicated commit: no events");
+    let mut holes = commits[2].clone();
+    holes.extend(commits[4].clone());
+    let err = b.apply_replicated(holes).unwrap_err();
+    assert!(matches!(err, StorageError::InvalidReplicated(_)), "{err:?}");
+
+    assert_eq!(b.state_dump().unwrap(), before, "a refused commit wrote something");
+    assert_eq!(b.last_seq().unwrap(), applied);
+    // The right commit still applies after all that.
+    assert!(matches!(
+        b.apply_replicated(commits[2].clone()).unwrap(),
+        Replicated::Applied { first_seq: 4, .. }
+    ));
 }

@@ -1,0 +1,656 @@
+//! Reads: view rows, scans, snapshots and the log, straight from RocksDB on
+//! the caller's thread.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::ControlFlow,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::SystemTime,
+};
+
+use cairn_events::{
+    envelope::{self, Metadata},
+    v1::{Envelope, Event},
+    StreamId, SCHEMA_VERSION,
+};
+use parking_lot::Mutex;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    blob::{BlobPin, BlobStore, Digest, GcStats},
+    columns::{view_column, Column},
+    keys::{self, meta},
+    log::{Appended, EventLog, ExpectedVersion},
+    view::{decode_row, fold, Overlay, RowSource, BLOB_REFS_CF},
+    StorageError, View,
+};
+use super::*;
+use super::writer::Command;
+use crate::{
+    log::{ReplicatedLog, StateDump},
+    read::ViewRead,
+};
+/// Key-value rows, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+/// The full contents of one view: for comparing a rebuilt view with the
+/// live one, byte for byte.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewDump {
+    /// Rows of the view's column family, in key order.
+    pub rows: Rows,
+    /// The view's blob reference rows, in key order.
+    pub blob_refs: Rows,
+    /// The view's checkpoint.
+    pub checkpoint: u64,
+}
+
+impl Store {
+    /// The row at `key` of view `view`.
+    ///
+    /// Served from a bounded in-memory cache when nothing was committed
+    /// since the entry was read (entries are tagged with the last committed
+    /// sequence read *before* the row, so a cached row is never older than
+    /// the views).
+    pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        let seq = *inner.committed.borrow();
+        let cache_key = (view.to_owned(), key.to_vec());
+        if let Some(cache) = &inner.cache {
+            if let Some((at, row)) = cache.lock().get(&cache_key) {
+                if *at == seq {
+                    return Ok(row.clone());
+                }
+            }
+        }
+        let row = inner.db.get_cf(cf, key)?;
+        if let Some(cache) = &inner.cache {
+            cache.lock().put(cache_key, (seq, row.clone()));
+        }
+        Ok(row)
+    }
+
+    /// The protobuf row at `key` of view `view`.
+    pub fn view_get_message<M: prost::Message + Default>(
+        &self,
+        view: &str,
+        key: &[u8],
+    ) -> Result<Option<M>, StorageError> {
+        self.view_get(view, key)?
+            .map(|bytes| decode_row(view, key, &bytes))
+            .transpose()
+    }
+
+    /// [`Store::view_scan_after`], each row decoded as protobuf `M`.
+    pub fn view_scan_messages<M: prost::Message + Default>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, M)>, StorageError> {
+        self.view_scan_after(view, prefix, after, limit)?
+            .into_iter()
+            .map(|(key, value)| {
+                let row = decode_row(view, &key, &value)?;
+                Ok((key, row))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` rows of view `view` whose key starts with `prefix`, in key order.
+    pub fn view_scan(&self, view: &str, prefix: &[u8], limit: usize) -> Result<Rows, StorageError> {
+        self.view_scan_after(view, prefix, None, limit)
+    }
+
+    /// Like [`Store::view_scan`], starting after key `after` (exclusive):
+    /// the next page after a page that ended at `after`.
+    pub fn view_scan_after(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StorageError> {
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        scan(&inner.db, cf, &after_key(prefix, after), prefix, limit)
+    }
+
+    /// Calls `f` with each row of view `view` whose key starts with
+    /// `prefix`, in key order, starting after key `after` (exclusive), while
+    /// `f` says continue. Rows are borrowed from RocksDB (no copies): the way
+    /// to serve long listings without decoding or allocating per row.
+    pub fn view_scan_each<E: From<StorageError>>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+    ) -> Result<(), E> {
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        let start = after_key(prefix, after);
+        scan_each(&inner.db, cf, &start, prefix, f)
+    }
+
+    /// A consistent, read-only view of the whole database as it is now:
+    /// every read through it sees the same commits, whatever the writer
+    /// commits meanwhile. See [`StoreSnapshot`].
+    pub fn snapshot(&self) -> StoreSnapshot<'_> {
+        let inner = self.inner();
+        StoreSnapshot {
+            inner,
+            snapshot: inner.db.snapshot(),
+        }
+    }
+
+    /// Calls `f` with each row of view `view` whose key starts with
+    /// `prefix`, in key order, while `f` says continue — all read from one
+    /// snapshot — and returns the last committed sequence number *of that
+    /// snapshot*: the rows reflect exactly the log up to it (views are
+    /// written in the same batch as the events and `last_seq`). What a
+    /// list-then-watch needs: the listing and the position to watch after
+    /// agree exactly.
+    pub fn view_snapshot_scan_each<E: From<StorageError>>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+    ) -> Result<u64, E> {
+        let snapshot = self.snapshot();
+        let seq = snapshot.last_seq()?;
+        snapshot.view_scan_each(view, prefix, None, f)?;
+        Ok(seq)
+    }
+
+    /// Everything view `view` holds (rows, blob references, checkpoint).
+    pub fn view_dump(&self, view: &str) -> Result<ViewDump, StorageError> {
+        let inner = self.inner();
+        let cf = inner.view_cf(view)?;
+        Ok(ViewDump {
+            rows: scan_prefix(&inner.db, cf, b"", usize::MAX)?,
+            blob_refs: scan_prefix(
+                &inner.db,
+                inner.cf(Column::BlobRefs),
+                &keys::blob_ref_prefix(view),
+                usize::MAX,
+            )?,
+            checkpoint: inner.meta_u64(&meta::checkpoint(view))?.unwrap_or(0),
+        })
+    }
+
+    /// A `u64` from the `meta` family.
+    pub fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        self.inner().meta_u64(key)
+    }
+
+    /// Sets a `u64` in the `meta` family (not synced: made durable by the
+    /// next synced write, or by RocksDB's own WAL flush). For cursors whose
+    /// loss on a crash only causes harmless repetition, like the publish
+    /// cursor.
+    pub fn set_meta_u64(&self, key: &[u8], value: u64) -> Result<(), StorageError> {
+        let inner = self.inner();
+        Ok(inner
+            .db
+            .put_cf(inner.cf(Column::Meta), key, value.to_be_bytes())?)
+    }
+
+    /// Up to `limit` events of `stream` with `seq` ≥ `from_seq`, in order.
+    /// Finds the first version by binary search over the stream index
+    /// (sequence numbers grow with versions), so it costs O(log n) lookups
+    /// plus the events read.
+    pub fn read_stream_from_seq(
+        &self,
+        stream: &StreamId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
+        let inner = self.inner();
+        let streams = inner.cf(Column::Streams);
+        if inner.is_compacted(stream) {
+            // Versions have gaps: walk the index (seqs grow with versions).
+            let mut first = None;
+            scan_each(
+                &inner.db,
+                streams,
+                &keys::stream_prefix(stream),
+                &keys::stream_prefix(stream),
+                |key, value| {
+                    let seq = keys::decode_u64(value).ok_or_else(|| {
+                        StorageError::Corrupt(format!("stream {stream}: bad seq"))
+                    })?;
+                    if seq >= from_seq {
+                        first = keys::decode_u64(&key[key.len() - 8..]);
+                        return Ok::<_, StorageError>(ControlFlow::Break(()));
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
+            return match first {
+                Some(version) => self.read_stream(stream, version, limit),
+                None => Ok(Vec::new()),
+            };
+        }
+        let seq_at = |version: u64| -> Result<u64, StorageError> {
+            let row = inner
+                .db
+                .get_cf(streams, keys::stream_key(stream, version))?
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!("stream {stream}: version {version} missing"))
+                })?;
+            keys::decode_u64(&row)
+                .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))
+        };
+        // First version whose seq is >= from_seq, in 1..=head+1.
+        let (mut lo, mut hi) = (1u64, inner.stream_version(stream)? + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if seq_at(mid)? < from_seq {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        self.read_stream(stream, lo, limit)
+    }
+
+    /// Every column family's rows, by name (see
+    /// [`ReplicatedLog::state_dump`]).
+    pub fn state_dump(&self) -> Result<StateDump, StorageError> {
+        let inner = self.inner();
+        let mut names: Vec<String> = Column::ALL.iter().map(|c| c.name().to_owned()).collect();
+        names.extend(inner.view_cfs.iter().cloned());
+        names
+            .into_iter()
+            .map(|name| {
+                let cf = inner
+                    .db
+                    .cf_handle(&name)
+                    .ok_or_else(|| StorageError::UnknownView(name.clone()))?;
+                let rows = scan_prefix(&inner.db, cf, b"", usize::MAX)?;
+                Ok((name, rows))
+            })
+            .collect()
+    }
+
+    /// Blocks until the WAL is on disk.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        Ok(self.inner().db.flush_wal(true)?)
+    }
+}
+
+/// A point-in-time read view of a [`Store`] (a RocksDB snapshot): the log
+/// position and the view rows read through it all reflect the same
+/// commits. Cheap to take; holds back compaction of what it can see while
+/// it lives, so keep it for one scan, not longer.
+pub struct StoreSnapshot<'a> {
+    inner: &'a Inner,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl fmt::Debug for StoreSnapshot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSnapshot").finish_non_exhaustive()
+    }
+}
+
+impl StoreSnapshot<'_> {
+    /// The last committed sequence number as of the snapshot (0 when the
+    /// log was empty). Every view row read through this snapshot reflects
+    /// exactly the events up to it.
+    pub fn last_seq(&self) -> Result<u64, StorageError> {
+        match self
+            .snapshot
+            .get_cf(self.inner.cf(Column::Meta), meta::LAST_SEQ)?
+        {
+            None => Ok(0),
+            Some(v) => keys::decode_u64(&v)
+                .ok_or_else(|| StorageError::Corrupt("meta last_seq is not a u64".into())),
+        }
+    }
+
+    /// [`Store::view_scan_each`], reading the snapshot.
+    pub fn view_scan_each<E: From<StorageError>>(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+    ) -> Result<(), E> {
+        let cf = self.inner.view_cf(view)?;
+        let start = after_key(prefix, after);
+        scan_iter(self.snapshot.raw_iterator_cf(cf), &start, prefix, f)
+    }
+}
+
+impl EventLog for Store {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        metadata: Metadata,
+    ) -> Result<Appended, StorageError> {
+        let request = self.request(stream, expected, events, metadata)?;
+        self.call(|reply| Command::Append(request, reply))
+    }
+
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
+        let inner = self.inner();
+        let prefix = keys::stream_prefix(stream);
+        let start = keys::stream_key(stream, from_version.max(1));
+        let mut seqs = Vec::new();
+        let iter = inner.db.iterator_cf(
+            inner.cf(Column::Streams),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        // A compacted stream has version gaps: versions only increase.
+        let gaps_ok = inner.is_compacted(stream);
+        let mut expected_version = from_version.max(1);
+        for item in iter {
+            if seqs.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let version = keys::decode_u64(&key[prefix.len()..]);
+            match version {
+                Some(v) if v == expected_version || (gaps_ok && v > expected_version) => {
+                    expected_version = v + 1;
+                }
+                _ => {
+                    return Err(StorageError::Corrupt(format!(
+                        "stream {stream}: expected version {expected_version}, index has {version:?}"
+                    )))
+                }
+            }
+            seqs.push(
+                keys::decode_u64(&value)
+                    .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))?,
+            );
+        }
+        let log = inner.cf(Column::Log);
+        let keys: Vec<[u8; 8]> = seqs.iter().map(|s| keys::seq_key(*s)).collect();
+        let rows = inner.db.batched_multi_get_cf(log, keys.iter(), true);
+        seqs.iter()
+            .zip(rows)
+            .map(|(seq, row)| {
+                let row = row?.ok_or_else(|| {
+                    StorageError::Corrupt(format!("stream {stream}: seq {seq} missing from log"))
+                })?;
+                envelope::decode(&row).map_err(|source| StorageError::Event { seq: *seq, source })
+            })
+            .collect()
+    }
+
+    fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+        self.inner().read_all(from_seq, limit)
+    }
+
+    fn last_seq(&self) -> Result<u64, StorageError> {
+        Ok(*self.inner().committed.borrow())
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
+        self.inner().stream_version(stream)
+    }
+}
+
+/// Where a scan of `prefix` that continues after key `after` starts.
+pub(super) fn after_key(prefix: &[u8], after: Option<&[u8]>) -> Vec<u8> {
+    match after {
+        Some(key) if key > prefix => {
+            let mut next = key.to_vec();
+            next.push(0); // the smallest key after `key`
+            next
+        }
+        _ => prefix.to_vec(),
+    }
+}
+
+pub(super) fn scan_prefix(
+    db: &DB,
+    cf: &ColumnFamily,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Rows, StorageError> {
+    scan(db, cf, prefix, prefix, limit)
+}
+
+/// Up to `limit` rows from key `start` on, while keys start with `prefix`.
+pub(super) fn scan(
+    db: &DB,
+    cf: &ColumnFamily,
+    start: &[u8],
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Rows, StorageError> {
+    let mut out = Vec::new();
+    scan_each(db, cf, start, prefix, |key, value| {
+        if out.len() >= limit {
+            return Ok::<_, StorageError>(ControlFlow::Break(()));
+        }
+        out.push((key.to_vec(), value.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each row from key `start` on, in key order, while keys
+/// start with `prefix` and `f` says continue. The rows are borrowed from
+/// RocksDB's iterator (no copy, no allocation per row).
+pub(super) fn scan_each<E: From<StorageError>>(
+    db: &DB,
+    cf: &ColumnFamily,
+    start: &[u8],
+    prefix: &[u8],
+    f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+) -> Result<(), E> {
+    scan_iter(db.raw_iterator_cf(cf), start, prefix, f)
+}
+
+/// [`scan_each`] over any raw iterator (of the database or of a snapshot).
+pub(super) fn scan_iter<E: From<StorageError>>(
+    mut iter: rocksdb::DBRawIterator<'_>,
+    start: &[u8],
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
+) -> Result<(), E> {
+    iter.seek(start);
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+        if !key.starts_with(prefix) || f(key, value)?.is_break() {
+            return Ok(());
+        }
+        iter.next();
+    }
+    iter.status().map_err(StorageError::from)?;
+    Ok(())
+}
+
+impl Inner {
+    pub(super) fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
+        let prefix = keys::stream_prefix(stream);
+        let last = keys::stream_key(stream, u64::MAX);
+        let mut iter = self.db.iterator_cf(
+            self.cf(Column::Streams),
+            IteratorMode::From(&last, Direction::Reverse),
+        );
+        match iter.next() {
+            None => Ok(0),
+            Some(item) => {
+                let (key, _) = item?;
+                if !key.starts_with(&prefix) {
+                    return Ok(0);
+                }
+                keys::decode_u64(&key[prefix.len()..])
+                    .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad index key")))
+            }
+        }
+    }
+
+    pub(super) fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+        let from = from_seq.max(1);
+        let compacted_through = self.compacted_through();
+        let mut expected = from;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let iter = self.db.iterator_cf(
+            self.cf(Column::Log),
+            IteratorMode::From(&keys::seq_key(from), Direction::Forward),
+        );
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            let seq = keys::decode_u64(&key);
+            // Seqs a compaction removed (all at most `compacted_through`)
+            // are skipped; any other gap is corruption.
+            let gap_ok = |found: u64| found > expected && found - 1 <= compacted_through;
+            match seq {
+                Some(found) if found == expected || gap_ok(found) => expected = found + 1,
+                _ => {
+                    return Err(StorageError::Corrupt(format!(
+                        "log gap: expected seq {expected}, found {seq:?}"
+                    )))
+                }
+            }
+            let seq = expected - 1;
+            out.push(
+                envelope::decode(&value).map_err(|source| StorageError::Event { seq, source })?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl RowSource for Inner {
+    fn read(&self, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let family = if cf == BLOB_REFS_CF {
+            self.cf(Column::BlobRefs)
+        } else {
+            self.view_cf_at(cf - 1)
+        };
+        Ok(self.db.get_cf(family, key)?)
+    }
+}
+
+
+impl ViewRead for Store {
+    fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Store::view_get(self, view, key)
+    }
+
+    fn view_scan_after(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StorageError> {
+        Store::view_scan_after(self, view, prefix, after, limit)
+    }
+
+    fn view_for_each(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        Store::view_scan_each(self, view, prefix, after, |key, value| {
+            Ok::<_, StorageError>(f(key, value))
+        })
+    }
+
+    fn read_seq(&self) -> Result<u64, StorageError> {
+        Ok(*self.inner().committed.borrow())
+    }
+
+    fn read_snapshot(&self) -> Box<dyn ViewRead + '_> {
+        Box::new(self.snapshot())
+    }
+}
+
+impl StoreSnapshot<'_> {
+    /// [`Store::view_get`], reading the snapshot (no cache).
+    pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let cf = self.inner.view_cf(view)?;
+        Ok(self.snapshot.get_cf(cf, key)?)
+    }
+}
+
+impl ViewRead for StoreSnapshot<'_> {
+    fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        StoreSnapshot::view_get(self, view, key)
+    }
+
+    fn view_scan_after(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StorageError> {
+        let mut out = Vec::new();
+        StoreSnapshot::view_scan_each(self, view, prefix, after, |key, value| {
+            if out.len() >= limit {
+                return Ok::<_, StorageError>(ControlFlow::Break(()));
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(out)
+    }
+
+    fn view_for_each(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        StoreSnapshot::view_scan_each(self, view, prefix, after, |key, value| {
+            Ok::<_, StorageError>(f(key, value))
+        })
+    }
+
+    fn read_seq(&self) -> Result<u64, StorageError> {
+        self.last_seq()
+    }
+
+    fn read_snapshot(&self) -> Box<dyn ViewRead + '_> {
+        Box::new(self)
+    }
+}
+
+impl ReplicatedLog for Store {
+    fn apply_replicated(
+        &self,
+        commit: Vec<Envelope>,
+    ) -> Result<crate::log::Replicated, StorageError> {
+        self.call(|reply| super::writer::Command::Replicate(commit, reply))
+    }
+
+    fn state_dump(&self) -> Result<StateDump, StorageError> {
+        Store::state_dump(self)
+    }
+}

@@ -1,0 +1,766 @@
+//! The writer thread: group commit, view catch-up and rebuild.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::ControlFlow,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::SystemTime,
+};
+
+use cairn_events::{
+    envelope::{self, Metadata},
+    v1::{Envelope, Event},
+    StreamId, SCHEMA_VERSION,
+};
+use parking_lot::Mutex;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    blob::{BlobPin, BlobStore, Digest, GcStats},
+    columns::{view_column, Column},
+    keys::{self, meta},
+    log::{Appended, EventLog, ExpectedVersion},
+    view::{decode_row, fold, Overlay, RowSource, BLOB_REFS_CF},
+    StorageError, View,
+};
+use super::*;
+use super::read::scan_prefix;
+use crate::{
+    compaction::{CompactionPolicy, CompactionStats},
+    log::Replicated,
+};
+/// Longest command metadata value (ids, principal, trace context), in bytes.
+/// Metadata travels in NATS headers, which allow no control characters.
+pub const METADATA_MAX_BYTES: usize = 512;
+
+/// Called with `(events replayed, events to replay)` while views rebuild.
+pub type RebuildProgress = Box<dyn Fn(u64, u64) + Send>;
+
+/// What a rebuild did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildStats {
+    /// Names of the views rebuilt.
+    pub views: Vec<String>,
+    /// Events replayed.
+    pub events: u64,
+}
+
+
+pub(super) struct AppendRequest {
+    pub(super) stream: StreamId,
+    pub(super) expected: ExpectedVersion,
+    pub(super) events: Vec<Event>,
+    pub(super) metadata: Metadata,
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+pub(super) enum Command {
+    Append(AppendRequest, Reply<Appended>),
+    Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
+    CollectGarbage(Reply<GcStats>),
+    Replicate(Vec<Envelope>, Reply<Replicated>),
+    Compact(Arc<dyn CompactionPolicy>, SystemTime, Reply<CompactionStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Store {
+    pub(super) fn check_request(&self, events: &[Event], metadata: &Metadata) -> Result<(), StorageError> {
+        let config = &self.inner().config;
+        let trace = metadata.trace.as_ref();
+        let fields = [
+            ("correlation id", metadata.correlation_id.as_str()),
+            ("causation id", metadata.causation_id.as_str()),
+            ("principal", metadata.principal.as_str()),
+            ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
+            ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
+        ];
+        for (name, value) in fields {
+            if value.len() > METADATA_MAX_BYTES {
+                return Err(StorageError::InvalidAppend(format!(
+                    "{name} is {} bytes, at most {METADATA_MAX_BYTES} allowed",
+                    value.len()
+                )));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(StorageError::InvalidAppend(format!(
+                    "{name} contains control characters"
+                )));
+            }
+        }
+        if events.is_empty() {
+            return Err(StorageError::InvalidAppend("no events to append".into()));
+        }
+        if events.len() > config.append_max_events {
+            return Err(StorageError::InvalidAppend(format!(
+                "{} events in one append, at most {} allowed",
+                events.len(),
+                config.append_max_events
+            )));
+        }
+        for (i, event) in events.iter().enumerate() {
+            let Some(payload) = event.payload.as_ref() else {
+                return Err(StorageError::InvalidAppend(format!(
+                    "event {i} has no payload"
+                )));
+            };
+            let size = prost::Message::encoded_len(event);
+            if size > config.event_max_bytes {
+                return Err(StorageError::InvalidAppend(format!(
+                    "event {i} ({}) is {size} bytes, at most {} allowed",
+                    envelope::EventKind::of(payload).name(),
+                    config.event_max_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates an append and normalises its metadata.
+    pub(super) fn request(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        metadata: Metadata,
+    ) -> Result<AppendRequest, StorageError> {
+        let metadata = metadata.normalized();
+        self.check_request(&events, &metadata)?;
+        Ok(AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            metadata,
+        })
+    }
+
+    /// [`EventLog::append`] for async callers: waits without blocking a thread.
+    pub async fn append_async(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        metadata: Metadata,
+    ) -> Result<Appended, StorageError> {
+        let request = self.request(stream, expected, events, metadata)?;
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Command::Append(request, reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Appends `chunks` to `stream` in order, as if each went through
+    /// [`Store::append_async`] once the previous one committed — the first
+    /// expecting stream version `version`, each next one the version the
+    /// previous leaves — but queued together, so the writer commits them in
+    /// as few batches as it can instead of one fsync round trip each.
+    /// A failed chunk fails every later one (their expected versions no
+    /// longer match), so nothing after a failure is written. Returns the
+    /// outcome of each chunk up to and including the first failure.
+    pub async fn append_chunks_async(
+        &self,
+        stream: &StreamId,
+        mut version: u64,
+        chunks: Vec<Vec<Event>>,
+        metadata: Metadata,
+    ) -> Vec<Result<Appended, StorageError>> {
+        let mut replies = Vec::with_capacity(chunks.len());
+        for events in chunks {
+            let len = events.len() as u64;
+            let request = match self.request(
+                stream,
+                ExpectedVersion::Exact(version),
+                events,
+                metadata.clone(),
+            ) {
+                Ok(request) => request,
+                Err(e) => {
+                    replies.push(Err(e));
+                    break;
+                }
+            };
+            let (reply, rx) = oneshot::channel();
+            let sent = match self.sender() {
+                Ok(tx) => tx.send(Command::Append(request, reply)).await.is_ok(),
+                Err(_) => false,
+            };
+            if !sent {
+                replies.push(Err(StorageError::Closed));
+                break;
+            }
+            replies.push(Ok(rx));
+            version += len;
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let result = match reply {
+                Ok(rx) => rx.await.map_err(|_| StorageError::Closed).and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Rebuilds the named views (all when `views` is empty) from the log:
+    /// clears their rows and replays every event through the same fold as
+    /// live appends. Appends wait meanwhile, but readers see the views
+    /// emptied and refilled: rebuild a stopped node's store (`cairn views
+    /// rebuild`) unless that is acceptable. If it fails, the store accepts
+    /// no more writes; the next open finishes the rebuild first. Blocking.
+    pub fn rebuild(
+        &self,
+        views: &[&str],
+        progress: Option<RebuildProgress>,
+    ) -> Result<RebuildStats, StorageError> {
+        let names = views.iter().map(|v| (*v).to_owned()).collect();
+        self.call(|reply| Command::Rebuild(names, progress, reply))
+    }
+
+    /// Sends a command and blocks the calling thread for the answer. Works
+    /// from any thread (tokio's `blocking_*` would panic inside a runtime);
+    /// async code should still prefer [`Store::append_async`].
+    pub(super) fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let sender = self.sender()?;
+        futures::executor::block_on(async move {
+            sender
+                .send(make(reply))
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            rx.await.map_err(|_| StorageError::Closed)?
+        })
+    }
+
+    /// [`crate::ReplicatedLog::apply_replicated`] for async callers: waits
+    /// without blocking a thread.
+    pub async fn apply_replicated_async(
+        &self,
+        commit: Vec<Envelope>,
+    ) -> Result<Replicated, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Command::Replicate(commit, reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Finishes every append queued so far, then stops the writer: later
+    /// appends fail with [`StorageError::Closed`]. Reads keep working.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if let Ok(tx) = self.sender() {
+            if tx.send(Command::Shutdown(reply)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Adds the overlay's rows to `batch`.
+    pub(super) fn write_overlay(&self, overlay: Overlay, batch: &mut WriteBatch) {
+        for ((cf, key), value) in overlay.rows {
+            let family = if cf == BLOB_REFS_CF {
+                self.cf(Column::BlobRefs)
+            } else {
+                self.view_cf_at(cf - 1)
+            };
+            match value {
+                Some(v) => batch.put_cf(family, key, v),
+                None => batch.delete_cf(family, key),
+            }
+        }
+    }
+}
+
+pub(super) fn now() -> pbjson_types::Timestamp {
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: since_epoch.as_secs() as i64,
+        nanos: since_epoch.subsec_nanos() as i32,
+    }
+}
+
+/// Most stream heads the writer keeps in memory.
+pub(super) const HEAD_CACHE_MAX_STREAMS: usize = 65_536;
+
+/// The writer thread's state: the only code that assigns sequence numbers.
+pub(super) struct Writer {
+    pub(super) inner: Arc<Inner>,
+    pub(super) last_seq: u64,
+    /// Current version of recently appended streams. Exact, because the
+    /// writer is the only code that appends; cleared when full or when a
+    /// group fails to commit.
+    pub(super) heads: HashMap<StreamId, u64>,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut next = rx.blocking_recv();
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append(request, reply) => {
+                    let mut group = vec![(request, reply)];
+                    let mut events = group[0].0.events.len();
+                    while events < self.inner.config.group_commit_max_events {
+                        match rx.try_recv() {
+                            Ok(Command::Append(request, reply)) => {
+                                events += request.events.len();
+                                group.push((request, reply));
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_group(group);
+                }
+                Command::Rebuild(names, progress, reply) => {
+                    let result = self.rebuild(&names, progress);
+                    let failed = result.is_err();
+                    let _ = reply.send(result);
+                    if failed {
+                        // The views are half rebuilt (their rows cleared,
+                        // the `rebuilding` marks set): accept no append or
+                        // collection on top of that. The next open finishes
+                        // the rebuild before anything else.
+                        warn!("view rebuild failed; store closed until reopened");
+                        return;
+                    }
+                }
+                Command::CollectGarbage(reply) => {
+                    let _ = reply.send(self.collect_garbage());
+                }
+                Command::Replicate(commit, reply) => {
+                    let _ = reply.send(self.apply_replicated(commit));
+                }
+                Command::Compact(policy, now, reply) => {
+                    let _ = reply.send(self.compact(&*policy, now));
+                }
+                Command::Shutdown(reply) => {
+                    let _ = reply.send(());
+                    debug!("store writer stopped on request");
+                    return;
+                }
+            }
+            if next.is_none() {
+                next = rx.blocking_recv();
+            }
+        }
+        debug!("store writer stopped: all handles dropped");
+    }
+
+    pub(super) fn commit_group(&mut self, group: Vec<(AppendRequest, Reply<Appended>)>) {
+        let inner = self.inner.clone();
+        let log_cf = inner.cf(Column::Log);
+        let streams_cf = inner.cf(Column::Streams);
+        let mut batch = WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut heads: HashMap<StreamId, u64> = HashMap::new();
+        let mut seq = self.last_seq;
+        let recorded_at = now();
+        let mut outcomes: Vec<(Reply<Appended>, Result<Appended, StorageError>)> =
+            Vec::with_capacity(group.len());
+        let all = |_: usize| true;
+
+        let mut group = group.into_iter();
+        while let Some((request, reply)) = group.next() {
+            let actual = match self.head(&heads, &request.stream) {
+                Ok(v) => v,
+                Err(e) => {
+                    outcomes.push((reply, Err(e)));
+                    continue;
+                }
+            };
+            if !request.expected.matches(actual) {
+                let conflict = StorageError::Conflict {
+                    stream: request.stream.to_string(),
+                    expected: request.expected,
+                    actual,
+                };
+                outcomes.push((reply, Err(conflict)));
+                continue;
+            }
+            let mut envelopes = Vec::with_capacity(request.events.len());
+            let mut version = actual;
+            for event in request.events {
+                seq += 1;
+                version += 1;
+                let env = Envelope {
+                    schema_version: SCHEMA_VERSION,
+                    event_id: envelope::new_id(),
+                    stream: request.stream.to_string(),
+                    stream_version: version,
+                    seq,
+                    recorded_at: Some(recorded_at),
+                    correlation_id: request.metadata.correlation_id.clone(),
+                    causation_id: request.metadata.causation_id.clone(),
+                    principal: request.metadata.principal.clone(),
+                    trace: request.metadata.trace.clone(),
+                    event: Some(event),
+                };
+                batch.put_cf(log_cf, keys::seq_key(seq), envelope::encode(&env));
+                batch.put_cf(
+                    streams_cf,
+                    keys::stream_key(&request.stream, version),
+                    keys::seq_key(seq),
+                );
+                if let Err(e) = fold(&inner.views, &all, &mut overlay, &*inner, &env) {
+                    // A view refusing an event means the store is broken:
+                    // fail the whole group, write nothing.
+                    let message = e.to_string();
+                    warn!(error = %message, seq, "view fold failed; group rejected");
+                    let others = outcomes
+                        .into_iter()
+                        .map(|(reply, _)| reply)
+                        .chain(group.map(|(_, reply)| reply));
+                    for reply in others {
+                        let _ = reply.send(Err(StorageError::Corrupt(message.clone())));
+                    }
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                envelopes.push(env);
+            }
+            heads.insert(request.stream, version);
+            outcomes.push((reply, Ok(Appended { envelopes })));
+        }
+
+        if seq > self.last_seq {
+            if let Err(e) = self.write_commit(batch, overlay, seq, heads) {
+                warn!(error = %e, "group commit failed");
+                for (reply, outcome) in outcomes {
+                    let _ = reply.send(outcome.and(Err(StorageError::Rocks(e.clone()))));
+                }
+                return;
+            }
+            let committed = outcomes.iter().filter(|(_, o)| o.is_ok()).count() as u64;
+            inner.appends.fetch_add(committed, Ordering::Relaxed);
+        }
+        for (reply, outcome) in outcomes {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// Completes `batch` (log and index rows) with the view rows of
+    /// `overlay`, the last sequence number `seq` and every view's
+    /// checkpoint, writes it as one synced `WriteBatch`, and advances the
+    /// writer's state. Shared by appends and replicated commits, so both
+    /// write exactly the same rows.
+    fn write_commit(
+        &mut self,
+        mut batch: WriteBatch,
+        overlay: Overlay,
+        seq: u64,
+        heads: HashMap<StreamId, u64>,
+    ) -> Result<(), rocksdb::Error> {
+        let inner = self.inner.clone();
+        inner.write_overlay(overlay, &mut batch);
+        let meta_cf = inner.cf(Column::Meta);
+        batch.put_cf(meta_cf, meta::LAST_SEQ, seq.to_be_bytes());
+        for view in &inner.views {
+            batch.put_cf(meta_cf, meta::checkpoint(view.name()), seq.to_be_bytes());
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(inner.config.sync);
+        inner.db.write_opt(batch, &options)?;
+        inner.batches.fetch_add(1, Ordering::Relaxed);
+        self.last_seq = seq;
+        if self.heads.len() + heads.len() > HEAD_CACHE_MAX_STREAMS {
+            self.heads.clear();
+        }
+        self.heads.extend(heads);
+        inner.committed.send_replace(seq);
+        Ok(())
+    }
+
+    /// The current version of `stream`: from this batch's `heads`, the
+    /// writer's cache, or the index.
+    fn head(
+        &self,
+        heads: &HashMap<StreamId, u64>,
+        stream: &StreamId,
+    ) -> Result<u64, StorageError> {
+        match heads.get(stream).or_else(|| self.heads.get(stream)) {
+            Some(v) => Ok(*v),
+            None => self.inner.stream_version(stream),
+        }
+    }
+
+    /// See [`crate::ReplicatedLog::apply_replicated`].
+    fn apply_replicated(&mut self, commit: Vec<Envelope>) -> Result<Replicated, StorageError> {
+        let inner = self.inner.clone();
+        if commit.is_empty() {
+            return Err(StorageError::InvalidReplicated("no events".into()));
+        }
+        let mut streams = Vec::with_capacity(commit.len());
+        for (i, env) in commit.iter().enumerate() {
+            if i > 0 && env.seq != commit[i - 1].seq + 1 {
+                return Err(StorageError::InvalidReplicated(format!(
+                    "seq {} follows seq {}: a commit's events are consecutive",
+                    env.seq,
+                    commit[i - 1].seq
+                )));
+            }
+            if env.seq == 0 || env.stream_version == 0 {
+                return Err(StorageError::InvalidReplicated(format!(
+                    "event {i} has seq {} and stream version {}; both start at 1",
+                    env.seq, env.stream_version
+                )));
+            }
+            if env.event.as_ref().and_then(|e| e.payload.as_ref()).is_none() {
+                return Err(StorageError::InvalidReplicated(format!(
+                    "event at seq {} has no payload",
+                    env.seq
+                )));
+            }
+            let stream = StreamId::new(env.stream.clone()).map_err(|e| {
+                StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
+            })?;
+            streams.push(stream);
+        }
+        // The prefix this log holds already must be identical, and is skipped.
+        let log_cf = inner.cf(Column::Log);
+        let mut fresh = Vec::with_capacity(commit.len());
+        for (env, stream) in commit.into_iter().zip(streams) {
+            if env.seq > self.last_seq {
+                fresh.push((env, stream));
+                continue;
+            }
+            match inner.db.get_pinned_cf(log_cf, keys::seq_key(env.seq))? {
+                Some(stored) if *stored == *envelope::encode(&env) => {}
+                // Compacted away here: it was applied, and is superseded.
+                None if env.seq <= inner.compacted_through() => {}
+                _ => return Err(StorageError::ReplicaDiverged { seq: env.seq }),
+            }
+        }
+        let Some(first) = fresh.first().map(|(env, _)| env.seq) else {
+            return Ok(Replicated::AlreadyApplied {
+                last_seq: self.last_seq,
+            });
+        };
+        if first != self.last_seq + 1 {
+            return Err(StorageError::ReplicationGap {
+                what: "seq".into(),
+                expected: self.last_seq + 1,
+                found: first,
+            });
+        }
+        let streams_cf = inner.cf(Column::Streams);
+        let mut batch = WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut heads: HashMap<StreamId, u64> = HashMap::new();
+        let all = |_: usize| true;
+        let mut seq = self.last_seq;
+        for (env, stream) in fresh {
+            let version = self.head(&heads, &stream)?;
+            if env.stream_version != version + 1 {
+                return Err(StorageError::ReplicationGap {
+                    what: format!("stream {stream} version"),
+                    expected: version + 1,
+                    found: env.stream_version,
+                });
+            }
+            batch.put_cf(log_cf, keys::seq_key(env.seq), envelope::encode(&env));
+            batch.put_cf(
+                streams_cf,
+                keys::stream_key(&stream, env.stream_version),
+                keys::seq_key(env.seq),
+            );
+            fold(&inner.views, &all, &mut overlay, &*inner, &env)?;
+            heads.insert(stream, env.stream_version);
+            seq = env.seq;
+        }
+        self.write_commit(batch, overlay, seq, heads)?;
+        Ok(Replicated::Applied {
+            first_seq: first,
+            last_seq: seq,
+        })
+    }
+
+    /// At open: finish interrupted rebuilds and bring every view up to the
+    /// end of the log (a view added by a newer build starts from 0).
+    pub(super) fn recover_views(&mut self) -> Result<(), StorageError> {
+        let inner = self.inner.clone();
+        let mut interrupted = Vec::new();
+        for view in &inner.views {
+            if inner
+                .db
+                .get_cf(inner.cf(Column::Meta), meta::rebuilding(view.name()))?
+                .is_some()
+            {
+                interrupted.push(view.name().to_owned());
+            }
+        }
+        if !interrupted.is_empty() {
+            warn!(views = ?interrupted, "finishing interrupted view rebuild");
+            self.rebuild(&interrupted, None)?;
+        }
+        let mut from = Vec::with_capacity(inner.views.len());
+        for view in &inner.views {
+            from.push(Some(
+                inner.meta_u64(&meta::checkpoint(view.name()))?.unwrap_or(0),
+            ));
+        }
+        if from
+            .iter()
+            .any(|cp| cp.is_some_and(|cp| cp < self.last_seq))
+        {
+            let events = self.replay(&from, None)?;
+            info!(events, "views caught up with the log");
+        }
+        Ok(())
+    }
+
+    pub(super) fn rebuild(
+        &mut self,
+        names: &[String],
+        progress: Option<RebuildProgress>,
+    ) -> Result<RebuildStats, StorageError> {
+        let inner = self.inner.clone();
+        let mut selected = vec![false; inner.views.len()];
+        for name in names {
+            let i = inner
+                .views
+                .iter()
+                .position(|v| v.name() == name)
+                .ok_or_else(|| StorageError::UnknownView(name.clone()))?;
+            selected[i] = true;
+        }
+        if names.is_empty() {
+            selected.iter_mut().for_each(|s| *s = true);
+        }
+        let meta_cf = inner.cf(Column::Meta);
+        // 1. Mark the rebuild and drop the checkpoints, atomically.
+        let mut batch = WriteBatch::default();
+        for (i, view) in inner.views.iter().enumerate().filter(|(i, _)| selected[*i]) {
+            let _ = i;
+            batch.put_cf(meta_cf, meta::rebuilding(view.name()), []);
+            batch.delete_cf(meta_cf, meta::checkpoint(view.name()));
+        }
+        inner.db.write(batch)?;
+        // 2. Clear rows and blob references.
+        for (i, view) in inner.views.iter().enumerate().filter(|(i, _)| selected[*i]) {
+            self.clear(inner.view_cf_at(i), b"")?;
+            self.clear(
+                inner.cf(Column::BlobRefs),
+                &keys::blob_ref_prefix(view.name()),
+            )?;
+        }
+        // 3. Replay the whole log into them.
+        let from: Vec<Option<u64>> = selected.iter().map(|s| s.then_some(0)).collect();
+        let events = self.replay(&from, progress)?;
+        // A compacted log has fewer events than sequence numbers.
+        if events != self.last_seq && inner.compacted_through() == 0 {
+            return Err(StorageError::Corrupt(format!(
+                "rebuild replayed {events} events, the log holds {}",
+                self.last_seq
+            )));
+        }
+        // 4. Done: clear the marks and make it all durable.
+        let mut batch = WriteBatch::default();
+        for view in inner
+            .views
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| selected[*i])
+            .map(|(_, v)| v)
+        {
+            batch.delete_cf(meta_cf, meta::rebuilding(view.name()));
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        inner.db.write_opt(batch, &options)?;
+        let views: Vec<String> = inner
+            .views
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| selected[*i])
+            .map(|(_, v)| v.name().to_owned())
+            .collect();
+        info!(?views, events, "views rebuilt");
+        Ok(RebuildStats { views, events })
+    }
+
+    pub(super) fn clear(&self, cf: &ColumnFamily, prefix: &[u8]) -> Result<(), StorageError> {
+        const CHUNK: usize = 10_000;
+        loop {
+            let rows = scan_prefix(&self.inner.db, cf, prefix, CHUNK)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut batch = WriteBatch::default();
+            for (key, _) in &rows {
+                batch.delete_cf(cf, key);
+            }
+            self.inner.db.write(batch)?;
+        }
+    }
+
+    /// Folds the log into views: view `i` receives the events after
+    /// `from[i]` (none when `None`). Each batch carries rows and checkpoints
+    /// together. Returns the number of events read.
+    pub(super) fn replay(
+        &mut self,
+        from: &[Option<u64>],
+        progress: Option<RebuildProgress>,
+    ) -> Result<u64, StorageError> {
+        let inner = self.inner.clone();
+        let Some(start) = from.iter().flatten().min().map(|cp| cp + 1) else {
+            return Ok(0);
+        };
+        let total = self.last_seq.saturating_sub(start - 1);
+        let mut next = start;
+        let mut done = 0;
+        let meta_cf = inner.cf(Column::Meta);
+        while next <= self.last_seq {
+            let chunk = inner.read_all(next, inner.config.replay_batch_events.max(1))?;
+            let Some(last) = chunk.last().map(|e| e.seq) else {
+                break;
+            };
+            let mut overlay = Overlay::default();
+            for env in &chunk {
+                let wanted = |i: usize| from[i].is_some_and(|cp| env.seq > cp);
+                fold(&inner.views, &wanted, &mut overlay, &*inner, env)?;
+            }
+            let mut batch = WriteBatch::default();
+            inner.write_overlay(overlay, &mut batch);
+            for (i, view) in inner.views.iter().enumerate() {
+                if from[i].is_some_and(|cp| last > cp) {
+                    batch.put_cf(meta_cf, meta::checkpoint(view.name()), last.to_be_bytes());
+                }
+            }
+            inner.db.write(batch)?;
+            done += chunk.len() as u64;
+            next = last + 1;
+            if let Some(progress) = &progress {
+                progress(done, total);
+            }
+        }
+        Ok(done)
+    }
+
+}
