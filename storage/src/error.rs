@@ -92,7 +92,9 @@ pub enum StorageError {
     /// A replicated commit does not continue this log: its first sequence
     /// number, or a stream's first version, is not the next one. Nothing
     /// was written. Fetch the missing commits first (from `expected` on).
-    #[error("replicated commit does not continue the log: {what}: expected {expected}, found {found}")]
+    #[error(
+        "replicated commit does not continue the log: {what}: expected {expected}, found {found}"
+    )]
     ReplicationGap {
         /// Which number: `seq`, or `stream <id> version`.
         what: String,

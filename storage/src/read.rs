@@ -16,6 +16,9 @@ use std::{ops::ControlFlow, sync::Arc};
 
 use crate::{store::Rows, view::decode_row, StorageError};
 
+/// A callback over borrowed `(key, value)` rows that says whether to go on.
+pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
 /// Reads of view rows: point gets, prefix scans and consistent snapshots.
 pub trait ViewRead: Send + Sync {
     /// The row at `key` of view `view`.
@@ -40,7 +43,7 @@ pub trait ViewRead: Send + Sync {
         view: &str,
         prefix: &[u8],
         after: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        f: &mut RowVisitor<'_>,
     ) -> Result<(), StorageError>;
 
     /// The last committed sequence number these reads reflect: for a
@@ -147,7 +150,7 @@ impl<T: ViewRead + ?Sized> ViewRead for &T {
         view: &str,
         prefix: &[u8],
         after: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        f: &mut RowVisitor<'_>,
     ) -> Result<(), StorageError> {
         (**self).view_for_each(view, prefix, after, f)
     }
@@ -181,7 +184,7 @@ impl<T: ViewRead + ?Sized> ViewRead for Arc<T> {
         view: &str,
         prefix: &[u8],
         after: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        f: &mut RowVisitor<'_>,
     ) -> Result<(), StorageError> {
         (**self).view_for_each(view, prefix, after, f)
     }

@@ -1077,7 +1077,12 @@ fn typed_views_read_through_any_view_read() {
     let store = open(dir.path());
     let s = StreamId::repository("ns", "one").unwrap();
     store
-        .append(&s, ExpectedVersion::NoStream, vec![registered("ns", "one")], Metadata::default())
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![registered("ns", "one")],
+            Metadata::default(),
+        )
         .unwrap();
     let snapshot = store.snapshot();
     // The snapshot does not see what is committed after it was taken.
@@ -1096,7 +1101,10 @@ fn typed_views_read_through_any_view_read() {
         assert_eq!(reader.read_seq().unwrap(), seq);
         let row = RepositoriesView::get(reader, "ns", "one").unwrap().unwrap();
         assert_eq!(row.updated_seq, 1);
-        assert_eq!(RepositoriesView::list(reader, Some("ns")).unwrap().len(), rows);
+        assert_eq!(
+            RepositoriesView::list(reader, Some("ns")).unwrap().len(),
+            rows
+        );
         assert_eq!(
             reader.view_scan("repositories", b"ns/", 10).unwrap().len(),
             rows

@@ -98,7 +98,10 @@ pub fn put_get_and_dedupe(dir: &Path, open: OpenBlobs<'_>) {
         assert_eq!(second.digest(), first.digest());
         assert_eq!(third.digest(), first.digest());
         assert_eq!(store.get(&first.digest()).unwrap().as_ref(), Some(bytes));
-        assert_eq!(store.blob_size(&first.digest()).unwrap(), Some(bytes.len() as u64));
+        assert_eq!(
+            store.blob_size(&first.digest()).unwrap(),
+            Some(bytes.len() as u64)
+        );
         assert_eq!(store.ref_count(&first.digest()).unwrap(), 0);
         pins.extend([first, second, third]);
     }
@@ -126,7 +129,9 @@ pub fn streamed_blobs_read_whole_and_by_range(dir: &Path, open: OpenBlobs<'_>) {
     for (i, size) in SIZES.into_iter().enumerate() {
         let bytes = content(i as u8, size);
         let digest = Digest::of(&bytes);
-        let pin = store.put_reader(&mut bytes.as_slice(), Some(&digest)).unwrap();
+        let pin = store
+            .put_reader(&mut bytes.as_slice(), Some(&digest))
+            .unwrap();
         assert_eq!(pin.digest(), digest);
         pins.push(pin);
 
@@ -151,14 +156,19 @@ pub fn streamed_blobs_read_whole_and_by_range(dir: &Path, open: OpenBlobs<'_>) {
             .unwrap()
             .read_to_end(&mut part)
             .unwrap();
-        assert_eq!(part, bytes[start as usize..end as usize], "range of size {size}");
+        assert_eq!(
+            part,
+            bytes[start as usize..end as usize],
+            "range of size {size}"
+        );
 
-        let err = store
-            .read_range(&digest, 0..size as u64 + 1)
-            .unwrap_err();
+        let err = store.read_range(&digest, 0..size as u64 + 1).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("range 0..{} is outside blob {digest} of {size} bytes", size + 1)
+            format!(
+                "range 0..{} is outside blob {digest} of {size} bytes",
+                size + 1
+            )
         );
         assert!(matches!(err, StorageError::BlobRange { .. }));
     }
@@ -201,7 +211,10 @@ pub fn pins_and_references_keep_blobs_from_collection(dir: &Path, open: OpenBlob
     let (s, l) = (small_pin.digest(), large_pin.digest());
     let orphan = store.put(&content(3, 1_200_000)).unwrap().digest(); // pin dropped
     let stats = store.collect_garbage().unwrap();
-    assert_eq!((stats.scanned, stats.removed, stats.removed_bytes), (3, 1, 1_200_000));
+    assert_eq!(
+        (stats.scanned, stats.removed, stats.removed_bytes),
+        (3, 1, 1_200_000)
+    );
     assert_eq!(store.get(&orphan).unwrap(), None);
 
     // Referenced by committed events, then unpinned: kept.
@@ -214,7 +227,10 @@ pub fn pins_and_references_keep_blobs_from_collection(dir: &Path, open: OpenBlob
         )
         .unwrap();
     drop((small_pin, large_pin));
-    assert_eq!((store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()), (1, 1));
+    assert_eq!(
+        (store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()),
+        (1, 1)
+    );
     assert_eq!(store.collect_garbage().unwrap().removed, 0);
     assert_eq!(store.get(&l).unwrap().unwrap().len(), large.len());
 
@@ -227,7 +243,10 @@ pub fn pins_and_references_keep_blobs_from_collection(dir: &Path, open: OpenBlob
             Metadata::default(),
         )
         .unwrap();
-    assert_eq!((store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()), (0, 0));
+    assert_eq!(
+        (store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()),
+        (0, 0)
+    );
     let stats = store.collect_garbage().unwrap();
     assert_eq!(
         (stats.scanned, stats.removed, stats.removed_bytes),
@@ -237,7 +256,10 @@ pub fn pins_and_references_keep_blobs_from_collection(dir: &Path, open: OpenBlob
     assert!(store.open_blob(&l).unwrap().is_none());
     // Stored again after collection: back.
     let again = store.put(&large).unwrap();
-    assert_eq!(store.get(&again.digest()).unwrap().unwrap().len(), large.len());
+    assert_eq!(
+        store.get(&again.digest()).unwrap().unwrap().len(),
+        large.len()
+    );
 }
 
 /// Blobs of both kinds survive closing and reopening.

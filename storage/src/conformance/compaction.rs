@@ -141,13 +141,16 @@ fn dumps(store: &Store) -> Vec<crate::store::ViewDump> {
         .collect()
 }
 
+/// Opens a store with the given views in a directory.
+pub type OpenWithViews<'a> = &'a dyn Fn(&Path, Vec<Arc<dyn View>>) -> Store;
+
 /// The whole check; `open` opens a store with the given views.
-pub fn compacted_log_rebuilds_to_the_live_views(
-    dir: &Path,
-    open: &dyn Fn(&Path, Vec<Arc<dyn View>>) -> Store,
-) {
+pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<'_>) {
     let store = open(dir, views());
-    let kv = [StreamId::new("kv/a").unwrap(), StreamId::new("kv/b").unwrap()];
+    let kv = [
+        StreamId::new("kv/a").unwrap(),
+        StreamId::new("kv/b").unwrap(),
+    ];
     let repo = StreamId::repository("ns", "r").unwrap();
     let names = ["k0", "k1", "k2", "k3", "k4"];
     // (seq, stream index, key, tombstone) of every kv event, in order.
@@ -203,10 +206,16 @@ pub fn compacted_log_rebuilds_to_the_live_views(
         }
     }
     let last_seq = store.last_seq().unwrap();
-    let versions: Vec<u64> = kv.iter().map(|s| store.stream_version(s).unwrap()).collect();
+    let versions: Vec<u64> = kv
+        .iter()
+        .map(|s| store.stream_version(s).unwrap())
+        .collect();
     let repo_before = store.read_stream(&repo, 1, usize::MAX).unwrap();
     let live = dumps(&store);
-    assert!(!live.last().unwrap().rows.is_empty(), "the test view has rows");
+    assert!(
+        !live.last().unwrap().rows.is_empty(),
+        "the test view has rows"
+    );
     let all_before = store.read_all(1, usize::MAX).unwrap();
 
     // What must remain: per key the latest event; plus every stream head.
@@ -240,8 +249,13 @@ pub fn compacted_log_rebuilds_to_the_live_views(
 
     // Refused: classes that are or cover repository streams.
     for prefix in ["repo/", "repo/ns/", "r", ""] {
-        let err = store.compact(Arc::new(Prefix(prefix)), SystemTime::now()).unwrap_err();
-        assert!(matches!(err, StorageError::InvalidCompaction(_)), "{prefix:?}: {err:?}");
+        let err = store
+            .compact(Arc::new(Prefix(prefix)), SystemTime::now())
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidCompaction(_)),
+            "{prefix:?}: {err:?}"
+        );
     }
     assert_eq!(store.read_all(1, usize::MAX).unwrap(), all_before);
 
@@ -250,11 +264,21 @@ pub fn compacted_log_rebuilds_to_the_live_views(
         let kept: Vec<u64> = (1..=last_seq).filter(|s| !removed.contains(s)).collect();
         let all = store.read_all(1, usize::MAX).unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), kept);
-        let expected: Vec<&Envelope> = all_before.iter().filter(|e| !removed.contains(&e.seq)).collect();
-        assert_eq!(all.iter().collect::<Vec<_>>(), expected, "kept events unchanged");
+        let expected: Vec<&Envelope> = all_before
+            .iter()
+            .filter(|e| !removed.contains(&e.seq))
+            .collect();
+        assert_eq!(
+            all.iter().collect::<Vec<_>>(),
+            expected,
+            "kept events unchanged"
+        );
         // Windows start at the first kept seq at or after `from`.
         let window = store.read_all(2, 3).unwrap();
-        assert_eq!(window.iter().map(|e| e.seq).collect::<Vec<_>>(), kept[1..4].to_vec());
+        assert_eq!(
+            window.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            kept[1..4].to_vec()
+        );
         assert_eq!(store.last_seq().unwrap(), last_seq);
         for (s, version) in kv.iter().zip(&versions) {
             assert_eq!(store.stream_version(s).unwrap(), *version);
@@ -265,7 +289,10 @@ pub fn compacted_log_rebuilds_to_the_live_views(
             let want = read.iter().find(|e| e.seq >= last_seq / 2).map(|e| e.seq);
             assert_eq!(from_seq.first().map(|e| e.seq), want);
         }
-        assert_eq!(store.read_stream(&repo, 1, usize::MAX).unwrap(), repo_before);
+        assert_eq!(
+            store.read_stream(&repo, 1, usize::MAX).unwrap(),
+            repo_before
+        );
         removed.len()
     };
 
@@ -279,14 +306,25 @@ pub fn compacted_log_rebuilds_to_the_live_views(
         )
         .unwrap();
     let removed = check(&store, false);
-    assert!(removed > 50, "the history supersedes most events ({removed})");
+    assert!(
+        removed > 50,
+        "the history supersedes most events ({removed})"
+    );
     assert_eq!(
-        (stats.superseded, stats.expired_tombstones, stats.compacted_through),
+        (
+            stats.superseded,
+            stats.expired_tombstones,
+            stats.compacted_through
+        ),
         (removed as u64, 0, last_seq)
     );
     assert_eq!(dumps(&store), live, "compaction changed no view");
     store.rebuild(&[], None).unwrap();
-    assert_eq!(dumps(&store), live, "views rebuilt from the compacted log differ");
+    assert_eq!(
+        dumps(&store),
+        live,
+        "views rebuilt from the compacted log differ"
+    );
 
     // Past their retention, tombstones go too (except stream heads).
     let later = SystemTime::now() + Duration::from_secs(7200);
@@ -300,10 +338,17 @@ pub fn compacted_log_rebuilds_to_the_live_views(
         .unwrap();
     let expired = removed_seqs(true).len() - removed;
     assert!(expired > 0, "the history ends with deleted keys");
-    assert_eq!((stats.superseded, stats.expired_tombstones), (0, expired as u64));
+    assert_eq!(
+        (stats.superseded, stats.expired_tombstones),
+        (0, expired as u64)
+    );
     check(&store, true);
     store.rebuild(&[], None).unwrap();
-    assert_eq!(dumps(&store), live, "views rebuilt after tombstones expired differ");
+    assert_eq!(
+        dumps(&store),
+        live,
+        "views rebuilt after tombstones expired differ"
+    );
 
     // Reopened: the gaps are still accepted, numbering continues.
     drop(store);

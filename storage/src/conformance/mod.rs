@@ -437,7 +437,11 @@ fn replicated_history(log: &dyn EventLog) -> Vec<Vec<Envelope>> {
             2 => vec![registered("ns", &format!("{repo}x"))],
             _ => vec![marker(format!("k{i}"))],
         };
-        let s = if i % 4 == 3 { stream(&format!("other/{repo}")) } else { s };
+        let s = if i % 4 == 3 {
+            stream(&format!("other/{repo}"))
+        } else {
+            s
+        };
         let metadata = Metadata::command(format!("user{i}"));
         commits.push(
             log.append(&s, ExpectedVersion::Any, events, metadata)
@@ -474,12 +478,17 @@ pub fn replicated_commits_reproduce_log_and_views(dir: &Path, open: OpenReplicat
     let dump_a = a.state_dump().unwrap();
     let dump_b = b.state_dump().unwrap();
     assert!(
-        dump_a.iter().any(|(cf, rows)| cf.starts_with("view_") && !rows.is_empty()),
+        dump_a
+            .iter()
+            .any(|(cf, rows)| cf.starts_with("view_") && !rows.is_empty()),
         "the history leaves view rows to compare"
     );
     assert_eq!(dump_a, dump_b, "replica differs from the original");
     assert_eq!(b.last_seq().unwrap(), last);
-    assert_eq!(b.read_all(1, usize::MAX).unwrap(), a.read_all(1, usize::MAX).unwrap());
+    assert_eq!(
+        b.read_all(1, usize::MAX).unwrap(),
+        a.read_all(1, usize::MAX).unwrap()
+    );
 
     // Idempotent: every commit again, and all of them as one.
     for commit in &commits {
@@ -493,7 +502,11 @@ pub fn replicated_commits_reproduce_log_and_views(dir: &Path, open: OpenReplicat
         b.apply_replicated(all).unwrap(),
         Replicated::AlreadyApplied { last_seq: last }
     );
-    assert_eq!(b.state_dump().unwrap(), dump_a, "a re-applied commit wrote something");
+    assert_eq!(
+        b.state_dump().unwrap(),
+        dump_a,
+        "a re-applied commit wrote something"
+    );
 
     // An overlapping commit (last applied event + two new ones) writes the new part.
     let more = a
@@ -595,7 +608,11 @@ pub fn replicated_gaps_and_divergence_write_nothing(dir: &Path, open: OpenReplic
     let err = b.apply_replicated(holes).unwrap_err();
     assert!(matches!(err, StorageError::InvalidReplicated(_)), "{err:?}");
 
-    assert_eq!(b.state_dump().unwrap(), before, "a refused commit wrote something");
+    assert_eq!(
+        b.state_dump().unwrap(),
+        before,
+        "a refused commit wrote something"
+    );
     assert_eq!(b.last_seq().unwrap(), applied);
     // The right commit still applies after all that.
     assert!(matches!(

@@ -37,8 +37,8 @@ use rocksdb::IteratorMode;
 use sha2::{Digest as _, Sha256};
 use tracing::info;
 
-use super::{writer::Command, Inner, Store, StoreConfig};
 use super::writer::Writer;
+use super::{writer::Command, Inner, Store, StoreConfig};
 use crate::{
     blob::{BlobPin, BlobReader, BlobStore, Digest, GcStats},
     columns::Column,
@@ -78,7 +78,8 @@ pub(super) fn sweep_temp_files(config: &StoreConfig) -> Result<u64, StorageError
     };
     let mut removed = 0;
     for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(format!("reading {}", temp.display()), e))?;
+        let entry =
+            entry.map_err(|e| StorageError::io(format!("reading {}", temp.display()), e))?;
         let path = entry.path();
         fs::remove_file(&path)
             .map_err(|e| StorageError::io(format!("removing {}", path.display()), e))?;

@@ -170,7 +170,8 @@ impl Writer {
             let Some(row) = inner.db.get_pinned_cf(log_cf, keys::seq_key(seq))? else {
                 continue; // removed by an earlier, interrupted compaction
             };
-            let env = envelope::decode(&row).map_err(|source| StorageError::Event { seq, source })?;
+            let env =
+                envelope::decode(&row).map_err(|source| StorageError::Event { seq, source })?;
             stats.scanned += 1;
             let Some(key) = policy.key(&env) else {
                 continue;

@@ -7,50 +7,36 @@
 //! around them, and concurrent appends share one fsync (group commit).
 //! Reads go straight to RocksDB from the caller's thread.
 
-
 mod blobs;
 mod compact;
 mod open;
 mod read;
 mod writer;
 
+pub use blobs::STREAM_CHUNK_BYTES;
 pub use open::{StoreConfig, BLOCK_CACHE_BYTES, LAYOUT_VERSION, MEMTABLES_MAX_BYTES};
 pub use read::{Rows, StoreSnapshot, ViewDump};
-pub use blobs::STREAM_CHUNK_BYTES;
 pub use writer::{RebuildProgress, RebuildStats, METADATA_MAX_BYTES};
 
 use std::{
     collections::HashMap,
     fmt,
-    ops::ControlFlow,
-    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
-    time::SystemTime,
 };
 
-use cairn_events::{
-    envelope::{self, Metadata},
-    v1::{Envelope, Event},
-    StreamId, SCHEMA_VERSION,
-};
 use parking_lot::Mutex;
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
-    Options, WriteBatch, WriteOptions, DB,
-};
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use rocksdb::{ColumnFamily, DB};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
 
 use crate::{
-    blob::{BlobPin, BlobStore, Digest, GcStats},
+    blob::Digest,
     columns::{view_column, Column},
-    keys::{self, meta},
-    log::{Appended, EventLog, ExpectedVersion},
-    view::{decode_row, fold, Overlay, RowSource, BLOB_REFS_CF},
+    keys::{self},
     StorageError, View,
 };
 
@@ -253,7 +239,6 @@ impl Store {
         }
         usage
     }
-
 }
 
 impl Inner {

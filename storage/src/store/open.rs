@@ -1,40 +1,18 @@
 //! Opening the database: configuration, column families, layout checks.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    ops::ControlFlow,
-    path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
-    time::SystemTime,
-};
+use std::path::{Path, PathBuf};
 
-use cairn_events::{
-    envelope::{self, Metadata},
-    v1::{Envelope, Event},
-    StreamId, SCHEMA_VERSION,
-};
-use parking_lot::Mutex;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
-    Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
 
+use super::Inner;
 use crate::{
-    blob::{BlobPin, BlobStore, Digest, GcStats},
-    columns::{view_column, Column},
+    columns::Column,
     keys::{self, meta},
-    log::{Appended, EventLog, ExpectedVersion},
-    view::{decode_row, fold, Overlay, RowSource, BLOB_REFS_CF},
-    StorageError, View,
+    StorageError,
 };
-use super::*;
 /// Memory for memtables across all column families, in bytes (32 MiB).
 pub const MEMTABLES_MAX_BYTES: usize = 32 << 20;
 
@@ -128,7 +106,6 @@ pub(super) fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageErr
         .map(|name| ColumnFamilyDescriptor::new(name, family.clone()));
     Ok(DB::open_cf_descriptors(&options, path, families)?)
 }
-
 
 impl Inner {
     pub(super) fn check_layout(&self) -> Result<(), StorageError> {

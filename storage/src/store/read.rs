@@ -1,45 +1,27 @@
 //! Reads: view rows, scans, snapshots and the log, straight from RocksDB on
 //! the caller's thread.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    ops::ControlFlow,
-    path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
-    time::SystemTime,
-};
+use std::{fmt, ops::ControlFlow};
 
 use cairn_events::{
     envelope::{self, Metadata},
     v1::{Envelope, Event},
-    StreamId, SCHEMA_VERSION,
+    StreamId,
 };
-use parking_lot::Mutex;
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
-    Options, WriteBatch, WriteOptions, DB,
-};
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, DB};
 
+use super::writer::Command;
+use super::{Inner, Store};
 use crate::{
-    blob::{BlobPin, BlobStore, Digest, GcStats},
-    columns::{view_column, Column},
+    columns::Column,
     keys::{self, meta},
     log::{Appended, EventLog, ExpectedVersion},
-    view::{decode_row, fold, Overlay, RowSource, BLOB_REFS_CF},
-    StorageError, View,
+    view::{decode_row, RowSource, BLOB_REFS_CF},
+    StorageError,
 };
-use super::*;
-use super::writer::Command;
 use crate::{
     log::{ReplicatedLog, StateDump},
-    read::ViewRead,
+    read::{RowVisitor, ViewRead},
 };
 /// Key-value rows, in key order.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
@@ -379,8 +361,8 @@ impl EventLog for Store {
                 }
                 _ => {
                     return Err(StorageError::Corrupt(format!(
-                        "stream {stream}: expected version {expected_version}, index has {version:?}"
-                    )))
+                    "stream {stream}: expected version {expected_version}, index has {version:?}"
+                )))
                 }
             }
             seqs.push(
@@ -507,7 +489,11 @@ impl Inner {
         }
     }
 
-    pub(super) fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+    pub(super) fn read_all(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
         let from = from_seq.max(1);
         let compacted_through = self.compacted_through();
         let mut expected = from;
@@ -553,7 +539,6 @@ impl RowSource for Inner {
     }
 }
 
-
 impl ViewRead for Store {
     fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Store::view_get(self, view, key)
@@ -574,7 +559,7 @@ impl ViewRead for Store {
         view: &str,
         prefix: &[u8],
         after: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        f: &mut RowVisitor<'_>,
     ) -> Result<(), StorageError> {
         Store::view_scan_each(self, view, prefix, after, |key, value| {
             Ok::<_, StorageError>(f(key, value))
@@ -626,7 +611,7 @@ impl ViewRead for StoreSnapshot<'_> {
         view: &str,
         prefix: &[u8],
         after: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        f: &mut RowVisitor<'_>,
     ) -> Result<(), StorageError> {
         StoreSnapshot::view_scan_each(self, view, prefix, after, |key, value| {
             Ok::<_, StorageError>(f(key, value))

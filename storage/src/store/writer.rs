@@ -2,14 +2,7 @@
 
 use std::{
     collections::HashMap,
-    fmt,
-    ops::ControlFlow,
-    path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
+    sync::{atomic::Ordering, Arc},
     time::SystemTime,
 };
 
@@ -18,24 +11,20 @@ use cairn_events::{
     v1::{Envelope, Event},
     StreamId, SCHEMA_VERSION,
 };
-use parking_lot::Mutex;
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
-    Options, WriteBatch, WriteOptions, DB,
-};
-use tokio::sync::{mpsc, oneshot, watch};
+use rocksdb::{ColumnFamily, WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::{
-    blob::{BlobPin, BlobStore, Digest, GcStats},
-    columns::{view_column, Column},
-    keys::{self, meta},
-    log::{Appended, EventLog, ExpectedVersion},
-    view::{decode_row, fold, Overlay, RowSource, BLOB_REFS_CF},
-    StorageError, View,
-};
-use super::*;
 use super::read::scan_prefix;
+use super::{Inner, Store};
+use crate::{
+    blob::GcStats,
+    columns::Column,
+    keys::{self, meta},
+    log::{Appended, ExpectedVersion},
+    view::{fold, Overlay, BLOB_REFS_CF},
+    StorageError,
+};
 use crate::{
     compaction::{CompactionPolicy, CompactionStats},
     log::Replicated,
@@ -56,7 +45,6 @@ pub struct RebuildStats {
     pub events: u64,
 }
 
-
 pub(super) struct AppendRequest {
     pub(super) stream: StreamId,
     pub(super) expected: ExpectedVersion,
@@ -71,12 +59,20 @@ pub(super) enum Command {
     Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
     CollectGarbage(Reply<GcStats>),
     Replicate(Vec<Envelope>, Reply<Replicated>),
-    Compact(Arc<dyn CompactionPolicy>, SystemTime, Reply<CompactionStats>),
+    Compact(
+        Arc<dyn CompactionPolicy>,
+        SystemTime,
+        Reply<CompactionStats>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
 impl Store {
-    pub(super) fn check_request(&self, events: &[Event], metadata: &Metadata) -> Result<(), StorageError> {
+    pub(super) fn check_request(
+        &self,
+        events: &[Event],
+        metadata: &Metadata,
+    ) -> Result<(), StorageError> {
         let config = &self.inner().config;
         let trace = metadata.trace.as_ref();
         let fields = [
@@ -237,7 +233,10 @@ impl Store {
     /// Sends a command and blocks the calling thread for the answer. Works
     /// from any thread (tokio's `blocking_*` would panic inside a runtime);
     /// async code should still prefer [`Store::append_async`].
-    pub(super) fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+    pub(super) fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, StorageError> {
         let (reply, rx) = oneshot::channel();
         let sender = self.sender()?;
         futures::executor::block_on(async move {
@@ -499,11 +498,7 @@ impl Writer {
 
     /// The current version of `stream`: from this batch's `heads`, the
     /// writer's cache, or the index.
-    fn head(
-        &self,
-        heads: &HashMap<StreamId, u64>,
-        stream: &StreamId,
-    ) -> Result<u64, StorageError> {
+    fn head(&self, heads: &HashMap<StreamId, u64>, stream: &StreamId) -> Result<u64, StorageError> {
         match heads.get(stream).or_else(|| self.heads.get(stream)) {
             Some(v) => Ok(*v),
             None => self.inner.stream_version(stream),
@@ -531,7 +526,12 @@ impl Writer {
                     env.seq, env.stream_version
                 )));
             }
-            if env.event.as_ref().and_then(|e| e.payload.as_ref()).is_none() {
+            if env
+                .event
+                .as_ref()
+                .and_then(|e| e.payload.as_ref())
+                .is_none()
+            {
                 return Err(StorageError::InvalidReplicated(format!(
                     "event at seq {} has no payload",
                     env.seq
@@ -762,5 +762,4 @@ impl Writer {
         }
         Ok(done)
     }
-
 }
