@@ -277,7 +277,11 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
         let window = store.read_all(2, 3).unwrap();
         assert_eq!(
             window.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            kept[1..4].to_vec()
+            kept.iter()
+                .copied()
+                .filter(|s| *s >= 2)
+                .take(3)
+                .collect::<Vec<_>>()
         );
         assert_eq!(store.last_seq().unwrap(), last_seq);
         for (s, version) in kv.iter().zip(&versions) {
