@@ -18,7 +18,7 @@
 //! nothing), and — under the pin lock, so no collection can run between
 //! "stored" and "pinned" — renamed into place, after which the shard
 //! directory is fsynced. A crash before the rename leaves only a temporary
-//! file, which the next open removes ([`sweep_temp_files`]).
+//! file, which the next open removes (`sweep_temp_files`).
 //!
 //! # Collection
 //! [`BlobStore::collect_garbage`] runs on the writer thread, so no commit
@@ -193,8 +193,14 @@ impl Store {
         let target = blob_path(&root, &digest);
         let shard = target.parent().expect("blob paths have a shard directory");
         temp.sync()?;
-        fs::create_dir_all(shard)
-            .map_err(|e| StorageError::io(format!("creating {}", shard.display()), e))?;
+        if !shard.is_dir() {
+            fs::create_dir_all(shard)
+                .map_err(|e| StorageError::io(format!("creating {}", shard.display()), e))?;
+            // Make the new directories' entries durable too.
+            let first = shard.parent().expect("shards are two levels deep");
+            sync_dir(first)?;
+            sync_dir(&root)?;
+        }
         {
             let mut pins = inner.pins.lock();
             if !inner.blob_exists(&digest)? {

@@ -6,6 +6,22 @@
 //! sequence numbers and stream versions are assigned, so no locks are needed
 //! around them, and concurrent appends share one fsync (group commit).
 //! Reads go straight to RocksDB from the caller's thread.
+//!
+//! # Layout
+//! - this module — [`Store`] itself: the shared state (`Inner`), opening
+//!   order (database, temporary blob sweep, layout and last-seq checks,
+//!   compaction records, view catch-up, writer start), handles and stats.
+//! - `open` — [`StoreConfig`], the RocksDB options and column families,
+//!   the layout-version and last-seq checks done at open.
+//! - `read` — view reads and scans (the row cache), [`StoreSnapshot`],
+//!   log reads (`read_all`, `read_stream`, skipping compacted gaps), the
+//!   [`crate::ViewRead`] and [`crate::ReplicatedLog`] impls, `state_dump`.
+//! - `writer` — the writer thread: the command queue, group commit,
+//!   replicated commits, view catch-up at open and rebuild.
+//! - `blobs` — [`crate::BlobStore`]: blob rows and files, streaming puts
+//!   and reads, pins, garbage collection, the temporary-file sweep.
+//! - `compact` — [`Store::compact`] on the writer thread, and the records
+//!   readers use to accept the gaps it leaves.
 
 mod blobs;
 mod compact;
@@ -36,14 +52,14 @@ use tracing::{info, warn};
 use crate::{
     blob::Digest,
     columns::{view_column, Column},
-    keys::{self},
-    StorageError, View,
+    keys, StorageError, View,
 };
 
 use self::{
     open::open_db,
     writer::{Command, Writer},
 };
+
 /// Counters of the writer, for tests and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
