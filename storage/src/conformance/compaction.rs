@@ -205,6 +205,46 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
                 .unwrap();
         }
     }
+    // A key set once in a stream of its own (so that event is a head and
+    // stays) and deleted elsewhere: its tombstone must stay too, however
+    // old, or a rebuild would bring the key back.
+    let lone = StreamId::new("kv/lone").unwrap();
+    for (stream, index, key, ev, tombstone) in [
+        (
+            &lone,
+            2,
+            "k9",
+            event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+                revision: Some(revision("k9", 0)),
+            })),
+            false,
+        ),
+        (
+            &kv[0],
+            0,
+            "k9",
+            event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
+                name: "k9".into(),
+                last: None,
+            })),
+            true,
+        ),
+        (
+            &kv[0],
+            0,
+            "k8",
+            event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+                revision: Some(revision("k8", 0)),
+            })),
+            false,
+        ),
+    ] {
+        let seq = store
+            .append(stream, ExpectedVersion::Any, vec![ev], Metadata::default())
+            .unwrap()
+            .first_seq();
+        kv_events.push((seq, index, key, tombstone));
+    }
     let last_seq = store.last_seq().unwrap();
     let versions: Vec<u64> = kv
         .iter()
@@ -235,6 +275,10 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
         .filter(|(seq, _, key, _)| heads.contains(seq) && *seq != latest[key].0)
         .map(|(_, _, key, _)| *key)
         .collect();
+    assert!(
+        shadowing.contains("k9"),
+        "the history has a shadowed tombstone"
+    );
     let removed_seqs = |tombstones_expired: bool| -> BTreeSet<u64> {
         kv_events
             .iter()
