@@ -22,7 +22,7 @@ pub const BLOCK_CACHE_BYTES: usize = 16 << 20;
 /// Version of the on-disk layout (column families and key formats).
 pub const LAYOUT_VERSION: u32 = 1;
 
-/// Tuning and limits of a [`Store`].
+/// Tuning and limits of a [`Store`](super::Store).
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// Directory of the RocksDB database (created when missing).

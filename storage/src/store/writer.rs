@@ -141,7 +141,7 @@ impl Store {
         })
     }
 
-    /// [`EventLog::append`] for async callers: waits without blocking a thread.
+    /// [`crate::EventLog::append`] for async callers: waits without blocking a thread.
     pub async fn append_async(
         &self,
         stream: &StreamId,
