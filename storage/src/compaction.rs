@@ -26,6 +26,8 @@
 //! would let a rebuild bring the key back). Removing an event
 //! deletes its log row and its stream index row, in the writer thread
 //! (appends wait), in batches of at most [`COMPACTION_BATCH_EVENTS`].
+//! Memory: the class's stream index rows (stream id, version, seq) and one
+//! entry per distinct key are held while it runs.
 //!
 //! # The log after compaction
 //! - The sequence numbers (and stream versions) of removed events are gone

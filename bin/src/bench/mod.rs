@@ -57,8 +57,8 @@ use anyhow::Context as _;
 use cairn_actors::publisher::{self, subject_for, Publisher, PublisherConfig};
 use cairn_events::{envelope, envelope::Metadata, StreamId};
 use cairn_storage::{
-    columns::Column, keys, sample::marker, views::default_views, EventLog, ExpectedVersion,
-    Store, StoreConfig,
+    columns::Column, keys, sample::marker, views::default_views, EventLog, ExpectedVersion, Store,
+    StoreConfig,
 };
 use futures::{stream::FuturesUnordered, StreamExt};
 
