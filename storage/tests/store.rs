@@ -1057,8 +1057,15 @@ fn large_blobs_are_sharded_files_and_leftover_temp_files_go_at_open() {
         let small_hex = hex_of(&small.digest());
         assert!(!dir.path().join("blobs").join(&small_hex[0..2]).exists());
         assert_eq!(store.read_seq().unwrap(), 0);
+        let wrong = Digest::of(b"other");
+        let err = store
+            .put_reader(&mut vec![3u8; 5000].as_slice(), Some(&wrong))
+            .unwrap_err();
+        assert!(matches!(err, StorageError::DigestMismatch { .. }));
     }
     let temp = dir.path().join("blobs").join("tmp");
+    // Puts that failed or were refused left no temporary file behind.
+    assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0);
     std::fs::create_dir_all(&temp).unwrap();
     std::fs::write(temp.join("interrupted.part"), b"half a blob").unwrap();
     let store = Store::open(config, views_with_blobs()).unwrap();

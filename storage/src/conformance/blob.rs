@@ -35,6 +35,7 @@ macro_rules! blob_store_conformance {
             put_get_and_dedupe,
             streamed_blobs_read_whole_and_by_range,
             a_wrong_expected_digest_keeps_nothing,
+            a_failing_reader_keeps_nothing,
             pins_and_references_keep_blobs_from_collection,
             reopen_keeps_blobs,
         );
@@ -293,4 +294,36 @@ pub fn reopen_keeps_blobs(dir: &Path, open: OpenBlobs<'_>) {
         .unwrap();
     assert!(read == large);
     assert_eq!(store.collect_garbage().unwrap().removed, 0);
+}
+
+/// Yields `ok_bytes` bytes, then fails.
+struct Failing {
+    ok_bytes: usize,
+}
+
+impl Read for Failing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ok_bytes == 0 {
+            return Err(std::io::Error::other("source went away"));
+        }
+        let n = buf.len().min(self.ok_bytes);
+        buf[..n].fill(9);
+        self.ok_bytes -= n;
+        Ok(n)
+    }
+}
+
+/// A reader failing part way (before or after the inline threshold) fails
+/// the put with the reader's error and keeps nothing.
+pub fn a_failing_reader_keeps_nothing(dir: &Path, open: OpenBlobs<'_>) {
+    let store = open(dir);
+    for ok_bytes in [100, 2_000_000] {
+        let err = store
+            .put_reader(&mut Failing { ok_bytes }, None)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "reading blob content: source went away");
+        assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
+    }
+    let stats = store.collect_garbage().unwrap();
+    assert_eq!((stats.scanned, stats.removed), (0, 0), "something was kept");
 }
