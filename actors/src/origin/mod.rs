@@ -23,7 +23,7 @@
 //!   revisions in a local repository (placeholders on the registered branch,
 //!   published tags, drafts, proposals, deletion proposals), with resources,
 //!   task history, publishing info and Kptfile labels.
-//! - [`write`] — writing as Porch does: package trees, commits, and ref
+//! - [`write`](mod@write) — writing as Porch does: package trees, commits, and ref
 //!   updates pushed together, never forced ([`OriginError::Moved`] when the
 //!   upstream moved, [`OriginError::Rejected`] when it refused);
 //!   [`create_branch`].
@@ -32,10 +32,11 @@
 //!   and the ref changes Porch would make, for [`write::push_changes`].
 //! - this module — declarations and re-exports only.
 //!
-//! Imports go one way (no module imports one that imports it back):
-//! `error` ← `remote` ← `git` ← `write` ← `lifecycle`; `file_transport` ←
-//! `git`; `annotation` ← `discovery` ← `lifecycle`; `error` ← `discovery`,
-//! `write`, `lifecycle`. The submodules never import from this module.
+//! Imports (`a → b`: a uses b) form no cycle: `error` and `annotation`
+//! and `file_transport` use no origin module; `remote` → `error`; `git` →
+//! `error`, `remote`, `file_transport`; `write` → `error`, `remote`, `git`;
+//! `discovery` → `annotation`, `error`; `lifecycle` → `discovery`,
+//! `error`, `write`. No submodule imports from this module.
 
 mod annotation;
 mod discovery;

@@ -73,10 +73,10 @@
 //! - [`actor`] — the [`Watcher`] actor: start phase, delivery, heartbeats.
 //! - this module — declarations and re-exports only.
 //!
-//! Imports go one way (no module imports one that imports it back):
-//! `config` and `messages` use no other watch module; `filter` ←
-//! `component`; `config`, `filter`, `messages` ← `hub`; all of them ←
-//! `actor`. None imports from this module, nor from `crate::service` (the
+//! Imports (`a → b`: a uses b) form no cycle: `config`, `filter` and
+//! `messages` use no watch module; `component` → `filter`; `hub` →
+//! `config`, `filter`, `messages`; `actor` → all of those and `hub`. No
+//! submodule imports from this module, and none from `crate::service` (the
 //! NATS edge that starts watches).
 
 pub mod actor;
