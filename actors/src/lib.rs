@@ -14,7 +14,16 @@
 //! - [`watch`] — watches: the per-node [`watch::WatchHub`] (follows the
 //!   log, bounded queue per watcher) and the Watcher actor per watch
 //!   (listing or resume, live events, heartbeats, relist on overflow).
+//! - [`origin`] — Git: mirrors and fetches, Porch-compatible discovery,
+//!   and every write (lifecycle commits and ref changes, pushes); all of
+//!   cairn's Git-only code.
+//! - [`revision_filter`] — which package revisions a `pkgrev.list` or a
+//!   watch selects (fields, lifecycles, labels); domain logic that
+//!   [`service`] and [`watch`] share.
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with.
+//!
+//! [`service`] is the NATS edge: it imports the domain modules, and none of
+//! them imports it.
 //!
 //! Actors stay thin: each one forwards to a component with ordinary methods.
 //! Blocking work (RocksDB, Git) runs in `spawn_blocking`, never on an
@@ -25,6 +34,7 @@ pub mod origin;
 pub mod publisher;
 pub mod registry;
 pub mod repository;
+pub mod revision_filter;
 pub mod schedule;
 pub mod service;
 pub mod watch;

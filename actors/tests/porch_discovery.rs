@@ -1190,7 +1190,7 @@ fn of<'a>(listed: &'a Discovery, package: &str) -> Vec<(i64, &'a str, Lifecycle,
 
 #[test]
 fn a_package_goes_through_its_lifecycle_as_porch_lays_it_out_in_git() {
-    use cairn_actors::repository::lifecycle::{self, PackageRefs};
+    use cairn_actors::origin::lifecycle::{self, PackageRefs};
     let upstream = Upstream::unpack("simple-repository");
     upstream.git(&["config", "core.bare", "true"]);
     let synced = Synced::new(upstream);

@@ -8,7 +8,14 @@
 
 use serde_json::Value;
 
-use super::discovery::Task;
+/// One entry of a revision's task history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Task type: `init`, `clone`, `edit`, `eval`, `patch`, …
+    pub r#type: String,
+    /// The task's JSON exactly as written in the commit message.
+    pub raw: String,
+}
 
 /// One parsed `kpt:` line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -25,11 +25,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use git2::{ObjectType, Oid, Repository, RepositoryOpenFlags, Sort, Tree, TreeWalkMode};
+use time::OffsetDateTime;
 use tracing::warn;
 
-use super::annotation::{parse_message, Annotation};
-use super::git::map_git_error;
-use super::OriginError;
+use super::annotation::{parse_message, Annotation, Task};
+use super::error::{map_git_error, OriginError};
 
 /// Bound on the commits one history walk visits (task history, publishing
 /// info). Histories longer than this are cut, with a warning.
@@ -115,15 +115,6 @@ impl Lifecycle {
     fn is_published(self) -> bool {
         matches!(self, Lifecycle::Published | Lifecycle::DeletionProposed)
     }
-}
-
-/// One entry of a revision's task history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Task {
-    /// Task type: `init`, `clone`, `edit`, `eval`, `patch`, …
-    pub r#type: String,
-    /// The task's JSON exactly as written in the commit message.
-    pub raw: String,
 }
 
 /// Lists the Porch package revisions in the local repository at `repo` for
@@ -1011,25 +1002,35 @@ fn scalar_string(v: &serde_yaml::Value) -> Option<String> {
     }
 }
 
-/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+/// Seconds in 400 Gregorian years (146 097 days): the calendar repeats
+/// after them, leap days included.
+const GREGORIAN_CYCLE_SECONDS: i64 = 146_097 * 86_400;
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC,
+/// as Porch shows `publishedAt`), for every `i64`, without panicking.
+///
+/// Git stores any `i64` as a commit time; `time` represents the years
+/// -9999..=9999. The date is computed by `time` for the same instant
+/// shifted by whole 400-year cycles into 1970..2370, and the shift is added
+/// back to the year, so out-of-range times still give the proleptic
+/// Gregorian date: more than four digits after 9999, a `-` before year 0
+/// (`-001-12-31T23:59:59Z`). Those are not RFC 3339, but a forged commit
+/// date must not fail discovery.
 fn rfc3339_utc(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let cycles = seconds.div_euclid(GREGORIAN_CYCLE_SECONDS);
+    let shifted = seconds.rem_euclid(GREGORIAN_CYCLE_SECONDS);
+    // `shifted` lies in 1970..2370, well inside what `time` represents:
+    // the fallback is never taken.
+    let t = OffsetDateTime::from_unix_timestamp(shifted).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    // |cycles| < 7.4e8 for any i64 of seconds: the year cannot overflow.
+    let year = i64::from(t.year()) + cycles * 400;
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3_600,
-        of_day % 3_600 / 60,
-        of_day % 60
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
@@ -1043,6 +1044,36 @@ mod tests {
         assert_eq!(rfc3339_utc(1_661_554_055), "2022-08-26T22:47:35Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
+    }
+
+    /// The values the hand-written calendar this replaced gave, from leap
+    /// days to the ends of `i64`.
+    #[test]
+    fn formats_leap_days_old_dates_and_out_of_range_times() {
+        let cases = [
+            // Leap days, and the day after February of a century year that
+            // is not a leap year.
+            (1_709_164_800, "2024-02-29T00:00:00Z"),
+            (-2_203_891_200, "1900-03-01T00:00:00Z"),
+            (-2_208_988_800, "1900-01-01T00:00:00Z"),
+            // The last second of one 400-year cycle and the first of the
+            // next, as the shift into 1970..2370 sees them.
+            (12_622_780_799, "2369-12-31T23:59:59Z"),
+            (12_622_780_800, "2370-01-01T00:00:00Z"),
+            (-12_622_780_800, "1570-01-01T00:00:00Z"),
+            (-12_622_780_801, "1569-12-31T23:59:59Z"),
+            // The edges of four-digit years, and beyond.
+            (-62_135_596_800, "0001-01-01T00:00:00Z"),
+            (-62_167_219_200, "0000-01-01T00:00:00Z"),
+            (-62_167_219_201, "-001-12-31T23:59:59Z"),
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+            (253_402_300_800, "10000-01-01T00:00:00Z"),
+            (i64::MAX, "292277026596-12-04T15:30:07Z"),
+            (i64::MIN, "-292277022657-01-27T08:29:52Z"),
+        ];
+        for (seconds, want) in cases {
+            assert_eq!(rfc3339_utc(seconds), want, "{seconds}");
+        }
     }
 
     #[test]

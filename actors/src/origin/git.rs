@@ -13,21 +13,18 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use git2::{
-    AutotagOption, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions,
-    ObjectType, RemoteCallbacks, Repository, Signature,
-};
+use git2::{AutotagOption, Direction, FetchOptions, ObjectType, Repository};
 use sha2::{Digest, Sha256};
-use tracing::{debug, info};
+use tracing::debug;
 
-use super::{validate_url, Credentials, OriginError};
+use super::{
+    error::{map_git_error, OriginError},
+    file_transport,
+    remote::{callbacks, validate_url, Credentials},
+};
 
 /// Refspecs of a mirror fetch: every branch and tag, forced.
 const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
-
-/// How often the credentials callback may answer within one operation
-/// before cairn gives up (libgit2 asks again after each rejection).
-const CREDENTIAL_ATTEMPTS_MAX: u32 = 2;
 
 /// Where fetched repositories live: one bare mirror per upstream URL, under
 /// `root`.
@@ -67,7 +64,7 @@ impl FetchOutcome {
 impl GitCache {
     /// A cache rooted at `root` (created on first fetch).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        super::file_transport::register();
+        file_transport::register();
         // Objects are verified once, when a fetch indexes their pack (as
         // git does); libgit2 would otherwise hash every object again on
         // each read, a third of a large discovery.
@@ -182,59 +179,6 @@ impl Blobs {
         let blob = self.repo.find_blob(id).map_err(map_git_error)?;
         Ok(f(blob.content()))
     }
-}
-
-/// Creates `branch` upstream at `url` with one initial commit with an empty
-/// tree, authored and committed by `author <email>`, and pushes it (for
-/// registrations with "create branch" on a repository lacking the branch).
-/// A no-op when the branch already exists upstream. Fetches first, so the
-/// mirror is current afterwards.
-pub fn create_branch(
-    cache: &GitCache,
-    url: &str,
-    branch: &str,
-    author: &str,
-    email: &str,
-    credentials: Option<&Credentials>,
-) -> Result<(), OriginError> {
-    let ref_name = format!("refs/heads/{branch}");
-    if branch.is_empty() || !git2::Reference::is_valid_name(&ref_name) {
-        return Err(OriginError::Git(format!("invalid branch name {branch:?}")));
-    }
-    let outcome = cache.fetch(url, credentials)?;
-    if outcome.raw.contains_key(&ref_name) {
-        return Ok(());
-    }
-    let repo = Repository::open_bare(cache.mirror_path(url)).map_err(map_git_error)?;
-    // Like Porch: a missing author falls back to the email.
-    let name = match (author, email) {
-        ("", "") => "cairn",
-        ("", email) => email,
-        (author, _) => author,
-    };
-    let signature = Signature::now(name, email).map_err(map_git_error)?;
-    let tree_id = repo
-        .treebuilder(None)
-        .and_then(|b| b.write())
-        .map_err(map_git_error)?;
-    let tree = repo.find_tree(tree_id).map_err(map_git_error)?;
-    let message = format!("Initial commit: Creating {branch} branch\n");
-    let commit = repo
-        .commit(None, &signature, &signature, &message, &tree, &[])
-        .map_err(map_git_error)?;
-    // libgit2 pushes from a local ref, so the mirror gets the branch first;
-    // it is rolled back if the push fails, keeping the mirror truthful.
-    let mut local = repo
-        .reference(&ref_name, commit, false, "cairn: create branch")
-        .map_err(map_git_error)?;
-    if let Err(e) =
-        super::write::push_refspecs(&repo, url, credentials, &[format!("{ref_name}:{ref_name}")])
-    {
-        let _ = local.delete();
-        return Err(e);
-    }
-    info!(branch, commit = %commit, "created branch upstream");
-    Ok(())
 }
 
 /// A ref's raw target (to notice retargeted annotated tags), the object an
@@ -352,35 +296,6 @@ fn write_refs(path: &Path, refs: &BTreeMap<String, RefTarget>) -> Result<(), Ori
     Ok(())
 }
 
-pub(super) fn callbacks(credentials: Option<&Credentials>) -> RemoteCallbacks<'_> {
-    let mut callbacks = RemoteCallbacks::new();
-    let mut attempts = 0u32;
-    callbacks.credentials(move |_url, _username_from_url, allowed| {
-        attempts += 1;
-        match credentials {
-            None => Err(git2::Error::new(
-                ErrorCode::Auth,
-                ErrorClass::Http,
-                "the upstream asks for credentials and none are configured",
-            )),
-            Some(_) if attempts > CREDENTIAL_ATTEMPTS_MAX => Err(git2::Error::new(
-                ErrorCode::Auth,
-                ErrorClass::Http,
-                "the upstream rejected the configured credentials",
-            )),
-            Some(c) if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
-                Cred::userpass_plaintext(&c.username, &c.password)
-            }
-            Some(_) => Err(git2::Error::new(
-                ErrorCode::Auth,
-                ErrorClass::Http,
-                "the upstream asks for a credential type other than username/password",
-            )),
-        }
-    });
-    callbacks
-}
-
 /// Lists the upstream's refs and downloads the objects the mirror lacks
 /// (nothing when it has them all, so a fetch with no upstream change costs
 /// about one `ls-remote`). Refs are not written here (see [`write_refs`]).
@@ -416,49 +331,6 @@ fn fetch_into(
     Ok(advertised)
 }
 
-impl From<git2::Error> for OriginError {
-    fn from(e: git2::Error) -> Self {
-        map_git_error(e)
-    }
-}
-
-/// Sorts a libgit2 error into an [`OriginError`] class.
-pub(super) fn map_git_error(e: git2::Error) -> OriginError {
-    let message = e.message().to_owned();
-    let lower = message.to_ascii_lowercase();
-    if e.code() == ErrorCode::Auth
-        || lower.contains("authentication")
-        || lower.contains("status code: 401")
-        || lower.contains("status code: 403")
-    {
-        return OriginError::Auth(message);
-    }
-    if lower.contains("unsupported url protocol") || lower.contains("invalid url") {
-        return OriginError::InvalidUrl(message);
-    }
-    if lower.contains("timed out") || lower.contains("timeout") {
-        return OriginError::Timeout(message);
-    }
-    if lower.contains("could not find repository")
-        || lower.contains("status code: 404")
-        || lower.contains("does not appear to be a git repository")
-        || lower.contains("not a git repository")
-    {
-        return OriginError::RepositoryMissing(message);
-    }
-    let unreachable = matches!(
-        e.class(),
-        ErrorClass::Net | ErrorClass::Ssl | ErrorClass::Ssh
-    ) || e.code() == ErrorCode::Certificate
-        || lower.contains("failed to connect")
-        || lower.contains("failed to resolve");
-    if unreachable {
-        OriginError::Unreachable(message)
-    } else {
-        OriginError::Git(message)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -474,15 +346,5 @@ mod tests {
         assert_eq!(a.parent(), Some(Path::new("/var/cache/cairn")));
         let name = a.file_name().unwrap().to_str().unwrap();
         assert_eq!(name.len(), 64 + ".git".len());
-    }
-
-    #[test]
-    fn auth_and_network_errors_are_classified() {
-        let auth = git2::Error::new(ErrorCode::Auth, ErrorClass::Http, "nope");
-        assert_eq!(map_git_error(auth).class(), "auth");
-        let net = git2::Error::new(ErrorCode::GenericError, ErrorClass::Net, "refused");
-        assert_eq!(map_git_error(net).class(), "network");
-        let other = git2::Error::new(ErrorCode::GenericError, ErrorClass::Odb, "corrupt");
-        assert_eq!(map_git_error(other).class(), "other");
     }
 }

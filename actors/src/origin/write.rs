@@ -11,14 +11,19 @@
 //! [`OriginError::Moved`] so the caller can fetch, re-apply and retry; a
 //! refusal by the upstream itself (a hook, permissions) is
 //! [`OriginError::Rejected`].
+//!
+//! [`create_branch`] (registrations with "create branch") writes the same
+//! way: a commit built in the mirror, then pushed.
 
 use std::collections::BTreeMap;
 
 use git2::{ErrorCode, Oid, PushOptions, Repository, Signature};
+use tracing::info;
 
 use super::{
-    git::{callbacks, map_git_error},
-    Credentials, OriginError,
+    error::{map_git_error, OriginError},
+    git::GitCache,
+    remote::{callbacks, Credentials},
 };
 
 /// The files of a package: path relative to the package → content.
@@ -261,7 +266,58 @@ pub fn push_changes(
     result
 }
 
-pub(super) fn push_refspecs(
+/// Creates `branch` upstream at `url` with one initial commit with an empty
+/// tree, authored and committed by `author <email>`, and pushes it (for
+/// registrations with "create branch" on a repository lacking the branch).
+/// A no-op when the branch already exists upstream. Fetches first, so the
+/// mirror is current afterwards.
+pub fn create_branch(
+    cache: &GitCache,
+    url: &str,
+    branch: &str,
+    author: &str,
+    email: &str,
+    credentials: Option<&Credentials>,
+) -> Result<(), OriginError> {
+    let ref_name = format!("refs/heads/{branch}");
+    if branch.is_empty() || !git2::Reference::is_valid_name(&ref_name) {
+        return Err(OriginError::Git(format!("invalid branch name {branch:?}")));
+    }
+    let outcome = cache.fetch(url, credentials)?;
+    if outcome.raw.contains_key(&ref_name) {
+        return Ok(());
+    }
+    let repo = Repository::open_bare(cache.mirror_path(url)).map_err(map_git_error)?;
+    // Like Porch: a missing author falls back to the email.
+    let name = match (author, email) {
+        ("", "") => "cairn",
+        ("", email) => email,
+        (author, _) => author,
+    };
+    let signature = Signature::now(name, email).map_err(map_git_error)?;
+    let tree_id = repo
+        .treebuilder(None)
+        .and_then(|b| b.write())
+        .map_err(map_git_error)?;
+    let tree = repo.find_tree(tree_id).map_err(map_git_error)?;
+    let message = format!("Initial commit: Creating {branch} branch\n");
+    let commit = repo
+        .commit(None, &signature, &signature, &message, &tree, &[])
+        .map_err(map_git_error)?;
+    // libgit2 pushes from a local ref, so the mirror gets the branch first;
+    // it is rolled back if the push fails, keeping the mirror truthful.
+    let mut local = repo
+        .reference(&ref_name, commit, false, "cairn: create branch")
+        .map_err(map_git_error)?;
+    if let Err(e) = push_refspecs(&repo, url, credentials, &[format!("{ref_name}:{ref_name}")]) {
+        let _ = local.delete();
+        return Err(e);
+    }
+    info!(branch, commit = %commit, "created branch upstream");
+    Ok(())
+}
+
+fn push_refspecs(
     repo: &Repository,
     url: &str,
     credentials: Option<&Credentials>,

@@ -9,7 +9,7 @@
 //!    lifecycle allows the command, `resource_version` matches, a new
 //!    workspace is unique in its package;
 //! 2. **write** ([`execute`]): build the commit in the local mirror
-//!    ([`super::lifecycle`]), push all ref updates together, never forced;
+//!    ([`crate::origin::lifecycle`]), push all ref updates together, never forced;
 //!    an approval that finds the registered branch moved on fetches,
 //!    re-applies on the new head and retries (at most
 //!    [`APPROVE_ATTEMPTS`] times); the mirror's refs are then set to what
@@ -48,12 +48,12 @@ use tracing::{debug, info};
 
 use super::{
     component::{object_name, RepositoryComponent},
-    lifecycle::{self, PackageRefs},
     upstream::{store_revisions, SyncEnv},
 };
 use crate::{
     origin::{
         self,
+        lifecycle::{self, PackageRefs},
         write::{push_changes, Author, Files, RefChange},
         OriginError,
     },

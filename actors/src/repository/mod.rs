@@ -9,7 +9,6 @@
 //! # Layout
 //! - [`component`] — state and decisions (reconcile, close), unit-tested.
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
-//! - [`lifecycle`] — lifecycle commands as Git commits and ref changes.
 //! - [`command`] — a lifecycle command end to end: validate against the
 //!   view, push, read the package back, type its events.
 //! - [`messages`] — `Register`, `Sync`, `Command`, `UpdateSpec`, `Close`.
@@ -20,7 +19,6 @@
 
 pub mod command;
 pub mod component;
-pub mod lifecycle;
 pub mod messages;
 pub mod upstream;
 

@@ -9,14 +9,11 @@ use std::{collections::BTreeMap, ops::ControlFlow};
 
 use cairn_events::{
     revision::revision_json,
-    v1::{self as pb, PackageRevisionListing, PackageRevisionRow},
+    v1::{self as pb, PackageRevisionRow},
 };
 use cairn_storage::{
     blob::Digest,
-    views::{
-        package_revision_list::{ListedRevision, Scope},
-        PackageRevisionListView, PackageRevisionsView,
-    },
+    views::{package_revision_list::ListedRevision, PackageRevisionListView, PackageRevisionsView},
     BlobStore, EventLog,
 };
 use prost::Message as _;
@@ -28,7 +25,7 @@ use super::{
     fields::Fields,
     validate, Incoming, ServiceContext,
 };
-use crate::ServiceError;
+use crate::{revision_filter::Filter, ServiceError};
 
 /// Default page size of `pkgrev.list`.
 pub const DEFAULT_LIST_LIMIT: u64 = 500;
@@ -49,31 +46,10 @@ pub const LIST_FIELDS: &[&str] = &[
     "continue",
 ];
 
-/// A validated `pkgrev.list` filter.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Only this namespace.
-    pub namespace: Option<String>,
-    /// Only this repository (needs no namespace).
-    pub repository: Option<String>,
-    /// Only this package path.
-    pub path: Option<String>,
-    /// Only this package.
-    pub package: Option<String>,
-    /// Only this workspace.
-    pub workspace: Option<String>,
-    /// Only this revision number.
-    pub revision: Option<i64>,
-    /// Only these lifecycles.
-    pub lifecycle: Option<Vec<String>>,
-    /// Only revisions carrying all these labels.
-    pub labels: BTreeMap<String, String>,
-    /// Only latest (true) or only not latest (false).
-    pub latest: Option<bool>,
-}
-
 const LIFECYCLES: [&str; 4] = ["Draft", "Proposed", "Published", "DeletionProposed"];
 
+/// A filter is domain data ([`crate::revision_filter`]); reading one from a
+/// request is the NATS edge's, so it is defined here.
 impl Filter {
     /// Parses the filter fields of `f`.
     pub fn parse(f: &Fields) -> Result<Self, ServiceError> {
@@ -123,63 +99,6 @@ impl Filter {
             labels: f.string_map("labels")?.unwrap_or_default(),
             latest: f.bool("latest")?,
         })
-    }
-
-    /// Whether `row` passes.
-    pub fn matches(&self, row: &PackageRevisionRow) -> bool {
-        let Some(r) = row.revision.as_ref() else {
-            return false;
-        };
-        let is = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w == have);
-        is(&self.namespace, &row.namespace)
-            && is(&self.repository, &row.repository)
-            && is(&self.path, &r.path)
-            && is(&self.package, &r.package)
-            && self.matches_rest(&r.workspace, r.revision, &r.lifecycle, &r.labels, r.latest)
-    }
-
-    /// The fields a listing narrows by key (see [`Scope`]).
-    pub fn scope(&self) -> Scope<'_> {
-        Scope {
-            namespace: self.namespace.as_deref(),
-            repository: self.repository.as_deref(),
-            package: self.package.as_deref(),
-            path: self.path.as_deref(),
-        }
-    }
-
-    /// Whether any field outside the [`Filter::scope`] is set, so listing
-    /// rows must be decoded to be checked.
-    pub fn needs_head(&self) -> bool {
-        self.workspace.is_some()
-            || self.revision.is_some()
-            || self.lifecycle.is_some()
-            || !self.labels.is_empty()
-            || self.latest.is_some()
-    }
-
-    /// Whether a listing row's head passes the fields outside the scope.
-    pub fn matches_head(&self, l: &PackageRevisionListing) -> bool {
-        self.matches_rest(&l.workspace, l.revision, &l.lifecycle, &l.labels, l.latest)
-    }
-
-    /// Whether the fields outside the scope pass.
-    pub fn matches_rest(
-        &self,
-        workspace: &str,
-        revision: i64,
-        lifecycle: &str,
-        labels: &BTreeMap<String, String>,
-        latest: bool,
-    ) -> bool {
-        self.workspace.as_ref().is_none_or(|v| v == workspace)
-            && self.revision.is_none_or(|v| v == revision)
-            && self
-                .lifecycle
-                .as_ref()
-                .is_none_or(|ls| ls.iter().any(|l| l == lifecycle))
-            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.latest.is_none_or(|v| v == latest)
     }
 }
 

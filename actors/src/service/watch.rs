@@ -15,13 +15,9 @@ use prost::Message as _;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::{
-    codec::Body,
-    fields::Fields,
-    pkgrev::{Filter, LIST_FIELDS},
-    Incoming, ServiceContext,
-};
+use super::{codec::Body, fields::Fields, pkgrev::LIST_FIELDS, Incoming, ServiceContext};
 use crate::{
+    revision_filter::Filter,
     watch::{
         Kinds, StartMode, WatchFilter, Watcher, WatcherOptions, DEFAULT_HEARTBEAT_MS,
         MAX_HEARTBEAT_MS, MIN_HEARTBEAT_MS,

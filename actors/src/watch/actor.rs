@@ -32,10 +32,10 @@ use tracing::{debug, info, warn};
 
 use super::{
     component::WatcherComponent,
+    config::{BUSY_HEARTBEAT_INTERVALS, MAX_MISSED_HEARTBEATS},
     filter::WatchFilter,
     hub::{Registration, WatchHub},
     messages::{HeartbeatOutcome, Input, StopWatch},
-    BUSY_HEARTBEAT_INTERVALS, MAX_MISSED_HEARTBEATS,
 };
 use crate::ServiceError;
 

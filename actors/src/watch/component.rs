@@ -321,16 +321,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{
-        service::{fields::Fields, pkgrev::Filter, pkgrev::LIST_FIELDS},
-        watch::Kinds,
-    };
+    use crate::{revision_filter::Filter, watch::filter::Kinds};
 
-    fn filter(json: &str, kinds: Kinds) -> Arc<WatchFilter> {
-        Arc::new(WatchFilter {
-            filter: Filter::parse(&Fields::parse(json.as_bytes(), LIST_FIELDS).unwrap()).unwrap(),
-            kinds,
-        })
+    fn filter(filter: Filter, kinds: Kinds) -> Arc<WatchFilter> {
+        Arc::new(WatchFilter { filter, kinds })
     }
 
     fn rev(package: &str, lifecycle: &str) -> PackageRevision {
@@ -395,7 +389,7 @@ mod tests {
 
     #[test]
     fn given_a_listing_when_events_at_or_before_the_bookmark_then_dropped() {
-        let mut c = WatcherComponent::listing(filter("{}", Kinds::default()));
+        let mut c = WatcherComponent::listing(filter(Filter::default(), Kinds::default()));
         let line = c.listed("ns", "r.a.v1", br#"{"name":"r.a.v1"}"#);
         assert_eq!(line, br#"{"type":"Added","object":{"name":"r.a.v1"}}"#);
         assert_eq!(c.bookmark(7), br#"{"type":"Bookmark","seq":7}"#);
@@ -416,8 +410,11 @@ mod tests {
 
     #[test]
     fn given_a_lifecycle_filter_then_modified_enters_and_leaves_it() {
-        let published = r#"{"lifecycle":["Published"]}"#;
-        let mut c = WatcherComponent::listing(filter(published, Kinds::default()));
+        let published = Filter {
+            lifecycle: Some(vec!["Published".into()]),
+            ..Filter::default()
+        };
+        let mut c = WatcherComponent::listing(filter(published.clone(), Kinds::default()));
         c.listed("ns", "r.a.v1", b"{}");
         c.bookmark(1);
         let sent = run(
@@ -460,7 +457,16 @@ mod tests {
 
     #[test]
     fn given_old_deletions_without_the_revision_then_matched_by_repository() {
-        let mut c = WatcherComponent::resume(filter(r#"{"package":"a"}"#, Kinds::default()), 0);
+        let mut c = WatcherComponent::resume(
+            filter(
+                Filter {
+                    package: Some("a".into()),
+                    ..Filter::default()
+                },
+                Kinds::default(),
+            ),
+            0,
+        );
         let lines: Vec<Value> = [deleted(1, "r.b.v1", None)]
             .iter()
             .filter_map(|e| c.event(e))
@@ -472,7 +478,13 @@ mod tests {
                     "object": {"name": "r.b.v1", "namespace": "ns", "repository": "r"}})]
         );
         // With complete knowledge of a tracked filter, only known names.
-        let mut c = WatcherComponent::listing(filter(r#"{"latest":true}"#, Kinds::default()));
+        let mut c = WatcherComponent::listing(filter(
+            Filter {
+                latest: Some(true),
+                ..Filter::default()
+            },
+            Kinds::default(),
+        ));
         c.listed("ns", "r.a.v1", b"{}");
         c.bookmark(0);
         assert_eq!(
@@ -490,7 +502,7 @@ mod tests {
             package_revisions: false,
             repositories: true,
         };
-        let mut c = WatcherComponent::resume(filter("{}", kinds), 0);
+        let mut c = WatcherComponent::resume(filter(Filter::default(), kinds), 0);
         let lines: Vec<Value> = [
             added(1, rev("a", "Draft")),
             env(

@@ -1,5 +1,5 @@
 //! What a watch is interested in: event kinds and the `pkgrev.list` filter
-//! ([`Filter`], parsed by the same code as `pkgrev.list`), and which
+//! ([`Filter`], the same selection as `pkgrev.list`), and which
 //! envelopes the hub admits into a watcher's queue (see the module docs of
 //! [`crate::watch`], "Filters and transitions").
 
@@ -8,7 +8,7 @@ use cairn_events::{
     v1::{event::Payload, Envelope, PackageRevision},
 };
 
-use crate::{service::pkgrev::Filter, ServiceError};
+use crate::{revision_filter::Filter, ServiceError};
 
 /// The kinds of events a watch delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,13 +242,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::service::{fields::Fields, pkgrev::LIST_FIELDS};
 
-    fn filter(json: &str, kinds: Kinds) -> WatchFilter {
-        WatchFilter {
-            filter: Filter::parse(&Fields::parse(json.as_bytes(), LIST_FIELDS).unwrap()).unwrap(),
-            kinds,
-        }
+    fn filter(filter: Filter, kinds: Kinds) -> WatchFilter {
+        WatchFilter { filter, kinds }
     }
 
     fn rev(package: &str, lifecycle: &str) -> PackageRevision {
@@ -314,7 +310,14 @@ mod tests {
     #[test]
     fn the_hub_admits_by_scope_kind_and_transition() {
         let s = "repo/ns/r";
-        let f = filter(r#"{"repository":"r","package":"a"}"#, Kinds::default());
+        let f = filter(
+            Filter {
+                repository: Some("r".into()),
+                package: Some("a".into()),
+                ..Filter::default()
+            },
+            Kinds::default(),
+        );
         assert!(!f.tracks_transitions());
         assert!(f.admits(&env(s, added(rev("a", "Draft")))));
         assert!(!f.admits(&env(s, added(rev("b", "Draft")))));
@@ -331,7 +334,13 @@ mod tests {
         assert!(f.admits(&env(s, deleted("r.b.v1", None))));
         assert!(!f.admits(&env("repo/ns/other", deleted("r.b.v1", None))));
 
-        let published = filter(r#"{"lifecycle":["Published"]}"#, Kinds::default());
+        let published = filter(
+            Filter {
+                lifecycle: Some(vec!["Published".into()]),
+                ..Filter::default()
+            },
+            Kinds::default(),
+        );
         assert!(published.tracks_transitions());
         assert!(!published.admits(&env(s, added(rev("a", "Draft")))));
         assert!(published.admits(&env(s, added(rev("a", "Published")))));
@@ -340,7 +349,10 @@ mod tests {
         assert!(!published.admits(&env(s, deleted("r.a.v1", Some(rev("a", "Draft"))))));
 
         let repos = filter(
-            r#"{"namespace":"ns"}"#,
+            Filter {
+                namespace: Some("ns".into()),
+                ..Filter::default()
+            },
             Kinds {
                 package_revisions: false,
                 repositories: true,

@@ -27,7 +27,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{filter::WatchFilter, messages::StopWatch, WatchConfig};
+use super::{config::WatchConfig, filter::WatchFilter, messages::StopWatch};
 use crate::ServiceError;
 
 /// The node's watch hub. Cheap to clone.

@@ -16,7 +16,7 @@
 //!
 //! Each watch is a [`Watcher`] actor (a thin shell around
 //! [`WatcherComponent`]), started by `cairn.v1.watch.start`
-//! ([`crate::service::watch`]). It registers with the hub *first*, so the
+//! (`service/watch.rs`). It registers with the hub *first*, so the
 //! queue holds every admitted event after the hub's dispatch position `D`,
 //! and then:
 //! - **listing start** (no `since_seq`): scans the `package_revision_list`
@@ -56,62 +56,42 @@
 //! has been delivered: once the start phase is over and the watcher has
 //! taken everything the hub queued for it ([`WatchHub::quiet_position`]),
 //! its cursor moves to the hub's position, so a client that resumes from a
-//! heartbeat skips the log's unrelated tail. "No responders", or two unanswered heartbeats in a row, stop the
-//! watcher; a stopped watcher leaves the hub, so the node's count of live
-//! watchers (`$SRV.STATS`, `data.watchers` of the `watch-start` endpoint)
-//! goes back down.
+//! heartbeat skips the log's unrelated tail. "No responders", or two
+//! unanswered heartbeats in a row, stop the watcher; a stopped watcher
+//! leaves the hub, so the node's count of live watchers (`$SRV.STATS`,
+//! `data.watchers` of the `watch-start` endpoint) goes back down.
 //!
 //! # Layout
-//! - [`filter`] — [`WatchFilter`]: kinds and the `pkgrev.list` filter; what
-//!   the hub admits.
+//! - [`config`] — [`WatchConfig`] (queue size, watcher cap, read batch) and
+//!   the heartbeat bounds.
+//! - [`filter`] — [`WatchFilter`]: kinds and the `pkgrev.list` filter
+//!   ([`crate::revision_filter::Filter`]); what the hub admits.
 //! - [`component`] — [`WatcherComponent`]: cursor, transitions, the JSON
 //!   lines; unit-tested without actix or NATS.
-//! - [`hub`] — [`WatchHub`]: registration, the bounded queues, dispatch.
 //! - [`messages`] — the [`Watcher`] actor's messages.
+//! - [`hub`] — [`WatchHub`]: registration, the bounded queues, dispatch.
 //! - [`actor`] — the [`Watcher`] actor: start phase, delivery, heartbeats.
+//! - this module — declarations and re-exports only.
+//!
+//! Imports (`a → b`: a uses b) form no cycle: `config`, `filter` and
+//! `messages` use no watch module; `component` → `filter`; `hub` →
+//! `config`, `filter`, `messages`; `actor` → all of those and `hub`. No
+//! submodule imports from this module, and none from `crate::service` (the
+//! NATS edge that starts watches).
 
 pub mod actor;
 pub mod component;
+pub mod config;
 pub mod filter;
 pub mod hub;
 pub mod messages;
 
 pub use actor::{StartMode, Watcher, WatcherOptions};
 pub use component::WatcherComponent;
+pub use config::{
+    WatchConfig, BUSY_HEARTBEAT_INTERVALS, DEFAULT_HEARTBEAT_MS, MAX_HEARTBEAT_MS,
+    MAX_MISSED_HEARTBEATS, MIN_HEARTBEAT_MS,
+};
 pub use filter::{Kinds, WatchFilter};
 pub use hub::{Registration, WatchHub};
 pub use messages::StopWatch;
-
-/// Limits of the watches of a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchConfig {
-    /// Capacity of each watcher's queue, in events. Default: 10000.
-    pub queue_size: usize,
-    /// Live watchers at most; more are refused with 503. Default: 1024.
-    pub max_watchers: usize,
-    /// Events read from the log at once (hub dispatch and resume replay).
-    /// Default: 512.
-    pub read_batch_events: usize,
-}
-
-impl Default for WatchConfig {
-    fn default() -> Self {
-        Self {
-            queue_size: 10_000,
-            max_watchers: 1024,
-            read_batch_events: 512,
-        }
-    }
-}
-
-/// Default idle time before a heartbeat, in milliseconds.
-pub const DEFAULT_HEARTBEAT_MS: u64 = 5000;
-/// Shortest heartbeat interval a client may ask for, in milliseconds.
-pub const MIN_HEARTBEAT_MS: u64 = 100;
-/// Longest heartbeat interval a client may ask for, in milliseconds.
-pub const MAX_HEARTBEAT_MS: u64 = 60_000;
-/// Unanswered heartbeats in a row after which a watcher stops.
-pub const MAX_MISSED_HEARTBEATS: u32 = 2;
-/// While events flow, a heartbeat still goes out after this many intervals
-/// since the last one (so a vanished client is noticed under load too).
-pub const BUSY_HEARTBEAT_INTERVALS: u32 = 4;

@@ -10,16 +10,16 @@
 //!
 //! Each function here turns one command on one revision into the commit it
 //! needs (built in the local mirror) and the ref changes to push together
-//! ([`crate::origin::write::push_changes`]). Validation against the views
+//! ([`write::push_changes`]). Validation against the views
 //! (does the revision exist, is its lifecycle right) is the caller's; these
 //! functions only refuse what Git itself cannot express.
 
 use git2::{Oid, Repository};
 
-use crate::origin::{
-    package_path,
+use super::{
+    discovery::package_path,
+    error::OriginError,
     write::{self, Author, Files, RefChange},
-    OriginError,
 };
 
 /// Where a package lives: its full path in the repository and the

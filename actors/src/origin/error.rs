@@ -1,0 +1,128 @@
+//! [`OriginError`]: why an origin operation failed, and the sorting of
+//! libgit2 errors into its classes ([`map_git_error`]).
+//!
+//! A leaf of the origin modules: every other one reports its failures with
+//! these, and this module uses none of them.
+
+use git2::{ErrorClass, ErrorCode};
+
+/// Why an origin operation failed. [`OriginError::class`] gives the short,
+/// stable class name that goes into conditions and replies.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The upstream could not be reached (DNS, connection refused, TLS).
+    /// Transient as far as cairn can tell: retry on the next sync.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The upstream did not connect or answer within `git.timeout`.
+    #[error("upstream timed out: {0}")]
+    Timeout(String),
+    /// The upstream has no such repository (404, a `file://` path that is
+    /// not a repository any more).
+    #[error("repository not found upstream: {0}")]
+    RepositoryMissing(String),
+    /// The upstream rejected the credentials, or asked for credentials none of
+    /// which are configured. Retrying will not help until the secret changes.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The registered branch does not exist upstream. Report it on the
+    /// repository; it clears once the branch appears (or is created).
+    #[error("branch {branch:?} does not exist upstream")]
+    BranchMissing {
+        /// The registered branch name, without `refs/heads/`.
+        branch: String,
+    },
+    /// The URL is malformed or uses a scheme cairn does not support. Reject
+    /// the registration; retrying will not help.
+    #[error("invalid repository url: {0}")]
+    InvalidUrl(String),
+    /// A push was not a fast-forward of the upstream: it moved since it
+    /// was read. Fetch, apply again and retry.
+    #[error("the upstream moved: {0}")]
+    Moved(String),
+    /// The upstream refused a pushed ref (a hook, permissions, a
+    /// protected branch).
+    #[error("push rejected by the upstream: {0}")]
+    Rejected(String),
+    /// Any other failure from Git (corrupt repository, rejected push, local
+    /// I/O). Log it and retry on the next sync.
+    #[error("git: {0}")]
+    Git(String),
+}
+
+impl OriginError {
+    /// Short class name: `network`, `timeout`, `auth`, `missing` (branch
+    /// or repository), `invalid`, `conflict` and `rejected` (pushes) or
+    /// `other`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            OriginError::Unreachable(_) => "network",
+            OriginError::Timeout(_) => "timeout",
+            OriginError::RepositoryMissing(_) => "missing",
+            OriginError::Auth(_) => "auth",
+            OriginError::BranchMissing { .. } => "missing",
+            OriginError::InvalidUrl(_) => "invalid",
+            OriginError::Moved(_) => "conflict",
+            OriginError::Rejected(_) => "rejected",
+            OriginError::Git(_) => "other",
+        }
+    }
+}
+
+impl From<git2::Error> for OriginError {
+    fn from(e: git2::Error) -> Self {
+        map_git_error(e)
+    }
+}
+
+/// Sorts a libgit2 error into an [`OriginError`] class.
+pub(super) fn map_git_error(e: git2::Error) -> OriginError {
+    let message = e.message().to_owned();
+    let lower = message.to_ascii_lowercase();
+    if e.code() == ErrorCode::Auth
+        || lower.contains("authentication")
+        || lower.contains("status code: 401")
+        || lower.contains("status code: 403")
+    {
+        return OriginError::Auth(message);
+    }
+    if lower.contains("unsupported url protocol") || lower.contains("invalid url") {
+        return OriginError::InvalidUrl(message);
+    }
+    if lower.contains("timed out") || lower.contains("timeout") {
+        return OriginError::Timeout(message);
+    }
+    if lower.contains("could not find repository")
+        || lower.contains("status code: 404")
+        || lower.contains("does not appear to be a git repository")
+        || lower.contains("not a git repository")
+    {
+        return OriginError::RepositoryMissing(message);
+    }
+    let unreachable = matches!(
+        e.class(),
+        ErrorClass::Net | ErrorClass::Ssl | ErrorClass::Ssh
+    ) || e.code() == ErrorCode::Certificate
+        || lower.contains("failed to connect")
+        || lower.contains("failed to resolve");
+    if unreachable {
+        OriginError::Unreachable(message)
+    } else {
+        OriginError::Git(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_and_network_errors_are_classified() {
+        let auth = git2::Error::new(ErrorCode::Auth, ErrorClass::Http, "nope");
+        assert_eq!(map_git_error(auth).class(), "auth");
+        let net = git2::Error::new(ErrorCode::GenericError, ErrorClass::Net, "refused");
+        assert_eq!(map_git_error(net).class(), "network");
+        let other = git2::Error::new(ErrorCode::GenericError, ErrorClass::Odb, "corrupt");
+        assert_eq!(map_git_error(other).class(), "other");
+    }
+}

@@ -1,0 +1,204 @@
+//! Selecting package revisions: the filter of `pkgrev.list` and of
+//! watches, and how a revision, a view row or a listing head is matched
+//! against it (labels: the revision carries every pair of the filter's).
+//!
+//! Domain logic, shared by the NATS service (`pkgrev.list`, `watch.start`)
+//! and the watch hub and Watchers; it imports neither. Turning a request
+//! into a [`Filter`] (field names, validation, error replies) is the
+//! service's: `Filter::parse` lives in `service/pkgrev.rs`.
+
+use std::collections::BTreeMap;
+
+use cairn_events::v1::{PackageRevisionListing, PackageRevisionRow};
+use cairn_storage::views::package_revision_list::Scope;
+
+/// Which package revisions a `pkgrev.list` or a watch selects: every field
+/// that is set must match. Parsed and validated from a request by
+/// `Filter::parse` in `service/pkgrev.rs` (the NATS edge).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only this repository (needs no namespace).
+    pub repository: Option<String>,
+    /// Only this package path.
+    pub path: Option<String>,
+    /// Only this package.
+    pub package: Option<String>,
+    /// Only this workspace.
+    pub workspace: Option<String>,
+    /// Only this revision number.
+    pub revision: Option<i64>,
+    /// Only these lifecycles.
+    pub lifecycle: Option<Vec<String>>,
+    /// Only revisions carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only latest (true) or only not latest (false).
+    pub latest: Option<bool>,
+}
+
+impl Filter {
+    /// Whether `row` passes.
+    pub fn matches(&self, row: &PackageRevisionRow) -> bool {
+        let Some(r) = row.revision.as_ref() else {
+            return false;
+        };
+        let is = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w == have);
+        is(&self.namespace, &row.namespace)
+            && is(&self.repository, &row.repository)
+            && is(&self.path, &r.path)
+            && is(&self.package, &r.package)
+            && self.matches_rest(&r.workspace, r.revision, &r.lifecycle, &r.labels, r.latest)
+    }
+
+    /// The fields a listing narrows by key (see [`Scope`]).
+    pub fn scope(&self) -> Scope<'_> {
+        Scope {
+            namespace: self.namespace.as_deref(),
+            repository: self.repository.as_deref(),
+            package: self.package.as_deref(),
+            path: self.path.as_deref(),
+        }
+    }
+
+    /// Whether any field outside the [`Filter::scope`] is set, so listing
+    /// rows must be decoded to be checked.
+    pub fn needs_head(&self) -> bool {
+        self.workspace.is_some()
+            || self.revision.is_some()
+            || self.lifecycle.is_some()
+            || !self.labels.is_empty()
+            || self.latest.is_some()
+    }
+
+    /// Whether a listing row's head passes the fields outside the scope.
+    pub fn matches_head(&self, l: &PackageRevisionListing) -> bool {
+        self.matches_rest(&l.workspace, l.revision, &l.lifecycle, &l.labels, l.latest)
+    }
+
+    /// Whether the fields outside the scope pass.
+    pub fn matches_rest(
+        &self,
+        workspace: &str,
+        revision: i64,
+        lifecycle: &str,
+        labels: &BTreeMap<String, String>,
+        latest: bool,
+    ) -> bool {
+        self.workspace.as_ref().is_none_or(|v| v == workspace)
+            && self.revision.is_none_or(|v| v == revision)
+            && self
+                .lifecycle
+                .as_ref()
+                .is_none_or(|ls| ls.iter().any(|l| l == lifecycle))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.latest.is_none_or(|v| v == latest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_events::v1::PackageRevision;
+
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn row(revision_labels: &[(&str, &str)]) -> PackageRevisionRow {
+        PackageRevisionRow {
+            namespace: "ns".into(),
+            repository: "r".into(),
+            revision: Some(PackageRevision {
+                name: "r.a.v1".into(),
+                path: "catalog".into(),
+                package: "a".into(),
+                workspace: "v1".into(),
+                revision: 1,
+                lifecycle: "Published".into(),
+                labels: labels(revision_labels),
+                latest: true,
+                ..Default::default()
+            }),
+            updated_seq: 3,
+        }
+    }
+
+    #[test]
+    fn labels_select_revisions_carrying_every_pair() {
+        let tier_base = row(&[("tier", "base"), ("team", "platform")]);
+        let selector = |pairs: &[(&str, &str)]| Filter {
+            labels: labels(pairs),
+            ..Filter::default()
+        };
+        assert!(selector(&[]).matches(&tier_base));
+        assert!(selector(&[("tier", "base")]).matches(&tier_base));
+        assert!(selector(&[("tier", "base"), ("team", "platform")]).matches(&tier_base));
+        assert!(!selector(&[("tier", "app")]).matches(&tier_base));
+        assert!(!selector(&[("tier", "base"), ("env", "prod")]).matches(&tier_base));
+        assert!(!selector(&[("tier", "base")]).matches(&row(&[])));
+        assert!(selector(&[("tier", "base")]).needs_head());
+        assert!(!selector(&[]).needs_head());
+    }
+
+    #[test]
+    fn every_set_field_must_match() {
+        let r = row(&[]);
+        assert!(Filter::default().matches(&r));
+        let all = Filter {
+            namespace: Some("ns".into()),
+            repository: Some("r".into()),
+            path: Some("catalog".into()),
+            package: Some("a".into()),
+            workspace: Some("v1".into()),
+            revision: Some(1),
+            lifecycle: Some(vec!["Draft".into(), "Published".into()]),
+            labels: BTreeMap::new(),
+            latest: Some(true),
+        };
+        assert!(all.matches(&r));
+        let off = [
+            Filter {
+                namespace: Some("other".into()),
+                ..all.clone()
+            },
+            Filter {
+                repository: Some("other".into()),
+                ..all.clone()
+            },
+            Filter {
+                path: Some("other".into()),
+                ..all.clone()
+            },
+            Filter {
+                package: Some("b".into()),
+                ..all.clone()
+            },
+            Filter {
+                workspace: Some("v2".into()),
+                ..all.clone()
+            },
+            Filter {
+                revision: Some(-1),
+                ..all.clone()
+            },
+            Filter {
+                lifecycle: Some(vec!["Draft".into()]),
+                ..all.clone()
+            },
+            Filter {
+                latest: Some(false),
+                ..all.clone()
+            },
+        ];
+        for f in off {
+            assert!(!f.matches(&r), "{f:?}");
+        }
+        // A row without its revision matches nothing.
+        assert!(!Filter::default().matches(&PackageRevisionRow::default()));
+    }
+}
