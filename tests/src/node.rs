@@ -308,3 +308,31 @@ impl ChildNode {
         self.guard.wait_timeout(timeout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_dir_is_kept_when_its_test_panics_and_removed_otherwise() {
+        let kept = std::panic::catch_unwind(|| {
+            let dir = TestDir::new();
+            std::fs::write(dir.join("log"), "what happened").unwrap();
+            panic!("{}", dir.path().display());
+        })
+        .unwrap_err()
+        .downcast::<String>()
+        .unwrap();
+        let kept = PathBuf::from(*kept);
+        assert_eq!(
+            std::fs::read_to_string(kept.join("log")).unwrap(),
+            "what happened"
+        );
+        std::fs::remove_dir_all(&kept).unwrap();
+
+        let dir = TestDir::new();
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+    }
+}

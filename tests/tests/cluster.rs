@@ -204,7 +204,9 @@ async fn a_server_with_accounts_lets_in_only_its_users() {
         reader.read_line(&mut info).unwrap();
         assert!(info.starts_with("INFO "), "{info}");
         (&stream)
-            .write_all(b"CONNECT {\"user\":\"alice\",\"pass\":\"wrong\",\"verbose\":false}\r\nPING\r\n")
+            .write_all(
+                b"CONNECT {\"user\":\"alice\",\"pass\":\"wrong\",\"verbose\":false}\r\nPING\r\n",
+            )
             .unwrap();
         let mut answer = String::new();
         reader.read_line(&mut answer).unwrap();

@@ -300,7 +300,16 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     // (its process, rather than its port: another test's server may take
     // a freed port at any time).
     let servers = node.children();
-    assert_eq!(servers.len(), 1, "one local nats-server: {servers:?}");
+    let names: Vec<String> = servers
+        .iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["nats-server"], "the node's children");
     let status = tokio::task::spawn_blocking(move || node.terminate(WAIT))
         .await
         .unwrap();
