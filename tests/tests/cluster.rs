@@ -101,21 +101,38 @@ async fn a_cluster_routes_messages_and_replicates_a_stream_three_ways() {
     .await
     .unwrap();
     assert_eq!(created.cached_info().config.num_replicas, 3);
-    let ack = within("the publish ack", WAIT, async {
-        js2.publish("r3.one", "replicated".into())
-            .await
-            .unwrap()
-            .await
+    // The stream's interest reaches the other servers asynchronously:
+    // until then a publish finds no stream ("no responders"; nothing is
+    // stored, so trying again cannot store twice).
+    let ack = wait_until("a publish through n2 to be stored", WAIT, || {
+        let js2 = js2.clone();
+        async move {
+            match js2.publish("r3.one", "replicated".into()).await {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!((ack.stream.as_str(), ack.sequence), ("R3", 1));
-    let mut stream = within("the stream", WAIT, js3.get_stream("R3"))
-        .await
-        .unwrap();
-    let info = within("the stream info", WAIT, stream.info())
-        .await
-        .unwrap();
+    // So does the stream's assignment: n3 answers once it has it.
+    let (mut stream, info) = wait_until("n3 to see the stream with its 3 replicas", WAIT, || {
+        let js3 = js3.clone();
+        async move {
+            let mut stream = js3.get_stream("R3").await.map_err(|e| e.to_string())?;
+            let info = stream.info().await.map_err(|e| e.to_string())?.clone();
+            let peers = info
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.replicas.len() + usize::from(c.leader.is_some()));
+            if peers == 3 {
+                Ok((stream, info))
+            } else {
+                Err(format!("{peers} peers"))
+            }
+        }
+    })
+    .await;
     assert_eq!(info.state.messages, 1);
     let placement = info.cluster.clone().expect("a clustered stream");
     let mut servers: Vec<String> = placement
@@ -187,7 +204,21 @@ async fn a_server_with_accounts_lets_in_only_its_users() {
                 .unwrap();
         }
     });
-    let reply = bob.request("svc.hello", b"hi").await;
+    // (A first request was seen lost now and then with nats-server 2.9, as
+    // if the import were wired asynchronously: ask again, bounded.)
+    let reply = wait_until("bob's request to be answered", WAIT, || {
+        let bob = bob.clone().with_timeout(Duration::from_secs(1));
+        async move {
+            let request = async_nats::Request::new()
+                .payload("hi".into())
+                .timeout(Some(bob.timeout()));
+            bob.nats()
+                .send_request("svc.hello", request)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
     let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(info["acc"], "B");
     assert_eq!(info["user"], "bob");
