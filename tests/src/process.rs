@@ -23,7 +23,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::wait::{within, WAIT};
+use crate::wait::{wait_until_blocking, within, WAIT};
 
 /// The parent pid of `pid`, from `/proc/<pid>/stat`.
 fn parent_of(pid: u32) -> Option<u32> {
@@ -73,18 +73,19 @@ impl ChildGuard {
     /// Waits for the child to exit by itself, at most `timeout`; kills it
     /// and fails the test when it does not.
     pub fn wait_timeout(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Nothing announces a child's exit but the exit itself: poll
-            // try_wait, bounded.
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
+        // Nothing announces a child's exit but the exit itself: poll
+        // try_wait, bounded.
+        let exited = wait_until_blocking(timeout, || match self.0.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("running".to_owned()),
+            Err(e) => Err(e.to_string()),
+        });
+        match exited {
+            Ok(status) => status,
+            Err(last) => {
                 self.kill_all();
-                panic!("pid {} did not exit within {timeout:?}", self.id());
+                panic!("pid {} did not exit within {timeout:?} ({last})", self.id());
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -116,7 +116,7 @@ async fn a_cluster_routes_messages_and_replicates_a_stream_three_ways() {
     .await;
     assert_eq!((ack.stream.as_str(), ack.sequence), ("R3", 1));
     // So does the stream's assignment: n3 answers once it has it.
-    let (mut stream, info) = wait_until("n3 to see the stream with its 3 replicas", WAIT, || {
+    let (stream, info) = wait_until("n3 to see the stream with its 3 replicas", WAIT, || {
         let js3 = js3.clone();
         async move {
             let mut stream = js3.get_stream("R3").await.map_err(|e| e.to_string())?;
