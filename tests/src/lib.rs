@@ -1,215 +1,62 @@
-//! Test harness for cairn's integration suites: real parts only.
+//! Test harness for cairn's integration suites: real parts only (a real
+//! `nats-server`, RocksDB in temp directories, Git with the real `git`
+//! CLI), every wait bounded by a deadline.
 //!
 //! # Layout
-//! - [`NatsServer`] — a real `nats-server -js` on a dynamic port with a temp
-//!   JetStream directory; killed on drop; can be stopped and restarted on
-//!   the same port and directory.
-//! - [`TempStore`] — a real RocksDB store in a temp directory.
-//! - [`events`] — builders for sample events.
-//! - [`free_port`], [`read_line_matching`]: helpers for child processes.
+//! - [`wait`] — deadlines: [`within`] (await with a timeout),
+//!   [`wait_until`] (poll a condition, bounded, where no event exists),
+//!   [`wait_until_blocking`], the default bound [`WAIT`].
+//! - [`nats`] — [`NatsServer`], a real `nats-server` with JetStream built
+//!   from a [`NatsServerConfig`] (accounts, users, service exports and
+//!   imports), and [`NatsCluster`], three servers routed on loopback with
+//!   clustered JetStream; ports picked by the servers, every process killed
+//!   on drop.
+//! - [`client`] — [`Client`], the one typed client of a node's service:
+//!   `call(endpoint, json) -> Result<Value, ServiceError>`, `ok`, protobuf
+//!   and raw requests, `$SRV` requests, the log of a repository, bounded
+//!   [`Subscription`]s.
+//! - [`node`] — [`TestNode`] (a node in-process, from a [`TestNodeBuilder`]),
+//!   [`ChildNode`] (`cairn node` as a child process), [`TestDir`] (a temp
+//!   directory kept when its test fails).
+//! - [`git`] — [`GitFixture`] (Porch fixtures unpacked, generated
+//!   repositories), [`git()`] the one Git runner, [`unpack`].
+//! - [`process`] — [`ChildGuard`] (kills a child and its descendants),
+//!   [`Cli`] (the `cairn` CLI with a timeout; [`cairn_cli!`] names the
+//!   binary), [`ClosedPort`], line readers with deadlines.
+//! - [`store`] — [`TempStore`] and sample [`events`].
 //!
-//! The suites live in `tests/tests/*.rs`; the child programs they spawn in
-//! `src/bin/` (`cairn-under-test` is the real CLI, `cairn-crash-appender` an
-//! appender that reports every acknowledged append).
+//! The suites live in `tests/tests/*.rs` (`cluster` tests the cluster
+//! helper itself); the child programs they spawn in `src/bin/`
+//! (`cairn-under-test` is the real CLI, `cairn-crash-appender` an appender
+//! that reports every acknowledged append).
 
-use std::{
-    io::{BufRead, BufReader, Read},
-    net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
-    sync::mpsc,
-    time::{Duration, Instant},
+use std::path::{Path, PathBuf};
+
+pub mod client;
+pub mod git;
+pub mod nats;
+pub mod node;
+pub mod process;
+pub mod store;
+pub mod wait;
+
+pub use client::{kinds, Client, ServiceError, Subscription, NAMESPACE};
+pub use git::{git, unpack, GitFixture};
+pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
+pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder};
+pub use process::{
+    async_lines, next_line, read_line_matching, ChildGuard, Cli, CliOutput, ClosedPort,
 };
+pub use store::{events, TempStore};
+pub use wait::{wait_until, wait_until_blocking, within, WAIT};
 
-use cairn::local_nats::LocalNatsServer;
-use cairn_storage::{views::default_views, Store, StoreConfig};
-
-/// A real nats-server with JetStream, on a dynamic port.
-#[derive(Debug)]
-pub struct NatsServer {
-    server: LocalNatsServer,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    /// Starts a server on a free port.
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let server = LocalNatsServer::start("nats-server", listen, &dir.path().join("jetstream"))
-            .expect("nats-server must be installed (apt-get install nats-server)");
-        Self { server, _dir: dir }
-    }
-
-    /// `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
-    /// Stops the server gracefully (SIGTERM) and waits for it.
-    pub fn stop(&mut self) {
-        self.server.stop();
-    }
-
-    /// Starts it again on the same port and JetStream directory.
-    pub fn restart(&mut self) {
-        self.server.restart().expect("restart nats-server");
-    }
-}
-
-/// A store in a temp directory.
-#[derive(Debug)]
-pub struct TempStore {
-    /// The store.
-    pub store: Store,
-    /// Its directory (removed on drop).
-    pub dir: tempfile::TempDir,
-}
-
-impl TempStore {
-    /// Opens a fresh store with the default views.
-    pub fn open() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(StoreConfig::new(dir.path().join("store")), default_views())
-            .expect("open store");
-        Self { store, dir }
-    }
-}
-
-/// Sample events.
-pub mod service;
-
-pub mod events {
-    use cairn_events::{
-        envelope::event,
-        v1::{
-            event::Payload, Event, GitSpec, RepositoryClosed, RepositoryRegistered, RepositorySpec,
-            RepositorySpecChanged,
-        },
+/// The `cairn` CLI built for the calling test crate (`cairn-under-test`,
+/// whose path Cargo gives integration tests only).
+#[macro_export]
+macro_rules! cairn_cli {
+    () => {
+        $crate::Cli::new(env!("CARGO_BIN_EXE_cairn-under-test"))
     };
-
-    /// A git repository spec.
-    pub fn spec(namespace: &str, name: &str, branch: &str) -> RepositorySpec {
-        RepositorySpec {
-            namespace: namespace.into(),
-            name: name.into(),
-            r#type: "git".into(),
-            git: Some(GitSpec {
-                url: format!("file:///srv/git/{name}.git"),
-                branch: branch.into(),
-                directory: "/".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// `RepositoryRegistered`.
-    pub fn registered(namespace: &str, name: &str) -> Event {
-        event(Payload::RepositoryRegistered(RepositoryRegistered {
-            spec: Some(spec(namespace, name, "main")),
-        }))
-    }
-
-    /// `RepositorySpecChanged` to `branch`.
-    pub fn spec_changed(namespace: &str, name: &str, branch: &str) -> Event {
-        event(Payload::RepositorySpecChanged(RepositorySpecChanged {
-            spec: Some(spec(namespace, name, branch)),
-        }))
-    }
-
-    /// `RepositoryClosed`.
-    pub fn closed(reason: &str) -> Event {
-        event(Payload::RepositoryClosed(RepositoryClosed {
-            reason: reason.into(),
-        }))
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped, so a failing
-/// test never leaves a node running.
-#[derive(Debug)]
-pub struct ChildGuard(pub std::process::Child);
-
-impl ChildGuard {
-    /// Waits for the child to exit by itself.
-    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-
-    /// The child's process id.
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Reads lines from `reader` on a thread; returns the first line matching
-/// `pred` within `timeout` (with everything read so far on failure), and a
-/// receiver of the lines that follow.
-pub fn read_line_matching(
-    reader: impl Read + Send + 'static,
-    timeout: Duration,
-    pred: impl Fn(&str) -> bool,
-) -> Result<(String, mpsc::Receiver<String>), String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if pred(&line) => return Ok((line, rx)),
-            Ok(line) => seen.push(line),
-            Err(e) => return Err(format!("{e:?}; output so far:\n{}", seen.join("\n"))),
-        }
-    }
-}
-
-/// Lines of `reader`, read on a thread and delivered to async code.
-pub fn async_lines(
-    reader: impl Read + Send + 'static,
-) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// The next line from [`async_lines`], or a panic after `timeout`.
-pub async fn next_line(
-    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    timeout: Duration,
-) -> String {
-    tokio::time::timeout(timeout, lines.recv())
-        .await
-        .expect("timed out waiting for a line")
-        .expect("the process closed its output")
 }
 
 /// The workspace's `../shared` directory (Porch fixtures and docs).

@@ -11,26 +11,27 @@ use std::{
 
 use cairn_events::StreamId;
 use cairn_storage::{views::default_views, EventLog, Store, StoreConfig};
-use cairn_tests::read_line_matching;
+use cairn_tests::{read_line_matching, ChildGuard, TestDir};
 use rand::Rng;
 
 const KILLS: u64 = 25;
 
 #[test]
 fn acknowledged_appends_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let path = dir.path().join("store");
     let mut acked: HashMap<u64, String> = HashMap::new();
     let mut rng = rand::rng();
     for run in 0..KILLS {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-crash-appender"))
-            .arg(&path)
-            .arg(run.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        // Killed on drop: a failing run leaves no appender behind.
+        let mut child = ChildGuard::spawn(
+            Command::new(env!("CARGO_BIN_EXE_cairn-crash-appender"))
+                .arg(&path)
+                .arg(run.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let stdout = child.0.stdout.take().unwrap();
         let (_, lines) =
             read_line_matching(stdout, Duration::from_secs(30), |l| l == "ready").unwrap();
         // A random moment: after a random number of acknowledgements.
@@ -50,12 +51,8 @@ fn acknowledged_appends_survive_sigkill() {
             );
             seen += 1;
         }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        child.wait().unwrap();
+        child.signal(nix::sys::signal::Signal::SIGKILL);
+        child.0.wait().unwrap();
         // Acks printed before the kill landed are acknowledged too.
         // (A line cut short by the kill carries no complete ack: skip it.)
         while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {

@@ -5,58 +5,41 @@
 //! on the Porch fixtures; an upstream that moves or refuses; racing
 //! updates; bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use cairn::{
-    config::{NatsConfig, NodeConfig},
-    node::Node,
-};
 use cairn_storage::EventLog;
-use cairn_tests::service::{call, events_after, git, ok, unpack};
+use cairn_tests::{
+    cairn_cli, Account, Client, GitFixture, NatsServer, NatsServerConfig, ServiceError, TestDir,
+    TestNode, TestNodeBuilder,
+};
 use serde_json::{json, Value};
 
-fn config(data_dir: &Path) -> NodeConfig {
-    let mut config = NodeConfig {
-        data_dir: data_dir.to_path_buf(),
-        nats: NatsConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    config.service.resource_max_bytes = 1024;
-    config
+/// A node with data in `dir/node` and resources of at most 1 KiB.
+fn builder(dir: &Path) -> TestNodeBuilder {
+    TestNodeBuilder::in_dir(&dir.join("node")).configure(|c| c.service.resource_max_bytes = 1024)
 }
 
-async fn start(dir: &Path) -> Node {
-    Node::start(config(&dir.join("node"))).await.unwrap()
+async fn start(dir: &Path) -> TestNode {
+    builder(dir).start().await
 }
 
-/// A bare repository with one commit on `main` (a README); its path and
-/// `file://` URL.
-fn fresh_upstream(dir: &Path) -> (PathBuf, String) {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("README.md"), "fresh\n").unwrap();
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-q", "-m", "first"]);
-    let bare = dir.join("up.git");
-    git(
-        dir,
-        &["clone", "-q", "--bare", work.to_str().unwrap(), "up.git"],
-    );
-    let url = format!("file://{}", bare.display());
+/// A bare repository with one commit on `main` (a README), cloned from the
+/// work tree `dir/work`; the bare one and its `file://` URL.
+fn fresh_upstream(dir: &Path) -> (GitFixture, String) {
+    let work = GitFixture::init(&dir.join("work"), "main");
+    work.write("README.md", "fresh\n").commit("first");
+    let bare = work.clone_bare(&dir.join("up.git"));
+    let url = bare.url();
     (bare, url)
 }
 
-async fn register(node: &Node, name: &str, url: &str) {
-    ok(
-        &node.client,
-        "repo.register",
-        json!({"namespace": "team-a", "name": name, "git": {"url": url}}),
-    )
-    .await;
+async fn register(node: &TestNode, name: &str, url: &str) {
+    node.client()
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": name, "git": {"url": url}}),
+        )
+        .await;
 }
 
 fn key(name: &str) -> Value {
@@ -87,19 +70,11 @@ fn named(events: &[Value]) -> Vec<(String, String)> {
 
 /// Runs `endpoint` on `body`; the reply and the events of repository
 /// `repo` it recorded.
-async fn command(node: &Node, repo: &str, endpoint: &str, body: Value) -> (Value, Vec<Value>) {
+async fn command(node: &TestNode, repo: &str, endpoint: &str, body: Value) -> (Value, Vec<Value>) {
     let before = node.store.last_seq().unwrap();
-    let reply = ok(&node.client, endpoint, body).await;
-    let (_, events) = events_after(&node.client, repo, before).await;
+    let reply = node.client().ok(endpoint, body).await;
+    let (_, events) = node.client().events_after(repo, before).await;
     (reply, events)
-}
-
-/// Every ref of the bare repository `bare` with the commit it names.
-fn refs(bare: &Path) -> Vec<String> {
-    git(bare, &["for-each-ref", "--format=%(refname)"])
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 fn task_types(revision: &Value) -> Vec<&str> {
@@ -113,9 +88,9 @@ fn task_types(revision: &Value) -> Vec<&str> {
 
 #[actix_rt::test]
 async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (bare, url) = fresh_upstream(dir.path());
-    let first = git(&bare, &["rev-parse", "main"]);
+    let first = bare.git(&["rev-parse", "main"]);
     let node = start(dir.path()).await;
     register(&node, "fresh", &url).await;
     let name = "fresh.catalog.app.ws1";
@@ -147,20 +122,17 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
         draft["commit"]
     );
     assert_eq!(
-        refs(&bare),
+        bare.refs(),
         ["refs/heads/drafts/catalog/app/ws1", "refs/heads/main"]
     );
     assert_eq!(
-        git(&bare, &["log", "-1", "--format=%B", "drafts/catalog/app/ws1"]),
+        bare.git(&["log", "-1", "--format=%B", "drafts/catalog/app/ws1"]),
         "Intermediate commit: init\n\n\
          kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"ws1\",\"task\":{\"type\":\"init\",\"init\":{}}}"
     );
-    assert_eq!(git(&bare, &["rev-parse", "drafts/catalog/app/ws1^"]), first);
+    assert_eq!(bare.git(&["rev-parse", "drafts/catalog/app/ws1^"]), first);
     assert_eq!(
-        git(
-            &bare,
-            &["ls-tree", "-r", "--name-only", "drafts/catalog/app/ws1"]
-        ),
+        bare.git(&["ls-tree", "-r", "--name-only", "drafts/catalog/app/ws1"]),
         "README.md\ncatalog/app/Kptfile"
     );
 
@@ -182,23 +154,25 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
     );
     assert_eq!(updated["labels"], json!({"tier": "web"}));
     assert_eq!(task_types(&updated), ["init", "patch"]);
-    let (code, reply) = call(
-        &node.client,
-        "pkgrev.update",
-        json!({"namespace": "team-a", "name": name, "resources": resources,
+    let error = node
+        .client()
+        .call(
+            "pkgrev.update",
+            json!({"namespace": "team-a", "name": name, "resources": resources,
                "resource_version": draft["resource_version"]}),
-    )
-    .await;
-    assert_eq!(code.as_deref(), Some("409"));
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 409);
     assert_eq!(
-        reply["message"],
+        error.body["message"],
         format!(
             "resource_version of {name}: expected {}, got {} (it changed since it was read)",
             updated["resource_version"].as_str().unwrap(),
             draft["resource_version"].as_str().unwrap()
         )
     );
-    let files = ok(&node.client, "pkgrev.resources", key(name)).await;
+    let files = node.client().ok("pkgrev.resources", key(name)).await;
     assert_eq!(files["resources"], resources);
 
     // Propose, reject, propose again: branches swap.
@@ -209,14 +183,14 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
         [("PackageRevisionProposed".into(), name.into())]
     );
     assert_eq!(
-        refs(&bare),
+        bare.refs(),
         ["refs/heads/main", "refs/heads/proposed/catalog/app/ws1"]
     );
     let (rejected, events) = command(&node, "fresh", "pkgrev.reject", key(name)).await;
     assert_eq!(rejected["lifecycle"], "Draft");
     assert_eq!(kinds(&events), ["ProposalRejected"]);
     command(&node, "fresh", "pkgrev.propose", key(name)).await;
-    let proposal = git(&bare, &["rev-parse", "proposed/catalog/app/ws1"]);
+    let proposal = bare.git(&["rev-parse", "proposed/catalog/app/ws1"]);
 
     // Approve: a commit on main replacing the package, tag v1, proposal gone.
     let (published, events) = command(
@@ -253,25 +227,25 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
         )
     );
     assert_eq!(task_types(&published), ["init", "patch"]);
-    assert_eq!(refs(&bare), ["refs/heads/main", "refs/tags/catalog/app/v1"]);
-    let main = git(&bare, &["rev-parse", "main"]);
+    assert_eq!(bare.refs(), ["refs/heads/main", "refs/tags/catalog/app/v1"]);
+    let main = bare.git(&["rev-parse", "main"]);
     assert_eq!(published["commit"], main);
-    assert_eq!(git(&bare, &["rev-parse", "catalog/app/v1"]), main);
+    assert_eq!(bare.git(&["rev-parse", "catalog/app/v1"]), main);
     assert_eq!(
-        git(&bare, &["log", "-1", "--format=%B", "main"]),
+        bare.git(&["log", "-1", "--format=%B", "main"]),
         "Approving package revision catalog/app/1\n\n\
          kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"v1\"}"
     );
     assert_eq!(
-        git(&bare, &["log", "-1", "--format=%P|%an <%ae>", "main"]),
+        bare.git(&["log", "-1", "--format=%P|%an <%ae>", "main"]),
         format!("{first} {proposal}|bob@example.com <bob@example.com>")
     );
     assert_eq!(
-        git(&bare, &["diff", "--name-only", &first, "main"]),
+        bare.git(&["diff", "--name-only", &first, "main"]),
         "catalog/app/Kptfile\ncatalog/app/deploy/cm.yaml"
     );
     assert_eq!(
-        git(&bare, &["show", "main:catalog/app/deploy/cm.yaml"]),
+        bare.git(&["show", "main:catalog/app/deploy/cm.yaml"]),
         "kind: ConfigMap"
     );
 
@@ -279,14 +253,14 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
     // publish info and tasks.
     register(&node, "again", &url).await;
     let list = |repo: &'static str| {
-        let client = node.client.clone();
+        let client = node.client().clone();
         async move {
-            let page = ok(
-                &client,
-                "pkgrev.list",
-                json!({"namespace": "team-a", "repository": repo}),
-            )
-            .await;
+            let page = client
+                .ok(
+                    "pkgrev.list",
+                    json!({"namespace": "team-a", "repository": repo}),
+                )
+                .await;
             page["items"]
                 .as_array()
                 .unwrap()
@@ -310,11 +284,9 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
 
 #[actix_rt::test]
 async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = dir.path().join("upstream");
-    let url = unpack("drafts-repository", &up);
-    let bare = up.join(".git");
-    git(&bare, &["config", "core.bare", "true"]);
+    let dir = TestDir::new();
+    let bare = GitFixture::porch("drafts-repository", &dir.path().join("upstream")).into_bare();
+    let url = bare.url();
     let node = start(dir.path()).await;
     register(&node, "drafts", &url).await;
 
@@ -366,17 +338,24 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
         (&v2["revision"], &v2["latest"]),
         (&json!("2"), &Value::Null)
     );
-    let v2 = ok(&node.client, "pkgrev.get", key("drafts.basens.v2")).await;
+    let v2 = node
+        .client()
+        .ok("pkgrev.get", key("drafts.basens.v2"))
+        .await;
     assert_eq!(v2["latest"], false);
     assert_eq!(
-        git(&bare, &["tag", "--list", "basens/*"]),
+        bare.git(&["tag", "--list", "basens/*"]),
         "basens/v1\nbasens/v2\nbasens/v3"
     );
     // The clone's task and content.
     assert_eq!(task_types(&published), ["clone"]);
     assert_eq!(
-        ok(&node.client, "pkgrev.resources", key("drafts.basens.third")).await,
-        ok(&node.client, "pkgrev.resources", key("drafts.basens.v2")).await
+        node.client()
+            .ok("pkgrev.resources", key("drafts.basens.third"))
+            .await,
+        node.client()
+            .ok("pkgrev.resources", key("drafts.basens.v2"))
+            .await
     );
 
     // A draft: its branch goes.
@@ -386,23 +365,27 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
         named(&events),
         [("PackageRevisionDeleted".into(), "drafts.bucket.v1".into())]
     );
-    assert_eq!(git(&bare, &["branch", "--list", "drafts/bucket/*"]), "");
+    assert_eq!(bare.git(&["branch", "--list", "drafts/bucket/*"]), "");
 
     // A proposal: its branch goes.
     command(&node, "drafts", "pkgrev.propose", key("drafts.none.v1")).await;
     assert_eq!(
-        git(&bare, &["branch", "--list", "proposed/*"]),
+        bare.git(&["branch", "--list", "proposed/*"]),
         "proposed/none/v1"
     );
     command(&node, "drafts", "pkgrev.delete", key("drafts.none.v1")).await;
-    assert_eq!(git(&bare, &["branch", "--list", "proposed/*"]), "");
+    assert_eq!(bare.git(&["branch", "--list", "proposed/*"]), "");
 
     // A published revision: not without a deletion proposal; one can be
     // withdrawn; then tag and marker go.
-    let (code, reply) = call(&node.client, "pkgrev.delete", key("drafts.basens.v1")).await;
-    assert_eq!(code.as_deref(), Some("409"));
+    let error = node
+        .client()
+        .call("pkgrev.delete", key("drafts.basens.v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 409);
     assert_eq!(
-        reply["message"],
+        error.body["message"],
         "cannot delete drafts.basens.v1: it is Published; propose its deletion first (pkgrev.propose-delete)"
     );
     let (marked, events) = command(
@@ -415,7 +398,7 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
     assert_eq!(marked["lifecycle"], "DeletionProposed");
     assert_eq!(kinds(&events), ["DeletionProposed"]);
     assert_eq!(
-        git(&bare, &["branch", "--list", "deletionProposed/*"]),
+        bare.git(&["branch", "--list", "deletionProposed/*"]),
         "deletionProposed/basens/v1"
     );
     let (kept, events) = command(
@@ -440,10 +423,10 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
         [("PackageRevisionDeleted".into(), "drafts.basens.v1".into())]
     );
     assert_eq!(
-        git(&bare, &["tag", "--list", "basens/*"]),
+        bare.git(&["tag", "--list", "basens/*"]),
         "basens/v2\nbasens/v3"
     );
-    assert_eq!(git(&bare, &["branch", "--list", "deletionProposed/*"]), "");
+    assert_eq!(bare.git(&["branch", "--list", "deletionProposed/*"]), "");
 
     // Deleting the latest revision moves "latest" down to v2.
     command(
@@ -464,7 +447,10 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
             ),
         ]
     );
-    let v2 = ok(&node.client, "pkgrev.get", key("drafts.basens.v2")).await;
+    let v2 = node
+        .client()
+        .ok("pkgrev.get", key("drafts.basens.v2"))
+        .await;
     assert_eq!(v2["latest"], true);
 
     // The placeholder: a commit removing the package from main.
@@ -480,48 +466,47 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
         named(&events),
         [("PackageRevisionDeleted".into(), "drafts.basens.main".into())]
     );
+    assert_eq!(bare.git(&["ls-tree", "--name-only", "main", "basens"]), "");
     assert_eq!(
-        git(&bare, &["ls-tree", "--name-only", "main", "basens"]),
-        ""
-    );
-    assert_eq!(
-        git(&bare, &["log", "-1", "--format=%s", "main"]),
+        bare.git(&["log", "-1", "--format=%s", "main"]),
         "Deleting package basens"
     );
 
     // A fresh sync finds the views exactly as the commands left them.
     let before = node.store.last_seq().unwrap();
-    ok(&node.client, "repo.sync", key("drafts")).await;
-    let (kinds, _) = events_after(&node.client, "drafts", before).await;
+    node.client().ok("repo.sync", key("drafts")).await;
+    let (kinds, _) = node.client().events_after("drafts", before).await;
     assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn approve_succeeds_after_the_upstream_moved_and_keeps_what_landed_on_main() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (bare, url) = fresh_upstream(dir.path());
     let node = start(dir.path()).await;
     register(&node, "fresh", &url).await;
     let create =
         json!({"namespace": "team-a", "repository": "fresh", "package": "app", "workspace": "ws"});
-    ok(&node.client, "pkgrev.create", create).await;
-    ok(&node.client, "pkgrev.propose", key("fresh.app.ws")).await;
+    node.client().ok("pkgrev.create", create).await;
+    node.client()
+        .ok("pkgrev.propose", key("fresh.app.ws"))
+        .await;
 
     // Someone else pushes to main meanwhile.
-    let work = dir.path().join("work");
-    std::fs::write(work.join("other.txt"), "theirs\n").unwrap();
-    git(&work, &["add", "other.txt"]);
-    git(&work, &["commit", "-q", "-m", "theirs"]);
-    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let theirs = git(&work, &["rev-parse", "HEAD"]);
+    let work = GitFixture::open(&dir.path().join("work"));
+    work.write("other.txt", "theirs\n");
+    work.git(&["add", "other.txt"]);
+    work.git(&["commit", "-q", "-m", "theirs"]);
+    work.git(&["push", "-q", bare.git_dir().to_str().unwrap(), "main"]);
+    let theirs = work.rev_parse("HEAD");
 
     let (published, _) = command(&node, "fresh", "pkgrev.approve", key("fresh.app.ws")).await;
     assert_eq!(published["revision"], 1);
-    assert_eq!(git(&bare, &["rev-parse", "main^1"]), theirs);
-    assert_eq!(git(&bare, &["show", "main:other.txt"]), "theirs");
+    assert_eq!(bare.git(&["rev-parse", "main^1"]), theirs);
+    assert_eq!(bare.git(&["show", "main:other.txt"]), "theirs");
     assert_eq!(
-        git(&bare, &["ls-tree", "-r", "--name-only", "main"]),
+        bare.git(&["ls-tree", "-r", "--name-only", "main"]),
         "README.md\napp/Kptfile\nother.txt"
     );
     node.shutdown().await;
@@ -529,11 +514,11 @@ async fn approve_succeeds_after_the_upstream_moved_and_keeps_what_landed_on_main
 
 #[actix_rt::test]
 async fn a_refusing_upstream_records_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (bare, url) = fresh_upstream(dir.path());
     let node = start(dir.path()).await;
     register(&node, "fresh", &url).await;
-    let hook = bare.join("hooks/pre-receive");
+    let hook = bare.git_dir().join("hooks/pre-receive");
     std::fs::write(&hook, "#!/bin/sh\necho read-only >&2\nexit 1\n").unwrap();
     std::process::Command::new("chmod")
         .arg("+x")
@@ -541,36 +526,37 @@ async fn a_refusing_upstream_records_nothing() {
         .status()
         .unwrap();
     let before = node.store.last_seq().unwrap();
-    let listed = ok(&node.client, "pkgrev.list", json!({"repository": "fresh"})).await;
-    let (code, reply) = call(
-        &node.client,
-        "pkgrev.create",
+    let listed = node
+        .client()
+        .ok("pkgrev.list", json!({"repository": "fresh"}))
+        .await;
+    let error = node.client().call("pkgrev.create",
         json!({"namespace": "team-a", "repository": "fresh", "package": "app", "workspace": "ws"}),
     )
-    .await;
-    assert_eq!(code.as_deref(), Some("409"));
+    .await.unwrap_err();
+    assert_eq!(error.code, 409);
     assert_eq!(
-        reply["message"],
+        error.body["message"],
         "the upstream refused the change: refs/heads/drafts/app/ws: pre-receive hook declined"
     );
     assert_eq!(node.store.last_seq().unwrap(), before);
     assert_eq!(
-        ok(&node.client, "pkgrev.list", json!({"repository": "fresh"})).await,
+        node.client()
+            .ok("pkgrev.list", json!({"repository": "fresh"}))
+            .await,
         listed
     );
-    assert_eq!(refs(&bare), ["refs/heads/main"]);
+    assert_eq!(bare.refs(), ["refs/heads/main"]);
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn of_two_updates_with_one_resource_version_exactly_one_wins() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (_bare, url) = fresh_upstream(dir.path());
     let node = start(dir.path()).await;
     register(&node, "fresh", &url).await;
-    let draft = ok(
-        &node.client,
-        "pkgrev.create",
+    let draft = node.client().ok("pkgrev.create",
         json!({"namespace": "team-a", "repository": "fresh", "package": "app", "workspace": "ws"}),
     )
     .await;
@@ -580,21 +566,25 @@ async fn of_two_updates_with_one_resource_version_exactly_one_wins() {
                "resource_version": draft["resource_version"]})
     };
     let (a, b) = tokio::join!(
-        call(&node.client, "pkgrev.update", update("a: 1\n")),
-        call(&node.client, "pkgrev.update", update("b: 2\n")),
+        node.client().call("pkgrev.update", update("a: 1\n")),
+        node.client().call("pkgrev.update", update("b: 2\n")),
     );
-    let mut codes = [a.0.clone(), b.0.clone()];
+    let code = |r: &Result<Value, ServiceError>| r.as_ref().err().map(|e| e.code);
+    let mut codes = [code(&a), code(&b)];
     codes.sort();
-    assert_eq!(codes, [None, Some("409".to_owned())], "{a:?} {b:?}");
-    let winner = if a.0.is_none() { "a: 1\n" } else { "b: 2\n" };
-    let files = ok(&node.client, "pkgrev.resources", key("fresh.app.ws")).await;
+    assert_eq!(codes, [None, Some(409)], "{a:?} {b:?}");
+    let winner = if a.is_ok() { "a: 1\n" } else { "b: 2\n" };
+    let files = node
+        .client()
+        .ok("pkgrev.resources", key("fresh.app.ws"))
+        .await;
     assert_eq!(files["resources"]["x.yaml"], winner);
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (bare, url) = fresh_upstream(dir.path());
     let node = start(dir.path()).await;
     register(&node, "fresh", &url).await;
@@ -650,42 +640,43 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
         } else {
             "pkgrev.update"
         };
-        let (code, reply) = call(&node.client, endpoint, body.clone()).await;
-        assert_eq!(code.as_deref(), Some("400"), "{body}: {reply}");
-        assert_eq!(reply["message"], message, "{body}");
+        let error = node.client().call(endpoint, body.clone()).await.unwrap_err();
+        assert_eq!(error.code, 400, "{body}: {error}");
+        assert_eq!(error.body["message"], message, "{body}");
     }
     // A command on a revision that does not exist.
-    let (code, reply) = call(&node.client, "pkgrev.approve", key("fresh.app.ws")).await;
-    assert_eq!(code.as_deref(), Some("404"));
+    let error = node
+        .client()
+        .call("pkgrev.approve", key("fresh.app.ws"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 404);
     assert_eq!(
-        reply["message"],
+        error.body["message"],
         "package revision team-a/fresh.app.ws not found"
     );
     assert_eq!(node.store.last_seq().unwrap(), before);
-    assert_eq!(refs(&bare), ["refs/heads/main"]);
+    assert_eq!(bare.refs(), ["refs/heads/main"]);
     node.shutdown().await;
 }
 
 /// Runs the `cairn` CLI against the node at `nats_url` (off the test's
 /// thread, where the node's actors run); (success, stdout, stderr).
 async fn cli(nats_url: &str, args: &[&str]) -> (bool, String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-under-test"));
-    command.args(args).args(["--nats-url", nats_url]);
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = cairn_cli!()
+        .run(args.iter().copied().chain(["--nats-url", nats_url]))
+        .await;
     (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        out.success,
+        out.stdout.trim().to_owned(),
+        out.stderr.trim().to_owned(),
     )
 }
 
 #[actix_rt::test]
 async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     use std::os::unix::ffi::OsStrExt as _;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (bare, url) = fresh_upstream(dir.path());
     let node = start(dir.path()).await;
     let nats = node.nats_url.clone();
@@ -732,8 +723,10 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     )
     .await;
     assert!(ok_, "{err}");
-    let version = ok(&node.client, "pkgrev.get", key("fresh.catalog.app.ws")).await
-        ["resource_version"]
+    let version = node
+        .client()
+        .ok("pkgrev.get", key("fresh.catalog.app.ws"))
+        .await["resource_version"]
         .clone();
     assert_eq!(
         out,
@@ -773,9 +766,9 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
         let (ok_, _, err) = cli(&nats, &["pkg", verb, "team-a/fresh.catalog.app.ws"]).await;
         assert!(ok_, "{verb}: {err}");
     }
-    assert_eq!(git(&bare, &["tag", "--list"]), "catalog/app/v1");
+    assert_eq!(bare.git(&["tag", "--list"]), "catalog/app/v1");
     assert_eq!(
-        git(&bare, &["log", "-1", "--format=%ae", "main"]),
+        bare.git(&["log", "-1", "--format=%ae", "main"]),
         "cairn@localhost"
     );
     let back = dir.path().join("back");
@@ -811,78 +804,39 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
 /// into cairn's), whatever the request's `"principal"` field says.
 #[actix_rt::test]
 async fn with_auth_on_the_principal_is_the_nats_user() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (_bare, url) = fresh_upstream(dir.path());
-    let conf = dir.path().join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"listen: "127.0.0.1:-1"
-jetstream {{ store_dir: "{}" }}
-accounts {{
-  CAIRN: {{
-    jetstream: enabled
-    users: [{{user: cairn, password: cairn-secret}}]
-    exports: [{{service: "cairn.v1.>"}}]
-  }}
-  TEAM: {{
-    users: [{{user: alice, password: alice-secret}}]
-    imports: [{{service: {{account: CAIRN, subject: "cairn.v1.>"}}, share: true}}]
-  }}
-}}
-"#,
-            dir.path().join("js").display()
-        ),
-    )
-    .unwrap();
-    // The server picks its port and says which (a port chosen beforehand
-    // could be taken by another test's server meanwhile).
-    let mut server = std::process::Command::new("nats-server")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("nats-server runs");
-    let log = server.stderr.take().unwrap();
-    let port: u16 = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead as _;
-        let mut lines = std::io::BufReader::new(log).lines();
-        let port = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                let (_, addr) = line.split_once("Listening for client connections on ")?;
-                addr.trim().rsplit_once(':')?.1.parse().ok()
-            })
-            .expect("nats-server reports its port");
-        // Keep draining, so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        port
-    })
-    .await
-    .unwrap();
-    let mut config = config(&dir.path().join("node"));
-    config.nats.urls = vec![format!("nats://cairn:cairn-secret@127.0.0.1:{port}")];
-    let node = Node::start(config).await.unwrap();
-    let alice =
-        async_nats::ConnectOptions::with_user_and_password("alice".into(), "alice-secret".into())
-            .connect(format!("127.0.0.1:{port}"))
-            .await
-            .unwrap();
+    let server = NatsServer::with_config(
+        NatsServerConfig::new()
+            .account(
+                Account::new("CAIRN")
+                    .jetstream()
+                    .user("cairn", "cairn-secret")
+                    .export_service("cairn.v1.>"),
+            )
+            .account(
+                Account::new("TEAM")
+                    .user("alice", "alice-secret")
+                    .import_service("CAIRN", "cairn.v1.>", true),
+            ),
+    );
+    let node = builder(dir.path())
+        .configure(|c| c.nats.urls = vec![server.url_as("cairn", "cairn-secret")])
+        .start()
+        .await;
+    let alice = Client::connect_as(&server.url(), "alice", "alice-secret").await;
     register(&node, "fresh", &url).await;
     let before = node.store.last_seq().unwrap();
-    ok(
-        &alice,
-        "pkgrev.create",
-        json!({"namespace": "team-a", "repository": "fresh", "package": "app",
+    alice
+        .ok(
+            "pkgrev.create",
+            json!({"namespace": "team-a", "repository": "fresh", "package": "app",
                "workspace": "ws", "principal": "mallory@example.com"}),
-    )
-    .await;
-    let (_, events) = events_after(&node.client, "fresh", before).await;
+        )
+        .await;
+    let (_, events) = node.client().events_after("fresh", before).await;
     assert_eq!(kinds(&events), ["DraftCreated"]);
     assert_eq!(events[0]["principal"], "alice");
     node.shutdown().await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }

@@ -3,21 +3,16 @@
 //! (JSON and protobuf, with 400s that name the field), stops cleanly on
 //! SIGTERM; `cairn log` and `cairn views rebuild` work on its data.
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::TcpListener, path::Path, process::Stdio};
 
-use cairn::{config::NodeConfig, node::Node};
 use cairn_events::{envelope::Metadata, v1::LogReadReply, StreamId};
 use cairn_storage::{views::default_views, EventLog, ExpectedVersion, Store, StoreConfig};
-use cairn_tests::{async_lines, events, free_port, next_line, read_line_matching, ChildGuard};
+use cairn_tests::{
+    async_lines, cairn_cli, events, next_line, read_line_matching, ChildGuard, ChildNode, Client,
+    NatsServer, NatsServerConfig, TestDir, TestNodeBuilder, WAIT,
+};
 use prost::Message as _;
 use serde_json::{json, Value};
-
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn-under-test");
 
 fn seed(data_dir: &Path) -> Vec<String> {
     let store = Store::open(StoreConfig::new(data_dir.join("store")), default_views()).unwrap();
@@ -38,31 +33,11 @@ fn seed(data_dir: &Path) -> Vec<String> {
     ids
 }
 
-fn spawn_node(data_dir: &Path, port: u16) -> ChildGuard {
-    let child = Command::new(CAIRN)
-        .args(["node", "--data-dir"])
-        .arg(data_dir)
-        .args(["--nats-listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .env_remove("CAIRN_NATS__URLS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    ChildGuard(child)
+async fn request(client: &Client, subject: &str, body: &[u8]) -> async_nats::Message {
+    client.request(subject, body).await
 }
 
-async fn request(client: &async_nats::Client, subject: &str, body: &[u8]) -> async_nats::Message {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(subject.to_owned(), body.to_vec().into()),
-    )
-    .await
-    .expect("request timed out")
-    .expect("request failed")
-}
-
-async fn error_of(client: &async_nats::Client, body: &[u8]) -> (String, Value) {
+async fn error_of(client: &Client, body: &[u8]) -> (String, Value) {
     let reply = request(client, "cairn.v1.log.read", body).await;
     let headers = reply.headers.expect("error replies carry headers");
     let code = headers
@@ -80,20 +55,23 @@ async fn error_of(client: &async_nats::Client, body: &[u8]) -> (String, Value) {
 
 #[tokio::test]
 async fn node_starts_its_own_nats_and_serves_the_log() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let ids = seed(dir.path());
-    let port = free_port();
-    let mut node = spawn_node(dir.path(), port);
-    let (ready, _rest) = read_line_matching(
-        node.0.stdout.take().unwrap(),
-        Duration::from_secs(60),
-        |l| l.starts_with("cairn node ready"),
-    )
+    let cli = cairn_cli!();
+    // Its nats-server picks its port; the ready line says which.
+    let mut node = tokio::task::spawn_blocking({
+        let (cli, data) = (cli.clone(), dir.path().to_path_buf());
+        move || ChildNode::start(&cli, &data)
+    })
+    .await
     .unwrap();
-    assert_eq!(ready, format!("cairn node ready: NATS nats://127.0.0.1:{port} (service \"cairn\", events on cairn.events.>)"));
-    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let port: u16 = node
+        .url()
+        .strip_prefix("nats://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a loopback URL: {}", node.ready_line()));
+    assert_eq!(node.ready_line(), format!("cairn node ready: NATS nats://127.0.0.1:{port} (service \"cairn\", events on cairn.events.>)"));
+    let client = Client::connect(node.url()).await;
 
     // The micro protocol.
     let ping: Value =
@@ -194,18 +172,13 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert_eq!(page, json!({"events": [], "next_seq": 9}));
 
     // log.read, protobuf.
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Content-Type", "application/protobuf");
     let body = cairn_events::v1::LogReadRequest {
         from_seq: 2,
         limit: 0,
         stream: String::new(),
     }
     .encode_to_vec();
-    let reply = client
-        .request_with_headers("cairn.v1.log.read", headers, body.into())
-        .await
-        .unwrap();
+    let reply = client.call_proto("log.read", body).await;
     let page = LogReadReply::decode(reply.payload.as_ref()).unwrap();
     assert_eq!(
         (
@@ -290,23 +263,18 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert_eq!(log_read["num_requests"], json!(14));
 
     // `cairn log` over NATS.
-    let out = Command::new(CAIRN)
-        .args([
+    let out = cli
+        .run([
             "log",
             "-o",
             "json",
             "--nats-url",
             &format!("nats://127.0.0.1:{port}"),
         ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
+        .await;
+    assert!(out.success, "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -319,38 +287,45 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     );
 
     // While the node runs, its data directory is locked: a clear error.
-    let out = Command::new(CAIRN)
-        .args(["log", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let data = dir.path().to_str().unwrap();
+    let out = cli.run(["log", "--data-dir", data]).await;
+    assert!(!out.success);
+    let stderr = out.stderr;
     assert!(
         stderr.contains("is in use by another cairn process"),
         "{stderr}"
     );
 
-    // SIGTERM: a clean exit, and the local nats-server is gone with it.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(node.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = node.wait().unwrap();
+    // SIGTERM: a clean exit, and the local nats-server is gone with it
+    // (its process, rather than its port: another test's server may take
+    // a freed port at any time).
+    let servers = node.children();
+    let names: Vec<String> = servers
+        .iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["nats-server"], "the node's children");
+    let status = tokio::task::spawn_blocking(move || node.terminate(WAIT))
+        .await
+        .unwrap();
     assert!(status.success(), "node exited with {status}");
-    TcpListener::bind(("127.0.0.1", port)).expect("the local nats-server stopped with the node");
+    for pid in servers {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the local nats-server (pid {pid}) outlived the node"
+        );
+    }
 
     // Its JetStream data lives in the data directory and holds every event,
     // published before the node stopped.
     let js_dir = dir.path().join("nats");
-    let server = cairn::local_nats::LocalNatsServer::start(
-        "nats-server",
-        "127.0.0.1:0".parse().unwrap(),
-        &js_dir,
-    )
-    .unwrap();
-    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let server = NatsServer::with_config(NatsServerConfig::new().store_dir(&js_dir));
+    let js = async_nats::jetstream::new(Client::connect(&server.url()).await.nats().clone());
     let mut stream = js.get_stream("CAIRN_EVENTS").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 3);
     let mut published = Vec::new();
@@ -362,17 +337,9 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     drop(server);
 
     // `cairn log` and `cairn views rebuild` on the stopped node's data.
-    let out = Command::new(CAIRN)
-        .args(["log", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
+    let out = cli.run(["log", "--data-dir", data]).await;
+    assert!(out.success, "{}", out.stderr);
+    let table = out.stdout;
     let rows: Vec<&str> = table.lines().collect();
     assert_eq!(rows.len(), 4, "{table}");
     assert!(rows[0].trim_start().starts_with("SEQ"), "{table}");
@@ -382,30 +349,20 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
             && rows[1].contains("alice"),
         "{table}"
     );
-    let out = Command::new(CAIRN)
-        .args(["log", "-o", "json", "--from", "3", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let only: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let out = cli
+        .run(["log", "-o", "json", "--from", "3", "--data-dir", data])
+        .await;
+    let only: Vec<Value> = out
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0]["event_id"].as_str(), Some(ids[2].as_str()));
 
-    let out = Command::new(CAIRN)
-        .args(["views", "rebuild", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8(out.stdout).unwrap();
+    let out = cli.run(["views", "rebuild", "--data-dir", data]).await;
+    assert!(out.success, "{}", out.stderr);
+    let line = out.stdout;
     assert!(
         line.starts_with("rebuilt 3 views (repositories, package_revisions, package_revision_list) from 3 events in "),
         "{line}"
@@ -416,70 +373,62 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
 fn a_taken_port_and_bad_config_are_named() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut node = spawn_node(dir.path(), port);
-    let mut stderr = String::new();
-    // Read to the end (the node exits), then reap it.
-    std::io::Read::read_to_string(&mut node.0.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!node.wait().unwrap().success());
-    assert!(
-        stderr.contains(&format!("nats.listen 127.0.0.1:{port} is already in use")),
-        "{stderr}"
-    );
+    let dir = TestDir::new();
+    let cli = cairn_cli!();
+    let listen = format!("127.0.0.1:{port}");
+    let mut node = ChildGuard::spawn(&mut ChildNode::command(
+        &cli,
+        dir.path(),
+        &["--nats-listen", &listen],
+    ));
+    let want = format!("nats.listen 127.0.0.1:{port} is already in use");
+    let stderr = node.0.stderr.take().unwrap();
+    let found = read_line_matching(stderr, WAIT, |l| l.contains(&want));
+    assert!(found.is_ok(), "{found:?}");
+    assert!(!node.wait_timeout(WAIT).success());
 
-    let config = dir.path().join("node.toml");
+    let config = dir.join("node.toml");
     std::fs::write(&config, "[publisher]\nmax-in-flight = 0\n").unwrap();
-    let out = Command::new(CAIRN)
-        .args(["node", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = cli.run_blocking(["node".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert!(!out.success);
+    let stderr = out.stderr;
     assert_eq!(
         stderr.trim(),
         "error: configuration: publisher.max-in-flight: must be between 1 and 65536, got 0"
     );
 
-    let out = Command::new(CAIRN)
-        .args(["log", "--data-dir"])
-        .arg(dir.path().join("nothing"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = cli.run_blocking([
+        "log".as_ref(),
+        "--data-dir".as_ref(),
+        dir.join("nothing").as_os_str(),
+    ]);
+    let stderr = out.stderr;
     assert!(stderr.contains("holds no cairn store"), "{stderr}");
 }
 
 /// `cairn log --follow` prints events committed after it started, in order.
 #[actix_rt::test]
 async fn log_follow_prints_new_events() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     seed(dir.path());
-    let config = NodeConfig {
-        data_dir: dir.path().to_path_buf(),
-        nats: cairn::config::NatsConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let node = Node::start(config).await.unwrap();
-    let mut follow = Command::new(CAIRN)
-        .args([
-            "log",
-            "--follow",
-            "-o",
-            "json",
-            "--nats-url",
-            &node.nats_url,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = async_lines(follow.stdout.take().unwrap());
+    let node = TestNodeBuilder::in_dir(dir.path()).start().await;
+    let mut follow = ChildGuard::spawn(
+        cairn_cli!()
+            .command()
+            .args([
+                "log",
+                "--follow",
+                "-o",
+                "json",
+                "--nats-url",
+                &node.nats_url,
+            ])
+            .stdout(Stdio::piped()),
+    );
+    let mut lines = async_lines(follow.0.stdout.take().unwrap());
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let line = next_line(&mut lines, Duration::from_secs(30)).await;
+        let line = next_line(&mut lines, WAIT).await;
         seen.push(
             serde_json::from_str::<Value>(&line).unwrap()["seq"]
                 .as_u64()
@@ -507,7 +456,7 @@ async fn log_follow_prints_new_events() {
         .await
         .unwrap();
     for _ in 0..2 {
-        let line = next_line(&mut lines, Duration::from_secs(30)).await;
+        let line = next_line(&mut lines, WAIT).await;
         seen.push(
             serde_json::from_str::<Value>(&line).unwrap()["seq"]
                 .as_u64()
@@ -515,7 +464,6 @@ async fn log_follow_prints_new_events() {
         );
     }
     assert_eq!(seen, [1, 2, 3, 4, 5]);
-    follow.kill().unwrap();
-    follow.wait().unwrap();
+    drop(follow);
     node.shutdown().await;
 }

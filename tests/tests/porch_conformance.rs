@@ -5,12 +5,9 @@
 //! `EXPECTED.md` says: names, paths, packages, workspaces, revisions,
 //! lifecycles, latest flags, publish info and task types.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use cairn::{
-    config::{NatsConfig, NodeConfig},
-    node::Node,
-};
+use cairn_tests::{Client, GitFixture, TestNode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -35,7 +32,7 @@ type Want = (
 /// Unpacks `<fixture>.tar` (only `.git`) into a temp dir.
 fn unpack(fixture: &str) -> TempDir {
     let dir = TempDir::new().unwrap();
-    cairn_tests::service::unpack(fixture, dir.path());
+    GitFixture::porch(fixture, dir.path());
     dir
 }
 
@@ -43,51 +40,28 @@ fn url(dir: &Path) -> String {
     format!("file://{}/.git", dir.display())
 }
 
-/// A node started in-process on its own port and data directory.
+/// A node started in-process on its own port and data directory, with a
+/// client of its own whose requests may take two minutes (a first sync).
 struct Cairn {
-    node: Node,
-    client: async_nats::Client,
-    _data: TempDir,
+    node: TestNode,
+    client: Client,
 }
 
 impl Cairn {
     async fn start() -> Cairn {
-        let data = TempDir::new().unwrap();
-        let node = Node::start(NodeConfig {
-            data_dir: data.path().to_path_buf(),
-            nats: NatsConfig {
-                listen: "127.0.0.1:0".to_owned(),
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let client = async_nats::connect(&node.nats_url).await.unwrap();
-        Cairn {
-            node,
-            client,
-            _data: data,
-        }
+        let node = TestNode::start().await;
+        let client = Client::connect(&node.nats_url)
+            .await
+            .with_timeout(Duration::from_secs(120));
+        Cairn { node, client }
     }
 
-    /// A request that must succeed; its JSON reply.
-    async fn call(&self, subject: &str, body: Value) -> Value {
-        let reply = tokio::time::timeout(
-            Duration::from_secs(120),
-            self.client
-                .request(subject.to_owned(), body.to_string().into()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{subject} {body}: timed out"))
-        .unwrap();
-        let value: Value = serde_json::from_slice(&reply.payload).unwrap();
-        let error = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Service-Error-Code"));
-        assert!(error.is_none(), "{subject} {body}: error reply {value}");
-        value
+    /// A request to `cairn.v1.<endpoint>` that must succeed; its JSON reply.
+    async fn call(&self, endpoint: &str, body: Value) -> Value {
+        match self.client.call(endpoint, body.clone()).await {
+            Ok(value) => value,
+            Err(e) => panic!("{endpoint} {body}: error reply {}", e.body),
+        }
     }
 
     /// Registers `name` on `url` (waiting for the first sync); the reply.
@@ -95,7 +69,7 @@ impl Cairn {
         let git =
             json!({"url": url, "branch": "main", "directory": directory, "create_branch": create});
         let body = json!({"namespace": NS, "name": name, "git": git, "wait": true});
-        self.call("cairn.v1.repo.register", body).await
+        self.call("repo.register", body).await
     }
 
     /// Every revision of repository `name`, in pages of 4.
@@ -107,7 +81,7 @@ impl Cairn {
             if !token.is_null() {
                 body["continue"] = token;
             }
-            let page = self.call("cairn.v1.pkgrev.list", body).await;
+            let page = self.call("pkgrev.list", body).await;
             items.extend(page["items"].as_array().unwrap().iter().cloned());
             token = page["continue"].clone();
             if token.is_null() {
@@ -145,7 +119,7 @@ impl Cairn {
     /// `cairn.v1.repo.get`'s status of `name`.
     async fn status(&self, name: &str) -> Value {
         let repo = self
-            .call("cairn.v1.repo.get", json!({"namespace": NS, "name": name}))
+            .call("repo.get", json!({"namespace": NS, "name": name}))
             .await;
         repo["status"].clone()
     }
@@ -344,13 +318,7 @@ async fn empty_repository() {
 
     // With create_branch, on a bare copy: the branch is created, Ready.
     let bare = unpack("empty-repository");
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(bare.path().join(".git"))
-        .args(["config", "core.bare", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    GitFixture::open(bare.path()).into_bare();
     let reply = cairn
         .register("created", &url(bare.path()), "/", true)
         .await;
@@ -371,9 +339,9 @@ async fn simple_repository() {
     let got = cairn.load("simple", &url(up.path()), "/").await;
     // get answers the same object as list; resources hold the Kptfile.
     let key = json!({"namespace": NS, "name": "simple.basens.v1"});
-    let one = cairn.call("cairn.v1.pkgrev.get", key.clone()).await;
+    let one = cairn.call("pkgrev.get", key.clone()).await;
     assert_eq!(one, got["simple.basens.v1"]);
-    let resources = cairn.call("cairn.v1.pkgrev.resources", key).await;
+    let resources = cairn.call("pkgrev.resources", key).await;
     let kptfile = resources["resources"]["Kptfile"]
         .as_str()
         .unwrap_or_default();

@@ -9,15 +9,19 @@ use actix::Actor;
 use cairn_actors::publisher::{Flush, GetStatus, Publisher, PublisherConfig, Stop};
 use cairn_events::{envelope, envelope::Metadata, v1::Envelope, StreamId};
 use cairn_storage::{keys::meta, EventLog, ExpectedVersion, Store};
-use cairn_tests::{events, NatsServer, TempStore};
+use cairn_tests::{events, within, NatsServer, TempStore, WAIT};
 use futures::StreamExt;
 
 async fn connect(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
-        .unwrap()
+    within(
+        &format!("a connection to {url}"),
+        WAIT,
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url),
+    )
+    .await
+    .unwrap()
 }
 
 /// Reads the whole `CAIRN_EVENTS` stream: (subject, Nats-Msg-Id, envelope).

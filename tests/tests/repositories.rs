@@ -2,42 +2,32 @@
 //! shared mirrors and fetches, unregistering, warm restart with the
 //! upstream gone, bad input, and protobuf requests.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::path::Path;
 
-use cairn::{
-    config::{NatsConfig, NodeConfig},
-    node::Node,
-};
 use cairn_actors::registry::{DiscoveryCount, FetchCount};
 use cairn_events::v1 as pb;
 use cairn_storage::{views::RepositoriesView, EventLog};
-use cairn_tests::service::{call, events_after, ok, unpack};
+use cairn_tests::{
+    cairn_cli, unpack, within, Client, GitFixture, TestDir, TestNode, TestNodeBuilder, WAIT,
+};
 use prost::Message as _;
 use serde_json::{json, Value};
 
-async fn start(data_dir: &Path) -> Node {
-    let config = NodeConfig {
-        data_dir: data_dir.to_path_buf(),
-        nats: NatsConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Node::start(config).await.unwrap()
+async fn start(data_dir: &Path) -> TestNode {
+    TestNodeBuilder::in_dir(data_dir).start().await
 }
 
 fn register(name: &str, url: &str) -> Value {
     json!({"namespace": "team-a", "name": name, "git": {"url": url}})
 }
 
-async fn names(client: &async_nats::Client, repository: &str) -> Vec<String> {
-    let reply = ok(
-        client,
-        "pkgrev.list",
-        json!({"namespace": "team-a", "repository": repository}),
-    )
-    .await;
+async fn names(client: &Client, repository: &str) -> Vec<String> {
+    let reply = client
+        .ok(
+            "pkgrev.list",
+            json!({"namespace": "team-a", "repository": repository}),
+        )
+        .await;
     reply["items"]
         .as_array()
         .unwrap()
@@ -54,14 +44,14 @@ fn mirrors(data_dir: &Path) -> usize {
 
 #[actix_rt::test]
 async fn two_registrations_share_one_mirror_and_one_fetch() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));
     let data = dir.path().join("data");
     let node = start(&data).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
 
-    let a = ok(&client, "repo.register", register("a", &url)).await;
-    let b = ok(&client, "repo.register", register("b", &url)).await;
+    let a = client.ok("repo.register", register("a", &url)).await;
+    let b = client.ok("repo.register", register("b", &url)).await;
     assert_eq!(
         (
             a["status"]["package_count"].as_u64(),
@@ -76,71 +66,60 @@ async fn two_registrations_share_one_mirror_and_one_fetch() {
     // Concurrent syncs of both registrations: one fetch.
     let before = node.registry().send(FetchCount).await.unwrap();
     let (sa, sb) = tokio::join!(
-        call(
-            &client,
-            "repo.sync",
-            json!({"namespace": "team-a", "name": "a"})
-        ),
-        call(
-            &client,
-            "repo.sync",
-            json!({"namespace": "team-a", "name": "b"})
-        ),
+        client.call("repo.sync", json!({"namespace": "team-a", "name": "a"})),
+        client.call("repo.sync", json!({"namespace": "team-a", "name": "b"})),
     );
-    assert_eq!((sa.0, sb.0), (None, None));
+    assert_eq!((sa.err(), sb.err()), (None, None));
     assert_eq!(node.registry().send(FetchCount).await.unwrap(), before + 1);
 
     // Unregister one: the other still syncs, on the same mirror.
-    ok(
-        &client,
-        "repo.unregister",
-        json!({"namespace": "team-a", "name": "a"}),
-    )
-    .await;
+    client
+        .ok(
+            "repo.unregister",
+            json!({"namespace": "team-a", "name": "a"}),
+        )
+        .await;
     assert_eq!(mirrors(&data), 1);
-    let synced = ok(
-        &client,
-        "repo.sync",
-        json!({"namespace": "team-a", "name": "b"}),
-    )
-    .await;
+    let synced = client
+        .ok("repo.sync", json!({"namespace": "team-a", "name": "b"}))
+        .await;
     assert_eq!(
         synced["sync"],
         json!({"added": 0, "modified": 0, "deleted": 0, "package_count": 8})
     );
     // The last one takes the mirror with it.
-    ok(
-        &client,
-        "repo.unregister",
-        json!({"namespace": "team-a", "name": "b"}),
-    )
-    .await;
+    client
+        .ok(
+            "repo.unregister",
+            json!({"namespace": "team-a", "name": "b"}),
+        )
+        .await;
     assert_eq!(mirrors(&data), 0);
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn unregister_deletes_every_revision_then_closes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));
     let node = start(&dir.path().join("data")).await;
-    let client = node.client.clone();
-    ok(&client, "repo.register", register("simple", &url)).await;
+    let client = node.client().clone();
+    client.ok("repo.register", register("simple", &url)).await;
     let listed = names(&client, "simple").await;
     let before = node.store.last_seq().unwrap();
-    ok(
-        &client,
-        "repo.unregister",
-        json!({"namespace": "team-a", "name": "simple"}),
-    )
-    .await;
+    client
+        .ok(
+            "repo.unregister",
+            json!({"namespace": "team-a", "name": "simple"}),
+        )
+        .await;
 
-    let page = ok(
-        &client,
-        "log.read",
-        json!({"from_seq": before + 1, "stream": "repo/team-a/simple"}),
-    )
-    .await;
+    let page = client
+        .ok(
+            "log.read",
+            json!({"from_seq": before + 1, "stream": "repo/team-a/simple"}),
+        )
+        .await;
     let events = page["events"].as_array().unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     let mut want = vec!["PackageRevisionDeleted"; 8];
@@ -159,28 +138,28 @@ async fn unregister_deletes_every_revision_then_closes() {
         listed.iter().map(String::as_str).collect::<Vec<_>>()
     );
     assert!(names(&client, "simple").await.is_empty());
-    let (code, body) = call(
-        &client,
-        "repo.get",
-        json!({"namespace": "team-a", "name": "simple"}),
-    )
-    .await;
+    let error = client
+        .call("repo.get", json!({"namespace": "team-a", "name": "simple"}))
+        .await
+        .unwrap_err();
     assert_eq!(
-        (code.as_deref(), body["message"].as_str()),
-        (Some("404"), Some("repository team-a/simple not found"))
+        (error.code, error.body["message"].as_str()),
+        (404, Some("repository team-a/simple not found"))
     );
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn warm_restart_serves_the_last_state_while_the_upstream_is_gone() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("simple-repository", &upstream);
     let data = dir.path().join("data");
     let node = start(&data).await;
-    ok(&node.client, "repo.register", register("simple", &url)).await;
-    let before = names(&node.client, "simple").await;
+    node.client()
+        .ok("repo.register", register("simple", &url))
+        .await;
+    let before = names(node.client(), "simple").await;
     assert_eq!(before.len(), 8);
     node.shutdown().await;
 
@@ -188,22 +167,25 @@ async fn warm_restart_serves_the_last_state_while_the_upstream_is_gone() {
     let node = start(&data).await;
     let mut commits = node.store.subscribe();
     // Answered from the views at once, whatever the upstream does.
-    assert_eq!(names(&node.client, "simple").await, before);
+    assert_eq!(names(node.client(), "simple").await, before);
     // The startup sync fails; wait for the status to say so.
-    let status = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let row = RepositoriesView::get(&node.store, "team-a", "simple")
-                .unwrap()
-                .unwrap();
-            let status = row.status.unwrap_or_default();
-            if status.reason == "Error" {
-                return status;
+    let status = within(
+        "the startup sync to report the unreachable upstream",
+        WAIT,
+        async {
+            loop {
+                let row = RepositoriesView::get(&node.store, "team-a", "simple")
+                    .unwrap()
+                    .unwrap();
+                let status = row.status.unwrap_or_default();
+                if status.reason == "Error" {
+                    return status;
+                }
+                commits.changed().await.unwrap();
             }
-            commits.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("the startup sync reports the unreachable upstream");
+        },
+    )
+    .await;
     assert!(!status.ready);
     assert_eq!(status.error_class, "missing");
     assert!(
@@ -211,12 +193,10 @@ async fn warm_restart_serves_the_last_state_while_the_upstream_is_gone() {
         "{}",
         status.message
     );
-    let got = ok(
-        &node.client,
-        "repo.get",
-        json!({"namespace": "team-a", "name": "simple"}),
-    )
-    .await;
+    let got = node
+        .client()
+        .ok("repo.get", json!({"namespace": "team-a", "name": "simple"}))
+        .await;
     assert_eq!(
         (
             got["status"]["ready"].as_bool(),
@@ -229,23 +209,25 @@ async fn warm_restart_serves_the_last_state_while_the_upstream_is_gone() {
         Some(8),
         "the last good state is kept"
     );
-    assert_eq!(names(&node.client, "simple").await, before);
-    let (code, _) = call(
-        &node.client,
-        "repo.sync",
-        json!({"namespace": "team-a", "name": "simple"}),
-    )
-    .await;
-    assert_eq!(code.as_deref(), Some("503"));
+    assert_eq!(names(node.client(), "simple").await, before);
+    let error = node
+        .client()
+        .call(
+            "repo.sync",
+            json!({"namespace": "team-a", "name": "simple"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 503);
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn bad_input_is_refused_by_field_and_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));
     let node = start(&dir.path().join("data")).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     let seq = node.store.last_seq().unwrap();
     let cases = [
         (
@@ -278,18 +260,21 @@ async fn bad_input_is_refused_by_field_and_stores_nothing() {
         ),
     ];
     for (body, message) in cases {
-        let (code, reply) = call(&client, "repo.register", body.clone()).await;
-        assert_eq!(code.as_deref(), Some("400"), "{body}: {reply}");
+        let error = client
+            .call("repo.register", body.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, 400, "{body}: {error}");
         assert!(
-            reply["message"].as_str().unwrap().starts_with(message),
-            "{body}: {reply}"
+            error.body["message"].as_str().unwrap().starts_with(message),
+            "{body}: {error}"
         );
     }
-    let malformed = client
-        .request("cairn.v1.repo.register", "{\"namespace\":".into())
+    let body = client
+        .call_raw("repo.register", b"{\"namespace\":")
         .await
-        .unwrap();
-    let body: Value = serde_json::from_slice(&malformed.payload).unwrap();
+        .unwrap_err()
+        .body;
     assert!(
         body["message"]
             .as_str()
@@ -298,56 +283,52 @@ async fn bad_input_is_refused_by_field_and_stores_nothing() {
         "{body}"
     );
     let oversized = json!({"namespace": "team-a", "name": "r", "git": {"url": format!("file:///{}", "x".repeat(70_000))}});
-    let (code, reply) = call(&client, "repo.register", oversized).await;
-    assert_eq!(code.as_deref(), Some("400"));
+    let error = client.call("repo.register", oversized).await.unwrap_err();
+    assert_eq!(error.code, 400);
     assert!(
-        reply["message"].as_str().unwrap().starts_with("payload: "),
-        "{reply}"
+        error.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("payload: "),
+        "{error}"
     );
     // Nothing stored.
     assert_eq!(node.store.last_seq().unwrap(), seq);
-    assert_eq!(
-        ok(&client, "repo.list", json!({})).await["items"],
-        json!([])
-    );
+    assert_eq!(client.ok("repo.list", json!({})).await["items"], json!([]));
     // Conflicts and unknown names.
-    ok(&client, "repo.register", register("r", &url)).await;
-    let (code, reply) = call(&client, "repo.register", register("r", &url)).await;
+    client.ok("repo.register", register("r", &url)).await;
+    let error = client
+        .call("repo.register", register("r", &url))
+        .await
+        .unwrap_err();
     assert_eq!(
-        (code.as_deref(), reply["message"].as_str()),
-        (
-            Some("409"),
-            Some("repository team-a/r is already registered")
-        )
+        (error.code, error.body["message"].as_str()),
+        (409, Some("repository team-a/r is already registered"))
     );
-    let (code, _) = call(
-        &client,
-        "pkgrev.get",
-        json!({"namespace": "team-a", "name": "r.nope.v1"}),
-    )
-    .await;
-    assert_eq!(code.as_deref(), Some("404"));
-    let (code, reply) = call(&client, "pkgrev.list", json!({"lifecycle": ["Done"]})).await;
-    assert_eq!(code.as_deref(), Some("400"), "{reply}");
+    let error = client
+        .call(
+            "pkgrev.get",
+            json!({"namespace": "team-a", "name": "r.nope.v1"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 404);
+    let error = client
+        .call("pkgrev.list", json!({"lifecycle": ["Done"]}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 400, "{error}");
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn protobuf_requests_get_protobuf_replies() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));
     let node = start(&dir.path().join("data")).await;
-    let proto = |endpoint: &str, body: Vec<u8>| {
-        let client = node.client.clone();
-        let subject = format!("cairn.v1.{endpoint}");
-        async move {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Content-Type", "application/protobuf");
-            client
-                .request_with_headers(subject, headers, body.into())
-                .await
-                .unwrap()
-        }
+    let proto = |endpoint: &'static str, body: Vec<u8>| {
+        let client = node.client().clone();
+        async move { client.call_proto(endpoint, body).await }
     };
     let request = pb::RepoRegisterRequest {
         namespace: "team-a".into(),
@@ -446,22 +427,15 @@ async fn protobuf_requests_get_protobuf_replies() {
 
 /// Runs the real CLI against the node without blocking its runtime.
 async fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn-under-test"))
-        .args(args)
-        .args(["--nats-url", url])
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let out = cairn_cli!()
+        .run(args.iter().copied().chain(["--nats-url", url]))
+        .await;
+    (out.success, out.stdout, out.stderr)
 }
 
 #[actix_rt::test]
 async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("nested-repository", &dir.path().join("upstream"));
     let node = start(&dir.path().join("data")).await;
     let nats = node.nats_url.clone();
@@ -615,27 +589,22 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
 
 #[actix_rt::test]
 async fn a_sync_larger_than_one_append_is_split_and_ends_with_its_outcome() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));
-    let mut config = NodeConfig {
-        data_dir: dir.path().join("data"),
-        nats: NatsConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    config.store.append_max_events = 3;
-    let node = Node::start(config).await.unwrap();
-    let reply = ok(&node.client, "repo.register", register("simple", &url)).await;
+    let node = TestNodeBuilder::in_dir(&dir.path().join("data"))
+        .configure(|c| c.store.append_max_events = 3)
+        .start()
+        .await;
+    let reply = node
+        .client()
+        .ok("repo.register", register("simple", &url))
+        .await;
     assert_eq!(reply["sync"]["package_count"], json!(8));
-    assert_eq!(names(&node.client, "simple").await.len(), 8);
-    let log = ok(
-        &node.client,
-        "log.read",
-        json!({"stream": "repo/team-a/simple"}),
-    )
-    .await;
+    assert_eq!(names(node.client(), "simple").await.len(), 8);
+    let log = node
+        .client()
+        .ok("log.read", json!({"stream": "repo/team-a/simple"}))
+        .await;
     let events = log["events"].as_array().unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     let mut want = vec!["RepositoryRegistered", "SyncStarted"];
@@ -657,13 +626,13 @@ async fn a_sync_larger_than_one_append_is_split_and_ends_with_its_outcome() {
 
 #[actix_rt::test]
 async fn an_unchanged_upstream_syncs_with_no_per_package_work() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("simple-repository", &upstream);
     let node = start(&dir.path().join("data")).await;
-    let client = node.client.clone();
-    ok(&client, "repo.register", register("simple", &url)).await;
-    let (_, first) = events_after(&client, "simple", 0).await;
+    let client = node.client().clone();
+    client.ok("repo.register", register("simple", &url)).await;
+    let (_, first) = client.events_after("simple", 0).await;
     let digest = first.last().unwrap()["event"]["sync_succeeded"]["refs_digest"]
         .as_str()
         .unwrap()
@@ -676,12 +645,12 @@ async fn an_unchanged_upstream_syncs_with_no_per_package_work() {
     let before = node.store.last_seq().unwrap();
     let discoveries = node.registry().send(DiscoveryCount).await.unwrap();
     let fetches = node.registry().send(FetchCount).await.unwrap();
-    let reply = ok(&client, "repo.sync", sync.clone()).await;
+    let reply = client.ok("repo.sync", sync.clone()).await;
     assert_eq!(
         reply["sync"],
         json!({"added": 0, "modified": 0, "deleted": 0, "package_count": 8})
     );
-    let (kinds, events) = events_after(&client, "simple", before).await;
+    let (kinds, events) = client.events_after("simple", before).await;
     assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
     // It fetched, and read nothing more of the mirror.
     assert_eq!(node.registry().send(FetchCount).await.unwrap(), fetches + 1);
@@ -698,20 +667,14 @@ async fn an_unchanged_upstream_syncs_with_no_per_package_work() {
     );
 
     // A new draft branch: one Added, a new digest.
-    let git = Command::new("git")
-        .arg("--git-dir")
-        .arg(upstream.join(".git"))
-        .args(["branch", "drafts/basens/fresh", "main"])
-        .status()
-        .unwrap();
-    assert!(git.success());
+    GitFixture::open(&upstream).branch("drafts/basens/fresh", "main");
     let before = node.store.last_seq().unwrap();
-    let reply = ok(&client, "repo.sync", sync.clone()).await;
+    let reply = client.ok("repo.sync", sync.clone()).await;
     assert_eq!(
         reply["sync"],
         json!({"added": 1, "modified": 0, "deleted": 0, "package_count": 9})
     );
-    let (kinds, events) = events_after(&client, "simple", before).await;
+    let (kinds, events) = client.events_after("simple", before).await;
     assert_eq!(
         kinds,
         ["SyncStarted", "PackageRevisionAdded", "SyncSucceeded"]
@@ -731,8 +694,8 @@ async fn an_unchanged_upstream_syncs_with_no_per_package_work() {
 
     // And unchanged again.
     let before = node.store.last_seq().unwrap();
-    ok(&client, "repo.sync", sync).await;
-    let (kinds, _) = events_after(&client, "simple", before).await;
+    client.ok("repo.sync", sync).await;
+    let (kinds, _) = client.events_after("simple", before).await;
     assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
     node.shutdown().await;
 }

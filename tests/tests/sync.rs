@@ -10,19 +10,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use cairn::{
-    config::{NatsConfig, NodeConfig},
-    node::Node,
-};
 use cairn_actors::{
     registry::{NextSyncOf, RefsRead},
     schedule::ManualClock,
 };
 use cairn_storage::EventLog;
-use cairn_tests::{
-    free_port,
-    service::{call, events_after, git, ok, unpack},
-};
+use cairn_tests::{git, unpack, within, ClosedPort, TestDir, TestNode, TestNodeBuilder, WAIT};
 use serde_json::{json, Value};
 
 /// 2026-11-21T10:00:00Z: where the tests' clocks start.
@@ -30,30 +23,21 @@ fn t0() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
 }
 
-fn config(data_dir: &Path) -> NodeConfig {
-    let mut config = NodeConfig {
-        data_dir: data_dir.to_path_buf(),
-        nats: NatsConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    config.sync.interval = Duration::from_secs(60);
-    config.sync.jitter = Duration::ZERO;
-    config.sync.retry.network = Duration::from_secs(11);
-    config.sync.retry.timeout = Duration::from_secs(12);
-    config.sync.retry.auth = Duration::from_secs(13);
-    config.sync.retry.missing = Duration::from_secs(14);
-    config.sync.retry.other = Duration::from_secs(15);
-    config
+fn config(data_dir: &Path) -> TestNodeBuilder {
+    TestNodeBuilder::in_dir(data_dir).configure(|config| {
+        config.sync.interval = Duration::from_secs(60);
+        config.sync.jitter = Duration::ZERO;
+        config.sync.retry.network = Duration::from_secs(11);
+        config.sync.retry.timeout = Duration::from_secs(12);
+        config.sync.retry.auth = Duration::from_secs(13);
+        config.sync.retry.missing = Duration::from_secs(14);
+        config.sync.retry.other = Duration::from_secs(15);
+    })
 }
 
-async fn start(config: NodeConfig) -> (Node, ManualClock) {
+async fn start(config: TestNodeBuilder) -> (TestNode, ManualClock) {
     let clock = ManualClock::new(t0());
-    let node = Node::start_with_clock(config, Arc::new(clock.clone()))
-        .await
-        .unwrap();
+    let node = config.clock(Arc::new(clock.clone())).start().await;
     (node, clock)
 }
 
@@ -73,7 +57,7 @@ fn rfc3339(at: SystemTime) -> Value {
         .unwrap())
 }
 
-async fn next_sync(node: &Node, name: &str) -> Option<(SystemTime, &'static str)> {
+async fn next_sync(node: &TestNode, name: &str) -> Option<(SystemTime, &'static str)> {
     node.registry()
         .send(NextSyncOf {
             namespace: "team-a".into(),
@@ -85,11 +69,11 @@ async fn next_sync(node: &Node, name: &str) -> Option<(SystemTime, &'static str)
 
 /// Waits until the repository's log has a finished sync (SyncSucceeded or
 /// SyncFailed) after seq `after`; returns the events after `after`.
-async fn finished_sync(node: &Node, name: &str, after: u64) -> Vec<Value> {
+async fn finished_sync(node: &TestNode, name: &str, after: u64) -> Vec<Value> {
     let mut commits = node.store.subscribe();
-    tokio::time::timeout(Duration::from_secs(60), async {
+    within("a finished sync", WAIT, async {
         loop {
-            let (kinds, events) = events_after(&node.client, name, after).await;
+            let (kinds, events) = node.client().events_after(name, after).await;
             if kinds
                 .iter()
                 .any(|k| k == "SyncSucceeded" || k == "SyncFailed")
@@ -100,7 +84,6 @@ async fn finished_sync(node: &Node, name: &str, after: u64) -> Vec<Value> {
         }
     })
     .await
-    .expect("a sync finishes")
 }
 
 fn kinds(events: &[Value]) -> Vec<&str> {
@@ -138,11 +121,11 @@ fn change(kind: &str, name: &str) -> (String, String) {
 /// One manual sync; the package revision changes it recorded. It read
 /// `refs` tags, drafts and proposals (only those of the packages whose
 /// refs changed, unless the registered branch moved).
-async fn sync_reading(node: &Node, name: &str, refs: u64) -> Vec<(String, String)> {
+async fn sync_reading(node: &TestNode, name: &str, refs: u64) -> Vec<(String, String)> {
     let refs_before = node.registry().send(RefsRead).await.unwrap();
     let before = node.store.last_seq().unwrap();
-    ok(&node.client, "repo.sync", key(name)).await;
-    let (_, events) = events_after(&node.client, name, before).await;
+    node.client().ok("repo.sync", key(name)).await;
+    let (_, events) = node.client().events_after(name, before).await;
     let kinds = kinds(&events);
     assert_eq!(kinds.first(), Some(&"SyncStarted"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"SyncSucceeded"), "{kinds:?}");
@@ -153,7 +136,7 @@ async fn sync_reading(node: &Node, name: &str, refs: u64) -> Vec<(String, String
 
 #[actix_rt::test]
 async fn each_kind_of_upstream_change_yields_exactly_its_events() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("drafts-repository", &upstream);
     let bare = upstream.join(".git");
@@ -161,7 +144,7 @@ async fn each_kind_of_upstream_change_yields_exactly_its_events() {
     let work = dir.path().join("work");
     git(dir.path(), &["clone", "-q", bare.to_str().unwrap(), "work"]);
     let (node, _clock) = start(config(&dir.path().join("data"))).await;
-    let reply = ok(&node.client, "repo.register", register("r", &url)).await;
+    let reply = node.client().ok("repo.register", register("r", &url)).await;
     assert_eq!(reply["sync"]["package_count"], json!(11));
 
     // A new tag: its revision, and "latest" moves off the old one. Only
@@ -230,19 +213,19 @@ async fn each_kind_of_upstream_change_yields_exactly_its_events() {
 
     // And nothing more when nothing changed.
     assert_eq!(sync_reading(&node, "r", 0).await, []);
-    let reply = ok(&node.client, "repo.get", key("r")).await;
+    let reply = node.client().ok("repo.get", key("r")).await;
     assert_eq!(reply["status"]["package_count"], json!(11));
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn syncs_follow_the_interval_the_cron_schedule_and_run_once_at() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));
     let (node, clock) = start(config(&dir.path().join("data"))).await;
 
     // Registered at 10:00 with the node's 60 s interval: next at 10:01.
-    let reply = ok(&node.client, "repo.register", register("r", &url)).await;
+    let reply = node.client().ok("repo.register", register("r", &url)).await;
     assert_eq!(reply["status"]["reason"], json!("Ready"));
     assert_eq!(
         reply["status"]["next_sync_at"],
@@ -268,34 +251,38 @@ async fn syncs_follow_the_interval_the_cron_schedule_and_run_once_at() {
         json!("schedule")
     );
     let at_1001 = t0() + Duration::from_secs(60);
-    let reply = ok(&node.client, "repo.get", key("r")).await;
+    let reply = node.client().ok("repo.get", key("r")).await;
     assert_eq!(
         reply["status"]["next_sync_at"],
         rfc3339(at_1001 + Duration::from_secs(60))
     );
 
     // A cron schedule (every 15 minutes) replaces the interval: 10:15.
-    let reply = ok(
-        &node.client,
-        "repo.update",
-        json!({"namespace": "team-a", "name": "r", "sync": {"schedule": "*/15 * * * *"}}),
-    )
-    .await;
+    let reply = node
+        .client()
+        .ok(
+            "repo.update",
+            json!({"namespace": "team-a", "name": "r", "sync": {"schedule": "*/15 * * * *"}}),
+        )
+        .await;
     assert_eq!(reply["sync"]["schedule"], json!("*/15 * * * *"));
     let at_1015 = t0() + Duration::from_secs(15 * 60);
     assert_eq!(next_sync(&node, "r").await, Some((at_1015, "schedule")));
-    let (kinds_now, _) = events_after(&node.client, "r", node.store.last_seq().unwrap() - 1).await;
+    let (kinds_now, _) = node
+        .client()
+        .events_after("r", node.store.last_seq().unwrap() - 1)
+        .await;
     assert_eq!(kinds_now, ["RepositorySpecChanged"]);
 
     // run_once_at in the future, before the schedule's next time, comes first.
     let at_1005 = t0() + Duration::from_secs(5 * 60);
-    ok(
-        &node.client,
-        "repo.update",
-        json!({"namespace": "team-a", "name": "r",
+    node.client()
+        .ok(
+            "repo.update",
+            json!({"namespace": "team-a", "name": "r",
                "sync": {"schedule": "*/15 * * * *", "run_once_at": rfc3339(at_1005)}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(next_sync(&node, "r").await, Some((at_1005, "run-once")));
     let before = node.store.last_seq().unwrap();
     clock.set(at_1005);
@@ -306,14 +293,12 @@ async fn syncs_follow_the_interval_the_cron_schedule_and_run_once_at() {
     );
     // Served once: the schedule again.
     assert_eq!(next_sync(&node, "r").await, Some((at_1015, "schedule")));
-    let reply = ok(&node.client, "repo.get", key("r")).await;
+    let reply = node.client().ok("repo.get", key("r")).await;
     assert_eq!(reply["status"]["next_sync_at"], rfc3339(at_1015));
 
     // run_once_at in the past: due at once, with no clock moving.
     let before = node.store.last_seq().unwrap();
-    ok(
-        &node.client,
-        "repo.update",
+    node.client().ok("repo.update",
         json!({"namespace": "team-a", "name": "r",
                "sync": {"schedule": "*/15 * * * *", "run_once_at": rfc3339(t0() - Duration::from_secs(3600))}}),
     )
@@ -331,42 +316,48 @@ async fn syncs_follow_the_interval_the_cron_schedule_and_run_once_at() {
 
     // Bad schedules are refused by field, and change nothing.
     let before = node.store.last_seq().unwrap();
-    let (code, body) = call(
-        &node.client,
-        "repo.update",
-        json!({"namespace": "team-a", "name": "r", "sync": {"schedule": "every minute"}}),
-    )
-    .await;
-    assert_eq!(code.as_deref(), Some("400"));
+    let error = node
+        .client()
+        .call(
+            "repo.update",
+            json!({"namespace": "team-a", "name": "r", "sync": {"schedule": "every minute"}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 400);
     assert!(
-        body["message"]
+        error.body["message"]
             .as_str()
             .unwrap()
             .starts_with("sync.schedule: \"every minute\" has 2 fields"),
-        "{body}"
+        "{error}"
     );
-    let (code, _) = call(
-        &node.client,
-        "repo.update",
-        json!({"namespace": "team-a", "name": "nope", "sync": {}}),
-    )
-    .await;
-    assert_eq!(code.as_deref(), Some("404"));
+    let error = node
+        .client()
+        .call(
+            "repo.update",
+            json!({"namespace": "team-a", "name": "nope", "sync": {}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 404);
     assert_eq!(node.store.last_seq().unwrap(), before);
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn jitter_delays_each_scheduled_sync_within_its_bound() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));
-    let mut config = config(&dir.path().join("data"));
-    config.sync.jitter = Duration::from_secs(30);
+    let config =
+        config(&dir.path().join("data")).configure(|c| c.sync.jitter = Duration::from_secs(30));
     let (node, _clock) = start(config).await;
     let mut delays = Vec::new();
     for i in 0..6 {
         let name = format!("r{i}");
-        ok(&node.client, "repo.register", register(&name, &url)).await;
+        node.client()
+            .ok("repo.register", register(&name, &url))
+            .await;
         let (at, trigger) = next_sync(&node, &name).await.unwrap();
         assert_eq!(trigger, "schedule");
         let delay = at.duration_since(t0()).unwrap();
@@ -400,9 +391,8 @@ impl Silent {
     }
 
     async fn accept(&self) -> tokio::net::TcpStream {
-        tokio::time::timeout(Duration::from_secs(30), self.listener.accept())
+        within("a connection", WAIT, self.listener.accept())
             .await
-            .expect("a connection in time")
             .unwrap()
             .0
     }
@@ -410,13 +400,16 @@ impl Silent {
 
 #[actix_rt::test]
 async fn failures_retry_after_the_delay_of_their_class() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir.path().join("data"));
-    config.sync.interval = Duration::from_secs(3600);
-    config.git.timeout = Duration::from_millis(300);
+    let dir = TestDir::new();
+    let config = config(&dir.path().join("data")).configure(|c| {
+        c.sync.interval = Duration::from_secs(3600);
+        c.git.timeout = Duration::from_millis(300);
+    });
     let (node, _clock) = start(config).await;
     let silent = Silent::start().await;
-    let closed_port = free_port();
+    // Bound but not listening: connections are refused.
+    let closed = ClosedPort::bind();
+    let closed_port = closed.port();
     let missing_path = format!("file://{}/nowhere/.git", dir.path().display());
     let simple = unpack("simple-repository", &dir.path().join("simple"));
     let cases = [
@@ -442,13 +435,12 @@ async fn failures_retry_after_the_delay_of_their_class() {
     ];
     // The silent server's connection is held open until the timeout.
     let held = tokio::spawn(async move {
-        let stream = silent.accept().await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(stream);
+        let _stream = silent.accept().await;
+        std::future::pending::<()>().await;
     });
     for (class, request, delay) in cases {
         let name = request["name"].as_str().unwrap().to_owned();
-        let reply = ok(&node.client, "repo.register", request).await;
+        let reply = node.client().ok("repo.register", request).await;
         assert!(reply["sync"]["error"].is_object(), "{name}: {reply}");
         let status = &reply["status"];
         assert_eq!(status["reason"], json!("Error"), "{name}");
@@ -461,7 +453,7 @@ async fn failures_retry_after_the_delay_of_their_class() {
             Some((retry_at, "retry")),
             "{name}"
         );
-        let (kinds, events) = events_after(&node.client, &name, 0).await;
+        let (kinds, events) = node.client().events_after(&name, 0).await;
         assert_eq!(kinds, ["RepositoryRegistered", "SyncStarted", "SyncFailed"]);
         assert_eq!(
             events[2]["event"]["sync_failed"]["error_class"],
@@ -475,21 +467,21 @@ async fn failures_retry_after_the_delay_of_their_class() {
 
 #[actix_rt::test]
 async fn a_failing_upstream_keeps_the_last_state_until_the_retry_succeeds() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("simple-repository", &upstream);
     let bare = upstream.join(".git");
     let (node, clock) = start(config(&dir.path().join("data"))).await;
-    ok(&node.client, "repo.register", register("r", &url)).await;
+    node.client().ok("repo.register", register("r", &url)).await;
     let list = json!({"namespace": "team-a", "repository": "r"});
-    let before = ok(&node.client, "pkgrev.list", list.clone()).await["items"].clone();
+    let before = node.client().ok("pkgrev.list", list.clone()).await["items"].clone();
     assert_eq!(before.as_array().unwrap().len(), 8);
 
     // The registered branch disappears upstream.
     git(&bare, &["branch", "-m", "main", "renamed"]);
-    let (code, _) = call(&node.client, "repo.sync", key("r")).await;
-    assert_eq!(code.as_deref(), Some("404"));
-    let reply = ok(&node.client, "repo.get", key("r")).await;
+    let error = node.client().call("repo.sync", key("r")).await.unwrap_err();
+    assert_eq!(error.code, 404);
+    let reply = node.client().ok("repo.get", key("r")).await;
     let status = &reply["status"];
     assert_eq!(status["reason"], json!("Error"));
     assert_eq!(status["ready"], json!(false));
@@ -505,7 +497,7 @@ async fn a_failing_upstream_keeps_the_last_state_until_the_retry_succeeds() {
     );
     // Lists are still answered from the views, unchanged.
     assert_eq!(
-        ok(&node.client, "pkgrev.list", list.clone()).await["items"],
+        node.client().ok("pkgrev.list", list.clone()).await["items"],
         before
     );
 
@@ -524,7 +516,7 @@ async fn a_failing_upstream_keeps_the_last_state_until_the_retry_succeeds() {
         json!("missing")
     );
     assert_eq!(
-        ok(&node.client, "pkgrev.list", list.clone()).await["items"],
+        node.client().ok("pkgrev.list", list.clone()).await["items"],
         before
     );
 
@@ -535,7 +527,7 @@ async fn a_failing_upstream_keeps_the_last_state_until_the_retry_succeeds() {
     clock.advance(Duration::from_secs(14));
     let events = finished_sync(&node, "r", seq).await;
     assert_eq!(kinds(&events), ["SyncStarted", "SyncSucceeded"]);
-    let reply = ok(&node.client, "repo.get", key("r")).await;
+    let reply = node.client().ok("repo.get", key("r")).await;
     let status = &reply["status"];
     assert_eq!(
         (
@@ -546,15 +538,14 @@ async fn a_failing_upstream_keeps_the_last_state_until_the_retry_succeeds() {
         ),
         (json!("Ready"), json!(true), json!(""), json!(""))
     );
-    assert_eq!(ok(&node.client, "pkgrev.list", list).await["items"], before);
+    assert_eq!(node.client().ok("pkgrev.list", list).await["items"], before);
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn at_most_max_concurrent_syncs_run_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir.path().join("data"));
-    config.sync.max_concurrent = 2;
+    let dir = TestDir::new();
+    let config = config(&dir.path().join("data")).configure(|c| c.sync.max_concurrent = 2);
     let (node, _clock) = start(config).await;
     let silent = Silent::start().await;
     let mut slots = node.sync_slots();
@@ -564,20 +555,23 @@ async fn at_most_max_concurrent_syncs_run_at_once() {
     for name in ["a", "b", "c"] {
         let mut request = register(name, &silent.url(name));
         request["wait"] = json!(false);
-        ok(&node.client, "repo.register", request).await;
+        node.client().ok("repo.register", request).await;
     }
     let first = silent.accept().await;
     let second = silent.accept().await;
-    let state = *slots
-        .wait_for(|s| s.running == 2 && s.waiting == 1)
-        .await
-        .unwrap();
+    let state = *within(
+        "two running syncs and one waiting",
+        WAIT,
+        slots.wait_for(|s| s.running == 2 && s.waiting == 1),
+    )
+    .await
+    .unwrap();
     assert_eq!(state.peak, 2);
     // The third has not started: no SyncStarted in its log, one running
     // sync each in the others'.
     let mut started = Vec::new();
     for name in ["a", "b", "c"] {
-        let (kinds, _) = events_after(&node.client, name, 0).await;
+        let (kinds, _) = node.client().events_after(name, 0).await;
         started.push(kinds.iter().filter(|k| *k == "SyncStarted").count());
     }
     started.sort();
@@ -587,13 +581,16 @@ async fn at_most_max_concurrent_syncs_run_at_once() {
     drop(first);
     let third = silent.accept().await;
     drop((second, third));
-    let state = *slots
-        .wait_for(|s| s.running == 0 && s.waiting == 0)
-        .await
-        .unwrap();
+    let state = *within(
+        "no running or waiting sync",
+        WAIT,
+        slots.wait_for(|s| s.running == 0 && s.waiting == 0),
+    )
+    .await
+    .unwrap();
     assert_eq!(state.peak, 2);
     for name in ["a", "b", "c"] {
-        let (kinds, _) = events_after(&node.client, name, 0).await;
+        let (kinds, _) = node.client().events_after(name, 0).await;
         assert_eq!(
             kinds,
             ["RepositoryRegistered", "SyncStarted", "SyncFailed"],

@@ -9,28 +9,17 @@
 //! delivered, so "these events and nothing else up to seq S" is: collect
 //! lines until a heartbeat with `seq >= S`.
 
-use std::{
-    collections::BTreeSet,
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, path::Path, process::Stdio};
 
-use cairn::{
-    config::{NatsConfig, NodeConfig, WatchSection},
-    node::Node,
-};
+use cairn::config::WatchSection;
 use cairn_events::v1::{event::Payload, Envelope};
 use cairn_storage::EventLog;
 use cairn_tests::{
-    async_lines, next_line,
-    service::{call, git, ok, unpack},
+    async_lines, cairn_cli, git, next_line, unpack, wait_until, within, ChildGuard, Client,
+    TestDir, TestNode, TestNodeBuilder, WAIT,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn-under-test");
-const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `git --git-dir=<upstream>/.git args`.
 fn upstream_git(upstream: &Path, args: &[&str]) -> String {
@@ -77,40 +66,31 @@ fn push_labelled_draft(upstream: &Path, work: &Path, package: &str, tier: &str) 
     );
 }
 
-async fn start_node(data_dir: &Path, watch: WatchSection) -> Node {
-    let config = NodeConfig {
-        data_dir: data_dir.to_path_buf(),
-        nats: NatsConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            ..Default::default()
-        },
-        watch,
-        ..Default::default()
-    };
-    Node::start(config).await.unwrap()
+async fn start_node(data_dir: &Path, watch: WatchSection) -> TestNode {
+    TestNodeBuilder::in_dir(data_dir)
+        .configure(|c| c.watch = watch)
+        .start()
+        .await
 }
 
-async fn register(client: &async_nats::Client, name: &str, url: &str) {
-    ok(
-        client,
-        "repo.register",
-        json!({"namespace": "team-a", "name": name, "git": {"url": url}}),
-    )
-    .await;
+async fn register(client: &Client, name: &str, url: &str) {
+    client
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": name, "git": {"url": url}}),
+        )
+        .await;
 }
 
-async fn sync(client: &async_nats::Client, name: &str) -> Value {
-    ok(
-        client,
-        "repo.sync",
-        json!({"namespace": "team-a", "name": name}),
-    )
-    .await
+async fn sync(client: &Client, name: &str) -> Value {
+    client
+        .ok("repo.sync", json!({"namespace": "team-a", "name": name}))
+        .await
 }
 
 /// Names `pkgrev.list` gives for `filter`, in its order.
-async fn listed(client: &async_nats::Client, filter: Value) -> Vec<String> {
-    let reply = ok(client, "pkgrev.list", filter).await;
+async fn listed(client: &Client, filter: Value) -> Vec<String> {
+    let reply = client.ok("pkgrev.list", filter).await;
     names_of(reply["items"].as_array().unwrap())
 }
 
@@ -122,12 +102,8 @@ fn names_of(items: &[Value]) -> Vec<String> {
 }
 
 /// Live watchers, from `$SRV.STATS` (`data.watchers` of `watch-start`).
-async fn watchers(client: &async_nats::Client) -> u64 {
-    let reply = tokio::time::timeout(WAIT, client.request("$SRV.STATS.cairn", "".into()))
-        .await
-        .unwrap()
-        .unwrap();
-    let stats: Value = serde_json::from_slice(&reply.payload).unwrap();
+async fn watchers(client: &Client) -> u64 {
+    let stats = client.srv("STATS").await;
     stats["endpoints"]
         .as_array()
         .unwrap()
@@ -137,20 +113,18 @@ async fn watchers(client: &async_nats::Client) -> u64 {
         .unwrap_or_else(|| panic!("no watcher count in {stats}"))
 }
 
-/// Waits (polling, bounded) until the node counts `want` watchers.
-async fn wait_for_watchers(client: &async_nats::Client, want: u64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+/// Waits (polling, bounded: nothing announces a watcher's end but the
+/// count in `$SRV.STATS`) until the node counts `want` watchers.
+async fn wait_for_watchers(client: &Client, want: u64) {
+    wait_until(&format!("{want} watchers"), WAIT, || async move {
         let now = watchers(client).await;
         if now == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{now} watchers"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "still {now} watchers, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// A watch seen from its client. A task reads its subject, answers each
@@ -168,12 +142,11 @@ impl Watch {
     /// Subscribes to a fresh inbox and starts a watch delivering there
     /// (`body` without `deliver_subject`; heartbeats every 250 ms unless
     /// given).
-    async fn start(client: &async_nats::Client, mut body: Value) -> Watch {
+    async fn start(client: &Client, mut body: Value) -> Watch {
         let subject = client.new_inbox();
-        let mut subscription = client.subscribe(subject.clone()).await.unwrap();
-        client.flush().await.unwrap();
+        let mut subscription = client.subscribe(&subject).await.into_inner();
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        let answering = client.clone();
+        let answering = client.nats().clone();
         let reader = tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
                 if let Some(reply) = &message.reply {
@@ -189,7 +162,7 @@ impl Watch {
         if body.get("heartbeat_ms").is_none() {
             body["heartbeat_ms"] = json!(250);
         }
-        let reply = ok(client, "watch.start", body).await;
+        let reply = client.ok("watch.start", body).await;
         Watch {
             lines,
             reader,
@@ -205,9 +178,8 @@ impl Watch {
 
     /// The next line, heartbeats included.
     async fn next_any(&mut self) -> Value {
-        tokio::time::timeout(WAIT, self.lines.recv())
+        within("a watch line", WAIT, self.lines.recv())
             .await
-            .expect("a watch line in time")
             .expect("subscription open")
     }
 
@@ -305,11 +277,11 @@ fn seqs_and_changes(lines: &[Value]) -> Vec<(u64, String)> {
 
 #[actix_rt::test]
 async fn a_listing_then_exactly_the_changes_of_a_sync() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("drafts-repository", &upstream);
     let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     register(&client, "r", &url).await;
     assert_eq!(watchers(&client).await, 0);
 
@@ -346,22 +318,25 @@ async fn a_listing_then_exactly_the_changes_of_a_sync() {
     assert_eq!(lines[0]["object"]["latest"], json!(false));
     assert_eq!(
         lines[1]["object"],
-        ok(
-            &client,
-            "pkgrev.get",
-            json!({"namespace": "team-a", "name": "r.basens.v3"})
-        )
-        .await,
+        client
+            .ok(
+                "pkgrev.get",
+                json!({"namespace": "team-a", "name": "r.basens.v3"})
+            )
+            .await,
         "a change carries the revision as pkgrev.get renders it"
     );
 
-    let stopped = ok(&client, "watch.stop", json!({"watch_id": watch.id})).await;
+    let stopped = client.ok("watch.stop", json!({"watch_id": watch.id})).await;
     assert_eq!(stopped, json!({"stopped": watch.id}));
     assert_eq!(watchers(&client).await, 0);
-    let (code, body) = call(&client, "watch.stop", json!({"watch_id": watch.id})).await;
-    assert_eq!(code.as_deref(), Some("404"));
+    let error = client
+        .call("watch.stop", json!({"watch_id": watch.id}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 404);
     assert_eq!(
-        body["message"],
+        error.body["message"],
         json!(format!("watch {} not found", watch.id))
     );
     node.shutdown().await;
@@ -369,7 +344,7 @@ async fn a_listing_then_exactly_the_changes_of_a_sync() {
 
 #[actix_rt::test]
 async fn filters_deliver_exact_sets_and_follow_transitions() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("drafts-repository", &upstream);
     let work = dir.path().join("work");
@@ -377,7 +352,7 @@ async fn filters_deliver_exact_sets_and_follow_transitions() {
     push_labelled_draft(&upstream, &work, "plain", "app");
     let other = unpack("simple-repository", &dir.path().join("other"));
     let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     register(&client, "r", &url).await;
     register(&client, "s", &other).await;
 
@@ -464,12 +439,12 @@ async fn filters_deliver_exact_sets_and_follow_transitions() {
     // Unregistering deletes every revision, each event carrying the
     // revision: the label filter matches exactly the two labelled ones.
     let before = node.store.last_seq().unwrap();
-    ok(
-        &client,
-        "repo.unregister",
-        json!({"namespace": "team-a", "name": "r"}),
-    )
-    .await;
+    client
+        .ok(
+            "repo.unregister",
+            json!({"namespace": "team-a", "name": "r"}),
+        )
+        .await;
     let last = node.store.last_seq().unwrap();
     let gone = labelled.through(last).await;
     assert_eq!(
@@ -491,12 +466,12 @@ async fn filters_deliver_exact_sets_and_follow_transitions() {
 
 #[actix_rt::test]
 async fn events_come_in_log_order_each_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("drafts-repository", &upstream);
     let work = dir.path().join("work");
     let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     register(&client, "r", &url).await;
     let mut watch = Watch::start(&client, json!({"filter": {"repository": "r"}})).await;
     let (_, bookmark) = watch.listing().await;
@@ -537,13 +512,13 @@ async fn events_come_in_log_order_each_once() {
 
 #[actix_rt::test]
 async fn a_resumed_watch_gets_every_event_after_its_seq_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("drafts-repository", &upstream);
     let work = dir.path().join("work");
     let data = dir.path().join("data");
     let node = start_node(&data, WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     register(&client, "r", &url).await;
     let kinds = json!(["packagerevision", "repository"]);
     let mut watch = Watch::start(
@@ -570,7 +545,7 @@ async fn a_resumed_watch_gets_every_event_after_its_seq_across_a_restart() {
     upstream_git(&upstream, &["branch", "-D", "drafts/none/v1"]);
 
     let node = start_node(&data, WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     let mut resumed = Watch::start(
         &client,
         json!({"filter": {"repository": "r"}, "kinds": kinds, "since_seq": seen}),
@@ -632,10 +607,10 @@ async fn a_resumed_watch_gets_every_event_after_its_seq_across_a_restart() {
 
 #[actix_rt::test]
 async fn a_client_that_goes_away_is_cleaned_up() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
-    let client = node.client.clone();
-    let other = async_nats::connect(node.nats_url.as_str()).await.unwrap();
+    let client = node.client().clone();
+    let other = Client::connect(&node.nats_url).await;
 
     // Unsubscribed: the next heartbeat finds no responders.
     let mut watch = Watch::start(&other, json!({})).await;
@@ -643,27 +618,23 @@ async fn a_client_that_goes_away_is_cleaned_up() {
     assert!(names.is_empty());
     assert_eq!(watchers(&client).await, 1);
     watch.disconnect();
-    other.flush().await.unwrap();
+    other.flush().await;
     wait_for_watchers(&client, 0).await;
 
     // Subscribed but never answering: two missed heartbeats.
     let subject = client.new_inbox();
-    let mut silent = client.subscribe(subject.clone()).await.unwrap();
-    client.flush().await.unwrap();
-    ok(
-        &client,
-        "watch.start",
-        json!({"deliver_subject": subject, "heartbeat_ms": 100}),
-    )
-    .await;
+    let mut silent = client.subscribe(&subject).await;
+    client
+        .ok(
+            "watch.start",
+            json!({"deliver_subject": subject, "heartbeat_ms": 100}),
+        )
+        .await;
     // (No count here: with 100 ms heartbeats a slow machine may already
     // have ended the watch; the heartbeats below prove it lived.)
     let mut heartbeats = 0;
     while heartbeats < 2 {
-        let message = tokio::time::timeout(WAIT, silent.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let message = silent.next().await;
         if message.reply.is_some() {
             heartbeats += 1;
         }
@@ -674,43 +645,49 @@ async fn a_client_that_goes_away_is_cleaned_up() {
 
 #[actix_rt::test]
 async fn a_thousand_start_stop_cycles_leave_no_watcher() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("simple-repository", &upstream);
     let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     register(&client, "r", &url).await;
     let handles = node.store.handles();
     let subject = client.new_inbox();
-    let _lines = client.subscribe(subject.clone()).await.unwrap();
-    client.flush().await.unwrap();
+    let _lines = client.subscribe(&subject).await;
     for i in 0..1000u32 {
         let body = if i % 2 == 0 {
             json!({"deliver_subject": subject, "filter": {"package": "basens"}})
         } else {
             json!({"deliver_subject": subject, "since_seq": 1})
         };
-        let started = ok(&client, "watch.start", body).await;
+        let started = client.ok("watch.start", body).await;
         let id = started["watch_id"].as_str().unwrap();
         assert_eq!(
-            ok(&client, "watch.stop", json!({"watch_id": id})).await,
+            client.ok("watch.stop", json!({"watch_id": id})).await,
             json!({ "stopped": id })
         );
     }
     assert_eq!(watchers(&client).await, 0);
     assert!(node.watch_hub().is_empty());
     // Every watcher actor is gone too (each held a store handle).
-    let deadline = Instant::now() + WAIT;
-    while node.store.handles() > handles {
-        assert!(Instant::now() < deadline, "watcher actors still alive");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // (Polling, bounded: nothing announces an actor's end.)
+    wait_until("the watcher actors to end", WAIT, || {
+        let now = node.store.handles();
+        async move {
+            if now > handles {
+                Err(format!("{now} store handles, {handles} before"))
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await;
     node.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn a_slow_consumer_is_told_to_relist() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("drafts-repository", &upstream);
     let node = start_node(
@@ -721,7 +698,7 @@ async fn a_slow_consumer_is_told_to_relist() {
         },
     )
     .await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     let mut watch = Watch::start(&client, json!({"filter": {"namespace": "team-a"}})).await;
     let (names, _) = watch.listing().await;
     assert!(names.is_empty());
@@ -754,7 +731,7 @@ async fn a_slow_consumer_is_told_to_relist() {
 
 #[actix_rt::test]
 async fn bad_requests_name_the_field() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let node = start_node(
         &dir.path().join("data"),
         WatchSection {
@@ -763,7 +740,7 @@ async fn bad_requests_name_the_field() {
         },
     )
     .await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     let last = node.store.last_seq().unwrap();
     let beyond = format!(
         "since_seq: {} is beyond the end of the log (last seq {last})",
@@ -805,24 +782,27 @@ async fn bad_requests_name_the_field() {
         ),
     ];
     for (body, message) in cases {
-        let (code, reply) = call(&client, "watch.start", body.clone()).await;
-        assert_eq!(code.as_deref(), Some("400"), "{body}");
-        assert_eq!(reply["message"], json!(message), "{body}");
+        let error = client.call("watch.start", body.clone()).await.unwrap_err();
+        assert_eq!(error.code, 400, "{body}");
+        assert_eq!(error.body["message"], json!(message), "{body}");
     }
-    let (code, reply) = call(&client, "watch.stop", json!({})).await;
+    let error = client.call("watch.stop", json!({})).await.unwrap_err();
     assert_eq!(
-        (code.as_deref(), reply["message"].as_str()),
-        (Some("400"), Some("watch_id: required"))
+        (error.code, error.body["message"].as_str()),
+        (400, Some("watch_id: required"))
     );
     assert_eq!(watchers(&client).await, 0, "nothing half-started");
 
     // watch.max-watchers = 2: a third is refused with 503.
     let _a = Watch::start(&client, json!({})).await;
     let _b = Watch::start(&client, json!({})).await;
-    let (code, reply) = call(&client, "watch.start", json!({"deliver_subject": "w"})).await;
-    assert_eq!(code.as_deref(), Some("503"));
+    let error = client
+        .call("watch.start", json!({"deliver_subject": "w"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 503);
     assert_eq!(
-        reply["message"],
+        error.body["message"],
         "watch: 2 watchers already, the most this node takes (watch.max-watchers)"
     );
     node.shutdown().await;
@@ -830,30 +810,31 @@ async fn bad_requests_name_the_field() {
 
 #[actix_rt::test]
 async fn the_cli_streams_until_interrupted_and_stops_its_watch() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("simple-repository", &upstream);
     let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     register(&client, "r", &url).await;
-    let mut cli = Command::new(CAIRN)
-        .args([
-            "watch",
-            "-o",
-            "json",
-            "--repository",
-            "r",
-            "--package",
-            "basens",
-            "--heartbeat",
-            "200ms",
-            "--nats-url",
-            &node.nats_url,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = async_lines(cli.stdout.take().unwrap());
+    let mut cli = ChildGuard::spawn(
+        cairn_cli!()
+            .command()
+            .args([
+                "watch",
+                "-o",
+                "json",
+                "--repository",
+                "r",
+                "--package",
+                "basens",
+                "--heartbeat",
+                "200ms",
+                "--nats-url",
+                &node.nats_url,
+            ])
+            .stdout(Stdio::piped()),
+    );
+    let mut lines = async_lines(cli.0.stdout.take().unwrap());
     let mut listed = Vec::new();
     loop {
         let line: Value = serde_json::from_str(&next_line(&mut lines, WAIT).await).unwrap();
@@ -877,14 +858,9 @@ async fn the_cli_streams_until_interrupted_and_stops_its_watch() {
     );
     assert_eq!(watchers(&client).await, 1, "heartbeats answered by the CLI");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(cli.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || cli.wait())
+    cli.signal(nix::sys::signal::Signal::SIGINT);
+    let status = tokio::task::spawn_blocking(move || cli.wait_timeout(WAIT))
         .await
-        .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(watchers(&client).await, 0, "the CLI stopped its watch");
@@ -895,27 +871,18 @@ async fn the_cli_streams_until_interrupted_and_stops_its_watch() {
 async fn protobuf_requests_start_and_stop_a_watch() {
     use cairn_events::v1 as pb;
     use prost::Message as _;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("simple-repository", &upstream);
     let node = start_node(&dir.path().join("data"), WatchSection::default()).await;
-    let client = node.client.clone();
+    let client = node.client().clone();
     register(&client, "r", &url).await;
-    let proto = |endpoint: &str, body: Vec<u8>| {
+    let proto = |endpoint: &'static str, body: Vec<u8>| {
         let client = client.clone();
-        let subject = format!("cairn.v1.{endpoint}");
-        async move {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Content-Type", "application/protobuf");
-            client
-                .request_with_headers(subject, headers, body.into())
-                .await
-                .unwrap()
-        }
+        async move { client.call_proto(endpoint, body).await }
     };
     let subject = client.new_inbox();
-    let mut lines = client.subscribe(subject.clone()).await.unwrap();
-    client.flush().await.unwrap();
+    let mut lines = client.subscribe(&subject).await;
     let request = pb::WatchStartRequest {
         filter: Some(pb::WatchFilter {
             package: "basens".into(),
@@ -929,14 +896,7 @@ async fn protobuf_requests_start_and_stop_a_watch() {
     let reply = proto("watch.start", request.encode_to_vec()).await;
     let started = pb::WatchStarted::decode(reply.payload.as_ref()).unwrap();
     assert_eq!(started.seq, node.store.last_seq().unwrap());
-    let first: Value = serde_json::from_slice(
-        &tokio::time::timeout(WAIT, lines.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .payload,
-    )
-    .unwrap();
+    let first = lines.next_json().await;
     assert_eq!(first["object"]["name"], "r.basens.v2", "the filter applied");
 
     let bad = pb::WatchStartRequest {
@@ -969,7 +929,7 @@ async fn protobuf_requests_start_and_stop_a_watch() {
 
 #[actix_rt::test]
 async fn the_cli_says_relist_and_exits_non_zero() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let upstream = dir.path().join("upstream");
     let url = unpack("drafts-repository", &upstream);
     let node = start_node(
@@ -980,14 +940,16 @@ async fn the_cli_says_relist_and_exits_non_zero() {
         },
     )
     .await;
-    let client = node.client.clone();
-    let mut cli = Command::new(CAIRN)
-        .args(["watch", "--nats-url", &node.nats_url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = async_lines(cli.stdout.take().unwrap());
+    let client = node.client().clone();
+    let mut cli = ChildGuard::spawn(
+        cairn_cli!()
+            .command()
+            .args(["watch", "--nats-url", &node.nats_url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut lines = async_lines(cli.0.stdout.take().unwrap());
+    let mut stderr = async_lines(cli.0.stderr.take().unwrap());
     let header = next_line(&mut lines, WAIT).await;
     assert!(header.starts_with("TYPE"), "{header}");
     let bookmark = next_line(&mut lines, WAIT).await;
@@ -1004,13 +966,16 @@ async fn the_cli_says_relist_and_exits_non_zero() {
     }
     assert_eq!(rows.len(), 5, "four queued, then Relist: {rows:?}");
     assert!(rows[..4].iter().all(|r| r.starts_with("ADDED")), "{rows:?}");
-    let out = tokio::task::spawn_blocking(move || cli.wait_with_output())
+    let status = tokio::task::spawn_blocking(move || cli.wait_timeout(WAIT))
         .await
-        .unwrap()
         .unwrap();
-    assert!(!out.status.success());
+    assert!(!status.success());
+    let mut printed = Vec::new();
+    while let Some(line) = within("the CLI's stderr to end", WAIT, stderr.recv()).await {
+        printed.push(line);
+    }
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
+        printed.join("\n").trim(),
         "error: the watch fell behind (Relist): list again and start a new watch"
     );
     node.shutdown().await;
