@@ -25,16 +25,17 @@ use cairn_storage::{views::RepositoriesView, StorageError, Store};
 use tracing::{info, warn};
 
 pub use messages::{
-    CommandRepository, DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository,
+    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle,
     Shutdown, SyncRepository, UnregisterRepository, UpdateRepository,
 };
 
 use crate::{
     repository::{
-        upstream::SyncEnv, Close, Register, RepositoryActor, RepositoryComponent, SyncReport,
-        UpdateSpec,
+        upstream::SyncEnv, Close, LifecycleOutcome, Register, RepositoryActor,
+        RepositoryComponent, UpdateSpec,
     },
-    schedule::{NextDue, Replan, Scheduling, StopManager, SyncManager, SyncNow},
+    schedule::{NextDue, Replan, Scheduling, StopManager, SyncManager, SyncNow, SyncReport},
+    writer::StopWriter,
     ServiceError,
 };
 
@@ -102,7 +103,7 @@ impl Registry {
         let url = spec.git.as_ref().map(|g| g.url.clone()).unwrap_or_default();
         let actor = RepositoryActor::new(component, self.env.clone()).start();
         let manager = SyncManager::new(
-            actor.clone(),
+            actor.clone().recipient(),
             format!("{}/{}", spec.namespace, spec.name),
             spec.sync,
             self.scheduling.clone(),
@@ -156,10 +157,10 @@ impl Handler<RegisterRepository> for Registry {
     fn handle(&mut self, msg: RegisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.spec.namespace.clone(), msg.spec.name.clone());
         if self.repositories.contains_key(&key) {
-            let err = ServiceError {
-                code: 409,
-                message: format!("repository {}/{} is already registered", key.0, key.1),
-            };
+            let err = ServiceError::conflict(format!(
+                "repository {}/{} is already registered",
+                key.0, key.1
+            ));
             return Box::pin(fut::ready(Err(err)));
         }
         let component = match RepositoryComponent::new(msg.spec) {
@@ -172,11 +173,13 @@ impl Handler<RegisterRepository> for Registry {
         self.repositories.insert(key.clone(), entry);
         let metadata = msg.metadata;
         let wait = msg.wait;
+        let span = msg.span;
         Box::pin(
             async move {
                 let registered = actor
                     .send(Register {
                         metadata: metadata.clone(),
+                        span: span.clone(),
                     })
                     .await
                     .map_err(ServiceError::from);
@@ -187,6 +190,7 @@ impl Handler<RegisterRepository> for Registry {
                     trigger: "register".into(),
                     asked_at: Instant::now(),
                     metadata,
+                    span,
                 };
                 if wait {
                     (
@@ -210,7 +214,7 @@ impl Handler<RegisterRepository> for Registry {
                     // The registration did not commit: nothing is registered.
                     if let Some(entry) = act.repositories.remove(&key) {
                         entry.manager.do_send(StopManager);
-                        entry.actor.do_send(crate::repository::Stop);
+                        entry.actor.do_send(StopWriter);
                     }
                 }
                 result
@@ -240,6 +244,7 @@ impl Handler<UnregisterRepository> for Registry {
                 actor
                     .send(Close {
                         metadata: msg.metadata,
+                        span: msg.span,
                     })
                     .await??;
                 if last_of_url && !url.is_empty() {
@@ -276,16 +281,17 @@ impl Handler<SyncRepository> for Registry {
                     trigger: msg.trigger,
                     asked_at: msg.asked_at,
                     metadata: msg.metadata,
+                    span: msg.span,
                 })
                 .await?
         })
     }
 }
 
-impl Handler<CommandRepository> for Registry {
-    type Result = ResponseFuture<Result<crate::repository::command::Outcome, ServiceError>>;
+impl Handler<RouteLifecycle> for Registry {
+    type Result = ResponseFuture<Result<LifecycleOutcome, ServiceError>>;
 
-    fn handle(&mut self, msg: CommandRepository, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: RouteLifecycle, _ctx: &mut Self::Context) -> Self::Result {
         let actor = self
             .repositories
             .get(&(msg.namespace.clone(), msg.name.clone()))
@@ -297,7 +303,7 @@ impl Handler<CommandRepository> for Registry {
                     msg.namespace, msg.name
                 ))
             })?;
-            actor.send(msg.command).await?
+            actor.send(msg.lifecycle).await?
         })
     }
 }
@@ -319,6 +325,7 @@ impl Handler<UpdateRepository> for Registry {
                 .send(UpdateSpec {
                     spec: msg.spec,
                     metadata: msg.metadata,
+                    span: msg.span,
                 })
                 .await??;
             manager
@@ -381,7 +388,7 @@ impl Handler<Shutdown> for Registry {
                 }
                 for actor in entries.into_iter().map(|e| e.actor) {
                     // Queued after any command in flight, so those finish.
-                    let _ = actor.send(crate::repository::Stop).await;
+                    let _ = actor.send(StopWriter).await;
                 }
             }
             .into_actor(self)

@@ -1,25 +1,43 @@
 //! The RepositoryActor: the only writer of its repository's stream
-//! `repo/<namespace>/<name>`.
+//! `repo/<namespace>/<name>` — the first user of the stream-writer shell
+//! ([`crate::writer`]): `RepositoryActor = StreamWriter<Repository>`.
 //!
-//! A thin shell: commands are handled one at a time (`AtomicResponse`, so a
-//! sync's Git work, which runs in `spawn_blocking`, never interleaves with
-//! another command), the decisions are made by [`component`], and every
-//! append names the stream version the component expects.
+//! Its handlers are thin: each turns its message into a
+//! [`RepositoryCommand`] run by the shell (one at a time per repository,
+//! off the arbiter, appended at the expected stream version and folded
+//! into the [`RepositoryComponent`]); [`Repository::run`] says how each
+//! command goes:
+//! - `Register`, `UpdateSpec`: the pure decisions of [`decide`].
+//! - `Close`: read the revisions from the view, then
+//!   [`RepositoryComponent::close_events`].
+//! - a sync ([`RunSync`]): take a slot of the node-wide cap
+//!   ([`crate::timing::SyncSlots`]), append `SyncStarted` while the
+//!   upstream is read and diffed against the view off the arbiter (an I/O
+//!   phase), then the reconciliation ending with `SyncSucceeded` in
+//!   bounded appends — or `SyncFailed`, answered as the error. The next
+//!   sync time its SyncManager decides is recorded in its last event.
+//! - a lifecycle command ([`ApplyLifecycle`]): validate (pure, over the view
+//!   rows), write to Git, read back — off the arbiter — then its events.
 //!
 //! # Layout
-//! - [`component`] — state and decisions (reconcile, close), unit-tested.
+//! - [`component`] — state and sync/close decisions (reconcile), and the
+//!   fold of the stream's events; unit-tested.
+//! - [`decide`] — the pure command decisions: lifecycle validation,
+//!   typed lifecycle events, register and spec change; given/when/then
+//!   tests of every lifecycle transition.
+//! - [`command`] — a lifecycle command's I/O: read its view rows, push,
+//!   read the package back ([`command::LifecycleOp`],
+//!   [`command::LifecycleOutcome`]).
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
 //! - [`lifecycle`] — lifecycle commands as Git commits and ref changes.
-//! - [`command`] — a lifecycle command end to end: validate against the
-//!   view, push, read the package back, type its events.
-//! - [`messages`] — `Register`, `Sync`, `Command`, `UpdateSpec`, `Close`.
-//!
-//! Every sync takes a slot of the node-wide cap
-//! ([`crate::schedule::SyncSlots`]) before it opens with `SyncStarted`, and
-//! records the next sync time its SyncManager decides in its last event.
+//! - [`error`] — [`LifecycleError`], [`RepositoryError`] and their mapping
+//!   into [`ServiceError`].
+//! - [`messages`] — `Register`, `ApplyLifecycle`, `UpdateSpec`, `Close`.
 
 pub mod command;
 pub mod component;
+pub mod decide;
+pub mod error;
 pub mod lifecycle;
 pub mod messages;
 pub mod upstream;
@@ -32,159 +50,266 @@ use std::{
 
 use actix::prelude::*;
 use cairn_events::{
-    envelope::{event, Metadata},
-    v1::{
-        event::Payload, Event, RepositoryRegistered, RepositorySpecChanged, SyncFailed, SyncStarted,
-    },
+    envelope::event,
+    v1::{event::Payload, Event, RepositorySpec, SyncFailed, SyncStarted},
+    StreamId,
 };
+use cairn_storage::{views::RepositoriesView, Store};
+use futures::future::BoxFuture;
 use tracing::{info, warn};
 
-use cairn_storage::views::RepositoriesView;
 use component::Changes;
+pub use command::{LifecycleOp, LifecycleOutcome};
 pub use component::RepositoryComponent;
-pub use messages::{Close, Command, Register, Stop, Sync, SyncReport, UpdateSpec};
+pub use error::{origin_error, LifecycleError, RepositoryError};
+pub use messages::{ApplyLifecycle, Close, Register, UpdateSpec};
 use upstream::{read_upstream, Known, SyncEnv, UpstreamRead};
 
-use crate::{origin::OriginError, ServiceError};
+pub use crate::schedule::{RunSync, SyncReport};
+use crate::{
+    schedule::NextSync,
+    writer::{off_arbiter, Chunking, Session, StreamDomain, StreamWriter},
+    ServiceError,
+};
 
-/// One registered repository.
+/// The repository domain of the writer shell.
+#[derive(Debug, Clone, Copy)]
+pub struct Repository;
+
+/// One registered repository: the writer of its stream.
+pub type RepositoryActor = StreamWriter<Repository>;
+
+/// A repository command, as its writer runs it.
 #[derive(Debug)]
-pub struct RepositoryActor {
-    component: RepositoryComponent,
-    env: Arc<SyncEnv>,
+pub enum RepositoryCommand {
+    /// Record the registration.
+    Register,
+    /// Replace the spec.
+    UpdateSpec(RepositorySpec),
+    /// Unregister.
+    Close,
+    /// Sync now.
+    Sync {
+        /// What asked.
+        trigger: String,
+        /// When it was asked.
+        asked_at: Instant,
+        /// Decides the next sync time recorded in the last event.
+        next: Option<Arc<NextSync>>,
+    },
+    /// A lifecycle command.
+    Lifecycle(LifecycleOp),
 }
 
-impl RepositoryActor {
-    /// An actor for `component` (loaded from the views, or new).
-    pub fn new(component: RepositoryComponent, env: Arc<SyncEnv>) -> Self {
-        Self { component, env }
+/// What a repository command answers.
+#[derive(Debug)]
+pub enum RepositoryReply {
+    /// Registered.
+    Registered,
+    /// The spec now in force.
+    Spec(Box<RepositorySpec>),
+    /// Closed (the actor stops).
+    Closed,
+    /// What the sync did.
+    Synced(SyncReport),
+    /// What the lifecycle command left.
+    Lifecycle(LifecycleOutcome),
+}
+
+impl StreamDomain for Repository {
+    type State = RepositoryComponent;
+    type Command = RepositoryCommand;
+    type Event = Event;
+    type Reply = RepositoryReply;
+    type Error = RepositoryError;
+    type Env = SyncEnv;
+
+    const NAME: &'static str = "repository";
+
+    fn store(env: &SyncEnv) -> &Store {
+        &env.store
+    }
+
+    fn stream(state: &RepositoryComponent) -> &StreamId {
+        &state.stream
+    }
+
+    fn version(state: &RepositoryComponent) -> u64 {
+        state.version
+    }
+
+    fn fold(state: &mut RepositoryComponent, event: &Event, version: u64) {
+        state.fold(event, version);
+    }
+
+    fn run(
+        session: &mut Session<Self>,
+        command: RepositoryCommand,
+    ) -> BoxFuture<'_, Result<RepositoryReply, RepositoryError>> {
+        Box::pin(async move {
+            match command {
+                RepositoryCommand::Register => {
+                    session
+                        .decide(
+                            "register",
+                            Chunking::MaxEvents,
+                            |_, _| Ok(()),
+                            |state, ()| Ok((decide::registered(&state.spec), ())),
+                        )
+                        .await?;
+                    Ok(RepositoryReply::Registered)
+                }
+                RepositoryCommand::UpdateSpec(spec) => {
+                    session
+                        .decide(
+                            "update",
+                            Chunking::MaxEvents,
+                            |_, _| Ok(()),
+                            move |_, ()| Ok((decide::spec_changed(&spec), ())),
+                        )
+                        .await?;
+                    Ok(RepositoryReply::Spec(Box::new(
+                        session.state().spec.clone(),
+                    )))
+                }
+                RepositoryCommand::Close => {
+                    session
+                        .decide(
+                            "close",
+                            Chunking::MaxEvents,
+                            |env: &SyncEnv, state: &RepositoryComponent| {
+                                state.current(&env.store).map_err(RepositoryError::Views)
+                            },
+                            |_, current| {
+                                Ok((RepositoryComponent::close_events(&current, "unregistered"), ()))
+                            },
+                        )
+                        .await?;
+                    (session.env().release_memory)();
+                    Ok(RepositoryReply::Closed)
+                }
+                RepositoryCommand::Sync {
+                    trigger,
+                    asked_at,
+                    next,
+                } => sync_once(session, trigger, asked_at, next)
+                    .await
+                    .map(RepositoryReply::Synced),
+                RepositoryCommand::Lifecycle(op) => run_lifecycle(session, op)
+                    .await
+                    .map(RepositoryReply::Lifecycle),
+            }
+        })
     }
 }
 
-impl Actor for RepositoryActor {
-    type Context = Context<Self>;
-}
-
-/// The error a client sees for a failed sync.
-pub fn origin_error(e: &OriginError) -> ServiceError {
-    match e {
-        OriginError::BranchMissing { .. } => ServiceError::not_found(e.to_string()),
-        OriginError::InvalidUrl(_) => ServiceError::bad_field("git.url", e.to_string()),
-        _ => ServiceError::unavailable(format!("upstream unavailable ({}): {e}", e.class())),
-    }
-}
-
-/// Appends `events` at the component's version, in appends of at most
-/// `store.append-max-events` (a large first sync can exceed one) queued
-/// together, keeping the component's version current after each. The last event (a
-/// `SyncSucceeded` or `RepositoryClosed`) comes last, so a reader sees a
-/// sync as finished only once all of it is committed; a crash in between
-/// leaves a partial reconciliation that the next sync completes.
-async fn append(
-    env: &SyncEnv,
-    component: &mut RepositoryComponent,
-    events: Vec<Event>,
-    metadata: Metadata,
-) -> Result<(), ServiceError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let max = env.store.config().append_max_events.max(1);
-    // Each chunk its own exact-size vector (splitting one vector off
-    // another would leave every chunk with the capacity of the whole).
-    let mut chunks = Vec::with_capacity(events.len().div_ceil(max));
-    let mut events = events.into_iter();
-    loop {
-        let chunk: Vec<Event> = events.by_ref().take(max).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        chunks.push(chunk);
-    }
-    // Queued together: the writer commits them back to back, each chunk
-    // expecting the version the previous one leaves.
-    for appended in env
-        .store
-        .append_chunks_async(&component.stream, component.version, chunks, metadata)
-        .await
-    {
-        component.committed(appended?.stream_version());
-    }
-    Ok(())
+/// Runs `command` in the writer and answers what `pick` takes from its
+/// reply (any other reply is a bug: 500).
+fn answer<T: 'static>(
+    actor: &mut RepositoryActor,
+    command: RepositoryCommand,
+    metadata: cairn_events::envelope::Metadata,
+    span: &tracing::Span,
+    pick: fn(RepositoryReply) -> Option<T>,
+) -> ResponseActFuture<RepositoryActor, Result<T, ServiceError>> {
+    Box::pin(actor.execute(command, metadata, span).map(move |result, _, _| {
+        let reply = result?;
+        pick(reply).ok_or_else(|| ServiceError::internal("unexpected reply from the repository"))
+    }))
 }
 
 impl Handler<Register> for RepositoryActor {
     type Result = AtomicResponse<Self, Result<(), ServiceError>>;
 
     fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let events = vec![event(Payload::RepositoryRegistered(RepositoryRegistered {
-                    spec: Some(component.spec.clone()),
-                }))];
-                let result = append(&env, &mut component, events, msg.metadata).await;
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(component, result), act, _| {
-                act.component = component;
-                result
-            }),
+        AtomicResponse::new(answer(
+            self,
+            RepositoryCommand::Register,
+            msg.metadata,
+            &msg.span,
+            |r| matches!(r, RepositoryReply::Registered).then_some(()),
         ))
     }
 }
 
-impl Handler<Sync> for RepositoryActor {
+impl Handler<RunSync> for RepositoryActor {
     type Result = AtomicResponse<Self, Result<SyncReport, ServiceError>>;
 
-    fn handle(&mut self, msg: Sync, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = sync_once(&env, &mut component, msg).await;
-                // The component comes back whatever happened: it has seen
-                // every append that committed.
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(component, result), act, _| {
-                act.component = component;
-                result
-            }),
-        ))
+    fn handle(&mut self, msg: RunSync, _ctx: &mut Self::Context) -> Self::Result {
+        let command = RepositoryCommand::Sync {
+            trigger: msg.trigger,
+            asked_at: msg.asked_at,
+            next: msg.next,
+        };
+        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
+            RepositoryReply::Synced(report) => Some(report),
+            _ => None,
+        }))
     }
 }
 
-/// One sync: `SyncStarted`, read the upstream and diff it against the view,
-/// then the reconciliation ending with `SyncSucceeded` (in bounded appends)
-/// — or `SyncFailed`.
+impl Handler<ApplyLifecycle> for RepositoryActor {
+    type Result = AtomicResponse<Self, Result<LifecycleOutcome, ServiceError>>;
+
+    fn handle(&mut self, msg: ApplyLifecycle, _ctx: &mut Self::Context) -> Self::Result {
+        let command = RepositoryCommand::Lifecycle(msg.op);
+        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
+            RepositoryReply::Lifecycle(outcome) => Some(outcome),
+            _ => None,
+        }))
+    }
+}
+
+impl Handler<UpdateSpec> for RepositoryActor {
+    type Result = AtomicResponse<Self, Result<RepositorySpec, ServiceError>>;
+
+    fn handle(&mut self, msg: UpdateSpec, _ctx: &mut Self::Context) -> Self::Result {
+        let command = RepositoryCommand::UpdateSpec(msg.spec);
+        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
+            RepositoryReply::Spec(spec) => Some(*spec),
+            _ => None,
+        }))
+    }
+}
+
+impl Handler<Close> for RepositoryActor {
+    type Result = AtomicResponse<Self, Result<(), ServiceError>>;
+
+    fn handle(&mut self, msg: Close, _ctx: &mut Self::Context) -> Self::Result {
+        let closed = answer(self, RepositoryCommand::Close, msg.metadata, &msg.span, |r| {
+            matches!(r, RepositoryReply::Closed).then_some(())
+        });
+        AtomicResponse::new(Box::pin(closed.map(|result, _, ctx| {
+            if result.is_ok() {
+                ctx.stop();
+            }
+            result
+        })))
+    }
+}
+
+/// One sync: a slot, `SyncStarted`, read the upstream and diff it against
+/// the view, then the reconciliation ending with `SyncSucceeded` (in
+/// bounded appends) — or `SyncFailed`.
 async fn sync_once(
-    env: &Arc<SyncEnv>,
-    component: &mut RepositoryComponent,
-    msg: Sync,
-) -> Result<SyncReport, ServiceError> {
-    let key = component.stream.to_string();
+    session: &mut Session<Repository>,
+    trigger: String,
+    asked_at: Instant,
+    next: Option<Arc<NextSync>>,
+) -> Result<SyncReport, RepositoryError> {
+    let env = session.env().clone();
+    let key = session.state().stream.to_string();
     let _slot = env.slots.acquire().await;
     let started = Instant::now();
-    let metadata = msg.metadata;
-    let next = msg.next;
-    let opened = vec![event(Payload::SyncStarted(SyncStarted {
-        trigger: msg.trigger.clone(),
-    }))];
+    let opened = vec![event(Payload::SyncStarted(SyncStarted { trigger }))];
     // Git and the diff against the view, off the arbiter — while the
     // writer commits `SyncStarted` (queued first, so it still opens the
     // sync in the log; its fsync overlaps the fetch instead of preceding it).
-    let read_env = env.clone();
-    let snapshot = component.clone();
-    let asked_at = msg.asked_at;
-    let read = tokio::task::spawn_blocking(move || read(&read_env, &snapshot, asked_at, started));
-    let (opened, outcome) = futures::join!(append(env, component, opened, metadata.clone()), read);
+    let (read_env, snapshot) = (env.clone(), session.state().clone());
+    let read = off_arbiter("sync", move || read(&read_env, &snapshot, asked_at, started));
+    let (opened, outcome) = futures::join!(session.append(opened, Chunking::MaxEvents), read);
     opened?;
-    let outcome = outcome.map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
-    match outcome {
+    match outcome? {
         Ok(Read {
             mut events,
             changes,
@@ -203,10 +328,10 @@ async fn sync_once(
             {
                 done.next_sync_at = Some(timestamp(at));
             }
-            append(env, component, events, metadata).await?;
+            session.append(events, Chunking::MaxEvents).await?;
             drop(pins); // the references are committed now
             if refs.is_some() {
-                component.last_refs = refs;
+                session.state_mut().last_refs = refs;
             }
             if changes.added + changes.modified + changes.deleted > 0 {
                 (env.release_memory)();
@@ -221,14 +346,18 @@ async fn sync_once(
             })
         }
         Err(e) => {
-            warn!(repo = %key, class = e.class(), error = %e, "sync failed");
+            // An upstream failure keeps its class; a failure inside the
+            // node (the store) is recorded as "internal", never as an
+            // upstream one.
+            let class = e.sync_class();
+            warn!(repo = %key, class, error = %e, "sync failed");
             let failed = vec![event(Payload::SyncFailed(SyncFailed {
-                error_class: e.class().to_owned(),
+                error_class: class.to_owned(),
                 message: e.to_string(),
-                retry_at: next.as_ref().map(|n| timestamp(n.decide(Some(e.class())))),
+                retry_at: next.as_ref().map(|n| timestamp(n.decide(Some(class)))),
             }))];
-            append(env, component, failed, metadata).await?;
-            Err(origin_error(&e))
+            session.append(failed, Chunking::MaxEvents).await?;
+            Err(e)
         }
     }
 }
@@ -244,15 +373,16 @@ struct Read {
     refs: Option<(String, Arc<BTreeMap<String, git2::Oid>>)>,
 }
 
-/// Reads the upstream and diffs it against the views. Blocking.
+/// Reads the upstream and diffs it against the views. Blocking. A store
+/// failure is [`RepositoryError::Views`], an upstream one
+/// [`RepositoryError::Upstream`].
 fn read(
     env: &SyncEnv,
     component: &RepositoryComponent,
     asked_at: Instant,
     started: Instant,
-) -> Result<Read, OriginError> {
-    let views =
-        |e: cairn_storage::StorageError| OriginError::Git(format!("reading the views: {e}"));
+) -> Result<Read, RepositoryError> {
+    let views = RepositoryError::Views;
     let spec = &component.spec;
     let last = RepositoriesView::get(&env.store, &spec.namespace, &spec.name)
         .map_err(views)?
@@ -268,7 +398,7 @@ fn read(
             .map(|(_, refs)| refs.clone()),
         digest: last.refs_digest.clone(),
     };
-    match read_upstream(env, spec, asked_at, &known)? {
+    match read_upstream(env, spec, asked_at, &known).map_err(RepositoryError::Upstream)? {
         UpstreamRead::Unchanged => Ok(Read {
             events: RepositoryComponent::unchanged_events(
                 &last,
@@ -313,42 +443,20 @@ pub fn timestamp(at: SystemTime) -> pbjson_types::Timestamp {
     }
 }
 
-impl Handler<Command> for RepositoryActor {
-    type Result = AtomicResponse<Self, Result<command::Outcome, ServiceError>>;
-
-    fn handle(&mut self, msg: Command, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = run_command(&env, &mut component, msg).await;
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(component, result), act, _| {
-                act.component = component;
-                result
-            }),
-        ))
-    }
-}
-
-/// One lifecycle command: the Git work and the read-back off the arbiter,
-/// then its events, then the target as the view has it.
-async fn run_command(
-    env: &Arc<SyncEnv>,
-    component: &mut RepositoryComponent,
-    msg: Command,
-) -> Result<command::Outcome, ServiceError> {
+/// One lifecycle command: validation, the Git work and the read-back off
+/// the arbiter, then its events, then the target as the view has it.
+async fn run_lifecycle(
+    session: &mut Session<Repository>,
+    op: LifecycleOp,
+) -> Result<LifecycleOutcome, RepositoryError> {
     let started = Instant::now();
-    let verb = msg.op.verb();
-    let (work_env, snapshot, op) = (env.clone(), component.clone(), msg.op);
-    let principal = msg.metadata.principal.clone();
-    let executed = tokio::task::spawn_blocking(move || {
-        command::execute(&work_env, &snapshot, &op, &principal)
-    })
-    .await
-    .map_err(|e| ServiceError::internal(format!("{verb} task failed: {e}")))?;
+    let verb = op.verb();
+    let (env, snapshot) = (session.env().clone(), session.state().clone());
+    let principal = session.metadata().principal.clone();
+    let work_env = env.clone();
+    let executed =
+        off_arbiter(verb, move || command::execute(&work_env, &snapshot, &op, &principal)).await?;
+    let stream = session.state().stream.clone();
     let command::Executed {
         events,
         name,
@@ -357,104 +465,28 @@ async fn run_command(
     } = match executed {
         Ok(executed) => executed,
         Err(e) => {
-            info!(repo = %component.stream, verb, error = %e, "command refused");
+            info!(repo = %stream, verb, error = %e, "command refused");
             return Err(e);
         }
     };
     let count = events.len();
-    append(env, component, events, msg.metadata).await?;
+    session.append(events, Chunking::MaxEvents).await?;
     drop(pins); // the references are committed now
-    info!(repo = %component.stream, verb, revision = %name, events = count,
+    info!(repo = %stream, verb, revision = %name, events = count,
         duration_ms = started.elapsed().as_millis() as u64, "command done");
     if deleted {
-        return Ok(command::Outcome::Deleted(name));
+        return Ok(LifecycleOutcome::Deleted(name));
     }
     let store = env.store.clone();
-    let namespace = component.spec.namespace.clone();
-    let row = tokio::task::spawn_blocking(move || {
+    let namespace = session.state().spec.namespace.clone();
+    let (row, name) = off_arbiter(verb, move || {
         cairn_storage::views::PackageRevisionsView::get(&store, &namespace, &name)
             .map(|row| (row, name))
     })
-    .await
-    .map_err(|e| ServiceError::internal(format!("{verb} task failed: {e}")))??;
+    .await?
+    .map_err(RepositoryError::Views)?;
     match row {
-        (Some(row), _) => Ok(command::Outcome::Revision(Box::new(row))),
-        (None, name) => Err(ServiceError::internal(format!(
-            "the upstream accepted {verb} of {name}, but it does not read back as a package revision"
-        ))),
-    }
-}
-
-impl Handler<UpdateSpec> for RepositoryActor {
-    type Result = AtomicResponse<Self, Result<cairn_events::v1::RepositorySpec, ServiceError>>;
-
-    fn handle(&mut self, msg: UpdateSpec, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let spec = msg.spec;
-                let events = vec![event(Payload::RepositorySpecChanged(
-                    RepositorySpecChanged {
-                        spec: Some(spec.clone()),
-                    },
-                ))];
-                let result = append(&env, &mut component, events, msg.metadata)
-                    .await
-                    .map(|()| spec);
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(mut component, result), act, _| {
-                if let Ok(spec) = &result {
-                    component.spec = spec.clone();
-                    component.last_refs = None;
-                }
-                act.component = component;
-                result
-            }),
-        ))
-    }
-}
-
-impl Handler<Close> for RepositoryActor {
-    type Result = AtomicResponse<Self, Result<(), ServiceError>>;
-
-    fn handle(&mut self, msg: Close, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = async {
-                    let snapshot = component.clone();
-                    let store = env.store.clone();
-                    let current = tokio::task::spawn_blocking(move || snapshot.current(&store))
-                        .await
-                        .map_err(|e| ServiceError::internal(format!("close task failed: {e}")))??;
-                    let events = RepositoryComponent::close_events(&current, "unregistered");
-                    drop(current);
-                    append(&env, &mut component, events, msg.metadata).await?;
-                    (env.release_memory)();
-                    Ok(())
-                }
-                .await;
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(component, result), act, ctx| {
-                act.component = component;
-                if result.is_ok() {
-                    ctx.stop();
-                }
-                result
-            }),
-        ))
-    }
-}
-impl Handler<Stop> for RepositoryActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Stop, ctx: &mut Self::Context) {
-        ctx.stop();
+        Some(row) => Ok(LifecycleOutcome::Revision(Box::new(row))),
+        None => Err(RepositoryError::Lost { verb, name }),
     }
 }
