@@ -363,3 +363,6 @@ impl<D: StreamDomain> Handler<StopWriter> for StreamWriter<D> {
         ctx.stop();
     }
 }
+
+#[cfg(test)]
+mod tests;
