@@ -22,7 +22,7 @@ use std::{
 
 use actix::prelude::*;
 use cairn_storage::{views::RepositoriesView, StorageError, Store};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 pub use messages::{
     DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle,
@@ -174,6 +174,7 @@ impl Handler<RegisterRepository> for Registry {
         let metadata = msg.metadata;
         let wait = msg.wait;
         let span = msg.span;
+        let register_span = span.clone();
         Box::pin(
             async move {
                 let registered = actor
@@ -208,6 +209,7 @@ impl Handler<RegisterRepository> for Registry {
                     (true, Ok(None))
                 }
             }
+            .instrument(register_span)
             .into_actor(self)
             .map(move |(registered, result), act, _| {
                 if !registered {
@@ -239,12 +241,13 @@ impl Handler<UnregisterRepository> for Registry {
         let env = self.env.clone();
         let actor = entry.actor.clone();
         let manager = entry.manager.clone();
+        let span = msg.span;
         Box::pin(
             async move {
                 actor
                     .send(Close {
                         metadata: msg.metadata,
-                        span: msg.span,
+                        span: tracing::Span::current(),
                     })
                     .await??;
                 if last_of_url && !url.is_empty() {
@@ -256,6 +259,7 @@ impl Handler<UnregisterRepository> for Registry {
                 }
                 Ok(())
             }
+            .instrument(span)
             .into_actor(self)
             .map(move |result, act, _| {
                 if result.is_err() {
@@ -317,6 +321,7 @@ impl Handler<UpdateRepository> for Registry {
             .repositories
             .get(&key)
             .map(|e| (e.actor.clone(), e.manager.clone()));
+        let span = msg.span;
         Box::pin(async move {
             let (actor, manager) = entry.ok_or_else(|| {
                 ServiceError::not_found(format!("repository {}/{} not found", key.0, key.1))
@@ -325,12 +330,13 @@ impl Handler<UpdateRepository> for Registry {
                 .send(UpdateSpec {
                     spec: msg.spec,
                     metadata: msg.metadata,
-                    span: msg.span,
+                    span: span.clone(),
                 })
                 .await??;
             manager
                 .send(Replan {
                     sync: spec.sync.clone(),
+                    span,
                 })
                 .await?;
             Ok(spec)

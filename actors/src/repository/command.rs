@@ -46,7 +46,7 @@ use tracing::{debug, info};
 
 use super::{
     component::{object_name, RepositoryComponent},
-    decide::{typed, validate, Validated, ViewRows},
+    decide::{validate, Validated, ViewRows},
     error::RepositoryError,
     lifecycle::{self, PackageRefs},
     upstream::{store_revisions, SyncEnv},
@@ -129,6 +129,17 @@ impl LifecycleOp {
             LifecycleOp::Delete(_) => "delete",
         }
     }
+
+    /// The revision a `create` copies (its object name), else empty.
+    pub fn cloned_from(&self) -> &str {
+        match self {
+            LifecycleOp::Create {
+                source: Source::Clone { from, .. },
+                ..
+            } => from,
+            _ => "",
+        }
+    }
 }
 
 /// What a lifecycle command left (was `Outcome`).
@@ -148,12 +159,14 @@ pub fn default_kptfile(package: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// What [`execute`] produced: the events to append (none when the upstream
-/// already was as asked), the target's name and whether it is gone, and the
-/// blobs to keep until the events commit.
+/// What [`execute`] produced: the read-back's events (`Added`, `Modified`,
+/// `Deleted`; none when the upstream already was as asked; the pure
+/// [`super::decide::typed`] types the target's after the command), the
+/// target's name and whether it is gone, and the blobs to keep until the
+/// events commit.
 #[derive(Debug)]
 pub struct Executed {
-    /// Events to append, in order.
+    /// The read-back's events, in order, not yet typed.
     pub events: Vec<Event>,
     /// The target's object name.
     pub name: String,
@@ -297,14 +310,6 @@ pub fn execute(
         }
     }
     let (events, _) = RepositoryComponent::reconcile(&before, discovered);
-    let clone_from = match op {
-        LifecycleOp::Create {
-            source: Source::Clone { from, .. },
-            ..
-        } => from.clone(),
-        _ => String::new(),
-    };
-    let events = typed(events, &name, op, &clone_from);
     debug!(
         revision = %name,
         verb = op.verb(),

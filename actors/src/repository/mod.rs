@@ -290,7 +290,10 @@ impl Handler<Close> for RepositoryActor {
 
 /// One sync: a slot, `SyncStarted`, read the upstream and diff it against
 /// the view, then the reconciliation ending with `SyncSucceeded` (in
-/// bounded appends) — or `SyncFailed`.
+/// bounded appends) — or `SyncFailed`. (Not [`Session::decide`]: its
+/// opening event commits while its I/O phase runs, and a failure is
+/// recorded before it is answered.)
+#[tracing::instrument(skip_all, fields(trigger = %trigger))]
 async fn sync_once(
     session: &mut Session<Repository>,
     trigger: String,
@@ -443,41 +446,52 @@ pub fn timestamp(at: SystemTime) -> pbjson_types::Timestamp {
     }
 }
 
-/// One lifecycle command: validation, the Git work and the read-back off
-/// the arbiter, then its events, then the target as the view has it.
+/// One lifecycle command: validation (pure, over its view rows), the Git
+/// work and the read-back off the arbiter (the I/O phase); the pure typing
+/// of the read-back's events ([`decide::typed`]); their append; then the
+/// target as the view has it.
+#[tracing::instrument(skip_all, fields(verb = op.verb()))]
 async fn run_lifecycle(
     session: &mut Session<Repository>,
     op: LifecycleOp,
 ) -> Result<LifecycleOutcome, RepositoryError> {
     let started = Instant::now();
     let verb = op.verb();
-    let (env, snapshot) = (session.env().clone(), session.state().clone());
     let principal = session.metadata().principal.clone();
-    let work_env = env.clone();
-    let executed =
-        off_arbiter(verb, move || command::execute(&work_env, &snapshot, &op, &principal)).await?;
     let stream = session.state().stream.clone();
-    let command::Executed {
-        events,
-        name,
-        deleted,
-        pins,
-    } = match executed {
-        Ok(executed) => executed,
+    // Shared by both phases (its files can be large: not copied).
+    let op = Arc::new(op);
+    let prepared = op.clone();
+    let decided = session
+        .decide(
+            verb,
+            Chunking::MaxEvents,
+            move |env: &SyncEnv, state: &RepositoryComponent| {
+                command::execute(env, state, &prepared, &principal)
+            },
+            move |_, executed: command::Executed| {
+                let events = decide::typed(executed.events, &executed.name, &op, op.cloned_from());
+                let count = events.len();
+                Ok((events, (executed.name, executed.deleted, executed.pins, count)))
+            },
+        )
+        .await;
+    let (name, deleted, pins, count) = match decided {
+        Ok(decided) => decided,
         Err(e) => {
-            info!(repo = %stream, verb, error = %e, "command refused");
+            if !matches!(e, RepositoryError::Writer(_)) {
+                info!(repo = %stream, verb, error = %e, "command refused");
+            }
             return Err(e);
         }
     };
-    let count = events.len();
-    session.append(events, Chunking::MaxEvents).await?;
     drop(pins); // the references are committed now
     info!(repo = %stream, verb, revision = %name, events = count,
         duration_ms = started.elapsed().as_millis() as u64, "command done");
     if deleted {
         return Ok(LifecycleOutcome::Deleted(name));
     }
-    let store = env.store.clone();
+    let store = session.env().store.clone();
     let namespace = session.state().spec.namespace.clone();
     let (row, name) = off_arbiter(verb, move || {
         cairn_storage::views::PackageRevisionsView::get(&store, &namespace, &name)

@@ -65,6 +65,8 @@ pub struct SyncNow {
 pub struct Replan {
     /// The new spec.
     pub sync: Option<SyncSpec>,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
 /// When the manager will sync next, and why; asked while a sync runs, it

@@ -249,6 +249,7 @@ impl Handler<Replan> for SyncManager {
     type Result = ();
 
     fn handle(&mut self, msg: Replan, ctx: &mut Self::Context) {
+        let _span = msg.span.enter();
         let old_once = self.plan.run_once_at();
         self.plan = Plan::of(msg.sync.as_ref());
         // A new run_once_at is pending; the same one keeps its state.
