@@ -2,9 +2,11 @@
 //!
 //! Domain modules have their own error enums (one variant per failure, each
 //! saying how to handle it): [`crate::repository::LifecycleError`],
-//! [`crate::repository::SyncError`], [`crate::repository::CommandError`],
-//! [`crate::writer::WriterError`]. Each maps into [`ServiceError`] in one
-//! `From` impl beside it; this is the only place codes are chosen.
+//! [`crate::repository::RepositoryError`], [`crate::writer::WriterError`].
+//! Each maps into [`ServiceError`] in one `From` impl beside it (the only
+//! place its codes are chosen), built with the constructors here — one of
+//! them, [`ServiceError::conflict_expected`], for every 409 that names
+//! what was expected and what was found.
 
 use cairn_storage::StorageError;
 

@@ -11,6 +11,15 @@
 //! Each repository has a SyncManager ([`crate::schedule`]) next to its
 //! RepositoryActor: syncs — at start-up, at registration, manual and
 //! scheduled — go through it, so it always knows when the next one is due.
+//! The manager reaches its repository through a `Recipient<RunSync>`.
+//!
+//! Every message carries the span of the command that caused it, and the
+//! registry passes it on to the actors it asks.
+//!
+//! # Layout
+//! - [`messages`] — `RegisterRepository`, `UnregisterRepository`,
+//!   `SyncRepository`, `UpdateRepository`, `RouteLifecycle`, `NextSyncOf`,
+//!   the counters (`FetchCount`, `DiscoveryCount`, `RefsRead`), `Shutdown`.
 
 pub mod messages;
 
