@@ -2,7 +2,8 @@
 //!
 //! Domain modules have their own error enums (one variant per failure, each
 //! saying how to handle it): [`crate::repository::LifecycleError`],
-//! [`crate::repository::RepositoryError`], [`crate::writer::WriterError`].
+//! [`crate::repository::RepositoryError`], [`crate::registry::RegistryError`],
+//! [`crate::writer::WriterError`].
 //! Each maps into [`ServiceError`] in one `From` impl beside it (the only
 //! place its codes are chosen), built with the constructors here — one of
 //! them, [`ServiceError::conflict_expected`], for every 409 that names

@@ -17,10 +17,12 @@
 //! registry passes it on to the actors it asks.
 //!
 //! # Layout
+//! - [`error`] — [`RegistryError`] (not found, already registered).
 //! - [`messages`] — `RegisterRepository`, `UnregisterRepository`,
 //!   `SyncRepository`, `UpdateRepository`, `RouteLifecycle`, `NextSyncOf`,
 //!   the counters (`FetchCount`, `DiscoveryCount`, `RefsRead`), `Shutdown`.
 
+pub mod error;
 pub mod messages;
 
 use std::{
@@ -33,6 +35,7 @@ use actix::prelude::*;
 use cairn_storage::{views::RepositoriesView, StorageError, Store};
 use tracing::{info, warn, Instrument};
 
+pub use error::RegistryError;
 pub use messages::{
     DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle,
     Shutdown, SyncRepository, UnregisterRepository, UpdateRepository,
@@ -131,9 +134,7 @@ impl Registry {
         self.repositories
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|e| e.manager.clone())
-            .ok_or_else(|| {
-                ServiceError::not_found(format!("repository {namespace}/{name} not found"))
-            })
+            .ok_or_else(|| RegistryError::not_found(namespace, name).into())
     }
 
     /// The store.
@@ -166,10 +167,11 @@ impl Handler<RegisterRepository> for Registry {
     fn handle(&mut self, msg: RegisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.spec.namespace.clone(), msg.spec.name.clone());
         if self.repositories.contains_key(&key) {
-            let err = ServiceError::conflict(format!(
-                "repository {}/{} is already registered",
-                key.0, key.1
-            ));
+            let err = RegistryError::AlreadyRegistered {
+                namespace: key.0,
+                name: key.1,
+            }
+            .into();
             return Box::pin(fut::ready(Err(err)));
         }
         let component = match RepositoryComponent::new(msg.spec) {
@@ -240,10 +242,11 @@ impl Handler<UnregisterRepository> for Registry {
     fn handle(&mut self, msg: UnregisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace.clone(), msg.name.clone());
         let Some(entry) = self.repositories.remove(&key) else {
-            return Box::pin(fut::ready(Err(ServiceError::not_found(format!(
-                "repository {}/{} not found",
-                msg.namespace, msg.name
-            )))));
+            return Box::pin(fut::ready(Err(RegistryError::not_found(
+                &msg.namespace,
+                &msg.name,
+            )
+            .into())));
         };
         let url = entry.url.clone();
         let last_of_url = !self.repositories.values().any(|e| e.url == url);
@@ -310,12 +313,8 @@ impl Handler<RouteLifecycle> for Registry {
             .get(&(msg.namespace.clone(), msg.name.clone()))
             .map(|e| e.actor.clone());
         Box::pin(async move {
-            let actor = actor.ok_or_else(|| {
-                ServiceError::not_found(format!(
-                    "repository {}/{} not found",
-                    msg.namespace, msg.name
-                ))
-            })?;
+            let actor =
+                actor.ok_or_else(|| RegistryError::not_found(&msg.namespace, &msg.name))?;
             actor.send(msg.lifecycle).await?
         })
     }
@@ -332,9 +331,8 @@ impl Handler<UpdateRepository> for Registry {
             .map(|e| (e.actor.clone(), e.manager.clone()));
         let span = msg.span;
         Box::pin(async move {
-            let (actor, manager) = entry.ok_or_else(|| {
-                ServiceError::not_found(format!("repository {}/{} not found", key.0, key.1))
-            })?;
+            let (actor, manager) =
+                entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
             let spec = actor
                 .send(UpdateSpec {
                     spec: msg.spec,
