@@ -504,3 +504,96 @@ async fn run_lifecycle(
         None => Err(RepositoryError::Lost { verb, name }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_events::{
+        envelope::Metadata,
+        v1::{GitSpec, RepositorySpec},
+    };
+    use cairn_storage::{
+        views::{PackageRevisionListView, PackageRevisionsView},
+        EventLog, StoreConfig,
+    };
+
+    use super::*;
+    use crate::{
+        origin::GitCache,
+        repository::upstream::{Fetches, Secrets},
+        timing::SyncSlots,
+    };
+
+    /// A store whose views cannot be read during a sync fails the sync as
+    /// a node problem (500, class "internal"), never as "upstream
+    /// unavailable" (503, class "other").
+    #[actix_rt::test]
+    async fn a_storage_failure_in_a_sync_is_internal_not_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        // No `repositories` view: reading the repository's status fails.
+        let store = Store::open(
+            StoreConfig::new(dir.path().join("db")),
+            vec![
+                Arc::new(PackageRevisionsView),
+                Arc::new(PackageRevisionListView),
+            ],
+        )
+        .unwrap();
+        let env = Arc::new(SyncEnv {
+            store: store.clone(),
+            fetches: Fetches::new(GitCache::new(dir.path().join("git"))),
+            secrets: Secrets::new(None),
+            release_memory: || {},
+            discoveries: Default::default(),
+            slots: SyncSlots::new(1),
+            refs_read: Default::default(),
+        });
+        let spec = RepositorySpec {
+            namespace: "ns".into(),
+            name: "r".into(),
+            r#type: "git".into(),
+            git: Some(GitSpec {
+                url: format!("file://{}", dir.path().join("upstream").display()),
+                branch: "main".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let actor = RepositoryActor::new(RepositoryComponent::new(spec).unwrap(), env).start();
+        let answer = actor
+            .send(RunSync {
+                trigger: "manual".into(),
+                asked_at: Instant::now(),
+                metadata: Metadata::command("test").normalized(),
+                next: None,
+                span: tracing::Span::none(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Err(ServiceError::internal(
+                "reading the views: unknown view \"repositories\""
+            ))
+        );
+        let stream = StreamId::repository("ns", "r").unwrap();
+        let recorded: Vec<Payload> = store
+            .read_stream(&stream, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.unwrap().payload.unwrap())
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                Payload::SyncStarted(SyncStarted {
+                    trigger: "manual".into()
+                }),
+                Payload::SyncFailed(SyncFailed {
+                    error_class: "internal".into(),
+                    message: "reading the views: unknown view \"repositories\"".into(),
+                    retry_at: None,
+                }),
+            ]
+        );
+    }
+}
