@@ -2,9 +2,10 @@
 //! written to the upstream first, recorded as events only once the
 //! upstream accepted them.
 //!
-//! A command runs inside its RepositoryActor's writer shell (so commands
-//! and syncs of one repository are serialised, and different repositories
-//! run in parallel), off the arbiter, in three steps:
+//! A command runs inside its RepositoryActor's writer shell (`run`; so
+//! commands and syncs of one repository are serialised, and different
+//! repositories run in parallel); steps 1–3 are its I/O phase
+//! ([`execute`], off the arbiter), the typing of step 3 its pure decision:
 //! 1. **validate**: the view rows it concerns are read ([`view_rows`]) and
 //!    checked by the pure [`super::decide::validate`]: the target revision
 //!    exists in the view, its lifecycle allows the command,
@@ -18,11 +19,13 @@
 //!    the upstream accepted;
 //! 3. **read back**: discover the package again in the mirror, exactly as a
 //!    sync reads it, and reconcile it against the view. The event of the
-//!    command's target is typed after the command ([`super::decide::typed`]) (`DraftCreated`,
+//!    command's target is typed after the command
+//!    ([`super::decide::typed`]: `DraftCreated`,
 //!    `PackageRevisionPublished`, …); whatever else moved with it (the
 //!    placeholder on the registered branch, the previous `latest`) is a
-//!    `PackageRevisionModified`. The actor appends them with the command's
-//!    metadata (principal, correlation id).
+//!    `PackageRevisionModified`. The writer appends them with the command's
+//!    metadata (principal, correlation id), then `run` answers the target
+//!    as the view has it.
 //!
 //! A push that fails records nothing. A crash between an accepted push and
 //! the append leaves the upstream ahead of the log; the next sync reads the
@@ -42,19 +45,25 @@ use cairn_storage::{
 };
 use git2::{Oid, Repository};
 use std::ops::ControlFlow;
+use std::{sync::Arc, time::Instant};
+
 use tracing::{debug, info};
 
 use super::{
     component::{object_name, RepositoryComponent},
+    Repository as RepositoryDomain,
     decide::{validate, Validated, ViewRows},
     error::RepositoryError,
     lifecycle::{self, PackageRefs},
     upstream::{store_revisions, SyncEnv},
 };
-use crate::origin::{
-    self,
-    write::{push_changes, Author, Files, RefChange},
-    OriginError,
+use crate::{
+    origin::{
+        self,
+        write::{push_changes, Author, Files, RefChange},
+        OriginError,
+    },
+    writer::{off_arbiter, Chunking, Session},
 };
 
 /// How many times an approval is tried when the registered branch keeps
@@ -529,4 +538,63 @@ fn set_local_refs(repo: &Repository, changes: &[RefChange]) -> Result<(), Origin
         }
     }
     Ok(())
+}
+
+/// One lifecycle command: validation (pure, over its view rows), the Git
+/// work and the read-back off the arbiter (the I/O phase); the pure typing
+/// of the read-back's events ([`super::decide::typed`]); their append; then the
+/// target as the view has it.
+#[tracing::instrument(skip_all, fields(verb = op.verb()))]
+pub(super) async fn run(
+    session: &mut Session<RepositoryDomain>,
+    op: LifecycleOp,
+) -> Result<LifecycleOutcome, RepositoryError> {
+    let started = Instant::now();
+    let verb = op.verb();
+    let principal = session.metadata().principal.clone();
+    let stream = session.state().stream.clone();
+    // Shared by both phases (its files can be large: not copied).
+    let op = Arc::new(op);
+    let prepared = op.clone();
+    let decided = session
+        .decide(
+            verb,
+            Chunking::MaxEvents,
+            move |env: &SyncEnv, state: &RepositoryComponent| {
+                execute(env, state, &prepared, &principal)
+            },
+            move |_, executed: Executed| {
+                let events = super::decide::typed(executed.events, &executed.name, &op, op.cloned_from());
+                let count = events.len();
+                Ok((events, (executed.name, executed.deleted, executed.pins, count)))
+            },
+        )
+        .await;
+    let (name, deleted, pins, count) = match decided {
+        Ok(decided) => decided,
+        Err(e) => {
+            if !matches!(e, RepositoryError::Writer(_)) {
+                info!(repo = %stream, verb, error = %e, "command refused");
+            }
+            return Err(e);
+        }
+    };
+    drop(pins); // the references are committed now
+    info!(repo = %stream, verb, revision = %name, events = count,
+        duration_ms = started.elapsed().as_millis() as u64, "command done");
+    if deleted {
+        return Ok(LifecycleOutcome::Deleted(name));
+    }
+    let store = session.env().store.clone();
+    let namespace = session.state().spec.namespace.clone();
+    let (row, name) = off_arbiter(verb, move || {
+        cairn_storage::views::PackageRevisionsView::get(&store, &namespace, &name)
+            .map(|row| (row, name))
+    })
+    .await?
+    .map_err(RepositoryError::Views)?;
+    match row {
+        Some(row) => Ok(LifecycleOutcome::Revision(Box::new(row))),
+        None => Err(RepositoryError::Lost { verb, name }),
+    }
 }
