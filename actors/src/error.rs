@@ -1,4 +1,13 @@
 //! The error every endpoint answers with.
+//!
+//! Domain modules have their own error enums (one variant per failure, each
+//! saying how to handle it): [`crate::repository::LifecycleError`],
+//! [`crate::repository::RepositoryError`], [`crate::registry::RegistryError`],
+//! [`crate::writer::WriterError`].
+//! Each maps into [`ServiceError`] in one `From` impl beside it (the only
+//! place its codes are chosen), built with the constructors here — one of
+//! them, [`ServiceError::conflict_expected`], for every 409 that names
+//! what was expected and what was found.
 
 use cairn_storage::StorageError;
 
@@ -50,6 +59,27 @@ impl ServiceError {
         }
     }
 
+    /// 409: the request conflicts with the current state (`what` says how).
+    pub fn conflict(what: impl Into<String>) -> Self {
+        Self {
+            code: 409,
+            message: what.into(),
+        }
+    }
+
+    /// 409 naming what was expected and what was found:
+    /// `"{what}: expected {expected}, {found}"`. `found` is phrased by the
+    /// caller, value included (`"got 7 (it changed since it was read)"`,
+    /// `"found version 3"`), so each conflict keeps its wording. Used for
+    /// `resource_version` and stream version conflicts.
+    pub fn conflict_expected(
+        what: impl std::fmt::Display,
+        expected: impl std::fmt::Display,
+        found: impl std::fmt::Display,
+    ) -> Self {
+        Self::conflict(format!("{what}: expected {expected}, {found}"))
+    }
+
     /// 500: a bug or a broken store; details go to the node's log.
     pub fn internal(what: impl Into<String>) -> Self {
         Self {
@@ -62,10 +92,15 @@ impl ServiceError {
 impl From<StorageError> for ServiceError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::Conflict { .. } => Self {
-                code: 409,
-                message: e.to_string(),
-            },
+            StorageError::Conflict {
+                stream,
+                expected,
+                actual,
+            } => Self::conflict_expected(
+                format_args!("stream {stream}"),
+                expected,
+                format_args!("found version {actual}"),
+            ),
             StorageError::InvalidAppend(m) => Self::bad_request(m),
             StorageError::Closed => Self::unavailable("node is shutting down"),
             StorageError::UnknownView(_) => Self::not_found(e.to_string()),
@@ -78,5 +113,43 @@ impl From<actix::MailboxError> for ServiceError {
     /// The actor that should answer is gone or overloaded: try again later.
     fn from(e: actix::MailboxError) -> Self {
         Self::unavailable(format!("actor unavailable: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_storage::ExpectedVersion;
+
+    use super::*;
+
+    #[test]
+    fn a_stream_conflict_is_409_naming_expected_and_found() {
+        let e = StorageError::Conflict {
+            stream: "repo/ns/r".into(),
+            expected: ExpectedVersion::Exact(3),
+            actual: 5,
+        };
+        let text = e.to_string();
+        let service = ServiceError::from(e);
+        assert_eq!(
+            service,
+            ServiceError {
+                code: 409,
+                message: "stream repo/ns/r: expected version 3, found version 5".into()
+            }
+        );
+        // The wording the storage error had.
+        assert_eq!(service.message, text);
+    }
+
+    #[test]
+    fn conflict_expected_names_both() {
+        assert_eq!(
+            ServiceError::conflict_expected("resource_version of a.b.c", 4, "got 2"),
+            ServiceError {
+                code: 409,
+                message: "resource_version of a.b.c: expected 4, got 2".into()
+            }
+        );
     }
 }

@@ -8,9 +8,16 @@
 //! - [`service`] — the `cairn` NATS micro service — endpoint registration,
 //!   request decoding (JSON or protobuf), error replies; one module per area
 //!   (`service::log` for `cairn.v1.log.read`).
+//! - [`writer`] — the stream-writer shell: the single writer of one
+//!   stream, for any domain (decide → append at the expected version →
+//!   fold → reply), with its [`writer::StreamDomain`] trait.
 //! - [`registry`] — opens, closes and finds repositories; [`repository`]
-//!   — the RepositoryActor, the only writer of a repository's stream;
+//!   — the repository domain: the RepositoryActor
+//!   (`StreamWriter<Repository>`), its pure decisions, its errors;
 //!   [`schedule`] — a SyncManager per repository decides when it syncs.
+//! - [`timing`] — the clock and the node-wide sync slots, shared by
+//!   [`schedule`] and [`repository`] (neither imports the other for them;
+//!   [`schedule`] does not import [`repository`] at all).
 //! - [`watch`] — watches: the per-node [`watch::WatchHub`] (follows the
 //!   log, bounded queue per watcher) and the Watcher actor per watch
 //!   (listing or resume, live events, heartbeats, relist on overflow).
@@ -20,7 +27,15 @@
 //! - [`revision_filter`] — which package revisions a `pkgrev.list` or a
 //!   watch selects (fields, lifecycles, labels); domain logic that
 //!   [`service`] and [`watch`] share.
-//! - [`error`] — [`ServiceError`], the error every endpoint answers with.
+//! - [`error`] — [`ServiceError`], the error every endpoint answers with;
+//!   each domain's error enum maps into it once.
+//!
+//! # Where a new domain goes
+//! A domain (key-value namespaces, artifacts, …) is a module
+//! `actors/src/<domain>/` beside [`repository`]: its state, pure decisions
+//! (given/when/then tests), error enum and `impl`
+//! [`writer::StreamDomain`]; its writer is `StreamWriter<Domain>`; its
+//! endpoints a module of [`service`]. See [`writer`] for the steps.
 //!
 //! [`service`] is the NATS edge: it imports the domain modules, and none of
 //! them imports it.
@@ -37,6 +52,8 @@ pub mod repository;
 pub mod revision_filter;
 pub mod schedule;
 pub mod service;
+pub mod timing;
 pub mod watch;
+pub mod writer;
 
 pub use error::ServiceError;

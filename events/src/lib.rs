@@ -8,7 +8,7 @@
 //! - [`json`] — the JSON rendering of an envelope used by `cairn log` and the
 //!   NATS JSON payloads.
 //! - [`revision`] — the JSON form of a package revision in replies and in
-//!   the list view.
+//!   the list view; [`revision::Lifecycle`], the lifecycle as an enum.
 //! - [`subject`] — NATS subject names (`cairn.events.<ns>.<repo>.<type>`) and
 //!   the reversible encoding of names that are not valid subject tokens.
 //! - [`stream`] — stream ids (`repo/<namespace>/<name>`).

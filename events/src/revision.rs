@@ -9,12 +9,83 @@
 //! the row; timestamps are RFC 3339 in UTC with a `Z` (as Kubernetes and
 //! Porch write them). It is serialised straight from the row, without an
 //! intermediate `serde_json::Value`: list pages render thousands of these.
+//!
+//! [`Lifecycle`] is the lifecycle as an enum, for code that decides on it.
 
 use std::collections::BTreeMap;
 
 use serde_json::{value::RawValue, Value};
 
 use crate::v1::{event::Payload, PackageRevision, PackageRevisionRow};
+
+/// A package revision's lifecycle. The events and views carry it as a
+/// string (`PackageRevision.lifecycle`, kept as Porch spells it); code that
+/// compares lifecycles parses it with [`Lifecycle::parse`] instead of
+/// comparing string literals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lifecycle {
+    /// Being edited (revision 0).
+    Draft,
+    /// Waiting for approval (revision 0).
+    Proposed,
+    /// Approved and tagged (revision N > 0), or the placeholder (-1).
+    Published,
+    /// Published, and its deletion was proposed.
+    DeletionProposed,
+}
+
+impl Lifecycle {
+    /// Every lifecycle, in the order of the lifecycle.
+    pub const ALL: [Lifecycle; 4] = [
+        Lifecycle::Draft,
+        Lifecycle::Proposed,
+        Lifecycle::Published,
+        Lifecycle::DeletionProposed,
+    ];
+
+    /// The lifecycle named `name` (exactly as [`Lifecycle::as_str`] spells
+    /// it); `None` for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == name)
+    }
+
+    /// `Draft`, `Proposed`, `Published` or `DeletionProposed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Draft => "Draft",
+            Lifecycle::Proposed => "Proposed",
+            Lifecycle::Published => "Published",
+            Lifecycle::DeletionProposed => "DeletionProposed",
+        }
+    }
+
+    /// Published or DeletionProposed: it has a revision number and can be
+    /// the latest.
+    pub fn is_published(self) -> bool {
+        matches!(self, Lifecycle::Published | Lifecycle::DeletionProposed)
+    }
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Lifecycle {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s).ok_or_else(|| format!("{s:?} is not a lifecycle (Draft, Proposed, Published, DeletionProposed)"))
+    }
+}
+
+impl PackageRevision {
+    /// Its lifecycle, parsed (`None` when the string names none).
+    pub fn parsed_lifecycle(&self) -> Option<Lifecycle> {
+        Lifecycle::parse(&self.lifecycle)
+    }
+}
 
 /// A timestamp as RFC 3339 in UTC with a `Z` (e.g. `2022-08-26T22:47:35Z`),
 /// or null.
@@ -180,6 +251,21 @@ impl<'a> Change<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lifecycles_parse_what_they_print() {
+        for l in super::Lifecycle::ALL {
+            assert_eq!(super::Lifecycle::parse(l.as_str()), Some(l));
+            assert_eq!(l.to_string(), l.as_str());
+        }
+        assert_eq!(super::Lifecycle::parse("draft"), None);
+        assert_eq!(
+            "x".parse::<super::Lifecycle>().unwrap_err(),
+            "\"x\" is not a lifecycle (Draft, Proposed, Published, DeletionProposed)"
+        );
+        assert!(super::Lifecycle::DeletionProposed.is_published());
+        assert!(!super::Lifecycle::Proposed.is_published());
+    }
+
     use serde_json::json;
 
     use super::*;

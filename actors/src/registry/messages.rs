@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime};
 use actix::Message;
 use cairn_events::{envelope::Metadata, v1::RepositorySpec};
 
-use crate::{repository::SyncReport, ServiceError};
+use crate::{schedule::SyncReport, ServiceError};
 
 /// Registers a repository (validated spec with defaults filled in) and,
 /// when `wait`, performs its first sync before answering. A failed first
@@ -19,6 +19,8 @@ pub struct RegisterRepository {
     pub wait: bool,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
 /// Unregisters `namespace/name`; removes the local mirror with the last
@@ -32,6 +34,8 @@ pub struct UnregisterRepository {
     pub name: String,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
 /// Syncs `namespace/name` now.
@@ -48,6 +52,8 @@ pub struct SyncRepository {
     pub asked_at: Instant,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
 /// Replaces a registered repository's spec (`repo.update`) and plans its
@@ -59,6 +65,8 @@ pub struct UpdateRepository {
     pub spec: RepositorySpec,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
 /// When `namespace/name` syncs next and why ("schedule", "run-once",
@@ -95,14 +103,14 @@ pub struct RefsRead;
 pub struct Shutdown;
 
 /// A lifecycle command for the repository `namespace/name`, handed to its
-/// RepositoryActor.
+/// RepositoryActor (was `CommandRepository`).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<crate::repository::command::Outcome, ServiceError>")]
-pub struct CommandRepository {
+#[rtype(result = "Result<crate::repository::LifecycleOutcome, ServiceError>")]
+pub struct RouteLifecycle {
     /// Namespace.
     pub namespace: String,
     /// Repository name.
     pub name: String,
-    /// The command.
-    pub command: crate::repository::Command,
+    /// The command (it carries its span).
+    pub lifecycle: crate::repository::ApplyLifecycle,
 }

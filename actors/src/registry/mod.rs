@@ -11,7 +11,18 @@
 //! Each repository has a SyncManager ([`crate::schedule`]) next to its
 //! RepositoryActor: syncs — at start-up, at registration, manual and
 //! scheduled — go through it, so it always knows when the next one is due.
+//! The manager reaches its repository through a `Recipient<RunSync>`.
+//!
+//! Every message carries the span of the command that caused it, and the
+//! registry passes it on to the actors it asks.
+//!
+//! # Layout
+//! - [`error`] — [`RegistryError`] (not found, already registered).
+//! - [`messages`] — `RegisterRepository`, `UnregisterRepository`,
+//!   `SyncRepository`, `UpdateRepository`, `RouteLifecycle`, `NextSyncOf`,
+//!   the counters (`FetchCount`, `DiscoveryCount`, `RefsRead`), `Shutdown`.
 
+pub mod error;
 pub mod messages;
 
 use std::{
@@ -22,19 +33,21 @@ use std::{
 
 use actix::prelude::*;
 use cairn_storage::{views::RepositoriesView, StorageError, Store};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
+pub use error::RegistryError;
 pub use messages::{
-    CommandRepository, DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository,
+    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle,
     Shutdown, SyncRepository, UnregisterRepository, UpdateRepository,
 };
 
 use crate::{
     repository::{
-        upstream::SyncEnv, Close, Register, RepositoryActor, RepositoryComponent, SyncReport,
-        UpdateSpec,
+        upstream::SyncEnv, Close, LifecycleOutcome, Register, RepositoryActor,
+        RepositoryComponent, UpdateSpec,
     },
-    schedule::{NextDue, Replan, Scheduling, StopManager, SyncManager, SyncNow},
+    schedule::{NextDue, Replan, Scheduling, StopManager, SyncManager, SyncNow, SyncReport},
+    writer::StopWriter,
     ServiceError,
 };
 
@@ -102,7 +115,7 @@ impl Registry {
         let url = spec.git.as_ref().map(|g| g.url.clone()).unwrap_or_default();
         let actor = RepositoryActor::new(component, self.env.clone()).start();
         let manager = SyncManager::new(
-            actor.clone(),
+            actor.clone().recipient(),
             format!("{}/{}", spec.namespace, spec.name),
             spec.sync,
             self.scheduling.clone(),
@@ -121,9 +134,7 @@ impl Registry {
         self.repositories
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|e| e.manager.clone())
-            .ok_or_else(|| {
-                ServiceError::not_found(format!("repository {namespace}/{name} not found"))
-            })
+            .ok_or_else(|| RegistryError::not_found(namespace, name).into())
     }
 
     /// The store.
@@ -156,10 +167,11 @@ impl Handler<RegisterRepository> for Registry {
     fn handle(&mut self, msg: RegisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.spec.namespace.clone(), msg.spec.name.clone());
         if self.repositories.contains_key(&key) {
-            let err = ServiceError {
-                code: 409,
-                message: format!("repository {}/{} is already registered", key.0, key.1),
-            };
+            let err = RegistryError::AlreadyRegistered {
+                namespace: key.0,
+                name: key.1,
+            }
+            .into();
             return Box::pin(fut::ready(Err(err)));
         }
         let component = match RepositoryComponent::new(msg.spec) {
@@ -172,11 +184,14 @@ impl Handler<RegisterRepository> for Registry {
         self.repositories.insert(key.clone(), entry);
         let metadata = msg.metadata;
         let wait = msg.wait;
+        let span = msg.span;
+        let register_span = span.clone();
         Box::pin(
             async move {
                 let registered = actor
                     .send(Register {
                         metadata: metadata.clone(),
+                        span: span.clone(),
                     })
                     .await
                     .map_err(ServiceError::from);
@@ -187,6 +202,7 @@ impl Handler<RegisterRepository> for Registry {
                     trigger: "register".into(),
                     asked_at: Instant::now(),
                     metadata,
+                    span,
                 };
                 if wait {
                     (
@@ -204,13 +220,14 @@ impl Handler<RegisterRepository> for Registry {
                     (true, Ok(None))
                 }
             }
+            .instrument(register_span)
             .into_actor(self)
             .map(move |(registered, result), act, _| {
                 if !registered {
                     // The registration did not commit: nothing is registered.
                     if let Some(entry) = act.repositories.remove(&key) {
                         entry.manager.do_send(StopManager);
-                        entry.actor.do_send(crate::repository::Stop);
+                        entry.actor.do_send(StopWriter);
                     }
                 }
                 result
@@ -225,21 +242,24 @@ impl Handler<UnregisterRepository> for Registry {
     fn handle(&mut self, msg: UnregisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace.clone(), msg.name.clone());
         let Some(entry) = self.repositories.remove(&key) else {
-            return Box::pin(fut::ready(Err(ServiceError::not_found(format!(
-                "repository {}/{} not found",
-                msg.namespace, msg.name
-            )))));
+            return Box::pin(fut::ready(Err(RegistryError::not_found(
+                &msg.namespace,
+                &msg.name,
+            )
+            .into())));
         };
         let url = entry.url.clone();
         let last_of_url = !self.repositories.values().any(|e| e.url == url);
         let env = self.env.clone();
         let actor = entry.actor.clone();
         let manager = entry.manager.clone();
+        let span = msg.span;
         Box::pin(
             async move {
                 actor
                     .send(Close {
                         metadata: msg.metadata,
+                        span: tracing::Span::current(),
                     })
                     .await??;
                 if last_of_url && !url.is_empty() {
@@ -251,6 +271,7 @@ impl Handler<UnregisterRepository> for Registry {
                 }
                 Ok(())
             }
+            .instrument(span)
             .into_actor(self)
             .map(move |result, act, _| {
                 if result.is_err() {
@@ -276,28 +297,25 @@ impl Handler<SyncRepository> for Registry {
                     trigger: msg.trigger,
                     asked_at: msg.asked_at,
                     metadata: msg.metadata,
+                    span: msg.span,
                 })
                 .await?
         })
     }
 }
 
-impl Handler<CommandRepository> for Registry {
-    type Result = ResponseFuture<Result<crate::repository::command::Outcome, ServiceError>>;
+impl Handler<RouteLifecycle> for Registry {
+    type Result = ResponseFuture<Result<LifecycleOutcome, ServiceError>>;
 
-    fn handle(&mut self, msg: CommandRepository, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: RouteLifecycle, _ctx: &mut Self::Context) -> Self::Result {
         let actor = self
             .repositories
             .get(&(msg.namespace.clone(), msg.name.clone()))
             .map(|e| e.actor.clone());
         Box::pin(async move {
-            let actor = actor.ok_or_else(|| {
-                ServiceError::not_found(format!(
-                    "repository {}/{} not found",
-                    msg.namespace, msg.name
-                ))
-            })?;
-            actor.send(msg.command).await?
+            let actor =
+                actor.ok_or_else(|| RegistryError::not_found(&msg.namespace, &msg.name))?;
+            actor.send(msg.lifecycle).await?
         })
     }
 }
@@ -311,19 +329,21 @@ impl Handler<UpdateRepository> for Registry {
             .repositories
             .get(&key)
             .map(|e| (e.actor.clone(), e.manager.clone()));
+        let span = msg.span;
         Box::pin(async move {
-            let (actor, manager) = entry.ok_or_else(|| {
-                ServiceError::not_found(format!("repository {}/{} not found", key.0, key.1))
-            })?;
+            let (actor, manager) =
+                entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
             let spec = actor
                 .send(UpdateSpec {
                     spec: msg.spec,
                     metadata: msg.metadata,
+                    span: span.clone(),
                 })
                 .await??;
             manager
                 .send(Replan {
                     sync: spec.sync.clone(),
+                    span,
                 })
                 .await?;
             Ok(spec)
@@ -381,7 +401,7 @@ impl Handler<Shutdown> for Registry {
                 }
                 for actor in entries.into_iter().map(|e| e.actor) {
                     // Queued after any command in flight, so those finish.
-                    let _ = actor.send(crate::repository::Stop).await;
+                    let _ = actor.send(StopWriter).await;
                 }
             }
             .into_actor(self)

@@ -2,12 +2,15 @@
 //! written to the upstream first, recorded as events only once the
 //! upstream accepted them.
 //!
-//! A command runs inside its RepositoryActor (so commands and syncs of one
-//! repository are serialised, and different repositories run in parallel)
-//! in three steps:
-//! 1. **validate** ([`check`]): the target revision exists in the view, its
-//!    lifecycle allows the command, `resource_version` matches, a new
-//!    workspace is unique in its package;
+//! A command runs inside its RepositoryActor's writer shell (`run`; so
+//! commands and syncs of one repository are serialised, and different
+//! repositories run in parallel); steps 1–3 are its I/O phase
+//! ([`execute`], off the arbiter), the typing of step 3 its pure decision:
+//! 1. **validate**: the view rows it concerns are read ([`view_rows`]) and
+//!    checked by the pure [`super::decide::validate`]: the target revision
+//!    exists in the view, its lifecycle allows the command,
+//!    `resource_version` matches, a new workspace is unique in its package
+//!    and a new package does not nest;
 //! 2. **write** ([`execute`]): build the commit in the local mirror
 //!    ([`crate::origin::lifecycle`]), push all ref updates together, never forced;
 //!    an approval that finds the registered branch moved on fetches,
@@ -16,11 +19,13 @@
 //!    the upstream accepted;
 //! 3. **read back**: discover the package again in the mirror, exactly as a
 //!    sync reads it, and reconcile it against the view. The event of the
-//!    command's target is typed after the command (`DraftCreated`,
+//!    command's target is typed after the command
+//!    ([`super::decide::typed`]: `DraftCreated`,
 //!    `PackageRevisionPublished`, …); whatever else moved with it (the
 //!    placeholder on the registered branch, the previous `latest`) is a
-//!    `PackageRevisionModified`. The actor appends them with the command's
-//!    metadata (principal, correlation id).
+//!    `PackageRevisionModified`. The writer appends them with the command's
+//!    metadata (principal, correlation id), then `run` answers the target
+//!    as the view has it.
 //!
 //! A push that fails records nothing. A crash between an accepted push and
 //! the append leaves the upstream ahead of the log; the next sync reads the
@@ -29,25 +34,26 @@
 use std::collections::{BTreeMap, HashSet};
 
 use cairn_events::{
-    envelope::event,
-    v1::{
-        event::Payload, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
-        DraftResourcesUpdated, Event, PackageRevision, PackageRevisionProposed,
-        PackageRevisionPublished, PackageRevisionRow, ProposalRejected, RepositorySpec,
-    },
+    revision::Lifecycle,
+    v1::{Event, PackageRevision, PackageRevisionRow, RepositorySpec},
 };
 use cairn_storage::{
     views::{
         package_revision_list::Scope as ListScope, PackageRevisionListView, PackageRevisionsView,
     },
-    BlobPin, Store,
+    BlobPin, StorageError, Store,
 };
 use git2::{Oid, Repository};
 use std::ops::ControlFlow;
+use std::{sync::Arc, time::Instant};
+
 use tracing::{debug, info};
 
 use super::{
     component::{object_name, RepositoryComponent},
+    Repository as RepositoryDomain,
+    decide::{validate, Validated, ViewRows},
+    error::RepositoryError,
     upstream::{store_revisions, SyncEnv},
 };
 use crate::{
@@ -57,7 +63,7 @@ use crate::{
         write::{push_changes, Author, Files, RefChange},
         OriginError,
     },
-    ServiceError,
+    writer::{off_arbiter, Chunking, Session},
 };
 
 /// How many times an approval is tried when the registered branch keeps
@@ -81,9 +87,9 @@ pub enum Source {
     },
 }
 
-/// One lifecycle command.
+/// One lifecycle command (was `Op`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub enum LifecycleOp {
     /// A new draft of `package` at `path` in workspace `workspace`.
     Create {
         /// Package path below the registered directory (may be empty).
@@ -118,37 +124,40 @@ pub enum Op {
     Delete(String),
 }
 
-impl Op {
+impl LifecycleOp {
     /// The command's name, as in its endpoint (`create`, `approve`, …).
     pub fn verb(&self) -> &'static str {
         match self {
-            Op::Create { .. } => "create",
-            Op::Update { .. } => "update",
-            Op::Propose(_) => "propose",
-            Op::Reject(_) => "reject",
-            Op::Approve(_) => "approve",
-            Op::ProposeDelete(_) => "propose-delete",
-            Op::WithdrawDelete(_) => "withdraw-delete",
-            Op::Delete(_) => "delete",
+            LifecycleOp::Create { .. } => "create",
+            LifecycleOp::Update { .. } => "update",
+            LifecycleOp::Propose(_) => "propose",
+            LifecycleOp::Reject(_) => "reject",
+            LifecycleOp::Approve(_) => "approve",
+            LifecycleOp::ProposeDelete(_) => "propose-delete",
+            LifecycleOp::WithdrawDelete(_) => "withdraw-delete",
+            LifecycleOp::Delete(_) => "delete",
+        }
+    }
+
+    /// The revision a `create` copies (its object name), else empty.
+    pub fn cloned_from(&self) -> &str {
+        match self {
+            LifecycleOp::Create {
+                source: Source::Clone { from, .. },
+                ..
+            } => from,
+            _ => "",
         }
     }
 }
 
-/// What a command left.
+/// What a lifecycle command left (was `Outcome`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum LifecycleOutcome {
     /// The target revision after the command, as the view now has it.
     Revision(Box<PackageRevisionRow>),
     /// The target revision is gone.
     Deleted(String),
-}
-
-/// A 409.
-pub fn conflict(what: impl Into<String>) -> ServiceError {
-    ServiceError {
-        code: 409,
-        message: what.into(),
-    }
 }
 
 /// The `Kptfile` of a new package.
@@ -159,40 +168,14 @@ pub fn default_kptfile(package: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The revision a command targets, checked against the view: it exists in
-/// this repository and its lifecycle is one of `allowed`.
-fn target(
-    store: &Store,
-    spec: &RepositorySpec,
-    name: &str,
-    verb: &str,
-    allowed: &[&str],
-) -> Result<(PackageRevision, u64), ServiceError> {
-    let row = PackageRevisionsView::get(store, &spec.namespace, name)?
-        .filter(|row| row.repository == spec.name)
-        .ok_or_else(|| {
-            ServiceError::not_found(format!(
-                "package revision {}/{name} not found in repository {}",
-                spec.namespace, spec.name
-            ))
-        })?;
-    let revision = row.revision.unwrap_or_default();
-    if !allowed.contains(&revision.lifecycle.as_str()) {
-        return Err(conflict(format!(
-            "cannot {verb} {name}: it is {}, not {}",
-            revision.lifecycle,
-            allowed.join(" or ")
-        )));
-    }
-    Ok((revision, row.updated_seq))
-}
-
-/// What [`execute`] produced: the events to append (none when the upstream
-/// already was as asked), the target's name and whether it is gone, and the
-/// blobs to keep until the events commit.
+/// What [`execute`] produced: the read-back's events (`Added`, `Modified`,
+/// `Deleted`; none when the upstream already was as asked; the pure
+/// [`super::decide::typed`] types the target's after the command), the
+/// target's name and whether it is gone, and the blobs to keep until the
+/// events commit.
 #[derive(Debug)]
 pub struct Executed {
-    /// Events to append, in order.
+    /// The read-back's events, in order, not yet typed.
     pub events: Vec<Event>,
     /// The target's object name.
     pub name: String,
@@ -202,93 +185,79 @@ pub struct Executed {
     pub pins: Vec<BlobPin>,
 }
 
+/// The view rows `op` is validated against (see [`ViewRows`]). Blocking.
+pub fn view_rows(
+    store: &Store,
+    spec: &RepositorySpec,
+    op: &LifecycleOp,
+) -> Result<ViewRows, StorageError> {
+    let name = match op {
+        LifecycleOp::Create {
+            path,
+            package,
+            workspace,
+            ..
+        } => object_name(&spec.name, path, package, workspace),
+        LifecycleOp::Update { name, .. }
+        | LifecycleOp::Propose(name)
+        | LifecycleOp::Reject(name)
+        | LifecycleOp::Approve(name)
+        | LifecycleOp::ProposeDelete(name)
+        | LifecycleOp::WithdrawDelete(name)
+        | LifecycleOp::Delete(name) => name.clone(),
+    };
+    let target = PackageRevisionsView::get(store, &spec.namespace, &name)?;
+    let mut packages = Vec::new();
+    if matches!(op, LifecycleOp::Create { .. }) && target.is_none() {
+        let scope = ListScope {
+            namespace: Some(&spec.namespace),
+            repository: Some(&spec.name),
+            package: None,
+            path: None,
+        };
+        PackageRevisionListView::scan::<StorageError>(store, &scope, None, |row| {
+            let package = origin::package_path("", row.path, row.package);
+            if packages.last() != Some(&package) {
+                packages.push(package);
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+    }
+    Ok(ViewRows { target, packages })
+}
+
 /// Validates `op` against the view, writes it to the upstream and reads the
 /// package back: the events to record. `principal` authors the commits
 /// (when not anonymous). Blocking.
 pub fn execute(
     env: &SyncEnv,
     component: &RepositoryComponent,
-    op: &Op,
+    op: &LifecycleOp,
     principal: &str,
-) -> Result<Executed, ServiceError> {
+) -> Result<Executed, RepositoryError> {
     let started = std::time::Instant::now();
     let spec = &component.spec;
     let git = spec.git.clone().unwrap_or_default();
     let store = &env.store;
     // 1. Validate against the view.
-    let (path, package, workspace, current) = match op {
-        Op::Create {
-            path,
-            package,
-            workspace,
-            ..
-        } => {
-            let name = object_name(&spec.name, path, package, workspace);
-            if PackageRevisionsView::get(store, &spec.namespace, &name)?.is_some() {
-                return Err(conflict(format!(
-                    "package revision {}/{name} already exists (workspace {workspace:?} of package {:?} is taken)",
-                    spec.namespace,
-                    origin::package_path("", path, package)
-                )));
-            }
-            check_nesting(store, spec, path, package)?;
-            (path.clone(), package.clone(), workspace.clone(), None)
-        }
-        Op::Update {
-            name,
-            resource_version,
-            ..
-        } => {
-            let (revision, version) = target(store, spec, name, "update", &["Draft"])?;
-            if version != *resource_version {
-                return Err(conflict(format!(
-                    "resource_version of {name}: expected {version}, got {resource_version} (it changed since it was read)"
-                )));
-            }
-            revision_key(revision)
-        }
-        Op::Propose(name) => revision_key(target(store, spec, name, "propose", &["Draft"])?.0),
-        Op::Reject(name) => revision_key(target(store, spec, name, "reject", &["Proposed"])?.0),
-        Op::Approve(name) => revision_key(target(store, spec, name, "approve", &["Proposed"])?.0),
-        Op::ProposeDelete(name) => {
-            let (revision, _) =
-                target(store, spec, name, "propose the deletion of", &["Published"])?;
-            revision_key(revision)
-        }
-        Op::WithdrawDelete(name) => revision_key(
-            target(
-                store,
-                spec,
-                name,
-                "withdraw the deletion of",
-                &["DeletionProposed"],
-            )?
-            .0,
-        ),
-        Op::Delete(name) => {
-            let (revision, _) = target(
-                store,
-                spec,
-                name,
-                "delete",
-                &["Draft", "Proposed", "DeletionProposed", "Published"],
-            )?;
-            if revision.lifecycle == "Published" {
-                return Err(conflict(format!(
-                    "cannot delete {name}: it is Published; propose its deletion first (pkgrev.propose-delete)"
-                )));
-            }
-            revision_key(revision)
-        }
-    };
-    let name = object_name(&spec.name, &path, &package, &workspace);
+    let rows = view_rows(store, spec, op).map_err(RepositoryError::Views)?;
+    let Validated {
+        name,
+        path,
+        package,
+        workspace: _,
+        current,
+    } = validate(spec, op, rows)?;
     let refs = PackageRefs::new(&git.directory, &path, &package, &git.branch);
     let author = match principal {
         "" | cairn_events::envelope::ANONYMOUS => Author::new(&git.author, &git.email),
         p if p.contains('@') => Author::new(p, p),
         p => Author::new(p, &git.email),
     };
-    let credentials = env.secrets.resolve(&git.secret_ref).map_err(write_error)?;
+    let credentials = env
+        .secrets
+        .resolve(&git.secret_ref)
+        .map_err(RepositoryError::Write)?;
 
     let validated = started.elapsed();
     // 2. Write to the upstream, holding the mirror.
@@ -311,7 +280,7 @@ pub fn execute(
                         return Ok((changes, highest));
                     }
                     Err(OriginError::Moved(why))
-                        if matches!(op, Op::Approve(_)) && attempt < APPROVE_ATTEMPTS =>
+                        if matches!(op, LifecycleOp::Approve(_)) && attempt < APPROVE_ATTEMPTS =>
                     {
                         info!(revision = %name, attempt, %why, "upstream moved during approval; fetching and retrying");
                         refetch()?;
@@ -322,36 +291,34 @@ pub fn execute(
                 }
             }
         })
-        .map_err(write_error)?;
+        .map_err(RepositoryError::Write)?;
 
     let written = started.elapsed();
     // 3. Read back what the write can have changed, and reconcile it
     // against the view's side of the same revisions.
     let mirror = env.fetches.cache().mirror_path(&git.url);
     let read = refs_to_read(&changes, &refs, current.as_ref());
+    let read_back = |e: &dyn std::fmt::Display| RepositoryError::ReadBack {
+        name: name.clone(),
+        message: e.to_string(),
+    };
     let discovery = origin::discover_refs(&mirror, &git.branch, &git.directory, &refs.full, &read)
-        .map_err(|e| ServiceError::internal(format!("reading back {name}: {e}")))?;
-    let (mut discovered, pins) = store_revisions(env, &mirror, spec, discovery.revisions)
-        .map_err(|e| ServiceError::internal(format!("reading back {name}: {e}")))?;
-    let gone = matches!(op, Op::Delete(_)).then_some(name.as_str());
-    latest_moved(store, spec, &path, &package, highest, gone, &mut discovered)?;
+        .map_err(|e| read_back(&e))?;
+    let (mut discovered, pins) =
+        store_revisions(env, &mirror, spec, discovery.revisions).map_err(|e| read_back(&e))?;
+    let gone = matches!(op, LifecycleOp::Delete(_)).then_some(name.as_str());
+    latest_moved(store, spec, &path, &package, highest, gone, &mut discovered)
+        .map_err(RepositoryError::Views)?;
     let mut before = BTreeMap::new();
     for n in discovered.keys().chain(std::iter::once(&name)) {
-        if let Some(r) =
-            PackageRevisionsView::get(store, &spec.namespace, n)?.and_then(|row| row.revision)
+        if let Some(r) = PackageRevisionsView::get(store, &spec.namespace, n)
+            .map_err(RepositoryError::Views)?
+            .and_then(|row| row.revision)
         {
             before.insert(n.clone(), r);
         }
     }
     let (events, _) = RepositoryComponent::reconcile(&before, discovered);
-    let clone_from = match op {
-        Op::Create {
-            source: Source::Clone { from, .. },
-            ..
-        } => from.clone(),
-        _ => String::new(),
-    };
-    let events = typed(events, &name, op, &clone_from);
     debug!(
         revision = %name,
         verb = op.verb(),
@@ -361,48 +328,11 @@ pub fn execute(
         "command executed"
     );
     Ok(Executed {
-        deleted: matches!(op, Op::Delete(_)),
+        deleted: matches!(op, LifecycleOp::Delete(_)),
         events,
         name,
         pins,
     })
-}
-
-/// Packages do not nest: a new package may not lie inside one the
-/// repository has, nor hold one.
-fn check_nesting(
-    store: &Store,
-    spec: &RepositorySpec,
-    path: &str,
-    package: &str,
-) -> Result<(), ServiceError> {
-    let new = origin::package_path("", path, package);
-    let scope = ListScope {
-        namespace: Some(&spec.namespace),
-        repository: Some(&spec.name),
-        package: None,
-        path: None,
-    };
-    let mut clash = None;
-    PackageRevisionListView::scan::<ServiceError>(store, &scope, None, |row| {
-        let existing = origin::package_path("", row.path, row.package);
-        let nested = |inner: &str, outer: &str| {
-            inner.len() > outer.len()
-                && inner.starts_with(outer)
-                && inner.as_bytes()[outer.len()] == b'/'
-        };
-        if nested(&new, &existing) || nested(&existing, &new) {
-            clash = Some(existing);
-            return Ok(ControlFlow::Break(()));
-        }
-        Ok(ControlFlow::Continue(()))
-    })?;
-    match clash {
-        Some(existing) => Err(conflict(format!(
-            "package {new:?} would nest with package {existing:?} (packages do not nest)"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// The refs whose revisions `changes` can have changed (the placeholder is
@@ -440,7 +370,7 @@ fn latest_moved(
     highest: i64,
     gone: Option<&str>,
     discovered: &mut BTreeMap<String, PackageRevision>,
-) -> Result<(), ServiceError> {
+) -> Result<(), StorageError> {
     let scope = ListScope {
         namespace: Some(&spec.namespace),
         repository: Some(&spec.name),
@@ -448,12 +378,12 @@ fn latest_moved(
         path: Some(path),
     };
     let mut moved = Vec::new();
-    PackageRevisionListView::scan::<ServiceError>(store, &scope, None, |row| {
+    PackageRevisionListView::scan::<StorageError>(store, &scope, None, |row| {
         if discovered.contains_key(row.name) || gone == Some(row.name) {
             return Ok(ControlFlow::Continue(()));
         }
         let head = row.listing()?;
-        let published = matches!(head.lifecycle.as_str(), "Published" | "DeletionProposed");
+        let published = Lifecycle::parse(&head.lifecycle).is_some_and(Lifecycle::is_published);
         let latest = published && head.revision > 0 && head.revision == highest;
         if head.latest != latest {
             moved.push((row.name.to_owned(), latest));
@@ -471,34 +401,11 @@ fn latest_moved(
     Ok(())
 }
 
-/// (path, package, workspace, revision) of an existing revision.
-fn revision_key(r: PackageRevision) -> (String, String, String, Option<PackageRevision>) {
-    (
-        r.path.clone(),
-        r.package.clone(),
-        r.workspace.clone(),
-        Some(r),
-    )
-}
-
-/// How a failed write is answered: a refusal by the upstream (hook,
-/// permissions) is 409 naming the ref; a moved ref (someone else wrote
-/// first) is 409 asking for a sync; the rest as a failed sync.
-fn write_error(e: OriginError) -> ServiceError {
-    match &e {
-        OriginError::Rejected(why) => conflict(format!("the upstream refused the change: {why}")),
-        OriginError::Moved(why) => conflict(format!(
-            "the upstream changed since it was last read ({why}); sync the repository and retry"
-        )),
-        _ => super::origin_error(&e),
-    }
-}
-
 /// The commit (if any) and ref changes of `op`, built in `repo` on its
 /// current refs.
 fn changes_of(
     repo: &Repository,
-    op: &Op,
+    op: &LifecycleOp,
     refs: &PackageRefs,
     current: Option<&PackageRevision>,
     author: &Author,
@@ -516,7 +423,7 @@ fn changes_of(
     let current =
         || current.ok_or_else(|| OriginError::Git("no current revision for the command".into()));
     Ok(match op {
-        Op::Create {
+        LifecycleOp::Create {
             workspace, source, ..
         } => {
             let (files, task) = match source {
@@ -539,19 +446,19 @@ fn changes_of(
             };
             lifecycle::create_draft(repo, refs, head()?, workspace, &files, &task, author)?.1
         }
-        Op::Update { files, .. } => {
+        LifecycleOp::Update { files, .. } => {
             let r = current()?;
             lifecycle::update_draft(repo, refs, commit_of(r)?, &r.workspace, files, author)?.1
         }
-        Op::Propose(_) => {
+        LifecycleOp::Propose(_) => {
             let r = current()?;
             lifecycle::propose(refs, &r.workspace, commit_of(r)?)
         }
-        Op::Reject(_) => {
+        LifecycleOp::Reject(_) => {
             let r = current()?;
             lifecycle::reject(refs, &r.workspace, commit_of(r)?)
         }
-        Op::Approve(_) => {
+        LifecycleOp::Approve(_) => {
             let r = current()?;
             let next = next_revision(repo, refs)?;
             lifecycle::approve(
@@ -565,16 +472,20 @@ fn changes_of(
             )?
             .1
         }
-        Op::ProposeDelete(_) => {
+        LifecycleOp::ProposeDelete(_) => {
             let r = current()?;
             lifecycle::propose_deletion(refs, r.revision, commit_of(r)?)
         }
-        Op::WithdrawDelete(_) => lifecycle::withdraw_deletion(refs, current()?.revision),
-        Op::Delete(_) => {
+        LifecycleOp::WithdrawDelete(_) => lifecycle::withdraw_deletion(refs, current()?.revision),
+        LifecycleOp::Delete(_) => {
             let r = current()?;
-            match (r.lifecycle.as_str(), r.revision) {
-                ("Draft", _) => lifecycle::delete_unpublished(refs, &r.workspace, false),
-                ("Proposed", _) => lifecycle::delete_unpublished(refs, &r.workspace, true),
+            match (r.parsed_lifecycle(), r.revision) {
+                (Some(Lifecycle::Draft), _) => {
+                    lifecycle::delete_unpublished(refs, &r.workspace, false)
+                }
+                (Some(Lifecycle::Proposed), _) => {
+                    lifecycle::delete_unpublished(refs, &r.workspace, true)
+                }
                 (_, -1) => lifecycle::delete_placeholder(repo, refs, head()?, true, author)?.1,
                 (_, n) => lifecycle::delete_published(refs, n),
             }
@@ -629,43 +540,61 @@ fn set_local_refs(repo: &Repository, changes: &[RefChange]) -> Result<(), Origin
     Ok(())
 }
 
-/// `events` with the one about `name` typed after the command that caused
-/// it (a deletion stays `PackageRevisionDeleted`; other revisions the
-/// command moved stay `Added`/`Modified`).
-pub fn typed(events: Vec<Event>, name: &str, op: &Op, clone_from: &str) -> Vec<Event> {
-    events
-        .into_iter()
-        .map(|e| {
-            let revision = match &e.payload {
-                Some(Payload::PackageRevisionAdded(a)) => a.revision.as_ref(),
-                Some(Payload::PackageRevisionModified(m)) => m.revision.as_ref(),
-                _ => None,
-            };
-            let Some(revision) = revision.filter(|r| r.name == name).cloned() else {
-                return e;
-            };
-            let revision = Some(revision);
-            event(match op {
-                Op::Create { .. } => Payload::DraftCreated(DraftCreated {
-                    revision,
-                    clone_from: clone_from.to_owned(),
-                }),
-                Op::Update { .. } => {
-                    Payload::DraftResourcesUpdated(DraftResourcesUpdated { revision })
-                }
-                Op::Propose(_) => {
-                    Payload::PackageRevisionProposed(PackageRevisionProposed { revision })
-                }
-                Op::Reject(_) => Payload::ProposalRejected(ProposalRejected { revision }),
-                Op::Approve(_) => {
-                    Payload::PackageRevisionPublished(PackageRevisionPublished { revision })
-                }
-                Op::ProposeDelete(_) => Payload::DeletionProposed(DeletionProposed { revision }),
-                Op::WithdrawDelete(_) => {
-                    Payload::DeletionProposalWithdrawn(DeletionProposalWithdrawn { revision })
-                }
-                Op::Delete(_) => return e,
-            })
-        })
-        .collect()
+/// One lifecycle command: validation (pure, over its view rows), the Git
+/// work and the read-back off the arbiter (the I/O phase); the pure typing
+/// of the read-back's events ([`super::decide::typed`]); their append; then the
+/// target as the view has it.
+#[tracing::instrument(skip_all, fields(verb = op.verb()))]
+pub(super) async fn run(
+    session: &mut Session<RepositoryDomain>,
+    op: LifecycleOp,
+) -> Result<LifecycleOutcome, RepositoryError> {
+    let started = Instant::now();
+    let verb = op.verb();
+    let principal = session.metadata().principal.clone();
+    let stream = session.state().stream.clone();
+    // Shared by both phases (its files can be large: not copied).
+    let op = Arc::new(op);
+    let prepared = op.clone();
+    let decided = session
+        .decide(
+            verb,
+            Chunking::MaxEvents,
+            move |env: &SyncEnv, state: &RepositoryComponent| {
+                execute(env, state, &prepared, &principal)
+            },
+            move |_, executed: Executed| {
+                let events = super::decide::typed(executed.events, &executed.name, &op, op.cloned_from());
+                let count = events.len();
+                Ok((events, (executed.name, executed.deleted, executed.pins, count)))
+            },
+        )
+        .await;
+    let (name, deleted, pins, count) = match decided {
+        Ok(decided) => decided,
+        Err(e) => {
+            if !matches!(e, RepositoryError::Writer(_)) {
+                info!(repo = %stream, verb, error = %e, "command refused");
+            }
+            return Err(e);
+        }
+    };
+    drop(pins); // the references are committed now
+    info!(repo = %stream, verb, revision = %name, events = count,
+        duration_ms = started.elapsed().as_millis() as u64, "command done");
+    if deleted {
+        return Ok(LifecycleOutcome::Deleted(name));
+    }
+    let store = session.env().store.clone();
+    let namespace = session.state().spec.namespace.clone();
+    let (row, name) = off_arbiter(verb, move || {
+        cairn_storage::views::PackageRevisionsView::get(&store, &namespace, &name)
+            .map(|row| (row, name))
+    })
+    .await?
+    .map_err(RepositoryError::Views)?;
+    match row {
+        Some(row) => Ok(LifecycleOutcome::Revision(Box::new(row))),
+        None => Err(RepositoryError::Lost { verb, name }),
+    }
 }

@@ -292,10 +292,17 @@ impl RepositoryComponent {
         events
     }
 
-    /// Records that the log committed this component's append, leaving the
-    /// stream at `stream_version`.
-    pub fn committed(&mut self, stream_version: u64) {
+    /// Folds one committed event of its stream, which left the stream at
+    /// `stream_version`: a new spec replaces the spec (and forgets the
+    /// refs read under the old one); every event moves the version.
+    pub fn fold(&mut self, event: &Event, stream_version: u64) {
         self.version = stream_version;
+        if let Some(Payload::RepositorySpecChanged(changed)) = &event.payload {
+            if let Some(spec) = &changed.spec {
+                self.spec = spec.clone();
+                self.last_refs = None;
+            }
+        }
     }
 }
 
@@ -430,7 +437,7 @@ mod tests {
     #[test]
     fn deletions_carry_the_revision_trimmed_of_resources_and_tasks() {
         let mut gone = rev("r.c.v1", "c1");
-        gone.lifecycle = "Published".into();
+        gone.lifecycle = cairn_events::revision::Lifecycle::Published.as_str().into();
         gone.labels = [("tier".to_owned(), "base".to_owned())].into();
         gone.resources = [("Kptfile".to_owned(), "ab".repeat(32))].into();
         gone.tasks = vec![cairn_events::v1::Task {
@@ -465,5 +472,24 @@ mod tests {
             kinds(&events),
             ["Deleted r.a.v1", "Deleted r.b.v1", "Closed"]
         );
+    }
+
+    #[test]
+    fn fold_moves_the_version_and_takes_a_new_spec() {
+        let spec = RepositorySpec {
+            namespace: "ns".into(),
+            name: "r".into(),
+            ..Default::default()
+        };
+        let mut state = RepositoryComponent::new(spec.clone()).unwrap();
+        state.last_refs = Some(("d".into(), Default::default()));
+        state.fold(&crate::repository::decide::registered(&spec)[0], 1);
+        assert_eq!((state.version, state.spec.clone()), (1, spec.clone()));
+        assert!(state.last_refs.is_some(), "a registration keeps what it read");
+        let mut changed = spec.clone();
+        changed.deployment = true;
+        state.fold(&crate::repository::decide::spec_changed(&changed)[0], 2);
+        assert_eq!((state.version, state.spec.clone()), (2, changed));
+        assert!(state.last_refs.is_none(), "refs read under the old spec are forgotten");
     }
 }

@@ -1,12 +1,12 @@
-//! Messages the RepositoryActor handles.
-
-use std::{sync::Arc, time::Instant};
+//! Messages the RepositoryActor handles (each carries the span of the
+//! command that caused it). It also handles [`crate::schedule::RunSync`]
+//! (a sync, sent by its SyncManager) and [`crate::writer::StopWriter`].
 
 use actix::Message;
 use cairn_events::{envelope::Metadata, v1::RepositorySpec};
 
-use super::command::{Op, Outcome};
-use crate::{schedule::NextSync, ServiceError};
+use super::command::{LifecycleOp, LifecycleOutcome};
+use crate::ServiceError;
 
 /// Records the registration (`RepositoryRegistered`). Sent once, first.
 #[derive(Debug, Message)]
@@ -14,22 +14,8 @@ use crate::{schedule::NextSync, ServiceError};
 pub struct Register {
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
-}
-
-/// Fetches and reconciles now. Answers with the sync's outcome; a failed
-/// sync is recorded (`SyncFailed`) and answered as an error.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<SyncReport, ServiceError>")]
-pub struct Sync {
-    /// What asked: "register", "manual", "startup", …
-    pub trigger: String,
-    /// When it was asked (a fetch that finished later serves it).
-    pub asked_at: Instant,
-    /// Who asked, and the command's ids.
-    pub metadata: Metadata,
-    /// Decides the next sync time recorded in the sync's last event (none:
-    /// nothing recorded; a sync asked outside a SyncManager).
-    pub next: Option<Arc<NextSync>>,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
 /// Replaces the repository's spec (`RepositorySpecChanged`); answers the
@@ -41,19 +27,8 @@ pub struct UpdateSpec {
     pub spec: RepositorySpec,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
-}
-
-/// What a successful sync did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncReport {
-    /// New package revisions.
-    pub added: u32,
-    /// Changed ones.
-    pub modified: u32,
-    /// Removed ones.
-    pub deleted: u32,
-    /// Package revisions after the sync.
-    pub package_count: u32,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
 /// Unregisters: `PackageRevisionDeleted` for each revision, then
@@ -63,21 +38,20 @@ pub struct SyncReport {
 pub struct Close {
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }
 
-/// Stops the actor (node shutdown); in-flight commands finish first.
+/// A lifecycle command (was `Command`; see [`super::command`]): validated
+/// against the view, written to the upstream, recorded as events once it
+/// accepted them; answers what it left.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Stop;
-
-/// A lifecycle command (see [`super::command`]): validated against the
-/// view, written to the upstream, recorded as events once it accepted them;
-/// answers what it left.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Outcome, ServiceError>")]
-pub struct Command {
+#[rtype(result = "Result<LifecycleOutcome, ServiceError>")]
+pub struct ApplyLifecycle {
     /// What to do.
-    pub op: Op,
+    pub op: LifecycleOp,
     /// Who asked (the commits' author when known), and the command's ids.
     pub metadata: Metadata,
+    /// The span of the command that caused it.
+    pub span: tracing::Span,
 }

@@ -1,417 +1,270 @@
 //! The RepositoryActor: the only writer of its repository's stream
-//! `repo/<namespace>/<name>`.
+//! `repo/<namespace>/<name>` — the first user of the stream-writer shell
+//! ([`crate::writer`]): `RepositoryActor = StreamWriter<Repository>`.
 //!
-//! A thin shell: commands are handled one at a time (`AtomicResponse`, so a
-//! sync's Git work, which runs in `spawn_blocking`, never interleaves with
-//! another command), the decisions are made by [`component`], and every
-//! append names the stream version the component expects.
+//! Its handlers are thin: each turns its message into a
+//! [`RepositoryCommand`] run by the shell (one at a time per repository,
+//! off the arbiter, appended at the expected stream version and folded
+//! into the [`RepositoryComponent`]); [`Repository::run`] says how each
+//! command goes:
+//! - `Register`, `UpdateSpec`: the pure decisions of [`decide`].
+//! - `Close`: read the revisions from the view, then
+//!   [`RepositoryComponent::close_events`].
+//! - a sync ([`RunSync`]): take a slot of the node-wide cap
+//!   ([`crate::timing::SyncSlots`]), append `SyncStarted` while the
+//!   upstream is read and diffed against the view off the arbiter (an I/O
+//!   phase), then the reconciliation ending with `SyncSucceeded` in
+//!   bounded appends — or `SyncFailed`, answered as the error. The next
+//!   sync time its SyncManager decides is recorded in its last event.
+//! - a lifecycle command ([`ApplyLifecycle`]): validate (pure, over the view
+//!   rows), write to Git, read back — off the arbiter — then its events.
 //!
 //! # Layout
-//! - [`component`] — state and decisions (reconcile, close), unit-tested.
+//! - [`component`] — state and sync/close decisions (reconcile), and the
+//!   fold of the stream's events; unit-tested.
+//! - [`decide`] — the pure command decisions: lifecycle validation,
+//!   typed lifecycle events, register and spec change; given/when/then
+//!   tests of every lifecycle transition.
+//! - [`command`] — a lifecycle command as the writer runs it: its I/O
+//!   phase (read its view rows, push, read the package back), then the
+//!   pure typing of its events ([`command::LifecycleOp`],
+//!   [`command::LifecycleOutcome`]).
+//! - [`sync`] — a sync as the writer runs it (slot, `SyncStarted` while
+//!   the upstream is read, reconciliation or `SyncFailed`).
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
-//! - [`command`] — a lifecycle command end to end: validate against the
-//!   view, push, read the package back, type its events.
-//! - [`messages`] — `Register`, `Sync`, `Command`, `UpdateSpec`, `Close`.
-//!
-//! Every sync takes a slot of the node-wide cap
-//! ([`crate::schedule::SyncSlots`]) before it opens with `SyncStarted`, and
-//! records the next sync time its SyncManager decides in its last event.
+//! - [`error`] — [`LifecycleError`], [`RepositoryError`] and their mapping
+//!   into [`ServiceError`].
+//! - [`messages`] — `Register`, `ApplyLifecycle`, `UpdateSpec`, `Close`.
 
 pub mod command;
 pub mod component;
+pub mod decide;
+pub mod error;
 pub mod messages;
+pub mod sync;
 pub mod upstream;
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Instant, SystemTime},
-};
+use std::{sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use cairn_events::{
-    envelope::{event, Metadata},
-    v1::{
-        event::Payload, Event, RepositoryRegistered, RepositorySpecChanged, SyncFailed, SyncStarted,
-    },
+    v1::{Event, RepositorySpec},
+    StreamId,
 };
-use tracing::{info, warn};
+use cairn_storage::Store;
+use futures::future::BoxFuture;
 
-use cairn_storage::views::RepositoriesView;
-use component::Changes;
+pub use command::{LifecycleOp, LifecycleOutcome};
 pub use component::RepositoryComponent;
-pub use messages::{Close, Command, Register, Stop, Sync, SyncReport, UpdateSpec};
-use upstream::{read_upstream, Known, SyncEnv, UpstreamRead};
+pub use error::{origin_error, LifecycleError, RepositoryError};
+pub use messages::{ApplyLifecycle, Close, Register, UpdateSpec};
+pub use sync::timestamp;
+use upstream::SyncEnv;
 
-use crate::{origin::OriginError, ServiceError};
+pub use crate::schedule::{RunSync, SyncReport};
+use crate::{
+    schedule::NextSync,
+    writer::{Chunking, Session, StreamDomain, StreamWriter},
+    ServiceError,
+};
 
-/// One registered repository.
+/// The repository domain of the writer shell.
+#[derive(Debug, Clone, Copy)]
+pub struct Repository;
+
+/// One registered repository: the writer of its stream.
+pub type RepositoryActor = StreamWriter<Repository>;
+
+/// A repository command, as its writer runs it.
 #[derive(Debug)]
-pub struct RepositoryActor {
-    component: RepositoryComponent,
-    env: Arc<SyncEnv>,
+pub enum RepositoryCommand {
+    /// Record the registration.
+    Register,
+    /// Replace the spec.
+    UpdateSpec(RepositorySpec),
+    /// Unregister.
+    Close,
+    /// Sync now.
+    Sync {
+        /// What asked.
+        trigger: String,
+        /// When it was asked.
+        asked_at: Instant,
+        /// Decides the next sync time recorded in the last event.
+        next: Option<Arc<NextSync>>,
+    },
+    /// A lifecycle command.
+    Lifecycle(LifecycleOp),
 }
 
-impl RepositoryActor {
-    /// An actor for `component` (loaded from the views, or new).
-    pub fn new(component: RepositoryComponent, env: Arc<SyncEnv>) -> Self {
-        Self { component, env }
+/// What a repository command answers.
+#[derive(Debug)]
+pub enum RepositoryReply {
+    /// Registered.
+    Registered,
+    /// The spec now in force.
+    Spec(Box<RepositorySpec>),
+    /// Closed (the actor stops).
+    Closed,
+    /// What the sync did.
+    Synced(SyncReport),
+    /// What the lifecycle command left.
+    Lifecycle(LifecycleOutcome),
+}
+
+impl StreamDomain for Repository {
+    type State = RepositoryComponent;
+    type Command = RepositoryCommand;
+    type Event = Event;
+    type Reply = RepositoryReply;
+    type Error = RepositoryError;
+    type Env = SyncEnv;
+
+    const NAME: &'static str = "repository";
+
+    fn store(env: &SyncEnv) -> &Store {
+        &env.store
+    }
+
+    fn stream(state: &RepositoryComponent) -> &StreamId {
+        &state.stream
+    }
+
+    fn version(state: &RepositoryComponent) -> u64 {
+        state.version
+    }
+
+    fn fold(state: &mut RepositoryComponent, event: &Event, version: u64) {
+        state.fold(event, version);
+    }
+
+    fn run(
+        session: &mut Session<Self>,
+        command: RepositoryCommand,
+    ) -> BoxFuture<'_, Result<RepositoryReply, RepositoryError>> {
+        Box::pin(async move {
+            match command {
+                RepositoryCommand::Register => {
+                    session
+                        .decide(
+                            "register",
+                            Chunking::MaxEvents,
+                            |_, _| Ok(()),
+                            |state, ()| Ok((decide::registered(&state.spec), ())),
+                        )
+                        .await?;
+                    Ok(RepositoryReply::Registered)
+                }
+                RepositoryCommand::UpdateSpec(spec) => {
+                    session
+                        .decide(
+                            "update",
+                            Chunking::MaxEvents,
+                            |_, _| Ok(()),
+                            move |_, ()| Ok((decide::spec_changed(&spec), ())),
+                        )
+                        .await?;
+                    Ok(RepositoryReply::Spec(Box::new(
+                        session.state().spec.clone(),
+                    )))
+                }
+                RepositoryCommand::Close => {
+                    session
+                        .decide(
+                            "close",
+                            Chunking::MaxEvents,
+                            |env: &SyncEnv, state: &RepositoryComponent| {
+                                state.current(&env.store).map_err(RepositoryError::Views)
+                            },
+                            |_, current| {
+                                Ok((RepositoryComponent::close_events(&current, "unregistered"), ()))
+                            },
+                        )
+                        .await?;
+                    (session.env().release_memory)();
+                    Ok(RepositoryReply::Closed)
+                }
+                RepositoryCommand::Sync {
+                    trigger,
+                    asked_at,
+                    next,
+                } => sync::sync_once(session, trigger, asked_at, next)
+                    .await
+                    .map(RepositoryReply::Synced),
+                RepositoryCommand::Lifecycle(op) => command::run(session, op)
+                    .await
+                    .map(RepositoryReply::Lifecycle),
+            }
+        })
     }
 }
 
-impl Actor for RepositoryActor {
-    type Context = Context<Self>;
-}
-
-/// The error a client sees for a failed sync.
-pub fn origin_error(e: &OriginError) -> ServiceError {
-    match e {
-        OriginError::BranchMissing { .. } => ServiceError::not_found(e.to_string()),
-        OriginError::InvalidUrl(_) => ServiceError::bad_field("git.url", e.to_string()),
-        _ => ServiceError::unavailable(format!("upstream unavailable ({}): {e}", e.class())),
-    }
-}
-
-/// Appends `events` at the component's version, in appends of at most
-/// `store.append-max-events` (a large first sync can exceed one) queued
-/// together, keeping the component's version current after each. The last event (a
-/// `SyncSucceeded` or `RepositoryClosed`) comes last, so a reader sees a
-/// sync as finished only once all of it is committed; a crash in between
-/// leaves a partial reconciliation that the next sync completes.
-async fn append(
-    env: &SyncEnv,
-    component: &mut RepositoryComponent,
-    events: Vec<Event>,
-    metadata: Metadata,
-) -> Result<(), ServiceError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let max = env.store.config().append_max_events.max(1);
-    // Each chunk its own exact-size vector (splitting one vector off
-    // another would leave every chunk with the capacity of the whole).
-    let mut chunks = Vec::with_capacity(events.len().div_ceil(max));
-    let mut events = events.into_iter();
-    loop {
-        let chunk: Vec<Event> = events.by_ref().take(max).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        chunks.push(chunk);
-    }
-    // Queued together: the writer commits them back to back, each chunk
-    // expecting the version the previous one leaves.
-    for appended in env
-        .store
-        .append_chunks_async(&component.stream, component.version, chunks, metadata)
-        .await
-    {
-        component.committed(appended?.stream_version());
-    }
-    Ok(())
+/// Runs `command` in the writer and answers what `pick` takes from its
+/// reply (any other reply is a bug: 500).
+fn answer<T: 'static>(
+    actor: &mut RepositoryActor,
+    command: RepositoryCommand,
+    metadata: cairn_events::envelope::Metadata,
+    span: &tracing::Span,
+    pick: fn(RepositoryReply) -> Option<T>,
+) -> ResponseActFuture<RepositoryActor, Result<T, ServiceError>> {
+    Box::pin(actor.execute(command, metadata, span).map(move |result, _, _| {
+        let reply = result?;
+        pick(reply).ok_or_else(|| ServiceError::internal("unexpected reply from the repository"))
+    }))
 }
 
 impl Handler<Register> for RepositoryActor {
     type Result = AtomicResponse<Self, Result<(), ServiceError>>;
 
     fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let events = vec![event(Payload::RepositoryRegistered(RepositoryRegistered {
-                    spec: Some(component.spec.clone()),
-                }))];
-                let result = append(&env, &mut component, events, msg.metadata).await;
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(component, result), act, _| {
-                act.component = component;
-                result
-            }),
+        AtomicResponse::new(answer(
+            self,
+            RepositoryCommand::Register,
+            msg.metadata,
+            &msg.span,
+            |r| matches!(r, RepositoryReply::Registered).then_some(()),
         ))
     }
 }
 
-impl Handler<Sync> for RepositoryActor {
+impl Handler<RunSync> for RepositoryActor {
     type Result = AtomicResponse<Self, Result<SyncReport, ServiceError>>;
 
-    fn handle(&mut self, msg: Sync, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = sync_once(&env, &mut component, msg).await;
-                // The component comes back whatever happened: it has seen
-                // every append that committed.
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(component, result), act, _| {
-                act.component = component;
-                result
-            }),
-        ))
+    fn handle(&mut self, msg: RunSync, _ctx: &mut Self::Context) -> Self::Result {
+        let command = RepositoryCommand::Sync {
+            trigger: msg.trigger,
+            asked_at: msg.asked_at,
+            next: msg.next,
+        };
+        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
+            RepositoryReply::Synced(report) => Some(report),
+            _ => None,
+        }))
     }
 }
 
-/// One sync: `SyncStarted`, read the upstream and diff it against the view,
-/// then the reconciliation ending with `SyncSucceeded` (in bounded appends)
-/// — or `SyncFailed`.
-async fn sync_once(
-    env: &Arc<SyncEnv>,
-    component: &mut RepositoryComponent,
-    msg: Sync,
-) -> Result<SyncReport, ServiceError> {
-    let key = component.stream.to_string();
-    let _slot = env.slots.acquire().await;
-    let started = Instant::now();
-    let metadata = msg.metadata;
-    let next = msg.next;
-    let opened = vec![event(Payload::SyncStarted(SyncStarted {
-        trigger: msg.trigger.clone(),
-    }))];
-    // Git and the diff against the view, off the arbiter — while the
-    // writer commits `SyncStarted` (queued first, so it still opens the
-    // sync in the log; its fsync overlaps the fetch instead of preceding it).
-    let read_env = env.clone();
-    let snapshot = component.clone();
-    let asked_at = msg.asked_at;
-    let read = tokio::task::spawn_blocking(move || read(&read_env, &snapshot, asked_at, started));
-    let (opened, outcome) = futures::join!(append(env, component, opened, metadata.clone()), read);
-    opened?;
-    let outcome = outcome.map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))?;
-    match outcome {
-        Ok(Read {
-            mut events,
-            changes,
-            package_count,
-            pins,
-            refs,
-        }) => {
-            let read_ms = started.elapsed().as_millis() as u64;
-            let next_sync_at = next.as_ref().map(|n| n.decide(None));
-            if let (
-                Some(at),
-                Some(Event {
-                    payload: Some(Payload::SyncSucceeded(done)),
-                }),
-            ) = (next_sync_at, events.last_mut())
-            {
-                done.next_sync_at = Some(timestamp(at));
-            }
-            append(env, component, events, metadata).await?;
-            drop(pins); // the references are committed now
-            if refs.is_some() {
-                component.last_refs = refs;
-            }
-            if changes.added + changes.modified + changes.deleted > 0 {
-                (env.release_memory)();
-            }
-            info!(repo = %key, added = changes.added, modified = changes.modified, deleted = changes.deleted,
-                read_ms, duration_ms = started.elapsed().as_millis() as u64, "sync finished");
-            Ok(SyncReport {
-                added: changes.added,
-                modified: changes.modified,
-                deleted: changes.deleted,
-                package_count: package_count as u32,
-            })
-        }
-        Err(e) => {
-            warn!(repo = %key, class = e.class(), error = %e, "sync failed");
-            let failed = vec![event(Payload::SyncFailed(SyncFailed {
-                error_class: e.class().to_owned(),
-                message: e.to_string(),
-                retry_at: next.as_ref().map(|n| timestamp(n.decide(Some(e.class())))),
-            }))];
-            append(env, component, failed, metadata).await?;
-            Err(origin_error(&e))
-        }
-    }
-}
+impl Handler<ApplyLifecycle> for RepositoryActor {
+    type Result = AtomicResponse<Self, Result<LifecycleOutcome, ServiceError>>;
 
-/// What a sync read: its events up to `SyncSucceeded`, their counts, the
-/// package revisions after it, the blobs to keep until the events commit,
-/// and the refs it read (with their digest) when they changed.
-struct Read {
-    events: Vec<Event>,
-    changes: Changes,
-    package_count: usize,
-    pins: Vec<cairn_storage::BlobPin>,
-    refs: Option<(String, Arc<BTreeMap<String, git2::Oid>>)>,
-}
-
-/// Reads the upstream and diffs it against the views. Blocking.
-fn read(
-    env: &SyncEnv,
-    component: &RepositoryComponent,
-    asked_at: Instant,
-    started: Instant,
-) -> Result<Read, OriginError> {
-    let views =
-        |e: cairn_storage::StorageError| OriginError::Git(format!("reading the views: {e}"));
-    let spec = &component.spec;
-    let last = RepositoriesView::get(&env.store, &spec.namespace, &spec.name)
-        .map_err(views)?
-        .and_then(|row| row.status)
-        .unwrap_or_default();
-    // The refs this actor last synced, when the view still records their
-    // digest (a sync elsewhere, or a spec change, would have replaced it).
-    let known = Known {
-        refs: component
-            .last_refs
-            .as_ref()
-            .filter(|(digest, _)| *digest == last.refs_digest)
-            .map(|(_, refs)| refs.clone()),
-        digest: last.refs_digest.clone(),
-    };
-    match read_upstream(env, spec, asked_at, &known)? {
-        UpstreamRead::Unchanged => Ok(Read {
-            events: RepositoryComponent::unchanged_events(
-                &last,
-                started.elapsed().as_millis() as u64,
-            ),
-            changes: Changes::default(),
-            package_count: last.package_count as usize,
-            pins: Vec::new(),
-            refs: None,
-        }),
-        UpstreamRead::Changed(upstream) => {
-            let current = component.current(&env.store).map_err(views)?;
-            let directory = spec.git.as_ref().map_or("", |g| g.directory.as_str());
-            let (events, changes, package_count) = RepositoryComponent::scoped_sync_events(
-                current,
-                upstream.revisions,
-                &upstream.scope,
-                directory,
-                &upstream.commit,
-                &upstream.refs_digest,
-                started.elapsed().as_millis() as u64,
-            );
-            Ok(Read {
-                events,
-                changes,
-                package_count,
-                pins: upstream.pins,
-                refs: Some((upstream.refs_digest, upstream.refs)),
-            })
-        }
-    }
-}
-
-/// A protobuf timestamp of `at`.
-pub fn timestamp(at: SystemTime) -> pbjson_types::Timestamp {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    pbjson_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
-impl Handler<Command> for RepositoryActor {
-    type Result = AtomicResponse<Self, Result<command::Outcome, ServiceError>>;
-
-    fn handle(&mut self, msg: Command, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = run_command(&env, &mut component, msg).await;
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(component, result), act, _| {
-                act.component = component;
-                result
-            }),
-        ))
-    }
-}
-
-/// One lifecycle command: the Git work and the read-back off the arbiter,
-/// then its events, then the target as the view has it.
-async fn run_command(
-    env: &Arc<SyncEnv>,
-    component: &mut RepositoryComponent,
-    msg: Command,
-) -> Result<command::Outcome, ServiceError> {
-    let started = Instant::now();
-    let verb = msg.op.verb();
-    let (work_env, snapshot, op) = (env.clone(), component.clone(), msg.op);
-    let principal = msg.metadata.principal.clone();
-    let executed = tokio::task::spawn_blocking(move || {
-        command::execute(&work_env, &snapshot, &op, &principal)
-    })
-    .await
-    .map_err(|e| ServiceError::internal(format!("{verb} task failed: {e}")))?;
-    let command::Executed {
-        events,
-        name,
-        deleted,
-        pins,
-    } = match executed {
-        Ok(executed) => executed,
-        Err(e) => {
-            info!(repo = %component.stream, verb, error = %e, "command refused");
-            return Err(e);
-        }
-    };
-    let count = events.len();
-    append(env, component, events, msg.metadata).await?;
-    drop(pins); // the references are committed now
-    info!(repo = %component.stream, verb, revision = %name, events = count,
-        duration_ms = started.elapsed().as_millis() as u64, "command done");
-    if deleted {
-        return Ok(command::Outcome::Deleted(name));
-    }
-    let store = env.store.clone();
-    let namespace = component.spec.namespace.clone();
-    let row = tokio::task::spawn_blocking(move || {
-        cairn_storage::views::PackageRevisionsView::get(&store, &namespace, &name)
-            .map(|row| (row, name))
-    })
-    .await
-    .map_err(|e| ServiceError::internal(format!("{verb} task failed: {e}")))??;
-    match row {
-        (Some(row), _) => Ok(command::Outcome::Revision(Box::new(row))),
-        (None, name) => Err(ServiceError::internal(format!(
-            "the upstream accepted {verb} of {name}, but it does not read back as a package revision"
-        ))),
+    fn handle(&mut self, msg: ApplyLifecycle, _ctx: &mut Self::Context) -> Self::Result {
+        let command = RepositoryCommand::Lifecycle(msg.op);
+        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
+            RepositoryReply::Lifecycle(outcome) => Some(outcome),
+            _ => None,
+        }))
     }
 }
 
 impl Handler<UpdateSpec> for RepositoryActor {
-    type Result = AtomicResponse<Self, Result<cairn_events::v1::RepositorySpec, ServiceError>>;
+    type Result = AtomicResponse<Self, Result<RepositorySpec, ServiceError>>;
 
     fn handle(&mut self, msg: UpdateSpec, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let spec = msg.spec;
-                let events = vec![event(Payload::RepositorySpecChanged(
-                    RepositorySpecChanged {
-                        spec: Some(spec.clone()),
-                    },
-                ))];
-                let result = append(&env, &mut component, events, msg.metadata)
-                    .await
-                    .map(|()| spec);
-                (component, result)
-            }
-            .into_actor(self)
-            .map(|(mut component, result), act, _| {
-                if let Ok(spec) = &result {
-                    component.spec = spec.clone();
-                    component.last_refs = None;
-                }
-                act.component = component;
-                result
-            }),
-        ))
+        let command = RepositoryCommand::UpdateSpec(msg.spec);
+        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
+            RepositoryReply::Spec(spec) => Some(*spec),
+            _ => None,
+        }))
     }
 }
 
@@ -419,40 +272,107 @@ impl Handler<Close> for RepositoryActor {
     type Result = AtomicResponse<Self, Result<(), ServiceError>>;
 
     fn handle(&mut self, msg: Close, _ctx: &mut Self::Context) -> Self::Result {
-        let env = self.env.clone();
-        let mut component = self.component.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = async {
-                    let snapshot = component.clone();
-                    let store = env.store.clone();
-                    let current = tokio::task::spawn_blocking(move || snapshot.current(&store))
-                        .await
-                        .map_err(|e| ServiceError::internal(format!("close task failed: {e}")))??;
-                    let events = RepositoryComponent::close_events(&current, "unregistered");
-                    drop(current);
-                    append(&env, &mut component, events, msg.metadata).await?;
-                    (env.release_memory)();
-                    Ok(())
-                }
-                .await;
-                (component, result)
+        let closed = answer(self, RepositoryCommand::Close, msg.metadata, &msg.span, |r| {
+            matches!(r, RepositoryReply::Closed).then_some(())
+        });
+        AtomicResponse::new(Box::pin(closed.map(|result, _, ctx| {
+            if result.is_ok() {
+                ctx.stop();
             }
-            .into_actor(self)
-            .map(|(component, result), act, ctx| {
-                act.component = component;
-                if result.is_ok() {
-                    ctx.stop();
-                }
-                result
-            }),
-        ))
+            result
+        })))
     }
 }
-impl Handler<Stop> for RepositoryActor {
-    type Result = ();
 
-    fn handle(&mut self, _msg: Stop, ctx: &mut Self::Context) {
-        ctx.stop();
+#[cfg(test)]
+mod tests {
+    use cairn_events::{
+        envelope::Metadata,
+        v1::{event::Payload, GitSpec, RepositorySpec, SyncFailed, SyncStarted},
+    };
+    use cairn_storage::{
+        views::{PackageRevisionListView, PackageRevisionsView},
+        EventLog, StoreConfig,
+    };
+
+    use super::*;
+    use crate::{
+        origin::GitCache,
+        repository::upstream::{Fetches, Secrets},
+        timing::SyncSlots,
+    };
+
+    /// A store whose views cannot be read during a sync fails the sync as
+    /// a node problem (500, class "internal"), never as "upstream
+    /// unavailable" (503, class "other").
+    #[actix_rt::test]
+    async fn a_storage_failure_in_a_sync_is_internal_not_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        // No `repositories` view: reading the repository's status fails.
+        let store = Store::open(
+            StoreConfig::new(dir.path().join("db")),
+            vec![
+                Arc::new(PackageRevisionsView),
+                Arc::new(PackageRevisionListView),
+            ],
+        )
+        .unwrap();
+        let env = Arc::new(SyncEnv {
+            store: store.clone(),
+            fetches: Fetches::new(GitCache::new(dir.path().join("git"))),
+            secrets: Secrets::new(None),
+            release_memory: || {},
+            discoveries: Default::default(),
+            slots: SyncSlots::new(1),
+            refs_read: Default::default(),
+        });
+        let spec = RepositorySpec {
+            namespace: "ns".into(),
+            name: "r".into(),
+            r#type: "git".into(),
+            git: Some(GitSpec {
+                url: format!("file://{}", dir.path().join("upstream").display()),
+                branch: "main".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let actor = RepositoryActor::new(RepositoryComponent::new(spec).unwrap(), env).start();
+        let answer = actor
+            .send(RunSync {
+                trigger: "manual".into(),
+                asked_at: Instant::now(),
+                metadata: Metadata::command("test").normalized(),
+                next: None,
+                span: tracing::Span::none(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Err(ServiceError::internal(
+                "reading the views: unknown view \"repositories\""
+            ))
+        );
+        let stream = StreamId::repository("ns", "r").unwrap();
+        let recorded: Vec<Payload> = store
+            .read_stream(&stream, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.unwrap().payload.unwrap())
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                Payload::SyncStarted(SyncStarted {
+                    trigger: "manual".into()
+                }),
+                Payload::SyncFailed(SyncFailed {
+                    error_class: "internal".into(),
+                    message: "reading the views: unknown view \"repositories\"".into(),
+                    retry_at: None,
+                }),
+            ]
+        );
     }
 }

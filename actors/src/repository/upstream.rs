@@ -166,7 +166,7 @@ pub struct SyncEnv {
     /// Discoveries run so far (see `registry::DiscoveryCount`).
     pub discoveries: AtomicU64,
     /// The node-wide cap on syncs running at once.
-    pub slots: crate::schedule::SyncSlots,
+    pub slots: crate::timing::SyncSlots,
     /// Tags, drafts and proposals discoveries read so far (see
     /// `registry::RefsRead`): an incremental sync reads only the changed
     /// packages' refs.

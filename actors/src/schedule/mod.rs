@@ -1,28 +1,33 @@
 //! Scheduled background sync: one SyncManager actor per repository.
 //!
 //! A SyncManager decides *when* its repository syncs and never writes
-//! state itself: it asks its RepositoryActor ([`crate::repository::Sync`])
+//! state itself: it sends [`RunSync`] to its repository (a
+//! `Recipient<RunSync>`: this module knows nothing of the actor behind it)
 //! and arms a timer for the next time. Each request carries a
-//! [`NextSync`], with which the RepositoryActor records the next time in
-//! the sync's last event (`SyncSucceeded.next_sync_at`,
-//! `SyncFailed.retry_at`); the manager then sleeps until exactly that time,
-//! so the status a client reads and the timer agree.
+//! [`NextSync`], with which the repository records the next time in the
+//! sync's last event (`SyncSucceeded.next_sync_at`, `SyncFailed.retry_at`);
+//! the manager then sleeps until exactly that time, so the status a client
+//! reads and the timer agree.
 //!
-//! - When: [`plan`] — the node's interval or the repository's cron
+//! # Layout
+//! - [`plan`] — when: the node's interval or the repository's cron
 //!   `schedule`, a pending `run_once_at`, jitter, retry delays by error
 //!   class.
-//! - Time: [`clock`] — the system clock in a node; tests move a
-//!   [`ManualClock`] instead of waiting.
-//! - How many at once: [`slots`] — the node-wide cap, taken by the
-//!   RepositoryActor around every sync, whoever asked for it.
+//! - [`next`] — the decision between a retry, a `run_once_at` and the
+//!   regular time ([`next_time`]), and [`NextSync`] that carries it into a
+//!   sync.
+//! - [`messages`] — [`SyncNow`], [`Replan`], [`NextDue`], [`StopManager`],
+//!   and [`RunSync`] / [`SyncReport`] (manager → repository).
+//! - Time and the node-wide cap live in [`crate::timing`] (re-exported
+//!   here: [`Clock`], [`ManualClock`], [`SyncSlots`], …).
 //!
 //! Manual syncs (`repo.sync`), the sync at registration and the one at
 //! start-up go through the manager too ([`SyncNow`]), so whatever ran last
 //! sets the next time.
 
-pub mod clock;
+pub mod messages;
+pub mod next;
 pub mod plan;
-pub mod slots;
 
 use std::{
     sync::Arc,
@@ -31,84 +36,14 @@ use std::{
 
 use actix::prelude::*;
 use cairn_events::{envelope::Metadata, v1::SyncSpec};
-use parking_lot::Mutex;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use messages::{NextDue, Replan, RunSync, StopManager, SyncNow, SyncReport};
+pub use next::{next_time, LastSync, NextSync, NextTime, Reason};
 pub use plan::{Plan, RetryDelays, SyncPolicy};
-pub use slots::{SlotState, SyncSlot, SyncSlots};
 
-use crate::{
-    repository::{RepositoryActor, Sync, SyncReport},
-    ServiceError,
-};
-
-/// How a sync finds its next time: the manager's plan as of the request,
-/// decided by the RepositoryActor when the sync ends (success or the
-/// failure's class) and remembered for the manager.
-#[derive(Debug)]
-pub struct NextSync {
-    clock: Arc<dyn Clock>,
-    plan: Plan,
-    policy: Arc<SyncPolicy>,
-    once_pending: Option<SystemTime>,
-    jitter: std::time::Duration,
-    decided: Mutex<Option<SystemTime>>,
-}
-
-impl NextSync {
-    /// Decides the next time now, for a sync that succeeded
-    /// (`failure: None`) or failed with class `failure`.
-    pub fn decide(&self, failure: Option<&str>) -> SystemTime {
-        let now = self.clock.now();
-        let at = match failure {
-            None => self
-                .plan
-                .after_success(&self.policy, now, self.once_pending, self.jitter),
-            Some(class) => self
-                .plan
-                .after_failure(&self.policy, now, self.once_pending, class),
-        };
-        *self.decided.lock() = Some(at);
-        at
-    }
-
-    /// What [`NextSync::decide`] decided, if it ran.
-    pub fn decided(&self) -> Option<SystemTime> {
-        *self.decided.lock()
-    }
-}
-
-/// Syncs now (manual, at registration, …) and sets the next time from it.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<SyncReport, ServiceError>")]
-pub struct SyncNow {
-    /// What asked: "manual", "register", …
-    pub trigger: String,
-    /// When it was asked (a fetch that finished later serves it).
-    pub asked_at: Instant,
-    /// Who asked, and the command's ids.
-    pub metadata: Metadata,
-}
-
-/// The repository's `sync` spec changed (`repo.update`): plan again.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Replan {
-    /// The new spec.
-    pub sync: Option<SyncSpec>,
-}
-
-/// When the manager will sync next, and why; asked while a sync runs, it
-/// answers once that sync has set the next time.
-#[derive(Debug, Message)]
-#[rtype(result = "Option<(SystemTime, &'static str)>")]
-pub struct NextDue;
-
-/// Stops the manager (unregister, shutdown); a sync in flight finishes.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct StopManager;
+pub use crate::timing::{Clock, ManualClock, SlotState, SyncSlot, SyncSlots, SystemClock};
+use crate::ServiceError;
 
 /// What a manager needs from the node.
 #[derive(Debug, Clone)]
@@ -122,7 +57,7 @@ pub struct Scheduling {
 /// The SyncManager of one repository.
 #[derive(Debug)]
 pub struct SyncManager {
-    repository: Addr<RepositoryActor>,
+    repository: Recipient<RunSync>,
     key: String,
     scheduling: Scheduling,
     plan: Plan,
@@ -144,7 +79,7 @@ impl SyncManager {
     /// it syncs at once on start (trigger `first`, e.g. "startup");
     /// otherwise it waits for the planned time.
     pub fn new(
-        repository: Addr<RepositoryActor>,
+        repository: Recipient<RunSync>,
         key: String,
         spec: Option<SyncSpec>,
         scheduling: Scheduling,
@@ -169,22 +104,26 @@ impl SyncManager {
         }
     }
 
-    fn next_sync(&self) -> Arc<NextSync> {
-        Arc::new(NextSync {
-            clock: self.scheduling.clock.clone(),
-            plan: self.plan.clone(),
-            policy: self.scheduling.policy.clone(),
-            once_pending: self.once_pending,
-            jitter: plan::jitter(self.scheduling.policy.jitter, &mut rand::rng()),
-            decided: Mutex::new(None),
-        })
+    fn jitter(&self) -> std::time::Duration {
+        plan::jitter(self.scheduling.policy.jitter, &mut rand::rng())
     }
 
-    /// Arms the timer for `at` (replacing any other).
-    fn arm(&mut self, ctx: &mut Context<Self>, at: SystemTime, trigger: &'static str) {
+    fn next_sync(&self) -> Arc<NextSync> {
+        Arc::new(NextSync::new(
+            self.scheduling.clock.clone(),
+            self.plan.clone(),
+            self.scheduling.policy.clone(),
+            self.once_pending,
+            self.jitter(),
+        ))
+    }
+
+    /// Arms the timer for `next` (replacing any other).
+    fn arm(&mut self, ctx: &mut Context<Self>, next: NextTime) {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
+        let (at, trigger) = (next.at, next.reason.as_str());
         self.due = Some((at, trigger));
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send((at, trigger));
@@ -200,28 +139,30 @@ impl SyncManager {
     /// A sync the manager itself starts (schedule, retry, start-up); its
     /// outcome is recorded and sets the next time.
     fn sync_in_background(&mut self, ctx: &mut Context<Self>, trigger: &'static str) {
-        let run = self.sync(
-            ctx,
-            trigger.to_owned(),
-            Instant::now(),
-            Metadata::command("cairn").normalized(),
+        let metadata = Metadata::command("cairn").normalized();
+        let span = tracing::info_span!(
+            "command",
+            endpoint = "schedule",
+            stream = %format_args!("repo/{}", self.key),
+            principal = %metadata.principal,
+            correlation_id = %metadata.correlation_id,
+            trigger,
         );
+        let run = self.sync(ctx, trigger.to_owned(), Instant::now(), metadata, span);
         ctx.spawn(run.map(|_, _, _| ()));
     }
 
     /// Plans from the spec (no sync has told us anything newer).
     fn arm_planned(&mut self, ctx: &mut Context<Self>) {
-        let now = self.scheduling.clock.now();
-        let jitter = plan::jitter(self.scheduling.policy.jitter, &mut rand::rng());
-        let at = self
-            .plan
-            .after_success(&self.scheduling.policy, now, self.once_pending, jitter);
-        let trigger = if Some(at) == self.once_pending.map(|o| o.max(now)) {
-            "run-once"
-        } else {
-            "schedule"
-        };
-        self.arm(ctx, at, trigger);
+        let next = next_time(
+            &self.plan,
+            &self.scheduling.policy,
+            self.scheduling.clock.now(),
+            self.once_pending,
+            self.jitter(),
+            LastSync::Planned,
+        );
+        self.arm(ctx, next);
     }
 
     /// Asks the repository to sync; arms the next time from its answer.
@@ -231,6 +172,7 @@ impl SyncManager {
         trigger: String,
         asked_at: Instant,
         metadata: Metadata,
+        span: tracing::Span,
     ) -> ResponseActFuture<Self, Result<SyncReport, ServiceError>> {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
@@ -242,41 +184,41 @@ impl SyncManager {
         }
         let next = self.next_sync();
         self.in_flight += 1;
-        let request = self.repository.send(Sync {
+        let request = self.repository.send(RunSync {
             trigger,
             asked_at,
             metadata,
             next: Some(next.clone()),
+            span: span.clone(),
         });
         Box::pin(
             async move { request.await.map_err(ServiceError::from).and_then(|r| r) }
+                .instrument(span)
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     act.in_flight -= 1;
                     if act.in_flight == 0 {
-                        let (at, trigger) = match (&result, next.decided()) {
-                            (Err(_), Some(at)) => (at, "retry"),
+                        let next = match (&result, next.decided()) {
+                            (Err(_), Some(at)) => NextTime {
+                                at,
+                                reason: Reason::Retry,
+                            },
                             (Err(e), None) => {
                                 // Not even started (the actor is gone, or
                                 // the store refused): retry as "other".
                                 warn!(repo = %act.key, error = %e, "sync did not run");
-                                (next.decide(Some("other")), "retry")
+                                NextTime {
+                                    at: next.decide(Some("other")),
+                                    reason: Reason::Retry,
+                                }
                             }
-                            (Ok(_), decided) => {
-                                let at = decided.unwrap_or_else(|| next.decide(None));
-                                let once =
-                                    act.once_pending.map(|o| o.max(act.scheduling.clock.now()));
-                                (
-                                    at,
-                                    if Some(at) == once {
-                                        "run-once"
-                                    } else {
-                                        "schedule"
-                                    },
-                                )
-                            }
+                            (Ok(_), decided) => NextTime::after_success(
+                                decided.unwrap_or_else(|| next.decide(None)),
+                                act.scheduling.clock.now(),
+                                act.once_pending,
+                            ),
                         };
-                        act.arm(ctx, at, trigger);
+                        act.arm(ctx, next);
                     }
                     result
                 }),
@@ -299,7 +241,7 @@ impl Handler<SyncNow> for SyncManager {
     type Result = ResponseActFuture<Self, Result<SyncReport, ServiceError>>;
 
     fn handle(&mut self, msg: SyncNow, ctx: &mut Self::Context) -> Self::Result {
-        self.sync(ctx, msg.trigger, msg.asked_at, msg.metadata)
+        self.sync(ctx, msg.trigger, msg.asked_at, msg.metadata, msg.span)
     }
 }
 
@@ -307,6 +249,7 @@ impl Handler<Replan> for SyncManager {
     type Result = ();
 
     fn handle(&mut self, msg: Replan, ctx: &mut Self::Context) {
+        let _span = msg.span.enter();
         let old_once = self.plan.run_once_at();
         self.plan = Plan::of(msg.sync.as_ref());
         // A new run_once_at is pending; the same one keeps its state.

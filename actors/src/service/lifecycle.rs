@@ -13,7 +13,8 @@
 //! `binary` to base64 content. Requests are checked here (400 naming the
 //! field, nothing written), then handed to the repository's actor, which
 //! checks them against the view and writes them (see
-//! [`crate::repository::command`]).
+//! [`crate::repository::command`], validated by
+//! [`crate::repository::decide::validate`]).
 
 use cairn_events::{revision::revision_json, v1 as pb};
 use cairn_storage::views::PackageRevisionsView;
@@ -30,10 +31,10 @@ use super::{
 };
 use crate::{
     origin::write::{check_resource_path, Files},
-    registry::CommandRepository,
+    registry::RouteLifecycle,
     repository::{
-        command::{Op, Outcome, Source},
-        Command,
+        command::{LifecycleOp, LifecycleOutcome, Source},
+        ApplyLifecycle,
     },
     ServiceError,
 };
@@ -167,10 +168,10 @@ fn revision_files(
 }
 
 /// The reply for what a command left.
-fn outcome_body(format: Format, outcome: Outcome) -> Body {
+fn outcome_body(format: Format, outcome: LifecycleOutcome) -> Body {
     match outcome {
-        Outcome::Revision(row) => Body::of(format, || revision_json(&row), || row.encode_to_vec()),
-        Outcome::Deleted(name) => Body::of(
+        LifecycleOutcome::Revision(row) => Body::of(format, || revision_json(&row), || row.encode_to_vec()),
+        LifecycleOutcome::Deleted(name) => Body::of(
             format,
             || json!({ "deleted": name }),
             || {
@@ -189,19 +190,21 @@ async fn run(
     request: &Incoming,
     namespace: String,
     repository: String,
-    op: Op,
+    op: LifecycleOp,
     principal: Option<String>,
 ) -> Result<Body, ServiceError> {
-    let command = Command {
+    super::record_stream(&namespace, &repository);
+    let lifecycle = ApplyLifecycle {
         op,
         metadata: metadata(request, principal),
+        span: tracing::Span::current(),
     };
     let outcome = context
         .registry
-        .send(CommandRepository {
+        .send(RouteLifecycle {
             namespace,
             name: repository,
-            command,
+            lifecycle,
         })
         .await??;
     Ok(outcome_body(request.format, outcome))
@@ -253,7 +256,7 @@ pub async fn handle_create(
         (Some(files), None) => Source::Files(files),
         (None, None) => Source::Init,
     };
-    let op = Op::Create {
+    let op = LifecycleOp::Create {
         path,
         package,
         workspace,
@@ -284,7 +287,7 @@ pub async fn handle_update(
         .u64("resource_version")?
         .ok_or_else(|| ServiceError::bad_field("resource_version", "required"))?;
     let repository = repository_of(&context, &namespace, &name).await?;
-    let op = Op::Update {
+    let op = LifecycleOp::Update {
         name,
         files,
         resource_version,
@@ -298,7 +301,7 @@ pub async fn handle_update(
 pub async fn handle_key(
     context: ServiceContext,
     request: Incoming,
-    op: fn(String) -> Op,
+    op: fn(String) -> LifecycleOp,
 ) -> Result<Body, ServiceError> {
     let f = Fields::parse(&request.body, &["namespace", "name", "principal"])?;
     let namespace = f.required("namespace")?;
@@ -322,7 +325,7 @@ pub async fn handle_propose(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
-    handle_key(context, request, Op::Propose).await
+    handle_key(context, request, LifecycleOp::Propose).await
 }
 
 /// `cairn.v1.pkgrev.reject`.
@@ -330,7 +333,7 @@ pub async fn handle_reject(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
-    handle_key(context, request, Op::Reject).await
+    handle_key(context, request, LifecycleOp::Reject).await
 }
 
 /// `cairn.v1.pkgrev.approve`.
@@ -338,7 +341,7 @@ pub async fn handle_approve(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
-    handle_key(context, request, Op::Approve).await
+    handle_key(context, request, LifecycleOp::Approve).await
 }
 
 /// `cairn.v1.pkgrev.propose-delete`.
@@ -346,7 +349,7 @@ pub async fn handle_propose_delete(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
-    handle_key(context, request, Op::ProposeDelete).await
+    handle_key(context, request, LifecycleOp::ProposeDelete).await
 }
 
 /// `cairn.v1.pkgrev.withdraw-delete`.
@@ -354,7 +357,7 @@ pub async fn handle_withdraw_delete(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
-    handle_key(context, request, Op::WithdrawDelete).await
+    handle_key(context, request, LifecycleOp::WithdrawDelete).await
 }
 
 /// `cairn.v1.pkgrev.delete`.
@@ -362,7 +365,7 @@ pub async fn handle_delete(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
-    handle_key(context, request, Op::Delete).await
+    handle_key(context, request, LifecycleOp::Delete).await
 }
 
 #[cfg(test)]

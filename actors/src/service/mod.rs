@@ -19,6 +19,8 @@
 //! - [`lifecycle`] — `cairn.v1.pkgrev.create|update|propose|reject|approve|
 //!   propose-delete|withdraw-delete|delete`. Their bodies may be as large
 //!   as the server's `max_payload` (a package's files travel in them).
+//! - [`pages`] — rendered `pkgrev.list` pages kept for clients that list
+//!   the same thing again.
 //! - [`validate`] — names, branches, directories.
 //! - [`watch`] — `cairn.v1.watch.start|stop` (the watches themselves live
 //!   in [`crate::watch`]). The number of live watchers is the `watchers`
@@ -41,7 +43,7 @@ pub use cairn_events::revision::timestamp_json;
 use cairn_storage::Store;
 use futures::StreamExt;
 use tokio::{sync::Semaphore, task::JoinHandle};
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
 use crate::ServiceError;
 
@@ -167,6 +169,7 @@ impl CairnService {
                     .add(concat!("cairn.v1.", $name))
                     .await?;
                 tasks.push(serve::<$message, _, _>(
+                    concat!("cairn.v1.", $name),
                     endpoint,
                     context.clone(),
                     limiter.clone(),
@@ -317,9 +320,14 @@ enum RequestLimit {
     MaxPayload,
 }
 
-/// Runs `handler` for each request of `endpoint`, at most `limiter`'s
-/// permits at once across the service.
+/// Runs `handler` for each request of `endpoint` (subject `name`), at most
+/// `limiter`'s permits at once across the service. Each request runs in
+/// its own `command` span (`endpoint`; `principal` and `correlation_id`
+/// recorded by [`metadata`], `stream` by [`record_stream`]); the actor
+/// messages it causes carry that span, so a command's log reads as one
+/// tree.
 fn serve<M, F, Fut>(
+    name: &'static str,
     mut endpoint: service::endpoint::Endpoint,
     context: ServiceContext,
     limiter: Arc<Semaphore>,
@@ -343,6 +351,13 @@ where
                     RequestLimit::Config => context.config.request_max_bytes,
                     RequestLimit::MaxPayload => usize::MAX,
                 };
+                let span = tracing::info_span!(
+                    "command",
+                    endpoint = name,
+                    stream = tracing::field::Empty,
+                    principal = tracing::field::Empty,
+                    correlation_id = tracing::field::Empty,
+                );
                 let result = match codec::request_json::<M>(&request, max) {
                     Ok((format, body)) => {
                         let headers = request.message.headers.clone();
@@ -354,10 +369,14 @@ where
                                 headers,
                             },
                         )
+                        .instrument(span.clone())
                         .await
                     }
                     Err(e) => Err(e),
                 };
+                if let Err(e) = &result {
+                    span.in_scope(|| debug!(code = e.code, error = %e.message, "command failed"));
+                }
                 codec::respond(&request, format, result).await;
                 drop(permit);
             });
@@ -422,10 +441,23 @@ pub fn metadata(request: &Incoming, principal: Option<String>) -> cairn_events::
     let principal = principal
         .filter(|p| !p.is_empty() && p.len() <= 256 && !p.chars().any(char::is_control))
         .unwrap_or_default();
-    cairn_events::envelope::Metadata {
+    let metadata = cairn_events::envelope::Metadata {
         principal,
         trace,
         ..Default::default()
     }
-    .normalized()
+    .normalized();
+    let span = tracing::Span::current();
+    span.record("principal", metadata.principal.as_str());
+    span.record("correlation_id", metadata.correlation_id.as_str());
+    metadata
+}
+
+/// Records the stream a command concerns (`repo/<namespace>/<name>`) on
+/// its `command` span.
+pub fn record_stream(namespace: &str, name: &str) {
+    tracing::Span::current().record(
+        "stream",
+        tracing::field::display(format_args!("repo/{namespace}/{name}")),
+    );
 }

@@ -23,8 +23,8 @@ use super::{
 use crate::{
     origin,
     registry::{RegisterRepository, SyncRepository, UnregisterRepository, UpdateRepository},
-    repository::{upstream::parse_timestamp, SyncReport},
-    schedule::plan::parse_schedule,
+    repository::upstream::parse_timestamp,
+    schedule::{plan::parse_schedule, SyncReport},
     ServiceError,
 };
 
@@ -267,6 +267,7 @@ pub async fn handle_register(
     let (format, body) = (request.format, &request.body);
     let (spec, wait, principal) = parse_register(body)?;
     let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
+    super::record_stream(&namespace, &name);
     let metadata = metadata(&request, principal);
     let sync = context
         .registry
@@ -274,6 +275,7 @@ pub async fn handle_register(
             spec,
             wait,
             metadata,
+            span: tracing::Span::current(),
         })
         .await??;
     let row = current(&context, namespace, name).await?;
@@ -287,6 +289,7 @@ pub async fn handle_unregister(
 ) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
     let (namespace, name, principal) = parse_key(body)?;
+    super::record_stream(&namespace, &name);
     let metadata = metadata(&request, principal);
     context
         .registry
@@ -294,6 +297,7 @@ pub async fn handle_unregister(
             namespace: namespace.clone(),
             name: name.clone(),
             metadata,
+            span: tracing::Span::current(),
         })
         .await??;
     let key = format!("{namespace}/{name}");
@@ -348,6 +352,7 @@ pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<B
     let (format, body) = (request.format, &request.body);
     let (f, namespace, name) = key_fields(body, &["wait"])?;
     let wait = f.bool("wait")?.unwrap_or(true);
+    super::record_stream(&namespace, &name);
     let metadata = metadata(&request, f.string("principal")?);
     let sync = context.registry.send(SyncRepository {
         namespace: namespace.clone(),
@@ -355,6 +360,7 @@ pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<B
         trigger: "manual".into(),
         asked_at: Instant::now(),
         metadata,
+        span: tracing::Span::current(),
     });
     if !wait {
         // Read first: an unknown repository is a 404 to the client, not a
@@ -383,6 +389,7 @@ pub async fn handle_update(
     let (format, body) = (request.format, &request.body);
     let (f, namespace, name) = key_fields(body, &["sync"])?;
     let sync = parse_sync(&f)?;
+    super::record_stream(&namespace, &name);
     let metadata = metadata(&request, f.string("principal")?);
     let mut spec = current(&context, namespace.clone(), name.clone())
         .await?
@@ -391,7 +398,11 @@ pub async fn handle_update(
     spec.sync = sync;
     context
         .registry
-        .send(UpdateRepository { spec, metadata })
+        .send(UpdateRepository {
+            spec,
+            metadata,
+            span: tracing::Span::current(),
+        })
         .await??;
     let row = current(&context, namespace, name).await?;
     Ok(repository_body(format, &row, None))

@@ -1,0 +1,277 @@
+//! The repository domain's errors, and their one mapping into
+//! [`ServiceError`].
+//!
+//! - [`LifecycleError`]: a lifecycle command refused by its validation
+//!   against the view (nothing written) — the pure decision's error.
+//! - [`RepositoryError`]: anything else a repository command can meet:
+//!   the upstream (a sync's read, a lifecycle command's write), the store,
+//!   the writer shell. A storage failure is never an upstream failure: it
+//!   answers 500 (503 while the node shuts down), and a sync that meets one
+//!   records `SyncFailed` with class [`INTERNAL_CLASS`], not an upstream
+//!   class.
+
+use cairn_storage::StorageError;
+
+use crate::{origin::OriginError, writer::WriterError, ServiceError};
+
+/// The error class a sync records when it failed inside the node (the
+/// store), not upstream. Retried after the `other` delay.
+pub const INTERNAL_CLASS: &str = "internal";
+
+/// Why a lifecycle command was refused by its validation; nothing was
+/// written anywhere. Each variant says how a client handles it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    /// The target is not a package revision of this repository (404): list
+    /// again, the name is wrong or it was deleted.
+    #[error("package revision {namespace}/{name} not found in repository {repository}")]
+    NotFound {
+        /// Namespace.
+        namespace: String,
+        /// The object name asked for.
+        name: String,
+        /// The repository the command went to.
+        repository: String,
+    },
+    /// The target's lifecycle does not allow the command (409): read it
+    /// again and pick a command its lifecycle allows.
+    #[error("cannot {verb} {name}: it is {is}, not {allowed}")]
+    WrongLifecycle {
+        /// The command, as its message says it ("approve", "propose the
+        /// deletion of", …).
+        verb: &'static str,
+        /// The target.
+        name: String,
+        /// Its lifecycle, as the view has it.
+        is: String,
+        /// The lifecycles that allow the command, joined with " or ".
+        allowed: String,
+    },
+    /// A Published revision cannot be deleted at once (409): propose its
+    /// deletion first.
+    #[error("cannot delete {name}: it is Published; propose its deletion first (pkgrev.propose-delete)")]
+    DeletePublished {
+        /// The target.
+        name: String,
+    },
+    /// The draft changed since the client read it (409): read it again,
+    /// re-apply the edit, send the new `resource_version`.
+    #[error("resource_version of {name}: expected {expected}, got {found} (it changed since it was read)")]
+    ResourceVersion {
+        /// The draft.
+        name: String,
+        /// Its `resource_version` in the view.
+        expected: u64,
+        /// The one the client sent.
+        found: u64,
+    },
+    /// A new draft's workspace is taken in its package (409): choose
+    /// another workspace.
+    #[error("package revision {namespace}/{name} already exists (workspace {workspace:?} of package {package:?} is taken)")]
+    WorkspaceTaken {
+        /// Namespace.
+        namespace: String,
+        /// The new draft's object name.
+        name: String,
+        /// Its workspace.
+        workspace: String,
+        /// Its package's full path.
+        package: String,
+    },
+    /// A new package would lie inside another, or hold one (409): packages
+    /// do not nest; choose another path.
+    #[error("package {new:?} would nest with package {existing:?} (packages do not nest)")]
+    Nesting {
+        /// The new package's full path.
+        new: String,
+        /// The package it clashes with.
+        existing: String,
+    },
+}
+
+impl From<LifecycleError> for ServiceError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::NotFound { .. } => ServiceError::not_found(e.to_string()),
+            LifecycleError::ResourceVersion {
+                name,
+                expected,
+                found,
+            } => ServiceError::conflict_expected(
+                format_args!("resource_version of {name}"),
+                expected,
+                format_args!("got {found} (it changed since it was read)"),
+            ),
+            _ => ServiceError::conflict(e.to_string()),
+        }
+    }
+}
+
+/// Why a repository command failed. Each variant says how it is answered.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// Validation refused a lifecycle command: 404/409 (see
+    /// [`LifecycleError`]).
+    #[error(transparent)]
+    Refused(#[from] LifecycleError),
+    /// A sync could not read the upstream (recorded as `SyncFailed` with
+    /// the error's class): 404 for a missing branch, 400 for an invalid
+    /// URL, else 503 "upstream unavailable". Retried by the schedule.
+    #[error(transparent)]
+    Upstream(OriginError),
+    /// A lifecycle command's write to the upstream failed: 409 when the
+    /// upstream refused it or moved (sync and retry), else as
+    /// [`RepositoryError::Upstream`].
+    #[error(transparent)]
+    Write(OriginError),
+    /// Reading the views failed: a node problem, never an upstream one.
+    /// 500 (503 while the node shuts down); the operator looks at the
+    /// store.
+    #[error("reading the views: {0}")]
+    Views(#[source] StorageError),
+    /// A lifecycle command's target could not be read back from the
+    /// upstream after the write: 500 (the next sync reads it).
+    #[error("reading back {name}: {message}")]
+    ReadBack {
+        /// The target.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// The upstream accepted the command but its target does not read back
+    /// as a package revision: 500, a bug.
+    #[error("the upstream accepted {verb} of {name}, but it does not read back as a package revision")]
+    Lost {
+        /// The command.
+        verb: &'static str,
+        /// The target.
+        name: String,
+    },
+    /// Appending or running a phase off the arbiter failed (see
+    /// [`WriterError`]).
+    #[error(transparent)]
+    Writer(#[from] WriterError),
+}
+
+impl RepositoryError {
+    /// The error class a sync records for it: the origin error's class for
+    /// an upstream failure, [`INTERNAL_CLASS`] for anything inside the node.
+    pub fn sync_class(&self) -> &'static str {
+        match self {
+            RepositoryError::Upstream(e) | RepositoryError::Write(e) => e.class(),
+            _ => INTERNAL_CLASS,
+        }
+    }
+}
+
+/// The error a client sees for a failed read of the upstream.
+pub fn origin_error(e: &OriginError) -> ServiceError {
+    match e {
+        OriginError::BranchMissing { .. } => ServiceError::not_found(e.to_string()),
+        OriginError::InvalidUrl(_) => ServiceError::bad_field("git.url", e.to_string()),
+        _ => ServiceError::unavailable(format!("upstream unavailable ({}): {e}", e.class())),
+    }
+}
+
+impl From<RepositoryError> for ServiceError {
+    fn from(e: RepositoryError) -> Self {
+        match e {
+            RepositoryError::Refused(e) => e.into(),
+            RepositoryError::Upstream(e) => origin_error(&e),
+            RepositoryError::Write(OriginError::Rejected(why)) => {
+                ServiceError::conflict(format!("the upstream refused the change: {why}"))
+            }
+            RepositoryError::Write(OriginError::Moved(why)) => ServiceError::conflict(format!(
+                "the upstream changed since it was last read ({why}); sync the repository and retry"
+            )),
+            RepositoryError::Write(e) => origin_error(&e),
+            RepositoryError::Views(e) => match e {
+                StorageError::Closed => ServiceError::from(e),
+                e => ServiceError::internal(format!("reading the views: {e}")),
+            },
+            RepositoryError::ReadBack { .. } | RepositoryError::Lost { .. } => {
+                ServiceError::internal(e.to_string())
+            }
+            RepositoryError::Writer(e) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_failure_is_internal_never_upstream() {
+        let e = RepositoryError::Views(StorageError::Corrupt("row x".into()));
+        assert_eq!(e.sync_class(), "internal");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError {
+                code: 500,
+                message: "reading the views: corrupt store: row x".into()
+            }
+        );
+        // Shutting down: try again later, still not "upstream unavailable".
+        assert_eq!(
+            ServiceError::from(RepositoryError::Views(StorageError::Closed)),
+            ServiceError {
+                code: 503,
+                message: "node is shutting down".into()
+            }
+        );
+        let e = RepositoryError::Writer(WriterError::Append(StorageError::Corrupt("y".into())));
+        assert_eq!(e.sync_class(), "internal");
+        assert_eq!(ServiceError::from(e).code, 500);
+    }
+
+    #[test]
+    fn an_upstream_failure_keeps_its_class_and_answer() {
+        let e = RepositoryError::Upstream(OriginError::Unreachable("refused".into()));
+        assert_eq!(e.sync_class(), "network");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError {
+                code: 503,
+                message: "upstream unavailable (network): upstream unreachable: refused".into()
+            }
+        );
+        assert_eq!(
+            ServiceError::from(RepositoryError::Upstream(OriginError::BranchMissing {
+                branch: "main".into()
+            })),
+            ServiceError::not_found("branch \"main\" does not exist upstream")
+        );
+    }
+
+    #[test]
+    fn a_refused_or_moved_write_is_a_conflict() {
+        assert_eq!(
+            ServiceError::from(RepositoryError::Write(OriginError::Rejected("hook".into()))),
+            ServiceError::conflict("the upstream refused the change: hook")
+        );
+        assert_eq!(
+            ServiceError::from(RepositoryError::Write(OriginError::Moved("x".into()))),
+            ServiceError::conflict(
+                "the upstream changed since it was last read (x); sync the repository and retry"
+            )
+        );
+    }
+
+    #[test]
+    fn a_resource_version_conflict_names_expected_and_found() {
+        assert_eq!(
+            ServiceError::from(LifecycleError::ResourceVersion {
+                name: "r.p.ws".into(),
+                expected: 9,
+                found: 4
+            }),
+            ServiceError {
+                code: 409,
+                message:
+                    "resource_version of r.p.ws: expected 9, got 4 (it changed since it was read)"
+                        .into()
+            }
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! Time and the node-wide sync cap: neutral pieces that the SyncManager
+//! ([`crate::schedule`]) and the RepositoryActor ([`crate::repository`])
+//! both use, so neither has to import the other for them.
+//!
+//! # Layout
+//! - [`clock`] — the [`Clock`] trait: the system clock in a node, a
+//!   [`ManualClock`] that tests move instead of waiting.
+//! - [`slots`] — [`SyncSlots`], the node-wide cap on syncs running at once,
+//!   taken by the RepositoryActor around every sync, whoever asked for it.
+
+pub mod clock;
+pub mod slots;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use slots::{SlotState, SyncSlot, SyncSlots};

@@ -1,0 +1,330 @@
+//! The shell with a toy domain on a real store: a counter whose events add
+//! numbers (carried as `SyncStarted.trigger`, which no view folds for a
+//! stream without a repository row).
+
+use std::sync::{mpsc, Mutex};
+
+use cairn_events::{
+    envelope::event,
+    v1::{event::Payload, SyncStarted},
+};
+use cairn_storage::{views::default_views, EventLog, StoreConfig};
+
+use super::*;
+
+#[derive(Debug)]
+struct Counter;
+
+#[derive(Debug, Clone)]
+struct Total {
+    stream: StreamId,
+    version: u64,
+    total: u64,
+}
+
+#[derive(Debug)]
+struct Env {
+    store: Store,
+    /// Signals `Wait` commands of other streams wait for.
+    signals: Mutex<Option<mpsc::Receiver<&'static str>>>,
+}
+
+#[derive(Debug)]
+enum Add {
+    /// Add these numbers, one event each, cut as told.
+    Numbers(Vec<u64>, Chunking),
+    /// Refused by the decision: nothing appended.
+    Refused,
+    /// Panics in its prepare phase.
+    Panics,
+    /// Sends this signal from its prepare phase.
+    Signal(mpsc::Sender<&'static str>),
+    /// Waits in its prepare phase up to this long for a signal; answers
+    /// what it got.
+    Wait(std::time::Duration),
+    /// Answers the name of the span its prepare phase runs in, and its
+    /// parent's.
+    Spans,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum CounterError {
+    #[error("refused")]
+    Refused,
+    #[error("writer: {0}")]
+    Writer(String),
+}
+
+impl From<WriterError> for CounterError {
+    fn from(e: WriterError) -> Self {
+        CounterError::Writer(ServiceError::from(e).to_string())
+    }
+}
+
+fn number(e: &Event) -> u64 {
+    match &e.payload {
+        Some(Payload::SyncStarted(s)) => s.trigger.parse().unwrap(),
+        _ => 0,
+    }
+}
+
+impl StreamDomain for Counter {
+    type State = Total;
+    type Command = Add;
+    type Event = Event;
+    type Reply = String;
+    type Error = CounterError;
+    type Env = Env;
+    const NAME: &'static str = "counter";
+
+    fn store(env: &Env) -> &Store {
+        &env.store
+    }
+    fn stream(state: &Total) -> &StreamId {
+        &state.stream
+    }
+    fn version(state: &Total) -> u64 {
+        state.version
+    }
+    fn fold(state: &mut Total, event: &Event, version: u64) {
+        state.version = version;
+        state.total += number(event);
+    }
+
+    fn run(session: &mut Session<Self>, command: Add) -> BoxFuture<'_, Result<String, CounterError>> {
+        Box::pin(async move {
+            let chunking = match &command {
+                Add::Numbers(_, chunking) => *chunking,
+                _ => Chunking::Whole,
+            };
+            session
+                .decide(
+                    "add",
+                    chunking,
+                    |env: &Env, _: &Total| {
+                        Ok(match command {
+                            Add::Numbers(numbers, _) => (numbers, String::new()),
+                            Add::Refused => return Err(CounterError::Refused),
+                            Add::Panics => panic!("a bug"),
+                            Add::Signal(tx) => {
+                                // (no receiver any more: its waiter is done)
+                                let sent = tx.send("signal").is_ok();
+                                (Vec::new(), if sent { "sent" } else { "unheard" }.into())
+                            }
+                            Add::Wait(deadline) => {
+                                let rx = env.signals.lock().unwrap().take().unwrap();
+                                let got = rx.recv_timeout(deadline);
+                                (Vec::new(), format!("{got:?}"))
+                            }
+                            Add::Spans => (Vec::new(), span_names()),
+                        })
+                    },
+                    |_, (numbers, answer)| {
+                        let events = numbers
+                            .into_iter()
+                            .map(|n| {
+                                event(Payload::SyncStarted(SyncStarted {
+                                    trigger: n.to_string(),
+                                }))
+                            })
+                            .collect();
+                        Ok((events, answer))
+                    },
+                )
+                .await
+                .map(|answer| {
+                    if answer.is_empty() {
+                        session.state().total.to_string()
+                    } else {
+                        answer
+                    }
+                })
+        })
+    }
+}
+
+/// `"<current span> < <its parent> < …"`, from the registry.
+fn span_names() -> String {
+    use tracing_subscriber::registry::{LookupSpan, Registry};
+    let Some(id) = tracing::Span::current().id() else {
+        return "no span".into();
+    };
+    tracing::dispatcher::get_default(|d| {
+        let registry = d.downcast_ref::<Registry>().expect("a registry");
+        let span = registry.span(&id).expect("the span");
+        span.scope()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(" < ")
+    })
+}
+
+fn store(dir: &std::path::Path, append_max_events: usize) -> Store {
+    let mut config = StoreConfig::new(dir);
+    config.append_max_events = append_max_events;
+    Store::open(config, default_views()).unwrap()
+}
+
+fn writer(store: &Store, stream: &str) -> (Addr<StreamWriter<Counter>>, mpsc::Sender<&'static str>) {
+    let (tx, rx) = mpsc::channel();
+    let env = Arc::new(Env {
+        store: store.clone(),
+        signals: Mutex::new(Some(rx)),
+    });
+    let state = Total {
+        stream: StreamId::new(stream).unwrap(),
+        version: 0,
+        total: 0,
+    };
+    (StreamWriter::<Counter>::new(state, env).start(), tx)
+}
+
+async fn send(
+    addr: &Addr<StreamWriter<Counter>>,
+    command: Add,
+) -> Result<String, CounterError> {
+    addr.send(Execute {
+        command,
+        metadata: Metadata::command("test").normalized(),
+        span: tracing::Span::none(),
+    })
+    .await
+    .unwrap()
+}
+
+#[actix_rt::test]
+async fn given_a_state_when_a_command_decides_events_then_they_are_appended_at_its_version_and_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 1000);
+    let (addr, _) = writer(&store, "test/a");
+    assert_eq!(send(&addr, Add::Numbers(vec![1, 2, 3], Chunking::Whole)).await, Ok("6".into()));
+    assert_eq!(send(&addr, Add::Numbers(vec![10], Chunking::Whole)).await, Ok("16".into()));
+    let stream = StreamId::new("test/a").unwrap();
+    assert_eq!(store.stream_version(&stream).unwrap(), 4);
+    let versions: Vec<u64> = store
+        .read_stream(&stream, 1, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+}
+
+#[actix_rt::test]
+async fn chunked_appends_take_more_than_one_append_can_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 2);
+    let (addr, _) = writer(&store, "test/a");
+    // One append of five is refused, and nothing is written or folded.
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![1, 1, 1, 1, 1], Chunking::Whole)).await,
+        Err(CounterError::Writer(
+            "400: 5 events in one append, at most 2 allowed".into()
+        ))
+    );
+    // Cut in appends of two: all five, then the state has them all.
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![1, 2, 3, 4, 5], Chunking::MaxEvents)).await,
+        Ok("15".into())
+    );
+    let stream = StreamId::new("test/a").unwrap();
+    assert_eq!(store.stream_version(&stream).unwrap(), 5);
+    assert_eq!(send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await, Ok("16".into()));
+}
+
+#[actix_rt::test]
+async fn a_refusal_or_a_panic_appends_nothing_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 1000);
+    let (addr, _) = writer(&store, "test/a");
+    assert_eq!(send(&addr, Add::Numbers(vec![2], Chunking::Whole)).await, Ok("2".into()));
+    assert_eq!(send(&addr, Add::Refused).await, Err(CounterError::Refused));
+    match send(&addr, Add::Panics).await {
+        Err(CounterError::Writer(m)) => assert!(
+            m.starts_with("500: add task failed: task ") && m.ends_with("panicked with message \"a bug\""),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.stream_version(&StreamId::new("test/a").unwrap()).unwrap(), 1);
+    assert_eq!(send(&addr, Add::Numbers(vec![3], Chunking::Whole)).await, Ok("5".into()));
+}
+
+#[actix_rt::test]
+async fn a_stale_version_is_a_conflict_naming_both_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 1000);
+    let (addr, _) = writer(&store, "test/a");
+    assert_eq!(send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await, Ok("1".into()));
+    // Someone else appends to the stream behind the writer's back.
+    let stream = StreamId::new("test/a").unwrap();
+    store
+        .append_async(
+            &stream,
+            cairn_storage::ExpectedVersion::Exact(1),
+            vec![event(Payload::SyncStarted(SyncStarted { trigger: "7".into() }))],
+            Metadata::command("other").normalized(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![5], Chunking::MaxEvents)).await,
+        Err(CounterError::Writer(
+            "409: stream test/a: expected version 1, found version 2".into()
+        ))
+    );
+    assert_eq!(store.stream_version(&stream).unwrap(), 2);
+}
+
+#[actix_rt::test]
+async fn commands_of_one_stream_run_one_after_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 1000);
+    let (addr, signal) = writer(&store, "test/a");
+    // The first waits for a signal the second sends: the second may only
+    // start once the first is done, so the first waits out its deadline.
+    let first = send(&addr, Add::Wait(std::time::Duration::from_millis(500)));
+    let second = send(&addr, Add::Signal(signal));
+    let (first, second) = futures::join!(first, second);
+    assert_eq!(first, Ok("Err(Timeout)".into()));
+    assert_eq!(second, Ok("unheard".into()));
+}
+
+#[actix_rt::test]
+async fn writers_of_different_streams_run_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 1000);
+    let (a, a_signal) = writer(&store, "test/a");
+    let (b, _) = writer(&store, "test/b");
+    // a waits for the signal b sends while a waits.
+    let (first, second) = futures::join!(
+        send(&a, Add::Wait(std::time::Duration::from_secs(10))),
+        send(&b, Add::Signal(a_signal))
+    );
+    assert_eq!(first, Ok("Ok(\"signal\")".into()));
+    assert_eq!(second, Ok("sent".into()));
+}
+
+#[actix_rt::test]
+async fn a_command_runs_in_the_span_of_the_message_that_caused_it() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    // A registry with a layer that enables every span (the test process is
+    // this test's own under nextest).
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::filter::LevelFilter::TRACE,
+    );
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 1000);
+    let (addr, _) = writer(&store, "test/a");
+    let command = tracing::info_span!("command", endpoint = "cairn.v1.test");
+    let answer = addr
+        .send(Execute {
+            command: Add::Spans,
+            metadata: Metadata::command("test").normalized(),
+            span: command.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer, Ok("writer < command".into()));
+}
