@@ -76,7 +76,9 @@ impl std::str::FromStr for Lifecycle {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s).ok_or_else(|| format!("{s:?} is not a lifecycle (Draft, Proposed, Published, DeletionProposed)"))
+        Self::parse(s).ok_or_else(|| {
+            format!("{s:?} is not a lifecycle (Draft, Proposed, Published, DeletionProposed)")
+        })
     }
 }
 

@@ -37,14 +37,14 @@ use tracing::{info, warn, Instrument};
 
 pub use error::RegistryError;
 pub use messages::{
-    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle,
-    Shutdown, SyncRepository, UnregisterRepository, UpdateRepository,
+    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle, Shutdown,
+    SyncRepository, UnregisterRepository, UpdateRepository,
 };
 
 use crate::{
     repository::{
-        upstream::SyncEnv, Close, LifecycleOutcome, Register, RepositoryActor,
-        RepositoryComponent, UpdateSpec,
+        upstream::SyncEnv, Close, LifecycleOutcome, Register, RepositoryActor, RepositoryComponent,
+        UpdateSpec,
     },
     schedule::{NextDue, Replan, Scheduling, StopManager, SyncManager, SyncNow, SyncReport},
     writer::StopWriter,
@@ -313,8 +313,7 @@ impl Handler<RouteLifecycle> for Registry {
             .get(&(msg.namespace.clone(), msg.name.clone()))
             .map(|e| e.actor.clone());
         Box::pin(async move {
-            let actor =
-                actor.ok_or_else(|| RegistryError::not_found(&msg.namespace, &msg.name))?;
+            let actor = actor.ok_or_else(|| RegistryError::not_found(&msg.namespace, &msg.name))?;
             actor.send(msg.lifecycle).await?
         })
     }
@@ -331,8 +330,7 @@ impl Handler<UpdateRepository> for Registry {
             .map(|e| (e.actor.clone(), e.manager.clone()));
         let span = msg.span;
         Box::pin(async move {
-            let (actor, manager) =
-                entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+            let (actor, manager) = entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
             let spec = actor
                 .send(UpdateSpec {
                     spec: msg.spec,

@@ -51,10 +51,10 @@ use tracing::{debug, info};
 
 use super::{
     component::{object_name, RepositoryComponent},
-    Repository as RepositoryDomain,
     decide::{validate, Validated, ViewRows},
     error::RepositoryError,
     upstream::{store_revisions, SyncEnv},
+    Repository as RepositoryDomain,
 };
 use crate::{
     origin::{
@@ -564,9 +564,13 @@ pub(super) async fn run(
                 execute(env, state, &prepared, &principal)
             },
             move |_, executed: Executed| {
-                let events = super::decide::typed(executed.events, &executed.name, &op, op.cloned_from());
+                let events =
+                    super::decide::typed(executed.events, &executed.name, &op, op.cloned_from());
                 let count = events.len();
-                Ok((events, (executed.name, executed.deleted, executed.pins, count)))
+                Ok((
+                    events,
+                    (executed.name, executed.deleted, executed.pins, count),
+                ))
             },
         )
         .await;

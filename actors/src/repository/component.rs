@@ -485,11 +485,17 @@ mod tests {
         state.last_refs = Some(("d".into(), Default::default()));
         state.fold(&crate::repository::decide::registered(&spec)[0], 1);
         assert_eq!((state.version, state.spec.clone()), (1, spec.clone()));
-        assert!(state.last_refs.is_some(), "a registration keeps what it read");
+        assert!(
+            state.last_refs.is_some(),
+            "a registration keeps what it read"
+        );
         let mut changed = spec.clone();
         changed.deployment = true;
         state.fold(&crate::repository::decide::spec_changed(&changed)[0], 2);
         assert_eq!((state.version, state.spec.clone()), (2, changed));
-        assert!(state.last_refs.is_none(), "refs read under the old spec are forgotten");
+        assert!(
+            state.last_refs.is_none(),
+            "refs read under the old spec are forgotten"
+        );
     }
 }

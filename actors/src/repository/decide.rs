@@ -26,11 +26,7 @@ use cairn_events::{
     },
 };
 
-use super::{
-    command::LifecycleOp,
-    component::object_name,
-    error::LifecycleError,
-};
+use super::{command::LifecycleOp, component::object_name, error::LifecycleError};
 use crate::origin::package_path;
 
 /// The view rows a lifecycle command is validated against.
@@ -124,9 +120,7 @@ fn target(
 
 /// Whether package `inner` lies below package `outer` (full paths).
 fn nested(inner: &str, outer: &str) -> bool {
-    inner.len() > outer.len()
-        && inner.starts_with(outer)
-        && inner.as_bytes()[outer.len()] == b'/'
+    inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
 }
 
 /// Validates lifecycle command `op` on the repository of `spec` against
@@ -255,9 +249,11 @@ pub fn registered(spec: &RepositorySpec) -> Vec<Event> {
 
 /// `UpdateSpec`: `RepositorySpecChanged` with the whole new spec.
 pub fn spec_changed(spec: &RepositorySpec) -> Vec<Event> {
-    vec![event(Payload::RepositorySpecChanged(RepositorySpecChanged {
-        spec: Some(spec.clone()),
-    }))]
+    vec![event(Payload::RepositorySpecChanged(
+        RepositorySpecChanged {
+            spec: Some(spec.clone()),
+        },
+    ))]
 }
 
 #[cfg(test)]
@@ -425,7 +421,11 @@ mod tests {
         ] {
             let r = revision("ws", lifecycle, number);
             assert_eq!(
-                validate(&spec(), &LifecycleOp::Delete(DRAFT.into()), given(r.clone(), 1)),
+                validate(
+                    &spec(),
+                    &LifecycleOp::Delete(DRAFT.into()),
+                    given(r.clone(), 1)
+                ),
                 Ok(Validated {
                     name: DRAFT.into(),
                     path: String::new(),
@@ -440,7 +440,11 @@ mod tests {
     #[test]
     fn a_target_missing_or_in_another_repository_is_not_found() {
         let message = "package revision ns/repo.pkg.ws not found in repository repo";
-        let when = validate(&spec(), &LifecycleOp::Approve(DRAFT.into()), ViewRows::default());
+        let when = validate(
+            &spec(),
+            &LifecycleOp::Approve(DRAFT.into()),
+            ViewRows::default(),
+        );
         let e = crate::ServiceError::from(when.unwrap_err());
         assert_eq!((e.code, e.message.as_str()), (404, message));
         let mut elsewhere = given(revision("ws", Lifecycle::Proposed, 0), 1);
@@ -521,8 +525,12 @@ mod tests {
         };
         // Inside an existing package.
         let e = crate::ServiceError::from(
-            validate(&spec(), &create("apps/web", "db", "ws"), rows(&["base", "apps/web"]))
-                .unwrap_err(),
+            validate(
+                &spec(),
+                &create("apps/web", "db", "ws"),
+                rows(&["base", "apps/web"]),
+            )
+            .unwrap_err(),
         );
         assert_eq!(
             (e.code, e.message.as_str()),
@@ -578,11 +586,20 @@ mod tests {
         for (op, expected) in [
             (create("", "pkg", "ws"), "DraftCreated"),
             (every_op(DRAFT).remove(0), "DraftResourcesUpdated"),
-            (LifecycleOp::Propose(DRAFT.into()), "PackageRevisionProposed"),
+            (
+                LifecycleOp::Propose(DRAFT.into()),
+                "PackageRevisionProposed",
+            ),
             (LifecycleOp::Reject(DRAFT.into()), "ProposalRejected"),
-            (LifecycleOp::Approve(DRAFT.into()), "PackageRevisionPublished"),
+            (
+                LifecycleOp::Approve(DRAFT.into()),
+                "PackageRevisionPublished",
+            ),
             (LifecycleOp::ProposeDelete(DRAFT.into()), "DeletionProposed"),
-            (LifecycleOp::WithdrawDelete(DRAFT.into()), "DeletionProposalWithdrawn"),
+            (
+                LifecycleOp::WithdrawDelete(DRAFT.into()),
+                "DeletionProposalWithdrawn",
+            ),
         ] {
             let events = typed(
                 vec![modified(other.clone()), added(target.clone())],
@@ -594,7 +611,12 @@ mod tests {
             assert_eq!(kinds, ["Modified", expected], "{}", op.verb());
         }
         // A clone names its source.
-        let events = typed(vec![added(target.clone())], DRAFT, &create("", "pkg", "ws"), "repo.up.v1");
+        let events = typed(
+            vec![added(target.clone())],
+            DRAFT,
+            &create("", "pkg", "ws"),
+            "repo.up.v1",
+        );
         let Some(Payload::DraftCreated(created)) = &events[0].payload else {
             panic!("{events:?}")
         };
@@ -605,7 +627,12 @@ mod tests {
             name: DRAFT.into(),
             last: None,
         }));
-        let events = typed(vec![deleted.clone()], DRAFT, &LifecycleOp::Delete(DRAFT.into()), "");
+        let events = typed(
+            vec![deleted.clone()],
+            DRAFT,
+            &LifecycleOp::Delete(DRAFT.into()),
+            "",
+        );
         assert_eq!(events, vec![deleted]);
     }
 

@@ -49,7 +49,9 @@ pub enum LifecycleError {
     },
     /// A Published revision cannot be deleted at once (409): propose its
     /// deletion first.
-    #[error("cannot delete {name}: it is Published; propose its deletion first (pkgrev.propose-delete)")]
+    #[error(
+        "cannot delete {name}: it is Published; propose its deletion first (pkgrev.propose-delete)"
+    )]
     DeletePublished {
         /// The target.
         name: String,
@@ -140,7 +142,9 @@ pub enum RepositoryError {
     },
     /// The upstream accepted the command but its target does not read back
     /// as a package revision: 500, a bug.
-    #[error("the upstream accepted {verb} of {name}, but it does not read back as a package revision")]
+    #[error(
+        "the upstream accepted {verb} of {name}, but it does not read back as a package revision"
+    )]
     Lost {
         /// The command.
         verb: &'static str,

@@ -177,7 +177,10 @@ impl StreamDomain for Repository {
                                 state.current(&env.store).map_err(RepositoryError::Views)
                             },
                             |_, current| {
-                                Ok((RepositoryComponent::close_events(&current, "unregistered"), ()))
+                                Ok((
+                                    RepositoryComponent::close_events(&current, "unregistered"),
+                                    (),
+                                ))
                             },
                         )
                         .await?;
@@ -208,10 +211,15 @@ fn answer<T: 'static>(
     span: &tracing::Span,
     pick: fn(RepositoryReply) -> Option<T>,
 ) -> ResponseActFuture<RepositoryActor, Result<T, ServiceError>> {
-    Box::pin(actor.execute(command, metadata, span).map(move |result, _, _| {
-        let reply = result?;
-        pick(reply).ok_or_else(|| ServiceError::internal("unexpected reply from the repository"))
-    }))
+    Box::pin(
+        actor
+            .execute(command, metadata, span)
+            .map(move |result, _, _| {
+                let reply = result?;
+                pick(reply)
+                    .ok_or_else(|| ServiceError::internal("unexpected reply from the repository"))
+            }),
+    )
 }
 
 impl Handler<Register> for RepositoryActor {
@@ -237,10 +245,16 @@ impl Handler<RunSync> for RepositoryActor {
             asked_at: msg.asked_at,
             next: msg.next,
         };
-        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
-            RepositoryReply::Synced(report) => Some(report),
-            _ => None,
-        }))
+        AtomicResponse::new(answer(
+            self,
+            command,
+            msg.metadata,
+            &msg.span,
+            |r| match r {
+                RepositoryReply::Synced(report) => Some(report),
+                _ => None,
+            },
+        ))
     }
 }
 
@@ -249,10 +263,16 @@ impl Handler<ApplyLifecycle> for RepositoryActor {
 
     fn handle(&mut self, msg: ApplyLifecycle, _ctx: &mut Self::Context) -> Self::Result {
         let command = RepositoryCommand::Lifecycle(msg.op);
-        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
-            RepositoryReply::Lifecycle(outcome) => Some(outcome),
-            _ => None,
-        }))
+        AtomicResponse::new(answer(
+            self,
+            command,
+            msg.metadata,
+            &msg.span,
+            |r| match r {
+                RepositoryReply::Lifecycle(outcome) => Some(outcome),
+                _ => None,
+            },
+        ))
     }
 }
 
@@ -261,10 +281,16 @@ impl Handler<UpdateSpec> for RepositoryActor {
 
     fn handle(&mut self, msg: UpdateSpec, _ctx: &mut Self::Context) -> Self::Result {
         let command = RepositoryCommand::UpdateSpec(msg.spec);
-        AtomicResponse::new(answer(self, command, msg.metadata, &msg.span, |r| match r {
-            RepositoryReply::Spec(spec) => Some(*spec),
-            _ => None,
-        }))
+        AtomicResponse::new(answer(
+            self,
+            command,
+            msg.metadata,
+            &msg.span,
+            |r| match r {
+                RepositoryReply::Spec(spec) => Some(*spec),
+                _ => None,
+            },
+        ))
     }
 }
 
@@ -272,9 +298,13 @@ impl Handler<Close> for RepositoryActor {
     type Result = AtomicResponse<Self, Result<(), ServiceError>>;
 
     fn handle(&mut self, msg: Close, _ctx: &mut Self::Context) -> Self::Result {
-        let closed = answer(self, RepositoryCommand::Close, msg.metadata, &msg.span, |r| {
-            matches!(r, RepositoryReply::Closed).then_some(())
-        });
+        let closed = answer(
+            self,
+            RepositoryCommand::Close,
+            msg.metadata,
+            &msg.span,
+            |r| matches!(r, RepositoryReply::Closed).then_some(()),
+        );
         AtomicResponse::new(Box::pin(closed.map(|result, _, ctx| {
             if result.is_ok() {
                 ctx.stop();

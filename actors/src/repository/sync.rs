@@ -51,7 +51,9 @@ pub(super) async fn sync_once(
     // writer commits `SyncStarted` (queued first, so it still opens the
     // sync in the log; its fsync overlaps the fetch instead of preceding it).
     let (read_env, snapshot) = (env.clone(), session.state().clone());
-    let read = off_arbiter("sync", move || read(&read_env, &snapshot, asked_at, started));
+    let read = off_arbiter("sync", move || {
+        read(&read_env, &snapshot, asked_at, started)
+    });
     let (opened, outcome) = futures::join!(session.append(opened, Chunking::MaxEvents), read);
     opened?;
     match outcome? {
@@ -187,4 +189,3 @@ pub fn timestamp(at: SystemTime) -> pbjson_types::Timestamp {
         nanos: since.subsec_nanos() as i32,
     }
 }
-

@@ -61,7 +61,11 @@ pub struct NextTime {
 impl NextTime {
     /// The reason of a time `at` decided after a success (or planned): the
     /// pending `run_once_at` when `at` is it, else the regular time.
-    pub fn after_success(at: SystemTime, now: SystemTime, once_pending: Option<SystemTime>) -> Self {
+    pub fn after_success(
+        at: SystemTime,
+        now: SystemTime,
+        once_pending: Option<SystemTime>,
+    ) -> Self {
         let reason = if Some(at) == once_pending.map(|once| once.max(now)) {
             Reason::RunOnce
         } else {
@@ -278,7 +282,12 @@ mod tests {
         // A sooner run_once_at wins, still a retry.
         let once = t0() + secs(5);
         assert_eq!(
-            when(&plan("", Some(once)), Some(once), 4, LastSync::Failed("auth")),
+            when(
+                &plan("", Some(once)),
+                Some(once),
+                4,
+                LastSync::Failed("auth")
+            ),
             NextTime {
                 at: once,
                 reason: Reason::Retry

@@ -170,7 +170,9 @@ fn revision_files(
 /// The reply for what a command left.
 fn outcome_body(format: Format, outcome: LifecycleOutcome) -> Body {
     match outcome {
-        LifecycleOutcome::Revision(row) => Body::of(format, || revision_json(&row), || row.encode_to_vec()),
+        LifecycleOutcome::Revision(row) => {
+            Body::of(format, || revision_json(&row), || row.encode_to_vec())
+        }
         LifecycleOutcome::Deleted(name) => Body::of(
             format,
             || json!({ "deleted": name }),

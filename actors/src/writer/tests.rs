@@ -91,7 +91,10 @@ impl StreamDomain for Counter {
         state.total += number(event);
     }
 
-    fn run(session: &mut Session<Self>, command: Add) -> BoxFuture<'_, Result<String, CounterError>> {
+    fn run(
+        session: &mut Session<Self>,
+        command: Add,
+    ) -> BoxFuture<'_, Result<String, CounterError>> {
         Box::pin(async move {
             let chunking = match &command {
                 Add::Numbers(_, chunking) => *chunking,
@@ -165,7 +168,10 @@ fn store(dir: &std::path::Path, append_max_events: usize) -> Store {
     Store::open(config, default_views()).unwrap()
 }
 
-fn writer(store: &Store, stream: &str) -> (Addr<StreamWriter<Counter>>, mpsc::Sender<&'static str>) {
+fn writer(
+    store: &Store,
+    stream: &str,
+) -> (Addr<StreamWriter<Counter>>, mpsc::Sender<&'static str>) {
     let (tx, rx) = mpsc::channel();
     let env = Arc::new(Env {
         store: store.clone(),
@@ -179,10 +185,7 @@ fn writer(store: &Store, stream: &str) -> (Addr<StreamWriter<Counter>>, mpsc::Se
     (StreamWriter::<Counter>::new(state, env).start(), tx)
 }
 
-async fn send(
-    addr: &Addr<StreamWriter<Counter>>,
-    command: Add,
-) -> Result<String, CounterError> {
+async fn send(addr: &Addr<StreamWriter<Counter>>, command: Add) -> Result<String, CounterError> {
     addr.send(Execute {
         command,
         metadata: Metadata::command("test").normalized(),
@@ -193,12 +196,19 @@ async fn send(
 }
 
 #[actix_rt::test]
-async fn given_a_state_when_a_command_decides_events_then_they_are_appended_at_its_version_and_folded() {
+async fn given_a_state_when_a_command_decides_events_then_they_are_appended_at_its_version_and_folded(
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
     let (addr, _) = writer(&store, "test/a");
-    assert_eq!(send(&addr, Add::Numbers(vec![1, 2, 3], Chunking::Whole)).await, Ok("6".into()));
-    assert_eq!(send(&addr, Add::Numbers(vec![10], Chunking::Whole)).await, Ok("16".into()));
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![1, 2, 3], Chunking::Whole)).await,
+        Ok("6".into())
+    );
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![10], Chunking::Whole)).await,
+        Ok("16".into())
+    );
     let stream = StreamId::new("test/a").unwrap();
     assert_eq!(store.stream_version(&stream).unwrap(), 4);
     let versions: Vec<u64> = store
@@ -224,12 +234,19 @@ async fn chunked_appends_take_more_than_one_append_can_hold() {
     );
     // Cut in appends of two: all five, then the state has them all.
     assert_eq!(
-        send(&addr, Add::Numbers(vec![1, 2, 3, 4, 5], Chunking::MaxEvents)).await,
+        send(
+            &addr,
+            Add::Numbers(vec![1, 2, 3, 4, 5], Chunking::MaxEvents)
+        )
+        .await,
         Ok("15".into())
     );
     let stream = StreamId::new("test/a").unwrap();
     assert_eq!(store.stream_version(&stream).unwrap(), 5);
-    assert_eq!(send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await, Ok("16".into()));
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await,
+        Ok("16".into())
+    );
 }
 
 #[actix_rt::test]
@@ -237,17 +254,29 @@ async fn a_refusal_or_a_panic_appends_nothing_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
     let (addr, _) = writer(&store, "test/a");
-    assert_eq!(send(&addr, Add::Numbers(vec![2], Chunking::Whole)).await, Ok("2".into()));
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![2], Chunking::Whole)).await,
+        Ok("2".into())
+    );
     assert_eq!(send(&addr, Add::Refused).await, Err(CounterError::Refused));
     match send(&addr, Add::Panics).await {
         Err(CounterError::Writer(m)) => assert!(
-            m.starts_with("500: add task failed: task ") && m.ends_with("panicked with message \"a bug\""),
+            m.starts_with("500: add task failed: task ")
+                && m.ends_with("panicked with message \"a bug\""),
             "{m}"
         ),
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.stream_version(&StreamId::new("test/a").unwrap()).unwrap(), 1);
-    assert_eq!(send(&addr, Add::Numbers(vec![3], Chunking::Whole)).await, Ok("5".into()));
+    assert_eq!(
+        store
+            .stream_version(&StreamId::new("test/a").unwrap())
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![3], Chunking::Whole)).await,
+        Ok("5".into())
+    );
 }
 
 #[actix_rt::test]
@@ -255,14 +284,19 @@ async fn a_stale_version_is_a_conflict_naming_both_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
     let (addr, _) = writer(&store, "test/a");
-    assert_eq!(send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await, Ok("1".into()));
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await,
+        Ok("1".into())
+    );
     // Someone else appends to the stream behind the writer's back.
     let stream = StreamId::new("test/a").unwrap();
     store
         .append_async(
             &stream,
             cairn_storage::ExpectedVersion::Exact(1),
-            vec![event(Payload::SyncStarted(SyncStarted { trigger: "7".into() }))],
+            vec![event(Payload::SyncStarted(SyncStarted {
+                trigger: "7".into(),
+            }))],
             Metadata::command("other").normalized(),
         )
         .await
@@ -310,9 +344,8 @@ async fn a_command_runs_in_the_span_of_the_message_that_caused_it() {
     use tracing_subscriber::layer::SubscriberExt as _;
     // A registry with a layer that enables every span (the test process is
     // this test's own under nextest).
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_subscriber::filter::LevelFilter::TRACE,
-    );
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::TRACE);
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
