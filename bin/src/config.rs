@@ -102,6 +102,10 @@ impl Default for NatsConfig {
     }
 }
 
+/// The largest `store.blob-inline-max-bytes`: 64 MiB (a RocksDB value that
+/// size already costs more than a file).
+pub const BLOB_INLINE_MAX_BYTES_LIMIT: usize = 64 << 20;
+
 /// `[store]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -114,6 +118,9 @@ pub struct StoreSection {
     pub event_max_bytes: usize,
     /// Most events per group commit. Default: 8192.
     pub group_commit_max_events: usize,
+    /// Blobs up to this size are rows of the `blobs` column family; larger
+    /// ones are files under `<data-dir>/store/blobs/`. Default: 1048576.
+    pub blob_inline_max_bytes: usize,
 }
 
 impl Default for StoreSection {
@@ -124,6 +131,7 @@ impl Default for StoreSection {
             append_max_events: d.append_max_events,
             event_max_bytes: d.event_max_bytes,
             group_commit_max_events: d.group_commit_max_events,
+            blob_inline_max_bytes: d.blob_inline_max_bytes,
         }
     }
 }
@@ -526,6 +534,15 @@ impl NodeConfig {
                 ),
             );
         }
+        if self.store.blob_inline_max_bytes > BLOB_INLINE_MAX_BYTES_LIMIT {
+            return bad(
+                "store.blob-inline-max-bytes",
+                format!(
+                    "must be at most {BLOB_INLINE_MAX_BYTES_LIMIT} (larger blobs belong in files), got {}",
+                    self.store.blob_inline_max_bytes
+                ),
+            );
+        }
         if !(1..=65_536).contains(&self.publisher.max_in_flight) {
             return bad(
                 "publisher.max-in-flight",
@@ -615,6 +632,7 @@ impl NodeConfig {
         c.append_max_events = self.store.append_max_events;
         c.event_max_bytes = self.store.event_max_bytes;
         c.group_commit_max_events = self.store.group_commit_max_events;
+        c.blob_inline_max_bytes = self.store.blob_inline_max_bytes;
         c
     }
 }
@@ -762,6 +780,19 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "configuration: sync.jitter: must not exceed sync.interval (300s), got 600s"
+        );
+        let mut c = NodeConfig::default();
+        c.store.blob_inline_max_bytes = 65 << 20;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: store.blob-inline-max-bytes: must be at most 67108864 (larger blobs belong in files), got 68157440"
+        );
+        let mut c = NodeConfig::default();
+        c.store.blob_inline_max_bytes = 4096;
+        assert_eq!(c.store_config().blob_inline_max_bytes, 4096);
+        assert_eq!(
+            NodeConfig::default().store_config().blob_inline_max_bytes,
+            1 << 20
         );
         NodeConfig::default().validate().unwrap();
     }
