@@ -43,6 +43,23 @@
 //! Actors stay thin: each one forwards to a component with ordinary methods.
 //! Blocking work (RocksDB, Git) runs in `spawn_blocking`, never on an
 //! arbiter thread.
+//!
+//! # Storage through its traits
+//! Components and read functions take the storage traits, not the concrete
+//! [`cairn_storage::Store`]: view reads `&dyn ViewRead` (or `&impl
+//! ViewRead` where a page scan is generic anyway), log reads `&dyn
+//! EventLog`, blobs `&dyn BlobStore`, and the stream-writer shell appends
+//! through `&dyn AsyncAppend` ([`writer::StreamDomain::store`]). Only the
+//! structs that wire a node hold a `Store` — `SyncEnv`, `ServiceContext`,
+//! the publisher, the watch hub and Watchers (which also need
+//! `subscribe()`, the publish cursor in `meta`, or a `'static` handle to
+//! move into `spawn_blocking`) — and they lend it to the components as the
+//! trait. A replicated backend (the cluster issue) then plugs in at those
+//! structs without touching the components.
+//!
+//! Lifecycles are [`cairn_events::revision::Lifecycle`] everywhere (Git
+//! discovery, validation, filters); their spelling appears only where a
+//! revision is rendered or a request is parsed.
 
 pub mod error;
 pub mod origin;

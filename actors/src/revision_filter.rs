@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use cairn_events::v1::{PackageRevisionListing, PackageRevisionRow};
+use cairn_events::{
+    revision::Lifecycle,
+    v1::{PackageRevisionListing, PackageRevisionRow},
+};
 use cairn_storage::views::package_revision_list::Scope;
 
 /// Which package revisions a `pkgrev.list` or a watch selects: every field
@@ -30,7 +33,7 @@ pub struct Filter {
     /// Only this revision number.
     pub revision: Option<i64>,
     /// Only these lifecycles.
-    pub lifecycle: Option<Vec<String>>,
+    pub lifecycle: Option<Vec<Lifecycle>>,
     /// Only revisions carrying all these labels.
     pub labels: BTreeMap<String, String>,
     /// Only latest (true) or only not latest (false).
@@ -90,7 +93,7 @@ impl Filter {
             && self
                 .lifecycle
                 .as_ref()
-                .is_none_or(|ls| ls.iter().any(|l| l == lifecycle))
+                .is_none_or(|ls| ls.iter().any(|l| l.as_str() == lifecycle))
             && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
             && self.latest.is_none_or(|v| v == latest)
     }
@@ -156,7 +159,7 @@ mod tests {
             package: Some("a".into()),
             workspace: Some("v1".into()),
             revision: Some(1),
-            lifecycle: Some(vec!["Draft".into(), "Published".into()]),
+            lifecycle: Some(vec![Lifecycle::Draft, Lifecycle::Published]),
             labels: BTreeMap::new(),
             latest: Some(true),
         };
@@ -187,7 +190,7 @@ mod tests {
                 ..all.clone()
             },
             Filter {
-                lifecycle: Some(vec!["Draft".into()]),
+                lifecycle: Some(vec![Lifecycle::Draft]),
                 ..all.clone()
             },
             Filter {

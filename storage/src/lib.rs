@@ -8,6 +8,10 @@
 //! - [`log`] — the [`EventLog`] trait and its types ([`ExpectedVersion`],
 //!   [`Appended`]), and [`ReplicatedLog`]: applying commits another node's
 //!   writer sequenced ([`Replicated`], [`log::StateDump`]).
+//! - [`append`] — the [`AsyncAppend`] trait: what an async writer (the
+//!   actors' stream-writer shell) needs of the log it appends to — the
+//!   append size limit and chunked appends queued together; the seam a
+//!   replicated (JetStream-backed) appender plugs into.
 //! - [`blob`] — the [`BlobStore`] trait (whole and streaming puts and
 //!   reads), digests, pins and [`BlobReader`].
 //! - [`read`] — the [`ViewRead`] trait (view gets, scans, snapshots) and its
@@ -22,8 +26,8 @@
 //! - [`store`] — [`Store`], the RocksDB implementation of all of the above:
 //!   `store::open` (configuration, column families, layout checks),
 //!   `store::read` (view reads, scans, [`StoreSnapshot`], log reads),
-//!   `store::writer` (the group-committing writer thread, replicated
-//!   commits, rebuild), `store::blobs` (blob rows and files, pins, garbage
+//!   `store::writer` (the group-committing writer thread, the
+//!   [`AsyncAppend`] impl, replicated commits, rebuild), `store::blobs` (blob rows and files, pins, garbage
 //!   collection), `store::compact` (compaction on the writer thread).
 //! - [`sample`] — sample events ([`sample::marker`]) for benchmarks and tests.
 //! - `conformance` (feature `testsuite`, and this crate's tests) — the
@@ -54,6 +58,7 @@
 //! Compaction and garbage collection also run on the writer thread, so no
 //! commit interleaves with them.
 
+pub mod append;
 pub mod blob;
 pub mod columns;
 pub mod compaction;
@@ -68,6 +73,7 @@ pub mod store;
 pub mod view;
 pub mod views;
 
+pub use append::AsyncAppend;
 pub use blob::{BlobPin, BlobReader, BlobStore, Digest};
 pub use columns::Column;
 pub use compaction::{CompactionPolicy, CompactionStats};

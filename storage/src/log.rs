@@ -153,6 +153,31 @@ pub trait EventLog: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Envelope>, StorageError>;
 
+    /// Up to `limit` events of `stream` with `seq` ≥ `from_seq`, in order
+    /// (a stream read that resumes at a global position, as `log.read`
+    /// does). The default binary-searches the stream's versions through
+    /// [`EventLog::read_stream`] (sequence numbers grow with versions, and
+    /// a read skips versions compaction removed): O(log n) reads plus the
+    /// events returned. An implementation with a cheaper index overrides it.
+    fn read_stream_from_seq(
+        &self,
+        stream: &StreamId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
+        // The first version whose event (or the next one present) has
+        // `seq` ≥ `from_seq`; `last + 1` when there is none.
+        let (mut low, mut high) = (1, self.stream_version(stream)? + 1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.read_stream(stream, mid, 1)?.first() {
+                Some(e) if e.seq < from_seq => low = e.stream_version.max(mid) + 1,
+                _ => high = mid,
+            }
+        }
+        self.read_stream(stream, low, limit)
+    }
+
     /// Up to `limit` events with `seq` ≥ `from_seq`, in log order.
     fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError>;
 

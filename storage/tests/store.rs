@@ -462,6 +462,50 @@ fn reads_a_stream_from_a_global_sequence() {
     );
 }
 
+/// A log with only [`EventLog`]'s required methods (the store's), so its
+/// `read_stream_from_seq` is the trait's default.
+struct RequiredOnly(Store);
+
+impl EventLog for RequiredOnly {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<cairn_events::v1::Event>,
+        metadata: Metadata,
+    ) -> Result<cairn_storage::Appended, StorageError> {
+        self.0.append(stream, expected, events, metadata)
+    }
+
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
+        EventLog::read_stream(&self.0, stream, from_version, limit)
+    }
+
+    fn read_all(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, StorageError> {
+        self.0.read_all(from_seq, limit)
+    }
+
+    fn last_seq(&self) -> Result<u64, StorageError> {
+        EventLog::last_seq(&self.0)
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
+        self.0.stream_version(stream)
+    }
+}
+
+#[test]
+fn the_default_stream_read_from_a_sequence_agrees_with_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequiredOnly(open(dir.path()));
+    cairn_storage::conformance::check_stream_reads_from_seq(&log);
+}
+
 #[test]
 fn metadata_that_cannot_travel_in_headers_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -88,34 +88,12 @@ pub struct DiscoveredRevision {
     pub latest: bool,
 }
 
-/// Lifecycle of a package revision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Lifecycle {
-    /// On a `drafts/…` branch.
-    Draft,
-    /// On a `proposed/…` branch.
-    Proposed,
-    /// Tagged, or on the registered branch.
-    Published,
-    /// Published, with a `deletionProposed/…` branch.
-    DeletionProposed,
-}
-
-impl Lifecycle {
-    /// Porch's spelling: `Draft`, `Proposed`, `Published`, `DeletionProposed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lifecycle::Draft => "Draft",
-            Lifecycle::Proposed => "Proposed",
-            Lifecycle::Published => "Published",
-            Lifecycle::DeletionProposed => "DeletionProposed",
-        }
-    }
-
-    fn is_published(self) -> bool {
-        matches!(self, Lifecycle::Published | Lifecycle::DeletionProposed)
-    }
-}
+/// Lifecycle of a package revision: the events' enum (one definition for
+/// the whole node). Discovery reads it from the ref layout: `drafts/…`
+/// Draft, `proposed/…` Proposed, a tag or the registered branch
+/// Published, and Published with a `deletionProposed/…` branch
+/// DeletionProposed.
+pub use cairn_events::revision::Lifecycle;
 
 /// Lists the Porch package revisions in the local repository at `repo` for
 /// the registered `branch` and `directory` (`""` or `"/"` = whole

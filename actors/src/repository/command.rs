@@ -41,7 +41,7 @@ use cairn_storage::{
     views::{
         package_revision_list::Scope as ListScope, PackageRevisionListView, PackageRevisionsView,
     },
-    BlobPin, StorageError, Store,
+    BlobPin, StorageError, ViewRead,
 };
 use git2::{Oid, Repository};
 use std::ops::ControlFlow;
@@ -187,7 +187,7 @@ pub struct Executed {
 
 /// The view rows `op` is validated against (see [`ViewRows`]). Blocking.
 pub fn view_rows(
-    store: &Store,
+    store: &dyn ViewRead,
     spec: &RepositorySpec,
     op: &LifecycleOp,
 ) -> Result<ViewRows, StorageError> {
@@ -238,7 +238,7 @@ pub fn execute(
     let started = std::time::Instant::now();
     let spec = &component.spec;
     let git = spec.git.clone().unwrap_or_default();
-    let store = &env.store;
+    let store: &dyn ViewRead = &env.store;
     // 1. Validate against the view.
     let rows = view_rows(store, spec, op).map_err(RepositoryError::Views)?;
     let Validated {
@@ -304,8 +304,8 @@ pub fn execute(
     };
     let discovery = origin::discover_refs(&mirror, &git.branch, &git.directory, &refs.full, &read)
         .map_err(|e| read_back(&e))?;
-    let (mut discovered, pins) =
-        store_revisions(env, &mirror, spec, discovery.revisions).map_err(|e| read_back(&e))?;
+    let (mut discovered, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)
+        .map_err(|e| read_back(&e))?;
     let gone = matches!(op, LifecycleOp::Delete(_)).then_some(name.as_str());
     latest_moved(store, spec, &path, &package, highest, gone, &mut discovered)
         .map_err(RepositoryError::Views)?;
@@ -363,7 +363,7 @@ fn refs_to_read(
 /// deleted): `highest` is the package's highest published revision now,
 /// `gone` the revision the write deleted.
 fn latest_moved(
-    store: &Store,
+    store: &dyn ViewRead,
     spec: &RepositorySpec,
     path: &str,
     package: &str,

@@ -27,7 +27,7 @@ use cairn_events::{
 };
 use cairn_storage::{
     views::{PackageRevisionsView, RepositoriesView},
-    EventLog, StorageError, Store,
+    EventLog, StorageError, ViewRead,
 };
 
 /// Package revisions listed per page when loading from the view.
@@ -112,9 +112,13 @@ impl RepositoryComponent {
         })
     }
 
-    /// Loads a registered repository from the views; `None` when it is not
-    /// registered. Blocking.
-    pub fn load(store: &Store, namespace: &str, name: &str) -> Result<Option<Self>, StorageError> {
+    /// Loads a registered repository from the views (its spec) and the log
+    /// (its stream version); `None` when it is not registered. Blocking.
+    pub fn load(
+        store: &(impl ViewRead + EventLog + ?Sized),
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Self>, StorageError> {
         let Some(row) = RepositoriesView::get(store, namespace, name)? else {
             return Ok(None);
         };
@@ -127,7 +131,7 @@ impl RepositoryComponent {
     /// The repository's current package revisions, from the view. Blocking.
     pub fn current(
         &self,
-        store: &Store,
+        store: &dyn ViewRead,
     ) -> Result<BTreeMap<String, PackageRevision>, StorageError> {
         let mut revisions = BTreeMap::new();
         let mut after: Option<Vec<u8>> = None;

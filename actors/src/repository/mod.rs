@@ -51,7 +51,6 @@ use cairn_events::{
     v1::{Event, RepositorySpec},
     StreamId,
 };
-use cairn_storage::Store;
 use futures::future::BoxFuture;
 
 pub use command::{LifecycleOp, LifecycleOutcome};
@@ -122,7 +121,7 @@ impl StreamDomain for Repository {
 
     const NAME: &'static str = "repository";
 
-    fn store(env: &SyncEnv) -> &Store {
+    fn store(env: &SyncEnv) -> &dyn cairn_storage::AsyncAppend {
         &env.store
     }
 
@@ -322,7 +321,7 @@ mod tests {
     };
     use cairn_storage::{
         views::{PackageRevisionListView, PackageRevisionsView},
-        EventLog, StoreConfig,
+        EventLog, Store, StoreConfig,
     };
 
     use super::*;

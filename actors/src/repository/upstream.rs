@@ -324,7 +324,7 @@ pub fn read_upstream(
         .ok_or_else(|| OriginError::BranchMissing {
             branch: git.branch.clone(),
         })?;
-    let (revisions, pins) = store_revisions(env, &mirror, spec, discovery.revisions)?;
+    let (revisions, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)?;
     debug!(
         url = %git.url,
         revisions = revisions.len(),
@@ -344,11 +344,11 @@ pub fn read_upstream(
 }
 
 /// The discovered `found` revisions as package revisions of `spec`'s
-/// repository, their contents put into the blob store (one at a time, each
+/// repository, their contents put into `blob_store` (one at a time, each
 /// blob once), with the pins that keep those blobs until the events
 /// referring to them commit. Blocking.
 pub fn store_revisions(
-    env: &SyncEnv,
+    blob_store: &dyn BlobStore,
     mirror: &Path,
     spec: &RepositorySpec,
     found: Vec<origin::DiscoveredRevision>,
@@ -364,7 +364,7 @@ pub fn store_revisions(
                 Some(digest) => digest.clone(),
                 None => {
                     let pin = blobs
-                        .with(*id, |content| env.store.put(content))?
+                        .with(*id, |content| blob_store.put(content))?
                         .map_err(|e| OriginError::Git(format!("storing {path}: {e}")))?;
                     let digest = pin.digest().to_string();
                     pins.push(pin);

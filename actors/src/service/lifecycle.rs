@@ -17,7 +17,7 @@
 //! [`crate::repository::decide::validate`]).
 
 use cairn_events::{revision::revision_json, v1 as pb};
-use cairn_storage::views::PackageRevisionsView;
+use cairn_storage::{views::PackageRevisionsView, BlobStore, ViewRead};
 
 use super::pkgrev::{get_row, revision_name};
 use prost::Message as _;
@@ -145,15 +145,17 @@ pub fn parse_files(f: &Fields, max: usize) -> Result<Option<Files>, ServiceError
     Ok(Some(files))
 }
 
-/// The files of revision `namespace/name`, from the blob store; 400 naming
-/// `field` when there is no such revision.
+/// The files of revision `namespace/name` (its row from `views`, its
+/// contents from `blobs`); 400 naming `field` when there is no such
+/// revision.
 fn revision_files(
-    store: &cairn_storage::Store,
+    views: &dyn ViewRead,
+    blobs: &dyn BlobStore,
     namespace: &str,
     name: &str,
     field: &str,
 ) -> Result<Files, ServiceError> {
-    let row = PackageRevisionsView::get(store, namespace, name)?.ok_or_else(|| {
+    let row = PackageRevisionsView::get(views, namespace, name)?.ok_or_else(|| {
         ServiceError::bad_field(
             field,
             format!("package revision {namespace}/{name} not found"),
@@ -161,7 +163,7 @@ fn revision_files(
     })?;
     let mut files = Files::new();
     for (path, digest) in row.revision.unwrap_or_default().resources {
-        let content = super::pkgrev::resource(store, &path, &digest)?;
+        let content = super::pkgrev::resource(blobs, &path, &digest)?;
         files.insert(path, content);
     }
     Ok(files)
@@ -252,7 +254,8 @@ pub async fn handle_create(
             let ns = namespace.clone();
             let from_name = from.clone();
             let files =
-                blocking(move || revision_files(&store, &ns, &from_name, "clone_from")).await?;
+                blocking(move || revision_files(&store, &store, &ns, &from_name, "clone_from"))
+                    .await?;
             Source::Clone { from, files }
         }
         (Some(files), None) => Source::Files(files),

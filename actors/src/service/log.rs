@@ -11,7 +11,7 @@ use cairn_events::{
     v1::{Envelope, LogReadReply},
     StreamId,
 };
-use cairn_storage::{EventLog, Store};
+use cairn_storage::EventLog;
 use prost::Message as _;
 
 use super::{
@@ -69,7 +69,7 @@ impl LogRead {
     /// `reply_max_bytes` (at least one event is always returned).
     pub fn run(
         &self,
-        store: &Store,
+        store: &dyn EventLog,
         reply_max_bytes: usize,
         format: Format,
     ) -> Result<LogPage, ServiceError> {

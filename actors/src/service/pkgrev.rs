@@ -8,13 +8,13 @@
 use std::{collections::BTreeMap, ops::ControlFlow};
 
 use cairn_events::{
-    revision::revision_json,
+    revision::{revision_json, Lifecycle},
     v1::{self as pb, PackageRevisionRow},
 };
 use cairn_storage::{
     blob::Digest,
     views::{package_revision_list::ListedRevision, PackageRevisionListView, PackageRevisionsView},
-    BlobStore, EventLog,
+    BlobStore, EventLog, ViewRead,
 };
 use prost::Message as _;
 use serde_json::{json, Map, Value};
@@ -46,8 +46,6 @@ pub const LIST_FIELDS: &[&str] = &[
     "continue",
 ];
 
-const LIFECYCLES: [&str; 4] = ["Draft", "Proposed", "Published", "DeletionProposed"];
-
 /// A filter is domain data ([`crate::revision_filter`]); reading one from a
 /// request is the NATS edge's, so it is defined here.
 impl Filter {
@@ -76,18 +74,24 @@ impl Filter {
                     })?,
             ),
         };
-        let lifecycle = f.strings("lifecycle")?;
-        if let Some(ls) = &lifecycle {
-            if let Some(bad) = ls.iter().find(|l| !LIFECYCLES.contains(&l.as_str())) {
-                return Err(ServiceError::bad_field(
-                    &f.path("lifecycle"),
-                    format!(
-                        "unknown lifecycle {bad:?}, expected one of: {}",
-                        LIFECYCLES.join(", ")
-                    ),
-                ));
-            }
-        }
+        let lifecycle = f
+            .strings("lifecycle")?
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| {
+                        Lifecycle::parse(l).ok_or_else(|| {
+                            ServiceError::bad_field(
+                                &f.path("lifecycle"),
+                                format!(
+                                    "unknown lifecycle {l:?}, expected one of: {}",
+                                    Lifecycle::ALL.map(Lifecycle::as_str).join(", ")
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         Ok(Self {
             namespace,
             repository,
@@ -108,14 +112,14 @@ impl Filter {
 /// the first). Returns the key to continue after (none at the end of the
 /// listing) and the log position the page reflects (for list-then-watch).
 pub fn list_page(
-    store: &cairn_storage::Store,
+    store: &(impl ViewRead + ?Sized),
     filter: &Filter,
     after: Option<&[u8]>,
     limit: usize,
     mut take: impl FnMut(&ListedRevision<'_>) -> Result<bool, ServiceError>,
 ) -> Result<(Option<Vec<u8>>, u64), ServiceError> {
     // The position first: every row read after it reflects at least it.
-    let seq = store.last_seq()?;
+    let seq = store.read_seq()?;
     let mut taken = 0;
     let mut last_taken = Vec::new();
     let mut next = None;
@@ -261,7 +265,7 @@ pub(super) fn revision_name(f: &Fields, field: &str) -> Result<String, ServiceEr
 
 /// The row of revision `namespace/name`; 404 when there is none.
 pub(super) fn get_row(
-    store: &cairn_storage::Store,
+    store: &(impl ViewRead + ?Sized),
     namespace: &str,
     name: &str,
 ) -> Result<PackageRevisionRow, ServiceError> {
@@ -338,11 +342,7 @@ pub async fn handle_resources(
 }
 
 /// The content of resource `path` of a revision, stored as `digest`.
-pub fn resource(
-    store: &cairn_storage::Store,
-    path: &str,
-    digest: &str,
-) -> Result<Vec<u8>, ServiceError> {
+pub fn resource(store: &dyn BlobStore, path: &str, digest: &str) -> Result<Vec<u8>, ServiceError> {
     let d = Digest::parse(digest)
         .ok_or_else(|| ServiceError::internal(format!("{path}: bad digest")))?;
     store

@@ -24,7 +24,7 @@ use actix::prelude::*;
 use async_nats::{RequestErrorKind, Subject};
 use cairn_storage::{
     views::{package_revision_list::ListedRevision, PackageRevisionListView},
-    EventLog, StorageError, Store,
+    EventLog, StorageError, Store, ViewRead,
 };
 use futures::{stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -242,13 +242,13 @@ impl Watcher {
 /// The listing: every matching revision at one snapshot, then the
 /// snapshot's sequence as the bookmark. Blocking.
 fn list(
-    store: &Store,
+    store: &dyn ViewRead,
     filter: &WatchFilter,
     started: Option<oneshot::Sender<Result<u64, ServiceError>>>,
     tx: &mpsc::Sender<Input>,
 ) -> Result<(), StorageError> {
-    let snapshot = store.snapshot();
-    let seq = match snapshot.last_seq() {
+    let snapshot = store.read_snapshot();
+    let seq = match snapshot.read_seq() {
         Ok(seq) => seq,
         Err(e) => {
             if let Some(started) = started {
@@ -262,8 +262,8 @@ fn list(
     }
     if filter.kinds.package_revisions {
         let f = &filter.filter;
-        PackageRevisionListView::scan_snapshot::<StorageError>(
-            &snapshot,
+        PackageRevisionListView::scan::<StorageError>(
+            &*snapshot,
             &f.scope(),
             None,
             |row: ListedRevision<'_>| {
@@ -290,7 +290,7 @@ fn list(
 /// The replay: every admitted envelope after `since_seq` up to `to_seq`
 /// (where the hub's queue takes over). Blocking.
 fn replay(
-    store: &Store,
+    store: &dyn EventLog,
     filter: &WatchFilter,
     since_seq: u64,
     to_seq: u64,

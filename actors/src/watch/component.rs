@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn given_a_lifecycle_filter_then_modified_enters_and_leaves_it() {
         let published = Filter {
-            lifecycle: Some(vec!["Published".into()]),
+            lifecycle: Some(vec![cairn_events::revision::Lifecycle::Published]),
             ..Filter::default()
         };
         let mut c = WatcherComponent::listing(filter(published.clone(), Kinds::default()));

@@ -336,7 +336,7 @@ mod tests {
 
         let published = filter(
             Filter {
-                lifecycle: Some(vec!["Published".into()]),
+                lifecycle: Some(vec![cairn_events::revision::Lifecycle::Published]),
                 ..Filter::default()
             },
             Kinds::default(),

@@ -14,7 +14,9 @@
 //!    Result<Vec<Event>, DomainError>`;
 //! 3. **append** at the stream version the state expects — in one append,
 //!    or in appends of at most `store.append-max-events` queued together
-//!    when the domain asks ([`Chunking::MaxEvents`]);
+//!    when the domain asks ([`Chunking::MaxEvents`]) — through the
+//!    [`cairn_storage::AsyncAppend`] the domain's [`StreamDomain::store`]
+//!    lends (the node's store; a replicated appender in a cluster);
 //! 4. **fold** each committed event into the state ([`StreamDomain::fold`]);
 //!    the writer keeps the folded state whatever the command answers, so
 //!    it has seen every append that committed;
@@ -49,7 +51,7 @@ use std::{fmt, sync::Arc};
 
 use actix::prelude::*;
 use cairn_events::{envelope::Metadata, v1::Event, StreamId};
-use cairn_storage::{StorageError, Store};
+use cairn_storage::{AsyncAppend, StorageError};
 use futures::future::BoxFuture;
 use tracing::Instrument;
 
@@ -118,8 +120,12 @@ pub trait StreamDomain: Sized + Unpin + fmt::Debug + 'static {
     /// The domain's name in spans ("repository", "kv", …).
     const NAME: &'static str;
 
-    /// The store the writer appends to.
-    fn store(env: &Self::Env) -> &Store;
+    /// The log the writer appends to: the node's [`cairn_storage::Store`]
+    /// today (an env that also needs the concrete store for reads or
+    /// subscriptions holds it and lends it here as the trait). The cluster
+    /// work returns a JetStream-backed [`AsyncAppend`] instead; nothing
+    /// else in the shell changes.
+    fn store(env: &Self::Env) -> &dyn AsyncAppend;
     /// The stream the state belongs to.
     fn stream(state: &Self::State) -> &StreamId;
     /// The stream version the state has seen (the next append expects it).
@@ -186,7 +192,7 @@ impl<D: StreamDomain> Session<D> {
         let store = D::store(&self.env);
         let max = match chunking {
             Chunking::Whole => usize::MAX,
-            Chunking::MaxEvents => store.config().append_max_events.max(1),
+            Chunking::MaxEvents => store.append_max_events().max(1),
         };
         // Each chunk its own exact-size vector (splitting one vector off
         // another would leave every chunk with the capacity of the whole),
@@ -212,7 +218,7 @@ impl<D: StreamDomain> Session<D> {
         let stream = D::stream(&self.state).clone();
         let expected = D::version(&self.state);
         let appended = store
-            .append_chunks_async(&stream, expected, chunks, self.metadata.clone())
+            .append_chunks(&stream, expected, chunks, self.metadata.clone())
             .await;
         for (appended, folded) in appended.into_iter().zip(states) {
             let appended = appended?;

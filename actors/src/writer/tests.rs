@@ -8,7 +8,7 @@ use cairn_events::{
     envelope::event,
     v1::{event::Payload, SyncStarted},
 };
-use cairn_storage::{views::default_views, EventLog, StoreConfig};
+use cairn_storage::{views::default_views, EventLog, Store, StoreConfig};
 
 use super::*;
 
@@ -77,7 +77,7 @@ impl StreamDomain for Counter {
     type Env = Env;
     const NAME: &'static str = "counter";
 
-    fn store(env: &Env) -> &Store {
+    fn store(env: &Env) -> &dyn cairn_storage::AsyncAppend {
         &env.store
     }
     fn stream(state: &Total) -> &StreamId {

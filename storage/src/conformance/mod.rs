@@ -37,6 +37,7 @@ macro_rules! event_log_conformance {
             conflicts_name_versions_and_write_nothing,
             stream_versions_are_contiguous,
             global_sequence_is_gap_free,
+            stream_reads_resume_at_a_global_sequence,
             many_concurrent_appenders,
             racing_exact_appends_have_one_winner,
             reopen_keeps_everything,
@@ -243,6 +244,50 @@ pub fn global_sequence_is_gap_free(dir: &Path, open: Open<'_>) {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), all.len());
+}
+
+/// [`EventLog::read_stream_from_seq`] returns the stream's events from the
+/// first one at or after the global position, at most `limit` of them.
+pub fn stream_reads_resume_at_a_global_sequence(dir: &Path, open: Open<'_>) {
+    let log = open(dir);
+    check_stream_reads_from_seq(&*log);
+}
+
+/// The checks of [`stream_reads_resume_at_a_global_sequence`] on an open
+/// log (also run against [`EventLog`]'s default method).
+pub fn check_stream_reads_from_seq(log: &dyn EventLog) {
+    let (a, b) = (stream("repo/ns/a"), stream("repo/ns/b"));
+    for i in 0..20 {
+        let s = if i % 3 == 0 { &a } else { &b };
+        log.append(
+            s,
+            ExpectedVersion::Any,
+            vec![marker(format!("{i}"))],
+            Metadata::default(),
+        )
+        .unwrap();
+    }
+    // a holds seqs 1, 4, 7, 10, 13, 16, 19.
+    let seqs = |from, limit| -> Vec<u64> {
+        log.read_stream_from_seq(&a, from, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    assert_eq!(seqs(0, 100), [1, 4, 7, 10, 13, 16, 19]);
+    assert_eq!(seqs(1, 100), [1, 4, 7, 10, 13, 16, 19]);
+    assert_eq!(seqs(2, 3), [4, 7, 10]);
+    assert_eq!(seqs(5, 2), [7, 10]);
+    assert_eq!(seqs(7, 1), [7]);
+    assert_eq!(seqs(19, 10), [19]);
+    assert_eq!(seqs(20, 10), Vec::<u64>::new());
+    let read = log.read_stream_from_seq(&a, 8, 2).unwrap();
+    assert_eq!(read, log.read_stream(&a, 4, 2).unwrap());
+    assert!(log
+        .read_stream_from_seq(&stream("repo/ns/none"), 1, 10)
+        .unwrap()
+        .is_empty());
 }
 
 /// Many threads appending at once: every acknowledged event is there once,

@@ -16,8 +16,8 @@
 //! - `read` — view reads and scans (the row cache), [`StoreSnapshot`],
 //!   log reads (`read_all`, `read_stream`, skipping compacted gaps), the
 //!   [`crate::ViewRead`] and [`crate::ReplicatedLog`] impls, `state_dump`.
-//! - `writer` — the writer thread: the command queue, group commit,
-//!   replicated commits, view catch-up at open and rebuild.
+//! - `writer` — the writer thread: the command queue, group commit, the
+//!   [`crate::AsyncAppend`] impl, replicated commits, view catch-up at open and rebuild.
 //! - `blobs` — [`crate::BlobStore`]: blob rows and files, streaming puts
 //!   and reads, pins, garbage collection, the temporary-file sweep.
 //! - `compact` — [`Store::compact`] on the writer thread, and the records

@@ -392,6 +392,15 @@ impl EventLog for Store {
         Ok(*self.inner().committed.borrow())
     }
 
+    fn read_stream_from_seq(
+        &self,
+        stream: &StreamId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StorageError> {
+        Store::read_stream_from_seq(self, stream, from_seq, limit)
+    }
+
     fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
         self.inner().stream_version(stream)
     }

@@ -274,6 +274,22 @@ impl Store {
     }
 }
 
+impl crate::AsyncAppend for Store {
+    fn append_max_events(&self) -> usize {
+        self.config().append_max_events
+    }
+
+    fn append_chunks<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        version: u64,
+        chunks: Vec<Vec<Event>>,
+        metadata: Metadata,
+    ) -> crate::append::AppendChunks<'a> {
+        Box::pin(self.append_chunks_async(stream, version, chunks, metadata))
+    }
+}
+
 impl Inner {
     /// Adds the overlay's rows to `batch`.
     pub(super) fn write_overlay(&self, overlay: Overlay, batch: &mut WriteBatch) {

@@ -1,0 +1,46 @@
+//! [`AsyncAppend`]: appending from async code without naming the store.
+//!
+//! The stream-writer shell in `cairn-actors` (one writer per stream, any
+//! domain) needs two things of the log it writes to: how many events one
+//! append may carry, and a way to queue several appends of one stream back
+//! to back without blocking a thread. That is this trait. [`crate::Store`]
+//! implements it through its writer thread
+//! ([`crate::Store::append_chunks_async`]); the cluster work plugs in a
+//! JetStream-backed appender here (appends proposed to the stream's
+//! replicated log instead of the local writer), and the shell does not
+//! change.
+//!
+//! The trait is object safe: the writer shell holds a `&dyn AsyncAppend`.
+//! One boxed future per call (per command's append, not per event).
+
+use std::{future::Future, pin::Pin};
+
+use cairn_events::{envelope::Metadata, v1::Event, StreamId};
+
+use crate::{Appended, StorageError};
+
+/// The future [`AsyncAppend::append_chunks`] returns: the outcome of each
+/// chunk up to and including the first failure.
+pub type AppendChunks<'a> =
+    Pin<Box<dyn Future<Output = Vec<Result<Appended, StorageError>>> + Send + 'a>>;
+
+/// An event log that async code appends to, chunk by chunk.
+pub trait AsyncAppend: Send + Sync {
+    /// The most events one append may carry (`store.append-max-events`);
+    /// a longer append is refused as [`StorageError::InvalidAppend`].
+    fn append_max_events(&self) -> usize;
+
+    /// Appends `chunks` to `stream` in order, the first expecting stream
+    /// version `version`, each next one the version the previous leaves,
+    /// queued together so they commit in as few batches as they can. A
+    /// failed chunk fails every later one, so nothing after a failure is
+    /// written. Resolves to the outcome of each chunk up to and including
+    /// the first failure. Waits without blocking a thread.
+    fn append_chunks<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        version: u64,
+        chunks: Vec<Vec<Event>>,
+        metadata: Metadata,
+    ) -> AppendChunks<'a>;
+}
