@@ -5,15 +5,18 @@
 //! - [`columns`] — the column families, declared once, documented, never renamed.
 //! - [`keys`] — key encodings (big-endian integers so keys sort in event order).
 //! - [`error`] — [`StorageError`], one variant per failure.
-//! - [`log`] — the [`EventLog`] trait and its types ([`ExpectedVersion`],
-//!   [`Appended`]), and [`ReplicatedLog`]: applying commits another node's
+//! - [`digest`] — [`Digest`], the sha256 digest naming a blob.
+//! - [`version`] — [`ExpectedVersion`], what an appender believes a
+//!   stream's version is.
+//! - [`log`] — the [`EventLog`] trait and its types ([`Appended`];
+//!   [`ExpectedVersion`] re-exported), and [`ReplicatedLog`]: applying commits another node's
 //!   writer sequenced ([`Replicated`], [`log::StateDump`]).
 //! - [`append`] — the [`AsyncAppend`] trait: what an async writer (the
 //!   actors' stream-writer shell) needs of the log it appends to — the
 //!   append size limit and chunked appends queued together; the seam a
 //!   replicated (JetStream-backed) appender plugs into.
 //! - [`blob`] — the [`BlobStore`] trait (whole and streaming puts and
-//!   reads), digests, pins and [`BlobReader`].
+//!   reads), pins and [`BlobReader`] ([`Digest`] re-exported).
 //! - [`read`] — the [`ViewRead`] trait (view gets, scans, snapshots) and its
 //!   generic conveniences [`ViewReadExt`]: what read-only components take
 //!   instead of the concrete [`Store`].
@@ -64,21 +67,25 @@ pub mod columns;
 pub mod compaction;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
+pub mod digest;
 pub mod error;
 pub mod keys;
 pub mod log;
 pub mod read;
 pub mod sample;
 pub mod store;
+pub mod version;
 pub mod view;
 pub mod views;
 
 pub use append::AsyncAppend;
-pub use blob::{BlobPin, BlobReader, BlobStore, Digest};
+pub use blob::{BlobPin, BlobReader, BlobStore};
 pub use columns::Column;
 pub use compaction::{CompactionPolicy, CompactionStats};
+pub use digest::Digest;
 pub use error::StorageError;
-pub use log::{Appended, EventLog, ExpectedVersion, Replicated, ReplicatedLog};
+pub use log::{Appended, EventLog, Replicated, ReplicatedLog};
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
+pub use version::ExpectedVersion;
 pub use view::{View, ViewTx};

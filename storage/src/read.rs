@@ -14,7 +14,10 @@
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use crate::{store::Rows, view::decode_row, StorageError};
+use crate::{view::decode_row, StorageError};
+
+/// Key-value rows, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A callback over borrowed `(key, value)` rows that says whether to go on.
 pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;

@@ -38,7 +38,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::info;
 
 use super::writer::Writer;
-use super::{writer::Command, Inner, Store, StoreConfig};
+use super::{command::Command, Inner, Store, StoreConfig};
 use crate::{
     blob::{BlobPin, BlobReader, BlobStore, Digest, GcStats},
     columns::Column,

@@ -12,10 +12,7 @@ use cairn_events::{envelope, StreamId};
 use rocksdb::{WriteBatch, WriteOptions};
 use tracing::info;
 
-use super::{
-    writer::{Command, Writer},
-    Inner, Store,
-};
+use super::{command::Command, writer::Writer, Inner, Store};
 use crate::{
     columns::Column,
     compaction::{check_prefix, CompactionPolicy, CompactionStats, COMPACTION_BATCH_EVENTS},
@@ -37,7 +34,7 @@ impl Inner {
     pub(super) fn load_compacted(&self) -> Result<(), StorageError> {
         let through = self.meta_u64(meta::COMPACTED_THROUGH)?.unwrap_or(0);
         let mut prefixes = Vec::new();
-        let rows = super::read::scan_prefix(
+        let rows = super::scan::scan_prefix(
             &self.db,
             self.cf(Column::Meta),
             meta::COMPACTED_PREFIX,
@@ -149,7 +146,7 @@ impl Writer {
             inner.db.write_opt(batch, &synced)?;
             Ok(())
         };
-        let rows = super::read::scan_prefix(&inner.db, streams_cf, prefix.as_bytes(), usize::MAX)?;
+        let rows = super::scan::scan_prefix(&inner.db, streams_cf, prefix.as_bytes(), usize::MAX)?;
         for (i, (index_key, value)) in rows.iter().enumerate() {
             let corrupt = || {
                 StorageError::Corrupt(format!(

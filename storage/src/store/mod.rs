@@ -24,15 +24,19 @@
 //!   readers use to accept the gaps it leaves.
 
 mod blobs;
+mod command;
 mod compact;
 mod open;
 mod read;
+mod scan;
 mod writer;
 
+pub use crate::read::Rows;
 pub use blobs::STREAM_CHUNK_BYTES;
+pub use command::{RebuildProgress, RebuildStats};
 pub use open::{StoreConfig, BLOCK_CACHE_BYTES, LAYOUT_VERSION, MEMTABLES_MAX_BYTES};
-pub use read::{Rows, StoreSnapshot, ViewDump};
-pub use writer::{RebuildProgress, RebuildStats, METADATA_MAX_BYTES};
+pub use read::{StoreSnapshot, ViewDump};
+pub use writer::METADATA_MAX_BYTES;
 
 use std::{
     collections::HashMap,
@@ -50,15 +54,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::{
-    blob::Digest,
     columns::{view_column, Column},
-    keys, StorageError, View,
+    keys, Digest, StorageError, View,
 };
 
-use self::{
-    open::open_db,
-    writer::{Command, Writer},
-};
+use self::{command::Command, open::open_db, writer::Writer};
 
 /// Counters of the writer, for tests and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -15,57 +15,20 @@ use rocksdb::{ColumnFamily, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::read::scan_prefix;
+use super::command::{AppendRequest, Command, RebuildProgress, RebuildStats, Reply};
+use super::scan::scan_prefix;
 use super::{Inner, Store};
+use crate::log::Replicated;
 use crate::{
-    blob::GcStats,
     columns::Column,
     keys::{self, meta},
     log::{Appended, ExpectedVersion},
     view::{fold, Overlay, BLOB_REFS_CF},
     StorageError,
 };
-use crate::{
-    compaction::{CompactionPolicy, CompactionStats},
-    log::Replicated,
-};
 /// Longest command metadata value (ids, principal, trace context), in bytes.
 /// Metadata travels in NATS headers, which allow no control characters.
 pub const METADATA_MAX_BYTES: usize = 512;
-
-/// Called with `(events replayed, events to replay)` while views rebuild.
-pub type RebuildProgress = Box<dyn Fn(u64, u64) + Send>;
-
-/// What a rebuild did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RebuildStats {
-    /// Names of the views rebuilt.
-    pub views: Vec<String>,
-    /// Events replayed.
-    pub events: u64,
-}
-
-pub(super) struct AppendRequest {
-    pub(super) stream: StreamId,
-    pub(super) expected: ExpectedVersion,
-    pub(super) events: Vec<Event>,
-    pub(super) metadata: Metadata,
-}
-
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
-
-pub(super) enum Command {
-    Append(AppendRequest, Reply<Appended>),
-    Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
-    CollectGarbage(Reply<GcStats>),
-    Replicate(Vec<Envelope>, Reply<Replicated>),
-    Compact(
-        Arc<dyn CompactionPolicy>,
-        SystemTime,
-        Reply<CompactionStats>,
-    ),
-    Shutdown(oneshot::Sender<()>),
-}
 
 impl Store {
     pub(super) fn check_request(
