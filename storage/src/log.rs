@@ -90,7 +90,23 @@ pub trait ReplicatedLog: EventLog {
     /// version its current version plus 1, or the call fails with
     /// [`StorageError::ReplicationGap`] naming the expected and found
     /// numbers, and writes nothing.
+    ///
+    /// A commit this log could not read back is refused with
+    /// [`StorageError::InvalidReplicated`], naming what is wrong, before
+    /// anything is written: more than [`ReplicatedLog::commit_max_events`]
+    /// envelopes, sequence numbers that are not consecutive (or would
+    /// overflow), a `seq` or stream version of 0, an envelope
+    /// `cairn_events::envelope::decode` refuses (a schema version this
+    /// build does not understand, no payload), an event larger than
+    /// [`ReplicatedLog::event_max_bytes`], an invalid stream name.
     fn apply_replicated(&self, commit: Vec<Envelope>) -> Result<Replicated, StorageError>;
+
+    /// Most envelopes one commit may hold (at least what one commit of
+    /// this log's own writer can hold).
+    fn commit_max_events(&self) -> usize;
+
+    /// Largest encoded event (the envelope's `event`), in bytes.
+    fn event_max_bytes(&self) -> usize;
 
     /// Every column family's rows (the log, the stream index, `meta`, the
     /// blob rows and references, every view), for comparing replicas. Node

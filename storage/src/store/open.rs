@@ -55,6 +55,15 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// Most envelopes one replicated commit may hold: the most one group
+    /// commit of a writer with this configuration can write (it stops
+    /// taking appends once it holds `group_commit_max_events`, and the last
+    /// append taken holds at most `append_max_events`).
+    pub fn replicated_commit_max_events(&self) -> usize {
+        self.group_commit_max_events
+            .saturating_add(self.append_max_events)
+    }
+
     /// Defaults for a database at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {

@@ -572,6 +572,14 @@ impl ReplicatedLog for Store {
         self.call(|reply| Command::Replicate(commit, reply))
     }
 
+    fn commit_max_events(&self) -> usize {
+        self.inner().config.replicated_commit_max_events()
+    }
+
+    fn event_max_bytes(&self) -> usize {
+        self.inner().config.event_max_bytes
+    }
+
     fn state_dump(&self) -> Result<StateDump, StorageError> {
         Store::state_dump(self)
     }
