@@ -27,9 +27,10 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub struct StoreConfig {
     /// Directory of the RocksDB database (created when missing).
     pub path: PathBuf,
-    /// fsync every commit. Default: true. Turning it off loses acknowledged
-    /// appends on power loss; only benchmarks comparing against an equally
-    /// unsynced baseline should do that.
+    /// fsync every commit, and every blob file written (and the blob
+    /// directories it lands in). Default: true. Turning it off loses
+    /// acknowledged appends and blobs on power loss; only benchmarks
+    /// comparing against an equally unsynced baseline should do that.
     pub sync: bool,
     /// Most events written by one group commit. Default: 8192.
     pub group_commit_max_events: usize,
