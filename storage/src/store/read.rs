@@ -203,22 +203,27 @@ impl Store {
         if inner.is_compacted(stream) {
             // Versions have gaps: walk the index (seqs grow with versions).
             let mut first = None;
-            scan_each(
-                &inner.db,
-                streams,
-                &keys::stream_prefix(stream),
-                &keys::stream_prefix(stream),
-                |key, value| {
-                    let seq = keys::decode_u64(value).ok_or_else(|| {
-                        StorageError::Corrupt(format!("stream {stream}: bad seq"))
-                    })?;
-                    if seq >= from_seq {
-                        first = keys::decode_u64(&key[key.len() - 8..]);
-                        return Ok::<_, StorageError>(ControlFlow::Break(()));
-                    }
-                    Ok(ControlFlow::Continue(()))
-                },
-            )?;
+            let prefix = keys::stream_prefix(stream);
+            scan_each(&inner.db, streams, &prefix, &prefix, |key, value| {
+                let seq = keys::decode_u64(value)
+                    .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))?;
+                if seq >= from_seq {
+                    // The scan yields only keys starting with `prefix`; what
+                    // follows must be exactly the 8-byte version.
+                    let version = key
+                        .strip_prefix(prefix.as_slice())
+                        .and_then(keys::decode_u64)
+                        .ok_or_else(|| {
+                            StorageError::Corrupt(format!(
+                                "stream {stream}: index key of {} bytes has no version",
+                                key.len()
+                            ))
+                        })?;
+                    first = Some(version);
+                    return Ok::<_, StorageError>(ControlFlow::Break(()));
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
             return match first {
                 Some(version) => self.read_stream(stream, version, limit),
                 None => Ok(Vec::new()),
