@@ -53,6 +53,10 @@ pub struct StoreConfig {
     /// need no file per blob; large contents would bloat RocksDB's
     /// compactions and memtables. Default: 1048576 (1 MiB).
     pub blob_inline_max_bytes: usize,
+    /// Stream index rows a compaction reads per page: it never holds more
+    /// of the class's index than this (plus one entry per key). At least 1.
+    /// Default: 4096.
+    pub compaction_page_rows: usize,
 }
 
 impl StoreConfig {
@@ -77,6 +81,7 @@ impl StoreConfig {
             replay_batch_events: 1024,
             view_cache_entries: 10_000,
             blob_inline_max_bytes: 1 << 20,
+            compaction_page_rows: 4096,
         }
     }
 }
