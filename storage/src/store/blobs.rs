@@ -43,7 +43,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::info;
 
 use super::writer::Writer;
-use super::{command::Command, Inner, Store, StoreConfig};
+use super::{command::Command, config::StoreConfig, inner::Inner, Store};
 use crate::{
     blob::{BlobPin, BlobReader, BlobStore, Digest, GcStats},
     columns::Column,

@@ -12,22 +12,18 @@ use cairn_events::{envelope, StreamId};
 use rocksdb::{WriteBatch, WriteOptions};
 use tracing::info;
 
-use super::{command::Command, writer::Writer, Inner, Store};
+use super::{
+    command::Command,
+    inner::{Compacted, Inner},
+    writer::Writer,
+    Store,
+};
 use crate::{
     columns::Column,
     compaction::{check_prefix, CompactionPolicy, CompactionStats, COMPACTION_BATCH_EVENTS},
     keys::{self, meta},
     StorageError,
 };
-
-/// What readers need to know about past compactions.
-#[derive(Debug, Default)]
-pub(super) struct Compacted {
-    /// `meta` `compacted_through` (0: never compacted).
-    pub(super) through: u64,
-    /// Stream prefixes of compacted classes.
-    pub(super) prefixes: Vec<String>,
-}
 
 impl Inner {
     /// Reads the compaction records from `meta` (at open).

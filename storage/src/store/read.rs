@@ -12,7 +12,7 @@ use rocksdb::{Direction, IteratorMode};
 
 use super::command::Command;
 use super::scan::{after_key, scan, scan_each, scan_iter, scan_prefix};
-use super::{Inner, Store};
+use super::{inner::Inner, Store};
 use crate::{
     columns::Column,
     keys::{self, meta},

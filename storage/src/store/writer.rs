@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::command::{AppendRequest, Command, RebuildProgress, RebuildStats, Reply};
 use super::scan::scan_prefix;
-use super::{Inner, Store};
+use super::{inner::Inner, Store};
 use crate::log::Replicated;
 use crate::{
     columns::Column,
