@@ -10,7 +10,8 @@
 //! with the caller's error type) live in [`ViewReadExt`], implemented for
 //! every `ViewRead`, `dyn` included. [`crate::Store`] and
 //! [`crate::StoreSnapshot`] keep inherent methods of the same names, which
-//! take precedence, so existing callers compile unchanged.
+//! take precedence, so existing callers compile unchanged. [`Rows`], what
+//! scans return, is defined here (and re-exported as `store::Rows`).
 
 use std::{ops::ControlFlow, sync::Arc};
 

@@ -11,7 +11,7 @@
 //!   last-writer-wins test view, and the guard on repository streams.
 //!
 //! The macros name `tempfile` through this module
-//! ([`tempfile`](self::tempfile), re-exported), so a caller needs no
+//! ([`tempfile`], re-exported), so a caller needs no
 //! `tempfile` dependency of its own.
 //!
 //! Use a macro with a function that opens the implementation in a
