@@ -22,40 +22,8 @@ use std::{
     ops::Range,
 };
 
-use sha2::{Digest as _, Sha256};
-
+pub use crate::digest::Digest;
 use crate::StorageError;
-
-/// A sha256 digest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// The digest of `content`.
-    pub fn of(content: &[u8]) -> Self {
-        Digest(Sha256::digest(content).into())
-    }
-
-    /// Parses `sha256:<64 hex>` or bare hex.
-    pub fn parse(text: &str) -> Option<Self> {
-        let hex = text.strip_prefix("sha256:").unwrap_or(text);
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex, &mut out).ok()?;
-        Some(Digest(out))
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
 
 /// Keeps a stored blob from being collected until dropped.
 pub struct BlobPin {

@@ -5,15 +5,19 @@
 //! - [`columns`] — the column families, declared once, documented, never renamed.
 //! - [`keys`] — key encodings (big-endian integers so keys sort in event order).
 //! - [`error`] — [`StorageError`], one variant per failure.
-//! - [`log`] — the [`EventLog`] trait and its types ([`ExpectedVersion`],
-//!   [`Appended`]), and [`ReplicatedLog`]: applying commits another node's
-//!   writer sequenced ([`Replicated`], [`log::StateDump`]).
+//! - [`digest`] — [`Digest`], the sha256 digest naming a blob.
+//! - [`version`] — [`ExpectedVersion`], what an appender believes a
+//!   stream's version is.
+//! - [`log`] — the [`EventLog`] trait and its types ([`Appended`];
+//!   [`ExpectedVersion`] re-exported), and [`ReplicatedLog`]: applying
+//!   commits another node's writer sequenced ([`Replicated`],
+//!   [`log::StateDump`]).
 //! - [`append`] — the [`AsyncAppend`] trait: what an async writer (the
 //!   actors' stream-writer shell) needs of the log it appends to — the
 //!   append size limit and chunked appends queued together; the seam a
 //!   replicated (JetStream-backed) appender plugs into.
 //! - [`blob`] — the [`BlobStore`] trait (whole and streaming puts and
-//!   reads), digests, pins and [`BlobReader`].
+//!   reads), pins and [`BlobReader`] ([`Digest`] re-exported).
 //! - [`read`] — the [`ViewRead`] trait (view gets, scans, snapshots) and its
 //!   generic conveniences [`ViewReadExt`]: what read-only components take
 //!   instead of the concrete [`Store`].
@@ -23,16 +27,20 @@
 //! - [`views`] — cairn's views (`repositories`, …) and [`views::default_views`].
 //! - [`compaction`] — retention per stream class: the [`CompactionPolicy`]
 //!   a domain supplies, and what compaction does to the log and the views.
-//! - [`store`] — [`Store`], the RocksDB implementation of all of the above:
-//!   `store::open` (configuration, column families, layout checks),
-//!   `store::read` (view reads, scans, [`StoreSnapshot`], log reads),
-//!   `store::writer` (the group-committing writer thread, the
-//!   [`AsyncAppend`] impl, replicated commits, rebuild), `store::blobs` (blob rows and files, pins, garbage
-//!   collection), `store::compact` (compaction on the writer thread).
+//! - [`store`] — [`Store`], the RocksDB implementation of all of the above
+//!   (its own `# Layout` names its modules: configuration, shared state,
+//!   the handle, writer commands, scans, opening, reads, the writer
+//!   thread, blobs, compaction).
 //! - [`sample`] — sample events ([`sample::marker`]) for benchmarks and tests.
 //! - `conformance` (feature `testsuite`, and this crate's tests) — the
 //!   conformance suites every [`EventLog`] / [`ReplicatedLog`] and every
 //!   [`BlobStore`] must pass, as test-generating macros.
+//!
+//! No module of this crate imports one that imports it back, parent and
+//! child included: what several modules name lives in a leaf they all
+//! build on ([`digest`], [`version`], [`read::Rows`], and `store`'s own
+//! leaves); the old paths (`blob::Digest`, `log::ExpectedVersion`,
+//! `store::Rows`) are re-exports.
 //!
 //! # How a write happens
 //! Every append is sent to one writer thread. The writer drains whatever
@@ -64,21 +72,25 @@ pub mod columns;
 pub mod compaction;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
+pub mod digest;
 pub mod error;
 pub mod keys;
 pub mod log;
 pub mod read;
 pub mod sample;
 pub mod store;
+pub mod version;
 pub mod view;
 pub mod views;
 
 pub use append::AsyncAppend;
-pub use blob::{BlobPin, BlobReader, BlobStore, Digest};
+pub use blob::{BlobPin, BlobReader, BlobStore};
 pub use columns::Column;
 pub use compaction::{CompactionPolicy, CompactionStats};
+pub use digest::Digest;
 pub use error::StorageError;
-pub use log::{Appended, EventLog, ExpectedVersion, Replicated, ReplicatedLog};
+pub use log::{Appended, EventLog, Replicated, ReplicatedLog};
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
+pub use version::ExpectedVersion;
 pub use view::{View, ViewTx};

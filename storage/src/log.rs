@@ -20,47 +20,14 @@
 //! byte-identical to the original's. Re-applying a commit is a no-op; a
 //! commit that does not continue the log is [`StorageError::ReplicationGap`].
 
-use std::fmt;
-
 use cairn_events::{
     envelope::Metadata,
     v1::{Envelope, Event},
     StreamId,
 };
 
+pub use crate::version::ExpectedVersion;
 use crate::StorageError;
-
-/// What the caller believes the stream's current version is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// Append whatever the version is.
-    Any,
-    /// The stream must have no events yet.
-    NoStream,
-    /// The stream's last event must have this version (`0` = no events).
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// Whether a stream at `actual` satisfies the expectation.
-    pub fn matches(self, actual: u64) -> bool {
-        match self {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => actual == 0,
-            ExpectedVersion::Exact(v) => v == actual,
-        }
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any version"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
-        }
-    }
-}
 
 /// The result of a successful append.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,7 +90,23 @@ pub trait ReplicatedLog: EventLog {
     /// version its current version plus 1, or the call fails with
     /// [`StorageError::ReplicationGap`] naming the expected and found
     /// numbers, and writes nothing.
+    ///
+    /// A commit this log could not read back is refused with
+    /// [`StorageError::InvalidReplicated`], naming what is wrong, before
+    /// anything is written: more than [`ReplicatedLog::commit_max_events`]
+    /// envelopes, sequence numbers that are not consecutive (or would
+    /// overflow), a `seq` or stream version of 0, an envelope
+    /// `cairn_events::envelope::decode` refuses (a schema version this
+    /// build does not understand, no payload), an event larger than
+    /// [`ReplicatedLog::event_max_bytes`], an invalid stream name.
     fn apply_replicated(&self, commit: Vec<Envelope>) -> Result<Replicated, StorageError>;
+
+    /// Most envelopes one commit may hold (at least what one commit of
+    /// this log's own writer can hold).
+    fn commit_max_events(&self) -> usize;
+
+    /// Largest encoded event (the envelope's `event`), in bytes.
+    fn event_max_bytes(&self) -> usize;
 
     /// Every column family's rows (the log, the stream index, `meta`, the
     /// blob rows and references, every view), for comparing replicas. Node

@@ -10,11 +10,15 @@
 //! with the caller's error type) live in [`ViewReadExt`], implemented for
 //! every `ViewRead`, `dyn` included. [`crate::Store`] and
 //! [`crate::StoreSnapshot`] keep inherent methods of the same names, which
-//! take precedence, so existing callers compile unchanged.
+//! take precedence, so existing callers compile unchanged. [`Rows`], what
+//! scans return, is defined here (and re-exported as `store::Rows`).
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use crate::{store::Rows, view::decode_row, StorageError};
+use crate::{view::decode_row, StorageError};
+
+/// Key-value rows, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A callback over borrowed `(key, value)` rows that says whether to go on.
 pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;

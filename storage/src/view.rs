@@ -18,7 +18,7 @@ use std::{collections::HashMap, fmt};
 
 use cairn_events::v1::Envelope;
 
-use crate::{blob::Digest, keys, StorageError};
+use crate::{keys, Digest, StorageError};
 
 /// A projection of the log into one column family.
 pub trait View: Send + Sync + fmt::Debug {

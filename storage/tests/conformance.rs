@@ -1,7 +1,8 @@
 //! The conformance suites against the RocksDB store: the EventLog and
 //! ReplicatedLog checks, the BlobStore checks with the default inline
 //! threshold and with a small one (so blobs of a few KiB are files), and
-//! compaction of a keyed stream class.
+//! compaction of a keyed stream class (its index read in default and in
+//! small pages).
 
 use std::{path::Path, sync::Arc};
 
@@ -40,4 +41,22 @@ fn compacted_log_rebuilds_to_the_live_views() {
         dir.path(),
         &open,
     );
+}
+
+/// The same with compaction reading the class's index in pages of 1 and 7
+/// rows, so pages end inside streams and at their heads.
+#[test]
+fn compacted_log_rebuilds_to_the_live_views_in_small_pages() {
+    for page_rows in [1, 7] {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |path: &Path, views: Vec<Arc<dyn View>>| {
+            let mut config = StoreConfig::new(path);
+            config.compaction_page_rows = page_rows;
+            Store::open(config, views).unwrap()
+        };
+        cairn_storage::conformance::compaction::compacted_log_rebuilds_to_the_live_views(
+            dir.path(),
+            &open,
+        );
+    }
 }

@@ -44,7 +44,7 @@ macro_rules! blob_store_conformance {
         $(
             #[test]
             fn $check() {
-                let dir = ::tempfile::tempdir().unwrap();
+                let dir = $crate::conformance::tempfile::tempdir().unwrap();
                 $crate::conformance::blob::$check(dir.path(), &|p| Box::new($open(p)));
             }
         )*

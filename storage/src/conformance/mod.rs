@@ -10,6 +10,10 @@
 //! - [`compaction`] — compaction of a keyed stream class against a
 //!   last-writer-wins test view, and the guard on repository streams.
 //!
+//! The macros name `tempfile` through this module
+//! ([`tempfile`], re-exported), so a caller needs no
+//! `tempfile` dependency of its own.
+//!
 //! Use a macro with a function that opens the implementation in a
 //! directory; each check becomes a `#[test]`. Opening the same directory
 //! twice must give the same log (the reopen check).
@@ -24,6 +28,9 @@ use cairn_events::{
 
 pub use crate::sample::marker;
 use crate::{EventLog, ExpectedVersion, Replicated, ReplicatedLog, StorageError};
+/// The temporary directories the macros create, so a caller needs no
+/// `tempfile` dependency of its own.
+pub use tempfile;
 
 pub mod blob;
 pub mod compaction;
@@ -44,13 +51,14 @@ macro_rules! event_log_conformance {
             invalid_appends_write_nothing,
             replicated_commits_reproduce_log_and_views,
             replicated_gaps_and_divergence_write_nothing,
+            replicated_commits_it_cannot_read_back_are_refused,
         );
     };
     (@tests $open:path; $($check:ident,)*) => {
         $(
             #[test]
             fn $check() {
-                let dir = ::tempfile::tempdir().unwrap();
+                let dir = $crate::conformance::tempfile::tempdir().unwrap();
                 $crate::conformance::$check(dir.path(), &|p| Box::new($open(p)));
             }
         )*
@@ -664,4 +672,125 @@ pub fn replicated_gaps_and_divergence_write_nothing(dir: &Path, open: OpenReplic
         b.apply_replicated(commits[2].clone()).unwrap(),
         Replicated::Applied { first_seq: 4, .. }
     ));
+}
+
+/// A replicated commit the log could not read back, or that is larger than
+/// the log's limits, is refused with [`StorageError::InvalidReplicated`]
+/// naming what is wrong, writes nothing, and never stops the writer:
+/// a schema version `decode` refuses, an event without a payload, an event
+/// larger than [`ReplicatedLog::event_max_bytes`], more envelopes than
+/// [`ReplicatedLog::commit_max_events`], sequence numbers at `u64::MAX`
+/// (whose successor does not exist).
+pub fn replicated_commits_it_cannot_read_back_are_refused(dir: &Path, open: OpenReplicated<'_>) {
+    let a = open(&dir.join("a"));
+    let b = open(&dir.join("b"));
+    let commits = replicated_history(&*a);
+    b.apply_replicated(commits[0].clone()).unwrap();
+    let applied = b.last_seq().unwrap();
+    assert_eq!(applied, 1);
+    let before = b.state_dump().unwrap();
+    let next = commits[1].clone();
+    let seq = next[0].seq;
+    assert_eq!(seq, 2);
+    let refused = |commit: Vec<Envelope>| match b.apply_replicated(commit) {
+        Err(StorageError::InvalidReplicated(why)) => why,
+        other => panic!("expected an invalid replicated commit, got {other:?}"),
+    };
+
+    // A schema version this build does not understand.
+    let mut future = next.clone();
+    future[0].schema_version = cairn_events::SCHEMA_VERSION + 1;
+    assert_eq!(
+        refused(future),
+        format!(
+            "event at seq {seq}: unsupported schema version {}, this build understands up to {}",
+            cairn_events::SCHEMA_VERSION + 1,
+            cairn_events::SCHEMA_VERSION
+        )
+    );
+    // Version 0 (an unset field) is refused the same way.
+    let mut unset = next.clone();
+    unset[1].schema_version = 0;
+    assert_eq!(
+        refused(unset),
+        format!(
+            "event at seq {}: unsupported schema version 0, this build understands up to {}",
+            seq + 1,
+            cairn_events::SCHEMA_VERSION
+        )
+    );
+    // No payload.
+    let mut empty = next.clone();
+    empty[0].event = Some(Event { payload: None });
+    let why = refused(empty);
+    assert!(
+        why.starts_with(&format!("event at seq {seq}: ")) && why.contains("payload"),
+        "{why}"
+    );
+    // An event larger than the log accepts.
+    let max = b.event_max_bytes();
+    let mut large = next.clone();
+    large[0].event = Some(marker("x".repeat(max)));
+    let size = prost::Message::encoded_len(large[0].event.as_ref().unwrap());
+    assert!(size > max);
+    assert_eq!(
+        refused(large),
+        format!("event at seq {seq} is {size} bytes, at most {max} allowed")
+    );
+    // More envelopes than one commit may hold (refused before any other
+    // check, so they need not be valid).
+    let limit = b.commit_max_events();
+    let many: Vec<Envelope> = (0..=limit as u64)
+        .map(|i| Envelope {
+            seq: seq + i,
+            ..next[0].clone()
+        })
+        .collect();
+    assert_eq!(
+        refused(many),
+        format!(
+            "{} events in one commit, at most {limit} allowed",
+            limit + 1
+        )
+    );
+    // Sequence numbers at the end of u64: no successor, no panic.
+    let mut overflow = next.clone();
+    overflow[0].seq = u64::MAX;
+    overflow[1].seq = 0;
+    assert_eq!(
+        refused(overflow),
+        format!(
+            "seq 0 follows seq {}: a commit's events are consecutive",
+            u64::MAX
+        )
+    );
+    let mut last = vec![next[0].clone()];
+    last[0].seq = u64::MAX;
+    let err = b.apply_replicated(last).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::ReplicationGap {
+                expected: 2,
+                found: u64::MAX,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    assert_eq!(
+        b.state_dump().unwrap(),
+        before,
+        "a refused commit wrote something"
+    );
+    assert_eq!(b.last_seq().unwrap(), applied);
+    // The writer still works: the right commit applies.
+    assert_eq!(
+        b.apply_replicated(next.clone()).unwrap(),
+        Replicated::Applied {
+            first_seq: seq,
+            last_seq: next.last().unwrap().seq
+        }
+    );
 }

@@ -13,8 +13,10 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tracing::info;
 
 use super::{
-    writer::{Command, Writer},
-    Inner, Store,
+    command::Command,
+    inner::{Compacted, Inner},
+    writer::Writer,
+    Store,
 };
 use crate::{
     columns::Column,
@@ -23,21 +25,12 @@ use crate::{
     StorageError,
 };
 
-/// What readers need to know about past compactions.
-#[derive(Debug, Default)]
-pub(super) struct Compacted {
-    /// `meta` `compacted_through` (0: never compacted).
-    pub(super) through: u64,
-    /// Stream prefixes of compacted classes.
-    pub(super) prefixes: Vec<String>,
-}
-
 impl Inner {
     /// Reads the compaction records from `meta` (at open).
     pub(super) fn load_compacted(&self) -> Result<(), StorageError> {
         let through = self.meta_u64(meta::COMPACTED_THROUGH)?.unwrap_or(0);
         let mut prefixes = Vec::new();
-        let rows = super::read::scan_prefix(
+        let rows = super::scan::scan_prefix(
             &self.db,
             self.cf(Column::Meta),
             meta::COMPACTED_PREFIX,
@@ -149,65 +142,81 @@ impl Writer {
             inner.db.write_opt(batch, &synced)?;
             Ok(())
         };
-        let rows = super::read::scan_prefix(&inner.db, streams_cf, prefix.as_bytes(), usize::MAX)?;
-        for (i, (index_key, value)) in rows.iter().enumerate() {
-            let corrupt = || {
-                StorageError::Corrupt(format!(
-                    "stream index row {} is malformed",
-                    String::from_utf8_lossy(index_key)
-                ))
-            };
-            let stream_len = index_key.len().checked_sub(9).ok_or_else(corrupt)?;
-            let stream = &index_key[..stream_len];
-            // Rows of one stream are contiguous: the last one is its head.
-            let head = rows
-                .get(i + 1)
-                .is_none_or(|(next, _)| next.len() < 9 || &next[..next.len() - 9] != stream);
-            let seq = keys::decode_u64(value).ok_or_else(corrupt)?;
-            if seq > through {
-                continue;
-            }
-            let Some(row) = inner.db.get_pinned_cf(log_cf, keys::seq_key(seq))? else {
-                continue; // removed by an earlier, interrupted compaction
-            };
-            let env =
-                envelope::decode(&row).map_err(|source| StorageError::Event { seq, source })?;
-            stats.scanned += 1;
-            let Some(key) = policy.key(&env) else {
-                continue;
-            };
-            let candidate = Latest {
-                seq,
-                index_key: index_key.clone(),
-                tombstone: policy.is_tombstone(&env),
-                recorded_at: recorded_at(&env),
-                head,
-                shadows_head: false,
-            };
-            let superseded = match latest.entry(key) {
-                Entry::Vacant(slot) => {
-                    slot.insert(candidate);
-                    None
+        // The class's index is read in pages of `compaction_page_rows`; each
+        // page holds one row more than it processes (the next page's first
+        // row), so its last row knows whether it is its stream's head. Only
+        // processed rows are ever removed, so the next page starts at that
+        // extra row.
+        let page_rows = inner.config.compaction_page_rows.max(1);
+        let class = prefix.as_bytes();
+        let fetch = page_rows.saturating_add(1);
+        let mut rows = super::scan::scan(&inner.db, streams_cf, class, class, fetch)?;
+        loop {
+            let end = rows.len().min(page_rows);
+            for (i, (index_key, value)) in rows[..end].iter().enumerate() {
+                let corrupt = || {
+                    StorageError::Corrupt(format!(
+                        "stream index row {} is malformed",
+                        String::from_utf8_lossy(index_key)
+                    ))
+                };
+                let stream_len = index_key.len().checked_sub(9).ok_or_else(corrupt)?;
+                let stream = &index_key[..stream_len];
+                // Rows of one stream are contiguous: the last one is its head.
+                let head = rows
+                    .get(i + 1)
+                    .is_none_or(|(next, _)| next.len() < 9 || &next[..next.len() - 9] != stream);
+                let seq = keys::decode_u64(value).ok_or_else(corrupt)?;
+                if seq > through {
+                    continue;
                 }
-                Entry::Occupied(mut slot) => {
-                    if slot.get().seq < candidate.seq {
-                        let old = slot.insert(candidate);
-                        slot.get_mut().shadows_head = old.shadows_head || old.head;
-                        Some(old)
-                    } else {
-                        slot.get_mut().shadows_head |= candidate.head;
-                        Some(candidate)
+                let Some(row) = inner.db.get_pinned_cf(log_cf, keys::seq_key(seq))? else {
+                    continue; // removed by an earlier, interrupted compaction
+                };
+                let env =
+                    envelope::decode(&row).map_err(|source| StorageError::Event { seq, source })?;
+                stats.scanned += 1;
+                let Some(key) = policy.key(&env) else {
+                    continue;
+                };
+                let candidate = Latest {
+                    seq,
+                    index_key: index_key.clone(),
+                    tombstone: policy.is_tombstone(&env),
+                    recorded_at: recorded_at(&env),
+                    head,
+                    shadows_head: false,
+                };
+                let superseded = match latest.entry(key) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(candidate);
+                        None
+                    }
+                    Entry::Occupied(mut slot) => {
+                        if slot.get().seq < candidate.seq {
+                            let old = slot.insert(candidate);
+                            slot.get_mut().shadows_head = old.shadows_head || old.head;
+                            Some(old)
+                        } else {
+                            slot.get_mut().shadows_head |= candidate.head;
+                            Some(candidate)
+                        }
+                    }
+                };
+                if let Some(old) = superseded.filter(|old| !old.head) {
+                    stats.superseded += 1;
+                    doomed.push((old.seq, old.index_key));
+                    removed += 1;
+                    if doomed.len() >= COMPACTION_BATCH_EVENTS {
+                        flush(&mut doomed)?;
                     }
                 }
-            };
-            if let Some(old) = superseded.filter(|old| !old.head) {
-                stats.superseded += 1;
-                doomed.push((old.seq, old.index_key));
-                removed += 1;
-                if doomed.len() >= COMPACTION_BATCH_EVENTS {
-                    flush(&mut doomed)?;
-                }
             }
+            if rows.len() <= page_rows {
+                break;
+            }
+            let next = rows.swap_remove(page_rows).0;
+            rows = super::scan::scan(&inner.db, streams_cf, &next, class, fetch)?;
         }
         // 3. Tombstones whose retention has passed go too.
         let retention = policy.tombstone_retention();

@@ -1,13 +1,14 @@
-//! Opening the database: configuration, column families, layout checks.
+//! Opening the database: the RocksDB options and column families, the
+//! layout-version and last-seq checks.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
     WriteOptions, DB,
 };
 
-use super::Inner;
+use super::inner::Inner;
 use crate::{
     columns::Column,
     keys::{self, meta},
@@ -21,55 +22,6 @@ pub const BLOCK_CACHE_BYTES: usize = 16 << 20;
 
 /// Version of the on-disk layout (column families and key formats).
 pub const LAYOUT_VERSION: u32 = 1;
-
-/// Tuning and limits of a [`Store`](super::Store).
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    /// Directory of the RocksDB database (created when missing).
-    pub path: PathBuf,
-    /// fsync every commit. Default: true. Turning it off loses acknowledged
-    /// appends on power loss; only benchmarks comparing against an equally
-    /// unsynced baseline should do that.
-    pub sync: bool,
-    /// Most events written by one group commit. Default: 8192.
-    pub group_commit_max_events: usize,
-    /// Most events in one append. Default: 1000.
-    pub append_max_events: usize,
-    /// Largest encoded event payload, in bytes. Default: 262144 (256 KiB);
-    /// resource contents go to the blob store, not into events.
-    pub event_max_bytes: usize,
-    /// Appends waiting for the writer before callers are made to wait.
-    /// Default: 4096.
-    pub queue_max_appends: usize,
-    /// Events per batch while replaying the log into views. Default: 1024.
-    pub replay_batch_events: usize,
-    /// View rows kept in the in-memory read cache (0 turns it off).
-    /// Default: 10000.
-    pub view_cache_entries: usize,
-    /// Largest blob kept as a row of the `blobs` column family, in bytes;
-    /// larger blobs are files under `<path>/blobs/` (see
-    /// [`crate::store`]'s blob docs). Small rows are cheap to read and
-    /// need no file per blob; large contents would bloat RocksDB's
-    /// compactions and memtables. Default: 1048576 (1 MiB).
-    pub blob_inline_max_bytes: usize,
-}
-
-impl StoreConfig {
-    /// Defaults for a database at `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            sync: true,
-            group_commit_max_events: 8192,
-            append_max_events: 1000,
-            event_max_bytes: 256 * 1024,
-            queue_max_appends: 4096,
-            replay_batch_events: 1024,
-            view_cache_entries: 10_000,
-            blob_inline_max_bytes: 1 << 20,
-        }
-    }
-}
 
 pub(super) fn open_db(path: &Path, view_cfs: &[String]) -> Result<DB, StorageError> {
     // Every column family gets the same options, sharing one block cache:

@@ -8,10 +8,11 @@ use cairn_events::{
     v1::{Envelope, Event},
     StreamId,
 };
-use rocksdb::{ColumnFamily, Direction, IteratorMode, DB};
+use rocksdb::{Direction, IteratorMode};
 
-use super::writer::Command;
-use super::{Inner, Store};
+use super::command::Command;
+use super::scan::{after_key, scan, scan_each, scan_iter, scan_prefix};
+use super::{inner::Inner, Store};
 use crate::{
     columns::Column,
     keys::{self, meta},
@@ -21,10 +22,8 @@ use crate::{
 };
 use crate::{
     log::{ReplicatedLog, StateDump},
-    read::{RowVisitor, ViewRead},
+    read::{RowVisitor, Rows, ViewRead},
 };
-/// Key-value rows, in key order.
-pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 /// The full contents of one view: for comparing a rebuilt view with the
 /// live one, byte for byte.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -204,22 +203,27 @@ impl Store {
         if inner.is_compacted(stream) {
             // Versions have gaps: walk the index (seqs grow with versions).
             let mut first = None;
-            scan_each(
-                &inner.db,
-                streams,
-                &keys::stream_prefix(stream),
-                &keys::stream_prefix(stream),
-                |key, value| {
-                    let seq = keys::decode_u64(value).ok_or_else(|| {
-                        StorageError::Corrupt(format!("stream {stream}: bad seq"))
-                    })?;
-                    if seq >= from_seq {
-                        first = keys::decode_u64(&key[key.len() - 8..]);
-                        return Ok::<_, StorageError>(ControlFlow::Break(()));
-                    }
-                    Ok(ControlFlow::Continue(()))
-                },
-            )?;
+            let prefix = keys::stream_prefix(stream);
+            scan_each(&inner.db, streams, &prefix, &prefix, |key, value| {
+                let seq = keys::decode_u64(value)
+                    .ok_or_else(|| StorageError::Corrupt(format!("stream {stream}: bad seq")))?;
+                if seq >= from_seq {
+                    // The scan yields only keys starting with `prefix`; what
+                    // follows must be exactly the 8-byte version.
+                    let version = key
+                        .strip_prefix(prefix.as_slice())
+                        .and_then(keys::decode_u64)
+                        .ok_or_else(|| {
+                            StorageError::Corrupt(format!(
+                                "stream {stream}: index key of {} bytes has no version",
+                                key.len()
+                            ))
+                        })?;
+                    first = Some(version);
+                    return Ok::<_, StorageError>(ControlFlow::Break(()));
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
             return match first {
                 Some(version) => self.read_stream(stream, version, limit),
                 None => Ok(Vec::new()),
@@ -406,77 +410,6 @@ impl EventLog for Store {
     }
 }
 
-/// Where a scan of `prefix` that continues after key `after` starts.
-pub(super) fn after_key(prefix: &[u8], after: Option<&[u8]>) -> Vec<u8> {
-    match after {
-        Some(key) if key > prefix => {
-            let mut next = key.to_vec();
-            next.push(0); // the smallest key after `key`
-            next
-        }
-        _ => prefix.to_vec(),
-    }
-}
-
-pub(super) fn scan_prefix(
-    db: &DB,
-    cf: &ColumnFamily,
-    prefix: &[u8],
-    limit: usize,
-) -> Result<Rows, StorageError> {
-    scan(db, cf, prefix, prefix, limit)
-}
-
-/// Up to `limit` rows from key `start` on, while keys start with `prefix`.
-pub(super) fn scan(
-    db: &DB,
-    cf: &ColumnFamily,
-    start: &[u8],
-    prefix: &[u8],
-    limit: usize,
-) -> Result<Rows, StorageError> {
-    let mut out = Vec::new();
-    scan_each(db, cf, start, prefix, |key, value| {
-        if out.len() >= limit {
-            return Ok::<_, StorageError>(ControlFlow::Break(()));
-        }
-        out.push((key.to_vec(), value.to_vec()));
-        Ok(ControlFlow::Continue(()))
-    })?;
-    Ok(out)
-}
-
-/// Calls `f` with each row from key `start` on, in key order, while keys
-/// start with `prefix` and `f` says continue. The rows are borrowed from
-/// RocksDB's iterator (no copy, no allocation per row).
-pub(super) fn scan_each<E: From<StorageError>>(
-    db: &DB,
-    cf: &ColumnFamily,
-    start: &[u8],
-    prefix: &[u8],
-    f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
-) -> Result<(), E> {
-    scan_iter(db.raw_iterator_cf(cf), start, prefix, f)
-}
-
-/// [`scan_each`] over any raw iterator (of the database or of a snapshot).
-pub(super) fn scan_iter<E: From<StorageError>>(
-    mut iter: rocksdb::DBRawIterator<'_>,
-    start: &[u8],
-    prefix: &[u8],
-    mut f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
-) -> Result<(), E> {
-    iter.seek(start);
-    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-        if !key.starts_with(prefix) || f(key, value)?.is_break() {
-            return Ok(());
-        }
-        iter.next();
-    }
-    iter.status().map_err(StorageError::from)?;
-    Ok(())
-}
-
 impl Inner {
     pub(super) fn stream_version(&self, stream: &StreamId) -> Result<u64, StorageError> {
         let prefix = keys::stream_prefix(stream);
@@ -641,7 +574,15 @@ impl ReplicatedLog for Store {
         &self,
         commit: Vec<Envelope>,
     ) -> Result<crate::log::Replicated, StorageError> {
-        self.call(|reply| super::writer::Command::Replicate(commit, reply))
+        self.call(|reply| Command::Replicate(commit, reply))
+    }
+
+    fn commit_max_events(&self) -> usize {
+        self.inner().config.replicated_commit_max_events()
+    }
+
+    fn event_max_bytes(&self) -> usize {
+        self.inner().config.event_max_bytes
     }
 
     fn state_dump(&self) -> Result<StateDump, StorageError> {

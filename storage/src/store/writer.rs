@@ -15,57 +15,20 @@ use rocksdb::{ColumnFamily, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::read::scan_prefix;
-use super::{Inner, Store};
+use super::command::{AppendRequest, Command, RebuildProgress, RebuildStats, Reply};
+use super::scan::scan_prefix;
+use super::{inner::Inner, Store};
+use crate::log::Replicated;
 use crate::{
-    blob::GcStats,
     columns::Column,
     keys::{self, meta},
     log::{Appended, ExpectedVersion},
     view::{fold, Overlay, BLOB_REFS_CF},
     StorageError,
 };
-use crate::{
-    compaction::{CompactionPolicy, CompactionStats},
-    log::Replicated,
-};
 /// Longest command metadata value (ids, principal, trace context), in bytes.
 /// Metadata travels in NATS headers, which allow no control characters.
 pub const METADATA_MAX_BYTES: usize = 512;
-
-/// Called with `(events replayed, events to replay)` while views rebuild.
-pub type RebuildProgress = Box<dyn Fn(u64, u64) + Send>;
-
-/// What a rebuild did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RebuildStats {
-    /// Names of the views rebuilt.
-    pub views: Vec<String>,
-    /// Events replayed.
-    pub events: u64,
-}
-
-pub(super) struct AppendRequest {
-    pub(super) stream: StreamId,
-    pub(super) expected: ExpectedVersion,
-    pub(super) events: Vec<Event>,
-    pub(super) metadata: Metadata,
-}
-
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
-
-pub(super) enum Command {
-    Append(AppendRequest, Reply<Appended>),
-    Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
-    CollectGarbage(Reply<GcStats>),
-    Replicate(Vec<Envelope>, Reply<Replicated>),
-    Compact(
-        Arc<dyn CompactionPolicy>,
-        SystemTime,
-        Reply<CompactionStats>,
-    ),
-    Shutdown(oneshot::Sender<()>),
-}
 
 impl Store {
     pub(super) fn check_request(
@@ -527,14 +490,23 @@ impl Writer {
         if commit.is_empty() {
             return Err(StorageError::InvalidReplicated("no events".into()));
         }
-        let mut streams = Vec::with_capacity(commit.len());
-        for (i, env) in commit.iter().enumerate() {
-            if i > 0 && env.seq != commit[i - 1].seq + 1 {
-                return Err(StorageError::InvalidReplicated(format!(
-                    "seq {} follows seq {}: a commit's events are consecutive",
-                    env.seq,
-                    commit[i - 1].seq
-                )));
+        let max_events = inner.config.replicated_commit_max_events();
+        if commit.len() > max_events {
+            return Err(StorageError::InvalidReplicated(format!(
+                "{} events in one commit, at most {max_events} allowed",
+                commit.len()
+            )));
+        }
+        let mut checked = Vec::with_capacity(commit.len());
+        for (i, env) in commit.into_iter().enumerate() {
+            if let Some((previous, _, _)) = checked.last() {
+                let previous: &Envelope = previous;
+                if previous.seq.checked_add(1) != Some(env.seq) {
+                    return Err(StorageError::InvalidReplicated(format!(
+                        "seq {} follows seq {}: a commit's events are consecutive",
+                        env.seq, previous.seq
+                    )));
+                }
             }
             if env.seq == 0 || env.stream_version == 0 {
                 return Err(StorageError::InvalidReplicated(format!(
@@ -542,46 +514,57 @@ impl Writer {
                     env.seq, env.stream_version
                 )));
             }
-            if env
-                .event
-                .as_ref()
-                .and_then(|e| e.payload.as_ref())
-                .is_none()
-            {
-                return Err(StorageError::InvalidReplicated(format!(
-                    "event at seq {} has no payload",
-                    env.seq
-                )));
+            // Exactly what reads will do with the stored row: refuse now
+            // what could not be read back (a schema version this build does
+            // not understand, no payload).
+            let bytes = envelope::encode(&env);
+            envelope::decode(&bytes).map_err(|e| {
+                StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
+            })?;
+            if let Some(event) = env.event.as_ref() {
+                let size = prost::Message::encoded_len(event);
+                if size > inner.config.event_max_bytes {
+                    return Err(StorageError::InvalidReplicated(format!(
+                        "event at seq {} is {size} bytes, at most {} allowed",
+                        env.seq, inner.config.event_max_bytes
+                    )));
+                }
             }
             let stream = StreamId::new(env.stream.clone()).map_err(|e| {
                 StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
             })?;
-            streams.push(stream);
+            checked.push((env, stream, bytes));
         }
         // The prefix this log holds already must be identical, and is skipped.
         let log_cf = inner.cf(Column::Log);
-        let mut fresh = Vec::with_capacity(commit.len());
-        for (env, stream) in commit.into_iter().zip(streams) {
+        let mut fresh = Vec::with_capacity(checked.len());
+        for (env, stream, bytes) in checked {
             if env.seq > self.last_seq {
-                fresh.push((env, stream));
+                fresh.push((env, stream, bytes));
                 continue;
             }
             match inner.db.get_pinned_cf(log_cf, keys::seq_key(env.seq))? {
-                Some(stored) if *stored == *envelope::encode(&env) => {}
+                Some(stored) if *stored == *bytes => {}
                 // Compacted away here: it was applied, and is superseded.
                 None if env.seq <= inner.compacted_through() => {}
                 _ => return Err(StorageError::ReplicaDiverged { seq: env.seq }),
             }
         }
-        let Some(first) = fresh.first().map(|(env, _)| env.seq) else {
+        let Some(first) = fresh.first().map(|(env, _, _)| env.seq) else {
             return Ok(Replicated::AlreadyApplied {
                 last_seq: self.last_seq,
             });
         };
-        if first != self.last_seq + 1 {
+        let next = self.last_seq.checked_add(1).ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "the log's last seq {} has no successor",
+                self.last_seq
+            ))
+        })?;
+        if first != next {
             return Err(StorageError::ReplicationGap {
                 what: "seq".into(),
-                expected: self.last_seq + 1,
+                expected: next,
                 found: first,
             });
         }
@@ -591,16 +574,21 @@ impl Writer {
         let mut heads: HashMap<StreamId, u64> = HashMap::new();
         let all = |_: usize| true;
         let mut seq = self.last_seq;
-        for (env, stream) in fresh {
+        for (env, stream, bytes) in fresh {
             let version = self.head(&heads, &stream)?;
-            if env.stream_version != version + 1 {
+            let expected = version.checked_add(1).ok_or_else(|| {
+                StorageError::Corrupt(format!(
+                    "stream {stream} version {version} has no successor"
+                ))
+            })?;
+            if env.stream_version != expected {
                 return Err(StorageError::ReplicationGap {
                     what: format!("stream {stream} version"),
-                    expected: version + 1,
+                    expected,
                     found: env.stream_version,
                 });
             }
-            batch.put_cf(log_cf, keys::seq_key(env.seq), envelope::encode(&env));
+            batch.put_cf(log_cf, keys::seq_key(env.seq), bytes);
             batch.put_cf(
                 streams_cf,
                 keys::stream_key(&stream, env.stream_version),

@@ -8,9 +8,8 @@ use cairn_events::v1::{Envelope, PackageRevision, PackageRevisionRow};
 
 use super::{on_revision_change, RevisionChange};
 use crate::{
-    blob::Digest,
     read::{ViewRead, ViewReadExt},
-    StorageError, View, ViewTx,
+    Digest, StorageError, View, ViewTx,
 };
 
 /// Package revisions by namespace and object name.

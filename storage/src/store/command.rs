@@ -1,0 +1,53 @@
+//! What the writer thread is asked to do: [`Command`] and its payloads,
+//! and the rebuild types callers see. A leaf module: the callers (reads,
+//! the writer's async API) and the writer thread both name them.
+
+use std::{sync::Arc, time::SystemTime};
+
+use cairn_events::{
+    envelope::Metadata,
+    v1::{Envelope, Event},
+    StreamId,
+};
+use tokio::sync::oneshot;
+
+use crate::{
+    blob::GcStats,
+    compaction::{CompactionPolicy, CompactionStats},
+    log::{Appended, Replicated},
+    ExpectedVersion, StorageError,
+};
+
+/// Called with `(events replayed, events to replay)` while views rebuild.
+pub type RebuildProgress = Box<dyn Fn(u64, u64) + Send>;
+
+/// What a rebuild did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildStats {
+    /// Names of the views rebuilt.
+    pub views: Vec<String>,
+    /// Events replayed.
+    pub events: u64,
+}
+
+pub(super) struct AppendRequest {
+    pub(super) stream: StreamId,
+    pub(super) expected: ExpectedVersion,
+    pub(super) events: Vec<Event>,
+    pub(super) metadata: Metadata,
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+pub(super) enum Command {
+    Append(AppendRequest, Reply<Appended>),
+    Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
+    CollectGarbage(Reply<GcStats>),
+    Replicate(Vec<Envelope>, Reply<Replicated>),
+    Compact(
+        Arc<dyn CompactionPolicy>,
+        SystemTime,
+        Reply<CompactionStats>,
+    ),
+    Shutdown(oneshot::Sender<()>),
+}
