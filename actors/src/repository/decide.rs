@@ -26,7 +26,7 @@ use cairn_events::{
     },
 };
 
-use super::{command::LifecycleOp, component::object_name, error::LifecycleError};
+use super::{error::LifecycleError, naming::object_name, op::LifecycleOp};
 use crate::origin::package_path;
 
 /// The view rows a lifecycle command is validated against.
@@ -261,7 +261,7 @@ mod tests {
     use cairn_events::v1::{PackageRevisionAdded, PackageRevisionDeleted, PackageRevisionModified};
 
     use super::*;
-    use crate::repository::command::Source;
+    use crate::repository::op::Source;
 
     fn spec() -> RepositorySpec {
         RepositorySpec {

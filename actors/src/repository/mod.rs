@@ -25,10 +25,15 @@
 //! - [`decide`] — the pure command decisions: lifecycle validation,
 //!   typed lifecycle events, register and spec change; given/when/then
 //!   tests of every lifecycle transition.
+//! - [`op`] — a lifecycle command and what it leaves ([`LifecycleOp`],
+//!   [`Source`], [`LifecycleOutcome`]); a leaf shared by `decide`,
+//!   `command` and `messages` (re-exported by `command` too).
+//! - [`naming`] — the Porch object name ([`naming::object_name`]); a leaf
+//!   shared by `component`, `upstream`, `decide` and `command`
+//!   (re-exported by `component`).
 //! - [`command`] — a lifecycle command as the writer runs it: its I/O
 //!   phase (read its view rows, push, read the package back), then the
-//!   pure typing of its events ([`command::LifecycleOp`],
-//!   [`command::LifecycleOutcome`]).
+//!   pure typing of its events.
 //! - [`sync`] — a sync as the writer runs it (slot, `SyncStarted` while
 //!   the upstream is read, reconciliation or `SyncFailed`).
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
@@ -41,6 +46,8 @@ pub mod component;
 pub mod decide;
 pub mod error;
 pub mod messages;
+pub mod naming;
+pub mod op;
 pub mod sync;
 pub mod upstream;
 
@@ -53,7 +60,7 @@ use cairn_events::{
 };
 use futures::future::BoxFuture;
 
-pub use command::{LifecycleOp, LifecycleOutcome};
+pub use op::{LifecycleOp, LifecycleOutcome, Source};
 pub use component::RepositoryComponent;
 pub use error::{origin_error, LifecycleError, RepositoryError};
 pub use messages::{ApplyLifecycle, Close, Register, UpdateSpec};

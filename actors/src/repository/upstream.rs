@@ -17,7 +17,7 @@ use cairn_storage::{BlobPin, BlobStore, Store};
 use parking_lot::Mutex;
 use tracing::debug;
 
-use super::component::object_name;
+use super::naming::object_name;
 use crate::origin::{self, Credentials, FetchOutcome, GitCache, OriginError};
 
 /// Resolves `secret_ref` names to credentials: the secret `<name>` is the
