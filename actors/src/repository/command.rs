@@ -53,9 +53,9 @@ pub use super::op::{LifecycleOp, LifecycleOutcome, Source};
 use super::{
     component::RepositoryComponent,
     decide::{validate, Validated, ViewRows},
-    naming::object_name,
     error::RepositoryError,
-    upstream::{store_revisions, SyncEnv},
+    naming::object_name,
+    upstream::{store_revisions, ReadError, SyncEnv},
     Repository as RepositoryDomain,
 };
 use crate::{
@@ -217,7 +217,11 @@ pub fn execute(
     let discovery = origin::discover_refs(&mirror, &git.branch, &git.directory, &refs.full, &read)
         .map_err(|e| read_back(&e))?;
     let (mut discovered, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)
-        .map_err(|e| read_back(&e))?;
+        .map_err(|e| match e {
+            ReadError::Origin(e) => read_back(&e),
+            // The store's failure, not the upstream's: as in a sync.
+            e @ ReadError::Store { .. } => e.into(),
+        })?;
     let gone = matches!(op, LifecycleOp::Delete(_)).then_some(name.as_str());
     latest_moved(store, spec, &path, &package, highest, gone, &mut discovered)
         .map_err(RepositoryError::Views)?;

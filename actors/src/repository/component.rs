@@ -60,7 +60,6 @@ pub struct RepositoryComponent {
     pub last_refs: Option<(String, Arc<BTreeMap<String, git2::Oid>>)>,
 }
 
-
 /// `PackageRevisionDeleted` for `name`, carrying the revision as it was
 /// (`last`), trimmed of its resources and tasks: enough for a watcher to
 /// filter the deletion (labels, lifecycle, latest…) and show what went,

@@ -12,6 +12,7 @@
 
 use cairn_storage::StorageError;
 
+use super::upstream::ReadError;
 use crate::{origin::OriginError, writer::WriterError, ServiceError};
 
 /// The error class a sync records when it failed inside the node (the
@@ -131,6 +132,18 @@ pub enum RepositoryError {
     /// store.
     #[error("reading the views: {0}")]
     Views(#[source] StorageError),
+    /// Storing what was read from the upstream in the blob store failed
+    /// (a sync's read, a lifecycle command's read-back): a node problem,
+    /// never an upstream one. 500 (503 while the node shuts down); a sync
+    /// records class [`INTERNAL_CLASS`].
+    #[error("storing {path}: {source}")]
+    Blobs {
+        /// The resource being stored.
+        path: String,
+        /// What the store said.
+        #[source]
+        source: StorageError,
+    },
     /// A lifecycle command's target could not be read back from the
     /// upstream after the write: 500 (the next sync reads it).
     #[error("reading back {name}: {message}")]
@@ -168,6 +181,17 @@ impl RepositoryError {
     }
 }
 
+impl From<ReadError> for RepositoryError {
+    /// A sync's read: the upstream's failure is [`RepositoryError::Upstream`],
+    /// the store's [`RepositoryError::Blobs`].
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Origin(e) => RepositoryError::Upstream(e),
+            ReadError::Store { path, source } => RepositoryError::Blobs { path, source },
+        }
+    }
+}
+
 /// The error a client sees for a failed read of the upstream.
 pub fn origin_error(e: &OriginError) -> ServiceError {
     match e {
@@ -193,9 +217,13 @@ impl From<RepositoryError> for ServiceError {
                 StorageError::Closed => ServiceError::from(e),
                 e => ServiceError::internal(format!("reading the views: {e}")),
             },
-            RepositoryError::ReadBack { .. } | RepositoryError::Lost { .. } => {
-                ServiceError::internal(e.to_string())
-            }
+            RepositoryError::Blobs {
+                source: StorageError::Closed,
+                ..
+            } => ServiceError::from(StorageError::Closed),
+            RepositoryError::Blobs { .. }
+            | RepositoryError::ReadBack { .. }
+            | RepositoryError::Lost { .. } => ServiceError::internal(e.to_string()),
             RepositoryError::Writer(e) => e.into(),
         }
     }
@@ -224,6 +252,30 @@ mod tests {
                 message: "node is shutting down".into()
             }
         );
+        // Storing what the upstream gave: the same.
+        let e = RepositoryError::from(ReadError::Store {
+            path: "Kptfile".into(),
+            source: StorageError::Corrupt("z".into()),
+        });
+        assert_eq!(e.sync_class(), "internal");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal("storing Kptfile: corrupt store: z")
+        );
+        assert_eq!(
+            ServiceError::from(RepositoryError::from(ReadError::Store {
+                path: "Kptfile".into(),
+                source: StorageError::Closed,
+            })),
+            ServiceError {
+                code: 503,
+                message: "node is shutting down".into()
+            }
+        );
+        // The upstream's own failure stays an upstream one.
+        let e = RepositoryError::from(ReadError::Origin(OriginError::Auth("no".into())));
+        assert_eq!(e.sync_class(), "auth");
+        assert_eq!(ServiceError::from(e).code, 503);
         let e = RepositoryError::Writer(WriterError::Append(StorageError::Corrupt("y".into())));
         assert_eq!(e.sync_class(), "internal");
         assert_eq!(ServiceError::from(e).code, 500);
