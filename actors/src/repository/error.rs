@@ -59,7 +59,14 @@ pub enum LifecycleError {
     },
     /// The draft changed since the client read it (409): read it again,
     /// re-apply the edit, send the new `resource_version`.
-    #[error("resource_version of {name}: expected {expected}, got {found} (it changed since it was read)")]
+    #[error(
+        "{}",
+        crate::error::expected_found(
+            format_args!("resource_version of {}", .name),
+            .expected,
+            format_args!("got {} (it changed since it was read)", .found),
+        )
+    )]
     ResourceVersion {
         /// The draft.
         name: String,
@@ -96,15 +103,8 @@ impl From<LifecycleError> for ServiceError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::NotFound { .. } => ServiceError::not_found(e.to_string()),
-            LifecycleError::ResourceVersion {
-                name,
-                expected,
-                found,
-            } => ServiceError::conflict_expected(
-                format_args!("resource_version of {name}"),
-                expected,
-                format_args!("got {found} (it changed since it was read)"),
-            ),
+            // (`ResourceVersion` included: its text is the one
+            // `ServiceError::conflict_expected` words, naming both.)
             _ => ServiceError::conflict(e.to_string()),
         }
     }
@@ -316,12 +316,23 @@ mod tests {
 
     #[test]
     fn a_resource_version_conflict_names_expected_and_found() {
+        let e = LifecycleError::ResourceVersion {
+            name: "r.p.ws".into(),
+            expected: 9,
+            found: 4,
+        };
+        // One wording: the error's text is the 409's, in the shape of
+        // `conflict_expected`.
         assert_eq!(
-            ServiceError::from(LifecycleError::ResourceVersion {
-                name: "r.p.ws".into(),
-                expected: 9,
-                found: 4
-            }),
+            ServiceError::conflict(e.to_string()),
+            ServiceError::conflict_expected(
+                "resource_version of r.p.ws",
+                9,
+                "got 4 (it changed since it was read)"
+            )
+        );
+        assert_eq!(
+            ServiceError::from(e),
             ServiceError {
                 code: 409,
                 message:
