@@ -14,8 +14,9 @@
 //!   `schedule`, a pending `run_once_at`, jitter, retry delays by error
 //!   class.
 //! - [`next`] — the decision between a retry, a `run_once_at` and the
-//!   regular time ([`next_time`]), and [`NextSync`] that carries it into a
-//!   sync.
+//!   regular time ([`next_time`]), [`NextSync`] that carries it into a
+//!   sync and keeps what it decided, and [`after_sync`]: a sync's answer
+//!   and that decision as the manager's next time.
 //! - [`messages`] — [`SyncNow`], [`Replan`], [`NextDue`], [`StopManager`],
 //!   and [`RunSync`] / [`SyncReport`] (manager → repository).
 //! - Time and the node-wide cap live in [`crate::timing`] (re-exported
@@ -39,7 +40,7 @@ use cairn_events::{envelope::Metadata, v1::SyncSpec};
 use tracing::{debug, warn, Instrument};
 
 pub use messages::{NextDue, Replan, RunSync, StopManager, SyncNow, SyncReport};
-pub use next::{next_time, LastSync, NextSync, NextTime, Reason};
+pub use next::{after_sync, next_time, LastSync, NextSync, NextTime, Reason, SyncOutcome};
 pub use plan::{Plan, RetryDelays, SyncPolicy};
 
 pub use crate::timing::{Clock, ManualClock, SlotState, SyncSlot, SyncSlots, SystemClock};
@@ -198,26 +199,18 @@ impl SyncManager {
                 .map(move |result, act, ctx| {
                     act.in_flight -= 1;
                     if act.in_flight == 0 {
-                        let next = match (&result, next.decided()) {
-                            (Err(_), Some(at)) => NextTime {
-                                at,
-                                reason: Reason::Retry,
-                            },
-                            (Err(e), None) => {
-                                // Not even started (the actor is gone, or
-                                // the store refused): retry as "other".
-                                warn!(repo = %act.key, error = %e, "sync did not run");
-                                NextTime {
-                                    at: next.decide(Some("other")),
-                                    reason: Reason::Retry,
+                        let outcome = match &result {
+                            Ok(_) => SyncOutcome::Succeeded,
+                            Err(e) => {
+                                if next.decided().is_none() {
+                                    // Not even started (the actor is gone,
+                                    // or the store refused).
+                                    warn!(repo = %act.key, error = %e, "sync did not run");
                                 }
+                                SyncOutcome::Failed
                             }
-                            (Ok(_), decided) => NextTime::after_success(
-                                decided.unwrap_or_else(|| next.decide(None)),
-                                act.scheduling.clock.now(),
-                                act.once_pending,
-                            ),
                         };
+                        let next = next.after(outcome);
                         act.arm(ctx, next);
                     }
                     result
