@@ -25,6 +25,10 @@
 //! Manual syncs (`repo.sync`), the sync at registration and the one at
 //! start-up go through the manager too ([`SyncNow`]), so whatever ran last
 //! sets the next time.
+//!
+//! Each message is handled in a span of its own (`schedule.sync`,
+//! `schedule.replan`), a child of the span it carries; [`RunSync`] carries
+//! it on to the repository.
 
 pub mod messages;
 pub mod next;
@@ -175,6 +179,8 @@ impl SyncManager {
         metadata: Metadata,
         span: tracing::Span,
     ) -> ResponseActFuture<Self, Result<SyncReport, ServiceError>> {
+        // This message's own span, a child of the command's (or timer's).
+        let span = tracing::info_span!(parent: &span, "schedule.sync", repo = %self.key, trigger = %trigger);
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
@@ -242,7 +248,8 @@ impl Handler<Replan> for SyncManager {
     type Result = ();
 
     fn handle(&mut self, msg: Replan, ctx: &mut Self::Context) {
-        let _span = msg.span.enter();
+        let _span =
+            tracing::info_span!(parent: &msg.span, "schedule.replan", repo = %self.key).entered();
         let old_once = self.plan.run_once_at();
         self.plan = Plan::of(msg.sync.as_ref());
         // A new run_once_at is pending; the same one keeps its state.
