@@ -380,7 +380,8 @@ mod tests {
     /// created, proposed, published (revision 1), deletion proposed.
     fn history(lifecycle: Lifecycle) -> Vec<Event> {
         let mut events = vec![created(revision("ws", Lifecycle::Draft, 0))];
-        let steps: [(Lifecycle, fn(Option<PackageRevision>) -> Payload); 3] = [
+        type Typed = fn(Option<PackageRevision>) -> Payload;
+        let steps: [(Lifecycle, Typed); 3] = [
             (Lifecycle::Proposed, |revision| {
                 Payload::PackageRevisionProposed(PackageRevisionProposed { revision })
             }),
