@@ -4,8 +4,9 @@
 //! - [`LifecycleError`]: a lifecycle command refused by its validation
 //!   against the view (nothing written) — the pure decision's error.
 //! - [`RepositoryError`]: anything else a repository command can meet:
-//!   the upstream (a sync's read, a lifecycle command's write), the store,
-//!   the writer shell. A storage failure is never an upstream failure: it
+//!   the upstream (a sync's read, a lifecycle command's write), the store
+//!   (reading the views, storing blobs — a [`ReadError::Store`] becomes
+//!   [`RepositoryError::Blobs`]), the writer shell. A storage failure is never an upstream failure: it
 //!   answers 500 (503 while the node shuts down), and a sync that meets one
 //!   records `SyncFailed` with class [`INTERNAL_CLASS`], not an upstream
 //!   class.

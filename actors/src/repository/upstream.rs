@@ -1,6 +1,10 @@
 //! Reading an upstream: fetch (shared between registrations of one URL),
 //! discover package revisions the Porch way, store their resources in the
 //! blob store. All blocking: callers run it in `spawn_blocking`.
+//!
+//! A read fails with a [`ReadError`]: the upstream's failure
+//! ([`ReadError::Origin`]) or the store's ([`ReadError::Store`]), never one
+//! dressed as the other.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
