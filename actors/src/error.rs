@@ -77,7 +77,7 @@ impl ServiceError {
         expected: impl std::fmt::Display,
         found: impl std::fmt::Display,
     ) -> Self {
-        Self::conflict(format!("{what}: expected {expected}, {found}"))
+        Self::conflict(expected_found(what, expected, found))
     }
 
     /// 500: a bug or a broken store; details go to the node's log.
@@ -87,6 +87,18 @@ impl ServiceError {
             message: what.into(),
         }
     }
+}
+
+/// The text of a conflict naming what was expected and what was found:
+/// `"{what}: expected {expected}, {found}"` — the one wording of
+/// [`ServiceError::conflict_expected`], also used by domain errors whose
+/// `Display` is that message (`LifecycleError::ResourceVersion`).
+pub fn expected_found(
+    what: impl std::fmt::Display,
+    expected: impl std::fmt::Display,
+    found: impl std::fmt::Display,
+) -> String {
+    format!("{what}: expected {expected}, {found}")
 }
 
 impl From<StorageError> for ServiceError {

@@ -13,8 +13,10 @@
 //! scheduled — go through it, so it always knows when the next one is due.
 //! The manager reaches its repository through a `Recipient<RunSync>`.
 //!
-//! Every message carries the span of the command that caused it, and the
-//! registry passes it on to the actors it asks.
+//! Every message carries the span of the command that caused it; the
+//! registry handles it in a span of its own (`registry.register`,
+//! `registry.sync`, …, a child of the command's, naming the repository)
+//! and passes that on to the actors it asks.
 //!
 //! # Layout
 //! - [`error`] — [`RegistryError`] (not found, already registered).
@@ -184,7 +186,7 @@ impl Handler<RegisterRepository> for Registry {
         self.repositories.insert(key.clone(), entry);
         let metadata = msg.metadata;
         let wait = msg.wait;
-        let span = msg.span;
+        let span = tracing::info_span!(parent: &msg.span, "registry.register", repo = %format_args!("{}/{}", key.0, key.1));
         let register_span = span.clone();
         Box::pin(
             async move {
@@ -253,13 +255,14 @@ impl Handler<UnregisterRepository> for Registry {
         let env = self.env.clone();
         let actor = entry.actor.clone();
         let manager = entry.manager.clone();
-        let span = msg.span;
+        let span = tracing::info_span!(parent: &msg.span, "registry.unregister", repo = %format_args!("{}/{}", key.0, key.1));
+        let close_span = span.clone();
         Box::pin(
             async move {
                 actor
                     .send(Close {
                         metadata: msg.metadata,
-                        span: tracing::Span::current(),
+                        span: close_span,
                     })
                     .await??;
                 if last_of_url && !url.is_empty() {
@@ -291,16 +294,21 @@ impl Handler<SyncRepository> for Registry {
 
     fn handle(&mut self, msg: SyncRepository, _ctx: &mut Self::Context) -> Self::Result {
         let manager = self.manager(&msg.namespace, &msg.name);
-        Box::pin(async move {
-            manager?
-                .send(SyncNow {
-                    trigger: msg.trigger,
-                    asked_at: msg.asked_at,
-                    metadata: msg.metadata,
-                    span: msg.span,
-                })
-                .await?
-        })
+        let key = (msg.namespace, msg.name);
+        let span = tracing::info_span!(parent: &msg.span, "registry.sync", repo = %format_args!("{}/{}", key.0, key.1));
+        Box::pin(
+            async move {
+                manager?
+                    .send(SyncNow {
+                        trigger: msg.trigger,
+                        asked_at: msg.asked_at,
+                        metadata: msg.metadata,
+                        span: tracing::Span::current(),
+                    })
+                    .await?
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -308,14 +316,18 @@ impl Handler<RouteLifecycle> for Registry {
     type Result = ResponseFuture<Result<LifecycleOutcome, ServiceError>>;
 
     fn handle(&mut self, msg: RouteLifecycle, _ctx: &mut Self::Context) -> Self::Result {
-        let actor = self
-            .repositories
-            .get(&(msg.namespace.clone(), msg.name.clone()))
-            .map(|e| e.actor.clone());
-        Box::pin(async move {
-            let actor = actor.ok_or_else(|| RegistryError::not_found(&msg.namespace, &msg.name))?;
-            actor.send(msg.lifecycle).await?
-        })
+        let key = (msg.namespace, msg.name);
+        let actor = self.repositories.get(&key).map(|e| e.actor.clone());
+        let mut lifecycle = msg.lifecycle;
+        let span = tracing::info_span!(parent: &lifecycle.span, "registry.route", repo = %format_args!("{}/{}", key.0, key.1), verb = lifecycle.op.verb());
+        lifecycle.span = span.clone();
+        Box::pin(
+            async move {
+                let actor = actor.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+                actor.send(lifecycle).await?
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -328,24 +340,29 @@ impl Handler<UpdateRepository> for Registry {
             .repositories
             .get(&key)
             .map(|e| (e.actor.clone(), e.manager.clone()));
-        let span = msg.span;
-        Box::pin(async move {
-            let (actor, manager) = entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
-            let spec = actor
-                .send(UpdateSpec {
-                    spec: msg.spec,
-                    metadata: msg.metadata,
-                    span: span.clone(),
-                })
-                .await??;
-            manager
-                .send(Replan {
-                    sync: spec.sync.clone(),
-                    span,
-                })
-                .await?;
-            Ok(spec)
-        })
+        let span = tracing::info_span!(parent: &msg.span, "registry.update", repo = %format_args!("{}/{}", key.0, key.1));
+        let update_span = span.clone();
+        Box::pin(
+            async move {
+                let (actor, manager) =
+                    entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+                let spec = actor
+                    .send(UpdateSpec {
+                        spec: msg.spec,
+                        metadata: msg.metadata,
+                        span: span.clone(),
+                    })
+                    .await??;
+                manager
+                    .send(Replan {
+                        sync: spec.sync.clone(),
+                        span,
+                    })
+                    .await?;
+                Ok(spec)
+            }
+            .instrument(update_span),
+        )
     }
 }
 
@@ -405,5 +422,278 @@ impl Handler<Shutdown> for Registry {
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cairn_events::v1::{GitSpec, RepositorySpec};
+    use cairn_storage::{views::default_views, StoreConfig};
+    use parking_lot::Mutex;
+    use tracing::{
+        field::{Field, Visit},
+        span::{Attributes, Id, Record},
+        Subscriber,
+    };
+    use tracing_subscriber::{
+        layer::{Context, SubscriberExt as _},
+        registry::LookupSpan,
+        Layer,
+    };
+
+    use super::*;
+    use crate::{
+        origin::GitCache,
+        repository::{
+            upstream::{Fetches, Secrets},
+            ApplyLifecycle, LifecycleOp, Source,
+        },
+        schedule::{SyncPolicy, SystemClock},
+        service::{codec::Format, command_span, metadata, record_stream, Incoming},
+        timing::SyncSlots,
+    };
+
+    /// A span as the subscriber saw it: its name, its parent (an index
+    /// into the spans seen: ids are reused once a span closes) and its
+    /// fields as recorded.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        name: &'static str,
+        parent: Option<usize>,
+        fields: BTreeMap<String, String>,
+    }
+
+    /// Captures every span it is shown (at the level the subscriber
+    /// enables).
+    #[derive(Debug, Clone, Default)]
+    struct Capture {
+        seen: Arc<Mutex<Vec<Seen>>>,
+        live: Arc<Mutex<HashMap<u64, usize>>>,
+    }
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Fields<'_> {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let parent = ctx
+                .span(id)
+                .and_then(|span| span.parent())
+                .and_then(|parent| self.live.lock().get(&parent.id().into_u64()).copied());
+            let mut fields = BTreeMap::new();
+            attrs.record(&mut Fields(&mut fields));
+            let mut seen = self.seen.lock();
+            seen.push(Seen {
+                name: attrs.metadata().name(),
+                parent,
+                fields,
+            });
+            self.live.lock().insert(id.into_u64(), seen.len() - 1);
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+            if let Some(&index) = self.live.lock().get(&id.into_u64()) {
+                values.record(&mut Fields(&mut self.seen.lock()[index].fields));
+            }
+        }
+    }
+
+    impl Capture {
+        /// Every span's chain of names up to its root (`"a < b < root"`).
+        fn chains(&self) -> Vec<String> {
+            let seen = self.seen.lock();
+            (0..seen.len())
+                .map(|mut i| {
+                    let mut names = vec![seen[i].name];
+                    while let Some(parent) = seen[i].parent {
+                        names.push(seen[parent].name);
+                        i = parent;
+                    }
+                    names.join(" < ")
+                })
+                .collect()
+        }
+
+        fn fields_of(&self, name: &str, endpoint: &str) -> Vec<BTreeMap<String, String>> {
+            self.seen
+                .lock()
+                .iter()
+                .filter(|s| {
+                    s.name == name && s.fields.get("endpoint").map(String::as_str) == Some(endpoint)
+                })
+                .map(|s| s.fields.clone())
+                .collect()
+        }
+    }
+
+    /// A bare upstream with one package `pkg` on `main`, tagged `pkg/v1`.
+    fn upstream(path: &std::path::Path) {
+        let repo = git2::Repository::init_bare(path).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let kptfile = repo
+            .blob(b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: pkg\n")
+            .unwrap();
+        let mut package = repo.treebuilder(None).unwrap();
+        package.insert("Kptfile", kptfile, 0o100644).unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        root.insert("pkg", package.write().unwrap(), 0o040000)
+            .unwrap();
+        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        let commit = repo
+            .commit(
+                Some("refs/heads/main"),
+                &signature,
+                &signature,
+                "pkg",
+                &tree,
+                &[],
+            )
+            .unwrap();
+        repo.reference("refs/tags/pkg/v1", commit, false, "")
+            .unwrap();
+    }
+
+    /// The metadata of a command of `endpoint` on `ns/r` by `principal`,
+    /// recorded on its span as the service does.
+    fn command(endpoint: &'static str) -> (tracing::Span, cairn_events::envelope::Metadata) {
+        let span = command_span(endpoint);
+        let metadata = span.in_scope(|| {
+            record_stream("ns", "r");
+            let request = Incoming {
+                format: Format::Json,
+                body: Vec::new(),
+                headers: None,
+            };
+            metadata(&request, Some("alice".into()))
+        });
+        (span, metadata)
+    }
+
+    /// At INFO (the node's default level), a command's span records its
+    /// endpoint, stream, principal and correlation id, and every span its
+    /// messages cause — the registry's, the manager's, the writer's, the
+    /// sync's and the lifecycle command's — is its descendant.
+    #[test]
+    fn a_commands_spans_form_one_tree_at_info() {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(capture.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let upstream_dir = dir.path().join("upstream.git");
+        upstream(&upstream_dir);
+        let (register, register_metadata) = command("repo.register");
+        let (create, create_metadata) = command("pkgrev.create");
+        actix_rt::System::new().block_on(async {
+            let store =
+                Store::open(StoreConfig::new(dir.path().join("db")), default_views()).unwrap();
+            let env = Arc::new(SyncEnv {
+                store,
+                fetches: Fetches::new(GitCache::new(dir.path().join("git"))),
+                secrets: Secrets::new(None),
+                release_memory: || {},
+                discoveries: Default::default(),
+                slots: SyncSlots::new(1),
+                refs_read: Default::default(),
+            });
+            let scheduling = Scheduling {
+                policy: Arc::new(SyncPolicy::default()),
+                clock: Arc::new(SystemClock),
+            };
+            let registry = Registry::load(env, scheduling).unwrap().start();
+            let spec = RepositorySpec {
+                namespace: "ns".into(),
+                name: "r".into(),
+                r#type: "git".into(),
+                git: Some(GitSpec {
+                    url: format!("file://{}", upstream_dir.display()),
+                    branch: "main".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let registered = registry
+                .send(RegisterRepository {
+                    spec,
+                    wait: true,
+                    metadata: register_metadata.clone(),
+                    span: register.clone(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                registered.unwrap().unwrap().unwrap(),
+                SyncReport {
+                    added: 2,
+                    modified: 0,
+                    deleted: 0,
+                    package_count: 2
+                }
+            );
+            let created = registry
+                .send(RouteLifecycle {
+                    namespace: "ns".into(),
+                    name: "r".into(),
+                    lifecycle: ApplyLifecycle {
+                        op: LifecycleOp::Create {
+                            path: String::new(),
+                            package: "new".into(),
+                            workspace: "ws".into(),
+                            source: Source::Init,
+                        },
+                        metadata: create_metadata.clone(),
+                        span: create.clone(),
+                    },
+                })
+                .await
+                .unwrap();
+            assert!(
+                matches!(created, Ok(LifecycleOutcome::Revision(_))),
+                "{created:?}"
+            );
+            registry.send(Shutdown).await.unwrap();
+        });
+        let fields = capture.fields_of("command", "repo.register");
+        assert_eq!(
+            fields,
+            [BTreeMap::from([
+                ("endpoint".to_owned(), "repo.register".to_owned()),
+                ("stream".to_owned(), "repo/ns/r".to_owned()),
+                ("principal".to_owned(), "alice".to_owned()),
+                (
+                    "correlation_id".to_owned(),
+                    register_metadata.correlation_id.clone()
+                ),
+            ])]
+        );
+        let mut chains = capture.chains();
+        chains.sort();
+        assert_eq!(
+            chains,
+            [
+                "command",
+                "command",
+                "registry.register < command",
+                "registry.route < command",
+                "run < writer < registry.route < command",
+                "schedule.sync < registry.register < command",
+                "sync_once < writer < schedule.sync < registry.register < command",
+                "writer < registry.register < command",
+                "writer < registry.route < command",
+                "writer < schedule.sync < registry.register < command",
+            ]
+        );
     }
 }

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use cairn_events::{
     revision::Lifecycle,
-    v1::{Event, PackageRevision, PackageRevisionRow, RepositorySpec},
+    v1::{Event, PackageRevision, RepositorySpec},
 };
 use cairn_storage::{
     views::{
@@ -49,11 +49,13 @@ use std::{sync::Arc, time::Instant};
 
 use tracing::{debug, info};
 
+pub use super::op::{LifecycleOp, LifecycleOutcome, Source};
 use super::{
-    component::{object_name, RepositoryComponent},
+    component::RepositoryComponent,
     decide::{validate, Validated, ViewRows},
     error::RepositoryError,
-    upstream::{store_revisions, SyncEnv},
+    naming::object_name,
+    upstream::{store_revisions, ReadError, SyncEnv},
     Repository as RepositoryDomain,
 };
 use crate::{
@@ -69,96 +71,6 @@ use crate::{
 /// How many times an approval is tried when the registered branch keeps
 /// moving under it.
 pub const APPROVE_ATTEMPTS: usize = 5;
-
-/// What a new draft starts from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A `Kptfile` for the package, nothing else (`init` task).
-    Init,
-    /// These files (a `Kptfile` is added when they hold none; `init` task).
-    Files(Files),
-    /// A copy of revision `from` (its object name), whose files are given
-    /// (`clone` task).
-    Clone {
-        /// The revision copied.
-        from: String,
-        /// Its files.
-        files: Files,
-    },
-}
-
-/// One lifecycle command (was `Op`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LifecycleOp {
-    /// A new draft of `package` at `path` in workspace `workspace`.
-    Create {
-        /// Package path below the registered directory (may be empty).
-        path: String,
-        /// Package name.
-        package: String,
-        /// Workspace, unique per package.
-        workspace: String,
-        /// What it holds.
-        source: Source,
-    },
-    /// A draft's resources replaced, when it is still at `resource_version`.
-    Update {
-        /// The draft.
-        name: String,
-        /// Its new files (holding a `Kptfile`).
-        files: Files,
-        /// The `resource_version` the client read.
-        resource_version: u64,
-    },
-    /// Draft → Proposed.
-    Propose(String),
-    /// Proposed → Draft.
-    Reject(String),
-    /// Proposed → Published.
-    Approve(String),
-    /// Published → DeletionProposed.
-    ProposeDelete(String),
-    /// DeletionProposed → Published.
-    WithdrawDelete(String),
-    /// A draft, a proposal, or a revision whose deletion was proposed.
-    Delete(String),
-}
-
-impl LifecycleOp {
-    /// The command's name, as in its endpoint (`create`, `approve`, …).
-    pub fn verb(&self) -> &'static str {
-        match self {
-            LifecycleOp::Create { .. } => "create",
-            LifecycleOp::Update { .. } => "update",
-            LifecycleOp::Propose(_) => "propose",
-            LifecycleOp::Reject(_) => "reject",
-            LifecycleOp::Approve(_) => "approve",
-            LifecycleOp::ProposeDelete(_) => "propose-delete",
-            LifecycleOp::WithdrawDelete(_) => "withdraw-delete",
-            LifecycleOp::Delete(_) => "delete",
-        }
-    }
-
-    /// The revision a `create` copies (its object name), else empty.
-    pub fn cloned_from(&self) -> &str {
-        match self {
-            LifecycleOp::Create {
-                source: Source::Clone { from, .. },
-                ..
-            } => from,
-            _ => "",
-        }
-    }
-}
-
-/// What a lifecycle command left (was `Outcome`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum LifecycleOutcome {
-    /// The target revision after the command, as the view now has it.
-    Revision(Box<PackageRevisionRow>),
-    /// The target revision is gone.
-    Deleted(String),
-}
 
 /// The `Kptfile` of a new package.
 pub fn default_kptfile(package: &str) -> Vec<u8> {
@@ -305,7 +217,11 @@ pub fn execute(
     let discovery = origin::discover_refs(&mirror, &git.branch, &git.directory, &refs.full, &read)
         .map_err(|e| read_back(&e))?;
     let (mut discovered, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)
-        .map_err(|e| read_back(&e))?;
+        .map_err(|e| match e {
+            ReadError::Origin(e) => read_back(&e),
+            // The store's failure, not the upstream's: as in a sync.
+            e @ ReadError::Store { .. } => e.into(),
+        })?;
     let gone = matches!(op, LifecycleOp::Delete(_)).then_some(name.as_str());
     latest_moved(store, spec, &path, &package, highest, gone, &mut discovered)
         .map_err(RepositoryError::Views)?;

@@ -15,6 +15,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use super::naming::object_name;
 use super::upstream::Scope;
 use crate::origin::package_path;
 use cairn_events::{
@@ -57,20 +58,6 @@ pub struct RepositoryComponent {
     /// with their digest: what the next sync diffs the upstream's refs
     /// against to read only the packages that changed. Memory only.
     pub last_refs: Option<(String, Arc<BTreeMap<String, git2::Oid>>)>,
-}
-
-/// The Porch object name of a package revision:
-/// `<repo>.<path with / as .>.<package>.<workspace>`.
-pub fn object_name(repository: &str, path: &str, package: &str, workspace: &str) -> String {
-    let path = path.trim_matches('/');
-    if path.is_empty() {
-        format!("{repository}.{package}.{workspace}")
-    } else {
-        format!(
-            "{repository}.{}.{package}.{workspace}",
-            path.replace('/', ".")
-        )
-    }
 }
 
 /// `PackageRevisionDeleted` for `name`, carrying the revision as it was
@@ -348,19 +335,6 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
-    }
-
-    #[test]
-    fn object_names_follow_porch() {
-        assert_eq!(
-            object_name("blueprints", "", "basens", "main"),
-            "blueprints.basens.main"
-        );
-        assert_eq!(
-            object_name("r", "catalog/namespace", "basens", "v2"),
-            "r.catalog.namespace.basens.v2"
-        );
-        assert_eq!(object_name("r", "/catalog/", "b", "v1"), "r.catalog.b.v1");
     }
 
     #[test]

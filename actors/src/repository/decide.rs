@@ -1,7 +1,9 @@
 //! The repository's command decisions as pure functions: given the view
 //! rows (or the state) a command concerns, when the command, then its
 //! events or the error — no store, no Git, unit-tested given / when /
-//! then.
+//! then: given events (folded into the view rows through
+//! `cairn_events::revision::Change`, as the views fold them), when a
+//! command, then its events or its exact error.
 //!
 //! - [`validate`]: a lifecycle command against the view rows of its target
 //!   ([`ViewRows`]): exists in this repository, its lifecycle allows the
@@ -26,7 +28,7 @@ use cairn_events::{
     },
 };
 
-use super::{command::LifecycleOp, component::object_name, error::LifecycleError};
+use super::{error::LifecycleError, naming::object_name, op::LifecycleOp};
 use crate::origin::package_path;
 
 /// The view rows a lifecycle command is validated against.
@@ -258,10 +260,15 @@ pub fn spec_changed(spec: &RepositorySpec) -> Vec<Event> {
 
 #[cfg(test)]
 mod tests {
-    use cairn_events::v1::{PackageRevisionAdded, PackageRevisionDeleted, PackageRevisionModified};
+    use std::collections::BTreeMap;
+
+    use cairn_events::{
+        revision::Change,
+        v1::{PackageRevisionAdded, PackageRevisionDeleted, PackageRevisionModified},
+    };
 
     use super::*;
-    use crate::repository::command::Source;
+    use crate::{repository::op::Source, ServiceError};
 
     fn spec() -> RepositorySpec {
         RepositorySpec {
@@ -285,270 +292,67 @@ mod tests {
         }
     }
 
-    /// Given: the view has `revision` in repository `repo`, last changed at
-    /// global sequence `seq`.
-    fn given(revision: PackageRevision, seq: u64) -> ViewRows {
-        ViewRows {
-            target: Some(PackageRevisionRow {
-                namespace: "ns".into(),
-                repository: "repo".into(),
-                updated_seq: seq,
-                revision: Some(revision),
-            }),
-            packages: Vec::new(),
+    /// The object name `op` targets (for `create`, the new draft's).
+    fn target_name(op: &LifecycleOp) -> String {
+        match op {
+            LifecycleOp::Create {
+                path,
+                package,
+                workspace,
+                ..
+            } => object_name("repo", path, package, workspace),
+            LifecycleOp::Update { name, .. }
+            | LifecycleOp::Propose(name)
+            | LifecycleOp::Reject(name)
+            | LifecycleOp::Approve(name)
+            | LifecycleOp::ProposeDelete(name)
+            | LifecycleOp::WithdrawDelete(name)
+            | LifecycleOp::Delete(name) => name.clone(),
         }
     }
 
-    const DRAFT: &str = "repo.pkg.ws";
-
-    fn every_op(name: &str) -> Vec<LifecycleOp> {
-        let n = || name.to_owned();
-        vec![
-            LifecycleOp::Update {
-                name: n(),
-                files: Default::default(),
-                resource_version: 7,
-            },
-            LifecycleOp::Propose(n()),
-            LifecycleOp::Reject(n()),
-            LifecycleOp::Approve(n()),
-            LifecycleOp::ProposeDelete(n()),
-            LifecycleOp::WithdrawDelete(n()),
-            LifecycleOp::Delete(n()),
-        ]
-    }
-
-    /// The verbs each lifecycle allows (Draft → Proposed → Published →
-    /// DeletionProposed, reject back to Draft, withdraw back to Published,
-    /// delete of all but Published).
-    fn allows(lifecycle: Lifecycle) -> &'static [&'static str] {
-        match lifecycle {
-            Lifecycle::Draft => &["update", "propose", "delete"],
-            Lifecycle::Proposed => &["reject", "approve", "delete"],
-            Lifecycle::Published => &["propose-delete"],
-            Lifecycle::DeletionProposed => &["withdraw-delete", "delete"],
-        }
-    }
-
-    #[test]
-    fn every_transition_is_allowed_or_refused_exactly() {
-        for lifecycle in Lifecycle::ALL {
-            let number = if lifecycle.is_published() { 1 } else { 0 };
-            for op in every_op(DRAFT) {
-                let when = validate(&spec(), &op, given(revision("ws", lifecycle, number), 7));
-                let verb = op.verb();
-                if allows(lifecycle).contains(&verb) {
-                    assert_eq!(
-                        when,
-                        Ok(Validated::of(DRAFT, revision("ws", lifecycle, number))),
-                        "{verb} of a {lifecycle}"
+    /// Given these events of `repository`'s stream (recorded at global
+    /// sequence 1, 2, …): the view rows `op` is validated against, folded
+    /// as the `package_revisions` view folds them — through
+    /// [`Change`], the one reading of what an event does to a revision.
+    fn given_in(repository: &str, events: &[Event], op: &LifecycleOp) -> ViewRows {
+        let mut rows: BTreeMap<String, PackageRevisionRow> = BTreeMap::new();
+        for (seq, event) in (1u64..).zip(events) {
+            match event.payload.as_ref().and_then(Change::of) {
+                Some(Change::Added(r) | Change::Modified(r)) => {
+                    rows.insert(
+                        r.name.clone(),
+                        PackageRevisionRow {
+                            namespace: "ns".into(),
+                            repository: repository.into(),
+                            updated_seq: seq,
+                            revision: Some(r.clone()),
+                        },
                     );
-                } else {
-                    assert!(when.is_err(), "{verb} of a {lifecycle} must be refused");
                 }
+                Some(Change::Deleted { name, .. }) => {
+                    rows.remove(name);
+                }
+                None => {}
             }
         }
-    }
-
-    #[test]
-    fn refusals_name_the_lifecycle_and_what_is_allowed() {
-        let cases: [(LifecycleOp, Lifecycle, &str); 7] = [
-            (
-                LifecycleOp::Approve(DRAFT.into()),
-                Lifecycle::Draft,
-                "cannot approve repo.pkg.ws: it is Draft, not Proposed",
-            ),
-            (
-                LifecycleOp::Propose(DRAFT.into()),
-                Lifecycle::Published,
-                "cannot propose repo.pkg.ws: it is Published, not Draft",
-            ),
-            (
-                LifecycleOp::Reject(DRAFT.into()),
-                Lifecycle::Draft,
-                "cannot reject repo.pkg.ws: it is Draft, not Proposed",
-            ),
-            (
-                LifecycleOp::ProposeDelete(DRAFT.into()),
-                Lifecycle::Proposed,
-                "cannot propose the deletion of repo.pkg.ws: it is Proposed, not Published",
-            ),
-            (
-                LifecycleOp::WithdrawDelete(DRAFT.into()),
-                Lifecycle::Published,
-                "cannot withdraw the deletion of repo.pkg.ws: it is Published, not DeletionProposed",
-            ),
-            (
-                LifecycleOp::Update {
-                    name: DRAFT.into(),
-                    files: Default::default(),
-                    resource_version: 7,
-                },
-                Lifecycle::Proposed,
-                "cannot update repo.pkg.ws: it is Proposed, not Draft",
-            ),
-            (
-                LifecycleOp::Delete(DRAFT.into()),
-                Lifecycle::Published,
-                "cannot delete repo.pkg.ws: it is Published; propose its deletion first (pkgrev.propose-delete)",
-            ),
-        ];
-        for (op, lifecycle, message) in cases {
-            let err = validate(&spec(), &op, given(revision("ws", lifecycle, 1), 7)).unwrap_err();
-            let service = crate::ServiceError::from(err);
-            assert_eq!((service.code, service.message.as_str()), (409, message));
+        let target = rows.get(&target_name(op)).cloned();
+        let mut packages = Vec::new();
+        if matches!(op, LifecycleOp::Create { .. }) && target.is_none() {
+            packages = rows
+                .values()
+                .filter_map(|row| row.revision.as_ref())
+                .map(|r| package_path("", &r.path, &r.package))
+                .collect();
+            packages.sort();
+            packages.dedup();
         }
-        // A lifecycle the view does not know allows nothing.
-        let mut odd = revision("ws", Lifecycle::Draft, 0);
-        odd.lifecycle = "Weird".into();
-        assert_eq!(
-            validate(&spec(), &LifecycleOp::Propose(DRAFT.into()), given(odd, 1)),
-            Err(LifecycleError::WrongLifecycle {
-                verb: "propose",
-                name: DRAFT.into(),
-                is: "Weird".into(),
-                allowed: "Draft".into()
-            })
-        );
+        ViewRows { target, packages }
     }
 
-    #[test]
-    fn delete_takes_drafts_proposals_and_proposed_deletions() {
-        for (lifecycle, number) in [
-            (Lifecycle::Draft, 0),
-            (Lifecycle::Proposed, 0),
-            (Lifecycle::DeletionProposed, 3),
-        ] {
-            let r = revision("ws", lifecycle, number);
-            assert_eq!(
-                validate(
-                    &spec(),
-                    &LifecycleOp::Delete(DRAFT.into()),
-                    given(r.clone(), 1)
-                ),
-                Ok(Validated {
-                    name: DRAFT.into(),
-                    path: String::new(),
-                    package: "pkg".into(),
-                    workspace: "ws".into(),
-                    current: Some(r)
-                })
-            );
-        }
-    }
-
-    #[test]
-    fn a_target_missing_or_in_another_repository_is_not_found() {
-        let message = "package revision ns/repo.pkg.ws not found in repository repo";
-        let when = validate(
-            &spec(),
-            &LifecycleOp::Approve(DRAFT.into()),
-            ViewRows::default(),
-        );
-        let e = crate::ServiceError::from(when.unwrap_err());
-        assert_eq!((e.code, e.message.as_str()), (404, message));
-        let mut elsewhere = given(revision("ws", Lifecycle::Proposed, 0), 1);
-        elsewhere.target.as_mut().unwrap().repository = "other".into();
-        let e = crate::ServiceError::from(
-            validate(&spec(), &LifecycleOp::Approve(DRAFT.into()), elsewhere).unwrap_err(),
-        );
-        assert_eq!((e.code, e.message.as_str()), (404, message));
-    }
-
-    #[test]
-    fn an_update_needs_the_resource_version_the_view_has() {
-        let when = |version| {
-            validate(
-                &spec(),
-                &LifecycleOp::Update {
-                    name: DRAFT.into(),
-                    files: Default::default(),
-                    resource_version: version,
-                },
-                given(revision("ws", Lifecycle::Draft, 0), 12),
-            )
-        };
-        assert!(when(12).is_ok());
-        let e = crate::ServiceError::from(when(11).unwrap_err());
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            (
-                409,
-                "resource_version of repo.pkg.ws: expected 12, got 11 (it changed since it was read)"
-            )
-        );
-    }
-
-    fn create(path: &str, package: &str, workspace: &str) -> LifecycleOp {
-        LifecycleOp::Create {
-            path: path.into(),
-            package: package.into(),
-            workspace: workspace.into(),
-            source: Source::Init,
-        }
-    }
-
-    #[test]
-    fn a_create_needs_a_free_workspace() {
-        let e = crate::ServiceError::from(
-            validate(
-                &spec(),
-                &create("", "pkg", "ws"),
-                given(revision("ws", Lifecycle::Published, 1), 1),
-            )
-            .unwrap_err(),
-        );
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            (
-                409,
-                "package revision ns/repo.pkg.ws already exists (workspace \"ws\" of package \"pkg\" is taken)"
-            )
-        );
-        assert_eq!(
-            validate(&spec(), &create("a/b", "pkg", "ws"), ViewRows::default()),
-            Ok(Validated {
-                name: "repo.a.b.pkg.ws".into(),
-                path: "a/b".into(),
-                package: "pkg".into(),
-                workspace: "ws".into(),
-                current: None
-            })
-        );
-    }
-
-    #[test]
-    fn packages_do_not_nest() {
-        let rows = |packages: &[&str]| ViewRows {
-            target: None,
-            packages: packages.iter().map(|p| p.to_string()).collect(),
-        };
-        // Inside an existing package.
-        let e = crate::ServiceError::from(
-            validate(
-                &spec(),
-                &create("apps/web", "db", "ws"),
-                rows(&["base", "apps/web"]),
-            )
-            .unwrap_err(),
-        );
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            (
-                409,
-                "package \"apps/web/db\" would nest with package \"apps/web\" (packages do not nest)"
-            )
-        );
-        // Holding one.
-        assert_eq!(
-            validate(&spec(), &create("", "apps", "ws"), rows(&["apps/web"])),
-            Err(LifecycleError::Nesting {
-                new: "apps".into(),
-                existing: "apps/web".into()
-            })
-        );
-        // A sibling sharing a prefix is no nesting.
-        assert!(validate(&spec(), &create("", "app", "ws"), rows(&["apps", "app-x"])).is_ok());
+    /// [`given_in`] this repository (`repo`).
+    fn given(events: &[Event], op: &LifecycleOp) -> ViewRows {
+        given_in("repo", events, op)
     }
 
     fn added(r: PackageRevision) -> Event {
@@ -563,88 +367,503 @@ mod tests {
         }))
     }
 
-    fn kind(e: &Event) -> &'static str {
-        match e.payload.as_ref().unwrap() {
-            Payload::PackageRevisionAdded(_) => "Added",
-            Payload::PackageRevisionModified(_) => "Modified",
-            Payload::PackageRevisionDeleted(_) => "Deleted",
-            Payload::DraftCreated(_) => "DraftCreated",
-            Payload::DraftResourcesUpdated(_) => "DraftResourcesUpdated",
-            Payload::PackageRevisionProposed(_) => "PackageRevisionProposed",
-            Payload::ProposalRejected(_) => "ProposalRejected",
-            Payload::PackageRevisionPublished(_) => "PackageRevisionPublished",
-            Payload::DeletionProposed(_) => "DeletionProposed",
-            Payload::DeletionProposalWithdrawn(_) => "DeletionProposalWithdrawn",
-            _ => "other",
+    fn created(r: PackageRevision) -> Event {
+        event(Payload::DraftCreated(DraftCreated {
+            revision: Some(r),
+            clone_from: String::new(),
+        }))
+    }
+
+    const DRAFT: &str = "repo.pkg.ws";
+
+    /// The events that bring `repo.pkg.ws` to `lifecycle` the usual way:
+    /// created, proposed, published (revision 1), deletion proposed.
+    fn history(lifecycle: Lifecycle) -> Vec<Event> {
+        let mut events = vec![created(revision("ws", Lifecycle::Draft, 0))];
+        type Typed = fn(Option<PackageRevision>) -> Payload;
+        let steps: [(Lifecycle, Typed); 3] = [
+            (Lifecycle::Proposed, |revision| {
+                Payload::PackageRevisionProposed(PackageRevisionProposed { revision })
+            }),
+            (Lifecycle::Published, |revision| {
+                Payload::PackageRevisionPublished(PackageRevisionPublished { revision })
+            }),
+            (Lifecycle::DeletionProposed, |revision| {
+                Payload::DeletionProposed(DeletionProposed { revision })
+            }),
+        ];
+        for (step, payload) in steps {
+            if Lifecycle::ALL.iter().position(|l| *l == lifecycle)
+                < Lifecycle::ALL.iter().position(|l| *l == step)
+            {
+                break;
+            }
+            let number = i64::from(step.is_published());
+            events.push(event(payload(Some(revision("ws", step, number)))));
+        }
+        events
+    }
+
+    fn every_op(name: &str, resource_version: u64) -> Vec<LifecycleOp> {
+        let n = || name.to_owned();
+        vec![
+            LifecycleOp::Update {
+                name: n(),
+                files: Default::default(),
+                resource_version,
+            },
+            LifecycleOp::Propose(n()),
+            LifecycleOp::Reject(n()),
+            LifecycleOp::Approve(n()),
+            LifecycleOp::ProposeDelete(n()),
+            LifecycleOp::WithdrawDelete(n()),
+            LifecycleOp::Delete(n()),
+        ]
+    }
+
+    fn wrong(verb: &'static str, is: Lifecycle, allowed: &str) -> LifecycleError {
+        LifecycleError::WrongLifecycle {
+            verb,
+            name: DRAFT.into(),
+            is: is.as_str().into(),
+            allowed: allowed.into(),
         }
     }
 
+    /// Every refused (lifecycle, command): the exact error and its 409
+    /// message. Whatever is not here is allowed.
+    fn refused() -> Vec<(Lifecycle, &'static str, LifecycleError, &'static str)> {
+        use Lifecycle::*;
+        let published = || LifecycleError::DeletePublished { name: DRAFT.into() };
+        vec![
+            (Draft, "reject", wrong("reject", Draft, "Proposed"),
+                "cannot reject repo.pkg.ws: it is Draft, not Proposed"),
+            (Draft, "approve", wrong("approve", Draft, "Proposed"),
+                "cannot approve repo.pkg.ws: it is Draft, not Proposed"),
+            (Draft, "propose-delete", wrong("propose the deletion of", Draft, "Published"),
+                "cannot propose the deletion of repo.pkg.ws: it is Draft, not Published"),
+            (Draft, "withdraw-delete", wrong("withdraw the deletion of", Draft, "DeletionProposed"),
+                "cannot withdraw the deletion of repo.pkg.ws: it is Draft, not DeletionProposed"),
+            (Proposed, "update", wrong("update", Proposed, "Draft"),
+                "cannot update repo.pkg.ws: it is Proposed, not Draft"),
+            (Proposed, "propose", wrong("propose", Proposed, "Draft"),
+                "cannot propose repo.pkg.ws: it is Proposed, not Draft"),
+            (Proposed, "propose-delete", wrong("propose the deletion of", Proposed, "Published"),
+                "cannot propose the deletion of repo.pkg.ws: it is Proposed, not Published"),
+            (Proposed, "withdraw-delete", wrong("withdraw the deletion of", Proposed, "DeletionProposed"),
+                "cannot withdraw the deletion of repo.pkg.ws: it is Proposed, not DeletionProposed"),
+            (Published, "update", wrong("update", Published, "Draft"),
+                "cannot update repo.pkg.ws: it is Published, not Draft"),
+            (Published, "propose", wrong("propose", Published, "Draft"),
+                "cannot propose repo.pkg.ws: it is Published, not Draft"),
+            (Published, "reject", wrong("reject", Published, "Proposed"),
+                "cannot reject repo.pkg.ws: it is Published, not Proposed"),
+            (Published, "approve", wrong("approve", Published, "Proposed"),
+                "cannot approve repo.pkg.ws: it is Published, not Proposed"),
+            (Published, "withdraw-delete", wrong("withdraw the deletion of", Published, "DeletionProposed"),
+                "cannot withdraw the deletion of repo.pkg.ws: it is Published, not DeletionProposed"),
+            (Published, "delete", published(),
+                "cannot delete repo.pkg.ws: it is Published; propose its deletion first (pkgrev.propose-delete)"),
+            (DeletionProposed, "update", wrong("update", DeletionProposed, "Draft"),
+                "cannot update repo.pkg.ws: it is DeletionProposed, not Draft"),
+            (DeletionProposed, "propose", wrong("propose", DeletionProposed, "Draft"),
+                "cannot propose repo.pkg.ws: it is DeletionProposed, not Draft"),
+            (DeletionProposed, "reject", wrong("reject", DeletionProposed, "Proposed"),
+                "cannot reject repo.pkg.ws: it is DeletionProposed, not Proposed"),
+            (DeletionProposed, "approve", wrong("approve", DeletionProposed, "Proposed"),
+                "cannot approve repo.pkg.ws: it is DeletionProposed, not Proposed"),
+            (DeletionProposed, "propose-delete", wrong("propose the deletion of", DeletionProposed, "Published"),
+                "cannot propose the deletion of repo.pkg.ws: it is DeletionProposed, not Published"),
+        ]
+    }
+
     #[test]
-    fn the_targets_event_is_typed_after_its_command() {
-        let target = revision("ws", Lifecycle::Draft, 0);
-        let other = revision("main", Lifecycle::Published, -1);
-        for (op, expected) in [
-            (create("", "pkg", "ws"), "DraftCreated"),
-            (every_op(DRAFT).remove(0), "DraftResourcesUpdated"),
-            (
-                LifecycleOp::Propose(DRAFT.into()),
-                "PackageRevisionProposed",
-            ),
-            (LifecycleOp::Reject(DRAFT.into()), "ProposalRejected"),
-            (
-                LifecycleOp::Approve(DRAFT.into()),
-                "PackageRevisionPublished",
-            ),
-            (LifecycleOp::ProposeDelete(DRAFT.into()), "DeletionProposed"),
-            (
-                LifecycleOp::WithdrawDelete(DRAFT.into()),
-                "DeletionProposalWithdrawn",
-            ),
-        ] {
-            let events = typed(
-                vec![modified(other.clone()), added(target.clone())],
-                DRAFT,
-                &op,
-                "",
-            );
-            let kinds: Vec<_> = events.iter().map(kind).collect();
-            assert_eq!(kinds, ["Modified", expected], "{}", op.verb());
+    fn every_transition_is_allowed_or_refused_exactly() {
+        let refused = refused();
+        assert_eq!(refused.len(), 19, "4 lifecycles x 7 commands, 9 allowed");
+        let mut allowed = 0;
+        for lifecycle in Lifecycle::ALL {
+            let events = history(lifecycle);
+            // The draft's resource_version: the sequence of its last event.
+            let version = events.len() as u64;
+            let number = i64::from(lifecycle.is_published());
+            for op in every_op(DRAFT, version) {
+                let verb = op.verb();
+                let when = validate(&spec(), &op, given(&events, &op));
+                match refused
+                    .iter()
+                    .find(|(l, v, ..)| (*l, *v) == (lifecycle, verb))
+                {
+                    Some((_, _, error, message)) => {
+                        assert_eq!(when, Err(error.clone()), "{verb} of a {lifecycle}");
+                        assert_eq!(
+                            ServiceError::from(error.clone()),
+                            ServiceError::conflict(*message),
+                            "{verb} of a {lifecycle}"
+                        );
+                    }
+                    None => {
+                        allowed += 1;
+                        assert_eq!(
+                            when,
+                            Ok(Validated::of(DRAFT, revision("ws", lifecycle, number))),
+                            "{verb} of a {lifecycle}"
+                        );
+                    }
+                }
+            }
         }
-        // A clone names its source.
-        let events = typed(
-            vec![added(target.clone())],
-            DRAFT,
-            &create("", "pkg", "ws"),
-            "repo.up.v1",
+        assert_eq!(allowed, 9);
+    }
+
+    #[test]
+    fn a_lifecycle_the_view_does_not_know_allows_nothing() {
+        let mut odd = revision("ws", Lifecycle::Draft, 0);
+        odd.lifecycle = "Weird".into();
+        let op = LifecycleOp::Propose(DRAFT.into());
+        assert_eq!(
+            validate(&spec(), &op, given(&[added(odd)], &op)),
+            Err(LifecycleError::WrongLifecycle {
+                verb: "propose",
+                name: DRAFT.into(),
+                is: "Weird".into(),
+                allowed: "Draft".into()
+            })
         );
-        let Some(Payload::DraftCreated(created)) = &events[0].payload else {
-            panic!("{events:?}")
+    }
+
+    #[test]
+    fn a_target_missing_deleted_or_in_another_repository_is_not_found() {
+        let not_found = LifecycleError::NotFound {
+            namespace: "ns".into(),
+            name: DRAFT.into(),
+            repository: "repo".into(),
         };
-        assert_eq!(created.clone_from, "repo.up.v1");
-        assert_eq!(created.revision.as_ref(), Some(&target));
+        let op = LifecycleOp::Approve(DRAFT.into());
+        // Never added.
+        assert_eq!(
+            validate(&spec(), &op, given(&[], &op)),
+            Err(not_found.clone())
+        );
+        // Added, then deleted.
+        let gone = [
+            created(revision("ws", Lifecycle::Draft, 0)),
+            event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
+                name: DRAFT.into(),
+                last: None,
+            })),
+        ];
+        assert_eq!(
+            validate(&spec(), &op, given(&gone, &op)),
+            Err(not_found.clone())
+        );
+        // A revision of that name in another repository.
+        let elsewhere = [added(revision("ws", Lifecycle::Proposed, 0))];
+        assert_eq!(
+            validate(&spec(), &op, given_in("other", &elsewhere, &op)),
+            Err(not_found.clone())
+        );
+        assert_eq!(
+            ServiceError::from(not_found),
+            ServiceError::not_found("package revision ns/repo.pkg.ws not found in repository repo")
+        );
+    }
+
+    #[test]
+    fn an_update_needs_the_resource_version_the_view_has() {
+        // Created at 1, then its resources updated at 2.
+        let events = [
+            created(revision("ws", Lifecycle::Draft, 0)),
+            event(Payload::DraftResourcesUpdated(DraftResourcesUpdated {
+                revision: Some(revision("ws", Lifecycle::Draft, 0)),
+            })),
+        ];
+        let update = |version| LifecycleOp::Update {
+            name: DRAFT.into(),
+            files: Default::default(),
+            resource_version: version,
+        };
+        assert_eq!(
+            validate(&spec(), &update(2), given(&events, &update(2))),
+            Ok(Validated::of(DRAFT, revision("ws", Lifecycle::Draft, 0)))
+        );
+        let stale = LifecycleError::ResourceVersion {
+            name: DRAFT.into(),
+            expected: 2,
+            found: 1,
+        };
+        assert_eq!(
+            validate(&spec(), &update(1), given(&events, &update(1))),
+            Err(stale.clone())
+        );
+        assert_eq!(
+            ServiceError::from(stale),
+            ServiceError::conflict(
+                "resource_version of repo.pkg.ws: expected 2, got 1 (it changed since it was read)"
+            )
+        );
+    }
+
+    fn create(path: &str, package: &str, workspace: &str) -> LifecycleOp {
+        LifecycleOp::Create {
+            path: path.into(),
+            package: package.into(),
+            workspace: workspace.into(),
+            source: Source::Init,
+        }
+    }
+
+    /// A published revision 1 of package `package` at `path`.
+    fn published(path: &str, package: &str) -> Event {
+        added(PackageRevision {
+            name: object_name("repo", path, package, "v1"),
+            path: path.into(),
+            package: package.into(),
+            workspace: "v1".into(),
+            revision: 1,
+            lifecycle: "Published".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_create_needs_a_free_workspace() {
+        let events = [
+            published("", "pkg"),
+            added(revision("ws", Lifecycle::Published, 2)),
+        ];
+        let op = create("", "pkg", "ws");
+        let taken = LifecycleError::WorkspaceTaken {
+            namespace: "ns".into(),
+            name: DRAFT.into(),
+            workspace: "ws".into(),
+            package: "pkg".into(),
+        };
+        assert_eq!(
+            validate(&spec(), &op, given(&events, &op)),
+            Err(taken.clone())
+        );
+        assert_eq!(
+            ServiceError::from(taken),
+            ServiceError::conflict(
+                "package revision ns/repo.pkg.ws already exists (workspace \"ws\" of package \"pkg\" is taken)"
+            )
+        );
+        let op = create("a/b", "pkg", "ws");
+        assert_eq!(
+            validate(&spec(), &op, given(&events, &op)),
+            Ok(Validated {
+                name: "repo.a.b.pkg.ws".into(),
+                path: "a/b".into(),
+                package: "pkg".into(),
+                workspace: "ws".into(),
+                current: None
+            })
+        );
+    }
+
+    #[test]
+    fn packages_do_not_nest() {
+        let events = [published("", "base"), published("apps", "web")];
+        // Inside an existing package.
+        let op = create("apps/web", "db", "ws");
+        let inside = LifecycleError::Nesting {
+            new: "apps/web/db".into(),
+            existing: "apps/web".into(),
+        };
+        assert_eq!(
+            validate(&spec(), &op, given(&events, &op)),
+            Err(inside.clone())
+        );
+        assert_eq!(
+            ServiceError::from(inside),
+            ServiceError::conflict(
+                "package \"apps/web/db\" would nest with package \"apps/web\" (packages do not nest)"
+            )
+        );
+        // Holding one.
+        let op = create("", "apps", "ws");
+        assert_eq!(
+            validate(&spec(), &op, given(&events, &op)),
+            Err(LifecycleError::Nesting {
+                new: "apps".into(),
+                existing: "apps/web".into()
+            })
+        );
+        // A sibling sharing a prefix is no nesting.
+        let events = [published("", "apps"), published("", "app-x")];
+        let op = create("", "app", "ws");
+        assert_eq!(
+            validate(&spec(), &op, given(&events, &op)).map(|v| v.name),
+            Ok("repo.app.ws".to_owned())
+        );
+    }
+
+    /// One step of a revision's life: given `history`, when `op` and the
+    /// upstream read back `read_back` (the target as the command left it,
+    /// and another revision it moved), then exactly `then` — appended to
+    /// `history`.
+    fn step(history: &mut Vec<Event>, op: LifecycleOp, read_back: Vec<Event>, then: Vec<Event>) {
+        let validated = validate(&spec(), &op, given(history, &op));
+        assert!(validated.is_ok(), "{}: {validated:?}", op.verb());
+        let events = typed(read_back, DRAFT, &op, op.cloned_from());
+        assert_eq!(events, then, "{}", op.verb());
+        history.extend(events);
+    }
+
+    #[test]
+    fn a_revisions_life_as_given_when_then_events() {
+        let at = |lifecycle, number| Some(revision("ws", lifecycle, number));
+        // Another revision a command moved (the placeholder) stays a
+        // plain `PackageRevisionModified`.
+        let main = revision("main", Lifecycle::Published, -1);
+        let mut history = vec![published("", "pkg")];
+        step(
+            &mut history,
+            create("", "pkg", "ws"),
+            vec![added(revision("ws", Lifecycle::Draft, 0))],
+            vec![event(Payload::DraftCreated(DraftCreated {
+                revision: at(Lifecycle::Draft, 0),
+                clone_from: String::new(),
+            }))],
+        );
+        step(
+            &mut history,
+            LifecycleOp::Update {
+                name: DRAFT.into(),
+                files: Default::default(),
+                resource_version: 2,
+            },
+            vec![modified(revision("ws", Lifecycle::Draft, 0))],
+            vec![event(Payload::DraftResourcesUpdated(
+                DraftResourcesUpdated {
+                    revision: at(Lifecycle::Draft, 0),
+                },
+            ))],
+        );
+        step(
+            &mut history,
+            LifecycleOp::Propose(DRAFT.into()),
+            vec![modified(revision("ws", Lifecycle::Proposed, 0))],
+            vec![event(Payload::PackageRevisionProposed(
+                PackageRevisionProposed {
+                    revision: at(Lifecycle::Proposed, 0),
+                },
+            ))],
+        );
+        step(
+            &mut history,
+            LifecycleOp::Reject(DRAFT.into()),
+            vec![modified(revision("ws", Lifecycle::Draft, 0))],
+            vec![event(Payload::ProposalRejected(ProposalRejected {
+                revision: at(Lifecycle::Draft, 0),
+            }))],
+        );
+        step(
+            &mut history,
+            LifecycleOp::Propose(DRAFT.into()),
+            vec![modified(revision("ws", Lifecycle::Proposed, 0))],
+            vec![event(Payload::PackageRevisionProposed(
+                PackageRevisionProposed {
+                    revision: at(Lifecycle::Proposed, 0),
+                },
+            ))],
+        );
+        step(
+            &mut history,
+            LifecycleOp::Approve(DRAFT.into()),
+            vec![
+                modified(main.clone()),
+                modified(revision("ws", Lifecycle::Published, 2)),
+            ],
+            vec![
+                modified(main.clone()),
+                event(Payload::PackageRevisionPublished(
+                    PackageRevisionPublished {
+                        revision: at(Lifecycle::Published, 2),
+                    },
+                )),
+            ],
+        );
+        step(
+            &mut history,
+            LifecycleOp::ProposeDelete(DRAFT.into()),
+            vec![modified(revision("ws", Lifecycle::DeletionProposed, 2))],
+            vec![event(Payload::DeletionProposed(DeletionProposed {
+                revision: at(Lifecycle::DeletionProposed, 2),
+            }))],
+        );
+        step(
+            &mut history,
+            LifecycleOp::WithdrawDelete(DRAFT.into()),
+            vec![modified(revision("ws", Lifecycle::Published, 2))],
+            vec![event(Payload::DeletionProposalWithdrawn(
+                DeletionProposalWithdrawn {
+                    revision: at(Lifecycle::Published, 2),
+                },
+            ))],
+        );
+        step(
+            &mut history,
+            LifecycleOp::ProposeDelete(DRAFT.into()),
+            vec![modified(revision("ws", Lifecycle::DeletionProposed, 2))],
+            vec![event(Payload::DeletionProposed(DeletionProposed {
+                revision: at(Lifecycle::DeletionProposed, 2),
+            }))],
+        );
         // A deletion stays a deletion.
         let deleted = event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
             name: DRAFT.into(),
             last: None,
         }));
-        let events = typed(
+        step(
+            &mut history,
+            LifecycleOp::Delete(DRAFT.into()),
             vec![deleted.clone()],
-            DRAFT,
-            &LifecycleOp::Delete(DRAFT.into()),
-            "",
+            vec![deleted],
         );
-        assert_eq!(events, vec![deleted]);
+        // Then: gone.
+        let op = LifecycleOp::Propose(DRAFT.into());
+        assert!(matches!(
+            validate(&spec(), &op, given(&history, &op)),
+            Err(LifecycleError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn a_clone_names_its_source() {
+        let op = LifecycleOp::Create {
+            path: String::new(),
+            package: "pkg".into(),
+            workspace: "ws".into(),
+            source: Source::Clone {
+                from: "repo.up.v1".into(),
+                files: Default::default(),
+            },
+        };
+        let target = revision("ws", Lifecycle::Draft, 0);
+        assert_eq!(
+            typed(vec![added(target.clone())], DRAFT, &op, op.cloned_from()),
+            vec![event(Payload::DraftCreated(DraftCreated {
+                revision: Some(target),
+                clone_from: "repo.up.v1".into(),
+            }))]
+        );
     }
 
     #[test]
     fn register_and_update_spec_record_the_spec() {
-        let Some(Payload::RepositoryRegistered(r)) = &registered(&spec())[0].payload else {
-            panic!()
-        };
-        assert_eq!(r.spec.as_ref(), Some(&spec()));
-        let Some(Payload::RepositorySpecChanged(c)) = &spec_changed(&spec())[0].payload else {
-            panic!()
-        };
-        assert_eq!(c.spec.as_ref(), Some(&spec()));
+        assert_eq!(
+            registered(&spec()),
+            vec![event(Payload::RepositoryRegistered(RepositoryRegistered {
+                spec: Some(spec())
+            }))]
+        );
+        assert_eq!(
+            spec_changed(&spec()),
+            vec![event(Payload::RepositorySpecChanged(
+                RepositorySpecChanged { spec: Some(spec()) }
+            ))]
+        );
     }
 }

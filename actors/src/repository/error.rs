@@ -4,14 +4,16 @@
 //! - [`LifecycleError`]: a lifecycle command refused by its validation
 //!   against the view (nothing written) — the pure decision's error.
 //! - [`RepositoryError`]: anything else a repository command can meet:
-//!   the upstream (a sync's read, a lifecycle command's write), the store,
-//!   the writer shell. A storage failure is never an upstream failure: it
+//!   the upstream (a sync's read, a lifecycle command's write), the store
+//!   (reading the views, storing blobs — a [`ReadError::Store`] becomes
+//!   [`RepositoryError::Blobs`]), the writer shell. A storage failure is never an upstream failure: it
 //!   answers 500 (503 while the node shuts down), and a sync that meets one
 //!   records `SyncFailed` with class [`INTERNAL_CLASS`], not an upstream
 //!   class.
 
 use cairn_storage::StorageError;
 
+use super::upstream::ReadError;
 use crate::{origin::OriginError, writer::WriterError, ServiceError};
 
 /// The error class a sync records when it failed inside the node (the
@@ -58,7 +60,14 @@ pub enum LifecycleError {
     },
     /// The draft changed since the client read it (409): read it again,
     /// re-apply the edit, send the new `resource_version`.
-    #[error("resource_version of {name}: expected {expected}, got {found} (it changed since it was read)")]
+    #[error(
+        "{}",
+        crate::error::expected_found(
+            format_args!("resource_version of {}", .name),
+            .expected,
+            format_args!("got {} (it changed since it was read)", .found),
+        )
+    )]
     ResourceVersion {
         /// The draft.
         name: String,
@@ -95,15 +104,8 @@ impl From<LifecycleError> for ServiceError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::NotFound { .. } => ServiceError::not_found(e.to_string()),
-            LifecycleError::ResourceVersion {
-                name,
-                expected,
-                found,
-            } => ServiceError::conflict_expected(
-                format_args!("resource_version of {name}"),
-                expected,
-                format_args!("got {found} (it changed since it was read)"),
-            ),
+            // (`ResourceVersion` included: its text is the one
+            // `ServiceError::conflict_expected` words, naming both.)
             _ => ServiceError::conflict(e.to_string()),
         }
     }
@@ -131,6 +133,18 @@ pub enum RepositoryError {
     /// store.
     #[error("reading the views: {0}")]
     Views(#[source] StorageError),
+    /// Storing what was read from the upstream in the blob store failed
+    /// (a sync's read, a lifecycle command's read-back): a node problem,
+    /// never an upstream one. 500 (503 while the node shuts down); a sync
+    /// records class [`INTERNAL_CLASS`].
+    #[error("storing {path}: {source}")]
+    Blobs {
+        /// The resource being stored.
+        path: String,
+        /// What the store said.
+        #[source]
+        source: StorageError,
+    },
     /// A lifecycle command's target could not be read back from the
     /// upstream after the write: 500 (the next sync reads it).
     #[error("reading back {name}: {message}")]
@@ -168,6 +182,17 @@ impl RepositoryError {
     }
 }
 
+impl From<ReadError> for RepositoryError {
+    /// A sync's read: the upstream's failure is [`RepositoryError::Upstream`],
+    /// the store's [`RepositoryError::Blobs`].
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Origin(e) => RepositoryError::Upstream(e),
+            ReadError::Store { path, source } => RepositoryError::Blobs { path, source },
+        }
+    }
+}
+
 /// The error a client sees for a failed read of the upstream.
 pub fn origin_error(e: &OriginError) -> ServiceError {
     match e {
@@ -193,9 +218,13 @@ impl From<RepositoryError> for ServiceError {
                 StorageError::Closed => ServiceError::from(e),
                 e => ServiceError::internal(format!("reading the views: {e}")),
             },
-            RepositoryError::ReadBack { .. } | RepositoryError::Lost { .. } => {
-                ServiceError::internal(e.to_string())
-            }
+            RepositoryError::Blobs {
+                source: StorageError::Closed,
+                ..
+            } => ServiceError::from(StorageError::Closed),
+            RepositoryError::Blobs { .. }
+            | RepositoryError::ReadBack { .. }
+            | RepositoryError::Lost { .. } => ServiceError::internal(e.to_string()),
             RepositoryError::Writer(e) => e.into(),
         }
     }
@@ -224,6 +253,30 @@ mod tests {
                 message: "node is shutting down".into()
             }
         );
+        // Storing what the upstream gave: the same.
+        let e = RepositoryError::from(ReadError::Store {
+            path: "Kptfile".into(),
+            source: StorageError::Corrupt("z".into()),
+        });
+        assert_eq!(e.sync_class(), "internal");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal("storing Kptfile: corrupt store: z")
+        );
+        assert_eq!(
+            ServiceError::from(RepositoryError::from(ReadError::Store {
+                path: "Kptfile".into(),
+                source: StorageError::Closed,
+            })),
+            ServiceError {
+                code: 503,
+                message: "node is shutting down".into()
+            }
+        );
+        // The upstream's own failure stays an upstream one.
+        let e = RepositoryError::from(ReadError::Origin(OriginError::Auth("no".into())));
+        assert_eq!(e.sync_class(), "auth");
+        assert_eq!(ServiceError::from(e).code, 503);
         let e = RepositoryError::Writer(WriterError::Append(StorageError::Corrupt("y".into())));
         assert_eq!(e.sync_class(), "internal");
         assert_eq!(ServiceError::from(e).code, 500);
@@ -264,12 +317,23 @@ mod tests {
 
     #[test]
     fn a_resource_version_conflict_names_expected_and_found() {
+        let e = LifecycleError::ResourceVersion {
+            name: "r.p.ws".into(),
+            expected: 9,
+            found: 4,
+        };
+        // One wording: the error's text is the 409's, in the shape of
+        // `conflict_expected`.
         assert_eq!(
-            ServiceError::from(LifecycleError::ResourceVersion {
-                name: "r.p.ws".into(),
-                expected: 9,
-                found: 4
-            }),
+            ServiceError::conflict(e.to_string()),
+            ServiceError::conflict_expected(
+                "resource_version of r.p.ws",
+                9,
+                "got 4 (it changed since it was read)"
+            )
+        );
+        assert_eq!(
+            ServiceError::from(e),
             ServiceError {
                 code: 409,
                 message:

@@ -5,7 +5,7 @@
 use actix::Message;
 use cairn_events::{envelope::Metadata, v1::RepositorySpec};
 
-use super::command::{LifecycleOp, LifecycleOutcome};
+use super::op::{LifecycleOp, LifecycleOutcome};
 use crate::ServiceError;
 
 /// Records the registration (`RepositoryRegistered`). Sent once, first.

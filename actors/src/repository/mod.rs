@@ -25,10 +25,15 @@
 //! - [`decide`] — the pure command decisions: lifecycle validation,
 //!   typed lifecycle events, register and spec change; given/when/then
 //!   tests of every lifecycle transition.
+//! - [`op`] — a lifecycle command and what it leaves ([`LifecycleOp`],
+//!   [`Source`], [`LifecycleOutcome`]); a leaf shared by `decide`,
+//!   `command` and `messages` (re-exported by `command` too).
+//! - [`naming`] — the Porch object name ([`naming::object_name`]); a leaf
+//!   shared by `component`, `upstream`, `decide` and `command`
+//!   (re-exported by `component`).
 //! - [`command`] — a lifecycle command as the writer runs it: its I/O
 //!   phase (read its view rows, push, read the package back), then the
-//!   pure typing of its events ([`command::LifecycleOp`],
-//!   [`command::LifecycleOutcome`]).
+//!   pure typing of its events.
 //! - [`sync`] — a sync as the writer runs it (slot, `SyncStarted` while
 //!   the upstream is read, reconciliation or `SyncFailed`).
 //! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
@@ -41,6 +46,8 @@ pub mod component;
 pub mod decide;
 pub mod error;
 pub mod messages;
+pub mod naming;
+pub mod op;
 pub mod sync;
 pub mod upstream;
 
@@ -53,10 +60,10 @@ use cairn_events::{
 };
 use futures::future::BoxFuture;
 
-pub use command::{LifecycleOp, LifecycleOutcome};
 pub use component::RepositoryComponent;
 pub use error::{origin_error, LifecycleError, RepositoryError};
 pub use messages::{ApplyLifecycle, Close, Register, UpdateSpec};
+pub use op::{LifecycleOp, LifecycleOutcome, Source};
 pub use sync::timestamp;
 use upstream::SyncEnv;
 
@@ -399,6 +406,108 @@ mod tests {
                 Payload::SyncFailed(SyncFailed {
                     error_class: "internal".into(),
                     message: "reading the views: unknown view \"repositories\"".into(),
+                    retry_at: None,
+                }),
+            ]
+        );
+    }
+
+    /// An upstream with one package `pkg` (a `Kptfile`) on `main`, tagged
+    /// `pkg/v1`.
+    fn upstream_with_one_package(path: &std::path::Path) {
+        let repo = git2::Repository::init_bare(path).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let kptfile = repo
+            .blob(b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: pkg\n")
+            .unwrap();
+        let mut package = repo.treebuilder(None).unwrap();
+        package.insert("Kptfile", kptfile, 0o100644).unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        root.insert("pkg", package.write().unwrap(), 0o040000)
+            .unwrap();
+        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        let commit = repo
+            .commit(
+                Some("refs/heads/main"),
+                &signature,
+                &signature,
+                "pkg",
+                &tree,
+                &[],
+            )
+            .unwrap();
+        repo.reference("refs/tags/pkg/v1", commit, false, "")
+            .unwrap();
+    }
+
+    /// A blob store that cannot store what a sync read fails the sync as a
+    /// node problem (500, class "internal"), never as "upstream
+    /// unavailable" (503, class "other").
+    #[actix_rt::test]
+    async fn a_blob_store_failure_in_a_sync_is_internal_not_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = dir.path().join("upstream.git");
+        upstream_with_one_package(&upstream);
+        // Every blob a file blob, and a plain file where the blob
+        // directory goes: every put fails (even as root).
+        let mut config = StoreConfig::new(dir.path().join("db"));
+        config.blob_inline_max_bytes = 0;
+        let store = Store::open(config.clone(), cairn_storage::views::default_views()).unwrap();
+        let _ = std::fs::remove_dir_all(config.blob_dir());
+        std::fs::write(config.blob_dir(), b"not a directory").unwrap();
+        let env = Arc::new(SyncEnv {
+            store: store.clone(),
+            fetches: Fetches::new(GitCache::new(dir.path().join("git"))),
+            secrets: Secrets::new(None),
+            release_memory: || {},
+            discoveries: Default::default(),
+            slots: SyncSlots::new(1),
+            refs_read: Default::default(),
+        });
+        let spec = RepositorySpec {
+            namespace: "ns".into(),
+            name: "r".into(),
+            r#type: "git".into(),
+            git: Some(GitSpec {
+                url: format!("file://{}", upstream.display()),
+                branch: "main".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let actor = RepositoryActor::new(RepositoryComponent::new(spec).unwrap(), env).start();
+        let answer = actor
+            .send(RunSync {
+                trigger: "manual".into(),
+                asked_at: Instant::now(),
+                metadata: Metadata::command("test").normalized(),
+                next: None,
+                span: tracing::Span::none(),
+            })
+            .await
+            .unwrap();
+        let message = format!(
+            "storing Kptfile: creating {}: {}",
+            config.blob_dir().join("tmp").display(),
+            std::io::Error::from_raw_os_error(20 /* ENOTDIR */)
+        );
+        assert_eq!(answer, Err(ServiceError::internal(message.clone())));
+        let stream = StreamId::repository("ns", "r").unwrap();
+        let recorded: Vec<Payload> = store
+            .read_stream(&stream, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.unwrap().payload.unwrap())
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                Payload::SyncStarted(SyncStarted {
+                    trigger: "manual".into()
+                }),
+                Payload::SyncFailed(SyncFailed {
+                    error_class: "internal".into(),
+                    message,
                     retry_at: None,
                 }),
             ]

@@ -121,7 +121,8 @@ struct Read {
 }
 
 /// Reads the upstream and diffs it against the views. Blocking. A store
-/// failure is [`RepositoryError::Views`], an upstream one
+/// failure is [`RepositoryError::Views`] (reading) or
+/// [`RepositoryError::Blobs`] (storing), an upstream one
 /// [`RepositoryError::Upstream`].
 fn read(
     env: &SyncEnv,
@@ -145,7 +146,7 @@ fn read(
             .map(|(_, refs)| refs.clone()),
         digest: last.refs_digest.clone(),
     };
-    match read_upstream(env, spec, asked_at, &known).map_err(RepositoryError::Upstream)? {
+    match read_upstream(env, spec, asked_at, &known)? {
         UpstreamRead::Unchanged => Ok(Read {
             events: RepositoryComponent::unchanged_events(
                 &last,

@@ -1,6 +1,10 @@
 //! Reading an upstream: fetch (shared between registrations of one URL),
 //! discover package revisions the Porch way, store their resources in the
 //! blob store. All blocking: callers run it in `spawn_blocking`.
+//!
+//! A read fails with a [`ReadError`]: the upstream's failure
+//! ([`ReadError::Origin`]) or the store's ([`ReadError::Store`]), never one
+//! dressed as the other.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -13,12 +17,33 @@ use std::{
 };
 
 use cairn_events::v1::{PackageRevision, RepositorySpec, Task};
-use cairn_storage::{BlobPin, BlobStore, Store};
+use cairn_storage::{BlobPin, BlobStore, StorageError, Store};
 use parking_lot::Mutex;
 use tracing::debug;
 
-use super::component::object_name;
+use super::naming::object_name;
 use crate::origin::{self, Credentials, FetchOutcome, GitCache, OriginError};
+
+/// Why reading an upstream failed: the upstream itself, or storing what
+/// was read in the node's blob store — kept apart, so a storage failure is
+/// never reported as an upstream one.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Fetching or discovering failed (see [`OriginError`]): an upstream
+    /// failure with its class, retried by the schedule.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// Storing a resource in the blob store failed: a node problem (500,
+    /// class `internal`; 503 while the node shuts down).
+    #[error("storing {path}: {source}")]
+    Store {
+        /// The resource's path in its package.
+        path: String,
+        /// What the store said.
+        #[source]
+        source: StorageError,
+    },
+}
 
 /// Resolves `secret_ref` names to credentials: the secret `<name>` is the
 /// directory `<secrets dir>/<name>` holding the files `username` and
@@ -258,7 +283,7 @@ pub fn read_upstream(
     spec: &RepositorySpec,
     asked_at: Instant,
     known: &Known,
-) -> Result<UpstreamRead, OriginError> {
+) -> Result<UpstreamRead, ReadError> {
     let git = spec.git.clone().unwrap_or_default();
     let credentials = env.secrets.resolve(&git.secret_ref)?;
     let started = Instant::now();
@@ -290,7 +315,8 @@ pub fn read_upstream(
         if !git.create_branch {
             return Err(OriginError::BranchMissing {
                 branch: git.branch.clone(),
-            });
+            }
+            .into());
         }
         let author = if git.author.is_empty() {
             "cairn"
@@ -352,7 +378,7 @@ pub fn store_revisions(
     mirror: &Path,
     spec: &RepositorySpec,
     found: Vec<origin::DiscoveredRevision>,
-) -> Result<(BTreeMap<String, PackageRevision>, Vec<BlobPin>), OriginError> {
+) -> Result<(BTreeMap<String, PackageRevision>, Vec<BlobPin>), ReadError> {
     let blobs = origin::Blobs::open(mirror)?;
     let mut digests: HashMap<git2::Oid, String> = HashMap::new();
     let mut pins = Vec::new();
@@ -365,7 +391,10 @@ pub fn store_revisions(
                 None => {
                     let pin = blobs
                         .with(*id, |content| blob_store.put(content))?
-                        .map_err(|e| OriginError::Git(format!("storing {path}: {e}")))?;
+                        .map_err(|source| ReadError::Store {
+                            path: path.clone(),
+                            source,
+                        })?;
                     let digest = pin.digest().to_string();
                     pins.push(pin);
                     digests.insert(*id, digest.clone());

@@ -14,8 +14,9 @@
 //!   `schedule`, a pending `run_once_at`, jitter, retry delays by error
 //!   class.
 //! - [`next`] — the decision between a retry, a `run_once_at` and the
-//!   regular time ([`next_time`]), and [`NextSync`] that carries it into a
-//!   sync.
+//!   regular time ([`next_time`]), [`NextSync`] that carries it into a
+//!   sync and keeps what it decided, and [`after_sync`]: a sync's answer
+//!   and that decision as the manager's next time.
 //! - [`messages`] — [`SyncNow`], [`Replan`], [`NextDue`], [`StopManager`],
 //!   and [`RunSync`] / [`SyncReport`] (manager → repository).
 //! - Time and the node-wide cap live in [`crate::timing`] (re-exported
@@ -24,6 +25,10 @@
 //! Manual syncs (`repo.sync`), the sync at registration and the one at
 //! start-up go through the manager too ([`SyncNow`]), so whatever ran last
 //! sets the next time.
+//!
+//! Each message is handled in a span of its own (`schedule.sync`,
+//! `schedule.replan`), a child of the span it carries; [`RunSync`] carries
+//! it on to the repository.
 
 pub mod messages;
 pub mod next;
@@ -39,7 +44,7 @@ use cairn_events::{envelope::Metadata, v1::SyncSpec};
 use tracing::{debug, warn, Instrument};
 
 pub use messages::{NextDue, Replan, RunSync, StopManager, SyncNow, SyncReport};
-pub use next::{next_time, LastSync, NextSync, NextTime, Reason};
+pub use next::{after_sync, next_time, LastSync, NextSync, NextTime, Reason, SyncOutcome};
 pub use plan::{Plan, RetryDelays, SyncPolicy};
 
 pub use crate::timing::{Clock, ManualClock, SlotState, SyncSlot, SyncSlots, SystemClock};
@@ -174,6 +179,8 @@ impl SyncManager {
         metadata: Metadata,
         span: tracing::Span,
     ) -> ResponseActFuture<Self, Result<SyncReport, ServiceError>> {
+        // This message's own span, a child of the command's (or timer's).
+        let span = tracing::info_span!(parent: &span, "schedule.sync", repo = %self.key, trigger = %trigger);
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
@@ -198,26 +205,18 @@ impl SyncManager {
                 .map(move |result, act, ctx| {
                     act.in_flight -= 1;
                     if act.in_flight == 0 {
-                        let next = match (&result, next.decided()) {
-                            (Err(_), Some(at)) => NextTime {
-                                at,
-                                reason: Reason::Retry,
-                            },
-                            (Err(e), None) => {
-                                // Not even started (the actor is gone, or
-                                // the store refused): retry as "other".
-                                warn!(repo = %act.key, error = %e, "sync did not run");
-                                NextTime {
-                                    at: next.decide(Some("other")),
-                                    reason: Reason::Retry,
+                        let outcome = match &result {
+                            Ok(_) => SyncOutcome::Succeeded,
+                            Err(e) => {
+                                if next.decided().is_none() {
+                                    // Not even started (the actor is gone,
+                                    // or the store refused).
+                                    warn!(repo = %act.key, error = %e, "sync did not run");
                                 }
+                                SyncOutcome::Failed
                             }
-                            (Ok(_), decided) => NextTime::after_success(
-                                decided.unwrap_or_else(|| next.decide(None)),
-                                act.scheduling.clock.now(),
-                                act.once_pending,
-                            ),
                         };
+                        let next = next.after(outcome);
                         act.arm(ctx, next);
                     }
                     result
@@ -249,7 +248,8 @@ impl Handler<Replan> for SyncManager {
     type Result = ();
 
     fn handle(&mut self, msg: Replan, ctx: &mut Self::Context) {
-        let _span = msg.span.enter();
+        let _span =
+            tracing::info_span!(parent: &msg.span, "schedule.replan", repo = %self.key).entered();
         let old_once = self.plan.run_once_at();
         self.plan = Plan::of(msg.sync.as_ref());
         // A new run_once_at is pending; the same one keeps its state.

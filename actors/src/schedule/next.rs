@@ -4,7 +4,8 @@
 //!
 //! [`NextSync`] carries the same decision into a sync (it is decided when
 //! the sync ends, by whoever runs it, and recorded in its last event);
-//! [`next_time`] is the decision itself.
+//! [`next_time`] is the decision itself, and [`after_sync`] how the
+//! manager turns a sync's answer and what it decided into its next time.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -99,9 +100,44 @@ pub fn next_time(
     }
 }
 
+/// How a sync the manager asked for ended, as the manager sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// It answered a report.
+    Succeeded,
+    /// It answered an error: it failed (recorded as `SyncFailed`), or did
+    /// not run at all (the actor is gone, the store refused).
+    Failed,
+}
+
+/// The next time after a sync that ended with `outcome`, given what the
+/// sync `decided` (and recorded in its last event), if it got that far:
+/// - failed, with a decided time: a retry at that time;
+/// - failed without one (it did not even run): a retry as class `other`,
+///   decided now by `undecided`;
+/// - succeeded: the time it decided, with its reason (decided now by
+///   `undecided` when the sync was asked outside a plan).
+///
+/// `undecided` decides with the manager's plan at the current time.
+pub fn after_sync(
+    outcome: SyncOutcome,
+    decided: Option<NextTime>,
+    undecided: impl FnOnce(LastSync<'static>) -> NextTime,
+) -> NextTime {
+    match (outcome, decided) {
+        (SyncOutcome::Failed, Some(decided)) => NextTime {
+            at: decided.at,
+            reason: Reason::Retry,
+        },
+        (SyncOutcome::Failed, None) => undecided(LastSync::Failed("other")),
+        (SyncOutcome::Succeeded, Some(decided)) => decided,
+        (SyncOutcome::Succeeded, None) => undecided(LastSync::Succeeded),
+    }
+}
+
 /// How a sync finds its next time: the manager's plan as of the request,
 /// decided by the RepositoryActor when the sync ends (success or the
-/// failure's class) and remembered for the manager.
+/// failure's class) and remembered — time and reason — for the manager.
 #[derive(Debug)]
 pub struct NextSync {
     clock: Arc<dyn Clock>,
@@ -109,7 +145,7 @@ pub struct NextSync {
     policy: Arc<SyncPolicy>,
     once_pending: Option<SystemTime>,
     jitter: std::time::Duration,
-    decided: Mutex<Option<SystemTime>>,
+    decided: Mutex<Option<NextTime>>,
 }
 
 impl NextSync {
@@ -133,25 +169,35 @@ impl NextSync {
     }
 
     /// Decides the next time now, for a sync that succeeded
-    /// (`failure: None`) or failed with class `failure`.
+    /// (`failure: None`) or failed with class `failure`; remembers it.
     pub fn decide(&self, failure: Option<&str>) -> SystemTime {
-        let last = failure.map_or(LastSync::Succeeded, LastSync::Failed);
-        let at = next_time(
+        self.decide_after(failure.map_or(LastSync::Succeeded, LastSync::Failed))
+            .at
+    }
+
+    /// Decides the next time now after `last`; remembers it.
+    pub fn decide_after(&self, last: LastSync<'_>) -> NextTime {
+        let next = next_time(
             &self.plan,
             &self.policy,
             self.clock.now(),
             self.once_pending,
             self.jitter,
             last,
-        )
-        .at;
-        *self.decided.lock() = Some(at);
-        at
+        );
+        *self.decided.lock() = Some(next);
+        next
     }
 
-    /// What [`NextSync::decide`] decided, if it ran.
-    pub fn decided(&self) -> Option<SystemTime> {
+    /// What [`NextSync::decide`] decided (time and reason), if it ran.
+    pub fn decided(&self) -> Option<NextTime> {
         *self.decided.lock()
+    }
+
+    /// The manager's next time after its sync ended with `outcome`
+    /// ([`after_sync`] over what this decided).
+    pub fn after(&self, outcome: SyncOutcome) -> NextTime {
+        after_sync(outcome, self.decided(), |last| self.decide_after(last))
     }
 }
 
@@ -301,12 +347,130 @@ mod tests {
         let next = NextSync::new(clock, Plan::default(), Arc::new(policy()), None, secs(1));
         assert_eq!(next.decided(), None);
         assert_eq!(next.decide(Some("timeout")), t0() + secs(12));
-        assert_eq!(next.decided(), Some(t0() + secs(12)));
+        assert_eq!(
+            next.decided(),
+            Some(NextTime {
+                at: t0() + secs(12),
+                reason: Reason::Retry
+            })
+        );
         assert_eq!(next.decide(None), t0() + secs(61));
+        assert_eq!(
+            next.decided(),
+            Some(NextTime {
+                at: t0() + secs(61),
+                reason: Reason::Schedule
+            })
+        );
         assert_eq!(
             Reason::RunOnce.as_str(),
             "run-once",
             "the names NextDue answers"
+        );
+    }
+
+    /// `undecided` as the manager's plan decides at `t0()` (no
+    /// `run_once_at`, jitter 2 s), and whether it was asked.
+    fn undecided(asked: &std::cell::Cell<bool>) -> impl FnOnce(LastSync<'static>) -> NextTime + '_ {
+        move |last| {
+            asked.set(true);
+            when(&Plan::default(), None, 2, last)
+        }
+    }
+
+    #[test]
+    fn given_a_failed_sync_that_decided_a_time_then_a_retry_at_that_time() {
+        let asked = std::cell::Cell::new(false);
+        let decided = NextTime {
+            at: t0() + secs(13),
+            reason: Reason::Retry,
+        };
+        assert_eq!(
+            after_sync(SyncOutcome::Failed, Some(decided), undecided(&asked)),
+            decided
+        );
+        // Decided as a success, then failed (its last append): still a retry.
+        let regular = NextTime {
+            at: t0() + secs(61),
+            reason: Reason::Schedule,
+        };
+        assert_eq!(
+            after_sync(SyncOutcome::Failed, Some(regular), undecided(&asked)),
+            NextTime {
+                at: t0() + secs(61),
+                reason: Reason::Retry
+            }
+        );
+        assert!(!asked.get(), "nothing decided again");
+    }
+
+    #[test]
+    fn given_a_sync_that_did_not_run_then_a_retry_as_other() {
+        let asked = std::cell::Cell::new(false);
+        assert_eq!(
+            after_sync(SyncOutcome::Failed, None, undecided(&asked)),
+            NextTime {
+                at: t0() + secs(15),
+                reason: Reason::Retry
+            }
+        );
+        assert!(asked.get());
+    }
+
+    #[test]
+    fn given_a_successful_sync_then_the_time_and_reason_it_decided() {
+        let asked = std::cell::Cell::new(false);
+        // The reason as decided (not recomputed at a later time).
+        let once = NextTime {
+            at: t0() + secs(20),
+            reason: Reason::RunOnce,
+        };
+        assert_eq!(
+            after_sync(SyncOutcome::Succeeded, Some(once), undecided(&asked)),
+            once
+        );
+        assert!(!asked.get());
+        // Asked outside a plan: decided now.
+        assert_eq!(
+            after_sync(SyncOutcome::Succeeded, None, undecided(&asked)),
+            NextTime {
+                at: t0() + secs(62),
+                reason: Reason::Schedule
+            }
+        );
+        assert!(asked.get());
+    }
+
+    #[test]
+    fn next_sync_keeps_the_whole_decision_for_the_manager() {
+        // A run_once_at 20 s away, decided at t0 as the next time; the
+        // manager looks 30 s later (past it): still run-once, as decided.
+        let once = t0() + secs(20);
+        let clock = Arc::new(crate::timing::ManualClock::new(t0()));
+        let next = NextSync::new(
+            clock.clone(),
+            plan("", Some(once)),
+            Arc::new(policy()),
+            Some(once),
+            secs(0),
+        );
+        assert_eq!(next.decide(None), once);
+        clock.advance(secs(30));
+        assert_eq!(
+            next.after(SyncOutcome::Succeeded),
+            NextTime {
+                at: once,
+                reason: Reason::RunOnce
+            }
+        );
+        // Not decided by the sync: the manager decides, at its time.
+        let next = NextSync::new(clock, Plan::default(), Arc::new(policy()), None, secs(0));
+        assert_eq!(
+            next.after(SyncOutcome::Failed),
+            NextTime {
+                at: t0() + secs(30 + 15),
+                reason: Reason::Retry
+            }
         );
     }
 }

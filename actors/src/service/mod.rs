@@ -351,13 +351,7 @@ where
                     RequestLimit::Config => context.config.request_max_bytes,
                     RequestLimit::MaxPayload => usize::MAX,
                 };
-                let span = tracing::info_span!(
-                    "command",
-                    endpoint = name,
-                    stream = tracing::field::Empty,
-                    principal = tracing::field::Empty,
-                    correlation_id = tracing::field::Empty,
-                );
+                let span = command_span(name);
                 let result = match codec::request_json::<M>(&request, max) {
                     Ok((format, body)) => {
                         let headers = request.message.headers.clone();
@@ -382,6 +376,21 @@ where
             });
         }
     })
+}
+
+/// The span of one command of `endpoint`: INFO, a root, with `stream`,
+/// `principal` and `correlation_id` recorded once known ([`metadata`],
+/// [`record_stream`], run inside it). Every actor message the command
+/// causes carries it, and each actor's span is its descendant.
+pub fn command_span(endpoint: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "command",
+        endpoint,
+        stream = tracing::field::Empty,
+        principal = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+    )
 }
 
 /// A request as an endpoint handler sees it: the format to answer in, the

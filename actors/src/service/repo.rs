@@ -22,7 +22,9 @@ use super::{
 };
 use crate::{
     origin,
-    registry::{RegisterRepository, SyncRepository, UnregisterRepository, UpdateRepository},
+    registry::{
+        RegisterRepository, RegistryError, SyncRepository, UnregisterRepository, UpdateRepository,
+    },
     repository::upstream::parse_timestamp,
     schedule::{plan::parse_schedule, SyncReport},
     ServiceError,
@@ -206,9 +208,8 @@ async fn current(
 ) -> Result<RepositoryRow, ServiceError> {
     let store = context.store.clone();
     blocking(move || {
-        RepositoriesView::get(&store, &namespace, &name)?.ok_or_else(|| {
-            ServiceError::not_found(format!("repository {namespace}/{name} not found"))
-        })
+        RepositoriesView::get(&store, &namespace, &name)?
+            .ok_or_else(|| RegistryError::not_found(&namespace, &name).into())
     })
     .await
 }

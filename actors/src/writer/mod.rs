@@ -43,9 +43,10 @@
 //!    own messages, whose handlers call [`StreamWriter::execute`]).
 //!
 //! Every message carries the span of the command that caused it; the shell
-//! runs the command inside a child span naming the stream, and enters it
-//! again on the blocking threads, so a debug log of one command reads as
-//! one tree.
+//! runs the command inside a child span (`writer`, at INFO like the
+//! command's, so the tree holds at the default level) naming the stream,
+//! and enters it again — with the subscriber — on the blocking threads
+//! ([`off_arbiter`]), so a log of one command reads as one tree.
 
 use std::{fmt, sync::Arc};
 
@@ -255,14 +256,19 @@ impl<D: StreamDomain> Session<D> {
 }
 
 /// Runs blocking `work` (RocksDB, Git) on tokio's blocking pool, inside the
-/// current span; `what` names it if it panics.
+/// current span and under the current subscriber (a thread's default
+/// subscriber is not the blocking thread's: without it, the work's events
+/// would go to the global one); `what` names it if it panics.
 pub fn off_arbiter<T: Send + 'static>(
     what: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> impl std::future::Future<Output = Result<T, WriterError>> + Send + 'static {
     let span = tracing::Span::current();
+    let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
     let what = what.to_owned();
-    let task = tokio::task::spawn_blocking(move || span.in_scope(work));
+    let task = tokio::task::spawn_blocking(move || {
+        tracing::dispatcher::with_default(&dispatch, || span.in_scope(work))
+    });
     async move {
         task.await.map_err(|e| WriterError::Task {
             what,
@@ -300,7 +306,10 @@ impl<D: StreamDomain> StreamWriter<D> {
         metadata: Metadata,
         parent: &tracing::Span,
     ) -> ResponseActFuture<Self, Result<D::Reply, D::Error>> {
-        let span = tracing::debug_span!(
+        // INFO, as the command's span: a span that is disabled at the
+        // node's level would cut the tree (the domain's spans inside it
+        // would become roots, losing the command's fields).
+        let span = tracing::info_span!(
             parent: parent,
             "writer",
             domain = D::NAME,

@@ -2,7 +2,13 @@
 //! numbers (carried as `SyncStarted.trigger`, which no view folds for a
 //! stream without a repository row).
 
-use std::sync::{mpsc, Mutex};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
 
 use cairn_events::{
     envelope::event,
@@ -25,9 +31,29 @@ struct Total {
 #[derive(Debug)]
 struct Env {
     store: Store,
-    /// Signals `Wait` commands of other streams wait for.
-    signals: Mutex<Option<mpsc::Receiver<&'static str>>>,
 }
+
+/// How many tracked commands run now, and the most that ever ran at once
+/// (shared between writers).
+#[derive(Debug, Default)]
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a command waits for another to meet it.
+const MEET_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum Add {
@@ -37,11 +63,13 @@ enum Add {
     Refused,
     /// Panics in its prepare phase.
     Panics,
-    /// Sends this signal from its prepare phase.
-    Signal(mpsc::Sender<&'static str>),
-    /// Waits in its prepare phase up to this long for a signal; answers
-    /// what it got.
-    Wait(std::time::Duration),
+    /// Adds this number, counted by the gauge from its prepare phase until
+    /// its event is appended and folded.
+    Tracked(Arc<Gauge>, u64),
+    /// Counted by the gauge like `Tracked`; in its prepare phase tells the
+    /// other side it runs, then waits up to [`MEET_DEADLINE`] to hear the
+    /// other side run too. Answers "met" or why not.
+    Meet(Arc<Gauge>, mpsc::Sender<()>, mpsc::Receiver<()>),
     /// Answers the name of the span its prepare phase runs in, and its
     /// parent's.
     Spans,
@@ -100,24 +128,32 @@ impl StreamDomain for Counter {
                 Add::Numbers(_, chunking) => *chunking,
                 _ => Chunking::Whole,
             };
-            session
+            let gauge = match &command {
+                Add::Tracked(gauge, _) | Add::Meet(gauge, ..) => Some(gauge.clone()),
+                _ => None,
+            };
+            let decided = session
                 .decide(
                     "add",
                     chunking,
-                    |env: &Env, _: &Total| {
+                    |_: &Env, _: &Total| {
                         Ok(match command {
                             Add::Numbers(numbers, _) => (numbers, String::new()),
                             Add::Refused => return Err(CounterError::Refused),
                             Add::Panics => panic!("a bug"),
-                            Add::Signal(tx) => {
-                                // (no receiver any more: its waiter is done)
-                                let sent = tx.send("signal").is_ok();
-                                (Vec::new(), if sent { "sent" } else { "unheard" }.into())
+                            Add::Tracked(gauge, n) => {
+                                gauge.enter();
+                                (vec![n], String::new())
                             }
-                            Add::Wait(deadline) => {
-                                let rx = env.signals.lock().unwrap().take().unwrap();
-                                let got = rx.recv_timeout(deadline);
-                                (Vec::new(), format!("{got:?}"))
+                            Add::Meet(gauge, tell, hear) => {
+                                gauge.enter();
+                                let told = tell.send(());
+                                let heard = hear.recv_timeout(MEET_DEADLINE);
+                                let answer = match (told, heard) {
+                                    (Ok(()), Ok(())) => "met".to_owned(),
+                                    (told, heard) => format!("{told:?} {heard:?}"),
+                                };
+                                (Vec::new(), answer)
                             }
                             Add::Spans => (Vec::new(), span_names()),
                         })
@@ -134,14 +170,17 @@ impl StreamDomain for Counter {
                         Ok((events, answer))
                     },
                 )
-                .await
-                .map(|answer| {
-                    if answer.is_empty() {
-                        session.state().total.to_string()
-                    } else {
-                        answer
-                    }
-                })
+                .await;
+            if let Some(gauge) = gauge {
+                gauge.leave();
+            }
+            decided.map(|answer| {
+                if answer.is_empty() {
+                    session.state().total.to_string()
+                } else {
+                    answer
+                }
+            })
         })
     }
 }
@@ -168,21 +207,16 @@ fn store(dir: &std::path::Path, append_max_events: usize) -> Store {
     Store::open(config, default_views()).unwrap()
 }
 
-fn writer(
-    store: &Store,
-    stream: &str,
-) -> (Addr<StreamWriter<Counter>>, mpsc::Sender<&'static str>) {
-    let (tx, rx) = mpsc::channel();
+fn writer(store: &Store, stream: &str) -> Addr<StreamWriter<Counter>> {
     let env = Arc::new(Env {
         store: store.clone(),
-        signals: Mutex::new(Some(rx)),
     });
     let state = Total {
         stream: StreamId::new(stream).unwrap(),
         version: 0,
         total: 0,
     };
-    (StreamWriter::<Counter>::new(state, env).start(), tx)
+    StreamWriter::<Counter>::new(state, env).start()
 }
 
 async fn send(addr: &Addr<StreamWriter<Counter>>, command: Add) -> Result<String, CounterError> {
@@ -200,7 +234,7 @@ async fn given_a_state_when_a_command_decides_events_then_they_are_appended_at_i
 ) {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
-    let (addr, _) = writer(&store, "test/a");
+    let addr = writer(&store, "test/a");
     assert_eq!(
         send(&addr, Add::Numbers(vec![1, 2, 3], Chunking::Whole)).await,
         Ok("6".into())
@@ -224,7 +258,7 @@ async fn given_a_state_when_a_command_decides_events_then_they_are_appended_at_i
 async fn chunked_appends_take_more_than_one_append_can_hold() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 2);
-    let (addr, _) = writer(&store, "test/a");
+    let addr = writer(&store, "test/a");
     // One append of five is refused, and nothing is written or folded.
     assert_eq!(
         send(&addr, Add::Numbers(vec![1, 1, 1, 1, 1], Chunking::Whole)).await,
@@ -253,7 +287,7 @@ async fn chunked_appends_take_more_than_one_append_can_hold() {
 async fn a_refusal_or_a_panic_appends_nothing_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
-    let (addr, _) = writer(&store, "test/a");
+    let addr = writer(&store, "test/a");
     assert_eq!(
         send(&addr, Add::Numbers(vec![2], Chunking::Whole)).await,
         Ok("2".into())
@@ -283,7 +317,7 @@ async fn a_refusal_or_a_panic_appends_nothing_and_the_writer_goes_on() {
 async fn a_stale_version_is_a_conflict_naming_both_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
-    let (addr, _) = writer(&store, "test/a");
+    let addr = writer(&store, "test/a");
     assert_eq!(
         send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await,
         Ok("1".into())
@@ -314,50 +348,63 @@ async fn a_stale_version_is_a_conflict_naming_both_and_changes_nothing() {
 async fn commands_of_one_stream_run_one_after_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
-    let (addr, signal) = writer(&store, "test/a");
-    // The first waits for a signal the second sends: the second may only
-    // start once the first is done, so the first waits out its deadline.
-    let first = send(&addr, Add::Wait(std::time::Duration::from_millis(500)));
-    let second = send(&addr, Add::Signal(signal));
-    let (first, second) = futures::join!(first, second);
-    assert_eq!(first, Ok("Err(Timeout)".into()));
-    assert_eq!(second, Ok("unheard".into()));
+    let addr = writer(&store, "test/a");
+    // Many commands queued at once: never two running (prepare, decide,
+    // append, fold) at the same time.
+    let gauge = Arc::new(Gauge::default());
+    let commands = (1..=32).map(|n| send(&addr, Add::Tracked(gauge.clone(), n)));
+    let answers = futures::future::join_all(commands).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(gauge.max.load(Ordering::SeqCst), 1);
+    assert_eq!(gauge.now.load(Ordering::SeqCst), 0);
+    // Each appended at the version the one before left.
+    let stream = StreamId::new("test/a").unwrap();
+    assert_eq!(store.stream_version(&stream).unwrap(), 32);
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![], Chunking::Whole)).await,
+        Ok((1..=32u64).sum::<u64>().to_string())
+    );
 }
 
 #[actix_rt::test]
 async fn writers_of_different_streams_run_in_parallel() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), 1000);
-    let (a, a_signal) = writer(&store, "test/a");
-    let (b, _) = writer(&store, "test/b");
-    // a waits for the signal b sends while a waits.
+    let (a, b) = (writer(&store, "test/a"), writer(&store, "test/b"));
+    // Each tells the other it runs and waits to hear the other: both
+    // answer "met" only when both run at once.
+    let gauge = Arc::new(Gauge::default());
+    let (to_a, a_hears) = mpsc::channel();
+    let (to_b, b_hears) = mpsc::channel();
     let (first, second) = futures::join!(
-        send(&a, Add::Wait(std::time::Duration::from_secs(10))),
-        send(&b, Add::Signal(a_signal))
+        send(&a, Add::Meet(gauge.clone(), to_b, a_hears)),
+        send(&b, Add::Meet(gauge.clone(), to_a, b_hears))
     );
-    assert_eq!(first, Ok("Ok(\"signal\")".into()));
-    assert_eq!(second, Ok("sent".into()));
+    assert_eq!((first, second), (Ok("met".into()), Ok("met".into())));
+    assert_eq!(gauge.max.load(Ordering::SeqCst), 2);
 }
 
-#[actix_rt::test]
-async fn a_command_runs_in_the_span_of_the_message_that_caused_it() {
+#[test]
+fn a_command_runs_in_the_span_of_the_message_that_caused_it() {
     use tracing_subscriber::layer::SubscriberExt as _;
-    // A registry with a layer that enables every span (the test process is
-    // this test's own under nextest).
+    // A registry with a layer that enables every span, as this thread's
+    // default only (never the process's: other tests share it under
+    // `cargo test`); the blocking threads get it from `off_arbiter`.
     let subscriber =
-        tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::TRACE);
-    tracing::subscriber::set_global_default(subscriber).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path(), 1000);
-    let (addr, _) = writer(&store, "test/a");
-    let command = tracing::info_span!("command", endpoint = "cairn.v1.test");
-    let answer = addr
-        .send(Execute {
+        tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO);
+    let _default = tracing::subscriber::set_default(subscriber);
+    let answer = actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 1000);
+        let addr = writer(&store, "test/a");
+        let command = tracing::info_span!("command", endpoint = "cairn.v1.test");
+        addr.send(Execute {
             command: Add::Spans,
             metadata: Metadata::command("test").normalized(),
             span: command.clone(),
         })
         .await
-        .unwrap();
+        .unwrap()
+    });
     assert_eq!(answer, Ok("writer < command".into()));
 }

@@ -1,0 +1,98 @@
+//! A lifecycle command and what it leaves: the vocabulary shared by the
+//! pure decisions ([`super::decide`]), the command's I/O phase
+//! ([`super::command`]) and the messages — a leaf module, so those import
+//! it and not each other.
+
+use cairn_events::v1::PackageRevisionRow;
+
+use crate::origin::write::Files;
+
+/// What a new draft starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A `Kptfile` for the package, nothing else (`init` task).
+    Init,
+    /// These files (a `Kptfile` is added when they hold none; `init` task).
+    Files(Files),
+    /// A copy of revision `from` (its object name), whose files are given
+    /// (`clone` task).
+    Clone {
+        /// The revision copied.
+        from: String,
+        /// Its files.
+        files: Files,
+    },
+}
+
+/// One lifecycle command (was `Op`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleOp {
+    /// A new draft of `package` at `path` in workspace `workspace`.
+    Create {
+        /// Package path below the registered directory (may be empty).
+        path: String,
+        /// Package name.
+        package: String,
+        /// Workspace, unique per package.
+        workspace: String,
+        /// What it holds.
+        source: Source,
+    },
+    /// A draft's resources replaced, when it is still at `resource_version`.
+    Update {
+        /// The draft.
+        name: String,
+        /// Its new files (holding a `Kptfile`).
+        files: Files,
+        /// The `resource_version` the client read.
+        resource_version: u64,
+    },
+    /// Draft → Proposed.
+    Propose(String),
+    /// Proposed → Draft.
+    Reject(String),
+    /// Proposed → Published.
+    Approve(String),
+    /// Published → DeletionProposed.
+    ProposeDelete(String),
+    /// DeletionProposed → Published.
+    WithdrawDelete(String),
+    /// A draft, a proposal, or a revision whose deletion was proposed.
+    Delete(String),
+}
+
+impl LifecycleOp {
+    /// The command's name, as in its endpoint (`create`, `approve`, …).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            LifecycleOp::Create { .. } => "create",
+            LifecycleOp::Update { .. } => "update",
+            LifecycleOp::Propose(_) => "propose",
+            LifecycleOp::Reject(_) => "reject",
+            LifecycleOp::Approve(_) => "approve",
+            LifecycleOp::ProposeDelete(_) => "propose-delete",
+            LifecycleOp::WithdrawDelete(_) => "withdraw-delete",
+            LifecycleOp::Delete(_) => "delete",
+        }
+    }
+
+    /// The revision a `create` copies (its object name), else empty.
+    pub fn cloned_from(&self) -> &str {
+        match self {
+            LifecycleOp::Create {
+                source: Source::Clone { from, .. },
+                ..
+            } => from,
+            _ => "",
+        }
+    }
+}
+
+/// What a lifecycle command left (was `Outcome`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LifecycleOutcome {
+    /// The target revision after the command, as the view now has it.
+    Revision(Box<PackageRevisionRow>),
+    /// The target revision is gone.
+    Deleted(String),
+}
