@@ -25,7 +25,8 @@ use cairn_storage::{
         default_views, package_revision_list::Scope, PackageRevisionListView, PackageRevisionsView,
         RepositoriesView,
     },
-    BlobStore, EventLog, ExpectedVersion, StorageError, Store, StoreConfig, View, ViewTx,
+    BlobStore, EventLog, ExpectedVersion, StorageError, Store, StoreConfig, View, ViewReadExt,
+    ViewTx,
 };
 use proptest::prelude::*;
 

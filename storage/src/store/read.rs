@@ -17,7 +17,7 @@ use crate::{
     columns::Column,
     keys::{self, meta},
     log::{Appended, EventLog, ExpectedVersion},
-    view::{decode_row, RowSource, BLOB_REFS_CF},
+    view::{RowSource, BLOB_REFS_CF},
     StorageError,
 };
 use crate::{
@@ -62,41 +62,11 @@ impl Store {
         Ok(row)
     }
 
-    /// The protobuf row at `key` of view `view`.
-    pub fn view_get_message<M: prost::Message + Default>(
-        &self,
-        view: &str,
-        key: &[u8],
-    ) -> Result<Option<M>, StorageError> {
-        self.view_get(view, key)?
-            .map(|bytes| decode_row(view, key, &bytes))
-            .transpose()
-    }
-
-    /// [`Store::view_scan_after`], each row decoded as protobuf `M`.
-    pub fn view_scan_messages<M: prost::Message + Default>(
-        &self,
-        view: &str,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, M)>, StorageError> {
-        self.view_scan_after(view, prefix, after, limit)?
-            .into_iter()
-            .map(|(key, value)| {
-                let row = decode_row(view, &key, &value)?;
-                Ok((key, row))
-            })
-            .collect()
-    }
-
-    /// Up to `limit` rows of view `view` whose key starts with `prefix`, in key order.
-    pub fn view_scan(&self, view: &str, prefix: &[u8], limit: usize) -> Result<Rows, StorageError> {
-        self.view_scan_after(view, prefix, None, limit)
-    }
-
-    /// Like [`Store::view_scan`], starting after key `after` (exclusive):
-    /// the next page after a page that ended at `after`.
+    /// Up to `limit` rows of view `view` whose key starts with `prefix`, in
+    /// key order, starting after key `after` (exclusive): the next page after
+    /// a page that ended at `after`. (Decoding, snapshot and fallible-callback
+    /// forms of the view reads are [`crate::ViewReadExt`]'s, for every
+    /// [`crate::ViewRead`].)
     pub fn view_scan_after(
         &self,
         view: &str,
@@ -135,25 +105,6 @@ impl Store {
             inner,
             snapshot: inner.db.snapshot(),
         }
-    }
-
-    /// Calls `f` with each row of view `view` whose key starts with
-    /// `prefix`, in key order, while `f` says continue — all read from one
-    /// snapshot — and returns the last committed sequence number *of that
-    /// snapshot*: the rows reflect exactly the log up to it (views are
-    /// written in the same batch as the events and `last_seq`). What a
-    /// list-then-watch needs: the listing and the position to watch after
-    /// agree exactly.
-    pub fn view_snapshot_scan_each<E: From<StorageError>>(
-        &self,
-        view: &str,
-        prefix: &[u8],
-        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, E>,
-    ) -> Result<u64, E> {
-        let snapshot = self.snapshot();
-        let seq = snapshot.last_seq()?;
-        snapshot.view_scan_each(view, prefix, None, f)?;
-        Ok(seq)
     }
 
     /// Everything view `view` holds (rows, blob references, checkpoint).
