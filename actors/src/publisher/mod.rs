@@ -16,6 +16,12 @@
 //! The message body is the protobuf-encoded envelope
 //! (`Content-Type: application/protobuf`); headers `Cairn-Seq` and
 //! `Cairn-Stream` let consumers route without decoding.
+//!
+//! # Layout
+//! - this module — the [`Publisher`] actor and its configuration.
+//! - [`window`] — [`window::PublishWindow`], the in-flight window and the
+//!   cursor, a plain component unit-tested without actix.
+//! - [`messages`] — the messages the Publisher handles.
 
 pub mod messages;
 pub mod window;

@@ -19,7 +19,7 @@ use super::{codec::Body, fields::Fields, pkgrev::LIST_FIELDS, Incoming, ServiceC
 use crate::{
     revision_filter::Filter,
     watch::{
-        Kinds, StartMode, WatchFilter, Watcher, WatcherOptions, DEFAULT_HEARTBEAT_MS,
+        Kinds, StartMode, WatchError, WatchFilter, Watcher, WatcherOptions, DEFAULT_HEARTBEAT_MS,
         MAX_HEARTBEAT_MS, MIN_HEARTBEAT_MS,
     },
     ServiceError,
@@ -150,11 +150,9 @@ pub async fn handle_start(
     if !hub.attach(&id, watcher.clone().recipient()) {
         // Stopped (shutdown) between registering and starting.
         watcher.do_send(crate::watch::StopWatch);
-        return Err(ServiceError::unavailable("node is shutting down"));
+        return Err(WatchError::ShuttingDown.into());
     }
-    let seq = seq
-        .await
-        .map_err(|_| ServiceError::unavailable("watch stopped while starting"))??;
+    let seq = seq.await.map_err(|_| WatchError::StoppedWhileStarting)??;
     Ok(Body::of(
         format,
         || json!({"watch_id": id, "seq": seq}),

@@ -30,6 +30,7 @@ use futures::{stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::error::WatchError;
 use super::{
     component::WatcherComponent,
     config::{BUSY_HEARTBEAT_INTERVALS, MAX_MISSED_HEARTBEATS},
@@ -37,7 +38,6 @@ use super::{
     hub::{Registration, WatchHub},
     messages::{HeartbeatOutcome, Input, StopWatch},
 };
-use crate::ServiceError;
 
 /// Items of the start phase in flight between the reading thread and the
 /// actor: bounds the memory a large listing takes while the client reads.
@@ -68,7 +68,7 @@ pub struct WatcherOptions {
     pub mode: StartMode,
     /// Answered with the watch's start position once known (the listing's
     /// snapshot sequence, or `since_seq`), or why the start failed.
-    pub started: oneshot::Sender<Result<u64, ServiceError>>,
+    pub started: oneshot::Sender<Result<u64, WatchError>>,
 }
 
 /// One watch.
@@ -83,7 +83,7 @@ pub struct Watcher {
     heartbeat: Duration,
     mode: StartMode,
     registration: Option<Registration>,
-    started: Option<oneshot::Sender<Result<u64, ServiceError>>>,
+    started: Option<oneshot::Sender<Result<u64, WatchError>>>,
     /// The start phase is over (the queue's turn).
     live: bool,
     /// Envelopes queued for this watch and not yet taken (shared with the
@@ -244,7 +244,7 @@ impl Watcher {
 fn list(
     store: &dyn ViewRead,
     filter: &WatchFilter,
-    started: Option<oneshot::Sender<Result<u64, ServiceError>>>,
+    started: Option<oneshot::Sender<Result<u64, WatchError>>>,
     tx: &mpsc::Sender<Input>,
 ) -> Result<(), StorageError> {
     let snapshot = store.read_snapshot();
@@ -252,7 +252,7 @@ fn list(
         Ok(seq) => seq,
         Err(e) => {
             if let Some(started) = started {
-                let _ = started.send(Err(ServiceError::internal(format!("watch listing: {e}"))));
+                let _ = started.send(Err(WatchError::Listing(e.to_string())));
             }
             return Err(e);
         }
@@ -353,9 +353,7 @@ impl Actor for Watcher {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.hub.unregister(&self.id);
         if let Some(started) = self.started.take() {
-            let _ = started.send(Err(ServiceError::unavailable(
-                "watch stopped while starting",
-            )));
+            let _ = started.send(Err(WatchError::StoppedWhileStarting));
         }
         debug!(watch = %self.id, cursor = self.component.cursor(), "watch stopped");
     }

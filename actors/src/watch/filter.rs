@@ -8,7 +8,8 @@ use cairn_events::{
     v1::{event::Payload, Envelope, PackageRevision},
 };
 
-use crate::{revision_filter::Filter, ServiceError};
+use super::error::WatchError;
+use crate::revision_filter::Filter;
 
 /// The kinds of events a watch delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +36,15 @@ pub const KIND_NAMES: [&str; 2] = ["packagerevision", "repository"];
 impl Kinds {
     /// Parses the `kinds` field (`None`: the default); `field` names it in
     /// errors.
-    pub fn parse(field: &str, kinds: Option<&[String]>) -> Result<Self, ServiceError> {
+    pub fn parse(field: &str, kinds: Option<&[String]>) -> Result<Self, WatchError> {
         let Some(kinds) = kinds else {
             return Ok(Self::default());
         };
         if kinds.is_empty() {
-            return Err(ServiceError::bad_field(
-                field,
-                format!("must name at least one of: {}", KIND_NAMES.join(", ")),
-            ));
+            return Err(WatchError::BadField {
+                field: field.to_owned(),
+                why: format!("must name at least one of: {}", KIND_NAMES.join(", ")),
+            });
         }
         let mut out = Self {
             package_revisions: false,
@@ -54,13 +55,13 @@ impl Kinds {
                 "packagerevision" => out.package_revisions = true,
                 "repository" => out.repositories = true,
                 other => {
-                    return Err(ServiceError::bad_field(
-                        field,
-                        format!(
+                    return Err(WatchError::BadField {
+                        field: field.to_owned(),
+                        why: format!(
                             "unknown kind {other:?}, expected one of: {}",
                             KIND_NAMES.join(", ")
                         ),
-                    ))
+                    })
                 }
             }
         }
@@ -298,11 +299,11 @@ mod tests {
             }
         );
         assert_eq!(
-            parse(&["pods"]).unwrap_err().message,
+            parse(&["pods"]).unwrap_err().to_string(),
             "kinds: unknown kind \"pods\", expected one of: packagerevision, repository"
         );
         assert_eq!(
-            parse(&[]).unwrap_err().message,
+            parse(&[]).unwrap_err().to_string(),
             "kinds: must name at least one of: packagerevision, repository"
         );
     }

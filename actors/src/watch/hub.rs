@@ -27,8 +27,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+use super::error::WatchError;
 use super::{config::WatchConfig, filter::WatchFilter, messages::StopWatch};
-use crate::ServiceError;
 
 /// The node's watch hub. Cheap to clone.
 #[derive(Clone)]
@@ -119,16 +119,14 @@ impl WatchHub {
 
     /// Registers a watcher with `filter`. Refused (503) when the hub holds
     /// `max_watchers` already or is shut down.
-    pub fn register(&self, filter: Arc<WatchFilter>) -> Result<Registration, ServiceError> {
+    pub fn register(&self, filter: Arc<WatchFilter>) -> Result<Registration, WatchError> {
         let mut state = self.inner.state.lock();
         if state.closed {
-            return Err(ServiceError::unavailable("node is shutting down"));
+            return Err(WatchError::ShuttingDown);
         }
         let max = self.inner.config.max_watchers;
         if state.slots.len() >= max {
-            return Err(ServiceError::unavailable(format!(
-                "watch: {max} watchers already, the most this node takes (watch.max-watchers)"
-            )));
+            return Err(WatchError::TooManyWatchers { max });
         }
         let id = cairn_events::envelope::new_id();
         let (tx, queue) = mpsc::channel(self.inner.config.queue_size.max(1));

@@ -69,19 +69,23 @@
 //! - [`component`] — [`WatcherComponent`]: cursor, transitions, the JSON
 //!   lines; unit-tested without actix or NATS.
 //! - [`messages`] — the [`Watcher`] actor's messages.
+//! - [`error`] — [`WatchError`], why a watch did not start, mapped once
+//!   into the service's error.
 //! - [`hub`] — [`WatchHub`]: registration, the bounded queues, dispatch.
 //! - [`actor`] — the [`Watcher`] actor: start phase, delivery, heartbeats.
 //! - this module — declarations and re-exports only.
 //!
-//! Imports (`a → b`: a uses b) form no cycle: `config`, `filter` and
-//! `messages` use no watch module; `component` → `filter`; `hub` →
-//! `config`, `filter`, `messages`; `actor` → all of those and `hub`. No
+//! Imports (`a → b`: a uses b) form no cycle: `config`, `error` and
+//! `messages` use no watch module; `filter` → `error`; `component` →
+//! `filter`; `hub` → `config`, `error`, `filter`, `messages`; `actor` → all
+//! of those and `hub`. No
 //! submodule imports from this module, and none from `crate::service` (the
 //! NATS edge that starts watches).
 
 pub mod actor;
 pub mod component;
 pub mod config;
+pub mod error;
 pub mod filter;
 pub mod hub;
 pub mod messages;
@@ -92,6 +96,7 @@ pub use config::{
     WatchConfig, BUSY_HEARTBEAT_INTERVALS, DEFAULT_HEARTBEAT_MS, MAX_HEARTBEAT_MS,
     MAX_MISSED_HEARTBEATS, MIN_HEARTBEAT_MS,
 };
+pub use error::WatchError;
 pub use filter::{Kinds, WatchFilter};
 pub use hub::{Registration, WatchHub};
 pub use messages::StopWatch;

@@ -27,6 +27,13 @@
 //! and records a failure before answering it) composes the same
 //! primitives: [`Session::append`] and [`off_arbiter`].
 //!
+//! # Layout
+//! - this module — [`StreamDomain`], [`StreamWriter`], [`Session`],
+//!   [`Chunking`], [`off_arbiter`], [`Execute`], [`StopWriter`],
+//!   [`WriterError`].
+//! - `tests` — the shell on a real store with a toy domain: chunked
+//!   appends, fold, serialisation per stream, parallel streams, spans.
+//!
 //! # Adding a domain
 //! The repository ([`crate::repository::Repository`]) is the first user;
 //! the key-value namespaces and the artifact streams plug in the same way:

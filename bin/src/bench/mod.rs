@@ -28,6 +28,14 @@
 //!
 //! - `watch` ([`watch`]): latency from an append to a watcher's receipt
 //!   over NATS vs raw NATS publish → receipt on the same server.
+//!
+//! # Layout
+//! - this module — `append` and `publish`, and the shared helpers.
+//! - [`gen`] — generated Porch-shaped repositories (`git fast-import`).
+//! - [`cache`] — `list`, `sync-first`, `sync-noop`, `memory` on a node in
+//!   the benchmark's process.
+//! - [`approve`] — `approve`.
+//! - [`watch`] — `watch`.
 
 pub mod approve;
 pub mod cache;

@@ -6,6 +6,17 @@
 //! | `repositories` | `<namespace>/<name>` | [`cairn_events::v1::RepositoryRow`] |
 //! | `package_revisions` | `<namespace>/<object name>` | [`cairn_events::v1::PackageRevisionRow`] |
 //! | `package_revision_list` | `L<namespace>\0<repository>\0<package>\0<path>\0<name>` (and a name index) | [`cairn_events::v1::PackageRevisionListing`] + JSON form |
+//!
+//! # Layout
+//! - [`repositories`] — [`RepositoriesView`]: spec and status per repository.
+//! - [`package_revisions`] — [`PackageRevisionsView`]: one row per package
+//!   revision, with its resource blobs referenced.
+//! - [`package_revision_list`] — [`PackageRevisionListView`]: list rows in
+//!   listing order, filters as key prefixes.
+//! - this module — [`default_views`], the views every node folds.
+//!
+//! A new domain's views go here, one module each, and into
+//! [`default_views`].
 
 use std::sync::Arc;
 
