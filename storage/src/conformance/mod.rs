@@ -8,7 +8,9 @@
 //! - [`blob`] — the [`crate::BlobStore`] checks and
 //!   [`blob_store_conformance!`](crate::blob_store_conformance).
 //! - [`compaction`] — compaction of a keyed stream class against a
-//!   last-writer-wins test view, and the guard on repository streams.
+//!   last-writer-wins test view, and the guard on repository streams, for
+//!   any [`crate::CompactingLog`] (called from a test with an opener, not
+//!   through a macro).
 //!
 //! The macros name `tempfile` through this module
 //! ([`tempfile`], re-exported), so a caller needs no
@@ -793,7 +795,10 @@ pub fn replicated_commits_it_cannot_read_back_are_refused(dir: &Path, open: Open
         *field(&mut control[1]) = "a\nb".into();
         assert_eq!(
             refused(control),
-            format!("event at seq {}: {name} contains control characters", seq + 1)
+            format!(
+                "event at seq {}: {name} contains control characters",
+                seq + 1
+            )
         );
         let mut oversized = next.clone();
         *field(&mut oversized[1]) = long.clone();
