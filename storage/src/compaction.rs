@@ -2,7 +2,7 @@
 //!
 //! Repository streams (`repo/…`) keep their whole history, always: a policy
 //! whose class would cover them is refused with
-//! [`StorageError::InvalidCompaction`](crate::StorageError::InvalidCompaction).
+//! [`StorageError::InvalidCompaction`].
 //! Other stream classes may hold keyed state whose history is of no use
 //! (e.g. a key-value class under `kv/`). For those, [`crate::Store::compact`]
 //! keeps only the latest event per key, plus tombstones (deletes) for a
@@ -59,9 +59,36 @@
 //! compactable class must keep its views to that rule; the conformance
 //! suite checks it for a last-writer-wins test view.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use cairn_events::v1::Envelope;
+
+use crate::{read::ViewDump, EventLog, StorageError};
+
+/// An [`EventLog`] whose stream classes can be compacted, and whose views
+/// can be rebuilt and compared: what the compaction conformance suite
+/// (`conformance::compaction`) needs, so it runs against any backend.
+/// [`crate::Store`] implements it with its inherent methods.
+pub trait CompactingLog: EventLog {
+    /// Compacts the stream class of `policy` as of `now` (see the module
+    /// docs); a class that is or covers repository streams is refused with
+    /// [`StorageError::InvalidCompaction`] and nothing is compacted.
+    fn compact(
+        &self,
+        policy: Arc<dyn CompactionPolicy>,
+        now: SystemTime,
+    ) -> Result<CompactionStats, StorageError>;
+
+    /// Rebuilds every view from the (compacted) log.
+    fn rebuild_views(&self) -> Result<(), StorageError>;
+
+    /// Every view's full contents, in fold order.
+    fn view_dumps(&self) -> Result<Vec<ViewDump>, StorageError>;
+}
 
 /// Most events removed by one write batch of a compaction.
 pub const COMPACTION_BATCH_EVENTS: usize = 10_000;

@@ -112,7 +112,8 @@ pub enum StorageError {
         seq: u64,
     },
     /// A replicated commit is malformed (no events, an event without a
-    /// payload or stream, sequence numbers out of order). Nothing was
+    /// payload or stream, sequence numbers out of order, ids or trace
+    /// context unfit for NATS headers). Nothing was
     /// written. A caller bug or bad input: report it, do not retry.
     #[error("invalid replicated commit: {0}")]
     InvalidReplicated(String),

@@ -26,7 +26,9 @@
 //!   rebuild.
 //! - [`views`] — cairn's views (`repositories`, …) and [`views::default_views`].
 //! - [`compaction`] — retention per stream class: the [`CompactionPolicy`]
-//!   a domain supplies, and what compaction does to the log and the views.
+//!   a domain supplies, what compaction does to the log and the views, and
+//!   [`CompactingLog`], a log that can be compacted (what the compaction
+//!   conformance suite runs against).
 //! - [`store`] — [`Store`], the RocksDB implementation of all of the above
 //!   (its own `# Layout` names its modules: configuration, shared state,
 //!   the handle, writer commands, scans, opening, reads, the writer
@@ -34,13 +36,16 @@
 //! - [`sample`] — sample events ([`sample::marker`]) for benchmarks and tests.
 //! - `conformance` (feature `testsuite`, and this crate's tests) — the
 //!   conformance suites every [`EventLog`] / [`ReplicatedLog`] and every
-//!   [`BlobStore`] must pass, as test-generating macros.
+//!   [`BlobStore`] must pass, as test-generating macros, and the compaction
+//!   suite every [`CompactingLog`] must pass.
 //!
 //! No module of this crate imports one that imports it back, parent and
 //! child included: what several modules name lives in a leaf they all
-//! build on ([`digest`], [`version`], [`read::Rows`], and `store`'s own
-//! leaves); the old paths (`blob::Digest`, `log::ExpectedVersion`,
-//! `store::Rows`) are re-exports.
+//! build on ([`digest`], [`version`], [`read::Rows`], [`read::ViewDump`],
+//! `views::change`, and `store`'s own leaves), and a parent's children
+//! never import from it; the old paths (`blob::Digest`,
+//! `log::ExpectedVersion`, `store::Rows`, `store::ViewDump`) are
+//! re-exports.
 //!
 //! # How a write happens
 //! Every append is sent to one writer thread. The writer drains whatever
@@ -86,7 +91,7 @@ pub mod views;
 pub use append::AsyncAppend;
 pub use blob::{BlobPin, BlobReader, BlobStore};
 pub use columns::Column;
-pub use compaction::{CompactionPolicy, CompactionStats};
+pub use compaction::{CompactingLog, CompactionPolicy, CompactionStats};
 pub use digest::Digest;
 pub use error::StorageError;
 pub use log::{Appended, EventLog, Replicated, ReplicatedLog};

@@ -98,7 +98,11 @@ pub trait ReplicatedLog: EventLog {
     /// overflow), a `seq` or stream version of 0, an envelope
     /// `cairn_events::envelope::decode` refuses (a schema version this
     /// build does not understand, no payload), an event larger than
-    /// [`ReplicatedLog::event_max_bytes`], an invalid stream name.
+    /// [`ReplicatedLog::event_max_bytes`], an invalid stream name, an empty
+    /// event id, or an event id, correlation id, causation id, principal,
+    /// traceparent or tracestate that appends would refuse (longer than
+    /// [`crate::store::METADATA_MAX_BYTES`] or holding control characters:
+    /// they travel in NATS headers).
     fn apply_replicated(&self, commit: Vec<Envelope>) -> Result<Replicated, StorageError>;
 
     /// Most envelopes one commit may hold (at least what one commit of

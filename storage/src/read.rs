@@ -8,10 +8,13 @@
 //! The trait itself is object safe (every method is callable through
 //! `&dyn ViewRead`); the generic conveniences (protobuf decoding, scans
 //! with the caller's error type) live in [`ViewReadExt`], implemented for
-//! every `ViewRead`, `dyn` included. [`crate::Store`] and
-//! [`crate::StoreSnapshot`] keep inherent methods of the same names, which
-//! take precedence, so existing callers compile unchanged. [`Rows`], what
-//! scans return, is defined here (and re-exported as `store::Rows`).
+//! every `ViewRead`, `dyn` included. Of these names only three remain
+//! inherent methods, which take precedence over the trait's: `view_get`,
+//! `view_scan_after` and `view_scan_each` on [`crate::Store`], and
+//! `view_get` and `view_scan_each` on [`crate::StoreSnapshot`]; every other
+//! read goes through the traits (import [`ViewReadExt`]). [`Rows`], what
+//! scans return, and [`ViewDump`], one view's full contents, are defined
+//! here (and re-exported as `store::Rows` and `store::ViewDump`).
 
 use std::{ops::ControlFlow, sync::Arc};
 
@@ -19,6 +22,18 @@ use crate::{view::decode_row, StorageError};
 
 /// Key-value rows, in key order.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The full contents of one view: for comparing a rebuilt view with the
+/// live one, byte for byte.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewDump {
+    /// Rows of the view's column family, in key order.
+    pub rows: Rows,
+    /// The view's blob reference rows, in key order.
+    pub blob_refs: Rows,
+    /// The view's checkpoint.
+    pub checkpoint: u64,
+}
 
 /// A callback over borrowed `(key, value)` rows that says whether to go on.
 pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;

@@ -6,7 +6,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use cairn_storage::{views::default_views, Store, StoreConfig, View};
+use cairn_storage::{views::default_views, CompactingLog, Store, StoreConfig, View};
 
 fn open(path: &Path) -> Store {
     Store::open(StoreConfig::new(path), default_views()).unwrap()
@@ -34,8 +34,8 @@ mod blobs_small_threshold {
 #[test]
 fn compacted_log_rebuilds_to_the_live_views() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |path: &Path, views: Vec<Arc<dyn View>>| {
-        Store::open(StoreConfig::new(path), views).unwrap()
+    let open = |path: &Path, views: Vec<Arc<dyn View>>| -> Box<dyn CompactingLog> {
+        Box::new(Store::open(StoreConfig::new(path), views).unwrap())
     };
     cairn_storage::conformance::compaction::compacted_log_rebuilds_to_the_live_views(
         dir.path(),
@@ -49,10 +49,10 @@ fn compacted_log_rebuilds_to_the_live_views() {
 fn compacted_log_rebuilds_to_the_live_views_in_small_pages() {
     for page_rows in [1, 7] {
         let dir = tempfile::tempdir().unwrap();
-        let open = |path: &Path, views: Vec<Arc<dyn View>>| {
+        let open = |path: &Path, views: Vec<Arc<dyn View>>| -> Box<dyn CompactingLog> {
             let mut config = StoreConfig::new(path);
             config.compaction_page_rows = page_rows;
-            Store::open(config, views).unwrap()
+            Box::new(Store::open(config, views).unwrap())
         };
         cairn_storage::conformance::compaction::compacted_log_rebuilds_to_the_live_views(
             dir.path(),

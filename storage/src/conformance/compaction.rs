@@ -22,7 +22,7 @@ use cairn_events::{
 use prost::Message as _;
 
 use crate::{
-    views::default_views, CompactionPolicy, EventLog, ExpectedVersion, StorageError, Store, View,
+    views::default_views, CompactingLog, CompactionPolicy, ExpectedVersion, StorageError, View,
     ViewTx,
 };
 
@@ -133,18 +133,15 @@ pub fn views() -> Vec<Arc<dyn View>> {
     views
 }
 
-fn dumps(store: &Store) -> Vec<crate::store::ViewDump> {
-    store
-        .view_names()
-        .iter()
-        .map(|v| store.view_dump(v).unwrap())
-        .collect()
+fn dumps(store: &dyn CompactingLog) -> Vec<crate::read::ViewDump> {
+    store.view_dumps().unwrap()
 }
 
-/// Opens a store with the given views in a directory.
-pub type OpenWithViews<'a> = &'a dyn Fn(&Path, Vec<Arc<dyn View>>) -> Store;
+/// Opens a compacting log with the given views in a directory.
+pub type OpenWithViews<'a> = &'a dyn Fn(&Path, Vec<Arc<dyn View>>) -> Box<dyn CompactingLog>;
 
-/// The whole check; `open` opens a store with the given views.
+/// The whole check; `open` opens a log with the given views (any
+/// [`CompactingLog`]: the RocksDB [`crate::Store`] in this crate's tests).
 pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<'_>) {
     let store = open(dir, views());
     let kv = [
@@ -251,7 +248,7 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
         .map(|s| store.stream_version(s).unwrap())
         .collect();
     let repo_before = store.read_stream(&repo, 1, usize::MAX).unwrap();
-    let live = dumps(&store);
+    let live = dumps(&*store);
     assert!(
         !live.last().unwrap().rows.is_empty(),
         "the test view has rows"
@@ -303,7 +300,7 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
     }
     assert_eq!(store.read_all(1, usize::MAX).unwrap(), all_before);
 
-    let check = |store: &Store, tombstones_expired: bool| {
+    let check = |store: &dyn CompactingLog, tombstones_expired: bool| {
         let removed = removed_seqs(tombstones_expired);
         let kept: Vec<u64> = (1..=last_seq).filter(|s| !removed.contains(s)).collect();
         let all = store.read_all(1, usize::MAX).unwrap();
@@ -353,7 +350,7 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
             SystemTime::now(),
         )
         .unwrap();
-    let removed = check(&store, false);
+    let removed = check(&*store, false);
     assert!(
         removed > 50,
         "the history supersedes most events ({removed})"
@@ -366,10 +363,10 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
         ),
         (removed as u64, 0, last_seq)
     );
-    assert_eq!(dumps(&store), live, "compaction changed no view");
-    store.rebuild(&[], None).unwrap();
+    assert_eq!(dumps(&*store), live, "compaction changed no view");
+    store.rebuild_views().unwrap();
     assert_eq!(
-        dumps(&store),
+        dumps(&*store),
         live,
         "views rebuilt from the compacted log differ"
     );
@@ -390,10 +387,10 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
         (stats.superseded, stats.expired_tombstones),
         (0, expired as u64)
     );
-    check(&store, true);
-    store.rebuild(&[], None).unwrap();
+    check(&*store, true);
+    store.rebuild_views().unwrap();
     assert_eq!(
-        dumps(&store),
+        dumps(&*store),
         live,
         "views rebuilt after tombstones expired differ"
     );
@@ -401,7 +398,7 @@ pub fn compacted_log_rebuilds_to_the_live_views(dir: &Path, open: OpenWithViews<
     // Reopened: the gaps are still accepted, numbering continues.
     drop(store);
     let store = open(dir, views());
-    check(&store, true);
+    check(&*store, true);
     let next = store
         .append(
             &kv[0],

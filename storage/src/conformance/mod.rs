@@ -8,7 +8,9 @@
 //! - [`blob`] — the [`crate::BlobStore`] checks and
 //!   [`blob_store_conformance!`](crate::blob_store_conformance).
 //! - [`compaction`] — compaction of a keyed stream class against a
-//!   last-writer-wins test view, and the guard on repository streams.
+//!   last-writer-wins test view, and the guard on repository streams, for
+//!   any [`crate::CompactingLog`] (called from a test with an opener, not
+//!   through a macro).
 //!
 //! The macros name `tempfile` through this module
 //! ([`tempfile`], re-exported), so a caller needs no
@@ -737,6 +739,79 @@ pub fn replicated_commits_it_cannot_read_back_are_refused(dir: &Path, open: Open
         refused(large),
         format!("event at seq {seq} is {size} bytes, at most {max} allowed")
     );
+    // Sequence number or stream version 0: both start at 1.
+    let mut zero_seq = vec![next[0].clone()];
+    zero_seq[0].seq = 0;
+    assert_eq!(
+        refused(zero_seq),
+        format!(
+            "event 0 has seq 0 and stream version {}; both start at 1",
+            next[0].stream_version
+        )
+    );
+    let mut zero_version = next.clone();
+    zero_version[1].stream_version = 0;
+    assert_eq!(
+        refused(zero_version),
+        format!(
+            "event 1 has seq {} and stream version 0; both start at 1",
+            seq + 1
+        )
+    );
+    // A stream name the log would refuse on append.
+    let mut bad_stream = next.clone();
+    bad_stream[0].stream = "repo/ns/\u{7}".into();
+    assert_eq!(
+        refused(bad_stream),
+        format!(
+            "event at seq {seq}: invalid stream id \"repo/ns/\\u{{7}}\": \
+             must not contain control characters"
+        )
+    );
+    // Ids, principal and trace context travel in NATS headers (the event
+    // id is the Nats-Msg-Id): the checks appends get, plus an event id.
+    let mut no_id = next.clone();
+    no_id[0].event_id = String::new();
+    assert_eq!(
+        refused(no_id),
+        format!("event at seq {seq}: event id is empty")
+    );
+    let long = "x".repeat(crate::store::METADATA_MAX_BYTES + 1);
+    type Field = fn(&mut Envelope) -> &mut String;
+    let fields: [(&str, Field); 6] = [
+        ("event id", |e| &mut e.event_id),
+        ("correlation id", |e| &mut e.correlation_id),
+        ("causation id", |e| &mut e.causation_id),
+        ("principal", |e| &mut e.principal),
+        ("traceparent", |e| {
+            &mut e.trace.get_or_insert_with(Default::default).traceparent
+        }),
+        ("tracestate", |e| {
+            &mut e.trace.get_or_insert_with(Default::default).tracestate
+        }),
+    ];
+    for (name, field) in fields {
+        let mut control = next.clone();
+        *field(&mut control[1]) = "a\nb".into();
+        assert_eq!(
+            refused(control),
+            format!(
+                "event at seq {}: {name} contains control characters",
+                seq + 1
+            )
+        );
+        let mut oversized = next.clone();
+        *field(&mut oversized[1]) = long.clone();
+        assert_eq!(
+            refused(oversized),
+            format!(
+                "event at seq {}: {name} is {} bytes, at most {} allowed",
+                seq + 1,
+                long.len(),
+                crate::store::METADATA_MAX_BYTES
+            )
+        );
+    }
     // More envelopes than one commit may hold (refused before any other
     // check, so they need not be valid).
     let limit = b.commit_max_events();

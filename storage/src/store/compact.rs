@@ -20,8 +20,11 @@ use super::{
 };
 use crate::{
     columns::Column,
-    compaction::{check_prefix, CompactionPolicy, CompactionStats, COMPACTION_BATCH_EVENTS},
+    compaction::{
+        check_prefix, CompactingLog, CompactionPolicy, CompactionStats, COMPACTION_BATCH_EVENTS,
+    },
     keys::{self, meta},
+    read::ViewDump,
     StorageError,
 };
 
@@ -72,6 +75,27 @@ impl Store {
     ) -> Result<CompactionStats, StorageError> {
         check_prefix(policy.stream_prefix())?;
         self.call(|reply| Command::Compact(policy, now, reply))
+    }
+}
+
+impl CompactingLog for Store {
+    fn compact(
+        &self,
+        policy: Arc<dyn CompactionPolicy>,
+        now: SystemTime,
+    ) -> Result<CompactionStats, StorageError> {
+        Store::compact(self, policy, now)
+    }
+
+    fn rebuild_views(&self) -> Result<(), StorageError> {
+        self.rebuild(&[], None).map(|_| ())
+    }
+
+    fn view_dumps(&self) -> Result<Vec<ViewDump>, StorageError> {
+        self.view_names()
+            .iter()
+            .map(|v| self.view_dump(v))
+            .collect()
     }
 }
 

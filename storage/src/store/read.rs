@@ -13,6 +13,7 @@ use rocksdb::{Direction, IteratorMode};
 use super::command::Command;
 use super::scan::{after_key, scan, scan_each, scan_iter, scan_prefix};
 use super::{inner::Inner, Store};
+pub use crate::read::ViewDump;
 use crate::{
     columns::Column,
     keys::{self, meta},
@@ -24,17 +25,6 @@ use crate::{
     log::{ReplicatedLog, StateDump},
     read::{RowVisitor, Rows, ViewRead},
 };
-/// The full contents of one view: for comparing a rebuilt view with the
-/// live one, byte for byte.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ViewDump {
-    /// Rows of the view's column family, in key order.
-    pub rows: Rows,
-    /// The view's blob reference rows, in key order.
-    pub blob_refs: Rows,
-    /// The view's checkpoint.
-    pub checkpoint: u64,
-}
 
 impl Store {
     /// The row at `key` of view `view`.

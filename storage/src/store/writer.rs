@@ -30,6 +30,26 @@ use crate::{
 /// Metadata travels in NATS headers, which allow no control characters.
 pub const METADATA_MAX_BYTES: usize = 512;
 
+/// The one check for values that travel in NATS headers (command metadata
+/// on append, the ids and trace context of a replicated envelope): each
+/// `(name, value)` is at most [`METADATA_MAX_BYTES`] and has no control
+/// characters. The error names the field; callers wrap it in their
+/// [`StorageError`] variant.
+fn check_header_fields(fields: &[(&str, &str)]) -> Result<(), String> {
+    for (name, value) in fields {
+        if value.len() > METADATA_MAX_BYTES {
+            return Err(format!(
+                "{name} is {} bytes, at most {METADATA_MAX_BYTES} allowed",
+                value.len()
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!("{name} contains control characters"));
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     pub(super) fn check_request(
         &self,
@@ -38,26 +58,14 @@ impl Store {
     ) -> Result<(), StorageError> {
         let config = &self.inner().config;
         let trace = metadata.trace.as_ref();
-        let fields = [
+        check_header_fields(&[
             ("correlation id", metadata.correlation_id.as_str()),
             ("causation id", metadata.causation_id.as_str()),
             ("principal", metadata.principal.as_str()),
             ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
             ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
-        ];
-        for (name, value) in fields {
-            if value.len() > METADATA_MAX_BYTES {
-                return Err(StorageError::InvalidAppend(format!(
-                    "{name} is {} bytes, at most {METADATA_MAX_BYTES} allowed",
-                    value.len()
-                )));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(StorageError::InvalidAppend(format!(
-                    "{name} contains control characters"
-                )));
-            }
-        }
+        ])
+        .map_err(StorageError::InvalidAppend)?;
         if events.is_empty() {
             return Err(StorageError::InvalidAppend("no events to append".into()));
         }
@@ -532,6 +540,26 @@ impl Writer {
             }
             let stream = StreamId::new(env.stream.clone()).map_err(|e| {
                 StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
+            })?;
+            // The Publisher copies these into NATS headers (the event id is
+            // the Nats-Msg-Id): the same checks appends get, plus an id.
+            if env.event_id.is_empty() {
+                return Err(StorageError::InvalidReplicated(format!(
+                    "event at seq {}: event id is empty",
+                    env.seq
+                )));
+            }
+            let trace = env.trace.as_ref();
+            check_header_fields(&[
+                ("event id", env.event_id.as_str()),
+                ("correlation id", env.correlation_id.as_str()),
+                ("causation id", env.causation_id.as_str()),
+                ("principal", env.principal.as_str()),
+                ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
+                ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
+            ])
+            .map_err(|why| {
+                StorageError::InvalidReplicated(format!("event at seq {}: {why}", env.seq))
             })?;
             checked.push((env, stream, bytes));
         }

@@ -13,6 +13,10 @@
 //!   revision, with its resource blobs referenced.
 //! - [`package_revision_list`] — [`PackageRevisionListView`]: list rows in
 //!   listing order, filters as key prefixes.
+//! - `change` — `RevisionChange` and `on_revision_change`: the package
+//!   revision events both package revision views fold. A leaf the views
+//!   import; it imports none of them, and no view imports this module
+//!   (so no child imports its parent).
 //! - this module — [`default_views`], the views every node folds.
 //!
 //! A new domain's views go here, one module each, and into
@@ -20,14 +24,9 @@
 
 use std::sync::Arc;
 
-use cairn_events::{
-    revision::Change,
-    v1::{Envelope, PackageRevision},
-    StreamId,
-};
+use crate::View;
 
-use crate::{StorageError, View};
-
+mod change;
 pub mod package_revision_list;
 pub mod package_revisions;
 pub mod repositories;
@@ -43,46 +42,4 @@ pub fn default_views() -> Vec<Arc<dyn View>> {
         Arc::new(PackageRevisionsView),
         Arc::new(PackageRevisionListView),
     ]
-}
-
-/// A package revision event of a repository stream, as the package
-/// revision views fold it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RevisionChange<'a> {
-    pub(crate) namespace: &'a str,
-    pub(crate) repository: &'a str,
-    /// The revision's object name.
-    pub(crate) name: &'a str,
-    /// The revision after the event; `None` when it was deleted.
-    pub(crate) revision: Option<&'a PackageRevision>,
-}
-
-/// Calls `fold` when `envelope` adds, modifies or deletes a package
-/// revision of a repository stream; other events are no change.
-pub(crate) fn on_revision_change(
-    envelope: &Envelope,
-    fold: impl FnOnce(RevisionChange<'_>) -> Result<(), StorageError>,
-) -> Result<(), StorageError> {
-    let Some(payload) = envelope.event.as_ref().and_then(|e| e.payload.as_ref()) else {
-        return Ok(());
-    };
-    let Ok(stream) = StreamId::new(envelope.stream.clone()) else {
-        return Ok(());
-    };
-    let Some((namespace, repository)) = stream.as_repository() else {
-        return Ok(());
-    };
-    let Some(change) = Change::of(payload) else {
-        return Ok(());
-    };
-    let revision = match change {
-        Change::Added(r) | Change::Modified(r) => Some(r),
-        Change::Deleted { .. } => None,
-    };
-    fold(RevisionChange {
-        namespace,
-        repository,
-        name: change.name(),
-        revision,
-    })
 }

@@ -24,7 +24,7 @@ use cairn_events::{
 };
 use prost::Message as _;
 
-use super::{on_revision_change, RevisionChange};
+use super::change::{on_revision_change, RevisionChange};
 use crate::{
     read::{ViewRead, ViewReadExt},
     StorageError, StoreSnapshot, View, ViewTx,

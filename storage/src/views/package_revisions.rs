@@ -6,7 +6,7 @@
 
 use cairn_events::v1::{Envelope, PackageRevision, PackageRevisionRow};
 
-use super::{on_revision_change, RevisionChange};
+use super::change::{on_revision_change, RevisionChange};
 use crate::{
     read::{ViewRead, ViewReadExt},
     Digest, StorageError, View, ViewTx,
