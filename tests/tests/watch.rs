@@ -218,19 +218,23 @@ impl Watch {
 
     /// Every line up to the first heartbeat vouching for `seq`.
     async fn through(&mut self, seq: u64) -> Vec<Value> {
-        within(&format!("a heartbeat vouching for seq {seq}"), WAIT, async {
-            let mut lines = Vec::new();
-            loop {
-                let line = self.next_any().await;
-                if line["type"] == "Heartbeat" {
-                    if line["seq"].as_u64().unwrap() >= seq {
-                        return lines;
+        within(
+            &format!("a heartbeat vouching for seq {seq}"),
+            WAIT,
+            async {
+                let mut lines = Vec::new();
+                loop {
+                    let line = self.next_any().await;
+                    if line["type"] == "Heartbeat" {
+                        if line["seq"].as_u64().unwrap() >= seq {
+                            return lines;
+                        }
+                        continue;
                     }
-                    continue;
+                    lines.push(line);
                 }
-                lines.push(line);
-            }
-        })
+            },
+        )
         .await
     }
 }

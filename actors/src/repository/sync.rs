@@ -21,9 +21,9 @@ use tracing::{info, warn};
 
 use super::{
     component::{Changes, RepositoryComponent},
+    domain::Repository,
     error::RepositoryError,
     upstream::{read_upstream, Known, SyncEnv, UpstreamRead},
-    Repository,
 };
 use crate::{
     schedule::{NextSync, SyncReport},

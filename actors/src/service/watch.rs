@@ -15,7 +15,12 @@ use prost::Message as _;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::{codec::Body, fields::Fields, pkgrev::LIST_FIELDS, Incoming, ServiceContext};
+use super::{
+    codec::Body,
+    context::{Incoming, ServiceContext},
+    fields::Fields,
+    pkgrev::LIST_FIELDS,
+};
 use crate::{
     revision_filter::Filter,
     watch::{
