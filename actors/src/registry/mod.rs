@@ -491,8 +491,9 @@ mod tests {
 
     /// At INFO (the node's default level), a command's span records its
     /// endpoint, stream, principal and correlation id, and every span its
-    /// messages cause — the registry's, the manager's, the writer's, the
-    /// sync's and the lifecycle command's — is its descendant.
+    /// messages cause — the registry's (register, route, sync, update,
+    /// unregister), the manager's (sync, replan), the writer's, the sync's
+    /// and the lifecycle command's — is its descendant.
     #[test]
     fn a_commands_spans_form_one_tree_at_info() {
         let capture = Capture::default();
@@ -505,6 +506,9 @@ mod tests {
         upstream(&upstream_dir);
         let (register, register_metadata) = command("repo.register");
         let (create, create_metadata) = command("pkgrev.create");
+        let (sync, sync_metadata) = command("repo.sync");
+        let (update, update_metadata) = command("repo.update");
+        let (unregister, unregister_metadata) = command("repo.unregister");
         actix_rt::System::new().block_on(async {
             let store =
                 Store::open(StoreConfig::new(dir.path().join("db")), default_views()).unwrap();
@@ -535,7 +539,7 @@ mod tests {
             };
             let registered = registry
                 .send(RegisterRepository {
-                    spec,
+                    spec: spec.clone(),
                     wait: true,
                     metadata: register_metadata.clone(),
                     span: register.clone(),
@@ -572,6 +576,49 @@ mod tests {
                 matches!(created, Ok(LifecycleOutcome::Revision(_))),
                 "{created:?}"
             );
+            let synced = registry
+                .send(SyncRepository {
+                    namespace: "ns".into(),
+                    name: "r".into(),
+                    trigger: "manual".into(),
+                    asked_at: Instant::now(),
+                    metadata: sync_metadata,
+                    span: sync.clone(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                synced.unwrap(),
+                SyncReport {
+                    added: 0,
+                    modified: 0,
+                    deleted: 0,
+                    package_count: 3
+                }
+            );
+            let deployment = RepositorySpec {
+                deployment: true,
+                ..spec
+            };
+            let updated = registry
+                .send(UpdateRepository {
+                    spec: deployment.clone(),
+                    metadata: update_metadata,
+                    span: update.clone(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(updated.unwrap(), deployment);
+            registry
+                .send(UnregisterRepository {
+                    namespace: "ns".into(),
+                    name: "r".into(),
+                    metadata: unregister_metadata,
+                    span: unregister.clone(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
             registry.send(Shutdown).await.unwrap();
         });
         let fields = capture.fields_of("command", "repo.register");
@@ -594,14 +641,26 @@ mod tests {
             [
                 "command",
                 "command",
+                "command",
+                "command",
+                "command",
                 "registry.register < command",
                 "registry.route < command",
+                "registry.sync < command",
+                "registry.unregister < command",
+                "registry.update < command",
                 "run < writer < registry.route < command",
+                "schedule.replan < registry.update < command",
                 "schedule.sync < registry.register < command",
+                "schedule.sync < registry.sync < command",
                 "sync_once < writer < schedule.sync < registry.register < command",
+                "sync_once < writer < schedule.sync < registry.sync < command",
                 "writer < registry.register < command",
                 "writer < registry.route < command",
+                "writer < registry.unregister < command",
+                "writer < registry.update < command",
                 "writer < schedule.sync < registry.register < command",
+                "writer < schedule.sync < registry.sync < command",
             ]
         );
     }
