@@ -210,7 +210,8 @@ impl StreamDomain for Repository {
 }
 
 /// Runs `command` in the writer and answers what `pick` takes from its
-/// reply (any other reply is a bug: 500).
+/// reply (any other reply is a bug: [`RepositoryError::UnexpectedReply`],
+/// 500).
 fn answer<T: 'static>(
     actor: &mut RepositoryActor,
     command: RepositoryCommand,
@@ -223,8 +224,7 @@ fn answer<T: 'static>(
             .execute(command, metadata, span)
             .map(move |result, _, _| {
                 let reply = result?;
-                pick(reply)
-                    .ok_or_else(|| ServiceError::internal("unexpected reply from the repository"))
+                pick(reply).ok_or_else(|| RepositoryError::UnexpectedReply.into())
             }),
     )
 }
