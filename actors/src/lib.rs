@@ -29,6 +29,8 @@
 //!   [`service`] and [`watch`] share.
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with;
 //!   each domain's error enum maps into it once.
+//! - `test_spans` (tests only) — a tracing layer capturing every span, to
+//!   assert that a command's spans form one tree (registry and watch tests).
 //!
 //! # Where a new domain goes
 //! A domain (key-value namespaces, artifacts, …) is a module
@@ -72,5 +74,8 @@ pub mod service;
 pub mod timing;
 pub mod watch;
 pub mod writer;
+
+#[cfg(test)]
+mod test_spans;
 
 pub use error::ServiceError;

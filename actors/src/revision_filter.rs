@@ -90,10 +90,11 @@ impl Filter {
     ) -> bool {
         self.workspace.as_ref().is_none_or(|v| v == workspace)
             && self.revision.is_none_or(|v| v == revision)
-            && self
-                .lifecycle
-                .as_ref()
-                .is_none_or(|ls| ls.iter().any(|l| l.as_str() == lifecycle))
+            && self.lifecycle.as_ref().is_none_or(|ls| {
+                // The row's lifecycle as the enum (an unknown name passes no
+                // lifecycle filter); parsed only when a filter asks.
+                Lifecycle::parse(lifecycle).is_some_and(|p| ls.contains(&p))
+            })
             && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
             && self.latest.is_none_or(|v| v == latest)
     }
@@ -146,6 +147,28 @@ mod tests {
         assert!(!selector(&[("tier", "base")]).matches(&row(&[])));
         assert!(selector(&[("tier", "base")]).needs_head());
         assert!(!selector(&[]).needs_head());
+    }
+
+    #[test]
+    fn a_lifecycle_filter_selects_by_the_parsed_lifecycle() {
+        let with = |lifecycle: &str| {
+            let mut r = row(&[]);
+            r.revision.as_mut().unwrap().lifecycle = lifecycle.into();
+            r
+        };
+        let proposed_or_published = Filter {
+            lifecycle: Some(vec![Lifecycle::Proposed, Lifecycle::Published]),
+            ..Filter::default()
+        };
+        assert!(proposed_or_published.matches(&with("Published")));
+        assert!(proposed_or_published.matches(&with("Proposed")));
+        assert!(!proposed_or_published.matches(&with("Draft")));
+        assert!(!proposed_or_published.matches(&with("DeletionProposed")));
+        // A name that is no lifecycle passes no lifecycle filter, and
+        // every row passes without one.
+        assert!(!proposed_or_published.matches(&with("published")));
+        assert!(!proposed_or_published.matches(&with("")));
+        assert!(Filter::default().matches(&with("published")));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! # Layout
 //! - [`v1`] — types generated from `proto/cairn/v1/*.proto` (prost), with
-//!   serde impls for the proto3 JSON mapping (pbjson, proto field names).
+//!   serde impls for the proto3 JSON mapping (pbjson, proto field names);
+//!   its own file (`v1.rs`) so that no module imports another that imports it
+//!   back (`envelope` uses `crate::v1`, and the crate root re-exports
+//!   `envelope`).
 //! - [`envelope`] — building, encoding and decoding envelopes; schema version
 //!   checks; event ids (UUID v7); event type names.
 //! - [`json`] — the JSON rendering of an envelope used by `cairn log` and the
@@ -29,10 +32,7 @@ pub mod subject;
     clippy::all,
     clippy::pedantic
 )]
-pub mod v1 {
-    include!(concat!(env!("OUT_DIR"), "/cairn.v1.rs"));
-    include!(concat!(env!("OUT_DIR"), "/cairn.v1.serde.rs"));
-}
+pub mod v1;
 
 pub use envelope::{EventKind, SCHEMA_VERSION};
 pub use error::EventsError;

@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use crate::shared_dir;
+use crate::paths::shared_dir;
 
 /// Runs `git args` in `dir` (a fixed author and date, no user config);
 /// returns its standard output, trimmed. Fails the test when git fails.

@@ -24,18 +24,19 @@
 //!   [`Cli`] (the `cairn` CLI with a timeout; [`cairn_cli!`] names the
 //!   binary), [`ClosedPort`], line readers with deadlines.
 //! - [`store`] — [`TempStore`] and sample [`events`].
+//! - [`paths`] — [`shared_dir`], the workspace's `../shared` directory (a
+//!   leaf module, so `git` does not import the crate root that declares it).
 //!
 //! The suites live in `tests/tests/*.rs` (`cluster` tests the cluster
 //! helper itself); the child programs they spawn in `src/bin/`
 //! (`cairn-under-test` is the real CLI, `cairn-crash-appender` an appender
 //! that reports every acknowledged append).
 
-use std::path::{Path, PathBuf};
-
 pub mod client;
 pub mod git;
 pub mod nats;
 pub mod node;
+pub mod paths;
 pub mod process;
 pub mod store;
 pub mod wait;
@@ -44,6 +45,7 @@ pub use client::{kinds, Client, ServiceError, Subscription, NAMESPACE};
 pub use git::{git, unpack, GitFixture};
 pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder};
+pub use paths::shared_dir;
 pub use process::{
     async_lines, next_line, read_line_matching, ChildGuard, Cli, CliOutput, ClosedPort,
 };
@@ -57,9 +59,4 @@ macro_rules! cairn_cli {
     () => {
         $crate::Cli::new(env!("CARGO_BIN_EXE_cairn-under-test"))
     };
-}
-
-/// The workspace's `../shared` directory (Porch fixtures and docs).
-pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
 }

@@ -183,45 +183,59 @@ impl Watch {
             .expect("subscription open")
     }
 
-    /// The next line that is not a heartbeat.
+    /// The next line that is not a heartbeat; the whole wait is bounded by
+    /// one deadline (heartbeats alone would otherwise keep it going).
     async fn next(&mut self) -> Value {
-        loop {
-            let line = self.next_any().await;
-            if line["type"] != "Heartbeat" {
-                return line;
+        within("a watch line that is not a heartbeat", WAIT, async {
+            loop {
+                let line = self.next_any().await;
+                if line["type"] != "Heartbeat" {
+                    return line;
+                }
             }
-        }
+        })
+        .await
     }
 
     /// The initial listing: names of the Added lines, and the bookmark.
     async fn listing(&mut self) -> (Vec<String>, u64) {
-        let mut names = Vec::new();
-        loop {
-            let line = self.next().await;
-            match line["type"].as_str().unwrap() {
-                "Added" => {
-                    assert_eq!(line.get("seq"), None, "listing lines carry no seq");
-                    names.push(line["object"]["name"].as_str().unwrap().to_owned());
+        within("the initial listing", WAIT, async {
+            let mut names = Vec::new();
+            loop {
+                let line = self.next().await;
+                match line["type"].as_str().unwrap() {
+                    "Added" => {
+                        assert_eq!(line.get("seq"), None, "listing lines carry no seq");
+                        names.push(line["object"]["name"].as_str().unwrap().to_owned());
+                    }
+                    "Bookmark" => return (names, line["seq"].as_u64().unwrap()),
+                    other => panic!("unexpected {other} in the listing: {line}"),
                 }
-                "Bookmark" => return (names, line["seq"].as_u64().unwrap()),
-                other => panic!("unexpected {other} in the listing: {line}"),
             }
-        }
+        })
+        .await
     }
 
     /// Every line up to the first heartbeat vouching for `seq`.
     async fn through(&mut self, seq: u64) -> Vec<Value> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.next_any().await;
-            if line["type"] == "Heartbeat" {
-                if line["seq"].as_u64().unwrap() >= seq {
-                    return lines;
+        within(
+            &format!("a heartbeat vouching for seq {seq}"),
+            WAIT,
+            async {
+                let mut lines = Vec::new();
+                loop {
+                    let line = self.next_any().await;
+                    if line["type"] == "Heartbeat" {
+                        if line["seq"].as_u64().unwrap() >= seq {
+                            return lines;
+                        }
+                        continue;
+                    }
+                    lines.push(line);
                 }
-                continue;
-            }
-            lines.push(line);
-        }
+            },
+        )
+        .await
     }
 }
 
@@ -709,14 +723,17 @@ async fn a_slow_consumer_is_told_to_relist() {
     // One sync appends 11 Added at once: more than the queue holds.
     register(&client, "r", &url).await;
     let mut got = Vec::new();
-    loop {
-        let line = watch.next().await;
-        if line["type"] == "Relist" {
-            break;
+    within("the Relist after a full queue", WAIT, async {
+        loop {
+            let line = watch.next().await;
+            if line["type"] == "Relist" {
+                break;
+            }
+            assert_eq!(line["type"], "Added", "{line}");
+            got.push(line["seq"].as_u64().unwrap());
         }
-        assert_eq!(line["type"], "Added", "{line}");
-        got.push(line["seq"].as_u64().unwrap());
-    }
+    })
+    .await;
     assert_eq!(got.len(), 4, "what the queue held, then Relist");
     assert!(got.windows(2).all(|w| w[1] == w[0] + 1));
     wait_for_watchers(&client, 1).await;

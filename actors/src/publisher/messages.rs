@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix::Message;
 
-use super::PublishError;
+use super::error::PublishError;
 
 /// Resolves once every event committed before the message was sent has been
 /// acknowledged by JetStream, or fails after `timeout`. Returns the cursor.

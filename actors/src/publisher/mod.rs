@@ -22,7 +22,10 @@
 //! - [`window`] — [`window::PublishWindow`], the in-flight window and the
 //!   cursor, a plain component unit-tested without actix.
 //! - [`messages`] — the messages the Publisher handles.
+//! - [`error`] — [`PublishError`], in a leaf module so that `messages` does
+//!   not import the parent that declares it.
 
+pub mod error;
 pub mod messages;
 pub mod window;
 
@@ -36,27 +39,9 @@ use futures::{stream::FuturesUnordered, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
+pub use error::PublishError;
 pub use messages::{Flush, GetStatus, PublisherStatus, Stop};
 use window::PublishWindow;
-
-/// Why publishing or flushing failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    /// The flush did not complete in time (NATS down or slow). The events
-    /// are not lost: they are published once NATS is back.
-    #[error("timed out after {waited_ms} ms with events up to {cursor} of {target} published")]
-    Timeout {
-        /// How long the flush waited.
-        waited_ms: u64,
-        /// Cursor at the end of the wait.
-        cursor: u64,
-        /// Sequence the flush waited for.
-        target: u64,
-    },
-    /// The publisher has stopped.
-    #[error("publisher stopped")]
-    Stopped,
-}
 
 /// Tuning of the publisher.
 #[derive(Debug, Clone)]

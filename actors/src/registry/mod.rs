@@ -431,17 +431,7 @@ mod tests {
 
     use cairn_events::v1::{GitSpec, RepositorySpec};
     use cairn_storage::{views::default_views, StoreConfig};
-    use parking_lot::Mutex;
-    use tracing::{
-        field::{Field, Visit},
-        span::{Attributes, Id, Record},
-        Subscriber,
-    };
-    use tracing_subscriber::{
-        layer::{Context, SubscriberExt as _},
-        registry::LookupSpan,
-        Layer,
-    };
+    use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
     use crate::{
@@ -452,90 +442,9 @@ mod tests {
         },
         schedule::{SyncPolicy, SystemClock},
         service::{codec::Format, command_span, metadata, record_stream, Incoming},
+        test_spans::Capture,
         timing::SyncSlots,
     };
-
-    /// A span as the subscriber saw it: its name, its parent (an index
-    /// into the spans seen: ids are reused once a span closes) and its
-    /// fields as recorded.
-    #[derive(Debug, Clone)]
-    struct Seen {
-        name: &'static str,
-        parent: Option<usize>,
-        fields: BTreeMap<String, String>,
-    }
-
-    /// Captures every span it is shown (at the level the subscriber
-    /// enables).
-    #[derive(Debug, Clone, Default)]
-    struct Capture {
-        seen: Arc<Mutex<Vec<Seen>>>,
-        live: Arc<Mutex<HashMap<u64, usize>>>,
-    }
-
-    struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-    impl Visit for Fields<'_> {
-        fn record_str(&mut self, field: &Field, value: &str) {
-            self.0.insert(field.name().to_owned(), value.to_owned());
-        }
-
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            self.0.insert(field.name().to_owned(), format!("{value:?}"));
-        }
-    }
-
-    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
-        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-            let parent = ctx
-                .span(id)
-                .and_then(|span| span.parent())
-                .and_then(|parent| self.live.lock().get(&parent.id().into_u64()).copied());
-            let mut fields = BTreeMap::new();
-            attrs.record(&mut Fields(&mut fields));
-            let mut seen = self.seen.lock();
-            seen.push(Seen {
-                name: attrs.metadata().name(),
-                parent,
-                fields,
-            });
-            self.live.lock().insert(id.into_u64(), seen.len() - 1);
-        }
-
-        fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-            if let Some(&index) = self.live.lock().get(&id.into_u64()) {
-                values.record(&mut Fields(&mut self.seen.lock()[index].fields));
-            }
-        }
-    }
-
-    impl Capture {
-        /// Every span's chain of names up to its root (`"a < b < root"`).
-        fn chains(&self) -> Vec<String> {
-            let seen = self.seen.lock();
-            (0..seen.len())
-                .map(|mut i| {
-                    let mut names = vec![seen[i].name];
-                    while let Some(parent) = seen[i].parent {
-                        names.push(seen[parent].name);
-                        i = parent;
-                    }
-                    names.join(" < ")
-                })
-                .collect()
-        }
-
-        fn fields_of(&self, name: &str, endpoint: &str) -> Vec<BTreeMap<String, String>> {
-            self.seen
-                .lock()
-                .iter()
-                .filter(|s| {
-                    s.name == name && s.fields.get("endpoint").map(String::as_str) == Some(endpoint)
-                })
-                .map(|s| s.fields.clone())
-                .collect()
-        }
-    }
 
     /// A bare upstream with one package `pkg` on `main`, tagged `pkg/v1`.
     fn upstream(path: &std::path::Path) {
@@ -582,8 +491,9 @@ mod tests {
 
     /// At INFO (the node's default level), a command's span records its
     /// endpoint, stream, principal and correlation id, and every span its
-    /// messages cause — the registry's, the manager's, the writer's, the
-    /// sync's and the lifecycle command's — is its descendant.
+    /// messages cause — the registry's (register, route, sync, update,
+    /// unregister), the manager's (sync, replan), the writer's, the sync's
+    /// and the lifecycle command's — is its descendant.
     #[test]
     fn a_commands_spans_form_one_tree_at_info() {
         let capture = Capture::default();
@@ -596,6 +506,9 @@ mod tests {
         upstream(&upstream_dir);
         let (register, register_metadata) = command("repo.register");
         let (create, create_metadata) = command("pkgrev.create");
+        let (sync, sync_metadata) = command("repo.sync");
+        let (update, update_metadata) = command("repo.update");
+        let (unregister, unregister_metadata) = command("repo.unregister");
         actix_rt::System::new().block_on(async {
             let store =
                 Store::open(StoreConfig::new(dir.path().join("db")), default_views()).unwrap();
@@ -626,7 +539,7 @@ mod tests {
             };
             let registered = registry
                 .send(RegisterRepository {
-                    spec,
+                    spec: spec.clone(),
                     wait: true,
                     metadata: register_metadata.clone(),
                     span: register.clone(),
@@ -663,6 +576,49 @@ mod tests {
                 matches!(created, Ok(LifecycleOutcome::Revision(_))),
                 "{created:?}"
             );
+            let synced = registry
+                .send(SyncRepository {
+                    namespace: "ns".into(),
+                    name: "r".into(),
+                    trigger: "manual".into(),
+                    asked_at: Instant::now(),
+                    metadata: sync_metadata,
+                    span: sync.clone(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                synced.unwrap(),
+                SyncReport {
+                    added: 0,
+                    modified: 0,
+                    deleted: 0,
+                    package_count: 3
+                }
+            );
+            let deployment = RepositorySpec {
+                deployment: true,
+                ..spec
+            };
+            let updated = registry
+                .send(UpdateRepository {
+                    spec: deployment.clone(),
+                    metadata: update_metadata,
+                    span: update.clone(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(updated.unwrap(), deployment);
+            registry
+                .send(UnregisterRepository {
+                    namespace: "ns".into(),
+                    name: "r".into(),
+                    metadata: unregister_metadata,
+                    span: unregister.clone(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
             registry.send(Shutdown).await.unwrap();
         });
         let fields = capture.fields_of("command", "repo.register");
@@ -685,14 +641,26 @@ mod tests {
             [
                 "command",
                 "command",
+                "command",
+                "command",
+                "command",
                 "registry.register < command",
                 "registry.route < command",
+                "registry.sync < command",
+                "registry.unregister < command",
+                "registry.update < command",
                 "run < writer < registry.route < command",
+                "schedule.replan < registry.update < command",
                 "schedule.sync < registry.register < command",
+                "schedule.sync < registry.sync < command",
                 "sync_once < writer < schedule.sync < registry.register < command",
+                "sync_once < writer < schedule.sync < registry.sync < command",
                 "writer < registry.register < command",
                 "writer < registry.route < command",
+                "writer < registry.unregister < command",
+                "writer < registry.update < command",
                 "writer < schedule.sync < registry.register < command",
+                "writer < schedule.sync < registry.sync < command",
             ]
         );
     }

@@ -53,10 +53,10 @@ pub use super::op::{LifecycleOp, LifecycleOutcome, Source};
 use super::{
     component::RepositoryComponent,
     decide::{validate, Validated, ViewRows},
+    domain::Repository as RepositoryDomain,
     error::RepositoryError,
     naming::object_name,
     upstream::{store_revisions, ReadError, SyncEnv},
-    Repository as RepositoryDomain,
 };
 use crate::{
     origin::{

@@ -169,6 +169,10 @@ pub enum RepositoryError {
     /// [`WriterError`]).
     #[error(transparent)]
     Writer(#[from] WriterError),
+    /// The writer answered a command with the reply of another kind: 500,
+    /// a bug.
+    #[error("unexpected reply from the repository")]
+    UnexpectedReply,
 }
 
 impl RepositoryError {
@@ -224,7 +228,8 @@ impl From<RepositoryError> for ServiceError {
             } => ServiceError::from(StorageError::Closed),
             RepositoryError::Blobs { .. }
             | RepositoryError::ReadBack { .. }
-            | RepositoryError::Lost { .. } => ServiceError::internal(e.to_string()),
+            | RepositoryError::Lost { .. }
+            | RepositoryError::UnexpectedReply => ServiceError::internal(e.to_string()),
             RepositoryError::Writer(e) => e.into(),
         }
     }
@@ -233,6 +238,19 @@ impl From<RepositoryError> for ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unexpected_reply_is_internal() {
+        let e = RepositoryError::UnexpectedReply;
+        assert_eq!(e.sync_class(), "internal");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError {
+                code: 500,
+                message: "unexpected reply from the repository".into()
+            }
+        );
+    }
 
     #[test]
     fn a_storage_failure_is_internal_never_upstream() {

@@ -40,10 +40,14 @@
 //! - [`error`] — [`LifecycleError`], [`RepositoryError`] and their mapping
 //!   into [`ServiceError`].
 //! - [`messages`] — `Register`, `ApplyLifecycle`, `UpdateSpec`, `Close`.
+//! - [`domain`] — the [`Repository`] marker (the writer shell's domain),
+//!   a leaf: `command` and `sync` name it without importing this module,
+//!   which runs them (its `StreamDomain` impl stays here).
 
 pub mod command;
 pub mod component;
 pub mod decide;
+pub mod domain;
 pub mod error;
 pub mod messages;
 pub mod naming;
@@ -61,6 +65,7 @@ use cairn_events::{
 use futures::future::BoxFuture;
 
 pub use component::RepositoryComponent;
+pub use domain::Repository;
 pub use error::{origin_error, LifecycleError, RepositoryError};
 pub use messages::{ApplyLifecycle, Close, Register, UpdateSpec};
 pub use op::{LifecycleOp, LifecycleOutcome, Source};
@@ -73,10 +78,6 @@ use crate::{
     writer::{Chunking, Session, StreamDomain, StreamWriter},
     ServiceError,
 };
-
-/// The repository domain of the writer shell.
-#[derive(Debug, Clone, Copy)]
-pub struct Repository;
 
 /// One registered repository: the writer of its stream.
 pub type RepositoryActor = StreamWriter<Repository>;
@@ -209,7 +210,8 @@ impl StreamDomain for Repository {
 }
 
 /// Runs `command` in the writer and answers what `pick` takes from its
-/// reply (any other reply is a bug: 500).
+/// reply (any other reply is a bug: [`RepositoryError::UnexpectedReply`],
+/// 500).
 fn answer<T: 'static>(
     actor: &mut RepositoryActor,
     command: RepositoryCommand,
@@ -222,8 +224,7 @@ fn answer<T: 'static>(
             .execute(command, metadata, span)
             .map(move |result, _, _| {
                 let reply = result?;
-                pick(reply)
-                    .ok_or_else(|| ServiceError::internal("unexpected reply from the repository"))
+                pick(reply).ok_or_else(|| RepositoryError::UnexpectedReply.into())
             }),
     )
 }

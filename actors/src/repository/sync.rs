@@ -3,8 +3,9 @@
 //! diffed against the view off the arbiter (the I/O phase), then the
 //! reconciliation ending with `SyncSucceeded` in bounded appends — or
 //! `SyncFailed`, recorded before the failure is answered. A failure inside
-//! the node (reading the views) is recorded with class
-//! [`super::error::INTERNAL_CLASS`], never as an upstream one.
+//! the node — reading the views, or storing what was read in the blob
+//! store — is recorded with class [`super::error::INTERNAL_CLASS`], never as
+//! an upstream one (see [`RepositoryError::sync_class`]).
 
 use std::{
     collections::BTreeMap,
@@ -21,9 +22,9 @@ use tracing::{info, warn};
 
 use super::{
     component::{Changes, RepositoryComponent},
+    domain::Repository,
     error::RepositoryError,
     upstream::{read_upstream, Known, SyncEnv, UpstreamRead},
-    Repository,
 };
 use crate::{
     schedule::{NextSync, SyncReport},

@@ -17,6 +17,9 @@
 //!   regular time ([`next_time`]), [`NextSync`] that carries it into a
 //!   sync and keeps what it decided, and [`after_sync`]: a sync's answer
 //!   and that decision as the manager's next time.
+//! - [`error`] — [`ScheduleError`] (the repository could not be asked),
+//!   mapped once into [`ServiceError`]; the messages answer
+//!   [`ServiceError`] as before.
 //! - [`messages`] — [`SyncNow`], [`Replan`], [`NextDue`], [`StopManager`],
 //!   and [`RunSync`] / [`SyncReport`] (manager → repository).
 //! - Time and the node-wide cap live in [`crate::timing`] (re-exported
@@ -30,6 +33,7 @@
 //! `schedule.replan`), a child of the span it carries; [`RunSync`] carries
 //! it on to the repository.
 
+pub mod error;
 pub mod messages;
 pub mod next;
 pub mod plan;
@@ -43,6 +47,7 @@ use actix::prelude::*;
 use cairn_events::{envelope::Metadata, v1::SyncSpec};
 use tracing::{debug, warn, Instrument};
 
+pub use error::ScheduleError;
 pub use messages::{NextDue, Replan, RunSync, StopManager, SyncNow, SyncReport};
 pub use next::{after_sync, next_time, LastSync, NextSync, NextTime, Reason, SyncOutcome};
 pub use plan::{Plan, RetryDelays, SyncPolicy};
@@ -199,28 +204,33 @@ impl SyncManager {
             span: span.clone(),
         });
         Box::pin(
-            async move { request.await.map_err(ServiceError::from).and_then(|r| r) }
-                .instrument(span)
-                .into_actor(self)
-                .map(move |result, act, ctx| {
-                    act.in_flight -= 1;
-                    if act.in_flight == 0 {
-                        let outcome = match &result {
-                            Ok(_) => SyncOutcome::Succeeded,
-                            Err(e) => {
-                                if next.decided().is_none() {
-                                    // Not even started (the actor is gone,
-                                    // or the store refused).
-                                    warn!(repo = %act.key, error = %e, "sync did not run");
-                                }
-                                SyncOutcome::Failed
+            async move {
+                request
+                    .await
+                    .map_err(|e| ServiceError::from(ScheduleError::from(e)))
+                    .and_then(|r| r)
+            }
+            .instrument(span)
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                act.in_flight -= 1;
+                if act.in_flight == 0 {
+                    let outcome = match &result {
+                        Ok(_) => SyncOutcome::Succeeded,
+                        Err(e) => {
+                            if next.decided().is_none() {
+                                // Not even started (the actor is gone,
+                                // or the store refused).
+                                warn!(repo = %act.key, error = %e, "sync did not run");
                             }
-                        };
-                        let next = next.after(outcome);
-                        act.arm(ctx, next);
-                    }
-                    result
-                }),
+                            SyncOutcome::Failed
+                        }
+                    };
+                    let next = next.after(outcome);
+                    act.arm(ctx, next);
+                }
+                result
+            }),
         )
     }
 }

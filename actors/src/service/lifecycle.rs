@@ -24,10 +24,10 @@ use prost::Message as _;
 use serde_json::json;
 
 use super::{
-    blocking,
     codec::{Body, Format},
+    context::{blocking, metadata, Incoming, ServiceContext},
     fields::Fields,
-    metadata, validate, Incoming, ServiceContext,
+    validate,
 };
 use crate::{
     origin::write::{check_resource_path, Files},
@@ -197,7 +197,7 @@ async fn run(
     op: LifecycleOp,
     principal: Option<String>,
 ) -> Result<Body, ServiceError> {
-    super::record_stream(&namespace, &repository);
+    super::context::record_stream(&namespace, &repository);
     let lifecycle = ApplyLifecycle {
         op,
         metadata: metadata(request, principal),

@@ -15,10 +15,9 @@ use cairn_storage::EventLog;
 use prost::Message as _;
 
 use super::{
-    blocking,
     codec::{Body, Format, Reply},
+    context::{blocking, Incoming, ServiceContext},
     fields::Fields,
-    Incoming, ServiceContext,
 };
 use crate::ServiceError;
 

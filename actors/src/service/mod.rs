@@ -12,6 +12,10 @@
 //!
 //! # Layout
 //! - [`codec`] — formats, the size limit, replies and error replies.
+//! - [`context`] — what every handler shares: [`ServiceConfig`],
+//!   [`ServiceContext`], [`Incoming`], and the helpers [`blocking`],
+//!   [`metadata`], [`record_stream`]. A leaf (re-exported here), so the
+//!   endpoint modules never import this module, which routes to them.
 //! - [`fields`] — strict JSON field parsing with errors that name the field.
 //! - [`log`] — `cairn.v1.log.read`.
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
@@ -27,6 +31,7 @@
 //!   field of the `watch-start` endpoint's `data` in `$SRV.STATS`.
 
 pub mod codec;
+pub mod context;
 pub mod fields;
 pub mod lifecycle;
 pub mod log;
@@ -45,72 +50,9 @@ use futures::StreamExt;
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{debug, info, Instrument};
 
+pub use context::{blocking, metadata, record_stream, Incoming, ServiceConfig, ServiceContext};
+
 use crate::ServiceError;
-
-/// Limits of the service.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    /// Largest request body accepted, in bytes. Default: 65536.
-    pub request_max_bytes: usize,
-    /// Requests handled at once; more wait in NATS. Default: 256.
-    pub max_concurrent_requests: usize,
-    /// Version reported in `$SRV.INFO`. Default: the crate version.
-    pub version: String,
-    /// Bytes of rendered `pkgrev.list` pages kept (see [`pages`]).
-    /// Default: 16 MiB.
-    pub page_cache_bytes: usize,
-    /// Limits of watches (queue size, watchers at most).
-    pub watch: crate::watch::WatchConfig,
-    /// Largest file of a package written through `pkgrev.create|update`,
-    /// in bytes. Default: 512 KiB.
-    pub resource_max_bytes: usize,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        Self {
-            request_max_bytes: 64 * 1024,
-            max_concurrent_requests: 256,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            page_cache_bytes: 16 << 20,
-            watch: crate::watch::WatchConfig::default(),
-            resource_max_bytes: 512 * 1024,
-        }
-    }
-}
-
-/// What every endpoint handler gets.
-#[derive(Debug, Clone)]
-pub struct ServiceContext {
-    /// The node's store.
-    pub store: Store,
-    /// Limits.
-    pub config: ServiceConfig,
-    /// The connection the service answers on.
-    pub client: async_nats::Client,
-    /// Opens, closes and syncs repositories.
-    pub registry: actix::Addr<crate::registry::Registry>,
-    /// Rendered list pages.
-    pub pages: Arc<pages::PageCache>,
-    /// The node's watches.
-    pub watch: crate::watch::WatchHub,
-    /// The arbiter the service was started on: actors a request creates
-    /// (watchers) run there (request tasks run outside actix's local set).
-    pub arbiter: Option<actix::ArbiterHandle>,
-}
-
-impl ServiceContext {
-    /// Largest reply body to send: the server's `max_payload` (read per
-    /// request, as it is known only once connected and may change on
-    /// reconnect) minus headroom for headers.
-    pub fn reply_max_bytes(&self) -> usize {
-        let max_payload = match self.client.server_info().max_payload {
-            0 => 1024 * 1024, // NATS's default, until the server said otherwise
-            n => n,
-        };
-        max_payload.saturating_sub(4 * 1024).max(1024)
-    }
-}
 
 /// The running service; [`CairnService::stop`] unregisters it.
 #[derive(Debug)]
@@ -391,82 +333,4 @@ pub fn command_span(endpoint: &'static str) -> tracing::Span {
         principal = tracing::field::Empty,
         correlation_id = tracing::field::Empty,
     )
-}
-
-/// A request as an endpoint handler sees it: the format to answer in, the
-/// body as JSON (a protobuf body is already mapped to its JSON form, so one
-/// validation path serves both, see [`codec::request_json`]), and the
-/// headers (for trace context).
-#[derive(Debug)]
-pub struct Incoming {
-    /// The format to answer in.
-    pub format: codec::Format,
-    /// The body as JSON.
-    pub body: Vec<u8>,
-    /// The request's headers.
-    pub headers: Option<async_nats::HeaderMap>,
-}
-
-/// Runs blocking store work off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ServiceError::internal(format!("request task failed: {e}")))?
-}
-
-/// The metadata of a command: a fresh correlation id, the principal and
-/// the W3C trace context from the request's `traceparent`/`tracestate`
-/// headers.
-///
-/// The principal is the NATS user that sent the request when the server
-/// says so — it does for a request that reaches cairn's account through a
-/// service import with `share: true`, in the `Nats-Request-Info` header
-/// (`{"acc":…,"user":…}`), which clients cannot forge across accounts —
-/// else the request's `"principal"` field, else `anonymous`.
-pub fn metadata(request: &Incoming, principal: Option<String>) -> cairn_events::envelope::Metadata {
-    let user = request
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Request-Info"))
-        .filter(|v| v.as_str().len() <= 8192)
-        .and_then(|v| serde_json::from_str::<serde_json::Value>(v.as_str()).ok())
-        .and_then(|info| Some(info.get("user")?.as_str()?.to_owned()))
-        .filter(|user| !user.is_empty());
-    let principal = user.or(principal);
-    let header = |name: &str| {
-        request
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-            .filter(|v| !v.is_empty() && v.len() <= 512 && !v.chars().any(char::is_control))
-    };
-    let trace = header("traceparent").map(|traceparent| cairn_events::v1::TraceContext {
-        traceparent,
-        tracestate: header("tracestate").unwrap_or_default(),
-    });
-    let principal = principal
-        .filter(|p| !p.is_empty() && p.len() <= 256 && !p.chars().any(char::is_control))
-        .unwrap_or_default();
-    let metadata = cairn_events::envelope::Metadata {
-        principal,
-        trace,
-        ..Default::default()
-    }
-    .normalized();
-    let span = tracing::Span::current();
-    span.record("principal", metadata.principal.as_str());
-    span.record("correlation_id", metadata.correlation_id.as_str());
-    metadata
-}
-
-/// Records the stream a command concerns (`repo/<namespace>/<name>`) on
-/// its `command` span.
-pub fn record_stream(namespace: &str, name: &str) {
-    tracing::Span::current().record(
-        "stream",
-        tracing::field::display(format_args!("repo/{namespace}/{name}")),
-    );
 }

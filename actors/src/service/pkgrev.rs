@@ -20,10 +20,10 @@ use prost::Message as _;
 use serde_json::{json, Map, Value};
 
 use super::{
-    blocking,
     codec::{Body, Format},
+    context::{blocking, Incoming, ServiceContext},
     fields::Fields,
-    validate, Incoming, ServiceContext,
+    validate,
 };
 use crate::{revision_filter::Filter, ServiceError};
 

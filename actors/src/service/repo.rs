@@ -15,10 +15,10 @@ use prost::Message as _;
 use serde_json::{json, Value};
 
 use super::{
-    blocking,
     codec::{Body, Format},
+    context::{blocking, metadata, Incoming, ServiceContext},
     fields::Fields,
-    metadata, timestamp_json, validate, Incoming, ServiceContext,
+    validate,
 };
 use crate::{
     origin,
@@ -29,6 +29,7 @@ use crate::{
     schedule::{plan::parse_schedule, SyncReport},
     ServiceError,
 };
+use cairn_events::revision::timestamp_json;
 
 /// The JSON form of a repository row.
 pub fn repository_json(row: &RepositoryRow) -> Value {
@@ -268,7 +269,7 @@ pub async fn handle_register(
     let (format, body) = (request.format, &request.body);
     let (spec, wait, principal) = parse_register(body)?;
     let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
-    super::record_stream(&namespace, &name);
+    super::context::record_stream(&namespace, &name);
     let metadata = metadata(&request, principal);
     let sync = context
         .registry
@@ -290,7 +291,7 @@ pub async fn handle_unregister(
 ) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
     let (namespace, name, principal) = parse_key(body)?;
-    super::record_stream(&namespace, &name);
+    super::context::record_stream(&namespace, &name);
     let metadata = metadata(&request, principal);
     context
         .registry
@@ -353,7 +354,7 @@ pub async fn handle_sync(context: ServiceContext, request: Incoming) -> Result<B
     let (format, body) = (request.format, &request.body);
     let (f, namespace, name) = key_fields(body, &["wait"])?;
     let wait = f.bool("wait")?.unwrap_or(true);
-    super::record_stream(&namespace, &name);
+    super::context::record_stream(&namespace, &name);
     let metadata = metadata(&request, f.string("principal")?);
     let sync = context.registry.send(SyncRepository {
         namespace: namespace.clone(),
@@ -390,7 +391,7 @@ pub async fn handle_update(
     let (format, body) = (request.format, &request.body);
     let (f, namespace, name) = key_fields(body, &["sync"])?;
     let sync = parse_sync(&f)?;
-    super::record_stream(&namespace, &name);
+    super::context::record_stream(&namespace, &name);
     let metadata = metadata(&request, f.string("principal")?);
     let mut spec = current(&context, namespace.clone(), name.clone())
         .await?

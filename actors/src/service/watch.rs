@@ -15,7 +15,12 @@ use prost::Message as _;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::{codec::Body, fields::Fields, pkgrev::LIST_FIELDS, Incoming, ServiceContext};
+use super::{
+    codec::Body,
+    context::{Incoming, ServiceContext},
+    fields::Fields,
+    pkgrev::LIST_FIELDS,
+};
 use crate::{
     revision_filter::Filter,
     watch::{
@@ -140,6 +145,7 @@ pub async fn handle_start(
             None => StartMode::Listing,
         },
         started,
+        span: tracing::Span::current(),
     };
     let watcher = {
         let (hub, store, client) = (hub.clone(), context.store.clone(), context.client.clone());
@@ -149,7 +155,9 @@ pub async fn handle_start(
     };
     if !hub.attach(&id, watcher.clone().recipient()) {
         // Stopped (shutdown) between registering and starting.
-        watcher.do_send(crate::watch::StopWatch);
+        watcher.do_send(crate::watch::StopWatch {
+            span: tracing::Span::current(),
+        });
         return Err(WatchError::ShuttingDown.into());
     }
     let seq = seq.await.map_err(|_| WatchError::StoppedWhileStarting)??;

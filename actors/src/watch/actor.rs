@@ -69,6 +69,9 @@ pub struct WatcherOptions {
     /// Answered with the watch's start position once known (the listing's
     /// snapshot sequence, or `since_seq`), or why the start failed.
     pub started: oneshot::Sender<Result<u64, WatchError>>,
+    /// The span of the `watch.start` command: the watcher's start runs in
+    /// a `watch.start` span, its child.
+    pub span: tracing::Span,
 }
 
 /// One watch.
@@ -84,6 +87,9 @@ pub struct Watcher {
     mode: StartMode,
     registration: Option<Registration>,
     started: Option<oneshot::Sender<Result<u64, WatchError>>>,
+    /// The `watch.start` command's span, until the actor has started (then
+    /// dropped, so the command's span does not live as long as the watch).
+    command_span: Option<tracing::Span>,
     /// The start phase is over (the queue's turn).
     live: bool,
     /// Envelopes queued for this watch and not yet taken (shared with the
@@ -125,6 +131,7 @@ impl Watcher {
             mode: options.mode,
             registration: Some(registration),
             started: Some(options.started),
+            command_span: Some(options.span),
             sent_since_tick: false,
             ticks_since_heartbeat: 0,
             heartbeat_in_flight: false,
@@ -334,6 +341,9 @@ impl Actor for Watcher {
             ctx.stop();
             return;
         };
+        let command = self.command_span.take().unwrap_or_else(tracing::Span::none);
+        let _span =
+            tracing::info_span!(parent: &command, "watch.start", watch = %self.id).entered();
         debug!(watch = %self.id, mode = ?self.mode, from_seq, "watch started");
         let (tx, start_rx) = mpsc::channel(START_PHASE_CAPACITY);
         self.start_phase(from_seq, tx);
@@ -414,7 +424,80 @@ impl StreamHandler<Input> for Watcher {
 impl Handler<StopWatch> for Watcher {
     type Result = ();
 
-    fn handle(&mut self, _: StopWatch, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: StopWatch, ctx: &mut Self::Context) {
+        let _span =
+            tracing::info_span!(parent: &msg.span, "watch.stop", watch = %self.id).entered();
+        debug!(watch = %self.id, "watch stopping");
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_storage::{views::default_views, StoreConfig};
+    use tracing_subscriber::{filter::LevelFilter, layer::SubscriberExt as _};
+
+    use super::*;
+    use crate::{test_spans::Capture, watch::WatchConfig};
+
+    /// Bound of every wait.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// At INFO, a watcher's start runs in a `watch.start` span, child of
+    /// the span its options carry (the `watch.start` command's), and its
+    /// stop through the hub in a `watch.stop` span, child of the span the
+    /// hub was called in (the `watch.stop` command's).
+    #[test]
+    fn a_watchers_start_and_stop_spans_are_children_of_their_commands() {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(LevelFilter::INFO)
+            .with(capture.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        actix_rt::System::new().block_on(async {
+            let store =
+                Store::open(StoreConfig::new(dir.path().join("db")), default_views()).unwrap();
+            let hub = WatchHub::start(store.clone(), WatchConfig::default());
+            // No server: lines are queued in the client, never delivered.
+            let client = async_nats::ConnectOptions::new()
+                .retry_on_initial_connect()
+                .connect("127.0.0.1:1")
+                .await
+                .unwrap();
+            let filter = Arc::new(WatchFilter::default());
+            let registration = hub.register(filter.clone()).unwrap();
+            let id = registration.id.clone();
+            let (started, seq) = oneshot::channel();
+            let start_command = tracing::info_span!("start_command");
+            let options = WatcherOptions {
+                filter,
+                deliver_subject: "_INBOX.watch".into(),
+                heartbeat: Duration::from_secs(60),
+                mode: StartMode::Listing,
+                started,
+                span: start_command.clone(),
+            };
+            let watcher = Watcher::new(registration, options, hub.clone(), store, client).start();
+            assert!(hub.attach(&id, watcher.recipient()));
+            let seq = tokio::time::timeout(WAIT, seq).await.unwrap().unwrap();
+            assert_eq!(seq, Ok(0), "an empty store lists nothing up to 0");
+            let stop_command = tracing::info_span!("stop_command");
+            assert!(stop_command.in_scope(|| hub.stop(&id)));
+            capture
+                .wait_for_chain("watch.stop < stop_command", WAIT)
+                .await;
+        });
+        let mut chains = capture.chains();
+        chains.sort();
+        assert_eq!(
+            chains,
+            [
+                "start_command",
+                "stop_command",
+                "watch.start < start_command",
+                "watch.stop < stop_command",
+            ]
+        );
     }
 }

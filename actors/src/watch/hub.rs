@@ -169,14 +169,17 @@ impl WatchHub {
         self.inner.state.lock().slots.remove(id);
     }
 
-    /// Stops watch `id`: removes it and tells its actor. `false` when no
-    /// such watch is registered.
+    /// Stops watch `id`: removes it and tells its actor, with the caller's
+    /// span (the `watch.stop` command's). `false` when no such watch is
+    /// registered.
     pub fn stop(&self, id: &str) -> bool {
         let slot = self.inner.state.lock().slots.remove(id);
         match slot {
             Some(slot) => {
                 if let Some(watcher) = slot.watcher {
-                    watcher.do_send(StopWatch);
+                    watcher.do_send(StopWatch {
+                        span: tracing::Span::current(),
+                    });
                 }
                 true
             }
@@ -224,7 +227,9 @@ impl WatchHub {
         };
         for slot in slots {
             if let Some(watcher) = slot.watcher {
-                watcher.do_send(StopWatch);
+                watcher.do_send(StopWatch {
+                    span: tracing::Span::current(),
+                });
             }
         }
     }

@@ -6,9 +6,14 @@ use actix::Message;
 use cairn_events::v1::Envelope;
 
 /// Stops the watcher (`watch.stop`, node shutdown). Nothing more is sent.
+/// The watcher opens its `watch.stop` span as a child of `span`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct StopWatch;
+pub struct StopWatch {
+    /// The span of the command that caused it (`watch.stop`'s, or the
+    /// caller's at shutdown).
+    pub span: tracing::Span,
+}
 
 /// What the watcher's input stream carries (its `StreamHandler` items):
 /// the start phase (listing or replay, read off the async threads), then
