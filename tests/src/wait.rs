@@ -30,12 +30,11 @@ pub async fn within<T>(what: &str, timeout: Duration, future: impl Future<Output
     }
 }
 
-/// Polls `check` until it returns `Some`, pausing [`POLL_MIN`] doubling to
+/// Polls `check` until it returns `Ok`, pausing [`POLL_MIN`] doubling to
 /// [`POLL_MAX`] between polls; panics naming `what` (and the last
 /// observation `check` reported through `Err`) after `timeout`.
 ///
-/// `check` returns `Ok(Some(v))` when done, `Ok(None)` or `Err(observation)`
-/// to try again.
+/// `check` returns `Ok(v)` when done, `Err(observation)` to try again.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
