@@ -29,6 +29,7 @@
 //!   [`service`] and [`watch`] share.
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with;
 //!   each domain's error enum maps into it once.
+//! - `test_git` (tests only) — Git upstreams the unit tests build.
 //! - `test_spans` (tests only) — a tracing layer capturing every span, to
 //!   assert that a command's spans form one tree (registry and watch tests).
 //!
@@ -75,6 +76,8 @@ pub mod timing;
 pub mod watch;
 pub mod writer;
 
+#[cfg(test)]
+mod test_git;
 #[cfg(test)]
 mod test_spans;
 

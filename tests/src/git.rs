@@ -107,40 +107,31 @@ impl GitFixture {
 
     /// A bare clone at `to`.
     pub fn clone_bare(&self, to: &Path) -> Self {
-        let parent = to.parent().expect("a parent directory");
-        std::fs::create_dir_all(parent).expect("parent directory");
-        git(
-            parent,
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                self.git_dir.to_str().expect("UTF-8 path"),
-                to.to_str().expect("UTF-8 path"),
-            ],
-        );
-        Self {
-            dir: to.to_path_buf(),
-            git_dir: to.to_path_buf(),
-        }
+        self.clone_into(to, true)
     }
 
     /// A clone with a work tree at `to` (its `origin` is this repository).
     pub fn clone_to(&self, to: &Path) -> Self {
+        self.clone_into(to, false)
+    }
+
+    fn clone_into(&self, to: &Path, bare: bool) -> Self {
         let parent = to.parent().expect("a parent directory");
         std::fs::create_dir_all(parent).expect("parent directory");
-        git(
-            parent,
-            &[
-                "clone",
-                "-q",
-                self.git_dir.to_str().expect("UTF-8 path"),
-                to.to_str().expect("UTF-8 path"),
-            ],
-        );
+        let mut args = vec!["clone", "-q"];
+        if bare {
+            args.push("--bare");
+        }
+        args.push(self.git_dir.to_str().expect("UTF-8 path"));
+        args.push(to.to_str().expect("UTF-8 path"));
+        git(parent, &args);
         Self {
             dir: to.to_path_buf(),
-            git_dir: to.join(".git"),
+            git_dir: if bare {
+                to.to_path_buf()
+            } else {
+                to.join(".git")
+            },
         }
     }
 

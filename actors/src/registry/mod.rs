@@ -446,33 +446,6 @@ mod tests {
         timing::SyncSlots,
     };
 
-    /// A bare upstream with one package `pkg` on `main`, tagged `pkg/v1`.
-    fn upstream(path: &std::path::Path) {
-        let repo = git2::Repository::init_bare(path).unwrap();
-        let signature = git2::Signature::now("t", "t@example.com").unwrap();
-        let kptfile = repo
-            .blob(b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: pkg\n")
-            .unwrap();
-        let mut package = repo.treebuilder(None).unwrap();
-        package.insert("Kptfile", kptfile, 0o100644).unwrap();
-        let mut root = repo.treebuilder(None).unwrap();
-        root.insert("pkg", package.write().unwrap(), 0o040000)
-            .unwrap();
-        let tree = repo.find_tree(root.write().unwrap()).unwrap();
-        let commit = repo
-            .commit(
-                Some("refs/heads/main"),
-                &signature,
-                &signature,
-                "pkg",
-                &tree,
-                &[],
-            )
-            .unwrap();
-        repo.reference("refs/tags/pkg/v1", commit, false, "")
-            .unwrap();
-    }
-
     /// The metadata of a command of `endpoint` on `ns/r` by `principal`,
     /// recorded on its span as the service does.
     fn command(endpoint: &'static str) -> (tracing::Span, cairn_events::envelope::Metadata) {
@@ -503,7 +476,7 @@ mod tests {
         let _default = tracing::subscriber::set_default(subscriber);
         let dir = tempfile::tempdir().unwrap();
         let upstream_dir = dir.path().join("upstream.git");
-        upstream(&upstream_dir);
+        crate::test_git::upstream_with_one_package(&upstream_dir);
         let (register, register_metadata) = command("repo.register");
         let (create, create_metadata) = command("pkgrev.create");
         let (sync, sync_metadata) = command("repo.sync");

@@ -413,34 +413,6 @@ mod tests {
         );
     }
 
-    /// An upstream with one package `pkg` (a `Kptfile`) on `main`, tagged
-    /// `pkg/v1`.
-    fn upstream_with_one_package(path: &std::path::Path) {
-        let repo = git2::Repository::init_bare(path).unwrap();
-        let signature = git2::Signature::now("t", "t@example.com").unwrap();
-        let kptfile = repo
-            .blob(b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: pkg\n")
-            .unwrap();
-        let mut package = repo.treebuilder(None).unwrap();
-        package.insert("Kptfile", kptfile, 0o100644).unwrap();
-        let mut root = repo.treebuilder(None).unwrap();
-        root.insert("pkg", package.write().unwrap(), 0o040000)
-            .unwrap();
-        let tree = repo.find_tree(root.write().unwrap()).unwrap();
-        let commit = repo
-            .commit(
-                Some("refs/heads/main"),
-                &signature,
-                &signature,
-                "pkg",
-                &tree,
-                &[],
-            )
-            .unwrap();
-        repo.reference("refs/tags/pkg/v1", commit, false, "")
-            .unwrap();
-    }
-
     /// A blob store that cannot store what a sync read fails the sync as a
     /// node problem (500, class "internal"), never as "upstream
     /// unavailable" (503, class "other").
@@ -448,7 +420,7 @@ mod tests {
     async fn a_blob_store_failure_in_a_sync_is_internal_not_upstream() {
         let dir = tempfile::tempdir().unwrap();
         let upstream = dir.path().join("upstream.git");
-        upstream_with_one_package(&upstream);
+        crate::test_git::upstream_with_one_package(&upstream);
         // Every blob a file blob, and a plain file where the blob
         // directory goes: every put fails (even as root).
         let mut config = StoreConfig::new(dir.path().join("db"));
