@@ -61,27 +61,111 @@ impl Client {
     }
 
     async fn call_async(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
+        use async_nats::RequestErrorKind;
+
         let subject = format!("cairn.v1.{endpoint}");
-        let payload = serde_json::to_vec(body)?;
-        let reply = tokio::time::timeout(
-            self.timeout,
-            self.nats.request(subject.clone(), payload.into()),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("{subject}: no reply within {:?}", self.timeout))?
-        .map_err(|e| anyhow::anyhow!("{subject}: {e} (is a cairn node running?)"))?;
-        let value: Value = serde_json::from_slice(&reply.payload)
-            .with_context(|| format!("reply of {subject}"))?;
-        if let Some(code) = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Service-Error-Code"))
-        {
-            let message = value["message"].as_str().unwrap_or_default();
-            bail!("{code}: {message}");
+        let payload = bytes::Bytes::from(serde_json::to_vec(body)?);
+        // A write carries one request id for all its attempts: the node
+        // applies it once and answers a retry with what the first attempt
+        // did (see the README, "Retries and idempotency").
+        let mut headers = async_nats::HeaderMap::new();
+        if WRITE_ENDPOINTS.contains(&endpoint) {
+            headers.insert(
+                cairn_actors::service::idempotency::REQUEST_ID_HEADER,
+                cairn_events::envelope::new_id().as_str(),
+            );
         }
-        Ok(value)
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let attempt_timeout = attempt_timeout(self.timeout);
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut told = false;
+        for attempt in 1..=CALL_ATTEMPTS_MAX {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let request = async_nats::Request::new()
+                .payload(payload.clone())
+                .headers(headers.clone())
+                .timeout(Some(remaining.min(attempt_timeout)));
+            let why = match self.nats.send_request(subject.clone(), request).await {
+                Ok(reply) => return read_reply(&subject, &reply),
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    "no cairn node answers on this NATS server".to_owned()
+                }
+                Err(e) if e.kind() == RequestErrorKind::TimedOut => {
+                    format!("no reply within {:?}", remaining.min(attempt_timeout))
+                }
+                Err(e) => e.to_string(),
+            };
+            if attempt == CALL_ATTEMPTS_MAX || tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{subject}: {why} (tried {attempt} times in {:?})",
+                    self.timeout
+                );
+            }
+            if !told {
+                eprintln!(
+                    "{subject}: {why}; retrying until {:?} have passed",
+                    self.timeout
+                );
+                told = true;
+            }
+            tokio::time::sleep(
+                backoff.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+        bail!("{subject}: no reply within {:?}", self.timeout)
     }
+}
+
+/// The endpoints that change state: their requests carry a
+/// `Cairn-Request-Id`, so retrying them is safe.
+pub const WRITE_ENDPOINTS: &[&str] = &[
+    "repo.register",
+    "repo.unregister",
+    "repo.sync",
+    "repo.update",
+    "pkgrev.create",
+    "pkgrev.update",
+    "pkgrev.propose",
+    "pkgrev.reject",
+    "pkgrev.approve",
+    "pkgrev.propose-delete",
+    "pkgrev.withdraw-delete",
+    "pkgrev.delete",
+];
+
+/// Attempts of one call at most (within its `--timeout`).
+const CALL_ATTEMPTS_MAX: u32 = 20;
+/// First pause between attempts; doubled after each, up to the max.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest pause between attempts.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How long one attempt waits for its reply: a quarter of the command's
+/// timeout, between 5 and 30 seconds (a node that died with the request
+/// is retried soon; a retry of a command still running on the node waits
+/// for it there and gets its answer).
+fn attempt_timeout(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_secs(5), Duration::from_secs(30))
+}
+
+/// The JSON of `reply`, or the node's error as an error naming the code.
+fn read_reply(subject: &str, reply: &async_nats::Message) -> anyhow::Result<Value> {
+    let value: Value =
+        serde_json::from_slice(&reply.payload).with_context(|| format!("reply of {subject}"))?;
+    if let Some(code) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+    {
+        let message = value["message"].as_str().unwrap_or_default();
+        bail!("{code}: {message}");
+    }
+    Ok(value)
 }
 
 impl Client {

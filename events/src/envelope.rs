@@ -156,6 +156,10 @@ pub struct Metadata {
     pub principal: String,
     /// W3C trace context of the command, if any.
     pub trace: Option<TraceContext>,
+    /// Idempotency key of the command (`Cairn-Request-Id`); empty when none.
+    pub request_id: String,
+    /// SHA-256 of the command's endpoint and body, when `request_id` is set.
+    pub request_digest: Vec<u8>,
 }
 
 impl Metadata {
@@ -166,7 +170,7 @@ impl Metadata {
             causation_id: correlation_id.clone(),
             correlation_id,
             principal: principal.into(),
-            trace: None,
+            ..Default::default()
         }
     }
 

@@ -195,6 +195,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
             },
         )),
         payload(),
+        (any::<String>(), any::<Vec<u8>>()),
     )
         .prop_map(
             |(
@@ -202,6 +203,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                 (correlation_id, causation_id, principal),
                 trace,
                 payload,
+                (request_id, request_digest),
             )| Envelope {
                 schema_version: SCHEMA_VERSION,
                 event_id,
@@ -214,6 +216,8 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                 principal,
                 trace,
                 event: Some(event(payload)),
+                request_id,
+                request_digest,
             },
         )
 }

@@ -34,6 +34,16 @@ pub trait View: Send + Sync + fmt::Debug {
 pub(crate) trait RowSource {
     /// Reads `key` from the column family with index `cf` (see [`Overlay`]).
     fn read(&self, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Calls `f` with each key of the family with index `cf` in
+    /// `[from, to)`, in key order, while it says continue.
+    fn for_each_key(
+        &self,
+        cf: usize,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StorageError>;
 }
 
 /// Index of the `blob_refs` family in an [`Overlay`]; views are `1 + i`.
@@ -90,6 +100,46 @@ impl ViewTx<'_> {
         self.get(key)?
             .map(|bytes| decode_row(self.view, key, &bytes))
             .transpose()
+    }
+
+    /// The first `limit` keys of the view in `[from, to)`, in key order,
+    /// including changes made earlier in this batch (so the answer does not
+    /// depend on how appends were grouped into batches: a rebuild folds
+    /// the same). Costs a pass over this batch's pending rows.
+    pub fn keys_in(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let in_range = |key: &[u8]| key >= from && key < to;
+        let pending: std::collections::BTreeMap<&[u8], bool> = self
+            .overlay
+            .rows
+            .iter()
+            .filter(|((cf, key), _)| *cf == self.cf && in_range(key))
+            .map(|((_, key), value)| (key.as_slice(), value.is_some()))
+            .collect();
+        let mut keys = std::collections::BTreeSet::new();
+        self.source.for_each_key(self.cf, from, to, &mut |key| {
+            // Rows deleted in this batch are skipped; keep going until
+            // `limit` live keys (enough to merge with the pending ones).
+            if pending.get(key) != Some(&false) {
+                keys.insert(key.to_vec());
+            }
+            if keys.len() >= limit {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })?;
+        keys.extend(
+            pending
+                .iter()
+                .filter(|(_, live)| **live)
+                .map(|(key, _)| key.to_vec()),
+        );
+        Ok(keys.into_iter().take(limit).collect())
     }
 
     /// Sets the row at `key`.

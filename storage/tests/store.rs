@@ -974,7 +974,14 @@ proptest! {
                 _ => ev,
             };
             let s = if kind == 3 { StreamId::new("blobs").unwrap() } else { s };
-            store.append(&s, ExpectedVersion::Any, vec![ev], Metadata::default()).unwrap();
+            // Some commands carry an idempotency key (folded by the
+            // `requests` view), some share one.
+            let metadata = Metadata {
+                request_id: if blob == 0 { String::new() } else { format!("req-{repo}-{blob}") },
+                request_digest: vec![blob; 4],
+                ..Metadata::default()
+            };
+            store.append(&s, ExpectedVersion::Any, vec![ev], metadata).unwrap();
         }
         let before: Vec<_> = store.view_names().iter().map(|v| store.view_dump(v).unwrap()).collect();
         let progress = Arc::new(Mutex::new(Vec::new()));
@@ -985,7 +992,7 @@ proptest! {
         prop_assert_eq!(stats.events, store.last_seq().unwrap());
         prop_assert_eq!(
             stats.views,
-            vec!["repositories".to_string(), "package_revisions".to_string(), "package_revision_list".to_string(), "test_blob_refs".to_string()]
+            vec!["repositories".to_string(), "package_revisions".to_string(), "package_revision_list".to_string(), "requests".to_string(), "test_blob_refs".to_string()]
         );
         let last = *progress.lock().unwrap().last().unwrap();
         prop_assert_eq!(last, (stats.events, stats.events));
@@ -1235,5 +1242,100 @@ fn a_short_stream_index_key_is_corruption() {
     assert_eq!(
         err.to_string(),
         "corrupt store: stream kv/a: index key of 6 bytes has no version"
+    );
+}
+
+/// An envelope as a replica receives it: `seq`, recorded `at_secs`, with
+/// idempotency key `request_id` (may be empty).
+fn replicated(seq: u64, at_secs: i64, request_id: &str) -> Envelope {
+    Envelope {
+        schema_version: cairn_events::envelope::SCHEMA_VERSION,
+        event_id: format!("01900000-0000-7000-8000-{seq:012}"),
+        stream: format!("repo/ns/r{seq}"),
+        stream_version: 1,
+        seq,
+        recorded_at: Some(pbjson_types::Timestamp {
+            seconds: at_secs,
+            nanos: 0,
+        }),
+        correlation_id: "c".into(),
+        causation_id: "c".into(),
+        principal: "p".into(),
+        event: Some(registered("ns", &format!("r{seq}"))),
+        request_id: request_id.into(),
+        request_digest: request_id.as_bytes().to_vec(),
+        ..Envelope::default()
+    }
+}
+
+/// The `requests` view keeps an idempotency key for a day after its
+/// command's first event, prunes by the events' recorded times (so however
+/// the log was grouped into commits, and after a rebuild, the rows are
+/// the same), and answers only live keys.
+#[test]
+fn requests_view_keeps_keys_for_a_window_and_prunes_by_event_time() {
+    use cairn_storage::{views::RequestsView, ReplicatedLog};
+    const T0: i64 = 1_790_000_000;
+    const DAY: i64 = 24 * 60 * 60;
+    let history = vec![
+        replicated(1, T0, "a"),
+        replicated(2, T0 + 1, "a"),
+        replicated(3, T0 + 10, "b"),
+        replicated(4, T0 + 20, ""),
+        replicated(5, T0 + DAY + 5, "c"),
+        replicated(6, T0 + DAY + 30, "b"),
+    ];
+    let micros = |secs: i64| u64::try_from(secs).unwrap() * 1_000_000;
+    let mut dumps = Vec::new();
+    for grouping in [vec![6], vec![1, 1, 1, 1, 1, 1], vec![4, 2]] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut rest = history.clone();
+        for n in grouping {
+            store.apply_replicated(rest.drain(..n).collect()).unwrap();
+        }
+        // "a": two events of one command; pruned by "c", a day later.
+        assert_eq!(RequestsView::get(&store, "a").unwrap(), None);
+        // "b": pruned by "c" too, then recorded again by seq 6.
+        let b = RequestsView::get(&store, "b").unwrap().unwrap();
+        assert_eq!(
+            (b.first_seq, b.last_seq, b.stream.as_str()),
+            (6, 6, "repo/ns/r6")
+        );
+        let c = RequestsView::get(&store, "c").unwrap().unwrap();
+        assert_eq!(
+            (c.first_seq, c.last_seq, c.digest.as_slice()),
+            (5, 5, &b"c"[..])
+        );
+        assert_eq!(
+            RequestsView::get_live(&store, "c", micros(T0 + DAY + 6)).unwrap(),
+            Some(c.clone())
+        );
+        assert_eq!(
+            RequestsView::get_live(&store, "c", micros(T0 + 2 * DAY + 5)).unwrap(),
+            None,
+            "a day after its first event the key is forgotten"
+        );
+        let live = store.view_dump("requests").unwrap();
+        store.rebuild(&["requests"], None).unwrap();
+        assert_eq!(
+            store.view_dump("requests").unwrap(),
+            live,
+            "rebuild equals live"
+        );
+        dumps.push(live);
+    }
+    assert_eq!(dumps[0], dumps[1], "one commit or one per event");
+    assert_eq!(dumps[0], dumps[2]);
+
+    // Before the pruning event, "a" holds both events of its command.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.apply_replicated(history[..4].to_vec()).unwrap();
+    let a = RequestsView::get(&store, "a").unwrap().unwrap();
+    assert_eq!((a.first_seq, a.last_seq), (1, 2));
+    assert_eq!(
+        RequestsView::get_live(&store, "a", micros(T0 + 60)).unwrap(),
+        Some(a)
     );
 }

@@ -456,6 +456,7 @@ mod tests {
                 format: Format::Json,
                 body: Vec::new(),
                 headers: None,
+                request: None,
             };
             metadata(&request, Some("alice".into()))
         });

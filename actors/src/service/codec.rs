@@ -180,8 +180,14 @@ pub trait Reply: Sized {
     }
 }
 
-/// Sends `result` to the requester in `format`.
-pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result<R, ServiceError>) {
+/// Sends `result` to the requester in `format`, with `extra` headers on a
+/// success.
+pub async fn respond<R: Reply>(
+    request: &Request,
+    format: Format,
+    result: Result<R, ServiceError>,
+    extra: &[(&'static str, String)],
+) {
     let outcome = result.and_then(|reply| match format {
         Format::Json => reply.into_json_bytes(),
         Format::Protobuf => Ok(reply.into_protobuf()),
@@ -191,6 +197,9 @@ pub async fn respond<R: Reply>(request: &Request, format: Format, result: Result
             let mut headers = HeaderMap::new();
             if format == Format::Protobuf {
                 headers.insert("Content-Type", PROTOBUF);
+            }
+            for (name, value) in extra {
+                headers.insert(*name, value.as_str());
             }
             request.respond_with_headers(Ok(body), headers).await
         }

@@ -61,6 +61,8 @@ pub struct ServiceContext {
     /// The arbiter the service was started on: actors a request creates
     /// (watchers) run there (request tasks run outside actix's local set).
     pub arbiter: Option<actix::ArbiterHandle>,
+    /// Writes with an idempotency key running now (one per key).
+    pub in_flight: Arc<super::idempotency::InFlight>,
 }
 
 impl ServiceContext {
@@ -88,6 +90,9 @@ pub struct Incoming {
     pub body: Vec<u8>,
     /// The request's headers.
     pub headers: Option<async_nats::HeaderMap>,
+    /// The idempotency key of a write that carries one (see
+    /// [`super::idempotency`]); recorded in its events by [`metadata`].
+    pub request: Option<super::idempotency::RequestKey>,
 }
 
 /// Runs blocking store work off the async threads.
@@ -133,9 +138,16 @@ pub fn metadata(request: &Incoming, principal: Option<String>) -> cairn_events::
     let principal = principal
         .filter(|p| !p.is_empty() && p.len() <= 256 && !p.chars().any(char::is_control))
         .unwrap_or_default();
+    let (request_id, request_digest) = request
+        .request
+        .as_ref()
+        .map(|key| (key.id.clone(), key.digest.clone()))
+        .unwrap_or_default();
     let metadata = cairn_events::envelope::Metadata {
         principal,
         trace,
+        request_id,
+        request_digest,
         ..Default::default()
     }
     .normalized();

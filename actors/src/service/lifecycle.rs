@@ -16,8 +16,12 @@
 //! [`crate::repository::command`], validated by
 //! [`crate::repository::decide::validate`]).
 
-use cairn_events::{revision::revision_json, v1 as pb};
+use cairn_events::{
+    revision::revision_json,
+    v1::{self as pb, RequestRow},
+};
 use cairn_storage::{views::PackageRevisionsView, BlobStore, ViewRead};
+use futures::future::BoxFuture;
 
 use super::pkgrev::{get_row, revision_name};
 use prost::Message as _;
@@ -34,6 +38,7 @@ use crate::{
     registry::RouteLifecycle,
     repository::{
         command::{LifecycleOp, LifecycleOutcome, Source},
+        naming::object_name,
         ApplyLifecycle,
     },
     ServiceError,
@@ -323,6 +328,76 @@ pub async fn handle_key(
         principal,
     )
     .await
+}
+
+/// The replay of an applied `pkgrev.create` (see
+/// [`super::idempotency`]): the revision it created, as it is now.
+pub fn replay_create(
+    context: ServiceContext,
+    request: Incoming,
+    _: RequestRow,
+) -> BoxFuture<'static, Result<Body, ServiceError>> {
+    Box::pin(async move {
+        let f = Fields::parse(&request.body, CREATE_FIELDS)?;
+        let namespace = f.required("namespace")?;
+        let path = package_path("path", &f.string("path")?.unwrap_or_default())?;
+        let name = object_name(
+            &f.required("repository")?,
+            &path,
+            &f.required("package")?,
+            &f.required("workspace")?,
+        );
+        revision_now(&context, request.format, namespace, name).await
+    })
+}
+
+/// The replay of an applied `pkgrev.update|propose|reject|approve|
+/// propose-delete|withdraw-delete`: the revision, as it is now.
+pub fn replay_revision(
+    context: ServiceContext,
+    request: Incoming,
+    _: RequestRow,
+) -> BoxFuture<'static, Result<Body, ServiceError>> {
+    Box::pin(async move {
+        let (namespace, name) = namespace_and_name(&request.body)?;
+        revision_now(&context, request.format, namespace, name).await
+    })
+}
+
+/// The replay of an applied `pkgrev.delete`: what it deleted.
+pub fn replay_delete(
+    _: ServiceContext,
+    request: Incoming,
+    _: RequestRow,
+) -> BoxFuture<'static, Result<Body, ServiceError>> {
+    Box::pin(async move {
+        let (_, name) = namespace_and_name(&request.body)?;
+        Ok(outcome_body(
+            request.format,
+            LifecycleOutcome::Deleted(name),
+        ))
+    })
+}
+
+/// `namespace` and `name` of a request naming one revision (`update`'s
+/// fields are a superset of the others').
+fn namespace_and_name(body: &[u8]) -> Result<(String, String), ServiceError> {
+    let f = Fields::parse(body, UPDATE_FIELDS)?;
+    Ok((f.required("namespace")?, revision_name(&f, "name")?))
+}
+
+async fn revision_now(
+    context: &ServiceContext,
+    format: Format,
+    namespace: String,
+    name: String,
+) -> Result<Body, ServiceError> {
+    let store = context.store.clone();
+    let row = blocking(move || get_row(&store, &namespace, &name)).await?;
+    Ok(outcome_body(
+        format,
+        LifecycleOutcome::Revision(Box::new(row)),
+    ))
 }
 
 /// `cairn.v1.pkgrev.propose`.

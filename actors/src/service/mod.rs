@@ -17,6 +17,8 @@
 //!   [`metadata`], [`record_stream`]. A leaf (re-exported here), so the
 //!   endpoint modules never import this module, which routes to them.
 //! - [`fields`] — strict JSON field parsing with errors that name the field.
+//! - [`idempotency`] — the `Cairn-Request-Id` header: a retried write is
+//!   answered from what its first attempt applied, and appends nothing.
 //! - [`log`] — `cairn.v1.log.read`.
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
 //! - [`pkgrev`] — `cairn.v1.pkgrev.list|get|resources`.
@@ -33,6 +35,7 @@
 pub mod codec;
 pub mod context;
 pub mod fields;
+pub mod idempotency;
 pub mod lifecycle;
 pub mod log;
 pub mod pages;
@@ -94,6 +97,7 @@ impl CairnService {
             pages: Arc::new(pages::PageCache::new(config.page_cache_bytes)),
             watch: watch.clone(),
             arbiter: actix::Arbiter::try_current(),
+            in_flight: Arc::default(),
             config,
         };
         let limiter = Arc::new(Semaphore::new(
@@ -102,9 +106,9 @@ impl CairnService {
         let mut tasks = Vec::new();
         macro_rules! endpoint {
             ($name:literal, $message:ty, $handler:path) => {
-                endpoint!($name, $message, $handler, RequestLimit::Config)
+                endpoint!($name, $message, $handler, RequestLimit::Config, None)
             };
-            ($name:literal, $message:ty, $handler:path, $limit:expr) => {{
+            ($name:literal, $message:ty, $handler:path, $limit:expr, $replay:expr) => {{
                 let endpoint = service
                     .endpoint_builder()
                     .name($name.replace('.', "-"))
@@ -117,6 +121,7 @@ impl CairnService {
                     limiter.clone(),
                     $limit,
                     $handler,
+                    $replay,
                 ));
             }};
         }
@@ -128,12 +133,16 @@ impl CairnService {
         endpoint!(
             "repo.register",
             cairn_events::v1::RepoRegisterRequest,
-            repo::handle_register
+            repo::handle_register,
+            RequestLimit::Config,
+            Some(repo::replay_register)
         );
         endpoint!(
             "repo.unregister",
             cairn_events::v1::RepoKeyRequest,
-            repo::handle_unregister
+            repo::handle_unregister,
+            RequestLimit::Config,
+            Some(repo::replay_unregister)
         );
         endpoint!(
             "repo.get",
@@ -148,12 +157,16 @@ impl CairnService {
         endpoint!(
             "repo.sync",
             cairn_events::v1::RepoKeyRequest,
-            repo::handle_sync
+            repo::handle_sync,
+            RequestLimit::Config,
+            Some(repo::replay_repository)
         );
         endpoint!(
             "repo.update",
             cairn_events::v1::RepoUpdateRequest,
-            repo::handle_update
+            repo::handle_update,
+            RequestLimit::Config,
+            Some(repo::replay_repository)
         );
         endpoint!(
             "pkgrev.list",
@@ -174,43 +187,57 @@ impl CairnService {
             "pkgrev.create",
             cairn_events::v1::PkgRevCreateRequest,
             lifecycle::handle_create,
-            RequestLimit::MaxPayload
+            RequestLimit::MaxPayload,
+            Some(lifecycle::replay_create)
         );
         endpoint!(
             "pkgrev.update",
             cairn_events::v1::PkgRevUpdateRequest,
             lifecycle::handle_update,
-            RequestLimit::MaxPayload
+            RequestLimit::MaxPayload,
+            Some(lifecycle::replay_revision)
         );
         endpoint!(
             "pkgrev.propose",
             cairn_events::v1::PkgRevCommandRequest,
-            lifecycle::handle_propose
+            lifecycle::handle_propose,
+            RequestLimit::Config,
+            Some(lifecycle::replay_revision)
         );
         endpoint!(
             "pkgrev.reject",
             cairn_events::v1::PkgRevCommandRequest,
-            lifecycle::handle_reject
+            lifecycle::handle_reject,
+            RequestLimit::Config,
+            Some(lifecycle::replay_revision)
         );
         endpoint!(
             "pkgrev.approve",
             cairn_events::v1::PkgRevCommandRequest,
-            lifecycle::handle_approve
+            lifecycle::handle_approve,
+            RequestLimit::Config,
+            Some(lifecycle::replay_revision)
         );
         endpoint!(
             "pkgrev.propose-delete",
             cairn_events::v1::PkgRevCommandRequest,
-            lifecycle::handle_propose_delete
+            lifecycle::handle_propose_delete,
+            RequestLimit::Config,
+            Some(lifecycle::replay_revision)
         );
         endpoint!(
             "pkgrev.withdraw-delete",
             cairn_events::v1::PkgRevCommandRequest,
-            lifecycle::handle_withdraw_delete
+            lifecycle::handle_withdraw_delete,
+            RequestLimit::Config,
+            Some(lifecycle::replay_revision)
         );
         endpoint!(
             "pkgrev.delete",
             cairn_events::v1::PkgRevCommandRequest,
-            lifecycle::handle_delete
+            lifecycle::handle_delete,
+            RequestLimit::Config,
+            Some(lifecycle::replay_delete)
         );
         endpoint!(
             "watch.start",
@@ -275,6 +302,7 @@ fn serve<M, F, Fut>(
     limiter: Arc<Semaphore>,
     limit: RequestLimit,
     handler: F,
+    replay: Option<idempotency::Replay>,
 ) -> JoinHandle<()>
 where
     M: prost::Message + Default + serde::Serialize,
@@ -294,30 +322,68 @@ where
                     RequestLimit::MaxPayload => usize::MAX,
                 };
                 let span = command_span(name);
+                let mut extra = Vec::new();
                 let result = match codec::request_json::<M>(&request, max) {
                     Ok((format, body)) => {
-                        let headers = request.message.headers.clone();
-                        handler(
-                            context,
-                            Incoming {
-                                format,
-                                body,
-                                headers,
-                            },
-                        )
-                        .instrument(span.clone())
-                        .await
+                        let incoming = Incoming {
+                            format,
+                            body,
+                            headers: request.message.headers.clone(),
+                            request: None,
+                        };
+                        match replay {
+                            None => handler(context, incoming).instrument(span.clone()).await,
+                            Some(replay) => {
+                                idempotent(name, context, incoming, handler, replay, &mut extra)
+                                    .instrument(span.clone())
+                                    .await
+                            }
+                        }
                     }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = &result {
                     span.in_scope(|| debug!(code = e.code, error = %e.message, "command failed"));
                 }
-                codec::respond(&request, format, result).await;
+                codec::respond(&request, format, result, &extra).await;
                 drop(permit);
             });
         }
     })
+}
+
+/// Runs the write `handler` once per idempotency key (see
+/// [`idempotency`]): a request whose key was applied is answered by
+/// `replay` (and `extra` gets the `Cairn-Replayed` header).
+async fn idempotent<F, Fut>(
+    name: &'static str,
+    context: ServiceContext,
+    mut incoming: Incoming,
+    handler: F,
+    replay: idempotency::Replay,
+    extra: &mut Vec<(&'static str, String)>,
+) -> Result<codec::Body, ServiceError>
+where
+    F: Fn(ServiceContext, Incoming) -> Fut,
+    Fut: std::future::Future<Output = Result<codec::Body, ServiceError>>,
+{
+    let endpoint = name.strip_prefix("cairn.v1.").unwrap_or(name);
+    let Some(key) = idempotency::request_key(endpoint, incoming.headers.as_ref(), &incoming.body)?
+    else {
+        return handler(context, incoming).await;
+    };
+    let _running = context.in_flight.lock(&key.id).await;
+    match idempotency::prior(&context, &key).await? {
+        idempotency::Prior::Applied(row) => {
+            debug!(request_id = %key.id, first_seq = row.first_seq, "replaying an applied request");
+            extra.push((idempotency::REPLAYED_HEADER, row.first_seq.to_string()));
+            replay(context, incoming, row).await
+        }
+        idempotency::Prior::None => {
+            incoming.request = Some(key);
+            handler(context, incoming).await
+        }
+    }
 }
 
 /// The span of one command of `endpoint`: INFO, a root, with `stream`,

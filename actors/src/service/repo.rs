@@ -9,8 +9,9 @@
 
 use std::time::Instant;
 
-use cairn_events::v1::{self as pb, GitSpec, RepositoryRow, RepositorySpec, SyncSpec};
+use cairn_events::v1::{self as pb, GitSpec, RepositoryRow, RepositorySpec, RequestRow, SyncSpec};
 use cairn_storage::views::RepositoriesView;
+use futures::future::BoxFuture;
 use prost::Message as _;
 use serde_json::{json, Value};
 
@@ -302,8 +303,52 @@ pub async fn handle_unregister(
             span: tracing::Span::current(),
         })
         .await??;
+    Ok(unregistered_body(format, &namespace, &name))
+}
+
+/// The replay of an applied `repo.register` (see
+/// [`super::idempotency`]): the repository, as it is now.
+pub fn replay_register(
+    context: ServiceContext,
+    request: Incoming,
+    _: RequestRow,
+) -> BoxFuture<'static, Result<Body, ServiceError>> {
+    Box::pin(async move {
+        let (spec, _, _) = parse_register(&request.body)?;
+        let row = current(&context, spec.namespace, spec.name).await?;
+        Ok(repository_body(request.format, &row, None))
+    })
+}
+
+/// The replay of an applied `repo.sync|update`: the repository, as it is
+/// now.
+pub fn replay_repository(
+    context: ServiceContext,
+    request: Incoming,
+    _: RequestRow,
+) -> BoxFuture<'static, Result<Body, ServiceError>> {
+    Box::pin(async move {
+        let (_, namespace, name) = key_fields(&request.body, &["wait", "sync"])?;
+        let row = current(&context, namespace, name).await?;
+        Ok(repository_body(request.format, &row, None))
+    })
+}
+
+/// The replay of an applied `repo.unregister`: what it unregistered.
+pub fn replay_unregister(
+    _: ServiceContext,
+    request: Incoming,
+    _: RequestRow,
+) -> BoxFuture<'static, Result<Body, ServiceError>> {
+    Box::pin(async move {
+        let (namespace, name, _) = parse_key(&request.body)?;
+        Ok(unregistered_body(request.format, &namespace, &name))
+    })
+}
+
+fn unregistered_body(format: Format, namespace: &str, name: &str) -> Body {
     let key = format!("{namespace}/{name}");
-    Ok(Body::of(
+    Body::of(
         format,
         || json!({ "unregistered": key }),
         || {
@@ -312,7 +357,7 @@ pub async fn handle_unregister(
             }
             .encode_to_vec()
         },
-    ))
+    )
 }
 
 /// `cairn.v1.repo.get`.

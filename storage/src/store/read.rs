@@ -420,6 +420,32 @@ impl RowSource for Inner {
         };
         Ok(self.db.get_cf(family, key)?)
     }
+
+    fn for_each_key(
+        &self,
+        cf: usize,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let family = if cf == BLOB_REFS_CF {
+            self.cf(Column::BlobRefs)
+        } else {
+            self.view_cf_at(cf - 1)
+        };
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(to.to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(family, options);
+        iter.seek(from);
+        while iter.valid() {
+            let Some(key) = iter.key() else { break };
+            if f(key).is_break() {
+                return Ok(());
+            }
+            iter.next();
+        }
+        Ok(iter.status()?)
+    }
 }
 
 impl ViewRead for Store {

@@ -64,8 +64,15 @@ impl Store {
             ("principal", metadata.principal.as_str()),
             ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
             ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
+            ("request id", metadata.request_id.as_str()),
         ])
         .map_err(StorageError::InvalidAppend)?;
+        if metadata.request_digest.len() > 64 {
+            return Err(StorageError::InvalidAppend(format!(
+                "request digest is {} bytes, at most 64 allowed",
+                metadata.request_digest.len()
+            )));
+        }
         if events.is_empty() {
             return Err(StorageError::InvalidAppend("no events to append".into()));
         }
@@ -407,6 +414,8 @@ impl Writer {
                     principal: request.metadata.principal.clone(),
                     trace: request.metadata.trace.clone(),
                     event: Some(event),
+                    request_id: request.metadata.request_id.clone(),
+                    request_digest: request.metadata.request_digest.clone(),
                 };
                 batch.put_cf(log_cf, keys::seq_key(seq), envelope::encode(&env));
                 batch.put_cf(
@@ -557,6 +566,7 @@ impl Writer {
                 ("principal", env.principal.as_str()),
                 ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
                 ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
+                ("request id", env.request_id.as_str()),
             ])
             .map_err(|why| {
                 StorageError::InvalidReplicated(format!("event at seq {}: {why}", env.seq))

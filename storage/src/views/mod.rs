@@ -6,6 +6,7 @@
 //! | `repositories` | `<namespace>/<name>` | [`cairn_events::v1::RepositoryRow`] |
 //! | `package_revisions` | `<namespace>/<object name>` | [`cairn_events::v1::PackageRevisionRow`] |
 //! | `package_revision_list` | `L<namespace>\0<repository>\0<package>\0<path>\0<name>` (and a name index) | [`cairn_events::v1::PackageRevisionListing`] + JSON form |
+//! | `requests` | `k<request id>` (and a time index) | [`cairn_events::v1::RequestRow`] |
 //!
 //! # Layout
 //! - [`repositories`] — [`RepositoriesView`]: spec and status per repository.
@@ -13,6 +14,8 @@
 //!   revision, with its resource blobs referenced.
 //! - [`package_revision_list`] — [`PackageRevisionListView`]: list rows in
 //!   listing order, filters as key prefixes.
+//! - [`requests`] — [`RequestsView`]: the command each idempotency key
+//!   (`Cairn-Request-Id`) carried, for a window.
 //! - `change` — `RevisionChange` and `on_revision_change`: the package
 //!   revision events both package revision views fold. A leaf the views
 //!   import; it imports none of them, and no view imports this module
@@ -30,10 +33,12 @@ mod change;
 pub mod package_revision_list;
 pub mod package_revisions;
 pub mod repositories;
+pub mod requests;
 
 pub use package_revision_list::PackageRevisionListView;
 pub use package_revisions::PackageRevisionsView;
 pub use repositories::RepositoriesView;
+pub use requests::RequestsView;
 
 /// The views a node runs, in fold order.
 pub fn default_views() -> Vec<Arc<dyn View>> {
@@ -41,5 +46,6 @@ pub fn default_views() -> Vec<Arc<dyn View>> {
         Arc::new(RepositoriesView),
         Arc::new(PackageRevisionsView),
         Arc::new(PackageRevisionListView),
+        Arc::new(RequestsView),
     ]
 }

@@ -1,0 +1,255 @@
+//! Idempotent retries of writes: the `Cairn-Request-Id` header.
+//!
+//! A client that sent a write and got no answer (a timeout, a node that
+//! died, a NATS outage) cannot tell whether it was applied. It retries
+//! with the same `Cairn-Request-Id` (1–128 characters of letters, digits,
+//! `.`, `_`, `:` and `-`; the CLI sends a fresh UUID per command and
+//! reuses it on its retries):
+//!
+//! - the id and a digest of the endpoint and body are recorded in the
+//!   envelope of every event the command appends, and folded into the
+//!   `requests` view ([`RequestsView`]) in the same batch — so the record
+//!   is exactly as durable as the events, survives restarts and reaches
+//!   every replica;
+//! - a request whose id the view holds (recorded less than
+//!   [`REQUEST_ID_WINDOW_SECS`](cairn_storage::views::requests::REQUEST_ID_WINDOW_SECS) (24 hours) ago) runs nothing: the endpoint's *replay*
+//!   answers what the command answers, read from the views now (the
+//!   revision or repository it created or changed, as it is now; `delete`
+//!   and `unregister` answer what they deleted), with the header
+//!   `Cairn-Replayed: <seq of the first event>`;
+//! - the same id with another endpoint or body is refused (409) — an id
+//!   names one request;
+//! - requests with one id run one at a time on a node ([`InFlight`]), so a
+//!   retry that arrives while the first attempt still runs waits for it
+//!   and then replays it;
+//! - a command that appended nothing (it failed, or had nothing to do)
+//!   leaves no record: its retry runs again, which is safe because nothing
+//!   was applied.
+//!
+//! Writes without the header behave as before. Reads ignore it.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use cairn_events::v1::RequestRow;
+use cairn_storage::views::RequestsView;
+use sha2::{Digest as _, Sha256};
+
+use super::context::{blocking, Incoming, ServiceContext};
+use crate::ServiceError;
+
+/// The request header carrying the idempotency key.
+pub const REQUEST_ID_HEADER: &str = "Cairn-Request-Id";
+
+/// The reply header set on a replayed answer: the global sequence number
+/// of the first event the original command appended.
+pub const REPLAYED_HEADER: &str = "Cairn-Replayed";
+
+/// Longest idempotency key accepted, in characters.
+pub const REQUEST_ID_MAX_CHARS: usize = 128;
+
+/// The idempotency key of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    /// The `Cairn-Request-Id` header.
+    pub id: String,
+    /// SHA-256 of the endpoint, a NUL and the body (as JSON).
+    pub digest: Vec<u8>,
+}
+
+/// The key of a request to `endpoint`, when it carries one; a malformed
+/// header is a 400 naming it.
+pub fn request_key(
+    endpoint: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    body: &[u8],
+) -> Result<Option<RequestKey>, ServiceError> {
+    let Some(value) = headers.and_then(|h| h.get(REQUEST_ID_HEADER)) else {
+        return Ok(None);
+    };
+    let id = value.as_str();
+    let valid = !id.is_empty()
+        && id.len() <= REQUEST_ID_MAX_CHARS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if !valid {
+        return Err(ServiceError::bad_field(
+            REQUEST_ID_HEADER,
+            format!(
+                "{:?} is not a request id (1-{REQUEST_ID_MAX_CHARS} letters, digits, '.', '_', ':' or '-')",
+                truncated(id)
+            ),
+        ));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(endpoint.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    Ok(Some(RequestKey {
+        id: id.to_owned(),
+        digest: hasher.finalize().to_vec(),
+    }))
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(REQUEST_ID_MAX_CHARS + 8).collect()
+}
+
+/// What a request with a key found.
+#[derive(Debug)]
+pub enum Prior {
+    /// No command in the window carried the key: run the request.
+    None,
+    /// A command with this key and this request appended events: replay.
+    Applied(RequestRow),
+}
+
+/// Looks `key` up in the `requests` view; the key used for another
+/// request is a 409.
+pub async fn prior(context: &ServiceContext, key: &RequestKey) -> Result<Prior, ServiceError> {
+    let store = context.store.clone();
+    let id = key.id.clone();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let row = blocking(move || Ok(RequestsView::get_live(&store, &id, now)?)).await?;
+    match row {
+        None => Ok(Prior::None),
+        Some(row) if row.digest != key.digest => Err(ServiceError::conflict(format!(
+            "{REQUEST_ID_HEADER} {:?} was already used for another request (applied at seq {}); \
+             send a new id with a new request",
+            key.id, row.first_seq
+        ))),
+        Some(row) => Ok(Prior::Applied(row)),
+    }
+}
+
+/// An endpoint's answer for a request that was already applied: what the
+/// endpoint answers, read from the views now.
+pub type Replay =
+    fn(
+        ServiceContext,
+        Incoming,
+        RequestRow,
+    ) -> futures::future::BoxFuture<'static, Result<super::codec::Body, ServiceError>>;
+
+/// The requests of each key running on this node; one at a time per key.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    running: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while a request with a key runs; the next with the key waits.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    in_flight: Arc<InFlight>,
+    id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl InFlight {
+    /// Waits until no other request with `id` runs here, then holds it.
+    pub async fn lock(self: &Arc<Self>, id: &str) -> InFlightGuard {
+        let lock = self
+            .running
+            .lock()
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let held = lock.clone().lock_owned().await;
+        InFlightGuard {
+            in_flight: self.clone(),
+            id: id.to_owned(),
+            lock,
+            held: Some(held),
+        }
+    }
+
+    /// Keys with a request running or waiting.
+    pub fn len(&self) -> usize {
+        self.running.lock().len()
+    }
+
+    /// No request with a key runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.held.take();
+        let mut running = self.in_flight.running.lock();
+        // The map's reference and ours: nobody waits (waiters clone under
+        // this same lock), so the entry goes.
+        if Arc::strong_count(&self.lock) == 2 {
+            running.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(id: &str) -> async_nats::HeaderMap {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(REQUEST_ID_HEADER, id);
+        h
+    }
+
+    #[test]
+    fn keys_are_checked_and_digest_endpoint_and_body() {
+        assert_eq!(request_key("a", None, b"{}").unwrap(), None);
+        let k = request_key("pkgrev.create", Some(&headers("0190-ab:c_d.e")), b"{}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.id, "0190-ab:c_d.e");
+        assert_eq!(k.digest.len(), 32);
+        let other_body = request_key("pkgrev.create", Some(&headers("x")), b"{ }")
+            .unwrap()
+            .unwrap();
+        let other_endpoint = request_key("pkgrev.update", Some(&headers("x")), b"{}")
+            .unwrap()
+            .unwrap();
+        let same = request_key("pkgrev.create", Some(&headers("x")), b"{}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(same.digest, k.digest);
+        assert_ne!(other_body.digest, k.digest);
+        assert_ne!(other_endpoint.digest, k.digest);
+        for bad in ["a b", "é", &"x".repeat(129), "a/b"] {
+            let e = request_key("a", Some(&headers(bad)), b"{}").unwrap_err();
+            assert_eq!(e.code, 400, "{bad}");
+            assert!(e.message.starts_with("Cairn-Request-Id: "), "{}", e.message);
+        }
+    }
+
+    #[tokio::test]
+    async fn one_request_per_key_at_a_time() {
+        let in_flight = Arc::new(InFlight::default());
+        let first = in_flight.lock("k").await;
+        let other = in_flight.lock("other").await;
+        let waiter = {
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move { in_flight.lock("k").await })
+        };
+        // The waiter cannot get the key while `first` holds it.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter gets the key once it is free")
+            .unwrap();
+        assert_eq!(in_flight.len(), 2);
+        drop(second);
+        drop(other);
+        assert!(in_flight.is_empty());
+    }
+}

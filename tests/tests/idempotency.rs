@@ -1,0 +1,325 @@
+//! Idempotent retries (`Cairn-Request-Id`) on a real node: a retried write
+//! is answered from what its first attempt applied and appends nothing —
+//! at once, concurrently, and after a restart; an id reused for another
+//! request is refused; the CLI sends one id per command and retries it
+//! until a node answers.
+
+use std::{path::Path, time::Duration};
+
+use async_nats::HeaderMap;
+use cairn_storage::EventLog;
+use cairn_tests::{
+    cairn_cli, git, ChildGuard, GitFixture, NatsServer, TestDir, TestNode, TestNodeBuilder,
+};
+use serde_json::{json, Value};
+
+const HEADER: &str = "Cairn-Request-Id";
+
+/// A bare upstream with one commit on `main`; its `file://` URL.
+fn upstream(dir: &Path) -> (GitFixture, String) {
+    let work = GitFixture::init(&dir.join("work"), "main");
+    work.write("README.md", "up\n").commit("first");
+    let bare = work.clone_bare(&dir.join("up.git"));
+    let url = bare.url();
+    (bare, url)
+}
+
+/// What a request answered: the code (200 on success), the JSON body and
+/// the `Cairn-Replayed` header.
+#[derive(Debug)]
+struct Answer {
+    code: u16,
+    body: Value,
+    replayed: Option<u64>,
+}
+
+async fn send(node: &TestNode, endpoint: &str, id: Option<&str>, body: &Value) -> Answer {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = id {
+        headers.insert(HEADER, id);
+    }
+    let reply = node
+        .client()
+        .request_with_headers(
+            &format!("cairn.v1.{endpoint}"),
+            headers,
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await;
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    Answer {
+        code: header("Nats-Service-Error-Code").map_or(200, |c| c.parse().unwrap()),
+        body: serde_json::from_slice(&reply.payload).unwrap(),
+        replayed: header("Cairn-Replayed").map(|s| s.parse().unwrap()),
+    }
+}
+
+fn refs(bare: &GitFixture) -> String {
+    git(
+        bare.path(),
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    )
+}
+
+fn create_body(workspace: &str) -> Value {
+    json!({
+        "namespace": "team-a", "repository": "up", "package": "pkg", "workspace": workspace,
+        "resources": {"Kptfile": "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: pkg\n"},
+    })
+}
+
+/// The test from the issue: a retried `pkgrev.create` with the same key
+/// before and after a restart.
+#[actix_rt::test]
+async fn a_retried_create_is_applied_once_before_and_after_a_restart() {
+    let dir = TestDir::new();
+    let (bare, url) = upstream(dir.path());
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    node.client()
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "up", "git": {"url": url}}),
+        )
+        .await;
+    let body = create_body("w1");
+    let before = node.store.last_seq().unwrap();
+
+    let first = send(&node, "pkgrev.create", Some("create-1"), &body).await;
+    assert_eq!((first.code, first.replayed), (200, None), "{}", first.body);
+    assert_eq!(first.body["name"], "up.pkg.w1");
+    assert_eq!(first.body["lifecycle"], "Draft");
+    let applied = node.store.last_seq().unwrap();
+    let (kinds, events) = node.client().events_after("up", before).await;
+    assert_eq!(kinds, ["DraftCreated"]);
+    assert_eq!(events[0]["request_id"], "create-1", "{}", events[0]);
+    let upstream_refs = refs(&bare);
+    assert!(
+        upstream_refs.contains("refs/heads/drafts/pkg/w1"),
+        "{upstream_refs}"
+    );
+
+    // The retry: the first outcome, nothing appended, nothing pushed.
+    let retry = send(&node, "pkgrev.create", Some("create-1"), &body).await;
+    assert_eq!(retry.code, 200, "{}", retry.body);
+    assert_eq!(retry.replayed, Some(before + 1));
+    assert_eq!(retry.body, first.body);
+    assert_eq!(node.store.last_seq().unwrap(), applied);
+    assert_eq!(refs(&bare), upstream_refs);
+
+    // What a retry without the key gets (what the campaign saw).
+    let unkeyed = send(&node, "pkgrev.create", None, &body).await;
+    assert_eq!(unkeyed.code, 409, "{}", unkeyed.body);
+
+    // One id names one request.
+    let other = send(&node, "pkgrev.create", Some("create-1"), &create_body("w2")).await;
+    assert_eq!(other.code, 409, "{}", other.body);
+    assert_eq!(
+        other.body["message"],
+        format!(
+            "Cairn-Request-Id \"create-1\" was already used for another request (applied at seq {}); send a new id with a new request",
+            before + 1
+        )
+    );
+    // A malformed id is bad input, whatever the body.
+    let bad = send(&node, "pkgrev.create", Some("no spaces"), &body).await;
+    assert_eq!(bad.code, 400);
+    assert!(
+        bad.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cairn-Request-Id: \"no spaces\" is not a request id"),
+        "{}",
+        bad.body
+    );
+    assert_eq!(node.store.last_seq().unwrap(), applied);
+
+    // After a restart the key is still known (it is in the log and the
+    // `requests` view, not in memory).
+    let node = node.stop().await.start().await;
+    let after_restart = send(&node, "pkgrev.create", Some("create-1"), &body).await;
+    assert_eq!(after_restart.code, 200, "{}", after_restart.body);
+    assert_eq!(after_restart.replayed, Some(before + 1));
+    assert_eq!(after_restart.body, first.body);
+    assert_eq!(node.store.last_seq().unwrap(), applied);
+    assert_eq!(refs(&bare), upstream_refs);
+
+    // A protobuf retry of the same request is the same request.
+    // (The digest covers the body as JSON, whatever the wire format.)
+    node.shutdown().await;
+}
+
+/// Duplicates that arrive together run one after the other: the first
+/// applies, the others replay it — one event, every answer a success.
+#[actix_rt::test]
+async fn concurrent_duplicates_apply_once() {
+    let dir = TestDir::new();
+    let (_bare, url) = upstream(dir.path());
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    node.client()
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "up", "git": {"url": url}}),
+        )
+        .await;
+    let before = node.store.last_seq().unwrap();
+    let body = create_body("w1");
+    let answers = futures::future::join_all(
+        (0..4).map(|_| send(&node, "pkgrev.create", Some("together"), &body)),
+    )
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.code, 200, "{}", answer.body);
+        assert_eq!(answer.body["name"], "up.pkg.w1");
+    }
+    assert_eq!(answers.iter().filter(|a| a.replayed.is_none()).count(), 1);
+    let (kinds, _) = node.client().events_after("up", before).await;
+    assert_eq!(kinds, ["DraftCreated"]);
+    node.shutdown().await;
+}
+
+/// Every write endpoint replays: approve (whose unkeyed retry is a 409,
+/// the revision being published), delete (404 unkeyed), register and
+/// unregister.
+#[actix_rt::test]
+async fn approve_delete_register_and_unregister_replay() {
+    let dir = TestDir::new();
+    let (_bare, url) = upstream(dir.path());
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    let register = json!({"namespace": "team-a", "name": "up", "git": {"url": url}});
+    let registered = send(&node, "repo.register", Some("reg"), &register).await;
+    assert_eq!(
+        (registered.code, registered.replayed),
+        (200, None),
+        "{}",
+        registered.body
+    );
+    let again = send(&node, "repo.register", Some("reg"), &register).await;
+    assert_eq!(again.code, 200, "{}", again.body);
+    assert!(again.replayed.is_some());
+    assert_eq!(again.body["name"], "up");
+    let (kinds, _) = node.client().events_after("up", 0).await;
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "RepositoryRegistered")
+            .count(),
+        1
+    );
+
+    node.client().ok("pkgrev.create", create_body("w1")).await;
+    let key = json!({"namespace": "team-a", "name": "up.pkg.w1"});
+    node.client().ok("pkgrev.propose", key.clone()).await;
+    let seq = node.store.last_seq().unwrap();
+    let approved = send(&node, "pkgrev.approve", Some("approve-1"), &key).await;
+    assert_eq!(
+        (approved.code, approved.body["lifecycle"].as_str()),
+        (200, Some("Published"))
+    );
+    let approved_seq = node.store.last_seq().unwrap();
+    assert!(approved_seq > seq);
+    let retry = send(&node, "pkgrev.approve", Some("approve-1"), &key).await;
+    assert_eq!(
+        (retry.code, retry.replayed),
+        (200, Some(seq + 1)),
+        "{}",
+        retry.body
+    );
+    assert_eq!(retry.body, approved.body);
+    assert_eq!(send(&node, "pkgrev.approve", None, &key).await.code, 409);
+    assert_eq!(node.store.last_seq().unwrap(), approved_seq);
+
+    node.client().ok("pkgrev.propose-delete", key.clone()).await;
+    let deleted = send(&node, "pkgrev.delete", Some("delete-1"), &key).await;
+    assert_eq!(deleted.body, json!({"deleted": "up.pkg.w1"}));
+    let seq = node.store.last_seq().unwrap();
+    let retry = send(&node, "pkgrev.delete", Some("delete-1"), &key).await;
+    assert_eq!(
+        (retry.code, &retry.body),
+        (200, &json!({"deleted": "up.pkg.w1"}))
+    );
+    assert!(retry.replayed.is_some());
+    assert_eq!(send(&node, "pkgrev.delete", None, &key).await.code, 404);
+    assert_eq!(node.store.last_seq().unwrap(), seq);
+
+    let repo = json!({"namespace": "team-a", "name": "up"});
+    let gone = send(&node, "repo.unregister", Some("unreg"), &repo).await;
+    assert_eq!(gone.body, json!({"unregistered": "team-a/up"}));
+    let seq = node.store.last_seq().unwrap();
+    let retry = send(&node, "repo.unregister", Some("unreg"), &repo).await;
+    assert_eq!(
+        (retry.code, &retry.body),
+        (200, &json!({"unregistered": "team-a/up"}))
+    );
+    assert!(retry.replayed.is_some());
+    assert_eq!(node.store.last_seq().unwrap(), seq);
+    node.shutdown().await;
+}
+
+/// The CLI sends a request id with each write and retries while no node
+/// answers: started before any node, `repo register` waits, says so on
+/// stderr, and registers once when a node comes up.
+#[actix_rt::test]
+async fn the_cli_retries_a_write_until_a_node_answers_and_it_applies_once() {
+    let dir = TestDir::new();
+    let (_bare, url) = upstream(dir.path());
+    let nats = NatsServer::start();
+    let mut cli = cairn_cli!().command();
+    cli.args([
+        "repo",
+        "register",
+        "team-a/up",
+        "--url",
+        &url,
+        "--nats-url",
+        &nats.url(),
+        "--timeout",
+        "60s",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = ChildGuard::spawn(&mut cli);
+    let stderr = child.0.stderr.take().unwrap();
+    let (line, rest) = cairn_tests::read_line_matching(stderr, Duration::from_secs(60), |l| {
+        l.contains("retrying")
+    })
+    .expect("the CLI says it retries");
+    assert_eq!(
+        line,
+        "cairn.v1.repo.register: no cairn node answers on this NATS server; retrying until 60s have passed"
+    );
+    let node = TestNodeBuilder::in_dir(&dir.join("node"))
+        .configure(|c| c.nats.urls = vec![nats.url()])
+        .start()
+        .await;
+    // Waited for off this thread: the node runs on it.
+    let status = tokio::task::spawn_blocking(move || child.wait_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "the CLI registered once a node answered; it said:\n{}",
+        rest.try_iter().collect::<Vec<_>>().join("\n")
+    );
+    let (kinds, events) = node.client().events_after("up", 0).await;
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("RepositoryRegistered")
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "RepositoryRegistered")
+            .count(),
+        1
+    );
+    let id = events[0]["request_id"].as_str().unwrap();
+    // A UUID v7 (`xxxxxxxx-xxxx-7xxx-…`).
+    assert_eq!((id.len(), &id[14..15]), (36, "7"), "{id}");
+    node.shutdown().await;
+}
