@@ -699,3 +699,83 @@ async fn an_unchanged_upstream_syncs_with_no_per_package_work() {
     assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
     node.shutdown().await;
 }
+
+/// A name is used again after it was unregistered — at once, with other
+/// settings, and after a restart — and the old registrations stay in the
+/// log (issue: `expected version 0, found version 20`). The real CLI does
+/// the same.
+#[actix_rt::test]
+async fn a_name_is_registered_again_after_unregister_and_keeps_its_history() {
+    let dir = TestDir::new();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let data = dir.path().join("data");
+    let node = start(&data).await;
+    let client = node.client().clone();
+    let key = json!({"namespace": "team-a", "name": "again"});
+
+    client.ok("repo.register", register("again", &url)).await;
+    assert_eq!(names(&client, "again").await.len(), 8);
+    client.ok("repo.unregister", key.clone()).await;
+    let closed_at = node
+        .store
+        .stream_version(&cairn_events::StreamId::repository("team-a", "again").unwrap())
+        .unwrap();
+
+    // Again, with other settings: a branch that does not exist, created.
+    let mut other = register("again", &url);
+    other["git"]["branch"] = json!("fresh");
+    other["git"]["create_branch"] = json!(true);
+    let reply = client.ok("repo.register", other).await;
+    assert_eq!(reply["git"]["branch"], "fresh");
+    assert_eq!(reply["status"]["ready"], true, "{reply}");
+    let (kinds, _) = client.events_after("again", 0).await;
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("RepositoryRegistered")
+    );
+    assert_eq!(
+        kinds[closed_at as usize - 1],
+        "RepositoryClosed",
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds[closed_at as usize], "RepositoryRegistered",
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "RepositoryRegistered")
+            .count(),
+        2
+    );
+    // A registered name is still taken.
+    let taken = client
+        .call("repo.register", register("again", &url))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code, 409, "{taken}");
+
+    // After a restart: unregister and register once more, by the CLI.
+    let node = node.stop().await.start().await;
+    let nats = node.nats_url.clone();
+    let (ok_, _, err) = cli(&nats, &["repo", "unregister", "team-a/again"]).await;
+    assert!(ok_, "{err}");
+    let (ok_, out, err) = cli(&nats, &["repo", "register", "team-a/again", "--url", &url]).await;
+    assert!(ok_, "{err}");
+    assert!(
+        out.lines().nth(1).unwrap().contains(" true   Ready   8"),
+        "{out}"
+    );
+    let (kinds, _) = node.client().events_after("again", 0).await;
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "RepositoryRegistered")
+            .count(),
+        3
+    );
+    assert_eq!(kinds.iter().filter(|k| *k == "RepositoryClosed").count(), 2);
+    assert_eq!(names(node.client(), "again").await.len(), 8);
+    node.shutdown().await;
+}

@@ -152,6 +152,18 @@ impl StreamDomain for Repository {
         Box::pin(async move {
             match command {
                 RepositoryCommand::Register => {
+                    // A name used before continues its stream after the old
+                    // registration's close (the history stays, for audit).
+                    let store = session.env().store.clone();
+                    let stream = session.state().stream.clone();
+                    let closed_at = crate::writer::off_arbiter("register", move || {
+                        closed_version(&store, &stream)
+                    })
+                    .await?
+                    .map_err(RepositoryError::Views)?;
+                    if let Some(version) = closed_at {
+                        session.state_mut().version = version;
+                    }
                     session
                         .decide(
                             "register",
@@ -207,6 +219,29 @@ impl StreamDomain for Repository {
             }
         })
     }
+}
+
+/// The version of `stream`'s last event when that event closed an earlier
+/// registration (a new one appends after it); `None` for a stream never
+/// written — or still open, whose append then fails as a conflict naming
+/// both versions.
+fn closed_version(
+    store: &cairn_storage::Store,
+    stream: &StreamId,
+) -> Result<Option<u64>, cairn_storage::StorageError> {
+    use cairn_storage::EventLog as _;
+    let version = store.stream_version(stream)?;
+    if version == 0 {
+        return Ok(None);
+    }
+    let last = store.read_stream(stream, version, 1)?;
+    let closed = last.first().is_some_and(|e| {
+        matches!(
+            e.event.as_ref().and_then(|e| e.payload.as_ref()),
+            Some(cairn_events::v1::event::Payload::RepositoryClosed(_))
+        )
+    });
+    Ok(closed.then_some(version))
 }
 
 /// Runs `command` in the writer and answers what `pick` takes from its
