@@ -779,3 +779,41 @@ async fn a_name_is_registered_again_after_unregister_and_keeps_its_history() {
     assert_eq!(names(node.client(), "again").await.len(), 8);
     node.shutdown().await;
 }
+
+/// `cairn log | head -1`: a reader that closes the pipe ends the command
+/// quietly (exit 0, nothing on stderr), not with `error: Broken pipe`.
+#[actix_rt::test]
+async fn a_closed_pipe_ends_the_cli_quietly() {
+    let dir = TestDir::new();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    node.client()
+        .ok("repo.register", register("pipe", &url))
+        .await;
+    let nats = node.nats_url.clone();
+    for args in [
+        vec!["log"],
+        vec!["pkg", "list", "-n", "team-a"],
+        vec!["pkg", "list", "-n", "team-a", "-o", "json"],
+        vec!["repo", "list"],
+    ] {
+        let mut command = cairn_cli!().command();
+        command
+            .args(&args)
+            .args(["--nats-url", &nats])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cairn_tests::ChildGuard::spawn(&mut command);
+        // The reader goes away before the command writes its first line.
+        drop(child.0.stdout.take());
+        let stderr = child.0.stderr.take().unwrap();
+        let (status, stderr) = tokio::task::spawn_blocking(move || {
+            let status = child.wait_timeout(WAIT);
+            (status, std::io::read_to_string(stderr).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!((status.code(), stderr.as_str()), (Some(0), ""), "{args:?}");
+    }
+    node.shutdown().await;
+}
