@@ -577,7 +577,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         !no_wait,
                     );
                     let reply = c.call("repo.register", &body)?;
-                    client::print(out, conn.output, &reply, None, client::REPO_COLUMNS)
+                    client::print(out, conn.output, &reply, None, client::REPO_COLUMNS)?;
+                    // Registered, but its first sync failed: say so, hint
+                    // the fix where one is known, and exit non-zero.
+                    if let Some(error) = reply["sync"].get("error") {
+                        let hint = match reply["status"]["error_class"].as_str() {
+                            Some("missing") => format!(
+                                "\nhint: the branch does not exist upstream; to have cairn create it: cairn repo unregister {ns}/{name} && cairn repo register {ns}/{name} --url {url} --branch {branch} --create-branch"
+                            ),
+                            Some("auth") => "\nhint: check the repository's --secret-ref and the node's secrets".to_owned(),
+                            _ => String::new(),
+                        };
+                        anyhow::bail!(
+                            "{ns}/{name} is registered, but its first sync failed: {}: {}{hint}",
+                            error["code"],
+                            error["message"].as_str().unwrap_or_default()
+                        );
+                    }
+                    Ok(())
                 }
                 RepoCommand::Unregister { repository } => {
                     let (ns, name) = split_key(&repository)?;

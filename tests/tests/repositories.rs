@@ -817,3 +817,59 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
     }
     node.shutdown().await;
 }
+
+/// A registration whose first sync failed exits non-zero, says what
+/// failed and, for a branch that does not exist, how to have cairn
+/// create it; the repository stays registered (as the message says).
+#[actix_rt::test]
+async fn the_cli_register_fails_when_the_first_sync_fails_and_hints_the_fix() {
+    let dir = TestDir::new();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let nats = node.nats_url.clone();
+    let (ok_, out, err) = cli(
+        &nats,
+        &[
+            "repo",
+            "register",
+            "team-a/nobranch",
+            "--url",
+            &url,
+            "--branch",
+            "nope",
+        ],
+    )
+    .await;
+    assert!(!ok_, "{out}");
+    assert!(out.lines().nth(1).unwrap().contains(" false  "), "{out}");
+    assert_eq!(
+        err,
+        format!(
+            "error: team-a/nobranch is registered, but its first sync failed: 404: branch \"nope\" does not exist upstream\n\
+             hint: the branch does not exist upstream; to have cairn create it: cairn repo unregister team-a/nobranch && cairn repo register team-a/nobranch --url {url} --branch nope --create-branch\n"
+        )
+    );
+    // The hint works as written.
+    let (ok_, _, err) = cli(&nats, &["repo", "unregister", "team-a/nobranch"]).await;
+    assert!(ok_, "{err}");
+    let (ok_, out, err) = cli(
+        &nats,
+        &[
+            "repo",
+            "register",
+            "team-a/nobranch",
+            "--url",
+            &url,
+            "--branch",
+            "nope",
+            "--create-branch",
+        ],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    assert!(
+        out.lines().nth(1).unwrap().contains(" true   Ready "),
+        "{out}"
+    );
+    node.shutdown().await;
+}
