@@ -256,7 +256,11 @@ impl Field {
             return Ok(format!("{}W", self.value(&upper[..upper.len() - 1])?));
         }
         if upper.contains('L') && !names {
-            return Err("L is allowed only in day-of-month (L) and day-of-week (DL)".to_owned());
+            return Err(match self {
+                Field::DayOfMonth => "L stands alone in day-of-month (the month's last day)",
+                _ => "L is allowed only in day-of-month (L) and day-of-week (DL)",
+            }
+            .to_owned());
         }
         let (base, step) = match upper.split_once('/') {
             Some((base, step)) => {
@@ -598,6 +602,9 @@ mod tests {
             ("0 0 1#2 * *", "\"0 0 1#2 * *\" is not a valid cron expression: day-of-month \"1#2\": # is allowed only in day-of-week (D#K)"),
             ("0 0 * * 1W", "\"0 0 * * 1W\" is not a valid cron expression: day-of-week \"1W\": W is allowed only in day-of-month, after a single day (NW)"),
             ("0 0 LW * *", "\"0 0 LW * *\" is not a valid cron expression: day-of-month \"LW\": \"L\" is not a number 1-31"),
+            ("0 0 L-2 * *", "\"0 0 L-2 * *\" is not a valid cron expression: day-of-month \"L-2\": L stands alone in day-of-month (the month's last day)"),
+            ("5L * * * *", "\"5L * * * *\" is not a valid cron expression: minute \"5L\": L is allowed only in day-of-month (L) and day-of-week (DL)"),
+            ("0 0 * * 1-5L", "\"0 0 * * 1-5L\" is not a valid cron expression: day-of-week \"1-5L\": \"5L\" is neither a number 0-7 nor a name SUN-SAT"),
             ("0 0 *,1 * *", "\"0 0 *,1 * *\" is not a valid cron expression: day-of-month \"*\": * must be the whole field"),
             ("? * * * *", "\"? * * * *\" is not a valid cron expression: minute \"?\": ? must be the whole field"),
             ("@daily", "\"@daily\" has 1 field; expected 5 (minute hour day-of-month month day-of-week)"),
