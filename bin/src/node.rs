@@ -113,6 +113,7 @@ impl Node {
             max_concurrent_requests: config.service.max_concurrent_requests,
             resource_max_bytes: config.service.resource_max_bytes,
             watch: config.watch.watch_config(),
+            clock: clock.clone(),
             ..ServiceConfig::default()
         };
         let env = Arc::new(SyncEnv {

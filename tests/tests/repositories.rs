@@ -322,6 +322,80 @@ async fn bad_input_is_refused_by_field_and_stores_nothing() {
 }
 
 #[actix_rt::test]
+async fn a_key_given_twice_is_refused_naming_it_and_stores_nothing() {
+    let dir = TestDir::new();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let client = node.client().clone();
+    client.ok("repo.register", register("r", &url)).await;
+    let seq = node.store.last_seq().unwrap();
+    // serde_json keeps the last of two equal keys: each of these was
+    // taken as its second value.
+    let cases = [
+        (
+            "repo.register",
+            format!(r#"{{"namespace":"team-a","name":"s","name":"t","git":{{"url":"{url}"}}}}"#),
+            "name: duplicate key",
+        ),
+        (
+            "repo.register",
+            format!(r#"{{"namespace":"team-a","name":"s","git":{{"url":"file:///elsewhere","branch":"main","url":"{url}"}}}}"#),
+            "git.url: duplicate key",
+        ),
+        (
+            "repo.update",
+            r#"{"namespace":"team-a","name":"r","sync":{"schedule":"*/5 * * * *","schedule":"*/10 * * * *"}}"#.to_owned(),
+            "sync.schedule: duplicate key",
+        ),
+        (
+            "repo.update",
+            r#"{"namespace":"team-a","name":"r","sync":{"schedule":"*/5 * * * *"},"sync":{}}"#.to_owned(),
+            "sync: duplicate key",
+        ),
+        (
+            "pkgrev.create",
+            r#"{"namespace":"team-a","repository":"r","package":"app","workspace":"ws","resources":{"Kptfile":"a","Kptfile":"b"}}"#.to_owned(),
+            "resources[\"Kptfile\"]: duplicate key",
+        ),
+        (
+            "log.read",
+            r#"{"limit":1,"from_seq":1,"limit":1000}"#.to_owned(),
+            "limit: duplicate key",
+        ),
+    ];
+    for (endpoint, body, message) in cases {
+        let error = client
+            .call_raw(endpoint, body.as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.code, error.message.as_str()),
+            (400, message),
+            "{endpoint} {body}"
+        );
+    }
+    // Nothing stored: `r` as registered, and nothing else.
+    assert_eq!(node.store.last_seq().unwrap(), seq);
+    let list = client.ok("repo.list", json!({})).await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["name"], json!("r"));
+    assert_eq!(items[0]["sync"]["schedule"], json!(""));
+    // The same key in two objects is fine; a body of whitespace is `{}`.
+    let reply = client
+        .call_raw(
+            "repo.update",
+            br#"{"namespace":"team-a","name":"r","sync":{"schedule":"*/5 * * * *"},"principal":"name"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["sync"]["schedule"], json!("*/5 * * * *"));
+    let list = client.call_raw("repo.list", b" \r\n\t ").await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn protobuf_requests_get_protobuf_replies() {
     let dir = TestDir::new();
     let url = unpack("simple-repository", &dir.path().join("upstream"));

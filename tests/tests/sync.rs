@@ -1,20 +1,28 @@
 //! Background sync on a real node (real nats-server, RocksDB, Git changed
 //! with the `git` CLI): the events each kind of upstream change produces,
 //! scheduling with an injected clock (interval, cron, run_once_at, jitter,
-//! retry delay by error class), the node-wide cap on running syncs, and
-//! failures that keep the last good state until the next success.
+//! retry delay by error class), the node-wide cap on running syncs,
+//! failures that keep the last good state until the next success, and
+//! cron schedules that never fire costing the node no time.
 
 use std::{
+    cell::Cell,
+    future::Future,
     path::Path,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use cairn_actors::{
     registry::{NextSyncOf, RefsRead},
     schedule::ManualClock,
 };
-use cairn_storage::EventLog;
+use cairn_events::{
+    envelope::{event, Metadata},
+    v1::{event::Payload, RepositorySpecChanged, SyncSpec},
+    StreamId,
+};
+use cairn_storage::{views::RepositoriesView, EventLog, ExpectedVersion};
 use cairn_tests::{git, unpack, within, ClosedPort, TestDir, TestNode, TestNodeBuilder, WAIT};
 use serde_json::{json, Value};
 
@@ -597,5 +605,182 @@ async fn at_most_max_concurrent_syncs_run_at_once() {
             "{name}"
         );
     }
+    node.shutdown().await;
+}
+
+/// What `work` answered, how long it took, and the slowest of the
+/// `repo.get`s of repository `other` sent back to back while it ran (the
+/// last one finishing after it): a node whose thread `work` stalls shows
+/// in both.
+async fn timed_beside_gets<T>(
+    node: &TestNode,
+    other: &str,
+    work: impl Future<Output = T>,
+) -> (T, Duration, Duration) {
+    let done = Cell::new(false);
+    let slowest = Cell::new(Duration::ZERO);
+    let started = Instant::now();
+    let work = async {
+        let answer = work.await;
+        done.set(true);
+        (answer, started.elapsed())
+    };
+    let gets = async {
+        while !done.get() {
+            let asked = Instant::now();
+            let reply = node.client().ok("repo.get", key(other)).await;
+            assert_eq!(reply["name"], json!(other));
+            slowest.set(slowest.get().max(asked.elapsed()));
+        }
+    };
+    let ((answer, took), ()) = futures::join!(work, gets);
+    (answer, took, slowest.get())
+}
+
+/// A `repo.get` answers in about a millisecond; a schedule's next time
+/// took croner 3.7 s for `L * * * *` on the node's only arbiter thread.
+const QUICK: Duration = Duration::from_secs(1);
+
+/// A sync of an unchanged `file://` upstream: an `ls-remote` and two
+/// appends (it took 3.5 s more with `L * * * *`).
+const SYNC_QUICK: Duration = Duration::from_secs(2);
+
+#[actix_rt::test]
+async fn schedules_that_never_fire_are_refused_at_once_while_other_requests_go_on() {
+    let dir = TestDir::new();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let (node, _clock) = start(config(&dir.path().join("data"))).await;
+    let mut request = register("a", &url);
+    request["sync"] = json!({"schedule": "*/15 * * * *"});
+    node.client().ok("repo.register", request).await;
+    node.client().ok("repo.register", register("b", &url)).await;
+    let at_1015 = t0() + Duration::from_secs(15 * 60);
+    assert_eq!(next_sync(&node, "a").await, Some((at_1015, "schedule")));
+    let seq = node.store.last_seq().unwrap();
+
+    let cases = [
+        // croner took `L` for a minute (hour, …) that never comes, and
+        // searched to the year 5000: 3.7 s, 102 ms, 218 ms.
+        ("L * * * *", "\"L * * * *\" is not a valid cron expression: minute \"L\": L is allowed only in day-of-month (L) and day-of-week (DL)"),
+        ("* L * * *", "\"* L * * *\" is not a valid cron expression: hour \"L\": L is allowed only in day-of-month (L) and day-of-week (DL)"),
+        ("L L * * *", "\"L L * * *\" is not a valid cron expression: minute \"L\": L is allowed only in day-of-month (L) and day-of-week (DL)"),
+        ("0 0 * * L", "\"0 0 * * L\" is not a valid cron expression: day-of-week \"L\": L alone is allowed only in day-of-month; in day-of-week say which day: DL (5L, FRIL)"),
+        // Days that do not exist: no time within the horizon.
+        ("0 0 30 2 *", "\"0 0 30 2 *\" has no time in the next 8 years (a day that does not exist, like 30 2, or day rules that never meet)"),
+        ("0 0 31 4,6,9,11 *", "\"0 0 31 4,6,9,11 *\" has no time in the next 8 years (a day that does not exist, like 30 2, or day rules that never meet)"),
+    ];
+    for (schedule, message) in cases {
+        let update = node.client().call(
+            "repo.update",
+            json!({"namespace": "team-a", "name": "a", "sync": {"schedule": schedule}}),
+        );
+        let (answer, took, slowest_get) = timed_beside_gets(&node, "b", update).await;
+        let answer = answer.map(|_| "200").map_err(|e| e.message);
+        assert!(
+            took < QUICK,
+            "{schedule}: answered {answer:?} after {took:?}"
+        );
+        assert!(
+            slowest_get < QUICK,
+            "{schedule}: a repo.get of another repository took {slowest_get:?}"
+        );
+        assert_eq!(
+            answer,
+            Err(format!("sync.schedule: {message}")),
+            "{schedule}"
+        );
+        // Registering with it is refused the same way.
+        let mut request = register("c", &url);
+        request["sync"] = json!({"schedule": schedule});
+        let error = node
+            .client()
+            .call("repo.register", request)
+            .await
+            .unwrap_err();
+        assert_eq!(error.message, format!("sync.schedule: {message}"));
+    }
+    // Nothing changed: no event, the same schedule and next time.
+    assert_eq!(node.store.last_seq().unwrap(), seq);
+    let reply = node.client().ok("repo.get", key("a")).await;
+    assert_eq!(reply["sync"]["schedule"], json!("*/15 * * * *"));
+    assert_eq!(next_sync(&node, "a").await, Some((at_1015, "schedule")));
+    let error = node.client().call("repo.get", key("c")).await.unwrap_err();
+    assert_eq!(error.code, 404);
+
+    // A rare schedule that does fire is kept: Feb 29, from 2026-11-21.
+    let update = node.client().call(
+        "repo.update",
+        json!({"namespace": "team-a", "name": "a", "sync": {"schedule": "0 0 29 2 *"}}),
+    );
+    let (answer, took, slowest_get) = timed_beside_gets(&node, "b", update).await;
+    assert_eq!(answer.unwrap()["sync"]["schedule"], json!("0 0 29 2 *"));
+    assert!(
+        took < QUICK && slowest_get < QUICK,
+        "{took:?}, {slowest_get:?}"
+    );
+    let leap_day = SystemTime::UNIX_EPOCH + Duration::from_secs(1_835_395_200);
+    assert_eq!(rfc3339(leap_day), json!("2028-02-29T00:00:00Z"));
+    assert_eq!(next_sync(&node, "a").await, Some((leap_day, "schedule")));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_stored_schedule_that_never_fires_costs_no_time_and_gets_the_interval() {
+    let dir = TestDir::new();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let (node, _clock) = start(config(&dir.path().join("data"))).await;
+    node.client().ok("repo.register", register("a", &url)).await;
+    node.client().ok("repo.register", register("b", &url)).await;
+    // A log written before schedules were checked: `a` has `L * * * *`.
+    let mut spec = RepositoriesView::get(&node.store, "team-a", "a")
+        .unwrap()
+        .unwrap()
+        .spec
+        .unwrap();
+    spec.sync = Some(SyncSpec {
+        schedule: "L * * * *".into(),
+        run_once_at: None,
+    });
+    let stream = StreamId::repository("team-a", "a").unwrap();
+    let version = node.store.stream_version(&stream).unwrap();
+    node.store
+        .append_async(
+            &stream,
+            ExpectedVersion::Exact(version),
+            vec![event(Payload::RepositorySpecChanged(
+                RepositorySpecChanged { spec: Some(spec) },
+            ))],
+            Metadata::command("alice"),
+        )
+        .await
+        .unwrap();
+    let seq = node.store.last_seq().unwrap();
+    let builder = node.stop().await;
+
+    // After a restart: its start-up sync, next at the node's interval
+    // (jitter 0; the clock still at t0), and the other repository answers
+    // meanwhile.
+    let node = builder.start().await;
+    let (events, _, slowest_get) =
+        timed_beside_gets(&node, "b", finished_sync(&node, "a", seq)).await;
+    assert_eq!(kinds(&events), ["SyncStarted", "SyncSucceeded"]);
+    assert_eq!(
+        events[0]["event"]["sync_started"]["trigger"],
+        json!("startup")
+    );
+    assert!(slowest_get < QUICK, "a repo.get took {slowest_get:?}");
+    let at_1001 = t0() + Duration::from_secs(60);
+    let reply = node.client().ok("repo.get", key("a")).await;
+    assert_eq!(reply["sync"]["schedule"], json!("L * * * *"));
+    assert_eq!(reply["status"]["next_sync_at"], rfc3339(at_1001));
+    assert_eq!(next_sync(&node, "a").await, Some((at_1001, "schedule")));
+
+    // Every later sync: as quick as any, and the interval again.
+    let sync = node.client().call("repo.sync", key("a"));
+    let (answer, took, slowest_get) = timed_beside_gets(&node, "b", sync).await;
+    assert_eq!(answer.unwrap()["status"]["next_sync_at"], rfc3339(at_1001));
+    assert!(took < SYNC_QUICK, "repo.sync took {took:?}");
+    assert!(slowest_get < QUICK, "a repo.get took {slowest_get:?}");
+    assert_eq!(next_sync(&node, "a").await, Some((at_1001, "schedule")));
     node.shutdown().await;
 }

@@ -66,7 +66,7 @@ pub(super) async fn sync_once(
             refs,
         }) => {
             let read_ms = started.elapsed().as_millis() as u64;
-            let next_sync_at = next.as_ref().map(|n| n.decide(None));
+            let next_sync_at = decide_next(next.as_ref(), None).await;
             if let (
                 Some(at),
                 Some(Event {
@@ -99,15 +99,29 @@ pub(super) async fn sync_once(
             // upstream one.
             let class = e.sync_class();
             warn!(repo = %key, class, error = %e, "sync failed");
+            let retry_at = decide_next(next.as_ref(), Some(class)).await;
             let failed = vec![event(Payload::SyncFailed(SyncFailed {
                 error_class: class.to_owned(),
                 message: e.to_string(),
-                retry_at: next.as_ref().map(|n| timestamp(n.decide(Some(class)))),
+                retry_at: retry_at.map(timestamp),
             }))];
             session.append(failed, Chunking::MaxEvents).await?;
             Err(e)
         }
     }
+}
+
+/// The next time after this sync — it succeeded (`failure: None`) or
+/// failed with class `failure` — decided off the arbiter (it may compute a
+/// cron schedule's next time). `None` without a plan, or when the pool
+/// could not run it: then the event records no time and the SyncManager
+/// decides itself (off the arbiter too).
+async fn decide_next(next: Option<&Arc<NextSync>>, failure: Option<&str>) -> Option<SystemTime> {
+    let next = next?.clone();
+    let failure = failure.map(str::to_owned);
+    off_arbiter("next sync time", move || next.decide(failure.as_deref()))
+        .await
+        .ok()
 }
 
 /// What a sync read: its events up to `SyncSucceeded`, their counts, the

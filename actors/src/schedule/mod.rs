@@ -10,6 +10,8 @@
 //! reads and the timer agree.
 //!
 //! # Layout
+//! - [`cron`] — a cron `schedule`: the exact syntax accepted, its next
+//!   time by a search bounded to a horizon of 8 years.
 //! - [`plan`] — when: the node's interval or the repository's cron
 //!   `schedule`, a pending `run_once_at`, jitter, retry delays by error
 //!   class.
@@ -29,10 +31,18 @@
 //! start-up go through the manager too ([`SyncNow`]), so whatever ran last
 //! sets the next time.
 //!
+//! Deciding a time may compute a cron schedule's next time — bounded
+//! ([`cron::HORIZON_DAYS`]) but CPU work — so it never runs on the
+//! arbiter: the manager hands it to the blocking pool and arms the timer
+//! when the answer is back, unless something newer (a sync, a replan)
+//! happened meanwhile; [`NextDue`] waits for it. The repository decides
+//! its sync's time off the arbiter too (`repository/sync.rs`).
+//!
 //! Each message is handled in a span of its own (`schedule.sync`,
 //! `schedule.replan`), a child of the span it carries; [`RunSync`] carries
 //! it on to the repository.
 
+pub mod cron;
 pub mod error;
 pub mod messages;
 pub mod next;
@@ -47,6 +57,7 @@ use actix::prelude::*;
 use cairn_events::{envelope::Metadata, v1::SyncSpec};
 use tracing::{debug, warn, Instrument};
 
+pub use cron::{BadSchedule, Schedule};
 pub use error::ScheduleError;
 pub use messages::{NextDue, Replan, RunSync, StopManager, SyncNow, SyncReport};
 pub use next::{after_sync, next_time, LastSync, NextSync, NextTime, Reason, SyncOutcome};
@@ -77,6 +88,9 @@ pub struct SyncManager {
     first: Option<&'static str>,
     due: Option<(SystemTime, &'static str)>,
     timer: Option<SpawnHandle>,
+    /// Counts decisions handed off the arbiter and syncs started: a
+    /// decision arms the timer only if it is still the latest.
+    generation: u64,
     in_flight: usize,
     /// [`NextDue`] asked while a sync ran.
     waiters: Vec<tokio::sync::oneshot::Sender<(SystemTime, &'static str)>>,
@@ -109,6 +123,7 @@ impl SyncManager {
             first,
             due: None,
             timer: None,
+            generation: 0,
             in_flight: 0,
             waiters: Vec::new(),
         }
@@ -162,17 +177,49 @@ impl SyncManager {
         ctx.spawn(run.map(|_, _, _| ()));
     }
 
+    /// Decides the next time with `decide` in the blocking pool and arms
+    /// it, unless a sync started or another decision was asked for
+    /// meanwhile. Until then nothing is armed and [`NextDue`] waits.
+    fn arm_off_arbiter(
+        &mut self,
+        ctx: &mut Context<Self>,
+        decide: impl FnOnce() -> NextTime + Send + 'static,
+    ) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.due = None;
+        self.generation += 1;
+        let generation = self.generation;
+        let decided = tokio::task::spawn_blocking(decide);
+        ctx.spawn(decided.into_actor(self).map(move |decided, act, ctx| {
+            if act.generation != generation || act.in_flight > 0 {
+                return; // superseded
+            }
+            let next = decided.unwrap_or_else(|e| {
+                // The pool is shutting down (or the decision panicked):
+                // the interval, computed here (no schedule involved).
+                warn!(repo = %act.key, error = %e, "next sync time not decided");
+                NextTime {
+                    at: act.scheduling.clock.now() + act.scheduling.policy.interval,
+                    reason: Reason::Schedule,
+                }
+            });
+            act.arm(ctx, next);
+        }));
+    }
+
     /// Plans from the spec (no sync has told us anything newer).
     fn arm_planned(&mut self, ctx: &mut Context<Self>) {
-        let next = next_time(
-            &self.plan,
-            &self.scheduling.policy,
+        let (plan, policy) = (self.plan.clone(), self.scheduling.policy.clone());
+        let (now, once_pending, jitter) = (
             self.scheduling.clock.now(),
             self.once_pending,
             self.jitter(),
-            LastSync::Planned,
         );
-        self.arm(ctx, next);
+        self.arm_off_arbiter(ctx, move || {
+            next_time(&plan, &policy, now, once_pending, jitter, LastSync::Planned)
+        });
     }
 
     /// Asks the repository to sync; arms the next time from its answer.
@@ -190,6 +237,8 @@ impl SyncManager {
             ctx.cancel_future(timer);
         }
         self.due = None;
+        // A decision still in the pool is superseded by this sync's.
+        self.generation += 1;
         let now = self.scheduling.clock.now();
         if self.once_pending.is_some_and(|once| now >= once) {
             self.once_pending = None;
@@ -226,8 +275,10 @@ impl SyncManager {
                             SyncOutcome::Failed
                         }
                     };
-                    let next = next.after(outcome);
-                    act.arm(ctx, next);
+                    match next.after_decided(outcome) {
+                        Some(decided) => act.arm(ctx, decided),
+                        None => act.arm_off_arbiter(ctx, move || next.after(outcome)),
+                    }
                 }
                 result
             }),

@@ -195,9 +195,17 @@ impl NextSync {
     }
 
     /// The manager's next time after its sync ended with `outcome`
-    /// ([`after_sync`] over what this decided).
+    /// ([`after_sync`] over what this decided). Decides when the sync did
+    /// not: off the arbiter, then ([`NextSync::after_decided`] first).
     pub fn after(&self, outcome: SyncOutcome) -> NextTime {
         after_sync(outcome, self.decided(), |last| self.decide_after(last))
+    }
+
+    /// [`NextSync::after`] when the sync decided (nothing to compute),
+    /// else `None`.
+    pub fn after_decided(&self, outcome: SyncOutcome) -> Option<NextTime> {
+        let decided = self.decided()?;
+        Some(after_sync(outcome, Some(decided), |_| decided))
     }
 }
 
@@ -346,6 +354,7 @@ mod tests {
         let clock = Arc::new(crate::timing::ManualClock::new(t0()));
         let next = NextSync::new(clock, Plan::default(), Arc::new(policy()), None, secs(1));
         assert_eq!(next.decided(), None);
+        assert_eq!(next.after_decided(SyncOutcome::Succeeded), None);
         assert_eq!(next.decide(Some("timeout")), t0() + secs(12));
         assert_eq!(
             next.decided(),
@@ -360,6 +369,13 @@ mod tests {
             Some(NextTime {
                 at: t0() + secs(61),
                 reason: Reason::Schedule
+            })
+        );
+        assert_eq!(
+            next.after_decided(SyncOutcome::Failed),
+            Some(NextTime {
+                at: t0() + secs(61),
+                reason: Reason::Retry
             })
         );
         assert_eq!(

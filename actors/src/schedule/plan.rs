@@ -5,7 +5,12 @@
 //! - After a sync that succeeded (or when nothing ran yet): the next time
 //!   of the cron `schedule` when there is one, else now + the node's
 //!   interval; plus a jitter drawn uniformly from `[0, jitter]` so
-//!   repositories registered together do not all fetch together.
+//!   repositories registered together do not all fetch together. A
+//!   schedule with no time within the horizon ([`super::cron`]; only a
+//!   stored one can be like that, requests are refused) gets the interval
+//!   too. Finding a schedule's next time is bounded but CPU work: the
+//!   callers ([`super::SyncManager`], the repository's sync) run these
+//!   functions off the arbiter.
 //! - A pending `run_once_at` comes first when it is earlier; one in the
 //!   past is due at once. It stays pending until a sync starts at or after
 //!   it.
@@ -16,7 +21,9 @@
 use std::time::{Duration, SystemTime};
 
 use cairn_events::v1::SyncSpec;
-use chrono::{DateTime, Utc};
+use tracing::warn;
+
+pub use super::cron::{BadSchedule, Schedule};
 
 /// The node's sync policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,35 +92,33 @@ impl RetryDelays {
 /// A repository's `sync` spec, parsed.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    schedule: Option<croner::Cron>,
+    schedule: Option<Schedule>,
     run_once_at: Option<SystemTime>,
 }
 
-/// Parses a 5-field cron expression (minute hour day-of-month month
-/// day-of-week; names, lists, ranges and steps allowed).
-pub fn parse_schedule(expression: &str) -> Result<croner::Cron, String> {
-    let fields = expression.split_whitespace().count();
-    if fields != 5 {
-        let noun = if fields == 1 { "field" } else { "fields" };
-        return Err(format!(
-            "{expression:?} has {fields} {noun}; expected 5 (minute hour day-of-month month day-of-week)"
-        ));
-    }
-    // `Cron::from_str` leaves the pattern unparsed in croner 2; `parse` does it.
-    croner::Cron::new(expression)
-        .parse()
-        .map_err(|e| format!("{expression:?} is not a valid cron expression: {e}"))
+/// Parses a 5-field cron expression (the syntax of [`super::cron`]).
+pub fn parse_schedule(expression: &str) -> Result<Schedule, BadSchedule> {
+    Schedule::parse(expression)
 }
 
 impl Plan {
     /// The plan of `spec` (`None`: the node's interval only). The schedule
-    /// was validated on the way in; one that no longer parses is ignored.
+    /// was validated on the way in; one that no longer parses (accepted
+    /// before the syntax of [`super::cron`] was enforced) is ignored, with a
+    /// warning. Parsing is linear in at most 512 bytes: fine on the
+    /// arbiter; finding its times is not ([`Plan::regular`]).
     pub fn of(spec: Option<&SyncSpec>) -> Self {
         let Some(spec) = spec else {
             return Self::default();
         };
         let schedule = (!spec.schedule.is_empty())
-            .then(|| parse_schedule(&spec.schedule).ok())
+            .then(|| {
+                parse_schedule(&spec.schedule)
+                    .inspect_err(|e| {
+                        warn!(error = %e, "stored schedule ignored: the node's interval applies");
+                    })
+                    .ok()
+            })
             .flatten();
         let run_once_at = spec.run_once_at.as_ref().and_then(|t| {
             let nanos = u32::try_from(t.nanos).ok()?;
@@ -131,20 +136,22 @@ impl Plan {
         self.run_once_at
     }
 
-    /// The regular time after `now`: the schedule's next time, else
-    /// `now + interval`; plus `jitter`.
+    /// The regular time after `now`: the schedule's next time, else (no
+    /// schedule, or none of its times within the horizon) `now +
+    /// interval`; plus `jitter`. Bounded by the horizon; off the arbiter.
     pub fn regular(&self, policy: &SyncPolicy, now: SystemTime, jitter: Duration) -> SystemTime {
-        let base = self
-            .schedule
-            .as_ref()
-            .and_then(|cron| {
-                let next = cron
-                    .find_next_occurrence(&DateTime::<Utc>::from(now), false)
-                    .ok()?;
-                Some(SystemTime::from(next))
-            })
-            .unwrap_or(now + policy.interval);
-        base + jitter
+        let scheduled = self.schedule.as_ref().and_then(|schedule| {
+            let next = schedule.next_after(now);
+            if next.is_none() {
+                warn!(
+                    schedule = schedule.expression(),
+                    horizon_days = super::cron::HORIZON_DAYS,
+                    "no time of the schedule within the horizon: the node's interval applies"
+                );
+            }
+            next
+        });
+        scheduled.unwrap_or(now + policy.interval) + jitter
     }
 
     /// The next sync after one that succeeded at `now` (or before the
@@ -198,7 +205,7 @@ mod tests {
     }
 
     fn at(rfc3339: &str) -> SystemTime {
-        SystemTime::from(DateTime::parse_from_rfc3339(rfc3339).unwrap())
+        SystemTime::from(chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap())
     }
 
     fn policy() -> SyncPolicy {
@@ -271,12 +278,32 @@ mod tests {
     fn schedules_are_five_fields() {
         assert!(parse_schedule("*/5 * * * *").is_ok());
         assert_eq!(
-            parse_schedule("0 */5 * * * *").unwrap_err(),
+            parse_schedule("0 */5 * * * *").unwrap_err().to_string(),
             "\"0 */5 * * * *\" has 6 fields; expected 5 (minute hour day-of-month month day-of-week)"
         );
         assert!(parse_schedule("61 * * * *")
             .unwrap_err()
+            .to_string()
             .starts_with("\"61 * * * *\" is not a valid cron expression"));
+    }
+
+    #[test]
+    fn a_stored_schedule_with_no_time_within_the_horizon_gets_the_interval() {
+        // Refused in requests; a log written before that check can hold it.
+        let plan = Plan::of(Some(&spec("0 0 30 2 *", None)));
+        assert!(plan.schedule.is_some());
+        assert_eq!(
+            plan.after_success(&policy(), t0(), None, Duration::from_secs(2)),
+            t0() + Duration::from_secs(62)
+        );
+        // One that no longer parses (`L` as a minute, which croner took):
+        // ignored, the interval.
+        let plan = Plan::of(Some(&spec("L * * * *", None)));
+        assert!(plan.schedule.is_none());
+        assert_eq!(
+            plan.after_success(&policy(), t0(), None, Duration::ZERO),
+            t0() + Duration::from_secs(60)
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct ServiceConfig {
     /// Largest file of a package written through `pkgrev.create|update`,
     /// in bytes. Default: 512 KiB.
     pub resource_max_bytes: usize,
+    /// The clock a request's `sync.schedule` is checked against (it must
+    /// have a time within the horizon from now): the node's, so that it
+    /// agrees with the SyncManagers'. Default: the system's.
+    pub clock: Arc<dyn crate::timing::Clock>,
 }
 
 impl Default for ServiceConfig {
@@ -39,6 +43,7 @@ impl Default for ServiceConfig {
             page_cache_bytes: 16 << 20,
             watch: crate::watch::WatchConfig::default(),
             resource_max_bytes: 512 * 1024,
+            clock: Arc::new(crate::timing::SystemClock),
         }
     }
 }

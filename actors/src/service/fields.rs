@@ -4,7 +4,16 @@
 //! line 1 column 14"; a client needs to know *which* field. Requests are
 //! parsed into a JSON object first, unknown fields are refused, and each
 //! field is read with a typed accessor that names it in its error.
+//!
+//! A key given twice in one object, at any depth, is refused naming it
+//! (`sync.schedule: duplicate key`): serde_json's `Value` keeps the last
+//! silently, so a request could mean two things. The body is read
+//! through [`Strict`], which builds the same `Value` and stops at the
+//! first repeated key. A body of whitespace only (or empty) reads as `{}`.
 
+use std::{cell::RefCell, fmt};
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::ServiceError;
@@ -26,8 +35,18 @@ impl Fields {
                 prefix: String::new(),
             });
         }
-        let value: Value = serde_json::from_slice(payload)
-            .map_err(|e| ServiceError::bad_field("request body", format!("invalid JSON: {e}")))?;
+        let duplicate = RefCell::new(None);
+        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        let value = Strict {
+            path: String::new(),
+            duplicate: &duplicate,
+        }
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|e| match duplicate.take() {
+            Some(path) => ServiceError::bad_field(&path, "duplicate key"),
+            None => ServiceError::bad_field("request body", format!("invalid JSON: {e}")),
+        })?;
         let Value::Object(map) = value else {
             return Err(ServiceError::bad_field(
                 "request body",
@@ -191,6 +210,106 @@ impl Fields {
     }
 }
 
+/// Reads one JSON value as serde_json's `Value` would, refusing a key
+/// repeated in an object; the path of the first repeated one (`git.url`,
+/// `resources["Kptfile"]`, `items[2].name`) goes to `duplicate`.
+struct Strict<'a> {
+    path: String,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl Strict<'_> {
+    fn child(&self, path: String) -> Self {
+        Strict {
+            path,
+            duplicate: self.duplicate,
+        }
+    }
+
+    /// The path of key `key` of this object: `.key` for a name like the
+    /// requests' fields (lowercase snake_case), else `["key"]` (a file
+    /// path, a label), as other errors name them.
+    fn key_path(&self, key: &str) -> String {
+        let plain = key.starts_with(|c: char| c.is_ascii_lowercase())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        match (self.path.is_empty(), plain) {
+            (true, true) => key.to_owned(),
+            (false, true) => format!("{}.{key}", self.path),
+            (_, false) => format!("{}[{key:?}]", self.path),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) =
+            seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))?
+        {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = self.key_path(&key);
+            if object.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(path);
+                return Err(de::Error::custom("duplicate key"));
+            }
+            let value = map.next_value_seed(self.child(path))?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 /// proto3 JSON writes 64-bit integers as decimal strings (and protobuf
 /// requests are validated in that form), so `"42"` counts as 42.
 fn proto_json_u64(v: &Value) -> Option<u64> {
@@ -254,7 +373,57 @@ mod tests {
         );
         let f = Fields::parse(b"  ", &["limit"]).unwrap();
         assert_eq!(f.u64("limit").unwrap(), None);
+        assert!(Fields::parse(b" \r\n\t", &[]).unwrap().map.is_empty());
         let f = Fields::parse(br#"{"limit":null}"#, &["limit"]).unwrap();
         assert_eq!(f.u64_in("limit", 1, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_naming_it() {
+        let msg = |payload: &str| {
+            Fields::parse(
+                payload.as_bytes(),
+                &["namespace", "git", "sync", "items", "resources"],
+            )
+            .unwrap_err()
+            .message
+        };
+        assert_eq!(
+            msg(r#"{"namespace":"a","namespace":"b"}"#),
+            "namespace: duplicate key"
+        );
+        assert_eq!(
+            msg(r#"{"git":{"url":"x","branch":"m","url":"y"}}"#),
+            "git.url: duplicate key"
+        );
+        assert_eq!(
+            msg(r#"{"sync":{"schedule":"* * * * *","schedule":"L * * * *"}}"#),
+            "sync.schedule: duplicate key"
+        );
+        assert_eq!(
+            msg(r#"{"resources":{"a b.yaml":"1","a b.yaml":"2"}}"#),
+            "resources[\"a b.yaml\"]: duplicate key"
+        );
+        assert_eq!(
+            msg(r#"{"resources":{"Kptfile":"1","x.yaml":"","Kptfile":"1"}}"#),
+            "resources[\"Kptfile\"]: duplicate key"
+        );
+        assert_eq!(
+            msg(r#"{"items":[{"name":1},{"name":1,"name":2}]}"#),
+            "items[1].name: duplicate key"
+        );
+        // Even when the same value is repeated, and before unknown fields.
+        assert_eq!(msg(r#"{"nope":1,"nope":1}"#), "nope: duplicate key");
+        // The same key in different objects is no repetition; the value
+        // is serde_json's own.
+        let body = r#"{"git":{"url":"x"},"sync":{"url":"x"},"items":[{"a":1.5,"b":-2,"c":null,"d":[true]},{"a":1}]}"#;
+        let f = Fields::parse(body.as_bytes(), &["git", "sync", "items"]).unwrap();
+        assert_eq!(
+            Value::Object(f.map),
+            serde_json::from_str::<Value>(body).unwrap()
+        );
+        // Still invalid JSON when it is.
+        assert!(msg(r#"{"namespace":"a"} x"#)
+            .starts_with("request body: invalid JSON: trailing characters"));
     }
 }

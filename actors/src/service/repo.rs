@@ -27,7 +27,7 @@ use crate::{
         RegisterRepository, RegistryError, SyncRepository, UnregisterRepository, UpdateRepository,
     },
     repository::upstream::parse_timestamp,
-    schedule::{plan::parse_schedule, SyncReport},
+    schedule::{plan::parse_schedule, Schedule, SyncReport},
     ServiceError,
 };
 use cairn_events::revision::timestamp_json;
@@ -157,7 +157,8 @@ pub fn parse_register(
 }
 
 /// The `"sync":{"schedule"?,"run_once_at"?}` object of a request: a
-/// 5-field cron expression and an RFC 3339 time.
+/// 5-field cron expression (its syntax checked here, its times by
+/// [`check_schedule`]) and an RFC 3339 time.
 fn parse_sync(f: &Fields) -> Result<Option<SyncSpec>, ServiceError> {
     let Some(sync) = f.object("sync", &["schedule", "run_once_at"])? else {
         return Ok(None);
@@ -181,6 +182,26 @@ fn parse_sync(f: &Fields) -> Result<Option<SyncSpec>, ServiceError> {
             run_once_at,
         }),
     )
+}
+
+/// Refuses a `sync.schedule` with no time within the horizon from now
+/// (`schedule::cron`): a 400 naming `sync.schedule`. Finding its next time
+/// is CPU work (bounded by the horizon), so it runs off the arbiter, like
+/// store reads.
+async fn check_schedule(
+    context: &ServiceContext,
+    sync: Option<&SyncSpec>,
+) -> Result<(), ServiceError> {
+    let Some(schedule) = sync.map(|s| s.schedule.clone()).filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let now = context.config.clock.now();
+    blocking(move || {
+        Schedule::checked(&schedule, now)
+            .map(drop)
+            .map_err(|e| ServiceError::bad_field("sync.schedule", e))
+    })
+    .await
 }
 
 /// Parses a request naming a repository: `namespace`, `name`, `principal`
@@ -269,6 +290,7 @@ pub async fn handle_register(
 ) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
     let (spec, wait, principal) = parse_register(body)?;
+    check_schedule(&context, spec.sync.as_ref()).await?;
     let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
     super::context::record_stream(&namespace, &name);
     let metadata = metadata(&request, principal);
@@ -436,6 +458,7 @@ pub async fn handle_update(
     let (format, body) = (request.format, &request.body);
     let (f, namespace, name) = key_fields(body, &["sync"])?;
     let sync = parse_sync(&f)?;
+    check_schedule(&context, sync.as_ref()).await?;
     super::context::record_stream(&namespace, &name);
     let metadata = metadata(&request, f.string("principal")?);
     let mut spec = current(&context, namespace.clone(), name.clone())
