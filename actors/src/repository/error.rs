@@ -98,12 +98,27 @@ pub enum LifecycleError {
         /// The package it clashes with.
         existing: String,
     },
+    /// A name of a new package revision cannot be written to Git the way
+    /// Porch lays it out, or is longer than Porch allows (400, naming the
+    /// field): a tree entry Git refuses, a ref `git check-ref-format`
+    /// refuses or that is too long, an object name over 253 bytes. Choose
+    /// another name (or, for `git.directory`/`git.branch`, register the
+    /// repository differently).
+    #[error("{field}: {why}")]
+    Name {
+        /// The field to blame: `path`, `package`, `workspace`, or the
+        /// registration's `git.directory` or `git.branch`.
+        field: &'static str,
+        /// What is wrong, naming the ref or name.
+        why: String,
+    },
 }
 
 impl From<LifecycleError> for ServiceError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::NotFound { .. } => ServiceError::not_found(e.to_string()),
+            LifecycleError::Name { field, why } => ServiceError::bad_field(field, why),
             // (`ResourceVersion` included: its text is the one
             // `ServiceError::conflict_expected` words, naming both.)
             _ => ServiceError::conflict(e.to_string()),
@@ -145,6 +160,36 @@ pub enum RepositoryError {
         #[source]
         source: StorageError,
     },
+    /// A lifecycle command's push was accepted by the upstream, then the
+    /// command failed before its events were recorded (setting the
+    /// mirror's refs, reading back, storing, appending): 500 — never 503,
+    /// the write happened — saying what was pushed. Nothing was recorded;
+    /// the next sync of the repository reads the pushed refs like any
+    /// upstream change and records them. Do not retry the command: sync.
+    #[error("pushed {pushed} to the upstream, but recording it failed: {source}; the next sync of the repository will record it")]
+    Unrecorded {
+        /// The ref updates pushed (`<ref> at <commit>`, `<ref> (deleted)`).
+        pushed: String,
+        /// What failed after the push.
+        #[source]
+        source: Box<RepositoryError>,
+    },
+    /// A lifecycle command was pushed and recorded, then reading its
+    /// target from the view for the reply failed: 500 saying so; read it
+    /// again (`pkgrev.get`).
+    #[error("pushed {pushed} to the upstream and recorded it, but reading the result failed: {source}")]
+    Recorded {
+        /// The ref updates pushed.
+        pushed: String,
+        /// What failed after the append.
+        #[source]
+        source: Box<RepositoryError>,
+    },
+    /// Setting the local mirror's refs to what a push just wrote failed
+    /// (only inside [`RepositoryError::Unrecorded`]); the next fetch makes
+    /// the mirror the upstream's again.
+    #[error("setting the mirror's refs: {0}")]
+    Mirror(#[source] OriginError),
     /// A lifecycle command's target could not be read back from the
     /// upstream after the write: 500 (the next sync reads it).
     #[error("reading back {name}: {message}")]
@@ -217,6 +262,9 @@ impl From<RepositoryError> for ServiceError {
             RepositoryError::Write(OriginError::Moved(why)) => ServiceError::conflict(format!(
                 "the upstream changed since it was last read ({why}); sync the repository and retry"
             )),
+            RepositoryError::Write(OriginError::InvalidRef(e)) => {
+                ServiceError::conflict(format!("the command needs a ref Git cannot take: {e}"))
+            }
             RepositoryError::Write(e) => origin_error(&e),
             RepositoryError::Views(e) => match e {
                 StorageError::Closed => ServiceError::from(e),
@@ -227,6 +275,9 @@ impl From<RepositoryError> for ServiceError {
                 ..
             } => ServiceError::from(StorageError::Closed),
             RepositoryError::Blobs { .. }
+            | RepositoryError::Unrecorded { .. }
+            | RepositoryError::Recorded { .. }
+            | RepositoryError::Mirror(_)
             | RepositoryError::ReadBack { .. }
             | RepositoryError::Lost { .. }
             | RepositoryError::UnexpectedReply => ServiceError::internal(e.to_string()),
