@@ -279,3 +279,113 @@ async fn a_failure_after_the_push_says_what_was_pushed_and_the_next_sync_records
     assert_eq!(listed(&node).await, ["fresh.app.ws"]);
     node.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_command_whose_ref_would_be_too_long_is_refused_before_its_push() {
+    let dir = TestDir::new();
+    // A draft written by someone else (Porch, the git CLI) whose ref is
+    // 1022 bytes: its proposal's ref would be 1024.
+    let work = GitFixture::init(&dir.path().join("work"), "main");
+    work.write("README.md", "fresh\n").commit("first");
+    let draft_len = 1022;
+    let fixed = "refs/heads/drafts//pkg/ws".len();
+    let segments: Vec<String> = (0..4).map(|i| format!("{i}").repeat(200)).collect();
+    let mut directory = segments.join("/");
+    directory.push('/');
+    directory.push_str(&"e".repeat(draft_len - fixed - directory.len()));
+    let draft_ref = format!("refs/heads/drafts/{directory}/pkg/ws");
+    assert_eq!(draft_ref.len(), draft_len);
+    work.git(&["checkout", "-q", "-b", &format!("drafts/{directory}/pkg/ws")]);
+    work.write(&format!("{directory}/pkg/Kptfile"), "kind: Kptfile\nmetadata:\n  name: pkg\n");
+    work.commit("draft");
+    work.git(&["checkout", "-q", "main"]);
+    let up = work.clone_bare(&dir.path().join("up.git"));
+    let refs = up.refs();
+    assert_eq!(refs, [draft_ref.as_str(), "refs/heads/main"]);
+    let node = start(dir.path()).await;
+    register(&node, &up, &directory).await;
+    assert_eq!(listed(&node).await, ["fresh.pkg.ws"]);
+
+    let before = node.store.last_seq().unwrap();
+    let error = node
+        .client()
+        .call(
+            "pkgrev.propose",
+            json!({"namespace": "team-a", "name": "fresh.pkg.ws"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 409, "{error}");
+    assert_eq!(
+        error.message,
+        format!(
+            "the command needs a ref Git cannot take: the ref refs/heads/proposed/{directory}/pkg/ws would be 1024 bytes, more than 1023 (refs longer than that cannot be stored by libgit2, GIT_REFNAME_MAX)"
+        )
+    );
+    assert_eq!(up.refs(), refs, "nothing pushed");
+    assert_eq!(node.store.last_seq().unwrap(), before, "nothing recorded");
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn names_that_become_refs_or_commit_authors_are_400s_naming_the_field() {
+    let dir = TestDir::new();
+    let up = fresh_upstream(dir.path());
+    let node = start(dir.path()).await;
+    register(&node, &up, "/").await;
+    let before = node.store.last_seq().unwrap();
+    let mut principal = create("", "app", "ws");
+    principal["principal"] = json!("Ada <ada@example.com>");
+    for (body, message) in [
+        (
+            create("", "app", "a..b"),
+            "workspace: refs/heads/drafts/app/a..b is not a valid Git ref name (see git check-ref-format)",
+        ),
+        (
+            create("x..y", "app", "ws"),
+            "path: refs/heads/drafts/x..y/app/ws is not a valid Git ref name (see git check-ref-format)",
+        ),
+        (
+            principal,
+            "principal: \"Ada <ada@example.com>\" must not contain '<' or '>' (they delimit the email in a Git commit)",
+        ),
+    ] {
+        let error = node
+            .client()
+            .call("pkgrev.create", body.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, 400, "{body}: {error}");
+        assert_eq!(error.message, message, "{body}");
+    }
+    // A registration whose commits Git could not sign, or whose branch
+    // is no ref.
+    for (git, message) in [
+        (
+            json!({"url": up.url(), "author": "x\ny"}),
+            "git.author: \"x\\ny\" must not contain control characters",
+        ),
+        (
+            json!({"url": up.url(), "email": "<>"}),
+            "git.email: \"<>\" must not contain '<' or '>' (they delimit the email in a Git commit)",
+        ),
+        (
+            json!({"url": up.url(), "branch": "release.lock/x", "create_branch": true}),
+            "git.branch: \"release.lock/x\" is not a valid branch name: refs/heads/release.lock/x is not a valid Git ref name (see git check-ref-format)",
+        ),
+    ] {
+        let error = node
+            .client()
+            .call(
+                "repo.register",
+                json!({"namespace": "team-a", "name": "other", "git": git}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, 400, "{git}: {error}");
+        assert_eq!(error.message, message, "{git}");
+    }
+    assert_eq!(node.store.last_seq().unwrap(), before);
+    assert_eq!(up.refs(), ["refs/heads/main"]);
+    node.shutdown().await;
+}
