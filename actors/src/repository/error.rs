@@ -371,6 +371,62 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_after_a_push_is_internal_and_says_what_was_pushed() {
+        // Even the store closing under it: the write happened, so never
+        // 503 "unavailable".
+        let e = RepositoryError::Unrecorded {
+            pushed: "refs/heads/drafts/a/ws at 0123abcd".into(),
+            source: Box::new(RepositoryError::Writer(WriterError::Append(
+                StorageError::Closed,
+            ))),
+        };
+        assert_eq!(e.sync_class(), "internal");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal(
+                "pushed refs/heads/drafts/a/ws at 0123abcd to the upstream, but recording it failed: store is closed; the next sync of the repository will record it"
+            )
+        );
+        let e = RepositoryError::Unrecorded {
+            pushed: "refs/heads/main at 1, refs/heads/proposed/a/ws (deleted)".into(),
+            source: Box::new(RepositoryError::Mirror(OriginError::Git("locked".into()))),
+        };
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal(
+                "pushed refs/heads/main at 1, refs/heads/proposed/a/ws (deleted) to the upstream, but recording it failed: setting the mirror's refs: git: locked; the next sync of the repository will record it"
+            )
+        );
+        let e = RepositoryError::Recorded {
+            pushed: "refs/heads/drafts/a/ws at 0123abcd".into(),
+            source: Box::new(RepositoryError::Views(StorageError::Closed)),
+        };
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal(
+                "pushed refs/heads/drafts/a/ws at 0123abcd to the upstream and recorded it, but reading the result failed: reading the views: store is closed"
+            )
+        );
+    }
+
+    #[test]
+    fn a_ref_git_cannot_take_is_a_conflict_before_the_push() {
+        let e = RepositoryError::Write(OriginError::InvalidRef(
+            crate::origin::names::RefError::TooLong {
+                name: "refs/heads/x".into(),
+                bytes: 1024,
+            },
+        ));
+        assert_eq!(e.sync_class(), "invalid");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::conflict(
+                "the command needs a ref Git cannot take: the ref refs/heads/x would be 1024 bytes, more than 1023 (refs longer than that cannot be stored by libgit2, GIT_REFNAME_MAX)"
+            )
+        );
+    }
+
+    #[test]
     fn a_refused_or_moved_write_is_a_conflict() {
         assert_eq!(
             ServiceError::from(RepositoryError::Write(OriginError::Rejected("hook".into()))),
