@@ -22,6 +22,9 @@
 //! `git update-index` (both protections on) and with libgit2's tree
 //! builder on the same names.
 //!
+//! **Commit authors.** [`signature_part`]: what libgit2's signatures
+//! refuse in a name or an email.
+//!
 //! **Refs.** A ref name follows `git check-ref-format` (libgit2's
 //! [`git2::Reference::is_valid_name`]: no component starting with `.` or
 //! ending with `.lock`, no `..`, control characters, space, `~^:?*[\`,
@@ -114,6 +117,27 @@ pub fn check_ref(name: &str) -> Result<(), RefError> {
         });
     }
     Ok(())
+}
+
+/// Why libgit2 refuses `value` as the name or the email of a commit's
+/// author, if it does: `<` or `>` (they delimit the email), control
+/// characters (a commit header is one line), or nothing left once the
+/// spaces and punctuation Git trims from the ends (`,:;"'\\`) are gone.
+/// Empty is not refused here (callers put a default in its place).
+pub fn signature_part(value: &str) -> Option<&'static str> {
+    if value.contains(['<', '>']) {
+        Some("must not contain '<' or '>' (they delimit the email in a Git commit)")
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else if !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_whitespace() || ",:;\"'\\".contains(c))
+    {
+        Some("must hold more than spaces and punctuation (Git trims those)")
+    } else {
+        None
+    }
 }
 
 /// Why Git refuses `segment` (one `/`-separated segment of a path) as the
@@ -268,6 +292,22 @@ mod tests {
         // (and it does refuse the literal one)
         let mut builder = repo.treebuilder(None).unwrap();
         assert!(builder.insert(".GIT", blob, 0o100644).is_err());
+    }
+
+    #[test]
+    fn signature_parts_are_what_libgit2_signs() {
+        // What libgit2 refuses is refused; what it signs is accepted...
+        for value in ["", "ada@example.com", "Ada Lovelace", "o'neil", "a<b", "x>", " ,; "] {
+            let signed = git2::Signature::now(value, "e@example.com").is_ok();
+            assert_eq!(signature_part(value).is_none(), signed || value.is_empty(), "{value:?}");
+        }
+        // ...but a line break, which libgit2 would write into the commit's
+        // one-line author header, breaking it.
+        assert!(git2::Signature::now("x\ny", "e@example.com").is_ok());
+        assert_eq!(
+            signature_part("x\ny"),
+            Some("must not contain control characters")
+        );
     }
 
     #[test]

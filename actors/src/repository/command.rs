@@ -180,6 +180,9 @@ pub fn execute(
     let refs = PackageRefs::new(&git.directory, &path, &package, &git.branch);
     let author = match principal {
         "" | cairn_events::envelope::ANONYMOUS => Author::new(&git.author, &git.email),
+        // (a NATS user name Git cannot sign with: the `principal` field
+        // is checked at the edge, the server's user names are not)
+        p if origin::names::signature_part(p).is_some() => Author::new(&git.author, &git.email),
         p if p.contains('@') => Author::new(p, p),
         p => Author::new(p, &git.email),
     };

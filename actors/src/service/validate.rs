@@ -58,20 +58,10 @@ pub fn branch(field: &str, value: &str) -> Result<(), ServiceError> {
 /// the spaces and punctuation (`,:;"'\\`) Git trims from their ends.
 /// (Empty means "the default".)
 pub fn signature(field: &str, value: &str) -> Result<(), ServiceError> {
-    let why = if value.contains(['<', '>']) {
-        "must not contain '<' or '>' (they delimit the email in a Git commit)"
-    } else if value.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else if !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_whitespace() || ",:;\"'\\".contains(c))
-    {
-        "must hold more than spaces and punctuation (Git trims those)"
-    } else {
-        return Ok(());
-    };
-    Err(ServiceError::bad_field(field, format!("{value:?} {why}")))
+    match crate::origin::names::signature_part(value) {
+        None => Ok(()),
+        Some(why) => Err(ServiceError::bad_field(field, format!("{value:?} {why}"))),
+    }
 }
 
 /// Normalises a directory inside a repository: `/` (or empty) for the
