@@ -140,7 +140,10 @@ async fn a_ref_at_the_length_limit_is_written_and_one_byte_more_is_refused() {
     assert_eq!(draft["name"], name);
     let proposed = node
         .client()
-        .ok("pkgrev.propose", json!({"namespace": "team-a", "name": name}))
+        .ok(
+            "pkgrev.propose",
+            json!({"namespace": "team-a", "name": name}),
+        )
         .await;
     assert_eq!(proposed["lifecycle"], "Proposed");
     assert_eq!(up.refs(), ["refs/heads/main", at_limit.as_str()]);
@@ -185,13 +188,41 @@ async fn resource_paths_git_refuses_are_400s_naming_the_path_and_nothing_is_push
         (".git", ".git", format!("{dotgit}, in any case")),
         (".GiT", ".GiT", format!("{dotgit}, in any case")),
         ("x/.git/y", ".git", format!("{dotgit}, in any case")),
-        (".git./x", ".git.", format!("{dotgit} on NTFS, which drops trailing dots and spaces")),
-        (".git /x", ".git ", format!("{dotgit} on NTFS, which drops trailing dots and spaces")),
-        (".git::$INDEX_ALLOCATION/x", ".git::$INDEX_ALLOCATION", format!("{dotgit} on NTFS: a stream of it")),
-        ("git~1/config", "git~1", format!("{dotgit} on NTFS: its 8.3 short name")),
-        ("GIT~1", "GIT~1", format!("{dotgit} on NTFS: its 8.3 short name")),
-        ("x\\.git", "x\\.git", format!("{dotgit} on NTFS, where \\ separates directories")),
-        (".g\u{200c}it/x", ".g\u{200c}it", format!("{dotgit} on HFS+, which ignores some Unicode code points")),
+        (
+            ".git./x",
+            ".git.",
+            format!("{dotgit} on NTFS, which drops trailing dots and spaces"),
+        ),
+        (
+            ".git /x",
+            ".git ",
+            format!("{dotgit} on NTFS, which drops trailing dots and spaces"),
+        ),
+        (
+            ".git::$INDEX_ALLOCATION/x",
+            ".git::$INDEX_ALLOCATION",
+            format!("{dotgit} on NTFS: a stream of it"),
+        ),
+        (
+            "git~1/config",
+            "git~1",
+            format!("{dotgit} on NTFS: its 8.3 short name"),
+        ),
+        (
+            "GIT~1",
+            "GIT~1",
+            format!("{dotgit} on NTFS: its 8.3 short name"),
+        ),
+        (
+            "x\\.git",
+            "x\\.git",
+            format!("{dotgit} on NTFS, where \\ separates directories"),
+        ),
+        (
+            ".g\u{200c}it/x",
+            ".g\u{200c}it",
+            format!("{dotgit} on HFS+, which ignores some Unicode code points"),
+        ),
     ] {
         let error = node
             .client()
@@ -208,11 +239,7 @@ async fn resource_paths_git_refuses_are_400s_naming_the_path_and_nothing_is_push
     // A file and a directory of one name.
     let mut body = create("", "app", "ws");
     body["resources"] = json!({"a": "x", "a/b": "y"});
-    let error = node
-        .client()
-        .call("pkgrev.create", body)
-        .await
-        .unwrap_err();
+    let error = node.client().call("pkgrev.create", body).await.unwrap_err();
     assert_eq!(error.code, 400, "{error}");
     assert_eq!(
         error.message,
@@ -223,7 +250,8 @@ async fn resource_paths_git_refuses_are_400s_naming_the_path_and_nothing_is_push
 
     // Names that only look alike are files like any other.
     let mut body = create("", "app", "ws");
-    body["resources"] = json!({".github/ci.yaml": "a", ".gitignore": "b", "git~1x": "c", ".gitx/y": "d"});
+    body["resources"] =
+        json!({".github/ci.yaml": "a", ".gitignore": "b", "git~1x": "c", ".gitx/y": "d"});
     node.client().ok("pkgrev.create", body).await;
     assert_eq!(
         up.git(&["ls-tree", "-r", "--name-only", "drafts/app/ws"]),
@@ -270,7 +298,10 @@ async fn a_failure_after_the_push_says_what_was_pushed_and_the_next_sync_records
     assert_eq!(synced["sync"]["added"], 1, "{synced}");
     let draft = node
         .client()
-        .ok("pkgrev.get", json!({"namespace": "team-a", "name": "fresh.app.ws"}))
+        .ok(
+            "pkgrev.get",
+            json!({"namespace": "team-a", "name": "fresh.app.ws"}),
+        )
         .await;
     assert_eq!(
         (&draft["lifecycle"], &draft["commit"]),
@@ -295,8 +326,16 @@ async fn a_command_whose_ref_would_be_too_long_is_refused_before_its_push() {
     directory.push_str(&"e".repeat(draft_len - fixed - directory.len()));
     let draft_ref = format!("refs/heads/drafts/{directory}/pkg/ws");
     assert_eq!(draft_ref.len(), draft_len);
-    work.git(&["checkout", "-q", "-b", &format!("drafts/{directory}/pkg/ws")]);
-    work.write(&format!("{directory}/pkg/Kptfile"), "kind: Kptfile\nmetadata:\n  name: pkg\n");
+    work.git(&[
+        "checkout",
+        "-q",
+        "-b",
+        &format!("drafts/{directory}/pkg/ws"),
+    ]);
+    work.write(
+        &format!("{directory}/pkg/Kptfile"),
+        "kind: Kptfile\nmetadata:\n  name: pkg\n",
+    );
     work.commit("draft");
     work.git(&["checkout", "-q", "main"]);
     let up = work.clone_bare(&dir.path().join("up.git"));

@@ -149,7 +149,8 @@ pub fn tree_entry(segment: &str) -> Option<&'static str> {
     let pieces: Vec<&str> = segment.split('\\').collect();
     for piece in &pieces {
         let why = if pieces.len() > 1 {
-            ntfs_dotgit(piece).map(|_| "Git's own directory on NTFS, where \\ separates directories")
+            ntfs_dotgit(piece)
+                .map(|_| "Git's own directory on NTFS, where \\ separates directories")
         } else {
             ntfs_dotgit(piece)
         };
@@ -174,14 +175,20 @@ fn ntfs_dotgit(piece: &str) -> Option<&'static str> {
     let only_dots_and_spaces = |rest: &str| rest.bytes().all(|b| b == b'.' || b == b' ');
     let lower = name.to_ascii_lowercase();
     let (dotgit, short) = (
-        lower.strip_prefix(".git").filter(|r| only_dots_and_spaces(r)),
-        lower.strip_prefix("git~1").filter(|r| only_dots_and_spaces(r)),
+        lower
+            .strip_prefix(".git")
+            .filter(|r| only_dots_and_spaces(r)),
+        lower
+            .strip_prefix("git~1")
+            .filter(|r| only_dots_and_spaces(r)),
     );
     match (dotgit, short, stream) {
         (None, None, _) => None,
         (_, _, true) => Some("Git's own directory on NTFS: a stream of it"),
         (Some(""), _, false) => Some("Git's own directory, in any case"),
-        (Some(_), _, false) => Some("Git's own directory on NTFS, which drops trailing dots and spaces"),
+        (Some(_), _, false) => {
+            Some("Git's own directory on NTFS, which drops trailing dots and spaces")
+        }
         (None, Some(_), false) => Some("Git's own directory on NTFS: its 8.3 short name"),
     }
 }
@@ -297,9 +304,21 @@ mod tests {
     #[test]
     fn signature_parts_are_what_libgit2_signs() {
         // What libgit2 refuses is refused; what it signs is accepted...
-        for value in ["", "ada@example.com", "Ada Lovelace", "o'neil", "a<b", "x>", " ,; "] {
+        for value in [
+            "",
+            "ada@example.com",
+            "Ada Lovelace",
+            "o'neil",
+            "a<b",
+            "x>",
+            " ,; ",
+        ] {
             let signed = git2::Signature::now(value, "e@example.com").is_ok();
-            assert_eq!(signature_part(value).is_none(), signed || value.is_empty(), "{value:?}");
+            assert_eq!(
+                signature_part(value).is_none(),
+                signed || value.is_empty(),
+                "{value:?}"
+            );
         }
         // ...but a line break, which libgit2 would write into the commit's
         // one-line author header, breaking it.
@@ -314,11 +333,26 @@ mod tests {
     fn tree_entry_refusals_say_why() {
         for (name, why) in [
             (".GIT", Some("Git's own directory, in any case")),
-            (".git.", Some("Git's own directory on NTFS, which drops trailing dots and spaces")),
-            (".git::$INDEX_ALLOCATION", Some("Git's own directory on NTFS: a stream of it")),
-            ("git~1", Some("Git's own directory on NTFS: its 8.3 short name")),
-            ("x\\.git", Some("Git's own directory on NTFS, where \\ separates directories")),
-            (".g\u{200c}it", Some("Git's own directory on HFS+, which ignores some Unicode code points")),
+            (
+                ".git.",
+                Some("Git's own directory on NTFS, which drops trailing dots and spaces"),
+            ),
+            (
+                ".git::$INDEX_ALLOCATION",
+                Some("Git's own directory on NTFS: a stream of it"),
+            ),
+            (
+                "git~1",
+                Some("Git's own directory on NTFS: its 8.3 short name"),
+            ),
+            (
+                "x\\.git",
+                Some("Git's own directory on NTFS, where \\ separates directories"),
+            ),
+            (
+                ".g\u{200c}it",
+                Some("Git's own directory on HFS+, which ignores some Unicode code points"),
+            ),
             (".github", None),
         ] {
             assert_eq!(tree_entry(name), why, "{name:?}");

@@ -71,7 +71,10 @@ pub fn check_file_tree(files: &Files) -> Result<(), (String, String)> {
         let mut prefix = path.as_str();
         while let Some((parent, _)) = prefix.rsplit_once('/') {
             if files.contains_key(parent) {
-                return Err((path.clone(), format!("{path:?} is below the file {parent:?}")));
+                return Err((
+                    path.clone(),
+                    format!("{path:?} is below the file {parent:?}"),
+                ));
             }
             prefix = parent;
         }

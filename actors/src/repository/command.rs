@@ -300,9 +300,14 @@ fn read_back(
         name: name.to_owned(),
         message: e.to_string(),
     };
-    let discovery =
-        origin::discover_refs(&mirror, &git.branch, &git.directory, &target.refs.full, read)
-            .map_err(|e| read_back(&e))?;
+    let discovery = origin::discover_refs(
+        &mirror,
+        &git.branch,
+        &git.directory,
+        &target.refs.full,
+        read,
+    )
+    .map_err(|e| read_back(&e))?;
     let (mut discovered, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)
         .map_err(|e| match e {
             ReadError::Origin(e) => read_back(&e),

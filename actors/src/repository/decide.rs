@@ -159,7 +159,11 @@ pub fn new_names(
     let directory = git.directory.trim_matches('/');
     let refused = |field, why| Err(LifecycleError::Name { field, why });
     // The directories and the package: tree entries.
-    for (field, part) in [("git.directory", directory), ("path", path), ("package", package)] {
+    for (field, part) in [
+        ("git.directory", directory),
+        ("path", path),
+        ("package", package),
+    ] {
         for segment in part.split('/').filter(|s| !s.is_empty()) {
             if let Some(why) = origin::names::tree_entry(segment) {
                 return refused(
@@ -170,16 +174,20 @@ pub fn new_names(
         }
     }
     // A name too long as a whole: the longest of the request's parts.
-    let longest = [("path", path), ("package", package), ("workspace", workspace)]
-        .into_iter()
-        .fold(("path", 0), |(field, len), (f, part)| {
-            if part.len() > len {
-                (f, part.len())
-            } else {
-                (field, len)
-            }
-        })
-        .0;
+    let longest = [
+        ("path", path),
+        ("package", package),
+        ("workspace", workspace),
+    ]
+    .into_iter()
+    .fold(("path", 0), |(field, len), (f, part)| {
+        if part.len() > len {
+            (f, part.len())
+        } else {
+            (field, len)
+        }
+    })
+    .0;
     let name = object_name(&spec.name, path, package, workspace);
     if name.len() > OBJECT_NAME_MAX_BYTES {
         return refused(

@@ -177,7 +177,9 @@ pub enum RepositoryError {
     /// A lifecycle command was pushed and recorded, then reading its
     /// target from the view for the reply failed: 500 saying so; read it
     /// again (`pkgrev.get`).
-    #[error("pushed {pushed} to the upstream and recorded it, but reading the result failed: {source}")]
+    #[error(
+        "pushed {pushed} to the upstream and recorded it, but reading the result failed: {source}"
+    )]
     Recorded {
         /// The ref updates pushed.
         pushed: String,

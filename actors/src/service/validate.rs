@@ -113,7 +113,9 @@ mod tests {
             .message
             .starts_with("name: \"Upper\" is not a valid name"));
         assert!(branch("git.branch", "release/v1").is_ok());
-        for bad in ["", "a..b", "-x", "a b", "x.lock", "a:b", "/x", "a/.b", "a.lock/b", "@"] {
+        for bad in [
+            "", "a..b", "-x", "a b", "x.lock", "a:b", "/x", "a/.b", "a.lock/b", "@",
+        ] {
             assert!(branch("git.branch", bad).is_err(), "{bad}");
         }
         assert_eq!(
