@@ -1,8 +1,9 @@
 //! [`OriginError`]: why an origin operation failed, and the sorting of
 //! libgit2 errors into its classes ([`map_git_error`]).
 //!
-//! A leaf of the origin modules: every other one reports its failures with
-//! these, and this module uses none of them.
+//! Nearly a leaf of the origin modules: every other one reports its
+//! failures with these, and this module uses only `names` (whose
+//! [`RefError`](super::names::RefError) it carries).
 
 use git2::{ErrorClass, ErrorCode};
 
@@ -44,6 +45,11 @@ pub enum OriginError {
     /// protected branch).
     #[error("push rejected by the upstream: {0}")]
     Rejected(String),
+    /// A write needs a ref name Git (or cairn's mirror) cannot take (see
+    /// [`super::names::check_ref`]); nothing was pushed. Not retried: the
+    /// names must change.
+    #[error(transparent)]
+    InvalidRef(#[from] super::names::RefError),
     /// Any other failure from Git (corrupt repository, rejected push, local
     /// I/O). Log it and retry on the next sync.
     #[error("git: {0}")]
@@ -52,8 +58,8 @@ pub enum OriginError {
 
 impl OriginError {
     /// Short class name: `network`, `timeout`, `auth`, `missing` (branch
-    /// or repository), `invalid`, `conflict` and `rejected` (pushes) or
-    /// `other`.
+    /// or repository), `invalid` (a URL, a ref name), `conflict` and
+    /// `rejected` (pushes) or `other`.
     pub fn class(&self) -> &'static str {
         match self {
             OriginError::Unreachable(_) => "network",
@@ -64,6 +70,7 @@ impl OriginError {
             OriginError::InvalidUrl(_) => "invalid",
             OriginError::Moved(_) => "conflict",
             OriginError::Rejected(_) => "rejected",
+            OriginError::InvalidRef(_) => "invalid",
             OriginError::Git(_) => "other",
         }
     }

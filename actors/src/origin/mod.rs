@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - `error` — [`OriginError`] and its classes, and the sorting of libgit2
-//!   errors into them. Uses no other origin module.
+//!   errors into them. Uses only `names`.
 //! - `remote` — reaching an upstream: [`validate_url`], [`Credentials`]
 //!   and the libgit2 credential callbacks of fetches and pushes,
 //!   [`set_network_timeout`].
@@ -23,6 +23,10 @@
 //!   revisions in a local repository (placeholders on the registered branch,
 //!   published tags, drafts, proposals, deletion proposals), with resources,
 //!   task history, publishing info and Kptfile labels.
+//! - [`names`] — Git's rules for the names cairn writes, as pure checks:
+//!   tree entries (`.git` in any case and its NTFS/HFS+ aliases) and refs
+//!   (`check-ref-format`, component and total lengths). Uses no other
+//!   origin module.
 //! - [`write`](mod@write) — writing as Porch does: package trees, commits, and ref
 //!   updates pushed together, never forced ([`OriginError::Moved`] when the
 //!   upstream moved, [`OriginError::Rejected`] when it refused);
@@ -32,11 +36,12 @@
 //!   and the ref changes Porch would make, for [`write::push_changes`].
 //! - this module — declarations and re-exports only.
 //!
-//! Imports (`a → b`: a uses b) form no cycle: `error` and `annotation`
-//! and `file_transport` use no origin module; `remote` → `error`; `git` →
-//! `error`, `remote`, `file_transport`; `write` → `error`, `remote`, `git`;
-//! `discovery` → `annotation`, `error`; `lifecycle` → `discovery`,
-//! `error`, `write`. No submodule imports from this module.
+//! Imports (`a → b`: a uses b) form no cycle: `annotation`, `names` and
+//! `file_transport` use no origin module; `error` → `names`; `remote` →
+//! `error`; `git` → `error`, `remote`, `file_transport`; `write` →
+//! `error`, `names`, `remote`, `git`; `discovery` → `annotation`, `error`;
+//! `lifecycle` → `discovery`, `error`, `write`. No submodule imports from
+//! this module.
 
 mod annotation;
 mod discovery;
@@ -44,6 +49,7 @@ mod error;
 mod file_transport;
 mod git;
 pub mod lifecycle;
+pub mod names;
 mod remote;
 pub mod write;
 

@@ -23,6 +23,7 @@ use tracing::info;
 use super::{
     error::{map_git_error, OriginError},
     git::GitCache,
+    names,
     remote::{callbacks, Credentials},
 };
 
@@ -31,7 +32,9 @@ pub type Files = BTreeMap<String, Vec<u8>>;
 
 /// Why a resource path cannot be written, if it cannot: it must be
 /// relative, without empty, `.` or `..` segments, NUL or control
-/// characters, and at most 4096 bytes.
+/// characters, segments Git refuses as tree entries (`.git` in any case
+/// and its NTFS/HFS+ aliases, see [`names::tree_entry`]), and at most
+/// 4096 bytes.
 pub fn check_resource_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("a resource path is empty".into());
@@ -52,8 +55,28 @@ pub fn check_resource_path(path: &str) -> Result<(), String> {
         match segment {
             "" => return Err(format!("{path:?} has an empty segment")),
             "." | ".." => return Err(format!("{path:?} must not contain {segment:?}")),
-            ".git" => return Err(format!("{path:?} must not contain \".git\"")),
             _ => {}
+        }
+        if let Some(why) = names::tree_entry(segment) {
+            return Err(format!("{path:?} must not contain {segment:?} ({why})"));
+        }
+    }
+    Ok(())
+}
+
+/// Why `files` cannot be one tree, if they cannot: a path below another
+/// file (`a` and `a/b`). Answers the path refused and why.
+pub fn check_file_tree(files: &Files) -> Result<(), (String, String)> {
+    for path in files.keys() {
+        let mut prefix = path.as_str();
+        while let Some((parent, _)) = prefix.rsplit_once('/') {
+            if files.contains_key(parent) {
+                return Err((
+                    path.clone(),
+                    format!("{path:?} is below the file {parent:?}"),
+                ));
+            }
+            prefix = parent;
         }
     }
     Ok(())
@@ -448,7 +471,18 @@ mod tests {
             ("a//b", "\"a//b\" has an empty segment"),
             ("a/", "\"a/\" has an empty segment"),
             ("a\0b", "\"a\\0b\" holds a NUL or control character"),
-            (".git/config", "\".git/config\" must not contain \".git\""),
+            (
+                ".git/config",
+                "\".git/config\" must not contain \".git\" (Git's own directory, in any case)",
+            ),
+            (
+                "x/.GIT/y",
+                "\"x/.GIT/y\" must not contain \".GIT\" (Git's own directory, in any case)",
+            ),
+            (
+                "git~1/config",
+                "\"git~1/config\" must not contain \"git~1\" (Git's own directory on NTFS: its 8.3 short name)",
+            ),
         ] {
             assert_eq!(check_resource_path(bad).unwrap_err(), why, "{bad:?}");
         }
@@ -457,6 +491,21 @@ mod tests {
 
     #[test]
     fn a_file_and_a_directory_of_one_name_conflict() {
+        let tree = |paths: &[&str]| -> Files {
+            paths.iter().map(|p| (p.to_string(), Vec::new())).collect()
+        };
+        assert_eq!(check_file_tree(&tree(&["a", "a-b", "b/c", "b/d"])), Ok(()));
+        assert_eq!(
+            check_file_tree(&tree(&["a", "a-b", "a/b"])),
+            Err(("a/b".into(), "\"a/b\" is below the file \"a\"".into()))
+        );
+        assert_eq!(
+            check_file_tree(&tree(&["x/y", "x/y/z/w"])),
+            Err((
+                "x/y/z/w".into(),
+                "\"x/y/z/w\" is below the file \"x/y\"".into()
+            ))
+        );
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path()).unwrap();
         let files: Files = [

@@ -27,9 +27,22 @@
 //!    metadata (principal, correlation id), then `run` answers the target
 //!    as the view has it.
 //!
-//! A push that fails records nothing. A crash between an accepted push and
-//! the append leaves the upstream ahead of the log; the next sync reads the
-//! change like any other upstream change.
+//! A push that fails records nothing. Before it, every ref it sets is
+//! checked ([`crate::origin::names::check_ref`]; a `create`'s names were
+//! checked by [`super::decide::new_names`] already): a ref Git or the
+//! mirror cannot take is refused with nothing pushed.
+//!
+//! Once the upstream accepted a push, the write happened: whatever fails
+//! after it — setting the mirror's refs, reading back, storing blobs,
+//! appending — is [`RepositoryError::Unrecorded`], a 500 naming the refs
+//! pushed (`pushed refs/heads/drafts/… at <commit> to the upstream, but
+//! recording it failed: …; the next sync of the repository will record
+//! it`), never a 503 "unavailable"; nothing is recorded, and the next sync
+//! reads the pushed refs like any other upstream change (its fetch makes
+//! the mirror the upstream's again). A failure reading the reply's row
+//! after the append is [`RepositoryError::Recorded`]. A crash between an
+//! accepted push and the append leaves the upstream ahead of the log the
+//! same way.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -62,6 +75,7 @@ use crate::{
     origin::{
         self,
         lifecycle::{self, PackageRefs},
+        names::check_ref,
         write::{push_changes, Author, Files, RefChange},
         OriginError,
     },
@@ -95,6 +109,9 @@ pub struct Executed {
     pub deleted: bool,
     /// Blobs the events refer to.
     pub pins: Vec<BlobPin>,
+    /// The ref updates the upstream accepted (see [`pushed_refs`]), for an
+    /// error after the push.
+    pub pushed: String,
 }
 
 /// The view rows `op` is validated against (see [`ViewRows`]). Blocking.
@@ -163,6 +180,9 @@ pub fn execute(
     let refs = PackageRefs::new(&git.directory, &path, &package, &git.branch);
     let author = match principal {
         "" | cairn_events::envelope::ANONYMOUS => Author::new(&git.author, &git.email),
+        // (a NATS user name Git cannot sign with: the `principal` field
+        // is checked at the edge, the server's user names are not)
+        p if origin::names::signature_part(p).is_some() => Author::new(&git.author, &git.email),
         p if p.contains('@') => Author::new(p, p),
         p => Author::new(p, &git.email),
     };
@@ -173,7 +193,7 @@ pub fn execute(
 
     let validated = started.elapsed();
     // 2. Write to the upstream, holding the mirror.
-    let (changes, highest) = env
+    let changes = env
         .fetches
         .write(&git.url, credentials.as_ref(), |mirror, refetch| {
             let mut repo = Repository::open_bare(mirror).map_err(OriginError::from)?;
@@ -182,14 +202,21 @@ pub fn execute(
                 attempt += 1;
                 let t = std::time::Instant::now();
                 let changes = changes_of(&repo, op, &refs, current.as_ref(), &author)?;
+                for change in &changes {
+                    if let RefChange::Set { name, .. } = change {
+                        check_ref(name)?;
+                    }
+                }
                 let built = t.elapsed();
                 let pushed = push_changes(&repo, &git.url, credentials.as_ref(), &changes);
                 debug!(attempt, build_ms = built.as_secs_f64() * 1e3, push_ms = (t.elapsed() - built).as_secs_f64() * 1e3, "pushed");
                 match pushed {
                     Ok(()) => {
-                        set_local_refs(&repo, &changes)?;
-                        let highest = next_revision(&repo, &refs)? - 1;
-                        return Ok((changes, highest));
+                        // Written: a failure from here on is not the push's.
+                        let after = set_local_refs(&repo, &changes)
+                            .and_then(|()| next_revision(&repo, &refs))
+                            .map(|next| next - 1);
+                        return Ok((changes, after));
                     }
                     Err(OriginError::Moved(why))
                         if matches!(op, LifecycleOp::Approve(_)) && attempt < APPROVE_ATTEMPTS =>
@@ -204,37 +231,26 @@ pub fn execute(
             }
         })
         .map_err(RepositoryError::Write)?;
+    let (changes, after) = changes;
+    let pushed = pushed_refs(&changes);
+    let unrecorded = |source| RepositoryError::Unrecorded {
+        pushed: pushed.clone(),
+        source: Box::new(source),
+    };
+    let highest = after.map_err(|e| unrecorded(RepositoryError::Mirror(e)))?;
 
     let written = started.elapsed();
     // 3. Read back what the write can have changed, and reconcile it
     // against the view's side of the same revisions.
-    let mirror = env.fetches.cache().mirror_path(&git.url);
     let read = refs_to_read(&changes, &refs, current.as_ref());
-    let read_back = |e: &dyn std::fmt::Display| RepositoryError::ReadBack {
-        name: name.clone(),
-        message: e.to_string(),
+    let target = Target {
+        name: &name,
+        path: &path,
+        package: &package,
+        refs: &refs,
+        highest,
     };
-    let discovery = origin::discover_refs(&mirror, &git.branch, &git.directory, &refs.full, &read)
-        .map_err(|e| read_back(&e))?;
-    let (mut discovered, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)
-        .map_err(|e| match e {
-            ReadError::Origin(e) => read_back(&e),
-            // The store's failure, not the upstream's: as in a sync.
-            e @ ReadError::Store { .. } => e.into(),
-        })?;
-    let gone = matches!(op, LifecycleOp::Delete(_)).then_some(name.as_str());
-    latest_moved(store, spec, &path, &package, highest, gone, &mut discovered)
-        .map_err(RepositoryError::Views)?;
-    let mut before = BTreeMap::new();
-    for n in discovered.keys().chain(std::iter::once(&name)) {
-        if let Some(r) = PackageRevisionsView::get(store, &spec.namespace, n)
-            .map_err(RepositoryError::Views)?
-            .and_then(|row| row.revision)
-        {
-            before.insert(n.clone(), r);
-        }
-    }
-    let (events, _) = RepositoryComponent::reconcile(&before, discovered);
+    let (events, pins) = read_back(env, spec, op, &target, &read).map_err(unrecorded)?;
     debug!(
         revision = %name,
         verb = op.verb(),
@@ -248,7 +264,91 @@ pub fn execute(
         events,
         name,
         pins,
+        pushed,
     })
+}
+
+/// What a lifecycle command wrote, for its read-back.
+struct Target<'a> {
+    /// Its target's object name.
+    name: &'a str,
+    /// The target's package path and name.
+    path: &'a str,
+    package: &'a str,
+    /// The package's refs.
+    refs: &'a PackageRefs,
+    /// The package's highest published revision after the write.
+    highest: i64,
+}
+
+/// Reads back the refs `read` the write of `op` can have changed from the
+/// mirror, stores their resources, and reconciles them against the view's
+/// side of the same revisions: the events (not yet typed) and the blobs
+/// they refer to.
+fn read_back(
+    env: &SyncEnv,
+    spec: &RepositorySpec,
+    op: &LifecycleOp,
+    target: &Target<'_>,
+    read: &HashSet<String>,
+) -> Result<(Vec<Event>, Vec<BlobPin>), RepositoryError> {
+    let git = spec.git.clone().unwrap_or_default();
+    let store: &dyn ViewRead = &env.store;
+    let mirror = env.fetches.cache().mirror_path(&git.url);
+    let name = target.name;
+    let read_back = |e: &dyn std::fmt::Display| RepositoryError::ReadBack {
+        name: name.to_owned(),
+        message: e.to_string(),
+    };
+    let discovery = origin::discover_refs(
+        &mirror,
+        &git.branch,
+        &git.directory,
+        &target.refs.full,
+        read,
+    )
+    .map_err(|e| read_back(&e))?;
+    let (mut discovered, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)
+        .map_err(|e| match e {
+            ReadError::Origin(e) => read_back(&e),
+            // The store's failure, not the upstream's: as in a sync.
+            e @ ReadError::Store { .. } => e.into(),
+        })?;
+    let gone = matches!(op, LifecycleOp::Delete(_)).then_some(name);
+    latest_moved(
+        store,
+        spec,
+        target.path,
+        target.package,
+        target.highest,
+        gone,
+        &mut discovered,
+    )
+    .map_err(RepositoryError::Views)?;
+    let mut before = BTreeMap::new();
+    for n in discovered.keys().map(String::as_str).chain([name]) {
+        if let Some(r) = PackageRevisionsView::get(store, &spec.namespace, n)
+            .map_err(RepositoryError::Views)?
+            .and_then(|row| row.revision)
+        {
+            before.insert(n.to_owned(), r);
+        }
+    }
+    let (events, _) = RepositoryComponent::reconcile(&before, discovered);
+    Ok((events, pins))
+}
+
+/// The ref updates of a push, as an error message names them:
+/// `<ref> at <commit>` for each set, `<ref> (deleted)` for each deletion.
+fn pushed_refs(changes: &[RefChange]) -> String {
+    changes
+        .iter()
+        .map(|change| match change {
+            RefChange::Set { name, to } => format!("{name} at {to}"),
+            RefChange::Delete { name } => format!("{name} (deleted)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The refs whose revisions `changes` can have changed (the placeholder is
@@ -472,6 +572,10 @@ pub(super) async fn run(
     // Shared by both phases (its files can be large: not copied).
     let op = Arc::new(op);
     let prepared = op.clone();
+    // What was pushed, once it was: an append that fails after it fails a
+    // write that happened.
+    let pushed = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let decided_pushed = pushed.clone();
     let decided = session
         .decide(
             verb,
@@ -483,16 +587,30 @@ pub(super) async fn run(
                 let events =
                     super::decide::typed(executed.events, &executed.name, &op, op.cloned_from());
                 let count = events.len();
+                *decided_pushed.lock() = Some(executed.pushed.clone());
                 Ok((
                     events,
-                    (executed.name, executed.deleted, executed.pins, count),
+                    (
+                        executed.name,
+                        executed.deleted,
+                        executed.pins,
+                        count,
+                        executed.pushed,
+                    ),
                 ))
             },
         )
         .await;
-    let (name, deleted, pins, count) = match decided {
+    let (name, deleted, pins, count, pushed) = match decided {
         Ok(decided) => decided,
         Err(e) => {
+            let e = match pushed.lock().take() {
+                Some(pushed) => RepositoryError::Unrecorded {
+                    pushed,
+                    source: Box::new(e),
+                },
+                None => e,
+            };
             if !matches!(e, RepositoryError::Writer(_)) {
                 info!(repo = %stream, verb, error = %e, "command refused");
             }
@@ -507,12 +625,17 @@ pub(super) async fn run(
     }
     let store = session.env().store.clone();
     let namespace = session.state().spec.namespace.clone();
+    let recorded = |source| RepositoryError::Recorded {
+        pushed: pushed.clone(),
+        source: Box::new(source),
+    };
     let (row, name) = off_arbiter(verb, move || {
         cairn_storage::views::PackageRevisionsView::get(&store, &namespace, &name)
             .map(|row| (row, name))
     })
-    .await?
-    .map_err(RepositoryError::Views)?;
+    .await
+    .map_err(|e| recorded(e.into()))?
+    .map_err(|e| recorded(RepositoryError::Views(e)))?;
     match row {
         Some(row) => Ok(LifecycleOutcome::Revision(Box::new(row))),
         None => Err(RepositoryError::Lost { verb, name }),

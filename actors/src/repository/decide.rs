@@ -10,6 +10,18 @@
 //!   command, `resource_version` matches, a new workspace is free and a
 //!   new package does not nest. What it accepts is a [`Validated`] target
 //!   for the Git write ([`super::command`]).
+//! - [`new_names`] (part of [`validate`] for `create`): every name a new
+//!   package revision brings to Git and Porch, before anything is written —
+//!   its directories as tree entries (no `.git` alias,
+//!   [`origin::names::tree_entry`]), its object name within Porch's 253
+//!   bytes ([`OBJECT_NAME_MAX_BYTES`]), and every ref its life can write
+//!   (draft, proposal, tag and deletion markers, revision numbers up to
+//!   `i64::MAX`) valid and within [`origin::names::check_ref`]'s lengths —
+//!   so a draft that can be created can also be proposed, published and
+//!   deleted. A refusal is a 400 naming the field to blame: the field
+//!   holding the bad segment or component (the registration's
+//!   `git.directory` or `git.branch` when it is theirs), and for a name
+//!   too long as a whole, the longest of `path`, `package` and `workspace`.
 //! - [`typed`]: the read-back events of a lifecycle command, the target's
 //!   typed after the command (`DraftCreated`, `PackageRevisionPublished`…).
 //! - [`registered`], [`spec_changed`]: the events of `Register` and
@@ -28,8 +40,17 @@ use cairn_events::{
     },
 };
 
-use super::{error::LifecycleError, naming::object_name, op::LifecycleOp};
-use crate::origin::package_path;
+use super::{
+    error::LifecycleError,
+    naming::{object_name, OBJECT_NAME_MAX_BYTES},
+    op::LifecycleOp,
+};
+use crate::origin::{
+    self,
+    lifecycle::PackageRefs,
+    names::{check_ref, RefError},
+    package_path,
+};
 
 /// The view rows a lifecycle command is validated against.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,6 +146,97 @@ fn nested(inner: &str, outer: &str) -> bool {
     inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
 }
 
+/// Checks the names a new package revision (`path`, `package`,
+/// `workspace` in the repository of `spec`) brings to Git and Porch; see
+/// the module doc.
+pub fn new_names(
+    spec: &RepositorySpec,
+    path: &str,
+    package: &str,
+    workspace: &str,
+) -> Result<(), LifecycleError> {
+    let git = spec.git.clone().unwrap_or_default();
+    let directory = git.directory.trim_matches('/');
+    let refused = |field, why| Err(LifecycleError::Name { field, why });
+    // The directories and the package: tree entries.
+    for (field, part) in [
+        ("git.directory", directory),
+        ("path", path),
+        ("package", package),
+    ] {
+        for segment in part.split('/').filter(|s| !s.is_empty()) {
+            if let Some(why) = origin::names::tree_entry(segment) {
+                return refused(
+                    field,
+                    format!("{part:?} must not contain {segment:?} ({why})"),
+                );
+            }
+        }
+    }
+    // A name too long as a whole: the longest of the request's parts.
+    let longest = [
+        ("path", path),
+        ("package", package),
+        ("workspace", workspace),
+    ]
+    .into_iter()
+    .fold(("path", 0), |(field, len), (f, part)| {
+        if part.len() > len {
+            (f, part.len())
+        } else {
+            (field, len)
+        }
+    })
+    .0;
+    let name = object_name(&spec.name, path, package, workspace);
+    if name.len() > OBJECT_NAME_MAX_BYTES {
+        return refused(
+            longest,
+            format!(
+                "the object name {name} would be {} bytes, more than Porch allows ({OBJECT_NAME_MAX_BYTES}: a Kubernetes object name)",
+                name.len()
+            ),
+        );
+    }
+    // Every ref its life can write.
+    let refs = PackageRefs::new(&git.directory, path, package, &git.branch);
+    for name in [
+        refs.draft(workspace),
+        refs.proposed(workspace),
+        refs.tag(i64::MAX),
+        refs.deletion_proposed(i64::MAX),
+        refs.deletion_proposed(-1),
+    ] {
+        let why = match check_ref(&name) {
+            Ok(()) => continue,
+            Err(why) => why,
+        };
+        let parts = [
+            ("git.directory", directory),
+            ("path", path),
+            ("package", package),
+            ("workspace", workspace),
+            ("git.branch", git.branch.as_str()),
+        ];
+        let field = match &why {
+            RefError::TooLong { .. } => longest,
+            RefError::ComponentTooLong { component, .. } => parts
+                .iter()
+                .find(|(_, part)| part.split('/').any(|s| s == component))
+                .map_or(longest, |(field, _)| *field),
+            RefError::Invalid { .. } => parts
+                .iter()
+                .find(|(_, part)| {
+                    !part.is_empty()
+                        && !git2::Reference::is_valid_name(&format!("refs/heads/{part}"))
+                })
+                .map_or(longest, |(field, _)| *field),
+        };
+        return refused(field, why.to_string());
+    }
+    Ok(())
+}
+
 /// Validates lifecycle command `op` on the repository of `spec` against
 /// the view `rows`: the target it works on, or why it is refused.
 pub fn validate(
@@ -140,6 +252,7 @@ pub fn validate(
             workspace,
             ..
         } => {
+            new_names(spec, path, package, workspace)?;
             let name = object_name(&spec.name, path, package, workspace);
             if rows.target.is_some() {
                 return Err(LifecycleError::WorkspaceTaken {
@@ -269,11 +382,23 @@ mod tests {
 
     use super::*;
     use crate::{repository::op::Source, ServiceError};
+    use cairn_events::v1::GitSpec;
 
     fn spec() -> RepositorySpec {
+        spec_in("/")
+    }
+
+    /// The repository registered with `directory` (branch `main`).
+    fn spec_in(directory: &str) -> RepositorySpec {
         RepositorySpec {
             namespace: "ns".into(),
             name: "repo".into(),
+            git: Some(GitSpec {
+                url: "file:///up.git".into(),
+                branch: "main".into(),
+                directory: directory.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -696,6 +821,109 @@ mod tests {
         assert_eq!(
             validate(&spec(), &op, given(&events, &op)).map(|v| v.name),
             Ok("repo.app.ws".to_owned())
+        );
+    }
+
+    /// Given no revision, when `create(path, package, workspace)` in the
+    /// repository of `spec`: the refusal, as the service answers it.
+    fn refused_create(
+        spec: &RepositorySpec,
+        path: &str,
+        package: &str,
+        workspace: &str,
+    ) -> ServiceError {
+        let op = create(path, package, workspace);
+        let error = validate(spec, &op, given(&[], &op)).unwrap_err();
+        assert!(matches!(error, LifecycleError::Name { .. }), "{error:?}");
+        ServiceError::from(error)
+    }
+
+    #[test]
+    fn a_create_is_refused_names_git_or_porch_cannot_take() {
+        // A path of 2,000 segments: an object name (and refs) of 4,000
+        // bytes and more.
+        let path = vec!["t"; 2000].join("/");
+        let name = format!("repo.{}.lp2.w1", vec!["t"; 2000].join("."));
+        assert_eq!(
+            refused_create(&spec(), &path, "lp2", "w1"),
+            ServiceError::bad_field(
+                "path",
+                format!("the object name {name} would be 4011 bytes, more than Porch allows (253: a Kubernetes object name)")
+            )
+        );
+        // The object name at Porch's 253 bytes is fine, one more is not.
+        let workspace = "w".repeat(253 - "repo.pkg.".len());
+        let op = create("", "pkg", &workspace);
+        assert!(validate(&spec(), &op, given(&[], &op)).is_ok());
+        assert_eq!(
+            refused_create(&spec(), "", "pkg", &format!("{workspace}w")).code,
+            400
+        );
+        // A ref Git refuses: the field that holds the bad component.
+        assert_eq!(
+            refused_create(&spec(), "", "pkg", "a..b"),
+            ServiceError::bad_field(
+                "workspace",
+                "refs/heads/drafts/pkg/a..b is not a valid Git ref name (see git check-ref-format)"
+            )
+        );
+        assert_eq!(
+            refused_create(&spec_in("a b"), "x", "pkg", "ws"),
+            ServiceError::bad_field(
+                "git.directory",
+                "refs/heads/drafts/a b/x/pkg/ws is not a valid Git ref name (see git check-ref-format)"
+            )
+        );
+        // A tree entry Git refuses, from the registered directory.
+        assert_eq!(
+            refused_create(&spec_in("/catalog/.GIT/"), "", "pkg", "ws"),
+            ServiceError::bad_field(
+                "git.directory",
+                "\"catalog/.GIT\" must not contain \".GIT\" (Git's own directory, in any case)"
+            )
+        );
+        // A directory component longer than a file name.
+        let long = "d".repeat(256);
+        assert_eq!(
+            refused_create(&spec_in(&long), "", "pkg", "ws"),
+            ServiceError::bad_field(
+                "git.directory",
+                format!("the ref refs/heads/drafts/{long}/pkg/ws has a component of 256 bytes, more than 255 ({long:?})")
+            )
+        );
+    }
+
+    #[test]
+    fn the_longest_ref_of_a_new_revision_may_be_1023_bytes() {
+        // The registered directory makes the refs long; the proposal's ref
+        // (`refs/heads/proposed/<directory>/pkg/<workspace>`) is the
+        // longest one a workspace of more than 28 bytes makes.
+        let workspace = "w".repeat(100);
+        let fixed = format!("refs/heads/proposed//pkg/{workspace}").len();
+        let directory = |len: usize| {
+            let mut segments = vec!["d".repeat(200); (len + 1) / 201];
+            let rest = len - (segments.len() * 201).saturating_sub(1);
+            if rest > 0 {
+                segments.push("e".repeat(rest - usize::from(!segments.is_empty())));
+            }
+            let directory = segments.join("/");
+            assert_eq!(directory.len(), len);
+            directory
+        };
+        let at_limit = spec_in(&directory(1023 - fixed));
+        let op = create("", "pkg", &workspace);
+        assert!(validate(&at_limit, &op, given(&[], &op)).is_ok());
+        let over = spec_in(&directory(1024 - fixed));
+        let proposal = format!(
+            "refs/heads/proposed/{}/pkg/{workspace}",
+            directory(1024 - fixed)
+        );
+        assert_eq!(
+            refused_create(&over, "", "pkg", &workspace),
+            ServiceError::bad_field(
+                "workspace",
+                format!("the ref {proposal} would be 1024 bytes, more than 1023 (refs longer than that cannot be stored by libgit2, GIT_REFNAME_MAX)")
+            )
         );
     }
 

@@ -98,12 +98,27 @@ pub enum LifecycleError {
         /// The package it clashes with.
         existing: String,
     },
+    /// A name of a new package revision cannot be written to Git the way
+    /// Porch lays it out, or is longer than Porch allows (400, naming the
+    /// field): a tree entry Git refuses, a ref `git check-ref-format`
+    /// refuses or that is too long, an object name over 253 bytes. Choose
+    /// another name (or, for `git.directory`/`git.branch`, register the
+    /// repository differently).
+    #[error("{field}: {why}")]
+    Name {
+        /// The field to blame: `path`, `package`, `workspace`, or the
+        /// registration's `git.directory` or `git.branch`.
+        field: &'static str,
+        /// What is wrong, naming the ref or name.
+        why: String,
+    },
 }
 
 impl From<LifecycleError> for ServiceError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::NotFound { .. } => ServiceError::not_found(e.to_string()),
+            LifecycleError::Name { field, why } => ServiceError::bad_field(field, why),
             // (`ResourceVersion` included: its text is the one
             // `ServiceError::conflict_expected` words, naming both.)
             _ => ServiceError::conflict(e.to_string()),
@@ -145,6 +160,38 @@ pub enum RepositoryError {
         #[source]
         source: StorageError,
     },
+    /// A lifecycle command's push was accepted by the upstream, then the
+    /// command failed before its events were recorded (setting the
+    /// mirror's refs, reading back, storing, appending): 500 — never 503,
+    /// the write happened — saying what was pushed. Nothing was recorded;
+    /// the next sync of the repository reads the pushed refs like any
+    /// upstream change and records them. Do not retry the command: sync.
+    #[error("pushed {pushed} to the upstream, but recording it failed: {source}; the next sync of the repository will record it")]
+    Unrecorded {
+        /// The ref updates pushed (`<ref> at <commit>`, `<ref> (deleted)`).
+        pushed: String,
+        /// What failed after the push.
+        #[source]
+        source: Box<RepositoryError>,
+    },
+    /// A lifecycle command was pushed and recorded, then reading its
+    /// target from the view for the reply failed: 500 saying so; read it
+    /// again (`pkgrev.get`).
+    #[error(
+        "pushed {pushed} to the upstream and recorded it, but reading the result failed: {source}"
+    )]
+    Recorded {
+        /// The ref updates pushed.
+        pushed: String,
+        /// What failed after the append.
+        #[source]
+        source: Box<RepositoryError>,
+    },
+    /// Setting the local mirror's refs to what a push just wrote failed
+    /// (only inside [`RepositoryError::Unrecorded`]); the next fetch makes
+    /// the mirror the upstream's again.
+    #[error("setting the mirror's refs: {0}")]
+    Mirror(#[source] OriginError),
     /// A lifecycle command's target could not be read back from the
     /// upstream after the write: 500 (the next sync reads it).
     #[error("reading back {name}: {message}")]
@@ -217,6 +264,9 @@ impl From<RepositoryError> for ServiceError {
             RepositoryError::Write(OriginError::Moved(why)) => ServiceError::conflict(format!(
                 "the upstream changed since it was last read ({why}); sync the repository and retry"
             )),
+            RepositoryError::Write(OriginError::InvalidRef(e)) => {
+                ServiceError::conflict(format!("the command needs a ref Git cannot take: {e}"))
+            }
             RepositoryError::Write(e) => origin_error(&e),
             RepositoryError::Views(e) => match e {
                 StorageError::Closed => ServiceError::from(e),
@@ -227,6 +277,9 @@ impl From<RepositoryError> for ServiceError {
                 ..
             } => ServiceError::from(StorageError::Closed),
             RepositoryError::Blobs { .. }
+            | RepositoryError::Unrecorded { .. }
+            | RepositoryError::Recorded { .. }
+            | RepositoryError::Mirror(_)
             | RepositoryError::ReadBack { .. }
             | RepositoryError::Lost { .. }
             | RepositoryError::UnexpectedReply => ServiceError::internal(e.to_string()),
@@ -316,6 +369,62 @@ mod tests {
                 branch: "main".into()
             })),
             ServiceError::not_found("branch \"main\" does not exist upstream")
+        );
+    }
+
+    #[test]
+    fn a_failure_after_a_push_is_internal_and_says_what_was_pushed() {
+        // Even the store closing under it: the write happened, so never
+        // 503 "unavailable".
+        let e = RepositoryError::Unrecorded {
+            pushed: "refs/heads/drafts/a/ws at 0123abcd".into(),
+            source: Box::new(RepositoryError::Writer(WriterError::Append(
+                StorageError::Closed,
+            ))),
+        };
+        assert_eq!(e.sync_class(), "internal");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal(
+                "pushed refs/heads/drafts/a/ws at 0123abcd to the upstream, but recording it failed: store is closed; the next sync of the repository will record it"
+            )
+        );
+        let e = RepositoryError::Unrecorded {
+            pushed: "refs/heads/main at 1, refs/heads/proposed/a/ws (deleted)".into(),
+            source: Box::new(RepositoryError::Mirror(OriginError::Git("locked".into()))),
+        };
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal(
+                "pushed refs/heads/main at 1, refs/heads/proposed/a/ws (deleted) to the upstream, but recording it failed: setting the mirror's refs: git: locked; the next sync of the repository will record it"
+            )
+        );
+        let e = RepositoryError::Recorded {
+            pushed: "refs/heads/drafts/a/ws at 0123abcd".into(),
+            source: Box::new(RepositoryError::Views(StorageError::Closed)),
+        };
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::internal(
+                "pushed refs/heads/drafts/a/ws at 0123abcd to the upstream and recorded it, but reading the result failed: reading the views: store is closed"
+            )
+        );
+    }
+
+    #[test]
+    fn a_ref_git_cannot_take_is_a_conflict_before_the_push() {
+        let e = RepositoryError::Write(OriginError::InvalidRef(
+            crate::origin::names::RefError::TooLong {
+                name: "refs/heads/x".into(),
+                bytes: 1024,
+            },
+        ));
+        assert_eq!(e.sync_class(), "invalid");
+        assert_eq!(
+            ServiceError::from(e),
+            ServiceError::conflict(
+                "the command needs a ref Git cannot take: the ref refs/heads/x would be 1024 bytes, more than 1023 (refs longer than that cannot be stored by libgit2, GIT_REFNAME_MAX)"
+            )
         );
     }
 

@@ -2,6 +2,12 @@
 //! so the component, the upstream read and the decisions share it without
 //! importing each other.
 
+/// The longest object name of a package revision cairn creates, in bytes:
+/// Porch's bound (the object name is a Kubernetes name, a DNS-1123
+/// subdomain: at most 253 characters); `pkgrev.get` and the other commands
+/// take no longer name either.
+pub const OBJECT_NAME_MAX_BYTES: usize = 253;
+
 /// The Porch object name of a package revision:
 /// `<repo>.<path with / as .>.<package>.<workspace>`.
 pub fn object_name(repository: &str, path: &str, package: &str, workspace: &str) -> String {

@@ -34,7 +34,7 @@ use super::{
     validate,
 };
 use crate::{
-    origin::write::{check_resource_path, Files},
+    origin::write::{check_file_tree, check_resource_path, Files},
     registry::RouteLifecycle,
     repository::{
         command::{LifecycleOp, LifecycleOutcome, Source},
@@ -108,6 +108,16 @@ pub fn package_path(field: &str, value: &str) -> Result<String, ServiceError> {
     Ok(trimmed.to_owned())
 }
 
+/// The `principal` of a command: it authors the commit (see
+/// [`validate::signature`]).
+fn principal(f: &Fields) -> Result<Option<String>, ServiceError> {
+    let principal = f.string("principal")?;
+    if let Some(p) = &principal {
+        validate::signature("principal", p)?;
+    }
+    Ok(principal)
+}
+
 /// The files of `resources` (UTF-8) and `binary` (base64), when either is
 /// present: each path checked, each file at most `max` bytes.
 pub fn parse_files(f: &Fields, max: usize) -> Result<Option<Files>, ServiceError> {
@@ -147,6 +157,8 @@ pub fn parse_files(f: &Fields, max: usize) -> Result<Option<Files>, ServiceError
             ));
         }
     }
+    check_file_tree(&files)
+        .map_err(|(path, why)| ServiceError::bad_field(&format!("resources[{path:?}]"), why))?;
     Ok(Some(files))
 }
 
@@ -272,7 +284,7 @@ pub async fn handle_create(
         workspace,
         source,
     };
-    let principal = f.string("principal")?;
+    let principal = principal(&f)?;
     run(&context, &request, namespace, repository, op, principal).await
 }
 
@@ -302,7 +314,7 @@ pub async fn handle_update(
         files,
         resource_version,
     };
-    let principal = f.string("principal")?;
+    let principal = principal(&f)?;
     run(&context, &request, namespace, repository, op, principal).await
 }
 
@@ -318,7 +330,7 @@ pub async fn handle_key(
     validate::dns_label("namespace", &namespace)?;
     let name = revision_name(&f, "name")?;
     let repository = repository_of(&context, &namespace, &name).await?;
-    let principal = f.string("principal")?;
+    let principal = principal(&f)?;
     run(
         &context,
         &request,

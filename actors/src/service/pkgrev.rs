@@ -254,7 +254,10 @@ fn parse_name(payload: &[u8]) -> Result<(String, String), ServiceError> {
 /// The package revision name in field `field` of `f` (required).
 pub(super) fn revision_name(f: &Fields, field: &str) -> Result<String, ServiceError> {
     let name = f.required(field)?;
-    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '/') {
+    if name.is_empty()
+        || name.len() > crate::repository::naming::OBJECT_NAME_MAX_BYTES
+        || name.chars().any(|c| c.is_control() || c == '/')
+    {
         return Err(ServiceError::bad_field(
             field,
             format!("{name:?} is not a package revision name"),

@@ -133,6 +133,10 @@ pub fn parse_register(
     if !secret_ref.is_empty() {
         validate::dns_label("git.secret_ref", &secret_ref)?;
     }
+    let author = git.string("author")?.unwrap_or_default();
+    validate::signature("git.author", &author)?;
+    let email = git.string("email")?.unwrap_or_default();
+    validate::signature("git.email", &email)?;
     let spec = RepositorySpec {
         namespace,
         name,
@@ -142,8 +146,8 @@ pub fn parse_register(
             branch,
             directory,
             create_branch: git.bool("create_branch")?.unwrap_or(false),
-            author: git.string("author")?.unwrap_or_default(),
-            email: git.string("email")?.unwrap_or_default(),
+            author,
+            email,
             secret_ref,
         }),
         sync: parse_sync(&f)?,

@@ -23,8 +23,9 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// Checks a Git branch name (the rules of `git check-ref-format --branch`
-/// that matter here).
+/// Checks a Git branch name: the rules of `git check-ref-format --branch`
+/// (libgit2's, through [`crate::origin::names::check_ref`], which also
+/// bounds each component and the whole ref), and at most 255 bytes.
 pub fn branch(field: &str, value: &str) -> Result<(), ServiceError> {
     let bad = value.is_empty()
         || value.len() > 255
@@ -36,6 +37,7 @@ pub fn branch(field: &str, value: &str) -> Result<(), ServiceError> {
         || value.contains("..")
         || value.contains("//")
         || value.contains("@{")
+        || value == "@"
         || value
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
@@ -45,7 +47,21 @@ pub fn branch(field: &str, value: &str) -> Result<(), ServiceError> {
             format!("{value:?} is not a valid branch name"),
         ));
     }
-    Ok(())
+    crate::origin::names::check_ref(&format!("refs/heads/{value}")).map_err(|e| {
+        ServiceError::bad_field(field, format!("{value:?} is not a valid branch name: {e}"))
+    })
+}
+
+/// Checks a name or an email that becomes part of a Git commit's author
+/// (`principal`, `git.author`, `git.email`), as libgit2's signatures take
+/// them: no `<`, `>` or control characters, and, when not empty, more than
+/// the spaces and punctuation (`,:;"'\\`) Git trims from their ends.
+/// (Empty means "the default".)
+pub fn signature(field: &str, value: &str) -> Result<(), ServiceError> {
+    match crate::origin::names::signature_part(value) {
+        None => Ok(()),
+        Some(why) => Err(ServiceError::bad_field(field, format!("{value:?} {why}"))),
+    }
 }
 
 /// Normalises a directory inside a repository: `/` (or empty) for the
@@ -97,9 +113,15 @@ mod tests {
             .message
             .starts_with("name: \"Upper\" is not a valid name"));
         assert!(branch("git.branch", "release/v1").is_ok());
-        for bad in ["", "a..b", "-x", "a b", "x.lock", "a:b", "/x"] {
+        for bad in [
+            "", "a..b", "-x", "a b", "x.lock", "a:b", "/x", "a/.b", "a.lock/b", "@",
+        ] {
             assert!(branch("git.branch", bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            branch("git.branch", "a.lock/b").unwrap_err().message,
+            "git.branch: \"a.lock/b\" is not a valid branch name: refs/heads/a.lock/b is not a valid Git ref name (see git check-ref-format)"
+        );
         assert_eq!(directory("git.directory", "/").unwrap(), "/");
         assert_eq!(directory("git.directory", "").unwrap(), "/");
         assert_eq!(
@@ -113,5 +135,19 @@ mod tests {
             "git.directory: \"catalog/../etc\" must not contain \"..\""
         );
         assert!(directory("git.directory", "a//b").is_err());
+    }
+
+    #[test]
+    fn commit_authors_are_what_git_signatures_take() {
+        for good in ["", "ada@example.com", "Ada Lovelace", "o'neil"] {
+            assert_eq!(signature("principal", good), Ok(()), "{good:?}");
+        }
+        for (bad, message) in [
+            ("a<b", "principal: \"a<b\" must not contain '<' or '>' (they delimit the email in a Git commit)"),
+            ("x\ny", "principal: \"x\\ny\" must not contain control characters"),
+            (" ,; ", "principal: \" ,; \" must hold more than spaces and punctuation (Git trims those)"),
+        ] {
+            assert_eq!(signature("principal", bad).unwrap_err().message, message, "{bad:?}");
+        }
     }
 }
