@@ -364,7 +364,7 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert!(out.success, "{}", out.stderr);
     let line = out.stdout;
     assert!(
-        line.starts_with("rebuilt 3 views (repositories, package_revisions, package_revision_list) from 3 events in "),
+        line.starts_with("rebuilt 4 views (repositories, package_revisions, package_revision_list, requests) from 3 events in "),
         "{line}"
     );
 }
