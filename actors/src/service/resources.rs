@@ -120,7 +120,9 @@ pub enum ResourcesError {
     },
     /// A file's path alone does not fit a reply (413); the server's
     /// `max_payload` is too small for this revision.
-    #[error("resources of {name}: the path {path:?} does not fit one reply ({budget_bytes} bytes)")]
+    #[error(
+        "resources of {name}: the path {path:?} does not fit one reply ({budget_bytes} bytes)"
+    )]
     PathTooLong {
         /// The revision, `namespace/name`.
         name: String,
@@ -300,9 +302,7 @@ pub fn page(
                 found: fingerprint,
             })
         }
-        Some(cursor) if cursor.index < files.len() as u64 => {
-            (cursor.index as usize, cursor.offset)
-        }
+        Some(cursor) if cursor.index < files.len() as u64 => (cursor.index as usize, cursor.offset),
         Some(_) => return Err(ResourcesError::BadContinue),
     };
     let mut builder = Builder::new(format);
@@ -407,7 +407,10 @@ fn read(
         })?;
     let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     reader.read_to_end(&mut out).map_err(|source| {
-        StorageError::io(format!("reading blob {} ({})", file.digest, file.path), source)
+        StorageError::io(
+            format!("reading blob {} ({})", file.digest, file.path),
+            source,
+        )
     })?;
     Ok(out)
 }
@@ -597,7 +600,11 @@ impl Builder {
                 self.used += self.encoded_files_len() - before;
             }
             Format::Json => {
-                let out = if binary { &mut self.binary } else { &mut self.text };
+                let out = if binary {
+                    &mut self.binary
+                } else {
+                    &mut self.text
+                };
                 let before = out.len();
                 if !out.is_empty() {
                     out.push(b',');
@@ -740,7 +747,11 @@ mod tests {
         let mut start = None;
         for _ in 0..PAGES_MAX {
             let page = page(store, "ns/rev", files, start, budget_bytes, format)?;
-            assert!(page.bytes <= budget_bytes, "{} > {budget_bytes}", page.bytes);
+            assert!(
+                page.bytes <= budget_bytes,
+                "{} > {budget_bytes}",
+                page.bytes
+            );
             let (pieces, token) = decode(&page.body);
             assert_eq!(token, page.next.map(|c| c.encode()));
             pages.push(pieces.iter().map(|(p, c)| (p.clone(), c.len())).collect());
@@ -877,7 +888,10 @@ mod tests {
         let first = page(&store, "ns/rev", &refs, None, 200, Format::Json).unwrap();
         let next = first.next.unwrap();
         assert_eq!(Cursor::decode(&next.encode()).unwrap(), next);
-        assert_eq!((next.index, next.fingerprint), (0, super::fingerprint(&refs)));
+        assert_eq!(
+            (next.index, next.fingerprint),
+            (0, super::fingerprint(&refs))
+        );
         for bad in ["zz", "00", &next.encode()[2..]] {
             assert!(matches!(
                 Cursor::decode(bad),
@@ -952,13 +966,15 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..1500),
             "[a-z \n]{0,1500}".prop_map(String::into_bytes),
             "[a\"\\\\\\x01\\x1f\\x7fé😀\t\n]{0,800}".prop_map(String::into_bytes),
-            ("[aé😀]{0,400}", proptest::collection::vec(any::<u8>(), 1..50)).prop_map(
-                |(text, bytes)| {
+            (
+                "[aé😀]{0,400}",
+                proptest::collection::vec(any::<u8>(), 1..50)
+            )
+                .prop_map(|(text, bytes)| {
                     let mut out = text.into_bytes();
                     out.extend(bytes);
                     out
-                }
-            ),
+                }),
         ]
     }
 
