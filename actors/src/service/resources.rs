@@ -42,7 +42,7 @@
 use std::io::Read as _;
 
 use cairn_events::v1 as pb;
-use cairn_storage::{blob::Digest, BlobStore, StorageError};
+use cairn_storage::{blob::Digest, BlobReader, BlobStore, StorageError};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
@@ -310,7 +310,8 @@ pub fn page(
     let page_room = budget_bytes.saturating_sub(builder.used);
     let mut next = None;
     for (index, file) in files.iter().enumerate().skip(first) {
-        let size = blob_size(blobs, file)?;
+        let blob = open(blobs, file)?;
+        let size = blob.size();
         if index > first {
             offset = 0;
         } else if offset > 0 && offset >= size {
@@ -326,7 +327,7 @@ pub fn page(
         } else {
             rest.min(room as u64)
         };
-        let window = read(blobs, file, offset, want)?;
+        let window = read(blob, file, offset, want)?;
         let window_is_rest = want == rest;
         let here = window.len().min(room);
         let at_end = window_is_rest && here == window.len();
@@ -383,28 +384,24 @@ pub fn page(
     })
 }
 
-fn blob_size(blobs: &dyn BlobStore, file: &FileRef) -> Result<u64, ResourcesError> {
+/// `file`'s blob, opened (its size known, nothing read yet).
+fn open(blobs: &dyn BlobStore, file: &FileRef) -> Result<BlobReader, ResourcesError> {
     blobs
-        .blob_size(&file.digest)?
+        .open_blob(&file.digest)?
         .ok_or_else(|| ResourcesError::BlobMissing {
             path: file.path.clone(),
             digest: file.digest,
         })
 }
 
-/// `len` bytes of `file` from `offset`.
+/// `len` bytes of `file` (opened as `blob`) from `offset`.
 fn read(
-    blobs: &dyn BlobStore,
+    blob: BlobReader,
     file: &FileRef,
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>, ResourcesError> {
-    let mut reader = blobs
-        .read_range(&file.digest, offset..offset + len)?
-        .ok_or_else(|| ResourcesError::BlobMissing {
-            path: file.path.clone(),
-            digest: file.digest,
-        })?;
+    let mut reader = blob.range(&file.digest, offset..offset + len)?;
     let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     reader.read_to_end(&mut out).map_err(|source| {
         StorageError::io(
