@@ -720,11 +720,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 PkgCommand::Pull { name, dir } => {
                     let (ns, name) = split_key(&name)?;
-                    let reply = c.call(
-                        "pkgrev.resources",
-                        &serde_json::json!({"namespace": ns, "name": name}),
-                    )?;
-                    let n = client::write_resources(&dir, &reply)?;
+                    let files = c.resources(ns, name)?;
+                    let n = client::write_resources(&dir, &files)?;
                     use std::io::Write as _;
                     writeln!(
                         out,

@@ -1,8 +1,13 @@
 //! The client side of the CLI: `cairn repo …` and `cairn pkg …` send
 //! requests to a node's `cairn` service and print the replies as a table
 //! (default), JSON or YAML.
+//!
+//! Sizes follow the service's one rule (`cairn_actors::service::resources`):
+//! a request larger than the server's `max_payload` is refused here, naming
+//! both sizes, before anything is sent; a revision's files are read page by
+//! page ([`Client::resources`]), so any revision can be pulled.
 
-use std::{io::Write, path::Path, time::Duration};
+use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
 
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
@@ -65,6 +70,13 @@ impl Client {
 
         let subject = format!("cairn.v1.{endpoint}");
         let payload = bytes::Bytes::from(serde_json::to_vec(body)?);
+        let max_payload = self.nats.server_info().max_payload;
+        if max_payload > 0 && payload.len() > max_payload {
+            bail!(
+                "{subject}: the request is {} bytes, more than the server's max_payload of {max_payload} bytes",
+                payload.len()
+            );
+        }
         // A write carries one request id for all its attempts: the node
         // applies it once and answers a retry with what the first attempt
         // did (see the README, "Retries and idempotency").
@@ -166,6 +178,63 @@ fn read_reply(subject: &str, reply: &async_nats::Message) -> anyhow::Result<Valu
         bail!("{code}: {message}");
     }
     Ok(value)
+}
+
+/// A revision's files: path → content.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+/// Most `pkgrev.resources` pages [`Client::resources`] reads (64 GiB of
+/// files at the default 1 MiB max payload).
+pub const RESOURCE_PAGES_MAX: usize = 65_536;
+
+impl Client {
+    /// Every file of revision `namespace/name`: `pkgrev.resources` page
+    /// after page, following `continue`, each page's pieces appended to
+    /// their files ([`add_page`]).
+    pub fn resources(&self, namespace: &str, name: &str) -> anyhow::Result<Files> {
+        let mut files = Files::new();
+        let mut body = json!({"namespace": namespace, "name": name});
+        for _ in 0..RESOURCE_PAGES_MAX {
+            let page = self.call("pkgrev.resources", &body)?;
+            add_page(&mut files, &page)?;
+            match page["continue"].as_str() {
+                None => return Ok(files),
+                Some(token) if body["continue"].as_str() == Some(token) => {
+                    bail!(
+                        "pkgrev.resources of {namespace}/{name}: the node sent the same page twice"
+                    )
+                }
+                Some(token) => body["continue"] = token.into(),
+            }
+        }
+        bail!("pkgrev.resources of {namespace}/{name}: more than {RESOURCE_PAGES_MAX} pages")
+    }
+}
+
+/// Appends the files of one `pkgrev.resources` page to `files`: UTF-8
+/// pieces from `resources`, base64 ones from `binary`. A file cut across
+/// pages comes as one piece per page, in order, so appending rebuilds it.
+pub fn add_page(files: &mut Files, page: &Value) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let text = page["resources"].as_object().into_iter().flatten();
+    let binary = page["binary"].as_object().into_iter().flatten();
+    for (path, piece) in text {
+        let piece = piece
+            .as_str()
+            .with_context(|| format!("pkgrev.resources: {path:?} is not a string"))?;
+        files
+            .entry(path.clone())
+            .or_default()
+            .extend_from_slice(piece.as_bytes());
+    }
+    for (path, piece) in binary {
+        let piece = piece
+            .as_str()
+            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+            .with_context(|| format!("pkgrev.resources: {path:?} is not base64"))?;
+        files.entry(path.clone()).or_default().extend(piece);
+    }
+    Ok(())
 }
 
 impl Client {
@@ -341,14 +410,11 @@ pub const PKG_COLUMNS: &[(&str, &str)] = &[
     ("REPOSITORY", "/repository"),
 ];
 
-/// Writes a `pkgrev.resources` reply into `dir` (created; files inside
-/// may not escape it). Returns the number of files written.
-pub fn write_resources(dir: &Path, reply: &Value) -> anyhow::Result<usize> {
+/// Writes `files` into `dir` (created; files inside may not escape it).
+/// Returns the number of files written.
+pub fn write_resources(dir: &Path, files: &Files) -> anyhow::Result<usize> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut written = 0;
-    let text = reply["resources"].as_object().cloned().unwrap_or_default();
-    let binary = reply["binary"].as_object().cloned().unwrap_or_default();
-    for (path, content) in text.iter().chain(binary.iter()) {
+    for path in files.keys() {
         let relative = Path::new(path);
         if relative.is_absolute()
             || relative
@@ -360,21 +426,16 @@ pub fn write_resources(dir: &Path, reply: &Value) -> anyhow::Result<usize> {
                 dir.display()
             );
         }
-        let target = dir.join(relative);
+    }
+    for (path, content) in files {
+        let target = dir.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let bytes = if binary.contains_key(path) {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(content.as_str().unwrap_or_default())?
-        } else {
-            content.as_str().unwrap_or_default().as_bytes().to_vec()
-        };
-        std::fs::write(&target, bytes).with_context(|| format!("writing {}", target.display()))?;
-        written += 1;
+        std::fs::write(&target, content)
+            .with_context(|| format!("writing {}", target.display()))?;
     }
-    Ok(written)
+    Ok(files.len())
 }
 
 /// The files below `dir` as request fields: path (relative, `/`-separated)

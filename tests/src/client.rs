@@ -7,16 +7,34 @@
 //! responders, a reply that is not JSON — fails the test at once, naming
 //! the endpoint, because no test expects it.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::{HeaderMap, Message, Request};
+use cairn_events::v1 as pb;
 use futures::StreamExt as _;
+use prost::Message as _;
 use serde_json::{json, Value};
 
 use crate::wait::{within, WAIT};
 
 /// The namespace the suites register their repositories in.
 pub const NAMESPACE: &str = "team-a";
+
+/// Most `pkgrev.resources` pages a test reads before it calls the paging
+/// stuck.
+pub const RESOURCE_PAGES_MAX: usize = 1000;
+
+/// A revision's files: path → content.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+/// One `pkgrev.resources` reply: its body and its size on the wire.
+#[derive(Debug, Clone)]
+pub struct ResourcePage<T> {
+    /// The body (a JSON value or a `PkgRevResources`).
+    pub body: T,
+    /// The payload's size in bytes.
+    pub bytes: usize,
+}
 
 /// An error reply of the service.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +174,75 @@ impl Client {
         }
     }
 
+    /// Every `pkgrev.resources` page of `namespace/name` in JSON, from the
+    /// first, following `continue` (at most [`RESOURCE_PAGES_MAX`]); fails
+    /// the test on an error reply.
+    pub async fn resource_pages(&self, namespace: &str, name: &str) -> Vec<ResourcePage<Value>> {
+        let mut body = json!({"namespace": namespace, "name": name});
+        let mut pages = Vec::new();
+        for _ in 0..RESOURCE_PAGES_MAX {
+            let bytes = serde_json::to_vec(&body).expect("JSON serialises");
+            let reply = self.request("cairn.v1.pkgrev.resources", &bytes).await;
+            let page = read_reply("pkgrev.resources", &reply)
+                .unwrap_or_else(|e| panic!("pkgrev.resources failed: {e} ({})", e.body));
+            let token = page["continue"].clone();
+            pages.push(ResourcePage {
+                body: page,
+                bytes: reply.payload.len(),
+            });
+            match token {
+                Value::Null => return pages,
+                token => body["continue"] = token,
+            }
+        }
+        panic!("pkgrev.resources of {namespace}/{name}: more than {RESOURCE_PAGES_MAX} pages");
+    }
+
+    /// [`Self::resource_pages`] in protobuf.
+    pub async fn resource_pages_proto(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<ResourcePage<pb::PkgRevResources>> {
+        let mut request = pb::PkgRevResourcesRequest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            r#continue: String::new(),
+        };
+        let mut pages = Vec::new();
+        for _ in 0..RESOURCE_PAGES_MAX {
+            let reply = self
+                .call_proto("pkgrev.resources", request.encode_to_vec())
+                .await;
+            if let Some(code) = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error-Code"))
+            {
+                let error = pb::ErrorReply::decode(reply.payload.as_ref());
+                panic!("pkgrev.resources failed: {code}: {error:?}");
+            }
+            let page = pb::PkgRevResources::decode(reply.payload.as_ref())
+                .unwrap_or_else(|e| panic!("pkgrev.resources: not a PkgRevResources: {e}"));
+            let token = page.r#continue.clone();
+            pages.push(ResourcePage {
+                body: page,
+                bytes: reply.payload.len(),
+            });
+            if token.is_empty() {
+                return pages;
+            }
+            request.r#continue = token;
+        }
+        panic!("pkgrev.resources of {namespace}/{name}: more than {RESOURCE_PAGES_MAX} pages");
+    }
+
+    /// The files of `namespace/name`, read page by page in JSON
+    /// ([`files_of_pages`]).
+    pub async fn resources(&self, namespace: &str, name: &str) -> Files {
+        files_of_pages(&self.resource_pages(namespace, name).await)
+    }
+
     /// The JSON reply of the micro protocol's `$SRV.<verb>.cairn`.
     pub async fn srv(&self, verb: &str) -> Value {
         let subject = format!("$SRV.{verb}.cairn");
@@ -206,6 +293,46 @@ impl Client {
     pub fn new_inbox(&self) -> String {
         self.nats.new_inbox()
     }
+}
+
+/// The files JSON `pkgrev.resources` pages hold: each page's pieces
+/// (`resources` as UTF-8, `binary` as base64) appended to their files in
+/// page order.
+pub fn files_of_pages(pages: &[ResourcePage<Value>]) -> Files {
+    use base64::Engine as _;
+    let mut files = Files::new();
+    for page in pages {
+        let body = &page.body;
+        for (path, text) in body["resources"].as_object().expect("resources") {
+            let text = text.as_str().expect("a UTF-8 piece is a string");
+            files
+                .entry(path.clone())
+                .or_default()
+                .extend_from_slice(text.as_bytes());
+        }
+        for (path, encoded) in body["binary"].as_object().into_iter().flatten() {
+            let piece = base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_str().expect("a binary piece is a string"))
+                .expect("a binary piece is base64");
+            files.entry(path.clone()).or_default().extend(piece);
+        }
+    }
+    files
+}
+
+/// The files protobuf `pkgrev.resources` pages hold, each the
+/// concatenation of its pieces in page order.
+pub fn files_of_proto_pages(pages: &[ResourcePage<pb::PkgRevResources>]) -> Files {
+    let mut files = Files::new();
+    for page in pages {
+        for (path, piece) in &page.body.resources {
+            files
+                .entry(path.clone())
+                .or_default()
+                .extend_from_slice(piece);
+        }
+    }
+    files
 }
 
 /// The `type` of each event of a `log.read` page.

@@ -14,7 +14,8 @@
 //! - [`client`] — [`Client`], the one typed client of a node's service:
 //!   `call(endpoint, json) -> Result<Value, ServiceError>`, `ok`, protobuf
 //!   and raw requests, `$SRV` requests, the log of a repository, bounded
-//!   [`Subscription`]s.
+//!   [`Subscription`]s, a revision's files read page by page
+//!   ([`Client::resources`], [`Client::resource_pages`]).
 //! - [`node`] — [`TestNode`] (a node in-process, from a [`TestNodeBuilder`]),
 //!   [`ChildNode`] (`cairn node` as a child process), [`TestDir`] (a temp
 //!   directory kept when its test fails).
@@ -41,7 +42,10 @@ pub mod process;
 pub mod store;
 pub mod wait;
 
-pub use client::{kinds, Client, ServiceError, Subscription, NAMESPACE};
+pub use client::{
+    files_of_pages, files_of_proto_pages, kinds, Client, Files, ResourcePage, ServiceError,
+    Subscription, NAMESPACE,
+};
 pub use git::{git, unpack, GitFixture};
 pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder};

@@ -61,6 +61,9 @@ pub struct NatsServerConfig {
     /// server uses `<data-dir>/nats`; pointing a server there reads what
     /// the node published. Ignored by [`NatsCluster`].
     pub store_dir: Option<PathBuf>,
+    /// The largest message the server takes, in bytes (`max_payload`).
+    /// Default: the server's (1 MiB).
+    pub max_payload_bytes: Option<usize>,
 }
 
 impl NatsServerConfig {
@@ -78,6 +81,12 @@ impl NatsServerConfig {
     /// JetStream data in `dir` rather than a temp directory.
     pub fn store_dir(mut self, dir: &Path) -> Self {
         self.store_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Messages of up to `bytes` (`max_payload`) rather than 1 MiB.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = Some(bytes);
         self
     }
 }
@@ -227,6 +236,9 @@ impl Spec {
             "jetstream {{ store_dir: {} }}",
             quoted(&self.store_dir.display().to_string())
         );
+        if let Some(bytes) = self.config.max_payload_bytes {
+            let _ = writeln!(out, "max_payload: {bytes}");
+        }
         self.config.render_accounts(&mut out);
         if let Some(cluster) = &self.cluster {
             let routes: Vec<String> = cluster

@@ -21,10 +21,14 @@
 //!   answered from what its first attempt applied, and appends nothing.
 //! - [`log`] — `cairn.v1.log.read`.
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
-//! - [`pkgrev`] — `cairn.v1.pkgrev.list|get|resources`.
+//! - [`pkgrev`] — `cairn.v1.pkgrev.list|get`.
+//! - [`resources`] — `cairn.v1.pkgrev.resources`: a revision's files in
+//!   pages that each fit the server's `max_payload`, large files cut into
+//!   pieces; the rule that bounds writes and reads alike.
 //! - [`lifecycle`] — `cairn.v1.pkgrev.create|update|propose|reject|approve|
 //!   propose-delete|withdraw-delete|delete`. Their bodies may be as large
-//!   as the server's `max_payload` (a package's files travel in them).
+//!   as the server's `max_payload` (a package's files travel in them; see
+//!   [`resources`] for the rule).
 //! - [`pages`] — rendered `pkgrev.list` pages kept for clients that list
 //!   the same thing again.
 //! - [`validate`] — names, branches, directories.
@@ -41,6 +45,7 @@ pub mod log;
 pub mod pages;
 pub mod pkgrev;
 pub mod repo;
+pub mod resources;
 pub mod validate;
 pub mod watch;
 
@@ -180,8 +185,8 @@ impl CairnService {
         );
         endpoint!(
             "pkgrev.resources",
-            cairn_events::v1::PkgRevKeyRequest,
-            pkgrev::handle_resources
+            cairn_events::v1::PkgRevResourcesRequest,
+            resources::handle_resources
         );
         endpoint!(
             "pkgrev.create",

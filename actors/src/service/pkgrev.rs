@@ -1,11 +1,11 @@
-//! `cairn.v1.pkgrev.*` reads: list, get, resources. Served from the views
-//! (and the blob store); they never touch Git.
+//! `cairn.v1.pkgrev.*` reads: list, get (`resources` is
+//! [`super::resources`]). Served from the views; they never touch Git.
 //!
 //! A package revision in replies: `{"name","namespace","repository","path",
 //! "package","workspace","revision","lifecycle","latest","commit",
 //! "resource_version","published_by","published_at","tasks":[…],"labels":{…}}`.
 
-use std::{collections::BTreeMap, ops::ControlFlow};
+use std::ops::ControlFlow;
 
 use cairn_events::{
     revision::{revision_json, Lifecycle},
@@ -17,7 +17,6 @@ use cairn_storage::{
     BlobStore, EventLog, ViewRead,
 };
 use prost::Message as _;
-use serde_json::{json, Map, Value};
 
 use super::{
     codec::{Body, Format},
@@ -290,60 +289,6 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
     ))
 }
 
-/// `cairn.v1.pkgrev.resources` → `{"resources":{"path":"content",…}}`;
-/// files that are not UTF-8 come base64-encoded under `"binary"`.
-pub async fn handle_resources(
-    context: ServiceContext,
-    request: Incoming,
-) -> Result<Body, ServiceError> {
-    let (format, body) = (request.format, &request.body);
-    let (namespace, name) = parse_name(body)?;
-    let store = context.store.clone();
-    let max = context.reply_max_bytes();
-    let files = blocking(move || {
-        let row = get_row(&store, &namespace, &name)?;
-        let mut files = BTreeMap::new();
-        let mut size = 64;
-        for (path, digest) in row.revision.unwrap_or_default().resources {
-            let content = resource(&store, &path, &digest)?;
-            size += path.len() + content.len() * 2;
-            if size > max {
-                return Err(ServiceError {
-                    code: 413,
-                    message: format!("resources of {name} exceed one reply ({max} bytes)"),
-                });
-            }
-            files.insert(path, content);
-        }
-        Ok(files)
-    })
-    .await?;
-    Ok(Body::of(
-        format,
-        || {
-            let mut text = Map::new();
-            let mut binary = Map::new();
-            for (path, content) in &files {
-                match std::str::from_utf8(content) {
-                    Ok(s) => text.insert(path.clone(), Value::String(s.to_owned())),
-                    Err(_) => binary.insert(path.clone(), Value::String(base64_encode(content))),
-                };
-            }
-            let mut reply = json!({ "resources": text });
-            if !binary.is_empty() {
-                reply["binary"] = Value::Object(binary);
-            }
-            reply
-        },
-        || {
-            pb::PkgRevResources {
-                resources: files.clone(),
-            }
-            .encode_to_vec()
-        },
-    ))
-}
-
 /// The content of resource `path` of a revision, stored as `digest`.
 pub fn resource(store: &dyn BlobStore, path: &str, digest: &str) -> Result<Vec<u8>, ServiceError> {
     let d = Digest::parse(digest)
@@ -351,11 +296,6 @@ pub fn resource(store: &dyn BlobStore, path: &str, digest: &str) -> Result<Vec<u
     store
         .get(&d)?
         .ok_or_else(|| ServiceError::internal(format!("{path}: blob {d} missing")))
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
