@@ -25,8 +25,35 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), ServiceError> {
 
 /// Checks a Git branch name: the rules of `git check-ref-format --branch`
 /// (libgit2's, through [`crate::origin::names::check_ref`], which also
-/// bounds each component and the whole ref), and at most 255 bytes.
+/// bounds each component and the whole ref), and at most 255 bytes — and
+/// Porch's rule (`ValidateDirectoryName` in `OpenRepository`: no `//`, and
+/// the name without its `/` a DNS-1123 label — lowercase letters, digits
+/// and `-`, starting and ending with a letter or digit, at most 63), so a
+/// repository cairn registers is one Porch can open too.
 pub fn branch(field: &str, value: &str) -> Result<(), ServiceError> {
+    git_branch(field, value)?;
+    let flat: String = value.chars().filter(|&c| c != '/').collect();
+    let label = !flat.is_empty()
+        && flat.len() <= 63
+        && flat
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !flat.starts_with('-')
+        && !flat.ends_with('-');
+    if label {
+        Ok(())
+    } else {
+        Err(ServiceError::bad_field(
+            field,
+            format!(
+                "{value:?} is not a valid branch name (Porch's rule: without its '/', lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+            ),
+        ))
+    }
+}
+
+/// Git's rules for a branch name (see [`branch`]).
+fn git_branch(field: &str, value: &str) -> Result<(), ServiceError> {
     let bad = value.is_empty()
         || value.len() > 255
         || value.starts_with('-')
@@ -112,7 +139,21 @@ mod tests {
             .unwrap_err()
             .message
             .starts_with("name: \"Upper\" is not a valid name"));
-        assert!(branch("git.branch", "release/v1").is_ok());
+        // Porch's TestOpenRepositoryBadBranchName, and the branches its
+        // Git suite runs with.
+        for good in ["main", "feature", "nested/release", "release/v1", "r-1/a-2"] {
+            assert!(branch("git.branch", good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            branch("git.branch", "illegal$$$Characters").unwrap_err().message,
+            "git.branch: \"illegal$$$Characters\" is not a valid branch name (Porch's rule: without its '/', lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+        );
+        for porch_refuses in ["Main", "release-1.0", "a_b", "-a", "a/b-", &"a".repeat(64)] {
+            assert!(
+                branch("git.branch", porch_refuses).is_err(),
+                "{porch_refuses}"
+            );
+        }
         for bad in [
             "", "a..b", "-x", "a b", "x.lock", "a:b", "/x", "a/.b", "a.lock/b", "@",
         ] {
