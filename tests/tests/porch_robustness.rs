@@ -2,8 +2,11 @@
 //! with real repositories): branch names validated at registration,
 //! concurrent deletes of one revision.
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use cairn_storage::EventLog;
-use cairn_tests::{unpack, TestDir, TestNodeBuilder};
+use cairn_tests::{git, unpack, GitFixture, TestDir, TestNodeBuilder};
+use futures::StreamExt as _;
 use serde_json::json;
 
 /// Porch `GitSuite.TestOpenRepositoryBadBranchName`: a branch name Porch
@@ -36,5 +39,70 @@ async fn open_repository_bad_branch_name() {
             .await;
         assert_eq!(reply["git"]["branch"], branch);
     }
+    node.shutdown().await;
+}
+
+/// Porch e2e `TestConcurrentDeletes`: eight deletes of one draft at once —
+/// one deletes it, the seven others are 409 "another request is already in
+/// progress" (not 404 after the first finished). The upstream's
+/// `pre-receive` hook holds the winner's push until the test has the
+/// seven answers, so the race is decided, not timed.
+#[actix_rt::test]
+async fn concurrent_deletes() {
+    let dir = TestDir::new();
+    let work = GitFixture::init(&dir.join("work"), "main");
+    work.write("README.md", "up\n").commit("first");
+    let bare = work.clone_bare(&dir.join("up.git"));
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    let client = node.client().clone();
+    client
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "up", "git": {"url": bare.url()}}),
+        )
+        .await;
+    client
+        .ok(
+            "pkgrev.create",
+            json!({"namespace": "team-a", "repository": "up", "package": "app", "workspace": "w1"}),
+        )
+        .await;
+    // From now on a push waits (at most 60 s) for the release file.
+    let release = dir.join("release");
+    let hook = bare.path().join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nfor i in $(seq 600); do [ -e '{}' ] && exit 0; sleep 0.1; done\nexit 1\n",
+            release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let key = json!({"namespace": "team-a", "name": "up.app.w1"});
+    let mut deletes: futures::stream::FuturesUnordered<_> = (0..8)
+        .map(|_| client.call("pkgrev.delete", key.clone()))
+        .collect();
+    for _ in 0..7 {
+        let err = deletes.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code, 409, "{err}");
+        assert_eq!(
+            err.message,
+            "another request is already in progress on package revision \"team-a/up.app.w1\""
+        );
+    }
+    std::fs::write(&release, "").unwrap();
+    let deleted = deletes.next().await.unwrap().unwrap();
+    assert_eq!(deleted, json!({"deleted": "up.app.w1"}));
+    assert_eq!(
+        git(
+            bare.path(),
+            &["for-each-ref", "--format=%(refname)", "refs/heads/drafts"]
+        ),
+        ""
+    );
+    let gone = client.call("pkgrev.get", key).await.unwrap_err();
+    assert_eq!(gone.code, 404);
     node.shutdown().await;
 }

@@ -76,6 +76,26 @@ impl LifecycleOp {
         }
     }
 
+    /// The object name of the revision the command is about, in
+    /// `repository` (a `create`'s is the one it would create).
+    pub fn target(&self, repository: &str) -> String {
+        match self {
+            LifecycleOp::Create {
+                path,
+                package,
+                workspace,
+                ..
+            } => super::naming::object_name(repository, path, package, workspace),
+            LifecycleOp::Update { name, .. }
+            | LifecycleOp::Propose(name)
+            | LifecycleOp::Reject(name)
+            | LifecycleOp::Approve(name)
+            | LifecycleOp::ProposeDelete(name)
+            | LifecycleOp::WithdrawDelete(name)
+            | LifecycleOp::Delete(name) => name.clone(),
+        }
+    }
+
     /// The revision a `create` copies (its object name), else empty.
     pub fn cloned_from(&self) -> &str {
         match self {

@@ -68,6 +68,9 @@ pub struct ServiceContext {
     pub arbiter: Option<actix::ArbiterHandle>,
     /// Writes with an idempotency key running now (one per key).
     pub in_flight: Arc<super::idempotency::InFlight>,
+    /// Lifecycle commands running now, by `<namespace>/<revision>` (one
+    /// per revision; another is a 409).
+    pub revisions_busy: Arc<super::idempotency::InFlight>,
 }
 
 impl ServiceContext {

@@ -137,7 +137,8 @@ pub type Replay =
         RequestRow,
     ) -> futures::future::BoxFuture<'static, Result<super::codec::Body, ServiceError>>;
 
-/// The requests of each key running on this node; one at a time per key.
+/// The requests of each key running on this node; one at a time per key
+/// (waiting with [`InFlight::lock`], or refused with [`InFlight::try_lock`]).
 #[derive(Debug, Default)]
 pub struct InFlight {
     running: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -167,6 +168,25 @@ impl InFlight {
             id: id.to_owned(),
             lock,
             held: Some(held),
+        }
+    }
+
+    /// Holds `id` if no request holds it now; `None` (at once) if one does.
+    pub fn try_lock(self: &Arc<Self>, id: &str) -> Option<InFlightGuard> {
+        let mut running = self.running.lock();
+        let lock = running.entry(id.to_owned()).or_default().clone();
+        match lock.clone().try_lock_owned() {
+            Ok(held) => Some(InFlightGuard {
+                in_flight: self.clone(),
+                id: id.to_owned(),
+                lock,
+                held: Some(held),
+            }),
+            Err(_) => {
+                // Not ours: leave the entry to its holder (who removes it).
+                drop(lock);
+                None
+            }
         }
     }
 

@@ -215,6 +215,17 @@ async fn run(
     principal: Option<String>,
 ) -> Result<Body, ServiceError> {
     super::context::record_stream(&namespace, &repository);
+    // One command per revision at a time on a node, as Porch's per-package
+    // try-lock: a second one is a 409 at once rather than a queue behind
+    // the first (whose outcome would make it fail anyway). A retry with the
+    // first one's `Cairn-Request-Id` never gets here while it runs: it
+    // waits for it and replays it.
+    let target = format!("{namespace}/{}", op.target(&repository));
+    let Some(_busy) = context.revisions_busy.try_lock(&target) else {
+        return Err(ServiceError::conflict(format!(
+            "another request is already in progress on package revision {target:?}"
+        )));
+    };
     let lifecycle = ApplyLifecycle {
         op,
         metadata: metadata(request, principal),

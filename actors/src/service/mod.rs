@@ -103,6 +103,7 @@ impl CairnService {
             watch: watch.clone(),
             arbiter: actix::Arbiter::try_current(),
             in_flight: Arc::default(),
+            revisions_busy: Arc::default(),
             config,
         };
         let limiter = Arc::new(Semaphore::new(
