@@ -106,3 +106,78 @@ async fn concurrent_deletes() {
     assert_eq!(gone.code, 404);
     node.shutdown().await;
 }
+
+fn heads(upstream: &std::path::Path) -> String {
+    git(
+        upstream,
+        &["for-each-ref", "--format=%(refname)", "refs/heads"],
+    )
+}
+
+/// Porch `TestDeletePackages` / `TestApproveDraftWithHistory` on the
+/// unmodified `drafts-repository`, whose `HEAD` is
+/// `refs/heads/drafts/pkg-with-history/v1`: proposing that draft (which
+/// deletes its branch, the upstream's current one) and deleting the
+/// proposal work over `file://`; so does deleting the draft itself.
+#[actix_rt::test]
+async fn delete_packages_with_head_on_a_draft() {
+    let dir = TestDir::new();
+    let up = dir.join("upstream");
+    let url = unpack("drafts-repository", &up);
+    assert_eq!(
+        git(&up, &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/drafts/pkg-with-history/v1"
+    );
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    let client = node.client().clone();
+    let registered = client
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "drafts", "git": {"url": url}}),
+        )
+        .await;
+    assert_eq!(registered["status"]["package_count"], 11);
+    let key = json!({"namespace": "team-a", "name": "drafts.pkg-with-history.v1"});
+    let proposed = client.ok("pkgrev.propose", key.clone()).await;
+    assert_eq!(proposed["lifecycle"], "Proposed");
+    let refs = heads(&up);
+    assert!(
+        refs.contains("refs/heads/proposed/pkg-with-history/v1"),
+        "{refs}"
+    );
+    assert!(
+        !refs.contains("refs/heads/drafts/pkg-with-history/v1"),
+        "{refs}"
+    );
+    assert_eq!(
+        client.ok("pkgrev.delete", key.clone()).await,
+        json!({"deleted": "drafts.pkg-with-history.v1"})
+    );
+    assert!(!heads(&up).contains("pkg-with-history"), "{}", heads(&up));
+    let synced = client
+        .ok(
+            "repo.sync",
+            json!({"namespace": "team-a", "name": "drafts"}),
+        )
+        .await;
+    assert_eq!(synced["status"]["package_count"], 10, "{synced}");
+    node.shutdown().await;
+
+    // The draft itself, the upstream's current branch, deleted directly.
+    let dir = TestDir::new();
+    let up = dir.join("upstream");
+    let url = unpack("drafts-repository", &up);
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    node.client()
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "drafts", "git": {"url": url}}),
+        )
+        .await;
+    assert_eq!(
+        node.client().ok("pkgrev.delete", key).await,
+        json!({"deleted": "drafts.pkg-with-history.v1"})
+    );
+    assert!(!heads(&up).contains("pkg-with-history"), "{}", heads(&up));
+    node.shutdown().await;
+}

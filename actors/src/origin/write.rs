@@ -371,7 +371,7 @@ fn push_refspecs(
     if rejected.is_empty() {
         Ok(())
     } else {
-        Err(OriginError::Rejected(rejected.join("; ")))
+        Err(refusal(&rejected))
     }
 }
 
@@ -381,10 +381,23 @@ fn push_refspecs(
 /// upstream advertises as already there, a cost that grows with the
 /// upstream's tags; `git push` stops at the commits it sends.
 fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Result<(), OriginError> {
-    let output = std::process::Command::new("git")
+    let mut command = std::process::Command::new("git");
+    command
         .arg("--git-dir")
         .arg(repo.path())
-        .args(["push", "--porcelain", "--atomic", "--no-verify", url])
+        .args(["push", "--porcelain", "--atomic", "--no-verify"])
+        // A local upstream whose HEAD names a draft branch (Porch's
+        // `drafts-repository` fixture does) would refuse that branch's
+        // deletion — which proposing or deleting the draft needs — with
+        // `deletion of the current branch prohibited` (bare) or `branch is
+        // currently checked out` (with a work tree). Porch's own Git
+        // server applies neither rule, so neither does a push of ours to a
+        // local path, for this invocation only: the upstream's refs are
+        // what Porch would leave; its HEAD may name a deleted branch and
+        // its work tree (if any) is not touched.
+        .arg("--receive-pack=git -c receive.denyDeleteCurrent=ignore -c receive.denyCurrentBranch=ignore receive-pack");
+    let output = command
+        .arg(url)
         .args(refspecs)
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
@@ -392,7 +405,7 @@ fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Resul
         .map_err(|e| OriginError::Git(format!("running git push: {e} (is git installed?)")))?;
     let (moved, refused) = porcelain_refusals(&String::from_utf8_lossy(&output.stdout));
     if !refused.is_empty() {
-        return Err(OriginError::Rejected(refused.join("; ")));
+        return Err(refusal(&refused));
     }
     if !moved.is_empty() {
         return Err(OriginError::Moved(moved.join("; ")));
@@ -404,6 +417,23 @@ fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Resul
         )));
     }
     Ok(())
+}
+
+/// The error for updates the upstream refused (`<ref>: <reason>` each):
+/// the deletion of its current branch says what to do about it, anything
+/// else lists the refusals.
+fn refusal(refused: &[String]) -> OriginError {
+    let current = refused.iter().find_map(|r| {
+        r.strip_suffix(": deletion of the current branch prohibited")
+            .or_else(|| r.strip_suffix(": refusing to delete the current branch"))
+            .or_else(|| r.strip_suffix(": branch is currently checked out"))
+    });
+    match current {
+        Some(branch) => OriginError::Rejected(format!(
+            "the upstream refuses to change {branch}: it is the upstream's current branch (HEAD); point the upstream's HEAD at the registered branch (git symbolic-ref HEAD refs/heads/<branch>, or the host's default-branch setting) and retry"
+        )),
+        None => OriginError::Rejected(refused.join("; ")),
+    }
 }
 
 /// The refused updates in `git push --porcelain` output (lines
@@ -425,7 +455,9 @@ fn porcelain_refusals(stdout: &str) -> (Vec<String>, Vec<String>) {
             .split_once('(')
             .map_or(summary, |(_, r)| r.trim_end_matches(')'))
             .trim();
-        if reason == "atomic push failed" {
+        // The other updates of a refused atomic push: failed only because
+        // of it (the client says "failed", the remote "failure").
+        if reason == "atomic push failed" || reason == "atomic push failure" {
             continue;
         }
         if summary.starts_with("[remote rejected]") || summary.starts_with("[remote failure]") {
@@ -446,6 +478,7 @@ mod tests {
                    !\trefs/cairn/push/1:refs/heads/main\t[rejected] (non-fast-forward)\n\
                    !\trefs/cairn/push/2:refs/tags/p/v1\t[rejected] (atomic push failed)\n\
                    !\trefs/cairn/push/3:refs/heads/drafts/p/w\t[remote rejected] (pre-receive hook declined)\n\
+                   !\trefs/cairn/push/4:refs/heads/proposed/p/w\t[remote rejected] (atomic push failure)\n\
                    Done\n";
         assert_eq!(
             super::porcelain_refusals(out),
@@ -457,6 +490,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_refused_deletion_of_the_current_branch_says_what_to_do() {
+        let refused =
+            vec!["refs/heads/drafts/p/v1: deletion of the current branch prohibited".to_owned()];
+        assert_eq!(
+            refusal(&refused).to_string(),
+            "push rejected by the upstream: the upstream refuses to change refs/heads/drafts/p/v1: it is the upstream's current branch (HEAD); point the upstream's HEAD at the registered branch (git symbolic-ref HEAD refs/heads/<branch>, or the host's default-branch setting) and retry"
+        );
+        let other = vec!["a: hook declined".to_owned(), "b: no".to_owned()];
+        assert_eq!(
+            refusal(&other).to_string(),
+            "push rejected by the upstream: a: hook declined; b: no"
+        );
+    }
 
     #[test]
     fn resource_paths_are_relative_and_plain() {
