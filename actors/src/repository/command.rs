@@ -519,16 +519,21 @@ fn changes_of(
                         .or_insert_with(|| default_kptfile(&package_name(refs)));
                     (files, r#"{"type":"init","init":{}}"#.to_owned())
                 }
+                // Porch's clone and edit (`porchctl rpkg copy`) tasks, with
+                // their keys in Porch's order (`type` first).
                 Source::Clone { from, files } => (
                     files.clone(),
-                    serde_json::json!({"type": "clone", "clone": {"upstreamRef": {"upstreamRef": {"name": from}}}})
-                        .to_string(),
+                    format!(
+                        r#"{{"type":"clone","clone":{{"upstreamRef":{{"upstreamRef":{{"name":{}}}}}}}}}"#,
+                        serde_json::Value::from(from.as_str())
+                    ),
                 ),
-                // Porch's edit task (`porchctl rpkg copy`).
                 Source::Copy { from, files } => (
                     files.clone(),
-                    serde_json::json!({"type": "edit", "edit": {"sourceRef": {"name": from}}})
-                        .to_string(),
+                    format!(
+                        r#"{{"type":"edit","edit":{{"sourceRef":{{"name":{}}}}}}}"#,
+                        serde_json::Value::from(from.as_str())
+                    ),
                 ),
             };
             lifecycle::create_draft(repo, refs, head()?, workspace, &files, &task, author)?.1
