@@ -19,8 +19,10 @@
 
 use std::path::Path;
 
+use cairn_events::v1 as pb;
 use cairn_storage::EventLog;
 use cairn_tests::{GitFixture, TestDir, TestNode, TestNodeBuilder};
+use prost::Message as _;
 use serde_json::{json, Value};
 
 async fn start(dir: &Path) -> TestNode {
@@ -467,6 +469,31 @@ async fn lock() {
             "main",
             "main"
         ]
+    );
+    // In protobuf, the same lock in `PackageRevisionRow.lock`.
+    let reply = node
+        .client()
+        .call_proto(
+            "pkgrev.get",
+            pb::PkgRevKeyRequest {
+                namespace: "team-a".into(),
+                name: "drafts.basens.v2".into(),
+            }
+            .encode_to_vec(),
+        )
+        .await;
+    let row = pb::PackageRevisionRow::decode(reply.payload).unwrap();
+    assert_eq!(
+        row.lock,
+        Some(pb::Locator {
+            r#type: "git".into(),
+            git: Some(pb::GitLock {
+                repo: url.clone(),
+                directory: "basens".into(),
+                r#ref: "basens/v2".into(),
+                commit: drafts.rev_parse("basens/v2^{commit}"),
+            }),
+        })
     );
     // A draft lives on its branch.
     let draft = node
