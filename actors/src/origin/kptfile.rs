@@ -18,7 +18,9 @@
 //!   tag, whose name holds the full path too.
 //! - [`with_upstream`]: the `Kptfile` of a clone — kpt's `UpdateUpstream`
 //!   (kpt `v1.0.0-beta.62.1`, `pkg/lib/kptops/clone.go`, as Porch's clone
-//!   task calls it): `metadata.name` set to the new package's name,
+//!   task calls it): `metadata.name` set to the new package's name (its
+//!   last path segment; Porch passes its whole path below the registered
+//!   directory, the same for a package at the top),
 //!   `upstream` (`type: git`, `git: {repo, directory, ref}`) and
 //!   `upstreamLock` (the same plus `commit`) set right after `metadata`,
 //!   with kpt's normalisation (`repo` ends in `.git`, `directory` has no

@@ -8,13 +8,15 @@
 //!
 //! Each may carry `"principal"` (used when the NATS connection names no
 //! user, see [`super::metadata`]). Each answers the package revision after
-//! the command (as `pkgrev.get` does), `delete` answers `{"deleted": name}`.
+//! the command (as `pkgrev.get` does, without its `lock`), `delete` answers
+//! `{"deleted": name}`.
 //! `resources` maps file paths (relative to the package) to UTF-8 content,
 //! `binary` to base64 content. `clone_from` names a revision of the
 //! namespace: one of the same package is copied (a new revision of an
 //! existing package, task `edit`), any other is cloned (its `Kptfile`
-//! renamed and locked to it, task `clone`); see [`source_of`]. Requests are checked here (400 naming the
-//! field, nothing written), then handed to the repository's actor, which
+//! renamed and locked to it, task `clone`); see [`source_of`]. Requests
+//! are checked here (400 naming the field, nothing written), then handed
+//! to the repository's actor, which
 //! checks them against the view and writes them (see
 //! [`crate::repository::command`], validated by
 //! [`crate::repository::decide::validate`]).
