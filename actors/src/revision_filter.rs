@@ -129,6 +129,7 @@ mod tests {
                 ..Default::default()
             }),
             updated_seq: 3,
+            lock: None,
         }
     }
 

@@ -285,6 +285,7 @@ mod tests {
         let created = Payload::DraftCreated(DraftCreated {
             revision: Some(r.clone()),
             clone_from: String::new(),
+            copied_from: String::new(),
         });
         assert_eq!(Change::of(&created), Some(Change::Added(&r)));
         let published = Payload::PackageRevisionPublished(PackageRevisionPublished {
@@ -357,6 +358,7 @@ mod tests {
                 ..Default::default()
             }),
             updated_seq: 42,
+            lock: None,
         };
         let expected = json!({
             "name": "repo.basens.v1", "namespace": "ns", "repository": "repo",

@@ -176,6 +176,9 @@ fn samples() -> Vec<(EventKind, Envelope)> {
                 Payload::DraftCreated(DraftCreated {
                     revision: Some(r),
                     clone_from: "blueprints.catalog.namespace.basens.v2".into(),
+                    // Added after this fixture was blessed: absent from its
+                    // bytes, so it must stay empty here.
+                    copied_from: String::new(),
                 })
             }),
         ),

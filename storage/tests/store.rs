@@ -1045,6 +1045,7 @@ fn lifecycle_events_move_a_revision_through_both_revision_views() {
             vec![event(Payload::DraftCreated(DraftCreated {
                 revision: Some(draft.clone()),
                 clone_from: String::new(),
+                copied_from: String::new(),
             }))],
             Metadata::default(),
         )

@@ -290,8 +290,8 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
     let node = start(dir.path()).await;
     register(&node, "drafts", &url).await;
 
-    // basens has v1 and v2: a new draft of it is published as v3, and
-    // "latest" moves from v2 to v3.
+    // basens has v1 and v2: a new draft of it (a copy of v2) is published
+    // as v3, and "latest" moves from v2 to v3.
     command(
         &node,
         "drafts",
@@ -347,8 +347,9 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
         bare.git(&["tag", "--list", "basens/*"]),
         "basens/v1\nbasens/v2\nbasens/v3"
     );
-    // The clone's task and content.
-    assert_eq!(task_types(&published), ["clone"]);
+    // The copy's task (a new revision of basens: Porch's edit) and
+    // content.
+    assert_eq!(task_types(&published), ["edit"]);
     assert_eq!(
         node.client()
             .ok("pkgrev.resources", key("drafts.basens.third"))

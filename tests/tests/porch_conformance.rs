@@ -337,9 +337,12 @@ async fn simple_repository() {
     let cairn = Cairn::start().await;
     let up = unpack("simple-repository");
     let got = cairn.load("simple", &url(up.path()), "/").await;
-    // get answers the same object as list; resources hold the Kptfile.
+    // get answers the same object as list, plus its lock; resources hold
+    // the Kptfile.
     let key = json!({"namespace": NS, "name": "simple.basens.v1"});
-    let one = cairn.call("pkgrev.get", key.clone()).await;
+    let mut one = cairn.call("pkgrev.get", key.clone()).await;
+    let lock = one.as_object_mut().unwrap().remove("lock").unwrap();
+    assert_eq!(lock["git"]["ref"], "basens/v1");
     assert_eq!(one, got["simple.basens.v1"]);
     let resources = cairn.call("pkgrev.resources", key).await;
     let kptfile = resources["resources"]["Kptfile"]

@@ -504,18 +504,20 @@ async fn the_cli_pulls_every_page_and_refuses_a_push_over_max_payload() {
 
     // A directory whose files take more than one request can carry: refused
     // before sending, naming both sizes; nothing written.
-    let (ok, _, err) = cli(&nats, &["pkg", "init", "team-a/up", "app", "-w", "ws"]).await;
+    // (a new package: `app` exists, and its only revision, the
+    // placeholder, cannot be copied)
+    let (ok, _, err) = cli(&nats, &["pkg", "init", "team-a/up", "app2", "-w", "ws"]).await;
     assert!(ok, "{err}");
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("Kptfile"), kptfile("app")).unwrap();
+    std::fs::write(src.join("Kptfile"), kptfile("app2")).unwrap();
     for i in 0..3 {
         std::fs::write(src.join(format!("f{i}.yaml")), yaml(i, 400 * KIB)).unwrap();
     }
     let before = node.store.last_seq().unwrap();
     let (ok, _, err) = cli(
         &nats,
-        &["pkg", "push", "team-a/up.app.ws", src.to_str().unwrap()],
+        &["pkg", "push", "team-a/up.app2.ws", src.to_str().unwrap()],
     )
     .await;
     assert!(!ok);

@@ -34,13 +34,18 @@
 //! - [`lifecycle`] — each lifecycle command (create, update, propose,
 //!   reject, approve, propose or withdraw a deletion, delete) as the commit
 //!   and the ref changes Porch would make, for [`write::push_changes`].
+//! - [`kptfile`] — a revision's lock ([`kptfile::lock_of`]: where it is in
+//!   Git, Porch's self lock) and the `Kptfile` of a clone as kpt writes it
+//!   ([`kptfile::with_upstream`]: renamed, `upstream` and `upstreamLock`
+//!   set). Pure.
 //! - this module — declarations and re-exports only.
 //!
 //! Imports (`a → b`: a uses b) form no cycle: `annotation`, `names` and
 //! `file_transport` use no origin module; `error` → `names`; `remote` →
 //! `error`; `git` → `error`, `remote`, `file_transport`; `write` →
 //! `error`, `names`, `remote`, `git`; `discovery` → `annotation`, `error`;
-//! `lifecycle` → `discovery`, `error`, `write`. No submodule imports from
+//! `lifecycle` → `discovery`, `error`, `write`; `kptfile` → `lifecycle`.
+//! No submodule imports from
 //! this module.
 
 mod annotation;
@@ -48,6 +53,7 @@ mod discovery;
 mod error;
 mod file_transport;
 mod git;
+pub mod kptfile;
 pub mod lifecycle;
 pub mod names;
 mod remote;

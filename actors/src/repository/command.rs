@@ -9,8 +9,11 @@
 //! 1. **validate**: the view rows it concerns are read ([`view_rows`]) and
 //!    checked by the pure [`super::decide::validate`]: the target revision
 //!    exists in the view, its lifecycle allows the command,
-//!    `resource_version` matches, a new workspace is unique in its package
-//!    and a new package does not nest;
+//!    `resource_version` matches, a new workspace is unique in its package,
+//!    only a copy makes a new revision of an existing package, a new
+//!    package does not nest, a clone's or copy's source is a published
+//!    revision (its row read here too), and a deleted revision is no
+//!    other revision's upstream ([`referenced_by`]);
 //! 2. **write** ([`execute`]): build the commit in the local mirror
 //!    ([`crate::origin::lifecycle`]), push all ref updates together, never forced;
 //!    an approval that finds the registered branch moved on fetches,
@@ -136,6 +139,14 @@ pub fn view_rows(
         | LifecycleOp::Delete(name) => name.clone(),
     };
     let target = PackageRevisionsView::get(store, &spec.namespace, &name)?;
+    let source = match op.source().and_then(Source::from) {
+        Some(from) => PackageRevisionsView::get(store, &spec.namespace, from)?,
+        None => None,
+    };
+    let referenced_by = match op {
+        LifecycleOp::Delete(name) => referenced_by(store, &spec.namespace, name)?,
+        _ => None,
+    };
     let mut packages = Vec::new();
     if matches!(op, LifecycleOp::Create { .. }) && target.is_none() {
         let scope = ListScope {
@@ -152,7 +163,61 @@ pub fn view_rows(
             Ok(ControlFlow::Continue(()))
         })?;
     }
-    Ok(ViewRows { target, packages })
+    Ok(ViewRows {
+        target,
+        packages,
+        source,
+        referenced_by,
+    })
+}
+
+/// The first package revision of `namespace` (in any repository; not a
+/// placeholder) whose tasks name revision `name` as their upstream
+/// ([`super::decide::names_upstream`]), as Porch's
+/// `FindAllUpstreamReferencesInRepositories` finds it: one scan of the
+/// namespace's listing, whose rows hold each revision's JSON form; a row
+/// whose JSON does not hold the name at all is skipped unparsed. Blocking.
+///
+/// The scan runs inside the actor of the revision's repository; a
+/// downstream created in another repository at the same moment can race
+/// it (so can Porch's).
+fn referenced_by(
+    store: &dyn ViewRead,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, StorageError> {
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        revision: i64,
+        #[serde(default)]
+        tasks: Vec<serde_json::Value>,
+    }
+    let scope = ListScope {
+        namespace: Some(namespace),
+        repository: None,
+        package: None,
+        path: None,
+    };
+    let needle = name.as_bytes();
+    let mut found = None;
+    PackageRevisionListView::scan::<StorageError>(store, &scope, None, |row| {
+        if row.name == name || !row.json.windows(needle.len()).any(|w| w == needle) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let listed: Listed = serde_json::from_slice(row.json)
+            .map_err(|e| StorageError::Corrupt(format!("the listing of {}: {e}", row.name)))?;
+        if listed.revision != -1
+            && listed
+                .tasks
+                .iter()
+                .any(|task| super::decide::names_upstream(task, name))
+        {
+            found = Some(row.name.to_owned());
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(found)
 }
 
 /// Validates `op` against the view, writes it to the upstream and reads the
@@ -454,10 +519,21 @@ fn changes_of(
                         .or_insert_with(|| default_kptfile(&package_name(refs)));
                     (files, r#"{"type":"init","init":{}}"#.to_owned())
                 }
+                // Porch's clone and edit (`porchctl rpkg copy`) tasks, with
+                // their keys in Porch's order (`type` first).
                 Source::Clone { from, files } => (
                     files.clone(),
-                    serde_json::json!({"type": "clone", "clone": {"upstreamRef": {"upstreamRef": {"name": from}}}})
-                        .to_string(),
+                    format!(
+                        r#"{{"type":"clone","clone":{{"upstreamRef":{{"upstreamRef":{{"name":{}}}}}}}}}"#,
+                        serde_json::Value::from(from.as_str())
+                    ),
+                ),
+                Source::Copy { from, files } => (
+                    files.clone(),
+                    format!(
+                        r#"{{"type":"edit","edit":{{"sourceRef":{{"name":{}}}}}}}"#,
+                        serde_json::Value::from(from.as_str())
+                    ),
                 ),
             };
             lifecycle::create_draft(repo, refs, head()?, workspace, &files, &task, author)?.1
@@ -584,8 +660,7 @@ pub(super) async fn run(
                 execute(env, state, &prepared, &principal)
             },
             move |_, executed: Executed| {
-                let events =
-                    super::decide::typed(executed.events, &executed.name, &op, op.cloned_from());
+                let events = super::decide::typed(executed.events, &executed.name, &op);
                 let count = events.len();
                 *decided_pushed.lock() = Some(executed.pushed.clone());
                 Ok((

@@ -9,7 +9,36 @@
 //!   ([`ViewRows`]): exists in this repository, its lifecycle allows the
 //!   command, `resource_version` matches, a new workspace is free and a
 //!   new package does not nest. What it accepts is a [`Validated`] target
-//!   for the Git write ([`super::command`]).
+//!   for the Git write ([`super::command`]). Porch's rules for where a new
+//!   draft comes from (`pkg/engine`, `pkg/task` and the v1alpha2
+//!   controller's `source.go`), in this order:
+//!   - a `clone_from` that names a `-1` placeholder is refused, 400 naming
+//!     `clone_from` (Porch: `upstream revision may not be the placeholder
+//!     package revision …`, `source revision …` for a copy; Porch answers
+//!     500, but the name alone is at fault);
+//!   - the workspace is free in its package (409);
+//!   - an `init` (with or without `resources`) or a `clone` of a package
+//!     the repository already holds — any revision, drafts included — is
+//!     409 `package "…" already exists in repository "…"` (Porch's
+//!     `ValidatePackagePathOverlap`; for a clone, `validateCloneTask`'s
+//!     text): a new revision of an existing package is a **copy**, a
+//!     `clone_from` a revision of that same package (Porch's
+//!     `porchctl rpkg copy`, task `edit`). cairn compares full package
+//!     paths; Porch compares the new full path with each revision's last
+//!     segment, so its check never fires for a package below a directory
+//!     (`catalog/app` again), where cairn's does;
+//!   - packages do not nest (409);
+//!   - the source of a copy or a clone is published (Published or
+//!     DeletionProposed), else 409 (`source revision must be published`,
+//!     Porch's edit; `upstream package "…" must be published`, Porch's
+//!     v1alpha2 clone — its v1alpha1 clones Drafts too).
+//!
+//!   A `delete` of a revision that another revision of the namespace (not
+//!   a placeholder) names as its upstream — a `clone` or `upgrade` task,
+//!   Porch's `FindAllUpstreamReferencesInRepositories` — is 409 `cannot
+//!   delete package revision …, it is referenced as upstream by: …`
+//!   (Porch: 403; cairn's other delete refusal is 409 too). See
+//!   [`names_upstream`].
 //! - [`new_names`] (part of [`validate`] for `create`): every name a new
 //!   package revision brings to Git and Porch, before anything is written —
 //!   its directories as tree entries (no `.git` alias,
@@ -43,7 +72,7 @@ use cairn_events::{
 use super::{
     error::LifecycleError,
     naming::{object_name, OBJECT_NAME_MAX_BYTES},
-    op::LifecycleOp,
+    op::{LifecycleOp, Source},
 };
 use crate::origin::{
     self,
@@ -59,8 +88,30 @@ pub struct ViewRows {
     /// name), as the `package_revisions` view has it.
     pub target: Option<PackageRevisionRow>,
     /// For a `create` whose name is free: the full paths of the
-    /// repository's packages, in list order (for the nesting check).
+    /// repository's packages, in list order (for the "already exists" and
+    /// nesting checks).
     pub packages: Vec<String>,
+    /// For a `create` that clones or copies: the row of its source (in any
+    /// repository of the namespace), if it still exists.
+    pub source: Option<PackageRevisionRow>,
+    /// For a `delete`: the first package revision of the namespace (not a
+    /// placeholder) whose tasks name the target as their upstream (see
+    /// [`names_upstream`]).
+    pub referenced_by: Option<String>,
+}
+
+/// Whether `task` (a task's JSON, as recorded in a `kpt:` annotation)
+/// names revision `upstream` as the one it was made from: a `clone` whose
+/// `clone.upstreamRef.upstreamRef.name` is it, or an `upgrade` whose
+/// `upgrade.newUpstreamRef.name` is it — what Porch's
+/// `FindAllUpstreamReferencesInRepositories` matches.
+pub fn names_upstream(task: &serde_json::Value, upstream: &str) -> bool {
+    let named = match task["type"].as_str() {
+        Some("clone") => &task["clone"]["upstreamRef"]["upstreamRef"]["name"],
+        Some("upgrade") => &task["upgrade"]["newUpstreamRef"]["name"],
+        _ => return false,
+    };
+    named.as_str() == Some(upstream)
 }
 
 /// A lifecycle command's target, accepted by [`validate`].
@@ -250,10 +301,31 @@ pub fn validate(
             path,
             package,
             workspace,
-            ..
+            source,
         } => {
             new_names(spec, path, package, workspace)?;
             let name = object_name(&spec.name, path, package, workspace);
+            // The source of a clone or copy: it exists, and it is no
+            // placeholder (whatever the state, a bad name: 400).
+            let copy = matches!(source, Source::Copy { .. });
+            let source_revision = match source.from() {
+                None => None,
+                Some(from) => {
+                    let row = rows.source.ok_or_else(|| LifecycleError::SourceMissing {
+                        namespace: spec.namespace.clone(),
+                        name: from.to_owned(),
+                    })?;
+                    let revision = row.revision.unwrap_or_default();
+                    if revision.revision == -1 {
+                        return Err(LifecycleError::PlaceholderSource {
+                            copy,
+                            repository: row.repository,
+                            name: from.to_owned(),
+                        });
+                    }
+                    Some((from, revision))
+                }
+            };
             if rows.target.is_some() {
                 return Err(LifecycleError::WorkspaceTaken {
                     namespace: spec.namespace.clone(),
@@ -263,12 +335,32 @@ pub fn validate(
                 });
             }
             let new = package_path("", path, package);
+            // Only a copy makes a new revision of an existing package.
+            if !copy && rows.packages.contains(&new) {
+                return Err(LifecycleError::PackageExists {
+                    package: new,
+                    repository: spec.name.clone(),
+                    clone: matches!(source, Source::Clone { .. }),
+                });
+            }
             if let Some(existing) = rows
                 .packages
                 .into_iter()
                 .find(|existing| nested(&new, existing) || nested(existing, &new))
             {
                 return Err(LifecycleError::Nesting { new, existing });
+            }
+            if let Some((from, revision)) = source_revision {
+                if !revision
+                    .parsed_lifecycle()
+                    .is_some_and(Lifecycle::is_published)
+                {
+                    return Err(LifecycleError::SourceNotPublished {
+                        copy,
+                        name: from.to_owned(),
+                        is: revision.lifecycle,
+                    });
+                }
             }
             Ok(Validated {
                 name,
@@ -298,6 +390,12 @@ pub fn validate(
             if revision.parsed_lifecycle() == Some(Lifecycle::Published) {
                 return Err(LifecycleError::DeletePublished { name: name.clone() });
             }
+            if let Some(by) = rows.referenced_by {
+                return Err(LifecycleError::ReferencedAsUpstream {
+                    name: name.clone(),
+                    by,
+                });
+            }
             Ok(Validated::of(name, revision))
         }
         LifecycleOp::Propose(name)
@@ -313,9 +411,15 @@ pub fn validate(
 
 /// `events` with the one about `name` typed after the command `op` that
 /// caused it (a deletion stays `PackageRevisionDeleted`; other revisions
-/// the command moved stay `Added`/`Modified`). `clone_from` names the
-/// revision a `create` copied (empty otherwise).
-pub fn typed(events: Vec<Event>, name: &str, op: &LifecycleOp, clone_from: &str) -> Vec<Event> {
+/// the command moved stay `Added`/`Modified`). A `create`'s
+/// `DraftCreated` names the revision it cloned (`clone_from`) or copied
+/// (`copied_from`).
+pub fn typed(events: Vec<Event>, name: &str, op: &LifecycleOp) -> Vec<Event> {
+    let (clone_from, copied_from) = match op.source() {
+        Some(Source::Clone { from, .. }) => (from.as_str(), ""),
+        Some(Source::Copy { from, .. }) => ("", from.as_str()),
+        _ => ("", ""),
+    };
     events
         .into_iter()
         .map(|e| {
@@ -332,6 +436,7 @@ pub fn typed(events: Vec<Event>, name: &str, op: &LifecycleOp, clone_from: &str)
                 LifecycleOp::Create { .. } => Payload::DraftCreated(DraftCreated {
                     revision,
                     clone_from: clone_from.to_owned(),
+                    copied_from: copied_from.to_owned(),
                 }),
                 LifecycleOp::Update { .. } => {
                     Payload::DraftResourcesUpdated(DraftResourcesUpdated { revision })
@@ -452,6 +557,7 @@ mod tests {
                             repository: repository.into(),
                             updated_seq: seq,
                             revision: Some(r.clone()),
+                            lock: None,
                         },
                     );
                 }
@@ -472,7 +578,31 @@ mod tests {
             packages.sort();
             packages.dedup();
         }
-        ViewRows { target, packages }
+        let source = op
+            .source()
+            .and_then(Source::from)
+            .and_then(|from| rows.get(from).cloned());
+        // As `command::referenced_by` scans the namespace.
+        let referenced_by = match op {
+            LifecycleOp::Delete(name) => rows
+                .values()
+                .filter_map(|row| row.revision.as_ref())
+                .find(|r| {
+                    r.revision != -1
+                        && r.tasks.iter().any(|t| {
+                            serde_json::from_str(&t.raw)
+                                .is_ok_and(|task| names_upstream(&task, name))
+                        })
+                })
+                .map(|r| r.name.clone()),
+            _ => None,
+        };
+        ViewRows {
+            target,
+            packages,
+            source,
+            referenced_by,
+        }
     }
 
     /// [`given_in`] this repository (`repo`).
@@ -496,6 +626,7 @@ mod tests {
         event(Payload::DraftCreated(DraftCreated {
             revision: Some(r),
             clone_from: String::new(),
+            copied_from: String::new(),
         }))
     }
 
@@ -934,7 +1065,7 @@ mod tests {
     fn step(history: &mut Vec<Event>, op: LifecycleOp, read_back: Vec<Event>, then: Vec<Event>) {
         let validated = validate(&spec(), &op, given(history, &op));
         assert!(validated.is_ok(), "{}: {validated:?}", op.verb());
-        let events = typed(read_back, DRAFT, &op, op.cloned_from());
+        let events = typed(read_back, DRAFT, &op);
         assert_eq!(events, then, "{}", op.verb());
         history.extend(events);
     }
@@ -946,13 +1077,15 @@ mod tests {
         // plain `PackageRevisionModified`.
         let main = revision("main", Lifecycle::Published, -1);
         let mut history = vec![published("", "pkg")];
+        // A new revision of the package: a copy of its v1.
         step(
             &mut history,
-            create("", "pkg", "ws"),
+            create_from("pkg", "ws", copy_of, "repo.pkg.v1"),
             vec![added(revision("ws", Lifecycle::Draft, 0))],
             vec![event(Payload::DraftCreated(DraftCreated {
                 revision: at(Lifecycle::Draft, 0),
                 clone_from: String::new(),
+                copied_from: "repo.pkg.v1".into(),
             }))],
         );
         step(
@@ -1058,6 +1191,280 @@ mod tests {
         ));
     }
 
+    /// A `create` of `package` in `workspace` from revision `from`.
+    fn create_from(
+        package: &str,
+        workspace: &str,
+        source: fn(String) -> Source,
+        from: &str,
+    ) -> LifecycleOp {
+        LifecycleOp::Create {
+            path: String::new(),
+            package: package.into(),
+            workspace: workspace.into(),
+            source: source(from.into()),
+        }
+    }
+
+    fn clone_of(from: String) -> Source {
+        Source::Clone {
+            from,
+            files: Default::default(),
+        }
+    }
+
+    fn copy_of(from: String) -> Source {
+        Source::Copy {
+            from,
+            files: Default::default(),
+        }
+    }
+
+    /// Revision `workspace` of package `package` (at the top) in
+    /// `lifecycle`, with tasks `tasks` (their JSON).
+    fn of_package(
+        package: &str,
+        workspace: &str,
+        lifecycle: Lifecycle,
+        number: i64,
+        tasks: &[&str],
+    ) -> PackageRevision {
+        PackageRevision {
+            name: object_name("repo", "", package, workspace),
+            package: package.into(),
+            workspace: workspace.into(),
+            revision: number,
+            lifecycle: lifecycle.as_str().into(),
+            tasks: tasks
+                .iter()
+                .map(|raw| cairn_events::v1::Task {
+                    r#type: serde_json::from_str::<serde_json::Value>(raw).unwrap()["type"]
+                        .as_str()
+                        .unwrap()
+                        .into(),
+                    raw: (*raw).into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_clone_or_copy_of_a_placeholder_is_refused_naming_clone_from() {
+        // Given pkg published as v1, and its placeholder.
+        let events = [
+            added(revision("v1", Lifecycle::Published, 1)),
+            added(revision("main", Lifecycle::Published, -1)),
+        ];
+        for (op, words) in [
+            (create_from("pkg", "ws", copy_of, "repo.pkg.main"), "source"),
+            (
+                create_from("other", "ws", clone_of, "repo.pkg.main"),
+                "upstream",
+            ),
+        ] {
+            let when = validate(&spec(), &op, given(&events, &op));
+            assert_eq!(
+                when,
+                Err(LifecycleError::PlaceholderSource {
+                    copy: words == "source",
+                    repository: "repo".into(),
+                    name: "repo.pkg.main".into(),
+                })
+            );
+            assert_eq!(
+                ServiceError::from(when.unwrap_err()),
+                ServiceError::bad_field(
+                    "clone_from",
+                    format!("{words} revision may not be the placeholder package revision repo/repo.pkg.main")
+                )
+            );
+        }
+        // A source deleted since the request was read.
+        let op = create_from("other", "ws", clone_of, "repo.pkg.v9");
+        let when = validate(&spec(), &op, given(&events, &op)).unwrap_err();
+        assert_eq!(
+            ServiceError::from(when),
+            ServiceError::bad_field("clone_from", "package revision ns/repo.pkg.v9 not found")
+        );
+    }
+
+    #[test]
+    fn a_clone_or_copy_needs_a_published_source() {
+        use Lifecycle::*;
+        for lifecycle in [Draft, Proposed, Published, DeletionProposed] {
+            // Given pkg v1 published, and revision `src` of pkg in `lifecycle`.
+            let number = if lifecycle.is_published() { 2 } else { 0 };
+            let events = [
+                added(revision("v1", Published, 1)),
+                added(revision("src", lifecycle, number)),
+            ];
+            let copy = create_from("pkg", "ws", copy_of, "repo.pkg.src");
+            let clone = create_from("new", "ws", clone_of, "repo.pkg.src");
+            let copied = validate(&spec(), &copy, given(&events, &copy));
+            let cloned = validate(&spec(), &clone, given(&events, &clone));
+            if lifecycle.is_published() {
+                assert_eq!(copied.map(|v| v.name), Ok("repo.pkg.ws".to_owned()));
+                assert_eq!(cloned.map(|v| v.name), Ok("repo.new.ws".to_owned()));
+                continue;
+            }
+            let is = lifecycle.as_str();
+            assert_eq!(
+                copied,
+                Err(LifecycleError::SourceNotPublished {
+                    copy: true,
+                    name: "repo.pkg.src".into(),
+                    is: is.into()
+                })
+            );
+            assert_eq!(
+                ServiceError::from(copied.unwrap_err()),
+                ServiceError::conflict(format!(
+                    "source revision must be published: repo.pkg.src is {is}"
+                ))
+            );
+            assert_eq!(
+                ServiceError::from(cloned.unwrap_err()),
+                ServiceError::conflict(format!(
+                    "upstream package \"repo.pkg.src\" must be published: it is {is}"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_copy_makes_a_new_revision_of_an_existing_package() {
+        // Given pkg published as v1.
+        let events = [added(revision("v1", Lifecycle::Published, 1))];
+        let init = create("", "pkg", "again");
+        let exists = |clone| LifecycleError::PackageExists {
+            package: "pkg".into(),
+            repository: "repo".into(),
+            clone,
+        };
+        assert_eq!(
+            validate(&spec(), &init, given(&events, &init)),
+            Err(exists(false))
+        );
+        assert_eq!(
+            ServiceError::from(exists(false)),
+            ServiceError::conflict("package \"pkg\" already exists in repository \"repo\"; make subsequent revisions by copying (clone_from a published revision of the same package)")
+        );
+        // A clone into it: another package's revision as the source.
+        let events = [
+            added(revision("v1", Lifecycle::Published, 1)),
+            added(of_package("up", "v1", Lifecycle::Published, 1, &[])),
+        ];
+        let clone = create_from("pkg", "again", clone_of, "repo.up.v1");
+        assert_eq!(
+            validate(&spec(), &clone, given(&events, &clone)),
+            Err(exists(true))
+        );
+        assert_eq!(
+            ServiceError::from(exists(true)),
+            ServiceError::conflict("`clone` cannot create a new revision for package \"pkg\" that already exists in repo \"repo\"; make subsequent revisions by copying (clone_from a published revision of the same package)")
+        );
+        // Files are an init too; a draft counts as well as a published one.
+        let events = [added(revision("ws", Lifecycle::Draft, 0))];
+        let files = LifecycleOp::Create {
+            path: String::new(),
+            package: "pkg".into(),
+            workspace: "again".into(),
+            source: Source::Files(Default::default()),
+        };
+        assert_eq!(
+            validate(&spec(), &files, given(&events, &files)),
+            Err(exists(false))
+        );
+        // A copy of a published revision is the way.
+        let events = [added(revision("v1", Lifecycle::Published, 1))];
+        let copy = create_from("pkg", "again", copy_of, "repo.pkg.v1");
+        assert_eq!(
+            validate(&spec(), &copy, given(&events, &copy)).map(|v| v.name),
+            Ok("repo.pkg.again".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_revision_referenced_as_upstream_is_not_deleted() {
+        use Lifecycle::*;
+        const CLONE: &str =
+            r#"{"type":"clone","clone":{"upstreamRef":{"upstreamRef":{"name":"repo.pkg.ws"}}}}"#;
+        const UPGRADE: &str = r#"{"type":"upgrade","upgrade":{"oldUpstreamRef":{"name":"repo.pkg.v0"},"newUpstreamRef":{"name":"repo.pkg.ws"}}}"#;
+        const OTHER: &str =
+            r#"{"type":"clone","clone":{"upstreamRef":{"upstreamRef":{"name":"repo.pkg.v1"}}}}"#;
+        // Given repo.pkg.ws with its deletion proposed…
+        let target = history(DeletionProposed);
+        let op = LifecycleOp::Delete(DRAFT.into());
+        let with = |downstream: PackageRevision| {
+            let mut events = target.clone();
+            events.push(added(downstream));
+            events
+        };
+        // …a downstream draft cloned from it, or a published one upgraded
+        // to it: refused, naming the downstream.
+        for (downstream, tasks) in [
+            (of_package("down", "ws", Draft, 0, &[CLONE]), "clone"),
+            (
+                of_package("down", "ws", Published, 1, &[UPGRADE]),
+                "upgrade",
+            ),
+            (
+                of_package(
+                    "down",
+                    "ws",
+                    Draft,
+                    0,
+                    &[CLONE, r#"{"type":"patch","patch":{}}"#],
+                ),
+                "clone then patch",
+            ),
+        ] {
+            let events = with(downstream);
+            let when = validate(&spec(), &op, given(&events, &op));
+            assert_eq!(
+                when,
+                Err(LifecycleError::ReferencedAsUpstream {
+                    name: DRAFT.into(),
+                    by: "repo.down.ws".into()
+                }),
+                "{tasks}"
+            );
+            assert_eq!(
+                ServiceError::from(when.unwrap_err()),
+                ServiceError::conflict("cannot delete package revision repo.pkg.ws, it is referenced as upstream by: repo.down.ws")
+            );
+        }
+        // A placeholder carrying such a task, a task naming another
+        // revision, no task: deleted.
+        for downstream in [
+            of_package("down", "main", Published, -1, &[CLONE]),
+            of_package("down", "ws", Draft, 0, &[OTHER]),
+            of_package("down", "ws", Draft, 0, &[r#"{"type":"init","init":{}}"#]),
+        ] {
+            let events = with(downstream.clone());
+            assert_eq!(
+                validate(&spec(), &op, given(&events, &op)),
+                Ok(Validated::of(DRAFT, revision("ws", DeletionProposed, 1))),
+                "{downstream:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_copy_names_its_source() {
+        let op = create_from("pkg", "ws", copy_of, "repo.pkg.v1");
+        let target = revision("ws", Lifecycle::Draft, 0);
+        assert_eq!(
+            typed(vec![added(target.clone())], DRAFT, &op),
+            vec![event(Payload::DraftCreated(DraftCreated {
+                revision: Some(target),
+                clone_from: String::new(),
+                copied_from: "repo.pkg.v1".into(),
+            }))]
+        );
+    }
+
     #[test]
     fn a_clone_names_its_source() {
         let op = LifecycleOp::Create {
@@ -1071,10 +1478,11 @@ mod tests {
         };
         let target = revision("ws", Lifecycle::Draft, 0);
         assert_eq!(
-            typed(vec![added(target.clone())], DRAFT, &op, op.cloned_from()),
+            typed(vec![added(target.clone())], DRAFT, &op),
             vec![event(Payload::DraftCreated(DraftCreated {
                 revision: Some(target),
                 clone_from: "repo.up.v1".into(),
+                copied_from: String::new(),
             }))]
         );
     }

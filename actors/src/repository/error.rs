@@ -98,6 +98,83 @@ pub enum LifecycleError {
         /// The package it clashes with.
         existing: String,
     },
+    /// A `create`'s `clone_from` names the `-1` placeholder of a package
+    /// (the package as it sits on the registered branch), which is no
+    /// revision to clone or copy (400 naming `clone_from`; Porch answers
+    /// 500 with the same words): name a published revision (`…vN`).
+    #[error(
+        "{} revision may not be the placeholder package revision {repository}/{name}",
+        if *.copy { "source" } else { "upstream" }
+    )]
+    PlaceholderSource {
+        /// Whether the create is a copy (same package) rather than a clone.
+        copy: bool,
+        /// The source's repository.
+        repository: String,
+        /// The source's object name.
+        name: String,
+    },
+    /// A `create`'s `clone_from` names no package revision any more (it
+    /// was deleted since the request was read; 400 naming `clone_from`):
+    /// list again and name one that exists.
+    #[error("package revision {namespace}/{name} not found")]
+    SourceMissing {
+        /// Namespace.
+        namespace: String,
+        /// The source's object name.
+        name: String,
+    },
+    /// A `create`'s `clone_from` names a revision that is not published
+    /// (Draft or Proposed; 409): approve it first, or clone or copy a
+    /// published one. A copy's text is Porch's edit task's, a clone's
+    /// Porch's v1alpha2 controller's.
+    #[error(
+        "{}",
+        if *.copy {
+            format!("source revision must be published: {name} is {is}")
+        } else {
+            format!("upstream package {name:?} must be published: it is {is}")
+        }
+    )]
+    SourceNotPublished {
+        /// Whether the create is a copy (same package) rather than a clone.
+        copy: bool,
+        /// The source's object name.
+        name: String,
+        /// Its lifecycle.
+        is: String,
+    },
+    /// `init` (no `clone_from`) or `clone` of a package the repository
+    /// already holds (409; Porch's `ValidatePackagePathOverlap` and
+    /// `validateCloneTask`): a new revision of an existing package is a
+    /// copy — `clone_from` a published revision of that package.
+    #[error(
+        "{}",
+        if *.clone {
+            format!("`clone` cannot create a new revision for package {package:?} that already exists in repo {repository:?}; make subsequent revisions by copying (clone_from a published revision of the same package)")
+        } else {
+            format!("package {package:?} already exists in repository {repository:?}; make subsequent revisions by copying (clone_from a published revision of the same package)")
+        }
+    )]
+    PackageExists {
+        /// The package's full path (below the registered directory).
+        package: String,
+        /// The repository.
+        repository: String,
+        /// Whether the create is a clone (else an init).
+        clone: bool,
+    },
+    /// The revision to delete is the upstream another package revision of
+    /// the namespace was cloned (or upgraded) from (409; Porch answers 403
+    /// with the same words, `FindUpstreamReference`): delete that
+    /// downstream revision first.
+    #[error("cannot delete package revision {name}, it is referenced as upstream by: {by}")]
+    ReferencedAsUpstream {
+        /// The revision to delete.
+        name: String,
+        /// The first downstream revision found (its object name).
+        by: String,
+    },
     /// A name of a new package revision cannot be written to Git the way
     /// Porch lays it out, or is longer than Porch allows (400, naming the
     /// field): a tree entry Git refuses, a ref `git check-ref-format`
@@ -119,6 +196,9 @@ impl From<LifecycleError> for ServiceError {
         match e {
             LifecycleError::NotFound { .. } => ServiceError::not_found(e.to_string()),
             LifecycleError::Name { field, why } => ServiceError::bad_field(field, why),
+            LifecycleError::PlaceholderSource { .. } | LifecycleError::SourceMissing { .. } => {
+                ServiceError::bad_field("clone_from", e.to_string())
+            }
             // (`ResourceVersion` included: its text is the one
             // `ServiceError::conflict_expected` words, naming both.)
             _ => ServiceError::conflict(e.to_string()),

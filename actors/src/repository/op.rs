@@ -14,14 +14,36 @@ pub enum Source {
     Init,
     /// These files (a `Kptfile` is added when they hold none; `init` task).
     Files(Files),
-    /// A copy of revision `from` (its object name), whose files are given
-    /// (`clone` task).
+    /// A clone of revision `from` (its object name), a published revision
+    /// of another package: its files, the `Kptfile` renamed for the new
+    /// package and pointing at `from` as its upstream (`clone` task; see
+    /// [`crate::origin::kptfile`]).
     Clone {
+        /// The revision cloned.
+        from: String,
+        /// Its files, the `Kptfile` rewritten.
+        files: Files,
+    },
+    /// A copy of revision `from`, a published revision of the **same**
+    /// package (a new draft of an existing package, Porch's
+    /// `porchctl rpkg copy`): its files verbatim (`edit` task).
+    Copy {
         /// The revision copied.
         from: String,
         /// Its files.
         files: Files,
     },
+}
+
+impl Source {
+    /// The revision it starts from (its object name), for a clone or a
+    /// copy.
+    pub fn from(&self) -> Option<&str> {
+        match self {
+            Source::Clone { from, .. } | Source::Copy { from, .. } => Some(from),
+            Source::Init | Source::Files(_) => None,
+        }
+    }
 }
 
 /// One lifecycle command (was `Op`).
@@ -96,14 +118,11 @@ impl LifecycleOp {
         }
     }
 
-    /// The revision a `create` copies (its object name), else empty.
-    pub fn cloned_from(&self) -> &str {
+    /// The revision a `create` clones or copies (its object name).
+    pub fn source(&self) -> Option<&Source> {
         match self {
-            LifecycleOp::Create {
-                source: Source::Clone { from, .. },
-                ..
-            } => from,
-            _ => "",
+            LifecycleOp::Create { source, .. } => Some(source),
+            _ => None,
         }
     }
 }

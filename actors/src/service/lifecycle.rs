@@ -8,10 +8,15 @@
 //!
 //! Each may carry `"principal"` (used when the NATS connection names no
 //! user, see [`super::metadata`]). Each answers the package revision after
-//! the command (as `pkgrev.get` does), `delete` answers `{"deleted": name}`.
+//! the command (as `pkgrev.get` does, without its `lock`), `delete` answers
+//! `{"deleted": name}`.
 //! `resources` maps file paths (relative to the package) to UTF-8 content,
-//! `binary` to base64 content. Requests are checked here (400 naming the
-//! field, nothing written), then handed to the repository's actor, which
+//! `binary` to base64 content. `clone_from` names a revision of the
+//! namespace: one of the same package is copied (a new revision of an
+//! existing package, task `edit`), any other is cloned (its `Kptfile`
+//! renamed and locked to it, task `clone`); see [`source_of`]. Requests
+//! are checked here (400 naming the field, nothing written), then handed
+//! to the repository's actor, which
 //! checks them against the view and writes them (see
 //! [`crate::repository::command`], validated by
 //! [`crate::repository::decide::validate`]).
@@ -20,7 +25,10 @@ use cairn_events::{
     revision::revision_json,
     v1::{self as pb, RequestRow},
 };
-use cairn_storage::{views::PackageRevisionsView, BlobStore, ViewRead};
+use cairn_storage::{
+    views::{PackageRevisionsView, RepositoriesView},
+    Store,
+};
 use futures::future::BoxFuture;
 
 use super::pkgrev::{get_row, revision_name};
@@ -34,7 +42,10 @@ use super::{
     validate,
 };
 use crate::{
-    origin::write::{check_file_tree, check_resource_path, Files},
+    origin::{
+        kptfile,
+        write::{check_file_tree, check_resource_path, Files},
+    },
     registry::RouteLifecycle,
     repository::{
         command::{LifecycleOp, LifecycleOutcome, Source},
@@ -162,28 +173,63 @@ pub fn parse_files(f: &Fields, max: usize) -> Result<Option<Files>, ServiceError
     Ok(Some(files))
 }
 
-/// The files of revision `namespace/name` (its row from `views`, its
-/// contents from `blobs`); 400 naming `field` when there is no such
-/// revision.
-fn revision_files(
-    views: &dyn ViewRead,
-    blobs: &dyn BlobStore,
+/// What `clone_from` starts a new draft of `repository`/`path`/`package`
+/// from, read from `store`: a revision of the **same** package (same
+/// repository, path and package) is copied — its files verbatim, Porch's
+/// `edit` task; any other revision is cloned — its files, the `Kptfile`
+/// renamed for the new package and locked to the source
+/// ([`origin::kptfile::with_upstream`]; the lock's `repo`, `directory` and
+/// `ref` from the source's repository, [`origin::kptfile::lock_of`]).
+/// 400 naming `clone_from` when there is no such revision or its `Kptfile`
+/// cannot be rewritten. Whether the source may be cloned or copied (no
+/// placeholder, published) is the repository's check
+/// ([`crate::repository::decide::validate`]).
+fn source_of(
+    store: &Store,
     namespace: &str,
-    name: &str,
-    field: &str,
-) -> Result<Files, ServiceError> {
-    let row = PackageRevisionsView::get(views, namespace, name)?.ok_or_else(|| {
+    target: (&str, &str, &str),
+    from: String,
+) -> Result<Source, ServiceError> {
+    let field = "clone_from";
+    let row = PackageRevisionsView::get(store, namespace, &from)?.ok_or_else(|| {
         ServiceError::bad_field(
             field,
-            format!("package revision {namespace}/{name} not found"),
+            format!("package revision {namespace}/{from} not found"),
         )
     })?;
+    let revision = row.revision.unwrap_or_default();
     let mut files = Files::new();
-    for (path, digest) in row.revision.unwrap_or_default().resources {
-        let content = super::pkgrev::resource(blobs, &path, &digest)?;
-        files.insert(path, content);
+    for (path, digest) in &revision.resources {
+        let content = super::pkgrev::resource(store, path, digest)?;
+        files.insert(path.clone(), content);
     }
-    Ok(files)
+    let (repository, path, package) = target;
+    if (
+        row.repository.as_str(),
+        revision.path.as_str(),
+        revision.package.as_str(),
+    ) == (repository, path, package)
+    {
+        return Ok(Source::Copy { from, files });
+    }
+    let spec = RepositoriesView::get(store, namespace, &row.repository)?
+        .and_then(|r| r.spec)
+        .ok_or_else(|| {
+            ServiceError::bad_field(
+                field,
+                format!(
+                    "the repository {namespace}/{} of {from} is not registered",
+                    row.repository
+                ),
+            )
+        })?;
+    let lock = kptfile::lock_of(&spec.git.unwrap_or_default(), &revision);
+    let kptfile = files.get_mut("Kptfile").ok_or_else(|| {
+        ServiceError::bad_field(field, format!("package revision {from} has no Kptfile"))
+    })?;
+    *kptfile = kptfile::with_upstream(kptfile, package, &lock.git.unwrap_or_default())
+        .map_err(|e| ServiceError::bad_field(field, format!("package revision {from}: {e}")))?;
+    Ok(Source::Clone { from, files })
 }
 
 /// The reply for what a command left.
@@ -280,11 +326,12 @@ pub async fn handle_create(
         (None, Some(from)) => {
             let store = context.store.clone();
             let ns = namespace.clone();
-            let from_name = from.clone();
-            let files =
-                blocking(move || revision_files(&store, &store, &ns, &from_name, "clone_from"))
-                    .await?;
-            Source::Clone { from, files }
+            let target = (repository.clone(), path.clone(), package.clone());
+            blocking(move || {
+                let (repository, path, package) = &target;
+                source_of(&store, &ns, (repository, path, package), from)
+            })
+            .await?
         }
         (Some(files), None) => Source::Files(files),
         (None, None) => Source::Init,

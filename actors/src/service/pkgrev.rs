@@ -3,7 +3,11 @@
 //!
 //! A package revision in replies: `{"name","namespace","repository","path",
 //! "package","workspace","revision","lifecycle","latest","commit",
-//! "resource_version","published_by","published_at","tasks":[…],"labels":{…}}`.
+//! "resource_version","published_by","published_at","tasks":[…],"labels":{…}}`;
+//! `pkgrev.get` adds `"lock":{"type":"git","git":{"repo","directory","ref",
+//! "commit"}}`, where the revision is in Git (Porch's self lock; see
+//! [`crate::origin::kptfile`]), computed at reply time from the
+//! repository's spec (protobuf: `PackageRevisionRow.lock`).
 
 use std::ops::ControlFlow;
 
@@ -13,7 +17,10 @@ use cairn_events::{
 };
 use cairn_storage::{
     blob::Digest,
-    views::{package_revision_list::ListedRevision, PackageRevisionListView, PackageRevisionsView},
+    views::{
+        package_revision_list::ListedRevision, PackageRevisionListView, PackageRevisionsView,
+        RepositoriesView,
+    },
     BlobStore, EventLog, ViewRead,
 };
 use prost::Message as _;
@@ -24,7 +31,7 @@ use super::{
     fields::Fields,
     validate,
 };
-use crate::{revision_filter::Filter, ServiceError};
+use crate::{origin::kptfile::lock_of, revision_filter::Filter, ServiceError};
 
 /// Default page size of `pkgrev.list`.
 pub const DEFAULT_LIST_LIMIT: u64 = 500;
@@ -276,15 +283,34 @@ pub(super) fn get_row(
     })
 }
 
-/// `cairn.v1.pkgrev.get`.
+/// `cairn.v1.pkgrev.get`: the row, with its `lock` (Porch's self lock,
+/// [`crate::origin::kptfile::lock_of`]) computed from its repository's
+/// spec as it is now.
 pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
     let (format, body) = (request.format, &request.body);
     let (namespace, name) = parse_name(body)?;
     let store = context.store.clone();
-    let row = blocking(move || get_row(&store, &namespace, &name)).await?;
+    let row = blocking(move || {
+        let mut row = get_row(&store, &namespace, &name)?;
+        let spec = RepositoriesView::get(&store, &namespace, &row.repository)?.and_then(|r| r.spec);
+        if let (Some(spec), Some(revision)) = (spec, &row.revision) {
+            row.lock = Some(lock_of(&spec.git.unwrap_or_default(), revision));
+        }
+        Ok::<_, ServiceError>(row)
+    })
+    .await?;
     Ok(Body::of(
         format,
-        || revision_json(&row),
+        || {
+            let mut json = revision_json(&row);
+            if let (Some(object), Some(lock)) = (json.as_object_mut(), &row.lock) {
+                object.insert(
+                    "lock".to_owned(),
+                    serde_json::to_value(lock).unwrap_or_default(),
+                );
+            }
+            json
+        },
         || row.encode_to_vec(),
     ))
 }
@@ -322,6 +348,7 @@ mod tests {
                 ..Default::default()
             }),
             updated_seq: 3,
+            lock: None,
         };
         let parse =
             |body: &str| Filter::parse(&Fields::parse(body.as_bytes(), LIST_FIELDS).unwrap());

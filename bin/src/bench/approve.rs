@@ -5,7 +5,9 @@
 //! published revisions in **one** package — the worst case for cairn,
 //! which reads the approved package back after the push (its N tags) —
 //! and registered on an in-process node. Drafts of that package are
-//! created and proposed first (untimed); then each timed round is one
+//! created (copies of its revision N — a new revision of an existing
+//! package is a copy, as in Porch), updated with a new `configmap.yaml`
+//! and proposed first (untimed); then each timed round is one
 //! `cairn.v1.pkgrev.approve` request, answered once the approval commit,
 //! tag and branch removal are pushed and its events are committed.
 //!
@@ -23,6 +25,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use cairn_actors::repository::naming::object_name;
 use serde_json::{json, Value};
 
 use super::{
@@ -109,16 +112,26 @@ fn at(
                 .await?;
                 anyhow::Ok(serde_json::from_slice::<Value>(&reply.payload)?)
             };
+            // Its revision N, published by the generator in workspace vN.
+            let latest = object_name(REPOSITORY, path, name, &format!("v{n}"));
             let mut names = Vec::new();
             for i in 0..rounds {
                 let draft = request(
                     "create",
                     json!({"namespace": NAMESPACE, "repository": REPOSITORY, "path": path,
                            "package": name, "workspace": format!("bench-{i}"),
-                           "resources": {"configmap.yaml": gen::configmap(name, n + i + 1)}}),
+                           "clone_from": latest}),
                 )
                 .await?;
+                let version = draft["resource_version"].clone();
                 let draft = draft["name"].as_str().context("a draft name")?.to_owned();
+                request(
+                    "update",
+                    json!({"namespace": NAMESPACE, "name": draft, "resource_version": version,
+                           "resources": {"Kptfile": gen::kptfile(name),
+                                         "configmap.yaml": gen::configmap(name, n + i + 1)}}),
+                )
+                .await?;
                 request("propose", json!({"namespace": NAMESPACE, "name": draft})).await?;
                 names.push(draft);
             }

@@ -110,6 +110,7 @@ impl PackageRevisionsView {
                     repository: repository.to_owned(),
                     revision: Some(revision.clone()),
                     updated_seq: seq,
+                    lock: None,
                 };
                 tx.put_message(key, &row);
             }
