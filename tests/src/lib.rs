@@ -20,6 +20,8 @@
 //!   directory kept when its test fails).
 //! - [`git`] — [`GitFixture`] (Porch fixtures unpacked, generated
 //!   repositories), [`git()`] the one Git runner, [`unpack`].
+//! - [`jetstream`] — [`jetstream::cairn_seqs`], the position and `Cairn-Seq`
+//!   of every message of a stream, in stream order.
 //! - [`process`] — [`ChildGuard`] (kills a child and its descendants),
 //!   [`Cli`] (the `cairn` CLI with a timeout; [`cairn_cli!`] names the
 //!   binary), [`ClosedPort`], line readers with deadlines.
@@ -34,6 +36,7 @@
 
 pub mod client;
 pub mod git;
+pub mod jetstream;
 pub mod nats;
 pub mod node;
 pub mod paths;
