@@ -14,8 +14,8 @@ use cairn_storage::{
     keys::meta, views::default_views, EventLog, ExpectedVersion, Store, StoreConfig,
 };
 use cairn_tests::{
-    cairn_cli, events, jetstream::cairn_seqs, wait_until, within, ChildNode, NatsServer,
-    TempStore, TestDir, WAIT,
+    cairn_cli, events, jetstream::cairn_seqs, wait_until, within, ChildNode, NatsServer, TempStore,
+    TestDir, WAIT,
 };
 use futures::StreamExt;
 
@@ -332,7 +332,12 @@ fn seed_backlog(data_dir: &Path, count: u64) {
             .map(|i| events::closed(&format!("backlog {i}")))
             .collect();
         store
-            .append(&stream, ExpectedVersion::Any, batch, Metadata::command("tester"))
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                batch,
+                Metadata::command("tester"),
+            )
             .unwrap();
         appended += n;
     }
@@ -410,8 +415,16 @@ fn publish_order_survives_a_kill_during_a_nats_outage() {
             wait_until("every event in CAIRN_EVENTS", WAIT, || {
                 let js = js.clone();
                 async move {
-                    let mut stream = js.get_stream("CAIRN_EVENTS").await.map_err(|e| e.to_string())?;
-                    let messages = stream.info().await.map_err(|e| e.to_string())?.state.messages;
+                    let mut stream = js
+                        .get_stream("CAIRN_EVENTS")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let messages = stream
+                        .info()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .state
+                        .messages;
                     if messages >= BACKLOG_EVENTS {
                         Ok(())
                     } else {
@@ -421,7 +434,10 @@ fn publish_order_survives_a_kill_during_a_nats_outage() {
             })
             .await;
         });
-        assert!(node.terminate(WAIT).success(), "round {round}: the node's exit");
+        assert!(
+            node.terminate(WAIT).success(),
+            "round {round}: the node's exit"
+        );
         rt.block_on(async {
             let client = connect(&url).await;
             let what = format!(
