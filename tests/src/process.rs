@@ -2,10 +2,13 @@
 //! line readers with deadlines, the `cairn` CLI run with a timeout, and a
 //! port that refuses connections.
 //!
-//! Decision: a child node starts a nats-server of its own, so killing only
-//! the node (SIGKILL runs no destructor) would leave that server running.
-//! [`ChildGuard`] therefore finds the child's descendants in `/proc` and
-//! kills them too. Children stay in the test's process group, so when
+//! Decision: a child node starts a nats-server of its own; killing only the
+//! node (SIGKILL runs no destructor) leaves that server to stop by itself
+//! (its parent-death signal, SIGTERM). [`ChildGuard`] does not rely on
+//! that: it finds the child's descendants in `/proc` and kills them too, so
+//! a failing test leaves nothing behind even when that signal is what
+//! failed. [`PidGuard`] does the same for a process the test did not start
+//! as its child (e.g. the server of a node a test killed on purpose). Children stay in the test's process group, so when
 //! nextest kills a test that timed out, its group — children included —
 //! goes with it.
 
