@@ -13,7 +13,7 @@
 //! - **`PR_SET_PDEATHSIG`**: the child is spawned with SIGTERM as its
 //!   parent-death signal, so the kernel stops it when its parent dies.
 //!   The kernel's "parent" is the *thread* that forked, not the process:
-//!   the child is spawned from a thread of its own ([`Spawner`]) that lives
+//!   the child is spawned from a thread of its own (`Spawner`) that lives
 //!   exactly as long as the server (a `spawn_blocking` thread would retire
 //!   after 10 s idle and take the server with it). SIGTERM rather than
 //!   SIGKILL lets the server close its JetStream files; the pid file below

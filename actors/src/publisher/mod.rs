@@ -23,11 +23,11 @@
 //! a publish times out and is retried after later ones were stored. Left
 //! alone, either stores an event after later ones (seen: `Cairn-Seq` 183
 //! at position 189). So a session works like this:
-//! 1. **Read the stream's end** (`ensure_stream`, then [`PublishTask::resume`]):
-//!    its last position, and the `Cairn-Seq` and event id of the message
-//!    there. If that is this log's event and ahead of the cursor, the
-//!    cursor moves up to it ([`window::resume_cursor`]): the stream, being
-//!    in order, holds everything up to it.
+//! 1. **Read the stream's end** (`PublishTask::ensure_stream`, then
+//!    `PublishTask::resume`): its last position, and the `Cairn-Seq` and
+//!    event id of the message there. If that is this log's event and ahead
+//!    of the cursor, the cursor moves up to it ([`window::resume_cursor`]):
+//!    the stream, being in order, holds everything up to it.
 //! 2. **Publish fenced**: each event carries
 //!    `Nats-Expected-Last-Sequence` = the stream position right before its
 //!    own ([`window::PublishWindow::expected_last_sequence`]). An event can
@@ -52,8 +52,9 @@
 //!
 //! # Layout
 //! - this module — the [`Publisher`] actor and its configuration.
-//! - [`window`] — [`window::PublishWindow`], the in-flight window and the
-//!   cursor, a plain component unit-tested without actix.
+//! - [`window`] — [`window::PublishWindow`], the in-flight window, the
+//!   cursor and the fence, and [`window::resume_cursor`]: plain components
+//!   unit-tested without actix.
 //! - [`messages`] — the messages the Publisher handles.
 //! - [`error`] — [`PublishError`], in a leaf module so that `messages` does
 //!   not import the parent that declares it.
