@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`publisher`] — the Publisher actor — tails the log from its persisted
 //!   cursor and publishes every event to JetStream (`CAIRN_EVENTS`) with
-//!   `Nats-Msg-Id` = event id; [`publisher::window`] is its plain component
-//!   (in-flight window and cursor), unit-tested without actix.
+//!   `Nats-Msg-Id` = event id, in log order (each publish fenced on the
+//!   stream position before its own); [`publisher::window`] is its plain
+//!   component (in-flight window, cursor and fence), unit-tested without
+//!   actix.
 //! - [`service`] — the `cairn` NATS micro service — endpoint registration,
 //!   request decoding (JSON or protobuf), error replies; one module per area
 //!   (`service::log` for `cairn.v1.log.read`).

@@ -9,7 +9,9 @@
 //! - [`config`] — [`config::NodeConfig`] — TOML file, `CAIRN_*` environment,
 //!   flags (lowest to highest precedence) — and its validation.
 //! - [`local_nats`] — a `nats-server -js` child for nodes without a NATS URL
-//!   (and for tests and benchmarks).
+//!   (and for tests and benchmarks); it dies with its node (parent-death
+//!   signal), and a server an earlier run left is found by its pid file
+//!   and stopped.
 //! - [`node`] — starting and gracefully stopping a node.
 //! - [`log_cmd`] — `cairn log` — over NATS or straight from a data directory.
 //! - [`views_cmd`] — `cairn views rebuild`.

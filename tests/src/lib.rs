@@ -21,7 +21,11 @@
 //!   directory kept when its test fails).
 //! - [`git`] — [`GitFixture`] (Porch fixtures unpacked, generated
 //!   repositories), [`git()`] the one Git runner, [`unpack`].
+//! - [`jetstream`] — [`jetstream::cairn_seqs`], the position and `Cairn-Seq`
+//!   of every message of a stream, in stream order.
 //! - [`process`] — [`ChildGuard`] (kills a child and its descendants),
+//!   [`PidGuard`] (kills a process that is not the test's child),
+//!   [`process::is_running`],
 //!   [`Cli`] (the `cairn` CLI with a timeout; [`cairn_cli!`] names the
 //!   binary), [`ClosedPort`], line readers with deadlines.
 //! - [`store`] — [`TempStore`] and sample [`events`].
@@ -35,6 +39,7 @@
 
 pub mod client;
 pub mod git;
+pub mod jetstream;
 pub mod nats;
 pub mod node;
 pub mod paths;
@@ -51,7 +56,7 @@ pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder};
 pub use paths::shared_dir;
 pub use process::{
-    async_lines, next_line, read_line_matching, ChildGuard, Cli, CliOutput, ClosedPort,
+    async_lines, next_line, read_line_matching, ChildGuard, Cli, CliOutput, ClosedPort, PidGuard,
 };
 pub use store::{events, TempStore};
 pub use wait::{wait_until, wait_until_blocking, within, WAIT};

@@ -263,8 +263,13 @@ impl ChildNode {
 
     /// [`Self::start`] with other arguments.
     pub fn start_with(cli: &Cli, data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_command(Self::command(cli, data_dir, args))
+    }
+
+    /// Starts `command` (from [`Self::command`], e.g. with more
+    /// environment) and waits (bounded) for its ready line.
+    pub fn start_command(mut command: Command) -> Self {
         // Its log goes where the test's output goes.
-        let mut command = Self::command(cli, data_dir, args);
         let mut guard = ChildGuard::spawn(command.stderr(Stdio::inherit()));
         let stdout = guard.0.stdout.take().expect("stdout is piped");
         let (ready, rest) = read_line_matching(stdout, WAIT, |l| l.starts_with(READY_PREFIX))
@@ -300,6 +305,13 @@ impl ChildNode {
     /// Pids of the processes it started (its nats-server).
     pub fn children(&self) -> Vec<u32> {
         crate::process::descendants(self.id())
+    }
+
+    /// SIGKILL of the node alone, as a crash would: what it started is
+    /// left to fend for itself. Reaps it; its exit status.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.guard.signal(Signal::SIGKILL);
+        self.guard.wait_timeout(WAIT)
     }
 
     /// SIGTERM, then its exit status (bounded by `timeout`).

@@ -2,10 +2,13 @@
 //! line readers with deadlines, the `cairn` CLI run with a timeout, and a
 //! port that refuses connections.
 //!
-//! Decision: a child node starts a nats-server of its own, so killing only
-//! the node (SIGKILL runs no destructor) would leave that server running.
-//! [`ChildGuard`] therefore finds the child's descendants in `/proc` and
-//! kills them too. Children stay in the test's process group, so when
+//! Decision: a child node starts a nats-server of its own; killing only the
+//! node (SIGKILL runs no destructor) leaves that server to stop by itself
+//! (its parent-death signal, SIGTERM). [`ChildGuard`] does not rely on
+//! that: it finds the child's descendants in `/proc` and kills them too, so
+//! a failing test leaves nothing behind even when that signal is what
+//! failed. [`PidGuard`] does the same for a process the test did not start
+//! as its child (e.g. the server of a node a test killed on purpose). Children stay in the test's process group, so when
 //! nextest kills a test that timed out, its group — children included —
 //! goes with it.
 
@@ -31,6 +34,47 @@ fn parent_of(pid: u32) -> Option<u32> {
     // "pid (comm) state ppid …"; comm may hold spaces and parentheses.
     let after = stat.rsplit_once(')')?.1;
     after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` runs: it exists and is no zombie (a zombie has exited and
+/// only waits to be reaped, by init when its parent died).
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
+/// A process this test did not start as its child (e.g. a node's
+/// nats-server, left to init when the node was killed), SIGKILLed on drop
+/// if it still runs with the command it had when the guard was made, so a
+/// failing test does not leave it behind (and a reused pid is left alone).
+#[derive(Debug)]
+pub struct PidGuard {
+    pid: u32,
+    cmdline: Option<Vec<u8>>,
+}
+
+impl PidGuard {
+    /// Guards `pid` as it runs now.
+    pub fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            cmdline: std::fs::read(format!("/proc/{pid}/cmdline")).ok(),
+        }
+    }
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let now = std::fs::read(format!("/proc/{}/cmdline", self.pid)).ok();
+        if is_running(self.pid) && now.is_some() && now == self.cmdline {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Every live descendant of `root` (children first, then theirs).

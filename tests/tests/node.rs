@@ -8,8 +8,9 @@ use std::{net::TcpListener, path::Path, process::Stdio};
 use cairn_events::{envelope::Metadata, v1::LogReadReply, StreamId};
 use cairn_storage::{views::default_views, EventLog, ExpectedVersion, Store, StoreConfig};
 use cairn_tests::{
-    async_lines, cairn_cli, events, next_line, read_line_matching, ChildGuard, ChildNode, Client,
-    NatsServer, NatsServerConfig, TestDir, TestNodeBuilder, WAIT,
+    async_lines, cairn_cli, events, next_line, process::is_running, read_line_matching,
+    wait_until_blocking, ChildGuard, ChildNode, Client, NatsServer, NatsServerConfig, PidGuard,
+    TestDir, TestNodeBuilder, WAIT,
 };
 use prost::Message as _;
 use serde_json::{json, Value};
@@ -367,6 +368,86 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
         line.starts_with("rebuilt 4 views (repositories, package_revisions, package_revision_list, requests) from 3 events in "),
         "{line}"
     );
+}
+
+/// The pid in a node's `nats/nats-server.pid`.
+fn nats_pid_file(data_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join("nats").join("nats-server.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// A node killed with SIGKILL takes its nats-server with it (and a node
+/// finding its predecessor's server still there stops it): started again
+/// at once, on the same data directory and port, it serves.
+#[test]
+fn a_sigkilled_node_restarts_at_once_on_its_data_dir_and_port() {
+    let dir = TestDir::new();
+    let cli = cairn_cli!();
+    let mut first = ChildNode::start(&cli, dir.path());
+    let url = first.url().to_owned();
+    let port = url.rsplit(':').next().expect("a port").to_owned();
+    let servers = first.children();
+    assert_eq!(servers.len(), 1, "one nats-server: {servers:?}");
+    let old = servers[0];
+    // Left to init by the kill: a failing test must not leave it running.
+    let _old = PidGuard::new(old);
+    assert_eq!(nats_pid_file(dir.path()), Some(old));
+    assert!(!first.kill().success());
+
+    // At once: nothing waits for the old server to go.
+    let mut second = ChildNode::start_with(
+        &cli,
+        dir.path(),
+        &["--nats-listen", &format!("127.0.0.1:{port}")],
+    );
+    assert_eq!(second.url(), url, "the same port");
+    assert!(!is_running(old), "the old nats-server {old} is gone");
+    let servers = second.children();
+    assert_eq!(servers.len(), 1, "one nats-server: {servers:?}");
+    assert_ne!(servers[0], old);
+    assert_eq!(nats_pid_file(dir.path()), Some(servers[0]));
+    let ping = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = Client::connect(&url).await;
+            client.srv("PING").await
+        });
+    assert_eq!(ping["name"], "cairn");
+    assert!(second.terminate(WAIT).success());
+    assert_eq!(nats_pid_file(dir.path()), None, "removed at shutdown");
+    assert!(!is_running(servers[0]));
+}
+
+/// A node killed with SIGKILL runs no destructor: its nats-server stops by
+/// itself (its parent-death signal), leaving only its pid file, which the
+/// next start finds stale.
+#[test]
+fn the_nats_server_of_a_sigkilled_node_exits_with_it() {
+    let dir = TestDir::new();
+    let cli = cairn_cli!();
+    let mut node = ChildNode::start(&cli, dir.path());
+    let servers = node.children();
+    assert_eq!(servers.len(), 1, "one nats-server: {servers:?}");
+    let server = servers[0];
+    let _server = PidGuard::new(server);
+    assert!(!node.kill().success());
+    let gone = wait_until_blocking(WAIT, || {
+        if is_running(server) {
+            Err(format!("nats-server {server} still runs"))
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!(gone, Ok(()));
+    assert_eq!(nats_pid_file(dir.path()), Some(server), "nobody removed it");
+    let mut again = ChildNode::start(&cli, dir.path());
+    let servers = again.children();
+    assert_eq!(servers.len(), 1, "one nats-server: {servers:?}");
+    assert_eq!(nats_pid_file(dir.path()), Some(servers[0]));
+    assert!(again.terminate(WAIT).success());
 }
 
 #[test]

@@ -1,15 +1,22 @@
 //! The Publisher against a real nats-server: every event reaches the
 //! `CAIRN_EVENTS` JetStream stream exactly once, on its subject, with
-//! `Nats-Msg-Id` = event id — also when nats-server is stopped and restarted
-//! in the middle of a burst.
+//! `Nats-Msg-Id` = event id, in log order (stream position n holds
+//! `Cairn-Seq` n) — also when nats-server is stopped and restarted in the
+//! middle of a burst, and when the node (`cairn node`, a child process) is
+//! SIGKILLed during such an outage and started again.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, path::Path, time::Duration};
 
 use actix::Actor;
 use cairn_actors::publisher::{Flush, GetStatus, Publisher, PublisherConfig, Stop};
 use cairn_events::{envelope, envelope::Metadata, v1::Envelope, StreamId};
-use cairn_storage::{keys::meta, EventLog, ExpectedVersion, Store};
-use cairn_tests::{events, within, NatsServer, TempStore, WAIT};
+use cairn_storage::{
+    keys::meta, views::default_views, EventLog, ExpectedVersion, Store, StoreConfig,
+};
+use cairn_tests::{
+    cairn_cli, events, jetstream::cairn_seqs, wait_until, within, ChildNode, NatsServer, TempStore,
+    TestDir, WAIT,
+};
 use futures::StreamExt;
 
 async fn connect(url: &str) -> async_nats::Client {
@@ -220,4 +227,228 @@ async fn exactly_once_when_nats_restarts_mid_burst() {
     }
     publisher.send(Stop).await.unwrap();
     drop(nats);
+}
+
+/// Panics unless `CAIRN_EVENTS` holds `Cairn-Seq` 1..=`events` at
+/// positions 1..=`events`: every event once, in log order. The message
+/// names the first position that breaks the order and what lies around it.
+async fn assert_log_order(client: &async_nats::Client, events: u64, what: &str) {
+    let stored = cairn_seqs(client, "CAIRN_EVENTS").await;
+    let got: Vec<(u64, Option<u64>)> = stored.iter().map(|s| (s.position, s.cairn_seq)).collect();
+    let want: Vec<(u64, Option<u64>)> = (1..=events).map(|n| (n, Some(n))).collect();
+    if got != want {
+        let first = got
+            .iter()
+            .zip(&want)
+            .position(|(g, w)| g != w)
+            .unwrap_or(got.len().min(want.len()));
+        let around = &got[first.saturating_sub(2)..(first + 8).min(got.len())];
+        panic!(
+            "{what}: CAIRN_EVENTS holds {} messages for {events} events; first out of order at index {first}: (position, Cairn-Seq) {around:?}",
+            got.len()
+        );
+    }
+}
+
+/// Rounds of the in-process order test: a lost publish shows up in about
+/// half of them without the fence.
+const RESTART_ROUNDS: usize = 6;
+
+/// nats-server stops and restarts while the Publisher works through a
+/// backlog: publishes are lost with the connection while later ones wait in
+/// the client and go out after the reconnect. The stream must still hold
+/// every event once, at the position of its `Cairn-Seq`.
+#[actix_rt::test]
+async fn log_order_when_nats_restarts_mid_burst() {
+    for round in 0..RESTART_ROUNDS {
+        let nats = NatsServer::start();
+        let ts = TempStore::open();
+        let store = ts.store.clone();
+        let client = connect(&nats.url()).await;
+        let config = PublisherConfig {
+            max_in_flight: 256,
+            read_batch_events: 256,
+            ack_timeout: Duration::from_secs(1),
+            retry_delay: Duration::from_millis(100),
+            ..PublisherConfig::default()
+        };
+        // A backlog published at full speed, so that many publishes are in
+        // flight when nats-server stops.
+        let appended = append_burst(&store, 20, 1000);
+        let publisher = Publisher::new(store.clone(), client.clone(), config)
+            .unwrap()
+            .start();
+        let mut observed = client.subscribe("cairn.events.>").await.unwrap();
+        within("the subscription", WAIT, client.flush())
+            .await
+            .unwrap();
+        for _ in 0..2000 {
+            within("a published event", WAIT, observed.next())
+                .await
+                .unwrap();
+        }
+        let nats = tokio::task::spawn_blocking(move || {
+            let mut nats = nats;
+            nats.stop();
+            nats.restart();
+            nats
+        })
+        .await
+        .unwrap();
+        let cursor = publisher
+            .send(Flush {
+                timeout: Duration::from_secs(60),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cursor, appended.len() as u64, "round {round}");
+        assert_log_order(&client, appended.len() as u64, &format!("round {round}")).await;
+        publisher.send(Stop).await.unwrap();
+        drop(nats);
+    }
+}
+
+/// Events in the log of the node the order test kills: a backlog the node
+/// publishes at full speed, so that many publishes are in flight when
+/// nats-server stops.
+const BACKLOG_EVENTS: u64 = 30_000;
+/// Published messages the order test sees before it stops nats-server.
+const SEEN_BEFORE_STOP: usize = 3_000;
+/// Outage rounds of the order test (each one: a fresh nats-server and data
+/// directory). Before the publisher fenced its publishes, this many rounds
+/// showed the reorder every time (see the README's Publisher section).
+const ORDER_ROUNDS: usize = 6;
+
+/// Appends `count` events to a stream that is no repository (a node would
+/// sync a registered repository), 1000 per append.
+fn seed_backlog(data_dir: &Path, count: u64) {
+    let store = Store::open(StoreConfig::new(data_dir.join("store")), default_views()).unwrap();
+    let stream = StreamId::new("test/order/backlog").unwrap();
+    let mut appended = 0;
+    while appended < count {
+        let n = (count - appended).min(1000);
+        let batch = (appended..appended + n)
+            .map(|i| events::closed(&format!("backlog {i}")))
+            .collect();
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                batch,
+                Metadata::command("tester"),
+            )
+            .unwrap();
+        appended += n;
+    }
+}
+
+/// `cairn node` on `data_dir`, publishing to `url` (acks time out after 2 s).
+fn start_node(data_dir: &Path, url: &str) -> ChildNode {
+    let mut command = ChildNode::command(&cairn_cli!(), data_dir, &["--nats-url", url]);
+    command.env("CAIRN_PUBLISHER__ACK_TIMEOUT", "2s");
+    ChildNode::start_command(command)
+}
+
+/// The fault: nats-server stops while the node publishes (some
+/// publishes are lost with the connection, later ones wait in the client),
+/// the node is SIGKILLed — during the outage in even rounds, right after it
+/// reconnected (its waiting publishes sent, the lost one still unacked) in
+/// odd rounds — then nats-server and the node start again. The stream must
+/// hold every event once, at the position of its `Cairn-Seq`.
+#[test]
+fn publish_order_survives_a_kill_during_a_nats_outage() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..ORDER_ROUNDS {
+        let kill_after_reconnect = round % 2 == 1;
+        let mut nats = NatsServer::start();
+        let url = nats.url();
+        let dir = TestDir::new();
+        seed_backlog(dir.path(), BACKLOG_EVENTS);
+        let mut node = start_node(dir.path(), &url);
+        rt.block_on(async {
+            let client = connect(&url).await;
+            let mut observed = client.subscribe("cairn.events.>").await.unwrap();
+            for _ in 0..SEEN_BEFORE_STOP {
+                within("a published event", WAIT, observed.next())
+                    .await
+                    .unwrap();
+            }
+        });
+        nats.stop();
+        if !kill_after_reconnect {
+            node.kill();
+        }
+        nats.restart();
+        if kill_after_reconnect {
+            rt.block_on(async {
+                let client = connect(&url).await;
+                // The service answers once the node is reconnected; what it
+                // queued during the outage went out before the reply (one
+                // connection, in order).
+                wait_until("the node back on NATS", WAIT, || {
+                    let client = client.clone();
+                    async move {
+                        match tokio::time::timeout(
+                            Duration::from_secs(1),
+                            client.request("$SRV.PING.cairn", "".into()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("no reply within 1s".to_owned()),
+                        }
+                    }
+                })
+                .await;
+            });
+            node.kill();
+        }
+        let mut node = start_node(dir.path(), &url);
+        rt.block_on(async {
+            let client = connect(&url).await;
+            let js = async_nats::jetstream::new(client.clone());
+            wait_until("every event in CAIRN_EVENTS", WAIT, || {
+                let js = js.clone();
+                async move {
+                    let mut stream = js
+                        .get_stream("CAIRN_EVENTS")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let messages = stream
+                        .info()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .state
+                        .messages;
+                    if messages >= BACKLOG_EVENTS {
+                        Ok(())
+                    } else {
+                        Err(format!("{messages} messages"))
+                    }
+                }
+            })
+            .await;
+        });
+        assert!(
+            node.terminate(WAIT).success(),
+            "round {round}: the node's exit"
+        );
+        rt.block_on(async {
+            let client = connect(&url).await;
+            let what = format!(
+                "round {round} (killed {})",
+                if kill_after_reconnect {
+                    "after reconnecting"
+                } else {
+                    "during the outage"
+                }
+            );
+            assert_log_order(&client, BACKLOG_EVENTS, &what).await;
+        });
+    }
 }

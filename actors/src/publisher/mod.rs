@@ -6,21 +6,55 @@
 //! (`cairn.events.<namespace>.<repository>.<type>`) into the `CAIRN_EVENTS`
 //! stream, created if missing (subjects `cairn.events.>`, file storage),
 //! with `Nats-Msg-Id` = event id. The cursor advances only over events
-//! JetStream has acknowledged ([`window::PublishWindow`]). When NATS goes
-//! away, publishes fail or time out; the publisher waits, then resumes from
-//! the cursor. Events published twice that way (sent before the failure,
-//! acknowledged never) are dropped by JetStream's duplicate window, so a
-//! consumer sees each event once. The cursor is saved without fsync: losing
-//! its last moves on a crash only means re-publishing into the same window.
+//! JetStream has acknowledged ([`window::PublishWindow`]). The cursor is
+//! saved without fsync: losing its last moves on a crash only means
+//! re-publishing what the stream already holds, which the next session
+//! skips (below).
 //!
 //! The message body is the protobuf-encoded envelope
 //! (`Content-Type: application/protobuf`); headers `Cairn-Seq` and
 //! `Cairn-Stream` let consumers route without decoding.
 //!
+//! # Order, across outages and crashes
+//! Publishes are pipelined (up to `max_in_flight`), and JetStream handles
+//! each on its own: when NATS goes away, a publish can be lost with the
+//! connection (async-nats drops its write buffer on a reconnect) while
+//! later ones, still queued in the client, go out after the reconnect; or
+//! a publish times out and is retried after later ones were stored. Left
+//! alone, either stores an event after later ones (seen: `Cairn-Seq` 183
+//! at position 189). So a session works like this:
+//! 1. **Read the stream's end** (`PublishTask::ensure_stream`, then
+//!    `PublishTask::resume`): its last position, and the `Cairn-Seq` and
+//!    event id of the message there. If that is this log's event and ahead
+//!    of the cursor, the cursor moves up to it ([`window::resume_cursor`]):
+//!    the stream, being in order, holds everything up to it.
+//! 2. **Publish fenced**: each event carries
+//!    `Nats-Expected-Last-Sequence` = the stream position right before its
+//!    own ([`window::PublishWindow::expected_last_sequence`]). An event can
+//!    only be stored right after its predecessor; once one is missing, the
+//!    later ones of the window are refused (`wrong last sequence`), and so
+//!    is any stale copy that reaches the server later, from this session or
+//!    an earlier one, from this process or one that was killed — unless
+//!    JetStream drops it first as a duplicate of what it already holds.
+//! 3. **On any failure** (a send, an ack error or timeout, an ack at an
+//!    unexpected position), abandon the window: send nothing more, wait for
+//!    the acks still due (each ends within `ack_timeout`; this also returns
+//!    async-nats' in-flight permits, which abandoned acks would hold), pause
+//!    `retry_delay`, and start again at step 1 — which fails, and is
+//!    retried, until NATS answers again.
+//!
+//! So order no longer rests on `Nats-Msg-Id` de-duplication, which only
+//! works within the stream's duplicate window (2 minutes): de-duplication
+//! still spares re-publishing work, the fence is what keeps the order. The
+//! fence assumes cairn is the only writer of `cairn.events.>` in the
+//! stream; a foreign message makes the next publish fail and the session
+//! restart on the new end (one retry, no disorder).
+//!
 //! # Layout
 //! - this module — the [`Publisher`] actor and its configuration.
-//! - [`window`] — [`window::PublishWindow`], the in-flight window and the
-//!   cursor, a plain component unit-tested without actix.
+//! - [`window`] — [`window::PublishWindow`], the in-flight window, the
+//!   cursor and the fence, and [`window::resume_cursor`]: plain components
+//!   unit-tested without actix.
 //! - [`messages`] — the messages the Publisher handles.
 //! - [`error`] — [`PublishError`], in a leaf module so that `messages` does
 //!   not import the parent that declares it.
@@ -32,16 +66,21 @@ pub mod window;
 use std::{collections::VecDeque, time::Duration};
 
 use actix::prelude::*;
-use async_nats::jetstream::{self, message::PublishMessage, stream::StorageType};
+use async_nats::jetstream::{
+    self,
+    context::PublishAckFuture,
+    message::PublishMessage,
+    stream::{LastRawMessageErrorKind, StorageType},
+};
 use cairn_events::{envelope, subject, v1::Envelope, StreamId};
 use cairn_storage::{keys::meta, EventLog, Store};
-use futures::{stream::FuturesUnordered, StreamExt};
+use futures::{future::BoxFuture, stream::FuturesUnordered, FutureExt as _, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 pub use error::PublishError;
 pub use messages::{Flush, GetStatus, PublisherStatus, Stop};
-use window::PublishWindow;
+use window::{resume_cursor, PublishWindow};
 
 /// Tuning of the publisher.
 #[derive(Debug, Clone)]
@@ -237,7 +276,7 @@ impl PublishTask {
         info!(cursor, "publisher stopped");
     }
 
-    async fn ensure_stream(&self) -> Result<(), String> {
+    async fn ensure_stream(&self) -> Result<jetstream::stream::Stream, String> {
         let config = jetstream::stream::Config {
             name: self.config.stream_name.clone(),
             subjects: vec![subject::EVENTS_WILDCARD.to_owned()],
@@ -246,16 +285,12 @@ impl PublishTask {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        self.js
-            .get_or_create_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "cannot create or find stream {}: {e}",
-                    self.config.stream_name
-                )
-            })
+        self.js.get_or_create_stream(config).await.map_err(|e| {
+            format!(
+                "cannot create or find stream {}: {e}",
+                self.config.stream_name
+            )
+        })
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, String> {
@@ -266,19 +301,77 @@ impl PublishTask {
             .map_err(|e| e.to_string())
     }
 
+    /// Where the stream ends (step 1 of the module docs): moves the cursor
+    /// past what the stream already holds of this log and returns the
+    /// stream's last position, the window's fence.
+    async fn resume(&self, stream: &jetstream::stream::Stream) -> Result<u64, String> {
+        let state = &stream.cached_info().state;
+        let last = state.last_sequence;
+        if state.messages == 0 {
+            return Ok(last);
+        }
+        let tail = match stream.get_raw_message(last).await {
+            Ok(message) => {
+                let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+                header("Cairn-Seq")
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .zip(header("Nats-Msg-Id"))
+            }
+            // Deleted since: nothing to learn from it.
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(format!("reading the last message of the stream: {e}")),
+        };
+        let cursor = *self.cursor.borrow();
+        if let Some((seq, id)) = tail.as_ref().filter(|(seq, _)| *seq > cursor) {
+            let in_log = self
+                .read(*seq, 1)
+                .await
+                .map_err(|e| format!("reading the log: {e}"))?;
+            let log_id = in_log
+                .into_iter()
+                .find(|e| e.seq == *seq)
+                .map(|e| e.event_id);
+            let resumed = resume_cursor(cursor, Some((*seq, id)), log_id.as_deref());
+            if resumed > cursor {
+                info!(
+                    cursor,
+                    resumed, "the stream holds events past the cursor; resuming after them"
+                );
+                self.cursor.send_replace(resumed);
+            } else {
+                warn!(cursor, stream_seq = seq, event_id = %id,
+                    "the stream ends with an event this log does not hold at that seq; publishing from the cursor");
+            }
+        }
+        Ok(last)
+    }
+
     async fn session(&mut self) -> SessionEnd {
         if *self.stop.borrow() {
             return SessionEnd::Stopped;
         }
-        if let Err(e) = self.ensure_stream().await {
-            return SessionEnd::Failed(e);
-        }
+        let stream = match self.ensure_stream().await {
+            Ok(stream) => stream,
+            Err(e) => return SessionEnd::Failed(e),
+        };
+        let stream_last = match self.resume(&stream).await {
+            Ok(last) => last,
+            Err(e) => return SessionEnd::Failed(e),
+        };
         let mut committed = self.store.subscribe();
-        let mut window = PublishWindow::new(*self.cursor.borrow(), self.config.max_in_flight);
+        let mut window = PublishWindow::new(
+            *self.cursor.borrow(),
+            stream_last,
+            self.config.max_in_flight,
+        );
         let mut buffer: VecDeque<Envelope> = VecDeque::new();
-        let mut acks = FuturesUnordered::new();
+        let mut acks: FuturesUnordered<BoxFuture<'static, (u64, AckResult)>> =
+            FuturesUnordered::new();
         let mut stopping = false;
-        debug!(cursor = window.cursor(), "publishing session started");
+        debug!(
+            cursor = window.cursor(),
+            stream_last, "publishing session started"
+        );
         loop {
             let last = *committed.borrow_and_update();
             while !stopping && window.room() > 0 && window.next_seq() <= last {
@@ -288,7 +381,10 @@ impl PublishTask {
                     let limit = self.config.read_batch_events.max(1);
                     match self.read(window.next_seq(), limit).await {
                         Ok(events) => buffer.extend(events),
-                        Err(e) => return SessionEnd::Failed(format!("reading the log: {e}")),
+                        Err(e) => {
+                            let why = format!("reading the log: {e}");
+                            return self.abandon(&mut window, acks, why).await;
+                        }
                     }
                     if buffer.is_empty() {
                         break;
@@ -298,10 +394,15 @@ impl PublishTask {
                 let seq = env.seq;
                 let subject = match subject_for(&env) {
                     Ok(s) => s,
-                    Err(e) => return SessionEnd::Failed(format!("event {seq}: {e}")),
+                    Err(e) => {
+                        return self
+                            .abandon(&mut window, acks, format!("event {seq}: {e}"))
+                            .await
+                    }
                 };
                 let mut publish = PublishMessage::build()
                     .message_id(env.event_id.as_str())
+                    .expected_last_sequence(window.expected_last_sequence(seq))
                     .header("Content-Type", "application/protobuf")
                     .header("Cairn-Seq", seq.to_string().as_str())
                     .header("Cairn-Stream", env.stream.as_str());
@@ -312,35 +413,100 @@ impl PublishTask {
                 match self.js.send_publish(subject, publish).await {
                     Ok(ack) => {
                         window.sent(seq);
-                        acks.push(async move { (seq, ack.await) });
+                        acks.push(await_ack(seq, ack));
                     }
-                    Err(e) => return SessionEnd::Failed(format!("publishing event {seq}: {e}")),
+                    Err(e) => {
+                        let why = format!("publishing event {seq}: {e}");
+                        return self.abandon(&mut window, acks, why).await;
+                    }
                 }
             }
             if stopping && acks.is_empty() {
                 return SessionEnd::Stopped;
             }
-            tokio::select! {
-                Some((seq, result)) = acks.next(), if !acks.is_empty() => match result {
-                    Ok(_) => {
-                        if let Some(cursor) = window.acked(seq) {
-                            self.cursor.send_replace(cursor);
-                        }
+            let step = tokio::select! {
+                Some((seq, result)) = acks.next(), if !acks.is_empty() => Step::Ack(seq, result),
+                changed = committed.changed(), if !stopping => Step::Committed { closed: changed.is_err() },
+                _ = self.stop.wait_for(|s| *s), if !stopping => Step::Stop,
+            };
+            match step {
+                Step::Ack(seq, Ok(ack)) => {
+                    let at = window.expected_last_sequence(seq) + 1;
+                    if !ack.duplicate && ack.sequence != at {
+                        let why = format!(
+                            "event {seq} stored at stream position {} instead of {at}",
+                            ack.sequence
+                        );
+                        return self.abandon(&mut window, acks, why).await;
                     }
-                    Err(e) => return SessionEnd::Failed(format!("ack of event {seq}: {e}")),
-                },
-                changed = committed.changed(), if !stopping => {
-                    if changed.is_err() {
-                        stopping = true;
+                    if let Some(cursor) = window.acked(seq) {
+                        self.cursor.send_replace(cursor);
                     }
                 }
-                _ = self.stop.wait_for(|s| *s), if !stopping => {
-                    stopping = true;
+                Step::Ack(seq, Err(e)) => {
+                    let why = format!("ack of event {seq}: {e}");
+                    return self.abandon(&mut window, acks, why).await;
                 }
+                Step::Committed { closed } => stopping |= closed,
+                Step::Stop => stopping = true,
             }
         }
     }
+
+    /// Ends a failed session (step 3 of the module docs): publishes
+    /// nothing more and waits for the acks still due, at most
+    /// `ack_timeout` + [`ABANDON_MARGIN`] (each ack times out after
+    /// `ack_timeout` by itself); acks that succeed meanwhile still move the
+    /// cursor.
+    async fn abandon(
+        &mut self,
+        window: &mut PublishWindow,
+        mut acks: FuturesUnordered<BoxFuture<'static, (u64, AckResult)>>,
+        why: String,
+    ) -> SessionEnd {
+        let due = acks.len();
+        let drain = async {
+            while let Some((seq, result)) = acks.next().await {
+                if result.is_ok() {
+                    if let Some(cursor) = window.acked(seq) {
+                        self.cursor.send_replace(cursor);
+                    }
+                }
+            }
+        };
+        let drained = tokio::time::timeout(self.config.ack_timeout + ABANDON_MARGIN, drain)
+            .await
+            .is_ok();
+        debug!(
+            due,
+            drained,
+            cursor = *self.cursor.borrow(),
+            "publishing window abandoned"
+        );
+        SessionEnd::Failed(why)
+    }
 }
+
+/// What woke a session up.
+enum Step {
+    /// The ack (or its failure) of an event.
+    Ack(u64, AckResult),
+    /// The log moved on, or (`closed`) the store is gone.
+    Committed { closed: bool },
+    /// Stop was asked for.
+    Stop,
+}
+
+/// The result of one JetStream ack.
+type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
+
+/// Waits for the ack of `seq`.
+fn await_ack(seq: u64, ack: PublishAckFuture) -> BoxFuture<'static, (u64, AckResult)> {
+    async move { (seq, ack.await) }.boxed()
+}
+
+/// Slack beyond `ack_timeout` when waiting for an abandoned window's acks.
+const ABANDON_MARGIN: Duration = Duration::from_secs(1);
 
 /// Time between two cursor saves.
 const CURSOR_SAVE_INTERVAL: Duration = Duration::from_millis(100);

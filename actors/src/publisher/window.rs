@@ -1,33 +1,56 @@
-//! The publisher's component: which events are in flight, and how far the
-//! cursor may move.
+//! The publisher's component: which events are in flight, how far the
+//! cursor may move, and where in the stream each publish must land.
 //!
 //! Events are published in log order, with at most `max_in_flight`
 //! unacknowledged. Acks may arrive in any order; the cursor moves only over
 //! the contiguous prefix of acknowledged sequence numbers, so after a crash
 //! or a lost connection publishing resumes right after the last event known
-//! to be stored by JetStream — re-publishing some, which JetStream
-//! de-duplicates by `Nats-Msg-Id`, and never skipping one.
-
+//! to be stored by JetStream, never skipping one.
+//!
+//! Order in the stream is fenced, not hoped for: a window opens on what the
+//! stream holds (its last position), and the event `n` places after the
+//! cursor may only be stored right after the stream's position `n - 1`
+//! places after that one (`Nats-Expected-Last-Sequence`,
+//! [`PublishWindow::expected_last_sequence`]). A publish that arrives late —
+//! lost with a connection and retried, or buffered in the client through an
+//! outage while later ones were re-published — finds the stream elsewhere
+//! and is refused (or dropped as a duplicate), so it can never land after
+//! a later event.
 use std::collections::BTreeSet;
 
-/// In-flight window and cursor.
+/// In-flight window, cursor and stream fence.
 #[derive(Debug, Clone)]
 pub struct PublishWindow {
     cursor: u64,
     next: u64,
     acked_ahead: BTreeSet<u64>,
     max_in_flight: usize,
+    /// The first sequence this window publishes.
+    first: u64,
+    /// The stream's last position when the window opened.
+    stream_last: u64,
 }
 
 impl PublishWindow {
-    /// A window resuming after `cursor` (everything ≤ `cursor` is acked).
-    pub fn new(cursor: u64, max_in_flight: usize) -> Self {
+    /// A window resuming after `cursor` (everything ≤ `cursor` is acked)
+    /// on a stream whose last message is at position `stream_last` (0: an
+    /// empty stream).
+    pub fn new(cursor: u64, stream_last: u64, max_in_flight: usize) -> Self {
         Self {
             cursor,
             next: cursor + 1,
             acked_ahead: BTreeSet::new(),
             max_in_flight: max_in_flight.max(1),
+            first: cursor + 1,
+            stream_last,
         }
+    }
+
+    /// The stream position `seq` may only follow: its
+    /// `Nats-Expected-Last-Sequence`. `seq` lands at this + 1 or nowhere.
+    pub fn expected_last_sequence(&self, seq: u64) -> u64 {
+        debug_assert!(seq >= self.first, "seq {seq} precedes the window");
+        self.stream_last + (seq - self.first)
     }
 
     /// Every sequence ≤ this has been acknowledged.
@@ -71,11 +94,20 @@ impl PublishWindow {
         }
         (self.cursor > before).then_some(self.cursor)
     }
+}
 
-    /// Forgets everything in flight: publishing restarts after the cursor.
-    pub fn reset(&mut self) {
-        self.next = self.cursor + 1;
-        self.acked_ahead.clear();
+/// The cursor a session resumes from, given the stream's last message:
+/// its `Cairn-Seq` and event id (`tail`), and the event id this log holds
+/// at that seq (`log_event_id`). The stream is ahead of the cursor when
+/// acks were lost (a crash, a cut connection, a cursor not yet saved):
+/// since the stream is in log order, everything up to its last `Cairn-Seq`
+/// is stored, and publishing resumes after it. A tail that is not this
+/// log's event (a stream shared with another log, or a log started anew)
+/// tells nothing: the cursor stands.
+pub fn resume_cursor(cursor: u64, tail: Option<(u64, &str)>, log_event_id: Option<&str>) -> u64 {
+    match tail {
+        Some((seq, id)) if seq > cursor && log_event_id == Some(id) => seq,
+        _ => cursor,
     }
 }
 
@@ -85,7 +117,7 @@ mod tests {
 
     #[test]
     fn cursor_moves_only_over_contiguous_acks() {
-        let mut w = PublishWindow::new(10, 4);
+        let mut w = PublishWindow::new(10, 0, 4);
         for s in 11..=14 {
             w.sent(s);
         }
@@ -101,7 +133,7 @@ mod tests {
 
     #[test]
     fn stale_and_unknown_acks_are_ignored() {
-        let mut w = PublishWindow::new(5, 8);
+        let mut w = PublishWindow::new(5, 0, 8);
         w.sent(6);
         assert_eq!(w.acked(5), None);
         assert_eq!(w.acked(7), None, "never sent");
@@ -110,14 +142,38 @@ mod tests {
     }
 
     #[test]
-    fn reset_resumes_after_the_cursor() {
-        let mut w = PublishWindow::new(0, 8);
-        for s in 1..=5 {
-            w.sent(s);
-        }
-        w.acked(1);
-        w.acked(3);
-        w.reset();
-        assert_eq!((w.cursor(), w.next_seq(), w.in_flight()), (1, 2, 0));
+    fn each_event_is_fenced_on_the_position_before_its_own() {
+        // Cursor 182, the stream's last message at position 182.
+        let w = PublishWindow::new(182, 182, 8);
+        assert_eq!(w.expected_last_sequence(183), 182);
+        assert_eq!(w.expected_last_sequence(189), 188);
+        // The stream holds other messages too (or lost some): the fence
+        // follows the stream's positions, not the log's sequence numbers.
+        let w = PublishWindow::new(10, 25, 8);
+        assert_eq!(
+            (w.expected_last_sequence(11), w.expected_last_sequence(12)),
+            (25, 26)
+        );
+    }
+
+    #[test]
+    fn a_session_resumes_after_the_streams_last_event_of_this_log() {
+        assert_eq!(resume_cursor(182, Some((189, "e189")), Some("e189")), 189);
+        assert_eq!(
+            resume_cursor(182, Some((189, "e189")), Some("other")),
+            182,
+            "another log's event"
+        );
+        assert_eq!(
+            resume_cursor(182, Some((189, "e189")), None),
+            182,
+            "beyond this log"
+        );
+        assert_eq!(
+            resume_cursor(190, Some((189, "e189")), Some("e189")),
+            190,
+            "never backwards"
+        );
+        assert_eq!(resume_cursor(182, None, None), 182, "an empty stream");
     }
 }
