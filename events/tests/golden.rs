@@ -136,6 +136,9 @@ fn samples() -> Vec<(EventKind, Envelope)> {
                         seconds: 1_780_000_030,
                         nanos: 0,
                     }),
+                    // Golden bytes from before these fields: still decode.
+                    reply_code: 0,
+                    reply_message: String::new(),
                 }),
             ),
         ),

@@ -155,13 +155,24 @@ fn payload() -> impl Strategy<Value = Payload> {
                     })
                 }
             ),
-        (any::<String>(), any::<String>(), timestamp()).prop_map(
-            |(error_class, message, retry_at)| Payload::SyncFailed(SyncFailed {
-                error_class,
-                message,
-                retry_at
-            })
-        ),
+        (
+            any::<String>(),
+            any::<String>(),
+            timestamp(),
+            any::<u32>(),
+            any::<String>()
+        )
+            .prop_map(
+                |(error_class, message, retry_at, reply_code, reply_message)| Payload::SyncFailed(
+                    SyncFailed {
+                        error_class,
+                        message,
+                        retry_at,
+                        reply_code,
+                        reply_message,
+                    }
+                )
+            ),
         proptest::option::of(revision())
             .prop_map(|revision| Payload::PackageRevisionAdded(PackageRevisionAdded { revision })),
         proptest::option::of(revision()).prop_map(|revision| Payload::PackageRevisionModified(

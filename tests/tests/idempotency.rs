@@ -155,9 +155,6 @@ async fn a_retried_create_is_applied_once_before_and_after_a_restart() {
         "{events:?}"
     );
     assert_eq!(refs(&bare), upstream_refs);
-
-    // A protobuf retry of the same request is the same request.
-    // (The digest covers the body as JSON, whatever the wire format.)
     node.shutdown().await;
 }
 
@@ -328,5 +325,103 @@ async fn the_cli_retries_a_write_until_a_node_answers_and_it_applies_once() {
     let id = events[0]["request_id"].as_str().unwrap();
     // A UUID v7 (`xxxxxxxx-xxxx-7xxx-…`).
     assert_eq!((id.len(), &id[14..15]), (36, "7"), "{id}");
+    node.shutdown().await;
+}
+
+/// A retry answers what the first attempt answered, failures included:
+/// a `repo.sync` whose sync failed is the same error again (not a 200 of
+/// the repository), with nothing appended; a `repo.register` whose first
+/// sync failed carries that failure again.
+#[actix_rt::test]
+async fn a_retry_of_a_command_whose_sync_failed_answers_the_failure_again() {
+    let dir = TestDir::new();
+    let (bare, url) = upstream(dir.path());
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    let register = json!({"namespace": "team-a", "name": "up", "git": {"url": url}});
+    assert_eq!(
+        send(&node, "repo.register", Some("reg"), &register)
+            .await
+            .code,
+        200
+    );
+    // The upstream goes away: the sync fails.
+    std::fs::rename(bare.path(), dir.join("gone.git")).unwrap();
+    let key = json!({"namespace": "team-a", "name": "up"});
+    let failed = send(&node, "repo.sync", Some("sync-1"), &key).await;
+    assert_eq!(failed.code, 503, "{}", failed.body);
+    let seq = node.store.last_seq().unwrap();
+    let retry = send(&node, "repo.sync", Some("sync-1"), &key).await;
+    assert_eq!((retry.code, &retry.body), (failed.code, &failed.body));
+    assert_eq!(node.store.last_seq().unwrap(), seq, "the retry ran no sync");
+
+    // A registration whose first sync failed: the failure comes back too.
+    let missing =
+        json!({"namespace": "team-a", "name": "nobranch", "git": {"url": url, "branch": "nope"}});
+    std::fs::rename(dir.join("gone.git"), bare.path()).unwrap();
+    let first = send(&node, "repo.register", Some("reg-2"), &missing).await;
+    assert_eq!(first.code, 200);
+    assert_eq!(first.body["sync"]["error"]["code"], 404, "{}", first.body);
+    let retry = send(&node, "repo.register", Some("reg-2"), &missing).await;
+    assert!(retry.replayed.is_some());
+    assert_eq!(retry.body["sync"], first.body["sync"]);
+    node.shutdown().await;
+}
+
+/// One request is one request however it is written: the same create
+/// sent as JSON with other key order and spacing, and as protobuf, is
+/// replayed, not refused as another request.
+#[actix_rt::test]
+async fn a_retry_in_another_form_is_the_same_request() {
+    use prost::Message as _;
+    let dir = TestDir::new();
+    let (_bare, url) = upstream(dir.path());
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    node.client()
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "up", "git": {"url": url}}),
+        )
+        .await;
+    let first = send(&node, "pkgrev.create", Some("forms"), &create_body("w1")).await;
+    assert_eq!((first.code, first.replayed), (200, None), "{}", first.body);
+    let seq = node.store.last_seq().unwrap();
+
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER, "forms");
+    let respaced = br#"{ "workspace": "w1", "resources": {"Kptfile": "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: pkg\n"}, "package": "pkg", "repository": "up", "namespace": "team-a" }"#;
+    let reply = node
+        .client()
+        .request_with_headers("cairn.v1.pkgrev.create", headers.clone(), respaced.to_vec())
+        .await;
+    assert!(
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Cairn-Replayed"))
+            .is_some(),
+        "{reply:?}"
+    );
+
+    headers.insert("Content-Type", "application/protobuf");
+    let request = cairn_events::v1::PkgRevCreateRequest {
+        namespace: "team-a".into(),
+        repository: "up".into(),
+        package: "pkg".into(),
+        workspace: "w1".into(),
+        resources: [(
+            "Kptfile".to_owned(),
+            "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: pkg\n".to_owned(),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let reply = node
+        .client()
+        .request_with_headers("cairn.v1.pkgrev.create", headers, request.encode_to_vec())
+        .await;
+    let h = reply.headers.as_ref().unwrap();
+    assert!(h.get("Nats-Service-Error-Code").is_none(), "{reply:?}");
+    assert!(h.get("Cairn-Replayed").is_some(), "{reply:?}");
+    assert_eq!(node.store.last_seq().unwrap(), seq);
     node.shutdown().await;
 }

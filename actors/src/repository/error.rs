@@ -300,6 +300,10 @@ pub enum RepositoryError {
     /// a bug.
     #[error("unexpected reply from the repository")]
     UnexpectedReply,
+    /// A failure already turned into its answer (a failed sync records the
+    /// answer in its `SyncFailed`, and answers it): answered as is.
+    #[error(transparent)]
+    Answered(crate::ServiceError),
 }
 
 impl RepositoryError {
@@ -321,6 +325,27 @@ impl From<ReadError> for RepositoryError {
             ReadError::Origin(e) => RepositoryError::Upstream(e),
             ReadError::Store { path, source } => RepositoryError::Blobs { path, source },
         }
+    }
+}
+
+/// The error a sync answered, from its `SyncFailed`, for a replay of the
+/// command that ran it: the recorded answer; for events older than it, the
+/// code its class most likely had.
+pub fn recorded_sync_error(failed: &cairn_events::v1::SyncFailed) -> ServiceError {
+    if let Ok(code) = u16::try_from(failed.reply_code) {
+        if code != 0 {
+            return ServiceError {
+                code,
+                message: failed.reply_message.clone(),
+            };
+        }
+    }
+    let (class, message) = (failed.error_class.as_str(), failed.message.as_str());
+    match class {
+        "missing" => ServiceError::not_found(message),
+        "invalid" => ServiceError::bad_field("git.url", message),
+        INTERNAL_CLASS => ServiceError::internal(message),
+        class => ServiceError::unavailable(format!("upstream unavailable ({class}): {message}")),
     }
 }
 
@@ -364,6 +389,7 @@ impl From<RepositoryError> for ServiceError {
             | RepositoryError::Lost { .. }
             | RepositoryError::UnexpectedReply => ServiceError::internal(e.to_string()),
             RepositoryError::Writer(e) => e.into(),
+            RepositoryError::Answered(e) => e,
         }
     }
 }

@@ -443,6 +443,8 @@ mod tests {
                     error_class: "internal".into(),
                     message: "reading the views: unknown view \"repositories\"".into(),
                     retry_at: None,
+                    reply_code: 500,
+                    reply_message: "reading the views: unknown view \"repositories\"".into(),
                 }),
             ]
         );
@@ -515,8 +517,10 @@ mod tests {
                 }),
                 Payload::SyncFailed(SyncFailed {
                     error_class: "internal".into(),
-                    message,
+                    message: message.clone(),
                     retry_at: None,
+                    reply_code: 500,
+                    reply_message: message,
                 }),
             ]
         );

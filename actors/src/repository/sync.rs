@@ -100,13 +100,18 @@ pub(super) async fn sync_once(
             let class = e.sync_class();
             warn!(repo = %key, class, error = %e, "sync failed");
             let retry_at = decide_next(next.as_ref(), Some(class)).await;
+            let message = e.to_string();
+            // Answered now, so the event records the very answer.
+            let answer = crate::ServiceError::from(e);
             let failed = vec![event(Payload::SyncFailed(SyncFailed {
                 error_class: class.to_owned(),
-                message: e.to_string(),
+                message,
                 retry_at: retry_at.map(timestamp),
+                reply_code: u32::from(answer.code),
+                reply_message: answer.message.clone(),
             }))];
             session.append(failed, Chunking::MaxEvents).await?;
-            Err(e)
+            Err(RepositoryError::Answered(answer))
         }
     }
 }

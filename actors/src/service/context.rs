@@ -90,7 +90,7 @@ impl ServiceContext {
 /// body as JSON (a protobuf body is already mapped to its JSON form, so one
 /// validation path serves both, see [`codec::request_json`]), and the
 /// headers (for trace context).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Incoming {
     /// The format to answer in.
     pub format: codec::Format,

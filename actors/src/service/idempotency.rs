@@ -56,7 +56,8 @@ pub const REQUEST_ID_MAX_CHARS: usize = 128;
 pub struct RequestKey {
     /// The `Cairn-Request-Id` header.
     pub id: String,
-    /// SHA-256 of the endpoint, a NUL and the body (as JSON).
+    /// SHA-256 of the endpoint, a NUL and the body's canonical JSON (see
+    /// [`canonical`]).
     pub digest: Vec<u8>,
 }
 
@@ -88,11 +89,38 @@ pub fn request_key(
     let mut hasher = Sha256::new();
     hasher.update(endpoint.as_bytes());
     hasher.update([0]);
-    hasher.update(body);
+    hasher.update(canonical(body));
     Ok(Some(RequestKey {
         id: id.to_owned(),
         digest: hasher.finalize().to_vec(),
     }))
+}
+
+/// The body as the digest sees it: the JSON value with every object's
+/// keys sorted, without whitespace — so one request re-serialised (other
+/// key order, spacing, or sent as protobuf, which arrives as its JSON
+/// mapping) is the same request. A body that is not JSON is taken as is
+/// (its handler refuses it anyway).
+pub fn canonical(body: &[u8]) -> Vec<u8> {
+    fn sorted(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => serde_json::to_vec(&sorted(value)).unwrap_or_else(|_| body.to_vec()),
+        Err(_) => body.to_vec(),
+    }
 }
 
 fn truncated(s: &str) -> String {
@@ -128,14 +156,42 @@ pub async fn prior(context: &ServiceContext, key: &RequestKey) -> Result<Prior, 
     }
 }
 
-/// An endpoint's answer for a request that was already applied: what the
-/// endpoint answers, read from the views now.
-pub type Replay =
-    fn(
-        ServiceContext,
-        Incoming,
-        RequestRow,
-    ) -> futures::future::BoxFuture<'static, Result<super::codec::Body, ServiceError>>;
+/// What an endpoint's replay found.
+#[derive(Debug)]
+pub enum Replayed {
+    /// The command completed: its answer, read from the views and the
+    /// command's events now (an `Err` of the replay is the command's error
+    /// answered again, e.g. the recorded failure of its sync).
+    Answer(super::codec::Body),
+    /// The command did not complete (a sync cut short by a crash, an
+    /// unregister interrupted between its appends): run it again, with the
+    /// same key.
+    RunAgain,
+}
+
+/// An endpoint's answer for a request whose key has events: see
+/// [`Replayed`].
+pub type Replay = fn(
+    ServiceContext,
+    Incoming,
+    RequestRow,
+) -> futures::future::BoxFuture<'static, Result<Replayed, ServiceError>>;
+
+/// The last event the command of `row` appended (its outcome, for
+/// commands that end with one: a sync's `SyncSucceeded` or `SyncFailed`).
+pub async fn last_event(
+    context: &ServiceContext,
+    row: &RequestRow,
+) -> Result<Option<cairn_events::v1::Envelope>, ServiceError> {
+    use cairn_storage::EventLog as _;
+    let store = context.store.clone();
+    let seq = row.last_seq;
+    blocking(move || Ok(store.read_all(seq, 1)?.into_iter().find(|e| e.seq == seq))).await
+}
+
+/// Longest a request waits for an earlier one with its key to finish:
+/// 10 minutes (then 503; the client retries with the same key).
+pub const IN_FLIGHT_WAIT_SECS: u64 = 600;
 
 /// The requests of each key running on this node; one at a time per key
 /// (waiting with [`InFlight::lock`], or refused with [`InFlight::try_lock`]).
@@ -149,7 +205,7 @@ pub struct InFlight {
 pub struct InFlightGuard {
     in_flight: Arc<InFlight>,
     id: String,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -166,7 +222,7 @@ impl InFlight {
         InFlightGuard {
             in_flight: self.clone(),
             id: id.to_owned(),
-            lock,
+            lock: Some(lock),
             held: Some(held),
         }
     }
@@ -179,7 +235,7 @@ impl InFlight {
             Ok(held) => Some(InFlightGuard {
                 in_flight: self.clone(),
                 id: id.to_owned(),
-                lock,
+                lock: Some(lock),
                 held: Some(held),
             }),
             Err(_) => {
@@ -203,11 +259,16 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.held.take();
+        // Under the map's lock (where waiters take their reference): let
+        // go of ours, then the entry goes if only the map refers to it —
+        // nobody holds or waits for the key.
         let mut running = self.in_flight.running.lock();
-        // The map's reference and ours: nobody waits (waiters clone under
-        // this same lock), so the entry goes.
-        if Arc::strong_count(&self.lock) == 2 {
+        self.held.take();
+        self.lock.take();
+        if running
+            .get(&self.id)
+            .is_some_and(|entry| Arc::strong_count(entry) == 1)
+        {
             running.remove(&self.id);
         }
     }
@@ -231,7 +292,23 @@ mod tests {
             .unwrap();
         assert_eq!(k.id, "0190-ab:c_d.e");
         assert_eq!(k.digest.len(), 32);
-        let other_body = request_key("pkgrev.create", Some(&headers("x")), b"{ }")
+        // Key order and spacing do not make another request.
+        let a = request_key(
+            "e",
+            Some(&headers("x")),
+            br#"{"b":[{"d":1,"c":2}],"a":"x"}"#,
+        )
+        .unwrap()
+        .unwrap();
+        let b = request_key(
+            "e",
+            Some(&headers("x")),
+            br#"{ "a": "x", "b": [ {"c":2, "d":1} ] }"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.digest, b.digest);
+        let other_body = request_key("pkgrev.create", Some(&headers("x")), br#"{"a":1}"#)
             .unwrap()
             .unwrap();
         let other_endpoint = request_key("pkgrev.update", Some(&headers("x")), b"{}")
@@ -259,9 +336,14 @@ mod tests {
             let in_flight = in_flight.clone();
             tokio::spawn(async move { in_flight.lock("k").await })
         };
-        // The waiter cannot get the key while `first` holds it.
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
+        // Nobody gets the key while `first` holds it.
+        assert!(in_flight.try_lock("k").is_none());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), in_flight.lock("k"))
+                .await
+                .is_err(),
+            "the key is held"
+        );
         drop(first);
         let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
             .await

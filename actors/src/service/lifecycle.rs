@@ -39,6 +39,7 @@ use super::{
     codec::{Body, Format},
     context::{blocking, metadata, Incoming, ServiceContext},
     fields::Fields,
+    idempotency::Replayed,
     validate,
 };
 use crate::{
@@ -406,7 +407,7 @@ pub fn replay_create(
     context: ServiceContext,
     request: Incoming,
     _: RequestRow,
-) -> BoxFuture<'static, Result<Body, ServiceError>> {
+) -> BoxFuture<'static, Result<Replayed, ServiceError>> {
     Box::pin(async move {
         let f = Fields::parse(&request.body, CREATE_FIELDS)?;
         let namespace = f.required("namespace")?;
@@ -427,7 +428,7 @@ pub fn replay_revision(
     context: ServiceContext,
     request: Incoming,
     _: RequestRow,
-) -> BoxFuture<'static, Result<Body, ServiceError>> {
+) -> BoxFuture<'static, Result<Replayed, ServiceError>> {
     Box::pin(async move {
         let (namespace, name) = namespace_and_name(&request.body)?;
         revision_now(&context, request.format, namespace, name).await
@@ -439,13 +440,13 @@ pub fn replay_delete(
     _: ServiceContext,
     request: Incoming,
     _: RequestRow,
-) -> BoxFuture<'static, Result<Body, ServiceError>> {
+) -> BoxFuture<'static, Result<Replayed, ServiceError>> {
     Box::pin(async move {
         let (_, name) = namespace_and_name(&request.body)?;
-        Ok(outcome_body(
+        Ok(Replayed::Answer(outcome_body(
             request.format,
             LifecycleOutcome::Deleted(name),
-        ))
+        )))
     })
 }
 
@@ -461,13 +462,13 @@ async fn revision_now(
     format: Format,
     namespace: String,
     name: String,
-) -> Result<Body, ServiceError> {
+) -> Result<Replayed, ServiceError> {
     let store = context.store.clone();
     let row = blocking(move || get_row(&store, &namespace, &name)).await?;
-    Ok(outcome_body(
+    Ok(Replayed::Answer(outcome_body(
         format,
         LifecycleOutcome::Revision(Box::new(row)),
-    ))
+    )))
 }
 
 /// `cairn.v1.pkgrev.propose`.

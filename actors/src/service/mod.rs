@@ -165,14 +165,14 @@ impl CairnService {
             cairn_events::v1::RepoKeyRequest,
             repo::handle_sync,
             RequestLimit::Config,
-            Some(repo::replay_repository)
+            Some(repo::replay_sync)
         );
         endpoint!(
             "repo.update",
             cairn_events::v1::RepoUpdateRequest,
             repo::handle_update,
             RequestLimit::Config,
-            Some(repo::replay_repository)
+            Some(repo::replay_update)
         );
         endpoint!(
             "pkgrev.list",
@@ -378,18 +378,29 @@ where
     else {
         return handler(context, incoming).await;
     };
-    let _running = context.in_flight.lock(&key.id).await;
-    match idempotency::prior(&context, &key).await? {
-        idempotency::Prior::Applied(row) => {
-            debug!(request_id = %key.id, first_seq = row.first_seq, "replaying an applied request");
-            extra.push((idempotency::REPLAYED_HEADER, row.first_seq.to_string()));
-            replay(context, incoming, row).await
-        }
-        idempotency::Prior::None => {
-            incoming.request = Some(key);
-            handler(context, incoming).await
+    let wait = std::time::Duration::from_secs(idempotency::IN_FLIGHT_WAIT_SECS);
+    let Ok(_running) = tokio::time::timeout(wait, context.in_flight.lock(&key.id)).await else {
+        return Err(ServiceError::unavailable(format!(
+            "an earlier request with {} {:?} still runs after {wait:?}; retry with the same id later",
+            idempotency::REQUEST_ID_HEADER,
+            key.id
+        )));
+    };
+    if let idempotency::Prior::Applied(row) = idempotency::prior(&context, &key).await? {
+        let first_seq = row.first_seq;
+        match replay(context.clone(), incoming.clone(), row).await? {
+            idempotency::Replayed::Answer(body) => {
+                debug!(request_id = %key.id, first_seq, "replaying an applied request");
+                extra.push((idempotency::REPLAYED_HEADER, first_seq.to_string()));
+                return Ok(body);
+            }
+            idempotency::Replayed::RunAgain => {
+                debug!(request_id = %key.id, first_seq, "running an unfinished request again");
+            }
         }
     }
+    incoming.request = Some(key);
+    handler(context, incoming).await
 }
 
 /// The span of one command of `endpoint`: INFO, a root, with `stream`,

@@ -12,6 +12,8 @@ use std::time::Instant;
 use cairn_events::v1::{self as pb, GitSpec, RepositoryRow, RepositorySpec, RequestRow, SyncSpec};
 use cairn_storage::views::RepositoriesView;
 use futures::future::BoxFuture;
+
+use super::idempotency::Replayed;
 use prost::Message as _;
 use serde_json::{json, Value};
 
@@ -333,42 +335,121 @@ pub async fn handle_unregister(
 }
 
 /// The replay of an applied `repo.register` (see
-/// [`super::idempotency`]): the repository, as it is now.
+/// [`super::idempotency`]): the repository as it is now, with the outcome
+/// of the first sync its events recorded (`SyncSucceeded`'s counts, or
+/// `SyncFailed`'s error — so a retry sees the failure the first attempt
+/// answered); without one when that sync has not finished.
 pub fn replay_register(
     context: ServiceContext,
     request: Incoming,
-    _: RequestRow,
-) -> BoxFuture<'static, Result<Body, ServiceError>> {
+    row: RequestRow,
+) -> BoxFuture<'static, Result<Replayed, ServiceError>> {
     Box::pin(async move {
         let (spec, _, _) = parse_register(&request.body)?;
-        let row = current(&context, spec.namespace, spec.name).await?;
-        Ok(repository_body(request.format, &row, None))
+        let sync = recorded_sync(&context, &row).await?;
+        let current = current(&context, spec.namespace, spec.name).await?;
+        Ok(Replayed::Answer(repository_body(
+            request.format,
+            &current,
+            sync.as_ref(),
+        )))
     })
 }
 
-/// The replay of an applied `repo.sync|update`: the repository, as it is
-/// now.
-pub fn replay_repository(
+/// The replay of an applied `repo.sync`: what the sync answered (its
+/// counts, or its recorded failure as the same error); a sync that did not
+/// finish (cut short by a crash) runs again. Without `wait`, the
+/// repository as it is now.
+pub fn replay_sync(
+    context: ServiceContext,
+    request: Incoming,
+    row: RequestRow,
+) -> BoxFuture<'static, Result<Replayed, ServiceError>> {
+    Box::pin(async move {
+        let (f, namespace, name) = key_fields(&request.body, &["wait"])?;
+        let wait = f.bool("wait")?.unwrap_or(true);
+        let sync = recorded_sync(&context, &row).await?;
+        let current = current(&context, namespace, name).await?;
+        match (wait, sync) {
+            (false, _) => Ok(Replayed::Answer(repository_body(
+                request.format,
+                &current,
+                None,
+            ))),
+            (true, None) => Ok(Replayed::RunAgain),
+            (true, Some(Err(e))) => Err(e),
+            (true, Some(Ok(report))) => Ok(Replayed::Answer(repository_body(
+                request.format,
+                &current,
+                Some(&Ok(report)),
+            ))),
+        }
+    })
+}
+
+/// The replay of an applied `repo.update`: the repository, as it is now.
+pub fn replay_update(
     context: ServiceContext,
     request: Incoming,
     _: RequestRow,
-) -> BoxFuture<'static, Result<Body, ServiceError>> {
+) -> BoxFuture<'static, Result<Replayed, ServiceError>> {
     Box::pin(async move {
-        let (_, namespace, name) = key_fields(&request.body, &["wait", "sync"])?;
+        let (_, namespace, name) = key_fields(&request.body, &["sync"])?;
         let row = current(&context, namespace, name).await?;
-        Ok(repository_body(request.format, &row, None))
+        Ok(Replayed::Answer(repository_body(
+            request.format,
+            &row,
+            None,
+        )))
     })
 }
 
-/// The replay of an applied `repo.unregister`: what it unregistered.
+/// The replay of an applied `repo.unregister`: what it unregistered — or,
+/// when the repository is still registered (an unregister of more than
+/// `store.append-max-events` revisions cut short between its appends),
+/// the unregister again.
 pub fn replay_unregister(
-    _: ServiceContext,
+    context: ServiceContext,
     request: Incoming,
     _: RequestRow,
-) -> BoxFuture<'static, Result<Body, ServiceError>> {
+) -> BoxFuture<'static, Result<Replayed, ServiceError>> {
     Box::pin(async move {
         let (namespace, name, _) = parse_key(&request.body)?;
-        Ok(unregistered_body(request.format, &namespace, &name))
+        let store = context.store.clone();
+        let (ns, n) = (namespace.clone(), name.clone());
+        let registered =
+            blocking(move || Ok(RepositoriesView::get(&store, &ns, &n)?.is_some())).await?;
+        if registered {
+            return Ok(Replayed::RunAgain);
+        }
+        Ok(Replayed::Answer(unregistered_body(
+            request.format,
+            &namespace,
+            &name,
+        )))
+    })
+}
+
+/// The outcome of the sync a keyed command ran, from its last event:
+/// `SyncSucceeded` → its counts, `SyncFailed` → the error it answered;
+/// `None` when the command's last event is not a sync's end.
+async fn recorded_sync(
+    context: &ServiceContext,
+    row: &RequestRow,
+) -> Result<Option<Result<SyncReport, ServiceError>>, ServiceError> {
+    use cairn_events::v1::event::Payload;
+    let last = super::idempotency::last_event(context, row).await?;
+    Ok(match last.and_then(|e| e.event).and_then(|e| e.payload) {
+        Some(Payload::SyncSucceeded(s)) => Some(Ok(SyncReport {
+            added: s.added,
+            modified: s.modified,
+            deleted: s.deleted,
+            package_count: s.package_count,
+        })),
+        Some(Payload::SyncFailed(f)) => {
+            Some(Err(crate::repository::error::recorded_sync_error(&f)))
+        }
+        _ => None,
     })
 }
 
