@@ -37,21 +37,7 @@ impl Client {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (urls, credentials) = crate::node::split_credentials(&[url.to_owned()]);
-        let url = urls.join(",");
-        let url = url.as_str();
-        let nats = runtime
-            .block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(5),
-                    crate::node::connect_options(credentials).connect(url),
-                )
-                .await
-            })
-            .map_err(|_| {
-                anyhow::anyhow!("no NATS server reachable at {url}; is a cairn node running?")
-            })?
-            .with_context(|| format!("connecting to {url}"))?;
+        let nats = runtime.block_on(connect_async(url))?;
         Ok(Self {
             nats,
             runtime,
@@ -132,6 +118,23 @@ impl Client {
         bail!("{subject}: no reply within {:?}", self.timeout)
     }
 }
+
+/// Connects to the NATS server(s) at `url` (credentials in it are used,
+/// never shown), within [`CONNECT_TIMEOUT`].
+pub async fn connect_async(url: &str) -> anyhow::Result<async_nats::Client> {
+    let (urls, credentials) = crate::node::split_credentials(&[url.to_owned()]);
+    let url = urls.join(",");
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        crate::node::connect_options(credentials).connect(url.as_str()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no NATS server reachable at {url}; is a cairn node running?"))?
+    .with_context(|| format!("connecting to {url}"))
+}
+
+/// How long connecting to NATS may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The endpoints that change state: their requests carry a
 /// `Cairn-Request-Id`, so retrying them is safe.

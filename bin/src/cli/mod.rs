@@ -143,9 +143,14 @@ struct WatchArgs {
     /// Resume after this sequence number instead of listing first.
     #[arg(long)]
     since: Option<u64>,
-    /// Heartbeat interval asked of the node.
+    /// Heartbeat interval asked of the node (a watch silent for three
+    /// intervals is taken for lost and started again).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat: std::time::Duration,
+    /// How long a lost watch (its node stopped) is tried again, resuming
+    /// from the last seq seen, before the command fails.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    reconnect_timeout: std::time::Duration,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = watch_cmd::Output::Table)]
     output: watch_cmd::Output,
@@ -340,6 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 kinds: args.kinds,
                 since: args.since,
                 heartbeat: args.heartbeat,
+                reconnect_timeout: args.reconnect_timeout,
                 output: args.output,
             };
             watch_cmd::run(options, &mut stdout)
