@@ -29,11 +29,44 @@ pub struct Client {
     nats: async_nats::Client,
     runtime: tokio::runtime::Runtime,
     timeout: Duration,
+    /// The CLI command this client serves (`repo register`): errors name
+    /// it, not the NATS endpoint.
+    command: String,
+}
+
+/// Why a call got no answer of the node's.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The node answered with an error (`code` as HTTP): show it as is.
+    #[error("{code}: {message}")]
+    Node {
+        /// The error code (`400`, `404`, `409`, …).
+        code: String,
+        /// The node's message.
+        message: String,
+    },
+    /// No node answered within the command's `--timeout`: the command may
+    /// or may not have been applied; say what is known of its state.
+    #[error("{command}: {why}{}", tried(*attempts, *timeout))]
+    NoReply {
+        /// The CLI command.
+        command: String,
+        /// What the last attempt got (no responders, no reply in time).
+        why: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The command's `--timeout`.
+        timeout: Duration,
+    },
+    /// The request could not be sent, or its reply not read.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
 impl Client {
-    /// Connects to `url`; requests wait at most `timeout`.
-    pub fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// Connects to `url` for the CLI command `command` (`repo register`,
+    /// named in errors); requests wait at most `timeout`.
+    pub fn connect(url: &str, timeout: Duration, command: &str) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -42,26 +75,57 @@ impl Client {
             nats,
             runtime,
             timeout,
+            command: command.to_owned(),
         })
+    }
+
+    /// The command's `--timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sends `body` to `cairn.v1.<endpoint>` and returns the JSON reply, or
     /// the node's error as an error naming the code.
-    pub fn call(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
+    pub fn call(&self, endpoint: &str, body: &Value) -> Result<Value, CallError> {
         self.runtime.block_on(self.call_async(endpoint, body))
     }
 
-    async fn call_async(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
+    /// [`Self::call`] with one attempt bounded by `timeout` (what a
+    /// command reads after its own request got no reply).
+    pub fn call_once(
+        &self,
+        endpoint: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        self.runtime
+            .block_on(self.call_within(endpoint, body, timeout, 1))
+    }
+
+    async fn call_async(&self, endpoint: &str, body: &Value) -> Result<Value, CallError> {
+        self.call_within(endpoint, body, self.timeout, CALL_ATTEMPTS_MAX)
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        endpoint: &str,
+        body: &Value,
+        timeout: Duration,
+        attempts_max: u32,
+    ) -> Result<Value, CallError> {
         use async_nats::RequestErrorKind;
 
+        let command = &self.command;
         let subject = format!("cairn.v1.{endpoint}");
-        let payload = bytes::Bytes::from(serde_json::to_vec(body)?);
+        let payload = bytes::Bytes::from(serde_json::to_vec(body).map_err(anyhow::Error::from)?);
         let max_payload = self.nats.server_info().max_payload;
         if max_payload > 0 && payload.len() > max_payload {
-            bail!(
-                "{subject}: the request is {} bytes, more than the server's max_payload of {max_payload} bytes",
+            return Err(anyhow::anyhow!(
+                "{command}: the request is {} bytes, more than the server's max_payload of {max_payload} bytes",
                 payload.len()
-            );
+            )
+            .into());
         }
         // A write carries one request id for all its attempts: the node
         // applies it once and answers a retry with what the first attempt
@@ -73,20 +137,23 @@ impl Client {
                 cairn_events::envelope::new_id().as_str(),
             );
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let attempt_timeout = attempt_timeout(self.timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let attempt_timeout = attempt_timeout(timeout);
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut told = false;
-        for attempt in 1..=CALL_ATTEMPTS_MAX {
+        let mut attempt = 0;
+        let mut why = format!("no reply within {timeout:?}");
+        while attempt < attempts_max {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 break;
             }
+            attempt += 1;
             let request = async_nats::Request::new()
                 .payload(payload.clone())
                 .headers(headers.clone())
                 .timeout(Some(remaining.min(attempt_timeout)));
-            let why = match self.nats.send_request(subject.clone(), request).await {
+            why = match self.nats.send_request(subject.clone(), request).await {
                 Ok(reply) => return read_reply(&subject, &reply),
                 Err(e) if e.kind() == RequestErrorKind::NoResponders => {
                     "no cairn node answers on this NATS server".to_owned()
@@ -96,17 +163,11 @@ impl Client {
                 }
                 Err(e) => e.to_string(),
             };
-            if attempt == CALL_ATTEMPTS_MAX || tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "{subject}: {why} (tried {attempt} times in {:?})",
-                    self.timeout
-                );
+            if attempt == attempts_max || tokio::time::Instant::now() >= deadline {
+                break;
             }
             if !told {
-                eprintln!(
-                    "{subject}: {why}; retrying until {:?} have passed",
-                    self.timeout
-                );
+                eprintln!("{command}: {why}; retrying until {timeout:?} have passed");
                 told = true;
             }
             tokio::time::sleep(
@@ -115,7 +176,25 @@ impl Client {
             .await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
-        bail!("{subject}: no reply within {:?}", self.timeout)
+        if why.starts_with("no reply within") {
+            // Said of the whole command, not of its last attempt.
+            why = format!("no reply within {timeout:?}");
+        }
+        Err(CallError::NoReply {
+            command: command.clone(),
+            why,
+            attempts: attempt,
+            timeout,
+        })
+    }
+}
+
+/// ` (tried N times in T)` after several attempts, else nothing.
+fn tried(attempts: u32, timeout: Duration) -> String {
+    if attempts > 1 {
+        format!(" (tried {attempts} times in {timeout:?})")
+    } else {
+        String::new()
     }
 }
 
@@ -169,16 +248,18 @@ fn attempt_timeout(timeout: Duration) -> Duration {
 }
 
 /// The JSON of `reply`, or the node's error as an error naming the code.
-fn read_reply(subject: &str, reply: &async_nats::Message) -> anyhow::Result<Value> {
-    let value: Value =
-        serde_json::from_slice(&reply.payload).with_context(|| format!("reply of {subject}"))?;
+fn read_reply(subject: &str, reply: &async_nats::Message) -> Result<Value, CallError> {
+    let value: Value = serde_json::from_slice(&reply.payload)
+        .with_context(|| format!("reply of {subject}"))?;
     if let Some(code) = reply
         .headers
         .as_ref()
         .and_then(|h| h.get("Nats-Service-Error-Code"))
     {
-        let message = value["message"].as_str().unwrap_or_default();
-        bail!("{code}: {message}");
+        return Err(CallError::Node {
+            code: code.to_string(),
+            message: value["message"].as_str().unwrap_or_default().to_owned(),
+        });
     }
     Ok(value)
 }
@@ -240,18 +321,47 @@ pub fn add_page(files: &mut Files, page: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a repository's events showed while a command about it ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// A sync started, with this trigger (`register`, `manual`, …).
+    pub sync_started: Option<String>,
+    /// Package revisions added so far.
+    pub added: u64,
+    /// … modified so far.
+    pub modified: u64,
+    /// … deleted so far.
+    pub deleted: u64,
+    /// The sync ended (`SyncSucceeded` or `SyncFailed`).
+    pub sync_ended: bool,
+    /// The repository was closed (unregistered).
+    pub closed: bool,
+}
+
+impl Progress {
+    /// `+A ~M -D` so far.
+    pub fn counts(&self) -> String {
+        format!("+{} ~{} -{}", self.added, self.modified, self.deleted)
+    }
+}
+
 impl Client {
-    /// `repo.sync` with `wait`, showing the sync's progress on `progress`
-    /// from its events on `cairn.events.<ns>.<name>.>` (published as they
-    /// commit): one line when it starts, the package revisions reconciled
-    /// so far while it runs (a spinner on a terminal), and the outcome.
-    /// Answers the reply of `repo.sync`.
-    pub fn sync_with_progress(
+    /// Calls `endpoint` with `body`, a command about repository
+    /// `namespace/name`, and shows on `progress` what the repository's
+    /// events (`cairn.events.<ns>.<name>.>`, published as they commit)
+    /// tell while it runs — once the call has taken `quiet_for` (so quick
+    /// commands stay quiet): one line when a sync starts, the package
+    /// revisions reconciled so far (a spinner on a terminal). Answers the
+    /// call's outcome and what the events showed, also after a timeout.
+    pub fn call_with_progress(
         &self,
+        endpoint: &str,
+        body: &Value,
         namespace: &str,
         name: &str,
+        quiet_for: Duration,
         progress: &mut dyn Write,
-    ) -> anyhow::Result<Value> {
+    ) -> (Result<Value, CallError>, Progress) {
         use futures::StreamExt;
         use std::io::IsTerminal;
 
@@ -266,37 +376,84 @@ impl Client {
         if !std::io::stderr().is_terminal() {
             spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        let body = json!({"namespace": namespace, "name": name});
-        let result: anyhow::Result<Value> = self.runtime.block_on(async {
-            let mut events = self.nats.subscribe(subject).await?;
-            self.nats.flush().await?;
-            let request = self.call_async("repo.sync", &body);
+        let mut seen = Progress::default();
+        let result = self.runtime.block_on(async {
+            let mut events = match self.nats.subscribe(subject).await {
+                Ok(events) => events,
+                Err(e) => return Err(CallError::Other(e.into())),
+            };
+            self.nats
+                .flush()
+                .await
+                .map_err(|e| CallError::Other(e.into()))?;
+            let request = self.call_async(endpoint, body);
             tokio::pin!(request);
-            let (mut added, mut modified, mut deleted) = (0u64, 0u64, 0u64);
+            let quiet = tokio::time::sleep(quiet_for);
+            tokio::pin!(quiet);
+            let mut loud = quiet_for.is_zero();
+            let mut told_start = false;
             loop {
+                if loud && !told_start {
+                    if let Some(trigger) = &seen.sync_started {
+                        let _ = writeln!(progress, "{key}: sync started ({trigger})");
+                        told_start = true;
+                    }
+                }
                 tokio::select! {
                     reply = &mut request => return reply,
+                    _ = &mut quiet, if !loud => loud = true,
                     Some(message) = events.next() => {
                         let Ok(envelope) = cairn_events::envelope::decode(&message.payload) else { continue };
                         use cairn_events::{revision::Change, v1::event::Payload};
                         let Some(payload) = envelope.event.and_then(|e| e.payload) else { continue };
-                        if let Payload::SyncStarted(s) = &payload {
-                            writeln!(progress, "{key}: sync started ({})", s.trigger)?;
+                        match &payload {
+                            Payload::SyncStarted(s) => seen.sync_started = Some(s.trigger.clone()),
+                            Payload::SyncSucceeded(_) | Payload::SyncFailed(_) => seen.sync_ended = true,
+                            Payload::RepositoryClosed(_) => seen.closed = true,
+                            _ => {}
                         }
                         match Change::of(&payload) {
-                            Some(Change::Added(_)) => added += 1,
-                            Some(Change::Modified(_)) => modified += 1,
-                            Some(Change::Deleted { .. }) => deleted += 1,
+                            Some(Change::Added(_)) => seen.added += 1,
+                            Some(Change::Modified(_)) => seen.modified += 1,
+                            Some(Change::Deleted { .. }) => seen.deleted += 1,
                             None => {}
                         }
-                        spinner.set_message(format!("{key}: +{added} ~{modified} -{deleted}"));
+                        spinner.set_message(format!("{key}: {}", seen.counts()));
                         spinner.tick();
                     }
                 }
             }
         });
         spinner.finish_and_clear();
-        let reply = result?;
+        (result, seen)
+    }
+
+    /// `repo.sync` with `wait`, showing the sync's progress on `progress`
+    /// ([`Self::call_with_progress`], from the start) and then its counts.
+    /// Answers the reply of `repo.sync`; a failed sync is an error, and so
+    /// is a timeout, saying how far the sync got and what to run next.
+    pub fn sync_with_progress(
+        &self,
+        namespace: &str,
+        name: &str,
+        progress: &mut dyn Write,
+    ) -> anyhow::Result<Value> {
+        let key = format!("{namespace}/{name}");
+        let body = json!({"namespace": namespace, "name": name});
+        let (result, seen) =
+            self.call_with_progress("repo.sync", &body, namespace, name, Duration::ZERO, progress);
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(CallError::NoReply { .. }) if seen.sync_started.is_some() => bail!(
+                "no reply within {:?} (--timeout): the sync of {key} is still running ({} so far): follow it with `cairn repo get {key}`",
+                self.timeout,
+                seen.counts()
+            ),
+            Err(e @ CallError::NoReply { .. }) => bail!(
+                "{e}: no sync of {key} started; check with `cairn repo get {key}`"
+            ),
+            Err(e) => return Err(e.into()),
+        };
         let sync = &reply["sync"];
         if let Some(error) = sync.get("error") {
             bail!(

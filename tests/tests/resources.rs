@@ -524,7 +524,7 @@ async fn the_cli_pulls_every_page_and_refuses_a_push_over_max_payload() {
         "{err}"
     );
     assert!(
-        err.contains("cairn.v1.pkgrev.update: the request is "),
+        err.contains("pkg push: the request is "),
         "{err}"
     );
     assert_eq!(node.store.last_seq().unwrap(), before);

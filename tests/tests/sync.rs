@@ -406,6 +406,40 @@ impl Silent {
     }
 }
 
+/// `repo register` against an upstream slower than `--timeout`: past a
+/// second the CLI shows the sync started; at the timeout it says what
+/// state the registration reached and what to run next, and exits 1.
+#[actix_rt::test]
+async fn the_cli_register_that_times_out_says_how_far_it_got_and_what_next() {
+    let dir = TestDir::new();
+    let silent = Silent::start().await;
+    let (node, _clock) = start(config(&dir.path().join("data"))).await;
+    let url = silent.url("slow");
+    let cli = cairn_tests::cairn_cli!();
+    let register = cli.run([
+        "repo",
+        "register",
+        "team-a/slow",
+        "--url",
+        &url,
+        "--timeout",
+        "3s",
+        "--nats-url",
+        &node.nats_url,
+    ]);
+    // The upstream's connection is held open while the CLI waits.
+    let (out, upstream) = tokio::join!(register, silent.accept());
+    drop(upstream);
+    assert!(!out.success, "{}", out.stdout);
+    assert_eq!(
+        out.stderr,
+        "team-a/slow: sync started (register)\n\
+         error: repo register: no reply within 3s; team-a/slow is registered, still syncing (+0 ~0 -0 so far): cairn repo get team-a/slow\n"
+    );
+    assert_eq!(out.stdout, "");
+    node.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn failures_retry_after_the_delay_of_their_class() {
     let dir = TestDir::new();

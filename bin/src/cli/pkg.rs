@@ -189,7 +189,7 @@ pub(super) fn run(
     command: PkgCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let c = client::Client::connect(&conn.nats_url, conn.timeout)?;
+    let c = client::Client::connect(&conn.nats_url, conn.timeout, command.name())?;
     match command {
         PkgCommand::List { filter } => {
             let mut body = serde_json::Value::Object(filter.into_json());
@@ -306,6 +306,25 @@ pub(super) fn run(
         ),
         PkgCommand::Delete { name } => {
             transition(&c, out, conn.output, "pkgrev.delete", &name, &principal)
+        }
+    }
+}
+
+impl PkgCommand {
+    /// The command as typed (`pkg push`), for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            PkgCommand::List { .. } => "pkg list",
+            PkgCommand::Get { .. } => "pkg get",
+            PkgCommand::Pull { .. } => "pkg pull",
+            PkgCommand::Init { .. } => "pkg init",
+            PkgCommand::Push { .. } => "pkg push",
+            PkgCommand::Propose { .. } => "pkg propose",
+            PkgCommand::Reject { .. } => "pkg reject",
+            PkgCommand::Approve { .. } => "pkg approve",
+            PkgCommand::ProposeDelete { .. } => "pkg propose-delete",
+            PkgCommand::WithdrawDelete { .. } => "pkg withdraw-delete",
+            PkgCommand::Delete { .. } => "pkg delete",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `cairn repo …`: register, inspect, sync and update repositories.
 
-use std::io::Write;
+use std::{io::Write, time::Duration};
 
 use clap::Subcommand;
 
@@ -74,7 +74,7 @@ pub(super) enum RepoCommand {
 
 /// Runs `cairn repo <command>` against the node of `conn`.
 pub(super) fn run(conn: Conn, command: RepoCommand, out: &mut dyn Write) -> anyhow::Result<()> {
-    let c = client::Client::connect(&conn.nats_url, conn.timeout)?;
+    let c = client::Client::connect(&conn.nats_url, conn.timeout, command.name())?;
     match command {
         RepoCommand::Register {
             repository,
@@ -98,7 +98,21 @@ pub(super) fn run(conn: Conn, command: RepoCommand, out: &mut dyn Write) -> anyh
                 deployment,
                 !no_wait,
             );
-            let reply = c.call("repo.register", &body)?;
+            let (result, seen) = c.call_with_progress(
+                "repo.register",
+                &body,
+                ns,
+                name,
+                PROGRESS_AFTER,
+                &mut std::io::stderr(),
+            );
+            let reply = match result {
+                Ok(reply) => reply,
+                Err(e @ client::CallError::NoReply { .. }) => {
+                    return Err(after_timeout(&c, e, ns, name, &seen, Pending::Register))
+                }
+                Err(e) => return Err(e.into()),
+            };
             client::print(out, conn.output, &reply, None, client::REPO_COLUMNS)?;
             // Registered, but its first sync failed: say so, hint
             // the fix where one is known, and exit non-zero.
@@ -120,10 +134,21 @@ pub(super) fn run(conn: Conn, command: RepoCommand, out: &mut dyn Write) -> anyh
         }
         RepoCommand::Unregister { repository } => {
             let (ns, name) = split_key(&repository)?;
-            let reply = c.call(
+            let (result, seen) = c.call_with_progress(
                 "repo.unregister",
                 &serde_json::json!({"namespace": ns, "name": name}),
-            )?;
+                ns,
+                name,
+                PROGRESS_AFTER,
+                &mut std::io::stderr(),
+            );
+            let reply = match result {
+                Ok(reply) => reply,
+                Err(e @ client::CallError::NoReply { .. }) => {
+                    return Err(after_timeout(&c, e, ns, name, &seen, Pending::Unregister))
+                }
+                Err(e) => return Err(e.into()),
+            };
             client::print(
                 out,
                 conn.output,
@@ -202,4 +227,81 @@ pub(super) fn run(conn: Conn, command: RepoCommand, out: &mut dyn Write) -> anyh
             client::print(out, conn.output, &reply, None, &columns)
         }
     }
+}
+
+/// How long a command waits quietly before it shows its progress.
+const PROGRESS_AFTER: Duration = Duration::from_secs(1);
+/// How long reading a repository's state after a timeout may take.
+const STATE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RepoCommand {
+    /// The command as typed (`repo register`), for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            RepoCommand::Register { .. } => "repo register",
+            RepoCommand::Unregister { .. } => "repo unregister",
+            RepoCommand::Get { .. } => "repo get",
+            RepoCommand::List { .. } => "repo list",
+            RepoCommand::Sync { .. } => "repo sync",
+            RepoCommand::Update { .. } => "repo update",
+        }
+    }
+}
+
+/// What a command that got no reply was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Register,
+    Unregister,
+}
+
+/// The error of a command that got no reply within its `--timeout`
+/// (`e`): what state the repository reached — read now, and from the
+/// events seen meanwhile (`seen`) — and what to run next.
+fn after_timeout(
+    c: &client::Client,
+    e: client::CallError,
+    ns: &str,
+    name: &str,
+    seen: &client::Progress,
+    pending: Pending,
+) -> anyhow::Error {
+    let key = format!("{ns}/{name}");
+    let now = c.call_once(
+        "repo.get",
+        &serde_json::json!({"namespace": ns, "name": name}),
+        STATE_READ_TIMEOUT,
+    );
+    let state = match (pending, &now) {
+        (_, Err(client::CallError::NoReply { .. } | client::CallError::Other(_))) => format!(
+            "whether it was applied is unknown (no node answers): check with `cairn repo get {key}` once a node runs"
+        ),
+        (Pending::Register, Err(client::CallError::Node { code, .. })) if code == "404" => {
+            format!("{key} is not registered: run the command again (a longer --timeout waits longer)")
+        }
+        (Pending::Unregister, Err(client::CallError::Node { code, .. })) if code == "404" => {
+            format!("{key} is unregistered")
+        }
+        (_, Err(other)) => format!("reading its state failed: {other}"),
+        (Pending::Register, Ok(repo)) => match repo["status"]["reason"].as_str() {
+            Some("Ready") => format!(
+                "{key} is registered and synced ({} package revisions): `cairn repo get {key}`",
+                repo["status"]["package_count"]
+            ),
+            Some("Error") => format!(
+                "{key} is registered, but its first sync failed: {}: `cairn repo get {key}`",
+                repo["status"]["message"].as_str().unwrap_or_default()
+            ),
+            _ if seen.sync_started.is_some() => format!(
+                "{key} is registered, still syncing ({} so far): cairn repo get {key}",
+                seen.counts()
+            ),
+            _ => format!("{key} is registered, not synced yet: cairn repo get {key}"),
+        },
+        (Pending::Unregister, Ok(_)) => format!(
+            "{key} is still registered ({} package revisions deleted so far; unregistering may still run): cairn repo get {key}",
+            seen.deleted
+        ),
+    };
+    anyhow::anyhow!("{e}; {state}")
 }
