@@ -59,15 +59,20 @@ pub(super) enum RepoCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Change a repository's sync spec (no flag: back to the node's interval).
+    /// Change a repository's sync spec: what is given changes, the rest
+    /// stays (at least one flag).
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
     Update {
         /// namespace/name.
         repository: String,
-        /// 5-field cron schedule, e.g. "*/10 * * * *".
-        #[arg(long)]
+        /// 5-field cron schedule (UTC), e.g. "*/10 * * * *".
+        #[arg(long, group = "change", conflicts_with = "clear_schedule")]
         schedule: Option<String>,
+        /// Drop the cron schedule: back to the node's interval.
+        #[arg(long, group = "change")]
+        clear_schedule: bool,
         /// One sync at this RFC 3339 time, e.g. 2026-12-01T02:00:00Z.
-        #[arg(long)]
+        #[arg(long, group = "change")]
         run_once_at: Option<String>,
     },
 }
@@ -204,16 +209,17 @@ pub(super) fn run(conn: Conn, command: RepoCommand, out: &mut dyn Write) -> anyh
         RepoCommand::Update {
             repository,
             schedule,
+            clear_schedule,
             run_once_at,
         } => {
             let (ns, name) = split_key(&repository)?;
-            let mut sync = serde_json::Map::new();
-            if let Some(schedule) = schedule {
-                sync.insert("schedule".into(), schedule.into());
-            }
-            if let Some(at) = run_once_at {
-                sync.insert("run_once_at".into(), at.into());
-            }
+            // `repo.update` replaces the whole sync spec: start from the
+            // current one, so what is not given stays.
+            let current = c.call(
+                "repo.get",
+                &serde_json::json!({"namespace": ns, "name": name}),
+            )?;
+            let sync = updated_sync(&current["sync"], schedule, clear_schedule, run_once_at);
             let reply = c.call(
                 "repo.update",
                 &serde_json::json!({"namespace": ns, "name": name, "sync": sync}),
@@ -304,4 +310,70 @@ fn after_timeout(
         ),
     };
     anyhow::anyhow!("{e}; {state}")
+}
+
+/// The sync spec `current` (a repository's `sync`) with the changes of
+/// `repo update`: a new `schedule`, or none (`clear_schedule`), a new
+/// `run_once_at`; what is not given stays.
+fn updated_sync(
+    current: &serde_json::Value,
+    schedule: Option<String>,
+    clear_schedule: bool,
+    run_once_at: Option<String>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut sync = serde_json::Map::new();
+    let kept = |key: &str| {
+        current[key]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let schedule = match (schedule, clear_schedule) {
+        (Some(schedule), _) => Some(schedule),
+        (None, true) => None,
+        (None, false) => kept("schedule"),
+    };
+    if let Some(schedule) = schedule {
+        sync.insert("schedule".into(), schedule.into());
+    }
+    if let Some(at) = run_once_at.or_else(|| kept("run_once_at")) {
+        sync.insert("run_once_at".into(), at.into());
+    }
+    sync
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_update_changes_what_is_given_and_keeps_the_rest() {
+        let current = json!({"schedule": "0 3 * * *", "run_once_at": "2026-12-01T02:00:00Z"});
+        let updated = |schedule: Option<&str>, clear: bool, once: Option<&str>| {
+            serde_json::Value::Object(updated_sync(
+                &current,
+                schedule.map(str::to_owned),
+                clear,
+                once.map(str::to_owned),
+            ))
+        };
+        assert_eq!(
+            updated(Some("*/5 * * * *"), false, None),
+            json!({"schedule": "*/5 * * * *", "run_once_at": "2026-12-01T02:00:00Z"})
+        );
+        assert_eq!(
+            updated(None, true, None),
+            json!({"run_once_at": "2026-12-01T02:00:00Z"})
+        );
+        assert_eq!(
+            updated(None, false, Some("2027-01-01T00:00:00Z")),
+            json!({"schedule": "0 3 * * *", "run_once_at": "2027-01-01T00:00:00Z"})
+        );
+        let none = json!({"schedule": "", "run_once_at": null});
+        assert_eq!(
+            serde_json::Value::Object(updated_sync(&none, None, true, None)),
+            json!({})
+        );
+    }
 }
