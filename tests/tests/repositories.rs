@@ -947,3 +947,43 @@ async fn the_cli_register_fails_when_the_first_sync_fails_and_hints_the_fix() {
     );
     node.shutdown().await;
 }
+
+/// A `file://` upstream owned by another Unix user (Git's "dubious
+/// ownership") is read like any other: cairn only reads it, and trusts it
+/// for that invocation only — no global Git configuration is written.
+#[actix_rt::test]
+async fn a_file_upstream_owned_by_another_user_is_read() {
+    let dir = TestDir::new();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    // uid/gid 65534: nobody, never the test's user.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&upstream)
+        .status()
+        .unwrap();
+    assert!(chown.success(), "the tests run as root (as CI does)");
+    let global = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".gitconfig"));
+    let before = global.as_ref().and_then(|g| std::fs::read(g).ok());
+    let node = start(&dir.path().join("data")).await;
+    let reply = node
+        .client()
+        .ok("repo.register", register("theirs", &url))
+        .await;
+    assert_eq!(
+        (
+            &reply["status"]["reason"],
+            &reply["status"]["error_class"],
+            &reply["status"]["package_count"],
+            &reply["sync"]["added"]
+        ),
+        (&json!("Ready"), &json!(""), &json!(8), &json!(8)),
+        "{reply}"
+    );
+    assert_eq!(
+        global.as_ref().and_then(|g| std::fs::read(g).ok()),
+        before,
+        "the global Git configuration is untouched"
+    );
+    node.shutdown().await;
+}
