@@ -570,10 +570,56 @@ pub const PKG_COLUMNS: &[(&str, &str)] = &[
     ("REPOSITORY", "/repository"),
 ];
 
-/// Writes `files` into `dir` (created; files inside may not escape it).
-/// Returns the number of files written.
-pub fn write_resources(dir: &Path, files: &Files) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// What `pkg pull` leaves alone in its target directory: Git's own
+/// (`pkg push` skips it too).
+const PULL_KEEPS: &str = ".git";
+
+/// Refuses a pull into `dir` when it holds anything (but `.git`) and
+/// `force` was not given: pulled files would mix with stale ones, which
+/// the next push would send.
+pub fn check_pull_target(dir: &Path, force: bool) -> anyhow::Result<()> {
+    if force || !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if entries.any(|e| e.is_ok_and(|e| e.file_name() != PULL_KEEPS)) {
+        bail!(
+            "{} is not empty: pull into a new or empty directory, or pass --force to replace its contents",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `files` into `dir` after [`check_pull_target`]; with `force`,
+/// everything `dir` held (but `.git`) is removed first, once every path
+/// was checked. Returns the number of files written.
+pub fn replace_resources(dir: &Path, files: &Files, force: bool) -> anyhow::Result<usize> {
+    check_pull_target(dir, force)?;
+    check_resource_paths(dir, files)?;
+    if force && dir.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_name() == PULL_KEEPS {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    write_resources(dir, files)
+}
+
+/// Refuses any of `files`' paths that would escape `dir`.
+fn check_resource_paths(dir: &Path, files: &Files) -> anyhow::Result<()> {
     for path in files.keys() {
         let relative = Path::new(path);
         if relative.is_absolute()
@@ -587,6 +633,70 @@ pub fn write_resources(dir: &Path, files: &Files) -> anyhow::Result<usize> {
             );
         }
     }
+    Ok(())
+}
+
+/// Whether a package file is a KRM resource file for a ResourceList (as
+/// kpt and `porchctl rpkg pull` pick them: `Kptfile`, `*.yaml`, `*.yml`).
+fn is_krm_file(path: &str) -> bool {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file == "Kptfile" || file.ends_with(".yaml") || file.ends_with(".yml")
+}
+
+/// The package `files` as a kpt `ResourceList` (YAML), as `porchctl rpkg
+/// pull` prints it: each YAML document of each KRM file (`Kptfile`,
+/// `*.yaml`, `*.yml`, in path order) as an item annotated with its file
+/// (`config.kubernetes.io/path`) and its place in it
+/// (`config.kubernetes.io/index`), and the same under
+/// `internal.config.kubernetes.io/`. Other files are not part of a
+/// ResourceList (pull into a directory to get them).
+pub fn resource_list(files: &Files) -> anyhow::Result<String> {
+    use serde::Deserialize as _;
+    use serde_yaml::{Mapping, Value as Yaml};
+    let mut items = Vec::new();
+    for (path, content) in files.iter().filter(|(p, _)| is_krm_file(p)) {
+        let text = std::str::from_utf8(content)
+            .with_context(|| format!("{path}: not UTF-8, so not a KRM file"))?;
+        let mut index = 0usize;
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let value = Yaml::deserialize(document).with_context(|| format!("{path}: not valid YAML"))?;
+            let mut object = match value {
+                Yaml::Null => continue,
+                Yaml::Mapping(m) => m,
+                _ => bail!("{path}: document {} is not a KRM object (a mapping)", index + 1),
+            };
+            let metadata = object
+                .entry("metadata".into())
+                .or_insert_with(|| Yaml::Mapping(Mapping::new()));
+            let Yaml::Mapping(metadata) = metadata else {
+                bail!("{path}: document {}: metadata is not a mapping", index + 1);
+            };
+            let annotations = metadata
+                .entry("annotations".into())
+                .or_insert_with(|| Yaml::Mapping(Mapping::new()));
+            let Yaml::Mapping(annotations) = annotations else {
+                bail!("{path}: document {}: metadata.annotations is not a mapping", index + 1);
+            };
+            for prefix in ["config.kubernetes.io", "internal.config.kubernetes.io"] {
+                annotations.insert(format!("{prefix}/index").into(), index.to_string().into());
+                annotations.insert(format!("{prefix}/path").into(), path.clone().into());
+            }
+            items.push(Yaml::Mapping(object));
+            index += 1;
+        }
+    }
+    let mut list = Mapping::new();
+    list.insert("apiVersion".into(), "config.kubernetes.io/v1".into());
+    list.insert("kind".into(), "ResourceList".into());
+    list.insert("items".into(), Yaml::Sequence(items));
+    Ok(serde_yaml::to_string(&Yaml::Mapping(list))?)
+}
+
+/// Writes `files` into `dir` (created; files inside may not escape it).
+/// Returns the number of files written.
+pub fn write_resources(dir: &Path, files: &Files) -> anyhow::Result<usize> {
+    check_resource_paths(dir, files)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (path, content) in files {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
@@ -675,4 +785,61 @@ pub fn register_body(
         git["secret_ref"] = json!(secret);
     }
     json!({"namespace": namespace, "name": name, "type": "git", "git": git, "deployment": deployment, "wait": wait})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resource_list_holds_each_krm_document_annotated_with_its_file() {
+        let mut files = Files::new();
+        files.insert("Kptfile".into(), b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: app\n".to_vec());
+        files.insert("README.md".into(), b"# app\n".to_vec());
+        files.insert(
+            "deploy/two.yaml".into(),
+            b"kind: A\nmetadata:\n  name: a\n  annotations:\n    keep: 'yes'\n---\n---\nkind: B\n".to_vec(),
+        );
+        let list: serde_yaml::Value = serde_yaml::from_str(&resource_list(&files).unwrap()).unwrap();
+        let want: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+apiVersion: config.kubernetes.io/v1
+kind: ResourceList
+items:
+- apiVersion: kpt.dev/v1
+  kind: Kptfile
+  metadata:
+    name: app
+    annotations:
+      config.kubernetes.io/index: '0'
+      config.kubernetes.io/path: Kptfile
+      internal.config.kubernetes.io/index: '0'
+      internal.config.kubernetes.io/path: Kptfile
+- kind: A
+  metadata:
+    name: a
+    annotations:
+      keep: 'yes'
+      config.kubernetes.io/index: '0'
+      config.kubernetes.io/path: deploy/two.yaml
+      internal.config.kubernetes.io/index: '0'
+      internal.config.kubernetes.io/path: deploy/two.yaml
+- kind: B
+  metadata:
+    annotations:
+      config.kubernetes.io/index: '1'
+      config.kubernetes.io/path: deploy/two.yaml
+      internal.config.kubernetes.io/index: '1'
+      internal.config.kubernetes.io/path: deploy/two.yaml
+"#,
+        )
+        .unwrap();
+        assert_eq!(list, want);
+        let mut bad = Files::new();
+        bad.insert("list.yaml".into(), b"- 1\n".to_vec());
+        assert_eq!(
+            resource_list(&bad).unwrap_err().to_string(),
+            "list.yaml: document 1 is not a KRM object (a mapping)"
+        );
+    }
 }

@@ -987,3 +987,104 @@ async fn a_file_upstream_owned_by_another_user_is_read() {
     );
     node.shutdown().await;
 }
+
+/// `pkg pull NAME DIR` refuses a directory that holds files (they would
+/// mix with the package's and be pushed next), replaces its contents with
+/// `--force` (keeping `.git`), and `pkg pull NAME` (or `-`) prints the
+/// package as a kpt ResourceList, as `porchctl rpkg pull` does.
+#[actix_rt::test]
+async fn the_cli_pull_refuses_a_non_empty_directory_and_prints_a_resource_list() {
+    let dir = TestDir::new();
+    let url = unpack("nested-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let mut body = register("gcp", &url);
+    body["git"]["directory"] = json!("catalog/gcp");
+    node.client().ok("repo.register", body).await;
+    let nats = node.nats_url.clone();
+    let files = node.client().resources("team-a", "gcp.bucket.v1").await;
+    let target = dir.path().join("bucket");
+    let path = target.to_str().unwrap();
+    let (ok_, _, err) = cli(&nats, &["pkg", "pull", "team-a/gcp.bucket.v1", path]).await;
+    assert!(ok_, "{err}");
+    std::fs::write(target.join("stale.yaml"), "kind: Stale\n").unwrap();
+    std::fs::create_dir_all(target.join(".git")).unwrap();
+    std::fs::write(target.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+
+    let (ok_, out, err) = cli(&nats, &["pkg", "pull", "team-a/gcp.bucket.v1", path]).await;
+    assert!(!ok_, "{out}");
+    assert_eq!(
+        err,
+        format!("error: {path} is not empty: pull into a new or empty directory, or pass --force to replace its contents\n")
+    );
+    assert!(target.join("stale.yaml").exists(), "nothing was touched");
+
+    let (ok_, _, err) = cli(
+        &nats,
+        &["pkg", "pull", "team-a/gcp.bucket.v1", path, "--force"],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    let mut on_disk: Vec<String> = walk(&target);
+    on_disk.sort();
+    let mut want: Vec<String> = files.keys().cloned().collect();
+    want.push(".git/HEAD".into());
+    want.sort();
+    assert_eq!(on_disk, want, "the package's files, and .git kept");
+    for (file, content) in &files {
+        assert_eq!(&std::fs::read(target.join(file)).unwrap(), content, "{file}");
+    }
+
+    for args in [
+        vec!["pkg", "pull", "team-a/gcp.bucket.v1"],
+        vec!["pkg", "pull", "team-a/gcp.bucket.v1", "-"],
+    ] {
+        let (ok_, out, err) = cli(&nats, &args).await;
+        assert!(ok_, "{err}");
+        let list: serde_json::Value = yaml_value(&out);
+        assert_eq!(
+            (&list["apiVersion"], &list["kind"]),
+            (&json!("config.kubernetes.io/v1"), &json!("ResourceList"))
+        );
+        let mut paths: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let a = &i["metadata"]["annotations"];
+                assert_eq!(a["config.kubernetes.io/path"], a["internal.config.kubernetes.io/path"]);
+                a["config.kubernetes.io/path"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        paths.dedup();
+        let krm: Vec<String> = files
+            .keys()
+            .filter(|p| p.ends_with("Kptfile") || p.ends_with(".yaml") || p.ends_with(".yml"))
+            .cloned()
+            .collect();
+        assert_eq!(paths, krm, "{out}");
+    }
+    node.shutdown().await;
+}
+
+/// Every file below `root`, relative, `/`-separated.
+fn walk(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(root).unwrap().to_str().unwrap().to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// YAML as JSON values (the CLI prints the ResourceList in YAML).
+fn yaml_value(text: &str) -> Value {
+    let yaml: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    serde_json::to_value(yaml).unwrap()
+}

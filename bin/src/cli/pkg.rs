@@ -20,11 +20,18 @@ pub(super) enum PkgCommand {
         name: String,
     },
     /// Write a package revision's resources into a directory.
+    ///
+    /// Into DIR: a new or empty directory, or with --force one whose
+    /// contents are replaced. Without DIR (or with `-`): the package as a
+    /// kpt ResourceList on stdout, as `porchctl rpkg pull` prints it.
     Pull {
         /// namespace/name (the Porch object name).
         name: String,
-        /// Target directory.
-        dir: PathBuf,
+        /// Target directory; none or `-` for stdout.
+        dir: Option<PathBuf>,
+        /// Replace the contents of a non-empty DIR (its `.git` stays).
+        #[arg(long)]
+        force: bool,
     },
     /// Create a draft: an empty package (a Kptfile), or a copy of a revision.
     Init {
@@ -219,10 +226,19 @@ pub(super) fn run(
             )?;
             client::print(out, conn.output, &reply, None, client::PKG_COLUMNS)
         }
-        PkgCommand::Pull { name, dir } => {
+        PkgCommand::Pull { name, dir, force } => {
             let (ns, name) = split_key(&name)?;
+            let dir = dir.filter(|d| d.as_os_str() != "-");
+            if let Some(dir) = &dir {
+                // Checked before anything is read, again before writing.
+                client::check_pull_target(dir, force)?;
+            }
             let files = c.resources(ns, name)?;
-            let n = client::write_resources(&dir, &files)?;
+            let Some(dir) = dir else {
+                write!(out, "{}", client::resource_list(&files)?)?;
+                return Ok(());
+            };
+            let n = client::replace_resources(&dir, &files, force)?;
             writeln!(
                 out,
                 "pulled {n} files of {ns}/{name} into {}",
