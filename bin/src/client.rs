@@ -17,6 +17,10 @@ use serde_json::{json, Value};
 pub enum Output {
     /// Aligned columns.
     Table,
+    /// Aligned columns, more of them.
+    Wide,
+    /// `NAMESPACE/NAME` per line (to feed other commands).
+    Name,
     /// JSON.
     Json,
     /// YAML.
@@ -64,13 +68,13 @@ pub enum CallError {
 }
 
 impl Client {
-    /// Connects to `url` for the CLI command `command` (`repo register`,
-    /// named in errors); requests wait at most `timeout`.
-    pub fn connect(url: &str, timeout: Duration, command: &str) -> anyhow::Result<Self> {
+    /// Connects to `target` for the CLI command `command` (`repo
+    /// register`, named in errors); requests wait at most `timeout`.
+    pub fn connect(target: &NatsTarget, timeout: Duration, command: &str) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let nats = runtime.block_on(connect_async(url))?;
+        let nats = runtime.block_on(connect_async(target))?;
         Ok(Self {
             nats,
             runtime,
@@ -198,18 +202,96 @@ fn tried(attempts: u32, timeout: Duration) -> String {
     }
 }
 
-/// Connects to the NATS server(s) at `url` (credentials in it are used,
-/// never shown), within [`CONNECT_TIMEOUT`].
-pub async fn connect_async(url: &str) -> anyhow::Result<async_nats::Client> {
-    let (urls, credentials) = crate::node::split_credentials(&[url.to_owned()]);
-    let url = urls.join(",");
-    tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        crate::node::connect_options(credentials).connect(url.as_str()),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no NATS server reachable at {url}; is a cairn node running?"))?
-    .with_context(|| format!("connecting to {url}"))
+/// Where the CLI's NATS is, and how it signs in: `-s/--server` (or
+/// `--nats-url`), else `$CAIRN_NATS_URL`, else `$NATS_URL`, else
+/// `nats://127.0.0.1:4222`; `--creds FILE`, or `--user`/`--password`, or
+/// credentials in the URL (used, never shown).
+#[derive(Debug, Clone, Default)]
+pub struct NatsTarget {
+    /// Server URLs (a cluster's several).
+    pub urls: Vec<String>,
+    /// Where the URLs came from (`-s/--server`, `CAIRN_NATS_URL`, …).
+    pub from: String,
+    /// A credentials file (JWT and NKey seed).
+    pub creds: Option<std::path::PathBuf>,
+    /// User and password.
+    pub user: Option<(String, String)>,
+}
+
+/// The default NATS URL of the client commands.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+impl NatsTarget {
+    /// The target of `--server` values `servers` (none: the environment,
+    /// then the default).
+    pub fn resolve(
+        servers: &[String],
+        creds: Option<std::path::PathBuf>,
+        user: Option<(String, String)>,
+    ) -> Self {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let (urls, from) = if !servers.is_empty() {
+            (servers.to_vec(), "-s/--server".to_owned())
+        } else if let Some(url) = env("CAIRN_NATS_URL") {
+            (split_urls(&url), "CAIRN_NATS_URL".to_owned())
+        } else if let Some(url) = env("NATS_URL") {
+            (split_urls(&url), "NATS_URL".to_owned())
+        } else {
+            (vec![DEFAULT_NATS_URL.to_owned()], "the default".to_owned())
+        };
+        Self {
+            urls,
+            from,
+            creds,
+            user,
+        }
+    }
+
+    /// A target of one URL, as given (tests, benchmarks).
+    pub fn url(url: &str) -> Self {
+        Self {
+            urls: split_urls(url),
+            from: "-s/--server".to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+fn split_urls(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connects to `target` within [`CONNECT_TIMEOUT`]. A failure says once
+/// what was tried (URLs without credentials, and where they came from) and
+/// how to point the CLI elsewhere.
+pub async fn connect_async(target: &NatsTarget) -> anyhow::Result<async_nats::Client> {
+    let (urls, in_url) = crate::node::split_credentials(&target.urls);
+    let shown = urls.join(",");
+    let options = match (&target.creds, &target.user, in_url) {
+        (Some(creds), _, _) => async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .with_context(|| format!("--creds {}", creds.display()))?,
+        (None, Some((user, password)), _) => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        (None, None, credentials) => crate::node::connect_options(credentials),
+    };
+    let hint = "point the CLI at a node's NATS with -s/--server URL, CAIRN_NATS_URL or NATS_URL";
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(shown.as_str())).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot connect to NATS at {shown} (from {}): {e}; {hint}",
+            target.from
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot connect to NATS at {shown} (from {}): no answer within {CONNECT_TIMEOUT:?}; {hint}",
+            target.from
+        )),
+    }
 }
 
 /// How long connecting to NATS may take.
@@ -249,8 +331,8 @@ fn attempt_timeout(timeout: Duration) -> Duration {
 
 /// The JSON of `reply`, or the node's error as an error naming the code.
 fn read_reply(subject: &str, reply: &async_nats::Message) -> Result<Value, CallError> {
-    let value: Value = serde_json::from_slice(&reply.payload)
-        .with_context(|| format!("reply of {subject}"))?;
+    let value: Value =
+        serde_json::from_slice(&reply.payload).with_context(|| format!("reply of {subject}"))?;
     if let Some(code) = reply
         .headers
         .as_ref()
@@ -258,10 +340,63 @@ fn read_reply(subject: &str, reply: &async_nats::Message) -> Result<Value, CallE
     {
         return Err(CallError::Node {
             code: code.to_string(),
-            message: value["message"].as_str().unwrap_or_default().to_owned(),
+            message: cli_words(value["message"].as_str().unwrap_or_default()),
         });
     }
     Ok(value)
+}
+
+/// A node's message as the CLI shows it: the NATS endpoints it names
+/// (`(pkgrev.propose-delete)`) become the CLI commands that call them
+/// (`(cairn pkg propose-delete)`).
+pub fn cli_words(message: &str) -> String {
+    let mut text = message.to_owned();
+    let mut endpoints: Vec<&str> = WRITE_ENDPOINTS
+        .iter()
+        .chain(&[
+            "repo.get",
+            "repo.list",
+            "pkgrev.get",
+            "pkgrev.list",
+            "pkgrev.resources",
+        ])
+        .copied()
+        .collect();
+    // Longest first: `pkgrev.propose-delete` before `pkgrev.propose`.
+    endpoints.sort_by_key(|e| std::cmp::Reverse(e.len()));
+    for endpoint in endpoints {
+        let (area, verb) = endpoint.split_once('.').unwrap_or(("", endpoint));
+        let command = match (area, verb) {
+            ("pkgrev", "create") => "cairn pkg init".to_owned(),
+            ("pkgrev", "update") => "cairn pkg push".to_owned(),
+            ("pkgrev", "resources") => "cairn pkg pull".to_owned(),
+            ("pkgrev", verb) => format!("cairn pkg {verb}"),
+            (area, verb) => format!("cairn {area} {verb}"),
+        };
+        text = replace_word(&text, endpoint, &command);
+    }
+    text
+}
+
+/// `text` with each `word` not part of a longer name (next to a letter,
+/// digit, `.`, `-` or `_`) replaced by `by`.
+fn replace_word(text: &str, word: &str, by: &str) -> String {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    let mut result = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        result.push_str(&rest[..at]);
+        if before.is_some_and(is_name) || after.is_some_and(is_name) {
+            result.push_str(word);
+        } else {
+            result.push_str(by);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    result.push_str(rest);
+    result
 }
 
 /// A revision's files: path → content.
@@ -436,12 +571,22 @@ impl Client {
         &self,
         namespace: &str,
         name: &str,
+        principal: Option<&str>,
         progress: &mut dyn Write,
     ) -> anyhow::Result<Value> {
         let key = format!("{namespace}/{name}");
-        let body = json!({"namespace": namespace, "name": name});
-        let (result, seen) =
-            self.call_with_progress("repo.sync", &body, namespace, name, Duration::ZERO, progress);
+        let mut body = json!({"namespace": namespace, "name": name});
+        if let Some(p) = principal {
+            body["principal"] = p.into();
+        }
+        let (result, seen) = self.call_with_progress(
+            "repo.sync",
+            &body,
+            namespace,
+            name,
+            Duration::ZERO,
+            progress,
+        );
         let reply = match result {
             Ok(reply) => reply,
             Err(CallError::NoReply { .. }) if seen.sync_started.is_some() => bail!(
@@ -471,6 +616,19 @@ impl Client {
     }
 }
 
+/// How a table shows objects.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// `(header, JSON pointer)` of each column.
+    pub columns: &'a [(&'a str, &'a str)],
+    /// Columns added by `-o wide`.
+    pub wide: &'a [(&'a str, &'a str)],
+    /// Print the header line.
+    pub headers: bool,
+    /// Start with a NAMESPACE column (a list of several namespaces).
+    pub namespace: bool,
+}
+
 /// Prints `value` in `output`; tables show `columns` (`(header, json pointer)`)
 /// for each item of `items` (or the value itself).
 pub fn print(
@@ -480,17 +638,65 @@ pub fn print(
     items: Option<&str>,
     columns: &[(&str, &str)],
 ) -> anyhow::Result<()> {
+    show(
+        out,
+        output,
+        value,
+        items,
+        View {
+            columns,
+            wide: &[],
+            headers: true,
+            namespace: false,
+        },
+    )
+}
+
+/// Prints `value` in `output` as `view` says (see [`print`]).
+pub fn show(
+    out: &mut dyn Write,
+    output: Output,
+    value: &Value,
+    items: Option<&str>,
+    view: View<'_>,
+) -> anyhow::Result<()> {
+    let rows: Vec<&Value> = match items {
+        Some(key) => value[key]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        None => vec![value],
+    };
     match output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
         Output::Yaml => write!(out, "{}", serde_yaml::to_string(value)?)?,
-        Output::Table => {
-            let rows: Vec<&Value> = match items {
-                Some(key) => value[key]
-                    .as_array()
-                    .map(|a| a.iter().collect())
-                    .unwrap_or_default(),
-                None => vec![value],
-            };
+        Output::Name => {
+            for row in rows {
+                match (row["namespace"].as_str(), row["name"].as_str()) {
+                    (Some(ns), Some(name)) => writeln!(out, "{ns}/{name}")?,
+                    // `{"deleted": "ns/name"}`, `{"unregistered": …}`.
+                    _ => {
+                        if let Some(key) = row
+                            .as_object()
+                            .and_then(|o| o.values().next())
+                            .and_then(Value::as_str)
+                        {
+                            writeln!(out, "{key}")?;
+                        }
+                    }
+                }
+            }
+        }
+        Output::Table | Output::Wide => {
+            let mut columns: Vec<(&str, &str)> = Vec::new();
+            if view.namespace && !view.columns.iter().any(|(h, _)| *h == "NAMESPACE") {
+                columns.push(("NAMESPACE", "/namespace"));
+            }
+            columns.extend_from_slice(view.columns);
+            if output == Output::Wide {
+                columns.extend_from_slice(view.wide);
+            }
+            let columns = columns.as_slice();
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|row| {
@@ -522,11 +728,15 @@ pub fn print(
                     .trim_end()
                     .to_owned()
             };
-            writeln!(
-                out,
-                "{}",
-                line(columns.iter().map(|(h, _)| (*h).to_owned()).collect())
-            )?;
+            // No rows, no header (as kubectl): an empty list says so on
+            // stderr instead.
+            if view.headers && !cells.is_empty() {
+                writeln!(
+                    out,
+                    "{}",
+                    line(columns.iter().map(|(h, _)| (*h).to_owned()).collect())
+                )?;
+            }
             for row in cells {
                 writeln!(out, "{}", line(row))?;
             }
@@ -558,6 +768,25 @@ pub const REPO_COLUMNS: &[(&str, &str)] = &[
     ("MESSAGE", "/status/message"),
 ];
 
+/// Columns `-o wide` adds to a package revision table.
+pub const PKG_WIDE_COLUMNS: &[(&str, &str)] = &[
+    ("COMMIT", "/commit"),
+    ("PUBLISHED BY", "/published_by"),
+    ("PUBLISHED AT", "/published_at"),
+];
+
+/// Most pages a listing reads (5 million revisions at the default page
+/// size).
+pub const LIST_PAGES_MAX: usize = 10_000;
+
+/// Columns `-o wide` adds to a repository table.
+pub const REPO_WIDE_COLUMNS: &[(&str, &str)] = &[
+    ("SCHEDULE", "/sync/schedule"),
+    ("COMMIT", "/status/commit"),
+    ("LAST SYNC", "/status/last_sync_at"),
+    ("NEXT SYNC", "/status/next_sync_at"),
+];
+
 /// Columns of a package revision table.
 pub const PKG_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "/name"),
@@ -584,7 +813,8 @@ pub fn check_pull_target(dir: &Path, force: bool) -> anyhow::Result<()> {
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
-    let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     if entries.any(|e| e.is_ok_and(|e| e.file_name() != PULL_KEEPS)) {
         bail!(
             "{} is not empty: pull into a new or empty directory, or pass --force to replace its contents",
@@ -659,11 +889,15 @@ pub fn resource_list(files: &Files) -> anyhow::Result<String> {
             .with_context(|| format!("{path}: not UTF-8, so not a KRM file"))?;
         let mut index = 0usize;
         for document in serde_yaml::Deserializer::from_str(text) {
-            let value = Yaml::deserialize(document).with_context(|| format!("{path}: not valid YAML"))?;
+            let value =
+                Yaml::deserialize(document).with_context(|| format!("{path}: not valid YAML"))?;
             let mut object = match value {
                 Yaml::Null => continue,
                 Yaml::Mapping(m) => m,
-                _ => bail!("{path}: document {} is not a KRM object (a mapping)", index + 1),
+                _ => bail!(
+                    "{path}: document {} is not a KRM object (a mapping)",
+                    index + 1
+                ),
             };
             let metadata = object
                 .entry("metadata".into())
@@ -675,7 +909,10 @@ pub fn resource_list(files: &Files) -> anyhow::Result<String> {
                 .entry("annotations".into())
                 .or_insert_with(|| Yaml::Mapping(Mapping::new()));
             let Yaml::Mapping(annotations) = annotations else {
-                bail!("{path}: document {}: metadata.annotations is not a mapping", index + 1);
+                bail!(
+                    "{path}: document {}: metadata.annotations is not a mapping",
+                    index + 1
+                );
             };
             for prefix in ["config.kubernetes.io", "internal.config.kubernetes.io"] {
                 annotations.insert(format!("{prefix}/index").into(), index.to_string().into());
@@ -792,15 +1029,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_messages_name_cli_commands() {
+        assert_eq!(
+            cli_words("cannot delete r.p.ws: it is Published; propose its deletion first (pkgrev.propose-delete)"),
+            "cannot delete r.p.ws: it is Published; propose its deletion first (cairn pkg propose-delete)"
+        );
+        assert_eq!(
+            cli_words("see repo.sync and pkgrev.propose, not team.repo.sync-x"),
+            "see cairn repo sync and cairn pkg propose, not team.repo.sync-x"
+        );
+    }
+
+    #[test]
     fn a_resource_list_holds_each_krm_document_annotated_with_its_file() {
         let mut files = Files::new();
-        files.insert("Kptfile".into(), b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: app\n".to_vec());
+        files.insert(
+            "Kptfile".into(),
+            b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: app\n".to_vec(),
+        );
         files.insert("README.md".into(), b"# app\n".to_vec());
         files.insert(
             "deploy/two.yaml".into(),
-            b"kind: A\nmetadata:\n  name: a\n  annotations:\n    keep: 'yes'\n---\n---\nkind: B\n".to_vec(),
+            b"kind: A\nmetadata:\n  name: a\n  annotations:\n    keep: 'yes'\n---\n---\nkind: B\n"
+                .to_vec(),
         );
-        let list: serde_yaml::Value = serde_yaml::from_str(&resource_list(&files).unwrap()).unwrap();
+        let list: serde_yaml::Value =
+            serde_yaml::from_str(&resource_list(&files).unwrap()).unwrap();
         let want: serde_yaml::Value = serde_yaml::from_str(
             r#"
 apiVersion: config.kubernetes.io/v1

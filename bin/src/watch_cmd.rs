@@ -46,8 +46,8 @@ pub enum Output {
 /// `cairn watch` options.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// NATS URL of a running node.
-    pub nats_url: String,
+    /// The NATS of a running node.
+    pub target: crate::client::NatsTarget,
     /// The filter (`pkgrev.list` fields).
     pub filter: Map<String, Value>,
     /// Kinds (empty: the node's default, package revisions).
@@ -150,7 +150,7 @@ async fn start(
 
 async fn watch(options: WatchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let client = crate::client::connect_async(&options.nats_url).await?;
+    let client = crate::client::connect_async(&options.target).await?;
     // Signals are handled from here on, so an interrupt always stops the
     // watch on the node.
     let mut term = signal(SignalKind::terminate())?;
@@ -223,7 +223,7 @@ async fn watch(options: WatchOptions, out: &mut dyn Write) -> anyhow::Result<()>
             humantime::format_duration(silence),
             humantime::format_duration(options.reconnect_timeout)
         );
-        let old = std::mem::replace(&mut current.id, String::new());
+        let old = std::mem::take(&mut current.id);
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             request(&client, "watch.stop", &json!({ "watch_id": old })),
@@ -398,7 +398,7 @@ mod tests {
         let mut filter = Map::new();
         filter.insert("repository".into(), json!("r"));
         let options = WatchOptions {
-            nats_url: String::new(),
+            target: crate::client::NatsTarget::default(),
             filter,
             kinds: vec!["repository".into()],
             since: Some(7),
@@ -415,10 +415,7 @@ mod tests {
 
     #[test]
     fn silence_is_three_intervals_and_at_least_a_second() {
-        assert_eq!(
-            silence_max(Duration::from_secs(5)),
-            Duration::from_secs(15)
-        );
+        assert_eq!(silence_max(Duration::from_secs(5)), Duration::from_secs(15));
         assert_eq!(
             silence_max(Duration::from_millis(200)),
             Duration::from_secs(1)

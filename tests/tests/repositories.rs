@@ -536,7 +536,11 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
         "{out}"
     );
 
-    let (ok_, out, err) = cli(&nats, &["pkg", "list", "-o", "json", "--repository", "gcp"]).await;
+    let (ok_, out, err) = cli(
+        &nats,
+        &["pkg", "list", "-o", "json", "--repository", "team-a/gcp"],
+    )
+    .await;
     assert!(ok_, "{err}");
     let listed: Value = serde_json::from_str(&out).unwrap();
     let mut names: Vec<&str> = listed["items"]
@@ -559,7 +563,16 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
 
     let (ok_, out, _) = cli(
         &nats,
-        &["pkg", "list", "--lifecycle", "Draft", "-o", "yaml"],
+        &[
+            "pkg",
+            "list",
+            "-n",
+            "team-a",
+            "--lifecycle",
+            "Draft",
+            "-o",
+            "yaml",
+        ],
     )
     .await;
     assert!(ok_);
@@ -646,9 +659,16 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
         err.trim(),
         "error: 404: package revision team-a/gcp.nope.v1 not found"
     );
+    // A bare name is in -n's namespace (default: `default`).
     let (ok_, _, err) = cli(&nats, &["repo", "get", "gcp"]).await;
     assert!(!ok_);
-    assert_eq!(err.trim(), "error: \"gcp\": expected <namespace>/<name>");
+    assert_eq!(err.trim(), "error: 404: repository default/gcp not found");
+    let (ok_, _, err) = cli(&nats, &["repo", "get", "a/b/c"]).await;
+    assert!(!ok_);
+    assert_eq!(
+        err.trim(),
+        "error: REPOSITORY \"a/b/c\": more than one '/'; expected NAME or NAMESPACE/NAME"
+    );
 
     let (ok_, out, _) = cli(&nats, &["repo", "unregister", "team-a/gcp"]).await;
     assert!(ok_);
@@ -869,7 +889,7 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
         vec!["log"],
         vec!["pkg", "list", "-n", "team-a"],
         vec!["pkg", "list", "-n", "team-a", "-o", "json"],
-        vec!["repo", "list"],
+        vec!["repo", "list", "-A"],
     ] {
         let mut command = cairn_cli!().command();
         command
@@ -1031,7 +1051,11 @@ async fn the_cli_pull_refuses_a_non_empty_directory_and_prints_a_resource_list()
     want.sort();
     assert_eq!(on_disk, want, "the package's files, and .git kept");
     for (file, content) in &files {
-        assert_eq!(&std::fs::read(target.join(file)).unwrap(), content, "{file}");
+        assert_eq!(
+            &std::fs::read(target.join(file)).unwrap(),
+            content,
+            "{file}"
+        );
     }
 
     for args in [
@@ -1051,7 +1075,10 @@ async fn the_cli_pull_refuses_a_non_empty_directory_and_prints_a_resource_list()
             .iter()
             .map(|i| {
                 let a = &i["metadata"]["annotations"];
-                assert_eq!(a["config.kubernetes.io/path"], a["internal.config.kubernetes.io/path"]);
+                assert_eq!(
+                    a["config.kubernetes.io/path"],
+                    a["internal.config.kubernetes.io/path"]
+                );
                 a["config.kubernetes.io/path"].as_str().unwrap().to_owned()
             })
             .collect();
@@ -1076,7 +1103,13 @@ fn walk(root: &Path) -> Vec<String> {
             if path.is_dir() {
                 pending.push(path);
             } else {
-                found.push(path.strip_prefix(root).unwrap().to_str().unwrap().to_owned());
+                found.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
             }
         }
     }

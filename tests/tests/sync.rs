@@ -426,26 +426,44 @@ async fn the_cli_repo_update_shows_the_next_sync_of_the_new_schedule() {
     let at_0300 = t0() + Duration::from_secs(17 * 3600);
     let updated = json_of(
         &cli.run([
-            "repo", "update", "team-a/r", "--schedule", "0 3 * * *", "-o", "json", "--nats-url",
+            "repo",
+            "update",
+            "team-a/r",
+            "--schedule",
+            "0 3 * * *",
+            "-o",
+            "json",
+            "--nats-url",
             &nats,
         ])
         .await,
     );
     assert_eq!(
-        (&updated["sync"]["schedule"], &updated["status"]["next_sync_at"]),
+        (
+            &updated["sync"]["schedule"],
+            &updated["status"]["next_sync_at"]
+        ),
         (&json!("0 3 * * *"), &rfc3339(at_0300))
     );
     assert_eq!(next_sync(&node, "r").await, Some((at_0300, "schedule")));
-    let got = json_of(&cli.run(["repo", "get", "team-a/r", "-o", "json", "--nats-url", &nats]).await);
+    let got = json_of(
+        &cli.run(["repo", "get", "team-a/r", "-o", "json", "--nats-url", &nats])
+            .await,
+    );
     assert_eq!(got["status"]["next_sync_at"], rfc3339(at_0300));
 
     // No flag: refused, nothing changed.
     let before = node.store.last_seq().unwrap();
-    let out = cli.run(["repo", "update", "team-a/r", "--nats-url", &nats]).await;
+    let out = cli
+        .run(["repo", "update", "team-a/r", "--nats-url", &nats])
+        .await;
     assert!(!out.success);
     assert!(
-        out.stderr.contains("the following required arguments were not provided:")
-            && out.stderr.contains("<--schedule <SCHEDULE>|--clear-schedule|--run-once-at <RUN_ONCE_AT>>"),
+        out.stderr
+            .contains("the following required arguments were not provided:")
+            && out
+                .stderr
+                .contains("<--schedule <SCHEDULE>|--clear-schedule|--run-once-at <RUN_ONCE_AT>>"),
         "{}",
         out.stderr
     );
@@ -456,13 +474,23 @@ async fn the_cli_repo_update_shows_the_next_sync_of_the_new_schedule() {
     let at = rfc3339(at_1005);
     let updated = json_of(
         &cli.run([
-            "repo", "update", "team-a/r", "--run-once-at", at.as_str().unwrap(), "-o", "json",
-            "--nats-url", &nats,
+            "repo",
+            "update",
+            "team-a/r",
+            "--run-once-at",
+            at.as_str().unwrap(),
+            "-o",
+            "json",
+            "--nats-url",
+            &nats,
         ])
         .await,
     );
     assert_eq!(
-        (&updated["sync"]["schedule"], &updated["status"]["next_sync_at"]),
+        (
+            &updated["sync"]["schedule"],
+            &updated["status"]["next_sync_at"]
+        ),
         (&json!("0 3 * * *"), &at)
     );
 
@@ -470,7 +498,14 @@ async fn the_cli_repo_update_shows_the_next_sync_of_the_new_schedule() {
     // run_once_at (kept).
     let updated = json_of(
         &cli.run([
-            "repo", "update", "team-a/r", "--clear-schedule", "-o", "json", "--nats-url", &nats,
+            "repo",
+            "update",
+            "team-a/r",
+            "--clear-schedule",
+            "-o",
+            "json",
+            "--nats-url",
+            &nats,
         ])
         .await,
     );
@@ -861,7 +896,10 @@ async fn a_stored_schedule_that_never_fires_costs_no_time_and_gets_the_interval(
             &stream,
             ExpectedVersion::Exact(version),
             vec![event(Payload::RepositorySpecChanged(
-                RepositorySpecChanged { spec: Some(spec), next_sync_at: None },
+                RepositorySpecChanged {
+                    spec: Some(spec),
+                    next_sync_at: None,
+                },
             ))],
             Metadata::command("alice"),
         )

@@ -841,7 +841,7 @@ async fn the_cli_streams_until_interrupted_and_stops_its_watch() {
                 "-o",
                 "json",
                 "--repository",
-                "r",
+                "team-a/r",
                 "--package",
                 "basens",
                 "--heartbeat",
@@ -961,7 +961,7 @@ async fn the_cli_says_relist_and_exits_non_zero() {
     let mut cli = ChildGuard::spawn(
         cairn_cli!()
             .command()
-            .args(["watch", "--nats-url", &node.nats_url])
+            .args(["watch", "-A", "--nats-url", &node.nats_url])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
@@ -1003,7 +1003,15 @@ fn cli_watch(nats_url: &str, extra: &[&str]) -> ChildGuard {
     ChildGuard::spawn(
         cairn_cli!()
             .command()
-            .args(["watch", "-o", "json", "--repository", "r", "--heartbeat", "200ms"])
+            .args([
+                "watch",
+                "-o",
+                "json",
+                "--repository",
+                "team-a/r",
+                "--heartbeat",
+                "200ms",
+            ])
             .args(extra)
             .args(["--nats-url", nats_url])
             .stdout(Stdio::piped())
@@ -1062,7 +1070,9 @@ async fn the_cli_watch_resumes_by_itself_when_its_node_comes_back() {
         ["Modified r.basens.v2", "Added r.basens.v3"]
     );
     assert_eq!(
-        live.iter().map(|l| l["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        live.iter()
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
         log_changes(&node.store, bookmark, node.store.last_seq().unwrap())
             .into_iter()
             .map(|(seq, _)| seq)
@@ -1074,7 +1084,11 @@ async fn the_cli_watch_resumes_by_itself_when_its_node_comes_back() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
-    assert_eq!(watchers(node.client()).await, 0, "the CLI stopped its watch");
+    assert_eq!(
+        watchers(node.client()).await,
+        0,
+        "the CLI stopped its watch"
+    );
     node.shutdown().await;
 }
 

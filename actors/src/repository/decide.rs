@@ -1095,7 +1095,10 @@ mod tests {
         assert_eq!(
             spec_changed(&spec(), None),
             vec![event(Payload::RepositorySpecChanged(
-                RepositorySpecChanged { spec: Some(spec()), next_sync_at: None }
+                RepositorySpecChanged {
+                    spec: Some(spec()),
+                    next_sync_at: None
+                }
             ))]
         );
     }

@@ -1,20 +1,29 @@
 //! The command line.
 //!
+//! Habits of kubectl, porchctl and the nats CLI: `-s/--server`, `--creds`,
+//! `--user`/`--password` and `-n/--namespace` anywhere on the command line
+//! (global); names as `NAMESPACE/NAME` or a bare name in `-n`'s namespace
+//! ([`names`]); `-o table|wide|name|json|yaml`, `-A`, `-l` on lists;
+//! `--principal` only on commands that write, each command's `--timeout`
+//! saying what it bounds; flag values checked by clap, so an error names
+//! the flag as typed (`--heartbeat 50ms`).
+//!
 //! # Layout
-//! - this module — the top level (`cairn <area> …`), `node`, `log`,
-//!   `views`, `watch`, `bench`, and the connection flags of the client
-//!   commands.
+//! - this module — the top level (`cairn <area> …`), the global flags,
+//!   `node`, `log`, `views`, `watch`, `bench`, `completion`, `man`.
 //! - [`repo`] — `cairn repo …`.
-//! - [`pkg`] — `cairn pkg …` and the `pkgrev.list` filter flags.
+//! - [`pkg`] — `cairn pkg …`, the `pkgrev.list` filter flags and label
+//!   selectors.
 //! - [`names`] — how arguments name repositories and package revisions.
 
 mod names;
 mod pkg;
 mod repo;
+mod selector;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use self::{
     pkg::{FilterArgs, PkgCommand},
@@ -31,13 +40,64 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Flags taken anywhere on the command line.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection and namespace (anywhere on the command line)")]
+struct Global {
+    /// NATS server URL of a running node; comma-separated or repeated for a
+    /// cluster [default: $CAIRN_NATS_URL, else $NATS_URL, else
+    /// nats://127.0.0.1:4222]. `cairn node`: the servers to join instead
+    /// of starting its own.
+    #[arg(
+        short = 's',
+        long = "server",
+        alias = "nats-url",
+        global = true,
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    server: Vec<String>,
+    /// NATS credentials file (user JWT and NKey seed).
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "user")]
+    creds: Option<PathBuf>,
+    /// NATS user (with --password); or give them in the URL.
+    #[arg(long, global = true, requires = "password")]
+    user: Option<String>,
+    /// NATS password of --user.
+    #[arg(long, global = true, requires = "user")]
+    password: Option<String>,
+    /// Namespace of names given without one, and of lists and watches.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "CAIRN_NAMESPACE",
+        default_value = "default",
+        value_parser = names::namespace_arg
+    )]
+    namespace: String,
+}
+
+impl Global {
+    /// Where the client commands' NATS is.
+    fn target(&self) -> client::NatsTarget {
+        client::NatsTarget::resolve(
+            &self.server,
+            self.creds.clone(),
+            self.user.clone().zip(self.password.clone()),
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a node (starts its own nats-server when no NATS URL is configured).
+    /// Run a node (starts its own nats-server unless -s/--server names one).
     Node(NodeArgs),
     /// Print the event log (from a running node, or a stopped node's data directory).
     Log(LogArgs),
@@ -58,10 +118,6 @@ enum Command {
     Pkg {
         #[command(flatten)]
         conn: Conn,
-        /// Who is acting (recorded in the events, authors the commits); the
-        /// NATS user instead when the server names one.
-        #[arg(long, global = true)]
-        principal: Option<String>,
         #[command(subcommand)]
         command: PkgCommand,
     },
@@ -71,6 +127,17 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Print a shell completion script (e.g. `source <(cairn completion bash)`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page of cairn, or of one command (`cairn man repo
+    /// register`), in roff (e.g. `cairn man | man -l -`).
+    Man {
+        /// The command's words after `cairn`.
+        command: Vec<String>,
     },
 }
 
@@ -82,9 +149,6 @@ struct NodeArgs {
     /// Data directory (store and local JetStream data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// NATS server URL; repeat for a cluster. None: start a local nats-server.
-    #[arg(long = "nats-url")]
-    nats_urls: Vec<String>,
     /// Address of the local nats-server (default 127.0.0.1:4222).
     #[arg(long)]
     nats_listen: Option<String>,
@@ -98,7 +162,8 @@ struct LogArgs {
     /// First sequence number to print.
     #[arg(long, default_value_t = 1)]
     from: u64,
-    /// Only this stream (e.g. repo/<namespace>/<name>).
+    /// Only the events of this repository (NAMESPACE/NAME, or NAME in
+    /// -n's namespace; a stream id `repo/NS/NAME` too).
     #[arg(long)]
     stream: Option<String>,
     /// Keep printing new events until interrupted.
@@ -108,29 +173,31 @@ struct LogArgs {
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
     /// Read a stopped node's data directory instead of asking a node.
-    #[arg(long, conflicts_with = "nats_url")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// NATS URL of a running node.
-    #[arg(long, env = "CAIRN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
 }
 
+/// Flags of every `repo` and `pkg` command.
 #[derive(Debug, Args)]
 struct Conn {
-    /// NATS URL of a running node.
-    #[arg(
-        long,
-        global = true,
-        env = "CAIRN_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
-    /// Output format.
+    /// Output format: table, wide (more columns), name (NAMESPACE/NAME per
+    /// line), json, yaml.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = client::Output::Table)]
     output: client::Output,
-    /// How long to wait for a reply (a registration waits for the first sync).
-    #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
-    timeout: std::time::Duration,
+}
+
+/// Who acts: on commands that write.
+#[derive(Debug, Args)]
+struct Principal {
+    /// Who is acting (recorded in the events, authors the commits); the
+    /// NATS user instead when the server names one.
+    #[arg(long)]
+    principal: Option<String>,
+}
+
+/// A `--timeout` duration (humantime: `90s`, `2m`).
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 90s, 2m)"))
 }
 
 #[derive(Debug, Args)]
@@ -138,25 +205,32 @@ struct WatchArgs {
     #[command(flatten)]
     filter: FilterArgs,
     /// Kinds of events: packagerevision (default), repository (repeatable).
-    #[arg(long = "kind")]
+    #[arg(long = "kind", value_parser = ["packagerevision", "repository"])]
     kinds: Vec<String>,
     /// Resume after this sequence number instead of listing first.
     #[arg(long)]
     since: Option<u64>,
-    /// Heartbeat interval asked of the node (a watch silent for three
-    /// intervals is taken for lost and started again).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    heartbeat: std::time::Duration,
+    /// Heartbeat interval asked of the node, 100ms to 60s (a watch silent
+    /// for three intervals is taken for lost and started again).
+    #[arg(long, default_value = "5s", value_parser = heartbeat_arg)]
+    heartbeat: Duration,
     /// How long a lost watch (its node stopped) is tried again, resuming
     /// from the last seq seen, before the command fails.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    reconnect_timeout: std::time::Duration,
+    #[arg(long, default_value = "5m", value_parser = duration_arg)]
+    reconnect_timeout: Duration,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = watch_cmd::Output::Table)]
     output: watch_cmd::Output,
-    /// NATS URL of a running node.
-    #[arg(long, env = "CAIRN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+}
+
+/// `--heartbeat`: the node's bounds (`heartbeat_ms` 100–60000), checked
+/// here so the error names the flag.
+fn heartbeat_arg(text: &str) -> Result<Duration, String> {
+    let d = duration_arg(text)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err("must be between 100ms and 60s".to_owned());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,14 +257,12 @@ enum BenchCommand {
         #[arg(long)]
         no_sync: bool,
     },
-    /// Events/s from the log to JetStream via the Publisher vs raw async-nats publishes.
+    /// Events/s from the log to JetStream via the Publisher vs raw async-nats
+    /// publishes (against -s/--server when given, else a local nats-server).
     Publish {
         /// Events to publish.
         #[arg(long, default_value_t = 20_000)]
         events: u64,
-        /// Use this NATS server instead of starting a local one.
-        #[arg(long)]
-        nats_url: Option<String>,
         /// In-flight window of both sides.
         #[arg(long, default_value_t = 512)]
         max_in_flight: usize,
@@ -290,11 +362,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
+    let global = cli.global;
     match cli.command {
         Command::Node(args) => {
             let overrides = Overrides {
                 data_dir: args.data_dir,
-                nats_urls: args.nats_urls,
+                nats_urls: global.server,
                 nats_listen: args.nats_listen,
                 log_level: args.log_level,
             };
@@ -304,15 +377,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             node::run(config)
         }
         Command::Log(args) => {
-            telemetry::init("warn", false);
+            telemetry::init(CLIENT_LOG, false);
             let source = match args.data_dir {
                 Some(dir) => Source::DataDir(dir),
-                None => Source::Nats(args.nats_url),
+                None => Source::Nats(global.target()),
             };
+            let stream = args
+                .stream
+                .as_deref()
+                .map(|s| names::stream(s, &global.namespace))
+                .transpose()?;
             let options = LogOptions {
                 source,
                 from: args.from,
-                stream: args.stream,
+                stream,
                 follow: args.follow,
                 output: args.output,
             };
@@ -321,26 +399,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Views {
             command: ViewsCommand::Rebuild { data_dir },
         } => {
-            telemetry::init("warn", false);
+            telemetry::init(CLIENT_LOG, false);
             views_cmd::rebuild(&data_dir, &mut stdout)
         }
         Command::Repo { conn, command } => {
-            telemetry::init("warn", false);
-            repo::run(conn, command, &mut stdout)
+            telemetry::init(CLIENT_LOG, false);
+            repo::run(&global, conn, command, &mut stdout)
         }
-        Command::Pkg {
-            conn,
-            principal,
-            command,
-        } => {
-            telemetry::init("warn", false);
-            pkg::run(conn, principal, command, &mut stdout)
+        Command::Pkg { conn, command } => {
+            telemetry::init(CLIENT_LOG, false);
+            pkg::run(&global, conn, command, &mut stdout)
         }
         Command::Watch(args) => {
-            telemetry::init("warn", false);
-            let filter = args.filter.into_json();
+            telemetry::init(CLIENT_LOG, false);
+            let filter = args.filter.watch_filter(&global.namespace)?;
             let options = watch_cmd::WatchOptions {
-                nats_url: args.nats_url,
+                target: global.target(),
                 filter,
                 kinds: args.kinds,
                 since: args.since,
@@ -350,8 +424,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             watch_cmd::run(options, &mut stdout)
         }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut stdout);
+            Ok(())
+        }
+        Command::Man { command } => man(&command, &mut stdout),
         Command::Bench { command } => {
-            telemetry::init("warn", false);
+            telemetry::init(CLIENT_LOG, false);
             match command {
                 BenchCommand::Append {
                     events,
@@ -368,12 +447,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|_| ()),
                 BenchCommand::Publish {
                     events,
-                    nats_url,
                     max_in_flight,
                 } => bench::publish(
                     &bench::PublishOptions {
                         events,
-                        nats_url,
+                        nats_url: (!global.server.is_empty()).then(|| global.server.join(",")),
                         server_binary: "nats-server".into(),
                         max_in_flight,
                     },
@@ -456,4 +534,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The log filter of every command but `node`: warnings, and nothing of
+/// the NATS client's own (a connection error is said once, by the
+/// command).
+const CLIENT_LOG: &str = "warn,async_nats=off";
+
+/// `cairn man [COMMAND…]`: the roff manual page of cairn or of one of its
+/// commands.
+fn man(words: &[String], out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let mut command = Cli::command();
+    command.build();
+    for word in words {
+        let Some(sub) = command.find_subcommand(word).cloned() else {
+            let name = command.get_bin_name().unwrap_or("cairn").to_owned();
+            anyhow::bail!("COMMAND: {name} has no command {word:?}; see `{name} --help`");
+        };
+        // Built with the root: named `cairn-repo-register` in the page.
+        command = sub;
+    }
+    clap_mangen::Man::new(command).render(out)?;
+    Ok(())
 }
