@@ -194,9 +194,9 @@ struct Printer {
 const COLUMNS: [(&str, usize); 6] = [
     ("SEQ", 6),
     ("TIME", 19),
-    ("STREAM", 24),
-    ("TYPE", 25),
-    ("OBJECT", 26),
+    ("STREAM", 22),
+    ("TYPE", 24),
+    ("OBJECT", 30),
     ("PRINCIPAL", 0),
 ];
 /// The widest a table line gets.
@@ -307,7 +307,7 @@ mod tests {
         let row = table_row(&table_cells(&event));
         assert_eq!(
             row,
-            "  1042  2026-11-21 15:01:12  repo/team-a/blueprints    PackageRevisionPublished   blueprints.catalog.app.v1   alice@exa…"
+            "  1042  2026-11-21 15:01:12  repo/team-a/blueprints  PackageRevisionPublished  blueprints.catalog.app.v1       alice@ex…"
         );
         assert!(row.chars().count() <= TABLE_WIDTH_MAX, "{row}");
         let long = json!({"seq": 9, "stream": format!("repo/{}/{}", "n".repeat(40), "r".repeat(40)),
@@ -315,7 +315,7 @@ mod tests {
         let row = table_row(&table_cells(&long));
         assert_eq!(row.chars().count(), TABLE_WIDTH_MAX, "{row}");
         assert!(
-            row.contains("RepositoryClosed           -  "),
+            row.contains("RepositoryClosed          -    "),
             "no revision: {row}"
         );
     }

@@ -443,7 +443,18 @@ pub(super) fn run(
                 items.push(get(&c, &names::key("NAME", name, ns)?)?);
             }
             match <[Value; 1]>::try_from(items) {
-                Ok([one]) => client::print(out, output, &one, None, client::PKG_COLUMNS),
+                Ok([one]) => client::show(
+                    out,
+                    output,
+                    &one,
+                    None,
+                    client::View {
+                        columns: client::PKG_COLUMNS,
+                        wide: client::PKG_WIDE_COLUMNS,
+                        headers: !args.no_headers,
+                        namespace: false,
+                    },
+                ),
                 Err(items) => print_list(out, output, items, &args, ns),
             }
         }

@@ -324,7 +324,18 @@ pub(super) fn run(
                 items.push(c.call("repo.get", &key.body())?);
             }
             match <[serde_json::Value; 1]>::try_from(items) {
-                Ok([one]) => client::print(out, conn.output, &one, None, client::REPO_COLUMNS),
+                Ok([one]) => client::show(
+                    out,
+                    conn.output,
+                    &one,
+                    None,
+                    client::View {
+                        columns: client::REPO_COLUMNS,
+                        wide: client::REPO_WIDE_COLUMNS,
+                        headers: !args.no_headers,
+                        namespace: false,
+                    },
+                ),
                 Err(items) => client::show(
                     out,
                     conn.output,
