@@ -805,9 +805,7 @@ fn node_logs_are_plain_text_off_a_terminal() {
         l.starts_with(cairn_tests::node::READY_PREFIX)
     })
     .expect("the node is ready");
-    node.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = node.wait_timeout(WAIT);
-    assert!(status.success(), "{status:?}");
+    node.kill_all();
     let log = std::io::read_to_string(stderr).unwrap();
     assert!(log.contains(" INFO "), "info lines were logged: {log}");
     assert!(!log.contains('\u{1b}'), "no escape codes: {log:?}");

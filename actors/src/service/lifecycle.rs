@@ -95,6 +95,8 @@ pub fn segment(field: &str, value: &str) -> Result<(), ServiceError> {
 /// lowercase letters, digits, `.` and `-`, starting and ending with a
 /// letter or digit. `V_1` is refused; `v1`, `v1.2`, `fix-1` are names.
 pub fn workspace(field: &str, value: &str) -> Result<(), ServiceError> {
+    // The segment rules first, with their message (what `V_1` passes).
+    segment(field, value)?;
     let kubernetes = value
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-".contains(&b))
@@ -106,7 +108,7 @@ pub fn workspace(field: &str, value: &str) -> Result<(), ServiceError> {
             format!("{value:?} is not a valid workspace name (lowercase letters, digits, '.' and '-', 1-253 characters, starting and ending with a letter or digit)"),
         ));
     }
-    segment(field, value)
+    Ok(())
 }
 
 /// A package path: segments checked by [`segment`], `/`-separated; leading
