@@ -1005,6 +1005,25 @@ async fn a_file_upstream_owned_by_another_user_is_read() {
         before,
         "the global Git configuration is untouched"
     );
+    // Writing there would run the owner's hooks: Git's refusal stands,
+    // as class auth (not network), and nothing is recorded.
+    let last = node.store.last_seq().unwrap();
+    let refused = node
+        .client()
+        .call(
+            "pkgrev.create",
+            json!({"namespace": "team-a", "repository": "theirs", "package": "app", "workspace": "ws"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, 503);
+    let message = refused.body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("upstream unavailable (auth): access denied: git push to file://")
+            && message.contains("detected dubious ownership"),
+        "{message}"
+    );
+    assert_eq!(node.store.last_seq().unwrap(), last);
     node.shutdown().await;
 }
 
