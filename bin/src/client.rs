@@ -17,6 +17,10 @@ use serde_json::{json, Value};
 pub enum Output {
     /// Aligned columns.
     Table,
+    /// Aligned columns, more of them.
+    Wide,
+    /// `NAMESPACE/NAME` per line (to feed other commands).
+    Name,
     /// JSON.
     Json,
     /// YAML.
@@ -29,53 +33,103 @@ pub struct Client {
     nats: async_nats::Client,
     runtime: tokio::runtime::Runtime,
     timeout: Duration,
+    /// The CLI command this client serves (`repo register`): errors name
+    /// it, not the NATS endpoint.
+    command: String,
+}
+
+/// Why a call got no answer of the node's.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The node answered with an error (`code` as HTTP): show it as is.
+    #[error("{code}: {message}")]
+    Node {
+        /// The error code (`400`, `404`, `409`, …).
+        code: String,
+        /// The node's message.
+        message: String,
+    },
+    /// No node answered within the command's `--timeout`: the command may
+    /// or may not have been applied; say what is known of its state.
+    #[error("{command}: {why}{}", tried(*attempts, *timeout))]
+    NoReply {
+        /// The CLI command.
+        command: String,
+        /// What the last attempt got (no responders, no reply in time).
+        why: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The command's `--timeout`.
+        timeout: Duration,
+    },
+    /// The request could not be sent, or its reply not read.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
 impl Client {
-    /// Connects to `url`; requests wait at most `timeout`.
-    pub fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// Connects to `target` for the CLI command `command` (`repo
+    /// register`, named in errors); requests wait at most `timeout`.
+    pub fn connect(target: &NatsTarget, timeout: Duration, command: &str) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (urls, credentials) = crate::node::split_credentials(&[url.to_owned()]);
-        let url = urls.join(",");
-        let url = url.as_str();
-        let nats = runtime
-            .block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(5),
-                    crate::node::connect_options(credentials).connect(url),
-                )
-                .await
-            })
-            .map_err(|_| {
-                anyhow::anyhow!("no NATS server reachable at {url}; is a cairn node running?")
-            })?
-            .with_context(|| format!("connecting to {url}"))?;
+        let nats = runtime.block_on(connect_async(target))?;
         Ok(Self {
             nats,
             runtime,
             timeout,
+            command: command.to_owned(),
         })
+    }
+
+    /// The command's `--timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sends `body` to `cairn.v1.<endpoint>` and returns the JSON reply, or
     /// the node's error as an error naming the code.
-    pub fn call(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
+    pub fn call(&self, endpoint: &str, body: &Value) -> Result<Value, CallError> {
         self.runtime.block_on(self.call_async(endpoint, body))
     }
 
-    async fn call_async(&self, endpoint: &str, body: &Value) -> anyhow::Result<Value> {
+    /// [`Self::call`] with one attempt bounded by `timeout` (what a
+    /// command reads after its own request got no reply).
+    pub fn call_once(
+        &self,
+        endpoint: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        self.runtime
+            .block_on(self.call_within(endpoint, body, timeout, 1))
+    }
+
+    async fn call_async(&self, endpoint: &str, body: &Value) -> Result<Value, CallError> {
+        self.call_within(endpoint, body, self.timeout, CALL_ATTEMPTS_MAX)
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        endpoint: &str,
+        body: &Value,
+        timeout: Duration,
+        attempts_max: u32,
+    ) -> Result<Value, CallError> {
         use async_nats::RequestErrorKind;
 
+        let command = &self.command;
         let subject = format!("cairn.v1.{endpoint}");
-        let payload = bytes::Bytes::from(serde_json::to_vec(body)?);
+        let payload = bytes::Bytes::from(serde_json::to_vec(body).map_err(anyhow::Error::from)?);
         let max_payload = self.nats.server_info().max_payload;
         if max_payload > 0 && payload.len() > max_payload {
-            bail!(
-                "{subject}: the request is {} bytes, more than the server's max_payload of {max_payload} bytes",
+            return Err(anyhow::anyhow!(
+                "{command}: the request is {} bytes, more than the server's max_payload of {max_payload} bytes",
                 payload.len()
-            );
+            )
+            .into());
         }
         // A write carries one request id for all its attempts: the node
         // applies it once and answers a retry with what the first attempt
@@ -87,20 +141,23 @@ impl Client {
                 cairn_events::envelope::new_id().as_str(),
             );
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let attempt_timeout = attempt_timeout(self.timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let attempt_timeout = attempt_timeout(timeout);
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut told = false;
-        for attempt in 1..=CALL_ATTEMPTS_MAX {
+        let mut attempt = 0;
+        let mut why = format!("no reply within {timeout:?}");
+        while attempt < attempts_max {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 break;
             }
+            attempt += 1;
             let request = async_nats::Request::new()
                 .payload(payload.clone())
                 .headers(headers.clone())
                 .timeout(Some(remaining.min(attempt_timeout)));
-            let why = match self.nats.send_request(subject.clone(), request).await {
+            why = match self.nats.send_request(subject.clone(), request).await {
                 Ok(reply) => return read_reply(&subject, &reply),
                 Err(e) if e.kind() == RequestErrorKind::NoResponders => {
                     "no cairn node answers on this NATS server".to_owned()
@@ -110,17 +167,11 @@ impl Client {
                 }
                 Err(e) => e.to_string(),
             };
-            if attempt == CALL_ATTEMPTS_MAX || tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "{subject}: {why} (tried {attempt} times in {:?})",
-                    self.timeout
-                );
+            if attempt == attempts_max || tokio::time::Instant::now() >= deadline {
+                break;
             }
             if !told {
-                eprintln!(
-                    "{subject}: {why}; retrying until {:?} have passed",
-                    self.timeout
-                );
+                eprintln!("{command}: {why}; retrying until {timeout:?} have passed");
                 told = true;
             }
             tokio::time::sleep(
@@ -129,9 +180,122 @@ impl Client {
             .await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
-        bail!("{subject}: no reply within {:?}", self.timeout)
+        if why.starts_with("no reply within") {
+            // Said of the whole command, not of its last attempt.
+            why = format!("no reply within {timeout:?}");
+        }
+        Err(CallError::NoReply {
+            command: command.clone(),
+            why,
+            attempts: attempt,
+            timeout,
+        })
     }
 }
+
+/// ` (tried N times in T)` after several attempts, else nothing.
+fn tried(attempts: u32, timeout: Duration) -> String {
+    if attempts > 1 {
+        format!(" (tried {attempts} times in {timeout:?})")
+    } else {
+        String::new()
+    }
+}
+
+/// Where the CLI's NATS is, and how it signs in: `-s/--server` (or
+/// `--nats-url`), else `$CAIRN_NATS_URL`, else `$NATS_URL`, else
+/// `nats://127.0.0.1:4222`; `--creds FILE`, or `--user`/`--password`, or
+/// credentials in the URL (used, never shown).
+#[derive(Debug, Clone, Default)]
+pub struct NatsTarget {
+    /// Server URLs (a cluster's several).
+    pub urls: Vec<String>,
+    /// Where the URLs came from (`-s/--server`, `CAIRN_NATS_URL`, …).
+    pub from: String,
+    /// A credentials file (JWT and NKey seed).
+    pub creds: Option<std::path::PathBuf>,
+    /// User and password.
+    pub user: Option<(String, String)>,
+}
+
+/// The default NATS URL of the client commands.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+impl NatsTarget {
+    /// The target of `--server` values `servers` (none: the environment,
+    /// then the default).
+    pub fn resolve(
+        servers: &[String],
+        creds: Option<std::path::PathBuf>,
+        user: Option<(String, String)>,
+    ) -> Self {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let (urls, from) = if !servers.is_empty() {
+            (servers.to_vec(), "-s/--server".to_owned())
+        } else if let Some(url) = env("CAIRN_NATS_URL") {
+            (split_urls(&url), "CAIRN_NATS_URL".to_owned())
+        } else if let Some(url) = env("NATS_URL") {
+            (split_urls(&url), "NATS_URL".to_owned())
+        } else {
+            (vec![DEFAULT_NATS_URL.to_owned()], "the default".to_owned())
+        };
+        Self {
+            urls,
+            from,
+            creds,
+            user,
+        }
+    }
+
+    /// A target of one URL, as given (tests, benchmarks).
+    pub fn url(url: &str) -> Self {
+        Self {
+            urls: split_urls(url),
+            from: "-s/--server".to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+fn split_urls(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connects to `target` within [`CONNECT_TIMEOUT`]. A failure says once
+/// what was tried (URLs without credentials, and where they came from) and
+/// how to point the CLI elsewhere.
+pub async fn connect_async(target: &NatsTarget) -> anyhow::Result<async_nats::Client> {
+    let (urls, in_url) = crate::node::split_credentials(&target.urls);
+    let shown = urls.join(",");
+    let options = match (&target.creds, &target.user, in_url) {
+        (Some(creds), _, _) => async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .with_context(|| format!("--creds {}", creds.display()))?,
+        (None, Some((user, password)), _) => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        (None, None, credentials) => crate::node::connect_options(credentials),
+    };
+    let hint = "point the CLI at a node's NATS with -s/--server URL, CAIRN_NATS_URL or NATS_URL";
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(shown.as_str())).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot connect to NATS at {shown} (from {}): {e}; {hint}",
+            target.from
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot connect to NATS at {shown} (from {}): no answer within {CONNECT_TIMEOUT:?}; {hint}",
+            target.from
+        )),
+    }
+}
+
+/// How long connecting to NATS may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The endpoints that change state: their requests carry a
 /// `Cairn-Request-Id`, so retrying them is safe.
@@ -166,7 +330,7 @@ fn attempt_timeout(timeout: Duration) -> Duration {
 }
 
 /// The JSON of `reply`, or the node's error as an error naming the code.
-fn read_reply(subject: &str, reply: &async_nats::Message) -> anyhow::Result<Value> {
+fn read_reply(subject: &str, reply: &async_nats::Message) -> Result<Value, CallError> {
     let value: Value =
         serde_json::from_slice(&reply.payload).with_context(|| format!("reply of {subject}"))?;
     if let Some(code) = reply
@@ -174,10 +338,65 @@ fn read_reply(subject: &str, reply: &async_nats::Message) -> anyhow::Result<Valu
         .as_ref()
         .and_then(|h| h.get("Nats-Service-Error-Code"))
     {
-        let message = value["message"].as_str().unwrap_or_default();
-        bail!("{code}: {message}");
+        return Err(CallError::Node {
+            code: code.to_string(),
+            message: cli_words(value["message"].as_str().unwrap_or_default()),
+        });
     }
     Ok(value)
+}
+
+/// A node's message as the CLI shows it: the NATS endpoints it names
+/// (`(pkgrev.propose-delete)`) become the CLI commands that call them
+/// (`(cairn pkg propose-delete)`).
+pub fn cli_words(message: &str) -> String {
+    let mut text = message.to_owned();
+    let mut endpoints: Vec<&str> = WRITE_ENDPOINTS
+        .iter()
+        .chain(&[
+            "repo.get",
+            "repo.list",
+            "pkgrev.get",
+            "pkgrev.list",
+            "pkgrev.resources",
+        ])
+        .copied()
+        .collect();
+    // Longest first: `pkgrev.propose-delete` before `pkgrev.propose`.
+    endpoints.sort_by_key(|e| std::cmp::Reverse(e.len()));
+    for endpoint in endpoints {
+        let (area, verb) = endpoint.split_once('.').unwrap_or(("", endpoint));
+        let command = match (area, verb) {
+            ("pkgrev", "create") => "cairn pkg init".to_owned(),
+            ("pkgrev", "update") => "cairn pkg push".to_owned(),
+            ("pkgrev", "resources") => "cairn pkg pull".to_owned(),
+            ("pkgrev", verb) => format!("cairn pkg {verb}"),
+            (area, verb) => format!("cairn {area} {verb}"),
+        };
+        text = replace_word(&text, endpoint, &command);
+    }
+    text
+}
+
+/// `text` with each `word` not part of a longer name (next to a letter,
+/// digit, `.`, `-` or `_`) replaced by `by`.
+fn replace_word(text: &str, word: &str, by: &str) -> String {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    let mut result = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        result.push_str(&rest[..at]);
+        if before.is_some_and(is_name) || after.is_some_and(is_name) {
+            result.push_str(word);
+        } else {
+            result.push_str(by);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    result.push_str(rest);
+    result
 }
 
 /// A revision's files: path → content.
@@ -237,18 +456,47 @@ pub fn add_page(files: &mut Files, page: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a repository's events showed while a command about it ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// A sync started, with this trigger (`register`, `manual`, …).
+    pub sync_started: Option<String>,
+    /// Package revisions added so far.
+    pub added: u64,
+    /// … modified so far.
+    pub modified: u64,
+    /// … deleted so far.
+    pub deleted: u64,
+    /// The sync ended (`SyncSucceeded` or `SyncFailed`).
+    pub sync_ended: bool,
+    /// The repository was closed (unregistered).
+    pub closed: bool,
+}
+
+impl Progress {
+    /// `+A ~M -D` so far.
+    pub fn counts(&self) -> String {
+        format!("+{} ~{} -{}", self.added, self.modified, self.deleted)
+    }
+}
+
 impl Client {
-    /// `repo.sync` with `wait`, showing the sync's progress on `progress`
-    /// from its events on `cairn.events.<ns>.<name>.>` (published as they
-    /// commit): one line when it starts, the package revisions reconciled
-    /// so far while it runs (a spinner on a terminal), and the outcome.
-    /// Answers the reply of `repo.sync`.
-    pub fn sync_with_progress(
+    /// Calls `endpoint` with `body`, a command about repository
+    /// `namespace/name`, and shows on `progress` what the repository's
+    /// events (`cairn.events.<ns>.<name>.>`, published as they commit)
+    /// tell while it runs — once the call has taken `quiet_for` (so quick
+    /// commands stay quiet): one line when a sync starts, the package
+    /// revisions reconciled so far (a spinner on a terminal). Answers the
+    /// call's outcome and what the events showed, also after a timeout.
+    pub fn call_with_progress(
         &self,
+        endpoint: &str,
+        body: &Value,
         namespace: &str,
         name: &str,
+        quiet_for: Duration,
         progress: &mut dyn Write,
-    ) -> anyhow::Result<Value> {
+    ) -> (Result<Value, CallError>, Progress) {
         use futures::StreamExt;
         use std::io::IsTerminal;
 
@@ -263,37 +511,94 @@ impl Client {
         if !std::io::stderr().is_terminal() {
             spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        let body = json!({"namespace": namespace, "name": name});
-        let result: anyhow::Result<Value> = self.runtime.block_on(async {
-            let mut events = self.nats.subscribe(subject).await?;
-            self.nats.flush().await?;
-            let request = self.call_async("repo.sync", &body);
+        let mut seen = Progress::default();
+        let result = self.runtime.block_on(async {
+            let mut events = match self.nats.subscribe(subject).await {
+                Ok(events) => events,
+                Err(e) => return Err(CallError::Other(e.into())),
+            };
+            self.nats
+                .flush()
+                .await
+                .map_err(|e| CallError::Other(e.into()))?;
+            let request = self.call_async(endpoint, body);
             tokio::pin!(request);
-            let (mut added, mut modified, mut deleted) = (0u64, 0u64, 0u64);
+            let quiet = tokio::time::sleep(quiet_for);
+            tokio::pin!(quiet);
+            let mut loud = quiet_for.is_zero();
+            let mut told_start = false;
             loop {
+                if loud && !told_start {
+                    if let Some(trigger) = &seen.sync_started {
+                        let _ = writeln!(progress, "{key}: sync started ({trigger})");
+                        told_start = true;
+                    }
+                }
                 tokio::select! {
                     reply = &mut request => return reply,
+                    _ = &mut quiet, if !loud => loud = true,
                     Some(message) = events.next() => {
                         let Ok(envelope) = cairn_events::envelope::decode(&message.payload) else { continue };
                         use cairn_events::{revision::Change, v1::event::Payload};
                         let Some(payload) = envelope.event.and_then(|e| e.payload) else { continue };
-                        if let Payload::SyncStarted(s) = &payload {
-                            writeln!(progress, "{key}: sync started ({})", s.trigger)?;
+                        match &payload {
+                            Payload::SyncStarted(s) => seen.sync_started = Some(s.trigger.clone()),
+                            Payload::SyncSucceeded(_) | Payload::SyncFailed(_) => seen.sync_ended = true,
+                            Payload::RepositoryClosed(_) => seen.closed = true,
+                            _ => {}
                         }
                         match Change::of(&payload) {
-                            Some(Change::Added(_)) => added += 1,
-                            Some(Change::Modified(_)) => modified += 1,
-                            Some(Change::Deleted { .. }) => deleted += 1,
+                            Some(Change::Added(_)) => seen.added += 1,
+                            Some(Change::Modified(_)) => seen.modified += 1,
+                            Some(Change::Deleted { .. }) => seen.deleted += 1,
                             None => {}
                         }
-                        spinner.set_message(format!("{key}: +{added} ~{modified} -{deleted}"));
+                        spinner.set_message(format!("{key}: {}", seen.counts()));
                         spinner.tick();
                     }
                 }
             }
         });
         spinner.finish_and_clear();
-        let reply = result?;
+        (result, seen)
+    }
+
+    /// `repo.sync` with `wait`, showing the sync's progress on `progress`
+    /// ([`Self::call_with_progress`], from the start) and then its counts.
+    /// Answers the reply of `repo.sync`; a failed sync is an error, and so
+    /// is a timeout, saying how far the sync got and what to run next.
+    pub fn sync_with_progress(
+        &self,
+        namespace: &str,
+        name: &str,
+        principal: Option<&str>,
+        progress: &mut dyn Write,
+    ) -> anyhow::Result<Value> {
+        let key = format!("{namespace}/{name}");
+        let mut body = json!({"namespace": namespace, "name": name});
+        if let Some(p) = principal {
+            body["principal"] = p.into();
+        }
+        let (result, seen) = self.call_with_progress(
+            "repo.sync",
+            &body,
+            namespace,
+            name,
+            Duration::ZERO,
+            progress,
+        );
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(CallError::NoReply { .. }) if seen.sync_started.is_some() => bail!(
+                "no reply within {:?} (--timeout): the sync of {key} is still running ({} so far): follow it with `cairn repo get {key}`",
+                self.timeout,
+                seen.counts()
+            ),
+            Err(e @ CallError::NoReply { .. }) => bail!(
+                "{e}: no sync of {key} started; check with `cairn repo get {key}`"
+            ),
+            Err(e) => return Err(e.into()),
+        };
         let sync = &reply["sync"];
         if let Some(error) = sync.get("error") {
             bail!(
@@ -311,6 +616,19 @@ impl Client {
     }
 }
 
+/// How a table shows objects.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// `(header, JSON pointer)` of each column.
+    pub columns: &'a [(&'a str, &'a str)],
+    /// Columns added by `-o wide`.
+    pub wide: &'a [(&'a str, &'a str)],
+    /// Print the header line.
+    pub headers: bool,
+    /// Start with a NAMESPACE column (a list of several namespaces).
+    pub namespace: bool,
+}
+
 /// Prints `value` in `output`; tables show `columns` (`(header, json pointer)`)
 /// for each item of `items` (or the value itself).
 pub fn print(
@@ -320,17 +638,65 @@ pub fn print(
     items: Option<&str>,
     columns: &[(&str, &str)],
 ) -> anyhow::Result<()> {
+    show(
+        out,
+        output,
+        value,
+        items,
+        View {
+            columns,
+            wide: &[],
+            headers: true,
+            namespace: false,
+        },
+    )
+}
+
+/// Prints `value` in `output` as `view` says (see [`print`]).
+pub fn show(
+    out: &mut dyn Write,
+    output: Output,
+    value: &Value,
+    items: Option<&str>,
+    view: View<'_>,
+) -> anyhow::Result<()> {
+    let rows: Vec<&Value> = match items {
+        Some(key) => value[key]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        None => vec![value],
+    };
     match output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
         Output::Yaml => write!(out, "{}", serde_yaml::to_string(value)?)?,
-        Output::Table => {
-            let rows: Vec<&Value> = match items {
-                Some(key) => value[key]
-                    .as_array()
-                    .map(|a| a.iter().collect())
-                    .unwrap_or_default(),
-                None => vec![value],
-            };
+        Output::Name => {
+            for row in rows {
+                match (row["namespace"].as_str(), row["name"].as_str()) {
+                    (Some(ns), Some(name)) => writeln!(out, "{ns}/{name}")?,
+                    // `{"deleted": "ns/name"}`, `{"unregistered": …}`.
+                    _ => {
+                        if let Some(key) = row
+                            .as_object()
+                            .and_then(|o| o.values().next())
+                            .and_then(Value::as_str)
+                        {
+                            writeln!(out, "{key}")?;
+                        }
+                    }
+                }
+            }
+        }
+        Output::Table | Output::Wide => {
+            let mut columns: Vec<(&str, &str)> = Vec::new();
+            if view.namespace && !view.columns.iter().any(|(h, _)| *h == "NAMESPACE") {
+                columns.push(("NAMESPACE", "/namespace"));
+            }
+            columns.extend_from_slice(view.columns);
+            if output == Output::Wide {
+                columns.extend_from_slice(view.wide);
+            }
+            let columns = columns.as_slice();
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|row| {
@@ -362,11 +728,15 @@ pub fn print(
                     .trim_end()
                     .to_owned()
             };
-            writeln!(
-                out,
-                "{}",
-                line(columns.iter().map(|(h, _)| (*h).to_owned()).collect())
-            )?;
+            // No rows, no header (as kubectl): an empty list says so on
+            // stderr instead.
+            if view.headers && !cells.is_empty() {
+                writeln!(
+                    out,
+                    "{}",
+                    line(columns.iter().map(|(h, _)| (*h).to_owned()).collect())
+                )?;
+            }
             for row in cells {
                 writeln!(out, "{}", line(row))?;
             }
@@ -398,6 +768,25 @@ pub const REPO_COLUMNS: &[(&str, &str)] = &[
     ("MESSAGE", "/status/message"),
 ];
 
+/// Columns `-o wide` adds to a package revision table.
+pub const PKG_WIDE_COLUMNS: &[(&str, &str)] = &[
+    ("COMMIT", "/commit"),
+    ("PUBLISHED BY", "/published_by"),
+    ("PUBLISHED AT", "/published_at"),
+];
+
+/// Most pages a listing reads (5 million revisions at the default page
+/// size).
+pub const LIST_PAGES_MAX: usize = 10_000;
+
+/// Columns `-o wide` adds to a repository table.
+pub const REPO_WIDE_COLUMNS: &[(&str, &str)] = &[
+    ("SCHEDULE", "/sync/schedule"),
+    ("COMMIT", "/status/commit"),
+    ("LAST SYNC", "/status/last_sync_at"),
+    ("NEXT SYNC", "/status/next_sync_at"),
+];
+
 /// Columns of a package revision table.
 pub const PKG_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "/name"),
@@ -410,10 +799,57 @@ pub const PKG_COLUMNS: &[(&str, &str)] = &[
     ("REPOSITORY", "/repository"),
 ];
 
-/// Writes `files` into `dir` (created; files inside may not escape it).
-/// Returns the number of files written.
-pub fn write_resources(dir: &Path, files: &Files) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// What `pkg pull` leaves alone in its target directory: Git's own
+/// (`pkg push` skips it too).
+const PULL_KEEPS: &str = ".git";
+
+/// Refuses a pull into `dir` when it holds anything (but `.git`) and
+/// `force` was not given: pulled files would mix with stale ones, which
+/// the next push would send.
+pub fn check_pull_target(dir: &Path, force: bool) -> anyhow::Result<()> {
+    if force || !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if entries.any(|e| e.is_ok_and(|e| e.file_name() != PULL_KEEPS)) {
+        bail!(
+            "{} is not empty: pull into a new or empty directory, or pass --force to replace its contents",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `files` into `dir` after [`check_pull_target`]; with `force`,
+/// everything `dir` held (but `.git`) is removed first, once every path
+/// was checked. Returns the number of files written.
+pub fn replace_resources(dir: &Path, files: &Files, force: bool) -> anyhow::Result<usize> {
+    check_pull_target(dir, force)?;
+    check_resource_paths(dir, files)?;
+    if force && dir.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_name() == PULL_KEEPS {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    write_resources(dir, files)
+}
+
+/// Refuses any of `files`' paths that would escape `dir`.
+fn check_resource_paths(dir: &Path, files: &Files) -> anyhow::Result<()> {
     for path in files.keys() {
         let relative = Path::new(path);
         if relative.is_absolute()
@@ -427,6 +863,77 @@ pub fn write_resources(dir: &Path, files: &Files) -> anyhow::Result<usize> {
             );
         }
     }
+    Ok(())
+}
+
+/// Whether a package file is a KRM resource file for a ResourceList (as
+/// kpt and `porchctl rpkg pull` pick them: `Kptfile`, `*.yaml`, `*.yml`).
+fn is_krm_file(path: &str) -> bool {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file == "Kptfile" || file.ends_with(".yaml") || file.ends_with(".yml")
+}
+
+/// The package `files` as a kpt `ResourceList` (YAML), as `porchctl rpkg
+/// pull` prints it: each YAML document of each KRM file (`Kptfile`,
+/// `*.yaml`, `*.yml`, in path order) as an item annotated with its file
+/// (`config.kubernetes.io/path`) and its place in it
+/// (`config.kubernetes.io/index`), and the same under
+/// `internal.config.kubernetes.io/`. Other files are not part of a
+/// ResourceList (pull into a directory to get them).
+pub fn resource_list(files: &Files) -> anyhow::Result<String> {
+    use serde::Deserialize as _;
+    use serde_yaml::{Mapping, Value as Yaml};
+    let mut items = Vec::new();
+    for (path, content) in files.iter().filter(|(p, _)| is_krm_file(p)) {
+        let text = std::str::from_utf8(content)
+            .with_context(|| format!("{path}: not UTF-8, so not a KRM file"))?;
+        let mut index = 0usize;
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let value =
+                Yaml::deserialize(document).with_context(|| format!("{path}: not valid YAML"))?;
+            let mut object = match value {
+                Yaml::Null => continue,
+                Yaml::Mapping(m) => m,
+                _ => bail!(
+                    "{path}: document {} is not a KRM object (a mapping)",
+                    index + 1
+                ),
+            };
+            let metadata = object
+                .entry("metadata".into())
+                .or_insert_with(|| Yaml::Mapping(Mapping::new()));
+            let Yaml::Mapping(metadata) = metadata else {
+                bail!("{path}: document {}: metadata is not a mapping", index + 1);
+            };
+            let annotations = metadata
+                .entry("annotations".into())
+                .or_insert_with(|| Yaml::Mapping(Mapping::new()));
+            let Yaml::Mapping(annotations) = annotations else {
+                bail!(
+                    "{path}: document {}: metadata.annotations is not a mapping",
+                    index + 1
+                );
+            };
+            for prefix in ["config.kubernetes.io", "internal.config.kubernetes.io"] {
+                annotations.insert(format!("{prefix}/index").into(), index.to_string().into());
+                annotations.insert(format!("{prefix}/path").into(), path.clone().into());
+            }
+            items.push(Yaml::Mapping(object));
+            index += 1;
+        }
+    }
+    let mut list = Mapping::new();
+    list.insert("apiVersion".into(), "config.kubernetes.io/v1".into());
+    list.insert("kind".into(), "ResourceList".into());
+    list.insert("items".into(), Yaml::Sequence(items));
+    Ok(serde_yaml::to_string(&Yaml::Mapping(list))?)
+}
+
+/// Writes `files` into `dir` (created; files inside may not escape it).
+/// Returns the number of files written.
+pub fn write_resources(dir: &Path, files: &Files) -> anyhow::Result<usize> {
+    check_resource_paths(dir, files)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (path, content) in files {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
@@ -515,4 +1022,78 @@ pub fn register_body(
         git["secret_ref"] = json!(secret);
     }
     json!({"namespace": namespace, "name": name, "type": "git", "git": git, "deployment": deployment, "wait": wait})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_messages_name_cli_commands() {
+        assert_eq!(
+            cli_words("cannot delete r.p.ws: it is Published; propose its deletion first (pkgrev.propose-delete)"),
+            "cannot delete r.p.ws: it is Published; propose its deletion first (cairn pkg propose-delete)"
+        );
+        assert_eq!(
+            cli_words("see repo.sync and pkgrev.propose, not team.repo.sync-x"),
+            "see cairn repo sync and cairn pkg propose, not team.repo.sync-x"
+        );
+    }
+
+    #[test]
+    fn a_resource_list_holds_each_krm_document_annotated_with_its_file() {
+        let mut files = Files::new();
+        files.insert(
+            "Kptfile".into(),
+            b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: app\n".to_vec(),
+        );
+        files.insert("README.md".into(), b"# app\n".to_vec());
+        files.insert(
+            "deploy/two.yaml".into(),
+            b"kind: A\nmetadata:\n  name: a\n  annotations:\n    keep: 'yes'\n---\n---\nkind: B\n"
+                .to_vec(),
+        );
+        let list: serde_yaml::Value =
+            serde_yaml::from_str(&resource_list(&files).unwrap()).unwrap();
+        let want: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+apiVersion: config.kubernetes.io/v1
+kind: ResourceList
+items:
+- apiVersion: kpt.dev/v1
+  kind: Kptfile
+  metadata:
+    name: app
+    annotations:
+      config.kubernetes.io/index: '0'
+      config.kubernetes.io/path: Kptfile
+      internal.config.kubernetes.io/index: '0'
+      internal.config.kubernetes.io/path: Kptfile
+- kind: A
+  metadata:
+    name: a
+    annotations:
+      keep: 'yes'
+      config.kubernetes.io/index: '0'
+      config.kubernetes.io/path: deploy/two.yaml
+      internal.config.kubernetes.io/index: '0'
+      internal.config.kubernetes.io/path: deploy/two.yaml
+- kind: B
+  metadata:
+    annotations:
+      config.kubernetes.io/index: '1'
+      config.kubernetes.io/path: deploy/two.yaml
+      internal.config.kubernetes.io/index: '1'
+      internal.config.kubernetes.io/path: deploy/two.yaml
+"#,
+        )
+        .unwrap();
+        assert_eq!(list, want);
+        let mut bad = Files::new();
+        bad.insert("list.yaml".into(), b"- 1\n".to_vec());
+        assert_eq!(
+            resource_list(&bad).unwrap_err().to_string(),
+            "list.yaml: document 1 is not a KRM object (a mapping)"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`cli`] — the command line (clap): `node`, `log`, `views`, `repo`,
-//!   `pkg`, `watch`, `bench`.
+//!   `pkg`, `watch`, `bench`, `completion`, `man`; global connection and
+//!   namespace flags, one name form.
 //! - [`client`] — requests to a node's service and their output
 //!   (table, JSON, YAML) for `repo` and `pkg`.
 //! - [`config`] — [`config::NodeConfig`] — TOML file, `CAIRN_*` environment,

@@ -1,4 +1,10 @@
 //! Tracing set-up (only binaries do this; libraries just emit spans).
+//!
+//! Text logs are coloured only when stderr is a terminal: a node run by
+//! systemd, in a container or with its output piped to a file writes
+//! plain text, no ANSI escape codes.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
@@ -13,7 +19,11 @@ pub fn init(level: &str, json: bool) {
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
 }

@@ -92,6 +92,7 @@ fn samples() -> Vec<(EventKind, Envelope)> {
                 2,
                 Payload::RepositorySpecChanged(RepositorySpecChanged {
                     spec: Some(changed),
+                    next_sync_at: None,
                 }),
             ),
         ),

@@ -183,8 +183,12 @@ fn payload() -> impl Strategy<Value = Payload> {
         }),
         proptest::option::of(spec())
             .prop_map(|spec| Payload::RepositoryRegistered(RepositoryRegistered { spec })),
-        proptest::option::of(spec())
-            .prop_map(|spec| Payload::RepositorySpecChanged(RepositorySpecChanged { spec })),
+        proptest::option::of(spec()).prop_map(|spec| Payload::RepositorySpecChanged(
+            RepositorySpecChanged {
+                spec,
+                next_sync_at: None
+            }
+        )),
         any::<String>().prop_map(|reason| Payload::RepositoryClosed(RepositoryClosed { reason })),
     ]
 }

@@ -123,6 +123,7 @@ fn repositories_view_follows_events_and_reads_its_writes() {
         .unwrap();
     let changed = event(Payload::RepositorySpecChanged(RepositorySpecChanged {
         spec: Some(spec("team-a", "one", "release")),
+        next_sync_at: None,
     }));
     store
         .append(
@@ -541,6 +542,7 @@ fn a_spec_change_after_close_does_not_bring_a_repository_back() {
     }));
     let changed = event(Payload::RepositorySpecChanged(RepositorySpecChanged {
         spec: Some(spec("team-a", "one", "x")),
+        next_sync_at: None,
     }));
     store
         .append(
@@ -951,7 +953,7 @@ proptest! {
             let s = StreamId::repository("ns", &name).unwrap();
             let ev = match kind {
                 0 | 4 | 5 => registered("ns", &name),
-                1 => event(Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(spec("ns", &name, &format!("b{blob}"))) })),
+                1 => event(Payload::RepositorySpecChanged(RepositorySpecChanged { spec: Some(spec("ns", &name, &format!("b{blob}"))), next_sync_at: None })),
                 2 => event(Payload::RepositoryClosed(RepositoryClosed { reason: "gone".into() })),
                 _ => {
                     let d = blobs[blob as usize];

@@ -262,8 +262,24 @@ impl Cli {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        self.run_env(args, &[], &[]).await
+    }
+
+    /// [`Self::run`] with environment variables `set` and without those
+    /// of `unset`.
+    pub async fn run_env<I, S>(&self, args: I, set: &[(&str, &str)], unset: &[&str]) -> CliOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut command = tokio::process::Command::new(&self.binary);
         command.args(args).kill_on_drop(true);
+        for name in unset {
+            command.env_remove(name);
+        }
+        for (name, value) in set {
+            command.env(name, value);
+        }
         let what = format!("{command:?} to finish");
         let out: Output = within(&what, self.timeout, command.output())
             .await

@@ -59,6 +59,7 @@ pub mod events {
     pub fn spec_changed(namespace: &str, name: &str, branch: &str) -> Event {
         event(Payload::RepositorySpecChanged(RepositorySpecChanged {
             spec: Some(spec(namespace, name, branch)),
+            next_sync_at: None,
         }))
     }
 

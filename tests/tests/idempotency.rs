@@ -295,7 +295,7 @@ async fn the_cli_retries_a_write_until_a_node_answers_and_it_applies_once() {
     .expect("the CLI says it retries");
     assert_eq!(
         line,
-        "cairn.v1.repo.register: no cairn node answers on this NATS server; retrying until 60s have passed"
+        "repo register: no cairn node answers on this NATS server; retrying until 60s have passed"
     );
     let node = TestNodeBuilder::in_dir(&dir.join("node"))
         .configure(|c| c.nats.urls = vec![nats.url()])

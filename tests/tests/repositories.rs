@@ -536,7 +536,11 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
         "{out}"
     );
 
-    let (ok_, out, err) = cli(&nats, &["pkg", "list", "-o", "json", "--repository", "gcp"]).await;
+    let (ok_, out, err) = cli(
+        &nats,
+        &["pkg", "list", "-o", "json", "--repository", "team-a/gcp"],
+    )
+    .await;
     assert!(ok_, "{err}");
     let listed: Value = serde_json::from_str(&out).unwrap();
     let mut names: Vec<&str> = listed["items"]
@@ -559,7 +563,16 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
 
     let (ok_, out, _) = cli(
         &nats,
-        &["pkg", "list", "--lifecycle", "Draft", "-o", "yaml"],
+        &[
+            "pkg",
+            "list",
+            "-n",
+            "team-a",
+            "--lifecycle",
+            "Draft",
+            "-o",
+            "yaml",
+        ],
     )
     .await;
     assert!(ok_);
@@ -646,9 +659,16 @@ async fn the_cli_registers_lists_gets_pulls_syncs_and_unregisters() {
         err.trim(),
         "error: 404: package revision team-a/gcp.nope.v1 not found"
     );
+    // A bare name is in -n's namespace (default: `default`).
     let (ok_, _, err) = cli(&nats, &["repo", "get", "gcp"]).await;
     assert!(!ok_);
-    assert_eq!(err.trim(), "error: \"gcp\": expected <namespace>/<name>");
+    assert_eq!(err.trim(), "error: 404: repository default/gcp not found");
+    let (ok_, _, err) = cli(&nats, &["repo", "get", "a/b/c"]).await;
+    assert!(!ok_);
+    assert_eq!(
+        err.trim(),
+        "error: REPOSITORY \"a/b/c\": more than one '/'; expected NAME or NAMESPACE/NAME"
+    );
 
     let (ok_, out, _) = cli(&nats, &["repo", "unregister", "team-a/gcp"]).await;
     assert!(ok_);
@@ -869,7 +889,7 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
         vec!["log"],
         vec!["pkg", "list", "-n", "team-a"],
         vec!["pkg", "list", "-n", "team-a", "-o", "json"],
-        vec!["repo", "list"],
+        vec!["repo", "list", "-A"],
     ] {
         let mut command = cairn_cli!().command();
         command
@@ -946,4 +966,177 @@ async fn the_cli_register_fails_when_the_first_sync_fails_and_hints_the_fix() {
         "{out}"
     );
     node.shutdown().await;
+}
+
+/// A `file://` upstream owned by another Unix user (Git's "dubious
+/// ownership") is read like any other: cairn only reads it, and trusts it
+/// for that invocation only — no global Git configuration is written.
+#[actix_rt::test]
+async fn a_file_upstream_owned_by_another_user_is_read() {
+    let dir = TestDir::new();
+    let upstream = dir.path().join("upstream");
+    let url = unpack("simple-repository", &upstream);
+    // uid/gid 65534: nobody, never the test's user.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&upstream)
+        .status()
+        .unwrap();
+    assert!(chown.success(), "the tests run as root (as CI does)");
+    let global = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".gitconfig"));
+    let before = global.as_ref().and_then(|g| std::fs::read(g).ok());
+    let node = start(&dir.path().join("data")).await;
+    let reply = node
+        .client()
+        .ok("repo.register", register("theirs", &url))
+        .await;
+    assert_eq!(
+        (
+            &reply["status"]["reason"],
+            &reply["status"]["error_class"],
+            &reply["status"]["package_count"],
+            &reply["sync"]["added"]
+        ),
+        (&json!("Ready"), &json!(""), &json!(8), &json!(8)),
+        "{reply}"
+    );
+    assert_eq!(
+        global.as_ref().and_then(|g| std::fs::read(g).ok()),
+        before,
+        "the global Git configuration is untouched"
+    );
+    // Writing there would run the owner's hooks: Git's refusal stands,
+    // as class auth (not network), and nothing is recorded.
+    let last = node.store.last_seq().unwrap();
+    let refused = node
+        .client()
+        .call(
+            "pkgrev.create",
+            json!({"namespace": "team-a", "repository": "theirs", "package": "app", "workspace": "ws"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, 503);
+    let message = refused.body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("upstream unavailable (auth): access denied: git push to file://")
+            && message.contains("detected dubious ownership"),
+        "{message}"
+    );
+    assert_eq!(node.store.last_seq().unwrap(), last);
+    node.shutdown().await;
+}
+
+/// `pkg pull NAME DIR` refuses a directory that holds files (they would
+/// mix with the package's and be pushed next), replaces its contents with
+/// `--force` (keeping `.git`), and `pkg pull NAME` (or `-`) prints the
+/// package as a kpt ResourceList, as `porchctl rpkg pull` does.
+#[actix_rt::test]
+async fn the_cli_pull_refuses_a_non_empty_directory_and_prints_a_resource_list() {
+    let dir = TestDir::new();
+    let url = unpack("nested-repository", &dir.path().join("upstream"));
+    let node = start(&dir.path().join("data")).await;
+    let mut body = register("gcp", &url);
+    body["git"]["directory"] = json!("catalog/gcp");
+    node.client().ok("repo.register", body).await;
+    let nats = node.nats_url.clone();
+    let files = node.client().resources("team-a", "gcp.bucket.v1").await;
+    let target = dir.path().join("bucket");
+    let path = target.to_str().unwrap();
+    let (ok_, _, err) = cli(&nats, &["pkg", "pull", "team-a/gcp.bucket.v1", path]).await;
+    assert!(ok_, "{err}");
+    std::fs::write(target.join("stale.yaml"), "kind: Stale\n").unwrap();
+    std::fs::create_dir_all(target.join(".git")).unwrap();
+    std::fs::write(target.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+
+    let (ok_, out, err) = cli(&nats, &["pkg", "pull", "team-a/gcp.bucket.v1", path]).await;
+    assert!(!ok_, "{out}");
+    assert_eq!(
+        err,
+        format!("error: {path} is not empty: pull into a new or empty directory, or pass --force to replace its contents\n")
+    );
+    assert!(target.join("stale.yaml").exists(), "nothing was touched");
+
+    let (ok_, _, err) = cli(
+        &nats,
+        &["pkg", "pull", "team-a/gcp.bucket.v1", path, "--force"],
+    )
+    .await;
+    assert!(ok_, "{err}");
+    let mut on_disk: Vec<String> = walk(&target);
+    on_disk.sort();
+    let mut want: Vec<String> = files.keys().cloned().collect();
+    want.push(".git/HEAD".into());
+    want.sort();
+    assert_eq!(on_disk, want, "the package's files, and .git kept");
+    for (file, content) in &files {
+        assert_eq!(
+            &std::fs::read(target.join(file)).unwrap(),
+            content,
+            "{file}"
+        );
+    }
+
+    for args in [
+        vec!["pkg", "pull", "team-a/gcp.bucket.v1"],
+        vec!["pkg", "pull", "team-a/gcp.bucket.v1", "-"],
+    ] {
+        let (ok_, out, err) = cli(&nats, &args).await;
+        assert!(ok_, "{err}");
+        let list: serde_json::Value = yaml_value(&out);
+        assert_eq!(
+            (&list["apiVersion"], &list["kind"]),
+            (&json!("config.kubernetes.io/v1"), &json!("ResourceList"))
+        );
+        let mut paths: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let a = &i["metadata"]["annotations"];
+                assert_eq!(
+                    a["config.kubernetes.io/path"],
+                    a["internal.config.kubernetes.io/path"]
+                );
+                a["config.kubernetes.io/path"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        paths.dedup();
+        let krm: Vec<String> = files
+            .keys()
+            .filter(|p| p.ends_with("Kptfile") || p.ends_with(".yaml") || p.ends_with(".yml"))
+            .cloned()
+            .collect();
+        assert_eq!(paths, krm, "{out}");
+    }
+    node.shutdown().await;
+}
+
+/// Every file below `root`, relative, `/`-separated.
+fn walk(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    found
+}
+
+/// YAML as JSON values (the CLI prints the ResourceList in YAML).
+fn yaml_value(text: &str) -> Value {
+    let yaml: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    serde_json::to_value(yaml).unwrap()
 }

@@ -525,10 +525,7 @@ async fn the_cli_pulls_every_page_and_refuses_a_push_over_max_payload() {
         err.contains(" bytes, more than the server's max_payload of 1048576 bytes"),
         "{err}"
     );
-    assert!(
-        err.contains("cairn.v1.pkgrev.update: the request is "),
-        "{err}"
-    );
+    assert!(err.contains("pkg push: the request is "), "{err}");
     assert_eq!(node.store.last_seq().unwrap(), before);
     node.shutdown().await;
 }

@@ -406,6 +406,154 @@ impl Silent {
     }
 }
 
+/// `repo update --schedule` answers, and `repo get` then shows, the next
+/// sync the new schedule gives — the time the SyncManager armed — not the
+/// one planned before; `repo update` without a flag changes nothing (an
+/// error naming the flags); `--clear-schedule` is how to go back to the
+/// interval.
+#[actix_rt::test]
+async fn the_cli_repo_update_shows_the_next_sync_of_the_new_schedule() {
+    let dir = TestDir::new();
+    let url = unpack("simple-repository", &dir.path().join("upstream"));
+    let (node, _clock) = start(config(&dir.path().join("data"))).await;
+    node.client().ok("repo.register", register("r", &url)).await;
+    let cli = cairn_tests::cairn_cli!();
+    let nats = node.nats_url.clone();
+    let json_of = |out: &cairn_tests::CliOutput| -> Value {
+        assert!(out.success, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let at_0300 = t0() + Duration::from_secs(17 * 3600);
+    let updated = json_of(
+        &cli.run([
+            "repo",
+            "update",
+            "team-a/r",
+            "--schedule",
+            "0 3 * * *",
+            "-o",
+            "json",
+            "--nats-url",
+            &nats,
+        ])
+        .await,
+    );
+    assert_eq!(
+        (
+            &updated["sync"]["schedule"],
+            &updated["status"]["next_sync_at"]
+        ),
+        (&json!("0 3 * * *"), &rfc3339(at_0300))
+    );
+    assert_eq!(next_sync(&node, "r").await, Some((at_0300, "schedule")));
+    let got = json_of(
+        &cli.run(["repo", "get", "team-a/r", "-o", "json", "--nats-url", &nats])
+            .await,
+    );
+    assert_eq!(got["status"]["next_sync_at"], rfc3339(at_0300));
+
+    // No flag: refused, nothing changed.
+    let before = node.store.last_seq().unwrap();
+    let out = cli
+        .run(["repo", "update", "team-a/r", "--nats-url", &nats])
+        .await;
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("the following required arguments were not provided:")
+            && out
+                .stderr
+                .contains("<--schedule <SCHEDULE>|--clear-schedule|--run-once-at <RUN_ONCE_AT>>"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(node.store.last_seq().unwrap(), before);
+
+    // A run_once_at alone keeps the schedule.
+    let at_1005 = t0() + Duration::from_secs(5 * 60);
+    let at = rfc3339(at_1005);
+    let updated = json_of(
+        &cli.run([
+            "repo",
+            "update",
+            "team-a/r",
+            "--run-once-at",
+            at.as_str().unwrap(),
+            "-o",
+            "json",
+            "--nats-url",
+            &nats,
+        ])
+        .await,
+    );
+    assert_eq!(
+        (
+            &updated["sync"]["schedule"],
+            &updated["status"]["next_sync_at"]
+        ),
+        (&json!("0 3 * * *"), &at)
+    );
+
+    // --clear-schedule: back to the node's interval, 10:01, before the
+    // run_once_at (kept).
+    let updated = json_of(
+        &cli.run([
+            "repo",
+            "update",
+            "team-a/r",
+            "--clear-schedule",
+            "-o",
+            "json",
+            "--nats-url",
+            &nats,
+        ])
+        .await,
+    );
+    assert_eq!(
+        (
+            &updated["sync"]["schedule"],
+            &updated["sync"]["run_once_at"],
+            &updated["status"]["next_sync_at"]
+        ),
+        (&json!(""), &at, &rfc3339(t0() + Duration::from_secs(60)))
+    );
+    node.shutdown().await;
+}
+
+/// `repo register` against an upstream slower than `--timeout`: past a
+/// second the CLI shows the sync started; at the timeout it says what
+/// state the registration reached and what to run next, and exits 1.
+#[actix_rt::test]
+async fn the_cli_register_that_times_out_says_how_far_it_got_and_what_next() {
+    let dir = TestDir::new();
+    let silent = Silent::start().await;
+    let (node, _clock) = start(config(&dir.path().join("data"))).await;
+    let url = silent.url("slow");
+    let cli = cairn_tests::cairn_cli!();
+    let register = cli.run([
+        "repo",
+        "register",
+        "team-a/slow",
+        "--url",
+        &url,
+        "--timeout",
+        "3s",
+        "--nats-url",
+        &node.nats_url,
+    ]);
+    // The upstream's connection is held open while the CLI waits.
+    let (out, upstream) = tokio::join!(register, silent.accept());
+    drop(upstream);
+    assert!(!out.success, "{}", out.stdout);
+    assert_eq!(
+        out.stderr,
+        "team-a/slow: sync started (register)\n\
+         error: repo register: no reply within 3s; team-a/slow is registered, still syncing (+0 ~0 -0 so far): cairn repo get team-a/slow\n"
+    );
+    assert_eq!(out.stdout, "");
+    node.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn failures_retry_after_the_delay_of_their_class() {
     let dir = TestDir::new();
@@ -748,7 +896,10 @@ async fn a_stored_schedule_that_never_fires_costs_no_time_and_gets_the_interval(
             &stream,
             ExpectedVersion::Exact(version),
             vec![event(Payload::RepositorySpecChanged(
-                RepositorySpecChanged { spec: Some(spec) },
+                RepositorySpecChanged {
+                    spec: Some(spec),
+                    next_sync_at: None,
+                },
             ))],
             Metadata::command("alice"),
         )

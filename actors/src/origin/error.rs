@@ -26,6 +26,13 @@ pub enum OriginError {
     /// which are configured. Retrying will not help until the secret changes.
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// The node may not use the upstream: the files are not readable by
+    /// its user, or Git refuses a repository another user owns for what
+    /// it would run there (`safe.directory`; reads of `file://` upstreams
+    /// are exempt, see `file_transport`). Retrying will not help until
+    /// the permissions change.
+    #[error("access denied: {0}")]
+    Forbidden(String),
     /// The registered branch does not exist upstream. Report it on the
     /// repository; it clears once the branch appears (or is created).
     #[error("branch {branch:?} does not exist upstream")]
@@ -57,7 +64,8 @@ pub enum OriginError {
 }
 
 impl OriginError {
-    /// Short class name: `network`, `timeout`, `auth`, `missing` (branch
+    /// Short class name: `network`, `timeout`, `auth` (credentials or
+    /// access), `missing` (branch
     /// or repository), `invalid` (a URL, a ref name), `conflict` and
     /// `rejected` (pushes) or `other`.
     pub fn class(&self) -> &'static str {
@@ -65,7 +73,7 @@ impl OriginError {
             OriginError::Unreachable(_) => "network",
             OriginError::Timeout(_) => "timeout",
             OriginError::RepositoryMissing(_) => "missing",
-            OriginError::Auth(_) => "auth",
+            OriginError::Auth(_) | OriginError::Forbidden(_) => "auth",
             OriginError::BranchMissing { .. } => "missing",
             OriginError::InvalidUrl(_) => "invalid",
             OriginError::Moved(_) => "conflict",
@@ -92,6 +100,9 @@ pub(super) fn map_git_error(e: git2::Error) -> OriginError {
         || lower.contains("status code: 403")
     {
         return OriginError::Auth(message);
+    }
+    if lower.contains("dubious ownership") || lower.contains("permission denied") {
+        return OriginError::Forbidden(message);
     }
     if lower.contains("unsupported url protocol") || lower.contains("invalid url") {
         return OriginError::InvalidUrl(message);
@@ -129,6 +140,20 @@ mod tests {
         assert_eq!(map_git_error(auth).class(), "auth");
         let net = git2::Error::new(ErrorCode::GenericError, ErrorClass::Net, "refused");
         assert_eq!(map_git_error(net).class(), "network");
+        // What a `file://` upstream's `git upload-pack` says when Git
+        // distrusts its owner, through the transport's pipe (class Net).
+        let dubious = git2::Error::new(
+            ErrorCode::GenericError,
+            ErrorClass::Net,
+            "git upload-pack failed (exit status: 128): fatal: detected dubious ownership in repository at '/srv/x.git'",
+        );
+        assert_eq!(map_git_error(dubious).class(), "auth");
+        let unreadable = git2::Error::new(
+            ErrorCode::GenericError,
+            ErrorClass::Os,
+            "failed to open '/srv/x.git/packed-refs': Permission denied",
+        );
+        assert_eq!(map_git_error(unreadable).class(), "auth");
         let other = git2::Error::new(ErrorCode::GenericError, ErrorClass::Odb, "corrupt");
         assert_eq!(map_git_error(other).class(), "other");
     }

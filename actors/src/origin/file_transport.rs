@@ -9,6 +9,16 @@
 //! times slower than `git clone --mirror` (see the `sync-first` benchmark
 //! in the README). `git` is already a requirement of a node (the quick
 //! start installs it); a node without it gets an error naming it.
+//!
+//! Ownership: Git refuses a repository another Unix user owns ("detected
+//! dubious ownership", `safe.directory`), to protect a user from the
+//! hooks and configuration of someone else's repository. cairn only
+//! *reads* through `git upload-pack`, which runs neither, so each
+//! upload-pack is told that this one path is safe (`-c safe.directory=…`,
+//! command-line scope: that invocation only, no global configuration
+//! touched). `git receive-pack` (pushes, which run the repository's
+//! hooks) keeps Git's protection; its refusal is class `auth`
+//! (`OriginError::Forbidden`), never `network`.
 
 use std::{
     io::{self, Read, Write},
@@ -68,12 +78,37 @@ impl SmartSubtransport for GitCli {
             Service::UploadPackLs | Service::UploadPack => "upload-pack",
             Service::ReceivePackLs | Service::ReceivePack => "receive-pack",
         };
-        Ok(Box::new(Pipe::spawn(program, path)?))
+        let trusted = match action {
+            Service::UploadPackLs | Service::UploadPack => safe_directories(&path),
+            Service::ReceivePackLs | Service::ReceivePack => Vec::new(),
+        };
+        Ok(Box::new(Pipe::spawn(program, path, &trusted)?))
     }
 
     fn close(&self) -> Result<(), Error> {
         Ok(())
     }
+}
+
+/// The `safe.directory` values under which Git accepts to serve `path`
+/// whoever owns it: the path as given and as resolved (symlinks), each as
+/// a bare repository and as a work tree's `.git`.
+fn safe_directories(path: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut roots = vec![path.to_path_buf()];
+    if let Ok(resolved) = path.canonicalize() {
+        if resolved != path {
+            roots.push(resolved);
+        }
+    }
+    roots
+        .into_iter()
+        .flat_map(|root| [root.join(".git"), root])
+        .map(|dir| {
+            let mut value = std::ffi::OsString::from("safe.directory=");
+            value.push(dir.as_os_str());
+            value
+        })
+        .collect()
 }
 
 /// The local path a `file://` URL names (percent-decoded, as libgit2 does).
@@ -120,8 +155,17 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn spawn(program: &'static str, path: PathBuf) -> Result<Self, Error> {
-        let mut child = Command::new("git")
+    /// `git [-c <trusted>]… <program> <path>`.
+    fn spawn(
+        program: &'static str,
+        path: PathBuf,
+        trusted: &[std::ffi::OsString],
+    ) -> Result<Self, Error> {
+        let mut command = Command::new("git");
+        for value in trusted {
+            command.arg("-c").arg(value);
+        }
+        let mut child = command
             .arg(program)
             .arg(&path)
             // Protocol v0, as libgit2 speaks it; the child must not pick up

@@ -411,10 +411,16 @@ fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Resul
         return Err(OriginError::Moved(moved.join("; ")));
     }
     if !output.status.success() {
-        return Err(OriginError::Git(format!(
-            "git push to {url}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let message = format!("git push to {url}: {}", stderr.trim());
+        // Git refusing another user's repository (`receive-pack` keeps
+        // its safe.directory check, see `file_transport`), or files the
+        // node may not write: class auth, as for reads.
+        let lower = stderr.to_ascii_lowercase();
+        if lower.contains("dubious ownership") || lower.contains("permission denied") {
+            return Err(OriginError::Forbidden(message));
+        }
+        return Err(OriginError::Git(message));
     }
     Ok(())
 }

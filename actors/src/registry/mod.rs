@@ -48,7 +48,9 @@ use crate::{
         upstream::SyncEnv, Close, LifecycleOutcome, Register, RepositoryActor, RepositoryComponent,
         UpdateSpec,
     },
-    schedule::{NextDue, Replan, Scheduling, StopManager, SyncManager, SyncNow, SyncReport},
+    schedule::{
+        NextDue, PlanFor, Replan, Scheduling, StopManager, SyncManager, SyncNow, SyncReport,
+    },
     writer::StopWriter,
     ServiceError,
 };
@@ -346,9 +348,18 @@ impl Handler<UpdateRepository> for Registry {
             async move {
                 let (actor, manager) =
                     entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+                // The next time under the new spec is decided first and
+                // recorded with it, then armed as is: the status a client
+                // reads and the timer agree (as after a sync).
+                let next = manager
+                    .send(PlanFor {
+                        sync: msg.spec.sync.clone(),
+                    })
+                    .await?;
                 let spec = actor
                     .send(UpdateSpec {
                         spec: msg.spec,
+                        next_sync_at: Some(crate::repository::sync::timestamp(next.at)),
                         metadata: msg.metadata,
                         span: span.clone(),
                     })
@@ -356,6 +367,7 @@ impl Handler<UpdateRepository> for Registry {
                 manager
                     .send(Replan {
                         sync: spec.sync.clone(),
+                        next: Some(next),
                         span,
                     })
                     .await?;

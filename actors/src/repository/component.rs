@@ -469,7 +469,10 @@ mod tests {
         );
         let mut changed = spec.clone();
         changed.deployment = true;
-        state.fold(&crate::repository::decide::spec_changed(&changed)[0], 2);
+        state.fold(
+            &crate::repository::decide::spec_changed(&changed, None)[0],
+            2,
+        );
         assert_eq!((state.version, state.spec.clone()), (2, changed));
         assert!(
             state.last_refs.is_none(),

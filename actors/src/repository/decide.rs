@@ -467,11 +467,16 @@ pub fn registered(spec: &RepositorySpec) -> Vec<Event> {
     }))]
 }
 
-/// `UpdateSpec`: `RepositorySpecChanged` with the whole new spec.
-pub fn spec_changed(spec: &RepositorySpec) -> Vec<Event> {
+/// `UpdateSpec`: `RepositorySpecChanged` with the whole new spec and the
+/// next sync its SyncManager planned for it.
+pub fn spec_changed(
+    spec: &RepositorySpec,
+    next_sync_at: Option<pbjson_types::Timestamp>,
+) -> Vec<Event> {
     vec![event(Payload::RepositorySpecChanged(
         RepositorySpecChanged {
             spec: Some(spec.clone()),
+            next_sync_at,
         },
     ))]
 }
@@ -1496,9 +1501,12 @@ mod tests {
             }))]
         );
         assert_eq!(
-            spec_changed(&spec()),
+            spec_changed(&spec(), None),
             vec![event(Payload::RepositorySpecChanged(
-                RepositorySpecChanged { spec: Some(spec()) }
+                RepositorySpecChanged {
+                    spec: Some(spec()),
+                    next_sync_at: None
+                }
             ))]
         );
     }

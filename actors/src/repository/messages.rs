@@ -25,6 +25,9 @@ pub struct Register {
 pub struct UpdateSpec {
     /// The whole new spec (namespace and name unchanged).
     pub spec: RepositorySpec,
+    /// When the repository syncs next under it (its SyncManager's plan),
+    /// recorded in the event for the status.
+    pub next_sync_at: Option<pbjson_types::Timestamp>,
     /// Who asked, and the command's ids.
     pub metadata: Metadata,
     /// The span of the command that caused it.

@@ -87,8 +87,8 @@ pub type RepositoryActor = StreamWriter<Repository>;
 pub enum RepositoryCommand {
     /// Record the registration.
     Register,
-    /// Replace the spec.
-    UpdateSpec(RepositorySpec),
+    /// Replace the spec; the next sync its plan gives, for the status.
+    UpdateSpec(RepositorySpec, Option<pbjson_types::Timestamp>),
     /// Unregister.
     Close,
     /// Sync now.
@@ -174,13 +174,13 @@ impl StreamDomain for Repository {
                         .await?;
                     Ok(RepositoryReply::Registered)
                 }
-                RepositoryCommand::UpdateSpec(spec) => {
+                RepositoryCommand::UpdateSpec(spec, next_sync_at) => {
                     session
                         .decide(
                             "update",
                             Chunking::MaxEvents,
                             |_, _| Ok(()),
-                            move |_, ()| Ok((decide::spec_changed(&spec), ())),
+                            move |_, ()| Ok((decide::spec_changed(&spec, next_sync_at), ())),
                         )
                         .await?;
                     Ok(RepositoryReply::Spec(Box::new(
@@ -322,7 +322,7 @@ impl Handler<UpdateSpec> for RepositoryActor {
     type Result = AtomicResponse<Self, Result<RepositorySpec, ServiceError>>;
 
     fn handle(&mut self, msg: UpdateSpec, _ctx: &mut Self::Context) -> Self::Result {
-        let command = RepositoryCommand::UpdateSpec(msg.spec);
+        let command = RepositoryCommand::UpdateSpec(msg.spec, msg.next_sync_at);
         AtomicResponse::new(answer(
             self,
             command,

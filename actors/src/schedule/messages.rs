@@ -10,7 +10,7 @@ use std::{
 use actix::Message;
 use cairn_events::{envelope::Metadata, v1::SyncSpec};
 
-use super::next::NextSync;
+use super::next::{NextSync, NextTime};
 use crate::ServiceError;
 
 /// What a successful sync did.
@@ -65,8 +65,22 @@ pub struct SyncNow {
 pub struct Replan {
     /// The new spec.
     pub sync: Option<SyncSpec>,
+    /// The time [`PlanFor`] gave for it (and the repository recorded):
+    /// armed as is. None: decided anew.
+    pub next: Option<NextTime>,
     /// The span of the command that caused it.
     pub span: tracing::Span,
+}
+
+/// When the manager would sync next under the sync spec `sync`, planned
+/// from the spec as [`Replan`] plans it (jitter drawn), without arming
+/// anything: `repo.update` records it with the spec change, then hands it
+/// back in [`Replan`], so the status and the timer agree.
+#[derive(Debug, Message)]
+#[rtype(result = "NextTime")]
+pub struct PlanFor {
+    /// The new spec.
+    pub sync: Option<SyncSpec>,
 }
 
 /// When the manager will sync next, and why; asked while a sync runs, it

@@ -22,7 +22,7 @@
 //! - [`error`] — [`ScheduleError`] (the repository could not be asked),
 //!   mapped once into [`ServiceError`]; the messages answer
 //!   [`ServiceError`] as before.
-//! - [`messages`] — [`SyncNow`], [`Replan`], [`NextDue`], [`StopManager`],
+//! - [`messages`] — [`SyncNow`], [`PlanFor`], [`Replan`], [`NextDue`], [`StopManager`],
 //!   and [`RunSync`] / [`SyncReport`] (manager → repository).
 //! - Time and the node-wide cap live in [`crate::timing`] (re-exported
 //!   here: [`Clock`], [`ManualClock`], [`SyncSlots`], …).
@@ -59,7 +59,7 @@ use tracing::{debug, warn, Instrument};
 
 pub use cron::{BadSchedule, Schedule};
 pub use error::ScheduleError;
-pub use messages::{NextDue, Replan, RunSync, StopManager, SyncNow, SyncReport};
+pub use messages::{NextDue, PlanFor, Replan, RunSync, StopManager, SyncNow, SyncReport};
 pub use next::{after_sync, next_time, LastSync, NextSync, NextTime, Reason, SyncOutcome};
 pub use plan::{Plan, RetryDelays, SyncPolicy};
 
@@ -311,15 +311,54 @@ impl Handler<Replan> for SyncManager {
     fn handle(&mut self, msg: Replan, ctx: &mut Self::Context) {
         let _span =
             tracing::info_span!(parent: &msg.span, "schedule.replan", repo = %self.key).entered();
-        let old_once = self.plan.run_once_at();
-        self.plan = Plan::of(msg.sync.as_ref());
-        // A new run_once_at is pending; the same one keeps its state.
-        if self.plan.run_once_at() != old_once {
-            self.once_pending = self.plan.run_once_at();
-        }
+        let plan = Plan::of(msg.sync.as_ref());
+        self.once_pending = self.once_pending_under(&plan);
+        self.plan = plan;
         if self.in_flight == 0 {
-            self.arm_planned(ctx);
+            match msg.next {
+                Some(next) => {
+                    // Supersedes any decision still in the pool.
+                    self.generation += 1;
+                    self.arm(ctx, next);
+                }
+                None => self.arm_planned(ctx),
+            }
         }
+    }
+}
+
+impl SyncManager {
+    /// The pending `run_once_at` under `plan`: a new one is pending; the
+    /// same one keeps its state.
+    fn once_pending_under(&self, plan: &Plan) -> Option<SystemTime> {
+        if plan.run_once_at() != self.plan.run_once_at() {
+            plan.run_once_at()
+        } else {
+            self.once_pending
+        }
+    }
+}
+
+impl Handler<PlanFor> for SyncManager {
+    type Result = ResponseFuture<NextTime>;
+
+    fn handle(&mut self, msg: PlanFor, _ctx: &mut Self::Context) -> Self::Result {
+        let plan = Plan::of(msg.sync.as_ref());
+        let once_pending = self.once_pending_under(&plan);
+        let (policy, now, jitter) = (
+            self.scheduling.policy.clone(),
+            self.scheduling.clock.now(),
+            self.jitter(),
+        );
+        // A cron schedule's next time is CPU work: off the arbiter.
+        let fallback = NextTime {
+            at: now + policy.interval,
+            reason: Reason::Schedule,
+        };
+        let decided = tokio::task::spawn_blocking(move || {
+            next_time(&plan, &policy, now, once_pending, jitter, LastSync::Planned)
+        });
+        Box::pin(async move { decided.await.unwrap_or(fallback) })
     }
 }
 

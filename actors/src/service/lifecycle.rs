@@ -102,6 +102,27 @@ pub fn segment(field: &str, value: &str) -> Result<(), ServiceError> {
     }
 }
 
+/// Checks a workspace name: a [`segment`] that is also what a Kubernetes
+/// object name may hold (it ends the revision's object name, as in Porch):
+/// lowercase letters, digits, `.` and `-`, starting and ending with a
+/// letter or digit. `V_1` is refused; `v1`, `v1.2`, `fix-1` are names.
+pub fn workspace(field: &str, value: &str) -> Result<(), ServiceError> {
+    // The segment rules first, with their message (what `V_1` passes).
+    segment(field, value)?;
+    let kubernetes = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-".contains(&b))
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !kubernetes {
+        return Err(ServiceError::bad_field(
+            field,
+            format!("{value:?} is not a valid workspace name (lowercase letters, digits, '.' and '-', 1-253 characters, starting and ending with a letter or digit)"),
+        ));
+    }
+    Ok(())
+}
+
 /// A package path: segments checked by [`segment`], `/`-separated; leading
 /// and trailing `/` dropped; empty for a package at the top.
 pub fn package_path(field: &str, value: &str) -> Result<String, ServiceError> {
@@ -314,7 +335,7 @@ pub async fn handle_create(
     let package = f.required("package")?;
     segment("package", &package)?;
     let workspace = f.required("workspace")?;
-    segment("workspace", &workspace)?;
+    self::workspace("workspace", &workspace)?;
     let files = parse_files(&f, context.config.resource_max_bytes)?;
     let clone_from = f.string("clone_from")?.filter(|c| !c.is_empty());
     let source = match (files, clone_from) {
@@ -529,6 +550,13 @@ mod tests {
         for bad in ["", ".hidden", "-x", "a b", "a/b", "x.lock", "x.", "a\0"] {
             let err = segment("package", bad).unwrap_err();
             assert!(err.message.starts_with("package: "), "{bad:?}: {err}");
+        }
+        for good in ["v1", "v1.2", "fix-1", "a..b"] {
+            assert_eq!(workspace("workspace", good), Ok(()), "{good}");
+        }
+        for bad in ["V_1", "V1", "v_1", "-v1", "v1-", ".v1", "", "v1.lock"] {
+            let err = workspace("workspace", bad).unwrap_err();
+            assert!(err.message.starts_with("workspace: "), "{bad:?}: {err}");
         }
         assert_eq!(package_path("path", "/a/b/").unwrap(), "a/b");
         assert_eq!(package_path("path", "").unwrap(), "");

@@ -86,6 +86,11 @@ impl View for RepositoriesView {
                 row.spec = changed.spec.clone();
                 if let Some(status) = row.status.as_mut() {
                     status.refs_digest.clear();
+                    // The time the new spec's plan gives (older events
+                    // carry none: the last sync's time stays).
+                    if changed.next_sync_at.is_some() {
+                        status.next_sync_at = changed.next_sync_at;
+                    }
                 }
                 row.stream_version = envelope.stream_version;
                 row.updated_seq = envelope.seq;

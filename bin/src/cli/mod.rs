@@ -1,0 +1,559 @@
+//! The command line.
+//!
+//! Habits of kubectl, porchctl and the nats CLI: `-s/--server`, `--creds`,
+//! `--user`/`--password` and `-n/--namespace` anywhere on the command line
+//! (global); names as `NAMESPACE/NAME` or a bare name in `-n`'s namespace
+//! ([`names`]); `-o table|wide|name|json|yaml`, `-A`, `-l` on lists;
+//! `--principal` only on commands that write, each command's `--timeout`
+//! saying what it bounds; flag values checked by clap, so an error names
+//! the flag as typed (`--heartbeat 50ms`).
+//!
+//! # Layout
+//! - this module — the top level (`cairn <area> …`), the global flags,
+//!   `node`, `log`, `views`, `watch`, `bench`, `completion`, `man`.
+//! - [`repo`] — `cairn repo …`.
+//! - [`pkg`] — `cairn pkg …`, the `pkgrev.list` filter flags and label
+//!   selectors.
+//! - [`names`] — how arguments name repositories and package revisions.
+
+mod names;
+mod pkg;
+mod repo;
+mod selector;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use self::{
+    pkg::{FilterArgs, PkgCommand},
+    repo::RepoCommand,
+};
+use crate::{
+    bench, client,
+    config::{NodeConfig, Overrides},
+    log_cmd::{self, LogOptions, Output, Source},
+    node, telemetry, views_cmd, watch_cmd,
+};
+
+/// cairn: an event-sourced package-repository cache on NATS.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags taken anywhere on the command line.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection and namespace (anywhere on the command line)")]
+struct Global {
+    /// NATS server URL of a running node; comma-separated or repeated for a
+    /// cluster [default: $CAIRN_NATS_URL, else $NATS_URL, else
+    /// nats://127.0.0.1:4222]. `cairn node`: the servers to join instead
+    /// of starting its own.
+    #[arg(
+        short = 's',
+        long = "server",
+        alias = "nats-url",
+        global = true,
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    server: Vec<String>,
+    /// NATS credentials file (user JWT and NKey seed).
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "user")]
+    creds: Option<PathBuf>,
+    /// NATS user (with --password); or give them in the URL.
+    #[arg(long, global = true, requires = "password")]
+    user: Option<String>,
+    /// NATS password of --user.
+    #[arg(long, global = true, requires = "user")]
+    password: Option<String>,
+    /// Namespace of names given without one, and of lists and watches.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "CAIRN_NAMESPACE",
+        default_value = "default",
+        value_parser = names::namespace_arg
+    )]
+    namespace: String,
+}
+
+impl Global {
+    /// Where the client commands' NATS is.
+    fn target(&self) -> client::NatsTarget {
+        client::NatsTarget::resolve(
+            &self.server,
+            self.creds.clone(),
+            self.user.clone().zip(self.password.clone()),
+        )
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (starts its own nats-server unless -s/--server names one).
+    Node(NodeArgs),
+    /// Print the event log (from a running node, or a stopped node's data directory).
+    Log(LogArgs),
+    /// Maintain the views.
+    Views {
+        #[command(subcommand)]
+        command: ViewsCommand,
+    },
+    /// Register, inspect and sync repositories (talks to a running node).
+    Repo {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// List, inspect, pull, author and publish package revisions (talks to
+    /// a running node).
+    Pkg {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: PkgCommand,
+    },
+    /// Stream changes (package revisions, repositories) until interrupted.
+    Watch(WatchArgs),
+    /// Benchmarks, each against its raw baseline in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Print a shell completion script (e.g. `source <(cairn completion bash)`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page of cairn, or of one command (`cairn man repo
+    /// register`), in roff (e.g. `cairn man | man -l -`).
+    Man {
+        /// The command's words after `cairn`.
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// TOML configuration file (also CAIRN_CONFIG).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory (store and local JetStream data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the local nats-server (default 127.0.0.1:4222).
+    #[arg(long)]
+    nats_listen: Option<String>,
+    /// Log level filter (RUST_LOG wins).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// First sequence number to print.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Only the events of this repository (NAMESPACE/NAME, or NAME in
+    /// -n's namespace; a stream id `repo/NS/NAME` too).
+    #[arg(long)]
+    stream: Option<String>,
+    /// Keep printing new events until interrupted.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Read a stopped node's data directory instead of asking a node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Flags of every `repo` and `pkg` command.
+#[derive(Debug, Args)]
+struct Conn {
+    /// Output format: table, wide (more columns), name (NAMESPACE/NAME per
+    /// line), json, yaml.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = client::Output::Table)]
+    output: client::Output,
+}
+
+/// Who acts: on commands that write.
+#[derive(Debug, Args)]
+struct Principal {
+    /// Who is acting (recorded in the events, authors the commits); the
+    /// NATS user instead when the server names one.
+    #[arg(long)]
+    principal: Option<String>,
+}
+
+/// A `--timeout` duration (humantime: `90s`, `2m`).
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 90s, 2m)"))
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Kinds of events: packagerevision (default), repository (repeatable).
+    #[arg(long = "kind", value_parser = ["packagerevision", "repository"])]
+    kinds: Vec<String>,
+    /// Resume after this sequence number instead of listing first.
+    #[arg(long)]
+    since: Option<u64>,
+    /// Heartbeat interval asked of the node, 100ms to 60s (a watch silent
+    /// for three intervals is taken for lost and started again).
+    #[arg(long, default_value = "5s", value_parser = heartbeat_arg)]
+    heartbeat: Duration,
+    /// How long a lost watch (its node stopped) is tried again, resuming
+    /// from the last seq seen, before the command fails.
+    #[arg(long, default_value = "5m", value_parser = duration_arg)]
+    reconnect_timeout: Duration,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = watch_cmd::Output::Table)]
+    output: watch_cmd::Output,
+}
+
+/// `--heartbeat`: the node's bounds (`heartbeat_ms` 100–60000), checked
+/// here so the error names the flag.
+fn heartbeat_arg(text: &str) -> Result<Duration, String> {
+    let d = duration_arg(text)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err("must be between 100ms and 60s".to_owned());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Subcommand)]
+enum ViewsCommand {
+    /// Drop every view and rebuild it from the log (node stopped).
+    Rebuild {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Durable appends/s through the EventLog vs raw RocksDB WriteBatch writes.
+    Append {
+        /// Events in all, one per append.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Do not fsync (both sides).
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Events/s from the log to JetStream via the Publisher vs raw async-nats
+    /// publishes (against -s/--server when given, else a local nats-server).
+    Publish {
+        /// Events to publish.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// In-flight window of both sides.
+        #[arg(long, default_value_t = 512)]
+        max_in_flight: usize,
+    },
+    /// Full and one-package pkgrev.list latency vs raw NATS request/reply of the same bytes.
+    List {
+        /// Package revisions in the generated repository (5 per package).
+        #[arg(long, default_value_t = 10_000)]
+        revisions: u64,
+        /// Timed listings of each kind at most.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Stop each measurement after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        budget: std::time::Duration,
+        /// Items per page (the server's default when not given).
+        #[arg(long)]
+        page_size: Option<u64>,
+    },
+    /// First sync (register with wait) vs git clone --mirror of the same repository.
+    SyncFirst {
+        /// Packages in the generated repository.
+        #[arg(long, default_value_t = 1000)]
+        packages: usize,
+        /// Revisions per package: revisions-1 published tags plus the main placeholder.
+        #[arg(long, default_value_t = 5)]
+        revisions: usize,
+    },
+    /// Approving one proposal in a repository of N published revisions (and
+    /// of N/10) vs the same commit, tag and push with the git CLI.
+    Approve {
+        /// Published revisions of the larger repository (the smaller holds a tenth).
+        #[arg(long, default_value_t = 1000)]
+        revisions: usize,
+        /// Timed approvals per repository.
+        #[arg(long, default_value_t = 15)]
+        iterations: usize,
+    },
+    /// A sync of an unchanged repository vs git ls-remote of it.
+    SyncNoop {
+        /// Packages in the generated repository.
+        #[arg(long, default_value_t = 1000)]
+        packages: usize,
+        /// Revisions per package: revisions-1 published tags plus the main placeholder.
+        #[arg(long, default_value_t = 5)]
+        revisions: usize,
+        /// Timed syncs (and ls-remote runs).
+        #[arg(long, default_value_t = 50)]
+        iterations: usize,
+    },
+    /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
+    Watch {
+        /// Timed events (and raw messages).
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Do not fsync commits.
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Resident memory of the (in-process) node after syncing and listing N revisions.
+    Memory {
+        /// Package revisions in the generated repository (5 per package).
+        #[arg(long, default_value_t = 100_000)]
+        revisions: u64,
+        /// One approval commit per revision (as Porch writes) instead of one
+        /// commit per revision number; first syncs of long histories are slow.
+        #[arg(long)]
+        porch_history: bool,
+    },
+}
+
+/// Parses the command line and runs it; errors go to stderr, exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`cairn log | head -1`): nothing more to
+        // say to anyone, so end quietly, as `head`'s writer should.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader closed it.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let kind = cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| cause.downcast_ref::<serde_json::Error>()?.io_error_kind());
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let global = cli.global;
+    match cli.command {
+        Command::Node(args) => {
+            let overrides = Overrides {
+                data_dir: args.data_dir,
+                nats_urls: global.server,
+                nats_listen: args.nats_listen,
+                log_level: args.log_level,
+            };
+            let config = NodeConfig::load(args.config.as_deref(), &overrides)?;
+            telemetry::init(&config.log.level, config.log.format == "json");
+            drop(stdout);
+            node::run(config)
+        }
+        Command::Log(args) => {
+            telemetry::init(CLIENT_LOG, false);
+            let source = match args.data_dir {
+                Some(dir) => Source::DataDir(dir),
+                None => Source::Nats(global.target()),
+            };
+            let stream = args
+                .stream
+                .as_deref()
+                .map(|s| names::stream(s, &global.namespace))
+                .transpose()?;
+            let options = LogOptions {
+                source,
+                from: args.from,
+                stream,
+                follow: args.follow,
+                output: args.output,
+            };
+            log_cmd::run(options, &mut stdout)
+        }
+        Command::Views {
+            command: ViewsCommand::Rebuild { data_dir },
+        } => {
+            telemetry::init(CLIENT_LOG, false);
+            views_cmd::rebuild(&data_dir, &mut stdout)
+        }
+        Command::Repo { conn, command } => {
+            telemetry::init(CLIENT_LOG, false);
+            repo::run(&global, conn, command, &mut stdout)
+        }
+        Command::Pkg { conn, command } => {
+            telemetry::init(CLIENT_LOG, false);
+            pkg::run(&global, conn, command, &mut stdout)
+        }
+        Command::Watch(args) => {
+            telemetry::init(CLIENT_LOG, false);
+            let filter = args.filter.watch_filter(&global.namespace)?;
+            let options = watch_cmd::WatchOptions {
+                target: global.target(),
+                filter,
+                kinds: args.kinds,
+                since: args.since,
+                heartbeat: args.heartbeat,
+                reconnect_timeout: args.reconnect_timeout,
+                output: args.output,
+            };
+            watch_cmd::run(options, &mut stdout)
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut stdout);
+            Ok(())
+        }
+        Command::Man { command } => man(&command, &mut stdout),
+        Command::Bench { command } => {
+            telemetry::init(CLIENT_LOG, false);
+            match command {
+                BenchCommand::Append {
+                    events,
+                    writers,
+                    no_sync,
+                } => bench::append(
+                    &bench::AppendOptions {
+                        events,
+                        writers,
+                        sync: !no_sync,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Publish {
+                    events,
+                    max_in_flight,
+                } => bench::publish(
+                    &bench::PublishOptions {
+                        events,
+                        nats_url: (!global.server.is_empty()).then(|| global.server.join(",")),
+                        server_binary: "nats-server".into(),
+                        max_in_flight,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::List {
+                    revisions,
+                    iterations,
+                    budget,
+                    page_size,
+                } => bench::list(
+                    &bench::ListOptions {
+                        revisions,
+                        iterations,
+                        budget,
+                        page_size,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::SyncFirst {
+                    packages,
+                    revisions,
+                } => bench::sync_first(
+                    &bench::SyncFirstOptions {
+                        packages,
+                        revisions,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Approve {
+                    revisions,
+                    iterations,
+                } => bench::approve::approve(
+                    &bench::approve::ApproveOptions {
+                        revisions,
+                        iterations,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::SyncNoop {
+                    packages,
+                    revisions,
+                    iterations,
+                } => bench::sync_noop(
+                    &bench::SyncNoopOptions {
+                        packages,
+                        revisions,
+                        iterations,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Watch { events, no_sync } => bench::watch::watch(
+                    &bench::WatchOptions {
+                        events,
+                        sync: !no_sync,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Memory {
+                    revisions,
+                    porch_history,
+                } => bench::memory(
+                    &bench::MemoryOptions {
+                        revisions,
+                        history: if porch_history {
+                            bench::gen::History::Porch
+                        } else {
+                            bench::gen::History::Compact
+                        },
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+            }
+        }
+    }
+}
+
+/// The log filter of every command but `node`: warnings, and nothing of
+/// the NATS client's own (a connection error is said once, by the
+/// command).
+const CLIENT_LOG: &str = "warn,async_nats=off";
+
+/// `cairn man [COMMAND…]`: the roff manual page of cairn or of one of its
+/// commands.
+fn man(words: &[String], out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let mut command = Cli::command();
+    command.build();
+    for word in words {
+        let Some(sub) = command.find_subcommand(word).cloned() else {
+            let name = command.get_bin_name().unwrap_or("cairn").to_owned();
+            anyhow::bail!("COMMAND: {name} has no command {word:?}; see `{name} --help`");
+        };
+        // Built with the root: named `cairn-repo-register` in the page.
+        command = sub;
+    }
+    clap_mangen::Man::new(command).render(out)?;
+    Ok(())
+}
