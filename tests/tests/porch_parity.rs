@@ -954,6 +954,27 @@ async fn delete_on_manually_moved_main_branch() {
         node.client().ok("pkgrev.get", key("up.app.ws")).await["lifecycle"],
         "Published"
     );
+
+    // Someone else already removed the package from main: nothing left to
+    // commit (as Porch, no empty commit), only the deletion proposal goes.
+    node.client()
+        .ok("pkgrev.create", init("up", "app2", "ws", None))
+        .await;
+    publish(&node, "up.app2.ws").await;
+    node.client()
+        .ok("pkgrev.propose-delete", key("up.app2.main"))
+        .await;
+    other.git(&["pull", "-q", "origin", "main"]);
+    other.git(&["rm", "-q", "-r", "app2"]);
+    let removed = other.commit("Remove app2");
+    other.git(&["push", "-q", "origin", "main"]);
+    let deleted = node.client().ok("pkgrev.delete", key("up.app2.main")).await;
+    assert_eq!(deleted, json!({"deleted": "up.app2.main"}));
+    assert_eq!(up.rev_parse("main"), removed);
+    assert_eq!(
+        up.refs(),
+        ["refs/heads/main", "refs/tags/app/v1", "refs/tags/app2/v1"]
+    );
     node.shutdown().await;
 }
 
