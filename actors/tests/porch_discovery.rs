@@ -1020,11 +1020,7 @@ fn package_commit(
         root,
         &[parent],
         message,
-        &Identity::of(
-            &Author::new("", "writer@example.com"),
-            "",
-            &Author::porch(),
-        ),
+        &Identity::of(&Author::new("", "writer@example.com"), "", &Author::porch()),
     )
     .unwrap()
 }

@@ -523,10 +523,7 @@ impl NodeConfig {
         if self.git.push_retry_delay > Duration::from_secs(10) {
             return bad(
                 "git.push-retry-delay",
-                format!(
-                    "must be at most 10s, got {:?}",
-                    self.git.push_retry_delay
-                ),
+                format!("must be at most 10s, got {:?}", self.git.push_retry_delay),
             );
         }
         if self.sync.interval < Duration::from_secs(1) {

@@ -644,7 +644,10 @@ async fn commit_with_user() {
     // Porch commits.
     let before = node.store().last_seq().unwrap();
     node.client()
-        .ok("pkgrev.create", init("up", "app", "ws", Some("ada@example.com")))
+        .ok(
+            "pkgrev.create",
+            init("up", "app", "ws", Some("ada@example.com")),
+        )
         .await;
     assert_eq!(
         signed(&up, "drafts/app/ws"),
@@ -678,7 +681,10 @@ async fn commit_with_user() {
         .start()
         .await;
     node.client()
-        .ok("pkgrev.create", init("up", "later", "ws", Some("ada@example.com")))
+        .ok(
+            "pkgrev.create",
+            init("up", "later", "ws", Some("ada@example.com")),
+        )
         .await;
     assert_eq!(
         signed(&up, "drafts/later/ws"),
@@ -703,10 +709,25 @@ async fn commit_author() {
     // of a user `kubernetes-admin`, and the revision's published_by (the
     // author's email).
     for (i, (author, email, expected, by)) in [
-        ("", "", "kubernetes-admin <kubernetes-admin>", json!("kubernetes-admin")),
+        (
+            "",
+            "",
+            "kubernetes-admin <kubernetes-admin>",
+            json!("kubernetes-admin"),
+        ),
         ("porch", "", "porch <>", Value::Null),
-        ("", "porch@example.com", "porch@example.com <porch@example.com>", json!("porch@example.com")),
-        ("porch", "porch@example.com", "porch <porch@example.com>", json!("porch@example.com")),
+        (
+            "",
+            "porch@example.com",
+            "porch@example.com <porch@example.com>",
+            json!("porch@example.com"),
+        ),
+        (
+            "porch",
+            "porch@example.com",
+            "porch <porch@example.com>",
+            json!("porch@example.com"),
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -784,7 +805,12 @@ async fn multiple_commit_authors() {
     publish(&node, "repo2.package.v2").await;
 
     assert_eq!(
-        up.git(&["log", "--first-parent", "--format=%an <%ae>|%cn <%ce>|%s", "main"]),
+        up.git(&[
+            "log",
+            "--first-parent",
+            "--format=%an <%ae>|%cn <%ce>|%s",
+            "main"
+        ]),
         format!(
             "hcrop <hcrop@example.com>|{PORCH}|Approving package revision package/2\n\
              porch <porch@example.com>|{PORCH}|Approving package revision package/1\n\
@@ -818,7 +844,10 @@ async fn format_commit_message() {
     // init
     let draft = node
         .client()
-        .ok("pkgrev.create", ada(create("up", "app", "ws1", json!({"path": "catalog"}))))
+        .ok(
+            "pkgrev.create",
+            ada(create("up", "app", "ws1", json!({"path": "catalog"}))),
+        )
         .await;
     assert_eq!(
         message("drafts/catalog/app/ws1"),
@@ -874,7 +903,12 @@ async fn format_commit_message() {
     node.client()
         .ok(
             "pkgrev.create",
-            ada(create("up", "other", "ws", json!({"clone_from": "up.catalog.app.ws1"}))),
+            ada(create(
+                "up",
+                "other",
+                "ws",
+                json!({"clone_from": "up.catalog.app.ws1"}),
+            )),
         )
         .await;
     assert_eq!(
@@ -906,8 +940,18 @@ async fn format_commit_message() {
         .ok("pkgrev.get", key("up.catalog.app.ws1"))
         .await;
     assert_eq!(
-        (&again["revision"], &again["workspace"], &again["tasks"], &again["published_by"]),
-        (&json!(1), &json!("ws1"), &recorded["tasks"], &json!("ada@example.com"))
+        (
+            &again["revision"],
+            &again["workspace"],
+            &again["tasks"],
+            &again["published_by"]
+        ),
+        (
+            &json!(1),
+            &json!("ws1"),
+            &recorded["tasks"],
+            &json!("ada@example.com")
+        )
     );
     node.shutdown().await;
 }
@@ -1006,10 +1050,7 @@ async fn push_retry_with_transient_error() {
         .configure(|c| c.git.push_retry_delay = Duration::from_millis(10));
 
     // One attempt only: the declined push is the answer.
-    let node = builder
-        .configure(|c| c.git.push_attempts = 1)
-        .start()
-        .await;
+    let node = builder.configure(|c| c.git.push_attempts = 1).start().await;
     register(&node, "up", &up.url()).await;
     refused(
         &node,
@@ -1040,10 +1081,7 @@ async fn push_retry_with_transient_error() {
         (&json!("up.app.ws"), &json!("Draft"))
     );
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "x\nx\n");
-    assert_eq!(
-        up.refs(),
-        ["refs/heads/drafts/app/ws", "refs/heads/main"]
-    );
+    assert_eq!(up.refs(), ["refs/heads/drafts/app/ws", "refs/heads/main"]);
     assert_eq!(draft["commit"], up.rev_parse("drafts/app/ws"));
     // (the restarted node's own sync may run meanwhile)
     let (kinds, _) = node.client().events_after("up", before).await;

@@ -162,7 +162,10 @@ mod tests {
         for transient in [
             OriginError::Rejected("refs/heads/drafts/a/w: pre-receive hook declined".into()),
             OriginError::Rejected("refs/heads/main: failed to update ref".into()),
-            OriginError::Git("git push to file:///x: fatal: Unable to migrate objects to permanent storage".to_ascii_lowercase()),
+            OriginError::Git(
+                "git push to file:///x: fatal: Unable to migrate objects to permanent storage"
+                    .to_ascii_lowercase(),
+            ),
             OriginError::Unreachable("broken pipe".into()),
             OriginError::Git("unexpected http status code: 500".into()),
         ] {

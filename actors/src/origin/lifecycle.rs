@@ -449,9 +449,6 @@ mod tests {
             "Delete app\n\nCairn-Principal: anonymous\n"
         );
         assert_eq!(with_trailer("Delete app".into(), &by("")), "Delete app");
-        assert_eq!(
-            with_trailer("Delete app".into(), &by("a\nb")),
-            "Delete app"
-        );
+        assert_eq!(with_trailer("Delete app".into(), &by("a\nb")), "Delete app");
     }
 }

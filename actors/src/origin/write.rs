@@ -466,8 +466,7 @@ pub fn create_branch(
         return Ok(());
     }
     let repo = Repository::open_bare(cache.mirror_path(url)).map_err(map_git_error)?;
-    let signature =
-        Signature::now(&committer.name, &committer.email).map_err(map_git_error)?;
+    let signature = Signature::now(&committer.name, &committer.email).map_err(map_git_error)?;
     let tree_id = repo
         .treebuilder(None)
         .and_then(|b| b.write())
@@ -670,14 +669,32 @@ mod tests {
             (i.author.name, i.author.email)
         };
         let pair = |n: &str, e: &str| (n.to_owned(), e.to_owned());
-        assert_eq!(of("", "", "kubernetes-admin"), pair("kubernetes-admin", "kubernetes-admin"));
+        assert_eq!(
+            of("", "", "kubernetes-admin"),
+            pair("kubernetes-admin", "kubernetes-admin")
+        );
         assert_eq!(of("porch", "", "ada"), pair("porch", ""));
-        assert_eq!(of("", "porch@example.com", "ada"), pair("porch@example.com", "porch@example.com"));
-        assert_eq!(of("porch", "porch@example.com", "ada"), pair("porch", "porch@example.com"));
-        assert_eq!(of("", "", "anonymous"), pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL));
-        assert_eq!(of("", "", ""), pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL));
+        assert_eq!(
+            of("", "porch@example.com", "ada"),
+            pair("porch@example.com", "porch@example.com")
+        );
+        assert_eq!(
+            of("porch", "porch@example.com", "ada"),
+            pair("porch", "porch@example.com")
+        );
+        assert_eq!(
+            of("", "", "anonymous"),
+            pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL)
+        );
+        assert_eq!(
+            of("", "", ""),
+            pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL)
+        );
         // A NATS user name Git cannot write as an author: no one.
-        assert_eq!(of("", "", "a<b>"), pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL));
+        assert_eq!(
+            of("", "", "a<b>"),
+            pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL)
+        );
     }
 
     /// An author with an empty email (a repository with `git.author` and
@@ -692,15 +709,27 @@ mod tests {
         let id = commit(&repo, tree, &[], "m\n", &identity).unwrap();
         let c = repo.find_commit(id).unwrap();
         let (author, committer) = (c.author(), c.committer());
-        assert_eq!((author.name_bytes(), author.email_bytes()), (&b"porch"[..], &b""[..]));
+        assert_eq!(
+            (author.name_bytes(), author.email_bytes()),
+            (&b"porch"[..], &b""[..])
+        );
         assert_eq!(
             (committer.name_bytes(), committer.email_bytes()),
-            (PORCH_SIGNATURE_NAME.as_bytes(), PORCH_SIGNATURE_EMAIL.as_bytes())
+            (
+                PORCH_SIGNATURE_NAME.as_bytes(),
+                PORCH_SIGNATURE_EMAIL.as_bytes()
+            )
         );
         assert_eq!(c.message_bytes(), b"m\n");
         assert_eq!(c.tree_id(), tree);
         let child = commit(&repo, tree, &[id], "n\n", &identity).unwrap();
-        assert_eq!(repo.find_commit(child).unwrap().parent_ids().collect::<Vec<_>>(), [id]);
+        assert_eq!(
+            repo.find_commit(child)
+                .unwrap()
+                .parent_ids()
+                .collect::<Vec<_>>(),
+            [id]
+        );
     }
 
     #[test]
