@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn_actors::origin::write::{self, Author, Files, RefChange};
+use cairn_actors::origin::write::{self, Author, Files, Identity, RefChange};
 use cairn_actors::origin::{
     create_branch, discover, discover_packages, package_of_ref, package_path, validate_url, Blobs,
     DiscoveredRevision, Discovery, GitCache, Lifecycle, OriginError,
@@ -264,7 +264,14 @@ fn empty_repository_lacks_the_branch_until_it_is_created() {
     assert_eq!(d.branch_commit, None);
     assert_eq!(d.revisions, vec![]);
 
-    create_branch(&cache, &url, "main", "Cairn Bot", "cairn@example.com", None).unwrap();
+    create_branch(
+        &cache,
+        &url,
+        "main",
+        &Author::new("Cairn Bot", "cairn@example.com"),
+        None,
+    )
+    .unwrap();
     let created = upstream.commit("refs/heads/main");
     let object = upstream.git(&["cat-file", "-p", &created]);
     let lines: Vec<&str> = object.lines().collect();
@@ -288,7 +295,14 @@ fn empty_repository_lacks_the_branch_until_it_is_created() {
     assert_eq!(d.revisions, vec![]);
 
     // Creating it again is a no-op.
-    create_branch(&cache, &url, "main", "Other", "other@example.com", None).unwrap();
+    create_branch(
+        &cache,
+        &url,
+        "main",
+        &Author::new("Other", "other@example.com"),
+        None,
+    )
+    .unwrap();
     assert_eq!(upstream.commit("refs/heads/main"), created);
 }
 
@@ -1006,7 +1020,7 @@ fn package_commit(
         root,
         &[parent],
         message,
-        &Author::new("", "writer@example.com"),
+        &Identity::of(&Author::new("", "writer@example.com"), "", &Author::porch()),
     )
     .unwrap()
 }
@@ -1033,7 +1047,7 @@ fn written_revisions_are_pushed_together_and_discovered_as_written() {
         main,
         "catalog/fresh",
         &files,
-        "Intermediate commit: init\nkpt:{\"package\":\"catalog/fresh\",\"workspaceName\":\"ws\",\"revision\":\"v0\",\"task\":{\"type\":\"init\",\"init\":{}}}\n",
+        "Creating new empty revision\n\n\nkpt:{\"package\":\"catalog/fresh\",\"workspaceName\":\"ws\",\"revision\":\"0\",\"task\":{\"type\":\"init\",\"init\":{}}}\n",
     );
     // A new draft branch and a deleted tag, in one push.
     write::push_changes(
@@ -1198,7 +1212,7 @@ fn a_package_goes_through_its_lifecycle_as_porch_lays_it_out_in_git() {
     let repo = git2::Repository::open_bare(synced.cache.mirror_path(&up.url())).unwrap();
     let head = |repo: &git2::Repository| repo.refname_to_id("refs/heads/main").unwrap();
     let refs = PackageRefs::new("/", "catalog", "fresh", "main");
-    let author = Author::new("Ada", "ada@example.com");
+    let author = Identity::of(&Author::new("Ada", "ada@example.com"), "", &Author::porch());
     let kptfile = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: fresh\n".to_vec();
     let files: Files = [("Kptfile".to_owned(), kptfile.clone())].into();
 
@@ -1259,11 +1273,11 @@ fn a_package_goes_through_its_lifecycle_as_porch_lays_it_out_in_git() {
     assert_eq!(
         up.git(&["log", "-1", "--format=%B", "main"]),
         "Approving package revision catalog/fresh/1\n\n\
-         kpt:{\"package\":\"catalog/fresh\",\"workspaceName\":\"ws1\",\"revision\":\"v1\"}"
+         kpt:{\"package\":\"catalog/fresh\",\"workspaceName\":\"ws1\",\"revision\":\"1\"}"
     );
     assert_eq!(
-        up.git(&["log", "-1", "--format=%an <%ae>", "main"]),
-        "Ada <ada@example.com>"
+        up.git(&["log", "-1", "--format=%an <%ae>|%cn <%ce>", "main"]),
+        "Ada <ada@example.com>|Package Orchestration Service <porch@kpt.dev>"
     );
     assert_eq!(up.git(&["branch", "--list", "proposed/*"]), "");
     // The rest of main is untouched.

@@ -197,13 +197,48 @@ pub struct GitSection {
     /// read, before the sync fails with class `timeout`. Default: `60s`.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The committer name of every commit cairn writes (and the author of
+    /// a branch it creates, or of a commit with no other author). Default:
+    /// `Package Orchestration Service`, Porch's, so a commit reads the same
+    /// whichever of the two wrote it.
+    pub committer_name: String,
+    /// The committer email. Default: `porch@kpt.dev`, Porch's.
+    pub committer_email: String,
+    /// How many times a push is tried when it fails transiently (Porch's
+    /// retryable errors, e.g. `pre-receive hook declined`), 1 to 10.
+    /// Default: `3` (Porch's `--repo-operation-retry-attempts`).
+    pub push_attempts: u32,
+    /// The wait before the n-th retry of a push is n times this (n times
+    /// five times this after `pre-receive hook declined`), at most 10s.
+    /// Default: `200ms` (Porch: 200ms, and 1s after a declining hook).
+    #[serde(with = "humantime_serde")]
+    pub push_retry_delay: Duration,
 }
 
 impl Default for GitSection {
     fn default() -> Self {
+        let write = cairn_actors::origin::write::WriteConfig::default();
         Self {
             secrets_dir: None,
             timeout: Duration::from_secs(60),
+            committer_name: write.committer.name,
+            committer_email: write.committer.email,
+            push_attempts: write.push_attempts,
+            push_retry_delay: write.push_retry_delay,
+        }
+    }
+}
+
+impl GitSection {
+    /// What the node's repositories write with.
+    pub fn write_config(&self) -> cairn_actors::origin::write::WriteConfig {
+        cairn_actors::origin::write::WriteConfig {
+            committer: cairn_actors::origin::write::Author::new(
+                &self.committer_name,
+                &self.committer_email,
+            ),
+            push_attempts: self.push_attempts,
+            push_retry_delay: self.push_retry_delay,
         }
     }
 }
@@ -466,6 +501,29 @@ impl NodeConfig {
             return bad(
                 "git.timeout",
                 format!("must be between 100ms and 1h, got {:?}", self.git.timeout),
+            );
+        }
+        for (key, value) in [
+            ("git.committer-name", &self.git.committer_name),
+            ("git.committer-email", &self.git.committer_email),
+        ] {
+            if value.trim().is_empty() {
+                return bad(key, "must not be empty (Git needs a committer)".into());
+            }
+            if let Some(why) = cairn_actors::origin::names::signature_part(value) {
+                return bad(key, format!("{value:?} {why}"));
+            }
+        }
+        if !(1..=10).contains(&self.git.push_attempts) {
+            return bad(
+                "git.push-attempts",
+                format!("must be between 1 and 10, got {}", self.git.push_attempts),
+            );
+        }
+        if self.git.push_retry_delay > Duration::from_secs(10) {
+            return bad(
+                "git.push-retry-delay",
+                format!("must be at most 10s, got {:?}", self.git.push_retry_delay),
             );
         }
         if self.sync.interval < Duration::from_secs(1) {
@@ -795,5 +853,64 @@ mod tests {
             1 << 20
         );
         NodeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_committer_and_push_retries_are_configured_and_checked() {
+        let d = NodeConfig::default().git.write_config();
+        assert_eq!(
+            (d.committer.name.as_str(), d.committer.email.as_str()),
+            ("Package Orchestration Service", "porch@kpt.dev")
+        );
+        assert_eq!(
+            (d.push_attempts, d.push_retry_delay),
+            (3, Duration::from_millis(200))
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[git]\ncommitter-name = \"cairn\"\ncommitter-email = \"cairn@example.com\"\npush-attempts = 5\npush-retry-delay = \"10ms\"\n",
+        )
+        .unwrap();
+        let w = NodeConfig::load(Some(&file), &Overrides::default())
+            .unwrap()
+            .git
+            .write_config();
+        assert_eq!(
+            (
+                w.committer.name.as_str(),
+                w.committer.email.as_str(),
+                w.push_attempts,
+                w.push_retry_delay
+            ),
+            ("cairn", "cairn@example.com", 5, Duration::from_millis(10))
+        );
+        for (change, error) in [
+            (
+                (|c: &mut NodeConfig| c.git.committer_name = " ".into())
+                    as fn(&mut NodeConfig),
+                "git.committer-name: must not be empty (Git needs a committer)",
+            ),
+            (
+                |c| c.git.committer_email = "<x@y>".into(),
+                "git.committer-email: \"<x@y>\" must not contain '<' or '>' (they delimit the email in a Git commit)",
+            ),
+            (
+                |c| c.git.push_attempts = 0,
+                "git.push-attempts: must be between 1 and 10, got 0",
+            ),
+            (
+                |c| c.git.push_retry_delay = Duration::from_secs(11),
+                "git.push-retry-delay: must be at most 10s, got 11s",
+            ),
+        ] {
+            let mut c = NodeConfig::default();
+            change(&mut c);
+            assert_eq!(
+                c.validate().unwrap_err().to_string(),
+                format!("configuration: {error}")
+            );
+        }
     }
 }

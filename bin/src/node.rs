@@ -124,6 +124,7 @@ impl Node {
             discoveries: Default::default(),
             slots: SyncSlots::new(config.sync.max_concurrent),
             refs_read: Default::default(),
+            write: config.git.write_config(),
         });
         let scheduling = Scheduling {
             policy: Arc::new(config.sync.policy()),

@@ -127,8 +127,9 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
     );
     assert_eq!(
         bare.git(&["log", "-1", "--format=%B", "drafts/catalog/app/ws1"]),
-        "Intermediate commit: init\n\n\
-         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"ws1\",\"task\":{\"type\":\"init\",\"init\":{}}}"
+        "Creating new empty revision\n\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"0\",\"task\":{\"type\":\"init\",\"init\":{\"description\":\"catalog/app description\"}}}\n\
+         Cairn-Principal: ada@example.com"
     );
     assert_eq!(bare.git(&["rev-parse", "drafts/catalog/app/ws1^"]), first);
     assert_eq!(
@@ -234,11 +235,12 @@ async fn a_round_trip_writes_what_porch_writes_and_reads_back_the_same() {
     assert_eq!(
         bare.git(&["log", "-1", "--format=%B", "main"]),
         "Approving package revision catalog/app/1\n\n\
-         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"v1\"}"
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"1\"}\n\
+         Cairn-Principal: bob@example.com"
     );
     assert_eq!(
-        bare.git(&["log", "-1", "--format=%P|%an <%ae>", "main"]),
-        format!("{first} {proposal}|bob@example.com <bob@example.com>")
+        bare.git(&["log", "-1", "--format=%P|%an <%ae>|%cn <%ce>", "main"]),
+        format!("{first} {proposal}|bob@example.com <bob@example.com>|Package Orchestration Service <porch@kpt.dev>")
     );
     assert_eq!(
         bare.git(&["diff", "--name-only", &first, "main"]),
@@ -470,7 +472,7 @@ async fn on_the_porch_fixtures_numbering_continues_and_each_lifecycle_deletes() 
     assert_eq!(bare.git(&["ls-tree", "--name-only", "main", "basens"]), "");
     assert_eq!(
         bare.git(&["log", "-1", "--format=%s", "main"]),
-        "Deleting package basens"
+        "Delete basens"
     );
 
     // A fresh sync finds the views exactly as the commands left them.
@@ -513,14 +515,28 @@ async fn approve_succeeds_after_the_upstream_moved_and_keeps_what_landed_on_main
     node.shutdown().await;
 }
 
+/// An upstream whose `pre-receive` hook always declines: the push is
+/// tried `git.push-attempts` times (Porch retries a declining hook), then
+/// the command is 409 with nothing recorded.
 #[actix_rt::test]
 async fn a_refusing_upstream_records_nothing() {
     let dir = TestDir::new();
     let (bare, url) = fresh_upstream(dir.path());
-    let node = start(dir.path()).await;
+    let node = builder(dir.path())
+        .configure(|c| c.git.push_retry_delay = std::time::Duration::from_millis(10))
+        .start()
+        .await;
     register(&node, "fresh", &url).await;
     let hook = bare.git_dir().join("hooks/pre-receive");
-    std::fs::write(&hook, "#!/bin/sh\necho read-only >&2\nexit 1\n").unwrap();
+    let calls = dir.path().join("hook-calls");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho x >> '{}'\necho read-only >&2\nexit 1\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
     std::process::Command::new("chmod")
         .arg("+x")
         .arg(&hook)
@@ -540,6 +556,7 @@ async fn a_refusing_upstream_records_nothing() {
         error.body["message"],
         "the upstream refused the change: refs/heads/drafts/app/ws: pre-receive hook declined"
     );
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "x\nx\nx\n");
     assert_eq!(node.store.last_seq().unwrap(), before);
     assert_eq!(
         node.client()
@@ -770,7 +787,7 @@ async fn the_cli_authors_and_publishes_a_package_from_a_directory() {
     assert_eq!(bare.git(&["tag", "--list"]), "catalog/app/v1");
     assert_eq!(
         bare.git(&["log", "-1", "--format=%ae", "main"]),
-        "cairn@localhost"
+        "porch@kpt.dev"
     );
     let back = dir.path().join("back");
     let (ok_, _, err) = cli(

@@ -16,8 +16,22 @@
 //!   is in Git.
 //! - `find_upstream_reference` (`TestFindUpstreamReference`): a revision
 //!   another one was cloned from is not deleted.
+//! - `commit_with_user` (`TestCommitWithUser`), `commit_author`
+//!   (`TestCommitAuthor`), `multiple_commit_authors`
+//!   (`TestMultipleCommitAuthors`): the committer is the node (Porch's
+//!   signature unless configured), the author the repository's
+//!   `git.author`/`git.email`, else the principal, else the committer; the
+//!   principal is in a `Cairn-Principal` trailer.
+//! - `format_commit_message` (`TestFormatCommitMessage`): each command's
+//!   commit message, byte for byte, as current Porch writes it.
+//! - `delete_on_manually_moved_main_branch`
+//!   (`TestDeleteOnManuallyMovedMainBranch`): deleting the placeholder
+//!   after someone else moved the branch is re-applied on the new head.
+//! - `push_retry_with_transient_error` (`TestPushRetryWithTransientError`):
+//!   a push that fails transiently is tried again, `git.push-attempts`
+//!   times in all.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use cairn_events::v1 as pb;
 use cairn_storage::EventLog;
@@ -157,8 +171,9 @@ async fn clone_from_upstream() {
     );
     assert_eq!(
         downstream.git(&["log", "-1", "--format=%B", branch]),
-        "Intermediate commit: clone\n\n\
-         kpt:{\"package\":\"istions\",\"workspaceName\":\"test-workspace\",\"revision\":\"test-workspace\",\"task\":{\"type\":\"clone\",\"clone\":{\"upstreamRef\":{\"upstreamRef\":{\"name\":\"blueprints.basens.v1\"}}}}}"
+        "Creating new revision by cloning\n\n\n\
+         kpt:{\"package\":\"istions\",\"workspaceName\":\"test-workspace\",\"revision\":\"0\",\"task\":{\"type\":\"clone\",\"clone\":{\"upstreamRef\":{\"upstreamRef\":{\"name\":\"blueprints.basens.v1\"}}}}}\n\
+         Cairn-Principal: anonymous"
     );
     // Its Kptfile: renamed, and locked to basens/v1 of the blueprints, the
     // keys in kpt's order, the rest kept.
@@ -311,8 +326,9 @@ async fn edit_package_revision() {
     assert_eq!(events[0]["event"]["draft_created"].get("clone_from"), None);
     assert_eq!(
         fresh.git(&["log", "-1", "--format=%B", "drafts/pkg/ws2"]),
-        "Intermediate commit: edit\n\n\
-         kpt:{\"package\":\"pkg\",\"workspaceName\":\"ws2\",\"revision\":\"ws2\",\"task\":{\"type\":\"edit\",\"edit\":{\"sourceRef\":{\"name\":\"fresh.pkg.ws1\"}}}}"
+        "Creating new revision by copying previous revision\n\n\n\
+         kpt:{\"package\":\"pkg\",\"workspaceName\":\"ws2\",\"revision\":\"0\",\"task\":{\"type\":\"edit\",\"edit\":{\"sourceRef\":{\"name\":\"fresh.pkg.ws1\"}}}}\n\
+         Cairn-Principal: anonymous"
     );
     // Its files verbatim (the Kptfile untouched): the package's tree is the
     // published one's.
@@ -402,7 +418,10 @@ async fn validate_package_path_overlap() {
         .client()
         .ok("pkgrev.create", create("simple", "newpkg", "ws", json!({})))
         .await;
-    assert_eq!(new["tasks"], json!([{"type": "init", "init": {}}]));
+    assert_eq!(
+        new["tasks"],
+        json!([{"type": "init", "init": {"description": "newpkg description"}}])
+    );
     let copy = node
         .client()
         .ok(
@@ -580,5 +599,493 @@ async fn find_upstream_reference() {
     let deleted = node.client().ok("pkgrev.delete", key("up.basens.v1")).await;
     assert_eq!(deleted, json!({"deleted": "up.basens.v1"}));
     assert_eq!(up.git(&["tag", "--list", "basens/*"]), "");
+    node.shutdown().await;
+}
+
+/// Porch's committer signature, cairn's default committer.
+const PORCH: &str = "Package Orchestration Service <porch@kpt.dev>";
+
+/// `%an <%ae>|%cn <%ce>|<Cairn-Principal trailer>` of the commit `rev`
+/// names.
+fn signed(repo: &GitFixture, rev: &str) -> String {
+    repo.git(&[
+        "log",
+        "-1",
+        "--format=%an <%ae>|%cn <%ce>|%(trailers:key=Cairn-Principal,valueonly,separator=%x2C)",
+        rev,
+    ])
+}
+
+/// A `pkgrev.create` of an empty package `package` in `repository`, by
+/// `principal` when there is one.
+fn init(repository: &str, package: &str, workspace: &str, principal: Option<&str>) -> Value {
+    let extra = match principal {
+        Some(p) => json!({"principal": p}),
+        None => json!({}),
+    };
+    create(repository, package, workspace, extra)
+}
+
+/// Proposes and approves `name` as `principal`; the published revision.
+async fn publish_as(node: &TestNode, name: &str, principal: &str) -> Value {
+    let body = json!({"namespace": "team-a", "name": name, "principal": principal});
+    node.client().ok("pkgrev.propose", body.clone()).await;
+    node.client().ok("pkgrev.approve", body).await
+}
+
+#[actix_rt::test]
+async fn commit_with_user() {
+    let dir = TestDir::new();
+    let up = generated(dir.path(), "up");
+    let node = start(dir.path()).await;
+    register(&node, "up", &up.url()).await;
+
+    // A principal, and no author on the repository: the principal authors,
+    // Porch commits.
+    let before = node.store().last_seq().unwrap();
+    node.client()
+        .ok(
+            "pkgrev.create",
+            init("up", "app", "ws", Some("ada@example.com")),
+        )
+        .await;
+    assert_eq!(
+        signed(&up, "drafts/app/ws"),
+        format!("ada@example.com <ada@example.com>|{PORCH}|ada@example.com")
+    );
+    let (_, events) = node.client().events_after("up", before).await;
+    assert_eq!(events[0]["principal"], "ada@example.com");
+    let published = publish_as(&node, "up.app.ws", "bob").await;
+    // (a principal without `@` is its own email, as Porch's user name)
+    assert_eq!(signed(&up, "main"), format!("bob <bob>|{PORCH}|bob"));
+    assert_eq!(published["published_by"], "bob");
+
+    // No principal: Porch both authors and commits; the trailer says who
+    // asked (no one).
+    node.client()
+        .ok("pkgrev.create", init("up", "anon", "ws", None))
+        .await;
+    assert_eq!(
+        signed(&up, "drafts/anon/ws"),
+        format!("{PORCH}|{PORCH}|anonymous")
+    );
+
+    // The committer is the node's to choose.
+    let node = node
+        .stop()
+        .await
+        .configure(|c| {
+            c.git.committer_name = "cairn".into();
+            c.git.committer_email = "cairn@example.com".into();
+        })
+        .start()
+        .await;
+    node.client()
+        .ok(
+            "pkgrev.create",
+            init("up", "later", "ws", Some("ada@example.com")),
+        )
+        .await;
+    assert_eq!(
+        signed(&up, "drafts/later/ws"),
+        "ada@example.com <ada@example.com>|cairn <cairn@example.com>|ada@example.com"
+    );
+    node.client()
+        .ok("pkgrev.create", init("up", "later2", "ws", None))
+        .await;
+    assert_eq!(
+        signed(&up, "drafts/later2/ws"),
+        "cairn <cairn@example.com>|cairn <cairn@example.com>|anonymous"
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn commit_author() {
+    let dir = TestDir::new();
+    let up = generated(dir.path(), "up");
+    let node = start(dir.path()).await;
+    // Porch's table: (git.author, git.email) → the author of the commits
+    // of a user `kubernetes-admin`, and the revision's published_by (the
+    // author's email).
+    for (i, (author, email, expected, by)) in [
+        (
+            "",
+            "",
+            "kubernetes-admin <kubernetes-admin>",
+            json!("kubernetes-admin"),
+        ),
+        ("porch", "", "porch <>", Value::Null),
+        (
+            "",
+            "porch@example.com",
+            "porch@example.com <porch@example.com>",
+            json!("porch@example.com"),
+        ),
+        (
+            "porch",
+            "porch@example.com",
+            "porch <porch@example.com>",
+            json!("porch@example.com"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let repository = format!("r{i}");
+        node.client()
+            .ok(
+                "repo.register",
+                json!({"namespace": "team-a", "name": repository,
+                       "git": {"url": up.url(), "author": author, "email": email}}),
+            )
+            .await;
+        let package = format!("package{i}");
+        node.client()
+            .ok(
+                "pkgrev.create",
+                init(&repository, &package, "v1", Some("kubernetes-admin")),
+            )
+            .await;
+        let draft = format!("drafts/{package}/v1");
+        let want = format!("{expected}|{PORCH}|kubernetes-admin");
+        assert_eq!(signed(&up, &draft), want, "{author:?}/{email:?}");
+        let published = publish_as(
+            &node,
+            &format!("{repository}.{package}.v1"),
+            "kubernetes-admin",
+        )
+        .await;
+        assert_eq!(signed(&up, "main"), want, "{author:?}/{email:?}");
+        assert_eq!(
+            up.git(&["log", "-1", "--format=%s", "main"]),
+            format!("Approving package revision {package}/1")
+        );
+        assert_eq!(published["published_by"], by, "{author:?}/{email:?}");
+    }
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn multiple_commit_authors() {
+    let dir = TestDir::new();
+    let up = generated(dir.path(), "up");
+    let node = start(dir.path()).await;
+    for (name, author, email) in [
+        ("repo1", "porch", "porch@example.com"),
+        ("repo2", "hcrop", "hcrop@example.com"),
+    ] {
+        node.client()
+            .ok(
+                "repo.register",
+                json!({"namespace": "team-a", "name": name,
+                       "git": {"url": up.url(), "author": author, "email": email}}),
+            )
+            .await;
+    }
+    node.client()
+        .ok("pkgrev.create", init("repo1", "package", "v1", None))
+        .await;
+    publish(&node, "repo1.package.v1").await;
+    // The second registration reads it, and copies it (an `edit` task).
+    node.client().ok("repo.sync", key("repo2")).await;
+    let copy = node
+        .client()
+        .ok(
+            "pkgrev.create",
+            create(
+                "repo2",
+                "package",
+                "v2",
+                json!({"clone_from": "repo2.package.v1"}),
+            ),
+        )
+        .await;
+    assert_eq!(copy["tasks"][0]["type"], "edit");
+    publish(&node, "repo2.package.v2").await;
+
+    assert_eq!(
+        up.git(&[
+            "log",
+            "--first-parent",
+            "--format=%an <%ae>|%cn <%ce>|%s",
+            "main"
+        ]),
+        format!(
+            "hcrop <hcrop@example.com>|{PORCH}|Approving package revision package/2\n\
+             porch <porch@example.com>|{PORCH}|Approving package revision package/1\n\
+             Test <test@example.com>|Test <test@example.com>|first"
+        )
+    );
+    // The drafts behind them (each approval's second parent).
+    assert_eq!(
+        up.git(&["log", "-1", "--format=%an <%ae>|%s", "package/v2^2"]),
+        "hcrop <hcrop@example.com>|Creating new revision by copying previous revision"
+    );
+    assert_eq!(
+        up.git(&["log", "-1", "--format=%an <%ae>|%s", "package/v1^2"]),
+        "porch <porch@example.com>|Creating new empty revision"
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn format_commit_message() {
+    let dir = TestDir::new();
+    let up = generated(dir.path(), "up");
+    let node = start(dir.path()).await;
+    register(&node, "up", &up.url()).await;
+    let ada = |mut body: Value| {
+        body["principal"] = json!("ada@example.com");
+        body
+    };
+    let message = |rev: &str| up.git(&["log", "-1", "--format=%B", rev]);
+
+    // init
+    let draft = node
+        .client()
+        .ok(
+            "pkgrev.create",
+            ada(create("up", "app", "ws1", json!({"path": "catalog"}))),
+        )
+        .await;
+    assert_eq!(
+        message("drafts/catalog/app/ws1"),
+        "Creating new empty revision\n\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"0\",\
+         \"task\":{\"type\":\"init\",\"init\":{\"description\":\"catalog/app description\"}}}\n\
+         Cairn-Principal: ada@example.com"
+    );
+    // update (the patch task: task history is not this test's)
+    let kptfile = "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: app\n";
+    node.client()
+        .ok(
+            "pkgrev.update",
+            ada(json!({"namespace": "team-a", "name": "up.catalog.app.ws1",
+                       "resources": {"Kptfile": kptfile},
+                       "resource_version": draft["resource_version"]})),
+        )
+        .await;
+    assert_eq!(
+        message("drafts/catalog/app/ws1"),
+        "Intermediate commit: patch\n\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"0\",\
+         \"task\":{\"type\":\"patch\",\"patch\":{}}}\n\
+         Cairn-Principal: ada@example.com"
+    );
+    // approve: `"revision":"1"`, as current Porch writes it
+    publish_as(&node, "up.catalog.app.ws1", "ada@example.com").await;
+    assert_eq!(
+        message("main"),
+        "Approving package revision catalog/app/1\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"1\"}\n\
+         Cairn-Principal: ada@example.com"
+    );
+    // copy and clone
+    node.client()
+        .ok(
+            "pkgrev.create",
+            ada(create(
+                "up",
+                "app",
+                "ws2",
+                json!({"path": "catalog", "clone_from": "up.catalog.app.ws1"}),
+            )),
+        )
+        .await;
+    assert_eq!(
+        message("drafts/catalog/app/ws2"),
+        "Creating new revision by copying previous revision\n\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws2\",\"revision\":\"0\",\
+         \"task\":{\"type\":\"edit\",\"edit\":{\"sourceRef\":{\"name\":\"up.catalog.app.ws1\"}}}}\n\
+         Cairn-Principal: ada@example.com"
+    );
+    node.client()
+        .ok(
+            "pkgrev.create",
+            ada(create(
+                "up",
+                "other",
+                "ws",
+                json!({"clone_from": "up.catalog.app.ws1"}),
+            )),
+        )
+        .await;
+    assert_eq!(
+        message("drafts/other/ws"),
+        "Creating new revision by cloning\n\n\n\
+         kpt:{\"package\":\"other\",\"workspaceName\":\"ws\",\"revision\":\"0\",\
+         \"task\":{\"type\":\"clone\",\"clone\":{\"upstreamRef\":{\"upstreamRef\":{\"name\":\"up.catalog.app.ws1\"}}}}}\n\
+         Cairn-Principal: ada@example.com"
+    );
+    // delete the placeholder: no annotation
+    let placeholder = ada(key("up.catalog.app.main"));
+    node.client()
+        .ok("pkgrev.propose-delete", placeholder.clone())
+        .await;
+    node.client().ok("pkgrev.delete", placeholder).await;
+    assert_eq!(
+        message("main"),
+        "Delete catalog/app\n\nCairn-Principal: ada@example.com"
+    );
+
+    // A new registration reads what was written as it was recorded.
+    register(&node, "again", &up.url()).await;
+    let again = node
+        .client()
+        .ok("pkgrev.get", key("again.catalog.app.ws1"))
+        .await;
+    let recorded = node
+        .client()
+        .ok("pkgrev.get", key("up.catalog.app.ws1"))
+        .await;
+    assert_eq!(
+        (
+            &again["revision"],
+            &again["workspace"],
+            &again["tasks"],
+            &again["published_by"]
+        ),
+        (
+            &json!(1),
+            &json!("ws1"),
+            &recorded["tasks"],
+            &json!("ada@example.com")
+        )
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn delete_on_manually_moved_main_branch() {
+    let dir = TestDir::new();
+    let up = generated(dir.path(), "up");
+    let node = start(dir.path()).await;
+    register(&node, "up", &up.url()).await;
+    node.client()
+        .ok("pkgrev.create", init("up", "app", "ws", None))
+        .await;
+    publish(&node, "up.app.ws").await;
+    let approved = up.rev_parse("main");
+
+    // Someone else moves main with an unrelated commit.
+    let other = up.clone_to(&dir.join("other"));
+    other.write("other.txt", "theirs\n");
+    let theirs = other.commit("Add new file");
+    other.git(&["push", "-q", "origin", "main"]);
+    assert_eq!(up.rev_parse("main^"), approved);
+
+    node.client()
+        .ok("pkgrev.propose-delete", key("up.app.main"))
+        .await;
+    let deleted = node.client().ok("pkgrev.delete", key("up.app.main")).await;
+    assert_eq!(deleted, json!({"deleted": "up.app.main"}));
+    // On top of theirs, which is kept; only app is gone.
+    assert_eq!(up.rev_parse("main^"), theirs);
+    assert_eq!(up.git(&["log", "-1", "--format=%s", "main"]), "Delete app");
+    assert_eq!(
+        up.git(&["ls-tree", "-r", "--name-only", "main"]),
+        "README.md\nother.txt"
+    );
+    assert_eq!(up.refs(), ["refs/heads/main", "refs/tags/app/v1"]);
+    let gone = node
+        .client()
+        .call("pkgrev.get", key("up.app.main"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code, 404);
+    assert_eq!(
+        node.client().ok("pkgrev.get", key("up.app.ws")).await["lifecycle"],
+        "Published"
+    );
+
+    // Someone else already removed the package from main: nothing left to
+    // commit (as Porch, no empty commit), only the deletion proposal goes.
+    node.client()
+        .ok("pkgrev.create", init("up", "app2", "ws", None))
+        .await;
+    publish(&node, "up.app2.ws").await;
+    node.client()
+        .ok("pkgrev.propose-delete", key("up.app2.main"))
+        .await;
+    other.git(&["pull", "-q", "origin", "main"]);
+    other.git(&["rm", "-q", "-r", "app2"]);
+    let removed = other.commit("Remove app2");
+    other.git(&["push", "-q", "origin", "main"]);
+    let deleted = node.client().ok("pkgrev.delete", key("up.app2.main")).await;
+    assert_eq!(deleted, json!({"deleted": "up.app2.main"}));
+    assert_eq!(up.rev_parse("main"), removed);
+    assert_eq!(
+        up.refs(),
+        ["refs/heads/main", "refs/tags/app/v1", "refs/tags/app2/v1"]
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn push_retry_with_transient_error() {
+    let dir = TestDir::new();
+    let up = generated(dir.path(), "up");
+    // The upstream declines the first push it sees (as a read-only moment
+    // would), and counts every push.
+    let calls = dir.join("hook-calls");
+    let failed_once = dir.join("failed-once");
+    let hook = up.git_dir().join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho x >> '{calls}'\n\
+             [ -e '{failed}' ] || {{ touch '{failed}'; echo transient >&2; exit 1; }}\n",
+            calls = calls.display(),
+            failed = failed_once.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let builder = TestNodeBuilder::in_dir(&dir.join("node"))
+        .configure(|c| c.git.push_retry_delay = Duration::from_millis(10));
+
+    // One attempt only: the declined push is the answer.
+    let node = builder.configure(|c| c.git.push_attempts = 1).start().await;
+    register(&node, "up", &up.url()).await;
+    refused(
+        &node,
+        &up,
+        init("up", "app", "ws", None),
+        409,
+        "the upstream refused the change: refs/heads/drafts/app/ws: pre-receive hook declined",
+    )
+    .await;
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "x\n");
+
+    // Three (the default): the second push goes through.
+    std::fs::remove_file(&failed_once).unwrap();
+    std::fs::remove_file(&calls).unwrap();
+    let node = node
+        .stop()
+        .await
+        .configure(|c| c.git.push_attempts = 3)
+        .start()
+        .await;
+    let before = node.store().last_seq().unwrap();
+    let draft = node
+        .client()
+        .ok("pkgrev.create", init("up", "app", "ws", None))
+        .await;
+    assert_eq!(
+        (&draft["name"], &draft["lifecycle"]),
+        (&json!("up.app.ws"), &json!("Draft"))
+    );
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "x\nx\n");
+    assert_eq!(up.refs(), ["refs/heads/drafts/app/ws", "refs/heads/main"]);
+    assert_eq!(draft["commit"], up.rev_parse("drafts/app/ws"));
+    // (the restarted node's own sync may run meanwhile)
+    let (kinds, _) = node.client().events_after("up", before).await;
+    let recorded: Vec<&String> = kinds.iter().filter(|k| !k.starts_with("Sync")).collect();
+    assert_eq!(recorded, ["DraftCreated"]);
     node.shutdown().await;
 }

@@ -2,9 +2,12 @@
 //!
 //! One annotation per line, `kpt:` followed by a JSON object with the fields
 //! `package` (package path in the repository), `workspaceName`, `revision`
-//! (`vN`) and `task` (the Porch task that caused the commit). A line that does
-//! not parse, or whose fields have the wrong types, is skipped: it never fails
-//! discovery (Porch logs and ignores it the same way).
+//! (`N` as current Porch writes it, `0` on a draft; `vN` in older Porch and
+//! the fixtures: it is kept as text, both read) and `task` (the Porch task
+//! that caused the commit). A line that does not parse, or whose fields
+//! have the wrong types, is skipped: it never fails discovery (Porch logs
+//! and ignores it the same way). Other lines (a `Cairn-Principal:`
+//! trailer) are not annotations.
 
 use serde_json::Value;
 
@@ -24,7 +27,8 @@ pub(crate) struct Annotation {
     pub(crate) package: String,
     /// `workspaceName`, empty when absent (annotations older than workspaces).
     pub(crate) workspace_name: String,
-    /// `revision`, e.g. `v1`; empty when absent.
+    /// `revision`, e.g. `1` (current Porch), `v1` (older); empty when
+    /// absent.
     pub(crate) revision: String,
     /// `task`, when the commit was made by a task with a `type`.
     pub(crate) task: Option<Task>,

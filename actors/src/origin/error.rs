@@ -84,6 +84,40 @@ impl OriginError {
     }
 }
 
+/// Porch's retryable push errors (`retryableErrors` in
+/// `pkg/externalrepo/git/git.go`): a push that failed with a message
+/// holding one of these may succeed when tried again. `non-fast-forward
+/// update` is Porch's too, but a push that was not a fast-forward is
+/// [`OriginError::Moved`] here, which has its own path (fetch, re-apply).
+pub(crate) const TRANSIENT_PUSH_ERRORS: &[&str] = &[
+    "remote ref",
+    "failed to update ref",
+    "pre-receive hook declined",
+    "non-fast-forward update",
+    "stale file handle",
+    "unable to migrate objects to permanent storage",
+    "failed to lock",
+    "broken pipe",
+    "status code: 500",
+];
+
+impl OriginError {
+    /// Whether a push that failed with this may succeed when tried again
+    /// as it is: its message holds one of [`TRANSIENT_PUSH_ERRORS`]
+    /// (matched as Porch does, on the text). Never [`OriginError::Moved`]
+    /// (the upstream moved: re-apply, do not repeat) nor
+    /// [`OriginError::InvalidRef`].
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OriginError::Moved(_) | OriginError::InvalidRef(_) => false,
+            e => {
+                let message = e.to_string();
+                TRANSIENT_PUSH_ERRORS.iter().any(|p| message.contains(p))
+            }
+        }
+    }
+}
+
 impl From<git2::Error> for OriginError {
     fn from(e: git2::Error) -> Self {
         map_git_error(e)
@@ -133,6 +167,30 @@ pub(super) fn map_git_error(e: git2::Error) -> OriginError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn porchs_retryable_push_errors_are_transient() {
+        for transient in [
+            OriginError::Rejected("refs/heads/drafts/a/w: pre-receive hook declined".into()),
+            OriginError::Rejected("refs/heads/main: failed to update ref".into()),
+            OriginError::Git(
+                "git push to file:///x: fatal: Unable to migrate objects to permanent storage"
+                    .to_ascii_lowercase(),
+            ),
+            OriginError::Unreachable("broken pipe".into()),
+            OriginError::Git("unexpected http status code: 500".into()),
+        ] {
+            assert!(transient.is_transient(), "{transient}");
+        }
+        for permanent in [
+            OriginError::Moved("refs/heads/main: non-fast-forward update".into()),
+            OriginError::Rejected("refs/heads/main: protected branch".into()),
+            OriginError::Auth("status code: 401".into()),
+            OriginError::Git("corrupt".into()),
+        ] {
+            assert!(!permanent.is_transient(), "{permanent}");
+        }
+    }
 
     #[test]
     fn auth_and_network_errors_are_classified() {

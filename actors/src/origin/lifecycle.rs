@@ -13,13 +13,30 @@
 //! ([`write::push_changes`]). Validation against the views
 //! (does the revision exist, is its lifecycle right) is the caller's; these
 //! functions only refuse what Git itself cannot express.
+//!
+//! Commit messages are current Porch's, byte for byte, plus one trailer:
+//! - a draft's commit: [`commit_message`] of its task (`Creating new empty
+//!   revision`, `Creating new revision by cloning`, `… by copying previous
+//!   revision`, `Intermediate commit: <type>`; Porch's
+//!   `formatCommitMessage`), a newline, then `\n\nkpt:{"package",
+//!   "workspaceName","revision":"0","task"}\n` (`annotateCommitMessage`;
+//!   `revision` is `Revision2Str` of a draft's 0);
+//! - an approval: `Approving package revision <package>/<N>`, then
+//!   `\n\nkpt:{"package","workspaceName","revision":"<N>"}\n`. Older Porch,
+//!   and the fixtures, wrote `"vN"`; discovery reads both (it matches on
+//!   `workspaceName`, and on `revision` only without one);
+//! - deleting the placeholder: `Delete <package>`, no annotation, and no
+//!   commit at all when the package is not on the branch (any more);
+//! - then `Cairn-Principal: <principal>` as the message's last line, in the
+//!   `kpt:` line's paragraph so `git interpret-trailers` parses both
+//!   ([`Identity::trailer`]); Porch reads only `kpt:` lines.
 
 use git2::{Oid, Repository};
 
 use super::{
     discovery::package_path,
     error::OriginError,
-    write::{self, Author, Files, RefChange},
+    write::{self, Files, Identity, RefChange},
 };
 
 /// Where a package lives: its full path in the repository and the
@@ -72,7 +89,7 @@ impl PackageRefs {
         format!("refs/heads/{}", self.branch)
     }
 
-    /// A `kpt:` annotation line for this package.
+    /// A `kpt:` annotation line for this package, keys in Porch's order.
     fn annotation(&self, workspace: &str, revision: &str, task: Option<&str>) -> String {
         let mut line = format!(
             "kpt:{{\"package\":{},\"workspaceName\":{},\"revision\":{}",
@@ -88,6 +105,56 @@ impl PackageRefs {
     }
 }
 
+/// Porch's `formatCommitMessage`: the first line of the commit a task of
+/// type `kind` makes (`None`: a commit without a task).
+pub fn commit_message(kind: Option<&str>) -> String {
+    match kind {
+        None | Some("") => "Intermediate commit".to_owned(),
+        Some("init") => "Creating new empty revision".to_owned(),
+        Some("clone") => "Creating new revision by cloning".to_owned(),
+        Some("edit") => "Creating new revision by copying previous revision".to_owned(),
+        Some("upgrade") => "Upgrading revision".to_owned(),
+        Some("render") => "Rendering package".to_owned(),
+        Some(other) => format!("Intermediate commit: {other}"),
+    }
+}
+
+/// `message` with `identity`'s principal trailer as its last line: in the
+/// last paragraph when `message` ends with a newline (a `kpt:` line),
+/// else in a paragraph of its own.
+fn with_trailer(mut message: String, identity: &Identity) -> String {
+    if let Some(trailer) = identity.trailer() {
+        if !message.ends_with('\n') {
+            message.push_str("\n\n");
+        }
+        message.push_str(&trailer);
+        message.push('\n');
+    }
+    message
+}
+
+/// The message of a draft's commit made by `task` (JSON, whose `type`
+/// picks the first line; `None`: no task), as Porch's
+/// `UpdateDraftResources` writes it.
+fn draft_message(
+    refs: &PackageRefs,
+    workspace: &str,
+    task: Option<&str>,
+    identity: &Identity,
+) -> String {
+    let kind = task.and_then(|task| {
+        serde_json::from_str::<serde_json::Value>(task)
+            .ok()
+            .and_then(|t| t["type"].as_str().map(str::to_owned))
+    });
+    let message = format!(
+        "{}\n\n\n{}\n",
+        commit_message(kind.as_deref()),
+        refs.annotation(workspace, "0", task)
+    );
+    with_trailer(message, identity)
+}
+
 /// A draft: one commit on top of the registered branch's `head` with the
 /// package's subtree replaced by `files`, annotated with the `task` (JSON)
 /// that made it; pushed as a new `drafts/…` branch.
@@ -98,17 +165,10 @@ pub fn create_draft(
     workspace: &str,
     files: &Files,
     task: &str,
-    author: &Author,
+    identity: &Identity,
 ) -> Result<(Oid, Vec<RefChange>), OriginError> {
-    let kind = serde_json::from_str::<serde_json::Value>(task)
-        .ok()
-        .and_then(|t| t["type"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "init".to_owned());
-    let message = format!(
-        "Intermediate commit: {kind}\n\n{}\n",
-        refs.annotation(workspace, workspace, Some(task))
-    );
-    let commit = package_commit(repo, refs, head, Some(files), &message, author)?;
+    let message = draft_message(refs, workspace, Some(task), identity);
+    let commit = package_commit(repo, refs, head, Some(files), &message, identity)?;
     Ok((
         commit,
         vec![RefChange::Set {
@@ -125,14 +185,11 @@ pub fn update_draft(
     draft: Oid,
     workspace: &str,
     files: &Files,
-    author: &Author,
+    identity: &Identity,
 ) -> Result<(Oid, Vec<RefChange>), OriginError> {
     let task = r#"{"type":"patch","patch":{}}"#;
-    let message = format!(
-        "Intermediate commit: patch\n\n{}\n",
-        refs.annotation(workspace, workspace, Some(task))
-    );
-    let commit = package_commit(repo, refs, draft, Some(files), &message, author)?;
+    let message = draft_message(refs, workspace, Some(task), identity);
+    let commit = package_commit(repo, refs, draft, Some(files), &message, identity)?;
     Ok((
         commit,
         vec![RefChange::Set {
@@ -171,7 +228,8 @@ pub fn reject(refs: &PackageRefs, workspace: &str, commit: Oid) -> Vec<RefChange
 
 /// Proposed → Published `revision`: a commit on the registered branch's
 /// `head` replacing the package subtree with the proposal's (at commit
-/// `proposal`, its second parent), with Porch's message and annotation; the branch moved to
+/// `proposal`, its second parent), with Porch's message and annotation
+/// (`"revision":"<N>"`); the branch moved to
 /// it, tag `<package>/v<revision>` on it, the proposed branch removed.
 pub fn approve(
     repo: &Repository,
@@ -180,7 +238,7 @@ pub fn approve(
     proposal: Oid,
     workspace: &str,
     revision: i64,
-    author: &Author,
+    identity: &Identity,
 ) -> Result<(Oid, Vec<RefChange>), OriginError> {
     let proposal_tree = repo
         .find_commit(proposal)
@@ -198,11 +256,12 @@ pub fn approve(
     let message = format!(
         "Approving package revision {}/{revision}\n\n{}\n",
         refs.full,
-        refs.annotation(workspace, &format!("v{revision}"), None)
+        refs.annotation(workspace, &revision.to_string(), None)
     );
+    let message = with_trailer(message, identity);
     // The proposal is the second parent: the published revision keeps the
     // draft's history (its tasks), as Porch's approval commit does.
-    let commit = write::commit(repo, root, &[head, proposal], &message, author)?;
+    let commit = write::commit(repo, root, &[head, proposal], &message, identity)?;
     Ok((
         commit,
         vec![
@@ -260,20 +319,36 @@ pub fn delete_published(refs: &PackageRefs, revision: i64) -> Vec<RefChange> {
 }
 
 /// Deletes the placeholder: a commit on the registered branch's `head`
-/// removing the package's subtree (and its marker branch, when it has one).
+/// removing the package's subtree, message `Delete <package>` (Porch's
+/// `createPackageDeleteCommitInRepo`), and its marker branch when it has
+/// one. When `head` does not hold the package (someone removed it
+/// already), there is no commit (`None`), only the marker's deletion.
 pub fn delete_placeholder(
     repo: &Repository,
     refs: &PackageRefs,
     head: Oid,
     marker: bool,
-    author: &Author,
-) -> Result<(Oid, Vec<RefChange>), OriginError> {
-    let message = format!("Deleting package {}\n", refs.full);
-    let commit = package_commit(repo, refs, head, None, &message, author)?;
-    let mut changes = vec![RefChange::Set {
-        name: refs.main(),
-        to: commit,
-    }];
+    identity: &Identity,
+) -> Result<(Option<Oid>, Vec<RefChange>), OriginError> {
+    let tree = repo
+        .find_commit(head)
+        .and_then(|c| c.tree())
+        .map_err(|e| OriginError::Git(format!("reading {head}: {e}")))?;
+    let present = tree
+        .get_path(std::path::Path::new(&refs.full))
+        .is_ok_and(|entry| entry.kind() == Some(git2::ObjectType::Tree));
+    let mut changes = Vec::new();
+    let commit = if present {
+        let message = with_trailer(format!("Delete {}", refs.full), identity);
+        let commit = package_commit(repo, refs, head, None, &message, identity)?;
+        changes.push(RefChange::Set {
+            name: refs.main(),
+            to: commit,
+        });
+        Some(commit)
+    } else {
+        None
+    };
     if marker {
         changes.push(RefChange::Delete {
             name: refs.deletion_proposed(-1),
@@ -290,7 +365,7 @@ fn package_commit(
     parent: Oid,
     files: Option<&Files>,
     message: &str,
-    author: &Author,
+    identity: &Identity,
 ) -> Result<Oid, OriginError> {
     let base = repo
         .find_commit(parent)
@@ -298,7 +373,7 @@ fn package_commit(
         .tree_id();
     let subtree = files.map(|f| write::files_tree(repo, f)).transpose()?;
     let root = write::with_subtree(repo, Some(base), &refs.full, subtree)?;
-    write::commit(repo, root, &[parent], message, author)
+    write::commit(repo, root, &[parent], message, identity)
 }
 
 #[cfg(test)]
@@ -329,5 +404,51 @@ mod tests {
         );
         let top = PackageRefs::new("/", "", "basens", "main");
         assert_eq!(top.tag(1), "refs/tags/basens/v1");
+    }
+
+    /// Porch's `TestFormatCommitMessage`, plus `upgrade`.
+    #[test]
+    fn commit_messages_follow_porchs_format_commit_message() {
+        for (kind, want) in [
+            (Some("render"), "Rendering package"),
+            (
+                Some("edit"),
+                "Creating new revision by copying previous revision",
+            ),
+            (Some("init"), "Creating new empty revision"),
+            (Some("clone"), "Creating new revision by cloning"),
+            (Some("upgrade"), "Upgrading revision"),
+            (Some("unknown"), "Intermediate commit: unknown"),
+            (Some(""), "Intermediate commit"),
+            (None, "Intermediate commit"),
+        ] {
+            assert_eq!(commit_message(kind), want, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_principal_trailer_ends_the_message() {
+        let refs = PackageRefs::new("/", "", "app", "main");
+        let by = |principal: &str| Identity {
+            author: write::Author::porch(),
+            committer: write::Author::porch(),
+            principal: principal.to_owned(),
+        };
+        assert_eq!(
+            draft_message(&refs, "ws", Some(r#"{"type":"init","init":{}}"#), &by("ada")),
+            "Creating new empty revision\n\n\n\
+             kpt:{\"package\":\"app\",\"workspaceName\":\"ws\",\"revision\":\"0\",\"task\":{\"type\":\"init\",\"init\":{}}}\n\
+             Cairn-Principal: ada\n"
+        );
+        assert_eq!(
+            draft_message(&refs, "ws", None, &by("")),
+            "Intermediate commit\n\n\nkpt:{\"package\":\"app\",\"workspaceName\":\"ws\",\"revision\":\"0\"}\n"
+        );
+        assert_eq!(
+            with_trailer("Delete app".into(), &by("anonymous")),
+            "Delete app\n\nCairn-Principal: anonymous\n"
+        );
+        assert_eq!(with_trailer("Delete app".into(), &by("")), "Delete app");
+        assert_eq!(with_trailer("Delete app".into(), &by("a\nb")), "Delete app");
     }
 }

@@ -27,10 +27,12 @@
 //!   tree entries (`.git` in any case and its NTFS/HFS+ aliases) and refs
 //!   (`check-ref-format`, component and total lengths). Uses no other
 //!   origin module.
-//! - [`write`](mod@write) — writing as Porch does: package trees, commits, and ref
+//! - [`write`](mod@write) — writing as Porch does: package trees, commits
+//!   (author and committer by Porch's rule, [`write::Identity`]), and ref
 //!   updates pushed together, never forced ([`OriginError::Moved`] when the
-//!   upstream moved, [`OriginError::Rejected`] when it refused);
-//!   [`create_branch`].
+//!   upstream moved, [`OriginError::Rejected`] when it refused;
+//!   [`OriginError::is_transient`] for Porch's retryable errors);
+//!   [`write::WriteConfig`]; [`create_branch`].
 //! - [`lifecycle`] — each lifecycle command (create, update, propose,
 //!   reject, approve, propose or withdraw a deletion, delete) as the commit
 //!   and the ref changes Porch would make, for [`write::push_changes`].

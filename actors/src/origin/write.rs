@@ -14,8 +14,16 @@
 //!
 //! [`create_branch`] (registrations with "create branch") writes the same
 //! way: a commit built in the mirror, then pushed.
+//!
+//! Who a commit names follows Porch ([`Identity`]): the committer is always
+//! the node's own identity ([`WriteConfig::committer`], Porch's
+//! `Package Orchestration Service <porch@kpt.dev>` by default), the author
+//! the repository's `git.author`/`git.email` if set, else the principal,
+//! else the committer; the principal also goes into a `Cairn-Principal:`
+//! trailer. How a transiently failed push is retried is the caller's
+//! ([`WriteConfig::retry_delay`], [`OriginError::is_transient`]).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use git2::{ErrorCode, Oid, PushOptions, Repository, Signature};
 use tracing::info;
@@ -195,41 +203,166 @@ fn replace(
     builder.write().map(Some).map_err(map_git_error)
 }
 
-/// Who writes: the repository's `git.author` / `git.email` (Porch falls
-/// back to the email when there is no author name).
-#[derive(Debug, Clone)]
+/// A name and an email, as a commit's author or committer line holds
+/// them. The email may be empty (Porch writes `<>` when a repository has
+/// `git.author` but no `git.email`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Author {
     /// Name.
     pub name: String,
-    /// Email.
+    /// Email; may be empty.
     pub email: String,
 }
 
 impl Author {
-    /// The author of a repository's commits; `cairn` when none is set.
+    /// `name <email>`, as given.
     pub fn new(name: &str, email: &str) -> Self {
-        let email = if email.is_empty() {
-            "cairn@localhost"
-        } else {
-            email
-        };
-        let name = if name.is_empty() { email } else { name };
         Self {
             name: name.to_owned(),
             email: email.to_owned(),
         }
     }
+
+    /// Porch's own signature (`porchSignatureName`/`porchSignatureEmail`):
+    /// `Package Orchestration Service <porch@kpt.dev>`, cairn's default
+    /// committer ([`WriteConfig::committer`]).
+    pub fn porch() -> Self {
+        Self::new(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL)
+    }
 }
 
-/// A commit of `tree` with `parents` (objects only; no ref moves).
+/// The name of Porch's signature.
+pub const PORCH_SIGNATURE_NAME: &str = "Package Orchestration Service";
+/// The email of Porch's signature.
+pub const PORCH_SIGNATURE_EMAIL: &str = "porch@kpt.dev";
+
+/// Who a lifecycle command's commits name, by Porch's rule
+/// (`storeCommit`, `makeUserInfoProvider`): the committer is always the
+/// node's own identity; the author is the repository's `git.author` /
+/// `git.email` when either is set (the email standing in for a missing
+/// name), else the principal (as name and email), else the committer.
+/// The principal itself goes into a `Cairn-Principal:` trailer
+/// ([`Identity::trailer`]), whoever the author is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The commits' author.
+    pub author: Author,
+    /// The commits' committer.
+    pub committer: Author,
+    /// Who asked (the command's principal, `anonymous` included); empty:
+    /// no trailer.
+    pub principal: String,
+}
+
+impl Identity {
+    /// The identity of a command by `principal` (`""` or `anonymous`: no
+    /// one in particular) on a repository with `git.author` / `git.email`
+    /// `repository`, on a node committing as `committer`. A principal Git
+    /// cannot write as an author (see [`names::signature_part`]; a NATS
+    /// user name is not checked at the edge) counts as no one.
+    pub fn of(repository: &Author, principal: &str, committer: &Author) -> Self {
+        let author = if !repository.name.is_empty() || !repository.email.is_empty() {
+            let name = if repository.name.is_empty() {
+                &repository.email
+            } else {
+                &repository.name
+            };
+            Author::new(name, &repository.email)
+        } else {
+            match principal {
+                "" | cairn_events::envelope::ANONYMOUS => committer.clone(),
+                p if names::signature_part(p).is_some() => committer.clone(),
+                p => Author::new(p, p),
+            }
+        };
+        Self {
+            author,
+            committer: committer.clone(),
+            principal: principal.to_owned(),
+        }
+    }
+
+    /// The `Cairn-Principal: <principal>` trailer line (no newline), when
+    /// there is a principal it can hold (one line: no control
+    /// characters).
+    pub fn trailer(&self) -> Option<String> {
+        (!self.principal.is_empty() && !self.principal.chars().any(char::is_control))
+            .then(|| format!("{PRINCIPAL_TRAILER}: {}", self.principal))
+    }
+}
+
+/// The key of the trailer naming a commit's principal.
+pub const PRINCIPAL_TRAILER: &str = "Cairn-Principal";
+
+/// How the node writes to upstreams: its committer identity and how a push
+/// that failed transiently is retried ([`OriginError::is_transient`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteConfig {
+    /// The committer of every commit cairn writes, and the author of a
+    /// branch it creates. Default: Porch's signature ([`Author::porch`]),
+    /// so a commit reads the same whichever of the two wrote it.
+    pub committer: Author,
+    /// How many times a push is tried when it fails transiently (Porch's
+    /// `--repo-operation-retry-attempts`). Default: 3.
+    pub push_attempts: u32,
+    /// The delay before the n-th retry is n times this, n times five times
+    /// this after a `pre-receive hook declined` (Porch: 200 ms and 1 s).
+    /// Default: 200 ms.
+    pub push_retry_delay: Duration,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        Self {
+            committer: Author::porch(),
+            push_attempts: 3,
+            push_retry_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+impl WriteConfig {
+    /// How long to wait after failed attempt `attempt` (1-based) with
+    /// `error` before trying again, as Porch's `pushAndCleanup` does.
+    pub fn retry_delay(&self, attempt: u32, error: &OriginError) -> Duration {
+        let base = if error.to_string().contains("pre-receive hook declined") {
+            self.push_retry_delay * 5
+        } else {
+            self.push_retry_delay
+        };
+        base * attempt
+    }
+}
+
+/// An email libgit2 accepts in place of an empty one, swapped for `<>`
+/// in the commit's author line (see [`commit`]).
+const EMPTY_EMAIL_STAND_IN: &str = "cairn-empty-email";
+
+/// A commit of `tree` with `parents` (objects only; no ref moves),
+/// authored and committed as `identity` says, both at the same time.
+///
+/// libgit2 refuses a signature with an empty email, which Porch writes
+/// (`author porch <> …`) for a repository with `git.author` and no
+/// `git.email`: such a commit is built by libgit2 with a stand-in email,
+/// whose author line is then rewritten to `<>` and the object written
+/// as is.
 pub fn commit(
     repo: &Repository,
     tree: Oid,
     parents: &[Oid],
     message: &str,
-    author: &Author,
+    identity: &Identity,
 ) -> Result<Oid, OriginError> {
-    let signature = Signature::now(&author.name, &author.email).map_err(map_git_error)?;
+    let committer = Signature::now(&identity.committer.name, &identity.committer.email)
+        .map_err(map_git_error)?;
+    let empty_email = identity.author.email.is_empty();
+    let author_email = if empty_email {
+        EMPTY_EMAIL_STAND_IN
+    } else {
+        identity.author.email.as_str()
+    };
+    let author = Signature::new(&identity.author.name, author_email, &committer.when())
+        .map_err(map_git_error)?;
     let tree = repo.find_tree(tree).map_err(map_git_error)?;
     let parents = parents
         .iter()
@@ -237,7 +370,28 @@ pub fn commit(
         .collect::<Result<Vec<_>, _>>()
         .map_err(map_git_error)?;
     let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
-    repo.commit(None, &signature, &signature, message, &tree, &parents)
+    if !empty_email {
+        return repo
+            .commit(None, &author, &committer, message, &tree, &parents)
+            .map_err(map_git_error);
+    }
+    let buffer = repo
+        .commit_create_buffer(&author, &committer, message, &tree, &parents)
+        .map_err(map_git_error)?;
+    let mut stand_in = b"\nauthor ".to_vec();
+    stand_in.extend_from_slice(author.name_bytes());
+    let mut empty = stand_in.clone();
+    stand_in.extend_from_slice(format!(" <{EMPTY_EMAIL_STAND_IN}> ").as_bytes());
+    empty.extend_from_slice(b" <> ");
+    let at = buffer
+        .windows(stand_in.len())
+        .position(|w| w == stand_in.as_slice())
+        .ok_or_else(|| OriginError::Git("no author line in a commit libgit2 built".into()))?;
+    let mut object = buffer[..at].to_vec();
+    object.extend_from_slice(&empty);
+    object.extend_from_slice(&buffer[at + stand_in.len()..]);
+    repo.odb()
+        .and_then(|odb| odb.write(git2::ObjectType::Commit, &object))
         .map_err(map_git_error)
 }
 
@@ -290,16 +444,17 @@ pub fn push_changes(
 }
 
 /// Creates `branch` upstream at `url` with one initial commit with an empty
-/// tree, authored and committed by `author <email>`, and pushes it (for
-/// registrations with "create branch" on a repository lacking the branch).
-/// A no-op when the branch already exists upstream. Fetches first, so the
-/// mirror is current afterwards.
+/// tree, authored and committed by `committer` (the node's committer
+/// identity: Porch's `createBranch` signs with its own signature whatever
+/// the repository's author), and pushes it (for registrations with
+/// "create branch" on a repository lacking the branch). A no-op when the
+/// branch already exists upstream. Fetches first, so the mirror is current
+/// afterwards.
 pub fn create_branch(
     cache: &GitCache,
     url: &str,
     branch: &str,
-    author: &str,
-    email: &str,
+    committer: &Author,
     credentials: Option<&Credentials>,
 ) -> Result<(), OriginError> {
     let ref_name = format!("refs/heads/{branch}");
@@ -311,13 +466,7 @@ pub fn create_branch(
         return Ok(());
     }
     let repo = Repository::open_bare(cache.mirror_path(url)).map_err(map_git_error)?;
-    // Like Porch: a missing author falls back to the email.
-    let name = match (author, email) {
-        ("", "") => "cairn",
-        ("", email) => email,
-        (author, _) => author,
-    };
-    let signature = Signature::now(name, email).map_err(map_git_error)?;
+    let signature = Signature::now(&committer.name, &committer.email).map_err(map_git_error)?;
     let tree_id = repo
         .treebuilder(None)
         .and_then(|b| b.write())
@@ -510,6 +659,94 @@ mod tests {
             refusal(&other).to_string(),
             "push rejected by the upstream: a: hook declined; b: no"
         );
+    }
+
+    /// Porch's `makeUserInfoProvider` and `storeCommit` (its tests
+    /// `TestCommitAuthor`, `TestCommitWithUser`): the repository's author
+    /// first, then the principal, then the committer, who is always the
+    /// node.
+    #[test]
+    fn the_author_follows_porchs_rule_and_the_committer_is_the_node() {
+        let node = Author::porch();
+        let of = |name: &str, email: &str, principal: &str| {
+            let i = Identity::of(&Author::new(name, email), principal, &node);
+            assert_eq!(i.committer, node);
+            assert_eq!(i.principal, principal);
+            (i.author.name, i.author.email)
+        };
+        let pair = |n: &str, e: &str| (n.to_owned(), e.to_owned());
+        assert_eq!(
+            of("", "", "kubernetes-admin"),
+            pair("kubernetes-admin", "kubernetes-admin")
+        );
+        assert_eq!(of("porch", "", "ada"), pair("porch", ""));
+        assert_eq!(
+            of("", "porch@example.com", "ada"),
+            pair("porch@example.com", "porch@example.com")
+        );
+        assert_eq!(
+            of("porch", "porch@example.com", "ada"),
+            pair("porch", "porch@example.com")
+        );
+        assert_eq!(
+            of("", "", "anonymous"),
+            pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL)
+        );
+        assert_eq!(
+            of("", "", ""),
+            pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL)
+        );
+        // A NATS user name Git cannot write as an author: no one.
+        assert_eq!(
+            of("", "", "a<b>"),
+            pair(PORCH_SIGNATURE_NAME, PORCH_SIGNATURE_EMAIL)
+        );
+    }
+
+    /// An author with an empty email (a repository with `git.author` and
+    /// no `git.email`) is written as Porch writes it, `<>`, which libgit2
+    /// alone refuses.
+    #[test]
+    fn an_empty_author_email_is_written_as_porch_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let tree = files_tree(&repo, &Files::from([("a".to_owned(), b"x".to_vec())])).unwrap();
+        let identity = Identity::of(&Author::new("porch", ""), "ada", &Author::porch());
+        let id = commit(&repo, tree, &[], "m\n", &identity).unwrap();
+        let c = repo.find_commit(id).unwrap();
+        let (author, committer) = (c.author(), c.committer());
+        assert_eq!(
+            (author.name_bytes(), author.email_bytes()),
+            (&b"porch"[..], &b""[..])
+        );
+        assert_eq!(
+            (committer.name_bytes(), committer.email_bytes()),
+            (
+                PORCH_SIGNATURE_NAME.as_bytes(),
+                PORCH_SIGNATURE_EMAIL.as_bytes()
+            )
+        );
+        assert_eq!(c.message_bytes(), b"m\n");
+        assert_eq!(c.tree_id(), tree);
+        let child = commit(&repo, tree, &[id], "n\n", &identity).unwrap();
+        assert_eq!(
+            repo.find_commit(child)
+                .unwrap()
+                .parent_ids()
+                .collect::<Vec<_>>(),
+            [id]
+        );
+    }
+
+    #[test]
+    fn a_retry_waits_longer_each_time_and_longer_after_a_declining_hook() {
+        let config = WriteConfig::default();
+        let moved = OriginError::Rejected("r: failed to update ref".into());
+        let hook = OriginError::Rejected("r: pre-receive hook declined".into());
+        assert_eq!(config.retry_delay(1, &moved), Duration::from_millis(200));
+        assert_eq!(config.retry_delay(2, &moved), Duration::from_millis(400));
+        assert_eq!(config.retry_delay(1, &hook), Duration::from_secs(1));
+        assert_eq!(config.retry_delay(2, &hook), Duration::from_secs(2));
     }
 
     #[test]

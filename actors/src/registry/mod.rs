@@ -506,6 +506,7 @@ mod tests {
                 discoveries: Default::default(),
                 slots: SyncSlots::new(1),
                 refs_read: Default::default(),
+                write: Default::default(),
             });
             let scheduling = Scheduling {
                 policy: Arc::new(SyncPolicy::default()),

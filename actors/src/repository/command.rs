@@ -15,11 +15,19 @@
 //!    revision (its row read here too), and a deleted revision is no
 //!    other revision's upstream ([`referenced_by`]);
 //! 2. **write** ([`execute`]): build the commit in the local mirror
-//!    ([`crate::origin::lifecycle`]), push all ref updates together, never forced;
-//!    an approval that finds the registered branch moved on fetches,
-//!    re-applies on the new head and retries (at most
-//!    [`APPROVE_ATTEMPTS`] times); the mirror's refs are then set to what
-//!    the upstream accepted;
+//!    ([`crate::origin::lifecycle`]; author, committer and principal
+//!    trailer by Porch's rule, [`Identity::of`]), push all ref updates
+//!    together, never forced; an approval or a placeholder's deletion
+//!    (the two commands that commit on the registered branch) that finds
+//!    the branch moved on fetches, re-applies on the new head and retries
+//!    (at most [`MOVED_ATTEMPTS`] times), as Porch's `pushAndCleanup`
+//!    does; a push that failed transiently
+//!    ([`OriginError::is_transient`]: Porch's retryable errors, e.g. a
+//!    `pre-receive hook declined`) is tried again, after a fetch and a
+//!    rebuild, up to `git.push-attempts` times in all, waiting
+//!    [`crate::origin::write::WriteConfig::retry_delay`] between tries (Porch
+//!    `PushRetryWithTransientError`); the mirror's refs are then set to
+//!    what the upstream accepted;
 //! 3. **read back**: discover the package again in the mirror, exactly as a
 //!    sync reads it, and reconcile it against the view. The event of the
 //!    command's target is typed after the command
@@ -79,15 +87,15 @@ use crate::{
         self,
         lifecycle::{self, PackageRefs},
         names::check_ref,
-        write::{push_changes, Author, Files, RefChange},
+        write::{push_changes, Author, Files, Identity, RefChange},
         OriginError,
     },
     writer::{off_arbiter, Chunking, Session},
 };
 
-/// How many times an approval is tried when the registered branch keeps
-/// moving under it.
-pub const APPROVE_ATTEMPTS: usize = 5;
+/// How many times an approval, or a placeholder's deletion, is tried when
+/// the registered branch keeps moving under it.
+pub const MOVED_ATTEMPTS: u32 = 5;
 
 /// The `Kptfile` of a new package.
 pub fn default_kptfile(package: &str) -> Vec<u8> {
@@ -222,7 +230,8 @@ fn referenced_by(
 
 /// Validates `op` against the view, writes it to the upstream and reads the
 /// package back: the events to record. `principal` authors the commits
-/// (when not anonymous). Blocking.
+/// (when not anonymous and the repository names no author; see
+/// [`Identity::of`]) and is named in their trailer. Blocking.
 pub fn execute(
     env: &SyncEnv,
     component: &RepositoryComponent,
@@ -243,14 +252,11 @@ pub fn execute(
         current,
     } = validate(spec, op, rows)?;
     let refs = PackageRefs::new(&git.directory, &path, &package, &git.branch);
-    let author = match principal {
-        "" | cairn_events::envelope::ANONYMOUS => Author::new(&git.author, &git.email),
-        // (a NATS user name Git cannot sign with: the `principal` field
-        // is checked at the edge, the server's user names are not)
-        p if origin::names::signature_part(p).is_some() => Author::new(&git.author, &git.email),
-        p if p.contains('@') => Author::new(p, p),
-        p => Author::new(p, &git.email),
-    };
+    let identity = Identity::of(
+        &Author::new(&git.author, &git.email),
+        principal,
+        &env.write.committer,
+    );
     let credentials = env
         .secrets
         .resolve(&git.secret_ref)
@@ -262,11 +268,15 @@ pub fn execute(
         .fetches
         .write(&git.url, credentials.as_ref(), |mirror, refetch| {
             let mut repo = Repository::open_bare(mirror).map_err(OriginError::from)?;
-            let mut attempt = 0;
+            // The registered branch moved (re-applied on its new head) /
+            // the push failed transiently (tried again as it is): each
+            // bounded, so the loop is too.
+            let (mut moved, mut failed) = (0, 0);
+            let rebuilds = rebuilds_on_moved(op, current.as_ref());
             loop {
-                attempt += 1;
+                let attempt = moved + failed + 1;
                 let t = std::time::Instant::now();
-                let changes = changes_of(&repo, op, &refs, current.as_ref(), &author)?;
+                let changes = changes_of(&repo, op, &refs, current.as_ref(), &identity)?;
                 for change in &changes {
                     if let RefChange::Set { name, .. } = change {
                         check_ref(name)?;
@@ -283,16 +293,22 @@ pub fn execute(
                             .map(|next| next - 1);
                         return Ok((changes, after));
                     }
-                    Err(OriginError::Moved(why))
-                        if matches!(op, LifecycleOp::Approve(_)) && attempt < APPROVE_ATTEMPTS =>
-                    {
-                        info!(revision = %name, attempt, %why, "upstream moved during approval; fetching and retrying");
-                        refetch()?;
-                        // (a fresh handle: libgit2 caches the refs it read)
-                        repo = Repository::open_bare(mirror).map_err(OriginError::from)?;
+                    Err(OriginError::Moved(why)) if rebuilds && moved + 1 < MOVED_ATTEMPTS => {
+                        moved += 1;
+                        info!(revision = %name, verb = op.verb(), attempt, %why, "upstream moved; fetching and re-applying");
+                    }
+                    Err(e) if e.is_transient() && failed + 1 < env.write.push_attempts => {
+                        failed += 1;
+                        let delay = env.write.retry_delay(failed, &e);
+                        info!(revision = %name, verb = op.verb(), attempt, error = %e,
+                            delay_ms = delay.as_millis() as u64, "push failed transiently; retrying");
+                        std::thread::sleep(delay);
                     }
                     Err(e) => return Err(e),
                 }
+                refetch()?;
+                // (a fresh handle: libgit2 caches the refs it read)
+                repo = Repository::open_bare(mirror).map_err(OriginError::from)?;
             }
         })
         .map_err(RepositoryError::Write)?;
@@ -482,6 +498,33 @@ fn latest_moved(
     Ok(())
 }
 
+/// Whether `op` on `current` commits on the registered branch's head, so
+/// that a push refused because the branch moved is built again on its new
+/// head and retried: an approval, and the deletion of a placeholder
+/// (Porch's `TestApproveOnManuallyMovedMain`,
+/// `TestDeleteOnManuallyMovedMainBranch`). Any other command's refs are
+/// its own; one that moved is 409.
+fn rebuilds_on_moved(op: &LifecycleOp, current: Option<&PackageRevision>) -> bool {
+    match op {
+        LifecycleOp::Approve(_) => true,
+        LifecycleOp::Delete(_) => current.is_some_and(|r| r.revision == -1),
+        _ => false,
+    }
+}
+
+/// Porch's default task of a new package (`CreatePackageRevision` with no
+/// task): `init` with the description `<package path> description`, the
+/// path relative to the registered directory.
+fn init_task(path: &str, package: &str) -> String {
+    format!(
+        r#"{{"type":"init","init":{{"description":{}}}}}"#,
+        serde_json::Value::from(format!(
+            "{} description",
+            origin::package_path("", path, package)
+        ))
+    )
+}
+
 /// The commit (if any) and ref changes of `op`, built in `repo` on its
 /// current refs.
 fn changes_of(
@@ -489,7 +532,7 @@ fn changes_of(
     op: &LifecycleOp,
     refs: &PackageRefs,
     current: Option<&PackageRevision>,
-    author: &Author,
+    identity: &Identity,
 ) -> Result<Vec<RefChange>, OriginError> {
     let head = || {
         repo.refname_to_id(&refs.main())
@@ -505,19 +548,22 @@ fn changes_of(
         || current.ok_or_else(|| OriginError::Git("no current revision for the command".into()));
     Ok(match op {
         LifecycleOp::Create {
-            workspace, source, ..
+            path,
+            package,
+            workspace,
+            source,
         } => {
             let (files, task) = match source {
                 Source::Init => (
                     Files::from([("Kptfile".to_owned(), default_kptfile(&package_name(refs)))]),
-                    r#"{"type":"init","init":{}}"#.to_owned(),
+                    init_task(path, package),
                 ),
                 Source::Files(files) => {
                     let mut files = files.clone();
                     files
                         .entry("Kptfile".to_owned())
                         .or_insert_with(|| default_kptfile(&package_name(refs)));
-                    (files, r#"{"type":"init","init":{}}"#.to_owned())
+                    (files, init_task(path, package))
                 }
                 // Porch's clone and edit (`porchctl rpkg copy`) tasks, with
                 // their keys in Porch's order (`type` first).
@@ -536,11 +582,11 @@ fn changes_of(
                     ),
                 ),
             };
-            lifecycle::create_draft(repo, refs, head()?, workspace, &files, &task, author)?.1
+            lifecycle::create_draft(repo, refs, head()?, workspace, &files, &task, identity)?.1
         }
         LifecycleOp::Update { files, .. } => {
             let r = current()?;
-            lifecycle::update_draft(repo, refs, commit_of(r)?, &r.workspace, files, author)?.1
+            lifecycle::update_draft(repo, refs, commit_of(r)?, &r.workspace, files, identity)?.1
         }
         LifecycleOp::Propose(_) => {
             let r = current()?;
@@ -560,7 +606,7 @@ fn changes_of(
                 commit_of(r)?,
                 &r.workspace,
                 next,
-                author,
+                identity,
             )?
             .1
         }
@@ -578,7 +624,7 @@ fn changes_of(
                 (Some(Lifecycle::Proposed), _) => {
                     lifecycle::delete_unpublished(refs, &r.workspace, true)
                 }
-                (_, -1) => lifecycle::delete_placeholder(repo, refs, head()?, true, author)?.1,
+                (_, -1) => lifecycle::delete_placeholder(repo, refs, head()?, true, identity)?.1,
                 (_, n) => lifecycle::delete_published(refs, n),
             }
         }

@@ -53,7 +53,8 @@ pub struct Close {
 pub struct ApplyLifecycle {
     /// What to do.
     pub op: LifecycleOp,
-    /// Who asked (the commits' author when known), and the command's ids.
+    /// Who asked (the commits' author when the repository names none, and
+    /// their `Cairn-Principal` trailer), and the command's ids.
     pub metadata: Metadata,
     /// The span of the command that caused it.
     pub span: tracing::Span,

@@ -397,6 +397,7 @@ mod tests {
             discoveries: Default::default(),
             slots: SyncSlots::new(1),
             refs_read: Default::default(),
+            write: Default::default(),
         });
         let spec = RepositorySpec {
             namespace: "ns".into(),
@@ -473,6 +474,7 @@ mod tests {
             discoveries: Default::default(),
             slots: SyncSlots::new(1),
             refs_read: Default::default(),
+            write: Default::default(),
         });
         let spec = RepositorySpec {
             namespace: "ns".into(),

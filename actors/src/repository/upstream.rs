@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tracing::debug;
 
 use super::naming::object_name;
-use crate::origin::{self, Credentials, FetchOutcome, GitCache, OriginError};
+use crate::origin::{self, write::WriteConfig, Credentials, FetchOutcome, GitCache, OriginError};
 
 /// Why reading an upstream failed: the upstream itself, or storing what
 /// was read in the node's blob store — kept apart, so a storage failure is
@@ -196,6 +196,10 @@ pub struct SyncEnv {
     /// `registry::RefsRead`): an incremental sync reads only the changed
     /// packages' refs.
     pub refs_read: AtomicU64,
+    /// How commits are signed and failed pushes retried (`[git]`
+    /// `committer-name`, `committer-email`, `push-attempts`,
+    /// `push-retry-delay`).
+    pub write: WriteConfig,
 }
 
 /// What a RepositoryActor knows of its upstream from its last successful
@@ -318,22 +322,11 @@ pub fn read_upstream(
             }
             .into());
         }
-        let author = if git.author.is_empty() {
-            "cairn"
-        } else {
-            git.author.as_str()
-        };
-        let email = if git.email.is_empty() {
-            "cairn@localhost"
-        } else {
-            git.email.as_str()
-        };
         origin::create_branch(
             env.fetches.cache(),
             &git.url,
             &git.branch,
-            author,
-            email,
+            &env.write.committer,
             credentials.as_ref(),
         )?;
         outcome = env
