@@ -150,6 +150,16 @@ async fn names_take_one_form_everywhere() {
     );
 
     // --clone-from, in the repository's namespace; another is refused.
+    // (A clone's source is a published revision, not a placeholder.)
+    for ns in ["team-a", "team-b"] {
+        let client = node.client();
+        client
+            .ok("pkgrev.create", json!({"namespace": ns, "repository": "r", "path": "apps", "package": "base", "workspace": "v1"}))
+            .await;
+        let key = json!({"namespace": ns, "name": "r.apps.base.v1"});
+        client.ok("pkgrev.propose", key.clone()).await;
+        client.ok("pkgrev.approve", key).await;
+    }
     let draft = json_of(
         cli(
             &nats,
@@ -159,7 +169,7 @@ async fn names_take_one_form_everywhere() {
                 "team-a/r",
                 "apps/copy",
                 "--clone-from",
-                "team-a/r.apps.web.main",
+                "team-a/r.apps.base.v1",
                 "-o",
                 "json",
             ],
@@ -178,7 +188,7 @@ async fn names_take_one_form_everywhere() {
             "team-a/r",
             "apps/x",
             "--clone-from",
-            "team-b/r.apps.web.main",
+            "team-b/r.apps.base.v1",
         ],
     )
     .await;
@@ -186,7 +196,7 @@ async fn names_take_one_form_everywhere() {
         (other.success, other.stderr.as_str()),
         (
             false,
-            "error: --clone-from team-b/r.apps.web.main: in namespace team-b, but the draft is created in team-a (cairn clones within one namespace)\n"
+            "error: --clone-from team-b/r.apps.base.v1: in namespace team-b, but the draft is created in team-a (cairn clones within one namespace)\n"
         )
     );
     node.shutdown().await;
