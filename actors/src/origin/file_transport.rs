@@ -112,7 +112,7 @@ fn safe_directories(path: &std::path::Path) -> Vec<std::ffi::OsString> {
 }
 
 /// The local path a `file://` URL names (percent-decoded, as libgit2 does).
-fn file_path(url: &str) -> Result<PathBuf, Error> {
+pub(crate) fn file_path(url: &str) -> Result<PathBuf, Error> {
     let invalid = || {
         Error::new(
             ErrorCode::Invalid,

@@ -536,15 +536,20 @@ fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Resul
         .arg(repo.path())
         .args(["push", "--porcelain", "--atomic", "--no-verify"])
         // A local upstream whose HEAD names a draft branch (Porch's
-        // `drafts-repository` fixture does) would refuse that branch's
-        // deletion — which proposing or deleting the draft needs — with
-        // `deletion of the current branch prohibited` (bare) or `branch is
-        // currently checked out` (with a work tree). Porch's own Git
-        // server applies neither rule, so neither does a push of ours to a
+        // `drafts-repository` fixture does) refuses that branch's deletion
+        // — which proposing or deleting the draft needs — with `deletion
+        // of the current branch prohibited` (bare) or `branch is currently
+        // checked out` (with a work tree). Porch's own Git server applies
+        // neither rule to a deletion, so neither does a push of ours to a
         // local path, for this invocation only: the upstream's refs are
-        // what Porch would leave; its HEAD may name a deleted branch and
-        // its work tree (if any) is not touched.
-        .arg("--receive-pack=git -c receive.denyDeleteCurrent=ignore -c receive.denyCurrentBranch=ignore receive-pack");
+        // what Porch would leave; its HEAD then names a deleted branch. An
+        // update of a checked-out branch is still refused (its work tree
+        // would not follow).
+        .arg(if deletes_current_branch(url, refspecs) {
+            "--receive-pack=git -c receive.denyDeleteCurrent=ignore -c receive.denyCurrentBranch=ignore receive-pack"
+        } else {
+            "--receive-pack=git -c receive.denyDeleteCurrent=ignore receive-pack"
+        });
     let output = command
         .arg(url)
         .args(refspecs)
@@ -572,6 +577,27 @@ fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Resul
         return Err(OriginError::Git(message));
     }
     Ok(())
+}
+
+/// Whether `refspecs` touch the local upstream's current branch (its
+/// HEAD), and only to delete it.
+fn deletes_current_branch(url: &str, refspecs: &[String]) -> bool {
+    let head = super::file_transport::file_path(url)
+        .ok()
+        .and_then(|path| Repository::open(path).ok())
+        .and_then(|upstream| {
+            let head = upstream.find_reference("HEAD").ok()?;
+            head.symbolic_target().ok().flatten().map(str::to_owned)
+        });
+    let Some(head) = head else {
+        return false;
+    };
+    let mut touching = refspecs
+        .iter()
+        .map(|r| r.trim_start_matches('+'))
+        .filter(|r| r.rsplit_once(':').is_some_and(|(_, to)| to == head))
+        .peekable();
+    touching.peek().is_some() && touching.all(|r| r.starts_with(':'))
 }
 
 /// The error for updates the upstream refused (`<ref>: <reason>` each):
@@ -645,6 +671,35 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn only_a_deletion_of_the_local_upstreams_head_branch_lifts_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = Repository::init_bare(dir.path()).unwrap();
+        upstream.set_head("refs/heads/drafts/p/v1").unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let specs = |s: &[&str]| s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(deletes_current_branch(
+            &url,
+            &specs(&[":refs/heads/drafts/p/v1"])
+        ));
+        assert!(deletes_current_branch(
+            &url,
+            &specs(&[
+                "+refs/cairn/push/0:refs/heads/proposed/p/v1",
+                ":refs/heads/drafts/p/v1"
+            ])
+        ));
+        assert!(!deletes_current_branch(
+            &url,
+            &specs(&["refs/cairn/push/0:refs/heads/drafts/p/v1"])
+        ));
+        assert!(!deletes_current_branch(&url, &specs(&[":refs/heads/main"])));
+        assert!(!deletes_current_branch(
+            "file:///nonexistent/x.git",
+            &specs(&[":refs/heads/drafts/p/v1"])
+        ));
+    }
 
     #[test]
     fn a_refused_deletion_of_the_current_branch_says_what_to_do() {

@@ -42,9 +42,13 @@ pub const PRUNE_MAX_ROWS: usize = 64;
 pub struct RequestsView;
 
 fn micros(ts: Option<&pbjson_types::Timestamp>) -> u64 {
+    // Saturating: a timestamp far out (a corrupt or foreign envelope)
+    // must not overflow the writer thread's arithmetic.
     ts.map_or(0, |t| {
-        u64::try_from(t.seconds).unwrap_or(0) * 1_000_000
-            + u64::try_from(t.nanos).unwrap_or(0) / 1_000
+        u64::try_from(t.seconds)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(t.nanos).unwrap_or(0) / 1_000)
     })
 }
 
@@ -84,8 +88,9 @@ impl RequestsView {
         request_id: &str,
         now_micros: u64,
     ) -> Result<Option<RequestRow>, StorageError> {
-        Ok(Self::get(store, request_id)?
-            .filter(|row| micros(row.recorded_at.as_ref()) + WINDOW_MICROS > now_micros))
+        Ok(Self::get(store, request_id)?.filter(|row| {
+            micros(row.recorded_at.as_ref()).saturating_add(WINDOW_MICROS) > now_micros
+        }))
     }
 }
 
@@ -103,7 +108,7 @@ impl View for RequestsView {
         let key = Self::key(id);
         if let Some(mut row) = tx.get_message::<RequestRow>(&key)? {
             let first = micros(row.recorded_at.as_ref());
-            if first + WINDOW_MICROS > at {
+            if first.saturating_add(WINDOW_MICROS) > at {
                 // The same command's later events (a sync appends several
                 // times), or a retry that ran again: the key stays the
                 // first command's.
