@@ -165,7 +165,9 @@ impl Client {
                 Err(e) if e.kind() == RequestErrorKind::TimedOut => {
                     format!("no reply within {:?}", remaining.min(attempt_timeout))
                 }
-                Err(e) => e.to_string(),
+                // Not transient (permissions, a payload the server
+                // refuses, a closed connection): retrying cannot help.
+                Err(e) => return Err(anyhow::anyhow!("{command}: {e}").into()),
             };
             if attempt == attempts_max || tokio::time::Instant::now() >= deadline {
                 break;
