@@ -79,7 +79,6 @@ use super::{
     decide::{validate, Validated, ViewRows},
     domain::Repository as RepositoryDomain,
     error::RepositoryError,
-    naming::object_name,
     upstream::{store_revisions, ReadError, SyncEnv},
 };
 use crate::{
@@ -131,21 +130,7 @@ pub fn view_rows(
     spec: &RepositorySpec,
     op: &LifecycleOp,
 ) -> Result<ViewRows, StorageError> {
-    let name = match op {
-        LifecycleOp::Create {
-            path,
-            package,
-            workspace,
-            ..
-        } => object_name(&spec.name, path, package, workspace),
-        LifecycleOp::Update { name, .. }
-        | LifecycleOp::Propose(name)
-        | LifecycleOp::Reject(name)
-        | LifecycleOp::Approve(name)
-        | LifecycleOp::ProposeDelete(name)
-        | LifecycleOp::WithdrawDelete(name)
-        | LifecycleOp::Delete(name) => name.clone(),
-    };
+    let name = op.target(&spec.name);
     let target = PackageRevisionsView::get(store, &spec.namespace, &name)?;
     let source = match op.source().and_then(Source::from) {
         Some(from) => PackageRevisionsView::get(store, &spec.namespace, from)?,

@@ -529,21 +529,7 @@ mod tests {
 
     /// The object name `op` targets (for `create`, the new draft's).
     fn target_name(op: &LifecycleOp) -> String {
-        match op {
-            LifecycleOp::Create {
-                path,
-                package,
-                workspace,
-                ..
-            } => object_name("repo", path, package, workspace),
-            LifecycleOp::Update { name, .. }
-            | LifecycleOp::Propose(name)
-            | LifecycleOp::Reject(name)
-            | LifecycleOp::Approve(name)
-            | LifecycleOp::ProposeDelete(name)
-            | LifecycleOp::WithdrawDelete(name)
-            | LifecycleOp::Delete(name) => name.clone(),
-        }
+        op.target("repo")
     }
 
     /// Given these events of `repository`'s stream (recorded at global
