@@ -115,7 +115,7 @@ impl Plan {
             .then(|| {
                 parse_schedule(&spec.schedule)
                     .inspect_err(|e| {
-                        warn!(error = %e, "stored schedule ignored: the node's interval applies");
+                        warn!(schedule = %spec.schedule, error = %e, "stored schedule ignored: the node's interval applies");
                     })
                     .ok()
             })

@@ -592,9 +592,10 @@ impl Builder {
         self.pieces += 1;
         match self.format {
             Format::Protobuf => {
-                let before = self.encoded_files_len();
+                // A page holds each path once: its entry adds exactly its
+                // own length (no pass over the page's other files).
+                self.used += map_entry_len(path, piece);
                 self.files.insert(path.to_owned(), piece.to_vec());
-                self.used += self.encoded_files_len() - before;
             }
             Format::Json => {
                 let out = if binary {
@@ -625,15 +626,6 @@ impl Builder {
                 self.used += out.len() - before + usize::from(before == 0);
             }
         }
-    }
-
-    fn encoded_files_len(&self) -> usize {
-        prost::encoding::btree_map::encoded_len(
-            prost::encoding::string::encoded_len,
-            prost::encoding::bytes::encoded_len,
-            1,
-            &self.files,
-        )
     }
 
     fn finish(self, next: Option<Cursor>) -> Body {
@@ -672,6 +664,23 @@ impl Builder {
     }
 }
 
+/// The encoded length of one entry `path → piece` of the `resources` map
+/// (field 1) of `PkgRevResources`, as prost encodes a map entry: a
+/// length-delimited message of the key (field 1) and the value (field 2),
+/// each left out when empty.
+fn map_entry_len(path: &str, piece: &[u8]) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len};
+    let field = |tag: u32, len: usize| {
+        if len == 0 {
+            0
+        } else {
+            key_len(tag) + encoded_len_varint(len as u64) + len
+        }
+    };
+    let entry = field(1, path.len()) + field(2, piece.len());
+    key_len(1) + encoded_len_varint(entry as u64) + entry
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -681,6 +690,29 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    #[test]
+    fn a_map_entry_adds_its_own_encoded_length() {
+        let mut files = std::collections::BTreeMap::new();
+        let mut sum = 0;
+        for (path, piece) in [
+            ("Kptfile", vec![b'k'; 10]),
+            ("empty", Vec::new()),
+            (&*"p".repeat(300), vec![0u8; 70_000]),
+            ("a/b.yaml", vec![1u8; 127]),
+            ("a/c.yaml", vec![1u8; 128]),
+        ] {
+            sum += map_entry_len(path, &piece);
+            files.insert(path.to_owned(), piece);
+            let whole = prost::encoding::btree_map::encoded_len(
+                prost::encoding::string::encoded_len,
+                prost::encoding::bytes::encoded_len,
+                1,
+                &files,
+            );
+            assert_eq!(sum, whole, "after {path}");
+        }
+    }
 
     /// Most pages a test reads before it calls the paging stuck.
     const PAGES_MAX: usize = 10_000;
