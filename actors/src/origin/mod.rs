@@ -22,7 +22,8 @@
 //! - `discovery` — [`discover`]: Porch-compatible listing of the package
 //!   revisions in a local repository (placeholders on the registered branch,
 //!   published tags, drafts, proposals, deletion proposals), with resources,
-//!   task history, publishing info and Kptfile labels.
+//!   task history, publishing info and Kptfile labels; [`DiscoveryStream`]
+//!   hands the same revisions out in bounded batches (what a sync reads).
 //! - [`write`](mod@write) — writing as Porch does: package trees, commits, and ref
 //!   updates pushed together, never forced ([`OriginError::Moved`] when the
 //!   upstream moved, [`OriginError::Rejected`] when it refused);
@@ -50,7 +51,7 @@ pub mod write;
 pub use annotation::Task;
 pub use discovery::{
     discover, discover_packages, discover_refs, package_of_ref, package_path, DiscoveredRevision,
-    Discovery, Lifecycle,
+    Discovery, DiscoveryStream, Lifecycle,
 };
 pub use error::OriginError;
 pub use git::{Blobs, FetchOutcome, GitCache};
