@@ -122,6 +122,7 @@ impl Node {
             release_memory: crate::memory::release,
             discoveries: Default::default(),
             slots: SyncSlots::new(config.sync.max_concurrent),
+            budget: config.sync.budget(),
             refs_read: Default::default(),
         });
         let scheduling = Scheduling {

@@ -52,6 +52,7 @@ pub mod error;
 pub mod messages;
 pub mod naming;
 pub mod op;
+pub mod reconcile;
 pub mod sync;
 pub mod upstream;
 
@@ -361,6 +362,7 @@ mod tests {
             release_memory: || {},
             discoveries: Default::default(),
             slots: SyncSlots::new(1),
+            budget: Default::default(),
             refs_read: Default::default(),
         });
         let spec = RepositorySpec {
@@ -435,6 +437,7 @@ mod tests {
             release_memory: || {},
             discoveries: Default::default(),
             slots: SyncSlots::new(1),
+            budget: Default::default(),
             refs_read: Default::default(),
         });
         let spec = RepositorySpec {
