@@ -17,6 +17,7 @@ use cairn_actors::{
     registry::Registry,
     repository::upstream::{Fetches, Secrets, SyncEnv},
     schedule::{Clock, Scheduling, SlotState, SyncSlots, SystemClock},
+    timing::BudgetState,
     service::{CairnService, ServiceConfig},
 };
 use cairn_storage::{views::default_views, Store};
@@ -39,6 +40,7 @@ pub struct Node {
     publisher: Addr<Publisher>,
     registry: Addr<Registry>,
     slots: tokio::sync::watch::Receiver<SlotState>,
+    budget: tokio::sync::watch::Receiver<BudgetState>,
     service: CairnService,
     local_nats: Option<LocalNatsServer>,
 }
@@ -130,6 +132,7 @@ impl Node {
             clock,
         };
         let slots = env.slots.subscribe();
+        let budget = env.budget.subscribe();
         let registry = tokio::task::spawn_blocking(move || Registry::load(env, scheduling))
             .await??
             .start();
@@ -154,6 +157,7 @@ impl Node {
             publisher,
             registry,
             slots,
+            budget,
             service,
             local_nats,
         })
@@ -163,6 +167,12 @@ impl Node {
     /// and as they change.
     pub fn sync_slots(&self) -> tokio::sync::watch::Receiver<SlotState> {
         self.slots.clone()
+    }
+
+    /// What the syncs' chunks hold of `sync.memory-budget-bytes`, and how
+    /// many they appended, now and as it changes.
+    pub fn sync_budget(&self) -> tokio::sync::watch::Receiver<BudgetState> {
+        self.budget.clone()
     }
 
     /// The local nats-server, when the node started one.
