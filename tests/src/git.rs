@@ -86,16 +86,17 @@ impl GitFixture {
     }
 
     /// A new repository in `dir` with `packages` packages on `main`
-    /// (`pkg-000`, `pkg-001`, …, each a `Kptfile` and a `cm.yaml`, in one
-    /// commit), each tagged `pkg-NNN/v1` … `pkg-NNN/v<tags>` on that
-    /// commit: `packages × (tags + 1)` package revisions. Returns it with
-    /// the object names of its revisions in repository `repository`,
-    /// sorted.
+    /// (`pkg-000`, `pkg-001`, …, each a `Kptfile` and `files` config maps
+    /// `cm-NNN.yaml`, in one commit), each tagged `pkg-NNN/v1` …
+    /// `pkg-NNN/v<tags>` on that commit: `packages × (tags + 1)` package
+    /// revisions. Returns it with the object names of its revisions in
+    /// repository `repository`, sorted.
     pub fn with_packages(
         dir: &Path,
         repository: &str,
         packages: usize,
         tags: usize,
+        files: usize,
     ) -> (Self, Vec<String>) {
         let fixture = Self::init(dir, "main");
         let mut names = Vec::new();
@@ -105,10 +106,12 @@ impl GitFixture {
                 &format!("{package}/Kptfile"),
                 format!("apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: {package}\n"),
             );
-            fixture.write(
-                &format!("{package}/cm.yaml"),
-                format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {package}\ndata:\n  index: \"{p}\"\n"),
-            );
+            for f in 0..files {
+                fixture.write(
+                    &format!("{package}/cm-{f:03}.yaml"),
+                    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {package}-{f}\ndata:\n  index: \"{p}\"\n"),
+                );
+            }
             names.push(format!("{repository}.{package}.main"));
             for v in 1..=tags {
                 names.push(format!("{repository}.{package}.v{v}"));

@@ -645,8 +645,8 @@ async fn first_syncs_larger_than_the_memory_budget_are_appended_in_chunks_within
     // Two repositories of 60 revisions (20 packages, a placeholder and two
     // tags each): about 3 KiB each in flight, so each sync alone needs
     // several times the 64 KiB the two share.
-    let (a, a_names) = GitFixture::with_packages(&dir.path().join("a"), "a", 20, 2);
-    let (b, b_names) = GitFixture::with_packages(&dir.path().join("b"), "b", 20, 2);
+    let (a, a_names) = GitFixture::with_packages(&dir.path().join("a"), "a", 20, 2, 1);
+    let (b, b_names) = GitFixture::with_packages(&dir.path().join("b"), "b", 20, 2, 1);
     let config = config(&dir.path().join("data")).configure(|c| {
         c.sync.memory_budget_bytes = 64 << 10;
         c.sync.max_concurrent = 2;
@@ -702,13 +702,49 @@ async fn first_syncs_larger_than_the_memory_budget_are_appended_in_chunks_within
     node.shutdown().await;
 }
 
+#[actix_rt::test]
+async fn syncs_whose_revisions_each_exceed_the_budget_take_turns_and_finish() {
+    let dir = TestDir::new();
+    // Revisions of 200 files: each alone is estimated above the whole
+    // 64 KiB budget, so each chunk takes all of it, and two syncs must
+    // take turns (neither may wait for the budget while holding part).
+    let (a, a_names) = GitFixture::with_packages(&dir.path().join("a"), "a", 3, 1, 200);
+    let (b, b_names) = GitFixture::with_packages(&dir.path().join("b"), "b", 3, 1, 200);
+    let config = config(&dir.path().join("data")).configure(|c| {
+        c.sync.memory_budget_bytes = 64 << 10;
+        c.sync.max_concurrent = 2;
+    });
+    let (node, _clock) = start(config).await;
+    let budget = node.sync_budget();
+    for (name, fixture) in [("a", &a), ("b", &b)] {
+        let mut request = register(name, &fixture.url());
+        request["wait"] = json!(false);
+        node.client().ok("repo.register", request).await;
+    }
+    for (name, names) in [("a", &a_names), ("b", &b_names)] {
+        let events = finished_sync(&node, name, 0).await;
+        assert_eq!(
+            events.last().unwrap()["event"]["sync_succeeded"]["added"],
+            json!(6),
+            "{name}: {:?}",
+            kinds(&events)
+        );
+        assert_eq!(&listed(node.client(), name).await, names, "{name}");
+    }
+    let state = *budget.borrow();
+    assert_eq!(state.chunks_appended, 12, "one revision a chunk");
+    assert_eq!(state.peak_bytes, 64 << 10, "never more than the budget");
+    assert_eq!(state.reserved_bytes, 0);
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_duplicates() {
     use cairn_storage::{views::PackageRevisionsView, Store, StoreConfig};
     use cairn_tests::{cairn_cli, ChildNode, Client, KILL_AFTER_SYNC_CHUNKS};
 
     let dir = TestDir::new();
-    let (upstream, names) = GitFixture::with_packages(&dir.path().join("upstream"), "big", 20, 2);
+    let (upstream, names) = GitFixture::with_packages(&dir.path().join("upstream"), "big", 20, 2, 1);
     let data = dir.path().join("data");
     let cli = cairn_cli!();
 

@@ -175,28 +175,40 @@ async fn reconcile_in_chunks(
     let mut in_flight: Option<(Chunk, BudgetPermit)> = None;
     let mut committed = 0u64;
     let outcome = loop {
-        let permit = env.budget.reserve(chunk_bytes).await;
+        // The next chunk reserves its share, then is read — while the one
+        // before is appended: that append needs no reservation, so a sync
+        // never waits for the budget while holding one it could not give
+        // back.
         let read_env = env.clone();
-        let read = off_arbiter("sync", move || {
-            let next = reconciliation.next(&read_env.store, max_events, chunk_bytes);
-            (reconciliation, next)
-        });
+        let next = async {
+            let permit = read_env.budget.reserve(chunk_bytes).await;
+            let read = off_arbiter("sync", move || {
+                let next = reconciliation.next(&read_env.store, max_events, chunk_bytes);
+                (reconciliation, next)
+            })
+            .await;
+            (permit, read)
+        };
         let append = append_chunk(session, in_flight.take(), &mut committed);
-        let (appended, read) = futures::join!(append, read);
+        let (appended, (permit, read)) = futures::join!(append, next);
         let (back, next) = read?;
         reconciliation = back;
         appended?;
         match next {
             Ok(Some(chunk)) => {
-                let mut permit = permit;
-                // The chunk's estimate, now that it was read: reserve
-                // what it takes beyond its share, give back what it
-                // left.
-                if chunk.bytes > permit.bytes() {
-                    permit.grow(chunk.bytes).await;
+                // The chunk's estimate, now that it was read: give back
+                // what it left of its share; if it took more, reserve all
+                // it takes — afresh, holding nothing while it waits (it
+                // waits for other chunks to finish, which need nothing
+                // from it).
+                let permit = if chunk.bytes > permit.bytes() {
+                    drop(permit);
+                    env.budget.reserve(chunk.bytes).await
                 } else {
+                    let mut permit = permit;
                     permit.shrink(chunk.bytes);
-                }
+                    permit
+                };
                 in_flight = Some((chunk, permit));
             }
             Ok(None) => break Ok(()),

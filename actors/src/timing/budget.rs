@@ -15,10 +15,12 @@
 //! [`CHUNKS_IN_FLIGHT_PER_SYNC`] chunks (one being appended while the next
 //! is read) without waiting: `budget / (2 × max-concurrent)`. A chunk's
 //! size is an estimate (see `crate::repository::reconcile`), corrected when
-//! the chunk is read: a chunk that came out larger than it reserved
-//! reserves the rest before it is appended ([`BudgetPermit::grow`]), one
-//! that came out smaller gives the rest back at once
-//! ([`BudgetPermit::shrink`]).
+//! the chunk is read: one that came out smaller gives the rest back at once
+//! ([`BudgetPermit::shrink`]); one that came out larger gives its share
+//! back and reserves all it takes afresh (at most the whole budget) before
+//! it is appended. A sync never waits for the budget while holding a
+//! reservation that only its own progress would free, so syncs cannot
+//! deadlock on it.
 //!
 //! The counts are published on a `watch` channel (reserved now, the peak,
 //! chunks appended), so tests and metrics can follow them.
@@ -85,28 +87,6 @@ impl BudgetPermit {
     /// Bytes reserved.
     pub fn bytes(&self) -> u64 {
         self.permit.num_permits() as u64 * UNIT_BYTES
-    }
-
-    /// Reserves more until `bytes` are held (at most the whole budget),
-    /// waiting for other chunks to give theirs back if need be.
-    pub async fn grow(&mut self, bytes: u64) {
-        let want = units(bytes).min(self.budget_units);
-        let held = self.permit.num_permits() as u64;
-        if want <= held {
-            return;
-        }
-        let more = self
-            .semaphore
-            .clone()
-            .acquire_many_owned((want - held) as u32)
-            .await
-            .expect("the budget semaphore is never closed");
-        let added = more.num_permits() as u64 * UNIT_BYTES;
-        self.permit.merge(more);
-        self.state.send_modify(|s| {
-            s.reserved_bytes += added;
-            s.peak_bytes = s.peak_bytes.max(s.reserved_bytes);
-        });
     }
 
     /// Gives back what is held beyond `bytes` (at least one unit is kept).
@@ -225,14 +205,7 @@ mod tests {
                 chunks_appended: 0
             }
         );
-        // Growing past what is free waits for it too.
-        let mut grow = Box::pin(a.grow(60 << 10));
-        assert!((&mut grow).now_or_never().is_none());
-        drop(grow);
-        drop(c);
-        a.grow(60 << 10).await;
-        assert_eq!(a.bytes(), 60 << 10);
-        drop((a, b));
+        drop((a, b, c));
         let state = *budget.subscribe().borrow();
         assert_eq!((state.reserved_bytes, state.peak_bytes), (0, 250 << 10));
     }
@@ -241,10 +214,10 @@ mod tests {
     async fn a_reservation_is_at_most_the_whole_budget() {
         let budget = SyncBudget::new(MIN_BUDGET_BYTES, 4);
         assert_eq!(budget.chunk_bytes(), MIN_BUDGET_BYTES / 8);
-        let mut permit = budget.reserve(u64::MAX / 2).await;
+        let permit = budget.reserve(u64::MAX / 2).await;
         assert_eq!(permit.bytes(), MIN_BUDGET_BYTES);
-        permit.grow(u64::MAX / 2).await;
-        assert_eq!(permit.bytes(), MIN_BUDGET_BYTES);
+        drop(permit);
+        assert_eq!(budget.reserve(0).await.bytes(), 1024, "at least one KiB");
         // A budget below the minimum is the minimum.
         assert_eq!(SyncBudget::new(1, 1).budget_bytes(), MIN_BUDGET_BYTES);
     }
