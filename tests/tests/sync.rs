@@ -699,6 +699,29 @@ async fn first_syncs_larger_than_the_memory_budget_are_appended_in_chunks_within
         state.peak_bytes
     );
     assert_eq!(state.reserved_bytes, 0);
+
+    // A package goes upstream (and the branch moves): a chunked resync
+    // reads every revision again, and deletes only the three that are
+    // gone — never one it has not reached yet.
+    a.git(&["rm", "-r", "-q", "pkg-005"]);
+    a.commit("remove pkg-005");
+    a.git(&["tag", "-d", "pkg-005/v1", "pkg-005/v2"]);
+    let chunks_before = state.chunks_appended;
+    let changes = sync_reading(&node, "a", 38).await;
+    assert_eq!(
+        changes,
+        [
+            change("Deleted", "a.pkg-005.main"),
+            change("Deleted", "a.pkg-005.v1"),
+            change("Deleted", "a.pkg-005.v2"),
+        ]
+    );
+    let mut left = a_names.clone();
+    left.retain(|n| !n.starts_with("a.pkg-005."));
+    assert_eq!(listed(node.client(), "a").await, left);
+    let state = *budget.borrow();
+    assert!(state.chunks_appended > chunks_before);
+    assert!(state.peak_bytes <= 64 << 10);
     node.shutdown().await;
 }
 
