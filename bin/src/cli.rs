@@ -475,11 +475,15 @@ enum BenchCommand {
         #[arg(long)]
         no_sync: bool,
     },
-    /// Resident memory of the (in-process) node after syncing and listing N revisions.
+    /// Resident memory of the (in-process) node: its peak during first
+    /// syncs of N revisions, and once settled after listing them.
     Memory {
-        /// Package revisions in the generated repository (5 per package).
+        /// Package revisions in each generated repository (5 per package).
         #[arg(long, default_value_t = 100_000)]
         revisions: u64,
+        /// Repositories (each its own generated upstream) registered at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        repositories: u16,
         /// One approval commit per revision (as Porch writes) instead of one
         /// commit per revision number; first syncs of long histories are slow.
         #[arg(long)]
@@ -885,10 +889,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|_| ()),
                 BenchCommand::Memory {
                     revisions,
+                    repositories,
                     porch_history,
                 } => bench::memory(
                     &bench::MemoryOptions {
                         revisions,
+                        repositories: repositories.into(),
                         history: if porch_history {
                             bench::gen::History::Porch
                         } else {

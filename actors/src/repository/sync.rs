@@ -249,6 +249,9 @@ async fn append_chunk(
     session.append(chunk.events, Chunking::MaxEvents).await?;
     drop(chunk.pins); // the references are committed now
     drop(permit);
+    // Hand the chunk's freed pages back now rather than after the whole
+    // sync: resident memory follows the chunks in flight.
+    (session.env().release_memory)();
     *committed += 1;
     session.env().budget.chunk_appended();
     if let Some(hook) = CHUNK_HOOK.get() {

@@ -70,8 +70,6 @@ pub struct SyncBudget {
 #[derive(Debug)]
 pub struct BudgetPermit {
     permit: OwnedSemaphorePermit,
-    semaphore: Arc<Semaphore>,
-    budget_units: u64,
     state: Arc<watch::Sender<BudgetState>>,
 }
 
@@ -152,8 +150,6 @@ impl SyncBudget {
         });
         BudgetPermit {
             permit,
-            semaphore: self.semaphore.clone(),
-            budget_units: self.budget_units,
             state: self.state.clone(),
         }
     }

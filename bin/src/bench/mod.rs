@@ -17,8 +17,9 @@
 //!   request/reply of the same bytes in the same round trips.
 //! - `sync-first`: register-with-wait (first sync) vs `git clone --mirror`.
 //! - `sync-noop`: a sync of an unchanged repository vs `git ls-remote`.
-//! - `memory`: the node's resident memory after syncing and listing N
-//!   revisions.
+//! - `memory`: the node's resident memory at its peak while first syncs
+//!   of N revisions run (one repository, or several at once), and once
+//!   settled after listing them.
 //!
 //! - `approve` ([`approve`]): approving one proposal in a repository of N
 //!   published revisions, at N and N/10, vs the same commit, tag and push
@@ -45,8 +46,8 @@ pub mod watch;
 pub use watch::WatchOptions;
 
 pub use cache::{
-    list, memory, sync_first, sync_noop, ListOptions, MemoryOptions, SyncFirstOptions,
-    SyncNoopOptions,
+    list, memory, sync_first, sync_noop, ListOptions, MemoryFigures, MemoryOptions,
+    SyncFirstOptions, SyncNoopOptions,
 };
 
 use std::{
