@@ -466,6 +466,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         iterations: usize,
     },
+    /// Durable append latency while blob garbage collections run vs alone.
+    Gc {
+        /// Blobs referenced by package revisions (the collection scans them).
+        #[arg(long, default_value_t = 200_000)]
+        blobs: usize,
+        /// Unreferenced blobs (the first collection deletes them).
+        #[arg(long, default_value_t = 20_000)]
+        garbage: usize,
+        /// Timed appends, alone and during the collections.
+        #[arg(long, default_value_t = 2000)]
+        appends: usize,
+        /// Do not fsync commits.
+        #[arg(long)]
+        no_sync: bool,
+    },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
     Watch {
         /// Timed events (and raw messages).
@@ -875,6 +890,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         packages,
                         revisions,
                         iterations,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Gc {
+                    blobs,
+                    garbage,
+                    appends,
+                    no_sync,
+                } => bench::gc::gc(
+                    &bench::GcOptions {
+                        blobs,
+                        garbage,
+                        appends,
+                        sync: !no_sync,
                     },
                     &mut stdout,
                 )

@@ -25,6 +25,11 @@
 //!   published revisions, at N and N/10, vs the same commit, tag and push
 //!   with the git CLI.
 //!
+//! On a store alone:
+//!
+//! - `gc` ([`gc`]): durable append latency while blob garbage collections
+//!   run back to back vs the same appends alone.
+//!
 //! And on an in-process node, appending through its store:
 //!
 //! - `watch` ([`watch`]): latency from an append to a watcher's receipt
@@ -36,13 +41,16 @@
 //! - [`cache`] — `list`, `sync-first`, `sync-noop`, `memory` on a node in
 //!   the benchmark's process.
 //! - [`approve`] — `approve`.
+//! - [`gc`] — `gc`.
 //! - [`watch`] — `watch`.
 
 pub mod approve;
 pub mod cache;
+pub mod gc;
 pub mod gen;
 pub mod watch;
 
+pub use gc::{GcFigures, GcOptions};
 pub use watch::WatchOptions;
 
 pub use cache::{
