@@ -3,9 +3,10 @@
 //!
 //! It holds the repository's spec and its stream version — not its package
 //! revisions: those live in the `package_revisions` view and are read when
-//! a sync or a close needs them, so memory does not grow with the number of
+//! a sync or a close needs them (a sync one row per discovered revision,
+//! see `super::reconcile`), so memory does not grow with the number of
 //! revisions. It turns the current revisions and a discovery of the
-//! upstream into events:
+//! upstream into events ([`RepositoryComponent::reconcile_one`] per name):
 //! `PackageRevisionAdded` for a new name, `PackageRevisionModified` when
 //! anything about an existing name changed (commit, content, lifecycle,
 //! latest, publish info, tasks, labels — for a placeholder, a new head of
