@@ -17,8 +17,8 @@ use cairn_actors::{
     registry::Registry,
     repository::upstream::{Fetches, Secrets, SyncEnv},
     schedule::{Clock, Scheduling, SlotState, SyncSlots, SystemClock},
-    timing::BudgetState,
     service::{CairnService, ServiceConfig},
+    timing::BudgetState,
 };
 use cairn_storage::{views::default_views, Store};
 use tracing::{info, warn};

@@ -767,7 +767,8 @@ async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_dupli
     use cairn_tests::{cairn_cli, ChildNode, Client, KILL_AFTER_SYNC_CHUNKS};
 
     let dir = TestDir::new();
-    let (upstream, names) = GitFixture::with_packages(&dir.path().join("upstream"), "big", 20, 2, 1);
+    let (upstream, names) =
+        GitFixture::with_packages(&dir.path().join("upstream"), "big", 20, 2, 1);
     let data = dir.path().join("data");
     let cli = cairn_cli!();
 
@@ -813,9 +814,11 @@ async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_dupli
     let left_kinds: Vec<String> = left
         .iter()
         .map(|e| {
-            cairn_events::envelope::EventKind::of(e.event.as_ref().unwrap().payload.as_ref().unwrap())
-                .name()
-                .to_owned()
+            cairn_events::envelope::EventKind::of(
+                e.event.as_ref().unwrap().payload.as_ref().unwrap(),
+            )
+            .name()
+            .to_owned()
         })
         .collect();
     let partial = left_kinds
@@ -828,7 +831,10 @@ async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_dupli
         names.len()
     );
     let mut want = vec!["RepositoryRegistered".to_owned(), "SyncStarted".to_owned()];
-    want.extend(std::iter::repeat_n("PackageRevisionAdded".to_owned(), partial));
+    want.extend(std::iter::repeat_n(
+        "PackageRevisionAdded".to_owned(),
+        partial,
+    ));
     assert_eq!(left_kinds, want);
     let rows = PackageRevisionsView::list(&store, Some("team-a"), Some("big"), None, 1000).unwrap();
     assert_eq!(rows.len(), partial, "the views hold the committed chunks");
@@ -847,7 +853,10 @@ async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_dupli
     assert_eq!(reply["sync"]["package_count"], json!(names.len()));
     assert_eq!(listed(&client, "big").await, names);
     let log = client
-        .ok("log.read", json!({"stream": "repo/team-a/big", "limit": 1000}))
+        .ok(
+            "log.read",
+            json!({"stream": "repo/team-a/big", "limit": 1000}),
+        )
         .await;
     let events = log["events"].as_array().unwrap();
     // Each revision added exactly once over both runs; nothing modified

@@ -239,9 +239,13 @@ enum RefKind<'a> {
 /// first tag that yields a revision is its latest.
 fn ref_order(name: &str) -> (&str, u8, Reverse<i64>, &str, Reverse<Lifecycle>) {
     match classify(name) {
-        Some(RefKind::Tag { package, revision }) => {
-            (package, 0, Reverse(revision), "", Reverse(Lifecycle::Published))
-        }
+        Some(RefKind::Tag { package, revision }) => (
+            package,
+            0,
+            Reverse(revision),
+            "",
+            Reverse(Lifecycle::Published),
+        ),
         Some(RefKind::Unpublished {
             package,
             workspace,
@@ -365,7 +369,10 @@ impl DiscoveryStream {
             }
         }
         let refs_read = others.len();
-        let starts: Vec<Oid> = tip.into_iter().chain(others.iter().map(|(_, c)| *c)).collect();
+        let starts: Vec<Oid> = tip
+            .into_iter()
+            .chain(others.iter().map(|(_, c)| *c))
+            .collect();
         let started = std::time::Instant::now();
         main.index_history(&starts, tip)?;
         // Refs that name no revision are dropped here; the rest sorted so

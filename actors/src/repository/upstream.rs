@@ -311,12 +311,9 @@ pub fn read_upstream(
     .unwrap_or(Scope::Full);
     let mut discovery = match &scope {
         Scope::Full => origin::DiscoveryStream::open(&mirror, &git.branch, &git.directory, None)?,
-        Scope::Packages(packages) => origin::DiscoveryStream::open(
-            &mirror,
-            &git.branch,
-            &git.directory,
-            Some(packages),
-        )?,
+        Scope::Packages(packages) => {
+            origin::DiscoveryStream::open(&mirror, &git.branch, &git.directory, Some(packages))?
+        }
     };
     if discovery.branch_commit().is_none() {
         if !git.create_branch {

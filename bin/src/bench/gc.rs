@@ -28,8 +28,7 @@ use cairn_events::{
     StreamId,
 };
 use cairn_storage::{
-    sample::marker, views::default_views, BlobStore, EventLog, ExpectedVersion, Store,
-    StoreConfig,
+    sample::marker, views::default_views, BlobStore, EventLog, ExpectedVersion, Store, StoreConfig,
 };
 
 use super::cache::{ms, Latency};
@@ -181,7 +180,12 @@ fn fill(store: &Store, options: &GcOptions) -> anyhow::Result<()> {
             })));
             revision += 1;
         }
-        store.append(&repo, ExpectedVersion::Any, events, Metadata::command("bench"))?;
+        store.append(
+            &repo,
+            ExpectedVersion::Any,
+            events,
+            Metadata::command("bench"),
+        )?;
         drop(pins);
     }
     for g in 0..options.garbage {

@@ -415,9 +415,10 @@ impl Store {
             let snapshot = inner.db.snapshot();
             for item in snapshot.iterator_cf(inner.cf(Column::BlobRefs), IteratorMode::Start) {
                 let (key, _) = item?;
-                let at = key.len().checked_sub(32).ok_or_else(|| {
-                    StorageError::Corrupt("blob ref key without a sha256".into())
-                })?;
+                let at = key
+                    .len()
+                    .checked_sub(32)
+                    .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
                 let digest = <[u8; 32]>::try_from(&key[at..])
                     .map_err(|_| StorageError::Corrupt("blob ref key without a sha256".into()))?;
                 referenced.insert(digest);
@@ -461,7 +462,8 @@ impl Store {
         for batch in candidates.chunks(GC_DELETE_BATCH_BLOBS) {
             let batch = batch.to_vec();
             let prefixes = prefixes.clone();
-            let done = self.call(|reply| Command::DeleteUnreferencedBlobs(batch, prefixes, reply))?;
+            let done =
+                self.call(|reply| Command::DeleteUnreferencedBlobs(batch, prefixes, reply))?;
             stats.removed += done.removed;
             stats.removed_bytes += done.removed_bytes;
         }
@@ -576,7 +578,9 @@ impl Writer {
 mod tests {
     use cairn_events::{
         envelope::{event, Metadata},
-        v1::{event::Payload, Event, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted},
+        v1::{
+            event::Payload, Event, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted,
+        },
         StreamId,
     };
 
@@ -640,7 +644,10 @@ mod tests {
             )
             .unwrap();
         let orphan = store.put(b"nobody refers to me").unwrap().digest();
-        assert_eq!((store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()), (0, 0));
+        assert_eq!(
+            (store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()),
+            (0, 0)
+        );
 
         let stats = store
             .collect_garbage_between(&mut || {
@@ -664,7 +671,10 @@ mod tests {
         assert_eq!(store.get(&orphan).unwrap(), None);
         assert_eq!(store.get(&s).unwrap(), Some(small));
         assert_eq!(store.get(&l).unwrap(), Some(large));
-        assert_eq!((store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()), (1, 1));
+        assert_eq!(
+            (store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()),
+            (1, 1)
+        );
     }
 
     /// More candidates than one batch: all are deleted, in several
@@ -682,10 +692,7 @@ mod tests {
             .collect_garbage_between(&mut || between_calls += 1)
             .unwrap();
         assert_eq!(between_calls, 1);
-        assert_eq!(
-            (stats.scanned, stats.removed),
-            (count as u64, count as u64)
-        );
+        assert_eq!((stats.scanned, stats.removed), (count as u64, count as u64));
         assert_eq!(store.collect_garbage().unwrap(), GcStats::default());
     }
 }
