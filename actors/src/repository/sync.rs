@@ -308,7 +308,7 @@ fn read(
             package_count: u64::from(last.package_count),
         }),
         UpstreamRead::Changed(upstream) => Ok(Read::Changed(Box::new(Reconciliation::new(
-            upstream, spec,
+            *upstream, spec,
         )?))),
     }
 }

@@ -253,8 +253,8 @@ pub fn changed_packages(
 pub enum UpstreamRead {
     /// Its refs have the digest the caller already knew: nothing changed.
     Unchanged,
-    /// Its state, ready to reconcile.
-    Changed(Upstream),
+    /// Its state, ready to reconcile (boxed: it holds the open discovery).
+    Changed(Box<Upstream>),
 }
 
 /// The upstream's state, ready to reconcile.
@@ -359,14 +359,14 @@ pub fn read_upstream(
         open_ms = (started.elapsed() - fetched).as_millis(),
         "upstream read"
     );
-    Ok(UpstreamRead::Changed(Upstream {
+    Ok(UpstreamRead::Changed(Box::new(Upstream {
         refs_digest: outcome.digest,
         refs: Arc::new(outcome.raw),
         scope,
         commit,
         revisions: discovery,
         mirror,
-    }))
+    })))
 }
 
 /// Stores discovered revisions' contents in the blob store, as package
