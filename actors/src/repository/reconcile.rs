@@ -22,6 +22,9 @@
 //!    after the whole discovery: a chunked sync never deletes what it has
 //!    not reached yet.
 //!
+//! A first sync (the view holds no revision of the repository when it
+//! begins) reads no rows at all: everything is `Added`, nothing deleted.
+//!
 //! A crash between chunks leaves the views with a prefix of the
 //! reconciliation (never a wrong state: each chunk is one atomic append)
 //! and no `SyncSucceeded`, so the repository's status keeps the digest of
@@ -108,6 +111,9 @@ pub struct Reconciliation {
     kept_outside: u64,
     /// Estimated bytes per revision, for sizing the next batch.
     estimate_bytes: u64,
+    /// The view held no revision of the repository when the sync began:
+    /// no row to compare with, nothing to delete.
+    empty: bool,
     phase: Phase,
 }
 
@@ -116,9 +122,18 @@ impl Reconciliation {
     pub fn new(
         upstream: Upstream,
         spec: &cairn_events::v1::RepositorySpec,
+        store: &dyn ViewRead,
     ) -> Result<Self, RepositoryError> {
         let resources = Resources::open(&upstream.mirror, spec)?;
+        // Only this repository's writer adds its rows, one sync at a
+        // time: with none now (a first sync), every revision is new and
+        // none can go.
+        let empty =
+            PackageRevisionsView::list(store, Some(&spec.namespace), Some(&spec.name), None, 1)
+                .map_err(RepositoryError::Views)?
+                .is_empty();
         Ok(Self {
+            empty,
             upstream,
             resources,
             namespace: spec.namespace.clone(),
@@ -168,7 +183,11 @@ impl Reconciliation {
                     if let Some(chunk) = self.next_changes(store, max_events, max_bytes)? {
                         return Ok(Some(chunk));
                     }
-                    self.phase = Phase::Deletions { after: None };
+                    self.phase = if self.empty {
+                        Phase::Done
+                    } else {
+                        Phase::Deletions { after: None }
+                    };
                 }
                 Phase::Deletions { .. } => {
                     if let Some(chunk) = self.next_deletions(store, max_events, max_bytes)? {
@@ -207,9 +226,13 @@ impl Reconciliation {
             if !self.seen.insert(revision.name.clone()) {
                 continue; // handed out already: the first one stands
             }
-            let current = PackageRevisionsView::get(store, &self.namespace, &revision.name)
-                .map_err(RepositoryError::Views)?
-                .and_then(|row| row.revision);
+            let current = if self.empty {
+                None
+            } else {
+                PackageRevisionsView::get(store, &self.namespace, &revision.name)
+                    .map_err(RepositoryError::Views)?
+                    .and_then(|row| row.revision)
+            };
             let name = revision.name.clone();
             if let Some(event) =
                 RepositoryComponent::reconcile_one(current.as_ref(), revision, &mut self.changes)

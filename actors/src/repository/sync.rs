@@ -30,7 +30,7 @@
 
 use std::{
     sync::{Arc, OnceLock},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use cairn_events::{
@@ -174,6 +174,7 @@ async fn reconcile_in_chunks(
     let chunk_bytes = env.budget.chunk_bytes();
     let mut in_flight: Option<(Chunk, BudgetPermit)> = None;
     let mut committed = 0u64;
+    let (mut read_time, mut append_time) = (Duration::ZERO, Duration::ZERO);
     let outcome = loop {
         // The next chunk reserves its share, then is read — while the one
         // before is appended: that append needs no reservation, so a sync
@@ -183,16 +184,22 @@ async fn reconcile_in_chunks(
         let next = async {
             let permit = read_env.budget.reserve(chunk_bytes).await;
             let read = off_arbiter("sync", move || {
+                let started = Instant::now();
                 let next = reconciliation.next(&read_env.store, max_events, chunk_bytes);
-                (reconciliation, next)
+                (reconciliation, next, started.elapsed())
             })
             .await;
             (permit, read)
         };
-        let append = append_chunk(session, in_flight.take(), &mut committed);
-        let (appended, (permit, read)) = futures::join!(append, next);
-        let (back, next) = read?;
+        let append = async {
+            let started = Instant::now();
+            let appended = append_chunk(session, in_flight.take(), &mut committed).await;
+            (appended, started.elapsed())
+        };
+        let ((appended, append_took), (permit, read)) = futures::join!(append, next);
+        let (back, next, read_took) = read?;
         reconciliation = back;
+        (read_time, append_time) = (read_time + read_took, append_time + append_took);
         appended?;
         match next {
             Ok(Some(chunk)) => {
@@ -221,7 +228,14 @@ async fn reconcile_in_chunks(
     let upstream = reconciliation.upstream();
     let changes = reconciliation.changes();
     let package_count = reconciliation.package_count();
-    debug!(chunks = committed, package_count, "reconciled");
+    debug!(
+        chunks = committed,
+        package_count,
+        read_ms = read_time.as_millis() as u64,
+        append_ms = append_time.as_millis() as u64,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "reconciled"
+    );
     let done = RepositoryComponent::succeeded(
         changes,
         package_count as u32,
@@ -308,7 +322,7 @@ fn read(
             package_count: u64::from(last.package_count),
         }),
         UpstreamRead::Changed(upstream) => Ok(Read::Changed(Box::new(Reconciliation::new(
-            *upstream, spec,
+            *upstream, spec, &env.store,
         )?))),
     }
 }
