@@ -217,6 +217,14 @@ const TREE_CACHE_MAX_TREES: usize = 4096;
 /// Commits beyond the history index whose parsed annotations one
 /// discoverer keeps; past it the cache starts over.
 const ANNOTATION_CACHE_MAX_COMMITS: usize = 16_384;
+/// Refs a discovery reads through one repository handle before it opens
+/// the repository again. libgit2 caches every commit and tree read through
+/// a handle until the handle goes (up to 256 MiB for the process, counted
+/// as raw sizes; in memory several times that): a discovery of 100,000
+/// revisions left ~80 MiB there. Opening again every so many refs keeps
+/// what the cache is good for — the commits and upper trees each batch
+/// reads again and again — and drops the package trees read once.
+const HANDLE_REFS_MAX: usize = 8192;
 
 /// How a ref contributes to the listing.
 enum RefKind<'a> {
@@ -291,6 +299,11 @@ pub struct DiscoveryStream {
     /// Packages (path, name) whose latest revision was handed out.
     latest_done: HashSet<(String, String)>,
     refs_read: usize,
+    /// Refs and placeholders read since the handles were opened.
+    read_since_open: usize,
+    /// Refs and placeholders read through the handles before they are
+    /// opened again ([`HANDLE_REFS_MAX`]; tests lower it).
+    handle_refs_max: usize,
 }
 
 impl std::fmt::Debug for DiscoveryStream {
@@ -378,7 +391,19 @@ impl DiscoveryStream {
         // Refs that name no revision are dropped here; the rest sorted so
         // each package's revisions come together, best first.
         others.retain(|(name, _)| classify(name).is_some());
-        others.sort_by(|a, b| ref_order(&a.0).cmp(&ref_order(&b.0)).then(a.0.cmp(&b.0)));
+        // (Keys computed once per ref: comparing would parse each name
+        // again at every comparison.)
+        others.sort_by_cached_key(|(name, _)| {
+            let (package, class, revision, workspace, lifecycle) = ref_order(name);
+            (
+                package.to_owned(),
+                class,
+                revision,
+                workspace.to_owned(),
+                lifecycle,
+                name.clone(),
+            )
+        });
         let threads = threads.unwrap_or_else(|| {
             if others.len() < PARALLEL_REFS_MIN {
                 1
@@ -412,6 +437,8 @@ impl DiscoveryStream {
             highest_tag: only_refs.map(|_| highest_tag),
             latest_done: HashSet::new(),
             refs_read,
+            read_since_open: 0,
+            handle_refs_max: HANDLE_REFS_MAX,
         })
     }
 
@@ -432,6 +459,9 @@ impl DiscoveryStream {
         max_revisions: usize,
     ) -> Result<Vec<DiscoveredRevision>, OriginError> {
         let max_revisions = max_revisions.max(1);
+        if self.read_since_open >= self.handle_refs_max {
+            self.reopen()?;
+        }
         let mut out = Vec::new();
         // Refs that yield no revision (a tag of a commit without the
         // package) leave room in the batch: read on until it is full.
@@ -441,6 +471,7 @@ impl DiscoveryStream {
                 .saturating_add(max_revisions - out.len())
                 .min(self.refs.len());
             let found = self.read_refs(self.next_ref, end)?;
+            self.read_since_open += end - self.next_ref;
             self.next_ref = end;
             for mut revision in found.into_iter().flatten() {
                 self.set_latest(&mut revision);
@@ -467,9 +498,21 @@ impl DiscoveryStream {
                 };
                 out.push(self.main.placeholder(package, *tree, tip, lifecycle)?);
             }
+            self.read_since_open += end - self.next_placeholder;
             self.next_placeholder = end;
         }
         Ok(out)
+    }
+
+    /// Opens the repository again for every handle (see
+    /// [`HANDLE_REFS_MAX`]), keeping the discoverers' own caches.
+    fn reopen(&mut self) -> Result<(), OriginError> {
+        self.main.repo = open(&self.path)?;
+        for helper in &mut self.helpers {
+            helper.repo = open(&self.path)?;
+        }
+        self.read_since_open = 0;
+        Ok(())
     }
 
     /// The revisions of refs `start..end` (`None` for a ref that yields
@@ -1316,6 +1359,93 @@ mod tests {
         assert_eq!(one, automatic);
         let latest = one.revisions.iter().filter(|r| r.latest).count();
         assert_eq!(latest, 300);
+    }
+
+    /// Small batches, on two threads, with the handles opened again every
+    /// 100 refs, hand out exactly what one collected discovery lists —
+    /// `latest` included, across batch boundaries.
+    #[test]
+    fn batches_and_reopened_handles_find_the_same_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        let mut commits = Vec::new();
+        for round in 0..3 {
+            for i in 0..40 {
+                let kptfile = repo
+                    .blob(format!("kind: Kptfile\nmetadata:\n  name: p{i}-{round}\n").as_bytes())
+                    .unwrap();
+                let mut package = repo.treebuilder(None).unwrap();
+                package.insert("Kptfile", kptfile, 0o100644).unwrap();
+                root.insert(format!("p{i:03}"), package.write().unwrap(), 0o040000)
+                    .unwrap();
+            }
+            let tree = repo.find_tree(root.write().unwrap()).unwrap();
+            let parents: Vec<git2::Commit<'_>> = commits
+                .last()
+                .map(|c| repo.find_commit(*c).unwrap())
+                .into_iter()
+                .collect();
+            let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+            let commit = repo
+                .commit(
+                    Some("refs/heads/main"),
+                    &signature,
+                    &signature,
+                    &format!("round {round}"),
+                    &tree,
+                    &parents,
+                )
+                .unwrap();
+            commits.push(commit);
+        }
+        // Tags v1..v3 on the three rounds, a draft for every other package:
+        // 40 × 3 + 20 = 140 refs; plus 40 placeholders.
+        for i in 0..40 {
+            for (v, commit) in commits.iter().enumerate() {
+                repo.reference(&format!("refs/tags/p{i:03}/v{}", v + 1), *commit, false, "")
+                    .unwrap();
+            }
+            if i % 2 == 0 {
+                repo.reference(
+                    &format!("refs/heads/drafts/p{i:03}/ws"),
+                    commits[0],
+                    false,
+                    "",
+                )
+                .unwrap();
+            }
+        }
+        let whole = discover(dir.path(), "main", "").unwrap();
+        assert_eq!(whole.revisions.len(), 180);
+        assert_eq!(whole.revisions.iter().filter(|r| r.latest).count(), 40);
+
+        let mut stream =
+            DiscoveryStream::open_on(dir.path(), "main", "", Some(2), None, None).unwrap();
+        stream.handle_refs_max = 100;
+        let mut batched = Vec::new();
+        let mut batches = 0;
+        loop {
+            let batch = stream.next_batch(7).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 7);
+            batches += 1;
+            batched.extend(batch);
+        }
+        assert_eq!(batches, 180usize.div_ceil(7));
+        batched.sort_by(|a, b| {
+            (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
+                &b.path,
+                &b.package,
+                b.revision,
+                &b.workspace,
+                b.lifecycle,
+            ))
+        });
+        assert_eq!(batched, whole.revisions);
     }
 
     #[test]

@@ -69,15 +69,6 @@ impl GitCache {
         // git does); libgit2 would otherwise hash every object again on
         // each read, a third of a large discovery.
         git2::opts::strict_hash_verification(false);
-        // libgit2 keeps the commits and trees it parsed in a cache of up
-        // to 256 MiB (its own count of their raw sizes; in memory they
-        // take several times that): a discovery of 100,000 revisions,
-        // whose trees are each read once or twice, left ~80 MiB there,
-        // outside every sync's memory budget. Without it a first sync is
-        // no slower: discovery keeps what it reuses itself (file listings
-        // per tree, annotations per commit), and objects are read from the
-        // mapped pack.
-        git2::opts::enable_caching(false);
         GitCache { root: root.into() }
     }
 
