@@ -17,7 +17,8 @@
 //!   — the repository domain: the RepositoryActor
 //!   (`StreamWriter<Repository>`), its pure decisions, its errors;
 //!   [`schedule`] — a SyncManager per repository decides when it syncs.
-//! - [`timing`] — the clock and the node-wide sync slots, shared by
+//! - [`timing`] — the clock, the node-wide sync slots and the syncs'
+//!   memory budget, shared by
 //!   [`schedule`] and [`repository`] (neither imports the other for them;
 //!   [`schedule`] does not import [`repository`] at all).
 //! - [`watch`] — watches: the per-node [`watch::WatchHub`] (follows the

@@ -257,6 +257,12 @@ pub struct SyncSection {
     pub jitter: Duration,
     /// Syncs running at once on the node. Default: 4.
     pub max_concurrent: usize,
+    /// Memory all running syncs may hold at once for the package
+    /// revisions they read, store and append, in bytes: each sync works in
+    /// chunks reserved from it (see `cairn_actors::timing::budget`).
+    /// Between 65536 (64 KiB) and 2^40 (1 TiB). Default: 268435456
+    /// (256 MiB).
+    pub memory_budget_bytes: u64,
     /// Delay before retrying a failed sync, by error class.
     pub retry: RetrySection,
 }
@@ -289,6 +295,7 @@ impl Default for SyncSection {
             interval: d.interval,
             jitter: d.jitter,
             max_concurrent: d.max_concurrent,
+            memory_budget_bytes: cairn_actors::timing::budget::DEFAULT_BUDGET_BYTES,
             retry: RetrySection {
                 network: d.retry.network,
                 timeout: d.retry.timeout,
@@ -307,6 +314,11 @@ impl Default for RetrySection {
 }
 
 impl SyncSection {
+    /// The memory budget the node's syncs share.
+    pub fn budget(&self) -> cairn_actors::timing::SyncBudget {
+        cairn_actors::timing::SyncBudget::new(self.memory_budget_bytes, self.max_concurrent)
+    }
+
     /// The policy the sync managers follow.
     pub fn policy(&self) -> cairn_actors::schedule::SyncPolicy {
         cairn_actors::schedule::SyncPolicy {
@@ -550,6 +562,19 @@ impl NodeConfig {
                 ),
             );
         }
+        let (min, max) = (
+            cairn_actors::timing::budget::MIN_BUDGET_BYTES,
+            cairn_actors::timing::budget::MAX_BUDGET_BYTES,
+        );
+        if !(min..=max).contains(&self.sync.memory_budget_bytes) {
+            return bad(
+                "sync.memory-budget-bytes",
+                format!(
+                    "must be between {min} and {max}, got {}",
+                    self.sync.memory_budget_bytes
+                ),
+            );
+        }
         let r = &self.sync.retry;
         for (key, delay) in [
             ("network", r.network),
@@ -751,6 +776,19 @@ mod tests {
         assert_eq!(c.nats.urls, ["nats://a:4222", "nats://b:4222"]);
         std::env::remove_var("CAIRN_NATS__URLS");
 
+        std::env::set_var("CAIRN_SYNC__MEMORY_BUDGET_BYTES", "1048576");
+        let c = NodeConfig::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.sync.memory_budget_bytes, 1 << 20);
+        std::env::set_var("CAIRN_SYNC__MEMORY_BUDGET_BYTES", "-1");
+        let err = NodeConfig::load(None, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("configuration: sync.memory-budget-bytes: invalid"),
+            "{err}"
+        );
+        std::env::remove_var("CAIRN_SYNC__MEMORY_BUDGET_BYTES");
+
         std::env::set_var("CAIRN_PUBLISHER__MAX_IN_FLIGHT", "lots");
         let err = NodeConfig::load(None, &Overrides::default())
             .unwrap_err()
@@ -827,6 +865,17 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "configuration: sync.max-concurrent: must be between 1 and 1024, got 0"
         );
+        let mut c = NodeConfig::default();
+        c.sync.memory_budget_bytes = 1000;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "configuration: sync.memory-budget-bytes: must be between 65536 and 1099511627776, got 1000"
+        );
+        c.sync.memory_budget_bytes = 1 << 20;
+        c.sync.max_concurrent = 2;
+        c.validate().unwrap();
+        // Shared so that each sync allowed at once holds two chunks.
+        assert_eq!(c.sync.budget().chunk_bytes(), 256 << 10);
         let mut c = NodeConfig::default();
         c.sync.retry.auth = Duration::from_millis(10);
         assert_eq!(

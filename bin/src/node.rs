@@ -18,6 +18,7 @@ use cairn_actors::{
     repository::upstream::{Fetches, Secrets, SyncEnv},
     schedule::{Clock, Scheduling, SlotState, SyncSlots, SystemClock},
     service::{CairnService, ServiceConfig},
+    timing::BudgetState,
 };
 use cairn_storage::{views::default_views, Store};
 use tracing::{info, warn};
@@ -39,6 +40,7 @@ pub struct Node {
     publisher: Addr<Publisher>,
     registry: Addr<Registry>,
     slots: tokio::sync::watch::Receiver<SlotState>,
+    budget: tokio::sync::watch::Receiver<BudgetState>,
     service: CairnService,
     local_nats: Option<LocalNatsServer>,
 }
@@ -123,6 +125,7 @@ impl Node {
             release_memory: crate::memory::release,
             discoveries: Default::default(),
             slots: SyncSlots::new(config.sync.max_concurrent),
+            budget: config.sync.budget(),
             refs_read: Default::default(),
             write: config.git.write_config(),
         });
@@ -131,6 +134,7 @@ impl Node {
             clock,
         };
         let slots = env.slots.subscribe();
+        let budget = env.budget.subscribe();
         let registry = tokio::task::spawn_blocking(move || Registry::load(env, scheduling))
             .await??
             .start();
@@ -155,6 +159,7 @@ impl Node {
             publisher,
             registry,
             slots,
+            budget,
             service,
             local_nats,
         })
@@ -164,6 +169,12 @@ impl Node {
     /// and as they change.
     pub fn sync_slots(&self) -> tokio::sync::watch::Receiver<SlotState> {
         self.slots.clone()
+    }
+
+    /// What the syncs' chunks hold of `sync.memory-budget-bytes`, and how
+    /// many they appended, now and as it changes.
+    pub fn sync_budget(&self) -> tokio::sync::watch::Receiver<BudgetState> {
+        self.budget.clone()
     }
 
     /// The local nats-server, when the node started one.

@@ -68,8 +68,11 @@
 //! `blobs` row, large ones streamed to a temporary file (hashed on the way,
 //! fsynced, renamed into its content-addressed place, directory fsynced);
 //! the writer's pin keeps it from collection until that event commits.
-//! Compaction and garbage collection also run on the writer thread, so no
-//! commit interleaves with them.
+//! Compaction also runs on the writer thread, so no commit interleaves
+//! with it. Garbage collection scans off it (a snapshot, on the caller's
+//! thread) and hands its candidates to the writer in small batches, where
+//! each is deleted only if nothing references or pins it then (see
+//! `store::blobs`).
 
 pub mod append;
 pub mod blob;

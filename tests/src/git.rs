@@ -85,6 +85,48 @@ impl GitFixture {
         }
     }
 
+    /// A new repository in `dir` with `packages` packages on `main`
+    /// (`pkg-000`, `pkg-001`, …, each a `Kptfile` and `files` config maps
+    /// `cm-NNN.yaml`, in one commit), each tagged `pkg-NNN/v1` …
+    /// `pkg-NNN/v<tags>` on that commit: `packages × (tags + 1)` package
+    /// revisions. Returns it with the object names of its revisions in
+    /// repository `repository`, sorted.
+    pub fn with_packages(
+        dir: &Path,
+        repository: &str,
+        packages: usize,
+        tags: usize,
+        files: usize,
+    ) -> (Self, Vec<String>) {
+        let fixture = Self::init(dir, "main");
+        let mut names = Vec::new();
+        for p in 0..packages {
+            let package = format!("pkg-{p:03}");
+            fixture.write(
+                &format!("{package}/Kptfile"),
+                format!("apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: {package}\n"),
+            );
+            for f in 0..files {
+                fixture.write(
+                    &format!("{package}/cm-{f:03}.yaml"),
+                    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {package}-{f}\ndata:\n  index: \"{p}\"\n"),
+                );
+            }
+            names.push(format!("{repository}.{package}.main"));
+            for v in 1..=tags {
+                names.push(format!("{repository}.{package}.v{v}"));
+            }
+        }
+        let commit = fixture.commit("packages");
+        for p in 0..packages {
+            for v in 1..=tags {
+                fixture.tag(&format!("pkg-{p:03}/v{v}"), &commit);
+            }
+        }
+        names.sort();
+        (fixture, names)
+    }
+
     /// The existing work tree at `dir` (its repository in `dir/.git`).
     pub fn open(dir: &Path) -> Self {
         assert!(dir.join(".git").exists(), "{} holds no .git", dir.display());

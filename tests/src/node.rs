@@ -239,6 +239,11 @@ pub struct ChildNode {
 /// The line a node prints once it serves: `cairn node ready: NATS <url> …`.
 pub const READY_PREFIX: &str = "cairn node ready: NATS ";
 
+/// The environment variable that makes a `cairn-under-test` node kill
+/// itself (SIGKILL, as `kill -9` would) right after the N-th chunk of a
+/// sync committed: `N` in decimal. For crash tests of chunked syncs.
+pub const KILL_AFTER_SYNC_CHUNKS: &str = "CAIRN_TEST_KILL_AFTER_SYNC_CHUNKS";
+
 impl ChildNode {
     /// A command for `cairn node --data-dir <data_dir> <args>`: no NATS URL
     /// from the environment, warnings only, output piped.
@@ -263,7 +268,16 @@ impl ChildNode {
 
     /// [`Self::start`] with other arguments.
     pub fn start_with(cli: &Cli, data_dir: &Path, args: &[&str]) -> Self {
-        Self::start_command(Self::command(cli, data_dir, args))
+        Self::start_with_env(cli, data_dir, args, &[])
+    }
+
+    /// [`Self::start_with`] with environment variables set for the node
+    /// (configuration as `CAIRN_…`, or a test hook of `cairn-under-test`
+    /// such as [`KILL_AFTER_SYNC_CHUNKS`]).
+    pub fn start_with_env(cli: &Cli, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Self::command(cli, data_dir, args);
+        command.envs(env.iter().copied());
+        Self::start_command(command)
     }
 
     /// Starts `command` (from [`Self::command`], e.g. with more
@@ -318,6 +332,19 @@ impl ChildNode {
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         self.guard.signal(Signal::SIGTERM);
         self.guard.wait_timeout(timeout)
+    }
+
+    /// Waits (bounded by `timeout`) for the node to exit by itself — a
+    /// crash a test provoked — and kills what it started (its nats-server,
+    /// which a node that died without shutting down leaves behind), so
+    /// another node can start on its data directory. Its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let below = self.children();
+        let status = self.guard.wait_timeout(timeout);
+        for pid in below {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        status
     }
 }
 

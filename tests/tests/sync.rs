@@ -23,7 +23,9 @@ use cairn_events::{
     StreamId,
 };
 use cairn_storage::{views::RepositoriesView, EventLog, ExpectedVersion};
-use cairn_tests::{git, unpack, within, ClosedPort, TestDir, TestNode, TestNodeBuilder, WAIT};
+use cairn_tests::{
+    git, unpack, within, ClosedPort, GitFixture, TestDir, TestNode, TestNodeBuilder, WAIT,
+};
 use serde_json::{json, Value};
 
 /// 2026-11-21T10:00:00Z: where the tests' clocks start.
@@ -936,4 +938,288 @@ async fn a_stored_schedule_that_never_fires_costs_no_time_and_gets_the_interval(
     assert!(slowest_get < QUICK, "a repo.get took {slowest_get:?}");
     assert_eq!(next_sync(&node, "a").await, Some((at_1001, "schedule")));
     node.shutdown().await;
+}
+
+/// `(type, name)` of every package revision event of `events`, in log
+/// order.
+fn revision_events(events: &[Value]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in events {
+        let kind = e["type"].as_str().unwrap();
+        let name = match kind {
+            "PackageRevisionAdded" => &e["event"]["package_revision_added"]["revision"]["name"],
+            "PackageRevisionModified" => {
+                &e["event"]["package_revision_modified"]["revision"]["name"]
+            }
+            "PackageRevisionDeleted" => &e["event"]["package_revision_deleted"]["name"],
+            _ => continue,
+        };
+        out.push((kind.to_owned(), name.as_str().unwrap().to_owned()));
+    }
+    out
+}
+
+/// The names `pkgrev.list` lists for repository `name`, sorted.
+async fn listed(client: &cairn_tests::Client, name: &str) -> Vec<String> {
+    let reply = client
+        .ok(
+            "pkgrev.list",
+            json!({"namespace": "team-a", "repository": name}),
+        )
+        .await;
+    let mut names: Vec<String> = reply["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[actix_rt::test]
+async fn first_syncs_larger_than_the_memory_budget_are_appended_in_chunks_within_it() {
+    let dir = TestDir::new();
+    // Two repositories of 60 revisions (20 packages, a placeholder and two
+    // tags each): about 3 KiB each in flight, so each sync alone needs
+    // several times the 64 KiB the two share.
+    let (a, a_names) = GitFixture::with_packages(&dir.path().join("a"), "a", 20, 2, 1);
+    let (b, b_names) = GitFixture::with_packages(&dir.path().join("b"), "b", 20, 2, 1);
+    let config = config(&dir.path().join("data")).configure(|c| {
+        c.sync.memory_budget_bytes = 64 << 10;
+        c.sync.max_concurrent = 2;
+    });
+    let (node, _clock) = start(config).await;
+    let budget = node.sync_budget();
+
+    // Both first syncs at once.
+    for (name, fixture) in [("a", &a), ("b", &b)] {
+        let mut request = register(name, &fixture.url());
+        request["wait"] = json!(false);
+        node.client().ok("repo.register", request).await;
+    }
+    for (name, names) in [("a", &a_names), ("b", &b_names)] {
+        let events = finished_sync(&node, name, 0).await;
+        let kinds = kinds(&events);
+        assert_eq!(kinds.last(), Some(&"SyncSucceeded"), "{name}: {kinds:?}");
+        assert_eq!(
+            events.last().unwrap()["event"]["sync_succeeded"]["added"],
+            json!(60),
+            "{name}"
+        );
+        assert_eq!(
+            events.last().unwrap()["event"]["sync_succeeded"]["package_count"],
+            json!(60),
+            "{name}"
+        );
+        // Every revision added once, nothing else.
+        let mut added: Vec<String> = revision_events(&events)
+            .into_iter()
+            .map(|(kind, name)| {
+                assert_eq!(kind, "PackageRevisionAdded");
+                name
+            })
+            .collect();
+        added.sort();
+        assert_eq!(&added, names, "{name}");
+        assert_eq!(&listed(node.client(), name).await, names, "{name}");
+    }
+    let state = *budget.borrow();
+    // In several appends each, never holding more than the budget.
+    assert!(
+        state.chunks_appended > 2,
+        "two syncs of 60 revisions in {} chunks",
+        state.chunks_appended
+    );
+    assert!(
+        state.peak_bytes <= 64 << 10,
+        "peak reservation {} bytes",
+        state.peak_bytes
+    );
+    assert_eq!(state.reserved_bytes, 0);
+
+    // A package goes upstream (and the branch moves): a chunked resync
+    // reads every revision again, and deletes only the three that are
+    // gone — never one it has not reached yet.
+    a.git(&["rm", "-r", "-q", "pkg-005"]);
+    a.commit("remove pkg-005");
+    a.git(&["tag", "-d", "pkg-005/v1", "pkg-005/v2"]);
+    let chunks_before = state.chunks_appended;
+    let changes = sync_reading(&node, "a", 38).await;
+    assert_eq!(
+        changes,
+        [
+            change("Deleted", "a.pkg-005.main"),
+            change("Deleted", "a.pkg-005.v1"),
+            change("Deleted", "a.pkg-005.v2"),
+        ]
+    );
+    let mut left = a_names.clone();
+    left.retain(|n| !n.starts_with("a.pkg-005."));
+    assert_eq!(listed(node.client(), "a").await, left);
+    let state = *budget.borrow();
+    assert!(state.chunks_appended > chunks_before);
+    assert!(state.peak_bytes <= 64 << 10);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn syncs_whose_revisions_each_exceed_the_budget_take_turns_and_finish() {
+    let dir = TestDir::new();
+    // Revisions of 200 files: each alone is estimated above the whole
+    // 64 KiB budget, so each chunk takes all of it, and two syncs must
+    // take turns (neither may wait for the budget while holding part).
+    let (a, a_names) = GitFixture::with_packages(&dir.path().join("a"), "a", 3, 1, 200);
+    let (b, b_names) = GitFixture::with_packages(&dir.path().join("b"), "b", 3, 1, 200);
+    let config = config(&dir.path().join("data")).configure(|c| {
+        c.sync.memory_budget_bytes = 64 << 10;
+        c.sync.max_concurrent = 2;
+    });
+    let (node, _clock) = start(config).await;
+    let budget = node.sync_budget();
+    for (name, fixture) in [("a", &a), ("b", &b)] {
+        let mut request = register(name, &fixture.url());
+        request["wait"] = json!(false);
+        node.client().ok("repo.register", request).await;
+    }
+    for (name, names) in [("a", &a_names), ("b", &b_names)] {
+        let events = finished_sync(&node, name, 0).await;
+        assert_eq!(
+            events.last().unwrap()["event"]["sync_succeeded"]["added"],
+            json!(6),
+            "{name}: {:?}",
+            kinds(&events)
+        );
+        assert_eq!(&listed(node.client(), name).await, names, "{name}");
+    }
+    let state = *budget.borrow();
+    assert_eq!(state.chunks_appended, 12, "one revision a chunk");
+    assert_eq!(state.peak_bytes, 64 << 10, "never more than the budget");
+    assert_eq!(state.reserved_bytes, 0);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_duplicates() {
+    use cairn_storage::{views::PackageRevisionsView, Store, StoreConfig};
+    use cairn_tests::{cairn_cli, ChildNode, Client, KILL_AFTER_SYNC_CHUNKS};
+
+    let dir = TestDir::new();
+    let (upstream, names) =
+        GitFixture::with_packages(&dir.path().join("upstream"), "big", 20, 2, 1);
+    let data = dir.path().join("data");
+    let cli = cairn_cli!();
+
+    // A node that dies (SIGKILL) right after the second chunk of a sync
+    // committed; the budget makes chunks of a few revisions.
+    let mut node = tokio::task::spawn_blocking({
+        let (cli, data) = (cli.clone(), data.clone());
+        move || {
+            ChildNode::start_with_env(
+                &cli,
+                &data,
+                &["--nats-listen", "127.0.0.1:0"],
+                &[
+                    ("CAIRN_SYNC__MEMORY_BUDGET_BYTES", "65536"),
+                    (KILL_AFTER_SYNC_CHUNKS, "2"),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let client = Client::connect(node.url()).await;
+    let mut request = register("big", &upstream.url());
+    request["wait"] = json!(false);
+    // The node may die before its reply reaches us: the log says what
+    // happened.
+    let _ = client.call("repo.register", request).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = node.wait_exit(WAIT);
+        (node, status)
+    })
+    .await
+    .unwrap()
+    .1;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+
+    // What the crash left: the sync opened, two chunks of it, nothing more.
+    let store_config = StoreConfig::new(cairn::config::store_dir(&data));
+    let store = Store::open(store_config, cairn_storage::views::default_views()).unwrap();
+    let stream = cairn_events::StreamId::repository("team-a", "big").unwrap();
+    let left = store.read_stream(&stream, 1, usize::MAX).unwrap();
+    let left_kinds: Vec<String> = left
+        .iter()
+        .map(|e| {
+            cairn_events::envelope::EventKind::of(
+                e.event.as_ref().unwrap().payload.as_ref().unwrap(),
+            )
+            .name()
+            .to_owned()
+        })
+        .collect();
+    let partial = left_kinds
+        .iter()
+        .filter(|k| *k == "PackageRevisionAdded")
+        .count();
+    assert!(
+        partial > 0 && partial < names.len(),
+        "the crash left {partial} of {} revisions: {left_kinds:?}",
+        names.len()
+    );
+    let mut want = vec!["RepositoryRegistered".to_owned(), "SyncStarted".to_owned()];
+    want.extend(std::iter::repeat_n(
+        "PackageRevisionAdded".to_owned(),
+        partial,
+    ));
+    assert_eq!(left_kinds, want);
+    let rows = PackageRevisionsView::list(&store, Some("team-a"), Some("big"), None, 1000).unwrap();
+    assert_eq!(rows.len(), partial, "the views hold the committed chunks");
+    drop(store);
+
+    // Restarted, the node syncs the repository again (at start, and once
+    // more when asked): the reconciliation completes.
+    let node = tokio::task::spawn_blocking({
+        let (cli, data) = (cli.clone(), data.clone());
+        move || ChildNode::start(&cli, &data)
+    })
+    .await
+    .unwrap();
+    let client = Client::connect(node.url()).await;
+    let reply = client.ok("repo.sync", key("big")).await;
+    assert_eq!(reply["sync"]["package_count"], json!(names.len()));
+    assert_eq!(listed(&client, "big").await, names);
+    let log = client
+        .ok(
+            "log.read",
+            json!({"stream": "repo/team-a/big", "limit": 1000}),
+        )
+        .await;
+    let events = log["events"].as_array().unwrap();
+    // Each revision added exactly once over both runs; nothing modified
+    // or deleted.
+    let changes = revision_events(events);
+    let mut added: Vec<String> = changes
+        .iter()
+        .filter(|(kind, _)| kind == "PackageRevisionAdded")
+        .map(|(_, name)| name.clone())
+        .collect();
+    assert_eq!(added.len(), changes.len(), "{changes:?}");
+    added.sort();
+    assert_eq!(added, names);
+    // The first sync after the crash added what it had left out.
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "SyncSucceeded")
+        .expect("a successful sync after the restart");
+    assert_eq!(
+        done["event"]["sync_succeeded"]["added"],
+        json!(names.len() - partial)
+    );
+    assert_eq!(
+        done["event"]["sync_succeeded"]["package_count"],
+        json!(names.len())
+    );
+    drop(node);
 }

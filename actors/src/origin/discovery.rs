@@ -20,6 +20,7 @@
 //!   `init` or `clone` task; reported oldest first.
 //! - Any other ref adds nothing; refs whose package is missing are skipped.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -162,7 +163,7 @@ pub fn package_of_ref(name: &str) -> Option<&str> {
 
 /// [`discover`] on `threads` threads (`None`: one below
 /// [`PARALLEL_REFS_MIN`] refs, else the available cores up to
-/// [`THREADS_MAX`]).
+/// [`THREADS_MAX`]): the whole stream collected and sorted.
 fn discover_on(
     path: &Path,
     branch: &str,
@@ -171,17 +172,29 @@ fn discover_on(
     only: Option<&HashSet<String>>,
     refs: Option<&HashSet<String>>,
 ) -> Result<Discovery, OriginError> {
-    let repo = open(path)?;
-    Discoverer {
-        repo: &repo,
-        branch,
-        directory: directory.trim_matches('/'),
-        annotations: Arc::default(),
-        local_annotations: HashMap::new(),
-        resources: HashMap::new(),
-        history: Arc::default(),
+    let mut stream = DiscoveryStream::open_on(path, branch, directory, threads, only, refs)?;
+    let mut revisions = Vec::new();
+    loop {
+        let batch = stream.next_batch(usize::MAX)?;
+        if batch.is_empty() {
+            break;
+        }
+        revisions.extend(batch);
     }
-    .run(path, threads, only, refs)
+    revisions.sort_by(|a, b| {
+        (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
+            &b.path,
+            &b.package,
+            b.revision,
+            &b.workspace,
+            b.lifecycle,
+        ))
+    });
+    Ok(Discovery {
+        branch_commit: stream.branch_commit(),
+        revisions,
+        refs_read: stream.refs_read(),
+    })
 }
 
 fn open(path: &Path) -> Result<Repository, OriginError> {
@@ -197,6 +210,23 @@ fn open(path: &Path) -> Result<Repository, OriginError> {
 const PARALLEL_REFS_MIN: usize = 512;
 /// Most threads one discovery uses.
 const THREADS_MAX: usize = 4;
+/// Package trees whose file listing one discoverer keeps for reuse
+/// (revisions often share a tree); past it the cache starts over, so a
+/// discovery's memory does not grow with the repository.
+const TREE_CACHE_MAX_TREES: usize = 4096;
+/// Commits beyond the history index whose parsed annotations one
+/// discoverer keeps; past it the cache starts over.
+const ANNOTATION_CACHE_MAX_COMMITS: usize = 16_384;
+/// Refs a discovery reads through one repository handle before it opens
+/// the repository again. libgit2 caches every commit and tree read through
+/// a handle until the handle goes (up to 256 MiB for the process, counted
+/// as raw sizes; in memory several times that): a discovery of 100,000
+/// revisions left ~80 MiB there. Opening again every so many refs keeps
+/// what the cache is good for — the commits and upper trees each batch
+/// reads again and again — and drops the package trees read once (with
+/// the cache off, reading took twice as long; at 8192 two syncs of
+/// 100,000 revisions peaked ~10 MiB higher than at 2048, no faster).
+const HANDLE_REFS_MAX: usize = 2048;
 
 /// How a ref contributes to the listing.
 enum RefKind<'a> {
@@ -211,18 +241,393 @@ enum RefKind<'a> {
     },
 }
 
-struct Discoverer<'a> {
-    repo: &'a Repository,
-    branch: &'a str,
+/// Where a ref goes in a stream: by package; within one, tags from the
+/// highest revision down, then drafts and proposals by workspace, a
+/// proposal before a draft of the same workspace. So the first revision
+/// a package yields under a name is the one a full listing would keep for
+/// that name (the highest revision, then the furthest lifecycle), and its
+/// first tag that yields a revision is its latest.
+fn ref_order(name: &str) -> (&str, u8, Reverse<i64>, &str, Reverse<Lifecycle>) {
+    match classify(name) {
+        Some(RefKind::Tag { package, revision }) => (
+            package,
+            0,
+            Reverse(revision),
+            "",
+            Reverse(Lifecycle::Published),
+        ),
+        Some(RefKind::Unpublished {
+            package,
+            workspace,
+            lifecycle,
+        }) => (package, 1, Reverse(0), workspace, Reverse(lifecycle)),
+        None => ("", 2, Reverse(0), "", Reverse(Lifecycle::Draft)),
+    }
+}
+
+/// A discovery that hands out its package revisions in batches
+/// ([`DiscoveryStream::next_batch`]) instead of collecting them all: what
+/// a sync of a large repository holds at once is one batch, not the
+/// repository. Opening it reads what the batches need and what is small
+/// next to the revisions — the ref names, the history index (one entry per
+/// commit), the deletion markers; each batch then reads its revisions'
+/// trees, tasks and publishing info.
+///
+/// Order: the tags, drafts and proposals by package (see [`ref_order`]),
+/// then the placeholders of the packages on the registered branch, by
+/// package. Batches are deterministic: the same repository yields the same
+/// batches for the same sizes. Each revision's `latest` is final when it is
+/// handed out.
+pub struct DiscoveryStream {
+    main: Discoverer,
+    /// The other threads' discoverers (own repository handles and caches),
+    /// opened for the first batch large enough to split.
+    helpers: Vec<Discoverer>,
+    threads: usize,
+    path: std::path::PathBuf,
+    branch_commit: Option<Oid>,
+    /// Tags, drafts and proposals to read, in [`ref_order`].
+    refs: Vec<(String, Oid)>,
+    next_ref: usize,
+    deletion_proposed: HashSet<String>,
+    /// Packages to read (all when `None`), sorted.
+    only: Option<Vec<String>>,
+    /// Placeholders to read: listed once the refs are done.
+    placeholders: Option<Vec<(String, Oid)>>,
+    next_placeholder: usize,
+    /// With `only_refs` ([`discover_refs`]): each package's highest tag by
+    /// name, which decides `latest` there.
+    highest_tag: Option<HashMap<String, i64>>,
+    /// Packages (path, name) whose latest revision was handed out.
+    latest_done: HashSet<(String, String)>,
+    refs_read: usize,
+    /// Refs and placeholders read since the handles were opened.
+    read_since_open: usize,
+    /// Refs and placeholders read through the handles before they are
+    /// opened again ([`HANDLE_REFS_MAX`]; tests lower it).
+    handle_refs_max: usize,
+}
+
+impl std::fmt::Debug for DiscoveryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoveryStream")
+            .field("path", &self.path)
+            .field("refs", &self.refs.len())
+            .field("next_ref", &self.next_ref)
+            .field("next_placeholder", &self.next_placeholder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscoveryStream {
+    /// A stream of the revisions [`discover`] lists (of `only`'s packages,
+    /// full paths, when given — [`discover_packages`]).
+    pub fn open(
+        path: &Path,
+        branch: &str,
+        directory: &str,
+        only: Option<&HashSet<String>>,
+    ) -> Result<Self, OriginError> {
+        Self::open_on(path, branch, directory, None, only, None)
+    }
+
+    fn open_on(
+        path: &Path,
+        branch: &str,
+        directory: &str,
+        threads: Option<usize>,
+        only: Option<&HashSet<String>>,
+        only_refs: Option<&HashSet<String>>,
+    ) -> Result<Self, OriginError> {
+        let mut main = Discoverer {
+            repo: open(path)?,
+            branch: branch.to_owned(),
+            directory: directory.trim_matches('/').to_owned(),
+            annotations: Arc::default(),
+            local_annotations: HashMap::new(),
+            resources: HashMap::new(),
+            history: Arc::default(),
+        };
+        let main_ref = format!("refs/heads/{branch}");
+        let mut highest_tag: HashMap<String, i64> = HashMap::new();
+        let mut tip = None;
+        let mut others = Vec::new();
+        let mut deletion_proposed = HashSet::new();
+        for reference in main.repo.references().map_err(map_git_error)? {
+            let reference = reference.map_err(map_git_error)?;
+            let Ok(name) = reference.name() else {
+                continue;
+            };
+            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+                continue;
+            }
+            let Ok(commit) = reference.peel_to_commit() else {
+                continue; // tag of a tree or blob
+            };
+            if name == main_ref {
+                tip = Some(commit.id());
+            } else if let Some(key) = name.strip_prefix("refs/heads/deletionProposed/") {
+                deletion_proposed.insert(key.to_owned());
+            } else if only.is_none_or(|only| {
+                package_of_ref(name).is_some_and(|package| only.contains(package))
+            }) {
+                if let Some(only_refs) = only_refs {
+                    if let Some(RefKind::Tag { package, revision }) = classify(name) {
+                        let highest = highest_tag.entry(package.to_owned()).or_default();
+                        *highest = (*highest).max(revision);
+                    }
+                    if !only_refs.contains(name) {
+                        continue;
+                    }
+                }
+                others.push((name.to_owned(), commit.id()));
+            }
+        }
+        let refs_read = others.len();
+        let starts: Vec<Oid> = tip
+            .into_iter()
+            .chain(others.iter().map(|(_, c)| *c))
+            .collect();
+        let started = std::time::Instant::now();
+        main.index_history(&starts, tip)?;
+        // Refs that name no revision are dropped here; the rest sorted so
+        // each package's revisions come together, best first.
+        others.retain(|(name, _)| classify(name).is_some());
+        // (Keys computed once per ref: comparing would parse each name
+        // again at every comparison.)
+        others.sort_by_cached_key(|(name, _)| {
+            let (package, class, revision, workspace, lifecycle) = ref_order(name);
+            (
+                package.to_owned(),
+                class,
+                revision,
+                workspace.to_owned(),
+                lifecycle,
+                name.clone(),
+            )
+        });
+        let threads = threads.unwrap_or_else(|| {
+            if others.len() < PARALLEL_REFS_MIN {
+                1
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(THREADS_MAX))
+            }
+        });
+        tracing::debug!(
+            threads,
+            refs = others.len(),
+            index_ms = started.elapsed().as_millis(),
+            "discovery opened"
+        );
+        let only = only.map(|only| {
+            let mut packages: Vec<String> = only.iter().cloned().collect();
+            packages.sort();
+            packages
+        });
+        Ok(Self {
+            main,
+            helpers: Vec::new(),
+            threads,
+            path: path.to_path_buf(),
+            branch_commit: tip,
+            refs: others,
+            next_ref: 0,
+            deletion_proposed,
+            only,
+            placeholders: None,
+            next_placeholder: 0,
+            highest_tag: only_refs.map(|_| highest_tag),
+            latest_done: HashSet::new(),
+            refs_read,
+            read_since_open: 0,
+            handle_refs_max: HANDLE_REFS_MAX,
+        })
+    }
+
+    /// Commit (hex) of the registered branch; `None` when it does not exist.
+    pub fn branch_commit(&self) -> Option<String> {
+        self.branch_commit.map(|c| c.to_string())
+    }
+
+    /// Tags, drafts and proposals this discovery reads.
+    pub fn refs_read(&self) -> usize {
+        self.refs_read
+    }
+
+    /// The next at most `max_revisions` (at least one) revisions; none once
+    /// every revision was handed out.
+    pub fn next_batch(
+        &mut self,
+        max_revisions: usize,
+    ) -> Result<Vec<DiscoveredRevision>, OriginError> {
+        let max_revisions = max_revisions.max(1);
+        if self.read_since_open >= self.handle_refs_max {
+            self.reopen()?;
+        }
+        let mut out = Vec::new();
+        // Refs that yield no revision (a tag of a commit without the
+        // package) leave room in the batch: read on until it is full.
+        while out.len() < max_revisions && self.next_ref < self.refs.len() {
+            let end = self
+                .next_ref
+                .saturating_add(max_revisions - out.len())
+                .min(self.refs.len());
+            let found = self.read_refs(self.next_ref, end)?;
+            self.read_since_open += end - self.next_ref;
+            self.next_ref = end;
+            for mut revision in found.into_iter().flatten() {
+                self.set_latest(&mut revision);
+                out.push(revision);
+            }
+        }
+        if out.len() < max_revisions && self.next_ref == self.refs.len() {
+            if self.placeholders.is_none() {
+                self.placeholders = Some(self.list_placeholders()?);
+            }
+            let placeholders = self.placeholders.as_deref().unwrap_or_default();
+            let end = self
+                .next_placeholder
+                .saturating_add(max_revisions - out.len())
+                .min(placeholders.len());
+            let tip = self.branch_commit;
+            for (package, tree) in &placeholders[self.next_placeholder..end] {
+                let Some(tip) = tip else { break };
+                let dp_key = format!("{package}/{}", self.main.branch);
+                let lifecycle = if self.deletion_proposed.contains(&dp_key) {
+                    Lifecycle::DeletionProposed
+                } else {
+                    Lifecycle::Published
+                };
+                out.push(self.main.placeholder(package, *tree, tip, lifecycle)?);
+            }
+            self.read_since_open += end - self.next_placeholder;
+            self.next_placeholder = end;
+        }
+        Ok(out)
+    }
+
+    /// Opens the repository again for every handle (see
+    /// [`HANDLE_REFS_MAX`]), keeping the discoverers' own caches.
+    fn reopen(&mut self) -> Result<(), OriginError> {
+        self.main.repo = open(&self.path)?;
+        for helper in &mut self.helpers {
+            helper.repo = open(&self.path)?;
+        }
+        self.read_since_open = 0;
+        Ok(())
+    }
+
+    /// The revisions of refs `start..end` (`None` for a ref that yields
+    /// none), in order; on several threads when there are enough.
+    fn read_refs(
+        &mut self,
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<Option<DiscoveredRevision>>, OriginError> {
+        let refs = &self.refs[start..end];
+        let deletion_proposed = &self.deletion_proposed;
+        if self.threads <= 1 || refs.len() < PARALLEL_REFS_MIN {
+            return refs
+                .iter()
+                .map(|(name, commit)| self.main.read_ref(name, *commit, deletion_proposed))
+                .collect();
+        }
+        while self.helpers.len() + 1 < self.threads {
+            self.helpers.push(Discoverer {
+                repo: open(&self.path)?,
+                branch: self.main.branch.clone(),
+                directory: self.main.directory.clone(),
+                annotations: self.main.annotations.clone(),
+                local_annotations: HashMap::new(),
+                resources: HashMap::new(),
+                history: self.main.history.clone(),
+            });
+        }
+        // Each ref is independent given the index: split them over
+        // threads, each with its own repository handle and caches.
+        let parts = std::thread::scope(|scope| {
+            let workers: Vec<_> = std::iter::once(&mut self.main)
+                .chain(self.helpers.iter_mut())
+                .zip(refs.chunks(refs.len().div_ceil(self.threads)))
+                .map(|(discoverer, part)| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(name, commit)| {
+                                discoverer.read_ref(name, *commit, deletion_proposed)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(OriginError::Git("a discovery thread panicked".into()))
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut out = Vec::with_capacity(refs.len());
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// Sets `latest` on a revision as it is handed out: on a package's
+    /// first published revision N > 0 (its highest, see [`ref_order`]);
+    /// with `only_refs`, on its highest tag by name.
+    fn set_latest(&mut self, revision: &mut DiscoveredRevision) {
+        if !(revision.revision > 0 && revision.lifecycle.is_published()) {
+            return;
+        }
+        revision.latest = match &self.highest_tag {
+            Some(highest) => {
+                let full = package_path(&self.main.directory, &revision.path, &revision.package);
+                highest.get(&full) == Some(&revision.revision)
+            }
+            None => self
+                .latest_done
+                .insert((revision.path.clone(), revision.package.clone())),
+        };
+    }
+
+    /// The packages (full path, tree) whose placeholders to read.
+    fn list_placeholders(&self) -> Result<Vec<(String, Oid)>, OriginError> {
+        let Some(tip) = self.branch_commit else {
+            return Ok(Vec::new());
+        };
+        let mut found = match &self.only {
+            None => self.main.packages_on(tip)?,
+            Some(only) => {
+                let mut found = Vec::new();
+                for package in only {
+                    if let Some(tree) = self.main.package_at(tip, package)? {
+                        found.push((package.clone(), tree));
+                    }
+                }
+                found
+            }
+        };
+        found.sort();
+        Ok(found)
+    }
+}
+
+struct Discoverer {
+    repo: Repository,
+    branch: String,
     /// Registered directory without leading or trailing `/`; `""` = root.
-    directory: &'a str,
+    directory: String,
     /// Parsed annotations per commit, of every commit the history index
     /// visited (shared, read-only once the index is built).
     annotations: Arc<HashMap<Oid, Arc<[Annotation]>>>,
-    /// Parsed annotations of commits beyond the index.
+    /// Parsed annotations of commits beyond the index (bounded by
+    /// [`ANNOTATION_CACHE_MAX_COMMITS`]).
     local_annotations: HashMap<Oid, Arc<[Annotation]>>,
     /// Files and Kptfile labels per package tree: revisions often share a
-    /// tree.
+    /// tree (bounded by [`TREE_CACHE_MAX_TREES`]).
     resources: HashMap<Oid, PackageTree>,
     /// The history, indexed once (see [`History`]); shared by the threads
     /// of one discovery.
@@ -248,207 +653,39 @@ struct History {
     chain: HashMap<Oid, usize>,
 }
 
-impl Discoverer<'_> {
-    fn run(
-        mut self,
-        path: &Path,
-        threads: Option<usize>,
-        only: Option<&HashSet<String>>,
-        only_refs: Option<&HashSet<String>>,
-    ) -> Result<Discovery, OriginError> {
-        let main_ref = format!("refs/heads/{}", self.branch);
-        // With `only_refs`: the highest tag of each package, by name.
-        let mut highest_tag: HashMap<String, i64> = HashMap::new();
-        let mut main = None;
-        let mut others = Vec::new();
-        let mut deletion_proposed = HashSet::new();
-        for reference in self.repo.references().map_err(map_git_error)? {
-            let reference = reference.map_err(map_git_error)?;
-            let Ok(name) = reference.name() else {
-                continue;
-            };
-            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
-                continue;
-            }
-            let Ok(commit) = reference.peel_to_commit() else {
-                continue; // tag of a tree or blob
-            };
-            if name == main_ref {
-                main = Some(commit.id());
-            } else if let Some(key) = name.strip_prefix("refs/heads/deletionProposed/") {
-                deletion_proposed.insert(key.to_owned());
-            } else if only.is_none_or(|only| {
-                package_of_ref(name).is_some_and(|package| only.contains(package))
-            }) {
-                if let Some(only_refs) = only_refs {
-                    if let Some(RefKind::Tag { package, revision }) = classify(name) {
-                        let highest = highest_tag.entry(package.to_owned()).or_default();
-                        *highest = (*highest).max(revision);
-                    }
-                    if !only_refs.contains(name) {
-                        continue;
-                    }
-                }
-                others.push((name.to_owned(), commit.id()));
-            }
-        }
-        let refs_read = others.len();
-
-        let starts: Vec<Oid> = main
-            .into_iter()
-            .chain(others.iter().map(|(_, c)| *c))
-            .collect();
-        let started = std::time::Instant::now();
-        self.index_history(&starts, main)?;
-        let indexed = started.elapsed();
-
-        let mut revisions = Vec::new();
-        let threads = threads.unwrap_or_else(|| {
-            if others.len() < PARALLEL_REFS_MIN {
-                1
-            } else {
-                std::thread::available_parallelism().map_or(1, |n| n.get().min(THREADS_MAX))
-            }
-        });
-        if threads <= 1 {
-            revisions = self.refs(&others, &deletion_proposed)?;
-        } else {
-            // Each ref is independent given the index: split them over
-            // threads, each with its own repository handle and caches.
-            let (branch, directory) = (self.branch, self.directory);
-            let (history, annotations) = (&self.history, &self.annotations);
-            let deletion_proposed = &deletion_proposed;
-            let parts = std::thread::scope(|scope| {
-                let workers: Vec<_> = others
-                    .chunks(others.len().div_ceil(threads))
-                    .map(|part| {
-                        scope.spawn(move || {
-                            let repo = open(path)?;
-                            Discoverer {
-                                repo: &repo,
-                                branch,
-                                directory,
-                                annotations: annotations.clone(),
-                                local_annotations: HashMap::new(),
-                                resources: HashMap::new(),
-                                history: history.clone(),
-                            }
-                            .refs(part, deletion_proposed)
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            Err(OriginError::Git("a discovery thread panicked".into()))
-                        })
-                    })
-                    .collect::<Vec<_>>()
-            });
-            for part in parts {
-                revisions.extend(part?);
-            }
-        }
-        let refs_done = started.elapsed();
-        if let Some(tip) = main {
-            let on_branch = match only {
-                None => self.packages_on(tip)?,
-                Some(only) => {
-                    let mut found = Vec::new();
-                    for package in only {
-                        if let Some(tree) = self.package_at(tip, package)? {
-                            found.push((package.clone(), tree));
-                        }
-                    }
-                    found
-                }
-            };
-            for (package, tree) in on_branch {
-                let dp_key = format!("{package}/{}", self.branch);
+impl Discoverer {
+    /// The revision of one tag, draft or proposal, if it yields one.
+    fn read_ref(
+        &mut self,
+        name: &str,
+        commit: Oid,
+        deletion_proposed: &HashSet<String>,
+    ) -> Result<Option<DiscoveredRevision>, OriginError> {
+        let Some(kind) = classify(name) else {
+            return Ok(None);
+        };
+        match kind {
+            RefKind::Tag { package, revision } => {
+                let dp_key = format!("{package}/v{revision}");
                 let lifecycle = if deletion_proposed.contains(&dp_key) {
                     Lifecycle::DeletionProposed
                 } else {
                     Lifecycle::Published
                 };
-                revisions.push(self.placeholder(&package, tree, tip, lifecycle)?);
+                self.tagged(package, revision, commit, lifecycle)
             }
+            RefKind::Unpublished {
+                package,
+                workspace,
+                lifecycle,
+            } => self.unpublished(package, workspace, commit, lifecycle),
         }
-
-        tracing::debug!(
-            threads,
-            index_ms = indexed.as_millis(),
-            refs_ms = (refs_done - indexed).as_millis(),
-            placeholders_ms = (started.elapsed() - refs_done).as_millis(),
-            "discovered"
-        );
-        mark_latest(&mut revisions);
-        if only_refs.is_some() {
-            for r in &mut revisions {
-                let full = package_path(self.directory, &r.path, &r.package);
-                r.latest = r.lifecycle.is_published()
-                    && r.revision > 0
-                    && highest_tag.get(&full) == Some(&r.revision);
-            }
-        }
-        revisions.sort_by(|a, b| {
-            (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
-                &b.path,
-                &b.package,
-                b.revision,
-                &b.workspace,
-                b.lifecycle,
-            ))
-        });
-        Ok(Discovery {
-            branch_commit: main.map(|c| c.to_string()),
-            revisions,
-            refs_read,
-        })
     }
-
-    /// The revisions of tags, drafts and proposals among `refs`.
-    fn refs(
-        &mut self,
-        refs: &[(String, Oid)],
-        deletion_proposed: &HashSet<String>,
-    ) -> Result<Vec<DiscoveredRevision>, OriginError> {
-        let mut revisions = Vec::new();
-        for (name, commit) in refs {
-            let Some(kind) = classify(name) else {
-                continue;
-            };
-            match kind {
-                RefKind::Tag { package, revision } => {
-                    let dp_key = format!("{package}/v{revision}");
-                    let lifecycle = if deletion_proposed.contains(&dp_key) {
-                        Lifecycle::DeletionProposed
-                    } else {
-                        Lifecycle::Published
-                    };
-                    if let Some(r) = self.tagged(package, revision, *commit, lifecycle)? {
-                        revisions.push(r);
-                    }
-                }
-                RefKind::Unpublished {
-                    package,
-                    workspace,
-                    lifecycle,
-                } => {
-                    if let Some(r) = self.unpublished(package, workspace, *commit, lifecycle)? {
-                        revisions.push(r);
-                    }
-                }
-            }
-        }
-        Ok(revisions)
-    }
-
     /// Packages (full path, tree) on commit `tip` below the directory.
     fn packages_on(&self, tip: Oid) -> Result<Vec<(String, Oid)>, OriginError> {
         let commit = self.repo.find_commit(tip).map_err(map_git_error)?;
         let root = commit.tree().map_err(map_git_error)?;
-        let Some(start) = self.subtree(&root, self.directory)? else {
+        let Some(start) = self.subtree(&root, &self.directory)? else {
             return Ok(Vec::new());
         };
         let mut found = Vec::new();
@@ -526,7 +763,7 @@ impl Discoverer<'_> {
             return true;
         }
         package
-            .strip_prefix(self.directory)
+            .strip_prefix(self.directory.as_str())
             .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'))
     }
 
@@ -577,7 +814,7 @@ impl Discoverer<'_> {
             return Ok(None);
         };
         let c = self.repo.find_commit(commit).map_err(map_git_error)?;
-        let annotations = self.annotations_of(&c);
+        let annotations = annotations_of(&self.annotations, &mut self.local_annotations, &c);
         let annotated = annotated_workspace(&annotations, package);
         let published = publish_info(&c);
         drop(c);
@@ -700,6 +937,7 @@ impl Discoverer<'_> {
                 history.chain.insert(oid.map_err(map_git_error)?, index);
             }
         }
+        let mut indexed = HashMap::new();
         let mut walk = self.repo.revwalk().map_err(map_git_error)?;
         // Committer time, but never a parent before its children: commits
         // made within one second (Porch writes several) keep their order.
@@ -719,7 +957,9 @@ impl Discoverer<'_> {
             let oid = oid.map_err(map_git_error)?;
             history.position.insert(oid, position);
             let commit = self.repo.find_commit(oid).map_err(map_git_error)?;
-            let annotations = self.annotations_of(&commit);
+            let annotations: Arc<[Annotation]> =
+                parse_message(&String::from_utf8_lossy(commit.message_bytes())).into();
+            indexed.insert(oid, annotations.clone());
             let mut packages: Vec<&str> = annotations.iter().map(|a| a.package.as_str()).collect();
             packages.sort_unstable();
             packages.dedup();
@@ -733,7 +973,7 @@ impl Discoverer<'_> {
         }
         self.history = Arc::new(history);
         // Every indexed commit's annotations, for all threads to read.
-        self.annotations = Arc::new(std::mem::take(&mut self.local_annotations));
+        self.annotations = Arc::new(indexed);
         Ok(())
     }
 
@@ -775,24 +1015,13 @@ impl Discoverer<'_> {
                 continue;
             }
             let commit = self.repo.find_commit(oid).map_err(map_git_error)?;
-            let annotations = self.annotations_of(&commit);
+            let annotations =
+                annotations_of(&self.annotations, &mut self.local_annotations, &commit);
             if visit(&commit, &annotations) {
                 break;
             }
         }
         Ok(())
-    }
-
-    fn annotations_of(&mut self, commit: &git2::Commit<'_>) -> Arc<[Annotation]> {
-        if let Some(found) = self.annotations.get(&commit.id()) {
-            return found.clone();
-        }
-        self.local_annotations
-            .entry(commit.id())
-            .or_insert_with(|| {
-                parse_message(&String::from_utf8_lossy(commit.message_bytes())).into()
-            })
-            .clone()
     }
 
     fn resources_of(&mut self, tree_id: Oid) -> Result<PackageTree, OriginError> {
@@ -835,9 +1064,31 @@ impl Discoverer<'_> {
             files: Arc::new(files),
             labels,
         };
+        if self.resources.len() >= TREE_CACHE_MAX_TREES {
+            self.resources.clear();
+        }
         self.resources.insert(tree_id, found.clone());
         Ok(found)
     }
+}
+
+/// The parsed annotations of `commit`: from the history index, else from
+/// (and into) a discoverer's own bounded cache.
+fn annotations_of(
+    indexed: &HashMap<Oid, Arc<[Annotation]>>,
+    local: &mut HashMap<Oid, Arc<[Annotation]>>,
+    commit: &git2::Commit<'_>,
+) -> Arc<[Annotation]> {
+    if let Some(found) = indexed.get(&commit.id()) {
+        return found.clone();
+    }
+    if local.len() >= ANNOTATION_CACHE_MAX_COMMITS && !local.contains_key(&commit.id()) {
+        local.clear();
+    }
+    local
+        .entry(commit.id())
+        .or_insert_with(|| parse_message(&String::from_utf8_lossy(commit.message_bytes())).into())
+        .clone()
 }
 
 /// What discovery keeps of a package tree.
@@ -921,25 +1172,6 @@ fn join(dir: &str, name: &str) -> String {
         name.to_owned()
     } else {
         format!("{dir}/{name}")
-    }
-}
-
-/// Marks the highest published revision (N > 0) of each package as latest.
-fn mark_latest(revisions: &mut [DiscoveredRevision]) {
-    let mut best: HashMap<(&str, &str), i64> = HashMap::new();
-    for r in revisions.iter() {
-        if r.revision > 0 && r.lifecycle.is_published() {
-            let slot = best.entry((&r.path, &r.package)).or_insert(r.revision);
-            *slot = (*slot).max(r.revision);
-        }
-    }
-    let best: HashSet<(String, String, i64)> = best
-        .into_iter()
-        .map(|((p, n), rev)| (p.to_owned(), n.to_owned(), rev))
-        .collect();
-    for r in revisions.iter_mut() {
-        r.latest = r.lifecycle.is_published()
-            && best.contains(&(r.path.clone(), r.package.clone(), r.revision));
     }
 }
 
@@ -1129,6 +1361,93 @@ mod tests {
         assert_eq!(one, automatic);
         let latest = one.revisions.iter().filter(|r| r.latest).count();
         assert_eq!(latest, 300);
+    }
+
+    /// Small batches, on two threads, with the handles opened again every
+    /// 100 refs, hand out exactly what one collected discovery lists —
+    /// `latest` included, across batch boundaries.
+    #[test]
+    fn batches_and_reopened_handles_find_the_same_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        let mut commits = Vec::new();
+        for round in 0..3 {
+            for i in 0..40 {
+                let kptfile = repo
+                    .blob(format!("kind: Kptfile\nmetadata:\n  name: p{i}-{round}\n").as_bytes())
+                    .unwrap();
+                let mut package = repo.treebuilder(None).unwrap();
+                package.insert("Kptfile", kptfile, 0o100644).unwrap();
+                root.insert(format!("p{i:03}"), package.write().unwrap(), 0o040000)
+                    .unwrap();
+            }
+            let tree = repo.find_tree(root.write().unwrap()).unwrap();
+            let parents: Vec<git2::Commit<'_>> = commits
+                .last()
+                .map(|c| repo.find_commit(*c).unwrap())
+                .into_iter()
+                .collect();
+            let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+            let commit = repo
+                .commit(
+                    Some("refs/heads/main"),
+                    &signature,
+                    &signature,
+                    &format!("round {round}"),
+                    &tree,
+                    &parents,
+                )
+                .unwrap();
+            commits.push(commit);
+        }
+        // Tags v1..v3 on the three rounds, a draft for every other package:
+        // 40 × 3 + 20 = 140 refs; plus 40 placeholders.
+        for i in 0..40 {
+            for (v, commit) in commits.iter().enumerate() {
+                repo.reference(&format!("refs/tags/p{i:03}/v{}", v + 1), *commit, false, "")
+                    .unwrap();
+            }
+            if i % 2 == 0 {
+                repo.reference(
+                    &format!("refs/heads/drafts/p{i:03}/ws"),
+                    commits[0],
+                    false,
+                    "",
+                )
+                .unwrap();
+            }
+        }
+        let whole = discover(dir.path(), "main", "").unwrap();
+        assert_eq!(whole.revisions.len(), 180);
+        assert_eq!(whole.revisions.iter().filter(|r| r.latest).count(), 40);
+
+        let mut stream =
+            DiscoveryStream::open_on(dir.path(), "main", "", Some(2), None, None).unwrap();
+        stream.handle_refs_max = 100;
+        let mut batched = Vec::new();
+        let mut batches = 0;
+        loop {
+            let batch = stream.next_batch(7).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 7);
+            batches += 1;
+            batched.extend(batch);
+        }
+        assert_eq!(batches, 180usize.div_ceil(7));
+        batched.sort_by(|a, b| {
+            (&a.path, &a.package, a.revision, &a.workspace, a.lifecycle).cmp(&(
+                &b.path,
+                &b.package,
+                b.revision,
+                &b.workspace,
+                b.lifecycle,
+            ))
+        });
+        assert_eq!(batched, whole.revisions);
     }
 
     #[test]

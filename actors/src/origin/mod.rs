@@ -22,7 +22,8 @@
 //! - `discovery` — [`discover`]: Porch-compatible listing of the package
 //!   revisions in a local repository (placeholders on the registered branch,
 //!   published tags, drafts, proposals, deletion proposals), with resources,
-//!   task history, publishing info and Kptfile labels.
+//!   task history, publishing info and Kptfile labels; [`DiscoveryStream`]
+//!   hands the same revisions out in bounded batches (what a sync reads).
 //! - [`names`] — Git's rules for the names cairn writes, as pure checks:
 //!   tree entries (`.git` in any case and its NTFS/HFS+ aliases) and refs
 //!   (`check-ref-format`, component and total lengths). Uses no other
@@ -64,7 +65,7 @@ pub mod write;
 pub use annotation::Task;
 pub use discovery::{
     discover, discover_packages, discover_refs, package_of_ref, package_path, DiscoveredRevision,
-    Discovery, Lifecycle,
+    Discovery, DiscoveryStream, Lifecycle,
 };
 pub use error::OriginError;
 pub use git::{Blobs, FetchOutcome, GitCache};

@@ -505,6 +505,7 @@ mod tests {
                 release_memory: || {},
                 discoveries: Default::default(),
                 slots: SyncSlots::new(1),
+                budget: Default::default(),
                 refs_read: Default::default(),
                 write: Default::default(),
             });

@@ -3,9 +3,10 @@
 //!
 //! It holds the repository's spec and its stream version — not its package
 //! revisions: those live in the `package_revisions` view and are read when
-//! a sync or a close needs them, so memory does not grow with the number of
+//! a sync or a close needs them (a sync one row per discovered revision,
+//! see `super::reconcile`), so memory does not grow with the number of
 //! revisions. It turns the current revisions and a discovery of the
-//! upstream into events:
+//! upstream into events ([`RepositoryComponent::reconcile_one`] per name):
 //! `PackageRevisionAdded` for a new name, `PackageRevisionModified` when
 //! anything about an existing name changed (commit, content, lifecycle,
 //! latest, publish info, tasks, labels — for a placeholder, a new head of
@@ -16,8 +17,6 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use super::naming::object_name;
-use super::upstream::Scope;
-use crate::origin::package_path;
 use cairn_events::{
     envelope::event,
     v1::{
@@ -156,36 +155,12 @@ impl RepositoryComponent {
             .filter(|n| !discovered.contains_key(*n))
             .cloned()
             .collect();
-        for (name, mut revision) in discovered {
-            if let Some(current) = current.get(&name) {
-                // A placeholder's commit is its branch's head; a commit that
-                // did not change the package is no change to it (it keeps
-                // the commit it was last seen changed at), so one commit on
-                // the branch modifies only the packages it touched.
-                if revision.revision == -1 && revision.commit != current.commit {
-                    let head = std::mem::replace(&mut revision.commit, current.commit.clone());
-                    if *current != revision {
-                        revision.commit = head;
-                    }
-                }
-            }
-            match current.get(&name) {
-                None => {
-                    changes.added += 1;
-                    events.push(event(Payload::PackageRevisionAdded(PackageRevisionAdded {
-                        revision: Some(revision),
-                    })));
-                }
-                Some(current) if *current != revision => {
-                    changes.modified += 1;
-                    events.push(event(Payload::PackageRevisionModified(
-                        PackageRevisionModified {
-                            revision: Some(revision),
-                        },
-                    )));
-                }
-                Some(_) => {}
-            }
+        for (name, revision) in discovered {
+            events.extend(Self::reconcile_one(
+                current.get(&name),
+                revision,
+                &mut changes,
+            ));
         }
         for name in deleted {
             changes.deleted += 1;
@@ -193,6 +168,51 @@ impl RepositoryComponent {
             events.push(deleted_event(name, last));
         }
         (events, changes)
+    }
+
+    /// The event that brings one name from `current` (its row in the
+    /// view, if any) to the discovered `revision`: `Added`, `Modified`, or
+    /// none when nothing about it changed; counted in `changes`.
+    pub fn reconcile_one(
+        current: Option<&PackageRevision>,
+        mut revision: PackageRevision,
+        changes: &mut Changes,
+    ) -> Option<Event> {
+        if let Some(current) = current {
+            // A placeholder's commit is its branch's head; a commit that
+            // did not change the package is no change to it (it keeps
+            // the commit it was last seen changed at), so one commit on
+            // the branch modifies only the packages it touched.
+            if revision.revision == -1 && revision.commit != current.commit {
+                let head = std::mem::replace(&mut revision.commit, current.commit.clone());
+                if *current != revision {
+                    revision.commit = head;
+                }
+            }
+        }
+        match current {
+            None => {
+                changes.added += 1;
+                Some(event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+                    revision: Some(revision),
+                })))
+            }
+            Some(current) if *current != revision => {
+                changes.modified += 1;
+                Some(event(Payload::PackageRevisionModified(
+                    PackageRevisionModified {
+                        revision: Some(revision),
+                    },
+                )))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// `PackageRevisionDeleted` for `name`, whose row in the view was
+    /// `last` (trimmed of its resources and tasks).
+    pub fn deleted(name: String, last: &PackageRevision) -> Event {
+        deleted_event(name, Some(last))
     }
 
     /// The events of a successful sync: the reconciliation, then
@@ -206,7 +226,26 @@ impl RepositoryComponent {
     ) -> (Vec<Event>, Changes) {
         let package_count = discovered.len() as u32;
         let (mut events, changes) = Self::reconcile(current, discovered);
-        events.push(event(Payload::SyncSucceeded(SyncSucceeded {
+        events.push(Self::succeeded(
+            changes,
+            package_count,
+            commit,
+            refs_digest,
+            duration_ms,
+        ));
+        (events, changes)
+    }
+
+    /// `SyncSucceeded` with a sync's counts, the package revisions after
+    /// it, the branch's commit and the refs' digest.
+    pub fn succeeded(
+        changes: Changes,
+        package_count: u32,
+        commit: &str,
+        refs_digest: &str,
+        duration_ms: u64,
+    ) -> Event {
+        event(Payload::SyncSucceeded(SyncSucceeded {
             commit: commit.to_owned(),
             added: changes.added,
             modified: changes.modified,
@@ -215,46 +254,7 @@ impl RepositoryComponent {
             duration_ms,
             next_sync_at: None,
             refs_digest: refs_digest.to_owned(),
-        })));
-        (events, changes)
-    }
-
-    /// The events of a sync that found the upstream's refs as the last
-    /// `sync_events` over the revisions `scope` covers: all of them, or
-    /// those of some packages (`packages` full paths; the registered
-    /// `directory` prefixes revisions' paths), the others staying as they
-    /// are. Also answers the package revisions
-    /// after the sync (`SyncSucceeded.package_count`).
-    pub fn scoped_sync_events(
-        current: BTreeMap<String, PackageRevision>,
-        discovered: BTreeMap<String, PackageRevision>,
-        scope: &Scope,
-        directory: &str,
-        commit: &str,
-        refs_digest: &str,
-        duration_ms: u64,
-    ) -> (Vec<Event>, Changes, usize) {
-        let Scope::Packages(packages) = scope else {
-            let count = discovered.len();
-            let (events, changes) =
-                Self::sync_events(&current, discovered, commit, refs_digest, duration_ms);
-            return (events, changes, count);
-        };
-        let total = current.len();
-        let covered: BTreeMap<String, PackageRevision> = current
-            .into_iter()
-            .filter(|(_, r)| packages.contains(&package_path(directory, &r.path, &r.package)))
-            .collect();
-        let count = total - covered.len() + discovered.len();
-        let (mut events, changes) =
-            Self::sync_events(&covered, discovered, commit, refs_digest, duration_ms);
-        if let Some(Event {
-            payload: Some(Payload::SyncSucceeded(done)),
-        }) = events.last_mut()
-        {
-            done.package_count = count as u32;
-        }
-        (events, changes, count)
+        }))
     }
 
     /// The events of a sync whose upstream is exactly as the last

@@ -12,9 +12,10 @@
 //!   [`RepositoryComponent::close_events`].
 //! - a sync ([`RunSync`]): take a slot of the node-wide cap
 //!   ([`crate::timing::SyncSlots`]), append `SyncStarted` while the
-//!   upstream is read and diffed against the view off the arbiter (an I/O
-//!   phase), then the reconciliation ending with `SyncSucceeded` in
-//!   bounded appends — or `SyncFailed`, answered as the error. The next
+//!   upstream is fetched and its discovery opened off the arbiter (an I/O
+//!   phase), then the reconciliation in chunks, each reserved from the
+//!   node-wide memory budget ([`crate::timing::SyncBudget`]), ending with
+//!   `SyncSucceeded` — or `SyncFailed`, answered as the error. The next
 //!   sync time its SyncManager decides is recorded in its last event.
 //! - a lifecycle command ([`ApplyLifecycle`]): validate (pure, over the view
 //!   rows), write to Git, read back — off the arbiter — then its events.
@@ -35,8 +36,13 @@
 //!   phase (read its view rows, push, read the package back), then the
 //!   pure typing of its events.
 //! - [`sync`] — a sync as the writer runs it (slot, `SyncStarted` while
-//!   the upstream is read, reconciliation or `SyncFailed`).
-//! - [`upstream`] — fetch (shared per URL), discovery, blobs; blocking.
+//!   the upstream is read, the reconciliation's chunks pipelined within
+//!   the budget, or `SyncFailed`).
+//! - [`reconcile`] — a changed sync's reconciliation, one chunk at a time
+//!   (changes compared with their own view rows, then deletions from
+//!   names); blocking.
+//! - [`upstream`] — fetch (shared per URL), opening the discovery, storing
+//!   revisions' blobs ([`upstream::Resources`]); blocking.
 //! - [`error`] — [`LifecycleError`], [`RepositoryError`] and their mapping
 //!   into [`ServiceError`].
 //! - [`messages`] — `Register`, `ApplyLifecycle`, `UpdateSpec`, `Close`.
@@ -52,6 +58,7 @@ pub mod error;
 pub mod messages;
 pub mod naming;
 pub mod op;
+pub mod reconcile;
 pub mod sync;
 pub mod upstream;
 
@@ -396,6 +403,7 @@ mod tests {
             release_memory: || {},
             discoveries: Default::default(),
             slots: SyncSlots::new(1),
+            budget: Default::default(),
             refs_read: Default::default(),
             write: Default::default(),
         });
@@ -473,6 +481,7 @@ mod tests {
             release_memory: || {},
             discoveries: Default::default(),
             slots: SyncSlots::new(1),
+            budget: Default::default(),
             refs_read: Default::default(),
             write: Default::default(),
         });

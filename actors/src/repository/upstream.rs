@@ -1,6 +1,7 @@
 //! Reading an upstream: fetch (shared between registrations of one URL),
-//! discover package revisions the Porch way, store their resources in the
-//! blob store. All blocking: callers run it in `spawn_blocking`.
+//! discover package revisions the Porch way (opened here, read a batch at a
+//! time by the sync), store their resources in the blob store
+//! ([`Resources`]). All blocking: callers run it in `spawn_blocking`.
 //!
 //! A read fails with a [`ReadError`]: the upstream's failure
 //! ([`ReadError::Origin`]) or the store's ([`ReadError::Store`]), never one
@@ -192,6 +193,8 @@ pub struct SyncEnv {
     pub discoveries: AtomicU64,
     /// The node-wide cap on syncs running at once.
     pub slots: crate::timing::SyncSlots,
+    /// The node-wide memory budget of syncs' chunks.
+    pub budget: crate::timing::SyncBudget,
     /// Tags, drafts and proposals discoveries read so far (see
     /// `registry::RefsRead`): an incremental sync reads only the changed
     /// packages' refs.
@@ -254,8 +257,8 @@ pub fn changed_packages(
 pub enum UpstreamRead {
     /// Its refs have the digest the caller already knew: nothing changed.
     Unchanged,
-    /// Its state, ready to reconcile.
-    Changed(Upstream),
+    /// Its state, ready to reconcile (boxed: it holds the open discovery).
+    Changed(Box<Upstream>),
 }
 
 /// The upstream's state, ready to reconcile.
@@ -269,19 +272,21 @@ pub struct Upstream {
     pub scope: Scope,
     /// Commit of the registered branch.
     pub commit: String,
-    /// Package revisions by object name.
-    pub revisions: BTreeMap<String, PackageRevision>,
-    /// Keeps the resource blobs until the events referring to them commit.
-    pub pins: Vec<BlobPin>,
+    /// The package revisions, handed out in batches (each read and stored
+    /// as it is asked for, see [`Resources`]).
+    pub revisions: origin::DiscoveryStream,
+    /// The mirror the revisions are read from.
+    pub mirror: PathBuf,
 }
 
-/// Fetches and discovers the upstream of `spec`, creating its branch when
-/// it is missing and `create_branch` is set. When the fetched refs have
-/// the digest of the last sync under this spec (`known`), stops there:
-/// nothing changed, no discovery (the cost of about one `ls-remote`). When
-/// `known` has the refs behind that digest and only tags, drafts and
-/// proposals changed, discovers just the packages those name
-/// ([`Scope::Packages`]).
+/// Fetches the upstream of `spec` and opens its discovery, creating its
+/// branch when it is missing and `create_branch` is set. When the fetched
+/// refs have the digest of the last sync under this spec (`known`), stops
+/// there: nothing changed, no discovery (the cost of about one
+/// `ls-remote`). When `known` has the refs behind that digest and only
+/// tags, drafts and proposals changed, discovers just the packages those
+/// name ([`Scope::Packages`]). The revisions themselves are read later, a
+/// batch at a time ([`Upstream::revisions`]).
 pub fn read_upstream(
     env: &SyncEnv,
     spec: &RepositorySpec,
@@ -309,13 +314,12 @@ pub fn read_upstream(
     }
     .unwrap_or(Scope::Full);
     let mut discovery = match &scope {
-        Scope::Full => origin::discover(&mirror, &git.branch, &git.directory)?,
+        Scope::Full => origin::DiscoveryStream::open(&mirror, &git.branch, &git.directory, None)?,
         Scope::Packages(packages) => {
-            origin::discover_packages(&mirror, &git.branch, &git.directory, packages)?
+            origin::DiscoveryStream::open(&mirror, &git.branch, &git.directory, Some(packages))?
         }
     };
-    let discovered = started.elapsed() - fetched;
-    if discovery.branch_commit.is_none() {
+    if discovery.branch_commit().is_none() {
         if !git.create_branch {
             return Err(OriginError::BranchMissing {
                 branch: git.branch.clone(),
@@ -332,74 +336,101 @@ pub fn read_upstream(
         outcome = env
             .fetches
             .fetch(&git.url, credentials.as_ref(), Instant::now())?;
-        discovery = origin::discover(&mirror, &git.branch, &git.directory)?;
+        discovery = origin::DiscoveryStream::open(&mirror, &git.branch, &git.directory, None)?;
         scope = Scope::Full;
     }
     env.refs_read
-        .fetch_add(discovery.refs_read as u64, Ordering::Relaxed);
+        .fetch_add(discovery.refs_read() as u64, Ordering::Relaxed);
     let commit = discovery
-        .branch_commit
-        .clone()
+        .branch_commit()
         .ok_or_else(|| OriginError::BranchMissing {
             branch: git.branch.clone(),
         })?;
-    let (revisions, pins) = store_revisions(&env.store, &mirror, spec, discovery.revisions)?;
     debug!(
         url = %git.url,
-        revisions = revisions.len(),
         fetch_ms = fetched.as_millis(),
-        discover_ms = discovered.as_millis(),
-        store_ms = (started.elapsed() - fetched - discovered).as_millis(),
+        open_ms = (started.elapsed() - fetched).as_millis(),
         "upstream read"
     );
-    Ok(UpstreamRead::Changed(Upstream {
+    Ok(UpstreamRead::Changed(Box::new(Upstream {
         refs_digest: outcome.digest,
         refs: Arc::new(outcome.raw),
         scope,
         commit,
-        revisions,
-        pins,
-    }))
+        revisions: discovery,
+        mirror,
+    })))
 }
 
-/// The discovered `found` revisions as package revisions of `spec`'s
-/// repository, their contents put into `blob_store` (one at a time, each
-/// blob once), with the pins that keep those blobs until the events
-/// referring to them commit. Blocking.
-pub fn store_revisions(
-    blob_store: &dyn BlobStore,
-    mirror: &Path,
-    spec: &RepositorySpec,
-    found: Vec<origin::DiscoveredRevision>,
-) -> Result<(BTreeMap<String, PackageRevision>, Vec<BlobPin>), ReadError> {
-    let blobs = origin::Blobs::open(mirror)?;
-    let mut digests: HashMap<git2::Oid, String> = HashMap::new();
-    let mut pins = Vec::new();
-    let mut revisions = BTreeMap::new();
-    for found in found {
+/// Stores discovered revisions' contents in the blob store, as package
+/// revisions of one repository: each Git blob read and put once per
+/// [`Resources`] (a put of a digest the store holds writes nothing), its
+/// pin kept until the events referring to it commit.
+pub struct Resources {
+    blobs: origin::Blobs,
+    repository: String,
+    /// Git blob → digest, of the blobs stored through this value.
+    digests: HashMap<git2::Oid, String>,
+    /// The pins of those blobs.
+    pins: Vec<BlobPin>,
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resources")
+            .field("repository", &self.repository)
+            .field("stored", &self.digests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resources {
+    /// Reads blobs from the mirror at `mirror` for `spec`'s repository.
+    pub fn open(mirror: &Path, spec: &RepositorySpec) -> Result<Self, ReadError> {
+        Ok(Self {
+            blobs: origin::Blobs::open(mirror)?,
+            repository: spec.name.clone(),
+            digests: HashMap::new(),
+            pins: Vec::new(),
+        })
+    }
+
+    /// `found` as a package revision (named by its object name), its
+    /// contents stored in `blob_store`. Blocking.
+    pub fn store(
+        &mut self,
+        blob_store: &dyn BlobStore,
+        found: origin::DiscoveredRevision,
+    ) -> Result<PackageRevision, ReadError> {
         let mut resources = BTreeMap::new();
         for (path, id) in found.resources.iter() {
-            let digest = match digests.get(id) {
+            let digest = match self.digests.get(id) {
                 Some(digest) => digest.clone(),
                 None => {
-                    let pin = blobs
+                    let pin = self
+                        .blobs
                         .with(*id, |content| blob_store.put(content))?
                         .map_err(|source| ReadError::Store {
                             path: path.clone(),
                             source,
                         })?;
                     let digest = pin.digest().to_string();
-                    pins.push(pin);
-                    digests.insert(*id, digest.clone());
+                    self.pins.push(pin);
+                    self.digests.insert(*id, digest.clone());
                     digest
                 }
             };
             resources.insert(path.clone(), digest);
         }
-        let name = object_name(&spec.name, &found.path, &found.package, &found.workspace);
+        let name = object_name(
+            &self.repository,
+            &found.path,
+            &found.package,
+            &found.workspace,
+        );
         let published_at = found.published_at.as_deref().and_then(parse_timestamp);
-        let revision = PackageRevision {
-            name: name.clone(),
+        Ok(PackageRevision {
+            name,
             path: found.path,
             package: found.package,
             workspace: found.workspace,
@@ -419,10 +450,35 @@ pub fn store_revisions(
                 .collect(),
             labels: found.labels,
             latest: found.latest,
-        };
-        revisions.insert(name, revision);
+        })
     }
-    Ok((revisions, pins))
+
+    /// The pins of every blob stored so far, handed over (to be dropped
+    /// once the events referring to them committed); the next revisions
+    /// start a new set.
+    pub fn take_pins(&mut self) -> Vec<BlobPin> {
+        self.digests.clear();
+        std::mem::take(&mut self.pins)
+    }
+}
+
+/// The discovered `found` revisions as package revisions of `spec`'s
+/// repository, their contents put into `blob_store` (one at a time, each
+/// blob once), with the pins that keep those blobs until the events
+/// referring to them commit. Blocking.
+pub fn store_revisions(
+    blob_store: &dyn BlobStore,
+    mirror: &Path,
+    spec: &RepositorySpec,
+    found: Vec<origin::DiscoveredRevision>,
+) -> Result<(BTreeMap<String, PackageRevision>, Vec<BlobPin>), ReadError> {
+    let mut resources = Resources::open(mirror, spec)?;
+    let mut revisions = BTreeMap::new();
+    for found in found {
+        let revision = resources.store(blob_store, found)?;
+        revisions.insert(revision.name.clone(), revision);
+    }
+    Ok((revisions, resources.take_pins()))
 }
 
 /// Parses an RFC 3339 time into a protobuf timestamp.

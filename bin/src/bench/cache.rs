@@ -90,10 +90,25 @@ pub struct SyncNoopOptions {
 /// Options of `cairn bench memory`.
 #[derive(Debug, Clone)]
 pub struct MemoryOptions {
-    /// Package revisions in the generated repository.
+    /// Package revisions in each generated repository.
     pub revisions: u64,
-    /// Commit layout of the generated repository.
+    /// Commit layout of the generated repositories.
     pub history: History,
+    /// Repositories (each its own generated upstream) registered at once.
+    pub repositories: usize,
+}
+
+/// What `cairn bench memory` measured, in MiB of the node's resident
+/// memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryFigures {
+    /// Once the node started, before any registration.
+    pub idle_mib: f64,
+    /// The peak while the repositories' first syncs ran (`VmHWM`, reset
+    /// just before they were registered).
+    pub peak_mib: f64,
+    /// After the syncs, their events published and a full list of each.
+    pub settled_mib: f64,
 }
 
 /// Latency figures of a measurement.
@@ -198,9 +213,14 @@ pub(crate) async fn call(
 /// Registers the generated repository and waits for its first sync;
 /// returns the reply's `sync` object.
 async fn register(client: &async_nats::Client, url: &str) -> anyhow::Result<Value> {
+    register_as(client, REPOSITORY, url).await
+}
+
+/// [`register`] under the name `name`.
+async fn register_as(client: &async_nats::Client, name: &str, url: &str) -> anyhow::Result<Value> {
     let body = json!({
         "namespace": NAMESPACE,
-        "name": REPOSITORY,
+        "name": name,
         "git": {"url": url, "branch": "main"},
         "wait": true,
     });
@@ -720,57 +740,120 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Runs `cairn bench memory`; returns the RSS in MiB after the listing.
-pub fn memory(options: &MemoryOptions, out: &mut dyn std::io::Write) -> anyhow::Result<f64> {
+/// Resets this process's `VmHWM` to its current `VmRSS` (Linux: `5` into
+/// `/proc/self/clear_refs`), so the next peak read is the peak from now.
+fn reset_peak() -> anyhow::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM (/proc/self/clear_refs)")
+}
+
+/// Runs `cairn bench memory`; returns the idle, peak and settled RSS.
+pub fn memory(
+    options: &MemoryOptions,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<MemoryFigures> {
     let dir = tempfile::tempdir()?;
     let mut shape = Shape::for_revisions(options.revisions, 5);
     shape.history = options.history;
-    let generated = generate(dir.path(), &shape, out)?;
+    let count = options.repositories.max(1);
+    let mut upstreams = Vec::with_capacity(count);
+    for i in 0..count {
+        let upstream = dir.path().join(format!("upstream-{i}"));
+        std::fs::create_dir_all(&upstream)?;
+        upstreams.push(generate(&upstream, &shape, out)?);
+    }
     writeln!(out, "before the node starts: {}", resident()?)?;
 
     let system = actix::System::new();
-    let rss = system.block_on(async {
+    let figures = system.block_on(async {
         let running = start_node(&dir.path().join("node")).await?;
-        let result = memory_inner(&generated, &running, out).await;
+        let result = memory_inner(&upstreams, &running, out).await;
         running.node.shutdown().await;
         result
     })?;
     writeln!(
         out,
-        "memory: revisions={} rss_mib={rss:.1}",
-        generated.revisions
+        "memory: revisions={} repositories={count} rss_mib={:.1} peak_mib={:.1} idle_mib={:.1}",
+        options.revisions, figures.settled_mib, figures.peak_mib, figures.idle_mib
     )?;
-    Ok(rss)
+    Ok(figures)
 }
 
 async fn memory_inner(
-    generated: &Generated,
+    upstreams: &[Generated],
     running: &Running,
     out: &mut dyn std::io::Write,
-) -> anyhow::Result<f64> {
-    register_and_settle(running, generated, out).await?;
+) -> anyhow::Result<MemoryFigures> {
+    let idle = resident()?;
     writeln!(
         out,
-        "after the first sync: {}; {}",
-        resident()?,
+        "node started: {idle}; {}",
         rocksdb_usage(&running.node)
     )?;
+    reset_peak()?;
+    let names: Vec<String> = (0..upstreams.len())
+        .map(|i| {
+            if i == 0 {
+                REPOSITORY.to_owned()
+            } else {
+                format!("{REPOSITORY}-{i}")
+            }
+        })
+        .collect();
     let started = Instant::now();
-    let filter = json!({"namespace": NAMESPACE, "repository": REPOSITORY});
-    let (_, pages, items) =
-        list_all(&running.client, "cairn.v1.pkgrev.list", &filter, false).await?;
-    anyhow::ensure!(
-        items == generated.revisions,
-        "a full list returned {items} items, the repository holds {}",
-        generated.revisions
-    );
+    let syncs = names
+        .iter()
+        .zip(upstreams)
+        .map(|(name, generated)| register_as(&running.client, name, &generated.url));
+    let replies = futures::future::join_all(syncs).await;
+    let elapsed = started.elapsed();
+    for ((name, generated), reply) in names.iter().zip(upstreams).zip(replies) {
+        let added = reply?["added"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            added == generated.revisions,
+            "the first sync of {name} added {added} revisions, the repository holds {}",
+            generated.revisions
+        );
+    }
+    let synced = resident()?;
+    writeln!(
+        out,
+        "{} first syncs at once in {:.3}s: {synced}; {}",
+        names.len(),
+        elapsed.as_secs_f64(),
+        rocksdb_usage(&running.node)
+    )?;
+    let cursor = running
+        .node
+        .publisher()
+        .send(publisher::Flush {
+            timeout: Duration::from_secs(600),
+        })
+        .await??;
+    writeln!(out, "events published to JetStream (cursor {cursor})")?;
+    let started = Instant::now();
+    let mut listed = 0;
+    for (name, generated) in names.iter().zip(upstreams) {
+        let filter = json!({"namespace": NAMESPACE, "repository": name});
+        let (_, _, items) =
+            list_all(&running.client, "cairn.v1.pkgrev.list", &filter, false).await?;
+        anyhow::ensure!(
+            items == generated.revisions,
+            "a full list of {name} returned {items} items, the repository holds {}",
+            generated.revisions
+        );
+        listed += items;
+    }
     let after = resident()?;
     writeln!(
         out,
-        "after a full list ({items} items, {pages} pages, {:.3}s): {after}; {}; \
+        "after a full list of each ({listed} items, {:.3}s): {after}; {}; \
          the node runs in this process, so this is the node's RSS (nats-server not included)",
         started.elapsed().as_secs_f64(),
         rocksdb_usage(&running.node)
     )?;
-    Ok(mib(after.rss))
+    Ok(MemoryFigures {
+        idle_mib: mib(idle.rss),
+        peak_mib: mib(synced.peak.max(after.peak)),
+        settled_mib: mib(after.rss),
+    })
 }

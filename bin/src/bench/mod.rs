@@ -17,12 +17,18 @@
 //!   request/reply of the same bytes in the same round trips.
 //! - `sync-first`: register-with-wait (first sync) vs `git clone --mirror`.
 //! - `sync-noop`: a sync of an unchanged repository vs `git ls-remote`.
-//! - `memory`: the node's resident memory after syncing and listing N
-//!   revisions.
+//! - `memory`: the node's resident memory at its peak while first syncs
+//!   of N revisions run (one repository, or several at once), and once
+//!   settled after listing them.
 //!
 //! - `approve` ([`approve`]): approving one proposal in a repository of N
 //!   published revisions, at N and N/10, vs the same commit, tag and push
 //!   with the git CLI.
+//!
+//! On a store alone:
+//!
+//! - `gc` ([`gc`]): durable append latency while blob garbage collections
+//!   run back to back vs the same appends alone.
 //!
 //! And on an in-process node, appending through its store:
 //!
@@ -35,18 +41,21 @@
 //! - [`cache`] — `list`, `sync-first`, `sync-noop`, `memory` on a node in
 //!   the benchmark's process.
 //! - [`approve`] — `approve`.
+//! - [`gc`] — `gc`.
 //! - [`watch`] — `watch`.
 
 pub mod approve;
 pub mod cache;
+pub mod gc;
 pub mod gen;
 pub mod watch;
 
+pub use gc::{GcFigures, GcOptions};
 pub use watch::WatchOptions;
 
 pub use cache::{
-    list, memory, sync_first, sync_noop, ListOptions, MemoryOptions, SyncFirstOptions,
-    SyncNoopOptions,
+    list, memory, sync_first, sync_noop, ListOptions, MemoryFigures, MemoryOptions,
+    SyncFirstOptions, SyncNoopOptions,
 };
 
 use std::{

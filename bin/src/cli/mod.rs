@@ -313,6 +313,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         iterations: usize,
     },
+    /// Durable append latency while blob garbage collections run vs alone.
+    Gc {
+        /// Blobs referenced by package revisions (the collection scans them).
+        #[arg(long, default_value_t = 200_000)]
+        blobs: usize,
+        /// Unreferenced blobs (the first collection deletes them).
+        #[arg(long, default_value_t = 20_000)]
+        garbage: usize,
+        /// Timed appends, alone and during the collections.
+        #[arg(long, default_value_t = 2000)]
+        appends: usize,
+        /// Do not fsync commits.
+        #[arg(long)]
+        no_sync: bool,
+    },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
     Watch {
         /// Timed events (and raw messages).
@@ -322,11 +337,15 @@ enum BenchCommand {
         #[arg(long)]
         no_sync: bool,
     },
-    /// Resident memory of the (in-process) node after syncing and listing N revisions.
+    /// Resident memory of the (in-process) node: its peak during first
+    /// syncs of N revisions, and once settled after listing them.
     Memory {
-        /// Package revisions in the generated repository (5 per package).
+        /// Package revisions in each generated repository (5 per package).
         #[arg(long, default_value_t = 100_000)]
         revisions: u64,
+        /// Repositories (each its own generated upstream) registered at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        repositories: u16,
         /// One approval commit per revision (as Porch writes) instead of one
         /// commit per revision number; first syncs of long histories are slow.
         #[arg(long)]
@@ -508,6 +527,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &mut stdout,
                 )
                 .map(|_| ()),
+                BenchCommand::Gc {
+                    blobs,
+                    garbage,
+                    appends,
+                    no_sync,
+                } => bench::gc::gc(
+                    &bench::GcOptions {
+                        blobs,
+                        garbage,
+                        appends,
+                        sync: !no_sync,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
                 BenchCommand::Watch { events, no_sync } => bench::watch::watch(
                     &bench::WatchOptions {
                         events,
@@ -518,10 +552,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|_| ()),
                 BenchCommand::Memory {
                     revisions,
+                    repositories,
                     porch_history,
                 } => bench::memory(
                     &bench::MemoryOptions {
                         revisions,
+                        repositories: repositories.into(),
                         history: if porch_history {
                             bench::gen::History::Porch
                         } else {

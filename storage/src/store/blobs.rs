@@ -26,12 +26,22 @@
 //! power loss may lose blob files an acknowledged event refers to.
 //!
 //! # Collection
-//! [`BlobStore::collect_garbage`] runs on the writer thread, so no commit
-//! adds a reference meanwhile. It removes every row and every file whose
-//! digest no `blob_refs` row names and no [`crate::BlobPin`] holds.
+//! [`BlobStore::collect_garbage`] removes every row and every file whose
+//! digest no `blob_refs` row names and no [`crate::BlobPin`] holds. The
+//! scan runs on the caller's thread, off the write path: it reads the
+//! references and the blob rows from one RocksDB snapshot, and lists the
+//! blob files, while appends go on. What it found unreferenced is only a
+//! candidate — an append committed since the snapshot may refer to it again
+//! (a revision re-added with the same content), and such an append need not
+//! pin it. So the deletion is conditional, decided where references are
+//! written: the candidates go to the writer thread in batches of at most
+//! [`GC_DELETE_BATCH_BLOBS`], and for each the writer checks — with no
+//! commit running, under the pin lock — that no `blob_refs` row names it
+//! now and no pin holds it, and only then deletes it. An append waits for
+//! at most one such batch (point reads and deletes), never for the scan.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     fs::{self, File},
     io::{Cursor, Read, Write},
     path::{Path, PathBuf},
@@ -52,6 +62,20 @@ use crate::{
 
 /// Bytes read from a caller's reader (and from a blob file) at a time.
 pub const STREAM_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Most candidates of a collection the writer re-checks and deletes in one
+/// command: what an append may wait for while a collection runs.
+pub const GC_DELETE_BATCH_BLOBS: usize = 256;
+
+/// A blob a collection found unreferenced in its snapshot, for the writer
+/// to re-check and delete.
+#[derive(Debug, Clone)]
+pub(super) struct GcCandidate {
+    digest: Digest,
+    size: u64,
+    /// Its file, for a file blob; `None` for a row.
+    file: Option<PathBuf>,
+}
 
 /// Directory of file blobs under the store's directory.
 const BLOB_DIR: &str = "blobs";
@@ -361,7 +385,97 @@ impl BlobStore for Store {
     }
 
     fn collect_garbage(&self) -> Result<GcStats, StorageError> {
-        self.call(Command::CollectGarbage)
+        self.collect_garbage_between(&mut || {})
+    }
+}
+
+impl Store {
+    /// [`BlobStore::collect_garbage`], calling `between` after the scan and
+    /// before any deletion (tests append there, as a concurrent writer
+    /// would). References are read from every `blob_refs` row, including
+    /// rows of views this build does not know (left by another version),
+    /// so a roll-back never loses a newer view's blobs.
+    pub(crate) fn collect_garbage_between(
+        &self,
+        between: &mut dyn FnMut(),
+    ) -> Result<GcStats, StorageError> {
+        let inner = self.inner();
+        let mut stats = GcStats::default();
+        let mut referenced = HashSet::new();
+        // Where a reference may live: every view's prefix, and any other
+        // the snapshot holds (an unknown view's; none can appear while
+        // this build runs).
+        let mut prefixes: BTreeSet<Vec<u8>> = inner
+            .views
+            .iter()
+            .map(|v| keys::blob_ref_prefix(v.name()))
+            .collect();
+        let mut candidates = Vec::new();
+        {
+            let snapshot = inner.db.snapshot();
+            for item in snapshot.iterator_cf(inner.cf(Column::BlobRefs), IteratorMode::Start) {
+                let (key, _) = item?;
+                let at = key
+                    .len()
+                    .checked_sub(32)
+                    .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
+                let digest = <[u8; 32]>::try_from(&key[at..])
+                    .map_err(|_| StorageError::Corrupt("blob ref key without a sha256".into()))?;
+                referenced.insert(digest);
+                if !prefixes.contains(&key[..at]) {
+                    prefixes.insert(key[..at].to_vec());
+                }
+            }
+            let mut iter = snapshot.raw_iterator_cf(inner.cf(Column::Blobs));
+            iter.seek_to_first();
+            while iter.valid() {
+                stats.scanned += 1;
+                if let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                    let digest: [u8; 32] = key
+                        .try_into()
+                        .map_err(|_| StorageError::Corrupt("blob key is not a sha256".into()))?;
+                    if !referenced.contains(&digest) {
+                        candidates.push(GcCandidate {
+                            digest: Digest(digest),
+                            size: value.len() as u64,
+                            file: None,
+                        });
+                    }
+                }
+                iter.next();
+            }
+            iter.status()?;
+        }
+        for (digest, path, size) in file_blobs(&inner.config.blob_dir())? {
+            stats.scanned += 1;
+            if !referenced.contains(&digest.0) {
+                candidates.push(GcCandidate {
+                    digest,
+                    size,
+                    file: Some(path),
+                });
+            }
+        }
+        drop(referenced);
+        between();
+        let prefixes: Arc<[Vec<u8>]> = prefixes.into_iter().collect();
+        for batch in candidates.chunks(GC_DELETE_BATCH_BLOBS) {
+            let batch = batch.to_vec();
+            let prefixes = prefixes.clone();
+            let done =
+                self.call(|reply| Command::DeleteUnreferencedBlobs(batch, prefixes, reply))?;
+            stats.removed += done.removed;
+            stats.removed_bytes += done.removed_bytes;
+        }
+        if stats.removed > 0 {
+            info!(
+                removed = stats.removed,
+                bytes = stats.removed_bytes,
+                scanned = stats.scanned,
+                "blobs collected"
+            );
+        }
+        Ok(stats)
     }
 }
 
@@ -403,76 +517,182 @@ fn file_blobs(root: &Path) -> Result<Vec<(Digest, PathBuf, u64)>, StorageError> 
 }
 
 impl Writer {
-    /// Removes blobs that no view references and nobody pins. References
-    /// are read from every `blob_refs` row, including rows of views this
-    /// build does not know (left by another version), so a roll-back never
-    /// loses a newer view's blobs. Runs on the writer thread, so no commit
-    /// can add a reference meanwhile; appends wait for it.
-    pub(super) fn collect_garbage(&mut self) -> Result<GcStats, StorageError> {
+    /// Deletes each of `candidates` (found unreferenced by a collection's
+    /// scan) that is still stored, no `blob_refs` row under any of
+    /// `prefixes` names, and nobody pins. On the writer thread, so no
+    /// commit adds a reference between the check and the deletion; under
+    /// the pin lock, so no put pins it meanwhile. Counts only what it
+    /// removed.
+    pub(super) fn delete_unreferenced_blobs(
+        &mut self,
+        candidates: Vec<GcCandidate>,
+        prefixes: &[Vec<u8>],
+    ) -> Result<GcStats, StorageError> {
         let inner = self.inner.clone();
-        let mut referenced = HashSet::new();
-        for item in inner
-            .db
-            .iterator_cf(inner.cf(Column::BlobRefs), IteratorMode::Start)
-        {
-            let (key, _) = item?;
-            let digest = key
-                .len()
-                .checked_sub(32)
-                .and_then(|at| <[u8; 32]>::try_from(&key[at..]).ok())
-                .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
-            referenced.insert(digest);
-        }
+        let refs = inner.cf(Column::BlobRefs);
         let blobs = inner.cf(Column::Blobs);
-        let mut rows = Vec::new();
         let mut stats = GcStats::default();
-        let mut iter = inner.db.raw_iterator_cf(blobs);
-        iter.seek_to_first();
-        while iter.valid() {
-            stats.scanned += 1;
-            if let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-                let digest: [u8; 32] = key
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("blob key is not a sha256".into()))?;
-                if !referenced.contains(&digest) {
-                    rows.push((Digest(digest), value.len() as u64));
+        let mut key = Vec::with_capacity(64);
+        for candidate in candidates {
+            let pins = inner.pins.lock();
+            if pins.contains_key(&candidate.digest) {
+                continue;
+            }
+            let mut referenced = false;
+            for prefix in prefixes {
+                key.clear();
+                key.extend_from_slice(prefix);
+                key.extend_from_slice(&candidate.digest.0);
+                if inner.db.get_pinned_cf(refs, &key)?.is_some() {
+                    referenced = true;
+                    break;
                 }
             }
-            iter.next();
-        }
-        iter.status()?;
-        for (digest, size) in rows {
-            let pins = inner.pins.lock();
-            if pins.contains_key(&digest) {
+            if referenced {
                 continue;
             }
-            inner.db.delete_cf(blobs, digest.0)?;
+            match &candidate.file {
+                None => {
+                    if inner.db.get_pinned_cf(blobs, candidate.digest.0)?.is_none() {
+                        continue; // another collection removed it
+                    }
+                    inner.db.delete_cf(blobs, candidate.digest.0)?;
+                }
+                Some(path) => match fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(StorageError::io(format!("removing {}", path.display()), e))
+                    }
+                },
+            }
             drop(pins);
             stats.removed += 1;
-            stats.removed_bytes += size;
-        }
-        for (digest, path, size) in file_blobs(&inner.config.blob_dir())? {
-            stats.scanned += 1;
-            if referenced.contains(&digest.0) {
-                continue;
-            }
-            let pins = inner.pins.lock();
-            if pins.contains_key(&digest) {
-                continue;
-            }
-            fs::remove_file(&path)
-                .map_err(|e| StorageError::io(format!("removing {}", path.display()), e))?;
-            drop(pins);
-            stats.removed += 1;
-            stats.removed_bytes += size;
-        }
-        if stats.removed > 0 {
-            info!(
-                removed = stats.removed,
-                bytes = stats.removed_bytes,
-                "blobs collected"
-            );
+            stats.removed_bytes += candidate.size;
         }
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_events::{
+        envelope::{event, Metadata},
+        v1::{
+            event::Payload, Event, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted,
+        },
+        StreamId,
+    };
+
+    use super::*;
+    use crate::{views::default_views, EventLog, ExpectedVersion};
+
+    fn added(name: &str, digest: &Digest) -> Event {
+        event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+            revision: Some(PackageRevision {
+                name: format!("r.{name}.v1"),
+                package: name.into(),
+                workspace: "v1".into(),
+                revision: 1,
+                lifecycle: "Published".into(),
+                resources: [("Kptfile".to_string(), digest.to_string())].into(),
+                ..Default::default()
+            }),
+        }))
+    }
+
+    fn deleted(name: &str) -> Event {
+        event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
+            name: format!("r.{name}.v1"),
+            last: None,
+        }))
+    }
+
+    /// A blob the scan found unreferenced, referenced again by an append
+    /// (without a pin) before the deletion, is kept: the writer re-checks
+    /// each candidate. Appends go on during the scan meanwhile (the one
+    /// in `between` would never finish if the scan held the writer).
+    #[test]
+    fn a_blob_referenced_again_after_the_scan_is_not_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.blob_inline_max_bytes = 64; // the large one is a file
+        let store = Store::open(config, default_views()).unwrap();
+        let repo = StreamId::repository("ns", "r").unwrap();
+        let small = b"kind: Kptfile\n".to_vec();
+        let large = vec![7u8; 1000];
+        let (s, l) = {
+            let (a, b) = (store.put(&small).unwrap(), store.put(&large).unwrap());
+            let digests = (a.digest(), b.digest());
+            store
+                .append(
+                    &repo,
+                    ExpectedVersion::Any,
+                    vec![added("a", &digests.0), added("b", &digests.1)],
+                    Metadata::default(),
+                )
+                .unwrap();
+            digests
+        };
+        // Referenced, then no more (and no pin): candidates.
+        store
+            .append(
+                &repo,
+                ExpectedVersion::Any,
+                vec![deleted("a"), deleted("b")],
+                Metadata::default(),
+            )
+            .unwrap();
+        let orphan = store.put(b"nobody refers to me").unwrap().digest();
+        assert_eq!(
+            (store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()),
+            (0, 0)
+        );
+
+        let stats = store
+            .collect_garbage_between(&mut || {
+                // After the scan: the same contents come back under new
+                // names, referring to the stored blobs by digest.
+                store
+                    .append(
+                        &repo,
+                        ExpectedVersion::Any,
+                        vec![added("c", &s), added("d", &l)],
+                        Metadata::default(),
+                    )
+                    .unwrap();
+            })
+            .unwrap();
+        // Three candidates scanned; only the orphan went.
+        assert_eq!(
+            (stats.scanned, stats.removed, stats.removed_bytes),
+            (3, 1, 19)
+        );
+        assert_eq!(store.get(&orphan).unwrap(), None);
+        assert_eq!(store.get(&s).unwrap(), Some(small));
+        assert_eq!(store.get(&l).unwrap(), Some(large));
+        assert_eq!(
+            (store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()),
+            (1, 1)
+        );
+    }
+
+    /// More candidates than one batch: all are deleted, in several
+    /// commands to the writer.
+    #[test]
+    fn candidates_are_deleted_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path()), default_views()).unwrap();
+        let count = GC_DELETE_BATCH_BLOBS * 2 + 3;
+        for i in 0..count {
+            drop(store.put(format!("orphan {i}").as_bytes()).unwrap());
+        }
+        let mut between_calls = 0;
+        let stats = store
+            .collect_garbage_between(&mut || between_calls += 1)
+            .unwrap();
+        assert_eq!(between_calls, 1);
+        assert_eq!((stats.scanned, stats.removed), (count as u64, count as u64));
+        assert_eq!(store.collect_garbage().unwrap(), GcStats::default());
     }
 }

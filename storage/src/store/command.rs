@@ -11,6 +11,7 @@ use cairn_events::{
 };
 use tokio::sync::oneshot;
 
+use super::blobs::GcCandidate;
 use crate::{
     blob::GcStats,
     compaction::{CompactionPolicy, CompactionStats},
@@ -42,7 +43,9 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 pub(super) enum Command {
     Append(AppendRequest, Reply<Appended>),
     Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
-    CollectGarbage(Reply<GcStats>),
+    /// A batch of a collection's candidates, re-checked and deleted on the
+    /// writer (see `blobs`), with every prefix a reference may live under.
+    DeleteUnreferencedBlobs(Vec<GcCandidate>, Arc<[Vec<u8>]>, Reply<GcStats>),
     Replicate(Vec<Envelope>, Reply<Replicated>),
     Compact(
         Arc<dyn CompactionPolicy>,

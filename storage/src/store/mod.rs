@@ -52,7 +52,7 @@ mod scan;
 mod writer;
 
 pub use crate::read::Rows;
-pub use blobs::STREAM_CHUNK_BYTES;
+pub use blobs::{GC_DELETE_BATCH_BLOBS, STREAM_CHUNK_BYTES};
 pub use command::{RebuildProgress, RebuildStats};
 pub use config::StoreConfig;
 pub use handle::{MemoryUsage, Store, WriterStats};

@@ -344,8 +344,8 @@ impl Writer {
                         return;
                     }
                 }
-                Command::CollectGarbage(reply) => {
-                    let _ = reply.send(self.collect_garbage());
+                Command::DeleteUnreferencedBlobs(candidates, prefixes, reply) => {
+                    let _ = reply.send(self.delete_unreferenced_blobs(candidates, &prefixes));
                 }
                 Command::Replicate(commit, reply) => {
                     let _ = reply.send(self.apply_replicated(commit));
