@@ -332,7 +332,7 @@ fn attempt_timeout(timeout: Duration) -> Duration {
 }
 
 /// The JSON of `reply`, or the node's error as an error naming the code.
-fn read_reply(subject: &str, reply: &async_nats::Message) -> Result<Value, CallError> {
+pub(crate) fn read_reply(subject: &str, reply: &async_nats::Message) -> Result<Value, CallError> {
     let value: Value =
         serde_json::from_slice(&reply.payload).with_context(|| format!("reply of {subject}"))?;
     if let Some(code) = reply

@@ -304,16 +304,7 @@ async fn request(
         }
         Err(e) => bail!("{e}"),
     };
-    let value: Value =
-        serde_json::from_slice(&reply.payload).with_context(|| format!("reply of {subject}"))?;
-    if let Some(code) = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Service-Error-Code"))
-    {
-        bail!("{code}: {}", value["message"].as_str().unwrap_or_default());
-    }
-    Ok(value)
+    Ok(crate::client::read_reply(&subject, &reply)?)
 }
 
 /// One table row: type, seq, `<namespace>/<name>` and a detail (lifecycle

@@ -24,6 +24,19 @@ fn upstream(dir: &Path) -> (GitFixture, String) {
     (bare, url)
 }
 
+/// A node in `dir/node` with `url` registered as `team-a/up` (without a
+/// key).
+async fn registered_node(dir: &Path, url: &str) -> TestNode {
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    node.client()
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "up", "git": {"url": url}}),
+        )
+        .await;
+    node
+}
+
 /// What a request answered: the code (200 on success), the JSON body and
 /// the `Cairn-Replayed` header.
 #[derive(Debug)]
@@ -80,13 +93,7 @@ fn create_body(workspace: &str) -> Value {
 async fn a_retried_create_is_applied_once_before_and_after_a_restart() {
     let dir = TestDir::new();
     let (bare, url) = upstream(dir.path());
-    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
-    node.client()
-        .ok(
-            "repo.register",
-            json!({"namespace": "team-a", "name": "up", "git": {"url": url}}),
-        )
-        .await;
+    let node = registered_node(dir.path(), &url).await;
     let body = create_body("w1");
     let before = node.store.last_seq().unwrap();
 
@@ -164,13 +171,7 @@ async fn a_retried_create_is_applied_once_before_and_after_a_restart() {
 async fn concurrent_duplicates_apply_once() {
     let dir = TestDir::new();
     let (_bare, url) = upstream(dir.path());
-    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
-    node.client()
-        .ok(
-            "repo.register",
-            json!({"namespace": "team-a", "name": "up", "git": {"url": url}}),
-        )
-        .await;
+    let node = registered_node(dir.path(), &url).await;
     let before = node.store.last_seq().unwrap();
     let body = create_body("w1");
     let answers = futures::future::join_all(
@@ -375,13 +376,7 @@ async fn a_retry_in_another_form_is_the_same_request() {
     use prost::Message as _;
     let dir = TestDir::new();
     let (_bare, url) = upstream(dir.path());
-    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
-    node.client()
-        .ok(
-            "repo.register",
-            json!({"namespace": "team-a", "name": "up", "git": {"url": url}}),
-        )
-        .await;
+    let node = registered_node(dir.path(), &url).await;
     let first = send(&node, "pkgrev.create", Some("forms"), &create_body("w1")).await;
     assert_eq!((first.code, first.replayed), (200, None), "{}", first.body);
     let seq = node.store.last_seq().unwrap();

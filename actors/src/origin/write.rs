@@ -582,6 +582,13 @@ fn push_with_git_cli(repo: &Repository, url: &str, refspecs: &[String]) -> Resul
 /// Whether `refspecs` touch the local upstream's current branch (its
 /// HEAD), and only to delete it.
 fn deletes_current_branch(url: &str, refspecs: &[String]) -> bool {
+    // Most pushes delete nothing: then the upstream is not opened.
+    if !refspecs
+        .iter()
+        .any(|r| r.trim_start_matches('+').starts_with(':'))
+    {
+        return false;
+    }
     let head = super::file_transport::file_path(url)
         .ok()
         .and_then(|path| Repository::open(path).ok())
