@@ -15,9 +15,19 @@
 //!   revision 0, Proposed; no publishing info.
 //! - Branch `deletionProposed/<path>/<pkg>/<vN or branch>` turns the matching
 //!   published revision (or placeholder) into DeletionProposed.
-//! - Tasks: from `kpt:` annotations of the revision's history, newest first
-//!   by committer time (children before parents), matching package and workspace, back to the first
-//!   `init` or `clone` task; reported oldest first.
+//! - Tasks: Porch's `loadTasks` rule. The `kpt:` annotations of the
+//!   revision's history matching package and workspace are read newest
+//!   first by committer time (children before parents); a task of a type
+//!   that creates a revision (`init`, `edit`, `clone`, `upgrade`) replaces
+//!   the one found so far, and `init` or `clone` ends the walk. The history
+//!   is therefore at most one task, the revision's creation, as Porch
+//!   reports it (its `TestApproveDraftWithHistory` asserts one task on the
+//!   `drafts-repository` fixture's `init, eval, patch, eval` history).
+//!   `-1` placeholders have none: Porch looks for the branch name as their
+//!   workspace, which no annotation carries, so a Porch reading the
+//!   repository lists `[]` for them.
+//! - Labels and annotations: `metadata.labels` and `metadata.annotations`
+//!   of the package's Kptfile (as Porch's `PackageMetadata`).
 //! - Any other ref adds nothing; refs whose package is missing are skipped.
 
 use std::cmp::Reverse;
@@ -35,6 +45,23 @@ use super::error::{map_git_error, OriginError};
 /// Bound on the commits one history walk visits (task history, publishing
 /// info). Histories longer than this are cut, with a warning.
 const HISTORY_WALK_COMMITS_MAX: usize = 100_000;
+
+/// Version of the rules above: what discovery reads from the same refs.
+/// Bump it with every change that lists the same upstream differently
+/// (another field read, a rule changed): a sync folds it into the refs
+/// digest it records, so a repository synced under older rules is
+/// discovered again once (not skipped as unchanged) and its revisions
+/// whose content under the new rules differs are `Modified`.
+///
+/// - 1 (no version in the digest): every task back to `init`/`clone`;
+///   placeholders with their approval's tasks; Kptfile labels.
+/// - 2: Porch's `loadTasks` (at most the creating task, none on
+///   placeholders); Kptfile annotations.
+pub const RULES_VERSION: u32 = 2;
+
+/// Task types that can create a package revision (Porch's
+/// `validFirstTaskTypes`): the only ones a task history reports.
+const FIRST_TASK_TYPES: [&str; 4] = ["init", "edit", "clone", "upgrade"];
 
 /// Bound on the files one package may hold; beyond it discovery fails rather
 /// than loading an unbounded amount into memory.
@@ -80,7 +107,8 @@ pub struct DiscoveredRevision {
     pub published_by: Option<String>,
     /// When it was published, RFC 3339 UTC (`2022-08-26T22:47:35Z`).
     pub published_at: Option<String>,
-    /// Task history, oldest first.
+    /// Task history: the task that created the revision (`init`, `edit`,
+    /// `clone` or `upgrade`), or none (see the module docs).
     pub tasks: Vec<Task>,
     /// `metadata.labels` of the package's Kptfile; empty if it has none or
     /// does not parse.
@@ -783,23 +811,29 @@ impl Discoverer {
         lifecycle: Lifecycle,
     ) -> Result<DiscoveredRevision, OriginError> {
         // The newest commit on the branch annotated for this package is the
-        // approval that put it there: it gives publisher, time, and the
-        // workspace whose tasks the placeholder shows.
-        let mut latest = None;
+        // approval that put it there: it gives publisher and time.
+        let mut published = PublishInfo::default();
         self.walk(tip, package, |commit, annotations| {
             if annotations.iter().any(|a| a.package == package) {
-                let workspace = annotated_workspace(annotations, package);
-                latest = Some((publish_info(commit), workspace));
+                published = publish_info(commit);
                 true
             } else {
                 false
             }
         })?;
-        let (published, tasks_workspace) = latest.unwrap_or_default();
-        let tasks = self.tasks(tip, package, &tasks_workspace)?;
+        // No task history: Porch reads a placeholder's tasks for the
+        // workspace named after the branch, which no annotation carries
+        // (see the module docs).
         let workspace = self.branch.to_owned();
         self.revision(
-            package, tree, tip, -1, workspace, lifecycle, published, tasks,
+            package,
+            tree,
+            tip,
+            -1,
+            workspace,
+            lifecycle,
+            published,
+            Vec::new(),
         )
     }
 
@@ -895,17 +929,23 @@ impl Discoverer {
         })
     }
 
-    /// Task history of `package` in `workspace` from `start`, oldest first.
-    /// An annotation matches on its `workspaceName`, or — for annotations
-    /// written before workspaces existed — on its `revision` when it has no
-    /// `workspaceName`.
+    /// Task history of `package` in `workspace` from `start`, as Porch's
+    /// `loadTasks` (`pkg/externalrepo/git/git.go`) reads it: the commits
+    /// annotated for the package are walked newest first; a task of a type
+    /// that can start a revision (`init`, `edit`, `clone`, `upgrade`:
+    /// Porch's `IsValidFirstTaskType`) replaces what was found so far, and
+    /// `init` or `clone` ends the walk. So the history is at most one task:
+    /// the one that created the revision; `eval`, `patch`, `render` and
+    /// the like never show. An annotation matches on its `workspaceName`,
+    /// or — for annotations written before workspaces existed — on its
+    /// `revision` when it has no `workspaceName`.
     fn tasks(
         &mut self,
         start: Oid,
         package: &str,
         workspace: &str,
     ) -> Result<Vec<Task>, OriginError> {
-        let mut tasks = Vec::new();
+        let mut first = None;
         self.walk(start, package, |_, annotations| {
             for a in annotations {
                 let workspace_matches = a.workspace_name == workspace
@@ -913,17 +953,17 @@ impl Discoverer {
                 if a.package != package || !workspace_matches {
                     continue;
                 }
-                if let Some(task) = &a.task {
-                    tasks.push(task.clone());
-                    if task.r#type == "init" || task.r#type == "clone" {
-                        return true; // the revision starts here
-                    }
+                let Some(task) = &a.task else { continue };
+                if FIRST_TASK_TYPES.contains(&task.r#type.as_str()) {
+                    first = Some(task.clone());
+                }
+                if task.r#type == "init" || task.r#type == "clone" {
+                    return true; // the revision starts here
                 }
             }
             false
         })?;
-        tasks.reverse();
-        Ok(tasks)
+        Ok(first.into_iter().collect())
     }
 
     /// Builds [`History`] with one walk from every ref.
@@ -1448,6 +1488,112 @@ mod tests {
             ))
         });
         assert_eq!(batched, whole.revisions);
+    }
+
+    /// Porch's `loadTasks` on histories the fixtures do not cover: the
+    /// oldest creating task reached wins, `init` and `clone` end the walk,
+    /// other workspaces and packages are not looked at.
+    #[test]
+    fn the_task_history_is_the_task_that_created_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let kptfile = repo.blob(b"kind: Kptfile\n").unwrap();
+        let mut package = repo.treebuilder(None).unwrap();
+        package.insert("Kptfile", kptfile, 0o100644).unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        root.insert("p", package.write().unwrap(), 0o040000)
+            .unwrap();
+        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        // One chain of commits per case, oldest first, each annotated with
+        // (package, workspace, task type); then the task the history must
+        // be: its type and the step (index in the chain) that wrote it.
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str, &'static str)],
+            Option<(&'static str, usize)>,
+        );
+        let cases: [Case; 7] = [
+            (
+                "a",
+                &[("p", "a", "init"), ("p", "a", "eval"), ("p", "a", "patch")],
+                Some(("init", 0)),
+            ),
+            // Overwritten on the way back: the oldest creating task wins.
+            (
+                "b",
+                &[
+                    ("p", "b", "edit"),
+                    ("p", "b", "eval"),
+                    ("p", "b", "upgrade"),
+                ],
+                Some(("edit", 0)),
+            ),
+            (
+                "c",
+                &[("p", "c", "clone"), ("p", "c", "edit")],
+                Some(("clone", 0)),
+            ),
+            // Another workspace's init is not this revision's.
+            (
+                "d",
+                &[("p", "other", "init"), ("p", "d", "upgrade")],
+                Some(("upgrade", 1)),
+            ),
+            // The newest init ends the walk.
+            (
+                "e",
+                &[("p", "e", "init"), ("p", "e", "render"), ("p", "e", "init")],
+                Some(("init", 2)),
+            ),
+            ("f", &[("q", "f", "init"), ("p", "f", "eval")], None),
+            ("g", &[("p", "g", "patch")], None),
+        ];
+        for (workspace, history, _) in cases {
+            let mut parent: Option<Oid> = None;
+            for (i, (package, ws, kind)) in history.iter().enumerate() {
+                let message = format!(
+                    "step {i}\n\nkpt:{{\"package\":\"{package}\",\"workspaceName\":\"{ws}\",\"task\":{{\"type\":\"{kind}\",\"step\":{i}}}}}\n"
+                );
+                let parents: Vec<git2::Commit<'_>> = parent
+                    .map(|p| repo.find_commit(p).unwrap())
+                    .into_iter()
+                    .collect();
+                let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+                parent = Some(
+                    repo.commit(None, &signature, &signature, &message, &tree, &parents)
+                        .unwrap(),
+                );
+            }
+            repo.reference(
+                &format!("refs/heads/drafts/p/{workspace}"),
+                parent.unwrap(),
+                false,
+                "",
+            )
+            .unwrap();
+        }
+        let found = discover(dir.path(), "main", "").unwrap();
+        for (workspace, history, want) in cases {
+            let revision = found
+                .revisions
+                .iter()
+                .find(|r| r.workspace == workspace)
+                .unwrap();
+            let got: Vec<(&str, &str)> = revision
+                .tasks
+                .iter()
+                .map(|t| (t.r#type.as_str(), t.raw.as_str()))
+                .collect();
+            let want_raw =
+                want.map(|(kind, step)| format!("{{\"type\":\"{kind}\",\"step\":{step}}}"));
+            let want: Vec<(&str, &str)> = want
+                .iter()
+                .zip(&want_raw)
+                .map(|((kind, _), raw)| (*kind, raw.as_str()))
+                .collect();
+            assert_eq!(got, want, "{workspace}: {history:?}");
+        }
     }
 
     #[test]
