@@ -403,6 +403,15 @@ fn drafts_repository_adds_drafts_with_task_history() {
     );
     assert_eq!(publish(history), (None, None));
     assert!(!history.latest);
+    // Its Kptfile's metadata.annotations (kpt's local-config marker).
+    assert_eq!(
+        history.annotations,
+        BTreeMap::from([(
+            "config.kubernetes.io/local-config".to_owned(),
+            "true".to_owned()
+        )])
+    );
+    assert_eq!(find(&d, "", "basens", 1).annotations, BTreeMap::new());
 
     let bucket = find(&d, "", "bucket", 0);
     assert_eq!(task_types(bucket), Vec::<&str>::new());
@@ -688,7 +697,7 @@ fn packages_do_not_nest_and_broken_kptfiles_are_tolerated() {
     up.write("Kptfile", "kind: Kptfile\n");
     up.write(
         "apps/a/Kptfile",
-        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: a\n  labels:\n    tier: gold\n    team: blue\n",
+        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: a\n  labels:\n    tier: gold\n    team: blue\n  annotations:\n    owner: team-blue\n",
     );
     up.write("apps/a/sub/Kptfile", "kind: Kptfile\n");
     up.write("apps/a/sub/x.yaml", "x: 1\n");
@@ -723,7 +732,15 @@ fn packages_do_not_nest_and_broken_kptfiles_are_tolerated() {
             ("tier".to_owned(), "gold".to_owned()),
         ])
     );
-    assert_eq!(find(&d, "apps", "b", -1).labels, BTreeMap::new());
+    assert_eq!(
+        a.annotations,
+        BTreeMap::from([("owner".to_owned(), "team-blue".to_owned())])
+    );
+    let b = find(&d, "apps", "b", -1);
+    assert_eq!(
+        (&b.labels, &b.annotations),
+        (&BTreeMap::new(), &BTreeMap::new())
+    );
 
     // "apps2" shares a prefix with "apps" but is another directory.
     let scoped = synced.list("apps");

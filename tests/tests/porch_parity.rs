@@ -36,6 +36,10 @@
 //!   `loadTasks`); `an_upgrade_rediscovers_revisions_synced_under_older_rules`:
 //!   a store synced under the older task rule is put right by the first
 //!   sync after the upgrade, once.
+//! - `package_metadata_from_kptfile` (e2e `TestPackageMetadataFromKptfile`):
+//!   a revision shows its Kptfile's labels and annotations; `pkgrev.list`
+//!   and watches filter on annotations (beyond Porch, whose selectors
+//!   cover labels only).
 
 use std::{path::Path, time::Duration};
 
@@ -1187,7 +1191,8 @@ async fn approve_draft_with_history() {
 /// those rules read them, its `SyncSucceeded.refs_digest` the fetched
 /// refs' digest alone) is discovered again by the first sync after the
 /// upgrade, though its refs did not change: the revisions the new rules
-/// read differently are `Modified`, once; the next sync is a no-op again.
+/// read differently (task history, Kptfile annotations) are `Modified`,
+/// once; the next sync is a no-op again.
 #[actix_rt::test]
 async fn an_upgrade_rediscovers_revisions_synced_under_older_rules() {
     use cairn_events::envelope::{event, Metadata};
@@ -1205,8 +1210,8 @@ async fn an_upgrade_rediscovers_revisions_synced_under_older_rules() {
     let builder = node.stop().await;
 
     // What an older node recorded: the draft with its whole annotated
-    // history, and the fetched digest (the old rules' refs digest, as a
-    // fetch computes it).
+    // history and no Kptfile annotations, and the fetched digest (the old
+    // rules' refs digest, as a fetch computes it).
     let fetched = cairn_actors::origin::GitCache::new(dir.join("mirrors"))
         .fetch(&up.url(), None)
         .unwrap()
@@ -1238,6 +1243,15 @@ async fn an_upgrade_rediscovers_revisions_synced_under_older_rules() {
         })
         .collect();
     assert_eq!(old.tasks.len(), 4);
+    assert_eq!(
+        old.annotations,
+        [(
+            "config.kubernetes.io/local-config".to_owned(),
+            "true".to_owned()
+        )]
+        .into()
+    );
+    old.annotations.clear();
     let status = RepositoriesView::get(&store, "team-a", "drafts")
         .unwrap()
         .unwrap()
@@ -1297,14 +1311,23 @@ async fn an_upgrade_rediscovers_revisions_synced_under_older_rules() {
         modified["tasks"],
         json!([{"type": "init", "raw": new.tasks[0].raw}])
     );
+    assert_eq!(
+        modified["annotations"],
+        json!({"config.kubernetes.io/local-config": "true"})
+    );
     let last = events.last().unwrap();
     assert_eq!(
         last["event"]["sync_succeeded"]["refs_digest"].as_str(),
         Some(digest.as_str())
     );
+    let after = client.ok("pkgrev.get", key(name)).await;
     assert_eq!(
-        client.ok("pkgrev.get", key(name)).await["tasks"],
-        now["tasks"]
+        (&after["tasks"], &after["annotations"]),
+        (&now["tasks"], &now["annotations"])
+    );
+    assert_eq!(
+        now["annotations"],
+        json!({"config.kubernetes.io/local-config": "true"})
     );
 
     // And the next sync has nothing to do.
@@ -1317,5 +1340,191 @@ async fn an_upgrade_rediscovers_revisions_synced_under_older_rules() {
         .await;
     let (kinds, _) = client.events_after("drafts", before).await;
     assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
+    node.shutdown().await;
+}
+
+/// A Kptfile with labels and annotations, as Porch's
+/// `TestPackageMetadataFromKptfile` has them.
+const ANNOTATED_KPTFILE: &str = "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  \
+     name: meta\n  labels:\n    test-label: test-value\n  annotations:\n    \
+     test-annotation: \"true\"\ninfo:\n  description: meta\n";
+
+/// The next watch line that is not a heartbeat.
+async fn watch_line(watch: &mut cairn_tests::Subscription) -> Value {
+    loop {
+        let line = watch.next_json().await;
+        if line["type"] != "Heartbeat" {
+            return line;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn package_metadata_from_kptfile() {
+    let dir = TestDir::new();
+    let work = GitFixture::init(&dir.join("up-work"), "main");
+    work.write("meta/Kptfile", ANNOTATED_KPTFILE);
+    work.write(
+        "plain/Kptfile",
+        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: plain\n  annotations:\n    \
+         config.kubernetes.io/local-config: \"true\"\n",
+    );
+    work.commit("two packages");
+    let up = work.clone_bare(&dir.join("up.git"));
+    let node = start(dir.path()).await;
+    register(&node, "up", &up.url()).await;
+    let client = node.client();
+
+    // get: the Kptfile's labels and annotations.
+    let meta = client.ok("pkgrev.get", key("up.meta.main")).await;
+    assert_eq!(
+        (&meta["labels"], &meta["annotations"]),
+        (
+            &json!({"test-label": "test-value"}),
+            &json!({"test-annotation": "true"})
+        )
+    );
+    let plain = client.ok("pkgrev.get", key("up.plain.main")).await;
+    assert_eq!(
+        (&plain["labels"], &plain["annotations"]),
+        (
+            &json!({}),
+            &json!({"config.kubernetes.io/local-config": "true"})
+        )
+    );
+
+    // list: every pair must match (JSON and protobuf requests).
+    let listed = |filter: Value| async move {
+        let mut body = json!({"namespace": "team-a"});
+        for (k, v) in filter.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let page = client.ok("pkgrev.list", body).await;
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "true"}})).await,
+        ["up.meta.main"]
+    );
+    let page = client
+        .ok(
+            "pkgrev.list",
+            json!({"namespace": "team-a", "annotations": {"test-annotation": "true"}}),
+        )
+        .await;
+    let mut listed_meta = meta.clone();
+    listed_meta.as_object_mut().unwrap().remove("lock");
+    assert_eq!(page["items"][0], listed_meta);
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "false"}})).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "true"},
+                      "labels": {"test-label": "test-value"}}))
+        .await,
+        ["up.meta.main"]
+    );
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "true",
+                                      "config.kubernetes.io/local-config": "true"}}))
+        .await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(json!({"annotations": {"test-label": "test-value"}})).await,
+        Vec::<String>::new()
+    );
+    let request = pb::PkgRevListRequest {
+        namespace: "team-a".into(),
+        annotations: [("test-annotation".to_owned(), "true".to_owned())].into(),
+        ..Default::default()
+    };
+    let reply = client
+        .call_proto("pkgrev.list", request.encode_to_vec())
+        .await;
+    let page = pb::PkgRevList::decode(reply.payload).unwrap();
+    let names: Vec<&str> = page
+        .items
+        .iter()
+        .map(|i| i.revision.as_ref().unwrap().name.as_str())
+        .collect();
+    assert_eq!(names, ["up.meta.main"]);
+    assert_eq!(
+        page.items[0].revision.as_ref().unwrap().annotations,
+        [("test-annotation".to_owned(), "true".to_owned())].into()
+    );
+
+    // watch: the same filter, the listing then only what matches, and a
+    // revision that loses the annotation leaves the filter (Deleted).
+    let subject = client.new_inbox();
+    let mut watch = client.subscribe(&subject).await;
+    client
+        .ok(
+            "watch.start",
+            json!({"filter": {"namespace": "team-a",
+                              "annotations": {"test-annotation": "true"}},
+                   "deliver_subject": subject, "heartbeat_ms": 60000}),
+        )
+        .await;
+    let line = watch_line(&mut watch).await;
+    assert_eq!(
+        (&line["type"], &line["object"]["name"]),
+        (&json!("Added"), &json!("up.meta.main"))
+    );
+    assert_eq!(watch_line(&mut watch).await["type"], "Bookmark");
+    // Not annotated: not delivered (the next line is the next draft's).
+    client
+        .ok("pkgrev.create", create("up", "unmarked", "ws", json!({})))
+        .await;
+    let tagged = client
+        .ok(
+            "pkgrev.create",
+            create(
+                "up",
+                "tagged",
+                "ws",
+                json!({"resources": {"Kptfile": ANNOTATED_KPTFILE.replace("name: meta", "name: tagged")}}),
+            ),
+        )
+        .await;
+    assert_eq!(tagged["annotations"], json!({"test-annotation": "true"}));
+    let line = watch_line(&mut watch).await;
+    assert_eq!(
+        (&line["type"], &line["object"]["name"]),
+        (&json!("Added"), &json!("up.tagged.ws"))
+    );
+    let untagged = ANNOTATED_KPTFILE
+        .replace("name: meta", "name: tagged")
+        .replace(
+            "    test-annotation: \"true\"\n",
+            "    test-annotation: \"no\"\n",
+        );
+    client
+        .ok(
+            "pkgrev.update",
+            json!({"namespace": "team-a", "name": "up.tagged.ws",
+                   "resources": {"Kptfile": untagged},
+                   "resource_version": tagged["resource_version"]}),
+        )
+        .await;
+    let line = watch_line(&mut watch).await;
+    assert_eq!(
+        (
+            &line["type"],
+            &line["object"]["name"],
+            &line["object"]["annotations"]
+        ),
+        (
+            &json!("Deleted"),
+            &json!("up.tagged.ws"),
+            &json!({"test-annotation": "no"})
+        )
+    );
     node.shutdown().await;
 }

@@ -113,6 +113,9 @@ pub struct DiscoveredRevision {
     /// `metadata.labels` of the package's Kptfile; empty if it has none or
     /// does not parse.
     pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations` of the package's Kptfile; empty if it has
+    /// none or does not parse.
+    pub annotations: BTreeMap<String, String>,
     /// True for the highest published revision (N > 0) of each package.
     pub latest: bool,
 }
@@ -242,6 +245,11 @@ const THREADS_MAX: usize = 4;
 /// (revisions often share a tree); past it the cache starts over, so a
 /// discovery's memory does not grow with the repository.
 const TREE_CACHE_MAX_TREES: usize = 4096;
+/// Kptfile blobs whose parsed metadata one discoverer keeps: a package's
+/// Kptfile seldom changes between its revisions, while its other files
+/// (hence its tree) do, so most package trees need no parse of their own.
+/// Past it the cache starts over.
+const KPTFILE_CACHE_MAX_BLOBS: usize = 4096;
 /// Commits beyond the history index whose parsed annotations one
 /// discoverer keeps; past it the cache starts over.
 const ANNOTATION_CACHE_MAX_COMMITS: usize = 16_384;
@@ -374,6 +382,7 @@ impl DiscoveryStream {
             annotations: Arc::default(),
             local_annotations: HashMap::new(),
             resources: HashMap::new(),
+            kptfiles: HashMap::new(),
             history: Arc::default(),
         };
         let main_ref = format!("refs/heads/{branch}");
@@ -568,6 +577,7 @@ impl DiscoveryStream {
                 annotations: self.main.annotations.clone(),
                 local_annotations: HashMap::new(),
                 resources: HashMap::new(),
+                kptfiles: HashMap::new(),
                 history: self.main.history.clone(),
             });
         }
@@ -654,9 +664,12 @@ struct Discoverer {
     /// Parsed annotations of commits beyond the index (bounded by
     /// [`ANNOTATION_CACHE_MAX_COMMITS`]).
     local_annotations: HashMap<Oid, Arc<[Annotation]>>,
-    /// Files and Kptfile labels per package tree: revisions often share a
-    /// tree (bounded by [`TREE_CACHE_MAX_TREES`]).
+    /// Files and Kptfile metadata per package tree: revisions often share
+    /// a tree (bounded by [`TREE_CACHE_MAX_TREES`]).
     resources: HashMap<Oid, PackageTree>,
+    /// Kptfile metadata per Kptfile blob (bounded by
+    /// [`KPTFILE_CACHE_MAX_BLOBS`]).
+    kptfiles: HashMap<Oid, Arc<KptfileMetadata>>,
     /// The history, indexed once (see [`History`]); shared by the threads
     /// of one discovery.
     history: Arc<History>,
@@ -902,8 +915,12 @@ impl Discoverer {
     ) -> Result<DiscoveredRevision, OriginError> {
         let PackageTree {
             files: resources,
-            labels,
+            metadata,
         } = self.resources_of(tree)?;
+        let KptfileMetadata {
+            labels,
+            annotations,
+        } = Arc::unwrap_or_clone(metadata);
         let (path, name) = match self.relative(package).rsplit_once('/') {
             Some((path, name)) => (path.to_owned(), name.to_owned()),
             None => (String::new(), self.relative(package).to_owned()),
@@ -924,7 +941,8 @@ impl Discoverer {
             published_by: published.by,
             published_at: published.at,
             tasks,
-            labels: Arc::unwrap_or_clone(labels),
+            labels,
+            annotations,
             latest: false,
         })
     }
@@ -1064,6 +1082,21 @@ impl Discoverer {
         Ok(())
     }
 
+    /// The metadata of Kptfile blob `kptfile`, parsed once per discoverer
+    /// (see [`KPTFILE_CACHE_MAX_BLOBS`]).
+    fn kptfile_metadata_of(&mut self, kptfile: Oid) -> Result<Arc<KptfileMetadata>, OriginError> {
+        if let Some(found) = self.kptfiles.get(&kptfile) {
+            return Ok(found.clone());
+        }
+        let blob = self.repo.find_blob(kptfile).map_err(map_git_error)?;
+        let metadata = Arc::new(kptfile_metadata(blob.content()));
+        if self.kptfiles.len() >= KPTFILE_CACHE_MAX_BLOBS {
+            self.kptfiles.clear();
+        }
+        self.kptfiles.insert(kptfile, metadata.clone());
+        Ok(metadata)
+    }
+
     fn resources_of(&mut self, tree_id: Oid) -> Result<PackageTree, OriginError> {
         if let Some(found) = self.resources.get(&tree_id) {
             return Ok(found.clone());
@@ -1093,16 +1126,14 @@ impl Discoverer {
             return Err(e);
         }
         walked.map_err(map_git_error)?;
-        let labels = match files.get("Kptfile") {
-            Some(kptfile) => {
-                let blob = self.repo.find_blob(*kptfile).map_err(map_git_error)?;
-                Arc::new(kptfile_labels(blob.content()))
-            }
+        drop(tree);
+        let metadata = match files.get("Kptfile") {
+            Some(kptfile) => self.kptfile_metadata_of(*kptfile)?,
             None => Arc::default(),
         };
         let found = PackageTree {
             files: Arc::new(files),
-            labels,
+            metadata,
         };
         if self.resources.len() >= TREE_CACHE_MAX_TREES {
             self.resources.clear();
@@ -1135,7 +1166,15 @@ fn annotations_of(
 #[derive(Clone)]
 struct PackageTree {
     files: Arc<BTreeMap<String, Oid>>,
-    labels: Arc<BTreeMap<String, String>>,
+    metadata: Arc<KptfileMetadata>,
+}
+
+/// What discovery reads of a Kptfile's `metadata`: its labels and
+/// annotations (Porch's `PackageMetadata`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KptfileMetadata {
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
 }
 
 /// Publisher and publishing time, both optional.
@@ -1215,31 +1254,53 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// `metadata.labels` of a Kptfile; scalars other than strings are written
-/// out as YAML would; anything unparsable yields no labels.
-fn kptfile_labels(kptfile: &[u8]) -> BTreeMap<String, String> {
-    // Most Kptfiles carry no labels: skip parsing those (a YAML parse per
-    // revision was a tenth of a large discovery).
-    if !kptfile.windows(b"labels".len()).any(|w| w == b"labels") {
-        return BTreeMap::new();
+/// `metadata.labels` and `metadata.annotations` of a Kptfile; scalars
+/// other than strings are written out as YAML would, other values are
+/// skipped; anything unparsable yields neither.
+///
+/// Only the two maps are built: the rest of the document is skipped as it
+/// is read (serde's `IgnoredAny`), not turned into a tree. A Kptfile that
+/// names neither word is not parsed at all — the common case used to be
+/// no labels, but kpt writes the `config.kubernetes.io/local-config`
+/// annotation into most Kptfiles, so most are parsed now, once per
+/// package tree (the discoverer caches per tree).
+fn kptfile_metadata(kptfile: &[u8]) -> KptfileMetadata {
+    let mentions = |word: &[u8]| kptfile.windows(word.len()).any(|w| w == word);
+    if !mentions(b"labels") && !mentions(b"annotations") {
+        return KptfileMetadata::default();
     }
-    let Ok(doc) = serde_yaml::from_slice::<serde_yaml::Value>(kptfile) else {
-        return BTreeMap::new();
-    };
-    let Some(labels) = doc
-        .get("metadata")
-        .and_then(|m| m.get("labels"))
-        .and_then(|l| l.as_mapping())
+    /// The part of a Kptfile read: unknown keys are skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct Document {
+        #[serde(default)]
+        metadata: Option<Metadata>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        #[serde(default)]
+        labels: Option<serde_yaml::Value>,
+        #[serde(default)]
+        annotations: Option<serde_yaml::Value>,
+    }
+    let Ok(Document {
+        metadata: Some(metadata),
+    }) = serde_yaml::from_slice::<Document>(kptfile)
     else {
+        return KptfileMetadata::default();
+    };
+    KptfileMetadata {
+        labels: string_pairs(metadata.labels.as_ref()),
+        annotations: string_pairs(metadata.annotations.as_ref()),
+    }
+}
+
+/// The scalar pairs of a YAML mapping (none when `map` is no mapping).
+fn string_pairs(map: Option<&serde_yaml::Value>) -> BTreeMap<String, String> {
+    let Some(map) = map.and_then(serde_yaml::Value::as_mapping) else {
         return BTreeMap::new();
     };
-    labels
-        .iter()
-        .filter_map(|(k, v)| {
-            let key = scalar_string(k)?;
-            let value = scalar_string(v)?;
-            Some((key, value))
-        })
+    map.iter()
+        .filter_map(|(k, v)| Some((scalar_string(k)?, scalar_string(v)?)))
         .collect()
 }
 
@@ -1597,18 +1658,46 @@ mod tests {
     }
 
     #[test]
-    fn kptfile_labels_tolerate_broken_yaml() {
-        let good = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: p\n  labels:\n    tier: gold\n    replicas: 3\n";
-        let want = BTreeMap::from([
-            ("replicas".to_owned(), "3".to_owned()),
-            ("tier".to_owned(), "gold".to_owned()),
-        ]);
-        assert_eq!(kptfile_labels(good), want);
-        assert_eq!(kptfile_labels(b"metadata: [unclosed"), BTreeMap::new());
-        assert_eq!(kptfile_labels(b"\xff\xfe"), BTreeMap::new());
+    fn kptfile_metadata_tolerates_broken_yaml() {
+        let good = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: p\n  labels:\n    tier: gold\n    replicas: 3\n  annotations:\n    config.kubernetes.io/local-config: \"true\"\n    test-annotation: \"true\"\n    nested: {a: b}\n    enabled: true\ninfo:\n  description: d\npipeline:\n  mutators: [{image: x}]\n";
+        let pairs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
         assert_eq!(
-            kptfile_labels(b"metadata:\n  name: p\n  annotations:\n    a: b\n"),
-            BTreeMap::new()
+            kptfile_metadata(good),
+            KptfileMetadata {
+                labels: pairs(&[("replicas", "3"), ("tier", "gold")]),
+                annotations: pairs(&[
+                    ("config.kubernetes.io/local-config", "true"),
+                    ("enabled", "true"),
+                    ("test-annotation", "true"),
+                ]),
+            }
         );
+        assert_eq!(
+            kptfile_metadata(b"metadata:\n  name: p\n  annotations:\n    a: b\n"),
+            KptfileMetadata {
+                labels: BTreeMap::new(),
+                annotations: pairs(&[("a", "b")]),
+            }
+        );
+        for broken in [
+            &b"metadata: [unclosed"[..],
+            b"\xff\xfe labels",
+            b"metadata: [labels, annotations]\n",
+            b"metadata:\n  labels: [a, b]\n  annotations: text\n",
+            b"- labels\n",
+            b"kind: Kptfile\nmetadata:\n  name: p\n",
+        ] {
+            assert_eq!(
+                kptfile_metadata(broken),
+                KptfileMetadata::default(),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
     }
 }

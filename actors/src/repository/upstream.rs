@@ -469,6 +469,7 @@ impl Resources {
                 .collect(),
             labels: found.labels,
             latest: found.latest,
+            annotations: found.annotations,
         })
     }
 
