@@ -9,7 +9,7 @@
 //! upstream into events ([`RepositoryComponent::reconcile_one`] per name):
 //! `PackageRevisionAdded` for a new name, `PackageRevisionModified` when
 //! anything about an existing name changed (commit, content, lifecycle,
-//! latest, publish info, tasks, labels — for a placeholder, a new head of
+//! latest, publish info, tasks, labels, annotations — for a placeholder, a new head of
 //! its branch alone is no change), `PackageRevisionDeleted` for a name
 //! that is gone — in name order, so the same upstream always yields the same
 //! events.
