@@ -28,7 +28,7 @@
 //!   and every write (lifecycle commits and ref changes, pushes); all of
 //!   cairn's Git-only code.
 //! - [`revision_filter`] — which package revisions a `pkgrev.list` or a
-//!   watch selects (fields, lifecycles, labels); domain logic that
+//!   watch selects (fields, lifecycles, labels, annotations); domain logic that
 //!   [`service`] and [`watch`] share.
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with;
 //!   each domain's error enum maps into it once.

@@ -1,6 +1,7 @@
 //! Selecting package revisions: the filter of `pkgrev.list` and of
 //! watches, and how a revision, a view row or a listing head is matched
-//! against it (labels: the revision carries every pair of the filter's).
+//! against it (labels and annotations: the revision carries every pair of
+//! the filter's).
 //!
 //! Domain logic, shared by the NATS service (`pkgrev.list`, `watch.start`)
 //! and the watch hub and Watchers; it imports neither. Turning a request
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 
 use cairn_events::{
     revision::Lifecycle,
-    v1::{PackageRevisionListing, PackageRevisionRow},
+    v1::{PackageRevision, PackageRevisionListing, PackageRevisionRow},
 };
 use cairn_storage::views::package_revision_list::Scope;
 
@@ -36,6 +37,9 @@ pub struct Filter {
     pub lifecycle: Option<Vec<Lifecycle>>,
     /// Only revisions carrying all these labels.
     pub labels: BTreeMap<String, String>,
+    /// Only revisions carrying all these Kptfile annotations (beyond
+    /// Porch, whose field selectors cover labels only).
+    pub annotations: BTreeMap<String, String>,
     /// Only latest (true) or only not latest (false).
     pub latest: Option<bool>,
 }
@@ -51,7 +55,7 @@ impl Filter {
             && is(&self.repository, &row.repository)
             && is(&self.path, &r.path)
             && is(&self.package, &r.package)
-            && self.matches_rest(&r.workspace, r.revision, &r.lifecycle, &r.labels, r.latest)
+            && self.matches_rest(&Rest::of(r))
     }
 
     /// The fields a listing narrows by key (see [`Scope`]).
@@ -71,32 +75,69 @@ impl Filter {
             || self.revision.is_some()
             || self.lifecycle.is_some()
             || !self.labels.is_empty()
+            || !self.annotations.is_empty()
             || self.latest.is_some()
     }
 
     /// Whether a listing row's head passes the fields outside the scope.
     pub fn matches_head(&self, l: &PackageRevisionListing) -> bool {
-        self.matches_rest(&l.workspace, l.revision, &l.lifecycle, &l.labels, l.latest)
+        self.matches_rest(&Rest {
+            workspace: &l.workspace,
+            revision: l.revision,
+            lifecycle: &l.lifecycle,
+            labels: &l.labels,
+            annotations: &l.annotations,
+            latest: l.latest,
+        })
     }
 
     /// Whether the fields outside the scope pass.
-    pub fn matches_rest(
-        &self,
-        workspace: &str,
-        revision: i64,
-        lifecycle: &str,
-        labels: &BTreeMap<String, String>,
-        latest: bool,
-    ) -> bool {
-        self.workspace.as_ref().is_none_or(|v| v == workspace)
-            && self.revision.is_none_or(|v| v == revision)
+    pub fn matches_rest(&self, r: &Rest<'_>) -> bool {
+        let carries = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+            want.iter().all(|(k, v)| have.get(k) == Some(v))
+        };
+        self.workspace.as_ref().is_none_or(|v| v == r.workspace)
+            && self.revision.is_none_or(|v| v == r.revision)
             && self.lifecycle.as_ref().is_none_or(|ls| {
                 // The row's lifecycle as the enum (an unknown name passes no
                 // lifecycle filter); parsed only when a filter asks.
-                Lifecycle::parse(lifecycle).is_some_and(|p| ls.contains(&p))
+                Lifecycle::parse(r.lifecycle).is_some_and(|p| ls.contains(&p))
             })
-            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.latest.is_none_or(|v| v == latest)
+            && carries(&self.labels, r.labels)
+            && carries(&self.annotations, r.annotations)
+            && self.latest.is_none_or(|v| v == r.latest)
+    }
+}
+
+/// The fields of a revision a [`Filter`] checks beyond its scope, borrowed
+/// from a revision, a view row or a listing head.
+#[derive(Debug, Clone, Copy)]
+pub struct Rest<'a> {
+    /// Workspace.
+    pub workspace: &'a str,
+    /// Revision number.
+    pub revision: i64,
+    /// Lifecycle, as the events spell it.
+    pub lifecycle: &'a str,
+    /// Kptfile labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Kptfile annotations.
+    pub annotations: &'a BTreeMap<String, String>,
+    /// Latest published revision of its package.
+    pub latest: bool,
+}
+
+impl<'a> Rest<'a> {
+    /// The fields of `revision`.
+    pub fn of(revision: &'a PackageRevision) -> Self {
+        Self {
+            workspace: &revision.workspace,
+            revision: revision.revision,
+            lifecycle: &revision.lifecycle,
+            labels: &revision.labels,
+            annotations: &revision.annotations,
+            latest: revision.latest,
+        }
     }
 }
 
@@ -151,6 +192,43 @@ mod tests {
     }
 
     #[test]
+    fn annotations_select_revisions_carrying_every_pair() {
+        let mut annotated = row(&[("tier", "base")]);
+        annotated.revision.as_mut().unwrap().annotations =
+            labels(&[("test-annotation", "true"), ("owner", "team-a")]);
+        let selector = |pairs: &[(&str, &str)]| Filter {
+            annotations: labels(pairs),
+            ..Filter::default()
+        };
+        assert!(selector(&[("test-annotation", "true")]).matches(&annotated));
+        assert!(selector(&[("test-annotation", "true"), ("owner", "team-a")]).matches(&annotated));
+        assert!(!selector(&[("test-annotation", "false")]).matches(&annotated));
+        assert!(!selector(&[("test-annotation", "true"), ("env", "prod")]).matches(&annotated));
+        // Labels are not annotations, nor the other way round.
+        assert!(!selector(&[("tier", "base")]).matches(&annotated));
+        let by_label = Filter {
+            labels: labels(&[("test-annotation", "true")]),
+            ..Filter::default()
+        };
+        assert!(!by_label.matches(&annotated));
+        assert!(!selector(&[("test-annotation", "true")]).matches(&row(&[])));
+        assert!(selector(&[("owner", "team-a")]).needs_head());
+        // The listing head carries them too.
+        let r = annotated.revision.as_ref().unwrap();
+        let head = PackageRevisionListing {
+            name: r.name.clone(),
+            workspace: r.workspace.clone(),
+            revision: r.revision,
+            lifecycle: r.lifecycle.clone(),
+            latest: r.latest,
+            labels: r.labels.clone(),
+            annotations: r.annotations.clone(),
+        };
+        assert!(selector(&[("owner", "team-a")]).matches_head(&head));
+        assert!(!selector(&[("owner", "team-b")]).matches_head(&head));
+    }
+
+    #[test]
     fn a_lifecycle_filter_selects_by_the_parsed_lifecycle() {
         let with = |lifecycle: &str| {
             let mut r = row(&[]);
@@ -185,6 +263,7 @@ mod tests {
             revision: Some(1),
             lifecycle: Some(vec![Lifecycle::Draft, Lifecycle::Published]),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             latest: Some(true),
         };
         assert!(all.matches(&r));

@@ -389,15 +389,13 @@ fn drafts_repository_adds_drafts_with_task_history() {
         ]
     );
 
+    // Porch's loadTasks: of the init, eval, patch, eval annotated on the
+    // draft's commits, only the task that created it.
     let history = find(&d, "", "pkg-with-history", 0);
-    assert_eq!(task_types(history), vec!["init", "eval", "patch", "eval"]);
+    assert_eq!(task_types(history), vec!["init"]);
     assert_eq!(
         history.tasks[0].raw,
         r#"{"type":"init","init":{"description":"sample description"}}"#
-    );
-    assert_eq!(
-        history.tasks[1].raw,
-        r#"{"type":"eval","eval":{"image":"render","config":null,"match":{}}}"#
     );
     assert_eq!(
         history.commit,
@@ -405,6 +403,15 @@ fn drafts_repository_adds_drafts_with_task_history() {
     );
     assert_eq!(publish(history), (None, None));
     assert!(!history.latest);
+    // Its Kptfile's metadata.annotations (kpt's local-config marker).
+    assert_eq!(
+        history.annotations,
+        BTreeMap::from([(
+            "config.kubernetes.io/local-config".to_owned(),
+            "true".to_owned()
+        )])
+    );
+    assert_eq!(find(&d, "", "basens", 1).annotations, BTreeMap::new());
 
     let bucket = find(&d, "", "bucket", 0);
     assert_eq!(task_types(bucket), Vec::<&str>::new());
@@ -530,14 +537,12 @@ fn publishinfo_repository_publishing_metadata() {
 
     let draft = find(&d, "", "draft-pkg", 0);
     assert_eq!(publish(draft), (None, None));
-    assert_eq!(task_types(draft), vec!["init", "eval"]);
-    assert_eq!(
-        task_types(find(&d, "", "pkg-with-anno", 1)),
-        vec!["init", "eval"]
-    );
+    assert_eq!(task_types(draft), vec!["init"]);
+    assert_eq!(task_types(find(&d, "", "pkg-with-anno", 1)), vec!["init"]);
+    // A placeholder has no task history (as Porch reads it from Git).
     assert_eq!(
         task_types(find(&d, "", "pkg-with-anno", -1)),
-        vec!["init", "eval"]
+        Vec::<&str>::new()
     );
 }
 
@@ -565,7 +570,7 @@ fn manual_tagged_repository_counts_the_annotated_tag() {
 
     let v1 = find(&d, "", "pkg", 1);
     assert_eq!(v1.commit, "b0ae9810fc384bd9e9fbe2baaaced41416c5bb21");
-    assert_eq!(task_types(v1), vec!["init", "eval"]);
+    assert_eq!(task_types(v1), vec!["init"]);
     assert_eq!(
         publish(v1),
         (Some("porch@kpt.dev"), Some("2025-03-06T12:49:11Z"))
@@ -578,7 +583,7 @@ fn manual_tagged_repository_counts_the_annotated_tag() {
         publish(placeholder),
         (Some("porch@kpt.dev"), Some("2025-03-06T12:49:11Z"))
     );
-    assert_eq!(task_types(placeholder), vec!["init", "eval"]);
+    assert_eq!(task_types(placeholder), Vec::<&str>::new());
 }
 
 fn blueprint_rows(prefix: &str) -> Vec<Row> {
@@ -601,16 +606,22 @@ fn invalid_kpt_annotation_is_tolerated_in_a_directory() {
     assert_eq!(latest(&d), vec![lt("", "bp1", 3), lt("", "bp2", 2)]);
 
     // bp1 v3 is tagged on the commit after the malformed line; its own
-    // annotation names workspace v3 and an eval task, with no init before it.
+    // annotation names workspace v3 and an eval task, which creates no
+    // revision: no task.
     let bp1_v3 = find(&d, "", "bp1", 3);
-    assert_eq!(task_types(bp1_v3), vec!["eval"]);
+    assert_eq!(task_types(bp1_v3), Vec::<&str>::new());
     // bp2 v2 was started by an edit: its history runs past the malformed
-    // commit to the start of the branch without finding init or clone.
-    assert_eq!(
-        task_types(find(&d, "", "bp2", 2)),
-        vec!["edit", "eval", "patch", "eval"]
-    );
-    assert_eq!(task_types(find(&d, "", "bp1", 1)), vec!["init", "eval"]);
+    // commit to the start of the branch without finding init or clone, and
+    // keeps the edit.
+    assert_eq!(task_types(find(&d, "", "bp2", 2)), vec!["edit"]);
+    assert_eq!(task_types(find(&d, "", "bp1", 1)), vec!["init"]);
+    assert_eq!(task_types(find(&d, "", "bp2", 1)), vec!["init"]);
+    for placeholder in ["bp1", "bp2"] {
+        assert_eq!(
+            task_types(find(&d, "", placeholder, -1)),
+            Vec::<&str>::new()
+        );
+    }
 }
 
 #[test]
@@ -686,7 +697,7 @@ fn packages_do_not_nest_and_broken_kptfiles_are_tolerated() {
     up.write("Kptfile", "kind: Kptfile\n");
     up.write(
         "apps/a/Kptfile",
-        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: a\n  labels:\n    tier: gold\n    team: blue\n",
+        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: a\n  labels:\n    tier: gold\n    team: blue\n  annotations:\n    owner: team-blue\n",
     );
     up.write("apps/a/sub/Kptfile", "kind: Kptfile\n");
     up.write("apps/a/sub/x.yaml", "x: 1\n");
@@ -721,7 +732,15 @@ fn packages_do_not_nest_and_broken_kptfiles_are_tolerated() {
             ("tier".to_owned(), "gold".to_owned()),
         ])
     );
-    assert_eq!(find(&d, "apps", "b", -1).labels, BTreeMap::new());
+    assert_eq!(
+        a.annotations,
+        BTreeMap::from([("owner".to_owned(), "team-blue".to_owned())])
+    );
+    let b = find(&d, "apps", "b", -1);
+    assert_eq!(
+        (&b.labels, &b.annotations),
+        (&BTreeMap::new(), &BTreeMap::new())
+    );
 
     // "apps2" shares a prefix with "apps" but is another directory.
     let scoped = synced.list("apps");
@@ -1216,7 +1235,8 @@ fn a_package_goes_through_its_lifecycle_as_porch_lays_it_out_in_git() {
     let kptfile = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: fresh\n".to_vec();
     let files: Files = [("Kptfile".to_owned(), kptfile.clone())].into();
 
-    // Create, then update: a draft with the init and patch tasks.
+    // Create, then update: a draft whose history is its init task (an
+    // update records no task).
     let (draft, changes) = lifecycle::create_draft(
         &repo,
         &refs,
@@ -1249,7 +1269,7 @@ fn a_package_goes_through_its_lifecycle_as_porch_lays_it_out_in_git() {
             .iter()
             .map(|t| t.r#type.as_str())
             .collect::<Vec<_>>(),
-        ["init", "patch"]
+        ["init"]
     );
 
     // Propose: the draft branch becomes the proposed branch.

@@ -3,7 +3,15 @@
 //!
 //! `{"name","namespace","repository","path","package","workspace",
 //! "revision","lifecycle","latest","commit","resource_version",
-//! "published_by","published_at","tasks":[…],"labels":{…}}`
+//! "published_by","published_at","tasks":[…],"labels":{…},
+//! "annotations":{…}}`
+//!
+//! `annotations` (the Kptfile's `metadata.annotations`) is left out when
+//! there are none, as Porch's `PackageMetadata` does (`omitempty`): so
+//! rows the list view rendered before the field existed — all without
+//! annotations, since a revision that has some is `Modified` by the first
+//! sync after the upgrade (see `origin::RULES_VERSION` in cairn-actors) —
+//! read the same as rows rendered now, without a view rebuild.
 //!
 //! `resource_version` is the global sequence of the last event applied to
 //! the row; timestamps are RFC 3339 in UTC with a `Z` (as Kubernetes and
@@ -119,6 +127,8 @@ struct RevisionJson<'a> {
     published_at: Value,
     tasks: Vec<TaskJson<'a>>,
     labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
 }
 
 /// A task: its annotation JSON as recorded, or `{"type": …}` when that is
@@ -159,6 +169,7 @@ fn revision_view<'a>(
             })
             .collect(),
         labels: &r.labels,
+        annotations: &r.annotations,
     }
 }
 
@@ -372,6 +383,18 @@ mod tests {
         assert_eq!(revision_json(&row), expected);
         assert_eq!(
             serde_json::from_slice::<Value>(&revision_json_bytes(&row)).unwrap(),
+            expected
+        );
+
+        // Annotations, when there are some.
+        let mut annotated = row.clone();
+        annotated.revision.as_mut().unwrap().annotations =
+            [("test-annotation".to_owned(), "true".to_owned())].into();
+        let mut expected = expected;
+        expected["annotations"] = json!({"test-annotation": "true"});
+        assert_eq!(revision_json(&annotated), expected);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&revision_json_bytes(&annotated)).unwrap(),
             expected
         );
     }

@@ -91,14 +91,15 @@ fn revision() -> impl Strategy<Value = PackageRevision> {
             any::<String>(),
             timestamp(),
             tasks,
-            strings,
+            strings.clone(),
             any::<bool>(),
+            strings,
         ),
     )
         .prop_map(
             |(
                 (name, path, package, workspace, revision, lifecycle, commit),
-                (resources, published_by, published_at, tasks, labels, latest),
+                (resources, published_by, published_at, tasks, labels, latest, annotations),
             )| {
                 PackageRevision {
                     name,
@@ -114,6 +115,7 @@ fn revision() -> impl Strategy<Value = PackageRevision> {
                     tasks,
                     labels,
                     latest,
+                    annotations,
                 }
             },
         )

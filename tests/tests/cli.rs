@@ -820,3 +820,101 @@ fn node_logs_are_plain_text_off_a_terminal() {
     assert!(log.contains(" INFO "), "info lines were logged: {log}");
     assert!(!log.contains('\u{1b}'), "no escape codes: {log:?}");
 }
+
+/// `--annotation KEY=VALUE` (repeatable) selects by Kptfile annotations,
+/// in lists and watches' filters alike: cairn's own flag (Porch selects on
+/// labels only).
+#[actix_rt::test]
+async fn lists_select_by_kptfile_annotations() {
+    let dir = TestDir::new();
+    let work = GitFixture::init(&dir.join("work"), "main");
+    let kptfile = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: {name}\n  annotations:\n{annotations}"
+        )
+    };
+    work.write(
+        "apps/web/Kptfile",
+        kptfile("web", "    owner: team-web\n    tier: base\n"),
+    )
+    .write("apps/db/Kptfile", kptfile("db", "    owner: team-db\n"))
+    .commit("two packages");
+    let url = work.clone_bare(&dir.join("up.git")).url();
+    let node = start(dir.path()).await;
+    register(&node, "team-a", "r", &url).await;
+    let nats = node.nats_url.clone();
+
+    for (flags, want) in [
+        (
+            vec!["--annotation", "owner=team-web"],
+            "team-a/r.apps.web.main\n",
+        ),
+        (
+            vec!["--annotation", "owner=team-db"],
+            "team-a/r.apps.db.main\n",
+        ),
+        (
+            vec![
+                "--annotation",
+                "owner=team-web",
+                "--annotation",
+                "tier=base",
+            ],
+            "team-a/r.apps.web.main\n",
+        ),
+        (
+            vec!["--annotation", "owner=team-db", "--annotation", "tier=base"],
+            "",
+        ),
+        // Labels are not annotations.
+        (vec!["-l", "owner=team-web"], ""),
+    ] {
+        let args: Vec<&str> = ["pkg", "list", "-n", "team-a", "-o", "name"]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .collect();
+        let out = cli(&nats, &args).await;
+        assert_eq!(
+            (out.success, out.stdout.as_str()),
+            (true, want),
+            "{flags:?}: {}",
+            out.stderr
+        );
+    }
+    let bad = cli(
+        &nats,
+        &["pkg", "list", "-n", "team-a", "--annotation", "owner"],
+    )
+    .await;
+    assert!(!bad.success);
+    assert!(
+        bad.stderr.contains(
+            "error: invalid value 'owner' for '--annotation <KEY=VALUE>': \"owner\": expected KEY=VALUE"
+        ),
+        "{}",
+        bad.stderr
+    );
+    let twice = cli(
+        &nats,
+        &[
+            "pkg",
+            "list",
+            "-n",
+            "team-a",
+            "--annotation",
+            "owner=a",
+            "--annotation",
+            "owner=b",
+        ],
+    )
+    .await;
+    assert!(!twice.success);
+    assert!(
+        twice.stderr.contains(
+            "--annotation: \"owner\" given twice (\"a\" and \"b\"); a revision has one value per key"
+        ),
+        "{}",
+        twice.stderr
+    );
+    node.shutdown().await;
+}

@@ -30,6 +30,16 @@
 //! - `push_retry_with_transient_error` (`TestPushRetryWithTransientError`):
 //!   a push that fails transiently is tried again, `git.push-attempts`
 //!   times in all.
+//! - `approve_draft_with_history` (`GitSuite.TestApproveDraftWithHistory`):
+//!   a draft whose commits are annotated init, eval, patch, eval reports
+//!   one task, its init, before and after it is published (Porch's
+//!   `loadTasks`); `an_upgrade_rediscovers_revisions_synced_under_older_rules`:
+//!   a store synced under the older task rule is put right by the first
+//!   sync after the upgrade, once.
+//! - `package_metadata_from_kptfile` (e2e `TestPackageMetadataFromKptfile`):
+//!   a revision shows its Kptfile's labels and annotations; `pkgrev.list`
+//!   and watches filter on annotations (beyond Porch, whose selectors
+//!   cover labels only).
 
 use std::{path::Path, time::Duration};
 
@@ -856,7 +866,7 @@ async fn format_commit_message() {
          \"task\":{\"type\":\"init\",\"init\":{\"description\":\"catalog/app description\"}}}\n\
          Cairn-Principal: ada@example.com"
     );
-    // update (the patch task: task history is not this test's)
+    // update: no task, as Porch writes an update without one
     let kptfile = "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: app\n";
     node.client()
         .ok(
@@ -868,9 +878,8 @@ async fn format_commit_message() {
         .await;
     assert_eq!(
         message("drafts/catalog/app/ws1"),
-        "Intermediate commit: patch\n\n\n\
-         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"0\",\
-         \"task\":{\"type\":\"patch\",\"patch\":{}}}\n\
+        "Intermediate commit\n\n\n\
+         kpt:{\"package\":\"catalog/app\",\"workspaceName\":\"ws1\",\"revision\":\"0\"}\n\
          Cairn-Principal: ada@example.com"
     );
     // approve: `"revision":"1"`, as current Porch writes it
@@ -1087,5 +1096,435 @@ async fn push_retry_with_transient_error() {
     let (kinds, _) = node.client().events_after("up", before).await;
     let recorded: Vec<&String> = kinds.iter().filter(|k| !k.starts_with("Sync")).collect();
     assert_eq!(recorded, ["DraftCreated"]);
+    node.shutdown().await;
+}
+
+/// The task types annotated (`kpt:` lines) on the commits of `rev`,
+/// newest first.
+fn annotated_tasks(repo: &GitFixture, rev: &str) -> Vec<String> {
+    repo.git(&["log", "--format=%B", rev])
+        .lines()
+        .filter_map(|line| line.strip_prefix("kpt:"))
+        .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+        .filter_map(|a| a["task"]["type"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn approve_draft_with_history() {
+    let dir = TestDir::new();
+    // The unmodified fixture: its HEAD is the draft's branch.
+    let up = GitFixture::porch("drafts-repository", &dir.join("upstream"));
+    assert_eq!(
+        up.git(&["symbolic-ref", "HEAD"]),
+        "refs/heads/drafts/pkg-with-history/v1"
+    );
+    assert_eq!(
+        annotated_tasks(&up, "drafts/pkg-with-history/v1"),
+        ["eval", "patch", "eval", "init"]
+    );
+    let node = start(dir.path()).await;
+    register(&node, "drafts", &up.url()).await;
+    let init = json!([{"type": "init", "init": {"description": "sample description"}}]);
+
+    // Porch's loadTasks: of init, eval, patch, eval only the task that
+    // created the revision.
+    let draft = node
+        .client()
+        .ok("pkgrev.get", key("drafts.pkg-with-history.v1"))
+        .await;
+    assert_eq!(
+        (&draft["lifecycle"], &draft["tasks"]),
+        (&json!("Draft"), &init)
+    );
+    assert!(up
+        .refs()
+        .contains(&"refs/heads/drafts/pkg-with-history/v1".to_owned()));
+    assert!(!up
+        .refs()
+        .contains(&"refs/tags/pkg-with-history/v1".to_owned()));
+
+    let published = publish(&node, "drafts.pkg-with-history.v1").await;
+    assert_eq!(
+        (
+            &published["lifecycle"],
+            &published["revision"],
+            &published["tasks"]
+        ),
+        (&json!("Published"), &json!(1), &init)
+    );
+    let refs = up.refs();
+    assert!(
+        !refs
+            .iter()
+            .any(|r| r.starts_with("refs/heads/drafts/pkg-with-history/")
+                || r.starts_with("refs/heads/proposed/pkg-with-history/")),
+        "{refs:?}"
+    );
+    assert!(
+        refs.contains(&"refs/tags/pkg-with-history/v1".to_owned()),
+        "{refs:?}"
+    );
+    assert_eq!(
+        up.rev_parse("refs/tags/pkg-with-history/v1"),
+        up.rev_parse("refs/heads/main")
+    );
+    // The placeholder the approval made has no task history, as Porch
+    // reads it from Git.
+    let placeholder = node
+        .client()
+        .ok("pkgrev.get", key("drafts.pkg-with-history.main"))
+        .await;
+    assert_eq!(placeholder["tasks"], json!([]));
+
+    // Read back from Git by a new registration: the same.
+    register(&node, "again", &up.url()).await;
+    let again = node
+        .client()
+        .ok("pkgrev.get", key("again.pkg-with-history.v1"))
+        .await;
+    assert_eq!((&again["revision"], &again["tasks"]), (&json!(1), &init));
+    node.shutdown().await;
+}
+
+/// A repository synced by a node with older discovery rules (its rows as
+/// those rules read them, its `SyncSucceeded.refs_digest` the fetched
+/// refs' digest alone) is discovered again by the first sync after the
+/// upgrade, though its refs did not change: the revisions the new rules
+/// read differently (task history, Kptfile annotations) are `Modified`,
+/// once; the next sync is a no-op again.
+#[actix_rt::test]
+async fn an_upgrade_rediscovers_revisions_synced_under_older_rules() {
+    use cairn_events::envelope::{event, Metadata};
+    use cairn_storage::{
+        views::{default_views, PackageRevisionsView, RepositoriesView},
+        ExpectedVersion, Store, StoreConfig,
+    };
+
+    let dir = TestDir::new();
+    let up = GitFixture::porch("drafts-repository", &dir.join("upstream"));
+    let node = start(dir.path()).await;
+    register(&node, "drafts", &up.url()).await;
+    let name = "drafts.pkg-with-history.v1";
+    let now = node.client().ok("pkgrev.get", key(name)).await;
+    let builder = node.stop().await;
+
+    // What an older node recorded: the draft with its whole annotated
+    // history and no Kptfile annotations, and the fetched digest (the old
+    // rules' refs digest, as a fetch computes it).
+    let fetched = cairn_actors::origin::GitCache::new(dir.join("mirrors"))
+        .fetch(&up.url(), None)
+        .unwrap()
+        .digest;
+    let store = Store::open(
+        StoreConfig::new(cairn::config::store_dir(&dir.join("node"))),
+        default_views(),
+    )
+    .unwrap();
+    let mut old = PackageRevisionsView::get(&store, "team-a", name)
+        .unwrap()
+        .unwrap()
+        .revision
+        .unwrap();
+    let new = old.clone();
+    old.tasks = up
+        .git(&[
+            "log",
+            "--reverse",
+            "--format=%B",
+            "drafts/pkg-with-history/v1",
+        ])
+        .lines()
+        .filter_map(|line| line.strip_prefix("kpt:"))
+        .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+        .map(|a| pb::Task {
+            r#type: a["task"]["type"].as_str().unwrap().to_owned(),
+            raw: a["task"].to_string(),
+        })
+        .collect();
+    assert_eq!(old.tasks.len(), 4);
+    assert_eq!(
+        old.annotations,
+        [(
+            "config.kubernetes.io/local-config".to_owned(),
+            "true".to_owned()
+        )]
+        .into()
+    );
+    old.annotations.clear();
+    let status = RepositoriesView::get(&store, "team-a", "drafts")
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    let digest = status.refs_digest.clone();
+    assert_ne!(digest, fetched, "the digest carries the rules version");
+    let stream = cairn_events::StreamId::repository("team-a", "drafts").unwrap();
+    let version = store.stream_version(&stream).unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(version),
+            vec![
+                event(pb::event::Payload::PackageRevisionModified(
+                    pb::PackageRevisionModified {
+                        revision: Some(old.clone()),
+                    },
+                )),
+                event(pb::event::Payload::SyncSucceeded(pb::SyncSucceeded {
+                    commit: status.commit.clone(),
+                    package_count: status.package_count,
+                    refs_digest: fetched.clone(),
+                    ..Default::default()
+                })),
+            ],
+            Metadata::command("older-node"),
+        )
+        .unwrap();
+    let before = store.last_seq().unwrap();
+    drop(store);
+
+    // Upgraded: the node's syncs (at start, and this one) rediscover the
+    // unchanged upstream and put the row right, once.
+    let node = builder.start().await;
+    let client = node.client();
+    let old_json = client.ok("pkgrev.get", key(name)).await;
+    assert_eq!(old_json["tasks"].as_array().map(Vec::len), Some(4));
+    client
+        .ok(
+            "repo.sync",
+            json!({"namespace": "team-a", "name": "drafts"}),
+        )
+        .await;
+    let (kinds, events) = client.events_after("drafts", before).await;
+    let changes: Vec<(&str, &Value)> = kinds
+        .iter()
+        .zip(&events)
+        .filter(|(k, _)| !k.starts_with("Sync"))
+        .map(|(k, e)| (k.as_str(), e))
+        .collect();
+    assert_eq!(changes.len(), 1, "{kinds:?}");
+    assert_eq!(changes[0].0, "PackageRevisionModified");
+    let modified = &changes[0].1["event"]["package_revision_modified"]["revision"];
+    assert_eq!(modified["name"], name);
+    assert_eq!(
+        modified["tasks"],
+        json!([{"type": "init", "raw": new.tasks[0].raw}])
+    );
+    assert_eq!(
+        modified["annotations"],
+        json!({"config.kubernetes.io/local-config": "true"})
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["event"]["sync_succeeded"]["refs_digest"].as_str(),
+        Some(digest.as_str())
+    );
+    let after = client.ok("pkgrev.get", key(name)).await;
+    assert_eq!(
+        (&after["tasks"], &after["annotations"]),
+        (&now["tasks"], &now["annotations"])
+    );
+    assert_eq!(
+        now["annotations"],
+        json!({"config.kubernetes.io/local-config": "true"})
+    );
+
+    // And the next sync has nothing to do.
+    let before = node.store().last_seq().unwrap();
+    client
+        .ok(
+            "repo.sync",
+            json!({"namespace": "team-a", "name": "drafts"}),
+        )
+        .await;
+    let (kinds, _) = client.events_after("drafts", before).await;
+    assert_eq!(kinds, ["SyncStarted", "SyncSucceeded"]);
+    node.shutdown().await;
+}
+
+/// A Kptfile with labels and annotations, as Porch's
+/// `TestPackageMetadataFromKptfile` has them.
+const ANNOTATED_KPTFILE: &str = "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  \
+     name: meta\n  labels:\n    test-label: test-value\n  annotations:\n    \
+     test-annotation: \"true\"\ninfo:\n  description: meta\n";
+
+/// The next watch line that is not a heartbeat.
+async fn watch_line(watch: &mut cairn_tests::Subscription) -> Value {
+    loop {
+        let line = watch.next_json().await;
+        if line["type"] != "Heartbeat" {
+            return line;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn package_metadata_from_kptfile() {
+    let dir = TestDir::new();
+    let work = GitFixture::init(&dir.join("up-work"), "main");
+    work.write("meta/Kptfile", ANNOTATED_KPTFILE);
+    work.write(
+        "plain/Kptfile",
+        "apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: plain\n  annotations:\n    \
+         config.kubernetes.io/local-config: \"true\"\n",
+    );
+    work.commit("two packages");
+    let up = work.clone_bare(&dir.join("up.git"));
+    let node = start(dir.path()).await;
+    register(&node, "up", &up.url()).await;
+    let client = node.client();
+
+    // get: the Kptfile's labels and annotations.
+    let meta = client.ok("pkgrev.get", key("up.meta.main")).await;
+    assert_eq!(
+        (&meta["labels"], &meta["annotations"]),
+        (
+            &json!({"test-label": "test-value"}),
+            &json!({"test-annotation": "true"})
+        )
+    );
+    let plain = client.ok("pkgrev.get", key("up.plain.main")).await;
+    assert_eq!(
+        (&plain["labels"], &plain["annotations"]),
+        (
+            &json!({}),
+            &json!({"config.kubernetes.io/local-config": "true"})
+        )
+    );
+
+    // list: every pair must match (JSON and protobuf requests).
+    let listed = |filter: Value| async move {
+        let mut body = json!({"namespace": "team-a"});
+        for (k, v) in filter.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let page = client.ok("pkgrev.list", body).await;
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "true"}})).await,
+        ["up.meta.main"]
+    );
+    let page = client
+        .ok(
+            "pkgrev.list",
+            json!({"namespace": "team-a", "annotations": {"test-annotation": "true"}}),
+        )
+        .await;
+    let mut listed_meta = meta.clone();
+    listed_meta.as_object_mut().unwrap().remove("lock");
+    assert_eq!(page["items"][0], listed_meta);
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "false"}})).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "true"},
+                      "labels": {"test-label": "test-value"}}))
+        .await,
+        ["up.meta.main"]
+    );
+    assert_eq!(
+        listed(json!({"annotations": {"test-annotation": "true",
+                                      "config.kubernetes.io/local-config": "true"}}))
+        .await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(json!({"annotations": {"test-label": "test-value"}})).await,
+        Vec::<String>::new()
+    );
+    let request = pb::PkgRevListRequest {
+        namespace: "team-a".into(),
+        annotations: [("test-annotation".to_owned(), "true".to_owned())].into(),
+        ..Default::default()
+    };
+    let reply = client
+        .call_proto("pkgrev.list", request.encode_to_vec())
+        .await;
+    let page = pb::PkgRevList::decode(reply.payload).unwrap();
+    let names: Vec<&str> = page
+        .items
+        .iter()
+        .map(|i| i.revision.as_ref().unwrap().name.as_str())
+        .collect();
+    assert_eq!(names, ["up.meta.main"]);
+    assert_eq!(
+        page.items[0].revision.as_ref().unwrap().annotations,
+        [("test-annotation".to_owned(), "true".to_owned())].into()
+    );
+
+    // watch: the same filter, the listing then only what matches, and a
+    // revision that loses the annotation leaves the filter (Deleted).
+    let subject = client.new_inbox();
+    let mut watch = client.subscribe(&subject).await;
+    client
+        .ok(
+            "watch.start",
+            json!({"filter": {"namespace": "team-a",
+                              "annotations": {"test-annotation": "true"}},
+                   "deliver_subject": subject, "heartbeat_ms": 60000}),
+        )
+        .await;
+    let line = watch_line(&mut watch).await;
+    assert_eq!(
+        (&line["type"], &line["object"]["name"]),
+        (&json!("Added"), &json!("up.meta.main"))
+    );
+    assert_eq!(watch_line(&mut watch).await["type"], "Bookmark");
+    // Not annotated: not delivered (the next line is the next draft's).
+    client
+        .ok("pkgrev.create", create("up", "unmarked", "ws", json!({})))
+        .await;
+    let tagged = client
+        .ok(
+            "pkgrev.create",
+            create(
+                "up",
+                "tagged",
+                "ws",
+                json!({"resources": {"Kptfile": ANNOTATED_KPTFILE.replace("name: meta", "name: tagged")}}),
+            ),
+        )
+        .await;
+    assert_eq!(tagged["annotations"], json!({"test-annotation": "true"}));
+    let line = watch_line(&mut watch).await;
+    assert_eq!(
+        (&line["type"], &line["object"]["name"]),
+        (&json!("Added"), &json!("up.tagged.ws"))
+    );
+    let untagged = ANNOTATED_KPTFILE
+        .replace("name: meta", "name: tagged")
+        .replace(
+            "    test-annotation: \"true\"\n",
+            "    test-annotation: \"no\"\n",
+        );
+    client
+        .ok(
+            "pkgrev.update",
+            json!({"namespace": "team-a", "name": "up.tagged.ws",
+                   "resources": {"Kptfile": untagged},
+                   "resource_version": tagged["resource_version"]}),
+        )
+        .await;
+    let line = watch_line(&mut watch).await;
+    assert_eq!(
+        (
+            &line["type"],
+            &line["object"]["name"],
+            &line["object"]["annotations"]
+        ),
+        (
+            &json!("Deleted"),
+            &json!("up.tagged.ws"),
+            &json!({"test-annotation": "no"})
+        )
+    );
     node.shutdown().await;
 }

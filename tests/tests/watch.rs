@@ -795,7 +795,7 @@ async fn bad_requests_name_the_field() {
         ),
         (
             json!({"deliver_subject": "w", "filter": {"continue": "x"}}),
-            "filter.continue: unknown field, expected one of: namespace, repository, path, package, workspace, revision, lifecycle, labels, latest",
+            "filter.continue: unknown field, expected one of: namespace, repository, path, package, workspace, revision, lifecycle, labels, annotations, latest",
         ),
         (
             json!({"deliver_subject": "w", "follow": true}),

@@ -15,9 +15,19 @@
 //!   revision 0, Proposed; no publishing info.
 //! - Branch `deletionProposed/<path>/<pkg>/<vN or branch>` turns the matching
 //!   published revision (or placeholder) into DeletionProposed.
-//! - Tasks: from `kpt:` annotations of the revision's history, newest first
-//!   by committer time (children before parents), matching package and workspace, back to the first
-//!   `init` or `clone` task; reported oldest first.
+//! - Tasks: Porch's `loadTasks` rule. The `kpt:` annotations of the
+//!   revision's history matching package and workspace are read newest
+//!   first by committer time (children before parents); a task of a type
+//!   that creates a revision (`init`, `edit`, `clone`, `upgrade`) replaces
+//!   the one found so far, and `init` or `clone` ends the walk. The history
+//!   is therefore at most one task, the revision's creation, as Porch
+//!   reports it (its `TestApproveDraftWithHistory` asserts one task on the
+//!   `drafts-repository` fixture's `init, eval, patch, eval` history).
+//!   `-1` placeholders have none: Porch looks for the branch name as their
+//!   workspace, which no annotation carries, so a Porch reading the
+//!   repository lists `[]` for them.
+//! - Labels and annotations: `metadata.labels` and `metadata.annotations`
+//!   of the package's Kptfile (as Porch's `PackageMetadata`).
 //! - Any other ref adds nothing; refs whose package is missing are skipped.
 
 use std::cmp::Reverse;
@@ -35,6 +45,23 @@ use super::error::{map_git_error, OriginError};
 /// Bound on the commits one history walk visits (task history, publishing
 /// info). Histories longer than this are cut, with a warning.
 const HISTORY_WALK_COMMITS_MAX: usize = 100_000;
+
+/// Version of the rules above: what discovery reads from the same refs.
+/// Bump it with every change that lists the same upstream differently
+/// (another field read, a rule changed): a sync folds it into the refs
+/// digest it records, so a repository synced under older rules is
+/// discovered again once (not skipped as unchanged) and its revisions
+/// whose content under the new rules differs are `Modified`.
+///
+/// - 1 (no version in the digest): every task back to `init`/`clone`;
+///   placeholders with their approval's tasks; Kptfile labels.
+/// - 2: Porch's `loadTasks` (at most the creating task, none on
+///   placeholders); Kptfile annotations.
+pub const RULES_VERSION: u32 = 2;
+
+/// Task types that can create a package revision (Porch's
+/// `validFirstTaskTypes`): the only ones a task history reports.
+const FIRST_TASK_TYPES: [&str; 4] = ["init", "edit", "clone", "upgrade"];
 
 /// Bound on the files one package may hold; beyond it discovery fails rather
 /// than loading an unbounded amount into memory.
@@ -80,11 +107,15 @@ pub struct DiscoveredRevision {
     pub published_by: Option<String>,
     /// When it was published, RFC 3339 UTC (`2022-08-26T22:47:35Z`).
     pub published_at: Option<String>,
-    /// Task history, oldest first.
+    /// Task history: the task that created the revision (`init`, `edit`,
+    /// `clone` or `upgrade`), or none (see the module docs).
     pub tasks: Vec<Task>,
     /// `metadata.labels` of the package's Kptfile; empty if it has none or
     /// does not parse.
     pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations` of the package's Kptfile; empty if it has
+    /// none or does not parse.
+    pub annotations: BTreeMap<String, String>,
     /// True for the highest published revision (N > 0) of each package.
     pub latest: bool,
 }
@@ -214,6 +245,11 @@ const THREADS_MAX: usize = 4;
 /// (revisions often share a tree); past it the cache starts over, so a
 /// discovery's memory does not grow with the repository.
 const TREE_CACHE_MAX_TREES: usize = 4096;
+/// Kptfile blobs whose parsed metadata one discoverer keeps: a package's
+/// Kptfile seldom changes between its revisions, while its other files
+/// (hence its tree) do, so most package trees need no parse of their own.
+/// Past it the cache starts over.
+const KPTFILE_CACHE_MAX_BLOBS: usize = 4096;
 /// Commits beyond the history index whose parsed annotations one
 /// discoverer keeps; past it the cache starts over.
 const ANNOTATION_CACHE_MAX_COMMITS: usize = 16_384;
@@ -346,6 +382,7 @@ impl DiscoveryStream {
             annotations: Arc::default(),
             local_annotations: HashMap::new(),
             resources: HashMap::new(),
+            kptfiles: HashMap::new(),
             history: Arc::default(),
         };
         let main_ref = format!("refs/heads/{branch}");
@@ -540,6 +577,7 @@ impl DiscoveryStream {
                 annotations: self.main.annotations.clone(),
                 local_annotations: HashMap::new(),
                 resources: HashMap::new(),
+                kptfiles: HashMap::new(),
                 history: self.main.history.clone(),
             });
         }
@@ -626,9 +664,12 @@ struct Discoverer {
     /// Parsed annotations of commits beyond the index (bounded by
     /// [`ANNOTATION_CACHE_MAX_COMMITS`]).
     local_annotations: HashMap<Oid, Arc<[Annotation]>>,
-    /// Files and Kptfile labels per package tree: revisions often share a
-    /// tree (bounded by [`TREE_CACHE_MAX_TREES`]).
+    /// Files and Kptfile metadata per package tree: revisions often share
+    /// a tree (bounded by [`TREE_CACHE_MAX_TREES`]).
     resources: HashMap<Oid, PackageTree>,
+    /// Kptfile metadata per Kptfile blob (bounded by
+    /// [`KPTFILE_CACHE_MAX_BLOBS`]).
+    kptfiles: HashMap<Oid, Arc<KptfileMetadata>>,
     /// The history, indexed once (see [`History`]); shared by the threads
     /// of one discovery.
     history: Arc<History>,
@@ -783,23 +824,29 @@ impl Discoverer {
         lifecycle: Lifecycle,
     ) -> Result<DiscoveredRevision, OriginError> {
         // The newest commit on the branch annotated for this package is the
-        // approval that put it there: it gives publisher, time, and the
-        // workspace whose tasks the placeholder shows.
-        let mut latest = None;
+        // approval that put it there: it gives publisher and time.
+        let mut published = PublishInfo::default();
         self.walk(tip, package, |commit, annotations| {
             if annotations.iter().any(|a| a.package == package) {
-                let workspace = annotated_workspace(annotations, package);
-                latest = Some((publish_info(commit), workspace));
+                published = publish_info(commit);
                 true
             } else {
                 false
             }
         })?;
-        let (published, tasks_workspace) = latest.unwrap_or_default();
-        let tasks = self.tasks(tip, package, &tasks_workspace)?;
+        // No task history: Porch reads a placeholder's tasks for the
+        // workspace named after the branch, which no annotation carries
+        // (see the module docs).
         let workspace = self.branch.to_owned();
         self.revision(
-            package, tree, tip, -1, workspace, lifecycle, published, tasks,
+            package,
+            tree,
+            tip,
+            -1,
+            workspace,
+            lifecycle,
+            published,
+            Vec::new(),
         )
     }
 
@@ -868,8 +915,12 @@ impl Discoverer {
     ) -> Result<DiscoveredRevision, OriginError> {
         let PackageTree {
             files: resources,
-            labels,
+            metadata,
         } = self.resources_of(tree)?;
+        let KptfileMetadata {
+            labels,
+            annotations,
+        } = Arc::unwrap_or_clone(metadata);
         let (path, name) = match self.relative(package).rsplit_once('/') {
             Some((path, name)) => (path.to_owned(), name.to_owned()),
             None => (String::new(), self.relative(package).to_owned()),
@@ -890,22 +941,29 @@ impl Discoverer {
             published_by: published.by,
             published_at: published.at,
             tasks,
-            labels: Arc::unwrap_or_clone(labels),
+            labels,
+            annotations,
             latest: false,
         })
     }
 
-    /// Task history of `package` in `workspace` from `start`, oldest first.
-    /// An annotation matches on its `workspaceName`, or — for annotations
-    /// written before workspaces existed — on its `revision` when it has no
-    /// `workspaceName`.
+    /// Task history of `package` in `workspace` from `start`, as Porch's
+    /// `loadTasks` (`pkg/externalrepo/git/git.go`) reads it: the commits
+    /// annotated for the package are walked newest first; a task of a type
+    /// that can start a revision (`init`, `edit`, `clone`, `upgrade`:
+    /// Porch's `IsValidFirstTaskType`) replaces what was found so far, and
+    /// `init` or `clone` ends the walk. So the history is at most one task:
+    /// the one that created the revision; `eval`, `patch`, `render` and
+    /// the like never show. An annotation matches on its `workspaceName`,
+    /// or — for annotations written before workspaces existed — on its
+    /// `revision` when it has no `workspaceName`.
     fn tasks(
         &mut self,
         start: Oid,
         package: &str,
         workspace: &str,
     ) -> Result<Vec<Task>, OriginError> {
-        let mut tasks = Vec::new();
+        let mut first = None;
         self.walk(start, package, |_, annotations| {
             for a in annotations {
                 let workspace_matches = a.workspace_name == workspace
@@ -913,17 +971,17 @@ impl Discoverer {
                 if a.package != package || !workspace_matches {
                     continue;
                 }
-                if let Some(task) = &a.task {
-                    tasks.push(task.clone());
-                    if task.r#type == "init" || task.r#type == "clone" {
-                        return true; // the revision starts here
-                    }
+                let Some(task) = &a.task else { continue };
+                if FIRST_TASK_TYPES.contains(&task.r#type.as_str()) {
+                    first = Some(task.clone());
+                }
+                if task.r#type == "init" || task.r#type == "clone" {
+                    return true; // the revision starts here
                 }
             }
             false
         })?;
-        tasks.reverse();
-        Ok(tasks)
+        Ok(first.into_iter().collect())
     }
 
     /// Builds [`History`] with one walk from every ref.
@@ -1024,6 +1082,21 @@ impl Discoverer {
         Ok(())
     }
 
+    /// The metadata of Kptfile blob `kptfile`, parsed once per discoverer
+    /// (see [`KPTFILE_CACHE_MAX_BLOBS`]).
+    fn kptfile_metadata_of(&mut self, kptfile: Oid) -> Result<Arc<KptfileMetadata>, OriginError> {
+        if let Some(found) = self.kptfiles.get(&kptfile) {
+            return Ok(found.clone());
+        }
+        let blob = self.repo.find_blob(kptfile).map_err(map_git_error)?;
+        let metadata = Arc::new(kptfile_metadata(blob.content()));
+        if self.kptfiles.len() >= KPTFILE_CACHE_MAX_BLOBS {
+            self.kptfiles.clear();
+        }
+        self.kptfiles.insert(kptfile, metadata.clone());
+        Ok(metadata)
+    }
+
     fn resources_of(&mut self, tree_id: Oid) -> Result<PackageTree, OriginError> {
         if let Some(found) = self.resources.get(&tree_id) {
             return Ok(found.clone());
@@ -1053,16 +1126,14 @@ impl Discoverer {
             return Err(e);
         }
         walked.map_err(map_git_error)?;
-        let labels = match files.get("Kptfile") {
-            Some(kptfile) => {
-                let blob = self.repo.find_blob(*kptfile).map_err(map_git_error)?;
-                Arc::new(kptfile_labels(blob.content()))
-            }
+        drop(tree);
+        let metadata = match files.get("Kptfile") {
+            Some(kptfile) => self.kptfile_metadata_of(*kptfile)?,
             None => Arc::default(),
         };
         let found = PackageTree {
             files: Arc::new(files),
-            labels,
+            metadata,
         };
         if self.resources.len() >= TREE_CACHE_MAX_TREES {
             self.resources.clear();
@@ -1095,7 +1166,15 @@ fn annotations_of(
 #[derive(Clone)]
 struct PackageTree {
     files: Arc<BTreeMap<String, Oid>>,
-    labels: Arc<BTreeMap<String, String>>,
+    metadata: Arc<KptfileMetadata>,
+}
+
+/// What discovery reads of a Kptfile's `metadata`: its labels and
+/// annotations (Porch's `PackageMetadata`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KptfileMetadata {
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
 }
 
 /// Publisher and publishing time, both optional.
@@ -1175,31 +1254,53 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// `metadata.labels` of a Kptfile; scalars other than strings are written
-/// out as YAML would; anything unparsable yields no labels.
-fn kptfile_labels(kptfile: &[u8]) -> BTreeMap<String, String> {
-    // Most Kptfiles carry no labels: skip parsing those (a YAML parse per
-    // revision was a tenth of a large discovery).
-    if !kptfile.windows(b"labels".len()).any(|w| w == b"labels") {
-        return BTreeMap::new();
+/// `metadata.labels` and `metadata.annotations` of a Kptfile; scalars
+/// other than strings are written out as YAML would, other values are
+/// skipped; anything unparsable yields neither.
+///
+/// Only the two maps are built: the rest of the document is skipped as it
+/// is read (serde's `IgnoredAny`), not turned into a tree. A Kptfile that
+/// names neither word is not parsed at all — the common case used to be
+/// no labels, but kpt writes the `config.kubernetes.io/local-config`
+/// annotation into most Kptfiles, so most are parsed now, once per
+/// package tree (the discoverer caches per tree).
+fn kptfile_metadata(kptfile: &[u8]) -> KptfileMetadata {
+    let mentions = |word: &[u8]| kptfile.windows(word.len()).any(|w| w == word);
+    if !mentions(b"labels") && !mentions(b"annotations") {
+        return KptfileMetadata::default();
     }
-    let Ok(doc) = serde_yaml::from_slice::<serde_yaml::Value>(kptfile) else {
-        return BTreeMap::new();
-    };
-    let Some(labels) = doc
-        .get("metadata")
-        .and_then(|m| m.get("labels"))
-        .and_then(|l| l.as_mapping())
+    /// The part of a Kptfile read: unknown keys are skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct Document {
+        #[serde(default)]
+        metadata: Option<Metadata>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        #[serde(default)]
+        labels: Option<serde_yaml::Value>,
+        #[serde(default)]
+        annotations: Option<serde_yaml::Value>,
+    }
+    let Ok(Document {
+        metadata: Some(metadata),
+    }) = serde_yaml::from_slice::<Document>(kptfile)
     else {
+        return KptfileMetadata::default();
+    };
+    KptfileMetadata {
+        labels: string_pairs(metadata.labels.as_ref()),
+        annotations: string_pairs(metadata.annotations.as_ref()),
+    }
+}
+
+/// The scalar pairs of a YAML mapping (none when `map` is no mapping).
+fn string_pairs(map: Option<&serde_yaml::Value>) -> BTreeMap<String, String> {
+    let Some(map) = map.and_then(serde_yaml::Value::as_mapping) else {
         return BTreeMap::new();
     };
-    labels
-        .iter()
-        .filter_map(|(k, v)| {
-            let key = scalar_string(k)?;
-            let value = scalar_string(v)?;
-            Some((key, value))
-        })
+    map.iter()
+        .filter_map(|(k, v)| Some((scalar_string(k)?, scalar_string(v)?)))
         .collect()
 }
 
@@ -1450,19 +1551,153 @@ mod tests {
         assert_eq!(batched, whole.revisions);
     }
 
+    /// Porch's `loadTasks` on histories the fixtures do not cover: the
+    /// oldest creating task reached wins, `init` and `clone` end the walk,
+    /// other workspaces and packages are not looked at.
     #[test]
-    fn kptfile_labels_tolerate_broken_yaml() {
-        let good = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: p\n  labels:\n    tier: gold\n    replicas: 3\n";
-        let want = BTreeMap::from([
-            ("replicas".to_owned(), "3".to_owned()),
-            ("tier".to_owned(), "gold".to_owned()),
-        ]);
-        assert_eq!(kptfile_labels(good), want);
-        assert_eq!(kptfile_labels(b"metadata: [unclosed"), BTreeMap::new());
-        assert_eq!(kptfile_labels(b"\xff\xfe"), BTreeMap::new());
-        assert_eq!(
-            kptfile_labels(b"metadata:\n  name: p\n  annotations:\n    a: b\n"),
-            BTreeMap::new()
+    fn the_task_history_is_the_task_that_created_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let kptfile = repo.blob(b"kind: Kptfile\n").unwrap();
+        let mut package = repo.treebuilder(None).unwrap();
+        package.insert("Kptfile", kptfile, 0o100644).unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        root.insert("p", package.write().unwrap(), 0o040000)
+            .unwrap();
+        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        // One chain of commits per case, oldest first, each annotated with
+        // (package, workspace, task type); then the task the history must
+        // be: its type and the step (index in the chain) that wrote it.
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str, &'static str)],
+            Option<(&'static str, usize)>,
         );
+        let cases: [Case; 7] = [
+            (
+                "a",
+                &[("p", "a", "init"), ("p", "a", "eval"), ("p", "a", "patch")],
+                Some(("init", 0)),
+            ),
+            // Overwritten on the way back: the oldest creating task wins.
+            (
+                "b",
+                &[
+                    ("p", "b", "edit"),
+                    ("p", "b", "eval"),
+                    ("p", "b", "upgrade"),
+                ],
+                Some(("edit", 0)),
+            ),
+            (
+                "c",
+                &[("p", "c", "clone"), ("p", "c", "edit")],
+                Some(("clone", 0)),
+            ),
+            // Another workspace's init is not this revision's.
+            (
+                "d",
+                &[("p", "other", "init"), ("p", "d", "upgrade")],
+                Some(("upgrade", 1)),
+            ),
+            // The newest init ends the walk.
+            (
+                "e",
+                &[("p", "e", "init"), ("p", "e", "render"), ("p", "e", "init")],
+                Some(("init", 2)),
+            ),
+            ("f", &[("q", "f", "init"), ("p", "f", "eval")], None),
+            ("g", &[("p", "g", "patch")], None),
+        ];
+        for (workspace, history, _) in cases {
+            let mut parent: Option<Oid> = None;
+            for (i, (package, ws, kind)) in history.iter().enumerate() {
+                let message = format!(
+                    "step {i}\n\nkpt:{{\"package\":\"{package}\",\"workspaceName\":\"{ws}\",\"task\":{{\"type\":\"{kind}\",\"step\":{i}}}}}\n"
+                );
+                let parents: Vec<git2::Commit<'_>> = parent
+                    .map(|p| repo.find_commit(p).unwrap())
+                    .into_iter()
+                    .collect();
+                let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+                parent = Some(
+                    repo.commit(None, &signature, &signature, &message, &tree, &parents)
+                        .unwrap(),
+                );
+            }
+            repo.reference(
+                &format!("refs/heads/drafts/p/{workspace}"),
+                parent.unwrap(),
+                false,
+                "",
+            )
+            .unwrap();
+        }
+        let found = discover(dir.path(), "main", "").unwrap();
+        for (workspace, history, want) in cases {
+            let revision = found
+                .revisions
+                .iter()
+                .find(|r| r.workspace == workspace)
+                .unwrap();
+            let got: Vec<(&str, &str)> = revision
+                .tasks
+                .iter()
+                .map(|t| (t.r#type.as_str(), t.raw.as_str()))
+                .collect();
+            let want_raw =
+                want.map(|(kind, step)| format!("{{\"type\":\"{kind}\",\"step\":{step}}}"));
+            let want: Vec<(&str, &str)> = want
+                .iter()
+                .zip(&want_raw)
+                .map(|((kind, _), raw)| (*kind, raw.as_str()))
+                .collect();
+            assert_eq!(got, want, "{workspace}: {history:?}");
+        }
+    }
+
+    #[test]
+    fn kptfile_metadata_tolerates_broken_yaml() {
+        let good = b"apiVersion: kpt.dev/v1\nkind: Kptfile\nmetadata:\n  name: p\n  labels:\n    tier: gold\n    replicas: 3\n  annotations:\n    config.kubernetes.io/local-config: \"true\"\n    test-annotation: \"true\"\n    nested: {a: b}\n    enabled: true\ninfo:\n  description: d\npipeline:\n  mutators: [{image: x}]\n";
+        let pairs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            kptfile_metadata(good),
+            KptfileMetadata {
+                labels: pairs(&[("replicas", "3"), ("tier", "gold")]),
+                annotations: pairs(&[
+                    ("config.kubernetes.io/local-config", "true"),
+                    ("enabled", "true"),
+                    ("test-annotation", "true"),
+                ]),
+            }
+        );
+        assert_eq!(
+            kptfile_metadata(b"metadata:\n  name: p\n  annotations:\n    a: b\n"),
+            KptfileMetadata {
+                labels: BTreeMap::new(),
+                annotations: pairs(&[("a", "b")]),
+            }
+        );
+        for broken in [
+            &b"metadata: [unclosed"[..],
+            b"\xff\xfe labels",
+            b"metadata: [labels, annotations]\n",
+            b"metadata:\n  labels: [a, b]\n  annotations: text\n",
+            b"- labels\n",
+            b"kind: Kptfile\nmetadata:\n  name: p\n",
+        ] {
+            assert_eq!(
+                kptfile_metadata(broken),
+                KptfileMetadata::default(),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
     }
 }

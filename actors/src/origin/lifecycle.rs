@@ -20,7 +20,9 @@
 //!   revision`, `Intermediate commit: <type>`; Porch's
 //!   `formatCommitMessage`), a newline, then `\n\nkpt:{"package",
 //!   "workspaceName","revision":"0","task"}\n` (`annotateCommitMessage`;
-//!   `revision` is `Revision2Str` of a draft's 0);
+//!   `revision` is `Revision2Str` of a draft's 0). An update of a draft's
+//!   resources has no task: `Intermediate commit` and the annotation
+//!   without `task`;
 //! - an approval: `Approving package revision <package>/<N>`, then
 //!   `\n\nkpt:{"package","workspaceName","revision":"<N>"}\n`. Older Porch,
 //!   and the fixtures, wrote `"vN"`; discovery reads both (it matches on
@@ -178,7 +180,11 @@ pub fn create_draft(
     ))
 }
 
-/// New resources for a draft at commit `draft`: a commit on top of it.
+/// New resources for a draft at commit `draft`: a commit on top of it,
+/// annotated without a task (`Intermediate commit`), exactly what Porch's
+/// `UpdateDraftResources` writes for an update without a task. Not `patch`
+/// (current Porch records none) nor `render` (cairn does not render): a
+/// revision's task history stays the task that created it.
 pub fn update_draft(
     repo: &Repository,
     refs: &PackageRefs,
@@ -187,8 +193,7 @@ pub fn update_draft(
     files: &Files,
     identity: &Identity,
 ) -> Result<(Oid, Vec<RefChange>), OriginError> {
-    let task = r#"{"type":"patch","patch":{}}"#;
-    let message = draft_message(refs, workspace, Some(task), identity);
+    let message = draft_message(refs, workspace, None, identity);
     let commit = package_commit(repo, refs, draft, Some(files), &message, identity)?;
     Ok((
         commit,

@@ -22,8 +22,9 @@
 //! - `discovery` — [`discover`]: Porch-compatible listing of the package
 //!   revisions in a local repository (placeholders on the registered branch,
 //!   published tags, drafts, proposals, deletion proposals), with resources,
-//!   task history, publishing info and Kptfile labels; [`DiscoveryStream`]
-//!   hands the same revisions out in bounded batches (what a sync reads).
+//!   task history, publishing info and Kptfile labels and annotations;
+//!   [`DiscoveryStream`] hands the same revisions out in bounded batches
+//!   (what a sync reads); [`RULES_VERSION`] versions these rules.
 //! - [`names`] — Git's rules for the names cairn writes, as pure checks:
 //!   tree entries (`.git` in any case and its NTFS/HFS+ aliases) and refs
 //!   (`check-ref-format`, component and total lengths). Uses no other
@@ -65,7 +66,7 @@ pub mod write;
 pub use annotation::Task;
 pub use discovery::{
     discover, discover_packages, discover_refs, package_of_ref, package_path, DiscoveredRevision,
-    Discovery, DiscoveryStream, Lifecycle,
+    Discovery, DiscoveryStream, Lifecycle, RULES_VERSION,
 };
 pub use error::OriginError;
 pub use git::{Blobs, FetchOutcome, GitCache};

@@ -9,7 +9,7 @@
 //! upstream into events ([`RepositoryComponent::reconcile_one`] per name):
 //! `PackageRevisionAdded` for a new name, `PackageRevisionModified` when
 //! anything about an existing name changed (commit, content, lifecycle,
-//! latest, publish info, tasks, labels — for a placeholder, a new head of
+//! latest, publish info, tasks, labels, annotations — for a placeholder, a new head of
 //! its branch alone is no change), `PackageRevisionDeleted` for a name
 //! that is gone — in name order, so the same upstream always yields the same
 //! events.
@@ -61,7 +61,7 @@ pub struct RepositoryComponent {
 
 /// `PackageRevisionDeleted` for `name`, carrying the revision as it was
 /// (`last`), trimmed of its resources and tasks: enough for a watcher to
-/// filter the deletion (labels, lifecycle, latest…) and show what went,
+/// filter the deletion (labels, annotations, lifecycle, latest…) and show what went,
 /// without the weight of the content listing.
 fn deleted_event(name: String, last: Option<&PackageRevision>) -> Event {
     let last = last.map(|r| PackageRevision {
@@ -78,6 +78,7 @@ fn deleted_event(name: String, last: Option<&PackageRevision>) -> Event {
         tasks: Vec::new(),
         labels: r.labels.clone(),
         latest: r.latest,
+        annotations: r.annotations.clone(),
     });
     event(Payload::PackageRevisionDeleted(PackageRevisionDeleted {
         name,
@@ -417,6 +418,7 @@ mod tests {
         let mut gone = rev("r.c.v1", "c1");
         gone.lifecycle = cairn_events::revision::Lifecycle::Published.as_str().into();
         gone.labels = [("tier".to_owned(), "base".to_owned())].into();
+        gone.annotations = [("owner".to_owned(), "team-a".to_owned())].into();
         gone.resources = [("Kptfile".to_owned(), "ab".repeat(32))].into();
         gone.tasks = vec![cairn_events::v1::Task {
             r#type: "init".into(),

@@ -20,6 +20,7 @@ use std::{
 use cairn_events::v1::{PackageRevision, RepositorySpec, Task};
 use cairn_storage::{BlobPin, BlobStore, StorageError, Store};
 use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
 use super::naming::object_name;
@@ -216,6 +217,24 @@ pub struct Known {
     pub refs: Option<Arc<BTreeMap<String, git2::Oid>>>,
 }
 
+/// The digest a sync records (`SyncSucceeded.refs_digest`) and compares
+/// with the next fetch's: the fetched refs' digest (see
+/// [`crate::origin::FetchOutcome::digest`]) with discovery's
+/// [`origin::RULES_VERSION`] folded in, so that the same refs read by a
+/// node with other discovery rules are not "unchanged": its first sync
+/// after an upgrade discovers the repository again and reports the
+/// revisions the new rules read differently as `Modified`, once.
+/// sha256 (hex), like the fetched digest.
+pub fn refs_digest(fetched: &str) -> String {
+    rules_digest(origin::RULES_VERSION, fetched)
+}
+
+fn rules_digest(rules_version: u32, fetched: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(format!("cairn discovery rules {rules_version}\n{fetched}").as_bytes());
+    hex::encode(hasher.finalize())
+}
+
 /// Which revisions an upstream read covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -300,7 +319,7 @@ pub fn read_upstream(
         .fetches
         .fetch(&git.url, credentials.as_ref(), asked_at)?;
     let fetched = started.elapsed();
-    if !known.digest.is_empty() && outcome.digest == known.digest {
+    if !known.digest.is_empty() && refs_digest(&outcome.digest) == known.digest {
         debug!(url = %git.url, fetch_ms = fetched.as_millis(), "upstream unchanged");
         return Ok(UpstreamRead::Unchanged);
     }
@@ -353,7 +372,7 @@ pub fn read_upstream(
         "upstream read"
     );
     Ok(UpstreamRead::Changed(Box::new(Upstream {
-        refs_digest: outcome.digest,
+        refs_digest: refs_digest(&outcome.digest),
         refs: Arc::new(outcome.raw),
         scope,
         commit,
@@ -450,6 +469,7 @@ impl Resources {
                 .collect(),
             labels: found.labels,
             latest: found.latest,
+            annotations: found.annotations,
         })
     }
 
@@ -507,6 +527,24 @@ mod tests {
         assert_eq!(err.class(), "auth");
         let err = Secrets::default().resolve("x").unwrap_err().to_string();
         assert!(err.contains("no secrets directory is configured"), "{err}");
+    }
+
+    /// The recorded digest follows the refs and the discovery rules: the
+    /// same refs under other rules (a store synced by an older node, whose
+    /// digest had no version) are a change.
+    #[test]
+    fn the_refs_digest_folds_in_the_discovery_rules() {
+        let fetched = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let digest = refs_digest(fetched);
+        assert_eq!(digest.len(), 64);
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(digest, refs_digest(fetched), "deterministic");
+        // What the last node without a rules version recorded: the
+        // fetched digest itself.
+        assert_ne!(digest, fetched);
+        assert_ne!(digest, rules_digest(origin::RULES_VERSION - 1, fetched));
+        assert_ne!(digest, rules_digest(origin::RULES_VERSION + 1, fetched));
+        assert_ne!(digest, refs_digest(&fetched.replace('9', "8")));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! A package revision in replies: `{"name","namespace","repository","path",
 //! "package","workspace","revision","lifecycle","latest","commit",
-//! "resource_version","published_by","published_at","tasks":[…],"labels":{…}}`;
+//! "resource_version","published_by","published_at","tasks":[…],"labels":{…},
+//! "annotations":{…}}` (`annotations` only when there are some);
 //! `pkgrev.get` adds `"lock":{"type":"git","git":{"repo","directory","ref",
 //! "commit"}}`, where the revision is in Git (Porch's self lock; see
 //! [`crate::origin::kptfile`]), computed at reply time from the
@@ -47,6 +48,7 @@ pub const LIST_FIELDS: &[&str] = &[
     "revision",
     "lifecycle",
     "labels",
+    "annotations",
     "latest",
     "limit",
     "continue",
@@ -107,6 +109,7 @@ impl Filter {
             revision,
             lifecycle,
             labels: f.string_map("labels")?.unwrap_or_default(),
+            annotations: f.string_map("annotations")?.unwrap_or_default(),
             latest: f.bool("latest")?,
         })
     }
@@ -344,6 +347,7 @@ mod tests {
                 labels: [("tier".to_string(), "base".to_string())]
                     .into_iter()
                     .collect(),
+                annotations: [("test-annotation".to_string(), "true".to_string())].into(),
                 latest: true,
                 ..Default::default()
             }),
@@ -356,6 +360,29 @@ mod tests {
         assert!(!parse(r#"{"lifecycle":["Draft"]}"#).unwrap().matches(&row));
         assert!(!parse(r#"{"labels":{"tier":"app"}}"#).unwrap().matches(&row));
         assert!(!parse(r#"{"revision":-1}"#).unwrap().matches(&row));
+        assert!(
+            parse(r#"{"annotations":{"test-annotation":"true"},"labels":{"tier":"base"}}"#)
+                .unwrap()
+                .matches(&row)
+        );
+        assert!(!parse(r#"{"annotations":{"test-annotation":"false"}}"#)
+            .unwrap()
+            .matches(&row));
+        assert!(!parse(r#"{"annotations":{"tier":"base"}}"#)
+            .unwrap()
+            .matches(&row));
+        assert_eq!(
+            parse(r#"{"annotations":{"test-annotation":true}}"#)
+                .unwrap_err()
+                .message,
+            "annotations: must be an object of strings"
+        );
+        assert_eq!(
+            parse(r#"{"annotations":["test-annotation"]}"#)
+                .unwrap_err()
+                .message,
+            "annotations: must be an object of strings, got [\"test-annotation\"]"
+        );
         assert_eq!(parse(r#"{"lifecycle":["Done"]}"#).unwrap_err().message, "lifecycle: unknown lifecycle \"Done\", expected one of: Draft, Proposed, Published, DeletionProposed");
         assert_eq!(
             parse(r#"{"revision":-2}"#).unwrap_err().message,

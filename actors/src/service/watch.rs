@@ -256,7 +256,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"deliver_subject":"w","filter":{"limit":5}}"#),
-            "filter.limit: unknown field, expected one of: namespace, repository, path, package, workspace, revision, lifecycle, labels, latest"
+            "filter.limit: unknown field, expected one of: namespace, repository, path, package, workspace, revision, lifecycle, labels, annotations, latest"
         );
         assert_eq!(
             err(r#"{"deliver_subject":"w","filter":{"lifecycle":["Done"]}}"#),

@@ -9,7 +9,7 @@ use cairn_events::{
 };
 
 use super::error::WatchError;
-use crate::revision_filter::Filter;
+use crate::revision_filter::{Filter, Rest};
 
 /// The kinds of events a watch delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,11 +160,15 @@ fn repository_of(stream: &str) -> Option<(&str, &str)> {
 impl WatchFilter {
     /// Whether revisions can enter or leave the filter by a `Modified`
     /// (it uses a field that can change under a name: revision,
-    /// lifecycle, labels or latest), so the watcher must remember which
-    /// names it reported.
+    /// lifecycle, labels, annotations or latest), so the watcher must
+    /// remember which names it reported.
     pub fn tracks_transitions(&self) -> bool {
         let f = &self.filter;
-        f.revision.is_some() || f.lifecycle.is_some() || !f.labels.is_empty() || f.latest.is_some()
+        f.revision.is_some()
+            || f.lifecycle.is_some()
+            || !f.labels.is_empty()
+            || !f.annotations.is_empty()
+            || f.latest.is_some()
     }
 
     /// Whether the filter's namespace and repository pass.
@@ -189,13 +193,7 @@ impl WatchFilter {
     /// Whether `revision` of `namespace/repository` passes the whole filter.
     pub fn matches(&self, namespace: &str, repository: &str, revision: &PackageRevision) -> bool {
         self.in_scope(namespace, repository, revision)
-            && self.filter.matches_rest(
-                &revision.workspace,
-                revision.revision,
-                &revision.lifecycle,
-                &revision.labels,
-                revision.latest,
-            )
+            && self.filter.matches_rest(&Rest::of(revision))
     }
 
     /// Whether the hub queues `envelope` for this watch: the dispatch-time

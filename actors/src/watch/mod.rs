@@ -36,7 +36,7 @@
 //! # Filters and transitions
 //! The filter has the fields of `pkgrev.list`. Namespace, repository,
 //! path, package and workspace never change under a revision's name; the
-//! others (revision, lifecycle, labels, latest) can. When the filter uses
+//! others (revision, lifecycle, labels, annotations, latest) can. When the filter uses
 //! one of those, a revision can enter or leave the filter by a `Modified`,
 //! so the component remembers the names it has reported as matching:
 //! a `Modified` that no longer matches a remembered name is sent as

@@ -195,9 +195,23 @@ pub(super) struct FilterArgs {
     /// comma-separated (repeatable).
     #[arg(long = "selector", short = 'l', alias = "label", value_parser = selector::parse)]
     selectors: Vec<Selector>,
+    /// Only revisions whose Kptfile annotations hold KEY=VALUE
+    /// (repeatable: every pair must hold). cairn's own: Porch selects on
+    /// labels only.
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = annotation_arg)]
+    annotations: Vec<(String, String)>,
     /// Only latest revisions.
     #[arg(long)]
     latest: bool,
+}
+
+/// `--annotation KEY=VALUE`: split at the first `=`; the key must not be
+/// empty (the node matches the pair exactly).
+fn annotation_arg(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
 }
 
 /// `-w/--workspace`: the node's rule (`service::lifecycle::workspace`),
@@ -276,6 +290,17 @@ impl FilterArgs {
             let labels: serde_json::Map<String, Value> =
                 labels.into_iter().map(|(k, v)| (k, v.into())).collect();
             filter.insert("labels".into(), labels.into());
+        }
+        if !self.annotations.is_empty() {
+            let mut annotations = serde_json::Map::new();
+            for (key, value) in &self.annotations {
+                if let Some(other) = annotations.insert(key.clone(), value.clone().into()) {
+                    if other != *value {
+                        bail!("--annotation: {key:?} given twice ({other} and {value:?}); a revision has one value per key");
+                    }
+                }
+            }
+            filter.insert("annotations".into(), annotations.into());
         }
         if self.latest {
             filter.insert("latest".into(), true.into());

@@ -6,8 +6,8 @@
 //!   filter looks at beyond the key) followed by the revision's JSON form
 //!   ([`cairn_events::revision`], `resource_version` included). A page is a
 //!   concatenation of row tails: nothing is decoded or rendered per read,
-//!   and only filters on workspace, revision, lifecycle, labels or latest
-//!   decode the (small) head. Key order makes namespace, repository,
+//!   and only filters on workspace, revision, lifecycle, labels,
+//!   annotations or latest decode the (small) head. Key order makes namespace, repository,
 //!   package and package + path filters prefix scans.
 //! - `N<namespace>\0<name>` → the `L` key of that revision, since a
 //!   deletion names only the revision.
@@ -242,6 +242,7 @@ impl PackageRevisionListView {
                     lifecycle: revision.lifecycle.clone(),
                     latest: revision.latest,
                     labels: revision.labels.clone(),
+                    annotations: revision.annotations.clone(),
                 };
                 let mut value = head.encode_length_delimited_to_vec();
                 value.extend(revision::render(namespace, repository, revision, seq));
