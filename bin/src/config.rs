@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub log: LogSection,
     /// Watches.
     pub watch: WatchSection,
+    /// The key-value cache.
+    pub kv: KvSection,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +71,7 @@ impl Default for NodeConfig {
             sync: SyncSection::default(),
             log: LogSection::default(),
             watch: WatchSection::default(),
+            kv: KvSection::default(),
         }
     }
 }
@@ -387,6 +390,44 @@ impl WatchSection {
     }
 }
 
+/// `[kv]`: the key-value cache (README "Key-value cache").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KvSection {
+    /// Largest value of an entry, in bytes. Default: 1048576 (1 MiB).
+    pub value_max_bytes: usize,
+    /// Bytes the memory tier (in front of the disk tier) holds at most.
+    /// Default: 67108864 (64 MiB).
+    pub memory_max_bytes: u64,
+    /// How often the sweeper removes expired entries; `0s`: never (they
+    /// are still misses at once, and `kv.cleanup` removes them). Default:
+    /// 60s.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: std::time::Duration,
+}
+
+impl Default for KvSection {
+    fn default() -> Self {
+        let d = cairn_actors::service::kv::KvServiceConfig::default();
+        Self {
+            value_max_bytes: d.value_max_bytes,
+            memory_max_bytes: d.memory_max_bytes,
+            sweep_interval: d.sweep_interval,
+        }
+    }
+}
+
+impl KvSection {
+    /// The service's configuration.
+    pub fn kv_config(&self) -> cairn_actors::service::kv::KvServiceConfig {
+        cairn_actors::service::kv::KvServiceConfig {
+            value_max_bytes: self.value_max_bytes,
+            memory_max_bytes: self.memory_max_bytes,
+            sweep_interval: self.sweep_interval,
+        }
+    }
+}
+
 fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -478,6 +519,9 @@ impl NodeConfig {
         let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
         if self.data_dir.as_os_str().is_empty() {
             return bad("data-dir", "must not be empty".into());
+        }
+        if self.kv.value_max_bytes == 0 {
+            return bad("kv.value-max-bytes", "must be at least 1".into());
         }
         for (i, url) in self.nats.urls.iter().enumerate() {
             let ok = ["nats://", "tls://", "ws://", "wss://"]

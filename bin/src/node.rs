@@ -116,6 +116,7 @@ impl Node {
             resource_max_bytes: config.service.resource_max_bytes,
             watch: config.watch.watch_config(),
             clock: clock.clone(),
+            kv: config.kv.kv_config(),
             ..ServiceConfig::default()
         };
         let env = Arc::new(SyncEnv {

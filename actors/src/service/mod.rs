@@ -19,6 +19,9 @@
 //! - [`fields`] — strict JSON field parsing with errors that name the field.
 //! - [`idempotency`] — the `Cairn-Request-Id` header: a retried write is
 //!   answered from what its first attempt applied, and appends nothing.
+//! - [`kv`] — `cairn.v1.kv.*`: the key-value cache (set, get, exists,
+//!   delete, delete_by_pattern|namespace|tags, clear, keys, stats,
+//!   cleanup, configure, key_for) and its expiry sweeper.
 //! - [`log`] — `cairn.v1.log.read`.
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
 //! - [`pkgrev`] — `cairn.v1.pkgrev.list|get`.
@@ -40,6 +43,7 @@ pub mod codec;
 pub mod context;
 pub mod fields;
 pub mod idempotency;
+pub mod kv;
 pub mod lifecycle;
 pub mod log;
 pub mod pages;
@@ -95,6 +99,14 @@ impl CairnService {
             })
             .start(cairn_events::subject::SERVICE_NAME, config.version.clone())
             .await?;
+        let kv_node = crate::kv::KvNode::start(
+            store.clone(),
+            config.clock.clone(),
+            config.kv.memory_max_bytes,
+        )
+        .await
+        .map_err(|e| format!("starting the key-value cache: {e}"))?;
+        let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
         let context = ServiceContext {
             store,
             client: client.clone(),
@@ -104,6 +116,7 @@ impl CairnService {
             arbiter: actix::Arbiter::try_current(),
             in_flight: Arc::default(),
             revisions_busy: Arc::default(),
+            kv: Some(kv_node),
             config,
         };
         let limiter = Arc::new(Semaphore::new(
@@ -245,6 +258,68 @@ impl CairnService {
             RequestLimit::Config,
             Some(lifecycle::replay_delete)
         );
+        endpoint!(
+            "kv.set",
+            cairn_events::v1::KvSetRequest,
+            kv::handle_set,
+            RequestLimit::MaxPayload,
+            None
+        );
+        endpoint!("kv.get", cairn_events::v1::KvKeyRequest, kv::handle_get);
+        endpoint!(
+            "kv.exists",
+            cairn_events::v1::KvKeyRequest,
+            kv::handle_exists
+        );
+        endpoint!(
+            "kv.delete",
+            cairn_events::v1::KvKeyRequest,
+            kv::handle_delete
+        );
+        endpoint!(
+            "kv.delete_by_pattern",
+            cairn_events::v1::KvPatternRequest,
+            kv::handle_delete_by_pattern
+        );
+        endpoint!(
+            "kv.delete_by_namespace",
+            cairn_events::v1::KvNamespaceRequest,
+            kv::handle_delete_by_namespace
+        );
+        endpoint!(
+            "kv.delete_by_tags",
+            cairn_events::v1::KvTagsRequest,
+            kv::handle_delete_by_tags
+        );
+        endpoint!(
+            "kv.clear",
+            cairn_events::v1::KvClearRequest,
+            kv::handle_clear
+        );
+        endpoint!("kv.keys", cairn_events::v1::KvKeysRequest, kv::handle_keys);
+        endpoint!(
+            "kv.stats",
+            cairn_events::v1::KvStatsRequest,
+            kv::handle_stats
+        );
+        endpoint!(
+            "kv.cleanup",
+            cairn_events::v1::KvStatsRequest,
+            kv::handle_cleanup
+        );
+        endpoint!(
+            "kv.configure",
+            cairn_events::v1::KvConfigureRequest,
+            kv::handle_configure
+        );
+        endpoint!(
+            "kv.key_for",
+            cairn_events::v1::KvKeyForRequest,
+            kv::handle_key_for
+        );
+        if let Some(sweeper) = sweeper {
+            tasks.push(sweeper);
+        }
         endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,

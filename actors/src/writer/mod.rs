@@ -187,15 +187,17 @@ impl<D: StreamDomain> Session<D> {
     }
 
     /// Appends `events` at the state's version, cut as `chunking` says,
-    /// folding each committed append into the state. Nothing to append:
+    /// folding each committed append into the state, and answers the
+    /// committed appends (their envelopes carry `seq`: the key-value
+    /// domain answers it as the entry's version). Nothing to append:
     /// nothing happens.
     pub async fn append(
         &mut self,
         events: Vec<D::Event>,
         chunking: Chunking,
-    ) -> Result<(), WriterError> {
+    ) -> Result<Vec<cairn_storage::Appended>, WriterError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let store = D::store(&self.env);
         let max = match chunking {
@@ -228,13 +230,15 @@ impl<D: StreamDomain> Session<D> {
         let appended = store
             .append_chunks(&stream, expected, chunks, self.metadata.clone())
             .await;
+        let mut committed = Vec::with_capacity(states.len());
         for (appended, folded) in appended.into_iter().zip(states) {
             let appended = appended?;
             debug_assert_eq!(appended.stream_version(), D::version(&folded));
             tracing::debug!(stream = %stream, version = appended.stream_version(), "appended");
             self.state = folded;
+            committed.push(appended);
         }
-        Ok(())
+        Ok(committed)
     }
 
     /// The common command: `prepare` (reads, I/O) and the pure `decide`

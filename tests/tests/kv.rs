@@ -1,0 +1,612 @@
+//! The key-value cache (`cairn.v1.kv.*`) on a real node (real nats-server,
+//! real RocksDB), with an injected clock for TTLs: each endpoint's
+//! contract, bad input, eviction, restart, compaction, the audit trail.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use cairn_actors::schedule::ManualClock;
+use cairn_storage::{views::kv::KvCompactionPolicy, CompactingLog, EventLog};
+use cairn_tests::{TestDir, TestNode, TestNodeBuilder};
+use prost::Message as _;
+use serde_json::{json, Value};
+
+/// 2026-11-21T10:00:00Z.
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
+}
+
+async fn start_in(dir: &Path, clock: &ManualClock) -> TestNode {
+    TestNodeBuilder::in_dir(dir)
+        .configure(|c| {
+            c.kv.value_max_bytes = 4096;
+            c.kv.sweep_interval = Duration::ZERO;
+        })
+        .clock(Arc::new(clock.clone()))
+        .start()
+        .await
+}
+
+async fn start() -> (TestDir, TestNode, ManualClock) {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = start_in(dir.path(), &clock).await;
+    (dir, node, clock)
+}
+
+async fn keys(node: &TestNode, body: Value) -> Vec<String> {
+    let reply = node.client().ok("kv.keys", body).await;
+    reply["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["full_key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn set_get_exists_delete_with_namespace_isolation() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let a = c
+        .ok(
+            "kv.set",
+            json!({"namespace": "user:123", "key": "profile", "value": {"name": "Alice"}, "tags": ["user", "profile", "user"]}),
+        )
+        .await;
+    assert_eq!(a["created_at"], json!("2026-11-21T10:00:00Z"));
+    assert_eq!(a["expires_at"], Value::Null);
+    c.ok(
+        "kv.set",
+        json!({"namespace": "user:456", "key": "profile", "value": {"name": "Bob"}}),
+    )
+    .await;
+    c.ok(
+        "kv.set",
+        json!({"key": "blob", "value_b64": "AAEC/w==", "ttl": "1h"}),
+    )
+    .await;
+
+    let got = c
+        .ok("kv.get", json!({"namespace": "user:123", "key": "profile"}))
+        .await;
+    assert_eq!(got["value"], json!({"name": "Alice"}));
+    assert_eq!(got["tags"], json!(["profile", "user"]));
+    assert_eq!(got["hit_count"], json!(1));
+    assert_eq!(got["version"], a["version"]);
+    let bob = c
+        .ok("kv.get", json!({"namespace": "user:456", "key": "profile"}))
+        .await;
+    assert_eq!(bob["value"], json!({"name": "Bob"}));
+    let blob = c.ok("kv.get", json!({"key": "blob"})).await;
+    assert_eq!(blob["value_b64"], json!("AAEC/w=="));
+    assert_eq!(blob["expires_at"], json!("2026-11-21T11:00:00Z"));
+    // The default namespace is its own: "profile" is not there.
+    let miss = c
+        .call("kv.get", json!({"key": "profile"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (miss.code, miss.message.as_str()),
+        (404, "kv entry \"profile\" not found")
+    );
+
+    assert_eq!(
+        c.ok(
+            "kv.delete",
+            json!({"namespace": "user:123", "key": "profile"})
+        )
+        .await,
+        json!({"deleted": true})
+    );
+    assert_eq!(
+        c.ok(
+            "kv.delete",
+            json!({"namespace": "user:123", "key": "profile"})
+        )
+        .await,
+        json!({"deleted": false})
+    );
+    assert_eq!(
+        c.ok(
+            "kv.exists",
+            json!({"namespace": "user:123", "key": "profile"})
+        )
+        .await,
+        json!({"exists": false})
+    );
+    assert_eq!(
+        c.ok(
+            "kv.exists",
+            json!({"namespace": "user:456", "key": "profile"})
+        )
+        .await,
+        json!({"exists": true})
+    );
+    assert_eq!(
+        keys(&node, json!({})).await,
+        vec!["blob".to_owned(), "user:456:profile".to_owned()]
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn tags_any_and_all_and_namespace_and_clear() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    for (ns, key, tags) in [
+        ("catalog", "p1", vec!["product", "featured"]),
+        ("catalog", "p2", vec!["product"]),
+        ("other", "p3", vec!["featured"]),
+        ("other", "p4", vec!["misc"]),
+        ("third", "p5", vec![]),
+    ] {
+        c.ok(
+            "kv.set",
+            json!({"namespace": ns, "key": key, "value": 1, "tags": tags}),
+        )
+        .await;
+    }
+    assert_eq!(
+        c.ok(
+            "kv.delete_by_tags",
+            json!({"tags": ["product", "featured"], "match": "all"})
+        )
+        .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        keys(&node, json!({})).await,
+        ["catalog:p2", "other:p3", "other:p4", "third:p5"]
+    );
+    assert_eq!(
+        c.ok(
+            "kv.delete_by_tags",
+            json!({"tags": ["product", "featured"]})
+        )
+        .await,
+        json!({"deleted": 2})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["other:p4", "third:p5"]);
+    assert_eq!(
+        c.ok("kv.delete_by_namespace", json!({"namespace": "other"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    let err = c.call("kv.clear", json!({})).await.unwrap_err();
+    assert_eq!(err.code, 400);
+    assert!(err.message.starts_with("all: "), "{}", err.message);
+    assert_eq!(keys(&node, json!({})).await, ["third:p5"]);
+    assert_eq!(
+        c.ok("kv.clear", json!({"all": true})).await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn pattern_globs_over_full_keys_including_a_literal_star() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    for (ns, key) in [
+        ("", "user:1"),
+        ("", "user:2"),
+        ("", "user*"),
+        ("", "users"),
+        ("user", "9"),
+        ("", "a*b"),
+        ("", "axb"),
+    ] {
+        c.ok("kv.set", json!({"namespace": ns, "key": key, "value": key}))
+            .await;
+    }
+    assert_eq!(
+        keys(&node, json!({"pattern": "user:?"})).await,
+        ["user:1", "user:2", "user:9"]
+    );
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "a\\*b"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "user\\*"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "user:[12]"}))
+            .await,
+        json!({"deleted": 2})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["axb", "users", "user:9"]);
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "user:*"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["axb", "users"]);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn ttl_expires_at_the_exact_instant_and_cleanup_removes_it() {
+    let (_dir, node, clock) = start().await;
+    let c = node.client();
+    c.ok("kv.set", json!({"key": "s", "value": "x", "ttl": 10}))
+        .await;
+    c.ok("kv.set", json!({"key": "forever", "value": "y"}))
+        .await;
+    clock.advance(Duration::from_millis(9_999));
+    assert_eq!(
+        c.ok("kv.get", json!({"key": "s"})).await["value"],
+        json!("x")
+    );
+    clock.advance(Duration::from_millis(1));
+    let miss = c.call("kv.get", json!({"key": "s"})).await.unwrap_err();
+    assert_eq!(miss.code, 404);
+    assert_eq!(
+        c.ok("kv.exists", json!({"key": "s"})).await,
+        json!({"exists": false})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["forever"]);
+    assert_eq!(c.ok("kv.cleanup", json!({})).await, json!({"removed": 1}));
+    assert_eq!(c.ok("kv.cleanup", json!({})).await, json!({"removed": 0}));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn stats_are_exact_and_exists_counts_no_hit() {
+    let (_dir, node, clock) = start().await;
+    let c = node.client();
+    c.ok("kv.set", json!({"namespace": "n", "key": "a", "value": 1}))
+        .await;
+    clock.advance(Duration::from_secs(5));
+    c.ok("kv.set", json!({"namespace": "n", "key": "b", "value": 2}))
+        .await;
+    c.ok("kv.set", json!({"namespace": "m", "key": "c", "value": 3}))
+        .await;
+    c.ok("kv.get", json!({"namespace": "n", "key": "a"})).await;
+    c.ok("kv.get", json!({"namespace": "n", "key": "a"})).await;
+    c.ok("kv.get", json!({"namespace": "n", "key": "b"})).await;
+    c.call("kv.get", json!({"namespace": "n", "key": "zz"}))
+        .await
+        .unwrap_err();
+    for _ in 0..5 {
+        c.ok("kv.exists", json!({"namespace": "n", "key": "a"}))
+            .await;
+        c.ok("kv.exists", json!({"namespace": "n", "key": "nope"}))
+            .await;
+    }
+    let stats = c.ok("kv.stats", json!({"namespace": "n"})).await;
+    assert_eq!(stats["total_entries"], json!(2));
+    assert_eq!(stats["total_hits"], json!(3));
+    assert_eq!(stats["total_misses"], json!(1));
+    assert_eq!(stats["hit_rate"], json!(0.75));
+    assert_eq!(stats["evictions"], json!(0));
+    assert_eq!(stats["oldest_entry"], json!("2026-11-21T10:00:00Z"));
+    assert_eq!(stats["newest_entry"], json!("2026-11-21T10:00:05Z"));
+    assert_eq!(
+        c.ok("kv.get", json!({"namespace": "n", "key": "a"})).await["hit_count"],
+        json!(3)
+    );
+    let all = c.ok("kv.stats", json!({})).await;
+    assert_eq!(all["total_entries"], json!(3));
+    assert_eq!(all["total_hits"], json!(4));
+    assert_eq!(all["total_misses"], json!(1));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn bad_input_is_a_400_naming_the_field_and_stores_nothing() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let before = node.store().last_seq().unwrap();
+    let long = "k".repeat(1025);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("kv.set", json!({"key": "", "value": 1}), "key"),
+        ("kv.set", json!({"key": long, "value": 1}), "key"),
+        (
+            "kv.set",
+            json!({"namespace": "n".repeat(257), "key": "k", "value": 1}),
+            "namespace",
+        ),
+        (
+            "kv.set",
+            json!({"namespace": "a\u{7}b", "key": "k", "value": 1}),
+            "namespace",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": "v".repeat(5000)}),
+            "value",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "value_b64": "AA=="}),
+            "value_b64",
+        ),
+        ("kv.set", json!({"key": "k"}), "value"),
+        ("kv.set", json!({"key": "k", "value": 1, "ttl": -1}), "ttl"),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "ttl": "-5s"}),
+            "ttl",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "ttl": "400days"}),
+            "ttl",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "ttl": 40_000_000}),
+            "ttl",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "tags": (0..65).map(|i| i.to_string()).collect::<Vec<_>>()}),
+            "tags",
+        ),
+        (
+            "kv.delete_by_pattern",
+            json!({"pattern": "p".repeat(1025)}),
+            "pattern",
+        ),
+        ("kv.clear", json!({}), "all"),
+        (
+            "kv.delete_by_tags",
+            json!({"tags": [], "match": "any"}),
+            "tags",
+        ),
+        (
+            "kv.delete_by_tags",
+            json!({"tags": ["a"], "match": "some"}),
+            "match",
+        ),
+        (
+            "kv.configure",
+            json!({"namespace": "n", "origin": {"subject": "compute.*"}}),
+            "origin.subject",
+        ),
+        ("kv.get", json!({"key": "k", "extra": 1}), "extra"),
+    ];
+    for (endpoint, body, field) in cases {
+        let err = c.call(endpoint, body.clone()).await.unwrap_err();
+        assert_eq!(err.code, 400, "{endpoint} {body}: {}", err.message);
+        assert!(
+            err.message.starts_with(&format!("{field}: ")),
+            "{endpoint} {body}: {}",
+            err.message
+        );
+    }
+    assert_eq!(node.store().last_seq().unwrap(), before, "nothing appended");
+    assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn max_entries_evicts_the_least_recently_used() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "lru", "max_entries": 100}),
+    )
+    .await;
+    for i in 0..100 {
+        c.ok(
+            "kv.set",
+            json!({"namespace": "lru", "key": format!("k{i:03}"), "value": i}),
+        )
+        .await;
+    }
+    // Reading the first 10 makes them recent: k010..k059 are the LRU.
+    for i in 0..10 {
+        c.ok(
+            "kv.get",
+            json!({"namespace": "lru", "key": format!("k{i:03}")}),
+        )
+        .await;
+    }
+    for i in 100..150 {
+        c.ok(
+            "kv.set",
+            json!({"namespace": "lru", "key": format!("k{i:03}"), "value": i}),
+        )
+        .await;
+    }
+    let mut expected: Vec<String> = (0..10)
+        .chain(60..150)
+        .map(|i| format!("lru:k{i:03}"))
+        .collect();
+    expected.sort();
+    let mut got = keys(&node, json!({"namespace": "lru", "limit": 1000})).await;
+    got.sort();
+    assert_eq!(got.len(), 100);
+    assert_eq!(got, expected);
+    let stats = c.ok("kv.stats", json!({"namespace": "lru"})).await;
+    assert_eq!(stats["evictions"], json!(50));
+    assert_eq!(stats["total_entries"], json!(100));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn entries_and_expiry_survive_a_restart_and_expired_ones_do_not_come_back() {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = start_in(dir.path(), &clock).await;
+    let c = node.client();
+    c.ok(
+        "kv.set",
+        json!({"namespace": "n", "key": "keep", "value": "v", "ttl": "1h"}),
+    )
+    .await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "n", "key": "short", "value": "v", "ttl": 5}),
+    )
+    .await;
+    node.shutdown().await;
+    clock.advance(Duration::from_secs(10));
+    let node = start_in(dir.path(), &clock).await;
+    let c = node.client();
+    let got = c
+        .ok("kv.get", json!({"namespace": "n", "key": "keep"}))
+        .await;
+    assert_eq!(got["expires_at"], json!("2026-11-21T11:00:00Z"));
+    assert_eq!(
+        c.call("kv.get", json!({"namespace": "n", "key": "short"}))
+            .await
+            .unwrap_err()
+            .code,
+        404
+    );
+    assert_eq!(keys(&node, json!({})).await, ["n:keep"]);
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        c.ok("kv.cleanup", json!({"namespace": "n"})).await,
+        json!({"removed": 2})
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn rewrites_compact_to_one_event_per_key_and_rebuild_equals_live() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    const KEYS: usize = 50;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        for k in 0..KEYS {
+            c.ok(
+                "kv.set",
+                json!({"namespace": format!("ns{}", k % 5), "key": format!("k{k}"), "value": round, "tags": [format!("t{}", k % 3)]}),
+            )
+            .await;
+        }
+    }
+    c.ok("kv.delete", json!({"namespace": "ns0", "key": "k0"}))
+        .await;
+    c.ok("kv.delete_by_tags", json!({"tags": ["t1"]})).await;
+    let store = node.store().clone();
+    let live = store.view_dumps().unwrap();
+    let stats = tokio::task::spawn_blocking(move || {
+        store.compact(Arc::new(KvCompactionPolicy::default()), SystemTime::now())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stats.scanned as usize, KEYS * ROUNDS + 1 + 5);
+    let remaining = node.store().read_all(0, 100_000).unwrap();
+    // One event per key (a set, or the delete of k0) + the bulk
+    // invalidations (one per partition the tags touched).
+    let bulk = remaining
+        .iter()
+        .filter(|e| e.stream.starts_with("kv/"))
+        .filter(|e| {
+            matches!(
+                e.event.as_ref().and_then(|e| e.payload.as_ref()),
+                Some(cairn_events::v1::event::Payload::KvEntriesDeleted(_))
+            )
+        })
+        .count();
+    let kv_events = remaining
+        .iter()
+        .filter(|e| e.stream.starts_with("kv/"))
+        .count();
+    // One per partition holding a namespace of a `t1` key.
+    let partitions: std::collections::BTreeSet<usize> = (0..KEYS)
+        .filter(|k| k % 3 == 1)
+        .map(|k| cairn_actors::kv::partition_of(&format!("ns{}", k % 5)))
+        .collect();
+    assert_eq!(bulk, partitions.len());
+    assert_eq!(
+        kv_events,
+        KEYS + bulk,
+        "of {} kv events",
+        KEYS * ROUNDS + 1 + bulk
+    );
+    let store = node.store().clone();
+    tokio::task::spawn_blocking(move || store.rebuild_views().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(node.store().view_dumps().unwrap(), live);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn delete_by_tags_is_in_the_log_with_its_principal() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let mut published = c.subscribe("cairn.events.kv.>").await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "cat", "key": "p", "value": 1, "tags": ["product"]}),
+    )
+    .await;
+    c.ok("kv.set", json!({"key": "d", "value": 1})).await;
+    c.ok(
+        "kv.delete_by_tags",
+        json!({"tags": ["product"], "principal": "ada@example.com"}),
+    )
+    .await;
+    let log = c.ok("log.read", json!({"limit": 1000})).await;
+    let events = log["events"].as_array().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], json!("KvEntriesDeleted"));
+    assert_eq!(last["principal"], json!("ada@example.com"));
+    assert_eq!(
+        last["event"]["kv_entries_deleted"],
+        json!({"by": "tags", "selector": "any:product", "count": "1", "entries": [{"namespace": "cat", "key": "p"}]})
+    );
+    // Published on cairn.events.kv.<namespace token>.kv.<type>, in order.
+    let subjects = [
+        "cairn.events.kv.cat.kv.entry-set",
+        "cairn.events.kv.~.kv.entry-set",
+        "cairn.events.kv.cat.kv.entries-deleted",
+    ];
+    for subject in subjects {
+        assert_eq!(published.next().await.subject.as_str(), subject);
+    }
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn key_for_is_canonical_and_protobuf_works_too() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let a = c
+        .ok("kv.key_for", json!({"function": "render", "args": ["pkg", 1], "kwargs": {"b": 2, "a": {"y": 1, "x": 0}}}))
+        .await;
+    let b = c
+        .ok("kv.key_for", json!({"function": "render", "args": ["pkg", 1], "kwargs": {"a": {"x": 0, "y": 1}, "b": 2}}))
+        .await;
+    assert_eq!(a, b);
+    assert!(a["key"].as_str().unwrap().starts_with("fn:render:"));
+    assert_eq!(a["key"].as_str().unwrap().len(), "fn:render:".len() + 64);
+
+    let set = cairn_events::v1::KvSetRequest {
+        namespace: "pb".into(),
+        key: "k".into(),
+        value_b64: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let reply = c.call_proto("kv.set", set.encode_to_vec()).await;
+    let set_reply = cairn_events::v1::KvSetReply::decode(reply.payload.as_ref()).unwrap();
+    assert!(set_reply.version > 0);
+    let get = cairn_events::v1::KvKeyRequest {
+        namespace: "pb".into(),
+        key: "k".into(),
+        ..Default::default()
+    };
+    let reply = c.call_proto("kv.get", get.encode_to_vec()).await;
+    let entry = cairn_events::v1::KvEntry::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(entry.value_b64, vec![1, 2, 3]);
+    assert_eq!(entry.version, set_reply.version);
+    node.shutdown().await;
+}
