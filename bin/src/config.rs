@@ -404,6 +404,10 @@ pub struct KvSection {
     /// 60s.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: std::time::Duration,
+    /// How long a compute (`kv.get_or_compute`) or a namespace's origin may
+    /// take to answer; past it the request fails with 504. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub origin_timeout: std::time::Duration,
 }
 
 impl Default for KvSection {
@@ -413,6 +417,7 @@ impl Default for KvSection {
             value_max_bytes: d.value_max_bytes,
             memory_max_bytes: d.memory_max_bytes,
             sweep_interval: d.sweep_interval,
+            origin_timeout: d.origin_timeout,
         }
     }
 }
@@ -424,6 +429,7 @@ impl KvSection {
             value_max_bytes: self.value_max_bytes,
             memory_max_bytes: self.memory_max_bytes,
             sweep_interval: self.sweep_interval,
+            origin_timeout: self.origin_timeout,
         }
     }
 }
@@ -519,6 +525,9 @@ impl NodeConfig {
         let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
         if self.data_dir.as_os_str().is_empty() {
             return bad("data-dir", "must not be empty".into());
+        }
+        if self.kv.origin_timeout.is_zero() {
+            return bad("kv.origin-timeout", "must be more than 0s".into());
         }
         if self.kv.value_max_bytes == 0 {
             return bad("kv.value-max-bytes", "must be at least 1".into());

@@ -198,6 +198,11 @@ impl Node {
         self.service.watch_hub()
     }
 
+    /// The node's key-value cache.
+    pub fn kv(&self) -> &cairn_actors::kv::KvNode {
+        self.service.kv()
+    }
+
     /// Stops gracefully (see the module docs).
     pub async fn shutdown(mut self) {
         info!("shutting down");

@@ -374,6 +374,11 @@ async fn bad_input_is_a_400_naming_the_field_and_stores_nothing() {
             "origin.subject",
         ),
         ("kv.get", json!({"key": "k", "extra": 1}), "extra"),
+        (
+            "kv.get_or_compute",
+            json!({"key": "k", "compute": {"subject": "compute.>", "body": 1}}),
+            "compute.subject",
+        ),
     ];
     for (endpoint, body, field) in cases {
         let err = c.call(endpoint, body.clone()).await.unwrap_err();
@@ -608,5 +613,285 @@ async fn key_for_is_canonical_and_protobuf_works_too() {
     let entry = cairn_events::v1::KvEntry::decode(reply.payload.as_ref()).unwrap();
     assert_eq!(entry.value_b64, vec![1, 2, 3]);
     assert_eq!(entry.version, set_reply.version);
+    node.shutdown().await;
+}
+
+/// What a responder answers: a payload, and an error code and message
+/// (sent as the micro protocol's headers) or none.
+type Answer = (Value, Option<(u16, &'static str)>);
+
+/// A real NATS responder on `subject`: answers each request with
+/// `answer(body)` once `ready()` holds (waited for with a deadline); counts
+/// the requests and keeps their bodies. Subscribed when this returns.
+async fn responder(
+    node: &TestNode,
+    subject: &str,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    answer: impl Fn(&Value) -> Answer + Send + Sync + 'static,
+) -> (
+    Arc<std::sync::Mutex<Vec<Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt as _;
+    let nats = node.client().nats().clone();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let bodies = seen.clone();
+    let mut sub = nats.subscribe(subject.to_owned()).await.unwrap();
+    nats.flush().await.unwrap();
+    let task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let body: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+            bodies.lock().unwrap().push(body.clone());
+            let (payload, error) = answer(&body);
+            cairn_tests::wait_until("the responder's go", cairn_tests::WAIT, || {
+                let go = ready();
+                async move { go }
+            })
+            .await;
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some((code, message)) = error {
+                headers.insert("Nats-Service-Error-Code", code.to_string().as_str());
+                headers.insert("Nats-Service-Error", message);
+            }
+            let payload = serde_json::to_vec(&payload).unwrap();
+            nats.publish_with_headers(msg.reply.clone().unwrap(), headers, payload.into())
+                .await
+                .unwrap();
+            nats.flush().await.unwrap();
+        }
+    });
+    (seen, task)
+}
+
+/// 100 concurrent `get_or_compute` of one missing key.
+async fn hundred_computes(
+    node: &TestNode,
+    subject: &str,
+) -> Vec<Result<Value, cairn_tests::client::ServiceError>> {
+    let c = node.client();
+    let calls = (0..100).map(|_| {
+        c.call(
+            "kv.get_or_compute",
+            json!({"namespace": "fn", "key": "k", "ttl": "1h", "tags": ["computed"],
+                   "compute": {"subject": subject, "body": {"n": 7}}}),
+        )
+    });
+    futures::future::join_all(calls).await
+}
+
+#[actix_rt::test]
+async fn get_or_compute_calls_the_compute_once_for_100_concurrent_misses() {
+    let (_dir, node, _clock) = start().await;
+    let kv = node.node().kv().clone();
+    let (seen, task) = responder(
+        &node,
+        "compute.render",
+        move || match kv.flights().callers("fn", "k") {
+            100 => Ok(()),
+            n => Err(format!("{n} callers in the flight")),
+        },
+        |body| (json!({"rendered": body["n"]}), None),
+    )
+    .await;
+    let replies = hundred_computes(&node, "compute.render").await;
+    for reply in &replies {
+        let reply = reply.as_ref().unwrap();
+        assert_eq!(reply["value"], json!({"rendered": 7}));
+        assert_eq!(reply["tags"], json!(["computed"]));
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![json!({"n": 7})],
+        "exactly one compute request"
+    );
+    // Cached: the next one is a hit, with no compute.
+    let again = hundred_computes(&node, "compute.render").await;
+    assert!(again
+        .iter()
+        .all(|r| r.as_ref().unwrap()["value"] == json!({"rendered": 7})));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    task.abort();
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_failing_compute_fails_every_waiter_and_caches_nothing() {
+    let (_dir, node, _clock) = start().await;
+    let kv = node.node().kv().clone();
+    let (seen, task) = responder(
+        &node,
+        "compute.fail",
+        move || match kv.flights().callers("fn", "k") {
+            100 => Ok(()),
+            n => Err(format!("{n} callers in the flight")),
+        },
+        |_| (json!({"error": "boom"}), Some((500, "render failed: boom"))),
+    )
+    .await;
+    let replies = hundred_computes(&node, "compute.fail").await;
+    for reply in replies {
+        let e = reply.unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (500, "compute compute.fail: render failed: boom")
+        );
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let c = node.client();
+    assert_eq!(
+        c.ok("kv.exists", json!({"namespace": "fn", "key": "k"}))
+            .await,
+        json!({"exists": false})
+    );
+    assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
+    task.abort();
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn read_through_origin_caches_answers_and_a_404_is_a_miss() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let (seen, task) = responder(
+        &node,
+        "origin.users",
+        || Ok(()),
+        |body| match body["key"].as_str() {
+            Some("alice") => (json!({"name": "Alice"}), None),
+            _ => (json!(null), Some((404, "no such user"))),
+        },
+    )
+    .await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "users", "origin": {"subject": "origin.users"}}),
+    )
+    .await;
+    let got = c
+        .ok("kv.get", json!({"namespace": "users", "key": "alice"}))
+        .await;
+    assert_eq!(got["value"], json!({"name": "Alice"}));
+    let again = c
+        .ok("kv.get", json!({"namespace": "users", "key": "alice"}))
+        .await;
+    assert_eq!(again["value"], json!({"name": "Alice"}));
+    let miss = c
+        .call("kv.get", json!({"namespace": "users", "key": "ghost"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (miss.code, miss.message.as_str()),
+        (404, "kv entry \"users:ghost\" not found")
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            json!({"op": "get", "namespace": "users", "key": "alice"}),
+            json!({"op": "get", "namespace": "users", "key": "ghost"}),
+        ]
+    );
+    let stats = c.ok("kv.stats", json!({"namespace": "users"})).await;
+    assert_eq!(
+        (stats["total_hits"].clone(), stats["total_misses"].clone()),
+        (json!(1), json!(2))
+    );
+    task.abort();
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn an_origin_that_does_not_answer_times_out() {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = TestNodeBuilder::in_dir(dir.path())
+        .configure(|c| c.kv.origin_timeout = Duration::from_millis(300))
+        .clock(Arc::new(clock.clone()))
+        .start()
+        .await;
+    let c = node.client();
+    // Subscribed, never answering.
+    let _silent = c.subscribe("origin.silent").await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "slow", "origin": {"subject": "origin.silent"}}),
+    )
+    .await;
+    let e = c
+        .call("kv.get", json!({"namespace": "slow", "key": "k"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (504, "origin origin.silent: no reply within 300ms")
+    );
+    let e = c
+        .call("kv.get", json!({"namespace": "none", "key": "k"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 404);
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "gone", "origin": {"subject": "origin.nobody"}}),
+    )
+    .await;
+    let e = c
+        .call("kv.get", json!({"namespace": "gone", "key": "k"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (503, "origin origin.nobody: no responders")
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn write_through_sends_to_the_origin_first_and_its_error_stores_nothing() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let (seen, task) = responder(
+        &node,
+        "origin.wt",
+        || Ok(()),
+        |body| match body["key"].as_str() {
+            Some("bad") => (json!(null), Some((503, "database down"))),
+            _ => (json!({"ok": true}), None),
+        },
+    )
+    .await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "wt", "origin": {"subject": "origin.wt", "write_through": true}}),
+    )
+    .await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "wt", "key": "good", "value": [1, 2], "ttl": 60, "tags": ["t"]}),
+    )
+    .await;
+    let e = c
+        .call(
+            "kv.set",
+            json!({"namespace": "wt", "key": "bad", "value": 3}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (503, "origin origin.wt: database down")
+    );
+    assert_eq!(keys(&node, json!({"namespace": "wt"})).await, ["wt:good"]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            json!({"op": "set", "namespace": "wt", "key": "good", "value": [1, 2], "tags": ["t"], "ttl_ms": 60000}),
+            json!({"op": "set", "namespace": "wt", "key": "bad", "value": 3, "tags": []}),
+        ]
+    );
+    // Deletes invalidate only the entry named; the origin is not asked.
+    c.ok("kv.delete", json!({"namespace": "wt", "key": "good"}))
+        .await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    task.abort();
     node.shutdown().await;
 }

@@ -53,19 +53,28 @@
 //!   entry stays (deletes for a window), so rewriting a key does not grow
 //!   the log; the view is last-writer-wins per key, so a rebuild from the
 //!   compacted log equals the live view.
-//! - **Single flight** (`kv.get_or_compute`, not built yet) is kept in the
-//!   node that owns the partition, so cluster-wide single flight follows
-//!   the partition's owner.
+//! - **Single flight** (`kv.get_or_compute`, read-through origins) is kept
+//!   in the node ([`flight`]): concurrent misses of one entry share one
+//!   call. In a cluster, cluster-wide single flight follows the owner of
+//!   the namespace's partition.
+//! - **Origins** (seed 001's decorators): a namespace configured with an
+//!   origin subject is read-through (a miss asks the origin and caches
+//!   its answer; its 404 is a miss) and, with `write_through`,
+//!   write-through (a set goes to the origin first; its failure stores
+//!   nothing). Deletes invalidate only the entries named.
 //!
 //! # Layout
 //! - this module — [`Kv`] (the [`StreamDomain`]), its commands and
 //!   replies, [`KvNode`] (the partition writers and the reads).
 //! - [`memory`] — the memory tier and the per-partition trackers.
+//! - [`flight`] — single flight, and the NATS calls of computes and
+//!   origins.
 //! - [`glob`] — Redis `SCAN MATCH` patterns.
 //! - [`key_for`] — canonical function-result keys.
 //! - [`error`] — [`KvError`].
 
 pub mod error;
+pub mod flight;
 pub mod glob;
 pub mod key_for;
 pub mod memory;
@@ -572,6 +581,7 @@ fn current_rows(
 pub struct KvNode {
     writers: Arc<Vec<Addr<StreamWriter<Kv>>>>,
     env: Arc<KvEnv>,
+    flights: Arc<flight::Flights<Found>>,
 }
 
 /// An entry as a read answers it.
@@ -644,7 +654,23 @@ impl KvNode {
         Ok(Self {
             writers: Arc::new(writers),
             env,
+            flights: Arc::default(),
         })
+    }
+
+    /// The node's single flights.
+    pub fn flights(&self) -> &flight::Flights<Found> {
+        &self.flights
+    }
+
+    /// The settings of `namespace` (defaults when never configured).
+    pub fn settings(&self, namespace: &str) -> KvNamespaceSettings {
+        let tracker = self.env.memory.partition(partition_of(namespace)).lock();
+        tracker
+            .namespaces
+            .get(namespace)
+            .map(|ns| ns.settings.clone())
+            .unwrap_or_default()
     }
 
     /// The shared state.

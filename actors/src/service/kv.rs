@@ -24,8 +24,8 @@ use super::{
 };
 use crate::{
     kv::{
-        full_key, glob::Glob, key_for::key_for, memory::EntryInfo, partition_of, KvCommand,
-        KvError, KvReply, Matcher, SetEntry,
+        flight, full_key, glob::Glob, key_for::key_for, memory::EntryInfo, partition_of, Found,
+        KvCommand, KvError, KvReply, Matcher, SetEntry,
     },
     ServiceError,
 };
@@ -64,6 +64,9 @@ pub struct KvServiceConfig {
     /// How often the sweeper removes expired entries
     /// (`kv.sweep-interval`); zero: never. Default: 60 s.
     pub sweep_interval: Duration,
+    /// How long a compute or an origin may take to answer
+    /// (`kv.origin-timeout`). Default: 5 s.
+    pub origin_timeout: Duration,
 }
 
 impl Default for KvServiceConfig {
@@ -72,6 +75,7 @@ impl Default for KvServiceConfig {
             value_max_bytes: 1 << 20,
             memory_max_bytes: 64 << 20,
             sweep_interval: Duration::from_secs(60),
+            origin_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -271,6 +275,28 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
     let tags = tags(&f, "tags")?;
     let meta = metadata(&request, f.string("principal")?);
     let kv = kv(&context)?;
+    let settings = kv.settings(&namespace);
+    if settings.write_through && !settings.origin_subject.is_empty() {
+        // Write-through: the origin first; its failure stores nothing.
+        let mut body = json!({"op": "set", "namespace": namespace, "key": key, "tags": tags});
+        if json {
+            body["value"] = serde_json::from_slice(&value).unwrap_or(Value::Null);
+        } else {
+            body["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&value));
+        }
+        if let Some(ttl_ms) = ttl_ms {
+            body["ttl_ms"] = json!(ttl_ms);
+        }
+        let body = serde_json::to_vec(&body).map_err(|e| ServiceError::internal(e.to_string()))?;
+        flight::call(
+            &context.client,
+            "origin",
+            &settings.origin_subject,
+            body,
+            context.config.kv.origin_timeout,
+        )
+        .await?;
+    }
     let reply = kv
         .execute(
             partition_of(&namespace),
@@ -364,8 +390,25 @@ fn key_request(request: &Incoming) -> Result<(String, String, Option<String>), S
 
 /// `kv.get`: the entry, or 404 (absent or expired); counts a hit or miss.
 pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
-    let (namespace, key, _) = key_request(&request)?;
-    let found = kv(&context)?.get(&namespace, &key, true).await?;
+    let (namespace, key, principal) = key_request(&request)?;
+    let kv = kv(&context)?;
+    let mut found = kv.get(&namespace, &key, true).await?;
+    let settings = kv.settings(&namespace);
+    if found.is_none() && !settings.origin_subject.is_empty() {
+        // Read-through: one origin call for all concurrent misses.
+        let body = serde_json::to_vec(&json!({"op": "get", "namespace": namespace, "key": key}))
+            .map_err(|e| ServiceError::internal(e.to_string()))?;
+        let fill = Fill {
+            namespace: namespace.clone(),
+            key: key.clone(),
+            ttl_ms: None,
+            tags: Vec::new(),
+            meta: metadata(&request, principal),
+        };
+        found = fill
+            .run(&context, "origin", &settings.origin_subject, body)
+            .await?;
+    }
     let Some(found) = found else {
         return Err(KvError::NotFound {
             full_key: full_key(&namespace, &key),
@@ -787,15 +830,7 @@ pub async fn handle_configure(
     };
     if let Some(origin) = f.object("origin", &["subject", "write_through"])? {
         let subject = origin.required("subject")?;
-        if subject.is_empty()
-            || subject.contains(['*', '>'])
-            || subject.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(bad(
-                "origin.subject",
-                format!("must be a subject without wildcards or spaces, got {subject:?}"),
-            ));
-        }
+        check_subject("origin.subject", &subject)?;
         settings.origin_subject = subject;
         settings.write_through = origin.bool("write_through")?.unwrap_or(false);
     }
@@ -888,4 +923,151 @@ pub fn start_sweeper(
             }
         }
     }))
+}
+
+/// Filling one missing entry from a compute or an origin, in a single
+/// flight.
+#[derive(Debug)]
+struct Fill {
+    namespace: String,
+    key: String,
+    ttl_ms: Option<u64>,
+    tags: Vec<String>,
+    meta: cairn_events::envelope::Metadata,
+}
+
+impl Fill {
+    /// The entry: found again (a flight that just finished), or fetched
+    /// from `subject` and set; `None` when the callee said 404 (origins).
+    async fn run(
+        self,
+        context: &ServiceContext,
+        what: &'static str,
+        subject: &str,
+        body: Vec<u8>,
+    ) -> Result<Option<Found>, ServiceError> {
+        let kv = kv(context)?;
+        let outcome = kv
+            .flights()
+            .run(&self.namespace, &self.key, || async {
+                if let Some(found) = kv.get(&self.namespace, &self.key, false).await? {
+                    return Ok(found);
+                }
+                let answer = flight::call(
+                    &context.client,
+                    what,
+                    subject,
+                    body,
+                    context.config.kv.origin_timeout,
+                )
+                .await?;
+                let (value, json) = match answer {
+                    flight::Answer::Value(value, json) => (value, json),
+                    flight::Answer::NotFound => {
+                        return Err(ServiceError::not_found(format!(
+                            "{what} {subject}: {} not found",
+                            full_key(&self.namespace, &self.key)
+                        )))
+                    }
+                };
+                let max = context.config.kv.value_max_bytes;
+                if value.len() > max {
+                    return Err(ServiceError {
+                        code: 502,
+                        message: format!(
+                            "{what} {subject}: answered {} bytes, more than kv.value-max-bytes ({max})",
+                            value.len()
+                        ),
+                    });
+                }
+                let partition = partition_of(&self.namespace);
+                kv.execute(
+                    partition,
+                    KvCommand::Set(SetEntry {
+                        namespace: self.namespace.clone(),
+                        key: self.key.clone(),
+                        value,
+                        json,
+                        tags: self.tags.clone(),
+                        ttl_ms: self.ttl_ms,
+                    }),
+                    self.meta.clone(),
+                )
+                .await?;
+                kv.get(&self.namespace, &self.key, false)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::internal("an entry just set is gone (expired at once?)")
+                    })
+            })
+            .await;
+        match outcome {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.code == 404 && what == "origin" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `kv.get_or_compute`: the entry, or on a miss the reply of `compute`
+/// (one call for all concurrent misses of the entry), cached.
+pub async fn handle_get_or_compute(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(
+        &request.body,
+        &["namespace", "key", "ttl", "tags", "compute", "principal"],
+    )?;
+    let namespace = namespace(&f)?;
+    let key = key(&f)?;
+    let ttl_ms = ttl(&f, "ttl")?;
+    let tags = tags(&f, "tags")?;
+    let Some(compute) = f.object("compute", &["subject", "body"])? else {
+        return Err(bad("compute", "required: {subject, body}"));
+    };
+    let subject = compute.required("subject")?;
+    check_subject("compute.subject", &subject)?;
+    let body = serde_json::to_vec(compute.value("body").unwrap_or(&Value::Null))
+        .map_err(|e| ServiceError::internal(e.to_string()))?;
+    let meta = metadata(&request, f.string("principal")?);
+    let kv = kv(&context)?;
+    let found = match kv.get(&namespace, &key, true).await? {
+        Some(found) => found,
+        None => {
+            let fill = Fill {
+                namespace: namespace.clone(),
+                key: key.clone(),
+                ttl_ms,
+                tags,
+                meta,
+            };
+            fill.run(&context, "compute", &subject, body)
+                .await?
+                .ok_or_else(|| ServiceError::internal("a compute answered no entry"))?
+        }
+    };
+    Ok(Body::of(
+        request.format,
+        || entry_json(&found.row, &found.info),
+        || entry_pb(&found.row, &found.info),
+    ))
+}
+
+/// A subject a request names for cairn to send to: no wildcards, no
+/// spaces, no empty token.
+fn check_subject(field: &'static str, subject: &str) -> Result<(), ServiceError> {
+    if subject.is_empty()
+        || subject
+            .split('.')
+            .any(|t| t.is_empty() || t == "*" || t == ">")
+        || subject.contains(['*', '>'])
+        || subject.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(
+            field,
+            format!("must be a subject without wildcards or spaces, got {subject:?}"),
+        ));
+    }
+    Ok(())
 }

@@ -72,6 +72,7 @@ pub struct CairnService {
     service: service::Service,
     tasks: Vec<JoinHandle<()>>,
     watch: crate::watch::WatchHub,
+    kv: crate::kv::KvNode,
 }
 
 impl CairnService {
@@ -116,7 +117,7 @@ impl CairnService {
             arbiter: actix::Arbiter::try_current(),
             in_flight: Arc::default(),
             revisions_busy: Arc::default(),
-            kv: Some(kv_node),
+            kv: Some(kv_node.clone()),
             config,
         };
         let limiter = Arc::new(Semaphore::new(
@@ -313,6 +314,11 @@ impl CairnService {
             kv::handle_configure
         );
         endpoint!(
+            "kv.get_or_compute",
+            cairn_events::v1::KvGetOrComputeRequest,
+            kv::handle_get_or_compute
+        );
+        endpoint!(
             "kv.key_for",
             cairn_events::v1::KvKeyForRequest,
             kv::handle_key_for
@@ -338,12 +344,18 @@ impl CairnService {
             service,
             tasks,
             watch,
+            kv: kv_node,
         })
     }
 
     /// The node's watch hub.
     pub fn watch_hub(&self) -> &crate::watch::WatchHub {
         &self.watch
+    }
+
+    /// The node's key-value cache.
+    pub fn kv(&self) -> &crate::kv::KvNode {
+        &self.kv
     }
 
     /// Stops taking requests.
