@@ -408,6 +408,24 @@ pub struct KvSection {
     /// take to answer; past it the request fails with 504. Default: 5s.
     #[serde(with = "humantime_serde")]
     pub origin_timeout: std::time::Duration,
+    /// `sync`: a write is answered once fsynced (group commit); `batched`:
+    /// once in RocksDB's write-ahead log, fsynced every `flush-interval`
+    /// (like Redis's `appendfsync everysec`). Default: sync.
+    pub durability: KvDurability,
+    /// With `batched`, how often the write-ahead log is fsynced. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: std::time::Duration,
+}
+
+/// `kv.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDurability {
+    /// Fsynced before the reply.
+    #[default]
+    Sync,
+    /// In the WAL before the reply, fsynced every `kv.flush-interval`.
+    Batched,
 }
 
 impl Default for KvSection {
@@ -418,6 +436,8 @@ impl Default for KvSection {
             memory_max_bytes: d.memory_max_bytes,
             sweep_interval: d.sweep_interval,
             origin_timeout: d.origin_timeout,
+            durability: KvDurability::Sync,
+            flush_interval: d.flush_interval,
         }
     }
 }
@@ -430,6 +450,11 @@ impl KvSection {
             memory_max_bytes: self.memory_max_bytes,
             sweep_interval: self.sweep_interval,
             origin_timeout: self.origin_timeout,
+            durability: match self.durability {
+                KvDurability::Sync => cairn_storage::Durability::Sync,
+                KvDurability::Batched => cairn_storage::Durability::Buffered,
+            },
+            flush_interval: self.flush_interval,
         }
     }
 }
@@ -525,6 +550,12 @@ impl NodeConfig {
         let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
         if self.data_dir.as_os_str().is_empty() {
             return bad("data-dir", "must not be empty".into());
+        }
+        if self.kv.durability == KvDurability::Batched && self.kv.flush_interval.is_zero() {
+            return bad(
+                "kv.flush-interval",
+                "must be more than 0s with kv.durability = \"batched\"".into(),
+            );
         }
         if self.kv.origin_timeout.is_zero() {
             return bad("kv.origin-timeout", "must be more than 0s".into());

@@ -895,3 +895,43 @@ async fn write_through_sends_to_the_origin_first_and_its_error_stores_nothing() 
     task.abort();
     node.shutdown().await;
 }
+
+/// `kv.durability`: `sync` fsyncs every group commit of a set; `batched`
+/// answers once the write is in the WAL (no fsync on the write path) and
+/// the entries are there after a restart all the same.
+#[actix_rt::test]
+async fn batched_durability_answers_without_an_fsync_and_sync_fsyncs_each_write() {
+    use cairn::config::KvDurability;
+    for durability in [KvDurability::Sync, KvDurability::Batched] {
+        let dir = TestDir::new();
+        let builder = |dir: &Path| {
+            TestNodeBuilder::in_dir(dir).configure(move |c| {
+                c.kv.durability = durability;
+                c.kv.flush_interval = Duration::from_secs(3600);
+            })
+        };
+        let node = builder(dir.path()).start().await;
+        let c = node.client();
+        let before = node.store().writer_stats();
+        for i in 0..5 {
+            c.ok("kv.set", json!({"key": format!("k{i}"), "value": i}))
+                .await;
+        }
+        let after = node.store().writer_stats();
+        let batches = after.batches - before.batches;
+        let synced = after.synced_batches - before.synced_batches;
+        assert!(batches >= 5, "{durability:?}: {batches} batches");
+        match durability {
+            KvDurability::Sync => assert_eq!(synced, batches, "every batch fsynced"),
+            KvDurability::Batched => assert_eq!(synced, 0, "no fsync on the write path"),
+        }
+        node.shutdown().await;
+        let node = builder(dir.path()).start().await;
+        assert_eq!(
+            keys(&node, json!({})).await,
+            ["k0", "k1", "k2", "k3", "k4"],
+            "{durability:?}"
+        );
+        node.shutdown().await;
+    }
+}

@@ -175,6 +175,10 @@ pub struct KvEnv {
     pub memory: Arc<KvMemory>,
     /// The clock of TTLs and access times.
     pub clock: Arc<dyn Clock>,
+    /// `kv.durability`: `Sync` (fsynced before the reply) or `Buffered`
+    /// (`batched`: in the WAL before the reply, fsynced every
+    /// `kv.flush-interval`).
+    pub durability: cairn_storage::Durability,
 }
 
 /// A new value for one entry.
@@ -311,6 +315,10 @@ impl StreamDomain for Kv {
 
     fn store(env: &KvEnv) -> &dyn cairn_storage::AsyncAppend {
         &env.store
+    }
+
+    fn durability(env: &KvEnv) -> cairn_storage::Durability {
+        env.durability
     }
 
     fn stream(state: &KvState) -> &StreamId {
@@ -600,6 +608,7 @@ impl KvNode {
         store: Store,
         clock: Arc<dyn Clock>,
         memory_max_bytes: u64,
+        durability: cairn_storage::Durability,
     ) -> Result<Self, KvError> {
         let memory = Arc::new(KvMemory::new(KV_PARTITIONS, memory_max_bytes));
         let (loaded, load_store) = (memory.clone(), store.clone());
@@ -635,6 +644,7 @@ impl KvNode {
             store,
             memory,
             clock,
+            durability,
         });
         let writers = versions
             .into_iter()

@@ -67,6 +67,12 @@ pub struct KvServiceConfig {
     /// How long a compute or an origin may take to answer
     /// (`kv.origin-timeout`). Default: 5 s.
     pub origin_timeout: Duration,
+    /// `kv.durability`: [`cairn_storage::Durability::Sync`] (`sync`, the
+    /// default) or `Buffered` (`batched`).
+    pub durability: cairn_storage::Durability,
+    /// With `batched`, how often the WAL is fsynced (`kv.flush-interval`).
+    /// Default: 1 s.
+    pub flush_interval: Duration,
 }
 
 impl Default for KvServiceConfig {
@@ -76,6 +82,8 @@ impl Default for KvServiceConfig {
             memory_max_bytes: 64 << 20,
             sweep_interval: Duration::from_secs(60),
             origin_timeout: Duration::from_secs(5),
+            durability: cairn_storage::Durability::Sync,
+            flush_interval: Duration::from_secs(1),
         }
     }
 }
@@ -894,6 +902,32 @@ pub async fn handle_key_for(
         || json!({ "key": key }),
         || KvKeyForReply { key: key.clone() }.encode_to_vec(),
     ))
+}
+
+/// With `batched` durability: fsyncs the store's WAL every `interval`, so
+/// an acknowledged set is on disk at most `interval` later (like Redis's
+/// `appendfsync everysec`). Stops when the returned handle is aborted.
+pub fn start_flusher(
+    store: cairn_storage::Store,
+    durability: cairn_storage::Durability,
+    interval: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if durability == cairn_storage::Durability::Sync || interval.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.sync_wal()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "kv flush of the WAL failed"),
+                Err(e) => tracing::warn!(error = %e, "kv flush task failed"),
+            }
+        }
+    }))
 }
 
 /// The sweeper: every `interval`, removes expired entries (bounded

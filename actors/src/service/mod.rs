@@ -104,10 +104,16 @@ impl CairnService {
             store.clone(),
             config.clock.clone(),
             config.kv.memory_max_bytes,
+            config.kv.durability,
         )
         .await
         .map_err(|e| format!("starting the key-value cache: {e}"))?;
         let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
+        let flusher = kv::start_flusher(
+            store.clone(),
+            config.kv.durability,
+            config.kv.flush_interval,
+        );
         let context = ServiceContext {
             store,
             client: client.clone(),
@@ -323,9 +329,8 @@ impl CairnService {
             cairn_events::v1::KvKeyForRequest,
             kv::handle_key_for
         );
-        if let Some(sweeper) = sweeper {
-            tasks.push(sweeper);
-        }
+        tasks.extend(sweeper);
+        tasks.extend(flusher);
         endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,

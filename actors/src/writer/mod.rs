@@ -134,6 +134,13 @@ pub trait StreamDomain: Sized + Unpin + fmt::Debug + 'static {
     /// work returns a JetStream-backed [`AsyncAppend`] instead; nothing
     /// else in the shell changes.
     fn store(env: &Self::Env) -> &dyn AsyncAppend;
+    /// When the domain's appends are acknowledged: fsynced (the default),
+    /// or once in the write-ahead log (the key-value cache's `batched`
+    /// durability, whose owner fsyncs on its own schedule).
+    fn durability(env: &Self::Env) -> cairn_storage::Durability {
+        let _ = env;
+        cairn_storage::Durability::Sync
+    }
     /// The stream the state belongs to.
     fn stream(state: &Self::State) -> &StreamId;
     /// The stream version the state has seen (the next append expects it).
@@ -228,7 +235,13 @@ impl<D: StreamDomain> Session<D> {
         let stream = D::stream(&self.state).clone();
         let expected = D::version(&self.state);
         let appended = store
-            .append_chunks(&stream, expected, chunks, self.metadata.clone())
+            .append_chunks_with(
+                &stream,
+                expected,
+                chunks,
+                self.metadata.clone(),
+                D::durability(&self.env),
+            )
             .await;
         let mut committed = Vec::with_capacity(states.len());
         for (appended, folded) in appended.into_iter().zip(states) {
