@@ -935,3 +935,141 @@ async fn batched_durability_answers_without_an_fsync_and_sync_fsyncs_each_write(
         node.shutdown().await;
     }
 }
+
+/// `cairn kv …` (the real binary) with `args`, then `-s <nats>`.
+async fn kv_cli(node: &TestNode, args: &[&str]) -> cairn_tests::CliOutput {
+    cairn_tests::cairn_cli!()
+        .run_env(
+            ["kv"]
+                .into_iter()
+                .chain(args.iter().copied())
+                .chain(["-s", node.node().nats_url.as_str()]),
+            &[],
+            &["CAIRN_NATS_URL", "NATS_URL", "CAIRN_NAMESPACE"],
+        )
+        .await
+}
+
+fn cli_ok(out: cairn_tests::CliOutput) -> String {
+    assert!(out.success, "failed: {}\n{}", out.stderr, out.stdout);
+    out.stdout
+}
+
+#[actix_rt::test]
+async fn the_kv_cli_sets_gets_lists_deletes_with_namespaces_tags_and_ttls() {
+    let (_dir, node, _clock) = start().await;
+    assert_eq!(
+        cli_ok(
+            kv_cli(
+                &node,
+                &[
+                    "set",
+                    "-n",
+                    "user:123",
+                    "profile",
+                    "{\"name\":\"Alice\"}",
+                    "--json",
+                    "--tag",
+                    "user",
+                    "--ttl",
+                    "1h"
+                ]
+            )
+            .await
+        ),
+        "set user:123:profile (version 1)\n"
+    );
+    cli_ok(
+        kv_cli(
+            &node,
+            &[
+                "set",
+                "plain",
+                "hello",
+                "--tag",
+                "misc",
+                "--principal",
+                "ada",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["get", "profile", "-n", "user:123"]).await),
+        "{\"name\":\"Alice\"}\n"
+    );
+    let got: Value = serde_json::from_str(&cli_ok(
+        kv_cli(&node, &["-o", "json", "get", "plain"]).await,
+    ))
+    .unwrap();
+    assert_eq!(got["value"], json!("hello"));
+    assert_eq!(got["tags"], json!(["misc"]));
+    let yaml = cli_ok(kv_cli(&node, &["get", "-n", "user:123", "profile", "-o", "yaml"]).await);
+    assert!(
+        yaml.contains("expires_at: 2026-11-21T11:00:00Z\n"),
+        "{yaml}"
+    );
+    let miss = kv_cli(&node, &["get", "nope"]).await;
+    assert!(!miss.success);
+    assert!(
+        miss.stderr.contains("kv entry \"nope\" not found"),
+        "{}",
+        miss.stderr
+    );
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["keys"]).await),
+        "plain\nuser:123:profile\n"
+    );
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["keys", "--pattern", "user:*"]).await),
+        "user:123:profile\n"
+    );
+    let stats: Value =
+        serde_json::from_str(&cli_ok(kv_cli(&node, &["stats", "-o", "json"]).await)).unwrap();
+    assert_eq!(
+        (
+            stats["total_entries"].clone(),
+            stats["total_hits"].clone(),
+            stats["total_misses"].clone()
+        ),
+        (json!(2), json!(3), json!(1))
+    );
+    let table = cli_ok(kv_cli(&node, &["stats"]).await);
+    assert!(table.starts_with("ENTRIES"), "{table}");
+    let key_for = cli_ok(
+        kv_cli(
+            &node,
+            &[
+                "key-for", "render", "--arg", "\"pkg\"", "--kwarg", "b=2", "--kwarg", "a=1",
+            ],
+        )
+        .await,
+    );
+    let key_for_swapped = cli_ok(
+        kv_cli(
+            &node,
+            &[
+                "key-for", "render", "--arg", "\"pkg\"", "--kwarg", "a=1", "--kwarg", "b=2",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(key_for, key_for_swapped);
+    assert!(key_for.starts_with("fn:render:") && key_for.len() == "fn:render:".len() + 65);
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["del", "--tag", "misc"]).await),
+        "deleted 1\n"
+    );
+    assert_eq!(cli_ok(kv_cli(&node, &["cleanup"]).await), "removed 0\n");
+    let bad = kv_cli(&node, &["set", "k", "v", "--ttl=-5s"]).await;
+    assert!(!bad.success);
+    assert!(bad.stderr.contains("ttl: "), "{}", bad.stderr);
+    let clear = kv_cli(&node, &["clear"]).await;
+    assert_eq!(cli_ok(clear), "deleted 0\n");
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["clear", "--all"]).await),
+        "deleted 1\n"
+    );
+    assert_eq!(cli_ok(kv_cli(&node, &["keys"]).await), "");
+    node.shutdown().await;
+}

@@ -44,10 +44,13 @@ struct Flight<T> {
     callers: AtomicUsize,
 }
 
+/// An entry's `(namespace, key)`.
+type EntryId = (String, String);
+
 /// The node's flights, by `(namespace, key)`.
 #[derive(Debug)]
 pub struct Flights<T> {
-    running: Mutex<HashMap<(String, String), Arc<Flight<T>>>>,
+    running: Mutex<HashMap<EntryId, Arc<Flight<T>>>>,
 }
 
 impl<T> Default for Flights<T> {
