@@ -347,6 +347,26 @@ enum BenchCommand {
         #[arg(long)]
         no_sync: bool,
     },
+    /// The key-value cache: GET vs a raw NATS echo and Redis, SET (sync,
+    /// batched) vs Redis (appendfsync always, everysec), memory per entry
+    /// vs Redis, compaction of rewrites (spawns redis-server).
+    Kv {
+        /// Keys preloaded for the GETs of 100-byte values (10 KiB: a tenth).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Timed requests per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Entries of 100 bytes of the memory measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_entries: usize,
+        /// Sets of the compaction measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        compaction_sets: usize,
+        /// Distinct keys of the compaction measurement.
+        #[arg(long, default_value_t = 1_000)]
+        compaction_keys: usize,
+    },
     /// Resident memory of the (in-process) node: its peak during first
     /// syncs of N revisions, and once settled after listing them.
     Memory {
@@ -569,6 +589,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &mut stdout,
                 )
                 .map(|_| ()),
+                BenchCommand::Kv {
+                    keys,
+                    requests,
+                    memory_entries,
+                    compaction_sets,
+                    compaction_keys,
+                } => bench::kv::kv(
+                    &bench::kv::KvOptions {
+                        keys,
+                        requests,
+                        memory_entries,
+                        compaction_sets,
+                        compaction_keys,
+                    },
+                    &mut stdout,
+                ),
                 BenchCommand::Watch { events, no_sync } => bench::watch::watch(
                     &bench::WatchOptions {
                         events,
