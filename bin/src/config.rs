@@ -415,6 +415,14 @@ pub struct KvSection {
     /// With `batched`, how often the write-ahead log is fsynced. Default: 1s.
     #[serde(with = "humantime_serde")]
     pub flush_interval: std::time::Duration,
+    /// How often the `kv/` streams are compacted to the latest event per
+    /// entry; `0s`: never. Default: 10m.
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: std::time::Duration,
+    /// How long a deleted entry's `KvEntryDeleted` stays in the log (for
+    /// followers of the log) before compaction removes it. Default: 24h.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_retention: std::time::Duration,
 }
 
 /// `kv.durability`.
@@ -438,6 +446,8 @@ impl Default for KvSection {
             origin_timeout: d.origin_timeout,
             durability: KvDurability::Sync,
             flush_interval: d.flush_interval,
+            compact_interval: d.compact_interval,
+            tombstone_retention: d.tombstone_retention,
         }
     }
 }
@@ -455,6 +465,8 @@ impl KvSection {
                 KvDurability::Batched => cairn_storage::Durability::Buffered,
             },
             flush_interval: self.flush_interval,
+            compact_interval: self.compact_interval,
+            tombstone_retention: self.tombstone_retention,
         }
     }
 }

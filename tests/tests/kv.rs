@@ -1073,3 +1073,46 @@ async fn the_kv_cli_sets_gets_lists_deletes_with_namespaces_tags_and_ttls() {
     assert_eq!(cli_ok(kv_cli(&node, &["keys"]).await), "");
     node.shutdown().await;
 }
+
+/// The node compacts the `kv/` class every `kv.compact-interval` by
+/// itself: rewrites leave one event per key.
+#[actix_rt::test]
+async fn the_node_compacts_the_kv_class_on_its_own() {
+    let dir = TestDir::new();
+    let node = TestNodeBuilder::in_dir(dir.path())
+        .configure(|c| c.kv.compact_interval = Duration::from_millis(200))
+        .start()
+        .await;
+    let c = node.client();
+    for round in 0..10 {
+        for k in 0..5 {
+            c.ok(
+                "kv.set",
+                json!({"namespace": "cmp", "key": format!("k{k}"), "value": round}),
+            )
+            .await;
+        }
+    }
+    let store = node.store().clone();
+    cairn_tests::wait_until("the kv class compacted", cairn_tests::WAIT, || {
+        let events = store
+            .read_all(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.stream.starts_with("kv/"))
+            .count();
+        async move {
+            if events == 5 {
+                Ok(())
+            } else {
+                Err(format!("{events} kv events"))
+            }
+        }
+    })
+    .await;
+    let got = c
+        .ok("kv.get", json!({"namespace": "cmp", "key": "k3"}))
+        .await;
+    assert_eq!(got["value"], json!(9));
+    node.shutdown().await;
+}

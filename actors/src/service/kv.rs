@@ -73,6 +73,12 @@ pub struct KvServiceConfig {
     /// With `batched`, how often the WAL is fsynced (`kv.flush-interval`).
     /// Default: 1 s.
     pub flush_interval: Duration,
+    /// How often the `kv/` class is compacted (`kv.compact-interval`);
+    /// zero: never. Default: 10 min.
+    pub compact_interval: Duration,
+    /// How long a `KvEntryDeleted` stays in the log after it was recorded
+    /// (`kv.tombstone-retention`). Default: 24 h.
+    pub tombstone_retention: Duration,
 }
 
 impl Default for KvServiceConfig {
@@ -84,6 +90,8 @@ impl Default for KvServiceConfig {
             origin_timeout: Duration::from_secs(5),
             durability: cairn_storage::Durability::Sync,
             flush_interval: Duration::from_secs(1),
+            compact_interval: Duration::from_secs(600),
+            tombstone_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -925,6 +933,43 @@ pub fn start_flusher(
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "kv flush of the WAL failed"),
                 Err(e) => tracing::warn!(error = %e, "kv flush task failed"),
+            }
+        }
+    }))
+}
+
+/// The compactor: every `interval`, compacts the `kv/` class (latest event
+/// per entry; deletes kept for `retention`), on the store's writer thread
+/// (appends wait meanwhile). Stops when the returned handle is aborted.
+pub fn start_compactor(
+    store: cairn_storage::Store,
+    clock: Arc<dyn crate::timing::Clock>,
+    interval: Duration,
+    retention: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if interval.is_zero() {
+        return None;
+    }
+    let policy: Arc<dyn cairn_storage::CompactionPolicy> =
+        Arc::new(cairn_storage::views::kv::KvCompactionPolicy {
+            tombstone_retention: retention,
+        });
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (store, policy, now) = (store.clone(), policy.clone(), clock.now());
+            match tokio::task::spawn_blocking(move || store.compact(policy, now)).await {
+                Ok(Ok(stats)) => tracing::debug!(
+                    scanned = stats.scanned,
+                    superseded = stats.superseded,
+                    expired_tombstones = stats.expired_tombstones,
+                    "kv class compacted"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "kv compaction failed"),
+                Err(e) => tracing::warn!(error = %e, "kv compaction task failed"),
             }
         }
     }))

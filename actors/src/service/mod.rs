@@ -109,6 +109,12 @@ impl CairnService {
         .await
         .map_err(|e| format!("starting the key-value cache: {e}"))?;
         let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
+        let compactor = kv::start_compactor(
+            store.clone(),
+            config.clock.clone(),
+            config.kv.compact_interval,
+            config.kv.tombstone_retention,
+        );
         let flusher = kv::start_flusher(
             store.clone(),
             config.kv.durability,
@@ -331,6 +337,7 @@ impl CairnService {
         );
         tasks.extend(sweeper);
         tasks.extend(flusher);
+        tasks.extend(compactor);
         endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,
