@@ -1116,3 +1116,45 @@ async fn the_node_compacts_the_kv_class_on_its_own() {
     assert_eq!(got["value"], json!(9));
     node.shutdown().await;
 }
+
+/// A bulk invalidation of more entries than one event holds is cut into
+/// several events (each within the store's event size), all applied.
+#[actix_rt::test]
+async fn a_large_pattern_delete_is_cut_into_events_that_fit() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    const N: usize = 2500;
+    let long = "x".repeat(150);
+    let calls = (0..N).map(|i| {
+        c.call(
+            "kv.set",
+            json!({"namespace": "bulk", "key": format!("{long}{i:05}"), "value": i}),
+        )
+    });
+    for reply in futures::future::join_all(calls).await {
+        reply.unwrap();
+    }
+    let before = node.store().last_seq().unwrap();
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "bulk:x*"}))
+            .await,
+        json!({"deleted": N})
+    );
+    let events = node.store().read_all(before + 1, 100).unwrap();
+    let counts: Vec<u64> = events
+        .iter()
+        .map(
+            |e| match e.event.as_ref().and_then(|e| e.payload.as_ref()) {
+                Some(cairn_events::v1::event::Payload::KvEntriesDeleted(d)) => d.count,
+                other => panic!("unexpected event {other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), N as u64);
+    assert!(counts.len() >= 5, "{counts:?}");
+    assert_eq!(
+        keys(&node, json!({"namespace": "bulk"})).await,
+        Vec::<String>::new()
+    );
+    node.shutdown().await;
+}

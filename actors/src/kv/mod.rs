@@ -287,6 +287,34 @@ pub enum KvReply {
     Configured(KvNamespaceSettings),
 }
 
+/// Most entries one bulk event names.
+pub const BULK_EVENT_MAX_ENTRIES: usize = 1000;
+/// Most bytes of names (namespaces and keys) one bulk event carries: well
+/// below the store's `event-max-bytes` (256 KiB by default).
+pub const BULK_EVENT_MAX_BYTES: usize = 64 * 1024;
+
+/// Cuts `entries` into the entry lists of bulk events, each within
+/// [`BULK_EVENT_MAX_ENTRIES`] and [`BULK_EVENT_MAX_BYTES`].
+pub fn bulk_chunks(entries: Vec<(String, String)>) -> Vec<Vec<(String, String)>> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+    for (namespace, key) in entries {
+        let size = namespace.len() + key.len() + 8;
+        if !chunk.is_empty()
+            && (chunk.len() >= BULK_EVENT_MAX_ENTRIES || bytes + size > BULK_EVENT_MAX_BYTES)
+        {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push((namespace, key));
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 fn refs(entries: &[(String, String)]) -> Vec<KvEntryRef> {
     entries
         .iter()
@@ -374,13 +402,18 @@ impl StreamDomain for Kv {
                         return Ok(KvReply::Count(0));
                     }
                     let count = selected.len() as u64;
-                    let e = event(Payload::KvEntriesDeleted(KvEntriesDeleted {
-                        by: by.to_owned(),
-                        selector,
-                        count,
-                        entries: refs(&selected),
-                    }));
-                    session.append(vec![e], Chunking::Whole).await?;
+                    let events = bulk_chunks(selected.clone())
+                        .into_iter()
+                        .map(|chunk| {
+                            event(Payload::KvEntriesDeleted(KvEntriesDeleted {
+                                by: by.to_owned(),
+                                selector: selector.clone(),
+                                count: chunk.len() as u64,
+                                entries: refs(&chunk),
+                            }))
+                        })
+                        .collect();
+                    session.append(events, Chunking::MaxEvents).await?;
                     env.memory.committed_removal(
                         partition,
                         selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
@@ -398,11 +431,16 @@ impl StreamDomain for Kv {
                         return Ok(KvReply::Count(0));
                     }
                     let count = selected.len() as u64;
-                    let e = event(Payload::KvEntriesExpired(KvEntriesExpired {
-                        count,
-                        entries: refs(&selected),
-                    }));
-                    session.append(vec![e], Chunking::Whole).await?;
+                    let events = bulk_chunks(selected.clone())
+                        .into_iter()
+                        .map(|chunk| {
+                            event(Payload::KvEntriesExpired(KvEntriesExpired {
+                                count: chunk.len() as u64,
+                                entries: refs(&chunk),
+                            }))
+                        })
+                        .collect();
+                    session.append(events, Chunking::MaxEvents).await?;
                     env.memory.committed_removal(
                         partition,
                         selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
@@ -469,12 +507,17 @@ async fn evict(
         .into_iter()
         .map(|(k, _)| (namespace.to_owned(), k))
         .collect();
-    let e = event(Payload::KvEntriesEvicted(KvEntriesEvicted {
-        namespace: namespace.to_owned(),
-        count: entries.len() as u64,
-        entries: refs(&entries),
-    }));
-    session.append(vec![e], Chunking::Whole).await?;
+    let events = bulk_chunks(entries.clone())
+        .into_iter()
+        .map(|chunk| {
+            event(Payload::KvEntriesEvicted(KvEntriesEvicted {
+                namespace: namespace.to_owned(),
+                count: chunk.len() as u64,
+                entries: refs(&chunk),
+            }))
+        })
+        .collect();
+    session.append(events, Chunking::MaxEvents).await?;
     env.memory.committed_removal(
         partition,
         entries.iter().map(|(n, k)| (n.as_str(), k.as_str())),
@@ -539,14 +582,14 @@ async fn run_set(
         .into_iter()
         .map(|(k, _)| (row.namespace.clone(), k))
         .collect();
-    if !evicted.is_empty() {
+    for chunk in bulk_chunks(evicted.clone()) {
         events.push(event(Payload::KvEntriesEvicted(KvEntriesEvicted {
             namespace: row.namespace.clone(),
-            count: evicted.len() as u64,
-            entries: refs(&evicted),
+            count: chunk.len() as u64,
+            entries: refs(&chunk),
         })));
     }
-    let appended = session.append(events, Chunking::Whole).await?;
+    let appended = session.append(events, Chunking::MaxEvents).await?;
     row.seq = appended
         .first()
         .and_then(|a| a.envelopes.first())
