@@ -21,7 +21,8 @@
 //!   answered from what its first attempt applied, and appends nothing.
 //! - [`kv`] — `cairn.v1.kv.*`: the key-value cache (set, get, exists,
 //!   delete, delete_by_pattern|namespace|tags, clear, keys, stats,
-//!   cleanup, configure, key_for) and its expiry sweeper.
+//!   cleanup, configure, get_or_compute, key_for) and its background
+//!   tasks (expiry sweeper, WAL flusher of `batched`, compactor).
 //! - [`log`] — `cairn.v1.log.read`.
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
 //! - [`pkgrev`] — `cairn.v1.pkgrev.list|get`.
