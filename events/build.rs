@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cairn/v1/events.proto",
         "proto/cairn/v1/views.proto",
         "proto/cairn/v1/service.proto",
+        "proto/cairn/v1/kv.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

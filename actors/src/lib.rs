@@ -13,6 +13,9 @@
 //! - [`writer`] — the stream-writer shell: the single writer of one
 //!   stream, for any domain (decide → append at the expected version →
 //!   fold → reply), with its [`writer::StreamDomain`] trait.
+//! - [`kv`] — the key-value cache domain: partition writers
+//!   (`StreamWriter<Kv>`), the memory tier and counters, patterns,
+//!   function-result keys.
 //! - [`registry`] — opens, closes and finds repositories; [`repository`]
 //!   — the repository domain: the RepositoryActor
 //!   (`StreamWriter<Repository>`), its pure decisions, its errors;
@@ -68,6 +71,7 @@
 //! revision is rendered or a request is parsed.
 
 pub mod error;
+pub mod kv;
 pub mod origin;
 pub mod publisher;
 pub mod registry;

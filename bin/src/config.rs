@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub log: LogSection,
     /// Watches.
     pub watch: WatchSection,
+    /// The key-value cache.
+    pub kv: KvSection,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +71,7 @@ impl Default for NodeConfig {
             sync: SyncSection::default(),
             log: LogSection::default(),
             watch: WatchSection::default(),
+            kv: KvSection::default(),
         }
     }
 }
@@ -387,6 +390,87 @@ impl WatchSection {
     }
 }
 
+/// `[kv]`: the key-value cache (README "Key-value cache").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KvSection {
+    /// Largest value of an entry, in bytes. Default: 1048576 (1 MiB).
+    pub value_max_bytes: usize,
+    /// Bytes the memory tier (in front of the disk tier) holds at most.
+    /// Default: 67108864 (64 MiB).
+    pub memory_max_bytes: u64,
+    /// How often the sweeper removes expired entries; `0s`: never (they
+    /// are still misses at once, and `kv.cleanup` removes them). Default:
+    /// 60s.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: std::time::Duration,
+    /// How long a compute (`kv.get_or_compute`) or a namespace's origin may
+    /// take to answer; past it the request fails with 504. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub origin_timeout: std::time::Duration,
+    /// `sync`: a write is answered once fsynced (group commit); `batched`:
+    /// once in RocksDB's write-ahead log, fsynced every `flush-interval`
+    /// (like Redis's `appendfsync everysec`). Default: sync.
+    pub durability: KvDurability,
+    /// With `batched`, how often the write-ahead log is fsynced. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: std::time::Duration,
+    /// How often the `kv/` streams are compacted to the latest event per
+    /// entry; `0s`: never. Default: 10m.
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: std::time::Duration,
+    /// How long a deleted entry's `KvEntryDeleted` stays in the log (for
+    /// followers of the log) before compaction removes it. Default: 24h.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_retention: std::time::Duration,
+}
+
+/// `kv.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDurability {
+    /// Fsynced before the reply.
+    #[default]
+    Sync,
+    /// In the WAL before the reply, fsynced every `kv.flush-interval`.
+    Batched,
+}
+
+impl Default for KvSection {
+    fn default() -> Self {
+        let d = cairn_actors::service::kv::KvServiceConfig::default();
+        Self {
+            value_max_bytes: d.value_max_bytes,
+            memory_max_bytes: d.memory_max_bytes,
+            sweep_interval: d.sweep_interval,
+            origin_timeout: d.origin_timeout,
+            durability: KvDurability::Sync,
+            flush_interval: d.flush_interval,
+            compact_interval: d.compact_interval,
+            tombstone_retention: d.tombstone_retention,
+        }
+    }
+}
+
+impl KvSection {
+    /// The service's configuration.
+    pub fn kv_config(&self) -> cairn_actors::service::kv::KvServiceConfig {
+        cairn_actors::service::kv::KvServiceConfig {
+            value_max_bytes: self.value_max_bytes,
+            memory_max_bytes: self.memory_max_bytes,
+            sweep_interval: self.sweep_interval,
+            origin_timeout: self.origin_timeout,
+            durability: match self.durability {
+                KvDurability::Sync => cairn_storage::Durability::Sync,
+                KvDurability::Batched => cairn_storage::Durability::Buffered,
+            },
+            flush_interval: self.flush_interval,
+            compact_interval: self.compact_interval,
+            tombstone_retention: self.tombstone_retention,
+        }
+    }
+}
+
 fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -478,6 +562,18 @@ impl NodeConfig {
         let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
         if self.data_dir.as_os_str().is_empty() {
             return bad("data-dir", "must not be empty".into());
+        }
+        if self.kv.durability == KvDurability::Batched && self.kv.flush_interval.is_zero() {
+            return bad(
+                "kv.flush-interval",
+                "must be more than 0s with kv.durability = \"batched\"".into(),
+            );
+        }
+        if self.kv.origin_timeout.is_zero() {
+            return bad("kv.origin-timeout", "must be more than 0s".into());
+        }
+        if self.kv.value_max_bytes == 0 {
+            return bad("kv.value-max-bytes", "must be at least 1".into());
         }
         for (i, url) in self.nats.urls.iter().enumerate() {
             let ok = ["nats://", "tls://", "ws://", "wss://"]

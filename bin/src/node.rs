@@ -116,6 +116,7 @@ impl Node {
             resource_max_bytes: config.service.resource_max_bytes,
             watch: config.watch.watch_config(),
             clock: clock.clone(),
+            kv: config.kv.kv_config(),
             ..ServiceConfig::default()
         };
         let env = Arc::new(SyncEnv {
@@ -195,6 +196,11 @@ impl Node {
     /// The node's watch hub.
     pub fn watch_hub(&self) -> &cairn_actors::watch::WatchHub {
         self.service.watch_hub()
+    }
+
+    /// The node's key-value cache.
+    pub fn kv(&self) -> &cairn_actors::kv::KvNode {
+        self.service.kv()
     }
 
     /// Stops gracefully (see the module docs).

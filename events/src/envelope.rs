@@ -54,6 +54,18 @@ pub enum EventKind {
     DeletionProposed,
     /// [`crate::v1::DeletionProposalWithdrawn`].
     DeletionProposalWithdrawn,
+    /// [`crate::v1::KvEntrySet`].
+    KvEntrySet,
+    /// [`crate::v1::KvEntryDeleted`].
+    KvEntryDeleted,
+    /// [`crate::v1::KvEntriesDeleted`].
+    KvEntriesDeleted,
+    /// [`crate::v1::KvEntriesExpired`].
+    KvEntriesExpired,
+    /// [`crate::v1::KvEntriesEvicted`].
+    KvEntriesEvicted,
+    /// [`crate::v1::KvNamespaceConfigured`].
+    KvNamespaceConfigured,
 }
 
 impl EventKind {
@@ -75,6 +87,12 @@ impl EventKind {
         EventKind::PackageRevisionPublished,
         EventKind::DeletionProposed,
         EventKind::DeletionProposalWithdrawn,
+        EventKind::KvEntrySet,
+        EventKind::KvEntryDeleted,
+        EventKind::KvEntriesDeleted,
+        EventKind::KvEntriesExpired,
+        EventKind::KvEntriesEvicted,
+        EventKind::KvNamespaceConfigured,
     ];
 
     /// The kind of `payload`.
@@ -96,6 +114,12 @@ impl EventKind {
             Payload::PackageRevisionPublished(_) => Self::PackageRevisionPublished,
             Payload::DeletionProposed(_) => Self::DeletionProposed,
             Payload::DeletionProposalWithdrawn(_) => Self::DeletionProposalWithdrawn,
+            Payload::KvEntrySet(_) => Self::KvEntrySet,
+            Payload::KvEntryDeleted(_) => Self::KvEntryDeleted,
+            Payload::KvEntriesDeleted(_) => Self::KvEntriesDeleted,
+            Payload::KvEntriesExpired(_) => Self::KvEntriesExpired,
+            Payload::KvEntriesEvicted(_) => Self::KvEntriesEvicted,
+            Payload::KvNamespaceConfigured(_) => Self::KvNamespaceConfigured,
         }
     }
 
@@ -118,6 +142,12 @@ impl EventKind {
             Self::PackageRevisionPublished => "packagerevision.published",
             Self::DeletionProposed => "packagerevision.deletion-proposed",
             Self::DeletionProposalWithdrawn => "packagerevision.deletion-proposal-withdrawn",
+            Self::KvEntrySet => "kv.entry-set",
+            Self::KvEntryDeleted => "kv.entry-deleted",
+            Self::KvEntriesDeleted => "kv.entries-deleted",
+            Self::KvEntriesExpired => "kv.entries-expired",
+            Self::KvEntriesEvicted => "kv.entries-evicted",
+            Self::KvNamespaceConfigured => "kv.namespace-configured",
         }
     }
 
@@ -140,6 +170,12 @@ impl EventKind {
             Self::PackageRevisionPublished => "PackageRevisionPublished",
             Self::DeletionProposed => "DeletionProposed",
             Self::DeletionProposalWithdrawn => "DeletionProposalWithdrawn",
+            Self::KvEntrySet => "KvEntrySet",
+            Self::KvEntryDeleted => "KvEntryDeleted",
+            Self::KvEntriesDeleted => "KvEntriesDeleted",
+            Self::KvEntriesExpired => "KvEntriesExpired",
+            Self::KvEntriesEvicted => "KvEntriesEvicted",
+            Self::KvNamespaceConfigured => "KvNamespaceConfigured",
         }
     }
 }

@@ -249,7 +249,13 @@ impl<'a> Change<'a> {
             | Payload::RepositoryClosed(_)
             | Payload::SyncStarted(_)
             | Payload::SyncSucceeded(_)
-            | Payload::SyncFailed(_) => return None,
+            | Payload::SyncFailed(_)
+            | Payload::KvEntrySet(_)
+            | Payload::KvEntryDeleted(_)
+            | Payload::KvEntriesDeleted(_)
+            | Payload::KvEntriesExpired(_)
+            | Payload::KvEntriesEvicted(_)
+            | Payload::KvNamespaceConfigured(_) => return None,
         })
     }
 

@@ -15,11 +15,13 @@ use cairn_events::{
     json,
     v1::{
         event::Payload, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
-        DraftResourcesUpdated, Envelope, GitSpec, PackageRevision, PackageRevisionAdded,
-        PackageRevisionDeleted, PackageRevisionModified, PackageRevisionProposed,
-        PackageRevisionPublished, ProposalRejected, RepositoryClosed, RepositoryRegistered,
-        RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded,
-        Task, TraceContext,
+        DraftResourcesUpdated, Envelope, GitSpec, KvEntriesDeleted, KvEntriesEvicted,
+        KvEntriesExpired, KvEntryDeleted, KvEntryRef, KvEntrySet, KvNamespaceConfigured,
+        KvNamespaceSettings, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted,
+        PackageRevisionModified, PackageRevisionProposed, PackageRevisionPublished,
+        ProposalRejected, RepositoryClosed, RepositoryRegistered, RepositorySpec,
+        RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded, Task,
+        TraceContext,
     },
     EventKind, SCHEMA_VERSION,
 };
@@ -249,7 +251,88 @@ fn samples() -> Vec<(EventKind, Envelope)> {
                 }),
             ),
         ),
+        (
+            EventKind::KvEntrySet,
+            envelope_for(
+                20,
+                Payload::KvEntrySet(KvEntrySet {
+                    namespace: "user:123".into(),
+                    key: "profile".into(),
+                    value: br#"{"name":"Alice"}"#.to_vec(),
+                    json: true,
+                    tags: vec!["profile".into(), "user".into()],
+                    created_at_ms: 1_661_554_055_000,
+                    expires_at_ms: 1_661_557_655_000,
+                }),
+            ),
+        ),
+        (
+            EventKind::KvEntryDeleted,
+            envelope_for(
+                21,
+                Payload::KvEntryDeleted(KvEntryDeleted {
+                    namespace: "user:123".into(),
+                    key: "profile".into(),
+                }),
+            ),
+        ),
+        (
+            EventKind::KvEntriesDeleted,
+            envelope_for(
+                22,
+                Payload::KvEntriesDeleted(KvEntriesDeleted {
+                    by: "tags".into(),
+                    selector: "any:product".into(),
+                    count: 1,
+                    entries: vec![kv_ref("catalog", "product:456")],
+                }),
+            ),
+        ),
+        (
+            EventKind::KvEntriesExpired,
+            envelope_for(
+                23,
+                Payload::KvEntriesExpired(KvEntriesExpired {
+                    count: 1,
+                    entries: vec![kv_ref("", "session:xyz")],
+                }),
+            ),
+        ),
+        (
+            EventKind::KvEntriesEvicted,
+            envelope_for(
+                24,
+                Payload::KvEntriesEvicted(KvEntriesEvicted {
+                    namespace: "catalog".into(),
+                    count: 1,
+                    entries: vec![kv_ref("catalog", "product:1")],
+                }),
+            ),
+        ),
+        (
+            EventKind::KvNamespaceConfigured,
+            envelope_for(
+                25,
+                Payload::KvNamespaceConfigured(KvNamespaceConfigured {
+                    namespace: "catalog".into(),
+                    settings: Some(KvNamespaceSettings {
+                        max_entries: 100,
+                        max_bytes: 0,
+                        default_ttl_ms: 3_600_000,
+                        origin_subject: String::new(),
+                        write_through: false,
+                    }),
+                }),
+            ),
+        ),
     ]
+}
+
+fn kv_ref(namespace: &str, key: &str) -> KvEntryRef {
+    KvEntryRef {
+        namespace: namespace.into(),
+        key: key.into(),
+    }
 }
 
 /// An unpublished revision of `lifecycle` with two tasks.
@@ -345,7 +428,13 @@ fn every_kind_has_a_sample() {
             | Payload::ProposalRejected(_)
             | Payload::PackageRevisionPublished(_)
             | Payload::DeletionProposed(_)
-            | Payload::DeletionProposalWithdrawn(_) => {}
+            | Payload::DeletionProposalWithdrawn(_)
+            | Payload::KvEntrySet(_)
+            | Payload::KvEntryDeleted(_)
+            | Payload::KvEntriesDeleted(_)
+            | Payload::KvEntriesExpired(_)
+            | Payload::KvEntriesEvicted(_)
+            | Payload::KvNamespaceConfigured(_) => {}
         }
     }
 }

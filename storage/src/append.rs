@@ -19,6 +19,21 @@ use cairn_events::{envelope::Metadata, v1::Event, StreamId};
 
 use crate::{Appended, StorageError};
 
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After its group commit is fsynced (with `store.sync`, the
+    /// default): an acknowledged append survives a power loss.
+    #[default]
+    Sync,
+    /// After its group commit reached RocksDB's write-ahead log, without
+    /// waiting for an fsync (a group holding any `Sync` append is fsynced
+    /// all the same): survives the process being killed, not the machine
+    /// losing power before the next fsync ([`crate::Store::sync_wal`],
+    /// which the owner of the buffered appends calls on its own schedule).
+    Buffered,
+}
+
 /// The future [`AsyncAppend::append_chunks`] returns: the outcome of each
 /// chunk up to and including the first failure.
 pub type AppendChunks<'a> =
@@ -43,4 +58,19 @@ pub trait AsyncAppend: Send + Sync {
         chunks: Vec<Vec<Event>>,
         metadata: Metadata,
     ) -> AppendChunks<'a>;
+
+    /// [`AsyncAppend::append_chunks`], acknowledged as `durability` says.
+    /// A log that cannot acknowledge earlier treats every append as
+    /// [`Durability::Sync`] (the default implementation).
+    fn append_chunks_with<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        version: u64,
+        chunks: Vec<Vec<Event>>,
+        metadata: Metadata,
+        durability: Durability,
+    ) -> AppendChunks<'a> {
+        let _ = durability;
+        self.append_chunks(stream, version, chunks, metadata)
+    }
 }

@@ -91,7 +91,7 @@ pub mod version;
 pub mod view;
 pub mod views;
 
-pub use append::AsyncAppend;
+pub use append::{AsyncAppend, Durability};
 pub use blob::{BlobPin, BlobReader, BlobStore};
 pub use columns::Column;
 pub use compaction::{CompactingLog, CompactionPolicy, CompactionStats};

@@ -994,7 +994,7 @@ proptest! {
         prop_assert_eq!(stats.events, store.last_seq().unwrap());
         prop_assert_eq!(
             stats.views,
-            vec!["repositories".to_string(), "package_revisions".to_string(), "package_revision_list".to_string(), "requests".to_string(), "test_blob_refs".to_string()]
+            vec!["repositories".to_string(), "package_revisions".to_string(), "package_revision_list".to_string(), "requests".to_string(), "kv_entries".to_string(), "test_blob_refs".to_string()]
         );
         let last = *progress.lock().unwrap().last().unwrap();
         prop_assert_eq!(last, (stats.events, stats.events));
@@ -1341,4 +1341,38 @@ fn requests_view_keeps_keys_for_a_window_and_prunes_by_event_time() {
         RequestsView::get_live(&store, "a", micros(T0 + 60)).unwrap(),
         Some(a)
     );
+}
+
+/// A group of buffered appends is written without an fsync; a group
+/// holding one synced append is fsynced; both are readable at once.
+#[test]
+fn buffered_appends_skip_the_fsync_unless_a_synced_one_shares_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path()), default_views()).unwrap();
+    let stream = StreamId::new("kv/00").unwrap();
+    let before = store.writer_stats();
+    let out = futures::executor::block_on(store.append_chunks_durable(
+        &stream,
+        0,
+        vec![vec![marker("1")]],
+        Metadata::command("t"),
+        cairn_storage::Durability::Buffered,
+    ));
+    assert!(out[0].is_ok());
+    let after = store.writer_stats();
+    assert_eq!(after.batches, before.batches + 1);
+    assert_eq!(after.synced_batches, before.synced_batches);
+    assert_eq!(store.stream_version(&stream).unwrap(), 1);
+    store.sync_wal().unwrap();
+    let out = futures::executor::block_on(store.append_chunks_durable(
+        &stream,
+        1,
+        vec![vec![marker("2")]],
+        Metadata::command("t"),
+        cairn_storage::Durability::Sync,
+    ));
+    assert!(out[0].is_ok());
+    let synced = store.writer_stats();
+    assert_eq!(synced.batches, after.batches + 1);
+    assert_eq!(synced.synced_batches, after.synced_batches + 1);
 }

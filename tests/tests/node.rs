@@ -93,6 +93,20 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert_eq!(
         subjects,
         [
+            "cairn.v1.kv.cleanup",
+            "cairn.v1.kv.clear",
+            "cairn.v1.kv.configure",
+            "cairn.v1.kv.delete",
+            "cairn.v1.kv.delete_by_namespace",
+            "cairn.v1.kv.delete_by_pattern",
+            "cairn.v1.kv.delete_by_tags",
+            "cairn.v1.kv.exists",
+            "cairn.v1.kv.get",
+            "cairn.v1.kv.get_or_compute",
+            "cairn.v1.kv.key_for",
+            "cairn.v1.kv.keys",
+            "cairn.v1.kv.set",
+            "cairn.v1.kv.stats",
             "cairn.v1.log.read",
             "cairn.v1.pkgrev.approve",
             "cairn.v1.pkgrev.create",
@@ -365,7 +379,7 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert!(out.success, "{}", out.stderr);
     let line = out.stdout;
     assert!(
-        line.starts_with("rebuilt 4 views (repositories, package_revisions, package_revision_list, requests) from 3 events in "),
+        line.starts_with("rebuilt 5 views (repositories, package_revisions, package_revision_list, requests, kv_entries) from 3 events in "),
         "{line}"
     );
 }

@@ -112,12 +112,52 @@ impl Default for PublisherConfig {
     }
 }
 
+/// The subject token of a key-value event (stream `kv/…`): its
+/// namespace's token (the default namespace `""` is `~`), or `~~` (no
+/// namespace's token) for a bulk event naming entries of several.
+fn kv_namespace(envelope: &Envelope, stream: &StreamId) -> Option<String> {
+    use cairn_events::v1::event::Payload;
+    if !stream.as_str().starts_with("kv/") {
+        return None;
+    }
+    let one = |names: Vec<&str>| {
+        let first = names.first().copied().unwrap_or("");
+        if names.iter().all(|n| *n == first) {
+            subject::encode_token(first)
+        } else {
+            "~~".to_owned()
+        }
+    };
+    Some(match envelope.event.as_ref()?.payload.as_ref()? {
+        Payload::KvEntrySet(e) => subject::encode_token(&e.namespace),
+        Payload::KvEntryDeleted(e) => subject::encode_token(&e.namespace),
+        Payload::KvEntriesEvicted(e) => subject::encode_token(&e.namespace),
+        Payload::KvNamespaceConfigured(e) => subject::encode_token(&e.namespace),
+        Payload::KvEntriesDeleted(e) => {
+            one(e.entries.iter().map(|r| r.namespace.as_str()).collect())
+        }
+        Payload::KvEntriesExpired(e) => {
+            one(e.entries.iter().map(|r| r.namespace.as_str()).collect())
+        }
+        _ => return None,
+    })
+}
+
 /// The subject `envelope` is published on. Repository streams map to
-/// `cairn.events.<ns>.<repo>.<type>`; any other stream to
-/// `cairn.events._.<stream>.<type>` (`_` is never a DNS-1123 namespace).
+/// `cairn.events.<ns>.<repo>.<type>`; key-value streams to
+/// `cairn.events.kv.<kv namespace>.kv.<type>` (see `kv_namespace`); any
+/// other stream to `cairn.events._.<stream>.<type>` (`_` is never a
+/// DNS-1123 namespace).
 pub fn subject_for(envelope: &Envelope) -> Result<String, cairn_events::EventsError> {
     let kind = envelope::kind(envelope)?;
     let stream = StreamId::new(envelope.stream.clone())?;
+    if let Some(namespace) = kv_namespace(envelope, &stream) {
+        return Ok(format!(
+            "{}.kv.{namespace}.{}",
+            subject::EVENTS_PREFIX,
+            kind.subject_suffix()
+        ));
+    }
     Ok(match stream.as_repository() {
         Some((namespace, name)) => subject::event_subject(namespace, name, kind.subject_suffix()),
         None => subject::event_subject("_", stream.as_str(), kind.subject_suffix()),

@@ -32,6 +32,8 @@ pub struct ServiceConfig {
     /// have a time within the horizon from now): the node's, so that it
     /// agrees with the SyncManagers'. Default: the system's.
     pub clock: Arc<dyn crate::timing::Clock>,
+    /// Limits of the key-value cache (`kv.*`).
+    pub kv: super::kv::KvServiceConfig,
 }
 
 impl Default for ServiceConfig {
@@ -44,6 +46,7 @@ impl Default for ServiceConfig {
             watch: crate::watch::WatchConfig::default(),
             resource_max_bytes: 512 * 1024,
             clock: Arc::new(crate::timing::SystemClock),
+            kv: super::kv::KvServiceConfig::default(),
         }
     }
 }
@@ -71,6 +74,8 @@ pub struct ServiceContext {
     /// Lifecycle commands running now, by `<namespace>/<revision>` (one
     /// per revision; another is a 409).
     pub revisions_busy: Arc<super::idempotency::InFlight>,
+    /// The key-value cache (`None` only while it fails to start).
+    pub kv: Option<crate::kv::KvNode>,
 }
 
 impl ServiceContext {

@@ -19,6 +19,10 @@
 //! - [`fields`] — strict JSON field parsing with errors that name the field.
 //! - [`idempotency`] — the `Cairn-Request-Id` header: a retried write is
 //!   answered from what its first attempt applied, and appends nothing.
+//! - [`kv`] — `cairn.v1.kv.*`: the key-value cache (set, get, exists,
+//!   delete, delete_by_pattern|namespace|tags, clear, keys, stats,
+//!   cleanup, configure, get_or_compute, key_for) and its background
+//!   tasks (expiry sweeper, WAL flusher of `batched`, compactor).
 //! - [`log`] — `cairn.v1.log.read`.
 //! - [`repo`] — `cairn.v1.repo.register|unregister|get|list|sync|update`.
 //! - [`pkgrev`] — `cairn.v1.pkgrev.list|get`.
@@ -40,6 +44,7 @@ pub mod codec;
 pub mod context;
 pub mod fields;
 pub mod idempotency;
+pub mod kv;
 pub mod lifecycle;
 pub mod log;
 pub mod pages;
@@ -68,6 +73,7 @@ pub struct CairnService {
     service: service::Service,
     tasks: Vec<JoinHandle<()>>,
     watch: crate::watch::WatchHub,
+    kv: crate::kv::KvNode,
 }
 
 impl CairnService {
@@ -95,6 +101,26 @@ impl CairnService {
             })
             .start(cairn_events::subject::SERVICE_NAME, config.version.clone())
             .await?;
+        let kv_node = crate::kv::KvNode::start(
+            store.clone(),
+            config.clock.clone(),
+            config.kv.memory_max_bytes,
+            config.kv.durability,
+        )
+        .await
+        .map_err(|e| format!("starting the key-value cache: {e}"))?;
+        let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
+        let compactor = kv::start_compactor(
+            store.clone(),
+            config.clock.clone(),
+            config.kv.compact_interval,
+            config.kv.tombstone_retention,
+        );
+        let flusher = kv::start_flusher(
+            store.clone(),
+            config.kv.durability,
+            config.kv.flush_interval,
+        );
         let context = ServiceContext {
             store,
             client: client.clone(),
@@ -104,6 +130,7 @@ impl CairnService {
             arbiter: actix::Arbiter::try_current(),
             in_flight: Arc::default(),
             revisions_busy: Arc::default(),
+            kv: Some(kv_node.clone()),
             config,
         };
         let limiter = Arc::new(Semaphore::new(
@@ -246,6 +273,73 @@ impl CairnService {
             Some(lifecycle::replay_delete)
         );
         endpoint!(
+            "kv.set",
+            cairn_events::v1::KvSetRequest,
+            kv::handle_set,
+            RequestLimit::MaxPayload,
+            None
+        );
+        endpoint!("kv.get", cairn_events::v1::KvKeyRequest, kv::handle_get);
+        endpoint!(
+            "kv.exists",
+            cairn_events::v1::KvKeyRequest,
+            kv::handle_exists
+        );
+        endpoint!(
+            "kv.delete",
+            cairn_events::v1::KvKeyRequest,
+            kv::handle_delete
+        );
+        endpoint!(
+            "kv.delete_by_pattern",
+            cairn_events::v1::KvPatternRequest,
+            kv::handle_delete_by_pattern
+        );
+        endpoint!(
+            "kv.delete_by_namespace",
+            cairn_events::v1::KvNamespaceRequest,
+            kv::handle_delete_by_namespace
+        );
+        endpoint!(
+            "kv.delete_by_tags",
+            cairn_events::v1::KvTagsRequest,
+            kv::handle_delete_by_tags
+        );
+        endpoint!(
+            "kv.clear",
+            cairn_events::v1::KvClearRequest,
+            kv::handle_clear
+        );
+        endpoint!("kv.keys", cairn_events::v1::KvKeysRequest, kv::handle_keys);
+        endpoint!(
+            "kv.stats",
+            cairn_events::v1::KvStatsRequest,
+            kv::handle_stats
+        );
+        endpoint!(
+            "kv.cleanup",
+            cairn_events::v1::KvStatsRequest,
+            kv::handle_cleanup
+        );
+        endpoint!(
+            "kv.configure",
+            cairn_events::v1::KvConfigureRequest,
+            kv::handle_configure
+        );
+        endpoint!(
+            "kv.get_or_compute",
+            cairn_events::v1::KvGetOrComputeRequest,
+            kv::handle_get_or_compute
+        );
+        endpoint!(
+            "kv.key_for",
+            cairn_events::v1::KvKeyForRequest,
+            kv::handle_key_for
+        );
+        tasks.extend(sweeper);
+        tasks.extend(flusher);
+        tasks.extend(compactor);
+        endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,
             watch::handle_start
@@ -263,12 +357,18 @@ impl CairnService {
             service,
             tasks,
             watch,
+            kv: kv_node,
         })
     }
 
     /// The node's watch hub.
     pub fn watch_hub(&self) -> &crate::watch::WatchHub {
         &self.watch
+    }
+
+    /// The node's key-value cache.
+    pub fn kv(&self) -> &crate::kv::KvNode {
+        &self.kv
     }
 
     /// Stops taking requests.

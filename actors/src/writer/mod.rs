@@ -134,6 +134,13 @@ pub trait StreamDomain: Sized + Unpin + fmt::Debug + 'static {
     /// work returns a JetStream-backed [`AsyncAppend`] instead; nothing
     /// else in the shell changes.
     fn store(env: &Self::Env) -> &dyn AsyncAppend;
+    /// When the domain's appends are acknowledged: fsynced (the default),
+    /// or once in the write-ahead log (the key-value cache's `batched`
+    /// durability, whose owner fsyncs on its own schedule).
+    fn durability(env: &Self::Env) -> cairn_storage::Durability {
+        let _ = env;
+        cairn_storage::Durability::Sync
+    }
     /// The stream the state belongs to.
     fn stream(state: &Self::State) -> &StreamId;
     /// The stream version the state has seen (the next append expects it).
@@ -187,15 +194,17 @@ impl<D: StreamDomain> Session<D> {
     }
 
     /// Appends `events` at the state's version, cut as `chunking` says,
-    /// folding each committed append into the state. Nothing to append:
+    /// folding each committed append into the state, and answers the
+    /// committed appends (their envelopes carry `seq`: the key-value
+    /// domain answers it as the entry's version). Nothing to append:
     /// nothing happens.
     pub async fn append(
         &mut self,
         events: Vec<D::Event>,
         chunking: Chunking,
-    ) -> Result<(), WriterError> {
+    ) -> Result<Vec<cairn_storage::Appended>, WriterError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let store = D::store(&self.env);
         let max = match chunking {
@@ -226,15 +235,23 @@ impl<D: StreamDomain> Session<D> {
         let stream = D::stream(&self.state).clone();
         let expected = D::version(&self.state);
         let appended = store
-            .append_chunks(&stream, expected, chunks, self.metadata.clone())
+            .append_chunks_with(
+                &stream,
+                expected,
+                chunks,
+                self.metadata.clone(),
+                D::durability(&self.env),
+            )
             .await;
+        let mut committed = Vec::with_capacity(states.len());
         for (appended, folded) in appended.into_iter().zip(states) {
             let appended = appended?;
             debug_assert_eq!(appended.stream_version(), D::version(&folded));
             tracing::debug!(stream = %stream, version = appended.stream_version(), "appended");
             self.state = folded;
+            committed.push(appended);
         }
-        Ok(())
+        Ok(committed)
     }
 
     /// The common command: `prepare` (reads, I/O) and the pure `decide`

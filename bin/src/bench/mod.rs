@@ -43,11 +43,14 @@
 //! - [`approve`] — `approve`.
 //! - [`gc`] — `gc`.
 //! - [`watch`] — `watch`.
+//! - [`kv`] — `kv`: the key-value cache vs `redis-server` and a raw NATS
+//!   echo.
 
 pub mod approve;
 pub mod cache;
 pub mod gc;
 pub mod gen;
+pub mod kv;
 pub mod watch;
 
 pub use gc::{GcFigures, GcOptions};

@@ -11,11 +11,14 @@
 //! # Layout
 //! - this module — the top level (`cairn <area> …`), the global flags,
 //!   `node`, `log`, `views`, `watch`, `bench`, `completion`, `man`.
+//! - [`kv`] — `cairn kv …`: the key-value cache, parsed on its own (its
+//!   `-n` is a key-value namespace, not a Kubernetes name).
 //! - [`repo`] — `cairn repo …`.
 //! - [`pkg`] — `cairn pkg …`, the `pkgrev.list` filter flags and label
 //!   selectors.
 //! - [`names`] — how arguments name repositories and package revisions.
 
+mod kv;
 mod names;
 mod pkg;
 mod repo;
@@ -123,6 +126,13 @@ enum Command {
     },
     /// Stream changes (package revisions, repositories) until interrupted.
     Watch(WatchArgs),
+    /// The key-value cache: get, set, del, keys, stats, clear, cleanup,
+    /// key-for (see `cairn kv --help`; talks to a running node).
+    Kv {
+        /// The kv command and its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks, each against its raw baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -337,6 +347,26 @@ enum BenchCommand {
         #[arg(long)]
         no_sync: bool,
     },
+    /// The key-value cache: GET vs a raw NATS echo and Redis, SET (sync,
+    /// batched) vs Redis (appendfsync always, everysec), memory per entry
+    /// vs Redis, compaction of rewrites (spawns redis-server).
+    Kv {
+        /// Keys preloaded for the GETs of 100-byte values (10 KiB: a tenth).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Timed requests per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Entries of 100 bytes of the memory measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_entries: usize,
+        /// Sets of the compaction measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        compaction_sets: usize,
+        /// Distinct keys of the compaction measurement.
+        #[arg(long, default_value_t = 1_000)]
+        compaction_keys: usize,
+    },
     /// Resident memory of the (in-process) node: its peak during first
     /// syncs of N revisions, and once settled after listing them.
     Memory {
@@ -355,8 +385,16 @@ enum BenchCommand {
 
 /// Parses the command line and runs it; errors go to stderr, exit code 1.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let result = match kv::intercept(&args) {
+        Some(kv_args) => {
+            let cli = kv::KvCli::parse_from(kv_args);
+            telemetry::init(CLIENT_LOG, false);
+            kv::run(cli, &mut std::io::stdout().lock())
+        }
+        None => run(Cli::parse_from(args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`cairn log | head -1`): nothing more to
         // say to anyone, so end quietly, as `head`'s writer should.
@@ -448,6 +486,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Man { command } => man(&command, &mut stdout),
+        // Reached only when `kv` follows flags `intercept` does not know:
+        // parse it as `cairn kv` would.
+        Command::Kv { args } => {
+            let mut argv = vec![std::ffi::OsString::from("cairn kv")];
+            argv.extend(args.into_iter().map(Into::into));
+            let cli = kv::KvCli::parse_from(argv);
+            telemetry::init(CLIENT_LOG, false);
+            kv::run(cli, &mut stdout)
+        }
         Command::Bench { command } => {
             telemetry::init(CLIENT_LOG, false);
             match command {
@@ -542,6 +589,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &mut stdout,
                 )
                 .map(|_| ()),
+                BenchCommand::Kv {
+                    keys,
+                    requests,
+                    memory_entries,
+                    compaction_sets,
+                    compaction_keys,
+                } => bench::kv::kv(
+                    &bench::kv::KvOptions {
+                        keys,
+                        requests,
+                        memory_entries,
+                        compaction_sets,
+                        compaction_keys,
+                    },
+                    &mut stdout,
+                ),
                 BenchCommand::Watch { events, no_sync } => bench::watch::watch(
                     &bench::WatchOptions {
                         events,

@@ -36,6 +36,8 @@ pub(super) struct AppendRequest {
     pub(super) expected: ExpectedVersion,
     pub(super) events: Vec<Event>,
     pub(super) metadata: Metadata,
+    /// Whether its group commit must be fsynced before it is answered.
+    pub(super) sync: bool,
 }
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;

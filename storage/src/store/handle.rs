@@ -21,8 +21,12 @@ use crate::{columns::Column, StorageError};
 pub struct WriterStats {
     /// Appends committed.
     pub appends: u64,
-    /// Write batches (each one fsync) that committed them.
+    /// Write batches that committed them.
     pub batches: u64,
+    /// Of those, the batches written with an fsync (all of them, but for
+    /// groups of [`crate::Durability::Buffered`] appends only, or with
+    /// `store.sync` off).
+    pub synced_batches: u64,
 }
 
 /// Memory RocksDB holds, in bytes (see [`Store::memory_usage`]).
@@ -107,6 +111,7 @@ impl Store {
         WriterStats {
             appends: self.inner().appends.load(Ordering::Relaxed),
             batches: self.inner().batches.load(Ordering::Relaxed),
+            synced_batches: self.inner().synced_batches.load(Ordering::Relaxed),
         }
     }
 

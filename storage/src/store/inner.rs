@@ -41,6 +41,8 @@ pub(super) struct Inner {
     pub(super) compacted: parking_lot::RwLock<Compacted>,
     pub(super) appends: AtomicU64,
     pub(super) batches: AtomicU64,
+    /// Write batches written with an fsync.
+    pub(super) synced_batches: AtomicU64,
 }
 
 impl Inner {

@@ -107,6 +107,7 @@ impl Store {
             compacted: parking_lot::RwLock::new(Compacted::default()),
             appends: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            synced_batches: AtomicU64::new(0),
         });
         inner.check_layout()?;
         inner.load_compacted()?;

@@ -116,6 +116,7 @@ impl Store {
             expected,
             events,
             metadata,
+            sync: true,
         })
     }
 
@@ -147,9 +148,22 @@ impl Store {
     pub async fn append_chunks_async(
         &self,
         stream: &StreamId,
+        version: u64,
+        chunks: Vec<Vec<Event>>,
+        metadata: Metadata,
+    ) -> Vec<Result<Appended, StorageError>> {
+        self.append_chunks_durable(stream, version, chunks, metadata, crate::Durability::Sync)
+            .await
+    }
+
+    /// [`Store::append_chunks_async`], acknowledged as `durability` says.
+    pub async fn append_chunks_durable(
+        &self,
+        stream: &StreamId,
         mut version: u64,
         chunks: Vec<Vec<Event>>,
         metadata: Metadata,
+        durability: crate::Durability,
     ) -> Vec<Result<Appended, StorageError>> {
         let mut replies = Vec::with_capacity(chunks.len());
         for events in chunks {
@@ -160,7 +174,10 @@ impl Store {
                 events,
                 metadata.clone(),
             ) {
-                Ok(request) => request,
+                Ok(mut request) => {
+                    request.sync = durability == crate::Durability::Sync;
+                    request
+                }
                 Err(e) => {
                     replies.push(Err(e));
                     break;
@@ -265,6 +282,17 @@ impl crate::AsyncAppend for Store {
         metadata: Metadata,
     ) -> crate::append::AppendChunks<'a> {
         Box::pin(self.append_chunks_async(stream, version, chunks, metadata))
+    }
+
+    fn append_chunks_with<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        version: u64,
+        chunks: Vec<Vec<Event>>,
+        metadata: Metadata,
+        durability: crate::Durability,
+    ) -> crate::append::AppendChunks<'a> {
+        Box::pin(self.append_chunks_durable(stream, version, chunks, metadata, durability))
     }
 }
 
@@ -378,6 +406,7 @@ impl Writer {
         let mut outcomes: Vec<(Reply<Appended>, Result<Appended, StorageError>)> =
             Vec::with_capacity(group.len());
         let all = |_: usize| true;
+        let sync = group.iter().any(|(request, _)| request.sync);
 
         let mut group = group.into_iter();
         while let Some((request, reply)) = group.next() {
@@ -445,7 +474,7 @@ impl Writer {
         }
 
         if seq > self.last_seq {
-            if let Err(e) = self.write_commit(batch, overlay, seq, heads) {
+            if let Err(e) = self.write_commit(batch, overlay, seq, heads, sync) {
                 warn!(error = %e, "group commit failed");
                 for (reply, outcome) in outcomes {
                     let _ = reply.send(outcome.and(Err(StorageError::Rocks(e.clone()))));
@@ -471,6 +500,7 @@ impl Writer {
         overlay: Overlay,
         seq: u64,
         heads: HashMap<StreamId, u64>,
+        sync: bool,
     ) -> Result<(), rocksdb::Error> {
         let inner = self.inner.clone();
         inner.write_overlay(overlay, &mut batch);
@@ -480,9 +510,13 @@ impl Writer {
             batch.put_cf(meta_cf, meta::checkpoint(view.name()), seq.to_be_bytes());
         }
         let mut options = WriteOptions::default();
-        options.set_sync(inner.config.sync);
+        let sync = inner.config.sync && sync;
+        options.set_sync(sync);
         inner.db.write_opt(batch, &options)?;
         inner.batches.fetch_add(1, Ordering::Relaxed);
+        if sync {
+            inner.synced_batches.fetch_add(1, Ordering::Relaxed);
+        }
         self.last_seq = seq;
         if self.heads.len() + heads.len() > HEAD_CACHE_MAX_STREAMS {
             self.heads.clear();
@@ -636,7 +670,7 @@ impl Writer {
             heads.insert(stream, env.stream_version);
             seq = env.seq;
         }
-        self.write_commit(batch, overlay, seq, heads)?;
+        self.write_commit(batch, overlay, seq, heads, true)?;
         Ok(Replicated::Applied {
             first_seq: first,
             last_seq: seq,

@@ -7,6 +7,7 @@
 //! | `package_revisions` | `<namespace>/<object name>` | [`cairn_events::v1::PackageRevisionRow`] |
 //! | `package_revision_list` | `L<namespace>\0<repository>\0<package>\0<path>\0<name>` (and a name index) | [`cairn_events::v1::PackageRevisionListing`] + JSON form |
 //! | `requests` | `k<request id>` (and a time index) | [`cairn_events::v1::RequestRow`] |
+//! | `kv_entries` | `e<namespace>\0<key>` (and tag, expiry, settings rows) | [`cairn_events::v1::KvEntryRow`] |
 //!
 //! # Layout
 //! - [`repositories`] — [`RepositoriesView`]: spec and status per repository.
@@ -16,6 +17,8 @@
 //!   listing order, filters as key prefixes.
 //! - [`requests`] — [`RequestsView`]: the command each idempotency key
 //!   (`Cairn-Request-Id`) carried, for a window.
+//! - [`kv`] — [`KvView`]: the key-value cache's entries (its disk tier),
+//!   and [`kv::KvCompactionPolicy`], the retention of the `kv/` class.
 //! - `change` — `RevisionChange` and `on_revision_change`: the package
 //!   revision events both package revision views fold. A leaf the views
 //!   import; it imports none of them, and no view imports this module
@@ -30,11 +33,13 @@ use std::sync::Arc;
 use crate::View;
 
 mod change;
+pub mod kv;
 pub mod package_revision_list;
 pub mod package_revisions;
 pub mod repositories;
 pub mod requests;
 
+pub use kv::KvView;
 pub use package_revision_list::PackageRevisionListView;
 pub use package_revisions::PackageRevisionsView;
 pub use repositories::RepositoriesView;
@@ -47,5 +52,6 @@ pub fn default_views() -> Vec<Arc<dyn View>> {
         Arc::new(PackageRevisionsView),
         Arc::new(PackageRevisionListView),
         Arc::new(RequestsView),
+        Arc::new(KvView),
     ]
 }

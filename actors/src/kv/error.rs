@@ -1,0 +1,48 @@
+//! [`KvError`]: why a key-value command failed.
+
+use crate::{writer::WriterError, ServiceError};
+
+/// Why a key-value command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The request is invalid: answered 400 naming the field; nothing was
+    /// stored.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The request field at fault.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The entry does not exist (or has expired): answered 404.
+    #[error("kv entry {full_key:?} not found")]
+    NotFound {
+        /// `namespace:key` (or `key` in the default namespace).
+        full_key: String,
+    },
+    /// The writer could not append (409 on a stale version, 503 closed,
+    /// 500 broken): nothing of the command was stored.
+    #[error(transparent)]
+    Writer(#[from] WriterError),
+    /// Reading the view failed: the store is broken or closed.
+    #[error(transparent)]
+    Storage(#[from] cairn_storage::StorageError),
+    /// The partition's writer is gone (the node is stopping): retry.
+    #[error("kv partition {partition} writer is not running")]
+    WriterGone {
+        /// The partition.
+        partition: usize,
+    },
+}
+
+impl From<KvError> for ServiceError {
+    fn from(e: KvError) -> Self {
+        match e {
+            KvError::Invalid { field, reason } => ServiceError::bad_field(field, reason),
+            e @ KvError::NotFound { .. } => ServiceError::not_found(e.to_string()),
+            KvError::Writer(e) => e.into(),
+            KvError::Storage(e) => e.into(),
+            e @ KvError::WriterGone { .. } => ServiceError::unavailable(e.to_string()),
+        }
+    }
+}

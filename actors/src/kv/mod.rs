@@ -1,0 +1,962 @@
+//! The key-value cache domain (issue 16): namespaced entries with tags and
+//! TTLs, invalidation by key, pattern, namespace and tags, hit/miss stats,
+//! a memory tier over a disk tier — for the renderers, policy checkers and
+//! function runners beside a package cache.
+//!
+//! # Design
+//! - **Keys.** An entry is `(namespace, key)`; the default namespace is
+//!   `""`; the full key (what patterns match) is `namespace:key`, or `key`
+//!   in the default namespace. Values are JSON (kept as its UTF-8 text) or
+//!   bytes.
+//! - **Partitions.** The keyspace is cut into [`KV_PARTITIONS`] streams
+//!   `kv/00` … `kv/15`; a namespace lives in partition
+//!   `u64::from_be_bytes(sha256(namespace)[..8]) % KV_PARTITIONS`
+//!   ([`partition_of`]). A fixed number of streams (not one per
+//!   namespace) gives the cluster a bounded set of owners to place, and a
+//!   namespace-wide operation touches one stream. The number is part of
+//!   the on-disk format: changing it needs a migration.
+//! - **Writes.** Every change goes through the writer of its partition's
+//!   stream — the platform's stream-writer shell ([`crate::writer`]),
+//!   `StreamWriter<Kv>` — so it is appended at the stream's expected
+//!   version, folded into the `kv_entries` view in the same batch
+//!   (read-your-writes) and published like every event
+//!   (`cairn.events._.kv/<partition>.kv.<event>`, so `cairn log` shows who
+//!   changed or invalidated what). When the cluster moves a partition's
+//!   ownership, its writer moves with it; nothing here assumes the writer
+//!   is local beyond the in-memory trackers, which a new owner rebuilds
+//!   from the view.
+//! - **Events.** `KvEntrySet`, `KvEntryDeleted`, and bulk events naming
+//!   exactly the entries they remove: `KvEntriesDeleted {by: pattern |
+//!   namespace | tags | clear, selector, count, entries}`,
+//!   `KvEntriesExpired`, `KvEntriesEvicted`; `KvNamespaceConfigured` for
+//!   `kv.configure`. A command touching several namespaces (a pattern,
+//!   tags, `clear` of everything) is cut per partition: one event per
+//!   partition that had a match, each atomic, the whole not (a reader may
+//!   see one partition invalidated before another).
+//! - **Reads are not events.** Hits, misses, `last_accessed`, recency and
+//!   evictions are counters in memory ([`memory::KvMemory`]), reset when
+//!   the node restarts.
+//! - **Tiers.** The disk tier is the `kv_entries` view
+//!   ([`cairn_storage::views::KvView`]); the memory tier a moka cache
+//!   bounded by `kv.memory-max-bytes` (size-aware, LRU) in front of it.
+//!   Per namespace, `max_entries` / `max_bytes` are enforced by the writer:
+//!   a set that would pass them appends, with the `KvEntrySet`, a
+//!   `KvEntriesEvicted` naming the least recently used entries (recency:
+//!   the last set or hit; after a restart, creation order).
+//! - **Time.** Every time (created, expires, last accessed) is the
+//!   injectable [`crate::timing::Clock`]'s, in Unix milliseconds. An entry
+//!   is expired from the instant `now >= expires_at`: reads then answer a
+//!   miss at once; `kv.cleanup` and the sweeper remove it with a
+//!   `KvEntriesExpired`; after a restart it is still a miss.
+//! - **Compaction.** The `kv/` class is compacted with
+//!   [`cairn_storage::views::kv::KvCompactionPolicy`]: the latest event per
+//!   entry stays (deletes for a window), so rewriting a key does not grow
+//!   the log; the view is last-writer-wins per key, so a rebuild from the
+//!   compacted log equals the live view.
+//! - **Single flight** (`kv.get_or_compute`, read-through origins) is kept
+//!   in the node ([`flight`]): concurrent misses of one entry share one
+//!   call. In a cluster, cluster-wide single flight follows the owner of
+//!   the namespace's partition.
+//! - **Origins** (seed 001's decorators): a namespace configured with an
+//!   origin subject is read-through (a miss asks the origin and caches
+//!   its answer; its 404 is a miss) and, with `write_through`,
+//!   write-through (a set goes to the origin first; its failure stores
+//!   nothing). Deletes invalidate only the entries named.
+//!
+//! # Layout
+//! - this module — [`Kv`] (the [`StreamDomain`]), its commands and
+//!   replies, [`KvNode`] (the partition writers and the reads).
+//! - [`memory`] — the memory tier and the per-partition trackers.
+//! - [`flight`] — single flight, and the NATS calls of computes and
+//!   origins.
+//! - [`glob`] — Redis `SCAN MATCH` patterns.
+//! - [`key_for`] — canonical function-result keys.
+//! - [`error`] — [`KvError`].
+
+pub mod error;
+pub mod flight;
+pub mod glob;
+pub mod key_for;
+pub mod memory;
+
+use std::{
+    ops::ControlFlow,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use actix::prelude::*;
+use cairn_events::{
+    envelope::Metadata,
+    v1::{
+        event::Payload, Event, KvEntriesDeleted, KvEntriesEvicted, KvEntriesExpired,
+        KvEntryDeleted, KvEntryRef, KvEntryRow, KvEntrySet, KvNamespaceConfigured,
+        KvNamespaceSettings,
+    },
+    StreamId,
+};
+use cairn_storage::{
+    views::{
+        kv::{decode_entry, decode_settings},
+        KvView,
+    },
+    EventLog, Store, ViewReadExt,
+};
+use futures::future::BoxFuture;
+use sha2::{Digest as _, Sha256};
+
+pub use error::KvError;
+use glob::Glob;
+use memory::{EntryInfo, KvMemory};
+
+use crate::{
+    timing::Clock,
+    writer::{off_arbiter, Chunking, Execute, Session, StreamDomain, StreamWriter},
+};
+
+/// Streams the keyspace is partitioned into (part of the on-disk format).
+pub const KV_PARTITIONS: usize = 16;
+
+/// The partition of `namespace`.
+pub fn partition_of(namespace: &str) -> usize {
+    let digest = Sha256::digest(namespace.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % KV_PARTITIONS as u64) as usize
+}
+
+/// The stream of partition `partition`: `kv/<two digits>`.
+pub fn partition_stream(partition: usize) -> StreamId {
+    StreamId::new(format!("kv/{partition:02}")).expect("kv stream ids are valid")
+}
+
+/// `namespace:key`, or `key` in the default namespace.
+pub fn full_key(namespace: &str, key: &str) -> String {
+    if namespace.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{namespace}:{key}")
+    }
+}
+
+/// Unix milliseconds of `t`.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether an entry expiring at `expires_at_ms` (0: never) is expired at
+/// `now_ms`: from the instant itself.
+pub fn expired(expires_at_ms: u64, now_ms: u64) -> bool {
+    expires_at_ms != 0 && now_ms >= expires_at_ms
+}
+
+/// The key-value domain.
+#[derive(Debug)]
+pub struct Kv;
+
+/// What the writer of one partition knows: its stream and version.
+#[derive(Debug, Clone)]
+pub struct KvState {
+    /// The partition.
+    pub partition: usize,
+    /// `kv/<partition>`.
+    pub stream: StreamId,
+    /// The stream's version.
+    pub version: u64,
+}
+
+/// What every partition writer shares.
+#[derive(Debug)]
+pub struct KvEnv {
+    /// The node's store.
+    pub store: Store,
+    /// The memory tier and trackers.
+    pub memory: Arc<KvMemory>,
+    /// The clock of TTLs and access times.
+    pub clock: Arc<dyn Clock>,
+    /// `kv.durability`: `Sync` (fsynced before the reply) or `Buffered`
+    /// (`batched`: in the WAL before the reply, fsynced every
+    /// `kv.flush-interval`).
+    pub durability: cairn_storage::Durability,
+}
+
+/// A new value for one entry.
+#[derive(Debug, Clone)]
+pub struct SetEntry {
+    /// Namespace ("" default).
+    pub namespace: String,
+    /// Key.
+    pub key: String,
+    /// JSON text or bytes.
+    pub value: Vec<u8>,
+    /// Whether `value` is JSON text.
+    pub json: bool,
+    /// Sorted, deduplicated.
+    pub tags: Vec<String>,
+    /// Time to live in ms; `None`: the namespace's default.
+    pub ttl_ms: Option<u64>,
+}
+
+/// What a bulk invalidation selects.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    /// Full keys matching a glob.
+    Pattern(Glob),
+    /// Every entry of one namespace.
+    Namespace(String),
+    /// Entries with any (or all) of the tags.
+    Tags {
+        /// The tags.
+        tags: Vec<String>,
+        /// All of them, not any.
+        all: bool,
+    },
+    /// Everything.
+    All,
+}
+
+impl Matcher {
+    /// Whether `row` is selected.
+    pub fn matches(&self, row: &KvEntryRow) -> bool {
+        match self {
+            Matcher::Pattern(g) => g.matches(&full_key(&row.namespace, &row.key)),
+            Matcher::Namespace(n) => &row.namespace == n,
+            Matcher::Tags { tags, all: true } => tags.iter().all(|t| row.tags.contains(t)),
+            Matcher::Tags { tags, all: false } => tags.iter().any(|t| row.tags.contains(t)),
+            Matcher::All => true,
+        }
+    }
+}
+
+/// A command of one partition's writer.
+#[derive(Debug)]
+pub enum KvCommand {
+    /// `kv.set`.
+    Set(SetEntry),
+    /// `kv.delete`.
+    Delete {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// A bulk invalidation of the partition's `candidates` that still
+    /// match.
+    DeleteMatching {
+        /// `pattern`, `namespace`, `tags` or `clear`.
+        by: &'static str,
+        /// What the command selected by.
+        selector: String,
+        /// The selection, checked again on the current rows.
+        matcher: Matcher,
+        /// Entries a scan found.
+        candidates: Vec<(String, String)>,
+    },
+    /// Removes the `candidates` that are expired now.
+    Expire {
+        /// Entries the expiry index listed.
+        candidates: Vec<(String, String)>,
+    },
+    /// `kv.configure`.
+    Configure {
+        /// Namespace.
+        namespace: String,
+        /// New settings.
+        settings: KvNamespaceSettings,
+    },
+}
+
+/// What a command answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvReply {
+    /// A set: the entry's version (its log sequence number) and times.
+    Set {
+        /// Sequence number of the `KvEntrySet`.
+        version: u64,
+        /// Unix ms.
+        created_at_ms: u64,
+        /// Unix ms, 0: never.
+        expires_at_ms: u64,
+    },
+    /// A delete: whether a live entry was deleted.
+    Deleted(bool),
+    /// Entries removed.
+    Count(u64),
+    /// The namespace's settings now.
+    Configured(KvNamespaceSettings),
+}
+
+/// Most entries one bulk event names.
+pub const BULK_EVENT_MAX_ENTRIES: usize = 1000;
+/// Most bytes of names (namespaces and keys) one bulk event carries: well
+/// below the store's `event-max-bytes` (256 KiB by default).
+pub const BULK_EVENT_MAX_BYTES: usize = 64 * 1024;
+
+/// Cuts `entries` into the entry lists of bulk events, each within
+/// [`BULK_EVENT_MAX_ENTRIES`] and [`BULK_EVENT_MAX_BYTES`].
+pub fn bulk_chunks(entries: Vec<(String, String)>) -> Vec<Vec<(String, String)>> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+    for (namespace, key) in entries {
+        let size = namespace.len() + key.len() + 8;
+        if !chunk.is_empty()
+            && (chunk.len() >= BULK_EVENT_MAX_ENTRIES || bytes + size > BULK_EVENT_MAX_BYTES)
+        {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push((namespace, key));
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+fn refs(entries: &[(String, String)]) -> Vec<KvEntryRef> {
+    entries
+        .iter()
+        .map(|(namespace, key)| KvEntryRef {
+            namespace: namespace.clone(),
+            key: key.clone(),
+        })
+        .collect()
+}
+
+fn event(payload: Payload) -> Event {
+    Event {
+        payload: Some(payload),
+    }
+}
+
+impl StreamDomain for Kv {
+    type State = KvState;
+    type Command = KvCommand;
+    type Event = Event;
+    type Reply = KvReply;
+    type Error = KvError;
+    type Env = KvEnv;
+
+    const NAME: &'static str = "kv";
+
+    fn store(env: &KvEnv) -> &dyn cairn_storage::AsyncAppend {
+        &env.store
+    }
+
+    fn durability(env: &KvEnv) -> cairn_storage::Durability {
+        env.durability
+    }
+
+    fn stream(state: &KvState) -> &StreamId {
+        &state.stream
+    }
+
+    fn version(state: &KvState) -> u64 {
+        state.version
+    }
+
+    fn fold(state: &mut KvState, _event: &Event, version: u64) {
+        state.version = version;
+    }
+
+    fn run(
+        session: &mut Session<Self>,
+        command: KvCommand,
+    ) -> BoxFuture<'_, Result<KvReply, KvError>> {
+        Box::pin(async move {
+            let partition = session.state().partition;
+            let env = session.env().clone();
+            let now_ms = unix_ms(env.clock.now());
+            match command {
+                KvCommand::Set(set) => run_set(session, &env, partition, set, now_ms).await,
+                KvCommand::Delete { namespace, key } => {
+                    let Some(info) = env.memory.info(partition, &namespace, &key) else {
+                        return Ok(KvReply::Deleted(false));
+                    };
+                    let e = event(Payload::KvEntryDeleted(KvEntryDeleted {
+                        namespace: namespace.clone(),
+                        key: key.clone(),
+                    }));
+                    session.append(vec![e], Chunking::Whole).await?;
+                    env.memory.committed_removal(
+                        partition,
+                        [(namespace.as_str(), key.as_str())],
+                        false,
+                    );
+                    Ok(KvReply::Deleted(!expired(info.expires_at_ms, now_ms)))
+                }
+                KvCommand::DeleteMatching {
+                    by,
+                    selector,
+                    matcher,
+                    candidates,
+                } => {
+                    let store = env.store.clone();
+                    let selected = off_arbiter("kv-delete", move || {
+                        current_rows(&store, candidates, |row| matcher.matches(row))
+                    })
+                    .await??;
+                    if selected.is_empty() {
+                        return Ok(KvReply::Count(0));
+                    }
+                    let count = selected.len() as u64;
+                    let events = bulk_chunks(selected.clone())
+                        .into_iter()
+                        .map(|chunk| {
+                            event(Payload::KvEntriesDeleted(KvEntriesDeleted {
+                                by: by.to_owned(),
+                                selector: selector.clone(),
+                                count: chunk.len() as u64,
+                                entries: refs(&chunk),
+                            }))
+                        })
+                        .collect();
+                    session.append(events, Chunking::MaxEvents).await?;
+                    env.memory.committed_removal(
+                        partition,
+                        selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
+                        false,
+                    );
+                    Ok(KvReply::Count(count))
+                }
+                KvCommand::Expire { candidates } => {
+                    let store = env.store.clone();
+                    let selected = off_arbiter("kv-expire", move || {
+                        current_rows(&store, candidates, |row| expired(row.expires_at_ms, now_ms))
+                    })
+                    .await??;
+                    if selected.is_empty() {
+                        return Ok(KvReply::Count(0));
+                    }
+                    let count = selected.len() as u64;
+                    let events = bulk_chunks(selected.clone())
+                        .into_iter()
+                        .map(|chunk| {
+                            event(Payload::KvEntriesExpired(KvEntriesExpired {
+                                count: chunk.len() as u64,
+                                entries: refs(&chunk),
+                            }))
+                        })
+                        .collect();
+                    session.append(events, Chunking::MaxEvents).await?;
+                    env.memory.committed_removal(
+                        partition,
+                        selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
+                        false,
+                    );
+                    Ok(KvReply::Count(count))
+                }
+                KvCommand::Configure {
+                    namespace,
+                    settings,
+                } => {
+                    let e = event(Payload::KvNamespaceConfigured(KvNamespaceConfigured {
+                        namespace: namespace.clone(),
+                        settings: Some(settings.clone()),
+                    }));
+                    session.append(vec![e], Chunking::Whole).await?;
+                    env.memory
+                        .committed_settings(partition, &namespace, settings.clone());
+                    // Lower limits apply at once.
+                    let victims = {
+                        let tracker = env.memory.partition(partition).lock();
+                        match tracker.namespaces.get(&namespace) {
+                            Some(ns) => over_limits(ns, &settings, "", 0, 0),
+                            None => Vec::new(),
+                        }
+                    };
+                    evict(session, &env, partition, &namespace, victims).await?;
+                    Ok(KvReply::Configured(settings))
+                }
+            }
+        })
+    }
+}
+
+/// The least recently used entries of `ns` to evict so that, with
+/// `added` more entries of `added_bytes`, it fits `settings`.
+fn over_limits(
+    ns: &memory::Namespace,
+    settings: &KvNamespaceSettings,
+    except: &str,
+    added: u64,
+    added_bytes: u64,
+) -> Vec<(String, u64)> {
+    let count = ns.entries.len() as u64 + added;
+    let bytes = ns.bytes + added_bytes;
+    ns.victims(except, |removed, removed_bytes| {
+        (settings.max_entries == 0 || count - removed <= settings.max_entries)
+            && (settings.max_bytes == 0
+                || bytes.saturating_sub(removed_bytes) <= settings.max_bytes)
+    })
+}
+
+async fn evict(
+    session: &mut Session<Kv>,
+    env: &KvEnv,
+    partition: usize,
+    namespace: &str,
+    victims: Vec<(String, u64)>,
+) -> Result<(), KvError> {
+    if victims.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<(String, String)> = victims
+        .into_iter()
+        .map(|(k, _)| (namespace.to_owned(), k))
+        .collect();
+    let events = bulk_chunks(entries.clone())
+        .into_iter()
+        .map(|chunk| {
+            event(Payload::KvEntriesEvicted(KvEntriesEvicted {
+                namespace: namespace.to_owned(),
+                count: chunk.len() as u64,
+                entries: refs(&chunk),
+            }))
+        })
+        .collect();
+    session.append(events, Chunking::MaxEvents).await?;
+    env.memory.committed_removal(
+        partition,
+        entries.iter().map(|(n, k)| (n.as_str(), k.as_str())),
+        true,
+    );
+    tracing::debug!(namespace, evicted = entries.len(), "kv entries evicted");
+    Ok(())
+}
+
+async fn run_set(
+    session: &mut Session<Kv>,
+    env: &KvEnv,
+    partition: usize,
+    set: SetEntry,
+    now_ms: u64,
+) -> Result<KvReply, KvError> {
+    let mut row = KvEntryRow {
+        namespace: set.namespace,
+        key: set.key,
+        value: set.value,
+        json: set.json,
+        tags: set.tags,
+        created_at_ms: now_ms,
+        expires_at_ms: 0,
+        seq: 0,
+    };
+    let bytes = memory::entry_bytes(&row);
+    let victims = {
+        let tracker = env.memory.partition(partition).lock();
+        let empty = memory::Namespace::default();
+        let ns = tracker.namespaces.get(&row.namespace).unwrap_or(&empty);
+        let ttl = set.ttl_ms.unwrap_or(ns.settings.default_ttl_ms);
+        if ttl > 0 {
+            row.expires_at_ms = now_ms.saturating_add(ttl);
+        }
+        if ns.settings.max_bytes > 0 && bytes > ns.settings.max_bytes {
+            return Err(KvError::Invalid {
+                field: "value",
+                reason: format!(
+                    "the entry takes {bytes} bytes, more than the namespace's max_bytes {}",
+                    ns.settings.max_bytes
+                ),
+            });
+        }
+        let (added, added_bytes) = match ns.entries.get(&row.key) {
+            // Replacing: its old size goes, its count stays.
+            Some(old) => (0, bytes.saturating_sub(old.bytes)),
+            None => (1, bytes),
+        };
+        over_limits(ns, &ns.settings, &row.key, added, added_bytes)
+    };
+    let mut events = vec![event(Payload::KvEntrySet(KvEntrySet {
+        namespace: row.namespace.clone(),
+        key: row.key.clone(),
+        value: row.value.clone(),
+        json: row.json,
+        tags: row.tags.clone(),
+        created_at_ms: row.created_at_ms,
+        expires_at_ms: row.expires_at_ms,
+    }))];
+    let evicted: Vec<(String, String)> = victims
+        .into_iter()
+        .map(|(k, _)| (row.namespace.clone(), k))
+        .collect();
+    for chunk in bulk_chunks(evicted.clone()) {
+        events.push(event(Payload::KvEntriesEvicted(KvEntriesEvicted {
+            namespace: row.namespace.clone(),
+            count: chunk.len() as u64,
+            entries: refs(&chunk),
+        })));
+    }
+    let appended = session.append(events, Chunking::MaxEvents).await?;
+    row.seq = appended
+        .first()
+        .and_then(|a| a.envelopes.first())
+        .map_or(0, |e| e.seq);
+    let reply = KvReply::Set {
+        version: row.seq,
+        created_at_ms: row.created_at_ms,
+        expires_at_ms: row.expires_at_ms,
+    };
+    env.memory.committed_set(partition, Arc::new(row), now_ms);
+    if !evicted.is_empty() {
+        env.memory.committed_removal(
+            partition,
+            evicted.iter().map(|(n, k)| (n.as_str(), k.as_str())),
+            true,
+        );
+    }
+    Ok(reply)
+}
+
+/// The `candidates` whose current row `keep` selects.
+fn current_rows(
+    store: &Store,
+    candidates: Vec<(String, String)>,
+    keep: impl Fn(&KvEntryRow) -> bool,
+) -> Result<Vec<(String, String)>, KvError> {
+    let mut out = Vec::new();
+    for (namespace, key) in candidates {
+        let row: Option<KvEntryRow> =
+            store.view_get_message(KvView::NAME, &KvView::entry_key(&namespace, &key))?;
+        if row.as_ref().is_some_and(&keep) {
+            out.push((namespace, key));
+        }
+    }
+    Ok(out)
+}
+
+/// The key-value cache of one node: its partition writers and its reads.
+#[derive(Debug, Clone)]
+pub struct KvNode {
+    writers: Arc<Vec<Addr<StreamWriter<Kv>>>>,
+    env: Arc<KvEnv>,
+    flights: Arc<flight::Flights<Found>>,
+}
+
+/// An entry as a read answers it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The row.
+    pub row: Arc<KvEntryRow>,
+    /// Hits and last access.
+    pub info: EntryInfo,
+}
+
+impl KvNode {
+    /// Loads the trackers from the view and starts one writer per
+    /// partition (in the current actix system).
+    pub async fn start(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        memory_max_bytes: u64,
+        durability: cairn_storage::Durability,
+    ) -> Result<Self, KvError> {
+        let memory = Arc::new(KvMemory::new(KV_PARTITIONS, memory_max_bytes));
+        let (loaded, load_store) = (memory.clone(), store.clone());
+        let versions = off_arbiter("kv-load", move || -> Result<Vec<u64>, KvError> {
+            let mut entries = Vec::new();
+            load_store.view_scan_each::<KvError>(
+                KvView::NAME,
+                KvView::ENTRY_PREFIX,
+                None,
+                |_, v| {
+                    entries.push(decode_entry(v)?);
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
+            let mut settings = Vec::new();
+            load_store.view_scan_each::<KvError>(
+                KvView::NAME,
+                KvView::NAMESPACE_PREFIX,
+                None,
+                |k, v| {
+                    let name = String::from_utf8_lossy(&k[1..]).into_owned();
+                    settings.push((name, decode_settings(v)?));
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
+            loaded.load(partition_of, entries, settings);
+            (0..KV_PARTITIONS)
+                .map(|p| Ok(load_store.stream_version(&partition_stream(p))?))
+                .collect()
+        })
+        .await??;
+        let env = Arc::new(KvEnv {
+            store,
+            memory,
+            clock,
+            durability,
+        });
+        let writers = versions
+            .into_iter()
+            .enumerate()
+            .map(|(partition, version)| {
+                StreamWriter::<Kv>::new(
+                    KvState {
+                        partition,
+                        stream: partition_stream(partition),
+                        version,
+                    },
+                    env.clone(),
+                )
+                .start()
+            })
+            .collect();
+        Ok(Self {
+            writers: Arc::new(writers),
+            env,
+            flights: Arc::default(),
+        })
+    }
+
+    /// The node's single flights.
+    pub fn flights(&self) -> &flight::Flights<Found> {
+        &self.flights
+    }
+
+    /// The settings of `namespace` (defaults when never configured).
+    pub fn settings(&self, namespace: &str) -> KvNamespaceSettings {
+        let tracker = self.env.memory.partition(partition_of(namespace)).lock();
+        tracker
+            .namespaces
+            .get(namespace)
+            .map(|ns| ns.settings.clone())
+            .unwrap_or_default()
+    }
+
+    /// The shared state.
+    pub fn env(&self) -> &Arc<KvEnv> {
+        &self.env
+    }
+
+    /// Now, in Unix ms, by the node's clock.
+    pub fn now_ms(&self) -> u64 {
+        unix_ms(self.env.clock.now())
+    }
+
+    /// Runs `command` on the writer of `partition`.
+    pub async fn execute(
+        &self,
+        partition: usize,
+        command: KvCommand,
+        metadata: Metadata,
+    ) -> Result<KvReply, KvError> {
+        self.writers[partition]
+            .send(Execute::<Kv> {
+                command,
+                metadata,
+                span: tracing::Span::current(),
+            })
+            .await
+            .map_err(|_| KvError::WriterGone { partition })?
+    }
+
+    /// The live entry `(namespace, key)`, counting a hit or a miss when
+    /// `count` (an `exists` does not).
+    pub async fn get(
+        &self,
+        namespace: &str,
+        key: &str,
+        count: bool,
+    ) -> Result<Option<Found>, KvError> {
+        let partition = partition_of(namespace);
+        let memory = &self.env.memory;
+        let row = match memory.cached(namespace, key) {
+            Some(row) => Some(row),
+            None => {
+                let generation = memory.generation(partition);
+                let store = self.env.store.clone();
+                let row_key = KvView::entry_key(namespace, key);
+                let row: Option<KvEntryRow> = off_arbiter("kv-get", move || {
+                    store.view_get_message::<KvEntryRow>(KvView::NAME, &row_key)
+                })
+                .await??;
+                row.map(|row| {
+                    let row = Arc::new(row);
+                    memory.fill(partition, generation, row.clone());
+                    row
+                })
+            }
+        };
+        let now_ms = self.now_ms();
+        match row.filter(|r| !expired(r.expires_at_ms, now_ms)) {
+            Some(row) => {
+                let info = if count {
+                    memory.hit(partition, namespace, key, now_ms)
+                } else {
+                    memory.info(partition, namespace, key).unwrap_or_default()
+                };
+                Ok(Some(Found { row, info }))
+            }
+            None => {
+                if count {
+                    memory.miss(partition, namespace);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Entry rows whose key starts with `prefix` (a `KvView` row prefix),
+    /// after `after`, that `keep` selects, at most `limit`.
+    pub async fn scan(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        keep: impl Fn(&KvEntryRow) -> bool + Send + 'static,
+    ) -> Result<Vec<(Vec<u8>, KvEntryRow)>, KvError> {
+        let store = self.env.store.clone();
+        off_arbiter("kv-scan", move || {
+            let mut out = Vec::new();
+            store.view_scan_each::<KvError>(KvView::NAME, &prefix, after.as_deref(), |k, v| {
+                let row = decode_entry(v)?;
+                if keep(&row) {
+                    out.push((k.to_vec(), row));
+                }
+                Ok(if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// Entries of the tag index of `tag`, at most `limit`.
+    pub async fn tagged(&self, tag: &str, limit: usize) -> Result<Vec<(String, String)>, KvError> {
+        let store = self.env.store.clone();
+        let prefix = KvView::tag_prefix(tag);
+        off_arbiter("kv-tags", move || {
+            let mut out = Vec::new();
+            store.view_scan_each::<KvError>(KvView::NAME, &prefix, None, |k, _| {
+                if let Some(entry) = KvView::split_entry(&k[prefix.len()..]) {
+                    out.push(entry);
+                }
+                Ok(if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// Entries the expiry index lists as expired at `now_ms`, at most
+    /// `limit`.
+    pub async fn expired_entries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, KvError> {
+        let store = self.env.store.clone();
+        off_arbiter("kv-expired", move || {
+            let mut out = Vec::new();
+            store.view_scan_each::<KvError>(
+                KvView::NAME,
+                KvView::EXPIRY_PREFIX,
+                None,
+                |k, _| {
+                    match KvView::split_expiry(k) {
+                        Some((at, _, _)) if !expired(at, now_ms) => {
+                            return Ok(ControlFlow::Break(()))
+                        }
+                        Some((_, namespace, key)) => out.push((namespace, key)),
+                        None => {}
+                    }
+                    Ok(if out.len() >= limit {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    })
+                },
+            )?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// Removes expired entries (of `namespace`, or all), up to
+    /// `limit_entries` per round until none is left or `rounds_max`
+    /// rounds ran; answers how many went.
+    pub async fn cleanup(
+        &self,
+        namespace: Option<&str>,
+        metadata: &Metadata,
+        limit_entries: usize,
+        rounds_max: usize,
+    ) -> Result<u64, KvError> {
+        let mut removed = 0;
+        for _ in 0..rounds_max {
+            let now_ms = self.now_ms();
+            let mut found = self.expired_entries(now_ms, limit_entries).await?;
+            let full_round = found.len() >= limit_entries;
+            if let Some(n) = namespace {
+                found.retain(|(ns, _)| ns == n);
+            }
+            let mut by_partition: Vec<Vec<(String, String)>> = vec![Vec::new(); KV_PARTITIONS];
+            for (ns, key) in found {
+                by_partition[partition_of(&ns)].push((ns, key));
+            }
+            let mut round = 0;
+            for (partition, candidates) in by_partition.into_iter().enumerate() {
+                if candidates.is_empty() {
+                    continue;
+                }
+                if let KvReply::Count(n) = self
+                    .execute(
+                        partition,
+                        KvCommand::Expire { candidates },
+                        metadata.clone(),
+                    )
+                    .await?
+                {
+                    round += n;
+                }
+            }
+            removed += round;
+            if !full_round || round == 0 {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the `candidates` `matcher` still selects, each partition's
+    /// in one event; answers how many went.
+    pub async fn delete_matching(
+        &self,
+        by: &'static str,
+        selector: String,
+        matcher: Matcher,
+        candidates: Vec<(String, String)>,
+        metadata: Metadata,
+    ) -> Result<u64, KvError> {
+        let mut by_partition: Vec<Vec<(String, String)>> = vec![Vec::new(); KV_PARTITIONS];
+        for (ns, key) in candidates {
+            by_partition[partition_of(&ns)].push((ns, key));
+        }
+        let mut deleted = 0;
+        for (partition, candidates) in by_partition.into_iter().enumerate() {
+            if candidates.is_empty() {
+                continue;
+            }
+            let command = KvCommand::DeleteMatching {
+                by,
+                selector: selector.clone(),
+                matcher: matcher.clone(),
+                candidates,
+            };
+            if let KvReply::Count(n) = self.execute(partition, command, metadata.clone()).await? {
+                deleted += n;
+            }
+        }
+        Ok(deleted)
+    }
+}

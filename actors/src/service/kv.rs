@@ -1,0 +1,1152 @@
+//! `cairn.v1.kv.*`: the key-value cache's endpoints (see [`crate::kv`] for
+//! the design, README "Key-value cache" for the contract).
+//!
+//! Every request is validated before anything is sent to a writer: a bad
+//! field is a 400 naming it, and nothing is stored. Writes go to the
+//! writer of the namespace's partition; reads are answered from the memory
+//! tier, else the `kv_entries` view.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use cairn_events::v1::{
+    KvCleanupReply, KvCountReply, KvDeleteReply, KvEntryRef, KvEntryRow, KvExistsReply,
+    KvKeyForReply, KvKeysReply, KvNamespaceSettings, KvSetReply, KvStatsReply,
+};
+use cairn_storage::views::KvView;
+use prost::Message as _;
+use serde_json::{json, Value};
+
+use super::{
+    codec::{Body, Format},
+    context::{metadata, Incoming, ServiceContext},
+    fields::Fields,
+};
+use crate::{
+    kv::{
+        flight, full_key, glob::Glob, key_for::key_for, memory::EntryInfo, partition_of, Found,
+        KvCommand, KvError, KvReply, Matcher, SetEntry,
+    },
+    ServiceError,
+};
+
+/// Longest key, in bytes.
+pub const KEY_MAX_BYTES: usize = 1024;
+/// Longest namespace, in bytes.
+pub const NAMESPACE_MAX_BYTES: usize = 256;
+/// Most tags of one entry.
+pub const TAGS_MAX: usize = 64;
+/// Longest tag, in bytes.
+pub const TAG_MAX_BYTES: usize = 256;
+/// Longest pattern, in bytes.
+pub const PATTERN_MAX_BYTES: usize = 1024;
+/// Longest TTL: a year.
+pub const TTL_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Default and largest page of `kv.keys`.
+pub const KEYS_DEFAULT_LIMIT: u64 = 100;
+/// Largest page of `kv.keys`.
+pub const KEYS_MAX_LIMIT: u64 = 1000;
+/// Entries one round of a bulk invalidation (pattern, namespace, clear) or
+/// cleanup selects; a larger selection takes more rounds, at most
+/// [`BULK_ROUNDS_MAX`].
+pub const BULK_ROUND_ENTRIES: usize = 10_000;
+/// Most rounds of one bulk invalidation or cleanup.
+pub const BULK_ROUNDS_MAX: usize = 1_000;
+
+/// Limits of the key-value service.
+#[derive(Debug, Clone)]
+pub struct KvServiceConfig {
+    /// Largest value, in bytes (`kv.value-max-bytes`). Default: 1 MiB.
+    pub value_max_bytes: usize,
+    /// Bytes the memory tier holds at most (`kv.memory-max-bytes`).
+    /// Default: 64 MiB.
+    pub memory_max_bytes: u64,
+    /// How often the sweeper removes expired entries
+    /// (`kv.sweep-interval`); zero: never. Default: 60 s.
+    pub sweep_interval: Duration,
+    /// How long a compute or an origin may take to answer
+    /// (`kv.origin-timeout`). Default: 5 s.
+    pub origin_timeout: Duration,
+    /// `kv.durability`: [`cairn_storage::Durability::Sync`] (`sync`, the
+    /// default) or `Buffered` (`batched`).
+    pub durability: cairn_storage::Durability,
+    /// With `batched`, how often the WAL is fsynced (`kv.flush-interval`).
+    /// Default: 1 s.
+    pub flush_interval: Duration,
+    /// How often the `kv/` class is compacted (`kv.compact-interval`);
+    /// zero: never. Default: 10 min.
+    pub compact_interval: Duration,
+    /// How long a `KvEntryDeleted` stays in the log after it was recorded
+    /// (`kv.tombstone-retention`). Default: 24 h.
+    pub tombstone_retention: Duration,
+}
+
+impl Default for KvServiceConfig {
+    fn default() -> Self {
+        Self {
+            value_max_bytes: 1 << 20,
+            memory_max_bytes: 64 << 20,
+            sweep_interval: Duration::from_secs(60),
+            origin_timeout: Duration::from_secs(5),
+            durability: cairn_storage::Durability::Sync,
+            flush_interval: Duration::from_secs(1),
+            compact_interval: Duration::from_secs(600),
+            tombstone_retention: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ServiceError {
+    KvError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+    .into()
+}
+
+fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), ServiceError> {
+    if value.len() > max {
+        return Err(bad(
+            field,
+            format!("longer than {max} bytes ({} bytes)", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(bad(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn namespace(f: &Fields) -> Result<String, ServiceError> {
+    let ns = f.string("namespace")?.unwrap_or_default();
+    check_name("namespace", &ns, NAMESPACE_MAX_BYTES)?;
+    Ok(ns)
+}
+
+fn key(f: &Fields) -> Result<String, ServiceError> {
+    let key = f.required("key")?;
+    if key.is_empty() {
+        return Err(bad("key", "must not be empty"));
+    }
+    if key.len() > KEY_MAX_BYTES {
+        return Err(bad(
+            "key",
+            format!("longer than {KEY_MAX_BYTES} bytes ({} bytes)", key.len()),
+        ));
+    }
+    Ok(key)
+}
+
+fn tags(f: &Fields, field: &'static str) -> Result<Vec<String>, ServiceError> {
+    let mut tags = f.strings(field)?.unwrap_or_default();
+    if tags.len() > TAGS_MAX {
+        return Err(bad(
+            field,
+            format!("more than {TAGS_MAX} tags ({})", tags.len()),
+        ));
+    }
+    for t in &tags {
+        if t.is_empty() {
+            return Err(bad(field, "a tag must not be empty"));
+        }
+        check_name(field, t, TAG_MAX_BYTES)?;
+    }
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
+
+/// A duration field: a number of seconds or a text like `"90s"`, `"1h"`;
+/// positive, at most [`TTL_MAX`].
+fn ttl(f: &Fields, field: &'static str) -> Result<Option<u64>, ServiceError> {
+    let Some(v) = f.value(field) else {
+        return Ok(None);
+    };
+    let d = match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(s) if s > 0.0 && s <= TTL_MAX.as_secs_f64() => Duration::from_secs_f64(s),
+            _ => {
+                return Err(bad(
+                    field,
+                    format!("must be a positive duration of at most a year, got {n}"),
+                ))
+            }
+        },
+        Value::String(s) if s.is_empty() => return Ok(None),
+        Value::String(s) => match s.parse::<f64>() {
+            Ok(secs) if secs > 0.0 && secs <= TTL_MAX.as_secs_f64() => {
+                Duration::from_secs_f64(secs)
+            }
+            Ok(_) => {
+                return Err(bad(
+                    field,
+                    format!("must be a positive duration of at most a year, got {s:?}"),
+                ))
+            }
+            Err(_) => humantime::parse_duration(s)
+                .map_err(|e| bad(field, format!("invalid duration {s:?}: {e}")))?,
+        },
+        other => {
+            return Err(bad(
+                field,
+                format!("must be a duration (\"1h\") or a number of seconds, got {other}"),
+            ))
+        }
+    };
+    if d.is_zero() || d > TTL_MAX {
+        return Err(bad(
+            field,
+            format!("must be a positive duration of at most a year, got {d:?}"),
+        ));
+    }
+    Ok(Some(
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1),
+    ))
+}
+
+fn pattern(f: &Fields, required: bool) -> Result<Option<String>, ServiceError> {
+    let p = if required {
+        Some(f.required("pattern")?)
+    } else {
+        f.string("pattern")?
+    };
+    if let Some(p) = &p {
+        if p.len() > PATTERN_MAX_BYTES {
+            return Err(bad(
+                "pattern",
+                format!("longer than {PATTERN_MAX_BYTES} bytes ({} bytes)", p.len()),
+            ));
+        }
+        if required && p.is_empty() {
+            return Err(bad("pattern", "must not be empty"));
+        }
+    }
+    Ok(p)
+}
+
+fn timestamp_ms(ms: u64) -> Value {
+    match pb_timestamp(ms) {
+        None => Value::Null,
+        Some(t) => super::timestamp_json(Some(&t)),
+    }
+}
+
+fn pb_timestamp(ms: u64) -> Option<pbjson_types::Timestamp> {
+    (ms != 0).then(|| pbjson_types::Timestamp {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    })
+}
+
+fn kv(context: &ServiceContext) -> Result<&crate::kv::KvNode, ServiceError> {
+    context
+        .kv
+        .as_ref()
+        .ok_or_else(|| ServiceError::unavailable("the key-value cache is not running"))
+}
+
+/// `kv.set`.
+pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let f = Fields::parse(
+        &request.body,
+        &[
+            "namespace",
+            "key",
+            "value",
+            "value_b64",
+            "ttl",
+            "tags",
+            "principal",
+        ],
+    )?;
+    let namespace = namespace(&f)?;
+    let key = key(&f)?;
+    let max = context.config.kv.value_max_bytes;
+    let (value, json) = match (f.value("value"), f.string("value_b64")?) {
+        (Some(_), Some(_)) => {
+            return Err(bad("value_b64", "give value or value_b64, not both"));
+        }
+        (None, None) => return Err(bad("value", "required (or value_b64)")),
+        (Some(v), None) => (
+            serde_json::to_vec(v).map_err(|e| bad("value", e.to_string()))?,
+            true,
+        ),
+        (None, Some(b)) => (
+            base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map_err(|e| bad("value_b64", format!("invalid base64: {e}")))?,
+            false,
+        ),
+    };
+    if value.len() > max {
+        return Err(bad(
+            if json { "value" } else { "value_b64" },
+            format!(
+                "{} bytes, more than kv.value-max-bytes ({max})",
+                value.len()
+            ),
+        ));
+    }
+    let ttl_ms = ttl(&f, "ttl")?;
+    let tags = tags(&f, "tags")?;
+    let meta = metadata(&request, f.string("principal")?);
+    let kv = kv(&context)?;
+    let settings = kv.settings(&namespace);
+    if settings.write_through && !settings.origin_subject.is_empty() {
+        // Write-through: the origin first; its failure stores nothing.
+        let mut body = json!({"op": "set", "namespace": namespace, "key": key, "tags": tags});
+        if json {
+            body["value"] = serde_json::from_slice(&value).unwrap_or(Value::Null);
+        } else {
+            body["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&value));
+        }
+        if let Some(ttl_ms) = ttl_ms {
+            body["ttl_ms"] = json!(ttl_ms);
+        }
+        let body = serde_json::to_vec(&body).map_err(|e| ServiceError::internal(e.to_string()))?;
+        flight::call(
+            &context.client,
+            "origin",
+            &settings.origin_subject,
+            body,
+            context.config.kv.origin_timeout,
+        )
+        .await?;
+    }
+    let reply = kv
+        .execute(
+            partition_of(&namespace),
+            KvCommand::Set(SetEntry {
+                namespace,
+                key,
+                value,
+                json,
+                tags,
+                ttl_ms,
+            }),
+            meta,
+        )
+        .await?;
+    let KvReply::Set {
+        version,
+        created_at_ms,
+        expires_at_ms,
+    } = reply
+    else {
+        return Err(ServiceError::internal("kv.set answered another reply"));
+    };
+    Ok(Body::of(
+        request.format,
+        || {
+            json!({
+                "version": version,
+                "created_at": timestamp_ms(created_at_ms),
+                "expires_at": timestamp_ms(expires_at_ms),
+            })
+        },
+        || {
+            KvSetReply {
+                version,
+                created_at: pb_timestamp(created_at_ms),
+                expires_at: pb_timestamp(expires_at_ms),
+            }
+            .encode_to_vec()
+        },
+    ))
+}
+
+fn entry_json(row: &KvEntryRow, info: &EntryInfo) -> Value {
+    let mut out = json!({
+        "namespace": row.namespace,
+        "key": row.key,
+        "tags": row.tags,
+        "created_at": timestamp_ms(row.created_at_ms),
+        "expires_at": timestamp_ms(row.expires_at_ms),
+        "hit_count": info.hits,
+        "last_accessed": timestamp_ms(info.last_accessed_ms),
+        "version": row.seq,
+    });
+    if row.json {
+        out["value"] = serde_json::from_slice(&row.value).unwrap_or(Value::Null);
+    } else {
+        out["value_b64"] =
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&row.value));
+    }
+    out
+}
+
+fn entry_pb(row: &KvEntryRow, info: &EntryInfo) -> Vec<u8> {
+    let value = row
+        .json
+        .then(|| serde_json::from_slice::<pbjson_types::Value>(&row.value).ok())
+        .flatten();
+    cairn_events::v1::KvEntry {
+        namespace: row.namespace.clone(),
+        key: row.key.clone(),
+        tags: row.tags.clone(),
+        value,
+        value_b64: if row.json {
+            Vec::new()
+        } else {
+            row.value.clone()
+        },
+        created_at: pb_timestamp(row.created_at_ms),
+        expires_at: pb_timestamp(row.expires_at_ms),
+        hit_count: info.hits,
+        last_accessed: pb_timestamp(info.last_accessed_ms),
+        version: row.seq,
+    }
+    .encode_to_vec()
+}
+
+fn key_request(request: &Incoming) -> Result<(String, String, Option<String>), ServiceError> {
+    let f = Fields::parse(&request.body, &["namespace", "key", "principal"])?;
+    Ok((namespace(&f)?, key(&f)?, f.string("principal")?))
+}
+
+/// `kv.get`: the entry, or 404 (absent or expired); counts a hit or miss.
+pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let (namespace, key, principal) = key_request(&request)?;
+    let kv = kv(&context)?;
+    let mut found = kv.get(&namespace, &key, true).await?;
+    let settings = kv.settings(&namespace);
+    if found.is_none() && !settings.origin_subject.is_empty() {
+        // Read-through: one origin call for all concurrent misses.
+        let body = serde_json::to_vec(&json!({"op": "get", "namespace": namespace, "key": key}))
+            .map_err(|e| ServiceError::internal(e.to_string()))?;
+        let fill = Fill {
+            namespace: namespace.clone(),
+            key: key.clone(),
+            ttl_ms: None,
+            tags: Vec::new(),
+            meta: metadata(&request, principal),
+        };
+        found = fill
+            .run(&context, "origin", &settings.origin_subject, body)
+            .await?;
+    }
+    let Some(found) = found else {
+        return Err(KvError::NotFound {
+            full_key: full_key(&namespace, &key),
+        }
+        .into());
+    };
+    Ok(Body::of(
+        request.format,
+        || entry_json(&found.row, &found.info),
+        || entry_pb(&found.row, &found.info),
+    ))
+}
+
+/// `kv.exists`: whether a live entry exists; counts nothing.
+pub async fn handle_exists(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let (namespace, key, _) = key_request(&request)?;
+    let exists = kv(&context)?.get(&namespace, &key, false).await?.is_some();
+    Ok(Body::of(
+        request.format,
+        || json!({ "exists": exists }),
+        || KvExistsReply { exists }.encode_to_vec(),
+    ))
+}
+
+/// `kv.delete`.
+pub async fn handle_delete(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let (namespace, key, principal) = key_request(&request)?;
+    let meta = metadata(&request, principal);
+    let reply = kv(&context)?
+        .execute(
+            partition_of(&namespace),
+            KvCommand::Delete { namespace, key },
+            meta,
+        )
+        .await?;
+    let deleted = reply == KvReply::Deleted(true);
+    Ok(Body::of(
+        request.format,
+        || json!({ "deleted": deleted }),
+        || KvDeleteReply { deleted }.encode_to_vec(),
+    ))
+}
+
+fn count_body(format: Format, deleted: u64) -> Body {
+    Body::of(
+        format,
+        || json!({ "deleted": deleted }),
+        || KvCountReply { deleted }.encode_to_vec(),
+    )
+}
+
+/// Every entry under row prefix `prefix` that `matcher` selects, in rounds
+/// of [`BULK_ROUND_ENTRIES`], deleted; answers how many.
+async fn delete_scanned(
+    context: &ServiceContext,
+    by: &'static str,
+    selector: String,
+    prefix: Vec<u8>,
+    matcher: Matcher,
+    meta: cairn_events::envelope::Metadata,
+) -> Result<u64, ServiceError> {
+    let kv = kv(context)?;
+    let mut deleted = 0;
+    let mut after: Option<Vec<u8>> = None;
+    for _ in 0..BULK_ROUNDS_MAX {
+        let m = matcher.clone();
+        let rows = kv
+            .scan(
+                prefix.clone(),
+                after.clone(),
+                BULK_ROUND_ENTRIES,
+                move |r| m.matches(r),
+            )
+            .await?;
+        let Some((last, _)) = rows.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        let done = rows.len() < BULK_ROUND_ENTRIES;
+        let candidates = rows
+            .into_iter()
+            .map(|(_, r)| (r.namespace, r.key))
+            .collect();
+        deleted += kv
+            .delete_matching(
+                by,
+                selector.clone(),
+                matcher.clone(),
+                candidates,
+                meta.clone(),
+            )
+            .await?;
+        if done {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// `kv.delete_by_pattern`.
+pub async fn handle_delete_by_pattern(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["pattern", "principal"])?;
+    let pattern = pattern(&f, true)?.unwrap_or_default();
+    let meta = metadata(&request, f.string("principal")?);
+    let glob = Glob::new(&pattern);
+    // Full keys starting with a namespace's `ns:` can be in any namespace
+    // whose name is a prefix of it: scan every entry (documented cost).
+    let deleted = delete_scanned(
+        &context,
+        "pattern",
+        pattern,
+        KvView::ENTRY_PREFIX.to_vec(),
+        Matcher::Pattern(glob),
+        meta,
+    )
+    .await?;
+    Ok(count_body(request.format, deleted))
+}
+
+/// `kv.delete_by_namespace`.
+pub async fn handle_delete_by_namespace(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["namespace", "principal"])?;
+    if f.value("namespace").is_none() {
+        return Err(bad("namespace", "required"));
+    }
+    let namespace = namespace(&f)?;
+    let meta = metadata(&request, f.string("principal")?);
+    let deleted = delete_scanned(
+        &context,
+        "namespace",
+        namespace.clone(),
+        KvView::namespace_entries(&namespace),
+        Matcher::Namespace(namespace),
+        meta,
+    )
+    .await?;
+    Ok(count_body(request.format, deleted))
+}
+
+/// `kv.delete_by_tags`.
+pub async fn handle_delete_by_tags(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["tags", "match", "principal"])?;
+    let tags = tags(&f, "tags")?;
+    if tags.is_empty() {
+        return Err(bad("tags", "required: at least one tag"));
+    }
+    let all = match f.string("match")?.as_deref() {
+        None | Some("") | Some("any") => false,
+        Some("all") => true,
+        Some(other) => {
+            return Err(bad(
+                "match",
+                format!("must be \"any\" or \"all\", got {other:?}"),
+            ))
+        }
+    };
+    let meta = metadata(&request, f.string("principal")?);
+    let kv = kv(&context)?;
+    // Candidates from the tag index: every tag's for `any`, the first's
+    // for `all` (the matcher checks the rest on the current rows).
+    let mut candidates = Vec::new();
+    let scanned: &[String] = if all { &tags[..1] } else { &tags };
+    for tag in scanned {
+        candidates.extend(kv.tagged(tag, BULK_ROUND_ENTRIES * BULK_ROUNDS_MAX).await?);
+    }
+    candidates.sort();
+    candidates.dedup();
+    let selector = format!("{}:{}", if all { "all" } else { "any" }, tags.join(","));
+    let deleted = kv
+        .delete_matching(
+            "tags",
+            selector,
+            Matcher::Tags { tags, all },
+            candidates,
+            meta,
+        )
+        .await?;
+    Ok(count_body(request.format, deleted))
+}
+
+/// `kv.clear`: one namespace, or everything with `"all": true`.
+pub async fn handle_clear(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["namespace", "all", "principal"])?;
+    let all = f.bool("all")?.unwrap_or(false);
+    let has_namespace = f.value("namespace").is_some();
+    if !has_namespace && !all {
+        return Err(bad(
+            "all",
+            "clearing every namespace needs \"all\": true (or name a namespace)",
+        ));
+    }
+    if has_namespace && all {
+        return Err(bad("all", "give a namespace or \"all\": true, not both"));
+    }
+    let namespace = namespace(&f)?;
+    let meta = metadata(&request, f.string("principal")?);
+    let (prefix, matcher, selector) = if all {
+        (KvView::ENTRY_PREFIX.to_vec(), Matcher::All, String::new())
+    } else {
+        (
+            KvView::namespace_entries(&namespace),
+            Matcher::Namespace(namespace.clone()),
+            namespace,
+        )
+    };
+    let deleted = delete_scanned(&context, "clear", selector, prefix, matcher, meta).await?;
+    Ok(count_body(request.format, deleted))
+}
+
+/// `kv.keys`: `{items: [{namespace, key}], continue}`, live entries in
+/// key order; `continue` (hex of the last row key) resumes.
+pub async fn handle_keys(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let f = Fields::parse(
+        &request.body,
+        &["namespace", "pattern", "tag", "limit", "continue"],
+    )?;
+    let ns = if f.value("namespace").is_some() {
+        Some(namespace(&f)?)
+    } else {
+        None
+    };
+    let glob = pattern(&f, false)?.map(|p| Glob::new(&p));
+    let tag = f.string("tag")?;
+    if let Some(t) = &tag {
+        check_name("tag", t, TAG_MAX_BYTES)?;
+    }
+    let limit = f
+        .u64_in("limit", 1, KEYS_MAX_LIMIT)?
+        .unwrap_or(KEYS_DEFAULT_LIMIT) as usize;
+    let after = match f.string("continue")?.filter(|c| !c.is_empty()) {
+        Some(c) => Some(hex::decode(&c).map_err(|_| bad("continue", "not a token kv.keys gave"))?),
+        None => None,
+    };
+    let prefix = match &ns {
+        Some(ns) => KvView::namespace_entries(ns),
+        None => KvView::ENTRY_PREFIX.to_vec(),
+    };
+    let kv = kv(&context)?;
+    let now_ms = kv.now_ms();
+    let rows = kv
+        .scan(prefix, after, limit + 1, move |r| {
+            !crate::kv::expired(r.expires_at_ms, now_ms)
+                && glob
+                    .as_ref()
+                    .is_none_or(|g| g.matches(&full_key(&r.namespace, &r.key)))
+                && tag.as_ref().is_none_or(|t| r.tags.contains(t))
+        })
+        .await?;
+    let more = rows.len() > limit;
+    let rows = &rows[..rows.len().min(limit)];
+    let next = if more {
+        rows.last().map(|(k, _)| hex::encode(k)).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let items: Vec<KvEntryRef> = rows
+        .iter()
+        .map(|(_, r)| KvEntryRef {
+            namespace: r.namespace.clone(),
+            key: r.key.clone(),
+        })
+        .collect();
+    Ok(Body::of(
+        request.format,
+        || {
+            json!({
+                "items": items.iter().map(|i| json!({"namespace": i.namespace, "key": i.key, "full_key": full_key(&i.namespace, &i.key)})).collect::<Vec<_>>(),
+                "continue": next,
+            })
+        },
+        || {
+            KvKeysReply {
+                items: items.clone(),
+                r#continue: next.clone(),
+            }
+            .encode_to_vec()
+        },
+    ))
+}
+
+/// `kv.stats`: of one namespace, or of all.
+pub async fn handle_stats(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["namespace", "principal"])?;
+    let ns = if f.value("namespace").is_some() {
+        Some(namespace(&f)?)
+    } else {
+        None
+    };
+    let kv = kv(&context)?;
+    let now_ms = kv.now_ms();
+    let prefix = match &ns {
+        Some(ns) => KvView::namespace_entries(ns),
+        None => KvView::ENTRY_PREFIX.to_vec(),
+    };
+    let rows = kv
+        .scan(prefix, None, usize::MAX, move |r| {
+            !crate::kv::expired(r.expires_at_ms, now_ms)
+        })
+        .await?;
+    let memory = &kv.env().memory;
+    let (mut oldest, mut newest, mut disk, mut in_memory) = (u64::MAX, 0u64, 0u64, 0u64);
+    for (k, r) in &rows {
+        oldest = oldest.min(r.created_at_ms);
+        newest = newest.max(r.created_at_ms);
+        disk += (k.len() + r.encoded_len()) as u64;
+        if ns.is_some() && memory.in_memory(&r.namespace, &r.key) {
+            in_memory += crate::kv::memory::entry_bytes(r) + 64;
+        }
+    }
+    if ns.is_none() {
+        in_memory = memory.memory_bytes();
+    }
+    let c = memory.counters(ns.as_deref());
+    let reads = c.hits + c.misses;
+    let hit_rate = if reads == 0 {
+        0.0
+    } else {
+        c.hits as f64 / reads as f64
+    };
+    let total = rows.len() as u64;
+    let (oldest, newest) = if total == 0 { (0, 0) } else { (oldest, newest) };
+    Ok(Body::of(
+        request.format,
+        || {
+            json!({
+                "total_entries": total,
+                "total_hits": c.hits,
+                "total_misses": c.misses,
+                "hit_rate": hit_rate,
+                "evictions": c.evictions,
+                "memory_usage_bytes": in_memory,
+                "disk_usage_bytes": disk,
+                "oldest_entry": timestamp_ms(oldest),
+                "newest_entry": timestamp_ms(newest),
+            })
+        },
+        || {
+            KvStatsReply {
+                total_entries: total,
+                total_hits: c.hits,
+                total_misses: c.misses,
+                hit_rate,
+                evictions: c.evictions,
+                memory_usage_bytes: in_memory,
+                disk_usage_bytes: disk,
+                oldest_entry: pb_timestamp(oldest),
+                newest_entry: pb_timestamp(newest),
+            }
+            .encode_to_vec()
+        },
+    ))
+}
+
+/// `kv.cleanup`: removes expired entries now.
+pub async fn handle_cleanup(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["namespace", "principal"])?;
+    let ns = if f.value("namespace").is_some() {
+        Some(namespace(&f)?)
+    } else {
+        None
+    };
+    let meta = metadata(&request, f.string("principal")?);
+    let removed = kv(&context)?
+        .cleanup(ns.as_deref(), &meta, BULK_ROUND_ENTRIES, BULK_ROUNDS_MAX)
+        .await?;
+    Ok(Body::of(
+        request.format,
+        || json!({ "removed": removed }),
+        || KvCleanupReply { removed }.encode_to_vec(),
+    ))
+}
+
+/// `kv.configure`: a namespace's limits and default TTL.
+pub async fn handle_configure(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(
+        &request.body,
+        &[
+            "namespace",
+            "max_entries",
+            "max_bytes",
+            "default_ttl",
+            "origin",
+            "principal",
+        ],
+    )?;
+    let namespace = namespace(&f)?;
+    let mut settings = KvNamespaceSettings {
+        max_entries: f.u64("max_entries")?.unwrap_or(0),
+        max_bytes: f.u64("max_bytes")?.unwrap_or(0),
+        default_ttl_ms: ttl(&f, "default_ttl")?.unwrap_or(0),
+        ..Default::default()
+    };
+    if let Some(origin) = f.object("origin", &["subject", "write_through"])? {
+        let subject = origin.required("subject")?;
+        check_subject("origin.subject", &subject)?;
+        settings.origin_subject = subject;
+        settings.write_through = origin.bool("write_through")?.unwrap_or(false);
+    }
+    let meta = metadata(&request, f.string("principal")?);
+    let reply = kv(&context)?
+        .execute(
+            partition_of(&namespace),
+            KvCommand::Configure {
+                namespace: namespace.clone(),
+                settings,
+            },
+            meta,
+        )
+        .await?;
+    let KvReply::Configured(s) = reply else {
+        return Err(ServiceError::internal(
+            "kv.configure answered another reply",
+        ));
+    };
+    let origin = (!s.origin_subject.is_empty())
+        .then(|| json!({"subject": s.origin_subject, "write_through": s.write_through}));
+    Ok(Body::of(
+        request.format,
+        || {
+            json!({
+                "namespace": namespace,
+                "max_entries": s.max_entries,
+                "max_bytes": s.max_bytes,
+                "default_ttl_ms": s.default_ttl_ms,
+                "origin": origin,
+            })
+        },
+        || s.encode_to_vec(),
+    ))
+}
+
+/// `kv.key_for`: the canonical key of a function call.
+pub async fn handle_key_for(
+    _context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(&request.body, &["function", "args", "kwargs"])?;
+    let function = f.required("function")?;
+    if function.is_empty() {
+        return Err(bad("function", "must not be empty"));
+    }
+    check_name("function", &function, KEY_MAX_BYTES / 4)?;
+    let args = match f.value("args") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => return Err(bad("args", format!("must be an array, got {other}"))),
+    };
+    let kwargs = match f.value("kwargs") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => return Err(bad("kwargs", format!("must be an object, got {other}"))),
+    };
+    let key = key_for(&function, &args, &kwargs);
+    Ok(Body::of(
+        request.format,
+        || json!({ "key": key }),
+        || KvKeyForReply { key: key.clone() }.encode_to_vec(),
+    ))
+}
+
+/// With `batched` durability: fsyncs the store's WAL every `interval`, so
+/// an acknowledged set is on disk at most `interval` later (like Redis's
+/// `appendfsync everysec`). Stops when the returned handle is aborted.
+pub fn start_flusher(
+    store: cairn_storage::Store,
+    durability: cairn_storage::Durability,
+    interval: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if durability == cairn_storage::Durability::Sync || interval.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.sync_wal()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "kv flush of the WAL failed"),
+                Err(e) => tracing::warn!(error = %e, "kv flush task failed"),
+            }
+        }
+    }))
+}
+
+/// The compactor: every `interval`, compacts the `kv/` class (latest event
+/// per entry; deletes kept for `retention`), on the store's writer thread
+/// (appends wait meanwhile). Stops when the returned handle is aborted.
+pub fn start_compactor(
+    store: cairn_storage::Store,
+    clock: Arc<dyn crate::timing::Clock>,
+    interval: Duration,
+    retention: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if interval.is_zero() {
+        return None;
+    }
+    let policy: Arc<dyn cairn_storage::CompactionPolicy> =
+        Arc::new(cairn_storage::views::kv::KvCompactionPolicy {
+            tombstone_retention: retention,
+        });
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (store, policy, now) = (store.clone(), policy.clone(), clock.now());
+            match tokio::task::spawn_blocking(move || store.compact(policy, now)).await {
+                Ok(Ok(stats)) => tracing::debug!(
+                    scanned = stats.scanned,
+                    superseded = stats.superseded,
+                    expired_tombstones = stats.expired_tombstones,
+                    "kv class compacted"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "kv compaction failed"),
+                Err(e) => tracing::warn!(error = %e, "kv compaction task failed"),
+            }
+        }
+    }))
+}
+
+/// The sweeper: every `interval`, removes expired entries (bounded
+/// rounds). Stops when the returned handle is aborted.
+pub fn start_sweeper(
+    kv: crate::kv::KvNode,
+    interval: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if interval.is_zero() {
+        return None;
+    }
+    let kv = Arc::new(kv);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let meta = cairn_events::envelope::Metadata::command("cairn-sweeper").normalized();
+            match kv
+                .cleanup(None, &meta, BULK_ROUND_ENTRIES, BULK_ROUNDS_MAX)
+                .await
+            {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "kv sweeper removed expired entries"),
+                Err(e) => tracing::warn!(error = %e, "kv sweeper failed"),
+            }
+        }
+    }))
+}
+
+/// Filling one missing entry from a compute or an origin, in a single
+/// flight.
+#[derive(Debug)]
+struct Fill {
+    namespace: String,
+    key: String,
+    ttl_ms: Option<u64>,
+    tags: Vec<String>,
+    meta: cairn_events::envelope::Metadata,
+}
+
+impl Fill {
+    /// The entry: found again (a flight that just finished), or fetched
+    /// from `subject` and set; `None` when the callee said 404 (origins).
+    async fn run(
+        self,
+        context: &ServiceContext,
+        what: &'static str,
+        subject: &str,
+        body: Vec<u8>,
+    ) -> Result<Option<Found>, ServiceError> {
+        let kv = kv(context)?;
+        let outcome = kv
+            .flights()
+            .run(&self.namespace, &self.key, || async {
+                if let Some(found) = kv.get(&self.namespace, &self.key, false).await? {
+                    return Ok(found);
+                }
+                let answer = flight::call(
+                    &context.client,
+                    what,
+                    subject,
+                    body,
+                    context.config.kv.origin_timeout,
+                )
+                .await?;
+                let (value, json) = match answer {
+                    flight::Answer::Value(value, json) => (value, json),
+                    flight::Answer::NotFound => {
+                        return Err(ServiceError::not_found(format!(
+                            "{what} {subject}: {} not found",
+                            full_key(&self.namespace, &self.key)
+                        )))
+                    }
+                };
+                let max = context.config.kv.value_max_bytes;
+                if value.len() > max {
+                    return Err(ServiceError {
+                        code: 502,
+                        message: format!(
+                            "{what} {subject}: answered {} bytes, more than kv.value-max-bytes ({max})",
+                            value.len()
+                        ),
+                    });
+                }
+                let partition = partition_of(&self.namespace);
+                kv.execute(
+                    partition,
+                    KvCommand::Set(SetEntry {
+                        namespace: self.namespace.clone(),
+                        key: self.key.clone(),
+                        value,
+                        json,
+                        tags: self.tags.clone(),
+                        ttl_ms: self.ttl_ms,
+                    }),
+                    self.meta.clone(),
+                )
+                .await?;
+                kv.get(&self.namespace, &self.key, false)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::internal("an entry just set is gone (expired at once?)")
+                    })
+            })
+            .await;
+        match outcome {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.code == 404 && what == "origin" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `kv.get_or_compute`: the entry, or on a miss the reply of `compute`
+/// (one call for all concurrent misses of the entry), cached.
+pub async fn handle_get_or_compute(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let f = Fields::parse(
+        &request.body,
+        &["namespace", "key", "ttl", "tags", "compute", "principal"],
+    )?;
+    let namespace = namespace(&f)?;
+    let key = key(&f)?;
+    let ttl_ms = ttl(&f, "ttl")?;
+    let tags = tags(&f, "tags")?;
+    let Some(compute) = f.object("compute", &["subject", "body"])? else {
+        return Err(bad("compute", "required: {subject, body}"));
+    };
+    let subject = compute.required("subject")?;
+    check_subject("compute.subject", &subject)?;
+    let body = serde_json::to_vec(compute.value("body").unwrap_or(&Value::Null))
+        .map_err(|e| ServiceError::internal(e.to_string()))?;
+    let meta = metadata(&request, f.string("principal")?);
+    let kv = kv(&context)?;
+    let found = match kv.get(&namespace, &key, true).await? {
+        Some(found) => found,
+        None => {
+            let fill = Fill {
+                namespace: namespace.clone(),
+                key: key.clone(),
+                ttl_ms,
+                tags,
+                meta,
+            };
+            fill.run(&context, "compute", &subject, body)
+                .await?
+                .ok_or_else(|| ServiceError::internal("a compute answered no entry"))?
+        }
+    };
+    Ok(Body::of(
+        request.format,
+        || entry_json(&found.row, &found.info),
+        || entry_pb(&found.row, &found.info),
+    ))
+}
+
+/// A subject a request names for cairn to send to: no wildcards, no
+/// spaces, no empty token.
+fn check_subject(field: &'static str, subject: &str) -> Result<(), ServiceError> {
+    if subject.is_empty()
+        || subject
+            .split('.')
+            .any(|t| t.is_empty() || t == "*" || t == ">")
+        || subject.contains(['*', '>'])
+        || subject.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(
+            field,
+            format!("must be a subject without wildcards or spaces, got {subject:?}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,602 @@
+//! `cairn bench kv`: the key-value cache against Debian's `redis-server`
+//! and a raw async-nats echo, with the same workload in the same run.
+//!
+//! A node runs in this process (local nats-server on a free port, temp
+//! data directory); `redis-server` is spawned on a free loopback port
+//! (`--save ""`, append-only file in a temp directory). The client side
+//! runs on its own thread and tokio runtime.
+//!
+//! - **GET**: `kv.get` of preloaded keys (random order) vs (a) a raw
+//!   async-nats request/reply to an echo responder answering the very
+//!   bytes `kv.get` answers (the floor for any NATS service) and (b) Redis
+//!   `GET` through the `redis` crate (one multiplexed connection); value
+//!   sizes 100 B and 10 KiB, concurrency 1 and 64.
+//! - **SET**: `kv.set` with `kv.durability = sync` vs Redis `appendonly
+//!   yes, appendfsync always`, and `batched` vs `appendfsync everysec`;
+//!   100-byte values, concurrency 1 and 64.
+//! - **Memory**: the process's RSS growth per `--memory-entries` entries
+//!   of 100 bytes set through the service vs Redis `used_memory` growth for
+//!   the same.
+//! - **Compaction**: `--compaction-sets` sets over `--compaction-keys`
+//!   keys appended to a store's `kv/` class, compacted: the events left.
+//!
+//! Latencies are per request, from send to reply; throughput is requests
+//! over the wall time of the run. Last line:
+//! `kv: get_p50=<µs> echo_p50=<µs> redis_get_p50=<µs> set_p50=<µs>
+//! redis_set_p50=<µs> ratio_get_redis=<r> ratio_set_redis=<r>` for 100-byte
+//! values at concurrency 1, `set` being `sync` vs `appendfsync always`.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::cache::{node_config, Latency};
+use crate::{config::KvDurability, node::Node};
+
+/// Options of `cairn bench kv`.
+#[derive(Debug, Clone)]
+pub struct KvOptions {
+    /// Keys preloaded for the GETs of 100-byte values (10 KiB values use a
+    /// tenth of them).
+    pub keys: usize,
+    /// Timed requests per measurement.
+    pub requests: usize,
+    /// Entries of the memory measurement.
+    pub memory_entries: usize,
+    /// Sets of the compaction measurement.
+    pub compaction_sets: usize,
+    /// Distinct keys of the compaction measurement.
+    pub compaction_keys: usize,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    latency: Latency,
+    per_sec: f64,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs `requests` calls of `call(i)` with `concurrency` in flight.
+async fn drive<F, Fut>(requests: usize, concurrency: usize, call: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let started = Instant::now();
+    let per_task = requests.div_ceil(concurrency.max(1));
+    let mut tasks = Vec::new();
+    for t in 0..concurrency.max(1) {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let at = Instant::now();
+                call(t * per_task + i).await?;
+                samples.push(at.elapsed());
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut samples = Vec::with_capacity(requests);
+    for task in tasks {
+        samples.extend(task.await??);
+    }
+    let wall = started.elapsed();
+    let n = samples.len();
+    Ok(Run {
+        latency: Latency::of(samples),
+        per_sec: n as f64 / wall.as_secs_f64().max(1e-9),
+    })
+}
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "starting redis-server (install it with ./dev, Debian package redis-server)",
+            )?;
+        Ok(Self {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis_connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).context("connecting to redis-server"),
+        }
+    }
+}
+
+async fn redis_info_used_memory(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(con).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO memory")
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn value_of(size: usize, i: usize) -> String {
+    let mut v = format!("{i:08}");
+    v.push_str(&"x".repeat(size.saturating_sub(v.len())));
+    v
+}
+
+/// Runs `cairn bench kv`.
+pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let redis = Redis::start()?;
+    let mut lines = Vec::new();
+    let (get, echo, redis_get) = {
+        let (redis_url, options) = (redis.url(), options.clone());
+        with_node(KvDurability::Sync, move |url| async move {
+            gets(&url, &redis_url, &options).await
+        })?
+    };
+    lines.extend(get.1.clone());
+    let (set_sync, redis_always) = {
+        let (redis_url, options) = (redis.url(), options.clone());
+        with_node(KvDurability::Sync, move |url| async move {
+            sets(&url, &redis_url, &options, "always").await
+        })?
+    };
+    let (set_batched, redis_everysec) = {
+        let (redis_url, options) = (redis.url(), options.clone());
+        with_node(KvDurability::Batched, move |url| async move {
+            sets(&url, &redis_url, &options, "everysec").await
+        })?
+    };
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    for (name, cairn, redis) in [
+        ("set sync vs appendfsync always", &set_sync, &redis_always),
+        (
+            "set batched vs appendfsync everysec",
+            &set_batched,
+            &redis_everysec,
+        ),
+    ] {
+        for (c, (a, b)) in [1usize, 64].iter().zip(cairn.iter().zip(redis.iter())) {
+            writeln!(
+                out,
+                "kv {name}, 100 B, concurrency {c}: cairn p50={:.0}µs p99={:.0}µs {:.0}/s; redis p50={:.0}µs p99={:.0}µs {:.0}/s; p50 ratio {:.2}, throughput ratio {:.2}",
+                us(a.latency.p50),
+                us(a.latency.p99),
+                a.per_sec,
+                us(b.latency.p50),
+                us(b.latency.p99),
+                b.per_sec,
+                us(a.latency.p50) / us(b.latency.p50).max(1e-9),
+                a.per_sec / b.per_sec.max(1e-9),
+            )?;
+        }
+    }
+    let (rss, used) = {
+        let (redis_url, options) = (redis.url(), options.clone());
+        with_node(KvDurability::Batched, move |url| async move {
+            memory(&url, &redis_url, &options).await
+        })?
+    };
+    writeln!(
+        out,
+        "kv memory: {} entries of 100 B: cairn RSS +{:.1} MiB, redis used_memory +{:.1} MiB, ratio {:.2}",
+        options.memory_entries,
+        rss as f64 / 1048576.0,
+        used as f64 / 1048576.0,
+        rss as f64 / (used as f64).max(1.0)
+    )?;
+    let (sets, kept) = compaction(options)?;
+    writeln!(
+        out,
+        "kv compaction: {sets} sets over {} keys: {kept} kv events left in the log after compaction",
+        options.compaction_keys
+    )?;
+    let g = &get.0[0];
+    let e = &echo[0];
+    let r = &redis_get[0];
+    let s = &set_sync[0];
+    let rs = &redis_always[0];
+    writeln!(
+        out,
+        "kv: get_p50={:.0} echo_p50={:.0} redis_get_p50={:.0} set_p50={:.0} redis_set_p50={:.0} ratio_get_redis={:.2} ratio_set_redis={:.2}",
+        us(g.latency.p50),
+        us(e.latency.p50),
+        us(r.latency.p50),
+        us(s.latency.p50),
+        us(rs.latency.p50),
+        us(g.latency.p50) / us(r.latency.p50).max(1e-9),
+        us(s.latency.p50) / us(rs.latency.p50).max(1e-9),
+    )?;
+    Ok(())
+}
+
+/// Starts a node with `durability`, runs `work(nats url)` on a client
+/// thread, stops the node.
+fn with_node<T, F, Fut>(durability: KvDurability, work: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let dir = tempfile::tempdir()?;
+    let mut config = node_config(&dir.path().join("data"));
+    config.kv.durability = durability;
+    config.kv.sweep_interval = Duration::ZERO;
+    config.kv.memory_max_bytes = 1 << 30;
+    config.service.max_concurrent_requests = 1024;
+    let system = actix::System::new();
+    system.block_on(async {
+        let node = Node::start(config).await?;
+        let url = node.nats_url.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let client_side = std::thread::spawn(move || {
+            let outcome = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(work(url)));
+            let _ = done.send(outcome);
+        });
+        let outcome = outcome
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("benchmark client panicked")));
+        let _ = client_side.join();
+        node.shutdown().await;
+        outcome
+    })
+}
+
+type GetRuns = (Vec<Run>, Vec<String>);
+
+/// GETs: per (size, concurrency), cairn, echo and redis.
+async fn gets(
+    url: &str,
+    redis_url: &str,
+    options: &KvOptions,
+) -> anyhow::Result<(GetRuns, Vec<Run>, Vec<Run>)> {
+    let nats = async_nats::connect(url).await?;
+    let mut redis = redis_connect(redis_url).await?;
+    let (mut cairn_runs, mut echo_runs, mut redis_runs, mut lines) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for size in [100usize, 10 * 1024] {
+        let keys = if size == 100 {
+            options.keys
+        } else {
+            (options.keys / 10).max(1)
+        };
+        // Preload, 64 at a time (untimed).
+        let ns = format!("get{size}");
+        let preload = {
+            let nats = nats.clone();
+            let ns = ns.clone();
+            move |i: usize| {
+                let nats = nats.clone();
+                let body = json!({"namespace": ns, "key": format!("k{}", i % keys), "value": value_of(size, i % keys)});
+                async move {
+                    let reply = nats
+                        .request("cairn.v1.kv.set", serde_json::to_vec(&body)?.into())
+                        .await?;
+                    anyhow::ensure!(
+                        reply.headers.is_none(),
+                        "kv.set failed: {:?}",
+                        reply.payload
+                    );
+                    Ok(())
+                }
+            }
+        };
+        drive(keys, 64, preload).await?;
+        let mut pipe = redis::pipe();
+        for i in 0..keys {
+            pipe.set(format!("{ns}:k{i}"), value_of(size, i)).ignore();
+            if i % 1000 == 999 || i + 1 == keys {
+                let _: () = pipe.query_async(&mut redis).await?;
+                pipe = redis::pipe();
+            }
+        }
+        // The echo answers exactly what kv.get answers for one key.
+        let sample = nats
+            .request(
+                "cairn.v1.kv.get",
+                serde_json::to_vec(&json!({"namespace": ns, "key": "k0"}))?.into(),
+            )
+            .await?
+            .payload;
+        let echo_subject = format!("bench.echo.{}", std::process::id());
+        let echo_nats = async_nats::connect(url).await?;
+        let mut echo_sub = echo_nats.subscribe(echo_subject.clone()).await?;
+        echo_nats.flush().await?;
+        let reply_bytes: Bytes = sample.clone();
+        let echo_task = tokio::spawn(async move {
+            while let Some(m) = echo_sub.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = echo_nats.publish(reply, reply_bytes.clone()).await;
+                }
+            }
+        });
+        for concurrency in [1usize, 64] {
+            let requests = options.requests;
+            let cairn = {
+                let nats = nats.clone();
+                let ns = ns.clone();
+                move |i: usize| {
+                    let nats = nats.clone();
+                    let k = (i.wrapping_mul(2_654_435_761)) % keys;
+                    let body =
+                        serde_json::to_vec(&json!({"namespace": ns, "key": format!("k{k}")}));
+                    async move {
+                        let reply = nats.request("cairn.v1.kv.get", body?.into()).await?;
+                        anyhow::ensure!(reply.headers.is_none(), "kv.get failed");
+                        Ok(())
+                    }
+                }
+            };
+            let c = drive(requests, concurrency, cairn).await?;
+            let echo = {
+                let nats = nats.clone();
+                let subject = echo_subject.clone();
+                let ns = ns.clone();
+                move |i: usize| {
+                    let nats = nats.clone();
+                    let subject = subject.clone();
+                    let k = (i.wrapping_mul(2_654_435_761)) % keys;
+                    let body =
+                        serde_json::to_vec(&json!({"namespace": ns, "key": format!("k{k}")}));
+                    async move {
+                        nats.request(subject, body?.into()).await?;
+                        Ok(())
+                    }
+                }
+            };
+            let e = drive(requests, concurrency, echo).await?;
+            let rget = {
+                let redis = redis.clone();
+                let ns = ns.clone();
+                move |i: usize| {
+                    let mut redis = redis.clone();
+                    let k = (i.wrapping_mul(2_654_435_761)) % keys;
+                    let key = format!("{ns}:k{k}");
+                    async move {
+                        let v: Option<Vec<u8>> =
+                            redis::cmd("GET").arg(key).query_async(&mut redis).await?;
+                        anyhow::ensure!(v.is_some(), "redis GET missed");
+                        Ok(())
+                    }
+                }
+            };
+            let r = drive(requests, concurrency, rget).await?;
+            lines.push(format!(
+                "kv get, {size} B, {keys} keys, concurrency {concurrency}: cairn p50={:.0}µs p99={:.0}µs {:.0}/s; echo p50={:.0}µs p99={:.0}µs {:.0}/s; redis p50={:.0}µs p99={:.0}µs {:.0}/s; p50 cairn/echo {:.2}, cairn/redis {:.2}, echo/redis {:.2}",
+                us(c.latency.p50), us(c.latency.p99), c.per_sec,
+                us(e.latency.p50), us(e.latency.p99), e.per_sec,
+                us(r.latency.p50), us(r.latency.p99), r.per_sec,
+                us(c.latency.p50) / us(e.latency.p50).max(1e-9),
+                us(c.latency.p50) / us(r.latency.p50).max(1e-9),
+                us(e.latency.p50) / us(r.latency.p50).max(1e-9),
+            ));
+            cairn_runs.push(c);
+            echo_runs.push(e);
+            redis_runs.push(r);
+        }
+        echo_task.abort();
+    }
+    Ok(((cairn_runs, lines), echo_runs, redis_runs))
+}
+
+/// SETs of 100-byte values at concurrency 1 and 64: cairn, then redis with
+/// `appendfsync` = `fsync`.
+async fn sets(
+    url: &str,
+    redis_url: &str,
+    options: &KvOptions,
+    fsync: &str,
+) -> anyhow::Result<(Vec<Run>, Vec<Run>)> {
+    let nats = async_nats::connect(url).await?;
+    let mut redis = redis_connect(redis_url).await?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg(fsync)
+        .query_async(&mut redis)
+        .await?;
+    let (mut c_runs, mut r_runs) = (Vec::new(), Vec::new());
+    let keys = options.keys.max(1);
+    for concurrency in [1usize, 64] {
+        let requests = options.requests;
+        let cairn = {
+            let nats = nats.clone();
+            move |i: usize| {
+                let nats = nats.clone();
+                let body = serde_json::to_vec(
+                    &json!({"namespace": "set", "key": format!("k{}", i % keys), "value": value_of(100, i)}),
+                );
+                async move {
+                    let reply = nats.request("cairn.v1.kv.set", body?.into()).await?;
+                    anyhow::ensure!(reply.headers.is_none(), "kv.set failed");
+                    Ok(())
+                }
+            }
+        };
+        c_runs.push(drive(requests, concurrency, cairn).await?);
+        let rset = {
+            let redis = redis.clone();
+            move |i: usize| {
+                let mut redis = redis.clone();
+                async move {
+                    let _: () = redis::cmd("SET")
+                        .arg(format!("set:k{}", i % keys))
+                        .arg(value_of(100, i))
+                        .query_async(&mut redis)
+                        .await?;
+                    Ok(())
+                }
+            }
+        };
+        r_runs.push(drive(requests, concurrency, rset).await?);
+    }
+    Ok((c_runs, r_runs))
+}
+
+/// RSS growth of this process over `memory_entries` sets of 100 bytes vs
+/// Redis's `used_memory` growth.
+async fn memory(url: &str, redis_url: &str, options: &KvOptions) -> anyhow::Result<(u64, u64)> {
+    let nats = async_nats::connect(url).await?;
+    let mut redis = redis_connect(redis_url).await?;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut redis).await?;
+    let n = options.memory_entries;
+    let before = rss_bytes();
+    let set = {
+        let nats = nats.clone();
+        move |i: usize| {
+            let nats = nats.clone();
+            let body = serde_json::to_vec(
+                &json!({"namespace": "mem", "key": format!("key:{i:09}"), "value": value_of(100, i)}),
+            );
+            async move {
+                let reply = nats.request("cairn.v1.kv.set", body?.into()).await?;
+                anyhow::ensure!(reply.headers.is_none(), "kv.set failed");
+                Ok(())
+            }
+        }
+    };
+    drive(n, 64, set).await?;
+    let rss = rss_bytes().saturating_sub(before);
+    let used_before = redis_info_used_memory(&mut redis).await?;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.set(format!("mem:key:{i:09}"), value_of(100, i))
+            .ignore();
+        if i % 1000 == 999 || i + 1 == n {
+            let _: () = pipe.query_async(&mut redis).await?;
+            pipe = redis::pipe();
+        }
+    }
+    let used = redis_info_used_memory(&mut redis)
+        .await?
+        .saturating_sub(used_before);
+    Ok((rss, used))
+}
+
+/// `compaction_sets` KvEntrySet events over `compaction_keys` keys in a
+/// fresh store, compacted; answers (sets, kv events left).
+fn compaction(options: &KvOptions) -> anyhow::Result<(usize, usize)> {
+    use cairn_events::{envelope::Metadata, v1::event::Payload};
+    use cairn_storage::{
+        views::{default_views, kv::KvCompactionPolicy},
+        EventLog, ExpectedVersion, Store, StoreConfig,
+    };
+    let dir = tempfile::tempdir()?;
+    let mut config = StoreConfig::new(dir.path());
+    config.sync = false;
+    let store = Store::open(config, default_views())?;
+    let per_append = 1000usize;
+    let mut done = 0;
+    while done < options.compaction_sets {
+        let events = (done..(done + per_append).min(options.compaction_sets))
+            .map(|i| {
+                let k = i % options.compaction_keys.max(1);
+                cairn_events::envelope::event(Payload::KvEntrySet(cairn_events::v1::KvEntrySet {
+                    namespace: format!("ns{}", k % 16),
+                    key: format!("k{k}"),
+                    value: value_of(100, i).into_bytes(),
+                    json: false,
+                    tags: vec![],
+                    created_at_ms: 1,
+                    expires_at_ms: 0,
+                }))
+            })
+            .collect::<Vec<_>>();
+        done += events.len();
+        let stream = cairn_actors::kv::partition_stream(done % cairn_actors::kv::KV_PARTITIONS);
+        store.append(
+            &stream,
+            ExpectedVersion::Any,
+            events,
+            Metadata::command("bench"),
+        )?;
+    }
+    store.compact(
+        Arc::new(KvCompactionPolicy::default()),
+        std::time::SystemTime::now(),
+    )?;
+    let mut kept = 0;
+    let mut from = 1;
+    loop {
+        let page = store.read_all(from, 10_000)?;
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        kept += page.iter().filter(|e| e.stream.starts_with("kv/")).count();
+    }
+    Ok((options.compaction_sets, kept))
+}

@@ -1,0 +1,1160 @@
+//! The key-value cache (`cairn.v1.kv.*`) on a real node (real nats-server,
+//! real RocksDB), with an injected clock for TTLs: each endpoint's
+//! contract, bad input, eviction, restart, compaction, the audit trail.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use cairn_actors::schedule::ManualClock;
+use cairn_storage::{views::kv::KvCompactionPolicy, CompactingLog, EventLog};
+use cairn_tests::{TestDir, TestNode, TestNodeBuilder};
+use prost::Message as _;
+use serde_json::{json, Value};
+
+/// 2026-11-21T10:00:00Z.
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
+}
+
+async fn start_in(dir: &Path, clock: &ManualClock) -> TestNode {
+    TestNodeBuilder::in_dir(dir)
+        .configure(|c| {
+            c.kv.value_max_bytes = 4096;
+            c.kv.sweep_interval = Duration::ZERO;
+        })
+        .clock(Arc::new(clock.clone()))
+        .start()
+        .await
+}
+
+async fn start() -> (TestDir, TestNode, ManualClock) {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = start_in(dir.path(), &clock).await;
+    (dir, node, clock)
+}
+
+async fn keys(node: &TestNode, body: Value) -> Vec<String> {
+    let reply = node.client().ok("kv.keys", body).await;
+    reply["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["full_key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn set_get_exists_delete_with_namespace_isolation() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let a = c
+        .ok(
+            "kv.set",
+            json!({"namespace": "user:123", "key": "profile", "value": {"name": "Alice"}, "tags": ["user", "profile", "user"]}),
+        )
+        .await;
+    assert_eq!(a["created_at"], json!("2026-11-21T10:00:00Z"));
+    assert_eq!(a["expires_at"], Value::Null);
+    c.ok(
+        "kv.set",
+        json!({"namespace": "user:456", "key": "profile", "value": {"name": "Bob"}}),
+    )
+    .await;
+    c.ok(
+        "kv.set",
+        json!({"key": "blob", "value_b64": "AAEC/w==", "ttl": "1h"}),
+    )
+    .await;
+
+    let got = c
+        .ok("kv.get", json!({"namespace": "user:123", "key": "profile"}))
+        .await;
+    assert_eq!(got["value"], json!({"name": "Alice"}));
+    assert_eq!(got["tags"], json!(["profile", "user"]));
+    assert_eq!(got["hit_count"], json!(1));
+    assert_eq!(got["version"], a["version"]);
+    let bob = c
+        .ok("kv.get", json!({"namespace": "user:456", "key": "profile"}))
+        .await;
+    assert_eq!(bob["value"], json!({"name": "Bob"}));
+    let blob = c.ok("kv.get", json!({"key": "blob"})).await;
+    assert_eq!(blob["value_b64"], json!("AAEC/w=="));
+    assert_eq!(blob["expires_at"], json!("2026-11-21T11:00:00Z"));
+    // The default namespace is its own: "profile" is not there.
+    let miss = c
+        .call("kv.get", json!({"key": "profile"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (miss.code, miss.message.as_str()),
+        (404, "kv entry \"profile\" not found")
+    );
+
+    assert_eq!(
+        c.ok(
+            "kv.delete",
+            json!({"namespace": "user:123", "key": "profile"})
+        )
+        .await,
+        json!({"deleted": true})
+    );
+    assert_eq!(
+        c.ok(
+            "kv.delete",
+            json!({"namespace": "user:123", "key": "profile"})
+        )
+        .await,
+        json!({"deleted": false})
+    );
+    assert_eq!(
+        c.ok(
+            "kv.exists",
+            json!({"namespace": "user:123", "key": "profile"})
+        )
+        .await,
+        json!({"exists": false})
+    );
+    assert_eq!(
+        c.ok(
+            "kv.exists",
+            json!({"namespace": "user:456", "key": "profile"})
+        )
+        .await,
+        json!({"exists": true})
+    );
+    assert_eq!(
+        keys(&node, json!({})).await,
+        vec!["blob".to_owned(), "user:456:profile".to_owned()]
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn tags_any_and_all_and_namespace_and_clear() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    for (ns, key, tags) in [
+        ("catalog", "p1", vec!["product", "featured"]),
+        ("catalog", "p2", vec!["product"]),
+        ("other", "p3", vec!["featured"]),
+        ("other", "p4", vec!["misc"]),
+        ("third", "p5", vec![]),
+    ] {
+        c.ok(
+            "kv.set",
+            json!({"namespace": ns, "key": key, "value": 1, "tags": tags}),
+        )
+        .await;
+    }
+    assert_eq!(
+        c.ok(
+            "kv.delete_by_tags",
+            json!({"tags": ["product", "featured"], "match": "all"})
+        )
+        .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        keys(&node, json!({})).await,
+        ["catalog:p2", "other:p3", "other:p4", "third:p5"]
+    );
+    assert_eq!(
+        c.ok(
+            "kv.delete_by_tags",
+            json!({"tags": ["product", "featured"]})
+        )
+        .await,
+        json!({"deleted": 2})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["other:p4", "third:p5"]);
+    assert_eq!(
+        c.ok("kv.delete_by_namespace", json!({"namespace": "other"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    let err = c.call("kv.clear", json!({})).await.unwrap_err();
+    assert_eq!(err.code, 400);
+    assert!(err.message.starts_with("all: "), "{}", err.message);
+    assert_eq!(keys(&node, json!({})).await, ["third:p5"]);
+    assert_eq!(
+        c.ok("kv.clear", json!({"all": true})).await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn pattern_globs_over_full_keys_including_a_literal_star() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    for (ns, key) in [
+        ("", "user:1"),
+        ("", "user:2"),
+        ("", "user*"),
+        ("", "users"),
+        ("user", "9"),
+        ("", "a*b"),
+        ("", "axb"),
+    ] {
+        c.ok("kv.set", json!({"namespace": ns, "key": key, "value": key}))
+            .await;
+    }
+    assert_eq!(
+        keys(&node, json!({"pattern": "user:?"})).await,
+        ["user:1", "user:2", "user:9"]
+    );
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "a\\*b"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "user\\*"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "user:[12]"}))
+            .await,
+        json!({"deleted": 2})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["axb", "users", "user:9"]);
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "user:*"}))
+            .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["axb", "users"]);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn ttl_expires_at_the_exact_instant_and_cleanup_removes_it() {
+    let (_dir, node, clock) = start().await;
+    let c = node.client();
+    c.ok("kv.set", json!({"key": "s", "value": "x", "ttl": 10}))
+        .await;
+    c.ok("kv.set", json!({"key": "forever", "value": "y"}))
+        .await;
+    clock.advance(Duration::from_millis(9_999));
+    assert_eq!(
+        c.ok("kv.get", json!({"key": "s"})).await["value"],
+        json!("x")
+    );
+    clock.advance(Duration::from_millis(1));
+    let miss = c.call("kv.get", json!({"key": "s"})).await.unwrap_err();
+    assert_eq!(miss.code, 404);
+    assert_eq!(
+        c.ok("kv.exists", json!({"key": "s"})).await,
+        json!({"exists": false})
+    );
+    assert_eq!(keys(&node, json!({})).await, ["forever"]);
+    assert_eq!(c.ok("kv.cleanup", json!({})).await, json!({"removed": 1}));
+    assert_eq!(c.ok("kv.cleanup", json!({})).await, json!({"removed": 0}));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn stats_are_exact_and_exists_counts_no_hit() {
+    let (_dir, node, clock) = start().await;
+    let c = node.client();
+    c.ok("kv.set", json!({"namespace": "n", "key": "a", "value": 1}))
+        .await;
+    clock.advance(Duration::from_secs(5));
+    c.ok("kv.set", json!({"namespace": "n", "key": "b", "value": 2}))
+        .await;
+    c.ok("kv.set", json!({"namespace": "m", "key": "c", "value": 3}))
+        .await;
+    c.ok("kv.get", json!({"namespace": "n", "key": "a"})).await;
+    c.ok("kv.get", json!({"namespace": "n", "key": "a"})).await;
+    c.ok("kv.get", json!({"namespace": "n", "key": "b"})).await;
+    c.call("kv.get", json!({"namespace": "n", "key": "zz"}))
+        .await
+        .unwrap_err();
+    for _ in 0..5 {
+        c.ok("kv.exists", json!({"namespace": "n", "key": "a"}))
+            .await;
+        c.ok("kv.exists", json!({"namespace": "n", "key": "nope"}))
+            .await;
+    }
+    let stats = c.ok("kv.stats", json!({"namespace": "n"})).await;
+    assert_eq!(stats["total_entries"], json!(2));
+    assert_eq!(stats["total_hits"], json!(3));
+    assert_eq!(stats["total_misses"], json!(1));
+    assert_eq!(stats["hit_rate"], json!(0.75));
+    assert_eq!(stats["evictions"], json!(0));
+    assert_eq!(stats["oldest_entry"], json!("2026-11-21T10:00:00Z"));
+    assert_eq!(stats["newest_entry"], json!("2026-11-21T10:00:05Z"));
+    assert_eq!(
+        c.ok("kv.get", json!({"namespace": "n", "key": "a"})).await["hit_count"],
+        json!(3)
+    );
+    let all = c.ok("kv.stats", json!({})).await;
+    assert_eq!(all["total_entries"], json!(3));
+    assert_eq!(all["total_hits"], json!(4));
+    assert_eq!(all["total_misses"], json!(1));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn bad_input_is_a_400_naming_the_field_and_stores_nothing() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let before = node.store().last_seq().unwrap();
+    let long = "k".repeat(1025);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("kv.set", json!({"key": "", "value": 1}), "key"),
+        ("kv.set", json!({"key": long, "value": 1}), "key"),
+        (
+            "kv.set",
+            json!({"namespace": "n".repeat(257), "key": "k", "value": 1}),
+            "namespace",
+        ),
+        (
+            "kv.set",
+            json!({"namespace": "a\u{7}b", "key": "k", "value": 1}),
+            "namespace",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": "v".repeat(5000)}),
+            "value",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "value_b64": "AA=="}),
+            "value_b64",
+        ),
+        ("kv.set", json!({"key": "k"}), "value"),
+        ("kv.set", json!({"key": "k", "value": 1, "ttl": -1}), "ttl"),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "ttl": "-5s"}),
+            "ttl",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "ttl": "400days"}),
+            "ttl",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "ttl": 40_000_000}),
+            "ttl",
+        ),
+        (
+            "kv.set",
+            json!({"key": "k", "value": 1, "tags": (0..65).map(|i| i.to_string()).collect::<Vec<_>>()}),
+            "tags",
+        ),
+        (
+            "kv.delete_by_pattern",
+            json!({"pattern": "p".repeat(1025)}),
+            "pattern",
+        ),
+        ("kv.clear", json!({}), "all"),
+        (
+            "kv.delete_by_tags",
+            json!({"tags": [], "match": "any"}),
+            "tags",
+        ),
+        (
+            "kv.delete_by_tags",
+            json!({"tags": ["a"], "match": "some"}),
+            "match",
+        ),
+        (
+            "kv.configure",
+            json!({"namespace": "n", "origin": {"subject": "compute.*"}}),
+            "origin.subject",
+        ),
+        ("kv.get", json!({"key": "k", "extra": 1}), "extra"),
+        (
+            "kv.get_or_compute",
+            json!({"key": "k", "compute": {"subject": "compute.>", "body": 1}}),
+            "compute.subject",
+        ),
+    ];
+    for (endpoint, body, field) in cases {
+        let err = c.call(endpoint, body.clone()).await.unwrap_err();
+        assert_eq!(err.code, 400, "{endpoint} {body}: {}", err.message);
+        assert!(
+            err.message.starts_with(&format!("{field}: ")),
+            "{endpoint} {body}: {}",
+            err.message
+        );
+    }
+    assert_eq!(node.store().last_seq().unwrap(), before, "nothing appended");
+    assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn max_entries_evicts_the_least_recently_used() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "lru", "max_entries": 100}),
+    )
+    .await;
+    for i in 0..100 {
+        c.ok(
+            "kv.set",
+            json!({"namespace": "lru", "key": format!("k{i:03}"), "value": i}),
+        )
+        .await;
+    }
+    // Reading the first 10 makes them recent: k010..k059 are the LRU.
+    for i in 0..10 {
+        c.ok(
+            "kv.get",
+            json!({"namespace": "lru", "key": format!("k{i:03}")}),
+        )
+        .await;
+    }
+    for i in 100..150 {
+        c.ok(
+            "kv.set",
+            json!({"namespace": "lru", "key": format!("k{i:03}"), "value": i}),
+        )
+        .await;
+    }
+    let mut expected: Vec<String> = (0..10)
+        .chain(60..150)
+        .map(|i| format!("lru:k{i:03}"))
+        .collect();
+    expected.sort();
+    let mut got = keys(&node, json!({"namespace": "lru", "limit": 1000})).await;
+    got.sort();
+    assert_eq!(got.len(), 100);
+    assert_eq!(got, expected);
+    let stats = c.ok("kv.stats", json!({"namespace": "lru"})).await;
+    assert_eq!(stats["evictions"], json!(50));
+    assert_eq!(stats["total_entries"], json!(100));
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn entries_and_expiry_survive_a_restart_and_expired_ones_do_not_come_back() {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = start_in(dir.path(), &clock).await;
+    let c = node.client();
+    c.ok(
+        "kv.set",
+        json!({"namespace": "n", "key": "keep", "value": "v", "ttl": "1h"}),
+    )
+    .await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "n", "key": "short", "value": "v", "ttl": 5}),
+    )
+    .await;
+    node.shutdown().await;
+    clock.advance(Duration::from_secs(10));
+    let node = start_in(dir.path(), &clock).await;
+    let c = node.client();
+    let got = c
+        .ok("kv.get", json!({"namespace": "n", "key": "keep"}))
+        .await;
+    assert_eq!(got["expires_at"], json!("2026-11-21T11:00:00Z"));
+    assert_eq!(
+        c.call("kv.get", json!({"namespace": "n", "key": "short"}))
+            .await
+            .unwrap_err()
+            .code,
+        404
+    );
+    assert_eq!(keys(&node, json!({})).await, ["n:keep"]);
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        c.ok("kv.cleanup", json!({"namespace": "n"})).await,
+        json!({"removed": 2})
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn rewrites_compact_to_one_event_per_key_and_rebuild_equals_live() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    const KEYS: usize = 50;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        for k in 0..KEYS {
+            c.ok(
+                "kv.set",
+                json!({"namespace": format!("ns{}", k % 5), "key": format!("k{k}"), "value": round, "tags": [format!("t{}", k % 3)]}),
+            )
+            .await;
+        }
+    }
+    c.ok("kv.delete", json!({"namespace": "ns0", "key": "k0"}))
+        .await;
+    c.ok("kv.delete_by_tags", json!({"tags": ["t1"]})).await;
+    let store = node.store().clone();
+    let live = store.view_dumps().unwrap();
+    let stats = tokio::task::spawn_blocking(move || {
+        store.compact(Arc::new(KvCompactionPolicy::default()), SystemTime::now())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stats.scanned as usize, KEYS * ROUNDS + 1 + 5);
+    let remaining = node.store().read_all(0, 100_000).unwrap();
+    // One event per key (a set, or the delete of k0) + the bulk
+    // invalidations (one per partition the tags touched).
+    let bulk = remaining
+        .iter()
+        .filter(|e| e.stream.starts_with("kv/"))
+        .filter(|e| {
+            matches!(
+                e.event.as_ref().and_then(|e| e.payload.as_ref()),
+                Some(cairn_events::v1::event::Payload::KvEntriesDeleted(_))
+            )
+        })
+        .count();
+    let kv_events = remaining
+        .iter()
+        .filter(|e| e.stream.starts_with("kv/"))
+        .count();
+    // One per partition holding a namespace of a `t1` key.
+    let partitions: std::collections::BTreeSet<usize> = (0..KEYS)
+        .filter(|k| k % 3 == 1)
+        .map(|k| cairn_actors::kv::partition_of(&format!("ns{}", k % 5)))
+        .collect();
+    assert_eq!(bulk, partitions.len());
+    assert_eq!(
+        kv_events,
+        KEYS + bulk,
+        "of {} kv events",
+        KEYS * ROUNDS + 1 + bulk
+    );
+    let store = node.store().clone();
+    tokio::task::spawn_blocking(move || store.rebuild_views().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(node.store().view_dumps().unwrap(), live);
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn delete_by_tags_is_in_the_log_with_its_principal() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let mut published = c.subscribe("cairn.events.kv.>").await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "cat", "key": "p", "value": 1, "tags": ["product"]}),
+    )
+    .await;
+    c.ok("kv.set", json!({"key": "d", "value": 1})).await;
+    c.ok(
+        "kv.delete_by_tags",
+        json!({"tags": ["product"], "principal": "ada@example.com"}),
+    )
+    .await;
+    let log = c.ok("log.read", json!({"limit": 1000})).await;
+    let events = log["events"].as_array().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], json!("KvEntriesDeleted"));
+    assert_eq!(last["principal"], json!("ada@example.com"));
+    assert_eq!(
+        last["event"]["kv_entries_deleted"],
+        json!({"by": "tags", "selector": "any:product", "count": "1", "entries": [{"namespace": "cat", "key": "p"}]})
+    );
+    // Published on cairn.events.kv.<namespace token>.kv.<type>, in order.
+    let subjects = [
+        "cairn.events.kv.cat.kv.entry-set",
+        "cairn.events.kv.~.kv.entry-set",
+        "cairn.events.kv.cat.kv.entries-deleted",
+    ];
+    for subject in subjects {
+        assert_eq!(published.next().await.subject.as_str(), subject);
+    }
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn key_for_is_canonical_and_protobuf_works_too() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let a = c
+        .ok("kv.key_for", json!({"function": "render", "args": ["pkg", 1], "kwargs": {"b": 2, "a": {"y": 1, "x": 0}}}))
+        .await;
+    let b = c
+        .ok("kv.key_for", json!({"function": "render", "args": ["pkg", 1], "kwargs": {"a": {"x": 0, "y": 1}, "b": 2}}))
+        .await;
+    assert_eq!(a, b);
+    assert!(a["key"].as_str().unwrap().starts_with("fn:render:"));
+    assert_eq!(a["key"].as_str().unwrap().len(), "fn:render:".len() + 64);
+
+    let set = cairn_events::v1::KvSetRequest {
+        namespace: "pb".into(),
+        key: "k".into(),
+        value_b64: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let reply = c.call_proto("kv.set", set.encode_to_vec()).await;
+    let set_reply = cairn_events::v1::KvSetReply::decode(reply.payload.as_ref()).unwrap();
+    assert!(set_reply.version > 0);
+    let get = cairn_events::v1::KvKeyRequest {
+        namespace: "pb".into(),
+        key: "k".into(),
+        ..Default::default()
+    };
+    let reply = c.call_proto("kv.get", get.encode_to_vec()).await;
+    let entry = cairn_events::v1::KvEntry::decode(reply.payload.as_ref()).unwrap();
+    assert_eq!(entry.value_b64, vec![1, 2, 3]);
+    assert_eq!(entry.version, set_reply.version);
+    node.shutdown().await;
+}
+
+/// What a responder answers: a payload, and an error code and message
+/// (sent as the micro protocol's headers) or none.
+type Answer = (Value, Option<(u16, &'static str)>);
+
+/// A real NATS responder on `subject`: answers each request with
+/// `answer(body)` once `ready()` holds (waited for with a deadline); counts
+/// the requests and keeps their bodies. Subscribed when this returns.
+async fn responder(
+    node: &TestNode,
+    subject: &str,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    answer: impl Fn(&Value) -> Answer + Send + Sync + 'static,
+) -> (
+    Arc<std::sync::Mutex<Vec<Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt as _;
+    let nats = node.client().nats().clone();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let bodies = seen.clone();
+    let mut sub = nats.subscribe(subject.to_owned()).await.unwrap();
+    nats.flush().await.unwrap();
+    let task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let body: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+            bodies.lock().unwrap().push(body.clone());
+            let (payload, error) = answer(&body);
+            cairn_tests::wait_until("the responder's go", cairn_tests::WAIT, || {
+                let go = ready();
+                async move { go }
+            })
+            .await;
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some((code, message)) = error {
+                headers.insert("Nats-Service-Error-Code", code.to_string().as_str());
+                headers.insert("Nats-Service-Error", message);
+            }
+            let payload = serde_json::to_vec(&payload).unwrap();
+            nats.publish_with_headers(msg.reply.clone().unwrap(), headers, payload.into())
+                .await
+                .unwrap();
+            nats.flush().await.unwrap();
+        }
+    });
+    (seen, task)
+}
+
+/// 100 concurrent `get_or_compute` of one missing key.
+async fn hundred_computes(
+    node: &TestNode,
+    subject: &str,
+) -> Vec<Result<Value, cairn_tests::client::ServiceError>> {
+    let c = node.client();
+    let calls = (0..100).map(|_| {
+        c.call(
+            "kv.get_or_compute",
+            json!({"namespace": "fn", "key": "k", "ttl": "1h", "tags": ["computed"],
+                   "compute": {"subject": subject, "body": {"n": 7}}}),
+        )
+    });
+    futures::future::join_all(calls).await
+}
+
+#[actix_rt::test]
+async fn get_or_compute_calls_the_compute_once_for_100_concurrent_misses() {
+    let (_dir, node, _clock) = start().await;
+    let kv = node.node().kv().clone();
+    let (seen, task) = responder(
+        &node,
+        "compute.render",
+        move || match kv.flights().callers("fn", "k") {
+            100 => Ok(()),
+            n => Err(format!("{n} callers in the flight")),
+        },
+        |body| (json!({"rendered": body["n"]}), None),
+    )
+    .await;
+    let replies = hundred_computes(&node, "compute.render").await;
+    for reply in &replies {
+        let reply = reply.as_ref().unwrap();
+        assert_eq!(reply["value"], json!({"rendered": 7}));
+        assert_eq!(reply["tags"], json!(["computed"]));
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![json!({"n": 7})],
+        "exactly one compute request"
+    );
+    // Cached: the next one is a hit, with no compute.
+    let again = hundred_computes(&node, "compute.render").await;
+    assert!(again
+        .iter()
+        .all(|r| r.as_ref().unwrap()["value"] == json!({"rendered": 7})));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    task.abort();
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_failing_compute_fails_every_waiter_and_caches_nothing() {
+    let (_dir, node, _clock) = start().await;
+    let kv = node.node().kv().clone();
+    let (seen, task) = responder(
+        &node,
+        "compute.fail",
+        move || match kv.flights().callers("fn", "k") {
+            100 => Ok(()),
+            n => Err(format!("{n} callers in the flight")),
+        },
+        |_| (json!({"error": "boom"}), Some((500, "render failed: boom"))),
+    )
+    .await;
+    let replies = hundred_computes(&node, "compute.fail").await;
+    for reply in replies {
+        let e = reply.unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (500, "compute compute.fail: render failed: boom")
+        );
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let c = node.client();
+    assert_eq!(
+        c.ok("kv.exists", json!({"namespace": "fn", "key": "k"}))
+            .await,
+        json!({"exists": false})
+    );
+    assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
+    task.abort();
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn read_through_origin_caches_answers_and_a_404_is_a_miss() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let (seen, task) = responder(
+        &node,
+        "origin.users",
+        || Ok(()),
+        |body| match body["key"].as_str() {
+            Some("alice") => (json!({"name": "Alice"}), None),
+            _ => (json!(null), Some((404, "no such user"))),
+        },
+    )
+    .await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "users", "origin": {"subject": "origin.users"}}),
+    )
+    .await;
+    let got = c
+        .ok("kv.get", json!({"namespace": "users", "key": "alice"}))
+        .await;
+    assert_eq!(got["value"], json!({"name": "Alice"}));
+    let again = c
+        .ok("kv.get", json!({"namespace": "users", "key": "alice"}))
+        .await;
+    assert_eq!(again["value"], json!({"name": "Alice"}));
+    let miss = c
+        .call("kv.get", json!({"namespace": "users", "key": "ghost"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (miss.code, miss.message.as_str()),
+        (404, "kv entry \"users:ghost\" not found")
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            json!({"op": "get", "namespace": "users", "key": "alice"}),
+            json!({"op": "get", "namespace": "users", "key": "ghost"}),
+        ]
+    );
+    let stats = c.ok("kv.stats", json!({"namespace": "users"})).await;
+    assert_eq!(
+        (stats["total_hits"].clone(), stats["total_misses"].clone()),
+        (json!(1), json!(2))
+    );
+    task.abort();
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn an_origin_that_does_not_answer_times_out() {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = TestNodeBuilder::in_dir(dir.path())
+        .configure(|c| c.kv.origin_timeout = Duration::from_millis(300))
+        .clock(Arc::new(clock.clone()))
+        .start()
+        .await;
+    let c = node.client();
+    // Subscribed, never answering.
+    let _silent = c.subscribe("origin.silent").await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "slow", "origin": {"subject": "origin.silent"}}),
+    )
+    .await;
+    let e = c
+        .call("kv.get", json!({"namespace": "slow", "key": "k"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (504, "origin origin.silent: no reply within 300ms")
+    );
+    let e = c
+        .call("kv.get", json!({"namespace": "none", "key": "k"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 404);
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "gone", "origin": {"subject": "origin.nobody"}}),
+    )
+    .await;
+    let e = c
+        .call("kv.get", json!({"namespace": "gone", "key": "k"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (503, "origin origin.nobody: no responders")
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn write_through_sends_to_the_origin_first_and_its_error_stores_nothing() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let (seen, task) = responder(
+        &node,
+        "origin.wt",
+        || Ok(()),
+        |body| match body["key"].as_str() {
+            Some("bad") => (json!(null), Some((503, "database down"))),
+            _ => (json!({"ok": true}), None),
+        },
+    )
+    .await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "wt", "origin": {"subject": "origin.wt", "write_through": true}}),
+    )
+    .await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "wt", "key": "good", "value": [1, 2], "ttl": 60, "tags": ["t"]}),
+    )
+    .await;
+    let e = c
+        .call(
+            "kv.set",
+            json!({"namespace": "wt", "key": "bad", "value": 3}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (503, "origin origin.wt: database down")
+    );
+    assert_eq!(keys(&node, json!({"namespace": "wt"})).await, ["wt:good"]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            json!({"op": "set", "namespace": "wt", "key": "good", "value": [1, 2], "tags": ["t"], "ttl_ms": 60000}),
+            json!({"op": "set", "namespace": "wt", "key": "bad", "value": 3, "tags": []}),
+        ]
+    );
+    // Deletes invalidate only the entry named; the origin is not asked.
+    c.ok("kv.delete", json!({"namespace": "wt", "key": "good"}))
+        .await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    task.abort();
+    node.shutdown().await;
+}
+
+/// `kv.durability`: `sync` fsyncs every group commit of a set; `batched`
+/// answers once the write is in the WAL (no fsync on the write path) and
+/// the entries are there after a restart all the same.
+#[actix_rt::test]
+async fn batched_durability_answers_without_an_fsync_and_sync_fsyncs_each_write() {
+    use cairn::config::KvDurability;
+    for durability in [KvDurability::Sync, KvDurability::Batched] {
+        let dir = TestDir::new();
+        let builder = |dir: &Path| {
+            TestNodeBuilder::in_dir(dir).configure(move |c| {
+                c.kv.durability = durability;
+                c.kv.flush_interval = Duration::from_secs(3600);
+            })
+        };
+        let node = builder(dir.path()).start().await;
+        let c = node.client();
+        let before = node.store().writer_stats();
+        for i in 0..5 {
+            c.ok("kv.set", json!({"key": format!("k{i}"), "value": i}))
+                .await;
+        }
+        let after = node.store().writer_stats();
+        let batches = after.batches - before.batches;
+        let synced = after.synced_batches - before.synced_batches;
+        assert!(batches >= 5, "{durability:?}: {batches} batches");
+        match durability {
+            KvDurability::Sync => assert_eq!(synced, batches, "every batch fsynced"),
+            KvDurability::Batched => assert_eq!(synced, 0, "no fsync on the write path"),
+        }
+        node.shutdown().await;
+        let node = builder(dir.path()).start().await;
+        assert_eq!(
+            keys(&node, json!({})).await,
+            ["k0", "k1", "k2", "k3", "k4"],
+            "{durability:?}"
+        );
+        node.shutdown().await;
+    }
+}
+
+/// `cairn kv …` (the real binary) with `args`, then `-s <nats>`.
+async fn kv_cli(node: &TestNode, args: &[&str]) -> cairn_tests::CliOutput {
+    cairn_tests::cairn_cli!()
+        .run_env(
+            ["kv"]
+                .into_iter()
+                .chain(args.iter().copied())
+                .chain(["-s", node.node().nats_url.as_str()]),
+            &[],
+            &["CAIRN_NATS_URL", "NATS_URL", "CAIRN_NAMESPACE"],
+        )
+        .await
+}
+
+fn cli_ok(out: cairn_tests::CliOutput) -> String {
+    assert!(out.success, "failed: {}\n{}", out.stderr, out.stdout);
+    out.stdout
+}
+
+#[actix_rt::test]
+async fn the_kv_cli_sets_gets_lists_deletes_with_namespaces_tags_and_ttls() {
+    let (_dir, node, _clock) = start().await;
+    assert_eq!(
+        cli_ok(
+            kv_cli(
+                &node,
+                &[
+                    "set",
+                    "-n",
+                    "user:123",
+                    "profile",
+                    "{\"name\":\"Alice\"}",
+                    "--json",
+                    "--tag",
+                    "user",
+                    "--ttl",
+                    "1h"
+                ]
+            )
+            .await
+        ),
+        "set user:123:profile (version 1)\n"
+    );
+    cli_ok(
+        kv_cli(
+            &node,
+            &[
+                "set",
+                "plain",
+                "hello",
+                "--tag",
+                "misc",
+                "--principal",
+                "ada",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["get", "profile", "-n", "user:123"]).await),
+        "{\"name\":\"Alice\"}\n"
+    );
+    let got: Value = serde_json::from_str(&cli_ok(
+        kv_cli(&node, &["-o", "json", "get", "plain"]).await,
+    ))
+    .unwrap();
+    assert_eq!(got["value"], json!("hello"));
+    assert_eq!(got["tags"], json!(["misc"]));
+    let yaml = cli_ok(kv_cli(&node, &["get", "-n", "user:123", "profile", "-o", "yaml"]).await);
+    assert!(
+        yaml.contains("expires_at: 2026-11-21T11:00:00Z\n"),
+        "{yaml}"
+    );
+    let miss = kv_cli(&node, &["get", "nope"]).await;
+    assert!(!miss.success);
+    assert!(
+        miss.stderr.contains("kv entry \"nope\" not found"),
+        "{}",
+        miss.stderr
+    );
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["keys"]).await),
+        "plain\nuser:123:profile\n"
+    );
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["keys", "--pattern", "user:*"]).await),
+        "user:123:profile\n"
+    );
+    let stats: Value =
+        serde_json::from_str(&cli_ok(kv_cli(&node, &["stats", "-o", "json"]).await)).unwrap();
+    assert_eq!(
+        (
+            stats["total_entries"].clone(),
+            stats["total_hits"].clone(),
+            stats["total_misses"].clone()
+        ),
+        (json!(2), json!(3), json!(1))
+    );
+    let table = cli_ok(kv_cli(&node, &["stats"]).await);
+    assert!(table.starts_with("ENTRIES"), "{table}");
+    let key_for = cli_ok(
+        kv_cli(
+            &node,
+            &[
+                "key-for", "render", "--arg", "\"pkg\"", "--kwarg", "b=2", "--kwarg", "a=1",
+            ],
+        )
+        .await,
+    );
+    let key_for_swapped = cli_ok(
+        kv_cli(
+            &node,
+            &[
+                "key-for", "render", "--arg", "\"pkg\"", "--kwarg", "a=1", "--kwarg", "b=2",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(key_for, key_for_swapped);
+    assert!(key_for.starts_with("fn:render:") && key_for.len() == "fn:render:".len() + 65);
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["del", "--tag", "misc"]).await),
+        "deleted 1\n"
+    );
+    assert_eq!(cli_ok(kv_cli(&node, &["cleanup"]).await), "removed 0\n");
+    let bad = kv_cli(&node, &["set", "k", "v", "--ttl=-5s"]).await;
+    assert!(!bad.success);
+    assert!(bad.stderr.contains("ttl: "), "{}", bad.stderr);
+    let clear = kv_cli(&node, &["clear"]).await;
+    assert_eq!(cli_ok(clear), "deleted 0\n");
+    assert_eq!(
+        cli_ok(kv_cli(&node, &["clear", "--all"]).await),
+        "deleted 1\n"
+    );
+    assert_eq!(cli_ok(kv_cli(&node, &["keys"]).await), "");
+    node.shutdown().await;
+}
+
+/// The node compacts the `kv/` class every `kv.compact-interval` by
+/// itself: rewrites leave one event per key.
+#[actix_rt::test]
+async fn the_node_compacts_the_kv_class_on_its_own() {
+    let dir = TestDir::new();
+    let node = TestNodeBuilder::in_dir(dir.path())
+        .configure(|c| c.kv.compact_interval = Duration::from_millis(200))
+        .start()
+        .await;
+    let c = node.client();
+    for round in 0..10 {
+        for k in 0..5 {
+            c.ok(
+                "kv.set",
+                json!({"namespace": "cmp", "key": format!("k{k}"), "value": round}),
+            )
+            .await;
+        }
+    }
+    let store = node.store().clone();
+    cairn_tests::wait_until("the kv class compacted", cairn_tests::WAIT, || {
+        let events = store
+            .read_all(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.stream.starts_with("kv/"))
+            .count();
+        async move {
+            if events == 5 {
+                Ok(())
+            } else {
+                Err(format!("{events} kv events"))
+            }
+        }
+    })
+    .await;
+    let got = c
+        .ok("kv.get", json!({"namespace": "cmp", "key": "k3"}))
+        .await;
+    assert_eq!(got["value"], json!(9));
+    node.shutdown().await;
+}
+
+/// A bulk invalidation of more entries than one event holds is cut into
+/// several events (each within the store's event size), all applied.
+#[actix_rt::test]
+async fn a_large_pattern_delete_is_cut_into_events_that_fit() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    const N: usize = 2500;
+    let long = "x".repeat(150);
+    let calls = (0..N).map(|i| {
+        c.call(
+            "kv.set",
+            json!({"namespace": "bulk", "key": format!("{long}{i:05}"), "value": i}),
+        )
+    });
+    for reply in futures::future::join_all(calls).await {
+        reply.unwrap();
+    }
+    let before = node.store().last_seq().unwrap();
+    assert_eq!(
+        c.ok("kv.delete_by_pattern", json!({"pattern": "bulk:x*"}))
+            .await,
+        json!({"deleted": N})
+    );
+    let events = node.store().read_all(before + 1, 100).unwrap();
+    let counts: Vec<u64> = events
+        .iter()
+        .map(
+            |e| match e.event.as_ref().and_then(|e| e.payload.as_ref()) {
+                Some(cairn_events::v1::event::Payload::KvEntriesDeleted(d)) => d.count,
+                other => panic!("unexpected event {other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), N as u64);
+    assert!(counts.len() >= 5, "{counts:?}");
+    assert_eq!(
+        keys(&node, json!({"namespace": "bulk"})).await,
+        Vec::<String>::new()
+    );
+    node.shutdown().await;
+}
