@@ -67,6 +67,7 @@
 //! discovery, validation, filters); their spelling appears only where a
 //! revision is rendered or a request is parsed.
 
+pub mod cluster;
 pub mod error;
 pub mod origin;
 pub mod publisher;

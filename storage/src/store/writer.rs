@@ -247,6 +247,29 @@ impl Store {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Every blob folding `envelope` makes some view reference (see
+    /// [`crate::View::blobs`]), each once.
+    pub fn blobs_referenced(&self, envelope: &Envelope) -> Vec<crate::Digest> {
+        let mut all: Vec<crate::Digest> = self
+            .inner()
+            .views
+            .iter()
+            .flat_map(|view| view.blobs(envelope))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.dedup_by(|a, b| a.0 == b.0);
+        all
+    }
+
+    /// Whether `envelope` (as another node built it) would be accepted by
+    /// a replicated apply, its `seq` aside: a cluster's owner checks its
+    /// envelopes before publishing them.
+    pub fn check_envelope(&self, envelope: &Envelope) -> Result<(), StorageError> {
+        let mut env = envelope.clone();
+        env.seq = env.seq.max(1);
+        check_replicated(&self.inner(), &env).map(|_| ())
+    }
+
     /// The position of the last replicated message applied (see
     /// [`Store::apply_sequenced_async`]); 0 when none was.
     pub fn replication_position(&self) -> Result<u64, StorageError> {
