@@ -20,7 +20,9 @@
 pub mod appender;
 pub mod blobs;
 pub mod log;
+pub mod ownership;
 
 pub use appender::ClusterAppend;
 pub use blobs::Blobs;
 pub use log::{start_applier, Applied};
+pub use ownership::{Holder, Ownership, OwnershipConfig, OwnershipView};

@@ -39,7 +39,7 @@ use tracing::{info, warn, Instrument};
 
 pub use error::RegistryError;
 pub use messages::{
-    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle, Shutdown,
+    DisownStream, DiscoveryCount, FetchCount, OwnStream, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle, Shutdown,
     SyncRepository, UnregisterRepository, UpdateRepository,
 };
 
@@ -82,21 +82,9 @@ impl Registry {
     pub fn load(env: Arc<SyncEnv>, scheduling: Scheduling) -> Result<Self, StorageError> {
         let mut loaded = Vec::new();
         for row in RepositoriesView::list(&env.store, None)? {
-            let last_sync_at = row
-                .status
-                .as_ref()
-                .and_then(|s| s.last_sync_at.as_ref())
-                .and_then(|t| {
-                    Some(
-                        SystemTime::UNIX_EPOCH
-                            + Duration::new(u64::try_from(t.seconds).ok()?, t.nanos.max(0) as u32),
-                    )
-                });
             let spec = row.spec.unwrap_or_default();
-            if let Some(component) =
-                RepositoryComponent::load(&env.store, &spec.namespace, &spec.name)?
-            {
-                loaded.push((component, last_sync_at));
+            if let Some(found) = load_one(&env.store, &spec.namespace, &spec.name)? {
+                loaded.push(found);
             }
         }
         info!(repositories = loaded.len(), "registry loaded");
@@ -106,6 +94,17 @@ impl Registry {
             repositories: HashMap::new(),
             loaded,
         })
+    }
+
+    /// A registry for a cluster node: it opens nothing at start, only the
+    /// repositories whose streams this node comes to own ([`OwnStream`]).
+    pub fn for_cluster(env: Arc<SyncEnv>, scheduling: Scheduling) -> Self {
+        Self {
+            env,
+            scheduling,
+            repositories: HashMap::new(),
+            loaded: Vec::new(),
+        }
     }
 
     /// Starts a repository's actor and its SyncManager.
@@ -144,6 +143,85 @@ impl Registry {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.env.store
+    }
+}
+
+/// Repository `namespace/name` as registered in the views, with its last
+/// sync time; `None` when it is not registered.
+fn load_one(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<(RepositoryComponent, Option<SystemTime>)>, StorageError> {
+    let Some(row) = RepositoriesView::get(store, namespace, name)? else {
+        return Ok(None);
+    };
+    let last_sync_at = row
+        .status
+        .as_ref()
+        .and_then(|s| s.last_sync_at.as_ref())
+        .and_then(|t| {
+            Some(
+                SystemTime::UNIX_EPOCH
+                    + Duration::new(u64::try_from(t.seconds).ok()?, t.nanos.max(0) as u32),
+            )
+        });
+    Ok(RepositoryComponent::load(store, namespace, name)?.map(|c| (c, last_sync_at)))
+}
+
+impl Handler<OwnStream> for Registry {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, msg: OwnStream, _ctx: &mut Self::Context) -> Self::Result {
+        let Some((namespace, name)) = msg
+            .stream
+            .as_repository()
+            .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+        else {
+            return Box::pin(fut::ready(Ok(())));
+        };
+        let key = (namespace.clone(), name.clone());
+        if self.repositories.contains_key(&key) {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        let store = self.env.store.clone();
+        Box::pin(
+            async move {
+                tokio::task::spawn_blocking(move || load_one(&store, &namespace, &name))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            .into_actor(self)
+            .map(move |loaded, act, _| {
+                if let Some((component, last_sync_at)) = loaded? {
+                    if !act.repositories.contains_key(&key) {
+                        info!(repo = %format_args!("{}/{}", key.0, key.1), "repository taken over");
+                        let entry = act.open(component, last_sync_at, Some("takeover"));
+                        act.repositories.insert(key, entry);
+                    }
+                }
+                Ok(())
+            }),
+        )
+    }
+}
+
+impl Handler<DisownStream> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: DisownStream, _ctx: &mut Self::Context) -> Self::Result {
+        let entry = msg.stream.as_repository().and_then(|(ns, n)| {
+            self.repositories
+                .remove(&(ns.to_owned(), n.to_owned()))
+        });
+        Box::pin(async move {
+            if let Some(entry) = entry {
+                let _ = entry.manager.send(StopManager).await;
+                // Queued after any command in flight, so those finish.
+                let _ = entry.actor.send(StopWriter).await;
+            }
+        })
     }
 }
 
@@ -508,6 +586,7 @@ mod tests {
                 budget: Default::default(),
                 refs_read: Default::default(),
                 write: Default::default(),
+                cluster: None,
             });
             let scheduling = Scheduling {
                 policy: Arc::new(SyncPolicy::default()),

@@ -32,6 +32,11 @@ pub struct ServiceConfig {
     /// have a time within the horizon from now): the node's, so that it
     /// agrees with the SyncManagers'. Default: the system's.
     pub clock: Arc<dyn crate::timing::Clock>,
+    /// Longest wait of a request carrying `Cairn-Min-Seq` for this node to
+    /// apply that seq (`cluster.read-wait`). Default: 5 s.
+    pub read_wait: std::time::Duration,
+    /// In a cluster: where commands go (see [`super::cluster`]).
+    pub cluster: Option<super::cluster::ClusterRouting>,
 }
 
 impl Default for ServiceConfig {
@@ -44,6 +49,8 @@ impl Default for ServiceConfig {
             watch: crate::watch::WatchConfig::default(),
             resource_max_bytes: 512 * 1024,
             clock: Arc::new(crate::timing::SystemClock),
+            read_wait: std::time::Duration::from_secs(5),
+            cluster: None,
         }
     }
 }

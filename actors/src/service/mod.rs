@@ -36,6 +36,7 @@
 //!   in [`crate::watch`]). The number of live watchers is the `watchers`
 //!   field of the `watch-start` endpoint's `data` in `$SRV.STATS`.
 
+pub mod cluster;
 pub mod codec;
 pub mod context;
 pub mod fields;
@@ -110,6 +111,13 @@ impl CairnService {
             context.config.max_concurrent_requests.max(1),
         ));
         let mut tasks = Vec::new();
+        let node_group = context.config.cluster.as_ref().map(|routing| {
+            service.group(format!(
+                "{}{}",
+                cluster::NODE_SUBJECT_PREFIX,
+                routing.ownership.view().node()
+            ))
+        });
         macro_rules! endpoint {
             ($name:literal, $message:ty, $handler:path) => {
                 endpoint!($name, $message, $handler, RequestLimit::Config, None)
@@ -120,6 +128,7 @@ impl CairnService {
                     .name($name.replace('.', "-"))
                     .add(concat!("cairn.v1.", $name))
                     .await?;
+                let replay: Option<idempotency::Replay> = $replay;
                 tasks.push(serve::<$message, _, _>(
                     concat!("cairn.v1.", $name),
                     endpoint,
@@ -127,8 +136,28 @@ impl CairnService {
                     limiter.clone(),
                     $limit,
                     $handler,
-                    $replay,
+                    replay,
+                    false,
                 ));
+                // In a cluster a command is also served on this node's own
+                // subject, where other nodes forward it (see `cluster`).
+                if let (Some(group), Some(_)) = (node_group.as_ref(), replay) {
+                    let endpoint = group
+                        .endpoint_builder()
+                        .name(format!("node-{}", $name.replace('.', "-")))
+                        .add(concat!("cairn.v1.", $name))
+                        .await?;
+                    tasks.push(serve::<$message, _, _>(
+                        concat!("cairn.v1.", $name),
+                        endpoint,
+                        context.clone(),
+                        limiter.clone(),
+                        $limit,
+                        $handler,
+                        replay,
+                        true,
+                    ));
+                }
             }};
         }
         endpoint!(
@@ -309,6 +338,7 @@ fn serve<M, F, Fut>(
     limit: RequestLimit,
     handler: F,
     replay: Option<idempotency::Replay>,
+    forwarded: bool,
 ) -> JoinHandle<()>
 where
     M: prost::Message + Default + serde::Serialize,
@@ -331,18 +361,46 @@ where
                 let mut extra = Vec::new();
                 let result = match codec::request_json::<M>(&request, max) {
                     Ok((format, body)) => {
-                        let incoming = Incoming {
-                            format,
-                            body,
-                            headers: request.message.headers.clone(),
-                            request: None,
-                        };
-                        match replay {
-                            None => handler(context, incoming).instrument(span.clone()).await,
-                            Some(replay) => {
-                                idempotent(name, context, incoming, handler, replay, &mut extra)
+                        let waited = cluster::wait_min_seq(
+                            &context,
+                            request.message.headers.as_ref(),
+                            context.config.read_wait,
+                        )
+                        .await;
+                        let routed = match (&waited, replay, context.config.cluster.clone()) {
+                            (Ok(()), Some(_), Some(routing)) => {
+                                routed(&context, &routing, &request, name, &body, forwarded)
                                     .instrument(span.clone())
                                     .await
+                            }
+                            _ => None,
+                        };
+                        match (waited, routed) {
+                            (Err(e), _) => Err(e),
+                            (Ok(()), Some(Ok((headers, body)))) => {
+                                cluster::relay(&request, headers, body).await;
+                                drop(permit);
+                                return;
+                            }
+                            (Ok(()), Some(Err(e))) => Err(e),
+                            (Ok(()), None) => {
+                                let incoming = Incoming {
+                                    format,
+                                    body,
+                                    headers: request.message.headers.clone(),
+                                    request: None,
+                                };
+                                let context = context.clone();
+                                match replay {
+                                    None => {
+                                        handler(context, incoming).instrument(span.clone()).await
+                                    }
+                                    Some(replay) => idempotent(
+                                        name, context, incoming, handler, replay, &mut extra,
+                                    )
+                                    .instrument(span.clone())
+                                    .await,
+                                }
                             }
                         }
                     }
@@ -351,11 +409,32 @@ where
                 if let Err(e) = &result {
                     span.in_scope(|| debug!(code = e.code, error = %e.message, "command failed"));
                 }
+                extra.push(cluster::seq_header(&context));
                 codec::respond(&request, format, result, &extra).await;
                 drop(permit);
             });
         }
     })
+}
+
+/// In a cluster, where a command runs: `None` here, or the owner's reply
+/// (or why it could not be reached) when it ran elsewhere.
+async fn routed(
+    context: &ServiceContext,
+    routing: &cluster::ClusterRouting,
+    request: &service::Request,
+    name: &str,
+    body: &[u8],
+    forwarded: bool,
+) -> Option<Result<(async_nats::HeaderMap, bytes::Bytes), ServiceError>> {
+    let stream = cluster::target_stream(context, name, body).await?;
+    match cluster::route(routing, &stream, forwarded).await {
+        Ok(cluster::Route::Local) => None,
+        Ok(cluster::Route::Forward(node)) => {
+            Some(cluster::forward(context, routing, request, name, &stream, node).await)
+        }
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// Runs the write `handler` once per idempotency key (see

@@ -1,0 +1,526 @@
+//! Who writes which stream: leases in a JetStream KV bucket, placement by
+//! rendezvous hashing over the live nodes.
+//!
+//! - **Membership**: bucket `cairn_nodes` (bucket TTL = the lease time);
+//!   each node puts its key every renew interval. The live nodes are the
+//!   keys present: a node that stops renewing is gone a lease time later,
+//!   one that leaves (SIGTERM) deletes its key at once.
+//! - **Leases**: bucket `cairn_owners` (TTL = the lease time, history 1),
+//!   one key per stream (base64url of the stream id), the value the owner's
+//!   node id. `create` acquires (refused while another node's lease lives),
+//!   `update` with the last revision renews (every renew interval, a third
+//!   of the lease by default), a refused renewal means the lease is lost,
+//!   `delete` with the last revision hands it over. A lease is not the
+//!   fence — `CAIRN_LOG`'s per-subject sequence is (see
+//!   [`super::appender`]): a node that acquires publishes a fence first.
+//! - **Placement**: each stream's preferred owner is the live node with the
+//!   highest rendezvous score (`sha256(node, stream)`), so streams spread
+//!   evenly, a lost node's streams spread over the others, and a joining
+//!   node takes about its share — each from the node that held it, which
+//!   hands it over when it sees a live node rank higher.
+//! - **The loop** (every renew interval): heartbeat, read the live nodes,
+//!   renew held leases, then for every stream the [`Holder`] lists, acquire
+//!   what this node should own and is free, hand over what another live
+//!   node should own. A watch on `cairn_owners` keeps [`OwnershipView`]
+//!   current between ticks, for routing commands.
+//!
+//! Acquiring: lease created → [`ClusterAppend::take`] (fence, catch up)
+//! → [`Holder::own`] (the registry opens the stream's writer). Losing or
+//! handing over: [`Holder::disown`] (the writer finishes what it runs and
+//! stops) → the appender forgets the stream → the lease is deleted.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+    stream::StorageType,
+};
+use base64::Engine as _;
+use cairn_events::StreamId;
+use futures::{future::BoxFuture, StreamExt as _};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::ClusterAppend;
+
+/// Bucket of node heartbeats.
+pub const NODES_BUCKET: &str = "cairn_nodes";
+/// Bucket of stream leases.
+pub const OWNERS_BUCKET: &str = "cairn_owners";
+/// How long a held stream the holder does not list (yet) is kept: a
+/// registration acquires its stream before the registration is applied.
+const UNLISTED_GRACE: Duration = Duration::from_secs(60);
+/// Most commands queued for the ownership loop.
+const COMMANDS_MAX: usize = 1024;
+
+/// Timing and placement of leases (`cluster.*`).
+#[derive(Debug, Clone)]
+pub struct OwnershipConfig {
+    /// This node's id (a NATS subject token).
+    pub node: String,
+    /// How long a lease (and a heartbeat) lives without renewal.
+    pub lease: Duration,
+    /// How often leases and the heartbeat are renewed.
+    pub renew_every: Duration,
+    /// Replicas of the two buckets.
+    pub replicas: usize,
+}
+
+/// What the node does when it gains or loses a stream, and which streams
+/// exist.
+pub trait Holder: Send + Sync + 'static {
+    /// Every stream that should have an owner now.
+    fn streams(&self) -> BoxFuture<'static, Vec<StreamId>>;
+    /// This node now writes `stream` (its log is caught up to the fence).
+    fn own(&self, stream: StreamId) -> BoxFuture<'static, Result<(), String>>;
+    /// This node stops writing `stream`; resolves once nothing of it runs.
+    fn disown(&self, stream: StreamId) -> BoxFuture<'static, ()>;
+}
+
+/// The key of `stream` in `cairn_owners`.
+pub fn lease_key(stream: &StreamId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(stream.as_str())
+}
+
+/// The node among `live` that should own `stream`: the highest
+/// rendezvous score, ties by node id.
+pub fn preferred<'a>(live: &'a [String], stream: &str) -> Option<&'a String> {
+    live.iter().max_by_key(|node| (score(node, stream), node.as_str()))
+}
+
+fn score(node: &str, stream: &str) -> u64 {
+    let mut hash = Sha256::new();
+    hash.update(node.as_bytes());
+    hash.update([0]);
+    hash.update(stream.as_bytes());
+    let digest = hash.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// A lease as the watch last saw it.
+#[derive(Debug, Clone)]
+pub struct SeenLease {
+    /// The owner.
+    pub node: String,
+    /// Its revision.
+    pub revision: u64,
+    /// When it was seen put (renewals refresh it).
+    pub seen: Instant,
+}
+
+/// What this node knows of the cluster now: live nodes, leases, its own.
+#[derive(Debug)]
+pub struct OwnershipView {
+    node: String,
+    lease: Duration,
+    live: RwLock<Vec<String>>,
+    leases: RwLock<HashMap<String, SeenLease>>,
+    held: RwLock<BTreeMap<StreamId, u64>>,
+}
+
+impl OwnershipView {
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The live nodes, sorted.
+    pub fn live(&self) -> Vec<String> {
+        self.live.read().expect("live lock").clone()
+    }
+
+    /// The streams this node holds, with their lease revisions.
+    pub fn held(&self) -> BTreeMap<StreamId, u64> {
+        self.held.read().expect("held lock").clone()
+    }
+
+    /// Whether this node holds `stream`'s lease.
+    pub fn holds(&self, stream: &StreamId) -> bool {
+        self.held.read().expect("held lock").contains_key(stream)
+    }
+
+    /// The owner of `stream` by a live lease, if any.
+    pub fn owner_of(&self, stream: &StreamId) -> Option<String> {
+        if self.holds(stream) {
+            return Some(self.node.clone());
+        }
+        let leases = self.leases.read().expect("leases lock");
+        leases
+            .get(&lease_key(stream))
+            .filter(|l| l.seen.elapsed() < self.lease)
+            .map(|l| l.node.clone())
+    }
+
+    /// Every live lease: stream key → owner.
+    pub fn leases(&self) -> BTreeMap<String, String> {
+        self.leases
+            .read()
+            .expect("leases lock")
+            .iter()
+            .filter(|(_, l)| l.seen.elapsed() < self.lease)
+            .map(|(k, l)| (k.clone(), l.node.clone()))
+            .collect()
+    }
+
+    /// The node that should own `stream` among the live ones.
+    pub fn preferred(&self, stream: &StreamId) -> Option<String> {
+        preferred(&self.live(), stream.as_str()).cloned()
+    }
+
+    /// Where a command of `stream` goes: its owner, else its preferred node.
+    pub fn route(&self, stream: &StreamId) -> Option<String> {
+        self.owner_of(stream).or_else(|| self.preferred(stream))
+    }
+}
+
+enum Command {
+    Acquire(StreamId, oneshot::Sender<Result<(), String>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// A handle on the ownership loop.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    view: Arc<OwnershipView>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Acquire(s, _) => write!(f, "Acquire({s})"),
+            Command::Leave(_) => write!(f, "Leave"),
+        }
+    }
+}
+
+impl Ownership {
+    /// Creates the buckets (or finds them), joins, and starts the loop.
+    pub async fn start(
+        js: jetstream::Context,
+        config: OwnershipConfig,
+        appender: ClusterAppend,
+        holder: Arc<dyn Holder>,
+    ) -> Result<Self, String> {
+        let bucket = |name: &str| kv::Config {
+            bucket: name.to_owned(),
+            history: 1,
+            max_age: config.lease,
+            storage: StorageType::File,
+            num_replicas: config.replicas.max(1),
+            ..Default::default()
+        };
+        let nodes = match js.get_key_value(NODES_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(bucket(NODES_BUCKET))
+                .await
+                .map_err(|e| format!("cannot create bucket {NODES_BUCKET}: {e}"))?,
+        };
+        let owners = match js.get_key_value(OWNERS_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(bucket(OWNERS_BUCKET))
+                .await
+                .map_err(|e| format!("cannot create bucket {OWNERS_BUCKET}: {e}"))?,
+        };
+        let view = Arc::new(OwnershipView {
+            node: config.node.clone(),
+            lease: config.lease,
+            live: RwLock::default(),
+            leases: RwLock::default(),
+            held: RwLock::default(),
+        });
+        let mut watch = owners
+            .watch_all()
+            .await
+            .map_err(|e| format!("watching {OWNERS_BUCKET}: {e}"))?;
+        let watched = view.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                let mut leases = watched.leases.write().expect("leases lock");
+                match entry.operation {
+                    Operation::Put => {
+                        leases.insert(
+                            entry.key,
+                            SeenLease {
+                                node: String::from_utf8_lossy(&entry.value).into_owned(),
+                                revision: entry.revision,
+                                seen: Instant::now(),
+                            },
+                        );
+                    }
+                    Operation::Delete | Operation::Purge => {
+                        leases.remove(&entry.key);
+                    }
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(COMMANDS_MAX);
+        let mut state = Loop {
+            config,
+            nodes,
+            owners,
+            appender,
+            holder,
+            view: view.clone(),
+            acquired_at: HashMap::new(),
+        };
+        state.heartbeat().await;
+        tokio::spawn(state.run(rx));
+        Ok(Self { view, commands: tx })
+    }
+
+    /// What this node knows of the cluster.
+    pub fn view(&self) -> &Arc<OwnershipView> {
+        &self.view
+    }
+
+    /// Makes this node the owner of `stream` now, if its lease is free
+    /// (a new stream, or this node is its preferred owner).
+    pub async fn acquire(&self, stream: StreamId) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Acquire(stream, tx))
+            .await
+            .map_err(|_| "the ownership loop stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the ownership loop stopped".to_owned())?
+    }
+
+    /// Hands every stream over and leaves the cluster (SIGTERM).
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Loop {
+    config: OwnershipConfig,
+    nodes: kv::Store,
+    owners: kv::Store,
+    appender: ClusterAppend,
+    holder: Arc<dyn Holder>,
+    view: Arc<OwnershipView>,
+    /// When each held stream was acquired.
+    acquired_at: HashMap<StreamId, Instant>,
+}
+
+impl Loop {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(self.config.renew_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick().await,
+                command = commands.recv() => match command {
+                    Some(Command::Acquire(stream, reply)) => {
+                        let result = self.acquire_now(&stream).await;
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Leave(reply)) => {
+                        self.leave().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        if let Err(e) = self
+            .nodes
+            .put(&self.config.node, self.config.node.clone().into())
+            .await
+        {
+            warn!(error = %e, "cluster heartbeat failed");
+        }
+    }
+
+    async fn read_live(&mut self) {
+        let keys = match self.nodes.keys().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                warn!(error = %e, "cannot list the cluster's nodes");
+                return;
+            }
+        };
+        let mut live: Vec<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
+        if !live.contains(&self.config.node) {
+            // This node is live: its heartbeat may just not be seen yet.
+            live.push(self.config.node.clone());
+        }
+        live.sort();
+        let mut known = self.view.live.write().expect("live lock");
+        if *known != live {
+            info!(nodes = ?live, "cluster membership changed");
+            *known = live;
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.heartbeat().await;
+        self.read_live().await;
+        // Renew.
+        for (stream, revision) in self.view.held() {
+            match self
+                .owners
+                .update(lease_key(&stream), self.config.node.clone().into(), revision)
+                .await
+            {
+                Ok(revision) => {
+                    self.view
+                        .held
+                        .write()
+                        .expect("held lock")
+                        .insert(stream, revision);
+                }
+                Err(e) => {
+                    warn!(stream = %stream, error = %e, "lease lost; stepping down");
+                    self.step_down(&stream, None).await;
+                }
+            }
+        }
+        // Place.
+        let streams = self.holder.streams().await;
+        let live = self.view.live();
+        let wanted: std::collections::HashSet<&StreamId> = streams.iter().collect();
+        for stream in &streams {
+            let Some(preferred) = preferred(&live, stream.as_str()) else {
+                continue;
+            };
+            let held = self.view.holds(stream);
+            if *preferred == self.config.node && !held {
+                if self.view.owner_of(stream).is_none() {
+                    if let Err(e) = self.acquire_now(stream).await {
+                        debug!(stream = %stream, error = %e, "not acquired");
+                    }
+                }
+            } else if held && *preferred != self.config.node {
+                info!(stream = %stream, to = %preferred, "handing the stream over to its preferred node");
+                let revision = self.view.held().get(stream).copied();
+                self.step_down(stream, revision).await;
+            }
+        }
+        // Held streams that no longer exist (closed) are released — not
+        // one acquired moments ago for a command that creates it.
+        for (stream, revision) in self.view.held() {
+            let recent = self
+                .acquired_at
+                .get(&stream)
+                .is_some_and(|at| at.elapsed() < UNLISTED_GRACE);
+            if !wanted.contains(&stream) && !recent {
+                info!(stream = %stream, "releasing a stream that no longer exists");
+                self.step_down(&stream, Some(revision)).await;
+            }
+        }
+    }
+
+    /// Acquires `stream`'s lease, fences and catches up, then hands it to
+    /// the holder. Already held: nothing to do.
+    async fn acquire_now(&mut self, stream: &StreamId) -> Result<(), String> {
+        if self.view.holds(stream) {
+            return Ok(());
+        }
+        let key = lease_key(stream);
+        let revision = self
+            .owners
+            .create(&key, self.config.node.clone().into())
+            .await
+            .map_err(|e| {
+                let owner = self.view.owner_of(stream);
+                match owner {
+                    Some(owner) => format!("stream {stream} is owned by node {owner}"),
+                    None => format!("stream {stream}: lease not acquired: {e}"),
+                }
+            })?;
+        self.view
+            .held
+            .write()
+            .expect("held lock")
+            .insert(stream.clone(), revision);
+        self.acquired_at.insert(stream.clone(), Instant::now());
+        let taken = self.appender.take(stream).await;
+        let owned = match taken {
+            Ok(position) => {
+                info!(stream = %stream, position, "stream acquired");
+                self.holder.own(stream.clone()).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = owned {
+            warn!(stream = %stream, error = %e, "cannot take the stream; releasing it");
+            let revision = self.view.held().get(stream).copied();
+            self.step_down(stream, revision).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops writing `stream`; with `revision`, deletes the lease so
+    /// another node takes it at once.
+    async fn step_down(&mut self, stream: &StreamId, revision: Option<u64>) {
+        self.holder.disown(stream.clone()).await;
+        self.appender.release(stream);
+        self.view.held.write().expect("held lock").remove(stream);
+        self.acquired_at.remove(stream);
+        if let Some(revision) = revision {
+            if let Err(e) = self
+                .owners
+                .delete_expect_revision(lease_key(stream), Some(revision))
+                .await
+            {
+                debug!(stream = %stream, error = %e, "lease not deleted (it expires)");
+            }
+        }
+    }
+
+    async fn leave(&mut self) {
+        info!(streams = self.view.held().len(), "leaving the cluster: handing every stream over");
+        if let Err(e) = self.nodes.delete(&self.config.node).await {
+            warn!(error = %e, "cannot delete this node's heartbeat (it expires)");
+        }
+        for (stream, revision) in self.view.held() {
+            self.step_down(&stream, Some(revision)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_streams_and_moves_only_a_lost_nodes_share() {
+        let three: Vec<String> = ["n1", "n2", "n3"].map(str::to_owned).to_vec();
+        let streams: Vec<String> = (0..300).map(|i| format!("repo/ns/r{i}")).collect();
+        let owner = |live: &[String], s: &str| preferred(live, s).unwrap().clone();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &streams {
+            *counts.entry(owner(&three, s)).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|&n| (70..=130).contains(&n)), "{counts:?}");
+        // n2 lost: only its streams move.
+        let two: Vec<String> = ["n1", "n3"].map(str::to_owned).to_vec();
+        for s in &streams {
+            let before = owner(&three, s);
+            let after = owner(&two, s);
+            if before != "n2" {
+                assert_eq!(before, after, "{s} moved though its owner lives");
+            }
+        }
+        assert_eq!(preferred(&[], "repo/ns/r"), None);
+    }
+}

@@ -1,0 +1,229 @@
+//! The service in a cluster: commands reach their stream's owner, reads wait
+//! for the seq a client saw.
+//!
+//! - **Routing** ([`route`]): a command (every endpoint that writes) names
+//!   its stream — `repo/<namespace>/<name>`, for a revision the repository
+//!   the node's views give it. The node that received it runs it when it
+//!   owns the stream, or is its preferred owner and can take its lease now
+//!   (a new repository, or the owner was lost); otherwise it **forwards**
+//!   the request, headers and body untouched, to the owner's own subject
+//!   `cairn.node.<node>.cairn.v1.<endpoint>` (every node serves its
+//!   commands there too) and relays the owner's reply as is. A forwarded
+//!   request is never forwarded again: the owner runs it or answers 503
+//!   naming the owner it knows. While a stream changes hands (no
+//!   responder, "taken over", "does not own"), the forwarder routes again,
+//!   for at most [`REROUTE_WINDOW`].
+//! - **Read your writes anywhere**: every reply carries `Cairn-Seq`, the
+//!   last seq the answering node applied; a request with `Cairn-Min-Seq`
+//!   waits (at most `cluster.read-wait`) until this node applied it, or
+//!   answers 503 naming how far behind the node is. A single node
+//!   honours the header the same way.
+
+use std::time::Duration;
+
+use async_nats::{client::RequestErrorKind, HeaderMap};
+use cairn_events::StreamId;
+use cairn_storage::EventLog as _;
+
+use super::ServiceContext;
+use crate::{cluster::Ownership, ServiceError};
+
+/// Header of every reply: the last seq the answering node applied.
+pub const SEQ_HEADER: &str = "Cairn-Seq";
+/// Header of a request: answer only once this seq is applied here.
+pub const MIN_SEQ_HEADER: &str = "Cairn-Min-Seq";
+/// Prefix of the subjects only one node serves.
+pub const NODE_SUBJECT_PREFIX: &str = "cairn.node.";
+/// How long a forwarder keeps routing a command again while its stream
+/// changes hands.
+pub const REROUTE_WINDOW: Duration = Duration::from_secs(15);
+/// Pause between two routings of one command.
+const REROUTE_PAUSE: Duration = Duration::from_millis(200);
+
+/// What the service needs of the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterRouting {
+    /// Leases and membership.
+    pub ownership: Ownership,
+    /// Longest wait for a forwarded command's answer (a registration
+    /// waits for its first sync).
+    pub forward_timeout: Duration,
+}
+
+/// The subject node `node` serves endpoint `subject` (`cairn.v1.…`) on.
+pub fn node_subject(node: &str, subject: &str) -> String {
+    format!("{NODE_SUBJECT_PREFIX}{node}.{subject}")
+}
+
+/// The stream a command of `endpoint` (`cairn.v1.…`) writes, from its JSON
+/// body; `None` when the body does not say (the handler answers 400).
+pub async fn target_stream(
+    context: &ServiceContext,
+    endpoint: &str,
+    body: &[u8],
+) -> Option<StreamId> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let namespace = text("namespace")?;
+    let verb = endpoint.strip_prefix("cairn.v1.")?;
+    if verb.starts_with("repo.") {
+        return StreamId::repository(&namespace, &text("name")?).ok();
+    }
+    if verb == "pkgrev.create" {
+        return StreamId::repository(&namespace, &text("repository")?).ok();
+    }
+    let name = text("name")?;
+    let store = context.store.clone();
+    let ns = namespace.clone();
+    let row = tokio::task::spawn_blocking(move || {
+        cairn_storage::views::PackageRevisionsView::get(&store, &ns, &name)
+    })
+    .await
+    .ok()?
+    .ok()??;
+    StreamId::repository(&namespace, &row.repository).ok()
+}
+
+/// Where a command of `stream` runs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Here: this node holds the stream's lease.
+    Local,
+    /// At node `.0`.
+    Forward(String),
+}
+
+/// Decides where a command of `stream` runs (see the module docs);
+/// `forwarded`: the request came on this node's own subject.
+pub async fn route(
+    routing: &ClusterRouting,
+    stream: &StreamId,
+    forwarded: bool,
+) -> Result<Route, ServiceError> {
+    let view = routing.ownership.view();
+    if view.holds(stream) {
+        return Ok(Route::Local);
+    }
+    let me = view.node().to_owned();
+    let target = view.route(stream);
+    if forwarded || target.as_deref() == Some(me.as_str()) {
+        return match routing.ownership.acquire(stream.clone()).await {
+            Ok(()) => Ok(Route::Local),
+            Err(why) => Err(ServiceError::unavailable(format!(
+                "node {me} does not own stream {stream}: {why}; retry"
+            ))),
+        };
+    }
+    match target {
+        Some(node) => Ok(Route::Forward(node)),
+        None => Err(ServiceError::unavailable(format!(
+            "no live cairn node is known to own stream {stream}; retry"
+        ))),
+    }
+}
+
+/// Forwards `request` (endpoint `subject`) to `node` and relays its reply;
+/// routes again while the stream changes hands. Answers the reply to send,
+/// or the error to answer.
+pub async fn forward(
+    context: &ServiceContext,
+    routing: &ClusterRouting,
+    request: &async_nats::service::Request,
+    subject: &str,
+    stream: &StreamId,
+    mut node: String,
+) -> Result<(HeaderMap, bytes::Bytes), ServiceError> {
+    let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
+    loop {
+        let mut outgoing = async_nats::Request::new()
+            .payload(request.message.payload.clone())
+            .timeout(Some(routing.forward_timeout));
+        if let Some(headers) = request.message.headers.clone() {
+            outgoing = outgoing.headers(headers);
+        }
+        let target = node_subject(&node, subject);
+        tracing::debug!(stream = %stream, node = %node, "forwarding the command to its owner");
+        let answer = context.client.send_request(target, outgoing).await;
+        let retry_why = match answer {
+            Ok(reply) => {
+                let headers = reply.headers.clone().unwrap_or_default();
+                let moving = headers
+                    .get("Nats-Service-Error-Code")
+                    .is_some_and(|c| c.as_str() == "503")
+                    && headers.get("Nats-Service-Error").is_some_and(|m| {
+                        let m = m.as_str();
+                        m.contains("does not own") || m.contains("taken over")
+                    });
+                if !moving || tokio::time::Instant::now() >= deadline {
+                    return Ok((headers, reply.payload));
+                }
+                "the stream is changing hands".to_owned()
+            }
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                format!("node {node} does not answer")
+            }
+            Err(e) => {
+                return Err(ServiceError::unavailable(format!(
+                    "forwarding to node {node}, the owner of stream {stream}: {e}"
+                )))
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServiceError::unavailable(format!(
+                "stream {stream} has no reachable owner ({retry_why}); retry"
+            )));
+        }
+        tokio::time::sleep(REROUTE_PAUSE).await;
+        match route(routing, stream, false).await {
+            Ok(Route::Forward(next)) => node = next,
+            Ok(Route::Local) => {
+                return Err(ServiceError::unavailable(format!(
+                    "stream {stream} moved to this node while the command was forwarded; retry"
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Waits until this node applied the seq the request's `Cairn-Min-Seq`
+/// names, at most `wait`.
+pub async fn wait_min_seq(
+    context: &ServiceContext,
+    headers: Option<&HeaderMap>,
+    wait: Duration,
+) -> Result<(), ServiceError> {
+    let Some(value) = headers.and_then(|h| h.get(MIN_SEQ_HEADER)) else {
+        return Ok(());
+    };
+    let min: u64 = value.as_str().trim().parse().map_err(|_| {
+        ServiceError::bad_request(format!(
+            "header {MIN_SEQ_HEADER}: {:?} is not a sequence number",
+            value.as_str()
+        ))
+    })?;
+    let mut committed = context.store.subscribe();
+    if tokio::time::timeout(wait, committed.wait_for(|seq| *seq >= min))
+        .await
+        .is_err()
+    {
+        let applied = context.store.last_seq().unwrap_or(0);
+        return Err(ServiceError::unavailable(format!(
+            "this node has applied seq {applied}, {} behind the {MIN_SEQ_HEADER} {min} asked for, after waiting {wait:?}; retry, or ask another node",
+            min.saturating_sub(applied)
+        )));
+    }
+    Ok(())
+}
+
+/// The reply header naming what this node applied.
+pub fn seq_header(context: &ServiceContext) -> (&'static str, String) {
+    (SEQ_HEADER, context.store.last_seq().unwrap_or(0).to_string())
+}
+
+/// Relays a forwarded reply.
+pub async fn relay(request: &async_nats::service::Request, headers: HeaderMap, body: bytes::Bytes) {
+    if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
+        tracing::debug!(error = %e, "relaying a forwarded reply");
+    }
+}
