@@ -25,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "nats",
     "store",
     "publisher",
+    "cluster",
     "service",
     "git",
     "sync",

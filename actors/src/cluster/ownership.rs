@@ -208,28 +208,8 @@ impl Ownership {
         appender: ClusterAppend,
         holder: Arc<dyn Holder>,
     ) -> Result<Self, String> {
-        let bucket = |name: &str| kv::Config {
-            bucket: name.to_owned(),
-            history: 1,
-            max_age: config.lease,
-            storage: StorageType::File,
-            num_replicas: config.replicas.max(1),
-            ..Default::default()
-        };
-        let nodes = match js.get_key_value(NODES_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(bucket(NODES_BUCKET))
-                .await
-                .map_err(|e| format!("cannot create bucket {NODES_BUCKET}: {e}"))?,
-        };
-        let owners = match js.get_key_value(OWNERS_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(bucket(OWNERS_BUCKET))
-                .await
-                .map_err(|e| format!("cannot create bucket {OWNERS_BUCKET}: {e}"))?,
-        };
+        let nodes = bucket(&js, NODES_BUCKET, &config).await?;
+        let owners = bucket(&js, OWNERS_BUCKET, &config).await?;
         let view = Arc::new(OwnershipView {
             node: config.node.clone(),
             lease: config.lease,
@@ -274,6 +254,7 @@ impl Ownership {
             acquired_at: HashMap::new(),
         };
         state.heartbeat().await;
+        state.read_live().await;
         tokio::spawn(state.run(rx));
         Ok(Self { view, commands: tx })
     }
@@ -302,6 +283,39 @@ impl Ownership {
             let _ = rx.await;
         }
     }
+}
+
+/// Finds or creates bucket `name` whose entries live `config.lease`.
+///
+/// The bucket's stream is created as the KV convention has it (`KV_<name>`
+/// on `$KV.<name>.>`, one message per key, rollups allowed, deletes
+/// denied, direct gets) rather than with async-nats's `create_key_value`,
+/// whose reply parsing fails against nats-server 2.9 (Debian's).
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    config: &OwnershipConfig,
+) -> Result<kv::Store, String> {
+    let stream = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age: config.lease,
+        storage: StorageType::File,
+        num_replicas: config.replicas.max(1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        duplicate_window: config.lease.min(Duration::from_secs(120)),
+        ..Default::default()
+    };
+    js.get_or_create_stream(stream)
+        .await
+        .map_err(|e| format!("cannot create or find bucket {name}: {e}"))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| format!("cannot open bucket {name}: {e}"))
 }
 
 struct Loop {

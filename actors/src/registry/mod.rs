@@ -74,7 +74,44 @@ pub struct Registry {
     /// actor (actors start on the arbiter, not on the blocking thread that
     /// loads them).
     loaded: Vec<(RepositoryComponent, Option<SystemTime>)>,
+    /// Commands running now, per repository (a stream handed over waits
+    /// for its own to finish).
+    busy: Arc<Busy>,
+    /// Repositories being handed over to another node: new commands are
+    /// refused (503, the forwarder routes them again).
+    leaving: std::collections::HashSet<Key>,
 }
+
+/// Commands running per repository.
+#[derive(Debug, Default)]
+struct Busy {
+    running: std::sync::Mutex<HashMap<Key, usize>>,
+    idle: tokio::sync::Notify,
+}
+
+/// One running command of a repository; the count drops with it.
+#[derive(Debug)]
+struct Running {
+    busy: Arc<Busy>,
+    key: Key,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = self.busy.running.lock().expect("busy lock");
+        if let Some(n) = running.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.key);
+            }
+        }
+        drop(running);
+        self.busy.idle.notify_waiters();
+    }
+}
+
+/// Longest a handed-over repository waits for its running commands.
+const HANDOVER_DRAIN_MAX: Duration = Duration::from_secs(60);
 
 impl Registry {
     /// Loads every registered repository from the views. Blocking; call
@@ -93,6 +130,8 @@ impl Registry {
             scheduling,
             repositories: HashMap::new(),
             loaded,
+            busy: Arc::default(),
+            leaving: Default::default(),
         })
     }
 
@@ -104,6 +143,8 @@ impl Registry {
             scheduling,
             repositories: HashMap::new(),
             loaded: Vec::new(),
+            busy: Arc::default(),
+            leaving: Default::default(),
         }
     }
 
@@ -131,6 +172,28 @@ impl Registry {
             manager,
             url,
         }
+    }
+
+    /// Counts a command of `key` as running, unless the repository is
+    /// being handed over (503: the forwarder routes it again).
+    fn begin(&self, key: &Key) -> Result<Running, ServiceError> {
+        if self.leaving.contains(key) {
+            return Err(ServiceError::unavailable(format!(
+                "this node does not own stream repo/{}/{} any more: it is handing it over to another node; retry",
+                key.0, key.1
+            )));
+        }
+        *self
+            .busy
+            .running
+            .lock()
+            .expect("busy lock")
+            .entry(key.clone())
+            .or_default() += 1;
+        Ok(Running {
+            busy: self.busy.clone(),
+            key: key.clone(),
+        })
     }
 
     fn manager(&self, namespace: &str, name: &str) -> Result<Addr<SyncManager>, ServiceError> {
@@ -208,20 +271,51 @@ impl Handler<OwnStream> for Registry {
 }
 
 impl Handler<DisownStream> for Registry {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: DisownStream, _ctx: &mut Self::Context) -> Self::Result {
-        let entry = msg.stream.as_repository().and_then(|(ns, n)| {
-            self.repositories
-                .remove(&(ns.to_owned(), n.to_owned()))
-        });
-        Box::pin(async move {
-            if let Some(entry) = entry {
-                let _ = entry.manager.send(StopManager).await;
-                // Queued after any command in flight, so those finish.
-                let _ = entry.actor.send(StopWriter).await;
+        let Some(key) = msg
+            .stream
+            .as_repository()
+            .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+        else {
+            return Box::pin(fut::ready(()));
+        };
+        // New commands are refused from now; the running ones finish
+        // (bounded), then the manager and the writer stop.
+        self.leaving.insert(key.clone());
+        let busy = self.busy.clone();
+        let waited = key.clone();
+        Box::pin(
+            async move {
+                let drained = tokio::time::timeout(HANDOVER_DRAIN_MAX, async {
+                    loop {
+                        let idle = busy.idle.notified();
+                        if !busy.running.lock().expect("busy lock").contains_key(&waited) {
+                            return;
+                        }
+                        idle.await;
+                    }
+                })
+                .await;
+                if drained.is_err() {
+                    warn!(repo = %format_args!("{}/{}", waited.0, waited.1), "handing over with commands still running");
+                }
             }
-        })
+            .into_actor(self)
+            .then(move |(), act, _| {
+                act.leaving.remove(&key);
+                let entry = act.repositories.remove(&key);
+                async move {
+                    if let Some(entry) = entry {
+                        let _ = entry.manager.send(StopManager).await;
+                        // Queued after any command in flight, so those finish.
+                        let _ = entry.actor.send(StopWriter).await;
+                    }
+                }
+                .into_actor(act)
+            }),
+        )
     }
 }
 
@@ -248,6 +342,10 @@ impl Handler<RegisterRepository> for Registry {
 
     fn handle(&mut self, msg: RegisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.spec.namespace.clone(), msg.spec.name.clone());
+        let running = match self.begin(&key) {
+            Ok(running) => running,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
         if self.repositories.contains_key(&key) {
             let err = RegistryError::AlreadyRegistered {
                 namespace: key.0,
@@ -270,6 +368,7 @@ impl Handler<RegisterRepository> for Registry {
         let register_span = span.clone();
         Box::pin(
             async move {
+                let _running = running;
                 let registered = actor
                     .send(Register {
                         metadata: metadata.clone(),
@@ -323,6 +422,10 @@ impl Handler<UnregisterRepository> for Registry {
 
     fn handle(&mut self, msg: UnregisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace.clone(), msg.name.clone());
+        let running = match self.begin(&key) {
+            Ok(running) => running,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
         let Some(entry) = self.repositories.remove(&key) else {
             return Box::pin(fut::ready(Err(RegistryError::not_found(
                 &msg.namespace,
@@ -339,6 +442,7 @@ impl Handler<UnregisterRepository> for Registry {
         let close_span = span.clone();
         Box::pin(
             async move {
+                let _running = running;
                 actor
                     .send(Close {
                         metadata: msg.metadata,
@@ -375,9 +479,11 @@ impl Handler<SyncRepository> for Registry {
     fn handle(&mut self, msg: SyncRepository, _ctx: &mut Self::Context) -> Self::Result {
         let manager = self.manager(&msg.namespace, &msg.name);
         let key = (msg.namespace, msg.name);
+        let running = self.begin(&key);
         let span = tracing::info_span!(parent: &msg.span, "registry.sync", repo = %format_args!("{}/{}", key.0, key.1));
         Box::pin(
             async move {
+                let _running = running?;
                 manager?
                     .send(SyncNow {
                         trigger: msg.trigger,
@@ -398,11 +504,13 @@ impl Handler<RouteLifecycle> for Registry {
     fn handle(&mut self, msg: RouteLifecycle, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace, msg.name);
         let actor = self.repositories.get(&key).map(|e| e.actor.clone());
+        let running = self.begin(&key);
         let mut lifecycle = msg.lifecycle;
         let span = tracing::info_span!(parent: &lifecycle.span, "registry.route", repo = %format_args!("{}/{}", key.0, key.1), verb = lifecycle.op.verb());
         lifecycle.span = span.clone();
         Box::pin(
             async move {
+                let _running = running?;
                 let actor = actor.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
                 actor.send(lifecycle).await?
             }
@@ -420,10 +528,12 @@ impl Handler<UpdateRepository> for Registry {
             .repositories
             .get(&key)
             .map(|e| (e.actor.clone(), e.manager.clone()));
+        let running = self.begin(&key);
         let span = tracing::info_span!(parent: &msg.span, "registry.update", repo = %format_args!("{}/{}", key.0, key.1));
         let update_span = span.clone();
         Box::pin(
             async move {
+                let _running = running?;
                 let (actor, manager) =
                     entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
                 // The next time under the new spec is decided first and

@@ -38,7 +38,7 @@ pub const NODE_SUBJECT_PREFIX: &str = "cairn.node.";
 /// changes hands.
 pub const REROUTE_WINDOW: Duration = Duration::from_secs(15);
 /// Pause between two routings of one command.
-const REROUTE_PAUSE: Duration = Duration::from_millis(200);
+pub const REROUTE_PAUSE: Duration = Duration::from_millis(200);
 
 /// What the service needs of the cluster.
 #[derive(Debug, Clone)]
@@ -150,10 +150,9 @@ pub async fn forward(
                 let moving = headers
                     .get("Nats-Service-Error-Code")
                     .is_some_and(|c| c.as_str() == "503")
-                    && headers.get("Nats-Service-Error").is_some_and(|m| {
-                        let m = m.as_str();
-                        m.contains("does not own") || m.contains("taken over")
-                    });
+                    && headers
+                        .get("Nats-Service-Error")
+                        .is_some_and(|m| moving_message(m.as_str()));
                 if !moving || tokio::time::Instant::now() >= deadline {
                     return Ok((headers, reply.payload));
                 }
@@ -184,6 +183,16 @@ pub async fn forward(
             Err(_) => {}
         }
     }
+}
+
+/// Whether `error` says the command's stream is changing hands (and
+/// nothing of the command ran): routing it again finds the new owner.
+pub fn is_moving(error: &ServiceError) -> bool {
+    error.code == 503 && moving_message(&error.message)
+}
+
+fn moving_message(message: &str) -> bool {
+    message.contains("does not own") || message.contains("taken over")
 }
 
 /// Waits until this node applied the seq the request's `Cairn-Min-Seq`

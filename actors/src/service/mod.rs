@@ -367,41 +367,59 @@ where
                             context.config.read_wait,
                         )
                         .await;
-                        let routed = match (&waited, replay, context.config.cluster.clone()) {
-                            (Ok(()), Some(_), Some(routing)) => {
-                                routed(&context, &routing, &request, name, &body, forwarded)
-                                    .instrument(span.clone())
-                                    .await
-                            }
-                            _ => None,
-                        };
-                        match (waited, routed) {
-                            (Err(e), _) => Err(e),
-                            (Ok(()), Some(Ok((headers, body)))) => {
-                                cluster::relay(&request, headers, body).await;
-                                drop(permit);
-                                return;
-                            }
-                            (Ok(()), Some(Err(e))) => Err(e),
-                            (Ok(()), None) => {
-                                let incoming = Incoming {
-                                    format,
-                                    body,
-                                    headers: request.message.headers.clone(),
-                                    request: None,
-                                };
-                                let context = context.clone();
-                                match replay {
-                                    None => {
-                                        handler(context, incoming).instrument(span.clone()).await
-                                    }
-                                    Some(replay) => idempotent(
-                                        name, context, incoming, handler, replay, &mut extra,
-                                    )
-                                    .instrument(span.clone())
-                                    .await,
+                        let deadline = tokio::time::Instant::now() + cluster::REROUTE_WINDOW;
+                        loop {
+                            let routed = match (&waited, replay, context.config.cluster.clone()) {
+                                (Ok(()), Some(_), Some(routing)) => {
+                                    routed(&context, &routing, &request, name, &body, forwarded)
+                                        .instrument(span.clone())
+                                        .await
                                 }
+                                _ => None,
+                            };
+                            let result = match (&waited, routed) {
+                                (Err(e), _) => Err(e.clone()),
+                                (Ok(()), Some(Ok((headers, body)))) => {
+                                    cluster::relay(&request, headers, body).await;
+                                    drop(permit);
+                                    return;
+                                }
+                                (Ok(()), Some(Err(e))) => Err(e),
+                                (Ok(()), None) => {
+                                    let incoming = Incoming {
+                                        format,
+                                        body: body.clone(),
+                                        headers: request.message.headers.clone(),
+                                        request: None,
+                                    };
+                                    let context = context.clone();
+                                    match replay {
+                                        None => {
+                                            handler(context, incoming)
+                                                .instrument(span.clone())
+                                                .await
+                                        }
+                                        Some(replay) => idempotent(
+                                            name, context, incoming, handler, replay, &mut extra,
+                                        )
+                                        .instrument(span.clone())
+                                        .await,
+                                    }
+                                }
+                            };
+                            // The stream left this node while the command
+                            // came in (nothing of it ran): route it again.
+                            let moving = matches!(&result, Err(e) if cluster::is_moving(e));
+                            if moving
+                                && !forwarded
+                                && context.config.cluster.is_some()
+                                && tokio::time::Instant::now() < deadline
+                            {
+                                extra.clear();
+                                tokio::time::sleep(cluster::REROUTE_PAUSE).await;
+                                continue;
                             }
+                            break result;
                         }
                     }
                     Err(e) => Err(e),

@@ -1,0 +1,343 @@
+//! Three `cairn node` processes on a three-server NATS cluster (routes,
+//! JetStream R3): streams spread over the nodes, every node answers reads
+//! with the same content, a write through one node is read through another
+//! with `Cairn-Min-Seq`, and a node killed with SIGKILL loses its streams
+//! to the others within seconds, nothing acknowledged lost or repeated.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use async_nats::{jetstream, HeaderMap};
+use cairn_tests::{
+    cairn_cli, wait_until, ChildNode, Client, GitFixture, NatsCluster, TestDir, WAIT,
+};
+use futures::StreamExt as _;
+use serde_json::{json, Value};
+
+const NS: &str = "team-a";
+
+struct Cluster {
+    nats: NatsCluster,
+    nodes: Vec<Option<ChildNode>>,
+    clients: Vec<Client>,
+    _dirs: Vec<TestDir>,
+}
+
+impl Cluster {
+    async fn start(nodes: usize) -> Self {
+        let nats = tokio::task::spawn_blocking(|| {
+            let cluster = NatsCluster::start();
+            cluster.wait_ready(WAIT).unwrap();
+            cluster
+        })
+        .await
+        .unwrap();
+        let mut started = Vec::new();
+        let mut dirs = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..nodes {
+            let dir = TestDir::new();
+            let url = nats.url(i % 3);
+            let data = dir.path().to_path_buf();
+            let node = tokio::task::spawn_blocking(move || {
+                ChildNode::start_in_cluster(&cairn_cli!(), &data, &url, &format!("n{i}"), &[])
+            })
+            .await
+            .unwrap();
+            started.push(Some(node));
+            dirs.push(dir);
+            // A queue group prefers the subscriber on the publisher's own
+            // server: through client i, node i answers.
+            clients.push(Client::connect(&nats.url(i % 3)).await);
+        }
+        Self {
+            nats,
+            nodes: started,
+            clients,
+            _dirs: dirs,
+        }
+    }
+
+    /// Lease owners by stream id.
+    async fn owners(&self) -> BTreeMap<String, String> {
+        let client = async_nats::connect(self.nats.url(0)).await.unwrap();
+        let js = jetstream::new(client);
+        let kv = match js.get_key_value("cairn_owners").await {
+            Ok(kv) => kv,
+            Err(e) => {
+                let names: Vec<String> = js
+                    .stream_names()
+                    .filter_map(|n| async { n.ok() })
+                    .collect()
+                    .await;
+                panic!("bucket cairn_owners: {e}; streams: {names:?}");
+            }
+        };
+        let mut owners = BTreeMap::new();
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .unwrap()
+            .filter_map(|k| async { k.ok() })
+            .collect()
+            .await;
+        for key in keys {
+            if let Ok(Some(value)) = kv.get(&key).await {
+                let stream = base64_decode(&key);
+                owners.insert(stream, String::from_utf8_lossy(&value).into_owned());
+            }
+        }
+        owners
+    }
+}
+
+fn base64_decode(key: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(key)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn min_seq(seq: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Cairn-Min-Seq", seq);
+    headers
+}
+
+fn seq_of(headers: &HeaderMap) -> u64 {
+    headers
+        .get("Cairn-Seq")
+        .expect("every reply carries Cairn-Seq")
+        .as_str()
+        .parse()
+        .unwrap()
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alike() {
+    let cluster = Cluster::start(3).await;
+    let upstreams = TestDir::new();
+    let mut highest = 0;
+    for r in 0..30 {
+        let dir = upstreams.join(format!("r{r:02}"));
+        let (fixture, _) = GitFixture::with_packages(&dir, &format!("r{r:02}"), 1, 1, 1);
+        let (reply, headers) = cluster.clients[r % 3]
+            .call_with_headers(
+                "repo.register",
+                json!({"namespace": NS, "name": format!("r{r:02}"), "git": {"url": fixture.url()}}),
+                HeaderMap::new(),
+            )
+            .await;
+        let reply = reply.unwrap_or_else(|e| panic!("registering r{r:02}: {e}"));
+        assert_eq!(reply["status"]["package_count"], 2, "{reply}");
+        highest = highest.max(seq_of(&headers));
+    }
+
+    // Every repository (and the publisher role) has an owner; none owns
+    // more than 12.
+    let owners = wait_until("every stream to have an owner", WAIT, || async {
+        let owners = cluster.owners().await;
+        let repos = owners.keys().filter(|s| s.starts_with("repo/")).count();
+        if repos == 30 && owners.contains_key("role/publisher") {
+            Ok(owners)
+        } else {
+            Err(format!("{repos} repositories owned: {owners:?}"))
+        }
+    })
+    .await;
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for (stream, node) in &owners {
+        if stream.starts_with("repo/") {
+            *per_node.entry(node.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|&n| n <= 12), "{per_node:?}");
+
+    // Every node lists all thirty, identically, once it applied the last
+    // registration's seq.
+    let mut lists = Vec::new();
+    for client in &cluster.clients {
+        let (list, _) = client
+            .call_with_headers(
+                "repo.list",
+                json!({"namespace": NS}),
+                min_seq(&highest.to_string()),
+            )
+            .await;
+        lists.push(list.unwrap());
+    }
+    assert_eq!(names(&lists[0]).len(), 30);
+    assert_eq!(lists[0], lists[1]);
+    assert_eq!(lists[0], lists[2]);
+
+    // A write through node 0, read through node 2 with its seq.
+    let (created, headers) = cluster.clients[0]
+        .call_with_headers(
+            "pkgrev.create",
+            json!({"namespace": NS, "repository": "r07", "package": "new", "workspace": "ws"}),
+            HeaderMap::new(),
+        )
+        .await;
+    let created = created.unwrap();
+    let seq = seq_of(&headers);
+    let (read, read_headers) = cluster.clients[2]
+        .call_with_headers(
+            "pkgrev.get",
+            json!({"namespace": NS, "name": created["name"]}),
+            min_seq(&seq.to_string()),
+        )
+        .await;
+    // The same revision (a get also shows its upstream lock).
+    let mut read = read.unwrap();
+    read.as_object_mut().unwrap().remove("lock");
+    assert_eq!(read, created);
+    assert!(seq_of(&read_headers) >= seq);
+
+    // A node asked for a seq far ahead answers 503 naming how far behind.
+    let (behind, _) = cluster.clients[1]
+        .call_with_headers(
+            "repo.list",
+            json!({"namespace": NS}),
+            min_seq(&(seq + 1_000_000).to_string()),
+        )
+        .await;
+    let behind = behind.unwrap_err();
+    assert_eq!(behind.code, 503);
+    assert!(
+        behind.message.contains("behind the Cairn-Min-Seq"),
+        "{}",
+        behind.message
+    );
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_lost() {
+    let mut cluster = Cluster::start(3).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    let owner = wait_until("repo/team-a/r to have an owner", WAIT, || async {
+        cluster
+            .owners()
+            .await
+            .get("repo/team-a/r")
+            .cloned()
+            .ok_or_else(|| "no owner yet".to_owned())
+    })
+    .await;
+    let owner_index: usize = owner.trim_start_matches('n').parse().unwrap();
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner_index).collect();
+
+    // Commands through the other nodes are forwarded to the owner.
+    let mut acknowledged = Vec::new();
+    for w in 0..3 {
+        let created = cluster.clients[others[w % 2]]
+            .ok(
+                "pkgrev.create",
+                json!({"namespace": NS, "repository": "r", "package": format!("p{w}"), "workspace": "ws"}),
+            )
+            .await;
+        acknowledged.push(created["name"].as_str().unwrap().to_owned());
+    }
+
+    // kill -9 of the owner; the next command through another node succeeds
+    // within the bound.
+    let mut killed = cluster.nodes[owner_index].take().unwrap();
+    tokio::task::spawn_blocking(move || killed.kill())
+        .await
+        .unwrap();
+    let killed_at = Instant::now();
+    let client = cluster.clients[others[0]].clone();
+    let created = wait_until("a command to succeed after the owner died", WAIT, || {
+        let client = client.clone();
+        async move {
+            client
+                .call(
+                    "pkgrev.create",
+                    json!({"namespace": NS, "repository": "r", "package": "after", "workspace": "ws"}),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let failover = killed_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    acknowledged.push(created["name"].as_str().unwrap().to_owned());
+    let new_owner = cluster.owners().await["repo/team-a/r"].clone();
+    assert_ne!(new_owner, owner);
+
+    // Both survivors hold every acknowledged revision, and the same log.
+    let mut seq = 0;
+    for &i in &others {
+        let (reply, headers) = cluster.clients[i]
+            .call_with_headers("log.read", json!({"from_seq": 1, "limit": 1000}), HeaderMap::new())
+            .await;
+        reply.unwrap();
+        seq = seq.max(seq_of(&headers));
+    }
+    let mut logs = Vec::new();
+    for &i in &others {
+        let (reply, _) = cluster.clients[i]
+            .call_with_headers(
+                "log.read",
+                json!({"from_seq": 1, "limit": 1000}),
+                min_seq(&seq.to_string()),
+            )
+            .await;
+        logs.push(reply.unwrap());
+        let (list, _) = cluster.clients[i]
+            .call_with_headers(
+                "pkgrev.list",
+                json!({"namespace": NS, "repository": "r"}),
+                min_seq(&seq.to_string()),
+            )
+            .await;
+        let listed = names(&list.unwrap());
+        for name in &acknowledged {
+            assert!(listed.contains(name), "{name} missing from node {i}: {listed:?}");
+        }
+    }
+    assert_eq!(logs[0], logs[1]);
+    let ids: Vec<&str> = logs[0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "an event appears twice");
+    let seqs: Vec<u64> = logs[0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
