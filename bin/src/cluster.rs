@@ -19,7 +19,9 @@ use actix::Addr;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use cairn_actors::{
-    cluster::{log, start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig},
+    cluster::{
+        log, start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig,
+    },
     publisher::PublisherConfig,
     registry::{DisownStream, OwnStream, Registry},
     service::cluster::ClusterRouting,
@@ -61,7 +63,8 @@ impl ClusterStart {
         let replicas = config.cluster.stream_replicas;
         let js = jetstream::new(client.clone());
         let max_payload = client.server_info().max_payload;
-        let deadline = tokio::time::Instant::now() + config.nats.connect_timeout.max(Duration::from_secs(30));
+        let deadline =
+            tokio::time::Instant::now() + config.nats.connect_timeout.max(Duration::from_secs(30));
         // JetStream may still be electing its leaders when the node starts.
         let (log_stream, blobs) = loop {
             let attempt = async {
@@ -141,6 +144,7 @@ impl ClusterStart {
             applier: self.applier,
             applied: self.appender.applied().clone(),
             node: self.node,
+            leave_grace: config.cluster.renew_interval,
         })
     }
 }
@@ -160,7 +164,11 @@ async fn catch_up(
     if applied.position() >= last {
         return Ok(());
     }
-    info!(from = applied.position(), to = last, "catching up with the cluster's log");
+    info!(
+        from = applied.position(),
+        to = last,
+        "catching up with the cluster's log"
+    );
     let mut rx = applied.subscribe();
     let progress = async {
         let mut logged = tokio::time::Instant::now();
@@ -184,7 +192,10 @@ async fn catch_up(
             applied.position()
         )
     })?;
-    info!(position = applied.position(), "caught up with the cluster's log");
+    info!(
+        position = applied.position(),
+        "caught up with the cluster's log"
+    );
     Ok(())
 }
 
@@ -196,9 +207,16 @@ pub struct ClusterNode {
     applier: tokio::task::JoinHandle<()>,
     applied: Applied,
     node: String,
+    leave_grace: Duration,
 }
 
 impl ClusterNode {
+    /// How long a leaving node keeps serving after it handed its streams
+    /// over (`cluster.renew-interval`): the other nodes see it gone meanwhile.
+    pub fn leave_grace(&self) -> Duration {
+        self.leave_grace
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node
@@ -268,10 +286,14 @@ impl Holder for NodeHolder {
             let (tx, rx) = tokio::sync::oneshot::channel();
             // Actors start on the node's arbiter.
             self.arbiter.spawn(async move {
-                let _ = tx.send(slot.start(&store, &client, &config).map_err(|e| e.to_string()));
+                let _ = tx.send(
+                    slot.start(&store, &client, &config)
+                        .map_err(|e| e.to_string()),
+                );
             });
             return Box::pin(async move {
-                rx.await.map_err(|_| "the node's arbiter stopped".to_owned())??;
+                rx.await
+                    .map_err(|_| "the node's arbiter stopped".to_owned())??;
                 info!("this node publishes CAIRN_EVENTS now");
                 Ok(())
             });

@@ -140,12 +140,22 @@ impl NodeConfig {
             .unwrap_or_default()
             .trim()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .take(40)
             .collect::<String>();
         let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
         let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.to_string_lossy().as_bytes());
-        let host = if host.is_empty() { "node".to_owned() } else { host };
+        let host = if host.is_empty() {
+            "node".to_owned()
+        } else {
+            host
+        };
         format!("{host}-{}", hex::encode(&digest[..4]))
     }
 }

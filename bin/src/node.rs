@@ -202,7 +202,14 @@ impl Node {
         let cluster = match cluster_start {
             Some(start) => {
                 let node = start
-                    .finish(&config, &store, &client, &registry, &publisher, publisher_config)
+                    .finish(
+                        &config,
+                        &store,
+                        &client,
+                        &registry,
+                        &publisher,
+                        publisher_config,
+                    )
                     .await?;
                 service_config.cluster = Some(node.routing.clone());
                 Some(node)
@@ -281,8 +288,11 @@ impl Node {
         if let Some(cluster) = &self.cluster {
             // Streams handed over first (each writer finishes what it runs,
             // its lease is deleted): the others take them at once, and this
-            // node forwards what it still receives to them.
+            // node forwards what it still receives to them. It keeps serving
+            // a renew interval longer, so that no node forwards to it any
+            // more, nor finds it in the queue group, when it unsubscribes.
             cluster.leave().await;
+            tokio::time::sleep(cluster.leave_grace()).await;
         }
         self.service.stop().await;
         // Repository actors finish their commands and stop.
@@ -397,27 +407,42 @@ const RETRY_CONNECT: Duration = Duration::from_millis(250);
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
+        // Installed before the node starts: a SIGTERM during start-up
+        // stops it gracefully once it started, rather than killing it.
+        let signals = Signals::install()?;
         let node = Node::start(config).await?;
         // The one line a person (or a script) needs: where NATS is.
         println!(
             "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>)",
             node.nats_url
         );
-        wait_for_signal().await?;
+        signals.wait().await;
         node.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
 }
 
 #[cfg(test)]

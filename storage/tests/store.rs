@@ -1373,7 +1373,10 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
     let messages = vec![
         SequencedCommit {
             position: 3,
-            envelopes: vec![unsequenced(1, "repo/ns/a", 1), unsequenced(2, "repo/ns/b", 1)],
+            envelopes: vec![
+                unsequenced(1, "repo/ns/a", 1),
+                unsequenced(2, "repo/ns/b", 1),
+            ],
         },
         // A fence: no events.
         SequencedCommit {
@@ -1383,7 +1386,10 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
         // A deposed writer's stale version: refused, nothing written.
         SequencedCommit {
             position: 7,
-            envelopes: vec![unsequenced(90, "repo/ns/c", 1), unsequenced(91, "repo/ns/a", 1)],
+            envelopes: vec![
+                unsequenced(90, "repo/ns/c", 1),
+                unsequenced(91, "repo/ns/a", 1),
+            ],
         },
         SequencedCommit {
             position: 9,
@@ -1398,7 +1404,11 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
         let mut outcomes = Vec::new();
         for n in grouping {
             let group: Vec<_> = rest.drain(..n).collect();
-            outcomes.extend(runtime.block_on(store.apply_sequenced_async(group)).unwrap());
+            outcomes.extend(
+                runtime
+                    .block_on(store.apply_sequenced_async(group))
+                    .unwrap(),
+            );
         }
         assert_eq!(
             outcomes,
@@ -1436,11 +1446,15 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
     // (the replication position aside, which only this path records).
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let with_seqs = [(1, "repo/ns/a", 1), (2, "repo/ns/b", 1), (3, "repo/ns/a", 2)]
-        .map(|(seq, stream, version)| Envelope {
-            seq,
-            ..unsequenced(seq, stream, version)
-        });
+    let with_seqs = [
+        (1, "repo/ns/a", 1),
+        (2, "repo/ns/b", 1),
+        (3, "repo/ns/a", 2),
+    ]
+    .map(|(seq, stream, version)| Envelope {
+        seq,
+        ..unsequenced(seq, stream, version)
+    });
     store.apply_replicated(with_seqs.to_vec()).unwrap();
     let mut replicated_dump = store.state_dump().unwrap();
     let mut sequenced_dump = dumps.pop().unwrap();

@@ -143,7 +143,12 @@ async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
     drop(pin);
     let appended = a
         .appender
-        .append_chunks(&other, 0, vec![vec![events::registered("ns", "s")]], metadata.clone())
+        .append_chunks(
+            &other,
+            0,
+            vec![vec![events::registered("ns", "s")]],
+            metadata.clone(),
+        )
         .await
         .pop()
         .unwrap()
@@ -235,4 +240,127 @@ async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
     caught_up(&c, position).await;
     assert_eq!(dump(&c.store.store), dump(&a.store.store));
     assert_eq!(c.store.store.get(&digest).unwrap(), Some(content));
+}
+
+/// A holder that records what it is given.
+#[derive(Debug, Default)]
+struct Recorder {
+    streams: Vec<StreamId>,
+    owned: std::sync::Mutex<Vec<String>>,
+}
+
+impl cairn_actors::cluster::Holder for Recorder {
+    fn streams(&self) -> futures::future::BoxFuture<'static, Vec<StreamId>> {
+        let streams = self.streams.clone();
+        Box::pin(async move { streams })
+    }
+    fn own(&self, stream: StreamId) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.owned.lock().unwrap().push(format!("+{stream}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn disown(&self, stream: StreamId) -> futures::future::BoxFuture<'static, ()> {
+        self.owned.lock().unwrap().push(format!("-{stream}"));
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leaving() {
+    use cairn_actors::cluster::{Ownership, OwnershipConfig};
+    use std::sync::Arc;
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let streams: Vec<StreamId> = (0..12)
+        .map(|i| StreamId::repository("ns", &format!("r{i}")).unwrap())
+        .collect();
+    let mut members = Vec::new();
+    for (i, name) in ["m1", "m2"].into_iter().enumerate() {
+        let client = async_nats::connect(cluster.url(i)).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let max_payload = client.server_info().max_payload;
+        let blobs = wait_until("the blob stream", WAIT, || {
+            let js = js.clone();
+            async move { Blobs::start(js, max_payload, 3).await }
+        })
+        .await;
+        wait_until("the log stream", WAIT, || {
+            let js = js.clone();
+            async move { log::ensure_stream(&js, 3).await.map(|_| ()) }
+        })
+        .await;
+        let store = TempStore::open();
+        let (applied, applier) = start_applier(js.clone(), store.store.clone(), blobs.clone())
+            .await
+            .unwrap();
+        let appender = ClusterAppend::new(
+            name,
+            js.clone(),
+            store.store.clone(),
+            blobs,
+            applied,
+            max_payload,
+            Duration::from_secs(30),
+        );
+        let holder = Arc::new(Recorder {
+            streams: streams.clone(),
+            ..Default::default()
+        });
+        let ownership = Ownership::start(
+            js,
+            OwnershipConfig {
+                node: name.to_owned(),
+                lease: Duration::from_secs(3),
+                renew_every: Duration::from_secs(1),
+                replicas: 3,
+            },
+            appender,
+            holder.clone(),
+        )
+        .await
+        .unwrap();
+        members.push((ownership, holder, store, applier));
+    }
+    // Both see both, and the twelve streams end up split between them.
+    wait_until("both members to hold a share", WAIT, || async {
+        let live: Vec<Vec<String>> = members.iter().map(|m| m.0.view().live()).collect();
+        let held: Vec<usize> = members.iter().map(|m| m.0.view().held().len()).collect();
+        if live.iter().all(|l| l == &["m1", "m2"])
+            && held.iter().sum::<usize>() == 12
+            && held.iter().all(|&h| h > 0)
+        {
+            Ok(())
+        } else {
+            Err(format!("live {live:?}, held {held:?}"))
+        }
+    })
+    .await;
+    // m1 leaves: m2 takes everything without waiting for leases to expire.
+    let left_at = std::time::Instant::now();
+    members[0].0.leave().await;
+    assert!(members[0].0.view().held().is_empty());
+    wait_until("m2 to hold all twelve", WAIT, || async {
+        let held = members[1].0.view().held().len();
+        if held == 12 {
+            Ok(())
+        } else {
+            Err(format!("{held} held"))
+        }
+    })
+    .await;
+    assert!(
+        left_at.elapsed() < Duration::from_secs(3),
+        "took {:?}: a lease expiry, not a handover",
+        left_at.elapsed()
+    );
+    let m1 = members[0].1.owned.lock().unwrap().clone();
+    assert_eq!(
+        m1.iter().filter(|e| e.starts_with('+')).count(),
+        m1.iter().filter(|e| e.starts_with('-')).count(),
+        "m1 gave back everything it took: {m1:?}"
+    );
+    for (_, _, _, applier) in &members {
+        applier.abort();
+    }
 }

@@ -42,7 +42,13 @@ impl Cluster {
             let url = nats.url(i % 3);
             let data = dir.path().to_path_buf();
             let node = tokio::task::spawn_blocking(move || {
-                ChildNode::start_in_cluster(&cairn_cli!(), &data, &url, &format!("n{i}"), &[])
+                ChildNode::start_in_cluster(
+                    &cairn_cli!(),
+                    &data,
+                    &url,
+                    &format!("n{i}"),
+                    &[("RUST_LOG", "warn,cairn_actors::cluster=info")],
+                )
             })
             .await
             .unwrap();
@@ -295,7 +301,11 @@ async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_l
     let mut seq = 0;
     for &i in &others {
         let (reply, headers) = cluster.clients[i]
-            .call_with_headers("log.read", json!({"from_seq": 1, "limit": 1000}), HeaderMap::new())
+            .call_with_headers(
+                "log.read",
+                json!({"from_seq": 1, "limit": 1000}),
+                HeaderMap::new(),
+            )
             .await;
         reply.unwrap();
         seq = seq.max(seq_of(&headers));
@@ -319,7 +329,10 @@ async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_l
             .await;
         let listed = names(&list.unwrap());
         for name in &acknowledged {
-            assert!(listed.contains(name), "{name} missing from node {i}: {listed:?}");
+            assert!(
+                listed.contains(name),
+                "{name} missing from node {i}: {listed:?}"
+            );
         }
     }
     assert_eq!(logs[0], logs[1]);
@@ -340,4 +353,161 @@ async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_l
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+impl Cluster {
+    /// Stops node `i` with SIGTERM (bounded) and starts it again on its
+    /// data directory; answers the exit status of the stop.
+    async fn restart(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut node = self.nodes[i].take().expect("node running");
+        let status = tokio::task::spawn_blocking(move || node.terminate(WAIT))
+            .await
+            .unwrap();
+        let data = self._dirs[i].path().to_path_buf();
+        let url = self.nats.url(i % 3);
+        let node = tokio::task::spawn_blocking(move || {
+            ChildNode::start_in_cluster(
+                &cairn_cli!(),
+                &data,
+                &url,
+                &format!("n{i}"),
+                &[("RUST_LOG", "warn,cairn_actors::cluster=info")],
+            )
+        })
+        .await
+        .unwrap();
+        self.nodes[i] = Some(node);
+        status
+    }
+}
+
+/// Lifecycle commands, one after the other, through nodes in turn, until
+/// told to stop: the names acknowledged, and every failure.
+fn steady_writes(
+    clients: Vec<Client>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut acknowledged, mut failed) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while !*stop.borrow() {
+            let client = &clients[i % clients.len()];
+            match client
+                .call(
+                    "pkgrev.create",
+                    json!({"namespace": NS, "repository": "r", "package": format!("w{i:04}"), "workspace": "ws"}),
+                )
+                .await
+            {
+                Ok(reply) => acknowledged.push(reply["name"].as_str().unwrap().to_owned()),
+                Err(e) => failed.push(format!("w{i:04}: {e}")),
+            }
+            i += 1;
+        }
+        (acknowledged, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    let owner = wait_until("repo/team-a/r to have an owner", WAIT, || async {
+        cluster
+            .owners()
+            .await
+            .get("repo/team-a/r")
+            .cloned()
+            .ok_or_else(|| "no owner yet".to_owned())
+    })
+    .await;
+    let owner_index: usize = owner.trim_start_matches('n').parse().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writes = steady_writes(cluster.clients.clone(), stopped);
+
+    // The owner first, then every node in turn, under steady writes.
+    let mut order = vec![owner_index];
+    order.extend(0..3);
+    for i in order {
+        let status = cluster.restart(i).await;
+        assert!(status.success(), "node n{i} stopped with {status}");
+    }
+    stop.send(true).unwrap();
+    let (acknowledged, failed) = writes.await.unwrap();
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "commands failed during the restarts"
+    );
+    assert!(acknowledged.len() >= 3, "{acknowledged:?}");
+
+    // Every node holds every acknowledged revision; the logs agree.
+    let (_, headers) = cluster.clients[0]
+        .call_with_headers("log.read", json!({"limit": 1}), HeaderMap::new())
+        .await;
+    let last = seq_of(&headers);
+    let mut logs = Vec::new();
+    for client in &cluster.clients {
+        let mut events = Vec::new();
+        let mut from = 1;
+        loop {
+            let (page, _) = client
+                .call_with_headers(
+                    "log.read",
+                    json!({"from_seq": from, "limit": 1000}),
+                    min_seq(&last.to_string()),
+                )
+                .await;
+            let page = page.unwrap();
+            let batch = page["events"].as_array().unwrap().clone();
+            if batch.is_empty() {
+                break;
+            }
+            from = page["next_seq"].as_u64().unwrap();
+            events.extend(batch);
+        }
+        let (list, _) = client
+            .call_with_headers(
+                "pkgrev.list",
+                json!({"namespace": NS, "repository": "r"}),
+                min_seq(&last.to_string()),
+            )
+            .await;
+        let listed = names(&list.unwrap());
+        for name in &acknowledged {
+            assert!(listed.contains(name), "{name} missing: {listed:?}");
+        }
+        logs.push(events);
+    }
+    let last = logs[0].len() as u64;
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+
+    // CAIRN_EVENTS: every event once, in log order, whoever published it.
+    let nats = async_nats::connect(cluster.nats.url(0)).await.unwrap();
+    let stored = wait_until("every event to be published", WAIT, || {
+        let nats = nats.clone();
+        async move {
+            let stored = cairn_tests::jetstream::cairn_seqs(&nats, "CAIRN_EVENTS").await;
+            if stored.len() as u64 >= last {
+                Ok(stored)
+            } else {
+                Err(format!("{} of {last} published", stored.len()))
+            }
+        }
+    })
+    .await;
+    let got: Vec<(u64, Option<u64>)> = stored.iter().map(|s| (s.position, s.cairn_seq)).collect();
+    let want: Vec<(u64, Option<u64>)> = (1..=last).map(|n| (n, Some(n))).collect();
+    assert_eq!(got, want);
+    let ids: Vec<Option<&str>> = stored.iter().map(|s| s.msg_id.as_deref()).collect();
+    let logged: Vec<Option<&str>> = logs[0].iter().map(|e| e["event_id"].as_str()).collect();
+    assert_eq!(ids, logged, "each message is its event, by Nats-Msg-Id");
 }

@@ -19,19 +19,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use async_nats::jetstream::{
-    self,
-    context::PublishErrorKind,
-    message::PublishMessage as Publish,
-};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage as Publish};
 use cairn_events::{
     envelope::{self, Metadata},
     v1::{Envelope, Event},
     StreamId, SCHEMA_VERSION,
 };
-use cairn_storage::{
-    append::AppendChunks, Appended, AsyncAppend, Sequenced, StorageError, Store,
-};
+use cairn_storage::{append::AppendChunks, Appended, AsyncAppend, Sequenced, StorageError, Store};
 
 use super::{
     blobs::Blobs,
@@ -243,7 +237,11 @@ impl ClusterAppend {
             if let Some(known) = inner.owned.lock().expect("owned lock").get_mut(stream) {
                 *known = ack.sequence;
             }
-            match inner.applied.wait_for(ack.sequence, inner.apply_wait).await? {
+            match inner
+                .applied
+                .wait_for(ack.sequence, inner.apply_wait)
+                .await?
+            {
                 Some(Sequenced::Applied { first_seq, .. }) => {
                     for (i, mut env) in message.into_iter().enumerate() {
                         env.seq = first_seq + i as u64;

@@ -300,9 +300,10 @@ mod tests {
         );
         assert_eq!(decode_commit(&body).unwrap(), envelopes);
         assert_eq!(decode_commit(&[]).unwrap(), Vec::<Envelope>::new());
-        let subject = subject_of(&StreamId::new("repo/my.ns/r*1").unwrap_or_else(|_| {
-            StreamId::new("repo/ns/r.1").unwrap()
-        }));
+        let subject = subject_of(
+            &StreamId::new("repo/my.ns/r*1")
+                .unwrap_or_else(|_| StreamId::new("repo/ns/r.1").unwrap()),
+        );
         let token = subject.strip_prefix(LOG_SUBJECT_PREFIX).unwrap();
         assert!(!token.is_empty());
         assert!(token

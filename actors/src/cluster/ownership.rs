@@ -91,7 +91,8 @@ pub fn lease_key(stream: &StreamId) -> String {
 /// The node among `live` that should own `stream`: the highest
 /// rendezvous score, ties by node id.
 pub fn preferred<'a>(live: &'a [String], stream: &str) -> Option<&'a String> {
-    live.iter().max_by_key(|node| (score(node, stream), node.as_str()))
+    live.iter()
+        .max_by_key(|node| (score(node, stream), node.as_str()))
 }
 
 fn score(node: &str, stream: &str) -> u64 {
@@ -114,14 +115,31 @@ pub struct SeenLease {
     pub seen: Instant,
 }
 
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Its last revision.
+    pub revision: u64,
+    /// Being given up: the stream's running commands finish, new ones go
+    /// elsewhere; still renewed until then (unless `lost`).
+    pub releasing: bool,
+    /// A renewal was refused: another node may own it now.
+    pub lost: bool,
+}
+
 /// What this node knows of the cluster now: live nodes, leases, its own.
 #[derive(Debug)]
 pub struct OwnershipView {
     node: String,
     lease: Duration,
+    /// The live nodes as last logged.
     live: RwLock<Vec<String>>,
     leases: RwLock<HashMap<String, SeenLease>>,
-    held: RwLock<BTreeMap<StreamId, u64>>,
+    /// Nodes by when their heartbeat was last seen.
+    members: RwLock<HashMap<String, Instant>>,
+    held: RwLock<BTreeMap<StreamId, Held>>,
+    /// Set when the node leaves (SIGTERM): it is no candidate any more.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 impl OwnershipView {
@@ -130,19 +148,54 @@ impl OwnershipView {
         &self.node
     }
 
-    /// The live nodes, sorted.
+    /// The live nodes, sorted: heartbeats seen within a lease time, and
+    /// this node unless it leaves.
     pub fn live(&self) -> Vec<String> {
-        self.live.read().expect("live lock").clone()
+        let mut live: Vec<String> = self
+            .members
+            .read()
+            .expect("members lock")
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() < self.lease)
+            .map(|(node, _)| node.clone())
+            .collect();
+        if !live.contains(&self.node) {
+            // This node is live: its heartbeat may just not be seen yet.
+            live.push(self.node.clone());
+        }
+        if self.is_leaving() {
+            live.retain(|n| *n != self.node);
+        }
+        live.sort();
+        live
     }
 
-    /// The streams this node holds, with their lease revisions.
-    pub fn held(&self) -> BTreeMap<StreamId, u64> {
+    /// Whether this node is leaving the cluster.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The leases this node holds (those it is giving up included).
+    pub fn held(&self) -> BTreeMap<StreamId, Held> {
         self.held.read().expect("held lock").clone()
     }
 
-    /// Whether this node holds `stream`'s lease.
+    /// Whether this node holds `stream` and takes its commands.
     pub fn holds(&self, stream: &StreamId) -> bool {
-        self.held.read().expect("held lock").contains_key(stream)
+        self.held
+            .read()
+            .expect("held lock")
+            .get(stream)
+            .is_some_and(|h| !h.releasing)
+    }
+
+    /// Whether this node is giving `stream` up right now.
+    pub fn releasing(&self, stream: &StreamId) -> bool {
+        self.held
+            .read()
+            .expect("held lock")
+            .get(stream)
+            .is_some_and(|h| h.releasing)
     }
 
     /// The owner of `stream` by a live lease, if any.
@@ -182,6 +235,11 @@ impl OwnershipView {
 enum Command {
     Acquire(StreamId, oneshot::Sender<Result<(), String>>),
     Leave(oneshot::Sender<()>),
+    /// A stream given up has no command running any more: its lease can go.
+    Released {
+        stream: StreamId,
+        delete: bool,
+    },
 }
 
 /// A handle on the ownership loop.
@@ -196,6 +254,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Acquire(s, _) => write!(f, "Acquire({s})"),
             Command::Leave(_) => write!(f, "Leave"),
+            Command::Released { stream, .. } => write!(f, "Released({stream})"),
         }
     }
 }
@@ -215,36 +274,50 @@ impl Ownership {
             lease: config.lease,
             live: RwLock::default(),
             leases: RwLock::default(),
+            members: RwLock::default(),
             held: RwLock::default(),
+            leaving: Default::default(),
         });
-        let mut watch = owners
-            .watch_all()
-            .await
-            .map_err(|e| format!("watching {OWNERS_BUCKET}: {e}"))?;
         let watched = view.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
-                let mut leases = watched.leases.write().expect("leases lock");
-                match entry.operation {
-                    Operation::Put => {
-                        leases.insert(
-                            entry.key,
-                            SeenLease {
-                                node: String::from_utf8_lossy(&entry.value).into_owned(),
-                                revision: entry.revision,
-                                seen: Instant::now(),
-                            },
-                        );
-                    }
-                    Operation::Delete | Operation::Purge => {
-                        leases.remove(&entry.key);
-                    }
+        spawn_watch(owners.clone(), move |entry| {
+            let mut leases = watched.leases.write().expect("leases lock");
+            match entry.operation {
+                Operation::Put => {
+                    leases.insert(
+                        entry.key,
+                        SeenLease {
+                            node: String::from_utf8_lossy(&entry.value).into_owned(),
+                            revision: entry.revision,
+                            seen: Instant::now(),
+                        },
+                    );
+                }
+                Operation::Delete | Operation::Purge => {
+                    leases.remove(&entry.key);
+                }
+            }
+        });
+        let watched = view.clone();
+        let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
+        spawn_watch(nodes.clone(), move |entry| {
+            if entry.delta == 0 {
+                // The bucket as it was when the watch began is all seen.
+                synced_tx.send_replace(true);
+            }
+            let mut members = watched.members.write().expect("members lock");
+            match entry.operation {
+                Operation::Put => {
+                    members.insert(entry.key, Instant::now());
+                }
+                Operation::Delete | Operation::Purge => {
+                    members.remove(&entry.key);
                 }
             }
         });
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
         let mut state = Loop {
+            commands: tx.clone(),
+            leave_reply: None,
             config,
             nodes,
             owners,
@@ -254,7 +327,10 @@ impl Ownership {
             acquired_at: HashMap::new(),
         };
         state.heartbeat().await;
-        state.read_live().await;
+        // Place nothing before the other members are known (this node's
+        // own heartbeat ends the initial listing at the latest).
+        let _ = tokio::time::timeout(state.config.lease, synced.wait_for(|s| *s)).await;
+        state.read_live();
         tokio::spawn(state.run(rx));
         Ok(Self { view, commands: tx })
     }
@@ -318,7 +394,30 @@ async fn bucket(
         .map_err(|e| format!("cannot open bucket {name}: {e}"))
 }
 
+/// Follows every change of `kv` with `apply`, for as long as the bucket
+/// can be watched. A watch that fails (the connection closed, a reconnect)
+/// is dropped — never polled again — and made anew.
+fn spawn_watch(kv: kv::Store, apply: impl Fn(kv::Entry) + Send + 'static) {
+    tokio::spawn(async move {
+        loop {
+            // From the last entry of every key (not only new ones): a node
+            // starting knows the members and leases at once.
+            let Ok(mut watch) = kv.watch_with_history(">").await else {
+                return;
+            };
+            while let Some(Ok(entry)) = watch.next().await {
+                apply(entry);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
 struct Loop {
+    /// The loop's own queue (release tasks report there).
+    commands: mpsc::Sender<Command>,
+    /// Who waits for this node to have left.
+    leave_reply: Option<oneshot::Sender<()>>,
     config: OwnershipConfig,
     nodes: kv::Store,
     owners: kv::Store,
@@ -343,16 +442,28 @@ impl Loop {
                     }
                     Some(Command::Leave(reply)) => {
                         self.leave().await;
-                        let _ = reply.send(());
-                        return;
+                        self.leave_reply = Some(reply);
+                    }
+                    Some(Command::Released { stream, delete }) => {
+                        self.released(&stream, delete).await;
                     }
                     None => return,
                 },
+            }
+            if self.view.is_leaving() && self.view.held.read().expect("held lock").is_empty() {
+                if let Some(reply) = self.leave_reply.take() {
+                    info!("left the cluster");
+                    let _ = reply.send(());
+                    return;
+                }
             }
         }
     }
 
     async fn heartbeat(&mut self) {
+        if self.view.is_leaving() {
+            return;
+        }
         if let Err(e) = self
             .nodes
             .put(&self.config.node, self.config.node.clone().into())
@@ -362,20 +473,9 @@ impl Loop {
         }
     }
 
-    async fn read_live(&mut self) {
-        let keys = match self.nodes.keys().await {
-            Ok(keys) => keys,
-            Err(e) => {
-                warn!(error = %e, "cannot list the cluster's nodes");
-                return;
-            }
-        };
-        let mut live: Vec<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
-        if !live.contains(&self.config.node) {
-            // This node is live: its heartbeat may just not be seen yet.
-            live.push(self.config.node.clone());
-        }
-        live.sort();
+    /// Logs membership changes.
+    fn read_live(&mut self) {
+        let live = self.view.live();
         let mut known = self.view.live.write().expect("live lock");
         if *known != live {
             info!(nodes = ?live, "cluster membership changed");
@@ -385,26 +485,37 @@ impl Loop {
 
     async fn tick(&mut self) {
         self.heartbeat().await;
-        self.read_live().await;
-        // Renew.
-        for (stream, revision) in self.view.held() {
+        self.read_live();
+        // Renew — also the leases being given up, until their commands end.
+        for (stream, held) in self.view.held() {
+            if held.lost {
+                continue;
+            }
             match self
                 .owners
-                .update(lease_key(&stream), self.config.node.clone().into(), revision)
+                .update(
+                    lease_key(&stream),
+                    self.config.node.clone().into(),
+                    held.revision,
+                )
                 .await
             {
                 Ok(revision) => {
-                    self.view
-                        .held
-                        .write()
-                        .expect("held lock")
-                        .insert(stream, revision);
+                    if let Some(h) = self.view.held.write().expect("held lock").get_mut(&stream) {
+                        h.revision = revision;
+                    }
                 }
                 Err(e) => {
                     warn!(stream = %stream, error = %e, "lease lost; stepping down");
-                    self.step_down(&stream, None).await;
+                    if let Some(h) = self.view.held.write().expect("held lock").get_mut(&stream) {
+                        h.lost = true;
+                    }
+                    self.step_down(&stream, false);
                 }
             }
+        }
+        if self.view.is_leaving() {
+            return;
         }
         // Place.
         let streams = self.holder.streams().await;
@@ -416,27 +527,26 @@ impl Loop {
             };
             let held = self.view.holds(stream);
             if *preferred == self.config.node && !held {
-                if self.view.owner_of(stream).is_none() {
+                if self.view.owner_of(stream).is_none() && !self.view.releasing(stream) {
                     if let Err(e) = self.acquire_now(stream).await {
                         debug!(stream = %stream, error = %e, "not acquired");
                     }
                 }
             } else if held && *preferred != self.config.node {
                 info!(stream = %stream, to = %preferred, "handing the stream over to its preferred node");
-                let revision = self.view.held().get(stream).copied();
-                self.step_down(stream, revision).await;
+                self.step_down(stream, true);
             }
         }
         // Held streams that no longer exist (closed) are released — not
         // one acquired moments ago for a command that creates it.
-        for (stream, revision) in self.view.held() {
+        for stream in self.view.held().into_keys() {
             let recent = self
                 .acquired_at
                 .get(&stream)
                 .is_some_and(|at| at.elapsed() < UNLISTED_GRACE);
-            if !wanted.contains(&stream) && !recent {
+            if !wanted.contains(&stream) && !recent && self.view.holds(&stream) {
                 info!(stream = %stream, "releasing a stream that no longer exists");
-                self.step_down(&stream, Some(revision)).await;
+                self.step_down(&stream, true);
             }
         }
     }
@@ -446,6 +556,15 @@ impl Loop {
     async fn acquire_now(&mut self, stream: &StreamId) -> Result<(), String> {
         if self.view.holds(stream) {
             return Ok(());
+        }
+        if self.view.is_leaving() {
+            return Err(format!("node {} is leaving the cluster", self.config.node));
+        }
+        if self.view.releasing(stream) {
+            return Err(format!(
+                "node {} is handing stream {stream} over",
+                self.config.node
+            ));
         }
         let key = lease_key(stream);
         let revision = self
@@ -459,11 +578,14 @@ impl Loop {
                     None => format!("stream {stream}: lease not acquired: {e}"),
                 }
             })?;
-        self.view
-            .held
-            .write()
-            .expect("held lock")
-            .insert(stream.clone(), revision);
+        self.view.held.write().expect("held lock").insert(
+            stream.clone(),
+            Held {
+                revision,
+                releasing: false,
+                lost: false,
+            },
+        );
         self.acquired_at.insert(stream.clone(), Instant::now());
         let taken = self.appender.take(stream).await;
         let owned = match taken {
@@ -475,38 +597,70 @@ impl Loop {
         };
         if let Err(e) = owned {
             warn!(stream = %stream, error = %e, "cannot take the stream; releasing it");
-            let revision = self.view.held().get(stream).copied();
-            self.step_down(stream, revision).await;
+            self.step_down(stream, true);
             return Err(e);
         }
         Ok(())
     }
 
-    /// Stops writing `stream`; with `revision`, deletes the lease so
-    /// another node takes it at once.
-    async fn step_down(&mut self, stream: &StreamId, revision: Option<u64>) {
-        self.holder.disown(stream.clone()).await;
-        self.appender.release(stream);
-        self.view.held.write().expect("held lock").remove(stream);
+    /// Starts giving `stream` up: new commands go elsewhere at once; its
+    /// running commands finish (in a task of its own, while the loop keeps
+    /// renewing), then the appender forgets it and — with `delete` — the
+    /// lease is deleted so another node takes it without waiting for it to
+    /// expire.
+    fn step_down(&mut self, stream: &StreamId, delete: bool) {
+        {
+            let mut held = self.view.held.write().expect("held lock");
+            match held.get_mut(stream) {
+                Some(h) if !h.releasing => h.releasing = true,
+                _ => return,
+            }
+        }
+        let (holder, appender, commands) = (
+            self.holder.clone(),
+            self.appender.clone(),
+            self.commands.clone(),
+        );
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            holder.disown(stream.clone()).await;
+            appender.release(&stream);
+            let _ = commands.send(Command::Released { stream, delete }).await;
+        });
+    }
+
+    /// `stream` has no command running any more: its lease goes.
+    async fn released(&mut self, stream: &StreamId, delete: bool) {
+        let held = self.view.held.write().expect("held lock").remove(stream);
         self.acquired_at.remove(stream);
-        if let Some(revision) = revision {
+        if let (true, Some(held)) = (delete, held) {
+            if held.lost {
+                return;
+            }
             if let Err(e) = self
                 .owners
-                .delete_expect_revision(lease_key(stream), Some(revision))
+                .delete_expect_revision(lease_key(stream), Some(held.revision))
                 .await
             {
                 debug!(stream = %stream, error = %e, "lease not deleted (it expires)");
             }
         }
+        info!(stream = %stream, "stream released");
     }
 
     async fn leave(&mut self) {
-        info!(streams = self.view.held().len(), "leaving the cluster: handing every stream over");
+        self.view
+            .leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        info!(
+            streams = self.view.held().len(),
+            "leaving the cluster: handing every stream over"
+        );
         if let Err(e) = self.nodes.delete(&self.config.node).await {
             warn!(error = %e, "cannot delete this node's heartbeat (it expires)");
         }
-        for (stream, revision) in self.view.held() {
-            self.step_down(&stream, Some(revision)).await;
+        for stream in self.view.held().into_keys() {
+            self.step_down(&stream, true);
         }
     }
 }
@@ -525,7 +679,10 @@ mod tests {
             *counts.entry(owner(&three, s)).or_default() += 1;
         }
         assert_eq!(counts.len(), 3);
-        assert!(counts.values().all(|&n| (70..=130).contains(&n)), "{counts:?}");
+        assert!(
+            counts.values().all(|&n| (70..=130).contains(&n)),
+            "{counts:?}"
+        );
         // n2 lost: only its streams move.
         let two: Vec<String> = ["n1", "n3"].map(str::to_owned).to_vec();
         for s in &streams {

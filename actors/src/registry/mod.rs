@@ -39,8 +39,8 @@ use tracing::{info, warn, Instrument};
 
 pub use error::RegistryError;
 pub use messages::{
-    DisownStream, DiscoveryCount, FetchCount, OwnStream, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle, Shutdown,
-    SyncRepository, UnregisterRepository, UpdateRepository,
+    DiscoveryCount, DisownStream, FetchCount, NextSyncOf, OwnStream, RefsRead, RegisterRepository,
+    RouteLifecycle, Shutdown, SyncRepository, UnregisterRepository, UpdateRepository,
 };
 
 use crate::{
@@ -80,6 +80,9 @@ pub struct Registry {
     /// Repositories being handed over to another node: new commands are
     /// refused (503, the forwarder routes them again).
     leaving: std::collections::HashSet<Key>,
+    /// In a cluster: a registered repository this node does not have open
+    /// is another node's (503, routed again), not a 404.
+    cluster: bool,
 }
 
 /// Commands running per repository.
@@ -132,6 +135,7 @@ impl Registry {
             loaded,
             busy: Arc::default(),
             leaving: Default::default(),
+            cluster: false,
         })
     }
 
@@ -145,6 +149,7 @@ impl Registry {
             loaded: Vec::new(),
             busy: Arc::default(),
             leaving: Default::default(),
+            cluster: true,
         }
     }
 
@@ -200,7 +205,25 @@ impl Registry {
         self.repositories
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|e| e.manager.clone())
-            .ok_or_else(|| RegistryError::not_found(namespace, name).into())
+            .ok_or_else(|| self.missing(&(namespace.to_owned(), name.to_owned())))
+    }
+
+    /// Why `key` has no actor here: not registered (404) or, in a cluster,
+    /// another node's — it just moved (503, routed again).
+    fn missing(&self, key: &Key) -> ServiceError {
+        let registered = self.cluster
+            && RepositoriesView::get(&self.env.store, &key.0, &key.1)
+                .ok()
+                .flatten()
+                .is_some();
+        if registered {
+            ServiceError::unavailable(format!(
+                "this node does not own stream repo/{}/{} (it moved); retry",
+                key.0, key.1
+            ))
+        } else {
+            RegistryError::not_found(&key.0, &key.1).into()
+        }
     }
 
     /// The store.
@@ -503,7 +526,11 @@ impl Handler<RouteLifecycle> for Registry {
 
     fn handle(&mut self, msg: RouteLifecycle, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace, msg.name);
-        let actor = self.repositories.get(&key).map(|e| e.actor.clone());
+        let actor = self
+            .repositories
+            .get(&key)
+            .map(|e| e.actor.clone())
+            .ok_or_else(|| self.missing(&key));
         let running = self.begin(&key);
         let mut lifecycle = msg.lifecycle;
         let span = tracing::info_span!(parent: &lifecycle.span, "registry.route", repo = %format_args!("{}/{}", key.0, key.1), verb = lifecycle.op.verb());
@@ -511,7 +538,7 @@ impl Handler<RouteLifecycle> for Registry {
         Box::pin(
             async move {
                 let _running = running?;
-                let actor = actor.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+                let actor = actor?;
                 actor.send(lifecycle).await?
             }
             .instrument(span),
@@ -527,15 +554,15 @@ impl Handler<UpdateRepository> for Registry {
         let entry = self
             .repositories
             .get(&key)
-            .map(|e| (e.actor.clone(), e.manager.clone()));
+            .map(|e| (e.actor.clone(), e.manager.clone()))
+            .ok_or_else(|| self.missing(&key));
         let running = self.begin(&key);
         let span = tracing::info_span!(parent: &msg.span, "registry.update", repo = %format_args!("{}/{}", key.0, key.1));
         let update_span = span.clone();
         Box::pin(
             async move {
                 let _running = running?;
-                let (actor, manager) =
-                    entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+                let (actor, manager) = entry?;
                 // The next time under the new spec is decided first and
                 // recorded with it, then armed as is: the status a client
                 // reads and the timer agree (as after a sync).

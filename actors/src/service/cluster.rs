@@ -117,9 +117,20 @@ pub async fn route(
     match target {
         Some(node) => Ok(Route::Forward(node)),
         None => Err(ServiceError::unavailable(format!(
-            "no live cairn node is known to own stream {stream}; retry"
+            "no live cairn node is known to own stream {stream} (node {me} sees {:?}, leaving: {}); retry",
+            view.live(),
+            view.is_leaving()
         ))),
     }
+}
+
+/// What became of a forwarded command.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// The owner's reply, to relay as is.
+    Reply(HeaderMap, bytes::Bytes),
+    /// The stream came to this node meanwhile: run it here.
+    RunHere,
 }
 
 /// Forwards `request` (endpoint `subject`) to `node` and relays its reply;
@@ -132,7 +143,7 @@ pub async fn forward(
     subject: &str,
     stream: &StreamId,
     mut node: String,
-) -> Result<(HeaderMap, bytes::Bytes), ServiceError> {
+) -> Result<Forwarded, ServiceError> {
     let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
     loop {
         let mut outgoing = async_nats::Request::new()
@@ -154,7 +165,7 @@ pub async fn forward(
                         .get("Nats-Service-Error")
                         .is_some_and(|m| moving_message(m.as_str()));
                 if !moving || tokio::time::Instant::now() >= deadline {
-                    return Ok((headers, reply.payload));
+                    return Ok(Forwarded::Reply(headers, reply.payload));
                 }
                 "the stream is changing hands".to_owned()
             }
@@ -175,11 +186,7 @@ pub async fn forward(
         tokio::time::sleep(REROUTE_PAUSE).await;
         match route(routing, stream, false).await {
             Ok(Route::Forward(next)) => node = next,
-            Ok(Route::Local) => {
-                return Err(ServiceError::unavailable(format!(
-                    "stream {stream} moved to this node while the command was forwarded; retry"
-                )))
-            }
+            Ok(Route::Local) => return Ok(Forwarded::RunHere),
             Err(_) => {}
         }
     }
@@ -227,7 +234,10 @@ pub async fn wait_min_seq(
 
 /// The reply header naming what this node applied.
 pub fn seq_header(context: &ServiceContext) -> (&'static str, String) {
-    (SEQ_HEADER, context.store.last_seq().unwrap_or(0).to_string())
+    (
+        SEQ_HEADER,
+        context.store.last_seq().unwrap_or(0).to_string(),
+    )
 }
 
 /// Relays a forwarded reply.

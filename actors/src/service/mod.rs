@@ -69,6 +69,8 @@ pub struct CairnService {
     service: service::Service,
     tasks: Vec<JoinHandle<()>>,
     watch: crate::watch::WatchHub,
+    limiter: Arc<Semaphore>,
+    max_requests: usize,
 }
 
 impl CairnService {
@@ -288,10 +290,13 @@ impl CairnService {
         // the service is up (else early requests find "no responders").
         client.flush().await?;
         info!(endpoints = tasks.len(), "cairn service registered");
+        let max_requests = context.config.max_concurrent_requests.max(1);
         Ok(Self {
             service,
             tasks,
             watch,
+            limiter,
+            max_requests,
         })
     }
 
@@ -300,17 +305,37 @@ impl CairnService {
         &self.watch
     }
 
-    /// Stops taking requests.
+    /// Stops taking requests: the endpoints unsubscribe, the requests
+    /// already delivered are still answered and the ones running finish
+    /// (together at most [`STOP_DRAIN_MAX`]; what is left then is cut).
     pub async fn stop(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        self.watch.shutdown();
         if let Err(e) = self.service.stop().await {
             debug!(error = %e, "stopping the service");
         }
+        let deadline = tokio::time::Instant::now() + STOP_DRAIN_MAX;
+        for task in &self.tasks {
+            // Each serve loop ends with its endpoint's stream.
+            let _ = tokio::time::timeout_at(deadline, async {
+                while !task.is_finished() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            task.abort();
+        }
+        let all = u32::try_from(self.max_requests).unwrap_or(u32::MAX);
+        if tokio::time::timeout_at(deadline, self.limiter.acquire_many(all))
+            .await
+            .is_err()
+        {
+            debug!("requests still running when the service stopped");
+        }
+        self.watch.shutdown();
     }
 }
+
+/// Longest a stopping service waits for the requests it received.
+pub const STOP_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The endpoint whose `$SRV.STATS` `data` carries `{"watchers": N}`.
 pub const WATCH_STATS_ENDPOINT: &str = "watch-start";
@@ -399,11 +424,14 @@ where
                                                 .instrument(span.clone())
                                                 .await
                                         }
-                                        Some(replay) => idempotent(
-                                            name, context, incoming, handler, replay, &mut extra,
-                                        )
-                                        .instrument(span.clone())
-                                        .await,
+                                        Some(replay) => {
+                                            idempotent(
+                                                name, context, incoming, handler, replay,
+                                                &mut extra,
+                                            )
+                                            .instrument(span.clone())
+                                            .await
+                                        }
                                     }
                                 }
                             };
@@ -449,7 +477,11 @@ async fn routed(
     match cluster::route(routing, &stream, forwarded).await {
         Ok(cluster::Route::Local) => None,
         Ok(cluster::Route::Forward(node)) => {
-            Some(cluster::forward(context, routing, request, name, &stream, node).await)
+            match cluster::forward(context, routing, request, name, &stream, node).await {
+                Ok(cluster::Forwarded::Reply(headers, body)) => Some(Ok((headers, body))),
+                Ok(cluster::Forwarded::RunHere) => None,
+                Err(e) => Some(Err(e)),
+            }
         }
         Err(e) => Some(Err(e)),
     }

@@ -358,9 +358,8 @@ fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>)
     // what could not be read back (a schema version this build does
     // not understand, no payload).
     let bytes = envelope::encode(env);
-    envelope::decode(&bytes).map_err(|e| {
-        StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
-    })?;
+    envelope::decode(&bytes)
+        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq)))?;
     if let Some(event) = env.event.as_ref() {
         let size = prost::Message::encoded_len(event);
         if size > inner.config.event_max_bytes {
@@ -370,9 +369,8 @@ fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>)
             )));
         }
     }
-    let stream = StreamId::new(env.stream.clone()).map_err(|e| {
-        StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
-    })?;
+    let stream = StreamId::new(env.stream.clone())
+        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq)))?;
     // The Publisher copies these into NATS headers (the event id is
     // the Nats-Msg-Id): the same checks appends get, plus an id.
     if env.event_id.is_empty() {
@@ -391,9 +389,7 @@ fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>)
         ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
         ("request id", env.request_id.as_str()),
     ])
-    .map_err(|why| {
-        StorageError::InvalidReplicated(format!("event at seq {}: {why}", env.seq))
-    })?;
+    .map_err(|why| StorageError::InvalidReplicated(format!("event at seq {}: {why}", env.seq)))?;
     Ok((stream, bytes))
 }
 
