@@ -54,8 +54,8 @@ impl Cluster {
             .unwrap();
             started.push(Some(node));
             dirs.push(dir);
-            // A queue group prefers the subscriber on the publisher's own
-            // server: through client i, node i answers.
+            // Client i talks to server i (node i's); a request to the
+            // queue group may be answered by any node, `call_node` asks one.
             clients.push(Client::connect(&nats.url(i % 3)).await);
         }
         Self {
@@ -141,8 +141,9 @@ async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alik
     for r in 0..30 {
         let dir = upstreams.join(format!("r{r:02}"));
         let (fixture, _) = GitFixture::with_packages(&dir, &format!("r{r:02}"), 1, 1, 1);
-        let (reply, headers) = cluster.clients[r % 3]
-            .call_with_headers(
+        let (reply, headers) = cluster.clients[0]
+            .call_node(
+                &format!("n{}", r % 3),
                 "repo.register",
                 json!({"namespace": NS, "name": format!("r{r:02}"), "git": {"url": fixture.url()}}),
                 HeaderMap::new(),
@@ -177,37 +178,50 @@ async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alik
     // Every node lists all thirty, identically, once it applied the last
     // registration's seq.
     let mut lists = Vec::new();
-    for client in &cluster.clients {
-        let (list, _) = client
-            .call_with_headers(
+    for node in ["n0", "n1", "n2"] {
+        let (list, headers) = cluster.clients[0]
+            .call_node(
+                node,
                 "repo.list",
                 json!({"namespace": NS}),
                 min_seq(&highest.to_string()),
             )
             .await;
+        assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), node);
         lists.push(list.unwrap());
     }
     assert_eq!(names(&lists[0]).len(), 30);
     assert_eq!(lists[0], lists[1]);
     assert_eq!(lists[0], lists[2]);
 
-    // A write through node 0, read through node 2 with its seq.
+    // A write through a node that does not own the repository (it is
+    // forwarded to the owner), read through a third with its seq.
+    let owner = owners["repo/team-a/r07"].clone();
+    let others: Vec<String> = ["n0", "n1", "n2"]
+        .iter()
+        .filter(|n| **n != owner)
+        .map(|n| n.to_string())
+        .collect();
     let (created, headers) = cluster.clients[0]
-        .call_with_headers(
+        .call_node(
+            &others[0],
             "pkgrev.create",
             json!({"namespace": NS, "repository": "r07", "package": "new", "workspace": "ws"}),
             HeaderMap::new(),
         )
         .await;
     let created = created.unwrap();
+    assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), owner, "the owner ran it");
     let seq = seq_of(&headers);
-    let (read, read_headers) = cluster.clients[2]
-        .call_with_headers(
+    let (read, read_headers) = cluster.clients[0]
+        .call_node(
+            &others[1],
             "pkgrev.get",
             json!({"namespace": NS, "name": created["name"]}),
             min_seq(&seq.to_string()),
         )
         .await;
+    assert_eq!(read_headers.get("Cairn-Node").unwrap().as_str(), others[1]);
     // The same revision (a get also shows its upstream lock).
     let mut read = read.unwrap();
     read.as_object_mut().unwrap().remove("lock");
@@ -215,8 +229,9 @@ async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alik
     assert!(seq_of(&read_headers) >= seq);
 
     // A node asked for a seq far ahead answers 503 naming how far behind.
-    let (behind, _) = cluster.clients[1]
-        .call_with_headers(
+    let (behind, _) = cluster.clients[0]
+        .call_node(
+            "n1",
             "repo.list",
             json!({"namespace": NS}),
             min_seq(&(seq + 1_000_000).to_string()),
@@ -258,13 +273,16 @@ async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_l
     // Commands through the other nodes are forwarded to the owner.
     let mut acknowledged = Vec::new();
     for w in 0..3 {
-        let created = cluster.clients[others[w % 2]]
-            .ok(
+        let (created, headers) = cluster.clients[0]
+            .call_node(
+                &format!("n{}", others[w % 2]),
                 "pkgrev.create",
                 json!({"namespace": NS, "repository": "r", "package": format!("p{w}"), "workspace": "ws"}),
+                HeaderMap::new(),
             )
             .await;
-        acknowledged.push(created["name"].as_str().unwrap().to_owned());
+        assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), owner);
+        acknowledged.push(created.unwrap()["name"].as_str().unwrap().to_owned());
     }
 
     // kill -9 of the owner; the next command through another node succeeds
@@ -275,15 +293,19 @@ async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_l
         .unwrap();
     let killed_at = Instant::now();
     let client = cluster.clients[others[0]].clone();
+    let through = format!("n{}", others[0]);
     let created = wait_until("a command to succeed after the owner died", WAIT, || {
-        let client = client.clone();
+        let (client, through) = (client.clone(), through.clone());
         async move {
             client
-                .call(
+                .call_node(
+                    &through,
                     "pkgrev.create",
                     json!({"namespace": NS, "repository": "r", "package": "after", "workspace": "ws"}),
+                    HeaderMap::new(),
                 )
                 .await
+                .0
                 .map_err(|e| e.to_string())
         }
     })
@@ -312,16 +334,19 @@ async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_l
     }
     let mut logs = Vec::new();
     for &i in &others {
-        let (reply, _) = cluster.clients[i]
-            .call_with_headers(
+        let node = format!("n{i}");
+        let (reply, _) = cluster.clients[0]
+            .call_node(
+                &node,
                 "log.read",
                 json!({"from_seq": 1, "limit": 1000}),
                 min_seq(&seq.to_string()),
             )
             .await;
         logs.push(reply.unwrap());
-        let (list, _) = cluster.clients[i]
-            .call_with_headers(
+        let (list, _) = cluster.clients[0]
+            .call_node(
+                &node,
                 "pkgrev.list",
                 json!({"namespace": NS, "repository": "r"}),
                 min_seq(&seq.to_string()),
@@ -454,12 +479,14 @@ async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_noth
         .await;
     let last = seq_of(&headers);
     let mut logs = Vec::new();
-    for client in &cluster.clients {
+    for node in ["n0", "n1", "n2"] {
+        let client = &cluster.clients[0];
         let mut events = Vec::new();
         let mut from = 1;
         loop {
             let (page, _) = client
-                .call_with_headers(
+                .call_node(
+                    node,
                     "log.read",
                     json!({"from_seq": from, "limit": 1000}),
                     min_seq(&last.to_string()),
@@ -474,7 +501,8 @@ async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_noth
             events.extend(batch);
         }
         let (list, _) = client
-            .call_with_headers(
+            .call_node(
+                node,
                 "pkgrev.list",
                 json!({"namespace": NS, "repository": "r"}),
                 min_seq(&last.to_string()),
@@ -482,7 +510,7 @@ async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_noth
             .await;
         let listed = names(&list.unwrap());
         for name in &acknowledged {
-            assert!(listed.contains(name), "{name} missing: {listed:?}");
+            assert!(listed.contains(name), "{name} missing on {node}: {listed:?}");
         }
         logs.push(events);
     }
@@ -510,4 +538,236 @@ async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_noth
     let ids: Vec<Option<&str>> = stored.iter().map(|s| s.msg_id.as_deref()).collect();
     let logged: Vec<Option<&str>> = logs[0].iter().map(|e| e["event_id"].as_str()).collect();
     assert_eq!(ids, logged, "each message is its event, by Nats-Msg-Id");
+}
+
+/// A watch's lines as its client sees them (heartbeats answered).
+struct WatchLines {
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    reader: tokio::task::JoinHandle<()>,
+    /// The listing's bookmark was seen.
+    listed: bool,
+}
+
+impl Drop for WatchLines {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl WatchLines {
+    async fn start(client: &Client, node: &str, filter: Value) -> Self {
+        let subject = client.new_inbox();
+        let mut subscription = client.subscribe(&subject).await.into_inner();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let answering = client.nats().clone();
+        let reader = tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                if let Some(reply) = &message.reply {
+                    let _ = answering.publish(reply.clone(), "ok".into()).await;
+                }
+                let line: Value = serde_json::from_slice(&message.payload).unwrap();
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let (started, _) = client
+            .call_node(
+                node,
+                "watch.start",
+                json!({"deliver_subject": subject, "heartbeat_ms": 250, "filter": filter}),
+                HeaderMap::new(),
+            )
+            .await;
+        started.unwrap();
+        Self {
+            lines,
+            reader,
+            listed: false,
+        }
+    }
+
+    /// The names of the next `n` Added lines after the listing's bookmark
+    /// (other kinds are kept too, as `Kind:name`).
+    async fn changes(&mut self, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{n} changes within {WAIT:?}: got {out:?}"))
+                .expect("the watch is open");
+            match line["type"].as_str().unwrap() {
+                "Heartbeat" => {}
+                "Bookmark" => self.listed = true,
+                kind if self.listed => out.push(format!(
+                    "{kind}:{}",
+                    line["object"]["name"].as_str().unwrap_or_default()
+                )),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_another_node_sees_every_change_and_survives_the_owners_death() {
+    let mut cluster = Cluster::start(3).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    let owner = wait_until("repo/team-a/r to have an owner", WAIT, || async {
+        cluster
+            .owners()
+            .await
+            .get("repo/team-a/r")
+            .cloned()
+            .ok_or_else(|| "no owner yet".to_owned())
+    })
+    .await;
+    let a: usize = owner.trim_start_matches('n').parse().unwrap();
+    let (b, c) = ((a + 1) % 3, (a + 2) % 3);
+    let mut watch = WatchLines::start(&cluster.clients[b], &format!("n{b}"), json!({"namespace": NS, "repository": "r"})).await;
+    let mut expected = Vec::new();
+    for p in 0..3 {
+        let (created, _) = cluster.clients[a]
+            .call_node(
+                &format!("n{a}"),
+                "pkgrev.create",
+                json!({"namespace": NS, "repository": "r", "package": format!("p{p}"), "workspace": "ws"}),
+                HeaderMap::new(),
+            )
+            .await;
+        expected.push(format!("Added:{}", created.unwrap()["name"].as_str().unwrap()));
+    }
+    assert_eq!(watch.changes(3).await, expected);
+
+    // The owner dies; changes through the third node reach the same watch.
+    let mut killed = cluster.nodes[a].take().unwrap();
+    tokio::task::spawn_blocking(move || killed.kill())
+        .await
+        .unwrap();
+    let client = cluster.clients[c].clone();
+    let through = format!("n{c}");
+    let created = wait_until("a command through the third node", WAIT, || {
+        let (client, through) = (client.clone(), through.clone());
+        async move {
+            client
+                .call_node(
+                    &through,
+                    "pkgrev.create",
+                    json!({"namespace": NS, "repository": "r", "package": "after", "workspace": "ws"}),
+                    HeaderMap::new(),
+                )
+                .await
+                .0
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        watch.changes(1).await,
+        [format!("Added:{}", created["name"].as_str().unwrap())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_takes_a_share() {
+    let mut cluster = Cluster::start(3).await;
+    let upstreams = TestDir::new();
+    for r in 0..8 {
+        let (fixture, _) =
+            GitFixture::with_packages(&upstreams.join(format!("r{r}")), &format!("r{r}"), 1, 1, 1);
+        cluster.clients[r % 3]
+            .ok(
+                "repo.register",
+                json!({"namespace": NS, "name": format!("r{r}"), "git": {"url": fixture.url()}}),
+            )
+            .await;
+    }
+    // n0 leaves: three nodes again once the newcomer joins.
+    let mut n0 = cluster.nodes[0].take().unwrap();
+    let status = tokio::task::spawn_blocking(move || n0.terminate(WAIT))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let (before, headers) = cluster.clients[1]
+        .call_with_headers("repo.list", json!({"namespace": NS}), HeaderMap::new())
+        .await;
+    let before = before.unwrap();
+    assert_eq!(names(&before).len(), 8);
+    let seq = seq_of(&headers);
+
+    // n3 starts on an empty data directory: its ready line comes once it
+    // applied the log, and its first answer, without Cairn-Min-Seq, is
+    // already the others'.
+    let dir = TestDir::new();
+    let data = dir.path().to_path_buf();
+    let url = cluster.nats.url(0);
+    let joined = tokio::task::spawn_blocking(move || {
+        ChildNode::start_in_cluster(
+            &cairn_cli!(),
+            &data,
+            &url,
+            "n3",
+            &[("RUST_LOG", "warn,cairn_actors::cluster=info")],
+        )
+    })
+    .await
+    .unwrap();
+    cluster.nodes.push(Some(joined));
+    cluster._dirs.push(dir);
+    let (list, headers) = cluster.clients[0]
+        .call_node("n3", "repo.list", json!({"namespace": NS}), HeaderMap::new())
+        .await;
+    assert_eq!(
+        headers.get("Cairn-Node").map(|v| v.as_str().to_owned()),
+        Some("n3".to_owned())
+    );
+    assert!(seq_of(&headers) >= seq);
+    assert_eq!(list.unwrap(), before);
+
+    // It takes a share of the streams, and the status shows it.
+    wait_until("n3 to own a share", WAIT, || async {
+        let owners = cluster.owners().await;
+        let n3 = owners.values().filter(|o| *o == "n3").count();
+        if n3 >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{owners:?}"))
+        }
+    })
+    .await;
+    let status = wait_until("the status to show n3 with streams", WAIT, || async {
+        let status = cluster.clients[1].ok("cluster.status", json!({})).await;
+        let n3 = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "n3")
+            .cloned();
+        match n3 {
+            Some(n3) if !n3["streams"].as_array().unwrap().is_empty() => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let nodes: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["n1", "n2", "n3"]);
+    assert_eq!(
+        status["leases"].as_array().unwrap().len(),
+        9,
+        "8 repositories and the publisher role: {status}"
+    );
 }

@@ -86,6 +86,11 @@ impl ClusterAppend {
         &self.inner.applied
     }
 
+    /// The last seq this node's log holds.
+    pub fn applied_seq(&self) -> u64 {
+        cairn_storage::EventLog::last_seq(&self.inner.store).unwrap_or(0)
+    }
+
     /// Starts writing `stream` (the node holds its lease): publishes a fence
     /// and waits until everything before it is applied here. Answers the
     /// fence's position.

@@ -219,6 +219,7 @@ async fn apply_from(
             let message = message.map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
             let info = message.info().map_err(|e| e.to_string())?;
             let position = info.stream_sequence;
+            debug!(position, subject = %message.subject, "replicated message received");
             let envelopes = if message
                 .headers
                 .as_ref()
@@ -250,6 +251,7 @@ async fn apply_from(
             });
         }
         let positions: Vec<u64> = commits.iter().map(|c| c.position).collect();
+        debug!(positions = ?positions, "applying replicated commits");
         let results = store
             .apply_sequenced_async(commits)
             .await

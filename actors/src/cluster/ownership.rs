@@ -115,6 +115,26 @@ pub struct SeenLease {
     pub seen: Instant,
 }
 
+/// A node as its last heartbeat showed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    /// The node's id.
+    pub node: String,
+    /// The last seq it applied.
+    pub applied_seq: u64,
+    /// The last `CAIRN_LOG` position it applied.
+    pub applied_position: u64,
+    /// Streams it holds.
+    pub owns: usize,
+}
+
+/// A member and when its heartbeat was last seen.
+#[derive(Debug, Clone)]
+struct Member {
+    info: MemberInfo,
+    seen: Instant,
+}
+
 /// A lease this node holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
@@ -136,7 +156,7 @@ pub struct OwnershipView {
     live: RwLock<Vec<String>>,
     leases: RwLock<HashMap<String, SeenLease>>,
     /// Nodes by when their heartbeat was last seen.
-    members: RwLock<HashMap<String, Instant>>,
+    members: RwLock<HashMap<String, Member>>,
     held: RwLock<BTreeMap<StreamId, Held>>,
     /// Set when the node leaves (SIGTERM): it is no candidate any more.
     leaving: std::sync::atomic::AtomicBool,
@@ -156,7 +176,7 @@ impl OwnershipView {
             .read()
             .expect("members lock")
             .iter()
-            .filter(|(_, seen)| seen.elapsed() < self.lease)
+            .filter(|(_, m)| m.seen.elapsed() < self.lease)
             .map(|(node, _)| node.clone())
             .collect();
         if !live.contains(&self.node) {
@@ -208,6 +228,35 @@ impl OwnershipView {
             .get(&lease_key(stream))
             .filter(|l| l.seen.elapsed() < self.lease)
             .map(|l| l.node.clone())
+    }
+
+    /// The live members as their heartbeats last showed them, by node.
+    pub fn members(&self) -> BTreeMap<String, MemberInfo> {
+        self.members
+            .read()
+            .expect("members lock")
+            .iter()
+            .filter(|(_, m)| m.seen.elapsed() < self.lease)
+            .map(|(node, m)| (node.clone(), m.info.clone()))
+            .collect()
+    }
+
+    /// Every live lease: stream id → (owner, time left).
+    pub fn lease_table(&self) -> BTreeMap<String, (String, Duration)> {
+        self.leases
+            .read()
+            .expect("leases lock")
+            .iter()
+            .filter(|(_, l)| l.seen.elapsed() < self.lease)
+            .map(|(key, l)| {
+                let stream = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(key)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_else(|| key.clone());
+                (stream, (l.node.clone(), self.lease.saturating_sub(l.seen.elapsed())))
+            })
+            .collect()
     }
 
     /// Every live lease: stream key → owner.
@@ -307,7 +356,17 @@ impl Ownership {
             let mut members = watched.members.write().expect("members lock");
             match entry.operation {
                 Operation::Put => {
-                    members.insert(entry.key, Instant::now());
+                    let info = serde_json::from_slice(&entry.value).unwrap_or(MemberInfo {
+                        node: entry.key.clone(),
+                        ..MemberInfo::default()
+                    });
+                    members.insert(
+                        entry.key,
+                        Member {
+                            info,
+                            seen: Instant::now(),
+                        },
+                    );
                 }
                 Operation::Delete | Operation::Purge => {
                     members.remove(&entry.key);
@@ -464,11 +523,14 @@ impl Loop {
         if self.view.is_leaving() {
             return;
         }
-        if let Err(e) = self
-            .nodes
-            .put(&self.config.node, self.config.node.clone().into())
-            .await
-        {
+        let info = MemberInfo {
+            node: self.config.node.clone(),
+            applied_seq: self.appender.applied_seq(),
+            applied_position: self.appender.applied().position(),
+            owns: self.view.held.read().expect("held lock").len(),
+        };
+        let value = serde_json::to_vec(&info).unwrap_or_default();
+        if let Err(e) = self.nodes.put(&self.config.node, value.into()).await {
             warn!(error = %e, "cluster heartbeat failed");
         }
     }

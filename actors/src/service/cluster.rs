@@ -7,10 +7,11 @@
 //!   owns the stream, or is its preferred owner and can take its lease now
 //!   (a new repository, or the owner was lost); otherwise it **forwards**
 //!   the request, headers and body untouched, to the owner's own subject
-//!   `cairn.node.<node>.cairn.v1.<endpoint>` (every node serves its
-//!   commands there too) and relays the owner's reply as is. A forwarded
-//!   request is never forwarded again: the owner runs it or answers 503
-//!   naming the owner it knows. While a stream changes hands (no
+//!   `cairn.node.<node>.cairn.v1.<endpoint>` (every node serves every
+//!   endpoint there too, so a client can also ask one node in particular)
+//!   with `Cairn-Forwarded: <this node>`, and relays the owner's reply as
+//!   is. A forwarded request is never forwarded again: the owner runs it
+//!   or answers 503 naming the owner it knows. While a stream changes hands (no
 //!   responder, "taken over", "does not own"), the forwarder routes again,
 //!   for at most [`REROUTE_WINDOW`].
 //! - **Read your writes anywhere**: every reply carries `Cairn-Seq`, the
@@ -32,6 +33,8 @@ use crate::{cluster::Ownership, ServiceError};
 pub const SEQ_HEADER: &str = "Cairn-Seq";
 /// Header of a request: answer only once this seq is applied here.
 pub const MIN_SEQ_HEADER: &str = "Cairn-Min-Seq";
+/// Header of a command another node forwarded (its value: that node).
+pub const FORWARDED_HEADER: &str = "Cairn-Forwarded";
 /// Prefix of the subjects only one node serves.
 pub const NODE_SUBJECT_PREFIX: &str = "cairn.node.";
 /// How long a forwarder keeps routing a command again while its stream
@@ -149,9 +152,9 @@ pub async fn forward(
         let mut outgoing = async_nats::Request::new()
             .payload(request.message.payload.clone())
             .timeout(Some(routing.forward_timeout));
-        if let Some(headers) = request.message.headers.clone() {
-            outgoing = outgoing.headers(headers);
-        }
+        let mut headers = request.message.headers.clone().unwrap_or_default();
+        headers.insert(FORWARDED_HEADER, routing.ownership.view().node());
+        outgoing = outgoing.headers(headers);
         let target = node_subject(&node, subject);
         tracing::debug!(stream = %stream, node = %node, "forwarding the command to its owner");
         let answer = context.client.send_request(target, outgoing).await;
@@ -246,3 +249,82 @@ pub async fn relay(request: &async_nats::service::Request, headers: HeaderMap, b
         tracing::debug!(error = %e, "relaying a forwarded reply");
     }
 }
+
+/// `cairn.v1.cluster.status`: the nodes (from their heartbeats: applied seq,
+/// lag behind the most advanced, what they own) and every lease with its
+/// time left, as the answering node knows them. A single node answers 404.
+pub async fn handle_status(
+    context: ServiceContext,
+    request: super::Incoming,
+) -> Result<super::codec::Body, ServiceError> {
+    use cairn_events::v1 as pb;
+    use prost::Message as _;
+    let format = request.format;
+    super::fields::Fields::parse(&request.body, &[])?;
+    let Some(routing) = context.config.cluster.as_ref() else {
+        return Err(ServiceError::not_found(
+            "this node is not in a cluster (cluster.enabled is off)",
+        ));
+    };
+    let view = routing.ownership.view();
+    let leases = view.lease_table();
+    let members = view.members();
+    let top = members.values().map(|m| m.applied_seq).max().unwrap_or(0);
+    let status = pb::ClusterStatus {
+        node: view.node().to_owned(),
+        nodes: members
+            .values()
+            .map(|m| pb::ClusterNodeStatus {
+                node: m.node.clone(),
+                applied_seq: m.applied_seq,
+                lag: top.saturating_sub(m.applied_seq),
+                applied_position: m.applied_position,
+                owns: m.owns as u64,
+                streams: leases
+                    .iter()
+                    .filter(|(_, (owner, _))| *owner == m.node)
+                    .map(|(stream, _)| stream.clone())
+                    .collect(),
+            })
+            .collect(),
+        leases: leases
+            .iter()
+            .map(|(stream, (owner, left))| pb::ClusterLease {
+                stream: stream.clone(),
+                owner: owner.clone(),
+                expires_in_ms: left.as_millis() as u64,
+            })
+            .collect(),
+    };
+    Ok(super::codec::Body::of(
+        format,
+        || {
+            serde_json::json!({
+                "node": status.node,
+                "nodes": status.nodes.iter().map(|n| serde_json::json!({
+                    "node": n.node,
+                    "applied_seq": n.applied_seq,
+                    "lag": n.lag,
+                    "applied_position": n.applied_position,
+                    "owns": n.owns,
+                    "streams": n.streams,
+                })).collect::<Vec<_>>(),
+                "leases": status.leases.iter().map(|l| serde_json::json!({
+                    "stream": l.stream,
+                    "owner": l.owner,
+                    "expires_in_ms": l.expires_in_ms,
+                })).collect::<Vec<_>>(),
+            })
+        },
+        || status.encode_to_vec(),
+    ))
+}
+
+/// The reply header naming the answering node, in a cluster.
+pub fn node_header(context: &ServiceContext) -> Option<(&'static str, String)> {
+    let routing = context.config.cluster.as_ref()?;
+    Some((NODE_HEADER, routing.ownership.view().node().to_owned()))
+}
+
+/// Header of every reply in a cluster: the node that answered.
+pub const NODE_HEADER: &str = "Cairn-Node";

@@ -139,11 +139,11 @@ impl CairnService {
                     $limit,
                     $handler,
                     replay,
-                    false,
                 ));
-                // In a cluster a command is also served on this node's own
-                // subject, where other nodes forward it (see `cluster`).
-                if let (Some(group), Some(_)) = (node_group.as_ref(), replay) {
+                // In a cluster every endpoint is also served on this node's
+                // own subject: other nodes forward commands there, and a
+                // client can ask this node in particular (see `cluster`).
+                if let Some(group) = node_group.as_ref() {
                     let endpoint = group
                         .endpoint_builder()
                         .name(format!("node-{}", $name.replace('.', "-")))
@@ -157,7 +157,6 @@ impl CairnService {
                         $limit,
                         $handler,
                         replay,
-                        true,
                     ));
                 }
             }};
@@ -282,6 +281,11 @@ impl CairnService {
             watch::handle_start
         );
         endpoint!(
+            "cluster.status",
+            cairn_events::v1::ClusterStatusRequest,
+            cluster::handle_status
+        );
+        endpoint!(
             "watch.stop",
             cairn_events::v1::WatchStopRequest,
             watch::handle_stop
@@ -363,7 +367,6 @@ fn serve<M, F, Fut>(
     limit: RequestLimit,
     handler: F,
     replay: Option<idempotency::Replay>,
-    forwarded: bool,
 ) -> JoinHandle<()>
 where
     M: prost::Message + Default + serde::Serialize,
@@ -384,6 +387,13 @@ where
                 };
                 let span = command_span(name);
                 let mut extra = Vec::new();
+                // Sent on by another node: run here or refuse, never again
+                // forwarded.
+                let forwarded = request
+                    .message
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get(cluster::FORWARDED_HEADER).is_some());
                 let result = match codec::request_json::<M>(&request, max) {
                     Ok((format, body)) => {
                         let waited = cluster::wait_min_seq(
@@ -456,6 +466,9 @@ where
                     span.in_scope(|| debug!(code = e.code, error = %e.message, "command failed"));
                 }
                 extra.push(cluster::seq_header(&context));
+                if let Some(node) = cluster::node_header(&context) {
+                    extra.push(node);
+                }
                 codec::respond(&request, format, result, &extra).await;
                 drop(permit);
             });
