@@ -196,7 +196,11 @@ impl Client {
     ) -> (Result<Value, ServiceError>, HeaderMap) {
         let bytes = serde_json::to_vec(&body).expect("JSON serialises");
         let reply = self
-            .request_with_headers(&format!("cairn.node.{node}.cairn.v1.{endpoint}"), headers, bytes)
+            .request_with_headers(
+                &format!("cairn.node.{node}.cairn.v1.{endpoint}"),
+                headers,
+                bytes,
+            )
             .await;
         (
             read_reply(endpoint, &reply),

@@ -341,6 +341,11 @@ impl ChildNode {
         crate::process::descendants(self.id())
     }
 
+    /// Sends `signal` to the node (SIGSTOP/SIGCONT to pause and resume it).
+    pub fn signal(&self, signal: Signal) {
+        self.guard.signal(signal);
+    }
+
     /// SIGKILL of the node alone, as a crash would: what it started is
     /// left to fend for itself. Reaps it; its exit status.
     pub fn kill(&mut self) -> ExitStatus {

@@ -211,7 +211,11 @@ async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alik
         )
         .await;
     let created = created.unwrap();
-    assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), owner, "the owner ran it");
+    assert_eq!(
+        headers.get("Cairn-Node").unwrap().as_str(),
+        owner,
+        "the owner ran it"
+    );
     let seq = seq_of(&headers);
     let (read, read_headers) = cluster.clients[0]
         .call_node(
@@ -510,7 +514,10 @@ async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_noth
             .await;
         let listed = names(&list.unwrap());
         for name in &acknowledged {
-            assert!(listed.contains(name), "{name} missing on {node}: {listed:?}");
+            assert!(
+                listed.contains(name),
+                "{name} missing on {node}: {listed:?}"
+            );
         }
         logs.push(events);
     }
@@ -633,7 +640,12 @@ async fn a_watch_on_another_node_sees_every_change_and_survives_the_owners_death
     .await;
     let a: usize = owner.trim_start_matches('n').parse().unwrap();
     let (b, c) = ((a + 1) % 3, (a + 2) % 3);
-    let mut watch = WatchLines::start(&cluster.clients[b], &format!("n{b}"), json!({"namespace": NS, "repository": "r"})).await;
+    let mut watch = WatchLines::start(
+        &cluster.clients[b],
+        &format!("n{b}"),
+        json!({"namespace": NS, "repository": "r"}),
+    )
+    .await;
     let mut expected = Vec::new();
     for p in 0..3 {
         let (created, _) = cluster.clients[a]
@@ -644,7 +656,10 @@ async fn a_watch_on_another_node_sees_every_change_and_survives_the_owners_death
                 HeaderMap::new(),
             )
             .await;
-        expected.push(format!("Added:{}", created.unwrap()["name"].as_str().unwrap()));
+        expected.push(format!(
+            "Added:{}",
+            created.unwrap()["name"].as_str().unwrap()
+        ));
     }
     assert_eq!(watch.changes(3).await, expected);
 
@@ -724,7 +739,12 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
     cluster.nodes.push(Some(joined));
     cluster._dirs.push(dir);
     let (list, headers) = cluster.clients[0]
-        .call_node("n3", "repo.list", json!({"namespace": NS}), HeaderMap::new())
+        .call_node(
+            "n3",
+            "repo.list",
+            json!({"namespace": NS}),
+            HeaderMap::new(),
+        )
         .await;
     assert_eq!(
         headers.get("Cairn-Node").map(|v| v.as_str().to_owned()),
@@ -769,5 +789,144 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
         status["leases"].as_array().unwrap().len(),
         9,
         "8 repositories and the publisher role: {status}"
+    );
+}
+
+/// Every event of `node`'s log, first to last, once it applied `seq`.
+async fn log_of(client: &Client, node: &str, seq: u64) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let (page, _) = client
+            .call_node(
+                node,
+                "log.read",
+                json!({"from_seq": from, "limit": 1000}),
+                min_seq(&seq.to_string()),
+            )
+            .await;
+        let page = page.unwrap();
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return events;
+        }
+        from = page["next_seq"].as_u64().unwrap();
+        events.extend(batch);
+    }
+}
+
+async fn owner_of_r(cluster: &Cluster, not: Option<&str>) -> String {
+    wait_until("repo/team-a/r to have an owner", WAIT, || async {
+        match cluster.owners().await.get("repo/team-a/r") {
+            Some(owner) if Some(owner.as_str()) != not => Ok(owner.clone()),
+            other => Err(format!("owner {other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_fenced_when_it_wakes_and_leaves_no_event_after_the_takeover() {
+    use nix::sys::signal::Signal;
+    let mut cluster = Cluster::start(3).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    let old = owner_of_r(&cluster, None).await;
+    let a: usize = old.trim_start_matches('n').parse().unwrap();
+    let b = (a + 1) % 3;
+
+    // The owner pauses past its lease; another node takes over and writes.
+    cluster.nodes[a].as_ref().unwrap().signal(Signal::SIGSTOP);
+    let new = owner_of_r(&cluster, Some(&old)).await;
+    let (created, headers) = cluster.clients[0]
+        .call_node(
+            &format!("n{b}"),
+            "pkgrev.create",
+            json!({"namespace": NS, "repository": "r", "package": "by-new-owner", "workspace": "ws"}),
+            HeaderMap::new(),
+        )
+        .await;
+    created.unwrap();
+    assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), new);
+    let takeover_seq = seq_of(&headers);
+
+    // A command reaches the paused node; it wakes. Either it still thinks
+    // it owns the stream and writes — JetStream refuses it and the client
+    // is told why — or it noticed first and the command ran at the new
+    // owner. Never does its write enter the log.
+    let client = cluster.clients[0].clone();
+    let asked = tokio::spawn(async move {
+        client
+            .call_node(
+                &format!("n{a}"),
+                "pkgrev.create",
+                json!({"namespace": NS, "repository": "r", "package": "by-old-owner", "workspace": "ws"}),
+                HeaderMap::new(),
+            )
+            .await
+    });
+    cluster.clients[0].flush().await;
+    cluster.nodes[a].as_ref().unwrap().signal(Signal::SIGCONT);
+    let (answer, headers) = asked.await.unwrap();
+    let acknowledged = usize::from(answer.is_ok());
+    match answer {
+        Err(e) => {
+            // 503 when it failed before anything else; 500 naming what it
+            // pushed to Git when the refusal came after its push (the new
+            // owner's next sync records that branch).
+            assert!([500, 503].contains(&e.code), "{e}");
+            assert!(
+                e.message
+                    .contains("was taken over by another node: this node's write was refused by the log (fenced)"),
+                "{e}"
+            );
+        }
+        Ok(_) => assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), new),
+    }
+    // The old owner steps down: it holds nothing.
+    wait_until("the old owner to hold nothing of r", WAIT, || async {
+        let (status, _) = cluster.clients[0]
+            .call_node(&old, "cluster.status", json!({}), HeaderMap::new())
+            .await;
+        let status = status.map_err(|e| e.to_string())?;
+        let holds = status["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["stream"] == "repo/team-a/r" && l["owner"] == old.as_str());
+        if holds {
+            Err(format!("{status}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    // Every node holds the same log; after the takeover's write only the
+    // new owner's (an acknowledged by-old-owner ran there, or nothing).
+    let (_, headers) = cluster.clients[0]
+        .call_node(&new, "log.read", json!({"limit": 1}), HeaderMap::new())
+        .await;
+    let last = seq_of(&headers);
+    let logs = [
+        log_of(&cluster.clients[0], "n0", last).await,
+        log_of(&cluster.clients[0], "n1", last).await,
+        log_of(&cluster.clients[0], "n2", last).await,
+    ];
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+    let old_owner_drafts = logs[0]
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > takeover_seq)
+        .filter(|e| e.to_string().contains("by-old-owner"))
+        .count();
+    assert_eq!(
+        old_owner_drafts, acknowledged,
+        "the old owner's command entered the log only if it was acknowledged (run by the new owner)"
     );
 }

@@ -25,4 +25,4 @@ pub mod ownership;
 pub use appender::ClusterAppend;
 pub use blobs::Blobs;
 pub use log::{start_applier, Applied};
-pub use ownership::{Holder, Ownership, OwnershipConfig, OwnershipView};
+pub use ownership::{AcquireError, Holder, Ownership, OwnershipConfig, OwnershipView};

@@ -83,6 +83,19 @@ pub trait Holder: Send + Sync + 'static {
     fn disown(&self, stream: StreamId) -> BoxFuture<'static, ()>;
 }
 
+/// Why this node could not take a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// Another node holds its lease, or this node is giving it up or
+    /// leaving: the command belongs elsewhere (route it again).
+    #[error("{0}")]
+    Elsewhere(String),
+    /// The lease bucket or the log cannot be reached (no JetStream quorum):
+    /// nothing can be written now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// The key of `stream` in `cairn_owners`.
 pub fn lease_key(stream: &StreamId) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(stream.as_str())
@@ -254,7 +267,10 @@ impl OwnershipView {
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
                     .unwrap_or_else(|| key.clone());
-                (stream, (l.node.clone(), self.lease.saturating_sub(l.seen.elapsed())))
+                (
+                    stream,
+                    (l.node.clone(), self.lease.saturating_sub(l.seen.elapsed())),
+                )
             })
             .collect()
     }
@@ -282,7 +298,7 @@ impl OwnershipView {
 }
 
 enum Command {
-    Acquire(StreamId, oneshot::Sender<Result<(), String>>),
+    Acquire(StreamId, oneshot::Sender<Result<(), AcquireError>>),
     Leave(oneshot::Sender<()>),
     /// A stream given up has no command running any more: its lease can go.
     Released {
@@ -401,14 +417,14 @@ impl Ownership {
 
     /// Makes this node the owner of `stream` now, if its lease is free
     /// (a new stream, or this node is its preferred owner).
-    pub async fn acquire(&self, stream: StreamId) -> Result<(), String> {
+    pub async fn acquire(&self, stream: StreamId) -> Result<(), AcquireError> {
+        let stopped = || AcquireError::Unavailable("the ownership loop stopped".to_owned());
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Acquire(stream, tx))
             .await
-            .map_err(|_| "the ownership loop stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the ownership loop stopped".to_owned())?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Hands every stream over and leaves the cluster (SIGTERM).
@@ -615,18 +631,21 @@ impl Loop {
 
     /// Acquires `stream`'s lease, fences and catches up, then hands it to
     /// the holder. Already held: nothing to do.
-    async fn acquire_now(&mut self, stream: &StreamId) -> Result<(), String> {
+    async fn acquire_now(&mut self, stream: &StreamId) -> Result<(), AcquireError> {
         if self.view.holds(stream) {
             return Ok(());
         }
         if self.view.is_leaving() {
-            return Err(format!("node {} is leaving the cluster", self.config.node));
+            return Err(AcquireError::Elsewhere(format!(
+                "node {} is leaving the cluster",
+                self.config.node
+            )));
         }
         if self.view.releasing(stream) {
-            return Err(format!(
+            return Err(AcquireError::Elsewhere(format!(
                 "node {} is handing stream {stream} over",
                 self.config.node
-            ));
+            )));
         }
         let key = lease_key(stream);
         let revision = self
@@ -634,10 +653,16 @@ impl Loop {
             .create(&key, self.config.node.clone().into())
             .await
             .map_err(|e| {
-                let owner = self.view.owner_of(stream);
-                match owner {
-                    Some(owner) => format!("stream {stream} is owned by node {owner}"),
-                    None => format!("stream {stream}: lease not acquired: {e}"),
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    let owner = self
+                        .view
+                        .owner_of(stream)
+                        .unwrap_or_else(|| "another node".into());
+                    AcquireError::Elsewhere(format!("stream {stream} is owned by {owner}"))
+                } else {
+                    AcquireError::Unavailable(format!(
+                        "the cluster's leases ({OWNERS_BUCKET}) are unreachable: {e}"
+                    ))
                 }
             })?;
         self.view.held.write().expect("held lock").insert(
@@ -660,7 +685,10 @@ impl Loop {
         if let Err(e) = owned {
             warn!(stream = %stream, error = %e, "cannot take the stream; releasing it");
             self.step_down(stream, true);
-            return Err(e);
+            return Err(AcquireError::Unavailable(format!(
+                "node {} cannot take stream {stream}: {e}",
+                self.config.node
+            )));
         }
         Ok(())
     }

@@ -27,7 +27,10 @@ use cairn_events::StreamId;
 use cairn_storage::EventLog as _;
 
 use super::ServiceContext;
-use crate::{cluster::Ownership, ServiceError};
+use crate::{
+    cluster::{AcquireError, Ownership},
+    ServiceError,
+};
 
 /// Header of every reply: the last seq the answering node applied.
 pub const SEQ_HEADER: &str = "Cairn-Seq";
@@ -112,8 +115,11 @@ pub async fn route(
     if forwarded || target.as_deref() == Some(me.as_str()) {
         return match routing.ownership.acquire(stream.clone()).await {
             Ok(()) => Ok(Route::Local),
-            Err(why) => Err(ServiceError::unavailable(format!(
+            Err(AcquireError::Elsewhere(why)) => Err(ServiceError::unavailable(format!(
                 "node {me} does not own stream {stream}: {why}; retry"
+            ))),
+            Err(AcquireError::Unavailable(why)) => Err(ServiceError::unavailable(format!(
+                "stream {stream} cannot be written now: {why}; retry"
             ))),
         };
     }
@@ -201,8 +207,11 @@ pub fn is_moving(error: &ServiceError) -> bool {
     error.code == 503 && moving_message(&error.message)
 }
 
+/// "does not own": nothing of the command ran. A command refused by the
+/// log after its owner was deposed ("taken over") may have done its Git
+/// part: it is answered, not run again elsewhere.
 fn moving_message(message: &str) -> bool {
-    message.contains("does not own") || message.contains("taken over")
+    message.contains("does not own")
 }
 
 /// Waits until this node applied the seq the request's `Cairn-Min-Seq`
