@@ -930,3 +930,112 @@ async fn a_paused_owner_is_fenced_when_it_wakes_and_leaves_no_event_after_the_ta
         "the old owner's command entered the log only if it was acknowledged (run by the new owner)"
     );
 }
+
+/// A write that pushes nothing to Git: a new sync schedule, with
+/// idempotency key `id` (a retry with the same key runs it at most once).
+async fn update_schedule(
+    client: &Client,
+    node: &str,
+    id: &str,
+    minute: u32,
+) -> Result<Value, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Cairn-Request-Id", id);
+    client
+        .call_node(
+            node,
+            "repo.update",
+            json!({"namespace": NS, "name": "r", "sync": {"schedule": format!("{minute} * * * *")}}),
+            headers,
+        )
+        .await
+        .0
+        .map_err(|e| e.to_string())
+}
+
+/// Retries write `id` until it is acknowledged (a refusal during an outage
+/// may still have been recorded: the same key makes the retry safe).
+async fn write_until_acknowledged(client: &Client, node: &str, id: &str, minute: u32) {
+    wait_until(&format!("write {id} to be acknowledged"), WAIT, || {
+        update_schedule(client, node, id, minute)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_nats_servers_stops_writes_quickly_keeps_reads_and_recovers_by_itself() {
+    let mut cluster = Cluster::start(3).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    owner_of_r(&cluster, None).await;
+    let client = cluster.clients[0]
+        .clone()
+        .with_timeout(Duration::from_secs(30));
+
+    // One server of three gone: writes go on (after a failover if the
+    // owner's server was the one).
+    tokio::task::block_in_place(|| cluster.nats.kill(2));
+    write_until_acknowledged(&client, "n0", "w-1", 1).await;
+
+    // Two gone: no JetStream quorum. A write is refused quickly (503), reads
+    // answer from the node's views.
+    tokio::task::block_in_place(|| cluster.nats.kill(1));
+    let asked = std::time::Instant::now();
+    let refused = update_schedule(&client, "n0", "w-2", 2).await.unwrap_err();
+    let took = asked.elapsed();
+    assert!(refused.contains("503"), "{refused}");
+    assert!(
+        took < Duration::from_secs(20),
+        "a write took {took:?} to be refused"
+    );
+    let (list, _) = client
+        .call_node(
+            "n0",
+            "repo.list",
+            json!({"namespace": NS}),
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(names(&list.unwrap()), ["r"]);
+
+    // The servers come back: writes resume by themselves. The refused
+    // write, retried with its key, is recorded once whatever became of the
+    // first attempt.
+    tokio::task::block_in_place(|| {
+        cluster.nats.restart(1);
+        cluster.nats.restart(2);
+    });
+    write_until_acknowledged(&client, "n0", "w-2", 2).await;
+    write_until_acknowledged(&client, "n0", "w-3", 3).await;
+    let (_, headers) = client
+        .call_node("n0", "log.read", json!({"limit": 1}), HeaderMap::new())
+        .await;
+    let last = seq_of(&headers);
+    let logs = [
+        log_of(&client, "n0", last).await,
+        log_of(&client, "n1", last).await,
+        log_of(&client, "n2", last).await,
+    ];
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+    let mut writes: Vec<&str> = logs[0]
+        .iter()
+        .filter(|e| e["event"].get("repository_spec_changed").is_some())
+        .map(|e| e["request_id"].as_str().unwrap_or_default())
+        .collect();
+    writes.sort();
+    assert_eq!(writes, ["w-1", "w-2", "w-3"], "each write once");
+    let mut ids: Vec<&str> = logs[0]
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), logs[0].len());
+}

@@ -52,6 +52,17 @@ struct Inner {
     apply_wait: Duration,
     /// Streams this node writes, with the last subject sequence it knows.
     owned: Mutex<HashMap<StreamId, u64>>,
+    /// Told when the appender gives a stream up by itself.
+    abandon: std::sync::OnceLock<AbandonNotice>,
+}
+
+/// What [`ClusterAppend::on_abandon`] calls.
+pub struct AbandonNotice(Box<dyn Fn(StreamId) + Send + Sync>);
+
+impl std::fmt::Debug for AbandonNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AbandonNotice")
+    }
 }
 
 impl ClusterAppend {
@@ -77,6 +88,7 @@ impl ClusterAppend {
                 message_max_bytes: max_payload.saturating_sub(HEADER_ROOM_BYTES).max(1024),
                 apply_wait,
                 owned: Mutex::default(),
+                abandon: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -121,6 +133,22 @@ impl ClusterAppend {
     /// Stops writing `stream` (its lease is released or lost).
     pub fn release(&self, stream: &StreamId) {
         self.inner.owned.lock().expect("owned lock").remove(stream);
+    }
+
+    /// Who to tell when the appender gives a stream up by itself (the
+    /// ownership loop, which then steps down so the writer's state is
+    /// loaded again from the log). Set once.
+    pub fn on_abandon(&self, notify: Box<dyn Fn(StreamId) + Send + Sync>) {
+        let _ = self.inner.abandon.set(AbandonNotice(notify));
+    }
+
+    /// Gives `stream` up after a failure that leaves the writer's state in
+    /// doubt, and says so.
+    fn abandon(&self, stream: &StreamId) {
+        self.release(stream);
+        if let Some(notify) = self.inner.abandon.get() {
+            (notify.0)(stream.clone());
+        }
     }
 
     /// Whether this node writes `stream` now.
@@ -221,6 +249,7 @@ impl ClusterAppend {
             let publish = Publish::build()
                 .message_id(message[0].event_id.as_str())
                 .expected_last_subject_sequence(expected)
+                .header(super::log::NODE_HEADER, inner.node.as_str())
                 .payload(encode_commit(&message));
             let sent = inner
                 .js
@@ -230,13 +259,19 @@ impl ClusterAppend {
             let ack = match sent.await {
                 Ok(ack) => ack,
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    self.release(stream);
+                    self.abandon(stream);
                     tracing::warn!(stream = %stream, node = %inner.node, "fenced: another node owns the stream now; stepping down");
                     return Err(StorageError::Unavailable(format!(
                         "stream {stream} was taken over by another node: this node's write was refused by the log (fenced) and it stepped down; retry"
                     )));
                 }
-                Err(e) => return Err(unavailable(stream, e)),
+                Err(e) => {
+                    // Sent but not confirmed: JetStream may still store it
+                    // (a leader change commits what the old leader had).
+                    return Err(StorageError::Unavailable(format!(
+                        "the replicated log did not confirm the write to {stream} ({e}): it may still be recorded; retry with the same Cairn-Request-Id to learn its outcome"
+                    )));
+                }
             };
             expected = ack.sequence;
             if let Some(known) = inner.owned.lock().expect("owned lock").get_mut(stream) {
@@ -254,15 +289,20 @@ impl ClusterAppend {
                     }
                 }
                 Some(Sequenced::Refused(why)) => {
-                    return Err(StorageError::Corrupt(format!(
-                        "the replicated log refused this node's commit on {stream}: {why}"
-                    )))
+                    // Another write of this stream reached the log first (a
+                    // JetStream leader change can let two through): every
+                    // node skipped this one.
+                    self.abandon(stream);
+                    return Err(StorageError::Unavailable(format!(
+                        "the replicated log skipped this node's commit on {stream} ({why}): another write reached the log first; retry with the same Cairn-Request-Id"
+                    )));
                 }
                 other => {
+                    self.abandon(stream);
                     return Err(StorageError::Corrupt(format!(
                         "commit at position {} on {stream}: unexpected outcome {other:?}",
                         ack.sequence
-                    )))
+                    )));
                 }
             }
         }

@@ -50,6 +50,8 @@ use super::blobs::Blobs;
 pub const LOG_STREAM: &str = "CAIRN_LOG";
 /// Prefix of its subjects.
 pub const LOG_SUBJECT_PREFIX: &str = "cairn.log.";
+/// Header naming the node that published a commit.
+pub const NODE_HEADER: &str = "Cairn-Node";
 /// Header naming the node a fence message comes from.
 pub const FENCE_HEADER: &str = "Cairn-Fence";
 /// Most messages the applier writes in one batch.
@@ -213,6 +215,7 @@ async fn apply_from(
     debug!(from = position + 1, "applying the replicated log");
     while let Some(batch) = messages.next().await {
         let mut commits = Vec::with_capacity(batch.len());
+        let mut publishers = Vec::with_capacity(batch.len());
         // Fetched blobs stay pinned until the events referencing them are in.
         let mut pins = Vec::new();
         for message in batch {
@@ -220,6 +223,14 @@ async fn apply_from(
             let info = message.info().map_err(|e| e.to_string())?;
             let position = info.stream_sequence;
             debug!(position, subject = %message.subject, "replicated message received");
+            publishers.push(
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(NODE_HEADER).or_else(|| h.get(FENCE_HEADER)))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+            );
             let envelopes = if message
                 .headers
                 .as_ref()
@@ -251,6 +262,7 @@ async fn apply_from(
             });
         }
         let positions: Vec<u64> = commits.iter().map(|c| c.position).collect();
+        let publishers: Vec<String> = publishers;
         debug!(positions = ?positions, "applying replicated commits");
         let results = store
             .apply_sequenced_async(commits)
@@ -260,9 +272,9 @@ async fn apply_from(
         let last = *positions.last().unwrap_or(&0);
         {
             let mut kept = outcomes.lock().expect("outcomes lock");
-            for (position, outcome) in positions.into_iter().zip(results) {
+            for ((position, outcome), node) in positions.into_iter().zip(results).zip(&publishers) {
                 if let Sequenced::Refused(why) = &outcome {
-                    warn!(position, why, "replicated commit refused");
+                    warn!(position, why, node, "replicated commit refused");
                 }
                 kept.insert(position, outcome);
             }

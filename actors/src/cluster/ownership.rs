@@ -158,6 +158,8 @@ pub struct Held {
     pub releasing: bool,
     /// A renewal was refused: another node may own it now.
     pub lost: bool,
+    /// Fenced, caught up and handed to the holder: it takes commands.
+    pub ready: bool,
 }
 
 /// What this node knows of the cluster now: live nodes, leases, its own.
@@ -219,7 +221,7 @@ impl OwnershipView {
             .read()
             .expect("held lock")
             .get(stream)
-            .is_some_and(|h| !h.releasing)
+            .is_some_and(|h| h.ready && !h.releasing)
     }
 
     /// Whether this node is giving `stream` up right now.
@@ -299,6 +301,14 @@ impl OwnershipView {
 
 enum Command {
     Acquire(StreamId, oneshot::Sender<Result<(), AcquireError>>),
+    /// A stream's fence and catch-up finished (or failed).
+    Taken {
+        stream: StreamId,
+        result: Result<(), String>,
+    },
+    /// The appender gave a stream up by itself (fenced, or its own commit
+    /// not applied in time): the writer's state may be stale.
+    Abandoned(StreamId),
     Leave(oneshot::Sender<()>),
     /// A stream given up has no command running any more: its lease can go.
     Released {
@@ -318,6 +328,8 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Acquire(s, _) => write!(f, "Acquire({s})"),
+            Command::Taken { stream, .. } => write!(f, "Taken({stream})"),
+            Command::Abandoned(s) => write!(f, "Abandoned({s})"),
             Command::Leave(_) => write!(f, "Leave"),
             Command::Released { stream, .. } => write!(f, "Released({stream})"),
         }
@@ -390,6 +402,12 @@ impl Ownership {
             }
         });
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
+        let abandoned = tx.clone();
+        appender.on_abandon(Box::new(move |stream| {
+            // Never blocks the appender; a full queue drops the notice, and
+            // the stream's next renewal or command finds it out anyway.
+            let _ = abandoned.try_send(Command::Abandoned(stream));
+        }));
         let mut state = Loop {
             commands: tx.clone(),
             leave_reply: None,
@@ -400,6 +418,7 @@ impl Ownership {
             holder,
             view: view.clone(),
             acquired_at: HashMap::new(),
+            waiting: HashMap::new(),
         };
         state.heartbeat().await;
         // Place nothing before the other members are known (this node's
@@ -501,6 +520,8 @@ struct Loop {
     view: Arc<OwnershipView>,
     /// When each held stream was acquired.
     acquired_at: HashMap<StreamId, Instant>,
+    /// Who waits for a stream being taken.
+    waiting: HashMap<StreamId, Vec<oneshot::Sender<Result<(), AcquireError>>>>,
 }
 
 impl Loop {
@@ -512,8 +533,14 @@ impl Loop {
                 _ = tick.tick() => self.tick().await,
                 command = commands.recv() => match command {
                     Some(Command::Acquire(stream, reply)) => {
-                        let result = self.acquire_now(&stream).await;
-                        let _ = reply.send(result);
+                        self.acquire_now(&stream, Some(reply)).await;
+                    }
+                    Some(Command::Taken { stream, result }) => {
+                        self.taken(&stream, result);
+                    }
+                    Some(Command::Abandoned(stream)) => {
+                        warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
+                        self.step_down(&stream, true);
                     }
                     Some(Command::Leave(reply)) => {
                         self.leave().await;
@@ -606,9 +633,7 @@ impl Loop {
             let held = self.view.holds(stream);
             if *preferred == self.config.node && !held {
                 if self.view.owner_of(stream).is_none() && !self.view.releasing(stream) {
-                    if let Err(e) = self.acquire_now(stream).await {
-                        debug!(stream = %stream, error = %e, "not acquired");
-                    }
+                    self.acquire_now(stream, None).await;
                 }
             } else if held && *preferred != self.config.node {
                 info!(stream = %stream, to = %preferred, "handing the stream over to its preferred node");
@@ -629,68 +654,146 @@ impl Loop {
         }
     }
 
-    /// Acquires `stream`'s lease, fences and catches up, then hands it to
-    /// the holder. Already held: nothing to do.
-    async fn acquire_now(&mut self, stream: &StreamId) -> Result<(), AcquireError> {
-        if self.view.holds(stream) {
-            return Ok(());
+    /// Acquires `stream`'s lease, then — in a task of its own, so that the
+    /// loop keeps renewing — fences, catches up and hands it to the holder
+    /// ([`Command::Taken`]); `reply` learns the outcome. Already held and
+    /// ready: answered at once.
+    async fn acquire_now(
+        &mut self,
+        stream: &StreamId,
+        reply: Option<oneshot::Sender<Result<(), AcquireError>>>,
+    ) {
+        let answer = |reply: Option<oneshot::Sender<Result<(), AcquireError>>>, result| {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        };
+        let state = self
+            .view
+            .held
+            .read()
+            .expect("held lock")
+            .get(stream)
+            .copied();
+        match state {
+            Some(h) if h.ready && !h.releasing => return answer(reply, Ok(())),
+            Some(h) if !h.releasing => {
+                // Being taken: answered with the outcome.
+                if let Some(reply) = reply {
+                    self.waiting.entry(stream.clone()).or_default().push(reply);
+                }
+                return;
+            }
+            Some(_) => {
+                return answer(
+                    reply,
+                    Err(AcquireError::Elsewhere(format!(
+                        "node {} is handing stream {stream} over",
+                        self.config.node
+                    ))),
+                )
+            }
+            None => {}
         }
         if self.view.is_leaving() {
-            return Err(AcquireError::Elsewhere(format!(
-                "node {} is leaving the cluster",
-                self.config.node
-            )));
-        }
-        if self.view.releasing(stream) {
-            return Err(AcquireError::Elsewhere(format!(
-                "node {} is handing stream {stream} over",
-                self.config.node
-            )));
+            return answer(
+                reply,
+                Err(AcquireError::Elsewhere(format!(
+                    "node {} is leaving the cluster",
+                    self.config.node
+                ))),
+            );
         }
         let key = lease_key(stream);
-        let revision = self
+        let created = self
             .owners
             .create(&key, self.config.node.clone().into())
-            .await
-            .map_err(|e| {
-                if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                    let owner = self
-                        .view
-                        .owner_of(stream)
-                        .unwrap_or_else(|| "another node".into());
-                    AcquireError::Elsewhere(format!("stream {stream} is owned by {owner}"))
-                } else {
-                    AcquireError::Unavailable(format!(
+            .await;
+        let revision = match created {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let owner = self
+                    .view
+                    .owner_of(stream)
+                    .unwrap_or_else(|| "another node".into());
+                debug!(stream = %stream, owner = %owner, "not acquired: owned");
+                return answer(
+                    reply,
+                    Err(AcquireError::Elsewhere(format!(
+                        "stream {stream} is owned by {owner}"
+                    ))),
+                );
+            }
+            Err(e) => {
+                debug!(stream = %stream, error = %e, "not acquired");
+                return answer(
+                    reply,
+                    Err(AcquireError::Unavailable(format!(
                         "the cluster's leases ({OWNERS_BUCKET}) are unreachable: {e}"
-                    ))
-                }
-            })?;
+                    ))),
+                );
+            }
+        };
         self.view.held.write().expect("held lock").insert(
             stream.clone(),
             Held {
                 revision,
                 releasing: false,
                 lost: false,
+                ready: false,
             },
         );
         self.acquired_at.insert(stream.clone(), Instant::now());
-        let taken = self.appender.take(stream).await;
-        let owned = match taken {
-            Ok(position) => {
-                info!(stream = %stream, position, "stream acquired");
-                self.holder.own(stream.clone()).await
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = owned {
-            warn!(stream = %stream, error = %e, "cannot take the stream; releasing it");
-            self.step_down(stream, true);
-            return Err(AcquireError::Unavailable(format!(
-                "node {} cannot take stream {stream}: {e}",
-                self.config.node
-            )));
+        if let Some(reply) = reply {
+            self.waiting.entry(stream.clone()).or_default().push(reply);
         }
-        Ok(())
+        let (appender, holder, commands) = (
+            self.appender.clone(),
+            self.holder.clone(),
+            self.commands.clone(),
+        );
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let result = match appender.take(&stream).await {
+                Ok(position) => {
+                    info!(stream = %stream, position, "stream acquired");
+                    holder.own(stream.clone()).await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = commands.send(Command::Taken { stream, result }).await;
+        });
+    }
+
+    /// The fence and catch-up of `stream` finished.
+    fn taken(&mut self, stream: &StreamId, result: Result<(), String>) {
+        let waiting = self.waiting.remove(stream).unwrap_or_default();
+        let outcome = match result {
+            Ok(()) => {
+                let mut held = self.view.held.write().expect("held lock");
+                match held.get_mut(stream) {
+                    Some(h) if !h.releasing && !h.lost => {
+                        h.ready = true;
+                        Ok(())
+                    }
+                    _ => Err(AcquireError::Elsewhere(format!(
+                        "node {} lost stream {stream} while taking it",
+                        self.config.node
+                    ))),
+                }
+            }
+            Err(e) => {
+                warn!(stream = %stream, error = %e, "cannot take the stream; releasing it");
+                self.step_down(stream, true);
+                Err(AcquireError::Unavailable(format!(
+                    "node {} cannot take stream {stream}: {e}",
+                    self.config.node
+                )))
+            }
+        };
+        for reply in waiting {
+            let _ = reply.send(outcome.clone());
+        }
     }
 
     /// Starts giving `stream` up: new commands go elsewhere at once; its
