@@ -58,6 +58,8 @@ pub const FENCE_HEADER: &str = "Cairn-Fence";
 const APPLY_BATCH_MAX_MESSAGES: usize = 256;
 /// Most outcomes kept for owners waiting on their commits.
 const OUTCOMES_MAX: usize = 16_384;
+/// Longest pull of the applier's consumer (stall detection is relative).
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How long the applier waits before reading again after a failure.
 const APPLY_RETRY: Duration = Duration::from_millis(250);
 
@@ -203,6 +205,9 @@ async fn apply_from(
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: position + 1,
             },
+            // Short pulls: a consumer lost with its server (its heartbeats
+            // stop) is made anew within seconds, not after 30 s.
+            max_expires: PULL_EXPIRES,
             ..Default::default()
         })
         .await

@@ -591,20 +591,26 @@ impl Loop {
     async fn tick(&mut self) {
         self.heartbeat().await;
         self.read_live();
-        // Renew — also the leases being given up, until their commands end.
-        for (stream, held) in self.view.held() {
-            if held.lost {
-                continue;
-            }
-            match self
-                .owners
-                .update(
-                    lease_key(&stream),
-                    self.config.node.clone().into(),
-                    held.revision,
-                )
-                .await
-            {
+        // Renew — also the leases being given up, until their commands end
+        // — all at once: a slow JetStream delays them by one timeout, not
+        // one per lease.
+        let renewals = self
+            .view
+            .held()
+            .into_iter()
+            .filter(|(_, held)| !held.lost)
+            .map(|(stream, held)| {
+                let owners = self.owners.clone();
+                let node = self.config.node.clone();
+                async move {
+                    let renewed = owners
+                        .update(lease_key(&stream), node.into(), held.revision)
+                        .await;
+                    (stream, renewed)
+                }
+            });
+        for (stream, renewed) in futures::future::join_all(renewals).await {
+            match renewed {
                 Ok(revision) => {
                     if let Some(h) = self.view.held.write().expect("held lock").get_mut(&stream) {
                         h.revision = revision;

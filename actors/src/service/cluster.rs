@@ -43,6 +43,9 @@ pub const NODE_SUBJECT_PREFIX: &str = "cairn.node.";
 /// How long a forwarder keeps routing a command again while its stream
 /// changes hands.
 pub const REROUTE_WINDOW: Duration = Duration::from_secs(15);
+/// Longest a command waits for its node to take the stream's lease (and
+/// catch up) before it is answered 503.
+pub const ACQUIRE_WAIT: Duration = Duration::from_secs(5);
 /// Pause between two routings of one command.
 pub const REROUTE_PAUSE: Duration = Duration::from_millis(200);
 
@@ -113,7 +116,14 @@ pub async fn route(
     let me = view.node().to_owned();
     let target = view.route(stream);
     if forwarded || target.as_deref() == Some(me.as_str()) {
-        return match routing.ownership.acquire(stream.clone()).await {
+        let acquired = tokio::time::timeout(ACQUIRE_WAIT, routing.ownership.acquire(stream.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(AcquireError::Unavailable(format!(
+                    "taking its lease did not finish within {ACQUIRE_WAIT:?}"
+                )))
+            });
+        return match acquired {
             Ok(()) => Ok(Route::Local),
             Err(AcquireError::Elsewhere(why)) => Err(ServiceError::unavailable(format!(
                 "node {me} does not own stream {stream}: {why}; retry"
