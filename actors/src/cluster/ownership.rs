@@ -437,7 +437,9 @@ impl Ownership {
     /// Makes this node the owner of `stream` now, if its lease is free
     /// (a new stream, or this node is its preferred owner).
     pub async fn acquire(&self, stream: StreamId) -> Result<(), AcquireError> {
-        let stopped = || AcquireError::Unavailable("the ownership loop stopped".to_owned());
+        // The loop ends when the node has left: the stream is elsewhere.
+        let stopped =
+            || AcquireError::Elsewhere(format!("node {} has left the cluster", self.view.node()));
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Acquire(stream, tx))

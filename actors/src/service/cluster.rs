@@ -116,13 +116,14 @@ pub async fn route(
     let me = view.node().to_owned();
     let target = view.route(stream);
     if forwarded || target.as_deref() == Some(me.as_str()) {
-        let acquired = tokio::time::timeout(ACQUIRE_WAIT, routing.ownership.acquire(stream.clone()))
-            .await
-            .unwrap_or_else(|_| {
-                Err(AcquireError::Unavailable(format!(
-                    "taking its lease did not finish within {ACQUIRE_WAIT:?}"
-                )))
-            });
+        let acquired =
+            tokio::time::timeout(ACQUIRE_WAIT, routing.ownership.acquire(stream.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AcquireError::Unavailable(format!(
+                        "taking its lease did not finish within {ACQUIRE_WAIT:?}"
+                    )))
+                });
         return match acquired {
             Ok(()) => Ok(Route::Local),
             Err(AcquireError::Elsewhere(why)) => Err(ServiceError::unavailable(format!(
@@ -164,16 +165,43 @@ pub async fn forward(
     mut node: String,
 ) -> Result<Forwarded, ServiceError> {
     let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
+    // Every forwarded command carries an idempotency key (the client's, or
+    // one made here): sent again to a new owner after the first one died
+    // with it, it runs at most once.
+    let mut headers = request.message.headers.clone().unwrap_or_default();
+    if headers.get(super::idempotency::REQUEST_ID_HEADER).is_none() {
+        headers.insert(
+            super::idempotency::REQUEST_ID_HEADER,
+            format!("fwd-{}", cairn_events::envelope::new_id()).as_str(),
+        );
+    }
+    headers.insert(FORWARDED_HEADER, routing.ownership.view().node());
     loop {
-        let mut outgoing = async_nats::Request::new()
+        let outgoing = async_nats::Request::new()
             .payload(request.message.payload.clone())
+            .headers(headers.clone())
             .timeout(Some(routing.forward_timeout));
-        let mut headers = request.message.headers.clone().unwrap_or_default();
-        headers.insert(FORWARDED_HEADER, routing.ownership.view().node());
-        outgoing = outgoing.headers(headers);
         let target = node_subject(&node, subject);
         tracing::debug!(stream = %stream, node = %node, "forwarding the command to its owner");
-        let answer = context.client.send_request(target, outgoing).await;
+        let answer = tokio::select! {
+            answer = context.client.send_request(target, outgoing) => answer,
+            () = owner_gone(routing, stream, &node) => {
+                // The owner lost the stream while the command was with it:
+                // its answer, if any, is lost. Sent again (same key).
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ServiceError::unavailable(format!(
+                        "node {node}, the owner of stream {stream}, went away while running the command: it may have been recorded; retry with the same {}",
+                        super::idempotency::REQUEST_ID_HEADER
+                    )));
+                }
+                match route(routing, stream, false).await {
+                    Ok(Route::Forward(next)) => node = next,
+                    Ok(Route::Local) => return Ok(Forwarded::RunHere),
+                    Err(_) => tokio::time::sleep(REROUTE_PAUSE).await,
+                }
+                continue;
+            }
+        };
         let retry_why = match answer {
             Ok(reply) => {
                 let headers = reply.headers.clone().unwrap_or_default();
@@ -223,6 +251,23 @@ pub fn is_moving(error: &ServiceError) -> bool {
 fn moving_message(message: &str) -> bool {
     message.contains("does not own")
 }
+
+/// Resolves once `node` is no longer `stream`'s owner nor a live node (it
+/// died, or gave the stream up and another took it).
+async fn owner_gone(routing: &ClusterRouting, stream: &StreamId, node: &str) {
+    loop {
+        tokio::time::sleep(OWNER_CHECK_EVERY).await;
+        let view = routing.ownership.view();
+        let owner = view.owner_of(stream);
+        let live = view.live().iter().any(|n| n == node);
+        if owner.as_deref() != Some(node) && (owner.is_some() || !live) {
+            return;
+        }
+    }
+}
+
+/// How often a forwarder checks that the owner it waits for still is one.
+const OWNER_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// Waits until this node applied the seq the request's `Cairn-Min-Seq`
 /// names, at most `wait`.
