@@ -115,6 +115,7 @@ impl From<StorageError> for ServiceError {
             ),
             StorageError::InvalidAppend(m) => Self::bad_request(m),
             StorageError::Closed => Self::unavailable("node is shutting down"),
+            StorageError::Unavailable(why) => Self::unavailable(why),
             StorageError::UnknownView(_) => Self::not_found(e.to_string()),
             other => Self::internal(other.to_string()),
         }

@@ -70,6 +70,7 @@
 //! discovery, validation, filters); their spelling appears only where a
 //! revision is rendered or a request is parsed.
 
+pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod origin;

@@ -25,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "nats",
     "store",
     "publisher",
+    "cluster",
     "service",
     "git",
     "sync",
@@ -57,6 +58,8 @@ pub struct NodeConfig {
     pub watch: WatchSection,
     /// The key-value cache.
     pub kv: KvSection,
+    /// The cluster.
+    pub cluster: ClusterSection,
 }
 
 impl Default for NodeConfig {
@@ -72,7 +75,91 @@ impl Default for NodeConfig {
             log: LogSection::default(),
             watch: WatchSection::default(),
             kv: KvSection::default(),
+            cluster: ClusterSection::default(),
         }
+    }
+}
+
+/// `[cluster]`: nodes with `enabled` on and the same `nats.urls` cluster
+/// form one cairn cluster (see the README's cluster section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Join the cluster of the nodes on the same NATS. Default: false (a
+    /// node alone, its store written first, then published).
+    pub enabled: bool,
+    /// This node's id: letters, digits, `-` and `_`, at most 64 bytes.
+    /// Default: the host name and a hash of the data directory.
+    pub node_id: Option<String>,
+    /// How long a stream's lease (and a node's heartbeat) lives without
+    /// renewal: how long a dead owner's streams wait for a new one.
+    /// Default: `3s`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often leases and heartbeats are renewed, streams placed.
+    /// Default: `1s` (a third of the lease).
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// Replicas of `CAIRN_LOG`, `CAIRN_BLOBS` and the lease buckets (at most
+    /// the JetStream servers of the NATS cluster). Default: 3.
+    pub stream_replicas: usize,
+    /// Longest wait of a read carrying `Cairn-Min-Seq` for this node to
+    /// apply that seq, before a 503. Default: `5s`.
+    #[serde(with = "humantime_serde")]
+    pub read_wait: Duration,
+    /// Longest wait for a command forwarded to its owner (a registration
+    /// waits for its first sync). Default: `10m`.
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+    /// Longest wait at start for this node to apply the replicated log
+    /// before it serves. Default: `10m`.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_timeout: Duration,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: None,
+            lease: Duration::from_secs(3),
+            renew_interval: Duration::from_secs(1),
+            stream_replicas: 3,
+            read_wait: Duration::from_secs(5),
+            forward_timeout: Duration::from_secs(600),
+            catch_up_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// This node's cluster id: `cluster.node-id`, or the host name and a
+    /// hash of the data directory.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.cluster.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(40)
+            .collect::<String>();
+        let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.to_string_lossy().as_bytes());
+        let host = if host.is_empty() {
+            "node".to_owned()
+        } else {
+            host
+        };
+        format!("{host}-{}", hex::encode(&digest[..4]))
     }
 }
 
@@ -784,6 +871,33 @@ impl NodeConfig {
                     self.watch.max_watchers
                 ),
             );
+        }
+        if let Some(id) = &self.cluster.node_id {
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(
+                    "cluster.node-id",
+                    format!("must be 1 to 64 letters, digits, '-' or '_', got {id:?}"),
+                );
+            }
+        }
+        if self.cluster.lease < Duration::from_millis(500) {
+            return bad("cluster.lease", "must be at least 500ms".into());
+        }
+        if self.cluster.renew_interval.is_zero()
+            || self.cluster.renew_interval * 2 > self.cluster.lease
+        {
+            return bad(
+                "cluster.renew-interval",
+                "must be more than 0 and at most half of cluster.lease".into(),
+            );
+        }
+        if self.cluster.stream_replicas == 0 || self.cluster.stream_replicas > 5 {
+            return bad("cluster.stream-replicas", "must be 1 to 5".into());
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return bad(

@@ -24,6 +24,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod local_nats;
 pub mod log_cmd;

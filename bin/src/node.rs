@@ -37,12 +37,60 @@ pub struct Node {
     pub client: async_nats::Client,
     /// The NATS URL(s) the node connected to.
     pub nats_url: String,
-    publisher: Addr<Publisher>,
+    publisher: PublisherSlot,
     registry: Addr<Registry>,
+    cluster: Option<crate::cluster::ClusterNode>,
     slots: tokio::sync::watch::Receiver<SlotState>,
     budget: tokio::sync::watch::Receiver<BudgetState>,
     service: CairnService,
     local_nats: Option<LocalNatsServer>,
+}
+
+/// The node's Publisher, when it runs one: always on a single node, on the
+/// holder of the publisher role in a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct PublisherSlot(Arc<std::sync::Mutex<Option<Addr<Publisher>>>>);
+
+impl PublisherSlot {
+    /// The running publisher.
+    pub fn get(&self) -> Option<Addr<Publisher>> {
+        self.0.lock().expect("publisher lock").clone()
+    }
+
+    /// Starts a publisher (on the current arbiter) unless one runs.
+    pub fn start(
+        &self,
+        store: &Store,
+        client: &async_nats::Client,
+        config: &PublisherConfig,
+    ) -> anyhow::Result<()> {
+        let mut slot = self.0.lock().expect("publisher lock");
+        if slot.is_none() {
+            *slot = Some(Publisher::new(store.clone(), client.clone(), config.clone())?.start());
+        }
+        Ok(())
+    }
+
+    /// Flushes what is left (at most [`SHUTDOWN_FLUSH`]) and stops the
+    /// publisher, if one runs.
+    pub async fn stop(&self) {
+        let Some(publisher) = self.0.lock().expect("publisher lock").take() else {
+            return;
+        };
+        match publisher
+            .send(publisher::Flush {
+                timeout: SHUTDOWN_FLUSH,
+            })
+            .await
+        {
+            Ok(Ok(cursor)) => info!(cursor, "all events published"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "events left unpublished; they are published at the next start")
+            }
+            Err(e) => warn!(error = %e, "publisher unavailable"),
+        }
+        let _ = publisher.send(publisher::Stop).await;
+    }
 }
 
 /// Opens the store at the configured path, off the async threads.
@@ -109,7 +157,13 @@ impl Node {
             stream_replicas: config.publisher.stream_replicas,
             ..PublisherConfig::default()
         };
-        let publisher = Publisher::new(store.clone(), client.clone(), publisher_config)?.start();
+        let publisher = PublisherSlot::default();
+        let cluster_start = if config.cluster.enabled {
+            Some(crate::cluster::ClusterStart::begin(&config, &client, &store).await?)
+        } else {
+            publisher.start(&store, &client, &publisher_config)?;
+            None
+        };
         let service_config = ServiceConfig {
             request_max_bytes: config.service.request_max_bytes,
             max_concurrent_requests: config.service.max_concurrent_requests,
@@ -129,6 +183,7 @@ impl Node {
             budget: config.sync.budget(),
             refs_read: Default::default(),
             write: config.git.write_config(),
+            cluster: cluster_start.as_ref().map(|c| c.appender.clone()),
         });
         let scheduling = Scheduling {
             policy: Arc::new(config.sync.policy()),
@@ -136,9 +191,32 @@ impl Node {
         };
         let slots = env.slots.subscribe();
         let budget = env.budget.subscribe();
-        let registry = tokio::task::spawn_blocking(move || Registry::load(env, scheduling))
-            .await??
-            .start();
+        let registry = if cluster_start.is_some() {
+            Registry::for_cluster(env, scheduling).start()
+        } else {
+            tokio::task::spawn_blocking(move || Registry::load(env, scheduling))
+                .await??
+                .start()
+        };
+        let mut service_config = service_config;
+        service_config.read_wait = config.cluster.read_wait;
+        let cluster = match cluster_start {
+            Some(start) => {
+                let node = start
+                    .finish(
+                        &config,
+                        &store,
+                        &client,
+                        &registry,
+                        &publisher,
+                        publisher_config,
+                    )
+                    .await?;
+                service_config.cluster = Some(node.routing.clone());
+                Some(node)
+            }
+            None => None,
+        };
         let service = CairnService::start(
             client.clone(),
             store.clone(),
@@ -159,6 +237,7 @@ impl Node {
             nats_url,
             publisher,
             registry,
+            cluster,
             slots,
             budget,
             service,
@@ -183,9 +262,15 @@ impl Node {
         self.local_nats.as_ref()
     }
 
-    /// The Publisher actor.
-    pub fn publisher(&self) -> &Addr<Publisher> {
-        &self.publisher
+    /// The Publisher actor, when this node publishes (a single node does;
+    /// in a cluster, the node that holds the publisher role).
+    pub fn publisher(&self) -> Option<Addr<Publisher>> {
+        self.publisher.get()
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterNode> {
+        self.cluster.as_ref()
     }
 
     /// The Registry actor.
@@ -198,32 +283,31 @@ impl Node {
         self.service.watch_hub()
     }
 
-    /// The node's key-value cache.
-    pub fn kv(&self) -> &cairn_actors::kv::KvNode {
+    /// The node's key-value cache (none on a cluster node, for now).
+    pub fn kv(&self) -> Option<&cairn_actors::kv::KvNode> {
         self.service.kv()
     }
 
     /// Stops gracefully (see the module docs).
     pub async fn shutdown(mut self) {
         info!("shutting down");
+        if let Some(cluster) = &self.cluster {
+            // Streams handed over first (each writer finishes what it runs,
+            // its lease is deleted): the others take them at once, and this
+            // node forwards what it still receives to them. It keeps serving
+            // a renew interval longer, so that no node forwards to it any
+            // more, nor finds it in the queue group, when it unsubscribes.
+            cluster.leave().await;
+            tokio::time::sleep(cluster.leave_grace()).await;
+        }
         self.service.stop().await;
         // Repository actors finish their commands and stop.
         let _ = self.registry.send(cairn_actors::registry::Shutdown).await;
         self.store.shutdown().await;
-        match self
-            .publisher
-            .send(publisher::Flush {
-                timeout: SHUTDOWN_FLUSH,
-            })
-            .await
-        {
-            Ok(Ok(cursor)) => info!(cursor, "all events published"),
-            Ok(Err(e)) => {
-                warn!(error = %e, "events left unpublished; they are published at the next start")
-            }
-            Err(e) => warn!(error = %e, "publisher unavailable"),
+        self.publisher.stop().await;
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop();
         }
-        let _ = self.publisher.send(publisher::Stop).await;
         if let Err(e) = self.client.drain().await {
             warn!(error = %e, "closing the NATS connection");
         }
@@ -329,27 +413,42 @@ const RETRY_CONNECT: Duration = Duration::from_millis(250);
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
+        // Installed before the node starts: a SIGTERM during start-up
+        // stops it gracefully once it started, rather than killing it.
+        let signals = Signals::install()?;
         let node = Node::start(config).await?;
         // The one line a person (or a script) needs: where NATS is.
         println!(
             "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>)",
             node.nats_url
         );
-        wait_for_signal().await?;
+        signals.wait().await;
         node.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
 }
 
 #[cfg(test)]

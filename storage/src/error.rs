@@ -111,6 +111,11 @@ pub enum StorageError {
         /// The sequence number.
         seq: u64,
     },
+    /// The replicated log cannot take the append now: this node does not
+    /// own the stream (any more), or the cluster's log is unreachable.
+    /// Nothing was appended; the command may be retried (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// A replicated commit is malformed (no events, an event without a
     /// payload or stream, sequence numbers out of order, ids or trace
     /// context unfit for NATS headers). Nothing was

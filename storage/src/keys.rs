@@ -52,6 +52,11 @@ pub mod meta {
     /// Sequence up to which the publisher has had JetStream acks (u64 BE).
     pub const PUBLISH_CURSOR: &[u8] = b"publish_cursor";
 
+    /// Position (JetStream stream sequence) of the last replicated message
+    /// applied (u64 BE), written with the events it brought; absent on a
+    /// log that was never fed from a replicated order.
+    pub const REPLICATION_POSITION: &[u8] = b"replication_position";
+
     /// Highest sequence number any compaction saw (u64 BE); absent when the
     /// log was never compacted. Below it, missing log rows are compaction's.
     pub const COMPACTED_THROUGH: &[u8] = b"compacted_through";

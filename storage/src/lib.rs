@@ -97,7 +97,7 @@ pub use columns::Column;
 pub use compaction::{CompactingLog, CompactionPolicy, CompactionStats};
 pub use digest::Digest;
 pub use error::StorageError;
-pub use log::{Appended, EventLog, Replicated, ReplicatedLog};
+pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
 pub use version::ExpectedVersion;

@@ -71,6 +71,44 @@ pub enum Replicated {
     },
 }
 
+/// One message of a replicated log whose order — not this node's writer —
+/// sequences the events (a cluster's JetStream stream): the envelopes as the
+/// stream's owner built them, `seq` left 0, and the message's `position`
+/// in that order. Every node applies the same messages in the same order,
+/// so every node assigns the same sequence numbers: `seq` is the count of
+/// events applied before, plus one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SequencedCommit {
+    /// The message's position in the replicated order (a JetStream stream
+    /// sequence): strictly increasing, gaps allowed.
+    pub position: u64,
+    /// The events, `seq` 0; none for a message that only moves the
+    /// position (an ownership fence).
+    pub envelopes: Vec<Envelope>,
+}
+
+/// What [`crate::Store::apply_sequenced_async`] did with one
+/// [`SequencedCommit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sequenced {
+    /// The events were written at `first_seq..=last_seq`.
+    Applied {
+        /// First sequence number written.
+        first_seq: u64,
+        /// Last sequence number written.
+        last_seq: u64,
+    },
+    /// No events (a fence): only the position moved.
+    Empty,
+    /// Its position is at or below the log's replication position: applied
+    /// before, nothing written.
+    AlreadyApplied,
+    /// Refused, identically on every node (a stream version that does not
+    /// continue its stream, a malformed envelope): nothing of it written,
+    /// the position moves past it so the log never stalls on it.
+    Refused(String),
+}
+
 /// Every column family of a log, by name, each with its rows in key
 /// order: for comparing replicas byte for byte.
 pub type StateDump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;

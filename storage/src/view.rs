@@ -28,6 +28,14 @@ pub trait View: Send + Sync + fmt::Debug {
 
     /// Folds one committed envelope into the view.
     fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError>;
+
+    /// The blobs folding `envelope` makes this view reference. A replica
+    /// (a cluster node applying another node's events) fetches the ones it
+    /// does not hold before it applies the event. None by default.
+    fn blobs(&self, envelope: &Envelope) -> Vec<crate::Digest> {
+        let _ = envelope;
+        Vec::new()
+    }
 }
 
 /// Where a [`ViewTx`] reads rows the current batch has not touched.

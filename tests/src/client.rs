@@ -166,6 +166,48 @@ impl Client {
         self.call_raw(endpoint, &bytes).await
     }
 
+    /// A JSON request to `cairn.v1.<endpoint>` with `headers`: the reply
+    /// (or the service's error) and the reply's headers.
+    pub async fn call_with_headers(
+        &self,
+        endpoint: &str,
+        body: Value,
+        headers: HeaderMap,
+    ) -> (Result<Value, ServiceError>, HeaderMap) {
+        let bytes = serde_json::to_vec(&body).expect("JSON serialises");
+        let reply = self
+            .request_with_headers(&format!("cairn.v1.{endpoint}"), headers, bytes)
+            .await;
+        (
+            read_reply(endpoint, &reply),
+            reply.headers.clone().unwrap_or_default(),
+        )
+    }
+
+    /// [`Self::call_with_headers`] to cluster node `node` in particular
+    /// (`cairn.node.<node>.cairn.v1.<endpoint>`), which answers it as if it
+    /// had received it from the queue group.
+    pub async fn call_node(
+        &self,
+        node: &str,
+        endpoint: &str,
+        body: Value,
+        headers: HeaderMap,
+    ) -> (Result<Value, ServiceError>, HeaderMap) {
+        let bytes = serde_json::to_vec(&body).expect("JSON serialises");
+        let reply = self
+            .request_with_headers(
+                &format!("cairn.node.{node}.cairn.v1.{endpoint}"),
+                headers,
+                bytes,
+            )
+            .await;
+        (
+            read_reply(endpoint, &reply),
+            reply.headers.clone().unwrap_or_default(),
+        )
+    }
+
     /// Like [`Self::call`], failing the test on an error reply.
     pub async fn ok(&self, endpoint: &str, body: Value) -> Value {
         match self.call(endpoint, body).await {

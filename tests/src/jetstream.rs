@@ -10,12 +10,14 @@ use crate::wait::{within, WAIT};
 
 /// One stored message: its stream position and its `Cairn-Seq` header
 /// (`None` when it has none or it is not a number).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// The message's stream sequence (its position).
     pub position: u64,
     /// Its `Cairn-Seq` header.
     pub cairn_seq: Option<u64>,
+    /// Its `Nats-Msg-Id` header (the event id).
+    pub msg_id: Option<String>,
 }
 
 /// Every message of `stream`, first to last, with its position and
@@ -66,9 +68,15 @@ pub async fn cairn_seqs(client: &async_nats::Client, stream: &str) -> Vec<Stored
             .as_ref()
             .and_then(|h| h.get("Cairn-Seq"))
             .and_then(|v| v.as_str().parse().ok());
+        let msg_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned());
         out.push(Stored {
             position,
             cairn_seq,
+            msg_id,
         });
         if position >= last {
             return out;

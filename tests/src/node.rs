@@ -280,6 +280,26 @@ impl ChildNode {
         Self::start_command(command)
     }
 
+    /// Starts `cairn node` as cluster node `node_id` on the NATS at `url`
+    /// (a server of a [`crate::NatsCluster`]), with `env` besides, and
+    /// waits (bounded) for its ready line — printed once it caught up with
+    /// the cluster's log and joined.
+    pub fn start_in_cluster(
+        cli: &Cli,
+        data_dir: &Path,
+        url: &str,
+        node_id: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut command = Self::command(cli, data_dir, &[]);
+        command
+            .env("CAIRN_NATS__URLS", url)
+            .env("CAIRN_CLUSTER__ENABLED", "true")
+            .env("CAIRN_CLUSTER__NODE_ID", node_id)
+            .envs(env.iter().copied());
+        Self::start_command(command)
+    }
+
     /// Starts `command` (from [`Self::command`], e.g. with more
     /// environment) and waits (bounded) for its ready line.
     pub fn start_command(mut command: Command) -> Self {
@@ -319,6 +339,11 @@ impl ChildNode {
     /// Pids of the processes it started (its nats-server).
     pub fn children(&self) -> Vec<u32> {
         crate::process::descendants(self.id())
+    }
+
+    /// Sends `signal` to the node (SIGSTOP/SIGCONT to pause and resume it).
+    pub fn signal(&self, signal: Signal) {
+        self.guard.signal(signal);
     }
 
     /// SIGKILL of the node alone, as a crash would: what it started is

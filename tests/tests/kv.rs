@@ -682,7 +682,11 @@ async fn hundred_computes(
 #[actix_rt::test]
 async fn get_or_compute_calls_the_compute_once_for_100_concurrent_misses() {
     let (_dir, node, _clock) = start().await;
-    let kv = node.node().kv().clone();
+    let kv = node
+        .node()
+        .kv()
+        .expect("a single node runs the cache")
+        .clone();
     let (seen, task) = responder(
         &node,
         "compute.render",
@@ -717,7 +721,11 @@ async fn get_or_compute_calls_the_compute_once_for_100_concurrent_misses() {
 #[actix_rt::test]
 async fn a_failing_compute_fails_every_waiter_and_caches_nothing() {
     let (_dir, node, _clock) = start().await;
-    let kv = node.node().kv().clone();
+    let kv = node
+        .node()
+        .kv()
+        .expect("a single node runs the cache")
+        .clone();
     let (seen, task) = responder(
         &node,
         "compute.fail",

@@ -114,3 +114,24 @@ pub struct RouteLifecycle {
     /// The command (it carries its span).
     pub lifecycle: crate::repository::ApplyLifecycle,
 }
+
+/// In a cluster: this node now owns `stream` (its lease is held and its
+/// log caught up to the fence). A repository stream registered in the
+/// views is opened (actor and SyncManager, which syncs it at once); any
+/// other stream needs nothing.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct OwnStream {
+    /// The stream.
+    pub stream: cairn_events::StreamId,
+}
+
+/// In a cluster: this node no longer owns `stream`. Its SyncManager stops,
+/// then its actor once the commands queued before finished; answered when
+/// both stopped.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DisownStream {
+    /// The stream.
+    pub stream: cairn_events::StreamId,
+}

@@ -39,8 +39,8 @@ use tracing::{info, warn, Instrument};
 
 pub use error::RegistryError;
 pub use messages::{
-    DiscoveryCount, FetchCount, NextSyncOf, RefsRead, RegisterRepository, RouteLifecycle, Shutdown,
-    SyncRepository, UnregisterRepository, UpdateRepository,
+    DiscoveryCount, DisownStream, FetchCount, NextSyncOf, OwnStream, RefsRead, RegisterRepository,
+    RouteLifecycle, Shutdown, SyncRepository, UnregisterRepository, UpdateRepository,
 };
 
 use crate::{
@@ -74,7 +74,47 @@ pub struct Registry {
     /// actor (actors start on the arbiter, not on the blocking thread that
     /// loads them).
     loaded: Vec<(RepositoryComponent, Option<SystemTime>)>,
+    /// Commands running now, per repository (a stream handed over waits
+    /// for its own to finish).
+    busy: Arc<Busy>,
+    /// Repositories being handed over to another node: new commands are
+    /// refused (503, the forwarder routes them again).
+    leaving: std::collections::HashSet<Key>,
+    /// In a cluster: a registered repository this node does not have open
+    /// is another node's (503, routed again), not a 404.
+    cluster: bool,
 }
+
+/// Commands running per repository.
+#[derive(Debug, Default)]
+struct Busy {
+    running: std::sync::Mutex<HashMap<Key, usize>>,
+    idle: tokio::sync::Notify,
+}
+
+/// One running command of a repository; the count drops with it.
+#[derive(Debug)]
+struct Running {
+    busy: Arc<Busy>,
+    key: Key,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = self.busy.running.lock().expect("busy lock");
+        if let Some(n) = running.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.key);
+            }
+        }
+        drop(running);
+        self.busy.idle.notify_waiters();
+    }
+}
+
+/// Longest a handed-over repository waits for its running commands.
+const HANDOVER_DRAIN_MAX: Duration = Duration::from_secs(60);
 
 impl Registry {
     /// Loads every registered repository from the views. Blocking; call
@@ -82,21 +122,9 @@ impl Registry {
     pub fn load(env: Arc<SyncEnv>, scheduling: Scheduling) -> Result<Self, StorageError> {
         let mut loaded = Vec::new();
         for row in RepositoriesView::list(&env.store, None)? {
-            let last_sync_at = row
-                .status
-                .as_ref()
-                .and_then(|s| s.last_sync_at.as_ref())
-                .and_then(|t| {
-                    Some(
-                        SystemTime::UNIX_EPOCH
-                            + Duration::new(u64::try_from(t.seconds).ok()?, t.nanos.max(0) as u32),
-                    )
-                });
             let spec = row.spec.unwrap_or_default();
-            if let Some(component) =
-                RepositoryComponent::load(&env.store, &spec.namespace, &spec.name)?
-            {
-                loaded.push((component, last_sync_at));
+            if let Some(found) = load_one(&env.store, &spec.namespace, &spec.name)? {
+                loaded.push(found);
             }
         }
         info!(repositories = loaded.len(), "registry loaded");
@@ -105,7 +133,24 @@ impl Registry {
             scheduling,
             repositories: HashMap::new(),
             loaded,
+            busy: Arc::default(),
+            leaving: Default::default(),
+            cluster: false,
         })
+    }
+
+    /// A registry for a cluster node: it opens nothing at start, only the
+    /// repositories whose streams this node comes to own ([`OwnStream`]).
+    pub fn for_cluster(env: Arc<SyncEnv>, scheduling: Scheduling) -> Self {
+        Self {
+            env,
+            scheduling,
+            repositories: HashMap::new(),
+            loaded: Vec::new(),
+            busy: Arc::default(),
+            leaving: Default::default(),
+            cluster: true,
+        }
     }
 
     /// Starts a repository's actor and its SyncManager.
@@ -134,16 +179,166 @@ impl Registry {
         }
     }
 
+    /// Counts a command of `key` as running, unless the repository is
+    /// being handed over (503: the forwarder routes it again).
+    fn begin(&self, key: &Key) -> Result<Running, ServiceError> {
+        if self.leaving.contains(key) {
+            return Err(ServiceError::unavailable(format!(
+                "this node does not own stream repo/{}/{} any more: it is handing it over to another node; retry",
+                key.0, key.1
+            )));
+        }
+        *self
+            .busy
+            .running
+            .lock()
+            .expect("busy lock")
+            .entry(key.clone())
+            .or_default() += 1;
+        Ok(Running {
+            busy: self.busy.clone(),
+            key: key.clone(),
+        })
+    }
+
     fn manager(&self, namespace: &str, name: &str) -> Result<Addr<SyncManager>, ServiceError> {
         self.repositories
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|e| e.manager.clone())
-            .ok_or_else(|| RegistryError::not_found(namespace, name).into())
+            .ok_or_else(|| self.missing(&(namespace.to_owned(), name.to_owned())))
+    }
+
+    /// Why `key` has no actor here: not registered (404) or, in a cluster,
+    /// another node's — it just moved (503, routed again).
+    fn missing(&self, key: &Key) -> ServiceError {
+        let registered = self.cluster
+            && RepositoriesView::get(&self.env.store, &key.0, &key.1)
+                .ok()
+                .flatten()
+                .is_some();
+        if registered {
+            ServiceError::unavailable(format!(
+                "this node does not own stream repo/{}/{} (it moved); retry",
+                key.0, key.1
+            ))
+        } else {
+            RegistryError::not_found(&key.0, &key.1).into()
+        }
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
         &self.env.store
+    }
+}
+
+/// Repository `namespace/name` as registered in the views, with its last
+/// sync time; `None` when it is not registered.
+fn load_one(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<(RepositoryComponent, Option<SystemTime>)>, StorageError> {
+    let Some(row) = RepositoriesView::get(store, namespace, name)? else {
+        return Ok(None);
+    };
+    let last_sync_at = row
+        .status
+        .as_ref()
+        .and_then(|s| s.last_sync_at.as_ref())
+        .and_then(|t| {
+            Some(
+                SystemTime::UNIX_EPOCH
+                    + Duration::new(u64::try_from(t.seconds).ok()?, t.nanos.max(0) as u32),
+            )
+        });
+    Ok(RepositoryComponent::load(store, namespace, name)?.map(|c| (c, last_sync_at)))
+}
+
+impl Handler<OwnStream> for Registry {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, msg: OwnStream, _ctx: &mut Self::Context) -> Self::Result {
+        let Some((namespace, name)) = msg
+            .stream
+            .as_repository()
+            .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+        else {
+            return Box::pin(fut::ready(Ok(())));
+        };
+        let key = (namespace.clone(), name.clone());
+        if self.repositories.contains_key(&key) {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        let store = self.env.store.clone();
+        Box::pin(
+            async move {
+                tokio::task::spawn_blocking(move || load_one(&store, &namespace, &name))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            .into_actor(self)
+            .map(move |loaded, act, _| {
+                if let Some((component, last_sync_at)) = loaded? {
+                    if !act.repositories.contains_key(&key) {
+                        info!(repo = %format_args!("{}/{}", key.0, key.1), "repository taken over");
+                        let entry = act.open(component, last_sync_at, Some("takeover"));
+                        act.repositories.insert(key, entry);
+                    }
+                }
+                Ok(())
+            }),
+        )
+    }
+}
+
+impl Handler<DisownStream> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: DisownStream, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(key) = msg
+            .stream
+            .as_repository()
+            .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+        else {
+            return Box::pin(fut::ready(()));
+        };
+        // New commands are refused from now; the running ones finish
+        // (bounded), then the manager and the writer stop.
+        self.leaving.insert(key.clone());
+        let busy = self.busy.clone();
+        let waited = key.clone();
+        Box::pin(
+            async move {
+                let drained = tokio::time::timeout(HANDOVER_DRAIN_MAX, async {
+                    loop {
+                        let idle = busy.idle.notified();
+                        if !busy.running.lock().expect("busy lock").contains_key(&waited) {
+                            return;
+                        }
+                        idle.await;
+                    }
+                })
+                .await;
+                if drained.is_err() {
+                    warn!(repo = %format_args!("{}/{}", waited.0, waited.1), "handing over with commands still running");
+                }
+            }
+            .into_actor(self)
+            .then(move |(), act, _| {
+                act.leaving.remove(&key);
+                let entry = act.repositories.remove(&key);
+                async move {
+                    if let Some(entry) = entry {
+                        let _ = entry.manager.send(StopManager).await;
+                        // Queued after any command in flight, so those finish.
+                        let _ = entry.actor.send(StopWriter).await;
+                    }
+                }
+                .into_actor(act)
+            }),
+        )
     }
 }
 
@@ -170,6 +365,10 @@ impl Handler<RegisterRepository> for Registry {
 
     fn handle(&mut self, msg: RegisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.spec.namespace.clone(), msg.spec.name.clone());
+        let running = match self.begin(&key) {
+            Ok(running) => running,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
         if self.repositories.contains_key(&key) {
             let err = RegistryError::AlreadyRegistered {
                 namespace: key.0,
@@ -192,6 +391,7 @@ impl Handler<RegisterRepository> for Registry {
         let register_span = span.clone();
         Box::pin(
             async move {
+                let _running = running;
                 let registered = actor
                     .send(Register {
                         metadata: metadata.clone(),
@@ -245,6 +445,10 @@ impl Handler<UnregisterRepository> for Registry {
 
     fn handle(&mut self, msg: UnregisterRepository, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace.clone(), msg.name.clone());
+        let running = match self.begin(&key) {
+            Ok(running) => running,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
         let Some(entry) = self.repositories.remove(&key) else {
             return Box::pin(fut::ready(Err(RegistryError::not_found(
                 &msg.namespace,
@@ -261,6 +465,7 @@ impl Handler<UnregisterRepository> for Registry {
         let close_span = span.clone();
         Box::pin(
             async move {
+                let _running = running;
                 actor
                     .send(Close {
                         metadata: msg.metadata,
@@ -297,9 +502,11 @@ impl Handler<SyncRepository> for Registry {
     fn handle(&mut self, msg: SyncRepository, _ctx: &mut Self::Context) -> Self::Result {
         let manager = self.manager(&msg.namespace, &msg.name);
         let key = (msg.namespace, msg.name);
+        let running = self.begin(&key);
         let span = tracing::info_span!(parent: &msg.span, "registry.sync", repo = %format_args!("{}/{}", key.0, key.1));
         Box::pin(
             async move {
+                let _running = running?;
                 manager?
                     .send(SyncNow {
                         trigger: msg.trigger,
@@ -319,13 +526,19 @@ impl Handler<RouteLifecycle> for Registry {
 
     fn handle(&mut self, msg: RouteLifecycle, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace, msg.name);
-        let actor = self.repositories.get(&key).map(|e| e.actor.clone());
+        let actor = self
+            .repositories
+            .get(&key)
+            .map(|e| e.actor.clone())
+            .ok_or_else(|| self.missing(&key));
+        let running = self.begin(&key);
         let mut lifecycle = msg.lifecycle;
         let span = tracing::info_span!(parent: &lifecycle.span, "registry.route", repo = %format_args!("{}/{}", key.0, key.1), verb = lifecycle.op.verb());
         lifecycle.span = span.clone();
         Box::pin(
             async move {
-                let actor = actor.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+                let _running = running?;
+                let actor = actor?;
                 actor.send(lifecycle).await?
             }
             .instrument(span),
@@ -341,13 +554,15 @@ impl Handler<UpdateRepository> for Registry {
         let entry = self
             .repositories
             .get(&key)
-            .map(|e| (e.actor.clone(), e.manager.clone()));
+            .map(|e| (e.actor.clone(), e.manager.clone()))
+            .ok_or_else(|| self.missing(&key));
+        let running = self.begin(&key);
         let span = tracing::info_span!(parent: &msg.span, "registry.update", repo = %format_args!("{}/{}", key.0, key.1));
         let update_span = span.clone();
         Box::pin(
             async move {
-                let (actor, manager) =
-                    entry.ok_or_else(|| RegistryError::not_found(&key.0, &key.1))?;
+                let _running = running?;
+                let (actor, manager) = entry?;
                 // The next time under the new spec is decided first and
                 // recorded with it, then armed as is: the status a client
                 // reads and the timer agree (as after a sync).
@@ -508,6 +723,7 @@ mod tests {
                 budget: Default::default(),
                 refs_read: Default::default(),
                 write: Default::default(),
+                cluster: None,
             });
             let scheduling = Scheduling {
                 policy: Arc::new(SyncPolicy::default()),

@@ -137,7 +137,10 @@ impl StreamDomain for Repository {
     const NAME: &'static str = "repository";
 
     fn store(env: &SyncEnv) -> &dyn cairn_storage::AsyncAppend {
-        &env.store
+        match &env.cluster {
+            Some(cluster) => cluster,
+            None => &env.store,
+        }
     }
 
     fn stream(state: &RepositoryComponent) -> &StreamId {
@@ -406,6 +409,7 @@ mod tests {
             budget: Default::default(),
             refs_read: Default::default(),
             write: Default::default(),
+            cluster: None,
         });
         let spec = RepositorySpec {
             namespace: "ns".into(),
@@ -484,6 +488,7 @@ mod tests {
             budget: Default::default(),
             refs_read: Default::default(),
             write: Default::default(),
+            cluster: None,
         });
         let spec = RepositorySpec {
             namespace: "ns".into(),

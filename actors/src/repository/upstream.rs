@@ -204,6 +204,9 @@ pub struct SyncEnv {
     /// `committer-name`, `committer-email`, `push-attempts`,
     /// `push-retry-delay`).
     pub write: WriteConfig,
+    /// In a cluster, the replicated log repositories append through (see
+    /// [`crate::cluster`]); `None` appends to `store` directly.
+    pub cluster: Option<crate::cluster::ClusterAppend>,
 }
 
 /// What a RepositoryActor knows of its upstream from its last successful

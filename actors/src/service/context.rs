@@ -34,6 +34,11 @@ pub struct ServiceConfig {
     pub clock: Arc<dyn crate::timing::Clock>,
     /// Limits of the key-value cache (`kv.*`).
     pub kv: super::kv::KvServiceConfig,
+    /// Longest wait of a request carrying `Cairn-Min-Seq` for this node to
+    /// apply that seq (`cluster.read-wait`). Default: 5 s.
+    pub read_wait: std::time::Duration,
+    /// In a cluster: where commands go (see [`super::cluster`]).
+    pub cluster: Option<super::cluster::ClusterRouting>,
 }
 
 impl Default for ServiceConfig {
@@ -47,6 +52,8 @@ impl Default for ServiceConfig {
             resource_max_bytes: 512 * 1024,
             clock: Arc::new(crate::timing::SystemClock),
             kv: super::kv::KvServiceConfig::default(),
+            read_wait: std::time::Duration::from_secs(5),
+            cluster: None,
         }
     }
 }

@@ -242,7 +242,11 @@ fn kv(context: &ServiceContext) -> Result<&crate::kv::KvNode, ServiceError> {
     context
         .kv
         .as_ref()
-        .ok_or_else(|| ServiceError::unavailable("the key-value cache is not running"))
+        .ok_or_else(|| {
+            ServiceError::unavailable(
+                "the key-value cache does not run on cluster nodes yet (cluster.enabled is on); use a single node for it",
+            )
+        })
 }
 
 /// `kv.set`.

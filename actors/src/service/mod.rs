@@ -40,6 +40,7 @@
 //!   in [`crate::watch`]). The number of live watchers is the `watchers`
 //!   field of the `watch-start` endpoint's `data` in `$SRV.STATS`.
 
+pub mod cluster;
 pub mod codec;
 pub mod context;
 pub mod fields;
@@ -73,7 +74,9 @@ pub struct CairnService {
     service: service::Service,
     tasks: Vec<JoinHandle<()>>,
     watch: crate::watch::WatchHub,
-    kv: crate::kv::KvNode,
+    kv: Option<crate::kv::KvNode>,
+    limiter: Arc<Semaphore>,
+    max_requests: usize,
 }
 
 impl CairnService {
@@ -101,26 +104,35 @@ impl CairnService {
             })
             .start(cairn_events::subject::SERVICE_NAME, config.version.clone())
             .await?;
-        let kv_node = crate::kv::KvNode::start(
-            store.clone(),
-            config.clock.clone(),
-            config.kv.memory_max_bytes,
-            config.kv.durability,
-        )
-        .await
-        .map_err(|e| format!("starting the key-value cache: {e}"))?;
-        let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
-        let compactor = kv::start_compactor(
-            store.clone(),
-            config.clock.clone(),
-            config.kv.compact_interval,
-            config.kv.tombstone_retention,
-        );
-        let flusher = kv::start_flusher(
-            store.clone(),
-            config.kv.durability,
-            config.kv.flush_interval,
-        );
+        // The key-value cache writes its partitions straight to this node's
+        // store; in a cluster that would fork the replicated log, so it
+        // runs on single nodes only until its partitions get owners (see
+        // the README's known limitations).
+        let (kv_node, sweeper, compactor, flusher) = if config.cluster.is_none() {
+            let kv_node = crate::kv::KvNode::start(
+                store.clone(),
+                config.clock.clone(),
+                config.kv.memory_max_bytes,
+                config.kv.durability,
+            )
+            .await
+            .map_err(|e| format!("starting the key-value cache: {e}"))?;
+            let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
+            let compactor = kv::start_compactor(
+                store.clone(),
+                config.clock.clone(),
+                config.kv.compact_interval,
+                config.kv.tombstone_retention,
+            );
+            let flusher = kv::start_flusher(
+                store.clone(),
+                config.kv.durability,
+                config.kv.flush_interval,
+            );
+            (Some(kv_node), sweeper, compactor, flusher)
+        } else {
+            (None, None, None, None)
+        };
         let context = ServiceContext {
             store,
             client: client.clone(),
@@ -130,13 +142,20 @@ impl CairnService {
             arbiter: actix::Arbiter::try_current(),
             in_flight: Arc::default(),
             revisions_busy: Arc::default(),
-            kv: Some(kv_node.clone()),
+            kv: kv_node.clone(),
             config,
         };
         let limiter = Arc::new(Semaphore::new(
             context.config.max_concurrent_requests.max(1),
         ));
         let mut tasks = Vec::new();
+        let node_group = context.config.cluster.as_ref().map(|routing| {
+            service.group(format!(
+                "{}{}",
+                cluster::NODE_SUBJECT_PREFIX,
+                routing.ownership.view().node()
+            ))
+        });
         macro_rules! endpoint {
             ($name:literal, $message:ty, $handler:path) => {
                 endpoint!($name, $message, $handler, RequestLimit::Config, None)
@@ -147,6 +166,7 @@ impl CairnService {
                     .name($name.replace('.', "-"))
                     .add(concat!("cairn.v1.", $name))
                     .await?;
+                let replay: Option<idempotency::Replay> = $replay;
                 tasks.push(serve::<$message, _, _>(
                     concat!("cairn.v1.", $name),
                     endpoint,
@@ -154,8 +174,27 @@ impl CairnService {
                     limiter.clone(),
                     $limit,
                     $handler,
-                    $replay,
+                    replay,
                 ));
+                // In a cluster every endpoint is also served on this node's
+                // own subject: other nodes forward commands there, and a
+                // client can ask this node in particular (see `cluster`).
+                if let Some(group) = node_group.as_ref() {
+                    let endpoint = group
+                        .endpoint_builder()
+                        .name(format!("node-{}", $name.replace('.', "-")))
+                        .add(concat!("cairn.v1.", $name))
+                        .await?;
+                    tasks.push(serve::<$message, _, _>(
+                        concat!("cairn.v1.", $name),
+                        endpoint,
+                        context.clone(),
+                        limiter.clone(),
+                        $limit,
+                        $handler,
+                        replay,
+                    ));
+                }
             }};
         }
         endpoint!(
@@ -345,6 +384,11 @@ impl CairnService {
             watch::handle_start
         );
         endpoint!(
+            "cluster.status",
+            cairn_events::v1::ClusterStatusRequest,
+            cluster::handle_status
+        );
+        endpoint!(
             "watch.stop",
             cairn_events::v1::WatchStopRequest,
             watch::handle_stop
@@ -353,11 +397,14 @@ impl CairnService {
         // the service is up (else early requests find "no responders").
         client.flush().await?;
         info!(endpoints = tasks.len(), "cairn service registered");
+        let max_requests = context.config.max_concurrent_requests.max(1);
         Ok(Self {
             service,
             tasks,
             watch,
             kv: kv_node,
+            limiter,
+            max_requests,
         })
     }
 
@@ -366,22 +413,42 @@ impl CairnService {
         &self.watch
     }
 
-    /// The node's key-value cache.
-    pub fn kv(&self) -> &crate::kv::KvNode {
-        &self.kv
+    /// The node's key-value cache (none on a cluster node, for now).
+    pub fn kv(&self) -> Option<&crate::kv::KvNode> {
+        self.kv.as_ref()
     }
 
-    /// Stops taking requests.
+    /// Stops taking requests: the endpoints unsubscribe, the requests
+    /// already delivered are still answered and the ones running finish
+    /// (together at most [`STOP_DRAIN_MAX`]; what is left then is cut).
     pub async fn stop(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        self.watch.shutdown();
         if let Err(e) = self.service.stop().await {
             debug!(error = %e, "stopping the service");
         }
+        let deadline = tokio::time::Instant::now() + STOP_DRAIN_MAX;
+        for task in &self.tasks {
+            // Each serve loop ends with its endpoint's stream.
+            let _ = tokio::time::timeout_at(deadline, async {
+                while !task.is_finished() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            task.abort();
+        }
+        let all = u32::try_from(self.max_requests).unwrap_or(u32::MAX);
+        if tokio::time::timeout_at(deadline, self.limiter.acquire_many(all))
+            .await
+            .is_err()
+        {
+            debug!("requests still running when the service stopped");
+        }
+        self.watch.shutdown();
     }
 }
+
+/// Longest a stopping service waits for the requests it received.
+pub const STOP_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The endpoint whose `$SRV.STATS` `data` carries `{"watchers": N}`.
 pub const WATCH_STATS_ENDPOINT: &str = "watch-start";
@@ -429,21 +496,77 @@ where
                 };
                 let span = command_span(name);
                 let mut extra = Vec::new();
+                // Sent on by another node: run here or refuse, never again
+                // forwarded.
+                let forwarded = request
+                    .message
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get(cluster::FORWARDED_HEADER).is_some());
                 let result = match codec::request_json::<M>(&request, max) {
                     Ok((format, body)) => {
-                        let incoming = Incoming {
-                            format,
-                            body,
-                            headers: request.message.headers.clone(),
-                            request: None,
-                        };
-                        match replay {
-                            None => handler(context, incoming).instrument(span.clone()).await,
-                            Some(replay) => {
-                                idempotent(name, context, incoming, handler, replay, &mut extra)
-                                    .instrument(span.clone())
-                                    .await
+                        let waited = cluster::wait_min_seq(
+                            &context,
+                            request.message.headers.as_ref(),
+                            context.config.read_wait,
+                        )
+                        .await;
+                        let deadline = tokio::time::Instant::now() + cluster::REROUTE_WINDOW;
+                        loop {
+                            let routed = match (&waited, replay, context.config.cluster.clone()) {
+                                (Ok(()), Some(_), Some(routing)) => {
+                                    routed(&context, &routing, &request, name, &body, forwarded)
+                                        .instrument(span.clone())
+                                        .await
+                                }
+                                _ => None,
+                            };
+                            let result = match (&waited, routed) {
+                                (Err(e), _) => Err(e.clone()),
+                                (Ok(()), Some(Ok((headers, body)))) => {
+                                    cluster::relay(&request, headers, body).await;
+                                    drop(permit);
+                                    return;
+                                }
+                                (Ok(()), Some(Err(e))) => Err(e),
+                                (Ok(()), None) => {
+                                    let incoming = Incoming {
+                                        format,
+                                        body: body.clone(),
+                                        headers: request.message.headers.clone(),
+                                        request: None,
+                                    };
+                                    let context = context.clone();
+                                    match replay {
+                                        None => {
+                                            handler(context, incoming)
+                                                .instrument(span.clone())
+                                                .await
+                                        }
+                                        Some(replay) => {
+                                            idempotent(
+                                                name, context, incoming, handler, replay,
+                                                &mut extra,
+                                            )
+                                            .instrument(span.clone())
+                                            .await
+                                        }
+                                    }
+                                }
+                            };
+                            // The stream left this node while the command
+                            // came in (nothing of it ran): route it again.
+                            let moving = matches!(&result, Err(e) if cluster::is_moving(e));
+                            if moving
+                                && !forwarded
+                                && context.config.cluster.is_some()
+                                && tokio::time::Instant::now() < deadline
+                            {
+                                extra.clear();
+                                tokio::time::sleep(cluster::REROUTE_PAUSE).await;
+                                continue;
                             }
+                            break result;
                         }
                     }
                     Err(e) => Err(e),
@@ -451,11 +574,39 @@ where
                 if let Err(e) = &result {
                     span.in_scope(|| debug!(code = e.code, error = %e.message, "command failed"));
                 }
+                extra.push(cluster::seq_header(&context));
+                if let Some(node) = cluster::node_header(&context) {
+                    extra.push(node);
+                }
                 codec::respond(&request, format, result, &extra).await;
                 drop(permit);
             });
         }
     })
+}
+
+/// In a cluster, where a command runs: `None` here, or the owner's reply
+/// (or why it could not be reached) when it ran elsewhere.
+async fn routed(
+    context: &ServiceContext,
+    routing: &cluster::ClusterRouting,
+    request: &service::Request,
+    name: &str,
+    body: &[u8],
+    forwarded: bool,
+) -> Option<Result<(async_nats::HeaderMap, bytes::Bytes), ServiceError>> {
+    let stream = cluster::target_stream(context, name, body).await?;
+    match cluster::route(routing, &stream, forwarded).await {
+        Ok(cluster::Route::Local) => None,
+        Ok(cluster::Route::Forward(node)) => {
+            match cluster::forward(context, routing, request, name, &stream, node).await {
+                Ok(cluster::Forwarded::Reply(headers, body)) => Some(Ok((headers, body))),
+                Ok(cluster::Forwarded::RunHere) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// Runs the write `handler` once per idempotency key (see

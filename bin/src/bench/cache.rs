@@ -388,6 +388,7 @@ pub(crate) async fn register_and_settle(
     let cursor = running
         .node
         .publisher()
+        .expect("a single node publishes")
         .send(publisher::Flush {
             timeout: Duration::from_secs(600),
         })
@@ -825,6 +826,7 @@ async fn memory_inner(
     let cursor = running
         .node
         .publisher()
+        .expect("a single node publishes")
         .send(publisher::Flush {
             timeout: Duration::from_secs(600),
         })

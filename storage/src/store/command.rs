@@ -15,7 +15,7 @@ use super::blobs::GcCandidate;
 use crate::{
     blob::GcStats,
     compaction::{CompactionPolicy, CompactionStats},
-    log::{Appended, Replicated},
+    log::{Appended, Replicated, Sequenced, SequencedCommit},
     ExpectedVersion, StorageError,
 };
 
@@ -49,6 +49,7 @@ pub(super) enum Command {
     /// writer (see `blobs`), with every prefix a reference may live under.
     DeleteUnreferencedBlobs(Vec<GcCandidate>, Arc<[Vec<u8>]>, Reply<GcStats>),
     Replicate(Vec<Envelope>, Reply<Replicated>),
+    Sequence(Vec<SequencedCommit>, Reply<Vec<Sequenced>>),
     Compact(
         Arc<dyn CompactionPolicy>,
         SystemTime,

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::command::{AppendRequest, Command, RebuildProgress, RebuildStats, Reply};
 use super::scan::scan_prefix;
 use super::{inner::Inner, Store};
-use crate::log::Replicated;
+use crate::log::{Replicated, Sequenced, SequencedCommit};
 use crate::{
     columns::Column,
     keys::{self, meta},
@@ -243,6 +243,56 @@ impl Store {
         })
     }
 
+    /// Applies messages of a replicated order (a cluster's JetStream
+    /// stream), in one write: each commit's events get the next sequence
+    /// numbers, every view folds them, and the log's replication position
+    /// becomes the last commit's — atomically, so a restart resumes right
+    /// after what was written. A commit at or below the position is
+    /// skipped; one that cannot be applied (a stream version that does not
+    /// continue its stream, a malformed envelope) is refused alone and
+    /// skipped, identically on every node. An error (I/O, a view's fold)
+    /// writes nothing. Waits without blocking a thread.
+    pub async fn apply_sequenced_async(
+        &self,
+        commits: Vec<SequencedCommit>,
+    ) -> Result<Vec<Sequenced>, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Command::Sequence(commits, reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Every blob folding `envelope` makes some view reference (see
+    /// [`crate::View::blobs`]), each once.
+    pub fn blobs_referenced(&self, envelope: &Envelope) -> Vec<crate::Digest> {
+        let mut all: Vec<crate::Digest> = self
+            .inner()
+            .views
+            .iter()
+            .flat_map(|view| view.blobs(envelope))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.dedup_by(|a, b| a.0 == b.0);
+        all
+    }
+
+    /// Whether `envelope` (as another node built it) would be accepted by
+    /// a replicated apply, its `seq` aside: a cluster's owner checks its
+    /// envelopes before publishing them.
+    pub fn check_envelope(&self, envelope: &Envelope) -> Result<(), StorageError> {
+        let mut env = envelope.clone();
+        env.seq = env.seq.max(1);
+        check_replicated(&self.inner(), &env).map(|_| ())
+    }
+
+    /// The position of the last replicated message applied (see
+    /// [`Store::apply_sequenced_async`]); 0 when none was.
+    pub fn replication_position(&self) -> Result<u64, StorageError> {
+        Ok(self.meta_u64(meta::REPLICATION_POSITION)?.unwrap_or(0))
+    }
+
     /// [`crate::ReplicatedLog::apply_replicated`] for async callers: waits
     /// without blocking a thread.
     pub async fn apply_replicated_async(
@@ -326,6 +376,51 @@ pub(super) fn now() -> pbjson_types::Timestamp {
 /// Most stream heads the writer keeps in memory.
 pub(super) const HEAD_CACHE_MAX_STREAMS: usize = 65_536;
 
+/// The checks every replicated envelope gets, whoever assigned its `seq`:
+/// what reads will do with the stored row (a schema version this build does
+/// not understand, no payload), the event size, the stream id, and ids and
+/// trace context fit for the NATS headers the Publisher copies them into.
+/// Answers the stream and the row's bytes.
+fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>), StorageError> {
+    // Exactly what reads will do with the stored row: refuse now
+    // what could not be read back (a schema version this build does
+    // not understand, no payload).
+    let bytes = envelope::encode(env);
+    envelope::decode(&bytes)
+        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq)))?;
+    if let Some(event) = env.event.as_ref() {
+        let size = prost::Message::encoded_len(event);
+        if size > inner.config.event_max_bytes {
+            return Err(StorageError::InvalidReplicated(format!(
+                "event at seq {} is {size} bytes, at most {} allowed",
+                env.seq, inner.config.event_max_bytes
+            )));
+        }
+    }
+    let stream = StreamId::new(env.stream.clone())
+        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq)))?;
+    // The Publisher copies these into NATS headers (the event id is
+    // the Nats-Msg-Id): the same checks appends get, plus an id.
+    if env.event_id.is_empty() {
+        return Err(StorageError::InvalidReplicated(format!(
+            "event at seq {}: event id is empty",
+            env.seq
+        )));
+    }
+    let trace = env.trace.as_ref();
+    check_header_fields(&[
+        ("event id", env.event_id.as_str()),
+        ("correlation id", env.correlation_id.as_str()),
+        ("causation id", env.causation_id.as_str()),
+        ("principal", env.principal.as_str()),
+        ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
+        ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
+        ("request id", env.request_id.as_str()),
+    ])
+    .map_err(|why| StorageError::InvalidReplicated(format!("event at seq {}: {why}", env.seq)))?;
+    Ok((stream, bytes))
+}
+
 /// The writer thread's state: the only code that assigns sequence numbers.
 pub(super) struct Writer {
     pub(super) inner: Arc<Inner>,
@@ -377,6 +472,9 @@ impl Writer {
                 }
                 Command::Replicate(commit, reply) => {
                     let _ = reply.send(self.apply_replicated(commit));
+                }
+                Command::Sequence(commits, reply) => {
+                    let _ = reply.send(self.apply_sequenced(commits));
                 }
                 Command::Compact(policy, now, reply) => {
                     let _ = reply.send(self.compact(&*policy, now));
@@ -535,6 +633,98 @@ impl Writer {
         }
     }
 
+    /// See [`Store::apply_sequenced_async`].
+    fn apply_sequenced(
+        &mut self,
+        commits: Vec<SequencedCommit>,
+    ) -> Result<Vec<Sequenced>, StorageError> {
+        let inner = self.inner.clone();
+        let mut position = inner.meta_u64(meta::REPLICATION_POSITION)?.unwrap_or(0);
+        let log_cf = inner.cf(Column::Log);
+        let streams_cf = inner.cf(Column::Streams);
+        let mut batch = WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut heads: HashMap<StreamId, u64> = HashMap::new();
+        let all = |_: usize| true;
+        let mut seq = self.last_seq;
+        let mut outcomes = Vec::with_capacity(commits.len());
+        let max_events = inner.config.replicated_commit_max_events();
+        for commit in commits {
+            if commit.position <= position {
+                outcomes.push(Sequenced::AlreadyApplied);
+                continue;
+            }
+            position = commit.position;
+            if commit.envelopes.is_empty() {
+                outcomes.push(Sequenced::Empty);
+                continue;
+            }
+            if commit.envelopes.len() > max_events {
+                outcomes.push(Sequenced::Refused(format!(
+                    "{} events in one commit, at most {max_events} allowed",
+                    commit.envelopes.len()
+                )));
+                continue;
+            }
+            // Checked whole before anything of it is folded: a refusal
+            // leaves no trace in the batch.
+            let mut checked = Vec::with_capacity(commit.envelopes.len());
+            let mut versions: HashMap<StreamId, u64> = HashMap::new();
+            let mut refused = None;
+            for (i, mut env) in commit.envelopes.into_iter().enumerate() {
+                env.seq = seq + 1 + i as u64;
+                let (stream, bytes) = match check_replicated(&inner, &env) {
+                    Ok(checked) => checked,
+                    Err(StorageError::InvalidReplicated(why)) => {
+                        refused = Some(why);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let version = match versions.get(&stream) {
+                    Some(v) => *v,
+                    None => self.head(&heads, &stream)?,
+                };
+                if env.stream_version != version + 1 {
+                    refused = Some(format!(
+                        "stream {stream} is at version {version}; an event of version {} does not continue it",
+                        env.stream_version
+                    ));
+                    break;
+                }
+                versions.insert(stream.clone(), env.stream_version);
+                checked.push((env, stream, bytes));
+            }
+            if let Some(why) = refused {
+                outcomes.push(Sequenced::Refused(why));
+                continue;
+            }
+            let first_seq = seq + 1;
+            for (env, stream, bytes) in checked {
+                batch.put_cf(log_cf, keys::seq_key(env.seq), bytes);
+                batch.put_cf(
+                    streams_cf,
+                    keys::stream_key(&stream, env.stream_version),
+                    keys::seq_key(env.seq),
+                );
+                fold(&inner.views, &all, &mut overlay, &*inner, &env)?;
+                heads.insert(stream, env.stream_version);
+                seq = env.seq;
+            }
+            outcomes.push(Sequenced::Applied {
+                first_seq,
+                last_seq: seq,
+            });
+        }
+        batch.put_cf(
+            inner.cf(Column::Meta),
+            meta::REPLICATION_POSITION,
+            position.to_be_bytes(),
+        );
+        self.write_commit(batch, overlay, seq, heads, true)?;
+        Ok(outcomes)
+    }
+
     /// See [`crate::ReplicatedLog::apply_replicated`].
     fn apply_replicated(&mut self, commit: Vec<Envelope>) -> Result<Replicated, StorageError> {
         let inner = self.inner.clone();
@@ -565,46 +755,7 @@ impl Writer {
                     env.seq, env.stream_version
                 )));
             }
-            // Exactly what reads will do with the stored row: refuse now
-            // what could not be read back (a schema version this build does
-            // not understand, no payload).
-            let bytes = envelope::encode(&env);
-            envelope::decode(&bytes).map_err(|e| {
-                StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
-            })?;
-            if let Some(event) = env.event.as_ref() {
-                let size = prost::Message::encoded_len(event);
-                if size > inner.config.event_max_bytes {
-                    return Err(StorageError::InvalidReplicated(format!(
-                        "event at seq {} is {size} bytes, at most {} allowed",
-                        env.seq, inner.config.event_max_bytes
-                    )));
-                }
-            }
-            let stream = StreamId::new(env.stream.clone()).map_err(|e| {
-                StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq))
-            })?;
-            // The Publisher copies these into NATS headers (the event id is
-            // the Nats-Msg-Id): the same checks appends get, plus an id.
-            if env.event_id.is_empty() {
-                return Err(StorageError::InvalidReplicated(format!(
-                    "event at seq {}: event id is empty",
-                    env.seq
-                )));
-            }
-            let trace = env.trace.as_ref();
-            check_header_fields(&[
-                ("event id", env.event_id.as_str()),
-                ("correlation id", env.correlation_id.as_str()),
-                ("causation id", env.causation_id.as_str()),
-                ("principal", env.principal.as_str()),
-                ("traceparent", trace.map_or("", |t| t.traceparent.as_str())),
-                ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
-                ("request id", env.request_id.as_str()),
-            ])
-            .map_err(|why| {
-                StorageError::InvalidReplicated(format!("event at seq {}: {why}", env.seq))
-            })?;
+            let (stream, bytes) = check_replicated(&inner, &env)?;
             checked.push((env, stream, bytes));
         }
         // The prefix this log holds already must be identical, and is skipped.

@@ -81,6 +81,18 @@ impl View for PackageRevisionsView {
     fn apply(&self, tx: &mut ViewTx<'_>, envelope: &Envelope) -> Result<(), StorageError> {
         on_revision_change(envelope, |change| Self::fold(tx, envelope.seq, change))
     }
+
+    fn blobs(&self, envelope: &Envelope) -> Vec<Digest> {
+        let mut found = Vec::new();
+        // A bad digest is the fold's error to report; here it is no blob.
+        let _ = on_revision_change(envelope, |change| {
+            if let Some(revision) = change.revision {
+                found = digests(revision).unwrap_or_default();
+            }
+            Ok(())
+        });
+        found
+    }
 }
 
 impl PackageRevisionsView {

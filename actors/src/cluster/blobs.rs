@@ -1,0 +1,181 @@
+//! Blobs travel beside the log: `CAIRN_BLOBS`, one subject per blob part
+//! (`cairn.blob.<hex digest>.<part>`, at most one message per subject), each
+//! part at most the server's `max_payload` less a margin for headers; part 0
+//! says how many parts there are (`Cairn-Blob-Parts`).
+//!
+//! An owner ships the blobs its events reference before it publishes the
+//! commit ([`Blobs::ship`]; each digest once per process, the server keeps
+//! one copy per part whatever is sent again). A replica's applier fetches
+//! the ones it does not hold before it applies a commit ([`Blobs::ensure`])
+//! and checks their digest. The stream keeps every blob ever shipped (no
+//! collection yet: see the README's known limitations).
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, message::PublishMessage as Publish, stream::StorageType};
+use cairn_events::v1::Envelope;
+use cairn_storage::{BlobPin, BlobStore as _, Digest, StorageError, Store};
+
+/// Name of the JetStream stream that holds shipped blobs.
+pub const BLOB_STREAM: &str = "CAIRN_BLOBS";
+/// Header of part 0: how many parts the blob has.
+pub const PARTS_HEADER: &str = "Cairn-Blob-Parts";
+/// Room left in each message for headers.
+const HEADER_ROOM_BYTES: usize = 4 * 1024;
+/// Most digests remembered as shipped before the memory is cleared.
+const SHIPPED_MAX: usize = 1_000_000;
+
+fn subject(digest: &Digest, part: usize) -> String {
+    format!("cairn.blob.{}.{part}", hex::encode(digest.0))
+}
+
+/// Ships and fetches blobs (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    js: jetstream::Context,
+    part_bytes: usize,
+    shipped: Arc<std::sync::Mutex<HashSet<[u8; 32]>>>,
+}
+
+impl Blobs {
+    /// Creates (or finds) `CAIRN_BLOBS` with `replicas`.
+    pub async fn start(
+        js: jetstream::Context,
+        max_payload: usize,
+        replicas: usize,
+    ) -> Result<Self, String> {
+        let config = jetstream::stream::Config {
+            name: BLOB_STREAM.to_owned(),
+            subjects: vec!["cairn.blob.*.*".to_owned()],
+            storage: StorageType::File,
+            num_replicas: replicas.max(1),
+            max_messages_per_subject: 1,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| format!("cannot create or find stream {BLOB_STREAM}: {e}"))?;
+        Ok(Self {
+            js,
+            part_bytes: max_payload.saturating_sub(HEADER_ROOM_BYTES).max(1024),
+            shipped: Arc::default(),
+        })
+    }
+
+    /// Publishes every blob `envelopes` reference that this process has not
+    /// shipped yet, and waits for JetStream to store them.
+    pub async fn ship(&self, store: &Store, envelopes: &[Envelope]) -> Result<(), StorageError> {
+        let mut wanted = Vec::new();
+        {
+            let shipped = self.shipped.lock().expect("shipped lock");
+            for env in envelopes {
+                for digest in store.blobs_referenced(env) {
+                    if !shipped.contains(&digest.0) && !wanted.contains(&digest) {
+                        wanted.push(digest);
+                    }
+                }
+            }
+        }
+        let mut acks = Vec::new();
+        for digest in &wanted {
+            let store = store.clone();
+            let d = digest.clone();
+            let content = tokio::task::spawn_blocking(move || store.get(&d))
+                .await
+                .map_err(|e| StorageError::Unavailable(format!("reading blob: {e}")))??
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!("blob {digest} referenced but not stored"))
+                })?;
+            let parts: Vec<&[u8]> = if content.is_empty() {
+                vec![&content[..]]
+            } else {
+                content.chunks(self.part_bytes).collect()
+            };
+            let count = parts.len();
+            for (i, part) in parts.into_iter().enumerate() {
+                let mut publish = Publish::build()
+                    .message_id(format!("{}.{i}", hex::encode(digest.0)))
+                    .payload(bytes::Bytes::copy_from_slice(part));
+                if i == 0 {
+                    publish = publish.header(PARTS_HEADER, count.to_string().as_str());
+                }
+                let ack = self
+                    .js
+                    .send_publish(subject(digest, i), publish)
+                    .await
+                    .map_err(|e| unavailable(digest, e))?;
+                acks.push((digest.clone(), ack));
+            }
+        }
+        for (digest, ack) in acks {
+            ack.await.map_err(|e| unavailable(&digest, e))?;
+        }
+        let mut shipped = self.shipped.lock().expect("shipped lock");
+        if shipped.len() + wanted.len() > SHIPPED_MAX {
+            shipped.clear();
+        }
+        shipped.extend(wanted.iter().map(|d| d.0));
+        Ok(())
+    }
+
+    /// Fetches every blob `env` references that `store` lacks; the pins
+    /// hold them until the event that references them is applied.
+    pub async fn ensure(&self, store: &Store, env: &Envelope) -> Result<Vec<BlobPin>, String> {
+        let mut pins = Vec::new();
+        for digest in store.blobs_referenced(env) {
+            let (s, d) = (store.clone(), digest.clone());
+            let present = tokio::task::spawn_blocking(move || s.blob_size(&d))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if present.is_some() {
+                continue;
+            }
+            let content = self.fetch(&digest).await?;
+            let s = store.clone();
+            let pin = tokio::task::spawn_blocking(move || s.put(&content))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if pin.digest() != digest {
+                return Err(format!(
+                    "blob {digest} fetched from {BLOB_STREAM} has digest {}",
+                    pin.digest()
+                ));
+            }
+            pins.push(pin);
+        }
+        Ok(pins)
+    }
+
+    async fn fetch(&self, digest: &Digest) -> Result<Vec<u8>, String> {
+        let stream = self
+            .js
+            .get_stream(BLOB_STREAM)
+            .await
+            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
+        let first = stream
+            .get_last_raw_message_by_subject(&subject(digest, 0))
+            .await
+            .map_err(|e| format!("blob {digest} not in {BLOB_STREAM}: {e}"))?;
+        let parts: usize = first
+            .headers
+            .get(PARTS_HEADER)
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(1);
+        let mut content = first.payload.to_vec();
+        for i in 1..parts {
+            let part = stream
+                .get_last_raw_message_by_subject(&subject(digest, i))
+                .await
+                .map_err(|e| format!("blob {digest} part {i} not in {BLOB_STREAM}: {e}"))?;
+            content.extend_from_slice(&part.payload);
+        }
+        Ok(content)
+    }
+}
+
+fn unavailable(digest: &Digest, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(format!("shipping blob {digest} to {BLOB_STREAM}: {e}"))
+}

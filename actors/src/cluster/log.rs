@@ -1,0 +1,332 @@
+//! The replicated log: one JetStream stream (`CAIRN_LOG`, replicas from
+//! `cluster.stream-replicas`) that orders every commit of every cairn stream,
+//! and the applier that feeds it into this node's RocksDB log and views.
+//!
+//! - **Subjects**: one per cairn stream, `cairn.log.<base64url(stream id)>`
+//!   ([`subject_of`]), so `Nats-Expected-Last-Subject-Sequence` fences each
+//!   stream on its own.
+//! - **A commit** is one message: the envelopes of one append (`seq` 0 —
+//!   the order assigns it), each length-delimited protobuf, with
+//!   `Nats-Msg-Id` = the first event's id (a retried publish is dropped as
+//!   a duplicate) and `Nats-Expected-Last-Subject-Sequence` = the subject's
+//!   last sequence as the owner knows it: a deposed owner's publish is
+//!   refused by JetStream itself. A commit larger than the server's
+//!   `max_payload` is cut into several messages, each a commit of its own.
+//! - **A fence** is an empty message with `Cairn-Fence: <node>`: a new owner
+//!   publishes one when it takes a stream, which moves the subject's
+//!   sequence past anything a previous owner could still expect.
+//! - **The applier** reads the stream in order with an ordered consumer
+//!   from the store's replication position + 1 and applies batches of
+//!   messages with [`Store::apply_sequenced_async`] (seqs assigned from the
+//!   order, position written atomically with the events), so every node's
+//!   log is the same, byte for byte. Before a commit is applied the blobs
+//!   its events reference are fetched from `CAIRN_BLOBS` when missing
+//!   ([`super::blobs`]). Each applied position is announced on a watch
+//!   channel; owners wait on it for read-your-writes.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull::OrderedConfig, DeliverPolicy},
+    stream::StorageType,
+};
+use base64::Engine as _;
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use cairn_events::{v1::Envelope, StreamId};
+use cairn_storage::{Sequenced, SequencedCommit, StorageError, Store};
+use futures::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::blobs::Blobs;
+
+/// Name of the JetStream stream that orders every commit.
+pub const LOG_STREAM: &str = "CAIRN_LOG";
+/// Prefix of its subjects.
+pub const LOG_SUBJECT_PREFIX: &str = "cairn.log.";
+/// Header naming the node that published a commit.
+pub const NODE_HEADER: &str = "Cairn-Node";
+/// Header naming the node a fence message comes from.
+pub const FENCE_HEADER: &str = "Cairn-Fence";
+/// Most messages the applier writes in one batch.
+const APPLY_BATCH_MAX_MESSAGES: usize = 256;
+/// Most outcomes kept for owners waiting on their commits.
+const OUTCOMES_MAX: usize = 16_384;
+/// Longest pull of the applier's consumer (stall detection is relative).
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long the applier waits before reading again after a failure.
+const APPLY_RETRY: Duration = Duration::from_millis(250);
+
+/// The subject of `stream`'s commits.
+pub fn subject_of(stream: &StreamId) -> String {
+    format!(
+        "{LOG_SUBJECT_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(stream.as_str())
+    )
+}
+
+/// Encodes a commit's envelopes as one message body.
+pub fn encode_commit(envelopes: &[Envelope]) -> Bytes {
+    let mut out = BytesMut::with_capacity(envelopes.iter().map(|e| e.encoded_len() + 5).sum());
+    for env in envelopes {
+        out.put_slice(&env.encode_length_delimited_to_vec());
+    }
+    out.freeze()
+}
+
+/// Decodes a message body [`encode_commit`] made.
+pub fn decode_commit(mut body: &[u8]) -> Result<Vec<Envelope>, prost::DecodeError> {
+    let mut envelopes = Vec::new();
+    while body.has_remaining() {
+        envelopes.push(Envelope::decode_length_delimited(&mut body)?);
+    }
+    Ok(envelopes)
+}
+
+/// The size of `env` inside a commit body.
+pub fn encoded_size(env: &Envelope) -> usize {
+    let len = env.encoded_len();
+    len + prost::length_delimiter_len(len)
+}
+
+/// Creates (or finds) the log stream.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream, String> {
+    let config = jetstream::stream::Config {
+        name: LOG_STREAM.to_owned(),
+        subjects: vec![format!("{LOG_SUBJECT_PREFIX}*")],
+        storage: StorageType::File,
+        num_replicas: replicas.max(1),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| format!("cannot create or find stream {LOG_STREAM}: {e}"))
+}
+
+/// What the applier reached: the position of the last message applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    position: watch::Receiver<u64>,
+    outcomes: Arc<Mutex<BTreeMap<u64, Sequenced>>>,
+}
+
+impl Applied {
+    /// The position applied now.
+    pub fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    /// Waits until `position` is applied, at most `timeout`; answers what
+    /// became of it (`None` when its outcome is no longer kept: long
+    /// applied, or applied by an earlier run of the node).
+    pub async fn wait_for(
+        &self,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<Option<Sequenced>, StorageError> {
+        let mut rx = self.position.clone();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(self
+                .outcomes
+                .lock()
+                .expect("outcomes lock")
+                .get(&position)
+                .cloned()),
+            Ok(Err(_)) => Err(StorageError::Unavailable(
+                "the replicated log's applier stopped".into(),
+            )),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "commit at position {position} not applied within {timeout:?} (applied: {})",
+                self.position()
+            ))),
+        }
+    }
+
+    /// A receiver of the applied position.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+}
+
+/// Starts the applier: reads `CAIRN_LOG` from the store's position and
+/// applies it until the returned task is aborted.
+pub async fn start_applier(
+    js: jetstream::Context,
+    store: Store,
+    blobs: Blobs,
+) -> Result<(Applied, tokio::task::JoinHandle<()>), String> {
+    let from = store.replication_position().map_err(|e| e.to_string())?;
+    let (tx, rx) = watch::channel(from);
+    let outcomes = Arc::new(Mutex::new(BTreeMap::new()));
+    let applied = Applied {
+        position: rx,
+        outcomes: outcomes.clone(),
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            match apply_from(&js, &store, &blobs, &tx, &outcomes).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, "replicated log applier failed; resuming");
+                    tokio::time::sleep(APPLY_RETRY).await;
+                }
+            }
+        }
+    });
+    Ok((applied, task))
+}
+
+/// One run of the applier: an ordered consumer from the position + 1.
+async fn apply_from(
+    js: &jetstream::Context,
+    store: &Store,
+    blobs: &Blobs,
+    tx: &watch::Sender<u64>,
+    outcomes: &Mutex<BTreeMap<u64, Sequenced>>,
+) -> Result<(), String> {
+    let position = store.replication_position().map_err(|e| e.to_string())?;
+    let stream = js
+        .get_stream(LOG_STREAM)
+        .await
+        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            },
+            // Short pulls: a consumer lost with its server (its heartbeats
+            // stop) is made anew within seconds, not after 30 s.
+            max_expires: PULL_EXPIRES,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("ordered consumer on {LOG_STREAM}: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?
+        .ready_chunks(APPLY_BATCH_MAX_MESSAGES);
+    debug!(from = position + 1, "applying the replicated log");
+    while let Some(batch) = messages.next().await {
+        let mut commits = Vec::with_capacity(batch.len());
+        let mut publishers = Vec::with_capacity(batch.len());
+        // Fetched blobs stay pinned until the events referencing them are in.
+        let mut pins = Vec::new();
+        for message in batch {
+            let message = message.map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let position = info.stream_sequence;
+            debug!(position, subject = %message.subject, "replicated message received");
+            publishers.push(
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(NODE_HEADER).or_else(|| h.get(FENCE_HEADER)))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+            );
+            let envelopes = if message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(FENCE_HEADER))
+                .is_some()
+            {
+                Vec::new()
+            } else {
+                match decode_commit(&message.payload) {
+                    Ok(envelopes) => envelopes,
+                    Err(e) => {
+                        // Every node skips it alike (refused below).
+                        warn!(position, error = %e, "undecodable commit");
+                        vec![Envelope::default()]
+                    }
+                }
+            };
+            for env in &envelopes {
+                pins.extend(
+                    blobs
+                        .ensure(store, env)
+                        .await
+                        .map_err(|e| format!("commit at position {position}: {e}"))?,
+                );
+            }
+            commits.push(SequencedCommit {
+                position,
+                envelopes,
+            });
+        }
+        let positions: Vec<u64> = commits.iter().map(|c| c.position).collect();
+        let publishers: Vec<String> = publishers;
+        debug!(positions = ?positions, "applying replicated commits");
+        let results = store
+            .apply_sequenced_async(commits)
+            .await
+            .map_err(|e| format!("applying: {e}"))?;
+        drop(pins);
+        let last = *positions.last().unwrap_or(&0);
+        {
+            let mut kept = outcomes.lock().expect("outcomes lock");
+            for ((position, outcome), node) in positions.into_iter().zip(results).zip(&publishers) {
+                if let Sequenced::Refused(why) = &outcome {
+                    warn!(position, why, node, "replicated commit refused");
+                }
+                kept.insert(position, outcome);
+            }
+            while kept.len() > OUTCOMES_MAX {
+                kept.pop_first();
+            }
+        }
+        tx.send_replace(last);
+    }
+    info!("replicated log applier stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_round_trip_and_subjects_are_single_tokens() {
+        let envelopes = vec![
+            Envelope {
+                stream: "repo/ns/a".into(),
+                stream_version: 1,
+                event_id: "x".into(),
+                ..Default::default()
+            },
+            Envelope {
+                stream: "repo/ns/a".into(),
+                stream_version: 2,
+                ..Default::default()
+            },
+        ];
+        let body = encode_commit(&envelopes);
+        assert_eq!(
+            body.len(),
+            envelopes.iter().map(encoded_size).sum::<usize>()
+        );
+        assert_eq!(decode_commit(&body).unwrap(), envelopes);
+        assert_eq!(decode_commit(&[]).unwrap(), Vec::<Envelope>::new());
+        let subject = subject_of(
+            &StreamId::new("repo/my.ns/r*1")
+                .unwrap_or_else(|_| StreamId::new("repo/ns/r.1").unwrap()),
+        );
+        let token = subject.strip_prefix(LOG_SUBJECT_PREFIX).unwrap();
+        assert!(!token.is_empty());
+        assert!(token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}

@@ -1,0 +1,28 @@
+//! The cluster: nodes joined to one NATS cluster share cairn's streams.
+//! JetStream is the distributed engine; cairn builds no consensus of its
+//! own.
+//!
+//! What exists so far (the rest of the design is in the README's cluster
+//! section, and is built on these):
+//! - [`log`] — the replicated log: `CAIRN_LOG` orders every commit of every
+//!   cairn stream (one subject per stream); every node's applier writes it,
+//!   in that order, to its own RocksDB log and views
+//!   ([`cairn_storage::Store::apply_sequenced_async`]), so all logs are the
+//!   same byte for byte and any node can answer reads.
+//! - [`blobs`] — the blobs events reference travel beside the log in
+//!   `CAIRN_BLOBS`; a replica fetches what it lacks before applying.
+//! - [`appender`] — [`ClusterAppend`], the [`cairn_storage::AsyncAppend`] a
+//!   stream's owner writes through: publishes fenced with
+//!   `Nats-Expected-Last-Subject-Sequence`, answered after this node applied
+//!   them (read-your-writes); a deposed owner is refused by JetStream and
+//!   steps down.
+
+pub mod appender;
+pub mod blobs;
+pub mod log;
+pub mod ownership;
+
+pub use appender::ClusterAppend;
+pub use blobs::Blobs;
+pub use log::{start_applier, Applied};
+pub use ownership::{AcquireError, Holder, Ownership, OwnershipConfig, OwnershipView};

@@ -1,0 +1,320 @@
+//! A node in a cluster (`cluster.enabled`): its share of the replicated log
+//! ([`cairn_actors::cluster`]), its leases, and what it does when it gains or
+//! loses a stream.
+//!
+//! Start-up, in [`ClusterStart::begin`] then [`ClusterStart::finish`]:
+//! `CAIRN_LOG` and `CAIRN_BLOBS` found or created → the applier starts
+//! from the store's replication position → the node waits until it applied
+//! everything the stream held when it started (it serves nothing before:
+//! readiness) → the registry starts empty → the ownership loop joins and
+//! acquires the streams this node should own → the service starts with
+//! routing. The publisher of `CAIRN_EVENTS` is a role with a lease of its
+//! own ([`PUBLISHER_ROLE`]): one node publishes, from its replica of the
+//! log (all replicas are the same, seq for seq, so a new holder resumes
+//! exactly where the last one stopped).
+
+use std::{sync::Arc, time::Duration};
+
+use actix::Addr;
+use anyhow::Context as _;
+use async_nats::jetstream;
+use cairn_actors::{
+    cluster::{
+        log, start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig,
+    },
+    publisher::PublisherConfig,
+    registry::{DisownStream, OwnStream, Registry},
+    service::cluster::ClusterRouting,
+};
+use cairn_events::StreamId;
+use cairn_storage::{views::RepositoriesView, Store};
+use futures::future::BoxFuture;
+use tracing::{info, warn};
+
+use crate::{config::NodeConfig, node::PublisherSlot};
+
+/// The pseudo-stream whose lease makes a node the publisher of
+/// `CAIRN_EVENTS`.
+pub const PUBLISHER_ROLE: &str = "role/publisher";
+/// Longest wait of an owner for its own commit to be applied here.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// Pause between two attempts to reach JetStream at start.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// The first half of a cluster node's start (before the registry exists).
+#[derive(Debug)]
+pub struct ClusterStart {
+    /// What repositories append through.
+    pub appender: ClusterAppend,
+    js: jetstream::Context,
+    applier: tokio::task::JoinHandle<()>,
+    node: String,
+}
+
+impl ClusterStart {
+    /// Finds or creates the streams, starts the applier and waits until it
+    /// caught up with the log as it is now.
+    pub async fn begin(
+        config: &NodeConfig,
+        client: &async_nats::Client,
+        store: &Store,
+    ) -> anyhow::Result<Self> {
+        let node = config.node_id();
+        let replicas = config.cluster.stream_replicas;
+        let js = jetstream::new(client.clone());
+        let max_payload = client.server_info().max_payload;
+        let deadline =
+            tokio::time::Instant::now() + config.nats.connect_timeout.max(Duration::from_secs(30));
+        // JetStream may still be electing its leaders when the node starts.
+        let (log_stream, blobs) = loop {
+            let attempt = async {
+                let stream = log::ensure_stream(&js, replicas).await?;
+                let blobs = Blobs::start(js.clone(), max_payload, replicas).await?;
+                Ok::<_, String>((stream, blobs))
+            }
+            .await;
+            match attempt {
+                Ok(found) => break found,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %e, "JetStream not ready for the cluster yet; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => anyhow::bail!("cluster: {e}"),
+            }
+        };
+        let (applied, applier) = start_applier(js.clone(), store.clone(), blobs.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+        catch_up(log_stream, &applied, config.cluster.catch_up_timeout).await?;
+        let appender = ClusterAppend::new(
+            node.clone(),
+            js.clone(),
+            store.clone(),
+            blobs,
+            applied,
+            max_payload,
+            APPLY_WAIT,
+        );
+        Ok(Self {
+            appender,
+            js,
+            applier,
+            node,
+        })
+    }
+
+    /// Joins: the ownership loop starts acquiring this node's streams.
+    pub async fn finish(
+        self,
+        config: &NodeConfig,
+        store: &Store,
+        client: &async_nats::Client,
+        registry: &Addr<Registry>,
+        publisher: &PublisherSlot,
+        publisher_config: PublisherConfig,
+    ) -> anyhow::Result<ClusterNode> {
+        let holder = Arc::new(NodeHolder {
+            store: store.clone(),
+            client: client.clone(),
+            registry: registry.clone(),
+            publisher: publisher.clone(),
+            publisher_config,
+            arbiter: actix::Arbiter::current(),
+        });
+        let ownership = Ownership::start(
+            self.js.clone(),
+            OwnershipConfig {
+                node: self.node.clone(),
+                lease: config.cluster.lease,
+                renew_every: config.cluster.renew_interval,
+                replicas: config.cluster.stream_replicas,
+            },
+            self.appender.clone(),
+            holder,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster: {e}"))
+        .context("joining the cluster")?;
+        info!(node = %self.node, "joined the cairn cluster");
+        Ok(ClusterNode {
+            routing: ClusterRouting {
+                ownership,
+                forward_timeout: config.cluster.forward_timeout,
+            },
+            applier: self.applier,
+            applied: self.appender.applied().clone(),
+            node: self.node,
+            leave_grace: config.cluster.renew_interval,
+        })
+    }
+}
+
+/// Waits until `applied` reaches the stream's last sequence as it is now.
+async fn catch_up(
+    mut stream: jetstream::stream::Stream,
+    applied: &Applied,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster: reading {}: {e}", log::LOG_STREAM))?
+        .state
+        .last_sequence;
+    if applied.position() >= last {
+        return Ok(());
+    }
+    info!(
+        from = applied.position(),
+        to = last,
+        "catching up with the cluster's log"
+    );
+    let mut rx = applied.subscribe();
+    let progress = async {
+        let mut logged = tokio::time::Instant::now();
+        loop {
+            let at = *rx.borrow_and_update();
+            if at >= last {
+                return;
+            }
+            if logged.elapsed() >= Duration::from_secs(5) {
+                info!(at, to = last, "catching up");
+                logged = tokio::time::Instant::now();
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, progress).await.map_err(|_| {
+        anyhow::anyhow!(
+            "cluster: applied position {} of {last} after {timeout:?} (cluster.catch-up-timeout)",
+            applied.position()
+        )
+    })?;
+    info!(
+        position = applied.position(),
+        "caught up with the cluster's log"
+    );
+    Ok(())
+}
+
+/// This node's part in the cluster while it runs.
+#[derive(Debug)]
+pub struct ClusterNode {
+    /// What the service routes with.
+    pub routing: ClusterRouting,
+    applier: tokio::task::JoinHandle<()>,
+    applied: Applied,
+    node: String,
+    leave_grace: Duration,
+}
+
+impl ClusterNode {
+    /// How long a leaving node keeps serving after it handed its streams
+    /// over (`cluster.renew-interval`): the other nodes see it gone meanwhile.
+    pub fn leave_grace(&self) -> Duration {
+        self.leave_grace
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Leases, membership, what this node owns.
+    pub fn ownership(&self) -> &Ownership {
+        &self.routing.ownership
+    }
+
+    /// The log position this node applied.
+    pub fn applied(&self) -> &Applied {
+        &self.applied
+    }
+
+    /// Hands every stream over and leaves the membership.
+    pub async fn leave(&self) {
+        self.routing.ownership.leave().await;
+    }
+
+    /// Stops applying the log.
+    pub fn stop(self) {
+        self.applier.abort();
+    }
+}
+
+/// What a node does with the streams it gains and loses.
+#[derive(Debug)]
+struct NodeHolder {
+    store: Store,
+    client: async_nats::Client,
+    registry: Addr<Registry>,
+    publisher: PublisherSlot,
+    publisher_config: PublisherConfig,
+    arbiter: actix::ArbiterHandle,
+}
+
+impl Holder for NodeHolder {
+    fn streams(&self) -> BoxFuture<'static, Vec<StreamId>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let rows = tokio::task::spawn_blocking(move || RepositoriesView::list(&store, None))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let mut streams: Vec<StreamId> = rows
+                .into_iter()
+                .filter_map(|row| {
+                    let spec = row.spec?;
+                    StreamId::repository(&spec.namespace, &spec.name).ok()
+                })
+                .collect();
+            streams.push(StreamId::new(PUBLISHER_ROLE).expect("a valid stream id"));
+            streams
+        })
+    }
+
+    fn own(&self, stream: StreamId) -> BoxFuture<'static, Result<(), String>> {
+        if stream.as_str() == PUBLISHER_ROLE {
+            let (slot, store, client, config) = (
+                self.publisher.clone(),
+                self.store.clone(),
+                self.client.clone(),
+                self.publisher_config.clone(),
+            );
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // Actors start on the node's arbiter.
+            self.arbiter.spawn(async move {
+                let _ = tx.send(
+                    slot.start(&store, &client, &config)
+                        .map_err(|e| e.to_string()),
+                );
+            });
+            return Box::pin(async move {
+                rx.await
+                    .map_err(|_| "the node's arbiter stopped".to_owned())??;
+                info!("this node publishes CAIRN_EVENTS now");
+                Ok(())
+            });
+        }
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            registry
+                .send(OwnStream { stream })
+                .await
+                .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn disown(&self, stream: StreamId) -> BoxFuture<'static, ()> {
+        if stream.as_str() == PUBLISHER_ROLE {
+            let slot = self.publisher.clone();
+            return Box::pin(async move { slot.stop().await });
+        }
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let _ = registry.send(DisownStream { stream }).await;
+        })
+    }
+}

@@ -1,0 +1,366 @@
+//! The cluster's replicated log on a real three-server NATS cluster
+//! (JetStream R3) and real RocksDB stores: every node's log and views are
+//! the same byte for byte, blobs travel with the events that reference
+//! them, a node that joins late catches up from the stream, and a deposed
+//! owner's write is refused by JetStream (fencing) and leaves no trace.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use cairn_actors::cluster::{log, start_applier, Applied, Blobs, ClusterAppend};
+use cairn_events::{
+    envelope::{event, Metadata},
+    v1::{event::Payload, PackageRevision, PackageRevisionAdded},
+    StreamId,
+};
+use cairn_storage::{AsyncAppend as _, BlobStore as _, EventLog as _, Store};
+use cairn_tests::{events, wait_until, NatsCluster, TempStore, WAIT};
+
+/// One node's share of the cluster log: its store, applier and appender.
+struct Member {
+    store: TempStore,
+    applied: Applied,
+    appender: ClusterAppend,
+    applier: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.applier.abort();
+    }
+}
+
+async fn member(name: &str, url: &str) -> Member {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let max_payload = client.server_info().max_payload;
+    let blobs = wait_until("the blob stream", WAIT, || {
+        let js = js.clone();
+        async move { Blobs::start(js, max_payload, 3).await }
+    })
+    .await;
+    wait_until("the log stream", WAIT, || {
+        let js = js.clone();
+        async move { log::ensure_stream(&js, 3).await.map(|_| ()) }
+    })
+    .await;
+    let store = TempStore::open();
+    let (applied, applier) = start_applier(js.clone(), store.store.clone(), blobs.clone())
+        .await
+        .unwrap();
+    let appender = ClusterAppend::new(
+        name,
+        js,
+        store.store.clone(),
+        blobs,
+        applied.clone(),
+        max_payload,
+        Duration::from_secs(30),
+    );
+    Member {
+        store,
+        applied,
+        appender,
+        applier,
+    }
+}
+
+fn revision_added(repo: &str, digest: &str) -> cairn_events::v1::Event {
+    event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+        revision: Some(PackageRevision {
+            name: format!("{repo}.pkg.v1"),
+            package: "pkg".into(),
+            workspace: "v1".into(),
+            revision: 1,
+            lifecycle: "Published".into(),
+            resources: [("Kptfile".to_owned(), digest.to_owned())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }),
+    }))
+}
+
+/// Every column family but node-local bookkeeping (the publish cursor).
+fn dump(store: &Store) -> cairn_storage::log::StateDump {
+    let mut dump = store.state_dump().unwrap();
+    for (family, rows) in dump.iter_mut() {
+        if family == "meta" {
+            rows.retain(|(key, _)| key.as_slice() != b"publish_cursor");
+        }
+    }
+    dump
+}
+
+async fn caught_up(member: &Member, position: u64) {
+    member
+        .applied
+        .wait_for(position, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("position {position} not applied: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let a = member("node-a", &cluster.url(0)).await;
+    let b = member("node-b", &cluster.url(1)).await;
+    let stream = StreamId::repository("ns", "r").unwrap();
+    let other = StreamId::repository("ns", "s").unwrap();
+
+    // A owns both streams and writes: a registration, a revision with a
+    // blob only A's store holds, and a commit of another stream.
+    a.appender.take(&stream).await.unwrap();
+    a.appender.take(&other).await.unwrap();
+    let content = b"apiVersion: kpt.dev/v1\nkind: Kptfile\n".to_vec();
+    let pin = a.store.store.put(&content).unwrap();
+    let digest = pin.digest();
+    let metadata = Metadata::command("alice");
+    let appended = a
+        .appender
+        .append_chunks(
+            &stream,
+            0,
+            vec![
+                vec![events::registered("ns", "r")],
+                vec![revision_added("r", &digest.to_string())],
+            ],
+            metadata.clone(),
+        )
+        .await;
+    let appended: Vec<_> = appended.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        appended
+            .iter()
+            .map(|a| (a.first_seq(), a.stream_version()))
+            .collect::<Vec<_>>(),
+        [(1, 1), (2, 2)],
+        "seqs from the order, versions from the owner"
+    );
+    drop(pin);
+    let appended = a
+        .appender
+        .append_chunks(
+            &other,
+            0,
+            vec![vec![events::registered("ns", "s")]],
+            metadata.clone(),
+        )
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!((appended.first_seq(), appended.stream_version()), (3, 1));
+    // Read-your-writes: answered once applied here.
+    assert_eq!(a.store.store.last_seq().unwrap(), 3);
+    let position = a.applied.position();
+
+    // B applies the same log, blob included, byte for byte.
+    caught_up(&b, position).await;
+    assert_eq!(b.store.store.get(&digest).unwrap(), Some(content.clone()));
+    assert_eq!(dump(&b.store.store), dump(&a.store.store));
+
+    // B takes the stream over (A paused past its lease, say) and writes.
+    b.appender.take(&stream).await.unwrap();
+    let taken = b
+        .appender
+        .append_chunks(
+            &stream,
+            2,
+            vec![vec![events::spec_changed("ns", "r", "release")]],
+            Metadata::command("bob"),
+        )
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!((taken.first_seq(), taken.stream_version()), (4, 3));
+
+    // A wakes up and writes on its old lease: JetStream refuses it, A steps
+    // down and its caller learns why.
+    assert!(a.appender.owns(&stream));
+    let refused = a
+        .appender
+        .append_chunks(
+            &stream,
+            2,
+            vec![vec![events::closed("stale")]],
+            Metadata::command("alice"),
+        )
+        .await
+        .pop()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "stream repo/ns/r was taken over by another node: this node's write was refused by the log (fenced) and it stepped down; retry"
+    );
+    assert!(!a.appender.owns(&stream));
+    // A's other stream is still A's.
+    let still = a
+        .appender
+        .append_chunks(&other, 1, vec![vec![events::closed("done")]], metadata)
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!((still.first_seq(), still.stream_version()), (5, 2));
+
+    let position = a.applied.position().max(b.applied.position());
+    caught_up(&a, position).await;
+    caught_up(&b, position).await;
+    assert_eq!(a.store.store.last_seq().unwrap(), 5);
+    assert_eq!(dump(&a.store.store), dump(&b.store.store));
+    let principals: Vec<String> = a
+        .store
+        .store
+        .read_all(1, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}:{}@{}", e.seq, e.stream, e.principal))
+        .collect();
+    assert_eq!(
+        principals,
+        [
+            "1:repo/ns/r@alice",
+            "2:repo/ns/r@alice",
+            "3:repo/ns/s@alice",
+            "4:repo/ns/r@bob",
+            "5:repo/ns/s@alice",
+        ],
+        "nothing of the deposed owner's write after the takeover"
+    );
+
+    // A node that joins late, through the third server, catches up from
+    // the stream: the same log, views and blobs.
+    let c = member("node-c", &cluster.url(2)).await;
+    caught_up(&c, position).await;
+    assert_eq!(dump(&c.store.store), dump(&a.store.store));
+    assert_eq!(c.store.store.get(&digest).unwrap(), Some(content));
+}
+
+/// A holder that records what it is given.
+#[derive(Debug, Default)]
+struct Recorder {
+    streams: Vec<StreamId>,
+    owned: std::sync::Mutex<Vec<String>>,
+}
+
+impl cairn_actors::cluster::Holder for Recorder {
+    fn streams(&self) -> futures::future::BoxFuture<'static, Vec<StreamId>> {
+        let streams = self.streams.clone();
+        Box::pin(async move { streams })
+    }
+    fn own(&self, stream: StreamId) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.owned.lock().unwrap().push(format!("+{stream}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn disown(&self, stream: StreamId) -> futures::future::BoxFuture<'static, ()> {
+        self.owned.lock().unwrap().push(format!("-{stream}"));
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leaving() {
+    use cairn_actors::cluster::{Ownership, OwnershipConfig};
+    use std::sync::Arc;
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let streams: Vec<StreamId> = (0..12)
+        .map(|i| StreamId::repository("ns", &format!("r{i}")).unwrap())
+        .collect();
+    let mut members = Vec::new();
+    for (i, name) in ["m1", "m2"].into_iter().enumerate() {
+        let client = async_nats::connect(cluster.url(i)).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let max_payload = client.server_info().max_payload;
+        let blobs = wait_until("the blob stream", WAIT, || {
+            let js = js.clone();
+            async move { Blobs::start(js, max_payload, 3).await }
+        })
+        .await;
+        wait_until("the log stream", WAIT, || {
+            let js = js.clone();
+            async move { log::ensure_stream(&js, 3).await.map(|_| ()) }
+        })
+        .await;
+        let store = TempStore::open();
+        let (applied, applier) = start_applier(js.clone(), store.store.clone(), blobs.clone())
+            .await
+            .unwrap();
+        let appender = ClusterAppend::new(
+            name,
+            js.clone(),
+            store.store.clone(),
+            blobs,
+            applied,
+            max_payload,
+            Duration::from_secs(30),
+        );
+        let holder = Arc::new(Recorder {
+            streams: streams.clone(),
+            ..Default::default()
+        });
+        let ownership = Ownership::start(
+            js,
+            OwnershipConfig {
+                node: name.to_owned(),
+                lease: Duration::from_secs(3),
+                renew_every: Duration::from_secs(1),
+                replicas: 3,
+            },
+            appender,
+            holder.clone(),
+        )
+        .await
+        .unwrap();
+        members.push((ownership, holder, store, applier));
+    }
+    // Both see both, and the twelve streams end up split between them.
+    wait_until("both members to hold a share", WAIT, || async {
+        let live: Vec<Vec<String>> = members.iter().map(|m| m.0.view().live()).collect();
+        let held: Vec<usize> = members.iter().map(|m| m.0.view().held().len()).collect();
+        if live.iter().all(|l| l == &["m1", "m2"])
+            && held.iter().sum::<usize>() == 12
+            && held.iter().all(|&h| h > 0)
+        {
+            Ok(())
+        } else {
+            Err(format!("live {live:?}, held {held:?}"))
+        }
+    })
+    .await;
+    // m1 leaves: m2 takes everything without waiting for leases to expire.
+    let left_at = std::time::Instant::now();
+    members[0].0.leave().await;
+    assert!(members[0].0.view().held().is_empty());
+    wait_until("m2 to hold all twelve", WAIT, || async {
+        let held = members[1].0.view().held().len();
+        if held == 12 {
+            Ok(())
+        } else {
+            Err(format!("{held} held"))
+        }
+    })
+    .await;
+    assert!(
+        left_at.elapsed() < Duration::from_secs(3),
+        "took {:?}: a lease expiry, not a handover",
+        left_at.elapsed()
+    );
+    let m1 = members[0].1.owned.lock().unwrap().clone();
+    assert_eq!(
+        m1.iter().filter(|e| e.starts_with('+')).count(),
+        m1.iter().filter(|e| e.starts_with('-')).count(),
+        "m1 gave back everything it took: {m1:?}"
+    );
+    for (_, _, _, applier) in &members {
+        applier.abort();
+    }
+}
