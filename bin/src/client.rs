@@ -121,7 +121,12 @@ impl Client {
         use async_nats::RequestErrorKind;
 
         let command = &self.command;
-        let subject = format!("cairn.v1.{endpoint}");
+        // `node.<id>.cairn.v1.<endpoint>`: one cluster node's own subject.
+        let subject = if endpoint.starts_with("node.") {
+            format!("cairn.{endpoint}")
+        } else {
+            format!("cairn.v1.{endpoint}")
+        };
         let payload = bytes::Bytes::from(serde_json::to_vec(body).map_err(anyhow::Error::from)?);
         let max_payload = self.nats.server_info().max_payload;
         if max_payload > 0 && payload.len() > max_payload {

@@ -75,6 +75,7 @@ pub struct CairnService {
     tasks: Vec<JoinHandle<()>>,
     watch: crate::watch::WatchHub,
     kv: Option<crate::kv::KvNode>,
+    background: Vec<JoinHandle<()>>,
     limiter: Arc<Semaphore>,
     max_requests: usize,
 }
@@ -375,9 +376,10 @@ impl CairnService {
             cairn_events::v1::KvKeyForRequest,
             kv::handle_key_for
         );
-        tasks.extend(sweeper);
-        tasks.extend(flusher);
-        tasks.extend(compactor);
+        // Background work, stopped at once on shutdown (the serve loops
+        // instead end with their endpoints).
+        let background: Vec<JoinHandle<()>> =
+            sweeper.into_iter().chain(flusher).chain(compactor).collect();
         endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,
@@ -403,6 +405,7 @@ impl CairnService {
             tasks,
             watch,
             kv: kv_node,
+            background,
             limiter,
             max_requests,
         })
@@ -422,6 +425,9 @@ impl CairnService {
     /// already delivered are still answered and the ones running finish
     /// (together at most [`STOP_DRAIN_MAX`]; what is left then is cut).
     pub async fn stop(self) {
+        for task in &self.background {
+            task.abort();
+        }
         if let Err(e) = self.service.stop().await {
             debug!(error = %e, "stopping the service");
         }

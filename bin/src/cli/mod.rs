@@ -133,6 +133,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The cluster a node belongs to (talks to a running cluster node).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Benchmarks, each against its raw baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -241,6 +246,23 @@ fn heartbeat_arg(text: &str) -> Result<Duration, String> {
         return Err("must be between 100ms and 60s".to_owned());
     }
     Ok(d)
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The nodes (applied seq, lag, streams owned) and every stream's lease
+    /// (owner, time left), as a node of the cluster knows them.
+    Status {
+        /// Output format: table, json, yaml.
+        #[arg(long, short = 'o', value_enum, default_value_t = client::Output::Table)]
+        output: client::Output,
+        /// Ask this node in particular (its `cluster.node-id`).
+        #[arg(long)]
+        node: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "10s", value_parser = duration_arg)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -481,6 +503,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             watch_cmd::run(options, &mut stdout)
         }
+        Command::Cluster {
+            command:
+                ClusterCommand::Status {
+                    output,
+                    node,
+                    timeout,
+                },
+        } => {
+            telemetry::init(CLIENT_LOG, false);
+            let c = client::Client::connect(&global.target(), timeout, "cluster status")?;
+            let endpoint = match &node {
+                Some(node) => format!("node.{node}.cairn.v1.cluster.status"),
+                None => "cluster.status".to_owned(),
+            };
+            let status = c.call(&endpoint, &serde_json::json!({}))?;
+            print_cluster_status(&mut stdout, output, &status)
+        }
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut stdout);
             Ok(())
@@ -655,4 +694,45 @@ fn man(words: &[String], out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     }
     clap_mangen::Man::new(command).render(out)?;
     Ok(())
+}
+
+/// `cairn cluster status` in `output`: the nodes, then the leases.
+fn print_cluster_status(
+    out: &mut dyn std::io::Write,
+    output: client::Output,
+    status: &serde_json::Value,
+) -> anyhow::Result<()> {
+    match output {
+        client::Output::Json | client::Output::Yaml => {
+            client::print(out, output, status, None, &[])
+        }
+        _ => {
+            writeln!(out, "answered by node {}", status["node"].as_str().unwrap_or("?"))?;
+            client::print(
+                out,
+                client::Output::Table,
+                status,
+                Some("nodes"),
+                &[
+                    ("NODE", "/node"),
+                    ("APPLIED SEQ", "/applied_seq"),
+                    ("LAG", "/lag"),
+                    ("POSITION", "/applied_position"),
+                    ("OWNS", "/owns"),
+                ],
+            )?;
+            writeln!(out)?;
+            client::print(
+                out,
+                client::Output::Table,
+                status,
+                Some("leases"),
+                &[
+                    ("STREAM", "/stream"),
+                    ("OWNER", "/owner"),
+                    ("EXPIRES IN (MS)", "/expires_in_ms"),
+                ],
+            )
+        }
+    }
 }
