@@ -12,6 +12,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix::{Actor, Addr};
 use anyhow::Context as _;
 use cairn_actors::{
+    artifact::ArtifactCache,
+    http::HttpServer,
     origin::GitCache,
     publisher::{self, Publisher, PublisherConfig},
     registry::Registry,
@@ -42,6 +44,8 @@ pub struct Node {
     slots: tokio::sync::watch::Receiver<SlotState>,
     budget: tokio::sync::watch::Receiver<BudgetState>,
     service: CairnService,
+    artifacts: Arc<ArtifactCache>,
+    http: Option<HttpServer>,
     local_nats: Option<LocalNatsServer>,
 }
 
@@ -131,13 +135,30 @@ impl Node {
         });
         let scheduling = Scheduling {
             policy: Arc::new(config.sync.policy()),
-            clock,
+            clock: clock.clone(),
         };
         let slots = env.slots.subscribe();
         let budget = env.budget.subscribe();
         let registry = tokio::task::spawn_blocking(move || Registry::load(env, scheduling))
             .await??
             .start();
+        let artifact_config = config
+            .artifact
+            .artifact_config()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let artifacts = ArtifactCache::start(store.clone(), artifact_config, clock)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the artifact cache: {e}"))?;
+        let http = if config.http.listen.is_empty() {
+            None
+        } else {
+            let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+            Some(
+                HttpServer::start(listen, artifacts.clone())
+                    .await
+                    .with_context(|| format!("http.listen: binding {listen}"))?,
+            )
+        };
         let service = CairnService::start(
             client.clone(),
             store.clone(),
@@ -161,8 +182,20 @@ impl Node {
             slots,
             budget,
             service,
+            artifacts,
+            http,
             local_nats,
         })
+    }
+
+    /// The node's artifact cache.
+    pub fn artifacts(&self) -> &Arc<ArtifactCache> {
+        &self.artifacts
+    }
+
+    /// The address of the node's HTTP listener, when it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
     }
 
     /// Syncs running and waiting for a slot (`sync.max-concurrent`), now
@@ -200,9 +233,14 @@ impl Node {
     /// Stops gracefully (see the module docs).
     pub async fn shutdown(mut self) {
         info!("shutting down");
+        if let Some(http) = self.http.take() {
+            http.stop().await;
+        }
         self.service.stop().await;
         // Repository actors finish their commands and stop.
         let _ = self.registry.send(cairn_actors::registry::Shutdown).await;
+        self.artifacts.stop().await;
+        drop(self.artifacts);
         self.store.shutdown().await;
         match self
             .publisher
@@ -325,8 +363,12 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     system.block_on(async move {
         let node = Node::start(config).await?;
         // The one line a person (or a script) needs: where NATS is.
+        let http = node
+            .http_addr()
+            .map(|a| format!(", HTTP http://{a}"))
+            .unwrap_or_default();
         println!(
-            "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>)",
+            "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>){http}",
             node.nats_url
         );
         wait_for_signal().await?;

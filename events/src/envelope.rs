@@ -54,6 +54,14 @@ pub enum EventKind {
     DeletionProposed,
     /// [`crate::v1::DeletionProposalWithdrawn`].
     DeletionProposalWithdrawn,
+    /// [`crate::v1::ArtifactStored`].
+    ArtifactStored,
+    /// [`crate::v1::ArtifactRevalidated`].
+    ArtifactRevalidated,
+    /// [`crate::v1::ArtifactInvalidated`].
+    ArtifactInvalidated,
+    /// [`crate::v1::ArtifactEvicted`].
+    ArtifactEvicted,
 }
 
 impl EventKind {
@@ -75,6 +83,10 @@ impl EventKind {
         EventKind::PackageRevisionPublished,
         EventKind::DeletionProposed,
         EventKind::DeletionProposalWithdrawn,
+        EventKind::ArtifactStored,
+        EventKind::ArtifactRevalidated,
+        EventKind::ArtifactInvalidated,
+        EventKind::ArtifactEvicted,
     ];
 
     /// The kind of `payload`.
@@ -96,6 +108,10 @@ impl EventKind {
             Payload::PackageRevisionPublished(_) => Self::PackageRevisionPublished,
             Payload::DeletionProposed(_) => Self::DeletionProposed,
             Payload::DeletionProposalWithdrawn(_) => Self::DeletionProposalWithdrawn,
+            Payload::ArtifactStored(_) => Self::ArtifactStored,
+            Payload::ArtifactRevalidated(_) => Self::ArtifactRevalidated,
+            Payload::ArtifactInvalidated(_) => Self::ArtifactInvalidated,
+            Payload::ArtifactEvicted(_) => Self::ArtifactEvicted,
         }
     }
 
@@ -118,6 +134,10 @@ impl EventKind {
             Self::PackageRevisionPublished => "packagerevision.published",
             Self::DeletionProposed => "packagerevision.deletion-proposed",
             Self::DeletionProposalWithdrawn => "packagerevision.deletion-proposal-withdrawn",
+            Self::ArtifactStored => "artifact.stored",
+            Self::ArtifactRevalidated => "artifact.revalidated",
+            Self::ArtifactInvalidated => "artifact.invalidated",
+            Self::ArtifactEvicted => "artifact.evicted",
         }
     }
 
@@ -140,6 +160,10 @@ impl EventKind {
             Self::PackageRevisionPublished => "PackageRevisionPublished",
             Self::DeletionProposed => "DeletionProposed",
             Self::DeletionProposalWithdrawn => "DeletionProposalWithdrawn",
+            Self::ArtifactStored => "ArtifactStored",
+            Self::ArtifactRevalidated => "ArtifactRevalidated",
+            Self::ArtifactInvalidated => "ArtifactInvalidated",
+            Self::ArtifactEvicted => "ArtifactEvicted",
         }
     }
 }

@@ -238,7 +238,11 @@ impl<'a> Change<'a> {
             | Payload::RepositoryClosed(_)
             | Payload::SyncStarted(_)
             | Payload::SyncSucceeded(_)
-            | Payload::SyncFailed(_) => return None,
+            | Payload::SyncFailed(_)
+            | Payload::ArtifactStored(_)
+            | Payload::ArtifactRevalidated(_)
+            | Payload::ArtifactInvalidated(_)
+            | Payload::ArtifactEvicted(_) => return None,
         })
     }
 

@@ -7,6 +7,7 @@
 //! | `package_revisions` | `<namespace>/<object name>` | [`cairn_events::v1::PackageRevisionRow`] |
 //! | `package_revision_list` | `L<namespace>\0<repository>\0<package>\0<path>\0<name>` (and a name index) | [`cairn_events::v1::PackageRevisionListing`] + JSON form |
 //! | `requests` | `k<request id>` (and a time index) | [`cairn_events::v1::RequestRow`] |
+//! | `artifacts` | `e<method>\0<url>\0<vary key>` (and variant, digest, body-use and totals rows) | [`cairn_events::v1::ArtifactRow`] |
 //!
 //! # Layout
 //! - [`repositories`] — [`RepositoriesView`]: spec and status per repository.
@@ -16,6 +17,9 @@
 //!   listing order, filters as key prefixes.
 //! - [`requests`] — [`RequestsView`]: the command each idempotency key
 //!   (`Cairn-Request-Id`) carried, for a window.
+//! - [`artifacts`] — [`ArtifactsView`]: the HTTP artifact cache's
+//!   URL-first index (method, URL, Vary key → response metadata and body
+//!   digest), bodies referenced in the blob store.
 //! - `change` — `RevisionChange` and `on_revision_change`: the package
 //!   revision events both package revision views fold. A leaf the views
 //!   import; it imports none of them, and no view imports this module
@@ -29,12 +33,14 @@ use std::sync::Arc;
 
 use crate::View;
 
+pub mod artifacts;
 mod change;
 pub mod package_revision_list;
 pub mod package_revisions;
 pub mod repositories;
 pub mod requests;
 
+pub use artifacts::ArtifactsView;
 pub use package_revision_list::PackageRevisionListView;
 pub use package_revisions::PackageRevisionsView;
 pub use repositories::RepositoriesView;
@@ -47,5 +53,6 @@ pub fn default_views() -> Vec<Arc<dyn View>> {
         Arc::new(PackageRevisionsView),
         Arc::new(PackageRevisionListView),
         Arc::new(RequestsView),
+        Arc::new(ArtifactsView),
     ]
 }
