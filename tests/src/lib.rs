@@ -19,6 +19,9 @@
 //! - [`node`] — [`TestNode`] (a node in-process, from a [`TestNodeBuilder`]),
 //!   [`ChildNode`] (`cairn node` as a child process), [`TestDir`] (a temp
 //!   directory kept when its test fails).
+//! - [`origin`] — [`ScriptedOrigin`], an HTTP origin on loopback that
+//!   answers scripted status, fields and bodies (and misbehaves on
+//!   request: short bodies, resets, no answer), counting requests.
 //! - [`git`] — [`GitFixture`] (Porch fixtures unpacked, generated
 //!   repositories), [`git()`] the one Git runner, [`unpack`].
 //! - [`jetstream`] — [`jetstream::cairn_seqs`], the position and `Cairn-Seq`
@@ -42,6 +45,7 @@ pub mod git;
 pub mod jetstream;
 pub mod nats;
 pub mod node;
+pub mod origin;
 pub mod paths;
 pub mod process;
 pub mod store;
@@ -54,6 +58,7 @@ pub use client::{
 pub use git::{git, unpack, GitFixture};
 pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder, KILL_AFTER_SYNC_CHUNKS};
+pub use origin::{Reply, ScriptedOrigin};
 pub use paths::shared_dir;
 pub use process::{
     async_lines, next_line, read_line_matching, ChildGuard, Cli, CliOutput, ClosedPort, PidGuard,

@@ -636,6 +636,9 @@ impl ArtifactCache {
             How::Pass => "cairn; fwd=method",
         };
         headers.insert("cache-status", HeaderValue::from_static(status_text));
+        if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(self.clock.now())) {
+            headers.insert(header::DATE, date);
+        }
         let status = StatusCode::from_u16(row.status as u16).unwrap_or(StatusCode::OK);
         if rules::client_not_modified(&request.headers, status.as_u16(), &headers) {
             return Served {
