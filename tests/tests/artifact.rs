@@ -489,3 +489,347 @@ async fn stale_is_served_when_the_origin_is_unreachable_by_configuration_only() 
     assert_eq!(f.origin.count("/mr"), 2);
     f.node.shutdown().await;
 }
+
+/// Writes `raw` to the node's HTTP listener and answers the status line.
+async fn raw_status(f: &Fixture, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("a raw HTTP exchange", EXCHANGE, async {
+        let mut socket = tokio::net::TcpStream::connect(f.node.node().http_addr().unwrap())
+            .await
+            .unwrap();
+        socket.write_all(raw.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        text.lines().next().unwrap_or_default().to_owned()
+    })
+    .await
+}
+
+fn lookup_url(f: &Fixture, url: &str) -> String {
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("url", url)
+        .finish();
+    format!("{}/v1/artifacts?{query}", f.base())
+}
+
+fn message(got: &Got) -> String {
+    let v: serde_json::Value = serde_json::from_slice(got.body.as_ref().unwrap()).unwrap();
+    v["message"].as_str().unwrap().to_owned()
+}
+
+#[actix_rt::test]
+async fn bad_input_is_a_400_naming_what_is_wrong_and_nothing_is_fetched_or_stored() {
+    let f = fixture(|_| {}).await;
+    let origin = f.origin.url();
+    let cases = [
+        ("ftp://127.0.0.1/x".to_owned(), "url: scheme \"ftp\" is not http, https or file".to_owned()),
+        (
+            "http://example.invalid/x".to_owned(),
+            "url: host \"example.invalid\" is not allowed (artifact.allow)".to_owned(),
+        ),
+        (
+            format!("{origin}/a\r\nX-Injected: 1"),
+            "url: must not contain control characters (CR, LF, tab, NUL, …)".to_owned(),
+        ),
+        (
+            format!("{origin}/{}", "a".repeat(8200)),
+            format!("url: longer than 8192 bytes ({} bytes)", origin.len() + 8201),
+        ),
+        ("gopher".to_owned(), "url: relative URL without a base".to_owned()),
+    ];
+    for (url, expected) in cases {
+        let got = f.send(f.http.get(lookup_url(&f, &url))).await;
+        assert_eq!(got.status, 400, "{url:?}");
+        assert_eq!(message(&got), expected);
+    }
+    let missing = f.send(f.http.get(format!("{}/v1/artifacts", f.base()))).await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(message(&missing), "url: the query parameter is required");
+    // Path traversal through the proxy, raw (clients resolve dot segments).
+    for path in [
+        "/u/origin/../../etc/passwd",
+        "/u/origin/a/%2e%2e/%2e%2e/etc/passwd",
+        "/u/origin/a%2f..%2f..%2fetc",
+        "/u/origin/a%0d%0aX-Injected:%201",
+    ] {
+        let status = raw_status(
+            &f,
+            &format!("GET {path} HTTP/1.1\r\nhost: cairn\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{path}: {status}");
+    }
+    // CR inside a header value: refused before anything is forwarded.
+    let status = raw_status(
+        &f,
+        "GET /u/origin/a HTTP/1.1\r\nhost: cairn\r\nx-forward: a\rInjected: 1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    let unknown = f.get_path("/u/nope/a").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(message(&unknown), "no upstream named \"nope\" (artifact.upstreams)");
+    assert_eq!(f.origin.requests().len(), 0);
+    assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 0);
+    f.node.shutdown().await;
+}
+
+impl Fixture {
+    async fn get_path(&self, path: &str) -> Got {
+        self.send(self.http.get(format!("{}{path}", self.base()))).await
+    }
+}
+
+#[actix_rt::test]
+async fn the_url_lookup_serves_allowed_origins_and_bounds_redirects() {
+    let f = fixture(|_| {}).await;
+    f.origin.reply(
+        "/chart.tgz",
+        Reply::new(200, "tarball").header("cache-control", "max-age=60").header("etag", "\"t\""),
+    );
+    f.origin.reply("/moved", Reply::new(301, "").header("location", "/chart.tgz"));
+    f.origin.reply("/loop", Reply::new(302, "").header("location", "/loop"));
+    let url = format!("{}/chart.tgz", f.origin.url());
+    let first = f.send(f.http.get(lookup_url(&f, &url))).await;
+    assert_eq!((first.status, first.text().as_str()), (200, "tarball"));
+    let second = f.send(f.http.get(lookup_url(&f, &url))).await;
+    assert_eq!(second.header("cache-status"), Some("cairn; hit"));
+    // A redirect is followed (to an allowed host) and its target stored
+    // under the URL asked for.
+    let moved = f
+        .send(f.http.get(lookup_url(&f, &format!("{}/moved", f.origin.url()))))
+        .await;
+    assert_eq!((moved.status, moved.text().as_str()), (200, "tarball"));
+    let looped = f
+        .send(f.http.get(lookup_url(&f, &format!("{}/loop", f.origin.url()))))
+        .await;
+    assert_eq!(looped.status, 502);
+    assert!(
+        message(&looped).contains("more than 10 redirects (artifact.redirects-max)"),
+        "{}",
+        message(&looped)
+    );
+    assert_eq!(f.origin.count("/loop"), 10);
+    assert_eq!(f.origin.count("/chart.tgz"), 2);
+    f.node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn misbehaving_origins_store_nothing() {
+    let f = fixture(|_| {}).await;
+    f.origin.reply(
+        "/short",
+        Reply::new(200, "")
+            .header("cache-control", "max-age=60")
+            .body(Body::Short { sent: b"only part".to_vec(), announced: 1000 }),
+    );
+    f.origin.reply(
+        "/reset",
+        Reply::new(200, "")
+            .header("cache-control", "max-age=60")
+            .body(Body::Reset { sent: vec![7u8; 300_000], announced: 1_000_000 }),
+    );
+    f.origin.reply("/error", Reply::new(503, "busy").header("cache-control", "max-age=60"));
+    f.origin.reply("/silent", Reply::new(200, "").body(Body::Hang));
+    f.origin.replies(
+        "/no-validators",
+        vec![
+            Reply::new(200, "v1").header("cache-control", "max-age=5"),
+            Reply::new(200, "v2").header("cache-control", "max-age=5"),
+        ],
+    );
+    for path in ["/short", "/reset"] {
+        let got = f.get(path, &[]).await;
+        assert_eq!(got.status, 200, "{path}");
+        assert!(got.body.is_err(), "{path}: the client sees the cut, got {:?}", got.body);
+        let again = f.get(path, &[]).await;
+        assert!(again.body.is_err(), "{path}");
+        assert_eq!(f.origin.count(path), 2, "{path}");
+    }
+    for _ in 0..2 {
+        let error = f.get("/error", &[]).await;
+        assert_eq!((error.status, error.text().as_str()), (503, "busy"));
+    }
+    assert_eq!(f.origin.count("/error"), 2);
+    let started = std::time::Instant::now();
+    let silent = f.get("/silent", &[]).await;
+    assert_eq!(silent.status, 504);
+    assert_eq!(
+        message(&silent),
+        format!("origin {}/silent: no answer within 2s (artifact.origin-timeout)", f.origin.url())
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // Freshness without validators: stored, and refetched whole once stale.
+    assert_eq!(f.get("/no-validators", &[]).await.text(), "v1");
+    f.clock.advance(Duration::from_secs(10));
+    assert_eq!(f.get("/no-validators", &[]).await.text(), "v2");
+    let second = &f.origin.requests_for("/no-validators")[1];
+    assert_eq!(second.header("if-none-match"), None);
+    assert_eq!(second.header("if-modified-since"), None);
+    let totals = ArtifactsView::totals(f.node.store()).unwrap();
+    assert_eq!(totals.entries, 1, "only /no-validators is stored");
+    f.node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn fifty_concurrent_misses_make_one_origin_request() {
+    let f = fixture(|_| {}).await;
+    f.origin.reply(
+        "/big",
+        Reply::new(200, "")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"big\"")
+            .body(Body::Repeat { byte: b'z', len: 4 << 20 }),
+    );
+    let bodies = futures::future::join_all((0..50).map(|_| f.get("/big", &[]))).await;
+    assert_eq!(f.origin.count("/big"), 1);
+    for got in &bodies {
+        assert_eq!(got.status, 200);
+        let body = got.body.as_ref().unwrap();
+        assert_eq!(body.len(), 4 << 20);
+        assert!(body.iter().all(|b| *b == b'z'));
+    }
+    let stats = f.node.node().artifacts().stats().to_json();
+    assert_eq!(stats["misses"], 1);
+    assert_eq!(
+        stats["hits"].as_u64().unwrap(),
+        49,
+        "every other request is served from the one download: {stats}"
+    );
+    f.node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_hundred_urls_with_ten_bodies_store_ten_blobs() {
+    let f = fixture(|_| {}).await;
+    for i in 0..100 {
+        f.origin.reply(
+            &format!("/d{i}"),
+            Reply::new(200, format!("body number {}", i % 10)).header("cache-control", "max-age=600"),
+        );
+        assert_eq!(f.get(&format!("/d{i}"), &[]).await.status, 200);
+    }
+    let store = f.node.store();
+    let totals = ArtifactsView::totals(store).unwrap();
+    assert_eq!(totals.entries, 100);
+    let distinct: u64 = (0..10).map(|i| format!("body number {i}").len() as u64).sum();
+    assert_eq!(totals.bytes, distinct);
+    let digest = cairn_storage::Digest::of(b"body number 3");
+    let uses = ArtifactsView::blob_use(store, &digest.to_string()).unwrap().unwrap();
+    assert_eq!(uses.refs, 10);
+    // Evicting one URL keeps the body the nine others refer to.
+    let url = format!("{}/d3", f.origin.url());
+    let row = f
+        .node
+        .node()
+        .artifacts()
+        .lookup(&url, &Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+    f.node.node().artifacts().evict_row(&row, "request").await.unwrap();
+    cairn_storage::BlobStore::collect_garbage(store).unwrap();
+    assert_eq!(ArtifactsView::blob_use(store, &digest.to_string()).unwrap().unwrap().refs, 9);
+    assert!(cairn_storage::BlobStore::open_blob(store, &digest).unwrap().is_some());
+    assert_eq!(f.get("/d13", &[]).await.header("cache-status"), Some("cairn; hit"));
+    assert_eq!(f.get("/d3", &[]).await.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    f.node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn least_recently_used_entries_go_first_and_max_age_bounds_any_entry() {
+    let f = fixture(|a| {
+        a.max_entries = 3;
+        a.max_age = Duration::from_secs(3600);
+    })
+    .await;
+    for path in ["/l1", "/l2", "/l3", "/l4"] {
+        f.origin.reply(path, Reply::new(200, path).header("cache-control", "max-age=86400"));
+    }
+    f.get("/l1", &[]).await;
+    f.get("/l2", &[]).await;
+    f.get("/l3", &[]).await;
+    // /l1 used again: /l2 is now the least recently used.
+    assert_eq!(f.get("/l1", &[]).await.header("cache-status"), Some("cairn; hit"));
+    f.get("/l4", &[]).await;
+    let store = f.node.store();
+    assert_eq!(ArtifactsView::totals(store).unwrap().entries, 3);
+    let stored = |path: &str| {
+        cairn_actors::artifact::cache::lookup_blocking(
+            store,
+            &format!("{}{path}", f.origin.url()),
+            &Default::default(),
+        )
+        .unwrap()
+        .is_some()
+    };
+    assert!(!stored("/l2"));
+    assert!(stored("/l1") && stored("/l3") && stored("/l4"));
+    // Fresh for a day, but older than artifact.max-age: dropped, fetched again.
+    f.clock.advance(Duration::from_secs(3601));
+    assert_eq!(f.get("/l3", &[]).await.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    assert_eq!(f.origin.count("/l3"), 2);
+    f.node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn the_store_survives_a_restart_and_a_lost_body_becomes_a_miss() {
+    let f = fixture(|_| {}).await;
+    // Above store.blob-inline-max-bytes: a file of its own.
+    let big = vec![b'q'; 2 << 20];
+    f.origin.reply(
+        "/kept",
+        Reply::new(200, "kept").header("cache-control", "max-age=86400"),
+    );
+    f.origin.reply(
+        "/lost",
+        Reply::new(200, big.clone()).header("cache-control", "max-age=86400"),
+    );
+    f.get("/kept", &[]).await;
+    f.get("/lost", &[]).await;
+    let Fixture { node, origin, clock, http } = f;
+    let data_dir = node.data_dir().to_path_buf();
+    let builder = node.stop().await;
+    let node = builder.start().await;
+    let f = Fixture { node, origin, clock, http };
+    assert_eq!(f.get("/kept", &[]).await.header("cache-status"), Some("cairn; hit"));
+    let lost = f.get("/lost", &[]).await;
+    assert_eq!(lost.header("cache-status"), Some("cairn; hit"));
+    assert_eq!(lost.body.as_ref().unwrap().len(), 2 << 20);
+    // Remove the body's file, start again: the entry is cleaned up.
+    let digest = cairn_storage::Digest::of(&big).to_string();
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let file = walk(&data_dir)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == hex))
+        .expect("the body's file");
+    let Fixture { node, origin, clock, http } = f;
+    let builder = node.stop().await;
+    std::fs::remove_file(&file).unwrap();
+    let node = builder.start().await;
+    let f = Fixture { node, origin, clock, http };
+    assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 1);
+    let again = f.get("/lost", &[]).await;
+    assert_eq!(again.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    assert_eq!(again.body.as_ref().unwrap().len(), 2 << 20);
+    assert_eq!(f.origin.count("/lost"), 2);
+    assert_eq!(f.origin.count("/kept"), 1);
+    f.node.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

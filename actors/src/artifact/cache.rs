@@ -984,13 +984,17 @@ impl ArtifactCache {
         });
         let mut total: u64 = 0;
         let mut failure: Option<String> = None;
+        let mut held: Option<Bytes> = None;
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(chunk) => {
                     total += chunk.len() as u64;
                     bump(&self.stats.bytes_from_origin, chunk.len() as u64);
-                    if let Some(tx) = &client {
-                        if tx.send(Ok(chunk.clone())).await.is_err() {
+                    // The caller gets each chunk once the next one came:
+                    // the last is held until the entry is recorded, so a
+                    // client that read the whole body finds it stored.
+                    if let (Some(tx), Some(previous)) = (&client, held.replace(chunk.clone())) {
+                        if tx.send(Ok(previous)).await.is_err() {
                             // The caller went away: the download goes on
                             // for the store (and the followers).
                             client = None;
@@ -1042,6 +1046,9 @@ impl ArtifactCache {
         drop(guard);
         // The caller's body ends once the entry is recorded: a request
         // after it finds it.
+        if let (Some(tx), Some(last)) = (&client, held.take()) {
+            let _ = tx.send(Ok(last)).await;
+        }
         drop(client);
         if let Err(e) = self.enforce_limits().await {
             warn!(error = %e, "artifact eviction failed");
