@@ -833,3 +833,49 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Peak resident memory of this process (`VmHWM`), in bytes.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[actix_rt::test]
+async fn a_two_gib_body_is_streamed_and_stored_with_flat_memory() {
+    const LEN: u64 = 2 << 30;
+    let f = fixture(|a| a.origin_timeout = Duration::from_secs(30)).await;
+    f.origin.reply(
+        "/huge",
+        Reply::new(200, "")
+            .header("cache-control", "max-age=600")
+            .header("etag", "\"huge\"")
+            .body(Body::Repeat { byte: b'h', len: LEN }),
+    );
+    let before = peak_rss_bytes();
+    let received = within("a 2 GiB download", Duration::from_secs(600), async {
+        let mut response = f.http.get(f.proxy("/huge")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut received = 0u64;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            assert!(chunk.iter().all(|b| *b == b'h'));
+            received += chunk.len() as u64;
+        }
+        received
+    })
+    .await;
+    assert_eq!(received, LEN);
+    let row = f
+        .node
+        .node()
+        .artifacts()
+        .lookup(&format!("{}/huge", f.origin.url()), &Default::default())
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(row.size, LEN);
+    let grown = peak_rss_bytes().saturating_sub(before);
+    assert!(grown < 64 << 20, "peak RSS grew by {} MiB", grown >> 20);
+    f.node.shutdown().await;
+}
