@@ -163,6 +163,7 @@ impl Node {
             client.clone(),
             store.clone(),
             registry.clone(),
+            artifacts.clone(),
             service_config,
         )
         .await

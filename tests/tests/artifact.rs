@@ -879,3 +879,137 @@ async fn a_two_gib_body_is_streamed_and_stored_with_flat_memory() {
     assert!(grown < 64 << 20, "peak RSS grew by {} MiB", grown >> 20);
     f.node.shutdown().await;
 }
+
+fn b64(v: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap())
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
+    let f = fixture(|_| {}).await;
+    let client = f.node.client();
+    let big = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    f.origin.reply(
+        "/small.yaml",
+        Reply::new(200, "kind: Small\n")
+            .header("cache-control", "max-age=60")
+            .header("content-type", "application/yaml")
+            .header("etag", "\"s\""),
+    );
+    f.origin.reply(
+        "/big.tgz",
+        Reply::new(200, big.clone()).header("cache-control", "max-age=60"),
+    );
+    let small_url = format!("{}/small.yaml", f.origin.url());
+    let miss = client.ok("artifact.get", serde_json::json!({"url": small_url})).await;
+    assert_eq!(miss["meta"]["status"], "miss");
+    assert_eq!(miss["meta"]["etag"], "\"s\"");
+    assert_eq!(miss["meta"]["content_type"], "application/yaml");
+    assert_eq!(miss["meta"]["size"], 12);
+    assert_eq!(miss["body_inline"], true);
+    assert_eq!(b64(&miss["body_base64"]), b"kind: Small\n");
+    let hit = client.ok("artifact.get", serde_json::json!({"url": small_url})).await;
+    assert_eq!(hit["meta"]["status"], "hit");
+    let revalidated = client
+        .ok("artifact.get", serde_json::json!({"url": small_url, "no_cache": true}))
+        .await;
+    // The origin answers 200 again (it does not script a 304): replaced.
+    assert_eq!(revalidated["meta"]["status"], "miss");
+    assert_eq!(f.origin.count("/small.yaml"), 2);
+    // A body over 1 MiB: metadata, then read in pieces that fit.
+    let big_url = format!("{}/big.tgz", f.origin.url());
+    let got = client
+        .ok("artifact.get", serde_json::json!({"url": big_url, "path": true}))
+        .await;
+    assert_eq!(got["body_inline"], false);
+    assert_eq!(got["meta"]["size"], big.len());
+    let path = got["meta"]["path"].as_str().expect("a file path");
+    assert_eq!(std::fs::read(path).unwrap(), big);
+    let digest = got["meta"]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(digest, cairn_storage::Digest::of(&big).to_string());
+    let mut read = Vec::new();
+    let mut pieces = 0;
+    loop {
+        let piece = client
+            .ok("artifact.read", serde_json::json!({"digest": digest, "offset": read.len()}))
+            .await;
+        read.extend(b64(&piece["data_base64"]));
+        pieces += 1;
+        assert!(pieces < 100);
+        if piece["eof"] == true {
+            break;
+        }
+    }
+    assert_eq!(read, big);
+    assert!(pieces >= 4, "{pieces} pieces");
+    // Listing by prefix, in URL order, page by page.
+    let first = client
+        .ok("artifact.list", serde_json::json!({"prefix": f.origin.url(), "limit": 1}))
+        .await;
+    assert_eq!(first["items"][0]["url"], big_url);
+    let second = client
+        .ok(
+            "artifact.list",
+            serde_json::json!({"prefix": f.origin.url(), "limit": 1, "continue": first["continue"]}),
+        )
+        .await;
+    assert_eq!(second["items"][0]["url"], small_url);
+    // Counters, also in $SRV.STATS.
+    let stats = client.ok("artifact.stats", serde_json::json!({})).await;
+    assert_eq!(stats["entries"], 2);
+    assert_eq!(stats["hits"], 1);
+    assert_eq!(stats["misses"], 2);
+    assert_eq!(stats["revalidations"]["modified"], 1);
+    let srv = client.srv("STATS").await;
+    let endpoint = srv["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "artifact-stats")
+        .unwrap()
+        .clone();
+    assert_eq!(endpoint["data"]["hits"], 1);
+    // Evict by URL, then by digest.
+    let evicted = client.ok("artifact.evict", serde_json::json!({"url": small_url})).await;
+    assert_eq!(evicted["evicted"], 1);
+    let evicted = client.ok("artifact.evict", serde_json::json!({"digest": digest})).await;
+    assert_eq!(evicted["evicted"], 1);
+    assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 0);
+    let gone = client
+        .call("artifact.read", serde_json::json!({"digest": digest}))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code, 404);
+    // Bad input names the field.
+    let bad = client
+        .call("artifact.get", serde_json::json!({"url": format!("{small_url}\r\nX: 1")}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (bad.code, bad.message.as_str()),
+        (400, "url: must not contain control characters (CR, LF, tab, NUL, …)")
+    );
+    let both = client
+        .call("artifact.evict", serde_json::json!({"url": small_url, "digest": digest}))
+        .await
+        .unwrap_err();
+    assert_eq!((both.code, both.message.as_str()), (400, "give exactly one of url and digest"));
+    // A local file resolves in place: digest and metadata, nothing fetched.
+    let dir = cairn_tests::TestDir::new();
+    let file = dir.join("local.txt");
+    std::fs::write(&file, b"local bytes").unwrap();
+    for url in [format!("file://{}", file.display()), file.display().to_string()] {
+        let local = client.ok("artifact.get", serde_json::json!({"url": url})).await;
+        assert_eq!(local["meta"]["status"], "local");
+        assert_eq!(local["meta"]["size"], 11);
+        assert_eq!(
+            local["meta"]["digest"],
+            cairn_storage::Digest::of(b"local bytes").to_string()
+        );
+    }
+    assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 0);
+    f.node.shutdown().await;
+}

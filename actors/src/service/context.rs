@@ -71,6 +71,8 @@ pub struct ServiceContext {
     /// Lifecycle commands running now, by `<namespace>/<revision>` (one
     /// per revision; another is a 409).
     pub revisions_busy: Arc<super::idempotency::InFlight>,
+    /// The node's artifact cache.
+    pub artifacts: Arc<crate::artifact::ArtifactCache>,
 }
 
 impl ServiceContext {
