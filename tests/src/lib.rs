@@ -22,6 +22,8 @@
 //! - [`origin`] — [`ScriptedOrigin`], an HTTP origin on loopback that
 //!   answers scripted status, fields and bodies (and misbehaves on
 //!   request: short bodies, resets, no answer), counting requests.
+//! - [`Nginx`] (from `cairn::nginx`, shared with the benchmark) — Debian's
+//!   nginx on a loopback port with a temp configuration, killed on drop.
 //! - [`git`] — [`GitFixture`] (Porch fixtures unpacked, generated
 //!   repositories), [`git()`] the one Git runner, [`unpack`].
 //! - [`jetstream`] — [`jetstream::cairn_seqs`], the position and `Cairn-Seq`
@@ -58,6 +60,7 @@ pub use client::{
 pub use git::{git, unpack, GitFixture};
 pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder, KILL_AFTER_SYNC_CHUNKS};
+pub use cairn::nginx::Nginx;
 pub use origin::{Reply, ScriptedOrigin};
 pub use paths::shared_dir;
 pub use process::{

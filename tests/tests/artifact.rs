@@ -1013,3 +1013,70 @@ async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
     assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 0);
     f.node.shutdown().await;
 }
+
+/// A node whose upstream `files` is nginx serving `root`.
+async fn nginx_fixture(root: &std::path::Path) -> (TestNode, cairn_tests::Nginx, reqwest::Client) {
+    let nginx = cairn_tests::Nginx::serve_files(root).expect("nginx (./dev installs it)");
+    let url = nginx.url();
+    let node = TestNodeBuilder::new()
+        .configure(|c| {
+            c.artifact.upstreams = vec![UpstreamEntry {
+                name: "files".into(),
+                url,
+            }];
+        })
+        .start()
+        .await;
+    (node, nginx, reqwest::Client::new())
+}
+
+#[actix_rt::test]
+async fn nginx_static_files_are_cached_and_revalidated_with_their_validators() {
+    let dir = cairn_tests::TestDir::new();
+    let old = dir.join("old.tgz");
+    let new = dir.join("new.tgz");
+    std::fs::write(&old, b"an old release").unwrap();
+    std::fs::write(&new, b"a new release").unwrap();
+    // Modified ten days ago: heuristic freshness of a day (10 %).
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(10 * 86400))
+        .unwrap();
+    let (node, nginx, http) = nginx_fixture(dir.path()).await;
+    let base = format!("http://{}/u/files", node.node().http_addr().unwrap());
+    let get = |path: &str| {
+        let request = http.get(format!("{base}{path}"));
+        async move {
+            let r = within("a GET through nginx", EXCHANGE, request.send()).await.unwrap();
+            let headers = r.headers().clone();
+            let status = r.status().as_u16();
+            (status, headers, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (status, headers, body) = get("/old.tgz").await;
+    assert_eq!((status, body.as_slice()), (200, &b"an old release"[..]));
+    assert!(headers.contains_key("etag") && headers.contains_key("last-modified"));
+    assert_eq!(headers["cache-status"], "cairn; fwd=miss; stored");
+    let (_, headers, _) = get("/old.tgz").await;
+    assert_eq!(headers["cache-status"], "cairn; hit");
+    assert_eq!(nginx.requests(), ["GET /old.tgz HTTP/1.1"]);
+    // Modified just now: no heuristic freshness, so every use revalidates,
+    // and nginx answers 304 to the stored ETag.
+    let (_, headers, _) = get("/new.tgz").await;
+    assert_eq!(headers["cache-status"], "cairn; fwd=miss; stored");
+    let (status, headers, body) = get("/new.tgz").await;
+    assert_eq!((status, body.as_slice()), (200, &b"a new release"[..]));
+    assert_eq!(headers["cache-status"], "cairn; fwd=stale; fwd-status=304");
+    // Changed on the origin: the conditional request gets the new body.
+    std::fs::write(&new, b"a newer release!").unwrap();
+    let (status, headers, body) = get("/new.tgz").await;
+    assert_eq!((status, body.as_slice()), (200, &b"a newer release!"[..]));
+    assert_eq!(headers["cache-status"], "cairn; fwd=miss; stored");
+    assert_eq!(
+        nginx.requests(),
+        ["GET /old.tgz HTTP/1.1", "GET /new.tgz HTTP/1.1", "GET /new.tgz HTTP/1.1", "GET /new.tgz HTTP/1.1"]
+    );
+    node.shutdown().await;
+}
