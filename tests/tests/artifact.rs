@@ -1080,3 +1080,58 @@ async fn nginx_static_files_are_cached_and_revalidated_with_their_validators() {
     );
     node.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn the_cli_gets_lists_counts_and_evicts() {
+    let f = fixture(|_| {}).await;
+    let big = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect::<Vec<u8>>();
+    f.origin.reply(
+        "/release.tar",
+        Reply::new(200, big.clone()).header("cache-control", "max-age=60"),
+    );
+    f.origin.reply(
+        "/small.txt",
+        Reply::new(200, "small\n").header("cache-control", "max-age=60"),
+    );
+    let cli = cairn_tests::cairn_cli!();
+    let nats = f.node.node().nats_url.clone();
+    let dir = cairn_tests::TestDir::new();
+    let file = dir.join("release.tar");
+    let url = format!("{}/release.tar", f.origin.url());
+    let run = |args: Vec<String>| {
+        let cli = cli.clone();
+        let nats = nats.clone();
+        async move { cli.run(args.into_iter().chain(["-s".to_owned(), nats])).await }
+    };
+    let got = run(vec!["artifact".into(), "get".into(), url.clone(), "-o".into(), file.display().to_string()]).await;
+    assert!(got.success, "{}", got.stderr);
+    assert_eq!(std::fs::read(&file).unwrap(), big);
+    let digest = cairn_storage::Digest::of(&big).to_string();
+    assert!(
+        got.stderr.contains(&format!("{url}: miss ({} bytes, {digest}) -> ", big.len())),
+        "{}",
+        got.stderr
+    );
+    let small = run(vec!["artifact".into(), "get".into(), format!("{}/small.txt", f.origin.url())]).await;
+    assert!(small.success, "{}", small.stderr);
+    assert_eq!(small.stdout, "small\n");
+    let listed = run(vec!["artifact".into(), "ls".into(), "-o".into(), "json".into()]).await;
+    assert!(listed.success, "{}", listed.stderr);
+    let v: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let urls: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["url"].as_str().unwrap()).collect();
+    assert_eq!(urls, [url.clone(), format!("{}/small.txt", f.origin.url())]);
+    let stats = run(vec!["artifact".into(), "stats".into()]).await;
+    let v: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert_eq!((v["entries"].as_u64(), v["misses"].as_u64()), (Some(2), Some(2)));
+    let evicted = run(vec!["artifact".into(), "evict".into(), "--url".into(), url.clone()]).await;
+    assert_eq!(evicted.stdout, "evicted 1\n");
+    let refused = run(vec!["artifact".into(), "get".into(), "ftp://127.0.0.1/x".into()]).await;
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("url: scheme \"ftp\" is not http, https or file"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(f.origin.count("/release.tar"), 1);
+    f.node.shutdown().await;
+}

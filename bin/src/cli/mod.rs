@@ -14,8 +14,10 @@
 //! - [`repo`] — `cairn repo …`.
 //! - [`pkg`] — `cairn pkg …`, the `pkgrev.list` filter flags and label
 //!   selectors.
+//! - [`artifact`] — `cairn artifact get|ls|stats|evict`.
 //! - [`names`] — how arguments name repositories and package revisions.
 
+mod artifact;
 mod names;
 mod pkg;
 mod repo;
@@ -120,6 +122,11 @@ enum Command {
         conn: Conn,
         #[command(subcommand)]
         command: PkgCommand,
+    },
+    /// Fetch, list and evict artifacts of the node's HTTP artifact cache.
+    Artifact {
+        #[command(subcommand)]
+        command: artifact::ArtifactCommand,
     },
     /// Stream changes (package revisions, repositories) until interrupted.
     Watch(WatchArgs),
@@ -428,6 +435,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pkg { conn, command } => {
             telemetry::init(CLIENT_LOG, false);
             pkg::run(&global, conn, command, &mut stdout)
+        }
+        Command::Artifact { command } => {
+            telemetry::init(CLIENT_LOG, false);
+            artifact::run(&global, command, &mut stdout)
         }
         Command::Watch(args) => {
             telemetry::init(CLIENT_LOG, false);
