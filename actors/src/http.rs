@@ -18,7 +18,7 @@
 //! after its head was sent cuts the connection (the client sees a short
 //! body, never a complete-looking one).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 
 use axum::{
     body::Body,
@@ -50,37 +50,70 @@ pub fn router(cache: Arc<ArtifactCache>) -> Router {
         .with_state(cache)
 }
 
-/// A running listener; dropping it does not stop it ([`HttpServer::stop`]
-/// does).
+/// A running listener, served by a runtime of its own (so HTTP traffic
+/// does not queue behind the node's actors on their arbiter); dropping it
+/// does not stop it ([`HttpServer::stop`] does).
 #[derive(Debug)]
 pub struct HttpServer {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Worker threads of the HTTP listener's runtime.
+pub const HTTP_WORKER_THREADS: usize = 2;
+
 impl HttpServer {
-    /// Binds `listen` and serves `cache` on the current runtime.
+    /// Binds `listen` and serves `cache` on a runtime of
+    /// [`HTTP_WORKER_THREADS`] threads of its own.
     pub async fn start(listen: SocketAddr, cache: Arc<ArtifactCache>) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(HTTP_WORKER_THREADS)
+            .thread_name("cairn-http")
+            .enable_all()
+            .build()?;
         let app = router(cache);
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                warn!(error = %e, "http listener failed");
-            }
-        });
+        let thread = std::thread::Builder::new()
+            .name("cairn-http".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(error = %e, "http listener failed");
+                            return;
+                        }
+                    };
+                    let mut asked = stopped.clone();
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = asked.wait_for(|s| *s).await;
+                    });
+                    // Open connections get STOP_GRACE once asked to stop.
+                    let mut asked = stopped;
+                    let grace = async move {
+                        let _ = asked.wait_for(|s| *s).await;
+                        tokio::time::sleep(STOP_GRACE).await;
+                    };
+                    tokio::select! {
+                        served = serve.into_future() => {
+                            if let Err(e) = served {
+                                warn!(error = %e, "http listener failed");
+                            }
+                        }
+                        () = grace => warn!("http connections cut after the grace period"),
+                    }
+                });
+                runtime.shutdown_timeout(STOP_GRACE);
+            })?;
         info!(%addr, "http listener started");
         Ok(Self {
             addr,
             stop: Some(stop),
-            task,
+            thread: Some(thread),
         })
     }
 
@@ -93,11 +126,13 @@ impl HttpServer {
     /// then are cut.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
-        if tokio::time::timeout(STOP_GRACE, &mut self.task).await.is_err() {
-            self.task.abort();
-            let _ = (&mut self.task).await;
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(STOP_GRACE * 2, joined).await.is_err() {
+                warn!("http listener still stopping");
+            }
         }
     }
 }

@@ -1044,15 +1044,15 @@ impl ArtifactCache {
         bump(&self.stats.stored, 1);
         self.recency.lock().put(ArtifactsView::entry_key(&key), ());
         drop(guard);
-        // The caller's body ends once the entry is recorded: a request
-        // after it finds it.
+        if let Err(e) = self.enforce_limits().await {
+            warn!(error = %e, "artifact eviction failed");
+        }
+        // The caller's body ends once the entry is recorded and the limits
+        // applied: a request after it finds the store as it will stay.
         if let (Some(tx), Some(last)) = (&client, held.take()) {
             let _ = tx.send(Ok(last)).await;
         }
         drop(client);
-        if let Err(e) = self.enforce_limits().await {
-            warn!(error = %e, "artifact eviction failed");
-        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || ArtifactsView::get(&store, &key))
             .await
