@@ -44,9 +44,18 @@ impl Nginx {
     /// Starts nginx whose one `server` holds what `server_body` returns for
     /// the temp directory it runs in (e.g. `location / { … }`).
     pub fn start(server_body: impl Fn(&Path) -> String) -> anyhow::Result<Self> {
+        Self::start_with(|_| String::new(), server_body)
+    }
+
+    /// [`Self::start`] with `http_extra` (for the temp directory) in the
+    /// `http` block, e.g. a `proxy_cache_path`.
+    pub fn start_with(
+        http_extra: impl Fn(&Path) -> String,
+        server_body: impl Fn(&Path) -> String,
+    ) -> anyhow::Result<Self> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS_MAX {
-            match Self::start_once(&server_body) {
+            match Self::start_once(&http_extra, &server_body) {
                 Ok(n) => return Ok(n),
                 Err(e) => last = Some(e),
             }
@@ -54,7 +63,10 @@ impl Nginx {
         Err(last.expect("at least one attempt"))
     }
 
-    fn start_once(server_body: &impl Fn(&Path) -> String) -> anyhow::Result<Self> {
+    fn start_once(
+        http_extra: &impl Fn(&Path) -> String,
+        server_body: &impl Fn(&Path) -> String,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("nginx temp dir")?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -65,7 +77,8 @@ impl Nginx {
              http {{\n  access_log {d}/access.log;\n  sendfile on;\n  keepalive_requests 100000;\n\
              client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             \n  server {{\n    listen {addr};\n    {body}\n  }}\n}}\n",
+             {extra}\n  server {{\n    listen {addr};\n    {body}\n  }}\n}}\n",
+            extra = http_extra(dir.path()),
             body = server_body(dir.path()),
         );
         let conf = dir.path().join("nginx.conf");

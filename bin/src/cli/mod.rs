@@ -335,6 +335,17 @@ enum BenchCommand {
         #[arg(long)]
         no_sync: bool,
     },
+    /// The HTTP artifact cache's hits, 100 MiB hit, index lookups,
+    /// revalidation and dedup vs nginx proxy_cache in the same run.
+    Artifact {
+        /// Timed 10 KiB hits at concurrency 64, per side (a quarter of them
+        /// at concurrency 1).
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Stored URLs of the larger index lookup measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        lookup_entries: usize,
+    },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
     Watch {
         /// Timed events (and raw messages).
@@ -549,6 +560,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         garbage,
                         appends,
                         sync: !no_sync,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Artifact {
+                    requests,
+                    lookup_entries,
+                } => bench::artifact::artifact(
+                    &bench::artifact::ArtifactOptions {
+                        requests,
+                        lookup_entries,
                     },
                     &mut stdout,
                 )
