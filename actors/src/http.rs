@@ -88,6 +88,13 @@ impl HttpServer {
                             return;
                         }
                     };
+                    // Responses are written as head, then body: without
+                    // TCP_NODELAY a small body waits for the head's ACK.
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!(error = %e, "TCP_NODELAY not set");
+                        }
+                    });
                     let mut asked = stopped.clone();
                     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = asked.wait_for(|s| *s).await;
@@ -156,6 +163,7 @@ fn error_response(e: &ArtifactError) -> Response {
 fn into_response(cache: &ArtifactCache, served: Served) -> Response {
     let body = match served.body {
         ServedBody::Empty => Body::empty(),
+        ServedBody::Bytes(bytes) => Body::from(bytes),
         ServedBody::Stored { digest, .. } => {
             Body::from_stream(stored_body(cache.store().clone(), digest))
         }

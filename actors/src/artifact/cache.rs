@@ -58,6 +58,9 @@ use crate::{timing::Clock, writer::Execute};
 const CHUNKS_QUEUED_MAX: usize = 16;
 /// Bytes read from the store per chunk when serving a body.
 const STORE_CHUNK_BYTES: usize = 64 * 1024;
+/// Bodies up to this size are read with their entry (one trip to the
+/// blocking pool per hit) and answered from memory.
+const SMALL_BODY_BYTES: u64 = 256 * 1024;
 /// Entries evicted in one pass at most (the next store continues).
 const EVICTIONS_PER_PASS_MAX: usize = 1024;
 /// Times a request starts over after waiting for another's download.
@@ -116,6 +119,8 @@ pub struct CacheRequest {
 pub enum ServedBody {
     /// None (HEAD, 304, errors).
     Empty,
+    /// A small stored body, read with its entry.
+    Bytes(Bytes),
     /// A stored body, read from the blob store.
     Stored {
         /// Its digest.
@@ -131,6 +136,7 @@ impl std::fmt::Debug for ServedBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Empty => f.write_str("Empty"),
+            Self::Bytes(b) => write!(f, "Bytes({})", b.len()),
             Self::Stored { digest, size } => write!(f, "Stored({digest}, {size})"),
             Self::Stream(_) => f.write_str("Stream"),
         }
@@ -414,12 +420,31 @@ impl ArtifactCache {
         url: &str,
         headers: &HeaderMap,
     ) -> Result<Option<ArtifactRow>, ArtifactError> {
+        Ok(self.lookup_with_body(url, headers).await?.map(|(row, _)| row))
+    }
+
+    /// [`Self::lookup`], with the body when it is small
+    /// ([`SMALL_BODY_BYTES`]) and stored.
+    async fn lookup_with_body(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<(ArtifactRow, Option<Bytes>)>, ArtifactError> {
         let store = self.store.clone();
         let url = url.to_owned();
         let headers = headers.clone();
-        tokio::task::spawn_blocking(move || lookup_blocking(&store, &url, &headers))
-            .await
-            .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let Some(row) = lookup_blocking(&store, &url, &headers)? else {
+                return Ok(None);
+            };
+            let body = match Digest::parse(&row.digest) {
+                Some(d) if row.size <= SMALL_BODY_BYTES => store.get(&d)?.map(Bytes::from),
+                _ => None,
+            };
+            Ok(Some((row, body)))
+        })
+        .await
+        .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))?
     }
 
     fn touch(&self, row: &ArtifactRow) {
@@ -473,15 +498,15 @@ impl ArtifactCache {
             .parse()
             .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
         let own = rules::own_request(Method::GET, uri, &request.headers);
-        let mut found = self.lookup(&url, &request.headers).await?;
-        if let Some(row) = &found {
+        let mut found = self.lookup_with_body(&url, &request.headers).await?;
+        if let Some((row, _)) = &found {
             let stored_at = rules::system_time(row.stored_at.as_ref());
             if stored_at + self.config.max_age < now {
                 self.evict_row(row, "max-age").await?;
                 found = None;
             }
         }
-        let Some(row) = found else {
+        let Some((row, small)) = found else {
             if rules::only_if_cached(&request.headers) {
                 return Err(ArtifactError::NotCached);
             }
@@ -501,7 +526,13 @@ impl ArtifactCache {
         match policy.before_request(&presented, now) {
             BeforeRequest::Fresh(parts) => {
                 bump(&self.stats.hits, 1);
-                Ok(Attempt::Done(self.from_store(request, row, parts.headers, How::Hit)))
+                let mut served = self.from_store(request, row, parts.headers, How::Hit);
+                if let (ServedBody::Stored { size, .. }, Some(bytes)) = (&served.body, small) {
+                    if *size == bytes.len() as u64 {
+                        served.body = ServedBody::Bytes(bytes);
+                    }
+                }
+                Ok(Attempt::Done(served))
             }
             BeforeRequest::Stale { request: revalidation, .. } => {
                 let stored_headers = rules::header_map(&row.headers);

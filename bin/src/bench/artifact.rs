@@ -203,6 +203,7 @@ pub fn artifact(
             tokio::task::spawn_blocking(move || ArtifactsView::totals(&store)).await??.bytes
         };
         let _ = (before, stats_before);
+        drop(cache);
         node.shutdown().await;
         let measured = outcome?;
         Ok::<_, anyhow::Error>((
