@@ -57,7 +57,7 @@ use crate::{timing::Clock, writer::Execute};
 /// the blob writer), and between a stored body and its reader.
 const CHUNKS_QUEUED_MAX: usize = 16;
 /// Bytes read from the store per chunk when serving a body.
-const STORE_CHUNK_BYTES: usize = 64 * 1024;
+const STORE_CHUNK_BYTES: usize = 256 * 1024;
 /// Bodies up to this size are read with their entry (one trip to the
 /// blocking pool per hit) and answered from memory.
 const SMALL_BODY_BYTES: u64 = 256 * 1024;
@@ -433,7 +433,7 @@ impl ArtifactCache {
         let store = self.store.clone();
         let url = url.to_owned();
         let headers = headers.clone();
-        tokio::task::spawn_blocking(move || {
+        point_reads(move || {
             let Some(row) = lookup_blocking(&store, &url, &headers)? else {
                 return Ok(None);
             };
@@ -444,7 +444,6 @@ impl ArtifactCache {
             Ok(Some((row, body)))
         })
         .await
-        .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))?
     }
 
     fn touch(&self, row: &ArtifactRow) {
@@ -1135,6 +1134,24 @@ impl ArtifactCache {
         bump(&self.stats.evictions, 1);
         info!(url = %key.url, digest = %row.digest, reason, "artifact evicted");
         Ok(())
+    }
+}
+
+/// Runs a few RocksDB point reads (microseconds, from the block cache
+/// mostly): in place on a multi-threaded runtime (`block_in_place`, the
+/// HTTP listener's: no hop to another thread per hit), on the blocking pool
+/// elsewhere (the node's arbiter, whose thread must never block).
+async fn point_reads<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, ArtifactError> {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(work)
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))?
     }
 }
 
