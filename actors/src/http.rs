@@ -205,7 +205,10 @@ async fn lookup(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Re
         .find(|(k, _)| k == "url")
         .map(|(_, v)| v.into_owned());
     let Some(url) = url else {
-        return error_response(&ArtifactError::bad_url("url", "the query parameter is required"));
+        return error_response(&ArtifactError::bad_url(
+            "url",
+            "the query parameter is required",
+        ));
     };
     let target = match key::parse_target("url", &url, &cache.config().allow) {
         Ok(Target::Remote(url)) => url,

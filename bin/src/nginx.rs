@@ -99,7 +99,8 @@ impl Nginx {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             if let Some(status) = nginx.child.try_wait()? {
-                let log = std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default();
                 bail!("nginx exited ({status}) before accepting connections: {log}");
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {

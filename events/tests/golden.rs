@@ -15,12 +15,12 @@ use cairn_events::{
     json,
     v1::{
         event::Payload, ArtifactEvicted, ArtifactInvalidated, ArtifactKey, ArtifactRevalidated,
-        ArtifactStored, DeletionProposalWithdrawn, HeaderField, DeletionProposed, DraftCreated,
-        DraftResourcesUpdated, Envelope, GitSpec, PackageRevision, PackageRevisionAdded,
-        PackageRevisionDeleted, PackageRevisionModified, PackageRevisionProposed,
-        PackageRevisionPublished, ProposalRejected, RepositoryClosed, RepositoryRegistered,
-        RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded,
-        Task, TraceContext,
+        ArtifactStored, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
+        DraftResourcesUpdated, Envelope, GitSpec, HeaderField, PackageRevision,
+        PackageRevisionAdded, PackageRevisionDeleted, PackageRevisionModified,
+        PackageRevisionProposed, PackageRevisionPublished, ProposalRejected, RepositoryClosed,
+        RepositoryRegistered, RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec,
+        SyncStarted, SyncSucceeded, Task, TraceContext,
     },
     EventKind, SCHEMA_VERSION,
 };
@@ -114,8 +114,9 @@ fn artifact_samples() -> Vec<(EventKind, Envelope)> {
                         header("cache-control", "max-age=300"),
                     ],
                     vary: vec![],
-                    digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
-                        .into(),
+                    digest:
+                        "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                            .into(),
                     size: 3,
                     response_time: Some(pbjson_types::Timestamp {
                         seconds: 1_780_000_040,
@@ -155,8 +156,9 @@ fn artifact_samples() -> Vec<(EventKind, Envelope)> {
                 43,
                 Payload::ArtifactEvicted(ArtifactEvicted {
                     key: Some(artifact_key()),
-                    digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
-                        .into(),
+                    digest:
+                        "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                            .into(),
                     reason: "lru".into(),
                 }),
             ),

@@ -53,6 +53,7 @@ pub mod process;
 pub mod store;
 pub mod wait;
 
+pub use cairn::nginx::Nginx;
 pub use client::{
     files_of_pages, files_of_proto_pages, kinds, Client, Files, ResourcePage, ServiceError,
     Subscription, NAMESPACE,
@@ -60,7 +61,6 @@ pub use client::{
 pub use git::{git, unpack, GitFixture};
 pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder, KILL_AFTER_SYNC_CHUNKS};
-pub use cairn::nginx::Nginx;
 pub use origin::{Reply, ScriptedOrigin};
 pub use paths::shared_dir;
 pub use process::{

@@ -12,9 +12,7 @@ use std::{
 use cairn::config::{ArtifactSection, UpstreamEntry};
 use cairn_actors::schedule::ManualClock;
 use cairn_storage::views::ArtifactsView;
-use cairn_tests::{
-    origin::Body, wait::within, Reply, ScriptedOrigin, TestNode, TestNodeBuilder,
-};
+use cairn_tests::{origin::Body, wait::within, Reply, ScriptedOrigin, TestNode, TestNodeBuilder};
 
 /// Bound on one HTTP exchange in these tests.
 const EXCHANGE: Duration = Duration::from_secs(30);
@@ -75,7 +73,10 @@ impl Got {
 
 impl Fixture {
     fn base(&self) -> String {
-        format!("http://{}", self.node.node().http_addr().expect("http listener"))
+        format!(
+            "http://{}",
+            self.node.node().http_addr().expect("http listener")
+        )
     }
 
     fn proxy(&self, path: &str) -> String {
@@ -122,7 +123,10 @@ async fn a_fresh_response_is_served_from_the_store_with_its_age() {
     let first = f.get("/a.tgz", &[]).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "chart-a");
-    assert_eq!(first.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    assert_eq!(
+        first.header("cache-status"),
+        Some("cairn; fwd=miss; stored")
+    );
     f.clock.advance(Duration::from_secs(42));
     let second = f.get("/a.tgz", &[]).await;
     assert_eq!(second.status, 200);
@@ -235,20 +239,39 @@ async fn only_what_a_shared_cache_may_store_is_stored() {
     let f = fixture(|_| {}).await;
     let cases = [
         ("/bare", Reply::new(200, "x")),
-        ("/no-store", Reply::new(200, "x").header("cache-control", "no-store, max-age=60")),
-        ("/private", Reply::new(200, "x").header("cache-control", "private, max-age=60")),
-        ("/server-error", Reply::new(500, "x").header("cache-control", "max-age=60")),
+        (
+            "/no-store",
+            Reply::new(200, "x").header("cache-control", "no-store, max-age=60"),
+        ),
+        (
+            "/private",
+            Reply::new(200, "x").header("cache-control", "private, max-age=60"),
+        ),
+        (
+            "/server-error",
+            Reply::new(500, "x").header("cache-control", "max-age=60"),
+        ),
     ];
     for (path, reply) in cases {
         f.origin.reply(path, reply);
         f.get(path, &[]).await;
         let again = f.get(path, &[]).await;
-        assert_eq!(again.header("cache-status"), Some("cairn; fwd=miss"), "{path}");
+        assert_eq!(
+            again.header("cache-status"),
+            Some("cairn; fwd=miss"),
+            "{path}"
+        );
         assert_eq!(f.origin.count(path), 2, "{path}");
     }
     // Authorization: stored only with public (or s-maxage, must-revalidate).
-    f.origin.reply("/auth", Reply::new(200, "x").header("cache-control", "max-age=60"));
-    f.origin.reply("/auth-public", Reply::new(200, "x").header("cache-control", "public, max-age=60"));
+    f.origin.reply(
+        "/auth",
+        Reply::new(200, "x").header("cache-control", "max-age=60"),
+    );
+    f.origin.reply(
+        "/auth-public",
+        Reply::new(200, "x").header("cache-control", "public, max-age=60"),
+    );
     for path in ["/auth", "/auth-public"] {
         f.get(path, &[("authorization", "Bearer t")]).await;
         f.get(path, &[("authorization", "Bearer t")]).await;
@@ -285,7 +308,10 @@ async fn request_directives_are_honoured() {
     // no-cache: always one conditional request.
     f.get("/d", &[("cache-control", "no-cache")]).await;
     assert_eq!(f.origin.count("/d"), 3);
-    assert_eq!(f.origin.requests_for("/d")[2].header("if-none-match"), Some("\"d\""));
+    assert_eq!(
+        f.origin.requests_for("/d")[2].header("if-none-match"),
+        Some("\"d\"")
+    );
     // max-stale: a stale response is acceptable to this client.
     f.clock.advance(Duration::from_secs(150));
     let stale_ok = f.get("/d", &[("cache-control", "max-stale=100")]).await;
@@ -343,26 +369,39 @@ async fn an_unsafe_request_invalidates_its_uri_and_same_origin_locations() {
             .header("location", "/y")
             .header("content-location", "http://elsewhere.example/z"),
     );
-    let put = f
-        .send(f.http.put(f.proxy("/x")).body("new contents"))
-        .await;
+    let put = f.send(f.http.put(f.proxy("/x")).body("new contents")).await;
     assert_eq!(put.status, 201);
     assert_eq!(put.header("location"), Some("/y"));
     let recorded = f.origin.requests_for("/x");
     assert_eq!(recorded[1].method, "PUT");
     assert_eq!(recorded[1].body, b"new contents");
-    f.origin.reply("/x", Reply::new(200, "x2").header("cache-control", "max-age=100"));
-    assert_eq!(f.get("/x", &[]).await.header("cache-status"), Some("cairn; fwd=miss; stored"));
-    assert_eq!(f.get("/y", &[]).await.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    f.origin.reply(
+        "/x",
+        Reply::new(200, "x2").header("cache-control", "max-age=100"),
+    );
+    assert_eq!(
+        f.get("/x", &[]).await.header("cache-status"),
+        Some("cairn; fwd=miss; stored")
+    );
+    assert_eq!(
+        f.get("/y", &[]).await.header("cache-status"),
+        Some("cairn; fwd=miss; stored")
+    );
     // Another origin's URL is never invalidated.
-    assert_eq!(f.get("/z", &[]).await.header("cache-status"), Some("cairn; hit"));
+    assert_eq!(
+        f.get("/z", &[]).await.header("cache-status"),
+        Some("cairn; hit")
+    );
     assert_eq!(f.origin.count("/x"), 3);
     assert_eq!(f.origin.count("/y"), 2);
     assert_eq!(f.origin.count("/z"), 1);
     // A failed unsafe request invalidates nothing.
     f.origin.reply("/z", Reply::new(500, "no"));
     assert_eq!(f.send(f.http.delete(f.proxy("/z"))).await.status, 500);
-    assert_eq!(f.get("/z", &[]).await.header("cache-status"), Some("cairn; hit"));
+    assert_eq!(
+        f.get("/z", &[]).await.header("cache-status"),
+        Some("cairn; hit")
+    );
     f.node.shutdown().await;
 }
 
@@ -384,7 +423,10 @@ async fn client_conditionals_get_a_304_from_the_store_and_head_is_served_from_ge
     let other = f.get("/c", &[("if-none-match", "\"c0\"")]).await;
     assert_eq!(other.status, 200);
     let ims = f
-        .get("/c", &[("if-modified-since", "Tue, 01 Jan 2030 00:00:00 GMT")])
+        .get(
+            "/c",
+            &[("if-modified-since", "Tue, 01 Jan 2030 00:00:00 GMT")],
+        )
         .await;
     assert_eq!(ims.status, 304);
     let head = f.send(f.http.head(f.proxy("/c"))).await;
@@ -422,7 +464,10 @@ async fn stale_if_error_and_stale_while_revalidate() {
     let stale = f.get("/sie", &[]).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.text(), "kept");
-    assert_eq!(stale.header("cache-status"), Some("cairn; hit; detail=stale"));
+    assert_eq!(
+        stale.header("cache-status"),
+        Some("cairn; hit; detail=stale")
+    );
     assert_eq!(stale.header("age"), Some("10"));
     let failed = f.get("/plain", &[]).await;
     assert_eq!(failed.status, 502);
@@ -445,7 +490,10 @@ async fn stale_if_error_and_stale_while_revalidate() {
     f.clock.advance(Duration::from_secs(5));
     let served = f.get("/swr", &[]).await;
     assert_eq!(served.text(), "first");
-    assert_eq!(served.header("cache-status"), Some("cairn; hit; detail=stale"));
+    assert_eq!(
+        served.header("cache-status"),
+        Some("cairn; hit; detail=stale")
+    );
     // The background revalidation replaces it.
     cairn_tests::wait::wait_until("the background revalidation", EXCHANGE, || async {
         let got = f.get("/swr", &[]).await;
@@ -465,7 +513,9 @@ async fn stale_is_served_when_the_origin_is_unreachable_by_configuration_only() 
     let f = fixture(|a| a.serve_stale_if_unreachable = true).await;
     f.origin.reply(
         "/u",
-        Reply::new(200, "cached").header("cache-control", "max-age=1").header("etag", "\"u\""),
+        Reply::new(200, "cached")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"u\""),
     );
     f.origin.reply(
         "/mr",
@@ -481,7 +531,10 @@ async fn stale_is_served_when_the_origin_is_unreachable_by_configuration_only() 
     let stale = f.get("/u", &[]).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.text(), "cached");
-    assert_eq!(stale.header("cache-status"), Some("cairn; hit; detail=stale"));
+    assert_eq!(
+        stale.header("cache-status"),
+        Some("cairn; hit; detail=stale")
+    );
     // must-revalidate: never stale; the origin's silence is a 504.
     let strict = f.get("/mr", &[]).await;
     assert_eq!(strict.status, 504);
@@ -523,7 +576,10 @@ async fn bad_input_is_a_400_naming_what_is_wrong_and_nothing_is_fetched_or_store
     let f = fixture(|_| {}).await;
     let origin = f.origin.url();
     let cases = [
-        ("ftp://127.0.0.1/x".to_owned(), "url: scheme \"ftp\" is not http, https or file".to_owned()),
+        (
+            "ftp://127.0.0.1/x".to_owned(),
+            "url: scheme \"ftp\" is not http, https or file".to_owned(),
+        ),
         (
             "http://example.invalid/x".to_owned(),
             "url: host \"example.invalid\" is not allowed (artifact.allow)".to_owned(),
@@ -534,16 +590,24 @@ async fn bad_input_is_a_400_naming_what_is_wrong_and_nothing_is_fetched_or_store
         ),
         (
             format!("{origin}/{}", "a".repeat(8200)),
-            format!("url: longer than 8192 bytes ({} bytes)", origin.len() + 8201),
+            format!(
+                "url: longer than 8192 bytes ({} bytes)",
+                origin.len() + 8201
+            ),
         ),
-        ("gopher".to_owned(), "url: relative URL without a base".to_owned()),
+        (
+            "gopher".to_owned(),
+            "url: relative URL without a base".to_owned(),
+        ),
     ];
     for (url, expected) in cases {
         let got = f.send(f.http.get(lookup_url(&f, &url))).await;
         assert_eq!(got.status, 400, "{url:?}");
         assert_eq!(message(&got), expected);
     }
-    let missing = f.send(f.http.get(format!("{}/v1/artifacts", f.base()))).await;
+    let missing = f
+        .send(f.http.get(format!("{}/v1/artifacts", f.base())))
+        .await;
     assert_eq!(missing.status, 400);
     assert_eq!(message(&missing), "url: the query parameter is required");
     // Path traversal through the proxy, raw (clients resolve dot segments).
@@ -569,7 +633,10 @@ async fn bad_input_is_a_400_naming_what_is_wrong_and_nothing_is_fetched_or_store
     assert!(status.starts_with("HTTP/1.1 400"), "{status}");
     let unknown = f.get_path("/u/nope/a").await;
     assert_eq!(unknown.status, 404);
-    assert_eq!(message(&unknown), "no upstream named \"nope\" (artifact.upstreams)");
+    assert_eq!(
+        message(&unknown),
+        "no upstream named \"nope\" (artifact.upstreams)"
+    );
     assert_eq!(f.origin.requests().len(), 0);
     assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 0);
     f.node.shutdown().await;
@@ -577,7 +644,8 @@ async fn bad_input_is_a_400_naming_what_is_wrong_and_nothing_is_fetched_or_store
 
 impl Fixture {
     async fn get_path(&self, path: &str) -> Got {
-        self.send(self.http.get(format!("{}{path}", self.base()))).await
+        self.send(self.http.get(format!("{}{path}", self.base())))
+            .await
     }
 }
 
@@ -586,10 +654,16 @@ async fn the_url_lookup_serves_allowed_origins_and_bounds_redirects() {
     let f = fixture(|_| {}).await;
     f.origin.reply(
         "/chart.tgz",
-        Reply::new(200, "tarball").header("cache-control", "max-age=60").header("etag", "\"t\""),
+        Reply::new(200, "tarball")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"t\""),
     );
-    f.origin.reply("/moved", Reply::new(301, "").header("location", "/chart.tgz"));
-    f.origin.reply("/loop", Reply::new(302, "").header("location", "/loop"));
+    f.origin.reply(
+        "/moved",
+        Reply::new(301, "").header("location", "/chart.tgz"),
+    );
+    f.origin
+        .reply("/loop", Reply::new(302, "").header("location", "/loop"));
     let url = format!("{}/chart.tgz", f.origin.url());
     let first = f.send(f.http.get(lookup_url(&f, &url))).await;
     assert_eq!((first.status, first.text().as_str()), (200, "tarball"));
@@ -598,11 +672,17 @@ async fn the_url_lookup_serves_allowed_origins_and_bounds_redirects() {
     // A redirect is followed (to an allowed host) and its target stored
     // under the URL asked for.
     let moved = f
-        .send(f.http.get(lookup_url(&f, &format!("{}/moved", f.origin.url()))))
+        .send(
+            f.http
+                .get(lookup_url(&f, &format!("{}/moved", f.origin.url()))),
+        )
         .await;
     assert_eq!((moved.status, moved.text().as_str()), (200, "tarball"));
     let looped = f
-        .send(f.http.get(lookup_url(&f, &format!("{}/loop", f.origin.url()))))
+        .send(
+            f.http
+                .get(lookup_url(&f, &format!("{}/loop", f.origin.url()))),
+        )
         .await;
     assert_eq!(looped.status, 502);
     assert!(
@@ -622,16 +702,26 @@ async fn misbehaving_origins_store_nothing() {
         "/short",
         Reply::new(200, "")
             .header("cache-control", "max-age=60")
-            .body(Body::Short { sent: b"only part".to_vec(), announced: 1000 }),
+            .body(Body::Short {
+                sent: b"only part".to_vec(),
+                announced: 1000,
+            }),
     );
     f.origin.reply(
         "/reset",
         Reply::new(200, "")
             .header("cache-control", "max-age=60")
-            .body(Body::Reset { sent: vec![7u8; 300_000], announced: 1_000_000 }),
+            .body(Body::Reset {
+                sent: vec![7u8; 300_000],
+                announced: 1_000_000,
+            }),
     );
-    f.origin.reply("/error", Reply::new(503, "busy").header("cache-control", "max-age=60"));
-    f.origin.reply("/silent", Reply::new(200, "").body(Body::Hang));
+    f.origin.reply(
+        "/error",
+        Reply::new(503, "busy").header("cache-control", "max-age=60"),
+    );
+    f.origin
+        .reply("/silent", Reply::new(200, "").body(Body::Hang));
     f.origin.replies(
         "/no-validators",
         vec![
@@ -642,7 +732,11 @@ async fn misbehaving_origins_store_nothing() {
     for path in ["/short", "/reset"] {
         let got = f.get(path, &[]).await;
         assert_eq!(got.status, 200, "{path}");
-        assert!(got.body.is_err(), "{path}: the client sees the cut, got {:?}", got.body);
+        assert!(
+            got.body.is_err(),
+            "{path}: the client sees the cut, got {:?}",
+            got.body
+        );
         let again = f.get(path, &[]).await;
         assert!(again.body.is_err(), "{path}");
         assert_eq!(f.origin.count(path), 2, "{path}");
@@ -657,9 +751,16 @@ async fn misbehaving_origins_store_nothing() {
     assert_eq!(silent.status, 504);
     assert_eq!(
         message(&silent),
-        format!("origin {}/silent: no answer within 2s (artifact.origin-timeout)", f.origin.url())
+        format!(
+            "origin {}/silent: no answer within 2s (artifact.origin-timeout)",
+            f.origin.url()
+        )
     );
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     // Freshness without validators: stored, and refetched whole once stale.
     assert_eq!(f.get("/no-validators", &[]).await.text(), "v1");
     f.clock.advance(Duration::from_secs(10));
@@ -680,7 +781,10 @@ async fn fifty_concurrent_misses_make_one_origin_request() {
         Reply::new(200, "")
             .header("cache-control", "max-age=60")
             .header("etag", "\"big\"")
-            .body(Body::Repeat { byte: b'z', len: 4 << 20 }),
+            .body(Body::Repeat {
+                byte: b'z',
+                len: 4 << 20,
+            }),
     );
     let bodies = futures::future::join_all((0..50).map(|_| f.get("/big", &[]))).await;
     assert_eq!(f.origin.count("/big"), 1);
@@ -706,17 +810,22 @@ async fn a_hundred_urls_with_ten_bodies_store_ten_blobs() {
     for i in 0..100 {
         f.origin.reply(
             &format!("/d{i}"),
-            Reply::new(200, format!("body number {}", i % 10)).header("cache-control", "max-age=600"),
+            Reply::new(200, format!("body number {}", i % 10))
+                .header("cache-control", "max-age=600"),
         );
         assert_eq!(f.get(&format!("/d{i}"), &[]).await.status, 200);
     }
     let store = f.node.store();
     let totals = ArtifactsView::totals(store).unwrap();
     assert_eq!(totals.entries, 100);
-    let distinct: u64 = (0..10).map(|i| format!("body number {i}").len() as u64).sum();
+    let distinct: u64 = (0..10)
+        .map(|i| format!("body number {i}").len() as u64)
+        .sum();
     assert_eq!(totals.bytes, distinct);
     let digest = cairn_storage::Digest::of(b"body number 3");
-    let uses = ArtifactsView::blob_use(store, &digest.to_string()).unwrap().unwrap();
+    let uses = ArtifactsView::blob_use(store, &digest.to_string())
+        .unwrap()
+        .unwrap();
     assert_eq!(uses.refs, 10);
     // Evicting one URL keeps the body the nine others refer to.
     let url = format!("{}/d3", f.origin.url());
@@ -728,12 +837,31 @@ async fn a_hundred_urls_with_ten_bodies_store_ten_blobs() {
         .await
         .unwrap()
         .unwrap();
-    f.node.node().artifacts().evict_row(&row, "request").await.unwrap();
+    f.node
+        .node()
+        .artifacts()
+        .evict_row(&row, "request")
+        .await
+        .unwrap();
     cairn_storage::BlobStore::collect_garbage(store).unwrap();
-    assert_eq!(ArtifactsView::blob_use(store, &digest.to_string()).unwrap().unwrap().refs, 9);
-    assert!(cairn_storage::BlobStore::open_blob(store, &digest).unwrap().is_some());
-    assert_eq!(f.get("/d13", &[]).await.header("cache-status"), Some("cairn; hit"));
-    assert_eq!(f.get("/d3", &[]).await.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    assert_eq!(
+        ArtifactsView::blob_use(store, &digest.to_string())
+            .unwrap()
+            .unwrap()
+            .refs,
+        9
+    );
+    assert!(cairn_storage::BlobStore::open_blob(store, &digest)
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        f.get("/d13", &[]).await.header("cache-status"),
+        Some("cairn; hit")
+    );
+    assert_eq!(
+        f.get("/d3", &[]).await.header("cache-status"),
+        Some("cairn; fwd=miss; stored")
+    );
     f.node.shutdown().await;
 }
 
@@ -745,13 +873,19 @@ async fn least_recently_used_entries_go_first_and_max_age_bounds_any_entry() {
     })
     .await;
     for path in ["/l1", "/l2", "/l3", "/l4"] {
-        f.origin.reply(path, Reply::new(200, path).header("cache-control", "max-age=86400"));
+        f.origin.reply(
+            path,
+            Reply::new(200, path).header("cache-control", "max-age=86400"),
+        );
     }
     f.get("/l1", &[]).await;
     f.get("/l2", &[]).await;
     f.get("/l3", &[]).await;
     // /l1 used again: /l2 is now the least recently used.
-    assert_eq!(f.get("/l1", &[]).await.header("cache-status"), Some("cairn; hit"));
+    assert_eq!(
+        f.get("/l1", &[]).await.header("cache-status"),
+        Some("cairn; hit")
+    );
     f.get("/l4", &[]).await;
     let store = f.node.store();
     assert_eq!(ArtifactsView::totals(store).unwrap().entries, 3);
@@ -768,7 +902,10 @@ async fn least_recently_used_entries_go_first_and_max_age_bounds_any_entry() {
     assert!(stored("/l1") && stored("/l3") && stored("/l4"));
     // Fresh for a day, but older than artifact.max-age: dropped, fetched again.
     f.clock.advance(Duration::from_secs(3601));
-    assert_eq!(f.get("/l3", &[]).await.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    assert_eq!(
+        f.get("/l3", &[]).await.header("cache-status"),
+        Some("cairn; fwd=miss; stored")
+    );
     assert_eq!(f.origin.count("/l3"), 2);
     f.node.shutdown().await;
 }
@@ -788,12 +925,25 @@ async fn the_store_survives_a_restart_and_a_lost_body_becomes_a_miss() {
     );
     f.get("/kept", &[]).await;
     f.get("/lost", &[]).await;
-    let Fixture { node, origin, clock, http } = f;
+    let Fixture {
+        node,
+        origin,
+        clock,
+        http,
+    } = f;
     let data_dir = node.data_dir().to_path_buf();
     let builder = node.stop().await;
     let node = builder.start().await;
-    let f = Fixture { node, origin, clock, http };
-    assert_eq!(f.get("/kept", &[]).await.header("cache-status"), Some("cairn; hit"));
+    let f = Fixture {
+        node,
+        origin,
+        clock,
+        http,
+    };
+    assert_eq!(
+        f.get("/kept", &[]).await.header("cache-status"),
+        Some("cairn; hit")
+    );
     let lost = f.get("/lost", &[]).await;
     assert_eq!(lost.header("cache-status"), Some("cairn; hit"));
     assert_eq!(lost.body.as_ref().unwrap().len(), 2 << 20);
@@ -804,14 +954,27 @@ async fn the_store_survives_a_restart_and_a_lost_body_becomes_a_miss() {
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == hex))
         .expect("the body's file");
-    let Fixture { node, origin, clock, http } = f;
+    let Fixture {
+        node,
+        origin,
+        clock,
+        http,
+    } = f;
     let builder = node.stop().await;
     std::fs::remove_file(&file).unwrap();
     let node = builder.start().await;
-    let f = Fixture { node, origin, clock, http };
+    let f = Fixture {
+        node,
+        origin,
+        clock,
+        http,
+    };
     assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 1);
     let again = f.get("/lost", &[]).await;
-    assert_eq!(again.header("cache-status"), Some("cairn; fwd=miss; stored"));
+    assert_eq!(
+        again.header("cache-status"),
+        Some("cairn; fwd=miss; stored")
+    );
     assert_eq!(again.body.as_ref().unwrap().len(), 2 << 20);
     assert_eq!(f.origin.count("/lost"), 2);
     assert_eq!(f.origin.count("/kept"), 1);
@@ -851,7 +1014,10 @@ async fn a_two_gib_body_is_streamed_and_stored_with_flat_memory() {
         Reply::new(200, "")
             .header("cache-control", "max-age=600")
             .header("etag", "\"huge\"")
-            .body(Body::Repeat { byte: b'h', len: LEN }),
+            .body(Body::Repeat {
+                byte: b'h',
+                len: LEN,
+            }),
     );
     let before = peak_rss_bytes();
     let received = within("a 2 GiB download", Duration::from_secs(600), async {
@@ -891,7 +1057,9 @@ fn b64(v: &serde_json::Value) -> Vec<u8> {
 async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
     let f = fixture(|_| {}).await;
     let client = f.node.client();
-    let big = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    let big = (0..(3u32 << 20))
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>();
     f.origin.reply(
         "/small.yaml",
         Reply::new(200, "kind: Small\n")
@@ -904,17 +1072,24 @@ async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
         Reply::new(200, big.clone()).header("cache-control", "max-age=60"),
     );
     let small_url = format!("{}/small.yaml", f.origin.url());
-    let miss = client.ok("artifact.get", serde_json::json!({"url": small_url})).await;
+    let miss = client
+        .ok("artifact.get", serde_json::json!({"url": small_url}))
+        .await;
     assert_eq!(miss["meta"]["status"], "miss");
     assert_eq!(miss["meta"]["etag"], "\"s\"");
     assert_eq!(miss["meta"]["content_type"], "application/yaml");
     assert_eq!(miss["meta"]["size"], 12);
     assert_eq!(miss["body_inline"], true);
     assert_eq!(b64(&miss["body_base64"]), b"kind: Small\n");
-    let hit = client.ok("artifact.get", serde_json::json!({"url": small_url})).await;
+    let hit = client
+        .ok("artifact.get", serde_json::json!({"url": small_url}))
+        .await;
     assert_eq!(hit["meta"]["status"], "hit");
     let revalidated = client
-        .ok("artifact.get", serde_json::json!({"url": small_url, "no_cache": true}))
+        .ok(
+            "artifact.get",
+            serde_json::json!({"url": small_url, "no_cache": true}),
+        )
         .await;
     // The origin answers 200 again (it does not script a 304): replaced.
     assert_eq!(revalidated["meta"]["status"], "miss");
@@ -922,7 +1097,10 @@ async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
     // A body over 1 MiB: metadata, then read in pieces that fit.
     let big_url = format!("{}/big.tgz", f.origin.url());
     let got = client
-        .ok("artifact.get", serde_json::json!({"url": big_url, "path": true}))
+        .ok(
+            "artifact.get",
+            serde_json::json!({"url": big_url, "path": true}),
+        )
         .await;
     assert_eq!(got["body_inline"], false);
     assert_eq!(got["meta"]["size"], big.len());
@@ -934,7 +1112,10 @@ async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
     let mut pieces = 0;
     loop {
         let piece = client
-            .ok("artifact.read", serde_json::json!({"digest": digest, "offset": read.len()}))
+            .ok(
+                "artifact.read",
+                serde_json::json!({"digest": digest, "offset": read.len()}),
+            )
             .await;
         read.extend(b64(&piece["data_base64"]));
         pieces += 1;
@@ -947,7 +1128,10 @@ async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
     assert!(pieces >= 4, "{pieces} pieces");
     // Listing by prefix, in URL order, page by page.
     let first = client
-        .ok("artifact.list", serde_json::json!({"prefix": f.origin.url(), "limit": 1}))
+        .ok(
+            "artifact.list",
+            serde_json::json!({"prefix": f.origin.url(), "limit": 1}),
+        )
         .await;
     assert_eq!(first["items"][0]["url"], big_url);
     let second = client
@@ -973,9 +1157,13 @@ async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
         .clone();
     assert_eq!(endpoint["data"]["hits"], 1);
     // Evict by URL, then by digest.
-    let evicted = client.ok("artifact.evict", serde_json::json!({"url": small_url})).await;
+    let evicted = client
+        .ok("artifact.evict", serde_json::json!({"url": small_url}))
+        .await;
     assert_eq!(evicted["evicted"], 1);
-    let evicted = client.ok("artifact.evict", serde_json::json!({"digest": digest})).await;
+    let evicted = client
+        .ok("artifact.evict", serde_json::json!({"digest": digest}))
+        .await;
     assert_eq!(evicted["evicted"], 1);
     assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 0);
     let gone = client
@@ -985,24 +1173,41 @@ async fn the_nats_face_gets_reads_lists_evicts_and_counts() {
     assert_eq!(gone.code, 404);
     // Bad input names the field.
     let bad = client
-        .call("artifact.get", serde_json::json!({"url": format!("{small_url}\r\nX: 1")}))
+        .call(
+            "artifact.get",
+            serde_json::json!({"url": format!("{small_url}\r\nX: 1")}),
+        )
         .await
         .unwrap_err();
     assert_eq!(
         (bad.code, bad.message.as_str()),
-        (400, "url: must not contain control characters (CR, LF, tab, NUL, …)")
+        (
+            400,
+            "url: must not contain control characters (CR, LF, tab, NUL, …)"
+        )
     );
     let both = client
-        .call("artifact.evict", serde_json::json!({"url": small_url, "digest": digest}))
+        .call(
+            "artifact.evict",
+            serde_json::json!({"url": small_url, "digest": digest}),
+        )
         .await
         .unwrap_err();
-    assert_eq!((both.code, both.message.as_str()), (400, "give exactly one of url and digest"));
+    assert_eq!(
+        (both.code, both.message.as_str()),
+        (400, "give exactly one of url and digest")
+    );
     // A local file resolves in place: digest and metadata, nothing fetched.
     let dir = cairn_tests::TestDir::new();
     let file = dir.join("local.txt");
     std::fs::write(&file, b"local bytes").unwrap();
-    for url in [format!("file://{}", file.display()), file.display().to_string()] {
-        let local = client.ok("artifact.get", serde_json::json!({"url": url})).await;
+    for url in [
+        format!("file://{}", file.display()),
+        file.display().to_string(),
+    ] {
+        let local = client
+            .ok("artifact.get", serde_json::json!({"url": url}))
+            .await;
         assert_eq!(local["meta"]["status"], "local");
         assert_eq!(local["meta"]["size"], 11);
         assert_eq!(
@@ -1049,7 +1254,9 @@ async fn nginx_static_files_are_cached_and_revalidated_with_their_validators() {
     let get = |path: &str| {
         let request = http.get(format!("{base}{path}"));
         async move {
-            let r = within("a GET through nginx", EXCHANGE, request.send()).await.unwrap();
+            let r = within("a GET through nginx", EXCHANGE, request.send())
+                .await
+                .unwrap();
             let headers = r.headers().clone();
             let status = r.status().as_u16();
             (status, headers, r.bytes().await.unwrap().to_vec())
@@ -1076,7 +1283,12 @@ async fn nginx_static_files_are_cached_and_revalidated_with_their_validators() {
     assert_eq!(headers["cache-status"], "cairn; fwd=miss; stored");
     assert_eq!(
         nginx.requests(),
-        ["GET /old.tgz HTTP/1.1", "GET /new.tgz HTTP/1.1", "GET /new.tgz HTTP/1.1", "GET /new.tgz HTTP/1.1"]
+        [
+            "GET /old.tgz HTTP/1.1",
+            "GET /new.tgz HTTP/1.1",
+            "GET /new.tgz HTTP/1.1",
+            "GET /new.tgz HTTP/1.1"
+        ]
     );
     node.shutdown().await;
 }
@@ -1084,7 +1296,9 @@ async fn nginx_static_files_are_cached_and_revalidated_with_their_validators() {
 #[actix_rt::test]
 async fn the_cli_gets_lists_counts_and_evicts() {
     let f = fixture(|_| {}).await;
-    let big = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect::<Vec<u8>>();
+    let big = (0..(3u32 << 20))
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<u8>>();
     f.origin.reply(
         "/release.tar",
         Reply::new(200, big.clone()).header("cache-control", "max-age=60"),
@@ -1101,34 +1315,77 @@ async fn the_cli_gets_lists_counts_and_evicts() {
     let run = |args: Vec<String>| {
         let cli = cli.clone();
         let nats = nats.clone();
-        async move { cli.run(args.into_iter().chain(["-s".to_owned(), nats])).await }
+        async move {
+            cli.run(args.into_iter().chain(["-s".to_owned(), nats]))
+                .await
+        }
     };
-    let got = run(vec!["artifact".into(), "get".into(), url.clone(), "-o".into(), file.display().to_string()]).await;
+    let got = run(vec![
+        "artifact".into(),
+        "get".into(),
+        url.clone(),
+        "-o".into(),
+        file.display().to_string(),
+    ])
+    .await;
     assert!(got.success, "{}", got.stderr);
     assert_eq!(std::fs::read(&file).unwrap(), big);
     let digest = cairn_storage::Digest::of(&big).to_string();
     assert!(
-        got.stderr.contains(&format!("{url}: miss ({} bytes, {digest}) -> ", big.len())),
+        got.stderr
+            .contains(&format!("{url}: miss ({} bytes, {digest}) -> ", big.len())),
         "{}",
         got.stderr
     );
-    let small = run(vec!["artifact".into(), "get".into(), format!("{}/small.txt", f.origin.url())]).await;
+    let small = run(vec![
+        "artifact".into(),
+        "get".into(),
+        format!("{}/small.txt", f.origin.url()),
+    ])
+    .await;
     assert!(small.success, "{}", small.stderr);
     assert_eq!(small.stdout, "small\n");
-    let listed = run(vec!["artifact".into(), "ls".into(), "-o".into(), "json".into()]).await;
+    let listed = run(vec![
+        "artifact".into(),
+        "ls".into(),
+        "-o".into(),
+        "json".into(),
+    ])
+    .await;
     assert!(listed.success, "{}", listed.stderr);
     let v: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
-    let urls: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["url"].as_str().unwrap()).collect();
+    let urls: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["url"].as_str().unwrap())
+        .collect();
     assert_eq!(urls, [url.clone(), format!("{}/small.txt", f.origin.url())]);
     let stats = run(vec!["artifact".into(), "stats".into()]).await;
     let v: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
-    assert_eq!((v["entries"].as_u64(), v["misses"].as_u64()), (Some(2), Some(2)));
-    let evicted = run(vec!["artifact".into(), "evict".into(), "--url".into(), url.clone()]).await;
+    assert_eq!(
+        (v["entries"].as_u64(), v["misses"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let evicted = run(vec![
+        "artifact".into(),
+        "evict".into(),
+        "--url".into(),
+        url.clone(),
+    ])
+    .await;
     assert_eq!(evicted.stdout, "evicted 1\n");
-    let refused = run(vec!["artifact".into(), "get".into(), "ftp://127.0.0.1/x".into()]).await;
+    let refused = run(vec![
+        "artifact".into(),
+        "get".into(),
+        "ftp://127.0.0.1/x".into(),
+    ])
+    .await;
     assert!(!refused.success);
     assert!(
-        refused.stderr.contains("url: scheme \"ftp\" is not http, https or file"),
+        refused
+            .stderr
+            .contains("url: scheme \"ftp\" is not http, https or file"),
         "{}",
         refused.stderr
     );

@@ -420,7 +420,10 @@ impl ArtifactCache {
         url: &str,
         headers: &HeaderMap,
     ) -> Result<Option<ArtifactRow>, ArtifactError> {
-        Ok(self.lookup_with_body(url, headers).await?.map(|(row, _)| row))
+        Ok(self
+            .lookup_with_body(url, headers)
+            .await?
+            .map(|(row, _)| row))
     }
 
     /// [`Self::lookup`], with the body when it is small
@@ -448,19 +451,23 @@ impl ArtifactCache {
 
     fn touch(&self, row: &ArtifactRow) {
         if let Some(k) = row.key.as_ref() {
-            self.recency.lock().get_or_insert(ArtifactsView::entry_key(k), || ());
+            self.recency
+                .lock()
+                .get_or_insert(ArtifactsView::entry_key(k), || ());
         }
     }
 
     /// Serves `request` (see the module docs).
-    pub async fn serve(self: &Arc<Self>, mut request: CacheRequest) -> Result<Served, ArtifactError> {
+    pub async fn serve(
+        self: &Arc<Self>,
+        mut request: CacheRequest,
+    ) -> Result<Served, ArtifactError> {
         for name in request.headers.keys() {
-            if request
-                .headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.as_bytes().iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0))
-            {
+            if request.headers.get_all(name).iter().any(|v| {
+                v.as_bytes()
+                    .iter()
+                    .any(|b| *b == b'\r' || *b == b'\n' || *b == 0)
+            }) {
                 return Err(ArtifactError::BadHeader {
                     name: name.to_string(),
                     reason: "must not contain CR, LF or NUL",
@@ -472,7 +479,7 @@ impl ArtifactCache {
         }
         for _round in 0..=FLIGHT_ROUNDS_MAX {
             match self.serve_once(&mut request).await? {
-                Attempt::Done(served) => return Ok(served),
+                Attempt::Done(served) => return Ok(*served),
                 Attempt::Joined(mut flight) => {
                     bump(&self.stats.flight_joins, 1);
                     // The leader's download is bounded by the origin
@@ -490,7 +497,10 @@ impl ArtifactCache {
         self.fetch(&mut request, None, None).await
     }
 
-    async fn serve_once(self: &Arc<Self>, request: &mut CacheRequest) -> Result<Attempt, ArtifactError> {
+    async fn serve_once(
+        self: &Arc<Self>,
+        request: &mut CacheRequest,
+    ) -> Result<Attempt, ArtifactError> {
         let now = self.clock.now();
         let url = request.url.to_string();
         let uri: http::Uri = url
@@ -510,13 +520,15 @@ impl ArtifactCache {
                 return Err(ArtifactError::NotCached);
             }
             if request.method == Method::HEAD {
-                return Ok(Attempt::Done(self.pass_head(request).await?));
+                return Ok(Attempt::Done(Box::new(self.pass_head(request).await?)));
             }
             let Some(guard) = self.lead(&url) else {
                 return Ok(Attempt::Joined(self.flight_of(&url)));
             };
             bump(&self.stats.misses, 1);
-            return Ok(Attempt::Done(self.fetch(request, Some(guard), None).await?));
+            return Ok(Attempt::Done(Box::new(
+                self.fetch(request, Some(guard), None).await?,
+            )));
         };
         self.touch(&row);
         let policy = rules::policy_of(&row, &own);
@@ -525,15 +537,18 @@ impl ArtifactCache {
         match policy.before_request(&presented, now) {
             BeforeRequest::Fresh(parts) => {
                 bump(&self.stats.hits, 1);
-                let mut served = self.from_store(request, row, parts.headers, How::Hit);
+                let mut served = self.stored_response(request, row, parts.headers, How::Hit);
                 if let (ServedBody::Stored { size, .. }, Some(bytes)) = (&served.body, small) {
                     if *size == bytes.len() as u64 {
                         served.body = ServedBody::Bytes(bytes);
                     }
                 }
-                Ok(Attempt::Done(served))
+                Ok(Attempt::Done(Box::new(served)))
             }
-            BeforeRequest::Stale { request: revalidation, .. } => {
+            BeforeRequest::Stale {
+                request: revalidation,
+                ..
+            } => {
                 let stored_headers = rules::header_map(&row.headers);
                 let staleness = rules::staleness(&policy, &row, now);
                 let may_serve_stale = !rules::never_stale(&stored_headers);
@@ -543,7 +558,8 @@ impl ArtifactCache {
                 let client_no_cache = rules::directive(&request.headers, "no-cache").is_some();
                 if may_serve_stale
                     && !client_no_cache
-                    && rules::stale_while_revalidate(&stored_headers).is_some_and(|w| staleness <= w)
+                    && rules::stale_while_revalidate(&stored_headers)
+                        .is_some_and(|w| staleness <= w)
                 {
                     // Served stale now; one background revalidation.
                     if let Some(guard) = self.lead(&url) {
@@ -559,7 +575,14 @@ impl ArtifactCache {
                         };
                         let row = row.clone();
                         tokio::spawn(async move {
-                            let policy = rules::policy_of(&row, &rules::own_request(Method::GET, revalidation.uri.clone(), &background.headers));
+                            let policy = rules::policy_of(
+                                &row,
+                                &rules::own_request(
+                                    Method::GET,
+                                    revalidation.uri.clone(),
+                                    &background.headers,
+                                ),
+                            );
                             if let Err(e) = cache
                                 .revalidate(&mut background, guard, row, policy, revalidation)
                                 .await
@@ -570,7 +593,12 @@ impl ArtifactCache {
                     }
                     bump(&self.stats.stale_served, 1);
                     let headers = self.stale_headers(&policy, &row, now);
-                    return Ok(Attempt::Done(self.from_store(request, row, headers, How::Stale)));
+                    return Ok(Attempt::Done(Box::new(self.stored_response(
+                        request,
+                        row,
+                        headers,
+                        How::Stale,
+                    ))));
                 }
                 let Some(guard) = self.lead(&url) else {
                     return Ok(Attempt::Joined(self.flight_of(&url)));
@@ -586,17 +614,32 @@ impl ArtifactCache {
                                 && e_status.is_none_or(|s| s >= 500)))
                 };
                 match outcome {
-                    Ok(served) if served.status.is_server_error() && stale_ok(Some(served.status.as_u16())) => {
+                    Ok(served)
+                        if served.status.is_server_error()
+                            && stale_ok(Some(served.status.as_u16())) =>
+                    {
                         bump(&self.stats.stale_served, 1);
                         let headers = self.stale_headers(&policy, &row, now);
-                        Ok(Attempt::Done(self.from_store(request, row, headers, How::Stale)))
+                        Ok(Attempt::Done(Box::new(self.stored_response(
+                            request,
+                            row,
+                            headers,
+                            How::Stale,
+                        ))))
                     }
-                    Ok(served) => Ok(Attempt::Done(served)),
-                    Err(e @ (ArtifactError::Origin { .. } | ArtifactError::OriginTimeout { .. })) => {
+                    Ok(served) => Ok(Attempt::Done(Box::new(served))),
+                    Err(
+                        e @ (ArtifactError::Origin { .. } | ArtifactError::OriginTimeout { .. }),
+                    ) => {
                         if stale_ok(None) {
                             bump(&self.stats.stale_served, 1);
                             let headers = self.stale_headers(&policy, &row, now);
-                            Ok(Attempt::Done(self.from_store(request, row, headers, How::Stale)))
+                            Ok(Attempt::Done(Box::new(self.stored_response(
+                                request,
+                                row,
+                                headers,
+                                How::Stale,
+                            ))))
                         } else {
                             Err(e)
                         }
@@ -617,10 +660,7 @@ impl ArtifactCache {
         for name in rules::HOP_BY_HOP {
             headers.remove(*name);
         }
-        headers.insert(
-            header::AGE,
-            HeaderValue::from(policy.age(now).as_secs()),
-        );
+        headers.insert(header::AGE, HeaderValue::from(policy.age(now).as_secs()));
         headers
     }
 
@@ -657,7 +697,13 @@ impl ArtifactCache {
 
     /// A stored entry as a response: `headers` (the policy's, with `Age`),
     /// a 304 for a matching client conditional, no body for `HEAD`.
-    fn from_store(&self, request: &CacheRequest, row: ArtifactRow, mut headers: HeaderMap, how: How) -> Served {
+    fn stored_response(
+        &self,
+        request: &CacheRequest,
+        row: ArtifactRow,
+        mut headers: HeaderMap,
+        how: How,
+    ) -> Served {
         let status_text = match how {
             How::Hit => "cairn; hit",
             How::Revalidated => "cairn; fwd=stale; fwd-status=304",
@@ -742,7 +788,11 @@ impl ArtifactCache {
 
     /// A `HEAD` with nothing stored: forwarded, not stored.
     async fn pass_head(&self, request: &CacheRequest) -> Result<Served, ArtifactError> {
-        let uri: http::Uri = request.url.as_str().parse().map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
+        let uri: http::Uri = request
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
         let parts = rules::own_request(Method::HEAD, uri, &request.headers);
         let response = self.send(request.proxy, &parts, &request.url, None).await?;
         let mut headers = rules::forwardable(response.headers());
@@ -759,7 +809,11 @@ impl ArtifactCache {
     /// Forwards a request that is not `GET`/`HEAD` with its body; a
     /// successful unsafe one invalidates (RFC 9111 §4.4).
     async fn forward(&self, mut request: CacheRequest) -> Result<Served, ArtifactError> {
-        let uri: http::Uri = request.url.as_str().parse().map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
+        let uri: http::Uri = request
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
         let (mut parts, ()) = http::Request::builder()
             .method(request.method.clone())
             .uri(uri)
@@ -781,7 +835,10 @@ impl ArtifactCache {
             }
         }
         let mut headers = rules::forwardable(response.headers());
-        headers.insert("cache-status", HeaderValue::from_static("cairn; fwd=method"));
+        headers.insert(
+            "cache-status",
+            HeaderValue::from_static("cairn; fwd=method"),
+        );
         let idle = self.config.origin_timeout;
         Ok(Served {
             status,
@@ -836,7 +893,9 @@ impl ArtifactCache {
         policy: http_cache_semantics::CachePolicy,
         revalidation: http::request::Parts,
     ) -> Result<Served, ArtifactError> {
-        let response = self.send(request.proxy, &revalidation, &request.url, None).await?;
+        let response = self
+            .send(request.proxy, &revalidation, &request.url, None)
+            .await?;
         let now = self.clock.now();
         if response.status() != StatusCode::NOT_MODIFIED {
             bump(&self.stats.revalidated_200, 1);
@@ -873,7 +932,7 @@ impl ArtifactCache {
                     BeforeRequest::Fresh(parts) => parts.headers,
                     BeforeRequest::Stale { .. } => self.stale_headers(&policy, &updated, now),
                 };
-                Ok(self.from_store(request, updated, headers, How::Revalidated))
+                Ok(self.stored_response(request, updated, headers, How::Revalidated))
             }
             AfterResponse::Modified(..) => {
                 // A 304 whose validators match nothing stored: fetch it whole.
@@ -892,7 +951,11 @@ impl ArtifactCache {
         guard: Option<FlightGuard>,
         response: Option<reqwest::Response>,
     ) -> Result<Served, ArtifactError> {
-        let uri: http::Uri = request.url.as_str().parse().map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
+        let uri: http::Uri = request
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
         let own = rules::own_request(Method::GET, uri, &request.headers);
         let response = match response {
             Some(r) => r,
@@ -931,7 +994,10 @@ impl ArtifactCache {
                 row: None,
             });
         }
-        headers.insert("cache-status", HeaderValue::from_static("cairn; fwd=miss; stored"));
+        headers.insert(
+            "cache-status",
+            HeaderValue::from_static("cairn; fwd=miss; stored"),
+        );
         let vary = key::vary_names(&res.headers).unwrap_or_default();
         let entry_key = ArtifactKey {
             method: INDEXED_METHOD.to_owned(),
@@ -954,7 +1020,11 @@ impl ArtifactCache {
         } else {
             (None, None)
         };
-        let download = tokio::spawn(self.clone().download(body, content_length, stored, client_tx, guard));
+        let download =
+            tokio::spawn(
+                self.clone()
+                    .download(body, content_length, stored, client_tx, guard),
+            );
         match client_rx {
             Some(rx) => Ok(Served {
                 status,
@@ -973,14 +1043,23 @@ impl ArtifactCache {
                     .await
                     .map_err(|e| ArtifactError::NotFound(format!("download task failed: {e}")))??;
                 let headers = HeaderMap::new();
-                let mut served = self.from_store(request, row, headers, How::Miss);
+                let mut served = self.stored_response(request, row, headers, How::Miss);
                 served.headers = {
-                    let mut h = rules::header_map(&served.row.as_ref().map(|r| r.headers.clone()).unwrap_or_default());
+                    let mut h = rules::header_map(
+                        &served
+                            .row
+                            .as_ref()
+                            .map(|r| r.headers.clone())
+                            .unwrap_or_default(),
+                    );
                     for name in rules::HOP_BY_HOP {
                         h.remove(*name);
                     }
                     h.insert(header::AGE, HeaderValue::from(0u64));
-                    h.insert("cache-status", HeaderValue::from_static("cairn; fwd=miss; stored"));
+                    h.insert(
+                        "cache-status",
+                        HeaderValue::from_static("cairn; fwd=miss; stored"),
+                    );
                     if let Some(r) = &served.row {
                         h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.size));
                     }
@@ -1002,7 +1081,11 @@ impl ArtifactCache {
         mut client: Option<mpsc::Sender<Result<Bytes, io::Error>>>,
         guard: Option<FlightGuard>,
     ) -> Result<ArtifactRow, ArtifactError> {
-        let url = stored.key.as_ref().map(|k| k.url.clone()).unwrap_or_default();
+        let url = stored
+            .key
+            .as_ref()
+            .map(|k| k.url.clone())
+            .unwrap_or_default();
         let (blob_tx, blob_rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
         let store = self.store.clone();
         let put = tokio::task::spawn_blocking(move || {
@@ -1106,11 +1189,9 @@ impl ArtifactCache {
                 return Ok(());
             };
             let store = self.store.clone();
-            let row = tokio::task::spawn_blocking(move || {
-                store.view_get_message_row(&victim)
-            })
-            .await
-            .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??;
+            let row = tokio::task::spawn_blocking(move || store.view_get_message_row(&victim))
+                .await
+                .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??;
             if let Some(row) = row {
                 self.evict_row(&row, "lru").await?;
             }
@@ -1157,7 +1238,7 @@ async fn point_reads<T: Send + 'static>(
 
 /// What one round of [`ArtifactCache::serve`] came to.
 enum Attempt {
-    Done(Served),
+    Done(Box<Served>),
     /// Another request downloads this URL: wait for it, then start over.
     Joined(Flight),
 }
@@ -1185,7 +1266,12 @@ pub fn lookup_blocking(
 /// ones are added, and a stored `Age` goes when the 304 has none (the age
 /// restarts at the 304).
 pub fn merge_304(stored: &[HeaderField], update: &HeaderMap) -> Vec<HeaderField> {
-    const KEEP: &[&str] = &["content-length", "content-encoding", "content-range", "transfer-encoding"];
+    const KEEP: &[&str] = &[
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "transfer-encoding",
+    ];
     let replaced = |name: &str| !KEEP.contains(&name) && update.contains_key(name);
     let mut out: Vec<HeaderField> = stored
         .iter()
@@ -1219,21 +1305,24 @@ fn idle_bounded(
     body: impl futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
     idle: std::time::Duration,
 ) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Unpin + Send + 'static {
-    Box::pin(futures::stream::unfold(Some(Box::pin(body)), move |state| async move {
-        let mut body = state?;
-        match tokio::time::timeout(idle, body.next()).await {
-            Err(_) => Some((
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no data within {idle:?} (artifact.origin-timeout)"),
+    Box::pin(futures::stream::unfold(
+        Some(Box::pin(body)),
+        move |state| async move {
+            let mut body = state?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data within {idle:?} (artifact.origin-timeout)"),
+                    )),
+                    None,
                 )),
-                None,
-            )),
-            Ok(None) => None,
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
-            Ok(Some(Err(e))) => Some((Err(io::Error::other(error_chain(&e))), None)),
-        }
-    }))
+                Ok(None) => None,
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+                Ok(Some(Err(e))) => Some((Err(io::Error::other(error_chain(&e))), None)),
+            }
+        },
+    ))
 }
 
 /// A blocking reader of a channel of chunks (the blob store's side of a
@@ -1297,7 +1386,9 @@ pub fn stored_body(
             }
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// Scan helpers on the concrete store used by the start-up cleanup.

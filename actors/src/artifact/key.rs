@@ -223,7 +223,11 @@ pub fn vary_key(names: &[String], request: &HeaderMap) -> String {
     let mut hash = Sha256::new();
     for name in names {
         hash.update(name.as_bytes());
-        let values: Vec<&[u8]> = request.get_all(name.as_str()).iter().map(|v| v.as_bytes()).collect();
+        let values: Vec<&[u8]> = request
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
         if !values.is_empty() {
             hash.update(b": ");
             for (i, v) in values.iter().enumerate() {
@@ -254,26 +258,42 @@ mod tests {
 
     #[test]
     fn lookup_urls_are_checked_by_name() {
-        let ok = parse_target("url", "https://Charts.Example.com:443/a/../b.tgz", &allow()).unwrap();
+        let ok =
+            parse_target("url", "https://Charts.Example.com:443/a/../b.tgz", &allow()).unwrap();
         assert_eq!(
             ok,
             Target::Remote(url::Url::parse("https://charts.example.com/b.tgz").unwrap())
         );
         let err = |raw: &str| parse_target("url", raw, &allow()).unwrap_err().to_string();
-        assert_eq!(err("ftp://charts.example.com/x"), "url: scheme \"ftp\" is not http, https or file");
-        assert_eq!(err("https://other.example.com/x"), "url: host \"other.example.com\" is not allowed (artifact.allow)");
+        assert_eq!(
+            err("ftp://charts.example.com/x"),
+            "url: scheme \"ftp\" is not http, https or file"
+        );
+        assert_eq!(
+            err("https://other.example.com/x"),
+            "url: host \"other.example.com\" is not allowed (artifact.allow)"
+        );
         assert_eq!(
             err("https://charts.example.com/x\r\nX-Injected: 1"),
             "url: must not contain control characters (CR, LF, tab, NUL, …)"
         );
-        assert_eq!(err("https://u:p@charts.example.com/x"), "url: must not carry user info (credentials)");
+        assert_eq!(
+            err("https://u:p@charts.example.com/x"),
+            "url: must not carry user info (credentials)"
+        );
         let long = format!("https://charts.example.com/{}", "a".repeat(URL_MAX_BYTES));
-        assert_eq!(err(&long), format!("url: longer than 8192 bytes ({} bytes)", long.len()));
+        assert_eq!(
+            err(&long),
+            format!("url: longer than 8192 bytes ({} bytes)", long.len())
+        );
         assert_eq!(
             parse_target("url", "file:///tmp/x.tgz", &[]).unwrap(),
             Target::Local("/tmp/x.tgz".into())
         );
-        assert_eq!(parse_target("url", "/tmp/x.tgz", &[]).unwrap(), Target::Local("/tmp/x.tgz".into()));
+        assert_eq!(
+            parse_target("url", "/tmp/x.tgz", &[]).unwrap(),
+            Target::Local("/tmp/x.tgz".into())
+        );
     }
 
     #[test]
@@ -283,12 +303,25 @@ mod tests {
             url: url::Url::parse("http://127.0.0.1:9/base/").unwrap(),
         };
         assert_eq!(
-            proxy_target(&up, "a/b%20c.tgz", Some("v=1")).unwrap().as_str(),
+            proxy_target(&up, "a/b%20c.tgz", Some("v=1"))
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:9/base/a/b%20c.tgz?v=1"
         );
-        for bad in ["../etc/passwd", "a/%2e%2e/x", "a/%2E./x", "a%2fb", "a%5cb", "x%0d%0aHost:%20evil", "."] {
+        for bad in [
+            "../etc/passwd",
+            "a/%2e%2e/x",
+            "a/%2E./x",
+            "a%2fb",
+            "a%5cb",
+            "x%0d%0aHost:%20evil",
+            ".",
+        ] {
             let err = proxy_target(&up, bad, None).unwrap_err();
-            assert!(matches!(err, ArtifactError::BadUrl { field: "path", .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ArtifactError::BadUrl { field: "path", .. }),
+                "{bad}: {err}"
+            );
         }
         assert!(proxy_target(&up, "x", Some("a=%0d%0a")).is_err());
     }

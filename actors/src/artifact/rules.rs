@@ -222,9 +222,14 @@ fn seconds(headers: &HeaderMap, name: &str) -> Option<Duration> {
 /// `must-revalidate`, `proxy-revalidate`, or `s-maxage` (which carries
 /// `proxy-revalidate`'s meaning for a shared cache, RFC 9111 §5.2.2.10).
 pub fn never_stale(response: &HeaderMap) -> bool {
-    ["must-revalidate", "proxy-revalidate", "s-maxage", "no-cache"]
-        .iter()
-        .any(|d| directive(response, d).is_some())
+    [
+        "must-revalidate",
+        "proxy-revalidate",
+        "s-maxage",
+        "no-cache",
+    ]
+    .iter()
+    .any(|d| directive(response, d).is_some())
 }
 
 /// How long past its freshness `policy`'s response is now (zero while
@@ -261,7 +266,10 @@ pub fn client_not_modified(request: &HeaderMap, status: u16, stored: &HeaderMap)
     if status != 200 {
         return false;
     }
-    if let Some(inm) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+    if let Some(inm) = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
         let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
             return false;
         };
@@ -353,33 +361,90 @@ mod tests {
     #[test]
     fn storability_of_a_shared_cache() {
         let now = SystemTime::now();
-        assert!(storable(&req(&[]), &res(200, &[("cache-control", "max-age=60")]), now));
+        assert!(storable(
+            &req(&[]),
+            &res(200, &[("cache-control", "max-age=60")]),
+            now
+        ));
         assert!(storable(&req(&[]), &res(200, &[("etag", "\"a\"")]), now));
         // Neither freshness nor a validator.
         assert!(!storable(&req(&[]), &res(200, &[]), now));
-        assert!(!storable(&req(&[]), &res(200, &[("cache-control", "no-store, max-age=60")]), now));
-        assert!(!storable(&req(&[]), &res(200, &[("cache-control", "private, max-age=60")]), now));
+        assert!(!storable(
+            &req(&[]),
+            &res(200, &[("cache-control", "no-store, max-age=60")]),
+            now
+        ));
+        assert!(!storable(
+            &req(&[]),
+            &res(200, &[("cache-control", "private, max-age=60")]),
+            now
+        ));
         let auth = req(&[("authorization", "Bearer x")]);
-        assert!(!storable(&auth, &res(200, &[("cache-control", "max-age=60")]), now));
-        assert!(storable(&auth, &res(200, &[("cache-control", "public, max-age=60")]), now));
-        assert!(!storable(&req(&[]), &res(200, &[("cache-control", "max-age=60"), ("vary", "*")]), now));
+        assert!(!storable(
+            &auth,
+            &res(200, &[("cache-control", "max-age=60")]),
+            now
+        ));
+        assert!(storable(
+            &auth,
+            &res(200, &[("cache-control", "public, max-age=60")]),
+            now
+        ));
+        assert!(!storable(
+            &req(&[]),
+            &res(200, &[("cache-control", "max-age=60"), ("vary", "*")]),
+            now
+        ));
     }
 
     #[test]
     fn client_conditionals() {
-        let stored = res(200, &[("etag", "\"v1\""), ("last-modified", "Tue, 01 Jan 2030 00:00:00 GMT")]).headers;
+        let stored = res(
+            200,
+            &[
+                ("etag", "\"v1\""),
+                ("last-modified", "Tue, 01 Jan 2030 00:00:00 GMT"),
+            ],
+        )
+        .headers;
         let r = |k: &str, v: &str| req(&[(k, v)]).headers;
-        assert!(client_not_modified(&r("if-none-match", "W/\"v1\""), 200, &stored));
-        assert!(!client_not_modified(&r("if-none-match", "\"v2\""), 200, &stored));
-        assert!(client_not_modified(&r("if-modified-since", "Tue, 01 Jan 2030 00:00:00 GMT"), 200, &stored));
-        assert!(!client_not_modified(&r("if-modified-since", "Mon, 31 Dec 2029 00:00:00 GMT"), 200, &stored));
+        assert!(client_not_modified(
+            &r("if-none-match", "W/\"v1\""),
+            200,
+            &stored
+        ));
+        assert!(!client_not_modified(
+            &r("if-none-match", "\"v2\""),
+            200,
+            &stored
+        ));
+        assert!(client_not_modified(
+            &r("if-modified-since", "Tue, 01 Jan 2030 00:00:00 GMT"),
+            200,
+            &stored
+        ));
+        assert!(!client_not_modified(
+            &r("if-modified-since", "Mon, 31 Dec 2029 00:00:00 GMT"),
+            200,
+            &stored
+        ));
     }
 
     #[test]
     fn invalidation_targets_stay_on_the_origin() {
         let url = url::Url::parse("http://o.example/a").unwrap();
-        let h = res(201, &[("location", "/b"), ("content-location", "http://other.example/c")]).headers;
-        let got: Vec<String> = invalidated_urls(&url, &h).into_iter().map(|(u, _)| u.to_string()).collect();
+        let h = res(
+            201,
+            &[
+                ("location", "/b"),
+                ("content-location", "http://other.example/c"),
+            ],
+        )
+        .headers;
+        let got: Vec<String> = invalidated_urls(&url, &h)
+            .into_iter()
+            .map(|(u, _)| u.to_string())
+            .collect();
         assert_eq!(got, ["http://o.example/a", "http://o.example/b"]);
     }
 }

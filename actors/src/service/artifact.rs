@@ -213,12 +213,19 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
 }
 
 /// A local file: its digest and metadata, read in place.
-async fn local(format: Format, path: std::path::PathBuf, url: String) -> Result<Body, ServiceError> {
+async fn local(
+    format: Format,
+    path: std::path::PathBuf,
+    url: String,
+) -> Result<Body, ServiceError> {
     let (digest, size, modified) = blocking(move || {
         let meta = std::fs::metadata(&path)
             .map_err(|e| ServiceError::not_found(format!("url: {}: {e}", path.display())))?;
         if !meta.is_file() {
-            return Err(ServiceError::bad_field("url", format!("{} is not a file", path.display())));
+            return Err(ServiceError::bad_field(
+                "url",
+                format!("{} is not a file", path.display()),
+            ));
         }
         let mut file = std::fs::File::open(&path)
             .map_err(|e| ServiceError::not_found(format!("url: {}: {e}", path.display())))?;
@@ -274,7 +281,9 @@ pub async fn handle_read(context: ServiceContext, request: Incoming) -> Result<B
     let (data, size) = blocking(move || {
         let name = digest.to_string();
         let Some(uses) = ArtifactsView::blob_use(&store, &name)? else {
-            return Err(ServiceError::not_found(format!("no stored artifact has body {name}")));
+            return Err(ServiceError::not_found(format!(
+                "no stored artifact has body {name}"
+            )));
         };
         if offset > uses.size {
             return Err(ServiceError::bad_field(
@@ -317,7 +326,10 @@ pub async fn handle_read(context: ServiceContext, request: Incoming) -> Result<B
 }
 
 /// `cairn.v1.artifact.stats`.
-pub async fn handle_stats(context: ServiceContext, _request: Incoming) -> Result<Body, ServiceError> {
+pub async fn handle_stats(
+    context: ServiceContext,
+    _request: Incoming,
+) -> Result<Body, ServiceError> {
     let store = context.store.clone();
     let totals = blocking(move || Ok(ArtifactsView::totals(&store)?)).await?;
     let mut v = context.artifacts.stats().to_json();
@@ -327,7 +339,10 @@ pub async fn handle_stats(context: ServiceContext, _request: Incoming) -> Result
 }
 
 /// `cairn.v1.artifact.evict`.
-pub async fn handle_evict(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+pub async fn handle_evict(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
     let format = request.format;
     let f = Fields::parse(&request.body, &["url", "digest"])?;
     let url = f.string("url")?.filter(|u| !u.is_empty());
@@ -394,15 +409,22 @@ pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<B
         return Err(ServiceError::bad_field("prefix", "longer than 8192 bytes"));
     }
     let limit = f.u64_in("limit", 1, LIST_MAX)?.unwrap_or(LIST_DEFAULT) as usize;
-    let after = match f.string("continue")?.filter(|c| !c.is_empty()) {
-        Some(c) => Some(
-            hex::decode(&c).map_err(|_| ServiceError::bad_field("continue", "not a token this endpoint gave"))?,
-        ),
-        None => None,
-    };
+    let after =
+        match f.string("continue")?.filter(|c| !c.is_empty()) {
+            Some(c) => Some(hex::decode(&c).map_err(|_| {
+                ServiceError::bad_field("continue", "not a token this endpoint gave")
+            })?),
+            None => None,
+        };
     let store = context.store.clone();
     let rows = blocking(move || {
-        Ok(ArtifactsView::list(&store, "GET", &prefix, after.as_deref(), limit)?)
+        Ok(ArtifactsView::list(
+            &store,
+            "GET",
+            &prefix,
+            after.as_deref(),
+            limit,
+        )?)
     })
     .await?;
     let next = if rows.len() == limit {
@@ -410,7 +432,10 @@ pub async fn handle_list(context: ServiceContext, request: Incoming) -> Result<B
     } else {
         String::new()
     };
-    let items: Vec<pb::ArtifactMeta> = rows.iter().map(|(_, r)| meta_of(r, "stored", None)).collect();
+    let items: Vec<pb::ArtifactMeta> = rows
+        .iter()
+        .map(|(_, r)| meta_of(r, "stored", None))
+        .collect();
     Ok(Body::of(
         format,
         || json!({"items": items.iter().map(meta_json).collect::<Vec<_>>(), "continue": next}),

@@ -89,14 +89,18 @@ fn files(root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("small"))?;
     std::fs::create_dir_all(root.join("dedup"))?;
     for i in 0..SMALL_FILES {
-        let body: Vec<u8> = (0..SMALL_BYTES).map(|j| ((i * 31 + j) % 251) as u8).collect();
+        let body: Vec<u8> = (0..SMALL_BYTES)
+            .map(|j| ((i * 31 + j) % 251) as u8)
+            .collect();
         std::fs::write(root.join(format!("small/{i}.bin")), body)?;
     }
     let big: Vec<u8> = (0..BIG_BYTES).map(|j| (j % 253) as u8).collect();
     std::fs::write(root.join("big.bin"), big)?;
     for i in 0..DEDUP_URLS {
         let k = i % DEDUP_BODIES;
-        let body: Vec<u8> = (0..DEDUP_BYTES).map(|j| ((k * 7 + j) % 241) as u8).collect();
+        let body: Vec<u8> = (0..DEDUP_BYTES)
+            .map(|j| ((k * 7 + j) % 241) as u8)
+            .collect();
         std::fs::write(root.join(format!("dedup/{i}.bin")), body)?;
     }
     std::fs::write(root.join("stale.bin"), b"revalidate me")?;
@@ -151,7 +155,10 @@ pub fn artifact(
     let system = actix::System::new();
     let measured = system.block_on(async {
         let node = Node::start(config).await?;
-        let cairn_base = format!("http://{}/u/origin", node.http_addr().context("http listener")?);
+        let cairn_base = format!(
+            "http://{}/u/origin",
+            node.http_addr().context("http listener")?
+        );
         let peer_base = peer.url();
         let cache = node.artifacts().clone();
         let (done, outcome) = tokio::sync::oneshot::channel();
@@ -188,7 +195,9 @@ pub fn artifact(
         let stats_before = cache.stats().to_json();
         let bytes_before = {
             let store = node.store.clone();
-            tokio::task::spawn_blocking(move || ArtifactsView::totals(&store)).await??.bytes
+            tokio::task::spawn_blocking(move || ArtifactsView::totals(&store))
+                .await??
+                .bytes
         };
         for i in 0..DEDUP_URLS {
             client
@@ -200,7 +209,9 @@ pub fn artifact(
         }
         let bytes_after = {
             let store = node.store.clone();
-            tokio::task::spawn_blocking(move || ArtifactsView::totals(&store)).await??.bytes
+            tokio::task::spawn_blocking(move || ArtifactsView::totals(&store))
+                .await??
+                .bytes
         };
         let _ = (before, stats_before);
         drop(cache);
@@ -214,7 +225,10 @@ pub fn artifact(
         ))
     });
     let (m, revalidation_requests, cache_status, dedup_stored) = measured?;
-    for (label, c, n) in [("c=1", &m.cairn_1, &m.nginx_1), ("c=64", &m.cairn_64, &m.nginx_64)] {
+    for (label, c, n) in [
+        ("c=1", &m.cairn_1, &m.nginx_1),
+        ("c=64", &m.cairn_64, &m.nginx_64),
+    ] {
         writeln!(
             out,
             "artifact: 10 KiB hits {label}: cairn {:.0}/s p50={:.3}ms p99={:.3}ms; nginx {:.0}/s p50={:.3}ms p99={:.3}ms; ratio={:.2} p50_ratio={:.2}",

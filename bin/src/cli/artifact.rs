@@ -115,7 +115,11 @@ fn decode(v: &Value, field: &str) -> anyhow::Result<Vec<u8>> {
     Ok(base64::engine::general_purpose::STANDARD.decode(text)?)
 }
 
-pub(super) fn run(global: &Global, command: ArtifactCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+pub(super) fn run(
+    global: &Global,
+    command: ArtifactCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let c = client::Client::connect(&global.target(), command.timeout(), command.name())?;
     match command {
         ArtifactCommand::Get {
@@ -134,7 +138,8 @@ pub(super) fn run(global: &Global, command: ArtifactCommand, out: &mut dyn Write
             }
             let mut sink: Box<dyn Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path).with_context(|| format!("-o {}", path.display()))?,
+                    std::fs::File::create(path)
+                        .with_context(|| format!("-o {}", path.display()))?,
                 )),
                 None => Box::new(&mut *out),
             };
@@ -158,7 +163,10 @@ pub(super) fn run(global: &Global, command: ArtifactCommand, out: &mut dyn Write
                     if pieces > READ_PIECES_MAX {
                         bail!("{url}: more than {READ_PIECES_MAX} pieces");
                     }
-                    let piece = c.call("artifact.read", &json!({"digest": digest, "offset": offset}))?;
+                    let piece = c.call(
+                        "artifact.read",
+                        &json!({"digest": digest, "offset": offset}),
+                    )?;
                     let data = decode(&piece, "data_base64")?;
                     if data.is_empty() {
                         bail!("{url}: the node sent no bytes at offset {offset} of {size}");
@@ -206,7 +214,11 @@ pub(super) fn run(global: &Global, command: ArtifactCommand, out: &mut dyn Write
                 }
             }
             match output {
-                ListFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&json!({"items": items}))?)?,
+                ListFormat::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"items": items}))?
+                )?,
                 ListFormat::Table => {
                     writeln!(out, "{:<72} {:>12} {:<20} STORED", "URL", "SIZE", "DIGEST")?;
                     for i in &items {

@@ -258,9 +258,7 @@ impl View for ArtifactsView {
                 };
                 if remove_entry(tx, key)? {
                     let variants_key = Self::variants_key(&key.method, &key.url);
-                    if let Some(mut variants) =
-                        tx.get_message::<ArtifactVariants>(&variants_key)?
-                    {
+                    if let Some(mut variants) = tx.get_message::<ArtifactVariants>(&variants_key)? {
                         variants.vary_keys.retain(|k| *k != key.vary_key);
                         if variants.vary_keys.is_empty() {
                             tx.delete(variants_key);
@@ -277,8 +275,9 @@ impl View for ArtifactsView {
 }
 
 fn parse_digest(digest: &str) -> Result<Digest, StorageError> {
-    Digest::parse(digest)
-        .ok_or_else(|| StorageError::Corrupt(format!("artifact body digest {digest:?} is not sha256")))
+    Digest::parse(digest).ok_or_else(|| {
+        StorageError::Corrupt(format!("artifact body digest {digest:?} is not sha256"))
+    })
 }
 
 /// Adds `row` (whose key holds no entry): the body's use, the digest
