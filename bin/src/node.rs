@@ -364,12 +364,9 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     system.block_on(async move {
         let node = Node::start(config).await?;
         // The one line a person (or a script) needs: where NATS is.
-        let http = node
-            .http_addr()
-            .map(|a| format!(", HTTP http://{a}"))
-            .unwrap_or_default();
+        // (The HTTP listener's address is in the log: "http listener started".)
         println!(
-            "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>){http}",
+            "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>)",
             node.nats_url
         );
         wait_for_signal().await?;

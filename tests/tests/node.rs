@@ -93,6 +93,11 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert_eq!(
         subjects,
         [
+            "cairn.v1.artifact.evict",
+            "cairn.v1.artifact.get",
+            "cairn.v1.artifact.list",
+            "cairn.v1.artifact.read",
+            "cairn.v1.artifact.stats",
             "cairn.v1.log.read",
             "cairn.v1.pkgrev.approve",
             "cairn.v1.pkgrev.create",
@@ -365,7 +370,7 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert!(out.success, "{}", out.stderr);
     let line = out.stdout;
     assert!(
-        line.starts_with("rebuilt 4 views (repositories, package_revisions, package_revision_list, requests) from 3 events in "),
+        line.starts_with("rebuilt 5 views (repositories, package_revisions, package_revision_list, requests, artifacts) from 3 events in "),
         "{line}"
     );
 }
