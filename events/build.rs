@@ -9,6 +9,7 @@ use prost::Message as _;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/cairn/v1/events.proto",
+        "proto/cairn/v1/artifact.proto",
         "proto/cairn/v1/views.proto",
         "proto/cairn/v1/service.proto",
         "proto/cairn/v1/kv.proto",

@@ -33,6 +33,12 @@
 //! - [`revision_filter`] — which package revisions a `pkgrev.list` or a
 //!   watch selects (fields, lifecycles, labels, annotations); domain logic that
 //!   [`service`] and [`watch`] share.
+//! - [`artifact`] — the HTTP artifact cache domain: URL keys, RFC 9111
+//!   rules, the artifact streams' writer (`StreamWriter<ArtifactDomain>`)
+//!   and [`artifact::ArtifactCache`], the component both faces call.
+//! - [`http`] — the node's HTTP face (axum): the artifact reverse proxy
+//!   `/u/<upstream>/…`, `/v1/artifacts?url=`, `/healthz`, `/readyz`,
+//!   `/metrics`.
 //! - [`error`] — [`ServiceError`], the error every endpoint answers with;
 //!   each domain's error enum maps into it once.
 //! - `test_git` (tests only) — Git upstreams the unit tests build.
@@ -70,8 +76,10 @@
 //! discovery, validation, filters); their spelling appears only where a
 //! revision is rendered or a request is parsed.
 
+pub mod artifact;
 pub mod cluster;
 pub mod error;
+pub mod http;
 pub mod kv;
 pub mod origin;
 pub mod publisher;

@@ -60,6 +60,8 @@ impl ClusterStart {
         store: &Store,
     ) -> anyhow::Result<Self> {
         let node = config.node_id();
+        // Every write of this node goes through the replicated log from now.
+        store.set_replica_only();
         let replicas = config.cluster.stream_replicas;
         let js = jetstream::new(client.clone());
         let max_payload = client.server_info().max_payload;

@@ -31,6 +31,9 @@ const SECTIONS: &[&str] = &[
     "sync",
     "log",
     "watch",
+    "kv",
+    "http",
+    "artifact",
 ];
 
 /// The whole node configuration.
@@ -60,6 +63,10 @@ pub struct NodeConfig {
     pub kv: KvSection,
     /// The cluster.
     pub cluster: ClusterSection,
+    /// The node's HTTP listener.
+    pub http: HttpSection,
+    /// The HTTP artifact cache.
+    pub artifact: ArtifactSection,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +83,8 @@ impl Default for NodeConfig {
             watch: WatchSection::default(),
             kv: KvSection::default(),
             cluster: ClusterSection::default(),
+            http: HttpSection::default(),
+            artifact: ArtifactSection::default(),
         }
     }
 }
@@ -558,6 +567,137 @@ impl KvSection {
     }
 }
 
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of the node's HTTP listener (artifact cache, `/metrics`,
+    /// `/healthz`, `/readyz`); port 0 picks a free one; empty turns the
+    /// listener off. Default: `127.0.0.1:8080`.
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+/// One `[[artifact.upstreams]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct UpstreamEntry {
+    /// The name in `/u/<name>/<path>`: letters, digits, `-`, `_`.
+    pub name: String,
+    /// The origin's base URL (http or https).
+    pub url: String,
+}
+
+/// `[artifact]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ArtifactSection {
+    /// Reverse-proxy upstreams. Default: none.
+    pub upstreams: Vec<UpstreamEntry>,
+    /// Hosts the URL lookup (`/v1/artifacts?url=`, `artifact.get`) may
+    /// fetch from; `*` for any. Default: none.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allow: Vec<String>,
+    /// Longest wait for an origin to connect, answer, or send the next
+    /// bytes of a body. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub origin_timeout: Duration,
+    /// Bytes of distinct bodies kept (least recently used evicted first).
+    /// Default: 10737418240 (10 GiB).
+    pub max_bytes: u64,
+    /// Entries kept. Default: 100000.
+    pub max_entries: u64,
+    /// Longest an entry is kept after it was stored, whatever its HTTP
+    /// freshness. Default: 30days.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Serve what is stored, stale or not, when the origin is unreachable
+    /// or fails with 5xx (never for must-revalidate / proxy-revalidate /
+    /// s-maxage / no-cache responses); marked `Cache-Status: cairn; hit;
+    /// detail=stale`. Default: false.
+    pub serve_stale_if_unreachable: bool,
+    /// Redirects the URL lookup follows (each to an allowed host).
+    /// Default: 10.
+    pub redirects_max: usize,
+}
+
+impl Default for ArtifactSection {
+    fn default() -> Self {
+        let d = cairn_actors::artifact::ArtifactConfig::default();
+        Self {
+            upstreams: Vec::new(),
+            allow: Vec::new(),
+            origin_timeout: d.origin_timeout,
+            max_bytes: d.max_bytes,
+            max_entries: d.max_entries,
+            max_age: d.max_age,
+            serve_stale_if_unreachable: d.serve_stale_if_unreachable,
+            redirects_max: d.redirects_max,
+        }
+    }
+}
+
+impl ArtifactSection {
+    /// The cache's configuration (upstream URLs checked by `validate`).
+    pub fn artifact_config(&self) -> Result<cairn_actors::artifact::ArtifactConfig, ConfigError> {
+        let mut upstreams = Vec::with_capacity(self.upstreams.len());
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = format!("artifact.upstreams[{i}]");
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError(format!(
+                    "{key}.name: {:?} must be letters, digits, '-' or '_'",
+                    u.name
+                )));
+            }
+            if self.upstreams[..i].iter().any(|o| o.name == u.name) {
+                return Err(ConfigError(format!(
+                    "{key}.name: {:?} is configured twice",
+                    u.name
+                )));
+            }
+            let mut url = url::Url::parse(&u.url)
+                .map_err(|e| ConfigError(format!("{key}.url: {:?}: {e}", u.url)))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError(format!(
+                    "{key}.url: {:?} is not an http(s) URL with a host",
+                    u.url
+                )));
+            }
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            upstreams.push(cairn_actors::artifact::Upstream {
+                name: u.name.clone(),
+                url,
+            });
+        }
+        Ok(cairn_actors::artifact::ArtifactConfig {
+            upstreams,
+            allow: self.allow.clone(),
+            origin_timeout: self.origin_timeout,
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+            max_age: self.max_age,
+            serve_stale_if_unreachable: self.serve_stale_if_unreachable,
+            redirects_max: self.redirects_max,
+            ..Default::default()
+        })
+    }
+}
+
 fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -898,6 +1038,39 @@ impl NodeConfig {
         }
         if self.cluster.stream_replicas == 0 || self.cluster.stream_replicas > 5 {
             return bad("cluster.stream-replicas", "must be 1 to 5".into());
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080 (or empty for none)",
+                    self.http.listen
+                ),
+            );
+        }
+        self.artifact.artifact_config()?;
+        if self.artifact.origin_timeout < Duration::from_millis(10)
+            || self.artifact.origin_timeout > Duration::from_secs(3600)
+        {
+            return bad(
+                "artifact.origin-timeout",
+                format!(
+                    "must be between 10ms and 1h, got {:?}",
+                    self.artifact.origin_timeout
+                ),
+            );
+        }
+        if self.artifact.max_entries == 0 || self.artifact.max_bytes == 0 {
+            return bad(
+                "artifact.max-entries",
+                "artifact.max-entries and artifact.max-bytes must be more than 0".into(),
+            );
+        }
+        if self.artifact.redirects_max > 20 {
+            return bad(
+                "artifact.redirects-max",
+                format!("must be at most 20, got {}", self.artifact.redirects_max),
+            );
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return bad(

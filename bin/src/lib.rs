@@ -13,6 +13,9 @@
 //!   (and for tests and benchmarks); it dies with its node (parent-death
 //!   signal), and a server an earlier run left is found by its pid file
 //!   and stopped.
+//! - [`nginx`] — Debian's nginx with a temp configuration on a loopback
+//!   port (the artifact tests' real origin, the artifact benchmark's origin
+//!   and peer), killed when dropped.
 //! - [`node`] — starting and gracefully stopping a node.
 //! - [`log_cmd`] — `cairn log` — over NATS or straight from a data directory.
 //! - [`views_cmd`] — `cairn views rebuild`.
@@ -29,6 +32,7 @@ pub mod config;
 pub mod local_nats;
 pub mod log_cmd;
 pub mod memory;
+pub mod nginx;
 pub mod node;
 pub mod telemetry;
 pub mod views_cmd;

@@ -12,6 +12,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix::{Actor, Addr};
 use anyhow::Context as _;
 use cairn_actors::{
+    artifact::ArtifactCache,
+    http::HttpServer,
     origin::GitCache,
     publisher::{self, Publisher, PublisherConfig},
     registry::Registry,
@@ -43,6 +45,8 @@ pub struct Node {
     slots: tokio::sync::watch::Receiver<SlotState>,
     budget: tokio::sync::watch::Receiver<BudgetState>,
     service: CairnService,
+    artifacts: Arc<ArtifactCache>,
+    http: Option<HttpServer>,
     local_nats: Option<LocalNatsServer>,
 }
 
@@ -187,7 +191,7 @@ impl Node {
         });
         let scheduling = Scheduling {
             policy: Arc::new(config.sync.policy()),
-            clock,
+            clock: clock.clone(),
         };
         let slots = env.slots.subscribe();
         let budget = env.budget.subscribe();
@@ -217,10 +221,31 @@ impl Node {
             }
             None => None,
         };
+        // The artifact cache writes its streams straight to the store: on a
+        // cluster node those writes are refused (503 naming why) until it
+        // writes through the replicated log; reads of what it holds work.
+        let artifact_config = config
+            .artifact
+            .artifact_config()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let artifacts = ArtifactCache::start(store.clone(), artifact_config, clock)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the artifact cache: {e}"))?;
+        let http = if config.http.listen.is_empty() {
+            None
+        } else {
+            let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+            Some(
+                HttpServer::start(listen, artifacts.clone())
+                    .await
+                    .with_context(|| format!("http.listen: binding {listen}"))?,
+            )
+        };
         let service = CairnService::start(
             client.clone(),
             store.clone(),
             registry.clone(),
+            artifacts.clone(),
             service_config,
         )
         .await
@@ -241,8 +266,20 @@ impl Node {
             slots,
             budget,
             service,
+            artifacts,
+            http,
             local_nats,
         })
+    }
+
+    /// The node's artifact cache.
+    pub fn artifacts(&self) -> &Arc<ArtifactCache> {
+        &self.artifacts
+    }
+
+    /// The address of the node's HTTP listener, when it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
     }
 
     /// Syncs running and waiting for a slot (`sync.max-concurrent`), now
@@ -300,9 +337,14 @@ impl Node {
             cluster.leave().await;
             tokio::time::sleep(cluster.leave_grace()).await;
         }
+        if let Some(http) = self.http.take() {
+            http.stop().await;
+        }
         self.service.stop().await;
         // Repository actors finish their commands and stop.
         let _ = self.registry.send(cairn_actors::registry::Shutdown).await;
+        self.artifacts.stop().await;
+        drop(self.artifacts);
         self.store.shutdown().await;
         self.publisher.stop().await;
         if let Some(cluster) = self.cluster.take() {
@@ -418,6 +460,7 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         let signals = Signals::install()?;
         let node = Node::start(config).await?;
         // The one line a person (or a script) needs: where NATS is.
+        // (The HTTP listener's address is in the log: "http listener started".)
         println!(
             "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>)",
             node.nats_url

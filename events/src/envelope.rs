@@ -66,6 +66,14 @@ pub enum EventKind {
     KvEntriesEvicted,
     /// [`crate::v1::KvNamespaceConfigured`].
     KvNamespaceConfigured,
+    /// [`crate::v1::ArtifactStored`].
+    ArtifactStored,
+    /// [`crate::v1::ArtifactRevalidated`].
+    ArtifactRevalidated,
+    /// [`crate::v1::ArtifactInvalidated`].
+    ArtifactInvalidated,
+    /// [`crate::v1::ArtifactEvicted`].
+    ArtifactEvicted,
 }
 
 impl EventKind {
@@ -93,6 +101,10 @@ impl EventKind {
         EventKind::KvEntriesExpired,
         EventKind::KvEntriesEvicted,
         EventKind::KvNamespaceConfigured,
+        EventKind::ArtifactStored,
+        EventKind::ArtifactRevalidated,
+        EventKind::ArtifactInvalidated,
+        EventKind::ArtifactEvicted,
     ];
 
     /// The kind of `payload`.
@@ -120,6 +132,10 @@ impl EventKind {
             Payload::KvEntriesExpired(_) => Self::KvEntriesExpired,
             Payload::KvEntriesEvicted(_) => Self::KvEntriesEvicted,
             Payload::KvNamespaceConfigured(_) => Self::KvNamespaceConfigured,
+            Payload::ArtifactStored(_) => Self::ArtifactStored,
+            Payload::ArtifactRevalidated(_) => Self::ArtifactRevalidated,
+            Payload::ArtifactInvalidated(_) => Self::ArtifactInvalidated,
+            Payload::ArtifactEvicted(_) => Self::ArtifactEvicted,
         }
     }
 
@@ -148,6 +164,10 @@ impl EventKind {
             Self::KvEntriesExpired => "kv.entries-expired",
             Self::KvEntriesEvicted => "kv.entries-evicted",
             Self::KvNamespaceConfigured => "kv.namespace-configured",
+            Self::ArtifactStored => "artifact.stored",
+            Self::ArtifactRevalidated => "artifact.revalidated",
+            Self::ArtifactInvalidated => "artifact.invalidated",
+            Self::ArtifactEvicted => "artifact.evicted",
         }
     }
 
@@ -176,6 +196,10 @@ impl EventKind {
             Self::KvEntriesExpired => "KvEntriesExpired",
             Self::KvEntriesEvicted => "KvEntriesEvicted",
             Self::KvNamespaceConfigured => "KvNamespaceConfigured",
+            Self::ArtifactStored => "ArtifactStored",
+            Self::ArtifactRevalidated => "ArtifactRevalidated",
+            Self::ArtifactInvalidated => "ArtifactInvalidated",
+            Self::ArtifactEvicted => "ArtifactEvicted",
         }
     }
 }

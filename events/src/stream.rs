@@ -48,6 +48,17 @@ impl StreamId {
             .then_some((namespace, name))
     }
 
+    /// Artifact stream `partition` of the HTTP artifact cache:
+    /// `artifact/<partition>` (two decimal digits at least).
+    pub fn artifact(partition: u32) -> Self {
+        Self(format!("artifact/{partition:02}"))
+    }
+
+    /// The partition number when this is an artifact stream.
+    pub fn as_artifact(&self) -> Option<u32> {
+        self.0.strip_prefix("artifact/")?.parse().ok()
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -14,14 +14,15 @@ use cairn_events::{
     envelope::{self, event},
     json,
     v1::{
-        event::Payload, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
-        DraftResourcesUpdated, Envelope, GitSpec, KvEntriesDeleted, KvEntriesEvicted,
-        KvEntriesExpired, KvEntryDeleted, KvEntryRef, KvEntrySet, KvNamespaceConfigured,
-        KvNamespaceSettings, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted,
-        PackageRevisionModified, PackageRevisionProposed, PackageRevisionPublished,
-        ProposalRejected, RepositoryClosed, RepositoryRegistered, RepositorySpec,
-        RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded, Task,
-        TraceContext,
+        event::Payload, ArtifactEvicted, ArtifactInvalidated, ArtifactKey, ArtifactRevalidated,
+        ArtifactStored, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
+        DraftResourcesUpdated, Envelope, GitSpec, HeaderField, KvEntriesDeleted,
+        KvEntriesEvicted, KvEntriesExpired, KvEntryDeleted, KvEntryRef, KvEntrySet,
+        KvNamespaceConfigured, KvNamespaceSettings, PackageRevision, PackageRevisionAdded,
+        PackageRevisionDeleted, PackageRevisionModified, PackageRevisionProposed,
+        PackageRevisionPublished, ProposalRejected, RepositoryClosed, RepositoryRegistered,
+        RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded,
+        Task, TraceContext,
     },
     EventKind, SCHEMA_VERSION,
 };
@@ -77,7 +78,103 @@ fn envelope_for(seq: u64, payload: Payload) -> Envelope {
     }
 }
 
+/// An envelope of artifact stream 3.
+fn artifact_envelope(seq: u64, payload: Payload) -> Envelope {
+    Envelope {
+        stream: "artifact/03".into(),
+        ..envelope_for(seq, payload)
+    }
+}
+
+fn artifact_key() -> ArtifactKey {
+    ArtifactKey {
+        method: "GET".into(),
+        url: "https://charts.example.com/nginx-15.1.0.tgz".into(),
+        vary_key: String::new(),
+    }
+}
+
+fn header(name: &str, value: &str) -> HeaderField {
+    HeaderField {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+fn artifact_samples() -> Vec<(EventKind, Envelope)> {
+    vec![
+        (
+            EventKind::ArtifactStored,
+            artifact_envelope(
+                40,
+                Payload::ArtifactStored(ArtifactStored {
+                    key: Some(artifact_key()),
+                    status: 200,
+                    headers: vec![
+                        header("content-type", "application/gzip"),
+                        header("etag", "\"5f1a-17b\""),
+                        header("cache-control", "max-age=300"),
+                    ],
+                    vary: vec![],
+                    digest:
+                        "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                            .into(),
+                    size: 3,
+                    response_time: Some(pbjson_types::Timestamp {
+                        seconds: 1_780_000_040,
+                        nanos: 0,
+                    }),
+                    upstream: "charts".into(),
+                }),
+            ),
+        ),
+        (
+            EventKind::ArtifactRevalidated,
+            artifact_envelope(
+                41,
+                Payload::ArtifactRevalidated(ArtifactRevalidated {
+                    key: Some(artifact_key()),
+                    headers: vec![header("etag", "\"5f1a-17b\"")],
+                    response_time: Some(pbjson_types::Timestamp {
+                        seconds: 1_780_000_041,
+                        nanos: 0,
+                    }),
+                }),
+            ),
+        ),
+        (
+            EventKind::ArtifactInvalidated,
+            artifact_envelope(
+                42,
+                Payload::ArtifactInvalidated(ArtifactInvalidated {
+                    url: "https://charts.example.com/nginx-15.1.0.tgz".into(),
+                    reason: "PUT".into(),
+                }),
+            ),
+        ),
+        (
+            EventKind::ArtifactEvicted,
+            artifact_envelope(
+                43,
+                Payload::ArtifactEvicted(ArtifactEvicted {
+                    key: Some(artifact_key()),
+                    digest:
+                        "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                            .into(),
+                    reason: "lru".into(),
+                }),
+            ),
+        ),
+    ]
+}
+
 fn samples() -> Vec<(EventKind, Envelope)> {
+    let mut all = repository_samples();
+    all.extend(artifact_samples());
+    all
+}
+
+fn repository_samples() -> Vec<(EventKind, Envelope)> {
     let mut changed = spec();
     changed.git.as_mut().unwrap().branch = "release".into();
     vec![
@@ -435,6 +532,10 @@ fn every_kind_has_a_sample() {
             | Payload::KvEntriesExpired(_)
             | Payload::KvEntriesEvicted(_)
             | Payload::KvNamespaceConfigured(_) => {}
+            | Payload::ArtifactStored(_)
+            | Payload::ArtifactRevalidated(_)
+            | Payload::ArtifactInvalidated(_)
+            | Payload::ArtifactEvicted(_) => {}
         }
     }
 }

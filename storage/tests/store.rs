@@ -994,7 +994,7 @@ proptest! {
         prop_assert_eq!(stats.events, store.last_seq().unwrap());
         prop_assert_eq!(
             stats.views,
-            vec!["repositories".to_string(), "package_revisions".to_string(), "package_revision_list".to_string(), "requests".to_string(), "kv_entries".to_string(), "test_blob_refs".to_string()]
+            vec!["repositories".to_string(), "package_revisions".to_string(), "package_revision_list".to_string(), "requests".to_string(), "kv_entries".to_string(), "artifacts".to_string(), "test_blob_refs".to_string()]
         );
         let last = *progress.lock().unwrap().last().unwrap();
         prop_assert_eq!(last, (stats.events, stats.events));

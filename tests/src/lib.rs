@@ -19,6 +19,11 @@
 //! - [`node`] — [`TestNode`] (a node in-process, from a [`TestNodeBuilder`]),
 //!   [`ChildNode`] (`cairn node` as a child process), [`TestDir`] (a temp
 //!   directory kept when its test fails).
+//! - [`origin`] — [`ScriptedOrigin`], an HTTP origin on loopback that
+//!   answers scripted status, fields and bodies (and misbehaves on
+//!   request: short bodies, resets, no answer), counting requests.
+//! - [`Nginx`] (from `cairn::nginx`, shared with the benchmark) — Debian's
+//!   nginx on a loopback port with a temp configuration, killed on drop.
 //! - [`git`] — [`GitFixture`] (Porch fixtures unpacked, generated
 //!   repositories), [`git()`] the one Git runner, [`unpack`].
 //! - [`jetstream`] — [`jetstream::cairn_seqs`], the position and `Cairn-Seq`
@@ -42,11 +47,13 @@ pub mod git;
 pub mod jetstream;
 pub mod nats;
 pub mod node;
+pub mod origin;
 pub mod paths;
 pub mod process;
 pub mod store;
 pub mod wait;
 
+pub use cairn::nginx::Nginx;
 pub use client::{
     files_of_pages, files_of_proto_pages, kinds, Client, Files, ResourcePage, ServiceError,
     Subscription, NAMESPACE,
@@ -54,6 +61,7 @@ pub use client::{
 pub use git::{git, unpack, GitFixture};
 pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder, KILL_AFTER_SYNC_CHUNKS};
+pub use origin::{Reply, ScriptedOrigin};
 pub use paths::shared_dir;
 pub use process::{
     async_lines, next_line, read_line_matching, ChildGuard, Cli, CliOutput, ClosedPort, PidGuard,

@@ -108,6 +108,9 @@ impl TestNodeBuilder {
                     listen: "127.0.0.1:0".to_owned(),
                     ..Default::default()
                 },
+                http: cairn::config::HttpSection {
+                    listen: "127.0.0.1:0".to_owned(),
+                },
                 ..Default::default()
             },
             clock: None,
@@ -255,6 +258,8 @@ impl ChildNode {
             .args(args)
             .env("RUST_LOG", "warn")
             .env_remove("CAIRN_NATS__URLS")
+            // A port of the system's choosing: tests run side by side.
+            .env("CAIRN_HTTP__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command

@@ -93,6 +93,12 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert_eq!(
         subjects,
         [
+            "cairn.v1.artifact.evict",
+            "cairn.v1.artifact.get",
+            "cairn.v1.artifact.list",
+            "cairn.v1.artifact.read",
+            "cairn.v1.artifact.stats",
+            "cairn.v1.cluster.status",
             "cairn.v1.kv.cleanup",
             "cairn.v1.kv.clear",
             "cairn.v1.kv.configure",
@@ -379,7 +385,7 @@ async fn node_starts_its_own_nats_and_serves_the_log() {
     assert!(out.success, "{}", out.stderr);
     let line = out.stdout;
     assert!(
-        line.starts_with("rebuilt 5 views (repositories, package_revisions, package_revision_list, requests, kv_entries) from 3 events in "),
+        line.starts_with("rebuilt 6 views (repositories, package_revisions, package_revision_list, requests, kv_entries, artifacts) from 3 events in "),
         "{line}"
     );
 }

@@ -83,6 +83,8 @@ pub struct ServiceContext {
     pub revisions_busy: Arc<super::idempotency::InFlight>,
     /// The key-value cache (`None` only while it fails to start).
     pub kv: Option<crate::kv::KvNode>,
+    /// The node's artifact cache.
+    pub artifacts: Arc<crate::artifact::ArtifactCache>,
 }
 
 impl ServiceContext {

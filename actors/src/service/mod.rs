@@ -11,6 +11,9 @@
 //! `{"code": …, "message": …}` (or `ErrorReply` in protobuf).
 //!
 //! # Layout
+//! - [`artifact`] — `cairn.v1.artifact.get|read|evict|list|stats`: the
+//!   artifact cache over NATS (its counters also in `$SRV.STATS`, endpoint
+//!   `artifact-stats`).
 //! - [`codec`] — formats, the size limit, replies and error replies.
 //! - [`context`] — what every handler shares: [`ServiceConfig`],
 //!   [`ServiceContext`], [`Incoming`], and the helpers [`blocking`],
@@ -41,6 +44,7 @@
 //!   field of the `watch-start` endpoint's `data` in `$SRV.STATS`.
 
 pub mod cluster;
+pub mod artifact;
 pub mod codec;
 pub mod context;
 pub mod fields;
@@ -86,11 +90,13 @@ impl CairnService {
         client: async_nats::Client,
         store: Store,
         registry: actix::Addr<crate::registry::Registry>,
+        artifacts: Arc<crate::artifact::ArtifactCache>,
         config: ServiceConfig,
     ) -> Result<Self, async_nats::Error> {
         // Watches: one hub per node, following the store from now on.
         let watch = crate::watch::WatchHub::start(store.clone(), config.watch.clone());
         let stats_hub = watch.clone();
+        let stats_artifacts = artifacts.clone();
         let service = client
             .clone()
             .service_builder()
@@ -99,6 +105,8 @@ impl CairnService {
             .stats_handler(move |endpoint, _| {
                 if endpoint == WATCH_STATS_ENDPOINT {
                     serde_json::json!({ "watchers": stats_hub.len() })
+                } else if endpoint == ARTIFACT_STATS_ENDPOINT {
+                    stats_artifacts.stats().to_json()
                 } else {
                     serde_json::Value::Null
                 }
@@ -144,6 +152,7 @@ impl CairnService {
             in_flight: Arc::default(),
             revisions_busy: Arc::default(),
             kv: kv_node.clone(),
+            artifacts,
             config,
         };
         let limiter = Arc::new(Semaphore::new(
@@ -381,6 +390,31 @@ impl CairnService {
         let background: Vec<JoinHandle<()>> =
             sweeper.into_iter().chain(flusher).chain(compactor).collect();
         endpoint!(
+            "artifact.get",
+            cairn_events::v1::ArtifactGetRequest,
+            artifact::handle_get
+        );
+        endpoint!(
+            "artifact.read",
+            cairn_events::v1::ArtifactReadRequest,
+            artifact::handle_read
+        );
+        endpoint!(
+            "artifact.evict",
+            cairn_events::v1::ArtifactEvictRequest,
+            artifact::handle_evict
+        );
+        endpoint!(
+            "artifact.list",
+            cairn_events::v1::ArtifactListRequest,
+            artifact::handle_list
+        );
+        endpoint!(
+            "artifact.stats",
+            cairn_events::v1::ArtifactStatsRequest,
+            artifact::handle_stats
+        );
+        endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,
             watch::handle_start
@@ -455,6 +489,8 @@ impl CairnService {
 
 /// Longest a stopping service waits for the requests it received.
 pub const STOP_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// The endpoint whose `$SRV.STATS` `data` carries the artifact counters.
+pub const ARTIFACT_STATS_ENDPOINT: &str = "artifact-stats";
 
 /// The endpoint whose `$SRV.STATS` `data` carries `{"watchers": N}`.
 pub const WATCH_STATS_ENDPOINT: &str = "watch-start";

@@ -155,6 +155,7 @@ pub fn node_config(data_dir: &Path) -> NodeConfig {
         ..NodeConfig::default()
     };
     config.nats.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
     config
 }
 

@@ -16,9 +16,11 @@
 //! - [`repo`] — `cairn repo …`.
 //! - [`pkg`] — `cairn pkg …`, the `pkgrev.list` filter flags and label
 //!   selectors.
+//! - [`artifact`] — `cairn artifact get|ls|stats|evict`.
 //! - [`names`] — how arguments name repositories and package revisions.
 
 mod kv;
+mod artifact;
 mod names;
 mod pkg;
 mod repo;
@@ -123,6 +125,11 @@ enum Command {
         conn: Conn,
         #[command(subcommand)]
         command: PkgCommand,
+    },
+    /// Fetch, list and evict artifacts of the node's HTTP artifact cache.
+    Artifact {
+        #[command(subcommand)]
+        command: artifact::ArtifactCommand,
     },
     /// Stream changes (package revisions, repositories) until interrupted.
     Watch(WatchArgs),
@@ -360,6 +367,17 @@ enum BenchCommand {
         #[arg(long)]
         no_sync: bool,
     },
+    /// The HTTP artifact cache's hits, 100 MiB hit, index lookups,
+    /// revalidation and dedup vs nginx proxy_cache in the same run.
+    Artifact {
+        /// Timed 10 KiB hits at concurrency 64, per side (a quarter of them
+        /// at concurrency 1).
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Stored URLs of the larger index lookup measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        lookup_entries: usize,
+    },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
     Watch {
         /// Timed events (and raw messages).
@@ -488,6 +506,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pkg { conn, command } => {
             telemetry::init(CLIENT_LOG, false);
             pkg::run(&global, conn, command, &mut stdout)
+        }
+        Command::Artifact { command } => {
+            telemetry::init(CLIENT_LOG, false);
+            artifact::run(&global, command, &mut stdout)
         }
         Command::Watch(args) => {
             telemetry::init(CLIENT_LOG, false);
@@ -644,6 +666,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                     &mut stdout,
                 ),
+                BenchCommand::Artifact {
+                    requests,
+                    lookup_entries,
+                } => bench::artifact::artifact(
+                    &bench::artifact::ArtifactOptions {
+                        requests,
+                        lookup_entries,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
                 BenchCommand::Watch { events, no_sync } => bench::watch::watch(
                     &bench::WatchOptions {
                         events,

@@ -89,6 +89,17 @@ impl StoreConfig {
     }
 }
 
+impl Store {
+    /// The file holding blob `digest`, when it is stored as a file (blobs
+    /// up to `blob_inline_max_bytes` are rows and have none): for a client
+    /// on the same host that reads it in place. Read-only use: the file is
+    /// removed when the blob is collected.
+    pub fn blob_file(&self, digest: &Digest) -> Option<PathBuf> {
+        let path = blob_path(&self.config().blob_dir(), digest);
+        path.is_file().then_some(path)
+    }
+}
+
 /// Path of the file of blob `digest` under `root` (the blob directory).
 fn blob_path(root: &Path, digest: &Digest) -> PathBuf {
     let hex = hex::encode(digest.0);

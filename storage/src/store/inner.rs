@@ -37,6 +37,10 @@ pub(super) struct Inner {
     /// Read cache of view rows: (view, key) → (committed seq when read, row).
     pub(super) cache: Option<Mutex<RowCache>>,
     pub(super) pins: Mutex<HashMap<Digest, usize>>,
+    /// Set on a cluster node: its log is fed by the cluster's replicated
+    /// order only, and a direct append (which would assign seqs of its
+    /// own and fork the log) is refused.
+    pub(super) replica_only: std::sync::atomic::AtomicBool,
     /// Past compactions, for readers skipping the gaps they left.
     pub(super) compacted: parking_lot::RwLock<Compacted>,
     pub(super) appends: AtomicU64,

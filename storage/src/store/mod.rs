@@ -104,6 +104,7 @@ impl Store {
             committed,
             cache,
             pins: Mutex::new(HashMap::new()),
+            replica_only: Default::default(),
             compacted: parking_lot::RwLock::new(Compacted::default()),
             appends: AtomicU64::new(0),
             batches: AtomicU64::new(0),

@@ -109,6 +109,15 @@ impl Store {
         events: Vec<Event>,
         metadata: Metadata,
     ) -> Result<AppendRequest, StorageError> {
+        if self
+            .inner()
+            .replica_only
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(StorageError::Unavailable(format!(
+                "stream {stream} cannot be written on this cluster node: its log is fed by the cluster's replicated log, and this domain does not write through it yet"
+            )));
+        }
         let metadata = metadata.normalized();
         self.check_request(&events, &metadata)?;
         Ok(AppendRequest {
@@ -285,6 +294,14 @@ impl Store {
         let mut env = envelope.clone();
         env.seq = env.seq.max(1);
         check_replicated(&self.inner(), &env).map(|_| ())
+    }
+
+    /// Makes this store a replica only (a cluster node): direct appends are
+    /// refused from now on; replicated applies go on.
+    pub fn set_replica_only(&self) {
+        self.inner()
+            .replica_only
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The position of the last replicated message applied (see

@@ -8,6 +8,7 @@
 //! | `package_revision_list` | `L<namespace>\0<repository>\0<package>\0<path>\0<name>` (and a name index) | [`cairn_events::v1::PackageRevisionListing`] + JSON form |
 //! | `requests` | `k<request id>` (and a time index) | [`cairn_events::v1::RequestRow`] |
 //! | `kv_entries` | `e<namespace>\0<key>` (and tag, expiry, settings rows) | [`cairn_events::v1::KvEntryRow`] |
+//! | `artifacts` | `e<method>\0<url>\0<vary key>` (and variant, digest, body-use and totals rows) | [`cairn_events::v1::ArtifactRow`] |
 //!
 //! # Layout
 //! - [`repositories`] — [`RepositoriesView`]: spec and status per repository.
@@ -19,6 +20,9 @@
 //!   (`Cairn-Request-Id`) carried, for a window.
 //! - [`kv`] — [`KvView`]: the key-value cache's entries (its disk tier),
 //!   and [`kv::KvCompactionPolicy`], the retention of the `kv/` class.
+//! - [`artifacts`] — [`ArtifactsView`]: the HTTP artifact cache's
+//!   URL-first index (method, URL, Vary key → response metadata and body
+//!   digest), bodies referenced in the blob store.
 //! - `change` — `RevisionChange` and `on_revision_change`: the package
 //!   revision events both package revision views fold. A leaf the views
 //!   import; it imports none of them, and no view imports this module
@@ -32,6 +36,7 @@ use std::sync::Arc;
 
 use crate::View;
 
+pub mod artifacts;
 mod change;
 pub mod kv;
 pub mod package_revision_list;
@@ -40,6 +45,7 @@ pub mod repositories;
 pub mod requests;
 
 pub use kv::KvView;
+pub use artifacts::ArtifactsView;
 pub use package_revision_list::PackageRevisionListView;
 pub use package_revisions::PackageRevisionsView;
 pub use repositories::RepositoriesView;
@@ -53,5 +59,6 @@ pub fn default_views() -> Vec<Arc<dyn View>> {
         Arc::new(PackageRevisionListView),
         Arc::new(RequestsView),
         Arc::new(KvView),
+        Arc::new(ArtifactsView),
     ]
 }

@@ -1,0 +1,1418 @@
+//! [`ArtifactCache`]: the component both faces (HTTP, NATS) call.
+//!
+//! A `GET` goes: validate → look up (two point reads) → fresh: serve from
+//! the store (with `Age`, or a 304 for a matching client conditional) →
+//! stale: one conditional request (304: headers updated, stored body
+//! served; 200: replaced) or, where allowed, stale served → miss: one
+//! download per URL on this node (single flight), streamed to the caller
+//! while it is stored. Other methods are forwarded untouched and, when
+//! unsafe and successful, invalidate (see [`super::rules`]).
+//!
+//! Every response says how it was served in `Cache-Status` (RFC 9211):
+//! `cairn; hit`, `cairn; fwd=miss; stored`, `cairn; fwd=miss`,
+//! `cairn; fwd=stale; fwd-status=304` (revalidated), `cairn; hit;
+//! detail=stale` (stale served: stale-while-revalidate, stale-if-error, or
+//! the origin unreachable with `artifact.serve-stale-if-unreachable`),
+//! `cairn; fwd=method` (forwarded, not cacheable),
+//! `cairn; fwd=uri-miss; detail=only-if-cached` (the 504).
+
+use std::{
+    collections::HashMap,
+    io::{self, Read},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::SystemTime,
+};
+
+use actix::{Actor, Addr};
+use bytes::Bytes;
+use cairn_events::{
+    v1::{
+        ArtifactEvicted, ArtifactInvalidated, ArtifactKey, ArtifactRevalidated, ArtifactRow,
+        ArtifactStored, HeaderField,
+    },
+    StreamId,
+};
+use cairn_storage::{
+    views::{artifacts::INDEXED_METHOD, ArtifactsView},
+    BlobStore, Digest, EventLog, Store,
+};
+use futures::{stream::BoxStream, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http_cache_semantics::{AfterResponse, BeforeRequest};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::{
+    domain::{ArtifactCommand, ArtifactEnv, ArtifactState, ArtifactWriter},
+    key::{self, partition},
+    rules, ArtifactConfig, ArtifactError, PARTITIONS,
+};
+use crate::{timing::Clock, writer::Execute};
+
+/// Chunks queued between a download and each of its readers (the caller,
+/// the blob writer), and between a stored body and its reader.
+const CHUNKS_QUEUED_MAX: usize = 16;
+/// Bytes read from the store per chunk when serving a body.
+const STORE_CHUNK_BYTES: usize = 256 * 1024;
+/// Bodies up to this size are read with their entry (one trip to the
+/// blocking pool per hit) and answered from memory.
+const SMALL_BODY_BYTES: u64 = 256 * 1024;
+/// Entries evicted in one pass at most (the next store continues).
+const EVICTIONS_PER_PASS_MAX: usize = 1024;
+/// Times a request starts over after waiting for another's download.
+const FLIGHT_ROUNDS_MAX: usize = 2;
+
+/// How a response was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// From the store, fresh.
+    Hit,
+    /// Downloaded (and stored when storable).
+    Miss,
+    /// From the store after a 304.
+    Revalidated,
+    /// From the store, stale.
+    Stale,
+    /// Forwarded: not a cacheable request.
+    Pass,
+}
+
+impl How {
+    /// The name in replies (`hit`, `miss`, `revalidated`, `stale`, `pass`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Hit => "hit",
+            How::Miss => "miss",
+            How::Revalidated => "revalidated",
+            How::Stale => "stale",
+            How::Pass => "pass",
+        }
+    }
+}
+
+/// A request to the cache.
+#[derive(Debug)]
+pub struct CacheRequest {
+    /// The method.
+    pub method: Method,
+    /// The absolute origin URL (validated).
+    pub url: url::Url,
+    /// The client's header fields.
+    pub headers: HeaderMap,
+    /// The body of a forwarded request (unsafe methods).
+    pub body: Option<reqwest::Body>,
+    /// True for the reverse proxy: redirects are passed to the client, not
+    /// followed.
+    pub proxy: bool,
+    /// True when the caller wants a download's body as it arrives; false to
+    /// have it stored first and served from the store.
+    pub stream: bool,
+    /// The upstream's name (recorded in `ArtifactStored`).
+    pub upstream: String,
+}
+
+/// A body to send.
+pub enum ServedBody {
+    /// None (HEAD, 304, errors).
+    Empty,
+    /// A small stored body, read with its entry.
+    Bytes(Bytes),
+    /// A stored body, read from the blob store.
+    Stored {
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Bytes as they arrive from the origin; an `Err` cuts the response.
+    Stream(BoxStream<'static, Result<Bytes, io::Error>>),
+}
+
+impl std::fmt::Debug for ServedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("Empty"),
+            Self::Bytes(b) => write!(f, "Bytes({})", b.len()),
+            Self::Stored { digest, size } => write!(f, "Stored({digest}, {size})"),
+            Self::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// A response from the cache.
+#[derive(Debug)]
+pub struct Served {
+    /// Status.
+    pub status: StatusCode,
+    /// Header fields.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: ServedBody,
+    /// How it was served.
+    pub how: How,
+    /// The stored entry it came from (or was stored as).
+    pub row: Option<ArtifactRow>,
+}
+
+/// Counters of the cache (since the node started).
+#[derive(Debug, Default)]
+pub struct ArtifactStats {
+    /// Fresh responses served from the store.
+    pub hits: AtomicU64,
+    /// Requests that found nothing usable stored.
+    pub misses: AtomicU64,
+    /// Revalidations answered 304.
+    pub revalidated_304: AtomicU64,
+    /// Revalidations answered with a full response.
+    pub revalidated_200: AtomicU64,
+    /// Stale responses served.
+    pub stale_served: AtomicU64,
+    /// Body bytes served from the store.
+    pub bytes_from_store: AtomicU64,
+    /// Body bytes read from origins.
+    pub bytes_from_origin: AtomicU64,
+    /// Entries evicted.
+    pub evictions: AtomicU64,
+    /// Requests that waited for another's download (single flight).
+    pub flight_joins: AtomicU64,
+    /// Origin requests sent.
+    pub origin_requests: AtomicU64,
+    /// Responses stored.
+    pub stored: AtomicU64,
+    /// Downloads not stored because they were cut or short.
+    pub truncated: AtomicU64,
+}
+
+impl ArtifactStats {
+    /// The counters as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "hits": get(&self.hits),
+            "misses": get(&self.misses),
+            "revalidations": {"not_modified": get(&self.revalidated_304), "modified": get(&self.revalidated_200)},
+            "stale_served": get(&self.stale_served),
+            "bytes_from_store": get(&self.bytes_from_store),
+            "bytes_from_origin": get(&self.bytes_from_origin),
+            "evictions": get(&self.evictions),
+            "single_flight_joins": get(&self.flight_joins),
+            "origin_requests": get(&self.origin_requests),
+            "stored": get(&self.stored),
+            "truncated": get(&self.truncated),
+        })
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A download in flight: followers wait until it says done.
+type Flight = watch::Receiver<bool>;
+
+/// Says a flight is done (also when dropped by a failed leader).
+struct FlightGuard {
+    cache: Arc<ArtifactCache>,
+    url: String,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.cache.flights.lock().remove(&self.url);
+        let _ = self.done.send(true);
+    }
+}
+
+/// The artifact cache of one node.
+#[derive(Debug)]
+pub struct ArtifactCache {
+    store: Store,
+    config: ArtifactConfig,
+    clock: Arc<dyn Clock>,
+    writers: Vec<Addr<ArtifactWriter>>,
+    proxy_client: reqwest::Client,
+    fetch_client: reqwest::Client,
+    flights: Mutex<HashMap<String, Flight>>,
+    recency: Mutex<lru::LruCache<Vec<u8>, ()>>,
+    evicting: tokio::sync::Mutex<()>,
+    stats: ArtifactStats,
+}
+
+impl ArtifactCache {
+    /// Starts the cache: a writer per partition (on the current arbiter),
+    /// then the start-up cleanup (entries without body evicted, orphan
+    /// bodies collected, limits applied).
+    pub async fn start(
+        store: Store,
+        config: ArtifactConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, ArtifactError> {
+        let env = Arc::new(ArtifactEnv {
+            store: store.clone(),
+        });
+        let mut writers = Vec::with_capacity(PARTITIONS as usize);
+        for p in 0..PARTITIONS {
+            let stream = StreamId::artifact(p);
+            let s = store.clone();
+            let st = stream.clone();
+            let version = tokio::task::spawn_blocking(move || s.stream_version(&st))
+                .await
+                .map_err(|e| ArtifactError::NotFound(format!("start-up task failed: {e}")))??;
+            let state = ArtifactState {
+                stream,
+                partition: p,
+                version,
+            };
+            writers.push(ArtifactWriter::new(state, env.clone()).start());
+        }
+        let allow = config.allow.clone();
+        let redirects_max = config.redirects_max;
+        let fetch_client = reqwest::Client::builder()
+            .connect_timeout(config.origin_timeout)
+            .read_timeout(config.origin_timeout)
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= redirects_max {
+                    attempt.error(format!(
+                        "more than {redirects_max} redirects (artifact.redirects-max)"
+                    ))
+                } else if !attempt
+                    .url()
+                    .host_str()
+                    .is_some_and(|h| key::host_allowed(h, &allow))
+                    || !matches!(attempt.url().scheme(), "http" | "https")
+                {
+                    let to = attempt.url().to_string();
+                    attempt.error(format!(
+                        "redirect to {to} whose host is not allowed (artifact.allow)"
+                    ))
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .build()
+            .map_err(|e| ArtifactError::NotFound(format!("building the origin client: {e}")))?;
+        let proxy_client = reqwest::Client::builder()
+            .connect_timeout(config.origin_timeout)
+            .read_timeout(config.origin_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ArtifactError::NotFound(format!("building the origin client: {e}")))?;
+        let cache = Arc::new(Self {
+            store,
+            config,
+            clock,
+            writers,
+            proxy_client,
+            fetch_client,
+            flights: Mutex::default(),
+            recency: Mutex::new(lru::LruCache::unbounded()),
+            evicting: tokio::sync::Mutex::new(()),
+            stats: ArtifactStats::default(),
+        });
+        cache.clean_up().await?;
+        Ok(cache)
+    }
+
+    /// Stops the partition writers (node shutdown); commands queued
+    /// before finish first.
+    pub async fn stop(&self) {
+        for writer in &self.writers {
+            let _ = writer.send(crate::writer::StopWriter).await;
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ArtifactConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ArtifactStats {
+        &self.stats
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Start-up cleanup: entries whose body is missing are evicted, the
+    /// others ordered by store time for LRU, orphan bodies collected, the
+    /// limits applied.
+    async fn clean_up(self: &Arc<Self>) -> Result<(), ArtifactError> {
+        let store = self.store.clone();
+        let (present, missing) = tokio::task::spawn_blocking(move || {
+            let mut present = Vec::new();
+            let mut missing = Vec::new();
+            let prefix = ArtifactsView::entry_prefix(INDEXED_METHOD, "");
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = store.view_scan_messages_page(&prefix, after.as_deref())?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (key, row) in page {
+                    let digest = Digest::parse(&row.digest);
+                    let has_body = match digest {
+                        Some(d) => store.blob_size(&d)?.is_some(),
+                        None => false,
+                    };
+                    if has_body {
+                        let at = rules::system_time(row.stored_at.as_ref());
+                        present.push((at, key));
+                    } else {
+                        missing.push(row);
+                    }
+                }
+            }
+            present.sort();
+            Ok::<_, ArtifactError>((present, missing))
+        })
+        .await
+        .map_err(|e| ArtifactError::NotFound(format!("start-up task failed: {e}")))??;
+        {
+            let mut recency = self.recency.lock();
+            for (_, key) in present {
+                recency.put(key, ());
+            }
+        }
+        for row in missing {
+            warn!(url = %row.key.as_ref().map_or("", |k| k.url.as_str()), digest = %row.digest, "stored body missing; entry evicted");
+            self.evict_row(&row, "missing-body").await?;
+        }
+        let store = self.store.clone();
+        let gc = tokio::task::spawn_blocking(move || store.collect_garbage())
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("start-up task failed: {e}")))??;
+        info!(
+            entries = self.recency.lock().len(),
+            orphan_bodies_removed = gc.removed,
+            "artifact cache ready"
+        );
+        self.enforce_limits().await?;
+        Ok(())
+    }
+
+    fn writer_of(&self, url: &str) -> &Addr<ArtifactWriter> {
+        &self.writers[partition(url) as usize]
+    }
+
+    async fn execute(&self, url: &str, command: ArtifactCommand) -> Result<(), ArtifactError> {
+        let metadata = cairn_events::envelope::Metadata::command("cairn-artifact-cache");
+        self.writer_of(url)
+            .send(Execute {
+                command,
+                metadata,
+                span: tracing::Span::current(),
+            })
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("artifact writer unavailable: {e}")))?
+    }
+
+    /// The stored entry for a `GET` of `url` with `headers`, if any: two
+    /// point reads.
+    pub async fn lookup(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<ArtifactRow>, ArtifactError> {
+        Ok(self
+            .lookup_with_body(url, headers)
+            .await?
+            .map(|(row, _)| row))
+    }
+
+    /// [`Self::lookup`], with the body when it is small
+    /// ([`SMALL_BODY_BYTES`]) and stored.
+    async fn lookup_with_body(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<(ArtifactRow, Option<Bytes>)>, ArtifactError> {
+        let store = self.store.clone();
+        let url = url.to_owned();
+        let headers = headers.clone();
+        point_reads(move || {
+            let Some(row) = lookup_blocking(&store, &url, &headers)? else {
+                return Ok(None);
+            };
+            let body = match Digest::parse(&row.digest) {
+                Some(d) if row.size <= SMALL_BODY_BYTES => store.get(&d)?.map(Bytes::from),
+                _ => None,
+            };
+            Ok(Some((row, body)))
+        })
+        .await
+    }
+
+    fn touch(&self, row: &ArtifactRow) {
+        if let Some(k) = row.key.as_ref() {
+            self.recency
+                .lock()
+                .get_or_insert(ArtifactsView::entry_key(k), || ());
+        }
+    }
+
+    /// Serves `request` (see the module docs).
+    pub async fn serve(
+        self: &Arc<Self>,
+        mut request: CacheRequest,
+    ) -> Result<Served, ArtifactError> {
+        for name in request.headers.keys() {
+            if request.headers.get_all(name).iter().any(|v| {
+                v.as_bytes()
+                    .iter()
+                    .any(|b| *b == b'\r' || *b == b'\n' || *b == 0)
+            }) {
+                return Err(ArtifactError::BadHeader {
+                    name: name.to_string(),
+                    reason: "must not contain CR, LF or NUL",
+                });
+            }
+        }
+        if request.method != Method::GET && request.method != Method::HEAD {
+            return self.forward(request).await;
+        }
+        for _round in 0..=FLIGHT_ROUNDS_MAX {
+            match self.serve_once(&mut request).await? {
+                Attempt::Done(served) => return Ok(*served),
+                Attempt::Joined(mut flight) => {
+                    bump(&self.stats.flight_joins, 1);
+                    // The leader's download is bounded by the origin
+                    // timeout per read; its guard says done when it ends,
+                    // however it ends.
+                    while !*flight.borrow_and_update() {
+                        if flight.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Still another's download after the rounds: fetch alone.
+        self.fetch(&mut request, None, None).await
+    }
+
+    async fn serve_once(
+        self: &Arc<Self>,
+        request: &mut CacheRequest,
+    ) -> Result<Attempt, ArtifactError> {
+        let now = self.clock.now();
+        let url = request.url.to_string();
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
+        let own = rules::own_request(Method::GET, uri, &request.headers);
+        let mut found = self.lookup_with_body(&url, &request.headers).await?;
+        if let Some((row, _)) = &found {
+            let stored_at = rules::system_time(row.stored_at.as_ref());
+            if stored_at + self.config.max_age < now {
+                self.evict_row(row, "max-age").await?;
+                found = None;
+            }
+        }
+        let Some((row, small)) = found else {
+            if rules::only_if_cached(&request.headers) {
+                return Err(ArtifactError::NotCached);
+            }
+            if request.method == Method::HEAD {
+                return Ok(Attempt::Done(Box::new(self.pass_head(request).await?)));
+            }
+            let Some(guard) = self.lead(&url) else {
+                return Ok(Attempt::Joined(self.flight_of(&url)));
+            };
+            bump(&self.stats.misses, 1);
+            return Ok(Attempt::Done(Box::new(
+                self.fetch(request, Some(guard), None).await?,
+            )));
+        };
+        self.touch(&row);
+        let policy = rules::policy_of(&row, &own);
+        let mut presented = own.clone();
+        presented.method = Method::GET;
+        match policy.before_request(&presented, now) {
+            BeforeRequest::Fresh(parts) => {
+                bump(&self.stats.hits, 1);
+                let mut served = self.stored_response(request, row, parts.headers, How::Hit);
+                if let (ServedBody::Stored { size, .. }, Some(bytes)) = (&served.body, small) {
+                    if *size == bytes.len() as u64 {
+                        served.body = ServedBody::Bytes(bytes);
+                    }
+                }
+                Ok(Attempt::Done(Box::new(served)))
+            }
+            BeforeRequest::Stale {
+                request: revalidation,
+                ..
+            } => {
+                let stored_headers = rules::header_map(&row.headers);
+                let staleness = rules::staleness(&policy, &row, now);
+                let may_serve_stale = !rules::never_stale(&stored_headers);
+                if rules::only_if_cached(&request.headers) {
+                    return Err(ArtifactError::NotCached);
+                }
+                let client_no_cache = rules::directive(&request.headers, "no-cache").is_some();
+                if may_serve_stale
+                    && !client_no_cache
+                    && rules::stale_while_revalidate(&stored_headers)
+                        .is_some_and(|w| staleness <= w)
+                {
+                    // Served stale now; one background revalidation.
+                    if let Some(guard) = self.lead(&url) {
+                        let cache = self.clone();
+                        let mut background = CacheRequest {
+                            method: Method::GET,
+                            url: request.url.clone(),
+                            headers: request.headers.clone(),
+                            body: None,
+                            proxy: request.proxy,
+                            stream: false,
+                            upstream: request.upstream.clone(),
+                        };
+                        let row = row.clone();
+                        tokio::spawn(async move {
+                            let policy = rules::policy_of(
+                                &row,
+                                &rules::own_request(
+                                    Method::GET,
+                                    revalidation.uri.clone(),
+                                    &background.headers,
+                                ),
+                            );
+                            if let Err(e) = cache
+                                .revalidate(&mut background, guard, row, policy, revalidation)
+                                .await
+                            {
+                                debug!(error = %e, "background revalidation failed");
+                            }
+                        });
+                    }
+                    bump(&self.stats.stale_served, 1);
+                    let headers = self.stale_headers(&policy, &row, now);
+                    return Ok(Attempt::Done(Box::new(self.stored_response(
+                        request,
+                        row,
+                        headers,
+                        How::Stale,
+                    ))));
+                }
+                let Some(guard) = self.lead(&url) else {
+                    return Ok(Attempt::Joined(self.flight_of(&url)));
+                };
+                let outcome = self
+                    .revalidate(request, guard, row.clone(), policy.clone(), revalidation)
+                    .await;
+                let stale_ok = |e_status: Option<u16>| {
+                    may_serve_stale
+                        && (rules::stale_if_error(&stored_headers, &request.headers)
+                            .is_some_and(|w| staleness <= w)
+                            || (self.config.serve_stale_if_unreachable
+                                && e_status.is_none_or(|s| s >= 500)))
+                };
+                match outcome {
+                    Ok(served)
+                        if served.status.is_server_error()
+                            && stale_ok(Some(served.status.as_u16())) =>
+                    {
+                        bump(&self.stats.stale_served, 1);
+                        let headers = self.stale_headers(&policy, &row, now);
+                        Ok(Attempt::Done(Box::new(self.stored_response(
+                            request,
+                            row,
+                            headers,
+                            How::Stale,
+                        ))))
+                    }
+                    Ok(served) => Ok(Attempt::Done(Box::new(served))),
+                    Err(
+                        e @ (ArtifactError::Origin { .. } | ArtifactError::OriginTimeout { .. }),
+                    ) => {
+                        if stale_ok(None) {
+                            bump(&self.stats.stale_served, 1);
+                            let headers = self.stale_headers(&policy, &row, now);
+                            Ok(Attempt::Done(Box::new(self.stored_response(
+                                request,
+                                row,
+                                headers,
+                                How::Stale,
+                            ))))
+                        } else {
+                            Err(e)
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    fn stale_headers(
+        &self,
+        policy: &http_cache_semantics::CachePolicy,
+        row: &ArtifactRow,
+        now: SystemTime,
+    ) -> HeaderMap {
+        let mut headers = rules::header_map(&row.headers);
+        for name in rules::HOP_BY_HOP {
+            headers.remove(*name);
+        }
+        headers.insert(header::AGE, HeaderValue::from(policy.age(now).as_secs()));
+        headers
+    }
+
+    /// Becomes the leader of `url`'s download, unless another is.
+    fn lead(self: &Arc<Self>, url: &str) -> Option<FlightGuard> {
+        let mut flights = self.flights.lock();
+        if flights.contains_key(url) {
+            return None;
+        }
+        if flights.len() >= self.config.flights_max {
+            // Beyond the bound: not shared, but still fetched.
+            let (done, _) = watch::channel(false);
+            return Some(FlightGuard {
+                cache: self.clone(),
+                url: String::new(),
+                done,
+            });
+        }
+        let (done, flight) = watch::channel(false);
+        flights.insert(url.to_owned(), flight);
+        Some(FlightGuard {
+            cache: self.clone(),
+            url: url.to_owned(),
+            done,
+        })
+    }
+
+    fn flight_of(&self, url: &str) -> Flight {
+        match self.flights.lock().get(url) {
+            Some(f) => f.clone(),
+            None => watch::channel(true).1,
+        }
+    }
+
+    /// A stored entry as a response: `headers` (the policy's, with `Age`),
+    /// a 304 for a matching client conditional, no body for `HEAD`.
+    fn stored_response(
+        &self,
+        request: &CacheRequest,
+        row: ArtifactRow,
+        mut headers: HeaderMap,
+        how: How,
+    ) -> Served {
+        let status_text = match how {
+            How::Hit => "cairn; hit",
+            How::Revalidated => "cairn; fwd=stale; fwd-status=304",
+            How::Stale => "cairn; hit; detail=stale",
+            How::Miss => "cairn; fwd=miss; stored",
+            How::Pass => "cairn; fwd=method",
+        };
+        headers.insert("cache-status", HeaderValue::from_static(status_text));
+        if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(self.clock.now())) {
+            headers.insert(header::DATE, date);
+        }
+        let status = StatusCode::from_u16(row.status as u16).unwrap_or(StatusCode::OK);
+        if rules::client_not_modified(&request.headers, status.as_u16(), &headers) {
+            return Served {
+                status: StatusCode::NOT_MODIFIED,
+                headers: rules::not_modified_fields(&headers),
+                body: ServedBody::Empty,
+                how,
+                row: Some(row),
+            };
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(row.size));
+        let body = if request.method == Method::HEAD {
+            ServedBody::Empty
+        } else {
+            bump(&self.stats.bytes_from_store, row.size);
+            match Digest::parse(&row.digest) {
+                Some(digest) => ServedBody::Stored {
+                    digest,
+                    size: row.size,
+                },
+                None => ServedBody::Empty,
+            }
+        };
+        Served {
+            status,
+            headers,
+            body,
+            how,
+            row: Some(row),
+        }
+    }
+
+    /// Sends `parts` to the origin (bounded by `artifact.origin-timeout`
+    /// until the response's head).
+    async fn send(
+        &self,
+        proxy: bool,
+        parts: &http::request::Parts,
+        url: &url::Url,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ArtifactError> {
+        let client = if proxy {
+            &self.proxy_client
+        } else {
+            &self.fetch_client
+        };
+        let mut builder = client
+            .request(parts.method.clone(), url.clone())
+            .headers(rules::forwardable(&parts.headers));
+        if let Some(body) = body {
+            builder = builder.body(body);
+        }
+        bump(&self.stats.origin_requests, 1);
+        let timeout = self.config.origin_timeout;
+        match tokio::time::timeout(timeout, builder.send()).await {
+            Err(_) => Err(ArtifactError::OriginTimeout {
+                url: url.to_string(),
+                after: timeout,
+            }),
+            Ok(Err(e)) if e.is_timeout() => Err(ArtifactError::OriginTimeout {
+                url: url.to_string(),
+                after: timeout,
+            }),
+            Ok(Err(e)) => Err(ArtifactError::Origin {
+                url: url.to_string(),
+                message: error_chain(&e),
+            }),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// A `HEAD` with nothing stored: forwarded, not stored.
+    async fn pass_head(&self, request: &CacheRequest) -> Result<Served, ArtifactError> {
+        let uri: http::Uri = request
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
+        let parts = rules::own_request(Method::HEAD, uri, &request.headers);
+        let response = self.send(request.proxy, &parts, &request.url, None).await?;
+        let mut headers = rules::forwardable(response.headers());
+        headers.insert("cache-status", HeaderValue::from_static("cairn; fwd=miss"));
+        Ok(Served {
+            status: response.status(),
+            headers,
+            body: ServedBody::Empty,
+            how: How::Miss,
+            row: None,
+        })
+    }
+
+    /// Forwards a request that is not `GET`/`HEAD` with its body; a
+    /// successful unsafe one invalidates (RFC 9111 §4.4).
+    async fn forward(&self, mut request: CacheRequest) -> Result<Served, ArtifactError> {
+        let uri: http::Uri = request
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
+        let (mut parts, ()) = http::Request::builder()
+            .method(request.method.clone())
+            .uri(uri)
+            .body(())
+            .expect("valid")
+            .into_parts();
+        parts.headers = rules::forwardable(&request.headers);
+        let body = request.body.take();
+        let response = self.send(true, &parts, &request.url, body).await?;
+        let status = response.status();
+        if rules::is_unsafe(&request.method) && (status.is_success() || status.is_redirection()) {
+            for (url, field) in rules::invalidated_urls(&request.url, response.headers()) {
+                let reason = if field.is_empty() {
+                    request.method.to_string()
+                } else {
+                    format!("{} {field}", request.method)
+                };
+                self.invalidate(url.as_str(), &reason).await?;
+            }
+        }
+        let mut headers = rules::forwardable(response.headers());
+        headers.insert(
+            "cache-status",
+            HeaderValue::from_static("cairn; fwd=method"),
+        );
+        let idle = self.config.origin_timeout;
+        Ok(Served {
+            status,
+            headers,
+            body: ServedBody::Stream(idle_bounded(response.bytes_stream(), idle).boxed()),
+            how: How::Pass,
+            row: None,
+        })
+    }
+
+    /// Drops every stored response of `url` (when there is one).
+    pub async fn invalidate(&self, url: &str, reason: &str) -> Result<bool, ArtifactError> {
+        let store = self.store.clone();
+        let u = url.to_owned();
+        let stored = tokio::task::spawn_blocking(move || {
+            ArtifactsView::variants(&store, INDEXED_METHOD, &u)
+        })
+        .await
+        .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??;
+        let Some(variants) = stored else {
+            return Ok(false);
+        };
+        {
+            let mut recency = self.recency.lock();
+            for vary_key in &variants.vary_keys {
+                recency.pop(&ArtifactsView::entry_key(&ArtifactKey {
+                    method: INDEXED_METHOD.to_owned(),
+                    url: url.to_owned(),
+                    vary_key: vary_key.clone(),
+                }));
+            }
+        }
+        self.execute(
+            url,
+            ArtifactCommand::Invalidate(ArtifactInvalidated {
+                url: url.to_owned(),
+                reason: reason.to_owned(),
+            }),
+        )
+        .await?;
+        debug!(url, reason, "artifact invalidated");
+        Ok(true)
+    }
+
+    /// One conditional request for stale `row`: a 304 updates its fields
+    /// and serves the stored body; a full response replaces it.
+    async fn revalidate(
+        self: &Arc<Self>,
+        request: &mut CacheRequest,
+        guard: FlightGuard,
+        row: ArtifactRow,
+        policy: http_cache_semantics::CachePolicy,
+        revalidation: http::request::Parts,
+    ) -> Result<Served, ArtifactError> {
+        let response = self
+            .send(request.proxy, &revalidation, &request.url, None)
+            .await?;
+        let now = self.clock.now();
+        if response.status() != StatusCode::NOT_MODIFIED {
+            bump(&self.stats.revalidated_200, 1);
+            return self.fetch(request, Some(guard), Some(response)).await;
+        }
+        let (mut res, ()) = http::Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .body(())
+            .expect("valid")
+            .into_parts();
+        res.headers = response.headers().clone();
+        let own = rules::own_request(Method::GET, revalidation.uri.clone(), &request.headers);
+        match policy.after_response(&own, &res, now) {
+            AfterResponse::NotModified(new_policy, _) => {
+                bump(&self.stats.revalidated_304, 1);
+                let fields = merge_304(&row.headers, &res.headers);
+                let key = row.key.clone().unwrap_or_default();
+                self.execute(
+                    &key.url,
+                    ArtifactCommand::Revalidate(ArtifactRevalidated {
+                        key: Some(key.clone()),
+                        headers: fields.clone(),
+                        response_time: Some(rules::timestamp(now)),
+                    }),
+                )
+                .await?;
+                drop(guard);
+                let mut updated = row;
+                updated.headers = fields;
+                updated.response_time = Some(rules::timestamp(now));
+                let policy = rules::policy_of(&updated, &own);
+                let _ = new_policy;
+                let headers = match policy.before_request(&own, now) {
+                    BeforeRequest::Fresh(parts) => parts.headers,
+                    BeforeRequest::Stale { .. } => self.stale_headers(&policy, &updated, now),
+                };
+                Ok(self.stored_response(request, updated, headers, How::Revalidated))
+            }
+            AfterResponse::Modified(..) => {
+                // A 304 whose validators match nothing stored: fetch it whole.
+                drop(guard);
+                let guard = self.lead(request.url.as_str());
+                self.fetch(request, guard, None).await
+            }
+        }
+    }
+
+    /// Downloads `request` (or takes `response`, already received): stored
+    /// when storable, streamed to the caller when it asked.
+    async fn fetch(
+        self: &Arc<Self>,
+        request: &mut CacheRequest,
+        guard: Option<FlightGuard>,
+        response: Option<reqwest::Response>,
+    ) -> Result<Served, ArtifactError> {
+        let uri: http::Uri = request
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ArtifactError::bad_url("url", e.to_string()))?;
+        let own = rules::own_request(Method::GET, uri, &request.headers);
+        let response = match response {
+            Some(r) => r,
+            None => self.send(request.proxy, &own, &request.url, None).await?,
+        };
+        let now = self.clock.now();
+        let status = response.status();
+        let (mut res, ()) = http::Response::builder()
+            .status(status)
+            .body(())
+            .expect("valid")
+            .into_parts();
+        res.headers = response.headers().clone();
+        let content_length = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let idle = self.config.origin_timeout;
+        let body = idle_bounded(response.bytes_stream(), idle);
+        let mut headers = rules::forwardable(&res.headers);
+        if !rules::storable(&own, &res, now) {
+            headers.insert("cache-status", HeaderValue::from_static("cairn; fwd=miss"));
+            drop(guard);
+            let stats = self.clone();
+            let body = body.inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    bump(&stats.stats.bytes_from_origin, c.len() as u64);
+                }
+            });
+            return Ok(Served {
+                status,
+                headers,
+                body: ServedBody::Stream(body.boxed()),
+                how: How::Miss,
+                row: None,
+            });
+        }
+        headers.insert(
+            "cache-status",
+            HeaderValue::from_static("cairn; fwd=miss; stored"),
+        );
+        let vary = key::vary_names(&res.headers).unwrap_or_default();
+        let entry_key = ArtifactKey {
+            method: INDEXED_METHOD.to_owned(),
+            url: request.url.to_string(),
+            vary_key: key::vary_key(&vary, &request.headers),
+        };
+        let stored = ArtifactStored {
+            key: Some(entry_key),
+            status: u32::from(status.as_u16()),
+            headers: rules::fields_to_store(&res.headers),
+            vary,
+            digest: String::new(),
+            size: 0,
+            response_time: Some(rules::timestamp(now)),
+            upstream: request.upstream.clone(),
+        };
+        let (client_tx, client_rx) = if request.stream {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let download =
+            tokio::spawn(
+                self.clone()
+                    .download(body, content_length, stored, client_tx, guard),
+            );
+        match client_rx {
+            Some(rx) => Ok(Served {
+                status,
+                headers,
+                body: ServedBody::Stream(
+                    futures::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|item| (item, rx))
+                    })
+                    .boxed(),
+                ),
+                how: How::Miss,
+                row: None,
+            }),
+            None => {
+                let row = download
+                    .await
+                    .map_err(|e| ArtifactError::NotFound(format!("download task failed: {e}")))??;
+                let headers = HeaderMap::new();
+                let mut served = self.stored_response(request, row, headers, How::Miss);
+                served.headers = {
+                    let mut h = rules::header_map(
+                        &served
+                            .row
+                            .as_ref()
+                            .map(|r| r.headers.clone())
+                            .unwrap_or_default(),
+                    );
+                    for name in rules::HOP_BY_HOP {
+                        h.remove(*name);
+                    }
+                    h.insert(header::AGE, HeaderValue::from(0u64));
+                    h.insert(
+                        "cache-status",
+                        HeaderValue::from_static("cairn; fwd=miss; stored"),
+                    );
+                    if let Some(r) = &served.row {
+                        h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.size));
+                    }
+                    h
+                };
+                Ok(served)
+            }
+        }
+    }
+
+    /// Reads `body` to the end, feeding the caller (while it listens) and
+    /// the blob store; records `ArtifactStored` only when complete and of
+    /// `content_length` bytes. Answers the stored row.
+    async fn download(
+        self: Arc<Self>,
+        mut body: impl futures::Stream<Item = Result<Bytes, io::Error>> + Unpin + Send,
+        content_length: Option<u64>,
+        mut stored: ArtifactStored,
+        mut client: Option<mpsc::Sender<Result<Bytes, io::Error>>>,
+        guard: Option<FlightGuard>,
+    ) -> Result<ArtifactRow, ArtifactError> {
+        let url = stored
+            .key
+            .as_ref()
+            .map(|k| k.url.clone())
+            .unwrap_or_default();
+        let (blob_tx, blob_rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
+        let store = self.store.clone();
+        let put = tokio::task::spawn_blocking(move || {
+            let mut reader = ChannelReader {
+                rx: blob_rx,
+                current: Bytes::new(),
+            };
+            store.put_reader(&mut reader, None)
+        });
+        let mut total: u64 = 0;
+        let mut failure: Option<String> = None;
+        let mut held: Option<Bytes> = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    total += chunk.len() as u64;
+                    bump(&self.stats.bytes_from_origin, chunk.len() as u64);
+                    // The caller gets each chunk once the next one came:
+                    // the last is held until the entry is recorded, so a
+                    // client that read the whole body finds it stored.
+                    if let (Some(tx), Some(previous)) = (&client, held.replace(chunk.clone())) {
+                        if tx.send(Ok(previous)).await.is_err() {
+                            // The caller went away: the download goes on
+                            // for the store (and the followers).
+                            client = None;
+                        }
+                    }
+                    if blob_tx.send(Ok(chunk)).await.is_err() {
+                        failure = Some("the blob store stopped reading".to_owned());
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            if let Some(expected) = content_length {
+                if expected != total {
+                    failure = Some(format!(
+                        "body ended after {total} of {expected} bytes (Content-Length)"
+                    ));
+                }
+            }
+        }
+        if let Some(why) = failure {
+            bump(&self.stats.truncated, 1);
+            warn!(url = %url, error = %why, "download failed; nothing stored");
+            let _ = blob_tx.send(Err(io::Error::other(why.clone()))).await;
+            drop(blob_tx);
+            let _ = put.await;
+            if let Some(tx) = client {
+                let _ = tx.send(Err(io::Error::other(why.clone()))).await;
+            }
+            drop(guard);
+            return Err(ArtifactError::Origin { url, message: why });
+        }
+        drop(blob_tx);
+        let pin = put
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("blob task failed: {e}")))??;
+        stored.digest = pin.digest().to_string();
+        stored.size = total;
+        let key = stored.key.clone().unwrap_or_default();
+        self.execute(&url, ArtifactCommand::Store { event: stored, pin })
+            .await?;
+        bump(&self.stats.stored, 1);
+        self.recency.lock().put(ArtifactsView::entry_key(&key), ());
+        drop(guard);
+        if let Err(e) = self.enforce_limits().await {
+            warn!(error = %e, "artifact eviction failed");
+        }
+        // The caller's body ends once the entry is recorded and the limits
+        // applied: a request after it finds the store as it will stay.
+        if let (Some(tx), Some(last)) = (&client, held.take()) {
+            let _ = tx.send(Ok(last)).await;
+        }
+        drop(client);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || ArtifactsView::get(&store, &key))
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??
+            .ok_or_else(|| ArtifactError::NotFound(format!("{url} was evicted as soon as stored")))
+    }
+
+    /// Evicts least recently used entries while over `max-entries` or
+    /// `max-bytes` (at most [`EVICTIONS_PER_PASS_MAX`] per pass).
+    pub async fn enforce_limits(&self) -> Result<(), ArtifactError> {
+        let _one = self.evicting.lock().await;
+        for _ in 0..EVICTIONS_PER_PASS_MAX {
+            let store = self.store.clone();
+            let totals = tokio::task::spawn_blocking(move || ArtifactsView::totals(&store))
+                .await
+                .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??;
+            if totals.entries <= self.config.max_entries && totals.bytes <= self.config.max_bytes {
+                return Ok(());
+            }
+            let Some((victim, ())) = self.recency.lock().pop_lru() else {
+                return Ok(());
+            };
+            let store = self.store.clone();
+            let row = tokio::task::spawn_blocking(move || store.view_get_message_row(&victim))
+                .await
+                .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??;
+            if let Some(row) = row {
+                self.evict_row(&row, "lru").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts one stored entry.
+    pub async fn evict_row(&self, row: &ArtifactRow, reason: &str) -> Result<(), ArtifactError> {
+        let key = row.key.clone().unwrap_or_default();
+        self.recency.lock().pop(&ArtifactsView::entry_key(&key));
+        self.execute(
+            &key.url,
+            ArtifactCommand::Evict(vec![ArtifactEvicted {
+                key: Some(key.clone()),
+                digest: row.digest.clone(),
+                reason: reason.to_owned(),
+            }]),
+        )
+        .await?;
+        bump(&self.stats.evictions, 1);
+        info!(url = %key.url, digest = %row.digest, reason, "artifact evicted");
+        Ok(())
+    }
+}
+
+/// Runs a few RocksDB point reads (microseconds, from the block cache
+/// mostly): in place on a multi-threaded runtime (`block_in_place`, the
+/// HTTP listener's: no hop to another thread per hit), on the blocking pool
+/// elsewhere (the node's arbiter, whose thread must never block).
+async fn point_reads<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, ArtifactError> {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(work)
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))?
+    }
+}
+
+/// What one round of [`ArtifactCache::serve`] came to.
+enum Attempt {
+    Done(Box<Served>),
+    /// Another request downloads this URL: wait for it, then start over.
+    Joined(Flight),
+}
+
+/// The stored entry for `url` and request `headers`, if any.
+pub fn lookup_blocking(
+    store: &Store,
+    url: &str,
+    headers: &HeaderMap,
+) -> Result<Option<ArtifactRow>, ArtifactError> {
+    let Some(variants) = ArtifactsView::variants(store, INDEXED_METHOD, url)? else {
+        return Ok(None);
+    };
+    let key = ArtifactKey {
+        method: INDEXED_METHOD.to_owned(),
+        url: url.to_owned(),
+        vary_key: key::vary_key(&variants.vary, headers),
+    };
+    Ok(ArtifactsView::get(store, &key)?)
+}
+
+/// Stored fields updated with a 304's (RFC 9111 §4.3.4): each field the
+/// 304 carries replaces the stored ones of its name (but for the body's
+/// framing: `Content-Length`, `Content-Encoding`, `Content-Range`), new
+/// ones are added, and a stored `Age` goes when the 304 has none (the age
+/// restarts at the 304).
+pub fn merge_304(stored: &[HeaderField], update: &HeaderMap) -> Vec<HeaderField> {
+    const KEEP: &[&str] = &[
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "transfer-encoding",
+    ];
+    let replaced = |name: &str| !KEEP.contains(&name) && update.contains_key(name);
+    let mut out: Vec<HeaderField> = stored
+        .iter()
+        .filter(|f| !replaced(&f.name) && f.name != "age")
+        .cloned()
+        .collect();
+    for f in rules::fields_to_store(update) {
+        if !KEEP.contains(&f.name.as_str()) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// `body` with each read bounded by `idle` and errors as `io::Error`.
+fn idle_bounded(
+    body: impl futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    idle: std::time::Duration,
+) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Unpin + Send + 'static {
+    Box::pin(futures::stream::unfold(
+        Some(Box::pin(body)),
+        move |state| async move {
+            let mut body = state?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data within {idle:?} (artifact.origin-timeout)"),
+                    )),
+                    None,
+                )),
+                Ok(None) => None,
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+                Ok(Some(Err(e))) => Some((Err(io::Error::other(error_chain(&e))), None)),
+            }
+        },
+    ))
+}
+
+/// A blocking reader of a channel of chunks (the blob store's side of a
+/// download); an `Err` chunk fails the read.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(chunk)) => self.current = chunk,
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Streams stored blob `digest` in chunks read off the async threads.
+pub fn stored_body(
+    store: Store,
+    digest: Digest,
+) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = match store.open_blob(&digest) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let _ = tx.blocking_send(Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("body {digest} is missing"),
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+                return;
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; STORE_CHUNK_BYTES];
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// Scan helpers on the concrete store used by the start-up cleanup.
+trait ArtifactScan {
+    fn view_scan_messages_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, ArtifactRow)>, ArtifactError>;
+    fn view_get_message_row(&self, key: &[u8]) -> Result<Option<ArtifactRow>, ArtifactError>;
+}
+
+impl ArtifactScan for Store {
+    fn view_scan_messages_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, ArtifactRow)>, ArtifactError> {
+        use cairn_storage::ViewReadExt;
+        Ok(self.view_scan_messages(ArtifactsView::NAME, prefix, after, 1024)?)
+    }
+
+    fn view_get_message_row(&self, key: &[u8]) -> Result<Option<ArtifactRow>, ArtifactError> {
+        use cairn_storage::ViewReadExt;
+        Ok(self.view_get_message(ArtifactsView::NAME, key)?)
+    }
+}
