@@ -256,7 +256,7 @@ impl<'a> Change<'a> {
             | Payload::KvEntriesExpired(_)
             | Payload::KvEntriesEvicted(_)
             | Payload::KvNamespaceConfigured(_) => return None,
-            | Payload::ArtifactStored(_)
+            Payload::ArtifactStored(_)
             | Payload::ArtifactRevalidated(_)
             | Payload::ArtifactInvalidated(_)
             | Payload::ArtifactEvicted(_) => return None,

@@ -16,13 +16,13 @@ use cairn_events::{
     v1::{
         event::Payload, ArtifactEvicted, ArtifactInvalidated, ArtifactKey, ArtifactRevalidated,
         ArtifactStored, DeletionProposalWithdrawn, DeletionProposed, DraftCreated,
-        DraftResourcesUpdated, Envelope, GitSpec, HeaderField, KvEntriesDeleted,
-        KvEntriesEvicted, KvEntriesExpired, KvEntryDeleted, KvEntryRef, KvEntrySet,
-        KvNamespaceConfigured, KvNamespaceSettings, PackageRevision, PackageRevisionAdded,
-        PackageRevisionDeleted, PackageRevisionModified, PackageRevisionProposed,
-        PackageRevisionPublished, ProposalRejected, RepositoryClosed, RepositoryRegistered,
-        RepositorySpec, RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded,
-        Task, TraceContext,
+        DraftResourcesUpdated, Envelope, GitSpec, HeaderField, KvEntriesDeleted, KvEntriesEvicted,
+        KvEntriesExpired, KvEntryDeleted, KvEntryRef, KvEntrySet, KvNamespaceConfigured,
+        KvNamespaceSettings, PackageRevision, PackageRevisionAdded, PackageRevisionDeleted,
+        PackageRevisionModified, PackageRevisionProposed, PackageRevisionPublished,
+        ProposalRejected, RepositoryClosed, RepositoryRegistered, RepositorySpec,
+        RepositorySpecChanged, SyncFailed, SyncSpec, SyncStarted, SyncSucceeded, Task,
+        TraceContext,
     },
     EventKind, SCHEMA_VERSION,
 };
@@ -532,7 +532,7 @@ fn every_kind_has_a_sample() {
             | Payload::KvEntriesExpired(_)
             | Payload::KvEntriesEvicted(_)
             | Payload::KvNamespaceConfigured(_) => {}
-            | Payload::ArtifactStored(_)
+            Payload::ArtifactStored(_)
             | Payload::ArtifactRevalidated(_)
             | Payload::ArtifactInvalidated(_)
             | Payload::ArtifactEvicted(_) => {}

@@ -80,7 +80,7 @@ impl Blobs {
         let mut acks = Vec::new();
         for digest in &wanted {
             let store = store.clone();
-            let d = digest.clone();
+            let d = *digest;
             let content = tokio::task::spawn_blocking(move || store.get(&d))
                 .await
                 .map_err(|e| StorageError::Unavailable(format!("reading blob: {e}")))??
@@ -105,7 +105,7 @@ impl Blobs {
                     .send_publish(subject(digest, i), publish)
                     .await
                     .map_err(|e| unavailable(digest, e))?;
-                acks.push((digest.clone(), ack));
+                acks.push((*digest, ack));
             }
         }
         for (digest, ack) in acks {
@@ -124,7 +124,7 @@ impl Blobs {
     pub async fn ensure(&self, store: &Store, env: &Envelope) -> Result<Vec<BlobPin>, String> {
         let mut pins = Vec::new();
         for digest in store.blobs_referenced(env) {
-            let (s, d) = (store.clone(), digest.clone());
+            let (s, d) = (store.clone(), digest);
             let present = tokio::task::spawn_blocking(move || s.blob_size(&d))
                 .await
                 .map_err(|e| e.to_string())?

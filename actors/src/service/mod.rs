@@ -43,8 +43,8 @@
 //!   in [`crate::watch`]). The number of live watchers is the `watchers`
 //!   field of the `watch-start` endpoint's `data` in `$SRV.STATS`.
 
-pub mod cluster;
 pub mod artifact;
+pub mod cluster;
 pub mod codec;
 pub mod context;
 pub mod fields;
@@ -387,8 +387,11 @@ impl CairnService {
         );
         // Background work, stopped at once on shutdown (the serve loops
         // instead end with their endpoints).
-        let background: Vec<JoinHandle<()>> =
-            sweeper.into_iter().chain(flusher).chain(compactor).collect();
+        let background: Vec<JoinHandle<()>> = sweeper
+            .into_iter()
+            .chain(flusher)
+            .chain(compactor)
+            .collect();
         endpoint!(
             "artifact.get",
             cairn_events::v1::ArtifactGetRequest,

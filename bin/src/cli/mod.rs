@@ -19,8 +19,8 @@
 //! - [`artifact`] — `cairn artifact get|ls|stats|evict`.
 //! - [`names`] — how arguments name repositories and package revisions.
 
-mod kv;
 mod artifact;
+mod kv;
 mod names;
 mod pkg;
 mod repo;
@@ -740,7 +740,11 @@ fn print_cluster_status(
             client::print(out, output, status, None, &[])
         }
         _ => {
-            writeln!(out, "answered by node {}", status["node"].as_str().unwrap_or("?"))?;
+            writeln!(
+                out,
+                "answered by node {}",
+                status["node"].as_str().unwrap_or("?")
+            )?;
             client::print(
                 out,
                 client::Output::Table,

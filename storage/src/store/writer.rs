@@ -282,7 +282,7 @@ impl Store {
             .iter()
             .flat_map(|view| view.blobs(envelope))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|d| d.0);
         all.dedup_by(|a, b| a.0 == b.0);
         all
     }
@@ -293,7 +293,7 @@ impl Store {
     pub fn check_envelope(&self, envelope: &Envelope) -> Result<(), StorageError> {
         let mut env = envelope.clone();
         env.seq = env.seq.max(1);
-        check_replicated(&self.inner(), &env).map(|_| ())
+        check_replicated(self.inner(), &env).map(|_| ())
     }
 
     /// Makes this store a replica only (a cluster node): direct appends are

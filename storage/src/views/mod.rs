@@ -44,8 +44,8 @@ pub mod package_revisions;
 pub mod repositories;
 pub mod requests;
 
-pub use kv::KvView;
 pub use artifacts::ArtifactsView;
+pub use kv::KvView;
 pub use package_revision_list::PackageRevisionListView;
 pub use package_revisions::PackageRevisionsView;
 pub use repositories::RepositoriesView;
