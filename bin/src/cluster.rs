@@ -60,6 +60,18 @@ impl ClusterStart {
         store: &Store,
     ) -> anyhow::Result<Self> {
         let node = config.node_id();
+        // A log written by a single node has sequence numbers of its own:
+        // applying the cluster's order on top of it would fork both.
+        let (position, last_seq) = (
+            store.replication_position()?,
+            cairn_storage::EventLog::last_seq(store)?,
+        );
+        if position == 0 && last_seq > 0 {
+            anyhow::bail!(
+                "cluster: the data directory {} holds the log of a single node ({last_seq} events); a cluster node starts from an empty data directory, or one of the same cluster",
+                config.data_dir.display()
+            );
+        }
         // Every write of this node goes through the replicated log from now.
         store.set_replica_only();
         let replicas = config.cluster.stream_replicas;

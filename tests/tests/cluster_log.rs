@@ -364,3 +364,56 @@ async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leavin
         applier.abort();
     }
 }
+
+/// A data directory a single node wrote has sequence numbers of its own:
+/// a node refuses to join a cluster with it (applying the cluster's order
+/// on top would fork both logs), naming the directory, and writes nothing.
+#[tokio::test]
+async fn a_single_nodes_data_directory_does_not_join_a_cluster() {
+    use cairn_storage::{ExpectedVersion, StoreConfig};
+    let server = cairn_tests::NatsServer::start();
+    let dir = cairn_tests::TestDir::new();
+    {
+        let store = Store::open(
+            StoreConfig::new(dir.join("store")),
+            cairn_storage::views::default_views(),
+        )
+        .unwrap();
+        store
+            .append(
+                &StreamId::repository("ns", "r").unwrap(),
+                ExpectedVersion::NoStream,
+                vec![events::registered("ns", "r")],
+                Metadata::command("alice"),
+            )
+            .unwrap();
+    }
+    let data = dir.path().to_str().unwrap().to_owned();
+    let url = server.url();
+    let out = cairn_tests::cairn_cli!()
+        .run_env(
+            ["node", "--data-dir", &data],
+            &[
+                ("CAIRN_NATS__URLS", url.as_str()),
+                ("CAIRN_CLUSTER__ENABLED", "true"),
+                ("CAIRN_CLUSTER__NODE_ID", "n1"),
+                ("CAIRN_CLUSTER__STREAM_REPLICAS", "1"),
+            ],
+            &[],
+        )
+        .await;
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&format!(
+            "cluster: the data directory {data} holds the log of a single node (1 events); a cluster node starts from an empty data directory, or one of the same cluster"
+        )),
+        "{}",
+        out.stderr
+    );
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client);
+    assert!(
+        js.get_stream(log::LOG_STREAM).await.is_err(),
+        "nothing created in JetStream"
+    );
+}
