@@ -956,7 +956,9 @@ async fn update_schedule(
 /// Retries write `id` until it is acknowledged (a refusal during an outage
 /// may still have been recorded: the same key makes the retry safe).
 async fn write_until_acknowledged(client: &Client, node: &str, id: &str, minute: u32) {
-    wait_until(&format!("write {id} to be acknowledged"), WAIT, || {
+    // Recovery includes JetStream electing its leaders again: bounded
+    // generously, as each attempt is by the client's timeout.
+    wait_until(&format!("write {id} to be acknowledged"), 2 * WAIT, || {
         update_schedule(client, node, id, minute)
     })
     .await;
@@ -976,7 +978,9 @@ async fn losing_nats_servers_stops_writes_quickly_keeps_reads_and_recovers_by_it
     owner_of_r(&cluster, None).await;
     let client = cluster.clients[0]
         .clone()
-        .with_timeout(Duration::from_secs(30));
+        // An attempt may wait for a JetStream leader election and this
+        // node's applier to recover (each bounded well under a minute).
+        .with_timeout(WAIT);
 
     // One server of three gone: writes go on (after a failover if the
     // owner's server was the one).

@@ -1131,9 +1131,17 @@ async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_dupli
     let client = Client::connect(node.url()).await;
     let mut request = register("big", &upstream.url());
     request["wait"] = json!(false);
-    // The node may die before its reply reaches us: the log says what
-    // happened.
-    let _ = client.call("repo.register", request).await;
+    // The node may die before its reply reaches us (a timeout, or "no
+    // responders" once the server saw its connection go): the log says
+    // what happened.
+    let _ = tokio::time::timeout(
+        WAIT,
+        client.nats().request(
+            "cairn.v1.repo.register",
+            serde_json::to_vec(&request).unwrap().into(),
+        ),
+    )
+    .await;
     let status = tokio::task::spawn_blocking(move || {
         let status = node.wait_exit(WAIT);
         (node, status)
