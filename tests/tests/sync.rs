@@ -1134,13 +1134,23 @@ async fn a_sync_killed_between_chunks_is_completed_by_the_next_one_without_dupli
     // The node may die before its reply reaches us (a timeout, or "no
     // responders" once the server saw its connection go): the log says
     // what happened.
-    let _ = tokio::time::timeout(
-        WAIT,
-        client.nats().request(
-            "cairn.v1.repo.register",
-            serde_json::to_vec(&request).unwrap().into(),
-        ),
-    )
+    // "No responders" before anything was delivered (seen under load right
+    // after the ready line) is asked again: nothing ran.
+    let body: bytes::Bytes = serde_json::to_vec(&request).unwrap().into();
+    let _ = within("the registration to reach the node", WAIT, async {
+        loop {
+            match client
+                .nats()
+                .request("cairn.v1.repo.register", body.clone())
+                .await
+            {
+                Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                _ => return,
+            }
+        }
+    })
     .await;
     let status = tokio::task::spawn_blocking(move || {
         let status = node.wait_exit(WAIT);

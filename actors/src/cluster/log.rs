@@ -175,13 +175,14 @@ pub async fn start_applier(
     };
     let task = tokio::spawn(async move {
         loop {
+            // Runs until the task is aborted (node shutdown): a consumer
+            // that ends (its connection or server went away) is made anew
+            // from the position applied, as one that fails is.
             match apply_from(&js, &store, &blobs, &tx, &outcomes).await {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(error = %e, "replicated log applier failed; resuming");
-                    tokio::time::sleep(APPLY_RETRY).await;
-                }
+                Ok(()) => info!("replicated log consumer ended; resuming"),
+                Err(e) => warn!(error = %e, "replicated log applier failed; resuming"),
             }
+            tokio::time::sleep(APPLY_RETRY).await;
         }
     });
     Ok((applied, task))
@@ -289,7 +290,6 @@ async fn apply_from(
         }
         tx.send_replace(last);
     }
-    info!("replicated log applier stopped");
     Ok(())
 }
 

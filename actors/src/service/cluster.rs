@@ -165,6 +165,7 @@ pub async fn forward(
     mut node: String,
 ) -> Result<Forwarded, ServiceError> {
     let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
+    let overall = tokio::time::Instant::now() + routing.forward_timeout;
     // Every forwarded command carries an idempotency key (the client's, or
     // one made here): sent again to a new owner after the first one died
     // with it, it runs at most once.
@@ -180,7 +181,7 @@ pub async fn forward(
         let outgoing = async_nats::Request::new()
             .payload(request.message.payload.clone())
             .headers(headers.clone())
-            .timeout(Some(routing.forward_timeout));
+            .timeout(Some(FORWARD_ATTEMPT_WAIT.min(routing.forward_timeout)));
         let target = node_subject(&node, subject);
         tracing::debug!(stream = %stream, node = %node, "forwarding the command to its owner");
         let answer = tokio::select! {
@@ -218,6 +219,22 @@ pub async fn forward(
             }
             Err(e) if e.kind() == RequestErrorKind::NoResponders => {
                 format!("node {node} does not answer")
+            }
+            // No answer in an attempt's time: the request or its reply may
+            // have been lost with a connection. Sent again (same key: a
+            // command still running there is waited for, one that ran is
+            // answered as it was), for up to `cluster.forward-timeout`.
+            Err(e)
+                if e.kind() == RequestErrorKind::TimedOut
+                    && tokio::time::Instant::now() < overall =>
+            {
+                tracing::debug!(stream = %stream, node = %node, "no answer in time; sending the command again");
+                match route(routing, stream, false).await {
+                    Ok(Route::Forward(next)) => node = next,
+                    Ok(Route::Local) => return Ok(Forwarded::RunHere),
+                    Err(_) => {}
+                }
+                continue;
             }
             Err(e) => {
                 return Err(ServiceError::unavailable(format!(
@@ -265,6 +282,10 @@ async fn owner_gone(routing: &ClusterRouting, stream: &StreamId, node: &str) {
         }
     }
 }
+
+/// Longest one forwarding attempt waits for its answer before the command
+/// is sent again (with the same idempotency key).
+const FORWARD_ATTEMPT_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a forwarder checks that the owner it waits for still is one.
 const OWNER_CHECK_EVERY: Duration = Duration::from_millis(500);
