@@ -58,6 +58,9 @@ pub const FENCE_HEADER: &str = "Cairn-Fence";
 const APPLY_BATCH_MAX_MESSAGES: usize = 256;
 /// Most outcomes kept for owners waiting on their commits.
 const OUTCOMES_MAX: usize = 16_384;
+/// How long the applier waits for a message before it checks whether its
+/// consumer stalled.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(3);
 /// Longest pull of the applier's consumer (stall detection is relative).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How long the applier waits before reading again after a failure.
@@ -219,7 +222,30 @@ async fn apply_from(
         .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?
         .ready_chunks(APPLY_BATCH_MAX_MESSAGES);
     debug!(from = position + 1, "applying the replicated log");
-    while let Some(batch) = messages.next().await {
+    let mut stream = stream;
+    loop {
+        // A consumer can stall without ending (its server went away and
+        // came back): when nothing arrives for a while although the stream
+        // holds more than was applied, it is made anew.
+        let batch = match tokio::time::timeout(STALL_CHECK_EVERY, messages.next()).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(_) => {
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
+                    .state
+                    .last_sequence;
+                if last > *tx.borrow() {
+                    return Err(format!(
+                        "consumer stalled at position {} of {last}",
+                        *tx.borrow()
+                    ));
+                }
+                continue;
+            }
+        };
         let mut commits = Vec::with_capacity(batch.len());
         let mut publishers = Vec::with_capacity(batch.len());
         // Fetched blobs stay pinned until the events referencing them are in.
