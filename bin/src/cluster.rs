@@ -156,8 +156,6 @@ impl ClusterStart {
                 forward_timeout: config.cluster.forward_timeout,
             },
             applier: self.applier,
-            applied: self.appender.applied().clone(),
-            node: self.node,
             leave_grace: config.cluster.renew_interval,
         })
     }
@@ -219,8 +217,6 @@ pub struct ClusterNode {
     /// What the service routes with.
     pub routing: ClusterRouting,
     applier: tokio::task::JoinHandle<()>,
-    applied: Applied,
-    node: String,
     leave_grace: Duration,
 }
 
@@ -229,21 +225,6 @@ impl ClusterNode {
     /// over (`cluster.renew-interval`): the other nodes see it gone meanwhile.
     pub fn leave_grace(&self) -> Duration {
         self.leave_grace
-    }
-
-    /// This node's id.
-    pub fn node_id(&self) -> &str {
-        &self.node
-    }
-
-    /// Leases, membership, what this node owns.
-    pub fn ownership(&self) -> &Ownership {
-        &self.routing.ownership
-    }
-
-    /// The log position this node applied.
-    pub fn applied(&self) -> &Applied {
-        &self.applied
     }
 
     /// Hands every stream over and leaves the membership.

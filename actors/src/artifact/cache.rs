@@ -918,14 +918,14 @@ impl ArtifactCache {
                     ArtifactCommand::Revalidate(ArtifactRevalidated {
                         key: Some(key.clone()),
                         headers: fields.clone(),
-                        response_time: Some(rules::timestamp(now)),
+                        response_time: Some(crate::repository::timestamp(now)),
                     }),
                 )
                 .await?;
                 drop(guard);
                 let mut updated = row;
                 updated.headers = fields;
-                updated.response_time = Some(rules::timestamp(now));
+                updated.response_time = Some(crate::repository::timestamp(now));
                 let policy = rules::policy_of(&updated, &own);
                 let _ = new_policy;
                 let headers = match policy.before_request(&own, now) {
@@ -1011,7 +1011,7 @@ impl ArtifactCache {
             vary,
             digest: String::new(),
             size: 0,
-            response_time: Some(rules::timestamp(now)),
+            response_time: Some(crate::repository::timestamp(now)),
             upstream: request.upstream.clone(),
         };
         let (client_tx, client_rx) = if request.stream {

@@ -146,15 +146,6 @@ pub fn system_time(t: Option<&pbjson_types::Timestamp>) -> SystemTime {
         + Duration::from_nanos(t.nanos.max(0) as u64)
 }
 
-/// Protobuf timestamp of `t`.
-pub fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    pbjson_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// The policy of stored `row` for `request` (the client's request as the
 /// cache sends it, [`own_request`]).
 pub fn policy_of(row: &ArtifactRow, request: &http::request::Parts) -> CachePolicy {

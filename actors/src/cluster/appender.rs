@@ -206,7 +206,7 @@ impl ClusterAppend {
                 inner.node
             )));
         };
-        let recorded_at = now();
+        let recorded_at = crate::repository::timestamp(SystemTime::now());
         let mut envelopes = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             let env = Envelope {
@@ -330,14 +330,4 @@ impl AsyncAppend for ClusterAppend {
 
 fn unavailable(stream: &StreamId, e: impl std::fmt::Display) -> StorageError {
     StorageError::Unavailable(format!("replicated log unavailable for {stream}: {e}"))
-}
-
-fn now() -> pbjson_types::Timestamp {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    pbjson_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
 }

@@ -277,17 +277,6 @@ impl OwnershipView {
             .collect()
     }
 
-    /// Every live lease: stream key → owner.
-    pub fn leases(&self) -> BTreeMap<String, String> {
-        self.leases
-            .read()
-            .expect("leases lock")
-            .iter()
-            .filter(|(_, l)| l.seen.elapsed() < self.lease)
-            .map(|(k, l)| (k.clone(), l.node.clone()))
-            .collect()
-    }
-
     /// The node that should own `stream` among the live ones.
     pub fn preferred(&self, stream: &StreamId) -> Option<String> {
         preferred(&self.live(), stream.as_str()).cloned()

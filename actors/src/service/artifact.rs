@@ -73,7 +73,7 @@ fn meta_of(row: &ArtifactRow, status: &str, fresh_until: Option<SystemTime>) -> 
         etag: field(row, "etag"),
         last_modified: field(row, "last-modified"),
         stored_at: row.stored_at,
-        fresh_until: fresh_until.map(rules::timestamp),
+        fresh_until: fresh_until.map(crate::repository::timestamp),
         status: status.to_owned(),
         path: String::new(),
         http_status: row.status,
