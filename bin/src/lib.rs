@@ -13,6 +13,9 @@
 //!   (and for tests and benchmarks); it dies with its node (parent-death
 //!   signal), and a server an earlier run left is found by its pid file
 //!   and stopped.
+//! - [`nats_servers`] — real `nats-server` processes for tests and
+//!   benchmarks: one server, or three routed into a JetStream cluster on
+//!   loopback (the test harness re-exports it).
 //! - [`nginx`] — Debian's nginx with a temp configuration on a loopback
 //!   port (the artifact tests' real origin, the artifact benchmark's origin
 //!   and peer), killed when dropped.
@@ -32,6 +35,7 @@ pub mod config;
 pub mod local_nats;
 pub mod log_cmd;
 pub mod memory;
+pub mod nats_servers;
 pub mod nginx;
 pub mod node;
 pub mod telemetry;

@@ -117,7 +117,7 @@ pub enum LocalNatsError {
 /// thread that forked the child exits (see the module docs). Dropping it
 /// ends the thread.
 #[derive(Debug)]
-struct Spawner {
+pub(crate) struct Spawner {
     release: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -125,7 +125,7 @@ struct Spawner {
 impl Spawner {
     /// Spawns `command` from a new thread; the child gets SIGTERM when
     /// that thread (or the whole process) dies.
-    fn spawn(mut command: Command) -> std::io::Result<(Self, Child)> {
+    pub(crate) fn spawn(mut command: Command) -> std::io::Result<(Self, Child)> {
         let parent = getpid();
         // SAFETY: the closure runs in the forked child before exec, where
         // only async-signal-safe calls are allowed: it makes two system

@@ -134,7 +134,7 @@ impl Latency {
 }
 
 /// Nearest-rank percentile of sorted `samples`.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

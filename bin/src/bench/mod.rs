@@ -52,10 +52,14 @@
 //! - [`kv`] — `kv`: the key-value cache vs `redis-server` and a raw NATS
 //!   echo.
 //! - [`artifact`] — `artifact`.
+//! - [`cluster`] — `cluster-append`, `failover`, `catch-up`,
+//!   `cluster-read`: a three-server NATS cluster and cairn nodes as child
+//!   processes.
 
 pub mod approve;
 pub mod artifact;
 pub mod cache;
+pub mod cluster;
 pub mod gc;
 pub mod gen;
 pub mod kv;

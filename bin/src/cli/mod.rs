@@ -378,6 +378,49 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         lookup_entries: usize,
     },
+    /// Commits/s through a cluster owner (three nodes, NATS R3) vs raw
+    /// async-nats publishes with Nats-Expected-Last-Subject-Sequence.
+    ClusterAppend {
+        /// Commits in all, one event each.
+        #[arg(long, default_value_t = 20_000)]
+        commits: u64,
+        /// Streams written at once: the in-flight window of both sides.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Size of each event's text (a lifecycle command's commit).
+        #[arg(long, default_value_t = 600)]
+        event_bytes: usize,
+    },
+    /// kill -9 of a repository's owner → first successful command through
+    /// another node, several times (three nodes, NATS R3).
+    Failover {
+        /// Owners killed, one after the other.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// A node with an empty data dir joins a cluster whose log holds N
+    /// events vs a raw ordered consumer reading the same messages.
+    CatchUp {
+        /// Events in the log when the node joins (at least).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Revisions of the generated repository whose first sync is copied.
+        #[arg(long, default_value_t = 10_000)]
+        revisions: u64,
+    },
+    /// pkgrev.list throughput against one node and against three (queue
+    /// group), same client load, and how the requests split.
+    ClusterRead {
+        /// Revisions of the generated repository (5 per package).
+        #[arg(long, default_value_t = 1000)]
+        revisions: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// How long each side is measured.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
     Watch {
         /// Timed events (and raw messages).
@@ -673,6 +716,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &bench::artifact::ArtifactOptions {
                         requests,
                         lookup_entries,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::ClusterAppend {
+                    commits,
+                    window,
+                    event_bytes,
+                } => bench::cluster::cluster_append(
+                    &bench::cluster::ClusterAppendOptions {
+                        commits,
+                        window,
+                        event_bytes,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Failover { rounds } => bench::cluster::failover(
+                    &bench::cluster::FailoverOptions { rounds },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::CatchUp { events, revisions } => bench::cluster::catch_up(
+                    &bench::cluster::CatchUpOptions { events, revisions },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::ClusterRead {
+                    revisions,
+                    concurrency,
+                    duration,
+                } => bench::cluster::cluster_read(
+                    &bench::cluster::ClusterReadOptions {
+                        revisions,
+                        concurrency,
+                        duration,
                     },
                     &mut stdout,
                 )
