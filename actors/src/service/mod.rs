@@ -97,16 +97,33 @@ impl CairnService {
         let watch = crate::watch::WatchHub::start(store.clone(), config.watch.clone());
         let stats_hub = watch.clone();
         let stats_artifacts = artifacts.clone();
+        // In a cluster, `$SRV.INFO` names the node (metadata) and
+        // `$SRV.STATS` what it owns now (data of `cluster-status`).
+        let ownership = config
+            .cluster
+            .as_ref()
+            .map(|routing| routing.ownership.view().clone());
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("cluster".to_owned(), ownership.is_some().to_string());
+        if let Some(view) = &ownership {
+            metadata.insert("node".to_owned(), view.node().to_owned());
+        }
         let service = client
             .clone()
             .service_builder()
             .description("cairn: package-repository cache")
             .queue_group("cairn")
+            .metadata(metadata)
             .stats_handler(move |endpoint, _| {
                 if endpoint == WATCH_STATS_ENDPOINT {
                     serde_json::json!({ "watchers": stats_hub.len() })
                 } else if endpoint == ARTIFACT_STATS_ENDPOINT {
                     stats_artifacts.stats().to_json()
+                } else if let (CLUSTER_STATS_ENDPOINT, Some(view)) = (endpoint.as_str(), &ownership)
+                {
+                    let owns: Vec<String> =
+                        view.held().keys().map(|s| s.as_str().to_owned()).collect();
+                    serde_json::json!({ "node": view.node(), "owns": owns })
                 } else {
                     serde_json::Value::Null
                 }
@@ -497,6 +514,9 @@ pub const ARTIFACT_STATS_ENDPOINT: &str = "artifact-stats";
 
 /// The endpoint whose `$SRV.STATS` `data` carries `{"watchers": N}`.
 pub const WATCH_STATS_ENDPOINT: &str = "watch-start";
+/// The endpoint whose `$SRV.STATS` data names the node and the streams it
+/// owns (cluster nodes only).
+pub const CLUSTER_STATS_ENDPOINT: &str = "cluster-status";
 
 /// How large a request an endpoint takes.
 #[derive(Debug, Clone, Copy)]
