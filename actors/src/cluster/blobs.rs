@@ -6,8 +6,8 @@
 //! An owner ships the blobs its events reference before it publishes the
 //! commit ([`Blobs::ship`]; each digest once per process, the server keeps
 //! one copy per part whatever is sent again). A replica's applier fetches
-//! the ones it does not hold before it applies a commit ([`Blobs::ensure`])
-//! and checks their digest. The stream keeps every blob ever shipped (no
+//! the ones it does not hold before it applies a batch of commits
+//! ([`Blobs::ensure`], several at once) and checks their digest. The stream keeps every blob ever shipped (no
 //! collection yet: see the README's known limitations).
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
@@ -15,6 +15,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use async_nats::jetstream::{self, message::PublishMessage as Publish, stream::StorageType};
 use cairn_events::v1::Envelope;
 use cairn_storage::{BlobPin, BlobStore as _, Digest, StorageError, Store};
+use futures::{StreamExt as _, TryStreamExt as _};
 
 /// Name of the JetStream stream that holds shipped blobs.
 pub const BLOB_STREAM: &str = "CAIRN_BLOBS";
@@ -119,61 +120,104 @@ impl Blobs {
         Ok(())
     }
 
-    /// Fetches every blob `env` references that `store` lacks; the pins
-    /// hold them until the event that references them is applied.
-    pub async fn ensure(&self, store: &Store, env: &Envelope) -> Result<Vec<BlobPin>, String> {
-        let mut pins = Vec::new();
-        for digest in store.blobs_referenced(env) {
-            let (s, d) = (store.clone(), digest);
-            let present = tokio::task::spawn_blocking(move || s.blob_size(&d))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            if present.is_some() {
-                continue;
+    /// Fetches every blob `envelopes` reference that `store` lacks, at most
+    /// [`FETCH_CONCURRENCY`] at once; the pins hold them until the events
+    /// that reference them are applied. One pass over a whole batch: the
+    /// digests are gathered (each once), checked in one blocking call, and
+    /// only the missing ones fetched — a replica catching up on events that
+    /// share their blobs checks each blob once per batch, not once per
+    /// event.
+    pub async fn ensure(
+        &self,
+        store: &Store,
+        envelopes: &[&Envelope],
+    ) -> Result<Vec<BlobPin>, String> {
+        let mut wanted: Vec<Digest> = Vec::new();
+        {
+            let mut seen = HashSet::new();
+            for env in envelopes {
+                for digest in store.blobs_referenced(env) {
+                    if seen.insert(digest.0) {
+                        wanted.push(digest);
+                    }
+                }
             }
-            let content = self.fetch(&digest).await?;
-            let s = store.clone();
-            let pin = tokio::task::spawn_blocking(move || s.put(&content))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            if pin.digest() != digest {
-                return Err(format!(
-                    "blob {digest} fetched from {BLOB_STREAM} has digest {}",
-                    pin.digest()
-                ));
-            }
-            pins.push(pin);
         }
-        Ok(pins)
-    }
-
-    async fn fetch(&self, digest: &Digest) -> Result<Vec<u8>, String> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = store.clone();
+        let missing: Vec<Digest> = tokio::task::spawn_blocking(move || {
+            let mut missing = Vec::new();
+            for digest in wanted {
+                if s.blob_size(&digest)?.is_none() {
+                    missing.push(digest);
+                }
+            }
+            Ok::<_, StorageError>(missing)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
         let stream = self
             .js
             .get_stream(BLOB_STREAM)
             .await
             .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
-        let first = stream
-            .get_last_raw_message_by_subject(&subject(digest, 0))
-            .await
-            .map_err(|e| format!("blob {digest} not in {BLOB_STREAM}: {e}"))?;
-        let parts: usize = first
-            .headers
-            .get(PARTS_HEADER)
-            .and_then(|v| v.as_str().parse().ok())
-            .unwrap_or(1);
-        let mut content = first.payload.to_vec();
-        for i in 1..parts {
-            let part = stream
-                .get_last_raw_message_by_subject(&subject(digest, i))
-                .await
-                .map_err(|e| format!("blob {digest} part {i} not in {BLOB_STREAM}: {e}"))?;
-            content.extend_from_slice(&part.payload);
-        }
-        Ok(content)
+        let fetched: Vec<(Digest, Vec<u8>)> = futures::stream::iter(missing)
+            .map(|digest| {
+                let stream = &stream;
+                async move { Ok::<_, String>((digest, fetch(stream, &digest).await?)) }
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut pins = Vec::with_capacity(fetched.len());
+            for (digest, content) in fetched {
+                let pin = s.put(&content).map_err(|e| e.to_string())?;
+                if pin.digest() != digest {
+                    return Err(format!(
+                        "blob {digest} fetched from {BLOB_STREAM} has digest {}",
+                        pin.digest()
+                    ));
+                }
+                pins.push(pin);
+            }
+            Ok(pins)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
+}
+
+/// Most blobs a replica fetches at once.
+pub const FETCH_CONCURRENCY: usize = 32;
+
+/// The parts of `digest`, joined.
+async fn fetch(stream: &jetstream::stream::Stream, digest: &Digest) -> Result<Vec<u8>, String> {
+    let first = stream
+        .get_last_raw_message_by_subject(&subject(digest, 0))
+        .await
+        .map_err(|e| format!("blob {digest} not in {BLOB_STREAM}: {e}"))?;
+    let parts: usize = first
+        .headers
+        .get(PARTS_HEADER)
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(1);
+    let mut content = first.payload.to_vec();
+    for i in 1..parts {
+        let part = stream
+            .get_last_raw_message_by_subject(&subject(digest, i))
+            .await
+            .map_err(|e| format!("blob {digest} part {i} not in {BLOB_STREAM}: {e}"))?;
+        content.extend_from_slice(&part.payload);
+    }
+    Ok(content)
 }
 
 fn unavailable(digest: &Digest, e: impl std::fmt::Display) -> StorageError {

@@ -248,8 +248,6 @@ async fn apply_from(
         };
         let mut commits = Vec::with_capacity(batch.len());
         let mut publishers = Vec::with_capacity(batch.len());
-        // Fetched blobs stay pinned until the events referencing them are in.
-        let mut pins = Vec::new();
         for message in batch {
             let message = message.map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
             let info = message.info().map_err(|e| e.to_string())?;
@@ -280,19 +278,20 @@ async fn apply_from(
                     }
                 }
             };
-            for env in &envelopes {
-                pins.extend(
-                    blobs
-                        .ensure(store, env)
-                        .await
-                        .map_err(|e| format!("commit at position {position}: {e}"))?,
-                );
-            }
             commits.push(SequencedCommit {
                 position,
                 envelopes,
             });
         }
+        // The blobs of the whole batch, fetched at once.
+        let referencing: Vec<&Envelope> = commits.iter().flat_map(|c| &c.envelopes).collect();
+        let pins = blobs.ensure(store, &referencing).await.map_err(|e| {
+            format!(
+                "commits at positions {}..={}: {e}",
+                commits.first().map_or(0, |c| c.position),
+                commits.last().map_or(0, |c| c.position)
+            )
+        })?;
         let positions: Vec<u64> = commits.iter().map(|c| c.position).collect();
         let publishers: Vec<String> = publishers;
         debug!(positions = ?positions, "applying replicated commits");

@@ -803,7 +803,9 @@ async fn read_log(
             // A filtered read ends when nothing more of its subject comes.
             Ok(None) | Err(_) if decode => break,
             Ok(None) => anyhow::bail!("the consumer of {LOG_STREAM} ended"),
-            Err(_) => anyhow::bail!("nothing from {LOG_STREAM} for 5s before its end"),
+            Err(_) => anyhow::bail!(
+                "nothing from {LOG_STREAM} for 5s before its end ({count} messages read, last position {last})"
+            ),
         };
         count += 1;
         bytes += message.payload.len() as u64;

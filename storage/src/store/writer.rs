@@ -402,9 +402,22 @@ fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>)
     // Exactly what reads will do with the stored row: refuse now
     // what could not be read back (a schema version this build does
     // not understand, no payload).
-    let bytes = envelope::encode(env);
-    envelope::decode(&bytes)
+    // `env` was decoded from the replicated message, so its encoding decodes
+    // again: checking the schema version and the payload on it is what a
+    // read of the row would check (without a second decode per event).
+    if env.schema_version != envelope::SCHEMA_VERSION {
+        let e = cairn_events::EventsError::UnsupportedSchema {
+            found: env.schema_version,
+            supported: envelope::SCHEMA_VERSION,
+        };
+        return Err(StorageError::InvalidReplicated(format!(
+            "event at seq {}: {e}",
+            env.seq
+        )));
+    }
+    envelope::kind(env)
         .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq)))?;
+    let bytes = envelope::encode(env);
     if let Some(event) = env.event.as_ref() {
         let size = prost::Message::encoded_len(event);
         if size > inner.config.event_max_bytes {
