@@ -19,10 +19,13 @@
 //!   from the store's replication position + 1 and applies batches of
 //!   messages with [`Store::apply_sequenced_async`] (seqs assigned from the
 //!   order, position written atomically with the events), so every node's
-//!   log is the same, byte for byte. Before a commit is applied the blobs
+//!   log is the same, byte for byte. Before a batch is applied the blobs
 //!   its events reference are fetched from `CAIRN_BLOBS` when missing
-//!   ([`super::blobs`]). Each applied position is announced on a watch
-//!   channel; owners wait on it for read-your-writes.
+//!   ([`super::blobs`]). Reading, decoding and fetching run one stage ahead
+//!   of applying (a bounded pipeline of [`APPLY_PIPELINE_BATCHES`] batches),
+//!   so the network side and the store's writer work at the same time.
+//!   Each applied position is announced on a watch channel; owners wait on
+//!   it for read-your-writes.
 
 use std::{
     collections::BTreeMap,
@@ -32,7 +35,10 @@ use std::{
 
 use async_nats::jetstream::{
     self,
-    consumer::{pull::OrderedConfig, DeliverPolicy},
+    consumer::{
+        pull::{OrderedConfig, OrderedError},
+        DeliverPolicy,
+    },
     stream::StorageType,
 };
 use base64::Engine as _;
@@ -41,7 +47,7 @@ use cairn_events::{v1::Envelope, StreamId};
 use cairn_storage::{Sequenced, SequencedCommit, StorageError, Store};
 use futures::StreamExt as _;
 use prost::Message as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::blobs::Blobs;
@@ -63,6 +69,8 @@ const OUTCOMES_MAX: usize = 16_384;
 const STALL_CHECK_EVERY: Duration = Duration::from_secs(3);
 /// Longest pull of the applier's consumer (stall detection is relative).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Batches read and made ready ahead of the one being applied.
+pub const APPLY_PIPELINE_BATCHES: usize = 2;
 /// How long the applier waits before reading again after a failure.
 const APPLY_RETRY: Duration = Duration::from_millis(250);
 
@@ -222,100 +230,147 @@ async fn apply_from(
         .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?
         .ready_chunks(APPLY_BATCH_MAX_MESSAGES);
     debug!(from = position + 1, "applying the replicated log");
-    let mut stream = stream;
-    loop {
-        // A consumer can stall without ending (its server went away and
-        // came back): when nothing arrives for a while although the stream
-        // holds more than was applied, it is made anew.
-        let batch = match tokio::time::timeout(STALL_CHECK_EVERY, messages.next()).await {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break,
-            Err(_) => {
-                let last = stream
-                    .info()
-                    .await
-                    .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
-                    .state
-                    .last_sequence;
-                if last > *tx.borrow() {
-                    return Err(format!(
-                        "consumer stalled at position {} of {last}",
-                        *tx.borrow()
-                    ));
-                }
-                continue;
-            }
-        };
-        let mut commits = Vec::with_capacity(batch.len());
-        let mut publishers = Vec::with_capacity(batch.len());
-        for message in batch {
-            let message = message.map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
-            let info = message.info().map_err(|e| e.to_string())?;
-            let position = info.stream_sequence;
-            debug!(position, subject = %message.subject, "replicated message received");
-            publishers.push(
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(NODE_HEADER).or_else(|| h.get(FENCE_HEADER)))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default(),
-            );
-            let envelopes = if message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(FENCE_HEADER))
-                .is_some()
-            {
-                Vec::new()
-            } else {
-                match decode_commit(&message.payload) {
-                    Ok(envelopes) => envelopes,
-                    Err(e) => {
-                        // Every node skips it alike (refused below).
-                        warn!(position, error = %e, "undecodable commit");
-                        vec![Envelope::default()]
+    // Two stages, so that reading, decoding and fetching blobs of the next
+    // batch overlap with the store's writer applying this one.
+    let (prepared_tx, mut prepared_rx) = mpsc::channel::<Prepared>(APPLY_PIPELINE_BATCHES);
+    let read = async move {
+        let mut stream = stream;
+        let mut read_position = position;
+        loop {
+            // A consumer can stall without ending (its server went away and
+            // came back): when nothing arrives for a while although the
+            // stream holds more than was read, it is made anew.
+            let batch = match tokio::time::timeout(STALL_CHECK_EVERY, messages.next()).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    let last = stream
+                        .info()
+                        .await
+                        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
+                        .state
+                        .last_sequence;
+                    if last > read_position {
+                        return Err(format!(
+                            "consumer stalled at position {read_position} of {last}"
+                        ));
                     }
+                    continue;
                 }
             };
-            commits.push(SequencedCommit {
-                position,
-                envelopes,
-            });
+            let prepared = prepare(batch, store, blobs).await?;
+            read_position = prepared
+                .commits
+                .last()
+                .map_or(read_position, |c| c.position);
+            if prepared_tx.send(prepared).await.is_err() {
+                return Ok(());
+            }
         }
-        // The blobs of the whole batch, fetched at once.
-        let referencing: Vec<&Envelope> = commits.iter().flat_map(|c| &c.envelopes).collect();
-        let pins = blobs.ensure(store, &referencing).await.map_err(|e| {
-            format!(
-                "commits at positions {}..={}: {e}",
-                commits.first().map_or(0, |c| c.position),
-                commits.last().map_or(0, |c| c.position)
-            )
-        })?;
-        let positions: Vec<u64> = commits.iter().map(|c| c.position).collect();
-        let publishers: Vec<String> = publishers;
-        debug!(positions = ?positions, "applying replicated commits");
-        let results = store
-            .apply_sequenced_async(commits)
-            .await
-            .map_err(|e| format!("applying: {e}"))?;
-        drop(pins);
-        let last = *positions.last().unwrap_or(&0);
+    };
+    let apply = async {
+        while let Some(Prepared {
+            commits,
+            publishers,
+            pins,
+        }) = prepared_rx.recv().await
         {
-            let mut kept = outcomes.lock().expect("outcomes lock");
-            for ((position, outcome), node) in positions.into_iter().zip(results).zip(&publishers) {
-                if let Sequenced::Refused(why) = &outcome {
-                    warn!(position, why, node, "replicated commit refused");
+            let positions: Vec<u64> = commits.iter().map(|c| c.position).collect();
+            debug!(positions = ?positions, "applying replicated commits");
+            let results = store
+                .apply_sequenced_async(commits)
+                .await
+                .map_err(|e| format!("applying: {e}"))?;
+            // Fetched blobs stay pinned until the events referencing them are in.
+            drop(pins);
+            let last = *positions.last().unwrap_or(&0);
+            {
+                let mut kept = outcomes.lock().expect("outcomes lock");
+                for ((position, outcome), node) in
+                    positions.into_iter().zip(results).zip(&publishers)
+                {
+                    if let Sequenced::Refused(why) = &outcome {
+                        warn!(position, why, node, "replicated commit refused");
+                    }
+                    kept.insert(position, outcome);
                 }
-                kept.insert(position, outcome);
+                while kept.len() > OUTCOMES_MAX {
+                    kept.pop_first();
+                }
             }
-            while kept.len() > OUTCOMES_MAX {
-                kept.pop_first();
-            }
+            tx.send_replace(last);
         }
-        tx.send_replace(last);
-    }
+        Ok::<_, String>(())
+    };
+    tokio::try_join!(read, apply)?;
     Ok(())
+}
+
+/// A batch of messages made ready to apply: decoded, its blobs here.
+struct Prepared {
+    commits: Vec<SequencedCommit>,
+    /// The node that published each commit (for warnings).
+    publishers: Vec<String>,
+    pins: Vec<cairn_storage::BlobPin>,
+}
+
+/// Decodes `batch` and fetches the blobs its events reference.
+async fn prepare(
+    batch: Vec<Result<jetstream::Message, OrderedError>>,
+    store: &Store,
+    blobs: &Blobs,
+) -> Result<Prepared, String> {
+    let mut commits = Vec::with_capacity(batch.len());
+    let mut publishers = Vec::with_capacity(batch.len());
+    for message in batch {
+        let message = message.map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
+        let info = message.info().map_err(|e| e.to_string())?;
+        let position = info.stream_sequence;
+        debug!(position, subject = %message.subject, "replicated message received");
+        publishers.push(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(NODE_HEADER).or_else(|| h.get(FENCE_HEADER)))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default(),
+        );
+        let envelopes = if message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(FENCE_HEADER))
+            .is_some()
+        {
+            Vec::new()
+        } else {
+            match decode_commit(&message.payload) {
+                Ok(envelopes) => envelopes,
+                Err(e) => {
+                    // Every node skips it alike (refused when applied).
+                    warn!(position, error = %e, "undecodable commit");
+                    vec![Envelope::default()]
+                }
+            }
+        };
+        commits.push(SequencedCommit {
+            position,
+            envelopes,
+        });
+    }
+    // The blobs of the whole batch, fetched at once.
+    let referencing: Vec<&Envelope> = commits.iter().flat_map(|c| &c.envelopes).collect();
+    let pins = blobs.ensure(store, &referencing).await.map_err(|e| {
+        format!(
+            "commits at positions {}..={}: {e}",
+            commits.first().map_or(0, |c| c.position),
+            commits.last().map_or(0, |c| c.position)
+        )
+    })?;
+    Ok(Prepared {
+        commits,
+        publishers,
+        pins,
+    })
 }
 
 #[cfg(test)]
