@@ -52,11 +52,30 @@ impl Blobs {
             num_replicas: replicas.max(1),
             max_messages_per_subject: 1,
             duplicate_window: Duration::from_secs(120),
+            // Replicas fetch with direct gets, served by any server holding
+            // the stream, not queued behind the leader's API.
+            allow_direct: true,
             ..Default::default()
         };
-        js.get_or_create_stream(config)
+        let mut stream = js
+            .get_or_create_stream(config.clone())
             .await
             .map_err(|e| format!("cannot create or find stream {BLOB_STREAM}: {e}"))?;
+        let found = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?
+            .config
+            .clone();
+        if !found.allow_direct {
+            // Made by an earlier build: direct gets turned on in place.
+            js.update_stream(jetstream::stream::Config {
+                allow_direct: true,
+                ..found
+            })
+            .await
+            .map_err(|e| format!("cannot allow direct gets on stream {BLOB_STREAM}: {e}"))?;
+        }
         Ok(Self {
             js,
             part_bytes: max_payload.saturating_sub(HEADER_ROOM_BYTES).max(1024),
@@ -198,10 +217,25 @@ impl Blobs {
 /// Most blobs a replica fetches at once.
 pub const FETCH_CONCURRENCY: usize = 32;
 
+/// One part: a direct get (any server holding the stream), or from the
+/// leader when the server asked does not hold it yet (a replica that is not
+/// part of the quorum that stored it may lag).
+async fn fetch_part(
+    stream: &jetstream::stream::Stream,
+    subject: String,
+) -> Result<jetstream::message::StreamMessage, String> {
+    match stream.direct_get_last_for_subject(subject.clone()).await {
+        Ok(message) => Ok(message),
+        Err(_) => stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// The parts of `digest`, joined.
 async fn fetch(stream: &jetstream::stream::Stream, digest: &Digest) -> Result<Vec<u8>, String> {
-    let first = stream
-        .get_last_raw_message_by_subject(&subject(digest, 0))
+    let first = fetch_part(stream, subject(digest, 0))
         .await
         .map_err(|e| format!("blob {digest} not in {BLOB_STREAM}: {e}"))?;
     let parts: usize = first
@@ -211,8 +245,7 @@ async fn fetch(stream: &jetstream::stream::Stream, digest: &Digest) -> Result<Ve
         .unwrap_or(1);
     let mut content = first.payload.to_vec();
     for i in 1..parts {
-        let part = stream
-            .get_last_raw_message_by_subject(&subject(digest, i))
+        let part = fetch_part(stream, subject(digest, i))
             .await
             .map_err(|e| format!("blob {digest} part {i} not in {BLOB_STREAM}: {e}"))?;
         content.extend_from_slice(&part.payload);

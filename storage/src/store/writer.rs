@@ -260,7 +260,8 @@ impl Store {
     /// skipped; one that cannot be applied (a stream version that does not
     /// continue its stream, a malformed envelope) is refused alone and
     /// skipped, identically on every node. An error (I/O, a view's fold)
-    /// writes nothing. Waits without blocking a thread.
+    /// writes nothing. The write is not fsynced (the replicated order is the
+    /// durable copy; see the writer). Waits without blocking a thread.
     pub async fn apply_sequenced_async(
         &self,
         commits: Vec<SequencedCommit>,
@@ -751,7 +752,12 @@ impl Writer {
             meta::REPLICATION_POSITION,
             position.to_be_bytes(),
         );
-        self.write_commit(batch, overlay, seq, heads, true)?;
+        // Not fsynced: the replicated order (JetStream, on a quorum) is
+        // what makes these events durable. A crash loses at most a tail of
+        // whole batches — events and position together, as the WAL
+        // recovers a prefix — and the applier applies that tail again
+        // from the position, to the same seqs.
+        self.write_commit(batch, overlay, seq, heads, false)?;
         Ok(outcomes)
     }
 
