@@ -92,6 +92,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const FAILOVER_GIVE_UP: Duration = Duration::from_secs(120);
 /// Longest wait for the cluster to settle between failover rounds.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Copies of commits in flight while the catch-up log is filled (a commit
+/// is up to `max_payload`, 1 MiB).
+const COPY_WINDOW: usize = 16;
 /// Pause between two polls of the cluster's status.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -697,7 +700,7 @@ pub fn catch_up(
                 let mut headers = HeaderMap::new();
                 headers.insert("Cairn-Node", "bench-copy");
                 headers.insert("Nats-Msg-Id", envelopes[0].event_id.as_str());
-                if acks.len() >= 256 {
+                if acks.len() >= COPY_WINDOW {
                     if let Some(ack) = acks.next().await {
                         ack.map_err(|e| anyhow::anyhow!("publishing a copy: {e}"))?;
                     }
