@@ -692,14 +692,16 @@ impl NatsCluster {
     }
 }
 
-/// Polls `check` (pauses doubling from 10 ms to 200 ms) until it holds or
-/// `timeout` passed; on timeout the last observation is the error.
-fn wait_until_blocking<T>(
+/// Polls `check` (pauses doubling from 5 ms to 200 ms) until it holds or
+/// `timeout` passed; on timeout the last observation is the error. For
+/// code without a runtime (process start-up, HTTP monitoring); the test
+/// harness re-exports it.
+pub fn wait_until_blocking<T>(
     timeout: Duration,
     mut check: impl FnMut() -> Result<T, String>,
 ) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(10);
+    let mut pause = Duration::from_millis(5);
     loop {
         let last = match check() {
             Ok(value) => return Ok(value),

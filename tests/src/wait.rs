@@ -58,25 +58,8 @@ where
 }
 
 /// [`wait_until`] for code without a runtime (process start-up, HTTP
-/// monitoring); returns the last observation as the error after `timeout`.
-pub fn wait_until_blocking<T>(
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = POLL_MIN;
-    loop {
-        let last = match check() {
-            Ok(value) => return Ok(value),
-            Err(observed) => observed,
-        };
-        if Instant::now() >= deadline {
-            return Err(last);
-        }
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-        pause = (pause * 2).min(POLL_MAX);
-    }
-}
+/// monitoring): the `cairn` library's, which its NATS harness uses too.
+pub use cairn::nats_servers::wait_until_blocking;
 
 #[cfg(test)]
 mod tests {
