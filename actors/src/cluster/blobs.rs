@@ -7,8 +7,9 @@
 //! commit ([`Blobs::ship`]; each digest once per process, the server keeps
 //! one copy per part whatever is sent again). A replica's applier fetches
 //! the ones it does not hold before it applies a batch of commits
-//! ([`Blobs::ensure`], several at once) and checks their digest. The stream keeps every blob ever shipped (no
-//! collection yet: see the README's known limitations).
+//! ([`Blobs::ensure`], several at once, with direct gets) and checks their
+//! digest. The stream keeps every blob ever shipped (no collection yet: see
+//! the README's known limitations).
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
