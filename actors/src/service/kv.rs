@@ -79,6 +79,9 @@ pub struct KvServiceConfig {
     /// How long a `KvEntryDeleted` stays in the log after it was recorded
     /// (`kv.tombstone-retention`). Default: 24 h.
     pub tombstone_retention: Duration,
+    /// Most sets a partition's writer appends in one batch
+    /// (`kv.set-batch-max`). Default: 512.
+    pub set_batch_max: usize,
 }
 
 impl Default for KvServiceConfig {
@@ -92,6 +95,7 @@ impl Default for KvServiceConfig {
             flush_interval: Duration::from_secs(1),
             compact_interval: Duration::from_secs(600),
             tombstone_retention: Duration::from_secs(24 * 60 * 60),
+            set_batch_max: 512,
         }
     }
 }
