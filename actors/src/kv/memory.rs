@@ -254,7 +254,13 @@ impl KvMemory {
     pub fn hit(&self, partition: usize, namespace: &str, key: &str, now_ms: u64) -> EntryInfo {
         let tick = self.next_tick();
         let mut tracker = self.partitions[partition].lock();
-        let ns = tracker.namespace(namespace);
+        // A live entry's namespace exists: no key allocated to find it.
+        if !tracker.namespaces.contains_key(namespace) {
+            tracker.namespace(namespace);
+        }
+        let Some(ns) = tracker.namespaces.get_mut(namespace) else {
+            return EntryInfo::default();
+        };
         ns.counters.hits += 1;
         ns.touch(key, tick, now_ms, true);
         ns.entries.get(key).copied().unwrap_or_default()

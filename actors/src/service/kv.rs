@@ -363,24 +363,51 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
     ))
 }
 
-fn entry_json(row: &KvEntryRow, info: &EntryInfo) -> Value {
-    let mut out = json!({
-        "namespace": row.namespace,
-        "key": row.key,
-        "tags": row.tags,
-        "created_at": timestamp_ms(row.created_at_ms),
-        "expires_at": timestamp_ms(row.expires_at_ms),
-        "hit_count": info.hits,
-        "last_accessed": timestamp_ms(info.last_accessed_ms),
-        "version": row.seq,
-    });
-    if row.json {
-        out["value"] = serde_json::from_slice(&row.value).unwrap_or(Value::Null);
-    } else {
-        out["value_b64"] =
-            Value::String(base64::engine::general_purpose::STANDARD.encode(&row.value));
+/// The entry's JSON reply, written straight to bytes: the stored JSON
+/// value (valid JSON text: a `kv.set`'s serialised value, or an origin's or
+/// compute's reply that parsed as JSON) is copied verbatim, not parsed and
+/// re-encoded, and no `Value` tree is built — the hot path of `kv.get`.
+fn entry_json_bytes(row: &KvEntryRow, info: &EntryInfo) -> bytes::Bytes {
+    #[derive(serde::Serialize)]
+    struct Head<'a> {
+        namespace: &'a str,
+        key: &'a str,
+        tags: &'a [String],
+        created_at: Value,
+        expires_at: Value,
+        hit_count: u64,
+        last_accessed: Value,
+        version: u64,
     }
-    out
+    let head = Head {
+        namespace: &row.namespace,
+        key: &row.key,
+        tags: &row.tags,
+        created_at: timestamp_ms(row.created_at_ms),
+        expires_at: timestamp_ms(row.expires_at_ms),
+        hit_count: info.hits,
+        last_accessed: timestamp_ms(info.last_accessed_ms),
+        version: row.seq,
+    };
+    let b64 = (!row.json).then(|| base64::engine::general_purpose::STANDARD.encode(&row.value));
+    let value_len = b64.as_ref().map_or(row.value.len(), String::len);
+    let mut out = Vec::with_capacity(row.namespace.len() + row.key.len() + value_len + 256);
+    // A struct of strings, numbers and nulls always serialises.
+    let _ = serde_json::to_writer(&mut out, &head);
+    out.pop(); // its closing brace: the value follows
+    match b64 {
+        None => {
+            out.extend_from_slice(b",\"value\":");
+            out.extend_from_slice(&row.value);
+        }
+        Some(b64) => {
+            out.extend_from_slice(b",\"value_b64\":\"");
+            out.extend_from_slice(b64.as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+    out.into()
 }
 
 fn entry_pb(row: &KvEntryRow, info: &EntryInfo) -> Vec<u8> {
@@ -417,7 +444,12 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
     let (namespace, key, principal) = key_request(&request)?;
     let kv = kv(&context)?;
     let mut found = kv.get(&namespace, &key, true).await?;
-    let settings = kv.settings(&namespace);
+    // A hit needs no settings (an origin is asked on a miss only).
+    let settings = if found.is_none() {
+        kv.settings(&namespace)
+    } else {
+        KvNamespaceSettings::default()
+    };
     if found.is_none() && !settings.origin_subject.is_empty() {
         // Read-through: one origin call for all concurrent misses.
         let body = serde_json::to_vec(&json!({"op": "get", "namespace": namespace, "key": key}))
@@ -439,11 +471,10 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
         }
         .into());
     };
-    Ok(Body::of(
-        request.format,
-        || entry_json(&found.row, &found.info),
-        || entry_pb(&found.row, &found.info),
-    ))
+    Ok(match request.format {
+        Format::Json => Body::JsonBytes(entry_json_bytes(&found.row, &found.info)),
+        Format::Protobuf => Body::Protobuf(entry_pb(&found.row, &found.info)),
+    })
 }
 
 /// `kv.exists`: whether a live entry exists; counts nothing.
@@ -1134,11 +1165,10 @@ pub async fn handle_get_or_compute(
                 .ok_or_else(|| ServiceError::internal("a compute answered no entry"))?
         }
     };
-    Ok(Body::of(
-        request.format,
-        || entry_json(&found.row, &found.info),
-        || entry_pb(&found.row, &found.info),
-    ))
+    Ok(match request.format {
+        Format::Json => Body::JsonBytes(entry_json_bytes(&found.row, &found.info)),
+        Format::Protobuf => Body::Protobuf(entry_pb(&found.row, &found.info)),
+    })
 }
 
 /// A subject a request names for cairn to send to: no wildcards, no

@@ -186,6 +186,15 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Whether a reply is a service error (every reply carries headers, such
+/// as the node's last sequence: the error code header tells).
+fn is_error(reply: &async_nats::Message) -> bool {
+    reply
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get("Nats-Service-Error-Code").is_some())
+}
+
 fn value_of(size: usize, i: usize) -> String {
     let mut v = format!("{i:08}");
     v.push_str(&"x".repeat(size.saturating_sub(v.len())));
@@ -348,7 +357,7 @@ async fn gets(
                         .request("cairn.v1.kv.set", serde_json::to_vec(&body)?.into())
                         .await?;
                     anyhow::ensure!(
-                        reply.headers.is_none(),
+                        !is_error(&reply),
                         "kv.set failed: {:?}",
                         reply.payload
                     );
@@ -397,7 +406,7 @@ async fn gets(
                         serde_json::to_vec(&json!({"namespace": ns, "key": format!("k{k}")}));
                     async move {
                         let reply = nats.request("cairn.v1.kv.get", body?.into()).await?;
-                        anyhow::ensure!(reply.headers.is_none(), "kv.get failed");
+                        anyhow::ensure!(!is_error(&reply), "kv.get failed");
                         Ok(())
                     }
                 }
@@ -483,7 +492,7 @@ async fn sets(
                 );
                 async move {
                     let reply = nats.request("cairn.v1.kv.set", body?.into()).await?;
-                    anyhow::ensure!(reply.headers.is_none(), "kv.set failed");
+                    anyhow::ensure!(!is_error(&reply), "kv.set failed");
                     Ok(())
                 }
             }
@@ -525,7 +534,7 @@ async fn memory(url: &str, redis_url: &str, options: &KvOptions) -> anyhow::Resu
             );
             async move {
                 let reply = nats.request("cairn.v1.kv.set", body?.into()).await?;
-                anyhow::ensure!(reply.headers.is_none(), "kv.set failed");
+                anyhow::ensure!(!is_error(&reply), "kv.set failed");
                 Ok(())
             }
         }
