@@ -13,6 +13,20 @@
 //! happened since it began ([`Tracker::generation`], checked and filled
 //! under the partition's lock, which the writer holds while it
 //! invalidates), so a stale row never lands there after a delete.
+//!
+//! # Memory per entry
+//! Every entry costs tracker memory whether or not the memory tier holds
+//! it, so the tracker keeps per entry only its key (a `Box<str>`) and an
+//! [`EntryInfo`]; the recency index (keys by tick, for eviction) is kept
+//! only for namespaces with `max_entries` / `max_bytes` — the only reader —
+//! and rebuilt from the entries' ticks when a namespace gets limits. The
+//! memory tier is keyed by a 64-bit hash of `(namespace, key)` (a get
+//! allocates no key, and the tier does not hold a second copy of the
+//! names): a row found under the hash is an answer only if its namespace
+//! and key are the ones asked for, so a collision is a miss, never a wrong
+//! answer. Its weights count each row's bytes plus
+//! [`MEMORY_ENTRY_OVERHEAD_BYTES`], so `kv.memory-max-bytes` bounds what
+//! it really takes.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,8 +44,25 @@ use parking_lot::Mutex;
 /// past it, such reads count only in the node's totals.
 pub const COUNTED_NAMESPACES_MAX: usize = 65_536;
 
-/// An entry's memory-tier key: `(namespace, key)`.
-pub type EntryKey = (String, String);
+/// An entry's memory-tier key: a hash of `(namespace, key)` (see the
+/// module docs).
+pub type EntryKey = u64;
+
+/// What a memory-tier entry takes besides its names, value and tags: the
+/// row's struct and its allocations, the `Arc`, moka's bookkeeping.
+pub const MEMORY_ENTRY_OVERHEAD_BYTES: u64 = 256;
+
+/// The memory-tier key of `(namespace, key)`.
+pub fn entry_key(namespace: &str, key: &str) -> EntryKey {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    // Fixed keys: the same entry hashes alike for the process's life.
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    namespace.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
 
 /// What the tracker knows of one entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,9 +94,10 @@ pub struct Counters {
 #[derive(Debug, Default)]
 pub struct Namespace {
     /// Entries by key.
-    pub entries: HashMap<String, EntryInfo>,
-    /// Keys by recency (least recent first).
-    pub recency: BTreeMap<u64, String>,
+    pub entries: HashMap<Box<str>, EntryInfo>,
+    /// Keys by recency (least recent first); kept only while the namespace
+    /// has limits ([`Namespace::limited`]), empty otherwise.
+    pub recency: BTreeMap<u64, Box<str>>,
     /// Sum of the entries' sizes.
     pub bytes: u64,
     /// Settings (`kv.configure`).
@@ -75,16 +107,40 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// Whether the namespace has `max_entries` or `max_bytes` (and so
+    /// keeps its recency index).
+    pub fn limited(&self) -> bool {
+        self.settings.max_entries > 0 || self.settings.max_bytes > 0
+    }
+
     /// Moves `key` to recency `tick`.
     fn touch(&mut self, key: &str, tick: u64, now_ms: u64, hit: bool) {
+        let limited = self.limited();
         if let Some(info) = self.entries.get_mut(key) {
-            self.recency.remove(&info.tick);
+            let old = info.tick;
             info.tick = tick;
             info.last_accessed_ms = now_ms;
             if hit {
                 info.hits += 1;
             }
-            self.recency.insert(tick, key.to_owned());
+            if limited {
+                let k = self.recency.remove(&old).unwrap_or_else(|| key.into());
+                self.recency.insert(tick, k);
+            }
+        }
+    }
+
+    /// Makes the recency index follow the settings: built from the
+    /// entries' ticks when the namespace has limits, dropped when not.
+    fn index_recency(&mut self) {
+        if !self.limited() {
+            self.recency = BTreeMap::new();
+        } else if self.recency.len() != self.entries.len() {
+            self.recency = self
+                .entries
+                .iter()
+                .map(|(k, info)| (info.tick, k.clone()))
+                .collect();
         }
     }
 
@@ -101,13 +157,13 @@ impl Namespace {
             if enough(removed, removed_bytes) {
                 break;
             }
-            if key == except {
+            if &**key == except {
                 continue;
             }
             let bytes = self.entries.get(key).map_or(0, |i| i.bytes);
             removed += 1;
             removed_bytes += bytes;
-            out.push((key.clone(), bytes));
+            out.push((key.to_string(), bytes));
         }
         out
     }
@@ -154,7 +210,7 @@ impl KvMemory {
         let cache = moka::sync::Cache::builder()
             .max_capacity(memory_max_bytes)
             .weigher(|_k: &EntryKey, row: &Arc<KvEntryRow>| {
-                u32::try_from(entry_bytes(row) + 64).unwrap_or(u32::MAX)
+                u32::try_from(entry_bytes(row) + MEMORY_ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
             })
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
@@ -175,6 +231,12 @@ impl KvMemory {
         mut entries: Vec<KvEntryRow>,
         settings: Vec<(String, KvNamespaceSettings)>,
     ) {
+        for (namespace, s) in settings {
+            self.partitions[partition_of(&namespace)]
+                .lock()
+                .namespace(&namespace)
+                .settings = s;
+        }
         entries.sort_by_key(|r| r.created_at_ms);
         for row in entries {
             let mut tracker = self.partitions[partition_of(&row.namespace)].lock();
@@ -182,9 +244,12 @@ impl KvMemory {
             let ns = tracker.namespace(&row.namespace);
             let bytes = entry_bytes(&row);
             ns.bytes += bytes;
-            ns.recency.insert(tick, row.key.clone());
+            let key: Box<str> = row.key.into();
+            if ns.limited() {
+                ns.recency.insert(tick, key.clone());
+            }
             ns.entries.insert(
-                row.key.clone(),
+                key,
                 EntryInfo {
                     tick,
                     bytes,
@@ -193,12 +258,6 @@ impl KvMemory {
                     last_accessed_ms: row.created_at_ms,
                 },
             );
-        }
-        for (namespace, s) in settings {
-            self.partitions[partition_of(&namespace)]
-                .lock()
-                .namespace(&namespace)
-                .settings = s;
         }
     }
 
@@ -219,13 +278,14 @@ impl KvMemory {
 
     /// The memory tier's row of an entry.
     pub fn cached(&self, namespace: &str, key: &str) -> Option<Arc<KvEntryRow>> {
-        self.cache.get(&(namespace.to_owned(), key.to_owned()))
+        self.cache
+            .get(&entry_key(namespace, key))
+            .filter(|row| row.namespace == namespace && row.key == key)
     }
 
     /// Whether the memory tier holds the entry.
     pub fn in_memory(&self, namespace: &str, key: &str) -> bool {
-        self.cache
-            .contains_key(&(namespace.to_owned(), key.to_owned()))
+        self.cached(namespace, key).is_some()
     }
 
     /// Bytes the memory tier holds (its weights).
@@ -239,8 +299,7 @@ impl KvMemory {
     pub fn fill(&self, partition: usize, generation: u64, row: Arc<KvEntryRow>) {
         let tracker = self.partitions[partition].lock();
         if tracker.generation == generation {
-            self.cache
-                .insert((row.namespace.clone(), row.key.clone()), row);
+            self.cache.insert(entry_key(&row.namespace, &row.key), row);
         }
     }
 
@@ -310,14 +369,20 @@ impl KvMemory {
         tracker.generation += 1;
         let bytes = entry_bytes(&row);
         let ns = tracker.namespace(&row.namespace);
-        if let Some(old) = ns.entries.remove(&row.key) {
-            ns.recency.remove(&old.tick);
-            ns.bytes -= old.bytes;
-        }
+        let key: Box<str> = match ns.entries.remove_entry(row.key.as_str()) {
+            Some((key, old)) => {
+                ns.recency.remove(&old.tick);
+                ns.bytes -= old.bytes;
+                key
+            }
+            None => row.key.as_str().into(),
+        };
         ns.bytes += bytes;
-        ns.recency.insert(tick, row.key.clone());
+        if ns.limited() {
+            ns.recency.insert(tick, key.clone());
+        }
         ns.entries.insert(
-            row.key.clone(),
+            key,
             EntryInfo {
                 tick,
                 bytes,
@@ -326,8 +391,7 @@ impl KvMemory {
                 last_accessed_ms: now_ms,
             },
         );
-        self.cache
-            .insert((row.namespace.clone(), row.key.clone()), row);
+        self.cache.insert(entry_key(&row.namespace, &row.key), row);
     }
 
     /// After a committed removal of entries (delete, invalidation, expiry,
@@ -349,8 +413,7 @@ impl KvMemory {
                     ns.counters.evictions += 1;
                 }
             }
-            self.cache
-                .invalidate(&(namespace.to_owned(), key.to_owned()));
+            self.cache.invalidate(&entry_key(namespace, key));
         }
     }
 
@@ -358,6 +421,74 @@ impl KvMemory {
     pub fn committed_settings(&self, partition: usize, namespace: &str, s: KvNamespaceSettings) {
         let mut tracker = self.partitions[partition].lock();
         tracker.generation += 1;
-        tracker.namespace(namespace).settings = s;
+        let ns = tracker.namespace(namespace);
+        ns.settings = s;
+        ns.index_recency();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(namespace: &str, key: &str) -> Arc<KvEntryRow> {
+        Arc::new(KvEntryRow {
+            namespace: namespace.into(),
+            key: key.into(),
+            value: b"1".to_vec(),
+            json: true,
+            ..KvEntryRow::default()
+        })
+    }
+
+    #[test]
+    fn a_row_found_under_another_entrys_hash_is_a_miss() {
+        let memory = KvMemory::new(1, 1 << 20);
+        memory.committed_set(0, row("ns", "a"), 1);
+        assert_eq!(
+            memory.cached("ns", "a").map(|r| r.key.clone()),
+            Some("a".into())
+        );
+        // As if ("ns", "b") hashed like ("ns", "a"): the row there is not it.
+        memory.cache.insert(entry_key("ns", "b"), row("ns", "a"));
+        assert!(memory.cached("ns", "b").is_none());
+        assert!(!memory.in_memory("ns", "b"));
+    }
+
+    #[test]
+    fn recency_is_indexed_only_with_limits_and_rebuilt_when_they_are_set() {
+        let memory = KvMemory::new(1, 1 << 20);
+        for key in ["a", "b", "c"] {
+            memory.committed_set(0, row("ns", key), 1);
+        }
+        memory.hit(0, "ns", "a", 2);
+        assert!(memory
+            .partition(0)
+            .lock()
+            .namespace("ns")
+            .recency
+            .is_empty());
+        let limits = KvNamespaceSettings {
+            max_entries: 2,
+            ..KvNamespaceSettings::default()
+        };
+        memory.committed_settings(0, "ns", limits);
+        let mut tracker = memory.partition(0).lock();
+        let ns = tracker.namespace("ns");
+        // Least recent first: b, c, then a (hit last).
+        let order: Vec<&str> = ns.recency.values().map(|k| &**k).collect();
+        assert_eq!(order, ["b", "c", "a"]);
+        assert_eq!(
+            ns.victims("", |removed, _| 3 - removed <= 2),
+            [("b".to_owned(), 4)]
+        );
+        drop(tracker);
+        memory.committed_settings(0, "ns", KvNamespaceSettings::default());
+        assert!(memory
+            .partition(0)
+            .lock()
+            .namespace("ns")
+            .recency
+            .is_empty());
     }
 }

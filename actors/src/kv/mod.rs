@@ -692,7 +692,7 @@ fn decide_set(
                 ),
             });
         }
-        let (added, added_bytes) = match ns.entries.get(&row.key) {
+        let (added, added_bytes) = match ns.entries.get(row.key.as_str()) {
             // Replacing: its old size goes, its count stays.
             Some(old) => (0, bytes.saturating_sub(old.bytes)),
             None => (1, bytes),

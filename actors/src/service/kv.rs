@@ -791,7 +791,8 @@ pub async fn handle_stats(
         newest = newest.max(r.created_at_ms);
         disk += (k.len() + r.encoded_len()) as u64;
         if ns.is_some() && memory.in_memory(&r.namespace, &r.key) {
-            in_memory += crate::kv::memory::entry_bytes(r) + 64;
+            in_memory +=
+                crate::kv::memory::entry_bytes(r) + crate::kv::memory::MEMORY_ENTRY_OVERHEAD_BYTES;
         }
     }
     if ns.is_none() {
