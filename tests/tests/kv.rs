@@ -1284,3 +1284,69 @@ async fn concurrent_sets_of_one_partition_share_group_commits() {
     );
     node.shutdown().await;
 }
+
+/// A namespace without limits keeps no per-entry state for entries never
+/// read; when it gets `max_entries`, every entry is indexed from the view
+/// and the least recently used (by last set or hit) go, exactly; a delete
+/// of an entry never read still answers `deleted: true`; after a restart
+/// the limits hold.
+#[actix_rt::test]
+async fn limits_set_after_entries_evict_the_least_recently_used_exactly() {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = start_in(dir.path(), &clock).await;
+    let c = node.client();
+    for i in 0..20 {
+        c.ok(
+            "kv.set",
+            json!({"namespace": "late", "key": format!("k{i:02}"), "value": i}),
+        )
+        .await;
+        clock.advance(Duration::from_millis(1));
+    }
+    // k00..k04 read last: the most recent with k19..k15.
+    for i in 0..5 {
+        c.ok(
+            "kv.get",
+            json!({"namespace": "late", "key": format!("k{i:02}")}),
+        )
+        .await;
+        clock.advance(Duration::from_millis(1));
+    }
+    assert_eq!(
+        c.ok("kv.delete", json!({"namespace": "late", "key": "k05"}))
+            .await,
+        json!({"deleted": true})
+    );
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "late", "max_entries": 10}),
+    )
+    .await;
+    let expected: Vec<String> = (0..5)
+        .chain(14..20)
+        .filter(|i| *i != 14)
+        .map(|i| format!("late:k{i:02}"))
+        .collect();
+    assert_eq!(
+        keys(&node, json!({"namespace": "late", "limit": 1000})).await,
+        expected
+    );
+    let stats = c.ok("kv.stats", json!({"namespace": "late"})).await;
+    assert_eq!(
+        (stats["total_entries"].clone(), stats["evictions"].clone()),
+        (json!(10), json!(9))
+    );
+    node.shutdown().await;
+    let node = start_in(dir.path(), &clock).await;
+    let c = node.client();
+    c.ok(
+        "kv.set",
+        json!({"namespace": "late", "key": "new", "value": 1}),
+    )
+    .await;
+    let got = keys(&node, json!({"namespace": "late", "limit": 1000})).await;
+    assert_eq!(got.len(), 10);
+    assert!(got.contains(&"late:new".to_owned()), "{got:?}");
+    node.shutdown().await;
+}

@@ -15,11 +15,18 @@
 //! invalidates), so a stale row never lands there after a delete.
 //!
 //! # Memory per entry
-//! Every entry costs tracker memory whether or not the memory tier holds
-//! it, so the tracker keeps per entry only its key (a `Box<str>`) and an
-//! [`EntryInfo`]; the recency index (keys by tick, for eviction) is kept
-//! only for namespaces with `max_entries` / `max_bytes` — the only reader —
-//! and rebuilt from the entries' ticks when a namespace gets limits. The
+//! The tracker must not cost memory per entry that the disk tier already
+//! answers. Only a namespace with `max_entries` / `max_bytes`
+//! ([`Namespace::limited`]) needs every entry in memory (which exist, their
+//! sizes and recency, to pick the least recently used exactly): there
+//! every entry has an [`EntryInfo`] and the recency index (keys by tick).
+//! Elsewhere the tracker holds only the entries read since they were set
+//! (their hits and last access); an entry never read has no tracker
+//! memory at all, its info following from its row (no hits, last access
+//! = its creation, [`EntryInfo::of`]). When a namespace gets limits, the
+//! writer reads its rows from the view and indexes them all
+//! ([`KvMemory::committed_settings`]): recency then follows the last
+//! access of each entry (its hit, else its set) to the millisecond. The
 //! memory tier is keyed by a 64-bit hash of `(namespace, key)` (a get
 //! allocates no key, and the tier does not hold a second copy of the
 //! names): a row found under the hash is an answer only if its namespace
@@ -64,6 +71,10 @@ pub fn entry_key(namespace: &str, key: &str) -> EntryKey {
     h.finish()
 }
 
+/// An entry as the view holds it, for indexing a namespace that gets
+/// limits: `(key, info from its row)`.
+pub type IndexedEntry = (Box<str>, EntryInfo);
+
 /// What the tracker knows of one entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EntryInfo {
@@ -77,6 +88,19 @@ pub struct EntryInfo {
     pub hits: u64,
     /// Last hit or set, Unix ms.
     pub last_accessed_ms: u64,
+}
+
+impl EntryInfo {
+    /// The info of an entry never read: from its row, at recency `tick`.
+    pub fn of(row: &KvEntryRow, tick: u64) -> Self {
+        Self {
+            tick,
+            bytes: entry_bytes(row),
+            expires_at_ms: row.expires_at_ms,
+            hits: 0,
+            last_accessed_ms: row.created_at_ms,
+        }
+    }
 }
 
 /// Hit, miss and eviction counters.
@@ -93,12 +117,13 @@ pub struct Counters {
 /// One namespace of a partition.
 #[derive(Debug, Default)]
 pub struct Namespace {
-    /// Entries by key.
+    /// Entries by key: all of them while the namespace is
+    /// [`Namespace::limited`], else only those read since they were set.
     pub entries: HashMap<Box<str>, EntryInfo>,
     /// Keys by recency (least recent first); kept only while the namespace
     /// has limits ([`Namespace::limited`]), empty otherwise.
     pub recency: BTreeMap<u64, Box<str>>,
-    /// Sum of the entries' sizes.
+    /// Sum of the entries' sizes (while [`Namespace::limited`]).
     pub bytes: u64,
     /// Settings (`kv.configure`).
     pub settings: KvNamespaceSettings,
@@ -130,17 +155,50 @@ impl Namespace {
         }
     }
 
-    /// Makes the recency index follow the settings: built from the
-    /// entries' ticks when the namespace has limits, dropped when not.
-    fn index_recency(&mut self) {
-        if !self.limited() {
-            self.recency = BTreeMap::new();
-        } else if self.recency.len() != self.entries.len() {
-            self.recency = self
-                .entries
-                .iter()
-                .map(|(k, info)| (info.tick, k.clone()))
-                .collect();
+    /// Applies `settings`: a namespace that gets limits indexes every
+    /// entry (`rows`: its entries as the view holds them, merged with the
+    /// hits known), ordered by last access then tick then key, with fresh
+    /// ticks from `next_tick`; one that loses them keeps only the entries
+    /// read.
+    fn apply_settings(
+        &mut self,
+        settings: KvNamespaceSettings,
+        rows: Option<Vec<IndexedEntry>>,
+        mut next_tick: impl FnMut() -> u64,
+    ) {
+        let was = self.limited();
+        self.settings = settings;
+        match (was, self.limited()) {
+            (false, true) => {
+                let read = std::mem::take(&mut self.entries);
+                let mut all: Vec<IndexedEntry> = rows
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(key, info)| {
+                        let info = read.get(&key).copied().unwrap_or(info);
+                        (key, info)
+                    })
+                    .collect();
+                all.sort_by(|(ka, a), (kb, b)| {
+                    (a.last_accessed_ms, a.tick, ka).cmp(&(b.last_accessed_ms, b.tick, kb))
+                });
+                self.bytes = 0;
+                self.recency = BTreeMap::new();
+                self.entries = HashMap::with_capacity(all.len());
+                for (key, mut info) in all {
+                    info.tick = next_tick();
+                    self.bytes += info.bytes;
+                    self.recency.insert(info.tick, key.clone());
+                    self.entries.insert(key, info);
+                }
+            }
+            (true, false) => {
+                self.recency = BTreeMap::new();
+                self.bytes = 0;
+                self.entries.retain(|_, info| info.hits > 0);
+                self.entries.shrink_to_fit();
+            }
+            _ => {}
         }
     }
 
@@ -222,13 +280,14 @@ impl KvMemory {
         }
     }
 
-    /// Loads which entries exist and the namespaces' settings from the
-    /// view's rows (at start, before any writer runs). Recency after a
-    /// restart follows the entries' creation times.
-    pub fn load(
+    /// Loads the namespaces' settings (first, [`KvMemory::load_settings`])
+    /// then the entries of namespaces with limits from the view's rows (at
+    /// start, before any writer runs); the other namespaces' entries need
+    /// nothing in memory. Recency after a restart follows the entries'
+    /// creation times.
+    pub fn load_settings(
         &self,
         partition_of: impl Fn(&str) -> usize,
-        mut entries: Vec<KvEntryRow>,
         settings: Vec<(String, KvNamespaceSettings)>,
     ) {
         for (namespace, s) in settings {
@@ -237,27 +296,35 @@ impl KvMemory {
                 .namespace(&namespace)
                 .settings = s;
         }
+    }
+
+    /// Whether the entries of `namespace` are all tracked (it has limits).
+    pub fn tracks_all(&self, partition: usize, namespace: &str) -> bool {
+        self.partitions[partition]
+            .lock()
+            .namespaces
+            .get(namespace)
+            .is_some_and(Namespace::limited)
+    }
+
+    /// Loads the entries of namespaces with limits (see
+    /// [`KvMemory::load_settings`]); rows of other namespaces are skipped.
+    pub fn load(&self, partition_of: impl Fn(&str) -> usize, mut entries: Vec<KvEntryRow>) {
         entries.sort_by_key(|r| r.created_at_ms);
         for row in entries {
             let mut tracker = self.partitions[partition_of(&row.namespace)].lock();
-            let tick = self.next_tick();
-            let ns = tracker.namespace(&row.namespace);
-            let bytes = entry_bytes(&row);
-            ns.bytes += bytes;
+            let Some(ns) = tracker
+                .namespaces
+                .get_mut(&row.namespace)
+                .filter(|ns| ns.limited())
+            else {
+                continue;
+            };
+            let info = EntryInfo::of(&row, self.next_tick());
+            ns.bytes += info.bytes;
             let key: Box<str> = row.key.into();
-            if ns.limited() {
-                ns.recency.insert(tick, key.clone());
-            }
-            ns.entries.insert(
-                key,
-                EntryInfo {
-                    tick,
-                    bytes,
-                    expires_at_ms: row.expires_at_ms,
-                    hits: 0,
-                    last_accessed_ms: row.created_at_ms,
-                },
-            );
+            ns.recency.insert(info.tick, key.clone());
+            ns.entries.insert(key, info);
         }
     }
 
@@ -308,21 +375,30 @@ impl KvMemory {
         self.partitions[partition].lock().generation
     }
 
-    /// Counts a hit of a live entry (touching its recency) and answers its
-    /// hit count and last access.
-    pub fn hit(&self, partition: usize, namespace: &str, key: &str, now_ms: u64) -> EntryInfo {
+    /// Counts a hit of `row`, a live entry (touching its recency), and
+    /// answers its hit count and last access.
+    pub fn hit(&self, partition: usize, row: &KvEntryRow, now_ms: u64) -> EntryInfo {
         let tick = self.next_tick();
         let mut tracker = self.partitions[partition].lock();
-        // A live entry's namespace exists: no key allocated to find it.
-        if !tracker.namespaces.contains_key(namespace) {
-            tracker.namespace(namespace);
+        if !tracker.namespaces.contains_key(row.namespace.as_str()) {
+            tracker.namespace(&row.namespace);
         }
-        let Some(ns) = tracker.namespaces.get_mut(namespace) else {
+        let Some(ns) = tracker.namespaces.get_mut(row.namespace.as_str()) else {
             return EntryInfo::default();
         };
         ns.counters.hits += 1;
-        ns.touch(key, tick, now_ms, true);
-        ns.entries.get(key).copied().unwrap_or_default()
+        // A namespace with limits tracks every live entry already (one
+        // deleted meanwhile must not come back); elsewhere the first read
+        // of an entry starts tracking it.
+        if !ns.limited() && !ns.entries.contains_key(row.key.as_str()) {
+            ns.entries
+                .insert(row.key.as_str().into(), EntryInfo::of(row, tick));
+        }
+        ns.touch(&row.key, tick, now_ms, true);
+        ns.entries
+            .get(row.key.as_str())
+            .copied()
+            .unwrap_or_else(|| EntryInfo::of(row, tick))
     }
 
     /// Counts a miss.
@@ -337,10 +413,16 @@ impl KvMemory {
         }
     }
 
-    /// What the tracker knows of an entry.
-    pub fn info(&self, partition: usize, namespace: &str, key: &str) -> Option<EntryInfo> {
+    /// What the tracker knows of the entry of `row`, else what its row
+    /// says (an entry never read).
+    pub fn info(&self, partition: usize, row: &KvEntryRow) -> EntryInfo {
         let tracker = self.partitions[partition].lock();
-        tracker.namespaces.get(namespace)?.entries.get(key).copied()
+        tracker
+            .namespaces
+            .get(row.namespace.as_str())
+            .and_then(|ns| ns.entries.get(row.key.as_str()))
+            .copied()
+            .unwrap_or_else(|| EntryInfo::of(row, 0))
     }
 
     /// Counters of `namespace`, or of every namespace.
@@ -369,7 +451,14 @@ impl KvMemory {
         tracker.generation += 1;
         let bytes = entry_bytes(&row);
         let ns = tracker.namespace(&row.namespace);
-        let key: Box<str> = match ns.entries.remove_entry(row.key.as_str()) {
+        let old = ns.entries.remove_entry(row.key.as_str());
+        if !ns.limited() {
+            // Never read since set: nothing to track.
+            drop(tracker);
+            self.cache.insert(entry_key(&row.namespace, &row.key), row);
+            return;
+        }
+        let key: Box<str> = match old {
             Some((key, old)) => {
                 ns.recency.remove(&old.tick);
                 ns.bytes -= old.bytes;
@@ -378,9 +467,7 @@ impl KvMemory {
             None => row.key.as_str().into(),
         };
         ns.bytes += bytes;
-        if ns.limited() {
-            ns.recency.insert(tick, key.clone());
-        }
+        ns.recency.insert(tick, key.clone());
         ns.entries.insert(
             key,
             EntryInfo {
@@ -407,8 +494,10 @@ impl KvMemory {
         for (namespace, key) in entries {
             let ns = tracker.namespace(namespace);
             if let Some(old) = ns.entries.remove(key) {
-                ns.recency.remove(&old.tick);
-                ns.bytes -= old.bytes;
+                if ns.limited() {
+                    ns.recency.remove(&old.tick);
+                    ns.bytes -= old.bytes;
+                }
                 if evicted {
                     ns.counters.evictions += 1;
                 }
@@ -417,13 +506,21 @@ impl KvMemory {
         }
     }
 
-    /// After a committed `kv.configure`.
-    pub fn committed_settings(&self, partition: usize, namespace: &str, s: KvNamespaceSettings) {
+    /// After a committed `kv.configure`: `rows` are the namespace's
+    /// entries as the view holds them, needed when it gets limits (see
+    /// the module docs).
+    pub fn committed_settings(
+        &self,
+        partition: usize,
+        namespace: &str,
+        s: KvNamespaceSettings,
+        rows: Option<Vec<IndexedEntry>>,
+    ) {
         let mut tracker = self.partitions[partition].lock();
         tracker.generation += 1;
-        let ns = tracker.namespace(namespace);
-        ns.settings = s;
-        ns.index_recency();
+        tracker
+            .namespace(namespace)
+            .apply_settings(s, rows, || self.next_tick());
     }
 }
 
@@ -456,39 +553,64 @@ mod tests {
     }
 
     #[test]
-    fn recency_is_indexed_only_with_limits_and_rebuilt_when_they_are_set() {
+    fn without_limits_only_entries_read_are_tracked_and_limits_index_them_all() {
         let memory = KvMemory::new(1, 1 << 20);
-        for key in ["a", "b", "c"] {
-            memory.committed_set(0, row("ns", key), 1);
+        let rows: Vec<_> = ["a", "b", "c"].iter().map(|k| row("ns", k)).collect();
+        for r in &rows {
+            memory.committed_set(0, r.clone(), 1);
         }
-        memory.hit(0, "ns", "a", 2);
+        // Nothing tracked for entries never read; their info is their row's.
         assert!(memory
             .partition(0)
             .lock()
             .namespace("ns")
-            .recency
+            .entries
             .is_empty());
+        assert_eq!(
+            (
+                memory.info(0, &rows[1]).hits,
+                memory.info(0, &rows[1]).last_accessed_ms
+            ),
+            (0, 0)
+        );
+        let hit = memory.hit(0, &rows[0], 2);
+        assert_eq!((hit.hits, hit.last_accessed_ms), (1, 2));
+        {
+            let mut tracker = memory.partition(0).lock();
+            let ns = tracker.namespace("ns");
+            let tracked: Vec<&str> = ns.entries.keys().map(|k| &**k).collect();
+            assert_eq!(tracked, ["a"]);
+            assert!(ns.recency.is_empty());
+        }
+        // Limits: every entry of the view indexed, least recent first (b
+        // and c set at the same instant: by key), a (hit last) last.
         let limits = KvNamespaceSettings {
             max_entries: 2,
             ..KvNamespaceSettings::default()
         };
-        memory.committed_settings(0, "ns", limits);
+        let view: Vec<IndexedEntry> = rows
+            .iter()
+            .map(|r| (r.key.as_str().into(), EntryInfo::of(r, 0)))
+            .collect();
+        memory.committed_settings(0, "ns", limits, Some(view));
+        {
+            let mut tracker = memory.partition(0).lock();
+            let ns = tracker.namespace("ns");
+            let order: Vec<&str> = ns.recency.values().map(|k| &**k).collect();
+            assert_eq!(order, ["b", "c", "a"]);
+            assert_eq!((ns.entries.len(), ns.bytes), (3, 12));
+            assert_eq!(ns.entries["a"].hits, 1);
+            assert_eq!(
+                ns.victims("", |removed, _| 3 - removed <= 2),
+                [("b".to_owned(), 4)]
+            );
+        }
+        // Limits gone: only the entry read stays tracked.
+        memory.committed_settings(0, "ns", KvNamespaceSettings::default(), None);
         let mut tracker = memory.partition(0).lock();
         let ns = tracker.namespace("ns");
-        // Least recent first: b, c, then a (hit last).
-        let order: Vec<&str> = ns.recency.values().map(|k| &**k).collect();
-        assert_eq!(order, ["b", "c", "a"]);
-        assert_eq!(
-            ns.victims("", |removed, _| 3 - removed <= 2),
-            [("b".to_owned(), 4)]
-        );
-        drop(tracker);
-        memory.committed_settings(0, "ns", KvNamespaceSettings::default());
-        assert!(memory
-            .partition(0)
-            .lock()
-            .namespace("ns")
-            .recency
-            .is_empty());
+        assert!(ns.recency.is_empty());
+        let tracked: Vec<&str> = ns.entries.keys().map(|k| &**k).collect();
+        assert_eq!(tracked, ["a"]);
     }
 }

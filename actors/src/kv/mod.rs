@@ -461,7 +461,21 @@ impl StreamDomain for Kv {
                     Ok(KvReply::Batched(n))
                 }
                 KvCommand::Delete { namespace, key } => {
-                    let Some(info) = env.memory.info(partition, &namespace, &key) else {
+                    // The entry as it is (the writer is the only one to
+                    // change it): from the memory tier, else the view.
+                    let row = match env.memory.cached(&namespace, &key) {
+                        Some(row) => Some(row),
+                        None => {
+                            let store = env.store.clone();
+                            let row_key = KvView::entry_key(&namespace, &key);
+                            off_arbiter("kv-delete", move || {
+                                store.view_get_message::<KvEntryRow>(KvView::NAME, &row_key)
+                            })
+                            .await??
+                            .map(Arc::new)
+                        }
+                    };
+                    let Some(row) = row else {
                         return Ok(KvReply::Deleted(false));
                     };
                     let e = event(Payload::KvEntryDeleted(KvEntryDeleted {
@@ -474,7 +488,7 @@ impl StreamDomain for Kv {
                         [(namespace.as_str(), key.as_str())],
                         false,
                     );
-                    Ok(KvReply::Deleted(!expired(info.expires_at_ms, now_ms)))
+                    Ok(KvReply::Deleted(!expired(row.expires_at_ms, now_ms)))
                 }
                 KvCommand::DeleteMatching {
                     by,
@@ -545,9 +559,35 @@ impl StreamDomain for Kv {
                         namespace: namespace.clone(),
                         settings: Some(settings.clone()),
                     }));
+                    // A namespace that gets limits has all its entries
+                    // indexed (see `memory`): read them from the view.
+                    let limited = settings.max_entries > 0 || settings.max_bytes > 0;
+                    let rows = if limited && !env.memory.tracks_all(partition, &namespace) {
+                        let (store, name) = (env.store.clone(), namespace.clone());
+                        Some(
+                            off_arbiter("kv-configure", move || {
+                                let mut rows = Vec::new();
+                                store.view_scan_each::<KvError>(
+                                    KvView::NAME,
+                                    &KvView::namespace_entries(&name),
+                                    None,
+                                    |_, v| {
+                                        let row = decode_entry(v)?;
+                                        let info = memory::EntryInfo::of(&row, 0);
+                                        rows.push((row.key.into_boxed_str(), info));
+                                        Ok(ControlFlow::Continue(()))
+                                    },
+                                )?;
+                                Ok::<_, KvError>(rows)
+                            })
+                            .await??,
+                        )
+                    } else {
+                        None
+                    };
                     session.append(vec![e], Chunking::Whole).await?;
                     env.memory
-                        .committed_settings(partition, &namespace, settings.clone());
+                        .committed_settings(partition, &namespace, settings.clone(), rows);
                     // Lower limits apply at once.
                     let victims = {
                         let tracker = env.memory.partition(partition).lock();
@@ -881,16 +921,6 @@ impl KvNode {
         let memory = Arc::new(KvMemory::new(KV_PARTITIONS, memory_max_bytes));
         let (loaded, load_store) = (memory.clone(), store.clone());
         let versions = off_arbiter("kv-load", move || -> Result<Vec<u64>, KvError> {
-            let mut entries = Vec::new();
-            load_store.view_scan_each::<KvError>(
-                KvView::NAME,
-                KvView::ENTRY_PREFIX,
-                None,
-                |_, v| {
-                    entries.push(decode_entry(v)?);
-                    Ok(ControlFlow::Continue(()))
-                },
-            )?;
             let mut settings = Vec::new();
             load_store.view_scan_each::<KvError>(
                 KvView::NAME,
@@ -902,7 +932,22 @@ impl KvNode {
                     Ok(ControlFlow::Continue(()))
                 },
             )?;
-            loaded.load(partition_of, entries, settings);
+            loaded.load_settings(partition_of, settings);
+            // Only namespaces with limits keep their entries in memory.
+            let mut entries = Vec::new();
+            load_store.view_scan_each::<KvError>(
+                KvView::NAME,
+                KvView::ENTRY_PREFIX,
+                None,
+                |_, v| {
+                    let row = decode_entry(v)?;
+                    if loaded.tracks_all(partition_of(&row.namespace), &row.namespace) {
+                        entries.push(row);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
+            loaded.load(partition_of, entries);
             (0..KV_PARTITIONS)
                 .map(|p| Ok(load_store.stream_version(&partition_stream(p))?))
                 .collect()
@@ -1043,9 +1088,9 @@ impl KvNode {
         match row.filter(|r| !expired(r.expires_at_ms, now_ms)) {
             Some(row) => {
                 let info = if count {
-                    memory.hit(partition, namespace, key, now_ms)
+                    memory.hit(partition, &row, now_ms)
                 } else {
-                    memory.info(partition, namespace, key).unwrap_or_default()
+                    memory.info(partition, &row)
                 };
                 Ok(Some(Found { row, info }))
             }
