@@ -27,9 +27,17 @@
 //! and records a failure before answering it) composes the same
 //! primitives: [`Session::append`] and [`off_arbiter`].
 //!
+//! A domain whose commands are many and small (the key-value sets) may
+//! queue them itself and run the queued ones as one command: it decides
+//! each, then [`Session::append_pipelined`] queues their appends to the
+//! store together — one append per original command, each with that
+//! command's metadata, at consecutive expected versions — so they share
+//! group commits instead of waiting one commit each, and the domain answers
+//! each original command from its own append.
+//!
 //! # Layout
-//! - this module — [`StreamDomain`], [`StreamWriter`], [`Session`],
-//!   [`Chunking`], [`off_arbiter`], [`Execute`], [`StopWriter`],
+//! - this module — [`StreamDomain`], [`StreamWriter`], [`Session`]
+//!   (with [`Session::append_pipelined`]), [`Chunking`], [`off_arbiter`], [`Execute`], [`StopWriter`],
 //!   [`WriterError`].
 //! - `tests` — the shell on a real store with a toy domain: chunked
 //!   appends, fold, serialisation per stream, parallel streams, spans.
