@@ -1036,24 +1036,26 @@ impl KvNode {
             }
             command => (command, None),
         };
-        let ran = self.writers[partition]
-            .send(Execute::<Kv> {
-                command,
-                metadata,
-                span: tracing::Span::current(),
-            })
-            .await
-            .map_err(|_| KvError::WriterGone { partition })?;
-        match answer {
-            // The batch that took this set may be an earlier one: its
-            // answer comes on its own channel either way.
-            Some(answer) => {
-                ran?;
-                answer
-                    .await
-                    .map_err(|_| KvError::WriterGone { partition })?
+        let gone = || KvError::WriterGone { partition };
+        let ran = self.writers[partition].send(Execute::<Kv> {
+            command,
+            metadata,
+            span: tracing::Span::current(),
+        });
+        let Some(answer) = answer else {
+            return ran.await.map_err(|_| gone())?;
+        };
+        // The batch that takes this set may be an earlier one than its own
+        // trigger's: answered as soon as that batch is, not after the batch
+        // its trigger runs (a later one, with an fsync of its own). A
+        // trigger dropped unsent is not missed: every set still waiting
+        // has its own.
+        match futures::future::select(answer, std::pin::pin!(ran)).await {
+            futures::future::Either::Left((answered, _)) => answered.map_err(|_| gone())?,
+            futures::future::Either::Right((ran, answer)) => {
+                ran.map_err(|_| gone())??;
+                answer.await.map_err(|_| gone())?
             }
-            None => ran,
         }
     }
 
