@@ -486,6 +486,9 @@ impl WatchSection {
     }
 }
 
+/// Largest `kv.set-batch-max`.
+pub const KV_SET_BATCH_MAX_LIMIT: usize = 8192;
+
 /// `[kv]`: the key-value cache (README "Key-value cache").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -519,6 +522,10 @@ pub struct KvSection {
     /// followers of the log) before compaction removes it. Default: 24h.
     #[serde(with = "humantime_serde")]
     pub tombstone_retention: std::time::Duration,
+    /// Most sets a partition's writer appends in one batch (the sets that
+    /// queued while it appended the previous one, sharing group commits).
+    /// Default: 512.
+    pub set_batch_max: usize,
 }
 
 /// `kv.durability`.
@@ -544,6 +551,7 @@ impl Default for KvSection {
             flush_interval: d.flush_interval,
             compact_interval: d.compact_interval,
             tombstone_retention: d.tombstone_retention,
+            set_batch_max: d.set_batch_max,
         }
     }
 }
@@ -563,6 +571,7 @@ impl KvSection {
             flush_interval: self.flush_interval,
             compact_interval: self.compact_interval,
             tombstone_retention: self.tombstone_retention,
+            set_batch_max: self.set_batch_max,
         }
     }
 }
@@ -801,6 +810,16 @@ impl NodeConfig {
         }
         if self.kv.value_max_bytes == 0 {
             return bad("kv.value-max-bytes", "must be at least 1".into());
+        }
+        if !(1..=crate::config::KV_SET_BATCH_MAX_LIMIT).contains(&self.kv.set_batch_max) {
+            return bad(
+                "kv.set-batch-max",
+                format!(
+                    "must be from 1 to {}, got {}",
+                    crate::config::KV_SET_BATCH_MAX_LIMIT,
+                    self.kv.set_batch_max
+                ),
+            );
         }
         for (i, url) in self.nats.urls.iter().enumerate() {
             let ok = ["nats://", "tls://", "ws://", "wss://"]

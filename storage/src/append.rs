@@ -73,4 +73,40 @@ pub trait AsyncAppend: Send + Sync {
         let _ = durability;
         self.append_chunks(stream, version, chunks, metadata)
     }
+
+    /// Appends of several commands of one stream, each with its own
+    /// metadata (principal, correlation), queued together so they share
+    /// group commits: the first expects stream version `version`, each
+    /// next one the version the previous leaves; a failed append fails
+    /// every later one. Resolves to the outcome of each append up to and
+    /// including the first failure. The default implementation appends
+    /// them one after the other (one commit round trip each); a log that
+    /// can queue them overrides it ([`crate::Store`] does).
+    fn append_pipelined<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        version: u64,
+        appends: Vec<(Vec<Event>, Metadata)>,
+        durability: Durability,
+    ) -> AppendChunks<'a> {
+        Box::pin(async move {
+            let mut version = version;
+            let mut out = Vec::with_capacity(appends.len());
+            for (events, metadata) in appends {
+                let mut outcome = self
+                    .append_chunks_with(stream, version, vec![events], metadata, durability)
+                    .await;
+                let Some(result) = outcome.pop() else { break };
+                let failed = result.is_err();
+                if let Ok(appended) = &result {
+                    version += appended.envelopes.len() as u64;
+                }
+                out.push(result);
+                if failed {
+                    break;
+                }
+            }
+            out
+        })
+    }
 }

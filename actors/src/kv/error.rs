@@ -33,6 +33,15 @@ pub enum KvError {
         /// The partition.
         partition: usize,
     },
+    /// Too many sets wait for the partition's writer: answered 503, retry
+    /// later; nothing was stored.
+    #[error("kv partition {partition} has {queued} sets queued, the most it holds")]
+    Busy {
+        /// The partition.
+        partition: usize,
+        /// Sets queued.
+        queued: usize,
+    },
 }
 
 impl From<KvError> for ServiceError {
@@ -42,7 +51,9 @@ impl From<KvError> for ServiceError {
             e @ KvError::NotFound { .. } => ServiceError::not_found(e.to_string()),
             KvError::Writer(e) => e.into(),
             KvError::Storage(e) => e.into(),
-            e @ KvError::WriterGone { .. } => ServiceError::unavailable(e.to_string()),
+            e @ (KvError::WriterGone { .. } | KvError::Busy { .. }) => {
+                ServiceError::unavailable(e.to_string())
+            }
         }
     }
 }

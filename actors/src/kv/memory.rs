@@ -13,6 +13,27 @@
 //! happened since it began ([`Tracker::generation`], checked and filled
 //! under the partition's lock, which the writer holds while it
 //! invalidates), so a stale row never lands there after a delete.
+//!
+//! # Memory per entry
+//! The tracker must not cost memory per entry that the disk tier already
+//! answers. Only a namespace with `max_entries` / `max_bytes`
+//! ([`Namespace::limited`]) needs every entry in memory (which exist, their
+//! sizes and recency, to pick the least recently used exactly): there
+//! every entry has an [`EntryInfo`] and the recency index (keys by tick).
+//! Elsewhere the tracker holds only the entries read since they were set
+//! (their hits and last access); an entry never read has no tracker
+//! memory at all, its info following from its row (no hits, last access
+//! = its creation, [`EntryInfo::of`]). When a namespace gets limits, the
+//! writer reads its rows from the view and indexes them all
+//! ([`KvMemory::committed_settings`]): recency then follows the last
+//! access of each entry (its hit, else its set) to the millisecond. The
+//! memory tier is keyed by a 64-bit hash of `(namespace, key)` (a get
+//! allocates no key, and the tier does not hold a second copy of the
+//! names): a row found under the hash is an answer only if its namespace
+//! and key are the ones asked for, so a collision is a miss, never a wrong
+//! answer. Its weights count each row's bytes plus
+//! [`MEMORY_ENTRY_OVERHEAD_BYTES`], so `kv.memory-max-bytes` bounds what
+//! it really takes.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,8 +51,29 @@ use parking_lot::Mutex;
 /// past it, such reads count only in the node's totals.
 pub const COUNTED_NAMESPACES_MAX: usize = 65_536;
 
-/// An entry's memory-tier key: `(namespace, key)`.
-pub type EntryKey = (String, String);
+/// An entry's memory-tier key: a hash of `(namespace, key)` (see the
+/// module docs).
+pub type EntryKey = u64;
+
+/// What a memory-tier entry takes besides its names, value and tags: the
+/// row's struct and its allocations, the `Arc`, moka's bookkeeping.
+pub const MEMORY_ENTRY_OVERHEAD_BYTES: u64 = 256;
+
+/// The memory-tier key of `(namespace, key)`.
+pub fn entry_key(namespace: &str, key: &str) -> EntryKey {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    // Fixed keys: the same entry hashes alike for the process's life.
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    namespace.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// An entry as the view holds it, for indexing a namespace that gets
+/// limits: `(key, info from its row)`.
+pub type IndexedEntry = (Box<str>, EntryInfo);
 
 /// What the tracker knows of one entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,6 +90,19 @@ pub struct EntryInfo {
     pub last_accessed_ms: u64,
 }
 
+impl EntryInfo {
+    /// The info of an entry never read: from its row, at recency `tick`.
+    pub fn of(row: &KvEntryRow, tick: u64) -> Self {
+        Self {
+            tick,
+            bytes: entry_bytes(row),
+            expires_at_ms: row.expires_at_ms,
+            hits: 0,
+            last_accessed_ms: row.created_at_ms,
+        }
+    }
+}
+
 /// Hit, miss and eviction counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -62,11 +117,13 @@ pub struct Counters {
 /// One namespace of a partition.
 #[derive(Debug, Default)]
 pub struct Namespace {
-    /// Entries by key.
-    pub entries: HashMap<String, EntryInfo>,
-    /// Keys by recency (least recent first).
-    pub recency: BTreeMap<u64, String>,
-    /// Sum of the entries' sizes.
+    /// Entries by key: all of them while the namespace is
+    /// [`Namespace::limited`], else only those read since they were set.
+    pub entries: HashMap<Box<str>, EntryInfo>,
+    /// Keys by recency (least recent first); kept only while the namespace
+    /// has limits ([`Namespace::limited`]), empty otherwise.
+    pub recency: BTreeMap<u64, Box<str>>,
+    /// Sum of the entries' sizes (while [`Namespace::limited`]).
     pub bytes: u64,
     /// Settings (`kv.configure`).
     pub settings: KvNamespaceSettings,
@@ -75,16 +132,73 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// Whether the namespace has `max_entries` or `max_bytes` (and so
+    /// keeps its recency index).
+    pub fn limited(&self) -> bool {
+        self.settings.max_entries > 0 || self.settings.max_bytes > 0
+    }
+
     /// Moves `key` to recency `tick`.
     fn touch(&mut self, key: &str, tick: u64, now_ms: u64, hit: bool) {
+        let limited = self.limited();
         if let Some(info) = self.entries.get_mut(key) {
-            self.recency.remove(&info.tick);
+            let old = info.tick;
             info.tick = tick;
             info.last_accessed_ms = now_ms;
             if hit {
                 info.hits += 1;
             }
-            self.recency.insert(tick, key.to_owned());
+            if limited {
+                let k = self.recency.remove(&old).unwrap_or_else(|| key.into());
+                self.recency.insert(tick, k);
+            }
+        }
+    }
+
+    /// Applies `settings`: a namespace that gets limits indexes every
+    /// entry (`rows`: its entries as the view holds them, merged with the
+    /// hits known), ordered by last access then tick then key, with fresh
+    /// ticks from `next_tick`; one that loses them keeps only the entries
+    /// read.
+    fn apply_settings(
+        &mut self,
+        settings: KvNamespaceSettings,
+        rows: Option<Vec<IndexedEntry>>,
+        mut next_tick: impl FnMut() -> u64,
+    ) {
+        let was = self.limited();
+        self.settings = settings;
+        match (was, self.limited()) {
+            (false, true) => {
+                let read = std::mem::take(&mut self.entries);
+                let mut all: Vec<IndexedEntry> = rows
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(key, info)| {
+                        let info = read.get(&key).copied().unwrap_or(info);
+                        (key, info)
+                    })
+                    .collect();
+                all.sort_by(|(ka, a), (kb, b)| {
+                    (a.last_accessed_ms, a.tick, ka).cmp(&(b.last_accessed_ms, b.tick, kb))
+                });
+                self.bytes = 0;
+                self.recency = BTreeMap::new();
+                self.entries = HashMap::with_capacity(all.len());
+                for (key, mut info) in all {
+                    info.tick = next_tick();
+                    self.bytes += info.bytes;
+                    self.recency.insert(info.tick, key.clone());
+                    self.entries.insert(key, info);
+                }
+            }
+            (true, false) => {
+                self.recency = BTreeMap::new();
+                self.bytes = 0;
+                self.entries.retain(|_, info| info.hits > 0);
+                self.entries.shrink_to_fit();
+            }
+            _ => {}
         }
     }
 
@@ -101,13 +215,13 @@ impl Namespace {
             if enough(removed, removed_bytes) {
                 break;
             }
-            if key == except {
+            if &**key == except {
                 continue;
             }
             let bytes = self.entries.get(key).map_or(0, |i| i.bytes);
             removed += 1;
             removed_bytes += bytes;
-            out.push((key.clone(), bytes));
+            out.push((key.to_string(), bytes));
         }
         out
     }
@@ -154,7 +268,7 @@ impl KvMemory {
         let cache = moka::sync::Cache::builder()
             .max_capacity(memory_max_bytes)
             .weigher(|_k: &EntryKey, row: &Arc<KvEntryRow>| {
-                u32::try_from(entry_bytes(row) + 64).unwrap_or(u32::MAX)
+                u32::try_from(entry_bytes(row) + MEMORY_ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
             })
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
@@ -166,39 +280,51 @@ impl KvMemory {
         }
     }
 
-    /// Loads which entries exist and the namespaces' settings from the
-    /// view's rows (at start, before any writer runs). Recency after a
-    /// restart follows the entries' creation times.
-    pub fn load(
+    /// Loads the namespaces' settings (first, [`KvMemory::load_settings`])
+    /// then the entries of namespaces with limits from the view's rows (at
+    /// start, before any writer runs); the other namespaces' entries need
+    /// nothing in memory. Recency after a restart follows the entries'
+    /// creation times.
+    pub fn load_settings(
         &self,
         partition_of: impl Fn(&str) -> usize,
-        mut entries: Vec<KvEntryRow>,
         settings: Vec<(String, KvNamespaceSettings)>,
     ) {
-        entries.sort_by_key(|r| r.created_at_ms);
-        for row in entries {
-            let mut tracker = self.partitions[partition_of(&row.namespace)].lock();
-            let tick = self.next_tick();
-            let ns = tracker.namespace(&row.namespace);
-            let bytes = entry_bytes(&row);
-            ns.bytes += bytes;
-            ns.recency.insert(tick, row.key.clone());
-            ns.entries.insert(
-                row.key.clone(),
-                EntryInfo {
-                    tick,
-                    bytes,
-                    expires_at_ms: row.expires_at_ms,
-                    hits: 0,
-                    last_accessed_ms: row.created_at_ms,
-                },
-            );
-        }
         for (namespace, s) in settings {
             self.partitions[partition_of(&namespace)]
                 .lock()
                 .namespace(&namespace)
                 .settings = s;
+        }
+    }
+
+    /// Whether the entries of `namespace` are all tracked (it has limits).
+    pub fn tracks_all(&self, partition: usize, namespace: &str) -> bool {
+        self.partitions[partition]
+            .lock()
+            .namespaces
+            .get(namespace)
+            .is_some_and(Namespace::limited)
+    }
+
+    /// Loads the entries of namespaces with limits (see
+    /// [`KvMemory::load_settings`]); rows of other namespaces are skipped.
+    pub fn load(&self, partition_of: impl Fn(&str) -> usize, mut entries: Vec<KvEntryRow>) {
+        entries.sort_by_key(|r| r.created_at_ms);
+        for row in entries {
+            let mut tracker = self.partitions[partition_of(&row.namespace)].lock();
+            let Some(ns) = tracker
+                .namespaces
+                .get_mut(&row.namespace)
+                .filter(|ns| ns.limited())
+            else {
+                continue;
+            };
+            let info = EntryInfo::of(&row, self.next_tick());
+            ns.bytes += info.bytes;
+            let key: Box<str> = row.key.into();
+            ns.recency.insert(info.tick, key.clone());
+            ns.entries.insert(key, info);
         }
     }
 
@@ -219,13 +345,14 @@ impl KvMemory {
 
     /// The memory tier's row of an entry.
     pub fn cached(&self, namespace: &str, key: &str) -> Option<Arc<KvEntryRow>> {
-        self.cache.get(&(namespace.to_owned(), key.to_owned()))
+        self.cache
+            .get(&entry_key(namespace, key))
+            .filter(|row| row.namespace == namespace && row.key == key)
     }
 
     /// Whether the memory tier holds the entry.
     pub fn in_memory(&self, namespace: &str, key: &str) -> bool {
-        self.cache
-            .contains_key(&(namespace.to_owned(), key.to_owned()))
+        self.cached(namespace, key).is_some()
     }
 
     /// Bytes the memory tier holds (its weights).
@@ -239,8 +366,7 @@ impl KvMemory {
     pub fn fill(&self, partition: usize, generation: u64, row: Arc<KvEntryRow>) {
         let tracker = self.partitions[partition].lock();
         if tracker.generation == generation {
-            self.cache
-                .insert((row.namespace.clone(), row.key.clone()), row);
+            self.cache.insert(entry_key(&row.namespace, &row.key), row);
         }
     }
 
@@ -249,15 +375,30 @@ impl KvMemory {
         self.partitions[partition].lock().generation
     }
 
-    /// Counts a hit of a live entry (touching its recency) and answers its
-    /// hit count and last access.
-    pub fn hit(&self, partition: usize, namespace: &str, key: &str, now_ms: u64) -> EntryInfo {
+    /// Counts a hit of `row`, a live entry (touching its recency), and
+    /// answers its hit count and last access.
+    pub fn hit(&self, partition: usize, row: &KvEntryRow, now_ms: u64) -> EntryInfo {
         let tick = self.next_tick();
         let mut tracker = self.partitions[partition].lock();
-        let ns = tracker.namespace(namespace);
+        if !tracker.namespaces.contains_key(row.namespace.as_str()) {
+            tracker.namespace(&row.namespace);
+        }
+        let Some(ns) = tracker.namespaces.get_mut(row.namespace.as_str()) else {
+            return EntryInfo::default();
+        };
         ns.counters.hits += 1;
-        ns.touch(key, tick, now_ms, true);
-        ns.entries.get(key).copied().unwrap_or_default()
+        // A namespace with limits tracks every live entry already (one
+        // deleted meanwhile must not come back); elsewhere the first read
+        // of an entry starts tracking it.
+        if !ns.limited() && !ns.entries.contains_key(row.key.as_str()) {
+            ns.entries
+                .insert(row.key.as_str().into(), EntryInfo::of(row, tick));
+        }
+        ns.touch(&row.key, tick, now_ms, true);
+        ns.entries
+            .get(row.key.as_str())
+            .copied()
+            .unwrap_or_else(|| EntryInfo::of(row, tick))
     }
 
     /// Counts a miss.
@@ -272,10 +413,16 @@ impl KvMemory {
         }
     }
 
-    /// What the tracker knows of an entry.
-    pub fn info(&self, partition: usize, namespace: &str, key: &str) -> Option<EntryInfo> {
+    /// What the tracker knows of the entry of `row`, else what its row
+    /// says (an entry never read).
+    pub fn info(&self, partition: usize, row: &KvEntryRow) -> EntryInfo {
         let tracker = self.partitions[partition].lock();
-        tracker.namespaces.get(namespace)?.entries.get(key).copied()
+        tracker
+            .namespaces
+            .get(row.namespace.as_str())
+            .and_then(|ns| ns.entries.get(row.key.as_str()))
+            .copied()
+            .unwrap_or_else(|| EntryInfo::of(row, 0))
     }
 
     /// Counters of `namespace`, or of every namespace.
@@ -304,14 +451,25 @@ impl KvMemory {
         tracker.generation += 1;
         let bytes = entry_bytes(&row);
         let ns = tracker.namespace(&row.namespace);
-        if let Some(old) = ns.entries.remove(&row.key) {
-            ns.recency.remove(&old.tick);
-            ns.bytes -= old.bytes;
+        let old = ns.entries.remove_entry(row.key.as_str());
+        if !ns.limited() {
+            // Never read since set: nothing to track.
+            drop(tracker);
+            self.cache.insert(entry_key(&row.namespace, &row.key), row);
+            return;
         }
+        let key: Box<str> = match old {
+            Some((key, old)) => {
+                ns.recency.remove(&old.tick);
+                ns.bytes -= old.bytes;
+                key
+            }
+            None => row.key.as_str().into(),
+        };
         ns.bytes += bytes;
-        ns.recency.insert(tick, row.key.clone());
+        ns.recency.insert(tick, key.clone());
         ns.entries.insert(
-            row.key.clone(),
+            key,
             EntryInfo {
                 tick,
                 bytes,
@@ -320,8 +478,7 @@ impl KvMemory {
                 last_accessed_ms: now_ms,
             },
         );
-        self.cache
-            .insert((row.namespace.clone(), row.key.clone()), row);
+        self.cache.insert(entry_key(&row.namespace, &row.key), row);
     }
 
     /// After a committed removal of entries (delete, invalidation, expiry,
@@ -337,21 +494,123 @@ impl KvMemory {
         for (namespace, key) in entries {
             let ns = tracker.namespace(namespace);
             if let Some(old) = ns.entries.remove(key) {
-                ns.recency.remove(&old.tick);
-                ns.bytes -= old.bytes;
+                if ns.limited() {
+                    ns.recency.remove(&old.tick);
+                    ns.bytes -= old.bytes;
+                }
                 if evicted {
                     ns.counters.evictions += 1;
                 }
             }
-            self.cache
-                .invalidate(&(namespace.to_owned(), key.to_owned()));
+            self.cache.invalidate(&entry_key(namespace, key));
         }
     }
 
-    /// After a committed `kv.configure`.
-    pub fn committed_settings(&self, partition: usize, namespace: &str, s: KvNamespaceSettings) {
+    /// After a committed `kv.configure`: `rows` are the namespace's
+    /// entries as the view holds them, needed when it gets limits (see
+    /// the module docs).
+    pub fn committed_settings(
+        &self,
+        partition: usize,
+        namespace: &str,
+        s: KvNamespaceSettings,
+        rows: Option<Vec<IndexedEntry>>,
+    ) {
         let mut tracker = self.partitions[partition].lock();
         tracker.generation += 1;
-        tracker.namespace(namespace).settings = s;
+        tracker
+            .namespace(namespace)
+            .apply_settings(s, rows, || self.next_tick());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(namespace: &str, key: &str) -> Arc<KvEntryRow> {
+        Arc::new(KvEntryRow {
+            namespace: namespace.into(),
+            key: key.into(),
+            value: b"1".to_vec(),
+            json: true,
+            ..KvEntryRow::default()
+        })
+    }
+
+    #[test]
+    fn a_row_found_under_another_entrys_hash_is_a_miss() {
+        let memory = KvMemory::new(1, 1 << 20);
+        memory.committed_set(0, row("ns", "a"), 1);
+        assert_eq!(
+            memory.cached("ns", "a").map(|r| r.key.clone()),
+            Some("a".into())
+        );
+        // As if ("ns", "b") hashed like ("ns", "a"): the row there is not it.
+        memory.cache.insert(entry_key("ns", "b"), row("ns", "a"));
+        assert!(memory.cached("ns", "b").is_none());
+        assert!(!memory.in_memory("ns", "b"));
+    }
+
+    #[test]
+    fn without_limits_only_entries_read_are_tracked_and_limits_index_them_all() {
+        let memory = KvMemory::new(1, 1 << 20);
+        let rows: Vec<_> = ["a", "b", "c"].iter().map(|k| row("ns", k)).collect();
+        for r in &rows {
+            memory.committed_set(0, r.clone(), 1);
+        }
+        // Nothing tracked for entries never read; their info is their row's.
+        assert!(memory
+            .partition(0)
+            .lock()
+            .namespace("ns")
+            .entries
+            .is_empty());
+        assert_eq!(
+            (
+                memory.info(0, &rows[1]).hits,
+                memory.info(0, &rows[1]).last_accessed_ms
+            ),
+            (0, 0)
+        );
+        let hit = memory.hit(0, &rows[0], 2);
+        assert_eq!((hit.hits, hit.last_accessed_ms), (1, 2));
+        {
+            let mut tracker = memory.partition(0).lock();
+            let ns = tracker.namespace("ns");
+            let tracked: Vec<&str> = ns.entries.keys().map(|k| &**k).collect();
+            assert_eq!(tracked, ["a"]);
+            assert!(ns.recency.is_empty());
+        }
+        // Limits: every entry of the view indexed, least recent first (b
+        // and c set at the same instant: by key), a (hit last) last.
+        let limits = KvNamespaceSettings {
+            max_entries: 2,
+            ..KvNamespaceSettings::default()
+        };
+        let view: Vec<IndexedEntry> = rows
+            .iter()
+            .map(|r| (r.key.as_str().into(), EntryInfo::of(r, 0)))
+            .collect();
+        memory.committed_settings(0, "ns", limits, Some(view));
+        {
+            let mut tracker = memory.partition(0).lock();
+            let ns = tracker.namespace("ns");
+            let order: Vec<&str> = ns.recency.values().map(|k| &**k).collect();
+            assert_eq!(order, ["b", "c", "a"]);
+            assert_eq!((ns.entries.len(), ns.bytes), (3, 12));
+            assert_eq!(ns.entries["a"].hits, 1);
+            assert_eq!(
+                ns.victims("", |removed, _| 3 - removed <= 2),
+                [("b".to_owned(), 4)]
+            );
+        }
+        // Limits gone: only the entry read stays tracked.
+        memory.committed_settings(0, "ns", KvNamespaceSettings::default(), None);
+        let mut tracker = memory.partition(0).lock();
+        let ns = tracker.namespace("ns");
+        assert!(ns.recency.is_empty());
+        let tracked: Vec<&str> = ns.entries.keys().map(|k| &**k).collect();
+        assert_eq!(tracked, ["a"]);
     }
 }

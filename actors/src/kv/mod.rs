@@ -25,6 +25,30 @@
 //!   ownership, its writer moves with it; nothing here assumes the writer
 //!   is local beyond the in-memory trackers, which a new owner rebuilds
 //!   from the view.
+//! - **Set batching.** Sets are the hot write, and a writer that ran one
+//!   set at a time would wait one group commit per set: sets of one
+//!   partition would never share an fsync. So a set is not a writer
+//!   command of its own: [`KvNode::execute`] queues it on its partition's
+//!   [`SetQueue`] (bounded: [`SET_QUEUE_MAX_ENTRIES`], then 503) and sends
+//!   the writer a [`KvCommand::SetBatch`]; the writer drains every set
+//!   queued by then (at most `kv.set-batch-max`) and runs them as one
+//!   batch: it decides each set in queue order on the trackers, then
+//!   **pipelines** their appends — one append per set, each with its own
+//!   metadata (principal, correlation: `cairn log` still names who set
+//!   what), at consecutive expected versions, queued to the store together
+//!   ([`crate::writer::Session::append_pipelined`]) so the store's group
+//!   commit takes them in one write batch and one fsync. Each set is
+//!   answered with its own version (its `KvEntrySet`'s sequence number).
+//!   Pipelined appends were chosen over one append of many events because
+//!   an append carries one metadata. Preserved: per-key order (queue
+//!   order = append order); eviction exactness (a batch takes at most one
+//!   set of a namespace with `max_entries`/`max_bytes`, whose evictions
+//!   are decided on the trackers as the last commit left them; the next
+//!   waits for the next batch); a set refused by its decision
+//!   (`max_bytes`) or whose append fails is answered alone, and the sets
+//!   after a failed append (not written) are decided again in another
+//!   round of the batch; write-through origins are called by the service
+//!   before a set is queued, so an origin failure fails only its set.
 //! - **Events.** `KvEntrySet`, `KvEntryDeleted`, and bulk events naming
 //!   exactly the entries they remove: `KvEntriesDeleted {by: pattern |
 //!   namespace | tags | clear, selector, count, entries}`,
@@ -179,6 +203,37 @@ pub struct KvEnv {
     /// (`batched`: in the WAL before the reply, fsynced every
     /// `kv.flush-interval`).
     pub durability: cairn_storage::Durability,
+    /// Per partition, the sets waiting for its writer (see [`SetQueue`]).
+    pub sets: Vec<SetQueue>,
+    /// Most sets one batch of a partition's writer takes
+    /// (`kv.set-batch-max`).
+    pub set_batch_max: usize,
+}
+
+/// Most sets waiting for one partition's writer; past it a set is
+/// answered 503 ([`KvError::Busy`]).
+pub const SET_QUEUE_MAX_ENTRIES: usize = 65_536;
+
+/// A set waiting for its partition's writer, with who asked and where to
+/// answer.
+#[derive(Debug)]
+pub struct QueuedSet {
+    /// The set.
+    pub set: SetEntry,
+    /// Its command's metadata (its append carries it).
+    pub metadata: Metadata,
+    /// Where its answer goes.
+    pub reply: tokio::sync::oneshot::Sender<Result<KvReply, KvError>>,
+}
+
+/// The sets waiting for one partition's writer, oldest first (at most
+/// [`SET_QUEUE_MAX_ENTRIES`]). A set is queued here, then a
+/// [`KvCommand::SetBatch`] is sent to the writer; the writer drains the
+/// queue when it runs one, so sets that arrive while it appends wait
+/// together and the next batch takes them all.
+#[derive(Debug, Default)]
+pub struct SetQueue {
+    queue: parking_lot::Mutex<std::collections::VecDeque<QueuedSet>>,
 }
 
 /// A new value for one entry.
@@ -232,8 +287,13 @@ impl Matcher {
 /// A command of one partition's writer.
 #[derive(Debug)]
 pub enum KvCommand {
-    /// `kv.set`.
+    /// `kv.set`: [`KvNode::execute`] queues it and sends a
+    /// [`KvCommand::SetBatch`].
     Set(SetEntry),
+    /// Runs the sets queued for the partition (at most
+    /// `kv.set-batch-max`) as one batch; answers [`KvReply::Batched`] (each
+    /// set is answered on its own channel).
+    SetBatch,
     /// `kv.delete`.
     Delete {
         /// Namespace.
@@ -285,6 +345,8 @@ pub enum KvReply {
     Count(u64),
     /// The namespace's settings now.
     Configured(KvNamespaceSettings),
+    /// A [`KvCommand::SetBatch`] ran this many sets.
+    Batched(usize),
 }
 
 /// Most entries one bulk event names.
@@ -370,9 +432,50 @@ impl StreamDomain for Kv {
             let env = session.env().clone();
             let now_ms = unix_ms(env.clock.now());
             match command {
-                KvCommand::Set(set) => run_set(session, &env, partition, set, now_ms).await,
+                KvCommand::Set(set) => {
+                    // A set sent straight to the writer: a batch of one.
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let metadata = session.metadata().clone();
+                    run_sets(
+                        session,
+                        &env,
+                        partition,
+                        vec![QueuedSet {
+                            set,
+                            metadata,
+                            reply,
+                        }],
+                        now_ms,
+                    )
+                    .await;
+                    answer
+                        .await
+                        .map_err(|_| KvError::WriterGone { partition })?
+                }
+                KvCommand::SetBatch => {
+                    let batch = drain_sets(&env, partition);
+                    let n = batch.len();
+                    if n > 0 {
+                        run_sets(session, &env, partition, batch, now_ms).await;
+                    }
+                    Ok(KvReply::Batched(n))
+                }
                 KvCommand::Delete { namespace, key } => {
-                    let Some(info) = env.memory.info(partition, &namespace, &key) else {
+                    // The entry as it is (the writer is the only one to
+                    // change it): from the memory tier, else the view.
+                    let row = match env.memory.cached(&namespace, &key) {
+                        Some(row) => Some(row),
+                        None => {
+                            let store = env.store.clone();
+                            let row_key = KvView::entry_key(&namespace, &key);
+                            off_arbiter("kv-delete", move || {
+                                store.view_get_message::<KvEntryRow>(KvView::NAME, &row_key)
+                            })
+                            .await??
+                            .map(Arc::new)
+                        }
+                    };
+                    let Some(row) = row else {
                         return Ok(KvReply::Deleted(false));
                     };
                     let e = event(Payload::KvEntryDeleted(KvEntryDeleted {
@@ -385,7 +488,7 @@ impl StreamDomain for Kv {
                         [(namespace.as_str(), key.as_str())],
                         false,
                     );
-                    Ok(KvReply::Deleted(!expired(info.expires_at_ms, now_ms)))
+                    Ok(KvReply::Deleted(!expired(row.expires_at_ms, now_ms)))
                 }
                 KvCommand::DeleteMatching {
                     by,
@@ -456,9 +559,35 @@ impl StreamDomain for Kv {
                         namespace: namespace.clone(),
                         settings: Some(settings.clone()),
                     }));
+                    // A namespace that gets limits has all its entries
+                    // indexed (see `memory`): read them from the view.
+                    let limited = settings.max_entries > 0 || settings.max_bytes > 0;
+                    let rows = if limited && !env.memory.tracks_all(partition, &namespace) {
+                        let (store, name) = (env.store.clone(), namespace.clone());
+                        Some(
+                            off_arbiter("kv-configure", move || {
+                                let mut rows = Vec::new();
+                                store.view_scan_each::<KvError>(
+                                    KvView::NAME,
+                                    &KvView::namespace_entries(&name),
+                                    None,
+                                    |_, v| {
+                                        let row = decode_entry(v)?;
+                                        let info = memory::EntryInfo::of(&row, 0);
+                                        rows.push((row.key.into_boxed_str(), info));
+                                        Ok(ControlFlow::Continue(()))
+                                    },
+                                )?;
+                                Ok::<_, KvError>(rows)
+                            })
+                            .await??,
+                        )
+                    } else {
+                        None
+                    };
                     session.append(vec![e], Chunking::Whole).await?;
                     env.memory
-                        .committed_settings(partition, &namespace, settings.clone());
+                        .committed_settings(partition, &namespace, settings.clone(), rows);
                     // Lower limits apply at once.
                     let victims = {
                         let tracker = env.memory.partition(partition).lock();
@@ -527,13 +656,54 @@ async fn evict(
     Ok(())
 }
 
-async fn run_set(
-    session: &mut Session<Kv>,
+/// Takes the partition's queued sets for one batch: oldest first, at most
+/// `kv.set-batch-max`, and at most one set of a namespace with limits
+/// (`max_entries` / `max_bytes`): its evictions are decided on the tracker
+/// as the last commit left it, so a second set of that namespace waits for
+/// the next batch (which its own [`KvCommand::SetBatch`] runs).
+fn drain_sets(env: &KvEnv, partition: usize) -> Vec<QueuedSet> {
+    let mut queue = env.sets[partition].queue.lock();
+    let mut batch = Vec::with_capacity(queue.len().min(env.set_batch_max));
+    let mut limited: Vec<String> = Vec::new();
+    while batch.len() < env.set_batch_max {
+        let Some(next) = queue.front() else { break };
+        let namespace = &next.set.namespace;
+        let has_limits = {
+            let tracker = env.memory.partition(partition).lock();
+            tracker
+                .namespaces
+                .get(namespace)
+                .is_some_and(|ns| ns.settings.max_entries > 0 || ns.settings.max_bytes > 0)
+        };
+        if has_limits {
+            if limited.contains(namespace) {
+                break;
+            }
+            limited.push(namespace.clone());
+        }
+        batch.extend(queue.pop_front());
+    }
+    batch
+}
+
+/// One set decided: its row (seq still 0), its events, the entries it
+/// evicts.
+struct DecidedSet {
+    row: KvEntryRow,
+    ttl_ms: Option<u64>,
+    events: Vec<Event>,
+    evicted: Vec<(String, String)>,
+}
+
+/// Decides one set on the tracker as it is: its expiry, the namespace's
+/// `max_bytes`, and the least recently used entries it evicts.
+fn decide_set(
     env: &KvEnv,
     partition: usize,
     set: SetEntry,
     now_ms: u64,
-) -> Result<KvReply, KvError> {
+) -> Result<DecidedSet, KvError> {
+    let ttl_ms = set.ttl_ms;
     let mut row = KvEntryRow {
         namespace: set.namespace,
         key: set.key,
@@ -562,7 +732,7 @@ async fn run_set(
                 ),
             });
         }
-        let (added, added_bytes) = match ns.entries.get(&row.key) {
+        let (added, added_bytes) = match ns.entries.get(row.key.as_str()) {
             // Replacing: its old size goes, its count stays.
             Some(old) => (0, bytes.saturating_sub(old.bytes)),
             None => (1, bytes),
@@ -589,25 +759,119 @@ async fn run_set(
             entries: refs(&chunk),
         })));
     }
-    let appended = session.append(events, Chunking::MaxEvents).await?;
-    row.seq = appended
-        .first()
-        .and_then(|a| a.envelopes.first())
-        .map_or(0, |e| e.seq);
-    let reply = KvReply::Set {
-        version: row.seq,
-        created_at_ms: row.created_at_ms,
-        expires_at_ms: row.expires_at_ms,
-    };
-    env.memory.committed_set(partition, Arc::new(row), now_ms);
-    if !evicted.is_empty() {
-        env.memory.committed_removal(
-            partition,
-            evicted.iter().map(|(n, k)| (n.as_str(), k.as_str())),
-            true,
-        );
+    Ok(DecidedSet {
+        row,
+        ttl_ms,
+        events,
+        evicted,
+    })
+}
+
+/// Runs a batch of sets: decides each, appends them all pipelined (one
+/// append per set, with that set's metadata, queued together so they share
+/// group commits), updates the memory tier and trackers in order, and
+/// answers each set on its channel with its own version (its
+/// `KvEntrySet`'s sequence number). A set the decision refuses is answered
+/// alone; when an append fails, that set gets the error and the sets after
+/// it (not written) are decided and appended again, so every round answers
+/// at least one set and the rounds are bounded by the batch's size.
+async fn run_sets(
+    session: &mut Session<Kv>,
+    env: &KvEnv,
+    partition: usize,
+    batch: Vec<QueuedSet>,
+    now_ms: u64,
+) {
+    let max_events = cairn_storage::AsyncAppend::append_max_events(&env.store).max(1);
+    let mut pending = batch;
+    while !pending.is_empty() {
+        let mut decided = Vec::with_capacity(pending.len());
+        let mut appends = Vec::with_capacity(pending.len());
+        for queued in pending.drain(..) {
+            let QueuedSet {
+                set,
+                metadata,
+                reply,
+            } = queued;
+            match decide_set(env, partition, set, now_ms) {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(mut d) => {
+                    let events = std::mem::take(&mut d.events);
+                    let chunks = events.len().div_ceil(max_events);
+                    let mut events = events.into_iter().peekable();
+                    while events.peek().is_some() {
+                        let chunk: Vec<Event> = events.by_ref().take(max_events).collect();
+                        appends.push((chunk, metadata.clone()));
+                    }
+                    decided.push((d, chunks, metadata, reply));
+                }
+            }
+        }
+        let mut outcomes = session.append_pipelined(appends).await.into_iter();
+        let mut decided = decided.into_iter();
+        for (d, chunks, metadata, reply) in decided.by_ref() {
+            let mut seq = None;
+            let mut failed = None;
+            let mut written = 0;
+            for _ in 0..chunks {
+                match outcomes.next() {
+                    Some(Ok(appended)) => {
+                        written += 1;
+                        seq = seq.or_else(|| appended.envelopes.first().map(|e| e.seq));
+                    }
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if written == 0 && failed.is_none() {
+                // Not written: an earlier append failed. Decided again in
+                // the next round, on the tracker as the commits left it.
+                pending.push(QueuedSet {
+                    set: SetEntry {
+                        namespace: d.row.namespace,
+                        key: d.row.key,
+                        value: d.row.value,
+                        json: d.row.json,
+                        tags: d.row.tags,
+                        ttl_ms: d.ttl_ms,
+                    },
+                    metadata,
+                    reply,
+                });
+                continue;
+            }
+            let DecidedSet {
+                mut row, evicted, ..
+            } = d;
+            if written > 0 {
+                row.seq = seq.unwrap_or(0);
+                let answer = KvReply::Set {
+                    version: row.seq,
+                    created_at_ms: row.created_at_ms,
+                    expires_at_ms: row.expires_at_ms,
+                };
+                env.memory.committed_set(partition, Arc::new(row), now_ms);
+                if written == chunks && !evicted.is_empty() {
+                    env.memory.committed_removal(
+                        partition,
+                        evicted.iter().map(|(n, k)| (n.as_str(), k.as_str())),
+                        true,
+                    );
+                }
+                let _ = reply.send(match failed {
+                    None => Ok(answer),
+                    Some(e) => Err(e.into()),
+                });
+            } else if let Some(e) = failed {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
     }
-    Ok(reply)
 }
 
 /// The `candidates` whose current row `keep` selects.
@@ -652,20 +916,11 @@ impl KvNode {
         clock: Arc<dyn Clock>,
         memory_max_bytes: u64,
         durability: cairn_storage::Durability,
+        set_batch_max: usize,
     ) -> Result<Self, KvError> {
         let memory = Arc::new(KvMemory::new(KV_PARTITIONS, memory_max_bytes));
         let (loaded, load_store) = (memory.clone(), store.clone());
         let versions = off_arbiter("kv-load", move || -> Result<Vec<u64>, KvError> {
-            let mut entries = Vec::new();
-            load_store.view_scan_each::<KvError>(
-                KvView::NAME,
-                KvView::ENTRY_PREFIX,
-                None,
-                |_, v| {
-                    entries.push(decode_entry(v)?);
-                    Ok(ControlFlow::Continue(()))
-                },
-            )?;
             let mut settings = Vec::new();
             load_store.view_scan_each::<KvError>(
                 KvView::NAME,
@@ -677,7 +932,22 @@ impl KvNode {
                     Ok(ControlFlow::Continue(()))
                 },
             )?;
-            loaded.load(partition_of, entries, settings);
+            loaded.load_settings(partition_of, settings);
+            // Only namespaces with limits keep their entries in memory.
+            let mut entries = Vec::new();
+            load_store.view_scan_each::<KvError>(
+                KvView::NAME,
+                KvView::ENTRY_PREFIX,
+                None,
+                |_, v| {
+                    let row = decode_entry(v)?;
+                    if loaded.tracks_all(partition_of(&row.namespace), &row.namespace) {
+                        entries.push(row);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
+            loaded.load(partition_of, entries);
             (0..KV_PARTITIONS)
                 .map(|p| Ok(load_store.stream_version(&partition_stream(p))?))
                 .collect()
@@ -688,6 +958,8 @@ impl KvNode {
             memory,
             clock,
             durability,
+            sets: (0..KV_PARTITIONS).map(|_| SetQueue::default()).collect(),
+            set_batch_max: set_batch_max.max(1),
         });
         let writers = versions
             .into_iter()
@@ -743,14 +1015,48 @@ impl KvNode {
         command: KvCommand,
         metadata: Metadata,
     ) -> Result<KvReply, KvError> {
-        self.writers[partition]
-            .send(Execute::<Kv> {
-                command,
-                metadata,
-                span: tracing::Span::current(),
-            })
-            .await
-            .map_err(|_| KvError::WriterGone { partition })?
+        let (command, answer) = match command {
+            KvCommand::Set(set) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                {
+                    let mut queue = self.env.sets[partition].queue.lock();
+                    if queue.len() >= SET_QUEUE_MAX_ENTRIES {
+                        return Err(KvError::Busy {
+                            partition,
+                            queued: queue.len(),
+                        });
+                    }
+                    queue.push_back(QueuedSet {
+                        set,
+                        metadata: metadata.clone(),
+                        reply,
+                    });
+                }
+                (KvCommand::SetBatch, Some(answer))
+            }
+            command => (command, None),
+        };
+        let gone = || KvError::WriterGone { partition };
+        let ran = self.writers[partition].send(Execute::<Kv> {
+            command,
+            metadata,
+            span: tracing::Span::current(),
+        });
+        let Some(answer) = answer else {
+            return ran.await.map_err(|_| gone())?;
+        };
+        // The batch that takes this set may be an earlier one than its own
+        // trigger's: answered as soon as that batch is, not after the batch
+        // its trigger runs (a later one, with an fsync of its own). A
+        // trigger dropped unsent is not missed: every set still waiting
+        // has its own.
+        match futures::future::select(answer, std::pin::pin!(ran)).await {
+            futures::future::Either::Left((answered, _)) => answered.map_err(|_| gone())?,
+            futures::future::Either::Right((ran, answer)) => {
+                ran.map_err(|_| gone())??;
+                answer.await.map_err(|_| gone())?
+            }
+        }
     }
 
     /// The live entry `(namespace, key)`, counting a hit or a miss when
@@ -784,9 +1090,9 @@ impl KvNode {
         match row.filter(|r| !expired(r.expires_at_ms, now_ms)) {
             Some(row) => {
                 let info = if count {
-                    memory.hit(partition, namespace, key, now_ms)
+                    memory.hit(partition, &row, now_ms)
                 } else {
-                    memory.info(partition, namespace, key).unwrap_or_default()
+                    memory.info(partition, &row)
                 };
                 Ok(Some(Found { row, info }))
             }

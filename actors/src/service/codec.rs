@@ -148,6 +148,10 @@ impl Reply for Body {
     fn into_json_bytes(self) -> Result<Bytes, ServiceError> {
         match self {
             Body::JsonBytes(b) => Ok(b),
+            // Serialised in place, not cloned first.
+            Body::Json(v) => serde_json::to_vec(&v)
+                .map(Bytes::from)
+                .map_err(|e| ServiceError::internal(e.to_string())),
             other => serde_json::to_vec(&other.to_json()?)
                 .map(Bytes::from)
                 .map_err(|e| ServiceError::internal(e.to_string())),

@@ -79,6 +79,9 @@ pub struct KvServiceConfig {
     /// How long a `KvEntryDeleted` stays in the log after it was recorded
     /// (`kv.tombstone-retention`). Default: 24 h.
     pub tombstone_retention: Duration,
+    /// Most sets a partition's writer appends in one batch
+    /// (`kv.set-batch-max`). Default: 512.
+    pub set_batch_max: usize,
 }
 
 impl Default for KvServiceConfig {
@@ -92,6 +95,7 @@ impl Default for KvServiceConfig {
             flush_interval: Duration::from_secs(1),
             compact_interval: Duration::from_secs(600),
             tombstone_retention: Duration::from_secs(24 * 60 * 60),
+            set_batch_max: 512,
         }
     }
 }
@@ -359,24 +363,51 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
     ))
 }
 
-fn entry_json(row: &KvEntryRow, info: &EntryInfo) -> Value {
-    let mut out = json!({
-        "namespace": row.namespace,
-        "key": row.key,
-        "tags": row.tags,
-        "created_at": timestamp_ms(row.created_at_ms),
-        "expires_at": timestamp_ms(row.expires_at_ms),
-        "hit_count": info.hits,
-        "last_accessed": timestamp_ms(info.last_accessed_ms),
-        "version": row.seq,
-    });
-    if row.json {
-        out["value"] = serde_json::from_slice(&row.value).unwrap_or(Value::Null);
-    } else {
-        out["value_b64"] =
-            Value::String(base64::engine::general_purpose::STANDARD.encode(&row.value));
+/// The entry's JSON reply, written straight to bytes: the stored JSON
+/// value (valid JSON text: a `kv.set`'s serialised value, or an origin's or
+/// compute's reply that parsed as JSON) is copied verbatim, not parsed and
+/// re-encoded, and no `Value` tree is built — the hot path of `kv.get`.
+fn entry_json_bytes(row: &KvEntryRow, info: &EntryInfo) -> bytes::Bytes {
+    #[derive(serde::Serialize)]
+    struct Head<'a> {
+        namespace: &'a str,
+        key: &'a str,
+        tags: &'a [String],
+        created_at: Value,
+        expires_at: Value,
+        hit_count: u64,
+        last_accessed: Value,
+        version: u64,
     }
-    out
+    let head = Head {
+        namespace: &row.namespace,
+        key: &row.key,
+        tags: &row.tags,
+        created_at: timestamp_ms(row.created_at_ms),
+        expires_at: timestamp_ms(row.expires_at_ms),
+        hit_count: info.hits,
+        last_accessed: timestamp_ms(info.last_accessed_ms),
+        version: row.seq,
+    };
+    let b64 = (!row.json).then(|| base64::engine::general_purpose::STANDARD.encode(&row.value));
+    let value_len = b64.as_ref().map_or(row.value.len(), String::len);
+    let mut out = Vec::with_capacity(row.namespace.len() + row.key.len() + value_len + 256);
+    // A struct of strings, numbers and nulls always serialises.
+    let _ = serde_json::to_writer(&mut out, &head);
+    out.pop(); // its closing brace: the value follows
+    match b64 {
+        None => {
+            out.extend_from_slice(b",\"value\":");
+            out.extend_from_slice(&row.value);
+        }
+        Some(b64) => {
+            out.extend_from_slice(b",\"value_b64\":\"");
+            out.extend_from_slice(b64.as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+    out.into()
 }
 
 fn entry_pb(row: &KvEntryRow, info: &EntryInfo) -> Vec<u8> {
@@ -413,7 +444,12 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
     let (namespace, key, principal) = key_request(&request)?;
     let kv = kv(&context)?;
     let mut found = kv.get(&namespace, &key, true).await?;
-    let settings = kv.settings(&namespace);
+    // A hit needs no settings (an origin is asked on a miss only).
+    let settings = if found.is_none() {
+        kv.settings(&namespace)
+    } else {
+        KvNamespaceSettings::default()
+    };
     if found.is_none() && !settings.origin_subject.is_empty() {
         // Read-through: one origin call for all concurrent misses.
         let body = serde_json::to_vec(&json!({"op": "get", "namespace": namespace, "key": key}))
@@ -435,11 +471,10 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
         }
         .into());
     };
-    Ok(Body::of(
-        request.format,
-        || entry_json(&found.row, &found.info),
-        || entry_pb(&found.row, &found.info),
-    ))
+    Ok(match request.format {
+        Format::Json => Body::JsonBytes(entry_json_bytes(&found.row, &found.info)),
+        Format::Protobuf => Body::Protobuf(entry_pb(&found.row, &found.info)),
+    })
 }
 
 /// `kv.exists`: whether a live entry exists; counts nothing.
@@ -756,7 +791,8 @@ pub async fn handle_stats(
         newest = newest.max(r.created_at_ms);
         disk += (k.len() + r.encoded_len()) as u64;
         if ns.is_some() && memory.in_memory(&r.namespace, &r.key) {
-            in_memory += crate::kv::memory::entry_bytes(r) + 64;
+            in_memory +=
+                crate::kv::memory::entry_bytes(r) + crate::kv::memory::MEMORY_ENTRY_OVERHEAD_BYTES;
         }
     }
     if ns.is_none() {
@@ -1130,11 +1166,10 @@ pub async fn handle_get_or_compute(
                 .ok_or_else(|| ServiceError::internal("a compute answered no entry"))?
         }
     };
-    Ok(Body::of(
-        request.format,
-        || entry_json(&found.row, &found.info),
-        || entry_pb(&found.row, &found.info),
-    ))
+    Ok(match request.format {
+        Format::Json => Body::JsonBytes(entry_json_bytes(&found.row, &found.info)),
+        Format::Protobuf => Body::Protobuf(entry_pb(&found.row, &found.info)),
+    })
 }
 
 /// A subject a request names for cairn to send to: no wildcards, no

@@ -140,6 +140,7 @@ impl CairnService {
                 config.clock.clone(),
                 config.kv.memory_max_bytes,
                 config.kv.durability,
+                config.kv.set_batch_max,
             )
             .await
             .map_err(|e| format!("starting the key-value cache: {e}"))?;

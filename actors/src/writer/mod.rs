@@ -27,9 +27,17 @@
 //! and records a failure before answering it) composes the same
 //! primitives: [`Session::append`] and [`off_arbiter`].
 //!
+//! A domain whose commands are many and small (the key-value sets) may
+//! queue them itself and run the queued ones as one command: it decides
+//! each, then [`Session::append_pipelined`] queues their appends to the
+//! store together — one append per original command, each with that
+//! command's metadata, at consecutive expected versions — so they share
+//! group commits instead of waiting one commit each, and the domain answers
+//! each original command from its own append.
+//!
 //! # Layout
-//! - this module — [`StreamDomain`], [`StreamWriter`], [`Session`],
-//!   [`Chunking`], [`off_arbiter`], [`Execute`], [`StopWriter`],
+//! - this module — [`StreamDomain`], [`StreamWriter`], [`Session`]
+//!   (with [`Session::append_pipelined`]), [`Chunking`], [`off_arbiter`], [`Execute`], [`StopWriter`],
 //!   [`WriterError`].
 //! - `tests` — the shell on a real store with a toy domain: chunked
 //!   appends, fold, serialisation per stream, parallel streams, spans.
@@ -252,6 +260,62 @@ impl<D: StreamDomain> Session<D> {
             committed.push(appended);
         }
         Ok(committed)
+    }
+
+    /// Appends of several commands the domain runs as one (it drains its
+    /// queued commands into one batch: the key-value sets), each with its
+    /// own metadata, at the state's version, queued together so the store
+    /// commits them in as few group commits as it can; each committed
+    /// append is folded into the state. Answers the outcome of each append
+    /// up to and including the first failure (nothing after it was
+    /// written). Each append must fit `store.append-max-events`.
+    pub async fn append_pipelined(
+        &mut self,
+        appends: Vec<(Vec<D::Event>, Metadata)>,
+    ) -> Vec<Result<cairn_storage::Appended, WriterError>> {
+        if appends.is_empty() {
+            return Vec::new();
+        }
+        let store = D::store(&self.env);
+        let mut states = Vec::with_capacity(appends.len());
+        let mut next = self.state.clone();
+        let mut version = D::version(&self.state);
+        let appends: Vec<(Vec<Event>, Metadata)> = appends
+            .into_iter()
+            .map(|(events, metadata)| {
+                let events = events
+                    .into_iter()
+                    .map(|e| {
+                        version += 1;
+                        D::fold(&mut next, &e, version);
+                        e.into()
+                    })
+                    .collect();
+                states.push(next.clone());
+                (events, metadata)
+            })
+            .collect();
+        let stream = D::stream(&self.state).clone();
+        let expected = D::version(&self.state);
+        let appended = store
+            .append_pipelined(&stream, expected, appends, D::durability(&self.env))
+            .await;
+        let mut out = Vec::with_capacity(appended.len());
+        for (appended, folded) in appended.into_iter().zip(states) {
+            match appended {
+                Ok(appended) => {
+                    debug_assert_eq!(appended.stream_version(), D::version(&folded));
+                    self.state = folded;
+                    out.push(Ok(appended));
+                }
+                Err(e) => {
+                    out.push(Err(e.into()));
+                    break;
+                }
+            }
+        }
+        tracing::debug!(stream = %stream, appends = out.len(), "appended pipelined");
+        out
     }
 
     /// The common command: `prepare` (reads, I/O) and the pure `decide`

@@ -73,6 +73,11 @@ enum Add {
     /// Answers the name of the span its prepare phase runs in, and its
     /// parent's.
     Spans,
+    /// Appends each number pipelined, as if for commands of these
+    /// principals (`None`: an event without payload, refused by the
+    /// store); answers each outcome (`v<version>` or the error) and the
+    /// total after.
+    Pipelined(Vec<(Option<u64>, &'static str)>),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +129,34 @@ impl StreamDomain for Counter {
         command: Add,
     ) -> BoxFuture<'_, Result<String, CounterError>> {
         Box::pin(async move {
+            if let Add::Pipelined(appends) = command {
+                let appends = appends
+                    .into_iter()
+                    .map(|(n, principal)| {
+                        let e = match n {
+                            Some(n) => event(Payload::SyncStarted(SyncStarted {
+                                trigger: n.to_string(),
+                            })),
+                            None => Event { payload: None },
+                        };
+                        (vec![e], Metadata::command(principal).normalized())
+                    })
+                    .collect();
+                let outcomes: Vec<String> = session
+                    .append_pipelined(appends)
+                    .await
+                    .into_iter()
+                    .map(|o| match o {
+                        Ok(a) => format!("v{}", a.stream_version()),
+                        Err(e) => ServiceError::from(e).to_string(),
+                    })
+                    .collect();
+                return Ok(format!(
+                    "{} total {}",
+                    outcomes.join(", "),
+                    session.state().total
+                ));
+            }
             let chunking = match &command {
                 Add::Numbers(_, chunking) => *chunking,
                 _ => Chunking::Whole,
@@ -156,6 +189,7 @@ impl StreamDomain for Counter {
                                 (Vec::new(), answer)
                             }
                             Add::Spans => (Vec::new(), span_names()),
+                            Add::Pipelined(_) => (Vec::new(), String::new()),
                         })
                     },
                     |_, (numbers, answer)| {
@@ -407,4 +441,44 @@ fn a_command_runs_in_the_span_of_the_message_that_caused_it() {
         .unwrap()
     });
     assert_eq!(answer, Ok("writer < command".into()));
+}
+
+#[actix_rt::test]
+async fn pipelined_appends_keep_their_own_metadata_and_stop_at_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), 1000);
+    let addr = writer(&store, "test/a");
+    let before = store.writer_stats();
+    assert_eq!(
+        send(
+            &addr,
+            Add::Pipelined(vec![(Some(1), "ann"), (Some(2), "bob"), (Some(3), "cy")])
+        )
+        .await,
+        Ok("v1, v2, v3 total 6".into())
+    );
+    let after = store.writer_stats();
+    assert_eq!(after.appends - before.appends, 3);
+    let stream = StreamId::new("test/a").unwrap();
+    let principals: Vec<String> = store
+        .read_stream(&stream, 1, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.principal)
+        .collect();
+    assert_eq!(principals, ["ann", "bob", "cy"]);
+    // A refused append: the one before it commits, none after it is tried.
+    assert_eq!(
+        send(
+            &addr,
+            Add::Pipelined(vec![(Some(10), "ann"), (None, "bob"), (Some(20), "cy")])
+        )
+        .await,
+        Ok("v4, 400: event 0 has no payload total 16".into())
+    );
+    assert_eq!(store.stream_version(&stream).unwrap(), 4);
+    assert_eq!(
+        send(&addr, Add::Numbers(vec![1], Chunking::Whole)).await,
+        Ok("17".into())
+    );
 }

@@ -15,6 +15,8 @@
 //!   yes, appendfsync always`, and `batched` vs `appendfsync everysec`;
 //!   100-byte values, concurrency 1 and 64.
 //! - **Memory**: the process's RSS growth per `--memory-entries` entries
+//!   (the node at its default `kv.memory-max-bytes`: the memory tier
+//!   bounded, the rest on disk; GETs and SETs run with a 1 GiB tier)
 //!   of 100 bytes set through the service vs Redis `used_memory` growth for
 //!   the same.
 //! - **Compaction**: `--compaction-sets` sets over `--compaction-keys`
@@ -39,6 +41,10 @@ use serde_json::json;
 
 use super::cache::{node_config, Latency};
 use crate::{config::KvDurability, node::Node};
+
+/// The memory tier of the GET and SET runs: every preloaded key fits, so
+/// a GET measures the memory-tier path.
+const GET_MEMORY_MAX_BYTES: u64 = 1 << 30;
 
 /// Options of `cairn bench kv`.
 #[derive(Debug, Clone)]
@@ -186,6 +192,15 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Whether a reply is a service error (every reply carries headers, such
+/// as the node's last sequence: the error code header tells).
+fn is_error(reply: &async_nats::Message) -> bool {
+    reply
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get("Nats-Service-Error-Code").is_some())
+}
+
 fn value_of(size: usize, i: usize) -> String {
     let mut v = format!("{i:08}");
     v.push_str(&"x".repeat(size.saturating_sub(v.len())));
@@ -198,22 +213,28 @@ pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<(
     let mut lines = Vec::new();
     let (get, echo, redis_get) = {
         let (redis_url, options) = (redis.url(), options.clone());
-        with_node(KvDurability::Sync, move |url| async move {
-            gets(&url, &redis_url, &options).await
-        })?
+        with_node(
+            KvDurability::Sync,
+            GET_MEMORY_MAX_BYTES,
+            move |url| async move { gets(&url, &redis_url, &options).await },
+        )?
     };
     lines.extend(get.1.clone());
     let (set_sync, redis_always) = {
         let (redis_url, options) = (redis.url(), options.clone());
-        with_node(KvDurability::Sync, move |url| async move {
-            sets(&url, &redis_url, &options, "always").await
-        })?
+        with_node(
+            KvDurability::Sync,
+            GET_MEMORY_MAX_BYTES,
+            move |url| async move { sets(&url, &redis_url, &options, "always").await },
+        )?
     };
     let (set_batched, redis_everysec) = {
         let (redis_url, options) = (redis.url(), options.clone());
-        with_node(KvDurability::Batched, move |url| async move {
-            sets(&url, &redis_url, &options, "everysec").await
-        })?
+        with_node(
+            KvDurability::Batched,
+            GET_MEMORY_MAX_BYTES,
+            move |url| async move { sets(&url, &redis_url, &options, "everysec").await },
+        )?
     };
     for line in lines {
         writeln!(out, "{line}")?;
@@ -241,16 +262,20 @@ pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<(
             )?;
         }
     }
+    // The node as configured by default: its memory tier holds at most
+    // kv.memory-max-bytes, the rest is on disk (RocksDB).
+    let memory_tier = crate::config::KvSection::default().memory_max_bytes;
     let (rss, used) = {
         let (redis_url, options) = (redis.url(), options.clone());
-        with_node(KvDurability::Batched, move |url| async move {
+        with_node(KvDurability::Batched, memory_tier, move |url| async move {
             memory(&url, &redis_url, &options).await
         })?
     };
     writeln!(
         out,
-        "kv memory: {} entries of 100 B: cairn RSS +{:.1} MiB, redis used_memory +{:.1} MiB, ratio {:.2}",
+        "kv memory: {} entries of 100 B (cairn's memory tier at its default {} MiB, the rest on disk): cairn RSS +{:.1} MiB, redis used_memory +{:.1} MiB, ratio {:.2}",
         options.memory_entries,
+        memory_tier >> 20,
         rss as f64 / 1048576.0,
         used as f64 / 1048576.0,
         rss as f64 / (used as f64).max(1.0)
@@ -282,7 +307,11 @@ pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<(
 
 /// Starts a node with `durability`, runs `work(nats url)` on a client
 /// thread, stops the node.
-fn with_node<T, F, Fut>(durability: KvDurability, work: F) -> anyhow::Result<T>
+fn with_node<T, F, Fut>(
+    durability: KvDurability,
+    memory_max_bytes: u64,
+    work: F,
+) -> anyhow::Result<T>
 where
     T: Send + 'static,
     F: FnOnce(String) -> Fut + Send + 'static,
@@ -292,7 +321,7 @@ where
     let mut config = node_config(&dir.path().join("data"));
     config.kv.durability = durability;
     config.kv.sweep_interval = Duration::ZERO;
-    config.kv.memory_max_bytes = 1 << 30;
+    config.kv.memory_max_bytes = memory_max_bytes;
     config.service.max_concurrent_requests = 1024;
     let system = actix::System::new();
     system.block_on(async {
@@ -347,11 +376,7 @@ async fn gets(
                     let reply = nats
                         .request("cairn.v1.kv.set", serde_json::to_vec(&body)?.into())
                         .await?;
-                    anyhow::ensure!(
-                        reply.headers.is_none(),
-                        "kv.set failed: {:?}",
-                        reply.payload
-                    );
+                    anyhow::ensure!(!is_error(&reply), "kv.set failed: {:?}", reply.payload);
                     Ok(())
                 }
             }
@@ -397,7 +422,7 @@ async fn gets(
                         serde_json::to_vec(&json!({"namespace": ns, "key": format!("k{k}")}));
                     async move {
                         let reply = nats.request("cairn.v1.kv.get", body?.into()).await?;
-                        anyhow::ensure!(reply.headers.is_none(), "kv.get failed");
+                        anyhow::ensure!(!is_error(&reply), "kv.get failed");
                         Ok(())
                     }
                 }
@@ -483,7 +508,7 @@ async fn sets(
                 );
                 async move {
                     let reply = nats.request("cairn.v1.kv.set", body?.into()).await?;
-                    anyhow::ensure!(reply.headers.is_none(), "kv.set failed");
+                    anyhow::ensure!(!is_error(&reply), "kv.set failed");
                     Ok(())
                 }
             }
@@ -525,7 +550,7 @@ async fn memory(url: &str, redis_url: &str, options: &KvOptions) -> anyhow::Resu
             );
             async move {
                 let reply = nats.request("cairn.v1.kv.set", body?.into()).await?;
-                anyhow::ensure!(reply.headers.is_none(), "kv.set failed");
+                anyhow::ensure!(!is_error(&reply), "kv.set failed");
                 Ok(())
             }
         }

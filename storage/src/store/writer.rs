@@ -169,29 +169,47 @@ impl Store {
     pub async fn append_chunks_durable(
         &self,
         stream: &StreamId,
-        mut version: u64,
+        version: u64,
         chunks: Vec<Vec<Event>>,
         metadata: Metadata,
         durability: crate::Durability,
     ) -> Vec<Result<Appended, StorageError>> {
-        let mut replies = Vec::with_capacity(chunks.len());
-        for events in chunks {
+        let appends = chunks
+            .into_iter()
+            .map(|events| (events, metadata.clone()))
+            .collect();
+        self.append_pipelined(stream, version, appends, durability)
+            .await
+    }
+
+    /// [`Store::append_chunks_durable`] with each append's own metadata:
+    /// the appends of several commands (each with its principal and
+    /// correlation) queued together, so they share group commits. The
+    /// first expects stream version `version`, each next one the version
+    /// the previous leaves; a failed append fails every later one (nothing
+    /// after it is written). Returns the outcome of each append up to and
+    /// including the first failure.
+    pub async fn append_pipelined(
+        &self,
+        stream: &StreamId,
+        mut version: u64,
+        appends: Vec<(Vec<Event>, Metadata)>,
+        durability: crate::Durability,
+    ) -> Vec<Result<Appended, StorageError>> {
+        let mut replies = Vec::with_capacity(appends.len());
+        for (events, metadata) in appends {
             let len = events.len() as u64;
-            let request = match self.request(
-                stream,
-                ExpectedVersion::Exact(version),
-                events,
-                metadata.clone(),
-            ) {
-                Ok(mut request) => {
-                    request.sync = durability == crate::Durability::Sync;
-                    request
-                }
-                Err(e) => {
-                    replies.push(Err(e));
-                    break;
-                }
-            };
+            let request =
+                match self.request(stream, ExpectedVersion::Exact(version), events, metadata) {
+                    Ok(mut request) => {
+                        request.sync = durability == crate::Durability::Sync;
+                        request
+                    }
+                    Err(e) => {
+                        replies.push(Err(e));
+                        break;
+                    }
+                };
             let (reply, rx) = oneshot::channel();
             let sent = match self.sender() {
                 Ok(tx) => tx.send(Command::Append(request, reply)).await.is_ok(),
@@ -361,6 +379,18 @@ impl crate::AsyncAppend for Store {
         durability: crate::Durability,
     ) -> crate::append::AppendChunks<'a> {
         Box::pin(self.append_chunks_durable(stream, version, chunks, metadata, durability))
+    }
+
+    fn append_pipelined<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        version: u64,
+        appends: Vec<(Vec<Event>, Metadata)>,
+        durability: crate::Durability,
+    ) -> crate::append::AppendChunks<'a> {
+        Box::pin(Store::append_pipelined(
+            self, stream, version, appends, durability,
+        ))
     }
 }
 
