@@ -7,7 +7,7 @@
 //! proposal branches) or build small repositories from scratch.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use cairn_actors::origin::write::{self, Author, Files, Identity, RefChange};
@@ -17,7 +17,13 @@ use cairn_actors::origin::{
 };
 use tempfile::TempDir;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/porch-testdata");
+/// The Porch fixtures (the runtime `CARGO_MANIFEST_DIR` first, as the
+/// harness's `shared_dir`).
+fn fixtures() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../../shared/porch-testdata")
+}
 
 use Lifecycle::{DeletionProposed, Draft, Proposed, Published};
 
@@ -42,7 +48,7 @@ impl Upstream {
     /// Unpacks `<fixture>.tar` (which holds only `.git`).
     fn unpack(fixture: &str) -> Upstream {
         let dir = TempDir::new().unwrap();
-        let tar = Path::new(FIXTURES).join(format!("{fixture}.tar"));
+        let tar = fixtures().join(format!("{fixture}.tar"));
         // --no-same-owner: as root, tar would keep the archive's owner and
         // libgit2 refuses repositories owned by another user.
         let status = Command::new("tar")
