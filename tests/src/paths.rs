@@ -1,6 +1,6 @@
 //! Paths the suites share.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The workspace's `../shared` directory (Porch fixtures and docs). The
 /// runtime `CARGO_MANIFEST_DIR` first (cargo and nextest set it): a binary
