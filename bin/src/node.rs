@@ -13,7 +13,7 @@ use actix::{Actor, Addr};
 use anyhow::Context as _;
 use cairn_actors::{
     artifact::ArtifactCache,
-    http::HttpServer,
+    http::{HttpServer, Operations},
     origin::GitCache,
     publisher::{self, Publisher, PublisherConfig},
     registry::Registry,
@@ -137,6 +137,8 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Node> {
         cairn_actors::origin::set_network_timeout(config.git.timeout)?;
+        let otlp = crate::telemetry::otlp_endpoint(&config.telemetry);
+        let metrics = crate::metrics::install(&config.telemetry, otlp.as_deref());
         let store = open_store(&config).await?;
         let mut local_nats = None;
         let urls = if config.nats.urls.is_empty() {
@@ -235,8 +237,12 @@ impl Node {
             None
         } else {
             let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+            let operations = Operations {
+                metrics: Arc::new(move || metrics.render()),
+                readiness: Arc::new(crate::health::checks(store.clone(), client.clone(), None)),
+            };
             Some(
-                HttpServer::start(listen, artifacts.clone())
+                HttpServer::start(listen, artifacts.clone(), operations)
                     .await
                     .with_context(|| format!("http.listen: binding {listen}"))?,
             )
@@ -250,6 +256,17 @@ impl Node {
         )
         .await
         .map_err(|e| anyhow::anyhow!("registering the cairn service: {e}"))?;
+        crate::metrics::attach(crate::metrics::NodeSources {
+            store: store.clone(),
+            artifacts: artifacts.clone(),
+            kv: service.kv().cloned(),
+            watch: service.watch_hub().clone(),
+            owned_streams: cluster.as_ref().map(|c| {
+                let view = c.routing.ownership.view().clone();
+                Arc::new(move || view.held().values().filter(|h| !h.lost).count() as u64)
+                    as Arc<dyn Fn() -> u64 + Send + Sync>
+            }),
+        });
         let origin = if local_nats.is_some() {
             "local nats-server"
         } else {
@@ -328,6 +345,7 @@ impl Node {
     /// Stops gracefully (see the module docs).
     pub async fn shutdown(mut self) {
         info!("shutting down");
+        crate::metrics::detach();
         if let Some(cluster) = &self.cluster {
             // Streams handed over first (each writer finishes what it runs,
             // its lease is deleted): the others take them at once, and this

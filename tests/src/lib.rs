@@ -33,6 +33,8 @@
 //!   [`process::is_running`],
 //!   [`Cli`] (the `cairn` CLI with a timeout; [`cairn_cli!`] names the
 //!   binary), [`ClosedPort`], line readers with deadlines.
+//! - [`telemetry`] — [`telemetry::Metrics`], a node's `/metrics` scraped and
+//!   parsed (Prometheus text format), looked up exactly by name and labels.
 //! - [`store`] — [`TempStore`] and sample [`events`].
 //! - [`paths`] — [`shared_dir`], the workspace's `../shared` directory (a
 //!   leaf module, so `git` does not import the crate root that declares it).
@@ -51,6 +53,7 @@ pub mod origin;
 pub mod paths;
 pub mod process;
 pub mod store;
+pub mod telemetry;
 pub mod wait;
 
 pub use cairn::nginx::Nginx;

@@ -301,6 +301,7 @@ impl PublishTask {
             match self.session().await {
                 SessionEnd::Stopped => break,
                 SessionEnd::Failed(why) => {
+                    crate::metrics::with(|m| m.publisher_retries.add(1, &[]));
                     warn!(error = %why, cursor = *self.cursor.borrow(), "publishing interrupted; resuming from the cursor");
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.retry_delay) => {}
@@ -378,6 +379,7 @@ impl PublishTask {
                     resumed, "the stream holds events past the cursor; resuming after them"
                 );
                 self.cursor.send_replace(resumed);
+                crate::metrics::published(resumed);
             } else {
                 warn!(cursor, stream_seq = seq, event_id = %id,
                     "the stream ends with an event this log does not hold at that seq; publishing from the cursor");
@@ -481,6 +483,7 @@ impl PublishTask {
                     }
                     if let Some(cursor) = window.acked(seq) {
                         self.cursor.send_replace(cursor);
+                        crate::metrics::published(cursor);
                     }
                 }
                 Step::Ack(seq, Err(e)) => {
@@ -510,6 +513,7 @@ impl PublishTask {
                 if result.is_ok() {
                     if let Some(cursor) = window.acked(seq) {
                         self.cursor.send_replace(cursor);
+                        crate::metrics::published(cursor);
                     }
                 }
             }

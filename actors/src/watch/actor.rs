@@ -391,6 +391,7 @@ impl StreamHandler<Input> for Watcher {
             }
             Input::Replayed(envelope) => {
                 if let Some(line) = self.component.event(&envelope) {
+                    crate::metrics::with(|m| m.watch_delivered.add(1, &[]));
                     self.send(line, false, ctx);
                 }
             }
@@ -398,11 +399,13 @@ impl StreamHandler<Input> for Watcher {
             Input::Queued(envelope) => {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
                 if let Some(line) = self.component.event(&envelope) {
+                    crate::metrics::with(|m| m.watch_delivered.add(1, &[]));
                     self.send(line, false, ctx);
                 }
             }
             Input::Overflowed => {
                 info!(watch = %self.id, cursor = self.component.cursor(), "watch fell behind its queue; told to relist");
+                crate::metrics::with(|m| m.watch_relists.add(1, &[]));
                 self.send(WatcherComponent::relist(), true, ctx);
             }
             Input::Closed => ctx.stop(),
