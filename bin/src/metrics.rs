@@ -47,6 +47,8 @@ pub struct NodeSources {
     pub watch: WatchHub,
     /// Streams this node owns now, in a cluster.
     pub owned_streams: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// (applied, last seen) positions of the cluster's log, in a cluster.
+    pub cluster_positions: Option<crate::health::ClusterPositions>,
 }
 
 impl std::fmt::Debug for NodeSources {
@@ -355,6 +357,12 @@ fn register_observables(meter: &Meter) {
     });
     gauge_u64(meter, "cairn_watchers", None, "live watches", false, |s, p| {
         p.push((s.watch.len() as u64, Vec::new()));
+    });
+    gauge_u64(meter, "cairn_cluster_applied_seq_lag_events", None, "positions of the cluster's log seen but not yet applied here", false, |s, p| {
+        if let Some(positions) = &s.cluster_positions {
+            let (applied, seen) = positions();
+            p.push((seen.saturating_sub(applied), Vec::new()));
+        }
     });
     gauge_u64(meter, "cairn_cluster_owned_streams", None, "streams this node owns", false, |s, p| {
         if let Some(owned) = &s.owned_streams {

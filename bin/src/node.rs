@@ -239,7 +239,11 @@ impl Node {
             let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
             let operations = Operations {
                 metrics: Arc::new(move || metrics.render()),
-                readiness: Arc::new(crate::health::checks(store.clone(), client.clone(), None)),
+                readiness: Arc::new(crate::health::checks(
+                    store.clone(),
+                    client.clone(),
+                    cluster.as_ref().map(|c| c.positions_fn()),
+                )),
             };
             Some(
                 HttpServer::start(listen, artifacts.clone(), operations)
@@ -266,6 +270,7 @@ impl Node {
                 Arc::new(move || view.held().values().filter(|h| !h.lost).count() as u64)
                     as Arc<dyn Fn() -> u64 + Send + Sync>
             }),
+            cluster_positions: cluster.as_ref().map(|c| c.positions_fn()),
         });
         let origin = if local_nats.is_some() {
             "local nats-server"

@@ -1,6 +1,7 @@
 //! Telemetry under test: [`Metrics`], a node's `/metrics` scraped over
 //! HTTP and parsed with a Prometheus text-format parser
-//! (`prometheus-parse`), with exact lookups by name and labels.
+//! (`prometheus-parse`), with exact lookups by name and labels;
+//! [`readyz`], a node's readiness answer.
 
 use std::net::SocketAddr;
 
@@ -62,4 +63,15 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `GET http://{addr}/readyz`: (status, JSON body).
+pub async fn readyz(addr: SocketAddr) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .expect("GET /readyz");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("/readyz body");
+    let body = serde_json::from_str(&text).expect("/readyz body is JSON");
+    (status, body)
 }

@@ -5,8 +5,12 @@
 use std::collections::BTreeSet;
 
 use cairn_storage::EventLog as _;
-use cairn_tests::{git::unpack, telemetry::Metrics, TestDir, TestNodeBuilder};
-use serde_json::json;
+use cairn_tests::{
+    git::unpack,
+    telemetry::{readyz, Metrics},
+    wait_until, NatsServer, TestDir, TestNodeBuilder, WAIT,
+};
+use serde_json::{json, Value};
 
 /// Label names the registry may use; each has a bounded set of values.
 const LABELS: [&str; 9] = [
@@ -185,5 +189,81 @@ async fn metrics_count_a_scripted_sequence_exactly_with_bounded_labels() {
         }
     }
     assert!(names.contains("domain") && names.contains("endpoint"));
+    node.shutdown().await;
+}
+
+fn check<'a>(body: &'a Value, name: &str) -> &'a Value {
+    body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {body}"))
+}
+
+#[actix_rt::test]
+async fn readyz_names_each_check_and_fails_while_views_lag_or_nats_is_down() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let node = TestNodeBuilder::new()
+        .configure(|c| c.nats.urls = vec![url])
+        .start()
+        .await;
+    let addr = node.http_addr().expect("the node's HTTP listener");
+    node.client()
+        .ok("kv.set", json!({"namespace": "n", "key": "k", "value": 1}))
+        .await;
+    let last = node.store.last_seq().unwrap();
+
+    let (status, body) = readyz(addr).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], json!(true));
+    assert_eq!(body["failing"], json!([]));
+    let names: Vec<&str> = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["store", "nats", "views"]);
+    assert_eq!(check(&body, "views")["detail"], json!(format!("caught up at {last}")));
+
+    // A view behind the log (as while it is rebuilt or caught up): not
+    // ready, naming the view and where it is.
+    let key = cairn_storage::keys::meta::checkpoint("repositories");
+    node.store.set_meta_u64(&key, last - 1).unwrap();
+    let (status, body) = readyz(addr).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], json!(false));
+    assert_eq!(body["failing"], json!(["views"]));
+    assert_eq!(
+        check(&body, "views")["detail"],
+        json!(format!("behind the log's {last}: repositories at {}", last - 1))
+    );
+    node.store.set_meta_u64(&key, last).unwrap();
+    assert_eq!(readyz(addr).await.0, 200);
+
+    // NATS down: not ready, naming the check.
+    nats.stop();
+    let body = wait_until("readyz to fail on nats", WAIT, || async {
+        let (status, body) = readyz(addr).await;
+        if status == 503 {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    assert_eq!(body["failing"], json!(["nats"]), "{body}");
+    assert_eq!(check(&body, "nats")["ok"], json!(false));
+    assert_eq!(check(&body, "store")["ok"], json!(true));
+    nats.restart();
+    wait_until("readyz to pass again", WAIT, || async {
+        match readyz(addr).await {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
     node.shutdown().await;
 }
