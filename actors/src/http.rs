@@ -31,7 +31,7 @@ use axum::{
     routing::{any, get},
     Router,
 };
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use crate::artifact::{
     cache::{stored_body, CacheRequest, Served, ServedBody},
@@ -298,6 +298,8 @@ async fn lookup(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Re
         Err(e) => return error_response(&e),
     };
     let (parts, _) = request.into_parts();
+    let span = tracing::info_span!(parent: None, "http.request", route = "/v1/artifacts", method = %parts.method);
+    crate::trace::continue_http(&span, &parts.headers);
     let served = cache
         .serve(CacheRequest {
             method: parts.method,
@@ -308,6 +310,7 @@ async fn lookup(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Re
             stream: true,
             upstream: String::new(),
         })
+        .instrument(span)
         .await;
     match served {
         Ok(s) => into_response(&cache, s),
@@ -332,6 +335,8 @@ async fn proxy(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Res
     let (parts, body) = request.into_parts();
     let body = (parts.method != Method::GET && parts.method != Method::HEAD)
         .then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
+    let span = tracing::info_span!(parent: None, "http.request", route = "/u", method = %parts.method);
+    crate::trace::continue_http(&span, &parts.headers);
     let served = cache
         .serve(CacheRequest {
             method: parts.method,
@@ -342,6 +347,7 @@ async fn proxy(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Res
             stream: true,
             upstream,
         })
+        .instrument(span)
         .await;
     match served {
         Ok(s) => into_response(&cache, s),

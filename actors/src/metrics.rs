@@ -13,6 +13,7 @@
 //! | `cairn_syncs_total` | counter | `result` (`success`/`failure`), `error_class` |
 //! | `cairn_sync_duration_seconds` | histogram | `result` |
 //! | `cairn_sync_packages_total` | counter | `change` (`added`/`modified`/`deleted`) |
+//! | `cairn_sync_refs_read_total` | counter | — |
 //! | `cairn_watch_delivered_events_total` | counter | — |
 //! | `cairn_watch_relists_total` | counter | — |
 //! | `cairn_publisher_retries_total` | counter | — |
@@ -53,6 +54,8 @@ pub struct Metrics {
     pub sync_duration: Histogram<f64>,
     /// Package revisions a sync added, modified, deleted.
     pub sync_packages: Counter<u64>,
+    /// Refs syncs read (discoveries).
+    pub sync_refs_read: Counter<u64>,
     /// Events delivered to watchers.
     pub watch_delivered: Counter<u64>,
     /// Watchers told to relist.
@@ -98,6 +101,7 @@ impl Metrics {
                 "cairn_sync_packages",
                 "package revisions syncs added, modified, deleted",
             ),
+            sync_refs_read: counter("cairn_sync_refs_read", "refs syncs read from their mirrors"),
             watch_delivered: counter("cairn_watch_delivered_events", "events sent to watchers"),
             watch_relists: counter("cairn_watch_relists", "watchers told to relist"),
             publisher_retries: counter(

@@ -24,6 +24,8 @@
 //! - [`bench`] — `cairn bench …`, each against its raw baseline in the same run.
 //! - [`telemetry`] — tracing subscriber set-up, the OTLP exporters' settings
 //!   and HTTP client.
+//! - [`traces`] — the trace pipeline (OTLP export, bounded queue, dropped
+//!   spans counted, sampler from `OTEL_TRACES_SAMPLER*`).
 //! - [`metrics`] — the node's one metrics registry (Prometheus text and OTLP)
 //!   and the observable instruments reading the running node.
 //! - [`memory`] — handing memory freed by large syncs back to the system.
@@ -41,5 +43,6 @@ pub mod metrics;
 pub mod nginx;
 pub mod node;
 pub mod telemetry;
+pub mod traces;
 pub mod views_cmd;
 pub mod watch_cmd;

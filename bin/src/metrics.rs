@@ -47,6 +47,8 @@ pub struct NodeSources {
     pub watch: WatchHub,
     /// Streams this node owns now, in a cluster.
     pub owned_streams: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// Syncs running and waiting for a slot.
+    pub sync_slots: tokio::sync::watch::Receiver<cairn_actors::schedule::SlotState>,
     /// (applied, last seen) positions of the cluster's log, in a cluster.
     pub cluster_positions: Option<crate::health::ClusterPositions>,
 }
@@ -354,6 +356,11 @@ fn register_observables(meter: &Meter) {
     gauge_u64(meter, "cairn_publisher_lag_events", None, "events committed but not yet acknowledged by JetStream", false, |s, p| {
         let last = positions(&s.store).0;
         p.push((last.saturating_sub(cairn_actors::metrics::published_seq()), Vec::new()));
+    });
+    gauge_u64(meter, "cairn_sync_slots", None, "syncs holding a slot (state=running) or waiting for one (state=waiting)", false, |s, p| {
+        let slots = *s.sync_slots.borrow();
+        p.push((slots.running as u64, vec![KeyValue::new("state", "running")]));
+        p.push((slots.waiting as u64, vec![KeyValue::new("state", "waiting")]));
     });
     gauge_u64(meter, "cairn_watchers", None, "live watches", false, |s, p| {
         p.push((s.watch.len() as u64, Vec::new()));

@@ -139,6 +139,15 @@ impl Node {
         cairn_actors::origin::set_network_timeout(config.git.timeout)?;
         let otlp = crate::telemetry::otlp_endpoint(&config.telemetry);
         let metrics = crate::metrics::install(&config.telemetry, otlp.as_deref());
+        // W3C trace context in and out, whether or not spans are exported.
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        if let Some(endpoint) = &otlp {
+            crate::traces::install(&config.telemetry, endpoint)
+                .context("telemetry: starting the OTLP trace export")?;
+            info!(endpoint = %endpoint, "exporting traces and metrics over OTLP");
+        }
         let store = open_store(&config).await?;
         let mut local_nats = None;
         let urls = if config.nats.urls.is_empty() {
@@ -271,6 +280,7 @@ impl Node {
                     as Arc<dyn Fn() -> u64 + Send + Sync>
             }),
             cluster_positions: cluster.as_ref().map(|c| c.positions_fn()),
+            sync_slots: slots.clone(),
         });
         let origin = if local_nats.is_some() {
             "local nats-server"
@@ -378,6 +388,11 @@ impl Node {
         }
         if let Some(mut server) = self.local_nats.take() {
             let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+        }
+        // What is left of the traces and metrics goes out (each bounded by
+        // telemetry.export-timeout).
+        if let Some(traces) = crate::traces::installed() {
+            let _ = tokio::task::spawn_blocking(|| traces.flush()).await;
         }
         if let Err(e) = self.store.sync_wal() {
             warn!(error = %e, "syncing the store");

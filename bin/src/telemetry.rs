@@ -1,4 +1,6 @@
-//! Tracing set-up (only binaries do this; libraries just emit spans).
+//! Tracing set-up (only binaries do this; libraries just emit spans), and
+//! what the OTLP exporters share: the endpoint and resource in force, and
+//! the HTTP client (see [`crate::traces`] and [`crate::metrics`]).
 //!
 //! Text logs are coloured only when stderr is a terminal: a node run by
 //! systemd, in a container or with its output piped to a file writes
@@ -6,13 +8,52 @@
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
+
+/// The `tracing` layer that hands spans to OpenTelemetry: absent until a
+/// trace pipeline is installed ([`set_trace_layer`]).
+type TraceLayer =
+    Option<tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>>;
+
+static TRACE_LAYER: std::sync::OnceLock<reload::Handle<TraceLayer, Registry>> =
+    std::sync::OnceLock::new();
+
+/// Makes the subscriber hand spans to `tracer`: through the layer [`init`]
+/// installed, or, in a process that installed none (an in-process test
+/// node), a subscriber of that layer alone.
+pub fn set_trace_layer(tracer: opentelemetry_sdk::trace::SdkTracer) {
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_tracked_inactivity(false);
+    match TRACE_LAYER.get() {
+        Some(handle) => {
+            if let Err(e) = handle.reload(Some(layer)) {
+                tracing::warn!(error = %e, "trace export not enabled");
+            }
+        }
+        None => {
+            let filter = EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+            let _ = tracing_subscriber::registry()
+                .with(Some(layer))
+                .with(filter)
+                .try_init();
+        }
+    }
+}
 
 /// Installs a stderr subscriber: `RUST_LOG` wins over `level`; `json`
-/// selects JSON lines. Calling it twice is harmless.
+/// selects JSON lines. Calling it twice is harmless. It holds an empty
+/// slot for the OpenTelemetry layer, filled when a node installs a trace
+/// pipeline.
 pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let registry = tracing_subscriber::registry().with(filter);
+    let (trace, handle) = reload::Layer::new(None::<
+        tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>,
+    >);
+    let _ = TRACE_LAYER.set(handle);
+    let registry = tracing_subscriber::registry().with(trace).with(filter);
     let _ = if json {
         registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
@@ -78,23 +119,28 @@ pub struct ExportClient {
 
 static EXPORT_RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 
+/// The process's export runtime (one worker thread, started on first
+/// use): OTLP requests run there, never on the node's threads.
+pub fn export_runtime() -> tokio::runtime::Handle {
+    EXPORT_RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("cairn-otlp")
+                .enable_all()
+                .build()
+                .expect("the OTLP export runtime starts")
+        })
+        .handle()
+        .clone()
+}
+
 impl ExportClient {
-    /// A client on the process's export runtime (started on first use).
+    /// A client on the process's export runtime.
     pub fn new() -> anyhow::Result<Self> {
-        let runtime = match EXPORT_RUNTIME.get() {
-            Some(r) => r,
-            None => {
-                let built = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("cairn-otlp")
-                    .enable_all()
-                    .build()?;
-                EXPORT_RUNTIME.get_or_init(|| built)
-            }
-        };
         Ok(Self {
             client: reqwest::Client::builder().no_proxy().build()?,
-            runtime: runtime.handle().clone(),
+            runtime: export_runtime(),
         })
     }
 }

@@ -13,7 +13,9 @@ use cairn_tests::{
 use serde_json::{json, Value};
 
 /// Label names the registry may use; each has a bounded set of values.
-const LABELS: [&str; 9] = [
+const LABELS: [&str; 11] = [
+    "state",
+    "reason",
     "domain",
     "endpoint",
     "code",
@@ -265,5 +267,227 @@ async fn readyz_names_each_check_and_fails_while_views_lag_or_nats_is_down() {
         }
     })
     .await;
+    node.shutdown().await;
+}
+
+/// A bare repository with one commit on `main`, and its `file://` URL.
+fn fresh_upstream(dir: &std::path::Path) -> String {
+    let work = cairn_tests::GitFixture::init(&dir.join("work"), "main");
+    work.write("README.md", "fresh\n").commit("first");
+    work.clone_bare(&dir.join("up.git")).url()
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn trace_id_of(traceparent: &str) -> &str {
+    traceparent.split('-').nth(1).unwrap_or_default()
+}
+
+#[actix_rt::test]
+async fn one_approve_with_a_traceparent_is_one_trace_from_endpoint_to_watch_delivery() {
+    let receiver = cairn_tests::otlp::OtlpReceiver::start().await;
+    let dir = TestDir::new();
+    let url = fresh_upstream(dir.path());
+    let endpoint = receiver.url();
+    let node = TestNodeBuilder::in_dir(&dir.join("node"))
+        .configure(|c| c.telemetry.otlp_endpoint = endpoint)
+        .start()
+        .await;
+    let c = node.client();
+    c.ok(
+        "repo.register",
+        json!({"namespace": "team-a", "name": "fresh", "git": {"url": url}}),
+    )
+    .await;
+    let name = "fresh.catalog.app.ws1";
+    c.ok(
+        "pkgrev.create",
+        json!({"namespace": "team-a", "repository": "fresh", "path": "catalog",
+               "package": "app", "workspace": "ws1"}),
+    )
+    .await;
+    c.ok("pkgrev.propose", json!({"namespace": "team-a", "name": name}))
+        .await;
+
+    // Watchers: a JetStream subject subscriber and a cairn watch.
+    let mut events = c.subscribe("cairn.events.team-a.>").await;
+    let deliver = c.new_inbox();
+    let mut deliveries = c.subscribe(&deliver).await;
+    c.ok(
+        "watch.start",
+        json!({"filter": {"namespace": "team-a"}, "deliver_subject": deliver, "heartbeat_ms": 60000}),
+    )
+    .await;
+    let before = node.store.last_seq().unwrap();
+    wait_until("the publisher to catch up", WAIT, || async {
+        let m = Metrics::scrape(node.http_addr().unwrap()).await;
+        match m.value("cairn_publisher_lag_events", &[]) {
+            lag if lag == 0.0 => Ok(()),
+            lag => Err(format!("lag {lag}")),
+        }
+    })
+    .await;
+
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{CALLER_SPAN}-01").as_str(),
+    );
+    headers.insert("tracestate", "vendor=cairn-test");
+    let reply = c
+        .request_with_headers(
+            "cairn.v1.pkgrev.approve",
+            headers,
+            serde_json::to_vec(&json!({"namespace": "team-a", "name": name})).unwrap(),
+        )
+        .await;
+    assert!(
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error"))
+            .is_none(),
+        "approve failed: {:?}",
+        String::from_utf8_lossy(&reply.payload)
+    );
+
+    // The spans of that trace, with their parent links.
+    let wanted = ["command", "writer", "run", "git.push", "append", "publish"];
+    let spans = receiver
+        .wait_for("the approve's spans", WAIT, |spans| {
+            wanted.iter().all(|w| {
+                spans
+                    .iter()
+                    .any(|s| s.trace_id == TRACE_ID && s.name == *w)
+            })
+        })
+        .await;
+    let spans: Vec<_> = spans.into_iter().filter(|s| s.trace_id == TRACE_ID).collect();
+    let one = |name: &str| {
+        let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+        assert!(!found.is_empty(), "no span {name}");
+        found[0].clone()
+    };
+    let command = one("command");
+    assert_eq!(command.attribute("endpoint"), Some("cairn.v1.pkgrev.approve"));
+    assert_eq!(command.parent_span_id, CALLER_SPAN, "the caller's span is the parent");
+    assert_eq!(command.service, "cairn");
+    let by_id = |id: &str| spans.iter().find(|s| s.span_id == id).cloned();
+    // The chain of names from `span` up to the command.
+    let chain = |span: &cairn_tests::otlp::ReceivedSpan| {
+        let mut names = vec![span.name.clone()];
+        let mut at = span.clone();
+        while at.span_id != command.span_id {
+            at = by_id(&at.parent_span_id)
+                .unwrap_or_else(|| panic!("{} has a parent outside the trace", at.name));
+            names.push(at.name.clone());
+        }
+        names
+    };
+    let writer = one("writer");
+    assert_eq!(writer.attribute("domain"), Some("repository"));
+    assert_eq!(chain(&writer).last().map(String::as_str), Some("command"));
+    let run = one("run");
+    assert_eq!(run.parent_span_id, writer.span_id, "run < writer");
+    assert_eq!(run.attribute("verb"), Some("approve"));
+    let push = one("git.push");
+    assert!(chain(&push).contains(&"run".to_owned()), "{:?}", chain(&push));
+    let append = one("append");
+    assert!(chain(&append).contains(&"writer".to_owned()), "{:?}", chain(&append));
+    let publishes: Vec<_> = spans.iter().filter(|s| s.name == "publish").collect();
+    for publish in &publishes {
+        assert_eq!(
+            publish.parent_span_id, command.span_id,
+            "a publish continues the command that recorded the event"
+        );
+    }
+
+    // The events published on JetStream and the watch's deliveries carry
+    // the trace.
+    let published = loop {
+        let message = events.next().await;
+        let h = message.headers.clone().unwrap_or_default();
+        let seq: u64 = h.get("Cairn-Seq").unwrap().as_str().parse().unwrap();
+        if seq > before {
+            break h;
+        }
+    };
+    let traceparent = published.get("traceparent").expect("traceparent on the event");
+    assert_eq!(trace_id_of(traceparent.as_str()), TRACE_ID);
+    assert_eq!(
+        published.get("tracestate").map(|v| v.as_str().to_owned()),
+        Some("vendor=cairn-test".to_owned())
+    );
+    let delivered = loop {
+        let message = deliveries.next().await;
+        let line: Value = serde_json::from_slice(&message.payload).unwrap();
+        if line["seq"].as_u64().is_some_and(|s| s > before) && line["type"] != "Heartbeat" {
+            break message;
+        }
+    };
+    let headers = delivered.headers.expect("the delivery has headers");
+    let traceparent = headers.get("traceparent").expect("traceparent on the delivery");
+    assert_eq!(trace_id_of(traceparent.as_str()), TRACE_ID);
+    node.shutdown().await;
+}
+
+/// `n` kv.set commands, one after the other; how long they took.
+async fn sets(node: &cairn_tests::TestNode, n: usize) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        node.client()
+            .ok(
+                "kv.set",
+                json!({"namespace": "bench", "key": format!("k{i}"), "value": i}),
+            )
+            .await;
+    }
+    started.elapsed()
+}
+
+#[actix_rt::test]
+async fn a_blackholed_collector_neither_blocks_nor_slows_commands_and_dropped_spans_are_counted() {
+    const COMMANDS: usize = 200;
+    // Export off (this process has no trace pipeline yet).
+    let off = TestNodeBuilder::new().start().await;
+    sets(&off, 20).await;
+    let without = sets(&off, COMMANDS).await;
+    off.shutdown().await;
+
+    // Export on, to a collector that takes connections and never answers.
+    let blackhole = cairn_tests::otlp::Blackhole::start().await;
+    let endpoint = blackhole.url();
+    let node = TestNodeBuilder::new()
+        .configure(|c| {
+            c.telemetry.otlp_endpoint = endpoint;
+            c.telemetry.export_queue_max_spans = 16;
+            c.telemetry.export_batch_max_spans = 8;
+            c.telemetry.export_timeout = std::time::Duration::from_secs(1);
+        })
+        .start()
+        .await;
+    sets(&node, 20).await;
+    let with = sets(&node, COMMANDS).await;
+    eprintln!("{COMMANDS} kv.set: export off {without:?}, on (blackholed) {with:?}");
+    // Were a command to wait for the export, each would take the export
+    // timeout (1 s): 200 s. Bound: twice the time without export, + 1 s.
+    assert!(
+        with <= without * 2 + std::time::Duration::from_secs(1),
+        "export on {with:?} vs off {without:?}"
+    );
+    let m = Metrics::scrape(node.http_addr().unwrap()).await;
+    let queue_full = m.value(
+        "cairn_telemetry_spans_dropped_total",
+        &[("reason", "queue_full")],
+    );
+    // Each command ends at least its `command` span; at most the queue (16)
+    // and one batch (8) are held while the export hangs.
+    assert!(
+        queue_full >= (COMMANDS + 20 - 24) as f64,
+        "dropped (queue full) {queue_full}\n{}",
+        m.text
+    );
+    assert_eq!(m.value("cairn_telemetry_spans_exported_total", &[]), 0.0);
     node.shutdown().await;
 }

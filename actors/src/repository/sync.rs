@@ -38,7 +38,7 @@ use cairn_events::{
     v1::{event::Payload, Event, SyncFailed, SyncStarted},
 };
 use cairn_storage::{views::RepositoriesView, AsyncAppend};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 use super::{
     component::{Changes, RepositoryComponent},
@@ -100,7 +100,10 @@ pub(super) async fn sync_once(
             // no longer describe the views (some chunks may commit): the
             // next sync after a failure reads in full.
             session.state_mut().last_refs = None;
-            reconcile_in_chunks(session, *reconciliation, started).await?
+            let store_span = tracing::info_span!("sync.store");
+            reconcile_in_chunks(session, *reconciliation, started)
+                .instrument(store_span)
+                .await?
         }
         Err(e) => Err(e),
     };

@@ -541,6 +541,7 @@ where
                 };
                 let started = std::time::Instant::now();
                 let span = command_span(name);
+                crate::trace::continue_nats(&span, request.message.headers.as_ref());
                 let mut extra = Vec::new();
                 // Sent on by another node: run here or refuse, never again
                 // forwarded.

@@ -162,6 +162,41 @@ impl Watcher {
         );
     }
 
+    /// [`Self::send`] for an event: the delivery carries the trace context
+    /// the event was recorded with (`traceparent`, `tracestate`).
+    fn send_event(
+        &mut self,
+        line: Vec<u8>,
+        trace: Option<&cairn_events::v1::TraceContext>,
+        ctx: &mut Context<Self>,
+    ) {
+        let fields = crate::trace::fields(trace);
+        if fields.is_empty() {
+            return self.send(line, false, ctx);
+        }
+        self.sent_since_tick = true;
+        let client = self.client.clone();
+        let subject = self.subject.clone();
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in fields {
+            headers.insert(name, value.as_str());
+        }
+        ctx.wait(
+            async move {
+                client
+                    .publish_with_headers(subject, headers, line.into())
+                    .await
+            }
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                if let Err(e) = result {
+                    warn!(watch = %act.id, error = %e, "cannot deliver a watch event; stopping");
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.heartbeat_in_flight {
             return;
@@ -392,7 +427,7 @@ impl StreamHandler<Input> for Watcher {
             Input::Replayed(envelope) => {
                 if let Some(line) = self.component.event(&envelope) {
                     crate::metrics::with(|m| m.watch_delivered.add(1, &[]));
-                    self.send(line, false, ctx);
+                    self.send_event(line, envelope.trace.as_ref(), ctx);
                 }
             }
             Input::Live => self.live = true,
@@ -400,7 +435,7 @@ impl StreamHandler<Input> for Watcher {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
                 if let Some(line) = self.component.event(&envelope) {
                     crate::metrics::with(|m| m.watch_delivered.add(1, &[]));
-                    self.send(line, false, ctx);
+                    self.send_event(line, envelope.trace.as_ref(), ctx);
                 }
             }
             Input::Overflowed => {
