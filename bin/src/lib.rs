@@ -21,6 +21,7 @@
 //! - [`log_cmd`] — `cairn log` — over NATS or straight from a data directory.
 //! - [`views_cmd`] — `cairn views rebuild`.
 //! - [`watch_cmd`] — `cairn watch`: a watch streamed to the terminal.
+//! - [`top`] — `cairn top`: a live view of nodes from their `/metrics`.
 //! - [`bench`] — `cairn bench …`, each against its raw baseline in the same run.
 //! - [`telemetry`] — tracing subscriber set-up, the OTLP exporters' settings
 //!   and HTTP client.
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod node;
 pub mod telemetry;
+pub mod top;
 pub mod traces;
 pub mod views_cmd;
 pub mod watch_cmd;

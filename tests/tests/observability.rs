@@ -1,6 +1,9 @@
 //! Observability (issue 18) on a real node: `/metrics` (the one registry,
 //! Prometheus text parsed by a text-format parser) after a scripted
-//! sequence, exact values and bounded labels; `/readyz` naming its checks.
+//! sequence, exact values and bounded labels; `/readyz` naming its checks;
+//! one trace from a caller's `traceparent` through the node to JetStream
+//! and a watcher (a real OTLP receiver); a blackholed collector; `cairn
+//! top`; the sample dashboard and configs.
 
 use std::collections::BTreeSet;
 
@@ -490,4 +493,93 @@ async fn a_blackholed_collector_neither_blocks_nor_slows_commands_and_dropped_sp
     );
     assert_eq!(m.value("cairn_telemetry_spans_exported_total", &[]), 0.0);
     node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn cairn_top_once_shows_a_node_from_its_metrics() {
+    let node = TestNodeBuilder::new().start().await;
+    let c = node.client();
+    c.ok("kv.set", json!({"namespace": "t", "key": "a", "value": 1}))
+        .await;
+    for _ in 0..3 {
+        c.ok("kv.get", json!({"namespace": "t", "key": "a"})).await;
+    }
+    c.call("kv.get", json!({"namespace": "t", "key": "nope"}))
+        .await
+        .unwrap_err();
+    let url = format!("http://{}", node.http_addr().unwrap());
+    let out = cairn_tests::cairn_cli!()
+        .run(["top", "--once", "-o", "json", "--interval", "200ms", "--url", &url])
+        .await;
+    assert!(out.success, "{}", out.stderr);
+    let view: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let n = &view["nodes"][0];
+    assert_eq!(n["url"], json!(url));
+    assert_eq!(n["error"], Value::Null);
+    assert_eq!(n["caches"]["kv"]["hits"], json!(3));
+    assert_eq!(n["caches"]["kv"]["misses"], json!(1));
+    assert_eq!(n["caches"]["kv"]["hit_ratio"], json!(0.75));
+    assert_eq!(n["caches"]["kv"]["entries"], json!(1));
+    assert_eq!(n["endpoints"]["kv.get"]["requests_total"], json!(4));
+    assert_eq!(n["endpoints"]["kv.get"]["errors_total"], json!(1));
+    assert_eq!(n["endpoints"]["kv.get"]["requests_per_s"], json!(0.0));
+    assert_eq!(n["log_seq"], json!(node.store.last_seq().unwrap()));
+    assert_eq!((n["watchers"].clone(), n["publish_lag"].clone()), (json!(0), json!(0)));
+    assert_eq!((n["syncs_running"].clone(), n["syncs_waiting"].clone()), (json!(0), json!(0)));
+
+    let table = cairn_tests::cairn_cli!()
+        .run(["top", "--once", "--interval", "200ms", "--url", &url])
+        .await;
+    assert!(table.success, "{}", table.stderr);
+    assert!(table.stdout.contains("ENDPOINT"), "{}", table.stdout);
+    assert!(
+        table.stdout.lines().any(|l| l.split_whitespace().next() == Some("kv.get")),
+        "{}",
+        table.stdout
+    );
+
+    // No node answering: an error naming the address.
+    let closed = cairn_tests::ClosedPort::bind();
+    let gone = format!("http://127.0.0.1:{}", closed.port());
+    let out = cairn_tests::cairn_cli!()
+        .run(["top", "--once", "-o", "json", "--url", &gone])
+        .await;
+    assert!(!out.success);
+    assert!(out.stderr.contains(&gone), "{}", out.stderr);
+    node.shutdown().await;
+}
+
+#[test]
+fn the_dashboard_queries_documented_metrics_and_the_sample_configs_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("config/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut names = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("cairn_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .fold(name.clone(), |n, s| n.strip_suffix(s).map_or(n.clone(), str::to_owned));
+                names.insert(base);
+            }
+        }
+    }
+    assert!(names.len() >= 20, "{names:?}");
+    for name in &names {
+        assert!(readme.contains(&format!("`{name}`")), "{name} is not in the README");
+    }
+    for file in ["config/prometheus.yml", "config/otel-collector.yaml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert!(parsed.is_mapping(), "{file}");
+    }
 }
