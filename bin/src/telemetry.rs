@@ -8,15 +8,47 @@
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
+use tracing_subscriber::{
+    filter::{LevelFilter, Targets},
+    fmt,
+    prelude::*,
+    reload, EnvFilter, Registry,
+};
 
 /// The `tracing` layer that hands spans to OpenTelemetry: absent until a
 /// trace pipeline is installed ([`set_trace_layer`]).
 type TraceLayer =
     Option<tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>>;
 
-static TRACE_LAYER: std::sync::OnceLock<reload::Handle<TraceLayer, Registry>> =
-    std::sync::OnceLock::new();
+/// The two handles [`init`] keeps: the OpenTelemetry layer, and its own
+/// filter (nothing until traces are exported, then [`trace_targets`]).
+struct TraceHandles {
+    layer: reload::Handle<TraceLayer, Registry>,
+    filter: reload::Handle<Targets, Registry>,
+}
+
+static TRACE_LAYER: std::sync::OnceLock<TraceHandles> = std::sync::OnceLock::new();
+
+/// What spans are exported: INFO and above (every command, actor, append,
+/// publish span), nothing of the NATS client's internals. Decision: a
+/// filter of its own, not `log.level`, so the log's verbosity never
+/// decides which spans a trace has.
+pub fn trace_targets() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target("async_nats", LevelFilter::OFF)
+        .with_target("h2", LevelFilter::OFF)
+        .with_target("hyper", LevelFilter::OFF)
+        .with_target("reqwest", LevelFilter::OFF)
+}
+
+/// What the OpenTelemetry layer is shown: spans, and events at WARN and
+/// above (they become span events). Decision: INFO and DEBUG log lines stay
+/// in the log only — turning each into a span event costs more than the
+/// span itself on the hot paths.
+fn spans_and_warnings(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() || *metadata.level() <= tracing::Level::WARN
+}
 
 /// Makes the subscriber hand spans to `tracer`: through the layer [`init`]
 /// installed, or, in a process that installed none (an in-process test
@@ -27,43 +59,73 @@ pub fn set_trace_layer(tracer: opentelemetry_sdk::trace::SdkTracer) {
         .with_location(false)
         .with_tracked_inactivity(false);
     match TRACE_LAYER.get() {
-        Some(handle) => {
-            if let Err(e) = handle.reload(Some(layer)) {
+        Some(handles) => {
+            let reloaded = handles
+                .layer
+                .reload(Some(layer))
+                .and_then(|()| handles.filter.reload(trace_targets()));
+            if let Err(e) = reloaded {
                 tracing::warn!(error = %e, "trace export not enabled");
             }
         }
         None => {
-            let filter = EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
             let _ = tracing_subscriber::registry()
-                .with(Some(layer))
-                .with(filter)
+                .with(
+                    Some(layer)
+                        .with_filter(tracing_subscriber::filter::filter_fn(spans_and_warnings))
+                        .with_filter(trace_targets()),
+                )
                 .try_init();
         }
     }
 }
 
+/// Turns the export of spans off or on again, once [`set_trace_layer`]
+/// installed it through [`init`]'s slot (for `cairn bench telemetry`,
+/// which compares both in one run); false when there is no such slot.
+pub fn set_trace_export(on: bool) -> bool {
+    let Some(handles) = TRACE_LAYER.get() else {
+        return false;
+    };
+    let targets = if on { trace_targets() } else { Targets::new() };
+    handles.filter.reload(targets).is_ok()
+}
+
 /// Installs a stderr subscriber: `RUST_LOG` wins over `level`; `json`
-/// selects JSON lines. Calling it twice is harmless. It holds an empty
-/// slot for the OpenTelemetry layer, filled when a node installs a trace
-/// pipeline.
+/// selects JSON lines. Calling it twice is harmless. Beside the log it
+/// holds an empty slot for the OpenTelemetry layer (filtered on its own,
+/// see [`trace_targets`]), filled when a node installs a trace pipeline.
 pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let (trace, handle) = reload::Layer::new(None::<
+    let (trace, layer) = reload::Layer::new(None::<
         tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>,
     >);
-    let _ = TRACE_LAYER.set(handle);
-    let registry = tracing_subscriber::registry().with(trace).with(filter);
+    let (trace_filter, filter_handle) = reload::Layer::new(Targets::new());
+    let _ = TRACE_LAYER.set(TraceHandles {
+        layer,
+        filter: filter_handle,
+    });
+    let registry = tracing_subscriber::registry().with(
+        trace
+            .with_filter(tracing_subscriber::filter::filter_fn(spans_and_warnings))
+            .with_filter(trace_filter),
+    );
     let _ = if json {
         registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init()
     } else {
         registry
             .with(
                 fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .try_init()
     };

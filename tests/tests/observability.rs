@@ -583,3 +583,36 @@ fn the_dashboard_queries_documented_metrics_and_the_sample_configs_parse() {
         assert!(parsed.is_mapping(), "{file}");
     }
 }
+
+#[actix_rt::test]
+async fn bench_telemetry_exports_to_its_receiver_and_ends_with_the_overheads() {
+    let out = cairn_tests::cairn_cli!()
+        .run([
+            "bench", "telemetry", "--revisions", "20", "--lists", "5", "--appends", "5",
+            "--rounds", "1",
+        ])
+        .await;
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    let rest = last
+        .strip_prefix("telemetry: list_overhead=")
+        .unwrap_or_else(|| panic!("last line {last:?}"));
+    let (list, append) = rest.split_once("% append_overhead=").expect("two figures");
+    list.parse::<f64>().expect("list overhead");
+    append.strip_suffix('%').unwrap().parse::<f64>().expect("append overhead");
+    let exported = lines
+        .iter()
+        .find(|l| l.starts_with("exported to "))
+        .expect("the receiver's line");
+    // Warm-up and the timed round with export on: 25 listings and 25
+    // appends at least, each a command span.
+    let spans: u64 = exported
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a span count");
+    assert!(spans >= 50, "{exported}");
+    assert!(exported.ends_with("dropped 0 (queue full) 0 (export failed)"), "{exported}");
+}

@@ -52,6 +52,8 @@
 //! - [`kv`] — `kv`: the key-value cache vs `redis-server` and a raw NATS
 //!   echo.
 //! - [`artifact`] — `artifact`.
+//! - [`telemetry`] — `telemetry`: `list` and `append` with trace export
+//!   on (to an OTLP receiver it starts) vs off, in alternating rounds.
 
 pub mod approve;
 pub mod artifact;
@@ -59,6 +61,7 @@ pub mod cache;
 pub mod gc;
 pub mod gen;
 pub mod kv;
+pub mod telemetry;
 pub mod watch;
 
 pub use gc::{GcFigures, GcOptions};

@@ -399,6 +399,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         lookup_entries: usize,
     },
+    /// list and append latency with trace export on (to an OTLP receiver
+    /// the benchmark starts, every trace sampled) vs off, in one run.
+    Telemetry {
+        /// Package revisions in the generated repository (list).
+        #[arg(long, default_value_t = 1000)]
+        revisions: u64,
+        /// Timed listings (pages of 100) per round and side.
+        #[arg(long, default_value_t = 300)]
+        lists: usize,
+        /// Timed durable kv.set commands per round and side.
+        #[arg(long, default_value_t = 300)]
+        appends: usize,
+        /// Rounds, each off then on.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
     Watch {
         /// Timed events (and raw messages).
@@ -706,6 +722,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &bench::artifact::ArtifactOptions {
                         requests,
                         lookup_entries,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Telemetry {
+                    revisions,
+                    lists,
+                    appends,
+                    rounds,
+                } => bench::telemetry::telemetry(
+                    &bench::telemetry::TelemetryOptions {
+                        revisions,
+                        lists,
+                        appends,
+                        rounds,
                     },
                     &mut stdout,
                 )
