@@ -335,7 +335,8 @@ async fn proxy(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Res
     let (parts, body) = request.into_parts();
     let body = (parts.method != Method::GET && parts.method != Method::HEAD)
         .then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
-    let span = tracing::info_span!(parent: None, "http.request", route = "/u", method = %parts.method);
+    let span =
+        tracing::info_span!(parent: None, "http.request", route = "/u", method = %parts.method);
     crate::trace::continue_http(&span, &parts.headers);
     let served = cache
         .serve(CacheRequest {

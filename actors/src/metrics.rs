@@ -163,7 +163,11 @@ pub fn sync(outcome: Result<(u64, u64, u64), &'static str>, seconds: f64) {
             );
             m.sync_duration
                 .record(seconds, &[KeyValue::new("result", "success")]);
-            for (change, n) in [("added", added), ("modified", modified), ("deleted", deleted)] {
+            for (change, n) in [
+                ("added", added),
+                ("modified", modified),
+                ("deleted", deleted),
+            ] {
                 m.sync_packages.add(n, &[KeyValue::new("change", change)]);
             }
         }

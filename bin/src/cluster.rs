@@ -101,7 +101,12 @@ impl ClusterStart {
         let (applied, applier) = start_applier(js.clone(), store.clone(), blobs.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
-        catch_up(log_stream.clone(), &applied, config.cluster.catch_up_timeout).await?;
+        catch_up(
+            log_stream.clone(),
+            &applied,
+            config.cluster.catch_up_timeout,
+        )
+        .await?;
         let appender = ClusterAppend::new(
             node.clone(),
             js.clone(),
@@ -254,7 +259,10 @@ async fn watch_log_end(
         tick.tick().await;
         match tokio::time::timeout(LOG_END_TIMEOUT, stream.info()).await {
             Ok(Ok(info)) => {
-                seen.fetch_max(info.state.last_sequence, std::sync::atomic::Ordering::Relaxed);
+                seen.fetch_max(
+                    info.state.last_sequence,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "reading the log stream's end"),
             Err(_) => tracing::debug!("reading the log stream's end timed out"),

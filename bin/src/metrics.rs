@@ -82,7 +82,8 @@ const REPO_VIEWS: [&str; 1] = [cairn_storage::views::RepositoriesView::NAME];
 pub fn install(config: &TelemetrySection, endpoint: Option<&str>) -> &'static Registry {
     REGISTRY.get_or_init(|| {
         let prometheus = prometheus::Registry::new();
-        let mut builder = SdkMeterProvider::builder().with_resource(crate::telemetry::resource(config));
+        let mut builder =
+            SdkMeterProvider::builder().with_resource(crate::telemetry::resource(config));
         match opentelemetry_prometheus::exporter()
             .with_registry(prometheus.clone())
             .without_target_info()
@@ -252,7 +253,14 @@ fn positions(store: &Store) -> (u64, u64) {
 /// process's life: their callbacks read [`SOURCES`].
 fn register_observables(meter: &Meter) {
     type Observe<T> = fn(&NodeSources, &mut Vec<(T, Vec<KeyValue>)>);
-    fn gauge_u64(meter: &Meter, name: &'static str, unit: Option<&'static str>, description: &'static str, counter: bool, read: Observe<u64>) {
+    fn gauge_u64(
+        meter: &Meter,
+        name: &'static str,
+        unit: Option<&'static str>,
+        description: &'static str,
+        counter: bool,
+        read: Observe<u64>,
+    ) {
         let callback = move |o: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
             if let Some(s) = sources() {
                 let mut points = Vec::new();
@@ -263,44 +271,83 @@ fn register_observables(meter: &Meter) {
             }
         };
         if counter {
-            let mut b = meter.u64_observable_counter(name).with_description(description);
+            let mut b = meter
+                .u64_observable_counter(name)
+                .with_description(description);
             if let Some(unit) = unit {
                 b = b.with_unit(unit);
             }
             b.with_callback(callback).build();
         } else {
-            let mut b = meter.u64_observable_gauge(name).with_description(description);
+            let mut b = meter
+                .u64_observable_gauge(name)
+                .with_description(description);
             if let Some(unit) = unit {
                 b = b.with_unit(unit);
             }
             b.with_callback(callback).build();
         }
     }
-    gauge_u64(meter, "cairn_cache_hits", None, "reads served from a cache, by domain", true, |s, p| {
-        for (d, c) in domain_caches(s) {
-            p.push((c.hits, vec![KeyValue::new("domain", d)]));
-        }
-    });
-    gauge_u64(meter, "cairn_cache_misses", None, "reads a cache could not serve, by domain", true, |s, p| {
-        for (d, c) in domain_caches(s) {
-            p.push((c.misses, vec![KeyValue::new("domain", d)]));
-        }
-    });
-    gauge_u64(meter, "cairn_cache_evictions", None, "entries pushed out by a cache's bounds, by domain", true, |s, p| {
-        for (d, c) in domain_caches(s) {
-            p.push((c.evictions, vec![KeyValue::new("domain", d)]));
-        }
-    });
-    gauge_u64(meter, "cairn_cache_entries", None, "entries a cache holds, by domain", false, |s, p| {
-        for (d, c) in domain_caches(s) {
-            p.push((c.entries, vec![KeyValue::new("domain", d)]));
-        }
-    });
-    gauge_u64(meter, "cairn_cache", Some("By"), "bytes a cache holds, by domain", false, |s, p| {
-        for (d, c) in domain_caches(s) {
-            p.push((c.bytes, vec![KeyValue::new("domain", d)]));
-        }
-    });
+    gauge_u64(
+        meter,
+        "cairn_cache_hits",
+        None,
+        "reads served from a cache, by domain",
+        true,
+        |s, p| {
+            for (d, c) in domain_caches(s) {
+                p.push((c.hits, vec![KeyValue::new("domain", d)]));
+            }
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_cache_misses",
+        None,
+        "reads a cache could not serve, by domain",
+        true,
+        |s, p| {
+            for (d, c) in domain_caches(s) {
+                p.push((c.misses, vec![KeyValue::new("domain", d)]));
+            }
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_cache_evictions",
+        None,
+        "entries pushed out by a cache's bounds, by domain",
+        true,
+        |s, p| {
+            for (d, c) in domain_caches(s) {
+                p.push((c.evictions, vec![KeyValue::new("domain", d)]));
+            }
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_cache_entries",
+        None,
+        "entries a cache holds, by domain",
+        false,
+        |s, p| {
+            for (d, c) in domain_caches(s) {
+                p.push((c.entries, vec![KeyValue::new("domain", d)]));
+            }
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_cache",
+        Some("By"),
+        "bytes a cache holds, by domain",
+        false,
+        |s, p| {
+            for (d, c) in domain_caches(s) {
+                p.push((c.bytes, vec![KeyValue::new("domain", d)]));
+            }
+        },
+    );
     meter
         .f64_observable_gauge("cairn_cache_hit_ratio")
         .with_description("hits / (hits + misses) since the node started, by domain")
@@ -312,70 +359,207 @@ fn register_observables(meter: &Meter) {
             }
         })
         .build();
-    gauge_u64(meter, "cairn_artifact_revalidations", None, "artifact revalidations, by result (not_modified, modified)", true, |s, p| {
-        let st = s.artifacts.stats();
-        p.push((load(&st.revalidated_304), vec![KeyValue::new("result", "not_modified")]));
-        p.push((load(&st.revalidated_200), vec![KeyValue::new("result", "modified")]));
-    });
-    gauge_u64(meter, "cairn_artifact_stale_served", None, "stale artifact responses served", true, |s, p| {
-        p.push((load(&s.artifacts.stats().stale_served), Vec::new()));
-    });
-    gauge_u64(meter, "cairn_artifact_body", Some("By"), "artifact body bytes served, by source (store, origin)", true, |s, p| {
-        let st = s.artifacts.stats();
-        p.push((load(&st.bytes_from_store), vec![KeyValue::new("source", "store")]));
-        p.push((load(&st.bytes_from_origin), vec![KeyValue::new("source", "origin")]));
-    });
-    gauge_u64(meter, "cairn_artifact_single_flight_joins", None, "artifact requests that waited for another's download", true, |s, p| {
-        p.push((load(&s.artifacts.stats().flight_joins), Vec::new()));
-    });
-    gauge_u64(meter, "cairn_artifact_origin_requests", None, "requests sent to artifact origins", true, |s, p| {
-        p.push((load(&s.artifacts.stats().origin_requests), Vec::new()));
-    });
-    gauge_u64(meter, "cairn_artifact_stored", None, "artifact responses stored", true, |s, p| {
-        p.push((load(&s.artifacts.stats().stored), Vec::new()));
-    });
-    gauge_u64(meter, "cairn_artifact_truncated", None, "artifact downloads not stored because they were cut or short", true, |s, p| {
-        p.push((load(&s.artifacts.stats().truncated), Vec::new()));
-    });
-    gauge_u64(meter, "cairn_store_log_seq", None, "last sequence number of the log", false, |s, p| {
-        p.push((positions(&s.store).0, Vec::new()));
-    });
-    gauge_u64(meter, "cairn_store_view_lag_events", None, "events between the log's end and the view furthest behind", false, |s, p| {
-        let (last, lowest) = positions(&s.store);
-        p.push((last.saturating_sub(lowest), Vec::new()));
-    });
-    gauge_u64(meter, "cairn_store_appends", None, "appends committed since the node started", true, |s, p| {
-        p.push((s.store.writer_stats().appends, Vec::new()));
-    });
-    gauge_u64(meter, "cairn_store_rocksdb_memory", Some("By"), "memory RocksDB holds, by kind", false, |s, p| {
-        let m = s.store.memory_usage();
-        for (kind, v) in [("memtables", m.memtables), ("table_readers", m.table_readers), ("block_cache", m.block_cache)] {
-            p.push((v, vec![KeyValue::new("kind", kind)]));
-        }
-    });
-    gauge_u64(meter, "cairn_publisher_lag_events", None, "events committed but not yet acknowledged by JetStream", false, |s, p| {
-        let last = positions(&s.store).0;
-        p.push((last.saturating_sub(cairn_actors::metrics::published_seq()), Vec::new()));
-    });
-    gauge_u64(meter, "cairn_sync_slots", None, "syncs holding a slot (state=running) or waiting for one (state=waiting)", false, |s, p| {
-        let slots = *s.sync_slots.borrow();
-        p.push((slots.running as u64, vec![KeyValue::new("state", "running")]));
-        p.push((slots.waiting as u64, vec![KeyValue::new("state", "waiting")]));
-    });
-    gauge_u64(meter, "cairn_watchers", None, "live watches", false, |s, p| {
-        p.push((s.watch.len() as u64, Vec::new()));
-    });
-    gauge_u64(meter, "cairn_cluster_applied_seq_lag_events", None, "positions of the cluster's log seen but not yet applied here", false, |s, p| {
-        if let Some(positions) = &s.cluster_positions {
-            let (applied, seen) = positions();
-            p.push((seen.saturating_sub(applied), Vec::new()));
-        }
-    });
-    gauge_u64(meter, "cairn_cluster_owned_streams", None, "streams this node owns", false, |s, p| {
-        if let Some(owned) = &s.owned_streams {
-            p.push((owned(), Vec::new()));
-        }
-    });
+    gauge_u64(
+        meter,
+        "cairn_artifact_revalidations",
+        None,
+        "artifact revalidations, by result (not_modified, modified)",
+        true,
+        |s, p| {
+            let st = s.artifacts.stats();
+            p.push((
+                load(&st.revalidated_304),
+                vec![KeyValue::new("result", "not_modified")],
+            ));
+            p.push((
+                load(&st.revalidated_200),
+                vec![KeyValue::new("result", "modified")],
+            ));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_artifact_stale_served",
+        None,
+        "stale artifact responses served",
+        true,
+        |s, p| {
+            p.push((load(&s.artifacts.stats().stale_served), Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_artifact_body",
+        Some("By"),
+        "artifact body bytes served, by source (store, origin)",
+        true,
+        |s, p| {
+            let st = s.artifacts.stats();
+            p.push((
+                load(&st.bytes_from_store),
+                vec![KeyValue::new("source", "store")],
+            ));
+            p.push((
+                load(&st.bytes_from_origin),
+                vec![KeyValue::new("source", "origin")],
+            ));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_artifact_single_flight_joins",
+        None,
+        "artifact requests that waited for another's download",
+        true,
+        |s, p| {
+            p.push((load(&s.artifacts.stats().flight_joins), Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_artifact_origin_requests",
+        None,
+        "requests sent to artifact origins",
+        true,
+        |s, p| {
+            p.push((load(&s.artifacts.stats().origin_requests), Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_artifact_stored",
+        None,
+        "artifact responses stored",
+        true,
+        |s, p| {
+            p.push((load(&s.artifacts.stats().stored), Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_artifact_truncated",
+        None,
+        "artifact downloads not stored because they were cut or short",
+        true,
+        |s, p| {
+            p.push((load(&s.artifacts.stats().truncated), Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_store_log_seq",
+        None,
+        "last sequence number of the log",
+        false,
+        |s, p| {
+            p.push((positions(&s.store).0, Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_store_view_lag_events",
+        None,
+        "events between the log's end and the view furthest behind",
+        false,
+        |s, p| {
+            let (last, lowest) = positions(&s.store);
+            p.push((last.saturating_sub(lowest), Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_store_appends",
+        None,
+        "appends committed since the node started",
+        true,
+        |s, p| {
+            p.push((s.store.writer_stats().appends, Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_store_rocksdb_memory",
+        Some("By"),
+        "memory RocksDB holds, by kind",
+        false,
+        |s, p| {
+            let m = s.store.memory_usage();
+            for (kind, v) in [
+                ("memtables", m.memtables),
+                ("table_readers", m.table_readers),
+                ("block_cache", m.block_cache),
+            ] {
+                p.push((v, vec![KeyValue::new("kind", kind)]));
+            }
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_publisher_lag_events",
+        None,
+        "events committed but not yet acknowledged by JetStream",
+        false,
+        |s, p| {
+            let last = positions(&s.store).0;
+            p.push((
+                last.saturating_sub(cairn_actors::metrics::published_seq()),
+                Vec::new(),
+            ));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_sync_slots",
+        None,
+        "syncs holding a slot (state=running) or waiting for one (state=waiting)",
+        false,
+        |s, p| {
+            let slots = *s.sync_slots.borrow();
+            p.push((
+                slots.running as u64,
+                vec![KeyValue::new("state", "running")],
+            ));
+            p.push((
+                slots.waiting as u64,
+                vec![KeyValue::new("state", "waiting")],
+            ));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_watchers",
+        None,
+        "live watches",
+        false,
+        |s, p| {
+            p.push((s.watch.len() as u64, Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_cluster_applied_seq_lag_events",
+        None,
+        "positions of the cluster's log seen but not yet applied here",
+        false,
+        |s, p| {
+            if let Some(positions) = &s.cluster_positions {
+                let (applied, seen) = positions();
+                p.push((seen.saturating_sub(applied), Vec::new()));
+            }
+        },
+    );
+    gauge_u64(
+        meter,
+        "cairn_cluster_owned_streams",
+        None,
+        "streams this node owns",
+        false,
+        |s, p| {
+            if let Some(owned) = &s.owned_streams {
+                p.push((owned(), Vec::new()));
+            }
+        },
+    );
 }
 
 /// How long `/metrics` may take to collect before answering what it has.

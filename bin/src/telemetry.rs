@@ -17,8 +17,9 @@ use tracing_subscriber::{
 
 /// The `tracing` layer that hands spans to OpenTelemetry: absent until a
 /// trace pipeline is installed ([`set_trace_layer`]).
-type TraceLayer =
-    Option<tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>>;
+type TraceLayer = Option<
+    tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>,
+>;
 
 /// The two handles [`init`] keeps: the OpenTelemetry layer, and its own
 /// filter (nothing until traces are exported, then [`trace_targets`]).
@@ -97,9 +98,14 @@ pub fn set_trace_export(on: bool) -> bool {
 /// see [`trace_targets`]), filled when a node installs a trace pipeline.
 pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let (trace, layer) = reload::Layer::new(None::<
-        tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>,
-    >);
+    let (trace, layer) = reload::Layer::new(
+        None::<
+            tracing_opentelemetry::OpenTelemetryLayer<
+                Registry,
+                opentelemetry_sdk::trace::SdkTracer,
+            >,
+        >,
+    );
     let (trace_filter, filter_handle) = reload::Layer::new(Targets::new());
     let _ = TRACE_LAYER.set(TraceHandles {
         layer,

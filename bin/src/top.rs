@@ -57,8 +57,11 @@ impl Samples {
                 Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
                 _ => continue,
             };
-            let mut labels: Vec<(String, String)> =
-                s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             labels.sort();
             out.insert((s.metric, labels), v);
         }
@@ -160,7 +163,12 @@ pub struct TopView {
     pub nodes: Vec<NodeView>,
 }
 
-fn view(url: &str, before: Option<&Samples>, now: Result<&Samples, String>, seconds: f64) -> NodeView {
+fn view(
+    url: &str,
+    before: Option<&Samples>,
+    now: Result<&Samples, String>,
+    seconds: f64,
+) -> NodeView {
     let mut node = NodeView {
         url: url.to_owned(),
         error: None,
@@ -199,8 +207,20 @@ fn view(url: &str, before: Option<&Samples>, now: Result<&Samples, String>, seco
         node.endpoints.insert(
             endpoint.clone(),
             EndpointView {
-                requests_per_s: rate(*total, requests_before.get(endpoint).or(Some(&0.0)).filter(|_| before.is_some())),
-                errors_per_s: rate(errs, errors_before.get(endpoint).or(Some(&0.0)).filter(|_| before.is_some())),
+                requests_per_s: rate(
+                    *total,
+                    requests_before
+                        .get(endpoint)
+                        .or(Some(&0.0))
+                        .filter(|_| before.is_some()),
+                ),
+                errors_per_s: rate(
+                    errs,
+                    errors_before
+                        .get(endpoint)
+                        .or(Some(&0.0))
+                        .filter(|_| before.is_some()),
+                ),
                 requests_total: *total as u64,
                 errors_total: errs as u64,
             },
@@ -246,7 +266,11 @@ async fn scrape(client: &reqwest::Client, url: &str) -> Result<Samples, String> 
     };
     tokio::time::timeout(SCRAPE_TIMEOUT, get)
         .await
-        .unwrap_or_else(|_| Err(format!("GET {url}/metrics: no answer in {SCRAPE_TIMEOUT:?}")))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "GET {url}/metrics: no answer in {SCRAPE_TIMEOUT:?}"
+            ))
+        })
 }
 
 async fn scrape_all(client: &reqwest::Client, urls: &[String]) -> Vec<Result<Samples, String>> {
@@ -267,7 +291,11 @@ fn print(out: &mut dyn Write, view: &TopView, options: &TopOptions) -> anyhow::R
         "cairn top — {} node(s), rates over {:.1}s{}",
         view.nodes.len(),
         view.interval_s,
-        if options.once { "" } else { " (Ctrl-C to stop)" }
+        if options.once {
+            ""
+        } else {
+            " (Ctrl-C to stop)"
+        }
     )?;
     for node in &view.nodes {
         writeln!(out)?;
@@ -280,7 +308,11 @@ fn print(out: &mut dyn Write, view: &TopView, options: &TopOptions) -> anyhow::R
             "{}  log seq {}  publish lag {}  watchers {}  syncs {} running / {} waiting  streams owned {}",
             node.url, node.log_seq, node.publish_lag, node.watchers, node.syncs_running, node.syncs_waiting, node.owned_streams
         )?;
-        writeln!(out, "  {:<24} {:>10} {:>10} {:>12} {:>10}", "ENDPOINT", "REQ/S", "ERR/S", "REQUESTS", "ERRORS")?;
+        writeln!(
+            out,
+            "  {:<24} {:>10} {:>10} {:>12} {:>10}",
+            "ENDPOINT", "REQ/S", "ERR/S", "REQUESTS", "ERRORS"
+        )?;
         for (name, e) in &node.endpoints {
             writeln!(
                 out,
@@ -288,7 +320,11 @@ fn print(out: &mut dyn Write, view: &TopView, options: &TopOptions) -> anyhow::R
                 name, e.requests_per_s, e.errors_per_s, e.requests_total, e.errors_total
             )?;
         }
-        writeln!(out, "  {:<24} {:>10} {:>10} {:>12} {:>10} {:>12}", "CACHE", "HIT RATIO", "HITS", "MISSES", "ENTRIES", "BYTES")?;
+        writeln!(
+            out,
+            "  {:<24} {:>10} {:>10} {:>12} {:>10} {:>12}",
+            "CACHE", "HIT RATIO", "HITS", "MISSES", "ENTRIES", "BYTES"
+        )?;
         for (domain, c) in &node.caches {
             writeln!(
                 out,
@@ -305,8 +341,12 @@ pub fn run(options: TopOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     if options.urls.is_empty() {
         anyhow::bail!("--url: at least one node's HTTP address is needed");
     }
-    if options.interval < Duration::from_millis(100) || options.interval > Duration::from_secs(3600) {
-        anyhow::bail!("--interval: must be between 100ms and 1h, got {:?}", options.interval);
+    if options.interval < Duration::from_millis(100) || options.interval > Duration::from_secs(3600)
+    {
+        anyhow::bail!(
+            "--interval: must be between 100ms and 1h, got {:?}",
+            options.interval
+        );
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -317,7 +357,11 @@ pub fn run(options: TopOptions, out: &mut dyn Write) -> anyhow::Result<()> {
         let mut before = scrape_all(&client, &options.urls).await;
         let mut at = Instant::now();
         if options.once && options.output == TopOutput::Json && before.iter().all(Result::is_err) {
-            let first = before.iter().find_map(|r| r.as_ref().err()).cloned().unwrap_or_default();
+            let first = before
+                .iter()
+                .find_map(|r| r.as_ref().err())
+                .cloned()
+                .unwrap_or_default();
             anyhow::bail!("no node answered: {first}");
         }
         let ctrl_c = tokio::signal::ctrl_c();
@@ -334,9 +378,23 @@ pub fn run(options: TopOptions, out: &mut dyn Write) -> anyhow::Result<()> {
                 .urls
                 .iter()
                 .zip(before.iter().zip(now.iter()))
-                .map(|(url, (b, n))| view(url, b.as_ref().ok(), n.as_ref().map_err(Clone::clone), seconds))
+                .map(|(url, (b, n))| {
+                    view(
+                        url,
+                        b.as_ref().ok(),
+                        n.as_ref().map_err(Clone::clone),
+                        seconds,
+                    )
+                })
                 .collect();
-            print(out, &TopView { interval_s: seconds, nodes }, &options)?;
+            print(
+                out,
+                &TopView {
+                    interval_s: seconds,
+                    nodes,
+                },
+                &options,
+            )?;
             if options.once {
                 return Ok(());
             }

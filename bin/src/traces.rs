@@ -99,7 +99,8 @@ impl BoundedExport {
         let Some(exporter) = self.exporter.take() else {
             return;
         };
-        let (rx, counters, (batch_max, timeout)) = (self.rx.clone(), self.counters.clone(), self.config);
+        let (rx, counters, (batch_max, timeout)) =
+            (self.rx.clone(), self.counters.clone(), self.config);
         let thread = std::thread::Builder::new()
             .name("cairn-trace-export".to_owned())
             .spawn(move || export_loop(exporter, rx, counters, batch_max, timeout));
@@ -148,11 +149,15 @@ fn export_loop(
                         counters.exported.fetch_add(n, Ordering::Relaxed);
                     }
                     Ok(Err(e)) => {
-                        counters.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+                        counters
+                            .dropped_export_failed
+                            .fetch_add(n, Ordering::Relaxed);
                         tracing::debug!(error = %e, spans = n, "trace export failed");
                     }
                     Err(_) => {
-                        counters.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+                        counters
+                            .dropped_export_failed
+                            .fetch_add(n, Ordering::Relaxed);
                         tracing::debug!(spans = n, "trace export timed out");
                     }
                 }
@@ -181,7 +186,9 @@ impl SpanProcessor for BoundedExport {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -251,7 +258,10 @@ pub fn sampler(ratio: f64) -> Sampler {
         "parentbased_traceidratio" => parent_based(Sampler::TraceIdRatioBased(arg.unwrap_or(1.0))),
         "" => parent_based(Sampler::TraceIdRatioBased(ratio)),
         other => {
-            warn!(sampler = other, "OTEL_TRACES_SAMPLER not understood; using telemetry.traces-sampler-ratio");
+            warn!(
+                sampler = other,
+                "OTEL_TRACES_SAMPLER not understood; using telemetry.traces-sampler-ratio"
+            );
             parent_based(Sampler::TraceIdRatioBased(ratio))
         }
     }

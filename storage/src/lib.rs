@@ -102,6 +102,8 @@ pub use digest::Digest;
 pub use error::StorageError;
 pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
 pub use read::{ViewRead, ViewReadExt};
-pub use store::{CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
+pub use store::{
+    CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot,
+};
 pub use version::ExpectedVersion;
 pub use view::{View, ViewTx};

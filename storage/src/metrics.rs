@@ -36,7 +36,8 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 15] = [
 ];
 
 /// Bucket bounds of the group-commit size histogram, in appends.
-pub const GROUP_BUCKETS_APPENDS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+pub const GROUP_BUCKETS_APPENDS: [f64; 10] =
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 impl StoreMetrics {
     fn new(meter: &Meter) -> Self {

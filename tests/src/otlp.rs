@@ -110,7 +110,12 @@ fn to_received(span: Span, service: &str) -> ReceivedSpan {
         attributes: span
             .attributes
             .iter()
-            .map(|a| (a.key.clone(), a.value.as_ref().map(text).unwrap_or_default()))
+            .map(|a| {
+                (
+                    a.key.clone(),
+                    a.value.as_ref().map(text).unwrap_or_default(),
+                )
+            })
             .collect(),
         service: service.to_owned(),
     }

@@ -78,8 +78,11 @@ async fn metrics_count_a_scripted_sequence_exactly_with_bounded_labels() {
 
     // The kv cache: 3 sets into a namespace of 2 entries (1 eviction),
     // then 1 hit and 2 misses (the evicted key, an unknown key).
-    c.ok("kv.configure", json!({"namespace": "lru", "max_entries": 2}))
-        .await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "lru", "max_entries": 2}),
+    )
+    .await;
     for key in ["a", "b", "c"] {
         c.ok(
             "kv.set",
@@ -87,7 +90,8 @@ async fn metrics_count_a_scripted_sequence_exactly_with_bounded_labels() {
         )
         .await;
     }
-    c.ok("kv.get", json!({"namespace": "lru", "key": "c"})).await;
+    c.ok("kv.get", json!({"namespace": "lru", "key": "c"}))
+        .await;
     for key in ["a", "zz"] {
         let e = c
             .call("kv.get", json!({"namespace": "lru", "key": key}))
@@ -106,7 +110,8 @@ async fn metrics_count_a_scripted_sequence_exactly_with_bounded_labels() {
     assert!(m.value("cairn_cache_bytes", &kv) > 0.0);
     for domain in ["pkgrev", "repo", "kv", "artifact"] {
         assert!(
-            m.get("cairn_cache_hits_total", &[("domain", domain)]).is_some(),
+            m.get("cairn_cache_hits_total", &[("domain", domain)])
+                .is_some(),
             "domain {domain} has cache metrics"
         );
     }
@@ -118,7 +123,10 @@ async fn metrics_count_a_scripted_sequence_exactly_with_bounded_labels() {
         1.0
     );
     assert_eq!(
-        m.value("cairn_sync_duration_seconds_count", &[("result", "success")]),
+        m.value(
+            "cairn_sync_duration_seconds_count",
+            &[("result", "success")]
+        ),
         1.0
     );
     for (change, n) in [("added", 8.0), ("modified", 0.0), ("deleted", 0.0)] {
@@ -231,7 +239,10 @@ async fn readyz_names_each_check_and_fails_while_views_lag_or_nats_is_down() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["store", "nats", "views"]);
-    assert_eq!(check(&body, "views")["detail"], json!(format!("caught up at {last}")));
+    assert_eq!(
+        check(&body, "views")["detail"],
+        json!(format!("caught up at {last}"))
+    );
 
     // A view behind the log (as while it is rebuilt or caught up): not
     // ready, naming the view and where it is.
@@ -243,7 +254,10 @@ async fn readyz_names_each_check_and_fails_while_views_lag_or_nats_is_down() {
     assert_eq!(body["failing"], json!(["views"]));
     assert_eq!(
         check(&body, "views")["detail"],
-        json!(format!("behind the log's {last}: repositories at {}", last - 1))
+        json!(format!(
+            "behind the log's {last}: repositories at {}",
+            last - 1
+        ))
     );
     node.store.set_meta_u64(&key, last).unwrap();
     assert_eq!(readyz(addr).await.0, 200);
@@ -310,8 +324,11 @@ async fn one_approve_with_a_traceparent_is_one_trace_from_endpoint_to_watch_deli
                "package": "app", "workspace": "ws1"}),
     )
     .await;
-    c.ok("pkgrev.propose", json!({"namespace": "team-a", "name": name}))
-        .await;
+    c.ok(
+        "pkgrev.propose",
+        json!({"namespace": "team-a", "name": name}),
+    )
+    .await;
 
     // Watchers: a JetStream subject subscriber and a cairn watch.
     let mut events = c.subscribe("cairn.events.team-a.>").await;
@@ -325,9 +342,11 @@ async fn one_approve_with_a_traceparent_is_one_trace_from_endpoint_to_watch_deli
     let before = node.store.last_seq().unwrap();
     wait_until("the publisher to catch up", WAIT, || async {
         let m = Metrics::scrape(node.http_addr().unwrap()).await;
-        match m.value("cairn_publisher_lag_events", &[]) {
-            lag if lag == 0.0 => Ok(()),
-            lag => Err(format!("lag {lag}")),
+        let lag = m.value("cairn_publisher_lag_events", &[]);
+        if lag == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("lag {lag}"))
         }
     })
     .await;
@@ -359,22 +378,29 @@ async fn one_approve_with_a_traceparent_is_one_trace_from_endpoint_to_watch_deli
     let wanted = ["command", "writer", "run", "git.push", "append", "publish"];
     let spans = receiver
         .wait_for("the approve's spans", WAIT, |spans| {
-            wanted.iter().all(|w| {
-                spans
-                    .iter()
-                    .any(|s| s.trace_id == TRACE_ID && s.name == *w)
-            })
+            wanted
+                .iter()
+                .all(|w| spans.iter().any(|s| s.trace_id == TRACE_ID && s.name == *w))
         })
         .await;
-    let spans: Vec<_> = spans.into_iter().filter(|s| s.trace_id == TRACE_ID).collect();
+    let spans: Vec<_> = spans
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE_ID)
+        .collect();
     let one = |name: &str| {
         let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
         assert!(!found.is_empty(), "no span {name}");
         found[0].clone()
     };
     let command = one("command");
-    assert_eq!(command.attribute("endpoint"), Some("cairn.v1.pkgrev.approve"));
-    assert_eq!(command.parent_span_id, CALLER_SPAN, "the caller's span is the parent");
+    assert_eq!(
+        command.attribute("endpoint"),
+        Some("cairn.v1.pkgrev.approve")
+    );
+    assert_eq!(
+        command.parent_span_id, CALLER_SPAN,
+        "the caller's span is the parent"
+    );
     assert_eq!(command.service, "cairn");
     let by_id = |id: &str| spans.iter().find(|s| s.span_id == id).cloned();
     // The chain of names from `span` up to the command.
@@ -395,9 +421,17 @@ async fn one_approve_with_a_traceparent_is_one_trace_from_endpoint_to_watch_deli
     assert_eq!(run.parent_span_id, writer.span_id, "run < writer");
     assert_eq!(run.attribute("verb"), Some("approve"));
     let push = one("git.push");
-    assert!(chain(&push).contains(&"run".to_owned()), "{:?}", chain(&push));
+    assert!(
+        chain(&push).contains(&"run".to_owned()),
+        "{:?}",
+        chain(&push)
+    );
     let append = one("append");
-    assert!(chain(&append).contains(&"writer".to_owned()), "{:?}", chain(&append));
+    assert!(
+        chain(&append).contains(&"writer".to_owned()),
+        "{:?}",
+        chain(&append)
+    );
     let publishes: Vec<_> = spans.iter().filter(|s| s.name == "publish").collect();
     for publish in &publishes {
         assert_eq!(
@@ -416,7 +450,9 @@ async fn one_approve_with_a_traceparent_is_one_trace_from_endpoint_to_watch_deli
             break h;
         }
     };
-    let traceparent = published.get("traceparent").expect("traceparent on the event");
+    let traceparent = published
+        .get("traceparent")
+        .expect("traceparent on the event");
     assert_eq!(trace_id_of(traceparent.as_str()), TRACE_ID);
     assert_eq!(
         published.get("tracestate").map(|v| v.as_str().to_owned()),
@@ -430,7 +466,9 @@ async fn one_approve_with_a_traceparent_is_one_trace_from_endpoint_to_watch_deli
         }
     };
     let headers = delivered.headers.expect("the delivery has headers");
-    let traceparent = headers.get("traceparent").expect("traceparent on the delivery");
+    let traceparent = headers
+        .get("traceparent")
+        .expect("traceparent on the delivery");
     assert_eq!(trace_id_of(traceparent.as_str()), TRACE_ID);
     node.shutdown().await;
 }
@@ -509,7 +547,16 @@ async fn cairn_top_once_shows_a_node_from_its_metrics() {
         .unwrap_err();
     let url = format!("http://{}", node.http_addr().unwrap());
     let out = cairn_tests::cairn_cli!()
-        .run(["top", "--once", "-o", "json", "--interval", "200ms", "--url", &url])
+        .run([
+            "top",
+            "--once",
+            "-o",
+            "json",
+            "--interval",
+            "200ms",
+            "--url",
+            &url,
+        ])
         .await;
     assert!(out.success, "{}", out.stderr);
     let view: Value = serde_json::from_str(out.stdout.trim()).unwrap();
@@ -524,8 +571,14 @@ async fn cairn_top_once_shows_a_node_from_its_metrics() {
     assert_eq!(n["endpoints"]["kv.get"]["errors_total"], json!(1));
     assert_eq!(n["endpoints"]["kv.get"]["requests_per_s"], json!(0.0));
     assert_eq!(n["log_seq"], json!(node.store.last_seq().unwrap()));
-    assert_eq!((n["watchers"].clone(), n["publish_lag"].clone()), (json!(0), json!(0)));
-    assert_eq!((n["syncs_running"].clone(), n["syncs_waiting"].clone()), (json!(0), json!(0)));
+    assert_eq!(
+        (n["watchers"].clone(), n["publish_lag"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(
+        (n["syncs_running"].clone(), n["syncs_waiting"].clone()),
+        (json!(0), json!(0))
+    );
 
     let table = cairn_tests::cairn_cli!()
         .run(["top", "--once", "--interval", "200ms", "--url", &url])
@@ -533,7 +586,10 @@ async fn cairn_top_once_shows_a_node_from_its_metrics() {
     assert!(table.success, "{}", table.stderr);
     assert!(table.stdout.contains("ENDPOINT"), "{}", table.stdout);
     assert!(
-        table.stdout.lines().any(|l| l.split_whitespace().next() == Some("kv.get")),
+        table
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("kv.get")),
         "{}",
         table.stdout
     );
@@ -551,7 +607,9 @@ async fn cairn_top_once_shows_a_node_from_its_metrics() {
 
 #[test]
 fn the_dashboard_queries_documented_metrics_and_the_sample_configs_parse() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("config/grafana-dashboard.json")).unwrap(),
@@ -568,14 +626,19 @@ fn the_dashboard_queries_documented_metrics_and_the_sample_configs_parse() {
                     .collect();
                 let base = ["_bucket", "_sum", "_count"]
                     .iter()
-                    .fold(name.clone(), |n, s| n.strip_suffix(s).map_or(n.clone(), str::to_owned));
+                    .fold(name.clone(), |n, s| {
+                        n.strip_suffix(s).map_or(n.clone(), str::to_owned)
+                    });
                 names.insert(base);
             }
         }
     }
     assert!(names.len() >= 20, "{names:?}");
     for name in &names {
-        assert!(readme.contains(&format!("`{name}`")), "{name} is not in the README");
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "{name} is not in the README"
+        );
     }
     for file in ["config/prometheus.yml", "config/otel-collector.yaml"] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
@@ -588,8 +651,16 @@ fn the_dashboard_queries_documented_metrics_and_the_sample_configs_parse() {
 async fn bench_telemetry_exports_to_its_receiver_and_ends_with_the_overheads() {
     let out = cairn_tests::cairn_cli!()
         .run([
-            "bench", "telemetry", "--revisions", "20", "--lists", "5", "--appends", "5",
-            "--rounds", "1",
+            "bench",
+            "telemetry",
+            "--revisions",
+            "20",
+            "--lists",
+            "5",
+            "--appends",
+            "5",
+            "--rounds",
+            "1",
         ])
         .await;
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
@@ -600,7 +671,11 @@ async fn bench_telemetry_exports_to_its_receiver_and_ends_with_the_overheads() {
         .unwrap_or_else(|| panic!("last line {last:?}"));
     let (list, append) = rest.split_once("% append_overhead=").expect("two figures");
     list.parse::<f64>().expect("list overhead");
-    append.strip_suffix('%').unwrap().parse::<f64>().expect("append overhead");
+    append
+        .strip_suffix('%')
+        .unwrap()
+        .parse::<f64>()
+        .expect("append overhead");
     let exported = lines
         .iter()
         .find(|l| l.starts_with("exported to "))
@@ -614,5 +689,8 @@ async fn bench_telemetry_exports_to_its_receiver_and_ends_with_the_overheads() {
         .and_then(|n| n.parse().ok())
         .expect("a span count");
     assert!(spans >= 50, "{exported}");
-    assert!(exported.ends_with("dropped 0 (queue full) 0 (export failed)"), "{exported}");
+    assert!(
+        exported.ends_with("dropped 0 (queue full) 0 (export failed)"),
+        "{exported}"
+    );
 }

@@ -774,7 +774,8 @@ impl ArtifactCache {
         }
         bump(&self.stats.origin_requests, 1);
         let timeout = self.config.origin_timeout;
-        let sent = tracing::Instrument::instrument(tokio::time::timeout(timeout, builder.send()), span);
+        let sent =
+            tracing::Instrument::instrument(tokio::time::timeout(timeout, builder.send()), span);
         match sent.await {
             Err(_) => Err(ArtifactError::OriginTimeout {
                 url: url.to_string(),

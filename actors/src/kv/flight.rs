@@ -126,7 +126,8 @@ pub async fn call(
         .payload(body.into())
         .headers(headers)
         .timeout(Some(timeout));
-    let sent = tracing::Instrument::instrument(client.send_request(subject.to_owned(), request), span);
+    let sent =
+        tracing::Instrument::instrument(client.send_request(subject.to_owned(), request), span);
     let reply = match sent.await {
         Ok(reply) => reply,
         Err(e) => {

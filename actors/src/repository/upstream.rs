@@ -319,10 +319,8 @@ pub fn read_upstream(
     let credentials = env.secrets.resolve(&git.secret_ref)?;
     let started = Instant::now();
     let fetch_span = tracing::info_span!("sync.fetch");
-    let mut outcome = fetch_span.in_scope(|| {
-        env.fetches
-            .fetch(&git.url, credentials.as_ref(), asked_at)
-    })?;
+    let mut outcome =
+        fetch_span.in_scope(|| env.fetches.fetch(&git.url, credentials.as_ref(), asked_at))?;
     drop(fetch_span);
     let fetched = started.elapsed();
     if !known.digest.is_empty() && refs_digest(&outcome.digest) == known.digest {

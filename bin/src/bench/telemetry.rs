@@ -220,6 +220,9 @@ async fn run(
         append_on / rounds * 1e3,
         options.rounds
     )?;
-    writeln!(out, "telemetry: list_overhead={lo:.1}% append_overhead={ao:.1}%")?;
+    writeln!(
+        out,
+        "telemetry: list_overhead={lo:.1}% append_overhead={ao:.1}%"
+    )?;
     Ok((lo, ao))
 }

@@ -25,8 +25,11 @@ pub(super) struct Compacted {
 
 /// Read cache of view rows: (view, key) → (committed seq when read, row),
 /// with its counters per view.
+/// A cached row: (view, key) → (committed seq when read, row).
+type CachedRows = lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>;
+
 pub(super) struct RowCache {
-    pub(super) rows: lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>,
+    pub(super) rows: CachedRows,
     /// Counters by view name (a fixed set: the store's views).
     pub(super) counters: std::collections::BTreeMap<String, CacheCounters>,
 }
@@ -58,7 +61,8 @@ impl RowCache {
 
     fn counters(&mut self, view: &str) -> &mut CacheCounters {
         if !self.counters.contains_key(view) {
-            self.counters.insert(view.to_owned(), CacheCounters::default());
+            self.counters
+                .insert(view.to_owned(), CacheCounters::default());
         }
         self.counters.get_mut(view).expect("inserted above")
     }
