@@ -694,3 +694,125 @@ async fn bench_telemetry_exports_to_its_receiver_and_ends_with_the_overheads() {
         "{exported}"
     );
 }
+
+#[actix_rt::test]
+async fn artifact_origin_requests_and_kv_computes_carry_the_callers_trace() {
+    use futures::StreamExt as _;
+    let receiver = cairn_tests::otlp::OtlpReceiver::start().await;
+    let origin = cairn_tests::ScriptedOrigin::start().await;
+    origin.reply(
+        "/file",
+        cairn_tests::Reply::new(200, "hello").header("cache-control", "max-age=60"),
+    );
+    let (endpoint, url) = (receiver.url(), origin.url());
+    let node = TestNodeBuilder::new()
+        .configure(|c| {
+            c.telemetry.otlp_endpoint = endpoint;
+            c.artifact.upstreams = vec![cairn::config::UpstreamEntry {
+                name: "origin".into(),
+                url,
+            }];
+        })
+        .start()
+        .await;
+
+    // HTTP: the proxy's request to the origin continues the caller's trace.
+    let http_trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/u/origin/file",
+            node.http_addr().unwrap()
+        ))
+        .header(
+            "traceparent",
+            format!("00-{http_trace}-b7ad6b7169203331-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello");
+    let sent = origin.requests_for("/file");
+    assert_eq!(sent.len(), 1);
+    let origin_traceparent = sent[0]
+        .header("traceparent")
+        .expect("traceparent to the origin")
+        .to_owned();
+    assert_eq!(trace_id_of(&origin_traceparent), http_trace);
+
+    // NATS: a kv compute request continues the caller's trace.
+    let nats = node.client().nats().clone();
+    let mut computes = nats.subscribe("compute.traced").await.unwrap();
+    nats.flush().await.unwrap();
+    let responder = tokio::spawn(async move {
+        let msg = computes.next().await.unwrap();
+        let headers = msg.headers.clone().unwrap_or_default();
+        nats.publish(msg.reply.clone().unwrap(), "{\"v\":1}".into())
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        headers
+    });
+    let kv_trace = "5b8efff798038103d269b633813fc60c";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{kv_trace}-eee19b7ec3c1b174-01").as_str(),
+    );
+    let reply = node
+        .client()
+        .request_with_headers(
+            "cairn.v1.kv.get_or_compute",
+            headers,
+            serde_json::to_vec(&json!({"namespace": "fn", "key": "k",
+                "compute": {"subject": "compute.traced", "body": {}}}))
+            .unwrap(),
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["value"], json!({"v": 1}), "{body}");
+    let compute_headers = cairn_tests::within("the compute request", WAIT, responder)
+        .await
+        .unwrap();
+    let traceparent = compute_headers
+        .get("traceparent")
+        .expect("traceparent to the compute");
+    assert_eq!(trace_id_of(traceparent.as_str()), kv_trace);
+
+    let spans = receiver
+        .wait_for("the origin and compute spans", WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.name == "artifact.origin" && s.trace_id == http_trace)
+                && spans
+                    .iter()
+                    .any(|s| s.name == "kv.call" && s.trace_id == kv_trace)
+        })
+        .await;
+    let http = spans
+        .iter()
+        .find(|s| s.name == "http.request" && s.trace_id == http_trace)
+        .expect("the http.request span");
+    assert_eq!(http.parent_span_id, "b7ad6b7169203331");
+    // The origin's parent is the node's `artifact.origin` span (a child of
+    // `http.request`), not the caller's span passed through; the compute's
+    // is the node's `kv.call` span.
+    let origin_span = spans
+        .iter()
+        .find(|s| s.name == "artifact.origin" && s.trace_id == http_trace)
+        .unwrap();
+    assert_eq!(origin_span.parent_span_id, http.span_id);
+    assert_eq!(
+        origin_traceparent.split('-').nth(2),
+        Some(origin_span.span_id.as_str())
+    );
+    let kv_call = spans
+        .iter()
+        .find(|s| s.name == "kv.call" && s.trace_id == kv_trace)
+        .unwrap();
+    assert_eq!(
+        traceparent.as_str().split('-').nth(2),
+        Some(kv_call.span_id.as_str())
+    );
+    node.shutdown().await;
+}
