@@ -19,12 +19,9 @@
 //!
 //! Every metric is listed in the README (Observability → Metrics); labels
 //! take bounded values only (`domain`, `endpoint`, `code`, `result`,
-//! `error_class`, `change`, `kind`).
+//! `error_class`, `change`, `kind`, `source`, `reason`, `state`).
 
-use std::{
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cairn_actors::{artifact::ArtifactCache, kv::KvNode, watch::WatchHub};
 use cairn_storage::{views::ArtifactsView, EventLog as _, Store};
@@ -561,6 +558,3 @@ fn register_observables(meter: &Meter) {
         },
     );
 }
-
-/// How long `/metrics` may take to collect before answering what it has.
-pub const COLLECT_MAX: Duration = Duration::from_secs(5);

@@ -202,10 +202,11 @@ impl SpanProcessor for BoundedExport {
             .map_err(|_| OTelSdkError::Timeout(self.config.1 * 2))
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let _ = self.force_flush();
-        let _ = timeout;
-        Ok(())
+    /// Sends what is queued (bounded by the export timeout, not by
+    /// `timeout`: the export thread owns the exporter); the thread ends
+    /// with the process.
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        self.force_flush()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
