@@ -55,10 +55,8 @@ fn spans_and_warnings(metadata: &tracing::Metadata<'_>) -> bool {
 /// installed, or, in a process that installed none (an in-process test
 /// node), a subscriber of that layer alone.
 pub fn set_trace_layer(tracer: opentelemetry_sdk::trace::SdkTracer) {
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_tracked_inactivity(false);
+    let _ = TRACER.set(tracer.clone());
+    let layer = otel_layer(tracer);
     match TRACE_LAYER.get() {
         Some(handles) => {
             let reloaded = handles
@@ -81,15 +79,30 @@ pub fn set_trace_layer(tracer: opentelemetry_sdk::trace::SdkTracer) {
     }
 }
 
+/// The tracer [`set_trace_layer`] installed.
+static TRACER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracer> =
+    std::sync::OnceLock::new();
+
+fn otel_layer(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer> {
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_tracked_inactivity(false)
+}
+
 /// Turns the export of spans off or on again, once [`set_trace_layer`]
 /// installed it through [`init`]'s slot (for `cairn bench telemetry`,
 /// which compares both in one run); false when there is no such slot.
+/// Off, the spans are still created (as on a node logging at `info`),
+/// only not handed to OpenTelemetry.
 pub fn set_trace_export(on: bool) -> bool {
-    let Some(handles) = TRACE_LAYER.get() else {
+    let (Some(handles), Some(tracer)) = (TRACE_LAYER.get(), TRACER.get()) else {
         return false;
     };
-    let targets = if on { trace_targets() } else { Targets::new() };
-    handles.filter.reload(targets).is_ok()
+    let layer = on.then(|| otel_layer(tracer.clone()));
+    handles.layer.reload(layer).is_ok()
 }
 
 /// Installs a stderr subscriber: `RUST_LOG` wins over `level`; `json`

@@ -7,7 +7,9 @@
 //! on both sides). Last line:
 //! `telemetry: list_overhead=<%> append_overhead=<%>` (mean latency with
 //! export on over off, minus one). Metrics are collected in both (the
-//! registry is always on); what differs is spans handed to the exporter.
+//! registry is always on), and the spans are created in both (as on a
+//! node logging at `info`); what differs is handing them to OpenTelemetry
+//! and exporting them.
 
 use std::{
     sync::{
