@@ -1295,6 +1295,58 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_keys_are_validated_naming_the_key() {
+        let cases: [(fn(&mut TelemetrySection), &str); 5] = [
+            (
+                |t| t.traces_sampler_ratio = 1.5,
+                "configuration: telemetry.traces-sampler-ratio: must be between 0.0 and 1.0, got 1.5",
+            ),
+            (
+                |t| t.export_queue_max_spans = 0,
+                "configuration: telemetry.export-queue-max-spans: must be between 1 and 1000000",
+            ),
+            (
+                |t| t.export_batch_max_spans = 4096,
+                "configuration: telemetry.export-batch-max-spans: must be between 1 and telemetry.export-queue-max-spans",
+            ),
+            (
+                |t| t.export_timeout = Duration::ZERO,
+                "configuration: telemetry.export-timeout: must be more than 0s",
+            ),
+            (
+                |t| t.otlp_endpoint = "not a url".into(),
+                "configuration: telemetry.otlp-endpoint: \"not a url\" is not a URL like http://127.0.0.1:4318",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut c = NodeConfig::default();
+            change(&mut c.telemetry);
+            assert_eq!(c.validate().unwrap_err().to_string(), expected);
+        }
+        let mut c = NodeConfig::default();
+        c.telemetry.otlp_endpoint = "http://127.0.0.1:4318".into();
+        c.validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[telemetry]\notlp-endpoint = \"http://c:4318\"\nexport-timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let parsed = NodeConfig::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(parsed.telemetry.otlp_endpoint, "http://c:4318");
+        assert_eq!(parsed.telemetry.export_timeout, Duration::from_secs(2));
+        std::fs::write(&file, "[telemetry]\nendpoint = \"x\"\n").unwrap();
+        let err = NodeConfig::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("configuration: telemetry.endpoint: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn validation_names_the_key() {
         let mut c = NodeConfig::default();
         c.publisher.max_in_flight = 0;
