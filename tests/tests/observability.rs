@@ -816,3 +816,61 @@ async fn artifact_origin_requests_and_kv_computes_carry_the_callers_trace() {
     );
     node.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_cluster_node_reports_the_cluster_check_and_its_owned_streams() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let dir = TestDir::new();
+    let upstream = unpack("simple-repository", &dir.path().join("upstream"));
+    let node = TestNodeBuilder::in_dir(&dir.join("node"))
+        .configure(|c| {
+            c.nats.urls = vec![url];
+            c.cluster.enabled = true;
+            c.cluster.node_id = Some("n0".into());
+            c.cluster.stream_replicas = 1;
+        })
+        .start()
+        .await;
+    let addr = node.http_addr().unwrap();
+    node.client()
+        .ok(
+            "repo.register",
+            json!({"namespace": "team-a", "name": "simple", "git": {"url": upstream}}),
+        )
+        .await;
+    let body = wait_until("the cluster check to see the log's end", WAIT, || async {
+        let (status, body) = readyz(addr).await;
+        let detail = check(&body, "cluster")["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // "applied N of M", once the log's end was read after the commits.
+        match detail
+            .strip_prefix("applied ")
+            .and_then(|d| d.split_once(" of "))
+        {
+            Some((a, m)) if status == 200 && a == m && a != "0" => Ok(body),
+            _ => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
+    assert_eq!(body["failing"], json!([]));
+    let names: Vec<&str> = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["store", "nats", "views", "cluster"]);
+    let m = Metrics::scrape(addr).await;
+    // The repository's stream and the publisher role (a lease too).
+    assert_eq!(
+        m.value("cairn_cluster_owned_streams", &[]),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(m.value("cairn_cluster_applied_seq_lag_events", &[]), 0.0);
+    node.shutdown().await;
+}
