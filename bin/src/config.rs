@@ -1294,9 +1294,12 @@ mod tests {
         assert!(err.ends_with("missing.toml does not exist"), "{err}");
     }
 
+    /// A change to the telemetry section and the error it must cause.
+    type TelemetryCase = (fn(&mut TelemetrySection), &'static str);
+
     #[test]
     fn telemetry_keys_are_validated_naming_the_key() {
-        let cases: [(fn(&mut TelemetrySection), &str); 5] = [
+        let cases: [TelemetryCase; 5] = [
             (
                 |t| t.traces_sampler_ratio = 1.5,
                 "configuration: telemetry.traces-sampler-ratio: must be between 0.0 and 1.0, got 1.5",
