@@ -9,8 +9,11 @@
 //! - `GET|HEAD /v1/artifacts?url=<absolute http(s) URL>` — the URL-first
 //!   lookup for any host on `artifact.allow` (redirects followed up to
 //!   `artifact.redirects-max`, each to an allowed host).
-//! - `/healthz` (the process answers), `/readyz` (the cache started),
-//!   `/metrics` (the artifact counters, Prometheus text format).
+//! - `/healthz` (the process answers), `/readyz` (each readiness check of
+//!   the node by name, JSON; 200 when all pass, 503 naming the failing
+//!   ones), `/metrics` (the node's one metrics registry, Prometheus text
+//!   format) — both read through the [`Operations`] the binary hands in,
+//!   since the registry and the checks are wired there.
 //!
 //! Errors are JSON `{"code": …, "message": …}` with the status of the code
 //! (400 bad input naming the field, 404 unknown upstream, 502 origin
@@ -22,13 +25,13 @@ use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::{FromRef, Request, State},
     http::{HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{any, get},
     Router,
 };
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use crate::artifact::{
     cache::{stored_body, CacheRequest, Served, ServedBody},
@@ -39,15 +42,93 @@ use crate::artifact::{
 /// How long open connections may finish when the listener stops.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// One readiness check: its name, whether it passes, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    /// `store`, `nats`, `views`, `cluster`.
+    pub name: &'static str,
+    /// It passes.
+    pub ok: bool,
+    /// What was found (why it fails, or the position reached).
+    pub detail: String,
+}
+
+/// What `/metrics` and `/readyz` read: wired by the binary (the metrics
+/// registry and the node's parts live there).
+#[derive(Clone)]
+pub struct Operations {
+    /// The Prometheus text of every metric.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// The readiness checks, evaluated now.
+    pub readiness: Arc<dyn Fn() -> Vec<Check> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Operations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operations").finish_non_exhaustive()
+    }
+}
+
+impl Default for Operations {
+    /// No metrics, always ready.
+    fn default() -> Self {
+        Self {
+            metrics: Arc::new(String::new),
+            readiness: Arc::new(Vec::new),
+        }
+    }
+}
+
+/// The router's state: the artifact cache and the operations endpoints.
+#[derive(Debug, Clone)]
+struct Face {
+    cache: Arc<ArtifactCache>,
+    operations: Operations,
+}
+
+impl FromRef<Face> for Arc<ArtifactCache> {
+    fn from_ref(face: &Face) -> Self {
+        face.cache.clone()
+    }
+}
+
 /// The router of the HTTP face.
-pub fn router(cache: Arc<ArtifactCache>) -> Router {
+pub fn router(cache: Arc<ArtifactCache>, operations: Operations) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/artifacts", get(lookup).head(lookup))
         .route("/u/{*rest}", any(proxy))
-        .with_state(cache)
+        .with_state(Face { cache, operations })
+}
+
+/// `/readyz`: `{"ready": bool, "checks": [{"name", "ok", "detail"}…],
+/// "failing": [names]}`, 200 when every check passes, else 503.
+async fn readyz(State(face): State<Face>) -> Response {
+    let readiness = face.operations.readiness.clone();
+    let checks = tokio::task::spawn_blocking(move || readiness())
+        .await
+        .unwrap_or_else(|e| {
+            vec![Check {
+                name: "node",
+                ok: false,
+                detail: format!("readiness checks failed: {e}"),
+            }]
+        });
+    let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let ready = failing.is_empty();
+    let body = serde_json::json!({"ready": ready, "checks": checks, "failing": failing});
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = (status, format!("{body}\n")).into_response();
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
 }
 
 /// A running listener, served by a runtime of its own (so HTTP traffic
@@ -66,7 +147,11 @@ pub const HTTP_WORKER_THREADS: usize = 2;
 impl HttpServer {
     /// Binds `listen` and serves `cache` on a runtime of
     /// [`HTTP_WORKER_THREADS`] threads of its own.
-    pub async fn start(listen: SocketAddr, cache: Arc<ArtifactCache>) -> std::io::Result<Self> {
+    pub async fn start(
+        listen: SocketAddr,
+        cache: Arc<ArtifactCache>,
+        operations: Operations,
+    ) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -76,7 +161,7 @@ impl HttpServer {
             .thread_name("cairn-http")
             .enable_all()
             .build()?;
-        let app = router(cache);
+        let app = router(cache, operations);
         let thread = std::thread::Builder::new()
             .name("cairn-http".to_owned())
             .spawn(move || {
@@ -175,28 +260,20 @@ fn into_response(cache: &ArtifactCache, served: Served) -> Response {
     response
 }
 
-async fn metrics(State(cache): State<Arc<ArtifactCache>>) -> String {
-    let stats = cache.stats().to_json();
-    let mut out = String::new();
-    let mut line = |name: &str, value: &serde_json::Value| {
-        out.push_str(&format!(
-            "cairn_artifact_{name} {}\n",
-            value.as_u64().unwrap_or(0)
-        ));
-    };
-    if let Some(map) = stats.as_object() {
-        for (name, value) in map {
-            match value {
-                serde_json::Value::Object(inner) => {
-                    for (k, v) in inner {
-                        line(&format!("{name}_{k}"), v);
-                    }
-                }
-                v => line(name, v),
-            }
-        }
-    }
-    out
+/// `/metrics`: the node's registry in the Prometheus text format
+/// (collected off the listener's threads: observable instruments read the
+/// store).
+async fn metrics(State(face): State<Face>) -> Response {
+    let render = face.operations.metrics.clone();
+    let text = tokio::task::spawn_blocking(move || render())
+        .await
+        .unwrap_or_default();
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 async fn lookup(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Response {
@@ -221,6 +298,8 @@ async fn lookup(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Re
         Err(e) => return error_response(&e),
     };
     let (parts, _) = request.into_parts();
+    let span = tracing::info_span!(parent: None, "http.request", route = "/v1/artifacts", method = %parts.method);
+    crate::trace::continue_http(&span, &parts.headers);
     let served = cache
         .serve(CacheRequest {
             method: parts.method,
@@ -231,6 +310,7 @@ async fn lookup(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Re
             stream: true,
             upstream: String::new(),
         })
+        .instrument(span)
         .await;
     match served {
         Ok(s) => into_response(&cache, s),
@@ -255,6 +335,9 @@ async fn proxy(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Res
     let (parts, body) = request.into_parts();
     let body = (parts.method != Method::GET && parts.method != Method::HEAD)
         .then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
+    let span =
+        tracing::info_span!(parent: None, "http.request", route = "/u", method = %parts.method);
+    crate::trace::continue_http(&span, &parts.headers);
     let served = cache
         .serve(CacheRequest {
             method: parts.method,
@@ -265,6 +348,7 @@ async fn proxy(State(cache): State<Arc<ArtifactCache>>, request: Request) -> Res
             stream: true,
             upstream,
         })
+        .instrument(span)
         .await;
     match served {
         Ok(s) => into_response(&cache, s),

@@ -36,6 +36,10 @@
 //! - [`artifact`] — the HTTP artifact cache domain: URL keys, RFC 9111
 //!   rules, the artifact streams' writer (`StreamWriter<ArtifactDomain>`)
 //!   and [`artifact::ArtifactCache`], the component both faces call.
+//! - [`trace`] — W3C trace context across hops: read from requests,
+//!   continued by the command's span, kept in envelopes, sent on.
+//! - [`metrics`] — the actors' OpenTelemetry instruments (service, syncs,
+//!   watches, publisher, cluster leases) and their Prometheus names.
 //! - [`http`] — the node's HTTP face (axum): the artifact reverse proxy
 //!   `/u/<upstream>/…`, `/v1/artifacts?url=`, `/healthz`, `/readyz`,
 //!   `/metrics`.
@@ -81,6 +85,7 @@ pub mod cluster;
 pub mod error;
 pub mod http;
 pub mod kv;
+pub mod metrics;
 pub mod origin;
 pub mod publisher;
 pub mod registry;
@@ -89,6 +94,7 @@ pub mod revision_filter;
 pub mod schedule;
 pub mod service;
 pub mod timing;
+pub mod trace;
 pub mod watch;
 pub mod writer;
 

@@ -49,6 +49,8 @@ pub struct ClusterStart {
     js: jetstream::Context,
     applier: tokio::task::JoinHandle<()>,
     node: String,
+    applied: Applied,
+    log_stream: jetstream::stream::Stream,
 }
 
 impl ClusterStart {
@@ -99,13 +101,18 @@ impl ClusterStart {
         let (applied, applier) = start_applier(js.clone(), store.clone(), blobs.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
-        catch_up(log_stream, &applied, config.cluster.catch_up_timeout).await?;
+        catch_up(
+            log_stream.clone(),
+            &applied,
+            config.cluster.catch_up_timeout,
+        )
+        .await?;
         let appender = ClusterAppend::new(
             node.clone(),
             js.clone(),
             store.clone(),
             blobs,
-            applied,
+            applied.clone(),
             max_payload,
             APPLY_WAIT,
         );
@@ -114,6 +121,8 @@ impl ClusterStart {
             js,
             applier,
             node,
+            applied,
+            log_stream,
         })
     }
 
@@ -150,7 +159,16 @@ impl ClusterStart {
         .map_err(|e| anyhow::anyhow!("cluster: {e}"))
         .context("joining the cluster")?;
         info!(node = %self.node, "joined the cairn cluster");
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(self.applied.position()));
+        let watcher = tokio::spawn(watch_log_end(
+            self.log_stream,
+            seen.clone(),
+            config.cluster.renew_interval,
+        ));
         Ok(ClusterNode {
+            applied: self.applied,
+            seen,
+            watcher,
             routing: ClusterRouting {
                 ownership,
                 forward_timeout: config.cluster.forward_timeout,
@@ -218,6 +236,38 @@ pub struct ClusterNode {
     pub routing: ClusterRouting,
     applier: tokio::task::JoinHandle<()>,
     leave_grace: Duration,
+    applied: Applied,
+    /// The last sequence of the cluster's log the node saw.
+    seen: Arc<std::sync::atomic::AtomicU64>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// Longest wait for the log stream's state, each time it is read.
+const LOG_END_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads the last sequence of the cluster's log every `every` (each read
+/// bounded by [`LOG_END_TIMEOUT`]) into `seen`, for readiness and the
+/// applied-lag metric; runs until aborted.
+async fn watch_log_end(
+    mut stream: jetstream::stream::Stream,
+    seen: Arc<std::sync::atomic::AtomicU64>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(LOG_END_TIMEOUT, stream.info()).await {
+            Ok(Ok(info)) => {
+                seen.fetch_max(
+                    info.state.last_sequence,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "reading the log stream's end"),
+            Err(_) => tracing::debug!("reading the log stream's end timed out"),
+        }
+    }
 }
 
 impl ClusterNode {
@@ -232,9 +282,30 @@ impl ClusterNode {
         self.routing.ownership.leave().await;
     }
 
+    /// (applied position, last position seen in the cluster's log).
+    pub fn positions(&self) -> (u64, u64) {
+        (
+            self.applied.position(),
+            self.seen.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// A function answering [`ClusterNode::positions`].
+    pub fn positions_fn(&self) -> crate::health::ClusterPositions {
+        let applied = self.applied.clone();
+        let seen = self.seen.clone();
+        Arc::new(move || {
+            (
+                applied.position(),
+                seen.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
     /// Stops applying the log.
     pub fn stop(self) {
         self.applier.abort();
+        self.watcher.abort();
     }
 }
 

@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "kv",
     "http",
     "artifact",
+    "telemetry",
 ];
 
 /// The whole node configuration.
@@ -67,6 +68,8 @@ pub struct NodeConfig {
     pub http: HttpSection,
     /// The HTTP artifact cache.
     pub artifact: ArtifactSection,
+    /// Metrics and traces export.
+    pub telemetry: TelemetrySection,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +88,51 @@ impl Default for NodeConfig {
             cluster: ClusterSection::default(),
             http: HttpSection::default(),
             artifact: ArtifactSection::default(),
+            telemetry: TelemetrySection::default(),
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry export. Metrics are always served as
+/// Prometheus text on the HTTP listener's `/metrics`; OTLP export (traces
+/// and metrics, HTTP/protobuf) is on when an endpoint is set. The standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`
+/// and `OTEL_TRACES_SAMPLER_ARG` variables win over these keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// Base URL of an OTLP/HTTP receiver (`/v1/traces` and `/v1/metrics`
+    /// are appended), e.g. `http://127.0.0.1:4318`. Default: empty (no
+    /// OTLP export).
+    pub otlp_endpoint: String,
+    /// `service.name` of what is exported. Default: `cairn`.
+    pub service_name: String,
+    /// Share of root traces sampled, 0.0 to 1.0 (a request that carries a
+    /// `traceparent` follows its caller's decision). Default: 1.0.
+    pub traces_sampler_ratio: f64,
+    /// Spans waiting for export at most; more are dropped and counted
+    /// (`cairn_telemetry_spans_dropped_total`). Default: 2048.
+    pub export_queue_max_spans: usize,
+    /// Spans per export request at most. Default: 512.
+    pub export_batch_max_spans: usize,
+    /// Longest an export request may take. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+    /// How often metrics are pushed over OTLP. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "cairn".to_owned(),
+            traces_sampler_ratio: 1.0,
+            export_queue_max_spans: 2048,
+            export_batch_max_spans: 512,
+            export_timeout: Duration::from_secs(5),
+            metrics_interval: Duration::from_secs(10),
         }
     }
 }
@@ -805,6 +853,42 @@ impl NodeConfig {
                 "must be more than 0s with kv.durability = \"batched\"".into(),
             );
         }
+        if !(0.0..=1.0).contains(&self.telemetry.traces_sampler_ratio) {
+            return bad(
+                "telemetry.traces-sampler-ratio",
+                format!(
+                    "must be between 0.0 and 1.0, got {}",
+                    self.telemetry.traces_sampler_ratio
+                ),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.telemetry.export_queue_max_spans) {
+            return bad(
+                "telemetry.export-queue-max-spans",
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if self.telemetry.export_batch_max_spans == 0
+            || self.telemetry.export_batch_max_spans > self.telemetry.export_queue_max_spans
+        {
+            return bad(
+                "telemetry.export-batch-max-spans",
+                "must be between 1 and telemetry.export-queue-max-spans".into(),
+            );
+        }
+        if self.telemetry.export_timeout.is_zero() {
+            return bad("telemetry.export-timeout", "must be more than 0s".into());
+        }
+        if self.telemetry.metrics_interval.is_zero() {
+            return bad("telemetry.metrics-interval", "must be more than 0s".into());
+        }
+        let endpoint = &self.telemetry.otlp_endpoint;
+        if !endpoint.is_empty() && url::Url::parse(endpoint).is_err() {
+            return bad(
+                "telemetry.otlp-endpoint",
+                format!("{endpoint:?} is not a URL like http://127.0.0.1:4318"),
+            );
+        }
         if self.kv.origin_timeout.is_zero() {
             return bad("kv.origin-timeout", "must be more than 0s".into());
         }
@@ -1227,6 +1311,61 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.ends_with("missing.toml does not exist"), "{err}");
+    }
+
+    /// A change to the telemetry section and the error it must cause.
+    type TelemetryCase = (fn(&mut TelemetrySection), &'static str);
+
+    #[test]
+    fn telemetry_keys_are_validated_naming_the_key() {
+        let cases: [TelemetryCase; 5] = [
+            (
+                |t| t.traces_sampler_ratio = 1.5,
+                "configuration: telemetry.traces-sampler-ratio: must be between 0.0 and 1.0, got 1.5",
+            ),
+            (
+                |t| t.export_queue_max_spans = 0,
+                "configuration: telemetry.export-queue-max-spans: must be between 1 and 1000000",
+            ),
+            (
+                |t| t.export_batch_max_spans = 4096,
+                "configuration: telemetry.export-batch-max-spans: must be between 1 and telemetry.export-queue-max-spans",
+            ),
+            (
+                |t| t.export_timeout = Duration::ZERO,
+                "configuration: telemetry.export-timeout: must be more than 0s",
+            ),
+            (
+                |t| t.otlp_endpoint = "not a url".into(),
+                "configuration: telemetry.otlp-endpoint: \"not a url\" is not a URL like http://127.0.0.1:4318",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut c = NodeConfig::default();
+            change(&mut c.telemetry);
+            assert_eq!(c.validate().unwrap_err().to_string(), expected);
+        }
+        let mut c = NodeConfig::default();
+        c.telemetry.otlp_endpoint = "http://127.0.0.1:4318".into();
+        c.validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[telemetry]\notlp-endpoint = \"http://c:4318\"\nexport-timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let parsed = NodeConfig::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(parsed.telemetry.otlp_endpoint, "http://c:4318");
+        assert_eq!(parsed.telemetry.export_timeout, Duration::from_secs(2));
+        std::fs::write(&file, "[telemetry]\nendpoint = \"x\"\n").unwrap();
+        let err = NodeConfig::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("configuration: telemetry.endpoint: unknown field"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,11 +20,18 @@
 //!   port (the artifact tests' real origin, the artifact benchmark's origin
 //!   and peer), killed when dropped.
 //! - [`node`] — starting and gracefully stopping a node.
+//! - [`health`] — the readiness checks `/readyz` answers.
 //! - [`log_cmd`] — `cairn log` — over NATS or straight from a data directory.
 //! - [`views_cmd`] — `cairn views rebuild`.
 //! - [`watch_cmd`] — `cairn watch`: a watch streamed to the terminal.
+//! - [`top`] — `cairn top`: a live view of nodes from their `/metrics`.
 //! - [`bench`] — `cairn bench …`, each against its raw baseline in the same run.
-//! - [`telemetry`] — tracing subscriber set-up.
+//! - [`telemetry`] — tracing subscriber set-up, the OTLP exporters' settings
+//!   and HTTP client.
+//! - [`traces`] — the trace pipeline (OTLP export, bounded queue, dropped
+//!   spans counted, sampler from `OTEL_TRACES_SAMPLER*`).
+//! - [`metrics`] — the node's one metrics registry (Prometheus text and OTLP)
+//!   and the observable instruments reading the running node.
 //! - [`memory`] — handing memory freed by large syncs back to the system.
 
 pub mod bench;
@@ -32,12 +39,16 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod health;
 pub mod local_nats;
 pub mod log_cmd;
 pub mod memory;
+pub mod metrics;
 pub mod nats_servers;
 pub mod nginx;
 pub mod node;
 pub mod telemetry;
+pub mod top;
+pub mod traces;
 pub mod views_cmd;
 pub mod watch_cmd;

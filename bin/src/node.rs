@@ -13,7 +13,7 @@ use actix::{Actor, Addr};
 use anyhow::Context as _;
 use cairn_actors::{
     artifact::ArtifactCache,
-    http::HttpServer,
+    http::{HttpServer, Operations},
     origin::GitCache,
     publisher::{self, Publisher, PublisherConfig},
     registry::Registry,
@@ -137,6 +137,17 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Node> {
         cairn_actors::origin::set_network_timeout(config.git.timeout)?;
+        let otlp = crate::telemetry::otlp_endpoint(&config.telemetry);
+        let metrics = crate::metrics::install(&config.telemetry, otlp.as_deref());
+        // W3C trace context in and out, whether or not spans are exported.
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        if let Some(endpoint) = &otlp {
+            crate::traces::install(&config.telemetry, endpoint)
+                .context("telemetry: starting the OTLP trace export")?;
+            info!(endpoint = %endpoint, "exporting traces and metrics over OTLP");
+        }
         let store = open_store(&config).await?;
         let mut local_nats = None;
         let urls = if config.nats.urls.is_empty() {
@@ -235,8 +246,16 @@ impl Node {
             None
         } else {
             let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+            let operations = Operations {
+                metrics: Arc::new(move || metrics.render()),
+                readiness: Arc::new(crate::health::checks(
+                    store.clone(),
+                    client.clone(),
+                    cluster.as_ref().map(|c| c.positions_fn()),
+                )),
+            };
             Some(
-                HttpServer::start(listen, artifacts.clone())
+                HttpServer::start(listen, artifacts.clone(), operations)
                     .await
                     .with_context(|| format!("http.listen: binding {listen}"))?,
             )
@@ -250,6 +269,19 @@ impl Node {
         )
         .await
         .map_err(|e| anyhow::anyhow!("registering the cairn service: {e}"))?;
+        crate::metrics::attach(crate::metrics::NodeSources {
+            store: store.clone(),
+            artifacts: artifacts.clone(),
+            kv: service.kv().cloned(),
+            watch: service.watch_hub().clone(),
+            owned_streams: cluster.as_ref().map(|c| {
+                let view = c.routing.ownership.view().clone();
+                Arc::new(move || view.held().values().filter(|h| !h.lost).count() as u64)
+                    as Arc<dyn Fn() -> u64 + Send + Sync>
+            }),
+            cluster_positions: cluster.as_ref().map(|c| c.positions_fn()),
+            sync_slots: slots.clone(),
+        });
         let origin = if local_nats.is_some() {
             "local nats-server"
         } else {
@@ -328,6 +360,7 @@ impl Node {
     /// Stops gracefully (see the module docs).
     pub async fn shutdown(mut self) {
         info!("shutting down");
+        crate::metrics::detach();
         if let Some(cluster) = &self.cluster {
             // Streams handed over first (each writer finishes what it runs,
             // its lease is deleted): the others take them at once, and this
@@ -355,6 +388,11 @@ impl Node {
         }
         if let Some(mut server) = self.local_nats.take() {
             let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+        }
+        // What is left of the traces and metrics goes out (each bounded by
+        // telemetry.export-timeout).
+        if let Some(traces) = crate::traces::installed() {
+            let _ = tokio::task::spawn_blocking(|| traces.flush()).await;
         }
         if let Err(e) = self.store.sync_wal() {
             warn!(error = %e, "syncing the store");

@@ -33,6 +33,8 @@
 //!   (its own `# Layout` names its modules: configuration, shared state,
 //!   the handle, writer commands, scans, opening, reads, the writer
 //!   thread, blobs, compaction).
+//! - [`metrics`] — the store's OpenTelemetry instruments (append latency,
+//!   group-commit size); the row cache's counters are [`Store::row_cache_stats`].
 //! - [`sample`] — sample events ([`sample::marker`]) for benchmarks and tests.
 //! - `conformance` (feature `testsuite`, and this crate's tests) — the
 //!   conformance suites every [`EventLog`] / [`ReplicatedLog`] and every
@@ -84,6 +86,7 @@ pub mod digest;
 pub mod error;
 pub mod keys;
 pub mod log;
+pub mod metrics;
 pub mod read;
 pub mod sample;
 pub mod store;
@@ -99,6 +102,8 @@ pub use digest::Digest;
 pub use error::StorageError;
 pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
 pub use read::{ViewRead, ViewReadExt};
-pub use store::{MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot};
+pub use store::{
+    CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot,
+};
 pub use version::ExpectedVersion;
 pub use view::{View, ViewTx};

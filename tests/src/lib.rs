@@ -33,6 +33,11 @@
 //!   [`process::is_running`],
 //!   [`Cli`] (the `cairn` CLI with a timeout; [`cairn_cli!`] names the
 //!   binary), [`ClosedPort`], line readers with deadlines.
+//! - [`otlp`] — [`otlp::OtlpReceiver`], a real OTLP/HTTP receiver on loopback
+//!   decoding exported spans (`opentelemetry-proto` types), and
+//!   [`otlp::Blackhole`], a port that never answers.
+//! - [`telemetry`] — [`telemetry::Metrics`], a node's `/metrics` scraped and
+//!   parsed (Prometheus text format), looked up exactly by name and labels.
 //! - [`store`] — [`TempStore`] and sample [`events`].
 //! - [`paths`] — [`shared_dir`], the workspace's `../shared` directory (a
 //!   leaf module, so `git` does not import the crate root that declares it).
@@ -48,9 +53,11 @@ pub mod jetstream;
 pub mod nats;
 pub mod node;
 pub mod origin;
+pub mod otlp;
 pub mod paths;
 pub mod process;
 pub mod store;
+pub mod telemetry;
 pub mod wait;
 
 pub use cairn::nginx::Nginx;

@@ -761,15 +761,22 @@ impl ArtifactCache {
         } else {
             &self.fetch_client
         };
+        // One `artifact.origin` span per origin request (revalidations
+        // included); the origin gets its trace context.
+        let span = tracing::info_span!("artifact.origin", method = %parts.method, proxy);
+        let mut headers = rules::forwardable(&parts.headers);
+        span.in_scope(|| crate::trace::inject_http(&mut headers));
         let mut builder = client
             .request(parts.method.clone(), url.clone())
-            .headers(rules::forwardable(&parts.headers));
+            .headers(headers);
         if let Some(body) = body {
             builder = builder.body(body);
         }
         bump(&self.stats.origin_requests, 1);
         let timeout = self.config.origin_timeout;
-        match tokio::time::timeout(timeout, builder.send()).await {
+        let sent =
+            tracing::Instrument::instrument(tokio::time::timeout(timeout, builder.send()), span);
+        match sent.await {
             Err(_) => Err(ArtifactError::OriginTimeout {
                 url: url.to_string(),
                 after: timeout,

@@ -603,12 +603,14 @@ impl Loop {
         for (stream, renewed) in futures::future::join_all(renewals).await {
             match renewed {
                 Ok(revision) => {
+                    crate::metrics::with(|m| m.lease_renewals.add(1, &[]));
                     if let Some(h) = self.view.held.write().expect("held lock").get_mut(&stream) {
                         h.revision = revision;
                     }
                 }
                 Err(e) => {
                     warn!(stream = %stream, error = %e, "lease lost; stepping down");
+                    crate::metrics::with(|m| m.lease_losses.add(1, &[]));
                     if let Some(h) = self.view.held.write().expect("held lock").get_mut(&stream) {
                         h.lost = true;
                     }

@@ -119,11 +119,16 @@ pub async fn call(
 ) -> Result<Answer, ServiceError> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Content-Type", "application/json");
+    // A `kv.call` span (compute or origin); the callee gets its context.
+    let span = tracing::info_span!("kv.call", callee = what);
+    span.in_scope(|| crate::trace::inject_nats(&mut headers));
     let request = async_nats::Request::new()
         .payload(body.into())
         .headers(headers)
         .timeout(Some(timeout));
-    let reply = match client.send_request(subject.to_owned(), request).await {
+    let sent =
+        tracing::Instrument::instrument(client.send_request(subject.to_owned(), request), span);
+    let reply = match sent.await {
         Ok(reply) => reply,
         Err(e) => {
             use async_nats::client::RequestErrorKind;

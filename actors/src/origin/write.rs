@@ -421,6 +421,7 @@ pub fn push_changes(
     credentials: Option<&Credentials>,
     changes: &[RefChange],
 ) -> Result<(), OriginError> {
+    let _span = tracing::info_span!("git.push", refs = changes.len()).entered();
     let mut scratch = Vec::new();
     let mut refspecs = Vec::new();
     for (i, change) in changes.iter().enumerate() {

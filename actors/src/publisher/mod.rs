@@ -76,7 +76,7 @@ use cairn_events::{envelope, subject, v1::Envelope, StreamId};
 use cairn_storage::{keys::meta, EventLog, Store};
 use futures::{future::BoxFuture, stream::FuturesUnordered, FutureExt as _, StreamExt};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 pub use error::PublishError;
 pub use messages::{Flush, GetStatus, PublisherStatus, Stop};
@@ -301,6 +301,7 @@ impl PublishTask {
             match self.session().await {
                 SessionEnd::Stopped => break,
                 SessionEnd::Failed(why) => {
+                    crate::metrics::with(|m| m.publisher_retries.add(1, &[]));
                     warn!(error = %why, cursor = *self.cursor.borrow(), "publishing interrupted; resuming from the cursor");
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.retry_delay) => {}
@@ -378,6 +379,7 @@ impl PublishTask {
                     resumed, "the stream holds events past the cursor; resuming after them"
                 );
                 self.cursor.send_replace(resumed);
+                crate::metrics::published(resumed);
             } else {
                 warn!(cursor, stream_seq = seq, event_id = %id,
                     "the stream ends with an event this log does not hold at that seq; publishing from the cursor");
@@ -446,11 +448,28 @@ impl PublishTask {
                     .header("Content-Type", "application/protobuf")
                     .header("Cairn-Seq", seq.to_string().as_str())
                     .header("Cairn-Stream", env.stream.as_str());
-                if let Some(trace) = env.trace.as_ref().filter(|t| !t.traceparent.is_empty()) {
-                    publish = publish.header("traceparent", trace.traceparent.as_str());
+                // One `publish` span per event, a child of the span that
+                // recorded it (the command's); its context goes on in the
+                // message (the recorded one when no pipeline is installed).
+                let span = tracing::info_span!(
+                    parent: None,
+                    "publish",
+                    seq,
+                    stream = %env.stream,
+                );
+                crate::trace::continue_recorded(&span, env.trace.as_ref());
+                let sent_trace = crate::trace::of(&span)
+                    .or_else(|| env.trace.clone().filter(|t| !t.traceparent.is_empty()));
+                for (name, value) in crate::trace::fields(sent_trace.as_ref()) {
+                    publish = publish.header(name, value.as_str());
                 }
                 let publish = publish.payload(envelope::encode(&env).into());
-                match self.js.send_publish(subject, publish).await {
+                match self
+                    .js
+                    .send_publish(subject, publish)
+                    .instrument(span)
+                    .await
+                {
                     Ok(ack) => {
                         window.sent(seq);
                         acks.push(await_ack(seq, ack));
@@ -481,6 +500,7 @@ impl PublishTask {
                     }
                     if let Some(cursor) = window.acked(seq) {
                         self.cursor.send_replace(cursor);
+                        crate::metrics::published(cursor);
                     }
                 }
                 Step::Ack(seq, Err(e)) => {
@@ -510,6 +530,7 @@ impl PublishTask {
                 if result.is_ok() {
                     if let Some(cursor) = window.acked(seq) {
                         self.cursor.send_replace(cursor);
+                        crate::metrics::published(cursor);
                     }
                 }
             }

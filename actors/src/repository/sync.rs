@@ -38,7 +38,7 @@ use cairn_events::{
     v1::{event::Payload, Event, SyncFailed, SyncStarted},
 };
 use cairn_storage::{views::RepositoriesView, AsyncAppend};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 use super::{
     component::{Changes, RepositoryComponent},
@@ -100,7 +100,10 @@ pub(super) async fn sync_once(
             // no longer describe the views (some chunks may commit): the
             // next sync after a failure reads in full.
             session.state_mut().last_refs = None;
-            reconcile_in_chunks(session, *reconciliation, started).await?
+            let store_span = tracing::info_span!("sync.store");
+            reconcile_in_chunks(session, *reconciliation, started)
+                .instrument(store_span)
+                .await?
         }
         Err(e) => Err(e),
     };
@@ -123,6 +126,14 @@ pub(super) async fn sync_once(
             if changes.added + changes.modified + changes.deleted > 0 {
                 (env.release_memory)();
             }
+            crate::metrics::sync(
+                Ok((
+                    u64::from(changes.added),
+                    u64::from(changes.modified),
+                    u64::from(changes.deleted),
+                )),
+                started.elapsed().as_secs_f64(),
+            );
             info!(repo = %key, added = changes.added, modified = changes.modified, deleted = changes.deleted,
                 duration_ms = started.elapsed().as_millis() as u64, "sync finished");
             Ok(SyncReport {
@@ -138,6 +149,7 @@ pub(super) async fn sync_once(
             // upstream one.
             let class = e.sync_class();
             warn!(repo = %key, class, error = %e, "sync failed");
+            crate::metrics::sync(Err(class), started.elapsed().as_secs_f64());
             let retry_at = decide_next(next.as_ref(), Some(class)).await;
             let message = e.to_string();
             // Answered now, so the event records the very answer.

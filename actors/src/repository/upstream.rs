@@ -318,9 +318,10 @@ pub fn read_upstream(
     let git = spec.git.clone().unwrap_or_default();
     let credentials = env.secrets.resolve(&git.secret_ref)?;
     let started = Instant::now();
-    let mut outcome = env
-        .fetches
-        .fetch(&git.url, credentials.as_ref(), asked_at)?;
+    let fetch_span = tracing::info_span!("sync.fetch");
+    let mut outcome =
+        fetch_span.in_scope(|| env.fetches.fetch(&git.url, credentials.as_ref(), asked_at))?;
+    drop(fetch_span);
     let fetched = started.elapsed();
     if !known.digest.is_empty() && refs_digest(&outcome.digest) == known.digest {
         debug!(url = %git.url, fetch_ms = fetched.as_millis(), "upstream unchanged");
@@ -328,6 +329,10 @@ pub fn read_upstream(
     }
     let mirror = env.fetches.cache().mirror_path(&git.url);
     env.discoveries.fetch_add(1, Ordering::Relaxed);
+    // The discovery phase: the rest of this function (refs read, recorded
+    // when known).
+    let discovery_span = tracing::info_span!("sync.discovery", refs_read = tracing::field::Empty);
+    let _discovery = discovery_span.enter();
     let mut scope = match &known.refs {
         Some(old) if !known.digest.is_empty() => {
             changed_packages(old, &outcome.raw, &git.branch).map(Scope::Packages)
@@ -363,6 +368,8 @@ pub fn read_upstream(
     }
     env.refs_read
         .fetch_add(discovery.refs_read() as u64, Ordering::Relaxed);
+    discovery_span.record("refs_read", discovery.refs_read() as u64);
+    crate::metrics::with(|m| m.sync_refs_read.add(discovery.refs_read() as u64, &[]));
     let commit = discovery
         .branch_commit()
         .ok_or_else(|| OriginError::BranchMissing {

@@ -177,6 +177,8 @@ pub async fn forward(
         );
     }
     headers.insert(FORWARDED_HEADER, routing.ownership.view().node());
+    // The owner's spans continue this node's command span.
+    crate::trace::inject_nats(&mut headers);
     loop {
         let outgoing = async_nats::Request::new()
             .payload(request.message.payload.clone())

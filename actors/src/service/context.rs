@@ -153,9 +153,13 @@ pub fn metadata(request: &Incoming, principal: Option<String>) -> cairn_events::
             .map(|v| v.as_str().to_owned())
             .filter(|v| !v.is_empty() && v.len() <= 512 && !v.chars().any(char::is_control))
     };
-    let trace = header("traceparent").map(|traceparent| cairn_events::v1::TraceContext {
-        traceparent,
-        tracestate: header("tracestate").unwrap_or_default(),
+    // The command's own span when a pipeline gives it a context (a child
+    // of the request's), else the request's context as it came.
+    let trace = crate::trace::current().or_else(|| {
+        header("traceparent").map(|traceparent| cairn_events::v1::TraceContext {
+            traceparent,
+            tracestate: header("tracestate").unwrap_or_default(),
+        })
     });
     let principal = principal
         .filter(|p| !p.is_empty() && p.len() <= 256 && !p.chars().any(char::is_control))

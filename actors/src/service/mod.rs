@@ -560,7 +560,9 @@ where
                     RequestLimit::Config => context.config.request_max_bytes,
                     RequestLimit::MaxPayload => usize::MAX,
                 };
+                let started = std::time::Instant::now();
                 let span = command_span(name);
+                crate::trace::continue_nats(&span, request.message.headers.as_ref());
                 let mut extra = Vec::new();
                 // Sent on by another node: run here or refuse, never again
                 // forwarded.
@@ -590,6 +592,15 @@ where
                             let result = match (&waited, routed) {
                                 (Err(e), _) => Err(e.clone()),
                                 (Ok(()), Some(Ok((headers, body)))) => {
+                                    let code = headers
+                                        .get("Nats-Service-Error-Code")
+                                        .and_then(|c| c.as_str().parse::<u16>().ok())
+                                        .unwrap_or(200);
+                                    crate::metrics::request(
+                                        name,
+                                        code,
+                                        started.elapsed().as_secs_f64(),
+                                    );
                                     cluster::relay(&request, headers, body).await;
                                     drop(permit);
                                     return;
@@ -644,7 +655,9 @@ where
                 if let Some(node) = cluster::node_header(&context) {
                     extra.push(node);
                 }
+                let code = result.as_ref().map_or_else(|e| e.code, |_| 200);
                 codec::respond(&request, format, result, &extra).await;
+                crate::metrics::request(name, code, started.elapsed().as_secs_f64());
                 drop(permit);
             });
         }

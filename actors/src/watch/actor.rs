@@ -162,6 +162,41 @@ impl Watcher {
         );
     }
 
+    /// [`Self::send`] for an event: the delivery carries the trace context
+    /// the event was recorded with (`traceparent`, `tracestate`).
+    fn send_event(
+        &mut self,
+        line: Vec<u8>,
+        trace: Option<&cairn_events::v1::TraceContext>,
+        ctx: &mut Context<Self>,
+    ) {
+        let fields = crate::trace::fields(trace);
+        if fields.is_empty() {
+            return self.send(line, false, ctx);
+        }
+        self.sent_since_tick = true;
+        let client = self.client.clone();
+        let subject = self.subject.clone();
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in fields {
+            headers.insert(name, value.as_str());
+        }
+        ctx.wait(
+            async move {
+                client
+                    .publish_with_headers(subject, headers, line.into())
+                    .await
+            }
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                if let Err(e) = result {
+                    warn!(watch = %act.id, error = %e, "cannot deliver a watch event; stopping");
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.heartbeat_in_flight {
             return;
@@ -391,18 +426,21 @@ impl StreamHandler<Input> for Watcher {
             }
             Input::Replayed(envelope) => {
                 if let Some(line) = self.component.event(&envelope) {
-                    self.send(line, false, ctx);
+                    crate::metrics::with(|m| m.watch_delivered.add(1, &[]));
+                    self.send_event(line, envelope.trace.as_ref(), ctx);
                 }
             }
             Input::Live => self.live = true,
             Input::Queued(envelope) => {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
                 if let Some(line) = self.component.event(&envelope) {
-                    self.send(line, false, ctx);
+                    crate::metrics::with(|m| m.watch_delivered.add(1, &[]));
+                    self.send_event(line, envelope.trace.as_ref(), ctx);
                 }
             }
             Input::Overflowed => {
                 info!(watch = %self.id, cursor = self.component.cursor(), "watch fell behind its queue; told to relist");
+                crate::metrics::with(|m| m.watch_relists.add(1, &[]));
                 self.send(WatcherComponent::relist(), true, ctx);
             }
             Input::Closed => ctx.stop(),

@@ -242,15 +242,25 @@ impl<D: StreamDomain> Session<D> {
         }
         let stream = D::stream(&self.state).clone();
         let expected = D::version(&self.state);
-        let appended = store
-            .append_chunks_with(
+        // The append's span (queue wait and group commit: the writer
+        // thread's work until the append is durable).
+        let span = tracing::info_span!(
+            "append",
+            stream = %stream,
+            chunks = chunks.len(),
+            events = chunks.iter().map(Vec::len).sum::<usize>(),
+        );
+        let appended = tracing::Instrument::instrument(
+            store.append_chunks_with(
                 &stream,
                 expected,
                 chunks,
                 self.metadata.clone(),
                 D::durability(&self.env),
-            )
-            .await;
+            ),
+            span,
+        )
+        .await;
         let mut committed = Vec::with_capacity(states.len());
         for (appended, folded) in appended.into_iter().zip(states) {
             let appended = appended?;

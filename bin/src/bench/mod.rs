@@ -55,6 +55,8 @@
 //! - [`cluster`] — `cluster-append`, `failover`, `catch-up`,
 //!   `cluster-read`: a three-server NATS cluster and cairn nodes as child
 //!   processes.
+//! - [`telemetry`] — `telemetry`: `list` and `append` with trace export
+//!   on (to an OTLP receiver it starts) vs off, in alternating rounds.
 
 pub mod approve;
 pub mod artifact;
@@ -63,6 +65,7 @@ pub mod cluster;
 pub mod gc;
 pub mod gen;
 pub mod kv;
+pub mod telemetry;
 pub mod watch;
 
 pub use gc::{GcFigures, GcOptions};

@@ -145,6 +145,10 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// A live view of nodes from their /metrics (requests/s by endpoint,
+    /// cache hit ratios, sync queue, publish lag, watchers), refreshed in
+    /// place until interrupted.
+    Top(TopArgs),
     /// Benchmarks, each against its raw baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -177,6 +181,23 @@ struct NodeArgs {
     /// Log level filter (RUST_LOG wins).
     #[arg(long)]
     log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    /// Base URL of a node's HTTP listener (http.listen); repeat for each
+    /// node of a cluster.
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    urls: Vec<String>,
+    /// Time between two views (the window of the rates), 100ms to 1h.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// Print one view (rates over one interval) and exit.
+    #[arg(long)]
+    once: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: crate::top::TopOutput,
 }
 
 #[derive(Debug, Args)]
@@ -421,6 +442,22 @@ enum BenchCommand {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
+    /// list and append latency with trace export on (to an OTLP receiver
+    /// the benchmark starts, every trace sampled) vs off, in one run.
+    Telemetry {
+        /// Package revisions in the generated repository (list).
+        #[arg(long, default_value_t = 1000)]
+        revisions: u64,
+        /// Timed listings (pages of 100) per round and side.
+        #[arg(long, default_value_t = 300)]
+        lists: usize,
+        /// Timed durable kv.set commands per round and side.
+        #[arg(long, default_value_t = 300)]
+        appends: usize,
+        /// Rounds, each off then on.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
     Watch {
         /// Timed events (and raw messages).
@@ -584,6 +621,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let status = c.call(&endpoint, &serde_json::json!({}))?;
             print_cluster_status(&mut stdout, output, &status)
+        }
+        Command::Top(args) => {
+            telemetry::init(CLIENT_LOG, false);
+            crate::top::run(
+                crate::top::TopOptions {
+                    urls: args.urls,
+                    interval: args.interval,
+                    once: args.once,
+                    output: args.output,
+                },
+                &mut stdout,
+            )
         }
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut stdout);
@@ -752,6 +801,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         revisions,
                         concurrency,
                         duration,
+                    },
+                    &mut stdout,
+                )
+                .map(|_| ()),
+                BenchCommand::Telemetry {
+                    revisions,
+                    lists,
+                    appends,
+                    rounds,
+                } => bench::telemetry::telemetry(
+                    &bench::telemetry::TelemetryOptions {
+                        revisions,
+                        lists,
+                        appends,
+                        rounds,
                     },
                     &mut stdout,
                 )

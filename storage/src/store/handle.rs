@@ -115,6 +115,20 @@ impl Store {
         }
     }
 
+    /// Counters of the view row cache, by view name (views never read
+    /// are absent; empty when `store.view-cache-entries` is 0).
+    pub fn row_cache_stats(&self) -> Vec<(String, super::inner::CacheCounters)> {
+        match &self.inner().cache {
+            Some(cache) => cache
+                .lock()
+                .counters
+                .iter()
+                .map(|(view, c)| (view.clone(), *c))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// RocksDB's own estimate of the memory it holds, summed over all
     /// column families.
     pub fn memory_usage(&self) -> MemoryUsage {

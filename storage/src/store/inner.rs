@@ -23,8 +23,89 @@ pub(super) struct Compacted {
     pub(super) prefixes: Vec<String>,
 }
 
-/// Read cache of view rows: (view, key) → (committed seq when read, row).
-pub(super) type RowCache = lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>;
+/// Read cache of view rows: (view, key) → (committed seq when read, row),
+/// with its counters per view.
+/// A cached row: (view, key) → (committed seq when read, row).
+type CachedRows = lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>;
+
+pub(super) struct RowCache {
+    pub(super) rows: CachedRows,
+    /// Counters by view name (a fixed set: the store's views).
+    pub(super) counters: std::collections::BTreeMap<String, CacheCounters>,
+}
+
+/// Counters of the view row cache for one view (see
+/// [`super::Store::row_cache_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounters {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that went to RocksDB (absent, or older than the last commit).
+    pub misses: u64,
+    /// Rows pushed out by newer ones (the cache holds
+    /// `store.view-cache-entries`).
+    pub evictions: u64,
+    /// Rows held now.
+    pub entries: u64,
+    /// Bytes of their keys and values held now.
+    pub bytes: u64,
+}
+
+impl RowCache {
+    pub(super) fn new(capacity: std::num::NonZeroUsize) -> Self {
+        Self {
+            rows: lru::LruCache::new(capacity),
+            counters: Default::default(),
+        }
+    }
+
+    fn counters(&mut self, view: &str) -> &mut CacheCounters {
+        if !self.counters.contains_key(view) {
+            self.counters
+                .insert(view.to_owned(), CacheCounters::default());
+        }
+        self.counters.get_mut(view).expect("inserted above")
+    }
+
+    fn size(key: &(String, Vec<u8>), row: &Option<Vec<u8>>) -> u64 {
+        (key.1.len() + row.as_ref().map_or(0, Vec::len)) as u64
+    }
+
+    /// The row of `key` if it was read at committed sequence `seq`
+    /// (counted as a hit, or a miss).
+    pub(super) fn get(&mut self, key: &(String, Vec<u8>), seq: u64) -> Option<Option<Vec<u8>>> {
+        let found = match self.rows.get(key) {
+            Some((at, row)) if *at == seq => Some(row.clone()),
+            _ => None,
+        };
+        let counters = self.counters(&key.0);
+        match found {
+            Some(_) => counters.hits += 1,
+            None => counters.misses += 1,
+        }
+        found
+    }
+
+    /// Keeps `row`, read at `seq`.
+    pub(super) fn put(&mut self, key: (String, Vec<u8>), seq: u64, row: Option<Vec<u8>>) {
+        let size = Self::size(&key, &row);
+        let view = key.0.clone();
+        let pushed_out = self.rows.push(key.clone(), (seq, row));
+        if let Some((old_key, (_, old_row))) = pushed_out {
+            let old_size = Self::size(&old_key, &old_row);
+            let replaced = old_key == key;
+            let old = self.counters(&old_key.0);
+            old.entries = old.entries.saturating_sub(1);
+            old.bytes = old.bytes.saturating_sub(old_size);
+            if !replaced {
+                old.evictions += 1;
+            }
+        }
+        let new = self.counters(&view);
+        new.entries += 1;
+        new.bytes += size;
+    }
+}
 
 /// The database, the views and what readers share with the writer.
 pub(super) struct Inner {

@@ -56,6 +56,7 @@ pub use blobs::{GC_DELETE_BATCH_BLOBS, STREAM_CHUNK_BYTES};
 pub use command::{RebuildProgress, RebuildStats};
 pub use config::StoreConfig;
 pub use handle::{MemoryUsage, Store, WriterStats};
+pub use inner::CacheCounters;
 pub use open::{BLOCK_CACHE_BYTES, LAYOUT_VERSION, MEMTABLES_MAX_BYTES};
 pub use read::{StoreSnapshot, ViewDump};
 pub use writer::METADATA_MAX_BYTES;
@@ -73,7 +74,7 @@ use crate::{columns::view_column, StorageError, View};
 
 use self::{
     handle::Shared,
-    inner::{Compacted, Inner},
+    inner::{Compacted, Inner, RowCache},
     open::open_db,
     writer::Writer,
 };
@@ -95,7 +96,7 @@ impl Store {
         blobs::sweep_temp_files(&config)?;
         let (committed, _) = watch::channel(0);
         let cache = std::num::NonZeroUsize::new(config.view_cache_entries)
-            .map(|n| Mutex::new(lru::LruCache::new(n)));
+            .map(|n| Mutex::new(RowCache::new(n)));
         let inner = Arc::new(Inner {
             db,
             config,

@@ -39,15 +39,13 @@ impl Store {
         let seq = *inner.committed.borrow();
         let cache_key = (view.to_owned(), key.to_vec());
         if let Some(cache) = &inner.cache {
-            if let Some((at, row)) = cache.lock().get(&cache_key) {
-                if *at == seq {
-                    return Ok(row.clone());
-                }
+            if let Some(row) = cache.lock().get(&cache_key, seq) {
+                return Ok(row);
             }
         }
         let row = inner.db.get_cf(cf, key)?;
         if let Some(cache) = &inner.cache {
-            cache.lock().put(cache_key, (seq, row.clone()));
+            cache.lock().put(cache_key, seq, row.clone());
         }
         Ok(row)
     }

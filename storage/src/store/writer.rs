@@ -138,12 +138,18 @@ impl Store {
         metadata: Metadata,
     ) -> Result<Appended, StorageError> {
         let request = self.request(stream, expected, events, metadata)?;
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Command::Append(request, reply))
             .await
             .map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?
+        let appended = rx.await.map_err(|_| StorageError::Closed)?;
+        crate::metrics::with(|m| {
+            m.append_duration
+                .record(started.elapsed().as_secs_f64(), &[])
+        });
+        appended
     }
 
     /// Appends `chunks` to `stream` in order, as if each went through
@@ -196,6 +202,7 @@ impl Store {
         appends: Vec<(Vec<Event>, Metadata)>,
         durability: crate::Durability,
     ) -> Vec<Result<Appended, StorageError>> {
+        let started = std::time::Instant::now();
         let mut replies = Vec::with_capacity(appends.len());
         for (events, metadata) in appends {
             let len = events.len() as u64;
@@ -229,6 +236,12 @@ impl Store {
                 Err(e) => Err(e),
             };
             let failed = result.is_err();
+            if !failed {
+                crate::metrics::with(|m| {
+                    m.append_duration
+                        .record(started.elapsed().as_secs_f64(), &[])
+                });
+            }
             out.push(result);
             if failed {
                 break;
@@ -642,6 +655,7 @@ impl Writer {
             }
             let committed = outcomes.iter().filter(|(_, o)| o.is_ok()).count() as u64;
             inner.appends.fetch_add(committed, Ordering::Relaxed);
+            crate::metrics::with(|m| m.group_commit_appends.record(committed, &[]));
         }
         for (reply, outcome) in outcomes {
             let _ = reply.send(outcome);
