@@ -812,10 +812,10 @@ async fn read_log(
         };
         count += 1;
         bytes += message.payload.len() as u64;
-        let position = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .stream_sequence;
+        let (position, pending) = {
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            (info.stream_sequence, info.pending)
+        };
         let fence = message
             .headers
             .as_ref()
@@ -824,7 +824,9 @@ async fn read_log(
         if decode && !fence {
             commits.push(decode_commit(&message.payload)?);
         }
-        if position >= last {
+        // The end of the log, or of the subject asked for (nothing more of
+        // it pending).
+        if position >= last || (decode && pending == 0) {
             break;
         }
     }
