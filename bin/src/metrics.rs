@@ -475,6 +475,16 @@ fn register_observables(meter: &Meter) {
     );
     gauge_u64(
         meter,
+        "cairn_store_blobs",
+        Some("By"),
+        "bytes of the blobs the store holds (rows and files)",
+        false,
+        |s, p| {
+            p.push((s.store.blob_bytes(), Vec::new()));
+        },
+    );
+    gauge_u64(
+        meter,
         "cairn_store_rocksdb_memory",
         Some("By"),
         "memory RocksDB holds, by kind",

@@ -181,6 +181,11 @@ async fn metrics_count_a_scripted_sequence_exactly_with_bounded_labels() {
     let last = node.store.last_seq().unwrap() as f64;
     assert_eq!(m.value("cairn_store_log_seq", &[]), last);
     assert_eq!(m.value("cairn_store_view_lag_events", &[]), 0.0);
+    // The registered repository's resources are blobs: the gauge is what
+    // the store counts, and not nothing.
+    let blob_bytes = node.store.blob_bytes();
+    assert!(blob_bytes > 0);
+    assert_eq!(m.value("cairn_store_blobs_bytes", &[]), blob_bytes as f64);
     assert!(m.value("cairn_store_append_duration_seconds_count", &[]) >= 1.0);
     assert!(m.value("cairn_store_group_commit_appends_count", &[]) >= 1.0);
     assert_eq!(m.value("cairn_watchers", &[]), 0.0);

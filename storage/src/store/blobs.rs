@@ -45,7 +45,7 @@ use std::{
     fs::{self, File},
     io::{Cursor, Read, Write},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
 };
 
 use rocksdb::IteratorMode;
@@ -90,6 +90,12 @@ impl StoreConfig {
 }
 
 impl Store {
+    /// Bytes of every blob this store holds (rows and files), as of now:
+    /// counted once at open, then kept up to date by puts and collections.
+    pub fn blob_bytes(&self) -> u64 {
+        self.inner().blob_bytes.load(Ordering::Relaxed)
+    }
+
     /// The file holding blob `digest`, when it is stored as a file (blobs
     /// up to `blob_inline_max_bytes` are rows and have none): for a client
     /// on the same host that reads it in place. Read-only use: the file is
@@ -104,6 +110,23 @@ impl Store {
 fn blob_path(root: &Path, digest: &Digest) -> PathBuf {
     let hex = hex::encode(digest.0);
     root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+}
+
+/// Bytes of every stored blob: the rows of the `blobs` column family and
+/// the files under the blob directory (read at open, once).
+pub(super) fn stored_bytes(inner: &Inner) -> Result<u64, StorageError> {
+    let mut total = 0u64;
+    let mut iter = inner.db.raw_iterator_cf(inner.cf(Column::Blobs));
+    iter.seek_to_first();
+    while iter.valid() {
+        total += iter.value().map_or(0, |v| v.len() as u64);
+        iter.next();
+    }
+    iter.status()?;
+    for (_, _, size) in file_blobs(&inner.config.blob_dir())? {
+        total += size;
+    }
+    Ok(total)
 }
 
 /// Removes temporary files left by puts a crash interrupted. Called at open,
@@ -223,6 +246,9 @@ impl Store {
                 // Not synced on its own: the synced append that refers to it
                 // comes later in the same WAL, so it is durable first.
                 inner.db.put_cf(blobs, digest.0, content)?;
+                inner
+                    .blob_bytes
+                    .fetch_add(content.len() as u64, Ordering::Relaxed);
             }
             *pins.entry(digest).or_insert(0) += 1;
         }
@@ -257,6 +283,10 @@ impl Store {
                     StorageError::io(format!("moving a blob to {}", target.display()), e)
                 })?;
                 temp.path = PathBuf::new(); // moved: nothing to remove
+                let size = fs::metadata(&target)
+                    .map_err(|e| StorageError::io(format!("reading {}", target.display()), e))?
+                    .len();
+                inner.blob_bytes.fetch_add(size, Ordering::Relaxed);
                 if sync {
                     sync_dir(shard)?;
                 }
@@ -578,6 +608,11 @@ impl Writer {
                 },
             }
             drop(pins);
+            let _ = inner
+                .blob_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(candidate.size))
+                });
             stats.removed += 1;
             stats.removed_bytes += candidate.size;
         }
@@ -686,6 +721,36 @@ mod tests {
             (store.ref_count(&s).unwrap(), store.ref_count(&l).unwrap()),
             (1, 1)
         );
+    }
+
+    /// The blob bytes counted: a row and a file once each (a second put of
+    /// the same content adds nothing), less what a collection removed, and
+    /// the same after a reopen (counted from what is stored).
+    #[test]
+    fn blob_bytes_count_rows_and_files_once_and_follow_collections() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.blob_inline_max_bytes = 64; // the large one is a file
+        let store = Store::open(config.clone(), default_views()).unwrap();
+        assert_eq!(store.blob_bytes(), 0);
+        let small = store.put(b"kind: Kptfile\n").unwrap();
+        let large = store.put(&[7u8; 1000]).unwrap();
+        drop(store.put(b"kind: Kptfile\n").unwrap());
+        drop(store.put(&[7u8; 1000]).unwrap());
+        assert_eq!(store.blob_bytes(), 14 + 1000);
+        let orphan = store.put(b"nobody refers to me").unwrap();
+        assert_eq!(store.blob_bytes(), 14 + 1000 + 19);
+        drop(orphan);
+        let stats = store.collect_garbage().unwrap();
+        // Only the orphan is unpinned.
+        assert_eq!((stats.removed, stats.removed_bytes), (1, 19));
+        assert_eq!(store.blob_bytes(), 14 + 1000);
+        drop((small, large));
+        drop(store);
+        let store = Store::open(config, default_views()).unwrap();
+        assert_eq!(store.blob_bytes(), 14 + 1000);
+        store.collect_garbage().unwrap();
+        assert_eq!(store.blob_bytes(), 0);
     }
 
     /// More candidates than one batch: all are deleted, in several

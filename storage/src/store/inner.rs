@@ -128,6 +128,9 @@ pub(super) struct Inner {
     pub(super) batches: AtomicU64,
     /// Write batches written with an fsync.
     pub(super) synced_batches: AtomicU64,
+    /// Bytes of every stored blob (rows and files): counted at open, kept
+    /// up to date by puts and collections.
+    pub(super) blob_bytes: AtomicU64,
 }
 
 impl Inner {

@@ -110,7 +110,12 @@ impl Store {
             appends: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             synced_batches: AtomicU64::new(0),
+            blob_bytes: AtomicU64::new(0),
         });
+        let stored = blobs::stored_bytes(&inner)?;
+        inner
+            .blob_bytes
+            .store(stored, std::sync::atomic::Ordering::Relaxed);
         inner.check_layout()?;
         inner.load_compacted()?;
         let last_seq = inner.verify_last_seq()?;
