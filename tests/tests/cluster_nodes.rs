@@ -308,22 +308,7 @@ async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alik
 async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_lost() {
     let mut cluster = Cluster::start(3).await;
     let upstreams = TestDir::new();
-    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
-    cluster.clients[0]
-        .ok(
-            "repo.register",
-            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
-        )
-        .await;
-    let owner = wait_until("repo/team-a/r to have an owner", WAIT, || async {
-        cluster
-            .owners()
-            .await
-            .get("repo/team-a/r")
-            .cloned()
-            .ok_or_else(|| "no owner yet".to_owned())
-    })
-    .await;
+    let owner = register_r(&cluster, &upstreams).await;
     let owner_index: usize = owner.trim_start_matches('n').parse().unwrap();
     let others: Vec<usize> = (0..3).filter(|i| *i != owner_index).collect();
 
@@ -494,22 +479,7 @@ fn steady_writes(
 async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_nothing() {
     let mut cluster = Cluster::start(3).await;
     let upstreams = TestDir::new();
-    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
-    cluster.clients[0]
-        .ok(
-            "repo.register",
-            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
-        )
-        .await;
-    let owner = wait_until("repo/team-a/r to have an owner", WAIT, || async {
-        cluster
-            .owners()
-            .await
-            .get("repo/team-a/r")
-            .cloned()
-            .ok_or_else(|| "no owner yet".to_owned())
-    })
-    .await;
+    let owner = register_r(&cluster, &upstreams).await;
     let owner_index: usize = owner.trim_start_matches('n').parse().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let writes = steady_writes(cluster.clients.clone(), stopped);
@@ -675,22 +645,7 @@ impl WatchLines {
 async fn a_watch_on_another_node_sees_every_change_and_survives_the_owners_death() {
     let mut cluster = Cluster::start(3).await;
     let upstreams = TestDir::new();
-    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
-    cluster.clients[0]
-        .ok(
-            "repo.register",
-            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
-        )
-        .await;
-    let owner = wait_until("repo/team-a/r to have an owner", WAIT, || async {
-        cluster
-            .owners()
-            .await
-            .get("repo/team-a/r")
-            .cloned()
-            .ok_or_else(|| "no owner yet".to_owned())
-    })
-    .await;
+    let owner = register_r(&cluster, &upstreams).await;
     let a: usize = owner.trim_start_matches('n').parse().unwrap();
     let (b, c) = ((a + 1) % 3, (a + 2) % 3);
     let mut watch = WatchLines::start(
@@ -868,6 +823,19 @@ async fn log_of(client: &Client, node: &str, seq: u64) -> Vec<Value> {
     }
 }
 
+/// Registers repository `r` (one package, in `upstreams`) through node n0
+/// and answers its owner once it has one.
+async fn register_r(cluster: &Cluster, upstreams: &TestDir) -> String {
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    owner_of_r(cluster, None).await
+}
+
 async fn owner_of_r(cluster: &Cluster, not: Option<&str>) -> String {
     wait_until("repo/team-a/r to have an owner", WAIT, || async {
         match cluster.owners().await.get("repo/team-a/r") {
@@ -883,14 +851,7 @@ async fn a_paused_owner_is_fenced_when_it_wakes_and_leaves_no_event_after_the_ta
     use nix::sys::signal::Signal;
     let cluster = Cluster::start(3).await;
     let upstreams = TestDir::new();
-    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
-    cluster.clients[0]
-        .ok(
-            "repo.register",
-            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
-        )
-        .await;
-    let old = owner_of_r(&cluster, None).await;
+    let old = register_r(&cluster, &upstreams).await;
     let a: usize = old.trim_start_matches('n').parse().unwrap();
     let b = (a + 1) % 3;
 
@@ -1021,14 +982,7 @@ async fn write_until_acknowledged(client: &Client, node: &str, id: &str, minute:
 async fn losing_nats_servers_stops_writes_quickly_keeps_reads_and_recovers_by_itself() {
     let mut cluster = Cluster::start(3).await;
     let upstreams = TestDir::new();
-    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
-    cluster.clients[0]
-        .ok(
-            "repo.register",
-            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
-        )
-        .await;
-    owner_of_r(&cluster, None).await;
+    register_r(&cluster, &upstreams).await;
     let client = cluster.clients[0]
         .clone()
         // An attempt may wait for a JetStream leader election and this

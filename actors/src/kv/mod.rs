@@ -501,28 +501,22 @@ impl StreamDomain for Kv {
                         current_rows(&store, candidates, |row| matcher.matches(row))
                     })
                     .await??;
-                    if selected.is_empty() {
-                        return Ok(KvReply::Count(0));
-                    }
-                    let count = selected.len() as u64;
-                    let events = bulk_chunks(selected.clone())
-                        .into_iter()
-                        .map(|chunk| {
-                            event(Payload::KvEntriesDeleted(KvEntriesDeleted {
+                    remove_in_bulk(
+                        session,
+                        &env,
+                        partition,
+                        selected,
+                        false,
+                        |count, entries| {
+                            Payload::KvEntriesDeleted(KvEntriesDeleted {
                                 by: by.to_owned(),
                                 selector: selector.clone(),
-                                count: chunk.len() as u64,
-                                entries: refs(&chunk),
-                            }))
-                        })
-                        .collect();
-                    session.append(events, Chunking::MaxEvents).await?;
-                    env.memory.committed_removal(
-                        partition,
-                        selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
-                        false,
-                    );
-                    Ok(KvReply::Count(count))
+                                count,
+                                entries,
+                            })
+                        },
+                    )
+                    .await
                 }
                 KvCommand::Expire { candidates } => {
                     let store = env.store.clone();
@@ -530,26 +524,17 @@ impl StreamDomain for Kv {
                         current_rows(&store, candidates, |row| expired(row.expires_at_ms, now_ms))
                     })
                     .await??;
-                    if selected.is_empty() {
-                        return Ok(KvReply::Count(0));
-                    }
-                    let count = selected.len() as u64;
-                    let events = bulk_chunks(selected.clone())
-                        .into_iter()
-                        .map(|chunk| {
-                            event(Payload::KvEntriesExpired(KvEntriesExpired {
-                                count: chunk.len() as u64,
-                                entries: refs(&chunk),
-                            }))
-                        })
-                        .collect();
-                    session.append(events, Chunking::MaxEvents).await?;
-                    env.memory.committed_removal(
+                    remove_in_bulk(
+                        session,
+                        &env,
                         partition,
-                        selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
+                        selected,
                         false,
-                    );
-                    Ok(KvReply::Count(count))
+                        |count, entries| {
+                            Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
+                        },
+                    )
+                    .await
                 }
                 KvCommand::Configure {
                     namespace,
@@ -622,6 +607,34 @@ fn over_limits(
     })
 }
 
+/// Removes `selected` entries of `partition` in bulk: one event per chunk
+/// of [`bulk_chunks`], made by `payload(count, entries)`, then the memory
+/// tier (counting evictions when `evicted`); answers how many were removed.
+async fn remove_in_bulk(
+    session: &mut Session<Kv>,
+    env: &KvEnv,
+    partition: usize,
+    selected: Vec<(String, String)>,
+    evicted: bool,
+    payload: impl Fn(u64, Vec<KvEntryRef>) -> Payload,
+) -> Result<KvReply, KvError> {
+    if selected.is_empty() {
+        return Ok(KvReply::Count(0));
+    }
+    let count = selected.len() as u64;
+    let events = bulk_chunks(selected.clone())
+        .into_iter()
+        .map(|chunk| event(payload(chunk.len() as u64, refs(&chunk))))
+        .collect();
+    session.append(events, Chunking::MaxEvents).await?;
+    env.memory.committed_removal(
+        partition,
+        selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
+        evicted,
+    );
+    Ok(KvReply::Count(count))
+}
+
 async fn evict(
     session: &mut Session<Kv>,
     env: &KvEnv,
@@ -636,23 +649,16 @@ async fn evict(
         .into_iter()
         .map(|(k, _)| (namespace.to_owned(), k))
         .collect();
-    let events = bulk_chunks(entries.clone())
-        .into_iter()
-        .map(|chunk| {
-            event(Payload::KvEntriesEvicted(KvEntriesEvicted {
-                namespace: namespace.to_owned(),
-                count: chunk.len() as u64,
-                entries: refs(&chunk),
-            }))
+    let evicted = entries.len();
+    remove_in_bulk(session, env, partition, entries, true, |count, entries| {
+        Payload::KvEntriesEvicted(KvEntriesEvicted {
+            namespace: namespace.to_owned(),
+            count,
+            entries,
         })
-        .collect();
-    session.append(events, Chunking::MaxEvents).await?;
-    env.memory.committed_removal(
-        partition,
-        entries.iter().map(|(n, k)| (n.as_str(), k.as_str())),
-        true,
-    );
-    tracing::debug!(namespace, evicted = entries.len(), "kv entries evicted");
+    })
+    .await?;
+    tracing::debug!(namespace, evicted, "kv entries evicted");
     Ok(())
 }
 

@@ -127,6 +127,11 @@ fn namespace(f: &Fields) -> Result<String, ServiceError> {
     Ok(ns)
 }
 
+/// The namespace when the request names one (absent: all of them).
+fn optional_namespace(f: &Fields) -> Result<Option<String>, ServiceError> {
+    f.value("namespace").map(|_| namespace(f)).transpose()
+}
+
 fn key(f: &Fields) -> Result<String, ServiceError> {
     let key = f.required("key")?;
     if key.is_empty() {
@@ -698,11 +703,7 @@ pub async fn handle_keys(context: ServiceContext, request: Incoming) -> Result<B
         &request.body,
         &["namespace", "pattern", "tag", "limit", "continue"],
     )?;
-    let ns = if f.value("namespace").is_some() {
-        Some(namespace(&f)?)
-    } else {
-        None
-    };
+    let ns = optional_namespace(&f)?;
     let glob = pattern(&f, false)?.map(|p| Glob::new(&p));
     let tag = f.string("tag")?;
     if let Some(t) = &tag {
@@ -768,11 +769,7 @@ pub async fn handle_stats(
     request: Incoming,
 ) -> Result<Body, ServiceError> {
     let f = Fields::parse(&request.body, &["namespace", "principal"])?;
-    let ns = if f.value("namespace").is_some() {
-        Some(namespace(&f)?)
-    } else {
-        None
-    };
+    let ns = optional_namespace(&f)?;
     let kv = kv(&context)?;
     let now_ms = kv.now_ms();
     let prefix = match &ns {
@@ -845,11 +842,7 @@ pub async fn handle_cleanup(
     request: Incoming,
 ) -> Result<Body, ServiceError> {
     let f = Fields::parse(&request.body, &["namespace", "principal"])?;
-    let ns = if f.value("namespace").is_some() {
-        Some(namespace(&f)?)
-    } else {
-        None
-    };
+    let ns = optional_namespace(&f)?;
     let meta = metadata(&request, f.string("principal")?);
     let removed = kv(&context)?
         .cleanup(ns.as_deref(), &meta, BULK_ROUND_ENTRIES, BULK_ROUNDS_MAX)

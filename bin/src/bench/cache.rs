@@ -219,6 +219,17 @@ async fn register(client: &async_nats::Client, url: &str) -> anyhow::Result<Valu
 
 /// [`register`] under the name `name`.
 async fn register_as(client: &async_nats::Client, name: &str, url: &str) -> anyhow::Result<Value> {
+    register_on(client, "cairn.v1.repo.register", name, url).await
+}
+
+/// [`register_as`] on `subject` (the queue group's, or one node's own
+/// `cairn.node.<id>.cairn.v1.repo.register`).
+pub(crate) async fn register_on(
+    client: &async_nats::Client,
+    subject: &str,
+    name: &str,
+    url: &str,
+) -> anyhow::Result<Value> {
     let body = json!({
         "namespace": NAMESPACE,
         "name": name,
@@ -227,7 +238,7 @@ async fn register_as(client: &async_nats::Client, name: &str, url: &str) -> anyh
     });
     let reply = call(
         client,
-        "cairn.v1.repo.register",
+        subject,
         serde_json::to_vec(&body)?.into(),
         REGISTER_TIMEOUT,
     )

@@ -71,7 +71,7 @@ use futures::{stream::FuturesUnordered, StreamExt as _};
 use serde_json::{json, Value};
 
 use super::{
-    cache::{call, ms, percentile, NAMESPACE, REGISTER_TIMEOUT},
+    cache::{call, ms, percentile, register_on, NAMESPACE},
     gen::{self, Shape},
     rate,
 };
@@ -278,13 +278,18 @@ async fn owner_of(
         REQUEST_TIMEOUT,
     )
     .await?;
-    Ok(status["leases"]
+    Ok(lease_owner(&status, stream))
+}
+
+/// The owner of `stream` in a `cluster.status` reply.
+fn lease_owner(status: &Value, stream: &str) -> Option<String> {
+    status["leases"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|l| l["stream"] == stream)
         .and_then(|l| l["owner"].as_str())
-        .map(str::to_owned))
+        .map(str::to_owned)
 }
 
 /// Registers `url` as repository `name` through node `node`, waiting for
@@ -295,23 +300,9 @@ async fn register(
     name: &str,
     url: &str,
 ) -> anyhow::Result<u64> {
-    let reply = call_node(
-        client,
-        node,
-        "cairn.v1.repo.register",
-        &json!({
-            "namespace": NAMESPACE,
-            "name": name,
-            "git": {"url": url, "branch": "main"},
-            "wait": true,
-        }),
-        REGISTER_TIMEOUT,
-    )
-    .await?;
-    if let Some(error) = reply["sync"].get("error") {
-        anyhow::bail!("first sync of {name} failed: {error}");
-    }
-    Ok(reply["sync"]["added"].as_u64().unwrap_or(0))
+    let subject = format!("cairn.node.{node}.cairn.v1.repo.register");
+    let sync = register_on(client, &subject, name, url).await?;
+    Ok(sync["added"].as_u64().unwrap_or(0))
 }
 
 // ---------------------------------------------------------------- append
@@ -613,13 +604,7 @@ async fn settle(
                 break;
             };
             let members = status["nodes"].as_array().map_or(0, Vec::len);
-            let owner = status["leases"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|l| l["stream"] == stream)
-                .and_then(|l| l["owner"].as_str())
-                .map(str::to_owned);
+            let owner = lease_owner(&status, stream);
             seen = format!("{id} sees {members} nodes, owner {owner:?}");
             match (&agreed, owner) {
                 _ if members != 3 => ok = false,
