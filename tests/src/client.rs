@@ -324,11 +324,17 @@ impl Client {
         }
     }
 
-    /// Flushes the connection (bounded).
+    /// Waits until the server has processed everything sent on this
+    /// connection so far (a round trip through the server, not only a
+    /// socket flush), so other connections see its subscriptions.
     pub async fn flush(&self) {
-        within("a flush", self.timeout, self.nats.flush())
-            .await
-            .unwrap_or_else(|e| panic!("flush: {e}"));
+        within(
+            "a round trip through the server",
+            self.timeout,
+            cairn_actors::service::server_round_trip(&self.nats),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("flush: {e}"));
     }
 
     /// A fresh inbox subject.

@@ -452,7 +452,7 @@ impl CairnService {
         );
         // Make sure the server has the subscriptions before anyone is told
         // the service is up (else early requests find "no responders").
-        client.flush().await?;
+        server_round_trip(&client).await?;
         info!(endpoints = tasks.len(), "cairn service registered");
         let max_requests = context.config.max_concurrent_requests.max(1);
         Ok(Self {
@@ -746,4 +746,26 @@ pub fn command_span(endpoint: &'static str) -> tracing::Span {
         principal = tracing::field::Empty,
         correlation_id = tracing::field::Empty,
     )
+}
+
+/// Waits until the server has processed everything this connection sent
+/// so far. `flush` only empties the socket buffer; a message to a fresh
+/// inbox of our own comes back only after the server has read (and
+/// applied, in order) every earlier subscription of this connection, so
+/// requests from other connections find them.
+pub async fn server_round_trip(client: &async_nats::Client) -> Result<(), async_nats::Error> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await?;
+    client.publish(inbox, bytes::Bytes::new()).await?;
+    client.flush().await?;
+    let deadline = std::time::Duration::from_secs(10);
+    match tokio::time::timeout(deadline, echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the NATS connection closed while registering the service".into()),
+        Err(_) => Err(format!(
+            "the NATS server did not confirm the service's subscriptions within {deadline:?}"
+        )
+        .into()),
+    }
 }
