@@ -62,11 +62,16 @@ enum Item {
 #[derive(Debug)]
 pub struct BoundedExport {
     tx: Sender<Item>,
+    /// Wakes the export thread before its interval: a full batch queued,
+    /// or a flush asked for. A span alone never wakes it (a wake is a
+    /// futex call and a context switch on the command's path).
+    wake: Sender<()>,
     counters: Arc<ExportCounters>,
     exporter: Option<opentelemetry_otlp::SpanExporter>,
     config: (usize, Duration),
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     rx: Receiver<Item>,
+    woken: Receiver<()>,
 }
 
 impl std::fmt::Debug for Item {
@@ -84,8 +89,11 @@ impl BoundedExport {
         counters: Arc<ExportCounters>,
     ) -> Self {
         let (tx, rx) = bounded(queue_max_spans);
+        let (wake, woken) = bounded(1);
         Self {
             tx,
+            wake,
+            woken,
             counters,
             exporter: Some(exporter),
             config: (batch_max_spans, timeout),
@@ -99,11 +107,15 @@ impl BoundedExport {
         let Some(exporter) = self.exporter.take() else {
             return;
         };
-        let (rx, counters, (batch_max, timeout)) =
-            (self.rx.clone(), self.counters.clone(), self.config);
+        let (rx, woken, counters, (batch_max, timeout)) = (
+            self.rx.clone(),
+            self.woken.clone(),
+            self.counters.clone(),
+            self.config,
+        );
         let thread = std::thread::Builder::new()
             .name("cairn-trace-export".to_owned())
-            .spawn(move || export_loop(exporter, rx, counters, batch_max, timeout));
+            .spawn(move || export_loop(exporter, rx, woken, counters, batch_max, timeout));
         match thread {
             Ok(t) => *self.thread.lock().expect("thread lock") = Some(t),
             Err(e) => warn!(error = %e, "trace export thread not started"),
@@ -111,61 +123,71 @@ impl BoundedExport {
     }
 }
 
+/// The export thread: sleeps until the next interval or a wake, then
+/// sends everything queued, in batches of at most `batch_max` spans.
 fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
     rx: Receiver<Item>,
+    woken: Receiver<()>,
     counters: Arc<ExportCounters>,
     batch_max: usize,
     timeout: Duration,
 ) {
     let runtime = crate::telemetry::export_runtime();
-    let mut batch: Vec<SpanData> = Vec::with_capacity(batch_max);
-    let mut flushes: Vec<Sender<()>> = Vec::new();
+    let export = |spans: Vec<SpanData>| {
+        let n = spans.len() as u64;
+        let exported =
+            runtime.block_on(async { tokio::time::timeout(timeout, exporter.export(spans)).await });
+        match exported {
+            Ok(Ok(())) => {
+                counters.exported.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                counters
+                    .dropped_export_failed
+                    .fetch_add(n, Ordering::Relaxed);
+                tracing::debug!(error = %e, spans = n, "trace export failed");
+            }
+            Err(_) => {
+                counters
+                    .dropped_export_failed
+                    .fetch_add(n, Ordering::Relaxed);
+                tracing::debug!(spans = n, "trace export timed out");
+            }
+        }
+    };
     let mut deadline = std::time::Instant::now() + EXPORT_INTERVAL;
     loop {
         let wait = deadline.saturating_duration_since(std::time::Instant::now());
-        let closed = match rx.recv_timeout(wait) {
-            Ok(Item::Span(span)) => {
-                batch.push(*span);
-                false
-            }
-            Ok(Item::Flush(done)) => {
-                flushes.push(done);
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        let due = std::time::Instant::now() >= deadline;
-        if batch.len() >= batch_max || due || !flushes.is_empty() || closed {
-            if !batch.is_empty() {
-                let spans = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
-                let n = spans.len() as u64;
-                let exported = runtime.block_on(async {
-                    tokio::time::timeout(timeout, exporter.export(spans)).await
-                });
-                match exported {
-                    Ok(Ok(())) => {
-                        counters.exported.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Ok(Err(e)) => {
-                        counters
-                            .dropped_export_failed
-                            .fetch_add(n, Ordering::Relaxed);
-                        tracing::debug!(error = %e, spans = n, "trace export failed");
-                    }
-                    Err(_) => {
-                        counters
-                            .dropped_export_failed
-                            .fetch_add(n, Ordering::Relaxed);
-                        tracing::debug!(spans = n, "trace export timed out");
+        let closed = matches!(
+            woken.recv_timeout(wait),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        if std::time::Instant::now() >= deadline {
+            deadline = std::time::Instant::now() + EXPORT_INTERVAL;
+        }
+        // Everything queued now (bounded: the queue holds at most
+        // `telemetry.export-queue-max-spans`, and what arrives while this
+        // drains waits for the next turn).
+        let mut batch: Vec<SpanData> = Vec::with_capacity(batch_max.min(rx.len()));
+        let mut flushes: Vec<Sender<()>> = Vec::new();
+        for _ in 0..rx.len() {
+            match rx.try_recv() {
+                Ok(Item::Span(span)) => {
+                    batch.push(*span);
+                    if batch.len() >= batch_max {
+                        export(std::mem::replace(&mut batch, Vec::with_capacity(batch_max)));
                     }
                 }
+                Ok(Item::Flush(done)) => flushes.push(done),
+                Err(_) => break,
             }
-            for done in flushes.drain(..) {
-                let _ = done.send(());
-            }
-            deadline = std::time::Instant::now() + EXPORT_INTERVAL;
+        }
+        if !batch.is_empty() {
+            export(batch);
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
         if closed {
             let _ = exporter.shutdown();
@@ -184,6 +206,9 @@ impl SpanProcessor for BoundedExport {
         match self.tx.try_send(Item::Span(Box::new(span))) {
             Ok(()) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                if self.tx.len() >= self.config.0 {
+                    let _ = self.wake.try_send(());
+                }
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.counters
@@ -198,6 +223,7 @@ impl SpanProcessor for BoundedExport {
         self.tx
             .send_timeout(Item::Flush(done), self.config.1)
             .map_err(|_| OTelSdkError::Timeout(self.config.1))?;
+        let _ = self.wake.try_send(());
         wait.recv_timeout(self.config.1 * 2)
             .map_err(|_| OTelSdkError::Timeout(self.config.1 * 2))
     }

@@ -6,7 +6,7 @@
 //! alternating rounds of the same run (so drift of a shared machine falls
 //! on both sides). Last line:
 //! `telemetry: list_overhead=<%> append_overhead=<%>` (mean latency with
-//! export on over off, minus one). Metrics are collected in both (the
+//! export on over off, minus one; the medians are printed above it). Metrics are collected in both (the
 //! registry is always on), and the spans are created in both (as on a
 //! node logging at `info`); what differs is handing them to OpenTelemetry
 //! and exporting them.
@@ -56,9 +56,18 @@ struct Received {
 }
 
 /// An OTLP/HTTP receiver on loopback: answers every export with an empty
-/// (valid) `Export*ServiceResponse`, counting requests and bytes.
-async fn receiver() -> anyhow::Result<(String, Arc<Received>, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// (valid) `Export*ServiceResponse`, counting requests and bytes. It runs
+/// on a thread and runtime of its own, as a collector runs in a process
+/// of its own: decoding exports never takes turns with the benchmark's
+/// client or the node on their threads. Dropping the returned runtime
+/// stops it.
+fn receiver() -> anyhow::Result<(String, Arc<Received>, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-otlp-receiver")
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     let received = Arc::new(Received::default());
     let counts = received.clone();
@@ -76,23 +85,37 @@ async fn receiver() -> anyhow::Result<(String, Arc<Received>, tokio::task::JoinH
             }
         }),
     );
-    let task = tokio::spawn(async move {
+    runtime.spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok((format!("http://{addr}"), received, task))
+    Ok((format!("http://{addr}"), received, runtime))
 }
 
-/// Mean latency of `n` runs of `op`, in seconds.
-async fn mean<F, Fut>(n: usize, mut op: F) -> anyhow::Result<f64>
+/// Latencies of `n` runs of `op`, in seconds, in run order.
+async fn timed<F, Fut>(n: usize, mut op: F) -> anyhow::Result<Vec<f64>>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(n.max(1));
     for i in 0..n.max(1) {
+        let started = Instant::now();
         op(i).await?;
+        latencies.push(started.elapsed().as_secs_f64());
     }
-    Ok(started.elapsed().as_secs_f64() / n.max(1) as f64)
+    Ok(latencies)
+}
+
+/// The mean of `latencies`, in seconds.
+fn mean(latencies: &[f64]) -> f64 {
+    latencies.iter().sum::<f64>() / latencies.len().max(1) as f64
+}
+
+/// The median of `latencies`, in seconds.
+fn median(latencies: &[f64]) -> f64 {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Runs the benchmark (see the module docs); returns (list, append)
@@ -106,9 +129,9 @@ pub fn telemetry(
     let dir = tempfile::tempdir()?;
     let shape = Shape::for_revisions(options.revisions, 5);
     let generated = cache::generate(dir.path(), &shape, out)?;
+    let (endpoint, received, receiver_runtime) = receiver()?;
     let system = actix::System::new();
-    system.block_on(async {
-        let (endpoint, received, task) = receiver().await?;
+    let result = system.block_on(async {
         let mut config = cache::node_config(&dir.path().join("node"));
         config.telemetry.otlp_endpoint = endpoint.clone();
         config.telemetry.traces_sampler_ratio = 1.0;
@@ -125,9 +148,10 @@ pub fn telemetry(
         let running = Running { node, client };
         let result = run(options, &running, &generated, &endpoint, &received, out).await;
         running.node.shutdown().await;
-        task.abort();
         result
-    })
+    });
+    receiver_runtime.shutdown_background();
+    result
 }
 
 async fn run(
@@ -146,7 +170,7 @@ async fn run(
     let list = |n: usize, pad: &mut usize| {
         let start = *pad;
         *pad += n;
-        mean(n, move |i| async move {
+        timed(n, move |i| async move {
             let mut body = serde_json::to_vec(
                 &json!({"namespace": NAMESPACE, "repository": REPOSITORY, "limit": PAGE_ITEMS}),
             )?;
@@ -160,7 +184,7 @@ async fn run(
     let append = |n: usize, key: &mut usize| {
         let start = *key;
         *key += n;
-        mean(n, move |i| async move {
+        timed(n, move |i| async move {
             let body = serde_json::to_vec(
                 &json!({"namespace": "bench-telemetry", "key": format!("k{}", start + i), "value": value}),
             )?;
@@ -174,27 +198,41 @@ async fn run(
         list(20, &mut pad).await?;
         append(20, &mut key).await?;
     }
-    let (mut list_off, mut list_on, mut append_off, mut append_on) = (0.0, 0.0, 0.0, 0.0);
+    // Each round runs both sides, export off then on in odd rounds and on
+    // then off in even ones (ABBA), so that what drifts during the run
+    // (the store growing with every append, a neighbour's load) falls on
+    // both sides alike.
+    let (mut list_off, mut list_on, mut append_off, mut append_on) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..options.rounds {
-        crate::telemetry::set_trace_export(false);
-        let lo = list(options.lists, &mut pad).await?;
-        let ao = append(options.appends, &mut key).await?;
-        crate::telemetry::set_trace_export(true);
-        let ln = list(options.lists, &mut pad).await?;
-        let an = append(options.appends, &mut key).await?;
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut means = [(0.0, 0.0); 2];
+        for on in order {
+            crate::telemetry::set_trace_export(on);
+            let listed = list(options.lists, &mut pad).await?;
+            let appended = append(options.appends, &mut key).await?;
+            means[usize::from(on)] = (mean(&listed), mean(&appended));
+            let (lists, appends) = if on {
+                (&mut list_on, &mut append_on)
+            } else {
+                (&mut list_off, &mut append_off)
+            };
+            lists.extend(listed);
+            appends.extend(appended);
+        }
         writeln!(
             out,
             "round {}: list off {:.3}ms on {:.3}ms, append off {:.3}ms on {:.3}ms",
             round + 1,
-            lo * 1e3,
-            ln * 1e3,
-            ao * 1e3,
-            an * 1e3
+            means[0].0 * 1e3,
+            means[1].0 * 1e3,
+            means[0].1 * 1e3,
+            means[1].1 * 1e3
         )?;
-        list_off += lo;
-        list_on += ln;
-        append_off += ao;
-        append_on += an;
     }
     crate::telemetry::set_trace_export(false);
     let traces = crate::traces::installed().context("trace pipeline")?;
@@ -211,15 +249,25 @@ async fn run(
         counters.dropped_export_failed.load(Ordering::Relaxed),
     )?;
     let overhead = |on: f64, off: f64| (on / off - 1.0) * 100.0;
-    let (lo, ao) = (overhead(list_on, list_off), overhead(append_on, append_off));
-    let rounds = options.rounds as f64;
+    let (lo, ao) = (
+        overhead(mean(&list_on), mean(&list_off)),
+        overhead(mean(&append_on), mean(&append_off)),
+    );
     writeln!(
         out,
-        "list: off {:.3}ms on {:.3}ms; append: off {:.3}ms on {:.3}ms (mean of {} rounds)",
-        list_off / rounds * 1e3,
-        list_on / rounds * 1e3,
-        append_off / rounds * 1e3,
-        append_on / rounds * 1e3,
+        "list: off {:.3}ms on {:.3}ms (p50 off {:.3}ms on {:.3}ms, {:+.1}%); \
+         append: off {:.3}ms on {:.3}ms (p50 off {:.3}ms on {:.3}ms, {:+.1}%) \
+         (means over {} rounds)",
+        mean(&list_off) * 1e3,
+        mean(&list_on) * 1e3,
+        median(&list_off) * 1e3,
+        median(&list_on) * 1e3,
+        overhead(median(&list_on), median(&list_off)),
+        mean(&append_off) * 1e3,
+        mean(&append_on) * 1e3,
+        median(&append_off) * 1e3,
+        median(&append_on) * 1e3,
+        overhead(median(&append_on), median(&append_off)),
         options.rounds
     )?;
     writeln!(

@@ -449,13 +449,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         revisions: u64,
         /// Timed listings (pages of 100) per round and side.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 200)]
         lists: usize,
         /// Timed durable kv.set commands per round and side.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 200)]
         appends: usize,
-        /// Rounds, each off then on.
-        #[arg(long, default_value_t = 3)]
+        /// Rounds, each both sides: off then on, then on then off (many
+        /// short rounds spread a busy neighbour's bursts over both sides).
+        #[arg(long, default_value_t = 40)]
         rounds: usize,
     },
     /// Append → watcher receipt latency over NATS vs raw NATS publish → receipt.
