@@ -13,10 +13,12 @@
 //! (`telemetry.export-queue-max-spans`; full → the span is dropped and
 //! counted in `cairn_telemetry_spans_dropped_total{reason="queue_full"}`),
 //! and one export thread sends batches of up to
-//! `telemetry.export-batch-max-spans` (a batch whose export fails or times
-//! out after `telemetry.export-timeout` is dropped and counted with
-//! `reason="export_failed"`). A collector that is down or blackholed never
-//! blocks or slows a command.
+//! `telemetry.export-batch-max-spans` every [`EXPORT_INTERVAL`] — a span
+//! never wakes it (that would be a futex call and a context switch on the
+//! command's path), a full batch or a flush does (a batch whose export
+//! fails or times out after `telemetry.export-timeout` is dropped and
+//! counted with `reason="export_failed"`). A collector that is down or
+//! blackholed never blocks or slows a command.
 
 use std::{
     sync::{

@@ -4,12 +4,12 @@
 //! after the other) run with trace export off and on — to an OTLP/HTTP
 //! receiver the benchmark starts on loopback, every trace sampled — in
 //! alternating rounds of the same run (so drift of a shared machine falls
-//! on both sides). Last line:
-//! `telemetry: list_overhead=<%> append_overhead=<%>` (mean latency with
-//! export on over off, minus one; the medians are printed above it). Metrics are collected in both (the
-//! registry is always on), and the spans are created in both (as on a
-//! node logging at `info`); what differs is handing them to OpenTelemetry
-//! and exporting them.
+//! on both sides). Last line: `telemetry: list_overhead=<%>
+//! append_overhead=<%>` (mean latency with export on over off, minus one;
+//! the medians are printed above it). Metrics are collected in both (the
+//! registry is always on), and the spans are created in both (as on a node
+//! logging at `info`); what differs is handing them to OpenTelemetry and
+//! exporting them.
 
 use std::{
     sync::{
