@@ -14,7 +14,7 @@
 //!   broken, and fails the whole write;
 //! - it encodes rows deterministically (prost encoding is).
 
-use std::{collections::HashMap, fmt};
+use std::{collections::BTreeMap, fmt};
 
 use cairn_events::v1::Envelope;
 
@@ -58,10 +58,20 @@ pub(crate) trait RowSource {
 pub(crate) const BLOB_REFS_CF: usize = 0;
 
 /// Pending row changes of one write batch, readable before they are written.
+///
+/// Decision: one ordered map per column family rather than one hash map
+/// of `(family, key)`. The batch then carries each family's rows in key
+/// order, which is what RocksDB's memtable inserts cheaply (its skip
+/// list's splice stays valid from one key to the next; rows in hash order
+/// made the writer spend a third of its time recomputing it while a
+/// replica caught up), a row is found without copying its key, and a range
+/// of pending rows ([`ViewTx::keys_in`]) is read without a pass over the
+/// whole batch.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
-    /// `(cf index, key)` → new value, or `None` for a delete.
-    pub(crate) rows: HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
+    /// Per family (index [`BLOB_REFS_CF`], views at `1 + i`): key → new
+    /// value, or `None` for a delete.
+    pub(crate) rows: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl Overlay {
@@ -71,10 +81,23 @@ impl Overlay {
         cf: usize,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        match self.rows.get(&(cf, key.to_vec())) {
+        match self.rows.get(cf).and_then(|rows| rows.get(key)) {
             Some(pending) => Ok(pending.clone()),
             None => source.read(cf, key),
         }
+    }
+
+    /// The pending rows of family `cf`.
+    fn family(&self, cf: usize) -> Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+        self.rows.get(cf)
+    }
+
+    /// Sets (`Some`) or deletes (`None`) the row at `key` of family `cf`.
+    fn set(&mut self, cf: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if self.rows.len() <= cf {
+            self.rows.resize_with(cf + 1, BTreeMap::new);
+        }
+        self.rows[cf].insert(key, value);
     }
 }
 
@@ -120,13 +143,20 @@ impl ViewTx<'_> {
         to: &[u8],
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
-        let in_range = |key: &[u8]| key >= from && key < to;
-        let pending: std::collections::BTreeMap<&[u8], bool> = self
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let pending: BTreeMap<&[u8], bool> = self
             .overlay
-            .rows
-            .iter()
-            .filter(|((cf, key), _)| *cf == self.cf && in_range(key))
-            .map(|((_, key), value)| (key.as_slice(), value.is_some()))
+            .family(self.cf)
+            .into_iter()
+            .flat_map(|rows| {
+                rows.range::<[u8], _>((
+                    std::ops::Bound::Included(from),
+                    std::ops::Bound::Excluded(to),
+                ))
+            })
+            .map(|(key, value)| (key.as_slice(), value.is_some()))
             .collect();
         let mut keys = std::collections::BTreeSet::new();
         self.source.for_each_key(self.cf, from, to, &mut |key| {
@@ -152,9 +182,7 @@ impl ViewTx<'_> {
 
     /// Sets the row at `key`.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.overlay
-            .rows
-            .insert((self.cf, key.into()), Some(value.into()));
+        self.overlay.set(self.cf, key.into(), Some(value.into()));
     }
 
     /// Sets the row at `key` to the encoding of `message`.
@@ -164,7 +192,7 @@ impl ViewTx<'_> {
 
     /// Removes the row at `key`.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
-        self.overlay.rows.insert((self.cf, key.into()), None);
+        self.overlay.set(self.cf, key.into(), None);
     }
 
     /// Records one more reference from this view to blob `digest`.
@@ -196,7 +224,7 @@ impl ViewTx<'_> {
             })?
         };
         let value = (next > 0).then(|| next.to_be_bytes().to_vec());
-        self.overlay.rows.insert((BLOB_REFS_CF, key), value);
+        self.overlay.set(BLOB_REFS_CF, key, value);
         Ok(())
     }
 }

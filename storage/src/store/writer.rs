@@ -410,15 +410,21 @@ impl crate::AsyncAppend for Store {
 impl Inner {
     /// Adds the overlay's rows to `batch`.
     pub(super) fn write_overlay(&self, overlay: Overlay, batch: &mut WriteBatch) {
-        for ((cf, key), value) in overlay.rows {
+        for (cf, rows) in overlay.rows.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
             let family = if cf == BLOB_REFS_CF {
                 self.cf(Column::BlobRefs)
             } else {
                 self.view_cf_at(cf - 1)
             };
-            match value {
-                Some(v) => batch.put_cf(family, key, v),
-                None => batch.delete_cf(family, key),
+            // In key order (see [`Overlay`]).
+            for (key, value) in rows {
+                match value {
+                    Some(v) => batch.put_cf(family, key, v),
+                    None => batch.delete_cf(family, key),
+                }
             }
         }
     }
