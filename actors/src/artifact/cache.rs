@@ -5,11 +5,48 @@
 //! stale: one conditional request (304: headers updated, stored body
 //! served; 200: replaced) or, where allowed, stale served → miss: one
 //! download per URL on this node (single flight), streamed to the caller
-//! while it is stored. Other methods are forwarded untouched and, when
-//! unsafe and successful, invalidate (see [`super::rules`]).
+//! and its followers while it is stored. Other methods are forwarded
+//! untouched and, when unsafe and successful, invalidate (see
+//! [`super::rules`]).
+//!
+//! # Downloads and single flight
+//! A storable response is written, as it arrives, to the blob store's
+//! in-progress file ([`BlobWriter`]) by a task of its own; a progress
+//! `watch` says how many bytes are written and how the download ended.
+//! Every client of the download — the leader's, and each follower's —
+//! reads that file ([`BlobSpool`]) from byte 0 at its own pace, waking on
+//! progress: memory is one chunk per reader whatever the body's size, and
+//! a slow client slows nobody else. While the download runs, the last
+//! byte of an announced length is held back, so a client that read the
+//! whole body finds it stored; the entry is recorded (`ArtifactStored`)
+//! only when the body is complete and of its `Content-Length`, and only
+//! then do the readers' bodies end. A truncated or reset download stores
+//! nothing (the file is removed) and every reader's body fails: the HTTP
+//! face cuts each connection, never a short 200.
+//!
+//! Concurrent misses for one URL on one node share one origin request:
+//! the first becomes the leader (the in-flight table, bounded by
+//! [`ArtifactConfig::flights_max`]); the others follow its flight. A
+//! follower that streams (the HTTP faces) gets, as soon as the leader has
+//! the response head, the same status and fields (`Cache-Status: cairn;
+//! fwd=miss; collapsed`, or a 304 for a matching client conditional) and
+//! the body from byte 0 as it arrives — also when it joins mid-download.
+//! A follower that does not stream (NATS `artifact.get`, whose reply
+//! names the stored digest) waits for the download's end and is answered
+//! from the store; a failed download fails it with the leader's error
+//! (502). A follower whose request selects another variant (`Vary`), or
+//! whose flight ends without a shared body (not storable, a 304 to a
+//! revalidation, an error before the body) looks again once the flight
+//! ends. A follower going away reads no more, nothing else. The leader's
+//! miss fetch and its download are tasks of their own: its client going
+//! away, before the origin answered or mid-body, leaves both to the
+//! followers and the store. (A revalidation's conditional request is
+//! still made by the leader's request: its client going away before the
+//! origin answers makes a follower ask again.)
 //!
 //! Every response says how it was served in `Cache-Status` (RFC 9211):
-//! `cairn; hit`, `cairn; fwd=miss; stored`, `cairn; fwd=miss`,
+//! `cairn; hit`, `cairn; fwd=miss; stored`, `cairn; fwd=miss; collapsed`
+//! (a follower fed the leader's download), `cairn; fwd=miss`,
 //! `cairn; fwd=stale; fwd-status=304` (revalidated), `cairn; hit;
 //! detail=stale` (stale served: stale-while-revalidate, stale-if-error, or
 //! the origin unreachable with `artifact.serve-stale-if-unreachable`),
@@ -180,7 +217,9 @@ pub struct ArtifactStats {
     /// Entries evicted.
     pub evictions: AtomicU64,
     /// Requests that joined another's origin request for the same URL
-    /// (single flight): fed its download as it arrives, or waiting for it.
+    /// (single flight): fed its download as it arrives, or waiting for it
+    /// (one whose flight then serves it nothing looks again, and counts
+    /// again as what it finds).
     pub flight_joins: AtomicU64,
     /// Origin requests sent.
     pub origin_requests: AtomicU64,
