@@ -908,7 +908,17 @@ impl ArtifactCache {
                 loop {
                     let now = progress.borrow_and_update().clone();
                     let readable = match &now.end {
-                        Some(Err(why)) => return Some((Err(io::Error::other(why.clone())), None)),
+                        Some(Err(why)) => {
+                            if at == 0 {
+                                // Nothing sent yet: give the HTTP server a
+                                // turn to send the head first (a body that
+                                // fails at its first poll drops the head),
+                                // so every client of a failed download sees
+                                // the same: its status, then the cut.
+                                tokio::task::yield_now().await;
+                            }
+                            return Some((Err(io::Error::other(why.clone())), None));
+                        }
                         Some(Ok(())) => now.written,
                         None => match download.content_length {
                             Some(length) => now.written.min(length.saturating_sub(1)),
