@@ -103,7 +103,8 @@ pub use error::StorageError;
 pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{
-    CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot,
+    BlobSpool, BlobWriter, CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store,
+    StoreConfig, StoreSnapshot,
 };
 pub use version::ExpectedVersion;
 pub use view::{View, ViewTx};

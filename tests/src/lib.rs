@@ -68,7 +68,7 @@ pub use client::{
 pub use git::{git, unpack, GitFixture};
 pub use nats::{Account, NatsCluster, NatsServer, NatsServerConfig};
 pub use node::{ChildNode, TestDir, TestNode, TestNodeBuilder, KILL_AFTER_SYNC_CHUNKS};
-pub use origin::{Reply, ScriptedOrigin};
+pub use origin::{Gate, Reply, ScriptedOrigin};
 pub use paths::shared_dir;
 pub use process::{
     async_lines, next_line, read_line_matching, ChildGuard, Cli, CliOutput, ClosedPort, PidGuard,

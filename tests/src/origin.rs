@@ -9,6 +9,10 @@
 //! server library refuses to produce. It reads one request per connection
 //! (head, then a `Content-Length` body) and answers with
 //! `Connection: close`.
+//!
+//! A [`Gate`] lets a test hold a reply where it wants — before its head
+//! ([`Reply::after`]), or mid-body ([`Body::Held`]) — and release it once
+//! it has seen what the cache did meanwhile.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -59,6 +63,48 @@ pub enum Body {
     },
     /// No answer at all: the connection is held open.
     Hang,
+    /// `Content-Length` of `first` and `rest` together; `first`, then
+    /// nothing until `gate` opens, then `rest` — or, with `reset`, a TCP
+    /// reset in its place.
+    Held {
+        /// Bytes sent at once.
+        first: Vec<u8>,
+        /// What the rest waits for.
+        gate: Gate,
+        /// Bytes sent once `gate` opens.
+        rest: Vec<u8>,
+        /// A reset instead of `rest`.
+        reset: bool,
+    },
+}
+
+/// A point where a scripted reply waits until the test opens it (at most
+/// [`HANG_MAX`]); clones share it.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    /// Opens it: every reply waiting at it goes on, and later ones do not
+    /// wait.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let mut opened = self.0.subscribe();
+        let _ = tokio::time::timeout(HANG_MAX, opened.wait_for(|o| *o)).await;
+    }
 }
 
 /// One scripted reply.
@@ -70,6 +116,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Body,
+    /// Nothing is sent until this opens.
+    pub after: Option<Gate>,
 }
 
 impl Reply {
@@ -79,7 +127,14 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: Body::Bytes(body.into()),
+            after: None,
         }
+    }
+
+    /// Sends nothing (the request recorded) until `gate` opens.
+    pub fn after(mut self, gate: &Gate) -> Self {
+        self.after = Some(gate.clone());
+        self
     }
 
     /// Adds a header field.
@@ -261,6 +316,9 @@ async fn serve(mut socket: TcpStream, script: Arc<Mutex<Script>>) -> std::io::Re
         }
     }
     .unwrap_or_else(|| Reply::new(404, "not scripted"));
+    if let Some(gate) = &reply.after {
+        gate.passed().await;
+    }
     let mut out = format!("HTTP/1.1 {} X\r\nconnection: close\r\n", reply.status);
     for (n, v) in &reply.headers {
         out.push_str(&format!("{n}: {v}\r\n"));
@@ -298,6 +356,26 @@ async fn serve(mut socket: TcpStream, script: Arc<Mutex<Script>>) -> std::io::Re
             out.push_str(&format!("content-length: {announced}\r\n\r\n"));
             socket.write_all(out.as_bytes()).await?;
             socket.write_all(sent).await?;
+        }
+        Body::Held {
+            first,
+            gate,
+            rest,
+            reset,
+        } => {
+            let announced = first.len() + rest.len();
+            out.push_str(&format!("content-length: {announced}\r\n\r\n"));
+            socket.write_all(out.as_bytes()).await?;
+            socket.write_all(first).await?;
+            socket.flush().await?;
+            gate.passed().await;
+            if *reset {
+                #[allow(deprecated)]
+                socket.set_linger(Some(Duration::ZERO))?;
+                drop(socket);
+                return Ok(());
+            }
+            socket.write_all(rest).await?;
         }
         Body::Reset { sent, announced } => {
             out.push_str(&format!("content-length: {announced}\r\n\r\n"));

@@ -12,7 +12,11 @@ use std::{
 use cairn::config::{ArtifactSection, UpstreamEntry};
 use cairn_actors::schedule::ManualClock;
 use cairn_storage::views::ArtifactsView;
-use cairn_tests::{origin::Body, wait::within, Reply, ScriptedOrigin, TestNode, TestNodeBuilder};
+use cairn_tests::{
+    origin::Body,
+    wait::{wait_until, within},
+    Gate, Reply, ScriptedOrigin, TestNode, TestNodeBuilder,
+};
 
 /// Bound on one HTTP exchange in these tests.
 const EXCHANGE: Duration = Duration::from_secs(30);
@@ -796,11 +800,326 @@ async fn fifty_concurrent_misses_make_one_origin_request() {
     }
     let stats = f.node.node().artifacts().stats().to_json();
     assert_eq!(stats["misses"], 1);
-    assert_eq!(
+    // Every other request is served from the one download: fed as it
+    // arrives (a join) or, arriving after it was stored, a hit (a join
+    // whose flight ended as it joined is both).
+    let (joins, hits) = (
+        stats["single_flight_joins"].as_u64().unwrap(),
         stats["hits"].as_u64().unwrap(),
-        49,
-        "every other request is served from the one download: {stats}"
     );
+    assert!(joins + hits >= 49 && joins <= 49 && hits <= 49, "{stats}");
+    assert_eq!(stats["stored"], 1);
+    f.node.shutdown().await;
+}
+
+/// Bound on a response head, or on the part of a body the origin sent,
+/// reaching a client in the single-flight tests.
+const HEAD_WAIT: Duration = Duration::from_secs(10);
+
+/// The single-flight tests hold a body mid-way for as long as they need:
+/// the origin timeout is not what they test.
+async fn held_fixture() -> Fixture {
+    fixture(|a| a.origin_timeout = Duration::from_secs(60)).await
+}
+
+/// A response as a test reads it bit by bit.
+struct Reading {
+    response: reqwest::Response,
+    body: Vec<u8>,
+}
+
+impl Reading {
+    async fn start(f: &Fixture, url: String) -> Self {
+        let response = within("a response head", HEAD_WAIT, f.http.get(url).send())
+            .await
+            .expect("the node answers");
+        Self {
+            response,
+            body: Vec::new(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// Reads until `len` bytes came (the origin holds the rest).
+    async fn read_to(&mut self, len: usize) -> &[u8] {
+        within("the first part of a body", HEAD_WAIT, async {
+            while self.body.len() < len {
+                let chunk = self.response.chunk().await.unwrap().expect("more body");
+                self.body.extend_from_slice(&chunk);
+            }
+        })
+        .await;
+        assert_eq!(self.body.len(), len);
+        &self.body
+    }
+
+    /// Reads to the end: the whole body, or the error that cut it.
+    async fn finish(mut self) -> Result<Vec<u8>, String> {
+        within("the end of a body", EXCHANGE, async {
+            loop {
+                match self.response.chunk().await {
+                    Ok(Some(chunk)) => self.body.extend_from_slice(&chunk),
+                    Ok(None) => return Ok(self.body),
+                    Err(e) => return Err(format!("{e:?}")),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// The cache's counters `names` (of `artifact.stats`), in that order.
+fn counters(f: &Fixture, names: &[&str]) -> Vec<u64> {
+    let stats = f.node.node().artifacts().stats().to_json();
+    names
+        .iter()
+        .map(|n| {
+            stats[*n]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{n} in {stats}"))
+        })
+        .collect()
+}
+
+/// Temporary blob files (downloads in progress, or left behind).
+fn part_files(f: &Fixture) -> Vec<std::path::PathBuf> {
+    walk(f.node.data_dir())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "part"))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn followers_are_fed_the_body_as_it_arrives_from_the_origin() {
+    let f = held_fixture().await;
+    let gate = Gate::new();
+    let first = vec![b'a'; 300_000];
+    let rest = vec![b'b'; 200_000];
+    f.origin.reply(
+        "/held",
+        Reply::new(200, "")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"held\"")
+            .body(Body::Held {
+                first: first.clone(),
+                gate: gate.clone(),
+                rest: rest.clone(),
+                reset: false,
+            }),
+    );
+    let url = format!("{}/held", f.origin.url());
+    let mut leader = Reading::start(&f, f.proxy("/held")).await;
+    assert_eq!(
+        leader.header("cache-status"),
+        Some("cairn; fwd=miss; stored")
+    );
+    assert_eq!(leader.read_to(first.len()).await, first);
+    // Followers through both HTTP routes, one that goes away mid-body.
+    let mut proxied = Reading::start(&f, f.proxy("/held")).await;
+    let mut looked_up = Reading::start(&f, lookup_url(&f, &url)).await;
+    let mut quitter = Reading::start(&f, f.proxy("/held")).await;
+    for follower in [&proxied, &looked_up, &quitter] {
+        assert_eq!(follower.response.status(), 200);
+        assert_eq!(
+            follower.header("cache-status"),
+            Some("cairn; fwd=miss; collapsed")
+        );
+        assert_eq!(follower.header("etag"), Some("\"held\""));
+        assert_eq!(follower.header("content-length"), Some("500000"));
+    }
+    // The first half reached every follower while the origin holds the rest.
+    assert_eq!(proxied.read_to(first.len()).await, first);
+    assert_eq!(looked_up.read_to(first.len()).await, first);
+    assert_eq!(quitter.read_to(first.len()).await, first);
+    assert_eq!(f.origin.count("/held"), 1);
+    drop(quitter);
+    gate.open();
+    let whole = [first.clone(), rest.clone()].concat();
+    assert_eq!(leader.finish().await.unwrap(), whole);
+    assert_eq!(proxied.finish().await.unwrap(), whole);
+    assert_eq!(looked_up.finish().await.unwrap(), whole);
+    assert_eq!(f.origin.count("/held"), 1);
+    assert_eq!(
+        counters(&f, &["misses", "single_flight_joins", "hits", "stored"]),
+        [1, 3, 0, 1]
+    );
+    // Stored once it was whole: the next request is a hit.
+    let hit = f.get("/held", &[]).await;
+    assert_eq!(hit.header("cache-status"), Some("cairn; hit"));
+    assert_eq!(hit.body.unwrap(), whole);
+    assert_eq!(f.origin.count("/held"), 1);
+    assert_eq!(part_files(&f), Vec::<std::path::PathBuf>::new());
+    f.node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn an_origin_reset_mid_body_fails_the_leader_and_every_follower_and_stores_nothing() {
+    let f = held_fixture().await;
+    let client = f.node.client();
+    let gate = Gate::new();
+    let first = vec![b'r'; 300_000];
+    f.origin.reply(
+        "/reset",
+        Reply::new(200, "")
+            .header("cache-control", "max-age=60")
+            .body(Body::Held {
+                first: first.clone(),
+                gate: gate.clone(),
+                rest: vec![b's'; 700_000],
+                reset: true,
+            }),
+    );
+    let url = format!("{}/reset", f.origin.url());
+    let mut leader = Reading::start(&f, f.proxy("/reset")).await;
+    assert_eq!(leader.read_to(first.len()).await, first);
+    let mut proxied = Reading::start(&f, f.proxy("/reset")).await;
+    let mut looked_up = Reading::start(&f, lookup_url(&f, &url)).await;
+    assert_eq!(proxied.read_to(first.len()).await, first);
+    assert_eq!(looked_up.read_to(first.len()).await, first);
+    // A NATS follower waits for the download's end (its reply names the
+    // stored digest): it gets the download's failure.
+    let nats = client.call("artifact.get", serde_json::json!({"url": url}));
+    let release = async {
+        wait_until("the NATS request to join", HEAD_WAIT, || {
+            let joins = counters(&f, &["single_flight_joins"]);
+            async move {
+                if joins == [3] {
+                    Ok(())
+                } else {
+                    Err(format!("single_flight_joins {joins:?}"))
+                }
+            }
+        })
+        .await;
+        gate.open();
+    };
+    let (nats, ()) = within("the NATS reply", EXCHANGE, async {
+        futures::join!(nats, release)
+    })
+    .await;
+    for (who, reading) in [
+        ("leader", leader),
+        ("proxied", proxied),
+        ("looked up", looked_up),
+    ] {
+        let body = reading.finish().await;
+        assert!(
+            body.is_err(),
+            "{who}: the transfer is cut, got {:?}",
+            body.map(|b| b.len())
+        );
+    }
+    let error = nats.expect_err("the NATS follower fails");
+    assert_eq!(error.code, 502, "{error:?}");
+    assert_eq!(
+        error.message,
+        format!(
+            "origin {url}: error decoding response body: request or response body error: \
+             error reading a body from connection: Connection reset by peer (os error 104)"
+        )
+    );
+    assert_eq!(f.origin.count("/reset"), 1);
+    assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 0);
+    assert_eq!(
+        counters(
+            &f,
+            &["truncated", "stored", "misses", "single_flight_joins"]
+        ),
+        [1, 0, 1, 3]
+    );
+    assert_eq!(part_files(&f), Vec::<std::path::PathBuf>::new());
+    f.node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn the_leader_going_away_leaves_the_origin_request_to_its_followers() {
+    let f = held_fixture().await;
+    // Before the origin answered: the request goes on for the follower.
+    let head = Gate::new();
+    f.origin.reply(
+        "/early",
+        Reply::new(200, "the early body")
+            .header("cache-control", "max-age=60")
+            .after(&head),
+    );
+    let leader = {
+        let request = f.http.get(f.proxy("/early"));
+        tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+    };
+    wait_until("the leader's origin request", HEAD_WAIT, || {
+        let n = f.origin.count("/early");
+        async move {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} requests"))
+            }
+        }
+    })
+    .await;
+    let follower = {
+        let request = f.http.get(f.proxy("/early"));
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.headers().get("cache-status").cloned();
+            (status, response.bytes().await.unwrap())
+        })
+    };
+    wait_until("the follower to join", HEAD_WAIT, || {
+        let joins = counters(&f, &["single_flight_joins"]);
+        async move {
+            if joins == [1] {
+                Ok(())
+            } else {
+                Err(format!("single_flight_joins {joins:?}"))
+            }
+        }
+    })
+    .await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    head.open();
+    let (status, body) = within("the follower's body", EXCHANGE, follower)
+        .await
+        .unwrap();
+    assert_eq!(
+        status.as_ref().and_then(|v| v.to_str().ok()),
+        Some("cairn; fwd=miss; collapsed")
+    );
+    assert_eq!(&body[..], b"the early body");
+    assert_eq!(f.origin.count("/early"), 1);
+    // Mid-body: the download goes on for the follower and the store.
+    let gate = Gate::new();
+    let first = vec![b'm'; 200_000];
+    let rest = vec![b'n'; 100_000];
+    f.origin.reply(
+        "/mid",
+        Reply::new(200, "")
+            .header("cache-control", "max-age=60")
+            .body(Body::Held {
+                first: first.clone(),
+                gate: gate.clone(),
+                rest: rest.clone(),
+                reset: false,
+            }),
+    );
+    let mut leader = Reading::start(&f, f.proxy("/mid")).await;
+    assert_eq!(leader.read_to(first.len()).await, first);
+    let mut follower = Reading::start(&f, f.proxy("/mid")).await;
+    assert_eq!(follower.read_to(first.len()).await, first);
+    drop(leader);
+    gate.open();
+    assert_eq!(follower.finish().await.unwrap(), [first, rest].concat());
+    assert_eq!(f.origin.count("/mid"), 1);
+    let stored = f.get("/mid", &[]).await;
+    assert_eq!(stored.header("cache-status"), Some("cairn; hit"));
+    assert_eq!(ArtifactsView::totals(f.node.store()).unwrap().entries, 2);
     f.node.shutdown().await;
 }
 

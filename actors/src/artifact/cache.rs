@@ -5,11 +5,48 @@
 //! stale: one conditional request (304: headers updated, stored body
 //! served; 200: replaced) or, where allowed, stale served → miss: one
 //! download per URL on this node (single flight), streamed to the caller
-//! while it is stored. Other methods are forwarded untouched and, when
-//! unsafe and successful, invalidate (see [`super::rules`]).
+//! and its followers while it is stored. Other methods are forwarded
+//! untouched and, when unsafe and successful, invalidate (see
+//! [`super::rules`]).
+//!
+//! # Downloads and single flight
+//! A storable response is written, as it arrives, to the blob store's
+//! in-progress file ([`BlobWriter`]) by a task of its own; a progress
+//! `watch` says how many bytes are written and how the download ended.
+//! Every client of the download — the leader's, and each follower's —
+//! reads that file ([`BlobSpool`]) from byte 0 at its own pace, waking on
+//! progress: memory is one chunk per reader whatever the body's size, and
+//! a slow client slows nobody else. While the download runs, the last
+//! byte of an announced length is held back, so a client that read the
+//! whole body finds it stored; the entry is recorded (`ArtifactStored`)
+//! only when the body is complete and of its `Content-Length`, and only
+//! then do the readers' bodies end. A truncated or reset download stores
+//! nothing (the file is removed) and every reader's body fails: the HTTP
+//! face cuts each connection, never a short 200.
+//!
+//! Concurrent misses for one URL on one node share one origin request:
+//! the first becomes the leader (the in-flight table, bounded by
+//! [`ArtifactConfig::flights_max`]); the others follow its flight. A
+//! follower that streams (the HTTP faces) gets, as soon as the leader has
+//! the response head, the same status and fields (`Cache-Status: cairn;
+//! fwd=miss; collapsed`, or a 304 for a matching client conditional) and
+//! the body from byte 0 as it arrives — also when it joins mid-download.
+//! A follower that does not stream (NATS `artifact.get`, whose reply
+//! names the stored digest) waits for the download's end and is answered
+//! from the store; a failed download fails it with the leader's error
+//! (502). A follower whose request selects another variant (`Vary`), or
+//! whose flight ends without a shared body (not storable, a 304 to a
+//! revalidation, an error before the body) looks again once the flight
+//! ends. A follower going away reads no more, nothing else. The leader's
+//! miss fetch and its download are tasks of their own: its client going
+//! away, before the origin answered or mid-body, leaves both to the
+//! followers and the store. (A revalidation's conditional request is
+//! still made by the leader's request: its client going away before the
+//! origin answers makes a follower ask again.)
 //!
 //! Every response says how it was served in `Cache-Status` (RFC 9211):
-//! `cairn; hit`, `cairn; fwd=miss; stored`, `cairn; fwd=miss`,
+//! `cairn; hit`, `cairn; fwd=miss; stored`, `cairn; fwd=miss; collapsed`
+//! (a follower fed the leader's download), `cairn; fwd=miss`,
 //! `cairn; fwd=stale; fwd-status=304` (revalidated), `cairn; hit;
 //! detail=stale` (stale served: stale-while-revalidate, stale-if-error, or
 //! the origin unreachable with `artifact.serve-stale-if-unreachable`),
@@ -37,7 +74,7 @@ use cairn_events::{
 };
 use cairn_storage::{
     views::{artifacts::INDEXED_METHOD, ArtifactsView},
-    BlobStore, Digest, EventLog, Store,
+    BlobSpool, BlobStore, BlobWriter, Digest, EventLog, Store,
 };
 use futures::{stream::BoxStream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -53,10 +90,11 @@ use super::{
 };
 use crate::{timing::Clock, writer::Execute};
 
-/// Chunks queued between a download and each of its readers (the caller,
-/// the blob writer), and between a stored body and its reader.
+/// Chunks queued between a download and the blob writer, and between a
+/// stored body and its reader.
 const CHUNKS_QUEUED_MAX: usize = 16;
-/// Bytes read from the store per chunk when serving a body.
+/// Bytes read from the store per chunk when serving a body (a stored one,
+/// or one being downloaded).
 const STORE_CHUNK_BYTES: usize = 256 * 1024;
 /// Bodies up to this size are read with their entry (one trip to the
 /// blocking pool per hit) and answered from memory.
@@ -171,13 +209,17 @@ pub struct ArtifactStats {
     pub revalidated_200: AtomicU64,
     /// Stale responses served.
     pub stale_served: AtomicU64,
-    /// Body bytes served from the store.
+    /// Body bytes served from the store (stored bodies, and bodies being
+    /// stored by another request's download, served to its followers).
     pub bytes_from_store: AtomicU64,
     /// Body bytes read from origins.
     pub bytes_from_origin: AtomicU64,
     /// Entries evicted.
     pub evictions: AtomicU64,
-    /// Requests that waited for another's download (single flight).
+    /// Requests that joined another's origin request for the same URL
+    /// (single flight): fed its download as it arrives, or waiting for it
+    /// (one whose flight then serves it nothing looks again, and counts
+    /// again as what it finds).
     pub flight_joins: AtomicU64,
     /// Origin requests sent.
     pub origin_requests: AtomicU64,
@@ -211,20 +253,97 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// A download in flight: followers wait until it says done.
-type Flight = watch::Receiver<bool>;
+/// A storable response being downloaded: its head, and its body as far
+/// as it was written to the blob store's file (read by the leader's client
+/// and by every follower, each from byte 0 at its own pace).
+#[derive(Debug)]
+struct Download {
+    /// The origin's status.
+    status: StatusCode,
+    /// The fields sent with it (the origin's, forwardable), without
+    /// `Cache-Status`.
+    headers: HeaderMap,
+    /// The origin's `Content-Length`, when it sent one.
+    content_length: Option<u64>,
+    /// The response's `Vary` names.
+    vary: Vec<String>,
+    /// The Vary key of the request it answers.
+    vary_key: String,
+    /// What was written of the body so far.
+    spool: BlobSpool,
+    /// How far the download got.
+    progress: watch::Receiver<Progress>,
+}
 
-/// Says a flight is done (also when dropped by a failed leader).
+impl Download {
+    /// Whether a request with `headers` may be given this response: it
+    /// selects the same variant.
+    fn serves(&self, headers: &HeaderMap) -> bool {
+        key::vary_key(&self.vary, headers) == self.vary_key
+    }
+
+    /// Waits for the download's end: `Ok` once its entry is recorded, the
+    /// failure's text otherwise.
+    async fn ended(&self) -> Result<(), String> {
+        let mut progress = self.progress.clone();
+        loop {
+            if let Some(end) = progress.borrow_and_update().end.clone() {
+                return end;
+            }
+            if progress.changed().await.is_err() {
+                return Err(DOWNLOAD_STOPPED.to_owned());
+            }
+        }
+    }
+}
+
+/// How far a download got: bytes written to the blob store's file, and
+/// its end (`Ok` once recorded, the failure's text when it failed).
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    written: u64,
+    end: Option<Result<(), String>>,
+}
+
+/// What a reader of a download sees when the download went away without
+/// saying how it ended (a failed task).
+const DOWNLOAD_STOPPED: &str = "the download stopped before its end";
+
+/// A request for a URL another request is fetching, as its followers see
+/// it.
+#[derive(Debug, Clone)]
+enum FlightState {
+    /// Waiting for the origin's answer.
+    Asking,
+    /// A storable response is being downloaded: followers read it.
+    Downloading(Arc<Download>),
+    /// Over (stored, not storable, revalidated, failed before a body):
+    /// followers look again.
+    Ended,
+}
+
+/// A flight as its followers hold it.
+type Flight = watch::Receiver<FlightState>;
+
+/// Says what a flight came to; says it ended when dropped (also by a
+/// failed leader) and takes it out of the in-flight table.
 struct FlightGuard {
     cache: Arc<ArtifactCache>,
     url: String,
-    done: watch::Sender<bool>,
+    state: watch::Sender<FlightState>,
+}
+
+impl FlightGuard {
+    /// Tells the followers that `download` is on its way.
+    fn downloading(&self, download: Arc<Download>) {
+        self.state.send_replace(FlightState::Downloading(download));
+    }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.cache.flights.lock().remove(&self.url);
-        let _ = self.done.send(true);
+        self.state.send_replace(FlightState::Ended);
     }
 }
 
@@ -480,15 +599,10 @@ impl ArtifactCache {
         for _round in 0..=FLIGHT_ROUNDS_MAX {
             match self.serve_once(&mut request).await? {
                 Attempt::Done(served) => return Ok(*served),
-                Attempt::Joined(mut flight) => {
+                Attempt::Joined(flight) => {
                     bump(&self.stats.flight_joins, 1);
-                    // The leader's download is bounded by the origin
-                    // timeout per read; its guard says done when it ends,
-                    // however it ends.
-                    while !*flight.borrow_and_update() {
-                        if flight.changed().await.is_err() {
-                            break;
-                        }
+                    if let Some(served) = self.follow(&request, flight).await? {
+                        return Ok(served);
                     }
                 }
             }
@@ -526,9 +640,25 @@ impl ArtifactCache {
                 return Ok(Attempt::Joined(self.flight_of(&url)));
             };
             bump(&self.stats.misses, 1);
-            return Ok(Attempt::Done(Box::new(
-                self.fetch(request, Some(guard), None).await?,
-            )));
+            // The fetch is a task of its own, so the leader's caller going
+            // away (its client disconnecting) cancels neither the origin
+            // request nor the download its followers wait for.
+            let cache = self.clone();
+            let mut own = CacheRequest {
+                method: request.method.clone(),
+                url: request.url.clone(),
+                headers: request.headers.clone(),
+                body: None,
+                proxy: request.proxy,
+                stream: request.stream,
+                upstream: request.upstream.clone(),
+            };
+            let fetched = tokio::spawn(tracing::Instrument::in_current_span(async move {
+                cache.fetch(&mut own, Some(guard), None).await
+            }))
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("fetch task failed: {e}")))??;
+            return Ok(Attempt::Done(Box::new(fetched)));
         };
         self.touch(&row);
         let policy = rules::policy_of(&row, &own);
@@ -672,27 +802,172 @@ impl ArtifactCache {
         }
         if flights.len() >= self.config.flights_max {
             // Beyond the bound: not shared, but still fetched.
-            let (done, _) = watch::channel(false);
+            let (state, _) = watch::channel(FlightState::Asking);
             return Some(FlightGuard {
                 cache: self.clone(),
                 url: String::new(),
-                done,
+                state,
             });
         }
-        let (done, flight) = watch::channel(false);
+        let (state, flight) = watch::channel(FlightState::Asking);
         flights.insert(url.to_owned(), flight);
         Some(FlightGuard {
             cache: self.clone(),
             url: url.to_owned(),
-            done,
+            state,
         })
     }
 
     fn flight_of(&self, url: &str) -> Flight {
         match self.flights.lock().get(url) {
             Some(f) => f.clone(),
-            None => watch::channel(true).1,
+            None => watch::channel(FlightState::Ended).1,
         }
+    }
+
+    /// Follows another request's flight for the same URL. A storable
+    /// response being downloaded is given to a streaming caller at once,
+    /// its body from byte 0 as it arrives ([`Self::spooled`]); a caller
+    /// that does not stream waits for the download's end (its failure is
+    /// this caller's too). Anything else — another variant, a response not
+    /// storable, a failure before the body, a 304 — is waited out, then
+    /// `None`: look again. Each wait is bounded by the leader's
+    /// `artifact.origin-timeout` per origin read.
+    async fn follow(
+        self: &Arc<Self>,
+        request: &CacheRequest,
+        mut flight: Flight,
+    ) -> Result<Option<Served>, ArtifactError> {
+        let state = loop {
+            let state = flight.borrow_and_update().clone();
+            if !matches!(state, FlightState::Asking) {
+                break state;
+            }
+            if flight.changed().await.is_err() {
+                break FlightState::Ended;
+            }
+        };
+        let FlightState::Downloading(download) = state else {
+            return Ok(None);
+        };
+        if !download.serves(&request.headers) {
+            let _ = download.ended().await;
+            return Ok(None);
+        }
+        if !request.stream {
+            return match download.ended().await {
+                Ok(()) => Ok(None),
+                Err(message) => Err(ArtifactError::Origin {
+                    url: request.url.to_string(),
+                    message,
+                }),
+            };
+        }
+        let mut headers = download.headers.clone();
+        headers.insert(
+            "cache-status",
+            HeaderValue::from_static("cairn; fwd=miss; collapsed"),
+        );
+        if rules::client_not_modified(&request.headers, download.status.as_u16(), &headers) {
+            return Ok(Some(Served {
+                status: StatusCode::NOT_MODIFIED,
+                headers: rules::not_modified_fields(&headers),
+                body: ServedBody::Empty,
+                how: How::Miss,
+                row: None,
+            }));
+        }
+        Ok(Some(Served {
+            status: download.status,
+            headers,
+            body: ServedBody::Stream(self.spooled(download, true)),
+            how: How::Miss,
+            row: None,
+        }))
+    }
+
+    /// The body of `download` from byte 0, read from the blob store's file
+    /// as it is written (each read waits for progress, so memory stays at
+    /// one chunk per reader). It ends once the entry is recorded: while the
+    /// download runs, the last byte of an announced length is held back,
+    /// so a client that read the whole body finds it stored. It fails
+    /// (cutting the response) when the download fails. `followed`: bytes
+    /// counted as served from the store (a follower's; the leader's came
+    /// from the origin).
+    fn spooled(
+        self: &Arc<Self>,
+        download: Arc<Download>,
+        followed: bool,
+    ) -> BoxStream<'static, Result<Bytes, io::Error>> {
+        let cache = self.clone();
+        let progress = download.progress.clone();
+        futures::stream::unfold(Some((0u64, progress)), move |state| {
+            let (cache, download) = (cache.clone(), download.clone());
+            async move {
+                let (at, mut progress) = state?;
+                loop {
+                    let now = progress.borrow_and_update().clone();
+                    let readable = match &now.end {
+                        Some(Err(why)) => {
+                            if at == 0 {
+                                // Nothing sent yet: give the HTTP server a
+                                // turn to send the head first (a body that
+                                // fails at its first poll drops the head),
+                                // so every client of a failed download sees
+                                // the same: its status, then the cut.
+                                tokio::task::yield_now().await;
+                            }
+                            return Some((Err(io::Error::other(why.clone())), None));
+                        }
+                        Some(Ok(())) => now.written,
+                        None => match download.content_length {
+                            Some(length) => now.written.min(length.saturating_sub(1)),
+                            None => now.written,
+                        },
+                    };
+                    if at < readable {
+                        let len = (readable - at).min(STORE_CHUNK_BYTES as u64) as usize;
+                        let spool = download.spool.clone();
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; len];
+                            let n = spool.read_at(at, &mut buf)?;
+                            buf.truncate(n);
+                            Ok::<_, io::Error>(buf)
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(io::Error::other(format!("read task failed: {e}")))
+                        });
+                        return match read {
+                            Ok(buf) if !buf.is_empty() => {
+                                let n = buf.len() as u64;
+                                if followed {
+                                    bump(&cache.stats.bytes_from_store, n);
+                                }
+                                Some((Ok(Bytes::from(buf)), Some((at + n, progress))))
+                            }
+                            Ok(_) => Some((
+                                Err(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    format!(
+                                        "the download's file ended at {at} of {readable} bytes"
+                                    ),
+                                )),
+                                None,
+                            )),
+                            Err(e) => Some((Err(e), None)),
+                        };
+                    }
+                    if now.end.is_some() {
+                        return None;
+                    }
+                    if progress.changed().await.is_err() {
+                        return Some((Err(io::Error::other(DOWNLOAD_STOPPED)), None));
+                    }
+                }
+            }
+        })
+        .boxed()
     }
 
     /// A stored entry as a response: `headers` (the policy's, with `Age`),
@@ -1021,71 +1296,93 @@ impl ArtifactCache {
             response_time: Some(crate::repository::timestamp(now)),
             upstream: request.upstream.clone(),
         };
-        let (client_tx, client_rx) = if request.stream {
-            let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let download =
-            tokio::spawn(
-                self.clone()
-                    .download(body, content_length, stored, client_tx, guard),
-            );
-        match client_rx {
-            Some(rx) => Ok(Served {
+        let store = self.store.clone();
+        let writer = tokio::task::spawn_blocking(move || store.blob_writer())
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("blob task failed: {e}")))??;
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let vary_key = stored
+            .key
+            .as_ref()
+            .map(|k| k.vary_key.clone())
+            .unwrap_or_default();
+        let mut shared_headers = headers.clone();
+        shared_headers.remove("cache-status");
+        let shared = Arc::new(Download {
+            status,
+            headers: shared_headers,
+            content_length,
+            vary: stored.vary.clone(),
+            vary_key,
+            spool: writer.spool(),
+            progress: progress_rx,
+        });
+        if let Some(guard) = &guard {
+            guard.downloading(shared.clone());
+        }
+        // The download is a task of its own: the caller going away (the
+        // leader's client disconnecting) leaves it to the followers and the
+        // store.
+        let download = tokio::spawn(self.clone().download(
+            body,
+            content_length,
+            stored,
+            writer,
+            progress_tx,
+            guard,
+        ));
+        if request.stream {
+            return Ok(Served {
                 status,
                 headers,
-                body: ServedBody::Stream(
-                    futures::stream::unfold(rx, |mut rx| async move {
-                        rx.recv().await.map(|item| (item, rx))
-                    })
-                    .boxed(),
-                ),
+                body: ServedBody::Stream(self.spooled(shared, false)),
                 how: How::Miss,
                 row: None,
-            }),
-            None => {
-                let row = download
-                    .await
-                    .map_err(|e| ArtifactError::NotFound(format!("download task failed: {e}")))??;
-                let headers = HeaderMap::new();
-                let mut served = self.stored_response(request, row, headers, How::Miss);
-                served.headers = {
-                    let mut h = rules::header_map(
-                        &served
-                            .row
-                            .as_ref()
-                            .map(|r| r.headers.clone())
-                            .unwrap_or_default(),
-                    );
-                    for name in rules::HOP_BY_HOP {
-                        h.remove(*name);
-                    }
-                    h.insert(header::AGE, HeaderValue::from(0u64));
-                    h.insert(
-                        "cache-status",
-                        HeaderValue::from_static("cairn; fwd=miss; stored"),
-                    );
-                    if let Some(r) = &served.row {
-                        h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.size));
-                    }
-                    h
-                };
-                Ok(served)
-            }
+            });
         }
+        let row = download
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("download task failed: {e}")))??;
+        let headers = HeaderMap::new();
+        let mut served = self.stored_response(request, row, headers, How::Miss);
+        served.headers = {
+            let mut h = rules::header_map(
+                &served
+                    .row
+                    .as_ref()
+                    .map(|r| r.headers.clone())
+                    .unwrap_or_default(),
+            );
+            for name in rules::HOP_BY_HOP {
+                h.remove(*name);
+            }
+            h.insert(header::AGE, HeaderValue::from(0u64));
+            h.insert(
+                "cache-status",
+                HeaderValue::from_static("cairn; fwd=miss; stored"),
+            );
+            if let Some(r) = &served.row {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.size));
+            }
+            h
+        };
+        Ok(served)
     }
 
-    /// Reads `body` to the end, feeding the caller (while it listens) and
-    /// the blob store; records `ArtifactStored` only when complete and of
-    /// `content_length` bytes. Answers the stored row.
+    /// Reads `body` to the end into `writer` (the blob store's file, which
+    /// the readers of the download follow through `progress`); records
+    /// `ArtifactStored` only when complete and of `content_length` bytes,
+    /// then says so in `progress` (after the limits are applied: a request
+    /// after it finds the store as it will stay). A failure stores nothing
+    /// and is said in `progress`, which cuts every reader. Answers the
+    /// stored row.
     async fn download(
         self: Arc<Self>,
         mut body: impl futures::Stream<Item = Result<Bytes, io::Error>> + Unpin + Send,
         content_length: Option<u64>,
         mut stored: ArtifactStored,
-        mut client: Option<mpsc::Sender<Result<Bytes, io::Error>>>,
+        writer: BlobWriter,
+        progress: watch::Sender<Progress>,
         guard: Option<FlightGuard>,
     ) -> Result<ArtifactRow, ArtifactError> {
         let url = stored
@@ -1093,33 +1390,28 @@ impl ArtifactCache {
             .as_ref()
             .map(|k| k.url.clone())
             .unwrap_or_default();
-        let (blob_tx, blob_rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
-        let store = self.store.clone();
+        let progress = Arc::new(progress);
+        let (blob_tx, mut blob_rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
+        let written = progress.clone();
         let put = tokio::task::spawn_blocking(move || {
-            let mut reader = ChannelReader {
-                rx: blob_rx,
-                current: Bytes::new(),
-            };
-            store.put_reader(&mut reader, None)
+            let mut writer = writer;
+            while let Some(chunk) = blob_rx.blocking_recv() {
+                // An `Err` chunk: the download failed; the writer drops
+                // unfinished (its file removed, nothing stored).
+                let chunk = chunk.map_err(|e| cairn_storage::StorageError::io("downloading", e))?;
+                writer.write(&chunk)?;
+                let at = writer.written();
+                written.send_modify(|p| p.written = at);
+            }
+            writer.finish()
         });
         let mut total: u64 = 0;
         let mut failure: Option<String> = None;
-        let mut held: Option<Bytes> = None;
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(chunk) => {
                     total += chunk.len() as u64;
                     bump(&self.stats.bytes_from_origin, chunk.len() as u64);
-                    // The caller gets each chunk once the next one came:
-                    // the last is held until the entry is recorded, so a
-                    // client that read the whole body finds it stored.
-                    if let (Some(tx), Some(previous)) = (&client, held.replace(chunk.clone())) {
-                        if tx.send(Ok(previous)).await.is_err() {
-                            // The caller went away: the download goes on
-                            // for the store (and the followers).
-                            client = None;
-                        }
-                    }
                     if blob_tx.send(Ok(chunk)).await.is_err() {
                         failure = Some("the blob store stopped reading".to_owned());
                         break;
@@ -1146,33 +1438,40 @@ impl ArtifactCache {
             let _ = blob_tx.send(Err(io::Error::other(why.clone()))).await;
             drop(blob_tx);
             let _ = put.await;
-            if let Some(tx) = client {
-                let _ = tx.send(Err(io::Error::other(why.clone()))).await;
-            }
+            progress.send_modify(|p| p.end = Some(Err(why.clone())));
             drop(guard);
             return Err(ArtifactError::Origin { url, message: why });
         }
         drop(blob_tx);
-        let pin = put
-            .await
-            .map_err(|e| ArtifactError::NotFound(format!("blob task failed: {e}")))??;
-        stored.digest = pin.digest().to_string();
-        stored.size = total;
-        let key = stored.key.clone().unwrap_or_default();
-        self.execute(&url, ArtifactCommand::Store { event: stored, pin })
-            .await?;
+        let recorded = async {
+            let pin = put
+                .await
+                .map_err(|e| ArtifactError::NotFound(format!("blob task failed: {e}")))??;
+            stored.digest = pin.digest().to_string();
+            stored.size = total;
+            let key = stored.key.clone().unwrap_or_default();
+            self.execute(&url, ArtifactCommand::Store { event: stored, pin })
+                .await?;
+            Ok::<_, ArtifactError>(key)
+        }
+        .await;
+        let key = match recorded {
+            Ok(key) => key,
+            Err(e) => {
+                warn!(url = %url, error = %e, "download not recorded; nothing stored");
+                progress.send_modify(|p| p.end = Some(Err(e.to_string())));
+                return Err(e);
+            }
+        };
         bump(&self.stats.stored, 1);
         self.recency.lock().put(ArtifactsView::entry_key(&key), ());
         drop(guard);
         if let Err(e) = self.enforce_limits().await {
             warn!(error = %e, "artifact eviction failed");
         }
-        // The caller's body ends once the entry is recorded and the limits
-        // applied: a request after it finds the store as it will stay.
-        if let (Some(tx), Some(last)) = (&client, held.take()) {
-            let _ = tx.send(Ok(last)).await;
-        }
-        drop(client);
+        // The readers' bodies end once the entry is recorded and the limits
+        // applied.
+        progress.send_modify(|p| p.end = Some(Ok(())));
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || ArtifactsView::get(&store, &key))
             .await
@@ -1330,29 +1629,6 @@ fn idle_bounded(
             }
         },
     ))
-}
-
-/// A blocking reader of a channel of chunks (the blob store's side of a
-/// download); an `Err` chunk fails the read.
-struct ChannelReader {
-    rx: mpsc::Receiver<Result<Bytes, io::Error>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(chunk)) => self.current = chunk,
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
-    }
 }
 
 /// Streams stored blob `digest` in chunks read off the async threads.

@@ -30,17 +30,19 @@
 //! streaming, files beyond `store.blob-inline-max-bytes`): the same bytes
 //! behind ten URLs are stored once, each entry holding one reference; a
 //! body goes when the last entry referring to it is evicted (blob garbage
-//! collection). A download is streamed to the client while it is hashed
-//! into the store, and recorded (`ArtifactStored`) only when complete and
-//! of the length `Content-Length` announced: a short or reset download
-//! stores nothing and the client sees its connection cut.
+//! collection). A download is written to the blob store's in-progress
+//! file and streamed from it to its clients while it is hashed, and
+//! recorded (`ArtifactStored`) only when complete and of the length
+//! `Content-Length` announced: a short or reset download stores nothing
+//! and every client sees its connection cut.
 //!
 //! **Single flight.** Concurrent misses for one URL on one node share one
 //! origin request: the first becomes the leader and downloads; the others
-//! wait for it to finish and are served from the store. The in-flight
-//! table is per node and in memory only (two nodes of a cluster may each
-//! fetch once); it is bounded ([`ArtifactConfig::flights_max`]) — beyond it
-//! a miss fetches on its own.
+//! (on HTTP) get the same response, its body from byte 0 as it arrives,
+//! read from the in-progress file; on NATS they wait for the download to
+//! be stored (see [`cache`]). The in-flight table is per node and in
+//! memory only (two nodes of a cluster may each fetch once); it is bounded
+//! ([`ArtifactConfig::flights_max`]) — beyond it a miss fetches on its own.
 //!
 //! **Eviction.** `artifact.max-bytes` (distinct body bytes) and
 //! `artifact.max-entries` bound the index: after each store the least

@@ -6,10 +6,14 @@
 //!   last_modified, stored_at, fresh_until, status, http_status, path?}`
 //!   with `status` `hit|miss|revalidated|stale`; the body is inline
 //!   (`body_base64` in JSON) when it fits in one reply (at most 1 MiB),
-//!   else read with `artifact.read`. `path: true` adds the body's file on
-//!   the node's host (bodies stored as files). A `file://` URL or a local
-//!   path resolves in place: digest, size and modification time of the
-//!   file, `status: "local"`, nothing fetched or stored.
+//!   else read with `artifact.read`. A request for a URL another request
+//!   is downloading (single flight) waits for that download to be stored
+//!   — the reply names the stored digest, known only then, whatever the
+//!   body's size — and fails with its error (502) when it fails; HTTP
+//!   clients are fed such a download as it arrives. `path: true` adds the
+//!   body's file on the node's host (bodies stored as files). A `file://`
+//!   URL or a local path resolves in place: digest, size and modification
+//!   time of the file, `status: "local"`, nothing fetched or stored.
 //! - `artifact.read {digest, offset?, length?}` → `{data, offset, size,
 //!   eof}` (`data_base64` in JSON): a stored body in pieces that fit the
 //!   server's max payload. Only bodies the artifact index refers to.

@@ -20,6 +20,19 @@
 //! directory is fsynced. A crash before the rename leaves only a temporary
 //! file, which the next open removes (`sweep_temp_files`).
 //!
+//! # Reading a blob while it is written
+//! [`Store::blob_writer`] is the same put driven from outside: the caller
+//! [`BlobWriter::write`]s chunks as they come (a download), then
+//! [`BlobWriter::finish`]es (stored and pinned as by `put_reader`: a row
+//! when small, else renamed into place) or drops it (the temporary file is
+//! removed, nothing stored). The bytes always go to the temporary file —
+//! also those of a blob that ends up a row — so that other threads can
+//! read what was written so far through a [`BlobSpool`]: positional reads
+//! of one read handle of that file, which stays valid after the file is
+//! renamed into place or removed (the open handle keeps the data). The
+//! writer says how far it got ([`BlobWriter::written`]); a reader must not
+//! read past what it was told.
+//!
 //! These fsyncs (the file's, and the directories' after creating a shard
 //! or renaming into it) follow [`StoreConfig::sync`], like the log's
 //! commits: with it off (benchmarks only) no blob write is fsynced, and a
@@ -294,6 +307,122 @@ impl Store {
             *pins.entry(digest).or_insert(0) += 1;
         }
         Ok(self.pin(digest))
+    }
+}
+
+/// A blob being written, readable while it is written (see "Reading a
+/// blob while it is written" in the module docs): made by
+/// [`Store::blob_writer`]; dropped unfinished, it removes its temporary
+/// file and stores nothing.
+pub struct BlobWriter {
+    store: Store,
+    temp: TempFile,
+    hasher: Sha256,
+    written: u64,
+    spool: BlobSpool,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("path", &self.temp.path)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`BlobWriter`] wrote so far, for readers on other threads:
+/// positional reads of one read handle of its file (cheap to clone; the
+/// data stays readable after the file is moved into place or removed).
+#[derive(Debug, Clone)]
+pub struct BlobSpool {
+    file: Arc<File>,
+}
+
+impl BlobSpool {
+    /// Reads into `buf` from byte `offset`; answers how many bytes were
+    /// read (0 at the end of what was written). Blocking file I/O.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&*self.file, buf, offset)
+    }
+}
+
+impl Store {
+    /// A [`BlobWriter`]: a blob written in chunks and readable while it is
+    /// written. Creates its temporary file (blocking file I/O).
+    pub fn blob_writer(&self) -> Result<BlobWriter, StorageError> {
+        let temp = TempFile::create(&self.inner().config.blob_dir().join(TEMP_DIR))?;
+        let file = File::open(&temp.path)
+            .map_err(|e| StorageError::io(format!("opening {}", temp.path.display()), e))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            temp,
+            hasher: Sha256::new(),
+            written: 0,
+            spool: BlobSpool {
+                file: Arc::new(file),
+            },
+        })
+    }
+}
+
+impl BlobWriter {
+    /// Appends `bytes` (hashed, written to the file: readable through
+    /// [`BlobWriter::spool`] once this returns). Blocking file I/O.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.hasher.update(bytes);
+        self.temp.write(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// A reader of what was written so far.
+    pub fn spool(&self) -> BlobSpool {
+        self.spool.clone()
+    }
+
+    /// Stores what was written, like [`BlobStore::put_reader`] (once per
+    /// digest; a row up to `blob_inline_max_bytes`, else the file renamed
+    /// into place), and pins it. Blocking file I/O.
+    pub fn finish(self) -> Result<BlobPin, StorageError> {
+        let Self {
+            store,
+            temp,
+            hasher,
+            written,
+            spool,
+        } = self;
+        let digest = Digest(hasher.finalize().into());
+        if written > store.inner().config.blob_inline_max_bytes as u64 {
+            return store.put_file(digest, temp);
+        }
+        let mut content = vec![0u8; written as usize];
+        let mut at = 0;
+        while at < content.len() {
+            match spool.read_at(at as u64, &mut content[at..]) {
+                Ok(0) => {
+                    return Err(StorageError::io(
+                        format!("reading {}", temp.path.display()),
+                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                    ))
+                }
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(StorageError::io(
+                        format!("reading {}", temp.path.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+        // The temporary file is removed as `temp` drops.
+        store.put_inline(digest, &content)
     }
 }
 
@@ -751,6 +880,69 @@ mod tests {
         assert_eq!(store.blob_bytes(), 14 + 1000);
         store.collect_garbage().unwrap();
         assert_eq!(store.blob_bytes(), 0);
+    }
+
+    fn temp_files(config: &StoreConfig) -> usize {
+        fs::read_dir(config.blob_dir().join(TEMP_DIR)).map_or(0, |d| d.count())
+    }
+
+    fn read_all(spool: &BlobSpool, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len + 10];
+        let mut at = 0;
+        loop {
+            let n = spool.read_at(at as u64, &mut out[at..]).unwrap();
+            if n == 0 {
+                break;
+            }
+            at += n;
+        }
+        out.truncate(at);
+        out
+    }
+
+    /// A blob writer's bytes are readable while it writes and after it
+    /// finished (its file moved into place, or removed for a row); it
+    /// stores what `put` stores: a row when small, a file when large.
+    #[test]
+    fn a_blob_writer_is_readable_while_written_and_stores_like_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.blob_inline_max_bytes = 64; // the large one is a file
+        let store = Store::open(config.clone(), default_views()).unwrap();
+        for content in [b"kind: Kptfile\n".to_vec(), vec![9u8; 1000]] {
+            let mut writer = store.blob_writer().unwrap();
+            let spool = writer.spool();
+            writer.write(&content[..5]).unwrap();
+            assert_eq!(writer.written(), 5);
+            assert_eq!(read_all(&spool, content.len()), &content[..5]);
+            writer.write(&content[5..]).unwrap();
+            assert_eq!(read_all(&spool, content.len()), content);
+            assert_eq!(temp_files(&config), 1);
+            let pin = writer.finish().unwrap();
+            assert_eq!(pin.digest(), Digest::of(&content));
+            assert_eq!(store.get(&pin.digest()).unwrap(), Some(content.clone()));
+            assert_eq!(store.blob_file(&pin.digest()).is_some(), content.len() > 64);
+            assert_eq!(temp_files(&config), 0);
+            assert_eq!(read_all(&spool, content.len()), content);
+        }
+        assert_eq!(store.blob_bytes(), 14 + 1000);
+    }
+
+    /// A blob writer dropped unfinished stores nothing and removes its
+    /// file; what was read of it stays readable through the handle.
+    #[test]
+    fn a_blob_writer_dropped_unfinished_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path());
+        let store = Store::open(config.clone(), default_views()).unwrap();
+        let mut writer = store.blob_writer().unwrap();
+        let spool = writer.spool();
+        writer.write(b"half a bo").unwrap();
+        drop(writer);
+        assert_eq!(temp_files(&config), 0);
+        assert_eq!(store.get(&Digest::of(b"half a bo")).unwrap(), None);
+        assert_eq!(store.blob_bytes(), 0);
+        assert_eq!(read_all(&spool, 9), b"half a bo");
     }
 
     /// More candidates than one batch: all are deleted, in several

@@ -35,7 +35,8 @@
 //!   refuse what could not be read back), view catch-up at open and
 //!   rebuild.
 //! - `blobs` — [`crate::BlobStore`]: blob rows and files, streaming puts
-//!   and reads, pins, garbage collection, the temporary-file sweep.
+//!   and reads, pins, garbage collection, the temporary-file sweep;
+//!   [`BlobWriter`], a put readable ([`BlobSpool`]) while it is written.
 //! - `compact` — [`Store::compact`] on the writer thread (reading the
 //!   class's stream index in pages), and the records readers use to
 //!   accept the gaps it leaves.
@@ -52,7 +53,7 @@ mod scan;
 mod writer;
 
 pub use crate::read::Rows;
-pub use blobs::{GC_DELETE_BATCH_BLOBS, STREAM_CHUNK_BYTES};
+pub use blobs::{BlobSpool, BlobWriter, GC_DELETE_BATCH_BLOBS, STREAM_CHUNK_BYTES};
 pub use command::{RebuildProgress, RebuildStats};
 pub use config::StoreConfig;
 pub use handle::{MemoryUsage, Store, WriterStats};
