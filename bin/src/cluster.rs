@@ -22,6 +22,7 @@ use cairn_actors::{
     cluster::{
         log, start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig,
     },
+    kv::{partition_stream, KvNode, KV_PARTITIONS},
     publisher::PublisherConfig,
     registry::{DisownStream, OwnStream, Registry},
     service::cluster::ClusterRouting,
@@ -135,6 +136,7 @@ impl ClusterStart {
         registry: &Addr<Registry>,
         publisher: &PublisherSlot,
         publisher_config: PublisherConfig,
+        kv: &KvNode,
     ) -> anyhow::Result<ClusterNode> {
         let holder = Arc::new(NodeHolder {
             store: store.clone(),
@@ -143,6 +145,7 @@ impl ClusterStart {
             publisher: publisher.clone(),
             publisher_config,
             arbiter: actix::Arbiter::current(),
+            kv: kv.clone(),
         });
         let ownership = Ownership::start(
             self.js.clone(),
@@ -318,6 +321,7 @@ struct NodeHolder {
     publisher: PublisherSlot,
     publisher_config: PublisherConfig,
     arbiter: actix::ArbiterHandle,
+    kv: KvNode,
 }
 
 impl Holder for NodeHolder {
@@ -336,6 +340,8 @@ impl Holder for NodeHolder {
                     StreamId::repository(&spec.namespace, &spec.name).ok()
                 })
                 .collect();
+            // The key-value partitions always exist: each has an owner.
+            streams.extend((0..KV_PARTITIONS).map(partition_stream));
             streams.push(StreamId::new(PUBLISHER_ROLE).expect("a valid stream id"));
             streams
         })
@@ -364,6 +370,10 @@ impl Holder for NodeHolder {
                 Ok(())
             });
         }
+        if let Some(partition) = kv_partition(&stream) {
+            let kv = self.kv.clone();
+            return Box::pin(async move { kv.own(partition).await.map_err(|e| e.to_string()) });
+        }
         let registry = self.registry.clone();
         Box::pin(async move {
             registry
@@ -378,9 +388,18 @@ impl Holder for NodeHolder {
             let slot = self.publisher.clone();
             return Box::pin(async move { slot.stop().await });
         }
+        if let Some(partition) = kv_partition(&stream) {
+            let kv = self.kv.clone();
+            return Box::pin(async move { kv.disown(partition).await });
+        }
         let registry = self.registry.clone();
         Box::pin(async move {
             let _ = registry.send(DisownStream { stream }).await;
         })
     }
+}
+
+/// The key-value partition `stream` is, if it is one.
+fn kv_partition(stream: &StreamId) -> Option<usize> {
+    (0..KV_PARTITIONS).find(|p| partition_stream(*p) == *stream)
 }
