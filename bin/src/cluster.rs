@@ -146,6 +146,13 @@ impl ClusterStart {
             publisher_config,
             arbiter: actix::Arbiter::current(),
             kv: kv.clone(),
+            compactor: Compactor {
+                js: self.js.clone(),
+                node: self.node.clone(),
+                interval: config.kv.compact_interval,
+                retention: config.kv.tombstone_retention,
+                task: std::sync::Mutex::new(None),
+            },
         });
         let ownership = Ownership::start(
             self.js.clone(),
@@ -322,11 +329,58 @@ struct NodeHolder {
     publisher_config: PublisherConfig,
     arbiter: actix::ArbiterHandle,
     kv: KvNode,
+    compactor: Compactor,
+}
+
+/// The compactor role: while this node holds it, it sends a compaction
+/// marker of the key-value class every `kv.compact-interval`; every node
+/// compacts at the marker ([`log`]'s module docs).
+#[derive(Debug)]
+struct Compactor {
+    js: jetstream::Context,
+    node: String,
+    interval: Duration,
+    retention: Duration,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Compactor {
+    fn start(&self, clock: std::sync::Arc<dyn cairn_actors::timing::Clock>) {
+        let (js, node, interval, retention) =
+            (self.js.clone(), self.node.clone(), self.interval, self.retention);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let marker = log::Compaction {
+                    prefix: cairn_storage::views::kv::KV_STREAM_PREFIX.to_owned(),
+                    now_ms: cairn_actors::kv::unix_ms(clock.now()),
+                    retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
+                };
+                match log::publish_compaction(&js, &node, &marker).await {
+                    Ok(position) => info!(position, "kv compaction marker sent"),
+                    Err(e) => warn!(error = %e, "cannot send the kv compaction marker"),
+                }
+            }
+        });
+        if let Some(old) = self.task.lock().expect("compactor lock").replace(task) {
+            old.abort();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self.task.lock().expect("compactor lock").take() {
+            task.abort();
+        }
+    }
 }
 
 impl Holder for NodeHolder {
     fn streams(&self) -> BoxFuture<'static, Vec<StreamId>> {
         let store = self.store.clone();
+        let compacts = !self.compactor.interval.is_zero();
         Box::pin(async move {
             let rows = tokio::task::spawn_blocking(move || RepositoriesView::list(&store, None))
                 .await
@@ -342,6 +396,9 @@ impl Holder for NodeHolder {
                 .collect();
             // The key-value partitions always exist: each has an owner.
             streams.extend((0..KV_PARTITIONS).map(partition_stream));
+            if compacts {
+                streams.push(StreamId::new(log::COMPACTOR_ROLE).expect("a valid stream id"));
+            }
             streams.push(StreamId::new(PUBLISHER_ROLE).expect("a valid stream id"));
             streams
         })
@@ -374,6 +431,11 @@ impl Holder for NodeHolder {
             let kv = self.kv.clone();
             return Box::pin(async move { kv.own(partition).await.map_err(|e| e.to_string()) });
         }
+        if stream.as_str() == log::COMPACTOR_ROLE {
+            self.compactor.start(self.kv.env().clock.clone());
+            info!("this node sends the kv compaction markers now");
+            return Box::pin(async { Ok(()) });
+        }
         let registry = self.registry.clone();
         Box::pin(async move {
             registry
@@ -391,6 +453,10 @@ impl Holder for NodeHolder {
         if let Some(partition) = kv_partition(&stream) {
             let kv = self.kv.clone();
             return Box::pin(async move { kv.disown(partition).await });
+        }
+        if stream.as_str() == log::COMPACTOR_ROLE {
+            self.compactor.stop();
+            return Box::pin(async {});
         }
         let registry = self.registry.clone();
         Box::pin(async move {

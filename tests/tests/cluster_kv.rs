@@ -613,3 +613,65 @@ async fn the_logs_are_identical_after_a_mixed_kv_workload_through_every_node() {
     let lru = listed[0].iter().filter(|k| k.starts_with("lru:")).count();
     assert!(lru <= 3, "{listed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_compacts_the_kv_class_at_the_same_point_of_the_log() {
+    let cluster =
+        CairnCluster::start(cairn_cli!(), 3, &[("CAIRN_KV__COMPACT_INTERVAL", "1s")]).await;
+    // Rewrites of four keys through every node.
+    let mut seq = 0;
+    for round in 0..6 {
+        for k in 0..4 {
+            let (set, _) = ok_on(
+                &cluster,
+                (round + k) % 3,
+                "kv.set",
+                json!({"namespace": "cmp", "key": format!("k{k}"), "value": round}),
+            )
+            .await;
+            seq = seq.max(set["version"].as_u64().unwrap());
+        }
+    }
+    let (_, s) = ok_on(&cluster, 1, "kv.delete", json!({"namespace": "cmp", "key": "k0"})).await;
+    seq = seq.max(s);
+    // Each node compacts at the markers the compactor role sends: the
+    // rewrites go (the delete stays, within its retention), and the three
+    // logs are the same once each applied the same markers.
+    let kv_events = |log: &[Value]| {
+        log.iter()
+            .filter(|e| e["stream"].as_str().is_some_and(|s| s.starts_with("kv/")))
+            .map(|e| (e["seq"].as_u64().unwrap(), e["type"].as_str().unwrap().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let client = &cluster.clients[0];
+    let log = wait_until("the three logs compacted alike", WAIT, || async {
+        let logs = [
+            log_of(client, "n0", seq).await,
+            log_of(client, "n1", seq).await,
+            log_of(client, "n2", seq).await,
+        ];
+        let kv = kv_events(&logs[0]);
+        if kv.len() == 4 && logs[0] == logs[1] && logs[0] == logs[2] {
+            Ok(logs[0].clone())
+        } else {
+            Err(format!(
+                "kv events per node: {} {} {}",
+                kv.len(),
+                kv_events(&logs[1]).len(),
+                kv_events(&logs[2]).len()
+            ))
+        }
+    })
+    .await;
+    let kinds: Vec<String> = kv_events(&log).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(
+        kinds,
+        ["KvEntrySet", "KvEntrySet", "KvEntrySet", "KvEntryDeleted"],
+        "the last set of k1, k2, k3 and the delete of k0"
+    );
+    // The entries as they were, on every node.
+    for node in 0..3 {
+        assert_eq!(get_on(&cluster, node, "cmp", "k0", seq).await, Err(404));
+        assert_eq!(get_on(&cluster, node, "cmp", "k3", seq).await, Ok(json!(5)));
+    }
+}
