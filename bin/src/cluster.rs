@@ -11,7 +11,11 @@
 //! routing. The publisher of `CAIRN_EVENTS` is a role with a lease of its
 //! own ([`PUBLISHER_ROLE`]): one node publishes, from its replica of the
 //! log (all replicas are the same, seq for seq, so a new holder resumes
-//! exactly where the last one stopped).
+//! exactly where the last one stopped). The node's holder also lists the
+//! key-value partitions (`kv/00` … `kv/15`: their writers start and stop
+//! with their leases, [`KvNode::own`]) and, with `kv.compact-interval`,
+//! the compactor role ([`log::COMPACTOR_ROLE`]: its holder sends the
+//! compaction markers every node compacts at).
 
 use std::{sync::Arc, time::Duration};
 

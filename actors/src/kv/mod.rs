@@ -21,10 +21,25 @@
 //!   version, folded into the `kv_entries` view in the same batch
 //!   (read-your-writes) and published like every event
 //!   (`cairn.events._.kv/<partition>.kv.<event>`, so `cairn log` shows who
-//!   changed or invalidated what). When the cluster moves a partition's
-//!   ownership, its writer moves with it; nothing here assumes the writer
-//!   is local beyond the in-memory trackers, which a new owner rebuilds
-//!   from the view.
+//!   changed or invalidated what).
+//! - **On a cluster** ([`KvCluster`]) each partition stream has an owner
+//!   (a lease, placed like a repository's): only the owner runs the
+//!   partition's writer ([`KvNode::own`] / [`KvNode::disown`], called by
+//!   the node's lease holder), and it appends through the replicated log
+//!   ([`KvLog::Cluster`]: fenced, answered once applied on this node). A
+//!   command for a partition this node does not write answers
+//!   [`KvError::NotOwner`] ("does not own"), which the service routes
+//!   again to the owner (`service::kv`). Every node reads from its own
+//!   replica.
+//! - **The memory tier follows the log** ([`KvObserver`]): the store
+//!   tells it of every commit (the node's own appends and replicated
+//!   commits alike) on its writer thread, before the commit's seq is
+//!   announced, and each `kv/` event updates the memory tier and the
+//!   trackers. So a read that waited for a seq never finds a row that
+//!   seq overwrote or deleted, on any node, and the trackers (entries of
+//!   namespaces with limits, settings) are current on every node — a new
+//!   owner decides evictions on them at once. The writers do not touch
+//!   them: they decide on them, append, and find them updated.
 //! - **Set batching.** Sets are the hot write, and a writer that ran one
 //!   set at a time would wait one group commit per set: sets of one
 //!   partition would never share an fsync. So a set is not a writer
@@ -79,8 +94,14 @@
 //!   compacted log equals the live view.
 //! - **Single flight** (`kv.get_or_compute`, read-through origins) is kept
 //!   in the node ([`flight`]): concurrent misses of one entry share one
-//!   call. In a cluster, cluster-wide single flight follows the owner of
-//!   the namespace's partition.
+//!   call. On a cluster a miss is sent to the owner of the namespace's
+//!   partition, whose flight the misses of every node share.
+//! - **Background work on a cluster** (see the README's cluster section):
+//!   the sweeper of each node removes expired entries of the partitions it
+//!   writes; evictions are decided by the owner with the set; compaction
+//!   runs on every node at markers in the replicated log
+//!   (`cluster::log`), so every node's log stays the same; no WAL flusher
+//!   runs (the replicated log's quorum makes a write durable).
 //! - **Origins** (seed 001's decorators): a namespace configured with an
 //!   origin subject is read-through (a miss asks the origin and caches
 //!   its answer; its 404 is a miss) and, with `write_through`,

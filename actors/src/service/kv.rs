@@ -5,6 +5,15 @@
 //! field is a 400 naming it, and nothing is stored. Writes go to the
 //! writer of the namespace's partition; reads are answered from the memory
 //! tier, else the `kv_entries` view.
+//!
+//! On a cluster, writes run at their partition's owner (`on_owner`: the
+//! repository commands' routing, then this node waits until it applied
+//! what the owner answered), and commands over every partition are split
+//! into parts, one per partition, each run at its owner, the counts summed
+//! (`by_partition`; each part atomic, the whole not — a failure names
+//! the failed partitions and what the others removed). A `get_or_compute`
+//! or read-through miss is sent to the owner too: one flight for the whole
+//! cluster. Reads stay local.
 
 use std::{sync::Arc, time::Duration};
 
@@ -259,7 +268,7 @@ fn kv(context: &ServiceContext) -> Result<&crate::kv::KvNode, ServiceError> {
 pub const PARTITION_HEADER: &str = "Cairn-Kv-Partition";
 
 /// Where a key-value command of one partition ran.
-enum Ran<T> {
+pub(crate) enum Ran<T> {
     /// Here: this node writes the partition (or is a single node).
     Here(T),
     /// At the partition's owner: its reply, to relay (this node applied
@@ -294,7 +303,7 @@ fn part_of(request: &Incoming) -> Result<Option<usize>, ServiceError> {
 
 /// How a command travels to a partition's owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Send {
+pub(crate) enum Send {
     /// As it came (body and headers, its format): the owner's reply is
     /// the client's.
     Whole,
@@ -315,7 +324,7 @@ enum Send {
 /// waits (at most `cluster.read-wait`) until it applied the owner's
 /// `Cairn-Seq`, so this node's reply — and any read here after it —
 /// reflects the write.
-async fn on_owner<T, F, Fut>(
+pub(crate) async fn on_owner<T, F, Fut>(
     context: &ServiceContext,
     request: &Incoming,
     endpoint: &'static str,
@@ -416,8 +425,10 @@ fn relayed(format: Format, headers: &async_nats::HeaderMap, body: bytes::Bytes) 
 /// is not: when parts fail, the others' deletions stand and the error
 /// names the failed partitions and what the others removed (retrying is
 /// safe: a part removes what still matches). A request that is itself a
-/// part runs only its partition.
-async fn by_partition<F, Fut>(
+/// part runs only its partition. A single node runs such commands whole
+/// (one scan, [`crate::kv::KvNode::delete_matching`] cuts them per
+/// partition), not through this.
+pub(crate) async fn by_partition<F, Fut>(
     context: &ServiceContext,
     request: &Incoming,
     endpoint: &'static str,
@@ -433,9 +444,6 @@ where
             Ran::Here(n) => Ok(n),
             Ran::There(headers, body) => part_count(&headers, body, field),
         };
-    }
-    if context.config.cluster.is_none() {
-        return part_all(&part).await;
     }
     let parts = (0..KV_PARTITIONS).map(|p| {
         let part = &part;
@@ -470,20 +478,6 @@ where
             first.message
         ),
     })
-}
-
-/// A single node's run of a split command: every partition's part here,
-/// one after the other (each appends only for partitions with matches).
-async fn part_all<F, Fut>(part: &F) -> Result<u64, ServiceError>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<u64, ServiceError>>,
-{
-    let mut total = 0;
-    for p in 0..KV_PARTITIONS {
-        total += part(p).await?;
-    }
-    Ok(total)
 }
 
 /// The count (`field`) of an owner's reply to a part.
