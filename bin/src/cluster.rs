@@ -131,17 +131,21 @@ impl ClusterStart {
         })
     }
 
-    /// Joins: the ownership loop starts acquiring this node's streams.
+    /// Joins: the ownership loop starts acquiring this node's streams
+    /// (the writers of `parts` start and stop with their leases).
     pub async fn finish(
         self,
         config: &NodeConfig,
-        store: &Store,
-        client: &async_nats::Client,
-        registry: &Addr<Registry>,
-        publisher: &PublisherSlot,
-        publisher_config: PublisherConfig,
-        kv: &KvNode,
+        parts: NodeParts<'_>,
     ) -> anyhow::Result<ClusterNode> {
+        let NodeParts {
+            store,
+            client,
+            registry,
+            publisher,
+            publisher_config,
+            kv,
+        } = parts;
         let holder = Arc::new(NodeHolder {
             store: store.clone(),
             client: client.clone(),
@@ -191,6 +195,23 @@ impl ClusterStart {
             leave_grace: config.cluster.renew_interval,
         })
     }
+}
+
+/// What of the node the cluster hands streams to ([`ClusterStart::finish`]).
+#[derive(Debug)]
+pub struct NodeParts<'a> {
+    /// The node's store.
+    pub store: &'a Store,
+    /// Its NATS connection.
+    pub client: &'a async_nats::Client,
+    /// Repository writers.
+    pub registry: &'a Addr<Registry>,
+    /// The publisher role's slot.
+    pub publisher: &'a PublisherSlot,
+    /// The publisher's configuration.
+    pub publisher_config: PublisherConfig,
+    /// The key-value partitions' writers.
+    pub kv: &'a KvNode,
 }
 
 /// Waits until `applied` reaches the stream's last sequence as it is now.
@@ -350,8 +371,12 @@ struct Compactor {
 
 impl Compactor {
     fn start(&self, clock: std::sync::Arc<dyn cairn_actors::timing::Clock>) {
-        let (js, node, interval, retention) =
-            (self.js.clone(), self.node.clone(), self.interval, self.retention);
+        let (js, node, interval, retention) = (
+            self.js.clone(),
+            self.node.clone(),
+            self.interval,
+            self.retention,
+        );
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

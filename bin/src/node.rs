@@ -237,12 +237,14 @@ impl Node {
                 let node = start
                     .finish(
                         &config,
-                        &store,
-                        &client,
-                        &registry,
-                        &publisher,
-                        publisher_config,
-                        &kv_node,
+                        crate::cluster::NodeParts {
+                            store: &store,
+                            client: &client,
+                            registry: &registry,
+                            publisher: &publisher,
+                            publisher_config,
+                            kv: &kv_node,
+                        },
                     )
                     .await?;
                 service_config.cluster = Some(node.routing.clone());

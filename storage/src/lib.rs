@@ -104,8 +104,8 @@ pub use columns::Column;
 pub use compaction::{CompactingLog, CompactionPolicy, CompactionStats};
 pub use digest::Digest;
 pub use error::StorageError;
-pub use observe::CommitObserver;
 pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
+pub use observe::CommitObserver;
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{
     CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot,

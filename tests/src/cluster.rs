@@ -76,7 +76,8 @@ impl CairnCluster {
             env.push((NODE_LOG.0.to_owned(), NODE_LOG.1.to_owned()));
         }
         tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             ChildNode::start_in_cluster(&cli, &data, &url, &format!("n{i}"), &env)
         })
         .await

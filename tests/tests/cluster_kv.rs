@@ -111,23 +111,27 @@ async fn writes_through_any_node_are_read_on_every_node_and_none_serves_a_stale_
     let cluster = start().await;
     // Every partition has an owner; the nodes that joined last take their
     // share from the first (placement hands partitions over).
-    wait_until("the kv partitions to spread over the nodes", WAIT, || async {
-        let owners: BTreeMap<String, String> = cluster
-            .owners()
-            .await
-            .into_iter()
-            .filter(|(s, _)| s.starts_with("kv/"))
-            .collect();
-        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
-        for node in owners.values() {
-            *per_node.entry(node.clone()).or_default() += 1;
-        }
-        if owners.len() == 16 && per_node.len() == 3 {
-            Ok(())
-        } else {
-            Err(format!("{per_node:?}"))
-        }
-    })
+    wait_until(
+        "the kv partitions to spread over the nodes",
+        WAIT,
+        || async {
+            let owners: BTreeMap<String, String> = cluster
+                .owners()
+                .await
+                .into_iter()
+                .filter(|(s, _)| s.starts_with("kv/"))
+                .collect();
+            let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+            for node in owners.values() {
+                *per_node.entry(node.clone()).or_default() += 1;
+            }
+            if owners.len() == 16 && per_node.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{per_node:?}"))
+            }
+        },
+    )
     .await;
 
     // Set on A, read on every node (each fills its memory tier).
@@ -140,7 +144,10 @@ async fn writes_through_any_node_are_read_on_every_node_and_none_serves_a_stale_
     .await;
     let v1 = set["version"].as_u64().unwrap();
     for node in 0..3 {
-        assert_eq!(get_on(&cluster, node, "app", "k", v1).await, Ok(json!({"v": 1})));
+        assert_eq!(
+            get_on(&cluster, node, "app", "k", v1).await,
+            Ok(json!({"v": 1}))
+        );
     }
     // Overwrite through B; C, and A (whose memory held v1), read the new
     // value once they applied it.
@@ -154,7 +161,10 @@ async fn writes_through_any_node_are_read_on_every_node_and_none_serves_a_stale_
     let v2 = set["version"].as_u64().unwrap();
     assert!(v2 > v1);
     for node in [2, 0, 1] {
-        assert_eq!(get_on(&cluster, node, "app", "k", v2).await, Ok(json!({"v": 2})));
+        assert_eq!(
+            get_on(&cluster, node, "app", "k", v2).await,
+            Ok(json!({"v": 2}))
+        );
     }
     // Delete through C: 404 everywhere once applied (the reply's Cairn-Seq
     // covers the delete, wherever it ran).
@@ -189,7 +199,11 @@ async fn writes_through_any_node_are_read_on_every_node_and_none_serves_a_stale_
     let mut seq = 0;
     for (i, ns) in namespaces.iter().enumerate() {
         for key in ["a", "b"] {
-            let tags = if key == "a" { json!(["red"]) } else { json!(["blue"]) };
+            let tags = if key == "a" {
+                json!(["red"])
+            } else {
+                json!(["blue"])
+            };
             let (set, _) = ok_on(
                 &cluster,
                 i % 3,
@@ -220,18 +234,14 @@ async fn writes_through_any_node_are_read_on_every_node_and_none_serves_a_stale_
     // user:1, user:10, user:11.
     assert_eq!(deleted, json!({"deleted": 3}));
     // Tags over every partition.
-    let (deleted, seq2) = ok_on(
-        &cluster,
-        2,
-        "kv.delete_by_tags",
-        json!({"tags": ["blue"]}),
-    )
-    .await;
+    let (deleted, seq2) = ok_on(&cluster, 2, "kv.delete_by_tags", json!({"tags": ["blue"]})).await;
     assert_eq!(deleted, json!({"deleted": 12}));
     let seq = seq.max(seq2);
     let left: Vec<String> = all
         .iter()
-        .filter(|k| k.ends_with(":a") && !["user:1:a", "user:10:a", "user:11:a"].contains(&k.as_str()))
+        .filter(|k| {
+            k.ends_with(":a") && !["user:1:a", "user:10:a", "user:11:a"].contains(&k.as_str())
+        })
         .cloned()
         .collect();
     for node in 0..3 {
@@ -374,7 +384,10 @@ async fn a_killed_partition_owner_is_replaced_and_nothing_acknowledged_is_lost()
         )
         .await;
         set.unwrap();
-        assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), format!("n{}", i % 3));
+        assert_eq!(
+            headers.get("Cairn-Node").unwrap().as_str(),
+            format!("n{}", i % 3)
+        );
         acknowledged.push((format!("o{i}"), i));
     }
 
@@ -398,7 +411,10 @@ async fn a_killed_partition_owner_is_replaced_and_nothing_acknowledged_is_lost()
     })
     .await;
     let failover = killed_at.elapsed();
-    assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
     acknowledged.push(("after".to_owned(), 0));
     let new_owner = owner_of(&cluster, "orders", Some(&owner)).await;
     assert_ne!(new_owner, owner);
@@ -421,10 +437,7 @@ async fn a_killed_partition_owner_is_replaced_and_nothing_acknowledged_is_lost()
         log_of(&cluster.clients[0], &format!("n{}", others[1]), seq).await,
     ];
     assert_eq!(logs[0], logs[1]);
-    let sets = logs[0]
-        .iter()
-        .filter(|e| e["type"] == "KvEntrySet")
-        .count();
+    let sets = logs[0].iter().filter(|e| e["type"] == "KvEntrySet").count();
     assert_eq!(sets, acknowledged.len(), "every acknowledged set once");
 }
 
@@ -551,11 +564,29 @@ async fn the_logs_are_identical_after_a_mixed_kv_workload_through_every_node() {
         .await;
         track(s);
     }
-    let (_, s) = ok_on(&cluster, 2, "kv.delete", json!({"namespace": "a:b", "key": "k2"})).await;
+    let (_, s) = ok_on(
+        &cluster,
+        2,
+        "kv.delete",
+        json!({"namespace": "a:b", "key": "k2"}),
+    )
+    .await;
     track(s);
-    let (_, s) = ok_on(&cluster, 0, "kv.delete_by_tags", json!({"tags": ["t1"], "match": "all"})).await;
+    let (_, s) = ok_on(
+        &cluster,
+        0,
+        "kv.delete_by_tags",
+        json!({"tags": ["t1"], "match": "all"}),
+    )
+    .await;
     track(s);
-    let (_, s) = ok_on(&cluster, 1, "kv.delete_by_pattern", json!({"pattern": "a:b:*"})).await;
+    let (_, s) = ok_on(
+        &cluster,
+        1,
+        "kv.delete_by_pattern",
+        json!({"pattern": "a:b:*"}),
+    )
+    .await;
     track(s);
     let (_, s) = ok_on(&cluster, 2, "kv.clear", json!({"namespace": ""})).await;
     track(s);
@@ -569,7 +600,10 @@ async fn the_logs_are_identical_after_a_mixed_kv_workload_through_every_node() {
             HeaderMap::new(),
         )
         .await;
-        match exists.map_err(|e| e.to_string())?["items"].as_array().map(Vec::len) {
+        match exists.map_err(|e| e.to_string())?["items"]
+            .as_array()
+            .map(Vec::len)
+        {
             Some(0) => Ok(()),
             other => Err(format!("{other:?} live tmp entries")),
         }
@@ -589,7 +623,11 @@ async fn the_logs_are_identical_after_a_mixed_kv_workload_through_every_node() {
             .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
             .collect()
     };
-    assert!(logs[0].len() as u64 >= seq, "{} events, seq {seq}", logs[0].len());
+    assert!(
+        logs[0].len() as u64 >= seq,
+        "{} events, seq {seq}",
+        logs[0].len()
+    );
     let seen = kinds(&logs[0]).join(",");
     for kind in [
         "KvEntriesEvicted",
@@ -632,7 +670,13 @@ async fn every_node_compacts_the_kv_class_at_the_same_point_of_the_log() {
             seq = seq.max(set["version"].as_u64().unwrap());
         }
     }
-    let (_, s) = ok_on(&cluster, 1, "kv.delete", json!({"namespace": "cmp", "key": "k0"})).await;
+    let (_, s) = ok_on(
+        &cluster,
+        1,
+        "kv.delete",
+        json!({"namespace": "cmp", "key": "k0"}),
+    )
+    .await;
     seq = seq.max(s);
     // Each node compacts at the markers the compactor role sends: the
     // rewrites go (the delete stays, within its retention), and the three
@@ -640,7 +684,12 @@ async fn every_node_compacts_the_kv_class_at_the_same_point_of_the_log() {
     let kv_events = |log: &[Value]| {
         log.iter()
             .filter(|e| e["stream"].as_str().is_some_and(|s| s.starts_with("kv/")))
-            .map(|e| (e["seq"].as_u64().unwrap(), e["type"].as_str().unwrap().to_owned()))
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["type"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     let client = &cluster.clients[0];

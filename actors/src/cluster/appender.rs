@@ -311,10 +311,14 @@ impl ClusterAppend {
                 }
                 other => {
                     self.abandon(stream);
-                    return finish(committed, &lens, Some(StorageError::Corrupt(format!(
-                        "commit at position {} on {stream}: unexpected outcome {other:?}",
-                        ack.sequence
-                    ))));
+                    return finish(
+                        committed,
+                        &lens,
+                        Some(StorageError::Corrupt(format!(
+                            "commit at position {} on {stream}: unexpected outcome {other:?}",
+                            ack.sequence
+                        ))),
+                    );
                 }
             }
         }

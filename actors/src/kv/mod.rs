@@ -552,18 +552,14 @@ impl StreamDomain for Kv {
                         current_rows(&store, candidates, |row| matcher.matches(row))
                     })
                     .await??;
-                    remove_in_bulk(
-                        session,
-                        selected,
-                        |count, entries| {
-                            Payload::KvEntriesDeleted(KvEntriesDeleted {
-                                by: by.to_owned(),
-                                selector: selector.clone(),
-                                count,
-                                entries,
-                            })
-                        },
-                    )
+                    remove_in_bulk(session, selected, |count, entries| {
+                        Payload::KvEntriesDeleted(KvEntriesDeleted {
+                            by: by.to_owned(),
+                            selector: selector.clone(),
+                            count,
+                            entries,
+                        })
+                    })
                     .await
                 }
                 KvCommand::Expire { candidates } => {
@@ -572,13 +568,9 @@ impl StreamDomain for Kv {
                         current_rows(&store, candidates, |row| expired(row.expires_at_ms, now_ms))
                     })
                     .await??;
-                    remove_in_bulk(
-                        session,
-                        selected,
-                        |count, entries| {
-                            Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
-                        },
-                    )
+                    remove_in_bulk(session, selected, |count, entries| {
+                        Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
+                    })
                     .await
                 }
                 KvCommand::Configure {
@@ -862,9 +854,7 @@ async fn run_sets(
                 });
                 continue;
             }
-            let DecidedSet {
-                mut row, ..
-            } = d;
+            let DecidedSet { mut row, .. } = d;
             if written > 0 {
                 // The memory tier and trackers took the entry (and its
                 // evictions) as the commit was written ([`KvObserver`]).
@@ -914,11 +904,14 @@ fn current_rows(
 /// its own and the replicated ones alike.
 #[derive(Debug, Clone)]
 pub struct KvNode {
-    writers: Arc<Vec<parking_lot::RwLock<Option<Addr<StreamWriter<Kv>>>>>>,
+    writers: Arc<Vec<WriterSlot>>,
     env: Arc<KvEnv>,
     flights: Arc<flight::Flights<Found>>,
     cluster: Option<Arc<KvCluster>>,
 }
+
+/// A partition's writer while this node runs it.
+type WriterSlot = parking_lot::RwLock<Option<Addr<StreamWriter<Kv>>>>;
 
 /// What a cluster node's key-value cache needs besides a single node's.
 #[derive(Debug)]

@@ -288,7 +288,11 @@ fn forwarded(request: &Incoming) -> bool {
 /// The partition a part names ([`PARTITION_HEADER`]), if this request is
 /// one.
 fn part_of(request: &Incoming) -> Result<Option<usize>, ServiceError> {
-    let Some(value) = request.headers.as_ref().and_then(|h| h.get(PARTITION_HEADER)) else {
+    let Some(value) = request
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(PARTITION_HEADER))
+    else {
         return Ok(None);
     };
     match value.as_str().parse::<usize>() {
@@ -394,7 +398,11 @@ where
 
 /// The owner's reply to a command sent [`Send::Whole`], as this node's:
 /// the same body (in the client's format), or the same error.
-fn relayed(format: Format, headers: &async_nats::HeaderMap, body: bytes::Bytes) -> Result<Body, ServiceError> {
+fn relayed(
+    format: Format,
+    headers: &async_nats::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Body, ServiceError> {
     if let Some(code) = headers.get("Nats-Service-Error-Code") {
         let code = code.as_str().parse::<u16>().unwrap_or(500);
         // The body names the error exactly (the header is capped).
@@ -407,7 +415,11 @@ fn relayed(format: Format, headers: &async_nats::HeaderMap, body: bytes::Bytes) 
                     .map(|e| e.message)
                     .filter(|m| !m.is_empty())
             })
-            .or_else(|| headers.get("Nats-Service-Error").map(|m| m.as_str().to_owned()))
+            .or_else(|| {
+                headers
+                    .get("Nats-Service-Error")
+                    .map(|m| m.as_str().to_owned())
+            })
             .unwrap_or_default();
         return Err(ServiceError { code, message });
     }
@@ -495,7 +507,6 @@ fn part_count(
         .ok_or_else(|| ServiceError::internal(format!("a part's reply has no {field} count")))
 }
 
-
 /// `kv.set`.
 pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
     let f = Fields::parse(
@@ -553,13 +564,20 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
     };
     // At the partition's owner: the write-through origin is called there,
     // once, before the set is queued.
-    let ran = on_owner(&context, &request, "cairn.v1.kv.set", partition, Send::Whole, || {
-        let (set, meta, context) = (set.clone(), meta.clone(), &context);
-        async move {
-            write_through(context, kv, &set).await?;
-            Ok(kv.execute(partition, KvCommand::Set(set), meta).await?)
-        }
-    })
+    let ran = on_owner(
+        &context,
+        &request,
+        "cairn.v1.kv.set",
+        partition,
+        Send::Whole,
+        || {
+            let (set, meta, context) = (set.clone(), meta.clone(), &context);
+            async move {
+                write_through(context, kv, &set).await?;
+                Ok(kv.execute(partition, KvCommand::Set(set), meta).await?)
+            }
+        },
+    )
     .await?;
     let reply = match ran {
         Ran::Here(reply) => reply,
@@ -726,11 +744,18 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
             meta: metadata(&request, principal),
         };
         let partition = partition_of(&namespace);
-        let ran = on_owner(&context, &request, "cairn.v1.kv.get", partition, Send::Whole, || {
-            let (fill, body, context) = (fill.clone(), body.clone(), &context);
-            let subject = settings.origin_subject.clone();
-            async move { fill.run(context, "origin", &subject, body).await }
-        })
+        let ran = on_owner(
+            &context,
+            &request,
+            "cairn.v1.kv.get",
+            partition,
+            Send::Whole,
+            || {
+                let (fill, body, context) = (fill.clone(), body.clone(), &context);
+                let subject = settings.origin_subject.clone();
+                async move { fill.run(context, "origin", &subject, body).await }
+            },
+        )
         .await?;
         found = match ran {
             Ran::Here(found) => found,
@@ -772,14 +797,21 @@ pub async fn handle_delete(
     let meta = metadata(&request, principal);
     let kv = kv(&context)?;
     let partition = partition_of(&namespace);
-    let ran = on_owner(&context, &request, "cairn.v1.kv.delete", partition, Send::Whole, || {
-        let command = KvCommand::Delete {
-            namespace: namespace.clone(),
-            key: key.clone(),
-        };
-        let meta = meta.clone();
-        async move { Ok(kv.execute(partition, command, meta).await?) }
-    })
+    let ran = on_owner(
+        &context,
+        &request,
+        "cairn.v1.kv.delete",
+        partition,
+        Send::Whole,
+        || {
+            let command = KvCommand::Delete {
+                namespace: namespace.clone(),
+                key: key.clone(),
+            };
+            let meta = meta.clone();
+            async move { Ok(kv.execute(partition, command, meta).await?) }
+        },
+    )
     .await?;
     let reply = match ran {
         Ran::Here(reply) => reply,
@@ -874,21 +906,28 @@ pub async fn handle_delete_by_pattern(
         )
         .await?
     } else {
-        by_partition(&context, &request, "cairn.v1.kv.delete_by_pattern", "deleted", |p| {
-            let (context, pattern, glob, meta) = (&context, pattern.clone(), glob.clone(), meta.clone());
-            async move {
-                delete_scanned(
-                    context,
-                    "pattern",
-                    pattern,
-                    KvView::ENTRY_PREFIX.to_vec(),
-                    Matcher::Pattern(glob),
-                    meta,
-                    Some(p),
-                )
-                .await
-            }
-        })
+        by_partition(
+            &context,
+            &request,
+            "cairn.v1.kv.delete_by_pattern",
+            "deleted",
+            |p| {
+                let (context, pattern, glob, meta) =
+                    (&context, pattern.clone(), glob.clone(), meta.clone());
+                async move {
+                    delete_scanned(
+                        context,
+                        "pattern",
+                        pattern,
+                        KvView::ENTRY_PREFIX.to_vec(),
+                        Matcher::Pattern(glob),
+                        meta,
+                        Some(p),
+                    )
+                    .await
+                }
+            },
+        )
         .await?
     };
     Ok(count_body(request.format, deleted))
@@ -980,9 +1019,13 @@ pub async fn handle_delete_by_tags(
     let deleted = if context.config.cluster.is_none() {
         by_tags(None).await?
     } else {
-        by_partition(&context, &request, "cairn.v1.kv.delete_by_tags", "deleted", |p| {
-            by_tags(Some(p))
-        })
+        by_partition(
+            &context,
+            &request,
+            "cairn.v1.kv.delete_by_tags",
+            "deleted",
+            |p| by_tags(Some(p)),
+        )
         .await?
     };
     Ok(count_body(request.format, deleted))
@@ -1027,11 +1070,16 @@ pub async fn handle_clear(
         return Ok(count_body(request.format, clear(None).await?));
     }
     if all {
-        let deleted = by_partition(&context, &request, endpoint, "deleted", |p| clear(Some(p))).await?;
+        let deleted =
+            by_partition(&context, &request, endpoint, "deleted", |p| clear(Some(p))).await?;
         return Ok(count_body(request.format, deleted));
     }
     let partition = partition_of(&namespace);
-    match on_owner(&context, &request, endpoint, partition, Send::Whole, || clear(None)).await? {
+    match on_owner(&context, &request, endpoint, partition, Send::Whole, || {
+        clear(None)
+    })
+    .await?
+    {
         Ran::Here(deleted) => Ok(count_body(request.format, deleted)),
         Ran::There(headers, body) => relayed(request.format, &headers, body),
     }
@@ -1190,8 +1238,14 @@ pub async fn handle_cleanup(
         let (ns, meta) = (ns.clone(), meta.clone());
         async move {
             Ok::<_, ServiceError>(
-                kv.cleanup(ns.as_deref(), &meta, BULK_ROUND_ENTRIES, BULK_ROUNDS_MAX, only)
-                    .await?,
+                kv.cleanup(
+                    ns.as_deref(),
+                    &meta,
+                    BULK_ROUND_ENTRIES,
+                    BULK_ROUNDS_MAX,
+                    only,
+                )
+                .await?,
             )
         }
     };
@@ -1206,8 +1260,10 @@ pub async fn handle_cleanup(
         (Some(_), Some(ns)) => {
             let partition = partition_of(ns);
             let endpoint = "cairn.v1.kv.cleanup";
-            match on_owner(&context, &request, endpoint, partition, Send::Whole, || cleanup(None))
-                .await?
+            match on_owner(&context, &request, endpoint, partition, Send::Whole, || {
+                cleanup(None)
+            })
+            .await?
             {
                 Ran::Here(removed) => removed,
                 Ran::There(headers, body) => return relayed(request.format, &headers, body),
@@ -1253,14 +1309,21 @@ pub async fn handle_configure(
     let meta = metadata(&request, f.string("principal")?);
     let kv = kv(&context)?;
     let partition = partition_of(&namespace);
-    let ran = on_owner(&context, &request, "cairn.v1.kv.configure", partition, Send::Whole, || {
-        let command = KvCommand::Configure {
-            namespace: namespace.clone(),
-            settings: settings.clone(),
-        };
-        let meta = meta.clone();
-        async move { Ok(kv.execute(partition, command, meta).await?) }
-    })
+    let ran = on_owner(
+        &context,
+        &request,
+        "cairn.v1.kv.configure",
+        partition,
+        Send::Whole,
+        || {
+            let command = KvCommand::Configure {
+                namespace: namespace.clone(),
+                settings: settings.clone(),
+            };
+            let meta = meta.clone();
+            async move { Ok(kv.execute(partition, command, meta).await?) }
+        },
+    )
     .await?;
     let reply = match ran {
         Ran::Here(reply) => reply,
