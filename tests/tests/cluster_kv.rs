@@ -724,3 +724,91 @@ async fn every_node_compacts_the_kv_class_at_the_same_point_of_the_log() {
         assert_eq!(get_on(&cluster, node, "cmp", "k3", seq).await, Ok(json!(5)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_a_partition_over_without_a_failed_write() {
+    let mut cluster = start().await;
+    let owner = index(&owner_of(&cluster, "steady", None).await);
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    // Sets one after the other through the other nodes, until told to stop.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clients = cluster.clients.clone();
+    let writes = tokio::spawn(async move {
+        let (mut acknowledged, mut failed, mut seq) = (Vec::new(), Vec::new(), 0);
+        let mut i = 0;
+        while !*stopped.borrow() {
+            let node = others[i % 2];
+            let (reply, _) = clients[0]
+                .call_node(
+                    &format!("n{node}"),
+                    "kv.set",
+                    json!({"namespace": "steady", "key": format!("w{i:04}"), "value": i}),
+                    HeaderMap::new(),
+                )
+                .await;
+            match reply {
+                Ok(set) => {
+                    seq = seq.max(set["version"].as_u64().unwrap());
+                    acknowledged.push(format!("steady:w{i:04}"));
+                }
+                Err(e) => failed.push(format!("w{i:04}: {e}")),
+            }
+            i += 1;
+        }
+        (acknowledged, failed, seq)
+    });
+    // The owner leaves with SIGTERM (and comes back) while the sets go on.
+    let status = cluster.restart(owner).await;
+    assert!(status.success(), "{status}");
+    let _ = owner_of(&cluster, "steady", None).await;
+    // A few more sets after it is back, then stop.
+    let client = cluster.clients[0].clone();
+    wait_until("sets to go on after the restart", WAIT, || {
+        let client = client.clone();
+        async move {
+            let (reply, _) = client
+                .call_node(
+                    &format!("n{owner}"),
+                    "kv.keys",
+                    json!({"namespace": "steady", "limit": 1000}),
+                    HeaderMap::new(),
+                )
+                .await;
+            match reply.map_err(|e| e.to_string())?["items"]
+                .as_array()
+                .map(Vec::len)
+            {
+                Some(n) if n >= 5 => Ok(()),
+                other => Err(format!("{other:?} entries")),
+            }
+        }
+    })
+    .await;
+    stop.send_replace(true);
+    let (acknowledged, failed, seq) = writes.await.unwrap();
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "no set failed while the owner left"
+    );
+    assert!(acknowledged.len() >= 5, "{acknowledged:?}");
+    // Every acknowledged set on every node, and no other.
+    for node in 0..3 {
+        let (reply, _) = on(
+            &cluster,
+            node,
+            "kv.keys",
+            json!({"namespace": "steady", "limit": 1000}),
+            min_seq(&seq.to_string()),
+        )
+        .await;
+        let mut keys: Vec<String> = reply.unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["full_key"].as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, acknowledged, "n{node}");
+    }
+}
