@@ -307,7 +307,7 @@ fn part_of(request: &Incoming) -> Result<Option<usize>, ServiceError> {
 
 /// How a command travels to a partition's owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Send {
+pub(crate) enum Via {
     /// As it came (body and headers, its format): the owner's reply is
     /// the client's.
     Whole,
@@ -333,7 +333,7 @@ pub(crate) async fn on_owner<T, F, Fut>(
     request: &Incoming,
     endpoint: &'static str,
     partition: usize,
-    how: Send,
+    how: Via,
     mut local: F,
 ) -> Result<Ran<T>, ServiceError>
 where
@@ -352,8 +352,8 @@ where
             Ok(Route::Local) => local().await.map(Ran::Here),
             Ok(Route::Forward(node)) => {
                 let (payload, headers) = match how {
-                    Send::Whole => (request.payload.clone(), request.headers.clone()),
-                    Send::Part(p) => {
+                    Via::Whole => (request.payload.clone(), request.headers.clone()),
+                    Via::Part(p) => {
                         let mut headers = request.headers.clone().unwrap_or_default();
                         // The part is JSON whatever the client sent.
                         headers.insert("Content-Type", "application/json");
@@ -396,7 +396,7 @@ where
     }
 }
 
-/// The owner's reply to a command sent [`Send::Whole`], as this node's:
+/// The owner's reply to a command sent [`Via::Whole`], as this node's:
 /// the same body (in the client's format), or the same error.
 fn relayed(
     format: Format,
@@ -432,7 +432,7 @@ fn relayed(
 /// Runs a command that touches every partition (a pattern, tags, `clear`
 /// of everything, `cleanup` of every namespace) as one part per partition,
 /// each where its partition is written (`part(p)` here, else sent to the
-/// owner as [`Send::Part`]), all at once; answers the sum of their counts.
+/// owner as [`Via::Part`]), all at once; answers the sum of their counts.
 /// Each part is atomic (one append of its partition's events); the whole
 /// is not: when parts fail, the others' deletions stand and the error
 /// names the failed partitions and what the others removed (retrying is
@@ -452,7 +452,7 @@ where
     Fut: std::future::Future<Output = Result<u64, ServiceError>>,
 {
     if let Some(p) = part_of(request)? {
-        return match on_owner(context, request, endpoint, p, Send::Part(p), || part(p)).await? {
+        return match on_owner(context, request, endpoint, p, Via::Part(p), || part(p)).await? {
             Ran::Here(n) => Ok(n),
             Ran::There(headers, body) => part_count(&headers, body, field),
         };
@@ -460,7 +460,7 @@ where
     let parts = (0..KV_PARTITIONS).map(|p| {
         let part = &part;
         async move {
-            match on_owner(context, request, endpoint, p, Send::Part(p), || part(p)).await? {
+            match on_owner(context, request, endpoint, p, Via::Part(p), || part(p)).await? {
                 Ran::Here(n) => Ok(n),
                 Ran::There(headers, body) => part_count(&headers, body, field),
             }
@@ -569,7 +569,7 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
         &request,
         "cairn.v1.kv.set",
         partition,
-        Send::Whole,
+        Via::Whole,
         || {
             let (set, meta, context) = (set.clone(), meta.clone(), &context);
             async move {
@@ -749,7 +749,7 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
             &request,
             "cairn.v1.kv.get",
             partition,
-            Send::Whole,
+            Via::Whole,
             || {
                 let (fill, body, context) = (fill.clone(), body.clone(), &context);
                 let subject = settings.origin_subject.clone();
@@ -802,7 +802,7 @@ pub async fn handle_delete(
         &request,
         "cairn.v1.kv.delete",
         partition,
-        Send::Whole,
+        Via::Whole,
         || {
             let command = KvCommand::Delete {
                 namespace: namespace.clone(),
@@ -946,7 +946,7 @@ pub async fn handle_delete_by_namespace(
     let meta = metadata(&request, f.string("principal")?);
     let partition = partition_of(&namespace);
     let endpoint = "cairn.v1.kv.delete_by_namespace";
-    let ran = on_owner(&context, &request, endpoint, partition, Send::Whole, || {
+    let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, || {
         let (context, namespace, meta) = (&context, namespace.clone(), meta.clone());
         async move {
             delete_scanned(
@@ -1075,7 +1075,7 @@ pub async fn handle_clear(
         return Ok(count_body(request.format, deleted));
     }
     let partition = partition_of(&namespace);
-    match on_owner(&context, &request, endpoint, partition, Send::Whole, || {
+    match on_owner(&context, &request, endpoint, partition, Via::Whole, || {
         clear(None)
     })
     .await?
@@ -1260,7 +1260,7 @@ pub async fn handle_cleanup(
         (Some(_), Some(ns)) => {
             let partition = partition_of(ns);
             let endpoint = "cairn.v1.kv.cleanup";
-            match on_owner(&context, &request, endpoint, partition, Send::Whole, || {
+            match on_owner(&context, &request, endpoint, partition, Via::Whole, || {
                 cleanup(None)
             })
             .await?
@@ -1314,7 +1314,7 @@ pub async fn handle_configure(
         &request,
         "cairn.v1.kv.configure",
         partition,
-        Send::Whole,
+        Via::Whole,
         || {
             let command = KvCommand::Configure {
                 namespace: namespace.clone(),
@@ -1608,7 +1608,7 @@ pub async fn handle_get_or_compute(
             // misses of every node.
             let partition = partition_of(&namespace);
             let endpoint = "cairn.v1.kv.get_or_compute";
-            let ran = on_owner(&context, &request, endpoint, partition, Send::Whole, || {
+            let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, || {
                 let (fill, body, subject, context) =
                     (fill.clone(), body.clone(), subject.clone(), &context);
                 async move {
