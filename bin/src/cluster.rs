@@ -11,7 +11,11 @@
 //! routing. The publisher of `CAIRN_EVENTS` is a role with a lease of its
 //! own ([`PUBLISHER_ROLE`]): one node publishes, from its replica of the
 //! log (all replicas are the same, seq for seq, so a new holder resumes
-//! exactly where the last one stopped).
+//! exactly where the last one stopped). The node's holder also lists the
+//! key-value partitions (`kv/00` … `kv/15`: their writers start and stop
+//! with their leases, [`KvNode::own`]) and, with `kv.compact-interval`,
+//! the compactor role ([`log::COMPACTOR_ROLE`]: its holder sends the
+//! compaction markers every node compacts at).
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +26,7 @@ use cairn_actors::{
     cluster::{
         log, start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig,
     },
+    kv::{partition_stream, KvNode, KV_PARTITIONS},
     publisher::PublisherConfig,
     registry::{DisownStream, OwnStream, Registry},
     service::cluster::ClusterRouting,
@@ -126,16 +131,21 @@ impl ClusterStart {
         })
     }
 
-    /// Joins: the ownership loop starts acquiring this node's streams.
+    /// Joins: the ownership loop starts acquiring this node's streams
+    /// (the writers of `parts` start and stop with their leases).
     pub async fn finish(
         self,
         config: &NodeConfig,
-        store: &Store,
-        client: &async_nats::Client,
-        registry: &Addr<Registry>,
-        publisher: &PublisherSlot,
-        publisher_config: PublisherConfig,
+        parts: NodeParts<'_>,
     ) -> anyhow::Result<ClusterNode> {
+        let NodeParts {
+            store,
+            client,
+            registry,
+            publisher,
+            publisher_config,
+            kv,
+        } = parts;
         let holder = Arc::new(NodeHolder {
             store: store.clone(),
             client: client.clone(),
@@ -143,6 +153,14 @@ impl ClusterStart {
             publisher: publisher.clone(),
             publisher_config,
             arbiter: actix::Arbiter::current(),
+            kv: kv.clone(),
+            compactor: Compactor {
+                js: self.js.clone(),
+                node: self.node.clone(),
+                interval: config.kv.compact_interval,
+                retention: config.kv.tombstone_retention,
+                task: std::sync::Mutex::new(None),
+            },
         });
         let ownership = Ownership::start(
             self.js.clone(),
@@ -177,6 +195,23 @@ impl ClusterStart {
             leave_grace: config.cluster.renew_interval,
         })
     }
+}
+
+/// What of the node the cluster hands streams to ([`ClusterStart::finish`]).
+#[derive(Debug)]
+pub struct NodeParts<'a> {
+    /// The node's store.
+    pub store: &'a Store,
+    /// Its NATS connection.
+    pub client: &'a async_nats::Client,
+    /// Repository writers.
+    pub registry: &'a Addr<Registry>,
+    /// The publisher role's slot.
+    pub publisher: &'a PublisherSlot,
+    /// The publisher's configuration.
+    pub publisher_config: PublisherConfig,
+    /// The key-value partitions' writers.
+    pub kv: &'a KvNode,
 }
 
 /// Waits until `applied` reaches the stream's last sequence as it is now.
@@ -318,11 +353,63 @@ struct NodeHolder {
     publisher: PublisherSlot,
     publisher_config: PublisherConfig,
     arbiter: actix::ArbiterHandle,
+    kv: KvNode,
+    compactor: Compactor,
+}
+
+/// The compactor role: while this node holds it, it sends a compaction
+/// marker of the key-value class every `kv.compact-interval`; every node
+/// compacts at the marker ([`log`]'s module docs).
+#[derive(Debug)]
+struct Compactor {
+    js: jetstream::Context,
+    node: String,
+    interval: Duration,
+    retention: Duration,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Compactor {
+    fn start(&self, clock: std::sync::Arc<dyn cairn_actors::timing::Clock>) {
+        let (js, node, interval, retention) = (
+            self.js.clone(),
+            self.node.clone(),
+            self.interval,
+            self.retention,
+        );
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let marker = log::Compaction {
+                    prefix: cairn_storage::views::kv::KV_STREAM_PREFIX.to_owned(),
+                    now_ms: cairn_actors::kv::unix_ms(clock.now()),
+                    retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
+                };
+                match log::publish_compaction(&js, &node, &marker).await {
+                    Ok(position) => info!(position, "kv compaction marker sent"),
+                    Err(e) => warn!(error = %e, "cannot send the kv compaction marker"),
+                }
+            }
+        });
+        if let Some(old) = self.task.lock().expect("compactor lock").replace(task) {
+            old.abort();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self.task.lock().expect("compactor lock").take() {
+            task.abort();
+        }
+    }
 }
 
 impl Holder for NodeHolder {
     fn streams(&self) -> BoxFuture<'static, Vec<StreamId>> {
         let store = self.store.clone();
+        let compacts = !self.compactor.interval.is_zero();
         Box::pin(async move {
             let rows = tokio::task::spawn_blocking(move || RepositoriesView::list(&store, None))
                 .await
@@ -336,6 +423,11 @@ impl Holder for NodeHolder {
                     StreamId::repository(&spec.namespace, &spec.name).ok()
                 })
                 .collect();
+            // The key-value partitions always exist: each has an owner.
+            streams.extend((0..KV_PARTITIONS).map(partition_stream));
+            if compacts {
+                streams.push(StreamId::new(log::COMPACTOR_ROLE).expect("a valid stream id"));
+            }
             streams.push(StreamId::new(PUBLISHER_ROLE).expect("a valid stream id"));
             streams
         })
@@ -364,6 +456,15 @@ impl Holder for NodeHolder {
                 Ok(())
             });
         }
+        if let Some(partition) = kv_partition(&stream) {
+            let kv = self.kv.clone();
+            return Box::pin(async move { kv.own(partition).await.map_err(|e| e.to_string()) });
+        }
+        if stream.as_str() == log::COMPACTOR_ROLE {
+            self.compactor.start(self.kv.env().clock.clone());
+            info!("this node sends the kv compaction markers now");
+            return Box::pin(async { Ok(()) });
+        }
         let registry = self.registry.clone();
         Box::pin(async move {
             registry
@@ -378,9 +479,22 @@ impl Holder for NodeHolder {
             let slot = self.publisher.clone();
             return Box::pin(async move { slot.stop().await });
         }
+        if let Some(partition) = kv_partition(&stream) {
+            let kv = self.kv.clone();
+            return Box::pin(async move { kv.disown(partition).await });
+        }
+        if stream.as_str() == log::COMPACTOR_ROLE {
+            self.compactor.stop();
+            return Box::pin(async {});
+        }
         let registry = self.registry.clone();
         Box::pin(async move {
             let _ = registry.send(DisownStream { stream }).await;
         })
     }
+}
+
+/// The key-value partition `stream` is, if it is one.
+fn kv_partition(stream: &StreamId) -> Option<usize> {
+    (0..KV_PARTITIONS).find(|p| partition_stream(*p) == *stream)
 }

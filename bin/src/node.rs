@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use cairn_actors::{
     artifact::ArtifactCache,
     http::{HttpServer, Operations},
+    kv::{KvCluster, KvNode},
     origin::GitCache,
     publisher::{self, Publisher, PublisherConfig},
     registry::Registry,
@@ -215,16 +216,35 @@ impl Node {
         };
         let mut service_config = service_config;
         service_config.read_wait = config.cluster.read_wait;
+        // The key-value cache before the cluster joins: the ownership loop
+        // hands it the partitions this node writes.
+        let kv_node = KvNode::start(
+            store.clone(),
+            service_config.clock.clone(),
+            service_config.kv.memory_max_bytes,
+            service_config.kv.durability,
+            service_config.kv.set_batch_max,
+            cluster_start.as_ref().map(|c| KvCluster {
+                node: config.node_id(),
+                appender: c.appender.clone(),
+                arbiter: actix::Arbiter::current(),
+            }),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the key-value cache: {e}"))?;
         let cluster = match cluster_start {
             Some(start) => {
                 let node = start
                     .finish(
                         &config,
-                        &store,
-                        &client,
-                        &registry,
-                        &publisher,
-                        publisher_config,
+                        crate::cluster::NodeParts {
+                            store: &store,
+                            client: &client,
+                            registry: &registry,
+                            publisher: &publisher,
+                            publisher_config,
+                            kv: &kv_node,
+                        },
                     )
                     .await?;
                 service_config.cluster = Some(node.routing.clone());
@@ -265,6 +285,7 @@ impl Node {
             store.clone(),
             registry.clone(),
             artifacts.clone(),
+            kv_node,
             service_config,
         )
         .await
@@ -352,7 +373,7 @@ impl Node {
         self.service.watch_hub()
     }
 
-    /// The node's key-value cache (none on a cluster node, for now).
+    /// The node's key-value cache.
     pub fn kv(&self) -> Option<&cairn_actors::kv::KvNode> {
         self.service.kv()
     }

@@ -21,6 +21,9 @@
 //! - [`read`] — the [`ViewRead`] trait (view gets, scans, snapshots) and its
 //!   generic conveniences [`ViewReadExt`]: what read-only components take
 //!   instead of the concrete [`Store`].
+//! - [`observe`] — [`CommitObserver`]: told of every commit on the writer
+//!   thread before its seq is announced (in-memory state kept in step with
+//!   the log, on single and cluster nodes alike).
 //! - [`view`] — the [`View`] trait, the transaction views write through, and
 //!   the fold shared by live appends, replicated commits, catch-up and
 //!   rebuild.
@@ -87,6 +90,7 @@ pub mod error;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod observe;
 pub mod read;
 pub mod sample;
 pub mod store;
@@ -101,6 +105,7 @@ pub use compaction::{CompactingLog, CompactionPolicy, CompactionStats};
 pub use digest::Digest;
 pub use error::StorageError;
 pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
+pub use observe::CommitObserver;
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{
     BlobSpool, BlobWriter, CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store,

@@ -1514,3 +1514,91 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
     assert_eq!(store.replication_position().unwrap(), 3);
     assert_eq!(store.last_seq().unwrap(), 2);
 }
+
+/// What a commit observer saw: each call's envelope seqs, with the last
+/// seq the store announced at that moment, and a view row read through
+/// the views it was handed.
+#[derive(Debug, Default)]
+struct Seen {
+    calls: Mutex<Vec<(Vec<u64>, u64, bool)>>,
+    announced: Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
+}
+
+impl cairn_storage::CommitObserver for Seen {
+    fn committed(&self, envelopes: &[&Envelope], views: &dyn cairn_storage::ViewRead) {
+        let announced = *self
+            .announced
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("set before any commit")
+            .borrow();
+        let last = envelopes.last().expect("a commit has events");
+        let name = last.stream.trim_start_matches("repo/ns/");
+        let row = RepositoriesView::get(views, "ns", name).unwrap();
+        self.calls.lock().unwrap().push((
+            envelopes.iter().map(|e| e.seq).collect(),
+            announced,
+            row.is_some(),
+        ));
+    }
+}
+
+/// An observer is told of every commit — appends and replicated commits
+/// alike — with the seqs they got, after the views hold them and before
+/// the store announces their seq.
+#[test]
+fn commit_observers_see_every_commit_before_its_seq_is_announced() {
+    use cairn_storage::SequencedCommit;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let seen = Arc::new(Seen::default());
+    *seen.announced.lock().unwrap() = Some(store.subscribe());
+    store.observe(seen.clone());
+    store
+        .append(
+            &StreamId::repository("ns", "a").unwrap(),
+            ExpectedVersion::Exact(0),
+            vec![registered("ns", "a")],
+            Metadata::command("t"),
+        )
+        .unwrap();
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica = open(replica_dir.path());
+    *seen.announced.lock().unwrap() = Some(replica.subscribe());
+    replica.observe(seen.clone());
+    let unsequenced = |name: &str| Envelope {
+        seq: 0,
+        stream: format!("repo/ns/{name}"),
+        stream_version: 1,
+        event: Some(registered("ns", name)),
+        ..replicated(1, 1_790_000_000, "")
+    };
+    runtime
+        .block_on(replica.apply_sequenced_async(vec![
+            SequencedCommit {
+                position: 1,
+                envelopes: vec![unsequenced("b"), unsequenced("c")],
+            },
+            SequencedCommit {
+                position: 2,
+                envelopes: vec![unsequenced("d")],
+            },
+        ]))
+        .unwrap();
+    assert_eq!(
+        *seen.calls.lock().unwrap(),
+        [
+            // The append: seq 1, announced after; its row readable.
+            (vec![1], 0, true),
+            // Both replicated commits in one write: seqs 1–3.
+            (vec![1, 2, 3], 0, true),
+        ]
+    );
+    assert_eq!(store.last_seq().unwrap(), 1);
+    assert_eq!(replica.last_seq().unwrap(), 3);
+}

@@ -16,6 +16,9 @@
 //!   and raw requests, `$SRV` requests, the log of a repository, bounded
 //!   [`Subscription`]s, a revision's files read page by page
 //!   ([`Client::resources`], [`Client::resource_pages`]).
+//! - [`cluster`] — [`cluster::CairnCluster`], `cairn node` children on a
+//!   [`NatsCluster`] (lease owners, restarts, kills), and the headers and
+//!   log dumps the cluster suites compare.
 //! - [`node`] — [`TestNode`] (a node in-process, from a [`TestNodeBuilder`]),
 //!   [`ChildNode`] (`cairn node` as a child process), [`TestDir`] (a temp
 //!   directory kept when its test fails).
@@ -48,6 +51,7 @@
 //! that reports every acknowledged append).
 
 pub mod client;
+pub mod cluster;
 pub mod git;
 pub mod jetstream;
 pub mod nats;

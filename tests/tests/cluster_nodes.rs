@@ -9,119 +9,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::{jetstream, HeaderMap};
+use async_nats::HeaderMap;
 use cairn_tests::{
-    cairn_cli, wait_until, ChildNode, Client, GitFixture, NatsCluster, TestDir, WAIT,
+    cairn_cli,
+    cluster::{log_of, min_seq, seq_of, CairnCluster},
+    wait_until, ChildNode, Client, GitFixture, TestDir, WAIT,
 };
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 const NS: &str = "team-a";
 
-struct Cluster {
-    nats: NatsCluster,
-    nodes: Vec<Option<ChildNode>>,
-    clients: Vec<Client>,
-    _dirs: Vec<TestDir>,
-}
+type Cluster = CairnCluster;
 
-impl Cluster {
-    async fn start(nodes: usize) -> Self {
-        let nats = tokio::task::spawn_blocking(|| {
-            let cluster = NatsCluster::start();
-            cluster.wait_ready(WAIT).unwrap();
-            cluster
-        })
-        .await
-        .unwrap();
-        let mut started = Vec::new();
-        let mut dirs = Vec::new();
-        let mut clients = Vec::new();
-        for i in 0..nodes {
-            let dir = TestDir::new();
-            let url = nats.url(i % 3);
-            let data = dir.path().to_path_buf();
-            let node = tokio::task::spawn_blocking(move || {
-                ChildNode::start_in_cluster(
-                    &cairn_cli!(),
-                    &data,
-                    &url,
-                    &format!("n{i}"),
-                    &[("RUST_LOG", "warn,cairn_actors::cluster=info")],
-                )
-            })
-            .await
-            .unwrap();
-            started.push(Some(node));
-            dirs.push(dir);
-            // Client i talks to server i (node i's); a request to the
-            // queue group may be answered by any node, `call_node` asks one.
-            clients.push(Client::connect(&nats.url(i % 3)).await);
-        }
-        Self {
-            nats,
-            nodes: started,
-            clients,
-            _dirs: dirs,
-        }
-    }
-
-    /// Lease owners by stream id.
-    async fn owners(&self) -> BTreeMap<String, String> {
-        let client = async_nats::connect(self.nats.url(0)).await.unwrap();
-        let js = jetstream::new(client);
-        let kv = match js.get_key_value("cairn_owners").await {
-            Ok(kv) => kv,
-            Err(e) => {
-                let names: Vec<String> = js
-                    .stream_names()
-                    .filter_map(|n| async { n.ok() })
-                    .collect()
-                    .await;
-                panic!("bucket cairn_owners: {e}; streams: {names:?}");
-            }
-        };
-        let mut owners = BTreeMap::new();
-        let keys: Vec<String> = kv
-            .keys()
-            .await
-            .unwrap()
-            .filter_map(|k| async { k.ok() })
-            .collect()
-            .await;
-        for key in keys {
-            if let Ok(Some(value)) = kv.get(&key).await {
-                let stream = base64_decode(&key);
-                owners.insert(stream, String::from_utf8_lossy(&value).into_owned());
-            }
-        }
-        owners
-    }
-}
-
-fn base64_decode(key: &str) -> String {
-    use base64::Engine as _;
-    String::from_utf8(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(key)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn min_seq(seq: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert("Cairn-Min-Seq", seq);
-    headers
-}
-
-fn seq_of(headers: &HeaderMap) -> u64 {
-    headers
-        .get("Cairn-Seq")
-        .expect("every reply carries Cairn-Seq")
-        .as_str()
-        .parse()
-        .unwrap()
+/// Three nodes (`n0`…) on a three-server NATS cluster.
+async fn start(nodes: usize) -> Cluster {
+    CairnCluster::start(cairn_cli!(), nodes, &[]).await
 }
 
 /// The replies of every node to a `$SRV` request (`$SRV.INFO.cairn`…).
@@ -153,7 +56,7 @@ fn names(list: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alike() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let upstreams = TestDir::new();
     let mut highest = 0;
     for r in 0..30 {
@@ -306,7 +209,7 @@ async fn thirty_repositories_spread_over_three_nodes_and_every_node_answers_alik
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_lost() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     let upstreams = TestDir::new();
     let owner = register_r(&cluster, &upstreams).await;
     let owner_index: usize = owner.trim_start_matches('n').parse().unwrap();
@@ -422,32 +325,6 @@ async fn a_killed_owner_is_replaced_within_seconds_and_nothing_acknowledged_is_l
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 }
 
-impl Cluster {
-    /// Stops node `i` with SIGTERM (bounded) and starts it again on its
-    /// data directory; answers the exit status of the stop.
-    async fn restart(&mut self, i: usize) -> std::process::ExitStatus {
-        let mut node = self.nodes[i].take().expect("node running");
-        let status = tokio::task::spawn_blocking(move || node.terminate(WAIT))
-            .await
-            .unwrap();
-        let data = self._dirs[i].path().to_path_buf();
-        let url = self.nats.url(i % 3);
-        let node = tokio::task::spawn_blocking(move || {
-            ChildNode::start_in_cluster(
-                &cairn_cli!(),
-                &data,
-                &url,
-                &format!("n{i}"),
-                &[("RUST_LOG", "warn,cairn_actors::cluster=info")],
-            )
-        })
-        .await
-        .unwrap();
-        self.nodes[i] = Some(node);
-        status
-    }
-}
-
 /// Lifecycle commands, one after the other, through nodes in turn, until
 /// told to stop: the names acknowledged, and every failure.
 fn steady_writes(
@@ -477,7 +354,7 @@ fn steady_writes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_nothing() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     let upstreams = TestDir::new();
     let owner = register_r(&cluster, &upstreams).await;
     let owner_index: usize = owner.trim_start_matches('n').parse().unwrap();
@@ -643,7 +520,7 @@ impl WatchLines {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_on_another_node_sees_every_change_and_survives_the_owners_death() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     let upstreams = TestDir::new();
     let owner = register_r(&cluster, &upstreams).await;
     let a: usize = owner.trim_start_matches('n').parse().unwrap();
@@ -702,7 +579,7 @@ async fn a_watch_on_another_node_sees_every_change_and_survives_the_owners_death
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_takes_a_share() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     let upstreams = TestDir::new();
     for r in 0..8 {
         let (fixture, _) =
@@ -745,7 +622,7 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
     .await
     .unwrap();
     cluster.nodes.push(Some(joined));
-    cluster._dirs.push(dir);
+    cluster.dirs.push(dir);
     let (list, headers) = cluster.clients[0]
         .call_node(
             "n3",
@@ -795,32 +672,9 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
     assert_eq!(nodes, ["n1", "n2", "n3"]);
     assert_eq!(
         status["leases"].as_array().unwrap().len(),
-        9,
-        "8 repositories and the publisher role: {status}"
+        26,
+        "8 repositories, the 16 kv partitions, the publisher and compactor roles: {status}"
     );
-}
-
-/// Every event of `node`'s log, first to last, once it applied `seq`.
-async fn log_of(client: &Client, node: &str, seq: u64) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut from = 1;
-    loop {
-        let (page, _) = client
-            .call_node(
-                node,
-                "log.read",
-                json!({"from_seq": from, "limit": 1000}),
-                min_seq(&seq.to_string()),
-            )
-            .await;
-        let page = page.unwrap();
-        let batch = page["events"].as_array().unwrap().clone();
-        if batch.is_empty() {
-            return events;
-        }
-        from = page["next_seq"].as_u64().unwrap();
-        events.extend(batch);
-    }
 }
 
 /// Registers repository `r` (one package, in `upstreams`) through node n0
@@ -849,7 +703,7 @@ async fn owner_of_r(cluster: &Cluster, not: Option<&str>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_is_fenced_when_it_wakes_and_leaves_no_event_after_the_takeover() {
     use nix::sys::signal::Signal;
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let upstreams = TestDir::new();
     let old = register_r(&cluster, &upstreams).await;
     let a: usize = old.trim_start_matches('n').parse().unwrap();
@@ -980,7 +834,7 @@ async fn write_until_acknowledged(client: &Client, node: &str, id: &str, minute:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_nats_servers_stops_writes_quickly_keeps_reads_and_recovers_by_itself() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     let upstreams = TestDir::new();
     register_r(&cluster, &upstreams).await;
     let client = cluster.clients[0]

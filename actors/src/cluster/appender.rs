@@ -160,6 +160,7 @@ impl ClusterAppend {
             .contains_key(stream)
     }
 
+    /// Appends of one metadata, each chunk an append of its own.
     async fn append_all(
         &self,
         stream: &StreamId,
@@ -167,125 +168,136 @@ impl ClusterAppend {
         chunks: Vec<Vec<Event>>,
         metadata: Metadata,
     ) -> Vec<Result<Appended, StorageError>> {
-        let mut results = Vec::with_capacity(chunks.len());
         let metadata = metadata.normalized();
-        let mut version = version;
-        for chunk in chunks {
-            let result = self.append_one(stream, version, chunk, &metadata).await;
-            let failed = result.is_err();
-            if let Ok(appended) = &result {
-                version = appended.stream_version();
-            }
-            results.push(result);
-            if failed {
-                break;
-            }
-        }
-        results
+        let groups = chunks
+            .into_iter()
+            .map(|events| (events, metadata.clone()))
+            .collect();
+        self.append_groups(stream, version, groups).await
     }
 
-    async fn append_one(
+    /// Appends `groups` (each an append with its own metadata, at
+    /// consecutive versions from `version`) packed into as few commits as
+    /// fit a message ([`pack`]: whole appends together; one larger than a
+    /// message is cut), each published fenced and answered once applied
+    /// here. Answers each append's outcome up to and including the first
+    /// failure (nothing after it was published). Appends packed in one
+    /// commit are applied or refused together.
+    async fn append_groups(
         &self,
         stream: &StreamId,
         version: u64,
-        events: Vec<Event>,
-        metadata: &Metadata,
-    ) -> Result<Appended, StorageError> {
+        groups: Vec<(Vec<Event>, Metadata)>,
+    ) -> Vec<Result<Appended, StorageError>> {
         let inner = &self.inner;
         let max = inner.store.config().append_max_events;
-        if events.len() > max {
-            return Err(StorageError::InvalidAppend(format!(
-                "{} events in one append, at most {max} allowed",
-                events.len()
-            )));
-        }
         let Some(mut expected) = inner.owned.lock().expect("owned lock").get(stream).copied()
         else {
-            return Err(StorageError::Unavailable(format!(
+            return vec![Err(StorageError::Unavailable(format!(
                 "node {} does not own stream {stream}",
                 inner.node
-            )));
+            )))];
         };
+        // Envelopes of every append, checked; an invalid append fails with
+        // nothing after it published.
         let recorded_at = crate::repository::timestamp(SystemTime::now());
-        let mut envelopes = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let env = Envelope {
-                schema_version: SCHEMA_VERSION,
-                event_id: envelope::new_id(),
-                stream: stream.to_string(),
-                stream_version: version + 1 + i as u64,
-                seq: 0,
-                recorded_at: Some(recorded_at),
-                correlation_id: metadata.correlation_id.clone(),
-                causation_id: metadata.causation_id.clone(),
-                principal: metadata.principal.clone(),
-                trace: metadata.trace.clone(),
-                event: Some(event),
-                request_id: metadata.request_id.clone(),
-                request_digest: metadata.request_digest.clone(),
-            };
-            inner.store.check_envelope(&env).map_err(|e| match e {
-                StorageError::InvalidReplicated(why) => StorageError::InvalidAppend(why),
-                other => other,
-            })?;
-            envelopes.push(env);
-        }
-        inner.blobs.ship(&inner.store, &envelopes).await?;
-        // Cut into messages that fit the server's max payload.
-        let mut messages: Vec<Vec<Envelope>> = Vec::new();
-        let mut size = 0;
-        for env in envelopes {
-            let n = encoded_size(&env);
-            if messages.is_empty() || size + n > inner.message_max_bytes {
-                messages.push(Vec::new());
-                size = 0;
+        let mut built: Vec<Vec<Envelope>> = Vec::with_capacity(groups.len());
+        let mut next_version = version;
+        let mut invalid = None;
+        for (events, metadata) in groups {
+            if events.len() > max {
+                invalid = Some(StorageError::InvalidAppend(format!(
+                    "{} events in one append, at most {max} allowed",
+                    events.len()
+                )));
+                break;
             }
-            size += n;
-            messages.last_mut().expect("a message").push(env);
+            let metadata = metadata.normalized();
+            let mut envelopes = Vec::with_capacity(events.len());
+            for event in events {
+                next_version += 1;
+                envelopes.push(Envelope {
+                    schema_version: SCHEMA_VERSION,
+                    event_id: envelope::new_id(),
+                    stream: stream.to_string(),
+                    stream_version: next_version,
+                    seq: 0,
+                    recorded_at: Some(recorded_at),
+                    correlation_id: metadata.correlation_id.clone(),
+                    causation_id: metadata.causation_id.clone(),
+                    principal: metadata.principal.clone(),
+                    trace: metadata.trace.clone(),
+                    event: Some(event),
+                    request_id: metadata.request_id.clone(),
+                    request_digest: metadata.request_digest.clone(),
+                });
+            }
+            let checked = envelopes.iter().try_for_each(|env| {
+                inner.store.check_envelope(env).map_err(|e| match e {
+                    StorageError::InvalidReplicated(why) => StorageError::InvalidAppend(why),
+                    other => other,
+                })
+            });
+            if let Err(e) = checked {
+                invalid = Some(e);
+                break;
+            }
+            built.push(envelopes);
         }
+        for envelopes in &built {
+            if let Err(e) = inner.blobs.ship(&inner.store, envelopes).await {
+                return vec![Err(e)];
+            }
+        }
+        let lens: Vec<usize> = built.iter().map(Vec::len).collect();
+        let messages = pack(
+            built,
+            inner.message_max_bytes,
+            inner.store.config().replicated_commit_max_events(),
+        );
         let subject = subject_of(stream);
-        let mut committed = Vec::new();
+        let mut committed: Vec<Vec<Envelope>> = vec![Vec::new(); lens.len()];
         for message in messages {
+            let (owners, message): (Vec<usize>, Vec<Envelope>) = message.into_iter().unzip();
             let publish = Publish::build()
                 .message_id(message[0].event_id.as_str())
                 .expected_last_subject_sequence(expected)
                 .header(super::log::NODE_HEADER, inner.node.as_str())
                 .payload(encode_commit(&message));
-            let sent = inner
-                .js
-                .send_publish(subject.clone(), publish)
-                .await
-                .map_err(|e| unavailable(stream, e))?;
+            let sent = match inner.js.send_publish(subject.clone(), publish).await {
+                Ok(sent) => sent,
+                Err(e) => return finish(committed, &lens, Some(unavailable(stream, e))),
+            };
             let ack = match sent.await {
                 Ok(ack) => ack,
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     self.abandon(stream);
                     tracing::warn!(stream = %stream, node = %inner.node, "fenced: another node owns the stream now; stepping down");
-                    return Err(StorageError::Unavailable(format!(
+                    return finish(committed, &lens, Some(StorageError::Unavailable(format!(
                         "stream {stream} was taken over by another node: this node's write was refused by the log (fenced) and it stepped down; retry"
-                    )));
+                    ))));
                 }
                 Err(e) => {
                     // Sent but not confirmed: JetStream may still store it
                     // (a leader change commits what the old leader had).
-                    return Err(StorageError::Unavailable(format!(
+                    return finish(committed, &lens, Some(StorageError::Unavailable(format!(
                         "the replicated log did not confirm the write to {stream} ({e}): it may still be recorded; retry with the same Cairn-Request-Id to learn its outcome"
-                    )));
+                    ))));
                 }
             };
             expected = ack.sequence;
             if let Some(known) = inner.owned.lock().expect("owned lock").get_mut(stream) {
                 *known = ack.sequence;
             }
-            match inner
-                .applied
-                .wait_for(ack.sequence, inner.apply_wait)
-                .await?
-            {
+            let outcome = match inner.applied.wait_for(ack.sequence, inner.apply_wait).await {
+                Ok(outcome) => outcome,
+                Err(e) => return finish(committed, &lens, Some(e)),
+            };
+            match outcome {
                 Some(Sequenced::Applied { first_seq, .. }) => {
-                    for (i, mut env) in message.into_iter().enumerate() {
+                    for (i, (owner, mut env)) in owners.into_iter().zip(message).enumerate() {
                         env.seq = first_seq + i as u64;
-                        committed.push(env);
+                        committed[owner].push(env);
                     }
                 }
                 Some(Sequenced::Refused(why)) => {
@@ -293,28 +305,96 @@ impl ClusterAppend {
                     // JetStream leader change can let two through): every
                     // node skipped this one.
                     self.abandon(stream);
-                    return Err(StorageError::Unavailable(format!(
+                    return finish(committed, &lens, Some(StorageError::Unavailable(format!(
                         "the replicated log skipped this node's commit on {stream} ({why}): another write reached the log first; retry with the same Cairn-Request-Id"
-                    )));
+                    ))));
                 }
                 other => {
                     self.abandon(stream);
-                    return Err(StorageError::Corrupt(format!(
-                        "commit at position {} on {stream}: unexpected outcome {other:?}",
-                        ack.sequence
-                    )));
+                    return finish(
+                        committed,
+                        &lens,
+                        Some(StorageError::Corrupt(format!(
+                            "commit at position {} on {stream}: unexpected outcome {other:?}",
+                            ack.sequence
+                        ))),
+                    );
                 }
             }
         }
-        Ok(Appended {
-            envelopes: committed,
-        })
+        finish(committed, &lens, invalid)
     }
+}
+
+/// The outcome of each append: those whose envelopes all committed, in
+/// order, then `error` (for the first that did not, or the invalid one
+/// after them).
+fn finish(
+    committed: Vec<Vec<Envelope>>,
+    lens: &[usize],
+    error: Option<StorageError>,
+) -> Vec<Result<Appended, StorageError>> {
+    let mut out: Vec<Result<Appended, StorageError>> = committed
+        .into_iter()
+        .zip(lens)
+        .take_while(|(envelopes, len)| envelopes.len() == **len)
+        .map(|(envelopes, _)| Ok(Appended { envelopes }))
+        .collect();
+    if let Some(e) = error {
+        out.push(Err(e));
+    }
+    out
+}
+
+/// Cuts appends (each its envelopes) into commit messages of at most
+/// `max_bytes` and `max_events`: whole appends together while they fit,
+/// an append that does not fit an empty message cut into several. Each
+/// envelope with the index of its append.
+fn pack(
+    appends: Vec<Vec<Envelope>>,
+    max_bytes: usize,
+    max_events: usize,
+) -> Vec<Vec<(usize, Envelope)>> {
+    let max_events = max_events.max(1);
+    let mut messages: Vec<Vec<(usize, Envelope)>> = Vec::new();
+    let mut size = 0;
+    for (index, envelopes) in appends.into_iter().enumerate() {
+        let whole: usize = envelopes.iter().map(encoded_size).sum();
+        let open = messages.last().map_or(0, Vec::len);
+        if open > 0 && (size + whole > max_bytes || open + envelopes.len() > max_events) {
+            messages.push(Vec::new());
+            size = 0;
+        }
+        for env in envelopes {
+            let n = encoded_size(&env);
+            let open = messages.last().map_or(0, Vec::len);
+            if messages.is_empty() || (open > 0 && (size + n > max_bytes || open >= max_events)) {
+                messages.push(Vec::new());
+                size = 0;
+            }
+            size += n;
+            messages.last_mut().expect("a message").push((index, env));
+        }
+    }
+    messages
 }
 
 impl AsyncAppend for ClusterAppend {
     fn append_max_events(&self) -> usize {
         self.inner.store.config().append_max_events
+    }
+
+    /// The appends of several commands (the key-value sets of a batch),
+    /// packed into as few commits as fit a message: one JetStream round
+    /// trip (and one apply) for many sets, not one each.
+    fn append_pipelined<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        version: u64,
+        appends: Vec<(Vec<Event>, Metadata)>,
+        _durability: cairn_storage::Durability,
+    ) -> AppendChunks<'a> {
+        Box::pin(self.append_groups(stream, version, appends))
     }
 
     fn append_chunks<'a>(
@@ -330,4 +410,51 @@ impl AsyncAppend for ClusterAppend {
 
 fn unavailable(stream: &StreamId, e: impl std::fmt::Display) -> StorageError {
     StorageError::Unavailable(format!("replicated log unavailable for {stream}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelopes(n: usize, bytes: usize) -> Vec<Envelope> {
+        (0..n)
+            .map(|i| Envelope {
+                stream: "kv/00".into(),
+                stream_version: i as u64 + 1,
+                event_id: "x".repeat(bytes),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// (append index, count) runs of each message.
+    fn shape(messages: &[Vec<(usize, Envelope)>]) -> Vec<Vec<usize>> {
+        messages
+            .iter()
+            .map(|m| m.iter().map(|(i, _)| *i).collect())
+            .collect()
+    }
+
+    #[test]
+    fn appends_are_packed_whole_while_they_fit_and_a_large_one_is_cut() {
+        let size = encoded_size(&envelopes(1, 100)[0]);
+        // Three appends of 2 events fit two per message by bytes.
+        let packed = pack(
+            vec![envelopes(2, 100), envelopes(2, 100), envelopes(2, 100)],
+            4 * size + 1,
+            100,
+        );
+        assert_eq!(shape(&packed), [vec![0, 0, 1, 1], vec![2, 2]]);
+        // By events: at most 3 per message, appends kept whole.
+        let packed = pack(
+            vec![envelopes(2, 100), envelopes(2, 100), envelopes(1, 100)],
+            1 << 20,
+            3,
+        );
+        assert_eq!(shape(&packed), [vec![0, 0], vec![1, 1, 2]]);
+        // An append larger than a message is cut; the next one joins its
+        // last message when it fits.
+        let packed = pack(vec![envelopes(5, 100), envelopes(1, 100)], 2 * size, 100);
+        assert_eq!(shape(&packed), [vec![0, 0], vec![0, 0], vec![0, 1]]);
+    }
 }

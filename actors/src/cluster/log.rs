@@ -15,6 +15,18 @@
 //! - **A fence** is an empty message with `Cairn-Fence: <node>`: a new owner
 //!   publishes one when it takes a stream, which moves the subject's
 //!   sequence past anything a previous owner could still expect.
+//! - **A compaction marker** is an empty message with
+//!   `Cairn-Compact: <class prefix> <now, Unix ms> <tombstone retention,
+//!   ms>` ([`publish_compaction`]; the holder of a role lease sends one
+//!   every `kv.compact-interval`). Compaction rewrites a node's log, so on
+//!   a cluster it must give the same log on every node: every node's
+//!   applier, on reaching the marker, first applies everything before it,
+//!   then compacts the class as of the marker's `now` and retention — the
+//!   same events, the same parameters, at the same point of the log, so
+//!   the same events go — and only then records the marker's position (a
+//!   crash in between compacts again at the same point on restart, which
+//!   removes nothing more). A node that joins later replays the markers
+//!   where they are. Without a marker no cluster node compacts.
 //! - **The applier** reads the stream in order with an ordered consumer
 //!   from the store's replication position + 1 and applies batches of
 //!   messages with [`Store::apply_sequenced_async`] (seqs assigned from the
@@ -60,6 +72,72 @@ pub const LOG_SUBJECT_PREFIX: &str = "cairn.log.";
 pub const NODE_HEADER: &str = "Cairn-Node";
 /// Header naming the node a fence message comes from.
 pub const FENCE_HEADER: &str = "Cairn-Fence";
+/// Header of a compaction marker (see the module docs).
+pub const COMPACT_HEADER: &str = "Cairn-Compact";
+/// The pseudo-stream whose subject carries the compaction markers, and
+/// whose lease makes a node the one that sends them.
+pub const COMPACTOR_ROLE: &str = "role/compactor";
+
+/// A compaction a marker asks for, every node alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    /// The stream class (`kv/`).
+    pub prefix: String,
+    /// The compaction's `now`, Unix ms.
+    pub now_ms: u64,
+    /// How long tombstones stay, ms.
+    pub retention_ms: u64,
+}
+
+impl Compaction {
+    /// The header value.
+    pub fn header(&self) -> String {
+        format!("{} {} {}", self.prefix, self.now_ms, self.retention_ms)
+    }
+
+    /// Parses a header value.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split(' ');
+        let prefix = parts.next()?.to_owned();
+        let now_ms = parts.next()?.parse().ok()?;
+        let retention_ms = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(Self {
+            prefix,
+            now_ms,
+            retention_ms,
+        })
+    }
+
+    /// The policy of its class (only the key-value class compacts).
+    fn policy(&self) -> Option<Arc<dyn cairn_storage::CompactionPolicy>> {
+        (self.prefix == cairn_storage::views::kv::KV_STREAM_PREFIX).then(|| {
+            Arc::new(cairn_storage::views::kv::KvCompactionPolicy {
+                tombstone_retention: Duration::from_millis(self.retention_ms),
+            }) as Arc<dyn cairn_storage::CompactionPolicy>
+        })
+    }
+}
+
+/// Publishes a compaction marker (see the module docs) as node `node`;
+/// answers its position.
+pub async fn publish_compaction(
+    js: &jetstream::Context,
+    node: &str,
+    compaction: &Compaction,
+) -> Result<u64, String> {
+    let stream = StreamId::new(COMPACTOR_ROLE).expect("a valid stream id");
+    let publish = jetstream::message::PublishMessage::build()
+        .header(COMPACT_HEADER, compaction.header().as_str())
+        .header(NODE_HEADER, node)
+        .payload(Bytes::new());
+    let ack = js
+        .send_publish(subject_of(&stream), publish)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ack.sequence)
+}
 /// Most messages the applier writes in one batch.
 const APPLY_BATCH_MAX_MESSAGES: usize = 256;
 /// Most outcomes kept for owners waiting on their commits.
@@ -273,14 +351,12 @@ async fn apply_from(
             commits,
             publishers,
             pins,
+            compactions,
         }) = prepared_rx.recv().await
         {
             let positions: Vec<u64> = commits.iter().map(|c| c.position).collect();
             debug!(positions = ?positions, "applying replicated commits");
-            let results = store
-                .apply_sequenced_async(commits)
-                .await
-                .map_err(|e| format!("applying: {e}"))?;
+            let results = apply_compacting(store, commits, compactions).await?;
             // Fetched blobs stay pinned until the events referencing them are in.
             drop(pins);
             let last = *positions.last().unwrap_or(&0);
@@ -306,12 +382,73 @@ async fn apply_from(
     Ok(())
 }
 
+/// Applies `commits`; at each compaction marker, first what comes before
+/// it, then the compaction, then the rest (the marker included: its
+/// position is recorded only once the compaction ran). See the module
+/// docs.
+async fn apply_compacting(
+    store: &Store,
+    mut commits: Vec<SequencedCommit>,
+    compactions: Vec<(u64, Compaction)>,
+) -> Result<Vec<Sequenced>, String> {
+    let mut results = Vec::with_capacity(commits.len());
+    for (position, compaction) in compactions {
+        let before = commits.iter().take_while(|c| c.position < position).count();
+        let rest = commits.split_off(before);
+        if !commits.is_empty() {
+            results.extend(
+                store
+                    .apply_sequenced_async(commits)
+                    .await
+                    .map_err(|e| format!("applying: {e}"))?,
+            );
+        }
+        commits = rest;
+        let applied = store.replication_position().map_err(|e| e.to_string())?;
+        if applied >= position {
+            // Applied (and compacted) by an earlier run of the node.
+            continue;
+        }
+        let Some(policy) = compaction.policy() else {
+            warn!(position, prefix = %compaction.prefix, "compaction marker of an unknown class; skipped");
+            continue;
+        };
+        let (store, now) = (
+            store.clone(),
+            std::time::UNIX_EPOCH + Duration::from_millis(compaction.now_ms),
+        );
+        let stats = tokio::task::spawn_blocking(move || store.compact(policy, now))
+            .await
+            .map_err(|e| format!("compaction task: {e}"))?
+            .map_err(|e| format!("compacting at position {position}: {e}"))?;
+        info!(
+            position,
+            prefix = %compaction.prefix,
+            scanned = stats.scanned,
+            superseded = stats.superseded,
+            expired_tombstones = stats.expired_tombstones,
+            "compacted at the log's marker"
+        );
+    }
+    if !commits.is_empty() {
+        results.extend(
+            store
+                .apply_sequenced_async(commits)
+                .await
+                .map_err(|e| format!("applying: {e}"))?,
+        );
+    }
+    Ok(results)
+}
+
 /// A batch of messages made ready to apply: decoded, its blobs here.
 struct Prepared {
     commits: Vec<SequencedCommit>,
     /// The node that published each commit (for warnings).
     publishers: Vec<String>,
     pins: Vec<cairn_storage::BlobPin>,
+    /// Compaction markers among the commits, by position.
+    compactions: Vec<(u64, Compaction)>,
 }
 
 /// Decodes `batch` and fetches the blobs its events reference.
@@ -322,6 +459,7 @@ async fn prepare(
 ) -> Result<Prepared, String> {
     let mut commits = Vec::with_capacity(batch.len());
     let mut publishers = Vec::with_capacity(batch.len());
+    let mut compactions = Vec::new();
     for message in batch {
         let message = message.map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
         let info = message.info().map_err(|e| e.to_string())?;
@@ -335,12 +473,22 @@ async fn prepare(
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default(),
         );
-        let envelopes = if message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(FENCE_HEADER))
-            .is_some()
-        {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let compaction = header(COMPACT_HEADER);
+        if let Some(value) = &compaction {
+            match Compaction::parse(value) {
+                Some(c) => compactions.push((position, c)),
+                // Every node skips it alike.
+                None => warn!(position, value, "malformed compaction marker"),
+            }
+        }
+        let envelopes = if header(FENCE_HEADER).is_some() || compaction.is_some() {
             Vec::new()
         } else {
             match decode_commit(&message.payload) {
@@ -370,6 +518,7 @@ async fn prepare(
         commits,
         publishers,
         pins,
+        compactions,
     })
 }
 

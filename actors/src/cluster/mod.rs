@@ -15,7 +15,10 @@
 //!   stream's owner writes through: publishes fenced with
 //!   `Nats-Expected-Last-Subject-Sequence`, answered after this node applied
 //!   them (read-your-writes); a deposed owner is refused by JetStream and
-//!   steps down.
+//!   steps down. Repository writers and the key-value partition writers
+//!   append through it.
+//! - [`ownership`] — leases and placement: which node writes which
+//!   stream (repositories, the 16 key-value partitions, and roles).
 
 pub mod appender;
 pub mod blobs;

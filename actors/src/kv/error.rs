@@ -33,6 +33,17 @@ pub enum KvError {
         /// The partition.
         partition: usize,
     },
+    /// This cluster node does not write the partition (another node holds
+    /// its lease, or it is being handed over): answered 503 "does not
+    /// own", which the service routes again to the owner; nothing of the
+    /// command ran.
+    #[error("node {node} does not own stream {stream}")]
+    NotOwner {
+        /// This node.
+        node: String,
+        /// The partition's stream.
+        stream: String,
+    },
     /// Too many sets wait for the partition's writer: answered 503, retry
     /// later; nothing was stored.
     #[error("kv partition {partition} has {queued} sets queued, the most it holds")]
@@ -51,7 +62,7 @@ impl From<KvError> for ServiceError {
             e @ KvError::NotFound { .. } => ServiceError::not_found(e.to_string()),
             KvError::Writer(e) => e.into(),
             KvError::Storage(e) => e.into(),
-            e @ (KvError::WriterGone { .. } | KvError::Busy { .. }) => {
+            e @ (KvError::WriterGone { .. } | KvError::Busy { .. } | KvError::NotOwner { .. }) => {
                 ServiceError::unavailable(e.to_string())
             }
         }

@@ -21,10 +21,25 @@
 //!   version, folded into the `kv_entries` view in the same batch
 //!   (read-your-writes) and published like every event
 //!   (`cairn.events._.kv/<partition>.kv.<event>`, so `cairn log` shows who
-//!   changed or invalidated what). When the cluster moves a partition's
-//!   ownership, its writer moves with it; nothing here assumes the writer
-//!   is local beyond the in-memory trackers, which a new owner rebuilds
-//!   from the view.
+//!   changed or invalidated what).
+//! - **On a cluster** ([`KvCluster`]) each partition stream has an owner
+//!   (a lease, placed like a repository's): only the owner runs the
+//!   partition's writer ([`KvNode::own`] / [`KvNode::disown`], called by
+//!   the node's lease holder), and it appends through the replicated log
+//!   ([`KvLog::Cluster`]: fenced, answered once applied on this node). A
+//!   command for a partition this node does not write answers
+//!   [`KvError::NotOwner`] ("does not own"), which the service routes
+//!   again to the owner (`service::kv`). Every node reads from its own
+//!   replica.
+//! - **The memory tier follows the log** ([`KvObserver`]): the store
+//!   tells it of every commit (the node's own appends and replicated
+//!   commits alike) on its writer thread, before the commit's seq is
+//!   announced, and each `kv/` event updates the memory tier and the
+//!   trackers. So a read that waited for a seq never finds a row that
+//!   seq overwrote or deleted, on any node, and the trackers (entries of
+//!   namespaces with limits, settings) are current on every node — a new
+//!   owner decides evictions on them at once. The writers do not touch
+//!   them: they decide on them, append, and find them updated.
 //! - **Set batching.** Sets are the hot write, and a writer that ran one
 //!   set at a time would wait one group commit per set: sets of one
 //!   partition would never share an fsync. So a set is not a writer
@@ -79,8 +94,14 @@
 //!   compacted log equals the live view.
 //! - **Single flight** (`kv.get_or_compute`, read-through origins) is kept
 //!   in the node ([`flight`]): concurrent misses of one entry share one
-//!   call. In a cluster, cluster-wide single flight follows the owner of
-//!   the namespace's partition.
+//!   call. On a cluster a miss is sent to the owner of the namespace's
+//!   partition, whose flight the misses of every node share.
+//! - **Background work on a cluster** (see the README's cluster section):
+//!   the sweeper of each node removes expired entries of the partitions it
+//!   writes; evictions are decided by the owner with the set; compaction
+//!   runs on every node at markers in the replicated log
+//!   (`cluster::log`), so every node's log stays the same; no WAL flusher
+//!   runs (the replicated log's quorum makes a write durable).
 //! - **Origins** (seed 001's decorators): a namespace configured with an
 //!   origin subject is read-through (a miss asks the origin and caches
 //!   its answer; its 404 is a miss) and, with `write_through`,
@@ -193,8 +214,10 @@ pub struct KvState {
 /// What every partition writer shares.
 #[derive(Debug)]
 pub struct KvEnv {
-    /// The node's store.
+    /// The node's store (reads).
     pub store: Store,
+    /// Where the writers append.
+    pub log: KvLog,
     /// The memory tier and trackers.
     pub memory: Arc<KvMemory>,
     /// The clock of TTLs and access times.
@@ -209,6 +232,28 @@ pub struct KvEnv {
     /// (`kv.set-batch-max`).
     pub set_batch_max: usize,
 }
+
+/// Where the partition writers append.
+#[derive(Debug, Clone)]
+pub enum KvLog {
+    /// A single node's store.
+    Store(Store),
+    /// The cluster's replicated log (fenced, answered once applied here).
+    Cluster(crate::cluster::ClusterAppend),
+}
+
+impl KvLog {
+    fn append(&self) -> &dyn cairn_storage::AsyncAppend {
+        match self {
+            KvLog::Store(store) => store,
+            KvLog::Cluster(appender) => appender,
+        }
+    }
+}
+
+/// Longest a set waits for its answer once its partition's writer
+/// stopped (the drain or the last batch answers it at once).
+const WRITER_GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Most sets waiting for one partition's writer; past it a set is
 /// answered 503 ([`KvError::Busy`]).
@@ -230,10 +275,20 @@ pub struct QueuedSet {
 /// [`SET_QUEUE_MAX_ENTRIES`]). A set is queued here, then a
 /// [`KvCommand::SetBatch`] is sent to the writer; the writer drains the
 /// queue when it runs one, so sets that arrive while it appends wait
-/// together and the next batch takes them all.
+/// together and the next batch takes them all. The queue is open while
+/// this node writes the partition (always on a single node); closing it
+/// (the partition's lease goes) answers what still waits with
+/// [`KvError::NotOwner`] — nothing of those ran, so they are routed again.
 #[derive(Debug, Default)]
 pub struct SetQueue {
-    queue: parking_lot::Mutex<std::collections::VecDeque<QueuedSet>>,
+    queue: parking_lot::Mutex<Queued>,
+}
+
+/// A [`SetQueue`]'s contents.
+#[derive(Debug, Default)]
+struct Queued {
+    sets: std::collections::VecDeque<QueuedSet>,
+    open: bool,
 }
 
 /// A new value for one entry.
@@ -404,7 +459,7 @@ impl StreamDomain for Kv {
     const NAME: &'static str = "kv";
 
     fn store(env: &KvEnv) -> &dyn cairn_storage::AsyncAppend {
-        &env.store
+        env.log.append()
     }
 
     fn durability(env: &KvEnv) -> cairn_storage::Durability {
@@ -482,12 +537,8 @@ impl StreamDomain for Kv {
                         namespace: namespace.clone(),
                         key: key.clone(),
                     }));
+                    // The memory tier follows the commit ([`KvObserver`]).
                     session.append(vec![e], Chunking::Whole).await?;
-                    env.memory.committed_removal(
-                        partition,
-                        [(namespace.as_str(), key.as_str())],
-                        false,
-                    );
                     Ok(KvReply::Deleted(!expired(row.expires_at_ms, now_ms)))
                 }
                 KvCommand::DeleteMatching {
@@ -501,21 +552,14 @@ impl StreamDomain for Kv {
                         current_rows(&store, candidates, |row| matcher.matches(row))
                     })
                     .await??;
-                    remove_in_bulk(
-                        session,
-                        &env,
-                        partition,
-                        selected,
-                        false,
-                        |count, entries| {
-                            Payload::KvEntriesDeleted(KvEntriesDeleted {
-                                by: by.to_owned(),
-                                selector: selector.clone(),
-                                count,
-                                entries,
-                            })
-                        },
-                    )
+                    remove_in_bulk(session, selected, |count, entries| {
+                        Payload::KvEntriesDeleted(KvEntriesDeleted {
+                            by: by.to_owned(),
+                            selector: selector.clone(),
+                            count,
+                            entries,
+                        })
+                    })
                     .await
                 }
                 KvCommand::Expire { candidates } => {
@@ -524,16 +568,9 @@ impl StreamDomain for Kv {
                         current_rows(&store, candidates, |row| expired(row.expires_at_ms, now_ms))
                     })
                     .await??;
-                    remove_in_bulk(
-                        session,
-                        &env,
-                        partition,
-                        selected,
-                        false,
-                        |count, entries| {
-                            Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
-                        },
-                    )
+                    remove_in_bulk(session, selected, |count, entries| {
+                        Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
+                    })
                     .await
                 }
                 KvCommand::Configure {
@@ -544,35 +581,10 @@ impl StreamDomain for Kv {
                         namespace: namespace.clone(),
                         settings: Some(settings.clone()),
                     }));
-                    // A namespace that gets limits has all its entries
-                    // indexed (see `memory`): read them from the view.
-                    let limited = settings.max_entries > 0 || settings.max_bytes > 0;
-                    let rows = if limited && !env.memory.tracks_all(partition, &namespace) {
-                        let (store, name) = (env.store.clone(), namespace.clone());
-                        Some(
-                            off_arbiter("kv-configure", move || {
-                                let mut rows = Vec::new();
-                                store.view_scan_each::<KvError>(
-                                    KvView::NAME,
-                                    &KvView::namespace_entries(&name),
-                                    None,
-                                    |_, v| {
-                                        let row = decode_entry(v)?;
-                                        let info = memory::EntryInfo::of(&row, 0);
-                                        rows.push((row.key.into_boxed_str(), info));
-                                        Ok(ControlFlow::Continue(()))
-                                    },
-                                )?;
-                                Ok::<_, KvError>(rows)
-                            })
-                            .await??,
-                        )
-                    } else {
-                        None
-                    };
+                    // The trackers take the settings (and index every
+                    // entry of a namespace that gets limits) as the commit
+                    // is written ([`KvObserver`]).
                     session.append(vec![e], Chunking::Whole).await?;
-                    env.memory
-                        .committed_settings(partition, &namespace, settings.clone(), rows);
                     // Lower limits apply at once.
                     let victims = {
                         let tracker = env.memory.partition(partition).lock();
@@ -581,7 +593,7 @@ impl StreamDomain for Kv {
                             None => Vec::new(),
                         }
                     };
-                    evict(session, &env, partition, &namespace, victims).await?;
+                    evict(session, &namespace, victims).await?;
                     Ok(KvReply::Configured(settings))
                 }
             }
@@ -607,15 +619,13 @@ fn over_limits(
     })
 }
 
-/// Removes `selected` entries of `partition` in bulk: one event per chunk
-/// of [`bulk_chunks`], made by `payload(count, entries)`, then the memory
-/// tier (counting evictions when `evicted`); answers how many were removed.
+/// Removes `selected` entries of the session's partition in bulk: one
+/// event per chunk of [`bulk_chunks`], made by `payload(count, entries)`
+/// (the memory tier follows the commit, [`KvObserver`]); answers how many
+/// were removed.
 async fn remove_in_bulk(
     session: &mut Session<Kv>,
-    env: &KvEnv,
-    partition: usize,
     selected: Vec<(String, String)>,
-    evicted: bool,
     payload: impl Fn(u64, Vec<KvEntryRef>) -> Payload,
 ) -> Result<KvReply, KvError> {
     if selected.is_empty() {
@@ -626,19 +636,13 @@ async fn remove_in_bulk(
         .into_iter()
         .map(|chunk| event(payload(chunk.len() as u64, refs(&chunk))))
         .collect();
+    // The memory tier and trackers follow the commit ([`KvObserver`]).
     session.append(events, Chunking::MaxEvents).await?;
-    env.memory.committed_removal(
-        partition,
-        selected.iter().map(|(n, k)| (n.as_str(), k.as_str())),
-        evicted,
-    );
     Ok(KvReply::Count(count))
 }
 
 async fn evict(
     session: &mut Session<Kv>,
-    env: &KvEnv,
-    partition: usize,
     namespace: &str,
     victims: Vec<(String, u64)>,
 ) -> Result<(), KvError> {
@@ -650,7 +654,7 @@ async fn evict(
         .map(|(k, _)| (namespace.to_owned(), k))
         .collect();
     let evicted = entries.len();
-    remove_in_bulk(session, env, partition, entries, true, |count, entries| {
+    remove_in_bulk(session, entries, |count, entries| {
         Payload::KvEntriesEvicted(KvEntriesEvicted {
             namespace: namespace.to_owned(),
             count,
@@ -669,6 +673,7 @@ async fn evict(
 /// the next batch (which its own [`KvCommand::SetBatch`] runs).
 fn drain_sets(env: &KvEnv, partition: usize) -> Vec<QueuedSet> {
     let mut queue = env.sets[partition].queue.lock();
+    let queue = &mut queue.sets;
     let mut batch = Vec::with_capacity(queue.len().min(env.set_batch_max));
     let mut limited: Vec<String> = Vec::new();
     while batch.len() < env.set_batch_max {
@@ -692,13 +697,12 @@ fn drain_sets(env: &KvEnv, partition: usize) -> Vec<QueuedSet> {
     batch
 }
 
-/// One set decided: its row (seq still 0), its events, the entries it
-/// evicts.
+/// One set decided: its row (seq still 0) and its events (the set, then
+/// the evictions it makes).
 struct DecidedSet {
     row: KvEntryRow,
     ttl_ms: Option<u64>,
     events: Vec<Event>,
-    evicted: Vec<(String, String)>,
 }
 
 /// Decides one set on the tracker as it is: its expiry, the namespace's
@@ -758,7 +762,7 @@ fn decide_set(
         .into_iter()
         .map(|(k, _)| (row.namespace.clone(), k))
         .collect();
-    for chunk in bulk_chunks(evicted.clone()) {
+    for chunk in bulk_chunks(evicted) {
         events.push(event(Payload::KvEntriesEvicted(KvEntriesEvicted {
             namespace: row.namespace.clone(),
             count: chunk.len() as u64,
@@ -769,7 +773,6 @@ fn decide_set(
         row,
         ttl_ms,
         events,
-        evicted,
     })
 }
 
@@ -788,7 +791,7 @@ async fn run_sets(
     batch: Vec<QueuedSet>,
     now_ms: u64,
 ) {
-    let max_events = cairn_storage::AsyncAppend::append_max_events(&env.store).max(1);
+    let max_events = env.log.append().append_max_events().max(1);
     let mut pending = batch;
     while !pending.is_empty() {
         let mut decided = Vec::with_capacity(pending.len());
@@ -851,24 +854,16 @@ async fn run_sets(
                 });
                 continue;
             }
-            let DecidedSet {
-                mut row, evicted, ..
-            } = d;
+            let DecidedSet { mut row, .. } = d;
             if written > 0 {
+                // The memory tier and trackers took the entry (and its
+                // evictions) as the commit was written ([`KvObserver`]).
                 row.seq = seq.unwrap_or(0);
                 let answer = KvReply::Set {
                     version: row.seq,
                     created_at_ms: row.created_at_ms,
                     expires_at_ms: row.expires_at_ms,
                 };
-                env.memory.committed_set(partition, Arc::new(row), now_ms);
-                if written == chunks && !evicted.is_empty() {
-                    env.memory.committed_removal(
-                        partition,
-                        evicted.iter().map(|(n, k)| (n.as_str(), k.as_str())),
-                        true,
-                    );
-                }
                 let _ = reply.send(match failed {
                     None => Ok(answer),
                     Some(e) => Err(e.into()),
@@ -898,11 +893,36 @@ fn current_rows(
 }
 
 /// The key-value cache of one node: its partition writers and its reads.
+///
+/// On a single node every partition's writer runs from the start. On a
+/// cluster node ([`KvCluster`]) a partition's writer runs only while the
+/// node holds the partition's lease ([`KvNode::own`], [`KvNode::disown`],
+/// called by the ownership loop's holder); a command for a partition the
+/// node does not write answers [`KvError::NotOwner`], which the service
+/// routes again. Reads and the memory tier work on every node: the
+/// [`KvObserver`] keeps them in step with every commit the store writes,
+/// its own and the replicated ones alike.
 #[derive(Debug, Clone)]
 pub struct KvNode {
-    writers: Arc<Vec<Addr<StreamWriter<Kv>>>>,
+    writers: Arc<Vec<WriterSlot>>,
     env: Arc<KvEnv>,
     flights: Arc<flight::Flights<Found>>,
+    cluster: Option<Arc<KvCluster>>,
+}
+
+/// A partition's writer while this node runs it.
+type WriterSlot = parking_lot::RwLock<Option<Addr<StreamWriter<Kv>>>>;
+
+/// What a cluster node's key-value cache needs besides a single node's.
+#[derive(Debug)]
+pub struct KvCluster {
+    /// The node's id (named in [`KvError::NotOwner`]).
+    pub node: String,
+    /// The replicated log the owned partitions append through.
+    pub appender: crate::cluster::ClusterAppend,
+    /// Where partition writers start (the node's arbiter: the ownership
+    /// loop calls [`KvNode::own`] from a plain task).
+    pub arbiter: actix::ArbiterHandle,
 }
 
 /// An entry as a read answers it.
@@ -914,19 +934,146 @@ pub struct Found {
     pub info: EntryInfo,
 }
 
+/// Keeps the node's memory tier and trackers in step with the log: told
+/// of every commit by the store ([`cairn_storage::CommitObserver`]), on
+/// the store's writer thread before the commit's seq is announced, it
+/// applies each `kv/` event — a set fills the memory tier with the new
+/// row and tracks it, a removal invalidates and untracks (an eviction
+/// counts), a configuration changes the namespace's settings (indexing
+/// every entry of a namespace that gets limits, read from the views as
+/// the commit left them). The same for a node's own writes and for
+/// replicated ones, so no node serves a row that a commit it applied
+/// changed. `loading` is held while [`KvNode::start`] loads the trackers
+/// from the view, so a commit during the load is applied after it.
+#[derive(Debug)]
+pub struct KvObserver {
+    memory: Arc<KvMemory>,
+    loading: parking_lot::Mutex<()>,
+}
+
+impl KvObserver {
+    fn apply(&self, env: &cairn_events::v1::Envelope, views: &dyn cairn_storage::ViewRead) {
+        let Some(payload) = env.event.as_ref().and_then(|e| e.payload.as_ref()) else {
+            return;
+        };
+        let memory = &self.memory;
+        let removal = |namespace: Option<&str>, entries: &[KvEntryRef], evicted: bool| {
+            if let Some(first) = entries.first() {
+                let partition = partition_of(namespace.unwrap_or(&first.namespace));
+                memory.committed_removal(
+                    partition,
+                    entries
+                        .iter()
+                        .map(|e| (e.namespace.as_str(), e.key.as_str())),
+                    evicted,
+                );
+            }
+        };
+        match payload {
+            Payload::KvEntrySet(s) => {
+                let row = KvEntryRow {
+                    namespace: s.namespace.clone(),
+                    key: s.key.clone(),
+                    value: s.value.clone(),
+                    json: s.json,
+                    tags: s.tags.clone(),
+                    created_at_ms: s.created_at_ms,
+                    expires_at_ms: s.expires_at_ms,
+                    seq: env.seq,
+                };
+                memory.committed_set(partition_of(&s.namespace), Arc::new(row), s.created_at_ms);
+            }
+            Payload::KvEntryDeleted(d) => {
+                memory.committed_removal(
+                    partition_of(&d.namespace),
+                    [(d.namespace.as_str(), d.key.as_str())],
+                    false,
+                );
+            }
+            Payload::KvEntriesDeleted(d) => removal(None, &d.entries, false),
+            Payload::KvEntriesExpired(d) => removal(None, &d.entries, false),
+            Payload::KvEntriesEvicted(d) => removal(Some(&d.namespace), &d.entries, true),
+            Payload::KvNamespaceConfigured(c) => {
+                let settings = c.settings.clone().unwrap_or_default();
+                let partition = partition_of(&c.namespace);
+                let limited = settings.max_entries > 0 || settings.max_bytes > 0;
+                // A namespace that gets limits has all its entries indexed
+                // (see `memory`): read them from the views as they are.
+                let rows = (limited && !memory.tracks_all(partition, &c.namespace)).then(|| {
+                    let mut rows = Vec::new();
+                    let read = views.view_scan_each::<KvError>(
+                        KvView::NAME,
+                        &KvView::namespace_entries(&c.namespace),
+                        None,
+                        |_, v| {
+                            let row = decode_entry(v)?;
+                            let info = memory::EntryInfo::of(&row, 0);
+                            rows.push((row.key.into_boxed_str(), info));
+                            Ok(ControlFlow::Continue(()))
+                        },
+                    );
+                    if let Err(e) = read {
+                        tracing::warn!(namespace = %c.namespace, error = %e, "kv: indexing a namespace that got limits");
+                    }
+                    rows
+                });
+                memory.committed_settings(partition, &c.namespace, settings, rows);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl cairn_storage::CommitObserver for KvObserver {
+    fn committed(
+        &self,
+        envelopes: &[&cairn_events::v1::Envelope],
+        views: &dyn cairn_storage::ViewRead,
+    ) {
+        let mut kv = envelopes
+            .iter()
+            .filter(|e| e.stream.starts_with(KV_STREAM_PREFIX))
+            .peekable();
+        if kv.peek().is_none() {
+            return;
+        }
+        let _loaded = self.loading.lock();
+        for env in kv {
+            self.apply(env, views);
+        }
+    }
+}
+
+/// The streams of the key-value partitions start with this.
+pub const KV_STREAM_PREFIX: &str = "kv/";
+
 impl KvNode {
-    /// Loads the trackers from the view and starts one writer per
-    /// partition (in the current actix system).
+    /// Loads the trackers from the view and, on a single node (`cluster`
+    /// `None`), starts one writer per partition (in the current actix
+    /// system); a cluster node starts a partition's writer when it takes
+    /// the partition ([`KvNode::own`]). From here on the memory tier
+    /// follows every commit ([`KvObserver`]).
     pub async fn start(
         store: Store,
         clock: Arc<dyn Clock>,
         memory_max_bytes: u64,
         durability: cairn_storage::Durability,
         set_batch_max: usize,
+        cluster: Option<KvCluster>,
     ) -> Result<Self, KvError> {
         let memory = Arc::new(KvMemory::new(KV_PARTITIONS, memory_max_bytes));
-        let (loaded, load_store) = (memory.clone(), store.clone());
+        let observer = Arc::new(KvObserver {
+            memory: memory.clone(),
+            loading: parking_lot::Mutex::new(()),
+        });
+        let (loaded, load_store, load_observer) = (memory.clone(), store.clone(), observer.clone());
         let versions = off_arbiter("kv-load", move || -> Result<Vec<u64>, KvError> {
+            // Observing before loading, the load under the observer's lock:
+            // a commit written meanwhile is in what the load reads and is
+            // applied again after it (applying a commit twice leaves the
+            // same rows), never missed.
+            let _loading = load_observer.loading.lock();
+            load_store.observe(load_observer.clone());
             let mut settings = Vec::new();
             load_store.view_scan_each::<KvError>(
                 KvView::NAME,
@@ -959,34 +1106,118 @@ impl KvNode {
                 .collect()
         })
         .await??;
+        let log = match &cluster {
+            Some(c) => KvLog::Cluster(c.appender.clone()),
+            None => KvLog::Store(store.clone()),
+        };
         let env = Arc::new(KvEnv {
             store,
+            log,
             memory,
             clock,
             durability,
             sets: (0..KV_PARTITIONS).map(|_| SetQueue::default()).collect(),
             set_batch_max: set_batch_max.max(1),
         });
-        let writers = versions
-            .into_iter()
-            .enumerate()
-            .map(|(partition, version)| {
-                StreamWriter::<Kv>::new(
-                    KvState {
-                        partition,
-                        stream: partition_stream(partition),
-                        version,
-                    },
-                    env.clone(),
-                )
-                .start()
-            })
-            .collect();
-        Ok(Self {
-            writers: Arc::new(writers),
+        let node = Self {
+            writers: Arc::new(
+                (0..KV_PARTITIONS)
+                    .map(|_| parking_lot::RwLock::new(None))
+                    .collect(),
+            ),
             env,
             flights: Arc::default(),
+            cluster: cluster.map(Arc::new),
+        };
+        if node.cluster.is_none() {
+            for (partition, version) in versions.into_iter().enumerate() {
+                node.start_writer(partition, version, None);
+            }
+        }
+        Ok(node)
+    }
+
+    /// Starts the writer of `partition` at stream version `version` (on
+    /// `arbiter`, else in the current actix system) and opens its set
+    /// queue.
+    fn start_writer(&self, partition: usize, version: u64, arbiter: Option<&actix::ArbiterHandle>) {
+        let state = KvState {
+            partition,
+            stream: partition_stream(partition),
+            version,
+        };
+        let env = self.env.clone();
+        let writer = match arbiter {
+            Some(arbiter) => StreamWriter::<Kv>::start_in_arbiter(arbiter, move |_| {
+                StreamWriter::<Kv>::new(state, env)
+            }),
+            None => StreamWriter::<Kv>::new(state, env).start(),
+        };
+        *self.writers[partition].write() = Some(writer);
+        self.env.sets[partition].queue.lock().open = true;
+    }
+
+    /// Whether this node runs the writer of `partition` now.
+    pub fn writes(&self, partition: usize) -> bool {
+        self.writers[partition].read().is_some()
+    }
+
+    /// A cluster node took `partition`'s lease (its log is caught up to
+    /// the fence): its writer starts at the stream's version as this
+    /// node's log holds it. The trackers are current already (every node
+    /// keeps them, [`KvObserver`]); recency is this node's — every set
+    /// and this node's hits.
+    pub async fn own(&self, partition: usize) -> Result<(), KvError> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Ok(());
+        };
+        if self.writes(partition) {
+            return Ok(());
+        }
+        let store = self.env.store.clone();
+        let version = off_arbiter("kv-own", move || {
+            store.stream_version(&partition_stream(partition))
         })
+        .await??;
+        self.start_writer(partition, version, Some(&cluster.arbiter));
+        tracing::info!(partition, version, "kv partition writer started");
+        Ok(())
+    }
+
+    /// A cluster node gives `partition` up: the sets still queued are
+    /// answered [`KvError::NotOwner`] (nothing of them ran: they are routed
+    /// again), new commands too, and the writer finishes what it runs,
+    /// then stops. Resolves once it stopped.
+    pub async fn disown(&self, partition: usize) {
+        let waiting: Vec<QueuedSet> = {
+            let mut queue = self.env.sets[partition].queue.lock();
+            queue.open = false;
+            queue.sets.drain(..).collect()
+        };
+        for queued in waiting {
+            let _ = queued.reply.send(Err(self.not_owner(partition)));
+        }
+        let writer = self.writers[partition].write().take();
+        if let Some(writer) = writer {
+            let _ = writer.send(crate::writer::StopWriter).await;
+            tracing::info!(partition, "kv partition writer stopped");
+        }
+    }
+
+    /// The error of a command for a partition this node does not write.
+    fn not_owner(&self, partition: usize) -> KvError {
+        match &self.cluster {
+            Some(cluster) => KvError::NotOwner {
+                node: cluster.node.clone(),
+                stream: partition_stream(partition).to_string(),
+            },
+            None => KvError::WriterGone { partition },
+        }
+    }
+
+    /// Whether this node is a cluster node.
+    pub fn clustered(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// The node's single flights.
@@ -1026,13 +1257,16 @@ impl KvNode {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 {
                     let mut queue = self.env.sets[partition].queue.lock();
-                    if queue.len() >= SET_QUEUE_MAX_ENTRIES {
+                    if !queue.open {
+                        return Err(self.not_owner(partition));
+                    }
+                    if queue.sets.len() >= SET_QUEUE_MAX_ENTRIES {
                         return Err(KvError::Busy {
                             partition,
-                            queued: queue.len(),
+                            queued: queue.sets.len(),
                         });
                     }
-                    queue.push_back(QueuedSet {
+                    queue.sets.push_back(QueuedSet {
                         set,
                         metadata: metadata.clone(),
                         reply,
@@ -1042,8 +1276,17 @@ impl KvNode {
             }
             command => (command, None),
         };
-        let gone = || KvError::WriterGone { partition };
-        let ran = self.writers[partition].send(Execute::<Kv> {
+        let gone = || self.not_owner(partition);
+        let writer = self.writers[partition].read().clone();
+        let Some(writer) = writer else {
+            return match answer {
+                // Queued, then the partition was given up: the queue was
+                // drained, this set answered with it.
+                Some(answer) => answer.await.map_err(|_| gone())?,
+                None => Err(gone()),
+            };
+        };
+        let ran = writer.send(Execute::<Kv> {
             command,
             metadata,
             span: tracing::Span::current(),
@@ -1058,9 +1301,17 @@ impl KvNode {
         // has its own.
         match futures::future::select(answer, std::pin::pin!(ran)).await {
             futures::future::Either::Left((answered, _)) => answered.map_err(|_| gone())?,
-            futures::future::Either::Right((ran, answer)) => {
-                ran.map_err(|_| gone())??;
+            futures::future::Either::Right((Ok(ran), answer)) => {
+                ran?;
                 answer.await.map_err(|_| gone())?
+            }
+            // The writer stopped (its partition given up): a set still
+            // queued was answered by the drain; one a batch took, by it.
+            futures::future::Either::Right((Err(_), answer)) => {
+                tokio::time::timeout(WRITER_GONE_WAIT, answer)
+                    .await
+                    .map_err(|_| gone())?
+                    .map_err(|_| gone())?
             }
         }
     }
@@ -1194,15 +1445,16 @@ impl KvNode {
         .await?
     }
 
-    /// Removes expired entries (of `namespace`, or all), up to
-    /// `limit_entries` per round until none is left or `rounds_max`
-    /// rounds ran; answers how many went.
+    /// Removes expired entries (of `namespace`, or all; of partition
+    /// `only`, or all), up to `limit_entries` per round until none is left
+    /// or `rounds_max` rounds ran; answers how many went.
     pub async fn cleanup(
         &self,
         namespace: Option<&str>,
         metadata: &Metadata,
         limit_entries: usize,
         rounds_max: usize,
+        only: Option<usize>,
     ) -> Result<u64, KvError> {
         let mut removed = 0;
         for _ in 0..rounds_max {
@@ -1211,6 +1463,9 @@ impl KvNode {
             let full_round = found.len() >= limit_entries;
             if let Some(n) = namespace {
                 found.retain(|(ns, _)| ns == n);
+            }
+            if let Some(p) = only {
+                found.retain(|(ns, _)| partition_of(ns) == p);
             }
             let mut by_partition: Vec<Vec<(String, String)>> = vec![Vec::new(); KV_PARTITIONS];
             for (ns, key) in found {

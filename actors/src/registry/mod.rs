@@ -682,6 +682,7 @@ mod tests {
             let request = Incoming {
                 format: Format::Json,
                 body: Vec::new(),
+                payload: bytes::Bytes::new(),
                 headers: None,
                 request: None,
             };

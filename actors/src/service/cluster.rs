@@ -153,13 +153,15 @@ pub enum Forwarded {
     RunHere,
 }
 
-/// Forwards `request` (endpoint `subject`) to `node` and relays its reply;
-/// routes again while the stream changes hands. Answers the reply to send,
-/// or the error to answer.
+/// Forwards a request of endpoint `subject` (`payload` with `headers`,
+/// as received, or a part a command sends on, see [`crate::service::kv`])
+/// to `node` and relays its reply; routes again while the stream changes
+/// hands. Answers the reply to send, or the error to answer.
 pub async fn forward(
     context: &ServiceContext,
     routing: &ClusterRouting,
-    request: &async_nats::service::Request,
+    payload: bytes::Bytes,
+    headers: Option<&HeaderMap>,
     subject: &str,
     stream: &StreamId,
     mut node: String,
@@ -169,7 +171,7 @@ pub async fn forward(
     // Every forwarded command carries an idempotency key (the client's, or
     // one made here): sent again to a new owner after the first one died
     // with it, it runs at most once.
-    let mut headers = request.message.headers.clone().unwrap_or_default();
+    let mut headers = headers.cloned().unwrap_or_default();
     if headers.get(super::idempotency::REQUEST_ID_HEADER).is_none() {
         headers.insert(
             super::idempotency::REQUEST_ID_HEADER,
@@ -181,7 +183,7 @@ pub async fn forward(
     crate::trace::inject_nats(&mut headers);
     loop {
         let outgoing = async_nats::Request::new()
-            .payload(request.message.payload.clone())
+            .payload(payload.clone())
             .headers(headers.clone())
             .timeout(Some(FORWARD_ATTEMPT_WAIT.min(routing.forward_timeout)));
         let target = node_subject(&node, subject);
@@ -328,6 +330,23 @@ pub fn seq_header(context: &ServiceContext) -> (&'static str, String) {
         SEQ_HEADER,
         context.store.last_seq().unwrap_or(0).to_string(),
     )
+}
+
+/// Waits (at most `wait`) until this node applied `seq`; answers whether
+/// it did.
+pub async fn wait_applied(context: &ServiceContext, seq: u64, wait: Duration) -> bool {
+    let mut committed = context.store.subscribe();
+    tokio::time::timeout(wait, committed.wait_for(|at| *at >= seq))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// The `Cairn-Seq` a reply carries (0 when none).
+pub fn reply_seq(headers: &HeaderMap) -> u64 {
+    headers
+        .get(SEQ_HEADER)
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Relays a forwarded reply.

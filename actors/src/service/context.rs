@@ -110,6 +110,9 @@ pub struct Incoming {
     pub format: codec::Format,
     /// The body as JSON.
     pub body: Vec<u8>,
+    /// The body as it came (JSON or protobuf): what a command forwarded
+    /// to another node sends on.
+    pub payload: bytes::Bytes,
     /// The request's headers.
     pub headers: Option<async_nats::HeaderMap>,
     /// The idempotency key of a write that carries one (see

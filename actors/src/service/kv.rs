@@ -5,6 +5,15 @@
 //! field is a 400 naming it, and nothing is stored. Writes go to the
 //! writer of the namespace's partition; reads are answered from the memory
 //! tier, else the `kv_entries` view.
+//!
+//! On a cluster, writes run at their partition's owner (`on_owner`: the
+//! repository commands' routing, then this node waits until it applied
+//! what the owner answered), and commands over every partition are split
+//! into parts, one per partition, each run at its owner, the counts summed
+//! (`by_partition`; each part atomic, the whole not — a failure names
+//! the failed partitions and what the others removed). A `get_or_compute`
+//! or read-through miss is sent to the owner too: one flight for the whole
+//! cluster. Reads stay local.
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,7 +34,7 @@ use super::{
 use crate::{
     kv::{
         flight, full_key, glob::Glob, key_for::key_for, memory::EntryInfo, partition_of, Found,
-        KvCommand, KvError, KvReply, Matcher, SetEntry,
+        KvCommand, KvError, KvReply, Matcher, SetEntry, KV_PARTITIONS,
     },
     ServiceError,
 };
@@ -251,11 +260,251 @@ fn kv(context: &ServiceContext) -> Result<&crate::kv::KvNode, ServiceError> {
     context
         .kv
         .as_ref()
-        .ok_or_else(|| {
-            ServiceError::unavailable(
-                "the key-value cache does not run on cluster nodes yet (cluster.enabled is on); use a single node for it",
-            )
-        })
+        .ok_or_else(|| ServiceError::unavailable("the key-value cache is not running on this node"))
+}
+
+/// Header of one partition's part of a command another node split (its
+/// value: the partition): the owner runs only that part.
+pub const PARTITION_HEADER: &str = "Cairn-Kv-Partition";
+
+/// Where a key-value command of one partition ran.
+pub(crate) enum Ran<T> {
+    /// Here: this node writes the partition (or is a single node).
+    Here(T),
+    /// At the partition's owner: its reply, to relay (this node applied
+    /// what the owner answered, bounded by `cluster.read-wait`).
+    There(async_nats::HeaderMap, bytes::Bytes),
+}
+
+/// Whether another node sent this request on (see
+/// [`super::cluster::FORWARDED_HEADER`]).
+fn forwarded(request: &Incoming) -> bool {
+    request
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(super::cluster::FORWARDED_HEADER).is_some())
+}
+
+/// The partition a part names ([`PARTITION_HEADER`]), if this request is
+/// one.
+fn part_of(request: &Incoming) -> Result<Option<usize>, ServiceError> {
+    let Some(value) = request
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(PARTITION_HEADER))
+    else {
+        return Ok(None);
+    };
+    match value.as_str().parse::<usize>() {
+        Ok(p) if p < KV_PARTITIONS => Ok(Some(p)),
+        _ => Err(ServiceError::bad_request(format!(
+            "header {PARTITION_HEADER}: {:?} is not a partition (0 to {})",
+            value.as_str(),
+            KV_PARTITIONS - 1
+        ))),
+    }
+}
+
+/// How a command travels to a partition's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// As it came (body and headers, its format): the owner's reply is
+    /// the client's.
+    Whole,
+    /// As the part of `partition` of a split command: JSON, with
+    /// [`PARTITION_HEADER`]; the owner answers its count.
+    Part(usize),
+}
+
+/// Runs `local` when this node writes `partition` (always on a single
+/// node), else sends the request (`endpoint`, as `how` says) to the
+/// partition's owner and answers its reply — the routing repository
+/// commands have ([`super::cluster::route`], [`super::cluster::forward`]:
+/// the owner found by its lease or placement, taken here when this node
+/// is its preferred owner, routed again while it changes hands). A
+/// command that finds the partition handed over here ([`KvError::NotOwner`],
+/// nothing of it ran) is routed again, for at most
+/// [`super::cluster::REROUTE_WINDOW`]. Once the owner answered, this node
+/// waits (at most `cluster.read-wait`) until it applied the owner's
+/// `Cairn-Seq`, so this node's reply — and any read here after it —
+/// reflects the write.
+pub(crate) async fn on_owner<T, F, Fut>(
+    context: &ServiceContext,
+    request: &Incoming,
+    endpoint: &'static str,
+    partition: usize,
+    how: Via,
+    mut local: F,
+) -> Result<Ran<T>, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    use super::cluster::{self, Forwarded, Route};
+    let Some(routing) = context.config.cluster.as_ref() else {
+        return local().await.map(Ran::Here);
+    };
+    let stream = crate::kv::partition_stream(partition);
+    let forwarded = forwarded(request);
+    let deadline = tokio::time::Instant::now() + cluster::REROUTE_WINDOW;
+    loop {
+        let result = match cluster::route(routing, &stream, forwarded).await {
+            Ok(Route::Local) => local().await.map(Ran::Here),
+            Ok(Route::Forward(node)) => {
+                let (payload, headers) = match how {
+                    Via::Whole => (request.payload.clone(), request.headers.clone()),
+                    Via::Part(p) => {
+                        let mut headers = request.headers.clone().unwrap_or_default();
+                        // The part is JSON whatever the client sent.
+                        headers.insert("Content-Type", "application/json");
+                        headers.insert(PARTITION_HEADER, p.to_string().as_str());
+                        (bytes::Bytes::from(request.body.clone()), Some(headers))
+                    }
+                };
+                match cluster::forward(
+                    context,
+                    routing,
+                    payload,
+                    headers.as_ref(),
+                    endpoint,
+                    &stream,
+                    node,
+                )
+                .await
+                {
+                    Ok(Forwarded::Reply(headers, body)) => {
+                        let seq = cluster::reply_seq(&headers);
+                        cluster::wait_applied(context, seq, context.config.read_wait).await;
+                        return Ok(Ran::There(headers, body));
+                    }
+                    Ok(Forwarded::RunHere) => continue,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e)
+                if cluster::is_moving(&e)
+                    && !forwarded
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(cluster::REROUTE_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The owner's reply to a command sent [`Via::Whole`], as this node's:
+/// the same body (in the client's format), or the same error.
+fn relayed(
+    format: Format,
+    headers: &async_nats::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Body, ServiceError> {
+    if let Some(code) = headers.get("Nats-Service-Error-Code") {
+        let code = code.as_str().parse::<u16>().unwrap_or(500);
+        // The body names the error exactly (the header is capped).
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+            .or_else(|| {
+                cairn_events::v1::ErrorReply::decode(&body[..])
+                    .ok()
+                    .map(|e| e.message)
+                    .filter(|m| !m.is_empty())
+            })
+            .or_else(|| {
+                headers
+                    .get("Nats-Service-Error")
+                    .map(|m| m.as_str().to_owned())
+            })
+            .unwrap_or_default();
+        return Err(ServiceError { code, message });
+    }
+    Ok(match format {
+        Format::Json => Body::JsonBytes(body),
+        Format::Protobuf => Body::Protobuf(body.to_vec()),
+    })
+}
+
+/// Runs a command that touches every partition (a pattern, tags, `clear`
+/// of everything, `cleanup` of every namespace) as one part per partition,
+/// each where its partition is written (`part(p)` here, else sent to the
+/// owner as [`Via::Part`]), all at once; answers the sum of their counts.
+/// Each part is atomic (one append of its partition's events); the whole
+/// is not: when parts fail, the others' deletions stand and the error
+/// names the failed partitions and what the others removed (retrying is
+/// safe: a part removes what still matches). A request that is itself a
+/// part runs only its partition. A single node runs such commands whole
+/// (one scan, [`crate::kv::KvNode::delete_matching`] cuts them per
+/// partition), not through this.
+pub(crate) async fn by_partition<F, Fut>(
+    context: &ServiceContext,
+    request: &Incoming,
+    endpoint: &'static str,
+    field: &'static str,
+    part: F,
+) -> Result<u64, ServiceError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, ServiceError>>,
+{
+    if let Some(p) = part_of(request)? {
+        return match on_owner(context, request, endpoint, p, Via::Part(p), || part(p)).await? {
+            Ran::Here(n) => Ok(n),
+            Ran::There(headers, body) => part_count(&headers, body, field),
+        };
+    }
+    let parts = (0..KV_PARTITIONS).map(|p| {
+        let part = &part;
+        async move {
+            match on_owner(context, request, endpoint, p, Via::Part(p), || part(p)).await? {
+                Ran::Here(n) => Ok(n),
+                Ran::There(headers, body) => part_count(&headers, body, field),
+            }
+        }
+    });
+    let outcomes = futures::future::join_all(parts).await;
+    let mut total = 0;
+    let mut failed: Vec<(usize, ServiceError)> = Vec::new();
+    for (p, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(n) => total += n,
+            Err(e) => failed.push((p, e)),
+        }
+    }
+    let Some((_, first)) = failed.first() else {
+        return Ok(total);
+    };
+    let names: Vec<String> = failed
+        .iter()
+        .map(|(p, _)| crate::kv::partition_stream(*p).to_string())
+        .collect();
+    Err(ServiceError {
+        code: first.code,
+        message: format!(
+            "the parts of {} failed ({}); the other partitions' parts removed {total} entries (each partition's part is all or nothing); retry to finish",
+            names.join(", "),
+            first.message
+        ),
+    })
+}
+
+/// The count (`field`) of an owner's reply to a part.
+fn part_count(
+    headers: &async_nats::HeaderMap,
+    body: bytes::Bytes,
+    field: &str,
+) -> Result<u64, ServiceError> {
+    let value = match relayed(Format::Json, headers, body)? {
+        Body::JsonBytes(b) => serde_json::from_slice::<Value>(&b).ok(),
+        _ => None,
+    };
+    value
+        .and_then(|v| v.get(field)?.as_u64())
+        .ok_or_else(|| ServiceError::internal(format!("a part's reply has no {field} count")))
 }
 
 /// `kv.set`.
@@ -304,42 +553,36 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
     let tags = tags(&f, "tags")?;
     let meta = metadata(&request, f.string("principal")?);
     let kv = kv(&context)?;
-    let settings = kv.settings(&namespace);
-    if settings.write_through && !settings.origin_subject.is_empty() {
-        // Write-through: the origin first; its failure stores nothing.
-        let mut body = json!({"op": "set", "namespace": namespace, "key": key, "tags": tags});
-        if json {
-            body["value"] = serde_json::from_slice(&value).unwrap_or(Value::Null);
-        } else {
-            body["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&value));
-        }
-        if let Some(ttl_ms) = ttl_ms {
-            body["ttl_ms"] = json!(ttl_ms);
-        }
-        let body = serde_json::to_vec(&body).map_err(|e| ServiceError::internal(e.to_string()))?;
-        flight::call(
-            &context.client,
-            "origin",
-            &settings.origin_subject,
-            body,
-            context.config.kv.origin_timeout,
-        )
-        .await?;
-    }
-    let reply = kv
-        .execute(
-            partition_of(&namespace),
-            KvCommand::Set(SetEntry {
-                namespace,
-                key,
-                value,
-                json,
-                tags,
-                ttl_ms,
-            }),
-            meta,
-        )
-        .await?;
+    let partition = partition_of(&namespace);
+    let set = SetEntry {
+        namespace,
+        key,
+        value,
+        json,
+        tags,
+        ttl_ms,
+    };
+    // At the partition's owner: the write-through origin is called there,
+    // once, before the set is queued.
+    let ran = on_owner(
+        &context,
+        &request,
+        "cairn.v1.kv.set",
+        partition,
+        Via::Whole,
+        || {
+            let (set, meta, context) = (set.clone(), meta.clone(), &context);
+            async move {
+                write_through(context, kv, &set).await?;
+                Ok(kv.execute(partition, KvCommand::Set(set), meta).await?)
+            }
+        },
+    )
+    .await?;
+    let reply = match ran {
+        Ran::Here(reply) => reply,
+        Ran::There(headers, body) => return relayed(request.format, &headers, body),
+    };
     let KvReply::Set {
         version,
         created_at_ms,
@@ -366,6 +609,39 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
             .encode_to_vec()
         },
     ))
+}
+
+/// A write-through namespace's origin is told of `set` first; its failure
+/// stores nothing.
+async fn write_through(
+    context: &ServiceContext,
+    kv: &crate::kv::KvNode,
+    set: &SetEntry,
+) -> Result<(), ServiceError> {
+    let settings = kv.settings(&set.namespace);
+    if !settings.write_through || settings.origin_subject.is_empty() {
+        return Ok(());
+    }
+    let mut body =
+        json!({"op": "set", "namespace": set.namespace, "key": set.key, "tags": set.tags});
+    if set.json {
+        body["value"] = serde_json::from_slice(&set.value).unwrap_or(Value::Null);
+    } else {
+        body["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&set.value));
+    }
+    if let Some(ttl_ms) = set.ttl_ms {
+        body["ttl_ms"] = json!(ttl_ms);
+    }
+    let body = serde_json::to_vec(&body).map_err(|e| ServiceError::internal(e.to_string()))?;
+    flight::call(
+        &context.client,
+        "origin",
+        &settings.origin_subject,
+        body,
+        context.config.kv.origin_timeout,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The entry's JSON reply, written straight to bytes: the stored JSON
@@ -456,7 +732,8 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
         KvNamespaceSettings::default()
     };
     if found.is_none() && !settings.origin_subject.is_empty() {
-        // Read-through: one origin call for all concurrent misses.
+        // Read-through: one origin call for all concurrent misses — at the
+        // partition's owner, so across the cluster.
         let body = serde_json::to_vec(&json!({"op": "get", "namespace": namespace, "key": key}))
             .map_err(|e| ServiceError::internal(e.to_string()))?;
         let fill = Fill {
@@ -466,9 +743,24 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
             tags: Vec::new(),
             meta: metadata(&request, principal),
         };
-        found = fill
-            .run(&context, "origin", &settings.origin_subject, body)
-            .await?;
+        let partition = partition_of(&namespace);
+        let ran = on_owner(
+            &context,
+            &request,
+            "cairn.v1.kv.get",
+            partition,
+            Via::Whole,
+            || {
+                let (fill, body, context) = (fill.clone(), body.clone(), &context);
+                let subject = settings.origin_subject.clone();
+                async move { fill.run(context, "origin", &subject, body).await }
+            },
+        )
+        .await?;
+        found = match ran {
+            Ran::Here(found) => found,
+            Ran::There(headers, body) => return relayed(request.format, &headers, body),
+        };
     }
     let Some(found) = found else {
         return Err(KvError::NotFound {
@@ -503,13 +795,28 @@ pub async fn handle_delete(
 ) -> Result<Body, ServiceError> {
     let (namespace, key, principal) = key_request(&request)?;
     let meta = metadata(&request, principal);
-    let reply = kv(&context)?
-        .execute(
-            partition_of(&namespace),
-            KvCommand::Delete { namespace, key },
-            meta,
-        )
-        .await?;
+    let kv = kv(&context)?;
+    let partition = partition_of(&namespace);
+    let ran = on_owner(
+        &context,
+        &request,
+        "cairn.v1.kv.delete",
+        partition,
+        Via::Whole,
+        || {
+            let command = KvCommand::Delete {
+                namespace: namespace.clone(),
+                key: key.clone(),
+            };
+            let meta = meta.clone();
+            async move { Ok(kv.execute(partition, command, meta).await?) }
+        },
+    )
+    .await?;
+    let reply = match ran {
+        Ran::Here(reply) => reply,
+        Ran::There(headers, body) => return relayed(request.format, &headers, body),
+    };
     let deleted = reply == KvReply::Deleted(true);
     Ok(Body::of(
         request.format,
@@ -526,8 +833,9 @@ fn count_body(format: Format, deleted: u64) -> Body {
     )
 }
 
-/// Every entry under row prefix `prefix` that `matcher` selects, in rounds
-/// of [`BULK_ROUND_ENTRIES`], deleted; answers how many.
+/// Every entry under row prefix `prefix` that `matcher` selects (of
+/// partition `only`, or of all), in rounds of [`BULK_ROUND_ENTRIES`],
+/// deleted; answers how many.
 async fn delete_scanned(
     context: &ServiceContext,
     by: &'static str,
@@ -535,6 +843,7 @@ async fn delete_scanned(
     prefix: Vec<u8>,
     matcher: Matcher,
     meta: cairn_events::envelope::Metadata,
+    only: Option<usize>,
 ) -> Result<u64, ServiceError> {
     let kv = kv(context)?;
     let mut deleted = 0;
@@ -546,7 +855,7 @@ async fn delete_scanned(
                 prefix.clone(),
                 after.clone(),
                 BULK_ROUND_ENTRIES,
-                move |r| m.matches(r),
+                move |r| only.is_none_or(|p| partition_of(&r.namespace) == p) && m.matches(r),
             )
             .await?;
         let Some((last, _)) = rows.last() else {
@@ -585,15 +894,42 @@ pub async fn handle_delete_by_pattern(
     let glob = Glob::new(&pattern);
     // Full keys starting with a namespace's `ns:` can be in any namespace
     // whose name is a prefix of it: scan every entry (documented cost).
-    let deleted = delete_scanned(
-        &context,
-        "pattern",
-        pattern,
-        KvView::ENTRY_PREFIX.to_vec(),
-        Matcher::Pattern(glob),
-        meta,
-    )
-    .await?;
+    let deleted = if context.config.cluster.is_none() {
+        delete_scanned(
+            &context,
+            "pattern",
+            pattern,
+            KvView::ENTRY_PREFIX.to_vec(),
+            Matcher::Pattern(glob),
+            meta,
+            None,
+        )
+        .await?
+    } else {
+        by_partition(
+            &context,
+            &request,
+            "cairn.v1.kv.delete_by_pattern",
+            "deleted",
+            |p| {
+                let (context, pattern, glob, meta) =
+                    (&context, pattern.clone(), glob.clone(), meta.clone());
+                async move {
+                    delete_scanned(
+                        context,
+                        "pattern",
+                        pattern,
+                        KvView::ENTRY_PREFIX.to_vec(),
+                        Matcher::Pattern(glob),
+                        meta,
+                        Some(p),
+                    )
+                    .await
+                }
+            },
+        )
+        .await?
+    };
     Ok(count_body(request.format, deleted))
 }
 
@@ -608,16 +944,28 @@ pub async fn handle_delete_by_namespace(
     }
     let namespace = namespace(&f)?;
     let meta = metadata(&request, f.string("principal")?);
-    let deleted = delete_scanned(
-        &context,
-        "namespace",
-        namespace.clone(),
-        KvView::namespace_entries(&namespace),
-        Matcher::Namespace(namespace),
-        meta,
-    )
+    let partition = partition_of(&namespace);
+    let endpoint = "cairn.v1.kv.delete_by_namespace";
+    let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+        let (context, namespace, meta) = (&context, namespace.clone(), meta.clone());
+        async move {
+            delete_scanned(
+                context,
+                "namespace",
+                namespace.clone(),
+                KvView::namespace_entries(&namespace),
+                Matcher::Namespace(namespace),
+                meta,
+                None,
+            )
+            .await
+        }
+    })
     .await?;
-    Ok(count_body(request.format, deleted))
+    match ran {
+        Ran::Here(deleted) => Ok(count_body(request.format, deleted)),
+        Ran::There(headers, body) => relayed(request.format, &headers, body),
+    }
 }
 
 /// `kv.delete_by_tags`.
@@ -642,25 +990,44 @@ pub async fn handle_delete_by_tags(
     };
     let meta = metadata(&request, f.string("principal")?);
     let kv = kv(&context)?;
+    let selector = format!("{}:{}", if all { "all" } else { "any" }, tags.join(","));
     // Candidates from the tag index: every tag's for `any`, the first's
     // for `all` (the matcher checks the rest on the current rows).
-    let mut candidates = Vec::new();
-    let scanned: &[String] = if all { &tags[..1] } else { &tags };
-    for tag in scanned {
-        candidates.extend(kv.tagged(tag, BULK_ROUND_ENTRIES * BULK_ROUNDS_MAX).await?);
-    }
-    candidates.sort();
-    candidates.dedup();
-    let selector = format!("{}:{}", if all { "all" } else { "any" }, tags.join(","));
-    let deleted = kv
-        .delete_matching(
-            "tags",
-            selector,
-            Matcher::Tags { tags, all },
-            candidates,
-            meta,
+    let by_tags = |only: Option<usize>| {
+        let (tags, selector, meta) = (tags.clone(), selector.clone(), meta.clone());
+        async move {
+            let mut candidates = Vec::new();
+            let scanned: &[String] = if all { &tags[..1] } else { &tags };
+            for tag in scanned {
+                candidates.extend(kv.tagged(tag, BULK_ROUND_ENTRIES * BULK_ROUNDS_MAX).await?);
+            }
+            candidates.retain(|(ns, _)| only.is_none_or(|p| partition_of(ns) == p));
+            candidates.sort();
+            candidates.dedup();
+            Ok::<_, ServiceError>(
+                kv.delete_matching(
+                    "tags",
+                    selector,
+                    Matcher::Tags { tags, all },
+                    candidates,
+                    meta,
+                )
+                .await?,
+            )
+        }
+    };
+    let deleted = if context.config.cluster.is_none() {
+        by_tags(None).await?
+    } else {
+        by_partition(
+            &context,
+            &request,
+            "cairn.v1.kv.delete_by_tags",
+            "deleted",
+            |p| by_tags(Some(p)),
         )
-        .await?;
+        .await?
+    };
     Ok(count_body(request.format, deleted))
 }
 
@@ -683,17 +1050,39 @@ pub async fn handle_clear(
     }
     let namespace = namespace(&f)?;
     let meta = metadata(&request, f.string("principal")?);
-    let (prefix, matcher, selector) = if all {
-        (KvView::ENTRY_PREFIX.to_vec(), Matcher::All, String::new())
-    } else {
-        (
-            KvView::namespace_entries(&namespace),
-            Matcher::Namespace(namespace.clone()),
-            namespace,
-        )
+    let clear = |only: Option<usize>| {
+        let (context, namespace, meta) = (&context, namespace.clone(), meta.clone());
+        async move {
+            let (prefix, matcher, selector) = if all {
+                (KvView::ENTRY_PREFIX.to_vec(), Matcher::All, String::new())
+            } else {
+                (
+                    KvView::namespace_entries(&namespace),
+                    Matcher::Namespace(namespace.clone()),
+                    namespace,
+                )
+            };
+            delete_scanned(context, "clear", selector, prefix, matcher, meta, only).await
+        }
     };
-    let deleted = delete_scanned(&context, "clear", selector, prefix, matcher, meta).await?;
-    Ok(count_body(request.format, deleted))
+    let endpoint = "cairn.v1.kv.clear";
+    if context.config.cluster.is_none() {
+        return Ok(count_body(request.format, clear(None).await?));
+    }
+    if all {
+        let deleted =
+            by_partition(&context, &request, endpoint, "deleted", |p| clear(Some(p))).await?;
+        return Ok(count_body(request.format, deleted));
+    }
+    let partition = partition_of(&namespace);
+    match on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+        clear(None)
+    })
+    .await?
+    {
+        Ran::Here(deleted) => Ok(count_body(request.format, deleted)),
+        Ran::There(headers, body) => relayed(request.format, &headers, body),
+    }
 }
 
 /// `kv.keys`: `{items: [{namespace, key}], continue}`, live entries in
@@ -844,9 +1233,43 @@ pub async fn handle_cleanup(
     let f = Fields::parse(&request.body, &["namespace", "principal"])?;
     let ns = optional_namespace(&f)?;
     let meta = metadata(&request, f.string("principal")?);
-    let removed = kv(&context)?
-        .cleanup(ns.as_deref(), &meta, BULK_ROUND_ENTRIES, BULK_ROUNDS_MAX)
-        .await?;
+    let kv = kv(&context)?;
+    let cleanup = |only: Option<usize>| {
+        let (ns, meta) = (ns.clone(), meta.clone());
+        async move {
+            Ok::<_, ServiceError>(
+                kv.cleanup(
+                    ns.as_deref(),
+                    &meta,
+                    BULK_ROUND_ENTRIES,
+                    BULK_ROUNDS_MAX,
+                    only,
+                )
+                .await?,
+            )
+        }
+    };
+    let removed = match (&context.config.cluster, &ns) {
+        (None, _) => cleanup(None).await?,
+        (Some(_), None) => {
+            by_partition(&context, &request, "cairn.v1.kv.cleanup", "removed", |p| {
+                cleanup(Some(p))
+            })
+            .await?
+        }
+        (Some(_), Some(ns)) => {
+            let partition = partition_of(ns);
+            let endpoint = "cairn.v1.kv.cleanup";
+            match on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+                cleanup(None)
+            })
+            .await?
+            {
+                Ran::Here(removed) => removed,
+                Ran::There(headers, body) => return relayed(request.format, &headers, body),
+            }
+        }
+    };
     Ok(Body::of(
         request.format,
         || json!({ "removed": removed }),
@@ -884,16 +1307,28 @@ pub async fn handle_configure(
         settings.write_through = origin.bool("write_through")?.unwrap_or(false);
     }
     let meta = metadata(&request, f.string("principal")?);
-    let reply = kv(&context)?
-        .execute(
-            partition_of(&namespace),
-            KvCommand::Configure {
+    let kv = kv(&context)?;
+    let partition = partition_of(&namespace);
+    let ran = on_owner(
+        &context,
+        &request,
+        "cairn.v1.kv.configure",
+        partition,
+        Via::Whole,
+        || {
+            let command = KvCommand::Configure {
                 namespace: namespace.clone(),
-                settings,
-            },
-            meta,
-        )
-        .await?;
+                settings: settings.clone(),
+            };
+            let meta = meta.clone();
+            async move { Ok(kv.execute(partition, command, meta).await?) }
+        },
+    )
+    .await?;
+    let reply = match ran {
+        Ran::Here(reply) => reply,
+        Ran::There(headers, body) => return relayed(request.format, &headers, body),
+    };
     let KvReply::Configured(s) = reply else {
         return Err(ServiceError::internal(
             "kv.configure answered another reply",
@@ -1025,13 +1460,28 @@ pub fn start_sweeper(
         loop {
             tick.tick().await;
             let meta = cairn_events::envelope::Metadata::command("cairn-sweeper").normalized();
-            match kv
-                .cleanup(None, &meta, BULK_ROUND_ENTRIES, BULK_ROUNDS_MAX)
-                .await
-            {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "kv sweeper removed expired entries"),
-                Err(e) => tracing::warn!(error = %e, "kv sweeper failed"),
+            // A single node sweeps everything; a cluster node the
+            // partitions it writes (each partition's owner sweeps it,
+            // through the replicated log).
+            let parts: Vec<Option<usize>> = if kv.clustered() {
+                (0..crate::kv::KV_PARTITIONS)
+                    .filter(|p| kv.writes(*p))
+                    .map(Some)
+                    .collect()
+            } else {
+                vec![None]
+            };
+            for only in parts {
+                match kv
+                    .cleanup(None, &meta, BULK_ROUND_ENTRIES, BULK_ROUNDS_MAX, only)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "kv sweeper removed expired entries"),
+                    // The partition moved meanwhile: its new owner sweeps it.
+                    Err(KvError::NotOwner { .. }) => {}
+                    Err(e) => tracing::warn!(error = %e, "kv sweeper failed"),
+                }
             }
         }
     }))
@@ -1039,7 +1489,7 @@ pub fn start_sweeper(
 
 /// Filling one missing entry from a compute or an origin, in a single
 /// flight.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Fill {
     namespace: String,
     key: String,
@@ -1154,9 +1604,24 @@ pub async fn handle_get_or_compute(
                 tags,
                 meta,
             };
-            fill.run(&context, "compute", &subject, body)
-                .await?
-                .ok_or_else(|| ServiceError::internal("a compute answered no entry"))?
+            // At the partition's owner: one compute for the concurrent
+            // misses of every node.
+            let partition = partition_of(&namespace);
+            let endpoint = "cairn.v1.kv.get_or_compute";
+            let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+                let (fill, body, subject, context) =
+                    (fill.clone(), body.clone(), subject.clone(), &context);
+                async move {
+                    fill.run(context, "compute", &subject, body)
+                        .await?
+                        .ok_or_else(|| ServiceError::internal("a compute answered no entry"))
+                }
+            })
+            .await?;
+            match ran {
+                Ran::Here(found) => found,
+                Ran::There(headers, body) => return relayed(request.format, &headers, body),
+            }
         }
     };
     Ok(match request.format {

@@ -91,6 +91,7 @@ impl CairnService {
         store: Store,
         registry: actix::Addr<crate::registry::Registry>,
         artifacts: Arc<crate::artifact::ArtifactCache>,
+        kv_node: crate::kv::KvNode,
         config: ServiceConfig,
     ) -> Result<Self, async_nats::Error> {
         // Watches: one hub per node, following the store from now on.
@@ -130,36 +131,32 @@ impl CairnService {
             })
             .start(cairn_events::subject::SERVICE_NAME, config.version.clone())
             .await?;
-        // The key-value cache writes its partitions straight to this node's
-        // store; in a cluster that would fork the replicated log, so it
-        // runs on single nodes only until its partitions get owners (see
-        // the README's known limitations).
-        let (kv_node, sweeper, compactor, flusher) = if config.cluster.is_none() {
-            let kv_node = crate::kv::KvNode::start(
-                store.clone(),
-                config.clock.clone(),
-                config.kv.memory_max_bytes,
-                config.kv.durability,
-                config.kv.set_batch_max,
-            )
-            .await
-            .map_err(|e| format!("starting the key-value cache: {e}"))?;
-            let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
-            let compactor = kv::start_compactor(
-                store.clone(),
-                config.clock.clone(),
-                config.kv.compact_interval,
-                config.kv.tombstone_retention,
-            );
-            let flusher = kv::start_flusher(
-                store.clone(),
-                config.kv.durability,
-                config.kv.flush_interval,
-            );
-            (Some(kv_node), sweeper, compactor, flusher)
+        // The key-value cache: on a single node every task runs here; on a
+        // cluster node the sweeper removes expired entries of the
+        // partitions this node writes (through the replicated log), the
+        // compaction follows the log's markers ([`crate::cluster::log`]),
+        // and no flusher runs (the replicated log's quorum is what makes a
+        // write durable; see `kv` and the README's cluster section).
+        let clustered = kv_node.clustered();
+        let sweeper = kv::start_sweeper(kv_node.clone(), config.kv.sweep_interval);
+        let (compactor, flusher) = if clustered {
+            (None, None)
         } else {
-            (None, None, None, None)
+            (
+                kv::start_compactor(
+                    store.clone(),
+                    config.clock.clone(),
+                    config.kv.compact_interval,
+                    config.kv.tombstone_retention,
+                ),
+                kv::start_flusher(
+                    store.clone(),
+                    config.kv.durability,
+                    config.kv.flush_interval,
+                ),
+            )
         };
+        let kv_node = Some(kv_node);
         let context = ServiceContext {
             store,
             client: client.clone(),
@@ -471,7 +468,7 @@ impl CairnService {
         &self.watch
     }
 
-    /// The node's key-value cache (none on a cluster node, for now).
+    /// The node's key-value cache.
     pub fn kv(&self) -> Option<&crate::kv::KvNode> {
         self.kv.as_ref()
     }
@@ -610,6 +607,7 @@ where
                                     let incoming = Incoming {
                                         format,
                                         body: body.clone(),
+                                        payload: request.message.payload.clone(),
                                         headers: request.message.headers.clone(),
                                         request: None,
                                     };
@@ -678,7 +676,17 @@ async fn routed(
     match cluster::route(routing, &stream, forwarded).await {
         Ok(cluster::Route::Local) => None,
         Ok(cluster::Route::Forward(node)) => {
-            match cluster::forward(context, routing, request, name, &stream, node).await {
+            match cluster::forward(
+                context,
+                routing,
+                request.message.payload.clone(),
+                request.message.headers.as_ref(),
+                name,
+                &stream,
+                node,
+            )
+            .await
+            {
                 Ok(cluster::Forwarded::Reply(headers, body)) => Some(Ok((headers, body))),
                 Ok(cluster::Forwarded::RunHere) => None,
                 Err(e) => Some(Err(e)),

@@ -131,6 +131,8 @@ pub(super) struct Inner {
     /// Bytes of every stored blob (rows and files): counted at open, kept
     /// up to date by puts and collections.
     pub(super) blob_bytes: AtomicU64,
+    /// Told of every commit (see [`crate::observe`]).
+    pub(super) observers: parking_lot::RwLock<Vec<Arc<dyn crate::CommitObserver>>>,
 }
 
 impl Inner {

@@ -112,6 +112,7 @@ impl Store {
             batches: AtomicU64::new(0),
             synced_batches: AtomicU64::new(0),
             blob_bytes: AtomicU64::new(0),
+            observers: Default::default(),
         });
         let stored = blobs::stored_bytes(&inner)?;
         inner

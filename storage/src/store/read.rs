@@ -482,6 +482,57 @@ impl ViewRead for Store {
     }
 }
 
+/// The views as the writer thread just left them, for commit observers
+/// ([`crate::observe`]): each read takes a snapshot of its own (only the
+/// writer writes, and it waits for the observers), so a commit that reads
+/// nothing costs nothing.
+pub(super) struct CommittedViews<'a> {
+    pub(super) inner: &'a Inner,
+}
+
+impl CommittedViews<'_> {
+    fn snapshot(&self) -> StoreSnapshot<'_> {
+        StoreSnapshot {
+            inner: self.inner,
+            snapshot: self.inner.db.snapshot(),
+        }
+    }
+}
+
+impl ViewRead for CommittedViews<'_> {
+    fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.snapshot().view_get(view, key)
+    }
+
+    fn view_scan_after(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StorageError> {
+        ViewRead::view_scan_after(&self.snapshot(), view, prefix, after, limit)
+    }
+
+    fn view_for_each(
+        &self,
+        view: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut RowVisitor<'_>,
+    ) -> Result<(), StorageError> {
+        self.snapshot().view_for_each(view, prefix, after, f)
+    }
+
+    fn read_seq(&self) -> Result<u64, StorageError> {
+        self.snapshot().read_seq()
+    }
+
+    fn read_snapshot(&self) -> Box<dyn ViewRead + '_> {
+        Box::new(self.snapshot())
+    }
+}
+
 impl StoreSnapshot<'_> {
     /// [`Store::view_get`], reading the snapshot (no cache).
     pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {

@@ -328,6 +328,13 @@ impl Store {
         check_replicated(self.inner(), &env).map(|_| ())
     }
 
+    /// Adds `observer`: told of every commit from now on, on the writer
+    /// thread, before the commit's seq is announced (see
+    /// [`crate::observe`]).
+    pub fn observe(&self, observer: Arc<dyn crate::CommitObserver>) {
+        self.inner().observers.write().push(observer);
+    }
+
     /// Makes this store a replica only (a cluster node): direct appends are
     /// refused from now on; replicated applies go on.
     pub fn set_replica_only(&self) {
@@ -652,7 +659,16 @@ impl Writer {
         }
 
         if seq > self.last_seq {
-            if let Err(e) = self.write_commit(batch, overlay, seq, heads, sync) {
+            // Always collected (pointers): an observer added while this
+            // group is written must not miss it.
+            let observed: Vec<&Envelope> = outcomes
+                .iter()
+                .filter_map(|(_, o)| o.as_ref().ok())
+                .flat_map(|a| &a.envelopes)
+                .collect();
+            let written = self.write_commit(batch, overlay, seq, heads, sync, &observed);
+            drop(observed);
+            if let Err(e) = written {
                 warn!(error = %e, "group commit failed");
                 for (reply, outcome) in outcomes {
                     let _ = reply.send(outcome.and(Err(StorageError::Rocks(e.clone()))));
@@ -680,6 +696,7 @@ impl Writer {
         seq: u64,
         heads: HashMap<StreamId, u64>,
         sync: bool,
+        observed: &[&Envelope],
     ) -> Result<(), rocksdb::Error> {
         let inner = self.inner.clone();
         inner.write_overlay(overlay, &mut batch);
@@ -701,6 +718,14 @@ impl Writer {
             self.heads.clear();
         }
         self.heads.extend(heads);
+        // Observers first: once the seq is announced, what they keep in
+        // memory already reflects it (see `crate::observe`).
+        if !observed.is_empty() {
+            let views = super::read::CommittedViews { inner: &inner };
+            for observer in inner.observers.read().iter() {
+                observer.committed(observed, &views);
+            }
+        }
         inner.committed.send_replace(seq);
         Ok(())
     }
@@ -730,6 +755,7 @@ impl Writer {
         let mut seq = self.last_seq;
         let mut outcomes = Vec::with_capacity(commits.len());
         let max_events = inner.config.replicated_commit_max_events();
+        let mut applied: Vec<Envelope> = Vec::new();
         for commit in commits {
             if commit.position <= position {
                 outcomes.push(Sequenced::AlreadyApplied);
@@ -791,6 +817,7 @@ impl Writer {
                 fold(&inner.views, &all, &mut overlay, &*inner, &env)?;
                 heads.insert(stream, env.stream_version);
                 seq = env.seq;
+                applied.push(env);
             }
             outcomes.push(Sequenced::Applied {
                 first_seq,
@@ -807,7 +834,8 @@ impl Writer {
         // whole batches — events and position together, as the WAL
         // recovers a prefix — and the applier applies that tail again
         // from the position, to the same seqs.
-        self.write_commit(batch, overlay, seq, heads, false)?;
+        let observed: Vec<&Envelope> = applied.iter().collect();
+        self.write_commit(batch, overlay, seq, heads, false, &observed)?;
         Ok(outcomes)
     }
 
@@ -883,6 +911,7 @@ impl Writer {
         let mut heads: HashMap<StreamId, u64> = HashMap::new();
         let all = |_: usize| true;
         let mut seq = self.last_seq;
+        let mut applied = Vec::with_capacity(fresh.len());
         for (env, stream, bytes) in fresh {
             let version = self.head(&heads, &stream)?;
             let expected = version.checked_add(1).ok_or_else(|| {
@@ -906,8 +935,10 @@ impl Writer {
             fold(&inner.views, &all, &mut overlay, &*inner, &env)?;
             heads.insert(stream, env.stream_version);
             seq = env.seq;
+            applied.push(env);
         }
-        self.write_commit(batch, overlay, seq, heads, true)?;
+        let observed: Vec<&Envelope> = applied.iter().collect();
+        self.write_commit(batch, overlay, seq, heads, true, &observed)?;
         Ok(Replicated::Applied {
             first_seq: first,
             last_seq: seq,
