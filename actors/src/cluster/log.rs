@@ -140,6 +140,13 @@ pub async fn publish_compaction(
 }
 /// Most messages the applier writes in one batch.
 const APPLY_BATCH_MAX_MESSAGES: usize = 256;
+/// Most bytes of commits the applier reads into one batch (one message
+/// more at most): a batch applies in a fraction of a second whatever the
+/// size of its commits, so the reading stage gets back to its consumer
+/// often — an ordered consumer left unpolled for seconds while the
+/// writer applied 256 large commits missed its heartbeats, and a replica
+/// catching up lost seconds making it anew.
+const APPLY_BATCH_MAX_BYTES: usize = 4 << 20;
 /// Most outcomes kept for owners waiting on their commits.
 const OUTCOMES_MAX: usize = 16_384;
 /// How long the applier waits for a message before it checks whether its
@@ -302,11 +309,12 @@ async fn apply_from(
         })
         .await
         .map_err(|e| format!("ordered consumer on {LOG_STREAM}: {e}"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?
-        .ready_chunks(APPLY_BATCH_MAX_MESSAGES);
+    let mut messages = Box::pin(
+        consumer
+            .messages()
+            .await
+            .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?,
+    );
     debug!(from = position + 1, "applying the replicated log");
     // Two stages, so that reading, decoding and fetching blobs of the next
     // batch overlap with the store's writer applying this one.
@@ -318,24 +326,25 @@ async fn apply_from(
             // A consumer can stall without ending (its server went away and
             // came back): when nothing arrives for a while although the
             // stream holds more than was read, it is made anew.
-            let batch = match tokio::time::timeout(STALL_CHECK_EVERY, messages.next()).await {
-                Ok(Some(batch)) => batch,
-                Ok(None) => return Ok(()),
-                Err(_) => {
-                    let last = stream
-                        .info()
-                        .await
-                        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
-                        .state
-                        .last_sequence;
-                    if last > read_position {
-                        return Err(format!(
-                            "consumer stalled at position {read_position} of {last}"
-                        ));
+            let batch =
+                match tokio::time::timeout(STALL_CHECK_EVERY, next_batch(&mut messages)).await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return Ok(()),
+                    Err(_) => {
+                        let last = stream
+                            .info()
+                            .await
+                            .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
+                            .state
+                            .last_sequence;
+                        if last > read_position {
+                            return Err(format!(
+                                "consumer stalled at position {read_position} of {last}"
+                            ));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-            };
+                };
             let prepared = prepare(batch, store, blobs).await?;
             read_position = prepared
                 .commits
@@ -452,6 +461,30 @@ struct Prepared {
 }
 
 /// Decodes `batch` and fetches the blobs its events reference.
+/// The next batch of the consumer's messages: the first to arrive, then
+/// those ready now, up to [`APPLY_BATCH_MAX_MESSAGES`] and
+/// [`APPLY_BATCH_MAX_BYTES`]; `None` once the consumer ended.
+async fn next_batch<S>(messages: &mut S) -> Option<Vec<S::Item>>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, OrderedError>> + Unpin,
+{
+    use futures::FutureExt as _;
+    let size = |item: &S::Item| item.as_ref().map_or(0, |m| m.payload.len());
+    let first = messages.next().await?;
+    let mut bytes = size(&first);
+    let mut batch = vec![first];
+    while batch.len() < APPLY_BATCH_MAX_MESSAGES && bytes < APPLY_BATCH_MAX_BYTES {
+        // Nothing ready now, or the end (the next call sees it): the batch
+        // is what arrived.
+        let Some(Some(item)) = messages.next().now_or_never() else {
+            break;
+        };
+        bytes += size(&item);
+        batch.push(item);
+    }
+    Some(batch)
+}
+
 async fn prepare(
     batch: Vec<Result<jetstream::Message, OrderedError>>,
     store: &Store,
