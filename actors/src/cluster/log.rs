@@ -152,6 +152,10 @@ const OUTCOMES_MAX: usize = 16_384;
 /// How long the applier waits for a message before it checks whether its
 /// consumer stalled.
 const STALL_CHECK_EVERY: Duration = Duration::from_secs(3);
+/// Most commits one pull of the applier's consumer asks for (at most this
+/// many times the server's max payload in flight: 32 MiB at the default
+/// 1 MiB, half of the server's default pending limit per client).
+const PULL_MAX_MESSAGES: i64 = 32;
 /// Longest pull of the applier's consumer (stall detection is relative).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Batches read and made ready ahead of the one being applied.
@@ -305,6 +309,13 @@ async fn apply_from(
             // Short pulls: a consumer lost with its server (its heartbeats
             // stop) is made anew within seconds, not after 30 s.
             max_expires: PULL_EXPIRES,
+            // Few commits per pull: the ordered consumer asks for 500 at a
+            // time with no byte limit, so large commits (a first sync's,
+            // near the server's max payload) put hundreds of MB in flight
+            // to a replica that applies them slower than they come — past
+            // the server's pending limit for a client, which then drops
+            // deliveries and the consumer stalls until it is made anew.
+            max_batch: PULL_MAX_MESSAGES,
             ..Default::default()
         })
         .await
