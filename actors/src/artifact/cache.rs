@@ -1,6 +1,7 @@
 //! [`ArtifactCache`]: the component both faces (HTTP, NATS) call.
 //!
-//! A `GET` goes: validate → look up (two point reads) → fresh: serve from
+//! A `GET` goes: validate → look up (two point reads, on the caller's
+//! thread when answered from memory, see [`lookup_in_memory`]) → fresh: serve from
 //! the store (with `Age`, or a 304 for a matching client conditional) →
 //! stale: one conditional request (304: headers updated, stored body
 //! served; 200: replaced) or, where allowed, stale served → miss: one

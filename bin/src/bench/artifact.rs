@@ -7,13 +7,22 @@
 //! reverse proxy (`proxy_cache`, 1 h validity) of that origin; cairn runs
 //! in this process (its reverse proxy `/u/origin/…`). Both caches are
 //! warmed first, so every timed request is a hit. The client side runs on
-//! its own thread and runtime (reqwest, one connection per concurrent
-//! client).
+//! its own thread and runtime (reqwest), the same for both sides: one
+//! client per side and concurrency level, its connections opened by the
+//! warm-up and reused by every timed request (neither side pays for
+//! connecting), the same URLs in the same order. The hits are measured in
+//! `--rounds` rounds, each running both sides, cairn first in even rounds
+//! and nginx first in odd ones (ABBA), so that what drifts on a shared
+//! machine falls on both; a side's requests/s is the median of its rounds,
+//! its p50/p99 over every request of every round. The peer does not write
+//! an access log (cairn writes none per hit either); the origin does (the
+//! revalidation figure counts its requests).
 //!
 //! Figures:
 //! - hits of 10 KiB bodies (100 distinct URLs, round-robin), at
 //!   concurrency 1 and 64: requests/s, p50, p99 — cairn and nginx;
-//! - a 100 MiB hit: time to last byte (median of 3) — cairn and nginx;
+//! - a 100 MiB hit: time to last byte (median of 5, alternating sides) —
+//!   cairn and nginx;
 //! - index lookups in process ([`crate::node`]-less: a store alone) at
 //!   10 000 and `--lookup-entries` (default 1 000 000) stored URLs: p50,
 //!   p99 of one lookup (two point reads and the Vary key);
