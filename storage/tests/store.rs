@@ -1534,7 +1534,7 @@ fn in_memory_reads_answer_from_memory_or_say_they_need_the_disk() {
     {
         let store = open(dir.path());
         let pin = store.put(body).unwrap();
-        digest = pin.digest().clone();
+        digest = pin.digest();
         store
             .append(
                 &StreamId::artifact(0),

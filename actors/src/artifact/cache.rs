@@ -553,7 +553,7 @@ impl ArtifactCache {
         &self,
         url: &str,
         headers: &HeaderMap,
-    ) -> Result<Option<(ArtifactRow, Option<Bytes>)>, ArtifactError> {
+    ) -> Result<Option<Found>, ArtifactError> {
         if let Some(found) = lookup_in_memory(&self.store, url, headers)? {
             return Ok(found);
         }
@@ -1554,6 +1554,9 @@ pub fn lookup_blocking(
     Ok(ArtifactsView::get(store, &key)?)
 }
 
+/// A stored entry, with its body when small and read with it.
+type Found = (ArtifactRow, Option<Bytes>);
+
 /// [`lookup_blocking`] with the small body, answered only from what the
 /// store holds in memory (row cache, memtables, block cache: microseconds,
 /// never a disk read — so it may run on an async thread, the node's
@@ -1564,7 +1567,7 @@ fn lookup_in_memory(
     store: &Store,
     url: &str,
     headers: &HeaderMap,
-) -> Result<Option<Option<(ArtifactRow, Option<Bytes>)>>, ArtifactError> {
+) -> Result<Option<Option<Found>>, ArtifactError> {
     let variants = match ArtifactsView::variants_in_memory(store, INDEXED_METHOD, url)? {
         None => return Ok(None),
         Some(None) => return Ok(Some(None)),

@@ -474,7 +474,13 @@ async fn drive(
     let mut single = [Throughput::default(), Throughput::default()];
     let mut many = [Throughput::default(), Throughput::default()];
     let mut bigs = [Vec::new(), Vec::new()];
-    let order = |round: usize| if round % 2 == 0 { [0, 1] } else { [1, 0] };
+    let order = |round: usize| {
+        if round.is_multiple_of(2) {
+            [0, 1]
+        } else {
+            [1, 0]
+        }
+    };
     for round in 0..rounds {
         for s in order(round) {
             hits(&sides[s], requests / 4 / rounds, 1, &mut single[s]).await?;
