@@ -1602,3 +1602,67 @@ fn commit_observers_see_every_commit_before_its_seq_is_announced() {
     assert_eq!(store.last_seq().unwrap(), 1);
     assert_eq!(replica.last_seq().unwrap(), 3);
 }
+
+#[test]
+fn in_memory_reads_answer_from_memory_or_say_they_need_the_disk() {
+    use cairn_events::v1::{ArtifactKey, ArtifactStored};
+    use cairn_storage::views::ArtifactsView;
+    let dir = tempfile::tempdir().unwrap();
+    let key = ArtifactKey {
+        method: "GET".into(),
+        url: "https://charts.example.com/a.tgz".into(),
+        vary_key: String::new(),
+    };
+    let absent = ArtifactKey {
+        url: "https://charts.example.com/b.tgz".into(),
+        ..key.clone()
+    };
+    let body = b"a small body, stored as a row";
+    let digest;
+    {
+        let store = open(dir.path());
+        let pin = store.put(body).unwrap();
+        digest = pin.digest();
+        store
+            .append(
+                &StreamId::artifact(0),
+                ExpectedVersion::NoStream,
+                vec![event(Payload::ArtifactStored(ArtifactStored {
+                    key: Some(key.clone()),
+                    status: 200,
+                    digest: digest.to_string(),
+                    size: body.len() as u64,
+                    ..Default::default()
+                }))],
+                Metadata::command("alice"),
+            )
+            .unwrap();
+        // Just written: in the memtables.
+        let row = ArtifactsView::get_in_memory(&store, &key).unwrap();
+        assert_eq!(row.unwrap().unwrap().digest, digest.to_string());
+        assert_eq!(
+            store.blob_row_in_memory(&digest).unwrap(),
+            Some(Some(body.to_vec()))
+        );
+    }
+    // Reopened: the view's rows are in table files, not in memory (the
+    // blob rows are: opening counts their bytes).
+    let store = open(dir.path());
+    assert_eq!(ArtifactsView::get_in_memory(&store, &key).unwrap(), None);
+    // Once read from the disk, they are answered from memory.
+    let row = ArtifactsView::get(&store, &key).unwrap().unwrap();
+    assert_eq!(
+        ArtifactsView::get_in_memory(&store, &key).unwrap(),
+        Some(Some(row))
+    );
+    assert_eq!(store.get(&digest).unwrap(), Some(body.to_vec()));
+    assert_eq!(
+        store.blob_row_in_memory(&digest).unwrap(),
+        Some(Some(body.to_vec()))
+    );
+    // An absent key, its table's blocks in memory: known absent.
+    assert_eq!(
+        ArtifactsView::get_in_memory(&store, &absent).unwrap(),
+        Some(None)
+    );
+}

@@ -1,6 +1,7 @@
 //! [`ArtifactCache`]: the component both faces (HTTP, NATS) call.
 //!
-//! A `GET` goes: validate → look up (two point reads) → fresh: serve from
+//! A `GET` goes: validate → look up (two point reads, on the caller's
+//! thread when answered from memory, see [`lookup_in_memory`]) → fresh: serve from
 //! the store (with `Age`, or a 304 for a matching client conditional) →
 //! stale: one conditional request (304: headers updated, stored body
 //! served; 200: replaced) or, where allowed, stale served → miss: one
@@ -90,11 +91,10 @@ use super::{
 };
 use crate::{timing::Clock, writer::Execute};
 
-/// Chunks queued between a download and the blob writer, and between a
-/// stored body and its reader.
+/// Chunks queued between a download and the blob writer.
 const CHUNKS_QUEUED_MAX: usize = 16;
-/// Bytes read from the store per chunk when serving a body (a stored one,
-/// or one being downloaded).
+/// Bytes read from the store per chunk when serving a body being
+/// downloaded.
 const STORE_CHUNK_BYTES: usize = 256 * 1024;
 /// Bodies up to this size are read with their entry (one trip to the
 /// blocking pool per hit) and answered from memory.
@@ -546,16 +546,21 @@ impl ArtifactCache {
     }
 
     /// [`Self::lookup`], with the body when it is small
-    /// ([`SMALL_BODY_BYTES`]) and stored.
+    /// ([`SMALL_BODY_BYTES`]) and stored as a row. Answered on the
+    /// caller's thread when the store has every row in memory (a hit's
+    /// usual case: no thread hop), else on the blocking pool.
     async fn lookup_with_body(
         &self,
         url: &str,
         headers: &HeaderMap,
-    ) -> Result<Option<(ArtifactRow, Option<Bytes>)>, ArtifactError> {
+    ) -> Result<Option<Found>, ArtifactError> {
+        if let Some(found) = lookup_in_memory(&self.store, url, headers)? {
+            return Ok(found);
+        }
         let store = self.store.clone();
         let url = url.to_owned();
         let headers = headers.clone();
-        point_reads(move || {
+        tokio::task::spawn_blocking(move || {
             let Some(row) = lookup_blocking(&store, &url, &headers)? else {
                 return Ok(None);
             };
@@ -566,6 +571,7 @@ impl ArtifactCache {
             Ok(Some((row, body)))
         })
         .await
+        .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))?
     }
 
     fn touch(&self, row: &ArtifactRow) {
@@ -1524,24 +1530,6 @@ impl ArtifactCache {
     }
 }
 
-/// Runs a few RocksDB point reads (microseconds, from the block cache
-/// mostly): in place on a multi-threaded runtime (`block_in_place`, the
-/// HTTP listener's: no hop to another thread per hit), on the blocking pool
-/// elsewhere (the node's arbiter, whose thread must never block).
-async fn point_reads<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
-) -> Result<T, ArtifactError> {
-    let multi = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi {
-        tokio::task::block_in_place(work)
-    } else {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))?
-    }
-}
-
 /// What one round of [`ArtifactCache::serve`] came to.
 enum Attempt {
     Done(Box<Served>),
@@ -1564,6 +1552,44 @@ pub fn lookup_blocking(
         vary_key: key::vary_key(&variants.vary, headers),
     };
     Ok(ArtifactsView::get(store, &key)?)
+}
+
+/// A stored entry, with its body when small and read with it.
+type Found = (ArtifactRow, Option<Bytes>);
+
+/// [`lookup_blocking`] with the small body, answered only from what the
+/// store holds in memory (row cache, memtables, block cache: microseconds,
+/// never a disk read — so it may run on an async thread, the node's
+/// arbiter's included): `None` when the answer needs a read from a file.
+/// The body is `None` when it is larger than [`SMALL_BODY_BYTES`], a
+/// file, or not in memory (the caller streams it from the store).
+fn lookup_in_memory(
+    store: &Store,
+    url: &str,
+    headers: &HeaderMap,
+) -> Result<Option<Option<Found>>, ArtifactError> {
+    let variants = match ArtifactsView::variants_in_memory(store, INDEXED_METHOD, url)? {
+        None => return Ok(None),
+        Some(None) => return Ok(Some(None)),
+        Some(Some(v)) => v,
+    };
+    let key = ArtifactKey {
+        method: INDEXED_METHOD.to_owned(),
+        url: url.to_owned(),
+        vary_key: key::vary_key(&variants.vary, headers),
+    };
+    let row = match ArtifactsView::get_in_memory(store, &key)? {
+        None => return Ok(None),
+        Some(None) => return Ok(Some(None)),
+        Some(Some(row)) => row,
+    };
+    let body = match Digest::parse(&row.digest) {
+        Some(d) if row.size <= SMALL_BODY_BYTES => {
+            store.blob_row_in_memory(&d)?.flatten().map(Bytes::from)
+        }
+        _ => None,
+    };
+    Ok(Some(Some((row, body))))
 }
 
 /// Stored fields updated with a 304's (RFC 9111 §4.3.4): each field the
@@ -1631,12 +1657,61 @@ fn idle_bounded(
     ))
 }
 
-/// Streams stored blob `digest` in chunks read off the async threads.
+/// Bytes read from the store per chunk when serving a stored body.
+const STORED_CHUNK_BYTES: usize = 1 << 20;
+/// Chunks of a stored body read ahead of its client.
+const STORED_CHUNKS_QUEUED_MAX: usize = 4;
+/// Buffers a stored body's reader keeps for reuse: those queued, those
+/// the HTTP server holds while writing, the one being read into.
+const STORED_BUFFERS_MAX: usize = STORED_CHUNKS_QUEUED_MAX + 4;
+
+/// A chunk of a stored body, read into a buffer of its reader's pool: once
+/// the HTTP server has written it and drops it, the buffer goes back to
+/// the pool (or is freed when the pool is full or gone).
+struct PooledChunk {
+    buf: Vec<u8>,
+    len: usize,
+    pool: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        let _ = self.pool.try_send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Fills `buf` from `reader` as far as it goes (fewer bytes only at the
+/// end of the blob).
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Streams stored blob `digest`, read ahead on the blocking pool by one
+/// task in chunks of [`STORED_CHUNK_BYTES`], at most
+/// [`STORED_CHUNKS_QUEUED_MAX`] ahead of the client. The chunks' buffers
+/// are reused once written (at most [`STORED_BUFFERS_MAX`] per body):
+/// a fresh buffer per chunk cost a page fault per 4 KiB as the allocator
+/// handed out new pages, which made a large hit several times slower.
 pub fn stored_body(
     store: Store,
     digest: Digest,
 ) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHUNKS_QUEUED_MAX);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(STORED_CHUNKS_QUEUED_MAX);
     tokio::task::spawn_blocking(move || {
         let mut reader = match store.open_blob(&digest) {
             Ok(Some(r)) => r,
@@ -1652,13 +1727,19 @@ pub fn stored_body(
                 return;
             }
         };
+        let chunk_bytes = (reader.size() as usize).clamp(1, STORED_CHUNK_BYTES);
+        let (pool, reused) = std::sync::mpsc::sync_channel::<Vec<u8>>(STORED_BUFFERS_MAX);
         loop {
-            let mut buf = vec![0u8; STORE_CHUNK_BYTES];
-            match reader.read(&mut buf) {
+            let mut buf = reused.try_recv().unwrap_or_else(|_| vec![0u8; chunk_bytes]);
+            match read_full(&mut reader, &mut buf) {
                 Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                Ok(len) => {
+                    let chunk = Bytes::from_owner(PooledChunk {
+                        buf,
+                        len,
+                        pool: pool.clone(),
+                    });
+                    if tx.blocking_send(Ok(chunk)).is_err() {
                         return;
                     }
                 }

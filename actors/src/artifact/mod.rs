@@ -24,7 +24,11 @@
 //! digest. A lookup is two RocksDB point reads: the URL's variants row
 //! (the `Vary` names of its latest response), then the entry under the
 //! Vary key computed from the request ([`key::vary_key`]). Only `GET`
-//! responses are stored; a `HEAD` is answered from the stored `GET`.
+//! responses are stored; a `HEAD` is answered from the stored `GET`. A
+//! hit's reads (the two rows, and a small body's row) are answered on the
+//! caller's thread when the store holds them in memory (row cache,
+//! memtables, block cache: `Store::view_get_in_memory`, never a disk
+//! read), else on the blocking pool: a hit costs no thread hop.
 //!
 //! **Bodies.** In the content-addressed blob store (`BlobStore::put_reader`,
 //! streaming, files beyond `store.blob-inline-max-bytes`): the same bytes

@@ -7,13 +7,22 @@
 //! reverse proxy (`proxy_cache`, 1 h validity) of that origin; cairn runs
 //! in this process (its reverse proxy `/u/origin/…`). Both caches are
 //! warmed first, so every timed request is a hit. The client side runs on
-//! its own thread and runtime (reqwest, one connection per concurrent
-//! client).
+//! its own thread and runtime (reqwest), the same for both sides: one
+//! client per side and concurrency level, its connections opened by the
+//! warm-up and reused by every timed request (neither side pays for
+//! connecting), the same URLs in the same order. The hits are measured in
+//! `--rounds` rounds, each running both sides, cairn first in even rounds
+//! and nginx first in odd ones (ABBA), so that what drifts on a shared
+//! machine falls on both; a side's requests/s is the median of its rounds,
+//! its p50/p99 over every request of every round. The peer does not write
+//! an access log (cairn writes none per hit either); the origin does (the
+//! revalidation figure counts its requests).
 //!
 //! Figures:
 //! - hits of 10 KiB bodies (100 distinct URLs, round-robin), at
 //!   concurrency 1 and 64: requests/s, p50, p99 — cairn and nginx;
-//! - a 100 MiB hit: time to last byte (median of 3) — cairn and nginx;
+//! - a 100 MiB hit: time to last byte (median of 5, alternating sides) —
+//!   cairn and nginx;
 //! - index lookups in process ([`crate::node`]-less: a store alone) at
 //!   10 000 and `--lookup-entries` (default 1 000 000) stored URLs: p50,
 //!   p99 of one lookup (two point reads and the Vary key);
@@ -50,8 +59,11 @@ use crate::{config::UpstreamEntry, nginx::Nginx, node::Node};
 /// Options of `cairn bench artifact`.
 #[derive(Debug, Clone)]
 pub struct ArtifactOptions {
-    /// Timed hits per concurrency level and side.
+    /// Timed 10 KiB hits at concurrency 64 per side, over all rounds (a
+    /// quarter of them at concurrency 1).
     pub requests: usize,
+    /// Rounds the hits are measured in (each runs both sides, ABBA).
+    pub rounds: usize,
     /// Stored URLs of the larger lookup measurement.
     pub lookup_entries: usize,
 }
@@ -77,7 +89,7 @@ const BIG_BYTES: usize = 100 << 20;
 const DEDUP_URLS: usize = 100;
 const DEDUP_BODIES: usize = 10;
 const DEDUP_BYTES: usize = 64 * 1024;
-const BIG_RUNS: usize = 3;
+const BIG_RUNS: usize = 5;
 /// Bound on one timed request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lookups timed per index size.
@@ -134,7 +146,7 @@ pub fn artifact(
         |_| {
             format!(
                 "location / {{ proxy_pass {origin_url}; proxy_cache cairnbench; proxy_cache_valid 200 1h; \
-                 proxy_http_version 1.1; proxy_set_header Connection \"\"; }}"
+                 proxy_http_version 1.1; proxy_set_header Connection \"\"; access_log off; }}"
             )
         },
     )
@@ -151,7 +163,9 @@ pub fn artifact(
         name: "origin".into(),
         url: origin.url(),
     }];
-    let requests = options.requests.max(64);
+    anyhow::ensure!(options.rounds >= 1, "--rounds: at least 1");
+    let rounds = options.rounds;
+    let requests = options.requests.max(4 * CONCURRENCY * rounds);
     let system = actix::System::new();
     let measured = system.block_on(async {
         let node = Node::start(config).await?;
@@ -169,7 +183,7 @@ pub fn artifact(
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(drive(bases.0, bases.1, requests)));
+                .and_then(|runtime| runtime.block_on(drive(bases.0, bases.1, requests, rounds)));
             let _ = done.send(outcome);
         });
         let outcome = outcome
@@ -231,15 +245,15 @@ pub fn artifact(
     ] {
         writeln!(
             out,
-            "artifact: 10 KiB hits {label}: cairn {:.0}/s p50={:.3}ms p99={:.3}ms; nginx {:.0}/s p50={:.3}ms p99={:.3}ms; ratio={:.2} p50_ratio={:.2}",
-            c.rps,
-            ms(c.latency.p50),
-            ms(c.latency.p99),
-            n.rps,
-            ms(n.latency.p50),
-            ms(n.latency.p99),
-            c.rps / n.rps,
-            ms(c.latency.p50) / ms(n.latency.p50),
+            "artifact: 10 KiB hits {label} (median of {rounds} rounds): cairn {:.0}/s p50={:.3}ms p99={:.3}ms; nginx {:.0}/s p50={:.3}ms p99={:.3}ms; ratio={:.2} p50_ratio={:.2}",
+            c.rps(),
+            ms(c.latency().p50),
+            ms(c.latency().p99),
+            n.rps(),
+            ms(n.latency().p50),
+            ms(n.latency().p99),
+            c.rps() / n.rps(),
+            ms(c.latency().p50) / ms(n.latency().p50),
         )?;
     }
     writeln!(
@@ -272,8 +286,8 @@ pub fn artifact(
         lookup_us = latency.p50.as_secs_f64() * 1e6;
     }
     let figures = ArtifactFigures {
-        hit_rps: m.cairn_64.rps,
-        nginx_rps: m.nginx_64.rps,
+        hit_rps: m.cairn_64.rps(),
+        nginx_rps: m.nginx_64.rps(),
         big_ms: ms(m.cairn_big),
         nginx_big_ms: ms(m.nginx_big),
         lookup_us,
@@ -291,10 +305,25 @@ pub fn artifact(
     Ok(figures)
 }
 
-#[derive(Debug)]
+/// One side's measurements at one concurrency: hits/s of each round and
+/// every request's latency.
+#[derive(Debug, Default)]
 struct Throughput {
-    rps: f64,
-    latency: Latency,
+    /// Hits/s of each round.
+    rounds_rps: Vec<f64>,
+    /// Latency of every timed request of every round.
+    samples: Vec<Duration>,
+}
+
+impl Throughput {
+    /// The median of the rounds' hits/s.
+    fn rps(&self) -> f64 {
+        median(&self.rounds_rps)
+    }
+
+    fn latency(&self) -> Latency {
+        Latency::of(self.samples.clone())
+    }
 }
 
 #[derive(Debug)]
@@ -305,6 +334,13 @@ struct Measured {
     nginx_64: Throughput,
     cairn_big: Duration,
     nginx_big: Duration,
+}
+
+/// The median of `values` (0 when empty).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
@@ -325,17 +361,55 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-async fn hits(base: &str, requests: usize, concurrency: usize) -> anyhow::Result<Throughput> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
-    let base = Arc::new(base.to_owned());
+/// One side (cairn or nginx) as the client sees it: its base URL and one
+/// client per concurrency level, whose connections the warm-up opens and
+/// every round reuses (so no round pays for connecting, on either side).
+#[derive(Debug)]
+struct Side {
+    base: Arc<String>,
+    single: reqwest::Client,
+    many: reqwest::Client,
+}
+
+impl Side {
+    fn new(base: String) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: Arc::new(base),
+            single: reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()?,
+            many: reqwest::Client::builder()
+                .pool_max_idle_per_host(CONCURRENCY)
+                .build()?,
+        })
+    }
+
+    fn client(&self, concurrency: usize) -> &reqwest::Client {
+        if concurrency == 1 {
+            &self.single
+        } else {
+            &self.many
+        }
+    }
+}
+
+/// Concurrency of the many-clients measurement.
+const CONCURRENCY: usize = 64;
+
+/// `requests` hits of 10 KiB bodies by `concurrency` clients at once,
+/// added to `into` as one round.
+async fn hits(
+    side: &Side,
+    requests: usize,
+    concurrency: usize,
+    into: &mut Throughput,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let per = requests / concurrency;
+    let per = (requests / concurrency).max(1);
     let mut tasks = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
-        let client = client.clone();
-        let base = base.clone();
+        let client = side.client(concurrency).clone();
+        let base = side.base.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::with_capacity(per);
             for i in 0..per {
@@ -350,51 +424,92 @@ async fn hits(base: &str, requests: usize, concurrency: usize) -> anyhow::Result
             Ok::<_, anyhow::Error>(samples)
         }));
     }
-    let mut all = Vec::with_capacity(requests);
+    let mut n = 0;
     for t in tasks {
-        all.extend(t.await??);
+        let samples = t.await??;
+        n += samples.len();
+        into.samples.extend(samples);
     }
-    let elapsed = started.elapsed();
-    Ok(Throughput {
-        rps: all.len() as f64 / elapsed.as_secs_f64(),
-        latency: Latency::of(all),
-    })
+    into.rounds_rps
+        .push(n as f64 / started.elapsed().as_secs_f64());
+    Ok(())
 }
 
-async fn big(base: &str) -> anyhow::Result<Duration> {
-    let client = reqwest::Client::new();
-    let url = format!("{base}/big.bin");
-    let mut runs = Vec::with_capacity(BIG_RUNS);
-    for _ in 0..BIG_RUNS {
-        let t = Instant::now();
-        let n = get(&client, &url).await?;
-        if n != BIG_BYTES {
-            bail!("{url}: {n} bytes");
-        }
-        runs.push(t.elapsed());
+async fn big(side: &Side) -> anyhow::Result<Duration> {
+    let url = format!("{}/big.bin", side.base);
+    let t = Instant::now();
+    let n = get(&side.single, &url).await?;
+    if n != BIG_BYTES {
+        bail!("{url}: {n} bytes");
     }
-    runs.sort();
-    Ok(runs[runs.len() / 2])
+    Ok(t.elapsed())
 }
 
-async fn drive(cairn: String, nginx: String, requests: usize) -> anyhow::Result<Measured> {
-    // Warm both caches: every timed request is a hit.
-    let client = reqwest::Client::new();
-    for base in [&cairn, &nginx] {
+/// Warms both caches (every timed request is a hit, every connection is
+/// open), then measures in rounds: each round runs both sides, cairn first
+/// in even rounds and nginx first in odd ones (ABBA), so that what drifts
+/// on a shared machine during the run falls on both.
+async fn drive(
+    cairn: String,
+    nginx: String,
+    requests: usize,
+    rounds: usize,
+) -> anyhow::Result<Measured> {
+    let sides = [Side::new(cairn)?, Side::new(nginx)?];
+    for side in &sides {
         for i in 0..SMALL_FILES {
-            get(&client, &format!("{base}/small/{i}.bin")).await?;
+            get(&side.single, &format!("{}/small/{i}.bin", side.base)).await?;
         }
-        get(&client, &format!("{base}/big.bin")).await?;
-        // A short untimed run so connections and caches settle.
-        hits(base, 640, 64).await?;
+        big(side).await?;
+        // Untimed runs so connections open and caches settle.
+        hits(
+            side,
+            10 * CONCURRENCY,
+            CONCURRENCY,
+            &mut Throughput::default(),
+        )
+        .await?;
+        hits(side, 100, 1, &mut Throughput::default()).await?;
     }
+    let mut single = [Throughput::default(), Throughput::default()];
+    let mut many = [Throughput::default(), Throughput::default()];
+    let mut bigs = [Vec::new(), Vec::new()];
+    let order = |round: usize| {
+        if round.is_multiple_of(2) {
+            [0, 1]
+        } else {
+            [1, 0]
+        }
+    };
+    for round in 0..rounds {
+        for s in order(round) {
+            hits(&sides[s], requests / 4 / rounds, 1, &mut single[s]).await?;
+        }
+    }
+    for round in 0..rounds {
+        for s in order(round) {
+            hits(&sides[s], requests / rounds, CONCURRENCY, &mut many[s]).await?;
+        }
+    }
+    for round in 0..BIG_RUNS {
+        for s in order(round) {
+            bigs[s].push(big(&sides[s]).await?);
+        }
+    }
+    let median_of = |mut runs: Vec<Duration>| {
+        runs.sort();
+        runs[runs.len() / 2]
+    };
+    let [cairn_1, nginx_1] = single;
+    let [cairn_64, nginx_64] = many;
+    let [cairn_big, nginx_big] = bigs;
     Ok(Measured {
-        cairn_1: hits(&cairn, requests / 4, 1).await?,
-        nginx_1: hits(&nginx, requests / 4, 1).await?,
-        cairn_64: hits(&cairn, requests, 64).await?,
-        nginx_64: hits(&nginx, requests, 64).await?,
-        cairn_big: big(&cairn).await?,
-        nginx_big: big(&nginx).await?,
+        cairn_1,
+        nginx_1,
+        cairn_64,
+        nginx_64,
+        cairn_big: median_of(cairn_big),
+        nginx_big: median_of(nginx_big),
     })
 }
 

@@ -391,10 +391,14 @@ enum BenchCommand {
     /// The HTTP artifact cache's hits, 100 MiB hit, index lookups,
     /// revalidation and dedup vs nginx proxy_cache in the same run.
     Artifact {
-        /// Timed 10 KiB hits at concurrency 64, per side (a quarter of them
-        /// at concurrency 1).
-        #[arg(long, default_value_t = 20_000)]
+        /// Timed 10 KiB hits at concurrency 64, per side, over all rounds
+        /// (a quarter of them at concurrency 1).
+        #[arg(long, default_value_t = 40_000)]
         requests: usize,
+        /// Rounds the hits are measured in, each running both sides
+        /// (cairn first in even rounds, nginx first in odd ones).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
         /// Stored URLs of the larger index lookup measurement.
         #[arg(long, default_value_t = 1_000_000)]
         lookup_entries: usize,
@@ -761,10 +765,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 BenchCommand::Artifact {
                     requests,
+                    rounds,
                     lookup_entries,
                 } => bench::artifact::artifact(
                     &bench::artifact::ArtifactOptions {
                         requests,
+                        rounds,
                         lookup_entries,
                     },
                     &mut stdout,

@@ -109,6 +109,20 @@ impl Store {
         self.inner().blob_bytes.load(Ordering::Relaxed)
     }
 
+    /// Blob `digest` when it is a row (blobs up to
+    /// `blob_inline_max_bytes`) that RocksDB holds in memory (memtables,
+    /// block cache), never waiting for the disk: `Some(Some(content))`;
+    /// `Some(None)` when it is no row (a file blob, or not stored);
+    /// `None` when telling needs a read from a file. For a hot path on an
+    /// async thread; [`BlobStore::get`] reads it wherever it is.
+    pub fn blob_row_in_memory(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
+        let inner = self.inner();
+        super::read::get_in_memory(&inner.db, inner.cf(Column::Blobs), &digest.0)
+    }
+
     /// The file holding blob `digest`, when it is stored as a file (blobs
     /// up to `blob_inline_max_bytes` are rows and have none): for a client
     /// on the same host that reads it in place. Read-only use: the file is

@@ -35,7 +35,8 @@ use cairn_events::v1::{
 
 use crate::{
     read::{ViewRead, ViewReadExt},
-    Digest, StorageError, View, ViewTx,
+    view::decode_row,
+    Digest, StorageError, Store, View, ViewTx,
 };
 
 /// The HTTP artifact cache's index.
@@ -116,6 +117,30 @@ impl ArtifactsView {
         store.view_get_message(Self::NAME, &Self::variants_key(method, url))
     }
 
+    /// [`Self::get`] answered from memory only (see
+    /// [`Store::view_get_in_memory`]): `None` when it needs a disk read.
+    pub fn get_in_memory(
+        store: &Store,
+        key: &ArtifactKey,
+    ) -> Result<Option<Option<ArtifactRow>>, StorageError> {
+        let entry_key = Self::entry_key(key);
+        decode_in_memory(
+            store.view_get_in_memory(Self::NAME, &entry_key)?,
+            &entry_key,
+        )
+    }
+
+    /// [`Self::variants`] answered from memory only (see
+    /// [`Store::view_get_in_memory`]): `None` when it needs a disk read.
+    pub fn variants_in_memory(
+        store: &Store,
+        method: &str,
+        url: &str,
+    ) -> Result<Option<Option<ArtifactVariants>>, StorageError> {
+        let key = Self::variants_key(method, url);
+        decode_in_memory(store.view_get_in_memory(Self::NAME, &key)?, &key)
+    }
+
     /// Entries and bytes of distinct bodies.
     pub fn totals(store: &(impl ViewRead + ?Sized)) -> Result<ArtifactTotals, StorageError> {
         Ok(store
@@ -160,6 +185,18 @@ impl ArtifactsView {
             after,
             limit,
         )
+    }
+}
+
+/// A row read from memory, decoded.
+fn decode_in_memory<M: prost::Message + Default>(
+    row: Option<Option<Vec<u8>>>,
+    key: &[u8],
+) -> Result<Option<Option<M>>, StorageError> {
+    match row {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(bytes)) => Ok(Some(Some(decode_row(ArtifactsView::NAME, key, &bytes)?))),
     }
 }
 
