@@ -312,9 +312,11 @@ async fn apply_from(
             // Few commits per pull: the ordered consumer asks for 500 at a
             // time with no byte limit, so large commits (a first sync's,
             // near the server's max payload) put hundreds of MB in flight
-            // to a replica that applies them slower than they come — past
-            // the server's pending limit for a client, which then drops
-            // deliveries and the consumer stalls until it is made anew.
+            // to a replica that applies them slower than they come. So
+            // configured, catch-ups of the benchmark stalled (`consumer
+            // stalled`, the consumer made anew, ~10 s lost) in 3 runs of 5;
+            // with 32 per pull, in none of 4 (the server's limit on what
+            // it holds pending for a slow client is the likely cause).
             max_batch: PULL_MAX_MESSAGES,
             ..Default::default()
         })
