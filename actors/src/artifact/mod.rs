@@ -70,14 +70,17 @@
 //! - [`error`] — [`ArtifactError`].
 
 pub mod cache;
+pub mod cluster;
 pub mod domain;
 pub mod error;
 pub mod key;
+pub mod observe;
 pub mod rules;
 
 use std::time::Duration;
 
 pub use cache::{ArtifactCache, ArtifactStats};
+pub use cluster::{ArtifactClusterParts, EVICTOR_ROLE};
 pub use domain::{ArtifactCommand, ArtifactDomain, ArtifactEnv, ArtifactState};
 pub use error::ArtifactError;
 

@@ -13,7 +13,7 @@
 //! # Layout
 //! - [`artifact`] — `cairn.v1.artifact.get|read|evict|list|stats`: the
 //!   artifact cache over NATS (its counters also in `$SRV.STATS`, endpoint
-//!   `artifact-stats`).
+//!   `artifact-stats`); `artifact.record`, between cluster nodes.
 //! - [`codec`] — formats, the size limit, replies and error replies.
 //! - [`context`] — what every handler shares: [`ServiceConfig`],
 //!   [`ServiceContext`], [`Incoming`], and the helpers [`blocking`],
@@ -431,6 +431,11 @@ impl CairnService {
             "artifact.stats",
             cairn_events::v1::ArtifactStatsRequest,
             artifact::handle_stats
+        );
+        endpoint!(
+            "artifact.record",
+            cairn_events::v1::ArtifactRecordRequest,
+            artifact::handle_record
         );
         endpoint!(
             "watch.start",
