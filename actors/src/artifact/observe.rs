@@ -175,6 +175,7 @@ impl cairn_storage::CommitObserver for ArtifactObserver {
 #[cfg(test)]
 mod tests {
     use cairn_events::v1::{ArtifactEvicted, ArtifactInvalidated, ArtifactStored, Event};
+    use cairn_storage::CommitObserver as _;
 
     use super::*;
 
@@ -233,6 +234,14 @@ mod tests {
             _f: &mut cairn_storage::read::RowVisitor<'_>,
         ) -> Result<(), cairn_storage::StorageError> {
             Ok(())
+        }
+
+        fn read_seq(&self) -> Result<u64, cairn_storage::StorageError> {
+            Ok(0)
+        }
+
+        fn read_snapshot(&self) -> Box<dyn ViewRead + '_> {
+            Box::new(Views)
         }
     }
 
