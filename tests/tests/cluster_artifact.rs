@@ -371,6 +371,27 @@ async fn an_invalidation_through_one_node_and_an_eviction_through_another_remove
     assert_eq!(about(&log, "ArtifactEvicted", &evict), 1);
     assert_eq!(f.origin.count("/inv.tgz"), 3);
     assert_eq!(f.origin.count("/evict.tgz"), 2);
+
+    // The nodes' internal endpoint refuses a bad record with a 400 naming
+    // the field, and appends nothing.
+    let other = (partition(&inv) + 1) % 16;
+    for (body, field) in [
+        (
+            json!({"partition": 99, "evict_url": inv}),
+            "partition: 99 is not a partition",
+        ),
+        (json!({"partition": other, "evict_url": inv}), "partition: "),
+        (json!({"partition": 0}), "command: required"),
+        (json!({"partition": "x"}), "request body"),
+    ] {
+        let (reply, _) = f.cluster.clients[0]
+            .call_node("n1", "artifact.record", body.clone(), HeaderMap::new())
+            .await;
+        let e = reply.unwrap_err();
+        assert_eq!(e.code, 400, "{body}: {e}");
+        assert!(e.message.starts_with(field), "{body}: {e}");
+    }
+    assert_eq!(f.seq_on(0).await, seq);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -469,11 +469,14 @@ impl ArtifactCache {
         }
         if let Some(url) = record_url(&record) {
             if partition(url) != record.partition {
-                return Err(ArtifactError::WrongPartition {
-                    url: url.to_owned(),
-                    expected: partition(url),
-                    found: record.partition,
-                });
+                return Err(ArtifactError::bad_url(
+                    "partition",
+                    format!(
+                        "{} is not the partition of {url:?} ({})",
+                        record.partition,
+                        partition(url)
+                    ),
+                ));
             }
         }
         if !forwarded {
