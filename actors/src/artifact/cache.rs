@@ -26,7 +26,11 @@
 //!
 //! Concurrent misses for one URL on one node share one origin request:
 //! the first becomes the leader (the in-flight table, bounded by
-//! [`ArtifactConfig::flights_max`]); the others follow its flight. A
+//! [`ArtifactConfig::flights_max`]); the others follow its flight. On a
+//! cluster the leader first claims the URL from its stream's owner (see
+//! [`super::cluster`]): when another node downloads or revalidates it, the
+//! leader — its followers with it — waits for that node's entry and serves
+//! it from this node's replica. A
 //! follower that streams (the HTTP faces) gets, as soon as the leader has
 //! the response head, the same status and fields (`Cache-Status: cairn;
 //! fwd=miss; collapsed`, or a 304 for a matching client conditional) and
