@@ -697,7 +697,7 @@ impl ArtifactCache {
         if let Some(held) = claims.get(&claim.url) {
             if held.node != node
                 && held.at.elapsed() < CLAIM_MAX_AGE
-                && live.iter().any(|n| *n == held.node)
+                && live.contains(&held.node)
             {
                 return Ok(ArtifactRecordReply {
                     flight: "wait".to_owned(),
