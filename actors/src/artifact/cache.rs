@@ -530,7 +530,7 @@ impl ArtifactCache {
     async fn clean_up(self: &Arc<Self>) -> Result<(), ArtifactError> {
         let store = self.store.clone();
         let observer = self.observer.clone();
-        let (present, missing) = tokio::task::spawn_blocking(move || {
+        let missing = tokio::task::spawn_blocking(move || {
             let seeding = observer.loading.lock();
             store.observe(observer.clone());
             let mut present = Vec::new();
@@ -560,11 +560,10 @@ impl ArtifactCache {
                 observer.seed(row_key, key.clone());
             }
             drop(seeding);
-            Ok::<_, ArtifactError>((present.len(), missing))
+            Ok::<_, ArtifactError>(missing)
         })
         .await
         .map_err(|e| ArtifactError::NotFound(format!("start-up task failed: {e}")))??;
-        let _ = present;
         if self.cluster.is_some() {
             // Fetched, or evicted through the owners once joined.
             self.clean_up_clustered(missing);

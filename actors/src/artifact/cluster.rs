@@ -695,10 +695,7 @@ impl ArtifactCache {
         let live = cluster.routing()?.ownership.view().live();
         let mut claims = cluster.claims.lock();
         if let Some(held) = claims.get(&claim.url) {
-            if held.node != node
-                && held.at.elapsed() < CLAIM_MAX_AGE
-                && live.contains(&held.node)
-            {
+            if held.node != node && held.at.elapsed() < CLAIM_MAX_AGE && live.contains(&held.node) {
                 return Ok(ArtifactRecordReply {
                     flight: "wait".to_owned(),
                     leader: held.node.clone(),

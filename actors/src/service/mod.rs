@@ -432,11 +432,15 @@ impl CairnService {
             cairn_events::v1::ArtifactStatsRequest,
             artifact::handle_stats
         );
-        endpoint!(
-            "artifact.record",
-            cairn_events::v1::ArtifactRecordRequest,
-            artifact::handle_record
-        );
+        // Between cluster nodes only (records and claims for a stream's
+        // owner): a single node has none.
+        if context.config.cluster.is_some() {
+            endpoint!(
+                "artifact.record",
+                cairn_events::v1::ArtifactRecordRequest,
+                artifact::handle_record
+            );
+        }
         endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,
