@@ -60,7 +60,8 @@
 //! - **LRU limits** (`artifact.max-bytes`, `max-entries`) are totals over
 //!   the 16 streams, which have different owners: one node applies them,
 //!   the holder of the lease [`EVICTOR_ROLE`] ([`ArtifactCache::start_evictor`]),
-//!   woken by every store it applies (and every [`EVICTOR_TICK`]); it
+//!   woken by every store it applies (and every [`EVICTOR_TICK`]; a pass
+//!   that failed is tried again after [`EVICTOR_RETRY`]); it
 //!   picks least recently used entries and sends each eviction to its
 //!   stream's owner. Its order is the log's order of stores (the same on
 //!   every node, kept by the [`super::observe`] observer) and the hits it
@@ -121,6 +122,8 @@ pub const CLAIM_POLL: Duration = Duration::from_millis(200);
 pub const CLAIM_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 /// How often the evictor checks the limits when no store woke it.
 pub const EVICTOR_TICK: Duration = Duration::from_secs(30);
+/// How soon the evictor tries again after a pass that failed.
+pub const EVICTOR_RETRY: Duration = Duration::from_secs(1);
 
 /// What a cluster node's artifact cache needs besides a single node's.
 #[derive(Debug, Clone)]
@@ -324,12 +327,18 @@ impl ArtifactCache {
                 return;
             }
             loop {
-                if let Err(e) = cache.enforce_limits().await {
-                    warn!(error = %e, "artifact eviction failed");
-                }
+                // A pass that failed (an owner moving, the log unavailable)
+                // is tried again soon, not at the next tick.
+                let pause = match cache.enforce_limits().await {
+                    Ok(()) => EVICTOR_TICK,
+                    Err(e) => {
+                        warn!(error = %e, "artifact eviction failed; trying again");
+                        EVICTOR_RETRY
+                    }
+                };
                 tokio::select! {
                     () = cache.observer.stored.notified() => {}
-                    () = tokio::time::sleep(EVICTOR_TICK) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
             }
         });
