@@ -31,7 +31,7 @@
 //!   the owner's request path: only a record does.
 //! - **Single flight across the cluster.** Before it asks the origin, the
 //!   node that leads a URL's flight on this node claims the URL from the
-//!   stream's owner ([`ArtifactCache::claim_flight`]): the owner answers
+//!   stream's owner (`ArtifactCache::claim_flight`): the owner answers
 //!   `lead` (no other node downloads it: go), `wait` (another live node
 //!   does: ask again every [`CLAIM_POLL`], until it ends — its record, or
 //!   its release — then look again: a hit, once applied here), or `behind`

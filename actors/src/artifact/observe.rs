@@ -1,4 +1,4 @@
-//! [`ArtifactObserver`]: the artifact cache's memory kept in step with the
+//! `ArtifactObserver`: the artifact cache's memory kept in step with the
 //! log on every node.
 //!
 //! Beside the `artifacts` view the cache keeps one thing in memory: the
@@ -16,7 +16,7 @@
 //!
 //! An invalidation names only its URL; the order is keyed by entry (URL
 //! and Vary key). The entries of a URL with a non-empty Vary key are
-//! remembered per URL ([`ArtifactObserver::varied`]), so an invalidation
+//! remembered per URL (`ArtifactObserver::varied`), so an invalidation
 //! takes them all out without a scan; a store whose `Vary` names changed
 //! (the view dropped the older variants) takes out the ones the view no
 //! longer lists.
