@@ -13,9 +13,12 @@
 //! log (all replicas are the same, seq for seq, so a new holder resumes
 //! exactly where the last one stopped). The node's holder also lists the
 //! key-value partitions (`kv/00` … `kv/15`: their writers start and stop
-//! with their leases, [`KvNode::own`]) and, with `kv.compact-interval`,
-//! the compactor role ([`log::COMPACTOR_ROLE`]: its holder sends the
-//! compaction markers every node compacts at).
+//! with their leases, [`KvNode::own`]), the artifact streams
+//! (`artifact/00` … `artifact/15`, [`ArtifactCache::own`]), the artifact
+//! evictor role ([`EVICTOR_ROLE`]: its holder applies the artifact cache's
+//! LRU limits) and, with `kv.compact-interval`, the compactor role
+//! ([`log::COMPACTOR_ROLE`]: its holder sends the compaction markers every
+//! node compacts at).
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +26,7 @@ use actix::Addr;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use cairn_actors::{
+    artifact::{ArtifactCache, EVICTOR_ROLE, PARTITIONS as ARTIFACT_PARTITIONS},
     cluster::{
         log, start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig,
     },
@@ -145,6 +149,7 @@ impl ClusterStart {
             publisher,
             publisher_config,
             kv,
+            artifacts,
         } = parts;
         let holder = Arc::new(NodeHolder {
             store: store.clone(),
@@ -154,6 +159,7 @@ impl ClusterStart {
             publisher_config,
             arbiter: actix::Arbiter::current(),
             kv: kv.clone(),
+            artifacts: artifacts.clone(),
             compactor: Compactor {
                 js: self.js.clone(),
                 node: self.node.clone(),
@@ -212,6 +218,8 @@ pub struct NodeParts<'a> {
     pub publisher_config: PublisherConfig,
     /// The key-value partitions' writers.
     pub kv: &'a KvNode,
+    /// The artifact streams' writers and the evictor.
+    pub artifacts: &'a Arc<ArtifactCache>,
 }
 
 /// Waits until `applied` reaches the stream's last sequence as it is now.
@@ -354,6 +362,7 @@ struct NodeHolder {
     publisher_config: PublisherConfig,
     arbiter: actix::ArbiterHandle,
     kv: KvNode,
+    artifacts: Arc<ArtifactCache>,
     compactor: Compactor,
 }
 
@@ -423,8 +432,11 @@ impl Holder for NodeHolder {
                     StreamId::repository(&spec.namespace, &spec.name).ok()
                 })
                 .collect();
-            // The key-value partitions always exist: each has an owner.
+            // The key-value partitions and the artifact streams always
+            // exist: each has an owner.
             streams.extend((0..KV_PARTITIONS).map(partition_stream));
+            streams.extend((0..ARTIFACT_PARTITIONS).map(StreamId::artifact));
+            streams.push(StreamId::new(EVICTOR_ROLE).expect("a valid stream id"));
             if compacts {
                 streams.push(StreamId::new(log::COMPACTOR_ROLE).expect("a valid stream id"));
             }
@@ -465,6 +477,16 @@ impl Holder for NodeHolder {
             info!("this node sends the kv compaction markers now");
             return Box::pin(async { Ok(()) });
         }
+        if let Some(partition) = stream.as_artifact() {
+            let artifacts = self.artifacts.clone();
+            return Box::pin(
+                async move { artifacts.own(partition).await.map_err(|e| e.to_string()) },
+            );
+        }
+        if stream.as_str() == EVICTOR_ROLE {
+            self.artifacts.start_evictor();
+            return Box::pin(async { Ok(()) });
+        }
         let registry = self.registry.clone();
         Box::pin(async move {
             registry
@@ -485,6 +507,14 @@ impl Holder for NodeHolder {
         }
         if stream.as_str() == log::COMPACTOR_ROLE {
             self.compactor.stop();
+            return Box::pin(async {});
+        }
+        if let Some(partition) = stream.as_artifact() {
+            let artifacts = self.artifacts.clone();
+            return Box::pin(async move { artifacts.disown(partition).await });
+        }
+        if stream.as_str() == EVICTOR_ROLE {
+            self.artifacts.stop_evictor();
             return Box::pin(async {});
         }
         let registry = self.registry.clone();

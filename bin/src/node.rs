@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix::{Actor, Addr};
 use anyhow::Context as _;
 use cairn_actors::{
-    artifact::ArtifactCache,
+    artifact::{ArtifactCache, ArtifactClusterParts},
     http::{HttpServer, Operations},
     kv::{KvCluster, KvNode},
     origin::GitCache,
@@ -232,6 +232,31 @@ impl Node {
         )
         .await
         .map_err(|e| anyhow::anyhow!("starting the key-value cache: {e}"))?;
+        // The artifact cache before the cluster joins too: the ownership
+        // loop hands it the artifact streams this node writes (and the
+        // evictor role). Reads of what the node holds work at once.
+        let artifact_config = config
+            .artifact
+            .artifact_config()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let artifacts = match &cluster_start {
+            Some(start) => {
+                ArtifactCache::start_clustered(
+                    store.clone(),
+                    artifact_config,
+                    clock,
+                    ArtifactClusterParts {
+                        appender: start.appender.clone(),
+                        client: client.clone(),
+                        arbiter: actix::Arbiter::current(),
+                        read_wait: config.cluster.read_wait,
+                    },
+                )
+                .await
+            }
+            None => ArtifactCache::start(store.clone(), artifact_config, clock).await,
+        }
+        .map_err(|e| anyhow::anyhow!("starting the artifact cache: {e}"))?;
         let cluster = match cluster_start {
             Some(start) => {
                 let node = start
@@ -244,24 +269,16 @@ impl Node {
                             publisher: &publisher,
                             publisher_config,
                             kv: &kv_node,
+                            artifacts: &artifacts,
                         },
                     )
                     .await?;
                 service_config.cluster = Some(node.routing.clone());
+                artifacts.join(node.routing.clone());
                 Some(node)
             }
             None => None,
         };
-        // The artifact cache writes its streams straight to the store: on a
-        // cluster node those writes are refused (503 naming why) until it
-        // writes through the replicated log; reads of what it holds work.
-        let artifact_config = config
-            .artifact
-            .artifact_config()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let artifacts = ArtifactCache::start(store.clone(), artifact_config, clock)
-            .await
-            .map_err(|e| anyhow::anyhow!("starting the artifact cache: {e}"))?;
         let http = if config.http.listen.is_empty() {
             None
         } else {

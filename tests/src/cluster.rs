@@ -2,9 +2,10 @@
 //! one three-server NATS cluster (routes, JetStream R3), each node on its
 //! own data directory and server, with the helpers the cluster suites
 //! share: lease owners, restarts, `Cairn-Min-Seq` / `Cairn-Seq` headers and
-//! a node's whole log.
+//! a node's whole log. [`CairnCluster::start_with_http`] gives each node an
+//! HTTP listener on a port of its own (the artifact cache's faces).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use async_nats::{jetstream, HeaderMap};
 use futures::StreamExt as _;
@@ -26,6 +27,9 @@ pub struct CairnCluster {
     pub clients: Vec<Client>,
     /// Node `i`'s data directory.
     pub dirs: Vec<TestDir>,
+    /// Node `i`'s HTTP listener, when the cluster was started with them
+    /// ([`CairnCluster::start_with_http`]).
+    pub http: Vec<SocketAddr>,
     cli: Cli,
     env: Vec<(String, String)>,
 }
@@ -33,6 +37,16 @@ pub struct CairnCluster {
 impl CairnCluster {
     /// `nodes` nodes of `cli` (`cairn_cli!()`), each with `env` besides.
     pub async fn start(cli: Cli, nodes: usize, env: &[(&str, &str)]) -> Self {
+        Self::start_inner(cli, nodes, env, false).await
+    }
+
+    /// [`Self::start`], each node with an HTTP listener on a loopback port
+    /// of its own ([`CairnCluster::http`]; a restart keeps it).
+    pub async fn start_with_http(cli: Cli, nodes: usize, env: &[(&str, &str)]) -> Self {
+        Self::start_inner(cli, nodes, env, true).await
+    }
+
+    async fn start_inner(cli: Cli, nodes: usize, env: &[(&str, &str)], http: bool) -> Self {
         let nats = tokio::task::spawn_blocking(|| {
             let cluster = NatsCluster::start();
             cluster.wait_ready(WAIT).unwrap();
@@ -45,6 +59,7 @@ impl CairnCluster {
             nodes: Vec::new(),
             clients: Vec::new(),
             dirs: Vec::new(),
+            http: Vec::new(),
             cli,
             env: env
                 .iter()
@@ -53,6 +68,11 @@ impl CairnCluster {
         };
         for i in 0..nodes {
             cluster.dirs.push(TestDir::new());
+            if http {
+                // A port the system picked, free once the probe closes.
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                cluster.http.push(probe.local_addr().unwrap());
+            }
             let node = cluster.spawn(i).await;
             cluster.nodes.push(Some(node));
             // A request to the queue group may be answered by any node;
@@ -72,6 +92,9 @@ impl CairnCluster {
             self.nats.url(i % 3),
         );
         let mut env = self.env.clone();
+        if let Some(addr) = self.http.get(i) {
+            env.push(("CAIRN_HTTP__LISTEN".to_owned(), addr.to_string()));
+        }
         if !env.iter().any(|(k, _)| k == NODE_LOG.0) {
             env.push((NODE_LOG.0.to_owned(), NODE_LOG.1.to_owned()));
         }
@@ -101,6 +124,11 @@ impl CairnCluster {
         tokio::task::spawn_blocking(move || killed.kill())
             .await
             .unwrap();
+    }
+
+    /// The base URL of node `i`'s HTTP listener (`http://127.0.0.1:<port>`).
+    pub fn http_base(&self, i: usize) -> String {
+        format!("http://{}", self.http[i])
     }
 
     /// Lease owners by stream id.

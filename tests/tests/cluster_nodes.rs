@@ -672,8 +672,8 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
     assert_eq!(nodes, ["n1", "n2", "n3"]);
     assert_eq!(
         status["leases"].as_array().unwrap().len(),
-        26,
-        "8 repositories, the 16 kv partitions, the publisher and compactor roles: {status}"
+        43,
+        "8 repositories, the 16 kv partitions, the 16 artifact streams, the publisher, compactor and artifact evictor roles: {status}"
     );
 }
 

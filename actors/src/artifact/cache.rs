@@ -27,7 +27,11 @@
 //!
 //! Concurrent misses for one URL on one node share one origin request:
 //! the first becomes the leader (the in-flight table, bounded by
-//! [`ArtifactConfig::flights_max`]); the others follow its flight. A
+//! [`ArtifactConfig::flights_max`]); the others follow its flight. On a
+//! cluster the leader first claims the URL from its stream's owner (see
+//! [`super::cluster`]): when another node downloads or revalidates it, the
+//! leader — its followers with it — waits for that node's entry and serves
+//! it from this node's replica. A
 //! follower that streams (the HTTP faces) gets, as soon as the leader has
 //! the response head, the same status and fields (`Cache-Status: cairn;
 //! fwd=miss; collapsed`, or a 304 for a matching client conditional) and
@@ -85,8 +89,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{
-    domain::{ArtifactCommand, ArtifactEnv, ArtifactState, ArtifactWriter},
+    cluster::{ArtifactCluster, ArtifactClusterParts, ClaimOutcome},
+    domain::{ArtifactCommand, ArtifactEnv, ArtifactLog, ArtifactState, ArtifactWriter},
     key::{self, partition},
+    observe::{ArtifactObserver, Recency},
     rules, ArtifactConfig, ArtifactError, PARTITIONS,
 };
 use crate::{timing::Clock, writer::Execute};
@@ -331,6 +337,9 @@ struct FlightGuard {
     cache: Arc<ArtifactCache>,
     url: String,
     state: watch::Sender<FlightState>,
+    /// On a cluster: the claim the owner of the URL's stream granted this
+    /// flight (URL, token), released when the flight ends.
+    claim: Mutex<Option<(String, u64)>>,
 }
 
 impl FlightGuard {
@@ -344,6 +353,9 @@ impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.cache.flights.lock().remove(&self.url);
         self.state.send_replace(FlightState::Ended);
+        if let Some((url, token)) = self.claim.lock().take() {
+            self.cache.release_claim(url, token);
+        }
     }
 }
 
@@ -353,11 +365,17 @@ pub struct ArtifactCache {
     store: Store,
     config: ArtifactConfig,
     clock: Arc<dyn Clock>,
-    writers: Vec<Addr<ArtifactWriter>>,
+    /// Per partition, its writer while this node runs it (always on a
+    /// single node; on a cluster node while it holds the stream's lease).
+    pub(crate) writers: Vec<parking_lot::RwLock<Option<Addr<ArtifactWriter>>>>,
+    pub(crate) env: Arc<ArtifactEnv>,
+    /// On a cluster node: routing, claims, the evictor.
+    pub(crate) cluster: Option<ArtifactCluster>,
     proxy_client: reqwest::Client,
     fetch_client: reqwest::Client,
     flights: Mutex<HashMap<String, Flight>>,
-    recency: Mutex<lru::LruCache<Vec<u8>, ()>>,
+    recency: Recency,
+    pub(crate) observer: Arc<ArtifactObserver>,
     evicting: tokio::sync::Mutex<()>,
     stats: ArtifactStats,
 }
@@ -371,23 +389,53 @@ impl ArtifactCache {
         config: ArtifactConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, ArtifactError> {
+        Self::start_with(store, config, clock, None).await
+    }
+
+    /// Starts the cache of a cluster node: no writer runs until the node
+    /// takes a partition's lease ([`ArtifactCache::own`]); writes made
+    /// before [`ArtifactCache::join`] answer 503. See [`super::cluster`].
+    pub async fn start_clustered(
+        store: Store,
+        config: ArtifactConfig,
+        clock: Arc<dyn Clock>,
+        cluster: ArtifactClusterParts,
+    ) -> Result<Arc<Self>, ArtifactError> {
+        Self::start_with(store, config, clock, Some(cluster)).await
+    }
+
+    async fn start_with(
+        store: Store,
+        config: ArtifactConfig,
+        clock: Arc<dyn Clock>,
+        cluster: Option<ArtifactClusterParts>,
+    ) -> Result<Arc<Self>, ArtifactError> {
         let env = Arc::new(ArtifactEnv {
             store: store.clone(),
+            log: match &cluster {
+                Some(parts) => ArtifactLog::Cluster(parts.appender.clone()),
+                None => ArtifactLog::Store(store.clone()),
+            },
         });
-        let mut writers = Vec::with_capacity(PARTITIONS as usize);
-        for p in 0..PARTITIONS {
-            let stream = StreamId::artifact(p);
-            let s = store.clone();
-            let st = stream.clone();
-            let version = tokio::task::spawn_blocking(move || s.stream_version(&st))
-                .await
-                .map_err(|e| ArtifactError::NotFound(format!("start-up task failed: {e}")))??;
-            let state = ArtifactState {
-                stream,
-                partition: p,
-                version,
-            };
-            writers.push(ArtifactWriter::new(state, env.clone()).start());
+        let writers: Vec<_> = (0..PARTITIONS)
+            .map(|_| parking_lot::RwLock::new(None))
+            .collect();
+        if cluster.is_none() {
+            for (p, slot) in writers.iter().enumerate() {
+                let p = p as u32;
+                let stream = StreamId::artifact(p);
+                let s = store.clone();
+                let st = stream.clone();
+                let version = tokio::task::spawn_blocking(move || s.stream_version(&st))
+                    .await
+                    .map_err(|e| ArtifactError::NotFound(format!("start-up task failed: {e}")))??;
+                let state = ArtifactState {
+                    stream,
+                    partition: p,
+                    version,
+                };
+                *slot.write() = Some(ArtifactWriter::new(state, env.clone()).start());
+            }
         }
         let allow = config.allow.clone();
         let redirects_max = config.redirects_max;
@@ -421,15 +469,20 @@ impl ArtifactCache {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ArtifactError::NotFound(format!("building the origin client: {e}")))?;
+        let recency: Recency = Arc::new(Mutex::new(lru::LruCache::unbounded()));
+        let observer = Arc::new(ArtifactObserver::new(recency.clone()));
         let cache = Arc::new(Self {
             store,
             config,
             clock,
             writers,
+            env,
+            cluster: cluster.map(ArtifactCluster::new),
             proxy_client,
             fetch_client,
             flights: Mutex::default(),
-            recency: Mutex::new(lru::LruCache::unbounded()),
+            recency,
+            observer,
             evicting: tokio::sync::Mutex::new(()),
             stats: ArtifactStats::default(),
         });
@@ -440,8 +493,14 @@ impl ArtifactCache {
     /// Stops the partition writers (node shutdown); commands queued
     /// before finish first.
     pub async fn stop(&self) {
-        for writer in &self.writers {
-            let _ = writer.send(crate::writer::StopWriter).await;
+        if let Some(cluster) = &self.cluster {
+            cluster.stop_evictor();
+        }
+        for slot in &self.writers {
+            let writer = slot.write().take();
+            if let Some(writer) = writer {
+                let _ = writer.send(crate::writer::StopWriter).await;
+            }
         }
     }
 
@@ -462,10 +521,18 @@ impl ArtifactCache {
 
     /// Start-up cleanup: entries whose body is missing are evicted, the
     /// others ordered by store time for LRU, orphan bodies collected, the
-    /// limits applied.
+    /// limits applied. From here on the order follows every commit
+    /// ([`ArtifactObserver`]): it is registered before the entries are
+    /// read, and a commit written while they are is applied after them.
+    /// On a cluster node a missing body is first fetched from
+    /// `CAIRN_BLOBS`, and what is left to evict (through the stream's
+    /// owner) and the limits (the evictor's) wait for the node to join.
     async fn clean_up(self: &Arc<Self>) -> Result<(), ArtifactError> {
         let store = self.store.clone();
-        let (present, missing) = tokio::task::spawn_blocking(move || {
+        let observer = self.observer.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            let seeding = observer.loading.lock();
+            store.observe(observer.clone());
             let mut present = Vec::new();
             let mut missing = Vec::new();
             let prefix = ArtifactsView::entry_prefix(INDEXED_METHOD, "");
@@ -482,26 +549,29 @@ impl ArtifactCache {
                     };
                     if has_body {
                         let at = rules::system_time(row.stored_at.as_ref());
-                        present.push((at, key));
+                        present.push((at, key, row.key.unwrap_or_default()));
                     } else {
                         missing.push(row);
                     }
                 }
             }
-            present.sort();
-            Ok::<_, ArtifactError>((present, missing))
+            present.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            for (_, key, row_key) in &present {
+                observer.seed(row_key, key.clone());
+            }
+            drop(seeding);
+            Ok::<_, ArtifactError>(missing)
         })
         .await
         .map_err(|e| ArtifactError::NotFound(format!("start-up task failed: {e}")))??;
-        {
-            let mut recency = self.recency.lock();
-            for (_, key) in present {
-                recency.put(key, ());
+        if self.cluster.is_some() {
+            // Fetched, or evicted through the owners once joined.
+            self.clean_up_clustered(missing);
+        } else {
+            for row in missing {
+                warn!(url = %row.key.as_ref().map_or("", |k| k.url.as_str()), digest = %row.digest, "stored body missing; entry evicted");
+                self.evict_row(&row, "missing-body").await?;
             }
-        }
-        for row in missing {
-            warn!(url = %row.key.as_ref().map_or("", |k| k.url.as_str()), digest = %row.digest, "stored body missing; entry evicted");
-            self.evict_row(&row, "missing-body").await?;
         }
         let store = self.store.clone();
         let gc = tokio::task::spawn_blocking(move || store.collect_garbage())
@@ -512,24 +582,43 @@ impl ArtifactCache {
             orphan_bodies_removed = gc.removed,
             "artifact cache ready"
         );
-        self.enforce_limits().await?;
+        if self.cluster.is_none() {
+            self.enforce_limits().await?;
+        }
         Ok(())
     }
 
-    fn writer_of(&self, url: &str) -> &Addr<ArtifactWriter> {
-        &self.writers[partition(url) as usize]
+    /// Runs `command` on the writer of `url`'s stream — on a cluster, at
+    /// the stream's owner ([`super::cluster`]); answers how many events it
+    /// appended.
+    async fn execute(&self, url: &str, command: ArtifactCommand) -> Result<u64, ArtifactError> {
+        let p = partition(url);
+        if self.cluster.is_some() {
+            return self.execute_clustered(p, command).await;
+        }
+        self.run_local(p, command).await
     }
 
-    async fn execute(&self, url: &str, command: ArtifactCommand) -> Result<(), ArtifactError> {
+    /// Runs `command` on this node's writer of partition `p`; a node that
+    /// does not run it answers [`ArtifactError::NotOwner`] (nothing ran).
+    pub(crate) async fn run_local(
+        &self,
+        p: u32,
+        command: ArtifactCommand,
+    ) -> Result<u64, ArtifactError> {
+        let writer = self.writers[p as usize].read().clone();
+        let Some(writer) = writer else {
+            return Err(self.not_owner(p));
+        };
         let metadata = cairn_events::envelope::Metadata::command("cairn-artifact-cache");
-        self.writer_of(url)
+        writer
             .send(Execute {
                 command,
                 metadata,
                 span: tracing::Span::current(),
             })
             .await
-            .map_err(|e| ArtifactError::NotFound(format!("artifact writer unavailable: {e}")))?
+            .map_err(|_| self.not_owner(p))?
     }
 
     /// The stored entry for a `GET` of `url` with `headers`, if any: two
@@ -611,6 +700,7 @@ impl ArtifactCache {
                         return Ok(served);
                     }
                 }
+                Attempt::Again => {}
             }
         }
         // Still another's download after the rounds: fetch alone.
@@ -645,6 +735,9 @@ impl ArtifactCache {
             let Some(guard) = self.lead(&url) else {
                 return Ok(Attempt::Joined(self.flight_of(&url)));
             };
+            if !self.claimed(&url, &request.headers, None, &guard).await {
+                return Ok(Attempt::Again);
+            }
             bump(&self.stats.misses, 1);
             // The fetch is a task of its own, so the leader's caller going
             // away (its client disconnecting) cancels neither the origin
@@ -739,6 +832,12 @@ impl ArtifactCache {
                 let Some(guard) = self.lead(&url) else {
                     return Ok(Attempt::Joined(self.flight_of(&url)));
                 };
+                if !self
+                    .claimed(&url, &request.headers, Some(row.stream_version), &guard)
+                    .await
+                {
+                    return Ok(Attempt::Again);
+                }
                 let outcome = self
                     .revalidate(request, guard, row.clone(), policy.clone(), revalidation)
                     .await;
@@ -813,6 +912,7 @@ impl ArtifactCache {
                 cache: self.clone(),
                 url: String::new(),
                 state,
+                claim: Mutex::new(None),
             });
         }
         let (state, flight) = watch::channel(FlightState::Asking);
@@ -821,7 +921,39 @@ impl ArtifactCache {
             cache: self.clone(),
             url: url.to_owned(),
             state,
+            claim: Mutex::new(None),
         })
+    }
+
+    /// On a cluster, claims `url`'s download for `guard`'s flight from
+    /// the stream's owner ([`super::cluster`]): false when another node
+    /// stored or revalidated it meanwhile (look again). `seen`: the stream
+    /// version of the stale entry the lookup found (`None`: it found
+    /// none). Always true on a single node.
+    async fn claimed(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        seen: Option<u64>,
+        guard: &FlightGuard,
+    ) -> bool {
+        if self.cluster.is_none() {
+            return true;
+        }
+        match self.claim_flight(url, headers, seen).await {
+            ClaimOutcome::Again => false,
+            ClaimOutcome::Lead(token) => {
+                if let Some(token) = token {
+                    *guard.claim.lock() = Some((url.to_owned(), token));
+                }
+                true
+            }
+        }
+    }
+
+    /// Counts a request that waits for another's download.
+    pub(crate) fn count_flight_join(&self) {
+        bump(&self.stats.flight_joins, 1);
     }
 
     fn flight_of(&self, url: &str) -> Flight {
@@ -1137,38 +1269,23 @@ impl ArtifactCache {
         })
     }
 
-    /// Drops every stored response of `url` (when there is one).
+    /// Drops every stored response of `url` (when there is one): answers
+    /// whether there was.
     pub async fn invalidate(&self, url: &str, reason: &str) -> Result<bool, ArtifactError> {
-        let store = self.store.clone();
-        let u = url.to_owned();
-        let stored = tokio::task::spawn_blocking(move || {
-            ArtifactsView::variants(&store, INDEXED_METHOD, &u)
-        })
-        .await
-        .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??;
-        let Some(variants) = stored else {
-            return Ok(false);
-        };
-        {
-            let mut recency = self.recency.lock();
-            for vary_key in &variants.vary_keys {
-                recency.pop(&ArtifactsView::entry_key(&ArtifactKey {
-                    method: INDEXED_METHOD.to_owned(),
+        // The stream's writer (on a cluster its owner, whose rows are
+        // current) appends only when the URL has a stored response; the
+        // LRU order follows the commit (`observe`).
+        let invalidated = self
+            .execute(
+                url,
+                ArtifactCommand::Invalidate(ArtifactInvalidated {
                     url: url.to_owned(),
-                    vary_key: vary_key.clone(),
-                }));
-            }
-        }
-        self.execute(
-            url,
-            ArtifactCommand::Invalidate(ArtifactInvalidated {
-                url: url.to_owned(),
-                reason: reason.to_owned(),
-            }),
-        )
-        .await?;
-        debug!(url, reason, "artifact invalidated");
-        Ok(true)
+                    reason: reason.to_owned(),
+                }),
+            )
+            .await?;
+        debug!(url, reason, invalidated, "artifact invalidated");
+        Ok(invalidated > 0)
     }
 
     /// One conditional request for stale `row`: a 304 updates its fields
@@ -1472,8 +1589,12 @@ impl ArtifactCache {
         bump(&self.stats.stored, 1);
         self.recency.lock().put(ArtifactsView::entry_key(&key), ());
         drop(guard);
-        if let Err(e) = self.enforce_limits().await {
-            warn!(error = %e, "artifact eviction failed");
+        // On a cluster the evicting node applies the limits (woken by the
+        // store's commit, see `cluster`).
+        if self.cluster.is_none() {
+            if let Err(e) = self.enforce_limits().await {
+                warn!(error = %e, "artifact eviction failed");
+            }
         }
         // The readers' bodies end once the entry is recorded and the limits
         // applied.
@@ -1511,22 +1632,106 @@ impl ArtifactCache {
         Ok(())
     }
 
-    /// Evicts one stored entry.
-    pub async fn evict_row(&self, row: &ArtifactRow, reason: &str) -> Result<(), ArtifactError> {
+    /// Evicts one stored entry, unless its stream's writer finds it
+    /// changed since `row` was read (stored again, revalidated, gone):
+    /// answers whether it was evicted.
+    pub async fn evict_row(&self, row: &ArtifactRow, reason: &str) -> Result<bool, ArtifactError> {
         let key = row.key.clone().unwrap_or_default();
         self.recency.lock().pop(&ArtifactsView::entry_key(&key));
-        self.execute(
-            &key.url,
-            ArtifactCommand::Evict(vec![ArtifactEvicted {
-                key: Some(key.clone()),
-                digest: row.digest.clone(),
-                reason: reason.to_owned(),
-            }]),
-        )
-        .await?;
-        bump(&self.stats.evictions, 1);
+        let evicted = self
+            .execute(
+                &key.url,
+                ArtifactCommand::EvictIfCurrent(vec![(
+                    ArtifactEvicted {
+                        key: Some(key.clone()),
+                        digest: row.digest.clone(),
+                        reason: reason.to_owned(),
+                    },
+                    row.stream_version,
+                )]),
+            )
+            .await?;
+        if evicted == 0 {
+            debug!(url = %key.url, reason, "artifact entry changed meanwhile; not evicted");
+            return Ok(false);
+        }
+        bump(&self.stats.evictions, evicted);
         info!(url = %key.url, digest = %row.digest, reason, "artifact evicted");
-        Ok(())
+        Ok(true)
+    }
+
+    /// Evicts every stored variant of `url` (decided by its stream's
+    /// writer, on a cluster its owner); answers how many went.
+    pub async fn evict_url(&self, url: &str, reason: &str) -> Result<u64, ArtifactError> {
+        let evicted = self
+            .execute(
+                url,
+                ArtifactCommand::EvictUrl {
+                    url: url.to_owned(),
+                    reason: reason.to_owned(),
+                },
+            )
+            .await?;
+        bump(&self.stats.evictions, evicted);
+        info!(url, evicted, reason, "artifact evicted");
+        Ok(evicted)
+    }
+
+    /// Evicts every stored entry whose body is `digest`: each partition's
+    /// writer (on a cluster its owner) evicts its entries, all at once;
+    /// answers how many went. A partition's part is all or nothing, the
+    /// whole not: a failure names what the others evicted.
+    pub async fn evict_digest(&self, digest: &str, reason: &str) -> Result<u64, ArtifactError> {
+        let partitions: Vec<u32> = if self.cluster.is_some() {
+            // The owners decide: this node's replica may lag.
+            (0..PARTITIONS).collect()
+        } else {
+            let store = self.store.clone();
+            let d = digest.to_owned();
+            let keys = tokio::task::spawn_blocking(move || {
+                ArtifactsView::keys_of_digest(&store, &d, super::domain::EVICT_DIGEST_MAX_ENTRIES)
+            })
+            .await
+            .map_err(|e| ArtifactError::NotFound(format!("lookup task failed: {e}")))??;
+            let mut found: Vec<u32> = keys.iter().map(|k| partition(&k.url)).collect();
+            found.sort_unstable();
+            found.dedup();
+            found
+        };
+        let parts = partitions.iter().map(|p| {
+            let command = ArtifactCommand::EvictDigest {
+                digest: digest.to_owned(),
+                reason: reason.to_owned(),
+            };
+            async move {
+                match &self.cluster {
+                    Some(_) => self.execute_clustered(*p, command).await,
+                    None => self.run_local(*p, command).await,
+                }
+            }
+        });
+        let outcomes = futures::future::join_all(parts).await;
+        let mut evicted = 0;
+        let mut failed = Vec::new();
+        for (p, outcome) in partitions.iter().zip(outcomes) {
+            match outcome {
+                Ok(n) => evicted += n,
+                Err(e) => failed.push((StreamId::artifact(*p), e)),
+            }
+        }
+        bump(&self.stats.evictions, evicted);
+        info!(digest, evicted, reason, "artifact body evicted");
+        let Some((_, first)) = failed.first() else {
+            return Ok(evicted);
+        };
+        let names: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
+        Err(ArtifactError::Cluster {
+            code: first.status(),
+            message: format!(
+                "evicting from {} failed ({first}); the other partitions evicted {evicted} entries; retry to finish",
+                names.join(", ")
+            ),
+        })
     }
 }
 
@@ -1535,6 +1740,9 @@ enum Attempt {
     Done(Box<Served>),
     /// Another request downloads this URL: wait for it, then start over.
     Joined(Flight),
+    /// Another cluster node stored or revalidated this URL (applied here
+    /// now): start over.
+    Again,
 }
 
 /// The stored entry for `url` and request `headers`, if any.

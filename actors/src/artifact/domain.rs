@@ -7,7 +7,22 @@
 //! writer saw, so two writers of one stream (a cluster moving ownership)
 //! can never both append, and a body's pin held until the event that
 //! refers to it has committed.
+//!
+//! What removes entries is checked by the writer against its stream's
+//! rows as they are when the command runs (the writer is the only one to
+//! change them), because on a cluster the node that decided it may not be
+//! the stream's owner and may have seen an older replica:
+//! [`ArtifactCommand::Invalidate`] appends only when the URL has a stored
+//! response; [`ArtifactCommand::EvictIfCurrent`] evicts an entry only while
+//! its row is the one the decider saw (same body, same stream version: an
+//! entry stored again or revalidated meanwhile stays, and two nodes
+//! evicting one entry append one event);
+//! [`ArtifactCommand::EvictUrl`] / [`ArtifactCommand::EvictDigest`] select
+//! their entries here. So the owner makes every removal decision final,
+//! and the log says the same on every node. A command answers how many
+//! events it appended.
 
+use cairn_events::v1::ArtifactRow;
 use cairn_events::{
     v1::{
         event::Payload, ArtifactEvicted, ArtifactInvalidated, ArtifactRevalidated, ArtifactStored,
@@ -15,11 +30,14 @@ use cairn_events::{
     },
     StreamId,
 };
-use cairn_storage::{AsyncAppend, BlobPin, Store};
+use cairn_storage::{
+    views::{artifacts::INDEXED_METHOD, ArtifactsView},
+    AsyncAppend, BlobPin, Store,
+};
 use futures::future::BoxFuture;
 
 use super::{key::partition, ArtifactError};
-use crate::writer::{Chunking, Session, StreamDomain, StreamWriter};
+use crate::writer::{off_arbiter, Chunking, Session, StreamDomain, StreamWriter};
 
 /// The artifact domain (see the module docs).
 #[derive(Debug)]
@@ -42,9 +60,23 @@ pub struct ArtifactState {
 /// What the writers share.
 #[derive(Debug)]
 pub struct ArtifactEnv {
-    /// The node's store.
+    /// The node's store (reads).
     pub store: Store,
+    /// Where the writers append.
+    pub log: ArtifactLog,
 }
+
+/// Where the artifact writers append.
+#[derive(Debug, Clone)]
+pub enum ArtifactLog {
+    /// A single node's store.
+    Store(Store),
+    /// The cluster's replicated log (fenced, answered once applied here).
+    Cluster(crate::cluster::ClusterAppend),
+}
+
+/// Most entries one `artifact.evict {digest}` selects in a partition.
+pub const EVICT_DIGEST_MAX_ENTRIES: usize = 10_000;
 
 /// One command of an artifact stream.
 #[derive(Debug)]
@@ -58,10 +90,28 @@ pub enum ArtifactCommand {
     },
     /// Record a 304's header update.
     Revalidate(ArtifactRevalidated),
-    /// Drop every stored response of a URL.
+    /// Drop every stored response of a URL (nothing when it has none).
     Invalidate(ArtifactInvalidated),
     /// Drop entries.
     Evict(Vec<ArtifactEvicted>),
+    /// Drop each entry only while its row is the one the decider saw: the
+    /// same body digest and the stream version given.
+    EvictIfCurrent(Vec<(ArtifactEvicted, u64)>),
+    /// Drop every stored variant of a URL.
+    EvictUrl {
+        /// The URL.
+        url: String,
+        /// `request`.
+        reason: String,
+    },
+    /// Drop the entries of the writer's partition whose body is `digest`
+    /// (at most [`EVICT_DIGEST_MAX_ENTRIES`]).
+    EvictDigest {
+        /// `sha256:<hex>`.
+        digest: String,
+        /// `request`.
+        reason: String,
+    },
 }
 
 /// One artifact event.
@@ -107,6 +157,14 @@ pub fn decide(
             .iter()
             .map(|e| ArtifactEvent(Payload::ArtifactEvicted(e.clone())))
             .collect(),
+        ArtifactCommand::EvictIfCurrent(_)
+        | ArtifactCommand::EvictUrl { .. }
+        | ArtifactCommand::EvictDigest { .. } => {
+            // Resolved against the rows first ([`resolve`]).
+            return Err(ArtifactError::NotFound(
+                "an eviction to check against the rows reached the pure decision".to_owned(),
+            ));
+        }
     };
     for event in &events {
         let found = partition(event.url());
@@ -121,18 +179,90 @@ pub fn decide(
     Ok(events)
 }
 
+/// The rows of the writer's partition a removal selects, as they are now
+/// (the writer is their only writer): `None` when the command removes
+/// nothing but is decided on its own.
+fn resolve_blocking(
+    store: &Store,
+    partition_of_writer: u32,
+    command: &ArtifactCommand,
+) -> Result<Option<Vec<ArtifactEvicted>>, ArtifactError> {
+    let evicted = |row: ArtifactRow, reason: &str| ArtifactEvicted {
+        digest: row.digest,
+        key: row.key,
+        reason: reason.to_owned(),
+    };
+    let variants = |url: &str| -> Result<Vec<ArtifactRow>, ArtifactError> {
+        let mut rows = Vec::new();
+        let listed = ArtifactsView::variants(store, INDEXED_METHOD, url)?;
+        for vary_key in listed.map(|v| v.vary_keys).unwrap_or_default() {
+            let key = cairn_events::v1::ArtifactKey {
+                method: INDEXED_METHOD.to_owned(),
+                url: url.to_owned(),
+                vary_key,
+            };
+            rows.extend(ArtifactsView::get(store, &key)?);
+        }
+        Ok(rows)
+    };
+    Ok(match command {
+        ArtifactCommand::EvictIfCurrent(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (e, version) in list {
+                let Some(key) = e.key.as_ref() else { continue };
+                let current = ArtifactsView::get(store, key)?;
+                if current
+                    .is_some_and(|row| row.digest == e.digest && row.stream_version == *version)
+                {
+                    out.push(e.clone());
+                }
+            }
+            Some(out)
+        }
+        ArtifactCommand::EvictUrl { url, reason } => Some(
+            variants(url)?
+                .into_iter()
+                .map(|row| evicted(row, reason))
+                .collect(),
+        ),
+        ArtifactCommand::EvictDigest { digest, reason } => {
+            let mut out = Vec::new();
+            for key in ArtifactsView::keys_of_digest(store, digest, EVICT_DIGEST_MAX_ENTRIES)? {
+                if partition(&key.url) != partition_of_writer {
+                    continue;
+                }
+                if let Some(row) = ArtifactsView::get(store, &key)? {
+                    out.push(evicted(row, reason));
+                }
+            }
+            Some(out)
+        }
+        ArtifactCommand::Invalidate(e) => {
+            if ArtifactsView::variants(store, INDEXED_METHOD, &e.url)?.is_some() {
+                None
+            } else {
+                Some(Vec::new())
+            }
+        }
+        _ => None,
+    })
+}
+
 impl StreamDomain for ArtifactDomain {
     type State = ArtifactState;
     type Command = ArtifactCommand;
     type Event = ArtifactEvent;
-    type Reply = ();
+    type Reply = u64;
     type Error = ArtifactError;
     type Env = ArtifactEnv;
 
     const NAME: &'static str = "artifact";
 
     fn store(env: &Self::Env) -> &dyn AsyncAppend {
-        &env.store
+        match &env.log {
+            ArtifactLog::Store(store) => store,
+            ArtifactLog::Cluster(appender) => appender,
+        }
     }
 
     fn stream(state: &Self::State) -> &StreamId {
@@ -152,11 +282,34 @@ impl StreamDomain for ArtifactDomain {
         command: Self::Command,
     ) -> BoxFuture<'_, Result<Self::Reply, Self::Error>> {
         Box::pin(async move {
+            let checked = matches!(
+                command,
+                ArtifactCommand::EvictIfCurrent(_)
+                    | ArtifactCommand::EvictUrl { .. }
+                    | ArtifactCommand::EvictDigest { .. }
+                    | ArtifactCommand::Invalidate(_)
+            );
+            let command = if checked {
+                let store = session.env().store.clone();
+                let p = session.state().partition;
+                let (resolved, command) = off_arbiter("artifact-evict", move || {
+                    (resolve_blocking(&store, p, &command), command)
+                })
+                .await?;
+                match resolved? {
+                    Some(list) if list.is_empty() => return Ok(0),
+                    Some(list) => ArtifactCommand::Evict(list),
+                    None => command,
+                }
+            } else {
+                command
+            };
             let events = decide(session.state(), &command)?;
-            session.append(events, Chunking::Whole).await?;
+            let count = events.len() as u64;
+            session.append(events, Chunking::MaxEvents).await?;
             // The body's pin goes only now that its event has committed.
             drop(command);
-            Ok(())
+            Ok(count)
         })
     }
 }

@@ -79,6 +79,25 @@ pub enum ArtifactError {
     /// The stream writer failed: see [`WriterError`].
     #[error(transparent)]
     Writer(#[from] WriterError),
+    /// This cluster node does not write the stream (its lease is elsewhere,
+    /// or moving): 503; nothing ran — the command is routed again.
+    #[error("node {node} does not own stream {stream}; retry")]
+    NotOwner {
+        /// This node.
+        node: String,
+        /// `artifact/<partition>`.
+        stream: String,
+    },
+    /// The stream's owner (another cluster node) could not be reached or
+    /// answered an error: its code (503 while the stream changes hands or
+    /// the log is unavailable).
+    #[error("{message}")]
+    Cluster {
+        /// HTTP-like code.
+        code: u16,
+        /// What failed, as the owner or the routing said.
+        message: String,
+    },
     /// A decision refused an event for another partition: a bug, 500.
     #[error("event for {url} belongs to partition {expected}, not {found}")]
     WrongPartition {
@@ -102,10 +121,13 @@ impl ArtifactError {
             Self::UnknownUpstream { .. } | Self::NotFound(_) => 404,
             Self::NotCached | Self::OriginTimeout { .. } => 504,
             Self::Origin { .. } => 502,
-            Self::Storage(StorageError::Closed) => 503,
+            Self::Storage(StorageError::Closed)
+            | Self::Storage(StorageError::Unavailable(_))
+            | Self::NotOwner { .. } => 503,
+            Self::Cluster { code, .. } => *code,
             Self::Storage(_) | Self::WrongPartition { .. } => 500,
             Self::Writer(e) => match e {
-                WriterError::Append(StorageError::Closed) => 503,
+                WriterError::Append(StorageError::Closed | StorageError::Unavailable(_)) => 503,
                 _ => 500,
             },
         }
@@ -116,6 +138,15 @@ impl ArtifactError {
         Self::BadUrl {
             field,
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<ServiceError> for ArtifactError {
+    fn from(e: ServiceError) -> Self {
+        Self::Cluster {
+            code: e.code,
+            message: e.message,
         }
     }
 }

@@ -12,11 +12,12 @@
 //! of a URL, and its invalidation, live in one stream. Each stream has one
 //! writer, `StreamWriter<ArtifactDomain>` ([`domain`]), the shared
 //! stream-writer shell: every write goes through it (append at the
-//! expected version, then fold). When the cluster moves a stream's
-//! ownership to another node, that node's writer of the stream takes over;
-//! nothing here assumes a node owns every partition. Reads are never
-//! events: hits, misses and access times are counters in memory
-//! ([`cache::ArtifactStats`], the LRU order), not log entries.
+//! expected version, then fold). On a cluster each stream has an owner (a
+//! lease), the only node running its writer; the other nodes send it
+//! their writes as small records and read from their own replicas
+//! ([`cluster`]). Reads are never events: hits, misses and access times
+//! are counters in memory ([`cache::ArtifactStats`], the LRU order), not
+//! log entries.
 //!
 //! **Index.** The `artifacts` view
 //! ([`cairn_storage::views::ArtifactsView`]) maps (method, URL, Vary key)
@@ -45,17 +46,24 @@
 //! (on HTTP) get the same response, its body from byte 0 as it arrives,
 //! read from the in-progress file; on NATS they wait for the download to
 //! be stored (see [`cache`]). The in-flight table is per node and in
-//! memory only (two nodes of a cluster may each fetch once); it is bounded
-//! ([`ArtifactConfig::flights_max`]) — beyond it a miss fetches on its own.
+//! memory; it is bounded ([`ArtifactConfig::flights_max`]) — beyond it a
+//! miss fetches on its own. On a cluster a node's leader first claims the
+//! URL from its stream's owner, so one node of the cluster downloads it
+//! and the others serve it from their replicas once stored
+//! ([`cluster`]).
 //!
 //! **Eviction.** `artifact.max-bytes` (distinct body bytes) and
 //! `artifact.max-entries` bound the index: after each store the least
 //! recently used entries are evicted (`ArtifactEvicted`, reason `lru`).
 //! Recency is kept in memory, seeded at start-up from the entries' store
-//! times. An entry older than `artifact.max-age` is evicted when next looked
-//! up, whatever its HTTP freshness (reason `max-age`). At start-up entries
-//! whose body is missing are evicted (reason `missing-body`) and orphan
-//! bodies collected.
+//! times, then kept in step with every commit by a store observer
+//! ([`observe`]: stores in log order, removals) and the hits the node
+//! serves. An entry older than `artifact.max-age` is evicted when next
+//! looked up, whatever its HTTP freshness (reason `max-age`). At start-up
+//! entries whose body is missing are evicted (reason `missing-body`) and
+//! orphan bodies collected. A removal is checked by the stream's writer
+//! against its rows ([`domain`]), so on a cluster the owner makes every
+//! removal final and one node applies the limits ([`EVICTOR_ROLE`]).
 //!
 //! **Faces.** The node's HTTP listener ([`crate::http`]): the reverse proxy
 //! `/u/<upstream>/<path>` and the URL lookup `/v1/artifacts?url=`; NATS
@@ -67,21 +75,28 @@
 //! - [`rules`] — RFC 9111 rules: the `http-cache-semantics` policy built
 //!   from a stored row, and what that crate does not cover (written here).
 //! - [`domain`] — the stream writer's domain: state, commands, the pure
-//!   decision, `impl StreamDomain`.
+//!   decision and the checks of removals against the rows, `impl
+//!   StreamDomain`.
+//! - [`cluster`] — the cache on a cluster node: stream owners, records
+//!   sent to them, single flight claimed from them, the evictor role.
+//! - [`observe`] — the LRU order kept in step with every commit.
 //! - [`cache`] — [`cache::ArtifactCache`], the component both faces call:
 //!   lookup, revalidation, single flight, downloads stored while streamed,
 //!   invalidation, eviction, statistics.
 //! - [`error`] — [`ArtifactError`].
 
 pub mod cache;
+pub mod cluster;
 pub mod domain;
 pub mod error;
 pub mod key;
+pub mod observe;
 pub mod rules;
 
 use std::time::Duration;
 
 pub use cache::{ArtifactCache, ArtifactStats};
+pub use cluster::{ArtifactClusterParts, EVICTOR_ROLE};
 pub use domain::{ArtifactCommand, ArtifactDomain, ArtifactEnv, ArtifactState};
 pub use error::ArtifactError;
 

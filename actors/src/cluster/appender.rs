@@ -98,6 +98,34 @@ impl ClusterAppend {
         &self.inner.applied
     }
 
+    /// Ships blob `digest` (held by this node's store) to `CAIRN_BLOBS`
+    /// for another node's append: the node that downloaded an artifact
+    /// body ships it, then sends the stream's owner the record.
+    pub async fn ship_blob(&self, digest: cairn_storage::Digest) -> Result<(), StorageError> {
+        self.inner
+            .blobs
+            .ship_digests(&self.inner.store, &[digest])
+            .await
+    }
+
+    /// Blob `digest` pinned in this node's store, fetched from
+    /// `CAIRN_BLOBS` when the store lacks it (another node shipped it).
+    pub async fn ensure_blob(
+        &self,
+        digest: cairn_storage::Digest,
+    ) -> Result<cairn_storage::BlobPin, StorageError> {
+        self.inner
+            .blobs
+            .ensure_one(&self.inner.store, digest)
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("blob {digest}: {e}")))
+    }
+
+    /// The node this appender writes for.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
     /// The last seq this node's log holds.
     pub fn applied_seq(&self) -> u64 {
         cairn_storage::EventLog::last_seq(&self.inner.store).unwrap_or(0)

@@ -8,7 +8,14 @@
 //! one copy per part whatever is sent again). A replica's applier fetches
 //! the ones it does not hold before it applies a batch of commits
 //! ([`Blobs::ensure`], several at once, with direct gets) and checks their
-//! digest. The stream keeps every blob ever shipped (no collection yet: see
+//! digest. A blob fetched counts as shipped (it is in the stream).
+//!
+//! Another node may ship a blob for the owner: an artifact body is
+//! downloaded by the node that received the request, which ships it
+//! ([`Blobs::ship_digests`]) and sends the owner the small record; the
+//! owner takes the body from the stream ([`Blobs::ensure_one`]) before it
+//! appends. Blobs of several parts (large artifact bodies) are read and
+//! written part by part, never held whole in memory. The stream keeps every blob ever shipped (no collection yet: see
 //! the README's known limitations).
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
@@ -26,6 +33,8 @@ pub const PARTS_HEADER: &str = "Cairn-Blob-Parts";
 const HEADER_ROOM_BYTES: usize = 4 * 1024;
 /// Most digests remembered as shipped before the memory is cleared.
 const SHIPPED_MAX: usize = 1_000_000;
+/// Most parts of blobs published and not yet confirmed by JetStream.
+const SHIP_WINDOW_PARTS: usize = 16;
 
 fn subject(digest: &Digest, part: usize) -> String {
     format!("cairn.blob.{}.{part}", hex::encode(digest.0))
@@ -87,37 +96,76 @@ impl Blobs {
     /// Publishes every blob `envelopes` reference that this process has not
     /// shipped yet, and waits for JetStream to store them.
     pub async fn ship(&self, store: &Store, envelopes: &[Envelope]) -> Result<(), StorageError> {
-        let mut wanted = Vec::new();
-        {
-            let shipped = self.shipped.lock().expect("shipped lock");
-            for env in envelopes {
-                for digest in store.blobs_referenced(env) {
-                    if !shipped.contains(&digest.0) && !wanted.contains(&digest) {
-                        wanted.push(digest);
-                    }
+        let mut digests = Vec::new();
+        for env in envelopes {
+            for digest in store.blobs_referenced(env) {
+                if !digests.contains(&digest) {
+                    digests.push(digest);
                 }
             }
         }
+        self.ship_digests(store, &digests).await
+    }
+
+    /// Publishes each of `digests` (held by `store`) that this process has
+    /// not shipped yet, and waits for JetStream to store them. A blob of
+    /// one part is read whole; a larger one part by part (memory: one part
+    /// at a time, whatever the blob's size — artifact bodies can be large).
+    pub async fn ship_digests(
+        &self,
+        store: &Store,
+        digests: &[Digest],
+    ) -> Result<(), StorageError> {
+        let wanted: Vec<Digest> = {
+            let shipped = self.shipped.lock().expect("shipped lock");
+            digests
+                .iter()
+                .filter(|d| !shipped.contains(&d.0))
+                .copied()
+                .collect()
+        };
         let mut acks = Vec::new();
         for digest in &wanted {
-            let store = store.clone();
-            let d = *digest;
-            let content = tokio::task::spawn_blocking(move || store.get(&d))
-                .await
-                .map_err(|e| StorageError::Unavailable(format!("reading blob: {e}")))??
-                .ok_or_else(|| {
-                    StorageError::Corrupt(format!("blob {digest} referenced but not stored"))
-                })?;
-            let parts: Vec<&[u8]> = if content.is_empty() {
-                vec![&content[..]]
-            } else {
-                content.chunks(self.part_bytes).collect()
+            let part_bytes = self.part_bytes as u64;
+            let read_part = move |s: &Store, d: Digest, start: u64, end: u64| {
+                let mut reader = s
+                    .read_range(&d, start..end)?
+                    .ok_or_else(|| StorageError::Corrupt(format!("blob {d} is gone")))?;
+                let mut part = Vec::with_capacity((end - start) as usize);
+                std::io::Read::read_to_end(&mut reader, &mut part)
+                    .map_err(|e| StorageError::io(format!("reading blob {d}"), e))?;
+                Ok::<_, StorageError>(part)
             };
-            let count = parts.len();
-            for (i, part) in parts.into_iter().enumerate() {
+            // Its size and first part in one trip to the blocking pool (most
+            // blobs are one part).
+            let (s, d) = (store.clone(), *digest);
+            let (size, first) = tokio::task::spawn_blocking(move || {
+                let size = s.blob_size(&d)?.ok_or_else(|| {
+                    StorageError::Corrupt(format!("blob {d} referenced but not stored"))
+                })?;
+                Ok::<_, StorageError>((size, read_part(&s, d, 0, size.min(part_bytes))?))
+            })
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("reading blob: {e}")))??;
+            let count = usize::try_from(size.div_ceil(part_bytes).max(1)).unwrap_or(usize::MAX);
+            let mut first = Some(first);
+            for i in 0..count {
+                let part = match first.take() {
+                    Some(part) => part,
+                    None => {
+                        let (s, d) = (store.clone(), *digest);
+                        let start = i as u64 * part_bytes;
+                        let end = (start + part_bytes).min(size);
+                        tokio::task::spawn_blocking(move || read_part(&s, d, start, end))
+                            .await
+                            .map_err(|e| {
+                                StorageError::Unavailable(format!("reading blob: {e}"))
+                            })??
+                    }
+                };
                 let mut publish = Publish::build()
                     .message_id(format!("{}.{i}", hex::encode(digest.0)))
-                    .payload(bytes::Bytes::copy_from_slice(part));
+                    .payload(bytes::Bytes::from(part));
                 if i == 0 {
                     publish = publish.header(PARTS_HEADER, count.to_string().as_str());
                 }
@@ -127,17 +175,57 @@ impl Blobs {
                     .await
                     .map_err(|e| unavailable(digest, e))?;
                 acks.push((*digest, ack));
+                // A large blob's parts are confirmed as they go, so at most
+                // a window of them is in flight.
+                if acks.len() >= SHIP_WINDOW_PARTS {
+                    for (digest, ack) in acks.drain(..) {
+                        ack.await.map_err(|e| unavailable(&digest, e))?;
+                    }
+                }
             }
         }
         for (digest, ack) in acks {
             ack.await.map_err(|e| unavailable(&digest, e))?;
         }
+        self.mark_shipped(&wanted);
+        Ok(())
+    }
+
+    /// Remembers `digests` as being in `CAIRN_BLOBS` (shipped by this
+    /// process, or fetched from there).
+    fn mark_shipped(&self, digests: &[Digest]) {
         let mut shipped = self.shipped.lock().expect("shipped lock");
-        if shipped.len() + wanted.len() > SHIPPED_MAX {
+        if shipped.len() + digests.len() > SHIPPED_MAX {
             shipped.clear();
         }
-        shipped.extend(wanted.iter().map(|d| d.0));
-        Ok(())
+        shipped.extend(digests.iter().map(|d| d.0));
+    }
+
+    /// Blob `digest`, pinned in `store`: fetched from `CAIRN_BLOBS` when
+    /// `store` lacks it (digest checked). For a node about to append an
+    /// event that refers to a blob another node shipped (an artifact body
+    /// downloaded by the node that received the request).
+    pub async fn ensure_one(&self, store: &Store, digest: Digest) -> Result<BlobPin, String> {
+        let s = store.clone();
+        let held = tokio::task::spawn_blocking(move || s.pin_stored(&digest))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some(pin) = held {
+            return Ok(pin);
+        }
+        let stream = self
+            .js
+            .get_stream(BLOB_STREAM)
+            .await
+            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
+        let fetched = fetch(&stream, store, &digest).await?;
+        let s = store.clone();
+        let pin = tokio::task::spawn_blocking(move || fetched.pin(&s, &digest))
+            .await
+            .map_err(|e| e.to_string())??;
+        self.mark_shipped(&[digest]);
+        Ok(pin)
     }
 
     /// Fetches every blob `envelopes` reference that `store` lacks, at most
@@ -187,31 +275,28 @@ impl Blobs {
             .get_stream(BLOB_STREAM)
             .await
             .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
-        let fetched: Vec<(Digest, Vec<u8>)> = futures::stream::iter(missing)
+        let fetched: Vec<(Digest, Fetched)> = futures::stream::iter(missing)
             .map(|digest| {
                 let stream = &stream;
-                async move { Ok::<_, String>((digest, fetch(stream, &digest).await?)) }
+                async move { Ok::<_, String>((digest, fetch(stream, store, &digest).await?)) }
             })
             .buffer_unordered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
+        let digests: Vec<Digest> = fetched.iter().map(|(d, _)| *d).collect();
         let s = store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut pins = Vec::with_capacity(fetched.len());
-            for (digest, content) in fetched {
-                let pin = s.put(&content).map_err(|e| e.to_string())?;
-                if pin.digest() != digest {
-                    return Err(format!(
-                        "blob {digest} fetched from {BLOB_STREAM} has digest {}",
-                        pin.digest()
-                    ));
-                }
-                pins.push(pin);
-            }
-            Ok(pins)
+        // Blobs of one part are put together, in one trip to the blocking
+        // pool (a replica catching up fetches many small ones).
+        let pins = tokio::task::spawn_blocking(move || {
+            fetched
+                .into_iter()
+                .map(|(digest, fetched)| fetched.pin(&s, &digest))
+                .collect::<Result<Vec<BlobPin>, String>>()
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())??;
+        self.mark_shipped(&digests);
+        Ok(pins)
     }
 }
 
@@ -234,8 +319,40 @@ async fn fetch_part(
     }
 }
 
-/// The parts of `digest`, joined.
-async fn fetch(stream: &jetstream::stream::Stream, digest: &Digest) -> Result<Vec<u8>, String> {
+/// A blob fetched from `CAIRN_BLOBS`.
+enum Fetched {
+    /// One part, in memory: stored by [`Fetched::pin`].
+    Whole(bytes::Bytes),
+    /// Several parts, written part by part to the store already.
+    Stored(BlobPin),
+}
+
+impl Fetched {
+    /// Stores the blob (when it is not yet) and checks its digest.
+    /// Blocking I/O.
+    fn pin(self, store: &Store, digest: &Digest) -> Result<BlobPin, String> {
+        let pin = match self {
+            Fetched::Whole(content) => store.put(&content).map_err(|e| e.to_string())?,
+            Fetched::Stored(pin) => pin,
+        };
+        if pin.digest() != *digest {
+            return Err(format!(
+                "blob {digest} fetched from {BLOB_STREAM} has digest {}",
+                pin.digest()
+            ));
+        }
+        Ok(pin)
+    }
+}
+
+/// Blob `digest` from its parts: one part is answered in memory; a larger
+/// blob is written part by part to a blob writer of `store` (memory: one
+/// part at a time, whatever its size).
+async fn fetch(
+    stream: &jetstream::stream::Stream,
+    store: &Store,
+    digest: &Digest,
+) -> Result<Fetched, String> {
     let first = fetch_part(stream, subject(digest, 0))
         .await
         .map_err(|e| format!("blob {digest} not in {BLOB_STREAM}: {e}"))?;
@@ -244,14 +361,36 @@ async fn fetch(stream: &jetstream::stream::Stream, digest: &Digest) -> Result<Ve
         .get(PARTS_HEADER)
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(1);
-    let mut content = first.payload.to_vec();
+    if parts <= 1 {
+        return Ok(Fetched::Whole(first.payload));
+    }
+    let s = store.clone();
+    let payload = first.payload;
+    let mut writer = tokio::task::spawn_blocking(move || {
+        let mut writer = s.blob_writer()?;
+        writer.write(&payload)?;
+        Ok::<_, StorageError>(writer)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     for i in 1..parts {
         let part = fetch_part(stream, subject(digest, i))
             .await
             .map_err(|e| format!("blob {digest} part {i} not in {BLOB_STREAM}: {e}"))?;
-        content.extend_from_slice(&part.payload);
+        writer = tokio::task::spawn_blocking(move || {
+            writer.write(&part.payload)?;
+            Ok::<_, StorageError>(writer)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     }
-    Ok(content)
+    let pin = tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(Fetched::Stored(pin))
 }
 
 fn unavailable(digest: &Digest, e: impl std::fmt::Display) -> StorageError {

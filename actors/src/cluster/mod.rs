@@ -15,10 +15,11 @@
 //!   stream's owner writes through: publishes fenced with
 //!   `Nats-Expected-Last-Subject-Sequence`, answered after this node applied
 //!   them (read-your-writes); a deposed owner is refused by JetStream and
-//!   steps down. Repository writers and the key-value partition writers
-//!   append through it.
+//!   steps down. Repository writers, the key-value partition writers and
+//!   the artifact stream writers append through it.
 //! - [`ownership`] — leases and placement: which node writes which
-//!   stream (repositories, the 16 key-value partitions, and roles).
+//!   stream (repositories, the 16 key-value partitions, the 16 artifact
+//!   streams, and roles).
 
 pub mod appender;
 pub mod blobs;

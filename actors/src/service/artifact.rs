@@ -17,11 +17,16 @@
 //! - `artifact.read {digest, offset?, length?}` → `{data, offset, size,
 //!   eof}` (`data_base64` in JSON): a stored body in pieces that fit the
 //!   server's max payload. Only bodies the artifact index refers to.
-//! - `artifact.evict {url | digest}` → `{evicted}`.
+//! - `artifact.evict {url | digest}` → `{evicted}`: decided by the
+//!   writer of the URL's stream (for a digest, of each stream that has
+//!   entries of it) — on a cluster, by their owners.
 //! - `artifact.list {prefix?, limit?, continue?}` → `{items: [meta],
 //!   continue}` in URL order.
 //! - `artifact.stats {}` → the counters (JSON in either format), also in
 //!   `$SRV.STATS` under the `artifact-stats` endpoint.
+//! - `artifact.record` (cluster nodes, between nodes): a write or a
+//!   single-flight claim of an artifact stream, sent by the node that
+//!   decided it to the stream's owner (see [`crate::artifact::cluster`]).
 
 use std::{io::Read, time::SystemTime};
 
@@ -53,8 +58,8 @@ pub const INLINE_MAX_BYTES: u64 = 1 << 20;
 pub const LIST_DEFAULT: u64 = 100;
 /// Largest `artifact.list` page.
 pub const LIST_MAX: u64 = 1000;
-/// Most entries one `artifact.evict {digest}` evicts.
-pub const EVICT_MAX_ENTRIES: usize = 10_000;
+/// Most entries one `artifact.evict {digest}` evicts per stream.
+pub const EVICT_MAX_ENTRIES: usize = crate::artifact::domain::EVICT_DIGEST_MAX_ENTRIES;
 
 fn ts_json(t: Option<&pbjson_types::Timestamp>) -> Value {
     super::timestamp_json(t)
@@ -351,41 +356,19 @@ pub async fn handle_evict(
     let f = Fields::parse(&request.body, &["url", "digest"])?;
     let url = f.string("url")?.filter(|u| !u.is_empty());
     let digest = f.string("digest")?.filter(|d| !d.is_empty());
-    let store = context.store.clone();
-    let rows: Vec<ArtifactRow> = match (url, digest) {
+    let evicted = match (url, digest) {
         (Some(url), None) => {
             let target = key::parse_target("url", &url, &["*".to_owned()])?;
             let Target::Remote(url) = target else {
                 return Err(ArtifactError::bad_url("url", "a local file is not stored").into());
             };
-            let url = url.to_string();
-            blocking(move || {
-                let variants = ArtifactsView::variants(&store, "GET", &url)?;
-                let mut rows = Vec::new();
-                for vary_key in variants.map(|v| v.vary_keys).unwrap_or_default() {
-                    let k = pb::ArtifactKey {
-                        method: "GET".into(),
-                        url: url.clone(),
-                        vary_key,
-                    };
-                    rows.extend(ArtifactsView::get(&store, &k)?);
-                }
-                Ok(rows)
-            })
-            .await?
+            context.artifacts.evict_url(url.as_str(), "request").await?
         }
         (None, Some(digest)) => {
             let digest = Digest::parse(&digest)
                 .ok_or_else(|| ServiceError::bad_field("digest", "not sha256:<64 hex>"))?
                 .to_string();
-            blocking(move || {
-                let mut rows = Vec::new();
-                for k in ArtifactsView::keys_of_digest(&store, &digest, EVICT_MAX_ENTRIES)? {
-                    rows.extend(ArtifactsView::get(&store, &k)?);
-                }
-                Ok(rows)
-            })
-            .await?
+            context.artifacts.evict_digest(&digest, "request").await?
         }
         _ => {
             return Err(ServiceError::bad_request(
@@ -393,14 +376,32 @@ pub async fn handle_evict(
             ))
         }
     };
-    for row in &rows {
-        context.artifacts.evict_row(row, "request").await?;
-    }
-    let evicted = rows.len() as u64;
     Ok(Body::of(
         format,
         || json!({"evicted": evicted}),
         || pb::ArtifactEvictReply { evicted }.encode_to_vec(),
+    ))
+}
+
+/// `cairn.v1.artifact.record` (between cluster nodes): a record or a
+/// claim for the stream's owner, run here when this node writes the
+/// stream.
+pub async fn handle_record(
+    context: ServiceContext,
+    request: Incoming,
+) -> Result<Body, ServiceError> {
+    let format = request.format;
+    let record: pb::ArtifactRecordRequest = serde_json::from_slice(&request.body)
+        .map_err(|e| ServiceError::bad_field("request body", e))?;
+    let forwarded = request
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(super::cluster::FORWARDED_HEADER).is_some());
+    let reply = context.artifacts.apply_record(record, forwarded).await?;
+    Ok(Body::of(
+        format,
+        || serde_json::to_value(&reply).unwrap_or_default(),
+        || reply.encode_to_vec(),
     ))
 }
 

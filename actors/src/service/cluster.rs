@@ -164,6 +164,30 @@ pub async fn forward(
     headers: Option<&HeaderMap>,
     subject: &str,
     stream: &StreamId,
+    node: String,
+) -> Result<Forwarded, ServiceError> {
+    forward_on(
+        &context.client,
+        routing,
+        payload,
+        headers,
+        subject,
+        stream,
+        node,
+    )
+    .await
+}
+
+/// [`forward`] on `client`: for a component that is not a service
+/// endpoint (the artifact cache sends its writes to their stream's owner
+/// from the HTTP face too).
+pub async fn forward_on(
+    client: &async_nats::Client,
+    routing: &ClusterRouting,
+    payload: bytes::Bytes,
+    headers: Option<&HeaderMap>,
+    subject: &str,
+    stream: &StreamId,
     mut node: String,
 ) -> Result<Forwarded, ServiceError> {
     let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
@@ -189,7 +213,7 @@ pub async fn forward(
         let target = node_subject(&node, subject);
         tracing::debug!(stream = %stream, node = %node, "forwarding the command to its owner");
         let answer = tokio::select! {
-            answer = context.client.send_request(target, outgoing) => answer,
+            answer = client.send_request(target, outgoing) => answer,
             () = owner_gone(routing, stream, &node) => {
                 // The owner lost the stream while the command was with it:
                 // its answer, if any, is lost. Sent again (same key).

@@ -13,7 +13,7 @@
 //! # Layout
 //! - [`artifact`] — `cairn.v1.artifact.get|read|evict|list|stats`: the
 //!   artifact cache over NATS (its counters also in `$SRV.STATS`, endpoint
-//!   `artifact-stats`).
+//!   `artifact-stats`); `artifact.record`, between cluster nodes.
 //! - [`codec`] — formats, the size limit, replies and error replies.
 //! - [`context`] — what every handler shares: [`ServiceConfig`],
 //!   [`ServiceContext`], [`Incoming`], and the helpers [`blocking`],
@@ -432,6 +432,15 @@ impl CairnService {
             cairn_events::v1::ArtifactStatsRequest,
             artifact::handle_stats
         );
+        // Between cluster nodes only (records and claims for a stream's
+        // owner): a single node has none.
+        if context.config.cluster.is_some() {
+            endpoint!(
+                "artifact.record",
+                cairn_events::v1::ArtifactRecordRequest,
+                artifact::handle_record
+            );
+        }
         endpoint!(
             "watch.start",
             cairn_events::v1::WatchStartRequest,

@@ -261,6 +261,22 @@ impl Store {
         }
     }
 
+    /// Pins blob `digest` when it is stored: `None` when it is not. For a
+    /// holder of a blob it did not just write — a cluster node about to
+    /// append an event that refers to a body it holds already. Under the
+    /// lock a collection takes per blob, so a pinned blob is never removed.
+    pub fn pin_stored(&self, digest: &Digest) -> Result<Option<BlobPin>, StorageError> {
+        let inner = self.inner();
+        {
+            let mut pins = inner.pins.lock();
+            if !inner.blob_exists(digest)? {
+                return Ok(None);
+            }
+            *pins.entry(*digest).or_insert(0) += 1;
+        }
+        Ok(Some(self.pin(*digest)))
+    }
+
     /// Stores a small blob as a row (once), pinned.
     fn put_inline(&self, digest: Digest, content: &[u8]) -> Result<BlobPin, StorageError> {
         let inner = self.inner();

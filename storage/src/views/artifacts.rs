@@ -27,6 +27,10 @@
 //!
 //! Events about entries that are not there change nothing (an eviction
 //! racing an invalidation is a fact like any other).
+//!
+//! An `ArtifactStored` names its body among the event's blobs
+//! ([`View::blobs`]): a cluster node applying another node's store fetches
+//! the body from `CAIRN_BLOBS` before it folds the event.
 
 use cairn_events::v1::{
     event::Payload, ArtifactBlobUse, ArtifactKey, ArtifactRow, ArtifactTotals, ArtifactVariants,
@@ -308,6 +312,17 @@ impl View for ArtifactsView {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The body an `ArtifactStored` refers to: a cluster node applying
+    /// another node's store fetches it first (`CAIRN_BLOBS`).
+    fn blobs(&self, envelope: &Envelope) -> Vec<Digest> {
+        match envelope.event.as_ref().and_then(|e| e.payload.as_ref()) {
+            Some(Payload::ArtifactStored(stored)) => {
+                Digest::parse(&stored.digest).into_iter().collect()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
