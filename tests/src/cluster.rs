@@ -213,3 +213,19 @@ pub async fn log_of(client: &Client, node: &str, seq: u64) -> Vec<Value> {
         events.extend(batch);
     }
 }
+
+/// `Ok` when `status` (a `cluster.status` reply) shows no lease of
+/// `stream` held by `owner`; else the status, saying why (for
+/// [`crate::wait_until`]).
+pub fn released(status: &Value, stream: &str, owner: &str) -> Result<(), String> {
+    let holds = status["leases"]
+        .as_array()
+        .expect("cluster.status lists its leases")
+        .iter()
+        .any(|l| l["stream"] == stream && l["owner"] == owner);
+    if holds {
+        Err(format!("{status}"))
+    } else {
+        Ok(())
+    }
+}

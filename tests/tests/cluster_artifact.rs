@@ -17,7 +17,7 @@ use cairn_actors::artifact::key::partition;
 use cairn_events::StreamId;
 use cairn_tests::{
     cairn_cli,
-    cluster::{log_of, min_seq, seq_of, CairnCluster},
+    cluster::{log_of, min_seq, released, seq_of, CairnCluster},
     wait_until, within, Gate, Reply, ScriptedOrigin, ServiceError, TestDir, WAIT,
 };
 use serde_json::{json, Value};
@@ -520,16 +520,7 @@ async fn a_paused_stream_owner_is_fenced_when_it_wakes() {
     wait_until("the old owner to step down", WAIT, || async {
         let (status, _) = f.on(a, "cluster.status", json!({})).await;
         let status = status.map_err(|e| e.to_string())?;
-        let holds = status["leases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["stream"] == stream.as_str() && l["owner"] == old.as_str());
-        if holds {
-            Err(format!("{status}"))
-        } else {
-            Ok(())
-        }
+        released(&status, stream.as_str(), old.as_str())
     })
     .await;
     let last = f.seq_on(index(&new)).await;

@@ -17,7 +17,7 @@ use async_nats::HeaderMap;
 use cairn_actors::kv::{partition_of, partition_stream};
 use cairn_tests::{
     cairn_cli,
-    cluster::{log_of, min_seq, seq_of, CairnCluster},
+    cluster::{log_of, min_seq, released, seq_of, CairnCluster},
     wait_until, Client, ServiceError, WAIT,
 };
 use futures::StreamExt as _;
@@ -504,16 +504,7 @@ async fn a_paused_partition_owner_is_fenced_when_it_wakes() {
             .call_node(&old, "cluster.status", json!({}), HeaderMap::new())
             .await;
         let status = status.map_err(|e| e.to_string())?;
-        let holds = status["leases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["stream"] == stream.as_str() && l["owner"] == old.as_str());
-        if holds {
-            Err(format!("{status}"))
-        } else {
-            Ok(())
-        }
+        released(&status, stream.as_str(), old.as_str())
     })
     .await;
     // Every node holds the same log; after the takeover only the new

@@ -12,7 +12,7 @@ use std::{
 use async_nats::HeaderMap;
 use cairn_tests::{
     cairn_cli,
-    cluster::{log_of, min_seq, seq_of, CairnCluster},
+    cluster::{log_of, min_seq, released, seq_of, CairnCluster},
     wait_until, ChildNode, Client, GitFixture, TestDir, WAIT,
 };
 use futures::StreamExt as _;
@@ -385,25 +385,7 @@ async fn sigterm_hands_streams_over_and_a_rolling_restart_loses_and_repeats_noth
     let mut logs = Vec::new();
     for node in ["n0", "n1", "n2"] {
         let client = &cluster.clients[0];
-        let mut events = Vec::new();
-        let mut from = 1;
-        loop {
-            let (page, _) = client
-                .call_node(
-                    node,
-                    "log.read",
-                    json!({"from_seq": from, "limit": 1000}),
-                    min_seq(&last.to_string()),
-                )
-                .await;
-            let page = page.unwrap();
-            let batch = page["events"].as_array().unwrap().clone();
-            if batch.is_empty() {
-                break;
-            }
-            from = page["next_seq"].as_u64().unwrap();
-            events.extend(batch);
-        }
+        let events = log_of(client, node, last).await;
         let (list, _) = client
             .call_node(
                 node,
@@ -763,16 +745,7 @@ async fn a_paused_owner_is_fenced_when_it_wakes_and_leaves_no_event_after_the_ta
             .call_node(&old, "cluster.status", json!({}), HeaderMap::new())
             .await;
         let status = status.map_err(|e| e.to_string())?;
-        let holds = status["leases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["stream"] == "repo/team-a/r" && l["owner"] == old.as_str());
-        if holds {
-            Err(format!("{status}"))
-        } else {
-            Ok(())
-        }
+        released(&status, "repo/team-a/r", old.as_str())
     })
     .await;
     // Every node holds the same log; after the takeover's write only the

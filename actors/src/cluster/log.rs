@@ -413,18 +413,20 @@ async fn apply_compacting(
     mut commits: Vec<SequencedCommit>,
     compactions: Vec<(u64, Compaction)>,
 ) -> Result<Vec<Sequenced>, String> {
+    let apply = |commits: Vec<SequencedCommit>| async move {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        store
+            .apply_sequenced_async(commits)
+            .await
+            .map_err(|e| format!("applying: {e}"))
+    };
     let mut results = Vec::with_capacity(commits.len());
     for (position, compaction) in compactions {
         let before = commits.iter().take_while(|c| c.position < position).count();
         let rest = commits.split_off(before);
-        if !commits.is_empty() {
-            results.extend(
-                store
-                    .apply_sequenced_async(commits)
-                    .await
-                    .map_err(|e| format!("applying: {e}"))?,
-            );
-        }
+        results.extend(apply(commits).await?);
         commits = rest;
         let applied = store.replication_position().map_err(|e| e.to_string())?;
         if applied >= position {
@@ -452,14 +454,7 @@ async fn apply_compacting(
             "compacted at the log's marker"
         );
     }
-    if !commits.is_empty() {
-        results.extend(
-            store
-                .apply_sequenced_async(commits)
-                .await
-                .map_err(|e| format!("applying: {e}"))?,
-        );
-    }
+    results.extend(apply(commits).await?);
     Ok(results)
 }
 

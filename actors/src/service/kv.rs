@@ -316,6 +316,29 @@ pub(crate) enum Via {
     Part(usize),
 }
 
+/// [`on_owner`] for a command sent whole whose run here is the partition
+/// writer's `command()`: `Ok` with this node's reply, or `Err` with the
+/// owner's reply relayed as this node's answer.
+async fn execute_on_owner(
+    context: &ServiceContext,
+    request: &Incoming,
+    endpoint: &'static str,
+    partition: usize,
+    command: impl Fn() -> KvCommand,
+    meta: cairn_events::envelope::Metadata,
+) -> Result<Result<KvReply, Body>, ServiceError> {
+    let kv = kv(context)?;
+    let ran = on_owner(context, request, endpoint, partition, Via::Whole, || {
+        let (command, meta) = (command(), meta.clone());
+        async move { Ok(kv.execute(partition, command, meta).await?) }
+    })
+    .await?;
+    Ok(match ran {
+        Ran::Here(reply) => Ok(reply),
+        Ran::There(headers, body) => Err(relayed(request.format, &headers, body)?),
+    })
+}
+
 /// Runs `local` when this node writes `partition` (always on a single
 /// node), else sends the request (`endpoint`, as `how` says) to the
 /// partition's owner and answers its reply — the routing repository
@@ -795,27 +818,23 @@ pub async fn handle_delete(
 ) -> Result<Body, ServiceError> {
     let (namespace, key, principal) = key_request(&request)?;
     let meta = metadata(&request, principal);
-    let kv = kv(&context)?;
     let partition = partition_of(&namespace);
-    let ran = on_owner(
+    let command = || KvCommand::Delete {
+        namespace: namespace.clone(),
+        key: key.clone(),
+    };
+    let reply = match execute_on_owner(
         &context,
         &request,
         "cairn.v1.kv.delete",
         partition,
-        Via::Whole,
-        || {
-            let command = KvCommand::Delete {
-                namespace: namespace.clone(),
-                key: key.clone(),
-            };
-            let meta = meta.clone();
-            async move { Ok(kv.execute(partition, command, meta).await?) }
-        },
+        command,
+        meta,
     )
-    .await?;
-    let reply = match ran {
-        Ran::Here(reply) => reply,
-        Ran::There(headers, body) => return relayed(request.format, &headers, body),
+    .await?
+    {
+        Ok(reply) => reply,
+        Err(relayed) => return Ok(relayed),
     };
     let deleted = reply == KvReply::Deleted(true);
     Ok(Body::of(
@@ -1307,28 +1326,17 @@ pub async fn handle_configure(
         settings.write_through = origin.bool("write_through")?.unwrap_or(false);
     }
     let meta = metadata(&request, f.string("principal")?);
-    let kv = kv(&context)?;
     let partition = partition_of(&namespace);
-    let ran = on_owner(
-        &context,
-        &request,
-        "cairn.v1.kv.configure",
-        partition,
-        Via::Whole,
-        || {
-            let command = KvCommand::Configure {
-                namespace: namespace.clone(),
-                settings: settings.clone(),
-            };
-            let meta = meta.clone();
-            async move { Ok(kv.execute(partition, command, meta).await?) }
-        },
-    )
-    .await?;
-    let reply = match ran {
-        Ran::Here(reply) => reply,
-        Ran::There(headers, body) => return relayed(request.format, &headers, body),
+    let command = || KvCommand::Configure {
+        namespace: namespace.clone(),
+        settings: settings.clone(),
     };
+    let endpoint = "cairn.v1.kv.configure";
+    let reply =
+        match execute_on_owner(&context, &request, endpoint, partition, command, meta).await? {
+            Ok(reply) => reply,
+            Err(relayed) => return Ok(relayed),
+        };
     let KvReply::Configured(s) = reply else {
         return Err(ServiceError::internal(
             "kv.configure answered another reply",
