@@ -631,19 +631,29 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
         }
     })
     .await;
-    let status = wait_until("the status to show n3 with streams", WAIT, || async {
-        let status = cluster.clients[1].ok("cluster.status", json!({})).await;
-        let n3 = status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node"] == "n3")
-            .cloned();
-        match n3 {
-            Some(n3) if !n3["streams"].as_array().unwrap().is_empty() => Ok(status),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    // (Streams change hands while n3 joins: a stream handed over has no
+    // lease for a moment, so the count is read once every stream has its
+    // owner again.)
+    let status = wait_until(
+        "the status to show n3 with streams, every stream owned",
+        WAIT,
+        || async {
+            let status = cluster.clients[1].ok("cluster.status", json!({})).await;
+            let n3 = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["node"] == "n3")
+                .cloned();
+            let leases = status["leases"].as_array().unwrap().len();
+            match n3 {
+                Some(n3) if !n3["streams"].as_array().unwrap().is_empty() && leases == 43 => {
+                    Ok(status)
+                }
+                other => Err(format!("{leases} leases; n3: {other:?}")),
+            }
+        },
+    )
     .await;
     let nodes: Vec<&str> = status["nodes"]
         .as_array()
