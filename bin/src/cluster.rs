@@ -28,7 +28,9 @@ use async_nats::jetstream;
 use cairn_actors::{
     artifact::{ArtifactCache, EVICTOR_ROLE, PARTITIONS as ARTIFACT_PARTITIONS},
     cluster::{
-        log, start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig,
+        log,
+        snapshot::{self, Snapshots, SNAPSHOTTER_ROLE},
+        start_applier, Applied, Blobs, ClusterAppend, Holder, Ownership, OwnershipConfig,
     },
     kv::{partition_stream, KvNode, KV_PARTITIONS},
     publisher::PublisherConfig,
@@ -63,19 +65,22 @@ pub struct ClusterStart {
 }
 
 impl ClusterStart {
-    /// Finds or creates the streams, starts the applier and waits until it
-    /// caught up with the log as it is now.
+    /// Finds or creates the streams, restores the store from the cluster's
+    /// snapshot when it must start from one (see [`snapshot`]), starts the
+    /// applier and waits until it caught up with the log as it is now.
+    /// Answers the store to use from now on (a restored one is opened
+    /// anew: `store` must be its only handle).
     pub async fn begin(
         config: &NodeConfig,
         client: &async_nats::Client,
-        store: &Store,
-    ) -> anyhow::Result<Self> {
+        mut store: Store,
+    ) -> anyhow::Result<(Self, Store)> {
         let node = config.node_id();
         // A log written by a single node has sequence numbers of its own:
         // applying the cluster's order on top of it would fork both.
         let (position, last_seq) = (
             store.replication_position()?,
-            cairn_storage::EventLog::last_seq(store)?,
+            cairn_storage::EventLog::last_seq(&store)?,
         );
         if position == 0 && last_seq > 0 {
             anyhow::bail!(
@@ -83,19 +88,18 @@ impl ClusterStart {
                 config.data_dir.display()
             );
         }
-        // Every write of this node goes through the replicated log from now.
-        store.set_replica_only();
         let replicas = config.cluster.stream_replicas;
         let js = jetstream::new(client.clone());
         let max_payload = client.server_info().max_payload;
         let deadline =
             tokio::time::Instant::now() + config.nats.connect_timeout.max(Duration::from_secs(30));
         // JetStream may still be electing its leaders when the node starts.
-        let (log_stream, blobs) = loop {
+        let (log_stream, blobs, snapshots) = loop {
             let attempt = async {
                 let stream = log::ensure_stream(&js, replicas).await?;
                 let blobs = Blobs::start(js.clone(), max_payload, replicas).await?;
-                Ok::<_, String>((stream, blobs))
+                let snapshots = Snapshots::open(&js, replicas).await?;
+                Ok::<_, String>((stream, blobs, snapshots))
             }
             .await;
             match attempt {
@@ -107,15 +111,49 @@ impl ClusterStart {
                 Err(e) => anyhow::bail!("cluster: {e}"),
             }
         };
-        let (applied, applier) = start_applier(js.clone(), store.clone(), blobs.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
-        catch_up(
-            log_stream.clone(),
-            &applied,
-            config.cluster.catch_up_timeout,
-        )
-        .await?;
+        // The log may be trimmed while the node starts: it then restores
+        // (again), a bounded number of times.
+        let mut attempt = 0;
+        let (applied, applier) = loop {
+            attempt += 1;
+            let position = store.replication_position()?;
+            let manifest = snapshots
+                .latest()
+                .await
+                .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+            if let Some(manifest) = manifest.filter(|m| m.needed_by(position)) {
+                store = replace_store(config, store, &snapshots, &manifest).await?;
+            }
+            // Every write of this node goes through the replicated log from now.
+            store.set_replica_only();
+            fetch_missing_blobs(&store, &blobs).await?;
+            let (applied, applier) = start_applier(js.clone(), store.clone(), blobs.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+            let caught_up = catch_up(
+                log_stream.clone(),
+                &applied,
+                config.cluster.catch_up_timeout,
+            )
+            .await;
+            match (caught_up, applied.behind_trim()) {
+                (_, Some(at)) if attempt < START_RESTORES_MAX => {
+                    warn!(
+                        position = applied.position(),
+                        log_goes_on_at = at,
+                        "the cluster's log was trimmed while this node started; restoring"
+                    );
+                    applier.abort();
+                    let _ = applier.await;
+                }
+                (Ok(()), None) => break (applied, applier),
+                (Err(e), _) => return Err(e),
+                (Ok(()), Some(at)) => anyhow::bail!(
+                    "cluster: the log was trimmed past this node (at {}, the log goes on at {at}) {attempt} times while it started",
+                    applied.position()
+                ),
+            }
+        };
         let appender = ClusterAppend::new(
             node.clone(),
             js.clone(),
@@ -125,14 +163,17 @@ impl ClusterStart {
             max_payload,
             APPLY_WAIT,
         );
-        Ok(Self {
-            appender,
-            js,
-            applier,
-            node,
-            applied,
-            log_stream,
-        })
+        Ok((
+            Self {
+                appender,
+                js,
+                applier,
+                node,
+                applied,
+                log_stream,
+            },
+            store,
+        ))
     }
 
     /// Joins: the ownership loop starts acquiring this node's streams
@@ -151,6 +192,7 @@ impl ClusterStart {
             kv,
             artifacts,
         } = parts;
+        let members = Arc::new(std::sync::OnceLock::new());
         let holder = Arc::new(NodeHolder {
             store: store.clone(),
             client: client.clone(),
@@ -165,6 +207,17 @@ impl ClusterStart {
                 node: self.node.clone(),
                 interval: config.kv.compact_interval,
                 retention: config.kv.tombstone_retention,
+                task: std::sync::Mutex::new(None),
+            },
+            snapshotter: Snapshotter {
+                js: self.js.clone(),
+                node: self.node.clone(),
+                store: store.clone(),
+                work_dir: config.data_dir.clone(),
+                interval: config.cluster.snapshot_interval,
+                min_messages: config.cluster.snapshot_min_messages,
+                replicas: config.cluster.stream_replicas,
+                members: members.clone(),
                 task: std::sync::Mutex::new(None),
             },
         });
@@ -182,6 +235,7 @@ impl ClusterStart {
         .await
         .map_err(|e| anyhow::anyhow!("cluster: {e}"))
         .context("joining the cluster")?;
+        let _ = members.set(ownership.view().clone());
         info!(node = %self.node, "joined the cairn cluster");
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(self.applied.position()));
         let watcher = tokio::spawn(watch_log_end(
@@ -222,6 +276,58 @@ pub struct NodeParts<'a> {
     pub artifacts: &'a Arc<ArtifactCache>,
 }
 
+/// Most restores a starting node makes (the log trimmed again while it
+/// caught up).
+const START_RESTORES_MAX: u32 = 3;
+
+/// Closes `store` (its only handle), replaces its directory by the
+/// snapshot `manifest` names, and opens the restored store.
+async fn replace_store(
+    config: &NodeConfig,
+    store: Store,
+    snapshots: &Snapshots,
+    manifest: &snapshot::Manifest,
+) -> anyhow::Result<Store> {
+    if store.handles() != 1 {
+        anyhow::bail!(
+            "cluster: cannot restore the store from the snapshot: {} handles of it are open",
+            store.handles()
+        );
+    }
+    info!(
+        position = store.replication_position()?,
+        snapshot_position = manifest.position,
+        trimmed_below = manifest.trimmed_below,
+        "this node starts from the cluster's snapshot"
+    );
+    // Dropping the last handle joins the writer and closes the database.
+    tokio::task::spawn_blocking(move || drop(store)).await?;
+    snapshot::restore(snapshots, manifest, &config.store_dir())
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster: restoring the snapshot: {e}"))?;
+    crate::node::open_store(config).await
+}
+
+/// Fetches from `CAIRN_BLOBS` the blobs `store`'s views reference that it
+/// lacks (a store restored from a snapshot has no blob files).
+async fn fetch_missing_blobs(store: &Store, blobs: &Blobs) -> anyhow::Result<()> {
+    let s = store.clone();
+    let missing = tokio::task::spawn_blocking(move || s.missing_blobs()).await??;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let count = missing.len();
+    info!(count, "fetching the blobs the restored store references");
+    // Referenced by the views: the pins can go once they are stored.
+    let pins = blobs
+        .ensure_digests(store, missing)
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster: fetching the restored store's blobs: {e}"))?;
+    drop(pins);
+    info!(count, "blobs of the restored store fetched");
+    Ok(())
+}
+
 /// Waits until `applied` reaches the stream's last sequence as it is now.
 async fn catch_up(
     mut stream: jetstream::stream::Stream,
@@ -247,7 +353,7 @@ async fn catch_up(
         let mut logged = tokio::time::Instant::now();
         loop {
             let at = *rx.borrow_and_update();
-            if at >= last {
+            if at >= last || applied.behind_trim().is_some() {
                 return;
             }
             if logged.elapsed() >= Duration::from_secs(5) {
@@ -364,6 +470,7 @@ struct NodeHolder {
     kv: KvNode,
     artifacts: Arc<ArtifactCache>,
     compactor: Compactor,
+    snapshotter: Snapshotter,
 }
 
 /// The compactor role: while this node holds it, it sends a compaction
@@ -415,10 +522,94 @@ impl Compactor {
     }
 }
 
+/// The snapshotter role: while this node holds it, it looks every
+/// `cluster.snapshot-interval` whether to snapshot its store and trim the
+/// log ([`snapshot::round`]; the trim stays below every live node's applied
+/// position, read from the membership's heartbeats).
+#[derive(Debug)]
+struct Snapshotter {
+    js: jetstream::Context,
+    node: String,
+    store: Store,
+    work_dir: std::path::PathBuf,
+    interval: Duration,
+    min_messages: u64,
+    replicas: usize,
+    /// The membership, once the node joined.
+    members: Arc<std::sync::OnceLock<Arc<cairn_actors::cluster::OwnershipView>>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Snapshotter {
+    fn start(&self) {
+        let (js, node, store, work_dir, interval, min_messages, replicas, members) = (
+            self.js.clone(),
+            self.node.clone(),
+            self.store.clone(),
+            self.work_dir.clone(),
+            self.interval,
+            self.min_messages,
+            self.replicas,
+            self.members.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // The trim needs every live node's position: not before
+                // the node joined.
+                let Some(view) = members.get().cloned() else {
+                    continue;
+                };
+                let snapshots = match Snapshots::open(&js, replicas).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "snapshotter: no snapshot bucket");
+                        continue;
+                    }
+                };
+                let positions = || {
+                    let live = view.live();
+                    view.members()
+                        .into_values()
+                        .filter(|m| live.contains(&m.node))
+                        .map(|m| m.applied_position)
+                        .collect()
+                };
+                if let Err(e) = snapshot::round(
+                    &js,
+                    &snapshots,
+                    &store,
+                    &work_dir,
+                    &node,
+                    min_messages,
+                    positions,
+                )
+                .await
+                {
+                    warn!(error = %e, "snapshotter: round failed");
+                }
+            }
+        });
+        if let Some(old) = self.task.lock().expect("snapshotter lock").replace(task) {
+            old.abort();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self.task.lock().expect("snapshotter lock").take() {
+            task.abort();
+        }
+    }
+}
+
 impl Holder for NodeHolder {
     fn streams(&self) -> BoxFuture<'static, Vec<StreamId>> {
         let store = self.store.clone();
         let compacts = !self.compactor.interval.is_zero();
+        let snapshots = !self.snapshotter.interval.is_zero();
         Box::pin(async move {
             let rows = tokio::task::spawn_blocking(move || RepositoriesView::list(&store, None))
                 .await
@@ -439,6 +630,9 @@ impl Holder for NodeHolder {
             streams.push(StreamId::new(EVICTOR_ROLE).expect("a valid stream id"));
             if compacts {
                 streams.push(StreamId::new(log::COMPACTOR_ROLE).expect("a valid stream id"));
+            }
+            if snapshots {
+                streams.push(StreamId::new(SNAPSHOTTER_ROLE).expect("a valid stream id"));
             }
             streams.push(StreamId::new(PUBLISHER_ROLE).expect("a valid stream id"));
             streams
@@ -472,6 +666,11 @@ impl Holder for NodeHolder {
             let kv = self.kv.clone();
             return Box::pin(async move { kv.own(partition).await.map_err(|e| e.to_string()) });
         }
+        if stream.as_str() == SNAPSHOTTER_ROLE {
+            self.snapshotter.start();
+            info!("this node takes the cluster's snapshots now");
+            return Box::pin(async { Ok(()) });
+        }
         if stream.as_str() == log::COMPACTOR_ROLE {
             self.compactor.start(self.kv.env().clock.clone());
             info!("this node sends the kv compaction markers now");
@@ -504,6 +703,10 @@ impl Holder for NodeHolder {
         if let Some(partition) = kv_partition(&stream) {
             let kv = self.kv.clone();
             return Box::pin(async move { kv.disown(partition).await });
+        }
+        if stream.as_str() == SNAPSHOTTER_ROLE {
+            self.snapshotter.stop();
+            return Box::pin(async {});
         }
         if stream.as_str() == log::COMPACTOR_ROLE {
             self.compactor.stop();

@@ -172,6 +172,14 @@ pub struct ClusterSection {
     /// before it serves. Default: `10m`.
     #[serde(with = "humantime_serde")]
     pub catch_up_timeout: Duration,
+    /// How often the snapshotter (one node, by lease) looks whether to take
+    /// a snapshot of its store and trim the log (see the README's cluster
+    /// section); `0s` takes none. Default: `10m`.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// How many log positions the store must have moved past the last
+    /// snapshot for a new one. Default: 10000.
+    pub snapshot_min_messages: u64,
 }
 
 impl Default for ClusterSection {
@@ -185,6 +193,8 @@ impl Default for ClusterSection {
             read_wait: Duration::from_secs(5),
             forward_timeout: Duration::from_secs(600),
             catch_up_timeout: Duration::from_secs(600),
+            snapshot_interval: Duration::from_secs(600),
+            snapshot_min_messages: 10_000,
         }
     }
 }

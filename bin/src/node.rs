@@ -149,7 +149,7 @@ impl Node {
                 .context("telemetry: starting the OTLP trace export")?;
             info!(endpoint = %endpoint, "exporting traces and metrics over OTLP");
         }
-        let store = open_store(&config).await?;
+        let mut store = open_store(&config).await?;
         let mut local_nats = None;
         let urls = if config.nats.urls.is_empty() {
             let listen: SocketAddr = config.nats.listen.parse().context("nats.listen")?;
@@ -175,7 +175,12 @@ impl Node {
         };
         let publisher = PublisherSlot::default();
         let cluster_start = if config.cluster.enabled {
-            Some(crate::cluster::ClusterStart::begin(&config, &client, &store).await?)
+            // A node behind the cluster's trimmed log starts from its
+            // snapshot: `begin` answers the store to use.
+            let (start, restored) =
+                crate::cluster::ClusterStart::begin(&config, &client, store).await?;
+            store = restored;
+            Some(start)
         } else {
             publisher.start(&store, &client, &publisher_config)?;
             None

@@ -108,7 +108,7 @@ pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, Sequence
 pub use observe::CommitObserver;
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{
-    BlobSpool, BlobWriter, CacheCounters, MemoryUsage, RebuildProgress, RebuildStats, Store,
+    BlobSpool, BlobWriter, CacheCounters, Checkpointed, MemoryUsage, RebuildProgress, RebuildStats, Store,
     StoreConfig, StoreSnapshot,
 };
 pub use version::ExpectedVersion;

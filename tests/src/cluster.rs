@@ -118,6 +118,28 @@ impl CairnCluster {
         status
     }
 
+    /// Starts node `i` again on its data directory, after a test stopped
+    /// it (bounded by its ready line).
+    pub async fn start_again(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node n{i} is running");
+        self.nodes[i] = Some(self.spawn(i).await);
+    }
+
+    /// Adds node `n<len>` on an empty data directory (and server `len % 3`)
+    /// and starts it (bounded by its ready line); answers its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        self.dirs.push(TestDir::new());
+        if !self.http.is_empty() {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            self.http.push(probe.local_addr().unwrap());
+        }
+        let node = self.spawn(i).await;
+        self.nodes.push(Some(node));
+        self.clients.push(Client::connect(&self.nats.url(i % 3)).await);
+        i
+    }
+
     /// SIGKILL of node `i`, as a crash would (reaped).
     pub async fn kill(&mut self, i: usize) {
         let mut killed = self.nodes[i].take().expect("node running");

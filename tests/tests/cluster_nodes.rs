@@ -647,7 +647,7 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
                 .cloned();
             let leases = status["leases"].as_array().unwrap().len();
             match n3 {
-                Some(n3) if !n3["streams"].as_array().unwrap().is_empty() && leases == 43 => {
+                Some(n3) if !n3["streams"].as_array().unwrap().is_empty() && leases == 44 => {
                     Ok(status)
                 }
                 other => Err(format!("{leases} leases; n3: {other:?}")),
@@ -664,8 +664,8 @@ async fn a_node_joining_with_an_empty_data_dir_catches_up_before_it_serves_then_
     assert_eq!(nodes, ["n1", "n2", "n3"]);
     assert_eq!(
         status["leases"].as_array().unwrap().len(),
-        43,
-        "8 repositories, the 16 kv partitions, the 16 artifact streams, the publisher, compactor and artifact evictor roles: {status}"
+        44,
+        "8 repositories, the 16 kv partitions, the 16 artifact streams, the publisher, compactor, artifact evictor and snapshotter roles: {status}"
     );
 }
 

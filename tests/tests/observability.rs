@@ -870,11 +870,11 @@ async fn a_cluster_node_reports_the_cluster_check_and_its_owned_streams() {
     assert_eq!(names, ["store", "nats", "views", "cluster"]);
     let m = Metrics::scrape(addr).await;
     // The repository's stream, the 16 kv partitions, the 16 artifact
-    // streams, the publisher, compactor and artifact evictor roles (leases
-    // too).
+    // streams, the publisher, compactor, artifact evictor and snapshotter
+    // roles (leases too).
     assert_eq!(
         m.value("cairn_cluster_owned_streams", &[]),
-        36.0,
+        37.0,
         "{}",
         m.text
     );

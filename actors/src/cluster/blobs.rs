@@ -251,6 +251,17 @@ impl Blobs {
                 }
             }
         }
+        self.ensure_digests(store, wanted).await
+    }
+
+    /// Fetches each of `wanted` that `store` lacks (see [`Blobs::ensure`]):
+    /// also what a node restored from a snapshot, whose blob files are not
+    /// part of it, fetches before it applies anything.
+    pub async fn ensure_digests(
+        &self,
+        store: &Store,
+        wanted: Vec<Digest>,
+    ) -> Result<Vec<BlobPin>, String> {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }

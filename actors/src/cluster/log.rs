@@ -218,6 +218,10 @@ pub async fn ensure_stream(
 pub struct Applied {
     position: watch::Receiver<u64>,
     outcomes: Arc<Mutex<BTreeMap<u64, Sequenced>>>,
+    /// The position the log went on at when the applier met a gap left by
+    /// trimming (0: none met): the node must restore (see
+    /// [`super::snapshot`]).
+    behind_trim: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Applied {
@@ -253,6 +257,16 @@ impl Applied {
         }
     }
 
+    /// Where the log went on when the applier met a gap trimming left
+    /// (this node fell behind a trimmed log and must restore); `None` while
+    /// it met none.
+    pub fn behind_trim(&self) -> Option<u64> {
+        match self.behind_trim.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
     /// A receiver of the applied position.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.position.clone()
@@ -269,18 +283,27 @@ pub async fn start_applier(
     let from = store.replication_position().map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(from);
     let outcomes = Arc::new(Mutex::new(BTreeMap::new()));
+    let behind_trim = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let applied = Applied {
         position: rx,
         outcomes: outcomes.clone(),
+        behind_trim: behind_trim.clone(),
     };
     let task = tokio::spawn(async move {
         loop {
             // Runs until the task is aborted (node shutdown): a consumer
             // that ends (its connection or server went away) is made anew
             // from the position applied, as one that fails is.
-            match apply_from(&js, &store, &blobs, &tx, &outcomes).await {
+            match apply_from(&js, &store, &blobs, &tx, &outcomes, &behind_trim).await {
                 Ok(()) => info!("replicated log consumer ended; resuming"),
                 Err(e) => warn!(error = %e, "replicated log applier failed; resuming"),
+            }
+            if behind_trim.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+                tracing::error!(
+                    position = *tx.borrow(),
+                    "the cluster's log was trimmed past this node; it applies nothing more until it is restarted (it then restores the cluster's snapshot)"
+                );
+                return;
             }
             tokio::time::sleep(APPLY_RETRY).await;
         }
@@ -295,6 +318,7 @@ async fn apply_from(
     blobs: &Blobs,
     tx: &watch::Sender<u64>,
     outcomes: &Mutex<BTreeMap<u64, Sequenced>>,
+    behind_trim: &std::sync::atomic::AtomicU64,
 ) -> Result<(), String> {
     let position = store.replication_position().map_err(|e| e.to_string())?;
     let stream = js
@@ -359,6 +383,17 @@ async fn apply_from(
                     }
                 };
             let prepared = prepare(batch, store, blobs).await?;
+            // The log has no gaps but those trimming leaves (see
+            // `super::snapshot`): a node that meets one was not live when
+            // the log was trimmed, and what it lacks is gone.
+            if let Some(first) = prepared.commits.first().map(|c| c.position) {
+                if first > read_position + 1 {
+                    behind_trim.store(first, std::sync::atomic::Ordering::Relaxed);
+                    return Err(format!(
+                        "the cluster's log was trimmed past this node: it applied position {read_position}, the log goes on at {first}; restart the node to restore the cluster's snapshot"
+                    ));
+                }
+            }
             read_position = prepared
                 .commits
                 .last()

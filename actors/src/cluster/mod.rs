@@ -17,6 +17,8 @@
 //!   them (read-your-writes); a deposed owner is refused by JetStream and
 //!   steps down. Repository writers, the key-value partition writers and
 //!   the artifact stream writers append through it.
+//! - [`snapshot`] — snapshots of a node's store in `CAIRN_SNAPSHOTS`, the
+//!   trimming of `CAIRN_LOG` they allow, and a node's restore from one.
 //! - [`ownership`] — leases and placement: which node writes which
 //!   stream (repositories, the 16 key-value partitions, the 16 artifact
 //!   streams, and roles).
@@ -25,6 +27,7 @@ pub mod appender;
 pub mod blobs;
 pub mod log;
 pub mod ownership;
+pub mod snapshot;
 
 pub use appender::ClusterAppend;
 pub use blobs::Blobs;

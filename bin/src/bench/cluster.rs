@@ -122,6 +122,8 @@ impl NodeProcess {
             .arg(data_dir)
             .env("CAIRN_CLUSTER__ENABLED", "true")
             .env("CAIRN_CLUSTER__NODE_ID", id)
+            // No snapshots: a joining node must apply the whole log.
+            .env("CAIRN_CLUSTER__SNAPSHOT_INTERVAL", "0s")
             .env("CAIRN_NATS__URLS", nats_url)
             .env("CAIRN_HTTP__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
@@ -347,13 +349,14 @@ pub fn cluster_append(
         ..NodeConfig::default()
     };
     config.cluster.enabled = true;
+    config.cluster.snapshot_interval = Duration::ZERO;
     config.cluster.node_id = Some("bench-owner".into());
     config.nats.urls = vec![cluster.nats.url(0)];
     let text = "x".repeat(options.event_bytes);
     let system = actix::System::new();
     let result = system.block_on(async {
         let client = cluster.client(0).await?;
-        let start = ClusterStart::begin(&config, &client, &store).await?;
+        let (start, _) = ClusterStart::begin(&config, &client, store.clone()).await?;
         let appender = start.appender.clone();
         let streams: Vec<StreamId> = (0..window)
             .map(|w| StreamId::new(format!("bench/append-{w}")))
@@ -727,12 +730,13 @@ pub fn catch_up(
             ..NodeConfig::default()
         };
         config.cluster.enabled = true;
+        config.cluster.snapshot_interval = Duration::ZERO;
         config.cluster.node_id = Some("bench-joiner".into());
         config.nats.urls = vec![cluster.nats.url(1)];
         let joiner_client = cluster.client(1).await?;
         let started = Instant::now();
         let store = Store::open(StoreConfig::new(&dir), default_views())?;
-        let joined = ClusterStart::begin(&config, &joiner_client, &store).await?;
+        let (joined, store) = ClusterStart::begin(&config, &joiner_client, store).await?;
         let cairn_elapsed = started.elapsed();
         let last = store.last_seq()?;
         drop(joined);

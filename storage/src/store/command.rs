@@ -55,5 +55,7 @@ pub(super) enum Command {
         SystemTime,
         Reply<CompactionStats>,
     ),
+    /// A checkpoint of the database into this directory.
+    Checkpoint(std::path::PathBuf, Reply<super::checkpoint::Checkpointed>),
     Shutdown(oneshot::Sender<()>),
 }

@@ -37,11 +37,14 @@
 //! - `blobs` — [`crate::BlobStore`]: blob rows and files, streaming puts
 //!   and reads, pins, garbage collection, the temporary-file sweep;
 //!   [`BlobWriter`], a put readable ([`BlobSpool`]) while it is written.
+//! - `checkpoint` — [`Store::checkpoint_async`], a consistent copy of the
+//!   database for a cluster's snapshots, and the blobs such a copy needs.
 //! - `compact` — [`Store::compact`] on the writer thread (reading the
 //!   class's stream index in pages), and the records readers use to
 //!   accept the gaps it leaves.
 
 mod blobs;
+mod checkpoint;
 mod command;
 mod compact;
 mod config;
@@ -53,6 +56,7 @@ mod scan;
 mod writer;
 
 pub use crate::read::Rows;
+pub use checkpoint::Checkpointed;
 pub use blobs::{BlobSpool, BlobWriter, GC_DELETE_BATCH_BLOBS, STREAM_CHUNK_BYTES};
 pub use command::{RebuildProgress, RebuildStats};
 pub use config::StoreConfig;

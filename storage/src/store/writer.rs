@@ -566,6 +566,9 @@ impl Writer {
                 Command::Compact(policy, now, reply) => {
                     let _ = reply.send(self.compact(&*policy, now));
                 }
+                Command::Checkpoint(dir, reply) => {
+                    let _ = reply.send(self.checkpoint(dir));
+                }
                 Command::Shutdown(reply) => {
                     let _ = reply.send(());
                     debug!("store writer stopped on request");

@@ -1,0 +1,165 @@
+//! Snapshots and log trimming on a three-server NATS cluster with cairn
+//! nodes as child processes: the snapshotter (one node, by lease) puts its
+//! store in `CAIRN_SNAPSHOTS` and trims `CAIRN_LOG` below what every live
+//! node applied; a node that was down meanwhile, and one that joins with an
+//! empty data directory, start from the snapshot (their blob files fetched
+//! from `CAIRN_BLOBS`) and end with the same log, byte for byte, and the
+//! same answers as the others.
+
+use async_nats::{jetstream, HeaderMap};
+use cairn_tests::{
+    cairn_cli,
+    cluster::{log_of, min_seq, seq_of, CairnCluster},
+    wait_until, GitFixture, TestDir, WAIT,
+};
+use serde_json::{json, Value};
+
+const NS: &str = "snap";
+
+/// A snapshot every second once 50 positions passed; package resources
+/// over 16 bytes are blob files (not in the snapshot: fetched).
+const ENV: &[(&str, &str)] = &[
+    ("CAIRN_CLUSTER__SNAPSHOT_INTERVAL", "1s"),
+    ("CAIRN_CLUSTER__SNAPSHOT_MIN_MESSAGES", "50"),
+    ("CAIRN_STORE__BLOB_INLINE_MAX_BYTES", "16"),
+    ("RUST_LOG", "warn,cairn_actors::cluster=info,cairn=info"),
+];
+
+/// The current snapshot's manifest, when there is one.
+async fn manifest(js: &jetstream::Context) -> Option<Value> {
+    let bucket = js.get_object_store("CAIRN_SNAPSHOTS").await.ok()?;
+    let mut object = bucket.get("manifest").await.ok()?;
+    let mut body = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut body)
+        .await
+        .ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// `endpoint` on node `n<i>` once it applied `seq`.
+async fn read_on(cluster: &CairnCluster, i: usize, endpoint: &str, body: Value, seq: u64) -> Value {
+    let (reply, headers) = cluster.clients[0]
+        .call_node(&format!("n{i}"), endpoint, body.clone(), min_seq(&seq.to_string()))
+        .await;
+    assert_eq!(
+        headers.get("Cairn-Node").map(|v| v.as_str().to_owned()),
+        Some(format!("n{i}"))
+    );
+    reply.unwrap_or_else(|e| panic!("{endpoint} {body} on n{i}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
+    let mut cluster = CairnCluster::start(cairn_cli!(), 3, ENV).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 2, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    let js = jetstream::new(async_nats::connect(cluster.nats.url(0)).await.unwrap());
+    let mut log = js.get_stream("CAIRN_LOG").await.unwrap();
+
+    // n2 stops; the log moves on without it: 200 rewrites of 10 keys.
+    let mut n2 = cluster.nodes[2].take().unwrap();
+    let status = tokio::task::spawn_blocking(move || n2.terminate(WAIT))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let stopped_at = log.info().await.unwrap().state.last_sequence;
+    let mut seq = 0;
+    for i in 0..200u64 {
+        let (reply, headers) = cluster.clients[(i % 2) as usize]
+            .call_node(
+                &format!("n{}", i % 2),
+                "kv.set",
+                json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}),
+                HeaderMap::new(),
+            )
+            .await;
+        reply.unwrap();
+        seq = seq.max(seq_of(&headers));
+    }
+
+    // The snapshotter takes a snapshot and trims what n2 still needed.
+    let taken = wait_until("a snapshot whose trim passed n2", WAIT, || async {
+        match manifest(&js).await {
+            Some(m) if m["trimmed_below"].as_u64().unwrap() > stopped_at + 1 => Ok(m),
+            other => Err(format!("manifest {other:?}, n2 stopped at {stopped_at}")),
+        }
+    })
+    .await;
+    let trimmed_below = taken["trimmed_below"].as_u64().unwrap();
+    assert!(taken["position"].as_u64().unwrap() >= trimmed_below - 1, "{taken}");
+    assert!(!taken["files"].as_array().unwrap().is_empty(), "{taken}");
+    // Below the trim, at most one message per subject (each stream's
+    // last, for fencing) is left.
+    let state = wait_until("the trim to show in the log", WAIT, || async {
+        let state = js.get_stream("CAIRN_LOG").await.unwrap().info().await.unwrap().state.clone();
+        let above = state.last_sequence + 1 - trimmed_below;
+        if state.messages <= above + state.subjects_count {
+            Ok(state)
+        } else {
+            Err(format!("{state:?}, trimmed below {trimmed_below}"))
+        }
+    })
+    .await;
+    assert!(
+        state.messages + 150 < state.last_sequence,
+        "the trim removed the rewrites: {state:?}"
+    );
+
+    // n2 starts again: it could not apply a log with a gap; it restores
+    // and catches up (else no ready line).
+    cluster.start_again(2).await;
+    // A node with an empty data directory starts from the snapshot too.
+    let n3 = cluster.add_node().await;
+    assert_eq!(n3, 3);
+
+    // One more write, then every node's log is the same, event for event.
+    let (reply, headers) = cluster.clients[2]
+        .call_node("n2", "kv.set", json!({"namespace": NS, "key": "after", "value": "restore"}), HeaderMap::new())
+        .await;
+    reply.unwrap();
+    let seq = seq.max(seq_of(&headers));
+    let logs = [
+        log_of(&cluster.clients[0], "n0", seq).await,
+        log_of(&cluster.clients[0], "n1", seq).await,
+        log_of(&cluster.clients[0], "n2", seq).await,
+        log_of(&cluster.clients[0], "n3", seq).await,
+    ];
+    assert!(logs[0].len() as u64 >= seq, "{} events, seq {seq}", logs[0].len());
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+    assert_eq!(logs[0], logs[3]);
+
+    // The same answers: kv values, and package resources (blob files the
+    // restored nodes fetched).
+    for i in 0..4 {
+        for k in 0..10 {
+            let got = read_on(&cluster, i, "kv.get", json!({"namespace": NS, "key": format!("k{k}")}), seq).await;
+            assert_eq!(got["value"], json!(190 + k), "k{k} on n{i}");
+        }
+    }
+    let listed = read_on(&cluster, 0, "pkgrev.list", json!({"namespace": NS}), seq).await;
+    let names: Vec<String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!names.is_empty(), "{listed}");
+    for name in &names {
+        let key = json!({"namespace": NS, "name": name});
+        let want = read_on(&cluster, 0, "pkgrev.resources", key.clone(), seq).await;
+        assert!(
+            !want["resources"].as_object().map_or(true, |r| r.is_empty()),
+            "{want}"
+        );
+        for i in 1..4 {
+            assert_eq!(read_on(&cluster, i, "pkgrev.resources", key.clone(), seq).await, want, "{name} on n{i}");
+        }
+    }
+}
