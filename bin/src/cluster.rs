@@ -58,6 +58,7 @@ pub struct ClusterStart {
     /// What repositories append through.
     pub appender: ClusterAppend,
     js: jetstream::Context,
+    blobs: Blobs,
     applier: tokio::task::JoinHandle<()>,
     node: String,
     applied: Applied,
@@ -97,7 +98,9 @@ impl ClusterStart {
         let (log_stream, blobs, snapshots) = loop {
             let attempt = async {
                 let stream = log::ensure_stream(&js, replicas).await?;
-                let blobs = Blobs::start(js.clone(), max_payload, replicas).await?;
+                let blobs = Blobs::start(js.clone(), max_payload, replicas)
+                    .await?
+                    .with_grace(config.cluster.blob_grace);
                 let snapshots = Snapshots::open(&js, replicas).await?;
                 Ok::<_, String>((stream, blobs, snapshots))
             }
@@ -122,7 +125,17 @@ impl ClusterStart {
                 .await
                 .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
             if let Some(manifest) = manifest.filter(|m| m.needed_by(position)) {
-                store = replace_store(config, store, &snapshots, &manifest).await?;
+                let (opened, restored) = replace_store(config, store, &snapshots, &manifest).await?;
+                store = opened;
+                if let Err(e) = restored {
+                    // The snapshot was replaced while it downloaded (its
+                    // files deleted): the next attempt reads the new one.
+                    if attempt >= START_RESTORES_MAX {
+                        anyhow::bail!("cluster: restoring the snapshot: {e}");
+                    }
+                    warn!(error = %e, "restoring the snapshot failed; trying again");
+                    continue;
+                }
             }
             // Every write of this node goes through the replicated log from now.
             store.set_replica_only();
@@ -158,7 +171,7 @@ impl ClusterStart {
             node.clone(),
             js.clone(),
             store.clone(),
-            blobs,
+            blobs.clone(),
             applied.clone(),
             max_payload,
             APPLY_WAIT,
@@ -167,6 +180,7 @@ impl ClusterStart {
             Self {
                 appender,
                 js,
+                blobs,
                 applier,
                 node,
                 applied,
@@ -211,6 +225,7 @@ impl ClusterStart {
             },
             snapshotter: Snapshotter {
                 js: self.js.clone(),
+                blobs: self.blobs.clone(),
                 node: self.node.clone(),
                 store: store.clone(),
                 work_dir: config.data_dir.clone(),
@@ -281,13 +296,15 @@ pub struct NodeParts<'a> {
 const START_RESTORES_MAX: u32 = 3;
 
 /// Closes `store` (its only handle), replaces its directory by the
-/// snapshot `manifest` names, and opens the restored store.
+/// snapshot `manifest` names, and opens the store again: the restored one,
+/// or the old one when the restore failed before it replaced it (with the
+/// reason).
 async fn replace_store(
     config: &NodeConfig,
     store: Store,
     snapshots: &Snapshots,
     manifest: &snapshot::Manifest,
-) -> anyhow::Result<Store> {
+) -> anyhow::Result<(Store, Result<(), String>)> {
     if store.handles() != 1 {
         anyhow::bail!(
             "cluster: cannot restore the store from the snapshot: {} handles of it are open",
@@ -302,10 +319,8 @@ async fn replace_store(
     );
     // Dropping the last handle joins the writer and closes the database.
     tokio::task::spawn_blocking(move || drop(store)).await?;
-    snapshot::restore(snapshots, manifest, &config.store_dir())
-        .await
-        .map_err(|e| anyhow::anyhow!("cluster: restoring the snapshot: {e}"))?;
-    crate::node::open_store(config).await
+    let restored = snapshot::restore(snapshots, manifest, &config.store_dir()).await;
+    Ok((crate::node::open_store(config).await?, restored))
 }
 
 /// Fetches from `CAIRN_BLOBS` the blobs `store`'s views reference that it
@@ -523,12 +538,14 @@ impl Compactor {
 }
 
 /// The snapshotter role: while this node holds it, it looks every
-/// `cluster.snapshot-interval` whether to snapshot its store and trim the
-/// log ([`snapshot::round`]; the trim stays below every live node's applied
-/// position, read from the membership's heartbeats).
+/// `cluster.snapshot-interval` whether to snapshot its store, trim the log
+/// and collect unneeded blobs ([`snapshot::round`]; the trim stays below
+/// every live node's applied position, read from the membership's
+/// heartbeats).
 #[derive(Debug)]
 struct Snapshotter {
     js: jetstream::Context,
+    blobs: Blobs,
     node: String,
     store: Store,
     work_dir: std::path::PathBuf,
@@ -542,6 +559,7 @@ struct Snapshotter {
 
 impl Snapshotter {
     fn start(&self) {
+        let blobs = self.blobs.clone();
         let (js, node, store, work_dir, interval, min_messages, replicas, members) = (
             self.js.clone(),
             self.node.clone(),
@@ -581,6 +599,7 @@ impl Snapshotter {
                 if let Err(e) = snapshot::round(
                     &js,
                     &snapshots,
+                    &blobs,
                     &store,
                     &work_dir,
                     &node,

@@ -180,6 +180,12 @@ pub struct ClusterSection {
     /// How many log positions the store must have moved past the last
     /// snapshot for a new one. Default: 10000.
     pub snapshot_min_messages: u64,
+    /// How old a blob's copy in `CAIRN_BLOBS` must be before the
+    /// snapshotter may collect it (when no view of the snapshot and no
+    /// commit the log holds references it); a node re-ships a blob whose
+    /// known copy is older than a third of this. Default: `30m`.
+    #[serde(with = "humantime_serde")]
+    pub blob_grace: Duration,
 }
 
 impl Default for ClusterSection {
@@ -195,6 +201,7 @@ impl Default for ClusterSection {
             catch_up_timeout: Duration::from_secs(600),
             snapshot_interval: Duration::from_secs(600),
             snapshot_min_messages: 10_000,
+            blob_grace: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -83,14 +83,37 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
         seq = seq.max(seq_of(&headers));
     }
 
-    // The snapshotter takes a snapshot and trims what n2 still needed.
+    // The snapshotter takes a snapshot and trims what n2 still needed
+    // (once n2's heartbeat is gone: a live node holds the trim back), the
+    // writes going on meanwhile.
+    let next = std::sync::atomic::AtomicU64::new(200);
     let taken = wait_until("a snapshot whose trim passed n2", WAIT, || async {
-        match manifest(&js).await {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), manifest(&js))
+            .await
+            .ok()
+            .flatten();
+        match m {
             Some(m) if m["trimmed_below"].as_u64().unwrap() > stopped_at + 1 => Ok(m),
-            other => Err(format!("manifest {other:?}, n2 stopped at {stopped_at}")),
+            other => {
+                for _ in 0..20 {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    cluster.clients[0]
+                        .call_node(
+                            "n0",
+                            "kv.set",
+                            json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}),
+                            HeaderMap::new(),
+                        )
+                        .await
+                        .0
+                        .unwrap();
+                }
+                Err(format!("manifest {other:?}, n2 stopped at {stopped_at}"))
+            }
         }
     })
     .await;
+    let written = next.load(std::sync::atomic::Ordering::Relaxed);
     let trimmed_below = taken["trimmed_below"].as_u64().unwrap();
     assert!(taken["position"].as_u64().unwrap() >= trimmed_below - 1, "{taken}");
     assert!(!taken["files"].as_array().unwrap().is_empty(), "{taken}");
@@ -140,7 +163,10 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
     for i in 0..4 {
         for k in 0..10 {
             let got = read_on(&cluster, i, "kv.get", json!({"namespace": NS, "key": format!("k{k}")}), seq).await;
-            assert_eq!(got["value"], json!(190 + k), "k{k} on n{i}");
+            // The last value written to key k: the last i < written
+            // with i % 10 == k.
+            let last = (0..written).rev().find(|i| i % 10 == k).unwrap();
+            assert_eq!(got["value"], json!(last), "k{k} on n{i}");
         }
     }
     let listed = read_on(&cluster, 0, "pkgrev.list", json!({"namespace": NS}), seq).await;
@@ -155,11 +181,87 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
         let key = json!({"namespace": NS, "name": name});
         let want = read_on(&cluster, 0, "pkgrev.resources", key.clone(), seq).await;
         assert!(
-            !want["resources"].as_object().map_or(true, |r| r.is_empty()),
-            "{want}"
+            want["resources"].as_object().is_some_and(|r| !r.is_empty()),
+            "{name}: {want}"
         );
         for i in 1..4 {
             assert_eq!(read_on(&cluster, i, "pkgrev.resources", key.clone(), seq).await, want, "{name} on n{i}");
+        }
+    }
+}
+
+/// Whether `CAIRN_BLOBS` holds blob `content` (its part 0).
+async fn blob_in_stream(js: &jetstream::Context, content: &[u8]) -> bool {
+    let digest = cairn_storage::Digest::of(content);
+    let stream = js.get_stream("CAIRN_BLOBS").await.unwrap();
+    stream
+        .get_last_raw_message_by_subject(&format!("cairn.blob.{}.0", hex::encode(digest.0)))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshotter_collects_the_blobs_nothing_needs_and_keeps_the_others() {
+    let mut env = ENV.to_vec();
+    env.push(("CAIRN_CLUSTER__BLOB_GRACE", "3s"));
+    let cluster = CairnCluster::start(cairn_cli!(), 3, &env).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    let js = jetstream::new(async_nats::connect(cluster.nats.url(0)).await.unwrap());
+    // Two drafts, each with a resource of its own: one is deleted (its
+    // blob then needed by nothing), one stays.
+    let gone = b"kind: ConfigMap\nmetadata:\n  name: gone\n".to_vec();
+    let kept = b"kind: ConfigMap\nmetadata:\n  name: kept\n".to_vec();
+    for (package, content) in [("gone", &gone), ("kept", &kept)] {
+        cluster.clients[1]
+            .ok(
+                "pkgrev.create",
+                json!({"namespace": NS, "repository": "r", "package": package, "workspace": "ws",
+                       "resources": {"cm.yaml": String::from_utf8(content.clone()).unwrap()}}),
+            )
+            .await;
+    }
+    assert!(blob_in_stream(&js, &gone).await);
+    assert!(blob_in_stream(&js, &kept).await);
+    cluster.clients[2]
+        .ok("pkgrev.delete", json!({"namespace": NS, "name": "r.gone.ws"}))
+        .await;
+
+    // Snapshots go on as the log moves; once the deleted draft's blob is
+    // older than the grace, a round collects it.
+    let next = std::sync::atomic::AtomicU64::new(0);
+    wait_until("the deleted draft's blob to be collected", WAIT, || async {
+        if !blob_in_stream(&js, &gone).await {
+            return Ok(());
+        }
+        for _ in 0..20 {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.clients[0]
+                .ok("kv.set", json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}))
+                .await;
+        }
+        Err("still in CAIRN_BLOBS".to_owned())
+    })
+    .await;
+    // What a view references stays, whatever its age.
+    assert!(blob_in_stream(&js, &kept).await);
+    let listed = cluster.clients[0].ok("pkgrev.list", json!({"namespace": NS})).await;
+    for item in listed["items"].as_array().unwrap() {
+        let resources = cluster.clients[0]
+            .ok("pkgrev.resources", json!({"namespace": NS, "name": item["name"]}))
+            .await;
+        for (path, text) in resources["resources"].as_object().unwrap() {
+            assert!(
+                blob_in_stream(&js, text.as_str().unwrap().as_bytes()).await,
+                "{} {path}",
+                item["name"]
+            );
         }
     }
 }

@@ -8,17 +8,35 @@
 //! one copy per part whatever is sent again). A replica's applier fetches
 //! the ones it does not hold before it applies a batch of commits
 //! ([`Blobs::ensure`], several at once, with direct gets) and checks their
-//! digest. A blob fetched counts as shipped (it is in the stream).
+//! digest. A blob fetched counts as shipped (it is in the stream) for as
+//! long as the fetched copy is fresh (see collection below).
 //!
 //! Another node may ship a blob for the owner: an artifact body is
 //! downloaded by the node that received the request, which ships it
 //! ([`Blobs::ship_digests`]) and sends the owner the small record; the
 //! owner takes the body from the stream ([`Blobs::ensure_one`]) before it
 //! appends. Blobs of several parts (large artifact bodies) are read and
-//! written part by part, never held whole in memory. The stream keeps every blob ever shipped (no collection yet: see
-//! the README's known limitations).
+//! written part by part, never held whole in memory.
+//!
+//! **Collection** ([`Blobs::collect`], run by the snapshotter after it
+//! trimmed the log, see [`super::snapshot`]): a blob goes from the stream
+//! when nothing can need it any more — no view of the snapshot references
+//! it, no commit the log still holds references it, and its part 0 was
+//! stored more than the grace ([`COLLECT_GRACE`]) ago. The grace covers
+//! what the scan cannot see: a commit not yet published whose blob was
+//! shipped (or found shipped) before. A node skips shipping a blob only
+//! while the copy it knows of is younger than a third of the grace (the time of the message
+//! it shipped or fetched, not of its own memory), so a commit published
+//! after a collection never leans on a collected blob: its blob is either
+//! young (never collected) or shipped again. The purge is by subject and
+//! below a sequence read before the scan, so a blob shipped again meanwhile
+//! is never touched.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use async_nats::jetstream::{self, message::PublishMessage as Publish, stream::StorageType};
 use cairn_events::v1::Envelope;
@@ -33,6 +51,16 @@ pub const PARTS_HEADER: &str = "Cairn-Blob-Parts";
 const HEADER_ROOM_BYTES: usize = 4 * 1024;
 /// Most digests remembered as shipped before the memory is cleared.
 const SHIPPED_MAX: usize = 1_000_000;
+
+/// The stream's de-duplication window: a blob shipped again within it is
+/// dropped as a duplicate, and its copy is as old as the first.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// A blob no view or retained commit references goes once its copy is this
+/// old (default; `cluster.blob-grace`): three times how long a copy counts
+/// as shipped ([`Blobs::with_grace`]), so that the rest covers the
+/// de-duplication window and the longest a commit takes from its blobs'
+/// shipping to its publishing.
+pub const COLLECT_GRACE: Duration = Duration::from_secs(30 * 60);
 /// Most parts of blobs published and not yet confirmed by JetStream.
 const SHIP_WINDOW_PARTS: usize = 16;
 
@@ -45,7 +73,10 @@ fn subject(digest: &Digest, part: usize) -> String {
 pub struct Blobs {
     js: jetstream::Context,
     part_bytes: usize,
-    shipped: Arc<std::sync::Mutex<HashSet<[u8; 32]>>>,
+    /// Digests known to be in the stream, with the time of that copy.
+    shipped: Arc<std::sync::Mutex<HashMap<[u8; 32], SystemTime>>>,
+    /// How old an unneeded blob's copy must be to be collected.
+    grace: Duration,
 }
 
 impl Blobs {
@@ -61,7 +92,7 @@ impl Blobs {
             storage: StorageType::File,
             num_replicas: replicas.max(1),
             max_messages_per_subject: 1,
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: DUPLICATE_WINDOW,
             // Replicas fetch with direct gets, served by any server holding
             // the stream, not queued behind the leader's API.
             allow_direct: true,
@@ -90,7 +121,21 @@ impl Blobs {
             js,
             part_bytes: max_payload.saturating_sub(HEADER_ROOM_BYTES).max(1024),
             shipped: Arc::default(),
+            grace: COLLECT_GRACE,
         })
+    }
+
+    /// Collects unneeded blobs once their copy is `grace` old, and counts
+    /// a copy as shipped for a third of that (see the module docs).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How long a copy of a blob in the stream counts as shipped: a node
+    /// ships again a blob whose known copy is older.
+    fn fresh(&self) -> Duration {
+        self.grace / 3
     }
 
     /// Publishes every blob `envelopes` reference that this process has not
@@ -118,9 +163,10 @@ impl Blobs {
     ) -> Result<(), StorageError> {
         let wanted: Vec<Digest> = {
             let shipped = self.shipped.lock().expect("shipped lock");
+            let fresh_since = SystemTime::now() - self.fresh();
             digests
                 .iter()
-                .filter(|d| !shipped.contains(&d.0))
+                .filter(|d| shipped.get(&d.0).is_none_or(|at| *at < fresh_since))
                 .copied()
                 .collect()
         };
@@ -187,18 +233,21 @@ impl Blobs {
         for (digest, ack) in acks {
             ack.await.map_err(|e| unavailable(&digest, e))?;
         }
-        self.mark_shipped(&wanted);
+        // A copy as old as the de-duplication window at most (a blob sent
+        // again within it keeps its first copy).
+        let at = SystemTime::now() - DUPLICATE_WINDOW;
+        self.mark_shipped(wanted.iter().map(|d| (*d, at)));
         Ok(())
     }
 
     /// Remembers `digests` as being in `CAIRN_BLOBS` (shipped by this
-    /// process, or fetched from there).
-    fn mark_shipped(&self, digests: &[Digest]) {
+    /// process, or fetched from there), each with the time of its copy.
+    fn mark_shipped(&self, digests: impl ExactSizeIterator<Item = (Digest, SystemTime)>) {
         let mut shipped = self.shipped.lock().expect("shipped lock");
         if shipped.len() + digests.len() > SHIPPED_MAX {
             shipped.clear();
         }
-        shipped.extend(digests.iter().map(|d| d.0));
+        shipped.extend(digests.map(|(d, at)| (d.0, at)));
     }
 
     /// Blob `digest`, pinned in `store`: fetched from `CAIRN_BLOBS` when
@@ -220,11 +269,12 @@ impl Blobs {
             .await
             .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
         let fetched = fetch(&stream, store, &digest).await?;
+        let copied_at = fetched.copied_at;
         let s = store.clone();
         let pin = tokio::task::spawn_blocking(move || fetched.pin(&s, &digest))
             .await
             .map_err(|e| e.to_string())??;
-        self.mark_shipped(&[digest]);
+        self.mark_shipped([(digest, copied_at)].into_iter());
         Ok(pin)
     }
 
@@ -294,7 +344,8 @@ impl Blobs {
             .buffer_unordered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
-        let digests: Vec<Digest> = fetched.iter().map(|(d, _)| *d).collect();
+        let copies: Vec<(Digest, SystemTime)> =
+            fetched.iter().map(|(d, f)| (*d, f.copied_at)).collect();
         let s = store.clone();
         // Blobs of one part are put together, in one trip to the blocking
         // pool (a replica catching up fetches many small ones).
@@ -306,8 +357,101 @@ impl Blobs {
         })
         .await
         .map_err(|e| e.to_string())??;
-        self.mark_shipped(&digests);
+        self.mark_shipped(copies.into_iter());
         Ok(pins)
+    }
+}
+
+/// What one collection did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs the stream held (part 0 subjects).
+    pub examined: u64,
+    /// Blobs nothing needs, kept because their copy is younger than the
+    /// grace.
+    pub kept_young: u64,
+    /// Blobs purged.
+    pub blobs: u64,
+    /// Messages (parts) purged.
+    pub messages: u64,
+}
+
+impl Blobs {
+    /// The sequence a collection purges below: read before what it keeps
+    /// is worked out, so a blob shipped again meanwhile is never touched.
+    pub async fn collection_bound(&self) -> Result<u64, String> {
+        let mut stream = self
+            .js
+            .get_stream(BLOB_STREAM)
+            .await
+            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?
+            .state
+            .clone();
+        Ok(state.last_sequence + 1)
+    }
+
+    /// Purges, below sequence `bound` ([`Blobs::collection_bound`]), every
+    /// blob not in `needed` whose copy is older than the grace (see the
+    /// module docs).
+    pub async fn collect(
+        &self,
+        bound: u64,
+        needed: &HashSet<[u8; 32]>,
+    ) -> Result<Collected, String> {
+        let stream = self
+            .js
+            .get_stream(BLOB_STREAM)
+            .await
+            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects("cairn.blob.*.0")
+            .await
+            .map_err(|e| format!("subjects of {BLOB_STREAM}: {e}"))?
+            .try_collect()
+            .await
+            .map_err(|e| format!("subjects of {BLOB_STREAM}: {e}"))?;
+        let cutoff = SystemTime::now() - self.grace;
+        let mut collected = Collected::default();
+        for (subject, _) in subjects {
+            let Some(hex) = subject
+                .strip_prefix("cairn.blob.")
+                .and_then(|rest| rest.strip_suffix(".0"))
+            else {
+                continue;
+            };
+            let Some(digest) = hex::decode(hex)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            collected.examined += 1;
+            if needed.contains(&digest) {
+                continue;
+            }
+            let first = match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(first) => first,
+                // Gone meanwhile (another collection).
+                Err(_) => continue,
+            };
+            if SystemTime::from(first.time) >= cutoff {
+                collected.kept_young += 1;
+                continue;
+            }
+            let purged = stream
+                .purge()
+                .filter(format!("cairn.blob.{hex}.*"))
+                .sequence(bound)
+                .await
+                .map_err(|e| format!("purging blob {hex} from {BLOB_STREAM}: {e}"))?;
+            collected.blobs += 1;
+            collected.messages += purged.purged;
+        }
+        Ok(collected)
     }
 }
 
@@ -330,8 +474,13 @@ async fn fetch_part(
     }
 }
 
-/// A blob fetched from `CAIRN_BLOBS`.
-enum Fetched {
+/// A blob fetched from `CAIRN_BLOBS`, and when its copy there was made.
+struct Fetched {
+    body: FetchedBody,
+    copied_at: SystemTime,
+}
+
+enum FetchedBody {
     /// One part, in memory: stored by [`Fetched::pin`].
     Whole(bytes::Bytes),
     /// Several parts, written part by part to the store already.
@@ -342,7 +491,8 @@ impl Fetched {
     /// Stores the blob (when it is not yet) and checks its digest.
     /// Blocking I/O.
     fn pin(self, store: &Store, digest: &Digest) -> Result<BlobPin, String> {
-        let pin = match self {
+        use FetchedBody as Fetched;
+        let pin = match self.body {
             Fetched::Whole(content) => store.put(&content).map_err(|e| e.to_string())?,
             Fetched::Stored(pin) => pin,
         };
@@ -372,8 +522,12 @@ async fn fetch(
         .get(PARTS_HEADER)
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(1);
+    let copied_at = SystemTime::from(first.time);
     if parts <= 1 {
-        return Ok(Fetched::Whole(first.payload));
+        return Ok(Fetched {
+            body: FetchedBody::Whole(first.payload),
+            copied_at,
+        });
     }
     let s = store.clone();
     let payload = first.payload;
@@ -401,7 +555,10 @@ async fn fetch(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(Fetched::Stored(pin))
+    Ok(Fetched {
+        body: FetchedBody::Stored(pin),
+        copied_at,
+    })
 }
 
 fn unavailable(digest: &Digest, e: impl std::fmt::Display) -> StorageError {

@@ -26,6 +26,10 @@
 //!   stream would reset to 0, deposing every owner whose stream was quiet.
 //!   What survives below `trimmed_below` is at most one message per cairn
 //!   stream.
+//! - **Collecting blobs**: then `CAIRN_BLOBS` loses every blob that neither
+//!   the snapshot's views nor a commit the log still holds reference, once
+//!   its copy is older than `cluster.blob-grace` ([`Blobs::collect`], whose
+//!   docs say why that is safe for commits not yet published).
 //! - **Restoring**: a node whose position is below the manifest's
 //!   `trimmed_below` (it was down while the log was trimmed), or whose store
 //!   is empty while a snapshot exists, replaces its store by the snapshot
@@ -35,22 +39,27 @@
 //!   logs why, and is not ready: restarted, it restores.
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use async_nats::jetstream::{
     self,
+    consumer::{pull::OrderedConfig, DeliverPolicy},
     object_store::{ObjectMetadata, ObjectStore},
     stream::StorageType,
 };
-use cairn_storage::Store;
-use futures::TryStreamExt as _;
+use cairn_storage::{Digest, Store};
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt as _;
 use tracing::{info, warn};
 
-use super::log::{LOG_STREAM, LOG_SUBJECT_PREFIX};
+use super::{
+    blobs::{Blobs, Collected},
+    log::{decode_commit, LOG_STREAM, LOG_SUBJECT_PREFIX},
+};
 
 /// The object store bucket that holds the snapshots.
 pub const SNAPSHOT_BUCKET: &str = "CAIRN_SNAPSHOTS";
@@ -159,8 +168,14 @@ impl Snapshots {
     }
 
     /// Checkpoints `store` under `work_dir` and uploads its files; answers
-    /// the manifest, not yet published ([`Snapshots::publish`]).
-    pub async fn take(&self, store: &Store, work_dir: &Path, node: &str) -> Result<Manifest, String> {
+    /// the manifest, not yet published ([`Snapshots::publish`]), and the
+    /// blobs the checkpoint's views reference.
+    pub async fn take(
+        &self,
+        store: &Store,
+        work_dir: &Path,
+        node: &str,
+    ) -> Result<(Manifest, Vec<Digest>), String> {
         let id = cairn_events::envelope::new_id();
         let dir = work_dir.join(format!("snapshot-{id}"));
         tokio::fs::create_dir_all(work_dir)
@@ -171,7 +186,17 @@ impl Snapshots {
             .await
             .map_err(|e| e.to_string());
         let uploaded = match taken {
-            Ok(at) => self.upload(&id, &dir).await.map(|files| (at, files)),
+            Ok(at) => match self.upload(&id, &dir).await {
+                Ok(files) => {
+                    let d = dir.clone();
+                    tokio::task::spawn_blocking(move || Store::referenced_blobs_at(&d))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map(|referenced| (at, files, referenced))
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         // The checkpoint's hard links go whatever happened.
@@ -180,8 +205,8 @@ impl Snapshots {
                 warn!(dir = %dir.display(), error = %e, "cannot remove a snapshot's checkpoint");
             }
         }
-        let (at, files) = uploaded?;
-        Ok(Manifest {
+        let (at, files, referenced) = uploaded?;
+        let manifest = Manifest {
             id,
             position: at.position,
             last_seq: at.last_seq,
@@ -191,7 +216,8 @@ impl Snapshots {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             files,
-        })
+        };
+        Ok((manifest, referenced))
     }
 
     async fn upload(&self, id: &str, dir: &Path) -> Result<Vec<(String, u64)>, String> {
@@ -399,20 +425,34 @@ pub async fn trim(js: &jetstream::Context, below: u64) -> Result<Trimmed, String
     Ok(trimmed)
 }
 
+/// What one round of the snapshotter did.
+#[derive(Debug, Clone)]
+pub struct Round {
+    /// The snapshot it made current.
+    pub manifest: Manifest,
+    /// The log's trim.
+    pub trimmed: Trimmed,
+    /// The blobs' collection.
+    pub collected: Collected,
+}
+
 /// One round of the snapshotter role: when `store` moved at least
 /// `min_messages` positions past the current snapshot, takes one, makes it
-/// current, and trims the log below the lowest of its position and
-/// `live_positions` (every live node's applied position). Answers the new
-/// manifest and the trim, or `None` when there was nothing to do.
+/// current, trims the log below the lowest of its position and
+/// `live_positions` (every live node's applied position), and collects the
+/// blobs nothing needs any more ([`Blobs::collect`]: what the snapshot's
+/// views and the commits the log still holds reference is kept). Answers
+/// what it did, or `None` when there was nothing to do.
 pub async fn round(
     js: &jetstream::Context,
     snapshots: &Snapshots,
+    blobs: &Blobs,
     store: &Store,
     work_dir: &Path,
     node: &str,
     min_messages: u64,
     live_positions: impl FnOnce() -> Vec<u64>,
-) -> Result<Option<(Manifest, Trimmed)>, String> {
+) -> Result<Option<Round>, String> {
     let previous = snapshots.latest().await?;
     let position = store.replication_position().map_err(|e| e.to_string())?;
     let since = previous.as_ref().map_or(0, |p| p.position);
@@ -420,7 +460,9 @@ pub async fn round(
         return Ok(None);
     }
     let started = std::time::Instant::now();
-    let mut manifest = snapshots.take(store, work_dir, node).await?;
+    // Read before what the collection keeps is worked out.
+    let bound = blobs.collection_bound().await?;
+    let (mut manifest, referenced) = snapshots.take(store, work_dir, node).await?;
     let floor = live_positions()
         .into_iter()
         .chain([manifest.position])
@@ -431,16 +473,87 @@ pub async fn round(
         .max(previous.as_ref().map_or(0, |p| p.trimmed_below));
     snapshots.publish(&manifest).await?;
     let trimmed = trim(js, manifest.trimmed_below).await?;
+    let mut needed: HashSet<[u8; 32]> = referenced.into_iter().map(|d| d.0).collect();
+    let scanned = referenced_in_log(js, store, manifest.trimmed_below, &mut needed).await?;
+    let collected = blobs.collect(bound, &needed).await?;
     info!(
         snapshot = %manifest.id,
         position = manifest.position,
         bytes = manifest.bytes(),
         trimmed_below = manifest.trimmed_below,
         purged = trimmed.purged,
+        commits_scanned = scanned,
+        blobs_needed = needed.len(),
+        blobs_collected = collected.blobs,
+        blobs_kept_young = collected.kept_young,
         took_ms = started.elapsed().as_millis() as u64,
-        "snapshot taken; log trimmed"
+        "snapshot taken; log trimmed; blobs collected"
     );
-    Ok(Some((manifest, trimmed)))
+    Ok(Some(Round {
+        manifest,
+        trimmed,
+        collected,
+    }))
+}
+
+/// Longest wait for the next message of the log while it is scanned.
+const SCAN_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Adds to `needed` every blob the commits of `CAIRN_LOG` from position
+/// `from` to its end (as it is now) reference (what a node still applying
+/// them fetches); answers how many messages it read.
+async fn referenced_in_log(
+    js: &jetstream::Context,
+    store: &Store,
+    from: u64,
+    needed: &mut HashSet<[u8; 32]>,
+) -> Result<u64, String> {
+    let mut stream = js
+        .get_stream(LOG_STREAM)
+        .await
+        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
+        .state
+        .last_sequence;
+    if last < from {
+        return Ok(0);
+    }
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("ordered consumer on {LOG_STREAM}: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
+    let mut read = 0;
+    loop {
+        let message = tokio::time::timeout(SCAN_MESSAGE_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| format!("reading {LOG_STREAM}: nothing for {SCAN_MESSAGE_TIMEOUT:?}"))?
+            .ok_or_else(|| format!("reading {LOG_STREAM}: the consumer ended"))?
+            .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
+        read += 1;
+        let position = message.info().map_err(|e| e.to_string())?.stream_sequence;
+        // Fences and markers carry no envelopes; an undecodable commit
+        // references nothing.
+        if let Ok(envelopes) = decode_commit(&message.payload) {
+            for env in &envelopes {
+                needed.extend(store.blobs_referenced(env).into_iter().map(|d| d.0));
+            }
+        }
+        if position >= last {
+            return Ok(read);
+        }
+    }
 }
 
 /// Pause between two rounds after a failed one, at least.

@@ -9,9 +9,12 @@
 //! database, under `blobs/`); blob rows are. A node opening a checkpoint
 //! fetches the referenced blobs it lacks ([`Store::missing_blobs`]).
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
-use rocksdb::{checkpoint::Checkpoint as RocksCheckpoint, IteratorMode};
+use rocksdb::{checkpoint::Checkpoint as RocksCheckpoint, IteratorMode, DB};
 use tokio::sync::oneshot;
 
 use super::{command::Command, writer::Writer, Store};
@@ -45,21 +48,24 @@ impl Store {
     /// Blocking.
     pub fn referenced_blobs(&self) -> Result<Vec<Digest>, StorageError> {
         let inner = self.inner();
-        let mut referenced = BTreeSet::new();
-        for item in inner
-            .db
-            .iterator_cf(inner.cf(Column::BlobRefs), IteratorMode::Start)
-        {
-            let (key, _) = item?;
-            let at = key
-                .len()
-                .checked_sub(32)
-                .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
-            let digest = <[u8; 32]>::try_from(&key[at..])
-                .map_err(|_| StorageError::Corrupt("blob ref key without a sha256".into()))?;
-            referenced.insert(digest);
-        }
-        Ok(referenced.into_iter().map(Digest).collect())
+        referenced_in(
+            inner
+                .db
+                .iterator_cf(inner.cf(Column::BlobRefs), IteratorMode::Start),
+        )
+    }
+
+    /// Every blob the views of the checkpoint in `dir` reference, each
+    /// once, in digest order (the database opened read-only; the checkpoint
+    /// must not be open as a store). Blocking.
+    pub fn referenced_blobs_at(dir: &Path) -> Result<Vec<Digest>, StorageError> {
+        let options = rocksdb::Options::default();
+        let families = DB::list_cf(&options, dir)?;
+        let db = DB::open_cf_for_read_only(&options, dir, &families, false)?;
+        let cf = db.cf_handle(Column::BlobRefs.name()).ok_or_else(|| {
+            StorageError::Corrupt(format!("checkpoint {} has no blob refs", dir.display()))
+        })?;
+        referenced_in(db.iterator_cf(cf, IteratorMode::Start))
     }
 
     /// The referenced blobs this store does not hold (a store opened from a
@@ -73,6 +79,24 @@ impl Store {
         }
         Ok(missing)
     }
+}
+
+/// The digests of the blob refs `rows` (`<view prefix><sha256>` keys).
+fn referenced_in(
+    rows: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+) -> Result<Vec<Digest>, StorageError> {
+    let mut referenced = BTreeSet::new();
+    for item in rows {
+        let (key, _) = item?;
+        let at = key
+            .len()
+            .checked_sub(32)
+            .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
+        let digest = <[u8; 32]>::try_from(&key[at..])
+            .map_err(|_| StorageError::Corrupt("blob ref key without a sha256".into()))?;
+        referenced.insert(digest);
+    }
+    Ok(referenced.into_iter().map(Digest).collect())
 }
 
 impl Writer {
@@ -149,6 +173,7 @@ mod tests {
                 last_seq: 2
             }
         );
+        assert_eq!(Store::referenced_blobs_at(&copy).unwrap(), referenced);
         let opened = Store::open(StoreConfig::new(&copy), default_views()).unwrap();
         assert_eq!(opened.state_dump().unwrap(), store.state_dump().unwrap());
         assert_eq!(opened.referenced_blobs().unwrap(), referenced);
