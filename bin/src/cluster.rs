@@ -125,7 +125,8 @@ impl ClusterStart {
                 .await
                 .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
             if let Some(manifest) = manifest.filter(|m| m.needed_by(position)) {
-                let (opened, restored) = replace_store(config, store, &snapshots, &manifest).await?;
+                let (opened, restored) =
+                    replace_store(config, store, &snapshots, &manifest).await?;
                 store = opened;
                 if let Err(e) = restored {
                     // The snapshot was replaced while it downloaded (its
@@ -559,17 +560,15 @@ struct Snapshotter {
 
 impl Snapshotter {
     fn start(&self) {
-        let blobs = self.blobs.clone();
-        let (js, node, store, work_dir, interval, min_messages, replicas, members) = (
+        let (js, blobs, store, work_dir, node, min_messages) = (
             self.js.clone(),
-            self.node.clone(),
+            self.blobs.clone(),
             self.store.clone(),
             self.work_dir.clone(),
-            self.interval,
+            self.node.clone(),
             self.min_messages,
-            self.replicas,
-            self.members.clone(),
         );
+        let (interval, replicas, members) = (self.interval, self.replicas, self.members.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -588,6 +587,15 @@ impl Snapshotter {
                         continue;
                     }
                 };
+                let role = snapshot::Snapshotter {
+                    js: js.clone(),
+                    snapshots,
+                    blobs: blobs.clone(),
+                    store: store.clone(),
+                    work_dir: work_dir.clone(),
+                    node: node.clone(),
+                    min_messages,
+                };
                 let positions = || {
                     let live = view.live();
                     view.members()
@@ -596,18 +604,7 @@ impl Snapshotter {
                         .map(|m| m.applied_position)
                         .collect()
                 };
-                if let Err(e) = snapshot::round(
-                    &js,
-                    &snapshots,
-                    &blobs,
-                    &store,
-                    &work_dir,
-                    &node,
-                    min_messages,
-                    positions,
-                )
-                .await
-                {
+                if let Err(e) = role.round(positions).await {
                     warn!(error = %e, "snapshotter: round failed");
                 }
             }

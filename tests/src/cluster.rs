@@ -136,7 +136,8 @@ impl CairnCluster {
         }
         let node = self.spawn(i).await;
         self.nodes.push(Some(node));
-        self.clients.push(Client::connect(&self.nats.url(i % 3)).await);
+        self.clients
+            .push(Client::connect(&self.nats.url(i % 3)).await);
         i
     }
 

@@ -39,7 +39,12 @@ async fn manifest(js: &jetstream::Context) -> Option<Value> {
 /// `endpoint` on node `n<i>` once it applied `seq`.
 async fn read_on(cluster: &CairnCluster, i: usize, endpoint: &str, body: Value, seq: u64) -> Value {
     let (reply, headers) = cluster.clients[0]
-        .call_node(&format!("n{i}"), endpoint, body.clone(), min_seq(&seq.to_string()))
+        .call_node(
+            &format!("n{i}"),
+            endpoint,
+            body.clone(),
+            min_seq(&seq.to_string()),
+        )
         .await;
     assert_eq!(
         headers.get("Cairn-Node").map(|v| v.as_str().to_owned()),
@@ -115,12 +120,23 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
     .await;
     let written = next.load(std::sync::atomic::Ordering::Relaxed);
     let trimmed_below = taken["trimmed_below"].as_u64().unwrap();
-    assert!(taken["position"].as_u64().unwrap() >= trimmed_below - 1, "{taken}");
+    assert!(
+        taken["position"].as_u64().unwrap() >= trimmed_below - 1,
+        "{taken}"
+    );
     assert!(!taken["files"].as_array().unwrap().is_empty(), "{taken}");
     // Below the trim, at most one message per subject (each stream's
     // last, for fencing) is left.
     let state = wait_until("the trim to show in the log", WAIT, || async {
-        let state = js.get_stream("CAIRN_LOG").await.unwrap().info().await.unwrap().state.clone();
+        let state = js
+            .get_stream("CAIRN_LOG")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .clone();
         let above = state.last_sequence + 1 - trimmed_below;
         if state.messages <= above + state.subjects_count {
             Ok(state)
@@ -143,7 +159,12 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
 
     // One more write, then every node's log is the same, event for event.
     let (reply, headers) = cluster.clients[2]
-        .call_node("n2", "kv.set", json!({"namespace": NS, "key": "after", "value": "restore"}), HeaderMap::new())
+        .call_node(
+            "n2",
+            "kv.set",
+            json!({"namespace": NS, "key": "after", "value": "restore"}),
+            HeaderMap::new(),
+        )
         .await;
     reply.unwrap();
     let seq = seq.max(seq_of(&headers));
@@ -153,7 +174,11 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
         log_of(&cluster.clients[0], "n2", seq).await,
         log_of(&cluster.clients[0], "n3", seq).await,
     ];
-    assert!(logs[0].len() as u64 >= seq, "{} events, seq {seq}", logs[0].len());
+    assert!(
+        logs[0].len() as u64 >= seq,
+        "{} events, seq {seq}",
+        logs[0].len()
+    );
     assert_eq!(logs[0], logs[1]);
     assert_eq!(logs[0], logs[2]);
     assert_eq!(logs[0], logs[3]);
@@ -162,7 +187,14 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
     // restored nodes fetched).
     for i in 0..4 {
         for k in 0..10 {
-            let got = read_on(&cluster, i, "kv.get", json!({"namespace": NS, "key": format!("k{k}")}), seq).await;
+            let got = read_on(
+                &cluster,
+                i,
+                "kv.get",
+                json!({"namespace": NS, "key": format!("k{k}")}),
+                seq,
+            )
+            .await;
             // The last value written to key k: the last i < written
             // with i % 10 == k.
             let last = (0..written).rev().find(|i| i % 10 == k).unwrap();
@@ -185,7 +217,11 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
             "{name}: {want}"
         );
         for i in 1..4 {
-            assert_eq!(read_on(&cluster, i, "pkgrev.resources", key.clone(), seq).await, want, "{name} on n{i}");
+            assert_eq!(
+                read_on(&cluster, i, "pkgrev.resources", key.clone(), seq).await,
+                want,
+                "{name} on n{i}"
+            );
         }
     }
 }
@@ -230,7 +266,10 @@ async fn the_snapshotter_collects_the_blobs_nothing_needs_and_keeps_the_others()
     assert!(blob_in_stream(&js, &gone).await);
     assert!(blob_in_stream(&js, &kept).await);
     cluster.clients[2]
-        .ok("pkgrev.delete", json!({"namespace": NS, "name": "r.gone.ws"}))
+        .ok(
+            "pkgrev.delete",
+            json!({"namespace": NS, "name": "r.gone.ws"}),
+        )
         .await;
 
     // Snapshots go on as the log moves; once the deleted draft's blob is
@@ -243,7 +282,10 @@ async fn the_snapshotter_collects_the_blobs_nothing_needs_and_keeps_the_others()
         for _ in 0..20 {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             cluster.clients[0]
-                .ok("kv.set", json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}))
+                .ok(
+                    "kv.set",
+                    json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}),
+                )
                 .await;
         }
         Err("still in CAIRN_BLOBS".to_owned())
@@ -251,10 +293,15 @@ async fn the_snapshotter_collects_the_blobs_nothing_needs_and_keeps_the_others()
     .await;
     // What a view references stays, whatever its age.
     assert!(blob_in_stream(&js, &kept).await);
-    let listed = cluster.clients[0].ok("pkgrev.list", json!({"namespace": NS})).await;
+    let listed = cluster.clients[0]
+        .ok("pkgrev.list", json!({"namespace": NS}))
+        .await;
     for item in listed["items"].as_array().unwrap() {
         let resources = cluster.clients[0]
-            .ok("pkgrev.resources", json!({"namespace": NS, "name": item["name"]}))
+            .ok(
+                "pkgrev.resources",
+                json!({"namespace": NS, "name": item["name"]}),
+            )
             .await;
         for (path, text) in resources["resources"].as_object().unwrap() {
             assert!(

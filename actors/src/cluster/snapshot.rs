@@ -286,7 +286,10 @@ impl Snapshots {
         for (file, size) in &manifest.files {
             let path = dir.join(file);
             let mut object = self.bucket.get(manifest.object(file)).await.map_err(|e| {
-                format!("snapshot {} file {file}: {e} (replaced meanwhile? retry)", manifest.id)
+                format!(
+                    "snapshot {} file {file}: {e} (replaced meanwhile? retry)",
+                    manifest.id
+                )
             })?;
             let mut out = tokio::fs::File::create(&path)
                 .await
@@ -436,64 +439,90 @@ pub struct Round {
     pub collected: Collected,
 }
 
-/// One round of the snapshotter role: when `store` moved at least
-/// `min_messages` positions past the current snapshot, takes one, makes it
-/// current, trims the log below the lowest of its position and
-/// `live_positions` (every live node's applied position), and collects the
-/// blobs nothing needs any more ([`Blobs::collect`]: what the snapshot's
-/// views and the commits the log still holds reference is kept). Answers
-/// what it did, or `None` when there was nothing to do.
-pub async fn round(
-    js: &jetstream::Context,
-    snapshots: &Snapshots,
-    blobs: &Blobs,
-    store: &Store,
-    work_dir: &Path,
-    node: &str,
-    min_messages: u64,
-    live_positions: impl FnOnce() -> Vec<u64>,
-) -> Result<Option<Round>, String> {
-    let previous = snapshots.latest().await?;
-    let position = store.replication_position().map_err(|e| e.to_string())?;
-    let since = previous.as_ref().map_or(0, |p| p.position);
-    if position == 0 || position < since.saturating_add(min_messages.max(1)) {
-        return Ok(None);
+/// What the snapshotter role works with ([`Snapshotter::round`]).
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The snapshots bucket.
+    pub snapshots: Snapshots,
+    /// `CAIRN_BLOBS`.
+    pub blobs: Blobs,
+    /// This node's store.
+    pub store: Store,
+    /// Where checkpoints are made (the node's data directory: the store's
+    /// file system).
+    pub work_dir: PathBuf,
+    /// This node's id.
+    pub node: String,
+    /// Positions the store must move past the last snapshot for a new one.
+    pub min_messages: u64,
+}
+
+impl Snapshotter {
+    /// One round of the snapshotter role: when the store moved at least
+    /// `min_messages` positions past the current snapshot, takes one, makes
+    /// it current, trims the log below the lowest of its position and
+    /// `live_positions` (every live node's applied position), and collects
+    /// the blobs nothing needs any more ([`Blobs::collect`]: what the
+    /// snapshot's views and the commits the log still holds reference is
+    /// kept). Answers what it did, or `None` when there was nothing to do.
+    pub async fn round(
+        &self,
+        live_positions: impl FnOnce() -> Vec<u64>,
+    ) -> Result<Option<Round>, String> {
+        let Self {
+            js,
+            snapshots,
+            blobs,
+            store,
+            work_dir,
+            node,
+            min_messages,
+        } = self;
+        let min_messages = *min_messages;
+        let previous = snapshots.latest().await?;
+        let position = store.replication_position().map_err(|e| e.to_string())?;
+        let since = previous.as_ref().map_or(0, |p| p.position);
+        if position == 0 || position < since.saturating_add(min_messages.max(1)) {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        // Read before what the collection keeps is worked out.
+        let bound = blobs.collection_bound().await?;
+        let (mut manifest, referenced) = snapshots.take(store, work_dir, node).await?;
+        let floor = live_positions()
+            .into_iter()
+            .chain([manifest.position])
+            .min()
+            .unwrap_or(manifest.position);
+        manifest.trimmed_below = floor
+            .saturating_add(1)
+            .max(previous.as_ref().map_or(0, |p| p.trimmed_below));
+        snapshots.publish(&manifest).await?;
+        let trimmed = trim(js, manifest.trimmed_below).await?;
+        let mut needed: HashSet<[u8; 32]> = referenced.into_iter().map(|d| d.0).collect();
+        let scanned = referenced_in_log(js, store, manifest.trimmed_below, &mut needed).await?;
+        let collected = blobs.collect(bound, &needed).await?;
+        info!(
+            snapshot = %manifest.id,
+            position = manifest.position,
+            bytes = manifest.bytes(),
+            trimmed_below = manifest.trimmed_below,
+            purged = trimmed.purged,
+            commits_scanned = scanned,
+            blobs_needed = needed.len(),
+            blobs_collected = collected.blobs,
+            blobs_kept_young = collected.kept_young,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot taken; log trimmed; blobs collected"
+        );
+        Ok(Some(Round {
+            manifest,
+            trimmed,
+            collected,
+        }))
     }
-    let started = std::time::Instant::now();
-    // Read before what the collection keeps is worked out.
-    let bound = blobs.collection_bound().await?;
-    let (mut manifest, referenced) = snapshots.take(store, work_dir, node).await?;
-    let floor = live_positions()
-        .into_iter()
-        .chain([manifest.position])
-        .min()
-        .unwrap_or(manifest.position);
-    manifest.trimmed_below = floor
-        .saturating_add(1)
-        .max(previous.as_ref().map_or(0, |p| p.trimmed_below));
-    snapshots.publish(&manifest).await?;
-    let trimmed = trim(js, manifest.trimmed_below).await?;
-    let mut needed: HashSet<[u8; 32]> = referenced.into_iter().map(|d| d.0).collect();
-    let scanned = referenced_in_log(js, store, manifest.trimmed_below, &mut needed).await?;
-    let collected = blobs.collect(bound, &needed).await?;
-    info!(
-        snapshot = %manifest.id,
-        position = manifest.position,
-        bytes = manifest.bytes(),
-        trimmed_below = manifest.trimmed_below,
-        purged = trimmed.purged,
-        commits_scanned = scanned,
-        blobs_needed = needed.len(),
-        blobs_collected = collected.blobs,
-        blobs_kept_young = collected.kept_young,
-        took_ms = started.elapsed().as_millis() as u64,
-        "snapshot taken; log trimmed; blobs collected"
-    );
-    Ok(Some(Round {
-        manifest,
-        trimmed,
-        collected,
-    }))
 }
 
 /// Longest wait for the next message of the log while it is scanned.
@@ -555,9 +584,6 @@ async fn referenced_in_log(
         }
     }
 }
-
-/// Pause between two rounds after a failed one, at least.
-pub const ROUND_RETRY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

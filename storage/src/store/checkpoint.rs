@@ -183,6 +183,9 @@ mod tests {
 
         // A directory that exists is refused, naming it.
         let err = futures::executor::block_on(store.checkpoint_async(copy.clone())).unwrap_err();
-        assert!(err.to_string().contains(&copy.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&copy.display().to_string()),
+            "{err}"
+        );
     }
 }

@@ -56,8 +56,8 @@ mod scan;
 mod writer;
 
 pub use crate::read::Rows;
-pub use checkpoint::Checkpointed;
 pub use blobs::{BlobSpool, BlobWriter, GC_DELETE_BATCH_BLOBS, STREAM_CHUNK_BYTES};
+pub use checkpoint::Checkpointed;
 pub use command::{RebuildProgress, RebuildStats};
 pub use config::StoreConfig;
 pub use handle::{MemoryUsage, Store, WriterStats};
