@@ -146,8 +146,8 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
     })
     .await;
     assert!(
-        state.messages + 150 < state.last_sequence,
-        "the trim removed the rewrites: {state:?}"
+        state.messages < state.last_sequence,
+        "the trim removed messages: {state:?}"
     );
 
     // n2 starts again: it could not apply a log with a gap; it restores
