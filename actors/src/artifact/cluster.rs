@@ -120,10 +120,10 @@ use super::{
 };
 use crate::{
     cluster::ClusterAppend,
-    service::idempotency::{self, RequestKey, REQUEST_ID_HEADER},
     service::cluster::{
         forward_on, route, ClusterRouting, Forwarded, Route, REROUTE_PAUSE, REROUTE_WINDOW,
     },
+    service::idempotency::{self, RequestKey, REQUEST_ID_HEADER},
 };
 
 /// The pseudo-stream whose lease makes a node the one that applies the

@@ -27,6 +27,12 @@
 //!   was applied.
 //!
 //! Writes without the header behave as before. Reads ignore it.
+//!
+//! Stream writers that check keys themselves, right before they append
+//! ([`recorded_blocking`], [`events_blocking`]): the key-value cache's
+//! `kv.set|delete|configure` (see `crate::kv`) and, on a cluster, the
+//! artifact cache's records (see `crate::artifact::cluster`), whose keys a
+//! node makes and sends with every attempt.
 
 use std::{
     collections::HashMap,
