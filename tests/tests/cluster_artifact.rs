@@ -8,8 +8,9 @@
 //! stream is replaced and the next miss stores through the new owner; a
 //! paused owner that wakes is fenced; the three logs are the same
 //! after a mixed artifact workload (stores, revalidation, invalidation,
-//! evictions by request and by LRU); and a record sent again with its
-//! idempotency key, before or after a failover, appends nothing.
+//! evictions by request and by LRU); a record sent again with its
+//! idempotency key, before or after a failover, appends nothing; and
+//! three nodes serving one stale entry revalidate it once.
 
 use std::time::Duration;
 
@@ -765,5 +766,96 @@ async fn a_record_sent_again_with_its_key_appends_nothing_at_the_owner_or_after_
         let hit = f.get(node, &path).await;
         assert_eq!(hit.cache_status, "cairn; hit", "n{node}");
         assert_eq!(hit.body, b"the base body");
+    }
+}
+
+/// The background revalidation of `stale-while-revalidate` is claimed
+/// from the stream's owner like a miss: three nodes serving the same stale
+/// entry at once make one conditional request to the origin; the other
+/// two wait for it (a single-flight join each) and then find the entry
+/// revalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serving_a_stale_entry_make_one_background_revalidation() {
+    let f = fixture(&[]).await;
+    let gate = Gate::new();
+    f.origin.replies(
+        "/swr.tgz",
+        vec![
+            Reply::new(200, "swr body")
+                .header("cache-control", "max-age=0, stale-while-revalidate=600")
+                .header("etag", "\"s1\""),
+            Reply::new(304, "")
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"s1\"")
+                .after(&gate),
+        ],
+    );
+    assert_eq!(
+        f.get(0, "/swr.tgz").await.cache_status,
+        "cairn; fwd=miss; stored"
+    );
+    let url = f.url("/swr.tgz");
+    let seq = f.seq_on(0).await;
+    for node in 0..3 {
+        assert_eq!(f.listed(node, seq).await, vec![url.clone()], "n{node}");
+    }
+
+    // Stale on every node: each serves it at once and wants to revalidate
+    // it in the background.
+    let served = futures::future::join_all((0..3).map(|node| f.get(node, "/swr.tgz"))).await;
+    for (node, got) in served.iter().enumerate() {
+        assert_eq!(got.cache_status, "cairn; hit; detail=stale", "n{node}");
+        assert_eq!(got.body, b"swr body", "n{node}");
+    }
+    let joins = || async {
+        let mut total = 0;
+        for node in 0..3 {
+            let (stats, _) = f.on(node, "artifact.stats", json!({})).await;
+            total += stats.unwrap()["single_flight_joins"].as_u64().unwrap_or(0);
+        }
+        total
+    };
+    // One node's conditional request reaches the origin (held there);
+    // the two others wait for it — or, without a claim, ask too.
+    wait_until("the revalidations to be claimed", WAIT, || async {
+        let (asked, joined) = (f.origin.count("/swr.tgz"), joins().await);
+        if asked > 2 || (asked == 2 && joined == 2) {
+            Ok(())
+        } else {
+            Err(format!("{asked} origin requests, {joined} joins"))
+        }
+    })
+    .await;
+    assert_eq!(f.origin.count("/swr.tgz"), 2, "one conditional request");
+    assert_eq!(joins().await, 2);
+    let conditional = &f.origin.requests_for("/swr.tgz")[1];
+    assert_eq!(conditional.header("if-none-match"), Some("\"s1\""));
+
+    gate.open();
+    for node in ["n0", "n1", "n2"] {
+        wait_until(
+            &format!("{node} to apply the revalidation"),
+            WAIT,
+            || async {
+                let log = log_of(&f.cluster.clients[0], node, 0).await;
+                match about(&log, "ArtifactRevalidated", &url) {
+                    1 => Ok(()),
+                    n => Err(format!("{n} ArtifactRevalidated")),
+                }
+            },
+        )
+        .await;
+    }
+    for node in 0..3 {
+        let hit = f.get(node, "/swr.tgz").await;
+        assert_eq!(hit.cache_status, "cairn; hit", "n{node}");
+        assert_eq!(hit.body, b"swr body", "n{node}");
+    }
+    assert_eq!(f.origin.count("/swr.tgz"), 2);
+    let seq = f.seq_on(0).await;
+    for node in ["n0", "n1", "n2"] {
+        let log = log_of(&f.cluster.clients[0], node, seq).await;
+        assert_eq!(about(&log, "ArtifactRevalidated", &url), 1, "{node}");
+        assert_eq!(about(&log, "ArtifactStored", &url), 1, "{node}");
     }
 }

@@ -798,7 +798,11 @@ impl ArtifactCache {
                     && rules::stale_while_revalidate(&stored_headers)
                         .is_some_and(|w| staleness <= w)
                 {
-                    // Served stale now; one background revalidation.
+                    // Served stale now; one background revalidation — on
+                    // a cluster, one for the whole cluster: claimed from
+                    // the stream's owner as a miss is (another node's
+                    // revalidation in flight, or applied there already,
+                    // makes this one unnecessary).
                     if let Some(guard) = self.lead(&url) {
                         let cache = self.clone();
                         let mut background = CacheRequest {
@@ -812,6 +816,18 @@ impl ArtifactCache {
                         };
                         let row = row.clone();
                         tokio::spawn(async move {
+                            if !cache
+                                .claimed(
+                                    background.url.as_str(),
+                                    &background.headers,
+                                    Some(row.stream_version),
+                                    &guard,
+                                )
+                                .await
+                            {
+                                debug!(url = %background.url, "revalidated by another node; no background revalidation here");
+                                return;
+                            }
                             let policy = rules::policy_of(
                                 &row,
                                 &rules::own_request(

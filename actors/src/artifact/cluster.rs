@@ -59,7 +59,12 @@
 //!   starts without them (a download in flight across a failover may be
 //!   made twice). If the owner cannot be reached, the node downloads
 //!   without a claim. The background revalidation of
-//!   `stale-while-revalidate` is per node.
+//!   `stale-while-revalidate` is claimed the same way, so it is made once
+//!   per cluster: a node serving a stale entry claims the URL (with the
+//!   stale entry's stream version) before its conditional request; on
+//!   `wait` it polls until the other node's revalidation is recorded, then
+//!   finds itself `behind` and does nothing; on `behind` (another node
+//!   revalidated or stored it already) it does nothing either.
 //! - **Removals are decided by the owner.** Every write goes through the
 //!   stream's owner, whose writer checks what removes entries against its
 //!   rows as they are (see [`super::domain`]): an invalidation (an unsafe
@@ -265,13 +270,19 @@ fn record_url(record: &ArtifactRecordRequest) -> Option<&str> {
 /// the endpoint and the record's JSON, as the owner computes it from the
 /// request): every attempt to send it carries this one key.
 fn record_key(record: &ArtifactRecordRequest) -> Result<RequestKey, ArtifactError> {
+    record_key_with(record, format!("art-{}", cairn_events::envelope::new_id()))
+}
+
+/// The idempotency key `id` of `record`: its digest is taken over the
+/// record as this build serialises it (what a node sends), so the sender,
+/// an owner and a node that forwards it compute the same.
+pub fn record_key_with(
+    record: &ArtifactRecordRequest,
+    id: String,
+) -> Result<RequestKey, ArtifactError> {
     let body = serde_json::to_vec(record)
         .map_err(|e| ArtifactError::NotFound(format!("encoding a record: {e}")))?;
-    Ok(idempotency::key_of(
-        RECORD_ENDPOINT_NAME,
-        format!("art-{}", cairn_events::envelope::new_id()),
-        &body,
-    ))
+    Ok(idempotency::key_of(RECORD_ENDPOINT_NAME, id, &body))
 }
 
 /// [`RECORD_ENDPOINT`] without `cairn.v1.`: the endpoint a record's key
