@@ -55,7 +55,11 @@
 //! rows as folding the whole history, and a tombstone removed after its
 //! window leaves the same rows (none) as one kept. A view's checkpoint is
 //! the last sequence number, which compaction keeps. cairn's own views
-//! read only repository streams, so they are unaffected. A domain adding a
+//! read only repository streams, so they are unaffected — except the
+//! `requests` view, which folds the idempotency key any event carries
+//! (key-value writes carry one): a rebuild from a compacted log lacks the
+//! keys only removed events carried (the live view keeps them until their
+//! window closes; see the README's known limitations). A domain adding a
 //! compactable class must keep its views to that rule; the conformance
 //! suite checks it for a last-writer-wins test view.
 

@@ -6,9 +6,11 @@
 //! make one origin request; an invalidation or an eviction through any
 //! node removes the entry on every node; a killed owner of the URL's
 //! stream is replaced and the next miss stores through the new owner; a
-//! paused owner that wakes is fenced; and the three logs are the same
+//! paused owner that wakes is fenced; the three logs are the same
 //! after a mixed artifact workload (stores, revalidation, invalidation,
-//! evictions by request and by LRU).
+//! evictions by request and by LRU); a record sent again with its
+//! idempotency key, before or after a failover, appends nothing; and
+//! three nodes serving one stale entry revalidate it once.
 
 use std::time::Duration;
 
@@ -647,4 +649,213 @@ async fn the_logs_are_identical_after_a_mixed_artifact_workload_through_every_no
     assert!(!listed[0].contains(&f.url("/m4.tgz")), "{listed:?}");
     assert!(!listed[0].contains(&f.url("/m5.tgz")), "{listed:?}");
     assert!(listed[0].contains(&f.url("/reval.tgz")), "{listed:?}");
+}
+
+/// The count of an `artifact.record` reply (a uint64: a JSON string in
+/// the proto3 mapping, 0 omitted).
+fn record_count(reply: &Value) -> u64 {
+    match &reply["count"] {
+        Value::Null => 0,
+        Value::String(s) => s.parse().unwrap(),
+        other => other.as_u64().unwrap(),
+    }
+}
+
+/// A record whose answer was lost is sent again with its idempotency key
+/// (`Cairn-Request-Id`): to the same owner, through another node, or to
+/// the stream's next owner after the first one died. Each time it appends
+/// nothing and answers what the first run appended, so the stream holds
+/// exactly one event for it on every node; the key with another record is
+/// a 409 that appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_sent_again_with_its_key_appends_nothing_at_the_owner_or_after_a_failover() {
+    let mut f = fixture(&[]).await;
+    f.origin.reply(
+        "/base.tgz",
+        Reply::new(200, "the base body").header("cache-control", "max-age=300"),
+    );
+    assert_eq!(
+        f.get(0, "/base.tgz").await.cache_status,
+        "cairn; fwd=miss; stored"
+    );
+    // A record of another URL of the same stream, whose body (the base's)
+    // is in CAIRN_BLOBS already: what a node sends its owner after a miss.
+    let base = f.url("/base.tgz");
+    let seq = f.seq_on(0).await;
+    let log = log_of(&f.cluster.clients[0], "n0", seq).await;
+    let stored = log
+        .iter()
+        .find(|e| e["type"] == "ArtifactStored" && e.to_string().contains(&base))
+        .expect("the base's ArtifactStored")["event"]["artifact_stored"]
+        .clone();
+    assert!(stored.is_object(), "{stored}");
+    let path = f.path_in_stream_of(&base, "recorded");
+    let url = f.url(&path);
+    let mut event = stored.clone();
+    event["key"]["url"] = json!(url);
+    let record = json!({"partition": partition(&url), "node": "n-test", "stored": event});
+    let mut keyed = HeaderMap::new();
+    keyed.insert("Cairn-Request-Id", "record-once");
+    let client = f.cluster.clients[0].clone();
+    let send = |node: String, record: Value| {
+        let (client, keyed) = (client.clone(), keyed.clone());
+        async move {
+            client
+                .call_node(&node, "artifact.record", record, keyed)
+                .await
+        }
+    };
+    let stored_on = |logs: &[Vec<Value>]| {
+        logs.iter()
+            .map(|log| about(log, "ArtifactStored", &url))
+            .collect::<Vec<_>>()
+    };
+
+    // Twice to the owner, then once through a node that does not own the
+    // stream (it forwards the record with its key).
+    let owner = f.owner_of(&url, None).await;
+    let a = index(&owner);
+    let (first, _) = send(owner.clone(), record.clone()).await;
+    let first = first.unwrap();
+    assert_eq!(record_count(&first), 1, "{first}");
+    let (again, headers) = send(owner.clone(), record.clone()).await;
+    assert_eq!(again.unwrap(), first);
+    let other = format!("n{}", (a + 1) % 3);
+    let (through, _) = send(other, record.clone()).await;
+    assert_eq!(through.unwrap(), first);
+    let seq = seq_of(&headers);
+    let mut logs = Vec::new();
+    for node in ["n0", "n1", "n2"] {
+        logs.push(log_of(&f.cluster.clients[0], node, seq).await);
+    }
+    assert_eq!(stored_on(&logs), [1, 1, 1], "one ArtifactStored of {url}");
+    let last = f.seq_on(a).await;
+
+    // The key names that record: with another one it is refused.
+    let mut changed = record.clone();
+    changed["stored"]["size"] = json!("1");
+    let (refused, _) = send(owner.clone(), changed).await;
+    let e = refused.unwrap_err();
+    assert_eq!(e.code, 409, "{e}");
+    assert!(
+        e.message
+            .starts_with("Cairn-Request-Id \"record-once\" was already used for another request"),
+        "{e}"
+    );
+    assert_eq!(f.seq_on(a).await, last);
+
+    // The owner dies; the record is sent again (same key) to the new
+    // owner, and through the other survivor: still one event.
+    f.cluster.kill(a).await;
+    let new_owner = f.owner_of(&url, Some(&owner)).await;
+    let b = index(&new_owner);
+    let survivor = (0..3).find(|i| *i != a && *i != b).unwrap();
+    let (after, _) = send(new_owner.clone(), record.clone()).await;
+    assert_eq!(after.unwrap(), first);
+    let (after, headers) = send(format!("n{survivor}"), record.clone()).await;
+    assert_eq!(after.unwrap(), first);
+    let seq = seq_of(&headers);
+    let logs = [
+        log_of(&f.cluster.clients[0], &new_owner, seq).await,
+        log_of(&f.cluster.clients[0], &format!("n{survivor}"), seq).await,
+    ];
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(stored_on(&logs), [1, 1], "one ArtifactStored of {url}");
+    // The entry is served from both survivors' replicas.
+    for node in [b, survivor] {
+        let hit = f.get(node, &path).await;
+        assert_eq!(hit.cache_status, "cairn; hit", "n{node}");
+        assert_eq!(hit.body, b"the base body");
+    }
+}
+
+/// The background revalidation of `stale-while-revalidate` is claimed
+/// from the stream's owner like a miss: three nodes serving the same stale
+/// entry at once make one conditional request to the origin; the other
+/// two wait for it (a single-flight join each) and then find the entry
+/// revalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serving_a_stale_entry_make_one_background_revalidation() {
+    let f = fixture(&[]).await;
+    let gate = Gate::new();
+    f.origin.replies(
+        "/swr.tgz",
+        vec![
+            Reply::new(200, "swr body")
+                .header("cache-control", "max-age=0, stale-while-revalidate=600")
+                .header("etag", "\"s1\""),
+            Reply::new(304, "")
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"s1\"")
+                .after(&gate),
+        ],
+    );
+    assert_eq!(
+        f.get(0, "/swr.tgz").await.cache_status,
+        "cairn; fwd=miss; stored"
+    );
+    let url = f.url("/swr.tgz");
+    let seq = f.seq_on(0).await;
+    for node in 0..3 {
+        assert_eq!(f.listed(node, seq).await, vec![url.clone()], "n{node}");
+    }
+
+    // Stale on every node: each serves it at once and wants to revalidate
+    // it in the background.
+    let served = futures::future::join_all((0..3).map(|node| f.get(node, "/swr.tgz"))).await;
+    for (node, got) in served.iter().enumerate() {
+        assert_eq!(got.cache_status, "cairn; hit; detail=stale", "n{node}");
+        assert_eq!(got.body, b"swr body", "n{node}");
+    }
+    let joins = || async {
+        let mut total = 0;
+        for node in 0..3 {
+            let (stats, _) = f.on(node, "artifact.stats", json!({})).await;
+            total += stats.unwrap()["single_flight_joins"].as_u64().unwrap_or(0);
+        }
+        total
+    };
+    // One node's conditional request reaches the origin (held there);
+    // the two others wait for it — or, without a claim, ask too.
+    wait_until("the revalidations to be claimed", WAIT, || async {
+        let (asked, joined) = (f.origin.count("/swr.tgz"), joins().await);
+        if asked > 2 || (asked == 2 && joined == 2) {
+            Ok(())
+        } else {
+            Err(format!("{asked} origin requests, {joined} joins"))
+        }
+    })
+    .await;
+    assert_eq!(f.origin.count("/swr.tgz"), 2, "one conditional request");
+    assert_eq!(joins().await, 2);
+    let conditional = &f.origin.requests_for("/swr.tgz")[1];
+    assert_eq!(conditional.header("if-none-match"), Some("\"s1\""));
+
+    gate.open();
+    for node in ["n0", "n1", "n2"] {
+        wait_until(
+            &format!("{node} to apply the revalidation"),
+            WAIT,
+            || async {
+                let log = log_of(&f.cluster.clients[0], node, 0).await;
+                match about(&log, "ArtifactRevalidated", &url) {
+                    1 => Ok(()),
+                    n => Err(format!("{n} ArtifactRevalidated")),
+                }
+            },
+        )
+        .await;
+    }
+    for node in 0..3 {
+        let hit = f.get(node, "/swr.tgz").await;
+        assert_eq!(hit.cache_status, "cairn; hit", "n{node}");
+        assert_eq!(hit.body, b"swr body", "n{node}");
+    }
+    assert_eq!(f.origin.count("/swr.tgz"), 2);
+    let seq = f.seq_on(0).await;
+    for node in ["n0", "n1", "n2"] {
+        let log = log_of(&f.cluster.clients[0], node, seq).await;
+        assert_eq!(about(&log, "ArtifactRevalidated", &url), 1, "{node}");
+        assert_eq!(about(&log, "ArtifactStored", &url), 1, "{node}");
+    }
 }

@@ -4,8 +4,10 @@
 //! node with `Cairn-Min-Seq` (no node serves an overwritten or deleted
 //! value once it applied the change); split commands sum their parts; one
 //! compute for the misses of every node; a killed owner is replaced and
-//! nothing acknowledged is lost; a paused owner that wakes is fenced; and
-//! the three logs are the same after a mixed workload.
+//! nothing acknowledged is lost; a paused owner that wakes is fenced; the
+//! three logs are the same after a mixed workload; and a forwarded write
+//! sent again with its idempotency key is applied once, before and after
+//! a failover.
 
 use std::{
     collections::BTreeMap,
@@ -802,4 +804,170 @@ async fn sigterm_hands_a_partition_over_without_a_failed_write() {
         keys.sort();
         assert_eq!(keys, acknowledged, "n{node}");
     }
+}
+
+/// The headers of a request a node forwarded to a partition's owner with
+/// idempotency key `id` (what the owner gets again when the forwarder
+/// sends it a second time after losing the answer).
+fn forwarded_with(id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Cairn-Request-Id", id);
+    headers.insert("Cairn-Forwarded", "n-test");
+    headers
+}
+
+/// The `kv/` events of `log` of type `kind` naming `key`, with their
+/// `request_id`.
+fn kv_events(log: &[Value], kind: &str, key: &str) -> Vec<(u64, String)> {
+    log.iter()
+        .filter(|e| e["type"] == kind && e.to_string().contains(&format!("\"key\":\"{key}\"")))
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["request_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A forwarded kv write whose answer was lost is sent again with its key:
+/// the owner's partition writer finds the key in the `requests` view and
+/// appends nothing, answering the first run's outcome (the same version) —
+/// at the same owner, for sets batched into one commit (each envelope
+/// carries its own key), and at the next owner after a failover. The key
+/// with another request is a 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_kv_write_sent_again_with_its_key_is_applied_once() {
+    let mut cluster = start().await;
+    let ns = "idem";
+    let owner = owner_of(&cluster, ns, None).await;
+    let a = index(&owner);
+    let client = cluster.clients[0].clone();
+    let send = |node: usize, endpoint: &'static str, body: Value, headers: HeaderMap| {
+        let client = client.clone();
+        async move {
+            let (reply, headers) = client
+                .call_node(&format!("n{node}"), endpoint, body, headers)
+                .await;
+            // Error replies carry no Cairn-Seq.
+            let seq = headers
+                .get("Cairn-Seq")
+                .map_or(0, |s| s.as_str().parse::<u64>().unwrap());
+            (reply, seq)
+        }
+    };
+
+    // One set, twice to the owner with its key, then through another node
+    // (which forwards the client's key): one KvEntrySet, one version.
+    let set = json!({"namespace": ns, "key": "once", "value": 1, "ttl": "1h"});
+    let (first, _) = send(a, "kv.set", set.clone(), forwarded_with("set-once")).await;
+    let first = first.unwrap();
+    let (again, _) = send(a, "kv.set", set.clone(), forwarded_with("set-once")).await;
+    assert_eq!(again.unwrap(), first);
+    let mut client_key = HeaderMap::new();
+    client_key.insert("Cairn-Request-Id", "set-once");
+    let (through, _) = send((a + 1) % 3, "kv.set", set.clone(), client_key.clone()).await;
+    assert_eq!(through.unwrap(), first);
+
+    // Sets of 16 keys, each sent twice at once: batched by the writer
+    // (packed into shared commits), yet each applied once and each
+    // envelope carrying its own key.
+    let batch = futures::future::join_all((0..32).map(|i| {
+        let k = i % 16;
+        send(
+            a,
+            "kv.set",
+            json!({"namespace": ns, "key": format!("b{k}"), "value": k}),
+            forwarded_with(&format!("batch-{k}")),
+        )
+    }))
+    .await;
+    for k in 0..16 {
+        let (x, y) = (&batch[k].0, &batch[k + 16].0);
+        assert_eq!(x.as_ref().unwrap(), y.as_ref().unwrap(), "b{k}");
+    }
+
+    // A delete and a configure, each twice.
+    let delete = json!({"namespace": ns, "key": "b0"});
+    let (deleted, _) = send(a, "kv.delete", delete.clone(), forwarded_with("del-once")).await;
+    assert_eq!(deleted.unwrap(), json!({"deleted": true}));
+    let (deleted, _) = send(a, "kv.delete", delete.clone(), forwarded_with("del-once")).await;
+    assert_eq!(deleted.unwrap(), json!({"deleted": true}));
+    let configure = json!({"namespace": ns, "max_entries": 100});
+    let (configured, _) = send(
+        a,
+        "kv.configure",
+        configure.clone(),
+        forwarded_with("cfg-once"),
+    )
+    .await;
+    let configured = configured.unwrap();
+    let (again, seq) = send(
+        a,
+        "kv.configure",
+        configure.clone(),
+        forwarded_with("cfg-once"),
+    )
+    .await;
+    assert_eq!(again.unwrap(), configured);
+
+    // The key of another request: 409, nothing appended.
+    let (refused, _) = send(
+        a,
+        "kv.set",
+        json!({"namespace": ns, "key": "once", "value": 2}),
+        forwarded_with("set-once"),
+    )
+    .await;
+    let e = refused.unwrap_err();
+    assert_eq!(e.code, 409, "{e}");
+    assert!(
+        e.message
+            .starts_with("Cairn-Request-Id \"set-once\" was already used for another request"),
+        "{e}"
+    );
+    let (_, after) = send(a, "log.read", json!({"limit": 1}), HeaderMap::new()).await;
+    assert_eq!(after, seq, "nothing appended");
+
+    let expect_once = |log: &[Value]| {
+        let version = first["version"].as_u64().unwrap();
+        assert_eq!(
+            kv_events(log, "KvEntrySet", "once"),
+            [(version, "set-once".to_owned())]
+        );
+        for (k, (reply, _)) in batch.iter().take(16).enumerate() {
+            let sets = kv_events(log, "KvEntrySet", &format!("b{k}"));
+            assert_eq!(sets.len(), 1, "b{k}: {sets:?}");
+            assert_eq!(sets[0].1, format!("batch-{k}"));
+            let version = reply.as_ref().unwrap()["version"].as_u64().unwrap();
+            assert_eq!(sets[0].0, version, "b{k}");
+        }
+        assert_eq!(kv_events(log, "KvEntryDeleted", "b0").len(), 1);
+        let configured = log
+            .iter()
+            .filter(|e| e["type"] == "KvNamespaceConfigured" && e["request_id"] == "cfg-once")
+            .count();
+        assert_eq!(configured, 1);
+    };
+    for node in ["n0", "n1", "n2"] {
+        expect_once(&log_of(&cluster.clients[0], node, seq).await);
+    }
+
+    // The owner dies; the set is sent again with its key through a
+    // survivor, to the partition's next owner: still one event.
+    cluster.kill(a).await;
+    let new_owner = owner_of(&cluster, ns, Some(&owner)).await;
+    let b = index(&new_owner);
+    let survivor = (0..3).find(|i| *i != a && *i != b).unwrap();
+    let (after, _) = send(b, "kv.set", set.clone(), forwarded_with("set-once")).await;
+    assert_eq!(after.unwrap(), first);
+    let (after, seq) = send(survivor, "kv.set", set.clone(), client_key).await;
+    assert_eq!(after.unwrap(), first);
+    for node in [b, survivor] {
+        expect_once(&log_of(&cluster.clients[0], &format!("n{node}"), seq).await);
+    }
+    assert_eq!(
+        get_on(&cluster, survivor, ns, "once", seq).await,
+        Ok(json!(1))
+    );
 }

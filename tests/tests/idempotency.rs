@@ -2,7 +2,8 @@
 //! is answered from what its first attempt applied and appends nothing —
 //! at once, concurrently, and after a restart; an id reused for another
 //! request is refused; the CLI sends one id per command and retries it
-//! until a node answers.
+//! until a node answers; kv writes with one id apply once, duplicates
+//! batched together included.
 
 use std::{path::Path, time::Duration};
 
@@ -418,5 +419,68 @@ async fn a_retry_in_another_form_is_the_same_request() {
     assert!(h.get("Nats-Service-Error-Code").is_none(), "{reply:?}");
     assert!(h.get("Cairn-Replayed").is_some(), "{reply:?}");
     assert_eq!(node.store.last_seq().unwrap(), seq);
+    node.shutdown().await;
+}
+
+/// `kv.set`, `kv.delete` and `kv.configure` take the key too, checked by
+/// the partition's writer: duplicates sent together (queued into one
+/// batch of sets) apply once and every one answers the first's version;
+/// after a restart the retry still appends nothing.
+#[actix_rt::test]
+async fn kv_writes_with_one_key_apply_once_even_in_one_batch_and_after_a_restart() {
+    let dir = TestDir::new();
+    let node = TestNodeBuilder::in_dir(&dir.join("node")).start().await;
+    let before = node.store.last_seq().unwrap();
+    let set = |k: usize| json!({"namespace": "ns", "key": format!("k{k}"), "value": k});
+    // Eight keys, each sent four times at once with its own id.
+    let answers = futures::future::join_all((0..32).map(|i| {
+        let (node, body, id) = (&node, set(i % 8), format!("kv-{}", i % 8));
+        async move { send(node, "kv.set", Some(&id), &body).await }
+    }))
+    .await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.code, 200, "{}", answer.body);
+        assert_eq!(answer.body, answers[i % 8].body, "k{}", i % 8);
+    }
+    let delete = json!({"namespace": "ns", "key": "k0"});
+    for _ in 0..2 {
+        let answer = send(&node, "kv.delete", Some("kv-del"), &delete).await;
+        assert_eq!((answer.code, answer.body), (200, json!({"deleted": true})));
+    }
+    // The id of another request.
+    let reused = send(&node, "kv.set", Some("kv-1"), &set(9)).await;
+    assert_eq!(reused.code, 409, "{}", reused.body);
+    let events = node.store.read_all(before + 1, 1000).unwrap();
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                cairn_events::envelope::kind(e).unwrap().name().to_owned(),
+                e.request_id.clone(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, String)> = Vec::new();
+    let mut sets: Vec<(String, String)> = kinds[..8].to_vec();
+    sets.sort();
+    for k in 0..8 {
+        expected.push(("KvEntrySet".to_owned(), format!("kv-{k}")));
+    }
+    assert_eq!(sets, expected, "{kinds:?}");
+    assert_eq!(
+        kinds[8..],
+        [("KvEntryDeleted".to_owned(), "kv-del".to_owned())],
+        "{kinds:?}"
+    );
+    for (k, answer) in answers.iter().take(8).enumerate() {
+        let seq = answer.body["version"].as_u64().unwrap();
+        let event = events.iter().find(|e| e.seq == seq).unwrap();
+        assert_eq!(event.request_id, format!("kv-{k}"));
+    }
+    let last = node.store.last_seq().unwrap();
+    let node = node.stop().await.start().await;
+    let again = send(&node, "kv.set", Some("kv-3"), &set(3)).await;
+    assert_eq!(again.body, answers[3].body);
+    assert_eq!(node.store.last_seq().unwrap(), last);
     node.shutdown().await;
 }

@@ -596,21 +596,29 @@ impl ArtifactCache {
         if self.cluster.is_some() {
             return self.execute_clustered(p, command).await;
         }
-        self.run_local(p, command).await
+        self.run_local(p, command, None).await
     }
 
     /// Runs `command` on this node's writer of partition `p`; a node that
     /// does not run it answers [`ArtifactError::NotOwner`] (nothing ran).
+    /// With `key` (a cluster record's idempotency key), its events carry
+    /// the key and a command whose key was already applied appends nothing
+    /// ([`super::domain`]).
     pub(crate) async fn run_local(
         &self,
         p: u32,
         command: ArtifactCommand,
+        key: Option<&crate::service::idempotency::RequestKey>,
     ) -> Result<u64, ArtifactError> {
         let writer = self.writers[p as usize].read().clone();
         let Some(writer) = writer else {
             return Err(self.not_owner(p));
         };
-        let metadata = cairn_events::envelope::Metadata::command("cairn-artifact-cache");
+        let mut metadata = cairn_events::envelope::Metadata::command("cairn-artifact-cache");
+        if let Some(key) = key {
+            metadata.request_id = key.id.clone();
+            metadata.request_digest = key.digest.clone();
+        }
         writer
             .send(Execute {
                 command,
@@ -790,7 +798,11 @@ impl ArtifactCache {
                     && rules::stale_while_revalidate(&stored_headers)
                         .is_some_and(|w| staleness <= w)
                 {
-                    // Served stale now; one background revalidation.
+                    // Served stale now; one background revalidation — on
+                    // a cluster, one for the whole cluster: claimed from
+                    // the stream's owner as a miss is (another node's
+                    // revalidation in flight, or applied there already,
+                    // makes this one unnecessary).
                     if let Some(guard) = self.lead(&url) {
                         let cache = self.clone();
                         let mut background = CacheRequest {
@@ -804,6 +816,18 @@ impl ArtifactCache {
                         };
                         let row = row.clone();
                         tokio::spawn(async move {
+                            if !cache
+                                .claimed(
+                                    background.url.as_str(),
+                                    &background.headers,
+                                    Some(row.stream_version),
+                                    &guard,
+                                )
+                                .await
+                            {
+                                debug!(url = %background.url, "revalidated by another node; no background revalidation here");
+                                return;
+                            }
                             let policy = rules::policy_of(
                                 &row,
                                 &rules::own_request(
@@ -1706,7 +1730,7 @@ impl ArtifactCache {
             async move {
                 match &self.cluster {
                     Some(_) => self.execute_clustered(*p, command).await,
-                    None => self.run_local(*p, command).await,
+                    None => self.run_local(*p, command, None).await,
                 }
             }
         });

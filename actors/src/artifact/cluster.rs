@@ -29,6 +29,21 @@
 //!   applied the owner's commit before its client gets the last byte, so a
 //!   request after it finds the entry there. Bodies never travel through
 //!   the owner's request path: only a record does.
+//! - **Records are idempotent.** Every record that appends (a store, a
+//!   revalidation, an invalidation, an eviction) gets an idempotency key
+//!   when it is made (`art-<uuid v7>`, with the digest of the endpoint and
+//!   the record, [`crate::service::idempotency::key_of`]) and carries it
+//!   on every attempt — in `Cairn-Request-Id` to an owner, or to this
+//!   node's own writer when the stream is (or came) here. The owner's
+//!   writer records the key in the envelope of the events it appends
+//!   (`Envelope.request_id`, folded into the replicated `requests` view)
+//!   and, before it appends, looks the key up there
+//!   ([`super::domain`]): a record sent again after its answer was lost
+//!   (a timeout, a connection gone, an owner that died after appending)
+//!   appends nothing and answers the count its first run appended —
+//!   whether it reaches the same owner or, after a failover, the next one
+//!   (which applied the log up to its fence before writing). Claims and
+//!   releases append nothing and carry no key.
 //! - **Single flight across the cluster.** Before it asks the origin, the
 //!   node that leads a URL's flight on this node claims the URL from the
 //!   stream's owner (`ArtifactCache::claim_flight`): the owner answers
@@ -44,7 +59,12 @@
 //!   starts without them (a download in flight across a failover may be
 //!   made twice). If the owner cannot be reached, the node downloads
 //!   without a claim. The background revalidation of
-//!   `stale-while-revalidate` is per node.
+//!   `stale-while-revalidate` is claimed the same way, so it is made once
+//!   per cluster: a node serving a stale entry claims the URL (with the
+//!   stale entry's stream version) before its conditional request; on
+//!   `wait` it polls until the other node's revalidation is recorded, then
+//!   finds itself `behind` and does nothing; on `behind` (another node
+//!   revalidated or stored it already) it does nothing either.
 //! - **Removals are decided by the owner.** Every write goes through the
 //!   stream's owner, whose writer checks what removes entries against its
 //!   rows as they are (see [`super::domain`]): an invalidation (an unsafe
@@ -108,6 +128,7 @@ use crate::{
     service::cluster::{
         forward_on, route, ClusterRouting, Forwarded, Route, REROUTE_PAUSE, REROUTE_WINDOW,
     },
+    service::idempotency::{self, RequestKey, REQUEST_ID_HEADER},
 };
 
 /// The pseudo-stream whose lease makes a node the one that applies the
@@ -244,6 +265,29 @@ fn record_url(record: &ArtifactRecordRequest) -> Option<&str> {
         Command::Claim(c) | Command::Release(c) => &c.url,
     })
 }
+
+/// A fresh idempotency key for `record` (id `art-<uuid v7>`, digest of
+/// the endpoint and the record's JSON, as the owner computes it from the
+/// request): every attempt to send it carries this one key.
+fn record_key(record: &ArtifactRecordRequest) -> Result<RequestKey, ArtifactError> {
+    record_key_with(record, format!("art-{}", cairn_events::envelope::new_id()))
+}
+
+/// The idempotency key `id` of `record`: its digest is taken over the
+/// record as this build serialises it (what a node sends), so the sender,
+/// an owner and a node that forwards it compute the same.
+pub fn record_key_with(
+    record: &ArtifactRecordRequest,
+    id: String,
+) -> Result<RequestKey, ArtifactError> {
+    let body = serde_json::to_vec(record)
+        .map_err(|e| ArtifactError::NotFound(format!("encoding a record: {e}")))?;
+    Ok(idempotency::key_of(RECORD_ENDPOINT_NAME, id, &body))
+}
+
+/// [`RECORD_ENDPOINT`] without `cairn.v1.`: the endpoint a record's key
+/// digests.
+pub const RECORD_ENDPOINT_NAME: &str = "artifact.record";
 
 fn task_failed(e: impl std::fmt::Display) -> ArtifactError {
     ArtifactError::NotFound(format!("artifact task failed: {e}"))
@@ -451,16 +495,21 @@ impl ArtifactCache {
                 ))
             }
         });
-        Ok(self.execute_record(&record).await?.count)
+        let key = record_key(&record)?;
+        Ok(self.execute_record(&record, Some(&key)).await?.count)
     }
 
     /// `cairn.v1.artifact.record`: runs a record or a claim where its
     /// stream is written. One another node `forwarded` runs here or is
-    /// refused (503 "does not own": the sender routes it again).
+    /// refused (503 "does not own": the sender routes it again). `key`:
+    /// the request's idempotency key (`Cairn-Request-Id`, which every
+    /// record a node sends carries): a record whose key was applied
+    /// appends nothing and answers as its first run did.
     pub async fn apply_record(
         &self,
         record: ArtifactRecordRequest,
         forwarded: bool,
+        key: Option<&RequestKey>,
     ) -> Result<ArtifactRecordReply, ArtifactError> {
         let cluster = self.cluster_part()?;
         if record.partition >= PARTITIONS {
@@ -489,11 +538,11 @@ impl ArtifactCache {
             }
         }
         if !forwarded {
-            return self.execute_record(&record).await;
+            return self.execute_record(&record, key).await;
         }
         let routing = cluster.routing()?;
         match route(&routing, &StreamId::artifact(record.partition), true).await {
-            Ok(Route::Local) => self.run_record(&record).await,
+            Ok(Route::Local) => self.run_record(&record, key).await,
             Ok(Route::Forward(_)) => Err(self.not_owner(record.partition)),
             Err(e) => Err(e.into()),
         }
@@ -502,9 +551,12 @@ impl ArtifactCache {
     /// Runs `record` at its stream's owner (see the module docs), routed
     /// again while the stream changes hands (at most
     /// [`REROUTE_WINDOW`]).
+    /// `key`: the record's idempotency key, sent with every attempt (to
+    /// this node's writer, or to each owner in turn).
     async fn execute_record(
         &self,
         record: &ArtifactRecordRequest,
+        key: Option<&RequestKey>,
     ) -> Result<ArtifactRecordReply, ArtifactError> {
         let cluster = self.cluster_part()?;
         let routing = cluster.routing()?;
@@ -513,7 +565,7 @@ impl ArtifactCache {
         let mut shipped = false;
         loop {
             let result = match route(&routing, &stream, false).await {
-                Ok(Route::Local) => self.run_record(record).await,
+                Ok(Route::Local) => self.run_record(record, key).await,
                 Ok(Route::Forward(node)) => {
                     if let (Some(Command::Stored(stored)), false) = (&record.command, shipped) {
                         let digest = Digest::parse(&stored.digest).ok_or_else(|| {
@@ -523,7 +575,7 @@ impl ArtifactCache {
                         shipped = true;
                     }
                     match self
-                        .send_record(cluster, &routing, &stream, node, record)
+                        .send_record(cluster, &routing, &stream, node, record, key)
                         .await
                     {
                         Ok(Some(reply)) => Ok(reply),
@@ -553,14 +605,20 @@ impl ArtifactCache {
         stream: &StreamId,
         node: String,
         record: &ArtifactRecordRequest,
+        key: Option<&RequestKey>,
     ) -> Result<Option<ArtifactRecordReply>, ArtifactError> {
         let payload = serde_json::to_vec(record)
             .map_err(|e| ArtifactError::NotFound(format!("encoding a record: {e}")))?;
+        let headers = key.map(|key| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(REQUEST_ID_HEADER, key.id.as_str());
+            headers
+        });
         let forwarded = forward_on(
             &cluster.parts.client,
             routing,
             payload.into(),
-            None,
+            headers.as_ref(),
             RECORD_ENDPOINT,
             stream,
             node,
@@ -609,6 +667,7 @@ impl ArtifactCache {
     async fn run_record(
         &self,
         record: &ArtifactRecordRequest,
+        key: Option<&RequestKey>,
     ) -> Result<ArtifactRecordReply, ArtifactError> {
         let cluster = self.cluster_part()?;
         let p = record.partition;
@@ -664,7 +723,7 @@ impl ArtifactCache {
                 reason: record.reason.clone(),
             },
         };
-        let count = self.run_local(p, command).await?;
+        let count = self.run_local(p, command, key).await?;
         // A stored or revalidated URL's claim by its sender is over.
         if let Some(Command::Stored(_) | Command::Revalidated(_)) = &record.command {
             if let Some(url) = record_url(record) {
@@ -782,7 +841,7 @@ impl ArtifactCache {
                 })),
                 ..Default::default()
             };
-            let reply = match self.execute_record(&record).await {
+            let reply = match self.execute_record(&record, None).await {
                 Ok(reply) => reply,
                 Err(e) => {
                     debug!(url, error = %e, "no claim from the owner; downloading without one");
@@ -836,7 +895,7 @@ impl ArtifactCache {
         };
         let cache = self.clone();
         runtime.spawn(async move {
-            if let Err(e) = cache.execute_record(&record).await {
+            if let Err(e) = cache.execute_record(&record, None).await {
                 debug!(error = %e, "releasing an artifact claim");
             }
         });

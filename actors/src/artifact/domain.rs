@@ -21,6 +21,12 @@
 //! their entries here. So the owner makes every removal decision final,
 //! and the log says the same on every node. A command answers how many
 //! events it appended.
+//!
+//! A command whose metadata carries an idempotency key (a cluster record,
+//! see [`super::cluster`]) is checked against the `requests` view first:
+//! when the key was applied, the writer appends nothing and answers how
+//! many events the key's first run appended (the same key with another
+//! record is [`ArtifactError::RequestReused`], a 409).
 
 use cairn_events::v1::ArtifactRow;
 use cairn_events::{
@@ -248,6 +254,37 @@ fn resolve_blocking(
     })
 }
 
+/// When the session's command carries an idempotency key that the
+/// `requests` view holds (see [`crate::service::idempotency`]): the number
+/// of events its first run appended, which is what it answered. Checked by
+/// the writer, which runs one command at a time and whose appends are
+/// applied to the view before it answers: a retry queued behind the first
+/// attempt, or sent to the stream's next owner after a failover (which
+/// applied the log up to its fence before writing), finds them.
+async fn replayed(session: &Session<ArtifactDomain>) -> Result<Option<u64>, ArtifactError> {
+    use crate::service::idempotency::{events_blocking, recorded_blocking, Recorded};
+    let metadata = session.metadata();
+    if metadata.request_id.is_empty() {
+        return Ok(None);
+    }
+    let store = session.env().store.clone();
+    let (id, digest) = (metadata.request_id.clone(), metadata.request_digest.clone());
+    off_arbiter("artifact-request-id", move || {
+        match recorded_blocking(&store, &id, &digest)? {
+            Recorded::New => Ok(None),
+            Recorded::Reused(row) => Err(ArtifactError::RequestReused {
+                message: crate::service::idempotency::reused_message(&id, &row),
+            }),
+            Recorded::Applied(row) => {
+                let count = events_blocking(&store, &id, &row)?.len() as u64;
+                tracing::debug!(request_id = %id, first_seq = row.first_seq, count, "artifact record already applied; appending nothing");
+                Ok(Some(count))
+            }
+        }
+    })
+    .await?
+}
+
 impl StreamDomain for ArtifactDomain {
     type State = ArtifactState;
     type Command = ArtifactCommand;
@@ -282,6 +319,12 @@ impl StreamDomain for ArtifactDomain {
         command: Self::Command,
     ) -> BoxFuture<'_, Result<Self::Reply, Self::Error>> {
         Box::pin(async move {
+            // A command sent again with its key (a record whose answer was
+            // lost, to this owner or to the one before it) appends nothing
+            // and answers what its first run appended.
+            if let Some(count) = replayed(session).await? {
+                return Ok(count);
+            }
             let checked = matches!(
                 command,
                 ArtifactCommand::EvictIfCurrent(_)

@@ -98,6 +98,15 @@ pub enum ArtifactError {
         /// What failed, as the owner or the routing said.
         message: String,
     },
+    /// The idempotency key of a record was already used for another
+    /// record (409): nothing was appended. cairn makes a fresh key per
+    /// record, so only a foreign sender can cause it.
+    #[error("{message}")]
+    RequestReused {
+        /// What the key was used for (see
+        /// [`crate::service::idempotency::reused_message`]).
+        message: String,
+    },
     /// A decision refused an event for another partition: a bug, 500.
     #[error("event for {url} belongs to partition {expected}, not {found}")]
     WrongPartition {
@@ -125,6 +134,7 @@ impl ArtifactError {
             | Self::Storage(StorageError::Unavailable(_))
             | Self::NotOwner { .. } => 503,
             Self::Cluster { code, .. } => *code,
+            Self::RequestReused { .. } => 409,
             Self::Storage(_) | Self::WrongPartition { .. } => 500,
             Self::Writer(e) => match e {
                 WriterError::Append(StorageError::Closed | StorageError::Unavailable(_)) => 503,

@@ -44,6 +44,14 @@ pub enum KvError {
         /// The partition's stream.
         stream: String,
     },
+    /// The command's idempotency key (`Cairn-Request-Id`) was already
+    /// used for another request: answered 409; nothing was stored.
+    #[error("{message}")]
+    RequestReused {
+        /// What the key was used for (see
+        /// [`crate::service::idempotency::reused_message`]).
+        message: String,
+    },
     /// Too many sets wait for the partition's writer: answered 503, retry
     /// later; nothing was stored.
     #[error("kv partition {partition} has {queued} sets queued, the most it holds")]
@@ -60,6 +68,7 @@ impl From<KvError> for ServiceError {
         match e {
             KvError::Invalid { field, reason } => ServiceError::bad_field(field, reason),
             e @ KvError::NotFound { .. } => ServiceError::not_found(e.to_string()),
+            KvError::RequestReused { message } => ServiceError::conflict(message),
             KvError::Writer(e) => e.into(),
             KvError::Storage(e) => e.into(),
             e @ (KvError::WriterGone { .. } | KvError::Busy { .. } | KvError::NotOwner { .. }) => {

@@ -64,6 +64,20 @@
 //!   after a failed append (not written) are decided again in another
 //!   round of the batch; write-through origins are called by the service
 //!   before a set is queued, so an origin failure fails only its set.
+//! - **Idempotency keys.** `kv.set`, `kv.delete` and `kv.configure`
+//!   carry the request's `Cairn-Request-Id` in their metadata (on a
+//!   cluster, a write forwarded to the owner always has one: the client's
+//!   or the forwarder's, see `service::kv`), recorded in the envelopes of
+//!   what they append (each set of a batch its own). The partition's
+//!   writer looks the key up in the `requests` view before appending — in
+//!   [`run_sets`] once per round for every keyed set of the batch, a second
+//!   set with a key already in the round waiting for the next round — and
+//!   a key applied already appends nothing and answers the first run's
+//!   outcome (a set's version and times, read from its `KvEntrySet`). The
+//!   writer runs one command at a time and its appends are applied to the
+//!   view before it answers, so a retry queued behind its first attempt,
+//!   or sent to the partition's next owner after a failover (which applied
+//!   the log up to its fence first), finds it.
 //! - **Events.** `KvEntrySet`, `KvEntryDeleted`, and bulk events naming
 //!   exactly the entries they remove: `KvEntriesDeleted {by: pattern |
 //!   namespace | tags | clear, selector, count, entries}`,
@@ -136,7 +150,7 @@ use cairn_events::{
     v1::{
         event::Payload, Event, KvEntriesDeleted, KvEntriesEvicted, KvEntriesExpired,
         KvEntryDeleted, KvEntryRef, KvEntryRow, KvEntrySet, KvNamespaceConfigured,
-        KvNamespaceSettings,
+        KvNamespaceSettings, RequestRow,
     },
     StreamId,
 };
@@ -155,6 +169,7 @@ use glob::Glob;
 use memory::{EntryInfo, KvMemory};
 
 use crate::{
+    service::idempotency::{self, Recorded},
     timing::Clock,
     writer::{off_arbiter, Chunking, Execute, Session, StreamDomain, StreamWriter},
 };
@@ -516,6 +531,11 @@ impl StreamDomain for Kv {
                     Ok(KvReply::Batched(n))
                 }
                 KvCommand::Delete { namespace, key } => {
+                    // Sent again with its key (its answer was lost): it
+                    // deleted the entry already.
+                    if replayed(session).await?.is_some() {
+                        return Ok(KvReply::Deleted(true));
+                    }
                     // The entry as it is (the writer is the only one to
                     // change it): from the memory tier, else the view.
                     let row = match env.memory.cached(&namespace, &key) {
@@ -577,6 +597,11 @@ impl StreamDomain for Kv {
                     namespace,
                     settings,
                 } => {
+                    // Sent again with its key: the same settings (the key's
+                    // digest covers them) were configured already.
+                    if replayed(session).await?.is_some() {
+                        return Ok(KvReply::Configured(settings));
+                    }
                     let e = event(Payload::KvNamespaceConfigured(KvNamespaceConfigured {
                         namespace: namespace.clone(),
                         settings: Some(settings.clone()),
@@ -599,6 +624,113 @@ impl StreamDomain for Kv {
             }
         })
     }
+}
+
+/// The first run of the session's command, when it carries an
+/// idempotency key the `requests` view holds (a command sent again after
+/// its answer was lost: it appends nothing); the key used for another
+/// request is [`KvError::RequestReused`]. Checked by the partition's
+/// writer, which runs one command at a time and whose appends are applied
+/// to the view before it answers (on a cluster, once applied on this
+/// node; a new owner applied the log up to its fence before writing).
+async fn replayed(session: &Session<Kv>) -> Result<Option<RequestRow>, KvError> {
+    let metadata = session.metadata();
+    if metadata.request_id.is_empty() {
+        return Ok(None);
+    }
+    let store = session.env().store.clone();
+    let (id, digest) = (metadata.request_id.clone(), metadata.request_digest.clone());
+    off_arbiter("kv-request-id", move || {
+        match idempotency::recorded_blocking(&store, &id, &digest)? {
+            Recorded::New => Ok(None),
+            Recorded::Reused(row) => Err(KvError::RequestReused {
+                message: idempotency::reused_message(&id, &row),
+            }),
+            Recorded::Applied(row) => {
+                tracing::debug!(request_id = %id, first_seq = row.first_seq, "kv command already applied; appending nothing");
+                Ok(Some(row))
+            }
+        }
+    })
+    .await?
+}
+
+/// What the keys of a round of sets found (see [`run_sets`]).
+enum SetPrior {
+    /// Not applied: decide and append it.
+    New,
+    /// Applied: its answer, as its first run gave it.
+    Applied(KvReply),
+    /// The key names another request.
+    Reused(String),
+}
+
+/// Looks up the idempotency key of each set of `round` that has one (one
+/// blocking call for the round): what each found, by index in `round`.
+/// A set applied already is answered as its first run was — its
+/// `KvEntrySet`'s sequence number as its version, and its times; if
+/// compaction removed that event (a later set of the key superseded it),
+/// the version is the key's first seq, `created_at` its recorded time and
+/// `expires_at` what the set's TTL gives from then.
+async fn set_priors(env: &KvEnv, round: &[QueuedSet]) -> Result<Vec<(usize, SetPrior)>, KvError> {
+    let keyed: Vec<(usize, String, Vec<u8>, Option<u64>)> = round
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| !q.metadata.request_id.is_empty())
+        .map(|(i, q)| {
+            (
+                i,
+                q.metadata.request_id.clone(),
+                q.metadata.request_digest.clone(),
+                q.set.ttl_ms,
+            )
+        })
+        .collect();
+    if keyed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = env.store.clone();
+    off_arbiter("kv-request-ids", move || {
+        let mut found = Vec::with_capacity(keyed.len());
+        for (i, id, digest, ttl_ms) in keyed {
+            let prior = match idempotency::recorded_blocking(&store, &id, &digest)? {
+                Recorded::New => SetPrior::New,
+                Recorded::Reused(row) => SetPrior::Reused(idempotency::reused_message(&id, &row)),
+                Recorded::Applied(row) => {
+                    let set = idempotency::events_blocking(&store, &id, &row)?
+                        .into_iter()
+                        .find_map(|e| match e.event.and_then(|e| e.payload) {
+                            Some(Payload::KvEntrySet(s)) => Some((e.seq, s)),
+                            _ => None,
+                        });
+                    let reply = match set {
+                        Some((seq, s)) => KvReply::Set {
+                            version: seq,
+                            created_at_ms: s.created_at_ms,
+                            expires_at_ms: s.expires_at_ms,
+                        },
+                        None => {
+                            let created_at_ms = row.recorded_at.as_ref().map_or(0, |t| {
+                                u64::try_from(t.seconds).unwrap_or(0).saturating_mul(1000)
+                                    + u64::try_from(t.nanos).unwrap_or(0) / 1_000_000
+                            });
+                            KvReply::Set {
+                                version: row.first_seq,
+                                created_at_ms,
+                                expires_at_ms: ttl_ms
+                                    .filter(|t| *t > 0)
+                                    .map_or(0, |t| created_at_ms.saturating_add(t)),
+                            }
+                        }
+                    };
+                    SetPrior::Applied(reply)
+                }
+            };
+            found.push((i, prior));
+        }
+        Ok::<_, KvError>(found)
+    })
+    .await?
 }
 
 /// The least recently used entries of `ns` to evict so that, with
@@ -794,9 +926,52 @@ async fn run_sets(
     let max_events = env.log.append().append_max_events().max(1);
     let mut pending = batch;
     while !pending.is_empty() {
+        // Sets sent again with their key (a forward whose answer was
+        // lost) are answered as their first run was, appending nothing; a
+        // second set with a key this round already carries waits for the
+        // next round, where it finds the first one's events.
+        let priors = match set_priors(env, &pending).await {
+            Ok(priors) => priors,
+            Err(e) => {
+                let message = e.to_string();
+                for queued in pending.drain(..) {
+                    let _ = queued.reply.send(Err(KvError::Storage(
+                        cairn_storage::StorageError::Unavailable(format!(
+                            "looking up the set's {}: {message}",
+                            idempotency::REQUEST_ID_HEADER
+                        )),
+                    )));
+                }
+                return;
+            }
+        };
+        let mut priors = priors.into_iter().peekable();
+        let mut keys_this_round: std::collections::HashSet<String> =
+            std::collections::HashSet::new();
+        let mut next_round = Vec::new();
         let mut decided = Vec::with_capacity(pending.len());
         let mut appends = Vec::with_capacity(pending.len());
-        for queued in pending.drain(..) {
+        for (i, queued) in std::mem::take(&mut pending).into_iter().enumerate() {
+            let prior = match priors.peek() {
+                Some((at, _)) if *at == i => priors.next().map(|(_, p)| p),
+                _ => None,
+            };
+            match prior {
+                Some(SetPrior::Applied(answer)) => {
+                    let _ = queued.reply.send(Ok(answer));
+                    continue;
+                }
+                Some(SetPrior::Reused(message)) => {
+                    let _ = queued.reply.send(Err(KvError::RequestReused { message }));
+                    continue;
+                }
+                Some(SetPrior::New) | None => {}
+            }
+            let id = &queued.metadata.request_id;
+            if !id.is_empty() && !keys_this_round.insert(id.clone()) {
+                next_round.push(queued);
+                continue;
+            }
             let QueuedSet {
                 set,
                 metadata,
@@ -872,6 +1047,7 @@ async fn run_sets(
                 let _ = reply.send(Err(e.into()));
             }
         }
+        pending.extend(next_round);
     }
 }
 

@@ -397,7 +397,21 @@ pub async fn handle_record(
         .headers
         .as_ref()
         .is_some_and(|h| h.get(super::cluster::FORWARDED_HEADER).is_some());
-    let reply = context.artifacts.apply_record(record, forwarded).await?;
+    // Every record a node sends carries its idempotency key. Its digest
+    // is taken over the record as this build serialises it — what a node
+    // sends, and what this node sends on if it forwards it — so every
+    // attempt has the same, whoever serialised the body first.
+    let key = super::idempotency::request_key(
+        crate::artifact::cluster::RECORD_ENDPOINT_NAME,
+        request.headers.as_ref(),
+        &request.body,
+    )?
+    .map(|key| crate::artifact::cluster::record_key_with(&record, key.id))
+    .transpose()?;
+    let reply = context
+        .artifacts
+        .apply_record(record, forwarded, key.as_ref())
+        .await?;
     Ok(Body::of(
         format,
         || serde_json::to_value(&reply).unwrap_or_default(),

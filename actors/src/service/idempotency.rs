@@ -27,6 +27,12 @@
 //!   was applied.
 //!
 //! Writes without the header behave as before. Reads ignore it.
+//!
+//! Stream writers that check keys themselves, right before they append
+//! ([`recorded_blocking`], [`events_blocking`]): the key-value cache's
+//! `kv.set|delete|configure` (see `crate::kv`) and, on a cluster, the
+//! artifact cache's records (see `crate::artifact::cluster`), whose keys a
+//! node makes and sends with every attempt.
 
 use std::{
     collections::HashMap,
@@ -35,7 +41,7 @@ use std::{
 };
 
 use cairn_events::v1::RequestRow;
-use cairn_storage::views::RequestsView;
+use cairn_storage::{views::RequestsView, Store};
 use sha2::{Digest as _, Sha256};
 
 use super::context::{blocking, Incoming, ServiceContext};
@@ -86,14 +92,21 @@ pub fn request_key(
             ),
         ));
     }
+    Ok(Some(key_of(endpoint, id.to_owned(), body)))
+}
+
+/// The key `id` of a request to `endpoint` with `body` (the digest as
+/// [`request_key`] computes it): for a key cairn makes itself, e.g. the
+/// one a node gives an artifact record it sends to a stream's owner.
+pub fn key_of(endpoint: &str, id: String, body: &[u8]) -> RequestKey {
     let mut hasher = Sha256::new();
     hasher.update(endpoint.as_bytes());
     hasher.update([0]);
     hasher.update(canonical(body));
-    Ok(Some(RequestKey {
-        id: id.to_owned(),
+    RequestKey {
+        id,
         digest: hasher.finalize().to_vec(),
-    }))
+    }
 }
 
 /// The body as the digest sees it: the JSON value with every object's
@@ -140,20 +153,82 @@ pub enum Prior {
 /// request is a 409.
 pub async fn prior(context: &ServiceContext, key: &RequestKey) -> Result<Prior, ServiceError> {
     let store = context.store.clone();
-    let id = key.id.clone();
+    let (id, digest) = (key.id.clone(), key.digest.clone());
+    match blocking(move || Ok(recorded_blocking(&store, &id, &digest)?)).await? {
+        Recorded::New => Ok(Prior::None),
+        Recorded::Reused(row) => Err(ServiceError::conflict(reused_message(&key.id, &row))),
+        Recorded::Applied(row) => Ok(Prior::Applied(row)),
+    }
+}
+
+/// What the `requests` view holds of a key (see [`recorded_blocking`]).
+#[derive(Debug)]
+pub enum Recorded {
+    /// No command in the window carried it.
+    New,
+    /// A command with this key and this digest appended events.
+    Applied(RequestRow),
+    /// A command with this key but another digest appended events: the
+    /// key names another request (a 409).
+    Reused(RequestRow),
+}
+
+/// The message of a key used for another request (answered 409).
+pub fn reused_message(id: &str, row: &RequestRow) -> String {
+    format!(
+        "{REQUEST_ID_HEADER} {id:?} was already used for another request (applied at seq {}); \
+         send a new id with a new request",
+        row.first_seq
+    )
+}
+
+/// Looks key `id` with `digest` up in the `requests` view of `store`, as
+/// of now (a row older than the window is no record). Blocking: for a
+/// stream writer that checks a command's key itself, right before it
+/// appends — the writer runs one command at a time and its appends are
+/// applied here before it answers, so a retry queued behind the first
+/// attempt finds the first attempt's events, on this node or, after a
+/// failover, on the stream's new owner (which applied the log up to its
+/// fence before writing).
+pub fn recorded_blocking(
+    store: &Store,
+    id: &str,
+    digest: &[u8],
+) -> Result<Recorded, cairn_storage::StorageError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let row = blocking(move || Ok(RequestsView::get_live(&store, &id, now)?)).await?;
-    match row {
-        None => Ok(Prior::None),
-        Some(row) if row.digest != key.digest => Err(ServiceError::conflict(format!(
-            "{REQUEST_ID_HEADER} {:?} was already used for another request (applied at seq {}); \
-             send a new id with a new request",
-            key.id, row.first_seq
-        ))),
-        Some(row) => Ok(Prior::Applied(row)),
-    }
+    Ok(match RequestsView::get_live(store, id, now)? {
+        None => Recorded::New,
+        Some(row) if row.digest != digest => Recorded::Reused(row),
+        Some(row) => Recorded::Applied(row),
+    })
+}
+
+/// Most events [`events_blocking`] reads of one command.
+pub const COMMAND_EVENTS_MAX: u64 = 10_000;
+
+/// The events the command of `row` (key `id`) appended that are still in
+/// the log, in order (at most [`COMMAND_EVENTS_MAX`]): a replay's answer
+/// is read from them. A compacted stream may have lost some (a key-value
+/// set superseded by a later set of its key).
+pub fn events_blocking(
+    store: &Store,
+    id: &str,
+    row: &RequestRow,
+) -> Result<Vec<cairn_events::v1::Envelope>, cairn_storage::StorageError> {
+    use cairn_storage::EventLog as _;
+    let span = row
+        .last_seq
+        .saturating_sub(row.first_seq)
+        .saturating_add(1)
+        .min(COMMAND_EVENTS_MAX);
+    let limit = usize::try_from(span).unwrap_or(usize::MAX);
+    Ok(store
+        .read_all(row.first_seq, limit)?
+        .into_iter()
+        .filter(|e| e.seq <= row.last_seq && e.request_id == id && e.stream == row.stream)
+        .collect())
 }
 
 /// What an endpoint's replay found.

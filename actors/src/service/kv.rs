@@ -14,6 +14,12 @@
 //! the failed partitions and what the others removed). A `get_or_compute`
 //! or read-through miss is sent to the owner too: one flight for the whole
 //! cluster. Reads stay local.
+//!
+//! `kv.set`, `kv.delete` and `kv.configure` take `Cairn-Request-Id` (see
+//! [`super::idempotency`]); a command forwarded whole always carries one
+//! (the client's, or one the forwarder makes and keeps for every attempt
+//! and for a run here after one, `on_owner`), so an attempt sent again
+//! after its answer was lost is applied once.
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,6 +36,7 @@ use super::{
     codec::{Body, Format},
     context::{metadata, Incoming, ServiceContext},
     fields::Fields,
+    idempotency::{self, RequestKey, REQUEST_ID_HEADER},
 };
 use crate::{
     kv::{
@@ -328,8 +335,8 @@ async fn execute_on_owner(
     meta: cairn_events::envelope::Metadata,
 ) -> Result<Result<KvReply, Body>, ServiceError> {
     let kv = kv(context)?;
-    let ran = on_owner(context, request, endpoint, partition, Via::Whole, || {
-        let (command, meta) = (command(), meta.clone());
+    let ran = on_owner(context, request, endpoint, partition, Via::Whole, |key| {
+        let (command, meta) = (command(), with_key(&meta, key));
         async move { Ok(kv.execute(partition, command, meta).await?) }
     })
     .await?;
@@ -351,6 +358,16 @@ async fn execute_on_owner(
 /// waits (at most `cluster.read-wait`) until it applied the owner's
 /// `Cairn-Seq`, so this node's reply — and any read here after it —
 /// reflects the write.
+///
+/// A command sent whole carries an idempotency key to the owner: the
+/// client's `Cairn-Request-Id`, or one made here the first time it is
+/// forwarded (`fwd-<uuid v7>`, digest of the endpoint and body), the same
+/// on every attempt. `local` gets that made key (`None` before any
+/// forward, or when the client gave one, which the command's metadata
+/// holds already): when the partition comes to this node after an attempt
+/// whose answer was lost, the run here carries the key too, and the
+/// writer appends nothing if the previous owner applied it. The commands
+/// whose writer checks keys (`set`, `delete`, `configure`) record it.
 pub(crate) async fn on_owner<T, F, Fut>(
     context: &ServiceContext,
     request: &Incoming,
@@ -360,22 +377,36 @@ pub(crate) async fn on_owner<T, F, Fut>(
     mut local: F,
 ) -> Result<Ran<T>, ServiceError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Option<RequestKey>) -> Fut,
     Fut: std::future::Future<Output = Result<T, ServiceError>>,
 {
     use super::cluster::{self, Forwarded, Route};
     let Some(routing) = context.config.cluster.as_ref() else {
-        return local().await.map(Ran::Here);
+        return local(None).await.map(Ran::Here);
     };
     let stream = crate::kv::partition_stream(partition);
     let forwarded = forwarded(request);
     let deadline = tokio::time::Instant::now() + cluster::REROUTE_WINDOW;
+    let mut made: Option<RequestKey> = None;
     loop {
         let result = match cluster::route(routing, &stream, forwarded).await {
-            Ok(Route::Local) => local().await.map(Ran::Here),
+            Ok(Route::Local) => local(made.clone()).await.map(Ran::Here),
             Ok(Route::Forward(node)) => {
                 let (payload, headers) = match how {
-                    Via::Whole => (request.payload.clone(), request.headers.clone()),
+                    Via::Whole => {
+                        let mut headers = request.headers.clone().unwrap_or_default();
+                        if headers.get(REQUEST_ID_HEADER).is_none() {
+                            let key = made.get_or_insert_with(|| {
+                                idempotency::key_of(
+                                    endpoint.strip_prefix("cairn.v1.").unwrap_or(endpoint),
+                                    format!("fwd-{}", cairn_events::envelope::new_id()),
+                                    &request.body,
+                                )
+                            });
+                            headers.insert(REQUEST_ID_HEADER, key.id.as_str());
+                        }
+                        (request.payload.clone(), Some(headers))
+                    }
                     Via::Part(p) => {
                         let mut headers = request.headers.clone().unwrap_or_default();
                         // The part is JSON whatever the client sent.
@@ -417,6 +448,27 @@ where
             other => return other,
         }
     }
+}
+
+/// `meta` with `key` recorded (see [`on_owner`]), when there is one.
+fn with_key(
+    meta: &cairn_events::envelope::Metadata,
+    key: Option<RequestKey>,
+) -> cairn_events::envelope::Metadata {
+    let mut meta = meta.clone();
+    if let Some(key) = key {
+        meta.request_id = key.id;
+        meta.request_digest = key.digest;
+    }
+    meta
+}
+
+/// The idempotency key a write that checks keys (`kv.set`, `kv.delete`,
+/// `kv.configure`) records: its `Cairn-Request-Id` (a client's, or the one
+/// the node that forwarded it made); a malformed header is a 400.
+fn keyed(mut request: Incoming, endpoint: &str) -> Result<Incoming, ServiceError> {
+    request.request = idempotency::request_key(endpoint, request.headers.as_ref(), &request.body)?;
+    Ok(request)
 }
 
 /// The owner's reply to a command sent [`Via::Whole`], as this node's:
@@ -475,7 +527,7 @@ where
     Fut: std::future::Future<Output = Result<u64, ServiceError>>,
 {
     if let Some(p) = part_of(request)? {
-        return match on_owner(context, request, endpoint, p, Via::Part(p), || part(p)).await? {
+        return match on_owner(context, request, endpoint, p, Via::Part(p), |_| part(p)).await? {
             Ran::Here(n) => Ok(n),
             Ran::There(headers, body) => part_count(&headers, body, field),
         };
@@ -483,7 +535,7 @@ where
     let parts = (0..KV_PARTITIONS).map(|p| {
         let part = &part;
         async move {
-            match on_owner(context, request, endpoint, p, Via::Part(p), || part(p)).await? {
+            match on_owner(context, request, endpoint, p, Via::Part(p), |_| part(p)).await? {
                 Ran::Here(n) => Ok(n),
                 Ran::There(headers, body) => part_count(&headers, body, field),
             }
@@ -532,6 +584,7 @@ fn part_count(
 
 /// `kv.set`.
 pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Body, ServiceError> {
+    let request = keyed(request, "kv.set")?;
     let f = Fields::parse(
         &request.body,
         &[
@@ -593,8 +646,8 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
         "cairn.v1.kv.set",
         partition,
         Via::Whole,
-        || {
-            let (set, meta, context) = (set.clone(), meta.clone(), &context);
+        |key| {
+            let (set, meta, context) = (set.clone(), with_key(&meta, key), &context);
             async move {
                 write_through(context, kv, &set).await?;
                 Ok(kv.execute(partition, KvCommand::Set(set), meta).await?)
@@ -773,7 +826,7 @@ pub async fn handle_get(context: ServiceContext, request: Incoming) -> Result<Bo
             "cairn.v1.kv.get",
             partition,
             Via::Whole,
-            || {
+            |_| {
                 let (fill, body, context) = (fill.clone(), body.clone(), &context);
                 let subject = settings.origin_subject.clone();
                 async move { fill.run(context, "origin", &subject, body).await }
@@ -816,6 +869,7 @@ pub async fn handle_delete(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
+    let request = keyed(request, "kv.delete")?;
     let (namespace, key, principal) = key_request(&request)?;
     let meta = metadata(&request, principal);
     let partition = partition_of(&namespace);
@@ -965,7 +1019,7 @@ pub async fn handle_delete_by_namespace(
     let meta = metadata(&request, f.string("principal")?);
     let partition = partition_of(&namespace);
     let endpoint = "cairn.v1.kv.delete_by_namespace";
-    let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+    let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, |_| {
         let (context, namespace, meta) = (&context, namespace.clone(), meta.clone());
         async move {
             delete_scanned(
@@ -1094,7 +1148,7 @@ pub async fn handle_clear(
         return Ok(count_body(request.format, deleted));
     }
     let partition = partition_of(&namespace);
-    match on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+    match on_owner(&context, &request, endpoint, partition, Via::Whole, |_| {
         clear(None)
     })
     .await?
@@ -1279,7 +1333,7 @@ pub async fn handle_cleanup(
         (Some(_), Some(ns)) => {
             let partition = partition_of(ns);
             let endpoint = "cairn.v1.kv.cleanup";
-            match on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+            match on_owner(&context, &request, endpoint, partition, Via::Whole, |_| {
                 cleanup(None)
             })
             .await?
@@ -1301,6 +1355,7 @@ pub async fn handle_configure(
     context: ServiceContext,
     request: Incoming,
 ) -> Result<Body, ServiceError> {
+    let request = keyed(request, "kv.configure")?;
     let f = Fields::parse(
         &request.body,
         &[
@@ -1616,7 +1671,7 @@ pub async fn handle_get_or_compute(
             // misses of every node.
             let partition = partition_of(&namespace);
             let endpoint = "cairn.v1.kv.get_or_compute";
-            let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, || {
+            let ran = on_owner(&context, &request, endpoint, partition, Via::Whole, |_| {
                 let (fill, body, subject, context) =
                     (fill.clone(), body.clone(), subject.clone(), &context);
                 async move {
