@@ -447,6 +447,27 @@ impl ClusterNode {
         self.routing.ownership.leave().await;
     }
 
+    /// Resolves when the applier stopped because the log was trimmed past
+    /// this node (it was not live when that happened): answers where the
+    /// log goes on. Pending forever otherwise. The node must stop and
+    /// start again: it then restores the cluster's snapshot.
+    pub async fn fell_behind(&self) -> u64 {
+        let mut rx = self.applied.subscribe();
+        loop {
+            if let Some(at) = self.applied.behind_trim() {
+                return at;
+            }
+            if rx.changed().await.is_err() {
+                // The applier stopped: because of a trim (it says so
+                // before it stops), or for the node's shutdown.
+                return match self.applied.behind_trim() {
+                    Some(at) => at,
+                    None => std::future::pending().await,
+                };
+            }
+        }
+    }
+
     /// (applied position, last position seen in the cluster's log).
     pub fn positions(&self) -> (u64, u64) {
         (

@@ -126,6 +126,16 @@ pub fn explain_open_error(e: anyhow::Error, path: &std::path::Path) -> anyhow::E
 }
 
 impl Node {
+    /// Resolves when this cluster node fell behind the cluster's trimmed
+    /// log (see [`crate::cluster::ClusterNode::fell_behind`]); never for a
+    /// node alone.
+    pub async fn fell_behind(&self) -> u64 {
+        match &self.cluster {
+            Some(cluster) => cluster.fell_behind().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Starts a node. Must run inside an actix system.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         Self::start_with_clock(config, Arc::new(SystemClock)).await
@@ -546,9 +556,20 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
             "cairn node ready: NATS {} (service \"cairn\", events on cairn.events.>)",
             node.nats_url
         );
-        signals.wait().await;
+        // A cluster node whose log was trimmed past it can serve nothing
+        // current any more: it stops (handing its streams over), and
+        // started again it restores the cluster's snapshot.
+        let fell_behind = tokio::select! {
+            () = signals.wait() => None,
+            at = node.fell_behind() => Some(at),
+        };
         node.shutdown().await;
-        Ok(())
+        match fell_behind {
+            None => Ok(()),
+            Some(at) => anyhow::bail!(
+                "the cluster's log was trimmed past this node (it goes on at position {at}): start the node again, it restores the cluster's snapshot"
+            ),
+        }
     })
 }
 

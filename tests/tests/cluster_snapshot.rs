@@ -312,3 +312,76 @@ async fn the_snapshotter_collects_the_blobs_nothing_needs_and_keeps_the_others()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_the_trim_passed_stops_and_restores_when_started_again() {
+    use nix::sys::signal::Signal;
+    let mut cluster = CairnCluster::start(cairn_cli!(), 3, ENV).await;
+    let js = jetstream::new(async_nats::connect(cluster.nats.url(0)).await.unwrap());
+    let mut log = js.get_stream("CAIRN_LOG").await.unwrap();
+    cluster.clients[0]
+        .ok(
+            "kv.set",
+            json!({"namespace": NS, "key": "first", "value": 0}),
+        )
+        .await;
+
+    // n2 pauses: its heartbeat lapses, so the trim no longer waits for it.
+    cluster.nodes[2].as_ref().unwrap().signal(Signal::SIGSTOP);
+    let paused_at = log.info().await.unwrap().state.last_sequence;
+    let next = std::sync::atomic::AtomicU64::new(0);
+    wait_until("a trim past the paused n2", WAIT, || async {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), manifest(&js))
+            .await
+            .ok()
+            .flatten();
+        match m {
+            Some(m) if m["trimmed_below"].as_u64().unwrap() > paused_at + 1 => Ok(()),
+            other => {
+                for _ in 0..20 {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Writes to n2's partitions fail until its leases lapse.
+                    let _ = cluster.clients[0]
+                        .call_node(
+                            "n0",
+                            "kv.set",
+                            json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}),
+                            HeaderMap::new(),
+                        )
+                        .await;
+                }
+                Err(format!("manifest {other:?}, n2 paused at {paused_at}"))
+            }
+        }
+    })
+    .await;
+
+    // It wakes: its applier meets the gap; the node hands over and exits
+    // with an error rather than serve a state that no longer moves.
+    let mut n2 = cluster.nodes[2].take().unwrap();
+    n2.signal(Signal::SIGCONT);
+    let status = tokio::task::spawn_blocking(move || n2.wait_exit(WAIT))
+        .await
+        .unwrap();
+    assert!(!status.success(), "{status}");
+
+    // Started again, it restores and holds the others' log.
+    cluster.start_again(2).await;
+    let (reply, headers) = cluster.clients[2]
+        .call_node(
+            "n2",
+            "kv.set",
+            json!({"namespace": NS, "key": "after", "value": "restore"}),
+            HeaderMap::new(),
+        )
+        .await;
+    reply.unwrap();
+    let seq = seq_of(&headers);
+    let logs = [
+        log_of(&cluster.clients[0], "n0", seq).await,
+        log_of(&cluster.clients[0], "n1", seq).await,
+        log_of(&cluster.clients[0], "n2", seq).await,
+    ];
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+}

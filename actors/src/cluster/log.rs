@@ -301,7 +301,7 @@ pub async fn start_applier(
             if behind_trim.load(std::sync::atomic::Ordering::Relaxed) != 0 {
                 tracing::error!(
                     position = *tx.borrow(),
-                    "the cluster's log was trimmed past this node; it applies nothing more until it is restarted (it then restores the cluster's snapshot)"
+                    "the cluster's log was trimmed past this node; it applies nothing more and the node stops (started again, it restores the cluster's snapshot)"
                 );
                 return;
             }
@@ -386,13 +386,16 @@ async fn apply_from(
             // The log has no gaps but those trimming leaves (see
             // `super::snapshot`): a node that meets one was not live when
             // the log was trimmed, and what it lacks is gone.
-            if let Some(first) = prepared.commits.first().map(|c| c.position) {
-                if first > read_position + 1 {
-                    behind_trim.store(first, std::sync::atomic::Ordering::Relaxed);
+            let mut before = read_position;
+            for commit in &prepared.commits {
+                if commit.position > before + 1 {
+                    behind_trim.store(commit.position, std::sync::atomic::Ordering::Relaxed);
                     return Err(format!(
-                        "the cluster's log was trimmed past this node: it applied position {read_position}, the log goes on at {first}; restart the node to restore the cluster's snapshot"
+                        "the cluster's log was trimmed past this node: it read position {before}, the log goes on at {}; restart the node to restore the cluster's snapshot",
+                        commit.position
                     ));
                 }
+                before = commit.position;
             }
             read_position = prepared
                 .commits

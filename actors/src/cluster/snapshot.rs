@@ -35,8 +35,9 @@
 //!   is empty while a snapshot exists, replaces its store by the snapshot
 //!   before it opens it ([`restore`]; the old store's blob files are kept)
 //!   and then applies the log from `P + 1`. A running node that meets a gap
-//!   in the log (it was not live when the log was trimmed) stops applying,
-//!   logs why, and is not ready: restarted, it restores.
+//!   in the log (it was not live when the log was trimmed) stops applying
+//!   ([`super::Applied::behind_trim`]); the node then stops, and started
+//!   again it restores.
 
 use std::{
     collections::HashSet,
