@@ -222,7 +222,7 @@ impl ClusterStart {
                 node: self.node.clone(),
                 interval: config.kv.compact_interval,
                 retention: config.kv.tombstone_retention,
-                task: std::sync::Mutex::new(None),
+                task: RoleTask::default(),
             },
             snapshotter: Snapshotter {
                 js: self.js.clone(),
@@ -234,7 +234,7 @@ impl ClusterStart {
                 min_messages: config.cluster.snapshot_min_messages,
                 replicas: config.cluster.stream_replicas,
                 members: members.clone(),
-                task: std::sync::Mutex::new(None),
+                task: RoleTask::default(),
             },
         });
         let ownership = Ownership::start(
@@ -510,6 +510,40 @@ struct NodeHolder {
     snapshotter: Snapshotter,
 }
 
+/// A role's periodic task: started when the node gains the role's lease,
+/// aborted when it loses it.
+#[derive(Debug, Default)]
+struct RoleTask(std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>);
+
+impl RoleTask {
+    /// Runs `round` every `interval` (the first after one interval) until
+    /// stopped; replaces a task already running.
+    fn start<F, Fut>(&self, interval: Duration, mut round: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                round().await;
+            }
+        });
+        if let Some(old) = self.0.lock().expect("role task lock").replace(task) {
+            old.abort();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self.0.lock().expect("role task lock").take() {
+            task.abort();
+        }
+    }
+}
+
 /// The compactor role: while this node holds it, it sends a compaction
 /// marker of the key-value class every `kv.compact-interval`; every node
 /// compacts at the marker ([`log`]'s module docs).
@@ -519,23 +553,15 @@ struct Compactor {
     node: String,
     interval: Duration,
     retention: Duration,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: RoleTask,
 }
 
 impl Compactor {
     fn start(&self, clock: std::sync::Arc<dyn cairn_actors::timing::Clock>) {
-        let (js, node, interval, retention) = (
-            self.js.clone(),
-            self.node.clone(),
-            self.interval,
-            self.retention,
-        );
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
+        let (js, node, retention) = (self.js.clone(), self.node.clone(), self.retention);
+        self.task.start(self.interval, move || {
+            let (js, node, clock) = (js.clone(), node.clone(), clock.clone());
+            async move {
                 let marker = log::Compaction {
                     prefix: cairn_storage::views::kv::KV_STREAM_PREFIX.to_owned(),
                     now_ms: cairn_actors::kv::unix_ms(clock.now()),
@@ -547,23 +573,18 @@ impl Compactor {
                 }
             }
         });
-        if let Some(old) = self.task.lock().expect("compactor lock").replace(task) {
-            old.abort();
-        }
     }
 
     fn stop(&self) {
-        if let Some(task) = self.task.lock().expect("compactor lock").take() {
-            task.abort();
-        }
+        self.task.stop();
     }
 }
 
 /// The snapshotter role: while this node holds it, it looks every
 /// `cluster.snapshot-interval` whether to snapshot its store, trim the log
-/// and collect unneeded blobs ([`snapshot::round`]; the trim stays below
-/// every live node's applied position, read from the membership's
-/// heartbeats).
+/// and collect unneeded blobs ([`snapshot::Snapshotter::round`]; the trim
+/// stays below every live node's applied position, read from the
+/// membership's heartbeats).
 #[derive(Debug)]
 struct Snapshotter {
     js: jetstream::Context,
@@ -576,7 +597,7 @@ struct Snapshotter {
     replicas: usize,
     /// The membership, once the node joined.
     members: Arc<std::sync::OnceLock<Arc<cairn_actors::cluster::OwnershipView>>>,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: RoleTask,
 }
 
 impl Snapshotter {
@@ -589,32 +610,37 @@ impl Snapshotter {
             self.node.clone(),
             self.min_messages,
         );
-        let (interval, replicas, members) = (self.interval, self.replicas, self.members.clone());
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
+        let (replicas, members) = (self.replicas, self.members.clone());
+        self.task.start(self.interval, move || {
+            let role = (
+                js.clone(),
+                blobs.clone(),
+                store.clone(),
+                work_dir.clone(),
+                node.clone(),
+                members.clone(),
+            );
+            async move {
+                let (js, blobs, store, work_dir, node, members) = role;
                 // The trim needs every live node's position: not before
                 // the node joined.
                 let Some(view) = members.get().cloned() else {
-                    continue;
+                    return;
                 };
                 let snapshots = match Snapshots::open(&js, replicas).await {
                     Ok(s) => s,
                     Err(e) => {
                         warn!(error = %e, "snapshotter: no snapshot bucket");
-                        continue;
+                        return;
                     }
                 };
                 let role = snapshot::Snapshotter {
-                    js: js.clone(),
+                    js,
                     snapshots,
-                    blobs: blobs.clone(),
-                    store: store.clone(),
-                    work_dir: work_dir.clone(),
-                    node: node.clone(),
+                    blobs,
+                    store,
+                    work_dir,
+                    node,
                     min_messages,
                 };
                 let positions = || {
@@ -630,15 +656,10 @@ impl Snapshotter {
                 }
             }
         });
-        if let Some(old) = self.task.lock().expect("snapshotter lock").replace(task) {
-            old.abort();
-        }
     }
 
     fn stop(&self) {
-        if let Some(task) = self.task.lock().expect("snapshotter lock").take() {
-            task.abort();
-        }
+        self.task.stop();
     }
 }
 

@@ -36,6 +36,65 @@ async fn manifest(js: &jetstream::Context) -> Option<Value> {
     serde_json::from_slice(&body).ok()
 }
 
+/// Three nodes with `env`, a repository `r` of `packages` packages
+/// registered (its resources are blobs), and a JetStream context.
+async fn start_with_repo(
+    env: &[(&str, &str)],
+    packages: usize,
+) -> (CairnCluster, TestDir, jetstream::Context) {
+    let cluster = CairnCluster::start(cairn_cli!(), 3, env).await;
+    let upstreams = TestDir::new();
+    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", packages, 1, 1);
+    cluster.clients[0]
+        .ok(
+            "repo.register",
+            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
+        )
+        .await;
+    let js = jetstream::new(async_nats::connect(cluster.nats.url(0)).await.unwrap());
+    (cluster, upstreams, js)
+}
+
+/// Writes key-value rewrites through n0 (20 per check; a write that
+/// fails — a partition whose owner is paused — is left) until the current
+/// snapshot's trim passed position `at`; answers that manifest.
+async fn write_until_trimmed_past(
+    cluster: &CairnCluster,
+    js: &jetstream::Context,
+    at: u64,
+) -> Value {
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let taken = wait_until(
+        &format!("a snapshot whose trim passed {at}"),
+        WAIT,
+        || async {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(5), manifest(js))
+                .await
+                .ok()
+                .flatten();
+            match m {
+                Some(m) if m["trimmed_below"].as_u64().unwrap() > at + 1 => Ok(m),
+                other => {
+                    for _ in 0..20 {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = cluster.clients[0]
+                            .call_node(
+                                "n0",
+                                "kv.set",
+                                json!({"namespace": NS, "key": format!("w{}", i % 10), "value": i}),
+                                HeaderMap::new(),
+                            )
+                            .await;
+                    }
+                    Err(format!("manifest {other:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    taken
+}
+
 /// `endpoint` on node `n<i>` once it applied `seq`.
 async fn read_on(cluster: &CairnCluster, i: usize, endpoint: &str, body: Value, seq: u64) -> Value {
     let (reply, headers) = cluster.clients[0]
@@ -55,16 +114,7 @@ async fn read_on(cluster: &CairnCluster, i: usize, endpoint: &str, body: Value, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
-    let mut cluster = CairnCluster::start(cairn_cli!(), 3, ENV).await;
-    let upstreams = TestDir::new();
-    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 2, 1, 1);
-    cluster.clients[0]
-        .ok(
-            "repo.register",
-            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
-        )
-        .await;
-    let js = jetstream::new(async_nats::connect(cluster.nats.url(0)).await.unwrap());
+    let (mut cluster, _upstreams, js) = start_with_repo(ENV, 2).await;
     let mut log = js.get_stream("CAIRN_LOG").await.unwrap();
 
     // n2 stops; the log moves on without it: 200 rewrites of 10 keys.
@@ -90,35 +140,8 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
 
     // The snapshotter takes a snapshot and trims what n2 still needed
     // (once n2's heartbeat is gone: a live node holds the trim back), the
-    // writes going on meanwhile.
-    let next = std::sync::atomic::AtomicU64::new(200);
-    let taken = wait_until("a snapshot whose trim passed n2", WAIT, || async {
-        let m = tokio::time::timeout(std::time::Duration::from_secs(5), manifest(&js))
-            .await
-            .ok()
-            .flatten();
-        match m {
-            Some(m) if m["trimmed_below"].as_u64().unwrap() > stopped_at + 1 => Ok(m),
-            other => {
-                for _ in 0..20 {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    cluster.clients[0]
-                        .call_node(
-                            "n0",
-                            "kv.set",
-                            json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}),
-                            HeaderMap::new(),
-                        )
-                        .await
-                        .0
-                        .unwrap();
-                }
-                Err(format!("manifest {other:?}, n2 stopped at {stopped_at}"))
-            }
-        }
-    })
-    .await;
-    let written = next.load(std::sync::atomic::Ordering::Relaxed);
+    // writes going on meanwhile (to other keys).
+    let taken = write_until_trimmed_past(&cluster, &js, stopped_at).await;
     let trimmed_below = taken["trimmed_below"].as_u64().unwrap();
     assert!(
         taken["position"].as_u64().unwrap() >= trimmed_below - 1,
@@ -195,10 +218,7 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
                 seq,
             )
             .await;
-            // The last value written to key k: the last i < written
-            // with i % 10 == k.
-            let last = (0..written).rev().find(|i| i % 10 == k).unwrap();
-            assert_eq!(got["value"], json!(last), "k{k} on n{i}");
+            assert_eq!(got["value"], json!(190 + k), "k{k} on n{i}");
         }
     }
     let listed = read_on(&cluster, 0, "pkgrev.list", json!({"namespace": NS}), seq).await;
@@ -226,6 +246,12 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
     }
 }
 
+/// The last position of `CAIRN_LOG`.
+async fn log_end(js: &jetstream::Context) -> u64 {
+    let mut log = js.get_stream("CAIRN_LOG").await.unwrap();
+    log.info().await.unwrap().state.last_sequence
+}
+
 /// Whether `CAIRN_BLOBS` holds blob `content` (its part 0).
 async fn blob_in_stream(js: &jetstream::Context, content: &[u8]) -> bool {
     let digest = cairn_storage::Digest::of(content);
@@ -240,16 +266,7 @@ async fn blob_in_stream(js: &jetstream::Context, content: &[u8]) -> bool {
 async fn the_snapshotter_collects_the_blobs_nothing_needs_and_keeps_the_others() {
     let mut env = ENV.to_vec();
     env.push(("CAIRN_CLUSTER__BLOB_GRACE", "3s"));
-    let cluster = CairnCluster::start(cairn_cli!(), 3, &env).await;
-    let upstreams = TestDir::new();
-    let (fixture, _) = GitFixture::with_packages(&upstreams.join("r"), "r", 1, 1, 1);
-    cluster.clients[0]
-        .ok(
-            "repo.register",
-            json!({"namespace": NS, "name": "r", "git": {"url": fixture.url()}}),
-        )
-        .await;
-    let js = jetstream::new(async_nats::connect(cluster.nats.url(0)).await.unwrap());
+    let (cluster, _upstreams, js) = start_with_repo(&env, 1).await;
     // Two drafts, each with a resource of its own: one is deleted (its
     // blob then needed by nothing), one stays.
     let gone = b"kind: ConfigMap\nmetadata:\n  name: gone\n".to_vec();
@@ -274,20 +291,13 @@ async fn the_snapshotter_collects_the_blobs_nothing_needs_and_keeps_the_others()
 
     // Snapshots go on as the log moves; once the deleted draft's blob is
     // older than the grace, a round collects it.
-    let next = std::sync::atomic::AtomicU64::new(0);
     wait_until("the deleted draft's blob to be collected", WAIT, || async {
         if !blob_in_stream(&js, &gone).await {
             return Ok(());
         }
-        for _ in 0..20 {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            cluster.clients[0]
-                .ok(
-                    "kv.set",
-                    json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}),
-                )
-                .await;
-        }
+        // A trim moves only with the log: one more snapshot's worth.
+        let at = log_end(&js).await;
+        write_until_trimmed_past(&cluster, &js, at).await;
         Err("still in CAIRN_BLOBS".to_owned())
     })
     .await;
@@ -329,32 +339,7 @@ async fn a_paused_node_the_trim_passed_stops_and_restores_when_started_again() {
     // n2 pauses: its heartbeat lapses, so the trim no longer waits for it.
     cluster.nodes[2].as_ref().unwrap().signal(Signal::SIGSTOP);
     let paused_at = log.info().await.unwrap().state.last_sequence;
-    let next = std::sync::atomic::AtomicU64::new(0);
-    wait_until("a trim past the paused n2", WAIT, || async {
-        let m = tokio::time::timeout(std::time::Duration::from_secs(5), manifest(&js))
-            .await
-            .ok()
-            .flatten();
-        match m {
-            Some(m) if m["trimmed_below"].as_u64().unwrap() > paused_at + 1 => Ok(()),
-            other => {
-                for _ in 0..20 {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    // Writes to n2's partitions fail until its leases lapse.
-                    let _ = cluster.clients[0]
-                        .call_node(
-                            "n0",
-                            "kv.set",
-                            json!({"namespace": NS, "key": format!("k{}", i % 10), "value": i}),
-                            HeaderMap::new(),
-                        )
-                        .await;
-                }
-                Err(format!("manifest {other:?}, n2 paused at {paused_at}"))
-            }
-        }
-    })
-    .await;
+    write_until_trimmed_past(&cluster, &js, paused_at).await;
 
     // It wakes: its applier meets the gap; the node hands over and exits
     // with an error rather than serve a state that no longer moves.
