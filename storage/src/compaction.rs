@@ -57,9 +57,10 @@
 //! the last sequence number, which compaction keeps. cairn's own views
 //! read only repository streams, so they are unaffected — except the
 //! `requests` view, which folds the idempotency key any event carries
-//! (key-value writes carry one): a rebuild from a compacted log lacks the
-//! keys only removed events carried (the live view keeps them until their
-//! window closes; see the README's known limitations). A domain adding a
+//! (key-value writes carry one): compaction keeps a superseded event that
+//! carries a key for the class's tombstone retention, and removes the
+//! key's row with the event (see [`crate::views::requests`]), so the
+//! rebuilt view equals the live one there too. A domain adding a
 //! compactable class must keep its views to that rule; the conformance
 //! suite checks it for a last-writer-wins test view.
 

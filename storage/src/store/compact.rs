@@ -25,8 +25,10 @@ use crate::{
     },
     keys::{self, meta},
     read::ViewDump,
+    views::requests::{RequestsView, REQUEST_ID_WINDOW_SECS},
     StorageError,
 };
+use cairn_events::v1::RequestRow;
 
 impl Inner {
     /// Reads the compaction records from `meta` (at open).
@@ -109,6 +111,24 @@ struct Latest {
     /// An older event of the key stays (a stream head): a tombstone of the
     /// key must stay too, or a rebuild would bring the key back.
     shadows_head: bool,
+    /// The idempotency key the event carries, if any.
+    request_id: Option<String>,
+}
+
+impl Latest {
+    /// Whether the event carries an idempotency key it must still keep at
+    /// `now`: like a tombstone, for the class's `retention` (at most the
+    /// key's window, [`REQUEST_ID_WINDOW_SECS`]), so that a retry of the
+    /// command is still recognised — also by a view rebuilt from the
+    /// compacted log (see [`crate::views::requests`]).
+    fn keeps_its_key(&self, now: SystemTime, retention: Duration) -> bool {
+        let kept = retention.min(Duration::from_secs(REQUEST_ID_WINDOW_SECS));
+        self.request_id.is_some()
+            && self
+                .recorded_at
+                .and_then(|at| at.checked_add(kept))
+                .is_none_or(|until| until > now)
+    }
 }
 
 fn recorded_at(env: &cairn_events::v1::Envelope) -> Option<SystemTime> {
@@ -152,18 +172,42 @@ impl Writer {
             ..CompactionStats::default()
         };
         let mut latest: HashMap<Vec<u8>, Latest> = HashMap::new();
-        let mut doomed: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut doomed: Vec<(u64, Vec<u8>, Option<String>)> = Vec::new();
         let mut removed = 0u64;
-        let flush = |doomed: &mut Vec<(u64, Vec<u8>)>| -> Result<(), StorageError> {
+        // A removed event's idempotency key goes with it (its window
+        // closed: see `Latest::keeps_its_key`), so that the live `requests`
+        // view holds what a rebuild from the compacted log would.
+        let requests_cf = inner.view_cf(RequestsView::NAME).ok();
+        let flush = |doomed: &mut Vec<(u64, Vec<u8>, Option<String>)>| -> Result<(), StorageError> {
             if doomed.is_empty() {
                 return Ok(());
             }
             let mut batch = WriteBatch::default();
-            for (seq, index_key) in doomed.drain(..) {
+            let mut forgotten = Vec::new();
+            for (seq, index_key, request_id) in doomed.drain(..) {
                 batch.delete_cf(log_cf, keys::seq_key(seq));
                 batch.delete_cf(streams_cf, index_key);
+                if let (Some(cf), Some(id)) = (requests_cf, request_id) {
+                    let key = RequestsView::row_key(&id);
+                    let row = inner
+                        .db
+                        .get_pinned_cf(cf, &key)?
+                        .map(|v| <RequestRow as prost::Message>::decode(&*v))
+                        .transpose()
+                        .map_err(|e| StorageError::Corrupt(format!("request row {id}: {e}")))?;
+                    if row.is_some_and(|row| row.last_seq == seq) {
+                        batch.delete_cf(cf, &key);
+                        forgotten.push(key);
+                    }
+                }
             }
             inner.db.write_opt(batch, &synced)?;
+            if let Some(cache) = &inner.cache {
+                let mut cache = cache.lock();
+                for key in forgotten {
+                    cache.forget(&(RequestsView::NAME.to_owned(), key));
+                }
+            }
             Ok(())
         };
         // The class's index is read in pages of `compaction_page_rows`; each
@@ -210,6 +254,7 @@ impl Writer {
                     recorded_at: recorded_at(&env),
                     head,
                     shadows_head: false,
+                    request_id: (!env.request_id.is_empty()).then(|| env.request_id.clone()),
                 };
                 let superseded = match latest.entry(key) {
                     Entry::Vacant(slot) => {
@@ -227,9 +272,11 @@ impl Writer {
                         }
                     }
                 };
-                if let Some(old) = superseded.filter(|old| !old.head) {
+                if let Some(old) = superseded.filter(|old| {
+                    !old.head && !old.keeps_its_key(now, policy.tombstone_retention())
+                }) {
                     stats.superseded += 1;
-                    doomed.push((old.seq, old.index_key));
+                    doomed.push((old.seq, old.index_key, old.request_id));
                     removed += 1;
                     if doomed.len() >= COMPACTION_BATCH_EVENTS {
                         flush(&mut doomed)?;
@@ -249,9 +296,14 @@ impl Writer {
                 .recorded_at
                 .and_then(|at| at.checked_add(retention))
                 .is_some_and(|until| until < now);
-            if last.tombstone && !last.head && !last.shadows_head && expired {
+            if last.tombstone
+                && !last.head
+                && !last.shadows_head
+                && expired
+                && !last.keeps_its_key(now, retention)
+            {
                 stats.expired_tombstones += 1;
-                doomed.push((last.seq, last.index_key));
+                doomed.push((last.seq, last.index_key, last.request_id));
                 removed += 1;
                 if doomed.len() >= COMPACTION_BATCH_EVENTS {
                     flush(&mut doomed)?;

@@ -16,6 +16,15 @@
 //! the clock, so a rebuilt view equals the live one; a row past its window
 //! but not yet pruned is ignored by [`RequestsView::get_live`].
 //!
+//! Keys of the key-value class (streams compaction may shorten) live
+//! otherwise, so that a rebuild from a compacted log still equals the live
+//! view: compaction keeps an event that carries a key within its window,
+//! and when it removes one after, it deletes the key's row with it; such a
+//! row is never pruned by the fold (and its events never prune), because
+//! the events that would prune it in the live view may be gone from the
+//! log a rebuild reads. A key-value key's row therefore lasts as long as
+//! its event: rows of entries' last sets stay (at most one per entry).
+//!
 //! | key | row |
 //! |---|---|
 //! | `k<request id>` | [`RequestRow`] |
@@ -57,6 +66,18 @@ const WINDOW_MICROS: u64 = REQUEST_ID_WINDOW_SECS * 1_000_000;
 impl RequestsView {
     /// The view's name.
     pub const NAME: &'static str = "requests";
+
+    /// The key of `request_id`'s row.
+    pub(crate) fn row_key(request_id: &str) -> Vec<u8> {
+        Self::key(request_id)
+    }
+
+    /// Whether the events of `stream` may be removed by compaction (the
+    /// key-value class): their keys' rows live and go with them (see the
+    /// module docs).
+    fn compactable(stream: &str) -> bool {
+        stream.starts_with(super::kv::KV_STREAM_PREFIX)
+    }
 
     fn key(request_id: &str) -> Vec<u8> {
         let mut key = Vec::with_capacity(1 + request_id.len());
@@ -117,7 +138,9 @@ impl View for RequestsView {
                 return Ok(());
             }
             // Expired, not pruned yet: the key starts over.
-            tx.delete(Self::time_key(first, id));
+            if !Self::compactable(&row.stream) {
+                tx.delete(Self::time_key(first, id));
+            }
         }
         tx.put_message(
             key,
@@ -129,6 +152,12 @@ impl View for RequestsView {
                 digest: envelope.request_digest.clone(),
             },
         );
+        if Self::compactable(&envelope.stream) {
+            // Its row goes when compaction removes the event (after the
+            // window): never by pruning, which a rebuild from the
+            // compacted log could not repeat.
+            return Ok(());
+        }
         tx.put(Self::time_key(at, id), Vec::new());
         // Prune keys whose window closed before this event.
         let cutoff = at.saturating_sub(WINDOW_MICROS);
