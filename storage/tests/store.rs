@@ -411,7 +411,7 @@ fn the_appends_of_one_pipelined_call_share_one_group_commit() {
         .map(|i| {
             (
                 vec![marker(format!("m{i}"))],
-                Metadata::command(&format!("p{i}")),
+                Metadata::command(format!("p{i}")),
             )
         })
         .collect();

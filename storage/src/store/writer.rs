@@ -201,10 +201,32 @@ impl Store {
     pub async fn append_pipelined(
         &self,
         stream: &StreamId,
-        mut version: u64,
+        version: u64,
         appends: Vec<(Vec<Event>, Metadata)>,
         durability: crate::Durability,
     ) -> Vec<Result<Appended, StorageError>> {
+        self.queue_pipelined(stream, version, appends, durability)
+            .await
+            .outcomes()
+            .await
+    }
+
+    /// [`Store::append_pipelined`] in two steps: this one validates the
+    /// appends and hands them to the writer, and resolves once they are
+    /// queued (in order, behind everything queued before); the answer's
+    /// [`QueuedAppends::outcomes`] waits for their commits. A caller can so
+    /// queue its next appends — expecting the versions these leave — while
+    /// these are written and fsynced (the key-value partition writers
+    /// pipeline their batches this way). [`QueuedAppends::queued`] says how
+    /// many were queued: fewer than given when one was refused (or the
+    /// store closed), and nothing after it was.
+    pub async fn queue_pipelined(
+        &self,
+        stream: &StreamId,
+        mut version: u64,
+        appends: Vec<(Vec<Event>, Metadata)>,
+        durability: crate::Durability,
+    ) -> QueuedAppends {
         let started = std::time::Instant::now();
         let mut replies = Vec::with_capacity(appends.len());
         let mut requests = Vec::with_capacity(appends.len());
@@ -258,25 +280,11 @@ impl Store {
         } else if let Some(e) = refused {
             replies.push(Err(e));
         }
-        let mut out = Vec::with_capacity(replies.len());
-        for reply in replies {
-            let result = match reply {
-                Ok(rx) => rx.await.map_err(|_| StorageError::Closed).and_then(|r| r),
-                Err(e) => Err(e),
-            };
-            let failed = result.is_err();
-            if !failed {
-                crate::metrics::with(|m| {
-                    m.append_duration
-                        .record(started.elapsed().as_secs_f64(), &[])
-                });
-            }
-            out.push(result);
-            if failed {
-                break;
-            }
+        QueuedAppends {
+            replies,
+            queued: sent,
+            started,
         }
-        out
     }
 
     /// Rebuilds the named views (all when `views` is empty) from the log:
@@ -401,6 +409,49 @@ impl Store {
                 let _ = rx.await;
             }
         }
+    }
+}
+
+/// Appends [`Store::queue_pipelined`] handed to the writer: their
+/// outcomes are still to come.
+#[derive(Debug)]
+#[must_use = "the outcomes tell which appends committed"]
+pub struct QueuedAppends {
+    replies: Vec<Result<oneshot::Receiver<Result<Appended, StorageError>>, StorageError>>,
+    queued: usize,
+    started: std::time::Instant,
+}
+
+impl QueuedAppends {
+    /// How many of the appends were queued (the rest, from the first one
+    /// refused, were not).
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Waits for the queued appends' commits: the outcome of each append
+    /// up to and including the first failure (a refused one's error, when
+    /// one was refused; nothing after it was written).
+    pub async fn outcomes(self) -> Vec<Result<Appended, StorageError>> {
+        let mut out = Vec::with_capacity(self.replies.len());
+        for reply in self.replies {
+            let result = match reply {
+                Ok(rx) => rx.await.map_err(|_| StorageError::Closed).and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            if !failed {
+                crate::metrics::with(|m| {
+                    m.append_duration
+                        .record(self.started.elapsed().as_secs_f64(), &[])
+                });
+            }
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
     }
 }
 
