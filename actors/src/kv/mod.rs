@@ -242,7 +242,7 @@ pub struct KvState {
 pub const PIPELINE_MAX_BATCHES: usize = 4;
 
 /// The set batches a single node's partition writer queued to the store
-/// and has not seen answered (see "Set batching" in the module docs),
+/// and has not seen answered (see "Batch pipelining" in the module docs),
 /// oldest first, at most [`PIPELINE_MAX_BATCHES`].
 #[derive(Debug, Default)]
 pub struct Pipeline {
@@ -1012,7 +1012,7 @@ async fn run_sets(
 }
 
 /// Queues a batch of sets to the store without waiting for its commit (a
-/// single node's partition writer; see "Set batching" in the module
+/// single node's partition writer; see "Batch pipelining" in the module
 /// docs): decides each set on the trackers as they are, queues their
 /// appends behind the batches in flight at the version those leave, and
 /// hands the batch to a task that answers each set once its append
