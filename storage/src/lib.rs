@@ -108,8 +108,8 @@ pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, Sequence
 pub use observe::CommitObserver;
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{
-    BlobSpool, BlobWriter, CacheCounters, Checkpointed, MemoryUsage, RebuildProgress, RebuildStats,
-    Store, StoreConfig, StoreSnapshot,
+    BlobSpool, BlobWriter, CacheCounters, Checkpointed, MemoryUsage, QueuedAppends,
+    RebuildProgress, RebuildStats, Store, StoreConfig, StoreSnapshot,
 };
 pub use version::ExpectedVersion;
 pub use view::{View, ViewTx};

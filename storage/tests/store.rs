@@ -392,6 +392,72 @@ fn queued_chunks_commit_in_order_and_stop_at_the_first_failure() {
 }
 
 #[test]
+fn the_appends_of_one_pipelined_call_share_one_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.group_commit_max_events = 8192;
+    // A writer's queue shorter than the call: it takes one slot.
+    config.queue_max_appends = 16;
+    let store = Store::open(config, default_views()).unwrap();
+    let s = StreamId::new("s").unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let before = store.writer_stats();
+    // 300 appends of the commands of one batch, each with its own
+    // metadata.
+    let appends = (0..300)
+        .map(|i| {
+            (
+                vec![marker(format!("m{i}"))],
+                Metadata::command(format!("p{i}")),
+            )
+        })
+        .collect();
+    let results =
+        runtime.block_on(store.append_pipelined(&s, 0, appends, cairn_storage::Durability::Sync));
+    let versions: Vec<u64> = results
+        .into_iter()
+        .map(|r| r.unwrap().stream_version())
+        .collect();
+    assert_eq!(versions, (1..=300).collect::<Vec<u64>>());
+    let after = store.writer_stats();
+    assert_eq!(after.appends - before.appends, 300);
+    // One group commit, one fsync: not one at the first append and
+    // another for the rest.
+    assert_eq!(after.batches - before.batches, 1);
+    assert_eq!(after.synced_batches - before.synced_batches, 1);
+    let principals: Vec<String> = store
+        .read_stream(&s, 1, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.principal)
+        .collect();
+    assert_eq!(
+        principals,
+        (0..300).map(|i| format!("p{i}")).collect::<Vec<_>>()
+    );
+
+    // Within `group-commit-max-events`: a call larger than a group goes
+    // in groups of at most that many events.
+    drop(store);
+    let mut config = StoreConfig::new(dir.path());
+    config.group_commit_max_events = 4;
+    config.append_max_events = 2;
+    let store = Store::open(config, default_views()).unwrap();
+    let before = store.writer_stats();
+    let appends = (0..10)
+        .map(|i| (vec![marker(format!("n{i}"))], Metadata::default()))
+        .collect();
+    let results =
+        runtime.block_on(store.append_pipelined(&s, 300, appends, cairn_storage::Durability::Sync));
+    assert_eq!(results.len(), 10);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(store.writer_stats().batches - before.batches, 3);
+}
+
+#[test]
 fn a_view_added_later_catches_up_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let digest = Digest::of(b"x");

@@ -1375,6 +1375,114 @@ async fn concurrent_sets_of_one_partition_share_group_commits() {
     node.shutdown().await;
 }
 
+/// Holds the store's writer thread inside the next commit (on its
+/// observer call) until released: a commit that takes long, as a slow
+/// fsync does.
+struct CommitGate {
+    armed: std::sync::atomic::AtomicBool,
+    entered: parking_lot::Mutex<std::sync::mpsc::Sender<()>>,
+    release: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl cairn_storage::CommitObserver for CommitGate {
+    fn committed(
+        &self,
+        _envelopes: &[&cairn_events::v1::Envelope],
+        _views: &dyn cairn_storage::ViewRead,
+    ) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.entered.lock().send(());
+            // Bounded: a test that never releases does not hang the writer.
+            let _ = self.release.lock().recv_timeout(Duration::from_secs(20));
+        }
+    }
+}
+
+/// A single node's partition writer pipelines its set batches: while one
+/// batch's commit is still being written (held here inside the commit, as
+/// a slow fsync would hold it), the next batch of the same partition is
+/// decided and queued to the store right behind it — not kept back until
+/// the first is answered — so the store's writer takes it as soon as it is
+/// free. Both sets are answered after their own commits, with consecutive
+/// versions.
+#[actix_rt::test]
+async fn the_next_set_batch_is_queued_while_the_last_one_commits() {
+    let (_dir, node, _clock) = start().await;
+    let c = node.client().clone();
+    c.ok(
+        "kv.set",
+        json!({"namespace": "pipe", "key": "warm", "value": 0}),
+    )
+    .await;
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(CommitGate {
+        armed: std::sync::atomic::AtomicBool::new(true),
+        entered: parking_lot::Mutex::new(entered_tx),
+        release: parking_lot::Mutex::new(release_rx),
+    });
+    node.store().observe(gate.clone());
+    let first = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.ok(
+                "kv.set",
+                json!({"namespace": "pipe", "key": "a", "value": 1}),
+            )
+            .await
+        })
+    };
+    // The first set's commit is held on the writer thread.
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the first set's commit reached the store's writer");
+    let second = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.ok(
+                "kv.set",
+                json!({"namespace": "pipe", "key": "b", "value": 2}),
+            )
+            .await
+        })
+    };
+    let store = node.store();
+    cairn_tests::wait::wait_until(
+        "the second set queued to the store while the first commits",
+        Duration::from_secs(10),
+        || {
+            let queued = store.writer_queue_len();
+            async move {
+                if queued == 1 {
+                    Ok(())
+                } else {
+                    Err(format!("{queued} commands queued to the store's writer"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(!first.is_finished() && !second.is_finished());
+    release_tx.send(()).unwrap();
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    let (a, b) = (
+        a["version"].as_u64().unwrap(),
+        b["version"].as_u64().unwrap(),
+    );
+    assert_eq!(b, a + 1);
+    for (key, value, version) in [("a", 1, a), ("b", 2, b)] {
+        let got = c
+            .ok("kv.get", json!({"namespace": "pipe", "key": key}))
+            .await;
+        assert_eq!(
+            (got["value"].clone(), got["version"].as_u64()),
+            (json!(value), Some(version))
+        );
+    }
+    node.shutdown().await;
+}
+
 /// A namespace without limits keeps no per-entry state for entries never
 /// read; when it gets `max_entries`, every entry is indexed from the view
 /// and the least recently used (by last set or hit) go, exactly; a delete

@@ -55,7 +55,28 @@
 //!   commit takes them in one write batch and one fsync. Each set is
 //!   answered with its own version (its `KvEntrySet`'s sequence number).
 //!   Pipelined appends were chosen over one append of many events because
-//!   an append carries one metadata. Preserved: per-key order (queue
+//!   an append carries one metadata.
+//! - **Batch pipelining** (a single node, [`KvLog::Store`]). A batch does
+//!   not hold the writer until it is committed: once its appends are
+//!   queued to the store ([`cairn_storage::Store::queue_pipelined`], one
+//!   message, so the store's writer takes them into one group commit), a
+//!   task answers its sets when they commit, and the writer goes on with
+//!   the next batch — decided on the trackers as they are, queued at the
+//!   version the batches in flight leave — while the store still writes and
+//!   fsyncs the last (at most [`PIPELINE_MAX_BATCHES`] in flight). So the
+//!   store's writer finds the next batch waiting when it finishes a group,
+//!   rather than idling while the partition's writer answers and decides.
+//!   Durability is unchanged: a set is answered after its own commit (its
+//!   fsync, with `sync`). Every other command (delete, bulk removals,
+//!   `configure`, expiry), and a batch holding a set of a namespace with
+//!   limits, first waits for the batches in flight (`settle`), so it
+//!   decides on the state and trackers they leave. When an append of a
+//!   batch fails, the later batches' appends (which expected the versions
+//!   it would have left) fail too: the writer waits for every batch in
+//!   flight, reads the stream's version from the store, and runs the sets
+//!   that were not written again, in order (the rounds below). On a
+//!   cluster the replicated log answers an append once applied; its
+//!   writers run one batch at a time. Preserved: per-key order (queue
 //!   order = append order); eviction exactness (a batch takes at most one
 //!   set of a namespace with `max_entries`/`max_bytes`, whose evictions
 //!   are decided on the trackers as the last commit left them; the next
@@ -171,7 +192,7 @@ use memory::{EntryInfo, KvMemory};
 use crate::{
     service::idempotency::{self, Recorded},
     timing::Clock,
-    writer::{off_arbiter, Chunking, Execute, Session, StreamDomain, StreamWriter},
+    writer::{off_arbiter, Chunking, Execute, Session, StreamDomain, StreamWriter, WriterError},
 };
 
 /// Streams the keyspace is partitioned into (part of the on-disk format).
@@ -222,8 +243,40 @@ pub struct KvState {
     pub partition: usize,
     /// `kv/<partition>`.
     pub stream: StreamId,
-    /// The stream's version.
+    /// The stream's version: with set batches in flight ([`Pipeline`]),
+    /// the version they leave once committed.
     pub version: u64,
+    /// The set batches queued to the store and not answered yet (shared by
+    /// the state's clones: the writer runs one command at a time).
+    pub pipeline: Arc<parking_lot::Mutex<Pipeline>>,
+}
+
+/// Most set batches of one partition queued to the store and not answered
+/// yet ([`Pipeline`]); the writer waits for the oldest before queuing
+/// another.
+pub const PIPELINE_MAX_BATCHES: usize = 4;
+
+/// The set batches a single node's partition writer queued to the store
+/// and has not seen answered (see "Batch pipelining" in the module docs),
+/// oldest first, at most [`PIPELINE_MAX_BATCHES`].
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    /// Each batch's task, which answers its sets once its appends are
+    /// committed and hands back what it could not write.
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<Settled>>,
+    /// Resolves once the last batch queued is answered: whether it and
+    /// every batch before it wrote all their appends.
+    last: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+/// What a pipelined batch's task leaves once its appends are answered.
+#[derive(Debug)]
+struct Settled {
+    /// Its sets that were not written (an append before them failed), in
+    /// order: the writer runs them again.
+    unwritten: Vec<QueuedSet>,
+    /// Whether it and every batch before it wrote all their appends.
+    ok: bool,
 }
 
 /// What every partition writer shares.
@@ -501,6 +554,11 @@ impl StreamDomain for Kv {
             let partition = session.state().partition;
             let env = session.env().clone();
             let now_ms = unix_ms(env.clock.now());
+            if !matches!(command, KvCommand::SetBatch) {
+                // Every other command decides on the state and trackers as
+                // the sets queued before it left them.
+                settle(session, &env, partition, now_ms, 0).await?;
+            }
             match command {
                 KvCommand::Set(set) => {
                     // A set sent straight to the writer: a batch of one.
@@ -523,11 +581,33 @@ impl StreamDomain for Kv {
                         .map_err(|_| KvError::WriterGone { partition })?
                 }
                 KvCommand::SetBatch => {
+                    let KvLog::Store(store) = &env.log else {
+                        // A cluster's replicated log: one batch at a time.
+                        let batch = drain_sets(&env, partition);
+                        let n = batch.len();
+                        if n > 0 {
+                            run_sets(session, &env, partition, batch, now_ms).await;
+                        }
+                        return Ok(KvReply::Batched(n));
+                    };
+                    // Room for one more batch in flight.
+                    settle(session, &env, partition, now_ms, PIPELINE_MAX_BATCHES - 1).await?;
                     let batch = drain_sets(&env, partition);
                     let n = batch.len();
-                    if n > 0 {
-                        run_sets(session, &env, partition, batch, now_ms).await;
+                    if n == 0 {
+                        return Ok(KvReply::Batched(0));
                     }
+                    if batch
+                        .iter()
+                        .any(|q| has_limits(&env, partition, &q.set.namespace))
+                    {
+                        // Evictions are decided on the trackers as every
+                        // set before left them: nothing in flight.
+                        settle(session, &env, partition, now_ms, 0).await?;
+                        run_sets(session, &env, partition, batch, now_ms).await;
+                        return Ok(KvReply::Batched(n));
+                    }
+                    pipeline_sets(session, &env, store, partition, batch, now_ms).await?;
                     Ok(KvReply::Batched(n))
                 }
                 KvCommand::Delete { namespace, key } => {
@@ -811,14 +891,7 @@ fn drain_sets(env: &KvEnv, partition: usize) -> Vec<QueuedSet> {
     while batch.len() < env.set_batch_max {
         let Some(next) = queue.front() else { break };
         let namespace = &next.set.namespace;
-        let has_limits = {
-            let tracker = env.memory.partition(partition).lock();
-            tracker
-                .namespaces
-                .get(namespace)
-                .is_some_and(|ns| ns.settings.max_entries > 0 || ns.settings.max_bytes > 0)
-        };
-        if has_limits {
+        if has_limits(env, partition, namespace) {
             if limited.contains(namespace) {
                 break;
             }
@@ -827,6 +900,15 @@ fn drain_sets(env: &KvEnv, partition: usize) -> Vec<QueuedSet> {
         batch.extend(queue.pop_front());
     }
     batch
+}
+
+/// Whether `namespace` has `max_entries` or `max_bytes`.
+fn has_limits(env: &KvEnv, partition: usize, namespace: &str) -> bool {
+    let tracker = env.memory.partition(partition).lock();
+    tracker
+        .namespaces
+        .get(namespace)
+        .is_some_and(|ns| ns.settings.max_entries > 0 || ns.settings.max_bytes > 0)
 }
 
 /// One set decided: its row (seq still 0) and its events (the set, then
@@ -908,14 +990,144 @@ fn decide_set(
     })
 }
 
+/// A set of a batch, decided: its decision, how many appends it takes,
+/// and whom to answer.
+struct DecidedEntry {
+    decided: DecidedSet,
+    appends: usize,
+    metadata: Metadata,
+    reply: tokio::sync::oneshot::Sender<Result<KvReply, KvError>>,
+}
+
+/// Decides each set of `batch` in order on the trackers as they are,
+/// answering those the decision refuses: the others with their appends
+/// (one per set, more when its evictions need them), in order.
+fn decide_batch(
+    env: &KvEnv,
+    partition: usize,
+    batch: Vec<QueuedSet>,
+    now_ms: u64,
+) -> (Vec<DecidedEntry>, Vec<(Vec<Event>, Metadata)>) {
+    let max_events = env.log.append().append_max_events().max(1);
+    let mut decided = Vec::with_capacity(batch.len());
+    let mut appends = Vec::with_capacity(batch.len());
+    for queued in batch {
+        let QueuedSet {
+            set,
+            metadata,
+            reply,
+        } = queued;
+        match decide_set(env, partition, set, now_ms) {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(mut d) => {
+                let events = std::mem::take(&mut d.events);
+                let chunks = events.len().div_ceil(max_events);
+                let mut events = events.into_iter().peekable();
+                while events.peek().is_some() {
+                    let chunk: Vec<Event> = events.by_ref().take(max_events).collect();
+                    appends.push((chunk, metadata.clone()));
+                }
+                decided.push(DecidedEntry {
+                    decided: d,
+                    appends: chunks,
+                    metadata,
+                    reply,
+                });
+            }
+        }
+    }
+    (decided, appends)
+}
+
+/// Answers each set of a batch from `outcomes` (its appends' outcomes in
+/// order, up to and including the first failure) with its own version
+/// (its `KvEntrySet`'s sequence number) or its append's error. Returns
+/// the sets not written — after a failure — to run again, and whether
+/// every append was written. When `earlier_ok` is false (an earlier
+/// pipelined batch failed, so this one's appends expected versions that
+/// never came), a failed append is not its set's fault: the set is run
+/// again rather than answered.
+fn answer_batch(
+    decided: Vec<DecidedEntry>,
+    outcomes: Vec<Result<cairn_storage::Appended, WriterError>>,
+    earlier_ok: bool,
+) -> (Vec<QueuedSet>, bool) {
+    let mut outcomes = outcomes.into_iter();
+    let mut unwritten = Vec::new();
+    let mut all_written = true;
+    for entry in decided {
+        let DecidedEntry {
+            decided: d,
+            appends,
+            metadata,
+            reply,
+        } = entry;
+        let mut seq = None;
+        let mut failed = None;
+        let mut written = 0;
+        for _ in 0..appends {
+            match outcomes.next() {
+                Some(Ok(appended)) => {
+                    written += 1;
+                    seq = seq.or_else(|| appended.envelopes.first().map(|e| e.seq));
+                }
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if written < appends {
+            all_written = false;
+        }
+        if written == 0 && (failed.is_none() || !earlier_ok) {
+            // Not written: an earlier append failed. Decided again on the
+            // trackers as the commits left them.
+            unwritten.push(QueuedSet {
+                set: SetEntry {
+                    namespace: d.row.namespace,
+                    key: d.row.key,
+                    value: d.row.value,
+                    json: d.row.json,
+                    tags: d.row.tags,
+                    ttl_ms: d.ttl_ms,
+                },
+                metadata,
+                reply,
+            });
+            continue;
+        }
+        let DecidedSet { row, .. } = d;
+        if written > 0 {
+            // The memory tier and trackers took the entry (and its
+            // evictions) as the commit was written ([`KvObserver`]).
+            let answer = KvReply::Set {
+                version: seq.unwrap_or(0),
+                created_at_ms: row.created_at_ms,
+                expires_at_ms: row.expires_at_ms,
+            };
+            let _ = reply.send(match failed {
+                None => Ok(answer),
+                Some(e) => Err(e.into()),
+            });
+        } else if let Some(e) = failed {
+            let _ = reply.send(Err(e.into()));
+        }
+    }
+    (unwritten, all_written)
+}
+
 /// Runs a batch of sets: decides each, appends them all pipelined (one
 /// append per set, with that set's metadata, queued together so they share
-/// group commits), updates the memory tier and trackers in order, and
-/// answers each set on its channel with its own version (its
-/// `KvEntrySet`'s sequence number). A set the decision refuses is answered
-/// alone; when an append fails, that set gets the error and the sets after
-/// it (not written) are decided and appended again, so every round answers
-/// at least one set and the rounds are bounded by the batch's size.
+/// group commits), and answers each set on its channel with its own
+/// version once its append committed. A set the decision refuses is
+/// answered alone; when an append fails, that set gets the error and the
+/// sets after it (not written) are decided and appended again, so every
+/// round answers at least one set and the rounds are bounded by the
+/// batch's size.
 async fn run_sets(
     session: &mut Session<Kv>,
     env: &KvEnv,
@@ -923,132 +1135,196 @@ async fn run_sets(
     batch: Vec<QueuedSet>,
     now_ms: u64,
 ) {
-    let max_events = env.log.append().append_max_events().max(1);
     let mut pending = batch;
     while !pending.is_empty() {
-        // Sets sent again with their key (a forward whose answer was
-        // lost) are answered as their first run was, appending nothing; a
-        // second set with a key this round already carries waits for the
-        // next round, where it finds the first one's events.
-        let priors = match set_priors(env, &pending).await {
-            Ok(priors) => priors,
-            Err(e) => {
-                let message = e.to_string();
-                for queued in pending.drain(..) {
-                    let _ = queued.reply.send(Err(KvError::Storage(
-                        cairn_storage::StorageError::Unavailable(format!(
-                            "looking up the set's {}: {message}",
-                            idempotency::REQUEST_ID_HEADER
-                        )),
-                    )));
-                }
-                return;
-            }
+        let Some((round, next_round)) = screen_keys(env, std::mem::take(&mut pending)).await else {
+            return;
         };
-        let mut priors = priors.into_iter().peekable();
-        let mut keys_this_round: std::collections::HashSet<String> =
-            std::collections::HashSet::new();
-        let mut next_round = Vec::new();
-        let mut decided = Vec::with_capacity(pending.len());
-        let mut appends = Vec::with_capacity(pending.len());
-        for (i, queued) in std::mem::take(&mut pending).into_iter().enumerate() {
-            let prior = match priors.peek() {
-                Some((at, _)) if *at == i => priors.next().map(|(_, p)| p),
-                _ => None,
-            };
-            match prior {
-                Some(SetPrior::Applied(answer)) => {
-                    let _ = queued.reply.send(Ok(answer));
-                    continue;
-                }
-                Some(SetPrior::Reused(message)) => {
-                    let _ = queued.reply.send(Err(KvError::RequestReused { message }));
-                    continue;
-                }
-                Some(SetPrior::New) | None => {}
-            }
-            let id = &queued.metadata.request_id;
-            if !id.is_empty() && !keys_this_round.insert(id.clone()) {
-                next_round.push(queued);
-                continue;
-            }
-            let QueuedSet {
-                set,
-                metadata,
-                reply,
-            } = queued;
-            match decide_set(env, partition, set, now_ms) {
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-                Ok(mut d) => {
-                    let events = std::mem::take(&mut d.events);
-                    let chunks = events.len().div_ceil(max_events);
-                    let mut events = events.into_iter().peekable();
-                    while events.peek().is_some() {
-                        let chunk: Vec<Event> = events.by_ref().take(max_events).collect();
-                        appends.push((chunk, metadata.clone()));
-                    }
-                    decided.push((d, chunks, metadata, reply));
-                }
-            }
-        }
-        let mut outcomes = session.append_pipelined(appends).await.into_iter();
-        let mut decided = decided.into_iter();
-        for (d, chunks, metadata, reply) in decided.by_ref() {
-            let mut seq = None;
-            let mut failed = None;
-            let mut written = 0;
-            for _ in 0..chunks {
-                match outcomes.next() {
-                    Some(Ok(appended)) => {
-                        written += 1;
-                        seq = seq.or_else(|| appended.envelopes.first().map(|e| e.seq));
-                    }
-                    Some(Err(e)) => {
-                        failed = Some(e);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if written == 0 && failed.is_none() {
-                // Not written: an earlier append failed. Decided again in
-                // the next round, on the tracker as the commits left it.
-                pending.push(QueuedSet {
-                    set: SetEntry {
-                        namespace: d.row.namespace,
-                        key: d.row.key,
-                        value: d.row.value,
-                        json: d.row.json,
-                        tags: d.row.tags,
-                        ttl_ms: d.ttl_ms,
-                    },
-                    metadata,
-                    reply,
-                });
-                continue;
-            }
-            let DecidedSet { mut row, .. } = d;
-            if written > 0 {
-                // The memory tier and trackers took the entry (and its
-                // evictions) as the commit was written ([`KvObserver`]).
-                row.seq = seq.unwrap_or(0);
-                let answer = KvReply::Set {
-                    version: row.seq,
-                    created_at_ms: row.created_at_ms,
-                    expires_at_ms: row.expires_at_ms,
-                };
-                let _ = reply.send(match failed {
-                    None => Ok(answer),
-                    Some(e) => Err(e.into()),
-                });
-            } else if let Some(e) = failed {
-                let _ = reply.send(Err(e.into()));
-            }
-        }
+        let (decided, appends) = decide_batch(env, partition, round, now_ms);
+        let outcomes = session.append_pipelined(appends).await;
+        pending = answer_batch(decided, outcomes, true).0;
         pending.extend(next_round);
     }
+}
+
+/// Screens a round of sets by their idempotency keys (one lookup for the
+/// round): a set sent again with its key (a forward whose answer was lost)
+/// is answered as its first run was, appending nothing; a key naming
+/// another request gets its 409; a second set with a key this round
+/// already carries waits for the next round, where it finds the first
+/// one's events. Answers (this round, the next round); `None` when the
+/// lookup failed (every set answered with the error).
+async fn screen_keys(
+    env: &KvEnv,
+    mut pending: Vec<QueuedSet>,
+) -> Option<(Vec<QueuedSet>, Vec<QueuedSet>)> {
+    let priors = match set_priors(env, &pending).await {
+        Ok(priors) => priors,
+        Err(e) => {
+            let message = e.to_string();
+            for queued in pending.drain(..) {
+                let _ = queued.reply.send(Err(KvError::Storage(
+                    cairn_storage::StorageError::Unavailable(format!(
+                        "looking up the set's {}: {message}",
+                        idempotency::REQUEST_ID_HEADER
+                    )),
+                )));
+            }
+            return None;
+        }
+    };
+    let mut priors = priors.into_iter().peekable();
+    let mut keys_this_round: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut round = Vec::with_capacity(pending.len());
+    let mut next_round = Vec::new();
+    for (i, queued) in pending.into_iter().enumerate() {
+        let prior = match priors.peek() {
+            Some((at, _)) if *at == i => priors.next().map(|(_, p)| p),
+            _ => None,
+        };
+        match prior {
+            Some(SetPrior::Applied(answer)) => {
+                let _ = queued.reply.send(Ok(answer));
+                continue;
+            }
+            Some(SetPrior::Reused(message)) => {
+                let _ = queued.reply.send(Err(KvError::RequestReused { message }));
+                continue;
+            }
+            Some(SetPrior::New) | None => {}
+        }
+        let id = &queued.metadata.request_id;
+        if !id.is_empty() && !keys_this_round.insert(id.clone()) {
+            next_round.push(queued);
+            continue;
+        }
+        round.push(queued);
+    }
+    Some((round, next_round))
+}
+
+/// Queues a batch of sets to the store without waiting for its commit (a
+/// single node's partition writer; see "Batch pipelining" in the module
+/// docs): decides each set on the trackers as they are, queues their
+/// appends behind the batches in flight at the version those leave, and
+/// hands the batch to a task that answers each set once its append
+/// committed. The state's version becomes the one the batch leaves. A
+/// batch whose appends could not all be queued (one refused) is settled
+/// at once, so the sets after the refused one run again.
+async fn pipeline_sets(
+    session: &mut Session<Kv>,
+    env: &KvEnv,
+    store: &Store,
+    partition: usize,
+    batch: Vec<QueuedSet>,
+    now_ms: u64,
+) -> Result<(), KvError> {
+    // A keyed set (a client's `Cairn-Request-Id`) is checked against the
+    // `requests` view, which holds the keys of committed sets only: the
+    // batches in flight commit first.
+    let batch = if batch.iter().any(|q| !q.metadata.request_id.is_empty()) {
+        settle(session, env, partition, now_ms, 0).await?;
+        let Some((round, later)) = screen_keys(env, batch).await else {
+            return Ok(());
+        };
+        if !later.is_empty() {
+            // The same key twice in one batch: the first runs alone first.
+            run_sets(session, env, partition, round, now_ms).await;
+            run_sets(session, env, partition, later, now_ms).await;
+            return Ok(());
+        }
+        round
+    } else {
+        batch
+    };
+    let (decided, appends) = decide_batch(env, partition, batch, now_ms);
+    if appends.is_empty() {
+        return Ok(());
+    }
+    let sizes: Vec<u64> = appends.iter().map(|(e, _)| e.len() as u64).collect();
+    let stream = session.state().stream.clone();
+    let queued = store
+        .queue_pipelined(&stream, session.state().version, appends, env.durability)
+        .await;
+    let all_queued = queued.queued() == sizes.len();
+    session.state_mut().version += sizes[..queued.queued()].iter().sum::<u64>();
+    let (done, done_rx) = tokio::sync::oneshot::channel();
+    let earlier = session.state().pipeline.lock().last.replace(done_rx);
+    let task = tokio::spawn(async move {
+        let earlier_ok = match earlier {
+            Some(earlier) => earlier.await.unwrap_or(false),
+            None => true,
+        };
+        let outcomes = queued
+            .outcomes()
+            .await
+            .into_iter()
+            .map(|o| o.map_err(WriterError::from))
+            .collect();
+        let (unwritten, written) = answer_batch(decided, outcomes, earlier_ok);
+        let ok = earlier_ok && written;
+        let _ = done.send(ok);
+        Settled { unwritten, ok }
+    });
+    session.state().pipeline.lock().in_flight.push_back(task);
+    if !all_queued {
+        settle(session, env, partition, now_ms, 0).await?;
+    }
+    Ok(())
+}
+
+/// Waits until at most `keep` of the partition's pipelined set batches
+/// are in flight, oldest first. When one did not write all its sets, it
+/// waits for every batch, reads the stream's version from the store (the
+/// state's counted appends that never came) and runs the sets not written
+/// again, in order, on the trackers as the commits left them.
+async fn settle(
+    session: &mut Session<Kv>,
+    env: &KvEnv,
+    partition: usize,
+    now_ms: u64,
+    keep: usize,
+) -> Result<(), KvError> {
+    let mut unwritten = Vec::new();
+    let mut failed = false;
+    loop {
+        let oldest = {
+            let mut pipeline = session.state().pipeline.lock();
+            if pipeline.in_flight.len() <= keep && !failed {
+                None
+            } else {
+                pipeline.in_flight.pop_front()
+            }
+        };
+        let Some(oldest) = oldest else { break };
+        match oldest.await {
+            Ok(settled) => {
+                failed |= !settled.ok;
+                unwritten.extend(settled.unwritten);
+            }
+            // Its sets lost their answers (answered as the writer gone).
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "kv set batch task failed");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        session.state().pipeline.lock().last = None;
+        let (store, stream) = (env.store.clone(), session.state().stream.clone());
+        let version = off_arbiter("kv-settle", move || store.stream_version(&stream)).await??;
+        tracing::debug!(
+            partition,
+            version,
+            unwritten = unwritten.len(),
+            "kv set pipeline failed; running its unwritten sets again"
+        );
+        session.state_mut().version = version;
+    }
+    if !unwritten.is_empty() {
+        run_sets(session, env, partition, unwritten, now_ms).await;
+    }
+    Ok(())
 }
 
 /// The `candidates` whose current row `keep` selects.
@@ -1321,6 +1597,7 @@ impl KvNode {
             partition,
             stream: partition_stream(partition),
             version,
+            pipeline: Arc::default(),
         };
         let env = self.env.clone();
         let writer = match arbiter {

@@ -64,7 +64,7 @@ use std::sync::Arc;
 use async_nats::service::{self, ServiceExt};
 pub use cairn_events::revision::timestamp_json;
 use cairn_storage::Store;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{debug, info, Instrument};
 
@@ -535,7 +535,8 @@ enum RequestLimit {
 }
 
 /// Runs `handler` for each request of `endpoint` (subject `name`), at most
-/// `limiter`'s permits at once across the service. Each request runs in
+/// `limiter`'s permits at once across the service: inline as far as it
+/// goes without waiting, then in a task of its own. Each request runs in
 /// its own `command` span (`endpoint`; `principal` and `correlation_id`
 /// recorded by [`metadata`], `stream` by [`record_stream`]); the actor
 /// messages it causes carry that span, so a command's log reads as one
@@ -560,7 +561,7 @@ where
                 return;
             };
             let context = context.clone();
-            tokio::spawn(async move {
+            let mut run = Box::pin(async move {
                 let format = codec::Format::of(&request);
                 let max = match limit {
                     RequestLimit::Config => context.config.request_max_bytes,
@@ -667,6 +668,25 @@ where
                 crate::metrics::request(name, code, started.elapsed().as_secs_f64());
                 drop(permit);
             });
+            // Run here as far as it goes without waiting: a request
+            // answered from memory (a `kv.get` hit) is done, with no task
+            // of its own (spawning one per request cost the node thread a
+            // task's allocation, scheduling and wake-up, and a copy of this
+            // large future in and out of it). One that waits (a write, a
+            // read of the disk) goes on in a task, boxed (the task holds a
+            // pointer); its next poll there registers the task's wakers.
+            // A handler that panics loses its request, not the endpoint.
+            let mut first = std::panic::AssertUnwindSafe(run.as_mut()).catch_unwind();
+            match futures::poll!(&mut first) {
+                std::task::Poll::Pending => {
+                    drop(first);
+                    tokio::spawn(run);
+                }
+                std::task::Poll::Ready(Ok(())) => {}
+                std::task::Poll::Ready(Err(_)) => {
+                    tracing::error!(endpoint = name, "a request handler panicked");
+                }
+            }
         }
     })
 }

@@ -60,6 +60,25 @@ pub struct KvOptions {
     pub compaction_sets: usize,
     /// Distinct keys of the compaction measurement.
     pub compaction_keys: usize,
+    /// The measurements to run.
+    pub phases: Vec<KvPhase>,
+    /// Requests in flight of the GET and SET measurements (1 and 64).
+    pub concurrency: Vec<usize>,
+}
+
+/// One measurement of `cairn bench kv` (`--phases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvPhase {
+    /// GETs vs the echo and Redis.
+    Get,
+    /// SETs with `sync` durability vs `appendfsync always`.
+    SetSync,
+    /// SETs with `batched` durability vs `appendfsync everysec`.
+    SetBatched,
+    /// RSS per entry vs Redis `used_memory`.
+    Memory,
+    /// Rewrites compacted.
+    Compaction,
 }
 
 /// One measurement.
@@ -207,47 +226,54 @@ fn value_of(size: usize, i: usize) -> String {
     v
 }
 
-/// Runs `cairn bench kv`.
+/// Runs `cairn bench kv`: the phases `options.phases` names, in their
+/// fixed order.
 pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let runs = |phase| options.phases.contains(&phase);
     let redis = Redis::start()?;
-    let mut lines = Vec::new();
-    let (get, echo, redis_get) = {
+    let gets_run = if runs(KvPhase::Get) {
         let (redis_url, options) = (redis.url(), options.clone());
-        with_node(
+        let (get, echo, redis_get) = with_node(
             KvDurability::Sync,
             GET_MEMORY_MAX_BYTES,
             move |url| async move { gets(&url, &redis_url, &options).await },
-        )?
+        )?;
+        for line in &get.1 {
+            writeln!(out, "{line}")?;
+        }
+        Some((get.0, echo, redis_get))
+    } else {
+        None
     };
-    lines.extend(get.1.clone());
-    let (set_sync, redis_always) = {
-        let (redis_url, options) = (redis.url(), options.clone());
-        with_node(
-            KvDurability::Sync,
-            GET_MEMORY_MAX_BYTES,
-            move |url| async move { sets(&url, &redis_url, &options, "always").await },
-        )?
-    };
-    let (set_batched, redis_everysec) = {
-        let (redis_url, options) = (redis.url(), options.clone());
-        with_node(
-            KvDurability::Batched,
-            GET_MEMORY_MAX_BYTES,
-            move |url| async move { sets(&url, &redis_url, &options, "everysec").await },
-        )?
-    };
-    for line in lines {
-        writeln!(out, "{line}")?;
-    }
-    for (name, cairn, redis) in [
-        ("set sync vs appendfsync always", &set_sync, &redis_always),
+    let mut set_sync = None;
+    for (phase, durability, fsync, name) in [
         (
+            KvPhase::SetSync,
+            KvDurability::Sync,
+            "always",
+            "set sync vs appendfsync always",
+        ),
+        (
+            KvPhase::SetBatched,
+            KvDurability::Batched,
+            "everysec",
             "set batched vs appendfsync everysec",
-            &set_batched,
-            &redis_everysec,
         ),
     ] {
-        for (c, (a, b)) in [1usize, 64].iter().zip(cairn.iter().zip(redis.iter())) {
+        if !runs(phase) {
+            continue;
+        }
+        let (cairn, redis) = {
+            let (redis_url, options) = (redis.url(), options.clone());
+            with_node(durability, GET_MEMORY_MAX_BYTES, move |url| async move {
+                sets(&url, &redis_url, &options, fsync).await
+            })?
+        };
+        for (c, (a, b)) in options
+            .concurrency
+            .iter()
+            .zip(cairn.iter().zip(redis.iter()))
+        {
             writeln!(
                 out,
                 "kv {name}, 100 B, concurrency {c}: cairn p50={:.0}µs p99={:.0}µs {:.0}/s; redis p50={:.0}µs p99={:.0}µs {:.0}/s; p50 ratio {:.2}, throughput ratio {:.2}",
@@ -261,32 +287,46 @@ pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<(
                 a.per_sec / b.per_sec.max(1e-9),
             )?;
         }
+        if phase == KvPhase::SetSync {
+            set_sync = Some((cairn, redis));
+        }
     }
-    // The node as configured by default: its memory tier holds at most
-    // kv.memory-max-bytes, the rest is on disk (RocksDB).
-    let memory_tier = crate::config::KvSection::default().memory_max_bytes;
-    let (rss, used) = {
-        let (redis_url, options) = (redis.url(), options.clone());
-        with_node(KvDurability::Batched, memory_tier, move |url| async move {
-            memory(&url, &redis_url, &options).await
-        })?
+    if runs(KvPhase::Memory) {
+        // The node as configured by default: its memory tier holds at most
+        // kv.memory-max-bytes, the rest is on disk (RocksDB).
+        let memory_tier = crate::config::KvSection::default().memory_max_bytes;
+        let (rss, used) = {
+            let (redis_url, options) = (redis.url(), options.clone());
+            with_node(KvDurability::Batched, memory_tier, move |url| async move {
+                memory(&url, &redis_url, &options).await
+            })?
+        };
+        writeln!(
+            out,
+            "kv memory: {} entries of 100 B (cairn's memory tier at its default {} MiB, the rest on disk): cairn RSS +{:.1} MiB, redis used_memory +{:.1} MiB, ratio {:.2}",
+            options.memory_entries,
+            memory_tier >> 20,
+            rss as f64 / 1048576.0,
+            used as f64 / 1048576.0,
+            rss as f64 / (used as f64).max(1.0)
+        )?;
+    }
+    if runs(KvPhase::Compaction) {
+        let (sets, kept) = compaction(options)?;
+        writeln!(
+            out,
+            "kv compaction: {sets} sets over {} keys: {kept} kv events left in the log after compaction",
+            options.compaction_keys
+        )?;
+    }
+    let (Some((get, echo, redis_get)), Some((set_sync, redis_always))) = (gets_run, set_sync)
+    else {
+        return Ok(());
     };
-    writeln!(
-        out,
-        "kv memory: {} entries of 100 B (cairn's memory tier at its default {} MiB, the rest on disk): cairn RSS +{:.1} MiB, redis used_memory +{:.1} MiB, ratio {:.2}",
-        options.memory_entries,
-        memory_tier >> 20,
-        rss as f64 / 1048576.0,
-        used as f64 / 1048576.0,
-        rss as f64 / (used as f64).max(1.0)
-    )?;
-    let (sets, kept) = compaction(options)?;
-    writeln!(
-        out,
-        "kv compaction: {sets} sets over {} keys: {kept} kv events left in the log after compaction",
-        options.compaction_keys
-    )?;
-    let g = &get.0[0];
+    if options.concurrency.first() != Some(&1) {
+        return Ok(());
+    }
+    let g = &get[0];
     let e = &echo[0];
     let r = &redis_get[0];
     let s = &set_sync[0];
@@ -410,7 +450,7 @@ async fn gets(
                 }
             }
         });
-        for concurrency in [1usize, 64] {
+        for &concurrency in &options.concurrency {
             let requests = options.requests;
             let cairn = {
                 let nats = nats.clone();
@@ -497,7 +537,7 @@ async fn sets(
         .await?;
     let (mut c_runs, mut r_runs) = (Vec::new(), Vec::new());
     let keys = options.keys.max(1);
-    for concurrency in [1usize, 64] {
+    for &concurrency in &options.concurrency {
         let requests = options.requests;
         let cairn = {
             let nats = nats.clone();

@@ -491,6 +491,20 @@ enum BenchCommand {
         /// Distinct keys of the compaction measurement.
         #[arg(long, default_value_t = 1_000)]
         compaction_keys: usize,
+        /// The measurements to run (all by default): a profile of one
+        /// phase without the others around it. The last summary line needs
+        /// `get` and `set-sync`.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "get,set-sync,set-batched,memory,compaction"
+        )]
+        phases: Vec<bench::kv::KvPhase>,
+        /// Requests in flight of the GET and SET measurements; the last
+        /// summary line needs 1 first.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        concurrency: Vec<usize>,
     },
     /// Resident memory of the (in-process) node: its peak during first
     /// syncs of N revisions, and once settled after listing them.
@@ -753,6 +767,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     memory_entries,
                     compaction_sets,
                     compaction_keys,
+                    phases,
+                    concurrency,
                 } => bench::kv::kv(
                     &bench::kv::KvOptions {
                         keys,
@@ -760,6 +776,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         memory_entries,
                         compaction_sets,
                         compaction_keys,
+                        phases,
+                        concurrency,
                     },
                     &mut stdout,
                 ),

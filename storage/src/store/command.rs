@@ -44,6 +44,11 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
 pub(super) enum Command {
     Append(AppendRequest, Reply<Appended>),
+    /// The appends of one pipelined call ([`super::Store::append_pipelined`]),
+    /// in order: one message, so the writer takes them into one group
+    /// commit together rather than waking up at the first and committing
+    /// the others in the next group (a second fsync).
+    AppendMany(Vec<(AppendRequest, Reply<Appended>)>),
     Rebuild(Vec<String>, Option<RebuildProgress>, Reply<RebuildStats>),
     /// A batch of a collection's candidates, re-checked and deleted on the
     /// writer (see `blobs`), with every prefix a reference may live under.

@@ -106,6 +106,14 @@ impl Store {
         self.inner().committed.subscribe()
     }
 
+    /// Commands waiting for the writer thread now (appends, pipelined
+    /// calls, rebuilds…; at most `store.queue-max-appends`): 0 once it
+    /// took everything queued.
+    pub fn writer_queue_len(&self) -> usize {
+        self.sender()
+            .map_or(0, |tx| tx.max_capacity().saturating_sub(tx.capacity()))
+    }
+
     /// Counters of the writer.
     pub fn writer_stats(&self) -> WriterStats {
         WriterStats {

@@ -64,7 +64,7 @@ pub use handle::{MemoryUsage, Store, WriterStats};
 pub use inner::CacheCounters;
 pub use open::{BLOCK_CACHE_BYTES, LAYOUT_VERSION, MEMTABLES_MAX_BYTES};
 pub use read::{StoreSnapshot, ViewDump};
-pub use writer::METADATA_MAX_BYTES;
+pub use writer::{QueuedAppends, METADATA_MAX_BYTES};
 
 use std::{
     collections::HashMap,

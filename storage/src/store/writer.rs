@@ -194,60 +194,97 @@ impl Store {
     /// first expects stream version `version`, each next one the version
     /// the previous leaves; a failed append fails every later one (nothing
     /// after it is written). Returns the outcome of each append up to and
-    /// including the first failure.
+    /// including the first failure. The appends reach the writer in one
+    /// message (or one per `group-commit-max-events`), so it commits them
+    /// in one group rather than waking at the first and taking the others
+    /// in a second group with a second fsync.
     pub async fn append_pipelined(
+        &self,
+        stream: &StreamId,
+        version: u64,
+        appends: Vec<(Vec<Event>, Metadata)>,
+        durability: crate::Durability,
+    ) -> Vec<Result<Appended, StorageError>> {
+        self.queue_pipelined(stream, version, appends, durability)
+            .await
+            .outcomes()
+            .await
+    }
+
+    /// [`Store::append_pipelined`] in two steps: this one validates the
+    /// appends and hands them to the writer, and resolves once they are
+    /// queued (in order, behind everything queued before); the answer's
+    /// [`QueuedAppends::outcomes`] waits for their commits. A caller can so
+    /// queue its next appends — expecting the versions these leave — while
+    /// these are written and fsynced (the key-value partition writers
+    /// pipeline their batches this way). [`QueuedAppends::queued`] says how
+    /// many were queued: fewer than given when one was refused (or the
+    /// store closed), and nothing after it was.
+    pub async fn queue_pipelined(
         &self,
         stream: &StreamId,
         mut version: u64,
         appends: Vec<(Vec<Event>, Metadata)>,
         durability: crate::Durability,
-    ) -> Vec<Result<Appended, StorageError>> {
+    ) -> QueuedAppends {
         let started = std::time::Instant::now();
         let mut replies = Vec::with_capacity(appends.len());
+        let mut requests = Vec::with_capacity(appends.len());
+        let mut refused = None;
         for (events, metadata) in appends {
             let len = events.len() as u64;
-            let request =
-                match self.request(stream, ExpectedVersion::Exact(version), events, metadata) {
-                    Ok(mut request) => {
-                        request.sync = durability == crate::Durability::Sync;
-                        request
-                    }
-                    Err(e) => {
-                        replies.push(Err(e));
-                        break;
-                    }
-                };
-            let (reply, rx) = oneshot::channel();
-            let sent = match self.sender() {
-                Ok(tx) => tx.send(Command::Append(request, reply)).await.is_ok(),
-                Err(_) => false,
-            };
-            if !sent {
-                replies.push(Err(StorageError::Closed));
-                break;
+            match self.request(stream, ExpectedVersion::Exact(version), events, metadata) {
+                Ok(mut request) => {
+                    request.sync = durability == crate::Durability::Sync;
+                    let (reply, rx) = oneshot::channel();
+                    requests.push((request, reply));
+                    replies.push(rx);
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
             }
-            replies.push(Ok(rx));
             version += len;
         }
-        let mut out = Vec::with_capacity(replies.len());
-        for reply in replies {
-            let result = match reply {
-                Ok(rx) => rx.await.map_err(|_| StorageError::Closed).and_then(|r| r),
-                Err(e) => Err(e),
-            };
-            let failed = result.is_err();
-            if !failed {
-                crate::metrics::with(|m| {
-                    m.append_duration
-                        .record(started.elapsed().as_secs_f64(), &[])
-                });
+        // One message for as many as a group commit takes (see
+        // `Command::AppendMany`).
+        let group_max = self.inner().config.group_commit_max_events.max(1);
+        let mut sent = 0;
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let mut message = Vec::new();
+            let mut events = 0;
+            while let Some((request, _)) = requests.peek() {
+                if !message.is_empty() && events + request.events.len() > group_max {
+                    break;
+                }
+                events += request.events.len();
+                message.extend(requests.next());
             }
-            out.push(result);
-            if failed {
+            let n = message.len();
+            let delivered = match self.sender() {
+                Ok(tx) => tx.send(Command::AppendMany(message)).await.is_ok(),
+                Err(_) => false,
+            };
+            if !delivered {
                 break;
             }
+            sent += n;
         }
-        out
+        let closed = sent < replies.len();
+        let mut replies: Vec<Result<_, StorageError>> =
+            replies.into_iter().take(sent).map(Ok).collect();
+        if closed {
+            replies.push(Err(StorageError::Closed));
+        } else if let Some(e) = refused {
+            replies.push(Err(e));
+        }
+        QueuedAppends {
+            replies,
+            queued: sent,
+            started,
+        }
     }
 
     /// Rebuilds the named views (all when `views` is empty) from the log:
@@ -372,6 +409,49 @@ impl Store {
                 let _ = rx.await;
             }
         }
+    }
+}
+
+/// Appends [`Store::queue_pipelined`] handed to the writer: their
+/// outcomes are still to come.
+#[derive(Debug)]
+#[must_use = "the outcomes tell which appends committed"]
+pub struct QueuedAppends {
+    replies: Vec<Result<oneshot::Receiver<Result<Appended, StorageError>>, StorageError>>,
+    queued: usize,
+    started: std::time::Instant,
+}
+
+impl QueuedAppends {
+    /// How many of the appends were queued (the rest, from the first one
+    /// refused, were not).
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Waits for the queued appends' commits: the outcome of each append
+    /// up to and including the first failure (a refused one's error, when
+    /// one was refused; nothing after it was written).
+    pub async fn outcomes(self) -> Vec<Result<Appended, StorageError>> {
+        let mut out = Vec::with_capacity(self.replies.len());
+        for reply in self.replies {
+            let result = match reply {
+                Ok(rx) => rx.await.map_err(|_| StorageError::Closed).and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            if !failed {
+                crate::metrics::with(|m| {
+                    m.append_duration
+                        .record(self.started.elapsed().as_secs_f64(), &[])
+                });
+            }
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
     }
 }
 
@@ -524,23 +604,9 @@ impl Writer {
         while let Some(command) = next.take() {
             match command {
                 Command::Append(request, reply) => {
-                    let mut group = vec![(request, reply)];
-                    let mut events = group[0].0.events.len();
-                    while events < self.inner.config.group_commit_max_events {
-                        match rx.try_recv() {
-                            Ok(Command::Append(request, reply)) => {
-                                events += request.events.len();
-                                group.push((request, reply));
-                            }
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.commit_group(group);
+                    next = self.group_commit(vec![(request, reply)], &mut rx);
                 }
+                Command::AppendMany(appends) => next = self.group_commit(appends, &mut rx),
                 Command::Rebuild(names, progress, reply) => {
                     let result = self.rebuild(&names, progress);
                     let failed = result.is_err();
@@ -580,6 +646,46 @@ impl Writer {
             }
         }
         debug!("store writer stopped: all handles dropped");
+    }
+
+    /// Commits `group` with every append queued behind it, up to
+    /// `group-commit-max-events` (a pipelined call's appends, sent in
+    /// messages of at most that many events, are taken whole or left for
+    /// the next group). Answers the command that ended the group, if one
+    /// did.
+    fn group_commit(
+        &mut self,
+        mut group: Vec<(AppendRequest, Reply<Appended>)>,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> Option<Command> {
+        let mut next = None;
+        let mut events: usize = group.iter().map(|(r, _)| r.events.len()).sum();
+        while events < self.inner.config.group_commit_max_events {
+            match rx.try_recv() {
+                Ok(Command::Append(request, reply)) => {
+                    events += request.events.len();
+                    group.push((request, reply));
+                }
+                Ok(Command::AppendMany(appends)) => {
+                    let more: usize = appends.iter().map(|(r, _)| r.events.len()).sum();
+                    if events + more > self.inner.config.group_commit_max_events {
+                        // The next group's (this one stays within
+                        // `replicated_commit_max_events`).
+                        next = Some(Command::AppendMany(appends));
+                        break;
+                    }
+                    events += more;
+                    group.extend(appends);
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.commit_group(group);
+        next
     }
 
     pub(super) fn commit_group(&mut self, group: Vec<(AppendRequest, Reply<Appended>)>) {
