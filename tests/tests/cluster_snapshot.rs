@@ -95,6 +95,35 @@ async fn write_until_trimmed_past(
     taken
 }
 
+/// One more write through n2, then the logs of nodes `n0..n<nodes>` once
+/// each applied it (and `seq`): asserted the same, event for event;
+/// answers the write's seq (or `seq`, the higher).
+async fn same_logs_after_a_write(cluster: &CairnCluster, nodes: usize, seq: u64) -> u64 {
+    let (reply, headers) = cluster.clients[2]
+        .call_node(
+            "n2",
+            "kv.set",
+            json!({"namespace": NS, "key": "after", "value": "restore"}),
+            HeaderMap::new(),
+        )
+        .await;
+    reply.unwrap();
+    let seq = seq.max(seq_of(&headers));
+    let mut logs = Vec::new();
+    for i in 0..nodes {
+        logs.push(log_of(&cluster.clients[0], &format!("n{i}"), seq).await);
+    }
+    assert!(
+        logs[0].len() as u64 >= seq,
+        "{} events, seq {seq}",
+        logs[0].len()
+    );
+    for (i, log) in logs.iter().enumerate().skip(1) {
+        assert_eq!(log, &logs[0], "n{i}'s log against n0's");
+    }
+    seq
+}
+
 /// `endpoint` on node `n<i>` once it applied `seq`.
 async fn read_on(cluster: &CairnCluster, i: usize, endpoint: &str, body: Value, seq: u64) -> Value {
     let (reply, headers) = cluster.clients[0]
@@ -181,30 +210,7 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
     assert_eq!(n3, 3);
 
     // One more write, then every node's log is the same, event for event.
-    let (reply, headers) = cluster.clients[2]
-        .call_node(
-            "n2",
-            "kv.set",
-            json!({"namespace": NS, "key": "after", "value": "restore"}),
-            HeaderMap::new(),
-        )
-        .await;
-    reply.unwrap();
-    let seq = seq.max(seq_of(&headers));
-    let logs = [
-        log_of(&cluster.clients[0], "n0", seq).await,
-        log_of(&cluster.clients[0], "n1", seq).await,
-        log_of(&cluster.clients[0], "n2", seq).await,
-        log_of(&cluster.clients[0], "n3", seq).await,
-    ];
-    assert!(
-        logs[0].len() as u64 >= seq,
-        "{} events, seq {seq}",
-        logs[0].len()
-    );
-    assert_eq!(logs[0], logs[1]);
-    assert_eq!(logs[0], logs[2]);
-    assert_eq!(logs[0], logs[3]);
+    let seq = same_logs_after_a_write(&cluster, 4, seq).await;
 
     // The same answers: kv values, and package resources (blob files the
     // restored nodes fetched).
@@ -352,21 +358,5 @@ async fn a_paused_node_the_trim_passed_stops_and_restores_when_started_again() {
 
     // Started again, it restores and holds the others' log.
     cluster.start_again(2).await;
-    let (reply, headers) = cluster.clients[2]
-        .call_node(
-            "n2",
-            "kv.set",
-            json!({"namespace": NS, "key": "after", "value": "restore"}),
-            HeaderMap::new(),
-        )
-        .await;
-    reply.unwrap();
-    let seq = seq_of(&headers);
-    let logs = [
-        log_of(&cluster.clients[0], "n0", seq).await,
-        log_of(&cluster.clients[0], "n1", seq).await,
-        log_of(&cluster.clients[0], "n2", seq).await,
-    ];
-    assert_eq!(logs[0], logs[1]);
-    assert_eq!(logs[0], logs[2]);
+    same_logs_after_a_write(&cluster, 3, 0).await;
 }
