@@ -212,6 +212,38 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
     // One more write, then every node's log is the same, event for event.
     let seq = same_logs_after_a_write(&cluster, 4, seq).await;
 
+    // The bucket holds the current snapshot alone: its files and the
+    // manifest naming them (the earlier rounds' files deleted).
+    wait_until("the bucket to hold one snapshot", WAIT, || async {
+        let Some(m) = manifest(&js).await else {
+            return Err("no manifest".to_owned());
+        };
+        let bucket = js.get_object_store("CAIRN_SNAPSHOTS").await.unwrap();
+        let mut names: Vec<String> =
+            futures::TryStreamExt::try_collect::<Vec<_>>(bucket.list().await.unwrap())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.name)
+                .collect();
+        names.sort();
+        let id = m["id"].as_str().unwrap();
+        let mut want: Vec<String> = m["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{id}/{}", f[0].as_str().unwrap()))
+            .chain(["manifest".to_owned()])
+            .collect();
+        want.sort();
+        if names == want {
+            Ok(())
+        } else {
+            Err(format!("{names:?} against {want:?}"))
+        }
+    })
+    .await;
+
     // The same answers: kv values, and package resources (blob files the
     // restored nodes fetched).
     for i in 0..4 {

@@ -15,7 +15,8 @@
 //!   before it applies anything ([`super::Blobs::ensure_digests`]).
 //! - **Who takes them**: the holder of the [`SNAPSHOTTER_ROLE`] lease, every
 //!   `cluster.snapshot-interval`, when its position moved at least
-//!   `cluster.snapshot-min-messages` past the last snapshot's ([`round`]).
+//!   `cluster.snapshot-min-messages` past the last snapshot's
+//!   ([`Snapshotter::round`]).
 //! - **Trimming**: once a snapshot at `P` is published, the log's messages
 //!   below `trimmed_below` are purged, where `trimmed_below - 1` is the
 //!   lowest position among `P` and every live node's applied position (from
@@ -253,29 +254,37 @@ impl Snapshots {
         Ok(files)
     }
 
-    /// Makes `manifest` the current snapshot, then deletes the files of
-    /// the one it replaces.
+    /// Makes `manifest` the current snapshot, then deletes every other
+    /// object: the files of the one it replaces, and those of a snapshot
+    /// whose taker died before it was published.
     pub async fn publish(&self, manifest: &Manifest) -> Result<(), String> {
-        let previous = self.latest().await.ok().flatten();
         let body = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
         self.bucket
             .put(MANIFEST_OBJECT, &mut body.as_slice())
             .await
             .map_err(|e| format!("writing {SNAPSHOT_BUCKET}/{MANIFEST_OBJECT}: {e}"))?;
-        if let Some(previous) = previous.filter(|p| p.id != manifest.id) {
-            self.delete_files(&previous).await;
-        }
-        Ok(())
-    }
-
-    /// Deletes the objects of `manifest`'s files (a failure is logged: the
-    /// next snapshot's round finds no use for them either).
-    async fn delete_files(&self, manifest: &Manifest) {
-        for (file, _) in &manifest.files {
-            if let Err(e) = self.bucket.delete(manifest.object(file)).await {
-                warn!(snapshot = %manifest.id, file, error = %e, "cannot delete an old snapshot's file");
+        let current = format!("{}/", manifest.id);
+        let names: Vec<String> = match self.bucket.list().await {
+            Ok(list) => list
+                .try_collect::<Vec<_>>()
+                .await
+                .map(|infos| infos.into_iter().map(|i| i.name).collect())
+                .unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %e, "cannot list the old snapshots' files");
+                Vec::new()
+            }
+        };
+        // A failure is logged: the next round deletes what is left.
+        for name in names {
+            if name == MANIFEST_OBJECT || name.starts_with(&current) {
+                continue;
+            }
+            if let Err(e) = self.bucket.delete(&name).await {
+                warn!(object = %name, error = %e, "cannot delete an old snapshot's file");
             }
         }
+        Ok(())
     }
 
     /// Downloads `manifest`'s files into `dir` (created), each checked
