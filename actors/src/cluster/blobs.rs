@@ -25,12 +25,14 @@
 //! stored more than the grace ([`COLLECT_GRACE`]) ago. The grace covers
 //! what the scan cannot see: a commit not yet published whose blob was
 //! shipped (or found shipped) before. A node skips shipping a blob only
-//! while the copy it knows of is younger than a third of the grace (the time of the message
-//! it shipped or fetched, not of its own memory), so a commit published
-//! after a collection never leans on a collected blob: its blob is either
-//! young (never collected) or shipped again. The purge is by subject and
-//! below a sequence read before the scan, so a blob shipped again meanwhile
-//! is never touched.
+//! while the copy it knows of is younger than a third of the grace (the
+//! time of the message it shipped or fetched, not of its own memory), so a
+//! commit published after a collection never leans on a collected blob:
+//! its blob is either young (never collected) or shipped again. A ship's
+//! de-duplication id names the grace period it falls in, so a blob shipped
+//! again after a collection is never dropped as a duplicate of the
+//! collected copy. The purge is by subject and below a sequence read before
+//! the scan, so a blob shipped again meanwhile is never touched.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -171,6 +173,13 @@ impl Blobs {
                 .collect()
         };
         let mut acks = Vec::new();
+        // The de-duplication id names the grace period the ship falls in:
+        // a blob collected (its copy older than the grace) and shipped
+        // again is never dropped as a duplicate of the collected copy.
+        let generation = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            / self.grace.as_secs().max(1);
         for digest in &wanted {
             let part_bytes = self.part_bytes as u64;
             let read_part = move |s: &Store, d: Digest, start: u64, end: u64| {
@@ -210,7 +219,7 @@ impl Blobs {
                     }
                 };
                 let mut publish = Publish::build()
-                    .message_id(format!("{}.{i}", hex::encode(digest.0)))
+                    .message_id(format!("{}.{i}.{generation}", hex::encode(digest.0)))
                     .payload(bytes::Bytes::from(part));
                 if i == 0 {
                     publish = publish.header(PARTS_HEADER, count.to_string().as_str());
