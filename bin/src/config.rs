@@ -157,8 +157,9 @@ pub struct ClusterSection {
     /// Default: `1s` (a third of the lease).
     #[serde(with = "humantime_serde")]
     pub renew_interval: Duration,
-    /// Replicas of `CAIRN_LOG`, `CAIRN_BLOBS` and the lease buckets (at most
-    /// the JetStream servers of the NATS cluster). Default: 3.
+    /// Replicas of `CAIRN_LOG`, `CAIRN_BLOBS`, `CAIRN_SNAPSHOTS` and the
+    /// lease buckets (at most the JetStream servers of the NATS cluster).
+    /// Default: 3.
     pub stream_replicas: usize,
     /// Longest wait of a read carrying `Cairn-Min-Seq` for this node to
     /// apply that seq, before a 503. Default: `5s`.
