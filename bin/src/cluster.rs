@@ -225,14 +225,16 @@ impl ClusterStart {
                 task: RoleTask::default(),
             },
             snapshotter: Snapshotter {
-                js: self.js.clone(),
-                blobs: self.blobs.clone(),
-                node: self.node.clone(),
-                store: store.clone(),
-                work_dir: config.data_dir.clone(),
+                role: snapshot::Snapshotter {
+                    js: self.js.clone(),
+                    replicas: config.cluster.stream_replicas,
+                    blobs: self.blobs.clone(),
+                    store: store.clone(),
+                    work_dir: config.data_dir.clone(),
+                    node: self.node.clone(),
+                    min_messages: config.cluster.snapshot_min_messages,
+                },
                 interval: config.cluster.snapshot_interval,
-                min_messages: config.cluster.snapshot_min_messages,
-                replicas: config.cluster.stream_replicas,
                 members: members.clone(),
                 task: RoleTask::default(),
             },
@@ -350,12 +352,9 @@ async fn catch_up(
     applied: &Applied,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let last = stream
-        .info()
+    let last = cairn_actors::cluster::last_sequence_of(&mut stream, log::LOG_STREAM)
         .await
-        .map_err(|e| anyhow::anyhow!("cluster: reading {}: {e}", log::LOG_STREAM))?
-        .state
-        .last_sequence;
+        .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
     if applied.position() >= last {
         return Ok(());
     }
@@ -587,14 +586,9 @@ impl Compactor {
 /// membership's heartbeats).
 #[derive(Debug)]
 struct Snapshotter {
-    js: jetstream::Context,
-    blobs: Blobs,
-    node: String,
-    store: Store,
-    work_dir: std::path::PathBuf,
+    /// What each round works with.
+    role: snapshot::Snapshotter,
     interval: Duration,
-    min_messages: u64,
-    replicas: usize,
     /// The membership, once the node joined.
     members: Arc<std::sync::OnceLock<Arc<cairn_actors::cluster::OwnershipView>>>,
     task: RoleTask,
@@ -602,46 +596,14 @@ struct Snapshotter {
 
 impl Snapshotter {
     fn start(&self) {
-        let (js, blobs, store, work_dir, node, min_messages) = (
-            self.js.clone(),
-            self.blobs.clone(),
-            self.store.clone(),
-            self.work_dir.clone(),
-            self.node.clone(),
-            self.min_messages,
-        );
-        let (replicas, members) = (self.replicas, self.members.clone());
+        let (role, members) = (Arc::new(self.role.clone()), self.members.clone());
         self.task.start(self.interval, move || {
-            let role = (
-                js.clone(),
-                blobs.clone(),
-                store.clone(),
-                work_dir.clone(),
-                node.clone(),
-                members.clone(),
-            );
+            let (role, members) = (role.clone(), members.clone());
             async move {
-                let (js, blobs, store, work_dir, node, members) = role;
                 // The trim needs every live node's position: not before
                 // the node joined.
                 let Some(view) = members.get().cloned() else {
                     return;
-                };
-                let snapshots = match Snapshots::open(&js, replicas).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(error = %e, "snapshotter: no snapshot bucket");
-                        return;
-                    }
-                };
-                let role = snapshot::Snapshotter {
-                    js,
-                    snapshots,
-                    blobs,
-                    store,
-                    work_dir,
-                    node,
-                    min_messages,
                 };
                 let positions = || {
                     let live = view.live();

@@ -237,6 +237,22 @@ pub async fn log_of(client: &Client, node: &str, seq: u64) -> Vec<Value> {
     }
 }
 
+/// What a write sent to an owner that was paused past its lease answered
+/// once it woke: 1 when it was acknowledged, 0 when it was refused with
+/// the 503 naming the fencing (asserted: nothing else).
+pub fn acknowledged_or_fenced(answer: &Result<Value, crate::ServiceError>) -> usize {
+    if let Err(e) = answer {
+        assert_eq!(e.code, 503, "{e}");
+        assert!(
+            e.message.contains(
+                "was taken over by another node: this node's write was refused by the log (fenced)"
+            ),
+            "{e}"
+        );
+    }
+    usize::from(answer.is_ok())
+}
+
 /// `Ok` when `status` (a `cluster.status` reply) shows no lease of
 /// `stream` held by `owner`; else the status, saying why (for
 /// [`crate::wait_until`]).

@@ -389,18 +389,7 @@ impl Blobs {
     /// The sequence a collection purges below: read before what it keeps
     /// is worked out, so a blob shipped again meanwhile is never touched.
     pub async fn collection_bound(&self) -> Result<u64, String> {
-        let mut stream = self
-            .js
-            .get_stream(BLOB_STREAM)
-            .await
-            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| format!("stream {BLOB_STREAM}: {e}"))?
-            .state
-            .clone();
-        Ok(state.last_sequence + 1)
+        Ok(super::last_sequence(&self.js, BLOB_STREAM).await? + 1)
     }
 
     /// Purges, below sequence `bound` ([`Blobs::collection_bound`]), every

@@ -368,12 +368,7 @@ async fn apply_from(
                     Ok(Some(batch)) => batch,
                     Ok(None) => return Ok(()),
                     Err(_) => {
-                        let last = stream
-                            .info()
-                            .await
-                            .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
-                            .state
-                            .last_sequence;
+                        let last = super::last_sequence_of(&mut stream, LOG_STREAM).await?;
                         if last > read_position {
                             return Err(format!(
                                 "consumer stalled at position {read_position} of {last}"

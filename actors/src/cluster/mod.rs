@@ -30,6 +30,28 @@ pub mod ownership;
 pub mod snapshot;
 
 pub use appender::ClusterAppend;
+
+/// The last sequence of JetStream stream `name` (0 when it holds none).
+pub async fn last_sequence(js: &async_nats::jetstream::Context, name: &str) -> Result<u64, String> {
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| format!("stream {name}: {e}"))?;
+    last_sequence_of(&mut stream, name).await
+}
+
+/// The last sequence of `stream` (named `name` in errors), read now.
+pub async fn last_sequence_of(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    name: &str,
+) -> Result<u64, String> {
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {name}: {e}"))?
+        .state
+        .last_sequence)
+}
 pub use blobs::Blobs;
 pub use log::{start_applier, Applied};
 pub use ownership::{AcquireError, Holder, Ownership, OwnershipConfig, OwnershipView};

@@ -454,8 +454,8 @@ pub struct Round {
 pub struct Snapshotter {
     /// JetStream.
     pub js: jetstream::Context,
-    /// The snapshots bucket.
-    pub snapshots: Snapshots,
+    /// Replicas of the snapshots bucket, should a round create it.
+    pub replicas: usize,
     /// `CAIRN_BLOBS`.
     pub blobs: Blobs,
     /// This node's store.
@@ -483,7 +483,7 @@ impl Snapshotter {
     ) -> Result<Option<Round>, String> {
         let Self {
             js,
-            snapshots,
+            replicas,
             blobs,
             store,
             work_dir,
@@ -491,6 +491,7 @@ impl Snapshotter {
             min_messages,
         } = self;
         let min_messages = *min_messages;
+        let snapshots = &Snapshots::open(js, *replicas).await?;
         let previous = snapshots.latest().await?;
         let position = store.replication_position().map_err(|e| e.to_string())?;
         let since = previous.as_ref().map_or(0, |p| p.position);
@@ -551,12 +552,7 @@ async fn referenced_in_log(
         .get_stream(LOG_STREAM)
         .await
         .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?;
-    let last = stream
-        .info()
-        .await
-        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?
-        .state
-        .last_sequence;
+    let last = super::last_sequence_of(&mut stream, LOG_STREAM).await?;
     if last < from {
         return Ok(0);
     }

@@ -780,7 +780,7 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use cairn_events::{
         envelope::{event, Metadata},
         v1::{
@@ -792,7 +792,9 @@ mod tests {
     use super::*;
     use crate::{views::default_views, EventLog, ExpectedVersion};
 
-    fn added(name: &str, digest: &Digest) -> Event {
+    /// A published revision `r.<name>.v1` whose Kptfile is blob `digest`
+    /// (also for the checkpoint's tests).
+    pub(in crate::store) fn added(name: &str, digest: &Digest) -> Event {
         event(Payload::PackageRevisionAdded(PackageRevisionAdded {
             revision: Some(PackageRevision {
                 name: format!("r.{name}.v1"),

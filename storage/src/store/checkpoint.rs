@@ -118,13 +118,10 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use cairn_events::{
-        envelope::{event, Metadata},
-        v1::{event::Payload, PackageRevision, PackageRevisionAdded},
-        StreamId,
-    };
+    use cairn_events::{envelope::Metadata, StreamId};
 
     use super::*;
+    use crate::store::blobs::tests::added;
     use crate::{views::default_views, EventLog, ExpectedVersion, StoreConfig};
 
     /// A checkpoint opens as a store of its own holding everything written
@@ -138,19 +135,6 @@ mod tests {
         let store = Store::open(config, default_views()).unwrap();
         let small = store.put(b"kind: Kptfile\n").unwrap().digest();
         let large = store.put(&[7u8; 1000]).unwrap().digest();
-        let added = |name: &str, digest: &Digest| {
-            event(Payload::PackageRevisionAdded(PackageRevisionAdded {
-                revision: Some(PackageRevision {
-                    name: format!("r.{name}.v1"),
-                    package: name.into(),
-                    workspace: "v1".into(),
-                    revision: 1,
-                    lifecycle: "Published".into(),
-                    resources: [("Kptfile".to_string(), digest.to_string())].into(),
-                    ..Default::default()
-                }),
-            }))
-        };
         store
             .append(
                 &StreamId::repository("ns", "r").unwrap(),

@@ -34,20 +34,38 @@ impl Store {
     /// sequence read *before* the row, so a cached row is never older than
     /// the views).
     pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let row = self.view_get_cached(view, key, |db, cf, key| Ok(Some(db.get_cf(cf, key)?)))?;
+        Ok(row.flatten())
+    }
+
+    /// The row at `key` of view `view` from the row cache, else as `read`
+    /// finds it (`None`: it could not tell), kept in the cache when found.
+    fn view_get_cached(
+        &self,
+        view: &str,
+        key: &[u8],
+        read: impl FnOnce(
+            &rocksdb::DB,
+            &rocksdb::ColumnFamily,
+            &[u8],
+        ) -> Result<Option<Option<Vec<u8>>>, StorageError>,
+    ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
         let inner = self.inner();
         let cf = inner.view_cf(view)?;
         let seq = *inner.committed.borrow();
         let cache_key = (view.to_owned(), key.to_vec());
         if let Some(cache) = &inner.cache {
             if let Some(row) = cache.lock().get(&cache_key, seq) {
-                return Ok(row);
+                return Ok(Some(row));
             }
         }
-        let row = inner.db.get_cf(cf, key)?;
+        let Some(row) = read(&inner.db, cf, key)? else {
+            return Ok(None);
+        };
         if let Some(cache) = &inner.cache {
             cache.lock().put(cache_key, seq, row.clone());
         }
-        Ok(row)
+        Ok(Some(row))
     }
 
     /// [`Store::view_get`] answered from memory only — the row cache,
@@ -60,22 +78,7 @@ impl Store {
         view: &str,
         key: &[u8],
     ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
-        let inner = self.inner();
-        let cf = inner.view_cf(view)?;
-        let seq = *inner.committed.borrow();
-        let cache_key = (view.to_owned(), key.to_vec());
-        if let Some(cache) = &inner.cache {
-            if let Some(row) = cache.lock().get(&cache_key, seq) {
-                return Ok(Some(row));
-            }
-        }
-        let Some(row) = get_in_memory(&inner.db, cf, key)? else {
-            return Ok(None);
-        };
-        if let Some(cache) = &inner.cache {
-            cache.lock().put(cache_key, seq, row.clone());
-        }
-        Ok(Some(row))
+        self.view_get_cached(view, key, get_in_memory)
     }
 
     /// Up to `limit` rows of view `view` whose key starts with `prefix`, in
