@@ -35,9 +35,19 @@
 //!   same client load — connections spread over the three servers — sent
 //!   to one node (its own subject, `cairn.node.<id>.…`) and to all three
 //!   (the service's queue group); the split comes from the `Cairn-Node`
-//!   header of the replies. The load is spread over the three servers
-//!   because NATS hands a queue-group message to a member on the
-//!   publisher's server when there is one.
+//!   header of the replies. The load is spread over the three servers as
+//!   the nodes are (node and client `i` on server `i`). NATS (2.9.10) hands
+//!   a queue-group message a client published to a member chosen at random
+//!   across the cluster, not preferably one on the publisher's server: all
+//!   the load sent through one server still split 33/33/33 (measured), so
+//!   about two thirds of the requests cross a route either way. The raw
+//!   peer runs the same load, in the same run, on three plain async-nats
+//!   responders (`cairn bench echo-responder`, child processes placed as
+//!   the nodes are, one thread each as a node's service, replies of the
+//!   size of cairn's): one responder's own subject, then their queue
+//!   group. Its three/one is the floor of what three processes behind a
+//!   queue group on these servers and cores can do, with no coordination at
+//!   all; cairn ÷ raw on each side is cairn's own cost.
 
 use std::{
     collections::BTreeMap,
@@ -84,6 +94,11 @@ use crate::{
 
 /// What a node prints once it serves.
 const READY_PREFIX: &str = "cairn node ready: NATS ";
+/// What cluster-read's raw responder prints once it subscribed.
+const ECHO_READY: &str = "echo responder ready";
+/// Subject prefix of cluster-read's raw peer: `bench.echo` is the queue
+/// group's subject, `bench.echo.<id>` a responder's own.
+const ECHO_SUBJECT: &str = "bench.echo";
 /// Longest wait for a node's ready line (a joining node catches up first).
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest wait of one request of a benchmark.
@@ -98,8 +113,9 @@ const COPY_WINDOW: usize = 16;
 /// Pause between two polls of the cluster's status.
 const POLL: Duration = Duration::from_millis(50);
 
-/// A `cairn node` child process in the cluster; SIGKILLed (and reaped) on
-/// drop, and SIGTERMed by the kernel if the benchmark dies.
+/// A child process of a benchmark — a `cairn node` in the cluster, or
+/// cluster-read's raw responder; SIGKILLed (and reaped) on drop, and
+/// SIGTERMed by the kernel if the benchmark dies.
 struct NodeProcess {
     child: Child,
     _spawner: Spawner,
@@ -110,12 +126,6 @@ impl NodeProcess {
     /// log appended to `<log_dir>/<id>.log`; waits for its ready line.
     fn start(id: &str, data_dir: &Path, nats_url: &str, log_dir: &Path) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the cairn binary")?;
-        let log_path = log_dir.join(format!("{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
         let mut command = Command::new(exe);
         command
             .args(["node", "--data-dir"])
@@ -126,16 +136,53 @@ impl NodeProcess {
             .env("CAIRN_CLUSTER__SNAPSHOT_INTERVAL", "0s")
             .env("CAIRN_NATS__URLS", nats_url)
             .env("CAIRN_HTTP__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        Self::spawn(id, command, READY_PREFIX, log_dir)
+    }
+
+    /// Starts cluster-read's raw peer `id` ([`echo_responder`]) on
+    /// `nats_url`, answering with `reply_bytes` bytes; waits until it
+    /// subscribed.
+    fn start_echo(
+        id: &str,
+        nats_url: &str,
+        reply_bytes: usize,
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the cairn binary")?;
+        let mut command = Command::new(exe);
+        command
+            .args(["bench", "echo-responder", "--id", id, "--reply-bytes"])
+            .arg(reply_bytes.to_string())
+            .args(["--server", nats_url]);
+        Self::spawn(&format!("echo-{id}"), command, ECHO_READY, log_dir)
+    }
+
+    /// Runs `command` as child `name`, its stderr appended to
+    /// `<log_dir>/<name>.log`; waits for a stdout line starting with
+    /// `ready`.
+    fn spawn(
+        name: &str,
+        mut command: Command,
+        ready: &str,
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
         let (spawner, mut child) =
-            Spawner::spawn(command).with_context(|| format!("starting node {id}"))?;
-        let stdout = child.stdout.take().context("node stdout")?;
+            Spawner::spawn(command).with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().context("child stdout")?;
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::Builder::new()
-            .name(format!("node-{id}-stdout"))
+            .name(format!("{name}-stdout"))
             .spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     // Nobody listens after start-up; keep draining the pipe.
@@ -149,12 +196,12 @@ impl NodeProcess {
         let deadline = Instant::now() + NODE_READY_TIMEOUT;
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.starts_with(READY_PREFIX) => return Ok(node),
+                Ok(line) if line.starts_with(ready) => return Ok(node),
                 Ok(_) => {}
                 Err(_) => {
                     node.kill();
                     anyhow::bail!(
-                        "node {id} did not say it was ready within {NODE_READY_TIMEOUT:?}; see {}",
+                        "{name} did not say it was ready within {NODE_READY_TIMEOUT:?}; see {}",
                         log_path.display()
                     );
                 }
@@ -908,9 +955,43 @@ pub fn cluster_read(
         )?;
         let one = read_load(&clients, "cairn.node.n0.cairn.v1.pkgrev.list", packages, options).await?;
         let three = read_load(&clients, "cairn.v1.pkgrev.list", packages, options).await?;
+        // The raw peer: the same load on three plain NATS responders, one
+        // per server as the nodes are, answering a reply of the size of
+        // cairn's.
+        let reply_bytes = call(
+            &clients[0],
+            "cairn.node.n0.cairn.v1.pkgrev.list",
+            serde_json::to_vec(&json!({
+                "namespace": NAMESPACE,
+                "repository": "read",
+                "package": gen::package_name(0),
+            }))?
+            .into(),
+            REQUEST_TIMEOUT,
+        )
+        .await?
+        .payload
+        .len();
+        let responders = (0..3)
+            .map(|i| {
+                NodeProcess::start_echo(
+                    &BenchCluster::id(i),
+                    &cluster.nats.url(i),
+                    reply_bytes,
+                    cluster.dir.path(),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let raw_one = read_load(&clients, &format!("{ECHO_SUBJECT}.n0"), packages, options).await?;
+        let raw_three = read_load(&clients, ECHO_SUBJECT, packages, options).await?;
+        drop(responders);
         let (one_rate, three_rate) = (
             rate(one.replies, options.duration),
             rate(three.replies, options.duration),
+        );
+        let (raw_one_rate, raw_three_rate) = (
+            rate(raw_one.replies, options.duration),
+            rate(raw_three.replies, options.duration),
         );
         writeln!(
             out,
@@ -920,6 +1001,16 @@ pub fn cluster_read(
             three.replies,
             ms(three.p50),
             three.by_node
+        )?;
+        writeln!(
+            out,
+            "cluster-read raw peer ({reply_bytes}-byte replies): one responder {} replies (p50 {:.2} ms), three {} replies (p50 {:.2} ms) by responder {:?}; three/one = {:.2}",
+            raw_one.replies,
+            ms(raw_one.p50),
+            raw_three.replies,
+            ms(raw_three.p50),
+            raw_three.by_node,
+            raw_three_rate / raw_one_rate.max(1e-9)
         )?;
         let split: Vec<String> = ["n0", "n1", "n2"]
             .iter()
@@ -931,8 +1022,11 @@ pub fn cluster_read(
             .collect();
         writeln!(
             out,
-            "cluster-read: three/one = {:.2}",
-            three_rate / one_rate
+            "cluster-read: three/one = {:.2} (cairn), {:.2} (raw peer); cairn ÷ raw: one {:.2}, three {:.2}",
+            three_rate / one_rate,
+            raw_three_rate / raw_one_rate.max(1e-9),
+            one_rate / raw_one_rate.max(1e-9),
+            three_rate / raw_three_rate.max(1e-9),
         )?;
         writeln!(
             out,
@@ -943,6 +1037,39 @@ pub fn cluster_read(
     });
     drop(cluster);
     result
+}
+
+/// `cairn bench echo-responder`: cluster-read's raw peer. Answers every
+/// request on `bench.echo` (queue group `bench`) and on `bench.echo.<id>`
+/// with `reply_bytes` bytes and a `Cairn-Node: <id>` header, on one
+/// thread as a node's service does; runs until killed.
+pub fn echo_responder(url: &str, id: &str, reply_bytes: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = async_nats::connect(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        let group = client
+            .queue_subscribe(ECHO_SUBJECT, "bench".to_owned())
+            .await?;
+        let own = client.subscribe(format!("{ECHO_SUBJECT}.{id}")).await?;
+        client.flush().await?;
+        println!("{ECHO_READY}");
+        let payload = Bytes::from(vec![b'x'; reply_bytes]);
+        let mut headers = HeaderMap::new();
+        headers.insert("Cairn-Node", id);
+        let mut requests = futures::stream::select(group, own);
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                client
+                    .publish_with_headers(reply, headers.clone(), payload.clone())
+                    .await?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Waits until node `node` applied what the most advanced node did.

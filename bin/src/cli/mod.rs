@@ -446,6 +446,18 @@ enum BenchCommand {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
+    /// cluster-read's raw peer (run by that benchmark as a child process):
+    /// answers every request on `bench.echo` (queue group) and
+    /// `bench.echo.<id>` with a fixed reply, until killed.
+    #[command(hide = true)]
+    EchoResponder {
+        /// Its name, in the `Cairn-Node` header of its replies.
+        #[arg(long)]
+        id: String,
+        /// Size of its replies.
+        #[arg(long)]
+        reply_bytes: usize,
+    },
     /// list and append latency with trace export on (to an OTLP receiver
     /// the benchmark starts, every trace sampled) vs off, in one run.
     Telemetry {
@@ -830,6 +842,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &mut stdout,
                 )
                 .map(|_| ()),
+                BenchCommand::EchoResponder { id, reply_bytes } => {
+                    bench::cluster::echo_responder(&global.server.join(","), &id, reply_bytes)
+                }
                 BenchCommand::Telemetry {
                     revisions,
                     lists,
