@@ -154,8 +154,9 @@ const OUTCOMES_MAX: usize = 16_384;
 const STALL_CHECK_EVERY: Duration = Duration::from_secs(3);
 /// Most commits one pull of the applier's consumer asks for (at most this
 /// many times the server's max payload in flight: 32 MiB at the default
-/// 1 MiB, half of the server's default pending limit per client).
-const PULL_MAX_MESSAGES: i64 = 32;
+/// 1 MiB, half of the server's default pending limit per client). The
+/// catch-up benchmark's raw consumer pulls the same.
+pub const PULL_MAX_MESSAGES: i64 = 32;
 /// Longest pull of the applier's consumer (stall detection is relative).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Batches read and made ready ahead of the one being applied.

@@ -68,7 +68,9 @@ use async_nats::{
     HeaderMap,
 };
 use bytes::Bytes;
-use cairn_actors::cluster::log::{decode_commit, encode_commit, subject_of, LOG_STREAM};
+use cairn_actors::cluster::log::{
+    decode_commit, encode_commit, subject_of, LOG_STREAM, PULL_MAX_MESSAGES,
+};
 use cairn_events::{
     envelope::{new_id, Metadata},
     v1::{event::Payload, Envelope},
@@ -826,6 +828,10 @@ async fn read_log(
         .create_consumer(OrderedConfig {
             deliver_policy: DeliverPolicy::All,
             filter_subject: subject.unwrap_or_default(),
+            // As the applier pulls: asked 500 at a time (the default) with
+            // no byte limit, near-1 MiB commits overflow what the server
+            // keeps pending for a client, and the read stalls.
+            max_batch: PULL_MAX_MESSAGES,
             ..Default::default()
         })
         .await
