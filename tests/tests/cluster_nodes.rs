@@ -863,7 +863,10 @@ async fn a_write_run_here_after_its_forward_carries_the_forwarded_key_and_is_app
         .as_str()
         .to_owned();
     assert!(key.starts_with("fwd-"), "{key}");
-    let reply_to = forward.reply.clone().expect("a forward has a reply subject");
+    let reply_to = forward
+        .reply
+        .clone()
+        .expect("a forward has a reply subject");
 
     // The paused owner's lease runs out: the forwarder takes the stream and
     // runs the write itself, with the forward's key.
