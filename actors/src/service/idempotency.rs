@@ -446,6 +446,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_made_key_is_new_each_time_and_what_its_owner_computes() {
+        let body = br#"{"namespace":"ns","name":"r"}"#;
+        let made = made_key("cairn.v1.repo.update", body);
+        assert!(made.id.starts_with("fwd-"), "{}", made.id);
+        assert_ne!(made_key("cairn.v1.repo.update", body).id, made.id);
+        // Sent on in the headers, it is the key the receiving node reads.
+        let headers = with_id(None, &made.id);
+        assert_eq!(
+            request_key("repo.update", Some(&headers), body).unwrap(),
+            Some(made.clone())
+        );
+        assert_eq!(made_key("repo.update", body).digest, made.digest);
+        // `with_id` keeps the other headers.
+        let mut sent = async_nats::HeaderMap::new();
+        sent.insert("traceparent", "00-x");
+        let headers = with_id(Some(&sent), &made.id);
+        assert_eq!(headers.get("traceparent").unwrap().as_str(), "00-x");
+        assert_eq!(headers.get(REQUEST_ID_HEADER).unwrap().as_str(), made.id);
+    }
+
     #[tokio::test]
     async fn one_request_per_key_at_a_time() {
         let in_flight = Arc::new(InFlight::default());
