@@ -365,12 +365,13 @@ async fn execute_on_owner(
 /// endpoint and body), the same on every attempt. (Made lazily, unlike
 /// the service's other writes, which make it before routing: a key on a
 /// write run here keeps its superseded event through compaction, see
-/// the idempotency module's docs.) `local` gets that made key (`None` before any
-/// forward, or when the client gave one, which the command's metadata
-/// holds already): when the partition comes to this node after an attempt
-/// whose answer was lost, the run here carries the key too, and the
-/// writer appends nothing if the previous owner applied it. The commands
-/// whose writer checks keys (`set`, `delete`, `configure`) record it.
+/// the idempotency module's docs.) `local` gets that made key (`None`
+/// before any forward, or when the client gave one, which the command's
+/// metadata holds already): when the partition comes to this node after
+/// an attempt whose answer was lost, the run here carries the key too,
+/// and the writer appends nothing if the previous owner applied it. The
+/// commands whose writer checks keys (`set`, `delete`, `configure`)
+/// record it.
 pub(crate) async fn on_owner<T, F, Fut>(
     context: &ServiceContext,
     request: &Incoming,
