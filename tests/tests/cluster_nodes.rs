@@ -2,7 +2,9 @@
 //! JetStream R3): streams spread over the nodes, every node answers reads
 //! with the same content, a write through one node is read through another
 //! with `Cairn-Min-Seq`, and a node killed with SIGKILL loses its streams
-//! to the others within seconds, nothing acknowledged lost or repeated.
+//! to the others within seconds, nothing acknowledged lost or repeated. A
+//! write a node forwarded and then ran itself (the stream came to it) is
+//! applied once, with the key its forward carried.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +15,7 @@ use async_nats::HeaderMap;
 use cairn_tests::{
     cairn_cli,
     cluster::{log_of, min_seq, released, seq_of, CairnCluster},
-    wait_until, ChildNode, Client, GitFixture, TestDir, WAIT,
+    wait_until, within, ChildNode, Client, GitFixture, TestDir, WAIT,
 };
 use futures::StreamExt as _;
 use serde_json::{json, Value};
@@ -780,6 +782,164 @@ async fn a_paused_owner_is_fenced_when_it_wakes_and_leaves_no_event_after_the_ta
         old_owner_drafts, acknowledged,
         "the old owner's command entered the log only if it was acknowledged (run by the new owner)"
     );
+}
+
+/// The `RepositorySpecChanged` events of repository `r` in `log` that set
+/// sync schedule `schedule`: their seq and `request_id`.
+fn schedule_changes(log: &[Value], schedule: &str) -> Vec<(u64, String)> {
+    log.iter()
+        .filter(|e| e["stream"] == "repo/team-a/r")
+        .filter(|e| e["event"].get("repository_spec_changed").is_some())
+        .filter(|e| e.to_string().contains(schedule))
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["request_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A write that came without a key, forwarded to an owner that pauses and
+/// then run by the forwarding node itself once the stream came to it
+/// (`Forwarded::RunHere`), carries the key its forward carried — had the
+/// paused owner applied the forward before dying, the run here would have
+/// found it and appended nothing. The old owner, woken with the forward
+/// still queued, appends nothing of it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_run_here_after_its_forward_carries_the_forwarded_key_and_is_applied_once() {
+    use nix::sys::signal::Signal;
+    // Two nodes: the forwarder is the only other one, so the stream's next
+    // owner. A lease of 6 s: the forward surely leaves before the paused
+    // owner's lease runs out.
+    let cluster = CairnCluster::start(cairn_cli!(), 2, &[("CAIRN_CLUSTER__LEASE", "6s")]).await;
+    let upstreams = TestDir::new();
+    let old = register_r(&cluster, &upstreams).await;
+    let a: usize = old.trim_start_matches('n').parse().unwrap();
+    let b = 1 - a;
+    let through = format!("n{b}");
+
+    // What reaches the owner's own subject, seen on the forwarder's server.
+    let watcher = cluster.clients[b].clone();
+    let mut to_owner = watcher
+        .nats()
+        .subscribe(format!("cairn.node.{old}.cairn.v1.repo.update"))
+        .await
+        .unwrap();
+    watcher.flush().await;
+
+    // The owner pauses; a write without a key reaches the other node, which
+    // forwards it to the owner (its lease still runs).
+    cluster.nodes[a].as_ref().unwrap().signal(Signal::SIGSTOP);
+    let schedule = "17 * * * *";
+    let asked = tokio::spawn({
+        let (client, through) = (cluster.clients[b].clone(), through.clone());
+        async move {
+            client
+                .call_node(
+                    &through,
+                    "repo.update",
+                    json!({"namespace": NS, "name": "r", "sync": {"schedule": schedule}}),
+                    HeaderMap::new(),
+                )
+                .await
+        }
+    });
+    let forward = within(
+        "the write to be forwarded to the paused owner",
+        WAIT,
+        to_owner.next(),
+    )
+    .await
+    .expect("the subscription is open");
+    let forward_headers = forward.headers.clone().expect("a forward has headers");
+    assert_eq!(
+        forward_headers.get("Cairn-Forwarded").map(|v| v.as_str()),
+        Some(through.as_str())
+    );
+    let key = forward_headers
+        .get("Cairn-Request-Id")
+        .expect("a forward carries an idempotency key")
+        .as_str()
+        .to_owned();
+    assert!(key.starts_with("fwd-"), "{key}");
+    let reply_to = forward
+        .reply
+        .clone()
+        .expect("a forward has a reply subject");
+
+    // The paused owner's lease runs out: the forwarder takes the stream and
+    // runs the write itself, with the forward's key.
+    let (answer, headers) = asked.await.unwrap();
+    answer.unwrap_or_else(|e| panic!("the write through {through}: {e}"));
+    assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), through);
+    assert!(headers.get("Cairn-Replayed").is_none(), "it ran");
+    let seq = seq_of(&headers);
+    let changes = schedule_changes(&log_of(&cluster.clients[b], &through, seq).await, schedule);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        changes[0].1, key,
+        "the run here carries the key its forward carried"
+    );
+
+    // The old owner wakes with the forward queued: it is refused (fenced,
+    // or no longer the owner) or answered as the run here went (a replay);
+    // never run again.
+    let waker = cluster.clients[a].clone();
+    let mut replies = waker.nats().subscribe(reply_to).await.unwrap();
+    waker.flush().await;
+    cluster.nodes[a].as_ref().unwrap().signal(Signal::SIGCONT);
+    let reply = within(
+        "the old owner's answer to the forward",
+        WAIT,
+        replies.next(),
+    )
+    .await
+    .expect("the subscription is open");
+    let reply_headers = reply.headers.clone().unwrap_or_default();
+    let header = |name: &str| reply_headers.get(name).map(|v| v.as_str().to_owned());
+    match header("Nats-Service-Error-Code") {
+        None => assert_eq!(
+            header("Cairn-Replayed"),
+            Some(changes[0].0.to_string()),
+            "an answer of the old owner replays the run here: {:?}",
+            reply.payload
+        ),
+        Some(code) => {
+            let message = header("Nats-Service-Error").unwrap_or_default();
+            assert_eq!(code, "503", "{message}");
+            assert!(
+                message.contains(&format!("node {old} does not own stream repo/team-a/r"))
+                    || message.contains(
+                        "was taken over by another node: this node's write was refused by the log (fenced)"
+                    ),
+                "{message}"
+            );
+        }
+    }
+    wait_until("the old owner to hold nothing of r", WAIT, || async {
+        let (status, _) = cluster.clients[0]
+            .call_node(&old, "cluster.status", json!({}), HeaderMap::new())
+            .await;
+        let status = status.map_err(|e| e.to_string())?;
+        released(&status, "repo/team-a/r", old.as_str())
+    })
+    .await;
+
+    // Both nodes hold the same log, with the write once.
+    let mut last = 0;
+    for node in [&old, &through] {
+        let (_, headers) = cluster.clients[0]
+            .call_node(node, "log.read", json!({"limit": 1}), HeaderMap::new())
+            .await;
+        last = last.max(seq_of(&headers));
+    }
+    let logs = [
+        log_of(&cluster.clients[0], "n0", last).await,
+        log_of(&cluster.clients[0], "n1", last).await,
+    ];
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(schedule_changes(&logs[0], schedule), changes);
 }
 
 /// A write that pushes nothing to Git: a new sync schedule, with

@@ -14,6 +14,17 @@
 //!   or answers 503 naming the owner it knows. While a stream changes hands (no
 //!   responder, "taken over", "does not own"), the forwarder routes again,
 //!   for at most [`REROUTE_WINDOW`].
+//! - **One key per command**: every attempt of a forwarded command carries
+//!   an idempotency key (`Cairn-Request-Id`), so one the previous owner
+//!   applied before it died is not applied again. The caller makes it,
+//!   once per command, before it routes ([`super::idempotency::made_id`]),
+//!   because [`Forwarded::RunHere`] and a routing again after "does not
+//!   own" leave this module: the run here and the next [`forward`] must
+//!   carry the key the earlier attempts carried. The service's writes
+//!   (`super::serve`), the key-value cache and the artifact cache's
+//!   records all do; [`forward_on`] makes one itself only for a request
+//!   that arrives without (kept as a fallback: good for that call's
+//!   attempts alone, e.g. a kv part, whose writer checks no key).
 //! - **Read your writes anywhere**: every reply carries `Cairn-Seq`, the
 //!   last seq the answering node applied; a request with `Cairn-Min-Seq`
 //!   waits (at most `cluster.read-wait`) until this node applied it, or
@@ -192,16 +203,14 @@ pub async fn forward_on(
 ) -> Result<Forwarded, ServiceError> {
     let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
     let overall = tokio::time::Instant::now() + routing.forward_timeout;
-    // Every forwarded command carries an idempotency key (the client's, or
-    // one made here): sent again to a new owner after the first one died
-    // with it, it runs at most once.
-    let mut headers = headers.cloned().unwrap_or_default();
-    if headers.get(super::idempotency::REQUEST_ID_HEADER).is_none() {
-        headers.insert(
-            super::idempotency::REQUEST_ID_HEADER,
-            format!("fwd-{}", cairn_events::envelope::new_id()).as_str(),
-        );
-    }
+    // Every forwarded command carries an idempotency key: sent again to a
+    // new owner after the first one died with it, it runs at most once.
+    // The caller's (see the module docs); made here only as a fallback,
+    // good for this call's attempts alone.
+    let mut headers = match headers {
+        Some(h) if h.get(super::idempotency::REQUEST_ID_HEADER).is_some() => h.clone(),
+        other => super::idempotency::with_id(other, &super::idempotency::made_id()),
+    };
     headers.insert(FORWARDED_HEADER, routing.ownership.view().node());
     // The owner's spans continue this node's command span.
     crate::trace::inject_nats(&mut headers);

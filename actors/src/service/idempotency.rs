@@ -33,6 +33,22 @@
 //! `kv.set|delete|configure` (see `crate::kv`) and, on a cluster, the
 //! artifact cache's records (see `crate::artifact::cluster`), whose keys a
 //! node makes and sends with every attempt.
+//!
+//! # Keys a node makes (clusters)
+//! On a cluster a write may run elsewhere than where it arrived: it is
+//! forwarded to its stream's owner, sent again when an answer is lost,
+//! routed again while the stream changes hands, or run on the receiving
+//! node after all once the stream came to it. Each of those attempts may
+//! follow one that was applied (an owner that appended and died before
+//! answering), so they all carry one key: the client's, or — when it sent
+//! none — one the receiving node makes once per command ([`made_id`],
+//! `fwd-<uuid v7>`) before it routes it, and puts in the headers it
+//! forwards *and* runs it with ([`with_id`]). A run here after a forward
+//! then finds the forwarded attempt's record and appends nothing. The
+//! service endpoints with a replay make it for every write on a cluster
+//! (see `super::serve`); the key-value cache the first time it forwards
+//! a command sent whole (its local writes carry no key, so compaction
+//! keeps no tombstone for them; see `super::kv::on_owner`).
 
 use std::{
     collections::HashMap,
@@ -107,6 +123,34 @@ pub fn key_of(endpoint: &str, id: String, body: &[u8]) -> RequestKey {
         id,
         digest: hasher.finalize().to_vec(),
     }
+}
+
+/// Prefix of the keys a node makes for a command that came without one
+/// (see the module docs).
+pub const MADE_ID_PREFIX: &str = "fwd-";
+
+/// A new key id a node makes for a command that came without one:
+/// `fwd-<uuid v7>`.
+pub fn made_id() -> String {
+    format!("{MADE_ID_PREFIX}{}", cairn_events::envelope::new_id())
+}
+
+/// A new key for a request to `endpoint` (`cairn.v1.…` or bare) with
+/// `body` that came without one: [`made_id`] with the digest
+/// [`request_key`] computes (see the module docs).
+pub fn made_key(endpoint: &str, body: &[u8]) -> RequestKey {
+    key_of(
+        endpoint.strip_prefix("cairn.v1.").unwrap_or(endpoint),
+        made_id(),
+        body,
+    )
+}
+
+/// A copy of `headers` (none: empty) whose `Cairn-Request-Id` is `id`.
+pub fn with_id(headers: Option<&async_nats::HeaderMap>, id: &str) -> async_nats::HeaderMap {
+    let mut headers = headers.cloned().unwrap_or_default();
+    headers.insert(REQUEST_ID_HEADER, id);
+    headers
 }
 
 /// The body as the digest sees it: the JSON value with every object's
@@ -400,6 +444,27 @@ mod tests {
             assert_eq!(e.code, 400, "{bad}");
             assert!(e.message.starts_with("Cairn-Request-Id: "), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn a_made_key_is_new_each_time_and_what_its_owner_computes() {
+        let body = br#"{"namespace":"ns","name":"r"}"#;
+        let made = made_key("cairn.v1.repo.update", body);
+        assert!(made.id.starts_with("fwd-"), "{}", made.id);
+        assert_ne!(made_key("cairn.v1.repo.update", body).id, made.id);
+        // Sent on in the headers, it is the key the receiving node reads.
+        let headers = with_id(None, &made.id);
+        assert_eq!(
+            request_key("repo.update", Some(&headers), body).unwrap(),
+            Some(made.clone())
+        );
+        assert_eq!(made_key("repo.update", body).digest, made.digest);
+        // `with_id` keeps the other headers.
+        let mut sent = async_nats::HeaderMap::new();
+        sent.insert("traceparent", "00-x");
+        let headers = with_id(Some(&sent), &made.id);
+        assert_eq!(headers.get("traceparent").unwrap().as_str(), "00-x");
+        assert_eq!(headers.get(REQUEST_ID_HEADER).unwrap().as_str(), made.id);
     }
 
     #[tokio::test]

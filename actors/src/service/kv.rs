@@ -361,13 +361,17 @@ async fn execute_on_owner(
 ///
 /// A command sent whole carries an idempotency key to the owner: the
 /// client's `Cairn-Request-Id`, or one made here the first time it is
-/// forwarded (`fwd-<uuid v7>`, digest of the endpoint and body), the same
-/// on every attempt. `local` gets that made key (`None` before any
-/// forward, or when the client gave one, which the command's metadata
-/// holds already): when the partition comes to this node after an attempt
-/// whose answer was lost, the run here carries the key too, and the
-/// writer appends nothing if the previous owner applied it. The commands
-/// whose writer checks keys (`set`, `delete`, `configure`) record it.
+/// forwarded ([`idempotency::made_key`]: `fwd-<uuid v7>`, digest of the
+/// endpoint and body), the same on every attempt. (Made lazily, unlike
+/// the service's other writes, which make it before routing: a key on a
+/// write run here keeps its superseded event through compaction, see
+/// the idempotency module's docs.) `local` gets that made key (`None`
+/// before any forward, or when the client gave one, which the command's
+/// metadata holds already): when the partition comes to this node after
+/// an attempt whose answer was lost, the run here carries the key too,
+/// and the writer appends nothing if the previous owner applied it. The
+/// commands whose writer checks keys (`set`, `delete`, `configure`)
+/// record it.
 pub(crate) async fn on_owner<T, F, Fut>(
     context: &ServiceContext,
     request: &Incoming,
@@ -394,17 +398,15 @@ where
             Ok(Route::Forward(node)) => {
                 let (payload, headers) = match how {
                     Via::Whole => {
-                        let mut headers = request.headers.clone().unwrap_or_default();
-                        if headers.get(REQUEST_ID_HEADER).is_none() {
+                        let sent = request.headers.as_ref();
+                        let headers = if sent.is_some_and(|h| h.get(REQUEST_ID_HEADER).is_some()) {
+                            sent.cloned().unwrap_or_default()
+                        } else {
                             let key = made.get_or_insert_with(|| {
-                                idempotency::key_of(
-                                    endpoint.strip_prefix("cairn.v1.").unwrap_or(endpoint),
-                                    format!("fwd-{}", cairn_events::envelope::new_id()),
-                                    &request.body,
-                                )
+                                idempotency::made_key(endpoint, &request.body)
                             });
-                            headers.insert(REQUEST_ID_HEADER, key.id.as_str());
-                        }
+                            idempotency::with_id(sent, &key.id)
+                        };
                         (request.payload.clone(), Some(headers))
                     }
                     Via::Part(p) => {

@@ -587,12 +587,42 @@ where
                         )
                         .await;
                         let deadline = tokio::time::Instant::now() + cluster::REROUTE_WINDOW;
+                        // On a cluster a write that came without a key gets
+                        // one, once, before it is routed: every forward of
+                        // it and a run here (after the stream came to this
+                        // node, or after "does not own") carry the same key,
+                        // so an attempt applied by an owner that died before
+                        // answering is not applied again (see `idempotency`).
+                        let headers = match (replay, &context.config.cluster) {
+                            (Some(_), Some(_))
+                                if request
+                                    .message
+                                    .headers
+                                    .as_ref()
+                                    .and_then(|h| h.get(idempotency::REQUEST_ID_HEADER))
+                                    .is_none() =>
+                            {
+                                Some(idempotency::with_id(
+                                    request.message.headers.as_ref(),
+                                    &idempotency::made_id(),
+                                ))
+                            }
+                            _ => request.message.headers.clone(),
+                        };
                         loop {
                             let routed = match (&waited, replay, context.config.cluster.clone()) {
                                 (Ok(()), Some(_), Some(routing)) => {
-                                    routed(&context, &routing, &request, name, &body, forwarded)
-                                        .instrument(span.clone())
-                                        .await
+                                    routed(
+                                        &context,
+                                        &routing,
+                                        &request,
+                                        headers.as_ref(),
+                                        name,
+                                        &body,
+                                        forwarded,
+                                    )
+                                    .instrument(span.clone())
+                                    .await
                                 }
                                 _ => None,
                             };
@@ -618,7 +648,7 @@ where
                                         format,
                                         body: body.clone(),
                                         payload: request.message.payload.clone(),
-                                        headers: request.message.headers.clone(),
+                                        headers: headers.clone(),
                                         request: None,
                                     };
                                     let context = context.clone();
@@ -692,11 +722,13 @@ where
 }
 
 /// In a cluster, where a command runs: `None` here, or the owner's reply
-/// (or why it could not be reached) when it ran elsewhere.
+/// (or why it could not be reached) when it ran elsewhere. `headers`: the
+/// request's, with the command's idempotency key (forwarded as they are).
 async fn routed(
     context: &ServiceContext,
     routing: &cluster::ClusterRouting,
     request: &service::Request,
+    headers: Option<&async_nats::HeaderMap>,
     name: &str,
     body: &[u8],
     forwarded: bool,
@@ -709,7 +741,7 @@ async fn routed(
                 context,
                 routing,
                 request.message.payload.clone(),
-                request.message.headers.as_ref(),
+                headers,
                 name,
                 &stream,
                 node,
