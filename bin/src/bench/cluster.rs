@@ -112,6 +112,9 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Copies of commits in flight while the catch-up log is filled (a commit
 /// is up to `max_payload`, 1 MiB).
 const COPY_WINDOW: usize = 16;
+/// Events publishes awaiting their ack at once in cluster-append's design
+/// peer.
+const DESIGN_EVENTS_WINDOW: usize = 256;
 /// Pause between two polls of the cluster's status.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -450,19 +453,7 @@ pub fn cluster_append(
             cairn_elapsed.as_secs_f64()
         )?;
 
-        // The same bytes, as the owner published them (seq 0: the order assigns it).
-        let mut bodies: BTreeMap<String, Vec<(String, Bytes)>> = BTreeMap::new();
-        for mut env in store.read_all(1, usize::MAX)? {
-            if !env.stream.starts_with("bench/append-") {
-                continue;
-            }
-            env.seq = 0;
-            let id = env.event_id.clone();
-            bodies
-                .entry(env.stream.clone())
-                .or_default()
-                .push((id, encode_commit(std::slice::from_ref(&env))));
-        }
+        let bodies = bodies_again(&store)?;
         let size = bodies
             .values()
             .next()
@@ -523,7 +514,20 @@ pub fn cluster_append(
             "cluster-append: raw async-nats {total} publishes in {:.3}s",
             raw_elapsed.as_secs_f64()
         )?;
+        let design = design_peer(&cluster, &js, &bodies_again(&store)?).await?;
+        writeln!(
+            out,
+            "cluster-append: raw with the design's NATS work (the same publishes, each answered once the publisher's ordered consumer read it back, two more consumers on servers 1 and 2 reading the stream, each message published again to an events stream as CAIRN_EVENTS gets it) {total} in {:.3}s",
+            design.as_secs_f64()
+        )?;
         let (c, r) = (rate(total, cairn_elapsed), rate(total, raw_elapsed));
+        let d = rate(total, design);
+        writeln!(
+            out,
+            "cluster-append: design peer {d:.0}/s = {:.2} of raw; cairn = {:.2} of the design peer",
+            d / r,
+            c / d
+        )?;
         writeln!(
             out,
             "cluster_append: cairn={c:.0}/s raw={r:.0}/s ratio={:.2}",
@@ -533,6 +537,227 @@ pub fn cluster_append(
     });
     drop(store);
     result
+}
+
+/// The owner's commits of the benchmark's streams, as it published them
+/// (seq 0: the order assigns it), by stream: (event id, commit bytes).
+type Bodies = BTreeMap<String, Vec<(String, Bytes)>>;
+
+/// [`Bodies`] read back from the owner's store.
+fn bodies_again(store: &Store) -> anyhow::Result<Bodies> {
+    let mut bodies = Bodies::new();
+    for mut env in store.read_all(1, usize::MAX)? {
+        if !env.stream.starts_with("bench/append-") {
+            continue;
+        }
+        env.seq = 0;
+        let id = env.event_id.clone();
+        bodies
+            .entry(env.stream.clone())
+            .or_default()
+            .push((id, encode_commit(std::slice::from_ref(&env))));
+    }
+    Ok(bodies)
+}
+
+/// cluster-append's second peer: the NATS work of cairn's design without
+/// cairn — the same fenced publishes to an R3 stream, each answered once
+/// the publisher's own ordered consumer (pulling as the applier does) read
+/// it back; two more ordered consumers, on servers 1 and 2 in threads of
+/// their own (as nodes n1 and n2), read the stream to its end; every
+/// message the publisher's consumer reads is published again, with its
+/// id, to an events stream with `CAIRN_EVENTS`'s default replicas (as
+/// `CAIRN_EVENTS` gets each event once).
+/// No RocksDB, no views: what is left between this and cairn is cairn's.
+/// Returns the time until every commit was answered (the two other
+/// consumers read on meanwhile, and are waited for after).
+async fn design_peer(
+    cluster: &BenchCluster,
+    js: &jetstream::Context,
+    bodies: &Bodies,
+) -> anyhow::Result<Duration> {
+    let pid = std::process::id();
+    let (log, log_root) = (
+        format!("BENCH_DESIGN_LOG_{pid}"),
+        format!("bench.designlog{pid}"),
+    );
+    let (events, events_root) = (
+        format!("BENCH_DESIGN_EVENTS_{pid}"),
+        format!("bench.designevents{pid}"),
+    );
+    // The events stream with `CAIRN_EVENTS`'s default replicas
+    // (`publisher.stream-replicas`).
+    let events_replicas = cairn_actors::publisher::PublisherConfig::default().stream_replicas;
+    for (name, root, replicas) in [
+        (&log, &log_root, 3),
+        (&events, &events_root, events_replicas),
+    ] {
+        js.create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{root}.*")],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating {name}: {e}"))?;
+    }
+    let total = bodies.values().map(Vec::len).sum::<usize>() as u64;
+    // The replicas: their own connection and thread, as a node has.
+    let mut replicas = Vec::new();
+    for server in 1..3 {
+        let (url, log) = (cluster.nats.url(server), log.clone());
+        replicas.push(std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let client = async_nats::connect(url.as_str()).await?;
+                        let js = jetstream::new(client);
+                        follow(&js, &log, total, |_, _| async { Ok(()) }).await
+                    })
+                })
+        }));
+    }
+    let (read_tx, read_rx) = tokio::sync::watch::channel(0u64);
+    let started = Instant::now();
+    // The publisher's consumer: what it reads is "applied", and published
+    // again as its events (acks awaited in a window, as the publisher's).
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Bytes)>();
+    let own = {
+        let (js, log) = (js.clone(), log.clone());
+        tokio::task::spawn_local(async move {
+            follow(&js, &log, total, move |position, message| {
+                let _ = read_tx.send(position);
+                let id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                let _ = events_tx.send((id, message.payload.clone()));
+                async { Ok(()) }
+            })
+            .await
+        })
+    };
+    let republish = {
+        let (js, subject) = (js.clone(), format!("{events_root}.e"));
+        tokio::task::spawn_local(async move {
+            let mut acks = FuturesUnordered::new();
+            while let Some((id, payload)) = events_rx.recv().await {
+                let publish = jetstream::message::PublishMessage::build()
+                    .message_id(id.as_str())
+                    .payload(payload);
+                let ack = js
+                    .send_publish(subject.clone(), publish)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("events publish: {e}"))?;
+                acks.push(ack.into_future());
+                while acks.len() >= DESIGN_EVENTS_WINDOW {
+                    if let Some(done) = acks.next().await {
+                        done.map_err(|e| anyhow::anyhow!("events publish ack: {e}"))?;
+                    }
+                }
+            }
+            while let Some(done) = acks.next().await {
+                done.map_err(|e| anyhow::anyhow!("events publish ack: {e}"))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let mut writers = FuturesUnordered::new();
+    for (w, commits) in bodies.values().enumerate() {
+        let (js, subject, mut read) = (js.clone(), format!("{log_root}.s{w}"), read_rx.clone());
+        writers.push(async move {
+            let mut last = 0u64;
+            for (id, body) in commits.clone() {
+                let publish = jetstream::message::PublishMessage::build()
+                    .message_id(id.as_str())
+                    .expected_last_subject_sequence(last)
+                    .header("Cairn-Node", "bench-design")
+                    .payload(body);
+                let ack = js
+                    .send_publish(subject.clone(), publish)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("design publish: {e}"))?
+                    .into_future()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("design publish ack: {e}"))?;
+                last = ack.sequence;
+                // Answered once read back (read-your-writes).
+                tokio::time::timeout(REQUEST_TIMEOUT, read.wait_for(|p| *p >= last))
+                    .await
+                    .context("the publisher's consumer did not read its commit back")??;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = writers.next().await {
+        done?;
+    }
+    // Timed as cairn's side: until every commit was answered (the
+    // replicas read on meanwhile, as nodes n1 and n2 apply).
+    let elapsed = started.elapsed();
+    for replica in replicas {
+        replica
+            .join()
+            .map_err(|_| anyhow::anyhow!("a replica thread panicked"))??;
+    }
+    own.await.context("the publisher's consumer")??;
+    republish.await.context("the events publisher")??;
+    for name in [&log, &events] {
+        let _ = js.delete_stream(name).await;
+    }
+    Ok(elapsed)
+}
+
+/// Reads stream `name` from its start with an ordered consumer pulling as
+/// the applier does, `each(position, message)` in order, until it read
+/// `total` messages (each wait bounded).
+async fn follow<F, Fut>(
+    js: &jetstream::Context,
+    name: &str,
+    total: u64,
+    mut each: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(u64, async_nats::jetstream::Message) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let mut messages = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            max_batch: PULL_MAX_MESSAGES,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("ordered consumer on {name}: {e}"))?
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+    let mut read = 0u64;
+    while read < total {
+        let message = tokio::time::timeout(REQUEST_TIMEOUT, messages.next())
+            .await
+            .with_context(|| format!("nothing from {name} for {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("the consumer of {name} ended"))?
+            .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+        let position = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        read += 1;
+        each(position, message).await?;
+    }
+    Ok(())
 }
 
 // -------------------------------------------------------------- failover
