@@ -30,7 +30,10 @@
 //!   `--events` events. A message carries many events (a sync's commit is
 //!   one append of up to `store.append-max-events`), so both rates are
 //!   given in events/s — the raw consumer's as the events its messages
-//!   carry; the messages/s it read is printed on the line before.
+//!   carry; the messages/s it read is printed on the line before. A second
+//!   peer reads the same messages and writes each commit's events to a
+//!   fresh RocksDB as per-event log rows (one unsynced batch per commit,
+//!   no views): the least any replica that keeps the log must do.
 //! - `cluster-read` ([`cluster_read`]): `pkgrev.list` requests from the
 //!   same client load — connections spread over the three servers — sent
 //!   to one node (its own subject, `cairn.node.<id>.…`) and to all three
@@ -997,6 +1000,45 @@ pub fn catch_up(
             rate(messages, raw_elapsed)
         )?;
 
+        // raw + RocksDB: the same read, each commit's events written to a
+        // fresh RocksDB (default options, WAL on, not synced, one batch
+        // per commit) as the per-event log rows a replica keeps — no views.
+        let db = rocksdb::DB::open_default(cluster.dir.path().join("raw-rocksdb"))?;
+        let started = Instant::now();
+        let (mut seq, mut stored) = (0u64, 0u64);
+        follow(&js, LOG_STREAM, messages, |_, message| {
+            let fence = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Cairn-Fence"))
+                .is_some();
+            let written = (|| {
+                if fence {
+                    return Ok(());
+                }
+                let envelopes = decode_commit(&message.payload)?;
+                let mut batch = rocksdb::WriteBatch::default();
+                for env in &envelopes {
+                    seq += 1;
+                    batch.put(seq.to_be_bytes(), cairn_events::envelope::encode(env));
+                }
+                stored += envelopes.len() as u64;
+                db.write(batch)?;
+                Ok::<_, anyhow::Error>(())
+            })();
+            async move { written }
+        })
+        .await?;
+        let stored_elapsed = started.elapsed();
+        drop(db);
+        writeln!(
+            out,
+            "catch-up: raw read + RocksDB log rows: {stored} events in {:.3}s: {:.0}/s, {:.2} of the raw read",
+            stored_elapsed.as_secs_f64(),
+            rate(stored, stored_elapsed),
+            raw_elapsed.as_secs_f64() / stored_elapsed.as_secs_f64()
+        )?;
+
         // cairn: a node with an empty data directory joins and catches up.
         let dir = cluster.dir.path().join("joiner");
         let mut config = NodeConfig {
@@ -1024,6 +1066,11 @@ pub fn catch_up(
             cairn_elapsed.as_secs_f64()
         )?;
         let (c, r) = (rate(total, cairn_elapsed), rate(total, raw_elapsed));
+        writeln!(
+            out,
+            "catch-up: cairn = {:.2} of raw read + RocksDB log rows",
+            c / rate(stored, stored_elapsed)
+        )?;
         writeln!(out, "catch_up: cairn={c:.0}/s raw={r:.0}/s ratio={:.2}", c / r)?;
         Ok::<_, anyhow::Error>((c, r))
     });
