@@ -35,6 +35,23 @@ pub struct CairnCluster {
 }
 
 impl CairnCluster {
+    /// Waits (at most [`WAIT`]) until node `old` holds no lease of
+    /// `stream`, as its own `cluster.status` says: it stepped down.
+    pub async fn wait_released(&self, old: &str, stream: &str) {
+        crate::wait_until(
+            &format!("{old} to hold nothing of {stream}"),
+            WAIT,
+            || async {
+                let (status, _) = self.clients[0]
+                    .call_node(old, "cluster.status", json!({}), HeaderMap::new())
+                    .await;
+                let status = status.map_err(|e| e.to_string())?;
+                released(&status, stream, old)
+            },
+        )
+        .await;
+    }
+
     /// `nodes` nodes of `cli` (`cairn_cli!()`), each with `env` besides.
     pub async fn start(cli: Cli, nodes: usize, env: &[(&str, &str)]) -> Self {
         Self::start_inner(cli, nodes, env, false).await

@@ -19,7 +19,7 @@ use cairn_actors::artifact::key::partition;
 use cairn_events::StreamId;
 use cairn_tests::{
     cairn_cli,
-    cluster::{acknowledged_or_fenced, log_of, min_seq, released, seq_of, CairnCluster},
+    cluster::{acknowledged_or_fenced, log_of, min_seq, seq_of, CairnCluster},
     wait_until, within, Gate, Reply, ScriptedOrigin, ServiceError, TestDir, WAIT,
 };
 use serde_json::{json, Value};
@@ -510,12 +510,7 @@ async fn a_paused_stream_owner_is_fenced_when_it_wakes() {
     let (answer, _) = asked.await.unwrap();
     let acknowledged = acknowledged_or_fenced(&answer);
     let stream = StreamId::artifact(partition(&first)).to_string();
-    wait_until("the old owner to step down", WAIT, || async {
-        let (status, _) = f.on(a, "cluster.status", json!({})).await;
-        let status = status.map_err(|e| e.to_string())?;
-        released(&status, stream.as_str(), old.as_str())
-    })
-    .await;
+    f.cluster.wait_released(&old, &stream).await;
     let last = f.seq_on(index(&new)).await;
     let logs = [
         log_of(&f.cluster.clients[0], "n0", last).await,

@@ -19,7 +19,7 @@ use async_nats::HeaderMap;
 use cairn_actors::kv::{partition_of, partition_stream};
 use cairn_tests::{
     cairn_cli,
-    cluster::{acknowledged_or_fenced, log_of, min_seq, released, seq_of, CairnCluster},
+    cluster::{acknowledged_or_fenced, log_of, min_seq, seq_of, CairnCluster},
     wait_until, Client, ServiceError, WAIT,
 };
 use futures::StreamExt as _;
@@ -491,14 +491,7 @@ async fn a_paused_partition_owner_is_fenced_when_it_wakes() {
     let acknowledged = acknowledged_or_fenced(&answer);
     // The old owner holds nothing of the partition any more.
     let stream = partition_stream(partition_of("fenced")).to_string();
-    wait_until("the old owner to step down", WAIT, || async {
-        let (status, _) = cluster.clients[0]
-            .call_node(&old, "cluster.status", json!({}), HeaderMap::new())
-            .await;
-        let status = status.map_err(|e| e.to_string())?;
-        released(&status, stream.as_str(), old.as_str())
-    })
-    .await;
+    cluster.wait_released(&old, &stream).await;
     // Every node holds the same log; after the takeover only the new
     // owner's writes (an acknowledged by-old-owner ran there).
     let (_, headers) = cluster.clients[0]

@@ -14,7 +14,7 @@ use std::{
 use async_nats::HeaderMap;
 use cairn_tests::{
     cairn_cli,
-    cluster::{log_of, min_seq, released, seq_of, CairnCluster},
+    cluster::{log_of, min_seq, seq_of, CairnCluster},
     wait_until, within, ChildNode, Client, GitFixture, TestDir, WAIT,
 };
 use futures::StreamExt as _;
@@ -752,14 +752,7 @@ async fn a_paused_owner_is_fenced_when_it_wakes_and_leaves_no_event_after_the_ta
         Ok(_) => assert_eq!(headers.get("Cairn-Node").unwrap().as_str(), new),
     }
     // The old owner steps down: it holds nothing.
-    wait_until("the old owner to hold nothing of r", WAIT, || async {
-        let (status, _) = cluster.clients[0]
-            .call_node(&old, "cluster.status", json!({}), HeaderMap::new())
-            .await;
-        let status = status.map_err(|e| e.to_string())?;
-        released(&status, "repo/team-a/r", old.as_str())
-    })
-    .await;
+    cluster.wait_released(&old, "repo/team-a/r").await;
     // Every node holds the same log; after the takeover's write only the
     // new owner's (an acknowledged by-old-owner ran there, or nothing).
     let (_, headers) = cluster.clients[0]
@@ -917,14 +910,7 @@ async fn a_write_run_here_after_its_forward_carries_the_forwarded_key_and_is_app
             );
         }
     }
-    wait_until("the old owner to hold nothing of r", WAIT, || async {
-        let (status, _) = cluster.clients[0]
-            .call_node(&old, "cluster.status", json!({}), HeaderMap::new())
-            .await;
-        let status = status.map_err(|e| e.to_string())?;
-        released(&status, "repo/team-a/r", old.as_str())
-    })
-    .await;
+    cluster.wait_released(&old, "repo/team-a/r").await;
 
     // Both nodes hold the same log, with the write once.
     let mut last = 0;

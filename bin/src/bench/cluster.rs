@@ -490,19 +490,7 @@ pub fn cluster_append(
             writers.push(async move {
                 let mut last = 0u64;
                 for (id, body) in commits {
-                    let publish = jetstream::message::PublishMessage::build()
-                        .message_id(id.as_str())
-                        .expected_last_subject_sequence(last)
-                        .header("Cairn-Node", "bench-raw")
-                        .payload(body);
-                    let ack = js
-                        .send_publish(subject.clone(), publish)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("raw publish: {e}"))?
-                        .into_future()
-                        .await
-                        .map_err(|e| anyhow::anyhow!("raw publish ack: {e}"))?;
-                    last = ack.sequence;
+                    last = fenced_publish(&js, &subject, &id, body, last, "bench-raw").await?;
                 }
                 Ok::<_, anyhow::Error>(())
             });
@@ -540,6 +528,31 @@ pub fn cluster_append(
     });
     drop(store);
     result
+}
+
+/// Publishes `body` (id `id`) to `subject` expecting the subject's last
+/// sequence `last`, as an owner publishes a commit; answers its sequence.
+async fn fenced_publish(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    body: Bytes,
+    last: u64,
+    node: &str,
+) -> anyhow::Result<u64> {
+    let publish = jetstream::message::PublishMessage::build()
+        .message_id(id)
+        .expected_last_subject_sequence(last)
+        .header("Cairn-Node", node)
+        .payload(body);
+    let ack = js
+        .send_publish(subject.to_owned(), publish)
+        .await
+        .map_err(|e| anyhow::anyhow!("{node} publish: {e}"))?
+        .into_future()
+        .await
+        .map_err(|e| anyhow::anyhow!("{node} publish ack: {e}"))?;
+    Ok(ack.sequence)
 }
 
 /// The owner's commits of the benchmark's streams, as it published them
@@ -678,19 +691,7 @@ async fn design_peer(
         writers.push(async move {
             let mut last = 0u64;
             for (id, body) in commits.clone() {
-                let publish = jetstream::message::PublishMessage::build()
-                    .message_id(id.as_str())
-                    .expected_last_subject_sequence(last)
-                    .header("Cairn-Node", "bench-design")
-                    .payload(body);
-                let ack = js
-                    .send_publish(subject.clone(), publish)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("design publish: {e}"))?
-                    .into_future()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("design publish ack: {e}"))?;
-                last = ack.sequence;
+                last = fenced_publish(&js, &subject, &id, body, last, "bench-design").await?;
                 // Answered once read back (read-your-writes).
                 tokio::time::timeout(REQUEST_TIMEOUT, read.wait_for(|p| *p >= last))
                     .await
