@@ -659,7 +659,7 @@ pub fn print(
     )
 }
 
-/// Prints `value` in `output` as `view` says (see [`print`]).
+/// Prints `value` in `output` as `view` says (see [`print()`]).
 pub fn show(
     out: &mut dyn Write,
     output: Output,

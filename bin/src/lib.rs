@@ -25,7 +25,7 @@
 //! - [`views_cmd`] — `cairn views rebuild`.
 //! - [`watch_cmd`] — `cairn watch`: a watch streamed to the terminal.
 //! - [`top`] — `cairn top`: a live view of nodes from their `/metrics`.
-//! - [`bench`] — `cairn bench …`, each against its raw baseline in the same run.
+//! - [`bench`](mod@bench) — `cairn bench …`, each against its raw baseline in the same run.
 //! - [`telemetry`] — tracing subscriber set-up, the OTLP exporters' settings
 //!   and HTTP client.
 //! - [`traces`] — the trace pipeline (OTLP export, bounded queue, dropped

@@ -1,7 +1,7 @@
 //! The event log: an append-only, totally ordered sequence of envelopes,
 //! partitioned into streams.
 //!
-//! Invariants every implementation keeps (checked by [`crate::conformance`]):
+//! Invariants every implementation keeps (checked by the `conformance` suites, feature `testsuite`):
 //! - global sequence numbers start at 1 and strictly increase with no gaps;
 //! - each stream's versions start at 1 and are contiguous;
 //! - an append is all-or-nothing, and acknowledged only once durable;

@@ -9,7 +9,7 @@
 //!
 //! Decision: the instruments are built once, from the global meter
 //! provider, when [`install`] is called (the binary calls it after
-//! installing its provider); before that [`metrics`] hands out
+//! installing its provider); before that [`with`] hands out
 //! instruments of the global provider as it is then (a no-op one in a
 //! process that installs none), without keeping them — so a library used
 //! before the provider is installed never pins no-op instruments.

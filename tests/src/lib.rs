@@ -27,7 +27,7 @@
 //!   request: short bodies, resets, no answer), counting requests.
 //! - [`Nginx`] (from `cairn::nginx`, shared with the benchmark) — Debian's
 //!   nginx on a loopback port with a temp configuration, killed on drop.
-//! - [`git`] — [`GitFixture`] (Porch fixtures unpacked, generated
+//! - [`git`](mod@git) — [`GitFixture`] (Porch fixtures unpacked, generated
 //!   repositories), [`git()`] the one Git runner, [`unpack`].
 //! - [`jetstream`] — [`jetstream::cairn_seqs`], the position and `Cairn-Seq`
 //!   of every message of a stream, in stream order.

@@ -200,8 +200,8 @@ pub fn parse_files(f: &Fields, max: usize) -> Result<Option<Files>, ServiceError
 /// repository, path and package) is copied — its files verbatim, Porch's
 /// `edit` task; any other revision is cloned — its files, the `Kptfile`
 /// renamed for the new package and locked to the source
-/// ([`origin::kptfile::with_upstream`]; the lock's `repo`, `directory` and
-/// `ref` from the source's repository, [`origin::kptfile::lock_of`]).
+/// ([`crate::origin::kptfile::with_upstream`]; the lock's `repo`, `directory` and
+/// `ref` from the source's repository, [`crate::origin::kptfile::lock_of`]).
 /// 400 naming `clone_from` when there is no such revision or its `Kptfile`
 /// cannot be rewritten. Whether the source may be cloned or copied (no
 /// placeholder, published) is the repository's check

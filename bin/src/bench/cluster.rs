@@ -4,7 +4,7 @@
 //! against its raw peer in the same run:
 //!
 //! - `cluster-append` ([`cluster_append`]): lifecycle-sized commits (one
-//!   event each) through an owner's [`ClusterAppend`] — fenced with
+//!   event each) through an owner's [`ClusterAppend`](cairn_actors::cluster::ClusterAppend) — fenced with
 //!   `Nats-Expected-Last-Subject-Sequence`, answered once applied on the
 //!   owner — while two more nodes apply the log, vs raw async-nats
 //!   publishes of the same bytes with the same header to an R3 stream on

@@ -137,7 +137,7 @@ enum KvCommand {
         #[arg(long)]
         principal: Option<String>,
     },
-    /// The canonical key of a function call: fn:<FUNCTION>:<sha256>.
+    /// The canonical key of a function call: `fn:<FUNCTION>:<sha256>`.
     KeyFor {
         /// The function's name.
         function: String,
