@@ -228,7 +228,17 @@ impl PackageRevisionListView {
         }: RevisionChange<'_>,
     ) -> Result<(), StorageError> {
         let index = Self::name_key(namespace, name);
-        let old = tx.get(&index)?;
+        // One repository's name index rows are a group, read many at a
+        // time by catch-up and first syncs.
+        let of_repository = name
+            .strip_prefix(repository)
+            .is_some_and(|rest| rest.starts_with('.'));
+        let group_len = if of_repository {
+            1 + namespace.len() + 1 + repository.len() + 1
+        } else {
+            index.len()
+        };
+        let old = tx.get_in_group(&index, group_len)?;
         match revision {
             Some(revision) => {
                 let key = Self::listing_key(namespace, repository, revision);

@@ -55,6 +55,20 @@ impl PackageRevisionsView {
     }
 }
 
+/// Length of the key prefix `<namespace>/<repository>.` of revision
+/// `name`'s key, or of the whole key when `name` is not of `repository`
+/// (then the key is a group of its own).
+fn repository_group_len(namespace: &str, repository: &str, name: &str) -> usize {
+    let of_repository = name
+        .strip_prefix(repository)
+        .is_some_and(|rest| rest.starts_with('.'));
+    if of_repository {
+        namespace.len() + 1 + repository.len() + 1
+    } else {
+        namespace.len() + 1 + name.len()
+    }
+}
+
 fn repo_of_key(key: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(key).ok()?;
     let (_, name) = text.split_once('/')?;
@@ -107,7 +121,10 @@ impl PackageRevisionsView {
         }: RevisionChange<'_>,
     ) -> Result<(), StorageError> {
         let key = Self::key(namespace, name);
-        if let Some(old) = tx.get_message::<PackageRevisionRow>(&key)? {
+        // A repository's rows are a group (see the module docs), read
+        // many at a time by catch-up and first syncs.
+        let group_len = repository_group_len(namespace, repository, name);
+        if let Some(old) = tx.get_message_in_group::<PackageRevisionRow>(&key, group_len)? {
             for digest in digests(&old.revision.unwrap_or_default())? {
                 tx.release_blob(&digest)?;
             }
