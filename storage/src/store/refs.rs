@@ -276,6 +276,114 @@ mod tests {
         assert_eq!(rows(&store, &digests), [None, None]);
     }
 
+    /// The store's rows, counting point reads and last-key lookups.
+    struct Counting<'a> {
+        inner: &'a Inner,
+        reads: std::cell::Cell<usize>,
+        last_keys: std::cell::Cell<usize>,
+    }
+
+    impl RowSource for Counting<'_> {
+        fn read(&self, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.read(cf, key)
+        }
+
+        fn last_key(
+            &self,
+            cf: usize,
+            from: &[u8],
+            to: &[u8],
+        ) -> Result<Option<Vec<u8>>, StorageError> {
+            self.last_keys.set(self.last_keys.get() + 1);
+            self.inner.last_key(cf, from, to)
+        }
+
+        fn for_each_key(
+            &self,
+            cf: usize,
+            from: &[u8],
+            to: &[u8],
+            f: &mut dyn FnMut(&[u8]) -> std::ops::ControlFlow<()>,
+        ) -> Result<(), StorageError> {
+            self.inner.for_each_key(cf, from, to, f)
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_no_key_of_a_group_past_its_last_stored_one() {
+        use cairn_events::v1::{event::Payload, PackageRevision, PackageRevisionAdded};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            StoreConfig::new(dir.path()),
+            crate::views::default_views(),
+        )
+        .unwrap();
+        let stream = StreamId::repository("ns", "repo").unwrap();
+        let added = |name: &str| {
+            cairn_events::envelope::event(Payload::PackageRevisionAdded(PackageRevisionAdded {
+                revision: Some(PackageRevision {
+                    name: name.into(),
+                    package: "p".into(),
+                    ..Default::default()
+                }),
+            }))
+        };
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![added("repo.b"), added("repo.d")],
+                Metadata::default(),
+            )
+            .unwrap();
+        let inner = store.inner();
+        let cf = 1 + inner
+            .views
+            .iter()
+            .position(|v| v.name() == crate::views::PackageRevisionsView::NAME)
+            .unwrap();
+        let source = Counting {
+            inner,
+            reads: Default::default(),
+            last_keys: Default::default(),
+        };
+        let mut overlay = crate::view::Overlay::default();
+        let mut tx = ViewTx {
+            view: crate::views::PackageRevisionsView::NAME,
+            cf,
+            overlay: &mut overlay,
+            source: &source,
+        };
+        let group = "ns/repo.".len();
+        let mut found = |tx: &mut ViewTx<'_>, name: &str| {
+            tx.get_in_group(format!("ns/{name}").as_bytes(), group)
+                .unwrap()
+                .is_some()
+        };
+        // A first read of the group is a point read.
+        assert!(!found(&mut tx, "repo.a"));
+        assert_eq!((source.reads.get(), source.last_keys.get()), (1, 0));
+        // The second looks up the group's last stored key: `repo.d`.
+        assert!(found(&mut tx, "repo.b"));
+        assert_eq!((source.reads.get(), source.last_keys.get()), (2, 1));
+        assert!(!found(&mut tx, "repo.c"));
+        assert!(found(&mut tx, "repo.d"));
+        assert_eq!((source.reads.get(), source.last_keys.get()), (4, 1));
+        // Past it, nothing is read; this batch's own rows still answer.
+        tx.put(b"ns/repo.f".to_vec(), b"row".to_vec());
+        assert!(!found(&mut tx, "repo.e"));
+        assert!(found(&mut tx, "repo.f"));
+        assert!(!found(&mut tx, "repo.g"));
+        assert_eq!((source.reads.get(), source.last_keys.get()), (4, 1));
+        // Another group, with no stored key: after its first read, none.
+        assert!(!found(&mut tx, "other.a"));
+        assert!(!found(&mut tx, "other.b"));
+        assert!(!found(&mut tx, "other.c"));
+        assert_eq!((source.reads.get(), source.last_keys.get()), (5, 2));
+    }
+
     #[test]
     fn the_least_recently_set_count_is_the_one_forgotten() {
         let mut counts = BlobRefCounts::with_capacity(NonZeroUsize::new(2).unwrap());
