@@ -357,7 +357,7 @@ mod tests {
             source: &source,
         };
         let group = "ns/repo.".len();
-        let mut found = |tx: &mut ViewTx<'_>, name: &str| {
+        let found = |tx: &mut ViewTx<'_>, name: &str| {
             tx.get_in_group(format!("ns/{name}").as_bytes(), group)
                 .unwrap()
                 .is_some()
