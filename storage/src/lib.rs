@@ -62,6 +62,14 @@
 //! appenders answered. A rejected append (conflict, bad input) contributes
 //! nothing to the batch, so it writes nothing.
 //!
+//! The fold's reads are kept cheap, since replicated catch-up, rebuild and
+//! first syncs fold hundreds of thousands of events through them: the
+//! writer keeps the blob reference counts it last committed in memory
+//! (bounded, `store::refs`), a batch does not point-read a repository's
+//! keys past the last one stored ([`ViewTx::get_in_group`]), and the
+//! `WriteBatch` is allocated once, at its final size (`store::writer`'s
+//! `CommitRows`). None of it changes a row.
+//!
 //! A replicated commit ([`ReplicatedLog::apply_replicated`]) takes the same
 //! path without the numbering: the writer checks that its `seq` and stream
 //! versions continue the log (skipping a prefix it already holds,

@@ -34,6 +34,10 @@
 //!   [`crate::AsyncAppend`] impl, replicated commits (and the checks that
 //!   refuse what could not be read back), view catch-up at open and
 //!   rebuild.
+//! - `refs` — `BlobRefCounts`, the blob reference counts the writer last
+//!   committed, held in memory (at most [`BLOB_REF_COUNTS_MAX_ENTRIES`])
+//!   so a retain or release reads no row, and `WriterRows`, what the
+//!   writer's folds read through.
 //! - `blobs` — [`crate::BlobStore`]: blob rows and files, streaming puts
 //!   and reads, pins, garbage collection, the temporary-file sweep;
 //!   [`BlobWriter`], a put readable ([`BlobSpool`]) while it is written.
@@ -52,6 +56,7 @@ mod handle;
 mod inner;
 mod open;
 mod read;
+mod refs;
 mod scan;
 mod writer;
 
@@ -64,6 +69,7 @@ pub use handle::{MemoryUsage, Store, WriterStats};
 pub use inner::CacheCounters;
 pub use open::{BLOCK_CACHE_BYTES, LAYOUT_VERSION, MEMTABLES_MAX_BYTES};
 pub use read::{StoreSnapshot, ViewDump};
+pub use refs::BLOB_REF_COUNTS_MAX_ENTRIES;
 pub use writer::{QueuedAppends, METADATA_MAX_BYTES};
 
 use std::{
@@ -130,6 +136,7 @@ impl Store {
             inner: inner.clone(),
             last_seq,
             heads: HashMap::new(),
+            ref_counts: refs::BlobRefCounts::new(),
         };
         writer.recover_views()?;
 

@@ -450,6 +450,25 @@ impl RowSource for Inner {
         Ok(self.db.get_cf(family, key)?)
     }
 
+    fn last_key(&self, cf: usize, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let family = if cf == BLOB_REFS_CF {
+            self.cf(Column::BlobRefs)
+        } else {
+            self.view_cf_at(cf - 1)
+        };
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(from.to_vec());
+        options.set_iterate_upper_bound(to.to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(family, options);
+        iter.seek_to_last();
+        let last = iter
+            .valid()
+            .then(|| iter.key().map(<[u8]>::to_vec))
+            .flatten();
+        iter.status()?;
+        Ok(last)
+    }
+
     fn for_each_key(
         &self,
         cf: usize,

@@ -142,6 +142,75 @@ impl ListedRevision<'_> {
     }
 }
 
+/// The length-delimited [`PackageRevisionListing`] of `revision`, byte
+/// for byte what prost encodes for it, written from the borrowed fields
+/// (the fold does not clone the revision's names and maps into a listing
+/// only to encode and drop it), in a buffer with room for `more` bytes
+/// after it (the JSON form).
+fn listing_head(revision: &PackageRevision, more: usize) -> Vec<u8> {
+    use prost::encoding::{bool, btree_map, encode_varint, encoded_len_varint, int64, string};
+
+    let strings = [
+        (1, &revision.name),
+        (2, &revision.workspace),
+        (4, &revision.lifecycle),
+    ];
+    let maps = [(6, &revision.labels), (7, &revision.annotations)];
+    // Fields in tag order, proto3 defaults left out, as prost does.
+    let string_len = |(tag, s): (u32, &String)| {
+        if s.is_empty() {
+            0
+        } else {
+            string::encoded_len(tag, s)
+        }
+    };
+    let len = strings.iter().copied().map(string_len).sum::<usize>()
+        + if revision.revision == 0 {
+            0
+        } else {
+            int64::encoded_len(3, &revision.revision)
+        }
+        + if revision.latest {
+            bool::encoded_len(5, &revision.latest)
+        } else {
+            0
+        }
+        + maps
+            .iter()
+            .map(|(tag, map)| {
+                btree_map::encoded_len(string::encoded_len, string::encoded_len, *tag, map)
+            })
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(encoded_len_varint(len as u64) + len + more);
+    encode_varint(len as u64, &mut buf);
+    for (tag, s) in &strings[..2] {
+        if !s.is_empty() {
+            string::encode(*tag, s, &mut buf);
+        }
+    }
+    if revision.revision != 0 {
+        int64::encode(3, &revision.revision, &mut buf);
+    }
+    if !revision.lifecycle.is_empty() {
+        string::encode(4, &revision.lifecycle, &mut buf);
+    }
+    if revision.latest {
+        bool::encode(5, &revision.latest, &mut buf);
+    }
+    for (tag, map) in maps {
+        btree_map::encode(
+            string::encode,
+            string::encoded_len,
+            string::encode,
+            string::encoded_len,
+            tag,
+            map,
+            &mut buf,
+        );
+    }
+    buf
+}
+
 /// First byte of listing keys.
 const LISTING: u8 = b'L';
 /// First byte of name index keys.
@@ -228,24 +297,26 @@ impl PackageRevisionListView {
         }: RevisionChange<'_>,
     ) -> Result<(), StorageError> {
         let index = Self::name_key(namespace, name);
-        let old = tx.get(&index)?;
+        // One repository's name index rows are a group, read many at a
+        // time by catch-up and first syncs.
+        let of_repository = name
+            .strip_prefix(repository)
+            .is_some_and(|rest| rest.starts_with('.'));
+        let group_len = if of_repository {
+            1 + namespace.len() + 1 + repository.len() + 1
+        } else {
+            index.len()
+        };
+        let old = tx.get_in_group(&index, group_len)?;
         match revision {
             Some(revision) => {
                 let key = Self::listing_key(namespace, repository, revision);
                 if let Some(old) = old.filter(|old| *old != key) {
                     tx.delete(old);
                 }
-                let head = PackageRevisionListing {
-                    name: revision.name.clone(),
-                    workspace: revision.workspace.clone(),
-                    revision: revision.revision,
-                    lifecycle: revision.lifecycle.clone(),
-                    latest: revision.latest,
-                    labels: revision.labels.clone(),
-                    annotations: revision.annotations.clone(),
-                };
-                let mut value = head.encode_length_delimited_to_vec();
-                value.extend(revision::render(namespace, repository, revision, seq));
+                let json = revision::render(namespace, repository, revision, seq);
+                let mut value = listing_head(revision, json.len());
+                value.extend_from_slice(&json);
                 tx.put(index, key.clone());
                 tx.put(key, value);
             }
@@ -257,5 +328,46 @@ impl PackageRevisionListView {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_events::v1::{PackageRevision, PackageRevisionListing};
+    use prost::Message as _;
+
+    use super::listing_head;
+
+    #[test]
+    fn listing_heads_encode_as_prost_encodes_them() {
+        let full = PackageRevision {
+            name: "repo.pkg.v1".into(),
+            workspace: "v1".into(),
+            revision: -1,
+            lifecycle: "Published".into(),
+            latest: true,
+            labels: [("a".into(), "b".into()), ("c".into(), String::new())].into(),
+            annotations: [("d".into(), "e".into())].into(),
+            path: "ignored".into(),
+            ..Default::default()
+        };
+        let some = PackageRevision {
+            lifecycle: "Draft".into(),
+            revision: 3,
+            ..Default::default()
+        };
+        for revision in [full, some, PackageRevision::default()] {
+            let derived = PackageRevisionListing {
+                name: revision.name.clone(),
+                workspace: revision.workspace.clone(),
+                revision: revision.revision,
+                lifecycle: revision.lifecycle.clone(),
+                latest: revision.latest,
+                labels: revision.labels.clone(),
+                annotations: revision.annotations.clone(),
+            }
+            .encode_length_delimited_to_vec();
+            assert_eq!(listing_head(&revision, 0), derived);
+        }
     }
 }
