@@ -315,11 +315,8 @@ mod tests {
         use cairn_events::v1::{event::Payload, PackageRevision, PackageRevisionAdded};
 
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            StoreConfig::new(dir.path()),
-            crate::views::default_views(),
-        )
-        .unwrap();
+        let store =
+            Store::open(StoreConfig::new(dir.path()), crate::views::default_views()).unwrap();
         let stream = StreamId::repository("ns", "repo").unwrap();
         let added = |name: &str| {
             cairn_events::envelope::event(Payload::PackageRevisionAdded(PackageRevisionAdded {
