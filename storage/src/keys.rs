@@ -35,6 +35,15 @@ pub fn blob_ref_key(view: &str, digest: &[u8; 32]) -> Vec<u8> {
     key
 }
 
+/// A blob reference row key's parts: its view prefix (`view ‖ 0x00`) and
+/// the blob's sha256; a key too short to hold one is corruption.
+pub fn blob_ref_parts(key: &[u8]) -> Result<(&[u8], [u8; 32]), crate::StorageError> {
+    let corrupt = || crate::StorageError::Corrupt("blob ref key without a sha256".into());
+    let at = key.len().checked_sub(32).ok_or_else(corrupt)?;
+    let digest = <[u8; 32]>::try_from(&key[at..]).map_err(|_| corrupt())?;
+    Ok((&key[..at], digest))
+}
+
 /// Prefix of every blob reference row of `view`.
 pub fn blob_ref_prefix(view: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(view.len() + 33);

@@ -615,15 +615,10 @@ impl Store {
             let snapshot = inner.db.snapshot();
             for item in snapshot.iterator_cf(inner.cf(Column::BlobRefs), IteratorMode::Start) {
                 let (key, _) = item?;
-                let at = key
-                    .len()
-                    .checked_sub(32)
-                    .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
-                let digest = <[u8; 32]>::try_from(&key[at..])
-                    .map_err(|_| StorageError::Corrupt("blob ref key without a sha256".into()))?;
+                let (prefix, digest) = keys::blob_ref_parts(&key)?;
                 referenced.insert(digest);
-                if !prefixes.contains(&key[..at]) {
-                    prefixes.insert(key[..at].to_vec());
+                if !prefixes.contains(prefix) {
+                    prefixes.insert(prefix.to_vec());
                 }
             }
             let mut iter = snapshot.raw_iterator_cf(inner.cf(Column::Blobs));

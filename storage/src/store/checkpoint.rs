@@ -18,7 +18,11 @@ use rocksdb::{checkpoint::Checkpoint as RocksCheckpoint, IteratorMode, DB};
 use tokio::sync::oneshot;
 
 use super::{command::Command, writer::Writer, Store};
-use crate::{columns::Column, keys::meta, BlobStore as _, Digest, StorageError};
+use crate::{
+    columns::Column,
+    keys::{self, meta},
+    BlobStore as _, Digest, StorageError,
+};
 
 /// Where a checkpoint stands in the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,13 +92,7 @@ fn referenced_in(
     let mut referenced = BTreeSet::new();
     for item in rows {
         let (key, _) = item?;
-        let at = key
-            .len()
-            .checked_sub(32)
-            .ok_or_else(|| StorageError::Corrupt("blob ref key without a sha256".into()))?;
-        let digest = <[u8; 32]>::try_from(&key[at..])
-            .map_err(|_| StorageError::Corrupt("blob ref key without a sha256".into()))?;
-        referenced.insert(digest);
+        referenced.insert(keys::blob_ref_parts(&key)?.1);
     }
     Ok(referenced.into_iter().map(Digest).collect())
 }

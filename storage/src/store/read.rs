@@ -440,22 +440,26 @@ impl Inner {
     }
 }
 
-impl RowSource for Inner {
-    fn read(&self, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let family = if cf == BLOB_REFS_CF {
+impl Inner {
+    /// The column family a [`RowSource`] index names: [`BLOB_REFS_CF`], or
+    /// view `cf - 1`'s.
+    fn row_family(&self, cf: usize) -> &rocksdb::ColumnFamily {
+        if cf == BLOB_REFS_CF {
             self.cf(Column::BlobRefs)
         } else {
             self.view_cf_at(cf - 1)
-        };
+        }
+    }
+}
+
+impl RowSource for Inner {
+    fn read(&self, cf: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let family = self.row_family(cf);
         Ok(self.db.get_cf(family, key)?)
     }
 
     fn last_key(&self, cf: usize, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let family = if cf == BLOB_REFS_CF {
-            self.cf(Column::BlobRefs)
-        } else {
-            self.view_cf_at(cf - 1)
-        };
+        let family = self.row_family(cf);
         let mut options = rocksdb::ReadOptions::default();
         options.set_iterate_lower_bound(from.to_vec());
         options.set_iterate_upper_bound(to.to_vec());
@@ -476,11 +480,7 @@ impl RowSource for Inner {
         to: &[u8],
         f: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        let family = if cf == BLOB_REFS_CF {
-            self.cf(Column::BlobRefs)
-        } else {
-            self.view_cf_at(cf - 1)
-        };
+        let family = self.row_family(cf);
         let mut options = rocksdb::ReadOptions::default();
         options.set_iterate_upper_bound(to.to_vec());
         let mut iter = self.db.raw_iterator_cf_opt(family, options);
