@@ -138,8 +138,11 @@ pub async fn publish_compaction(
         .map_err(|e| e.to_string())?;
     Ok(ack.sequence)
 }
-/// Most messages the applier writes in one batch.
-const APPLY_BATCH_MAX_MESSAGES: usize = 256;
+/// Most messages the applier writes in one batch. One-event commits
+/// (lifecycle commands, key-value sets) come by the thousand in a
+/// catch-up; a batch of 256 of them cost the writer as much in per-batch
+/// work as in events.
+const APPLY_BATCH_MAX_MESSAGES: usize = 4096;
 /// Most bytes of commits the applier reads into one batch (one message
 /// more at most): a batch applies in a fraction of a second whatever the
 /// size of its commits, so the reading stage gets back to its consumer
@@ -152,11 +155,24 @@ const OUTCOMES_MAX: usize = 16_384;
 /// How long the applier waits for a message before it checks whether its
 /// consumer stalled.
 const STALL_CHECK_EVERY: Duration = Duration::from_secs(3);
-/// Most commits one pull of the applier's consumer asks for (at most this
+/// Most commits one pull of a `CAIRN_LOG` consumer asks for (at most this
 /// many times the server's max payload in flight: 32 MiB at the default
-/// 1 MiB, half of the server's default pending limit per client). The
-/// catch-up benchmark's raw consumer pulls the same.
+/// 1 MiB, half of the server's default pending limit per client). An
+/// ordered consumer's pulls carry no byte limit (async-nats sends none),
+/// so the count is the only bound. The catch-up benchmark's raw consumers
+/// pull the same.
 pub const PULL_MAX_MESSAGES: i64 = 32;
+
+/// An ordered consumer of `CAIRN_LOG` from `deliver_policy` pulling at
+/// most [`PULL_MAX_MESSAGES`] commits at a time: every reader of the log
+/// (the applier, the snapshotter's scan, the benchmarks' raw peers).
+pub fn log_consumer(deliver_policy: DeliverPolicy) -> OrderedConfig {
+    OrderedConfig {
+        deliver_policy,
+        max_batch: PULL_MAX_MESSAGES,
+        ..Default::default()
+    }
+}
 /// Longest pull of the applier's consumer (stall detection is relative).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Batches read and made ready ahead of the one being applied.
@@ -328,22 +344,21 @@ async fn apply_from(
         .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?;
     let consumer = stream
         .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: position + 1,
-            },
             // Short pulls: a consumer lost with its server (its heartbeats
             // stop) is made anew within seconds, not after 30 s.
             max_expires: PULL_EXPIRES,
-            // Few commits per pull: the ordered consumer asks for 500 at a
-            // time with no byte limit, so large commits (a first sync's,
-            // near the server's max payload) put hundreds of MB in flight
-            // to a replica that applies them slower than they come. So
-            // configured, catch-ups of the benchmark stalled (`consumer
-            // stalled`, the consumer made anew, ~10 s lost) in 3 runs of 5;
-            // with 32 per pull, in none of 4 (the server's limit on what
-            // it holds pending for a slow client is the likely cause).
-            max_batch: PULL_MAX_MESSAGES,
-            ..Default::default()
+            // Few commits per pull (see `log_consumer`): the ordered
+            // consumer asks for 500 at a time with no byte limit, so large
+            // commits (a first sync's, near the server's max payload) put
+            // hundreds of MB in flight to a replica that applies them
+            // slower than they come. So configured, catch-ups of the
+            // benchmark stalled (`consumer stalled`, the consumer made
+            // anew, ~10 s lost) in 3 runs of 5; with 32 per pull, in none
+            // of 4 (the server's limit on what it holds pending for a slow
+            // client is the likely cause).
+            ..log_consumer(DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            })
         })
         .await
         .map_err(|e| format!("ordered consumer on {LOG_STREAM}: {e}"))?;
@@ -360,24 +375,79 @@ async fn apply_from(
     let read = async move {
         let mut stream = stream;
         let mut read_position = position;
+        // Read and prepared, waiting for room in the pipeline. While the
+        // writer is busy (the pipeline full), what arrives joins it: a
+        // writer batch grows with the backlog instead of staying the size
+        // of one pull (32 one-event commits during a catch-up).
+        let mut waiting: Option<(Prepared, usize)> = None;
         loop {
-            // A consumer can stall without ending (its server went away and
-            // came back): when nothing arrives for a while although the
-            // stream holds more than was read, it is made anew.
-            let batch =
-                match tokio::time::timeout(STALL_CHECK_EVERY, next_batch(&mut messages)).await {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => return Ok(()),
-                    Err(_) => {
-                        let last = super::last_sequence_of(&mut stream, LOG_STREAM).await?;
-                        if last > read_position {
-                            return Err(format!(
-                                "consumer stalled at position {read_position} of {last}"
-                            ));
+            if let Some((prepared, bytes)) = &waiting {
+                let full = prepared.commits.len() >= APPLY_BATCH_MAX_MESSAGES
+                    || *bytes >= APPLY_BATCH_MAX_BYTES;
+                let permit = if full {
+                    prepared_tx.reserve().await.map_err(|_| ())
+                } else {
+                    match prepared_tx.try_reserve() {
+                        Ok(permit) => Ok(permit),
+                        Err(mpsc::error::TrySendError::Full(())) => Err(()),
+                        Err(mpsc::error::TrySendError::Closed(())) => return Ok(()),
+                    }
+                };
+                match permit {
+                    Ok(permit) => {
+                        if let Some((prepared, _)) = waiting.take() {
+                            permit.send(prepared);
                         }
                         continue;
                     }
-                };
+                    // The pipeline is full: read more meanwhile.
+                    Err(()) if !full => {}
+                    Err(()) => return Ok(()),
+                }
+            }
+            // A consumer can stall without ending (its server went away and
+            // came back): when nothing arrives for a while although the
+            // stream holds more than was read, it is made anew. Room in
+            // the pipeline ends the wait for a message (a dropped `next`
+            // loses none).
+            let next = tokio::time::timeout(STALL_CHECK_EVERY, next_batch(&mut messages));
+            let read = if waiting.is_some() {
+                tokio::select! {
+                    biased;
+                    permit = prepared_tx.reserve() => {
+                        let Ok(permit) = permit else { return Ok(()) };
+                        if let Some((prepared, _)) = waiting.take() {
+                            permit.send(prepared);
+                        }
+                        continue;
+                    }
+                    read = next => read,
+                }
+            } else {
+                next.await
+            };
+            let batch = match read {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    if let Some((prepared, _)) = waiting.take() {
+                        let _ = prepared_tx.send(prepared).await;
+                    }
+                    return Ok(());
+                }
+                Err(_) => {
+                    let last = super::last_sequence_of(&mut stream, LOG_STREAM).await?;
+                    if last > read_position {
+                        return Err(format!(
+                            "consumer stalled at position {read_position} of {last}"
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let bytes: usize = batch
+                .iter()
+                .map(|m| m.as_ref().map_or(0, |m| m.payload.len()))
+                .sum();
             let prepared = prepare(batch, store, blobs).await?;
             // The log has no gaps but those trimming leaves (see
             // `super::snapshot`): a node that meets one was not live when
@@ -397,9 +467,13 @@ async fn apply_from(
                 .commits
                 .last()
                 .map_or(read_position, |c| c.position);
-            if prepared_tx.send(prepared).await.is_err() {
-                return Ok(());
-            }
+            waiting = Some(match waiting.take() {
+                None => (prepared, bytes),
+                Some((mut joined, joined_bytes)) => {
+                    joined.append(prepared);
+                    (joined, joined_bytes + bytes)
+                }
+            });
         }
     };
     let apply = async {
@@ -500,6 +574,16 @@ struct Prepared {
     pins: Vec<cairn_storage::BlobPin>,
     /// Compaction markers among the commits, by position.
     compactions: Vec<(u64, Compaction)>,
+}
+
+impl Prepared {
+    /// Adds `later`'s commits (read after this batch's) to this batch.
+    fn append(&mut self, later: Prepared) {
+        self.commits.extend(later.commits);
+        self.publishers.extend(later.publishers);
+        self.pins.extend(later.pins);
+        self.compactions.extend(later.compactions);
+    }
 }
 
 /// Decodes `batch` and fetches the blobs its events reference.

@@ -48,7 +48,7 @@ use std::{
 
 use async_nats::jetstream::{
     self,
-    consumer::{pull::OrderedConfig, DeliverPolicy},
+    consumer::DeliverPolicy,
     object_store::{ObjectMetadata, ObjectStore},
     stream::StorageType,
 };
@@ -60,7 +60,7 @@ use tracing::{info, warn};
 
 use super::{
     blobs::{Blobs, Collected},
-    log::{decode_commit, LOG_STREAM, LOG_SUBJECT_PREFIX},
+    log::{decode_commit, log_consumer, LOG_STREAM, LOG_SUBJECT_PREFIX},
 };
 
 /// The object store bucket that holds the snapshots.
@@ -557,12 +557,10 @@ async fn referenced_in_log(
         return Ok(0);
     }
     let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
+        .create_consumer(log_consumer(
+            DeliverPolicy::ByStartSequence {
                 start_sequence: from,
-            },
-            ..Default::default()
-        })
+            }))
         .await
         .map_err(|e| format!("ordered consumer on {LOG_STREAM}: {e}"))?;
     let mut messages = consumer

@@ -72,7 +72,7 @@ use async_nats::{
 };
 use bytes::Bytes;
 use cairn_actors::cluster::log::{
-    decode_commit, encode_commit, subject_of, LOG_STREAM, PULL_MAX_MESSAGES,
+    decode_commit, encode_commit, log_consumer, subject_of, LOG_STREAM,
 };
 use cairn_events::{
     envelope::{new_id, Metadata},
@@ -115,6 +115,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Copies of commits in flight while the catch-up log is filled (a commit
 /// is up to `max_payload`, 1 MiB).
 const COPY_WINDOW: usize = 16;
+/// Copies in flight when they are small (`--commit-events`, a few events
+/// each): one ack round trip per 16 one-event commits would make filling
+/// the log the longest part of the run.
+const SMALL_COPY_WINDOW: usize = 512;
+/// Events per copied commit up to which a copy counts as small.
+const SMALL_COPY_MAX_EVENTS: usize = 16;
 /// Events publishes awaiting their ack at once in cluster-append's design
 /// peer.
 const DESIGN_EVENTS_WINDOW: usize = 256;
@@ -737,11 +743,8 @@ where
         .await
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let mut messages = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            max_batch: PULL_MAX_MESSAGES,
-            ..Default::default()
-        })
+        .create_consumer(log_consumer(
+            DeliverPolicy::All))
         .await
         .map_err(|e| anyhow::anyhow!("ordered consumer on {name}: {e}"))?
         .messages()
@@ -917,6 +920,8 @@ pub struct CatchUpOptions {
     /// Package revisions of the generated repository whose first sync is
     /// copied (5 per package).
     pub revisions: u64,
+    /// Events per copied commit; 0 keeps the first sync's commits.
+    pub commit_events: usize,
 }
 
 /// Runs `cairn bench catch-up`; returns (cairn events/s, raw events/s).
@@ -950,6 +955,19 @@ pub fn catch_up(
         let per_copy: u64 = commits.iter().map(|c| c.len() as u64).sum();
         anyhow::ensure!(per_copy > 0, "the first sync wrote nothing");
         let copies = options.events.div_ceil(per_copy).max(1) - 1;
+        // The copies' commits: r0's, or its events regrouped.
+        let commits: Vec<Vec<Envelope>> = match options.commit_events {
+            0 => commits,
+            n => commits
+                .concat()
+                .chunks(n)
+                .map(<[Envelope]>::to_vec)
+                .collect(),
+        };
+        let window = match options.commit_events {
+            1..=SMALL_COPY_MAX_EVENTS => SMALL_COPY_WINDOW,
+            _ => COPY_WINDOW,
+        };
         let started = Instant::now();
         let mut acks: FuturesUnordered<
             <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
@@ -966,7 +984,7 @@ pub fn catch_up(
                 let mut headers = HeaderMap::new();
                 headers.insert("Cairn-Node", "bench-copy");
                 headers.insert("Nats-Msg-Id", envelopes[0].event_id.as_str());
-                if acks.len() >= COPY_WINDOW {
+                if acks.len() >= window {
                     if let Some(ack) = acks.next().await {
                         ack.map_err(|e| anyhow::anyhow!("publishing a copy: {e}"))?;
                     }
@@ -984,14 +1002,21 @@ pub fn catch_up(
         let total = per_copy * (copies + 1);
         writeln!(
             out,
-            "catch-up: the log holds {total} events ({} copies of r0's {per_copy}, published in {:.1}s)",
+            "catch-up: the log holds {total} events ({} copies of r0's {per_copy}, the copies in {} commits of {}, published in {:.1}s)",
             copies + 1,
+            commits.len() as u64 * copies,
+            match options.commit_events {
+                0 => "the first sync's sizes".to_owned(),
+                n => format!("{n} events"),
+            },
             started.elapsed().as_secs_f64()
         )?;
 
-        // raw: an ordered consumer reads the whole log.
+        // raw: an ordered consumer reads the whole log, through the server
+        // the joining node uses (server 1): the same way to the stream.
+        let reader = jetstream::new(cluster.client(1).await?);
         let started = Instant::now();
-        let (_, messages, bytes) = read_log(&js, None).await?;
+        let (_, messages, bytes) = read_log(&reader, None).await?;
         let raw_elapsed = started.elapsed();
         writeln!(
             out,
@@ -1007,7 +1032,7 @@ pub fn catch_up(
         let db = rocksdb::DB::open_default(cluster.dir.path().join("raw-rocksdb"))?;
         let started = Instant::now();
         let (mut seq, mut stored) = (0u64, 0u64);
-        follow(&js, LOG_STREAM, messages, |_, message| {
+        follow(&reader, LOG_STREAM, messages, |_, message| {
             let fence = message
                 .headers
                 .as_ref()
@@ -1099,13 +1124,11 @@ async fn read_log(
     let decode = subject.is_some();
     let consumer = stream
         .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
             filter_subject: subject.unwrap_or_default(),
             // As the applier pulls: asked 500 at a time (the default) with
             // no byte limit, near-1 MiB commits overflow what the server
             // keeps pending for a client, and the read stalls.
-            max_batch: PULL_MAX_MESSAGES,
-            ..Default::default()
+            ..log_consumer(DeliverPolicy::All)
         })
         .await
         .map_err(|e| anyhow::anyhow!("ordered consumer on {LOG_STREAM}: {e}"))?;

@@ -432,6 +432,11 @@ enum BenchCommand {
         /// Revisions of the generated repository whose first sync is copied.
         #[arg(long, default_value_t = 10_000)]
         revisions: u64,
+        /// Events per copied commit: 0 keeps the first sync's commits (about
+        /// 700 events each); 1 publishes every event as a commit of its own,
+        /// as lifecycle commands and key-value sets commit them.
+        #[arg(long, default_value_t = 0)]
+        commit_events: usize,
     },
     /// pkgrev.list throughput against one node and against three (queue
     /// group), same client load, and how the requests split.
@@ -824,8 +829,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &mut stdout,
                 )
                 .map(|_| ()),
-                BenchCommand::CatchUp { events, revisions } => bench::cluster::catch_up(
-                    &bench::cluster::CatchUpOptions { events, revisions },
+                BenchCommand::CatchUp {
+                    events,
+                    revisions,
+                    commit_events,
+                } => bench::cluster::catch_up(
+                    &bench::cluster::CatchUpOptions {
+                        events,
+                        revisions,
+                        commit_events,
+                    },
                     &mut stdout,
                 )
                 .map(|_| ()),
