@@ -112,7 +112,9 @@ pub use columns::Column;
 pub use compaction::{CompactingLog, CompactionPolicy, CompactionStats};
 pub use digest::Digest;
 pub use error::StorageError;
-pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
+pub use log::{
+    Appended, EventLog, LogEvent, LogRow, Replicated, ReplicatedLog, Sequenced, SequencedCommit,
+};
 pub use observe::CommitObserver;
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{

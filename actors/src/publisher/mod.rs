@@ -73,7 +73,7 @@ use async_nats::jetstream::{
     stream::{LastRawMessageErrorKind, StorageType},
 };
 use cairn_events::{envelope, subject, v1::Envelope, StreamId};
-use cairn_storage::{keys::meta, EventLog, Store};
+use cairn_storage::{keys::meta, EventLog, LogEvent, LogRow, Store};
 use futures::{future::BoxFuture, stream::FuturesUnordered, FutureExt as _, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn, Instrument as _};
@@ -185,6 +185,9 @@ impl Publisher {
         config: PublisherConfig,
     ) -> Result<Self, cairn_storage::StorageError> {
         let cursor = store.meta_u64(meta::PUBLISH_CURSOR)?.unwrap_or(0);
+        // From now on the writer keeps what it commits in memory, where the
+        // task takes it (see the module docs, "Reading the log").
+        store.retain_recent_log_rows();
         let (cursor_tx, cursor_rx) = watch::channel(cursor);
         let (stop, _) = watch::channel(false);
         Ok(Self {
@@ -334,12 +337,20 @@ impl PublishTask {
         })
     }
 
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, String> {
+    /// Up to `limit` events from `from` on: the rows the store keeps in
+    /// memory when it holds `from` (no I/O, no thread hop; decoded one by
+    /// one as they are published), else read from RocksDB off the async
+    /// threads (see the module docs, "Reading the log").
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<Pending>, String> {
+        if let Some(rows) = self.store.recent_log_rows(from, limit) {
+            return Ok(rows.into_iter().map(Pending::Recent).collect());
+        }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.read_all(from, limit))
+        let events = tokio::task::spawn_blocking(move || store.read_log_events(from, limit))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(events.into_iter().map(Pending::Read).collect())
     }
 
     /// Where the stream ends (step 1 of the module docs): moves the cursor
@@ -368,10 +379,15 @@ impl PublishTask {
                 .read(*seq, 1)
                 .await
                 .map_err(|e| format!("reading the log: {e}"))?;
-            let log_id = in_log
+            let first = in_log
                 .into_iter()
-                .find(|e| e.seq == *seq)
-                .map(|e| e.event_id);
+                .next()
+                .map(Pending::into_event)
+                .transpose()
+                .map_err(|e| format!("reading the log: {e}"))?;
+            let log_id = first
+                .filter(|e| e.envelope.seq == *seq)
+                .map(|e| e.envelope.event_id);
             let resumed = resume_cursor(cursor, Some((*seq, id)), log_id.as_deref());
             if resumed > cursor {
                 info!(
@@ -406,7 +422,7 @@ impl PublishTask {
             stream_last,
             self.config.max_in_flight,
         );
-        let mut buffer: VecDeque<Envelope> = VecDeque::new();
+        let mut buffer: VecDeque<Pending> = VecDeque::new();
         let mut acks: FuturesUnordered<BoxFuture<'static, (u64, AckResult)>> =
             FuturesUnordered::new();
         let mut stopping = false;
@@ -432,7 +448,17 @@ impl PublishTask {
                         break;
                     }
                 }
-                let Some(env) = buffer.pop_front() else { break };
+                let Some(next) = buffer.pop_front() else { break };
+                let LogEvent {
+                    envelope: env,
+                    bytes: row,
+                } = match next.into_event() {
+                    Ok(event) => event,
+                    Err(e) => {
+                        let why = format!("reading the log: {e}");
+                        return self.abandon(&mut window, acks, why).await;
+                    }
+                };
                 let seq = env.seq;
                 let subject = match subject_for(&env) {
                     Ok(s) => s,
@@ -463,7 +489,9 @@ impl PublishTask {
                 for (name, value) in crate::trace::fields(sent_trace.as_ref()) {
                     publish = publish.header(name, value.as_str());
                 }
-                let publish = publish.payload(envelope::encode(&env).into());
+                // The stored row is the envelope's encoding: published as
+                // it is, not encoded again.
+                let publish = publish.payload(row);
                 match self
                     .js
                     .send_publish(subject, publish)
@@ -545,6 +573,29 @@ impl PublishTask {
             "publishing window abandoned"
         );
         SessionEnd::Failed(why)
+    }
+}
+
+/// An event of the session's read-ahead: read from RocksDB (decoded off
+/// the async threads), or taken from the rows the store keeps in memory
+/// (decoded when its turn comes).
+enum Pending {
+    /// Read from RocksDB, decoded.
+    Read(LogEvent),
+    /// From the store's recent rows, not decoded yet.
+    Recent(LogRow),
+}
+
+impl Pending {
+    /// The event, decoded, with its stored row.
+    fn into_event(self) -> Result<LogEvent, cairn_storage::StorageError> {
+        match self {
+            Pending::Read(event) => Ok(event),
+            Pending::Recent(row) => Ok(LogEvent {
+                envelope: row.decode()?,
+                bytes: row.bytes,
+            }),
+        }
     }
 }
 
