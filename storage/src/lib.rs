@@ -8,7 +8,8 @@
 //! - [`digest`] — [`Digest`], the sha256 digest naming a blob.
 //! - [`version`] — [`ExpectedVersion`], what an appender believes a
 //!   stream's version is.
-//! - [`log`] — the [`EventLog`] trait and its types ([`Appended`];
+//! - [`log`] — the [`EventLog`] trait and its types ([`Appended`],
+//!   [`LogRow`] and [`LogEvent`], the stored rows;
 //!   [`ExpectedVersion`] re-exported), and [`ReplicatedLog`]: applying
 //!   commits another node's writer sequenced ([`Replicated`],
 //!   [`log::StateDump`]).
