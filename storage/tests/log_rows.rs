@@ -30,7 +30,7 @@ fn append(store: &Store, stream: &str, count: usize) -> Vec<Envelope> {
     let mut left = count;
     while left > 0 {
         let n = left.min(1000);
-        let events = (0..n).map(|i| marker(&format!("{stream} {i}"))).collect();
+        let events = (0..n).map(|i| marker(format!("{stream} {i}"))).collect();
         let appended = store
             .append(
                 &stream,
@@ -227,7 +227,11 @@ fn recent_log_rows_serve_the_last_commits_and_nothing_they_do_not_hold() {
             .compact(Arc::new(KvClass), std::time::SystemTime::now())
             .unwrap();
         assert_eq!(store.recent_log_rows(3, 10), None);
-        assert_eq!(store.recent_log_rows(6, 10), None, "seq 6 is compacted away");
+        assert_eq!(
+            store.recent_log_rows(6, 10),
+            None,
+            "seq 6 is compacted away"
+        );
         append(&store, "test/a", 1); // 8
         assert_eq!(
             rows_of(&store.recent_log_rows(8, 10).unwrap()),

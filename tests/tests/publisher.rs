@@ -249,7 +249,11 @@ async fn published_payloads_are_the_stored_rows_whether_read_back_or_kept_in_mem
             &envelope::encode(want)[..],
             "seq {seq}: the payload is the envelope's encoding"
         );
-        assert_eq!(&msg.payload[..], &row.bytes[..], "seq {seq}: the stored row");
+        assert_eq!(
+            &msg.payload[..],
+            &row.bytes[..],
+            "seq {seq}: the stored row"
+        );
         assert_eq!(
             msg.subject.as_str(),
             cairn_actors::publisher::subject_for(want).unwrap(),

@@ -381,7 +381,10 @@ impl PublishTask {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        Ok(events.into_iter().map(Pending::Read).collect())
+        Ok(events
+            .into_iter()
+            .map(|event| Pending::Read(Box::new(event)))
+            .collect())
     }
 
     /// Where the stream ends (step 1 of the module docs): moves the cursor
@@ -479,7 +482,9 @@ impl PublishTask {
                         break;
                     }
                 }
-                let Some(next) = buffer.pop_front() else { break };
+                let Some(next) = buffer.pop_front() else {
+                    break;
+                };
                 let LogEvent {
                     envelope: env,
                     bytes: row,
@@ -611,8 +616,9 @@ impl PublishTask {
 /// the async threads), or taken from the rows the store keeps in memory
 /// (decoded when its turn comes).
 enum Pending {
-    /// Read from RocksDB, decoded.
-    Read(LogEvent),
+    /// Read from RocksDB, decoded (boxed: an envelope is large, a row
+    /// small).
+    Read(Box<LogEvent>),
     /// From the store's recent rows, not decoded yet.
     Recent(LogRow),
 }
@@ -621,7 +627,7 @@ impl Pending {
     /// The event, decoded, with its stored row.
     fn into_event(self) -> Result<LogEvent, cairn_storage::StorageError> {
         match self {
-            Pending::Read(event) => Ok(event),
+            Pending::Read(event) => Ok(*event),
             Pending::Recent(row) => Ok(LogEvent {
                 envelope: row.decode()?,
                 bytes: row.bytes,

@@ -3,12 +3,12 @@
 
 use std::{fmt, ops::ControlFlow};
 
+use bytes::Bytes;
 use cairn_events::{
     envelope::{self, Metadata},
     v1::{Envelope, Event},
     StreamId,
 };
-use bytes::Bytes;
 use rocksdb::{Direction, IteratorMode};
 
 use super::command::Command;
@@ -449,9 +449,7 @@ impl Inner {
     ) -> Result<Vec<Envelope>, StorageError> {
         let mut out = Vec::with_capacity(limit.min(1024));
         self.scan_log(from_seq, limit, |seq, row| {
-            out.push(
-                envelope::decode(row).map_err(|source| StorageError::Event { seq, source })?,
-            );
+            out.push(envelope::decode(row).map_err(|source| StorageError::Event { seq, source })?);
             Ok(())
         })?;
         Ok(out)

@@ -146,7 +146,12 @@ mod tests {
         assert_eq!(&row.bytes[..], &[9, 9, 9]);
         let stats = recent.stats();
         assert_eq!(
-            (stats.served_events, stats.missed_reads, stats.events, stats.bytes),
+            (
+                stats.served_events,
+                stats.missed_reads,
+                stats.events,
+                stats.bytes
+            ),
             (8, 3, 5, 15)
         );
     }
