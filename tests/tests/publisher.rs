@@ -281,6 +281,70 @@ async fn published_payloads_are_the_stored_rows_whether_read_back_or_kept_in_mem
     }
 }
 
+/// A Publisher that falls further behind than the store keeps in memory
+/// (nats-server is down while more than `RECENT_LOG_MAX_EVENTS` events
+/// are committed) reads the events it lacks back from RocksDB, then takes
+/// the rest from memory again: every event once, in log order.
+#[actix_rt::test]
+async fn a_publisher_lagging_past_the_rows_kept_in_memory_reads_them_back() {
+    let mut nats = NatsServer::start();
+    let ts = TempStore::open();
+    let store = ts.store.clone();
+    let client = connect(&nats.url()).await;
+    let config = PublisherConfig {
+        ack_timeout: Duration::from_secs(1),
+        retry_delay: Duration::from_millis(100),
+        ..PublisherConfig::default()
+    };
+    let publisher = Publisher::new(store.clone(), client.clone(), config)
+        .unwrap()
+        .start();
+    let mut appended = append_burst(&store, 2, 5);
+    let flush = Flush {
+        timeout: Duration::from_secs(30),
+    };
+    assert_eq!(publisher.send(flush).await.unwrap().unwrap(), 10);
+    let before = store.recent_log_stats();
+    assert_eq!(before.served_events, 10, "published from memory");
+
+    nats = tokio::task::spawn_blocking(move || {
+        nats.stop();
+        nats
+    })
+    .await
+    .unwrap();
+    let lag = cairn_storage::store::RECENT_LOG_MAX_EVENTS + 1000;
+    let writer_store = store.clone();
+    appended.extend(
+        tokio::task::spawn_blocking(move || append_burst(&writer_store, lag / 100, 100))
+            .await
+            .unwrap(),
+    );
+    let total = appended.len() as u64;
+    nats = tokio::task::spawn_blocking(move || {
+        nats.restart();
+        nats
+    })
+    .await
+    .unwrap();
+    let flush = Flush {
+        timeout: Duration::from_secs(60),
+    };
+    assert_eq!(publisher.send(flush).await.unwrap().unwrap(), total);
+    publisher.send(Stop).await.unwrap();
+    assert_log_order(&client, total, "after the lag").await;
+    let after = store.recent_log_stats();
+    assert!(
+        after.missed_reads > before.missed_reads,
+        "the events pushed out of memory were read back: {after:?}"
+    );
+    assert!(
+        after.served_events > before.served_events,
+        "the tail came from memory: {after:?}"
+    );
+    drop(nats);
+}
+
 #[actix_rt::test]
 async fn exactly_once_when_nats_restarts_mid_burst() {
     let mut nats = NatsServer::start();
