@@ -293,7 +293,7 @@ async fn a_publisher_lagging_past_the_rows_kept_in_memory_reads_them_back() {
     let client = connect(&nats.url()).await;
     // Through the outage it reads and sends at most 128 events past its
     // cursor (a read batch, a window), far short of the first event the
-    // store still keeps in memory afterwards (seq 1011).
+    // store still keeps in memory afterwards (seq 915 of 5,010).
     let config = PublisherConfig {
         max_in_flight: 64,
         read_batch_events: 64,
