@@ -8,7 +8,8 @@
 //! - [`digest`] — [`Digest`], the sha256 digest naming a blob.
 //! - [`version`] — [`ExpectedVersion`], what an appender believes a
 //!   stream's version is.
-//! - [`log`] — the [`EventLog`] trait and its types ([`Appended`];
+//! - [`log`] — the [`EventLog`] trait and its types ([`Appended`],
+//!   [`LogRow`] and [`LogEvent`], the stored rows;
 //!   [`ExpectedVersion`] re-exported), and [`ReplicatedLog`]: applying
 //!   commits another node's writer sequenced ([`Replicated`],
 //!   [`log::StateDump`]).
@@ -112,7 +113,9 @@ pub use columns::Column;
 pub use compaction::{CompactingLog, CompactionPolicy, CompactionStats};
 pub use digest::Digest;
 pub use error::StorageError;
-pub use log::{Appended, EventLog, Replicated, ReplicatedLog, Sequenced, SequencedCommit};
+pub use log::{
+    Appended, EventLog, LogEvent, LogRow, Replicated, ReplicatedLog, Sequenced, SequencedCommit,
+};
 pub use observe::CommitObserver;
 pub use read::{ViewRead, ViewReadExt};
 pub use store::{

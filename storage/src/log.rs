@@ -53,6 +53,39 @@ impl Appended {
     }
 }
 
+/// One row of the `log` column family as stored: the event's `seq` and
+/// its bytes, the protobuf encoding of its envelope (what every path that
+/// writes the log — appends, replicated and sequenced commits — writes,
+/// and what a checkpoint copies), shared without copying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRow {
+    /// The event's global sequence number.
+    pub seq: u64,
+    /// The stored row: the envelope's encoding.
+    pub bytes: bytes::Bytes,
+}
+
+impl LogRow {
+    /// The envelope the row holds (decoded, schema checked and upcast, as
+    /// every log read does).
+    pub fn decode(&self) -> Result<Envelope, StorageError> {
+        cairn_events::envelope::decode(&self.bytes).map_err(|source| StorageError::Event {
+            seq: self.seq,
+            source,
+        })
+    }
+}
+
+/// An event read from the log with the row it was decoded from (see
+/// [`crate::Store::read_log_events`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEvent {
+    /// The decoded envelope.
+    pub envelope: Envelope,
+    /// The stored row, byte for byte.
+    pub bytes: bytes::Bytes,
+}
+
 /// What [`ReplicatedLog::apply_replicated`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replicated {

@@ -157,6 +157,199 @@ async fn every_event_reaches_jetstream_once_on_its_subject() {
     publisher.send(Stop).await.unwrap();
 }
 
+/// The published messages are the log's rows, byte for byte — what the
+/// Publisher published when it encoded each envelope again — with the
+/// same subject and headers, whether the Publisher read an event back
+/// from RocksDB (a backlog committed before it started) or took it from
+/// the rows the store keeps in memory (events committed while it runs,
+/// which it never reads back).
+#[actix_rt::test]
+async fn published_payloads_are_the_stored_rows_whether_read_back_or_kept_in_memory() {
+    let nats = NatsServer::start();
+    let ts = TempStore::open();
+    let store = ts.store.clone();
+    let traced = Metadata {
+        trace: Some(cairn_events::v1::TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: "vendor=x".into(),
+        }),
+        ..Metadata::command("alice")
+    };
+    let backlog_stream = StreamId::repository("team-a", "backlog").unwrap();
+    let mut appended = store
+        .append(
+            &backlog_stream,
+            ExpectedVersion::NoStream,
+            vec![events::registered("team-a", "backlog")],
+            traced.clone(),
+        )
+        .unwrap()
+        .envelopes;
+    appended.extend(append_burst(&store, 10, 3));
+    let backlog = appended.len();
+
+    let client = connect(&nats.url()).await;
+    let publisher = Publisher::new(store.clone(), client.clone(), PublisherConfig::default())
+        .unwrap()
+        .start();
+    let flush = Flush {
+        timeout: Duration::from_secs(30),
+    };
+    assert_eq!(
+        publisher.send(flush).await.unwrap().unwrap(),
+        backlog as u64
+    );
+    assert_eq!(
+        store.recent_log_stats().served_events,
+        0,
+        "the backlog was committed before the publisher started: read back"
+    );
+    let live_stream = StreamId::new("test/live").unwrap();
+    for i in 0..20 {
+        let appended_now = store
+            .append(
+                &live_stream,
+                ExpectedVersion::Any,
+                vec![events::closed(&format!("live {i}"))],
+                traced.clone(),
+            )
+            .unwrap()
+            .envelopes;
+        appended.extend(appended_now);
+    }
+    appended.extend(append_burst(&store, 5, 4));
+    let flush = Flush {
+        timeout: Duration::from_secs(30),
+    };
+    assert_eq!(
+        publisher.send(flush).await.unwrap().unwrap(),
+        appended.len() as u64
+    );
+    assert_eq!(
+        store.recent_log_stats().served_events,
+        (appended.len() - backlog) as u64,
+        "every event committed while the publisher ran came from memory, once"
+    );
+    publisher.send(Stop).await.unwrap();
+
+    let rows = store.read_log_events(1, usize::MAX).unwrap();
+    assert_eq!(rows.len(), appended.len());
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream("CAIRN_EVENTS").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        appended.len() as u64
+    );
+    for (position, (want, row)) in (1u64..).zip(appended.iter().zip(&rows)) {
+        let msg = stream.get_raw_message(position).await.unwrap();
+        let seq = want.seq;
+        assert_eq!(seq, position);
+        assert_eq!(
+            &msg.payload[..],
+            &envelope::encode(want)[..],
+            "seq {seq}: the payload is the envelope's encoding"
+        );
+        assert_eq!(
+            &msg.payload[..],
+            &row.bytes[..],
+            "seq {seq}: the stored row"
+        );
+        assert_eq!(
+            msg.subject.as_str(),
+            cairn_actors::publisher::subject_for(want).unwrap(),
+            "seq {seq}"
+        );
+        let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
+        assert_eq!(header("Nats-Msg-Id"), Some(want.event_id.clone()));
+        assert_eq!(header("Cairn-Seq"), Some(seq.to_string()));
+        assert_eq!(header("Cairn-Stream"), Some(want.stream.clone()));
+        assert_eq!(
+            header("Content-Type").as_deref(),
+            Some("application/protobuf")
+        );
+        let traced = want.trace.is_some();
+        assert_eq!(
+            header("traceparent").as_deref(),
+            traced.then_some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            "seq {seq}"
+        );
+        assert_eq!(
+            header("tracestate").as_deref(),
+            traced.then_some("vendor=x"),
+            "seq {seq}"
+        );
+    }
+}
+
+/// A Publisher that falls further behind than the store keeps in memory
+/// (nats-server is down while more than `RECENT_LOG_MAX_EVENTS` events
+/// are committed) reads the events it lacks back from RocksDB, then takes
+/// the rest from memory again: every event once, in log order.
+#[actix_rt::test]
+async fn a_publisher_lagging_past_the_rows_kept_in_memory_reads_them_back() {
+    let mut nats = NatsServer::start();
+    let ts = TempStore::open();
+    let store = ts.store.clone();
+    let client = connect(&nats.url()).await;
+    // Through the outage it reads and sends at most 128 events past its
+    // cursor (a read batch, a window), far short of the first event the
+    // store still keeps in memory afterwards (seq 915 of 5,010).
+    let config = PublisherConfig {
+        max_in_flight: 64,
+        read_batch_events: 64,
+        ack_timeout: Duration::from_secs(1),
+        retry_delay: Duration::from_millis(100),
+        ..PublisherConfig::default()
+    };
+    let publisher = Publisher::new(store.clone(), client.clone(), config)
+        .unwrap()
+        .start();
+    let mut appended = append_burst(&store, 2, 5);
+    let flush = Flush {
+        timeout: Duration::from_secs(30),
+    };
+    assert_eq!(publisher.send(flush).await.unwrap().unwrap(), 10);
+    let before = store.recent_log_stats();
+    assert_eq!(before.served_events, 10, "published from memory");
+
+    nats = tokio::task::spawn_blocking(move || {
+        nats.stop();
+        nats
+    })
+    .await
+    .unwrap();
+    let lag = cairn_storage::store::RECENT_LOG_MAX_EVENTS + 1000;
+    let writer_store = store.clone();
+    appended.extend(
+        tokio::task::spawn_blocking(move || append_burst(&writer_store, lag / 100, 100))
+            .await
+            .unwrap(),
+    );
+    let total = appended.len() as u64;
+    nats = tokio::task::spawn_blocking(move || {
+        nats.restart();
+        nats
+    })
+    .await
+    .unwrap();
+    let flush = Flush {
+        timeout: Duration::from_secs(60),
+    };
+    assert_eq!(publisher.send(flush).await.unwrap().unwrap(), total);
+    publisher.send(Stop).await.unwrap();
+    assert_log_order(&client, total, "after the lag").await;
+    let after = store.recent_log_stats();
+    assert!(
+        after.missed_reads > before.missed_reads,
+        "the events pushed out of memory were read back: {after:?}"
+    );
+    assert!(
+        after.served_events > before.served_events,
+        "the tail came from memory: {after:?}"
+    );
+    drop(nats);
+}
+
 #[actix_rt::test]
 async fn exactly_once_when_nats_restarts_mid_burst() {
     let mut nats = NatsServer::start();

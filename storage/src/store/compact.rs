@@ -165,6 +165,9 @@ impl Writer {
         synced.set_sync(true);
         inner.db.write_opt(batch, &synced)?;
         inner.load_compacted()?;
+        // The rows kept in memory may be among those about to be removed:
+        // readers read RocksDB (which skips them) until new commits come.
+        inner.recent.lock().clear();
 
         // 2. Find the latest event per key, removing superseded ones.
         let mut stats = CompactionStats {

@@ -144,6 +144,10 @@ pub(super) struct Inner {
     pub(super) blob_bytes: AtomicU64,
     /// Told of every commit (see [`crate::observe`]).
     pub(super) observers: parking_lot::RwLock<Vec<Arc<dyn crate::CommitObserver>>>,
+    /// Whether the writer keeps its commits' log rows in `recent`.
+    pub(super) retain_recent: std::sync::atomic::AtomicBool,
+    /// The log rows committed last (see `super::recent`).
+    pub(super) recent: Mutex<super::recent::RecentRows>,
 }
 
 impl Inner {

@@ -28,7 +28,8 @@
 //! - `open` — the RocksDB options and column families, the layout-version
 //!   and last-seq checks done at open.
 //! - `read` — view reads and scans (the row cache), [`StoreSnapshot`],
-//!   log reads (`read_all`, `read_stream`, skipping compacted gaps), the
+//!   log reads (`read_all`, [`Store::read_log_events`] with the stored
+//!   rows, `read_stream`, skipping compacted gaps), the
 //!   [`crate::ViewRead`] and [`crate::ReplicatedLog`] impls, `state_dump`.
 //! - `writer` — the writer thread: group commit, the
 //!   [`crate::AsyncAppend`] impl, replicated commits (and the checks that
@@ -41,6 +42,10 @@
 //! - `blobs` — [`crate::BlobStore`]: blob rows and files, streaming puts
 //!   and reads, pins, garbage collection, the temporary-file sweep;
 //!   [`BlobWriter`], a put readable ([`BlobSpool`]) while it is written.
+//! - `recent` — [`RecentLogStats`] and `RecentRows`, the log rows the
+//!   writer committed last, kept in memory (at most
+//!   [`RECENT_LOG_MAX_EVENTS`] and [`RECENT_LOG_MAX_BYTES`]) for a reader
+//!   tailing the log (the Publisher): [`Store::recent_log_rows`].
 //! - `checkpoint` — [`Store::checkpoint_async`], a consistent copy of the
 //!   database for a cluster's snapshots, and the blobs such a copy needs.
 //! - `compact` — [`Store::compact`] on the writer thread (reading the
@@ -56,6 +61,7 @@ mod handle;
 mod inner;
 mod open;
 mod read;
+mod recent;
 mod refs;
 mod scan;
 mod writer;
@@ -69,6 +75,7 @@ pub use handle::{MemoryUsage, Store, WriterStats};
 pub use inner::CacheCounters;
 pub use open::{BLOCK_CACHE_BYTES, LAYOUT_VERSION, MEMTABLES_MAX_BYTES};
 pub use read::{StoreSnapshot, ViewDump};
+pub use recent::{RecentLogStats, RECENT_LOG_MAX_BYTES, RECENT_LOG_MAX_EVENTS};
 pub use refs::BLOB_REF_COUNTS_MAX_ENTRIES;
 pub use writer::{QueuedAppends, METADATA_MAX_BYTES};
 
@@ -123,6 +130,8 @@ impl Store {
             synced_batches: AtomicU64::new(0),
             blob_bytes: AtomicU64::new(0),
             observers: Default::default(),
+            retain_recent: Default::default(),
+            recent: Default::default(),
         });
         let stored = blobs::stored_bytes(&inner)?;
         inner

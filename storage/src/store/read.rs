@@ -3,6 +3,7 @@
 
 use std::{fmt, ops::ControlFlow};
 
+use bytes::Bytes;
 use cairn_events::{
     envelope::{self, Metadata},
     v1::{Envelope, Event},
@@ -17,7 +18,7 @@ pub use crate::read::ViewDump;
 use crate::{
     columns::Column,
     keys::{self, meta},
-    log::{Appended, EventLog, ExpectedVersion},
+    log::{Appended, EventLog, ExpectedVersion, LogEvent, LogRow},
     view::{RowSource, BLOB_REFS_CF},
     StorageError,
 };
@@ -222,6 +223,46 @@ impl Store {
         self.read_stream(stream, lo, limit)
     }
 
+    /// [`EventLog::read_all`] with each event's stored row: up to `limit`
+    /// events from `from_seq` on, each as its decoded envelope and the
+    /// row's bytes — the envelope's encoding as written, copied once out
+    /// of RocksDB. Skips compacted gaps and reports any other gap as
+    /// [`EventLog::read_all`] does (one walk of the log serves both).
+    /// Blocking.
+    pub fn read_log_events(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEvent>, StorageError> {
+        self.inner().read_log_events(from_seq, limit)
+    }
+
+    /// Keeps the log rows of every commit from now on in a bounded
+    /// in-memory buffer (see `store::recent`), for
+    /// [`Store::recent_log_rows`]. Off until called; stays on.
+    pub fn retain_recent_log_rows(&self) {
+        self.inner()
+            .retain_recent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Up to `limit` log rows from `from_seq` on, from memory (the rows the
+    /// writer committed last, once [`Store::retain_recent_log_rows`] was
+    /// called), without touching RocksDB: `None` when the buffer does not
+    /// hold `from_seq` (it was never kept, pushed out, or emptied by a
+    /// compaction or a restart); then read [`Store::read_log_events`].
+    /// Consecutive seqs, each row exactly what RocksDB holds for it; what
+    /// was committed after the buffer's last row is not included. Cheap
+    /// (no I/O, no decoding): fine on an async thread.
+    pub fn recent_log_rows(&self, from_seq: u64, limit: usize) -> Option<Vec<LogRow>> {
+        self.inner().recent.lock().read(from_seq, limit)
+    }
+
+    /// Counters of the recent-rows buffer.
+    pub fn recent_log_stats(&self) -> super::RecentLogStats {
+        self.inner().recent.lock().stats()
+    }
+
     /// Every column family's rows, by name (see
     /// [`ReplicatedLog::state_dump`]).
     pub fn state_dump(&self) -> Result<StateDump, StorageError> {
@@ -406,22 +447,58 @@ impl Inner {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<Envelope>, StorageError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        self.scan_log(from_seq, limit, |seq, row| {
+            out.push(envelope::decode(row).map_err(|source| StorageError::Event { seq, source })?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`Inner::read_all`] with each event's row: the envelope and the
+    /// bytes it was decoded from (copied once, out of RocksDB).
+    pub(super) fn read_log_events(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEvent>, StorageError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        self.scan_log(from_seq, limit, |seq, row| {
+            let row = LogRow {
+                seq,
+                bytes: Bytes::copy_from_slice(row),
+            };
+            out.push(LogEvent {
+                envelope: row.decode()?,
+                bytes: row.bytes,
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `each` with up to `limit` log rows from seq `from_seq` on, in
+    /// order, borrowed from RocksDB's iterator: the one walk of the log
+    /// every log read shares, with its gap check (seqs a compaction
+    /// removed, all at most `compacted_through`, are skipped; any other gap
+    /// is corruption).
+    fn scan_log(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let from = from_seq.max(1);
         let compacted_through = self.compacted_through();
         let mut expected = from;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let iter = self.db.iterator_cf(
-            self.cf(Column::Log),
-            IteratorMode::From(&keys::seq_key(from), Direction::Forward),
-        );
-        for item in iter {
-            if out.len() >= limit {
-                break;
+        let mut read = 0;
+        let mut iter = self.db.raw_iterator_cf(self.cf(Column::Log));
+        iter.seek(keys::seq_key(from));
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if read >= limit {
+                return Ok(());
             }
-            let (key, value) = item?;
-            let seq = keys::decode_u64(&key);
-            // Seqs a compaction removed (all at most `compacted_through`)
-            // are skipped; any other gap is corruption.
+            let seq = keys::decode_u64(key);
             let gap_ok = |found: u64| found > expected && found - 1 <= compacted_through;
             match seq {
                 Some(found) if found == expected || gap_ok(found) => expected = found + 1,
@@ -431,12 +508,11 @@ impl Inner {
                     )))
                 }
             }
-            let seq = expected - 1;
-            out.push(
-                envelope::decode(&value).map_err(|source| StorageError::Event { seq, source })?,
-            );
+            each(expected - 1, value)?;
+            read += 1;
+            iter.next();
         }
-        Ok(out)
+        Ok(iter.status()?)
     }
 }
 

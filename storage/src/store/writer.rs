@@ -515,6 +515,10 @@ pub(super) const BATCH_HEADER_BYTES: usize = 12;
 #[derive(Debug, Default)]
 pub(super) struct CommitRows {
     rows: Vec<(Column, Vec<u8>, Vec<u8>)>,
+    /// The `log` rows, `(seq, encoded envelope)` in seq order: apart, so
+    /// that the commit can keep their bytes once written (see
+    /// `super::recent`).
+    log: Vec<(u64, Vec<u8>)>,
     /// What the rows take in a `WriteBatch`, at most.
     bytes: usize,
 }
@@ -529,6 +533,12 @@ impl CommitRows {
         let (key, value) = (key.into(), value.into());
         self.bytes += key.len() + value.len() + BATCH_ENTRY_OVERHEAD_BYTES;
         self.rows.push((column, key, value));
+    }
+
+    /// The `log` row of `seq`: `bytes`, the envelope's encoding.
+    pub(super) fn put_log(&mut self, seq: u64, bytes: Vec<u8>) {
+        self.bytes += 8 + bytes.len() + BATCH_ENTRY_OVERHEAD_BYTES;
+        self.log.push((seq, bytes));
     }
 }
 
@@ -556,13 +566,14 @@ impl Inner {
     /// One `WriteBatch` of `rows` and the overlay's rows, allocated at its
     /// final size; sets the blob reference counts the overlay changed in
     /// `counts` (the writer's: whoever writes the batch empties them if
-    /// the write fails).
+    /// the write fails). Hands back the `log` rows (their bytes are
+    /// copied into the batch, not consumed).
     pub(super) fn batch(
         &self,
         rows: CommitRows,
         overlay: Overlay,
         counts: &mut BlobRefCounts,
-    ) -> WriteBatch {
+    ) -> (WriteBatch, Vec<(u64, Vec<u8>)>) {
         let capacity = BATCH_HEADER_BYTES + rows.bytes + overlay.batch_bytes();
         let mut batch = WriteBatch::with_capacity_bytes(capacity);
         let (log, streams, meta) = (
@@ -570,6 +581,9 @@ impl Inner {
             self.cf(Column::Streams),
             self.cf(Column::Meta),
         );
+        for (seq, value) in &rows.log {
+            batch.put_cf(log, keys::seq_key(*seq), value);
+        }
         for (column, key, value) in rows.rows {
             let family = match column {
                 Column::Log => log,
@@ -585,7 +599,7 @@ impl Inner {
             "a batch of {} bytes outgrew the {capacity} allocated",
             batch.size_in_bytes()
         );
-        batch
+        (batch, rows.log)
     }
 
     /// Adds the overlay's rows to `batch`, and sets the blob reference
@@ -856,7 +870,7 @@ impl Writer {
                     request_id: request.metadata.request_id.clone(),
                     request_digest: request.metadata.request_digest.clone(),
                 };
-                rows.put(Column::Log, keys::seq_key(seq), envelope::encode(&env));
+                rows.put_log(seq, envelope::encode(&env));
                 rows.put(
                     Column::Streams,
                     keys::stream_key(&request.stream, version),
@@ -932,7 +946,7 @@ impl Writer {
                 seq.to_be_bytes(),
             );
         }
-        let batch = inner.batch(rows, overlay, &mut self.ref_counts);
+        let (batch, log_rows) = inner.batch(rows, overlay, &mut self.ref_counts);
         let mut options = WriteOptions::default();
         let sync = inner.config.sync && sync;
         options.set_sync(sync);
@@ -950,6 +964,11 @@ impl Writer {
             self.heads.clear();
         }
         self.heads.extend(heads);
+        // Before the seq is announced too: a reader that saw it finds its
+        // rows in memory.
+        if inner.retain_recent.load(Ordering::Relaxed) {
+            inner.recent.lock().push(log_rows);
+        }
         // Observers first: once the seq is announced, what they keep in
         // memory already reflects it (see `crate::observe`).
         if !observed.is_empty() {
@@ -1038,7 +1057,7 @@ impl Writer {
             }
             let first_seq = seq + 1;
             for (env, stream, bytes) in checked {
-                rows.put(Column::Log, keys::seq_key(env.seq), bytes);
+                rows.put_log(env.seq, bytes);
                 rows.put(
                     Column::Streams,
                     keys::stream_key(&stream, env.stream_version),
@@ -1155,7 +1174,7 @@ impl Writer {
                     found: env.stream_version,
                 });
             }
-            rows.put(Column::Log, keys::seq_key(env.seq), bytes);
+            rows.put_log(env.seq, bytes);
             rows.put(
                 Column::Streams,
                 keys::stream_key(&stream, env.stream_version),
@@ -1329,7 +1348,7 @@ impl Writer {
                     );
                 }
             }
-            let batch = inner.batch(rows, overlay, &mut self.ref_counts);
+            let (batch, _) = inner.batch(rows, overlay, &mut self.ref_counts);
             if let Err(e) = inner.db.write(batch) {
                 // The counts set for this batch are not the rows'.
                 self.ref_counts.clear();
