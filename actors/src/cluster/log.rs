@@ -36,8 +36,16 @@
 //!   ([`super::blobs`]). Reading, decoding and fetching run one stage ahead
 //!   of applying (a bounded pipeline of [`APPLY_PIPELINE_BATCHES`] batches),
 //!   so the network side and the store's writer work at the same time.
-//!   Each applied position is announced on a watch channel; owners wait on
-//!   it for read-your-writes.
+//!   While the pipeline is full (the writer is behind), what arrives joins
+//!   the batch waiting for room, up to [`APPLY_BATCH_MAX_MESSAGES`] and
+//!   [`APPLY_BATCH_MAX_BYTES`]: a consumer pulls 32 commits at a time (a
+//!   bound on bytes in flight, [`PULL_MAX_MESSAGES`]), and a catch-up of
+//!   one-event commits applied as they were pulled paid the writer's
+//!   per-batch work (position and checkpoint rows, reference counts and
+//!   group lookups, a WAL record) every 32 events. Decision: batches grow
+//!   only when the writer is behind, so a live commit waits for no more
+//!   than it would have. Each applied position is announced on a watch
+//!   channel; owners wait on it for read-your-writes.
 
 use std::{
     collections::BTreeMap,
