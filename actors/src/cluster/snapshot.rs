@@ -557,10 +557,9 @@ async fn referenced_in_log(
         return Ok(0);
     }
     let consumer = stream
-        .create_consumer(log_consumer(
-            DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            }))
+        .create_consumer(log_consumer(DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        }))
         .await
         .map_err(|e| format!("ordered consumer on {LOG_STREAM}: {e}"))?;
     let mut messages = consumer

@@ -743,8 +743,7 @@ where
         .await
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let mut messages = stream
-        .create_consumer(log_consumer(
-            DeliverPolicy::All))
+        .create_consumer(log_consumer(DeliverPolicy::All))
         .await
         .map_err(|e| anyhow::anyhow!("ordered consumer on {name}: {e}"))?
         .messages()
