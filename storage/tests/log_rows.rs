@@ -15,8 +15,9 @@ use cairn_events::{
     StreamId,
 };
 use cairn_storage::{
-    sample::marker, store::RECENT_LOG_MAX_EVENTS, views::default_views, Column, EventLog,
-    ExpectedVersion, ReplicatedLog, SequencedCommit, Store, StoreConfig,
+    conformance::compaction::LastPerStream, sample::marker, store::RECENT_LOG_MAX_EVENTS,
+    views::default_views, Column, EventLog, ExpectedVersion, ReplicatedLog, SequencedCommit, Store,
+    StoreConfig,
 };
 
 fn open(path: &Path) -> Store {
@@ -128,23 +129,7 @@ fn unnumbered(mut env: Envelope) -> Envelope {
 }
 
 /// Compacts every stream under `kv/` to its last event.
-#[derive(Debug)]
-struct KvClass;
-
-impl cairn_storage::CompactionPolicy for KvClass {
-    fn stream_prefix(&self) -> &str {
-        "kv/"
-    }
-    fn key(&self, _: &Envelope) -> Option<Vec<u8>> {
-        Some(Vec::new())
-    }
-    fn is_tombstone(&self, _: &Envelope) -> bool {
-        false
-    }
-    fn tombstone_retention(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
-    }
-}
+const KV_CLASS: LastPerStream = LastPerStream("kv/");
 
 #[test]
 fn read_log_events_skips_compacted_seqs_and_reports_other_gaps_as_read_all_does() {
@@ -155,7 +140,7 @@ fn read_log_events_skips_compacted_seqs_and_reports_other_gaps_as_read_all_does(
         append(&store, "kv/x", 3); // 3, 4, 5: 3 and 4 compacted away
         append(&store, "test/a", 2); // 6, 7
         store
-            .compact(Arc::new(KvClass), std::time::SystemTime::now())
+            .compact(Arc::new(KV_CLASS), std::time::SystemTime::now())
             .unwrap();
         let seqs: Vec<u64> = store
             .read_log_events(1, usize::MAX)
@@ -224,7 +209,7 @@ fn recent_log_rows_serve_the_last_commits_and_nothing_they_do_not_hold() {
 
         // Compaction may remove rows it holds: it holds none after.
         store
-            .compact(Arc::new(KvClass), std::time::SystemTime::now())
+            .compact(Arc::new(KV_CLASS), std::time::SystemTime::now())
             .unwrap();
         assert_eq!(store.recent_log_rows(3, 10), None);
         assert_eq!(

@@ -20,6 +20,7 @@ use cairn_events::{
 };
 use cairn_storage::{
     blob::Digest,
+    conformance::compaction::LastPerStream,
     sample::marker,
     views::{
         default_views, package_revision_list::Scope, PackageRevisionListView, PackageRevisionsView,
@@ -1257,24 +1258,8 @@ fn typed_views_read_through_any_view_read() {
     assert!(RepositoriesView::get(&arc, "ns", "two").unwrap().is_some());
 }
 
-/// Compacts every stream under `kv/` (one key: all but the last event go).
-#[derive(Debug)]
-struct KvClass;
-
-impl cairn_storage::CompactionPolicy for KvClass {
-    fn stream_prefix(&self) -> &str {
-        "kv/"
-    }
-    fn key(&self, _: &Envelope) -> Option<Vec<u8>> {
-        Some(Vec::new())
-    }
-    fn is_tombstone(&self, _: &Envelope) -> bool {
-        false
-    }
-    fn tombstone_retention(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
-    }
-}
+/// Compacts every stream under `kv/` to its last event.
+const KV_CLASS: LastPerStream = LastPerStream("kv/");
 
 /// A stream index key too short to hold a version (written behind the
 /// store's back) is reported as corruption by a resuming read of a
@@ -1294,7 +1279,7 @@ fn a_short_stream_index_key_is_corruption() {
             )
             .unwrap();
         let stats = store
-            .compact(Arc::new(KvClass), std::time::SystemTime::now())
+            .compact(Arc::new(KV_CLASS), std::time::SystemTime::now())
             .unwrap();
         assert_eq!(stats.superseded, 1);
     }

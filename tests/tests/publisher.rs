@@ -281,6 +281,18 @@ async fn published_payloads_are_the_stored_rows_whether_read_back_or_kept_in_mem
     }
 }
 
+/// A Publisher for the outage tests: small windows (64 events read and in
+/// flight), quick to notice NATS gone (1 s acks) and to retry (100 ms).
+fn outage_config() -> PublisherConfig {
+    PublisherConfig {
+        max_in_flight: 64,
+        read_batch_events: 64,
+        ack_timeout: Duration::from_secs(1),
+        retry_delay: Duration::from_millis(100),
+        ..PublisherConfig::default()
+    }
+}
+
 /// A Publisher that falls further behind than the store keeps in memory
 /// (nats-server is down while more than `RECENT_LOG_MAX_EVENTS` events
 /// are committed) reads the events it lacks back from RocksDB, then takes
@@ -294,14 +306,7 @@ async fn a_publisher_lagging_past_the_rows_kept_in_memory_reads_them_back() {
     // Through the outage it reads and sends at most 128 events past its
     // cursor (a read batch, a window), far short of the first event the
     // store still keeps in memory afterwards (seq 915 of 5,010).
-    let config = PublisherConfig {
-        max_in_flight: 64,
-        read_batch_events: 64,
-        ack_timeout: Duration::from_secs(1),
-        retry_delay: Duration::from_millis(100),
-        ..PublisherConfig::default()
-    };
-    let publisher = Publisher::new(store.clone(), client.clone(), config)
+    let publisher = Publisher::new(store.clone(), client.clone(), outage_config())
         .unwrap()
         .start();
     let mut appended = append_burst(&store, 2, 5);
@@ -356,14 +361,7 @@ async fn exactly_once_when_nats_restarts_mid_burst() {
     let ts = TempStore::open();
     let store = ts.store.clone();
     let client = connect(&nats.url()).await;
-    let config = PublisherConfig {
-        max_in_flight: 64,
-        read_batch_events: 64,
-        ack_timeout: Duration::from_secs(1),
-        retry_delay: Duration::from_millis(100),
-        ..PublisherConfig::default()
-    };
-    let publisher = Publisher::new(store.clone(), client.clone(), config)
+    let publisher = Publisher::new(store.clone(), client.clone(), outage_config())
         .unwrap()
         .start();
     let mut observed = client.subscribe("cairn.events.>").await.unwrap();

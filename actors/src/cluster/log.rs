@@ -389,50 +389,30 @@ async fn apply_from(
         // of one pull (32 one-event commits during a catch-up).
         let mut waiting: Option<(Prepared, usize)> = None;
         loop {
-            if let Some((prepared, bytes)) = &waiting {
-                let full = prepared.commits.len() >= APPLY_BATCH_MAX_MESSAGES
-                    || *bytes >= APPLY_BATCH_MAX_BYTES;
-                let permit = if full {
-                    prepared_tx.reserve().await.map_err(|_| ())
-                } else {
-                    match prepared_tx.try_reserve() {
-                        Ok(permit) => Ok(permit),
-                        Err(mpsc::error::TrySendError::Full(())) => Err(()),
-                        Err(mpsc::error::TrySendError::Closed(())) => return Ok(()),
-                    }
-                };
-                match permit {
-                    Ok(permit) => {
-                        if let Some((prepared, _)) = waiting.take() {
-                            permit.send(prepared);
-                        }
-                        continue;
-                    }
-                    // The pipeline is full: read more meanwhile.
-                    Err(()) if !full => {}
-                    Err(()) => return Ok(()),
-                }
-            }
             // A consumer can stall without ending (its server went away and
             // came back): when nothing arrives for a while although the
-            // stream holds more than was read, it is made anew. Room in
-            // the pipeline ends the wait for a message (a dropped `next`
-            // loses none).
+            // stream holds more than was read, it is made anew. A batch
+            // waiting goes as soon as there is room (checked first), and
+            // a full one waits for room only; reading a message is
+            // cancel-safe (a dropped `next` loses none).
             let next = tokio::time::timeout(STALL_CHECK_EVERY, next_batch(&mut messages));
-            let read = if waiting.is_some() {
-                tokio::select! {
-                    biased;
-                    permit = prepared_tx.reserve() => {
-                        let Ok(permit) = permit else { return Ok(()) };
-                        if let Some((prepared, _)) = waiting.take() {
-                            permit.send(prepared);
+            let read = match &waiting {
+                None => next.await,
+                Some((prepared, bytes)) => {
+                    let full = prepared.commits.len() >= APPLY_BATCH_MAX_MESSAGES
+                        || *bytes >= APPLY_BATCH_MAX_BYTES;
+                    tokio::select! {
+                        biased;
+                        permit = prepared_tx.reserve() => {
+                            let Ok(permit) = permit else { return Ok(()) };
+                            if let Some((prepared, _)) = waiting.take() {
+                                permit.send(prepared);
+                            }
+                            continue;
                         }
-                        continue;
+                        read = next, if !full => read,
                     }
-                    read = next => read,
                 }
-            } else {
-                next.await
             };
             let batch = match read {
                 Ok(Some(batch)) => batch,
