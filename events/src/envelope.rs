@@ -276,6 +276,81 @@ pub fn encode(envelope: &Envelope) -> Vec<u8> {
     envelope.encode_to_vec()
 }
 
+/// An envelope's encoding with a new `seq`, made by [`encode_with_seq`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resequenced {
+    /// The encoding.
+    pub bytes: Vec<u8>,
+    /// The length of its `event` field's message (what
+    /// `prost::Message::encoded_len` of the event gives).
+    pub event_bytes: usize,
+}
+
+/// `encoded` (an envelope as [`encode`] wrote it) with its `seq` set to
+/// `seq`, made from the bytes instead of by encoding the decoded envelope
+/// again: the fields before `seq` (field 5) are copied, `seq` is written
+/// (omitted when 0, as prost omits it), and the fields after it are
+/// copied. For prost's encoding (each field once, in field-number order)
+/// this is exactly what [`encode`] gives for the envelope with that `seq`.
+/// Answers `None` for bytes that are not in that order or do not parse as
+/// protobuf fields; the caller encodes then.
+///
+/// Fields this build does not know are kept (a re-encoding would drop
+/// them), so a log row keeps what a newer writer put in it.
+pub fn encode_with_seq(encoded: &[u8], seq: u64) -> Option<Resequenced> {
+    use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
+    /// `Envelope.seq`.
+    const SEQ_FIELD: u32 = 5;
+    /// `Envelope.event`.
+    const EVENT_FIELD: u32 = 11;
+    let mut rest = encoded;
+    let mut last_field = 0;
+    let mut event_bytes = 0;
+    // Where the bytes of field 5 start and end (empty where it is absent):
+    // what is replaced.
+    let mut seq_at: Option<(usize, usize)> = None;
+    while !rest.is_empty() {
+        let start = encoded.len() - rest.len();
+        let (field, wire) = decode_key(&mut rest).ok()?;
+        if field <= last_field {
+            return None;
+        }
+        if field > SEQ_FIELD && seq_at.is_none() {
+            seq_at = Some((start, start));
+        }
+        last_field = field;
+        let skip = match wire {
+            WireType::Varint => {
+                decode_varint(&mut rest).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                if field == EVENT_FIELD {
+                    event_bytes = len;
+                }
+                len
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        rest = rest.get(skip..)?;
+        if field == SEQ_FIELD {
+            seq_at = Some((start, encoded.len() - rest.len()));
+        }
+    }
+    let (head, tail) = seq_at.unwrap_or((encoded.len(), encoded.len()));
+    let mut bytes = Vec::with_capacity(encoded.len() + 11);
+    bytes.extend_from_slice(&encoded[..head]);
+    if seq != 0 {
+        encode_key(SEQ_FIELD, WireType::Varint, &mut bytes);
+        encode_varint(seq, &mut bytes);
+    }
+    bytes.extend_from_slice(&encoded[tail..]);
+    Some(Resequenced { bytes, event_bytes })
+}
+
 /// Decodes a stored envelope, checks its schema version and upcasts it to
 /// [`SCHEMA_VERSION`].
 pub fn decode(bytes: &[u8]) -> Result<Envelope, EventsError> {
@@ -332,6 +407,131 @@ mod tests {
             decode(&encode(&env)),
             Err(EventsError::MissingPayload { seq: 9 })
         ));
+    }
+
+    /// An envelope with every field set.
+    fn full(seq: u64) -> Envelope {
+        Envelope {
+            schema_version: SCHEMA_VERSION,
+            event_id: "0192e0c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6".into(),
+            stream: "repo/team-a/blueprints".into(),
+            stream_version: 300,
+            seq,
+            recorded_at: Some(pbjson_types::Timestamp {
+                seconds: 1_764_500_000,
+                nanos: 123_456_789,
+            }),
+            correlation_id: "c".into(),
+            causation_id: "d".into(),
+            principal: "alice".into(),
+            trace: Some(TraceContext {
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                tracestate: "k=v".into(),
+            }),
+            event: Some(event(Payload::RepositoryClosed(RepositoryClosed {
+                reason: "deleted".into(),
+            }))),
+            request_id: "r-1".into(),
+            request_digest: vec![7; 32],
+        }
+    }
+
+    #[test]
+    fn a_seq_spliced_into_the_bytes_is_what_encoding_the_envelope_gives() {
+        for seq in [0, 1, 127, 128, 300_000, u64::MAX] {
+            for written in [0, 5, 1 << 40] {
+                let spliced = encode_with_seq(&encode(&full(written)), seq).unwrap();
+                assert_eq!(
+                    spliced.bytes,
+                    encode(&full(seq)),
+                    "seq {seq} over {written}"
+                );
+                assert_eq!(
+                    spliced.event_bytes,
+                    full(seq).event.unwrap().encoded_len(),
+                    "seq {seq}"
+                );
+            }
+        }
+        // Without the fields after `seq`, and with nothing but `seq`.
+        let short = Envelope {
+            schema_version: SCHEMA_VERSION,
+            stream_version: 2,
+            ..Default::default()
+        };
+        let with_seq = Envelope {
+            seq: 9,
+            ..short.clone()
+        };
+        assert_eq!(
+            encode_with_seq(&encode(&short), 9).unwrap().bytes,
+            encode(&with_seq)
+        );
+        assert_eq!(
+            encode_with_seq(&[], 9).unwrap().bytes,
+            encode(&Envelope {
+                seq: 9,
+                ..Default::default()
+            })
+        );
+        assert_eq!(encode_with_seq(&[], 9).unwrap().event_bytes, 0);
+    }
+
+    #[test]
+    fn a_splice_keeps_unknown_fields_and_refuses_what_is_not_prost_order() {
+        // Field 14 (unknown here), a varint 1, after the known ones.
+        let mut newer = encode(&full(0));
+        newer.extend_from_slice(&[14 << 3, 1]);
+        let mut expected = encode(&full(42));
+        expected.extend_from_slice(&[14 << 3, 1]);
+        assert_eq!(encode_with_seq(&newer, 42).unwrap().bytes, expected);
+        // Field 2 after field 4: decodable, but not prost's order.
+        let mut shuffled = encode(&Envelope {
+            stream_version: 3,
+            ..Default::default()
+        });
+        shuffled.extend_from_slice(&[2 << 3 | 2, 1, b'x']);
+        assert!(Envelope::decode(shuffled.as_slice()).is_ok());
+        assert_eq!(encode_with_seq(&shuffled, 1), None);
+        // Truncated inside a field, and a group.
+        let bytes = encode(&full(0));
+        assert_eq!(encode_with_seq(&bytes[..bytes.len() - 1], 1), None);
+        assert_eq!(encode_with_seq(&[1 << 3 | 3], 1), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_envelope_spliced_equals_its_encoding(
+            event_id in ".{0,40}",
+            stream in "[a-z/]{0,30}",
+            stream_version in proptest::prelude::any::<u64>(),
+            written in proptest::prelude::any::<u64>(),
+            seq in proptest::prelude::any::<u64>(),
+            principal in ".{0,10}",
+            trace in proptest::option::of(".{0,60}"),
+            reason in ".{0,100}",
+            digest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let env = |seq| Envelope {
+                schema_version: SCHEMA_VERSION,
+                event_id: event_id.clone(),
+                stream: stream.clone(),
+                stream_version,
+                seq,
+                principal: principal.clone(),
+                trace: trace.clone().map(|traceparent| TraceContext {
+                    traceparent,
+                    tracestate: String::new(),
+                }),
+                event: Some(event(Payload::RepositoryClosed(RepositoryClosed {
+                    reason: reason.clone(),
+                }))),
+                request_digest: digest.clone(),
+                ..Default::default()
+            };
+            let spliced = encode_with_seq(&encode(&env(written)), seq).unwrap();
+            proptest::prop_assert_eq!(spliced.bytes, encode(&env(seq)));
+        }
     }
 
     #[test]

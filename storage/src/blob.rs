@@ -173,6 +173,18 @@ pub trait BlobStore: Send + Sync {
         Ok(self.open_blob(digest)?.map(|r| r.size()))
     }
 
+    /// Those of `digests` that are not stored, in the order given: what a
+    /// replica must fetch before it applies events referencing them.
+    fn absent_blobs(&self, digests: &[Digest]) -> Result<Vec<Digest>, StorageError> {
+        let mut missing = Vec::new();
+        for digest in digests {
+            if self.blob_size(digest)?.is_none() {
+                missing.push(*digest);
+            }
+        }
+        Ok(missing)
+    }
+
     /// How many view references `digest` has.
     fn ref_count(&self, digest: &Digest) -> Result<u64, StorageError>;
 

@@ -110,7 +110,7 @@ pub enum Replicated {
 /// in that order. Every node applies the same messages in the same order,
 /// so every node assigns the same sequence numbers: `seq` is the count of
 /// events applied before, plus one.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SequencedCommit {
     /// The message's position in the replicated order (a JetStream stream
     /// sequence): strictly increasing, gaps allowed.
@@ -118,6 +118,13 @@ pub struct SequencedCommit {
     /// The events, `seq` 0; none for a message that only moves the
     /// position (an ownership fence).
     pub envelopes: Vec<Envelope>,
+    /// Each envelope's bytes as the message carried them (what
+    /// `envelopes` was decoded from), or empty. When given, one per
+    /// envelope, each event's log row is these bytes with its `seq`
+    /// spliced in ([`cairn_events::envelope::encode_with_seq`]) rather
+    /// than an encoding made again; bytes not in prost's field order are
+    /// encoded again all the same.
+    pub encoded: Vec<bytes::Bytes>,
 }
 
 /// What [`crate::Store::apply_sequenced_async`] did with one

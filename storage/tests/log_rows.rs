@@ -111,10 +111,12 @@ fn read_log_events_agrees_with_read_all_on_appended_replicated_and_sequenced_log
         SequencedCommit {
             position: 1,
             envelopes: all[..5].iter().cloned().map(unnumbered).collect(),
+            ..Default::default()
         },
         SequencedCommit {
             position: 2,
             envelopes: all[5..].iter().cloned().map(unnumbered).collect(),
+            ..Default::default()
         },
     ];
     futures::executor::block_on(sequenced.apply_sequenced_async(commits)).unwrap();

@@ -1462,11 +1462,13 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
                 unsequenced(1, "repo/ns/a", 1),
                 unsequenced(2, "repo/ns/b", 1),
             ],
+            ..Default::default()
         },
         // A fence: no events.
         SequencedCommit {
             position: 4,
             envelopes: vec![],
+            ..Default::default()
         },
         // A deposed writer's stale version: refused, nothing written.
         SequencedCommit {
@@ -1475,10 +1477,12 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
                 unsequenced(90, "repo/ns/c", 1),
                 unsequenced(91, "repo/ns/a", 1),
             ],
+            ..Default::default()
         },
         SequencedCommit {
             position: 9,
             envelopes: vec![unsequenced(3, "repo/ns/a", 2)],
+            ..Default::default()
         },
     ];
     let mut dumps = Vec::new();
@@ -1634,10 +1638,12 @@ fn commit_observers_see_every_commit_before_its_seq_is_announced() {
             SequencedCommit {
                 position: 1,
                 envelopes: vec![unsequenced("b"), unsequenced("c")],
+                ..Default::default()
             },
             SequencedCommit {
                 position: 2,
                 envelopes: vec![unsequenced("d")],
+                ..Default::default()
             },
         ]))
         .unwrap();
@@ -1715,5 +1721,111 @@ fn in_memory_reads_answer_from_memory_or_say_they_need_the_disk() {
     assert_eq!(
         ArtifactsView::get_in_memory(&store, &absent).unwrap(),
         Some(None)
+    );
+}
+
+/// A sequenced commit that carries its envelopes' bytes stores each as
+/// those bytes with the event's seq spliced in: the same rows as encoding
+/// the envelopes again, fields this build does not know kept; bytes not in
+/// prost's field order are encoded again instead; the event size limit
+/// holds on either path.
+#[test]
+fn sequenced_rows_are_the_replicated_bytes_with_their_seq() {
+    use cairn_storage::{Sequenced, SequencedCommit};
+    use prost::Message as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let unsequenced = |n: u64| Envelope {
+        seq: 0,
+        ..replicated(n, 1_790_000_000, "")
+    };
+    let bytes_of = |env: &Envelope| bytes::Bytes::from(env.encode_to_vec());
+    let commit =
+        |position: u64, envelopes: Vec<Envelope>, encoded: Vec<bytes::Bytes>| SequencedCommit {
+            position,
+            envelopes,
+            encoded,
+        };
+    let (one, two) = (unsequenced(1), unsequenced(2));
+    // Field 14 (unknown to this build), a varint 1, after the known ones.
+    let mut newer = one.encode_to_vec();
+    newer.extend_from_slice(&[14 << 3, 1]);
+    // Field 2 (the event id) moved last: decodes to `three`, not prost's order.
+    let three = unsequenced(3);
+    let mut shuffled = Envelope {
+        event_id: String::new(),
+        ..three.clone()
+    }
+    .encode_to_vec();
+    prost::encoding::string::encode(2, &three.event_id, &mut shuffled);
+    assert_eq!(Envelope::decode(shuffled.as_slice()).unwrap(), three);
+    let big = Envelope {
+        event: Some(event(Payload::RepositoryClosed(RepositoryClosed {
+            reason: "x".repeat(100),
+        }))),
+        ..unsequenced(4)
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.event_max_bytes = 90;
+    let store = Store::open(config, views_with_blobs()).unwrap();
+    let outcomes = runtime
+        .block_on(store.apply_sequenced_async(vec![
+            commit(
+                1,
+                vec![one.clone(), two.clone()],
+                vec![newer.clone().into(), bytes_of(&two)],
+            ),
+            commit(2, vec![three.clone()], vec![shuffled.into()]),
+            commit(3, vec![big.clone()], vec![bytes_of(&big)]),
+        ]))
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            Sequenced::Applied {
+                first_seq: 1,
+                last_seq: 2
+            },
+            Sequenced::Applied {
+                first_seq: 3,
+                last_seq: 3
+            },
+            Sequenced::Refused("event at seq 4 is 104 bytes, at most 90 allowed".into()),
+        ]
+    );
+    let rows: Vec<Vec<u8>> = store
+        .read_log_events(1, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes.to_vec())
+        .collect();
+    let with_seq = |env: &Envelope, seq| Envelope { seq, ..env.clone() }.encode_to_vec();
+    let mut first = with_seq(&one, 1);
+    first.extend_from_slice(&[14 << 3, 1]);
+    assert_eq!(rows, [first, with_seq(&two, 2), with_seq(&three, 3)]);
+
+    // The same commits without their bytes: the same log and views, but
+    // for the unknown field.
+    let dir = tempfile::tempdir().unwrap();
+    let again = open(dir.path());
+    runtime
+        .block_on(again.apply_sequenced_async(vec![
+            commit(1, vec![one.clone(), two.clone()], Vec::new()),
+            commit(2, vec![three.clone()], Vec::new()),
+        ]))
+        .unwrap();
+    let rows: Vec<Vec<u8>> = again
+        .read_log_events(1, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes.to_vec())
+        .collect();
+    assert_eq!(
+        rows,
+        [with_seq(&one, 1), with_seq(&two, 2), with_seq(&three, 3)]
     );
 }

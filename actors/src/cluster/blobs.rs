@@ -325,18 +325,10 @@ impl Blobs {
             return Ok(Vec::new());
         }
         let s = store.clone();
-        let missing: Vec<Digest> = tokio::task::spawn_blocking(move || {
-            let mut missing = Vec::new();
-            for digest in wanted {
-                if s.blob_size(&digest)?.is_none() {
-                    missing.push(digest);
-                }
-            }
-            Ok::<_, StorageError>(missing)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        let missing: Vec<Digest> = tokio::task::spawn_blocking(move || s.absent_blobs(&wanted))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         if missing.is_empty() {
             return Ok(Vec::new());
         }

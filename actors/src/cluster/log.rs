@@ -62,7 +62,7 @@ use async_nats::jetstream::{
     stream::StorageType,
 };
 use base64::Engine as _;
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use cairn_events::{v1::Envelope, StreamId};
 use cairn_storage::{Sequenced, SequencedCommit, StorageError, Store};
 use futures::StreamExt as _;
@@ -200,9 +200,30 @@ pub fn subject_of(stream: &StreamId) -> String {
 pub fn encode_commit(envelopes: &[Envelope]) -> Bytes {
     let mut out = BytesMut::with_capacity(envelopes.iter().map(|e| e.encoded_len() + 5).sum());
     for env in envelopes {
-        out.put_slice(&env.encode_length_delimited_to_vec());
+        env.encode_length_delimited(&mut out)
+            .expect("the buffer grows as needed");
     }
     out.freeze()
+}
+
+/// Decodes a message body [`encode_commit`] made, with each envelope's
+/// bytes (slices of `body`, no copy): a log row is made from them
+/// ([`SequencedCommit::encoded`]).
+pub fn decode_commit_rows(body: &Bytes) -> Result<(Vec<Envelope>, Vec<Bytes>), prost::DecodeError> {
+    let mut envelopes = Vec::new();
+    let mut encoded = Vec::new();
+    let mut offset = 0;
+    while offset < body.len() {
+        let mut rest = &body[offset..];
+        // Refuses a length past the end of the body.
+        envelopes.push(Envelope::decode_length_delimited(&mut rest)?);
+        let end = body.len() - rest.len();
+        let mut header = &body[offset..end];
+        let len = prost::decode_length_delimiter(&mut header)?;
+        encoded.push(body.slice(end - len..end));
+        offset = end;
+    }
+    Ok((envelopes, encoded))
 }
 
 /// Decodes a message body [`encode_commit`] made.
@@ -635,21 +656,22 @@ async fn prepare(
                 None => warn!(position, value, "malformed compaction marker"),
             }
         }
-        let envelopes = if header(FENCE_HEADER).is_some() || compaction.is_some() {
-            Vec::new()
+        let (envelopes, encoded) = if header(FENCE_HEADER).is_some() || compaction.is_some() {
+            (Vec::new(), Vec::new())
         } else {
-            match decode_commit(&message.payload) {
-                Ok(envelopes) => envelopes,
+            match decode_commit_rows(&message.payload) {
+                Ok(decoded) => decoded,
                 Err(e) => {
                     // Every node skips it alike (refused when applied).
                     warn!(position, error = %e, "undecodable commit");
-                    vec![Envelope::default()]
+                    (vec![Envelope::default()], Vec::new())
                 }
             }
         };
         commits.push(SequencedCommit {
             position,
             envelopes,
+            encoded,
         });
     }
     // The blobs of the whole batch, fetched at once.
@@ -695,6 +717,16 @@ mod tests {
         );
         assert_eq!(decode_commit(&body).unwrap(), envelopes);
         assert_eq!(decode_commit(&[]).unwrap(), Vec::<Envelope>::new());
+        let (decoded, encoded) = decode_commit_rows(&body).unwrap();
+        assert_eq!(decoded, envelopes);
+        let rows: Vec<Vec<u8>> = envelopes.iter().map(|e| e.encode_to_vec()).collect();
+        assert_eq!(encoded, rows);
+        assert_eq!(
+            decode_commit_rows(&Bytes::new()).unwrap(),
+            (Vec::new(), Vec::new())
+        );
+        // A length past the end of the body.
+        assert!(decode_commit_rows(&body.slice(..body.len() - 1)).is_err());
         let subject = subject_of(
             &StreamId::new("repo/my.ns/r*1")
                 .unwrap_or_else(|_| StreamId::new("repo/ns/r.1").unwrap()),

@@ -72,7 +72,7 @@ use async_nats::{
 };
 use bytes::Bytes;
 use cairn_actors::cluster::log::{
-    decode_commit, encode_commit, log_consumer, subject_of, LOG_STREAM,
+    decode_commit, decode_commit_rows, encode_commit, log_consumer, subject_of, LOG_STREAM,
 };
 use cairn_events::{
     envelope::{new_id, Metadata},
@@ -1041,11 +1041,15 @@ pub fn catch_up(
                 if fence {
                     return Ok(());
                 }
-                let envelopes = decode_commit(&message.payload)?;
+                // Decoded, and each row made from the bytes with its seq
+                // spliced in, as the applier makes it.
+                let (envelopes, encoded) = decode_commit_rows(&message.payload)?;
                 let mut batch = rocksdb::WriteBatch::default();
-                for env in &envelopes {
+                for (env, bytes) in envelopes.iter().zip(&encoded) {
                     seq += 1;
-                    batch.put(seq.to_be_bytes(), cairn_events::envelope::encode(env));
+                    let row = cairn_events::envelope::encode_with_seq(bytes, seq)
+                        .map_or_else(|| cairn_events::envelope::encode(env), |r| r.bytes);
+                    batch.put(seq.to_be_bytes(), row);
                 }
                 stored += envelopes.len() as u64;
                 db.write(batch)?;

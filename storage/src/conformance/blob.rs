@@ -111,6 +111,14 @@ pub fn put_get_and_dedupe(dir: &Path, open: OpenBlobs<'_>) {
     assert!(store.open_blob(&unknown).unwrap().is_none());
     assert!(store.read_range(&unknown, 0..1).unwrap().is_none());
     assert_eq!(store.blob_size(&unknown).unwrap(), None);
+    let (small_digest, large_digest) = (Digest::of(&small), Digest::of(&large));
+    assert_eq!(
+        store
+            .absent_blobs(&[unknown, small_digest, large_digest, unknown])
+            .unwrap(),
+        [unknown, unknown]
+    );
+    assert_eq!(store.absent_blobs(&[]).unwrap(), []);
     // Two blobs, each stored once, all pinned: nothing collected.
     let stats = store.collect_garbage().unwrap();
     assert_eq!((stats.scanned, stats.removed), (2, 0));
@@ -119,6 +127,10 @@ pub fn put_get_and_dedupe(dir: &Path, open: OpenBlobs<'_>) {
     assert_eq!(
         (stats.scanned, stats.removed, stats.removed_bytes),
         (2, 2, (small.len() + large.len()) as u64)
+    );
+    assert_eq!(
+        store.absent_blobs(&[large_digest, small_digest]).unwrap(),
+        [large_digest, small_digest]
     );
 }
 

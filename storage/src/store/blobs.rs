@@ -580,6 +580,32 @@ impl BlobStore for Store {
         )))
     }
 
+    /// One batched lookup of the rows (RocksDB's `MultiGet`, keys
+    /// sorted, nothing copied), then a file check for each digest without
+    /// a row.
+    fn absent_blobs(&self, digests: &[Digest]) -> Result<Vec<Digest>, StorageError> {
+        let inner = self.inner();
+        let mut sorted: Vec<&Digest> = digests.iter().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let rows = inner.db.batched_multi_get_cf(
+            inner.cf(Column::Blobs),
+            sorted.iter().map(|d| &d.0),
+            true,
+        );
+        let mut stored = std::collections::HashSet::with_capacity(sorted.len());
+        for (digest, row) in sorted.into_iter().zip(rows) {
+            if row?.is_some() || blob_path(&inner.config.blob_dir(), digest).is_file() {
+                stored.insert(*digest);
+            }
+        }
+        Ok(digests
+            .iter()
+            .filter(|d| !stored.contains(*d))
+            .copied()
+            .collect())
+    }
+
     fn ref_count(&self, digest: &Digest) -> Result<u64, StorageError> {
         self.inner().ref_count(digest)
     }

@@ -361,9 +361,12 @@ impl Store {
     /// a replicated apply, its `seq` aside: a cluster's owner checks its
     /// envelopes before publishing them.
     pub fn check_envelope(&self, envelope: &Envelope) -> Result<(), StorageError> {
-        let mut env = envelope.clone();
-        env.seq = env.seq.max(1);
-        check_replicated(self.inner(), &env).map(|_| ())
+        let event_bytes = envelope
+            .event
+            .as_ref()
+            .map_or(0, prost::Message::encoded_len);
+        check_replicated_fields(self.inner(), envelope, envelope.seq.max(1), event_bytes)
+            .map(|_| ())
     }
 
     /// Adds `observer`: told of every commit from now on, on the writer
@@ -651,15 +654,37 @@ pub(super) fn now() -> pbjson_types::Timestamp {
 /// Most stream heads the writer keeps in memory.
 pub(super) const HEAD_CACHE_MAX_STREAMS: usize = 65_536;
 
-/// The checks every replicated envelope gets, whoever assigned its `seq`:
-/// what reads will do with the stored row (a schema version this build does
-/// not understand, no payload), the event size, the stream id, and ids and
-/// trace context fit for the NATS headers the Publisher copies them into.
-/// Answers the stream and the row's bytes.
-fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>), StorageError> {
-    // Exactly what reads will do with the stored row: refuse now
-    // what could not be read back (a schema version this build does
-    // not understand, no payload).
+/// The checks every replicated envelope gets, whoever assigned its `seq`
+/// (see [`check_replicated_fields`]), and its log row: `row`, made from
+/// the bytes the envelope arrived in ([`envelope::encode_with_seq`]), or
+/// else the envelope encoded. Answers the stream and the row's bytes.
+fn check_replicated(
+    inner: &Inner,
+    env: &Envelope,
+    row: Option<envelope::Resequenced>,
+) -> Result<(StreamId, Vec<u8>), StorageError> {
+    let (bytes, event_bytes) = match row {
+        Some(row) => (row.bytes, row.event_bytes),
+        None => (
+            envelope::encode(env),
+            env.event.as_ref().map_or(0, prost::Message::encoded_len),
+        ),
+    };
+    let stream = check_replicated_fields(inner, env, env.seq, event_bytes)?;
+    Ok((stream, bytes))
+}
+
+/// What reads will do with the stored row (a schema version this build
+/// does not understand, no payload), the event's size (`event_bytes`,
+/// encoded), the stream id, and ids and trace context fit for the NATS
+/// headers the Publisher copies them into. Errors name the event by `seq`.
+/// Answers the stream.
+fn check_replicated_fields(
+    inner: &Inner,
+    env: &Envelope,
+    seq: u64,
+    event_bytes: usize,
+) -> Result<StreamId, StorageError> {
     // `env` was decoded from the replicated message, so its encoding decodes
     // again: checking the schema version and the payload on it is what a
     // read of the row would check (without a second decode per event).
@@ -669,30 +694,24 @@ fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>)
             supported: envelope::SCHEMA_VERSION,
         };
         return Err(StorageError::InvalidReplicated(format!(
-            "event at seq {}: {e}",
-            env.seq
+            "event at seq {seq}: {e}"
         )));
     }
     envelope::kind(env)
-        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq)))?;
-    let bytes = envelope::encode(env);
-    if let Some(event) = env.event.as_ref() {
-        let size = prost::Message::encoded_len(event);
-        if size > inner.config.event_max_bytes {
-            return Err(StorageError::InvalidReplicated(format!(
-                "event at seq {} is {size} bytes, at most {} allowed",
-                env.seq, inner.config.event_max_bytes
-            )));
-        }
+        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {seq}: {e}")))?;
+    if event_bytes > inner.config.event_max_bytes {
+        return Err(StorageError::InvalidReplicated(format!(
+            "event at seq {seq} is {event_bytes} bytes, at most {} allowed",
+            inner.config.event_max_bytes
+        )));
     }
     let stream = StreamId::new(env.stream.clone())
-        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {}: {e}", env.seq)))?;
+        .map_err(|e| StorageError::InvalidReplicated(format!("event at seq {seq}: {e}")))?;
     // The Publisher copies these into NATS headers (the event id is
     // the Nats-Msg-Id): the same checks appends get, plus an id.
     if env.event_id.is_empty() {
         return Err(StorageError::InvalidReplicated(format!(
-            "event at seq {}: event id is empty",
-            env.seq
+            "event at seq {seq}: event id is empty"
         )));
     }
     let trace = env.trace.as_ref();
@@ -705,8 +724,8 @@ fn check_replicated(inner: &Inner, env: &Envelope) -> Result<(StreamId, Vec<u8>)
         ("tracestate", trace.map_or("", |t| t.tracestate.as_str())),
         ("request id", env.request_id.as_str()),
     ])
-    .map_err(|why| StorageError::InvalidReplicated(format!("event at seq {}: {why}", env.seq)))?;
-    Ok((stream, bytes))
+    .map_err(|why| StorageError::InvalidReplicated(format!("event at seq {seq}: {why}")))?;
+    Ok(stream)
 }
 
 /// The writer thread's state: the only code that assigns sequence numbers.
@@ -1027,9 +1046,13 @@ impl Writer {
             let mut checked = Vec::with_capacity(commit.envelopes.len());
             let mut versions: HashMap<StreamId, u64> = HashMap::new();
             let mut refused = None;
+            let spliceable = commit.encoded.len() == commit.envelopes.len();
             for (i, mut env) in commit.envelopes.into_iter().enumerate() {
                 env.seq = seq + 1 + i as u64;
-                let (stream, bytes) = match check_replicated(&inner, &env) {
+                let row = spliceable
+                    .then(|| envelope::encode_with_seq(&commit.encoded[i], env.seq))
+                    .flatten();
+                let (stream, bytes) = match check_replicated(&inner, &env, row) {
                     Ok(checked) => checked,
                     Err(StorageError::InvalidReplicated(why)) => {
                         refused = Some(why);
@@ -1118,7 +1141,7 @@ impl Writer {
                     env.seq, env.stream_version
                 )));
             }
-            let (stream, bytes) = check_replicated(&inner, &env)?;
+            let (stream, bytes) = check_replicated(&inner, &env, None)?;
             checked.push((env, stream, bytes));
         }
         // The prefix this log holds already must be identical, and is skipped.
