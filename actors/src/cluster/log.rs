@@ -27,7 +27,10 @@
 //!   crash in between compacts again at the same point on restart, which
 //!   removes nothing more). A node that joins later replays the markers
 //!   where they are. Without a marker no cluster node compacts.
-//! - **The applier** reads the stream in order with an ordered consumer
+//! - **The applier** reads the stream in order with a pull consumer of
+//!   its own (`apply_from`: ephemeral, no acks, pulls bounded by
+//!   [`APPLY_PULL_MAX_MESSAGES`] and [`APPLY_PULL_MAX_BYTES`], a skipped
+//!   consumer number ends the run as a lost message)
 //!   from the store's replication position + 1 and applies batches of
 //!   messages with [`Store::apply_sequenced_async`] (seqs assigned from the
 //!   order, position written atomically with the events), so every node's
@@ -38,8 +41,8 @@
 //!   so the network side and the store's writer work at the same time.
 //!   While the pipeline is full (the writer is behind), what arrives joins
 //!   the batch waiting for room, up to [`APPLY_BATCH_MAX_MESSAGES`] and
-//!   [`APPLY_BATCH_MAX_BYTES`]: a consumer pulls 32 commits at a time (a
-//!   bound on bytes in flight, [`PULL_MAX_MESSAGES`]), and a catch-up of
+//!   [`APPLY_BATCH_MAX_BYTES`]: an ordered consumer pulled 32 commits at a
+//!   time (a bound on bytes in flight, [`PULL_MAX_MESSAGES`]), and a catch-up of
 //!   one-event commits applied as they were pulled paid the writer's
 //!   per-batch work (position and checkpoint rows, reference counts and
 //!   group lookups, a WAL record) every 32 events. Decision: batches grow
@@ -55,10 +58,7 @@ use std::{
 
 use async_nats::jetstream::{
     self,
-    consumer::{
-        pull::{OrderedConfig, OrderedError},
-        DeliverPolicy,
-    },
+    consumer::{pull, pull::OrderedConfig, AckPolicy, DeliverPolicy},
     stream::StorageType,
 };
 use base64::Engine as _;
@@ -167,13 +167,15 @@ const STALL_CHECK_EVERY: Duration = Duration::from_secs(3);
 /// many times the server's max payload in flight: 32 MiB at the default
 /// 1 MiB, half of the server's default pending limit per client). An
 /// ordered consumer's pulls carry no byte limit (async-nats sends none),
-/// so the count is the only bound. The catch-up benchmark's raw consumers
-/// pull the same.
+/// so the count is the only bound. The snapshotter's scan and the
+/// catch-up benchmark's raw consumers read so; the applier reads with
+/// byte-bounded pulls ([`APPLY_PULL_MAX_MESSAGES`]).
 pub const PULL_MAX_MESSAGES: i64 = 32;
 
 /// An ordered consumer of `CAIRN_LOG` from `deliver_policy` pulling at
-/// most [`PULL_MAX_MESSAGES`] commits at a time: every reader of the log
-/// (the applier, the snapshotter's scan, the benchmarks' raw peers).
+/// most [`PULL_MAX_MESSAGES`] commits at a time: the snapshotter's scan
+/// and the benchmarks' raw peers (the applier has its own, see
+/// `apply_from`).
 pub fn log_consumer(deliver_policy: DeliverPolicy) -> OrderedConfig {
     OrderedConfig {
         deliver_policy,
@@ -183,6 +185,24 @@ pub fn log_consumer(deliver_policy: DeliverPolicy) -> OrderedConfig {
 }
 /// Longest pull of the applier's consumer (stall detection is relative).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Most commits one pull of the applier asks for. With
+/// [`APPLY_PULL_MAX_BYTES`] beside it, a pull brings a thousand one-event
+/// commits (a lifecycle command's, a key-value set's: about 0.6 KiB) or a
+/// few first-sync commits of up to 1 MiB. An ordered consumer's pulls
+/// carry only a count ([`PULL_MAX_MESSAGES`], 32, so that 1 MiB commits
+/// stay within what the server holds pending for a client), and a
+/// replica catching up on one-event commits spent its time in a server
+/// round trip every 16 commits. Decision: the applier's consumer is a
+/// plain pull consumer with both bounds (async-nats sends the byte bound
+/// with its pulls), ordered as described in `apply_from`.
+const APPLY_PULL_MAX_MESSAGES: usize = 1024;
+/// Most bytes one pull of the applier asks for (or twice the server's max
+/// payload, when that is more: a pull stops before a commit larger than
+/// its bound and would ask again for it forever).
+const APPLY_PULL_MAX_BYTES: usize = 8 << 20;
+/// How long the server keeps an applier's consumer nobody pulls from (one
+/// left behind by a run that failed).
+const CONSUMER_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
 /// Batches read and made ready ahead of the one being applied.
 pub const APPLY_PIPELINE_BATCHES: usize = 2;
 /// How long the applier waits before reading again after a failure.
@@ -357,7 +377,7 @@ pub async fn start_applier(
     Ok((applied, task))
 }
 
-/// One run of the applier: an ordered consumer from the position + 1.
+/// One run of the applier: a consumer from the position + 1.
 async fn apply_from(
     js: &jetstream::Context,
     store: &Store,
@@ -371,28 +391,40 @@ async fn apply_from(
         .get_stream(LOG_STREAM)
         .await
         .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?;
+    // An ephemeral pull consumer whose pulls are bounded in bytes as well
+    // as in commits (see `APPLY_PULL_MAX_MESSAGES`); it is ordered by
+    // construction (one consumer, no filter, no redelivery), and what an
+    // ordered consumer would add — making itself anew after a lost
+    // message or a lost server — the applier does: a position skipped is
+    // checked against the stream (below), and an error, a missed
+    // heartbeat or a stall ends this run, which starts again from the
+    // position applied.
     let consumer = stream
-        .create_consumer(OrderedConfig {
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            },
+            ack_policy: AckPolicy::None,
+            memory_storage: true,
+            num_replicas: 1,
+            inactive_threshold: CONSUMER_INACTIVE_THRESHOLD,
             // Short pulls: a consumer lost with its server (its heartbeats
             // stop) is made anew within seconds, not after 30 s.
             max_expires: PULL_EXPIRES,
-            // Few commits per pull (see `log_consumer`): the ordered
-            // consumer asks for 500 at a time with no byte limit, so large
-            // commits (a first sync's, near the server's max payload) put
-            // hundreds of MB in flight to a replica that applies them
-            // slower than they come. So configured, catch-ups of the
-            // benchmark stalled (`consumer stalled`, the consumer made
-            // anew, ~10 s lost) in 3 runs of 5; with 32 per pull, in none
-            // of 4 (the server's limit on what it holds pending for a slow
-            // client is the likely cause).
-            ..log_consumer(DeliverPolicy::ByStartSequence {
-                start_sequence: position + 1,
-            })
+            ..Default::default()
         })
         .await
-        .map_err(|e| format!("ordered consumer on {LOG_STREAM}: {e}"))?;
+        .map_err(|e| format!("consumer on {LOG_STREAM}: {e}"))?;
+    // Above the largest commit there can be (a pull never stops at one
+    // larger than its byte bound).
+    let max_payload = js.client().server_info().max_payload;
     let mut messages = Box::pin(
         consumer
+            .stream()
+            .max_messages_per_batch(APPLY_PULL_MAX_MESSAGES)
+            .max_bytes_per_batch(APPLY_PULL_MAX_BYTES.max(2 * max_payload))
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_EXPIRES / 2)
             .messages()
             .await
             .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?,
@@ -404,6 +436,8 @@ async fn apply_from(
     let read = async move {
         let mut stream = stream;
         let mut read_position = position;
+        // The consumer's number of the last message read.
+        let mut delivered: u64 = 0;
         // Read and prepared, waiting for room in the pipeline. While the
         // writer is busy (the pipeline full), what arrives joins it: a
         // writer batch grows with the backlog instead of staying the size
@@ -453,6 +487,21 @@ async fn apply_from(
                     continue;
                 }
             };
+            // The consumer numbers what it delivers 1, 2, 3…, whatever
+            // the positions (a trimmed stretch of the log is no gap here):
+            // a number skipped is a message lost on the way (one the
+            // client dropped), so this run ends and the next reads again
+            // from the position applied — what an ordered consumer does.
+            for message in batch.iter().flatten() {
+                let number = message.info().map_err(|e| e.to_string())?.consumer_sequence;
+                if number != delivered + 1 {
+                    return Err(format!(
+                        "message {} of the consumer was not received (message {number} was); reading again from the position applied",
+                        delivered + 1
+                    ));
+                }
+                delivered = number;
+            }
             let bytes: usize = batch
                 .iter()
                 .map(|m| m.as_ref().map_or(0, |m| m.payload.len()))
@@ -599,9 +648,9 @@ impl Prepared {
 /// The next batch of the consumer's messages: the first to arrive, then
 /// those ready now, up to [`APPLY_BATCH_MAX_MESSAGES`] and
 /// [`APPLY_BATCH_MAX_BYTES`]; `None` once the consumer ended.
-async fn next_batch<S>(messages: &mut S) -> Option<Vec<S::Item>>
+async fn next_batch<S, E>(messages: &mut S) -> Option<Vec<S::Item>>
 where
-    S: futures::Stream<Item = Result<jetstream::Message, OrderedError>> + Unpin,
+    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
 {
     use futures::FutureExt as _;
     let size = |item: &S::Item| item.as_ref().map_or(0, |m| m.payload.len());
@@ -620,8 +669,8 @@ where
     Some(batch)
 }
 
-async fn prepare(
-    batch: Vec<Result<jetstream::Message, OrderedError>>,
+async fn prepare<E: std::fmt::Display>(
+    batch: Vec<Result<jetstream::Message, E>>,
     store: &Store,
     blobs: &Blobs,
 ) -> Result<Prepared, String> {
