@@ -195,7 +195,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// round trip every 16 commits. Decision: the applier's consumer is a
 /// plain pull consumer with both bounds (async-nats sends the byte bound
 /// with its pulls), ordered as described in `apply_from`.
-const APPLY_PULL_MAX_MESSAGES: usize = 1024;
+pub const APPLY_PULL_MAX_MESSAGES: usize = 1024;
 /// Most bytes one pull of the applier asks for (or twice the server's max
 /// payload, when that is more: a pull stops before a commit larger than
 /// its bound and would ask again for it forever).
@@ -377,33 +377,23 @@ pub async fn start_applier(
     Ok((applied, task))
 }
 
-/// One run of the applier: a consumer from the position + 1.
-async fn apply_from(
+/// The applier's reading of `CAIRN_LOG` from `start_sequence`: an
+/// ephemeral pull consumer whose pulls are bounded in bytes as well as in
+/// commits ([`APPLY_PULL_MAX_MESSAGES`], [`APPLY_PULL_MAX_BYTES`]). It is
+/// ordered by construction (one consumer, no filter, no redelivery); what
+/// an ordered consumer would add — making itself anew after a lost message
+/// or a lost server — the applier does: a skipped consumer number
+/// ([`check_numbering`]), an error, a missed heartbeat or a stall ends its
+/// run, and the next starts again from the position applied. The catch-up
+/// benchmark reads with it too.
+pub async fn applier_messages(
     js: &jetstream::Context,
-    store: &Store,
-    blobs: &Blobs,
-    tx: &watch::Sender<u64>,
-    outcomes: &Mutex<BTreeMap<u64, Sequenced>>,
-    behind_trim: &std::sync::atomic::AtomicU64,
-) -> Result<(), String> {
-    let position = store.replication_position().map_err(|e| e.to_string())?;
-    let stream = js
-        .get_stream(LOG_STREAM)
-        .await
-        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?;
-    // An ephemeral pull consumer whose pulls are bounded in bytes as well
-    // as in commits (see `APPLY_PULL_MAX_MESSAGES`); it is ordered by
-    // construction (one consumer, no filter, no redelivery), and what an
-    // ordered consumer would add — making itself anew after a lost
-    // message or a lost server — the applier does: a position skipped is
-    // checked against the stream (below), and an error, a missed
-    // heartbeat or a stall ends this run, which starts again from the
-    // position applied.
+    stream: &jetstream::stream::Stream,
+    start_sequence: u64,
+) -> Result<pull::Stream, String> {
     let consumer = stream
         .create_consumer(pull::Config {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: position + 1,
-            },
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
             ack_policy: AckPolicy::None,
             memory_storage: true,
             num_replicas: 1,
@@ -418,17 +408,53 @@ async fn apply_from(
     // Above the largest commit there can be (a pull never stops at one
     // larger than its byte bound).
     let max_payload = js.client().server_info().max_payload;
-    let mut messages = Box::pin(
-        consumer
-            .stream()
-            .max_messages_per_batch(APPLY_PULL_MAX_MESSAGES)
-            .max_bytes_per_batch(APPLY_PULL_MAX_BYTES.max(2 * max_payload))
-            .expires(PULL_EXPIRES)
-            .heartbeat(PULL_EXPIRES / 2)
-            .messages()
-            .await
-            .map_err(|e| format!("reading {LOG_STREAM}: {e}"))?,
-    );
+    consumer
+        .stream()
+        .max_messages_per_batch(APPLY_PULL_MAX_MESSAGES)
+        .max_bytes_per_batch(APPLY_PULL_MAX_BYTES.max(2 * max_payload))
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_EXPIRES / 2)
+        .messages()
+        .await
+        .map_err(|e| format!("reading {LOG_STREAM}: {e}"))
+}
+
+/// Checks the consumer's numbers of the messages read after the one
+/// numbered `delivered`: a consumer numbers what it delivers 1, 2, 3…,
+/// whatever their positions (a trimmed stretch of the log is no gap
+/// here), so a number skipped is a message lost on the way (one the
+/// client dropped). Answers the last number.
+pub fn check_numbering(
+    mut delivered: u64,
+    numbers: impl IntoIterator<Item = u64>,
+) -> Result<u64, String> {
+    for number in numbers {
+        if number != delivered + 1 {
+            return Err(format!(
+                "message {} of the consumer was not received (message {number} was); reading again from the position applied",
+                delivered + 1
+            ));
+        }
+        delivered = number;
+    }
+    Ok(delivered)
+}
+
+/// One run of the applier: a consumer from the position + 1.
+async fn apply_from(
+    js: &jetstream::Context,
+    store: &Store,
+    blobs: &Blobs,
+    tx: &watch::Sender<u64>,
+    outcomes: &Mutex<BTreeMap<u64, Sequenced>>,
+    behind_trim: &std::sync::atomic::AtomicU64,
+) -> Result<(), String> {
+    let position = store.replication_position().map_err(|e| e.to_string())?;
+    let stream = js
+        .get_stream(LOG_STREAM)
+        .await
+        .map_err(|e| format!("stream {LOG_STREAM}: {e}"))?;
+    let mut messages = Box::pin(applier_messages(js, &stream, position + 1).await?);
     debug!(from = position + 1, "applying the replicated log");
     // Two stages, so that reading, decoding and fetching blobs of the next
     // batch overlap with the store's writer applying this one.
@@ -487,21 +513,15 @@ async fn apply_from(
                     continue;
                 }
             };
-            // The consumer numbers what it delivers 1, 2, 3…, whatever
-            // the positions (a trimmed stretch of the log is no gap here):
-            // a number skipped is a message lost on the way (one the
-            // client dropped), so this run ends and the next reads again
-            // from the position applied — what an ordered consumer does.
-            for message in batch.iter().flatten() {
-                let number = message.info().map_err(|e| e.to_string())?.consumer_sequence;
-                if number != delivered + 1 {
-                    return Err(format!(
-                        "message {} of the consumer was not received (message {number} was); reading again from the position applied",
-                        delivered + 1
-                    ));
-                }
-                delivered = number;
-            }
+            // A message lost on the way ends this run: the next reads
+            // again from the position applied, as an ordered consumer does.
+            let numbers = batch
+                .iter()
+                .flatten()
+                .map(|m| m.info().map(|i| i.consumer_sequence))
+                .collect::<Result<Vec<u64>, _>>()
+                .map_err(|e| e.to_string())?;
+            delivered = check_numbering(delivered, numbers)?;
             let bytes: usize = batch
                 .iter()
                 .map(|m| m.as_ref().map_or(0, |m| m.payload.len()))
@@ -785,5 +805,17 @@ mod tests {
         assert!(token
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn a_skipped_consumer_number_is_a_lost_message() {
+        assert_eq!(check_numbering(0, [1, 2, 3]), Ok(3));
+        assert_eq!(check_numbering(7, []), Ok(7));
+        assert_eq!(
+            check_numbering(3, [4, 6]).unwrap_err(),
+            "message 5 of the consumer was not received (message 6 was); reading again from the position applied"
+        );
+        // A number seen again (not a redelivery: there are none) is as wrong.
+        assert!(check_numbering(3, [3]).is_err());
     }
 }

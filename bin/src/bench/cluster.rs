@@ -72,7 +72,8 @@ use async_nats::{
 };
 use bytes::Bytes;
 use cairn_actors::cluster::log::{
-    decode_commit, decode_commit_rows, encode_commit, log_consumer, subject_of, LOG_STREAM,
+    applier_messages, decode_commit, decode_commit_rows, encode_commit, log_consumer, subject_of,
+    LOG_STREAM,
 };
 use cairn_events::{
     envelope::{new_id, Metadata},
@@ -1023,6 +1024,36 @@ pub fn catch_up(
             bytes as f64 / 1e6,
             raw_elapsed.as_secs_f64(),
             rate(messages, raw_elapsed)
+        )?;
+
+        // The same read with the applier's own consumer (byte-bounded
+        // pulls of up to 1,024 commits): what reading costs cairn itself.
+        let started = Instant::now();
+        let applier_read = {
+            let stream = reader
+                .get_stream(LOG_STREAM)
+                .await
+                .map_err(|e| anyhow::anyhow!("{LOG_STREAM}: {e}"))?;
+            let mut consumer = applier_messages(&reader, &stream, 1)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut read = 0u64;
+            while read < messages {
+                tokio::time::timeout(REQUEST_TIMEOUT, consumer.next())
+                    .await
+                    .with_context(|| format!("nothing from {LOG_STREAM} for {REQUEST_TIMEOUT:?}"))?
+                    .with_context(|| format!("the consumer of {LOG_STREAM} ended"))?
+                    .map_err(|e| anyhow::anyhow!("reading {LOG_STREAM}: {e}"))?;
+                read += 1;
+            }
+            started.elapsed()
+        };
+        writeln!(
+            out,
+            "catch-up: raw read with the applier's consumer (pulls of up to {} commits, byte-bounded): {messages} messages in {:.3}s: {:.0} msgs/s (not the ratio's peer)",
+            cairn_actors::cluster::log::APPLY_PULL_MAX_MESSAGES,
+            applier_read.as_secs_f64(),
+            rate(messages, applier_read)
         )?;
 
         // raw + RocksDB: the same read, each commit's events written to a
