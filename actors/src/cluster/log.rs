@@ -194,12 +194,17 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// replica catching up on one-event commits spent its time in a server
 /// round trip every 16 commits. Decision: the applier's consumer is a
 /// plain pull consumer with both bounds (async-nats sends the byte bound
-/// with its pulls), ordered as described in `apply_from`.
+/// with its pulls), ordered as described at [`applier_messages`].
 pub const APPLY_PULL_MAX_MESSAGES: usize = 1024;
 /// Most bytes one pull of the applier asks for (or twice the server's max
 /// payload, when that is more: a pull stops before a commit larger than
-/// its bound and would ask again for it forever).
-const APPLY_PULL_MAX_BYTES: usize = 8 << 20;
+/// its bound and would ask again for it forever). A pull is sent when
+/// half of the last one is in, so at most 24 MiB are in flight: below
+/// the server's default 64 MiB pending per client, and half of what the
+/// ordered consumer's 32 commits of 1 MiB could put there. (At 8 MiB,
+/// a catch-up of first-sync commits of ~460 KiB read at half the speed
+/// of the ordered consumer: 0.689 s against 0.336 s for 1,336 commits.)
+const APPLY_PULL_MAX_BYTES: usize = 16 << 20;
 /// How long the server keeps an applier's consumer nobody pulls from (one
 /// left behind by a run that failed).
 const CONSUMER_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
