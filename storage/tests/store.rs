@@ -1797,19 +1797,22 @@ fn sequenced_rows_are_the_replicated_bytes_with_their_seq() {
             Sequenced::Refused("event at seq 4 is 104 bytes, at most 90 allowed".into()),
         ]
     );
-    let rows: Vec<Vec<u8>> = store
-        .read_log_events(1, 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.bytes.to_vec())
-        .collect();
+    let rows_of = |store: &Store| -> Vec<Vec<u8>> {
+        store
+            .read_log_events(1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.bytes.to_vec())
+            .collect()
+    };
+    let rows = rows_of(&store);
     let with_seq = |env: &Envelope, seq| Envelope { seq, ..env.clone() }.encode_to_vec();
     let mut first = with_seq(&one, 1);
     first.extend_from_slice(&[14 << 3, 1]);
     assert_eq!(rows, [first, with_seq(&two, 2), with_seq(&three, 3)]);
 
-    // The same commits without their bytes: the same log and views, but
-    // for the unknown field.
+    // The same commits without their bytes: the same log rows, but for
+    // the unknown field.
     let dir = tempfile::tempdir().unwrap();
     let again = open(dir.path());
     runtime
@@ -1818,14 +1821,8 @@ fn sequenced_rows_are_the_replicated_bytes_with_their_seq() {
             commit(2, vec![three.clone()], Vec::new()),
         ]))
         .unwrap();
-    let rows: Vec<Vec<u8>> = again
-        .read_log_events(1, 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.bytes.to_vec())
-        .collect();
     assert_eq!(
-        rows,
+        rows_of(&again),
         [with_seq(&one, 1), with_seq(&two, 2), with_seq(&three, 3)]
     );
 }
