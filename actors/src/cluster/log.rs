@@ -28,7 +28,7 @@
 //!   removes nothing more). A node that joins later replays the markers
 //!   where they are. Without a marker no cluster node compacts.
 //! - **The applier** reads the stream in order with a pull consumer of
-//!   its own (`apply_from`: ephemeral, no acks, pulls bounded by
+//!   its own ([`applier_messages`]: ephemeral, no acks, pulls bounded by
 //!   [`APPLY_PULL_MAX_MESSAGES`] and [`APPLY_PULL_MAX_BYTES`], a skipped
 //!   consumer number ends the run as a lost message)
 //!   from the store's replication position + 1 and applies batches of
@@ -174,8 +174,8 @@ pub const PULL_MAX_MESSAGES: i64 = 32;
 
 /// An ordered consumer of `CAIRN_LOG` from `deliver_policy` pulling at
 /// most [`PULL_MAX_MESSAGES`] commits at a time: the snapshotter's scan
-/// and the benchmarks' raw peers (the applier has its own, see
-/// `apply_from`).
+/// and the benchmarks' raw peers (the applier has its own,
+/// [`applier_messages`]).
 pub fn log_consumer(deliver_policy: DeliverPolicy) -> OrderedConfig {
     OrderedConfig {
         deliver_policy,
