@@ -30,7 +30,10 @@
 //!   `--events` events. A message carries many events (a sync's commit is
 //!   one append of up to `store.append-max-events`), so both rates are
 //!   given in events/s — the raw consumer's as the events its messages
-//!   carry; the messages/s it read is printed on the line before. A second
+//!   carry; the messages/s it read is printed on the line before. The
+//!   same messages are then read with the applier's own consumer
+//!   (`applier_messages`, byte-bounded pulls), printed but not the
+//!   ratio's peer: what reading costs cairn itself. A further
 //!   peer reads the same messages and writes each commit's events to a
 //!   fresh RocksDB as per-event log rows (one unsynced batch per commit,
 //!   no views): the least any replica that keeps the log must do.
