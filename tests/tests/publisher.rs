@@ -293,22 +293,46 @@ fn outage_config() -> PublisherConfig {
     }
 }
 
+/// What the outage tests start from: nats-server, a store, a connection
+/// and a Publisher with [`outage_config`] (the store is `TempStore::store`).
+struct Outage {
+    nats: NatsServer,
+    ts: TempStore,
+    client: async_nats::Client,
+    publisher: actix::Addr<Publisher>,
+}
+
+async fn outage() -> Outage {
+    let nats = NatsServer::start();
+    let ts = TempStore::open();
+    let client = connect(&nats.url()).await;
+    let publisher = Publisher::new(ts.store.clone(), client.clone(), outage_config())
+        .unwrap()
+        .start();
+    Outage {
+        nats,
+        ts,
+        client,
+        publisher,
+    }
+}
+
 /// A Publisher that falls further behind than the store keeps in memory
 /// (nats-server is down while more than `RECENT_LOG_MAX_EVENTS` events
 /// are committed) reads the events it lacks back from RocksDB, then takes
 /// the rest from memory again: every event once, in log order.
 #[actix_rt::test]
 async fn a_publisher_lagging_past_the_rows_kept_in_memory_reads_them_back() {
-    let mut nats = NatsServer::start();
-    let ts = TempStore::open();
-    let store = ts.store.clone();
-    let client = connect(&nats.url()).await;
     // Through the outage it reads and sends at most 128 events past its
     // cursor (a read batch, a window), far short of the first event the
     // store still keeps in memory afterwards (seq 915 of 5,010).
-    let publisher = Publisher::new(store.clone(), client.clone(), outage_config())
-        .unwrap()
-        .start();
+    let Outage {
+        mut nats,
+        ts,
+        client,
+        publisher,
+    } = outage().await;
+    let store = ts.store.clone();
     let mut appended = append_burst(&store, 2, 5);
     let flush = Flush {
         timeout: Duration::from_secs(30),
@@ -357,13 +381,13 @@ async fn a_publisher_lagging_past_the_rows_kept_in_memory_reads_them_back() {
 
 #[actix_rt::test]
 async fn exactly_once_when_nats_restarts_mid_burst() {
-    let mut nats = NatsServer::start();
-    let ts = TempStore::open();
+    let Outage {
+        mut nats,
+        ts,
+        client,
+        publisher,
+    } = outage().await;
     let store = ts.store.clone();
-    let client = connect(&nats.url()).await;
-    let publisher = Publisher::new(store.clone(), client.clone(), outage_config())
-        .unwrap()
-        .start();
     let mut observed = client.subscribe("cairn.events.>").await.unwrap();
     client.flush().await.unwrap();
 

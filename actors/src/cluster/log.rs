@@ -62,7 +62,7 @@ use async_nats::jetstream::{
     stream::StorageType,
 };
 use base64::Engine as _;
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use cairn_events::{v1::Envelope, StreamId};
 use cairn_storage::{Sequenced, SequencedCommit, StorageError, Store};
 use futures::StreamExt as _;
@@ -251,13 +251,9 @@ pub fn decode_commit_rows(body: &Bytes) -> Result<(Vec<Envelope>, Vec<Bytes>), p
     Ok((envelopes, encoded))
 }
 
-/// Decodes a message body [`encode_commit`] made.
-pub fn decode_commit(mut body: &[u8]) -> Result<Vec<Envelope>, prost::DecodeError> {
-    let mut envelopes = Vec::new();
-    while body.has_remaining() {
-        envelopes.push(Envelope::decode_length_delimited(&mut body)?);
-    }
-    Ok(envelopes)
+/// Decodes a message body [`encode_commit`] made (the envelopes only).
+pub fn decode_commit(body: &Bytes) -> Result<Vec<Envelope>, prost::DecodeError> {
+    decode_commit_rows(body).map(|(envelopes, _)| envelopes)
 }
 
 /// The size of `env` inside a commit body.
@@ -518,20 +514,11 @@ async fn apply_from(
                     continue;
                 }
             };
-            // A message lost on the way ends this run: the next reads
-            // again from the position applied, as an ordered consumer does.
-            let numbers = batch
-                .iter()
-                .flatten()
-                .map(|m| m.info().map(|i| i.consumer_sequence))
-                .collect::<Result<Vec<u64>, _>>()
-                .map_err(|e| e.to_string())?;
-            delivered = check_numbering(delivered, numbers)?;
             let bytes: usize = batch
                 .iter()
                 .map(|m| m.as_ref().map_or(0, |m| m.payload.len()))
                 .sum();
-            let prepared = prepare(batch, store, blobs).await?;
+            let prepared = prepare(batch, &mut delivered, store, blobs).await?;
             // The log has no gaps but those trimming leaves (see
             // `super::snapshot`): a node that meets one was not live when
             // the log was trimmed, and what it lacks is gone.
@@ -694,8 +681,13 @@ where
     Some(batch)
 }
 
+/// Decodes `batch` and fetches the blobs it references. `delivered` is the
+/// consumer's number of the last message read: a message lost on the way
+/// ends the applier's run ([`check_numbering`]), and the next reads again
+/// from the position applied, as an ordered consumer does.
 async fn prepare<E: std::fmt::Display>(
     batch: Vec<Result<jetstream::Message, E>>,
+    delivered: &mut u64,
     store: &Store,
     blobs: &Blobs,
 ) -> Result<Prepared, String> {
@@ -705,6 +697,7 @@ async fn prepare<E: std::fmt::Display>(
     for message in batch {
         let message = message.map_err(|e| format!("reading {LOG_STREAM}: {e}"))?;
         let info = message.info().map_err(|e| e.to_string())?;
+        *delivered = check_numbering(*delivered, [info.consumer_sequence])?;
         let position = info.stream_sequence;
         debug!(position, subject = %message.subject, "replicated message received");
         publishers.push(
@@ -790,7 +783,10 @@ mod tests {
             envelopes.iter().map(encoded_size).sum::<usize>()
         );
         assert_eq!(decode_commit(&body).unwrap(), envelopes);
-        assert_eq!(decode_commit(&[]).unwrap(), Vec::<Envelope>::new());
+        assert_eq!(
+            decode_commit(&Bytes::new()).unwrap(),
+            Vec::<Envelope>::new()
+        );
         let (decoded, encoded) = decode_commit_rows(&body).unwrap();
         assert_eq!(decoded, envelopes);
         let rows: Vec<Vec<u8>> = envelopes.iter().map(|e| e.encode_to_vec()).collect();

@@ -1162,9 +1162,9 @@ async fn read_log(
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: subject.unwrap_or_default(),
-            // As the applier pulls: asked 500 at a time (the default) with
-            // no byte limit, near-1 MiB commits overflow what the server
-            // keeps pending for a client, and the read stalls.
+            // 32 commits a pull (`log_consumer`): asked 500 at a time (the
+            // default) with no byte limit, near-1 MiB commits overflow what
+            // the server keeps pending for a client, and the read stalls.
             ..log_consumer(DeliverPolicy::All)
         })
         .await

@@ -135,7 +135,7 @@ impl Store {
 
 /// Path of the file of blob `digest` under `root` (the blob directory).
 fn blob_path(root: &Path, digest: &Digest) -> PathBuf {
-    let hex = hex::encode(digest.0);
+    let hex = const_hex::encode(digest.0);
     root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
 }
 
