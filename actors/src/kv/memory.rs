@@ -59,17 +59,9 @@ pub type EntryKey = u64;
 /// row's struct and its allocations, the `Arc`, moka's bookkeeping.
 pub const MEMORY_ENTRY_OVERHEAD_BYTES: u64 = 256;
 
-/// The memory-tier key of `(namespace, key)`.
-pub fn entry_key(namespace: &str, key: &str) -> EntryKey {
-    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-    // Fixed keys: the same entry hashes alike for the process's life.
-    let mut h =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .build_hasher();
-    namespace.hash(&mut h);
-    key.hash(&mut h);
-    h.finish()
-}
+/// Hash maps of the tracker: foldhash, seeded per process (the keys are
+/// clients' names; SipHash's cost showed in a `kv.get` load's profile).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// An entry as the view holds it, for indexing a namespace that gets
 /// limits: `(key, info from its row)`.
@@ -119,7 +111,7 @@ pub struct Counters {
 pub struct Namespace {
     /// Entries by key: all of them while the namespace is
     /// [`Namespace::limited`], else only those read since they were set.
-    pub entries: HashMap<Box<str>, EntryInfo>,
+    pub entries: Map<Box<str>, EntryInfo>,
     /// Keys by recency (least recent first); kept only while the namespace
     /// has limits ([`Namespace::limited`]), empty otherwise.
     pub recency: BTreeMap<u64, Box<str>>,
@@ -184,7 +176,7 @@ impl Namespace {
                 });
                 self.bytes = 0;
                 self.recency = BTreeMap::new();
-                self.entries = HashMap::with_capacity(all.len());
+                self.entries = Map::with_capacity_and_hasher(all.len(), Default::default());
                 for (key, mut info) in all {
                     info.tick = next_tick();
                     self.bytes += info.bytes;
@@ -231,7 +223,7 @@ impl Namespace {
 #[derive(Debug, Default)]
 pub struct Tracker {
     /// Namespaces of the partition.
-    pub namespaces: HashMap<String, Namespace>,
+    pub namespaces: Map<String, Namespace>,
     /// Bumped by every committed write of the partition.
     pub generation: u64,
 }
@@ -246,7 +238,9 @@ impl Tracker {
 /// The memory tier and the trackers of every partition.
 #[derive(Debug)]
 pub struct KvMemory {
-    cache: moka::sync::Cache<EntryKey, Arc<KvEntryRow>>,
+    cache: moka::sync::Cache<EntryKey, Arc<KvEntryRow>, foldhash::fast::RandomState>,
+    /// Hashes `(namespace, key)` to the tier's key ([`KvMemory::entry_key`]).
+    names: foldhash::quality::RandomState,
     partitions: Vec<Mutex<Tracker>>,
     tick: AtomicU64,
     /// Reads of namespaces past [`COUNTED_NAMESPACES_MAX`].
@@ -271,9 +265,11 @@ impl KvMemory {
                 u32::try_from(entry_bytes(row) + MEMORY_ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
             })
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .build();
+            // The keys are hashes already: a fast mix is enough.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             cache,
+            names: foldhash::quality::RandomState::default(),
             partitions: (0..partitions).map(|_| Mutex::default()).collect(),
             tick: AtomicU64::new(1),
             uncounted: Mutex::default(),
@@ -343,10 +339,18 @@ impl KvMemory {
         &self.partitions
     }
 
+    /// The memory-tier key of `(namespace, key)`: a hash, seeded per
+    /// process, so the same entry hashes alike for the process's life (see
+    /// the module docs for collisions).
+    pub fn entry_key(&self, namespace: &str, key: &str) -> EntryKey {
+        use std::hash::BuildHasher as _;
+        self.names.hash_one((namespace, key))
+    }
+
     /// The memory tier's row of an entry.
     pub fn cached(&self, namespace: &str, key: &str) -> Option<Arc<KvEntryRow>> {
         self.cache
-            .get(&entry_key(namespace, key))
+            .get(&self.entry_key(namespace, key))
             .filter(|row| row.namespace == namespace && row.key == key)
     }
 
@@ -366,7 +370,8 @@ impl KvMemory {
     pub fn fill(&self, partition: usize, generation: u64, row: Arc<KvEntryRow>) {
         let tracker = self.partitions[partition].lock();
         if tracker.generation == generation {
-            self.cache.insert(entry_key(&row.namespace, &row.key), row);
+            self.cache
+                .insert(self.entry_key(&row.namespace, &row.key), row);
         }
     }
 
@@ -389,10 +394,20 @@ impl KvMemory {
         ns.counters.hits += 1;
         // A namespace with limits tracks every live entry already (one
         // deleted meanwhile must not come back); elsewhere the first read
-        // of an entry starts tracking it.
-        if !ns.limited() && !ns.entries.contains_key(row.key.as_str()) {
-            ns.entries
-                .insert(row.key.as_str().into(), EntryInfo::of(row, tick));
+        // of an entry starts tracking it (one lookup when tracked: this is
+        // every `kv.get` hit).
+        if !ns.limited() {
+            let info = match ns.entries.get_mut(row.key.as_str()) {
+                Some(info) => info,
+                None => ns
+                    .entries
+                    .entry(row.key.as_str().into())
+                    .or_insert(EntryInfo::of(row, tick)),
+            };
+            info.tick = tick;
+            info.last_accessed_ms = now_ms;
+            info.hits += 1;
+            return *info;
         }
         ns.touch(&row.key, tick, now_ms, true);
         ns.entries
@@ -455,7 +470,8 @@ impl KvMemory {
         if !ns.limited() {
             // Never read since set: nothing to track.
             drop(tracker);
-            self.cache.insert(entry_key(&row.namespace, &row.key), row);
+            self.cache
+                .insert(self.entry_key(&row.namespace, &row.key), row);
             return;
         }
         let key: Box<str> = match old {
@@ -478,7 +494,8 @@ impl KvMemory {
                 last_accessed_ms: now_ms,
             },
         );
-        self.cache.insert(entry_key(&row.namespace, &row.key), row);
+        self.cache
+            .insert(self.entry_key(&row.namespace, &row.key), row);
     }
 
     /// After a committed removal of entries (delete, invalidation, expiry,
@@ -502,7 +519,7 @@ impl KvMemory {
                     ns.counters.evictions += 1;
                 }
             }
-            self.cache.invalidate(&entry_key(namespace, key));
+            self.cache.invalidate(&self.entry_key(namespace, key));
         }
     }
 
@@ -547,7 +564,9 @@ mod tests {
             Some("a".into())
         );
         // As if ("ns", "b") hashed like ("ns", "a"): the row there is not it.
-        memory.cache.insert(entry_key("ns", "b"), row("ns", "a"));
+        memory
+            .cache
+            .insert(memory.entry_key("ns", "b"), row("ns", "a"));
         assert!(memory.cached("ns", "b").is_none());
         assert!(!memory.in_memory("ns", "b"));
     }

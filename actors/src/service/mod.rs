@@ -68,7 +68,9 @@ use futures::{FutureExt as _, StreamExt};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{debug, info, Instrument};
 
-pub use context::{blocking, metadata, record_stream, Incoming, ServiceConfig, ServiceContext};
+pub use context::{
+    blocking, metadata, record_stream, ContextParts, Incoming, ServiceConfig, ServiceContext,
+};
 
 use crate::ServiceError;
 
@@ -157,7 +159,7 @@ impl CairnService {
             )
         };
         let kv_node = Some(kv_node);
-        let context = ServiceContext {
+        let context = ServiceContext::new(ContextParts {
             store,
             client: client.clone(),
             registry,
@@ -169,7 +171,7 @@ impl CairnService {
             kv: kv_node.clone(),
             artifacts,
             config,
-        };
+        });
         let limiter = Arc::new(Semaphore::new(
             context.config.max_concurrent_requests.max(1),
         ));

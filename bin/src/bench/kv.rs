@@ -430,14 +430,16 @@ async fn gets(
                 pipe = redis::pipe();
             }
         }
-        // The echo answers exactly what kv.get answers for one key.
+        // The echo answers exactly what kv.get answers for one key: its
+        // headers (`Cairn-Seq`, which every reply carries) and its body.
         let sample = nats
             .request(
                 "cairn.v1.kv.get",
                 serde_json::to_vec(&json!({"namespace": ns, "key": "k0"}))?.into(),
             )
-            .await?
-            .payload;
+            .await?;
+        let reply_headers = sample.headers.clone().unwrap_or_default();
+        let sample = sample.payload;
         let echo_subject = format!("bench.echo.{}", std::process::id());
         let echo_nats = async_nats::connect(url).await?;
         let mut echo_sub = echo_nats.subscribe(echo_subject.clone()).await?;
@@ -446,7 +448,9 @@ async fn gets(
         let echo_task = tokio::spawn(async move {
             while let Some(m) = echo_sub.next().await {
                 if let Some(reply) = m.reply {
-                    let _ = echo_nats.publish(reply, reply_bytes.clone()).await;
+                    let _ = echo_nats
+                        .publish_with_headers(reply, reply_headers.clone(), reply_bytes.clone())
+                        .await;
                 }
             }
         });
