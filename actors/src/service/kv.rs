@@ -138,7 +138,10 @@ fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), Servic
 }
 
 fn namespace(f: &Fields) -> Result<String, ServiceError> {
-    let ns = f.string("namespace")?.unwrap_or_default();
+    checked_namespace(f.string("namespace")?.unwrap_or_default())
+}
+
+fn checked_namespace(ns: String) -> Result<String, ServiceError> {
     check_name("namespace", &ns, NAMESPACE_MAX_BYTES)?;
     Ok(ns)
 }
@@ -149,7 +152,10 @@ fn optional_namespace(f: &Fields) -> Result<Option<String>, ServiceError> {
 }
 
 fn key(f: &Fields) -> Result<String, ServiceError> {
-    let key = f.required("key")?;
+    checked_key(f.required("key")?)
+}
+
+fn checked_key(key: String) -> Result<String, ServiceError> {
     if key.is_empty() {
         return Err(bad("key", "must not be empty"));
     }
@@ -794,7 +800,38 @@ fn entry_pb(row: &KvEntryRow, info: &EntryInfo) -> Vec<u8> {
 }
 
 fn key_request(request: &Incoming) -> Result<(String, String, Option<String>), ServiceError> {
-    let f = Fields::parse(&request.body, &["namespace", "key", "principal"])?;
+    /// The usual body of a `kv.get` / `kv.exists` / `kv.delete`, read
+    /// straight into its fields (no JSON tree: this is every GET). A body
+    /// it does not take as it is — an unknown or repeated field, a wrong
+    /// type, no key, not JSON — goes the general way, which names what is
+    /// wrong exactly as for every other request.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Plain {
+        #[serde(default)]
+        namespace: Option<String>,
+        key: Option<String>,
+        #[serde(default)]
+        principal: Option<String>,
+    }
+    if let Ok(Plain {
+        namespace,
+        key: Some(key),
+        principal,
+    }) = serde_json::from_slice::<Plain>(&request.body)
+    {
+        return Ok((
+            checked_namespace(namespace.unwrap_or_default())?,
+            checked_key(key)?,
+            principal,
+        ));
+    }
+    key_fields(&request.body)
+}
+
+/// [`key_request`] the general way.
+fn key_fields(body: &[u8]) -> Result<(String, String, Option<String>), ServiceError> {
+    let f = Fields::parse(body, &["namespace", "key", "principal"])?;
     Ok((namespace(&f)?, key(&f)?, f.string("principal")?))
 }
 
@@ -1711,4 +1748,60 @@ fn check_subject(field: &'static str, subject: &str) -> Result<(), ServiceError>
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incoming(body: &str) -> Incoming {
+        Incoming {
+            format: Format::Json,
+            body: body.as_bytes().to_vec(),
+            payload: bytes::Bytes::new(),
+            headers: None,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn a_key_request_read_directly_answers_as_the_general_way() {
+        let long_key = format!(r#"{{"key":"{}"}}"#, "k".repeat(KEY_MAX_BYTES + 1));
+        let bodies = [
+            r#"{"namespace":"user:1","key":"profile"}"#,
+            r#"{"key":"k"}"#,
+            r#"{"namespace":null,"key":"k","principal":"alice"}"#,
+            r#"{"namespace":"ns","key":"k\u0041","principal":null}"#,
+            r#"{"key":"k","key":"j"}"#,
+            r#"{"key":"k","colour":"red"}"#,
+            r#"{"key":5}"#,
+            r#"{"key":null}"#,
+            r#"{"namespace":"ns"}"#,
+            r#"{"key":""}"#,
+            r#"{"namespace":"a\u0007b","key":"k"}"#,
+            r#"{"key":"k"} trailing"#,
+            r#"["k"]"#,
+            "",
+            "{}",
+            &long_key,
+        ];
+        let shown = |r: Result<(String, String, Option<String>), ServiceError>| {
+            r.map_err(|e| (e.code, e.message))
+        };
+        for body in bodies {
+            assert_eq!(
+                shown(key_request(&incoming(body))),
+                shown(key_fields(body.as_bytes())),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            shown(key_request(&incoming(r#"{"namespace":"ns","key":"kA"}"#))),
+            Ok(("ns".to_owned(), "kA".to_owned(), None))
+        );
+        assert_eq!(
+            shown(key_request(&incoming(r#"{"key":"k","key":"j"}"#))),
+            Err((400, "key: duplicate key".to_owned()))
+        );
+    }
 }
