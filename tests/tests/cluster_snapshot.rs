@@ -7,6 +7,7 @@
 //! same answers as the others.
 
 use async_nats::{jetstream, HeaderMap};
+use cairn_actors::cluster::snapshot;
 use cairn_tests::{
     cairn_cli,
     cluster::{log_of, min_seq, seq_of, CairnCluster},
@@ -25,14 +26,20 @@ const ENV: &[(&str, &str)] = &[
     ("RUST_LOG", "warn,cairn_actors::cluster=info,cairn=info"),
 ];
 
-/// The current snapshot's manifest, when there is one.
+/// The current snapshot's manifest, when there is one (none when it was
+/// replaced while read, see [`snapshot::read_object`]).
 async fn manifest(js: &jetstream::Context) -> Option<Value> {
     let bucket = js.get_object_store("CAIRN_SNAPSHOTS").await.ok()?;
     let mut object = bucket.get("manifest").await.ok()?;
     let mut body = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut body)
-        .await
-        .ok()?;
+    snapshot::read_object(
+        &mut object,
+        &mut body,
+        u64::MAX,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .ok()?;
     serde_json::from_slice(&body).ok()
 }
 
@@ -68,11 +75,7 @@ async fn write_until_trimmed_past(
         &format!("a snapshot whose trim passed {at}"),
         WAIT,
         || async {
-            let m = tokio::time::timeout(std::time::Duration::from_secs(5), manifest(js))
-                .await
-                .ok()
-                .flatten();
-            match m {
+            match manifest(js).await {
                 Some(m) if m["trimmed_below"].as_u64().unwrap() > at + 1 => Ok(m),
                 other => {
                     for _ in 0..20 {
@@ -219,13 +222,17 @@ async fn nodes_behind_the_trimmed_log_start_from_the_snapshot_and_converge() {
             return Err("no manifest".to_owned());
         };
         let bucket = js.get_object_store("CAIRN_SNAPSHOTS").await.unwrap();
-        let mut names: Vec<String> =
-            futures::TryStreamExt::try_collect::<Vec<_>>(bucket.list().await.unwrap())
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|i| i.name)
-                .collect();
+        // A listing whose entries go meanwhile (a round replacing the
+        // snapshot) waits for them: bounded, and tried again.
+        let Ok(listed) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures::TryStreamExt::try_collect::<Vec<_>>(bucket.list().await.unwrap()),
+        )
+        .await
+        else {
+            return Err("the listing did not end (replaced meanwhile)".to_owned());
+        };
+        let mut names: Vec<String> = listed.unwrap().into_iter().map(|i| i.name).collect();
         names.sort();
         let id = m["id"].as_str().unwrap();
         let mut want: Vec<String> = m["files"]
@@ -391,4 +398,69 @@ async fn a_paused_node_the_trim_passed_stops_and_restores_when_started_again() {
     // Started again, it restores and holds the others' log.
     cluster.start_again(2).await;
     same_logs_after_a_write(&cluster, 3, 0).await;
+}
+
+/// An object whose chunks go while it is read — the manifest a restoring
+/// node reads as the snapshotter replaces it, a file of a round the
+/// snapshotter deletes — leaves async-nats's reader waiting for ever;
+/// `read_object` (what restoring and the snapshotter read objects with)
+/// fails after its idle bound instead, and the reader reads the current
+/// snapshot again. A whole object it copies byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_that_loses_its_chunks_while_read_fails_instead_of_hanging() {
+    use std::time::Duration;
+    let server = tokio::task::spawn_blocking(cairn_tests::NatsServer::start)
+        .await
+        .unwrap();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let bucket = js
+        .create_object_store(jetstream::object_store::Config {
+            bucket: "T".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let content: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 251) as u8).collect();
+    for name in ["whole", "gone", "gone-too"] {
+        bucket.put(name, &mut content.as_slice()).await.unwrap();
+    }
+    let mut whole = bucket.get("whole").await.unwrap();
+    let mut read = Vec::new();
+    let copied = snapshot::read_object(&mut whole, &mut read, u64::MAX, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((copied, read == content), (content.len() as u64, true));
+
+    // Its chunks purged after the reader found it.
+    let stream = js.get_stream("OBJ_T").await.unwrap();
+    let mut lost = Vec::new();
+    for name in ["gone", "gone-too"] {
+        let object = bucket.get(name).await.unwrap();
+        stream
+            .purge()
+            .filter(format!("$O.T.C.{}", object.info().nuid))
+            .await
+            .unwrap();
+        lost.push(object);
+    }
+    let idle = Duration::from_secs(1);
+    let mut sink = Vec::new();
+    let failed = cairn_tests::within(
+        "the read of an object without its chunks to fail",
+        Duration::from_secs(30),
+        snapshot::read_object(&mut lost[0], &mut sink, u64::MAX, idle),
+    )
+    .await;
+    assert!(
+        matches!(failed, Err(snapshot::ObjectReadError::Stalled(d)) if d == idle),
+        "{failed:?}"
+    );
+    assert!(sink.is_empty());
+    // What restoring did before: a plain copy, which does not end.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::copy(&mut lost[1], &mut tokio::io::sink()),
+    )
+    .await;
+    assert!(plain.is_err(), "the plain copy ended: {plain:?}");
 }

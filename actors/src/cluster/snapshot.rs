@@ -74,6 +74,15 @@ pub const SNAPSHOTTER_ROLE: &str = "role/snapshotter";
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Longest a manifest may be, bytes (a bound on what a node reads).
 const MANIFEST_MAX_BYTES: usize = 4 << 20;
+/// Longest an object's read may wait for its next chunk. An object read
+/// while the snapshotter replaces it (the manifest) or deletes it (an
+/// earlier round's file) loses its chunks under the reader, and
+/// async-nats's reader then waits for them for ever; past this, the read
+/// fails, and the reader reads the current snapshot again.
+pub const OBJECT_READ_IDLE: Duration = Duration::from_secs(10);
+/// Reads of the manifest [`Snapshots::latest`] makes when one loses its
+/// chunks under it (replaced meanwhile).
+const MANIFEST_READS_MAX: usize = 3;
 
 /// What names a snapshot (the object `manifest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,19 +155,31 @@ impl Snapshots {
 
     /// The current snapshot's manifest; `None` when none was taken.
     pub async fn latest(&self) -> Result<Option<Manifest>, String> {
-        let mut object = match self.bucket.get(MANIFEST_OBJECT).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
-                return Ok(None)
-            }
-            Err(e) => return Err(format!("reading {SNAPSHOT_BUCKET}/{MANIFEST_OBJECT}: {e}")),
-        };
-        let mut body = Vec::new();
-        (&mut object)
-            .take(MANIFEST_MAX_BYTES as u64 + 1)
-            .read_to_end(&mut body)
+        let mut attempt = 0;
+        let body = loop {
+            attempt += 1;
+            let mut object = match self.bucket.get(MANIFEST_OBJECT).await {
+                Ok(object) => object,
+                Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(format!("reading {SNAPSHOT_BUCKET}/{MANIFEST_OBJECT}: {e}")),
+            };
+            let mut body = Vec::new();
+            match read_object(
+                &mut object,
+                &mut body,
+                MANIFEST_MAX_BYTES as u64 + 1,
+                OBJECT_READ_IDLE,
+            )
             .await
-            .map_err(|e| format!("reading {SNAPSHOT_BUCKET}/{MANIFEST_OBJECT}: {e}"))?;
+            {
+                Ok(_) => break body,
+                // Replaced while it was read: read the new one.
+                Err(ObjectReadError::Stalled(_)) if attempt < MANIFEST_READS_MAX => continue,
+                Err(e) => return Err(format!("reading {SNAPSHOT_BUCKET}/{MANIFEST_OBJECT}: {e}")),
+            }
+        };
         if body.len() > MANIFEST_MAX_BYTES {
             return Err(format!(
                 "{SNAPSHOT_BUCKET}/{MANIFEST_OBJECT} is over {MANIFEST_MAX_BYTES} bytes"
@@ -265,11 +286,21 @@ impl Snapshots {
             .map_err(|e| format!("writing {SNAPSHOT_BUCKET}/{MANIFEST_OBJECT}: {e}"))?;
         let current = format!("{}/", manifest.id);
         let names: Vec<String> = match self.bucket.list().await {
-            Ok(list) => list
-                .try_collect::<Vec<_>>()
-                .await
-                .map(|infos| infos.into_iter().map(|i| i.name).collect())
-                .unwrap_or_default(),
+            // Bounded: a listing whose entries go meanwhile waits for them
+            // (as a read does, see `read_object`).
+            Ok(list) => {
+                match tokio::time::timeout(OBJECT_READ_IDLE, list.try_collect::<Vec<_>>()).await {
+                    Ok(Ok(infos)) => infos.into_iter().map(|i| i.name).collect(),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "cannot list the old snapshots' files");
+                        Vec::new()
+                    }
+                    Err(_) => {
+                        warn!(within = ?OBJECT_READ_IDLE, "listing the old snapshots' files did not end");
+                        Vec::new()
+                    }
+                }
+            }
             Err(e) => {
                 warn!(error = %e, "cannot list the old snapshots' files");
                 Vec::new()
@@ -304,9 +335,14 @@ impl Snapshots {
             let mut out = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| format!("creating {}: {e}", path.display()))?;
-            let copied = tokio::io::copy(&mut object, &mut out)
+            let copied = read_object(&mut object, &mut out, u64::MAX, OBJECT_READ_IDLE)
                 .await
-                .map_err(|e| format!("downloading snapshot file {file}: {e}"))?;
+                .map_err(|e| {
+                    format!(
+                        "downloading snapshot {} file {file}: {e} (replaced meanwhile? retry)",
+                        manifest.id
+                    )
+                })?;
             if copied != *size {
                 return Err(format!(
                     "snapshot {} file {file}: {copied} bytes downloaded, {size} expected",
@@ -319,6 +355,54 @@ impl Snapshots {
         }
         Ok(())
     }
+}
+
+/// Why [`read_object`] stopped short.
+#[derive(Debug)]
+pub enum ObjectReadError {
+    /// No chunk came for this long: the object lost its chunks under the
+    /// reader (replaced or deleted meanwhile).
+    Stalled(Duration),
+    /// Reading or writing failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ObjectReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stalled(idle) => write!(f, "no data for {idle:?}"),
+            Self::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Copies at most `limit` bytes of `object` to `out`, failing when no
+/// chunk comes for `idle` ([`OBJECT_READ_IDLE`]); answers the bytes copied.
+pub async fn read_object(
+    object: &mut (impl tokio::io::AsyncRead + Unpin),
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    limit: u64,
+    idle: Duration,
+) -> Result<u64, ObjectReadError> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut copied = 0u64;
+    while copied < limit {
+        let want = usize::try_from(limit - copied).map_or(buf.len(), |left| left.min(buf.len()));
+        let n = tokio::time::timeout(idle, object.read(&mut buf[..want]))
+            .await
+            .map_err(|_| ObjectReadError::Stalled(idle))?
+            .map_err(ObjectReadError::Io)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .await
+            .map_err(ObjectReadError::Io)?;
+        copied += n as u64;
+    }
+    out.flush().await.map_err(ObjectReadError::Io)?;
+    Ok(copied)
 }
 
 /// Replaces the store directory `store_dir` by the snapshot `manifest`
