@@ -16,7 +16,7 @@
 //! `{"resources":{path: UTF-8 text},"binary"?:{path: base64},"continue":<token or null>}`
 //! (protobuf: `PkgRevResourcesRequest` → `PkgRevResources`, raw bytes).
 //! - Files come in path order. A page takes each next file whole while it
-//!   fits the reply budget ([`ServiceContext::reply_max_bytes`]: the
+//!   fits the reply budget ([`ContextParts::reply_max_bytes`](super::ContextParts::reply_max_bytes): the
 //!   server's max payload less room for headers), measured as it is
 //!   encoded — JSON escapes, base64, protobuf framing — and the finished
 //!   page is checked against the budget before it is sent.
