@@ -69,7 +69,7 @@
 //! ViewRead` where a page scan is generic anyway), log reads `&dyn
 //! EventLog`, blobs `&dyn BlobStore`, and the stream-writer shell appends
 //! through `&dyn AsyncAppend` ([`writer::StreamDomain::store`]). Only the
-//! structs that wire a node hold a `Store` — `SyncEnv`, `ServiceContext`,
+//! structs that wire a node hold a `Store` — `SyncEnv`, `ContextParts`,
 //! the publisher, the watch hub and Watchers (which also need
 //! `subscribe()`, the publish cursor in `meta`, or a `'static` handle to
 //! move into `spawn_blocking`) — and they lend it to the components as the

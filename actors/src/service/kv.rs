@@ -804,7 +804,9 @@ fn key_request(request: &Incoming) -> Result<(String, String, Option<String>), S
     /// straight into its fields (no JSON tree: this is every GET). A body
     /// it does not take as it is — an unknown or repeated field, a wrong
     /// type, no key, not JSON — goes the general way, which names what is
-    /// wrong exactly as for every other request.
+    /// wrong exactly as for every other request. Only an object is tried
+    /// (serde would read an array as the fields in order, which the
+    /// general way refuses).
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Plain {
@@ -814,11 +816,12 @@ fn key_request(request: &Incoming) -> Result<(String, String, Option<String>), S
         #[serde(default)]
         principal: Option<String>,
     }
-    if let Ok(Plain {
+    let object = request.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if let Some(Ok(Plain {
         namespace,
         key: Some(key),
         principal,
-    }) = serde_json::from_slice::<Plain>(&request.body)
+    })) = object.then(|| serde_json::from_slice::<Plain>(&request.body))
     {
         return Ok((
             checked_namespace(namespace.unwrap_or_default())?,
@@ -1781,6 +1784,9 @@ mod tests {
             r#"{"namespace":"a\u0007b","key":"k"}"#,
             r#"{"key":"k"} trailing"#,
             r#"["k"]"#,
+            r#"["ns","k"]"#,
+            r#"[null,"k","p"]"#,
+            r#"  {"key":"k"}  "#,
             "",
             "{}",
             &long_key,
@@ -1802,6 +1808,10 @@ mod tests {
         assert_eq!(
             shown(key_request(&incoming(r#"{"key":"k","key":"j"}"#))),
             Err((400, "key: duplicate key".to_owned()))
+        );
+        assert_eq!(
+            shown(key_request(&incoming(r#"["ns","k"]"#))),
+            Err((400, "request body: must be a JSON object".to_owned()))
         );
     }
 }

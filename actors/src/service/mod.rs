@@ -16,7 +16,8 @@
 //!   `artifact-stats`); `artifact.record`, between cluster nodes.
 //! - [`codec`] — formats, the size limit, replies and error replies.
 //! - [`context`] — what every handler shares: [`ServiceConfig`],
-//!   [`ServiceContext`], [`Incoming`], and the helpers [`blocking`],
+//!   [`ServiceContext`] (a handle on [`ContextParts`]), [`Incoming`], and
+//!   the helpers [`blocking`],
 //!   [`metadata`], [`record_stream`]. A leaf (re-exported here), so the
 //!   endpoint modules never import this module, which routes to them.
 //! - [`fields`] — strict JSON field parsing with errors that name the field.
