@@ -59,10 +59,6 @@ pub type EntryKey = u64;
 /// row's struct and its allocations, the `Arc`, moka's bookkeeping.
 pub const MEMORY_ENTRY_OVERHEAD_BYTES: u64 = 256;
 
-/// Hash maps of the tracker: foldhash, seeded per process (the keys are
-/// clients' names; SipHash's cost showed in a `kv.get` load's profile).
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// An entry as the view holds it, for indexing a namespace that gets
 /// limits: `(key, info from its row)`.
 pub type IndexedEntry = (Box<str>, EntryInfo);
@@ -111,7 +107,7 @@ pub struct Counters {
 pub struct Namespace {
     /// Entries by key: all of them while the namespace is
     /// [`Namespace::limited`], else only those read since they were set.
-    pub entries: Map<Box<str>, EntryInfo>,
+    pub entries: HashMap<Box<str>, EntryInfo>,
     /// Keys by recency (least recent first); kept only while the namespace
     /// has limits ([`Namespace::limited`]), empty otherwise.
     pub recency: BTreeMap<u64, Box<str>>,
@@ -176,7 +172,7 @@ impl Namespace {
                 });
                 self.bytes = 0;
                 self.recency = BTreeMap::new();
-                self.entries = Map::with_capacity_and_hasher(all.len(), Default::default());
+                self.entries = HashMap::with_capacity(all.len());
                 for (key, mut info) in all {
                     info.tick = next_tick();
                     self.bytes += info.bytes;
@@ -223,7 +219,7 @@ impl Namespace {
 #[derive(Debug, Default)]
 pub struct Tracker {
     /// Namespaces of the partition.
-    pub namespaces: Map<String, Namespace>,
+    pub namespaces: HashMap<String, Namespace>,
     /// Bumped by every committed write of the partition.
     pub generation: u64,
 }
@@ -238,8 +234,14 @@ impl Tracker {
 /// The memory tier and the trackers of every partition.
 #[derive(Debug)]
 pub struct KvMemory {
+    /// Keyed by [`KvMemory::entry_key`], itself a hash: moka mixes it with
+    /// foldhash's fast hasher, not SipHash.
     cache: moka::sync::Cache<EntryKey, Arc<KvEntryRow>, foldhash::fast::RandomState>,
     /// Hashes `(namespace, key)` to the tier's key ([`KvMemory::entry_key`]).
+    /// foldhash, randomly seeded per instance, does not claim resistance to
+    /// crafted collisions; one costs a miss here (the row found is checked
+    /// against the names), never a wrong answer. The trackers' maps, keyed
+    /// by the names themselves, keep std's SipHash.
     names: foldhash::quality::RandomState,
     partitions: Vec<Mutex<Tracker>>,
     tick: AtomicU64,
@@ -340,7 +342,7 @@ impl KvMemory {
     }
 
     /// The memory-tier key of `(namespace, key)`: a hash, seeded per
-    /// process, so the same entry hashes alike for the process's life (see
+    /// instance, so the same entry hashes alike for the instance's life (see
     /// the module docs for collisions).
     pub fn entry_key(&self, namespace: &str, key: &str) -> EntryKey {
         use std::hash::BuildHasher as _;
