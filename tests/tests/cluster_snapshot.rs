@@ -456,11 +456,102 @@ async fn an_object_that_loses_its_chunks_while_read_fails_instead_of_hanging() {
         "{failed:?}"
     );
     assert!(sink.is_empty());
-    // What restoring did before: a plain copy, which does not end.
+    // The premise (async-nats's, not cairn's): a plain copy, what restoring
+    // did before, does not end. Should a later async-nats end it, this
+    // check fails and the bound above is no longer needed.
     let plain = tokio::time::timeout(
         Duration::from_secs(3),
         tokio::io::copy(&mut lost[1], &mut tokio::io::sink()),
     )
     .await;
     assert!(plain.is_err(), "the plain copy ended: {plain:?}");
+}
+
+/// The same hazard through `Snapshots` (a short idle bound in place of
+/// the 10 s default): a download whose file lost its chunks fails the
+/// restore — which a starting node tries again — leaving the store
+/// directory as it was, and a manifest that lost its chunks is read three
+/// times, then answered as an error, not waited on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_loses_its_chunks_fails_the_restore_and_the_manifest_read() {
+    use std::time::{Duration, Instant};
+    let server = tokio::task::spawn_blocking(cairn_tests::NatsServer::start)
+        .await
+        .unwrap();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let idle = Duration::from_millis(500);
+    let snapshots = snapshot::Snapshots::open(&js, 1)
+        .await
+        .unwrap()
+        .with_read_idle(idle);
+    let source = cairn_tests::TempStore::open();
+    let work = TestDir::new();
+    let (manifest, _) = snapshots
+        .take(&source.store, &work.join("work"), "n0")
+        .await
+        .unwrap();
+    snapshots.publish(&manifest).await.unwrap();
+    assert_eq!(
+        snapshots.latest().await.unwrap().map(|m| m.id),
+        Some(manifest.id.clone())
+    );
+
+    let bucket = js
+        .get_object_store(snapshot::SNAPSHOT_BUCKET)
+        .await
+        .unwrap();
+    let stream = js.get_stream("OBJ_CAIRN_SNAPSHOTS").await.unwrap();
+    let purge_chunks = |name: String| {
+        let (bucket, stream) = (bucket.clone(), stream.clone());
+        async move {
+            let nuid = bucket.info(&name).await.unwrap().nuid;
+            stream
+                .purge()
+                .filter(format!("$O.{}.C.{nuid}", snapshot::SNAPSHOT_BUCKET))
+                .await
+                .unwrap();
+        }
+    };
+    let (file, _) = manifest
+        .files
+        .iter()
+        .find(|(_, size)| *size > 0)
+        .expect("a file with content");
+    purge_chunks(format!("{}/{file}", manifest.id)).await;
+    let store_dir = work.join("store");
+    let failed = cairn_tests::within(
+        "the restore of a snapshot without its file's chunks to fail",
+        Duration::from_secs(30),
+        snapshot::restore(&snapshots, &manifest, &store_dir),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        failed.starts_with(&format!(
+            "downloading snapshot {} file {file}: no data for 500ms",
+            manifest.id
+        )) && failed.ends_with("(replaced meanwhile? retry)"),
+        "{failed}"
+    );
+    assert!(!store_dir.exists(), "the store directory was not touched");
+
+    purge_chunks(snapshot::MANIFEST_OBJECT.to_owned()).await;
+    let started = Instant::now();
+    let failed = cairn_tests::within(
+        "the read of a manifest without its chunks to fail",
+        Duration::from_secs(30),
+        snapshots.latest(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        failed,
+        format!(
+            "reading {}/{}: no data for 500ms",
+            snapshot::SNAPSHOT_BUCKET,
+            snapshot::MANIFEST_OBJECT
+        )
+    );
+    // Three reads, each given up after the idle bound.
+    assert!(started.elapsed() >= 3 * idle, "{:?}", started.elapsed());
 }

@@ -126,6 +126,9 @@ impl Manifest {
 #[derive(Clone)]
 pub struct Snapshots {
     bucket: ObjectStore,
+    /// How long a read waits for an object's next chunk
+    /// ([`OBJECT_READ_IDLE`] unless [`Snapshots::with_read_idle`]).
+    read_idle: Duration,
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -138,7 +141,7 @@ impl Snapshots {
     /// Finds or creates `CAIRN_SNAPSHOTS` with `replicas`.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, String> {
         if let Ok(bucket) = js.get_object_store(SNAPSHOT_BUCKET).await {
-            return Ok(Self { bucket });
+            return Ok(Self::of(bucket));
         }
         let bucket = js
             .create_object_store(jetstream::object_store::Config {
@@ -150,7 +153,22 @@ impl Snapshots {
             })
             .await
             .map_err(|e| format!("cannot create or find object store {SNAPSHOT_BUCKET}: {e}"))?;
-        Ok(Self { bucket })
+        Ok(Self::of(bucket))
+    }
+
+    fn of(bucket: ObjectStore) -> Self {
+        Self {
+            bucket,
+            read_idle: OBJECT_READ_IDLE,
+        }
+    }
+
+    /// The same bucket, its reads failing after `idle` without a chunk.
+    pub fn with_read_idle(self, idle: Duration) -> Self {
+        Self {
+            read_idle: idle,
+            ..self
+        }
     }
 
     /// The current snapshot's manifest; `None` when none was taken.
@@ -170,7 +188,7 @@ impl Snapshots {
                 &mut object,
                 &mut body,
                 MANIFEST_MAX_BYTES as u64 + 1,
-                OBJECT_READ_IDLE,
+                self.read_idle,
             )
             .await
             {
@@ -289,14 +307,14 @@ impl Snapshots {
             // Bounded: a listing whose entries go meanwhile waits for them
             // (as a read does, see `read_object`).
             Ok(list) => {
-                match tokio::time::timeout(OBJECT_READ_IDLE, list.try_collect::<Vec<_>>()).await {
+                match tokio::time::timeout(self.read_idle, list.try_collect::<Vec<_>>()).await {
                     Ok(Ok(infos)) => infos.into_iter().map(|i| i.name).collect(),
                     Ok(Err(e)) => {
                         warn!(error = %e, "cannot list the old snapshots' files");
                         Vec::new()
                     }
                     Err(_) => {
-                        warn!(within = ?OBJECT_READ_IDLE, "listing the old snapshots' files did not end");
+                        warn!(within = ?self.read_idle, "listing the old snapshots' files did not end");
                         Vec::new()
                     }
                 }
@@ -335,7 +353,7 @@ impl Snapshots {
             let mut out = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| format!("creating {}: {e}", path.display()))?;
-            let copied = read_object(&mut object, &mut out, u64::MAX, OBJECT_READ_IDLE)
+            let copied = read_object(&mut object, &mut out, size + 1, self.read_idle)
                 .await
                 .map_err(|e| {
                     format!(
