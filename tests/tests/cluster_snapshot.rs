@@ -400,6 +400,35 @@ async fn a_paused_node_the_trim_passed_stops_and_restores_when_started_again() {
     same_logs_after_a_write(&cluster, 3, 0).await;
 }
 
+/// One nats-server (JetStream) and a context on it.
+async fn one_server() -> (cairn_tests::NatsServer, jetstream::Context) {
+    let server = tokio::task::spawn_blocking(cairn_tests::NatsServer::start)
+        .await
+        .unwrap();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    (server, js)
+}
+
+/// Purges the chunks of object `name` of object store `bucket`, as the
+/// snapshotter's replacing or deleting it does.
+async fn purge_chunks(js: &jetstream::Context, bucket: &str, name: &str) {
+    let nuid = js
+        .get_object_store(bucket)
+        .await
+        .unwrap()
+        .info(name)
+        .await
+        .unwrap()
+        .nuid;
+    js.get_stream(format!("OBJ_{bucket}"))
+        .await
+        .unwrap()
+        .purge()
+        .filter(format!("$O.{bucket}.C.{nuid}"))
+        .await
+        .unwrap();
+}
+
 /// An object whose chunks go while it is read — the manifest a restoring
 /// node reads as the snapshotter replaces it, a file of a round the
 /// snapshotter deletes — leaves async-nats's reader waiting for ever;
@@ -409,10 +438,7 @@ async fn a_paused_node_the_trim_passed_stops_and_restores_when_started_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_that_loses_its_chunks_while_read_fails_instead_of_hanging() {
     use std::time::Duration;
-    let server = tokio::task::spawn_blocking(cairn_tests::NatsServer::start)
-        .await
-        .unwrap();
-    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let (_server, js) = one_server().await;
     let bucket = js
         .create_object_store(jetstream::object_store::Config {
             bucket: "T".into(),
@@ -432,16 +458,10 @@ async fn an_object_that_loses_its_chunks_while_read_fails_instead_of_hanging() {
     assert_eq!((copied, read == content), (content.len() as u64, true));
 
     // Its chunks purged after the reader found it.
-    let stream = js.get_stream("OBJ_T").await.unwrap();
     let mut lost = Vec::new();
     for name in ["gone", "gone-too"] {
-        let object = bucket.get(name).await.unwrap();
-        stream
-            .purge()
-            .filter(format!("$O.T.C.{}", object.info().nuid))
-            .await
-            .unwrap();
-        lost.push(object);
+        lost.push(bucket.get(name).await.unwrap());
+        purge_chunks(&js, "T", name).await;
     }
     let idle = Duration::from_secs(1);
     let mut sink = Vec::new();
@@ -475,10 +495,7 @@ async fn an_object_that_loses_its_chunks_while_read_fails_instead_of_hanging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_loses_its_chunks_fails_the_restore_and_the_manifest_read() {
     use std::time::{Duration, Instant};
-    let server = tokio::task::spawn_blocking(cairn_tests::NatsServer::start)
-        .await
-        .unwrap();
-    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let (_server, js) = one_server().await;
     let idle = Duration::from_millis(500);
     let snapshots = snapshot::Snapshots::open(&js, 1)
         .await
@@ -496,28 +513,17 @@ async fn a_snapshot_that_loses_its_chunks_fails_the_restore_and_the_manifest_rea
         Some(manifest.id.clone())
     );
 
-    let bucket = js
-        .get_object_store(snapshot::SNAPSHOT_BUCKET)
-        .await
-        .unwrap();
-    let stream = js.get_stream("OBJ_CAIRN_SNAPSHOTS").await.unwrap();
-    let purge_chunks = |name: String| {
-        let (bucket, stream) = (bucket.clone(), stream.clone());
-        async move {
-            let nuid = bucket.info(&name).await.unwrap().nuid;
-            stream
-                .purge()
-                .filter(format!("$O.{}.C.{nuid}", snapshot::SNAPSHOT_BUCKET))
-                .await
-                .unwrap();
-        }
-    };
     let (file, _) = manifest
         .files
         .iter()
         .find(|(_, size)| *size > 0)
         .expect("a file with content");
-    purge_chunks(format!("{}/{file}", manifest.id)).await;
+    purge_chunks(
+        &js,
+        snapshot::SNAPSHOT_BUCKET,
+        &format!("{}/{file}", manifest.id),
+    )
+    .await;
     let store_dir = work.join("store");
     let failed = cairn_tests::within(
         "the restore of a snapshot without its file's chunks to fail",
@@ -535,7 +541,7 @@ async fn a_snapshot_that_loses_its_chunks_fails_the_restore_and_the_manifest_rea
     );
     assert!(!store_dir.exists(), "the store directory was not touched");
 
-    purge_chunks(snapshot::MANIFEST_OBJECT.to_owned()).await;
+    purge_chunks(&js, snapshot::SNAPSHOT_BUCKET, snapshot::MANIFEST_OBJECT).await;
     let started = Instant::now();
     let failed = cairn_tests::within(
         "the read of a manifest without its chunks to fail",
