@@ -593,9 +593,10 @@ impl BlobStore for Store {
             sorted.iter().map(|d| &d.0),
             true,
         );
+        let dir = inner.config.blob_dir();
         let mut stored = std::collections::HashSet::with_capacity(sorted.len());
         for (digest, row) in sorted.into_iter().zip(rows) {
-            if row?.is_some() || blob_path(&inner.config.blob_dir(), digest).is_file() {
+            if row?.is_some() || blob_path(&dir, digest).is_file() {
                 stored.insert(*digest);
             }
         }
