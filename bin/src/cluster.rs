@@ -605,6 +605,14 @@ impl Snapshotter {
                 let Some(view) = members.get().cloned() else {
                     return;
                 };
+                // Nor while this node's view of the members is stale (its
+                // own heartbeat not seen for a lease time: the bucket's
+                // watch is being made again): a trim on the positions it
+                // sees could cut the log below a member it cannot see.
+                if !view.members().contains_key(view.node()) {
+                    warn!("snapshotter: this node's own heartbeat is not seen (the members' watch is down); no round until it is");
+                    return;
+                }
                 let positions = || {
                     let live = view.live();
                     view.members()

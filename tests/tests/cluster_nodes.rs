@@ -1061,4 +1061,32 @@ async fn losing_nats_servers_stops_writes_quickly_keeps_reads_and_recovers_by_it
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), logs[0].len());
+    // Every node follows the members again (their bucket watches failed
+    // while there was no quorum and were made anew): each one sees all
+    // three heartbeats.
+    for node in ["n0", "n1", "n2"] {
+        wait_until(
+            &format!("{node} to see every member's heartbeat"),
+            WAIT,
+            || async {
+                let (status, _) = client
+                    .call_node(node, "cluster.status", json!({}), HeaderMap::new())
+                    .await;
+                let status = status.map_err(|e| format!("{e:?}"))?;
+                let mut seen: Vec<String> = status["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n["node"].as_str().map(str::to_owned))
+                    .collect();
+                seen.sort();
+                if seen == ["n0", "n1", "n2"] {
+                    Ok(())
+                } else {
+                    Err(format!("{node} sees {seen:?}"))
+                }
+            },
+        )
+        .await;
+    }
 }

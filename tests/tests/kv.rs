@@ -233,6 +233,44 @@ async fn pattern_globs_over_full_keys_including_a_literal_star() {
     node.shutdown().await;
 }
 
+/// The expiry index orders every namespace's entries by time: a cleanup
+/// of one namespace must not stop at a round's worth (10,000) of other
+/// namespaces' expired entries sorting first.
+#[actix_rt::test]
+async fn cleanup_of_a_namespace_reaches_past_a_round_of_other_expired_entries() {
+    use futures::StreamExt as _;
+    let (_dir, node, clock) = start().await;
+    let c = node.client();
+    let early = 10_000;
+    futures::stream::iter(0..early)
+        .map(|i| async move {
+            c.ok(
+                "kv.set",
+                json!({"namespace": "early", "key": format!("k{i}"), "value": i, "ttl": 1}),
+            )
+            .await
+        })
+        .buffer_unordered(64)
+        .for_each(|_| async {})
+        .await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "late", "key": "k", "value": "v", "ttl": 2}),
+    )
+    .await;
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(
+        c.ok("kv.cleanup", json!({"namespace": "late"})).await,
+        json!({"removed": 1})
+    );
+    assert_eq!(
+        c.ok("kv.cleanup", json!({"namespace": "early"})).await,
+        json!({"removed": early})
+    );
+    assert_eq!(c.ok("kv.cleanup", json!({})).await, json!({"removed": 0}));
+    node.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn ttl_expires_at_the_exact_instant_and_cleanup_removes_it() {
     let (_dir, node, clock) = start().await;

@@ -344,28 +344,35 @@ impl Ownership {
             held: RwLock::default(),
             leaving: Default::default(),
         });
+        // Closed when the loop ends: the watches stop with it.
+        let (watching, stop_watching) = tokio::sync::watch::channel(());
         let watched = view.clone();
-        spawn_watch(owners.clone(), move |entry| {
-            let mut leases = watched.leases.write().expect("leases lock");
-            match entry.operation {
-                Operation::Put => {
-                    leases.insert(
-                        entry.key,
-                        SeenLease {
-                            node: String::from_utf8_lossy(&entry.value).into_owned(),
-                            revision: entry.revision,
-                            seen: Instant::now(),
-                        },
-                    );
+        spawn_watch(
+            owners.clone(),
+            OWNERS_BUCKET,
+            stop_watching.clone(),
+            move |entry| {
+                let mut leases = watched.leases.write().expect("leases lock");
+                match entry.operation {
+                    Operation::Put => {
+                        leases.insert(
+                            entry.key,
+                            SeenLease {
+                                node: String::from_utf8_lossy(&entry.value).into_owned(),
+                                revision: entry.revision,
+                                seen: Instant::now(),
+                            },
+                        );
+                    }
+                    Operation::Delete | Operation::Purge => {
+                        leases.remove(&entry.key);
+                    }
                 }
-                Operation::Delete | Operation::Purge => {
-                    leases.remove(&entry.key);
-                }
-            }
-        });
+            },
+        );
         let watched = view.clone();
         let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
-        spawn_watch(nodes.clone(), move |entry| {
+        spawn_watch(nodes.clone(), NODES_BUCKET, stop_watching, move |entry| {
             if entry.delta == 0 {
                 // The bucket as it was when the watch began is all seen.
                 synced_tx.send_replace(true);
@@ -398,6 +405,7 @@ impl Ownership {
             let _ = abandoned.try_send(Command::Abandoned(stream));
         }));
         let mut state = Loop {
+            _watching: watching,
             commands: tx.clone(),
             leave_reply: None,
             config,
@@ -479,26 +487,67 @@ async fn bucket(
         .map_err(|e| format!("cannot open bucket {name}: {e}"))
 }
 
-/// Follows every change of `kv` with `apply`, for as long as the bucket
-/// can be watched. A watch that fails (the connection closed, a reconnect)
-/// is dropped — never polled again — and made anew.
-fn spawn_watch(kv: kv::Store, apply: impl Fn(kv::Entry) + Send + 'static) {
+/// Follows every change of `kv` (bucket `bucket`) with `apply` until
+/// `stop` closes (the ownership loop ended). A watch that ends or fails
+/// (the connection closed, a reconnect, no JetStream quorum) is dropped —
+/// never polled again — and made anew; a watch that cannot be made is
+/// tried again with a growing pause ([`WATCH_RETRY_MIN`] doubling up to
+/// [`WATCH_RETRY_MAX`]), for as long as it takes: a node that stopped
+/// watching would keep the members and leases it last saw for ever (every
+/// other node's heartbeat then looks lost, and it would place every stream
+/// on itself).
+fn spawn_watch(
+    kv: kv::Store,
+    bucket: &'static str,
+    mut stop: tokio::sync::watch::Receiver<()>,
+    apply: impl Fn(kv::Entry) + Send + 'static,
+) {
     tokio::spawn(async move {
-        loop {
-            // From the last entry of every key (not only new ones): a node
-            // starting knows the members and leases at once.
-            let Ok(mut watch) = kv.watch_with_history(">").await else {
-                return;
-            };
-            while let Some(Ok(entry)) = watch.next().await {
-                apply(entry);
+        let watching = async move {
+            let mut pause = WATCH_RETRY_MIN;
+            let mut failing = false;
+            loop {
+                // From the last entry of every key (not only new ones): a
+                // node starting knows the members and leases at once.
+                match kv.watch_with_history(">").await {
+                    Ok(mut watch) => {
+                        if std::mem::take(&mut failing) {
+                            info!(bucket, "watching the bucket again");
+                        }
+                        pause = WATCH_RETRY_MIN;
+                        while let Some(Ok(entry)) = watch.next().await {
+                            apply(entry);
+                        }
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            warn!(bucket, error = %e, "cannot watch the bucket; trying again until it works");
+                        } else {
+                            debug!(bucket, error = %e, ?pause, "cannot watch the bucket yet");
+                        }
+                        pause = (pause * 2).min(WATCH_RETRY_MAX);
+                    }
+                }
+                tokio::time::sleep(pause).await;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        tokio::select! {
+            _ = watching => {}
+            _ = stop.changed() => {}
         }
     });
 }
 
+/// The first pause before a watch is made again (see [`spawn_watch`]).
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
+
+/// The longest pause between attempts to make a watch (see
+/// [`spawn_watch`]).
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
 struct Loop {
+    /// Dropped with the loop: the bucket watches stop ([`spawn_watch`]).
+    _watching: tokio::sync::watch::Sender<()>,
     /// The loop's own queue (release tasks report there).
     commands: mpsc::Sender<Command>,
     /// Who waits for this node to have left.

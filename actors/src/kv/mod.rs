@@ -1870,6 +1870,7 @@ impl KvNode {
         &self,
         now_ms: u64,
         limit: usize,
+        keep: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<Vec<(String, String)>, KvError> {
         let store = self.env.store.clone();
         off_arbiter("kv-expired", move || {
@@ -1883,8 +1884,10 @@ impl KvNode {
                         Some((at, _, _)) if !expired(at, now_ms) => {
                             return Ok(ControlFlow::Break(()))
                         }
-                        Some((_, namespace, key)) => out.push((namespace, key)),
-                        None => {}
+                        Some((_, namespace, key)) if keep(&namespace) => {
+                            out.push((namespace, key));
+                        }
+                        _ => {}
                     }
                     Ok(if out.len() >= limit {
                         ControlFlow::Break(())
@@ -1900,7 +1903,10 @@ impl KvNode {
 
     /// Removes expired entries (of `namespace`, or all; of partition
     /// `only`, or all), up to `limit_entries` per round until none is left
-    /// or `rounds_max` rounds ran; answers how many went.
+    /// or `rounds_max` rounds ran; answers how many went. The expiry index
+    /// orders every namespace's entries by time, so a round selects while
+    /// it scans: expired entries of other namespaces or partitions, however
+    /// many sort first, neither fill a round nor end the cleanup.
     pub async fn cleanup(
         &self,
         namespace: Option<&str>,
@@ -1912,14 +1918,14 @@ impl KvNode {
         let mut removed = 0;
         for _ in 0..rounds_max {
             let now_ms = self.now_ms();
-            let mut found = self.expired_entries(now_ms, limit_entries).await?;
+            let wanted = namespace.map(str::to_owned);
+            let found = self
+                .expired_entries(now_ms, limit_entries, move |ns| {
+                    wanted.as_deref().is_none_or(|n| n == ns)
+                        && only.is_none_or(|p| partition_of(ns) == p)
+                })
+                .await?;
             let full_round = found.len() >= limit_entries;
-            if let Some(n) = namespace {
-                found.retain(|(ns, _)| ns == n);
-            }
-            if let Some(p) = only {
-                found.retain(|(ns, _)| partition_of(ns) == p);
-            }
             let mut by_partition: Vec<Vec<(String, String)>> = vec![Vec::new(); KV_PARTITIONS];
             for (ns, key) in found {
                 by_partition[partition_of(&ns)].push((ns, key));
