@@ -160,6 +160,19 @@ impl Node {
             info!(endpoint = %endpoint, "exporting traces and metrics over OTLP");
         }
         let mut store = open_store(&config).await?;
+        if let cairn_actors::service::kv::ValueLimit::Event {
+            bytes,
+            event_max_bytes,
+            configured,
+        } = cairn_actors::service::kv::ValueLimit::of(
+            config.kv.value_max_bytes,
+            config.store.event_max_bytes,
+        ) {
+            info!(
+                "key-value entries hold values of up to {bytes} bytes: an entry is one event of at most store.event-max-bytes ({event_max_bytes}) less {} for its names and tags, below kv.value-max-bytes ({configured}); raise store.event-max-bytes (at most 921600) for larger values",
+                cairn_actors::service::kv::ENTRY_ROOM_BYTES
+            );
+        }
         let mut local_nats = None;
         let urls = if config.nats.urls.is_empty() {
             let listen: SocketAddr = config.nats.listen.parse().context("nats.listen")?;

@@ -233,6 +233,77 @@ async fn pattern_globs_over_full_keys_including_a_literal_star() {
     node.shutdown().await;
 }
 
+/// With the default `kv.value-max-bytes` (1 MiB) and
+/// `store.event-max-bytes` (256 KiB), one event bounds a value: the largest
+/// value that fits is stored and read back whole; one byte more is a 400
+/// naming `value_b64` and what bounds it, and stores nothing.
+#[actix_rt::test]
+async fn a_value_one_event_cannot_hold_is_refused_naming_the_bound() {
+    use base64::Engine as _;
+    let dir = TestDir::new();
+    let clock = ManualClock::new(t0());
+    let node = TestNodeBuilder::in_dir(dir.path())
+        .configure(|c| c.kv.sweep_interval = Duration::ZERO)
+        .clock(Arc::new(clock.clone()))
+        .start()
+        .await;
+    let c = node.client();
+    let limit = 256 * 1024 - cairn_actors::service::kv::ENTRY_ROOM_BYTES;
+    let b64 = |len: usize| {
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        (
+            base64::engine::general_purpose::STANDARD.encode(&bytes),
+            bytes,
+        )
+    };
+    let (over, _) = b64(limit + 1);
+    let before = node.store().last_seq().unwrap();
+    let refused = c
+        .call(
+            "kv.set",
+            json!({"namespace": "big", "key": "over", "value_b64": over}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, 400, "{}", refused.message);
+    let message = &refused.message;
+    assert!(
+        message.starts_with(&format!(
+            "value_b64: {} bytes, more than one entry holds on this node ({limit}: ",
+            limit + 1
+        )) && message.contains("store.event-max-bytes (262144)")
+            && message.contains("kv.value-max-bytes is 1048576"),
+        "{message}"
+    );
+    assert_eq!(
+        c.ok("kv.exists", json!({"namespace": "big", "key": "over"}))
+            .await,
+        json!({"exists": false})
+    );
+    assert_eq!(node.store().last_seq().unwrap(), before, "nothing appended");
+
+    // The largest value that fits, with the longest key and namespace and
+    // the most and longest tags: stored and read back whole.
+    let (fits, bytes) = b64(limit);
+    let namespace = "n".repeat(256);
+    let key = "k".repeat(1024);
+    let tags: Vec<String> = (0..64).map(|i| format!("{i:0>256}")).collect();
+    c.ok(
+        "kv.set",
+        json!({"namespace": namespace, "key": key, "value_b64": fits, "tags": tags}),
+    )
+    .await;
+    let got = c
+        .ok("kv.get", json!({"namespace": namespace, "key": key}))
+        .await;
+    let read = base64::engine::general_purpose::STANDARD
+        .decode(got["value_b64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(read.len(), limit);
+    assert!(read == bytes, "the value read back differs");
+    node.shutdown().await;
+}
+
 /// The expiry index orders every namespace's entries by time: a cleanup
 /// of one namespace must not stop at a round's worth (10,000) of other
 /// namespaces' expired entries sorting first.

@@ -56,6 +56,12 @@ pub const TAGS_MAX: usize = 64;
 pub const TAG_MAX_BYTES: usize = 256;
 /// Longest pattern, in bytes.
 pub const PATTERN_MAX_BYTES: usize = 1024;
+/// What an entry's event (`KvEntrySet`) may need besides its value: the
+/// longest key and namespace, the most and longest tags, the times and the
+/// encoding's own bytes. A value fits one event when it is at most the
+/// store's `store.event-max-bytes` less this ([`value_limit`]).
+pub const ENTRY_ROOM_BYTES: usize =
+    KEY_MAX_BYTES + NAMESPACE_MAX_BYTES + TAGS_MAX * (TAG_MAX_BYTES + 3) + 256;
 /// Longest TTL: a year.
 pub const TTL_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Default and largest page of `kv.keys`.
@@ -607,7 +613,6 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
     )?;
     let namespace = namespace(&f)?;
     let key = key(&f)?;
-    let max = context.config.kv.value_max_bytes;
     let (value, json) = match (f.value("value"), f.string("value_b64")?) {
         (Some(_), Some(_)) => {
             return Err(bad("value_b64", "give value or value_b64, not both"));
@@ -624,19 +629,17 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
             false,
         ),
     };
-    if value.len() > max {
+    let kv = kv(&context)?;
+    let limit = value_limit(&context, kv);
+    if value.len() > limit.bytes() {
         return Err(bad(
             if json { "value" } else { "value_b64" },
-            format!(
-                "{} bytes, more than kv.value-max-bytes ({max})",
-                value.len()
-            ),
+            limit.refusal(value.len()),
         ));
     }
     let ttl_ms = ttl(&f, "ttl")?;
     let tags = tags(&f, "tags")?;
     let meta = metadata(&request, f.string("principal")?);
-    let kv = kv(&context)?;
     let partition = partition_of(&namespace);
     let set = SetEntry {
         namespace,
@@ -693,6 +696,72 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
             .encode_to_vec()
         },
     ))
+}
+
+/// The largest value an entry may hold on this node: `kv.value-max-bytes`,
+/// or less when one event could not hold it (an entry is one
+/// `KvEntrySet` event of at most the store's `store.event-max-bytes`, with
+/// [`ENTRY_ROOM_BYTES`] for its names and tags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueLimit {
+    /// `kv.value-max-bytes` bounds it.
+    Configured(usize),
+    /// One event bounds it: `store.event-max-bytes` less
+    /// [`ENTRY_ROOM_BYTES`].
+    Event {
+        /// The largest value.
+        bytes: usize,
+        /// `store.event-max-bytes`.
+        event_max_bytes: usize,
+        /// `kv.value-max-bytes`.
+        configured: usize,
+    },
+}
+
+impl ValueLimit {
+    /// The limit for a store whose events hold at most `event_max_bytes`.
+    pub fn of(configured: usize, event_max_bytes: usize) -> Self {
+        let fits = event_max_bytes.saturating_sub(ENTRY_ROOM_BYTES);
+        if configured <= fits {
+            Self::Configured(configured)
+        } else {
+            Self::Event {
+                bytes: fits,
+                event_max_bytes,
+                configured,
+            }
+        }
+    }
+
+    /// The largest value, in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Configured(bytes) | Self::Event { bytes, .. } => bytes,
+        }
+    }
+
+    /// Why a value of `len` bytes is refused.
+    pub fn refusal(self, len: usize) -> String {
+        match self {
+            Self::Configured(max) => format!("{len} bytes, more than kv.value-max-bytes ({max})"),
+            Self::Event {
+                bytes,
+                event_max_bytes,
+                configured,
+            } => format!(
+                "{len} bytes, more than one entry holds on this node ({bytes}: an entry is one event of at most store.event-max-bytes ({event_max_bytes}), less {ENTRY_ROOM_BYTES} for its key, namespace and tags; kv.value-max-bytes is {configured})"
+            ),
+        }
+    }
+}
+
+/// This node's [`ValueLimit`].
+fn value_limit(context: &ServiceContext, kv: &crate::kv::KvNode) -> ValueLimit {
+    use cairn_storage::ReplicatedLog as _;
+    ValueLimit::of(
+        context.config.kv.value_max_bytes,
+        kv.env().store.event_max_bytes(),
+    )
 }
 
 /// A write-through namespace's origin is told of `set` first; its failure
@@ -1637,13 +1706,13 @@ impl Fill {
                         )))
                     }
                 };
-                let max = context.config.kv.value_max_bytes;
-                if value.len() > max {
+                let limit = value_limit(context, kv);
+                if value.len() > limit.bytes() {
                     return Err(ServiceError {
                         code: 502,
                         message: format!(
-                            "{what} {subject}: answered {} bytes, more than kv.value-max-bytes ({max})",
-                            value.len()
+                            "{what} {subject}: answered {}",
+                            limit.refusal(value.len())
                         ),
                     });
                 }
