@@ -304,6 +304,80 @@ async fn a_value_one_event_cannot_hold_is_refused_naming_the_bound() {
     node.shutdown().await;
 }
 
+/// A pipelined batch of sets that fails (here: an event appended to the
+/// partition's stream behind its writer's back, so the writer's version is
+/// stale and its appends conflict) fails the batches queued after it too;
+/// their sets must still be answered — run again once the writer read the
+/// stream's version — even when no other command reaches the partition.
+/// Every set of a burst gets an answer within the deadline, and the sets
+/// answered as written are the ones the view holds.
+#[actix_rt::test]
+async fn sets_left_unwritten_by_a_failed_batch_are_answered_without_more_traffic() {
+    use cairn_events::{
+        envelope::Metadata,
+        v1::{event::Payload, Event, KvEntrySet},
+    };
+    use cairn_storage::{EventLog as _, ExpectedVersion};
+    let (_dir, node, _clock) = start().await;
+    let c = node.client().clone().with_timeout(Duration::from_secs(20));
+    for round in 0..5 {
+        c.ok(
+            "kv.set",
+            json!({"namespace": "p", "key": "first", "value": round}),
+        )
+        .await;
+        let stream = cairn_actors::kv::partition_stream(cairn_actors::kv::partition_of("p"));
+        node.store()
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![Event {
+                    payload: Some(Payload::KvEntrySet(KvEntrySet {
+                        namespace: "p".into(),
+                        key: format!("behind-{round}"),
+                        value: b"1".to_vec(),
+                        json: true,
+                        ..Default::default()
+                    })),
+                }],
+                Metadata::command("test"),
+            )
+            .unwrap();
+        let answers = futures::future::join_all((0..64).map(|i| {
+            let c = c.clone();
+            async move {
+                let key = format!("r{round}-{i}");
+                let answer = c
+                    .call("kv.set", json!({"namespace": "p", "key": key, "value": i}))
+                    .await;
+                (key, answer)
+            }
+        }))
+        .await;
+        for (key, answer) in answers {
+            let exists = c
+                .ok("kv.exists", json!({"namespace": "p", "key": key}))
+                .await["exists"]
+                .as_bool()
+                .unwrap();
+            match answer {
+                Ok(_) => assert!(exists, "{key} answered as set but not stored"),
+                Err(e) => {
+                    // The batch that found the stale version.
+                    assert_eq!(e.code, 409, "{key}: {}", e.message);
+                    assert!(
+                        e.message.contains("expected version"),
+                        "{key}: {}",
+                        e.message
+                    );
+                    assert!(!exists, "{key} answered {} but stored", e.message);
+                }
+            }
+        }
+    }
+    node.shutdown().await;
+}
+
 /// The expiry index orders every namespace's entries by time: a cleanup
 /// of one namespace must not stop at a round's worth (10,000) of other
 /// namespaces' expired entries sorting first.

@@ -299,6 +299,11 @@ pub struct KvEnv {
     /// Most sets one batch of a partition's writer takes
     /// (`kv.set-batch-max`).
     pub set_batch_max: usize,
+    /// The partition writers this node runs (the [`KvNode`]'s; weak: a
+    /// writer holds this env, and must stop when the node drops its
+    /// writers): a pipelined batch that failed wakes its writer to run the
+    /// sets it left unwritten ([`pipeline_sets`]).
+    writers: std::sync::Weak<Vec<WriterSlot>>,
 }
 
 /// Where the partition writers append.
@@ -1250,6 +1255,7 @@ async fn pipeline_sets(
     session.state_mut().version += sizes[..queued.queued()].iter().sum::<u64>();
     let (done, done_rx) = tokio::sync::oneshot::channel();
     let earlier = session.state().pipeline.lock().last.replace(done_rx);
+    let writers = env.writers.clone();
     let task = tokio::spawn(async move {
         let earlier_ok = match earlier {
             Some(earlier) => earlier.await.unwrap_or(false),
@@ -1264,6 +1270,21 @@ async fn pipeline_sets(
         let (unwritten, written) = answer_batch(decided, outcomes, earlier_ok);
         let ok = earlier_ok && written;
         let _ = done.send(ok);
+        if !ok {
+            // The sets it left unwritten wait in its result: the writer
+            // runs them again at its next command (`settle` collects a
+            // finished batch), which may be none — so it is sent one.
+            let writer = writers
+                .upgrade()
+                .and_then(|writers| writers[partition].read().clone());
+            if let Some(writer) = writer {
+                writer.do_send(Execute::<Kv> {
+                    command: KvCommand::SetBatch,
+                    metadata: Metadata::default(),
+                    span: tracing::Span::none(),
+                });
+            }
+        }
         Settled { unwritten, ok }
     });
     session.state().pipeline.lock().in_flight.push_back(task);
@@ -1290,7 +1311,14 @@ async fn settle(
     loop {
         let oldest = {
             let mut pipeline = session.state().pipeline.lock();
-            if pipeline.in_flight.len() <= keep && !failed {
+            // A batch that finished is collected whatever `keep` says: if
+            // it failed, its unwritten sets run now, not after `keep` more
+            // batches.
+            let finished = pipeline
+                .in_flight
+                .front()
+                .is_some_and(tokio::task::JoinHandle::is_finished);
+            if pipeline.in_flight.len() <= keep && !failed && !finished {
                 None
             } else {
                 pipeline.in_flight.pop_front()
@@ -1562,6 +1590,11 @@ impl KvNode {
             Some(c) => KvLog::Cluster(c.appender.clone()),
             None => KvLog::Store(store.clone()),
         };
+        let writers: Arc<Vec<WriterSlot>> = Arc::new(
+            (0..KV_PARTITIONS)
+                .map(|_| parking_lot::RwLock::new(None))
+                .collect(),
+        );
         let env = Arc::new(KvEnv {
             store,
             log,
@@ -1570,13 +1603,10 @@ impl KvNode {
             durability,
             sets: (0..KV_PARTITIONS).map(|_| SetQueue::default()).collect(),
             set_batch_max: set_batch_max.max(1),
+            writers: Arc::downgrade(&writers),
         });
         let node = Self {
-            writers: Arc::new(
-                (0..KV_PARTITIONS)
-                    .map(|_| parking_lot::RwLock::new(None))
-                    .collect(),
-            ),
+            writers,
             env,
             flights: Arc::default(),
             cluster: cluster.map(Arc::new),
