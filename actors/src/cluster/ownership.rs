@@ -344,15 +344,14 @@ impl Ownership {
             held: RwLock::default(),
             leaving: Default::default(),
         });
-        // Closed when the loop ends: the watches stop with it.
-        let (watching, stop_watching) = tokio::sync::watch::channel(());
-        let watched = view.clone();
+        // The watches follow the buckets for as long as the view is used
+        // (a node that left still routes with it while it stops).
         spawn_watch(
             owners.clone(),
             OWNERS_BUCKET,
-            stop_watching.clone(),
-            move |entry| {
-                let mut leases = watched.leases.write().expect("leases lock");
+            Arc::downgrade(&view),
+            |view, entry| {
+                let mut leases = view.leases.write().expect("leases lock");
                 match entry.operation {
                     Operation::Put => {
                         leases.insert(
@@ -370,33 +369,37 @@ impl Ownership {
                 }
             },
         );
-        let watched = view.clone();
         let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
-        spawn_watch(nodes.clone(), NODES_BUCKET, stop_watching, move |entry| {
-            if entry.delta == 0 {
-                // The bucket as it was when the watch began is all seen.
-                synced_tx.send_replace(true);
-            }
-            let mut members = watched.members.write().expect("members lock");
-            match entry.operation {
-                Operation::Put => {
-                    let info = serde_json::from_slice(&entry.value).unwrap_or(MemberInfo {
-                        node: entry.key.clone(),
-                        ..MemberInfo::default()
-                    });
-                    members.insert(
-                        entry.key,
-                        Member {
-                            info,
-                            seen: Instant::now(),
-                        },
-                    );
+        spawn_watch(
+            nodes.clone(),
+            NODES_BUCKET,
+            Arc::downgrade(&view),
+            move |view, entry| {
+                if entry.delta == 0 {
+                    // The bucket as it was when the watch began is all seen.
+                    synced_tx.send_replace(true);
                 }
-                Operation::Delete | Operation::Purge => {
-                    members.remove(&entry.key);
+                let mut members = view.members.write().expect("members lock");
+                match entry.operation {
+                    Operation::Put => {
+                        let info = serde_json::from_slice(&entry.value).unwrap_or(MemberInfo {
+                            node: entry.key.clone(),
+                            ..MemberInfo::default()
+                        });
+                        members.insert(
+                            entry.key,
+                            Member {
+                                info,
+                                seen: Instant::now(),
+                            },
+                        );
+                    }
+                    Operation::Delete | Operation::Purge => {
+                        members.remove(&entry.key);
+                    }
                 }
-            }
-        });
+            },
+        );
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
         let abandoned = tx.clone();
         appender.on_abandon(Box::new(move |stream| {
@@ -405,7 +408,6 @@ impl Ownership {
             let _ = abandoned.try_send(Command::Abandoned(stream));
         }));
         let mut state = Loop {
-            _watching: watching,
             commands: tx.clone(),
             leave_reply: None,
             config,
@@ -416,6 +418,7 @@ impl Ownership {
             view: view.clone(),
             acquired_at: HashMap::new(),
             waiting: HashMap::new(),
+            taking: HashMap::new(),
         };
         state.heartbeat().await;
         // Place nothing before the other members are known (this node's
@@ -487,53 +490,48 @@ async fn bucket(
         .map_err(|e| format!("cannot open bucket {name}: {e}"))
 }
 
-/// Follows every change of `kv` (bucket `bucket`) with `apply` until
-/// `stop` closes (the ownership loop ended). A watch that ends or fails
-/// (the connection closed, a reconnect, no JetStream quorum) is dropped —
-/// never polled again — and made anew; a watch that cannot be made is
-/// tried again with a growing pause ([`WATCH_RETRY_MIN`] doubling up to
-/// [`WATCH_RETRY_MAX`]), for as long as it takes: a node that stopped
+/// Follows every change of `kv` (bucket `bucket`) with `apply` for as long
+/// as `view` is used (it stops once the view is dropped). A watch that ends
+/// or fails (the connection closed, a reconnect, no JetStream quorum) is
+/// dropped — never polled again — and made anew; a watch that cannot be
+/// made is tried again with a growing pause ([`WATCH_RETRY_MIN`] doubling
+/// up to [`WATCH_RETRY_MAX`]), for as long as it takes: a node that stopped
 /// watching would keep the members and leases it last saw for ever (every
 /// other node's heartbeat then looks lost, and it would place every stream
 /// on itself).
 fn spawn_watch(
     kv: kv::Store,
     bucket: &'static str,
-    mut stop: tokio::sync::watch::Receiver<()>,
-    apply: impl Fn(kv::Entry) + Send + 'static,
+    view: std::sync::Weak<OwnershipView>,
+    apply: impl Fn(&OwnershipView, kv::Entry) + Send + 'static,
 ) {
     tokio::spawn(async move {
-        let watching = async move {
-            let mut pause = WATCH_RETRY_MIN;
-            let mut failing = false;
-            loop {
-                // From the last entry of every key (not only new ones): a
-                // node starting knows the members and leases at once.
-                match kv.watch_with_history(">").await {
-                    Ok(mut watch) => {
-                        if std::mem::take(&mut failing) {
-                            info!(bucket, "watching the bucket again");
-                        }
-                        pause = WATCH_RETRY_MIN;
-                        while let Some(Ok(entry)) = watch.next().await {
-                            apply(entry);
-                        }
+        let mut pause = WATCH_RETRY_MIN;
+        let mut failing = false;
+        while view.strong_count() > 0 {
+            // From the last entry of every key (not only new ones): a node
+            // starting knows the members and leases at once.
+            match kv.watch_with_history(">").await {
+                Ok(mut watch) => {
+                    if std::mem::take(&mut failing) {
+                        info!(bucket, "watching the bucket again");
                     }
-                    Err(e) => {
-                        if !std::mem::replace(&mut failing, true) {
-                            warn!(bucket, error = %e, "cannot watch the bucket; trying again until it works");
-                        } else {
-                            debug!(bucket, error = %e, ?pause, "cannot watch the bucket yet");
-                        }
-                        pause = (pause * 2).min(WATCH_RETRY_MAX);
+                    pause = WATCH_RETRY_MIN;
+                    while let Some(Ok(entry)) = watch.next().await {
+                        let Some(view) = view.upgrade() else { return };
+                        apply(&view, entry);
                     }
                 }
-                tokio::time::sleep(pause).await;
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!(bucket, error = %e, "cannot watch the bucket; trying again until it works");
+                    } else {
+                        debug!(bucket, error = %e, ?pause, "cannot watch the bucket yet");
+                    }
+                    pause = (pause * 2).min(WATCH_RETRY_MAX);
+                }
             }
-        };
-        tokio::select! {
-            _ = watching => {}
-            _ = stop.changed() => {}
+            tokio::time::sleep(pause).await;
         }
     });
 }
@@ -546,8 +544,6 @@ const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 struct Loop {
-    /// Dropped with the loop: the bucket watches stop ([`spawn_watch`]).
-    _watching: tokio::sync::watch::Sender<()>,
     /// The loop's own queue (release tasks report there).
     commands: mpsc::Sender<Command>,
     /// Who waits for this node to have left.
@@ -562,6 +558,10 @@ struct Loop {
     acquired_at: HashMap<StreamId, Instant>,
     /// Who waits for a stream being taken.
     waiting: HashMap<StreamId, Vec<oneshot::Sender<Result<(), AcquireError>>>>,
+    /// The takes (fence, catch-up, `own`) running: a step-down of the
+    /// stream meanwhile waits for its take before it disowns and releases,
+    /// so that no writer starts after it was stopped.
+    taking: HashMap<StreamId, oneshot::Receiver<()>>,
 }
 
 impl Loop {
@@ -602,7 +602,17 @@ impl Loop {
         }
     }
 
-    async fn heartbeat(&mut self) {
+    /// How long one call to a bucket may take: a lease's time less one
+    /// renewal interval, so that a slow call (a JetStream leader election,
+    /// a lost server) never holds the loop past the leases it must renew.
+    fn call_deadline(&self) -> Duration {
+        self.config
+            .lease
+            .saturating_sub(self.config.renew_every)
+            .max(Duration::from_millis(100))
+    }
+
+    async fn heartbeat(&self) {
         if self.view.is_leaving() {
             return;
         }
@@ -613,8 +623,12 @@ impl Loop {
             owns: self.view.held.read().expect("held lock").len(),
         };
         let value = serde_json::to_vec(&info).unwrap_or_default();
-        if let Err(e) = self.nodes.put(&self.config.node, value.into()).await {
-            warn!(error = %e, "cluster heartbeat failed");
+        let deadline = self.call_deadline();
+        match tokio::time::timeout(deadline, self.nodes.put(&self.config.node, value.into())).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cluster heartbeat failed"),
+            Err(_) => warn!(?deadline, "cluster heartbeat failed: no answer in time"),
         }
     }
 
@@ -629,11 +643,13 @@ impl Loop {
     }
 
     async fn tick(&mut self) {
-        self.heartbeat().await;
-        self.read_live();
         // Renew — also the leases being given up, until their commands end
-        // — all at once: a slow JetStream delays them by one timeout, not
-        // one per lease.
+        // — all at once and beside the heartbeat: a slow JetStream delays
+        // them by one bounded call ([`Loop::call_deadline`]), not one per
+        // lease, nor the heartbeat's. A renewal with no answer in time is a
+        // lost lease (it may have been renewed: the next renewal, at the
+        // revision this node knows, then fails too).
+        let deadline = self.call_deadline();
         let renewals = self
             .view
             .held()
@@ -643,13 +659,19 @@ impl Loop {
                 let owners = self.owners.clone();
                 let node = self.config.node.clone();
                 async move {
-                    let renewed = owners
-                        .update(lease_key(&stream), node.into(), held.revision)
-                        .await;
+                    let renewed = tokio::time::timeout(
+                        deadline,
+                        owners.update(lease_key(&stream), node.into(), held.revision),
+                    )
+                    .await
+                    .map_err(|_| format!("no answer within {deadline:?}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
                     (stream, renewed)
                 }
             });
-        for (stream, renewed) in futures::future::join_all(renewals).await {
+        let (_, renewed) = tokio::join!(self.heartbeat(), futures::future::join_all(renewals));
+        self.read_live();
+        for (stream, renewed) in renewed {
             match renewed {
                 Ok(revision) => {
                     crate::metrics::with(|m| m.lease_renewals.add(1, &[]));
@@ -753,13 +775,25 @@ impl Loop {
             );
         }
         let key = lease_key(stream);
-        let created = self
-            .owners
-            .create(&key, self.config.node.clone().into())
-            .await;
+        let deadline = self.call_deadline();
+        let created = tokio::time::timeout(
+            deadline,
+            self.owners.create(&key, self.config.node.clone().into()),
+        )
+        .await;
         let revision = match created {
-            Ok(revision) => revision,
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Ok(Ok(revision)) => revision,
+            Err(_) => {
+                // It may have been created: unrenewed, it expires.
+                debug!(stream = %stream, ?deadline, "not acquired: no answer in time");
+                return answer(
+                    reply,
+                    Err(AcquireError::Unavailable(format!(
+                        "the cluster's leases ({OWNERS_BUCKET}) did not answer within {deadline:?}"
+                    ))),
+                );
+            }
+            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let owner = self
                     .view
                     .owner_of(stream)
@@ -772,7 +806,7 @@ impl Loop {
                     ))),
                 );
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 debug!(stream = %stream, error = %e, "not acquired");
                 return answer(
                     reply,
@@ -801,6 +835,8 @@ impl Loop {
             self.commands.clone(),
         );
         let stream = stream.clone();
+        let (took, taking) = oneshot::channel();
+        self.taking.insert(stream.clone(), taking);
         tokio::spawn(async move {
             let result = match appender.take(&stream).await {
                 Ok(position) => {
@@ -809,6 +845,7 @@ impl Loop {
                 }
                 Err(e) => Err(e.to_string()),
             };
+            let _ = took.send(());
             let _ = commands.send(Command::Taken { stream, result }).await;
         });
     }
@@ -816,6 +853,8 @@ impl Loop {
     /// The fence and catch-up of `stream` finished.
     fn taken(&mut self, stream: &StreamId, result: Result<(), String>) {
         let waiting = self.waiting.remove(stream).unwrap_or_default();
+        // The take is over: a step-down no longer waits for it.
+        self.taking.remove(stream);
         let outcome = match result {
             Ok(()) => {
                 let mut held = self.view.held.write().expect("held lock");
@@ -824,6 +863,8 @@ impl Loop {
                         h.ready = true;
                         Ok(())
                     }
+                    // Given up while it was taken: the step-down's disown
+                    // and release ran after this take ([`Loop::step_down`]).
                     _ => Err(AcquireError::Elsewhere(format!(
                         "node {} lost stream {stream} while taking it",
                         self.config.node
@@ -862,8 +903,14 @@ impl Loop {
             self.appender.clone(),
             self.commands.clone(),
         );
+        let take = self.taking.remove(stream);
         let stream = stream.clone();
         tokio::spawn(async move {
+            // A take still running finishes first: its fence and `own`
+            // must not come after the disown and release.
+            if let Some(take) = take {
+                let _ = take.await;
+            }
             holder.disown(stream.clone()).await;
             appender.release(&stream);
             let _ = commands.send(Command::Released { stream, delete }).await;
