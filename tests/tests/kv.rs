@@ -963,7 +963,7 @@ async fn get_or_compute_calls_the_compute_once_for_100_concurrent_misses() {
     let (seen, task) = responder(
         &node,
         "compute.render",
-        move || match kv.flights().callers("fn", "k") {
+        move || match kv.flights().callers("compute", "fn", "k") {
             100 => Ok(()),
             n => Err(format!("{n} callers in the flight")),
         },
@@ -1002,7 +1002,7 @@ async fn a_failing_compute_fails_every_waiter_and_caches_nothing() {
     let (seen, task) = responder(
         &node,
         "compute.fail",
-        move || match kv.flights().callers("fn", "k") {
+        move || match kv.flights().callers("compute", "fn", "k") {
             100 => Ok(()),
             n => Err(format!("{n} callers in the flight")),
         },
@@ -1026,6 +1026,86 @@ async fn a_failing_compute_fails_every_waiter_and_caches_nothing() {
     );
     assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
     task.abort();
+    node.shutdown().await;
+}
+
+/// A read-through and a compute of one entry are separate flights: a
+/// `get_or_compute` that arrives while the namespace's origin is being
+/// asked for the same key computes (it does not wait for, nor get, the
+/// origin's 404).
+#[actix_rt::test]
+async fn a_get_or_compute_during_a_read_through_of_the_same_key_computes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_dir, node, _clock) = start().await;
+    let c = node.client();
+    let released = Arc::new(AtomicBool::new(false));
+    let gate = released.clone();
+    let (origin_seen, origin) = responder(
+        &node,
+        "origin.mixed",
+        move || {
+            if gate.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("the origin is held".into())
+            }
+        },
+        |_| (json!(null), Some((404, "not here"))),
+    )
+    .await;
+    let (compute_seen, compute) = responder(
+        &node,
+        "compute.mixed",
+        || Ok(()),
+        |_| (json!("computed"), None),
+    )
+    .await;
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "mixed", "origin": {"subject": "origin.mixed"}}),
+    )
+    .await;
+    let read = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.call("kv.get", json!({"namespace": "mixed", "key": "k"}))
+                .await
+        })
+    };
+    cairn_tests::wait_until("the origin to be asked", cairn_tests::WAIT, || {
+        let asked = origin_seen.lock().unwrap().len();
+        async move {
+            if asked == 1 {
+                Ok(())
+            } else {
+                Err(format!("{asked} origin requests"))
+            }
+        }
+    })
+    .await;
+    let computed = c
+        .clone()
+        .with_timeout(Duration::from_secs(5))
+        .ok(
+            "kv.get_or_compute",
+            json!({"namespace": "mixed", "key": "k", "compute": {"subject": "compute.mixed", "body": {}}}),
+        )
+        .await;
+    assert_eq!(computed["value"], json!("computed"));
+    assert_eq!(compute_seen.lock().unwrap().len(), 1);
+    released.store(true, Ordering::SeqCst);
+    let read = read.await.unwrap().unwrap_err();
+    assert_eq!(
+        (read.code, read.message.as_str()),
+        (404, "kv entry \"mixed:k\" not found")
+    );
+    assert_eq!(
+        c.ok("kv.get", json!({"namespace": "mixed", "key": "k"}))
+            .await["value"],
+        json!("computed")
+    );
+    origin.abort();
+    compute.abort();
     node.shutdown().await;
 }
 

@@ -30,7 +30,7 @@
 //! stops) → the appender forgets the stream → the lease is deleted.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -401,13 +401,20 @@ impl Ownership {
             },
         );
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
-        let abandoned = tx.clone();
+        let (wake, abandoned) = (
+            tx.clone(),
+            Arc::new(parking_lot::Mutex::new(HashSet::new())),
+        );
+        let noted = abandoned.clone();
         appender.on_abandon(Box::new(move |stream| {
-            // Never blocks the appender; a full queue drops the notice, and
-            // the stream's next renewal or command finds it out anyway.
-            let _ = abandoned.try_send(Command::Abandoned(stream));
+            // Never blocks the appender: noted for the loop, which is woken
+            // if its queue has room and otherwise finds it at its next
+            // tick (a renewal would still succeed: the lease is not lost).
+            noted.lock().insert(stream.clone());
+            let _ = wake.try_send(Command::Abandoned(stream));
         }));
         let mut state = Loop {
+            abandoned,
             commands: tx.clone(),
             leave_reply: None,
             config,
@@ -544,6 +551,8 @@ const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 struct Loop {
+    /// Streams the appender gave up by itself, not stepped down from yet.
+    abandoned: Arc<parking_lot::Mutex<HashSet<StreamId>>>,
     /// The loop's own queue (release tasks report there).
     commands: mpsc::Sender<Command>,
     /// Who waits for this node to have left.
@@ -578,10 +587,7 @@ impl Loop {
                     Some(Command::Taken { stream, result }) => {
                         self.taken(&stream, result);
                     }
-                    Some(Command::Abandoned(stream)) => {
-                        warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
-                        self.step_down(&stream, true);
-                    }
+                    Some(Command::Abandoned(_)) => self.step_down_abandoned(),
                     Some(Command::Leave(reply)) => {
                         self.leave().await;
                         self.leave_reply = Some(reply);
@@ -642,7 +648,17 @@ impl Loop {
         }
     }
 
+    /// Steps down from every stream the appender gave up.
+    fn step_down_abandoned(&mut self) {
+        let abandoned: Vec<StreamId> = self.abandoned.lock().drain().collect();
+        for stream in abandoned {
+            warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
+            self.step_down(&stream, true);
+        }
+    }
+
     async fn tick(&mut self) {
+        self.step_down_abandoned();
         // Renew — also the leases being given up, until their commands end
         // — all at once and beside the heartbeat: a slow JetStream delays
         // them by one bounded call ([`Loop::call_deadline`]), not one per

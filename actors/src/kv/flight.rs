@@ -44,13 +44,16 @@ struct Flight<T> {
     callers: AtomicUsize,
 }
 
-/// An entry's `(namespace, key)`.
-type EntryId = (String, String);
+/// A flight's `(kind, namespace, key)`: what fills the entry (`origin`,
+/// `compute`) and the entry.
+type FlightId = (&'static str, String, String);
 
-/// The node's flights, by `(namespace, key)`.
+/// The node's flights, by kind and `(namespace, key)`: a read-through and a
+/// compute of one entry are two flights (an origin's 404 is no answer to a
+/// `get_or_compute`).
 #[derive(Debug)]
 pub struct Flights<T> {
-    running: Mutex<HashMap<EntryId, Arc<Flight<T>>>>,
+    running: Mutex<HashMap<FlightId, Arc<Flight<T>>>>,
 }
 
 impl<T> Default for Flights<T> {
@@ -62,13 +65,20 @@ impl<T> Default for Flights<T> {
 }
 
 impl<T: Clone + Send + Sync + 'static> Flights<T> {
-    /// Runs `work` once for all concurrent callers of `(namespace, key)`.
-    pub async fn run<F, Fut>(&self, namespace: &str, key: &str, work: F) -> Result<T, ServiceError>
+    /// Runs `work` once for all concurrent callers of `kind` for
+    /// `(namespace, key)`.
+    pub async fn run<F, Fut>(
+        &self,
+        kind: &'static str,
+        namespace: &str,
+        key: &str,
+        work: F,
+    ) -> Result<T, ServiceError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, ServiceError>>,
     {
-        let id = (namespace.to_owned(), key.to_owned());
+        let id = (kind, namespace.to_owned(), key.to_owned());
         let flight = self
             .running
             .lock()
@@ -90,11 +100,12 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         outcome
     }
 
-    /// Callers in the flight of `(namespace, key)` now (0: none running).
-    pub fn callers(&self, namespace: &str, key: &str) -> usize {
+    /// Callers in the `kind` flight of `(namespace, key)` now (0: none
+    /// running).
+    pub fn callers(&self, kind: &'static str, namespace: &str, key: &str) -> usize {
         self.running
             .lock()
-            .get(&(namespace.to_owned(), key.to_owned()))
+            .get(&(kind, namespace.to_owned(), key.to_owned()))
             .map_or(0, |f| f.callers.load(Ordering::SeqCst))
     }
 }

@@ -1685,7 +1685,7 @@ impl Fill {
         let kv = kv(context)?;
         let outcome = kv
             .flights()
-            .run(&self.namespace, &self.key, || async {
+            .run(what, &self.namespace, &self.key, || async {
                 if let Some(found) = kv.get(&self.namespace, &self.key, false).await? {
                     return Ok(found);
                 }
