@@ -338,12 +338,17 @@ impl ClusterAppend {
                     ))));
                 }
                 other => {
+                    // Read by an earlier run of the applier that failed
+                    // after the store's writer took it, so its outcome was
+                    // not recorded: the writer's state is reloaded, and
+                    // the client learns the outcome by retrying with its
+                    // key.
                     self.abandon(stream);
                     return finish(
                         committed,
                         &lens,
-                        Some(StorageError::Corrupt(format!(
-                            "commit at position {} on {stream}: unexpected outcome {other:?}",
+                        Some(StorageError::Unavailable(format!(
+                            "the commit at position {} on {stream} is in the log, but this node's applier restarted before recording whether it applied it ({other:?}); retry with the same Cairn-Request-Id to learn its outcome",
                             ack.sequence
                         ))),
                     );

@@ -210,8 +210,13 @@ const APPLY_PULL_MAX_BYTES: usize = 16 << 20;
 const CONSUMER_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
 /// Batches read and made ready ahead of the one being applied.
 pub const APPLY_PIPELINE_BATCHES: usize = 2;
-/// How long the applier waits before reading again after a failure.
+/// How long the applier waits before reading again after a failure; the
+/// pause doubles while runs fail without applying anything (a commit this
+/// node cannot apply, servers without quorum), up to [`APPLY_RETRY_MAX`],
+/// and starts again from here once a run made progress.
 const APPLY_RETRY: Duration = Duration::from_millis(250);
+/// The longest pause between two runs of the applier.
+const APPLY_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The subject of `stream`'s commits.
 pub fn subject_of(stream: &StreamId) -> String {
@@ -357,10 +362,12 @@ pub async fn start_applier(
         behind_trim: behind_trim.clone(),
     };
     let task = tokio::spawn(async move {
+        let mut pause = APPLY_RETRY;
         loop {
             // Runs until the task is aborted (node shutdown): a consumer
             // that ends (its connection or server went away) is made anew
             // from the position applied, as one that fails is.
+            let before = *tx.borrow();
             match apply_from(&js, &store, &blobs, &tx, &outcomes, &behind_trim).await {
                 Ok(()) => info!("replicated log consumer ended; resuming"),
                 Err(e) => warn!(error = %e, "replicated log applier failed; resuming"),
@@ -372,7 +379,11 @@ pub async fn start_applier(
                 );
                 return;
             }
-            tokio::time::sleep(APPLY_RETRY).await;
+            if *tx.borrow() > before {
+                pause = APPLY_RETRY;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(APPLY_RETRY_MAX);
         }
     });
     Ok((applied, task))
@@ -451,6 +462,15 @@ async fn apply_from(
     behind_trim: &std::sync::atomic::AtomicU64,
 ) -> Result<(), String> {
     let position = store.replication_position().map_err(|e| e.to_string())?;
+    // A run that failed may have left its last batch committed by the
+    // store's writer without saying so: what the store holds is applied.
+    tx.send_if_modified(|applied| {
+        let behind = *applied < position;
+        if behind {
+            *applied = position;
+        }
+        behind
+    });
     let stream = js
         .get_stream(LOG_STREAM)
         .await
