@@ -634,16 +634,15 @@ impl Snapshotter {
 }
 
 impl Holder for NodeHolder {
-    fn streams(&self) -> BoxFuture<'static, Vec<StreamId>> {
+    fn streams(&self) -> BoxFuture<'static, Result<Vec<StreamId>, String>> {
         let store = self.store.clone();
         let compacts = !self.compactor.interval.is_zero();
         let snapshots = !self.snapshotter.interval.is_zero();
         Box::pin(async move {
             let rows = tokio::task::spawn_blocking(move || RepositoriesView::list(&store, None))
                 .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+                .map_err(|e| format!("listing the repositories: {e}"))?
+                .map_err(|e| format!("listing the repositories: {e}"))?;
             let mut streams: Vec<StreamId> = rows
                 .into_iter()
                 .filter_map(|row| {
@@ -663,7 +662,7 @@ impl Holder for NodeHolder {
                 streams.push(StreamId::new(SNAPSHOTTER_ROLE).expect("a valid stream id"));
             }
             streams.push(StreamId::new(PUBLISHER_ROLE).expect("a valid stream id"));
-            streams
+            Ok(streams)
         })
     }
 

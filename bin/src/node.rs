@@ -194,6 +194,7 @@ impl Node {
             max_in_flight: config.publisher.max_in_flight,
             ack_timeout: config.publisher.ack_timeout,
             stream_replicas: config.publisher.stream_replicas,
+            replica: config.cluster.enabled,
             ..PublisherConfig::default()
         };
         let publisher = PublisherSlot::default();

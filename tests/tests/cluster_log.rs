@@ -254,9 +254,9 @@ struct Recorder {
 }
 
 impl cairn_actors::cluster::Holder for Recorder {
-    fn streams(&self) -> futures::future::BoxFuture<'static, Vec<StreamId>> {
+    fn streams(&self) -> futures::future::BoxFuture<'static, Result<Vec<StreamId>, String>> {
         let streams = self.streams.clone();
-        Box::pin(async move { streams })
+        Box::pin(async move { Ok(streams) })
     }
     fn own(&self, stream: StreamId) -> futures::future::BoxFuture<'static, Result<(), String>> {
         self.owned.lock().unwrap().push(format!("+{stream}"));

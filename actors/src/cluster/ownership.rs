@@ -75,8 +75,10 @@ pub struct OwnershipConfig {
 /// What the node does when it gains or loses a stream, and which streams
 /// exist.
 pub trait Holder: Send + Sync + 'static {
-    /// Every stream that should have an owner now.
-    fn streams(&self) -> BoxFuture<'static, Vec<StreamId>>;
+    /// Every stream that should have an owner now; an error when it cannot
+    /// tell (the loop then neither places nor releases anything this tick:
+    /// an empty answer would release every stream).
+    fn streams(&self) -> BoxFuture<'static, Result<Vec<StreamId>, String>>;
     /// This node now writes `stream` (its log is caught up to the fence).
     fn own(&self, stream: StreamId) -> BoxFuture<'static, Result<(), String>>;
     /// This node stops writing `stream`; resolves once nothing of it runs.
@@ -709,7 +711,13 @@ impl Loop {
             return;
         }
         // Place.
-        let streams = self.holder.streams().await;
+        let streams = match self.holder.streams().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                warn!(error = %e, "cannot list the streams; placing nothing this time");
+                return;
+            }
+        };
         let live = self.view.live();
         let wanted: std::collections::HashSet<&StreamId> = streams.iter().collect();
         for stream in &streams {

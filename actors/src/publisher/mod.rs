@@ -58,7 +58,14 @@
 //!    `PublishTask::resume`): its last position, and the `Cairn-Seq` and
 //!    event id of the message there. If that is this log's event and ahead
 //!    of the cursor, the cursor moves up to it ([`window::resume_cursor`]):
-//!    the stream, being in order, holds everything up to it.
+//!    the stream, being in order, holds everything up to it. On a cluster
+//!    ([`PublisherConfig::replica`]) a last event this replica's log does
+//!    not hold yet means the replica is behind: the session fails and is
+//!    tried again once it applied it, rather than publish again what
+//!    another node published (past `Nats-Msg-Id`'s two-minute window
+//!    JetStream would store it twice); one it applied and compacted away
+//!    was published, and the cursor moves up to it
+//!    ([`window::resume_replica_cursor`]).
 //! 2. **Publish fenced**: each event carries
 //!    `Nats-Expected-Last-Sequence` = the stream position right before its
 //!    own ([`window::PublishWindow::expected_last_sequence`]). An event can
@@ -111,7 +118,7 @@ use tracing::{debug, info, warn, Instrument as _};
 
 pub use error::PublishError;
 pub use messages::{Flush, GetStatus, PublisherStatus, Stop};
-use window::{resume_cursor, PublishWindow};
+use window::{resume_cursor, resume_replica_cursor, PublishWindow};
 
 /// Tuning of the publisher.
 #[derive(Debug, Clone)]
@@ -128,6 +135,13 @@ pub struct PublisherConfig {
     pub stream_replicas: usize,
     /// Name of the JetStream stream. Default: `CAIRN_EVENTS`.
     pub stream_name: String,
+    /// The log is a cluster replica (every node's log holds the same seqs):
+    /// a stream whose last event is not in this log yet means this replica
+    /// is behind, and the session waits (fails and is retried) rather than
+    /// publish from its cursor what another node already published.
+    /// Default: off (a single node's log: such a stream holds another log's
+    /// events, and publishing goes on from the cursor).
+    pub replica: bool,
 }
 
 impl Default for PublisherConfig {
@@ -139,6 +153,7 @@ impl Default for PublisherConfig {
             retry_delay: Duration::from_millis(250),
             stream_replicas: 1,
             stream_name: subject::EVENTS_STREAM.to_owned(),
+            replica: false,
         }
     }
 }
@@ -422,7 +437,20 @@ impl PublishTask {
             let log_id = first
                 .filter(|e| e.envelope.seq == *seq)
                 .map(|e| e.envelope.event_id);
-            let resumed = resume_cursor(cursor, Some((*seq, id)), log_id.as_deref());
+            let tail = Some((*seq, id.as_str()));
+            let resumed = if self.config.replica {
+                let last = self
+                    .store
+                    .last_seq()
+                    .map_err(|e| format!("reading the log: {e}"))?;
+                resume_replica_cursor(cursor, tail, log_id.as_deref(), last).map_err(|seq| {
+                    format!(
+                        "the stream's last event (seq {seq}) is past this replica's log (at {last}): publishing once it is applied"
+                    )
+                })?
+            } else {
+                resume_cursor(cursor, tail, log_id.as_deref())
+            };
             if resumed > cursor {
                 info!(
                     cursor,
