@@ -1043,11 +1043,15 @@ impl NodeConfig {
                 ),
             );
         }
-        if !(1024..=900 * 1024).contains(&self.store.event_max_bytes) {
+        // At least a key-value entry's room (its longest key and
+        // namespace, its most and longest tags) and 14 KiB of value.
+        let event_min = cairn_actors::service::kv::ENTRY_ROOM_BYTES + 14 * 1024;
+        if !(event_min..=900 * 1024).contains(&self.store.event_max_bytes) {
             return bad(
                 "store.event-max-bytes",
                 format!(
-                    "must be between 1024 and 921600, got {}",
+                    "must be between {event_min} (a key-value entry's names and tags, {} bytes, and 14 KiB of value) and 921600, got {}",
+                    cairn_actors::service::kv::ENTRY_ROOM_BYTES,
                     self.store.event_max_bytes
                 ),
             );

@@ -663,11 +663,13 @@ impl Loop {
         self.step_down_abandoned();
         // Renew — also the leases being given up, until their commands end
         // — all at once and beside the heartbeat: a slow JetStream delays
-        // them by one bounded call ([`Loop::call_deadline`]), not one per
-        // lease, nor the heartbeat's. A renewal with no answer in time is a
-        // lost lease (it may have been renewed: the next renewal, at the
-        // revision this node knows, then fails too).
-        let deadline = self.call_deadline();
+        // them by one bounded call, not one per lease, nor the heartbeat's.
+        // A renewal with no answer within the lease's time is a lost lease
+        // (it may have been renewed: the next renewal, at the revision this
+        // node knows, then fails too).
+        // A renewal answered within the lease's time renewed it; past
+        // that the lease is gone anyway.
+        let deadline = self.config.lease;
         let renewals = self
             .view
             .held()
@@ -720,7 +722,15 @@ impl Loop {
         };
         let live = self.view.live();
         let wanted: std::collections::HashSet<&StreamId> = streams.iter().collect();
+        // Acquiring is one bounded call per stream: after an outage many
+        // may be due, and the ones left wait for the next tick rather than
+        // hold the loop past the renewals.
+        let placing_until = Instant::now() + self.config.renew_every;
         for stream in &streams {
+            if Instant::now() >= placing_until {
+                debug!("placement goes on at the next tick");
+                break;
+            }
             let Some(preferred) = preferred(&live, stream.as_str()) else {
                 continue;
             };
@@ -869,8 +879,10 @@ impl Loop {
                 }
                 Err(e) => Err(e.to_string()),
             };
-            let _ = took.send(());
+            // `Taken` first: a step-down waiting for this take sends its
+            // `Released` after it, so the loop sees them in that order.
             let _ = commands.send(Command::Taken { stream, result }).await;
+            let _ = took.send(());
         });
     }
 
@@ -949,12 +961,18 @@ impl Loop {
             if held.lost {
                 return;
             }
-            if let Err(e) = self
-                .owners
-                .delete_expect_revision(lease_key(stream), Some(held.revision))
-                .await
-            {
-                debug!(stream = %stream, error = %e, "lease not deleted (it expires)");
+            let deleted = tokio::time::timeout(
+                self.call_deadline(),
+                self.owners
+                    .delete_expect_revision(lease_key(stream), Some(held.revision)),
+            )
+            .await;
+            match deleted {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(stream = %stream, error = %e, "lease not deleted (it expires)")
+                }
+                Err(_) => debug!(stream = %stream, "lease not deleted in time (it expires)"),
             }
         }
         info!(stream = %stream, "stream released");
@@ -968,8 +986,11 @@ impl Loop {
             streams = self.view.held().len(),
             "leaving the cluster: handing every stream over"
         );
-        if let Err(e) = self.nodes.delete(&self.config.node).await {
-            warn!(error = %e, "cannot delete this node's heartbeat (it expires)");
+        match tokio::time::timeout(self.call_deadline(), self.nodes.delete(&self.config.node)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot delete this node's heartbeat (it expires)"),
+            Err(_) => warn!("cannot delete this node's heartbeat in time (it expires)"),
         }
         for stream in self.view.held().into_keys() {
             self.step_down(&stream, true);

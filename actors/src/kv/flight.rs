@@ -2,10 +2,11 @@
 //!
 //! # Single flight
 //! Concurrent misses of one entry on this node share one call: the first
-//! caller of [`Flights::run`] for `(namespace, key)` runs the work (the
-//! compute or the origin read, then the set), the others wait for its
+//! caller of [`Flights::run`] for `(kind, namespace, key)` runs the work
+//! (the compute or the origin read, then the set), the others wait for its
 //! outcome — the value, or the error, which every waiter gets and nothing
-//! caches. A caller that arrives once the flight finished finds the entry
+//! caches. A compute and a read-through of one entry are two flights
+//! (kinds `compute` and `origin`). A caller that arrives once the flight finished finds the entry
 //! cached (or starts a new flight after an error). The flights live in the
 //! node: in a cluster, cluster-wide single flight follows the owner of the
 //! namespace's partition (requests for a namespace are single-flighted by

@@ -60,12 +60,13 @@
 //!    of the cursor, the cursor moves up to it ([`window::resume_cursor`]):
 //!    the stream, being in order, holds everything up to it. On a cluster
 //!    ([`PublisherConfig::replica`]) a last event this replica's log does
-//!    not hold yet means the replica is behind: the session fails and is
-//!    tried again once it applied it, rather than publish again what
-//!    another node published (past `Nats-Msg-Id`'s two-minute window
-//!    JetStream would store it twice); one it applied and compacted away
-//!    was published, and the cursor moves up to it
-//!    ([`window::resume_replica_cursor`]).
+//!    not hold, at a seq past its log's end, means the replica is behind
+//!    ([`window::replica_behind`]): sessions fail and are tried again until
+//!    it applied it, rather than publish again what another node
+//!    published (past `Nats-Msg-Id`'s two-minute window JetStream would
+//!    store it twice) — for at most [`REPLICA_TAIL_WAIT`], after which
+//!    (a stream kept while the log was made anew) they publish from the
+//!    cursor as a single node does.
 //! 2. **Publish fenced**: each event carries
 //!    `Nats-Expected-Last-Sequence` = the stream position right before its
 //!    own ([`window::PublishWindow::expected_last_sequence`]). An event can
@@ -118,7 +119,7 @@ use tracing::{debug, info, warn, Instrument as _};
 
 pub use error::PublishError;
 pub use messages::{Flush, GetStatus, PublisherStatus, Stop};
-use window::{resume_cursor, resume_replica_cursor, PublishWindow};
+use window::{replica_behind, resume_cursor, PublishWindow};
 
 /// Tuning of the publisher.
 #[derive(Debug, Clone)]
@@ -266,6 +267,7 @@ impl Actor for Publisher {
             config: self.config.clone(),
             cursor: cursor_tx,
             stop: self.stop.subscribe(),
+            tail_wait_since: None,
         };
         self.task = Some(tokio::spawn(task.run()));
     }
@@ -336,7 +338,15 @@ struct PublishTask {
     config: PublisherConfig,
     cursor: watch::Sender<u64>,
     stop: watch::Receiver<bool>,
+    /// Since when sessions wait for this replica to apply the stream's
+    /// last event (see [`PublishTask::resume`]).
+    tail_wait_since: Option<std::time::Instant>,
 }
+
+/// How long sessions wait for a replica to apply the stream's last event
+/// before publishing from the cursor anyway (a stream kept while the
+/// cluster's log was made anew holds another log's events).
+const REPLICA_TAIL_WAIT: Duration = Duration::from_secs(60);
 
 impl PublishTask {
     async fn run(mut self) {
@@ -405,7 +415,7 @@ impl PublishTask {
     /// Where the stream ends (step 1 of the module docs): moves the cursor
     /// past what the stream already holds of this log and returns the
     /// stream's last position, the window's fence.
-    async fn resume(&self, stream: &jetstream::stream::Stream) -> Result<u64, String> {
+    async fn resume(&mut self, stream: &jetstream::stream::Stream) -> Result<u64, String> {
         let state = &stream.cached_info().state;
         let last = state.last_sequence;
         if state.messages == 0 {
@@ -438,19 +448,30 @@ impl PublishTask {
                 .filter(|e| e.envelope.seq == *seq)
                 .map(|e| e.envelope.event_id);
             let tail = Some((*seq, id.as_str()));
-            let resumed = if self.config.replica {
+            let mut resumed = resume_cursor(cursor, tail, log_id.as_deref());
+            if self.config.replica {
                 let last = self
                     .store
                     .last_seq()
                     .map_err(|e| format!("reading the log: {e}"))?;
-                resume_replica_cursor(cursor, tail, log_id.as_deref(), last).map_err(|seq| {
-                    format!(
-                        "the stream's last event (seq {seq}) is past this replica's log (at {last}): publishing once it is applied"
-                    )
-                })?
-            } else {
-                resume_cursor(cursor, tail, log_id.as_deref())
-            };
+                match replica_behind(cursor, tail, log_id.as_deref(), last) {
+                    None => self.tail_wait_since = None,
+                    Some(seq) => {
+                        let since = *self
+                            .tail_wait_since
+                            .get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() < REPLICA_TAIL_WAIT {
+                            return Err(format!(
+                                "the stream's last event (seq {seq}) is past this replica's log (at {last}): publishing once it is applied"
+                            ));
+                        }
+                        warn!(stream_seq = seq, last, waited = ?since.elapsed(),
+                            "this replica's log has not reached the stream's last event; publishing from the cursor");
+                        self.tail_wait_since = None;
+                        resumed = cursor;
+                    }
+                }
+            }
             if resumed > cursor {
                 info!(
                     cursor,

@@ -111,29 +111,23 @@ pub fn resume_cursor(cursor: u64, tail: Option<(u64, &str)>, log_event_id: Optio
     }
 }
 
-/// [`resume_cursor`] for a cluster replica's log (`replica_last_seq`: the
-/// last seq it holds), where every node's log holds the same seqs: a tail
-/// this log holds no event at is either not applied here yet — the
-/// replica is behind, and a session must wait rather than publish from
-/// its cursor what another node published (`Err`: the tail's seq) — or was
-/// applied and compacted away since, and so published: the cursor moves
-/// up to it.
-pub fn resume_replica_cursor(
+/// For a cluster replica's log (`replica_last_seq`: the last seq it
+/// holds), where every node's log holds the same seqs: the seq of a stream
+/// tail ahead of the cursor that this log holds no event at and has not
+/// reached — the replica is behind, and a session should wait rather than
+/// publish from its cursor what another node published. `None` when the
+/// tail says nothing of the kind ([`resume_cursor`] then decides).
+pub fn replica_behind(
     cursor: u64,
     tail: Option<(u64, &str)>,
     log_event_id: Option<&str>,
     replica_last_seq: u64,
-) -> Result<u64, u64> {
-    let resumed = resume_cursor(cursor, tail, log_event_id);
+) -> Option<u64> {
     match tail {
-        Some((seq, _)) if seq > cursor && log_event_id.is_none() => {
-            if replica_last_seq < seq {
-                Err(seq)
-            } else {
-                Ok(resumed.max(seq))
-            }
+        Some((seq, _)) if seq > cursor && log_event_id.is_none() && replica_last_seq < seq => {
+            Some(seq)
         }
-        _ => Ok(resumed),
+        _ => None,
     }
 }
 
@@ -204,25 +198,24 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_behind_the_stream_waits_and_one_past_it_resumes_after_it() {
+    fn a_replica_behind_the_streams_last_event_is_told_to_wait() {
         let tail = Some((189, "e189"));
         assert_eq!(
-            resume_replica_cursor(182, tail, None, 185),
-            Err(189),
-            "not applied here yet: wait"
+            replica_behind(182, tail, None, 185),
+            Some(189),
+            "not applied here yet"
         );
         assert_eq!(
-            resume_replica_cursor(182, tail, None, 195),
-            Ok(189),
-            "applied and compacted away: published"
+            replica_behind(182, tail, None, 195),
+            None,
+            "passed it without holding it: not behind"
         );
-        assert_eq!(resume_replica_cursor(182, tail, Some("e189"), 195), Ok(189));
+        assert_eq!(replica_behind(182, tail, Some("e189"), 195), None);
         assert_eq!(
-            resume_replica_cursor(182, tail, Some("other"), 195),
-            Ok(182),
-            "another log's event"
+            replica_behind(190, tail, None, 185),
+            None,
+            "behind the cursor"
         );
-        assert_eq!(resume_replica_cursor(190, tail, None, 185), Ok(190));
-        assert_eq!(resume_replica_cursor(182, None, None, 0), Ok(182));
+        assert_eq!(replica_behind(182, None, None, 0), None, "an empty stream");
     }
 }

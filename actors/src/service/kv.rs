@@ -1706,6 +1706,11 @@ impl Fill {
                         )))
                     }
                 };
+                // Set meanwhile (by the other kind of flight, or a
+                // client): that entry stands.
+                if let Some(found) = kv.get(&self.namespace, &self.key, false).await? {
+                    return Ok(found);
+                }
                 let limit = value_limit(context, kv);
                 if value.len() > limit.bytes() {
                     return Err(ServiceError {
