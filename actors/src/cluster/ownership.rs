@@ -30,7 +30,7 @@
 //! stops) → the appender forgets the stream → the lease is deleted.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -346,77 +346,60 @@ impl Ownership {
             held: RwLock::default(),
             leaving: Default::default(),
         });
-        // The watches follow the buckets for as long as the view is used
-        // (a node that left still routes with it while it stops).
-        spawn_watch(
-            owners.clone(),
-            OWNERS_BUCKET,
-            Arc::downgrade(&view),
-            |view, entry| {
-                let mut leases = view.leases.write().expect("leases lock");
-                match entry.operation {
-                    Operation::Put => {
-                        leases.insert(
-                            entry.key,
-                            SeenLease {
-                                node: String::from_utf8_lossy(&entry.value).into_owned(),
-                                revision: entry.revision,
-                                seen: Instant::now(),
-                            },
-                        );
-                    }
-                    Operation::Delete | Operation::Purge => {
-                        leases.remove(&entry.key);
-                    }
+        let watched = view.clone();
+        spawn_watch(owners.clone(), move |entry| {
+            let mut leases = watched.leases.write().expect("leases lock");
+            match entry.operation {
+                Operation::Put => {
+                    leases.insert(
+                        entry.key,
+                        SeenLease {
+                            node: String::from_utf8_lossy(&entry.value).into_owned(),
+                            revision: entry.revision,
+                            seen: Instant::now(),
+                        },
+                    );
                 }
-            },
-        );
+                Operation::Delete | Operation::Purge => {
+                    leases.remove(&entry.key);
+                }
+            }
+        });
+        let watched = view.clone();
         let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
-        spawn_watch(
-            nodes.clone(),
-            NODES_BUCKET,
-            Arc::downgrade(&view),
-            move |view, entry| {
-                if entry.delta == 0 {
-                    // The bucket as it was when the watch began is all seen.
-                    synced_tx.send_replace(true);
+        spawn_watch(nodes.clone(), move |entry| {
+            if entry.delta == 0 {
+                // The bucket as it was when the watch began is all seen.
+                synced_tx.send_replace(true);
+            }
+            let mut members = watched.members.write().expect("members lock");
+            match entry.operation {
+                Operation::Put => {
+                    let info = serde_json::from_slice(&entry.value).unwrap_or(MemberInfo {
+                        node: entry.key.clone(),
+                        ..MemberInfo::default()
+                    });
+                    members.insert(
+                        entry.key,
+                        Member {
+                            info,
+                            seen: Instant::now(),
+                        },
+                    );
                 }
-                let mut members = view.members.write().expect("members lock");
-                match entry.operation {
-                    Operation::Put => {
-                        let info = serde_json::from_slice(&entry.value).unwrap_or(MemberInfo {
-                            node: entry.key.clone(),
-                            ..MemberInfo::default()
-                        });
-                        members.insert(
-                            entry.key,
-                            Member {
-                                info,
-                                seen: Instant::now(),
-                            },
-                        );
-                    }
-                    Operation::Delete | Operation::Purge => {
-                        members.remove(&entry.key);
-                    }
+                Operation::Delete | Operation::Purge => {
+                    members.remove(&entry.key);
                 }
-            },
-        );
+            }
+        });
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
-        let (wake, abandoned) = (
-            tx.clone(),
-            Arc::new(parking_lot::Mutex::new(HashSet::new())),
-        );
-        let noted = abandoned.clone();
+        let abandoned = tx.clone();
         appender.on_abandon(Box::new(move |stream| {
-            // Never blocks the appender: noted for the loop, which is woken
-            // if its queue has room and otherwise finds it at its next
-            // tick (a renewal would still succeed: the lease is not lost).
-            noted.lock().insert(stream.clone());
-            let _ = wake.try_send(Command::Abandoned(stream));
+            // Never blocks the appender; a full queue drops the notice, and
+            // the stream's next renewal or command finds it out anyway.
+            let _ = abandoned.try_send(Command::Abandoned(stream));
         }));
         let mut state = Loop {
-            abandoned,
             commands: tx.clone(),
             leave_reply: None,
             config,
@@ -427,7 +410,6 @@ impl Ownership {
             view: view.clone(),
             acquired_at: HashMap::new(),
             waiting: HashMap::new(),
-            taking: HashMap::new(),
         };
         state.heartbeat().await;
         // Place nothing before the other members are known (this node's
@@ -499,62 +481,26 @@ async fn bucket(
         .map_err(|e| format!("cannot open bucket {name}: {e}"))
 }
 
-/// Follows every change of `kv` (bucket `bucket`) with `apply` for as long
-/// as `view` is used (it stops once the view is dropped). A watch that ends
-/// or fails (the connection closed, a reconnect, no JetStream quorum) is
-/// dropped — never polled again — and made anew; a watch that cannot be
-/// made is tried again with a growing pause ([`WATCH_RETRY_MIN`] doubling
-/// up to [`WATCH_RETRY_MAX`]), for as long as it takes: a node that stopped
-/// watching would keep the members and leases it last saw for ever (every
-/// other node's heartbeat then looks lost, and it would place every stream
-/// on itself).
-fn spawn_watch(
-    kv: kv::Store,
-    bucket: &'static str,
-    view: std::sync::Weak<OwnershipView>,
-    apply: impl Fn(&OwnershipView, kv::Entry) + Send + 'static,
-) {
+/// Follows every change of `kv` with `apply`, for as long as the bucket
+/// can be watched. A watch that fails (the connection closed, a reconnect)
+/// is dropped — never polled again — and made anew.
+fn spawn_watch(kv: kv::Store, apply: impl Fn(kv::Entry) + Send + 'static) {
     tokio::spawn(async move {
-        let mut pause = WATCH_RETRY_MIN;
-        let mut failing = false;
-        while view.strong_count() > 0 {
+        loop {
             // From the last entry of every key (not only new ones): a node
             // starting knows the members and leases at once.
-            match kv.watch_with_history(">").await {
-                Ok(mut watch) => {
-                    if std::mem::take(&mut failing) {
-                        info!(bucket, "watching the bucket again");
-                    }
-                    pause = WATCH_RETRY_MIN;
-                    while let Some(Ok(entry)) = watch.next().await {
-                        let Some(view) = view.upgrade() else { return };
-                        apply(&view, entry);
-                    }
-                }
-                Err(e) => {
-                    if !std::mem::replace(&mut failing, true) {
-                        warn!(bucket, error = %e, "cannot watch the bucket; trying again until it works");
-                    } else {
-                        debug!(bucket, error = %e, ?pause, "cannot watch the bucket yet");
-                    }
-                    pause = (pause * 2).min(WATCH_RETRY_MAX);
-                }
+            let Ok(mut watch) = kv.watch_with_history(">").await else {
+                return;
+            };
+            while let Some(Ok(entry)) = watch.next().await {
+                apply(entry);
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
 }
 
-/// The first pause before a watch is made again (see [`spawn_watch`]).
-const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
-
-/// The longest pause between attempts to make a watch (see
-/// [`spawn_watch`]).
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
-
 struct Loop {
-    /// Streams the appender gave up by itself, not stepped down from yet.
-    abandoned: Arc<parking_lot::Mutex<HashSet<StreamId>>>,
     /// The loop's own queue (release tasks report there).
     commands: mpsc::Sender<Command>,
     /// Who waits for this node to have left.
@@ -569,10 +515,6 @@ struct Loop {
     acquired_at: HashMap<StreamId, Instant>,
     /// Who waits for a stream being taken.
     waiting: HashMap<StreamId, Vec<oneshot::Sender<Result<(), AcquireError>>>>,
-    /// The takes (fence, catch-up, `own`) running: a step-down of the
-    /// stream meanwhile waits for its take before it disowns and releases,
-    /// so that no writer starts after it was stopped.
-    taking: HashMap<StreamId, oneshot::Receiver<()>>,
 }
 
 impl Loop {
@@ -589,7 +531,10 @@ impl Loop {
                     Some(Command::Taken { stream, result }) => {
                         self.taken(&stream, result);
                     }
-                    Some(Command::Abandoned(_)) => self.step_down_abandoned(),
+                    Some(Command::Abandoned(stream)) => {
+                        warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
+                        self.step_down(&stream, true);
+                    }
                     Some(Command::Leave(reply)) => {
                         self.leave().await;
                         self.leave_reply = Some(reply);
@@ -610,17 +555,7 @@ impl Loop {
         }
     }
 
-    /// How long one call to a bucket may take: a lease's time less one
-    /// renewal interval, so that a slow call (a JetStream leader election,
-    /// a lost server) never holds the loop past the leases it must renew.
-    fn call_deadline(&self) -> Duration {
-        self.config
-            .lease
-            .saturating_sub(self.config.renew_every)
-            .max(Duration::from_millis(100))
-    }
-
-    async fn heartbeat(&self) {
+    async fn heartbeat(&mut self) {
         if self.view.is_leaving() {
             return;
         }
@@ -631,12 +566,8 @@ impl Loop {
             owns: self.view.held.read().expect("held lock").len(),
         };
         let value = serde_json::to_vec(&info).unwrap_or_default();
-        let deadline = self.call_deadline();
-        match tokio::time::timeout(deadline, self.nodes.put(&self.config.node, value.into())).await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(error = %e, "cluster heartbeat failed"),
-            Err(_) => warn!(?deadline, "cluster heartbeat failed: no answer in time"),
+        if let Err(e) = self.nodes.put(&self.config.node, value.into()).await {
+            warn!(error = %e, "cluster heartbeat failed");
         }
     }
 
@@ -650,26 +581,12 @@ impl Loop {
         }
     }
 
-    /// Steps down from every stream the appender gave up.
-    fn step_down_abandoned(&mut self) {
-        let abandoned: Vec<StreamId> = self.abandoned.lock().drain().collect();
-        for stream in abandoned {
-            warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
-            self.step_down(&stream, true);
-        }
-    }
-
     async fn tick(&mut self) {
-        self.step_down_abandoned();
+        self.heartbeat().await;
+        self.read_live();
         // Renew — also the leases being given up, until their commands end
-        // — all at once and beside the heartbeat: a slow JetStream delays
-        // them by one bounded call, not one per lease, nor the heartbeat's.
-        // A renewal with no answer within the lease's time is a lost lease
-        // (it may have been renewed: the next renewal, at the revision this
-        // node knows, then fails too).
-        // A renewal answered within the lease's time renewed it; past
-        // that the lease is gone anyway.
-        let deadline = self.config.lease;
+        // — all at once: a slow JetStream delays them by one timeout, not
+        // one per lease.
         let renewals = self
             .view
             .held()
@@ -679,19 +596,13 @@ impl Loop {
                 let owners = self.owners.clone();
                 let node = self.config.node.clone();
                 async move {
-                    let renewed = tokio::time::timeout(
-                        deadline,
-                        owners.update(lease_key(&stream), node.into(), held.revision),
-                    )
-                    .await
-                    .map_err(|_| format!("no answer within {deadline:?}"))
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                    let renewed = owners
+                        .update(lease_key(&stream), node.into(), held.revision)
+                        .await;
                     (stream, renewed)
                 }
             });
-        let (_, renewed) = tokio::join!(self.heartbeat(), futures::future::join_all(renewals));
-        self.read_live();
-        for (stream, renewed) in renewed {
+        for (stream, renewed) in futures::future::join_all(renewals).await {
             match renewed {
                 Ok(revision) => {
                     crate::metrics::with(|m| m.lease_renewals.add(1, &[]));
@@ -722,15 +633,7 @@ impl Loop {
         };
         let live = self.view.live();
         let wanted: std::collections::HashSet<&StreamId> = streams.iter().collect();
-        // Acquiring is one bounded call per stream: after an outage many
-        // may be due, and the ones left wait for the next tick rather than
-        // hold the loop past the renewals.
-        let placing_until = Instant::now() + self.config.renew_every;
         for stream in &streams {
-            if Instant::now() >= placing_until {
-                debug!("placement goes on at the next tick");
-                break;
-            }
             let Some(preferred) = preferred(&live, stream.as_str()) else {
                 continue;
             };
@@ -809,25 +712,13 @@ impl Loop {
             );
         }
         let key = lease_key(stream);
-        let deadline = self.call_deadline();
-        let created = tokio::time::timeout(
-            deadline,
-            self.owners.create(&key, self.config.node.clone().into()),
-        )
-        .await;
+        let created = self
+            .owners
+            .create(&key, self.config.node.clone().into())
+            .await;
         let revision = match created {
-            Ok(Ok(revision)) => revision,
-            Err(_) => {
-                // It may have been created: unrenewed, it expires.
-                debug!(stream = %stream, ?deadline, "not acquired: no answer in time");
-                return answer(
-                    reply,
-                    Err(AcquireError::Unavailable(format!(
-                        "the cluster's leases ({OWNERS_BUCKET}) did not answer within {deadline:?}"
-                    ))),
-                );
-            }
-            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let owner = self
                     .view
                     .owner_of(stream)
@@ -840,7 +731,7 @@ impl Loop {
                     ))),
                 );
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 debug!(stream = %stream, error = %e, "not acquired");
                 return answer(
                     reply,
@@ -869,8 +760,6 @@ impl Loop {
             self.commands.clone(),
         );
         let stream = stream.clone();
-        let (took, taking) = oneshot::channel();
-        self.taking.insert(stream.clone(), taking);
         tokio::spawn(async move {
             let result = match appender.take(&stream).await {
                 Ok(position) => {
@@ -879,18 +768,13 @@ impl Loop {
                 }
                 Err(e) => Err(e.to_string()),
             };
-            // `Taken` first: a step-down waiting for this take sends its
-            // `Released` after it, so the loop sees them in that order.
             let _ = commands.send(Command::Taken { stream, result }).await;
-            let _ = took.send(());
         });
     }
 
     /// The fence and catch-up of `stream` finished.
     fn taken(&mut self, stream: &StreamId, result: Result<(), String>) {
         let waiting = self.waiting.remove(stream).unwrap_or_default();
-        // The take is over: a step-down no longer waits for it.
-        self.taking.remove(stream);
         let outcome = match result {
             Ok(()) => {
                 let mut held = self.view.held.write().expect("held lock");
@@ -899,8 +783,6 @@ impl Loop {
                         h.ready = true;
                         Ok(())
                     }
-                    // Given up while it was taken: the step-down's disown
-                    // and release ran after this take ([`Loop::step_down`]).
                     _ => Err(AcquireError::Elsewhere(format!(
                         "node {} lost stream {stream} while taking it",
                         self.config.node
@@ -939,14 +821,8 @@ impl Loop {
             self.appender.clone(),
             self.commands.clone(),
         );
-        let take = self.taking.remove(stream);
         let stream = stream.clone();
         tokio::spawn(async move {
-            // A take still running finishes first: its fence and `own`
-            // must not come after the disown and release.
-            if let Some(take) = take {
-                let _ = take.await;
-            }
             holder.disown(stream.clone()).await;
             appender.release(&stream);
             let _ = commands.send(Command::Released { stream, delete }).await;
@@ -961,18 +837,12 @@ impl Loop {
             if held.lost {
                 return;
             }
-            let deleted = tokio::time::timeout(
-                self.call_deadline(),
-                self.owners
-                    .delete_expect_revision(lease_key(stream), Some(held.revision)),
-            )
-            .await;
-            match deleted {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    debug!(stream = %stream, error = %e, "lease not deleted (it expires)")
-                }
-                Err(_) => debug!(stream = %stream, "lease not deleted in time (it expires)"),
+            if let Err(e) = self
+                .owners
+                .delete_expect_revision(lease_key(stream), Some(held.revision))
+                .await
+            {
+                debug!(stream = %stream, error = %e, "lease not deleted (it expires)");
             }
         }
         info!(stream = %stream, "stream released");
@@ -986,11 +856,8 @@ impl Loop {
             streams = self.view.held().len(),
             "leaving the cluster: handing every stream over"
         );
-        match tokio::time::timeout(self.call_deadline(), self.nodes.delete(&self.config.node)).await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "cannot delete this node's heartbeat (it expires)"),
-            Err(_) => warn!("cannot delete this node's heartbeat in time (it expires)"),
+        if let Err(e) = self.nodes.delete(&self.config.node).await {
+            warn!(error = %e, "cannot delete this node's heartbeat (it expires)");
         }
         for stream in self.view.held().into_keys() {
             self.step_down(&stream, true);
