@@ -606,9 +606,9 @@ impl Snapshotter {
                     return;
                 };
                 // Nor while this node's view of the members is stale (its
-                // own heartbeat not seen for a lease time: the bucket's
-                // watch is being made again): a trim on the positions it
-                // sees could cut the log below a member it cannot see.
+                // own heartbeat not seen for a lease time: the members'
+                // watch is down): a trim on the positions it sees could
+                // cut the log below a member it cannot see.
                 if !view.members().contains_key(view.node()) {
                     warn!("snapshotter: this node's own heartbeat is not seen (the members' watch is down); no round until it is");
                     return;
