@@ -6,8 +6,9 @@
 //! (the compute or the origin read, then the set), the others wait for its
 //! outcome — the value, or the error, which every waiter gets and nothing
 //! caches. A compute and a read-through of one entry are two flights
-//! (kinds `compute` and `origin`). A caller that arrives once the flight finished finds the entry
-//! cached (or starts a new flight after an error). The flights live in the
+//! (kinds `compute` and `origin`). A caller that arrives once the flight
+//! finished finds the entry cached (or starts a new flight after an
+//! error). The flights live in the
 //! node: in a cluster, cluster-wide single flight follows the owner of the
 //! namespace's partition (requests for a namespace are single-flighted by
 //! the node that serves them; routing them to the partition's owner makes

@@ -138,8 +138,9 @@ pub struct PublisherConfig {
     pub stream_name: String,
     /// The log is a cluster replica (every node's log holds the same seqs):
     /// a stream whose last event is not in this log yet means this replica
-    /// is behind, and the session waits (fails and is retried) rather than
-    /// publish from its cursor what another node already published.
+    /// is behind, and sessions wait (fail and are retried, for at most
+    /// [`REPLICA_TAIL_WAIT`]) rather than publish from the cursor what
+    /// another node already published.
     /// Default: off (a single node's log: such a stream holds another log's
     /// events, and publishing goes on from the cursor).
     pub replica: bool,
