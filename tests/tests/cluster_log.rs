@@ -4,7 +4,7 @@
 //! them, a node that joins late catches up from the stream, and a deposed
 //! owner's write is refused by JetStream (fencing) and leaves no trace.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use cairn_actors::cluster::{log, start_applier, Applied, Blobs, ClusterAppend};
@@ -271,7 +271,6 @@ impl cairn_actors::cluster::Holder for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leaving() {
     use cairn_actors::cluster::{Ownership, OwnershipConfig};
-    use std::sync::Arc;
     let cluster = tokio::task::spawn_blocking(NatsCluster::start)
         .await
         .unwrap();
@@ -367,6 +366,119 @@ async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leavin
     for (_, _, _, applier) in &members {
         applier.abort();
     }
+}
+
+/// A holder whose `own` waits at a gate, recording what completes.
+#[derive(Debug)]
+struct Gated {
+    streams: Vec<StreamId>,
+    /// `+stream` once an `own` completed, `-stream` when `disown` is called.
+    record: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Set when `own` is called.
+    own_called: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl cairn_actors::cluster::Holder for Gated {
+    fn streams(&self) -> futures::future::BoxFuture<'static, Result<Vec<StreamId>, String>> {
+        let streams = self.streams.clone();
+        Box::pin(async move { Ok(streams) })
+    }
+    fn own(&self, stream: StreamId) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.own_called
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (gate, record) = (self.gate.clone(), self.record.clone());
+        Box::pin(async move {
+            let _permit = gate.acquire().await.unwrap();
+            record.lock().unwrap().push(format!("+{stream}"));
+            Ok(())
+        })
+    }
+    fn disown(&self, stream: StreamId) -> futures::future::BoxFuture<'static, ()> {
+        self.record.lock().unwrap().push(format!("-{stream}"));
+        Box::pin(async {})
+    }
+}
+
+/// A node that steps down from a stream while it is still taking it (here:
+/// it leaves while its writer is being opened) releases the stream only
+/// once the take ended: the writer the take opens is closed again, and the
+/// node has left only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_given_up_while_being_taken_is_released_after_the_take() {
+    use cairn_actors::cluster::{Ownership, OwnershipConfig};
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let stream = StreamId::repository("ns", "taken").unwrap();
+    let m = member("m1", &cluster.url(0)).await;
+    let holder = Arc::new(Gated {
+        streams: vec![stream.clone()],
+        record: Arc::default(),
+        own_called: Arc::default(),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+    });
+    let js = jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
+    let ownership = wait_until("the ownership buckets", WAIT, || {
+        let (js, appender, holder) = (js.clone(), m.appender.clone(), holder.clone());
+        async move {
+            Ownership::start(
+                js,
+                OwnershipConfig {
+                    node: "m1".to_owned(),
+                    lease: Duration::from_secs(3),
+                    renew_every: Duration::from_secs(1),
+                    replicas: 3,
+                },
+                appender,
+                holder,
+            )
+            .await
+        }
+    })
+    .await;
+    // The only member takes the stream: fenced, and its writer opening.
+    wait_until("the stream's writer to be opened", WAIT, || async {
+        if holder.own_called.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+    assert!(
+        !ownership.view().holds(&stream),
+        "not ready before it opened"
+    );
+    // It leaves meanwhile.
+    let leaving = {
+        let ownership = ownership.clone();
+        tokio::spawn(async move { ownership.leave().await })
+    };
+    wait_until("the stream to be given up", WAIT, || async {
+        let view = ownership.view();
+        if view.releasing(&stream) || view.held().is_empty() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+    assert_eq!(
+        *holder.record.lock().unwrap(),
+        Vec::<String>::new(),
+        "nothing released while the take runs"
+    );
+    holder.gate.add_permits(1);
+    tokio::time::timeout(WAIT, leaving).await.unwrap().unwrap();
+    // Opened, then closed — never closed first and left open.
+    assert_eq!(
+        *holder.record.lock().unwrap(),
+        vec![format!("+{stream}"), format!("-{stream}")]
+    );
+    assert!(ownership.view().held().is_empty());
+    assert!(!m.appender.owns(&stream));
 }
 
 /// A data directory a single node wrote has sequence numbers of its own:

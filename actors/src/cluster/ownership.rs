@@ -58,6 +58,10 @@ pub const OWNERS_BUCKET: &str = "cairn_owners";
 const UNLISTED_GRACE: Duration = Duration::from_secs(60);
 /// Most commands queued for the ownership loop.
 const COMMANDS_MAX: usize = 1024;
+/// The first wait before a bucket watch is made again.
+const WATCH_RETRY: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts at making a bucket watch.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Timing and placement of leases (`cluster.*`).
 #[derive(Debug, Clone)]
@@ -247,6 +251,17 @@ impl OwnershipView {
             .map(|l| l.node.clone())
     }
 
+    /// The revision of `stream`'s lease as the watch last saw it, when it
+    /// names this node.
+    fn own_lease_revision(&self, stream: &StreamId) -> Option<u64> {
+        self.leases
+            .read()
+            .expect("leases lock")
+            .get(&lease_key(stream))
+            .filter(|l| l.node == self.node)
+            .map(|l| l.revision)
+    }
+
     /// The live members as their heartbeats last showed them, by node.
     pub fn members(&self) -> BTreeMap<String, MemberInfo> {
         self.members
@@ -297,9 +312,6 @@ enum Command {
         stream: StreamId,
         result: Result<(), String>,
     },
-    /// The appender gave a stream up by itself (fenced, or its own commit
-    /// not applied in time): the writer's state may be stale.
-    Abandoned(StreamId),
     Leave(oneshot::Sender<()>),
     /// A stream given up has no command running any more: its lease can go.
     Released {
@@ -320,7 +332,6 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Acquire(s, _) => write!(f, "Acquire({s})"),
             Command::Taken { stream, .. } => write!(f, "Taken({stream})"),
-            Command::Abandoned(s) => write!(f, "Abandoned({s})"),
             Command::Leave(_) => write!(f, "Leave"),
             Command::Released { stream, .. } => write!(f, "Released({stream})"),
         }
@@ -346,8 +357,7 @@ impl Ownership {
             held: RwLock::default(),
             leaving: Default::default(),
         });
-        let watched = view.clone();
-        spawn_watch(owners.clone(), move |entry| {
+        spawn_watch(owners.clone(), OWNERS_BUCKET, &view, |watched, entry| {
             let mut leases = watched.leases.write().expect("leases lock");
             match entry.operation {
                 Operation::Put => {
@@ -365,9 +375,8 @@ impl Ownership {
                 }
             }
         });
-        let watched = view.clone();
         let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
-        spawn_watch(nodes.clone(), move |entry| {
+        spawn_watch(nodes.clone(), NODES_BUCKET, &view, move |watched, entry| {
             if entry.delta == 0 {
                 // The bucket as it was when the watch began is all seen.
                 synced_tx.send_replace(true);
@@ -393,11 +402,12 @@ impl Ownership {
             }
         });
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
-        let abandoned = tx.clone();
+        // Abandon notices have a queue of their own, unbounded: the
+        // appender is never blocked and no notice is dropped (at most one
+        // per held stream and failed append).
+        let (abandoned, abandons) = mpsc::unbounded_channel();
         appender.on_abandon(Box::new(move |stream| {
-            // Never blocks the appender; a full queue drops the notice, and
-            // the stream's next renewal or command finds it out anyway.
-            let _ = abandoned.try_send(Command::Abandoned(stream));
+            let _ = abandoned.send(stream);
         }));
         let mut state = Loop {
             commands: tx.clone(),
@@ -410,13 +420,14 @@ impl Ownership {
             view: view.clone(),
             acquired_at: HashMap::new(),
             waiting: HashMap::new(),
+            release_after_take: HashMap::new(),
         };
         state.heartbeat().await;
         // Place nothing before the other members are known (this node's
         // own heartbeat ends the initial listing at the latest).
         let _ = tokio::time::timeout(state.config.lease, synced.wait_for(|s| *s)).await;
         state.read_live();
-        tokio::spawn(state.run(rx));
+        tokio::spawn(state.run(rx, abandons));
         Ok(Self { view, commands: tx })
     }
 
@@ -481,21 +492,39 @@ async fn bucket(
         .map_err(|e| format!("cannot open bucket {name}: {e}"))
 }
 
-/// Follows every change of `kv` with `apply`, for as long as the bucket
-/// can be watched. A watch that fails (the connection closed, a reconnect)
-/// is dropped — never polled again — and made anew.
-fn spawn_watch(kv: kv::Store, apply: impl Fn(kv::Entry) + Send + 'static) {
+/// Follows every change of `kv` into `view` with `apply`, for as long as
+/// the view is in use (the node runs). A watch that fails (the connection
+/// closed, a reconnect) is dropped — never polled again — and made anew;
+/// so is one that cannot be made (no JetStream quorum at that moment):
+/// tried again after [`WATCH_RETRY`], doubling up to [`WATCH_RETRY_MAX`],
+/// until it can. Meanwhile the view keeps what it last saw, and members
+/// and leases not seen again within a lease time stop counting as live.
+fn spawn_watch(
+    kv: kv::Store,
+    name: &'static str,
+    view: &Arc<OwnershipView>,
+    apply: impl Fn(&OwnershipView, kv::Entry) + Send + 'static,
+) {
+    let view = Arc::downgrade(view);
     tokio::spawn(async move {
-        loop {
+        let mut wait = WATCH_RETRY;
+        while view.strong_count() > 0 {
             // From the last entry of every key (not only new ones): a node
             // starting knows the members and leases at once.
-            let Ok(mut watch) = kv.watch_with_history(">").await else {
-                return;
-            };
-            while let Some(Ok(entry)) = watch.next().await {
-                apply(entry);
+            match kv.watch_with_history(">").await {
+                Ok(mut watch) => {
+                    wait = WATCH_RETRY;
+                    while let Some(Ok(entry)) = watch.next().await {
+                        let Some(view) = view.upgrade() else { return };
+                        apply(&view, entry);
+                    }
+                }
+                Err(e) => {
+                    warn!(bucket = name, error = %e, retry_in = ?wait, "cannot watch the bucket");
+                    wait = (wait * 2).min(WATCH_RETRY_MAX);
+                }
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(wait).await;
         }
     });
 }
@@ -515,10 +544,17 @@ struct Loop {
     acquired_at: HashMap<StreamId, Instant>,
     /// Who waits for a stream being taken.
     waiting: HashMap<StreamId, Vec<oneshot::Sender<Result<(), AcquireError>>>>,
+    /// Streams stepped down from while being taken, with whether their
+    /// lease is deleted: released once the take ends.
+    release_after_take: HashMap<StreamId, bool>,
 }
 
 impl Loop {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut abandons: mpsc::UnboundedReceiver<StreamId>,
+    ) {
         let mut tick = tokio::time::interval(self.config.renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -531,10 +567,6 @@ impl Loop {
                     Some(Command::Taken { stream, result }) => {
                         self.taken(&stream, result);
                     }
-                    Some(Command::Abandoned(stream)) => {
-                        warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
-                        self.step_down(&stream, true);
-                    }
                     Some(Command::Leave(reply)) => {
                         self.leave().await;
                         self.leave_reply = Some(reply);
@@ -544,6 +576,10 @@ impl Loop {
                     }
                     None => return,
                 },
+                Some(stream) = abandons.recv() => {
+                    warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
+                    self.step_down(&stream, true);
+                }
             }
             if self.view.is_leaving() && self.view.held.read().expect("held lock").is_empty() {
                 if let Some(reply) = self.leave_reply.take() {
@@ -555,7 +591,14 @@ impl Loop {
         }
     }
 
-    async fn heartbeat(&mut self) {
+    /// How long a bucket call may take: past it, a lease renewed at the
+    /// last tick has expired anyway. A call not answered by then is left
+    /// (its outcome unknown) so that the loop goes on renewing and placing.
+    fn call_bound(&self) -> Duration {
+        self.config.lease.saturating_sub(self.config.renew_every)
+    }
+
+    async fn heartbeat(&self) {
         if self.view.is_leaving() {
             return;
         }
@@ -566,8 +609,15 @@ impl Loop {
             owns: self.view.held.read().expect("held lock").len(),
         };
         let value = serde_json::to_vec(&info).unwrap_or_default();
-        if let Err(e) = self.nodes.put(&self.config.node, value.into()).await {
-            warn!(error = %e, "cluster heartbeat failed");
+        match tokio::time::timeout(
+            self.call_bound(),
+            self.nodes.put(&self.config.node, value.into()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cluster heartbeat failed"),
+            Err(_) => warn!(bound = ?self.call_bound(), "cluster heartbeat not answered in time"),
         }
     }
 
@@ -582,11 +632,12 @@ impl Loop {
     }
 
     async fn tick(&mut self) {
-        self.heartbeat().await;
-        self.read_live();
         // Renew — also the leases being given up, until their commands end
-        // — all at once: a slow JetStream delays them by one timeout, not
-        // one per lease.
+        // — all at once and beside the heartbeat: a slow JetStream delays
+        // them by one bound, not one per lease, and a slow heartbeat does
+        // not hold them back.
+        let started = Instant::now();
+        let bound = self.call_bound();
         let renewals = self
             .view
             .held()
@@ -595,14 +646,36 @@ impl Loop {
             .map(|(stream, held)| {
                 let owners = self.owners.clone();
                 let node = self.config.node.clone();
+                // A renewal that was not answered in time may have been
+                // made: the watch then shows this node's lease at a later
+                // revision, which is the one to renew.
+                let revision = self
+                    .view
+                    .own_lease_revision(&stream)
+                    .filter(|seen| *seen > held.revision)
+                    .unwrap_or(held.revision);
                 async move {
-                    let renewed = owners
-                        .update(lease_key(&stream), node.into(), held.revision)
-                        .await;
+                    let renewed = tokio::time::timeout(
+                        bound,
+                        owners.update(lease_key(&stream), node.into(), revision),
+                    )
+                    .await;
                     (stream, renewed)
                 }
             });
-        for (stream, renewed) in futures::future::join_all(renewals).await {
+        let ((), renewed) =
+            futures::future::join(self.heartbeat(), futures::future::join_all(renewals)).await;
+        self.read_live();
+        for (stream, renewed) in renewed {
+            let renewed = match renewed {
+                Ok(renewed) => renewed,
+                Err(_) => {
+                    // Unknown: renewed or not. The next tick's update tells
+                    // (a stale revision is refused: the lease is lost then).
+                    warn!(stream = %stream, bound = ?bound, "lease renewal not answered in time");
+                    continue;
+                }
+            };
             match renewed {
                 Ok(revision) => {
                     crate::metrics::with(|m| m.lease_renewals.add(1, &[]));
@@ -634,6 +707,12 @@ impl Loop {
         let live = self.view.live();
         let wanted: std::collections::HashSet<&StreamId> = streams.iter().collect();
         for stream in &streams {
+            if started.elapsed() >= self.config.renew_every {
+                // Leases are created one after another (each bounded): the
+                // next tick's renewals come first, placing goes on then.
+                debug!("the next renewal is due; placing the rest next time");
+                break;
+            }
             let Some(preferred) = preferred(&live, stream.as_str()) else {
                 continue;
             };
@@ -712,13 +791,24 @@ impl Loop {
             );
         }
         let key = lease_key(stream);
-        let created = self
-            .owners
-            .create(&key, self.config.node.clone().into())
-            .await;
+        let created = tokio::time::timeout(
+            self.call_bound(),
+            self.owners.create(&key, self.config.node.clone().into()),
+        )
+        .await;
         let revision = match created {
-            Ok(revision) => revision,
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(_) => {
+                debug!(stream = %stream, "not acquired: the lease's create was not answered in time");
+                return answer(
+                    reply,
+                    Err(AcquireError::Unavailable(format!(
+                        "the cluster's leases ({OWNERS_BUCKET}) did not answer within {:?}",
+                        self.call_bound()
+                    ))),
+                );
+            }
+            Ok(Ok(revision)) => revision,
+            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let owner = self
                     .view
                     .owner_of(stream)
@@ -731,7 +821,7 @@ impl Loop {
                     ))),
                 );
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 debug!(stream = %stream, error = %e, "not acquired");
                 return answer(
                     reply,
@@ -761,13 +851,22 @@ impl Loop {
         );
         let stream = stream.clone();
         tokio::spawn(async move {
-            let result = match appender.take(&stream).await {
-                Ok(position) => {
-                    info!(stream = %stream, position, "stream acquired");
-                    holder.own(stream.clone()).await
+            let taking = stream.clone();
+            let take = tokio::spawn(async move {
+                match appender.take(&taking).await {
+                    Ok(position) => {
+                        info!(stream = %taking, position, "stream acquired");
+                        holder.own(taking).await
+                    }
+                    Err(e) => Err(e.to_string()),
                 }
-                Err(e) => Err(e.to_string()),
-            };
+            });
+            // The loop hears of the take whatever becomes of it (a task
+            // that panicked included): a step-down waiting for it, and a
+            // node leaving, would wait for ever otherwise.
+            let result = take
+                .await
+                .unwrap_or_else(|e| Err(format!("the take failed: {e}")));
             let _ = commands.send(Command::Taken { stream, result }).await;
         });
     }
@@ -775,6 +874,18 @@ impl Loop {
     /// The fence and catch-up of `stream` finished.
     fn taken(&mut self, stream: &StreamId, result: Result<(), String>) {
         let waiting = self.waiting.remove(stream).unwrap_or_default();
+        if let Some(delete) = self.release_after_take.remove(stream) {
+            // Stepped down while it was being taken: released only now.
+            self.release(stream, delete);
+            let outcome = Err(AcquireError::Elsewhere(format!(
+                "node {} gave stream {stream} up while taking it",
+                self.config.node
+            )));
+            for reply in waiting {
+                let _ = reply.send(outcome.clone());
+            }
+            return;
+        }
         let outcome = match result {
             Ok(()) => {
                 let mut held = self.view.held.write().expect("held lock");
@@ -791,7 +902,10 @@ impl Loop {
             }
             Err(e) => {
                 warn!(stream = %stream, error = %e, "cannot take the stream; releasing it");
-                self.step_down(stream, true);
+                if let Some(h) = self.view.held.write().expect("held lock").get_mut(stream) {
+                    h.releasing = true;
+                }
+                self.release(stream, true);
                 Err(AcquireError::Unavailable(format!(
                     "node {} cannot take stream {stream}: {e}",
                     self.config.node
@@ -808,14 +922,31 @@ impl Loop {
     /// renewing), then the appender forgets it and — with `delete` — the
     /// lease is deleted so another node takes it without waiting for it to
     /// expire.
+    ///
+    /// A stream still being taken (fenced, caught up, opened) is marked
+    /// releasing at once, but its release waits for the take to end
+    /// ([`Loop::taken`]): released now, it would be opened again by the
+    /// take afterwards, and that writer would be left running.
     fn step_down(&mut self, stream: &StreamId, delete: bool) {
         {
             let mut held = self.view.held.write().expect("held lock");
             match held.get_mut(stream) {
-                Some(h) if !h.releasing => h.releasing = true,
+                Some(h) if !h.releasing => {
+                    h.releasing = true;
+                    if !h.ready {
+                        self.release_after_take.insert(stream.clone(), delete);
+                        return;
+                    }
+                }
                 _ => return,
             }
         }
+        self.release(stream, delete);
+    }
+
+    /// Lets `stream`'s running commands finish, then makes the appender
+    /// forget it and reports [`Command::Released`].
+    fn release(&self, stream: &StreamId, delete: bool) {
         let (holder, appender, commands) = (
             self.holder.clone(),
             self.appender.clone(),
@@ -837,12 +968,24 @@ impl Loop {
             if held.lost {
                 return;
             }
-            if let Err(e) = self
-                .owners
-                .delete_expect_revision(lease_key(stream), Some(held.revision))
-                .await
-            {
-                debug!(stream = %stream, error = %e, "lease not deleted (it expires)");
+            let revision = self
+                .view
+                .own_lease_revision(stream)
+                .map_or(held.revision, |seen| seen.max(held.revision));
+            let deleted = tokio::time::timeout(
+                self.call_bound(),
+                self.owners
+                    .delete_expect_revision(lease_key(stream), Some(revision)),
+            )
+            .await;
+            match deleted {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(stream = %stream, error = %e, "lease not deleted (it expires)")
+                }
+                Err(_) => {
+                    debug!(stream = %stream, "lease delete not answered in time (it expires)")
+                }
             }
         }
         info!(stream = %stream, "stream released");
@@ -856,8 +999,10 @@ impl Loop {
             streams = self.view.held().len(),
             "leaving the cluster: handing every stream over"
         );
-        if let Err(e) = self.nodes.delete(&self.config.node).await {
-            warn!(error = %e, "cannot delete this node's heartbeat (it expires)");
+        match tokio::time::timeout(self.call_bound(), self.nodes.delete(&self.config.node)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot delete this node's heartbeat (it expires)"),
+            Err(_) => warn!("this node's heartbeat delete was not answered in time (it expires)"),
         }
         for stream in self.view.held().into_keys() {
             self.step_down(&stream, true);
