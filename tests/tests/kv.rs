@@ -623,6 +623,71 @@ async fn max_entries_evicts_the_least_recently_used() {
     node.shutdown().await;
 }
 
+/// An insert past `max_entries` removes the namespace's expired entries
+/// (not swept yet) first, as expired: a live entry is evicted only when
+/// the live ones alone are over the limit.
+#[actix_rt::test]
+async fn max_entries_removes_expired_entries_before_evicting_a_live_one() {
+    let (_dir, node, clock) = start().await;
+    let c = node.client();
+    c.ok(
+        "kv.configure",
+        json!({"namespace": "exp", "max_entries": 3}),
+    )
+    .await;
+    c.ok(
+        "kv.set",
+        json!({"namespace": "exp", "key": "a", "value": 1, "ttl": 5}),
+    )
+    .await;
+    for key in ["b", "c"] {
+        c.ok(
+            "kv.set",
+            json!({"namespace": "exp", "key": key, "value": 1}),
+        )
+        .await;
+    }
+    // `a` is the most recently used, then it expires: `b` is the least
+    // recently used live entry.
+    c.ok("kv.get", json!({"namespace": "exp", "key": "a"}))
+        .await;
+    clock.advance(Duration::from_secs(5));
+    c.ok(
+        "kv.set",
+        json!({"namespace": "exp", "key": "d", "value": 1}),
+    )
+    .await;
+    assert_eq!(
+        keys(&node, json!({"namespace": "exp"})).await,
+        ["exp:b", "exp:c", "exp:d"]
+    );
+    let stats = c.ok("kv.stats", json!({"namespace": "exp"})).await;
+    assert_eq!(stats["evictions"], json!(0));
+    assert_eq!(stats["total_entries"], json!(3));
+    let log = c.ok("log.read", json!({"limit": 1000})).await;
+    let events = log["events"].as_array().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], json!("KvEntriesExpired"));
+    assert_eq!(
+        last["event"]["kv_entries_expired"],
+        json!({"count": "1", "entries": [{"namespace": "exp", "key": "a"}]})
+    );
+    // Nothing expired any more: the least recently used live entry goes.
+    c.ok(
+        "kv.set",
+        json!({"namespace": "exp", "key": "e", "value": 1}),
+    )
+    .await;
+    assert_eq!(
+        keys(&node, json!({"namespace": "exp"})).await,
+        ["exp:c", "exp:d", "exp:e"]
+    );
+    let stats = c.ok("kv.stats", json!({"namespace": "exp"})).await;
+    assert_eq!(stats["evictions"], json!(1));
+    assert_eq!(stats["total_entries"], json!(3));
+    node.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn entries_and_expiry_survive_a_restart_and_expired_ones_do_not_come_back() {
     let dir = TestDir::new();

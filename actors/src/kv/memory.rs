@@ -36,7 +36,7 @@
 //! it really takes.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -111,6 +111,10 @@ pub struct Namespace {
     /// Keys by recency (least recent first); kept only while the namespace
     /// has limits ([`Namespace::limited`]), empty otherwise.
     pub recency: BTreeMap<u64, Box<str>>,
+    /// Keys that expire, by expiry then key (kept only while the namespace
+    /// has limits, like `recency`): an insert past the limits removes the
+    /// expired ones before it evicts a live one.
+    pub expiry: BTreeSet<(u64, Box<str>)>,
     /// Sum of the entries' sizes (while [`Namespace::limited`]).
     pub bytes: u64,
     /// Settings (`kv.configure`).
@@ -163,7 +167,18 @@ impl Namespace {
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(key, info)| {
-                        let info = read.get(&key).copied().unwrap_or(info);
+                        // What reads tracked (hits, last access, recency)
+                        // merged into the row's own size and expiry: a
+                        // tracked info may come from an older row.
+                        let info = match read.get(&key) {
+                            Some(r) => EntryInfo {
+                                tick: r.tick,
+                                hits: r.hits,
+                                last_accessed_ms: r.last_accessed_ms,
+                                ..info
+                            },
+                            None => info,
+                        };
                         (key, info)
                     })
                     .collect();
@@ -172,16 +187,17 @@ impl Namespace {
                 });
                 self.bytes = 0;
                 self.recency = BTreeMap::new();
+                self.expiry = BTreeSet::new();
                 self.entries = HashMap::with_capacity(all.len());
                 for (key, mut info) in all {
                     info.tick = next_tick();
-                    self.bytes += info.bytes;
-                    self.recency.insert(info.tick, key.clone());
+                    self.index(&key, &info);
                     self.entries.insert(key, info);
                 }
             }
             (true, false) => {
                 self.recency = BTreeMap::new();
+                self.expiry = BTreeSet::new();
                 self.bytes = 0;
                 self.entries.retain(|_, info| info.hits > 0);
                 self.entries.shrink_to_fit();
@@ -190,11 +206,45 @@ impl Namespace {
         }
     }
 
-    /// The least recently used keys, oldest first, skipping `except`, until
-    /// `enough` says the rest fits.
+    /// Indexes a tracked entry of a namespace with limits: its size, its
+    /// recency and (if it expires) its expiry.
+    fn index(&mut self, key: &str, info: &EntryInfo) {
+        self.bytes += info.bytes;
+        self.recency.insert(info.tick, key.into());
+        if info.expires_at_ms != 0 {
+            self.expiry.insert((info.expires_at_ms, key.into()));
+        }
+    }
+
+    /// Undoes [`Namespace::index`] for an entry that goes or changes.
+    fn unindex(&mut self, key: &str, info: &EntryInfo) {
+        self.bytes -= info.bytes;
+        self.recency.remove(&info.tick);
+        if info.expires_at_ms != 0 {
+            self.expiry.remove(&(info.expires_at_ms, key.into()));
+        }
+    }
+
+    /// The tracked entries expired at `now_ms` (see [`super::expired`]),
+    /// but `except`, soonest expired first, with their sizes.
+    pub fn expired<'a>(
+        &'a self,
+        now_ms: u64,
+        except: &'a str,
+    ) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+        self.expiry
+            .iter()
+            .take_while(move |(at, _)| super::expired(*at, now_ms))
+            .filter(move |(_, key)| &**key != except)
+            .map(|(_, key)| (&**key, self.entries.get(key).map_or(0, |i| i.bytes)))
+    }
+
+    /// The least recently used keys, oldest first, skipping `except` and
+    /// those `skip` names, until `enough` says the rest fits.
     pub fn victims(
         &self,
         except: &str,
+        skip: &HashSet<&str>,
         mut enough: impl FnMut(u64, u64) -> bool,
     ) -> Vec<(String, u64)> {
         let mut out = Vec::new();
@@ -203,7 +253,7 @@ impl Namespace {
             if enough(removed, removed_bytes) {
                 break;
             }
-            if &**key == except {
+            if &**key == except || skip.contains(&**key) {
                 continue;
             }
             let bytes = self.entries.get(key).map_or(0, |i| i.bytes);
@@ -319,9 +369,8 @@ impl KvMemory {
                 continue;
             };
             let info = EntryInfo::of(&row, self.next_tick());
-            ns.bytes += info.bytes;
             let key: Box<str> = row.key.into();
-            ns.recency.insert(info.tick, key.clone());
+            ns.index(&key, &info);
             ns.entries.insert(key, info);
         }
     }
@@ -478,24 +527,20 @@ impl KvMemory {
         }
         let key: Box<str> = match old {
             Some((key, old)) => {
-                ns.recency.remove(&old.tick);
-                ns.bytes -= old.bytes;
+                ns.unindex(&key, &old);
                 key
             }
             None => row.key.as_str().into(),
         };
-        ns.bytes += bytes;
-        ns.recency.insert(tick, key.clone());
-        ns.entries.insert(
-            key,
-            EntryInfo {
-                tick,
-                bytes,
-                expires_at_ms: row.expires_at_ms,
-                hits: 0,
-                last_accessed_ms: now_ms,
-            },
-        );
+        let info = EntryInfo {
+            tick,
+            bytes,
+            expires_at_ms: row.expires_at_ms,
+            hits: 0,
+            last_accessed_ms: now_ms,
+        };
+        ns.index(&key, &info);
+        ns.entries.insert(key, info);
         self.cache
             .insert(self.entry_key(&row.namespace, &row.key), row);
     }
@@ -514,8 +559,7 @@ impl KvMemory {
             let ns = tracker.namespace(namespace);
             if let Some(old) = ns.entries.remove(key) {
                 if ns.limited() {
-                    ns.recency.remove(&old.tick);
-                    ns.bytes -= old.bytes;
+                    ns.unindex(key, &old);
                 }
                 if evicted {
                     ns.counters.evictions += 1;
@@ -622,7 +666,7 @@ mod tests {
             assert_eq!((ns.entries.len(), ns.bytes), (3, 12));
             assert_eq!(ns.entries["a"].hits, 1);
             assert_eq!(
-                ns.victims("", |removed, _| 3 - removed <= 2),
+                ns.victims("", &HashSet::new(), |removed, _| 3 - removed <= 2),
                 [("b".to_owned(), 4)]
             );
         }

@@ -115,8 +115,12 @@
 //!   bounded by `kv.memory-max-bytes` (size-aware, LRU) in front of it.
 //!   Per namespace, `max_entries` / `max_bytes` are enforced by the writer:
 //!   a set that would pass them appends, with the `KvEntrySet`, a
-//!   `KvEntriesEvicted` naming the least recently used entries (recency:
-//!   the last set or hit; after a restart, creation order).
+//!   `KvEntriesExpired` naming the namespace's expired entries not swept
+//!   yet (they go first: a live entry is never evicted while an expired
+//!   one stays; the tracker keeps an expiry index of a namespace with
+//!   limits), then a `KvEntriesEvicted` naming the least recently used
+//!   live entries still over the limits (recency: the last set or hit;
+//!   after a restart, creation order).
 //! - **Time.** Every time (created, expires, last accessed) is the
 //!   injectable [`crate::timing::Clock`]'s, in Unix milliseconds. An entry
 //!   is expired from the instant `now >= expires_at`: reads then answer a
@@ -586,34 +590,16 @@ impl StreamDomain for Kv {
                         .map_err(|_| KvError::WriterGone { partition })?
                 }
                 KvCommand::SetBatch => {
-                    let KvLog::Store(store) = &env.log else {
-                        // A cluster's replicated log: one batch at a time.
-                        let batch = drain_sets(&env, partition);
-                        let n = batch.len();
-                        if n > 0 {
-                            run_sets(session, &env, partition, batch, now_ms).await;
-                        }
-                        return Ok(KvReply::Batched(n));
-                    };
-                    // Room for one more batch in flight.
-                    settle(session, &env, partition, now_ms, PIPELINE_MAX_BATCHES - 1).await?;
-                    let batch = drain_sets(&env, partition);
-                    let n = batch.len();
-                    if n == 0 {
-                        return Ok(KvReply::Batched(0));
+                    let ran = set_batch(session, &env, partition, now_ms).await;
+                    if let Err(e) = &ran {
+                        // No set still queued waits for a later batch that
+                        // would store it after its client heard of this
+                        // failure: each is answered with it, not stored.
+                        let queued: Vec<QueuedSet> =
+                            env.sets[partition].queue.lock().sets.drain(..).collect();
+                        fail_sets(queued, e);
                     }
-                    if batch
-                        .iter()
-                        .any(|q| has_limits(&env, partition, &q.set.namespace))
-                    {
-                        // Evictions are decided on the trackers as every
-                        // set before left them: nothing in flight.
-                        settle(session, &env, partition, now_ms, 0).await?;
-                        run_sets(session, &env, partition, batch, now_ms).await;
-                        return Ok(KvReply::Batched(n));
-                    }
-                    pipeline_sets(session, &env, store, partition, batch, now_ms).await?;
-                    Ok(KvReply::Batched(n))
+                    ran
                 }
                 KvCommand::Delete { namespace, key } => {
                     // Sent again with its key (its answer was lost): it
@@ -695,14 +681,23 @@ impl StreamDomain for Kv {
                     // entry of a namespace that gets limits) as the commit
                     // is written ([`KvObserver`]).
                     session.append(vec![e], Chunking::Whole).await?;
-                    // Lower limits apply at once.
-                    let victims = {
+                    // Lower limits apply at once: expired entries go
+                    // first, then the least recently used.
+                    let (expired, victims) = {
                         let tracker = env.memory.partition(partition).lock();
                         match tracker.namespaces.get(&namespace) {
-                            Some(ns) => over_limits(ns, &settings, "", 0, 0),
-                            None => Vec::new(),
+                            Some(ns) => over_limits(ns, &settings, "", 0, 0, now_ms),
+                            None => (Vec::new(), Vec::new()),
                         }
                     };
+                    let expired = expired
+                        .into_iter()
+                        .map(|(k, _)| (namespace.clone(), k))
+                        .collect();
+                    remove_in_bulk(session, expired, |count, entries| {
+                        Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
+                    })
+                    .await?;
                     evict(session, &namespace, victims).await?;
                     Ok(KvReply::Configured(settings))
                 }
@@ -818,22 +813,53 @@ async fn set_priors(env: &KvEnv, round: &[QueuedSet]) -> Result<Vec<(usize, SetP
     .await?
 }
 
-/// The least recently used entries of `ns` to evict so that, with
-/// `added` more entries of `added_bytes`, it fits `settings`.
+/// An entry's key and its size as counted against `max_bytes`.
+type KeySize = (String, u64);
+
+/// What `ns` must lose so that, with `added` more entries of
+/// `added_bytes`, it fits `settings`: `(expired, evicted)`. Nothing when
+/// it fits already. Otherwise its expired entries (not swept yet) go
+/// first, soonest expired first, as expired — never a live entry while an
+/// expired one stays — then the least recently used live ones, as
+/// evicted; each only as many as it takes to fit (the sweeper removes
+/// the other expired ones).
 fn over_limits(
     ns: &memory::Namespace,
     settings: &KvNamespaceSettings,
     except: &str,
     added: u64,
     added_bytes: u64,
-) -> Vec<(String, u64)> {
+    now_ms: u64,
+) -> (Vec<KeySize>, Vec<KeySize>) {
     let count = ns.entries.len() as u64 + added;
     let bytes = ns.bytes + added_bytes;
-    ns.victims(except, |removed, removed_bytes| {
-        (settings.max_entries == 0 || count - removed <= settings.max_entries)
+    let fits = |removed: u64, removed_bytes: u64| {
+        (settings.max_entries == 0 || count.saturating_sub(removed) <= settings.max_entries)
             && (settings.max_bytes == 0
                 || bytes.saturating_sub(removed_bytes) <= settings.max_bytes)
-    })
+    };
+    if fits(0, 0) {
+        return (Vec::new(), Vec::new());
+    }
+    let mut expired = Vec::new();
+    let (mut gone, mut gone_bytes) = (0u64, 0u64);
+    for (key, bytes) in ns.expired(now_ms, except) {
+        if fits(gone, gone_bytes) {
+            return (expired, Vec::new());
+        }
+        gone += 1;
+        gone_bytes += bytes;
+        expired.push((key.to_owned(), bytes));
+    }
+    if fits(gone, gone_bytes) {
+        return (expired, Vec::new());
+    }
+    // Every expired entry goes: only live ones are left to evict.
+    let skip: std::collections::HashSet<&str> = expired.iter().map(|(k, _)| k.as_str()).collect();
+    let evicted = ns.victims(except, &skip, |removed, removed_bytes| {
+        fits(gone + removed, gone_bytes + removed_bytes)
+    });
+    (expired, evicted)
 }
 
 /// Removes `selected` entries of the session's partition in bulk: one
@@ -966,8 +992,9 @@ fn decide_set(
             Some(old) => (0, bytes.saturating_sub(old.bytes)),
             None => (1, bytes),
         };
-        over_limits(ns, &ns.settings, &row.key, added, added_bytes)
+        over_limits(ns, &ns.settings, &row.key, added, added_bytes, now_ms)
     };
+    let (expired, victims) = victims;
     let mut events = vec![event(Payload::KvEntrySet(KvEntrySet {
         namespace: row.namespace.clone(),
         key: row.key.clone(),
@@ -977,6 +1004,16 @@ fn decide_set(
         created_at_ms: row.created_at_ms,
         expires_at_ms: row.expires_at_ms,
     }))];
+    let expired: Vec<(String, String)> = expired
+        .into_iter()
+        .map(|(k, _)| (row.namespace.clone(), k))
+        .collect();
+    for chunk in bulk_chunks(expired) {
+        events.push(event(Payload::KvEntriesExpired(KvEntriesExpired {
+            count: chunk.len() as u64,
+            entries: refs(&chunk),
+        })));
+    }
     let evicted: Vec<(String, String)> = victims
         .into_iter()
         .map(|(k, _)| (row.namespace.clone(), k))
@@ -1228,7 +1265,10 @@ async fn pipeline_sets(
     // `requests` view, which holds the keys of committed sets only: the
     // batches in flight commit first.
     let batch = if batch.iter().any(|q| !q.metadata.request_id.is_empty()) {
-        settle(session, env, partition, now_ms, 0).await?;
+        if let Err(e) = settle(session, env, partition, now_ms, 0).await {
+            fail_sets(batch, &e);
+            return Err(e);
+        }
         let Some((round, later)) = screen_keys(env, batch).await else {
             return Ok(());
         };
@@ -1340,7 +1380,19 @@ async fn settle(
     if failed {
         session.state().pipeline.lock().last = None;
         let (store, stream) = (env.store.clone(), session.state().stream.clone());
-        let version = off_arbiter("kv-settle", move || store.stream_version(&stream)).await??;
+        let version = match off_arbiter("kv-settle", move || store.stream_version(&stream))
+            .await
+            .map_err(KvError::from)
+            .and_then(|read| read.map_err(KvError::from))
+        {
+            Ok(version) => version,
+            Err(e) => {
+                // The sets not written cannot run on a version not known:
+                // answered with the error, never stored.
+                fail_sets(unwritten, &e);
+                return Err(e);
+            }
+        };
         tracing::debug!(
             partition,
             version,
@@ -1353,6 +1405,62 @@ async fn settle(
         run_sets(session, env, partition, unwritten, now_ms).await;
     }
     Ok(())
+}
+
+/// Runs the sets queued for `partition` ([`KvCommand::SetBatch`]): one
+/// batch, pipelined on a single node. A failure answers the batch it took
+/// with the error; the caller answers the sets still queued.
+async fn set_batch(
+    session: &mut Session<Kv>,
+    env: &KvEnv,
+    partition: usize,
+    now_ms: u64,
+) -> Result<KvReply, KvError> {
+    let KvLog::Store(store) = &env.log else {
+        // A cluster's replicated log: one batch at a time.
+        let batch = drain_sets(env, partition);
+        let n = batch.len();
+        if n > 0 {
+            run_sets(session, env, partition, batch, now_ms).await;
+        }
+        return Ok(KvReply::Batched(n));
+    };
+    // Room for one more batch in flight.
+    settle(session, env, partition, now_ms, PIPELINE_MAX_BATCHES - 1).await?;
+    let batch = drain_sets(env, partition);
+    let n = batch.len();
+    if n == 0 {
+        return Ok(KvReply::Batched(0));
+    }
+    if batch
+        .iter()
+        .any(|q| has_limits(env, partition, &q.set.namespace))
+    {
+        // Evictions are decided on the trackers as every set before left
+        // them: nothing in flight.
+        if let Err(e) = settle(session, env, partition, now_ms, 0).await {
+            fail_sets(batch, &e);
+            return Err(e);
+        }
+        run_sets(session, env, partition, batch, now_ms).await;
+        return Ok(KvReply::Batched(n));
+    }
+    pipeline_sets(session, env, store, partition, batch, now_ms).await?;
+    Ok(KvReply::Batched(n))
+}
+
+/// Answers each of `sets` with `error` (none of them is stored).
+fn fail_sets(sets: Vec<QueuedSet>, error: &KvError) {
+    if sets.is_empty() {
+        return;
+    }
+    tracing::warn!(sets = sets.len(), error = %error, "kv sets not run");
+    let message = error.to_string();
+    for queued in sets {
+        let _ = queued.reply.send(Err(KvError::Storage(
+            cairn_storage::StorageError::Unavailable(format!("the set could not run: {message}")),
+        )));
+    }
 }
 
 /// The `candidates` whose current row `keep` selects.
@@ -1784,8 +1892,13 @@ impl KvNode {
         // has its own.
         match futures::future::select(answer, std::pin::pin!(ran)).await {
             futures::future::Either::Left((answered, _)) => answered.map_err(|_| gone())?,
+            // Its trigger ran, or failed: the set's own answer says what
+            // became of it either way — a batch took it and answers it, or
+            // the failed trigger answered every set it left queued.
             futures::future::Either::Right((Ok(ran), answer)) => {
-                ran?;
+                if let Err(e) = ran {
+                    tracing::debug!(partition, error = %e, "kv set trigger failed");
+                }
                 answer.await.map_err(|_| gone())?
             }
             // The writer stopped (its partition given up): a set still
