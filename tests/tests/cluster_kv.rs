@@ -505,10 +505,19 @@ async fn a_paused_partition_owner_is_fenced_when_it_wakes() {
     ];
     assert_eq!(logs[0], logs[1]);
     assert_eq!(logs[0], logs[2]);
+    // A set's value is bytes in the event (base64 in its JSON): the new
+    // owner's set is found once by it.
+    let sets_of = |value: &[u8]| {
+        logs[0]
+            .iter()
+            .filter(|e| set_value(e).as_deref() == Some(value))
+            .count()
+    };
+    assert_eq!(sets_of(b"\"by-new-owner\""), 1);
     let old_owner_sets = logs[0]
         .iter()
         .filter(|e| e["seq"].as_u64().unwrap() > takeover_seq)
-        .filter(|e| e.to_string().contains("by-old-owner"))
+        .filter(|e| set_value(e).as_deref() == Some(&b"\"by-old-owner\""[..]))
         .count();
     assert_eq!(old_owner_sets, acknowledged);
 }
@@ -799,6 +808,13 @@ fn forwarded_with(id: &str) -> HeaderMap {
     headers.insert("Cairn-Request-Id", id);
     headers.insert("Cairn-Forwarded", "n-test");
     headers
+}
+
+/// The value a `KvEntrySet` event (as `log.read` renders it) sets.
+fn set_value(event: &Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let value = event["event"]["kv_entry_set"]["value"].as_str()?;
+    base64::engine::general_purpose::STANDARD.decode(value).ok()
 }
 
 /// The `kv/` events of `log` of type `kind` naming `key`, with their
