@@ -636,7 +636,6 @@ impl Loop {
         // — all at once and beside the heartbeat: a slow JetStream delays
         // them by one bound, not one per lease, and a slow heartbeat does
         // not hold them back.
-        let started = Instant::now();
         let bound = self.call_bound();
         let renewals = self
             .view
@@ -706,11 +705,13 @@ impl Loop {
         };
         let live = self.view.live();
         let wanted: std::collections::HashSet<&StreamId> = streams.iter().collect();
+        // Leases are created one after another (each bounded): placing
+        // takes at most a renew interval (and one create) per tick, so the
+        // next renewals are not held back for long; it goes on next tick.
+        let placing = Instant::now();
         for stream in &streams {
-            if started.elapsed() >= self.config.renew_every {
-                // Leases are created one after another (each bounded): the
-                // next tick's renewals come first, placing goes on then.
-                debug!("the next renewal is due; placing the rest next time");
+            if placing.elapsed() >= self.config.renew_every {
+                debug!("placing for a renew interval already; the rest next tick");
                 break;
             }
             let Some(preferred) = preferred(&live, stream.as_str()) else {
