@@ -481,6 +481,83 @@ async fn a_stream_given_up_while_being_taken_is_released_after_the_take() {
     assert!(!m.appender.owns(&stream));
 }
 
+/// A bucket watch that cannot be made is tried again until it can. Here
+/// the members' bucket is deleted: the watch's consumer goes with it, the
+/// watch ends (a missed heartbeat), and making it again fails while the
+/// bucket is gone. Once the bucket is back, the node follows the members
+/// again and sees its own next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_watch_that_cannot_be_made_is_made_again_once_it_can() {
+    use cairn_actors::cluster::{ownership, Ownership, OwnershipConfig};
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let m = member("m1", &cluster.url(0)).await;
+    let holder = Arc::new(Recorder::default());
+    let js = jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
+    let config = OwnershipConfig {
+        node: "m1".to_owned(),
+        lease: Duration::from_secs(3),
+        renew_every: Duration::from_secs(1),
+        replicas: 3,
+    };
+    let ownership = wait_until("the ownership buckets", WAIT, || {
+        let (js, config, appender, holder) = (
+            js.clone(),
+            config.clone(),
+            m.appender.clone(),
+            holder.clone(),
+        );
+        async move { Ownership::start(js, config, appender, holder).await }
+    })
+    .await;
+    let seen = |ownership: &Ownership| -> Result<(), String> {
+        let members = ownership.view().members();
+        if members.contains_key("m1") {
+            Ok(())
+        } else {
+            Err(format!("members {:?}", members.keys().collect::<Vec<_>>()))
+        }
+    };
+    wait_until("m1 to see its own heartbeat", WAIT, || async {
+        seen(&ownership)
+    })
+    .await;
+    assert_eq!(ownership.view().watch_failures(), 0);
+
+    js.delete_stream(format!("KV_{}", ownership::NODES_BUCKET))
+        .await
+        .unwrap();
+    wait_until(
+        "an attempt at watching the bucket to fail",
+        WAIT,
+        || async {
+            match ownership.view().watch_failures() {
+                0 => Err("none yet".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    // No heartbeat of it is seen meanwhile (none can be put).
+    wait_until("m1's last heartbeat to be a lease old", WAIT, || async {
+        match seen(&ownership) {
+            Ok(()) => Err("still seen".to_owned()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
+
+    ownership::bucket(&js, ownership::NODES_BUCKET, &config)
+        .await
+        .unwrap();
+    wait_until("m1 to see its heartbeat again", WAIT, || async {
+        seen(&ownership)
+    })
+    .await;
+}
+
 /// A data directory a single node wrote has sequence numbers of its own:
 /// a node refuses to join a cluster with it (applying the cluster's order
 /// on top would fork both logs), naming the directory, and writes nothing.

@@ -181,6 +181,8 @@ pub struct OwnershipView {
     held: RwLock<BTreeMap<StreamId, Held>>,
     /// Set when the node leaves (SIGTERM): it is no candidate any more.
     leaving: std::sync::atomic::AtomicBool,
+    /// Attempts at making a bucket watch that failed.
+    watch_failures: std::sync::atomic::AtomicU64,
 }
 
 impl OwnershipView {
@@ -209,6 +211,13 @@ impl OwnershipView {
         }
         live.sort();
         live
+    }
+
+    /// How many attempts at making a bucket watch failed since the node
+    /// started (each is tried again, see [`spawn_watch`]).
+    pub fn watch_failures(&self) -> u64 {
+        self.watch_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether this node is leaving the cluster.
@@ -356,6 +365,7 @@ impl Ownership {
             members: RwLock::default(),
             held: RwLock::default(),
             leaving: Default::default(),
+            watch_failures: Default::default(),
         });
         spawn_watch(owners.clone(), OWNERS_BUCKET, &view, |watched, entry| {
             let mut leases = watched.leases.write().expect("leases lock");
@@ -459,13 +469,14 @@ impl Ownership {
     }
 }
 
-/// Finds or creates bucket `name` whose entries live `config.lease`.
+/// Finds or creates bucket `name` ([`NODES_BUCKET`], [`OWNERS_BUCKET`])
+/// whose entries live `config.lease`.
 ///
 /// The bucket's stream is created as the KV convention has it (`KV_<name>`
 /// on `$KV.<name>.>`, one message per key, rollups allowed, deletes
 /// denied, direct gets) rather than with async-nats's `create_key_value`,
 /// whose reply parsing fails against nats-server 2.9 (Debian's).
-async fn bucket(
+pub async fn bucket(
     js: &jetstream::Context,
     name: &str,
     config: &OwnershipConfig,
@@ -521,6 +532,10 @@ fn spawn_watch(
                 }
                 Err(e) => {
                     warn!(bucket = name, error = %e, retry_in = ?wait, "cannot watch the bucket");
+                    if let Some(view) = view.upgrade() {
+                        view.watch_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     wait = (wait * 2).min(WATCH_RETRY_MAX);
                 }
             }
