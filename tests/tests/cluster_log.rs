@@ -268,9 +268,39 @@ impl cairn_actors::cluster::Holder for Recorder {
     }
 }
 
+/// Member `node`'s ownership settings: a 3 s lease renewed every second,
+/// buckets with three replicas.
+fn ownership_config(node: &str) -> cairn_actors::cluster::OwnershipConfig {
+    cairn_actors::cluster::OwnershipConfig {
+        node: node.to_owned(),
+        lease: Duration::from_secs(3),
+        renew_every: Duration::from_secs(1),
+        replicas: 3,
+    }
+}
+
+/// Starts the ownership loop of `member` (node `node`) with `holder`, on a
+/// connection of its own to `url`; answers it and that connection.
+async fn start_ownership(
+    url: &str,
+    node: &str,
+    member: &Member,
+    holder: Arc<dyn cairn_actors::cluster::Holder>,
+) -> (cairn_actors::cluster::Ownership, jetstream::Context) {
+    let js = jetstream::new(async_nats::connect(url).await.unwrap());
+    let ownership = wait_until("the ownership buckets", WAIT, || {
+        let (js, appender, holder) = (js.clone(), member.appender.clone(), holder.clone());
+        async move {
+            cairn_actors::cluster::Ownership::start(js, ownership_config(node), appender, holder)
+                .await
+        }
+    })
+    .await;
+    (ownership, js)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leaving() {
-    use cairn_actors::cluster::{Ownership, OwnershipConfig};
     let cluster = tokio::task::spawn_blocking(NatsCluster::start)
         .await
         .unwrap();
@@ -280,50 +310,13 @@ async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leavin
         .collect();
     let mut members = Vec::new();
     for (i, name) in ["m1", "m2"].into_iter().enumerate() {
-        let client = async_nats::connect(cluster.url(i)).await.unwrap();
-        let js = jetstream::new(client.clone());
-        let max_payload = client.server_info().max_payload;
-        let blobs = wait_until("the blob stream", WAIT, || {
-            let js = js.clone();
-            async move { Blobs::start(js, max_payload, 3).await }
-        })
-        .await;
-        wait_until("the log stream", WAIT, || {
-            let js = js.clone();
-            async move { log::ensure_stream(&js, 3).await.map(|_| ()) }
-        })
-        .await;
-        let store = TempStore::open();
-        let (applied, applier) = start_applier(js.clone(), store.store.clone(), blobs.clone())
-            .await
-            .unwrap();
-        let appender = ClusterAppend::new(
-            name,
-            js.clone(),
-            store.store.clone(),
-            blobs,
-            applied,
-            max_payload,
-            Duration::from_secs(30),
-        );
+        let m = member(name, &cluster.url(i)).await;
         let holder = Arc::new(Recorder {
             streams: streams.clone(),
             ..Default::default()
         });
-        let ownership = Ownership::start(
-            js,
-            OwnershipConfig {
-                node: name.to_owned(),
-                lease: Duration::from_secs(3),
-                renew_every: Duration::from_secs(1),
-                replicas: 3,
-            },
-            appender,
-            holder.clone(),
-        )
-        .await
-        .unwrap();
-        members.push((ownership, holder, store, applier));
+        let (ownership, _) = start_ownership(&cluster.url(i), name, &m, holder.clone()).await;
+        members.push((ownership, holder, m));
     }
     // Both see both, and the twelve streams end up split between them.
     wait_until("both members to hold a share", WAIT, || async {
@@ -363,9 +356,6 @@ async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leavin
         m1.iter().filter(|e| e.starts_with('-')).count(),
         "m1 gave back everything it took: {m1:?}"
     );
-    for (_, _, _, applier) in &members {
-        applier.abort();
-    }
 }
 
 /// A holder whose `own` waits at a gate, recording what completes.
@@ -406,7 +396,6 @@ impl cairn_actors::cluster::Holder for Gated {
 /// node has left only then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_given_up_while_being_taken_is_released_after_the_take() {
-    use cairn_actors::cluster::{Ownership, OwnershipConfig};
     let cluster = tokio::task::spawn_blocking(NatsCluster::start)
         .await
         .unwrap();
@@ -419,25 +408,7 @@ async fn a_stream_given_up_while_being_taken_is_released_after_the_take() {
         own_called: Arc::default(),
         gate: Arc::new(tokio::sync::Semaphore::new(0)),
     });
-    let js = jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
-    let ownership = wait_until("the ownership buckets", WAIT, || {
-        let (js, appender, holder) = (js.clone(), m.appender.clone(), holder.clone());
-        async move {
-            Ownership::start(
-                js,
-                OwnershipConfig {
-                    node: "m1".to_owned(),
-                    lease: Duration::from_secs(3),
-                    renew_every: Duration::from_secs(1),
-                    replicas: 3,
-                },
-                appender,
-                holder,
-            )
-            .await
-        }
-    })
-    .await;
+    let (ownership, _) = start_ownership(&cluster.url(0), "m1", &m, holder.clone()).await;
     // The only member takes the stream: fenced, and its writer opening.
     wait_until("the stream's writer to be opened", WAIT, || async {
         if holder.own_called.load(std::sync::atomic::Ordering::SeqCst) {
@@ -488,30 +459,14 @@ async fn a_stream_given_up_while_being_taken_is_released_after_the_take() {
 /// again and sees its own next heartbeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_watch_that_cannot_be_made_is_made_again_once_it_can() {
-    use cairn_actors::cluster::{ownership, Ownership, OwnershipConfig};
+    use cairn_actors::cluster::{ownership, Ownership};
     let cluster = tokio::task::spawn_blocking(NatsCluster::start)
         .await
         .unwrap();
     cluster.wait_ready(WAIT).unwrap();
     let m = member("m1", &cluster.url(0)).await;
-    let holder = Arc::new(Recorder::default());
-    let js = jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
-    let config = OwnershipConfig {
-        node: "m1".to_owned(),
-        lease: Duration::from_secs(3),
-        renew_every: Duration::from_secs(1),
-        replicas: 3,
-    };
-    let ownership = wait_until("the ownership buckets", WAIT, || {
-        let (js, config, appender, holder) = (
-            js.clone(),
-            config.clone(),
-            m.appender.clone(),
-            holder.clone(),
-        );
-        async move { Ownership::start(js, config, appender, holder).await }
-    })
-    .await;
+    let (ownership, js) =
+        start_ownership(&cluster.url(0), "m1", &m, Arc::new(Recorder::default())).await;
     let seen = |ownership: &Ownership| -> Result<(), String> {
         let members = ownership.view().members();
         if members.contains_key("m1") {
@@ -549,7 +504,7 @@ async fn a_bucket_watch_that_cannot_be_made_is_made_again_once_it_can() {
     })
     .await;
 
-    ownership::bucket(&js, ownership::NODES_BUCKET, &config)
+    ownership::bucket(&js, ownership::NODES_BUCKET, &ownership_config("m1"))
         .await
         .unwrap();
     wait_until("m1 to see its heartbeat again", WAIT, || async {
