@@ -1061,9 +1061,10 @@ async fn losing_nats_servers_stops_writes_quickly_keeps_reads_and_recovers_by_it
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), logs[0].len());
-    // Every node follows the members again after the outage (async-nats's
-    // watch remakes its consumer by itself once there is a quorum): each
-    // one sees all three heartbeats.
+    // Every node follows the members again after the outage (async-nats
+    // remakes a watch's consumer after a reconnect, and cairn makes a watch
+    // that ended anew, retrying until there is a quorum): each one sees all
+    // three heartbeats.
     for node in ["n0", "n1", "n2"] {
         wait_until(
             &format!("{node} to see every member's heartbeat"),
