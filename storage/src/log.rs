@@ -125,6 +125,13 @@ pub struct SequencedCommit {
     /// than an encoding made again; bytes not in prost's field order are
     /// encoded again all the same.
     pub encoded: Vec<bytes::Bytes>,
+    /// Why every node refuses the message, decided from the message alone
+    /// before it reaches the store (it does not decode, or an envelope
+    /// names another stream than the subject it was published on, which
+    /// is what fences that stream): then `envelopes` is empty, nothing of
+    /// it is written and the position moves past it
+    /// ([`Sequenced::Refused`]).
+    pub refused: Option<String>,
 }
 
 /// What [`crate::Store::apply_sequenced_async`] did with one

@@ -1433,8 +1433,9 @@ fn buffered_appends_skip_the_fsync_unless_a_synced_one_shares_the_group() {
 /// the same log and views byte for byte — the same as the replicated
 /// apply of the same events with their seqs; a message at or below the
 /// position is skipped; one whose stream version does not continue its
-/// stream is refused alone (nothing of it written) and the position moves
-/// past it; the position survives a reopen.
+/// stream, or one the applier refused from the message alone, is refused
+/// alone (nothing of it written) and the position moves past it; the
+/// position survives a reopen.
 #[test]
 fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
     use cairn_storage::{ReplicatedLog, Sequenced, SequencedCommit};
@@ -1479,6 +1480,12 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
             ],
             ..Default::default()
         },
+        // Refused from the message alone (by the applier that read it).
+        SequencedCommit {
+            position: 8,
+            refused: Some("an envelope of another stream".into()),
+            ..Default::default()
+        },
         SequencedCommit {
             position: 9,
             envelopes: vec![unsequenced(3, "repo/ns/a", 2)],
@@ -1486,7 +1493,7 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
         },
     ];
     let mut dumps = Vec::new();
-    for grouping in [vec![4], vec![1, 1, 1, 1], vec![2, 2]] {
+    for grouping in [vec![5], vec![1, 1, 1, 1, 1], vec![2, 3]] {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let mut rest = messages.clone();
@@ -1511,6 +1518,7 @@ fn sequenced_commits_take_their_seqs_from_the_replicated_order() {
                     "stream repo/ns/a is at version 1; an event of version 1 does not continue it"
                         .into()
                 ),
+                Sequenced::Refused("an envelope of another stream".into()),
                 Sequenced::Applied {
                     first_seq: 3,
                     last_seq: 3
@@ -1747,6 +1755,7 @@ fn sequenced_rows_are_the_replicated_bytes_with_their_seq() {
             position,
             envelopes,
             encoded,
+            refused: None,
         };
     let (one, two) = (unsequenced(1), unsequenced(2));
     // Field 14 (unknown to this build), a varint 1, after the known ones.

@@ -246,6 +246,89 @@ async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
     assert_eq!(c.store.store.get(&digest).unwrap(), Some(content));
 }
 
+/// Fencing is per subject: an event of stream `s` published on stream
+/// `r`'s subject would pass `r`'s fencing, not `s`'s (a deposed owner of
+/// `s`, or any client of the log stream). Every node refuses it whole, and
+/// `s`'s owner goes on writing as if it had never been published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_another_streams_subject_is_refused_by_every_node() {
+    use cairn_events::{envelope, v1::Envelope};
+    use cairn_storage::Sequenced;
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let a = member("node-a", &cluster.url(0)).await;
+    let b = member("node-b", &cluster.url(1)).await;
+    let r = StreamId::repository("ns", "r").unwrap();
+    let s = StreamId::repository("ns", "s").unwrap();
+    a.appender.take(&s).await.unwrap();
+    let append = |version: u64, event: cairn_events::v1::Event| {
+        a.appender
+            .append_chunks(&s, version, vec![vec![event]], Metadata::command("alice"))
+    };
+    let first = append(0, events::registered("ns", "s"))
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.first_seq(), first.stream_version()), (1, 1));
+
+    // The event that would continue `s`, on `r`'s subject.
+    let stray = Envelope {
+        schema_version: envelope::SCHEMA_VERSION,
+        event_id: envelope::new_id(),
+        stream: s.to_string(),
+        stream_version: 2,
+        recorded_at: Some(pbjson_types::Timestamp {
+            seconds: 1_790_000_000,
+            nanos: 0,
+        }),
+        principal: "mallory".into(),
+        event: Some(events::closed("stray")),
+        ..Default::default()
+    };
+    let js = jetstream::new(async_nats::connect(cluster.url(2)).await.unwrap());
+    let stray_at = js
+        .publish(log::subject_of(&r), log::encode_commit(&[stray]))
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let why = format!(
+        "an event of stream \"repo/ns/s\" was published on {}, which is not that stream's subject",
+        log::subject_of(&r)
+    );
+    for member in [&a, &b] {
+        assert_eq!(
+            member.applied.wait_for(stray_at, WAIT).await.unwrap(),
+            Some(Sequenced::Refused(why.clone()))
+        );
+        assert_eq!(member.store.store.last_seq().unwrap(), 1);
+        assert_eq!(member.store.store.replication_position().unwrap(), stray_at);
+    }
+
+    // The owner's next event is version 2, at seq 2.
+    let next = append(1, events::spec_changed("ns", "s", "release"))
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.first_seq(), next.stream_version()), (2, 2));
+    caught_up(&b, a.applied.position()).await;
+    assert_eq!(dump(&b.store.store), dump(&a.store.store));
+    let principals: Vec<String> = b
+        .store
+        .store
+        .read_all(1, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}:{}@{}", e.seq, e.stream, e.principal))
+        .collect();
+    assert_eq!(principals, ["1:repo/ns/s@alice", "2:repo/ns/s@alice"]);
+}
+
 /// A holder that records what it is given.
 #[derive(Debug, Default)]
 struct Recorder {

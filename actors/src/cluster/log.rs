@@ -12,6 +12,9 @@
 //!   last sequence as the owner knows it: a deposed owner's publish is
 //!   refused by JetStream itself. A commit larger than the server's
 //!   `max_payload` is cut into several messages, each a commit of its own.
+//!   Every node refuses a message whose events are not all of the stream
+//!   its subject names ([`commit_of`]): fencing is per subject, so such an
+//!   event would have passed another stream's fencing, not its own.
 //! - **A fence** is an empty message with `Cairn-Fence: <node>`: a new owner
 //!   publishes one when it takes a stream, which moves the subject's
 //!   sequence past anything a previous owner could still expect.
@@ -254,6 +257,38 @@ pub fn decode_commit_rows(body: &Bytes) -> Result<(Vec<Envelope>, Vec<Bytes>), p
         offset = end;
     }
     Ok((envelopes, encoded))
+}
+
+/// The commit a log message at `position` on `subject` carries, or why
+/// every node refuses it: a body that does not decode, or an envelope of
+/// another stream than `subject`'s. `Nats-Expected-Last-Subject-Sequence`
+/// fences a stream's subject, so an event of stream B published on A's
+/// subject would pass B's fencing (a deposed owner of B writing after
+/// B's new owner, say): refused whole, whoever published it.
+pub fn commit_of(position: u64, subject: &str, body: &Bytes) -> SequencedCommit {
+    let refused = |why: String| SequencedCommit {
+        position,
+        refused: Some(why),
+        ..Default::default()
+    };
+    let (envelopes, encoded) = match decode_commit_rows(body) {
+        Ok(decoded) => decoded,
+        Err(e) => return refused(format!("the commit does not decode: {e}")),
+    };
+    if let Some(env) = envelopes.iter().find(|env| {
+        StreamId::new(env.stream.clone()).map_or(true, |stream| subject_of(&stream) != subject)
+    }) {
+        return refused(format!(
+            "an event of stream {:?} was published on {subject}, which is not that stream's subject",
+            env.stream
+        ));
+    }
+    SequencedCommit {
+        position,
+        envelopes,
+        encoded,
+        refused: None,
+    }
 }
 
 /// Decodes a message body [`encode_commit`] made (the envelopes only).
@@ -743,23 +778,19 @@ async fn prepare<E: std::fmt::Display>(
                 None => warn!(position, value, "malformed compaction marker"),
             }
         }
-        let (envelopes, encoded) = if header(FENCE_HEADER).is_some() || compaction.is_some() {
-            (Vec::new(), Vec::new())
-        } else {
-            match decode_commit_rows(&message.payload) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    // Every node skips it alike (refused when applied).
-                    warn!(position, error = %e, "undecodable commit");
-                    (vec![Envelope::default()], Vec::new())
-                }
+        let commit = if header(FENCE_HEADER).is_some() || compaction.is_some() {
+            SequencedCommit {
+                position,
+                ..Default::default()
             }
+        } else {
+            commit_of(position, &message.subject, &message.payload)
         };
-        commits.push(SequencedCommit {
-            position,
-            envelopes,
-            encoded,
-        });
+        if let Some(why) = &commit.refused {
+            // Every node refuses it alike, from the message alone.
+            warn!(position, subject = %message.subject, why, "replicated commit refused");
+        }
+        commits.push(commit);
     }
     // The blobs of the whole batch, fetched at once.
     let referencing: Vec<&Envelope> = commits.iter().flat_map(|c| &c.envelopes).collect();
@@ -826,6 +857,51 @@ mod tests {
         assert!(token
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn a_commit_is_refused_whole_when_it_does_not_decode_or_names_another_stream() {
+        let env = |stream: &str, version: u64| Envelope {
+            stream: stream.into(),
+            stream_version: version,
+            event_id: format!("{stream}-{version}"),
+            ..Default::default()
+        };
+        let a = subject_of(&StreamId::new("repo/ns/a").unwrap());
+        let body = encode_commit(&[env("repo/ns/a", 1), env("repo/ns/a", 2)]);
+        let commit = commit_of(7, &a, &body);
+        assert_eq!(commit.refused, None);
+        assert_eq!(commit.position, 7);
+        assert_eq!(commit.envelopes, decode_commit(&body).unwrap());
+        assert_eq!(commit.encoded.len(), 2);
+
+        let mixed = commit_of(
+            8,
+            &a,
+            &encode_commit(&[env("repo/ns/a", 3), env("repo/ns/b", 1)]),
+        );
+        assert_eq!(
+            mixed.refused.as_deref(),
+            Some(
+                "an event of stream \"repo/ns/b\" was published on cairn.log.cmVwby9ucy9h, which is not that stream's subject"
+            )
+        );
+        assert!(mixed.envelopes.is_empty() && mixed.encoded.is_empty());
+        assert_eq!(mixed.position, 8);
+        // Not a stream id at all.
+        assert!(commit_of(9, &a, &encode_commit(&[env("", 1)]))
+            .refused
+            .is_some());
+        let undecodable = commit_of(10, &a, &body.slice(..body.len() - 1));
+        assert!(
+            undecodable
+                .refused
+                .as_deref()
+                .is_some_and(|why| why.starts_with("the commit does not decode: ")),
+            "{:?}",
+            undecodable.refused
+        );
+        assert!(undecodable.envelopes.is_empty());
     }
 
     #[test]

@@ -1030,6 +1030,10 @@ impl Writer {
                 continue;
             }
             position = commit.position;
+            if let Some(why) = commit.refused {
+                outcomes.push(Sequenced::Refused(why));
+                continue;
+            }
             if commit.envelopes.is_empty() {
                 outcomes.push(Sequenced::Empty);
                 continue;
