@@ -52,6 +52,12 @@ pub enum KvError {
         /// [`crate::service::idempotency::reused_message`]).
         message: String,
     },
+    /// The failure of a batch of sets, or of the command that ran it, as
+    /// the service answers it (same code, same message): every set of the
+    /// batch and every set still queued behind it is answered with it,
+    /// none stored.
+    #[error("{}", .0.message)]
+    Shared(ServiceError),
     /// Too many sets wait for the partition's writer: answered 503, retry
     /// later; nothing was stored.
     #[error("kv partition {partition} has {queued} sets queued, the most it holds")]
@@ -71,6 +77,7 @@ impl From<KvError> for ServiceError {
             KvError::RequestReused { message } => ServiceError::conflict(message),
             KvError::Writer(e) => e.into(),
             KvError::Storage(e) => e.into(),
+            KvError::Shared(e) => e,
             e @ (KvError::WriterGone { .. } | KvError::Busy { .. } | KvError::NotOwner { .. }) => {
                 ServiceError::unavailable(e.to_string())
             }

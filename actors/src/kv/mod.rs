@@ -197,6 +197,7 @@ use crate::{
     service::idempotency::{self, Recorded},
     timing::Clock,
     writer::{off_arbiter, Chunking, Execute, Session, StreamDomain, StreamWriter, WriterError},
+    ServiceError,
 };
 
 /// Streams the keyspace is partitioned into (part of the on-disk format).
@@ -591,15 +592,14 @@ impl StreamDomain for Kv {
                 }
                 KvCommand::SetBatch => {
                     let ran = set_batch(session, &env, partition, now_ms).await;
-                    if let Err(e) = &ran {
+                    ran.or_else(|e| {
                         // No set still queued waits for a later batch that
                         // would store it after its client heard of this
                         // failure: each is answered with it, not stored.
                         let queued: Vec<QueuedSet> =
                             env.sets[partition].queue.lock().sets.drain(..).collect();
-                        fail_sets(queued, e);
-                    }
-                    ran
+                        Err(fail_sets(queued, e))
+                    })
                 }
                 KvCommand::Delete { namespace, key } => {
                     // Sent again with its key (its answer was lost): it
@@ -1266,8 +1266,7 @@ async fn pipeline_sets(
     // batches in flight commit first.
     let batch = if batch.iter().any(|q| !q.metadata.request_id.is_empty()) {
         if let Err(e) = settle(session, env, partition, now_ms, 0).await {
-            fail_sets(batch, &e);
-            return Err(e);
+            return Err(fail_sets(batch, e));
         }
         let Some((round, later)) = screen_keys(env, batch).await else {
             return Ok(());
@@ -1389,8 +1388,7 @@ async fn settle(
             Err(e) => {
                 // The sets not written cannot run on a version not known:
                 // answered with the error, never stored.
-                fail_sets(unwritten, &e);
-                return Err(e);
+                return Err(fail_sets(unwritten, e));
             }
         };
         tracing::debug!(
@@ -1439,8 +1437,7 @@ async fn set_batch(
         // Evictions are decided on the trackers as every set before left
         // them: nothing in flight.
         if let Err(e) = settle(session, env, partition, now_ms, 0).await {
-            fail_sets(batch, &e);
-            return Err(e);
+            return Err(fail_sets(batch, e));
         }
         run_sets(session, env, partition, batch, now_ms).await;
         return Ok(KvReply::Batched(n));
@@ -1449,18 +1446,21 @@ async fn set_batch(
     Ok(KvReply::Batched(n))
 }
 
-/// Answers each of `sets` with `error` (none of them is stored).
-fn fail_sets(sets: Vec<QueuedSet>, error: &KvError) {
-    if sets.is_empty() {
-        return;
+/// Answers each of `sets` with `error` as the service answers it (its
+/// code and message, [`KvError::Shared`]); none of them is stored.
+/// Answers the error to return to the command that failed.
+fn fail_sets(sets: Vec<QueuedSet>, error: KvError) -> KvError {
+    let shared = match error {
+        KvError::Shared(e) => e,
+        other => ServiceError::from(other),
+    };
+    if !sets.is_empty() {
+        tracing::warn!(sets = sets.len(), error = %shared, "kv sets not run");
     }
-    tracing::warn!(sets = sets.len(), error = %error, "kv sets not run");
-    let message = error.to_string();
     for queued in sets {
-        let _ = queued.reply.send(Err(KvError::Storage(
-            cairn_storage::StorageError::Unavailable(format!("the set could not run: {message}")),
-        )));
+        let _ = queued.reply.send(Err(KvError::Shared(shared.clone())));
     }
+    KvError::Shared(shared)
 }
 
 /// The `candidates` whose current row `keep` selects.
@@ -2127,5 +2127,67 @@ impl KvNode {
             }
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sets answered for a failure that was not theirs get it as the
+    /// service answers it: the same code and message, not a 503 that
+    /// invites a retry of what is broken.
+    #[test]
+    fn failed_sets_keep_the_error_kind() {
+        let queued = |key: &str| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let set = QueuedSet {
+                set: SetEntry {
+                    namespace: "ns".into(),
+                    key: key.into(),
+                    value: b"1".to_vec(),
+                    json: true,
+                    tags: Vec::new(),
+                    ttl_ms: None,
+                },
+                metadata: Metadata::default(),
+                reply,
+            };
+            (set, answer)
+        };
+        let service = |e: KvError| ServiceError::from(e);
+        for (error, code, message) in [
+            (
+                KvError::Storage(cairn_storage::StorageError::Corrupt("a row".into())),
+                500,
+                "corrupt store: a row",
+            ),
+            (
+                KvError::Storage(cairn_storage::StorageError::Closed),
+                503,
+                "node is shutting down",
+            ),
+            (
+                KvError::WriterGone { partition: 3 },
+                503,
+                "kv partition 3 writer is not running",
+            ),
+        ] {
+            let ((a, mut a_answer), (b, mut b_answer)) = (queued("a"), queued("b"));
+            let returned = service(fail_sets(vec![a, b], error));
+            let expected = ServiceError {
+                code,
+                message: message.into(),
+            };
+            assert_eq!(returned, expected);
+            for answer in [a_answer.try_recv(), b_answer.try_recv()] {
+                assert_eq!(service(answer.unwrap().unwrap_err()), expected);
+            }
+            // Shared again (a batch's failure handed on): unchanged.
+            assert_eq!(
+                service(fail_sets(Vec::new(), KvError::Shared(expected.clone()))),
+                expected
+            );
+        }
     }
 }
