@@ -12,7 +12,11 @@
 //! entry on disk; a read fills it only if no write of the partition
 //! happened since it began ([`Tracker::generation`], checked and filled
 //! under the partition's lock, which the writer holds while it
-//! invalidates), so a stale row never lands there after a delete.
+//! invalidates), so a stale row never lands there after a delete. For
+//! the same reason a read's first hit of an entry of a namespace without
+//! limits starts tracking it only if the entry did not change since the
+//! read began ([`Tracker::changed_since`]): a hit racing a delete would
+//! otherwise track, for good, an entry that no longer exists.
 //!
 //! # Memory per entry
 //! The tracker must not cost memory per entry that the disk tier already
@@ -36,7 +40,7 @@
 //! it really takes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -54,6 +58,12 @@ pub const COUNTED_NAMESPACES_MAX: usize = 65_536;
 /// An entry's memory-tier key: a hash of `(namespace, key)` (see the
 /// module docs).
 pub type EntryKey = u64;
+
+/// The changes of entries of namespaces without limits a partition's
+/// tracker remembers for first hits ([`Tracker::changed_since`]). A read
+/// that began before the oldest remembered change does not start
+/// tracking its entry (the next read does): it cannot tell.
+pub const CHANGES_KEPT: usize = 1024;
 
 /// What a memory-tier entry takes besides its names, value and tags: the
 /// row's struct and its allocations, the `Arc`, moka's bookkeeping.
@@ -272,12 +282,45 @@ pub struct Tracker {
     pub namespaces: HashMap<String, Namespace>,
     /// Bumped by every committed write of the partition.
     pub generation: u64,
+    /// The last changes (set or removed) of entries of namespaces without
+    /// limits, oldest first: the generation each made, and the entry.
+    changes: VecDeque<(u64, EntryKey)>,
+    /// The newest generation of the changes dropped from `changes`.
+    changes_forgotten: u64,
 }
 
 impl Tracker {
     /// The namespace, created on first use.
     pub fn namespace(&mut self, namespace: &str) -> &mut Namespace {
         self.namespaces.entry(namespace.to_owned()).or_default()
+    }
+
+    /// Records that the write making the current generation changed
+    /// `entry`, an entry of a namespace without limits.
+    fn changed(&mut self, entry: EntryKey) {
+        if self.changes.len() >= CHANGES_KEPT {
+            if let Some((generation, _)) = self.changes.pop_front() {
+                self.changes_forgotten = generation;
+            }
+        }
+        self.changes.push_back((self.generation, entry));
+    }
+
+    /// Whether `entry` (of a namespace without limits) may have changed
+    /// since the partition was at `generation`: a change recorded since,
+    /// or changes since that are no longer remembered.
+    pub fn changed_since(&self, entry: EntryKey, generation: u64) -> bool {
+        if self.generation == generation {
+            return false;
+        }
+        if self.changes_forgotten > generation {
+            return true;
+        }
+        self.changes
+            .iter()
+            .rev()
+            .take_while(|(g, _)| *g > generation)
+            .any(|(_, e)| *e == entry)
     }
 }
 
@@ -294,6 +337,9 @@ pub struct KvMemory {
     /// by the names themselves, keep std's SipHash.
     names: foldhash::quality::RandomState,
     partitions: Vec<Mutex<Tracker>>,
+    /// Each partition's [`Tracker::generation`], readable without its lock
+    /// (a read notes it before it looks the entry up).
+    generations: Vec<AtomicU64>,
     tick: AtomicU64,
     /// Reads of namespaces past [`COUNTED_NAMESPACES_MAX`].
     uncounted: Mutex<Counters>,
@@ -323,6 +369,7 @@ impl KvMemory {
             cache,
             names: foldhash::quality::RandomState::default(),
             partitions: (0..partitions).map(|_| Mutex::default()).collect(),
+            generations: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             tick: AtomicU64::new(1),
             uncounted: Mutex::default(),
         }
@@ -428,12 +475,26 @@ impl KvMemory {
 
     /// The partition's generation now.
     pub fn generation(&self, partition: usize) -> u64 {
-        self.partitions[partition].lock().generation
+        self.generations[partition].load(Ordering::Acquire)
+    }
+
+    /// Moves `tracker` (of `partition`, locked) to its next generation.
+    fn next_generation(&self, partition: usize, tracker: &mut Tracker) {
+        tracker.generation += 1;
+        self.generations[partition].store(tracker.generation, Ordering::Release);
     }
 
     /// Counts a hit of `row`, a live entry (touching its recency), and
-    /// answers its hit count and last access.
-    pub fn hit(&self, partition: usize, row: &KvEntryRow, now_ms: u64) -> EntryInfo {
+    /// answers its hit count and last access. `generation` is the
+    /// partition's ([`KvMemory::generation`]) from before `row` was looked
+    /// up.
+    pub fn hit(
+        &self,
+        partition: usize,
+        row: &KvEntryRow,
+        now_ms: u64,
+        generation: u64,
+    ) -> EntryInfo {
         let tick = self.next_tick();
         let mut tracker = self.partitions[partition].lock();
         if !tracker.namespaces.contains_key(row.namespace.as_str()) {
@@ -448,17 +509,24 @@ impl KvMemory {
         // of an entry starts tracking it (one lookup when tracked: this is
         // every `kv.get` hit).
         if !ns.limited() {
-            let info = match ns.entries.get_mut(row.key.as_str()) {
-                Some(info) => info,
-                None => ns
-                    .entries
-                    .entry(row.key.as_str().into())
-                    .or_insert(EntryInfo::of(row, tick)),
+            let hit = |info: &mut EntryInfo| {
+                info.tick = tick;
+                info.last_accessed_ms = now_ms;
+                info.hits += 1;
+                *info
             };
-            info.tick = tick;
-            info.last_accessed_ms = now_ms;
-            info.hits += 1;
-            return *info;
+            if let Some(info) = ns.entries.get_mut(row.key.as_str()) {
+                return hit(info);
+            }
+            // A first read: `row` may be a row the writer has replaced or
+            // removed since (its info is gone with it), and must not be
+            // tracked then; its hit still counts for the namespace.
+            let mut info = EntryInfo::of(row, tick);
+            if tracker.changed_since(self.entry_key(&row.namespace, &row.key), generation) {
+                return hit(&mut info);
+            }
+            let ns = tracker.namespace(&row.namespace);
+            return hit(ns.entries.entry(row.key.as_str().into()).or_insert(info));
         }
         ns.touch(&row.key, tick, now_ms, true);
         ns.entries
@@ -513,16 +581,18 @@ impl KvMemory {
     /// After a committed set: the entry exists with `row`, most recent.
     pub fn committed_set(&self, partition: usize, row: Arc<KvEntryRow>, now_ms: u64) {
         let tick = self.next_tick();
+        let entry = self.entry_key(&row.namespace, &row.key);
         let mut tracker = self.partitions[partition].lock();
-        tracker.generation += 1;
+        self.next_generation(partition, &mut tracker);
         let bytes = entry_bytes(&row);
         let ns = tracker.namespace(&row.namespace);
         let old = ns.entries.remove_entry(row.key.as_str());
         if !ns.limited() {
-            // Never read since set: nothing to track.
+            // Never read since set: nothing to track (and a read of the
+            // row replaced must not track it again).
+            tracker.changed(entry);
             drop(tracker);
-            self.cache
-                .insert(self.entry_key(&row.namespace, &row.key), row);
+            self.cache.insert(entry, row);
             return;
         }
         let key: Box<str> = match old {
@@ -541,8 +611,7 @@ impl KvMemory {
         };
         ns.index(&key, &info);
         ns.entries.insert(key, info);
-        self.cache
-            .insert(self.entry_key(&row.namespace, &row.key), row);
+        self.cache.insert(entry, row);
     }
 
     /// After a committed removal of entries (delete, invalidation, expiry,
@@ -554,18 +623,23 @@ impl KvMemory {
         evicted: bool,
     ) {
         let mut tracker = self.partitions[partition].lock();
-        tracker.generation += 1;
+        self.next_generation(partition, &mut tracker);
         for (namespace, key) in entries {
             let ns = tracker.namespace(namespace);
+            let limited = ns.limited();
             if let Some(old) = ns.entries.remove(key) {
-                if ns.limited() {
+                if limited {
                     ns.unindex(key, &old);
                 }
                 if evicted {
                     ns.counters.evictions += 1;
                 }
             }
-            self.cache.invalidate(&self.entry_key(namespace, key));
+            let entry = self.entry_key(namespace, key);
+            if !limited {
+                tracker.changed(entry);
+            }
+            self.cache.invalidate(&entry);
         }
     }
 
@@ -580,7 +654,7 @@ impl KvMemory {
         rows: Option<Vec<IndexedEntry>>,
     ) {
         let mut tracker = self.partitions[partition].lock();
-        tracker.generation += 1;
+        self.next_generation(partition, &mut tracker);
         tracker
             .namespace(namespace)
             .apply_settings(s, rows, || self.next_tick());
@@ -617,6 +691,72 @@ mod tests {
         assert!(!memory.in_memory("ns", "b"));
     }
 
+    /// A read that found an entry before the writer removed or replaced
+    /// it does not track the row it found (it would stay tracked for an
+    /// entry that no longer exists, or lend its hits to the new one); a
+    /// read after the change, or of an entry that did not change, does.
+    #[test]
+    fn a_first_hit_racing_a_change_of_its_entry_does_not_track_it() {
+        let memory = KvMemory::new(1, 1 << 20);
+        let tracked = |memory: &KvMemory| {
+            let mut tracker = memory.partition(0).lock();
+            let mut keys: Vec<String> = tracker
+                .namespace("ns")
+                .entries
+                .keys()
+                .map(|k| k.to_string())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let (a, b) = (row("ns", "a"), row("ns", "b"));
+        memory.committed_set(0, a.clone(), 1);
+        memory.committed_set(0, b.clone(), 1);
+
+        // Deleted between the read's lookup and its hit.
+        let before = memory.generation(0);
+        memory.committed_removal(0, [("ns", "a")], false);
+        let hit = memory.hit(0, &a, 5, before);
+        assert_eq!((hit.hits, hit.last_accessed_ms), (1, 5));
+        assert_eq!(tracked(&memory), Vec::<String>::new());
+        assert_eq!(memory.counters(Some("ns")).hits, 1);
+
+        // Another entry changed meanwhile: b's row is still b's.
+        let before = memory.generation(0);
+        memory.committed_set(0, row("ns", "c"), 6);
+        assert_eq!(memory.hit(0, &b, 7, before).hits, 1);
+        assert_eq!(tracked(&memory), ["b"]);
+        assert_eq!(memory.hit(0, &b, 8, memory.generation(0)).hits, 2);
+
+        // Replaced meanwhile: the old row's hit is not the new entry's.
+        memory.committed_set(0, a.clone(), 9);
+        let before = memory.generation(0);
+        let replaced = Arc::new(KvEntryRow {
+            value: b"2".to_vec(),
+            ..(*a).clone()
+        });
+        memory.committed_set(0, replaced.clone(), 10);
+        assert_eq!(memory.hit(0, &a, 11, before).hits, 1);
+        assert_eq!(tracked(&memory), ["b"]);
+        assert_eq!(memory.hit(0, &replaced, 12, memory.generation(0)).hits, 1);
+        assert_eq!(tracked(&memory), ["a", "b"]);
+
+        // More changes since the read than are remembered: not tracked.
+        let before = memory.generation(0);
+        for i in 0..=CHANGES_KEPT {
+            memory.committed_set(0, row("other", &format!("k{i}")), 13);
+        }
+        assert_eq!(memory.hit(0, &row("ns", "c"), 14, before).hits, 1);
+        assert_eq!(tracked(&memory), ["a", "b"]);
+        assert_eq!(
+            memory
+                .hit(0, &row("ns", "c"), 15, memory.generation(0))
+                .hits,
+            1
+        );
+        assert_eq!(tracked(&memory), ["a", "b", "c"]);
+    }
+
     #[test]
     fn without_limits_only_entries_read_are_tracked_and_limits_index_them_all() {
         let memory = KvMemory::new(1, 1 << 20);
@@ -638,7 +778,7 @@ mod tests {
             ),
             (0, 0)
         );
-        let hit = memory.hit(0, &rows[0], 2);
+        let hit = memory.hit(0, &rows[0], 2, memory.generation(0));
         assert_eq!((hit.hits, hit.last_accessed_ms), (1, 2));
         {
             let mut tracker = memory.partition(0).lock();

@@ -1922,10 +1922,12 @@ impl KvNode {
     ) -> Result<Option<Found>, KvError> {
         let partition = partition_of(namespace);
         let memory = &self.env.memory;
+        // Before the entry is looked up: a hit and a fill check that no
+        // write of the partition came between (see `memory`).
+        let generation = memory.generation(partition);
         let row = match memory.cached(namespace, key) {
             Some(row) => Some(row),
             None => {
-                let generation = memory.generation(partition);
                 let store = self.env.store.clone();
                 let row_key = KvView::entry_key(namespace, key);
                 let row: Option<KvEntryRow> = off_arbiter("kv-get", move || {
@@ -1943,7 +1945,7 @@ impl KvNode {
         match row.filter(|r| !expired(r.expires_at_ms, now_ms)) {
             Some(row) => {
                 let info = if count {
-                    memory.hit(partition, &row, now_ms)
+                    memory.hit(partition, &row, now_ms, generation)
                 } else {
                     memory.info(partition, &row)
                 };
