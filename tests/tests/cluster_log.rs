@@ -246,6 +246,62 @@ async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
     assert_eq!(c.store.store.get(&digest).unwrap(), Some(content));
 }
 
+/// A stream the appender gave up (fenced) is given up by its take: once
+/// the stream is released and taken again, a notice of the earlier take
+/// read late is stale, and the stream's new take writes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_of_a_take_given_up_is_stale_once_the_stream_is_taken_again() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let a = member("node-a", &cluster.url(0)).await;
+    let b = member("node-b", &cluster.url(1)).await;
+    let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = notices.clone();
+    a.appender.on_abandon(Box::new(move |stream, take| {
+        noted.lock().unwrap().push((stream.to_string(), take));
+    }));
+    let s = StreamId::repository("ns", "s").unwrap();
+    let append = |member: &Member, version: u64, event: cairn_events::v1::Event| {
+        let (appender, s) = (member.appender.clone(), s.clone());
+        async move {
+            appender
+                .append_chunks(&s, version, vec![vec![event]], Metadata::command("alice"))
+                .await
+                .pop()
+                .unwrap()
+        }
+    };
+    a.appender.take(&s).await.unwrap();
+    append(&a, 0, events::registered("ns", "s")).await.unwrap();
+    // B takes the stream over; A's next write is fenced and given up.
+    b.appender.take(&s).await.unwrap();
+    append(&a, 1, events::closed("stale")).await.unwrap_err();
+    let (stream, given_up) = {
+        let notices = notices.lock().unwrap();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        notices[0].clone()
+    };
+    assert_eq!(stream, "repo/ns/s");
+    assert!(!a.appender.owns(&s));
+    assert!(
+        a.appender.is_current_take(&s, given_up),
+        "not released yet: the notice is current"
+    );
+
+    // Released (the ownership loop stepped down for another reason) and
+    // taken again before the notice was read.
+    a.appender.release(&s);
+    a.appender.take(&s).await.unwrap();
+    assert!(!a.appender.is_current_take(&s, given_up), "stale");
+    let next = append(&a, 1, events::spec_changed("ns", "s", "release"))
+        .await
+        .unwrap();
+    assert_eq!(next.stream_version(), 2);
+    assert_eq!(notices.lock().unwrap().len(), 1);
+}
+
 /// Fencing is per subject: an event of stream `s` published on stream
 /// `r`'s subject would pass `r`'s fencing, not `s`'s (a deposed owner of
 /// `s`, or any client of the log stream). Every node refuses it whole, and

@@ -50,14 +50,30 @@ struct Inner {
     applied: Applied,
     message_max_bytes: usize,
     apply_wait: Duration,
-    /// Streams this node writes, with the last subject sequence it knows.
-    owned: Mutex<HashMap<StreamId, u64>>,
+    /// Streams this node writes or is taking (see [`Owned`]).
+    owned: Mutex<HashMap<StreamId, Owned>>,
+    /// The number of the next take.
+    next_take: std::sync::atomic::AtomicU64,
     /// Told when the appender gives a stream up by itself.
     abandon: std::sync::OnceLock<AbandonNotice>,
 }
 
-/// What [`ClusterAppend::on_abandon`] calls.
-pub struct AbandonNotice(Box<dyn Fn(StreamId) + Send + Sync>);
+/// A stream this node takes or took: which take, and the last subject
+/// sequence it knows. Appends carry their take's number, so that what an
+/// append of an earlier take does late (its ack, its giving up) never
+/// touches a later take of the same stream.
+#[derive(Debug, Clone, Copy)]
+struct Owned {
+    /// The take's number ([`ClusterAppend::take`]).
+    take: u64,
+    /// `None` while the take runs, and once the appender gave the stream
+    /// up by itself (until the ownership loop releases it).
+    expected: Option<u64>,
+}
+
+/// What [`ClusterAppend::on_abandon`] calls: the stream and the number of
+/// the take that gave it up.
+pub struct AbandonNotice(Box<dyn Fn(StreamId, u64) + Send + Sync>);
 
 impl std::fmt::Debug for AbandonNotice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +104,7 @@ impl ClusterAppend {
                 message_max_bytes: max_payload.saturating_sub(HEADER_ROOM_BYTES).max(1024),
                 apply_wait,
                 owned: Mutex::default(),
+                next_take: std::sync::atomic::AtomicU64::new(1),
                 abandon: std::sync::OnceLock::new(),
             }),
         }
@@ -135,6 +152,31 @@ impl ClusterAppend {
     /// and waits until everything before it is applied here. Answers the
     /// fence's position.
     pub async fn take(&self, stream: &StreamId) -> Result<u64, StorageError> {
+        let take = self
+            .inner
+            .next_take
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.owned.lock().expect("owned lock").insert(
+            stream.clone(),
+            Owned {
+                take,
+                expected: None,
+            },
+        );
+        let taken = self.fence(stream).await;
+        let mut owned = self.inner.owned.lock().expect("owned lock");
+        match (owned.get_mut(stream), &taken) {
+            (Some(o), Ok(position)) if o.take == take => o.expected = Some(*position),
+            (Some(o), Err(_)) if o.take == take => {
+                owned.remove(stream);
+            }
+            _ => {}
+        }
+        taken
+    }
+
+    /// Publishes a fence on `stream` and waits until it is applied here.
+    async fn fence(&self, stream: &StreamId) -> Result<u64, StorageError> {
         let publish = Publish::build()
             .header(FENCE_HEADER, self.inner.node.as_str())
             .payload(bytes::Bytes::new());
@@ -150,11 +192,6 @@ impl ClusterAppend {
             .applied
             .wait_for(ack.sequence, self.inner.apply_wait)
             .await?;
-        self.inner
-            .owned
-            .lock()
-            .expect("owned lock")
-            .insert(stream.clone(), ack.sequence);
         Ok(ack.sequence)
     }
 
@@ -165,17 +202,40 @@ impl ClusterAppend {
 
     /// Who to tell when the appender gives a stream up by itself (the
     /// ownership loop, which then steps down so the writer's state is
-    /// loaded again from the log). Set once.
-    pub fn on_abandon(&self, notify: Box<dyn Fn(StreamId) + Send + Sync>) {
+    /// loaded again from the log), with the number of the take given up.
+    /// Set once.
+    pub fn on_abandon(&self, notify: Box<dyn Fn(StreamId, u64) + Send + Sync>) {
         let _ = self.inner.abandon.set(AbandonNotice(notify));
     }
 
-    /// Gives `stream` up after a failure that leaves the writer's state in
-    /// doubt, and says so.
-    fn abandon(&self, stream: &StreamId) {
-        self.release(stream);
+    /// Whether take number `take` is the last take of `stream` and not yet
+    /// released: a notice of an earlier take is stale (the stream was
+    /// released and taken again since, or is being taken again).
+    pub fn is_current_take(&self, stream: &StreamId, take: u64) -> bool {
+        self.inner
+            .owned
+            .lock()
+            .expect("owned lock")
+            .get(stream)
+            .is_some_and(|o| o.take == take)
+    }
+
+    /// Gives take `take` of `stream` up after a failure that leaves the
+    /// writer's state in doubt, and says so; nothing when a later take
+    /// holds the stream (or none does).
+    fn abandon(&self, stream: &StreamId, take: u64) {
+        {
+            let mut owned = self.inner.owned.lock().expect("owned lock");
+            match owned.get_mut(stream) {
+                Some(o) if o.take == take && o.expected.is_some() => o.expected = None,
+                _ => {
+                    tracing::debug!(stream = %stream, take, "a failed append of an earlier take; the stream's state is its later take's");
+                    return;
+                }
+            }
+        }
         if let Some(notify) = self.inner.abandon.get() {
-            (notify.0)(stream.clone());
+            (notify.0)(stream.clone(), take);
         }
     }
 
@@ -185,7 +245,8 @@ impl ClusterAppend {
             .owned
             .lock()
             .expect("owned lock")
-            .contains_key(stream)
+            .get(stream)
+            .is_some_and(|o| o.expected.is_some())
     }
 
     /// Appends of one metadata, each chunk an append of its own.
@@ -219,7 +280,12 @@ impl ClusterAppend {
     ) -> Vec<Result<Appended, StorageError>> {
         let inner = &self.inner;
         let max = inner.store.config().append_max_events;
-        let Some(mut expected) = inner.owned.lock().expect("owned lock").get(stream).copied()
+        let Some((take, mut expected)) = inner
+            .owned
+            .lock()
+            .expect("owned lock")
+            .get(stream)
+            .and_then(|o| Some((o.take, o.expected?)))
         else {
             return vec![Err(StorageError::Unavailable(format!(
                 "node {} does not own stream {stream}",
@@ -299,7 +365,7 @@ impl ClusterAppend {
             let ack = match sent.await {
                 Ok(ack) => ack,
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    self.abandon(stream);
+                    self.abandon(stream, take);
                     tracing::warn!(stream = %stream, node = %inner.node, "fenced: another node owns the stream now; stepping down");
                     return finish(committed, &lens, Some(StorageError::Unavailable(format!(
                         "stream {stream} was taken over by another node: this node's write was refused by the log (fenced) and it stepped down; retry"
@@ -314,8 +380,14 @@ impl ClusterAppend {
                 }
             };
             expected = ack.sequence;
-            if let Some(known) = inner.owned.lock().expect("owned lock").get_mut(stream) {
-                *known = ack.sequence;
+            if let Some(o) = inner
+                .owned
+                .lock()
+                .expect("owned lock")
+                .get_mut(stream)
+                .filter(|o| o.take == take)
+            {
+                o.expected = Some(ack.sequence);
             }
             let outcome = match inner.applied.wait_for(ack.sequence, inner.apply_wait).await {
                 Ok(outcome) => outcome,
@@ -332,7 +404,7 @@ impl ClusterAppend {
                     // Another write of this stream reached the log first (a
                     // JetStream leader change can let two through): every
                     // node skipped this one.
-                    self.abandon(stream);
+                    self.abandon(stream, take);
                     return finish(committed, &lens, Some(StorageError::Unavailable(format!(
                         "the replicated log skipped this node's commit on {stream} ({why}): another write reached the log first; retry with the same Cairn-Request-Id"
                     ))));
@@ -343,7 +415,7 @@ impl ClusterAppend {
                     // not recorded: the writer's state is reloaded, and
                     // the client learns the outcome by retrying with its
                     // key.
-                    self.abandon(stream);
+                    self.abandon(stream, take);
                     return finish(
                         committed,
                         &lens,

@@ -416,8 +416,8 @@ impl Ownership {
         // appender is never blocked and no notice is dropped (at most one
         // per held stream and failed append).
         let (abandoned, abandons) = mpsc::unbounded_channel();
-        appender.on_abandon(Box::new(move |stream| {
-            let _ = abandoned.send(stream);
+        appender.on_abandon(Box::new(move |stream, take| {
+            let _ = abandoned.send((stream, take));
         }));
         let mut state = Loop {
             commands: tx.clone(),
@@ -568,7 +568,7 @@ impl Loop {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut abandons: mpsc::UnboundedReceiver<StreamId>,
+        mut abandons: mpsc::UnboundedReceiver<(StreamId, u64)>,
     ) {
         let mut tick = tokio::time::interval(self.config.renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -591,9 +591,16 @@ impl Loop {
                     }
                     None => return,
                 },
-                Some(stream) = abandons.recv() => {
-                    warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
-                    self.step_down(&stream, true);
+                Some((stream, take)) = abandons.recv() => {
+                    // Read late (the loop was busy), a notice can be of a
+                    // take released since: the stream taken again is not
+                    // the one given up.
+                    if self.appender.is_current_take(&stream, take) {
+                        warn!(stream = %stream, "the appender gave the stream up; stepping down so its state is reloaded");
+                        self.step_down(&stream, true);
+                    } else {
+                        debug!(stream = %stream, take, "a notice of a take released since; ignored");
+                    }
                 }
             }
             if self.view.is_leaving() && self.view.held.read().expect("held lock").is_empty() {
