@@ -592,13 +592,13 @@ impl StreamDomain for Kv {
                 }
                 KvCommand::SetBatch => {
                     let ran = set_batch(session, &env, partition, now_ms).await;
-                    ran.or_else(|e| {
+                    ran.map_err(|e| {
                         // No set still queued waits for a later batch that
                         // would store it after its client heard of this
                         // failure: each is answered with it, not stored.
                         let queued: Vec<QueuedSet> =
                             env.sets[partition].queue.lock().sets.drain(..).collect();
-                        Err(fail_sets(queued, e))
+                        fail_sets(queued, e)
                     })
                 }
                 KvCommand::Delete { namespace, key } => {
