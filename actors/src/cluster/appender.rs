@@ -229,7 +229,7 @@ impl ClusterAppend {
             match owned.get_mut(stream) {
                 Some(o) if o.take == take && o.expected.is_some() => o.expected = None,
                 _ => {
-                    tracing::debug!(stream = %stream, take, "a failed append of an earlier take; the stream's state is its later take's");
+                    tracing::debug!(stream = %stream, take, "nothing to give up: the take was given up already, or the stream was released since");
                     return;
                 }
             }

@@ -784,12 +784,10 @@ async fn prepare<E: std::fmt::Display>(
                 ..Default::default()
             }
         } else {
+            // Every node refuses it alike, from the message alone (the
+            // apply stage warns of it).
             commit_of(position, &message.subject, &message.payload)
         };
-        if let Some(why) = &commit.refused {
-            // Every node refuses it alike, from the message alone.
-            warn!(position, subject = %message.subject, why, "replicated commit refused");
-        }
         commits.push(commit);
     }
     // The blobs of the whole batch, fetched at once.

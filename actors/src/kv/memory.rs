@@ -59,8 +59,8 @@ pub const COUNTED_NAMESPACES_MAX: usize = 65_536;
 /// module docs).
 pub type EntryKey = u64;
 
-/// The changes of entries of namespaces without limits a partition's
-/// tracker remembers for first hits ([`Tracker::changed_since`]). A read
+/// The changes of entries a partition's tracker remembers for first hits
+/// in namespaces without limits ([`Tracker::changed_since`]). A read
 /// that began before the oldest remembered change does not start
 /// tracking its entry (the next read does): it cannot tell.
 pub const CHANGES_KEPT: usize = 1024;
@@ -282,8 +282,9 @@ pub struct Tracker {
     pub namespaces: HashMap<String, Namespace>,
     /// Bumped by every committed write of the partition.
     pub generation: u64,
-    /// The last changes (set or removed) of entries of namespaces without
-    /// limits, oldest first: the generation each made, and the entry.
+    /// The last changes (set or removed) of entries, oldest first: the
+    /// generation each made, and the entry. Recorded in namespaces with
+    /// limits too: a namespace can lose its limits while a read runs.
     changes: VecDeque<(u64, EntryKey)>,
     /// The newest generation of the changes dropped from `changes`.
     changes_forgotten: u64,
@@ -296,7 +297,7 @@ impl Tracker {
     }
 
     /// Records that the write making the current generation changed
-    /// `entry`, an entry of a namespace without limits.
+    /// `entry`.
     fn changed(&mut self, entry: EntryKey) {
         if self.changes.len() >= CHANGES_KEPT {
             if let Some((generation, _)) = self.changes.pop_front() {
@@ -306,9 +307,9 @@ impl Tracker {
         self.changes.push_back((self.generation, entry));
     }
 
-    /// Whether `entry` (of a namespace without limits) may have changed
-    /// since the partition was at `generation`: a change recorded since,
-    /// or changes since that are no longer remembered.
+    /// Whether `entry` may have changed since the partition was at
+    /// `generation`: a change recorded since, or changes since that are no
+    /// longer remembered.
     pub fn changed_since(&self, entry: EntryKey, generation: u64) -> bool {
         if self.generation == generation {
             return false;
@@ -478,9 +479,11 @@ impl KvMemory {
         self.generations[partition].load(Ordering::Acquire)
     }
 
-    /// Moves `tracker` (of `partition`, locked) to its next generation.
-    fn next_generation(&self, partition: usize, tracker: &mut Tracker) {
-        tracker.generation += 1;
+    /// Makes `tracker`'s generation (of `partition`, locked) the one
+    /// reads note. Called last, once the memory tier is as the write left
+    /// it: a read that notes the new generation finds the tier changed, and
+    /// one that noted the old finds the change recorded.
+    fn publish_generation(&self, partition: usize, tracker: &Tracker) {
         self.generations[partition].store(tracker.generation, Ordering::Release);
     }
 
@@ -583,16 +586,16 @@ impl KvMemory {
         let tick = self.next_tick();
         let entry = self.entry_key(&row.namespace, &row.key);
         let mut tracker = self.partitions[partition].lock();
-        self.next_generation(partition, &mut tracker);
+        tracker.generation += 1;
+        // A read of the row replaced must not track it again.
+        tracker.changed(entry);
         let bytes = entry_bytes(&row);
         let ns = tracker.namespace(&row.namespace);
         let old = ns.entries.remove_entry(row.key.as_str());
         if !ns.limited() {
-            // Never read since set: nothing to track (and a read of the
-            // row replaced must not track it again).
-            tracker.changed(entry);
-            drop(tracker);
+            // Never read since set: nothing to track.
             self.cache.insert(entry, row);
+            self.publish_generation(partition, &tracker);
             return;
         }
         let key: Box<str> = match old {
@@ -612,6 +615,7 @@ impl KvMemory {
         ns.index(&key, &info);
         ns.entries.insert(key, info);
         self.cache.insert(entry, row);
+        self.publish_generation(partition, &tracker);
     }
 
     /// After a committed removal of entries (delete, invalidation, expiry,
@@ -623,12 +627,11 @@ impl KvMemory {
         evicted: bool,
     ) {
         let mut tracker = self.partitions[partition].lock();
-        self.next_generation(partition, &mut tracker);
+        tracker.generation += 1;
         for (namespace, key) in entries {
             let ns = tracker.namespace(namespace);
-            let limited = ns.limited();
             if let Some(old) = ns.entries.remove(key) {
-                if limited {
+                if ns.limited() {
                     ns.unindex(key, &old);
                 }
                 if evicted {
@@ -636,11 +639,10 @@ impl KvMemory {
                 }
             }
             let entry = self.entry_key(namespace, key);
-            if !limited {
-                tracker.changed(entry);
-            }
+            tracker.changed(entry);
             self.cache.invalidate(&entry);
         }
+        self.publish_generation(partition, &tracker);
     }
 
     /// After a committed `kv.configure`: `rows` are the namespace's
@@ -654,10 +656,11 @@ impl KvMemory {
         rows: Option<Vec<IndexedEntry>>,
     ) {
         let mut tracker = self.partitions[partition].lock();
-        self.next_generation(partition, &mut tracker);
+        tracker.generation += 1;
         tracker
             .namespace(namespace)
             .apply_settings(s, rows, || self.next_tick());
+        self.publish_generation(partition, &tracker);
     }
 }
 
@@ -740,6 +743,26 @@ mod tests {
         assert_eq!(tracked(&memory), ["b"]);
         assert_eq!(memory.hit(0, &replaced, 12, memory.generation(0)).hits, 1);
         assert_eq!(tracked(&memory), ["a", "b"]);
+
+        // Deleted while the namespace had limits, which it lost before
+        // the hit: not tracked either.
+        let limits = KvNamespaceSettings {
+            max_entries: 10,
+            ..KvNamespaceSettings::default()
+        };
+        memory.committed_settings(0, "lim", limits, Some(Vec::new()));
+        let l = row("lim", "a");
+        memory.committed_set(0, l.clone(), 16);
+        let before = memory.generation(0);
+        memory.committed_removal(0, [("lim", "a")], false);
+        memory.committed_settings(0, "lim", KvNamespaceSettings::default(), None);
+        assert_eq!(memory.hit(0, &l, 17, before).hits, 1);
+        assert!(memory
+            .partition(0)
+            .lock()
+            .namespace("lim")
+            .entries
+            .is_empty());
 
         // More changes since the read than are remembered: not tracked.
         let before = memory.generation(0);
