@@ -652,6 +652,76 @@ async fn a_bucket_watch_that_cannot_be_made_is_made_again_once_it_can() {
     .await;
 }
 
+/// A bucket call that is never answered (here the members' bucket: its
+/// stream deleted, and a subscriber that never acks in its place) holds
+/// the lease renewals back by one bound at most, not by the client's
+/// timeout: the node keeps its lease, never giving its stream up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_never_answered_does_not_cost_the_node_its_leases() {
+    use cairn_actors::cluster::ownership;
+    use futures::StreamExt as _;
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    let s = StreamId::repository("ns", "s").unwrap();
+    let m = member("m1", &cluster.url(0)).await;
+    let holder = Arc::new(Recorder {
+        streams: vec![s.clone()],
+        ..Default::default()
+    });
+    let (ownership, js) = start_ownership(&cluster.url(0), "m1", &m, holder.clone()).await;
+    let held =
+        |ownership: &cairn_actors::cluster::Ownership| ownership.view().held().get(&s).copied();
+    wait_until("m1 to hold the stream", WAIT, || async {
+        match held(&ownership) {
+            Some(h) if h.ready => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Heartbeats now wait for an ack that never comes.
+    let silent = async_nats::connect(cluster.url(1)).await.unwrap();
+    let mut puts = silent
+        .subscribe(format!("$KV.{}.>", ownership::NODES_BUCKET))
+        .await
+        .unwrap();
+    silent.flush().await.unwrap();
+    js.delete_stream(format!("KV_{}", ownership::NODES_BUCKET))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, puts.next())
+            .await
+            .expect("a heartbeat put")
+            .unwrap();
+    }
+    // Heartbeats unanswered, one after another: the lease is renewed
+    // meanwhile, three times over (more than a lease's worth), and never
+    // lost or given up.
+    let revisions = std::sync::Mutex::new(vec![held(&ownership).expect("held").revision]);
+    wait_until("three more renewals of the lease", WAIT, || async {
+        let h = held(&ownership).expect("the stream is held throughout");
+        assert!(h.ready && !h.lost && !h.releasing, "{h:?}");
+        let mut revisions = revisions.lock().unwrap();
+        if revisions.last() != Some(&h.revision) {
+            revisions.push(h.revision);
+        }
+        match revisions.len() {
+            4.. => Ok(()),
+            _ => Err(format!("revisions {revisions:?}")),
+        }
+    })
+    .await;
+    assert_eq!(*holder.owned.lock().unwrap(), ["+repo/ns/s"]);
+    // The heartbeats were still hanging.
+    tokio::time::timeout(WAIT, puts.next())
+        .await
+        .expect("a heartbeat put")
+        .unwrap();
+}
+
 /// A data directory a single node wrote has sequence numbers of its own:
 /// a node refuses to join a cluster with it (applying the cluster's order
 /// on top would fork both logs), naming the directory, and writes nothing.
