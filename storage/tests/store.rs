@@ -1668,6 +1668,61 @@ fn commit_observers_see_every_commit_before_its_seq_is_announced() {
     assert_eq!(replica.last_seq().unwrap(), 3);
 }
 
+/// Reads through the store (its row cache) from inside an observer.
+#[derive(Default)]
+struct ReadsBack {
+    store: Mutex<Option<Store>>,
+    rows: Mutex<Vec<bool>>,
+}
+
+impl cairn_storage::CommitObserver for ReadsBack {
+    fn committed(&self, _: &[&Envelope], _: &dyn cairn_storage::ViewRead) {
+        let store = self.store.lock().unwrap().clone().expect("set");
+        let row = RepositoriesView::get(&store, "ns", "a").unwrap();
+        self.rows.lock().unwrap().push(row.is_some());
+    }
+}
+
+/// A row the row cache holds from before a commit is not an answer once
+/// the commit is written, even before the commit is announced: a reader
+/// told of the commit by an observer (the key-value memory tier's
+/// readers) reads what the commit left.
+#[test]
+fn the_row_cache_answers_no_row_read_before_a_commit_its_observers_were_told_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = StreamId::repository("ns", "a").unwrap();
+    store
+        .append(
+            &a,
+            ExpectedVersion::Exact(0),
+            vec![registered("ns", "a")],
+            Metadata::command("t"),
+        )
+        .unwrap();
+    // Cached at seq 1.
+    assert!(RepositoriesView::get(&store, "ns", "a").unwrap().is_some());
+    let observer = Arc::new(ReadsBack::default());
+    *observer.store.lock().unwrap() = Some(store.clone());
+    store.observe(observer.clone());
+    store
+        .append(
+            &a,
+            ExpectedVersion::Exact(1),
+            vec![cairn_events::v1::Event {
+                payload: Some(Payload::RepositoryClosed(RepositoryClosed::default())),
+            }],
+            Metadata::command("t"),
+        )
+        .unwrap();
+    assert_eq!(
+        *observer.rows.lock().unwrap(),
+        [false],
+        "the closed repository's row is gone"
+    );
+    *observer.store.lock().unwrap() = None;
+}
+
 #[test]
 fn in_memory_reads_answer_from_memory_or_say_they_need_the_disk() {
     use cairn_events::v1::{ArtifactKey, ArtifactStored};

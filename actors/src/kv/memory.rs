@@ -13,10 +13,16 @@
 //! happened since it began ([`Tracker::generation`], checked and filled
 //! under the partition's lock, which the writer holds while it
 //! invalidates), so a stale row never lands there after a delete. For
-//! the same reason a read's first hit of an entry of a namespace without
-//! limits starts tracking it only if the entry did not change since the
-//! read began ([`Tracker::changed_since`]): a hit racing a delete would
-//! otherwise track, for good, an entry that no longer exists.
+//! the same reason a hit whose entry changed since the read began
+//! ([`Tracker::changed_since`]) counts for its namespace only: it neither
+//! starts tracking the entry (a hit racing a delete would otherwise track,
+//! for good, an entry that no longer exists) nor counts on the entry that
+//! replaced its row. The writer publishes a partition's new generation
+//! ([`KvMemory::generation`]) last, under the lock, once the memory tier is
+//! as the write left it; a read from disk goes through the store's row
+//! cache, which checks its rows against the last seq *written* (before
+//! any observer runs), so a read that noted the new generation finds the
+//! write on either path.
 //!
 //! # Memory per entry
 //! The tracker must not cost memory per entry that the disk tier already
@@ -500,6 +506,12 @@ impl KvMemory {
     ) -> EntryInfo {
         let tick = self.next_tick();
         let mut tracker = self.partitions[partition].lock();
+        // `row` may be a row the writer has replaced or removed since the
+        // read began: its hit counts for the namespace, but it must not
+        // start tracking the entry, nor count on (or move) the entry that
+        // replaced it.
+        let stale = tracker.generation != generation
+            && tracker.changed_since(self.entry_key(&row.namespace, &row.key), generation);
         if !tracker.namespaces.contains_key(row.namespace.as_str()) {
             tracker.namespace(&row.namespace);
         }
@@ -507,29 +519,27 @@ impl KvMemory {
             return EntryInfo::default();
         };
         ns.counters.hits += 1;
+        let hit = |info: &mut EntryInfo| {
+            info.tick = tick;
+            info.last_accessed_ms = now_ms;
+            info.hits += 1;
+            *info
+        };
+        if stale {
+            return hit(&mut EntryInfo::of(row, tick));
+        }
         // A namespace with limits tracks every live entry already (one
         // deleted meanwhile must not come back); elsewhere the first read
         // of an entry starts tracking it (one lookup when tracked: this is
         // every `kv.get` hit).
         if !ns.limited() {
-            let hit = |info: &mut EntryInfo| {
-                info.tick = tick;
-                info.last_accessed_ms = now_ms;
-                info.hits += 1;
-                *info
-            };
             if let Some(info) = ns.entries.get_mut(row.key.as_str()) {
                 return hit(info);
             }
-            // A first read: `row` may be a row the writer has replaced or
-            // removed since (its info is gone with it), and must not be
-            // tracked then; its hit still counts for the namespace.
-            let mut info = EntryInfo::of(row, tick);
-            if tracker.changed_since(self.entry_key(&row.namespace, &row.key), generation) {
-                return hit(&mut info);
-            }
-            let ns = tracker.namespace(&row.namespace);
-            return hit(ns.entries.entry(row.key.as_str().into()).or_insert(info));
+            return hit(ns
+                .entries
+                .entry(row.key.as_str().into())
+                .or_insert(EntryInfo::of(row, tick)));
         }
         ns.touch(&row.key, tick, now_ms, true);
         ns.entries
@@ -743,6 +753,20 @@ mod tests {
         assert_eq!(tracked(&memory), ["b"]);
         assert_eq!(memory.hit(0, &replaced, 12, memory.generation(0)).hits, 1);
         assert_eq!(tracked(&memory), ["a", "b"]);
+
+        // Replaced, and the new row read and tracked, before the old
+        // row's hit: that hit is not the new entry's.
+        let before = memory.generation(0);
+        let b2 = Arc::new(KvEntryRow {
+            value: b"2".to_vec(),
+            ..(*b).clone()
+        });
+        memory.committed_set(0, b2.clone(), 13);
+        assert_eq!(memory.hit(0, &b2, 14, memory.generation(0)).hits, 1);
+        let stale = memory.hit(0, &b, 15, before);
+        assert_eq!((stale.hits, stale.last_accessed_ms), (1, 15));
+        let info = memory.info(0, &b2);
+        assert_eq!((info.hits, info.last_accessed_ms), (1, 14));
 
         // Deleted while the namespace had limits, which it lost before
         // the hit: not tracked either.

@@ -126,7 +126,13 @@ pub(super) struct Inner {
     /// `view_cfs[i]` is the column family of `views[i]`.
     pub(super) view_cfs: Vec<String>,
     pub(super) committed: watch::Sender<u64>,
-    /// Read cache of view rows: (view, key) → (committed seq when read, row).
+    /// The last seq whose rows are in RocksDB: set as soon as its batch is
+    /// written, before the observers run and before `committed` announces
+    /// it. The row cache checks its rows against it, so that an observer's
+    /// readers (a read after the key-value memory tier changed, say) never
+    /// get a row cached before the write.
+    pub(super) written: AtomicU64,
+    /// Read cache of view rows: (view, key) → (written seq when read, row).
     pub(super) cache: Option<Mutex<RowCache>>,
     pub(super) pins: Mutex<HashMap<Digest, usize>>,
     /// Set on a cluster node: its log is fed by the cluster's replicated

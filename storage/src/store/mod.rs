@@ -121,6 +121,7 @@ impl Store {
             views,
             view_cfs,
             committed,
+            written: AtomicU64::new(0),
             cache,
             pins: Mutex::new(HashMap::new()),
             replica_only: Default::default(),
@@ -140,6 +141,9 @@ impl Store {
         inner.check_layout()?;
         inner.load_compacted()?;
         let last_seq = inner.verify_last_seq()?;
+        inner
+            .written
+            .store(last_seq, std::sync::atomic::Ordering::Release);
         inner.committed.send_replace(last_seq);
         let mut writer = Writer {
             inner: inner.clone(),

@@ -30,10 +30,11 @@ use crate::{
 impl Store {
     /// The row at `key` of view `view`.
     ///
-    /// Served from a bounded in-memory cache when nothing was committed
-    /// since the entry was read (entries are tagged with the last committed
+    /// Served from a bounded in-memory cache when nothing was written
+    /// since the entry was read (entries are tagged with the last written
     /// sequence read *before* the row, so a cached row is never older than
-    /// the views).
+    /// the views — not even while a commit's observers run, before the
+    /// commit is announced).
     pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let row = self.view_get_cached(view, key, |db, cf, key| Ok(Some(db.get_cf(cf, key)?)))?;
         Ok(row.flatten())
@@ -53,7 +54,7 @@ impl Store {
     ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
         let inner = self.inner();
         let cf = inner.view_cf(view)?;
-        let seq = *inner.committed.borrow();
+        let seq = inner.written.load(std::sync::atomic::Ordering::Acquire);
         let cache_key = (view.to_owned(), key.to_vec());
         if let Some(cache) = &inner.cache {
             if let Some(row) = cache.lock().get(&cache_key, seq) {

@@ -974,6 +974,9 @@ impl Writer {
             self.ref_counts.clear();
             return Err(e);
         }
+        // Before anything is told of the write: cached rows read before it
+        // stop counting now (see `Inner::written`).
+        inner.written.store(seq, Ordering::Release);
         inner.batches.fetch_add(1, Ordering::Relaxed);
         if sync {
             inner.synced_batches.fetch_add(1, Ordering::Relaxed);
