@@ -1723,6 +1723,41 @@ fn the_row_cache_answers_no_row_read_before_a_commit_its_observers_were_told_of(
     *observer.store.lock().unwrap() = None;
 }
 
+/// A row read into the row cache while a rebuild refills the views is
+/// not an answer once the rebuild is done (no new seq was written).
+#[test]
+fn the_row_cache_answers_no_row_read_during_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.replay_batch_events = 1;
+    let store = Store::open(config, views_with_blobs()).unwrap();
+    for name in ["b", "a"] {
+        store
+            .append(
+                &StreamId::repository("ns", name).unwrap(),
+                ExpectedVersion::Exact(0),
+                vec![registered("ns", name)],
+                Metadata::command("t"),
+            )
+            .unwrap();
+    }
+    let during = Arc::new(Mutex::new(Vec::new()));
+    let (reader, seen) = (store.clone(), during.clone());
+    store
+        .rebuild(
+            &[RepositoriesView::NAME],
+            Some(Box::new(move |done, _| {
+                let row = RepositoriesView::get(&reader, "ns", "a").unwrap();
+                seen.lock().unwrap().push((done, row.is_some()));
+            })),
+        )
+        .unwrap();
+    // After b's event only, a's row is not there yet (and was cached so).
+    assert_eq!(*during.lock().unwrap(), [(1, false), (2, true)]);
+    assert!(RepositoriesView::get(&store, "ns", "a").unwrap().is_some());
+    assert!(RepositoriesView::get(&store, "ns", "b").unwrap().is_some());
+}
+
 #[test]
 fn in_memory_reads_answer_from_memory_or_say_they_need_the_disk() {
     use cairn_events::v1::{ArtifactKey, ArtifactStored};

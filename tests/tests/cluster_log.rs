@@ -96,6 +96,36 @@ fn dump(store: &Store) -> cairn_storage::log::StateDump {
     dump
 }
 
+/// A three-server NATS cluster, ready.
+async fn ready_cluster() -> NatsCluster {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    cluster.wait_ready(WAIT).unwrap();
+    cluster
+}
+
+/// A ready cluster with members `node-a` (on server 0) and `node-b` (on
+/// server 1).
+async fn two_members() -> (NatsCluster, Member, Member) {
+    let cluster = ready_cluster().await;
+    let a = member("node-a", &cluster.url(0)).await;
+    let b = member("node-b", &cluster.url(1)).await;
+    (cluster, a, b)
+}
+
+/// `seq:stream@principal` of each event of `member`'s log.
+fn principals(member: &Member) -> Vec<String> {
+    member
+        .store
+        .store
+        .read_all(1, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}:{}@{}", e.seq, e.stream, e.principal))
+        .collect()
+}
+
 async fn caught_up(member: &Member, position: u64) {
     member
         .applied
@@ -106,12 +136,7 @@ async fn caught_up(member: &Member, position: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
-    let a = member("node-a", &cluster.url(0)).await;
-    let b = member("node-b", &cluster.url(1)).await;
+    let (cluster, a, b) = two_members().await;
     let stream = StreamId::repository("ns", "r").unwrap();
     let other = StreamId::repository("ns", "s").unwrap();
 
@@ -218,16 +243,8 @@ async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
     caught_up(&b, position).await;
     assert_eq!(a.store.store.last_seq().unwrap(), 5);
     assert_eq!(dump(&a.store.store), dump(&b.store.store));
-    let principals: Vec<String> = a
-        .store
-        .store
-        .read_all(1, 100)
-        .unwrap()
-        .into_iter()
-        .map(|e| format!("{}:{}@{}", e.seq, e.stream, e.principal))
-        .collect();
     assert_eq!(
-        principals,
+        principals(&a),
         [
             "1:repo/ns/r@alice",
             "2:repo/ns/r@alice",
@@ -251,12 +268,7 @@ async fn replicas_hold_the_same_log_and_a_deposed_owner_is_fenced() {
 /// read late is stale, and the stream's new take writes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_of_a_take_given_up_is_stale_once_the_stream_is_taken_again() {
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
-    let a = member("node-a", &cluster.url(0)).await;
-    let b = member("node-b", &cluster.url(1)).await;
+    let (_cluster, a, b) = two_members().await;
     let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
     let noted = notices.clone();
     a.appender.on_abandon(Box::new(move |stream, take| {
@@ -310,12 +322,7 @@ async fn a_notice_of_a_take_given_up_is_stale_once_the_stream_is_taken_again() {
 async fn an_event_published_on_another_streams_subject_is_refused_by_every_node() {
     use cairn_events::{envelope, v1::Envelope};
     use cairn_storage::Sequenced;
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
-    let a = member("node-a", &cluster.url(0)).await;
-    let b = member("node-b", &cluster.url(1)).await;
+    let (cluster, a, b) = two_members().await;
     let r = StreamId::repository("ns", "r").unwrap();
     let s = StreamId::repository("ns", "s").unwrap();
     a.appender.take(&s).await.unwrap();
@@ -374,15 +381,7 @@ async fn an_event_published_on_another_streams_subject_is_refused_by_every_node(
     assert_eq!((next.first_seq(), next.stream_version()), (2, 2));
     caught_up(&b, a.applied.position()).await;
     assert_eq!(dump(&b.store.store), dump(&a.store.store));
-    let principals: Vec<String> = b
-        .store
-        .store
-        .read_all(1, 100)
-        .unwrap()
-        .into_iter()
-        .map(|e| format!("{}:{}@{}", e.seq, e.stream, e.principal))
-        .collect();
-    assert_eq!(principals, ["1:repo/ns/s@alice", "2:repo/ns/s@alice"]);
+    assert_eq!(principals(&b), ["1:repo/ns/s@alice", "2:repo/ns/s@alice"]);
 }
 
 /// A holder that records what it is given.
@@ -440,10 +439,7 @@ async fn start_ownership(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_see_each_other_split_the_streams_and_hand_them_over_when_leaving() {
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
+    let cluster = ready_cluster().await;
     let streams: Vec<StreamId> = (0..12)
         .map(|i| StreamId::repository("ns", &format!("r{i}")).unwrap())
         .collect();
@@ -535,10 +531,7 @@ impl cairn_actors::cluster::Holder for Gated {
 /// node has left only then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_given_up_while_being_taken_is_released_after_the_take() {
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
+    let cluster = ready_cluster().await;
     let stream = StreamId::repository("ns", "taken").unwrap();
     let m = member("m1", &cluster.url(0)).await;
     let holder = Arc::new(Gated {
@@ -599,10 +592,7 @@ async fn a_stream_given_up_while_being_taken_is_released_after_the_take() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_watch_that_cannot_be_made_is_made_again_once_it_can() {
     use cairn_actors::cluster::{ownership, Ownership};
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
+    let cluster = ready_cluster().await;
     let m = member("m1", &cluster.url(0)).await;
     let (ownership, js) =
         start_ownership(&cluster.url(0), "m1", &m, Arc::new(Recorder::default())).await;
@@ -660,10 +650,7 @@ async fn a_bucket_watch_that_cannot_be_made_is_made_again_once_it_can() {
 async fn a_heartbeat_never_answered_does_not_cost_the_node_its_leases() {
     use cairn_actors::cluster::ownership;
     use futures::StreamExt as _;
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
+    let cluster = ready_cluster().await;
     let s = StreamId::repository("ns", "s").unwrap();
     let m = member("m1", &cluster.url(0)).await;
     let holder = Arc::new(Recorder {
@@ -790,10 +777,7 @@ async fn a_single_nodes_data_directory_does_not_join_a_cluster() {
 /// replica never catches up.
 #[tokio::test(flavor = "current_thread")]
 async fn messages_the_connection_drops_are_read_again_and_no_position_is_skipped() {
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .unwrap();
-    cluster.wait_ready(WAIT).unwrap();
+    let cluster = ready_cluster().await;
     let a = member("node-a", &cluster.url(0)).await;
     let stream = StreamId::repository("ns", "r").unwrap();
     a.appender.take(&stream).await.unwrap();

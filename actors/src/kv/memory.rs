@@ -14,7 +14,8 @@
 //! under the partition's lock, which the writer holds while it
 //! invalidates), so a stale row never lands there after a delete. For
 //! the same reason a hit whose entry changed since the read began
-//! ([`Tracker::changed_since`]) counts for its namespace only: it neither
+//! ([`Tracker::changed_since`]; for a first read, one that may have
+//! changed) counts for its namespace only: it neither
 //! starts tracking the entry (a hit racing a delete would otherwise track,
 //! for good, an entry that no longer exists) nor counts on the entry that
 //! replaced its row. The writer publishes a partition's new generation
@@ -313,22 +314,37 @@ impl Tracker {
         self.changes.push_back((self.generation, entry));
     }
 
-    /// Whether `entry` may have changed since the partition was at
-    /// `generation`: a change recorded since, or changes since that are no
-    /// longer remembered.
-    pub fn changed_since(&self, entry: EntryKey, generation: u64) -> bool {
+    /// Whether `entry` changed since the partition was at `generation`.
+    pub fn changed_since(&self, entry: EntryKey, generation: u64) -> Change {
         if self.generation == generation {
-            return false;
+            return Change::None;
         }
         if self.changes_forgotten > generation {
-            return true;
+            return Change::Unknown;
         }
-        self.changes
+        if self
+            .changes
             .iter()
             .rev()
             .take_while(|(g, _)| *g > generation)
             .any(|(_, e)| *e == entry)
+        {
+            Change::Changed
+        } else {
+            Change::None
+        }
     }
+}
+
+/// What [`Tracker::changed_since`] knows of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// No change of it since.
+    None,
+    /// Set or removed since.
+    Changed,
+    /// More changes since than are remembered: it may have changed.
+    Unknown,
 }
 
 /// The memory tier and the trackers of every partition.
@@ -510,8 +526,10 @@ impl KvMemory {
         // read began: its hit counts for the namespace, but it must not
         // start tracking the entry, nor count on (or move) the entry that
         // replaced it.
-        let stale = tracker.generation != generation
-            && tracker.changed_since(self.entry_key(&row.namespace, &row.key), generation);
+        let change = match tracker.generation == generation {
+            true => Change::None,
+            false => tracker.changed_since(self.entry_key(&row.namespace, &row.key), generation),
+        };
         if !tracker.namespaces.contains_key(row.namespace.as_str()) {
             tracker.namespace(&row.namespace);
         }
@@ -525,7 +543,7 @@ impl KvMemory {
             info.hits += 1;
             *info
         };
-        if stale {
+        if change == Change::Changed {
             return hit(&mut EntryInfo::of(row, tick));
         }
         // A namespace with limits tracks every live entry already (one
@@ -535,6 +553,10 @@ impl KvMemory {
         if !ns.limited() {
             if let Some(info) = ns.entries.get_mut(row.key.as_str()) {
                 return hit(info);
+            }
+            if change == Change::Unknown {
+                // The entry may be gone: not tracked from this row.
+                return hit(&mut EntryInfo::of(row, tick));
             }
             return hit(ns
                 .entries
@@ -795,6 +817,10 @@ mod tests {
         }
         assert_eq!(memory.hit(0, &row("ns", "c"), 14, before).hits, 1);
         assert_eq!(tracked(&memory), ["a", "b"]);
+        // A tracked entry's hit still counts when the changes since the
+        // read are no longer all remembered.
+        let b_hits = memory.info(0, &b2).hits;
+        assert_eq!(memory.hit(0, &b2, 14, before).hits, b_hits + 1);
         assert_eq!(
             memory
                 .hit(0, &row("ns", "c"), 15, memory.generation(0))

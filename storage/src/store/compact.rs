@@ -205,6 +205,11 @@ impl Writer {
                 }
             }
             inner.db.write_opt(batch, &synced)?;
+            if !forgotten.is_empty() {
+                // A row read before the write and cached after it would
+                // otherwise still count.
+                inner.bump_cache_epoch();
+            }
             if let Some(cache) = &inner.cache {
                 let mut cache = cache.lock();
                 for key in forgotten {

@@ -23,10 +23,14 @@ pub(super) struct Compacted {
     pub(super) prefixes: Vec<String>,
 }
 
-/// Read cache of view rows: (view, key) → (committed seq when read, row),
-/// with its counters per view.
-/// A cached row: (view, key) → (committed seq when read, row).
-type CachedRows = lru::LruCache<(String, Vec<u8>), (u64, Option<Vec<u8>>)>;
+/// When a cached row was read: the last seq written and the cache epoch,
+/// both taken before the row was read (see [`Inner::written`] and
+/// [`Inner::cache_epoch`]). A row is an answer only while both are
+/// unchanged.
+pub(super) type CacheTag = (u64, u64);
+
+/// A cached row: (view, key) → (its tag, row).
+type CachedRows = lru::LruCache<(String, Vec<u8>), (CacheTag, Option<Vec<u8>>)>;
 
 pub(super) struct RowCache {
     pub(super) rows: CachedRows,
@@ -71,11 +75,15 @@ impl RowCache {
         (key.1.len() + row.as_ref().map_or(0, Vec::len)) as u64
     }
 
-    /// The row of `key` if it was read at committed sequence `seq`
-    /// (counted as a hit, or a miss).
-    pub(super) fn get(&mut self, key: &(String, Vec<u8>), seq: u64) -> Option<Option<Vec<u8>>> {
+    /// The row of `key` if it was read at `tag` (counted as a hit, or a
+    /// miss).
+    pub(super) fn get(
+        &mut self,
+        key: &(String, Vec<u8>),
+        tag: CacheTag,
+    ) -> Option<Option<Vec<u8>>> {
         let found = match self.rows.get(key) {
-            Some((at, row)) if *at == seq => Some(row.clone()),
+            Some((at, row)) if *at == tag => Some(row.clone()),
             _ => None,
         };
         let counters = self.counters(&key.0);
@@ -97,11 +105,11 @@ impl RowCache {
         }
     }
 
-    /// Keeps `row`, read at `seq`.
-    pub(super) fn put(&mut self, key: (String, Vec<u8>), seq: u64, row: Option<Vec<u8>>) {
+    /// Keeps `row`, read at `tag`.
+    pub(super) fn put(&mut self, key: (String, Vec<u8>), tag: CacheTag, row: Option<Vec<u8>>) {
         let size = Self::size(&key, &row);
         let view = key.0.clone();
-        let pushed_out = self.rows.push(key.clone(), (seq, row));
+        let pushed_out = self.rows.push(key.clone(), (tag, row));
         if let Some((old_key, (_, old_row))) = pushed_out {
             let old_size = Self::size(&old_key, &old_row);
             let replaced = old_key == key;
@@ -132,7 +140,11 @@ pub(super) struct Inner {
     /// readers (a read after the key-value memory tier changed, say) never
     /// get a row cached before the write.
     pub(super) written: AtomicU64,
-    /// Read cache of view rows: (view, key) → (written seq when read, row).
+    /// Moved on by writes that change view rows without a new seq (a
+    /// rebuild's, a compaction's): rows the cache holds from before one
+    /// stop counting.
+    pub(super) cache_epoch: AtomicU64,
+    /// Read cache of view rows: (view, key) → (tag when read, row).
     pub(super) cache: Option<Mutex<RowCache>>,
     pub(super) pins: Mutex<HashMap<Digest, usize>>,
     /// Set on a cluster node: its log is fed by the cluster's replicated
@@ -157,6 +169,19 @@ pub(super) struct Inner {
 }
 
 impl Inner {
+    /// The row cache's tag now (taken before a row is read).
+    pub(super) fn cache_tag(&self) -> CacheTag {
+        use std::sync::atomic::Ordering::Acquire;
+        (self.written.load(Acquire), self.cache_epoch.load(Acquire))
+    }
+
+    /// Makes every row the cache holds stale (after view rows changed
+    /// without a new seq).
+    pub(super) fn bump_cache_epoch(&self) {
+        self.cache_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     pub(super) fn cf(&self, column: Column) -> &ColumnFamily {
         self.db
             .cf_handle(column.name())

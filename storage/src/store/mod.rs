@@ -122,6 +122,7 @@ impl Store {
             view_cfs,
             committed,
             written: AtomicU64::new(0),
+            cache_epoch: AtomicU64::new(0),
             cache,
             pins: Mutex::new(HashMap::new()),
             replica_only: Default::default(),

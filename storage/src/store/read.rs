@@ -32,9 +32,10 @@ impl Store {
     ///
     /// Served from a bounded in-memory cache when nothing was written
     /// since the entry was read (entries are tagged with the last written
-    /// sequence read *before* the row, so a cached row is never older than
-    /// the views — not even while a commit's observers run, before the
-    /// commit is announced).
+    /// sequence and the cache epoch, read *before* the row, so a cached row
+    /// is never older than the views — not even while a commit's observers
+    /// run, before the commit is announced, nor after a rebuild or a
+    /// compaction changed rows).
     pub fn view_get(&self, view: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let row = self.view_get_cached(view, key, |db, cf, key| Ok(Some(db.get_cf(cf, key)?)))?;
         Ok(row.flatten())
@@ -54,10 +55,10 @@ impl Store {
     ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
         let inner = self.inner();
         let cf = inner.view_cf(view)?;
-        let seq = inner.written.load(std::sync::atomic::Ordering::Acquire);
+        let tag = inner.cache_tag();
         let cache_key = (view.to_owned(), key.to_vec());
         if let Some(cache) = &inner.cache {
-            if let Some(row) = cache.lock().get(&cache_key, seq) {
+            if let Some(row) = cache.lock().get(&cache_key, tag) {
                 return Ok(Some(row));
             }
         }
@@ -65,7 +66,7 @@ impl Store {
             return Ok(None);
         };
         if let Some(cache) = &inner.cache {
-            cache.lock().put(cache_key, seq, row.clone());
+            cache.lock().put(cache_key, tag, row.clone());
         }
         Ok(Some(row))
     }

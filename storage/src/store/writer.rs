@@ -1293,6 +1293,7 @@ impl Writer {
                 &keys::blob_ref_prefix(view.name()),
             )?;
         }
+        inner.bump_cache_epoch();
         // 3. Replay the whole log into them.
         let from: Vec<Option<u64>> = selected.iter().map(|s| s.then_some(0)).collect();
         let events = self.replay(&from, progress)?;
@@ -1384,6 +1385,8 @@ impl Writer {
                 self.ref_counts.clear();
                 return Err(e.into());
             }
+            // Rows changed with no new seq: cached ones stop counting.
+            inner.bump_cache_epoch();
             done += chunk.len() as u64;
             next = last + 1;
             if let Some(progress) = &progress {
