@@ -1318,6 +1318,26 @@ async fn write_through_sends_to_the_origin_first_and_its_error_stores_nothing() 
     c.ok("kv.delete", json!({"namespace": "wt", "key": "good"}))
         .await;
     assert_eq!(seen.lock().unwrap().len(), 2);
+    // A set sent again with its idempotency key (its answer lost) is
+    // answered from the key: the origin is told once.
+    let keyed = || async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Cairn-Request-Id", "wt-once");
+        let (reply, _) = c
+            .call_with_headers(
+                "kv.set",
+                json!({"namespace": "wt", "key": "once", "value": 4}),
+                headers,
+            )
+            .await;
+        reply.unwrap()
+    };
+    let first = keyed().await;
+    assert_eq!(keyed().await, first);
+    assert_eq!(
+        seen.lock().unwrap()[2..],
+        [json!({"op": "set", "namespace": "wt", "key": "once", "value": 4, "tags": []})]
+    );
     task.abort();
     node.shutdown().await;
 }

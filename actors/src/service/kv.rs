@@ -660,7 +660,7 @@ pub async fn handle_set(context: ServiceContext, request: Incoming) -> Result<Bo
         |key| {
             let (set, meta, context) = (set.clone(), with_key(&meta, key), &context);
             async move {
-                write_through(context, kv, &set).await?;
+                write_through(context, kv, &set, &meta).await?;
                 Ok(kv.execute(partition, KvCommand::Set(set), meta).await?)
             }
         },
@@ -765,15 +765,31 @@ fn value_limit(context: &ServiceContext, kv: &crate::kv::KvNode) -> ValueLimit {
 }
 
 /// A write-through namespace's origin is told of `set` first; its failure
-/// stores nothing.
+/// stores nothing. A set sent again with the idempotency key of one
+/// already applied (or of another request) does not tell it again: the
+/// first was told, and the writer answers the retry from the key.
 async fn write_through(
     context: &ServiceContext,
     kv: &crate::kv::KvNode,
     set: &SetEntry,
+    meta: &cairn_events::envelope::Metadata,
 ) -> Result<(), ServiceError> {
     let settings = kv.settings(&set.namespace);
     if !settings.write_through || settings.origin_subject.is_empty() {
         return Ok(());
+    }
+    if !meta.request_id.is_empty() {
+        let store = kv.env().store.clone();
+        let (id, digest) = (meta.request_id.clone(), meta.request_digest.clone());
+        let recorded = crate::writer::off_arbiter("kv-request-id", move || {
+            idempotency::recorded_blocking(&store, &id, &digest)
+        })
+        .await
+        .map_err(KvError::from)?
+        .map_err(KvError::from)?;
+        if !matches!(recorded, idempotency::Recorded::New) {
+            return Ok(());
+        }
     }
     let mut body =
         json!({"op": "set", "namespace": set.namespace, "key": set.key, "tags": set.tags});
