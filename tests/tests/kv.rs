@@ -416,6 +416,56 @@ async fn cleanup_of_a_namespace_reaches_past_a_round_of_other_expired_entries() 
     node.shutdown().await;
 }
 
+/// A `kv.delete` of an entry that had expired (not swept yet) answers
+/// `deleted: false` and records the entry as expired, with its principal;
+/// sent again with its idempotency key it answers the same, appending
+/// nothing. One of a live entry answers `true` both times.
+#[actix_rt::test]
+async fn a_delete_sent_again_answers_what_it_first_answered() {
+    let (_dir, node, clock) = start().await;
+    let c = node.client();
+    c.ok("kv.set", json!({"key": "old", "value": 1, "ttl": 10}))
+        .await;
+    c.ok("kv.set", json!({"key": "live", "value": 2})).await;
+    clock.advance(Duration::from_secs(11));
+    let delete = |key: &'static str, id: &'static str| {
+        let c = &c;
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Cairn-Request-Id", id);
+            let (reply, _) = c
+                .call_with_headers(
+                    "kv.delete",
+                    json!({"key": key, "principal": "carol"}),
+                    headers,
+                )
+                .await;
+            reply.unwrap()
+        }
+    };
+    let before = node.store().last_seq().unwrap();
+    for _ in 0..2 {
+        assert_eq!(delete("old", "del-old").await, json!({"deleted": false}));
+        assert_eq!(delete("live", "del-live").await, json!({"deleted": true}));
+    }
+    let events: Vec<String> = node
+        .store()
+        .read_all(before + 1, 100)
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}@{}",
+                cairn_events::envelope::kind(e).unwrap().name(),
+                e.principal
+            )
+        })
+        .collect();
+    assert_eq!(events, ["KvEntriesExpired@carol", "KvEntryDeleted@carol"]);
+    assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
+    node.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn ttl_expires_at_the_exact_instant_and_cleanup_removes_it() {
     let (_dir, node, clock) = start().await;

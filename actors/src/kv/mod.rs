@@ -124,8 +124,10 @@
 //! - **Time.** Every time (created, expires, last accessed) is the
 //!   injectable [`crate::timing::Clock`]'s, in Unix milliseconds. An entry
 //!   is expired from the instant `now >= expires_at`: reads then answer a
-//!   miss at once; `kv.cleanup` and the sweeper remove it with a
-//!   `KvEntriesExpired`; after a restart it is still a miss.
+//!   miss at once; `kv.cleanup`, the sweeper and a `kv.delete` that finds
+//!   it remove it with a `KvEntriesExpired` (the delete answers `deleted:
+//!   false`, and again when it is sent again with its key); after a
+//!   restart it is still a miss.
 //! - **Compaction.** The `kv/` class is compacted with
 //!   [`cairn_storage::views::kv::KvCompactionPolicy`]: the latest event per
 //!   entry stays (deletes for a window), so rewriting a key does not grow
@@ -603,9 +605,21 @@ impl StreamDomain for Kv {
                 }
                 KvCommand::Delete { namespace, key } => {
                     // Sent again with its key (its answer was lost): it
-                    // deleted the entry already.
-                    if replayed(session).await?.is_some() {
-                        return Ok(KvReply::Deleted(true));
+                    // removed the entry already, and its event says
+                    // whether the entry was live then.
+                    if let Some(first) = replayed(session).await? {
+                        let store = env.store.clone();
+                        let seq = first.first_seq;
+                        let expired =
+                            off_arbiter("kv-delete-replay", move || store.read_all(seq, 1))
+                                .await??
+                                .first()
+                                .filter(|e| e.seq == seq)
+                                .and_then(|e| e.event.as_ref())
+                                .is_some_and(|e| {
+                                    matches!(e.payload, Some(Payload::KvEntriesExpired(_)))
+                                });
+                        return Ok(KvReply::Deleted(!expired));
                     }
                     // The entry as it is (the writer is the only one to
                     // change it): from the memory tier, else the view.
@@ -624,13 +638,25 @@ impl StreamDomain for Kv {
                     let Some(row) = row else {
                         return Ok(KvReply::Deleted(false));
                     };
-                    let e = event(Payload::KvEntryDeleted(KvEntryDeleted {
-                        namespace: namespace.clone(),
-                        key: key.clone(),
-                    }));
+                    // An entry found expired (not swept yet) is recorded
+                    // as expired, not deleted: it was no longer there to
+                    // delete, and a retry of this command answers from
+                    // the kind of event it made.
+                    let live = !expired(row.expires_at_ms, now_ms);
+                    let e = if live {
+                        event(Payload::KvEntryDeleted(KvEntryDeleted {
+                            namespace: namespace.clone(),
+                            key: key.clone(),
+                        }))
+                    } else {
+                        event(Payload::KvEntriesExpired(KvEntriesExpired {
+                            count: 1,
+                            entries: refs(&[(namespace.clone(), key.clone())]),
+                        }))
+                    };
                     // The memory tier follows the commit ([`KvObserver`]).
                     session.append(vec![e], Chunking::Whole).await?;
-                    Ok(KvReply::Deleted(!expired(row.expires_at_ms, now_ms)))
+                    Ok(KvReply::Deleted(live))
                 }
                 KvCommand::DeleteMatching {
                     by,
