@@ -370,6 +370,7 @@ fn repository_samples() -> Vec<(EventKind, Envelope)> {
                 Payload::KvEntryDeleted(KvEntryDeleted {
                     namespace: "user:123".into(),
                     key: "profile".into(),
+                    expired: false,
                 }),
             ),
         ),

@@ -417,9 +417,9 @@ async fn cleanup_of_a_namespace_reaches_past_a_round_of_other_expired_entries() 
 }
 
 /// A `kv.delete` of an entry that had expired (not swept yet) answers
-/// `deleted: false` and records the entry as expired, with its principal;
-/// sent again with its idempotency key it answers the same, appending
-/// nothing. One of a live entry answers `true` both times.
+/// `deleted: false` and its event says the entry had expired; sent again
+/// with its idempotency key it answers the same, appending nothing. One of
+/// a live entry answers `true` both times.
 #[actix_rt::test]
 async fn a_delete_sent_again_answers_what_it_first_answered() {
     let (_dir, node, clock) = start().await;
@@ -453,15 +453,19 @@ async fn a_delete_sent_again_answers_what_it_first_answered() {
         .read_all(before + 1, 100)
         .unwrap()
         .iter()
-        .map(|e| {
-            format!(
-                "{}@{}",
-                cairn_events::envelope::kind(e).unwrap().name(),
-                e.principal
-            )
-        })
+        .map(
+            |e| match e.event.as_ref().and_then(|e| e.payload.as_ref()) {
+                Some(cairn_events::v1::event::Payload::KvEntryDeleted(d)) => {
+                    format!("{} expired={}@{}", d.key, d.expired, e.principal)
+                }
+                other => format!("{other:?}"),
+            },
+        )
         .collect();
-    assert_eq!(events, ["KvEntriesExpired@carol", "KvEntryDeleted@carol"]);
+    assert_eq!(
+        events,
+        ["old expired=true@carol", "live expired=false@carol"]
+    );
     assert_eq!(keys(&node, json!({})).await, Vec::<String>::new());
     node.shutdown().await;
 }

@@ -124,10 +124,10 @@
 //! - **Time.** Every time (created, expires, last accessed) is the
 //!   injectable [`crate::timing::Clock`]'s, in Unix milliseconds. An entry
 //!   is expired from the instant `now >= expires_at`: reads then answer a
-//!   miss at once; `kv.cleanup`, the sweeper and a `kv.delete` that finds
-//!   it remove it with a `KvEntriesExpired` (the delete answers `deleted:
-//!   false`, and again when it is sent again with its key); after a
-//!   restart it is still a miss.
+//!   miss at once; `kv.cleanup` and the sweeper remove it with a
+//!   `KvEntriesExpired`; a `kv.delete` that finds it answers `deleted:
+//!   false` and records a `KvEntryDeleted` with `expired` set (its retry
+//!   with its key answers the same); after a restart it is still a miss.
 //! - **Compaction.** The `kv/` class is compacted with
 //!   [`cairn_storage::views::kv::KvCompactionPolicy`]: the latest event per
 //!   entry stays (deletes for a window), so rewriting a key does not grow
@@ -610,15 +610,16 @@ impl StreamDomain for Kv {
                     if let Some(first) = replayed(session).await? {
                         let store = env.store.clone();
                         let seq = first.first_seq;
-                        let expired =
-                            off_arbiter("kv-delete-replay", move || store.read_all(seq, 1))
-                                .await??
-                                .first()
-                                .filter(|e| e.seq == seq)
-                                .and_then(|e| e.event.as_ref())
-                                .is_some_and(|e| {
-                                    matches!(e.payload, Some(Payload::KvEntriesExpired(_)))
-                                });
+                        let expired = off_arbiter("kv-delete-replay", move || {
+                            store.read_all(seq, 1)
+                        })
+                        .await??
+                        .first()
+                        .filter(|e| e.seq == seq)
+                        .and_then(|e| e.event.as_ref())
+                        .is_some_and(
+                            |e| matches!(&e.payload, Some(Payload::KvEntryDeleted(d)) if d.expired),
+                        );
                         return Ok(KvReply::Deleted(!expired));
                     }
                     // The entry as it is (the writer is the only one to
@@ -638,22 +639,16 @@ impl StreamDomain for Kv {
                     let Some(row) = row else {
                         return Ok(KvReply::Deleted(false));
                     };
-                    // An entry found expired (not swept yet) is recorded
-                    // as expired, not deleted: it was no longer there to
-                    // delete, and a retry of this command answers from
-                    // the kind of event it made.
+                    // An entry found expired (not swept yet) is deleted
+                    // all the same (a per-key tombstone, compacted as any
+                    // delete) and the event says it had expired: a retry
+                    // of this command answers from it.
                     let live = !expired(row.expires_at_ms, now_ms);
-                    let e = if live {
-                        event(Payload::KvEntryDeleted(KvEntryDeleted {
-                            namespace: namespace.clone(),
-                            key: key.clone(),
-                        }))
-                    } else {
-                        event(Payload::KvEntriesExpired(KvEntriesExpired {
-                            count: 1,
-                            entries: refs(&[(namespace.clone(), key.clone())]),
-                        }))
-                    };
+                    let e = event(Payload::KvEntryDeleted(KvEntryDeleted {
+                        namespace: namespace.clone(),
+                        key: key.clone(),
+                        expired: !live,
+                    }));
                     // The memory tier follows the commit ([`KvObserver`]).
                     session.append(vec![e], Chunking::Whole).await?;
                     Ok(KvReply::Deleted(live))
