@@ -126,6 +126,27 @@ fn principals(member: &Member) -> Vec<String> {
         .collect()
 }
 
+/// Appends `event` to `stream` at `version` through `member`'s appender,
+/// as alice: one append, one commit.
+async fn append_one(
+    member: &Member,
+    stream: &StreamId,
+    version: u64,
+    event: cairn_events::v1::Event,
+) -> Result<cairn_storage::Appended, cairn_storage::StorageError> {
+    member
+        .appender
+        .append_chunks(
+            stream,
+            version,
+            vec![vec![event]],
+            Metadata::command("alice"),
+        )
+        .await
+        .pop()
+        .expect("one append, one outcome")
+}
+
 async fn caught_up(member: &Member, position: u64) {
     member
         .applied
@@ -275,21 +296,15 @@ async fn a_notice_of_a_take_given_up_is_stale_once_the_stream_is_taken_again() {
         noted.lock().unwrap().push((stream.to_string(), take));
     }));
     let s = StreamId::repository("ns", "s").unwrap();
-    let append = |member: &Member, version: u64, event: cairn_events::v1::Event| {
-        let (appender, s) = (member.appender.clone(), s.clone());
-        async move {
-            appender
-                .append_chunks(&s, version, vec![vec![event]], Metadata::command("alice"))
-                .await
-                .pop()
-                .unwrap()
-        }
-    };
     a.appender.take(&s).await.unwrap();
-    append(&a, 0, events::registered("ns", "s")).await.unwrap();
+    append_one(&a, &s, 0, events::registered("ns", "s"))
+        .await
+        .unwrap();
     // B takes the stream over; A's next write is fenced and given up.
     b.appender.take(&s).await.unwrap();
-    append(&a, 1, events::closed("stale")).await.unwrap_err();
+    append_one(&a, &s, 1, events::closed("stale"))
+        .await
+        .unwrap_err();
     let (stream, given_up) = {
         let notices = notices.lock().unwrap();
         assert_eq!(notices.len(), 1, "{notices:?}");
@@ -307,7 +322,7 @@ async fn a_notice_of_a_take_given_up_is_stale_once_the_stream_is_taken_again() {
     a.appender.release(&s);
     a.appender.take(&s).await.unwrap();
     assert!(!a.appender.is_current_take(&s, given_up), "stale");
-    let next = append(&a, 1, events::spec_changed("ns", "s", "release"))
+    let next = append_one(&a, &s, 1, events::spec_changed("ns", "s", "release"))
         .await
         .unwrap();
     assert_eq!(next.stream_version(), 2);
@@ -326,14 +341,8 @@ async fn an_event_published_on_another_streams_subject_is_refused_by_every_node(
     let r = StreamId::repository("ns", "r").unwrap();
     let s = StreamId::repository("ns", "s").unwrap();
     a.appender.take(&s).await.unwrap();
-    let append = |version: u64, event: cairn_events::v1::Event| {
-        a.appender
-            .append_chunks(&s, version, vec![vec![event]], Metadata::command("alice"))
-    };
-    let first = append(0, events::registered("ns", "s"))
+    let first = append_one(&a, &s, 0, events::registered("ns", "s"))
         .await
-        .pop()
-        .unwrap()
         .unwrap();
     assert_eq!((first.first_seq(), first.stream_version()), (1, 1));
 
@@ -373,10 +382,8 @@ async fn an_event_published_on_another_streams_subject_is_refused_by_every_node(
     }
 
     // The owner's next event is version 2, at seq 2.
-    let next = append(1, events::spec_changed("ns", "s", "release"))
+    let next = append_one(&a, &s, 1, events::spec_changed("ns", "s", "release"))
         .await
-        .pop()
-        .unwrap()
         .unwrap();
     assert_eq!((next.first_seq(), next.stream_version()), (2, 2));
     caught_up(&b, a.applied.position()).await;

@@ -260,15 +260,16 @@ impl OwnershipView {
             .map(|l| l.node.clone())
     }
 
-    /// The revision of `stream`'s lease as the watch last saw it, when it
-    /// names this node.
-    fn own_lease_revision(&self, stream: &StreamId) -> Option<u64> {
+    /// The revision to renew or delete `stream`'s lease at: the one the
+    /// loop last recorded (`held`), or a later one the watch saw naming
+    /// this node (a renewal not answered in time that took effect).
+    fn lease_revision(&self, stream: &StreamId, held: u64) -> u64 {
         self.leases
             .read()
             .expect("leases lock")
             .get(&lease_key(stream))
             .filter(|l| l.node == self.node)
-            .map(|l| l.revision)
+            .map_or(held, |l| l.revision.max(held))
     }
 
     /// The live members as their heartbeats last showed them, by node.
@@ -670,11 +671,7 @@ impl Loop {
                 // A renewal that was not answered in time may have been
                 // made: the watch then shows this node's lease at a later
                 // revision, which is the one to renew.
-                let revision = self
-                    .view
-                    .own_lease_revision(&stream)
-                    .filter(|seen| *seen > held.revision)
-                    .unwrap_or(held.revision);
+                let revision = self.view.lease_revision(&stream, held.revision);
                 async move {
                     let renewed = tokio::time::timeout(
                         bound,
@@ -991,10 +988,7 @@ impl Loop {
             if held.lost {
                 return;
             }
-            let revision = self
-                .view
-                .own_lease_revision(stream)
-                .map_or(held.revision, |seen| seen.max(held.revision));
+            let revision = self.view.lease_revision(stream, held.revision);
             let deleted = tokio::time::timeout(
                 self.call_bound(),
                 self.owners

@@ -680,10 +680,7 @@ impl StreamDomain for Kv {
                         current_rows(&store, candidates, |row| expired(row.expires_at_ms, now_ms))
                     })
                     .await??;
-                    remove_in_bulk(session, selected, |count, entries| {
-                        Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
-                    })
-                    .await
+                    remove_in_bulk(session, selected, expired_payload).await
                 }
                 KvCommand::Configure {
                     namespace,
@@ -711,14 +708,8 @@ impl StreamDomain for Kv {
                             None => (Vec::new(), Vec::new()),
                         }
                     };
-                    let expired = expired
-                        .into_iter()
-                        .map(|(k, _)| (namespace.clone(), k))
-                        .collect();
-                    remove_in_bulk(session, expired, |count, entries| {
-                        Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
-                    })
-                    .await?;
+                    remove_in_bulk(session, in_namespace(&namespace, expired), expired_payload)
+                        .await?;
                     evict(session, &namespace, victims).await?;
                     Ok(KvReply::Configured(settings))
                 }
@@ -896,35 +887,62 @@ async fn remove_in_bulk(
         return Ok(KvReply::Count(0));
     }
     let count = selected.len() as u64;
-    let events = bulk_chunks(selected.clone())
-        .into_iter()
-        .map(|chunk| event(payload(chunk.len() as u64, refs(&chunk))))
-        .collect();
+    let events = bulk_events(selected, payload);
     // The memory tier and trackers follow the commit ([`KvObserver`]).
     session.append(events, Chunking::MaxEvents).await?;
     Ok(KvReply::Count(count))
 }
 
-async fn evict(
-    session: &mut Session<Kv>,
-    namespace: &str,
-    victims: Vec<(String, u64)>,
-) -> Result<(), KvError> {
-    if victims.is_empty() {
-        return Ok(());
-    }
-    let entries: Vec<(String, String)> = victims
+/// One bulk event per chunk of `selected` ([`bulk_chunks`]), made by
+/// `payload(count, entries)`.
+fn bulk_events(
+    selected: Vec<(String, String)>,
+    payload: impl Fn(u64, Vec<KvEntryRef>) -> Payload,
+) -> Vec<Event> {
+    bulk_chunks(selected)
         .into_iter()
+        .map(|chunk| event(payload(chunk.len() as u64, refs(&chunk))))
+        .collect()
+}
+
+/// `keys` (with their sizes, as [`over_limits`] answers them) as entries
+/// of `namespace`.
+fn in_namespace(namespace: &str, keys: Vec<KeySize>) -> Vec<(String, String)> {
+    keys.into_iter()
         .map(|(k, _)| (namespace.to_owned(), k))
-        .collect();
-    let evicted = entries.len();
-    remove_in_bulk(session, entries, |count, entries| {
+        .collect()
+}
+
+/// A [`KvEntriesExpired`] payload.
+fn expired_payload(count: u64, entries: Vec<KvEntryRef>) -> Payload {
+    Payload::KvEntriesExpired(KvEntriesExpired { count, entries })
+}
+
+/// A [`KvEntriesEvicted`] payload maker for `namespace`.
+fn evicted_payload(namespace: &str) -> impl Fn(u64, Vec<KvEntryRef>) -> Payload + '_ {
+    move |count, entries| {
         Payload::KvEntriesEvicted(KvEntriesEvicted {
             namespace: namespace.to_owned(),
             count,
             entries,
         })
-    })
+    }
+}
+
+async fn evict(
+    session: &mut Session<Kv>,
+    namespace: &str,
+    victims: Vec<KeySize>,
+) -> Result<(), KvError> {
+    if victims.is_empty() {
+        return Ok(());
+    }
+    let evicted = victims.len();
+    remove_in_bulk(
+        session,
+        in_namespace(namespace, victims),
+        evicted_payload(namespace),
+    )
     .await?;
     tracing::debug!(namespace, evicted, "kv entries evicted");
     Ok(())
@@ -1025,27 +1043,14 @@ fn decide_set(
         created_at_ms: row.created_at_ms,
         expires_at_ms: row.expires_at_ms,
     }))];
-    let expired: Vec<(String, String)> = expired
-        .into_iter()
-        .map(|(k, _)| (row.namespace.clone(), k))
-        .collect();
-    for chunk in bulk_chunks(expired) {
-        events.push(event(Payload::KvEntriesExpired(KvEntriesExpired {
-            count: chunk.len() as u64,
-            entries: refs(&chunk),
-        })));
-    }
-    let evicted: Vec<(String, String)> = victims
-        .into_iter()
-        .map(|(k, _)| (row.namespace.clone(), k))
-        .collect();
-    for chunk in bulk_chunks(evicted) {
-        events.push(event(Payload::KvEntriesEvicted(KvEntriesEvicted {
-            namespace: row.namespace.clone(),
-            count: chunk.len() as u64,
-            entries: refs(&chunk),
-        })));
-    }
+    events.extend(bulk_events(
+        in_namespace(&row.namespace, expired),
+        expired_payload,
+    ));
+    events.extend(bulk_events(
+        in_namespace(&row.namespace, victims),
+        evicted_payload(&row.namespace),
+    ));
     Ok(DecidedSet {
         row,
         ttl_ms,
@@ -1400,11 +1405,12 @@ async fn settle(
     if failed {
         session.state().pipeline.lock().last = None;
         let (store, stream) = (env.store.clone(), session.state().stream.clone());
-        let version = match off_arbiter("kv-settle", move || store.stream_version(&stream))
-            .await
-            .map_err(KvError::from)
-            .and_then(|read| read.map_err(KvError::from))
-        {
+        let read = async {
+            Ok::<_, KvError>(
+                off_arbiter("kv-settle", move || store.stream_version(&stream)).await??,
+            )
+        };
+        let version = match read.await {
             Ok(version) => version,
             Err(e) => {
                 // The sets not written cannot run on a version not known:
