@@ -13,7 +13,12 @@
 //!   sizes 100 B and 10 KiB, concurrency 1 and 64.
 //! - **SET**: `kv.set` with `kv.durability = sync` vs Redis `appendonly
 //!   yes, appendfsync always`, and `batched` vs `appendfsync everysec`;
-//!   100-byte values, concurrency 1 and 64.
+//!   100-byte values, concurrency 1 and 64. In the same run, the SETs'
+//!   **design peer** ([`SetPeer`]): a plain responder doing the NATS work
+//!   the design asks of a set — the request, the reply, and the set's
+//!   event published on JetStream with `Nats-Msg-Id` — and nothing else
+//!   (no log, no views, no fsync): what any set published as an event can
+//!   at best do on this machine.
 //! - **Memory**: the process's RSS growth per `--memory-entries` entries
 //!   (the node at its default `kv.memory-max-bytes`: the memory tier
 //!   bounded, the rest on disk; GETs and SETs run with a 1 GiB tier)
@@ -263,16 +268,16 @@ pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<(
         if !runs(phase) {
             continue;
         }
-        let (cairn, redis) = {
+        let SetRuns { cairn, peer, redis } = {
             let (redis_url, options) = (redis.url(), options.clone());
             with_node(durability, GET_MEMORY_MAX_BYTES, move |url| async move {
                 sets(&url, &redis_url, &options, fsync).await
             })?
         };
-        for (c, (a, b)) in options
+        for (c, ((a, b), p)) in options
             .concurrency
             .iter()
-            .zip(cairn.iter().zip(redis.iter()))
+            .zip(cairn.iter().zip(redis.iter()).zip(peer.iter()))
         {
             writeln!(
                 out,
@@ -285,6 +290,16 @@ pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<(
                 b.per_sec,
                 us(a.latency.p50) / us(b.latency.p50).max(1e-9),
                 a.per_sec / b.per_sec.max(1e-9),
+            )?;
+            writeln!(
+                out,
+                "kv {name}, 100 B, concurrency {c}: design peer (request/reply + the set's event published on JetStream, no storage) p50={:.0}µs p99={:.0}µs {:.0}/s; peer/redis p50 ratio {:.2}, throughput ratio {:.2}; cairn/peer throughput {:.2}",
+                us(p.latency.p50),
+                us(p.latency.p99),
+                p.per_sec,
+                us(p.latency.p50) / us(b.latency.p50).max(1e-9),
+                p.per_sec / b.per_sec.max(1e-9),
+                a.per_sec / p.per_sec.max(1e-9),
             )?;
         }
         if phase == KvPhase::SetSync {
@@ -530,7 +545,7 @@ async fn sets(
     redis_url: &str,
     options: &KvOptions,
     fsync: &str,
-) -> anyhow::Result<(Vec<Run>, Vec<Run>)> {
+) -> anyhow::Result<SetRuns> {
     let nats = async_nats::connect(url).await?;
     let mut redis = redis_connect(redis_url).await?;
     let _: () = redis::cmd("CONFIG")
@@ -539,8 +554,9 @@ async fn sets(
         .arg(fsync)
         .query_async(&mut redis)
         .await?;
-    let (mut c_runs, mut r_runs) = (Vec::new(), Vec::new());
+    let (mut c_runs, mut p_runs, mut r_runs) = (Vec::new(), Vec::new(), Vec::new());
     let keys = options.keys.max(1);
+    let mut set_peer = SetPeer::new();
     for &concurrency in &options.concurrency {
         let requests = options.requests;
         let cairn = {
@@ -558,6 +574,25 @@ async fn sets(
             }
         };
         c_runs.push(drive(requests, concurrency, cairn).await?);
+        let peer = {
+            let nats = nats.clone();
+            let subject = set_peer.subject.clone();
+            move |i: usize| {
+                let nats = nats.clone();
+                let subject = subject.clone();
+                let body = serde_json::to_vec(
+                    &json!({"namespace": "set", "key": format!("k{}", i % keys), "value": value_of(100, i)}),
+                );
+                async move {
+                    nats.request(subject, body?.into()).await?;
+                    Ok(())
+                }
+            }
+        };
+        if set_peer.task.is_none() {
+            set_peer.start(url, &nats).await?;
+        }
+        p_runs.push(drive(requests, concurrency, peer).await?);
         let rset = {
             let redis = redis.clone();
             move |i: usize| {
@@ -574,7 +609,129 @@ async fn sets(
         };
         r_runs.push(drive(requests, concurrency, rset).await?);
     }
-    Ok((c_runs, r_runs))
+    set_peer.stop(&nats).await;
+    Ok(SetRuns {
+        cairn: c_runs,
+        peer: p_runs,
+        redis: r_runs,
+    })
+}
+
+/// The SET runs of one durability: cairn, the design peer, Redis.
+struct SetRuns {
+    cairn: Vec<Run>,
+    peer: Vec<Run>,
+    redis: Vec<Run>,
+}
+
+/// The design peer of the SETs: the NATS work the design asks of a set,
+/// without cairn. A responder (on the client's runtime, its own
+/// connection) that, for each request, publishes the event cairn's last
+/// set published — the same body and headers (taken from `CAIRN_EVENTS`),
+/// a new `Nats-Msg-Id` — to a JetStream stream of its own on the node's
+/// server (file storage, as `CAIRN_EVENTS`), with the acks awaited
+/// pipelined as the Publisher does, and answers the bytes `kv.set`
+/// answered. It stores nothing and awaits no ack before answering: an
+/// upper bound for any set that is published as an event on JetStream
+/// (DESIGN: every state change is an event published on NATS), on the
+/// same machine as the client and the server.
+struct SetPeer {
+    subject: String,
+    stream: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SetPeer {
+    fn new() -> Self {
+        let pid = std::process::id();
+        Self {
+            subject: format!("bench.setpeer.{pid}"),
+            stream: format!("BENCH_SET_PEER_{pid}"),
+            task: None,
+        }
+    }
+
+    /// Starts the responder once cairn has answered sets: a set's reply
+    /// and its published event are sampled first.
+    async fn start(&mut self, url: &str, nats: &async_nats::Client) -> anyhow::Result<()> {
+        let reply = nats
+            .request(
+                "cairn.v1.kv.set",
+                serde_json::to_vec(
+                    &json!({"namespace": "set", "key": "peer-sample", "value": value_of(100, 0)}),
+                )?
+                .into(),
+            )
+            .await?;
+        anyhow::ensure!(!is_error(&reply), "kv.set failed: {:?}", reply.payload);
+        let js = async_nats::jetstream::new(nats.clone());
+        let mut events = js
+            .get_stream(cairn_actors::publisher::PublisherConfig::default().stream_name)
+            .await
+            .context("the CAIRN_EVENTS stream")?;
+        let last = events.info().await?.state.last_sequence;
+        let event = events.get_raw_message(last).await?;
+        let peer_nats = async_nats::connect(url).await?;
+        let peer_js = async_nats::jetstream::new(peer_nats.clone());
+        peer_js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: self.stream.clone(),
+                subjects: vec![format!("{}.events.>", self.subject)],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .context("creating the design peer's stream")?;
+        let mut requests = peer_nats.subscribe(self.subject.clone()).await?;
+        peer_nats.flush().await?;
+        let event_subject = format!("{}.events.{}", self.subject, event.subject);
+        let (reply_headers, reply_body) = (reply.headers.unwrap_or_default(), reply.payload);
+        let max_in_flight = cairn_actors::publisher::PublisherConfig::default().max_in_flight;
+        self.task = Some(tokio::spawn(async move {
+            let (acks, mut due) = tokio::sync::mpsc::channel(max_in_flight);
+            let acker = tokio::spawn(async move {
+                while let Some(ack) = due.recv().await {
+                    let _ = ack.await;
+                }
+            });
+            let mut n = 0u64;
+            while let Some(request) = requests.next().await {
+                n += 1;
+                let mut publish = async_nats::jetstream::message::PublishMessage::build()
+                    .message_id(format!("set-peer-{n}"))
+                    .payload(event.payload.clone());
+                for (name, values) in event.headers.iter() {
+                    let name: &str = name.as_ref();
+                    if name.starts_with("Nats-") {
+                        continue;
+                    }
+                    for value in values {
+                        publish = publish.header(name, value.as_str());
+                    }
+                }
+                if let Ok(ack) = peer_js.send_publish(event_subject.clone(), publish).await {
+                    let _ = acks.send(ack).await;
+                }
+                if let Some(reply) = request.reply {
+                    let _ = peer_nats
+                        .publish_with_headers(reply, reply_headers.clone(), reply_body.clone())
+                        .await;
+                }
+            }
+            drop(acks);
+            let _ = acker.await;
+        }));
+        Ok(())
+    }
+
+    async fn stop(&mut self, nats: &async_nats::Client) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = async_nats::jetstream::new(nats.clone())
+            .delete_stream(&self.stream)
+            .await;
+    }
 }
 
 /// RSS growth of this process over `memory_entries` sets of 100 bytes vs
