@@ -111,8 +111,9 @@
 //!   evictions are counters in memory ([`memory::KvMemory`]), reset when
 //!   the node restarts.
 //! - **Tiers.** The disk tier is the `kv_entries` view
-//!   ([`cairn_storage::views::KvView`]); the memory tier a moka cache
-//!   bounded by `kv.memory-max-bytes` (size-aware, LRU) in front of it.
+//!   ([`cairn_storage::views::KvView`]); the memory tier a `quick_cache`
+//!   cache bounded by `kv.memory-max-bytes` (size-aware, CLOCK-Pro
+//!   eviction; see [`memory`]) in front of it.
 //!   Per namespace, `max_entries` / `max_bytes` are enforced by the writer:
 //!   a set that would pass them appends, with the `KvEntrySet`, a
 //!   `KvEntriesExpired` naming the namespace's expired entries not swept
