@@ -55,7 +55,7 @@
 //! thread (its probe, then its LRU bookkeeping). Measured with `cairn bench
 //! kv --phases get --concurrency 64 --requests 300000`, four pairs
 //! alternated on one machine: 100-byte GETs at 55,198–63,385/s (mean
-//! 59,660/s) against moka's 50,749–55,010/s (mean 53,483/s), +12 %; RSS
+//! 59,680/s) against moka's 50,749–55,010/s (mean 53,483/s), +12 %; RSS
 //! for 1,000,000 entries (the memory phase, default 64 MiB tier) +121 MiB
 //! against +161 MiB. The policy is no longer
 //! strict LRU; nothing depends on it: the per-namespace limits evict by
