@@ -1067,18 +1067,21 @@ impl ArtifactCache {
             let (cache, download) = (cache.clone(), download.clone());
             async move {
                 let (at, mut progress) = state?;
+                if at == 0 {
+                    // The body's first poll always gives the HTTP server a
+                    // turn first: hyper writes a response's head with its
+                    // first body bytes, and drops it (cutting the
+                    // connection before any status) when the body fails
+                    // before that; a pending first poll makes it flush the
+                    // head. So every client of a failed download sees the
+                    // same, whichever way and however early it failed: its
+                    // status, then the cut.
+                    tokio::task::yield_now().await;
+                }
                 loop {
                     let now = progress.borrow_and_update().clone();
                     let readable = match &now.end {
                         Some(Err(why)) => {
-                            if at == 0 {
-                                // Nothing sent yet: give the HTTP server a
-                                // turn to send the head first (a body that
-                                // fails at its first poll drops the head),
-                                // so every client of a failed download sees
-                                // the same: its status, then the cut.
-                                tokio::task::yield_now().await;
-                            }
                             return Some((Err(io::Error::other(why.clone())), None));
                         }
                         Some(Ok(())) => now.written,

@@ -60,9 +60,10 @@
 //! against +161 MiB. The policy is no longer
 //! strict LRU; nothing depends on it: the per-namespace limits evict by
 //! the trackers' recency, exactly, and the tier only decides what is
-//! answered from memory rather than from disk. An entry heavier than about
-//! a shard's share of the bound ([`MEMORY_SHARDS`]) is not admitted (its
-//! earlier row, if any, is removed): it is answered from the disk tier.
+//! answered from memory rather than from disk. An entry heavier than 97 %
+//! of a shard's quarter of the bound ([`MEMORY_SHARDS`]) is not admitted
+//! (its earlier row, if any, is removed): it is answered from the disk
+//! tier (moka admitted entries up to the whole bound).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
@@ -94,16 +95,20 @@ pub const CHANGES_KEPT: usize = 1024;
 /// row's struct and its allocations, the `Arc`, the cache's bookkeeping.
 pub const MEMORY_ENTRY_OVERHEAD_BYTES: u64 = 256;
 
-/// Shards of the memory tier (each holds a quarter of
-/// `kv.memory-max-bytes`, and admits no entry heavier than about that: such
-/// an entry is answered from the disk tier). Few: the node's thread does
-/// the reads, the store's writer the fills of committed sets.
+/// Shards of the memory tier. Each holds a quarter of
+/// `kv.memory-max-bytes` and admits no entry that weighs more than 97 % of
+/// its quarter (`quick_cache`'s hot share; the weight is the row's bytes
+/// plus [`MEMORY_ENTRY_OVERHEAD_BYTES`]): such an entry is answered from
+/// the disk tier. So a bound below about 1 KiB keeps nothing in memory.
+/// Few shards: the node's thread does the reads, the store's writer the
+/// fills of committed sets.
 pub const MEMORY_SHARDS: usize = 4;
 
-/// The entry size the memory tier's sizing assumes (its hash tables and
-/// the record of recently evicted keys grow from `kv.memory-max-bytes`
-/// over this, at most 2^20 entries: a larger tier of small entries grows
-/// them as it fills).
+/// The entry size the memory tier's sizing assumes: `kv.memory-max-bytes`
+/// over it (between 128 and 2^20) is the estimate of entries that sets
+/// how many keys of recently evicted entries the tier remembers (half of
+/// it), and may lower the shard count for a small bound. The hash tables
+/// themselves grow as the tier fills.
 pub const MEMORY_ESTIMATED_ENTRY_BYTES: u64 = 1024;
 
 /// An entry as the view holds it, for indexing a namespace that gets
@@ -530,9 +535,13 @@ impl KvMemory {
             .filter(|row| row.namespace == namespace && row.key == key)
     }
 
-    /// Whether the memory tier holds the entry.
+    /// Whether the memory tier holds the entry (without counting as a use
+    /// of it: `kv.stats` asks of every entry of a namespace, which must not
+    /// keep them all in memory).
     pub fn in_memory(&self, namespace: &str, key: &str) -> bool {
-        self.cached(namespace, key).is_some()
+        self.cache
+            .peek(&self.entry_key(namespace, key))
+            .is_some_and(|row| row.namespace == namespace && row.key == key)
     }
 
     /// Bytes the memory tier holds (its weights).

@@ -17,8 +17,9 @@
 //!   **design peer** ([`SetPeer`]): a plain responder doing the NATS work
 //!   the design asks of a set — the request, the reply, and the set's
 //!   event published on JetStream with `Nats-Msg-Id` — and nothing else
-//!   (no log, no views, no fsync): what any set published as an event can
-//!   at best do on this machine.
+//!   (no log, no views, no fsync): what a set answered by request and
+//!   reply, its event published as one JetStream message, can at best do
+//!   on this machine.
 //! - **Memory**: the process's RSS growth per `--memory-entries` entries
 //!   (the node at its default `kv.memory-max-bytes`: the memory tier
 //!   bounded, the rest on disk; GETs and SETs run with a 1 GiB tier)
@@ -609,7 +610,7 @@ async fn sets(
         };
         r_runs.push(drive(requests, concurrency, rset).await?);
     }
-    set_peer.stop(&nats).await;
+    set_peer.stop(&nats).await?;
     Ok(SetRuns {
         cairn: c_runs,
         peer: p_runs,
@@ -626,20 +627,34 @@ struct SetRuns {
 
 /// The design peer of the SETs: the NATS work the design asks of a set,
 /// without cairn. A responder (on the client's runtime, its own
-/// connection) that, for each request, publishes the event cairn's last
-/// set published — the same body and headers (taken from `CAIRN_EVENTS`),
-/// a new `Nats-Msg-Id` — to a JetStream stream of its own on the node's
-/// server (file storage, as `CAIRN_EVENTS`), with the acks awaited
-/// pipelined as the Publisher does, and answers the bytes `kv.set`
-/// answered. It stores nothing and awaits no ack before answering: an
-/// upper bound for any set that is published as an event on JetStream
-/// (DESIGN: every state change is an event published on NATS), on the
-/// same machine as the client and the server.
+/// connection) that, for each request, publishes the event of a set of
+/// cairn's — the same body and headers (taken from `CAIRN_EVENTS`), a new
+/// `Nats-Msg-Id` — to a JetStream stream of its own on the node's server
+/// (file storage, as `CAIRN_EVENTS`), with the acks awaited pipelined as
+/// the Publisher does, and answers the bytes `kv.set` answered. It stores
+/// nothing and awaits no ack before answering: an upper bound for a set
+/// answered by request and reply whose event is published as one
+/// JetStream message (DESIGN: every state change is an event published on
+/// NATS), on the same machine as the client and the server. It starts
+/// once the Publisher has published every set cairn answered (so cairn's
+/// backlog does not load the server while the peer runs), and
+/// [`SetPeer::stop`] fails the benchmark unless every publish of the
+/// peer's was stored.
 struct SetPeer {
     subject: String,
     stream: String,
     task: Option<tokio::task::JoinHandle<()>>,
+    acker: Option<tokio::task::JoinHandle<()>>,
+    /// The peer's connection, kept until its acks are in.
+    client: Option<async_nats::Client>,
+    /// Publishes sent, and publishes or acks that failed.
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Longest the peer waits for the Publisher's backlog, or for its own
+/// acks when it stops.
+const SET_PEER_WAIT: Duration = Duration::from_secs(60);
 
 impl SetPeer {
     fn new() -> Self {
@@ -648,12 +663,18 @@ impl SetPeer {
             subject: format!("bench.setpeer.{pid}"),
             stream: format!("BENCH_SET_PEER_{pid}"),
             task: None,
+            acker: None,
+            client: None,
+            sent: Arc::default(),
+            failed: Arc::default(),
         }
     }
 
-    /// Starts the responder once cairn has answered sets: a set's reply
-    /// and its published event are sampled first.
+    /// Starts the responder once cairn has answered sets: a set is sent,
+    /// and its reply and its published event are what the peer answers and
+    /// publishes.
     async fn start(&mut self, url: &str, nats: &async_nats::Client) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
         let reply = nats
             .request(
                 "cairn.v1.kv.set",
@@ -664,14 +685,38 @@ impl SetPeer {
             )
             .await?;
         anyhow::ensure!(!is_error(&reply), "kv.set failed: {:?}", reply.payload);
+        let version = serde_json::from_slice::<serde_json::Value>(&reply.payload)?
+            .get("version")
+            .and_then(serde_json::Value::as_u64)
+            .context("kv.set's reply has no version")?;
+        // The Publisher publishes in log order: once the sample's event is
+        // in the stream, every set before it is too.
         let js = async_nats::jetstream::new(nats.clone());
         let mut events = js
             .get_stream(cairn_actors::publisher::PublisherConfig::default().stream_name)
             .await
             .context("the CAIRN_EVENTS stream")?;
-        let last = events.info().await?.state.last_sequence;
-        let event = events.get_raw_message(last).await?;
+        let deadline = Instant::now() + SET_PEER_WAIT;
+        let event = loop {
+            let last = events.info().await?.state.last_sequence;
+            if last > 0 {
+                let message = events.get_raw_message(last).await?;
+                let seq = message
+                    .headers
+                    .get("Cairn-Seq")
+                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                if seq == Some(version) {
+                    break message;
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the Publisher did not publish event {version} within {SET_PEER_WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let peer_nats = async_nats::connect(url).await?;
+        self.client = Some(peer_nats.clone());
         let peer_js = async_nats::jetstream::new(peer_nats.clone());
         peer_js
             .create_stream(async_nats::jetstream::stream::Config {
@@ -687,16 +732,21 @@ impl SetPeer {
         let event_subject = format!("{}.events.{}", self.subject, event.subject);
         let (reply_headers, reply_body) = (reply.headers.unwrap_or_default(), reply.payload);
         let max_in_flight = cairn_actors::publisher::PublisherConfig::default().max_in_flight;
-        self.task = Some(tokio::spawn(async move {
-            let (acks, mut due) = tokio::sync::mpsc::channel(max_in_flight);
-            let acker = tokio::spawn(async move {
-                while let Some(ack) = due.recv().await {
-                    let _ = ack.await;
+        let (acks, mut due) = tokio::sync::mpsc::channel::<
+            async_nats::jetstream::context::PublishAckFuture,
+        >(max_in_flight);
+        let failed = self.failed.clone();
+        self.acker = Some(tokio::spawn(async move {
+            while let Some(ack) = due.recv().await {
+                if ack.await.is_err() {
+                    failed.fetch_add(1, Relaxed);
                 }
-            });
-            let mut n = 0u64;
+            }
+        }));
+        let (sent, failed) = (self.sent.clone(), self.failed.clone());
+        self.task = Some(tokio::spawn(async move {
             while let Some(request) = requests.next().await {
-                n += 1;
+                let n = sent.load(Relaxed) + 1;
                 let mut publish = async_nats::jetstream::message::PublishMessage::build()
                     .message_id(format!("set-peer-{n}"))
                     .payload(event.payload.clone());
@@ -709,8 +759,14 @@ impl SetPeer {
                         publish = publish.header(name, value.as_str());
                     }
                 }
-                if let Ok(ack) = peer_js.send_publish(event_subject.clone(), publish).await {
-                    let _ = acks.send(ack).await;
+                match peer_js.send_publish(event_subject.clone(), publish).await {
+                    Ok(ack) => {
+                        sent.store(n, Relaxed);
+                        let _ = acks.send(ack).await;
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Relaxed);
+                    }
                 }
                 if let Some(reply) = request.reply {
                     let _ = peer_nats
@@ -718,19 +774,40 @@ impl SetPeer {
                         .await;
                 }
             }
-            drop(acks);
-            let _ = acker.await;
         }));
         Ok(())
     }
 
-    async fn stop(&mut self, nats: &async_nats::Client) {
+    /// Stops the responder, waits for its acks, and checks that its
+    /// stream holds every publish it sent; deletes the stream.
+    async fn stop(&mut self, nats: &async_nats::Client) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
         if let Some(task) = self.task.take() {
             task.abort();
+            let _ = task.await;
         }
-        let _ = async_nats::jetstream::new(nats.clone())
-            .delete_stream(&self.stream)
-            .await;
+        if let Some(acker) = self.acker.take() {
+            // The responder's end of the channel is gone: the acker ends
+            // once the acks still due are in (each within its timeout).
+            tokio::time::timeout(SET_PEER_WAIT, acker)
+                .await
+                .context("the design peer's acks did not come in")??;
+        }
+        self.client = None;
+        let js = async_nats::jetstream::new(nats.clone());
+        let stored = match js.get_stream(&self.stream).await {
+            Ok(mut stream) => Some(stream.info().await?.state.messages),
+            Err(_) => None,
+        };
+        let _ = js.delete_stream(&self.stream).await;
+        let (sent, failed) = (self.sent.load(Relaxed), self.failed.load(Relaxed));
+        if let Some(stored) = stored {
+            anyhow::ensure!(
+                failed == 0 && stored == sent,
+                "the design peer's publishes were not all stored: {sent} sent, {stored} stored, {failed} failed"
+            );
+        }
+        Ok(())
     }
 }
 
