@@ -98,6 +98,16 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// `p50=…µs p99=…µs …/s` of a run.
+fn figures(run: &Run) -> String {
+    format!(
+        "p50={:.0}µs p99={:.0}µs {:.0}/s",
+        us(run.latency.p50),
+        us(run.latency.p99),
+        run.per_sec
+    )
+}
+
 /// Runs `requests` calls of `call(i)` with `concurrency` in flight.
 async fn drive<F, Fut>(requests: usize, concurrency: usize, call: F) -> anyhow::Result<Run>
 where
@@ -282,22 +292,16 @@ pub fn kv(options: &KvOptions, out: &mut dyn std::io::Write) -> anyhow::Result<(
         {
             writeln!(
                 out,
-                "kv {name}, 100 B, concurrency {c}: cairn p50={:.0}µs p99={:.0}µs {:.0}/s; redis p50={:.0}µs p99={:.0}µs {:.0}/s; p50 ratio {:.2}, throughput ratio {:.2}",
-                us(a.latency.p50),
-                us(a.latency.p99),
-                a.per_sec,
-                us(b.latency.p50),
-                us(b.latency.p99),
-                b.per_sec,
+                "kv {name}, 100 B, concurrency {c}: cairn {}; redis {}; p50 ratio {:.2}, throughput ratio {:.2}",
+                figures(a),
+                figures(b),
                 us(a.latency.p50) / us(b.latency.p50).max(1e-9),
                 a.per_sec / b.per_sec.max(1e-9),
             )?;
             writeln!(
                 out,
-                "kv {name}, 100 B, concurrency {c}: design peer (request/reply + the set's event published on JetStream, no storage) p50={:.0}µs p99={:.0}µs {:.0}/s; peer/redis p50 ratio {:.2}, throughput ratio {:.2}; cairn/peer throughput {:.2}",
-                us(p.latency.p50),
-                us(p.latency.p99),
-                p.per_sec,
+                "kv {name}, 100 B, concurrency {c}: design peer (request/reply + the set's event published on JetStream, no storage) {}; peer/redis p50 ratio {:.2}, throughput ratio {:.2}; cairn/peer throughput {:.2}",
+                figures(p),
                 us(p.latency.p50) / us(b.latency.p50).max(1e-9),
                 p.per_sec / b.per_sec.max(1e-9),
                 a.per_sec / p.per_sec.max(1e-9),
@@ -522,10 +526,10 @@ async fn gets(
             };
             let r = drive(requests, concurrency, rget).await?;
             lines.push(format!(
-                "kv get, {size} B, {keys} keys, concurrency {concurrency}: cairn p50={:.0}µs p99={:.0}µs {:.0}/s; echo p50={:.0}µs p99={:.0}µs {:.0}/s; redis p50={:.0}µs p99={:.0}µs {:.0}/s; p50 cairn/echo {:.2}, cairn/redis {:.2}, echo/redis {:.2}",
-                us(c.latency.p50), us(c.latency.p99), c.per_sec,
-                us(e.latency.p50), us(e.latency.p99), e.per_sec,
-                us(r.latency.p50), us(r.latency.p99), r.per_sec,
+                "kv get, {size} B, {keys} keys, concurrency {concurrency}: cairn {}; echo {}; redis {}; p50 cairn/echo {:.2}, cairn/redis {:.2}, echo/redis {:.2}",
+                figures(&c),
+                figures(&e),
+                figures(&r),
                 us(c.latency.p50) / us(e.latency.p50).max(1e-9),
                 us(c.latency.p50) / us(r.latency.p50).max(1e-9),
                 us(e.latency.p50) / us(r.latency.p50).max(1e-9),
