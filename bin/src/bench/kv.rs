@@ -786,6 +786,7 @@ impl SetPeer {
     /// stream holds every publish it sent; deletes the stream.
     async fn stop(&mut self, nats: &async_nats::Client) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
+        let started = self.task.is_some();
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
@@ -798,19 +799,23 @@ impl SetPeer {
                 .context("the design peer's acks did not come in")??;
         }
         self.client = None;
-        let js = async_nats::jetstream::new(nats.clone());
-        let stored = match js.get_stream(&self.stream).await {
-            Ok(mut stream) => Some(stream.info().await?.state.messages),
-            Err(_) => None,
-        };
-        let _ = js.delete_stream(&self.stream).await;
-        let (sent, failed) = (self.sent.load(Relaxed), self.failed.load(Relaxed));
-        if let Some(stored) = stored {
-            anyhow::ensure!(
-                failed == 0 && stored == sent,
-                "the design peer's publishes were not all stored: {sent} sent, {stored} stored, {failed} failed"
-            );
+        if !started {
+            return Ok(());
         }
+        let js = async_nats::jetstream::new(nats.clone());
+        let stored = async {
+            let mut stream = js.get_stream(&self.stream).await?;
+            anyhow::Ok(stream.info().await?.state.messages)
+        }
+        .await
+        .context("reading the design peer's stream");
+        let _ = js.delete_stream(&self.stream).await;
+        let stored = stored?;
+        let (sent, failed) = (self.sent.load(Relaxed), self.failed.load(Relaxed));
+        anyhow::ensure!(
+            failed == 0 && stored == sent,
+            "the design peer's publishes were not all stored: {sent} sent, {stored} stored, {failed} failed"
+        );
         Ok(())
     }
 }
