@@ -589,9 +589,12 @@ impl KvMemory {
         // read began: its hit counts for the namespace, but it must not
         // start tracking the entry, nor count on (or move) the entry that
         // replaced it.
-        let change = match tracker.generation == generation {
-            true => Change::None,
-            false => tracker.changed_since(self.entry_key(&row.namespace, &row.key), generation),
+        // (The entry's hash only when the partition changed at all: not on
+        // the common hit.)
+        let change = if tracker.generation == generation {
+            Change::None
+        } else {
+            tracker.changed_since(self.entry_key(&row.namespace, &row.key), generation)
         };
         if !tracker.namespaces.contains_key(row.namespace.as_str()) {
             tracker.namespace(&row.namespace);

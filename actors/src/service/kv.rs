@@ -766,8 +766,9 @@ fn value_limit(context: &ServiceContext, kv: &crate::kv::KvNode) -> ValueLimit {
 
 /// A write-through namespace's origin is told of `set` first; its failure
 /// stores nothing. A set sent again with the idempotency key of one
-/// already applied (or of another request) does not tell it again: the
-/// first was told, and the writer answers the retry from the key.
+/// already applied does not tell it again (the first was told, and the
+/// writer answers the retry from the key); a key of another request is
+/// answered 409 before the origin is told.
 async fn write_through(
     context: &ServiceContext,
     kv: &crate::kv::KvNode,
@@ -779,15 +780,13 @@ async fn write_through(
         return Ok(());
     }
     if !meta.request_id.is_empty() {
-        let store = kv.env().store.clone();
-        let (id, digest) = (meta.request_id.clone(), meta.request_digest.clone());
-        let recorded = crate::writer::off_arbiter("kv-request-id", move || {
-            idempotency::recorded_blocking(&store, &id, &digest)
-        })
-        .await
-        .map_err(KvError::from)?
-        .map_err(KvError::from)?;
-        if !matches!(recorded, idempotency::Recorded::New) {
+        // A key used for another request is answered 409 here, as the
+        // writer would answer it.
+        let key = idempotency::RequestKey {
+            id: meta.request_id.clone(),
+            digest: meta.request_digest.clone(),
+        };
+        if let idempotency::Prior::Applied(_) = idempotency::prior(context, &key).await? {
             return Ok(());
         }
     }

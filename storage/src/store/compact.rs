@@ -186,7 +186,7 @@ impl Writer {
                 return Ok(());
             }
             let mut batch = WriteBatch::default();
-            let mut forgotten = Vec::new();
+            let mut forgotten = false;
             for (seq, index_key, request_id) in doomed.drain(..) {
                 batch.delete_cf(log_cf, keys::seq_key(seq));
                 batch.delete_cf(streams_cf, index_key);
@@ -200,21 +200,16 @@ impl Writer {
                         .map_err(|e| StorageError::Corrupt(format!("request row {id}: {e}")))?;
                     if row.is_some_and(|row| row.last_seq == seq) {
                         batch.delete_cf(cf, &key);
-                        forgotten.push(key);
+                        forgotten = true;
                     }
                 }
             }
             inner.db.write_opt(batch, &synced)?;
-            if !forgotten.is_empty() {
-                // A row read before the write and cached after it would
-                // otherwise still count.
+            if forgotten {
+                // Request rows went without a new seq: every row the cache
+                // holds stops counting (also one read before the write and
+                // cached after it).
                 inner.bump_cache_epoch();
-            }
-            if let Some(cache) = &inner.cache {
-                let mut cache = cache.lock();
-                for key in forgotten {
-                    cache.forget(&(RequestsView::NAME.to_owned(), key));
-                }
             }
             Ok(())
         };

@@ -94,17 +94,6 @@ impl RowCache {
         found
     }
 
-    /// Drops the row at `key`, if held (it was removed behind the
-    /// writer's commits: by a compaction).
-    pub(super) fn forget(&mut self, key: &(String, Vec<u8>)) {
-        if let Some((_, row)) = self.rows.pop(key) {
-            let size = Self::size(key, &row);
-            let counters = self.counters(&key.0);
-            counters.entries = counters.entries.saturating_sub(1);
-            counters.bytes = counters.bytes.saturating_sub(size);
-        }
-    }
-
     /// Keeps `row`, read at `tag`.
     pub(super) fn put(&mut self, key: (String, Vec<u8>), tag: CacheTag, row: Option<Vec<u8>>) {
         let size = Self::size(&key, &row);
